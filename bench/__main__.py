@@ -1,0 +1,22 @@
+"""``python -m bench``: runs every benchmark module listed in ``BENCHMARKS``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS: list[str] = []
+
+
+def main() -> int:
+    if not BENCHMARKS:
+        print("no benchmarks yet")
+        return 0
+    for name in BENCHMARKS:
+        module = importlib.import_module(f"bench.{name}")
+        module.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

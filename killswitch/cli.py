@@ -1,0 +1,207 @@
+"""The ``killswitch`` command: entry point and wiring.
+
+Every subcommand is a small function ``(args) -> exit code``. Exit codes:
+0 success, 1 the job itself failed (e.g. a kill ended not flat), 2 bad usage or
+bad configuration (one-screen message, no traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from killswitch import __version__
+from killswitch.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    redacted_dump,
+    resolve_config_path,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Load settings from ``--config`` / ``KILLSWITCH_CONFIG`` and the environment."""
+    return load_settings(resolve_config_path(getattr(args, "config", None)))
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    print(json.dumps(redacted_dump(settings), indent=2))
+    return EXIT_OK
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    from killswitch.exchange.signing import KeyLoadError, load_private_key  # noqa: PLC0415
+
+    for account in settings.accounts:
+        passphrase = account.private_key_passphrase
+        try:
+            load_private_key(
+                account.private_key_bytes(),
+                passphrase.get_secret_value().encode() if passphrase else None,
+                account.curve,
+            )
+        except (KeyLoadError, OSError) as exc:
+            raise ConfigError(f"accounts[{account.id}].private_key: {exc}") from None
+    names = ", ".join(a.id for a in settings.accounts)
+    print(f"configuration OK: {len(settings.accounts)} account(s) ({names})")
+    return EXIT_OK
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from killswitch.exchange.signing import (  # noqa: PLC0415
+        generate_private_key,
+        private_key_pem,
+        public_key_pem,
+    )
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        print(f"error: {out} exists (use --force to overwrite)", file=sys.stderr)
+        return EXIT_USAGE
+    key = generate_private_key(args.curve)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private_key_pem(key))
+    pub_path = out.with_suffix(".pub.pem")
+    pub_path.write_bytes(public_key_pem(key))
+    print(f"private key: {out} (mode 600)\npublic key:  {pub_path} (send this to the exchange)")
+    return EXIT_OK
+
+
+def _not_built(name: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        print(f"error: '{name}' is not available in this build", file=sys.stderr)
+        return EXIT_USAGE
+
+    return handler
+
+
+def _add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration file (default: $KILLSWITCH_CONFIG, else none)",
+    )
+
+
+# Subcommands whose implementation lives in another module: name -> "module:function".
+# Imported lazily so that `killswitch --version` stays fast and light.
+_LAZY: dict[str, str] = {
+    "run": "killswitch.daemon:cli_run",
+    "simulate-exchange": "killswitch.exchange.simulator.cli:cli_simulate",
+    "demo": "killswitch.demo:cli_demo",
+    "trigger": "killswitch.operator:cli_trigger",
+    "release": "killswitch.operator:cli_release",
+    "status": "killswitch.operator:cli_status",
+    "check": "killswitch.operator:cli_check",
+}
+
+# Each lazily-loaded module may add its own arguments: "module:add_arguments_<name>".
+_ARGS_HOOK = "add_arguments"
+
+
+def _lazy(name: str) -> Handler:
+    target = _LAZY[name]
+    module_name, func_name = target.split(":")
+
+    def handler(args: argparse.Namespace) -> int:
+        import importlib  # noqa: PLC0415
+
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                return _not_built(name)(args)
+            raise
+        func: Handler = getattr(module, func_name)
+        return func(args)
+
+    return handler
+
+
+def _add_lazy_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    import importlib  # noqa: PLC0415
+
+    module_name = _LAZY[name].split(":")[0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        return
+    hook = getattr(module, f"{_ARGS_HOOK}_{name.replace('-', '_')}", None)
+    if hook is not None:
+        hook(parser)
+
+
+_HELP = {
+    "run": "run the daemon (consume alerts, sweep accounts, publish results)",
+    "simulate-exchange": "serve the Ajaib exchange simulator over HTTP",
+    "demo": "embedded broker + simulator + daemon, then a kill with a progress bar",
+    "trigger": "publish a manual kill and follow it to its final result",
+    "release": "publish a release that lifts an account's halt latch",
+    "status": "show halted accounts from the state topic",
+    "check": "check Kafka, topics, the exchange and every account's key (read-only)",
+}
+
+
+def build_parser(with_lazy_args: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="killswitch", description="Risk kill switch for the Ajaib Coin Exchange."
+    )
+    parser.add_argument("--version", action="version", version=f"killswitch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    config = sub.add_parser("config", help="show or check the effective configuration")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_sub.add_parser("show", help="print effective settings, secrets redacted")
+    _add_config_arg(show)
+    show.set_defaults(handler=_config_show)
+    check = config_sub.add_parser("check", help="validate settings and load every key")
+    _add_config_arg(check)
+    check.set_defaults(handler=_config_check)
+
+    keygen = sub.add_parser("keygen", help="generate an ECDSA key pair for an API key")
+    keygen.add_argument("--out", required=True, help="private key file to write (PEM)")
+    keygen.add_argument("--curve", default="P-256", choices=["P-256", "P-384", "secp256k1"])
+    keygen.add_argument("--force", action="store_true", help="overwrite an existing file")
+    keygen.set_defaults(handler=_keygen)
+
+    for name, help_text in _HELP.items():
+        cmd = sub.add_parser(name, help=help_text)
+        _add_config_arg(cmd)
+        if with_lazy_args:
+            _add_lazy_arguments(name, cmd)
+        cmd.set_defaults(handler=_lazy(name))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``killswitch`` and ``python -m killswitch``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"killswitch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("killswitch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

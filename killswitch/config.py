@@ -1,0 +1,363 @@
+"""Configuration: one settings tree, built once at the entry point and passed down.
+
+Sources, highest priority first: keyword arguments, environment variables
+(``KILLSWITCH_`` prefix, ``__`` between nested names, JSON for lists), the
+optional TOML file (``--config`` or ``KILLSWITCH_CONFIG``), then defaults that
+run against the embedded broker and the exchange simulator on loopback.
+
+Secrets are :class:`pydantic.SecretStr`; they print as ``**********``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "KILLSWITCH_"
+CONFIG_ENV = "KILLSWITCH_CONFIG"
+
+ACCOUNT_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+_toml_path: ContextVar[Path | None] = ContextVar("killswitch_toml_path", default=None)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. ``str()`` is a one-screen operator message."""
+
+
+class _Section(BaseModel):
+    """Base for every section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TopicSettings(_Section):
+    """Kafka topic names (the contract in docs; renaming is allowed, not required)."""
+
+    alerts: str = Field("killswitch.alerts", description="automatic alerts from risk engines")
+    manual: str = Field("killswitch.manual", description="operator triggers")
+    heartbeats: str = Field("killswitch.heartbeats", description="dead-man heartbeats")
+    results: str = Field("killswitch.results", description="per alert and account results")
+    state: str = Field("killswitch.state", description="compacted halt latch state")
+    dlq: str = Field("killswitch.dlq", description="unreadable or refused input")
+
+
+class SslSettings(_Section):
+    """TLS towards Kafka (``security_protocol`` SSL or SASL_SSL)."""
+
+    cafile: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    password: SecretStr | None = None
+    check_hostname: bool = True
+
+
+class SaslSettings(_Section):
+    """SASL towards Kafka (``security_protocol`` SASL_PLAINTEXT or SASL_SSL)."""
+
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+class KafkaSettings(_Section):
+    """Broker connection, consumer tuning and producer behaviour."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "killswitch"
+    group_id: str = "killswitch"
+    topics: TopicSettings = TopicSettings()
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl: SslSettings = SslSettings()
+    sasl: SaslSettings = SaslSettings()
+    # A kill switch wants latency, not throughput: a short fetch wait. On the
+    # embedded broker end-to-end latency is about half of this value.
+    fetch_max_wait_ms: int = Field(10, ge=0, le=60_000)
+    fetch_min_bytes: int = Field(1, ge=1)
+    max_poll_records: int = Field(500, ge=1, le=100_000)
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    # Above the worst-case drain time (engine.shutdown_grace_s) so a rebalance
+    # waits for in-flight sweeps to finish and commit.
+    rebalance_timeout_ms: int = Field(60_000, ge=1_000)
+    # Off by default: the embedded broker rejects idempotent producers.
+    enable_idempotence: bool = False
+    request_timeout_ms: int = Field(30_000, ge=1_000)
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl.username and self.sasl.password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl.username and sasl.password"
+            )
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
+        return self
+
+
+SignatureEncoding = Literal["base64-der", "hex-der", "base64-raw"]
+Curve = Literal["P-256", "P-384", "secp256k1"]
+CancelStrategy = Literal["per_order", "batch", "symbol"]
+Priority = Literal["notional_desc", "newest_first", "oldest_first"]
+
+
+class AccountSettings(_Section):
+    """One exchange API key: its own limiter and connection pool."""
+
+    id: str = Field(pattern=ACCOUNT_ID_RE, description="account id used in alerts and metrics")
+    api_key: SecretStr
+    private_key_file: Path | None = None
+    private_key: SecretStr | None = Field(None, description="inline PEM or OpenSSH key")
+    private_key_passphrase: SecretStr | None = None
+    curve: Curve = "P-256"
+    signature_encoding: SignatureEncoding = "base64-der"
+    base_url: str = "http://127.0.0.1:8700"
+    rate_limit_per_second: float = Field(10.0, gt=0, le=100_000)
+    burst: int = Field(10, ge=1)
+    max_concurrency: int = Field(8, ge=1, le=1_024)
+    connect_timeout_s: float = Field(2.0, gt=0)
+    read_timeout_s: float = Field(5.0, gt=0)
+    write_timeout_s: float = Field(5.0, gt=0)
+    pool_timeout_s: float = Field(5.0, gt=0)
+    request_deadline_s: float = Field(10.0, gt=0)
+    max_attempts: int = Field(6, ge=1, le=100)
+    backoff_base_s: float = Field(0.05, gt=0)
+    backoff_cap_s: float = Field(2.0, gt=0)
+    clock_sync_interval_s: float = Field(60.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_key_source(self) -> AccountSettings:
+        if (self.private_key_file is None) == (self.private_key is None):
+            raise ValueError("set exactly one of private_key_file and private_key")
+        if self.private_key_file is not None and not self.private_key_file.is_file():
+            raise ValueError(f"private_key_file: file not found: {self.private_key_file}")
+        return self
+
+    def private_key_bytes(self) -> bytes:
+        """The private key material (PEM or OpenSSH), read at the point of use."""
+        if self.private_key is not None:
+            return self.private_key.get_secret_value().encode()
+        assert self.private_key_file is not None
+        return self.private_key_file.read_bytes()
+
+
+class MetricsSettings(_Section):
+    """The one HTTP listener for /metrics, /healthz and /readyz."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+    # /readyz fails when an account's exchange has not answered for this long.
+    exchange_stale_after_s: float = Field(120.0, gt=0)
+
+
+class EngineSettings(_Section):
+    """How sweeps run."""
+
+    default_deadline_s: float = Field(30.0, gt=0, description="per alert, when it sets none")
+    strategy: CancelStrategy = "per_order"
+    batch_size: int = Field(50, ge=1, le=10_000)
+    page_size: int = Field(100, ge=1, le=10_000)
+    priority: Priority = "notional_desc"
+    latch_sweep_interval_s: float = Field(5.0, gt=0)
+    progress_interval_s: float = Field(1.0, gt=0)
+    max_passes: int = Field(50, ge=1)
+    shutdown_grace_s: float = Field(20.0, ge=0)
+    exchange_info_ttl_s: float = Field(300.0, gt=0)
+
+
+class OperatorKey(_Section):
+    """An operator allowed to sign manual triggers."""
+
+    name: str = Field(min_length=1, max_length=128)
+    public_key: str = Field(description="Ed25519 public key: base64 raw 32 bytes, or PEM")
+
+
+class TriggerSigningSettings(_Section):
+    """Signatures on manual triggers."""
+
+    required: bool = False
+    operators: list[OperatorKey] = []
+    max_age_s: float = Field(300.0, gt=0, description="freshness window for created_at")
+
+
+class AlertScope(_Section):
+    """Scope of a dead-man kill (same shape as an alert's scope)."""
+
+    accounts: list[str] | Literal["*"]
+    symbols: list[str] | None = None
+    sides: list[Literal["BUY", "SELL"]] | None = None
+
+
+class DeadmanSource(_Section):
+    """A trading system that must keep sending heartbeats."""
+
+    source: str = Field(min_length=1)
+    timeout_s: float = Field(gt=0)
+    scope: AlertScope
+    latch: bool = False
+
+
+class IntakeSettings(_Section):
+    """Consumer-side limits."""
+
+    dedup_window: int = Field(100_000, ge=1, description="alert ids remembered")
+    max_queued_per_account: int = Field(1_000, ge=1)
+    max_message_bytes: int = Field(1_000_000, ge=1_024)
+    max_order_ids: int = Field(10_000, ge=1)
+
+
+class LoggingSettings(_Section):
+    """Structured logs on stderr."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+class Settings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    accounts: list[AccountSettings] = Field(min_length=1)
+    metrics: MetricsSettings = MetricsSettings()
+    engine: EngineSettings = EngineSettings()
+    trigger_signing: TriggerSigningSettings = TriggerSigningSettings()
+    deadman: list[DeadmanSource] = []
+    intake: IntakeSettings = IntakeSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @field_validator("accounts")
+    @classmethod
+    def _unique_ids(cls, accounts: list[AccountSettings]) -> list[AccountSettings]:
+        seen: set[str] = set()
+        for account in accounts:
+            if account.id in seen:
+                raise ValueError(f"duplicate account id {account.id!r}")
+            seen.add(account.id)
+        return accounts
+
+    def account(self, account_id: str) -> AccountSettings:
+        """The account with this id (KeyError when not configured)."""
+        for account in self.accounts:
+            if account.id == account_id:
+                return account
+        raise KeyError(account_id)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def resolve_config_path(
+    cli_path: str | None, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    """The TOML file to read: ``--config`` wins over ``KILLSWITCH_CONFIG``."""
+    env = os.environ if environ is None else environ
+    raw = cli_path or env.get(CONFIG_ENV)
+    return Path(raw) if raw else None
+
+
+def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from overrides, environment, the TOML file and defaults.
+
+    Raises :class:`ConfigError` with an operator-readable message on any problem.
+    """
+    if config_path is not None and not config_path.is_file():
+        raise ConfigError(f"configuration file not found: {config_path}")
+    token = _toml_path.set(config_path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, config_path)) from None
+    except (ValueError, OSError) as exc:  # malformed TOML or JSON in an env var
+        where = f" in {config_path}" if config_path else ""
+        raise ConfigError(f"cannot read configuration{where}: {_scrub(str(exc))}") from None
+    finally:
+        _toml_path.reset(token)
+
+
+_MAX_ERRORS_SHOWN = 12
+
+
+def format_validation_error(exc: ValidationError, config_path: Path | None) -> str:
+    """One line per problem, naming the setting and what is wrong; never a value."""
+    errors = exc.errors(include_url=False, include_input=False)
+    source = f" ({config_path})" if config_path else ""
+    lines = [f"invalid configuration{source}: {len(errors)} problem(s)"]
+    for err in errors[:_MAX_ERRORS_SHOWN]:
+        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        lines.append(f"  - {loc}: {_describe(err)}")
+    if len(errors) > _MAX_ERRORS_SHOWN:
+        lines.append(f"  ... and {len(errors) - _MAX_ERRORS_SHOWN} more")
+    lines.append(
+        "Settings come from the TOML file, then KILLSWITCH_* environment variables "
+        "(nested with __); see config/killswitch.example.toml."
+    )
+    return "\n".join(lines)
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown setting"
+    if kind == "missing":
+        return "required setting is missing"
+    msg = str(err.get("msg", "invalid value"))
+    return _scrub(msg.removeprefix("Value error, "))
+
+
+def _scrub(text: str) -> str:
+    """Drop anything that looks like key material from an error text."""
+    return re.sub(r"-----BEGIN[^\n]*?-----.*?(-----END[^\n]*?-----|$)", "<key>", text, flags=re.S)
+
+
+def redacted_dump(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, every secret replaced by ``**********``."""
+    return settings.model_dump(mode="json")

@@ -1,0 +1,84 @@
+"""What an exchange answer means: the outcome taxonomy of ``shared/ajaib-api.md``, as plain code."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Outcome(StrEnum):
+    """The final outcome of one order in one alert (a metric label and a result field)."""
+
+    SENT = "sent"
+    ALREADY_CLOSED = "already_closed"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # dry run only
+
+
+class RejectReason(StrEnum):
+    AUTH = "auth"
+    INVALID_REQUEST = "invalid_request"
+    NOT_FOUND = "not_found"
+    OTHER_4XX = "other_4xx"
+
+
+class Verdict(StrEnum):
+    """What to do with one HTTP answer."""
+
+    DONE = "done"  # final outcome known
+    THROTTLED = "throttled"  # 429: slow the limiter down, retry
+    TRANSIENT = "transient"  # 5xx / timeout / connection error: retry with backoff
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    verdict: Verdict
+    outcome: Outcome | None = None
+    reason: RejectReason | None = None
+    error_code: str | None = None
+
+
+THROTTLED = Classification(Verdict.THROTTLED)
+TRANSIENT = Classification(Verdict.TRANSIENT)
+_SENT = Classification(Verdict.DONE, Outcome.SENT)
+
+
+def error_code(body: Any) -> str | None:
+    """The ``error`` field of a flat JSON error body, if there is one."""
+    if isinstance(body, Mapping):
+        code = body.get("error")
+        if isinstance(code, str):
+            return code
+    return None
+
+
+def classify_cancel(status: int, body: Any) -> Classification:
+    """Map one cancel answer (HTTP status and parsed JSON body, or None) to a verdict."""
+    code = error_code(body)
+    if 200 <= status < 300:
+        return _SENT
+    if status == 429:
+        return THROTTLED
+    if status >= 500:
+        return TRANSIENT
+    if status == 400 and code == "order_already_closed":
+        return Classification(Verdict.DONE, Outcome.ALREADY_CLOSED, error_code=code)
+    if status in (401, 403) or code == "invalid_client":
+        return Classification(Verdict.DONE, Outcome.REJECTED, RejectReason.AUTH, code)
+    if status == 404:
+        return Classification(Verdict.DONE, Outcome.REJECTED, RejectReason.NOT_FOUND, code)
+    if status == 400 and code == "invalid_request":
+        return Classification(Verdict.DONE, Outcome.REJECTED, RejectReason.INVALID_REQUEST, code)
+    return Classification(Verdict.DONE, Outcome.REJECTED, RejectReason.OTHER_4XX, code)
+
+
+def classify_read(status: int) -> Verdict | None:
+    """For non-cancel calls: None when the answer is usable or a final error, else retry kind."""
+    if status == 429:
+        return Verdict.THROTTLED
+    if status >= 500:
+        return Verdict.TRANSIENT
+    return None

@@ -1,0 +1,1 @@
+"""The exchange boundary: signing, the REST client, its errors, and the simulator."""
