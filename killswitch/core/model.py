@@ -1,0 +1,122 @@
+"""Plain data passed between the intake, the engine and the outputs (pure, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import TypeVar
+
+from killswitch.core.orders import Side
+from killswitch.core.outcomes import Outcome, RejectReason
+
+
+_T = TypeVar("_T")
+
+
+class SweepStatus(StrEnum):
+    """``status`` of a result (``killswitch.result/v1``)."""
+
+    FLAT = "flat"
+    RESIDUAL = "residual"
+    FAILED = "failed"
+    RELEASED = "released"
+    DRY_RUN = "dry_run"
+    DUPLICATE = "duplicate"
+    RUNNING = "running"  # progress events only (final = false)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What one account's sweep covers. ``None`` means "all" for symbols and sides."""
+
+    symbols: frozenset[str] | None = None
+    sides: frozenset[Side] | None = None
+    order_ids: frozenset[int] | None = None  # non-empty narrows to these orders
+
+    def widen(self, other: Scope) -> Scope:
+        """The union of two scopes (coalescing a second kill into a running sweep)."""
+        return Scope(
+            symbols=_union(self.symbols, other.symbols),
+            sides=_union(self.sides, other.sides),
+            order_ids=_union(self.order_ids, other.order_ids),
+        )
+
+    def covers(self, symbol: str, side: Side, order_id: int) -> bool:
+        return (
+            (self.symbols is None or symbol in self.symbols)
+            and (self.sides is None or side in self.sides)
+            and (self.order_ids is None or order_id in self.order_ids)
+        )
+
+
+def _union(a: frozenset[_T] | None, b: frozenset[_T] | None) -> frozenset[_T] | None:
+    if a is None or b is None:
+        return None
+    return a | b
+
+
+@dataclass(frozen=True, slots=True)
+class KillRequest:
+    """One alert's demand on one account."""
+
+    alert_id: str
+    account: str
+    scope: Scope
+    received_at: datetime
+    deadline_s: float  # seconds from received_at
+    latch: bool = False
+    dry_run: bool = False
+    source: str = ""
+    reason: str = ""
+    operator: str | None = None
+
+
+@dataclass(slots=True)
+class Counts:
+    """Outcome counts of one result; ``resolved`` is the sum of the outcomes."""
+
+    sent: int = 0
+    already_closed: int = 0
+    rejected: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+    @property
+    def resolved(self) -> int:
+        return self.sent + self.already_closed + self.rejected + self.failed + self.skipped
+
+    def add(self, outcome: Outcome) -> None:
+        setattr(self, outcome.value, getattr(self, outcome.value) + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderReport:
+    """The final outcome of one order in one sweep."""
+
+    order_id: int
+    symbol: str
+    outcome: Outcome
+    attempts: int
+    reason: RejectReason | None = None
+
+
+@dataclass(slots=True)
+class SweepResult:
+    """A result event for one alert and account (progress when ``final`` is False)."""
+
+    alert_id: str
+    account: str
+    status: SweepStatus
+    final: bool
+    dry_run: bool
+    counts: Counts
+    residual_open: int
+    sweeps: int
+    received_at: datetime
+    first_cancel_at: datetime | None
+    finished_at: datetime | None
+    orders: list[OrderReport] = field(default_factory=list)
+    reason: str | None = None
+    operator: str | None = None
+    source: str = ""

@@ -1,0 +1,126 @@
+"""Interfaces between the engine and the I/O shell (typing only; no I/O here).
+
+The engine talks to the exchange through :class:`ExchangeAPI` (implemented by
+``killswitch.exchange.client``) and reports what happens through :class:`Observer`
+(implemented by ``killswitch.metrics`` with Prometheus; :class:`NullObserver` by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Protocol
+
+from killswitch.core.orders import Order, SymbolInfo
+from killswitch.core.outcomes import Outcome, RejectReason
+
+
+class Priority(IntEnum):
+    """Limiter queue priority: lower value is served first."""
+
+    CANCEL = 0
+    LIST = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """Final answer for one cancel, after retries."""
+
+    order_id: int
+    symbol: str
+    outcome: Outcome
+    attempts: int
+    reason: RejectReason | None = None
+    status: int | None = None  # last HTTP status, None for timeout / connection error
+    error: str | None = None  # exchange error code or transport error class
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCancelResult:
+    """Answer of a batch cancel or cancel-all. ``outcome`` is set when the call itself
+    did not succeed (rejected / failed); then ``success`` and ``fail`` are empty."""
+
+    symbol: str
+    success: list[int] = field(default_factory=list)
+    fail: list[int] = field(default_factory=list)
+    attempts: int = 1
+    outcome: Outcome | None = None
+    reason: RejectReason | None = None
+
+
+class ExchangeAPI(Protocol):
+    """One account's view of the exchange. Every call goes through the account's limiter.
+
+    Listing calls raise ``killswitch.exchange.errors.AuthError`` on ``invalid_client``
+    and ``ExchangeUnavailable`` when retries are exhausted; cancels never raise for
+    exchange answers, they return a result with the outcome.
+    """
+
+    @property
+    def account(self) -> str: ...
+
+    async def exchange_info(self) -> list[SymbolInfo]: ...
+
+    def open_orders(self, symbol: str, *, limit: int = 100) -> AsyncIterator[list[Order]]:
+        """Pages of open orders, newest first, each order exactly once."""
+        ...
+
+    async def get_order(self, order_id: int, symbol: str) -> Order: ...
+
+    async def cancel_order(self, order_id: int, symbol: str) -> CancelResult: ...
+
+    async def cancel_batch(self, symbol: str, order_ids: Sequence[int]) -> BatchCancelResult: ...
+
+    async def cancel_all(self, symbol: str) -> BatchCancelResult: ...
+
+
+class Observer(Protocol):
+    """Receives what happens, for metrics. Every method must be cheap and never raise."""
+
+    def request_done(self, account: str, endpoint: str, status: str, seconds: float) -> None:
+        """One HTTP call finished; ``status`` is the code or ``timeout`` / ``error``."""
+
+    def rate_changed(self, account: str, rate: float) -> None: ...
+
+    def inflight_cancels(self, account: str, delta: int) -> None: ...
+
+    def cancel_outcome(self, account: str, outcome: Outcome) -> None: ...
+
+    def first_cancel(self, seconds: float) -> None:
+        """Seconds from reading an alert to its first cancel request sent."""
+
+    def flat(self, seconds: float) -> None:
+        """Seconds from reading an alert to a verified flat result."""
+
+    def halted(self, account: str, halted: bool) -> None: ...
+
+    def residual(self, account: str, count: int) -> None: ...
+
+
+class NullObserver:
+    """An :class:`Observer` that records nothing."""
+
+    def request_done(self, account: str, endpoint: str, status: str, seconds: float) -> None:
+        pass
+
+    def rate_changed(self, account: str, rate: float) -> None:
+        pass
+
+    def inflight_cancels(self, account: str, delta: int) -> None:
+        pass
+
+    def cancel_outcome(self, account: str, outcome: Outcome) -> None:
+        pass
+
+    def first_cancel(self, seconds: float) -> None:
+        pass
+
+    def flat(self, seconds: float) -> None:
+        pass
+
+    def halted(self, account: str, halted: bool) -> None:
+        pass
+
+    def residual(self, account: str, count: int) -> None:
+        pass
