@@ -10,7 +10,6 @@ from typing import TypeVar
 from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome, RejectReason
 
-
 _T = TypeVar("_T")
 
 
