@@ -119,3 +119,14 @@ class SweepResult:
     reason: str | None = None
     operator: str | None = None
     source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HaltState:
+    """The halt latch of one account (``killswitch.state``, key = account)."""
+
+    account: str
+    halted: bool
+    alert_id: str
+    since: datetime
+    scope: Scope

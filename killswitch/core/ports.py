@@ -7,11 +7,12 @@ The engine talks to the exchange through :class:`ExchangeAPI` (implemented by
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol
 
+from killswitch.core.model import HaltState, KillRequest, SweepResult
 from killswitch.core.orders import Order, SymbolInfo
 from killswitch.core.outcomes import Outcome, RejectReason
 
@@ -124,3 +125,32 @@ class NullObserver:
 
     def residual(self, account: str, count: int) -> None:
         pass
+
+
+ResultSink = Callable[[SweepResult], Awaitable[None]]
+"""Where the engine sends progress results (``final`` False) while a sweep runs."""
+
+StateSink = Callable[[HaltState], Awaitable[None]]
+"""Where the engine sends halt latch changes (to be published to ``killswitch.state``)."""
+
+
+class EngineAPI(Protocol):
+    """What the intake needs from the kill engine (``killswitch.engine``).
+
+    ``submit`` serialises per account and coalesces overlapping kills into the
+    running sweep; it publishes progress through ``progress`` and *returns* the
+    final result, which the caller publishes (so offsets are committed only after
+    the final result is out).
+    """
+
+    async def submit(self, request: KillRequest, progress: ResultSink) -> SweepResult: ...
+
+    async def release(self, request: KillRequest) -> SweepResult: ...
+
+    def restore_halt(self, state: HaltState) -> None:
+        """Resume guarding an account found halted in the state topic at start-up."""
+
+    def halted(self) -> Mapping[str, HaltState]: ...
+
+    async def close(self, grace_s: float) -> None:
+        """Stop latch loops; let running sweeps finish within ``grace_s``."""
