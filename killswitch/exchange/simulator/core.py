@@ -1023,6 +1023,10 @@ class Simulator:
                     break
         return out
 
+    def api_keys(self) -> list[str]:
+        """Registered API keys, in registration order (in-process use only)."""
+        return list(self._clients)
+
     def client_labels(self) -> list[str]:
         return [c.label for c in self._clients.values()]
 
