@@ -464,3 +464,16 @@ def test_unknown_routes_and_methods() -> None:
     assert h.sim.handle(Request("GET", "/coin/internal/v1/nope")).status == 404
     assert h.sim.handle(Request("PUT", ORDER)).status == 405
     assert h.sim.handle(Request("GET", ORDER + "/")).status == 404  # no trailing slash
+
+
+def test_account_settings_helper_builds_a_usable_account() -> None:
+    from killswitch.exchange.signing import load_private_key
+    from killswitch.exchange.simulator.testing import account_settings, register_test_client
+
+    sim = Simulator()
+    api_key, pem = register_test_client(sim, name="mm-1")
+    account = account_settings("http://127.0.0.1:1234", api_key, pem, "mm-1", burst=5)
+    assert (account.id, account.base_url, account.burst) == ("mm-1", "http://127.0.0.1:1234", 5)
+    assert account.api_key.get_secret_value() == api_key
+    load_private_key(account.private_key_bytes())
+    assert api_key not in repr(account)
