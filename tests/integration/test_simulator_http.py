@@ -317,6 +317,24 @@ async def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
     assert answers[1][1].startswith(b"[")
 
 
+async def test_requests_split_across_packets_and_bodies_in_a_pipeline(served: Served) -> None:
+    (order_id,) = served.sim.seed_orders(served.api_key, SYMBOL, 1)
+    body = json.dumps({"api_key": served.api_key}).encode()
+    data = (
+        b"POST /_admin/orders/open HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s"
+        b"GET /coin/internal/v1/public/time HTTP/1.1\r\n\r\n" % (len(body), body)
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
+    for i in range(len(data)):  # one byte at a time
+        writer.write(data[i : i + 1])
+        await writer.drain()
+    first = await asyncio.wait_for(reader.readuntil(b"}"), 5)
+    assert b'"order_ids":[%d]' % order_id in first
+    second = await asyncio.wait_for(reader.readuntil(b"}"), 5)
+    assert b"timezone" in second
+    writer.close()
+
+
 @pytest.mark.parametrize(
     ("data", "status"),
     [
@@ -413,6 +431,7 @@ async def test_admin_calls_drive_the_simulator(served: Served) -> None:
         ).status_code == 404
         assert (await call("GET", "/nothing")).status_code == 404
         assert (await admin.post("/faults", content=b"[1")).status_code == 400
+        assert (await admin.post("/faults", content=b"[" * 100_000)).status_code == 400
 
 
 async def test_admin_can_be_turned_off() -> None:

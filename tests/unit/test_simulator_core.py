@@ -354,6 +354,8 @@ def test_batch_cancel_reports_success_and_fail() -> None:
     too_many = compact_json({"order_ids": [1, 2, 3, 4], "symbol": "BTC_USDT"})
     assert h.request("DELETE", BATCH, body=too_many)[0] == 400
     assert h.request("DELETE", BATCH, body=b"not json")[0] == 400
+    assert h.request("DELETE", BATCH, body=b"[" * 100_000)[0] == 400  # nesting, not a crash
+    assert h.request("DELETE", BATCH, body=b"\xff\xfe")[0] == 400
     strings = compact_json({"order_ids": ["1"], "symbol": "BTC_USDT"})
     assert h.request("DELETE", BATCH, body=strings)[0] == 400
 
