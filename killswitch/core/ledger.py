@@ -78,6 +78,7 @@ class Ledger:
         self._pending: set[int] = set()  # queued or in flight
         self._in_flight: set[int] = set()
         self._seen: set[int] = set()  # listed in the current pass
+        self._recancels = 0  # of those, orders an earlier pass had already cancelled (sent)
         self._tally: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
         self._listed: dict[str, set[int]] = {}  # latest complete listing per pair
         self._listing: dict[str, set[int]] = {}  # listing in progress per pair
@@ -87,6 +88,11 @@ class Ledger:
     def new_pass(self) -> None:
         """A new pass starts: every order may be cancelled once more."""
         self._seen = set()
+        self._recancels = 0
+
+    def recancels(self) -> int:
+        """Orders this pass found open again although a cancel for them was ``sent``."""
+        return self._recancels
 
     def seen_count(self) -> int:
         """How many in-scope open orders the current pass's listing returned."""
@@ -112,10 +118,14 @@ class Ledger:
         record = self._orders.get(order_id)
         if record is None:
             self._orders[order_id] = OrderRecord(symbol, side)
-        elif order_id in self._pending or not should_cancel_again(record.outcome):
+            self._pending.add(order_id)
+            return True
+        if record.side is None:
+            record.side = side  # first named by a cancel-all: a listing tells the side
+        if order_id in self._pending or not should_cancel_again(record.outcome):
             return False
-        elif record.side is None:
-            record.side = side
+        if record.outcome is Outcome.SENT:
+            self._recancels += 1
         self._pending.add(order_id)
         return True
 

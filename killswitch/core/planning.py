@@ -217,6 +217,19 @@ def next_step(summary: PassSummary, *, passes: int, max_passes: int, dry_run: bo
     return Next.CONTINUE
 
 
+def pause_before_next_pass(lagging_passes: int, base_s: float = 0.05, cap_s: float = 1.0) -> float:
+    """Seconds to wait before listing again.
+
+    ``lagging_passes`` counts consecutive passes whose listing still returned orders
+    the exchange had already accepted a cancel for (``sent``): the exchange is slow to
+    apply cancels, and listing and cancelling again at once would only spend budget.
+    The pause doubles per such pass, from ``base_s`` up to ``cap_s``; otherwise none.
+    """
+    if lagging_passes <= 0:
+        return 0.0
+    return float(min(cap_s, base_s * 2.0 ** min(lagging_passes - 1, 30)))
+
+
 def final_status(
     *,
     dry_run: bool,

@@ -42,6 +42,7 @@ from killswitch.core.planning import (
     in_scope,
     next_step,
     normalise_scope,
+    pause_before_next_pass,
     priority_key,
     symbols_to_list,
     unanswered,
@@ -238,6 +239,7 @@ class Sweep:
     async def _passes(self) -> None:
         assert self.scope is not None
         max_passes = self.settings.max_passes
+        lagging = 0
         while True:
             self.passes += 1
             gen = self.gen
@@ -260,6 +262,10 @@ class Sweep:
                 summary, passes=self.passes, max_passes=max_passes, dry_run=self.dry_run
             )
             if step is Next.CONTINUE:
+                lagging = lagging + 1 if self.ledger.recancels() else 0
+                pause = pause_before_next_pass(lagging)
+                if pause:
+                    await asyncio.sleep(pause)  # let the exchange apply the cancels it took
                 continue
             if step is Next.RESIDUAL:
                 self.end_note = (

@@ -20,6 +20,7 @@ from killswitch.core.planning import (
     needs_exchange_info,
     next_step,
     normalise_scope,
+    pause_before_next_pass,
     priority_key,
     symbols_to_list,
     unanswered,
@@ -332,3 +333,11 @@ def test_final_status(
         dry_run=dry_run, failure=failure, verified=verified, residual_in_scope=residual
     )
     assert got is expected
+
+
+@pytest.mark.parametrize(
+    ("lagging", "expected"),
+    [(0, 0.0), (-1, 0.0), (1, 0.05), (2, 0.1), (3, 0.2), (5, 0.8), (6, 1.0), (1000, 1.0)],
+)
+def test_pause_before_next_pass(lagging: int, expected: float) -> None:
+    assert pause_before_next_pass(lagging) == pytest.approx(expected)

@@ -227,3 +227,18 @@ def test_counts_always_add_up(events: list[tuple[str, int, Outcome]]) -> None:
     assert ledger.counts().resolved == len(ledger)
     assert len(ledger.reports()) == len(ledger)
     assert all(r.outcome is not None for _, r in ledger.items())
+
+
+def test_recancels_count_orders_found_again_after_sent() -> None:
+    ledger = Ledger()
+    ledger.observe(1, "A", Side.BUY)
+    ledger.observe(2, "A", Side.BUY)
+    ledger.conclude(1, SENT, 1)
+    ledger.conclude(2, FAILED, 1)
+    assert ledger.recancels() == 0
+    ledger.new_pass()
+    ledger.observe(1, "A", Side.BUY)
+    ledger.observe(2, "A", Side.BUY)
+    assert ledger.recancels() == 1
+    ledger.new_pass()
+    assert ledger.recancels() == 0
