@@ -676,7 +676,7 @@ class ExchangeClient:
 
 
 def _id_lists(body: Any) -> tuple[list[int] | None, list[int] | None]:
-    if not isinstance(body, Mapping):
+    if not isinstance(body, Mapping) or ("success" not in body and "fail" not in body):
         return None, None
     return _ints(body.get("success", [])), _ints(body.get("fail", []))
 
