@@ -582,3 +582,91 @@ async def test_close_fails_sweeps_that_outlive_the_grace() -> None:
     assert result.counts.failed == 1
     refused = await engine.submit(request("late"), Progress())
     assert refused.status is SweepStatus.FAILED
+
+
+class _Live:
+    """Counts Order objects alive right now (and the most ever alive at once)."""
+
+    now = 0
+    peak = 0
+
+
+class CountedOrder(Order):
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        _Live.now -= 1
+
+
+def counted_order(order_id: int, symbol: str) -> Order:
+    _Live.now += 1
+    _Live.peak = max(_Live.peak, _Live.now)
+    return CountedOrder(
+        order_id=order_id,
+        symbol=symbol,
+        side=Side.BUY if order_id % 2 else Side.SELL,
+        status=OrderStatus.OPEN,
+        type="LIMIT",
+        price=Decimal(order_id % 997 + 1),
+        quantity=Decimal(1),
+    )
+
+
+class LazyBook(FakeExchange):
+    """Keeps only ids; builds Order objects page by page, as a real client parses them."""
+
+    def __init__(self, per_symbol: int, symbols: Sequence[str]) -> None:
+        super().__init__(symbols)
+        self.ids: dict[str, set[int]] = {
+            s: set(range(i * per_symbol + 1, (i + 1) * per_symbol + 1))
+            for i, s in enumerate(symbols)
+        }
+
+    async def open_orders(self, symbol: str, *, limit: int = 100) -> AsyncIterator[list[Order]]:
+        ids = sorted(self.ids[symbol], reverse=True)
+        for i in range(0, len(ids), limit):
+            page = [counted_order(oid, symbol) for oid in ids[i : i + limit]]
+            yield page
+            del page
+            await asyncio.sleep(0)
+
+    async def cancel_order(self, order_id: int, symbol: str) -> CancelResult:
+        await asyncio.sleep(0)
+        if order_id not in self.ids[symbol]:
+            return CancelResult(order_id, symbol, Outcome.ALREADY_CLOSED, 1, status=400)
+        self.ids[symbol].discard(order_id)
+        return CancelResult(order_id, symbol, Outcome.SENT, 1, status=200)
+
+
+async def test_memory_is_bounded_by_pages_not_by_orders() -> None:
+    # 40,000 open orders: the sweep must never hold more than the pages being read, whatever
+    # the size of the book: per pair listed at once, one page, two while the next one is
+    # parsed (the loop still holds the previous page).
+    _Live.now = _Live.peak = 0
+    symbols = ["A_USDT", "B_USDT", "C_USDT", "D_USDT"]
+    ex = LazyBook(10_000, symbols)
+    engine = Engine({ACCOUNT: ex}, settings(page_size=100))
+    result = await run(engine, request())
+    assert result.status is SweepStatus.FLAT
+    assert result.counts.sent == 40_000
+    assert _Live.peak <= 2 * len(symbols) * 100
+    assert _Live.now == 0
+
+
+def test_restore_halt_before_the_loop_runs_starts_guarding_on_first_use() -> None:
+    ex = FakeExchange(["BTC_USDT", "ETH_USDT"])
+    stray = ex.place("BTC_USDT")
+    engine = Engine({ACCOUNT: ex}, settings())
+    engine.restore_halt(
+        HaltState(ACCOUNT, True, "old", datetime.now(UTC), Scope(frozenset({"BTC_USDT"})))
+    )
+    engine.restore_halt(HaltState("ghost", True, "x", datetime.now(UTC), Scope()))  # ignored
+    assert set(engine.halted()) == {ACCOUNT}
+
+    async def main() -> None:
+        result = await engine.submit(request(symbols={"ETH_USDT"}), Progress())
+        assert result.status is SweepStatus.FLAT
+        await wait_for(lambda: stray not in ex.books["BTC_USDT"])
+        await engine.close(1.0)
+
+    asyncio.run(main())
