@@ -21,10 +21,11 @@ Choices worth knowing (also in ``docs/CLIENT.md``):
 - **Clock.** The offset to the server clock is measured with the public time endpoint
   (server time minus the midpoint of the round trip) before the first signed request,
   then refreshed in the background every ``clock_sync_interval_s``. On
-  ``invalid_client`` the offset is re-measured (at most once a second, shared by
-  concurrent requests) and the request is retried once *only if the offset moved*
-  by more than ``auth_resync_tolerance_ms``; otherwise it is an auth failure at once
-  (a revoked key does not cost a second request per order).
+  ``invalid_client`` the offset is re-measured (at most once per
+  ``auth_resync_min_interval_s``, one measurement shared by concurrent requests)
+  and the request is retried once *only if the offset moved* by more than
+  ``auth_resync_tolerance_ms``; otherwise it is an auth failure at once (a revoked
+  key does not cost a second request per order).
 - **Public endpoints.** Server time bypasses the limiter (it carries no API key and
   must not queue behind a thousand cancels); exchange info goes through it and is
   cached for ``exchange_info_ttl_s``.
@@ -99,8 +100,6 @@ PATH_BATCH = f"{PREFIX}/order/batch"
 _USER_AGENT = f"killswitch/{__version__}"
 # After a failed clock sync, try again this much later (not at every request).
 _SYNC_RETRY_S = 5.0
-# Re-measuring the clock after invalid_client happens at most this often.
-_MIN_RESYNC_S = 1.0
 
 
 # -- pure pieces: request preparation, backoff, clock offset, paging --------------------
@@ -257,6 +256,7 @@ class ExchangeClient:
         limiter: RateLimiter | None = None,
         exchange_info_ttl_s: float = 300.0,
         auth_resync_tolerance_ms: int = 250,
+        auth_resync_min_interval_s: float = 1.0,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -274,6 +274,7 @@ class ExchangeClient:
         self._rng = rng or random.Random()
         self._info_ttl = exchange_info_ttl_s
         self._resync_tolerance = auth_resync_tolerance_ms
+        self._resync_min_interval = auth_resync_min_interval_s
         self._limiter = limiter or RateLimiter(
             settings.rate_limit_per_second,
             settings.burst,
@@ -397,7 +398,8 @@ class ExchangeClient:
 
     async def _clock_moved(self, signed_offset: int) -> bool:
         """After invalid_client: re-measure (rate-limited, shared) and compare offsets."""
-        if self._mono() - self._synced_at >= _MIN_RESYNC_S or self._sync_task is not None:
+        since = self._mono() - self._synced_at
+        if since >= self._resync_min_interval or self._sync_task is not None:
             await asyncio.shield(self._start_sync())
         return abs(self._offset_ms - signed_offset) > self._resync_tolerance
 

@@ -886,7 +886,7 @@ class Simulator:
         assert client is not None
         try:
             data = json.loads(body)
-        except ValueError:  # includes UnicodeDecodeError
+        except (ValueError, RecursionError):  # bad UTF-8, bad JSON, absurd nesting
             return invalid("body is not JSON"), None
         if not isinstance(data, dict):
             return invalid("body must be a JSON object"), None
@@ -932,7 +932,7 @@ class Simulator:
         assert client is not None
         try:
             data = json.loads(body, parse_float=Decimal)
-        except ValueError:
+        except (ValueError, RecursionError):
             return invalid("body is not JSON"), None
         if not isinstance(data, dict):
             return invalid("body must be a JSON object"), None
