@@ -26,7 +26,7 @@ import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,8 +59,7 @@ from killswitch.triggers import TriggerVerifier
 log = logging.getLogger(__name__)
 
 DEADMAN_SOURCE = "deadman"
-# Parsing is synchronous; a message this large is parsed in a worker thread so a
-# burst of huge messages cannot stall the loop (and with it Kafka heartbeats).
+# Messages larger than this are parsed in a worker thread.
 _THREAD_PARSE_BYTES = 64 * 1024
 _POLL_MS = 100
 _PUBLISH_BACKOFF_MAX_S = 5.0
@@ -92,6 +91,27 @@ class IntakeConfig:
             default_deadline_s=settings.engine.default_deadline_s,
             revoke_drain_s=drain,
         )
+
+
+@dataclass(slots=True)
+class _Step:
+    """What to do for one account of an alert."""
+
+    request: KillRequest
+    seen: Seen
+    future: asyncio.Future[str | None] | None = None  # NEW: resolved with the final status
+    previous: str | None = None  # DONE: the status of the original handling
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What to do with one record: a refusal, or one step per account."""
+
+    label: str
+    rejection: Rejection | None = None
+    result: str = "processed"
+    steps: list[_Step] = field(default_factory=list)
+    action: str = "kill"
 
 
 class _Interrupted(Exception):
@@ -139,6 +159,7 @@ class Intake:
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._queued: Counter[str] = Counter()
         self._in_flight: dict[tuple[str, str], asyncio.Future[str | None]] = {}
+        self._max_bytes = config.limits.max_message_bytes
         self._max_in_flight = config.limits.max_queued_per_account * max(1, len(config.accounts))
         self._paused = False
         self._stopping = False
@@ -223,11 +244,19 @@ class Intake:
     # ------------------------------------------------------------------ records
 
     def _accept(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
+        """Hand out one record: plan it now (so backpressure counts it), run it in a task."""
         if not self._tracker.read(tp, record.offset):
             return
         channel: Channel = "manual" if tp.topic == self._config.topics.manual else "alerts"
         received = self._clock()
-        task = asyncio.create_task(self._handle(tp, record, channel, received))
+        origin = Origin(tp.topic, tp.partition, record.offset)
+        value: bytes | None = record.value
+        if value is not None and _THREAD_PARSE_BYTES < len(value) <= self._max_bytes:
+            work = self._handle_large(record, channel, origin, received)
+        else:
+            plan = self._plan(self._parse(value, channel, received), channel, origin, received)
+            work = self._execute(record, plan, origin, received)
+        task = asyncio.create_task(work)
         self._tasks[task] = tp
         task.add_done_callback(self._task_done)
 
@@ -239,91 +268,104 @@ class Intake:
                 log.error("alert handling failed", exc_info=exc)
         self._update_backpressure()
 
-    async def _handle(
+    async def _handle_large(
         self,
-        tp: TopicPartition,
         record: ConsumerRecord[Any, Any],
         channel: Channel,
+        origin: Origin,
         received: datetime,
     ) -> None:
-        origin = Origin(tp.topic, tp.partition, record.offset)
-        value: bytes | None = record.value
-        parsed = await self._parse(value, channel, received)
-        label: str = channel
-        if isinstance(parsed, Alert):
-            if channel == "alerts" and parsed.source == DEADMAN_SOURCE:
-                label = DEADMAN_SOURCE
-            try:
-                outcome = await self._process(parsed, channel, origin, received)
-            except _Interrupted:
-                return  # shutdown: not done, replayed after the restart
-        else:
-            outcome = parsed
-        if isinstance(outcome, Rejection):
-            await self._dead_letter(record, tp, outcome, received)
-            result = outcome.kind.value
-        else:
-            result = outcome
-        self._observer.alert_read(label, result)
-        self._tracker.done(tp, record.offset)
-        self._commit_wanted.set()
+        # Parsing is synchronous; a large message is parsed in a worker thread so a
+        # burst of them cannot stall the loop (and with it Kafka heartbeats).
+        parsed = await asyncio.to_thread(self._parse, record.value, channel, received)
+        plan = self._plan(parsed, channel, origin, received)
+        await self._execute(record, plan, origin, received)
 
-    async def _parse(
+    def _parse(
         self, value: bytes | None, channel: Channel, received: datetime
     ) -> Alert | Rejection:
         limits = self._config.limits
+        return parse_alert(
+            value,
+            channel=channel,
+            accounts=self._config.accounts,
+            max_message_bytes=limits.max_message_bytes,
+            max_order_ids=limits.max_order_ids,
+            now=received,
+            verifier=self._verifier,
+        )
 
-        def parse() -> Alert | Rejection:
-            return parse_alert(
-                value,
-                channel=channel,
-                accounts=self._config.accounts,
-                max_message_bytes=limits.max_message_bytes,
-                max_order_ids=limits.max_order_ids,
-                now=received,
-                verifier=self._verifier,
-            )
-
-        if value is not None and _THREAD_PARSE_BYTES < len(value) <= limits.max_message_bytes:
-            return await asyncio.to_thread(parse)
-        return parse()
-
-    async def _process(
-        self, alert: Alert, channel: Channel, origin: Origin, received: datetime
-    ) -> str | Rejection:
-        """Run one valid alert for each of its accounts; the ``result`` label or a refusal."""
+    def _plan(
+        self, parsed: Alert | Rejection, channel: Channel, origin: Origin, received: datetime
+    ) -> _Plan:
+        """Decide per account (synchronously, so concurrent repeats see each other)."""
+        if isinstance(parsed, Rejection):
+            return _Plan(label=channel, rejection=parsed)
+        alert = parsed
+        label = (
+            DEADMAN_SOURCE if channel == "alerts" and alert.source == DEADMAN_SOURCE else channel
+        )
         requests = kill_requests(
             alert,
             accounts=self._config.accounts,
             received_at=received,
             default_deadline_s=self._config.default_deadline_s,
         )
-        key = (origin.topic, origin.partition, origin.offset)
-        decision = self._dedup.decide(alert.alert_id, [r.account for r in requests], key)
+        position = (origin.topic, origin.partition, origin.offset)
+        decision = self._dedup.decide(alert.alert_id, [r.account for r in requests], position)
         signing = self._verifier is not None and self._verifier.required
         if decision.reused and channel == "manual" and signing:
-            return Rejection(
+            refusal = Rejection(
                 RejectKind.UNAUTHORIZED,
                 "alert_id already used by an earlier trigger (replay refused)",
                 alert.alert_id,
             )
-        jobs = []
+            return _Plan(label=label, rejection=refusal)
+        steps: list[_Step] = []
         for request, verdict in zip(requests, decision.accounts, strict=True):
             if verdict.seen is Seen.NEW:
-                # Registered before any await, so a concurrent repeat sees IN_FLIGHT
-                # and finds the future to wait on.
-                self._dedup.start(alert.alert_id, request.account, key)
-                future = asyncio.get_running_loop().create_future()
+                self._dedup.start(alert.alert_id, request.account, position)
+                future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
                 self._in_flight[(alert.alert_id, request.account)] = future
-                jobs.append(self._run_request(request, alert.action, origin, future))
-            elif verdict.seen is Seen.IN_FLIGHT:
-                jobs.append(self._repeat_after_in_flight(request, origin))
+                self._queued[request.account] += 1
+                steps.append(_Step(request, Seen.NEW, future=future))
             else:
-                jobs.append(self._publish_duplicate(request, verdict.previous_status, origin))
-        await asyncio.gather(*jobs)
+                steps.append(_Step(request, verdict.seen, previous=verdict.previous_status))
         if decision.all_repeats:
-            return "duplicate"
-        return "dry_run" if alert.dry_run and alert.action == "kill" else "processed"
+            result = "duplicate"
+        elif alert.dry_run and alert.action == "kill":
+            result = "dry_run"
+        else:
+            result = "processed"
+        return _Plan(label=label, result=result, steps=steps, action=alert.action)
+
+    async def _execute(
+        self, record: ConsumerRecord[Any, Any], plan: _Plan, origin: Origin, received: datetime
+    ) -> None:
+        """Run a plan; the record is done once every output for it is acknowledged."""
+        if plan.rejection is not None:
+            await self._dead_letter(record, origin, plan.rejection, received)
+            result = plan.rejection.kind.value
+        else:
+            try:
+                await asyncio.gather(
+                    *(self._run_step(step, plan.action, origin) for step in plan.steps)
+                )
+            except _Interrupted:
+                return  # shutdown: not done, replayed after the restart
+            result = plan.result
+        self._observer.alert_read(plan.label, result)
+        self._tracker.done(TopicPartition(origin.topic, origin.partition), origin.offset)
+        self._commit_wanted.set()
+
+    async def _run_step(self, step: _Step, action: str, origin: Origin) -> None:
+        if step.seen is Seen.NEW:
+            assert step.future is not None
+            await self._run_request(step.request, action, origin, step.future)
+        elif step.seen is Seen.IN_FLIGHT:
+            await self._repeat_after_in_flight(step.request, origin)
+        else:
+            await self._publish_duplicate(step.request, step.previous, origin)
 
     async def _run_request(
         self,
@@ -334,8 +376,6 @@ class Intake:
     ) -> None:
         """Engine, then the final result; the dedup window learns it once published."""
         key = (request.alert_id, request.account)
-        self._queued[request.account] += 1
-        self._update_backpressure()
         status: str | None = None
         try:
             result = await self._call_engine(request, action, origin)
@@ -390,7 +430,7 @@ class Intake:
     async def _dead_letter(
         self,
         record: ConsumerRecord[Any, Any],
-        tp: TopicPartition,
+        origin: Origin,
         rejection: Rejection,
         received: datetime,
     ) -> None:
@@ -400,16 +440,16 @@ class Intake:
                 "kind": rejection.kind.value,
                 "reason": rejection.reason,
                 "alert_id": rejection.alert_id,
-                "topic": tp.topic,
-                "partition": tp.partition,
-                "offset": record.offset,
+                "topic": origin.topic,
+                "partition": origin.partition,
+                "offset": origin.offset,
             },
         )
         value = encode_dlq(
             record.value,
-            topic=tp.topic,
-            partition=tp.partition,
-            offset=record.offset,
+            topic=origin.topic,
+            partition=origin.partition,
+            offset=origin.offset,
             key=record.key,
             rejection=rejection,
             received_at=received,
