@@ -1,0 +1,349 @@
+"""Which HTTP transport should the exchange client use? Measured, in one run.
+
+5,000 signed cancel DELETEs (configurable) at 1 / 16 / 64 in flight, over loopback,
+against a server in a separate process (the exchange simulator, and a trivial
+aiohttp server that answers ``CANCEL_SENT`` without any work, to show the client's
+own ceiling). Variants, all in the same run:
+
+- ``bare-aiohttp``     an aiohttp loop with no httpx at all: the baseline (ratio 1.00)
+- ``httpx-default``    ``httpx.AsyncClient`` with its own transport
+- ``httpx-aiohttp``    ``httpx.AsyncClient`` over our ``AiohttpTransport``
+- ``httpx-aiohttp-pkg`` ``httpx.AsyncClient`` over the ``httpx-aiohttp`` package (if installed)
+- ``client-aiohttp`` / ``client-httpx``  the full ``ExchangeClient.cancel_order`` (signing,
+  limiter, retries, outcome) on each transport: what a kill actually gets
+
+Every request is signed the same way (a fresh timestamp and signature each), so the
+signing cost is in every figure alike. Run::
+
+    .venv/bin/python -m bench.client_transport [--requests 5000] [--server sim|trivial|both]
+
+One line per figure on stdout; JSON in ``bench/results/client_transport.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import multiprocessing
+import platform
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+from pydantic import SecretStr
+
+from killswitch.config import AccountSettings
+from killswitch.core.outcomes import Outcome
+from killswitch.exchange.client import PATH_ORDER, ExchangeClient, prepare_request
+from killswitch.exchange.signing import (
+    Signer,
+    encode_query,
+    generate_private_key,
+    private_key_pem,
+    public_key_pem,
+)
+from killswitch.exchange.transport import AiohttpTransport
+
+RESULTS = Path(__file__).parent / "results"
+SYMBOL = "BTC_USDT"
+API_KEY = "bench-api-key"
+CONCURRENCY = (1, 16, 64)
+
+
+@dataclass
+class Figure:
+    server: str
+    variant: str
+    inflight: int
+    requests: int
+    seconds: float
+    ok: int
+    rps: float
+    ratio: float | None = None  # against bare-aiohttp at the same in-flight count
+
+
+# -- the server, in its own process --------------------------------------------------------
+
+
+def _serve(kind: str, public_pem: bytes, orders: int, conn: Connection) -> None:
+    asyncio.run(_serve_async(kind, public_pem, orders, conn))
+
+
+async def _serve_async(kind: str, public_pem: bytes, orders: int, conn: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    async with _server(kind, public_pem, orders) as (base_url, order_ids):
+        conn.send((base_url, order_ids))
+        await loop.run_in_executor(None, conn.recv)  # until the parent says stop
+
+
+@contextlib.asynccontextmanager
+async def _server(
+    kind: str, public_pem: bytes, orders: int
+) -> AsyncIterator[tuple[str, list[int]]]:
+    if kind == "trivial":
+        async with _trivial_server() as base_url:
+            yield base_url, list(range(1, orders + 1))
+        return
+    from killswitch.exchange.simulator import Simulator, SimulatorServer
+
+    sim = Simulator(seed=0)
+    sim.add_client(API_KEY, public_pem)
+    ids = sim.seed_orders(API_KEY, SYMBOL, orders)
+    async with SimulatorServer(sim, host="127.0.0.1", port=0) as server:
+        yield server.base_url, ids
+
+
+@contextlib.asynccontextmanager
+async def _trivial_server() -> AsyncIterator[str]:
+    from aiohttp import web
+
+    body = b'{"status":"CANCEL_SENT"}'
+
+    async def cancel(_: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    async def server_time(_: web.Request) -> web.Response:
+        return web.json_response({"timezone": "UTC", "timestamp": int(time.time() * 1000)})
+
+    app = web.Application()
+    app.router.add_route("DELETE", PATH_ORDER, cancel)
+    app.router.add_route("GET", "/coin/internal/v1/public/time", server_time)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.contextmanager
+def serving(kind: str, public_pem: bytes, orders: int) -> Iterator[tuple[str, list[int]]]:
+    """Start the server process; yield its base URL and the order ids it holds."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_serve, args=(kind, public_pem, orders, child), daemon=True)
+    process.start()
+    try:
+        if not parent.poll(60):
+            raise RuntimeError(f"{kind} server did not start")
+        base_url, ids = parent.recv()
+        yield base_url, ids
+    finally:
+        with contextlib.suppress(OSError):
+            parent.send("stop")
+        process.join(10)
+        if process.is_alive():
+            process.terminate()
+            process.join(5)
+
+
+# -- the variants -----------------------------------------------------------------------
+
+Send = Callable[[int], Awaitable[bool]]
+
+
+class Signed:
+    """Signed cancel headers, made fresh per request exactly like the client does."""
+
+    def __init__(self, signer: Signer, base_url: str) -> None:
+        self.signer = signer
+        self.base_url = base_url
+
+    def __call__(self, order_id: int) -> tuple[str, dict[str, str]]:
+        query = encode_query([("order_id", order_id), ("symbol", SYMBOL)])
+        prepared = prepare_request(
+            "DELETE",
+            PATH_ORDER,
+            query,
+            api_key=API_KEY,
+            signer=self.signer,
+            timestamp_ms=int(time.time() * 1000),
+        )
+        return self.base_url + prepared.target, prepared.headers
+
+
+async def drive(send: Send, ids: list[int], inflight: int) -> tuple[float, int]:
+    """Send one request per id with ``inflight`` workers; (seconds, answers that were 2xx)."""
+    it = iter(ids)
+    ok = 0
+
+    async def worker() -> None:
+        nonlocal ok
+        for order_id in it:
+            if await send(order_id):
+                ok += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+    return time.perf_counter() - started, ok
+
+
+@contextlib.asynccontextmanager
+async def bare_aiohttp(signed: Signed, inflight: int) -> AsyncIterator[Send]:
+    connector = aiohttp.TCPConnector(limit=inflight)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def send(order_id: int) -> bool:
+            url, headers = signed(order_id)
+            async with session.delete(url, headers=headers) as response:
+                await response.read()
+                return response.status < 300
+
+        yield send
+
+
+@contextlib.asynccontextmanager
+async def httpx_over(signed: Signed, transport: httpx.AsyncBaseTransport) -> AsyncIterator[Send]:
+    async with httpx.AsyncClient(transport=transport) as client:
+
+        async def send(order_id: int) -> bool:
+            url, headers = signed(order_id)
+            response = await client.send(httpx.Request("DELETE", url, headers=headers))
+            return response.status_code < 300
+
+        yield send
+
+
+def _httpx_default(inflight: int) -> httpx.AsyncBaseTransport:
+    limits = httpx.Limits(max_connections=inflight, max_keepalive_connections=inflight)
+    return httpx.AsyncHTTPTransport(limits=limits)
+
+
+def _httpx_aiohttp_pkg(inflight: int) -> httpx.AsyncBaseTransport:
+    import httpx_aiohttp  # type: ignore[import-not-found,unused-ignore]
+
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=inflight))
+    transport: httpx.AsyncBaseTransport = httpx_aiohttp.AiohttpTransport(client=session)
+    return transport
+
+
+@contextlib.asynccontextmanager
+async def full_client(
+    base_url: str, key_pem: bytes, inflight: int, transport: str
+) -> AsyncIterator[Send]:
+    settings = AccountSettings(
+        id="bench",
+        api_key=SecretStr(API_KEY),
+        private_key=SecretStr(key_pem.decode()),
+        base_url=base_url,
+        rate_limit_per_second=100_000,
+        burst=100_000,
+        max_concurrency=inflight,
+    )
+    async with ExchangeClient(settings, transport=transport) as client:  # type: ignore[arg-type]
+        await client.sync_clock()
+
+        async def send(order_id: int) -> bool:
+            result = await client.cancel_order(order_id, SYMBOL)
+            return result.outcome is Outcome.SENT
+
+        yield send
+
+
+def variants(
+    signed: Signed, base_url: str, key_pem: bytes, inflight: int
+) -> dict[str, Callable[[], contextlib.AbstractAsyncContextManager[Send]]]:
+    found: dict[str, Callable[[], contextlib.AbstractAsyncContextManager[Send]]] = {
+        "bare-aiohttp": lambda: bare_aiohttp(signed, inflight),
+        "httpx-default": lambda: httpx_over(signed, _httpx_default(inflight)),
+        "httpx-aiohttp": lambda: httpx_over(signed, AiohttpTransport(max_connections=inflight)),
+    }
+    if importlib.util.find_spec("httpx_aiohttp") is not None:
+        found["httpx-aiohttp-pkg"] = lambda: httpx_over(signed, _httpx_aiohttp_pkg(inflight))
+    found["client-aiohttp"] = lambda: full_client(base_url, key_pem, inflight, "aiohttp")
+    found["client-httpx"] = lambda: full_client(base_url, key_pem, inflight, "httpx")
+    return found
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+async def measure_server(kind: str, requests: int, warmup: int) -> list[Figure]:
+    key = generate_private_key()
+    key_pem = private_key_pem(key)
+    signer = Signer(key)
+    names = list(variants(Signed(signer, ""), "", key_pem, 1))
+    per_run = requests + warmup
+    total = per_run * len(names) * len(CONCURRENCY)
+    figures: list[Figure] = []
+    with serving(kind, public_key_pem(key), total) as (base_url, ids):
+        signed = Signed(signer, base_url)
+        chunks = iter(ids[i : i + per_run] for i in range(0, len(ids), per_run))
+        for inflight in CONCURRENCY:
+            baseline: float | None = None
+            for name, factory in variants(signed, base_url, key_pem, inflight).items():
+                chunk = next(chunks)
+                async with factory() as send:
+                    await drive(send, chunk[:warmup], inflight)  # connections, caches
+                    seconds, ok = await drive(send, chunk[warmup:], inflight)
+                rps = requests / seconds
+                if name == "bare-aiohttp":
+                    baseline = rps
+                figure = Figure(kind, name, inflight, requests, seconds, ok, rps)
+                figure.ratio = rps / baseline if baseline else None
+                figures.append(figure)
+                print(_line(figure), flush=True)
+    return figures
+
+
+def _line(f: Figure) -> str:
+    ratio = f"{f.ratio:.2f}" if f.ratio is not None else "-"
+    return (
+        f"client_transport server={f.server:<7} variant={f.variant:<17} inflight={f.inflight:<3}"
+        f" req/s={f.rps:>8,.0f}  vs bare-aiohttp={ratio}  ok={f.ok}/{f.requests}"
+    )
+
+
+def _environment() -> dict[str, Any]:
+    versions: dict[str, Any] = {"httpx": httpx.__version__, "aiohttp": aiohttp.__version__}
+    with contextlib.suppress(Exception):
+        from importlib.metadata import version
+
+        versions["httpx-aiohttp"] = version("httpx-aiohttp")
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": multiprocessing.cpu_count(),
+        **versions,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; prints one line per figure and writes the JSON result file."""
+    parser = argparse.ArgumentParser(prog="python -m bench.client_transport")
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--server", choices=["sim", "trivial", "both"], default="both")
+    args = parser.parse_args(argv if argv is not None else [])
+    kinds = ["sim", "trivial"] if args.server == "both" else [args.server]
+    figures: list[Figure] = []
+    for kind in kinds:
+        figures += asyncio.run(measure_server(kind, args.requests, args.warmup))
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "client_transport.json"
+    report = {
+        "benchmark": "client_transport",
+        "command": "python -m bench.client_transport " + " ".join(argv or []),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "environment": _environment(),
+        "figures": [asdict(f) for f in figures],
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"client_transport: wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,311 @@
+"""A minimal HTTP/1.1 server on ``asyncio.Protocol``: just what the simulator needs.
+
+Keep-alive, ``Content-Length`` bodies, pipelined requests answered strictly in
+order, size limits, and a 400 (then close) for anything it cannot parse. It never
+raises out of a callback: bad input costs the connection, never the server.
+Python HTTP frameworks cost more per request than the ECDSA verify the simulator
+must do anyway; this keeps the rest of the path to a few microseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from killswitch.exchange.simulator.core import Request
+
+_log = logging.getLogger(__name__)
+
+MAX_HEAD_BYTES = 16 * 1024
+MAX_BODY_BYTES = 1024 * 1024
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        reason = _REASONS.get(status, "Unknown")
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {reason}\r\n".encode()
+    return line
+
+
+class Answer(Protocol):
+    """What an application returns for one request (``core.Reply`` fits)."""
+
+    status: int
+    body: bytes
+    delay_s: float
+    hold_s: float
+    drop: bool
+
+
+App = Callable[[Request], Answer]
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def error_body(message: str) -> bytes:
+    return b'{"error":"invalid_request","message":"' + message.encode() + b'"}'
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One connection. Requests are answered in arrival order; while one waits on a
+    delay, the following ones stay buffered (pipelining-safe)."""
+
+    def __init__(self, app: App, connections: set[HttpProtocol]) -> None:
+        self._app = app
+        self._connections = connections
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._waiting: asyncio.Task[None] | None = None  # answer being delayed
+        self._closed = False
+        self._reading_paused = False
+        self._writing_paused = False
+
+    # ------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._connections.discard(self)
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def pause_writing(self) -> None:
+        # The peer does not read its answers: stop reading its requests.
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if self._waiting is None:
+            self._process()
+        self._update_reading()
+
+    # ---------------------------------------------------------------- internals
+
+    def close(self) -> asyncio.Task[None] | None:
+        """Close the connection now (server shutdown); returns the answer task to await."""
+        if self._transport is not None and not self._closed:
+            self._closed = True
+            self._transport.close()
+        waiting = self._waiting
+        if waiting is not None and waiting is not asyncio.current_task():
+            waiting.cancel()
+            return waiting
+        return None
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None or self._closed:
+            return
+        want_pause = self._writing_paused or (
+            self._waiting is not None and len(self._buf) > MAX_HEAD_BYTES + MAX_BODY_BYTES
+        )
+        if want_pause and not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+        elif not want_pause and self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+
+    def _process(self) -> None:
+        """Answer every complete request in the buffer, in order."""
+        while not self._closed and self._waiting is None:
+            try:
+                parsed = self._parse()
+            except _BadRequest as exc:
+                self._write(exc.status, error_body(str(exc)), close=True)
+                return
+            if parsed is None:
+                return
+            request, keep_alive = parsed
+            try:
+                answer = self._app(request)
+            except Exception:  # a bug must cost one request, never the server
+                _log.exception("simulator failed on a request")
+                self._write(500, b'{"error":"api_error"}', close=True)
+                return
+            if answer.delay_s or answer.hold_s or answer.drop:
+                self._waiting = asyncio.get_running_loop().create_task(
+                    self._act_out(answer, keep_alive)
+                )
+                return
+            self._write(answer.status, answer.body, close=not keep_alive)
+
+    async def _act_out(self, answer: Answer, keep_alive: bool) -> None:
+        """Delay, hold or drop, then carry on with buffered requests."""
+        try:
+            if answer.delay_s:
+                await asyncio.sleep(answer.delay_s)
+            if answer.hold_s:
+                # The client normally gives up first; bounded so nothing hangs forever.
+                await asyncio.sleep(answer.hold_s)
+                self.close()
+                return
+            if answer.drop:
+                self.close()
+                return
+            self._write(answer.status, answer.body, close=not keep_alive)
+        except asyncio.CancelledError:
+            return
+        finally:
+            self._waiting = None
+        if not self._closed:
+            self._process()
+            self._update_reading()
+
+    def _write(self, status: int, body: bytes, close: bool) -> None:
+        transport = self._transport
+        if transport is None or self._closed:
+            return
+        head = b"%sContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
+            _status_line(status),
+            len(body),
+            b"Connection: close\r\n" if close else b"",
+        )
+        transport.write(head + body)
+        if close:
+            self._closed = True
+            transport.close()
+
+    def _parse(self) -> tuple[Request, bool] | None:
+        """The next complete request and whether to keep the connection, or None."""
+        buf = self._buf
+        while buf[:2] == b"\r\n":  # tolerated before a request line (RFC 9112)
+            del buf[:2]
+        end = buf.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
+        if end < 0:
+            if len(buf) > MAX_HEAD_BYTES:
+                raise _BadRequest(431, "request head too large")
+            return None
+        request, length, keep_alive = parse_head(bytes(buf[:end]))
+        start = end + 4
+        if len(buf) < start + length:
+            return None
+        request.body = bytes(buf[start : start + length])
+        del buf[: start + length]
+        return request, keep_alive
+
+
+_AUTH_HEADERS = {b"x-api-key": "api_key", b"x-timestamp": "timestamp", b"x-signature": "signature"}
+
+
+def parse_head(head: bytes) -> tuple[Request, int, bool]:
+    """Request line and headers: (request without body, body length, keep-alive)."""
+    lines = head.split(b"\r\n")
+    request, keep_alive = _request_line(lines[0])
+    length = -1
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name[-1:] in (b" ", b"\t"):
+            raise _BadRequest(400, "malformed header")
+        name = name.lower()
+        value = value.strip(b" \t")
+        attr = _AUTH_HEADERS.get(name)
+        if attr is not None:
+            setattr(request, attr, value.decode("latin-1"))
+        elif name == b"content-length":
+            if not value.isdigit() or len(value) > 9 or (length >= 0 and int(value) != length):
+                raise _BadRequest(400, "bad content-length")
+            length = int(value)
+            if length > MAX_BODY_BYTES:
+                raise _BadRequest(413, "body too large")
+        elif name == b"connection":
+            token = value.lower()
+            keep_alive = (
+                (token == b"keep-alive") if token in (b"close", b"keep-alive") else keep_alive
+            )
+        elif name == b"transfer-encoding":
+            raise _BadRequest(501, "transfer-encoding is not supported")
+    return request, max(length, 0), keep_alive
+
+
+def _request_line(line: bytes) -> tuple[Request, bool]:
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        raise _BadRequest(400, "malformed request line")
+    method_b, target_b, version = parts
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise _BadRequest(400, "unsupported HTTP version")
+    try:
+        method = method_b.decode("ascii")
+        target = target_b.decode("ascii")
+    except UnicodeDecodeError:
+        raise _BadRequest(400, "non-ASCII request line") from None
+    if not target.startswith("/") or not method.isalpha():
+        raise _BadRequest(400, "malformed request target")
+    path, _, query = target.partition("?")
+    return Request(method, path, query), version == b"HTTP/1.1"
+
+
+class HttpServer:
+    """Listens on a loopback port and serves ``app`` with :class:`HttpProtocol`."""
+
+    def __init__(self, app: App, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._app = app
+        self._host = host
+        self._port = port
+        self._server: asyncio.Server | None = None
+        self._connections: set[HttpProtocol] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        sock = self._server.sockets[0]
+        return int(sock.getsockname()[1])
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HttpProtocol(self._app, self._connections),
+            self._host,
+            self._port,
+            reuse_address=True,
+            backlog=1024,
+        )
+
+    async def close(self) -> None:
+        """Stop listening and close every open connection."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        tasks = [task for conn in list(self._connections) if (task := conn.close()) is not None]
+        # Let delayed answers finish cancelling, so no task outlives the server.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), timeout=5)

@@ -1,0 +1,133 @@
+"""HTTP transports for the exchange client: httpx's own, or one backed by aiohttp.
+
+The client always speaks the httpx interface (``httpx.AsyncClient`` with a
+``transport=``); only the transport underneath changes. Measured on loopback
+(``python -m bench client_transport``, figures in ``docs/CLIENT.md``), httpx's own
+connection pool loses throughput as concurrency rises, while the aiohttp-backed
+transport here keeps up, so ``aiohttp`` is the default.
+
+:class:`AiohttpTransport` is a small ``httpx.AsyncBaseTransport``: it sends the
+request's method, URL (already percent-encoded, sent as is), headers and body bytes
+through one ``aiohttp.ClientSession`` with a keep-alive connection pool, and turns
+aiohttp's exceptions into httpx's, so the client translates one family only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import aiohttp
+import httpx
+from yarl import URL
+
+TransportKind = Literal["aiohttp", "httpx"]
+TRANSPORT_KINDS: tuple[TransportKind, ...] = ("aiohttp", "httpx")
+
+# httpx sets these from the body; aiohttp computes its own framing for a bytes body.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that sends requests with aiohttp.
+
+    ``max_connections`` caps the pool, ``keepalive_expiry_s`` closes idle
+    connections. Per-request timeouts come from the request's ``timeout``
+    extension (httpx's per-phase ``connect``/``read``/``pool``; ``write`` has no
+    aiohttp counterpart and is covered by the read timeout of the same attempt).
+    The session is created on first use, inside the running event loop.
+    """
+
+    def __init__(self, *, max_connections: int = 100, keepalive_expiry_s: float = 30.0) -> None:
+        self._max_connections = max_connections
+        self._keepalive = keepalive_expiry_s
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise httpx.TransportError("transport is closed")
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            keepalive_timeout=self._keepalive,
+            ttl_dns_cache=60,
+        )
+        # auto_decompress off: httpx decodes Content-Encoding itself from the raw bytes.
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send one request and return the fully read response."""
+        session = self._session or self._open()
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in request.headers.raw
+            if name.lower().decode("latin-1") not in _FRAMING_HEADERS
+        ]
+        body = request.content if request.content else None
+        try:
+            async with session.request(
+                request.method,
+                URL(str(request.url), encoded=True),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=_timeout(request.extensions.get("timeout")),
+            ) as response:
+                content = await response.read()
+                status = response.status
+                raw_headers = list(response.raw_headers)
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise httpx.ConnectTimeout(str(exc) or "connect timeout", request=request) from exc
+        except TimeoutError as exc:  # aiohttp's socket read timeout, or the pool wait
+            raise httpx.ReadTimeout(str(exc) or "read timeout", request=request) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise httpx.ConnectError(str(exc), request=request) from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+        except aiohttp.ClientResponseError as exc:  # malformed status line or headers
+            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
+        return httpx.Response(status, headers=raw_headers, content=content, request=request)
+
+    async def aclose(self) -> None:
+        """Close the session and its pooled connections."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+def _timeout(spec: Any) -> aiohttp.ClientTimeout:
+    """httpx's per-phase timeout extension as an aiohttp ClientTimeout."""
+    if not isinstance(spec, dict):
+        return aiohttp.ClientTimeout()
+    connect = spec.get("connect")
+    pool = spec.get("pool")
+    # aiohttp's `connect` covers waiting for a pooled connection plus connecting.
+    total_connect = None if connect is None or pool is None else connect + pool
+    return aiohttp.ClientTimeout(
+        total=None, connect=total_connect, sock_connect=connect, sock_read=spec.get("read")
+    )
+
+
+def build_transport(
+    kind: TransportKind, *, max_connections: int, keepalive_expiry_s: float = 30.0
+) -> httpx.AsyncBaseTransport:
+    """A keep-alive transport of the given kind with a pool of ``max_connections``."""
+    if kind == "aiohttp":
+        return AiohttpTransport(
+            max_connections=max_connections, keepalive_expiry_s=keepalive_expiry_s
+        )
+    if kind == "httpx":
+        limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=keepalive_expiry_s,
+        )
+        return httpx.AsyncHTTPTransport(limits=limits, retries=0)
+    raise ValueError(f"unknown transport {kind!r}; expected one of {', '.join(TRANSPORT_KINDS)}")
