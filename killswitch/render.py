@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from killswitch.alerts import format_time, scope_to_json
 from killswitch.core.model import HaltState
 
@@ -26,6 +28,8 @@ __all__ = [
     "check_lines",
     "duration_text",
     "fraction_done",
+    "metric_samples",
+    "metrics_lines",
     "plain_updates",
     "progress_line",
     "progress_lines",
@@ -423,3 +427,102 @@ def check_lines(checks: Sequence[Check]) -> list[str]:
         else f"{failed} of {len(checks)} checks FAILED"
     )
     return [*table(["CHECK", "TARGET", "RESULT", "DETAIL"], rows), verdict]
+
+
+# ------------------------------------------------------------------------ metrics
+
+Sample = tuple[str, dict[str, str], float]
+
+
+def metric_samples(text: str) -> list[Sample]:
+    """Every sample of a Prometheus text exposition as ``(name, labels, value)``."""
+    return [
+        (s.name, dict(s.labels), float(s.value))
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def _sum(samples: Iterable[Sample], name: str, **match: str) -> float:
+    return sum(
+        v
+        for n, labels, v in samples
+        if n == name and all(labels.get(k) == x for k, x in match.items())
+    )
+
+
+def _by(samples: Sequence[Sample], name: str, label: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for n, labels, value in samples:
+        if n == name and label in labels:
+            out[labels[label]] = out.get(labels[label], 0.0) + value
+    return out
+
+
+def _status_class(status: str) -> str:
+    if status == "429":
+        return "429"
+    if status.isdigit() and len(status) == 3:
+        return f"{status[0]}xx"
+    return "no answer"
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if value == int(value) else f"{value:,.2f}"
+
+
+def _histogram_text(samples: Sequence[Sample], name: str, what: str) -> str:
+    count, total = _sum(samples, f"{name}_count"), _sum(samples, f"{name}_sum")
+    if not count:
+        return f"no {what} yet"
+    return f"{count:.0f} {what}, mean {duration_text(total / count)}"
+
+
+def metrics_lines(samples: Sequence[Sample], accounts: Sequence[str]) -> list[str]:
+    """A few headline numbers from the daemon's ``/metrics``, as a two-column table."""
+    outcomes = _by(samples, "killswitch_cancels_total", "outcome")
+    statuses: dict[str, float] = {}
+    for status, value in _by(samples, "killswitch_exchange_requests_total", "status").items():
+        key = _status_class(status)
+        statuses[key] = statuses.get(key, 0.0) + value
+    order = ["2xx", "4xx", "429", "5xx", "no answer"]
+    calls = sum(statuses.values())
+    per_status = "  ".join(f"{k} {_number(statuses[k])}" for k in order if statuses.get(k))
+    rates = _by(samples, "killswitch_rate_limit_per_second", "account")
+    halted = _by(samples, "killswitch_account_halted", "account")
+    alerts = _by(samples, "killswitch_alerts_total", "result")
+    rows = [
+        [
+            "killswitch_cancels_total",
+            "  ".join(
+                f"{o} {_number(outcomes.get(o, 0.0))}"
+                for o in ("sent", "already_closed", "rejected", "failed")
+            ),
+        ],
+        [
+            "killswitch_exchange_requests_total",
+            f"{_number(calls)} calls" + (f": {per_status}" if per_status else ""),
+        ],
+        [
+            "killswitch_alert_to_first_cancel_seconds",
+            _histogram_text(samples, "killswitch_alert_to_first_cancel_seconds", "kill(s)"),
+        ],
+        [
+            "killswitch_time_to_flat_seconds",
+            _histogram_text(samples, "killswitch_time_to_flat_seconds", "flat result(s)"),
+        ],
+        [
+            "killswitch_rate_limit_per_second",
+            "  ".join(f"{a} {_number(rates[a])}" for a in accounts if a in rates),
+        ],
+        [
+            "killswitch_account_halted",
+            "  ".join(f"{a} {_number(halted[a])}" for a in accounts if a in halted),
+        ],
+        [
+            "killswitch_alerts_total",
+            "  ".join(f"{r} {_number(v)}" for r, v in sorted(alerts.items()) if v) or "none",
+        ],
+        ["killswitch_ready", _number(_sum(samples, "killswitch_ready"))],
+    ]
+    return table(["METRIC", "NOW"], rows)
