@@ -17,6 +17,8 @@ from killswitch.render import (
     check_lines,
     duration_text,
     fraction_done,
+    metric_samples,
+    metrics_lines,
     plain_updates,
     progress_line,
     progress_lines,
@@ -397,3 +399,70 @@ def test_check_lines() -> None:
         "1 of 2 checks FAILED",
     ]
     assert check_lines(checks[:1])[-1] == "all 1 checks passed"
+
+
+# --------------------------------------------------------------------- metrics
+
+EXPOSITION = """\
+# HELP killswitch_cancels_total Orders that reached a final outcome.
+# TYPE killswitch_cancels_total counter
+killswitch_cancels_total{account="mm-1",outcome="sent"} 990.0
+killswitch_cancels_total{account="mm-2",outcome="sent"} 988.0
+killswitch_cancels_total{account="mm-1",outcome="already_closed"} 19.0
+killswitch_cancels_total{account="arb-1",outcome="failed"} 0.0
+# HELP killswitch_exchange_requests_total Every HTTP call.
+# TYPE killswitch_exchange_requests_total counter
+killswitch_exchange_requests_total{account="mm-1",endpoint="cancel",status="200"} 1000.0
+killswitch_exchange_requests_total{account="mm-1",endpoint="cancel",status="400"} 19.0
+killswitch_exchange_requests_total{account="mm-1",endpoint="cancel",status="429"} 7.0
+killswitch_exchange_requests_total{account="mm-2",endpoint="open_orders",status="503"} 3.0
+killswitch_exchange_requests_total{account="mm-2",endpoint="cancel",status="timeout"} 2.0
+# HELP killswitch_time_to_flat_seconds From alert to flat.
+# TYPE killswitch_time_to_flat_seconds histogram
+killswitch_time_to_flat_seconds_bucket{le="+Inf"} 2.0
+killswitch_time_to_flat_seconds_count 2.0
+killswitch_time_to_flat_seconds_sum 15.0
+# HELP killswitch_rate_limit_per_second Current rate.
+# TYPE killswitch_rate_limit_per_second gauge
+killswitch_rate_limit_per_second{account="mm-1"} 100.0
+killswitch_rate_limit_per_second{account="arb-1"} 200.0
+# HELP killswitch_account_halted Halted.
+# TYPE killswitch_account_halted gauge
+killswitch_account_halted{account="mm-1"} 1.0
+# HELP killswitch_alerts_total Alerts read.
+# TYPE killswitch_alerts_total counter
+killswitch_alerts_total{result="processed",source="manual"} 1.0
+killswitch_alerts_total{result="invalid",source="manual"} 0.0
+# HELP killswitch_ready Ready.
+# TYPE killswitch_ready gauge
+killswitch_ready 1.0
+"""
+
+
+def test_metric_samples() -> None:
+    samples = metric_samples(EXPOSITION)
+    assert ("killswitch_cancels_total", {"account": "mm-1", "outcome": "sent"}, 990.0) in samples
+    assert ("killswitch_time_to_flat_seconds_sum", {}, 15.0) in samples
+
+
+def test_metrics_lines() -> None:
+    lines = metrics_lines(metric_samples(EXPOSITION), ["mm-1", "mm-2", "arb-1"])
+    assert lines == [
+        "METRIC                                    NOW",
+        "killswitch_cancels_total                  "
+        "sent 1,978  already_closed 19  rejected 0  failed 0",
+        "killswitch_exchange_requests_total        "
+        "1,031 calls: 2xx 1,000  4xx 19  429 7  5xx 3  no answer 2",
+        "killswitch_alert_to_first_cancel_seconds  no kill(s) yet",
+        "killswitch_time_to_flat_seconds           2 flat result(s), mean 7.50s",
+        "killswitch_rate_limit_per_second          mm-1 100  arb-1 200",
+        "killswitch_account_halted                 mm-1 1",
+        "killswitch_alerts_total                   processed 1",
+        "killswitch_ready                          1",
+    ]
+
+
+def test_metrics_lines_before_anything_happened() -> None:
+    lines = metrics_lines([], ["mm-1"])
+    assert lines[2].endswith("0 calls")
+    assert lines[7].endswith("none")
