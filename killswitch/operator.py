@@ -25,6 +25,7 @@ import getpass
 import json
 import os
 import secrets
+import shutil
 import sys
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ from killswitch.render import (
     status_lines,
     status_records,
     summary_lines,
+    terminal_frame,
 )
 from killswitch.triggers import TriggerKeyError, TriggerVerifier, sign_trigger
 
@@ -516,13 +518,14 @@ class Display:
 
     def show(self, board: Board, *, changed: bool, final: bool = False) -> None:
         now = self._clock()
-        lines = progress_lines(board)
         if self._tty:
+            lines = terminal_frame(board, shutil.get_terminal_size().columns)
             if final or (changed and now - self._last >= _TTY_MIN_REDRAW_S) or not self._drawn:
                 self._out.write(redraw(lines, self._drawn))
                 self._drawn = len(lines)
                 self._last = now
         else:
+            lines = progress_lines(board)
             periodic = final or now - self._last >= self._interval
             rows = board.ordered()
             current = [(r.account, line, r.final) for r, line in zip(rows, lines, strict=True)]
