@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS: list[str] = ["simulator_throughput", "client_transport"]
+BENCHMARKS: list[str] = ["simulator_throughput", "client_transport", "time_to_flat"]
 
 
 def main() -> int:

@@ -119,6 +119,8 @@ class SweepResult:
     reason: str | None = None
     operator: str | None = None
     source: str = ""
+    # Progress events: orders resolved whose outcome is not known yet (queued or in flight).
+    pending: int = 0
 
 
 @dataclass(frozen=True, slots=True)

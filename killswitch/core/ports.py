@@ -154,3 +154,34 @@ class EngineAPI(Protocol):
 
     async def close(self, grace_s: float) -> None:
         """Stop latch loops; let running sweeps finish within ``grace_s``."""
+
+
+class AlertObserver(Protocol):
+    """Receives what the intake sees, for metrics (``killswitch.metrics`` backs it).
+
+    ``alert_read(source, result)`` is ``killswitch_alerts_total{source,result}``:
+    one count per input message. ``source`` is the input channel: ``alerts``
+    (automatic), ``manual`` (operators) or ``deadman`` (kills fired by the
+    dead-man's switch), a bounded label set, not the free-text ``source`` field.
+    ``result`` is one of ``processed`` (swept or released), ``duplicate`` (every
+    account already handled), ``invalid``, ``unauthorized``, ``expired``,
+    ``dry_run`` (a dry-run kill that was processed).
+
+    ``loop_lag(seconds)``: how late the event loop woke a timer, sampled
+    continuously (a stalled loop delays Kafka heartbeats and every sweep).
+    Every method must be cheap and never raise.
+    """
+
+    def alert_read(self, source: str, result: str) -> None: ...
+
+    def loop_lag(self, seconds: float) -> None: ...
+
+
+class NullAlertObserver:
+    """An :class:`AlertObserver` that records nothing."""
+
+    def alert_read(self, source: str, result: str) -> None:
+        pass
+
+    def loop_lag(self, seconds: float) -> None:
+        pass

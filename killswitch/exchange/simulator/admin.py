@@ -266,5 +266,5 @@ def handle_admin(sim: Simulator, method: str, path: str, query: str, body: bytes
         return _json(200, call(sim, data, params))
     except KeyError:
         return _json(404, {"error": "not_found", "message": "unknown api key or order"})
-    except (ValueError, TypeError) as exc:  # AdminError, JSON and settings errors
+    except (ValueError, TypeError, RecursionError) as exc:  # AdminError, JSON, settings
         return _json(400, {"error": "invalid_request", "message": str(exc)})

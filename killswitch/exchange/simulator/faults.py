@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 ERROR_STATUSES = (500, 502, 503, 504)
+# A token counts as whole within float rounding: a client pacing at exactly the
+# rate must never be refused because 0.1 * 10 came out as 0.9999999999.
+_ONE_TOKEN = 1.0 - 1e-9
 
 
 class TokenBucket:
@@ -38,8 +41,8 @@ class TokenBucket:
         tokens = self.tokens + (now - self.stamp) * self.rate
         tokens = min(tokens, self.burst)
         self.stamp = now
-        if tokens >= 1.0:
-            self.tokens = tokens - 1.0
+        if tokens >= _ONE_TOKEN:
+            self.tokens = max(tokens - 1.0, 0.0)
             return True
         self.tokens = tokens
         return False

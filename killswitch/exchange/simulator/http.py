@@ -117,13 +117,16 @@ class HttpProtocol(asyncio.Protocol):
 
     # ---------------------------------------------------------------- internals
 
-    def close(self) -> None:
-        """Close the connection now (server shutdown)."""
+    def close(self) -> asyncio.Task[None] | None:
+        """Close the connection now (server shutdown); returns the answer task to await."""
         if self._transport is not None and not self._closed:
             self._closed = True
             self._transport.close()
-        if self._waiting is not None:
-            self._waiting.cancel()
+        waiting = self._waiting
+        if waiting is not None and waiting is not asyncio.current_task():
+            waiting.cancel()
+            return waiting
+        return None
 
     def _update_reading(self) -> None:
         transport = self._transport
@@ -301,7 +304,8 @@ class HttpServer:
         if server is None:
             return
         server.close()
-        for conn in list(self._connections):
-            conn.close()
+        tasks = [task for conn in list(self._connections) if (task := conn.close()) is not None]
+        # Let delayed answers finish cancelling, so no task outlives the server.
+        await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(server.wait_closed(), timeout=5)

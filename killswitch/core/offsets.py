@@ -1,0 +1,114 @@
+"""Which input offsets may be committed (pure): at-least-once bookkeeping per partition.
+
+An offset is *read* when the consumer hands out its record and *done* when the
+record's final result (or dead letter) is published. The commit position of a
+partition is the first offset not yet done: every earlier record is finished,
+so a crash replays only unfinished work (and perhaps finished work after it,
+which the dedup window answers with ``duplicate``). Offsets need not be
+contiguous (compaction, transaction markers): only records handed out count.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(slots=True)
+class PartitionOffsets:
+    """Read and done offsets of one partition."""
+
+    highest_read: int | None = None
+    committed: int | None = None  # last position handed to commit (next offset to read)
+    _pending: set[int] = field(default_factory=set)
+    _heap: list[int] = field(default_factory=list)  # min-heap over pending (lazy deletion)
+
+    def read(self, offset: int) -> bool:
+        """Record a record handed out; False for an offset at or below one already read."""
+        if self.highest_read is not None and offset <= self.highest_read:
+            return False
+        self.highest_read = offset
+        self._pending.add(offset)
+        heapq.heappush(self._heap, offset)
+        return True
+
+    def done(self, offset: int) -> None:
+        """The record at ``offset`` is finished (its final output is published)."""
+        if offset not in self._pending:
+            raise KeyError(f"offset {offset} was not read or is already done")
+        self._pending.remove(offset)
+        while self._heap and self._heap[0] not in self._pending:
+            heapq.heappop(self._heap)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def position(self) -> int | None:
+        """The commit position: first unfinished offset, else one past the highest read."""
+        if self._heap:
+            return self._heap[0]
+        if self.highest_read is None:
+            return None
+        return self.highest_read + 1
+
+    def to_commit(self) -> int | None:
+        """The position to commit if it moved since the last commit, else None."""
+        pos = self.position()
+        if pos is None or (self.committed is not None and pos <= self.committed):
+            return None
+        return pos
+
+
+@dataclass(slots=True)
+class OffsetTracker(Generic[K]):
+    """:class:`PartitionOffsets` for every assigned partition (key: e.g. a TopicPartition)."""
+
+    _parts: dict[K, PartitionOffsets] = field(default_factory=dict)
+
+    def read(self, key: K, offset: int) -> bool:
+        return self._parts.setdefault(key, PartitionOffsets()).read(offset)
+
+    def done(self, key: K, offset: int) -> None:
+        """Mark done; a partition dropped meanwhile (revoked) is ignored."""
+        part = self._parts.get(key)
+        if part is not None and offset in part._pending:
+            part.done(offset)
+
+    def to_commit(self, keys: Iterable[K] | None = None) -> dict[K, int]:
+        """Positions that moved since their last commit (all partitions, or ``keys``)."""
+        chosen = (
+            self._parts if keys is None else {k: self._parts[k] for k in keys if k in self._parts}
+        )
+        out: dict[K, int] = {}
+        for key, part in chosen.items():
+            pos = part.to_commit()
+            if pos is not None:
+                out[key] = pos
+        return out
+
+    def committed(self, positions: dict[K, int]) -> None:
+        """Record that ``positions`` were committed."""
+        for key, pos in positions.items():
+            part = self._parts.get(key)
+            if part is not None and (part.committed is None or pos > part.committed):
+                part.committed = pos
+
+    def pending(self, key: K | None = None) -> int:
+        """Unfinished records of one partition, or of all."""
+        if key is not None:
+            part = self._parts.get(key)
+            return part.pending if part else 0
+        return sum(p.pending for p in self._parts.values())
+
+    def drop(self, keys: Iterable[K]) -> None:
+        """Forget partitions (revoked): their unfinished records belong to the next owner."""
+        for key in keys:
+            self._parts.pop(key, None)
+
+    def partitions(self) -> list[K]:
+        return list(self._parts)

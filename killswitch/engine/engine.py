@@ -1,0 +1,396 @@
+"""The kill engine: per-account serialisation, coalescing, the halt latch, shutdown.
+
+:class:`Engine` implements :class:`killswitch.core.ports.EngineAPI`.
+
+- **One account, one sweep at a time.** Each account has a lock; a sweep runs in a
+  task the engine owns (so a caller that gives up does not stop a sweep other alerts
+  share). A kill for an account whose sweep is running *joins* it (the scope widens,
+  see :mod:`killswitch.engine.sweep`); if that sweep no longer accepts alerts, the kill
+  joins the next sweep waiting for the lock, or becomes it. Dry runs coalesce only
+  with dry runs. Every alert gets its own final result from its own ``submit`` call.
+- **Latch.** A kill with ``latch`` halts the account as soon as it is submitted (the
+  state goes to the ``on_state`` sink before ``submit`` returns, so the alert's offset
+  is committed only after its halt is published). While halted, a guard re-sweeps the
+  halt's scope every ``latch_sweep_interval_s`` and cancels whatever appeared, until
+  :meth:`Engine.release`. Guard sweeps list first (even with strategy ``symbol``), and
+  a kill arriving during one joins it.
+- **Deadlines.** A request's deadline is ``deadline_s`` after its ``received_at``,
+  measured on the event loop's monotonic clock from the moment it is submitted.
+- **Never raises for bad input.** An unknown account, a request during shutdown: a
+  final ``failed`` result with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from killswitch.config import EngineSettings
+from killswitch.core.model import Counts, HaltState, KillRequest, Scope, SweepResult, SweepStatus
+from killswitch.core.planning import normalise_scope
+from killswitch.core.ports import ExchangeAPI, NullObserver, Observer, ResultSink, StateSink
+from killswitch.engine.sweep import Sweep, WallClock, utc_now
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 8
+
+
+@dataclass(eq=False, slots=True)
+class _Account:
+    """Serialisation state of one account."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiting: list[Sweep] = field(default_factory=list)  # created, waiting for the lock
+    running: Sweep | None = None
+
+    def joinable(self, dry_run: bool) -> Sweep | None:
+        """The sweep a new alert should join: the running one, else the next waiting one."""
+        if self.running is not None and self.running.accepting and self.running.dry_run == dry_run:
+            return self.running
+        for sweep in reversed(self.waiting):
+            if sweep.accepting and sweep.dry_run == dry_run:
+                return sweep
+        return None
+
+    def busy(self) -> bool:
+        return self.running is not None or bool(self.waiting)
+
+
+@dataclass(eq=False, slots=True)
+class _Guard:
+    """The latch loop of one halted account."""
+
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+    sweep: Sweep | None = None  # the guard sweep in progress, if any
+
+
+class Engine:
+    """The kill engine for a set of accounts (see the module docstring).
+
+    ``clients`` maps account id to that account's exchange client; ``concurrency``
+    bounds the cancel workers per sweep (an int for every account, or per account id;
+    use each account's ``max_concurrency``: more workers than limiter slots only wait).
+    ``clock`` is the wall clock used for result timestamps.
+    """
+
+    def __init__(
+        self,
+        clients: Mapping[str, ExchangeAPI],
+        settings: EngineSettings,
+        observer: Observer | None = None,
+        on_state: StateSink | None = None,
+        *,
+        clock: WallClock = utc_now,
+        concurrency: int | Mapping[str, int] = DEFAULT_CONCURRENCY,
+    ) -> None:
+        self._clients = dict(clients)
+        self._settings = settings
+        self._observer: Observer = observer or NullObserver()
+        self._on_state = on_state
+        self._clock = clock
+        self._concurrency = concurrency
+        self._accounts: dict[str, _Account] = {}
+        self._halts: dict[str, HaltState] = {}
+        self._guards: dict[str, _Guard] = {}
+        self._deferred_guards: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._state_lock = asyncio.Lock()
+        self._closing = False
+
+    # ----------------------------------------------------------------- EngineAPI
+
+    async def submit(self, request: KillRequest, progress: ResultSink) -> SweepResult:
+        """Sweep ``request.account`` for this alert; returns its final result."""
+        self._start_deferred_guards()
+        client = self._clients.get(request.account)
+        if client is None:
+            return self._refusal(request, f"account {request.account!r} is not configured")
+        if self._closing:
+            return self._refusal(request, "the engine is shutting down")
+        account = self._account(request.account)
+        sweep = account.joinable(request.dry_run)
+        if sweep is None:
+            sweep = self._new_sweep(client, dry_run=request.dry_run)
+            account.waiting.append(sweep)
+            ticket = sweep.attach(request, progress)
+            self._spawn(self._run(account, sweep), f"sweep-{request.account}")
+        else:
+            ticket = sweep.attach(request, progress)
+            log.info(
+                "alert joined the running sweep",
+                extra={"account": request.account, "alert_id": request.alert_id},
+            )
+        if request.latch and not request.dry_run:
+            await self._halt(request, ticket.scope)
+        # Shielded: a caller that stops waiting must not cancel a sweep others share.
+        return await asyncio.shield(ticket.future)
+
+    async def release(self, request: KillRequest) -> SweepResult:
+        """Lift the latch on ``request.account``: no more guard sweeps after this returns."""
+        self._start_deferred_guards()
+        if request.account not in self._clients:
+            return self._refusal(request, f"account {request.account!r} is not configured")
+        state = self._halts.pop(request.account, None)
+        await self._stop_guard(request.account)
+        if state is not None:
+            self._observer.halted(request.account, False)
+        scope = state.scope if state is not None else normalise_scope(request.scope)
+        await self._emit(HaltState(request.account, False, request.alert_id, self._clock(), scope))
+        now = self._clock()
+        return SweepResult(
+            alert_id=request.alert_id,
+            account=request.account,
+            status=SweepStatus.RELEASED,
+            final=True,
+            dry_run=request.dry_run,
+            counts=Counts(),
+            residual_open=0,
+            sweeps=0,
+            received_at=request.received_at,
+            first_cancel_at=None,
+            finished_at=now,
+            reason=None if state is not None else "the account was not halted",
+            operator=request.operator,
+            source=request.source,
+        )
+
+    def restore_halt(self, state: HaltState) -> None:
+        """Resume guarding an account found halted in the state topic at start-up."""
+        account = state.account
+        if account not in self._clients:
+            log.warning(
+                "halt state for an unconfigured account ignored", extra={"account": account}
+            )
+            return
+        if not state.halted:
+            if self._halts.pop(account, None) is not None:
+                self._observer.halted(account, False)
+                guard = self._guards.pop(account, None)
+                if guard is not None:
+                    guard.stop.set()
+            return
+        self._halts[account] = replace(state, scope=normalise_scope(state.scope))
+        self._observer.halted(account, True)
+        self._deferred_guards.add(account)
+        self._start_deferred_guards()
+
+    def halted(self) -> Mapping[str, HaltState]:
+        """The accounts currently halted (a copy)."""
+        return dict(self._halts)
+
+    async def close(self, grace_s: float) -> None:
+        """Stop latch loops; let running sweeps finish within ``grace_s``, then cancel them."""
+        self._closing = True
+        guard_tasks = [g.task for g in self._guards.values()]
+        for account in list(self._guards):
+            await self._stop_guard(account, wait=False)
+        tasks = [t for t in [*self._tasks, *guard_tasks] if not t.done()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._guards.clear()
+
+    # --------------------------------------------------------------- sweeps
+
+    def _account(self, account_id: str) -> _Account:
+        account = self._accounts.get(account_id)
+        if account is None:
+            account = self._accounts[account_id] = _Account()
+        return account
+
+    def _workers(self, account_id: str) -> int:
+        if isinstance(self._concurrency, int):
+            return self._concurrency
+        return self._concurrency.get(account_id, DEFAULT_CONCURRENCY)
+
+    def _new_sweep(
+        self,
+        client: ExchangeAPI,
+        *,
+        dry_run: bool,
+        scope: Scope | None = None,
+        deadline: float | None = None,
+        list_first: bool = False,
+        name: str = "",
+    ) -> Sweep:
+        return Sweep(
+            client,
+            self._settings,
+            workers=self._workers(client.account),
+            dry_run=dry_run,
+            scope=scope,
+            deadline=deadline,
+            list_first=list_first,
+            observer=self._observer,
+            clock=self._clock,
+            name=name,
+        )
+
+    async def _run(self, account: _Account, sweep: Sweep) -> None:
+        """Run ``sweep`` when the account's previous sweep is done."""
+        try:
+            async with account.lock:
+                account.waiting.remove(sweep)
+                account.running = sweep
+                try:
+                    await sweep.run()
+                finally:
+                    account.running = None
+        except asyncio.CancelledError:
+            if not sweep.started:  # cancelled while waiting: its alerts still get results
+                if sweep in account.waiting:
+                    account.waiting.remove(sweep)
+                sweep.abandon("the engine stopped before the sweep started")
+            raise
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("engine task failed", exc_info=task.exception())
+
+    def _refusal(self, request: KillRequest, reason: str) -> SweepResult:
+        now = self._clock()
+        return SweepResult(
+            alert_id=request.alert_id,
+            account=request.account,
+            status=SweepStatus.FAILED,
+            final=True,
+            dry_run=request.dry_run,
+            counts=Counts(),
+            residual_open=0,
+            sweeps=0,
+            received_at=request.received_at,
+            first_cancel_at=None,
+            finished_at=now,
+            reason=reason,
+            operator=request.operator,
+            source=request.source,
+        )
+
+    # ---------------------------------------------------------------- latch
+
+    async def _halt(self, request: KillRequest, scope: Scope) -> None:
+        account = request.account
+        current = self._halts.get(account)
+        if current is None:
+            state = HaltState(account, True, request.alert_id, self._clock(), scope)
+            self._observer.halted(account, True)
+        else:
+            widened = current.scope.widen(scope)
+            if widened == current.scope:
+                return
+            state = replace(current, scope=widened)
+        self._halts[account] = state
+        self._ensure_guard(account, immediate=False)
+        await self._emit(state)
+
+    async def _emit(self, state: HaltState) -> None:
+        """Publish a halt change; in order, and a failing sink never fails the caller."""
+        if self._on_state is None:
+            return
+        async with self._state_lock:
+            try:
+                await self._on_state(state)
+            except Exception:
+                log.exception("publishing halt state failed", extra={"account": state.account})
+
+    def _start_deferred_guards(self) -> None:
+        if not self._deferred_guards or self._closing:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # restore_halt before the loop runs: started by the first async call
+        for account in list(self._deferred_guards):
+            self._deferred_guards.discard(account)
+            if account in self._halts:
+                self._ensure_guard(account, immediate=True)
+
+    def _ensure_guard(self, account: str, *, immediate: bool) -> None:
+        guard = self._guards.get(account)
+        if guard is not None and not guard.task.done() and not guard.stop.is_set():
+            return
+        stop = asyncio.Event()
+        task = asyncio.create_task(self._guard(account, stop, immediate), name=f"guard-{account}")
+        self._guards[account] = _Guard(task, stop)
+
+    async def _guard(self, account_id: str, stop: asyncio.Event, immediate: bool) -> None:
+        """Re-sweep a halted account at an interval until released or closed."""
+        interval = self._settings.latch_sweep_interval_s
+        first = True
+        while not self._closing:
+            if not (first and immediate):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval):
+                        await stop.wait()
+            first = False
+            halt = self._halts.get(account_id)
+            if stop.is_set() or halt is None or self._closing:
+                return
+            account = self._account(account_id)
+            if account.busy():
+                continue  # a kill sweep is under way; guard again at the next tick
+            await self._guard_sweep(account_id, account, halt)
+
+    async def _guard_sweep(self, account_id: str, account: _Account, halt: HaltState) -> None:
+        loop = asyncio.get_running_loop()
+        sweep = self._new_sweep(
+            self._clients[account_id],
+            dry_run=False,
+            scope=halt.scope,
+            deadline=loop.time() + self._settings.default_deadline_s,
+            list_first=True,
+            name=f"guard-{account_id}",
+        )
+        guard = self._guards.get(account_id)
+        if guard is not None:
+            guard.sweep = sweep
+        account.waiting.append(sweep)
+        try:
+            await self._run(account, sweep)
+        finally:
+            if guard is not None:
+                guard.sweep = None
+        counts = sweep.ledger.counts()
+        if counts.resolved or sweep.failure:
+            log.warning(
+                "guard sweep of a halted account",
+                extra={
+                    "account": account_id,
+                    "resolved": counts.resolved,
+                    "sent": counts.sent,
+                    "residual": sweep.ledger.residual(sweep.scope),
+                    "failure": sweep.failure,
+                },
+            )
+
+    async def _stop_guard(self, account: str, *, wait: bool = True) -> None:
+        """Stop a guard loop. A guard sweep no alert has joined is cancelled at once."""
+        self._deferred_guards.discard(account)
+        guard = self._guards.pop(account, None)
+        if guard is None:
+            return
+        guard.stop.set()
+        sweep = guard.sweep
+        if sweep is None or not sweep.tickets:
+            if sweep is not None:
+                sweep.accepting = False  # no alert may join a sweep about to be cancelled
+            guard.task.cancel()
+            if wait:
+                await asyncio.gather(guard.task, return_exceptions=True)
+        # Otherwise an alert joined the guard sweep: it finishes, then the loop ends
+        # because the account is no longer halted (or the engine is closing).

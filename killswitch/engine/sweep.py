@@ -1,0 +1,638 @@
+"""One sweep of one account: resolve, cancel, verify, until flat or out of time.
+
+A sweep runs *passes*. A listing pass lists every pair in scope concurrently and
+cancels while it lists: each page's in-scope orders go into a priority queue at once
+and a fixed set of workers takes the best order (or batch) as soon as one is there.
+A cancel-all pass (strategy ``symbol``, first pass only) cancels whole pairs and
+finishes ``fail`` ids one by one. After a pass the sweep lists again; it is flat only
+when a complete listing, started after the last alert joined, finds nothing in scope.
+
+Alerts join a sweep as *tickets*. A ticket that joins a running sweep widens its
+scope (and may push its deadline out); new pairs are listed in the running pass
+already, and the sweep cannot end flat before a pass that started after the join.
+Each ticket gets its own final result, filtered to its own scope.
+
+Memory: a listing holds one page of orders at a time; beyond that the sweep keeps one
+small record per resolved order (:class:`killswitch.core.ledger.Ledger`) and two
+small tuples per queued order (:class:`killswitch.core.planning.CancelQueue`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from killswitch.config import EngineSettings
+from killswitch.core.ledger import Ledger, covers
+from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
+from killswitch.core.orders import Order
+from killswitch.core.outcomes import Outcome, RejectReason
+from killswitch.core.planning import (
+    CancelQueue,
+    Next,
+    PassSummary,
+    StrategyName,
+    effective_strategy,
+    final_status,
+    in_scope,
+    next_step,
+    normalise_scope,
+    pause_before_next_pass,
+    priority_key,
+    symbols_to_list,
+    unanswered,
+)
+from killswitch.core.ports import ExchangeAPI, NullObserver, Observer, ResultSink
+from killswitch.exchange.errors import (
+    AuthError,
+    ExchangeError,
+    ExchangeUnavailable,
+    InvalidRequest,
+    NotFound,
+)
+
+log = logging.getLogger(__name__)
+
+WallClock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The default wall clock."""
+    return datetime.now(UTC)
+
+
+class SweepStopped(Exception):
+    """The sweep cannot go on for this account (auth refused, exchange unreachable)."""
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """One alert's place in a sweep."""
+
+    request: KillRequest
+    scope: Scope
+    progress: ResultSink | None
+    join_gen: int
+    received_mono: float
+    deadline: float
+    future: asyncio.Future[SweepResult]
+    first_cancel_at: datetime | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Pass:
+    """Shared state of one pass: the queue, who is still producing, who is busy."""
+
+    number: int
+    gen: int
+    tg: asyncio.TaskGroup
+    strategy: StrategyName
+    queue: CancelQueue = field(default_factory=CancelQueue)
+    singles: deque[tuple[str, int]] = field(default_factory=deque)
+    symbols: set[str] = field(default_factory=set)
+    producers: int = 0  # listings / cancel-alls (and scope extensions) not finished
+    busy: int = 0  # workers in the middle of a cancel that may hand work back
+    queued: int = 0
+    complete: bool = True  # every pair in scope was listed to the end
+    open: bool = True  # more producers may still be added (scope widening)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def idle(self) -> bool:
+        return self.producers == 0 and self.busy == 0 and not self.singles and len(self.queue) == 0
+
+
+SymbolsSource = Callable[[], Awaitable[list[str]]]
+
+
+class Sweep:
+    """One sweep of one account. Create, :meth:`attach` tickets, then :meth:`run` once."""
+
+    def __init__(
+        self,
+        client: ExchangeAPI,
+        settings: EngineSettings,
+        *,
+        workers: int,
+        dry_run: bool = False,
+        scope: Scope | None = None,
+        deadline: float | None = None,
+        list_first: bool = False,
+        observer: Observer | None = None,
+        clock: WallClock = utc_now,
+        name: str = "",
+    ) -> None:
+        self.client = client
+        self.account = client.account
+        self.settings = settings
+        self.workers = max(1, workers)
+        self.dry_run = dry_run
+        self.list_first = list_first
+        self.observer: Observer = observer or NullObserver()
+        self.clock = clock
+        self.name = name or f"sweep-{self.account}"
+        self.scope: Scope | None = normalise_scope(scope) if scope is not None else None
+        self.deadline = deadline if deadline is not None else -1.0
+        self.tickets: list[Ticket] = []
+        self.ledger = Ledger()
+        self.gen = 0
+        self.passes = 0
+        self.accepting = True
+        self.started = False
+        self.failure: str | None = None
+        self.end_note: str | None = None
+        self.notes: list[str] = []
+        self.first_cancel_at: datetime | None = None
+        self._verified: tuple[int, frozenset[int]] | None = None  # (gen, ids found)
+        self._pass: _Pass | None = None
+        self._timeout: asyncio.Timeout | None = None
+        self._awaiting_first_cancel = 0
+
+    # ----------------------------------------------------------------- tickets
+
+    def attach(self, request: KillRequest, progress: ResultSink | None) -> Ticket:
+        """Add an alert to this sweep (widening its scope); returns its ticket."""
+        if not self.accepting:
+            raise RuntimeError("sweep no longer accepts alerts")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        age = max(0.0, (self.clock() - request.received_at).total_seconds())
+        received = now - age
+        scope = normalise_scope(request.scope)
+        self.gen += 1
+        ticket = Ticket(
+            request=request,
+            scope=scope,
+            progress=progress,
+            join_gen=self.gen,
+            received_mono=received,
+            deadline=received + request.deadline_s,
+            future=loop.create_future(),
+        )
+        self.tickets.append(ticket)
+        self._awaiting_first_cancel += 1
+        old = self.scope
+        self.scope = scope if old is None else old.widen(scope)
+        if ticket.deadline > self.deadline:
+            self.deadline = ticket.deadline
+            if self._timeout is not None:
+                self._timeout.reschedule(self.deadline)
+        if self.started and self.scope != old:
+            self._extend_pass()
+        return ticket
+
+    # --------------------------------------------------------------------- run
+
+    async def run(self) -> None:
+        """Run passes until flat, residual, failed or cancelled; then settle every ticket."""
+        assert not self.started, "a sweep runs once"
+        self.started = True
+        if self.scope is None:
+            raise RuntimeError("a sweep needs a scope (a ticket or an initial scope)")
+        progress = asyncio.create_task(self._progress_loop(), name=f"{self.name}-progress")
+        try:
+            async with asyncio.timeout_at(self.deadline) as timeout:
+                self._timeout = timeout
+                await self._passes()
+        except TimeoutError:
+            if self._timeout is None or not self._timeout.expired():
+                self.failure = "internal error: unexpected timeout"
+                log.exception("sweep failed", extra={"account": self.account})
+            else:
+                self.end_note = "deadline passed before a listing came back empty"
+        except asyncio.CancelledError:
+            self.failure = "engine stopped before the sweep finished"
+            raise
+        except Exception as exc:
+            self.failure = self._describe_failure(exc)
+        finally:
+            self.accepting = False
+            self._timeout = None
+            self._pass = None
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
+            self._settle()
+
+    def abandon(self, reason: str) -> None:
+        """Settle a sweep that will never run: every ticket gets a ``failed`` result."""
+        self.accepting = False
+        self.failure = reason
+        self._settle()
+
+    def _describe_failure(self, exc: BaseException) -> str:
+        """A one-line reason from what stopped the sweep (task groups wrap exceptions)."""
+        leaves = list(_leaves(exc))
+        stops = [str(e) for e in leaves if isinstance(e, SweepStopped)]
+        if stops:
+            return "; ".join(dict.fromkeys(stops))
+        exchange = [str(e) for e in leaves if isinstance(e, ExchangeError)]
+        if exchange:
+            return "exchange error: " + "; ".join(dict.fromkeys(exchange))
+        log.error("sweep failed", exc_info=exc, extra={"account": self.account})
+        return "internal error: " + "; ".join(f"{type(e).__name__}: {e}" for e in leaves)
+
+    async def _passes(self) -> None:
+        assert self.scope is not None
+        max_passes = self.settings.max_passes
+        lagging = 0
+        while True:
+            self.passes += 1
+            gen = self.gen
+            self.ledger.new_pass()
+            strategy = effective_strategy(
+                self.settings.strategy,
+                self.scope,
+                first_pass=self.passes == 1 and not self.list_first and not self.dry_run,
+            )
+            p = await self._run_pass(strategy, gen)
+            summary = PassSummary(
+                listed=strategy != "symbol" and p.complete,
+                found=self.ledger.seen_count(),
+                queued=p.queued,
+                scope_changed=self.gen != gen,
+            )
+            if summary.listed:
+                self._verified = (gen, self.ledger.seen_this_pass())
+            step = next_step(
+                summary, passes=self.passes, max_passes=max_passes, dry_run=self.dry_run
+            )
+            if step is Next.CONTINUE:
+                lagging = lagging + 1 if self.ledger.recancels() else 0
+                pause = pause_before_next_pass(lagging)
+                if pause:
+                    await asyncio.sleep(pause)  # let the exchange apply the cancels it took
+                continue
+            if step is Next.RESIDUAL:
+                self.end_note = (
+                    f"stopped after {self.passes} pass(es) with orders still open"
+                    if self.passes >= max_passes
+                    else "orders still open that the exchange refused to cancel"
+                )
+            self.accepting = False
+            return
+
+    async def _run_pass(self, strategy: StrategyName, gen: int) -> _Pass:
+        symbols = await self._symbols()
+        async with asyncio.TaskGroup() as tg:
+            p = _Pass(self.passes, gen, tg, strategy)
+            self._pass = p
+            for symbol in symbols:
+                self._add_producer(p, symbol)
+            if self.dry_run:
+                p.open = p.producers > 0  # no workers: the last producer closes the pass
+            else:
+                for i in range(self.workers):
+                    tg.create_task(self._worker(p), name=f"{self.name}-w{i}")
+        self._pass = None
+        p.open = False
+        return p
+
+    # --------------------------------------------------------------- producers
+
+    async def _symbols(self) -> list[str]:
+        """Pairs in scope: the scope's own, else every pair the exchange trades."""
+        assert self.scope is not None
+        if self.scope.symbols is not None:
+            return symbols_to_list(self.scope, None)
+        try:
+            info = await self.client.exchange_info()
+        except AuthError as exc:
+            raise SweepStopped(f"authentication refused reading exchange info: {exc}") from None
+        except ExchangeUnavailable as exc:
+            raise SweepStopped(f"exchange unavailable reading exchange info: {exc}") from None
+        return symbols_to_list(self.scope, (s.symbol for s in info))
+
+    def _add_producer(self, p: _Pass, symbol: str) -> None:
+        if symbol in p.symbols:
+            return
+        p.symbols.add(symbol)
+        p.producers += 1
+        if p.strategy == "symbol":
+            p.tg.create_task(self._cancel_all(p, symbol), name=f"{self.name}-all-{symbol}")
+        else:
+            p.tg.create_task(self._list_symbol(p, symbol), name=f"{self.name}-list-{symbol}")
+
+    def _extend_pass(self) -> None:
+        """The scope widened: list the new pairs in the running pass already."""
+        p = self._pass
+        if p is None or not p.open:
+            return
+        p.producers += 1  # held until the new pairs are known, so workers do not quit
+        p.tg.create_task(self._extend(p), name=f"{self.name}-extend")
+
+    async def _extend(self, p: _Pass) -> None:
+        try:
+            for symbol in await self._symbols():
+                self._add_producer(p, symbol)
+        finally:
+            self._producer_done(p)
+
+    def _producer_done(self, p: _Pass) -> None:
+        p.producers -= 1
+        p.wake.set()
+        if self.dry_run and p.producers == 0:
+            p.open = False
+
+    async def _list_symbol(self, p: _Pass, symbol: str) -> None:
+        ledger = self.ledger
+        ledger.listing_started(symbol)
+        try:
+            async with _closing(
+                self.client.open_orders(symbol, limit=self.settings.page_size)
+            ) as pages:
+                async for page in pages:
+                    self._take_page(p, page)
+            ledger.listing_finished(symbol)
+        except AuthError as exc:
+            raise SweepStopped(f"authentication refused listing {symbol}: {exc}") from None
+        except ExchangeUnavailable as exc:
+            raise SweepStopped(f"exchange unavailable listing {symbol}: {exc}") from None
+        except (InvalidRequest, NotFound) as exc:
+            await self._unlistable(p, symbol, exc)
+        finally:
+            self._producer_done(p)
+
+    def _take_page(self, p: _Pass, page: list[Order]) -> None:
+        scope = self.scope  # read per page: a widened scope applies to the rest of the listing
+        assert scope is not None
+        ledger = self.ledger
+        for order in page:
+            if not in_scope(scope, order):
+                continue
+            if not ledger.observe(order.order_id, order.symbol, order.side):
+                continue
+            if self.dry_run:
+                ledger.conclude(order.order_id, Outcome.SKIPPED)
+                continue
+            p.queue.push(priority_key(self.settings.priority, order), order.order_id, order.symbol)
+            p.queued += 1
+        p.wake.set()
+
+    async def _unlistable(self, p: _Pass, symbol: str, exc: ExchangeError) -> None:
+        """The exchange refused to list a pair: unknown pair (no orders) or a failure."""
+        try:
+            known = {s.symbol for s in await self.client.exchange_info()}
+        except ExchangeError:
+            known = {symbol}  # cannot tell: assume it exists, so the refusal is a failure
+        if symbol in known:
+            raise SweepStopped(f"exchange refused to list {symbol}: {exc}") from None
+        # A pair the exchange does not trade has no open orders: nothing to cancel there.
+        note = f"{symbol} is not traded on the exchange"
+        if note not in self.notes:
+            self.notes.append(note)
+        self.ledger.listing_finished(symbol)
+
+    async def _cancel_all(self, p: _Pass, symbol: str) -> None:
+        """Strategy ``symbol``: cancel a whole pair, then ``fail`` ids one by one."""
+        try:
+            self._note_cancel(symbol, None)
+            result = await self.client.cancel_all(symbol)
+            if result.outcome is not None:
+                self._bulk_refused(symbol, result.outcome, result.reason)
+                p.complete = False
+                return
+            for order_id in result.success:
+                if self.ledger.adopt(order_id, symbol):
+                    self.ledger.conclude(order_id, Outcome.SENT, result.attempts)
+                    p.queued += 1
+            for order_id in unanswered(result.fail, ()):
+                self.ledger.adopt(order_id, symbol)
+                if self.ledger.record(order_id).outcome is None:
+                    self.ledger.hand_back(order_id)
+                    p.singles.append((symbol, order_id))
+                    p.queued += 1
+        finally:
+            self._producer_done(p)
+
+    def _bulk_refused(self, symbol: str, outcome: Outcome, reason: RejectReason | None) -> None:
+        if reason is RejectReason.AUTH:
+            raise SweepStopped(f"authentication refused cancelling on {symbol} (invalid_client)")
+        # Not fatal: the next pass lists the pair and cancels order by order.
+        self.notes.append(f"cancel-all on {symbol} {outcome.value}")
+
+    # ----------------------------------------------------------------- workers
+
+    async def _worker(self, p: _Pass) -> None:
+        batch = self.settings.batch_size if p.strategy == "batch" else 1
+        while True:
+            if p.singles:
+                symbol, order_id = p.singles.popleft()
+                await self._busy(p, self._cancel_one(symbol, order_id))
+                continue
+            item = p.queue.pop(batch)
+            if item is None:
+                if p.idle():
+                    p.open = False
+                    p.wake.set()
+                    return
+                p.wake.clear()
+                await p.wake.wait()
+                continue
+            symbol, ids = item
+            if p.strategy == "batch":
+                await self._busy(p, self._cancel_batch(p, symbol, ids))
+            else:
+                await self._busy(p, self._cancel_one(symbol, ids[0]))
+
+    async def _busy(self, p: _Pass, job: Awaitable[None]) -> None:
+        p.busy += 1
+        try:
+            await job
+        finally:
+            p.busy -= 1
+            p.wake.set()
+
+    async def _cancel_one(self, symbol: str, order_id: int) -> None:
+        ledger = self.ledger
+        ledger.begin(order_id)
+        self._note_cancel(symbol, order_id)
+        try:
+            result = await self.client.cancel_order(order_id, symbol)
+        except asyncio.CancelledError:
+            ledger.abandon(order_id)
+            raise
+        except AuthError as exc:
+            ledger.conclude(order_id, Outcome.REJECTED, 1, RejectReason.AUTH)
+            raise SweepStopped(
+                f"authentication refused cancelling order {order_id}: {exc}"
+            ) from None
+        except ExchangeError as exc:
+            # The client reports exchange answers as outcomes; anything raised is a failure.
+            log.warning("cancel of %s raised %s", order_id, exc, extra={"account": self.account})
+            ledger.conclude(order_id, Outcome.FAILED, 1)
+            return
+        ledger.conclude(order_id, result.outcome, result.attempts, result.reason)
+        if result.outcome is Outcome.REJECTED and result.reason is RejectReason.AUTH:
+            raise SweepStopped(
+                f"authentication refused (invalid_client) cancelling order {order_id} on {symbol}"
+            )
+
+    async def _cancel_batch(self, p: _Pass, symbol: str, ids: list[int]) -> None:
+        ledger = self.ledger
+        for order_id in ids:
+            ledger.begin(order_id)
+        self._note_cancel(symbol, ids[0])
+        try:
+            result = await self.client.cancel_batch(symbol, ids)
+        except asyncio.CancelledError:
+            for order_id in ids:
+                ledger.abandon(order_id)
+            raise
+        if result.outcome is not None:
+            if result.reason is RejectReason.AUTH:
+                for order_id in ids:
+                    ledger.conclude(order_id, Outcome.REJECTED, result.attempts, result.reason)
+                raise SweepStopped(
+                    f"authentication refused (invalid_client) batch-cancelling on {symbol}"
+                )
+            if result.outcome is Outcome.FAILED:
+                # The exchange is struggling: per-order retries would multiply the load.
+                # These orders are retried by the next pass if they are still listed.
+                for order_id in ids:
+                    ledger.conclude(order_id, Outcome.FAILED, result.attempts)
+                return
+            retry = list(ids)  # batch refused as a whole (size, format): one by one
+        else:
+            asked = set(ids)
+            for order_id in dict.fromkeys(result.success):
+                if order_id in asked:  # an id we did not send is none of our business
+                    ledger.conclude(order_id, Outcome.SENT, result.attempts)
+            retry = unanswered(ids, result.success)
+        for order_id in retry:
+            ledger.hand_back(order_id, result.attempts)
+            p.singles.append((symbol, order_id))
+        p.wake.set()
+
+    def _note_cancel(self, symbol: str, order_id: int | None) -> None:
+        """A cancel request is about to go out: first-cancel timing per ticket."""
+        if self._awaiting_first_cancel == 0:
+            return
+        now = self.clock()
+        mono = asyncio.get_running_loop().time()
+        if self.first_cancel_at is None:
+            self.first_cancel_at = now
+        record = self.ledger.record(order_id) if order_id is not None else None
+        for ticket in self.tickets:
+            if ticket.first_cancel_at is not None:
+                continue
+            scope = ticket.scope
+            hit = (
+                covers(scope, order_id, record)
+                if record is not None and order_id is not None
+                else scope.symbols is None or symbol in scope.symbols
+            )
+            if hit:
+                ticket.first_cancel_at = now
+                self._awaiting_first_cancel -= 1
+                self.observer.first_cancel(max(0.0, mono - ticket.received_mono))
+
+    # ------------------------------------------------------------- reporting
+
+    async def _progress_loop(self) -> None:
+        interval = self.settings.progress_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            for ticket in list(self.tickets):
+                if ticket.progress is None or ticket.future.done():
+                    continue
+                try:
+                    await ticket.progress(self.result_for(ticket, final=False))
+                except Exception:  # a sink problem must not stop the sweep
+                    log.exception("progress sink failed", extra={"account": self.account})
+
+    def _settle(self) -> None:
+        """End of sweep: final outcomes, metrics, and one final result per ticket."""
+        self.ledger.finalise()  # queued or in flight when the sweep stopped: failed
+        if not self.dry_run:
+            for _, record in self.ledger.items():
+                if record.outcome is not None and record.outcome is not Outcome.SKIPPED:
+                    self.observer.cancel_outcome(self.account, record.outcome)
+            self.observer.residual(self.account, self.ledger.residual(self.scope))
+        mono = asyncio.get_running_loop().time()
+        for ticket in self.tickets:
+            result = self.result_for(ticket, final=True)
+            if result.status is SweepStatus.FLAT:
+                self.observer.flat(max(0.0, mono - ticket.received_mono))
+            if not ticket.future.done():
+                ticket.future.set_result(result)
+
+    def result_for(self, ticket: Ticket, *, final: bool) -> SweepResult:
+        """The result (final or progress) of one ticket, filtered to its scope."""
+        scope = None if ticket.scope == self.scope else ticket.scope
+        ledger = self.ledger
+        residual = ledger.residual(scope if scope is not None else self.scope)
+        request = ticket.request
+        if final:
+            status = final_status(
+                dry_run=request.dry_run,
+                failure=self.failure,
+                verified=self._verified_for(ticket),
+                residual_in_scope=residual,
+            )
+            orders = ledger.reports(scope)
+            reason = self._reason(status)
+            pending = 0
+        else:
+            status, orders, reason = SweepStatus.RUNNING, [], None
+            pending = ledger.pending()
+        return SweepResult(
+            alert_id=request.alert_id,
+            account=self.account,
+            status=status,
+            final=final,
+            dry_run=request.dry_run,
+            counts=ledger.counts(scope),
+            residual_open=residual,
+            sweeps=self.passes,
+            received_at=request.received_at,
+            first_cancel_at=ticket.first_cancel_at,
+            finished_at=self.clock() if final else None,
+            orders=orders,
+            reason=reason,
+            operator=request.operator,
+            source=request.source,
+            pending=pending,
+        )
+
+    def _verified_for(self, ticket: Ticket) -> bool:
+        verified = self._verified
+        if verified is None or verified[0] < ticket.join_gen:
+            return False
+        ledger = self.ledger
+        return not any(
+            oid in ledger and covers(ticket.scope, oid, ledger.record(oid)) for oid in verified[1]
+        )
+
+    def _reason(self, status: SweepStatus) -> str | None:
+        parts: list[str] = []
+        if status is SweepStatus.FAILED and self.failure:
+            parts.append(self.failure)
+        elif status is SweepStatus.RESIDUAL and self.end_note:
+            parts.append(self.end_note)
+        parts.extend(self.notes)
+        return "; ".join(parts) or None
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+@contextlib.asynccontextmanager
+async def _closing(
+    pages: AsyncIterator[list[Order]],
+) -> AsyncIterator[AsyncIterator[list[Order]]]:
+    """Close an async generator of pages when the listing stops early (cancelled, error)."""
+    try:
+        yield pages
+    finally:
+        aclose = getattr(pages, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,539 @@
+"""The alert consumer: Kafka in, engine, results out, offsets committed at-least-once.
+
+One consumer group reads the alerts and manual topics. Each record becomes a
+task: parse and validate (:func:`killswitch.alerts.parse_alert`), refuse to the
+DLQ, or hand one request per account to the engine (which serialises and
+coalesces per account) and publish each account's final result. The record's
+offset is *done* only when every output for it is acknowledged; the committer
+commits the contiguous done prefix per partition (:class:`OffsetTracker`).
+
+Backpressure: at most ``max_queued_per_account`` requests wait per account and
+at most that times the number of accounts records are in flight; beyond that the
+consumer pauses its partitions (records stay in Kafka) and resumes at half.
+
+Rebalance: on revocation the consumer waits (bounded) for the revoked
+partitions' work to finish, commits what completed and forgets the rest (the
+next owner replays it; the dedup window turns finished repeats into
+``duplicate`` results). On assignment it first lets the results reader catch up,
+so results published by the previous owner are known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import IllegalStateError, KafkaError
+
+from killswitch.alerts import (
+    Alert,
+    Channel,
+    Origin,
+    Rejection,
+    RejectKind,
+    duplicate_result,
+    encode_dlq,
+    failed_result,
+    kill_requests,
+    parse_alert,
+)
+from killswitch.config import IntakeSettings, KafkaSettings, Settings, TopicSettings
+from killswitch.core.dedup import DedupWindow, Seen
+from killswitch.core.model import KillRequest, SweepResult
+from killswitch.core.offsets import OffsetTracker
+from killswitch.core.ports import AlertObserver, EngineAPI, NullAlertObserver
+from killswitch.intake.kafka import make_group_consumer
+from killswitch.intake.outputs import Publisher
+from killswitch.intake.readers import ResultsIndex
+from killswitch.triggers import TriggerVerifier
+
+log = logging.getLogger(__name__)
+
+DEADMAN_SOURCE = "deadman"
+# Messages larger than this are parsed in a worker thread.
+_THREAD_PARSE_BYTES = 64 * 1024
+_POLL_MS = 100
+_PUBLISH_BACKOFF_MAX_S = 5.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeConfig:
+    """The narrow slice of the settings the intake needs."""
+
+    topics: TopicSettings
+    accounts: tuple[str, ...]
+    limits: IntakeSettings
+    default_deadline_s: float
+    revoke_drain_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IntakeConfig:
+        # A revocation may wait for running sweeps, but must end well inside the
+        # rebalance timeout or the group evicts this member.
+        drain = min(settings.engine.shutdown_grace_s, settings.kafka.rebalance_timeout_ms / 2000)
+        return cls(
+            topics=settings.kafka.topics,
+            accounts=tuple(a.id for a in settings.accounts),
+            limits=settings.intake,
+            default_deadline_s=settings.engine.default_deadline_s,
+            revoke_drain_s=drain,
+        )
+
+
+@dataclass(slots=True)
+class _Step:
+    """What to do for one account of an alert."""
+
+    request: KillRequest
+    seen: Seen
+    future: asyncio.Future[str | None] | None = None  # NEW: resolved with the final status
+    previous: str | None = None  # DONE: the status of the original handling
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What to do with one record: a refusal, or one step per account."""
+
+    label: str
+    rejection: Rejection | None = None
+    result: str = "processed"
+    steps: list[_Step] = field(default_factory=list)
+    action: str = "kill"
+
+
+class _Interrupted(Exception):
+    """The engine stopped a request because the daemon is shutting down."""
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, intake: Intake) -> None:
+        self._intake = intake
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._intake._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._intake._on_assigned(assigned)
+
+
+class Intake:
+    """Consumes alerts and drives the engine. Use :meth:`start`, :meth:`run`, :meth:`shutdown`."""
+
+    def __init__(
+        self,
+        config: IntakeConfig,
+        kafka: KafkaSettings,
+        engine: EngineAPI,
+        publisher: Publisher,
+        dedup: DedupWindow,
+        *,
+        verifier: TriggerVerifier | None = None,
+        observer: AlertObserver | None = None,
+        results_index: ResultsIndex | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._config = config
+        self._kafka = kafka
+        self._engine = engine
+        self._publisher = publisher
+        self._dedup = dedup
+        self._verifier = verifier
+        self._observer: AlertObserver = observer or NullAlertObserver()
+        self._results_index = results_index
+        self._clock = clock
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
+        self._queued: Counter[str] = Counter()
+        self._in_flight: dict[tuple[str, str], asyncio.Future[str | None]] = {}
+        self._max_bytes = config.limits.max_message_bytes
+        self._max_in_flight = config.limits.max_queued_per_account * max(1, len(config.accounts))
+        self._paused = False
+        self._stopping = False
+        self._commit_wanted = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._committer: asyncio.Task[None] | None = None
+        self._assigned: set[TopicPartition] = set()
+        self.committed_total = 0  # commits done (tests and diagnostics)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("Intake not started")
+        return self._consumer
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._assigned)
+
+    async def start(self) -> None:
+        """Join the group (subscribed to the alerts and manual topics)."""
+        topics = self._config.topics
+        consumer = make_group_consumer(self._kafka, [])
+        consumer.subscribe([topics.alerts, topics.manual], listener=_Listener(self))
+        await consumer.start()
+        self._consumer = consumer
+        self._committer = asyncio.create_task(self._commit_loop(), name="intake-committer")
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop` is called. A bad message never ends this loop."""
+        consumer = self.consumer
+        while not self._stopping:
+            try:
+                batch = await consumer.getmany(timeout_ms=_POLL_MS)
+            except KafkaError as exc:
+                log.warning("kafka poll failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(0.5)  # back off before polling again
+                continue
+            if self._stopping:
+                break  # not handed out: not read, so replayed by whoever resumes
+            for tp, records in batch.items():
+                for record in records:
+                    self._accept(tp, record)
+            self._update_backpressure()
+
+    def stop(self) -> None:
+        """Stop taking new alerts (running work continues; see :meth:`shutdown`)."""
+        self._stopping = True
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Let running work finish within ``grace_s``, commit what completed, leave the group."""
+        self.stop()
+        pending = list(self._tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=grace_s)
+        leftovers = list(self._tasks)
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            log.warning("work interrupted by shutdown", extra={"records": len(leftovers)})
+            await asyncio.gather(*leftovers, return_exceptions=True)
+        await self._commit()
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(KafkaError):
+                await consumer.stop()
+
+    # ------------------------------------------------------------------ records
+
+    def _accept(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
+        """Hand out one record: plan it now (so backpressure counts it), run it in a task."""
+        if not self._tracker.read(tp, record.offset):
+            return
+        channel: Channel = "manual" if tp.topic == self._config.topics.manual else "alerts"
+        received = self._clock()
+        origin = Origin(tp.topic, tp.partition, record.offset)
+        value: bytes | None = record.value
+        if value is not None and _THREAD_PARSE_BYTES < len(value) <= self._max_bytes:
+            work = self._handle_large(record, channel, origin, received)
+        else:
+            plan = self._plan(self._parse(value, channel, received), channel, origin, received)
+            work = self._execute(record, plan, origin, received)
+        task = asyncio.create_task(work)
+        self._tasks[task] = tp
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:  # a bug in this module: log it, the loop goes on
+                log.error("alert handling failed", exc_info=exc)
+        self._update_backpressure()
+
+    async def _handle_large(
+        self,
+        record: ConsumerRecord[Any, Any],
+        channel: Channel,
+        origin: Origin,
+        received: datetime,
+    ) -> None:
+        # Parsing is synchronous; a large message is parsed in a worker thread so a
+        # burst of them cannot stall the loop (and with it Kafka heartbeats).
+        parsed = await asyncio.to_thread(self._parse, record.value, channel, received)
+        plan = self._plan(parsed, channel, origin, received)
+        await self._execute(record, plan, origin, received)
+
+    def _parse(
+        self, value: bytes | None, channel: Channel, received: datetime
+    ) -> Alert | Rejection:
+        limits = self._config.limits
+        return parse_alert(
+            value,
+            channel=channel,
+            accounts=self._config.accounts,
+            max_message_bytes=limits.max_message_bytes,
+            max_order_ids=limits.max_order_ids,
+            now=received,
+            verifier=self._verifier,
+        )
+
+    def _plan(
+        self, parsed: Alert | Rejection, channel: Channel, origin: Origin, received: datetime
+    ) -> _Plan:
+        """Decide per account (synchronously, so concurrent repeats see each other)."""
+        if isinstance(parsed, Rejection):
+            return _Plan(label=channel, rejection=parsed)
+        alert = parsed
+        label = (
+            DEADMAN_SOURCE if channel == "alerts" and alert.source == DEADMAN_SOURCE else channel
+        )
+        requests = kill_requests(
+            alert,
+            accounts=self._config.accounts,
+            received_at=received,
+            default_deadline_s=self._config.default_deadline_s,
+        )
+        position = (origin.topic, origin.partition, origin.offset)
+        decision = self._dedup.decide(alert.alert_id, [r.account for r in requests], position)
+        signing = self._verifier is not None and self._verifier.required
+        if decision.reused and channel == "manual" and signing:
+            refusal = Rejection(
+                RejectKind.UNAUTHORIZED,
+                "alert_id already used by an earlier trigger (replay refused)",
+                alert.alert_id,
+            )
+            return _Plan(label=label, rejection=refusal)
+        steps: list[_Step] = []
+        for request, verdict in zip(requests, decision.accounts, strict=True):
+            if verdict.seen is Seen.NEW:
+                self._dedup.start(alert.alert_id, request.account, position)
+                future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+                self._in_flight[(alert.alert_id, request.account)] = future
+                self._queued[request.account] += 1
+                steps.append(_Step(request, Seen.NEW, future=future))
+            else:
+                steps.append(_Step(request, verdict.seen, previous=verdict.previous_status))
+        if decision.all_repeats:
+            result = "duplicate"
+        elif alert.dry_run and alert.action == "kill":
+            result = "dry_run"
+        else:
+            result = "processed"
+        return _Plan(label=label, result=result, steps=steps, action=alert.action)
+
+    async def _execute(
+        self, record: ConsumerRecord[Any, Any], plan: _Plan, origin: Origin, received: datetime
+    ) -> None:
+        """Run a plan; the record is done once every output for it is acknowledged."""
+        if plan.rejection is not None:
+            await self._dead_letter(record, origin, plan.rejection, received)
+            result = plan.rejection.kind.value
+        else:
+            try:
+                await asyncio.gather(
+                    *(self._run_step(step, plan.action, origin) for step in plan.steps)
+                )
+            except _Interrupted:
+                return  # shutdown: not done, replayed after the restart
+            result = plan.result
+        self._observer.alert_read(plan.label, result)
+        self._tracker.done(TopicPartition(origin.topic, origin.partition), origin.offset)
+        self._commit_wanted.set()
+
+    async def _run_step(self, step: _Step, action: str, origin: Origin) -> None:
+        if step.seen is Seen.NEW:
+            assert step.future is not None
+            await self._run_request(step.request, action, origin, step.future)
+        elif step.seen is Seen.IN_FLIGHT:
+            await self._repeat_after_in_flight(step.request, origin)
+        else:
+            await self._publish_duplicate(step.request, step.previous, origin)
+
+    async def _run_request(
+        self,
+        request: KillRequest,
+        action: str,
+        origin: Origin,
+        future: asyncio.Future[str | None],
+    ) -> None:
+        """Engine, then the final result; the dedup window learns it once published."""
+        key = (request.alert_id, request.account)
+        status: str | None = None
+        try:
+            result = await self._call_engine(request, action, origin)
+            if not result.final:
+                result = dataclasses.replace(result, final=True)
+            await self._publish_final(result, origin)
+            status = result.status.value
+            position = (origin.topic, origin.partition, origin.offset)
+            self._dedup.finish(request.alert_id, request.account, status, position)
+        finally:
+            if status is None:
+                self._dedup.forget_in_flight(request.alert_id, request.account)
+            if not future.done():
+                future.set_result(status)
+            self._in_flight.pop(key, None)
+            self._queued[request.account] -= 1
+            if self._queued[request.account] <= 0:
+                del self._queued[request.account]
+            self._update_backpressure()
+
+    async def _call_engine(self, request: KillRequest, action: str, origin: Origin) -> SweepResult:
+        try:
+            if action == "release":
+                return await self._engine.release(request)
+            return await self._engine.submit(request, self._publisher.progress_sink(origin))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self._stopping:
+                # Shutting down: no final result, the offset stays uncommitted and
+                # the alert is replayed after the restart.
+                raise _Interrupted from exc
+            log.exception(
+                "engine failed", extra={"alert_id": request.alert_id, "account": request.account}
+            )
+            return failed_result(request, f"internal error: {type(exc).__name__}", self._clock())
+
+    async def _repeat_after_in_flight(self, request: KillRequest, origin: Origin) -> None:
+        future = self._in_flight.get((request.alert_id, request.account))
+        status = await asyncio.shield(future) if future is not None else None
+        await self._publish_duplicate(request, status, origin)
+
+    async def _publish_duplicate(
+        self, request: KillRequest, previous: str | None, origin: Origin
+    ) -> None:
+        await self._publish_final(duplicate_result(request, previous, self._clock()), origin)
+
+    async def _publish_final(self, result: SweepResult, origin: Origin) -> None:
+        """Publish until acknowledged: the input offset waits for this (cancelled at shutdown)."""
+        await self._retry(lambda: self._publisher.result(result, origin, wait=True), "result")
+
+    async def _dead_letter(
+        self,
+        record: ConsumerRecord[Any, Any],
+        origin: Origin,
+        rejection: Rejection,
+        received: datetime,
+    ) -> None:
+        log.warning(
+            "message refused",
+            extra={
+                "kind": rejection.kind.value,
+                "reason": rejection.reason,
+                "alert_id": rejection.alert_id,
+                "topic": origin.topic,
+                "partition": origin.partition,
+                "offset": origin.offset,
+            },
+        )
+        value = encode_dlq(
+            record.value,
+            topic=origin.topic,
+            partition=origin.partition,
+            offset=origin.offset,
+            key=record.key,
+            rejection=rejection,
+            received_at=received,
+        )
+        await self._retry(lambda: self._publisher.dead_letter(value, record.key), "dead letter")
+
+    async def _retry(self, send: Callable[[], Any], what: str) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await send()
+                return
+            except KafkaError as exc:
+                log.warning(f"{what} not published, retrying", extra={"error": type(exc).__name__})
+            await asyncio.sleep(delay)  # backoff between publish attempts
+            delay = min(delay * 2, _PUBLISH_BACKOFF_MAX_S)
+
+    # ------------------------------------------------------------- backpressure
+
+    def _over_limit(self) -> bool:
+        limit = self._config.limits.max_queued_per_account
+        return len(self._tasks) >= self._max_in_flight or any(
+            q >= limit for q in self._queued.values()
+        )
+
+    def _below_resume(self) -> bool:
+        limit = self._config.limits.max_queued_per_account
+        return len(self._tasks) <= self._max_in_flight // 2 and all(
+            q <= limit // 2 for q in self._queued.values()
+        )
+
+    def _update_backpressure(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        if not self._paused and self._over_limit():
+            self._paused = True
+            consumer.pause(*consumer.assignment())
+            log.info("backpressure: partitions paused", extra={"in_flight": len(self._tasks)})
+        elif self._paused and self._below_resume():
+            self._paused = False
+            consumer.resume(*consumer.assignment())
+            log.info("backpressure: partitions resumed", extra={"in_flight": len(self._tasks)})
+
+    # ------------------------------------------------------------------ commits
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            await self._commit()
+
+    async def _commit(self, partitions: Sequence[TopicPartition] | None = None) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        async with self._commit_lock:
+            positions = self._tracker.to_commit(partitions)
+            if not positions:
+                return
+            try:
+                await consumer.commit(positions)
+            except (KafkaError, IllegalStateError) as exc:
+                # Rebalancing or broker trouble: the positions stay pending and the
+                # next commit (or the next owner's replay) covers them.
+                log.warning("offset commit failed", extra={"error": type(exc).__name__})
+                return
+            self._tracker.committed(positions)
+            self.committed_total += 1
+
+    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        gone = set(revoked)
+        self._assigned -= gone
+        waiting = [t for t, tp in self._tasks.items() if tp in gone]
+        if waiting:
+            await asyncio.wait(waiting, timeout=self._config.revoke_drain_s)
+        await self._commit(list(gone))
+        self._tracker.drop(gone)
+
+    async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._assigned = set(assigned)
+        if self._results_index is not None:
+            caught_up = await self._results_index.wait_caught_up(timeout_s=10.0)
+            if not caught_up:
+                log.warning("results reader behind at assignment; repeats may be re-swept")
+        if self._paused and self._consumer is not None and assigned:
+            self._consumer.pause(*assigned)

@@ -1,0 +1,84 @@
+"""Everything the daemon writes to Kafka: results, halt state, dead letters, dead-man alerts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaProducer
+
+from killswitch.alerts import Origin, encode_result, encode_state
+from killswitch.config import TopicSettings
+from killswitch.core.model import HaltState, SweepResult
+from killswitch.core.ports import ResultSink
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    """One producer (acks=all) shared by every output. Keys are account ids.
+
+    ``result(..., wait=True)`` returns only when the broker acknowledged the
+    record: the intake commits an input offset after that. Progress results are
+    enqueued without waiting (the sweep must not stall on Kafka); the producer
+    keeps per-partition order, so a progress event never overtakes its final.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, topics: TopicSettings) -> None:
+        self._producer = producer
+        self._topics = topics
+        self._background: set[asyncio.Future[object]] = set()
+
+    @property
+    def topics(self) -> TopicSettings:
+        return self._topics
+
+    async def result(
+        self, result: SweepResult, origin: Origin | None = None, *, wait: bool = True
+    ) -> None:
+        """Publish one result (key = account)."""
+        value = encode_result(result, origin)
+        key = result.account.encode()
+        if wait:
+            await self._producer.send_and_wait(self._topics.results, value, key=key)
+            return
+        future = await self._producer.send(self._topics.results, value, key=key)
+        self._background.add(future)
+        future.add_done_callback(self._sent)
+
+    def progress_sink(self, origin: Origin | None) -> ResultSink:
+        """The sink the engine calls with progress results of one alert."""
+
+        async def sink(result: SweepResult) -> None:
+            try:
+                await self.result(result, origin, wait=False)
+            except Exception:  # progress is best effort; the final result is what counts
+                log.warning("progress result not published", exc_info=True)
+
+        return sink
+
+    async def state(self, state: HaltState) -> None:
+        """Publish a halt latch change to the compacted state topic (key = account)."""
+        await self._producer.send_and_wait(
+            self._topics.state, encode_state(state), key=state.account.encode()
+        )
+
+    async def dead_letter(self, value: bytes, key: bytes | None) -> None:
+        """Publish one encoded dead letter record."""
+        await self._producer.send_and_wait(self._topics.dlq, value, key=key)
+
+    async def alert(self, account: str, value: bytes) -> None:
+        """Publish an alert the daemon generated itself (dead-man) to the alerts topic."""
+        await self._producer.send_and_wait(self._topics.alerts, value, key=account.encode())
+
+    async def flush(self) -> None:
+        """Wait until every enqueued record is acknowledged (or failed)."""
+        await self._producer.flush()
+
+    def _sent(self, future: asyncio.Future[object]) -> None:
+        self._background.discard(future)
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            log.warning("progress result not published", extra={"error": type(exc).__name__})

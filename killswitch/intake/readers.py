@@ -1,0 +1,171 @@
+"""Start-up and background readers: the halt state topic and the results topic.
+
+Both use consumers without a group (every daemon reads every partition; nothing
+is committed), so they work the same with one daemon or many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from killswitch.alerts import decode_result_summary, decode_state
+from killswitch.config import KafkaSettings
+from killswitch.core.dedup import DedupWindow
+from killswitch.core.model import HaltState
+from killswitch.intake.kafka import all_partitions, make_reader
+
+log = logging.getLogger(__name__)
+
+_POLL_MS = 100
+
+
+async def _positions_reached(
+    consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]
+) -> bool:
+    for tp, end in targets.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True
+
+
+async def read_halt_states(
+    settings: KafkaSettings, topic: str, timeout_s: float = 60.0
+) -> dict[str, HaltState]:
+    """The last state of every account on the (compacted) state topic, halted ones only.
+
+    Reads every partition from the beginning to the end offsets found at the
+    start; a tombstone (null value) or ``halted: false`` clears an account.
+    Raises TimeoutError when the end is not reached in ``timeout_s``.
+    """
+    consumer = make_reader(settings)
+    await consumer.start()
+    latest: dict[str, HaltState] = {}
+    try:
+        parts = await all_partitions(consumer, topic)
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        targets = await consumer.end_offsets(parts)
+        async with asyncio.timeout(timeout_s):
+            while not await _positions_reached(consumer, targets):
+                batch = await consumer.getmany(timeout_ms=_POLL_MS)
+                for records in batch.values():
+                    for rec in records:
+                        _fold_state(latest, rec.key, rec.value)
+    finally:
+        await consumer.stop()
+    return {account: s for account, s in latest.items() if s.halted}
+
+
+def _fold_state(latest: dict[str, HaltState], key: bytes | None, value: bytes | None) -> None:
+    state = decode_state(value)
+    if state is not None:
+        latest[state.account] = state
+    elif value is None and key is not None:  # tombstone: the account is not halted
+        latest.pop(key.decode("utf-8", "replace"), None)
+    else:
+        log.warning("unreadable record on the state topic ignored")
+
+
+class ResultsIndex:
+    """Feeds the dedup window with final results from the results topic.
+
+    At start-up it reads the tail of every partition (at most ``tail_records``
+    per partition: the recent window) up to the end; then it keeps following the
+    topic, so results published by other daemons in the group are known when
+    their partitions move here (:meth:`wait_caught_up` on assignment).
+    """
+
+    def __init__(
+        self, settings: KafkaSettings, topic: str, dedup: DedupWindow, tail_records: int
+    ) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._dedup = dedup
+        self._tail = tail_records
+        self._consumer: AIOKafkaConsumer | None = None
+        self._parts: list[TopicPartition] = []
+        self._progress = asyncio.Event()
+        self.learned = 0
+
+    async def start(self) -> None:
+        """Assign every partition at its recent tail."""
+        consumer = make_reader(self._settings)
+        await consumer.start()
+        self._consumer = consumer
+        try:
+            self._parts = await all_partitions(consumer, self._topic)
+            consumer.assign(self._parts)
+            begins = await consumer.beginning_offsets(self._parts)
+            ends = await consumer.end_offsets(self._parts)
+            for tp in self._parts:
+                consumer.seek(tp, max(begins[tp], ends[tp] - self._tail))
+        except BaseException:
+            await self.close()
+            raise
+
+    async def catch_up(self, timeout_s: float) -> None:
+        """Read until the end offsets seen now (used at start-up, before the tail loop runs)."""
+        consumer = self._require()
+        targets = await consumer.end_offsets(self._parts)
+        async with asyncio.timeout(timeout_s):
+            while not await _positions_reached(consumer, targets):
+                await self._poll(consumer)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the topic until ``stop`` is set."""
+        consumer = self._require()
+        while not stop.is_set():
+            try:
+                await self._poll(consumer)
+            except KafkaError as exc:
+                log.warning("results reader error", extra={"error": type(exc).__name__})
+                await asyncio.sleep(0.5)  # back off before polling again
+
+    async def wait_caught_up(self, timeout_s: float) -> bool:
+        """Wait until the tail loop has read up to the current end offsets (False on timeout)."""
+        consumer = self._require()
+        try:
+            targets = await consumer.end_offsets(self._parts)
+            async with asyncio.timeout(timeout_s):
+                while not await _positions_reached(consumer, targets):
+                    self._progress.clear()
+                    await self._progress.wait()
+        except (TimeoutError, KafkaError):
+            return False
+        return True
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(KafkaError):
+                await consumer.stop()
+
+    def _require(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("ResultsIndex not started")
+        return self._consumer
+
+    async def _poll(self, consumer: AIOKafkaConsumer) -> None:
+        batch = await consumer.getmany(timeout_ms=_POLL_MS)
+        for records in batch.values():
+            self._learn(rec.value for rec in records)
+        self._progress.set()
+
+    def _learn(self, values: Iterable[bytes | None]) -> None:
+        for value in values:
+            summary = decode_result_summary(value)
+            if summary is None or not summary.final or summary.status == "running":
+                continue
+            origin = (
+                (summary.origin.topic, summary.origin.partition, summary.origin.offset)
+                if summary.origin is not None
+                else None
+            )
+            self._dedup.learn(summary.alert_id, summary.account, summary.status, origin)
+            self.learned += 1

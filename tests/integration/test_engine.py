@@ -1,0 +1,426 @@
+"""The kill engine end to end: real ExchangeClient, real simulator over HTTP on loopback.
+
+Faults on (5xx, 429, races, spawned orders). Each test checks the simulator's own state
+(flat is what the exchange says, not what the engine believes), the accounting of the
+result, and the simulator's request log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+
+from killswitch.config import EngineSettings
+from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult, SweepStatus
+from killswitch.core.orders import Order, Side
+from killswitch.core.outcomes import Outcome
+from killswitch.engine import Engine
+from killswitch.exchange.client import ExchangeClient
+from killswitch.exchange.simulator.core import LogEntry, Simulator
+from killswitch.exchange.simulator.faults import EndpointFaults
+from killswitch.exchange.simulator.server import SimulatorServer
+from killswitch.exchange.simulator.testing import account_settings, register_test_client
+from killswitch.exchange.transport import build_transport
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+ACCOUNT = "mm-1"
+LABEL = "mm-1-key"
+SYMBOLS = ["BTC_USDT", "ETH_USDT", "SOL_USDT"]
+
+
+class InFlightProbe(httpx.AsyncBaseTransport):
+    """Wraps the client's real transport and counts cancel requests that overlap for one
+    order (a cancel for an order sent while another cancel for it awaits its answer)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.inflight: Counter[int] = Counter()
+        self.overlaps = 0
+
+    @staticmethod
+    def order_ids(request: httpx.Request) -> list[int]:
+        if request.method != "DELETE":
+            return []
+        path = request.url.path
+        if path.endswith("/order"):
+            return [int(v) for v in parse_qs(request.url.query.decode()).get("order_id", [])]
+        if path.endswith("/order/batch"):
+            return [int(i) for i in json.loads(request.content)["order_ids"]]
+        return []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        ids = self.order_ids(request)
+        for order_id in ids:
+            if self.inflight[order_id]:
+                self.overlaps += 1
+            self.inflight[order_id] += 1
+        try:
+            return await self.inner.handle_async_request(request)
+        finally:
+            for order_id in ids:
+                self.inflight[order_id] -= 1
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@dataclass
+class Env:
+    sim: Simulator
+    server: SimulatorServer
+    api_key: str
+    pem: bytes
+
+    @asynccontextmanager
+    async def client(self, **overrides: Any) -> AsyncIterator[tuple[ExchangeClient, InFlightProbe]]:
+        base: dict[str, Any] = {
+            "rate_limit_per_second": 2000.0,
+            "burst": 50,
+            "max_concurrency": 8,
+            "max_attempts": 8,
+            "backoff_base_s": 0.002,
+            "backoff_cap_s": 0.02,
+            "request_deadline_s": 5.0,
+        }
+        base.update(overrides)
+        base_url = base.pop("base_url", None) or self.server.base_url
+        settings = account_settings(base_url, self.api_key, self.pem, ACCOUNT, **base)
+        probe = InFlightProbe(build_transport("aiohttp", max_connections=settings.max_concurrency))
+        async with ExchangeClient(settings, transport=probe) as client:
+            yield client, probe
+
+    def seed(self, per_symbol: int, symbols: list[str] = SYMBOLS) -> set[int]:
+        ids: set[int] = set()
+        for symbol in symbols:
+            ids |= set(self.sim.seed_orders(self.api_key, symbol, per_symbol))
+        return ids
+
+    def open_ids(self) -> set[int]:
+        return self.sim.open_order_ids(self.api_key)
+
+    def log(self, endpoint: str | None = None, since: int = 0) -> list[LogEntry]:
+        return [
+            e
+            for e in self.sim.log_since(since)
+            if e.client == LABEL and (endpoint is None or e.endpoint == endpoint)
+        ]
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    sim = Simulator(seed=7, symbols=SYMBOLS)
+    async with SimulatorServer(sim) as server:
+        api_key, pem = register_test_client(sim, name=LABEL)
+        yield Env(sim, server, api_key, pem)
+
+
+def engine_settings(**kw: Any) -> EngineSettings:
+    base: dict[str, Any] = {"progress_interval_s": 0.05, "latch_sweep_interval_s": 0.05}
+    base.update(kw)
+    return EngineSettings(**base)
+
+
+def kill(
+    alert_id: str = "alert-1",
+    *,
+    symbols: set[str] | None = None,
+    sides: set[Side] | None = None,
+    latch: bool = False,
+    dry_run: bool = False,
+    deadline_s: float = 20.0,
+) -> KillRequest:
+    return KillRequest(
+        alert_id=alert_id,
+        account=ACCOUNT,
+        scope=Scope(
+            symbols=frozenset(symbols) if symbols is not None else None,
+            sides=frozenset(sides) if sides is not None else None,
+        ),
+        received_at=datetime.now(UTC),
+        deadline_s=deadline_s,
+        latch=latch,
+        dry_run=dry_run,
+        source="integration",
+    )
+
+
+async def no_progress(result: SweepResult) -> None:
+    pass
+
+
+def assert_accounted(result: SweepResult) -> None:
+    """Counts add up and every resolved order has exactly one outcome."""
+    ids = [o.order_id for o in result.orders]
+    assert len(ids) == len(set(ids)), "an order reported twice"
+    assert result.counts.resolved == len(ids)
+    tally = Counter(o.outcome for o in result.orders)
+    for outcome in Outcome:
+        assert getattr(result.counts, outcome.value) == tally[outcome]
+
+
+def cancelled_ids(entries: list[LogEntry]) -> Counter[int]:
+    """Per order id, how many single-order cancel requests reached the simulator."""
+    out: Counter[int] = Counter()
+    for e in entries:
+        if e.endpoint == "cancel":
+            out[int(parse_qs(e.query)["order_id"][0])] += 1
+    return out
+
+
+FAULTS = EndpointFaults(error_rate=0.05, throttle_rate=0.05, error_statuses=(500, 502, 503))
+
+
+# ---------------------------------------------------------------------- strategies
+
+
+@pytest.mark.parametrize("strategy", ["per_order", "batch", "symbol"])
+async def test_strategy_reaches_flat_under_faults_and_races(env: Env, strategy: str) -> None:
+    seeded = env.seed(60)
+    env.sim.set_faults(FAULTS)
+    env.sim.set_races(close_before_cancel=0.05, spawn_on_cancel=0.1, lose_cancel=0.05)
+    async with env.client() as (client, probe):
+        engine = Engine({ACCOUNT: client}, engine_settings(strategy=strategy, batch_size=25))
+        result = await engine.submit(kill(), no_progress)
+        await engine.close(1.0)
+
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert env.open_ids() == set(), "the simulator still has open orders"
+    assert result.residual_open == 0
+    assert_accounted(result)
+    reported = {o.order_id for o in result.orders}
+    assert seeded <= reported  # every seeded order resolved...
+    assert env.sim.spawned > 0
+    assert len(reported) == len(seeded) + env.sim.spawned  # ...and every spawned one
+    assert probe.overlaps == 0, "two cancels in flight for one order"
+    log = env.log()
+    endpoints = Counter(e.endpoint for e in log)
+    if strategy == "per_order":
+        by_order = cancelled_ids(log)
+        attempts = {o.order_id: o.attempts for o in result.orders}
+        assert by_order == Counter(attempts)  # each request the exchange saw is accounted
+        assert endpoints["cancel_batch"] == endpoints["cancel_all"] == 0
+    elif strategy == "batch":
+        assert endpoints["cancel_batch"] >= len(seeded) // 25
+        assert endpoints["cancel_all"] == 0
+    else:
+        assert endpoints["cancel_all"] == len(SYMBOLS)
+        assert endpoints["cancel_batch"] == 0
+    assert result.sweeps >= 2
+
+
+async def test_batch_fail_ids_are_finished_one_by_one(env: Env) -> None:
+    env.seed(40, ["BTC_USDT"])
+    env.sim.set_races(close_before_cancel=0.3)
+    async with env.client() as (client, probe):
+        engine = Engine(
+            {ACCOUNT: client}, engine_settings(strategy="batch", batch_size=20), concurrency=2
+        )
+        result = await engine.submit(kill(), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT
+    assert env.open_ids() == set()
+    assert_accounted(result)
+    singles = cancelled_ids(env.log())
+    assert singles, "ids in a batch's fail list get a per-order cancel"
+    # the per-order cancel of a fail id finds it closed (it closed on its own)
+    by_id = {o.order_id: o for o in result.orders}
+    assert all(by_id[i].outcome is Outcome.ALREADY_CLOSED for i in singles)
+    assert result.counts.sent + result.counts.already_closed == result.counts.resolved
+    assert probe.overlaps == 0
+
+
+async def test_largest_notional_is_cancelled_first(env: Env) -> None:
+    ids: list[int] = []
+    for price, qty in [("10", "1"), ("50000", "2"), ("7", "30"), ("900", "0.5"), ("3", "3")]:
+        ids += env.sim.seed_orders(env.api_key, "BTC_USDT", 1, price=price, quantity=qty)
+    # Seeded orders may be partly filled: rank by what the exchange says is left.
+    notional = {i: Order.from_json(env.sim.order(i) or {}).notional for i in ids}
+    async with env.client() as (client, _):
+        engine = Engine({ACCOUNT: client}, engine_settings(), concurrency=1)
+        result = await engine.submit(kill(symbols={"BTC_USDT"}), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT
+    assert list(cancelled_ids(env.log())) == sorted(ids, key=lambda i: notional[i], reverse=True)
+
+
+async def test_priority_ranks_across_pairs_once_listed(env: Env) -> None:
+    # Streaming: the engine cancels while it lists, ranking what it has seen so far. An
+    # order far larger than the rest, on the pair listed last, must be the next one picked
+    # once its page has arrived: at most one cancel (already waiting for the single slot
+    # when the page came in) may go out before it.
+    env.seed(20, ["BTC_USDT", "ETH_USDT"])
+    big = env.sim.seed_orders(env.api_key, "SOL_USDT", 1, price="100000", quantity="10")[0]
+    env.seed(20, ["SOL_USDT"])
+    async with env.client(max_concurrency=1) as (client, _):
+        engine = Engine({ACCOUNT: client}, engine_settings(page_size=200), concurrency=1)
+        result = await engine.submit(kill(), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT
+    log = env.log()
+    sol_listed = next(e.seq for e in log if e.endpoint == "open_orders" and "SOL_USDT" in e.query)
+    before = [e for e in log if e.endpoint == "cancel" and e.seq < sol_listed]
+    after = [e for e in log if e.endpoint == "cancel" and e.seq > sol_listed]
+    assert before, "cancelling started before the last pair was listed (streaming)"
+    assert big in [int(parse_qs(e.query)["order_id"][0]) for e in after[:2]]
+
+
+# ------------------------------------------------------------------- failures
+
+
+async def test_auth_revoked_mid_sweep_fails_fast(env: Env) -> None:
+    env.seed(150)
+    async with env.client(rate_limit_per_second=300.0, burst=5) as (client, _):
+        engine = Engine({ACCOUNT: client}, engine_settings())
+        task = asyncio.create_task(engine.submit(kill(), no_progress))
+        await wait_for(lambda: env.sim.count(env.api_key, "cancel", 200) >= 20)
+        env.sim.revoke(env.api_key)
+        result = await task
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FAILED
+    assert result.reason is not None
+    assert "authentication" in result.reason
+    log = env.log()
+    first_401 = next(e.seq for e in log if e.status == 401)
+    after = [e for e in log if e.seq > first_401]
+    assert len(after) <= 8, f"{len(after)} requests after the first 401"
+    assert_accounted(result)
+    assert result.counts.resolved >= result.counts.sent >= 20
+    assert result.counts.rejected >= 1
+    assert env.open_ids()  # it stopped: orders are left, the result says failed
+
+
+async def test_exchange_unreachable_fails_with_reason(env: Env) -> None:
+    base_url = env.server.base_url
+    await env.server.close()  # nothing listens there any more
+    async with env.client(base_url=base_url, max_attempts=2, request_deadline_s=1.0) as (
+        client,
+        _,
+    ):
+        engine = Engine({ACCOUNT: client}, engine_settings())
+        result = await engine.submit(kill(symbols={"BTC_USDT"}), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FAILED
+    assert result.reason is not None
+    assert "unavailable" in result.reason
+
+
+async def test_lost_cancels_end_residual_at_the_deadline(env: Env) -> None:
+    seeded = env.seed(5, ["BTC_USDT"])
+    env.sim.set_races(lose_cancel=1.0)  # CANCEL_SENT, but the order stays open
+    async with env.client() as (client, _):
+        engine = Engine({ACCOUNT: client}, engine_settings())
+        result = await engine.submit(kill(deadline_s=1.0), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.RESIDUAL
+    assert result.residual_open == 5
+    assert env.open_ids() == seeded
+    assert result.counts.sent == 5
+    assert_accounted(result)
+    assert all(o.attempts >= 2 for o in result.orders)  # re-cancelled, counted once
+
+
+# ------------------------------------------------------------------ dry run
+
+
+async def test_dry_run_sends_no_delete(env: Env) -> None:
+    seeded = env.seed(30)
+    async with env.client() as (client, _):
+        engine = Engine({ACCOUNT: client}, engine_settings(strategy="symbol"))
+        result = await engine.submit(kill(dry_run=True, sides={Side.BUY}), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.DRY_RUN
+    assert [e for e in env.log() if e.method == "DELETE"] == []
+    assert env.open_ids() == seeded
+    buys = {i for i in seeded if (env.sim.order(i) or {})["side"] == "BUY"}
+    assert {o.order_id for o in result.orders} == buys
+    assert result.counts.skipped == len(buys)
+    assert_accounted(result)
+
+
+# -------------------------------------------------------- coalescing and latch
+
+
+async def test_overlapping_kills_coalesce_into_one_sweep(env: Env) -> None:
+    btc = env.seed(150, ["BTC_USDT"])
+    eth = env.seed(10, ["ETH_USDT"])
+    env.sim.set_faults(EndpointFaults(latency_ms=2.0))
+    async with env.client(rate_limit_per_second=400.0, burst=5) as (client, probe):
+        engine = Engine({ACCOUNT: client}, engine_settings())
+        first = asyncio.create_task(engine.submit(kill("a", symbols={"BTC_USDT"}), no_progress))
+        await wait_for(lambda: env.sim.count(env.api_key, "cancel") >= 5)
+        running = engine._accounts[ACCOUNT].running
+        assert running is not None
+        second = asyncio.create_task(engine.submit(kill("b", symbols={"ETH_USDT"}), no_progress))
+        await wait_for(lambda: len(running.tickets) == 2)  # b joined a's sweep
+        a, b = await asyncio.gather(first, second)
+        await engine.close(1.0)
+    assert (a.status, b.status) == (SweepStatus.FLAT, SweepStatus.FLAT)
+    assert env.open_ids() == set()
+    assert {o.order_id for o in a.orders} == btc  # each alert its own orders
+    assert {o.order_id for o in b.orders} == eth
+    assert a.sweeps == b.sweeps == running.passes
+    first_pages = [e for e in env.log("open_orders") if "from_order_id" not in e.query]
+    listings = Counter(parse_qs(e.query)["symbol"][0] for e in first_pages)
+    # one sweep: each pair listed once per pass, never by a second sweep in parallel
+    assert listings["BTC_USDT"] == a.sweeps
+    assert listings["ETH_USDT"] <= a.sweeps
+    assert probe.overlaps == 0
+
+
+async def test_latch_resweeps_new_orders_then_release_stops(env: Env) -> None:
+    env.seed(10, ["BTC_USDT"])
+    states: list[HaltState] = []
+
+    async def on_state(state: HaltState) -> None:
+        states.append(state)
+
+    async with env.client() as (client, _):
+        engine = Engine({ACCOUNT: client}, engine_settings(), on_state=on_state)
+        result = await engine.submit(kill(latch=True, symbols={"BTC_USDT"}), no_progress)
+        assert result.status is SweepStatus.FLAT
+        assert states[-1].halted
+        late = env.seed(3, ["BTC_USDT"])
+        other = env.seed(2, ["ETH_USDT"])  # outside the halt's scope
+        await wait_for(lambda: not (late & env.open_ids()))
+        guard = engine._guards[ACCOUNT].task
+        released = await engine.release(kill("release"))
+        assert guard.done()
+        seq = max(e.seq for e in env.log())
+        after = env.seed(2, ["BTC_USDT"])
+        await engine.close(1.0)
+    assert released.status is SweepStatus.RELEASED
+    assert [s.halted for s in states] == [True, False]
+    assert other <= env.open_ids()
+    assert after <= env.open_ids()
+    assert env.log("cancel", since=seq) == []
+
+
+async def test_progress_results_during_a_long_sweep(env: Env) -> None:
+    env.seed(60, ["BTC_USDT"])
+    events: list[SweepResult] = []
+
+    async def progress(result: SweepResult) -> None:
+        events.append(result)
+
+    async with env.client(rate_limit_per_second=200.0, burst=2) as (client, _):
+        engine = Engine({ACCOUNT: client}, engine_settings(progress_interval_s=0.05))
+        result = await engine.submit(kill(), progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT
+    assert events
+    assert all(not e.final and e.status is SweepStatus.RUNNING for e in events)
+    done = [e.counts.resolved for e in events]
+    assert done == sorted(done)  # outcomes only accumulate
+    assert done[-1] <= result.counts.resolved

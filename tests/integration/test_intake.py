@@ -1,0 +1,338 @@
+"""The intake against the real broker: at-least-once, DLQ, dedup, backpressure, restore."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from killswitch.alerts import encode_state
+from killswitch.core.dedup import DedupWindow
+from killswitch.core.model import HaltState, Scope
+from killswitch.intake.readers import read_halt_states
+from killswitch.triggers import sign_trigger
+from tests.conftest import wait_for
+from tests.integration.intake_harness import (
+    FakeEngine,
+    TopicReader,
+    alert_message,
+    committed,
+    create_all_topics,
+    make_settings,
+    produce,
+    running_intake,
+)
+
+pytestmark = pytest.mark.integration
+
+Unique = Callable[[str], str]
+
+
+async def test_kill_is_swept_and_its_final_result_published_then_committed(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topics = settings.kafka.topics
+    async with (
+        TopicReader(kafka_bootstrap, topics.results) as results,
+        running_intake(settings) as run,
+    ):
+        await produce(settings, [alert_message("a-1", ["mm-1", "mm-2"], latch=True)])
+        await wait_for(lambda: len(results.finals("a-1")) == 2)
+        await wait_for(lambda: run.intake.committed_total >= 1)
+        requests = sorted(run.engine.calls, key=lambda r: r.account)
+        assert [r.account for r in requests] == ["mm-1", "mm-2"]
+        assert all(r.latch for r in requests)
+        final = results.finals("a-1")[0]
+        assert final["schema"] == "killswitch.result/v1"
+        assert final["status"] == "flat"
+        assert final["origin"] == {"topic": topics.alerts, "partition": 0, "offset": 0}
+        progress = [r for r in results.records if r.get("final") is False]
+        assert len(progress) == 2  # the fake engine reports progress once per account
+        assert set(results.keys) == {b"mm-1", b"mm-2"}
+        assert run.observer.alerts == [("alerts", "processed")]
+    assert await committed(settings, topics.alerts) == 1
+
+
+async def test_bad_messages_go_to_the_dlq_and_the_consumer_keeps_going(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topics = settings.kafka.topics
+    past = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    messages: list[bytes | dict[str, object]] = [
+        b"\xff not json",
+        b"[" * 100_000,
+        alert_message("bad-1", ["nobody"]),
+        alert_message(
+            "bad-2",
+            [],
+        ),
+        alert_message("old-1", created_at="2020-01-01T00:00:00Z", expires_at=past),
+        alert_message("good-1"),
+    ]
+    async with (
+        TopicReader(kafka_bootstrap, topics.dlq) as dlq,
+        TopicReader(kafka_bootstrap, topics.results) as results,
+        running_intake(settings) as run,
+    ):
+        await produce(settings, messages)
+        await wait_for(lambda: len(dlq.records) == 5 and len(results.finals()) == 1)
+        # handled concurrently (the big one in a thread): order by offset
+        dead = sorted(dlq.records, key=lambda r: r["offset"])
+        assert [r["offset"] for r in dead] == [0, 1, 2, 3, 4]
+        kinds = [(r["kind"], r["alert_id"]) for r in dead]
+        assert kinds == [
+            ("invalid", None),
+            ("invalid", None),
+            ("invalid", "bad-1"),
+            ("invalid", "bad-2"),
+            ("expired", "old-1"),
+        ]
+        assert "unknown account" in dead[2]["reason"]
+        assert base64.b64decode(dead[0]["value_base64"]) == b"\xff not json"
+        assert dead[1]["value"].startswith("[[[")
+        assert [c.alert_id for c in run.engine.calls] == ["good-1"]
+        assert sorted(run.observer.alerts) == sorted(
+            [("alerts", "invalid")] * 4 + [("alerts", "expired"), ("alerts", "processed")]
+        )
+        await wait_for(lambda: run.intake.committed_total >= 1)
+    assert await committed(settings, topics.alerts) == 6
+
+
+async def test_duplicate_delivery_sweeps_once(kafka_bootstrap: str, unique_name: Unique) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    engine = FakeEngine()
+    engine.hold("mm-1")
+    message = alert_message("dup-1")
+    async with (
+        TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+        running_intake(settings, engine) as run,
+    ):
+        # The second copy arrives while the first is still being swept.
+        await produce(settings, [message, message])
+        await wait_for(lambda: len(engine.calls) == 1 and run.intake.in_flight == 2)
+        engine.let_go("mm-1")
+        await wait_for(lambda: len(results.finals("dup-1")) == 2)
+        # and a third copy after it finished
+        await produce(settings, [message])
+        await wait_for(lambda: len(results.finals("dup-1")) == 3)
+        statuses = [r["status"] for r in results.finals("dup-1")]
+        assert statuses == ["flat", "duplicate", "duplicate"]
+        assert "already flat" in results.finals("dup-1")[2]["reason"]
+        assert len(engine.calls) == 1
+        assert sorted(run.observer.alerts) == [
+            ("alerts", "duplicate"),
+            ("alerts", "duplicate"),
+            ("alerts", "processed"),
+        ]
+
+
+async def test_unfinished_work_is_replayed_and_finished_work_is_not_swept_again(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topics = settings.kafka.topics
+    first = FakeEngine()
+    first.hold("mm-1")
+    async with TopicReader(kafka_bootstrap, topics.results) as results:
+        async with running_intake(settings, first, grace_s=0) as run:
+            await produce(settings, [alert_message("slow-1"), alert_message("fast-1", ["mm-2"])])
+            await wait_for(lambda: len(results.finals("fast-1")) == 1)
+            await wait_for(lambda: run.intake.in_flight == 1)
+            # offset 1 is done but offset 0 is not: nothing may be committed
+            assert await committed(settings, topics.alerts) in (None, 0)
+        # shut down with zero grace: slow-1 was interrupted, no final result for it
+        assert results.finals("slow-1") == []
+        second = FakeEngine()
+        async with running_intake(settings, second) as run:
+            await wait_for(lambda: len(results.finals("slow-1")) == 1)
+            await wait_for(lambda: len(results.finals("fast-1")) == 2)
+            assert [c.alert_id for c in second.calls] == ["slow-1"]
+            assert results.finals("fast-1")[1]["status"] == "duplicate"
+            await wait_for(lambda: run.intake.committed_total >= 1)
+    assert await committed(settings, topics.alerts) == 2
+
+
+async def test_dedup_survives_a_restart_through_the_results_topic(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    message = alert_message("once-1", ["mm-1", "arb-1"])
+    async with TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results:
+        async with running_intake(settings):
+            await produce(settings, [message])
+            await wait_for(lambda: len(results.finals("once-1")) == 2)
+        # A new process: fresh dedup window, rebuilt from the results topic.
+        engine = FakeEngine()
+        async with running_intake(settings, engine, dedup=DedupWindow(100)) as run:
+            await produce(settings, [message])
+            await wait_for(lambda: len(results.finals("once-1")) == 4)
+            assert engine.calls == []
+            assert run.observer.alerts == [("alerts", "duplicate")]
+
+
+async def test_backpressure_pauses_instead_of_buffering(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(
+        kafka_bootstrap,
+        unique_name,
+        intake={"max_queued_per_account": 2},
+        kafka={"max_poll_records": 1},
+    )
+    await create_all_topics(settings)
+    engine = FakeEngine()
+    engine.hold("mm-1")
+    async with (
+        TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+        running_intake(settings, engine) as run,
+    ):
+        await produce(settings, [alert_message(f"bp-{i}") for i in range(12)])
+        await wait_for(lambda: run.intake.paused)
+        # Paused: the rest stays in Kafka rather than in memory.
+        held = run.intake.in_flight
+        assert held <= 3  # the limit plus at most one poll of overshoot
+        assert run.intake.consumer.paused()
+        engine.let_go("mm-1")
+        await wait_for(lambda: len(results.finals()) == 12)
+        assert not run.intake.paused
+        assert sorted(c.alert_id for c in engine.calls) == sorted(f"bp-{i}" for i in range(12))
+
+
+async def test_engine_errors_become_failed_results(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    engine = FakeEngine(raise_for={"boom-1"})
+    async with (
+        TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+        running_intake(settings, engine),
+    ):
+        await produce(settings, [alert_message("boom-1"), alert_message("after-1")])
+        await wait_for(lambda: len(results.finals()) == 2)
+        by_id = {r["alert_id"]: r for r in results.finals()}
+        assert by_id["boom-1"]["status"] == "failed"
+        assert by_id["boom-1"]["reason"] == "internal error: RuntimeError"
+        assert by_id["after-1"]["status"] == "flat"
+
+
+async def test_release_and_dry_run(kafka_bootstrap: str, unique_name: Unique) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    async with (
+        TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+        running_intake(settings) as run,
+    ):
+        await produce(
+            settings,
+            [alert_message("rel-1", "*", action="release"), alert_message("dry-1", dry_run=True)],
+        )
+        await wait_for(lambda: len(results.finals()) == 4)
+        assert sorted(r.account for r in run.engine.releases) == sorted(["mm-1", "mm-2", "arb-1"])
+        assert {r["status"] for r in results.finals("rel-1")} == {"released"}
+        assert results.finals("dry-1")[0]["status"] == "dry_run"
+        assert sorted(run.observer.alerts) == [("alerts", "dry_run"), ("alerts", "processed")]
+
+
+def _operator_settings(kafka_bootstrap: str, unique_name: Unique, key: Ed25519PrivateKey):  # type: ignore[no-untyped-def]
+    public = base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    return make_settings(
+        kafka_bootstrap,
+        unique_name,
+        trigger_signing={
+            "required": True,
+            "operators": [{"name": "alice", "public_key": public.decode()}],
+        },
+    )
+
+
+async def test_signed_manual_triggers_and_replays(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    settings = _operator_settings(kafka_bootstrap, unique_name, key)
+    await create_all_topics(settings)
+    topics = settings.kafka.topics
+    signed = sign_trigger(alert_message("ops-1", source="cli"), "alice", key)
+    forged = sign_trigger(
+        alert_message("ops-2", source="cli"), "alice", Ed25519PrivateKey.generate()
+    )
+    unsigned = alert_message("ops-3", source="cli", operator={"name": "alice"})
+    async with (
+        TopicReader(kafka_bootstrap, topics.dlq) as dlq,
+        TopicReader(kafka_bootstrap, topics.results) as results,
+        running_intake(settings) as run,
+    ):
+        await produce(settings, [signed, forged, unsigned], topic=topics.manual)
+        await wait_for(lambda: len(dlq.records) == 2 and len(results.finals("ops-1")) == 1)
+        # the same signed bytes published again: a replay, refused
+        await produce(settings, [signed], topic=topics.manual)
+        await wait_for(lambda: len(dlq.records) == 3)
+        reasons = [(r["alert_id"], r["kind"]) for r in dlq.records]
+        assert reasons == [
+            ("ops-2", "unauthorized"),
+            ("ops-3", "unauthorized"),
+            ("ops-1", "unauthorized"),
+        ]
+        assert "replay" in dlq.records[2]["reason"]
+        assert [c.operator for c in run.engine.calls] == ["alice"]
+        assert results.finals("ops-1")[0]["operator"] == "alice"
+        assert (
+            sorted(run.observer.alerts)
+            == [("manual", "processed")] + [("manual", "unauthorized")] * 3
+        )
+
+
+async def test_halt_state_is_read_back_last_record_wins(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topic = settings.kafka.topics.state
+    since = datetime(2026, 11, 24, tzinfo=UTC)
+
+    def state(account: str, halted: bool) -> bytes:
+        return encode_state(HaltState(account, halted, "a-1", since, Scope()))
+
+    await produce(settings, [state("mm-1", True)], topic=topic, key="mm-1")
+    await produce(settings, [state("mm-2", True)], topic=topic, key="mm-2")
+    await produce(settings, [state("mm-2", False)], topic=topic, key="mm-2")
+    await produce(settings, [state("arb-1", True), b"garbage"], topic=topic, key="arb-1")
+    halted = await read_halt_states(settings.kafka, topic)
+    assert sorted(halted) == ["arb-1", "mm-1"]
+    assert halted["mm-1"].since == since
+    assert json.loads(state("mm-1", True))["halted"] is True
+
+
+async def test_engine_state_sink_publishes_to_the_state_topic(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    from killswitch.intake.kafka import make_producer
+    from killswitch.intake.outputs import Publisher
+
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        publisher = Publisher(producer, settings.kafka.topics)
+        now = datetime.now(UTC)
+        await publisher.state(HaltState("mm-1", True, "x-1", now, Scope()))
+    finally:
+        await producer.stop()
+    halted = await read_halt_states(settings.kafka, settings.kafka.topics.state)
+    assert list(halted) == ["mm-1"]
+    assert halted["mm-1"].alert_id == "x-1"
+    _ = FakeEngine  # the harness engine is not needed here

@@ -1,0 +1,426 @@
+"""Alert parsing and the output records (pure)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from killswitch.alerts import (
+    DLQ_MAX_VALUE_BYTES,
+    Alert,
+    Origin,
+    Rejection,
+    RejectKind,
+    decode_result_summary,
+    decode_state,
+    duplicate_result,
+    encode_dlq,
+    encode_result,
+    encode_state,
+    format_time,
+    kill_requests,
+    parse_alert,
+    result_to_json,
+)
+from killswitch.core.model import (
+    Counts,
+    HaltState,
+    OrderReport,
+    Scope,
+    SweepResult,
+    SweepStatus,
+)
+from killswitch.core.orders import Side
+from killswitch.core.outcomes import Outcome, RejectReason
+
+NOW = datetime(2026, 11, 24, 1, 2, 3, 456000, tzinfo=UTC)
+ACCOUNTS = ("mm-1", "mm-2", "arb-1")
+
+
+def alert(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "schema": "killswitch.alert/v1",
+        "alert_id": "risk-7f3a",
+        "action": "kill",
+        "source": "var-monitor",
+        "reason": "VaR limit breached",
+        "scope": {"accounts": ["mm-1"], "symbols": ["BTC_USDT"], "sides": ["BUY"], "order_ids": []},
+        "latch": True,
+        "dry_run": False,
+        "created_at": "2026-11-24T01:02:00.000Z",
+        "expires_at": None,
+    }
+    for key, value in changes.items():
+        if value is _DELETE:
+            base.pop(key, None)
+        else:
+            base[key] = value
+    return base
+
+
+_DELETE = object()
+
+
+def parse(
+    message: dict[str, Any] | bytes | None, channel: str = "alerts", **kw: Any
+) -> Alert | Rejection:
+    raw = message if isinstance(message, bytes | None) else json.dumps(message).encode()
+    return parse_alert(
+        raw,
+        channel=channel,  # type: ignore[arg-type]
+        accounts=kw.pop("accounts", ACCOUNTS),
+        max_message_bytes=kw.pop("max_message_bytes", 1_000_000),
+        max_order_ids=kw.pop("max_order_ids", 10),
+        now=kw.pop("now", NOW),
+        **kw,
+    )
+
+
+def test_the_design_example_parses() -> None:
+    result = parse(alert())
+    assert isinstance(result, Alert)
+    assert result.alert_id == "risk-7f3a"
+    assert result.scope.accounts == ["mm-1"]
+    assert result.latch is True
+    assert result.created_at == datetime(2026, 11, 24, 1, 2, tzinfo=UTC)
+
+
+def scope(**kw: Any) -> dict[str, Any]:
+    return {"accounts": ["mm-1"], **kw}
+
+
+INVALID: list[tuple[str, Any, str]] = [
+    ("no schema", alert(schema=_DELETE), "schema: expected"),
+    ("wrong schema", alert(schema="killswitch.alert/v2"), "schema: expected"),
+    ("no alert_id", alert(alert_id=_DELETE), "alert_id: required"),
+    ("alert_id with space", alert(alert_id="a b"), "alert_id"),
+    ("alert_id too long", alert(alert_id="a" * 200), "alert_id"),
+    ("bad action", alert(action="nuke"), "action"),
+    ("no source", alert(source=_DELETE), "source: required"),
+    ("no scope", alert(scope=_DELETE), "scope: required"),
+    ("empty scope object", alert(scope={}), "scope.accounts: required"),
+    ("empty accounts", alert(scope={"accounts": []}), "empty list"),
+    ("all as a word", alert(scope={"accounts": "all"}), "scope.accounts"),
+    ("unknown account", alert(scope={"accounts": ["mm-9"]}), "unknown account id(s): 'mm-9'"),
+    ("empty symbols", alert(scope=scope(symbols=[])), "omit the field"),
+    ("empty sides", alert(scope=scope(sides=[])), "omit the field"),
+    ("bad side", alert(scope=scope(sides=["LONG"])), "scope.sides.0"),
+    ("misspelt scope key", alert(scope=scope(symbol=["BTC_USDT"])), "scope.symbol"),
+    ("too many order ids", alert(scope=scope(order_ids=list(range(1, 12)))), "at most 10"),
+    ("bool order id", alert(scope=scope(order_ids=[True])), "integers"),
+    ("float order id", alert(scope=scope(order_ids=[1.5])), "integers"),
+    ("negative order id", alert(scope=scope(order_ids=[-1])), "greater than 0"),
+    ("huge order id", alert(scope=scope(order_ids=[2**64])), "less than or equal"),
+    ("latch as string", alert(latch="yes"), "latch"),
+    ("created_at naive", alert(created_at="2026-11-24T01:02:00"), "created_at"),
+    ("created_at number", alert(created_at=1764000000), "ISO-8601"),
+    ("expires before created", alert(expires_at="2026-11-24T01:01:00Z"), "expires_at must be"),
+    ("negative deadline", alert(deadline_s=-1), "deadline_s"),
+]
+
+
+@pytest.mark.parametrize(("case", "message", "expected"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_alerts_are_refused_with_a_reason(case: str, message: Any, expected: str) -> None:
+    result = parse(message)
+    assert isinstance(result, Rejection), case
+    assert result.kind is RejectKind.INVALID
+    assert expected in result.reason
+
+
+RAW_INVALID: list[tuple[str, bytes | None, str]] = [
+    ("none", None, "empty message"),
+    ("empty", b"", "empty message"),
+    ("not utf-8", b"\xff\xfe{}", "not UTF-8"),
+    ("not json", b"{nope", "not JSON"),
+    ("array", b"[1,2]", "expected a JSON object, got list"),
+    ("string", b'"kill"', "expected a JSON object, got str"),
+    ("nan", b'{"schema": NaN}', "NaN is not valid JSON"),
+    ("duplicate key", b'{"scope": {}, "scope": {}}', "duplicate key 'scope'"),
+    ("deep nesting", b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+    ("deep objects", b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "nested too deeply"),
+    ("huge integer", b'{"n": ' + b"9" * 5000 + b"}", "not JSON"),
+]
+
+
+@pytest.mark.parametrize(("case", "raw", "expected"), RAW_INVALID, ids=[c[0] for c in RAW_INVALID])
+def test_unreadable_bytes_are_refused(case: str, raw: bytes | None, expected: str) -> None:
+    result = parse(raw)
+    assert isinstance(result, Rejection), case
+    assert result.kind is RejectKind.INVALID
+    assert expected in result.reason
+
+
+def test_size_is_checked_before_parsing() -> None:
+    raw = b"{" + b" " * 5000 + b"}"
+    result = parse(raw, max_message_bytes=1024)
+    assert isinstance(result, Rejection)
+    assert "5002 bytes, the limit is 1024" in result.reason
+
+
+def test_rejection_carries_a_readable_alert_id() -> None:
+    result = parse(alert(action="nuke"))
+    assert isinstance(result, Rejection)
+    assert result.alert_id == "risk-7f3a"
+
+
+def test_validation_reason_does_not_echo_input() -> None:
+    secret = "not-a-side-but-a-secret-value"
+    result = parse(alert(scope=scope(sides=[secret])))
+    assert isinstance(result, Rejection)
+    assert secret not in result.reason
+
+
+def test_unknown_top_level_fields_are_ignored() -> None:
+    assert isinstance(parse(alert(priority="high")), Alert)
+
+
+def test_star_expands_to_every_configured_account() -> None:
+    parsed = parse(alert(scope={"accounts": "*"}))
+    assert isinstance(parsed, Alert)
+    requests = kill_requests(parsed, accounts=ACCOUNTS, received_at=NOW, default_deadline_s=30)
+    assert [r.account for r in requests] == list(ACCOUNTS)
+
+
+def test_kill_requests_carry_scope_and_defaults() -> None:
+    parsed = parse(alert(scope=scope(symbols=["BTC_USDT"], order_ids=["12", 13])))
+    assert isinstance(parsed, Alert)
+    (req,) = kill_requests(parsed, accounts=ACCOUNTS, received_at=NOW, default_deadline_s=30)
+    assert req.scope == Scope(
+        symbols=frozenset({"BTC_USDT"}), sides=None, order_ids=frozenset({12, 13})
+    )
+    assert (req.deadline_s, req.latch, req.received_at) == (30, True, NOW)
+    assert (req.source, req.reason) == ("var-monitor", "VaR limit breached")
+
+
+def test_empty_order_ids_mean_no_narrowing_and_deadline_from_alert() -> None:
+    parsed = parse(alert(deadline_s=5))
+    assert isinstance(parsed, Alert)
+    (req,) = kill_requests(parsed, accounts=ACCOUNTS, received_at=NOW, default_deadline_s=30)
+    assert req.scope.order_ids is None
+    assert req.scope.sides == frozenset({Side.BUY})
+    assert req.deadline_s == 5
+
+
+def test_repeated_accounts_are_swept_once() -> None:
+    parsed = parse(alert(scope={"accounts": ["mm-1", "mm-1"]}))
+    assert isinstance(parsed, Alert)
+    assert parsed.scope.accounts == ["mm-1"]
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "kind"),
+    [
+        ("2026-11-24T01:02:03.455Z", RejectKind.EXPIRED),
+        ("2026-11-24T01:02:03.456Z", RejectKind.EXPIRED),
+        ("2026-11-24T01:02:03.457Z", None),
+        (None, None),
+    ],
+)
+def test_expiry(expires_at: str | None, kind: RejectKind | None) -> None:
+    result = parse(alert(expires_at=expires_at))
+    if kind is None:
+        assert isinstance(result, Alert)
+    else:
+        assert isinstance(result, Rejection)
+        assert result.kind is kind
+        assert "expired at" in result.reason
+
+
+def test_manual_trigger_needs_an_operator() -> None:
+    result = parse(alert(), channel="manual")
+    assert isinstance(result, Rejection)
+    assert result.kind is RejectKind.INVALID
+    assert "operator" in result.reason
+    ok = parse(alert(operator={"name": "alice"}), channel="manual")
+    assert isinstance(ok, Alert)
+    (req,) = kill_requests(ok, accounts=ACCOUNTS, received_at=NOW, default_deadline_s=1)
+    assert req.operator == "alice"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048))
+def test_parse_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
+    assert isinstance(parse(raw), Alert | Rejection)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(list(alert())), json_values, max_size=12))
+def test_parse_never_raises_on_arbitrary_json_objects(fields: dict[str, Any]) -> None:
+    message = {**alert(), **fields}
+    assert isinstance(parse(message), Alert | Rejection)
+
+
+# ------------------------------------------------------------------------ outputs
+
+
+def sweep_result(**kw: Any) -> SweepResult:
+    base: dict[str, Any] = {
+        "alert_id": "risk-7f3a",
+        "account": "mm-1",
+        "status": SweepStatus.FLAT,
+        "final": True,
+        "dry_run": False,
+        "counts": Counts(sent=117, already_closed=3),
+        "residual_open": 0,
+        "sweeps": 2,
+        "received_at": NOW,
+        "first_cancel_at": NOW + timedelta(milliseconds=4),
+        "finished_at": NOW + timedelta(seconds=1, microseconds=1500),
+        "orders": [
+            OrderReport(123, "BTC_USDT", Outcome.SENT, 1),
+            OrderReport(124, "BTC_USDT", Outcome.REJECTED, 2, RejectReason.NOT_FOUND),
+        ],
+        "source": "var-monitor",
+        "operator": None,
+        "reason": None,
+    }
+    base.update(kw)
+    return SweepResult(**base)
+
+
+def test_result_has_the_contract_fields() -> None:
+    out = result_to_json(sweep_result(), Origin("killswitch.alerts", 2, 41))
+    assert out["schema"] == "killswitch.result/v1"
+    assert out["counts"] == {
+        "resolved": 120,
+        "sent": 117,
+        "already_closed": 3,
+        "rejected": 0,
+        "failed": 0,
+        "skipped": 0,
+    }
+    assert out["received_at"] == "2026-11-24T01:02:03.456Z"
+    assert out["first_cancel_at"] == "2026-11-24T01:02:03.460Z"
+    assert out["finished_at"] == "2026-11-24T01:02:04.457Z"
+    assert out["orders"] == [
+        {"order_id": 123, "symbol": "BTC_USDT", "outcome": "sent", "attempts": 1},
+        {
+            "order_id": 124,
+            "symbol": "BTC_USDT",
+            "outcome": "rejected",
+            "attempts": 2,
+            "reason": "not_found",
+        },
+    ]
+    for key in ("alert_id", "account", "status", "final", "dry_run", "residual_open", "sweeps"):
+        assert key in out
+    assert out["origin"] == {"topic": "killswitch.alerts", "partition": 2, "offset": 41}
+
+
+def test_result_round_trips_to_a_summary() -> None:
+    raw = encode_result(sweep_result(first_cancel_at=None), Origin("t", 0, 7))
+    assert json.loads(raw)["first_cancel_at"] is None
+    summary = decode_result_summary(raw)
+    assert summary is not None
+    assert (summary.alert_id, summary.account, summary.status, summary.final) == (
+        "risk-7f3a",
+        "mm-1",
+        "flat",
+        True,
+    )
+    assert summary.origin == Origin("t", 0, 7)
+    assert decode_result_summary(b"junk") is None
+    assert decode_result_summary(b'{"schema": "other"}') is None
+
+
+def test_format_time_is_utc_with_milliseconds() -> None:
+    jakarta = timezone_hours(7)
+    assert format_time(datetime(2026, 1, 1, 7, 0, 0, 999999, tzinfo=jakarta)) == (
+        "2026-01-01T00:00:00.999Z"
+    )
+    assert format_time(None) is None
+
+
+def timezone_hours(hours: int) -> Any:
+    from datetime import timezone
+
+    return timezone(timedelta(hours=hours))
+
+
+def test_duplicate_result_is_final_and_empty() -> None:
+    parsed = parse(alert())
+    assert isinstance(parsed, Alert)
+    (req,) = kill_requests(parsed, accounts=ACCOUNTS, received_at=NOW, default_deadline_s=1)
+    dup = duplicate_result(req, "flat", NOW)
+    assert (dup.status, dup.final, dup.counts.resolved) == (SweepStatus.DUPLICATE, True, 0)
+    assert dup.reason is not None
+    assert "flat" in dup.reason
+
+
+def test_state_round_trip() -> None:
+    state = HaltState(
+        "mm-1",
+        True,
+        "risk-7f3a",
+        NOW,
+        Scope(symbols=frozenset({"BTC_USDT"}), sides=frozenset({Side.SELL})),
+    )
+    raw = encode_state(state)
+    body = json.loads(raw)
+    assert {"account", "halted", "alert_id", "since", "scope"} <= set(body)
+    assert body["scope"] == {"symbols": ["BTC_USDT"], "sides": ["SELL"], "order_ids": None}
+    assert decode_state(raw) == state
+    assert decode_state(None) is None
+    assert decode_state(b'{"account": 1}') is None
+
+
+def test_dead_letter_keeps_the_original_and_the_reason() -> None:
+    rejection = Rejection(RejectKind.UNAUTHORIZED, "bad signature", "risk-1")
+    raw = encode_dlq(
+        b'{"x": 1}',
+        topic="killswitch.manual",
+        partition=1,
+        offset=9,
+        key=b"mm-1",
+        rejection=rejection,
+        received_at=NOW,
+    )
+    body = json.loads(raw)
+    assert body["value"] == '{"x": 1}'
+    assert (body["topic"], body["partition"], body["offset"]) == ("killswitch.manual", 1, 9)
+    assert (body["kind"], body["reason"], body["alert_id"]) == (
+        "unauthorized",
+        "bad signature",
+        "risk-1",
+    )
+    assert body["key"] == "mm-1"
+
+
+def test_dead_letter_of_binary_and_oversized_input() -> None:
+    rejection = Rejection(RejectKind.INVALID, "x")
+    body = json.loads(
+        encode_dlq(
+            b"\xff\x00",
+            topic="t",
+            partition=0,
+            offset=0,
+            key=None,
+            rejection=rejection,
+            received_at=NOW,
+        )
+    )
+    assert base64.b64decode(body["value_base64"]) == b"\xff\x00"
+    big = b"a" * (DLQ_MAX_VALUE_BYTES + 10)
+    body = json.loads(
+        encode_dlq(
+            big, topic="t", partition=0, offset=0, key=None, rejection=rejection, received_at=NOW
+        )
+    )
+    assert body["value_truncated"] is True
+    assert body["value_bytes"] == len(big)
+    assert len(body["value"]) == DLQ_MAX_VALUE_BYTES

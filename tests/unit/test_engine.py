@@ -1,0 +1,672 @@
+"""Orchestration logic of the engine against an in-memory exchange (fast; no sockets).
+
+The end-to-end tests against the real client and simulator are in
+``tests/integration/test_engine*.py``; these pin down the engine's own decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from killswitch.config import EngineSettings
+from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult, SweepStatus
+from killswitch.core.orders import Order, OrderStatus, Side, SymbolInfo
+from killswitch.core.outcomes import Outcome, RejectReason
+from killswitch.core.ports import BatchCancelResult, CancelResult, NullObserver
+from killswitch.engine import Engine
+from killswitch.exchange.errors import AuthError, ExchangeUnavailable, InvalidRequest
+from tests.conftest import wait_for
+
+ACCOUNT = "mm-1"
+
+
+class FakeExchange:
+    """An in-memory exchange with the ExchangeAPI surface and a request log."""
+
+    def __init__(self, symbols: Sequence[str] = ("BTC_USDT", "ETH_USDT")) -> None:
+        self.symbols = list(symbols)
+        self.books: dict[str, dict[int, Order]] = {s: {} for s in self.symbols}
+        self.log: list[tuple[str, str, tuple[int, ...]]] = []
+        self.next_id = 1000
+        self.auth_revoked = False
+        self.list_error: Exception | None = None
+        self.sticky = False  # cancels answer CANCEL_SENT but orders stay open
+        self.reject_ids: set[int] = set()  # cancel answers 404
+        self.batch_fail_ids: set[int] = set()  # batch answers these in "fail" (still open)
+        self.spawn_on_cancel: list[tuple[str, Side]] = []  # new orders appear mid-sweep
+        self.gate: asyncio.Event | None = None  # when set, cancels wait for it
+        self.inflight: set[int] = set()
+        self.double_cancels = 0
+
+    @property
+    def account(self) -> str:
+        return ACCOUNT
+
+    def place(
+        self, symbol: str, side: Side = Side.BUY, price: str = "10", quantity: str = "1"
+    ) -> int:
+        self.next_id += 1
+        self.books[symbol][self.next_id] = Order(
+            order_id=self.next_id,
+            symbol=symbol,
+            side=side,
+            status=OrderStatus.OPEN,
+            type="LIMIT",
+            price=Decimal(price),
+            quantity=Decimal(quantity),
+            created_at=self.next_id,
+        )
+        return self.next_id
+
+    def open_count(self) -> int:
+        return sum(len(b) for b in self.books.values())
+
+    def calls(self, kind: str) -> list[tuple[str, str, tuple[int, ...]]]:
+        return [c for c in self.log if c[0] == kind]
+
+    async def exchange_info(self) -> list[SymbolInfo]:
+        self.log.append(("info", "", ()))
+        if self.auth_revoked:
+            raise AuthError("refused", status=401)
+        return [SymbolInfo(s, s.split("_")[0], s.split("_")[1]) for s in self.symbols]
+
+    async def open_orders(self, symbol: str, *, limit: int = 100) -> AsyncIterator[list[Order]]:
+        self.log.append(("list", symbol, ()))
+        await asyncio.sleep(0)
+        if self.auth_revoked:
+            raise AuthError("refused", status=401)
+        if self.list_error is not None:
+            raise self.list_error
+        if symbol not in self.books:
+            raise InvalidRequest("unknown symbol", status=400, code="invalid_request")
+        orders = sorted(self.books[symbol].values(), key=lambda o: -o.order_id)
+        for i in range(0, len(orders), limit):
+            yield orders[i : i + limit]
+            await asyncio.sleep(0)
+
+    async def get_order(self, order_id: int, symbol: str) -> Order:
+        raise NotImplementedError
+
+    async def _enter(self, ids: Sequence[int]) -> None:
+        for i in ids:
+            if i in self.inflight:
+                self.double_cancels += 1
+            self.inflight.add(i)
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(0)
+
+    def _leave(self, ids: Sequence[int]) -> None:
+        for i in ids:
+            self.inflight.discard(i)
+        for symbol, side in self.spawn_on_cancel:
+            self.place(symbol, side)
+        self.spawn_on_cancel = []
+
+    async def cancel_order(self, order_id: int, symbol: str) -> CancelResult:
+        self.log.append(("cancel", symbol, (order_id,)))
+        await self._enter([order_id])
+        try:
+            if self.auth_revoked:
+                return CancelResult(order_id, symbol, Outcome.REJECTED, 1, RejectReason.AUTH, 401)
+            if order_id in self.reject_ids:
+                return CancelResult(
+                    order_id, symbol, Outcome.REJECTED, 1, RejectReason.NOT_FOUND, 404
+                )
+            book = self.books.get(symbol, {})
+            if order_id not in book:
+                return CancelResult(order_id, symbol, Outcome.ALREADY_CLOSED, 1, status=400)
+            if not self.sticky:
+                del book[order_id]
+            return CancelResult(order_id, symbol, Outcome.SENT, 1, status=200)
+        finally:
+            self._leave([order_id])
+
+    async def cancel_batch(self, symbol: str, order_ids: Sequence[int]) -> BatchCancelResult:
+        self.log.append(("batch", symbol, tuple(order_ids)))
+        await self._enter(order_ids)
+        try:
+            if self.auth_revoked:
+                return BatchCancelResult(symbol, outcome=Outcome.REJECTED, reason=RejectReason.AUTH)
+            book = self.books[symbol]
+            success, fail = [], []
+            for i in order_ids:
+                if i in book and i not in self.batch_fail_ids:
+                    del book[i]
+                    success.append(i)
+                else:
+                    fail.append(i)
+            return BatchCancelResult(symbol, success=success, fail=fail)
+        finally:
+            self._leave(order_ids)
+
+    async def cancel_all(self, symbol: str) -> BatchCancelResult:
+        self.log.append(("all", symbol, ()))
+        await self._enter([])
+        if self.auth_revoked:
+            return BatchCancelResult(symbol, outcome=Outcome.REJECTED, reason=RejectReason.AUTH)
+        book = self.books[symbol]
+        success = [i for i in book if i not in self.batch_fail_ids]
+        fail = [i for i in book if i in self.batch_fail_ids]
+        for i in success:
+            del book[i]
+        return BatchCancelResult(symbol, success=success, fail=fail)
+
+
+def settings(**kw: Any) -> EngineSettings:
+    base: dict[str, Any] = {"progress_interval_s": 0.01, "latch_sweep_interval_s": 0.02}
+    base.update(kw)
+    return EngineSettings(**base)
+
+
+def request(
+    alert_id: str = "a1",
+    *,
+    symbols: set[str] | None = None,
+    sides: set[Side] | None = None,
+    ids: set[int] | None = None,
+    latch: bool = False,
+    dry_run: bool = False,
+    deadline_s: float = 10.0,
+    account: str = ACCOUNT,
+) -> KillRequest:
+    return KillRequest(
+        alert_id=alert_id,
+        account=account,
+        scope=Scope(
+            symbols=frozenset(symbols) if symbols is not None else None,
+            sides=frozenset(sides) if sides is not None else None,
+            order_ids=frozenset(ids) if ids is not None else None,
+        ),
+        received_at=datetime.now(UTC),
+        deadline_s=deadline_s,
+        latch=latch,
+        dry_run=dry_run,
+        source="test",
+    )
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.events: list[SweepResult] = []
+
+    async def __call__(self, result: SweepResult) -> None:
+        self.events.append(result)
+
+
+class Recorder(NullObserver):
+    def __init__(self) -> None:
+        self.outcomes: list[Outcome] = []
+        self.first_cancels: list[float] = []
+        self.flats: list[float] = []
+        self.halts: list[bool] = []
+
+    def cancel_outcome(self, account: str, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+
+    def first_cancel(self, seconds: float) -> None:
+        self.first_cancels.append(seconds)
+
+    def flat(self, seconds: float) -> None:
+        self.flats.append(seconds)
+
+    def halted(self, account: str, halted: bool) -> None:
+        self.halts.append(halted)
+
+
+def assert_accounted(result: SweepResult) -> None:
+    """Counts add up and every resolved order has exactly one report."""
+    ids = [o.order_id for o in result.orders]
+    assert len(ids) == len(set(ids))
+    assert result.counts.resolved == len(ids)
+    for outcome in Outcome:
+        assert getattr(result.counts, outcome.value) == sum(
+            1 for o in result.orders if o.outcome is outcome
+        )
+
+
+async def run(engine: Engine, req: KillRequest) -> SweepResult:
+    try:
+        return await engine.submit(req, Progress())
+    finally:
+        await engine.close(1.0)
+
+
+# ---------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("strategy", ["per_order", "batch", "symbol"])
+async def test_each_strategy_reaches_verified_flat(strategy: str) -> None:
+    ex = FakeExchange()
+    for i in range(30):
+        ex.place("BTC_USDT" if i % 3 else "ETH_USDT", Side.BUY if i % 2 else Side.SELL)
+    observer = Recorder()
+    engine = Engine({ACCOUNT: ex}, settings(strategy=strategy, batch_size=7), observer)
+    result = await run(engine, request())
+    assert result.status is SweepStatus.FLAT
+    assert ex.open_count() == 0
+    assert result.counts.sent == 30
+    assert_accounted(result)
+    assert result.residual_open == 0
+    assert ex.double_cancels == 0
+    assert sorted(observer.outcomes) == [Outcome.SENT] * 30
+    assert len(observer.first_cancels) == 1
+    assert len(observer.flats) == 1
+    kinds = {c[0] for c in ex.log}
+    expected = {"per_order": "cancel", "batch": "batch", "symbol": "all"}[strategy]
+    assert expected in kinds
+    if strategy == "batch":
+        assert max(len(c[2]) for c in ex.calls("batch")) == 7
+
+
+async def test_symbol_strategy_falls_back_to_per_order_for_a_side_filter() -> None:
+    ex = FakeExchange()
+    buy = ex.place("BTC_USDT", Side.BUY)
+    sell = ex.place("BTC_USDT", Side.SELL)
+    engine = Engine({ACCOUNT: ex}, settings(strategy="symbol"))
+    result = await run(engine, request(sides={Side.BUY}))
+    assert result.status is SweepStatus.FLAT
+    assert not ex.calls("all")
+    assert [c[2] for c in ex.calls("cancel")] == [(buy,)]
+    assert sell in ex.books["BTC_USDT"]
+
+
+async def test_priority_largest_notional_first() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    small = ex.place("BTC_USDT", price="1")
+    big = ex.place("BTC_USDT", price="1000")
+    mid = ex.place("BTC_USDT", price="50")
+    engine = Engine({ACCOUNT: ex}, settings(), concurrency=1)
+    await run(engine, request())
+    assert [c[2][0] for c in ex.calls("cancel")] == [big, mid, small]
+
+
+@pytest.mark.parametrize(
+    ("priority", "expected_order"), [("newest_first", [2, 1, 0]), ("oldest_first", [0, 1, 2])]
+)
+async def test_priority_by_age(priority: str, expected_order: list[int]) -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ids = [ex.place("BTC_USDT", price=str(p)) for p in ("1000", "1", "50")]
+    engine = Engine({ACCOUNT: ex}, settings(priority=priority), concurrency=1)
+    await run(engine, request())
+    assert [c[2][0] for c in ex.calls("cancel")] == [ids[i] for i in expected_order]
+
+
+async def test_batch_fail_ids_fall_back_to_single_cancels() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ids = [ex.place("BTC_USDT") for _ in range(5)]
+    ex.batch_fail_ids = {ids[1], ids[3]}  # still open, the batch did not take them
+    engine = Engine({ACCOUNT: ex}, settings(strategy="batch", batch_size=10))
+    result = await run(engine, request())
+    assert result.status is SweepStatus.FLAT
+    assert sorted(c[2][0] for c in ex.calls("cancel")) == sorted(ex.batch_fail_ids)
+    assert result.counts.sent == 5
+    assert_accounted(result)
+    by_id = {o.order_id: o for o in result.orders}
+    assert by_id[ids[1]].attempts == 2  # the batch and the single cancel
+
+
+async def test_scope_filters_symbol_side_and_ids() -> None:
+    ex = FakeExchange()
+    keep = [ex.place("ETH_USDT"), ex.place("BTC_USDT", Side.SELL)]
+    target = ex.place("BTC_USDT", Side.BUY)
+    other_buy = ex.place("BTC_USDT", Side.BUY)
+    engine = Engine({ACCOUNT: ex}, settings())
+    result = await run(engine, request(symbols={"BTC_USDT"}, sides={Side.BUY}, ids={target}))
+    assert result.status is SweepStatus.FLAT
+    assert [o.order_id for o in result.orders] == [target]
+    assert {c[1] for c in ex.calls("list")} == {"BTC_USDT"}
+    assert not ex.calls("info")  # the scope names its pairs: no exchange-info call
+    assert all(i in ex.books[o] for i, o in zip(keep, ["ETH_USDT", "BTC_USDT"], strict=True))
+    assert other_buy in ex.books["BTC_USDT"]
+
+
+async def test_dry_run_sends_nothing() -> None:
+    ex = FakeExchange()
+    for _ in range(4):
+        ex.place("BTC_USDT")
+    observer = Recorder()
+    engine = Engine({ACCOUNT: ex}, settings(strategy="symbol"), observer)
+    result = await run(engine, request(dry_run=True, latch=True))
+    assert result.status is SweepStatus.DRY_RUN
+    assert result.counts.skipped == 4
+    assert_accounted(result)
+    assert {c[0] for c in ex.log} <= {"info", "list"}
+    assert ex.open_count() == 4
+    assert observer.outcomes == []
+    assert engine.halted() == {}  # a dry run never latches
+
+
+async def test_auth_rejected_on_cancel_stops_at_once() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    for _ in range(50):
+        ex.place("BTC_USDT")
+    ex.auth_revoked = False
+    engine = Engine({ACCOUNT: ex}, settings(), concurrency=2)
+
+    original = ex.cancel_order
+
+    async def revoke_after_three(order_id: int, symbol: str) -> CancelResult:
+        if len(ex.calls("cancel")) >= 3:
+            ex.auth_revoked = True
+        return await original(order_id, symbol)
+
+    ex.cancel_order = revoke_after_three  # type: ignore[method-assign]
+    result = await run(engine, request())
+    assert result.status is SweepStatus.FAILED
+    assert result.reason is not None
+    assert "authentication" in result.reason
+    assert len(ex.calls("cancel")) <= 5  # the workers in flight, not 50
+    assert_accounted(result)
+    assert result.counts.rejected >= 1
+    assert result.counts.resolved == 50  # queued but never sent: failed, still accounted
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (AuthError("refused", status=401), "authentication"),
+        (ExchangeUnavailable("down", attempts=6, last_status=503, last_error=None), "unavailable"),
+    ],
+)
+async def test_listing_errors_fail_the_sweep(error: Exception, words: str) -> None:
+    ex = FakeExchange()
+    ex.place("BTC_USDT")
+    ex.list_error = error
+    engine = Engine({ACCOUNT: ex}, settings())
+    result = await run(engine, request(symbols={"BTC_USDT"}))
+    assert result.status is SweepStatus.FAILED
+    assert result.reason is not None
+    assert words in result.reason
+
+
+async def test_unknown_symbol_is_noted_not_failed() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    engine = Engine({ACCOUNT: ex}, settings())
+    result = await run(engine, request(symbols={"BTC_USDT", "NOPE_USDT"}))
+    assert result.status is SweepStatus.FLAT
+    assert result.reason is not None
+    assert "NOPE_USDT" in result.reason
+    assert ex.open_count() == 0
+
+
+async def test_unknown_account_gets_a_failed_result() -> None:
+    engine = Engine({ACCOUNT: FakeExchange()}, settings())
+    result = await run(engine, request(account="ghost"))
+    assert result.status is SweepStatus.FAILED
+    assert result.final
+    assert result.reason is not None
+    assert "ghost" in result.reason
+
+
+async def test_orders_appearing_during_the_sweep_are_cancelled() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    ex.spawn_on_cancel = [("BTC_USDT", Side.SELL), ("BTC_USDT", Side.BUY)]
+    engine = Engine({ACCOUNT: ex}, settings())
+    result = await run(engine, request())
+    assert result.status is SweepStatus.FLAT
+    assert result.counts.sent == 3
+    assert result.sweeps == 3  # cancel, cancel the newcomers, verify
+    assert ex.open_count() == 0
+
+
+async def test_sticky_orders_end_residual_at_the_deadline() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    ex.sticky = True
+    engine = Engine({ACCOUNT: ex}, settings(max_passes=1000))
+    result = await run(engine, request(deadline_s=0.2))
+    assert result.status is SweepStatus.RESIDUAL
+    assert result.residual_open == 1
+    assert result.counts.sent == 1  # re-cancelled many times, counted once
+    assert result.orders[0].attempts > 1
+    assert result.reason is not None
+    assert "deadline" in result.reason
+
+
+async def test_sticky_orders_end_residual_after_max_passes() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    ex.sticky = True
+    engine = Engine({ACCOUNT: ex}, settings(max_passes=3))
+    result = await run(engine, request())
+    assert result.status is SweepStatus.RESIDUAL
+    assert result.sweeps == 3
+    assert len(ex.calls("cancel")) == 3
+
+
+async def test_rejected_orders_stop_the_sweep_without_hammering() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    bad = ex.place("BTC_USDT")
+    ex.place("BTC_USDT")
+    ex.reject_ids = {bad}
+    engine = Engine({ACCOUNT: ex}, settings())
+    result = await run(engine, request())
+    assert result.status is SweepStatus.RESIDUAL
+    assert result.residual_open == 1
+    assert result.counts.rejected == 1
+    assert result.counts.sent == 1
+    assert len(ex.calls("cancel")) == 2
+    assert result.sweeps == 2
+
+
+async def test_overlapping_kills_coalesce_into_one_sweep() -> None:
+    ex = FakeExchange()
+    btc = [ex.place("BTC_USDT") for _ in range(3)]
+    eth = [ex.place("ETH_USDT") for _ in range(2)]
+    ex.gate = asyncio.Event()
+    engine = Engine({ACCOUNT: ex}, settings())
+    first = asyncio.create_task(engine.submit(request("a", symbols={"BTC_USDT"}), Progress()))
+    await wait_for(lambda: len(ex.calls("cancel")) > 0)
+    second = asyncio.create_task(engine.submit(request("b", symbols={"ETH_USDT"}), Progress()))
+    await wait_for(lambda: {c[1] for c in ex.calls("cancel")} == {"BTC_USDT", "ETH_USDT"})
+    ex.gate.set()
+    a, b = await asyncio.gather(first, second)
+    await engine.close(1.0)
+    assert ex.double_cancels == 0
+    assert (a.status, b.status) == (SweepStatus.FLAT, SweepStatus.FLAT)
+    assert sorted(o.order_id for o in a.orders) == sorted(btc)
+    assert sorted(o.order_id for o in b.orders) == sorted(eth)
+    assert a.sweeps == b.sweeps  # the same sweep
+    # ETH was listed in the running pass already (no wait for the BTC pass to end)
+    assert ex.open_count() == 0
+
+
+async def test_kill_waits_when_the_running_sweep_is_closing() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    engine = Engine({ACCOUNT: ex}, settings())
+    a = await engine.submit(request("a"), Progress())
+    ex.place("BTC_USDT")
+    b = await engine.submit(request("b"), Progress())
+    await engine.close(1.0)
+    assert a.status is SweepStatus.FLAT
+    assert a.counts.resolved == 0
+    assert b.counts.sent == 1
+
+
+async def test_dry_run_does_not_join_a_real_sweep() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ids = [ex.place("BTC_USDT") for _ in range(3)]
+    ex.gate = asyncio.Event()
+    engine = Engine({ACCOUNT: ex}, settings())
+    real = asyncio.create_task(engine.submit(request("real"), Progress()))
+    await wait_for(lambda: len(ex.calls("cancel")) > 0)
+    dry = asyncio.create_task(engine.submit(request("dry", dry_run=True), Progress()))
+    await asyncio.sleep(0)
+    ex.gate.set()
+    r, d = await asyncio.gather(real, dry)
+    await engine.close(1.0)
+    assert r.status is SweepStatus.FLAT
+    assert sorted(o.order_id for o in r.orders) == ids
+    assert d.status is SweepStatus.DRY_RUN
+    assert d.counts.resolved == 0  # it ran after the real sweep: nothing left
+
+
+async def test_progress_events_while_a_sweep_runs() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    for _ in range(5):
+        ex.place("BTC_USDT")
+    ex.gate = asyncio.Event()
+    engine = Engine({ACCOUNT: ex}, settings(progress_interval_s=0.01))
+    progress = Progress()
+    task = asyncio.create_task(engine.submit(request(), progress))
+    await wait_for(lambda: len(progress.events) >= 2)
+    ex.gate.set()
+    result = await task
+    await engine.close(1.0)
+    event = progress.events[0]
+    assert event.status is SweepStatus.RUNNING
+    assert not event.final
+    assert event.pending >= 1
+    assert result.final
+
+
+async def test_latch_resweeps_until_released() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    states: list[HaltState] = []
+
+    async def on_state(state: HaltState) -> None:
+        states.append(state)
+
+    observer = Recorder()
+    engine = Engine({ACCOUNT: ex}, settings(), observer, on_state)
+    result = await engine.submit(request(latch=True, symbols={"BTC_USDT"}), Progress())
+    assert result.status is SweepStatus.FLAT
+    assert [s.halted for s in states] == [True]
+    assert ACCOUNT in engine.halted()
+    late = ex.place("BTC_USDT")
+    await wait_for(lambda: late not in ex.books["BTC_USDT"])
+    guard = engine._guards[ACCOUNT].task
+    released = await engine.release(request("rel"))
+    assert released.status is SweepStatus.RELEASED
+    assert engine.halted() == {}
+    assert [s.halted for s in states] == [True, False]
+    assert observer.halts == [True, False]
+    assert guard.done()  # release returns only once the guard loop has stopped
+    assert not engine._guards
+    await engine.close(1.0)
+
+
+async def test_restore_halt_guards_at_start_up() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    stray = ex.place("BTC_USDT")
+    engine = Engine({ACCOUNT: ex}, settings())
+    engine.restore_halt(
+        HaltState(ACCOUNT, True, "old", datetime.now(UTC), Scope(frozenset({"BTC_USDT"})))
+    )
+    await wait_for(lambda: stray not in ex.books["BTC_USDT"])
+    assert ACCOUNT in engine.halted()
+    await engine.close(1.0)
+    assert engine.halted()[ACCOUNT].alert_id == "old"
+
+
+async def test_close_fails_sweeps_that_outlive_the_grace() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    ex.gate = asyncio.Event()  # never set: the cancel hangs
+    engine = Engine({ACCOUNT: ex}, settings())
+    task = asyncio.create_task(engine.submit(request(), Progress()))
+    await wait_for(lambda: len(ex.calls("cancel")) == 1)
+    await engine.close(0.01)
+    result = await task
+    assert result.status is SweepStatus.FAILED
+    assert result.counts.failed == 1
+    refused = await engine.submit(request("late"), Progress())
+    assert refused.status is SweepStatus.FAILED
+
+
+class _Live:
+    """Counts Order objects alive right now (and the most ever alive at once)."""
+
+    now = 0
+    peak = 0
+
+
+class CountedOrder(Order):
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        _Live.now -= 1
+
+
+def counted_order(order_id: int, symbol: str) -> Order:
+    _Live.now += 1
+    _Live.peak = max(_Live.peak, _Live.now)
+    return CountedOrder(
+        order_id=order_id,
+        symbol=symbol,
+        side=Side.BUY if order_id % 2 else Side.SELL,
+        status=OrderStatus.OPEN,
+        type="LIMIT",
+        price=Decimal(order_id % 997 + 1),
+        quantity=Decimal(1),
+    )
+
+
+class LazyBook(FakeExchange):
+    """Keeps only ids; builds Order objects page by page, as a real client parses them."""
+
+    def __init__(self, per_symbol: int, symbols: Sequence[str]) -> None:
+        super().__init__(symbols)
+        self.ids: dict[str, set[int]] = {
+            s: set(range(i * per_symbol + 1, (i + 1) * per_symbol + 1))
+            for i, s in enumerate(symbols)
+        }
+
+    async def open_orders(self, symbol: str, *, limit: int = 100) -> AsyncIterator[list[Order]]:
+        ids = sorted(self.ids[symbol], reverse=True)
+        for i in range(0, len(ids), limit):
+            page = [counted_order(oid, symbol) for oid in ids[i : i + limit]]
+            yield page
+            del page
+            await asyncio.sleep(0)
+
+    async def cancel_order(self, order_id: int, symbol: str) -> CancelResult:
+        await asyncio.sleep(0)
+        if order_id not in self.ids[symbol]:
+            return CancelResult(order_id, symbol, Outcome.ALREADY_CLOSED, 1, status=400)
+        self.ids[symbol].discard(order_id)
+        return CancelResult(order_id, symbol, Outcome.SENT, 1, status=200)
+
+
+async def test_memory_is_bounded_by_pages_not_by_orders() -> None:
+    # 40,000 open orders: the sweep must never hold more than the pages being read, whatever
+    # the size of the book: per pair listed at once, one page, two while the next one is
+    # parsed (the loop still holds the previous page).
+    _Live.now = _Live.peak = 0
+    symbols = ["A_USDT", "B_USDT", "C_USDT", "D_USDT"]
+    ex = LazyBook(10_000, symbols)
+    engine = Engine({ACCOUNT: ex}, settings(page_size=100))
+    result = await run(engine, request())
+    assert result.status is SweepStatus.FLAT
+    assert result.counts.sent == 40_000
+    assert _Live.peak <= 2 * len(symbols) * 100
+    assert _Live.now == 0
+
+
+def test_restore_halt_before_the_loop_runs_starts_guarding_on_first_use() -> None:
+    ex = FakeExchange(["BTC_USDT", "ETH_USDT"])
+    stray = ex.place("BTC_USDT")
+    engine = Engine({ACCOUNT: ex}, settings())
+    engine.restore_halt(
+        HaltState(ACCOUNT, True, "old", datetime.now(UTC), Scope(frozenset({"BTC_USDT"})))
+    )
+    engine.restore_halt(HaltState("ghost", True, "x", datetime.now(UTC), Scope()))  # ignored
+    assert set(engine.halted()) == {ACCOUNT}
+
+    async def main() -> None:
+        result = await engine.submit(request(symbols={"ETH_USDT"}), Progress())
+        assert result.status is SweepStatus.FLAT
+        await wait_for(lambda: stray not in ex.books["BTC_USDT"])
+        await engine.close(1.0)
+
+    asyncio.run(main())
