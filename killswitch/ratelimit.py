@@ -73,7 +73,7 @@ class RateLimiter:
         increase_per_s: float | None = None,
         probe_fraction: float = 0.9,
         probe_increase_per_s: float | None = None,
-        cut_cooldown_s: float = 1.0,
+        cut_cooldown_s: float = 0.05,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         on_rate_change: RateCallback | None = None,
