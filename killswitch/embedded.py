@@ -56,9 +56,14 @@ def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], timeout
 class EmbeddedBroker:
     """One Tansu broker process on a loopback port."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, advertised: str | None = None
+    ) -> None:
+        """``advertised`` (``host:port``) is what clients are told to connect to, e.g. a
+        TLS-terminating proxy in front of this plaintext broker; default: the listener."""
         self.host = host
         self.port = port or free_port(host)
+        self.advertised = advertised or f"{host}:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,7 +84,7 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.advertised}",
             "--storage-engine",
             "memory://tansu/",
         ]

@@ -1,56 +1,173 @@
 """Structured logs: one JSON object per line, or a readable line in a terminal.
 
 Call sites pass context as ``extra={"alert_id": ..., "account": ..., "order_id": ...}``.
-Registered secrets are masked in every rendered line as a last line of defence;
-the first is never to put a secret into a log call at all.
+Registered secrets are masked in every rendered line, exception and traceback included,
+as a last line of defence; the first is never to put a secret into a log call at all.
+:func:`register_settings_secrets` registers every secret of a :class:`Settings` at start-up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import threading
 import time
-from collections.abc import Iterable
-from typing import IO, Any, Literal
+from collections.abc import Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Literal
 
-__all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "register_secrets"]
+from pydantic import BaseModel, SecretStr
 
+if TYPE_CHECKING:
+    from killswitch.config import Settings
+
+__all__ = [
+    "MASK",
+    "JsonFormatter",
+    "SecretMasker",
+    "TextFormatter",
+    "configure_logging",
+    "default_masker",
+    "register_secrets",
+    "register_settings_secrets",
+    "settings_secrets",
+]
+
+MASK = "**********"
 _CONTEXT_FIELDS = ("alert_id", "account", "order_id", "symbol", "source", "operator", "outcome")
+_CORE_FIELDS = frozenset({"ts", "level", "logger", "event", "error", "traceback", "stack"})
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
-
-_secrets: set[str] = set()
-_secrets_lock = threading.Lock()
-_MASK = "**********"
 _MIN_SECRET_LEN = 6  # shorter strings would mask ordinary words
+_NOISY_LOGGERS = ("aiokafka", "kafka", "httpx", "httpcore", "asyncio", "aiohttp")
+
+
+class SecretMasker:
+    """Replaces registered secrets with ``**********`` in any text. Thread-safe.
+
+    A multi-line secret (a PEM key) is also registered line by line, so a fragment of it
+    is masked too; so are each secret's JSON-escaped and ``repr()`` forms, which is how it
+    appears inside a JSON line or an exception message (``KeyError`` shows the repr) when it
+    contains quotes, backslashes or control characters.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._secrets: tuple[str, ...] = ()  # longest first, replaced atomically as a whole
+
+    def register(self, values: Iterable[str]) -> None:
+        """Mask these strings from now on (strings under 6 characters are ignored)."""
+        with self._lock:
+            found = set(self._secrets)
+            for value in values:
+                for part in _fragments(value):
+                    found.update(_escaped_forms(part))
+            self._secrets = tuple(sorted(found, key=len, reverse=True))
+
+    def clear(self) -> None:
+        """Forget every registered secret (tests)."""
+        with self._lock:
+            self._secrets = ()
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    def mask(self, text: str) -> str:
+        """``text`` with every registered secret replaced."""
+        # Longest first, so a secret that contains another is masked whole.
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+
+def _escaped_forms(secret: str) -> set[str]:
+    forms = {secret, json.dumps(secret, ensure_ascii=False)[1:-1], json.dumps(secret)[1:-1]}
+    forms.add(repr(secret)[1:-1])
+    forms.add(ascii(secret)[1:-1])
+    return forms
+
+
+def _fragments(value: str) -> Iterator[str]:
+    for raw in [value, *value.splitlines()]:
+        part = raw.strip()
+        # PEM armour lines ("-----BEGIN ...") are public boilerplate, not secret.
+        if len(part) >= _MIN_SECRET_LEN and not part.startswith("-----"):
+            yield part
+
+
+default_masker = SecretMasker()
+"""The process-wide masker the formatters use unless given their own."""
 
 
 def register_secrets(values: Iterable[str]) -> None:
     """Mask these strings (and each line of multi-line ones, e.g. PEM bodies) in all output."""
-    with _secrets_lock:
-        for value in values:
-            for raw in [value, *value.splitlines()]:
-                part = raw.strip()
-                if len(part) >= _MIN_SECRET_LEN and not part.startswith("-----"):
-                    _secrets.add(part)
+    default_masker.register(values)
 
 
-def _mask(text: str) -> str:
-    if not _secrets:
-        return text
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, _MASK)
-    return text
+def settings_secrets(settings: Settings) -> list[str]:
+    """Every secret value in ``settings``: each ``SecretStr`` anywhere in the tree (API keys,
+    inline private keys, passphrases, Kafka SASL and TLS passwords), plus the contents of
+    private key files that can be read."""
+    found = [secret.get_secret_value() for secret in _walk_secrets(settings)]
+    for account in settings.accounts:
+        if account.private_key_file is not None:
+            # Unreadable now: the client reports that when it loads the key.
+            with contextlib.suppress(OSError):
+                found.append(account.private_key_file.read_text(errors="replace"))
+    return [value for value in found if value]
+
+
+def _walk_secrets(value: object) -> Iterator[SecretStr]:
+    if isinstance(value, SecretStr):
+        yield value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _walk_secrets(getattr(value, name))
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            yield from _walk_secrets(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _walk_secrets(item)
+
+
+def register_settings_secrets(settings: Settings, masker: SecretMasker | None = None) -> int:
+    """Register every secret of ``settings`` for masking; returns how many values."""
+    values = settings_secrets(settings)
+    (masker if masker is not None else default_masker).register(values)
+    return len(values)
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STD_ATTRS and not k.startswith("_")}
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, event, context fields, extras."""
+def _message(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except Exception:  # a bad format string must not lose the event (nor print its args)
+        return f"{record.msg} (unformattable log arguments)"
+
+
+def _exception(record: logging.LogRecord) -> tuple[str | None, str | None]:
+    """``"Type: message"`` and the formatted traceback of the record's exception, if any."""
+    if not record.exc_info or record.exc_info[1] is None:
+        return None, None
+    exc = record.exc_info[1]
+    summary = f"{type(exc).__name__}: {exc}"
+    return summary, logging.Formatter().formatException(record.exc_info)
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, masker: SecretMasker | None = None) -> None:
+        super().__init__()
+        self._masker = masker if masker is not None else default_masker
+
+
+class JsonFormatter(_Formatter):
+    """One JSON object per line: ts, level, logger, event, context fields, extras,
+    and ``error`` / ``traceback`` when an exception is attached."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -58,17 +175,39 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": record.getMessage(),
+            "event": _message(record),
         }
-        entry.update(_extras(record))
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            entry["error"] = f"{type(exc).__name__}: {exc}"
-        return _mask(json.dumps(entry, default=str, ensure_ascii=False))
+        for key, value in _extras(record).items():
+            # An extra named like a core field must not overwrite it.
+            entry[f"extra_{key}" if key in _CORE_FIELDS else key] = value
+        error, trace = _exception(record)
+        if error is not None:
+            entry["error"] = error
+            entry["traceback"] = trace
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        masked = _mask_values(entry, self._masker)
+        # json.dumps escapes newlines, so a traceback stays on this one line.
+        return self._masker.mask(json.dumps(masked, default=str, ensure_ascii=False))
 
 
-class TextFormatter(logging.Formatter):
-    """``HH:MM:SS level event key=value ...`` for people at a terminal."""
+def _mask_values(value: Any, masker: SecretMasker) -> Any:
+    """Mask inside string values before serialising: a secret in a value is masked even
+    when JSON escaping would change how it looks in the line."""
+    if isinstance(value, str):
+        return masker.mask(value)
+    if isinstance(value, dict):
+        return {str(k): _mask_values(v, masker) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask_values(v, masker) for v in value]
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return masker.mask(str(value))
+
+
+class TextFormatter(_Formatter):
+    """``HH:MM:SS level event key=value ...`` for people at a terminal; a traceback,
+    when there is one, follows on its own lines."""
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
@@ -76,33 +215,57 @@ class TextFormatter(logging.Formatter):
         ordered = [k for k in _CONTEXT_FIELDS if k in extras] + sorted(
             k for k in extras if k not in _CONTEXT_FIELDS
         )
-        tail = " ".join(f"{k}={extras[k]}" for k in ordered)
-        line = f"{stamp} {record.levelname.lower():<7} {record.getMessage()}"
+        tail = " ".join(f"{k}={_text_value(extras[k])}" for k in ordered)
+        line = f"{stamp} {record.levelname.lower():<7} {_message(record)}"
         if tail:
             line = f"{line}  {tail}"
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            line = f"{line}  error={type(exc).__name__}: {exc}"
-        return _mask(line)
+        error, trace = _exception(record)
+        if error is not None:
+            line = f"{line}  error={error}\n{trace}"
+        if record.stack_info:
+            line = f"{line}\n{record.stack_info}"
+        return self._masker.mask(line)
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    if not text or any(ch.isspace() or ch == "=" for ch in text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+class _KillswitchHandler(logging.StreamHandler[IO[str]]):
+    """Marks the handler :func:`configure_logging` installed, so a second call replaces it."""
 
 
 def configure_logging(
     level: str = "INFO",
     fmt: Literal["auto", "json", "text"] = "auto",
     stream: IO[str] | None = None,
-) -> None:
-    """Install one stderr handler on the root logger (idempotent)."""
+    masker: SecretMasker | None = None,
+) -> logging.Handler:
+    """Install one handler on the root logger (idempotent) and return it.
+
+    ``auto`` writes JSON unless ``stream`` (default stderr) is a terminal.
+    """
     out = stream if stream is not None else sys.stderr
-    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    use_json = fmt == "json" or (fmt == "auto" and not _isatty(out))
+    handler = _KillswitchHandler(out)
+    handler.setFormatter(JsonFormatter(masker) if use_json else TextFormatter(masker))
     root = logging.getLogger()
     for old in list(root.handlers):
-        if getattr(old, "_killswitch", False):
+        if isinstance(old, _KillswitchHandler):
             root.removeHandler(old)
-    handler._killswitch = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
     # Third-party chatter stays at WARNING unless we are debugging.
-    for noisy in ("aiokafka", "kafka", "httpx", "httpcore", "asyncio"):
+    for noisy in _NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel("DEBUG" if level == "DEBUG" else "WARNING")
+    return handler
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed or not a real file
+        return False

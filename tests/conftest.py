@@ -37,12 +37,14 @@ def kafka_bootstrap() -> Iterator[str]:
         broker.stop()
 
 
-async def create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> None:
+async def create_topics(
+    bootstrap: str, names: list[str], partitions: int = 1, **client_options: object
+) -> None:
     """Create topics (idempotent) with aiokafka's admin client."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
     await admin.start()
     try:
         for name in names:

@@ -8,6 +8,7 @@ feeds it; tests can also drive it in-process through its Python API.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -226,8 +227,6 @@ class Client:
 
 def client_label(api_key: str) -> str:
     """A stable, non-secret name for a key: a short fingerprint."""
-    import hashlib  # noqa: PLC0415 - only on registration
-
     return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
 
 
@@ -414,15 +413,15 @@ class Simulator:
 
     def label(self, api_key: str) -> str:
         """The label a client is known by in counters and the log (KeyError if unknown)."""
-        return self._clients[api_key].label
+        return self._client(api_key).label
 
     def revoke(self, api_key: str) -> None:
         """Every later request with this key answers ``invalid_client``."""
-        self._clients[api_key].revoked = True
+        self._client(api_key).revoked = True
 
     def reinstate(self, api_key: str) -> None:
         """Undo :meth:`revoke`."""
-        self._clients[api_key].revoked = False
+        self._client(api_key).revoked = False
 
     def set_rate_limit(
         self,
@@ -436,7 +435,7 @@ class Simulator:
         ``burst`` defaults to one second's worth (``ceil(rate)``)."""
         limit = None if rate_limit_per_second is None else _limit(rate_limit_per_second, burst)
         if api_key is not None:
-            client = self._clients[api_key]
+            client = self._client(api_key)
             client.limit = limit
             self._reset_bucket(client)
             return

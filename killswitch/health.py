@@ -1,0 +1,304 @@
+"""Health: readiness as plain state, and the one HTTP listener for Prometheus and Kubernetes.
+
+:class:`Readiness` is pure: the daemon feeds it (consuming or not, the exchange's answers
+per account) with explicit timestamps, and :meth:`Readiness.evaluate` says whether the
+daemon can do its job right now and, if not, why. :class:`HealthServer` serves
+
+- ``/metrics``: the injected registry in the Prometheus text format (or OpenMetrics when
+  the scraper asks for it);
+- ``/healthz``: 200 while the process and its event loop answer (liveness);
+- ``/readyz``: 200 when ready, else 503 with ``{"ready": false, "reasons": [...]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import TracebackType
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from killswitch.config import MetricsSettings
+from killswitch.core.outcomes import Outcome
+from killswitch.core.ports import Observer
+
+__all__ = [
+    "Answer",
+    "HealthServer",
+    "HealthServerError",
+    "Readiness",
+    "ReadinessObserver",
+    "ReadyReport",
+    "classify_answer",
+]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class Answer(StrEnum):
+    """What one exchange HTTP status says about the account's connection to the exchange."""
+
+    OK = "ok"  # the exchange answered and understood us (even if it said no to an order)
+    AUTH = "auth"  # the exchange refused the key or the signature
+    NONE = "none"  # no usable answer: transport error, timeout, 5xx
+
+
+def classify_answer(status: str) -> Answer:
+    """Classify a ``status`` given to ``Observer.request_done`` (code, ``timeout``, ``error``).
+
+    A 4xx about an order (already closed, not found, invalid) and a 429 still prove the
+    exchange is reachable and accepts our key; 401/403 mean the key or signature is refused.
+    """
+    if not status.isdigit():
+        return Answer.NONE
+    code = int(status)
+    if code in (401, 403):
+        return Answer.AUTH
+    if 200 <= code < 500:
+        return Answer.OK
+    return Answer.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyReport:
+    """The verdict of :meth:`Readiness.evaluate`."""
+
+    ready: bool
+    reasons: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, object]:
+        """The ``/readyz`` body."""
+        return {"ready": self.ready, "reasons": list(self.reasons)}
+
+
+@dataclass(slots=True)
+class Readiness:
+    """Whether the daemon can act on an alert now. Pure state; time is passed in.
+
+    Ready means: the consumer is consuming, the daemon is not shutting down, and every
+    configured account had a usable exchange answer within ``stale_after_s`` and no
+    authentication refusal since its last good answer.
+    """
+
+    accounts: tuple[str, ...]
+    stale_after_s: float
+    consuming: bool = False
+    draining: bool = False
+    _last_ok: dict[str, float] = field(default_factory=dict)
+    _auth_failed: set[str] = field(default_factory=set)
+
+    @classmethod
+    def for_accounts(cls, accounts: Iterable[str], stale_after_s: float) -> Readiness:
+        """Readiness for these configured account ids."""
+        return cls(accounts=tuple(accounts), stale_after_s=stale_after_s)
+
+    def set_consuming(self, consuming: bool) -> None:
+        """The Kafka consumer has (True) or lost (False) its assignment and is polling."""
+        self.consuming = consuming
+
+    def set_draining(self) -> None:
+        """Shutdown began: stop receiving traffic from now on."""
+        self.draining = True
+
+    def exchange_ok(self, account: str, now: float) -> None:
+        """The exchange gave ``account`` a usable answer at ``now``; clears an auth failure."""
+        self._last_ok[account] = now
+        self._auth_failed.discard(account)
+
+    def auth_rejected(self, account: str) -> None:
+        """The exchange refused ``account``'s key or signature (401/403 ``invalid_client``)."""
+        self._auth_failed.add(account)
+
+    def record_exchange(self, account: str, status: str, now: float) -> None:
+        """Feed one HTTP status (as given to ``Observer.request_done``)."""
+        answer = classify_answer(status)
+        if answer is Answer.OK:
+            self.exchange_ok(account, now)
+        elif answer is Answer.AUTH:
+            self.auth_rejected(account)
+
+    def evaluate(self, now: float) -> ReadyReport:
+        """Ready or not at ``now``, with one reason per thing that is not ready."""
+        reasons: list[str] = []
+        if self.draining:
+            reasons.append("shutting down")
+        if not self.consuming:
+            reasons.append("kafka: not consuming")
+        for account in self.accounts:
+            reason = self._account_reason(account, now)
+            if reason:
+                reasons.append(reason)
+        return ReadyReport(ready=not reasons, reasons=tuple(reasons))
+
+    def _account_reason(self, account: str, now: float) -> str | None:
+        if account in self._auth_failed:
+            return f"{account}: auth rejected"
+        last = self._last_ok.get(account)
+        if last is None:
+            return f"exchange: {account} no answer yet"
+        age = now - last
+        if age > self.stale_after_s:
+            return f"exchange: {account} no answer for {age:.0f}s"
+        return None
+
+
+class ReadinessObserver:
+    """An ``Observer`` that feeds exchange answers to :class:`Readiness` and forwards all
+    events to ``inner`` (usually ``killswitch.metrics.Metrics``)."""
+
+    def __init__(
+        self, inner: Observer, readiness: Readiness, clock: Clock = time.monotonic
+    ) -> None:
+        self._inner = inner
+        self._readiness = readiness
+        self._clock = clock
+
+    def request_done(self, account: str, endpoint: str, status: str, seconds: float) -> None:
+        """Forward, and record whether the exchange answered."""
+        try:
+            self._readiness.record_exchange(account, status, self._clock())
+        except Exception:  # an Observer never raises into the engine
+            log.warning("readiness: could not record an exchange answer", exc_info=True)
+        self._inner.request_done(account, endpoint, status, seconds)
+
+    def rate_changed(self, account: str, rate: float) -> None:
+        self._inner.rate_changed(account, rate)
+
+    def inflight_cancels(self, account: str, delta: int) -> None:
+        self._inner.inflight_cancels(account, delta)
+
+    def cancel_outcome(self, account: str, outcome: Outcome) -> None:
+        self._inner.cancel_outcome(account, outcome)
+
+    def first_cancel(self, seconds: float) -> None:
+        self._inner.first_cancel(seconds)
+
+    def flat(self, seconds: float) -> None:
+        self._inner.flat(seconds)
+
+    def halted(self, account: str, halted: bool) -> None:
+        self._inner.halted(account, halted)
+
+    def residual(self, account: str, count: int) -> None:
+        self._inner.residual(account, count)
+
+
+class HealthServerError(Exception):
+    """The listener could not start (``str()`` is an operator message)."""
+
+
+_JSON = "application/json"
+
+
+class HealthServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on one listener (aiohttp).
+
+    ``port`` 0 picks a free port; :attr:`port` is the bound one after :meth:`start`.
+    ``on_ready`` receives every readiness verdict computed (e.g. ``Metrics.set_ready``), so
+    the ``killswitch_ready`` gauge is current at each scrape.
+    """
+
+    def __init__(
+        self,
+        settings: MetricsSettings,
+        registry: CollectorRegistry,
+        readiness: Readiness,
+        *,
+        on_ready: Callable[[bool], None] | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._host = settings.host
+        self._requested_port = settings.port
+        self._registry = registry
+        self._readiness = readiness
+        self._on_ready = on_ready
+        self._clock = clock
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (after :meth:`start`)."""
+        if self._port is None:
+            raise RuntimeError("HealthServer is not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the listener (after :meth:`start`)."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}"
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        return app
+
+    async def start(self) -> None:
+        """Bind and serve. Raises :class:`HealthServerError` when the address is unusable."""
+        # access_log=None: Prometheus and kubelet poll every few seconds; not worth a line each.
+        runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._requested_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            where = f"{self._host}:{self._requested_port}"
+            raise HealthServerError(
+                f"metrics listener cannot bind {where}: {exc.strerror or exc}"
+            ) from None
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+        log.info("metrics and health listener on %s", self.url)
+
+    async def close(self) -> None:
+        """Stop serving (idempotent)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> HealthServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def report(self) -> ReadyReport:
+        """Evaluate readiness now and pass the verdict to ``on_ready``."""
+        report = self._readiness.evaluate(self._clock())
+        if self._on_ready is not None:
+            self._on_ready(report.ready)
+        return report
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.report()  # keep killswitch_ready current at every scrape
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(self._registry), headers={"Content-Type": content_type})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text=json.dumps({"alive": True}), content_type=_JSON)
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        report = self.report()
+        return web.Response(
+            text=json.dumps(report.as_json()),
+            status=200 if report.ready else 503,
+            content_type=_JSON,
+        )

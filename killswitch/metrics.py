@@ -1,0 +1,423 @@
+"""Prometheus metrics on an injected registry (the names are a contract: shared/design.md).
+
+:class:`Metrics` implements :class:`killswitch.core.ports.Observer` for the engine and the
+exchange client, plus the intake's and the daemon's events. It never touches the global
+registry: the caller builds a :class:`prometheus_client.CollectorRegistry` and serves it
+(``killswitch.health``), so tests and several daemons in one process never share series.
+
+Label values are bounded. ``account`` is always a configured account id (anything else
+becomes ``other``, so an API key passed by mistake can never become a label); free-form
+values that come from input (``source``, ``reason``, ``endpoint``, ``status``) are cut to
+a short length and capped in number per label, extra values collapsing into ``other``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import platform
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Final, ParamSpec
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from killswitch import __version__
+from killswitch.core.outcomes import Outcome
+
+if TYPE_CHECKING:
+    from killswitch.config import Settings
+    from killswitch.core.ports import Observer
+
+__all__ = [
+    "ALERT_RESULTS",
+    "DLQ_REASONS",
+    "FLAT_BUCKETS",
+    "LATENCY_BUCKETS",
+    "LOOP_LAG_BUCKETS",
+    "OTHER",
+    "LabelBudget",
+    "Metrics",
+    "watch_loop_lag",
+]
+
+log = logging.getLogger(__name__)
+
+OTHER: Final = "other"
+"""The label value every unknown or over-budget value collapses into."""
+
+ALERT_RESULTS: Final = ("processed", "duplicate", "invalid", "unauthorized", "expired", "dry_run")
+"""``result`` label values of ``killswitch_alerts_total`` (pre-initialised per known source)."""
+
+DLQ_REASONS: Final = ("undecodable", "too_large", "invalid", "unauthorized", "expired")
+"""``reason`` values of ``killswitch_dlq_total`` pre-initialised at 0 (others still count)."""
+
+CANCEL_OUTCOMES: Final = tuple(Outcome)
+"""``outcome`` label values of ``killswitch_cancels_total``: the contract's four plus
+``skipped`` (dry runs), so dry-run orders are visible without being counted as cancels."""
+
+# Seconds. One cancel round trip on a good day is a few milliseconds; a throttled or
+# retried one is seconds; the per-request deadline defaults to 10 s.
+LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+# Seconds. A verified-flat kill takes at least two listings and a round of cancels;
+# the default kill deadline is 30 s and an operator may give longer ones.
+FLAT_BUCKETS: Final = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+)
+# Seconds. A healthy loop wakes within a millisecond; 100 ms already delays every kill.
+LOOP_LAG_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+_MAX_LABEL_LEN: Final = 64
+_DEFAULT_LABEL_BUDGET: Final = 50
+
+_P = ParamSpec("_P")
+
+
+def _never_raise(method: Callable[_P, None]) -> Callable[_P, None]:
+    """Observer methods run inside the engine's hot path: a metrics bug must not kill a sweep."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            method(*args, **kwargs)
+        except Exception:  # a metric is never worth a failed kill
+            log.warning("metrics: %s failed", method.__name__, exc_info=True)
+
+    return wrapper
+
+
+class LabelBudget:
+    """Bounds the values one label may take: at most ``limit`` distinct, each cut short.
+
+    Values seen first keep their own series; once the budget is spent, new values map
+    to ``other``. Pure and deterministic, so the cardinality of every series is bounded
+    whatever arrives on the input topics.
+    """
+
+    def __init__(self, limit: int = _DEFAULT_LABEL_BUDGET, preset: Iterable[str] = ()) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        for value in preset:
+            self._seen.add(_clean(value))
+
+    def __call__(self, value: object) -> str:
+        """The label value to use for ``value``."""
+        text = _clean(value)
+        if text in self._seen:
+            return text
+        if len(self._seen) >= self._limit:
+            return OTHER
+        self._seen.add(text)
+        return text
+
+
+def _clean(value: object) -> str:
+    text = str(value).strip()
+    if not text:
+        return "unknown"
+    # Printable only, no control characters: label values end up in dashboards and logs.
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text[:_MAX_LABEL_LEN]
+
+
+class Metrics:
+    """Every killswitch metric, registered on ``registry``.
+
+    ``accounts`` are the configured account ids: their series exist at 0 from the start,
+    and they are the only ``account`` label values ever used. ``sources`` are alert sources
+    known up front (e.g. dead-man sources) whose ``killswitch_alerts_total`` series are
+    pre-initialised too.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        accounts: Iterable[str],
+        *,
+        sources: Iterable[str] = (),
+        rate_ceilings: dict[str, float] | None = None,
+        version: str = __version__,
+    ) -> None:
+        self.registry = registry
+        self._accounts = frozenset(accounts)
+        self._sources = LabelBudget(preset=sources)
+        self._endpoints = LabelBudget()
+        self._statuses = LabelBudget()
+        self._reasons = LabelBudget(preset=DLQ_REASONS)
+        self._topics = LabelBudget()
+        self._create(registry)
+        self._build_info.labels(version=version, python=platform.python_version()).set(1)
+        self._preinit(sources, rate_ceilings or {})
+
+    @classmethod
+    def from_settings(cls, settings: Settings, registry: CollectorRegistry) -> Metrics:
+        """Metrics for a daemon: accounts, dead-man sources and rate ceilings from settings."""
+        return cls(
+            registry,
+            [a.id for a in settings.accounts],
+            sources=[d.source for d in settings.deadman],
+            rate_ceilings={a.id: a.rate_limit_per_second for a in settings.accounts},
+        )
+
+    def _create(self, r: CollectorRegistry) -> None:
+        # Counter names are given without `_total`: prometheus_client appends it.
+        self._cancels = Counter(
+            "killswitch_cancels",
+            "Orders that reached a final outcome in a kill, one per order per outcome.",
+            ["account", "outcome"],
+            registry=r,
+        )
+        self._alerts = Counter(
+            "killswitch_alerts",
+            "Alerts read from the input topics, by source and what became of them.",
+            ["source", "result"],
+            registry=r,
+        )
+        self._first_cancel = Histogram(
+            "killswitch_alert_to_first_cancel_seconds",
+            "Seconds from reading an alert to sending its first cancel request.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._flat = Histogram(
+            "killswitch_time_to_flat_seconds",
+            "Seconds from reading an alert to a verified flat result.",
+            buckets=FLAT_BUCKETS,
+            registry=r,
+        )
+        self._requests = Counter(
+            "killswitch_exchange_requests",
+            "HTTP calls to the exchange, by HTTP status code or timeout / error.",
+            ["account", "endpoint", "status"],
+            registry=r,
+        )
+        self._request_seconds = Histogram(
+            "killswitch_exchange_request_duration_seconds",
+            "Seconds one HTTP call to the exchange took (one attempt).",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._rate = Gauge(
+            "killswitch_rate_limit_per_second",
+            "Current rate of the account's adaptive limiter (requests per second).",
+            ["account"],
+            registry=r,
+        )
+        self._rate_ceiling = Gauge(
+            "killswitch_rate_limit_ceiling_per_second",
+            "Configured ceiling of the account's limiter (requests per second).",
+            ["account"],
+            registry=r,
+        )
+        self._inflight = Gauge(
+            "killswitch_inflight_cancels",
+            "Cancel requests in flight.",
+            ["account"],
+            registry=r,
+        )
+        self._halted = Gauge(
+            "killswitch_account_halted",
+            "1 while the account is halted by a latch, else 0.",
+            ["account"],
+            registry=r,
+        )
+        self._residual = Gauge(
+            "killswitch_residual_open_orders",
+            "Orders in scope still open after the account's last sweep.",
+            ["account"],
+            registry=r,
+        )
+        self._ready = Gauge(
+            "killswitch_ready",
+            "1 when consuming and the exchange answers for every account, else 0.",
+            registry=r,
+        )
+        self._loop_lag = Histogram(
+            "killswitch_event_loop_lag_seconds",
+            "How late the event loop woke a sleeping task (seconds).",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
+        self._deadman = Counter(
+            "killswitch_deadman_fired",
+            "Dead-man kills fired because a source's heartbeats stopped.",
+            ["source"],
+            registry=r,
+        )
+        self._dlq = Counter(
+            "killswitch_dlq",
+            "Messages sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self._consumer_lag = Gauge(
+            "killswitch_consumer_lag",
+            "Messages between the consumer's position and the end of the partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self._build_info = Gauge(
+            "killswitch_build_info",
+            "Always 1; the labels say which build is running.",
+            ["version", "python"],
+            registry=r,
+        )
+
+    def _preinit(self, sources: Iterable[str], ceilings: dict[str, float]) -> None:
+        """Create the series that should exist at 0 before anything happens.
+
+        A counter that appears only at its first increment hides that increment from
+        ``increase()`` and from alert rules; a gauge that is absent cannot be graphed.
+        """
+        for account in self._accounts:
+            for outcome in CANCEL_OUTCOMES:
+                self._cancels.labels(account=account, outcome=outcome.value)
+            ceiling = ceilings.get(account)
+            if ceiling is not None:
+                self._rate.labels(account=account).set(ceiling)
+                self._rate_ceiling.labels(account=account).set(ceiling)
+            self._inflight.labels(account=account).set(0)
+            self._halted.labels(account=account).set(0)
+            self._residual.labels(account=account).set(0)
+        for source in sources:
+            label = self._sources(source)
+            for result in ALERT_RESULTS:
+                self._alerts.labels(source=label, result=result)
+            self._deadman.labels(source=label)
+        for reason in DLQ_REASONS:
+            self._dlq.labels(reason=reason)
+        self._ready.set(0)
+
+    def _account(self, account: str) -> str:
+        return account if account in self._accounts else OTHER
+
+    # --- killswitch.core.ports.Observer -------------------------------------------------
+
+    @_never_raise
+    def request_done(self, account: str, endpoint: str, status: str, seconds: float) -> None:
+        """One HTTP call finished; ``status`` is the code or ``timeout`` / ``error``."""
+        label = self._endpoints(endpoint)
+        self._requests.labels(
+            account=self._account(account), endpoint=label, status=self._statuses(status)
+        ).inc()
+        self._request_seconds.labels(endpoint=label).observe(max(seconds, 0.0))
+
+    @_never_raise
+    def rate_changed(self, account: str, rate: float) -> None:
+        """The account's limiter changed its rate (requests per second)."""
+        self._rate.labels(account=self._account(account)).set(rate)
+
+    @_never_raise
+    def inflight_cancels(self, account: str, delta: int) -> None:
+        """A cancel request started (+1) or finished (-1)."""
+        self._inflight.labels(account=self._account(account)).inc(delta)
+
+    @_never_raise
+    def cancel_outcome(self, account: str, outcome: Outcome) -> None:
+        """One order reached its final outcome."""
+        self._cancels.labels(account=self._account(account), outcome=Outcome(outcome).value).inc()
+
+    @_never_raise
+    def first_cancel(self, seconds: float) -> None:
+        """Seconds from reading an alert to its first cancel request sent."""
+        self._first_cancel.observe(max(seconds, 0.0))
+
+    @_never_raise
+    def flat(self, seconds: float) -> None:
+        """Seconds from reading an alert to a verified flat result."""
+        self._flat.observe(max(seconds, 0.0))
+
+    @_never_raise
+    def halted(self, account: str, halted: bool) -> None:
+        """The account's halt latch was set (True) or released (False)."""
+        self._halted.labels(account=self._account(account)).set(1 if halted else 0)
+
+    @_never_raise
+    def residual(self, account: str, count: int) -> None:
+        """Orders in scope still open after the account's last sweep."""
+        self._residual.labels(account=self._account(account)).set(max(count, 0))
+
+    # --- intake and daemon ----------------------------------------------------------------
+
+    @_never_raise
+    def alert_read(self, source: str, result: str) -> None:
+        """An alert was read; ``result`` is one of :data:`ALERT_RESULTS`."""
+        label = result if result in ALERT_RESULTS else OTHER
+        self._alerts.labels(source=self._sources(source), result=label).inc()
+
+    @_never_raise
+    def deadman_fired(self, source: str) -> None:
+        """A dead-man source went silent and its kill was fired."""
+        self._deadman.labels(source=self._sources(source)).inc()
+
+    @_never_raise
+    def dlq(self, reason: str) -> None:
+        """A message went to the dead-letter topic."""
+        self._dlq.labels(reason=self._reasons(reason)).inc()
+
+    @_never_raise
+    def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
+        """Messages the consumer is behind on one partition."""
+        self._consumer_lag.labels(topic=self._topics(topic), partition=str(partition)).set(
+            max(lag, 0)
+        )
+
+    @_never_raise
+    def loop_lag(self, seconds: float) -> None:
+        """How late the event loop woke a task that asked to sleep."""
+        self._loop_lag.observe(max(seconds, 0.0))
+
+    @_never_raise
+    def set_ready(self, ready: bool) -> None:
+        """Mirror the readiness verdict (``killswitch.health.Readiness``) into a gauge."""
+        self._ready.set(1 if ready else 0)
+
+
+if TYPE_CHECKING:
+
+    def _is_an_observer(metrics: Metrics) -> Observer:
+        return metrics  # mypy proves Metrics satisfies the Observer protocol
+
+
+async def watch_loop_lag(
+    observe: Callable[[float], None], stop: asyncio.Event, interval_s: float = 0.25
+) -> None:
+    """Measure event loop lag until ``stop`` is set: sleep ``interval_s``, report the excess.
+
+    A blocked loop delays every kill; this is the number that shows it.
+    """
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        started = loop.time()
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        except TimeoutError:
+            observe(max(loop.time() - started - interval_s, 0.0))

@@ -1,0 +1,1 @@
+"""Test-only infrastructure (TLS proxy, test CA, subprocess helpers)."""

@@ -1,0 +1,196 @@
+"""Readiness: a pure verdict from consuming state and the exchange's answers per account."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from killswitch.core.outcomes import Outcome
+from killswitch.health import Answer, Readiness, ReadinessObserver, ReadyReport, classify_answer
+from killswitch.metrics import Metrics
+
+ACCOUNTS = ("mm-1", "mm-2")
+STALE = 120.0
+
+Step = Callable[[Readiness], None]
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("200", Answer.OK),
+        ("204", Answer.OK),
+        ("400", Answer.OK),  # order_already_closed / invalid_request: the exchange understood us
+        ("404", Answer.OK),
+        ("429", Answer.OK),  # throttled, but reachable and the key is accepted
+        ("401", Answer.AUTH),
+        ("403", Answer.AUTH),
+        ("500", Answer.NONE),
+        ("503", Answer.NONE),
+        ("timeout", Answer.NONE),
+        ("error", Answer.NONE),
+        ("", Answer.NONE),
+    ],
+)
+def test_classify_answer(status: str, expected: Answer) -> None:
+    assert classify_answer(status) is expected
+
+
+def consuming(r: Readiness) -> None:
+    r.set_consuming(True)
+
+
+def ok(account: str, at: float) -> Step:
+    return lambda r: r.exchange_ok(account, at)
+
+
+def status(account: str, code: str, at: float) -> Step:
+    return lambda r: r.record_exchange(account, code, at)
+
+
+def auth(account: str) -> Step:
+    return lambda r: r.auth_rejected(account)
+
+
+@pytest.mark.parametrize(
+    ("steps", "now", "expected"),
+    [
+        pytest.param(
+            [],
+            0.0,
+            ReadyReport(
+                False,
+                (
+                    "kafka: not consuming",
+                    "exchange: mm-1 no answer yet",
+                    "exchange: mm-2 no answer yet",
+                ),
+            ),
+            id="fresh",
+        ),
+        pytest.param(
+            [consuming, ok("mm-1", 10), ok("mm-2", 10)], 20.0, ReadyReport(True), id="ready"
+        ),
+        pytest.param(
+            [consuming, ok("mm-1", 10), ok("mm-2", 10)],
+            10 + STALE,
+            ReadyReport(True),
+            id="exactly-at-the-limit-is-fresh",
+        ),
+        pytest.param(
+            [ok("mm-1", 10), ok("mm-2", 10)],
+            20.0,
+            ReadyReport(False, ("kafka: not consuming",)),
+            id="not-consuming",
+        ),
+        pytest.param(
+            [consuming, ok("mm-1", 0), ok("mm-2", 100)],
+            130.0,
+            ReadyReport(False, ("exchange: mm-1 no answer for 130s",)),
+            id="stale-one",
+        ),
+        pytest.param(
+            [consuming, ok("mm-1", 10), ok("mm-2", 10), auth("mm-2")],
+            20.0,
+            ReadyReport(False, ("mm-2: auth rejected",)),
+            id="auth-rejected",
+        ),
+        pytest.param(
+            [consuming, ok("mm-1", 10), auth("mm-2"), ok("mm-2", 15)],
+            20.0,
+            ReadyReport(True),
+            id="auth-cleared-by-a-good-answer",
+        ),
+        pytest.param(
+            [
+                consuming,
+                status("mm-1", "200", 10),
+                status("mm-2", "429", 10),
+                status("mm-1", "503", 19),
+                status("mm-2", "timeout", 19),
+            ],
+            20.0,
+            ReadyReport(True),
+            id="errors-do-not-refresh-or-clear",
+        ),
+        pytest.param(
+            [consuming, status("mm-1", "200", 10), status("mm-2", "401", 10)],
+            20.0,
+            ReadyReport(False, ("mm-2: auth rejected",)),
+            id="401-via-record",
+        ),
+        pytest.param(
+            [consuming, ok("mm-1", 0), ok("mm-2", 0), lambda r: r.set_consuming(False)],
+            1.0,
+            ReadyReport(False, ("kafka: not consuming",)),
+            id="lost-assignment",
+        ),
+        pytest.param(
+            [consuming, ok("mm-1", 0), ok("mm-2", 0), lambda r: r.set_draining()],
+            1.0,
+            ReadyReport(False, ("shutting down",)),
+            id="draining",
+        ),
+        pytest.param(
+            [consuming, ok("mm-1", 0), ok("mm-2", 0), ok("stranger", 0), auth("stranger")],
+            1.0,
+            ReadyReport(True),
+            id="unconfigured-accounts-are-ignored",
+        ),
+    ],
+)
+def test_readiness(steps: list[Step], now: float, expected: ReadyReport) -> None:
+    readiness = Readiness.for_accounts(ACCOUNTS, STALE)
+    for step in steps:
+        step(readiness)
+    assert readiness.evaluate(now) == expected
+
+
+def test_report_json() -> None:
+    assert ReadyReport(False, ("kafka: not consuming",)).as_json() == {
+        "ready": False,
+        "reasons": ["kafka: not consuming"],
+    }
+
+
+def test_no_accounts_needs_only_kafka() -> None:
+    readiness = Readiness.for_accounts([], STALE)
+    readiness.set_consuming(True)
+    assert readiness.evaluate(0).ready
+
+
+def test_readiness_observer_feeds_readiness_and_forwards() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, ["mm-1"])
+    readiness = Readiness.for_accounts(["mm-1"], STALE)
+    readiness.set_consuming(True)
+    now = [5.0]
+    observer = ReadinessObserver(metrics, readiness, clock=lambda: now[0])
+    observer.request_done("mm-1", "open_orders", "200", 0.01)
+    observer.rate_changed("mm-1", 3.0)
+    observer.inflight_cancels("mm-1", 1)
+    observer.cancel_outcome("mm-1", Outcome.SENT)
+    observer.first_cancel(0.1)
+    observer.flat(0.2)
+    observer.halted("mm-1", True)
+    observer.residual("mm-1", 2)
+    assert readiness.evaluate(6.0).ready
+    get = registry.get_sample_value
+    assert (
+        get(
+            "killswitch_exchange_requests_total",
+            {"account": "mm-1", "endpoint": "open_orders", "status": "200"},
+        )
+        == 1
+    )
+    assert get("killswitch_rate_limit_per_second", {"account": "mm-1"}) == 3.0
+    assert get("killswitch_inflight_cancels", {"account": "mm-1"}) == 1
+    assert get("killswitch_cancels_total", {"account": "mm-1", "outcome": "sent"}) == 1
+    assert get("killswitch_alert_to_first_cancel_seconds_count", {}) == 1
+    assert get("killswitch_time_to_flat_seconds_count", {}) == 1
+    assert get("killswitch_account_halted", {"account": "mm-1"}) == 1
+    assert get("killswitch_residual_open_orders", {"account": "mm-1"}) == 2
+    observer.request_done("mm-1", "cancel", "403", 0.01)
+    assert readiness.evaluate(6.0).reasons == ("mm-1: auth rejected",)
