@@ -13,12 +13,35 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from killswitch.alerts import RejectKind
 from killswitch.config import Settings
 from killswitch.daemon import Observability
 from killswitch.health import HealthServer, Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
 
-__all__ = ["prometheus_observability"]
+__all__ = ["IntakeMetrics", "prometheus_observability"]
+
+_DEAD_LETTERED = frozenset(kind.value for kind in RejectKind)
+
+
+class IntakeMetrics:
+    """The intake's observer: ``killswitch_alerts_total``, loop lag, and the dead letters.
+
+    Every refused message (``invalid``, ``unauthorized``, ``expired``) is written to the
+    dead letter topic by the intake, so each such count is also a ``killswitch_dlq_total``
+    count with that reason.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def alert_read(self, source: str, result: str) -> None:
+        self._metrics.alert_read(source, result)
+        if result in _DEAD_LETTERED:
+            self._metrics.dlq(result)
+
+    def loop_lag(self, seconds: float) -> None:
+        self._metrics.loop_lag(seconds)
 
 
 def prometheus_observability(settings: Settings) -> Observability:
@@ -43,7 +66,7 @@ def prometheus_observability(settings: Settings) -> Observability:
 
     return Observability(
         observer=ReadinessObserver(metrics, readiness),
-        alert_observer=metrics,
+        alert_observer=IntakeMetrics(metrics),
         start=server.start,
         stop=stop,
         set_ready=set_ready,

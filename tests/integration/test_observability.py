@@ -1,0 +1,77 @@
+"""The daemon's observability hook: metrics and health served from the settings."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from killswitch.config import Settings
+from killswitch.core.outcomes import Outcome
+from killswitch.embedded import free_port
+from killswitch.metrics import Metrics
+from killswitch.observability import IntakeMetrics, prometheus_observability
+from killswitch.render import metric_samples
+
+pytestmark = pytest.mark.integration
+
+ACCOUNTS = ["mm-1", "mm-2"]
+
+
+def settings(**metrics: object) -> Settings:
+    accounts = [{"id": a, "api_key": f"key-{a}", "private_key": "unused"} for a in ACCOUNTS]
+    return Settings(accounts=accounts, metrics={"port": 0} | metrics)
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return sum(
+        v
+        for n, got, v in metric_samples(text)
+        if n == name and all(got.get(k) == x for k, x in labels.items())
+    )
+
+
+def test_refused_alerts_also_count_as_dead_letters() -> None:
+    registry = CollectorRegistry()
+    observer = IntakeMetrics(Metrics(registry, ACCOUNTS))
+    for result in ("processed", "unauthorized", "invalid", "invalid", "expired", "duplicate"):
+        observer.alert_read("manual", result)
+    observer.loop_lag(0.002)
+    get = registry.get_sample_value
+    assert get("killswitch_dlq_total", {"reason": "invalid"}) == 2
+    assert get("killswitch_dlq_total", {"reason": "unauthorized"}) == 1
+    assert get("killswitch_dlq_total", {"reason": "expired"}) == 1
+    assert get("killswitch_alerts_total", {"source": "manual", "result": "processed"}) == 1
+    assert get("killswitch_event_loop_lag_seconds_count", {}) == 1
+
+
+def test_disabled_metrics_serve_nothing() -> None:
+    obs = prometheus_observability(settings(enabled=False))
+    assert obs.start is None
+    assert obs.stop is None
+
+
+async def test_served_metrics_follow_the_daemon_and_readiness() -> None:
+    port = free_port()
+    obs = prometheus_observability(settings(port=port))
+    assert obs.start is not None
+    assert obs.stop is not None
+    await obs.start()
+    try:
+        obs.observer.request_done("mm-1", "open_orders", "200", 0.01)
+        obs.observer.cancel_outcome("mm-1", Outcome.SENT)
+        obs.set_ready(True)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            text = (await http.get("/metrics")).text
+            ready = await http.get("/readyz")
+        assert value(text, "killswitch_cancels_total", account="mm-1", outcome="sent") == 1
+        assert value(text, "killswitch_exchange_requests_total", account="mm-1") == 1
+        # Consuming, mm-1 answered, mm-2 never did: not ready, and it says why.
+        assert ready.status_code == 503
+        assert ready.json()["reasons"] == ["exchange: mm-2 no answer yet"]
+        assert value(text, "killswitch_ready") == 0
+    finally:
+        await obs.stop()
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient(timeout=5) as http:
+            await http.get(f"http://127.0.0.1:{port}/healthz")
