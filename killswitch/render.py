@@ -550,7 +550,7 @@ def metrics_lines(samples: Sequence[Sample], accounts: Sequence[str]) -> list[st
         ],
         [
             "killswitch_rate_limit_per_second",
-            "  ".join(f"{a} {_number(rates[a])}" for a in accounts if a in rates),
+            "  ".join(f"{a} {rates[a]:,.0f}" for a in accounts if a in rates),
         ],
         [
             "killswitch_account_halted",

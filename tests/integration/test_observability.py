@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
@@ -9,6 +11,8 @@ from prometheus_client import CollectorRegistry
 from killswitch.config import Settings
 from killswitch.core.outcomes import Outcome
 from killswitch.embedded import free_port
+from killswitch.exchange.simulator import Simulator, SimulatorServer
+from killswitch.exchange.simulator.testing import register_test_client
 from killswitch.metrics import Metrics
 from killswitch.observability import IntakeMetrics, prometheus_observability
 from killswitch.render import metric_samples
@@ -75,3 +79,49 @@ async def test_served_metrics_follow_the_daemon_and_readiness() -> None:
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient(timeout=5) as http:
             await http.get(f"http://127.0.0.1:{port}/healthz")
+
+
+async def test_the_probe_keeps_readiness_current_without_any_kill() -> None:
+    sim = Simulator(seed=3)
+    keys = {a: register_test_client(sim, name=a) for a in ACCOUNTS}
+    sim.revoke(keys["mm-2"][0])
+    port = free_port()
+    async with SimulatorServer(sim) as server:
+        accounts = [
+            {"id": a, "api_key": k, "private_key": pem.decode(), "base_url": server.base_url}
+            for a, (k, pem) in keys.items()
+        ]
+        conf = Settings(accounts=accounts, metrics={"port": port, "exchange_stale_after_s": 2})
+        obs = prometheus_observability(conf)
+        assert obs.start is not None
+        assert obs.stop is not None
+        await obs.start()
+        try:
+            obs.set_ready(True)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+                reasons: list[str] = []
+
+                async def poll() -> None:
+                    reasons[:] = (await http.get("/readyz")).json()["reasons"]
+
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 10
+                while reasons != ["mm-2: auth rejected"] and loop.time() < deadline:
+                    await poll()
+                    await asyncio.sleep(0.05)  # polling a condition with a deadline
+                assert reasons == ["mm-2: auth rejected"]
+                # Reinstated: the next probe round (every 0.5 s here) makes it ready.
+                sim.reinstate(keys["mm-2"][0])
+                deadline = loop.time() + 10
+                while reasons and loop.time() < deadline:
+                    await poll()
+                    await asyncio.sleep(0.05)
+                assert reasons == []
+                text = (await http.get("/metrics")).text
+            assert value(text, "killswitch_ready") == 1
+            assert value(text, "killswitch_exchange_requests_total", endpoint="open_orders") >= 3
+        finally:
+            await obs.stop()
+    # Read-only: nothing cancelled.
+    for api_key, _ in keys.values():
+        assert sim.count(api_key, endpoint="cancel") == 0
