@@ -389,9 +389,12 @@ class Intake:
             result = plan.rejection.kind.value
         else:
             try:
-                await asyncio.gather(
-                    *(self._run_step(step, plan.action, origin) for step in plan.steps)
-                )
+                if len(plan.steps) == 1:  # the common case: no extra task hop before the engine
+                    await self._run_step(plan.steps[0], plan.action, origin)
+                else:
+                    await asyncio.gather(
+                        *(self._run_step(step, plan.action, origin) for step in plan.steps)
+                    )
             except _Interrupted:
                 return  # shutdown: not done, replayed after the restart
             result = plan.result
