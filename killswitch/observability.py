@@ -24,7 +24,6 @@ from collections.abc import AsyncGenerator, Sequence
 
 from prometheus_client import CollectorRegistry
 
-from killswitch.alerts import RejectKind
 from killswitch.config import AccountSettings, Settings
 from killswitch.core.ports import Observer
 from killswitch.daemon import Observability
@@ -34,33 +33,11 @@ from killswitch.exchange.signing import KeyLoadError
 from killswitch.health import HealthServer, Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
 
-__all__ = ["ExchangeProbe", "IntakeMetrics", "first_page", "prometheus_observability"]
+__all__ = ["ExchangeProbe", "first_page", "prometheus_observability"]
 
 log = logging.getLogger(__name__)
 
 _PROBE_MAX_INTERVAL_S = 30.0
-
-_DEAD_LETTERED = frozenset(kind.value for kind in RejectKind)
-
-
-class IntakeMetrics:
-    """The intake's observer: ``killswitch_alerts_total``, loop lag, and the dead letters.
-
-    Every refused message (``invalid``, ``unauthorized``, ``expired``) is written to the
-    dead letter topic by the intake, so each such count is also a ``killswitch_dlq_total``
-    count with that reason.
-    """
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def alert_read(self, source: str, result: str) -> None:
-        self._metrics.alert_read(source, result)
-        if result in _DEAD_LETTERED:
-            self._metrics.dlq(result)
-
-    def loop_lag(self, seconds: float) -> None:
-        self._metrics.loop_lag(seconds)
 
 
 async def first_page(client: ExchangeClient, symbol: str, limit: int = 10) -> int:
@@ -151,9 +128,13 @@ def prometheus_observability(settings: Settings) -> Observability:
         await server.start()
         probe.start()
 
-    def set_ready(consuming: bool) -> None:
+    def set_consuming(consuming: bool) -> None:
         # The daemon says when it consumes; /readyz adds the exchange's side per account.
         readiness.set_consuming(consuming)
+        server.report()
+
+    def set_draining() -> None:
+        readiness.set_draining()
         server.report()
 
     async def stop() -> None:
@@ -163,8 +144,10 @@ def prometheus_observability(settings: Settings) -> Observability:
 
     return Observability(
         observer=observer,
-        alert_observer=IntakeMetrics(metrics),
+        alert_observer=metrics,
         start=start,
         stop=stop,
-        set_ready=set_ready,
+        set_consuming=set_consuming,
+        set_draining=set_draining,
+        url=lambda: server.url,
     )

@@ -6,15 +6,13 @@ import asyncio
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
 from killswitch.config import Settings
 from killswitch.core.outcomes import Outcome
 from killswitch.embedded import free_port
 from killswitch.exchange.simulator import Simulator, SimulatorServer
 from killswitch.exchange.simulator.testing import register_test_client
-from killswitch.metrics import Metrics
-from killswitch.observability import IntakeMetrics, prometheus_observability
+from killswitch.observability import prometheus_observability
 from killswitch.render import metric_samples
 
 pytestmark = pytest.mark.integration
@@ -35,20 +33,6 @@ def value(text: str, name: str, **labels: str) -> float:
     )
 
 
-def test_refused_alerts_also_count_as_dead_letters() -> None:
-    registry = CollectorRegistry()
-    observer = IntakeMetrics(Metrics(registry, ACCOUNTS))
-    for result in ("processed", "unauthorized", "invalid", "invalid", "expired", "duplicate"):
-        observer.alert_read("manual", result)
-    observer.loop_lag(0.002)
-    get = registry.get_sample_value
-    assert get("killswitch_dlq_total", {"reason": "invalid"}) == 2
-    assert get("killswitch_dlq_total", {"reason": "unauthorized"}) == 1
-    assert get("killswitch_dlq_total", {"reason": "expired"}) == 1
-    assert get("killswitch_alerts_total", {"source": "manual", "result": "processed"}) == 1
-    assert get("killswitch_event_loop_lag_seconds_count", {}) == 1
-
-
 def test_disabled_metrics_serve_nothing() -> None:
     obs = prometheus_observability(settings(enabled=False))
     assert obs.start is None
@@ -64,7 +48,7 @@ async def test_served_metrics_follow_the_daemon_and_readiness() -> None:
     try:
         obs.observer.request_done("mm-1", "open_orders", "200", 0.01)
         obs.observer.cancel_outcome("mm-1", Outcome.SENT)
-        obs.set_ready(True)
+        obs.set_consuming(True)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
             text = (await http.get("/metrics")).text
             ready = await http.get("/readyz")
@@ -97,7 +81,7 @@ async def test_the_probe_keeps_readiness_current_without_any_kill() -> None:
         assert obs.stop is not None
         await obs.start()
         try:
-            obs.set_ready(True)
+            obs.set_consuming(True)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
                 reasons: list[str] = []
 
