@@ -27,7 +27,7 @@ import os
 import secrets
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +53,6 @@ from killswitch.exchange.errors import AuthError, ExchangeError
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.intake.kafka import make_producer, make_reader
 from killswitch.intake.readers import read_halt_states
-from killswitch.observability import first_page
 from killswitch.render import (
     Board,
     Check,
@@ -845,6 +844,17 @@ async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[C
             return [reach, Check("key accepted", account.id, False, str(exc) or "timeout")]
         detail = f"open orders on {symbol} answered ({shown} on the first page)"
         return [reach, Check("key accepted", account.id, True, detail)]
+
+
+async def first_page(client: ExchangeClient, symbol: str, limit: int = 10) -> int:
+    """Open orders on the first page for ``symbol`` (one signed read-only request)."""
+    pages = client.open_orders(symbol, limit=limit)
+    try:
+        first = await anext(pages, None)
+    finally:
+        if isinstance(pages, AsyncGenerator):  # stop paging after the first page
+            await pages.aclose()
+    return len(first) if first is not None else 0
 
 
 async def run_checks(settings: Settings, timeout_s: float = _KAFKA_TIMEOUT_S) -> list[Check]:
