@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import io
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -141,3 +143,50 @@ async def test_make_demo_command_line(tmp_path: Path, monkeypatch: pytest.Monkey
     assert proc.returncode == 0, text + stderr.decode()
     assert "generated demo keys in config/demo/" in text
     assert "demo finished: OK" in text
+
+
+async def test_ctrl_c_stops_everything_the_demo_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = demo_dir(tmp_path, monkeypatch)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILLSWITCH_")}
+    env["PYTHONPATH"] = str(REPO)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "killswitch",
+        "demo",
+        "--config",
+        str(config),
+        "--orders",
+        "20",
+        "--keep-running",
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while not lines or "Ctrl-C to stop" not in lines[-1]:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "".join(lines)  # the demo ended before it was interrupted
+                lines.append(line)
+            text = "".join(lines)
+            # The three loopback services the demo announced: broker, simulator, metrics.
+            urls = re.findall(r"(?:at |at http://)(127\.0\.0\.1:\d+)", text)
+            assert len(urls) == 3, text
+            urls = [f"http://{u}" for u in urls]
+            assert all(listening(u) for u in urls)
+            proc.send_signal(signal.SIGINT)
+            rest = (await proc.stdout.read()).decode()
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 130, text + rest
+    assert "stopping the daemon, the simulator and the broker" in rest
+    assert not any(listening(u) for u in urls)
