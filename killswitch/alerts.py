@@ -46,13 +46,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from killswitch.core.model import (
-    Counts,
     HaltState,
     KillRequest,
     OrderReport,
     Scope,
     SweepResult,
     SweepStatus,
+    no_sweep_result,
 )
 from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome
@@ -481,42 +481,12 @@ def duplicate_result(
 ) -> SweepResult:
     """The final ``duplicate`` result for a repeat of an alert already handled."""
     seen = f" (already {previous_status})" if previous_status else ""
-    return SweepResult(
-        alert_id=request.alert_id,
-        account=request.account,
-        status=SweepStatus.DUPLICATE,
-        final=True,
-        dry_run=request.dry_run,
-        counts=Counts(),
-        residual_open=0,
-        sweeps=0,
-        received_at=request.received_at,
-        first_cancel_at=None,
-        finished_at=now,
-        reason=f"duplicate alert_id{seen}",
-        operator=request.operator,
-        source=request.source,
-    )
+    return no_sweep_result(request, SweepStatus.DUPLICATE, now, f"duplicate alert_id{seen}")
 
 
 def failed_result(request: KillRequest, reason: str, now: datetime) -> SweepResult:
     """A final ``failed`` result when the engine could not work at all."""
-    return SweepResult(
-        alert_id=request.alert_id,
-        account=request.account,
-        status=SweepStatus.FAILED,
-        final=True,
-        dry_run=request.dry_run,
-        counts=Counts(),
-        residual_open=0,
-        sweeps=0,
-        received_at=request.received_at,
-        first_cancel_at=None,
-        finished_at=now,
-        reason=reason,
-        operator=request.operator,
-        source=request.source,
-    )
+    return no_sweep_result(request, SweepStatus.FAILED, now, reason)
 
 
 @dataclass(frozen=True, slots=True)
