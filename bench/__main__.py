@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS: list[str] = ["simulator_throughput", "client_transport", "time_to_flat"]
+BENCHMARKS: list[str] = [
+    "simulator_throughput",
+    "client_transport",
+    "time_to_flat",
+    "alert_latency",
+]
 
 
 def main() -> int:

@@ -40,6 +40,7 @@ from killswitch.core.ports import (
 from killswitch.deadman import DeadmanWatcher
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClients
+from killswitch.exchange.signing import KeyLoadError
 from killswitch.intake.consumer import Intake, IntakeConfig
 from killswitch.intake.kafka import ensure_topics, make_producer
 from killswitch.intake.lag import watch_loop_lag
@@ -216,18 +217,22 @@ async def _start(
     if obs.stop is not None:
         stack.push_async_callback(obs.stop)
 
+    # Keys first: a bad key is a configuration error, found before touching Kafka.
+    try:
+        clients = ExchangeClients(
+            settings.accounts,
+            observer=obs.observer,
+            exchange_info_ttl_s=settings.engine.exchange_info_ttl_s,
+        )
+    except KeyLoadError as exc:
+        raise ConfigError(str(exc)) from None
+    stack.push_async_callback(clients.close)
+
     await ensure_topics(kafka)
     producer = make_producer(kafka)
     await producer.start()
     stack.push_async_callback(producer.stop)
     publisher = Publisher(producer, topics, daemon=instance)
-
-    clients = ExchangeClients(
-        settings.accounts,
-        observer=obs.observer,
-        exchange_info_ttl_s=settings.engine.exchange_info_ttl_s,
-    )
-    stack.push_async_callback(clients.close)
     engine = Engine(
         clients,
         settings.engine,

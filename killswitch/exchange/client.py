@@ -286,6 +286,8 @@ class ExchangeClient:
             # which bypasses the limiter.
             transport = build_transport(transport, max_connections=settings.max_concurrency + 1)
         self._http = httpx.AsyncClient(transport=transport, follow_redirects=False)
+        if limiter is None:  # the gauge starts at the configured ceiling, not empty
+            self._observer.rate_changed(self._account, self._limiter.rate)
 
         self._offset_ms = 0
         self._synced = False  # a measurement has succeeded at least once
@@ -510,6 +512,7 @@ class ExchangeClient:
                 if (
                     call.signed
                     and not auth_retried
+                    and attempts < settings.max_attempts
                     and _is_auth_failure(last_status or 0, body)
                     and await self._clock_moved(offset)
                 ):

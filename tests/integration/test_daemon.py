@@ -197,6 +197,12 @@ async def test_bad_configuration_is_refused_before_anything_starts(
         )
         with pytest.raises(ConfigError, match="unknown"):
             await async_run(settings)
+        bad_key = daemon_settings(
+            kafka_bootstrap, unique_name, ex, account_mm_2={"private_key": "not a key"}
+        )
+        with pytest.raises(ConfigError, match="account mm-2: private key") as info:
+            await async_run(bad_key)
+        assert "not a key" not in str(info.value)
 
 
 # ------------------------------------------------------------------- subprocesses
