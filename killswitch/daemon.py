@@ -140,8 +140,10 @@ class Observability:
 
 
 def build_observability(settings: Settings) -> Observability:
-    """HOOK(metrics): build the Prometheus observer and the health listener here."""
-    return Observability()
+    """The Prometheus observer and the health listener (``killswitch.observability``)."""
+    from killswitch.observability import prometheus_observability  # noqa: PLC0415 - cycle
+
+    return prometheus_observability(settings)
 
 
 # ---------------------------------------------------------------------- the daemon
