@@ -25,8 +25,9 @@ import getpass
 import json
 import os
 import secrets
+import shutil
 import sys
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +53,7 @@ from killswitch.exchange.errors import AuthError, ExchangeError
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.intake.kafka import make_producer, make_reader
 from killswitch.intake.readers import read_halt_states
+from killswitch.observability import first_page
 from killswitch.render import (
     Board,
     Check,
@@ -62,6 +64,7 @@ from killswitch.render import (
     status_lines,
     status_records,
     summary_lines,
+    terminal_frame,
 )
 from killswitch.triggers import TriggerKeyError, TriggerVerifier, sign_trigger
 
@@ -516,13 +519,14 @@ class Display:
 
     def show(self, board: Board, *, changed: bool, final: bool = False) -> None:
         now = self._clock()
-        lines = progress_lines(board)
         if self._tty:
+            lines = terminal_frame(board, shutil.get_terminal_size().columns)
             if final or (changed and now - self._last >= _TTY_MIN_REDRAW_S) or not self._drawn:
                 self._out.write(redraw(lines, self._drawn))
                 self._drawn = len(lines)
                 self._last = now
         else:
+            lines = progress_lines(board)
             periodic = final or now - self._last >= self._interval
             rows = board.ordered()
             current = [(r.account, line, r.final) for r, line in zip(rows, lines, strict=True)]
@@ -834,24 +838,13 @@ async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[C
         symbol = symbols[0].symbol
         try:
             async with asyncio.timeout(timeout_s):
-                shown = await _first_page(client, symbol)
+                shown = await first_page(client, symbol)
         except AuthError as exc:
             return [reach, Check("key accepted", account.id, False, f"refused: {exc}")]
         except (ExchangeError, TimeoutError) as exc:
             return [reach, Check("key accepted", account.id, False, str(exc) or "timeout")]
         detail = f"open orders on {symbol} answered ({shown} on the first page)"
         return [reach, Check("key accepted", account.id, True, detail)]
-
-
-async def _first_page(client: ExchangeClient, symbol: str) -> int:
-    """How many open orders the first page lists (one signed read-only request)."""
-    pages = client.open_orders(symbol, limit=10)
-    try:
-        first = await anext(pages, None)
-    finally:
-        if isinstance(pages, AsyncGenerator):  # stop paging after the first page
-            await pages.aclose()
-    return len(first) if first is not None else 0
 
 
 async def run_checks(settings: Settings, timeout_s: float = _KAFKA_TIMEOUT_S) -> list[Check]:

@@ -39,6 +39,7 @@ __all__ = [
     "status_records",
     "summary_lines",
     "table",
+    "terminal_frame",
 ]
 
 Action = Literal["kill", "release"]
@@ -265,14 +266,27 @@ def _status_text(p: AccountProgress, success: str) -> str:
 
 
 def progress_line(
-    p: AccountProgress, *, name_width: int = 8, bar_width: int = 24, success: str = "flat"
+    p: AccountProgress,
+    *,
+    name_width: int = 8,
+    bar_width: int = 24,
+    success: str = "flat",
+    compact: bool = False,
 ) -> str:
-    """One account: name, bar, percentage, outcome counts, what is still open, status."""
+    """One account: name, bar, percentage, outcome counts, what is still open, status.
+
+    ``compact`` (narrow terminals) leaves out the outcome counts that are zero.
+    """
     frac = fraction_done(p)
     pct = "  ? " if frac is None else f"{round(frac * 100):3d}%"
-    counts = f"sent {p.sent}  closed {p.already_closed}  rejected {p.rejected}  failed {p.failed}"
-    if p.skipped:
-        counts += f"  skipped {p.skipped}"
+    shown = [
+        ("sent", p.sent, True),
+        ("closed", p.already_closed, not compact),
+        ("rejected", p.rejected, not compact),
+        ("failed", p.failed, not compact),
+        ("skipped", p.skipped, False),
+    ]
+    counts = "  ".join(f"{word} {value}" for word, value, always in shown if value or always)
     open_text = f"open {p.residual_open}"
     return (
         f"{p.account:<{name_width}}  {bar(frac, bar_width)} {pct}  {counts}  {open_text}  "
@@ -280,12 +294,35 @@ def progress_line(
     )
 
 
-def progress_lines(board: Board, *, bar_width: int = 24) -> list[str]:
+def progress_lines(board: Board, *, bar_width: int = 24, compact: bool = False) -> list[str]:
     """One line per account (the frame redrawn in a terminal)."""
     rows = board.ordered()
     width = max((len(r.account) for r in rows), default=0)
     success = board.success_status()
-    return [progress_line(r, name_width=width, bar_width=bar_width, success=success) for r in rows]
+    return [
+        progress_line(r, name_width=width, bar_width=bar_width, success=success, compact=compact)
+        for r in rows
+    ]
+
+
+def terminal_frame(board: Board, columns: int, *, bar_width: int = 24) -> list[str]:
+    """The progress lines for a terminal ``columns`` wide, none of them wrapping.
+
+    A wrapped line would break the in-place redraw (the cursor moves up by lines, not
+    by screen rows), so the bar narrows first (down to 6), then zero counts are left
+    out, and only then are lines cut.
+    """
+    limit = max(columns - 1, 1)
+    lines: list[str] = []
+    for compact in (False, True):
+        lines = progress_lines(board, bar_width=bar_width, compact=compact)
+        excess = max((len(line) for line in lines), default=0) - limit
+        if excess <= 0:
+            break
+        lines = progress_lines(board, bar_width=max(6, bar_width - excess), compact=compact)
+        if max(len(line) for line in lines) <= limit:
+            break
+    return [line[:limit] for line in lines]
 
 
 def summary_lines(board: Board, elapsed_s: float) -> list[str]:
@@ -513,7 +550,7 @@ def metrics_lines(samples: Sequence[Sample], accounts: Sequence[str]) -> list[st
         ],
         [
             "killswitch_rate_limit_per_second",
-            "  ".join(f"{a} {_number(rates[a])}" for a in accounts if a in rates),
+            "  ".join(f"{a} {rates[a]:,.0f}" for a in accounts if a in rates),
         ],
         [
             "killswitch_account_halted",

@@ -220,7 +220,7 @@ async def test_429_then_success_slows_the_limiter(env: Env) -> None:
         result = await client.cancel_order(order_id, SYMBOL)
         assert client.limiter.rate < client.limiter.ceiling
     assert (result.outcome, result.attempts) == (Outcome.SENT, 2)
-    assert env.recorder.rates[:2] == [1000.0, 500.0]  # the ceiling at start, then the cut
+    assert env.recorder.rates[:2] == [1000.0, 700.0]  # the ceiling at start, then the cut
 
 
 async def test_timeout_then_success(env: Env) -> None:

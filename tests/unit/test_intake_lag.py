@@ -16,6 +16,15 @@ class Lags:
     def alert_read(self, source: str, result: str) -> None:
         pass
 
+    def dlq(self, reason: str) -> None:
+        pass
+
+    def deadman_fired(self, source: str) -> None:
+        pass
+
+    def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
+        pass
+
     def loop_lag(self, seconds: float) -> None:
         self.values.append(seconds)
 

@@ -28,6 +28,7 @@ from killswitch.render import (
     status_records,
     summary_lines,
     table,
+    terminal_frame,
 )
 
 NOW = datetime(2026, 11, 24, 1, 2, 3, tzinfo=UTC)
@@ -466,3 +467,29 @@ def test_metrics_lines_before_anything_happened() -> None:
     lines = metrics_lines([], ["mm-1"])
     assert lines[2].endswith("0 calls")
     assert lines[7].endswith("none")
+
+
+@pytest.mark.parametrize("columns", [200, 100, 80, 60, 20, 1])
+def test_terminal_frame_never_wraps(columns: int) -> None:
+    board = Board("op-1", ["mm-1", "mm-2"])
+    board.apply_result(result("mm-1", "flat", final=True, sent=990, closed=19))
+    board.apply_result(result("mm-2", sent=400, residual=600))
+    lines = terminal_frame(board, columns)
+    assert len(lines) == 2
+    assert all(len(line) <= max(columns - 1, 1) for line in lines)
+    if columns >= 200:
+        assert lines == progress_lines(board)  # room enough: the full lines
+    if columns in (80, 100):
+        assert lines[0].startswith("mm-1  [")
+        assert "100%" in lines[0]
+        assert "[" + "#" * 24 + "]" not in lines[0]  # the bar narrowed first
+        assert lines[0].endswith("ok: flat in 2.50s")  # the status survives
+    if columns == 80:
+        assert "rejected" not in lines[0]  # zero counts left out
+
+
+def test_compact_progress_line_leaves_out_zero_counts() -> None:
+    p = AccountProgress("a", "running", sent=5, failed=2, residual_open=3)
+    assert progress_line(p, name_width=1, bar_width=4, compact=True) == (
+        "a  [###-]  70%  sent 5  failed 2  open 3  running"
+    )
