@@ -4,8 +4,8 @@
 simulator in this process (which outlives every kill). Each round, trading systems
 place new orders and risk engines publish alerts covering them; a new daemon starts
 and is killed at a point drawn from a seeded RNG: as soon as its health listener
-answers (start-up, maybe before it joined the group), after its k-th exchange request
-(mid listing or mid cancelling), or right after it published a final result (before
+answers (start-up, maybe before it joined the group), after its k-th listing or cancel
+request (mid sweep), or right after it published a final result (before
 or after the offset commit). After the last kill one more daemon runs to the end.
 
 Then: every (alert, account) has a final result (``flat``, repeats ``duplicate``),
@@ -40,10 +40,6 @@ KILLS = 10
 KINDS = ["startup", "requests", "requests", "requests", "requests", "result", "result"]
 
 
-def exchange_requests(ex: Exchange, since: int) -> int:
-    return sum(1 for e in ex.log(since=since) if e.client in ACCOUNTS)
-
-
 async def reach_kill_point(
     point: tuple[str, int], daemon: DaemonProcess, ex: Exchange, results: TopicCollector, port: int
 ) -> None:
@@ -58,7 +54,7 @@ async def reach_kill_point(
             if await http_get(f"http://127.0.0.1:{port}/healthz", timeout=0.2) is not None:
                 return
         elif kind == "requests":
-            if exchange_requests(ex, since) >= k:
+            if len(ex.sweep_requests(since)) >= k:
                 return
         elif len(results.finals()) > finals:
             return

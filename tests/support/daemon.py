@@ -30,6 +30,9 @@ from killswitch.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TOPIC_ROLES = ("alerts", "manual", "heartbeats", "results", "state", "dlq")
+# The engine's listing page size in test configs: a value the daemon's readiness probes
+# (which list a page or two) do not use, so a test can tell a sweep's listings apart.
+SWEEP_PAGE_SIZE = 50
 
 _RUNNING: set[subprocess.Popen[bytes]] = set()
 
@@ -143,6 +146,7 @@ def daemon_config(
             "progress_interval_s": 0.5,
             "latch_sweep_interval_s": 0.2,
             "shutdown_grace_s": 5.0,
+            "page_size": SWEEP_PAGE_SIZE,
             **(engine or {}),
         },
         "logging": {"level": "INFO", "format": "json"},

@@ -13,7 +13,9 @@ from typing import Any
 
 from killswitch.exchange.simulator import LogEntry, Simulator, SimulatorServer
 from killswitch.exchange.simulator.testing import register_test_client
-from tests.support.daemon import account_config
+from tests.support.daemon import SWEEP_PAGE_SIZE, account_config
+
+CANCEL_ENDPOINTS = frozenset({"cancel", "cancel_batch", "cancel_all"})
 
 
 @dataclass
@@ -41,6 +43,16 @@ class Exchange:
 
     def log(self, endpoint: str | None = None, since: int = 0) -> list[LogEntry]:
         return [e for e in self.sim.log_since(since) if endpoint is None or e.endpoint == endpoint]
+
+    def sweep_requests(self, since: int = 0) -> list[LogEntry]:
+        """Requests only a sweep makes (cancels, listings with the engine's page size)
+        after log entry ``since``; the daemon's readiness probes make other reads."""
+        return [
+            e
+            for e in self.sim.log_since(since)
+            if e.endpoint in CANCEL_ENDPOINTS
+            or (e.endpoint == "open_orders" and f"limit={SWEEP_PAGE_SIZE}" in e.query)
+        ]
 
     def last_seq(self) -> int:
         entries = self.sim.log_since(0)
