@@ -88,6 +88,7 @@ async def test_sigkill_at_random_points_loses_nothing(
         topics = config["kafka"]["topics"]
         await create_topics(kafka_bootstrap, topics)
         expected: set[tuple[str, str]] = set()
+        seeded = 0
         kill_log: Counter[str] = Counter()
         async with (
             TopicCollector(kafka_bootstrap, topics["results"]) as results,
@@ -99,7 +100,7 @@ async def test_sigkill_at_random_points_loses_nothing(
                 symbols = rng.sample(IN_SCOPE, rng.randint(1, len(IN_SCOPE)))
                 accounts = rng.sample(ACCOUNTS, rng.randint(1, len(ACCOUNTS)))
                 for account in accounts:
-                    ex.seed(account, symbols, rng.randint(15, 30))
+                    seeded += len(ex.seed(account, symbols, rng.randint(15, 30)))
                 groups = [accounts] if rng.random() < 0.5 else [[a] for a in accounts]
                 for n, group in enumerate(groups):
                     alert_id = f"crash-{round_no}-{n}"
@@ -153,4 +154,7 @@ async def test_sigkill_at_random_points_loses_nothing(
     )
     figures.add("crash: alerts x accounts with a final result", len(statuses))
     figures.add("crash: alerts lost", len(expected - set(statuses)))
-    figures.add("crash: orders left open in scope", 0)
+    figures.add("crash: orders placed in scope (all cancelled)", seeded)
+    figures.add(
+        "crash: orders left open in scope", sum(len(ex.open_ids(a, IN_SCOPE)) for a in ACCOUNTS)
+    )
