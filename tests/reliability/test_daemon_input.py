@@ -145,13 +145,17 @@ async def test_bad_input_through_kafka_goes_to_the_dlq_and_the_daemon_keeps_goin
     by_topic = {(r["topic"], r["offset"]) for r in letters}
     assert len(by_topic) == len(inputs)  # one dead letter per input record
     assert metrics is not None
-    counted = 0.0
+    refused = dead_lettered = 0.0
     for line in metrics.text.splitlines():
+        value = line.rsplit(" ", 1)[-1]
         if line.startswith("killswitch_alerts_total{") and (
             'result="invalid"' in line or 'result="unauthorized"' in line
         ):
-            counted += float(line.rsplit(" ", 1)[1])
-    assert counted == len(inputs)
+            refused += float(value)
+        elif line.startswith("killswitch_dlq_total{"):
+            dead_lettered += float(value)
+    assert refused == len(inputs)
+    assert dead_lettered == len(inputs)
     assert [r["status"] for r in results.finals("after-the-garbage")] == ["flat"]
     assert len(daemons.started) == 1
     figures.add("fuzz: inputs through Kafka into the daemon", len(inputs))
