@@ -70,6 +70,12 @@ ALERT_ID_RE = r"^[A-Za-z0-9][\x21-\x7e]{0,127}$"
 SYMBOL_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$"
 _MAX_INT64 = 2**63 - 1
 _MAX_ERRORS_SHOWN = 5
+# Alerts nest three levels deep. A fixed bound (rather than the interpreter's
+# recursion limit, which depends on how deep the caller's stack already is) keeps
+# anything done later with the decoded value (signature checks re-encode it) safe.
+MAX_JSON_DEPTH = 64
+# Field paths in refusal reasons: an unknown key is input, so it is shown cut short.
+_MAX_LOC_PART_CHARS = 64
 # Dead letters keep at most this much of the original message (the producer's
 # request size limit is 1 MB; a DLQ record must always fit).
 DLQ_MAX_VALUE_BYTES = 256 * 1024
@@ -272,7 +278,26 @@ def load_json_object(raw: bytes | None, max_bytes: int) -> dict[str, Any] | str:
         return f"not JSON: {str(exc)[:200]}"
     if not isinstance(data, dict):
         return f"expected a JSON object, got {type(data).__name__}"
+    if _deeper_than(data, MAX_JSON_DEPTH):
+        return f"not JSON: nested more than {MAX_JSON_DEPTH} levels deep"
     return data
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -280,7 +305,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     parts = []
     for err in errors[:_MAX_ERRORS_SHOWN]:
-        loc = ".".join(str(p) for p in err["loc"]) or "message"
+        loc = ".".join(_loc_part(p) for p in err["loc"]) or "message"
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "missing":
             msg = "required field is missing"
@@ -288,6 +313,13 @@ def describe_validation_error(exc: ValidationError) -> str:
     if len(errors) > _MAX_ERRORS_SHOWN:
         parts.append(f"and {len(errors) - _MAX_ERRORS_SHOWN} more")
     return "; ".join(parts)
+
+
+def _loc_part(part: str | int) -> str:
+    text = str(part)
+    if len(text) <= _MAX_LOC_PART_CHARS:
+        return text
+    return f"{text[:_MAX_LOC_PART_CHARS]}... ({len(text)} chars)"
 
 
 def _readable_alert_id(data: Mapping[str, Any]) -> str | None:

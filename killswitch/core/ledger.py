@@ -20,6 +20,8 @@ Rules (the invariants of ``shared/design.md``, as plain code):
 - Residual: the orders the latest listing of each pair returned in scope (plus those of
   a listing cut short), minus those a cancel since then found ``already_closed``.
   ``sent`` is not proof: such orders stay residual until a listing no longer returns them.
+  A pair never listed to the end is not counted (nothing is known about it); the sweep
+  names such pairs (:meth:`Ledger.listed_pairs`).
 """
 
 from __future__ import annotations
@@ -108,6 +110,10 @@ class Ledger:
     def listing_finished(self, symbol: str) -> None:
         """A pair's listing completed: it becomes that pair's residual picture."""
         self._listed[symbol] = self._listing.pop(symbol, set())
+
+    def listed_pairs(self) -> frozenset[str]:
+        """Pairs with at least one complete listing in this sweep."""
+        return frozenset(self._listed)
 
     def observe(self, order_id: int, symbol: str, side: Side) -> bool:
         """A listing returned this open, in-scope order. True when it must be queued."""

@@ -12,6 +12,12 @@ scope (and may push its deadline out); new pairs are listed in the running pass
 already, and the sweep cannot end flat before a pass that started after the join.
 Each ticket gets its own final result, filtered to its own scope.
 
+A flaky exchange does not end a sweep: a listing that exhausts the client's retries
+leaves its pass incomplete and the next pass (after a pause) lists again; only
+``MAX_UNANSWERED_LISTINGS`` such passes in a row without any usable answer stop the
+sweep as ``failed`` (unreachable). A ``residual`` result names the pairs never listed
+to the end, whose open orders ``residual_open`` cannot count.
+
 Memory: a listing holds one page of orders at a time; beyond that the sweep keeps one
 small record per resolved order (:class:`killswitch.core.ledger.Ledger`) and two
 small tuples per queued order (:class:`killswitch.core.planning.CancelQueue`).
@@ -59,6 +65,15 @@ from killswitch.exchange.errors import (
 log = logging.getLogger(__name__)
 
 WallClock = Callable[[], datetime]
+
+# A listing (or the exchange info) that exhausted the client's retries does not end
+# the sweep while the exchange still answers other requests: that pass is incomplete
+# and the next one lists again. Only this many passes in a row with such a failure,
+# and no usable answer since, mean the exchange is unreachable: the sweep stops (failed).
+MAX_UNANSWERED_LISTINGS = 3
+# Pause before listing again after such a failure: doubles per failure in a row.
+UNANSWERED_PAUSE_BASE_S = 0.25
+UNANSWERED_PAUSE_CAP_S = 2.0
 
 
 def utc_now() -> datetime:
@@ -151,6 +166,9 @@ class Sweep:
         self._pass: _Pass | None = None
         self._timeout: asyncio.Timeout | None = None
         self._awaiting_first_cancel = 0
+        self._unanswered_listings = 0  # passes in a row (see MAX_UNANSWERED_LISTINGS)
+        self._unanswered_pass = 0  # the last pass counted in _unanswered_listings
+        self._pairs: set[str] = set()  # every pair in scope a pass set out to list or cancel
 
     # ----------------------------------------------------------------- tickets
 
@@ -263,7 +281,15 @@ class Sweep:
             )
             if step is Next.CONTINUE:
                 lagging = lagging + 1 if self.ledger.recancels() else 0
-                pause = pause_before_next_pass(lagging)
+                pause = max(
+                    pause_before_next_pass(lagging),
+                    # a listing gave up: let a 429 storm or an error burst pass first
+                    pause_before_next_pass(
+                        self._unanswered_listings,
+                        base_s=UNANSWERED_PAUSE_BASE_S,
+                        cap_s=UNANSWERED_PAUSE_CAP_S,
+                    ),
+                )
                 if pause:
                     await asyncio.sleep(pause)  # let the exchange apply the cancels it took
                 continue
@@ -280,8 +306,9 @@ class Sweep:
         symbols = await self._symbols()
         async with asyncio.TaskGroup() as tg:
             p = _Pass(self.passes, gen, tg, strategy)
+            p.complete = symbols is not None  # pairs unknown: this pass cannot verify
             self._pass = p
-            for symbol in symbols:
+            for symbol in symbols or ():
                 self._add_producer(p, symbol)
             if self.dry_run:
                 p.open = p.producers > 0  # no workers: the last producer closes the pass
@@ -294,8 +321,12 @@ class Sweep:
 
     # --------------------------------------------------------------- producers
 
-    async def _symbols(self) -> list[str]:
-        """Pairs in scope: the scope's own, else every pair the exchange trades."""
+    async def _symbols(self) -> list[str] | None:
+        """Pairs in scope: the scope's own, else every pair the exchange trades.
+
+        None when the exchange info could not be read this time (see
+        :data:`MAX_UNANSWERED_LISTINGS`).
+        """
         assert self.scope is not None
         if self.scope.symbols is not None:
             return symbols_to_list(self.scope, None)
@@ -304,13 +335,32 @@ class Sweep:
         except AuthError as exc:
             raise SweepStopped(f"authentication refused reading exchange info: {exc}") from None
         except ExchangeUnavailable as exc:
-            raise SweepStopped(f"exchange unavailable reading exchange info: {exc}") from None
+            self._listing_unanswered(f"exchange unavailable reading exchange info: {exc}")
+            return None
+        self._exchange_answered()
         return symbols_to_list(self.scope, (s.symbol for s in info))
+
+    def _exchange_answered(self) -> None:
+        """A usable answer (a page, a cancel outcome): the exchange is reachable."""
+        self._unanswered_listings = 0
+
+    def _listing_unanswered(self, what: str) -> None:
+        """A listing gave up; stop the sweep only when the exchange looks unreachable."""
+        if self._unanswered_pass != self.passes:  # concurrent listings of a pass count once
+            self._unanswered_pass = self.passes
+            self._unanswered_listings += 1
+        if self._unanswered_listings >= MAX_UNANSWERED_LISTINGS:
+            raise SweepStopped(what)
+        log.warning(
+            "listing failed, the next pass lists again",
+            extra={"account": self.account, "error": what},
+        )
 
     def _add_producer(self, p: _Pass, symbol: str) -> None:
         if symbol in p.symbols:
             return
         p.symbols.add(symbol)
+        self._pairs.add(symbol)
         p.producers += 1
         if p.strategy == "symbol":
             p.tg.create_task(self._cancel_all(p, symbol), name=f"{self.name}-all-{symbol}")
@@ -327,7 +377,10 @@ class Sweep:
 
     async def _extend(self, p: _Pass) -> None:
         try:
-            for symbol in await self._symbols():
+            symbols = await self._symbols()
+            if symbols is None:
+                p.complete = False
+            for symbol in symbols or ():
                 self._add_producer(p, symbol)
         finally:
             self._producer_done(p)
@@ -348,10 +401,12 @@ class Sweep:
                 async for page in pages:
                     self._take_page(p, page)
             ledger.listing_finished(symbol)
+            self._exchange_answered()
         except AuthError as exc:
             raise SweepStopped(f"authentication refused listing {symbol}: {exc}") from None
         except ExchangeUnavailable as exc:
-            raise SweepStopped(f"exchange unavailable listing {symbol}: {exc}") from None
+            p.complete = False
+            self._listing_unanswered(f"exchange unavailable listing {symbol}: {exc}")
         except (InvalidRequest, NotFound) as exc:
             await self._unlistable(p, symbol, exc)
         finally:
@@ -361,6 +416,7 @@ class Sweep:
         scope = self.scope  # read per page: a widened scope applies to the rest of the listing
         assert scope is not None
         ledger = self.ledger
+        self._exchange_answered()
         for order in page:
             if not in_scope(scope, order):
                 continue
@@ -396,6 +452,7 @@ class Sweep:
                 self._bulk_refused(symbol, result.outcome, result.reason)
                 p.complete = False
                 return
+            self._exchange_answered()
             for order_id in result.success:
                 if self.ledger.adopt(order_id, symbol):
                     self.ledger.conclude(order_id, Outcome.SENT, result.attempts)
@@ -467,6 +524,8 @@ class Sweep:
             ledger.conclude(order_id, Outcome.FAILED, 1)
             return
         ledger.conclude(order_id, result.outcome, result.attempts, result.reason)
+        if result.outcome is not Outcome.FAILED:
+            self._exchange_answered()
         if result.outcome is Outcome.REJECTED and result.reason is RejectReason.AUTH:
             raise SweepStopped(
                 f"authentication refused (invalid_client) cancelling order {order_id} on {symbol}"
@@ -498,6 +557,7 @@ class Sweep:
                 return
             retry = list(ids)  # batch refused as a whole (size, format): one by one
         else:
+            self._exchange_answered()
             asked = set(ids)
             for order_id in dict.fromkeys(result.success):
                 if order_id in asked:  # an id we did not send is none of our business
@@ -614,6 +674,14 @@ class Sweep:
             parts.append(self.failure)
         elif status is SweepStatus.RESIDUAL and self.end_note:
             parts.append(self.end_note)
+        if status is SweepStatus.RESIDUAL:
+            unlisted = sorted(self._pairs - self.ledger.listed_pairs())
+            if unlisted:
+                # residual_open counts what listings returned: say where nobody looked.
+                shown = ", ".join(unlisted[:10]) + (" ..." if len(unlisted) > 10 else "")
+                parts.append(
+                    f"never listed to the end: {shown} (open orders there are not in residual_open)"
+                )
         parts.extend(self.notes)
         return "; ".join(parts) or None
 

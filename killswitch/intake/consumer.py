@@ -361,6 +361,18 @@ class Intake:
                 alert.alert_id,
             )
             return _Plan(label=label, rejection=refusal)
+        if alert.operator is not None:
+            # Who pulled the trigger, on the record (results carry it too).
+            log.info(
+                "trigger accepted",
+                extra={
+                    "alert_id": alert.alert_id,
+                    "operator": alert.operator.name,
+                    "action": alert.action,
+                    "accounts": [r.account for r in requests],
+                    "signed": signing,
+                },
+            )
         steps: list[_Step] = []
         for request, verdict in zip(requests, decision.accounts, strict=True):
             if verdict.seen is Seen.NEW:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from killswitch.alerts import (
     DLQ_MAX_VALUE_BYTES,
+    MAX_JSON_DEPTH,
     Alert,
     Origin,
     Rejection,
@@ -459,3 +460,33 @@ def test_state_records_name_their_daemon_and_followers_skip_their_own() -> None:
     assert "mm-1" not in changes  # our own, later change supersedes: nothing to apply
     _fold_state(changes, b"mm-2", None, "daemon-a", keep_cleared=True)
     assert changes["mm-2"].halted is False  # a tombstone clears the halt
+
+
+# ------------------------------------------------------------ bounded refusals
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 990, 5_000])
+def test_nesting_beyond_the_fixed_depth_is_refused(depth: int) -> None:
+    # The bound is fixed, not the interpreter's recursion limit: a message the decoder
+    # could still read near that limit would break anything recursive done with it next
+    # (the signature check re-encodes a manual trigger).
+    raw = json.dumps(alert(junk="__DEEP__")).encode()
+    raw = raw.replace(b'"__DEEP__"', b"[" * depth + b"]" * depth)
+    result = parse(raw)
+    assert isinstance(result, Rejection)
+    assert "nested" in result.reason
+
+
+def test_nesting_within_the_depth_is_read() -> None:
+    depth = MAX_JSON_DEPTH - 2  # the top-level object and "junk" are two levels
+    raw = json.dumps(alert(junk="__DEEP__")).encode()
+    raw = raw.replace(b'"__DEEP__"', b"[" * depth + b"]" * depth)
+    assert isinstance(parse(raw), Alert)
+
+
+def test_a_long_unknown_key_is_cut_short_in_the_reason() -> None:
+    key = "k" * 5_000
+    result = parse(alert(scope={"accounts": ["mm-1"], key: 1}))
+    assert isinstance(result, Rejection)
+    assert len(result.reason) < 200
+    assert "(5000 chars)" in result.reason

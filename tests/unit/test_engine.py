@@ -386,6 +386,78 @@ async def test_listing_errors_fail_the_sweep(error: Exception, words: str) -> No
     assert words in result.reason
 
 
+def flaky_listing(ex: FakeExchange, failures: dict[str, int]) -> None:
+    """The first ``failures[symbol]`` listings of a pair give up (retries exhausted)."""
+    real = ex.open_orders
+
+    async def listing(symbol: str, *, limit: int = 100) -> AsyncIterator[list[Order]]:
+        if failures.get(symbol, 0) > 0:
+            failures[symbol] -= 1
+            ex.log.append(("list", symbol, ()))
+            raise ExchangeUnavailable("gave up", attempts=6, last_status=503, last_error=None)
+        async for page in real(symbol, limit=limit):
+            yield page
+
+    ex.open_orders = listing  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize(
+    "failures",
+    [
+        {"ETH_USDT": 1},  # one pair, once
+        {"ETH_USDT": 2},  # one pair, two passes in a row (the other pair answers)
+        {"BTC_USDT": 1, "ETH_USDT": 1},  # every listing of one pass: counted once
+    ],
+)
+async def test_a_listing_that_gives_up_is_listed_again_by_the_next_pass(
+    failures: dict[str, int],
+) -> None:
+    # A flaky exchange (other requests answered) must not end a kill as failed.
+    ex = FakeExchange()
+    for _ in range(3):
+        ex.place("BTC_USDT")
+        ex.place("ETH_USDT")
+    flaky_listing(ex, dict(failures))
+    engine = Engine({ACCOUNT: ex}, settings())
+    result = await run(engine, request(symbols={"BTC_USDT", "ETH_USDT"}))
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert ex.open_count() == 0
+    assert_accounted(result)
+
+
+async def test_exchange_info_that_gives_up_once_is_read_again() -> None:
+    ex = FakeExchange()
+    ex.place("BTC_USDT")
+    real = ex.exchange_info
+    calls = 0
+
+    async def info() -> list[SymbolInfo]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ExchangeUnavailable("gave up", attempts=6, last_status=503, last_error=None)
+        return await real()
+
+    ex.exchange_info = info  # type: ignore[method-assign]
+    result = await run(Engine({ACCOUNT: ex}, settings()), request())
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert ex.open_count() == 0
+
+
+async def test_a_pair_never_listed_is_named_in_a_residual_result() -> None:
+    # residual_open counts what listings returned: a pair nobody could list is named.
+    ex = FakeExchange()
+    ex.place("BTC_USDT")
+    ex.place("ETH_USDT")
+    flaky_listing(ex, {"ETH_USDT": 100})
+    engine = Engine({ACCOUNT: ex}, settings(max_passes=2))
+    result = await run(engine, request(symbols={"BTC_USDT", "ETH_USDT"}))
+    assert result.status is SweepStatus.RESIDUAL
+    assert result.reason is not None
+    assert "never listed to the end: ETH_USDT" in result.reason
+    assert ex.open_count() == 1  # the ETH order: the result does not claim it
+
+
 async def test_unknown_symbol_is_noted_not_failed() -> None:
     ex = FakeExchange(["BTC_USDT"])
     ex.place("BTC_USDT")

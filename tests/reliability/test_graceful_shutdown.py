@@ -1,0 +1,109 @@
+"""Graceful shutdown: SIGTERM while sweeps run, then a restart.
+
+Three alerts in one partition, in this order: C (a small kill, finished before the
+signal), A (a kill that needs well under the grace period to finish) and B (a kill that
+needs far longer). SIGTERM arrives while A and B run. The daemon must let A finish and
+publish its result, hand B off (no final result, offset not committed), and exit 0
+well before B could have finished. A restarted daemon must finish B and must not touch
+A or C again: no new result for them, not one exchange request for their accounts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from killswitch.exchange.simulator import EndpointFaults
+from tests.conftest import wait_for
+from tests.reliability import figures
+from tests.support.daemon import Daemons, daemon_config, write_config
+from tests.support.exchange import exchange
+from tests.support.topics import Producer, TopicCollector, alert, create_topics
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+GRACE_S = 3.0
+RATE = 40.0  # requests per second per account for the first daemon
+
+
+async def committed(bootstrap: str, group: str, topic: str) -> int | None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        offset: int | None = await consumer.committed(TopicPartition(topic, 0))
+        return offset
+    finally:
+        await consumer.stop()
+
+
+async def test_sigterm_finishes_or_hands_off_and_nothing_is_replayed(
+    kafka_bootstrap: str, daemons: Daemons, tmp_path: Path
+) -> None:
+    async with exchange(["mm-1", "mm-2", "mm-3"], ["BTC_USDT"], seed=4) as ex:
+        ex.sim.set_faults(EndpointFaults(latency_ms=2))
+        ex.seed("mm-3", ["BTC_USDT"], 5)  # C
+        ex.seed("mm-1", ["BTC_USDT"], 30)  # A: under a second at RATE
+        ex.seed("mm-2", ["BTC_USDT"], 600)  # B: 15 s at RATE, far beyond the grace period
+        tag = f"term{ex.server.port}"
+        slow = daemon_config(
+            kafka_bootstrap,
+            tag,
+            ex.account_configs(rate_limit_per_second=RATE, burst=2, max_concurrency=2),
+            engine={"shutdown_grace_s": GRACE_S, "default_deadline_s": 60.0},
+            # The next member's join waits out the previous one's session: keep it short.
+            kafka={"session_timeout_ms": 1_000, "heartbeat_interval_ms": 200},
+        )
+        topics = slow["kafka"]["topics"]
+        group = slow["kafka"]["group_id"]
+        await create_topics(kafka_bootstrap, topics)
+        async with (
+            TopicCollector(kafka_bootstrap, topics["results"]) as results,
+            Producer(kafka_bootstrap) as producer,
+        ):
+            first = daemons.start(write_config(tmp_path / "slow.toml", slow), "first")
+            await producer.send(topics["alerts"], alert("term-C", ["mm-3"]))
+            await wait_for(lambda: bool(results.finals("term-C")), timeout=30)
+            await producer.send(topics["alerts"], alert("term-A", ["mm-1"]))
+            await producer.send(topics["alerts"], alert("term-B", ["mm-2"]))
+            await wait_for(
+                lambda: len(ex.log("cancel")) >= 5 + 5 + 5 and len(ex.open_ids("mm-1")) < 30,
+                timeout=30,
+            )
+            assert ex.open_ids("mm-1"), "A was meant to be running at the signal"
+            first.terminate()
+            # Bounded well below the ~15 s B would need: B was handed off, not finished.
+            assert await first.wait(timeout=GRACE_S + 6) == 0
+            after_first = {r["alert_id"]: r["status"] for r in results.finals()}
+            b_left_open = len(ex.open_ids("mm-2"))
+            offset_after_first = await committed(kafka_bootstrap, group, topics["alerts"])
+
+            # The restart (faster, so B finishes quickly): same group, same topics.
+            fast = {**slow, "accounts": ex.account_configs(rate_limit_per_second=2000.0)}
+            ex.sim.clear_faults()
+            mark = ex.last_seq()
+            second = daemons.start(write_config(tmp_path / "fast.toml", fast), "second")
+            await wait_for(lambda: bool(results.finals("term-B")), timeout=60)
+            second.terminate()
+            assert await second.wait(timeout=30) == 0
+            offset_after_second = await committed(kafka_bootstrap, group, topics["alerts"])
+            finals = results.finals()
+
+    # The first daemon: C and A finished with results, B handed off unfinished.
+    assert after_first == {"term-C": "flat", "term-A": "flat"}
+    assert b_left_open > 0
+    assert offset_after_first == 2  # C and A committed; B is replayed from here
+    # The restart finished B, and did nothing for A or C.
+    assert [(r["alert_id"], r["status"]) for r in finals] == [
+        ("term-C", "flat"),
+        ("term-A", "flat"),
+        ("term-B", "flat"),
+    ]
+    assert ex.open_ids("mm-2") == set()
+    assert offset_after_second == 3
+    # (The readiness probes still read the time, pairs and a page for every account.)
+    touched = {e.client for e in ex.sweep_requests(since=mark)}
+    assert touched == {"mm-2"}
+    figures.add("shutdown: SIGTERMs during sweeps, exit 0", 1)
+    figures.add("shutdown: alerts replayed as new work", 0)

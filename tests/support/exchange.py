@@ -1,0 +1,90 @@
+"""The exchange simulator in the test process, with one key pair per account.
+
+Runs in the test's event loop, so it outlives any daemon the test kills and its books
+are the truth a test checks ("flat" is what the simulator says, not the daemon).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from killswitch.exchange.simulator import LogEntry, Simulator, SimulatorServer
+from killswitch.exchange.simulator.testing import register_test_client
+from tests.support.daemon import SWEEP_PAGE_SIZE, account_config
+
+CANCEL_ENDPOINTS = frozenset({"cancel", "cancel_batch", "cancel_all"})
+
+
+@dataclass
+class Exchange:
+    """A simulator served on loopback, one registered client per account (label = id)."""
+
+    sim: Simulator
+    server: SimulatorServer
+    keys: dict[str, tuple[str, bytes]] = field(repr=False)  # account -> (api key, PEM)
+
+    def api_key(self, account: str) -> str:
+        return self.keys[account][0]
+
+    def seed(self, account: str, symbols: Iterable[str], per_symbol: int) -> set[int]:
+        ids: set[int] = set()
+        for symbol in symbols:
+            ids |= set(self.sim.seed_orders(self.api_key(account), symbol, per_symbol))
+        return ids
+
+    def open_ids(self, account: str, symbols: Iterable[str] | None = None) -> set[int]:
+        key = self.api_key(account)
+        if symbols is None:
+            return self.sim.open_order_ids(key)
+        return {i for s in symbols for i in self.sim.open_order_ids(key, s)}
+
+    def log(self, endpoint: str | None = None, since: int = 0) -> list[LogEntry]:
+        return [e for e in self.sim.log_since(since) if endpoint is None or e.endpoint == endpoint]
+
+    def sweep_requests(self, since: int = 0) -> list[LogEntry]:
+        """Requests only a sweep makes (cancels, listings with the engine's page size)
+        after log entry ``since``; the daemon's readiness probes make other reads."""
+        return [
+            e
+            for e in self.sim.log_since(since)
+            if e.endpoint in CANCEL_ENDPOINTS
+            or (e.endpoint == "open_orders" and f"limit={SWEEP_PAGE_SIZE}" in e.query)
+        ]
+
+    def last_seq(self) -> int:
+        entries = self.sim.log_since(0)
+        return entries[-1].seq if entries else 0
+
+    def account_configs(self, **options: Any) -> list[dict[str, Any]]:
+        """``[[accounts]]`` entries for a daemon pointed at this simulator."""
+        return [
+            account_config(account, api_key, pem, self.server.base_url, **options)
+            for account, (api_key, pem) in self.keys.items()
+        ]
+
+    def secrets(self) -> list[str]:
+        """Every API key and every private key (whole, and each base64 line of the PEM)."""
+        out: list[str] = []
+        for api_key, pem in self.keys.values():
+            out.append(api_key)
+            out.append(pem.decode())
+            out.extend(
+                line
+                for line in pem.decode().splitlines()
+                if line and not line.startswith("-----") and len(line) >= 16
+            )
+        return out
+
+
+@contextlib.asynccontextmanager
+async def exchange(
+    accounts: Sequence[str], symbols: Sequence[str], seed: int = 1, **limits: Any
+) -> AsyncIterator[Exchange]:
+    """A simulator trading ``symbols`` with a client per account (``limits``: per client)."""
+    sim = Simulator(seed=seed, symbols=list(symbols))
+    keys = {a: register_test_client(sim, name=a, **limits) for a in accounts}
+    async with SimulatorServer(sim) as server:
+        yield Exchange(sim, server, keys)
