@@ -1,0 +1,321 @@
+"""CPU seconds per cancel: the kill switch against a bare aiohttp loop, unthrottled.
+
+The exchange simulator runs in its own process (``killswitch simulate-exchange``,
+pinned to the first CPU, no rate limit). Each variant runs in a fresh process of its
+own (pinned to the second CPU) and measures its own CPU time with
+``time.process_time()`` (user + system, all threads) around the measured part only:
+
+- ``bare-aiohttp``  (the baseline) one ``aiohttp.ClientSession``, 16 workers, each
+  signing and sending one cancel DELETE per order and reading the answer. The least
+  a correct client can do: the signature is part of every request.
+- ``httpx-16``      the naive peer: the same loop on ``httpx.AsyncClient`` (its own
+  pool), 16 in flight.
+- ``client``        ``ExchangeClient.cancel_order`` at 16 in flight: signing,
+  limiter, retries, outcome, observer; no engine.
+- ``engine``        what the daemon does for a kill: ``Engine.submit`` on an account
+  with N open orders (list, cancel every order, list again to verify) with the real
+  ``ExchangeClient`` (16 workers, limiter ceiling far above the simulator's speed).
+  CPU per cancel counts the listing and the verification too.
+
+Each variant runs ``--rounds`` times, interleaved (a noisy neighbour hits all alike);
+the figure is the median. Ratio = variant CPU/request ÷ bare-aiohttp CPU/request
+(goal for ``engine`` <= 1.5; ``httpx-16`` is reported as the naive peer).
+
+    python -m bench cpu_per_cancel [--orders 5000] [--rounds 3] [--inflight 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from typing import Any
+
+from bench import harness
+
+API_KEY = "bench-cpu-key"
+ACCOUNT = "bench-cpu"
+SYMBOL = "BTC_USDT"
+WARM_SYMBOL = "ETH_USDT"
+VARIANTS = ("bare-aiohttp", "httpx-16", "client", "engine")
+GOAL_ENGINE = 1.5
+
+
+# -- the measured processes (top-level functions: they run in spawned children) ----------
+
+
+def _signer(pem: bytes) -> Any:
+    from killswitch.exchange.signing import Signer, load_private_key  # noqa: PLC0415
+
+    return Signer(load_private_key(pem))
+
+
+def _headers(signer: Any, query: str) -> dict[str, str]:
+    """The three auth headers of one cancel, fresh timestamp and signature."""
+    from killswitch.exchange.signing import signing_payload  # noqa: PLC0415
+
+    stamp = str(int(time.time() * 1000))
+    payload = signing_payload(stamp, "DELETE", "/coin/internal/v1/order", query, b"")
+    return {"X-API-KEY": API_KEY, "X-TIMESTAMP": stamp, "X-SIGNATURE": signer.sign(payload)}
+
+
+async def _drive(send: Any, ids: list[int], inflight: int) -> int:
+    """One request per id with ``inflight`` workers; the count of 2xx answers."""
+    it = iter(ids)
+    ok = 0
+
+    async def worker() -> None:
+        nonlocal ok
+        for order_id in it:
+            if await send(order_id):
+                ok += 1
+
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+    return ok
+
+
+def _measured(ok: int, requests: int, cpu: float, wall: float) -> dict[str, Any]:
+    return {
+        "requests": requests,
+        "cancels": ok,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "cpu_per_request_us": cpu / max(1, requests) * 1e6,
+        "cpu_per_cancel_us": cpu / max(1, ok) * 1e6,
+        "rps": requests / wall if wall else 0.0,
+    }
+
+
+def run_bare_aiohttp(
+    base_url: str, pem: bytes, warm: list[int], ids: list[int], inflight: int
+) -> dict[str, Any]:
+    """The baseline: aiohttp, signed DELETEs, nothing else."""
+    import aiohttp  # noqa: PLC0415
+
+    signer = _signer(pem)
+    url = base_url + "/coin/internal/v1/order"
+
+    async def main() -> dict[str, Any]:
+        connector = aiohttp.TCPConnector(limit=inflight)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def send(order_id: int) -> bool:
+                query = f"order_id={order_id}&symbol={SYMBOL}"
+                headers = _headers(signer, query)
+                async with session.delete(f"{url}?{query}", headers=headers) as response:
+                    await response.read()
+                    return response.status < 300
+
+            await _drive(send, warm, inflight)
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            ok = await _drive(send, ids, inflight)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        return _measured(ok, len(ids), cpu, wall)
+
+    return asyncio.run(main())
+
+
+def run_httpx(
+    base_url: str, pem: bytes, warm: list[int], ids: list[int], inflight: int
+) -> dict[str, Any]:
+    """The naive peer: the same loop on httpx's own pool."""
+    import httpx  # noqa: PLC0415
+
+    signer = _signer(pem)
+
+    async def main() -> dict[str, Any]:
+        limits = httpx.Limits(max_connections=inflight, max_keepalive_connections=inflight)
+        async with httpx.AsyncClient(base_url=base_url, limits=limits) as client:
+
+            async def send(order_id: int) -> bool:
+                query = f"order_id={order_id}&symbol={SYMBOL}"
+                response = await client.delete(
+                    f"/coin/internal/v1/order?{query}", headers=_headers(signer, query)
+                )
+                return response.status_code < 300
+
+            await _drive(send, warm, inflight)
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            ok = await _drive(send, ids, inflight)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        return _measured(ok, len(ids), cpu, wall)
+
+    return asyncio.run(main())
+
+
+def _account(base_url: str, pem: bytes, inflight: int) -> Any:
+    from killswitch.exchange.simulator.testing import account_settings  # noqa: PLC0415
+
+    return account_settings(
+        base_url,
+        API_KEY,
+        pem,
+        ACCOUNT,
+        rate_limit_per_second=100_000,
+        burst=1_000,
+        max_concurrency=inflight,
+    )
+
+
+def run_client(
+    base_url: str, pem: bytes, warm: list[int], ids: list[int], inflight: int
+) -> dict[str, Any]:
+    """``ExchangeClient.cancel_order`` at ``inflight``: the client without the engine."""
+    from killswitch.core.outcomes import Outcome  # noqa: PLC0415
+    from killswitch.exchange.client import ExchangeClient  # noqa: PLC0415
+
+    async def main() -> dict[str, Any]:
+        async with ExchangeClient(_account(base_url, pem, inflight)) as client:
+            await client.sync_clock()
+
+            async def send(order_id: int) -> bool:
+                result = await client.cancel_order(order_id, SYMBOL)
+                return result.outcome is Outcome.SENT
+
+            await _drive(send, warm, inflight)
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            ok = await _drive(send, ids, inflight)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        return _measured(ok, len(ids), cpu, wall)
+
+    return asyncio.run(main())
+
+
+def run_engine(
+    base_url: str, pem: bytes, warm: list[int], ids: list[int], inflight: int
+) -> dict[str, Any]:
+    """A kill through ``Engine.submit``: list, cancel every order, verify flat."""
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from killswitch.config import EngineSettings  # noqa: PLC0415
+    from killswitch.core.model import KillRequest, Scope, SweepResult  # noqa: PLC0415
+    from killswitch.engine import Engine  # noqa: PLC0415
+    from killswitch.exchange.client import ExchangeClient  # noqa: PLC0415
+
+    async def no_progress(_: SweepResult) -> None:
+        pass
+
+    def kill(alert_id: str, symbol: str) -> KillRequest:
+        return KillRequest(
+            alert_id=alert_id,
+            account=ACCOUNT,
+            scope=Scope(symbols=frozenset({symbol})),
+            received_at=datetime.now(UTC),
+            deadline_s=120.0,
+        )
+
+    async def main() -> dict[str, Any]:
+        async with ExchangeClient(_account(base_url, pem, inflight)) as client:
+            await client.sync_clock()
+            engine = Engine({ACCOUNT: client}, EngineSettings(), concurrency=inflight)
+            await engine.submit(kill("warm", WARM_SYMBOL), no_progress)
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            result = await engine.submit(kill("measured", SYMBOL), no_progress)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            await engine.close(5.0)
+        measured = _measured(result.counts.sent, len(ids), cpu, wall)
+        measured["status"] = result.status.value
+        measured["sweeps"] = result.sweeps
+        return measured
+
+    return asyncio.run(main())
+
+
+RUNNERS = {
+    "bare-aiohttp": run_bare_aiohttp,
+    "httpx-16": run_httpx,
+    "client": run_client,
+    "engine": run_engine,
+}
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def _one(sim: harness.Simulator, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Fresh books, seed, run one variant in its own process; its measurement."""
+    with sim.admin() as admin:
+        admin.post("/_admin/reset", json={"clients": False}).raise_for_status()
+        warm = harness.seed(admin, API_KEY, WARM_SYMBOL, args.warmup)
+        ids = harness.seed(admin, API_KEY, SYMBOL, args.orders)
+    if name == "engine":
+        warm = []  # the engine kills the warm-up pair itself
+    cpu = harness.cpus()[-1]
+    result = harness.in_child(
+        RUNNERS[name], sim.base_url, args.pem, warm, ids, args.inflight, timeout=180, cpu=cpu
+    )
+    # The engine's measured kill also issues listings; count cancels the exchange took.
+    if name == "engine":
+        with sim.admin() as admin:
+            result["open_after"] = harness.open_count(admin, API_KEY)
+            counters = admin.get("/_admin/counters").json()["counters"].get(ACCOUNT, {})
+        result["listing_requests"] = sum(counters.get("open_orders", {}).values())
+        result["cancel_requests"] = sum(counters.get("cancel", {}).values())
+    return result
+
+
+def _median(runs: list[dict[str, Any]], field: str) -> float:
+    return float(statistics.median(r[field] for r in runs))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; one line per figure; JSON in bench/results/cpu_per_cancel.json."""
+    parser = argparse.ArgumentParser(prog="python -m bench cpu_per_cancel")
+    parser.add_argument("--orders", type=int, default=5000, help="cancels per measurement")
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--inflight", type=int, default=16)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args(argv or [])
+    names = [v for v in args.variants.split(",") if v]
+    if "bare-aiohttp" not in names:
+        names.insert(0, "bare-aiohttp")  # the baseline is always measured in the same run
+    pem, public = harness.new_key()
+    args.pem = pem
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    with harness.Simulator("--log-max", "1000") as sim:
+        with sim.admin() as admin:
+            harness.register(admin, API_KEY, public, ACCOUNT)
+        for round_no in range(args.rounds):
+            for name in names:
+                measured = _one(sim, name, args)
+                measured["round"] = round_no
+                runs[name].append(measured)
+    base = _median(runs["bare-aiohttp"], "cpu_per_request_us")
+    figures: dict[str, Any] = {}
+    for name in names:
+        per = _median(runs[name], "cpu_per_cancel_us")
+        ratio = per / base
+        figures[name] = {
+            "cpu_per_cancel_us": round(per, 1),
+            "ratio_vs_bare_aiohttp": round(ratio, 3),
+            "rps_median": round(_median(runs[name], "rps"), 1),
+        }
+        goal = f"<= {GOAL_ENGINE}" if name == "engine" else None
+        ok = ratio <= GOAL_ENGINE if name == "engine" else None
+        label = {"httpx-16": "naive peer", "bare-aiohttp": "baseline"}.get(name, "")
+        harness.summary(
+            f"cpu_per_cancel {name}",
+            f"{ratio:.2f}x bare aiohttp ({per:.0f} us CPU per cancel, "
+            f"{figures[name]['rps_median']:.0f} req/s{', ' + label if label else ''})",
+            goal,
+            ok,
+        )
+    result = {
+        "orders": args.orders,
+        "rounds": args.rounds,
+        "inflight": args.inflight,
+        "baseline": "bare-aiohttp",
+        "figures": figures,
+        "runs": runs,
+        "simulator": "separate process, unthrottled, pinned to the first CPU",
+    }
+    harness.write_result("cpu_per_cancel", result, argv)
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
