@@ -531,18 +531,23 @@ def scope_to_json(scope: Scope) -> dict[str, Any]:
     }
 
 
-def encode_state(state: HaltState) -> bytes:
-    """The halt state record for the compacted state topic (Kafka key: the account)."""
-    return _dumps(
-        {
-            "schema": STATE_SCHEMA,
-            "account": state.account,
-            "halted": state.halted,
-            "alert_id": state.alert_id,
-            "since": format_time(state.since),
-            "scope": scope_to_json(state.scope),
-        }
-    )
+def encode_state(state: HaltState, daemon: str | None = None) -> bytes:
+    """The halt state record for the compacted state topic (Kafka key: the account).
+
+    ``daemon`` (additive) names the daemon instance that wrote it, so a daemon
+    following the topic can skip its own records.
+    """
+    record: dict[str, Any] = {
+        "schema": STATE_SCHEMA,
+        "account": state.account,
+        "halted": state.halted,
+        "alert_id": state.alert_id,
+        "since": format_time(state.since),
+        "scope": scope_to_json(state.scope),
+    }
+    if daemon is not None:
+        record["daemon"] = daemon
+    return _dumps(record)
 
 
 def _frozen(values: Any, convert: type[Any]) -> frozenset[Any] | None:
@@ -555,9 +560,23 @@ def _frozen(values: Any, convert: type[Any]) -> frozenset[Any] | None:
 
 def decode_state(raw: bytes | None) -> HaltState | None:
     """Read back a state record; None for a tombstone or an unreadable record."""
+    record = decode_state_record(raw)
+    return record[0] if record is not None else None
+
+
+def decode_state_record(raw: bytes | None) -> tuple[HaltState, str | None] | None:
+    """A state record and the daemon that wrote it (None when not recorded)."""
     data = load_json_object(raw, 16 * 1024 * 1024)
     if isinstance(data, str):
         return None
+    state = _state_from_json(data)
+    if state is None:
+        return None
+    daemon = data.get("daemon")
+    return state, daemon if isinstance(daemon, str) else None
+
+
+def _state_from_json(data: dict[str, Any]) -> HaltState | None:
     try:
         scope = data.get("scope") or {}
         since = datetime.fromisoformat(str(data["since"]).replace("Z", "+00:00"))

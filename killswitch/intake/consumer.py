@@ -48,7 +48,7 @@ from killswitch.alerts import (
 )
 from killswitch.config import IntakeSettings, KafkaSettings, Settings, TopicSettings
 from killswitch.core.dedup import DedupWindow, Seen
-from killswitch.core.model import KillRequest, SweepResult
+from killswitch.core.model import KillRequest, SweepResult, SweepStatus
 from killswitch.core.offsets import OffsetTracker
 from killswitch.core.ports import AlertObserver, EngineAPI, NullAlertObserver
 from killswitch.intake.kafka import make_group_consumer
@@ -232,10 +232,15 @@ class Intake:
             log.warning("work interrupted by shutdown", extra={"records": len(leftovers)})
             await asyncio.gather(*leftovers, return_exceptions=True)
         await self._commit()
+        await self.close()
+
+    async def close(self) -> None:
+        """Leave the group without draining (start-up failed or already shut down)."""
         if self._committer is not None:
             self._committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
+            self._committer = None
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             with contextlib.suppress(KafkaError):
@@ -379,6 +384,14 @@ class Intake:
         status: str | None = None
         try:
             result = await self._call_engine(request, action, origin)
+            if (
+                self._stopping
+                and result.status is SweepStatus.FAILED
+                and not result.counts.resolved
+            ):
+                # Could not work while shutting down (e.g. the engine refused): replay it
+                # after the restart rather than record a failure for good.
+                raise _Interrupted
             if not result.final:
                 result = dataclasses.replace(result, final=True)
             await self._publish_final(result, origin)

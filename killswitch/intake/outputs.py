@@ -24,9 +24,12 @@ class Publisher:
     keeps per-partition order, so a progress event never overtakes its final.
     """
 
-    def __init__(self, producer: AIOKafkaProducer, topics: TopicSettings) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, topics: TopicSettings, *, daemon: str | None = None
+    ) -> None:
         self._producer = producer
         self._topics = topics
+        self.daemon = daemon  # this instance's id, written into state records
         self._background: set[asyncio.Future[object]] = set()
 
     @property
@@ -60,7 +63,7 @@ class Publisher:
     async def state(self, state: HaltState) -> None:
         """Publish a halt latch change to the compacted state topic (key = account)."""
         await self._producer.send_and_wait(
-            self._topics.state, encode_state(state), key=state.account.encode()
+            self._topics.state, encode_state(state, self.daemon), key=state.account.encode()
         )
 
     async def dead_letter(self, value: bytes, key: bytes | None) -> None:

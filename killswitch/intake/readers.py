@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from killswitch.alerts import decode_result_summary, decode_state
+from killswitch.alerts import decode_result_summary, decode_state_record
 from killswitch.config import KafkaSettings
 from killswitch.core.dedup import DedupWindow
-from killswitch.core.model import HaltState
+from killswitch.core.model import HaltState, Scope
 from killswitch.intake.kafka import all_partitions, make_reader
 
 log = logging.getLogger(__name__)
@@ -37,17 +38,41 @@ async def _positions_reached(
 async def read_halt_states(
     settings: KafkaSettings, topic: str, timeout_s: float = 60.0
 ) -> dict[str, HaltState]:
-    """The last state of every account on the (compacted) state topic, halted ones only.
-
-    Reads every partition from the beginning to the end offsets found at the
-    start; a tombstone (null value) or ``halted: false`` clears an account.
-    Raises TimeoutError when the end is not reached in ``timeout_s``.
-    """
-    consumer = make_reader(settings)
-    await consumer.start()
-    latest: dict[str, HaltState] = {}
+    """The last state of every account on the (compacted) state topic, halted ones only."""
+    reader = HaltStateReader(settings, topic)
     try:
-        parts = await all_partitions(consumer, topic)
+        return await reader.start(timeout_s)
+    finally:
+        await reader.close()
+
+
+StateApply = Callable[[HaltState], None]
+
+
+class HaltStateReader:
+    """Reads the state topic once at start-up, then follows it.
+
+    :meth:`start` reads every partition from the beginning to the end offsets found
+    then, keeping the last record per account (a tombstone or ``halted: false``
+    clears it), and returns the halted accounts. :meth:`follow` then applies what
+    *other* daemons publish (records carrying this daemon's id are skipped), so a
+    release processed by the daemon that owns an account also stops the latch
+    guards of every other daemon, and a halt set by a daemon that later dies is
+    still guarded. Each poll's records are folded per account before applying.
+    """
+
+    def __init__(self, settings: KafkaSettings, topic: str, daemon: str | None = None) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._daemon = daemon
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self, timeout_s: float = 60.0) -> dict[str, HaltState]:
+        consumer = make_reader(self._settings)
+        await consumer.start()
+        self._consumer = consumer
+        latest: dict[str, HaltState] = {}
+        parts = await all_partitions(consumer, self._topic)
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         targets = await consumer.end_offsets(parts)
@@ -56,18 +81,56 @@ async def read_halt_states(
                 batch = await consumer.getmany(timeout_ms=_POLL_MS)
                 for records in batch.values():
                     for rec in records:
-                        _fold_state(latest, rec.key, rec.value)
-    finally:
-        await consumer.stop()
-    return {account: s for account, s in latest.items() if s.halted}
+                        _fold_state(latest, rec.key, rec.value, None)
+        return {account: s for account, s in latest.items() if s.halted}
+
+    async def follow(self, stop: asyncio.Event, apply: StateApply) -> None:
+        """Apply other daemons' state changes until ``stop`` is set."""
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("HaltStateReader not started")
+        while not stop.is_set():
+            try:
+                batch = await consumer.getmany(timeout_ms=_POLL_MS)
+            except KafkaError as exc:
+                log.warning("state reader error", extra={"error": type(exc).__name__})
+                await asyncio.sleep(0.5)  # back off before polling again
+                continue
+            changes: dict[str, HaltState] = {}
+            for records in batch.values():
+                for rec in records:
+                    _fold_state(changes, rec.key, rec.value, self._daemon, keep_cleared=True)
+            for state in changes.values():
+                apply(state)
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(KafkaError):
+                await consumer.stop()
 
 
-def _fold_state(latest: dict[str, HaltState], key: bytes | None, value: bytes | None) -> None:
-    state = decode_state(value)
-    if state is not None:
+def _fold_state(
+    latest: dict[str, HaltState],
+    key: bytes | None,
+    value: bytes | None,
+    skip_daemon: str | None,
+    *,
+    keep_cleared: bool = False,
+) -> None:
+    record = decode_state_record(value)
+    if record is not None:
+        state, daemon = record
+        if skip_daemon is not None and daemon == skip_daemon:
+            latest.pop(state.account, None)  # our own change supersedes older ones
+            return
         latest[state.account] = state
     elif value is None and key is not None:  # tombstone: the account is not halted
-        latest.pop(key.decode("utf-8", "replace"), None)
+        account = key.decode("utf-8", "replace")
+        if keep_cleared:
+            latest[account] = HaltState(account, False, "", datetime.now(UTC), Scope())
+        else:
+            latest.pop(account, None)
     else:
         log.warning("unreadable record on the state topic ignored")
 

@@ -1,0 +1,359 @@
+"""``killswitch run``: the long-running daemon, wired from the settings.
+
+Start-up, in order: logging; operator keys and dead-man scopes checked; Kafka
+topics created if missing (state compacted); the producer (results, state,
+dead letters); one exchange client per account; the engine; halted accounts
+restored from the state topic; the dedup window rebuilt from recent results;
+then the alert consumer, the dead-man watcher, the state follower and the loop
+lag probe run until SIGTERM/SIGINT (or ``stop_event`` in tests).
+
+Shutdown: stop taking alerts and heartbeats; let running sweeps finish within
+``engine.shutdown_grace_s`` and publish their results; commit what completed
+(the rest is replayed by whoever consumes the partition next); stop the
+engine's latch guards; close every client. Exit code 0.
+
+``run()`` is for production, ``async_run()`` (``handle_signals=False``) for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from killswitch.config import ConfigError, Settings
+from killswitch.core.dedup import DedupWindow
+from killswitch.core.model import HaltState
+from killswitch.core.ports import (
+    AlertObserver,
+    NullAlertObserver,
+    NullObserver,
+    Observer,
+)
+from killswitch.deadman import DeadmanWatcher
+from killswitch.engine import Engine
+from killswitch.exchange.client import ExchangeClients
+from killswitch.intake.consumer import Intake, IntakeConfig
+from killswitch.intake.kafka import ensure_topics, make_producer
+from killswitch.intake.lag import watch_loop_lag
+from killswitch.intake.outputs import Publisher
+from killswitch.intake.readers import HaltStateReader, ResultsIndex
+from killswitch.logs import configure_logging, register_secrets
+from killswitch.triggers import TriggerKeyError, TriggerVerifier
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+# Results per partition read back at start-up to rebuild the dedup window: each
+# alert produces at least one final result per account, plus progress events.
+_RESULTS_TAIL_FACTOR = 4
+_STARTUP_READ_TIMEOUT_S = 60.0
+
+
+def add_arguments_run(parser: argparse.ArgumentParser) -> None:
+    """``killswitch run`` has no options beyond ``--config`` (settings carry everything)."""
+    parser.description = (
+        "Consume alerts, manual triggers and heartbeats from Kafka; sweep accounts; "
+        "publish results and halt state. Stops gracefully on SIGTERM/SIGINT."
+    )
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    """Entry point of ``killswitch run`` (settings errors exit 2 through the CLI)."""
+    from killswitch.cli import settings_from_args  # noqa: PLC0415 - avoid an import cycle
+
+    return run(settings_from_args(args))
+
+
+def run(settings: Settings) -> int:
+    """Run the daemon until SIGTERM/SIGINT; 0 after a graceful stop, 1 if it could not run."""
+    configure_logging(settings.logging.level, settings.logging.format)
+    try:
+        asyncio.run(async_run(settings, handle_signals=True))
+    except ConfigError:
+        raise
+    except Exception as exc:
+        log.critical("daemon failed", exc_info=exc)
+        print(f"killswitch: daemon failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def validate(settings: Settings) -> TriggerVerifier:
+    """Checks beyond the settings schema; raises :class:`ConfigError` naming the setting."""
+    try:
+        verifier = TriggerVerifier(settings.trigger_signing)
+    except TriggerKeyError as exc:
+        raise ConfigError(str(exc)) from None
+    known = {a.id for a in settings.accounts}
+    for source in settings.deadman:
+        accounts = source.scope.accounts
+        unknown = [] if accounts == "*" else sorted(set(accounts) - known)
+        if unknown:
+            raise ConfigError(f"deadman[{source.source!r}].scope.accounts: unknown {unknown}")
+    return verifier
+
+
+def _secrets(settings: Settings) -> list[str]:
+    out = []
+    for account in settings.accounts:
+        out.append(account.api_key.get_secret_value())
+        for secret in (account.private_key, account.private_key_passphrase):
+            if secret is not None:
+                out.append(secret.get_secret_value())
+    for secret in (settings.kafka.sasl.password, settings.kafka.ssl.password):
+        if secret is not None:
+            out.append(secret.get_secret_value())
+    return out
+
+
+# ---------------------------------------------------------------------- metrics hook
+
+
+@dataclass
+class Observability:
+    """What the metrics and health helpers plug into the daemon.
+
+    HOOK(metrics): ``killswitch.metrics`` / ``killswitch.health`` (another branch)
+    replace :func:`build_observability`: a Prometheus ``Metrics`` object serves as
+    both ``observer`` (engine and exchange clients) and ``alert_observer``
+    (``killswitch_alerts_total``, loop lag), ``start``/``stop`` run the HTTP
+    listener for /metrics, /healthz, /readyz, and ``set_ready`` drives
+    ``killswitch_ready``. Until then everything here is a no-op.
+    """
+
+    observer: Observer = field(default_factory=NullObserver)
+    alert_observer: AlertObserver = field(default_factory=NullAlertObserver)
+    start: Callable[[], Awaitable[None]] | None = None
+    stop: Callable[[], Awaitable[None]] | None = None
+    set_ready: Callable[[bool], None] = lambda ready: None
+
+
+def build_observability(settings: Settings) -> Observability:
+    """HOOK(metrics): build the Prometheus observer and the health listener here."""
+    return Observability()
+
+
+# ---------------------------------------------------------------------- the daemon
+
+
+@dataclass
+class Daemon:
+    """The running parts (exposed to tests through ``on_started``)."""
+
+    settings: Settings
+    instance: str
+    publisher: Publisher
+    engine: Engine
+    intake: Intake
+    dedup: DedupWindow
+    deadman: DeadmanWatcher | None
+    restored: list[HaltState]
+    background: asyncio.Event  # stops the readers once the intake has drained
+
+
+async def async_run(
+    settings: Settings,
+    *,
+    handle_signals: bool = False,
+    ready_event: asyncio.Event | None = None,
+    stop_event: asyncio.Event | None = None,
+    on_started: Callable[[Daemon], None] | None = None,
+) -> None:
+    """Run until ``stop_event`` is set (or SIGTERM/SIGINT with ``handle_signals``)."""
+    verifier = validate(settings)
+    register_secrets(_secrets(settings))
+    stop = stop_event or asyncio.Event()
+    if handle_signals:
+        _install_signal_handlers(stop)
+    async with contextlib.AsyncExitStack() as stack:
+        daemon, tasks = await _start(settings, verifier, stop, stack)
+        try:
+            if on_started is not None:
+                on_started(daemon)
+            if ready_event is not None:
+                ready_event.set()
+            log.info(
+                "daemon running",
+                extra={"instance": daemon.instance, "accounts": len(settings.accounts)},
+            )
+            await _wait(stop, tasks)
+            await _shutdown(daemon, tasks)
+        finally:
+            # Only left running when cancelled or failing: do not leak tasks.
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _start(
+    settings: Settings,
+    verifier: TriggerVerifier,
+    stop: asyncio.Event,
+    stack: contextlib.AsyncExitStack,
+) -> tuple[Daemon, dict[str, asyncio.Task[None]]]:
+    kafka = settings.kafka
+    topics = kafka.topics
+    instance = f"{kafka.client_id}-{uuid.uuid4().hex[:8]}"
+    obs = build_observability(settings)
+    if obs.start is not None:
+        await obs.start()
+    if obs.stop is not None:
+        stack.push_async_callback(obs.stop)
+
+    await ensure_topics(kafka)
+    producer = make_producer(kafka)
+    await producer.start()
+    stack.push_async_callback(producer.stop)
+    publisher = Publisher(producer, topics, daemon=instance)
+
+    clients = ExchangeClients(
+        settings.accounts,
+        observer=obs.observer,
+        exchange_info_ttl_s=settings.engine.exchange_info_ttl_s,
+    )
+    stack.push_async_callback(clients.close)
+    engine = Engine(
+        clients,
+        settings.engine,
+        obs.observer,
+        publisher.state,
+        concurrency={a.id: a.max_concurrency for a in settings.accounts},
+    )
+
+    states = HaltStateReader(kafka, topics.state, daemon=instance)
+    stack.push_async_callback(states.close)
+    halted = await states.start(_STARTUP_READ_TIMEOUT_S)
+    for state in halted.values():
+        engine.restore_halt(state)
+    if halted:
+        log.warning("halted accounts restored", extra={"accounts": sorted(halted)})
+
+    dedup = DedupWindow(settings.intake.dedup_window)
+    index = ResultsIndex(
+        kafka, topics.results, dedup, settings.intake.dedup_window * _RESULTS_TAIL_FACTOR
+    )
+    stack.push_async_callback(index.close)
+    await index.start()
+    await index.catch_up(_STARTUP_READ_TIMEOUT_S)
+    log.info("dedup window rebuilt", extra={"results": index.learned})
+
+    intake = Intake(
+        IntakeConfig.from_settings(settings),
+        kafka,
+        engine,
+        publisher,
+        dedup,
+        verifier=verifier,
+        observer=obs.alert_observer,
+        results_index=index,
+    )
+    await intake.start()
+    stack.push_async_callback(intake.close)
+
+    watcher = None
+    if settings.deadman:
+        watcher = DeadmanWatcher(
+            kafka, settings.deadman, publisher, [a.id for a in settings.accounts]
+        )
+        stack.push_async_callback(watcher.close)
+        await watcher.start()
+
+    background = asyncio.Event()  # stops the readers after the intake has drained
+    tasks: dict[str, asyncio.Task[None]] = {
+        "intake": asyncio.create_task(intake.run(), name="intake"),
+        "results": asyncio.create_task(index.run(background), name="results-reader"),
+        "state": asyncio.create_task(
+            states.follow(background, _state_applier(engine)), name="state-follower"
+        ),
+        "lag": asyncio.create_task(watch_loop_lag(obs.alert_observer, background), name="lag"),
+    }
+    if watcher is not None:
+        tasks["deadman"] = asyncio.create_task(watcher.run(stop), name="deadman")
+    obs.set_ready(True)
+    daemon = Daemon(
+        settings,
+        instance,
+        publisher,
+        engine,
+        intake,
+        dedup,
+        watcher,
+        list(halted.values()),
+        background,
+    )
+    return daemon, tasks
+
+
+def _state_applier(engine: Engine) -> Callable[[HaltState], None]:
+    def apply(state: HaltState) -> None:
+        log.info(
+            "halt state from another daemon",
+            extra={"account": state.account, "halted": state.halted, "alert_id": state.alert_id},
+        )
+        engine.restore_halt(state)
+
+    return apply
+
+
+async def _wait(stop: asyncio.Event, tasks: dict[str, asyncio.Task[None]]) -> None:
+    """Until stop is requested or a background task dies (then stop as well)."""
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait(
+            [stopper, *tasks.values()], return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        stopper.cancel()
+    for name, task in tasks.items():
+        if task in done and not task.cancelled() and task.exception() is not None:
+            log.error(f"{name} task failed; shutting down", exc_info=task.exception())
+    stop.set()
+
+
+async def _shutdown(daemon: Daemon, tasks: dict[str, asyncio.Task[None]]) -> None:
+    grace = daemon.settings.engine.shutdown_grace_s
+    started = time.monotonic()
+    log.info("shutting down", extra={"grace_s": grace})
+    daemon.intake.stop()
+    if "deadman" in tasks:
+        await _finish(tasks.pop("deadman"))
+    await _finish(tasks.pop("intake"))
+    # Sweeps first, within the grace period: their results are published and their
+    # offsets committed; only then are the engine's latch guards stopped.
+    await daemon.intake.shutdown(grace)
+    await daemon.engine.close(max(0.0, grace - (time.monotonic() - started)))
+    daemon.background.set()
+    for task in tasks.values():
+        await _finish(task)
+    with contextlib.suppress(Exception):
+        await daemon.publisher.flush()
+    log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})
+
+
+async def _finish(task: asyncio.Task[None], timeout_s: float = 5.0) -> None:
+    """Wait for a task that was told to stop; cancel it if it does not."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.shield(task)
+    except TimeoutError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    except Exception:
+        log.exception(f"{task.get_name()} ended with an error")

@@ -1,0 +1,191 @@
+"""End-to-end helpers: the exchange simulator on loopback, daemon settings, daemons in
+process (``async_run``) or as subprocesses (``python -m killswitch run``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from killswitch.config import Settings
+from killswitch.daemon import Daemon, async_run
+from killswitch.exchange.simulator import Simulator, SimulatorServer
+from killswitch.exchange.simulator.testing import register_test_client
+from tests.integration.intake_harness import create_all_topics
+
+ACCOUNTS = ["mm-1", "mm-2"]
+SYMBOLS = ["BTC_USDT", "ETH_USDT"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Exchange:
+    """A simulator with one registered key per account."""
+
+    sim: Simulator
+    server: SimulatorServer
+    keys: dict[str, tuple[str, bytes]]  # account -> (api key, private PEM)
+
+    def seed(self, account: str, per_symbol: int, symbols: list[str] = SYMBOLS) -> set[int]:
+        api_key = self.keys[account][0]
+        ids: set[int] = set()
+        for symbol in symbols:
+            ids |= set(self.sim.seed_orders(api_key, symbol, per_symbol))
+        return ids
+
+    def open_ids(self, account: str) -> set[int]:
+        return self.sim.open_order_ids(self.keys[account][0])
+
+    def cancels(self, account: str) -> list[int]:
+        """Order ids of every single-order cancel the account sent, in order."""
+        return [
+            e.order_id
+            for e in self.sim.request_log
+            if e.endpoint == "cancel" and e.client == account and e.order_id is not None
+        ]
+
+
+@contextlib.asynccontextmanager
+async def exchange() -> AsyncIterator[Exchange]:
+    sim = Simulator(seed=7)
+    keys = {a: register_test_client(sim, name=a) for a in ACCOUNTS}
+    async with SimulatorServer(sim) as server:
+        yield Exchange(sim, server, keys)
+
+
+def daemon_settings(
+    bootstrap: str, unique: Callable[[str], str], ex: Exchange, **overrides: Any
+) -> Settings:
+    """Settings for a daemon against ``ex`` on unique topics, tuned for fast tests."""
+    kafka: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "group_id": unique("group"),
+        "fetch_max_wait_ms": 10,
+        # See intake_harness: Tansu generation 0 and aiokafka's LeaveGroup.
+        "session_timeout_ms": 3000,
+        "heartbeat_interval_ms": 500,
+        "rebalance_timeout_ms": 3000,
+        "topics": {
+            name: unique(name)
+            for name in ("alerts", "manual", "heartbeats", "results", "state", "dlq")
+        },
+    }
+    kafka.update(overrides.pop("kafka", {}))
+    accounts = [
+        {
+            "id": account,
+            "api_key": api_key,
+            "private_key": pem.decode(),
+            "base_url": ex.server.base_url,
+            "rate_limit_per_second": 5000.0,
+            "burst": 100,
+            "max_concurrency": 8,
+            "backoff_base_s": 0.005,
+            "backoff_cap_s": 0.05,
+            **overrides.pop(f"account_{account.replace('-', '_')}", {}),
+        }
+        for account, (api_key, pem) in ex.keys.items()
+    ]
+    engine = {
+        "default_deadline_s": 10.0,
+        "latch_sweep_interval_s": 0.2,
+        "progress_interval_s": 0.2,
+        "shutdown_grace_s": 3.0,
+        **overrides.pop("engine", {}),
+    }
+    metrics = {"enabled": False}
+    return Settings(kafka=kafka, accounts=accounts, engine=engine, metrics=metrics, **overrides)
+
+
+async def prepare_topics(settings: Settings, partitions: int = 1) -> None:
+    await create_all_topics(settings, partitions=partitions)
+
+
+@dataclass
+class InProcess:
+    daemon: Daemon
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@contextlib.asynccontextmanager
+async def daemon_in_process(settings: Settings) -> AsyncIterator[InProcess]:
+    """``async_run`` in this loop; stopped gracefully (stop event) when the block exits."""
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    started: list[Daemon] = []
+    task = asyncio.create_task(
+        async_run(settings, stop_event=stop, ready_event=ready, on_started=started.append)
+    )
+    waiter = asyncio.create_task(ready.wait())
+    done, _ = await asyncio.wait([task, waiter], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        waiter.cancel()
+        task.result()  # raises the start-up error
+    if waiter not in done:
+        task.cancel()
+        raise AssertionError("daemon did not start within 30s")
+    try:
+        yield InProcess(started[0], stop, task)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as KILLSWITCH_* environment variables (JSON per section)."""
+    data = settings.model_dump(mode="json")
+    for account, original in zip(data["accounts"], settings.accounts, strict=True):
+        account["api_key"] = original.api_key.get_secret_value()
+        assert original.private_key is not None
+        account["private_key"] = original.private_key.get_secret_value()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILLSWITCH_")}
+    for section, value in data.items():
+        env[f"KILLSWITCH_{section.upper()}"] = json.dumps(value)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class DaemonProcess:
+    """``python -m killswitch run`` as a child process (stderr to a file)."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "killswitch", "run"],
+            cwd=REPO,
+            env=settings_env(settings),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+        )
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+
+    async def wait(self, timeout: float) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.proc.poll() is None:
+            if loop.time() > deadline:
+                raise AssertionError(f"daemon did not exit within {timeout}s")
+            await asyncio.sleep(0.05)  # polling the child's exit with a deadline
+        return self.proc.returncode
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()

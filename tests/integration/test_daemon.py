@@ -1,0 +1,322 @@
+"""The daemon end to end: Kafka (embedded broker) -> intake -> engine -> client -> simulator.
+
+Flatness is checked on the simulator's own books, not on what the daemon reports.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from killswitch.config import ConfigError
+from killswitch.daemon import async_run
+from killswitch.deadman import encode_heartbeat
+from killswitch.exchange.simulator.faults import EndpointFaults
+from killswitch.triggers import sign_trigger
+from tests.conftest import wait_for
+from tests.integration.daemon_harness import (
+    DaemonProcess,
+    daemon_in_process,
+    daemon_settings,
+    exchange,
+    prepare_topics,
+)
+from tests.integration.intake_harness import TopicReader, alert_message, committed, produce
+
+pytestmark = pytest.mark.integration
+
+Unique = Callable[[str], str]
+
+
+def halted_records(states: TopicReader, account: str) -> list[bool]:
+    return [r["halted"] for r in states.records if r.get("account") == account]
+
+
+async def test_kill_with_latch_then_release(kafka_bootstrap: str, unique_name: Unique) -> None:
+    async with exchange() as ex:
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        topics = settings.kafka.topics
+        ex.seed("mm-1", 40)
+        untouched = ex.seed("mm-2", 5)
+        async with (
+            TopicReader(kafka_bootstrap, topics.results) as results,
+            TopicReader(kafka_bootstrap, topics.state) as states,
+            daemon_in_process(settings) as run,
+        ):
+            await produce(settings, [alert_message("kill-1", ["mm-1"], latch=True)])
+            await wait_for(lambda: len(results.finals("kill-1")) == 1, timeout=20)
+            final = results.finals("kill-1")[0]
+            assert final["status"] == "flat"
+            assert final["counts"]["resolved"] == 80
+            assert final["counts"]["sent"] + final["counts"]["already_closed"] == 80
+            assert ex.open_ids("mm-1") == set()
+            assert ex.open_ids("mm-2") == untouched
+            assert halted_records(states, "mm-1")[:1] == [True]
+            # Latched: orders that appear later are cancelled by the guard.
+            ex.seed("mm-1", 3)
+            await wait_for(lambda: ex.open_ids("mm-1") == set(), timeout=10)
+            await produce(settings, [alert_message("rel-1", ["mm-1"], action="release")])
+            await wait_for(lambda: len(results.finals("rel-1")) == 1)
+            assert results.finals("rel-1")[0]["status"] == "released"
+            await wait_for(lambda: halted_records(states, "mm-1")[-1:] == [False])
+            assert "mm-1" not in run.daemon.engine.halted()
+            await wait_for(lambda: run.daemon.intake.committed_total >= 2)
+        assert await committed(settings, topics.alerts) == 2
+
+
+async def test_duplicate_delivery_sweeps_once(kafka_bootstrap: str, unique_name: Unique) -> None:
+    async with exchange() as ex:
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        ex.seed("mm-2", 10)
+        message = alert_message("dup-1", ["mm-2"])
+        async with (
+            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            daemon_in_process(settings),
+        ):
+            await produce(settings, [message, message], key="mm-2")
+            await wait_for(lambda: len(results.finals("dup-1")) == 2, timeout=20)
+            assert sorted(r["status"] for r in results.finals("dup-1")) == ["duplicate", "flat"]
+            cancels = Counter(ex.cancels("mm-2"))
+            assert len(cancels) == 20
+            assert max(cancels.values()) == 1  # no order was cancelled twice
+
+
+async def test_bad_input_goes_to_the_dlq(kafka_bootstrap: str, unique_name: Unique) -> None:
+    key = Ed25519PrivateKey.generate()
+    public = base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    async with exchange() as ex:
+        settings = daemon_settings(
+            kafka_bootstrap,
+            unique_name,
+            ex,
+            trigger_signing={
+                "required": True,
+                "operators": [{"name": "alice", "public_key": public.decode()}],
+            },
+        )
+        await prepare_topics(settings)
+        topics = settings.kafka.topics
+        ex.seed("mm-1", 5)
+        forged = sign_trigger(alert_message("forged-1"), "alice", Ed25519PrivateKey.generate())
+        good = sign_trigger(alert_message("ops-1"), "alice", key)
+        async with (
+            TopicReader(kafka_bootstrap, topics.dlq) as dlq,
+            TopicReader(kafka_bootstrap, topics.results) as results,
+            daemon_in_process(settings),
+        ):
+            await produce(settings, [b"{not json", alert_message("x", ["ghost"])])
+            await produce(settings, [forged, good], topic=topics.manual)
+            await wait_for(lambda: len(dlq.records) == 3 and len(results.finals()) == 1, timeout=20)
+            assert sorted(r["kind"] for r in dlq.records) == ["invalid", "invalid", "unauthorized"]
+            assert results.finals("ops-1")[0]["operator"] == "alice"
+            assert ex.open_ids("mm-1") == set()
+
+
+async def test_deadman_fires_once_when_heartbeats_stop(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    async with exchange() as ex:
+        settings = daemon_settings(
+            kafka_bootstrap,
+            unique_name,
+            ex,
+            deadman=[
+                {
+                    "source": "bot-2",
+                    "timeout_s": 1.0,
+                    "scope": {"accounts": ["mm-2"], "symbols": ["ETH_USDT"]},
+                }
+            ],
+        )
+        await prepare_topics(settings)
+        topics = settings.kafka.topics
+        keep = ex.seed("mm-2", 4, ["BTC_USDT"])
+        ex.seed("mm-2", 6, ["ETH_USDT"])
+        async with (
+            TopicReader(kafka_bootstrap, topics.results) as results,
+            daemon_in_process(settings) as run,
+        ):
+            assert run.daemon.deadman is not None
+            beat = encode_heartbeat("bot-2", datetime.now(UTC))
+            await produce(settings, [beat], topic=topics.heartbeats, key="bot-2")
+            await wait_for(lambda: len(results.finals()) == 1, timeout=20)
+            final = results.finals()[0]
+            assert final["source"] == "deadman"
+            assert final["alert_id"].startswith("deadman-bot-2-")
+            assert final["status"] == "flat"
+            assert ex.open_ids("mm-2") == keep  # only the scope's symbol was swept
+            assert len(run.daemon.deadman.fired) == 1
+            # Heartbeats resume: re-armed, and silence fires a second, distinct kill.
+            beat = encode_heartbeat("bot-2", datetime.now(UTC))
+            await produce(settings, [beat], topic=topics.heartbeats, key="bot-2")
+            await wait_for(lambda: len(results.finals()) == 2, timeout=20)
+            ids = [r["alert_id"] for r in results.finals()]
+            assert ids[0] != ids[1]
+            assert len(run.daemon.deadman.fired) == 2
+
+
+async def test_restart_restores_the_halt_and_guards_again(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    async with exchange() as ex:
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        ex.seed("mm-1", 5)
+        async with (
+            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+        ):
+            async with daemon_in_process(settings):
+                await produce(settings, [alert_message("halt-1", ["mm-1"], latch=True)])
+                await wait_for(lambda: len(results.finals("halt-1")) == 1, timeout=20)
+            ex.seed("mm-1", 5)  # placed while no daemon runs
+            async with daemon_in_process(settings) as run:
+                assert [s.account for s in run.daemon.restored] == ["mm-1"]
+                await wait_for(lambda: ex.open_ids("mm-1") == set(), timeout=10)
+                # the old alert is not replayed (committed), only guarded
+                assert len(results.finals("halt-1")) == 1
+
+
+async def test_bad_configuration_is_refused_before_anything_starts(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    async with exchange() as ex:
+        settings = daemon_settings(
+            kafka_bootstrap,
+            unique_name,
+            ex,
+            deadman=[{"source": "b", "timeout_s": 1, "scope": {"accounts": ["nobody"]}}],
+        )
+        with pytest.raises(ConfigError, match="unknown"):
+            await async_run(settings)
+
+
+# ------------------------------------------------------------------- subprocesses
+
+
+async def test_crash_mid_sweep_then_restart_completes_the_alert(
+    kafka_bootstrap: str, unique_name: Unique, tmp_path: Path
+) -> None:
+    async with exchange() as ex:
+        settings = daemon_settings(
+            kafka_bootstrap,
+            unique_name,
+            ex,
+            account_mm_1={"max_concurrency": 1, "rate_limit_per_second": 100.0, "burst": 1},
+        )
+        await prepare_topics(settings)
+        topics = settings.kafka.topics
+        ex.seed("mm-1", 60)
+        # slow cancels: the sweep takes seconds, long enough to be killed in the middle
+        ex.sim.set_faults(EndpointFaults(latency_ms=20), "cancel")
+        async with TopicReader(kafka_bootstrap, topics.results) as results:
+            first = DaemonProcess(settings, tmp_path / "daemon1.log")
+            try:
+                await produce(settings, [alert_message("crash-1", ["mm-1"])])
+                await wait_for(lambda: len(ex.cancels("mm-1")) >= 10, timeout=30)
+                first.kill()
+            finally:
+                first.close()
+            assert results.finals("crash-1") == []
+            assert ex.open_ids("mm-1")  # the crash left orders open
+            ex.sim.clear_faults()
+            second = DaemonProcess(settings, tmp_path / "daemon2.log")
+            try:
+                await wait_for(lambda: len(results.finals("crash-1")) == 1, timeout=40)
+                assert results.finals("crash-1")[0]["status"] == "flat"
+                assert ex.open_ids("mm-1") == set()
+                second.terminate()
+                assert await second.wait(timeout=20) == 0
+            finally:
+                second.close()
+        assert await committed(settings, topics.alerts) == 1
+
+
+async def test_sigterm_finishes_the_running_sweep_and_exits_zero(
+    kafka_bootstrap: str, unique_name: Unique, tmp_path: Path
+) -> None:
+    async with exchange() as ex:
+        settings = daemon_settings(
+            kafka_bootstrap,
+            unique_name,
+            ex,
+            account_mm_1={"max_concurrency": 1, "rate_limit_per_second": 100.0, "burst": 1},
+            engine={"shutdown_grace_s": 15.0},
+        )
+        await prepare_topics(settings)
+        topics = settings.kafka.topics
+        ex.seed("mm-1", 30)
+        ex.sim.set_faults(EndpointFaults(latency_ms=20), "cancel")
+        async with TopicReader(kafka_bootstrap, topics.results) as results:
+            proc = DaemonProcess(settings, tmp_path / "daemon.log")
+            try:
+                await produce(settings, [alert_message("term-1", ["mm-1"])])
+                await wait_for(lambda: len(ex.cancels("mm-1")) >= 5, timeout=30)
+                proc.terminate()
+                assert await proc.wait(timeout=30) == 0
+            finally:
+                proc.close()
+            # the sweep ran to its end inside the grace period, and its result is out
+            assert [r["status"] for r in results.finals("term-1")] == ["flat"]
+            assert ex.open_ids("mm-1") == set()
+        assert await committed(settings, topics.alerts) == 1
+
+
+# --------------------------------------------------------------------- scale-out
+
+
+async def test_two_daemons_share_the_partitions(kafka_bootstrap: str, unique_name: Unique) -> None:
+    async with exchange() as ex:
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings, partitions=4)
+        topics = settings.kafka.topics
+        ex.seed("mm-1", 10)
+        ex.seed("mm-2", 10)
+        async with (
+            TopicReader(kafka_bootstrap, topics.results) as results,
+            TopicReader(kafka_bootstrap, topics.state) as states,
+            daemon_in_process(settings) as one,
+            daemon_in_process(settings) as two,
+        ):
+            await wait_for(
+                lambda: bool(one.daemon.intake.assignment) and bool(two.daemon.intake.assignment),
+                timeout=30,
+            )
+            shared = one.daemon.intake.assignment | two.daemon.intake.assignment
+            assert not one.daemon.intake.assignment & two.daemon.intake.assignment
+            assert len(shared) == 8  # 4 alerts + 4 manual partitions
+            alerts = [alert_message(f"s-{i}", [a]) for i, a in enumerate(["mm-1", "mm-2"] * 5)]
+            for message in alerts:
+                account = message["scope"]["accounts"][0]
+                await produce(settings, [message], key=account)
+            await wait_for(lambda: len(results.finals()) == 10, timeout=30)
+            assert sorted(r["alert_id"] for r in results.finals()) == sorted(
+                m["alert_id"] for m in alerts
+            )
+            assert ex.open_ids("mm-1") == set()
+            assert ex.open_ids("mm-2") == set()
+            # A halt set through one daemon is guarded by both; a release lifts both.
+            await produce(settings, [alert_message("h-1", ["mm-1"], latch=True)], key="mm-1")
+            await wait_for(
+                lambda: (
+                    "mm-1" in one.daemon.engine.halted() and "mm-1" in two.daemon.engine.halted()
+                ),
+                timeout=20,
+            )
+            await produce(settings, [alert_message("r-1", ["mm-1"], action="release")], key="mm-1")
+            await wait_for(
+                lambda: (
+                    "mm-1" not in one.daemon.engine.halted()
+                    and "mm-1" not in two.daemon.engine.halted()
+                ),
+                timeout=20,
+            )
+            assert halted_records(states, "mm-1")[-1] is False
