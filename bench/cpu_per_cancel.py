@@ -46,14 +46,14 @@ GOAL_ENGINE = 1.5
 
 
 def _signer(pem: bytes) -> Any:
-    from killswitch.exchange.signing import Signer, load_private_key  # noqa: PLC0415
+    from killswitch.exchange.signing import Signer, load_private_key
 
     return Signer(load_private_key(pem))
 
 
 def _headers(signer: Any, query: str) -> dict[str, str]:
     """The three auth headers of one cancel, fresh timestamp and signature."""
-    from killswitch.exchange.signing import signing_payload  # noqa: PLC0415
+    from killswitch.exchange.signing import signing_payload
 
     stamp = str(int(time.time() * 1000))
     payload = signing_payload(stamp, "DELETE", "/coin/internal/v1/order", query, b"")
@@ -91,7 +91,7 @@ def run_bare_aiohttp(
     base_url: str, pem: bytes, warm: list[int], ids: list[int], inflight: int
 ) -> dict[str, Any]:
     """The baseline: aiohttp, signed DELETEs, nothing else."""
-    import aiohttp  # noqa: PLC0415
+    import aiohttp
 
     signer = _signer(pem)
     url = base_url + "/coin/internal/v1/order"
@@ -120,7 +120,7 @@ def run_httpx(
     base_url: str, pem: bytes, warm: list[int], ids: list[int], inflight: int
 ) -> dict[str, Any]:
     """The naive peer: the same loop on httpx's own pool."""
-    import httpx  # noqa: PLC0415
+    import httpx
 
     signer = _signer(pem)
 
@@ -145,7 +145,7 @@ def run_httpx(
 
 
 def _account(base_url: str, pem: bytes, inflight: int) -> Any:
-    from killswitch.exchange.simulator.testing import account_settings  # noqa: PLC0415
+    from killswitch.exchange.simulator.testing import account_settings
 
     return account_settings(
         base_url,
@@ -162,8 +162,8 @@ def run_client(
     base_url: str, pem: bytes, warm: list[int], ids: list[int], inflight: int
 ) -> dict[str, Any]:
     """``ExchangeClient.cancel_order`` at ``inflight``: the client without the engine."""
-    from killswitch.core.outcomes import Outcome  # noqa: PLC0415
-    from killswitch.exchange.client import ExchangeClient  # noqa: PLC0415
+    from killswitch.core.outcomes import Outcome
+    from killswitch.exchange.client import ExchangeClient
 
     async def main() -> dict[str, Any]:
         async with ExchangeClient(_account(base_url, pem, inflight)) as client:
@@ -186,12 +186,12 @@ def run_engine(
     base_url: str, pem: bytes, warm: list[int], ids: list[int], inflight: int
 ) -> dict[str, Any]:
     """A kill through ``Engine.submit``: list, cancel every order, verify flat."""
-    from datetime import UTC, datetime  # noqa: PLC0415
+    from datetime import UTC, datetime
 
-    from killswitch.config import EngineSettings  # noqa: PLC0415
-    from killswitch.core.model import KillRequest, Scope, SweepResult  # noqa: PLC0415
-    from killswitch.engine import Engine  # noqa: PLC0415
-    from killswitch.exchange.client import ExchangeClient  # noqa: PLC0415
+    from killswitch.config import EngineSettings
+    from killswitch.core.model import KillRequest, Scope, SweepResult
+    from killswitch.engine import Engine
+    from killswitch.exchange.client import ExchangeClient
 
     async def no_progress(_: SweepResult) -> None:
         pass

@@ -98,10 +98,7 @@ class Simulator:
         try:
             if self.pin_first_cpu:
                 pin(self.proc.pid, {cpus()[0]})
-            line = _readline(self.proc, 30.0)
-            if "listening on" not in line:
-                raise RuntimeError(f"simulator did not start: {line!r}")
-            self.base_url = line.rsplit(" ", 1)[1].strip()
+            self.base_url = _listening_url(_readline(self.proc, 30.0))
         except BaseException:
             stop_process(self.proc)
             raise
@@ -121,9 +118,15 @@ class Simulator:
         return httpx.Client(base_url=self.base_url, timeout=timeout)
 
 
+def _listening_url(line: str) -> str:
+    if "listening on" not in line:
+        raise RuntimeError(f"simulator did not start: {line!r}")
+    return line.rsplit(" ", 1)[1].strip()
+
+
 def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
     """The first stdout line of ``proc`` within ``timeout`` seconds."""
-    import selectors  # noqa: PLC0415 - only needed here
+    import selectors
 
     assert proc.stdout is not None
     with selectors.DefaultSelector() as sel:
@@ -150,7 +153,9 @@ def seed(admin: httpx.Client, api_key: str, symbol: str, count: int) -> list[int
     ids: list[int] = []
     while count > 0:  # in chunks: one admin call holds the simulator's loop
         n = min(count, 20_000)
-        answer = admin.post("/_admin/orders", json={"api_key": api_key, "symbol": symbol, "count": n})
+        answer = admin.post(
+            "/_admin/orders", json={"api_key": api_key, "symbol": symbol, "count": n}
+        )
         answer.raise_for_status()
         ids += answer.json()["order_ids"]
         count -= n
@@ -165,7 +170,10 @@ def open_count(admin: httpx.Client, api_key: str) -> int:
 
 
 def in_child(
-    target: Callable[..., dict[str, Any]], *args: Any, timeout: float = 300.0, cpu: int | None = None
+    target: Callable[..., dict[str, Any]],
+    *args: Any,
+    timeout: float = 300.0,
+    cpu: int | None = None,
 ) -> dict[str, Any]:
     """Run ``target(*args)`` in a fresh (spawned) Python process and return its dict.
 
@@ -203,7 +211,7 @@ def _child_main(conn: Any, target: Callable[..., dict[str, Any]], args: tuple[An
     try:
         result: tuple[bool, Any] = (True, target(*args))
     except BaseException as exc:  # report, never hang the parent
-        import traceback  # noqa: PLC0415
+        import traceback
 
         result = (False, "".join(traceback.format_exception(exc))[-4000:])
     conn.send(result)

@@ -54,13 +54,13 @@ def run_kill(
     base_url: str, pem: bytes, strategy: str, inflight: int, orders: int
 ) -> dict[str, Any]:
     """In the dedicated process: warm up, measure RSS, kill the account, measure again."""
-    from datetime import UTC, datetime  # noqa: PLC0415
+    from datetime import UTC, datetime
 
-    from killswitch.config import EngineSettings  # noqa: PLC0415
-    from killswitch.core.model import KillRequest, Scope, SweepResult  # noqa: PLC0415
-    from killswitch.engine import Engine  # noqa: PLC0415
-    from killswitch.exchange.client import ExchangeClient  # noqa: PLC0415
-    from killswitch.exchange.simulator.testing import account_settings  # noqa: PLC0415
+    from killswitch.config import EngineSettings
+    from killswitch.core.model import KillRequest, Scope, SweepResult
+    from killswitch.engine import Engine
+    from killswitch.exchange.client import ExchangeClient
+    from killswitch.exchange.simulator.testing import account_settings
 
     async def no_progress(_: SweepResult) -> None:
         pass
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--inflight", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=400.0, help="seconds for the kill")
     args = parser.parse_args(argv or [])
-    from killswitch.exchange.simulator.model import DEFAULT_SYMBOLS  # noqa: PLC0415
+    from killswitch.exchange.simulator.model import DEFAULT_SYMBOLS
 
     symbols = [s for s in DEFAULT_SYMBOLS if s != WARM_SYMBOL][: args.symbols]
     pem, public = harness.new_key()
@@ -165,11 +165,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"<= {GOAL_MB:.0f} MB",
         peak_mb <= GOAL_MB,
     )
+    per_order = (peak_kb - measured["baseline_rss_kb"]) * 1024 / max(1, measured["resolved"])
     harness.summary(
         "memory peak_over_baseline",
         f"{peak_kb / measured['baseline_rss_kb']:.2f}x the RSS before the kill "
         f"({base_mb:.1f} MB; the kill adds {peak_mb - base_mb:.1f} MB, "
-        f"{(peak_kb - measured['baseline_rss_kb']) * 1024 / max(1, measured['resolved']):.0f} B/order)",
+        f"{per_order:.0f} B/order)",
     )
     result = {
         "orders": args.orders,
