@@ -9,6 +9,7 @@ ratio against a baseline measured in the same run.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import json
@@ -280,3 +281,226 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, round(q * (len(ordered) - 1))))
     return ordered[rank]
+
+
+# -- Kafka and the daemon ----------------------------------------------------------------
+
+ROLES = ("alerts", "manual", "heartbeats", "results", "state", "dlq")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def kafka() -> Iterator[tuple[str, str]]:
+    """(bootstrap, kind): ``KILLSWITCH_BENCH_BOOTSTRAP`` if set, else an embedded broker."""
+    external = os.environ.get("KILLSWITCH_BENCH_BOOTSTRAP")
+    if external:
+        yield external, "external"
+        return
+    from killswitch.embedded import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap, "embedded (Tansu 0.6)"
+
+
+def topic_names(tag: str) -> dict[str, str]:
+    """Fresh topic names for one measurement (role -> name)."""
+    return {role: f"bench.{tag}.{role}" for role in ROLES}
+
+
+async def create_topics(bootstrap: str, partitions: dict[str, int]) -> None:
+    """Create topics (name -> partitions), replication 1."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, p, 1) for n, p in partitions.items()])
+    finally:
+        await admin.close()
+
+
+def daemon_env(
+    bootstrap: str,
+    topics: dict[str, str],
+    group: str,
+    base_url: str,
+    accounts: dict[str, tuple[str, bytes]],
+    *,
+    fetch_max_wait_ms: int = 10,
+    account: dict[str, Any] | None = None,
+    engine: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """The daemon's settings as ``KILLSWITCH_*`` variables (JSON per section)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILLSWITCH_")}
+    kafka_section = {
+        "bootstrap_servers": bootstrap,
+        "group_id": group,
+        "fetch_max_wait_ms": fetch_max_wait_ms,
+        "topics": topics,
+        # Tansu rebalances slowly with the defaults; members that leave are noticed sooner.
+        "session_timeout_ms": 6000,
+        "heartbeat_interval_ms": 1000,
+        "rebalance_timeout_ms": 6000,
+    }
+    account_defaults = {"rate_limit_per_second": 5000.0, "burst": 100, "max_concurrency": 8}
+    env["KILLSWITCH_KAFKA"] = json.dumps(kafka_section)
+    env["KILLSWITCH_ACCOUNTS"] = json.dumps(
+        [
+            {
+                "id": account_id,
+                "api_key": api_key,
+                "private_key": pem.decode(),
+                "base_url": base_url,
+                **account_defaults,
+                **(account or {}),
+            }
+            for account_id, (api_key, pem) in accounts.items()
+        ]
+    )
+    env["KILLSWITCH_METRICS"] = json.dumps({"enabled": False})
+    env["KILLSWITCH_ENGINE"] = json.dumps({"progress_interval_s": 5.0, **(engine or {})})
+    env["KILLSWITCH_LOGGING"] = json.dumps({"level": "WARNING", "format": "json"})
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class DaemonProcess:
+    """``python -m killswitch run`` as a child process; output to ``log_path``."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "killswitch", "run"],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - a prctl call only, no locks taken
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (graceful), then SIGKILL; the exit code."""
+        stop_process(self.proc, timeout)
+        self._log.close()
+        return self.proc.returncode
+
+    def tail(self, lines: int = 20) -> str:
+        """The end of the daemon's output (for error messages)."""
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def alert_bytes(alert_id: str, account: str, **scope: Any) -> bytes:
+    """A ``killswitch.alert/v1`` kill for one account, JSON bytes."""
+    from datetime import UTC, datetime
+
+    from killswitch.alerts import format_time
+
+    body = {
+        "schema": "killswitch.alert/v1",
+        "alert_id": alert_id,
+        "action": "kill",
+        "source": "bench",
+        "reason": "bench",
+        "scope": {"accounts": [account], **scope},
+        "created_at": format_time(datetime.now(UTC)),
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+async def group_lag(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """Messages of ``topic`` not yet committed by ``group`` (all partitions)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(parts)
+        lag = 0
+        for tp in parts:
+            lag += ends[tp] - (await consumer.committed(tp) or 0)
+        return lag
+    finally:
+        await consumer.stop()
+
+
+class Results:
+    """Reads a results topic from the beginning in the background: final results per alert."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.partitions = partitions
+        self.final: dict[str, list[str]] = {}  # alert_id -> statuses of its final results
+        self.changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: Any = None
+
+    async def __aenter__(self) -> Results:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=None, fetch_max_wait_ms=10
+        )
+        await self._consumer.start()
+        parts = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        self._consumer.assign(parts)
+        await self._consumer.seek_to_beginning(*parts)
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                for record in records:
+                    body = json.loads(record.value)
+                    if body.get("final"):
+                        self.final.setdefault(body["alert_id"], []).append(body["status"])
+            if batch:
+                self.changed.set()
+
+    async def wait_for(self, alert_ids: set[str], timeout: float) -> None:
+        """Until every id in ``alert_ids`` has a final result (TimeoutError after ``timeout``)."""
+        async with asyncio.timeout(timeout):
+            while not alert_ids <= self.final.keys():
+                self.changed.clear()
+                await self.changed.wait()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._consumer.stop()
+
+
+async def wait_group_stable(bootstrap: str, group: str, members: int, timeout: float) -> None:
+    """Until ``group`` is Stable with ``members`` members (TimeoutError after ``timeout``)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                (response,) = await admin.describe_consumer_groups([group])
+                for _, name, state, _, _, found in _groups(response):
+                    if name == group and state == "Stable" and len(found) == members:
+                        return
+                # Polling with a deadline: the broker has no event to wait on.
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+def _groups(response: Any) -> list[tuple[Any, ...]]:
+    """(error, group, state, protocol_type, protocol, members) of a DescribeGroups answer."""
+    return [tuple(g) for g in response.groups]
