@@ -16,6 +16,11 @@ own (pinned to the second CPU) and measures its own CPU time with
   with N open orders (list, cancel every order, list again to verify) with the real
   ``ExchangeClient`` (16 workers, limiter ceiling far above the simulator's speed).
   CPU per cancel counts the listing and the verification too.
+- ``daemon``        the whole daemon (``python -m killswitch run``, its own process)
+  killing the same account on an alert from Kafka (embedded broker, fetch wait 10 ms);
+  its CPU from /proc from just before the alert is produced until its final result
+  is read back. Includes the Kafka consumer's idle fetch loop (reported separately
+  as CPU seconds per second while idle).
 
 Each variant runs ``--rounds`` times, interleaved (a noisy neighbour hits all alike);
 the figure is the median. Ratio = variant CPU/request ÷ bare-aiohttp CPU/request
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import time
 from typing import Any
@@ -38,7 +44,7 @@ API_KEY = "bench-cpu-key"
 ACCOUNT = "bench-cpu"
 SYMBOL = "BTC_USDT"
 WARM_SYMBOL = "ETH_USDT"
-VARIANTS = ("bare-aiohttp", "httpx-16", "client", "engine")
+VARIANTS = ("bare-aiohttp", "httpx-16", "client", "engine", "daemon")
 GOAL_ENGINE = 1.5
 
 
@@ -222,6 +228,57 @@ def run_engine(
     return asyncio.run(main())
 
 
+async def _daemon_round(
+    sim: harness.Simulator, bootstrap: str, pem: bytes, ids: list[int], args: argparse.Namespace
+) -> dict[str, Any]:
+    """One kill by a daemon process on an alert; its CPU seconds from /proc."""
+    from aiokafka import AIOKafkaProducer
+
+    tag = f"cpu{time.monotonic_ns()}"
+    topics = harness.topic_names(tag)
+    group = f"bench.{tag}.group"
+    await harness.create_topics(bootstrap, dict.fromkeys(topics.values(), 1))
+    env = harness.daemon_env(
+        bootstrap,
+        topics,
+        group,
+        sim.base_url,
+        {ACCOUNT: (API_KEY, pem)},
+        account={
+            "rate_limit_per_second": 100_000,
+            "burst": 1_000,
+            "max_concurrency": args.inflight,
+        },
+    )
+    daemon = harness.DaemonProcess(env, args.tmp / f"daemon-{tag}.log")
+    harness.pin(daemon.pid, {harness.cpus()[-1]})
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    try:
+        await harness.wait_group_stable(bootstrap, group, 1, 90)
+        async with harness.Results(bootstrap, topics["results"], 1) as results:
+            alert = harness.alert_bytes(f"warm-{tag}", ACCOUNT, symbols=[WARM_SYMBOL])
+            await producer.send_and_wait(topics["alerts"], alert, key=ACCOUNT.encode())
+            await results.wait_for({f"warm-{tag}"}, 60)
+            idle0, idle_t0 = harness.cpu_seconds(daemon.pid), time.perf_counter()
+            await asyncio.sleep(1.0)  # idle: what the consumer's fetch loop costs alone
+            idle_cpu = harness.cpu_seconds(daemon.pid) - idle0
+            idle_s = time.perf_counter() - idle_t0
+            cpu0, wall0 = harness.cpu_seconds(daemon.pid), time.perf_counter()
+            alert = harness.alert_bytes(f"kill-{tag}", ACCOUNT, symbols=[SYMBOL])
+            await producer.send_and_wait(topics["alerts"], alert, key=ACCOUNT.encode())
+            await results.wait_for({f"kill-{tag}"}, 120)
+            cpu, wall = harness.cpu_seconds(daemon.pid) - cpu0, time.perf_counter() - wall0
+            final = results.last[f"kill-{tag}"]
+    finally:
+        await producer.stop()
+        daemon.stop()
+    measured = _measured(final["counts"]["sent"], len(ids), cpu, wall)
+    measured["status"] = final["status"]
+    measured["idle_cpu_per_s"] = idle_cpu / idle_s
+    return measured
+
+
 RUNNERS = {
     "bare-aiohttp": run_bare_aiohttp,
     "httpx-16": run_httpx,
@@ -239,14 +296,25 @@ def _one(sim: harness.Simulator, name: str, args: argparse.Namespace) -> dict[st
         admin.post("/_admin/reset", json={"clients": False}).raise_for_status()
         warm = harness.seed(admin, API_KEY, WARM_SYMBOL, args.warmup)
         ids = harness.seed(admin, API_KEY, SYMBOL, args.orders)
-    if name == "engine":
-        warm = []  # the engine kills the warm-up pair itself
-    cpu = harness.cpus()[-1]
-    result = harness.in_child(
-        RUNNERS[name], sim.base_url, args.pem, warm, ids, args.inflight, timeout=180, cpu=cpu
-    )
+    if name == "daemon":
+        result = asyncio.run(
+            asyncio.wait_for(_daemon_round(sim, args.bootstrap, args.pem, ids, args), 300)
+        )
+    else:
+        if name == "engine":
+            warm = []  # the engine kills the warm-up pair itself
+        result = harness.in_child(
+            RUNNERS[name],
+            sim.base_url,
+            args.pem,
+            warm,
+            ids,
+            args.inflight,
+            timeout=180,
+            cpu=harness.cpus()[-1],
+        )
     # The engine's measured kill also issues listings; count cancels the exchange took.
-    if name == "engine":
+    if name in ("engine", "daemon"):
         with sim.admin() as admin:
             result["open_after"] = harness.open_count(admin, API_KEY)
             counters = admin.get("/_admin/counters").json()["counters"].get(ACCOUNT, {})
@@ -274,7 +342,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pem, public = harness.new_key()
     args.pem = pem
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    with harness.Simulator("--log-max", "1000") as sim:
+    with contextlib.ExitStack() as stack:
+        args.bootstrap, broker = (
+            stack.enter_context(harness.kafka()) if "daemon" in names else ("", "")
+        )
+        args.tmp = stack.enter_context(harness.temp_dir())
+        sim = stack.enter_context(harness.Simulator("--log-max", "1000"))
         with sim.admin() as admin:
             harness.register(admin, API_KEY, public, ACCOUNT)
         for round_no in range(args.rounds):
@@ -292,9 +365,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "ratio_vs_bare_aiohttp": round(ratio, 3),
             "rps_median": round(_median(runs[name], "rps"), 1),
         }
-        goal = f"<= {GOAL_ENGINE}" if name == "engine" else None
-        ok = ratio <= GOAL_ENGINE if name == "engine" else None
+        goal = f"<= {GOAL_ENGINE}" if name in ("engine", "daemon") else None
+        ok = ratio <= GOAL_ENGINE if goal else None
         label = {"httpx-16": "naive peer", "bare-aiohttp": "baseline"}.get(name, "")
+        if name == "daemon":
+            idle = _median(runs[name], "idle_cpu_per_s")
+            figures[name]["idle_cpu_s_per_s"] = round(idle, 4)
+            label = f"includes Kafka polling, idle {idle * 1000:.0f} ms CPU per second"
         harness.summary(
             f"cpu_per_cancel {name}",
             f"{ratio:.2f}x bare aiohttp ({per:.0f} us CPU per cancel, "
@@ -310,6 +387,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "figures": figures,
         "runs": runs,
         "simulator": "separate process, unthrottled, pinned to the first CPU",
+        "broker": broker,
     }
     harness.write_result("cpu_per_cancel", result, argv)
     return result

@@ -440,6 +440,7 @@ class Results:
         self.topic = topic
         self.partitions = partitions
         self.final: dict[str, list[str]] = {}  # alert_id -> statuses of its final results
+        self.last: dict[str, dict[str, Any]] = {}  # alert_id -> its last final result
         self.changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._consumer: Any = None
@@ -465,6 +466,7 @@ class Results:
                     body = json.loads(record.value)
                     if body.get("final"):
                         self.final.setdefault(body["alert_id"], []).append(body["status"])
+                        self.last[body["alert_id"]] = body
             if batch:
                 self.changed.set()
 
