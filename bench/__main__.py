@@ -31,6 +31,8 @@ SUITE: list[tuple[str, list[str], float]] = [
     ("time_to_flat", [], 300),
     ("cpu_per_cancel", [], 300),
     ("memory", [], 420),
+    ("alert_latency", [], 420),
+    ("scale_out", [], 300),
 ]
 BENCHMARKS: list[str] = [name for name, _, _ in SUITE]
 RESULTS = Path(__file__).parent / "results"

@@ -150,7 +150,7 @@ class DeadmanWatcher:
 
     async def start(self) -> None:
         """Assign every heartbeat partition at its end: only new heartbeats count."""
-        consumer = make_reader(self._kafka)
+        consumer = make_reader(self._kafka, _POLL_MS)
         await consumer.start()
         self._consumer = consumer
         try:

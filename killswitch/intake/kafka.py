@@ -23,6 +23,8 @@ from killswitch.config import KafkaSettings
 
 log = logging.getLogger(__name__)
 
+_MAX_BATCH_BYTES = 512 * 1024
+
 # Partitions for topics the daemon creates itself when they are missing. Alerts
 # and results are keyed by account: more partitions let more daemons share them.
 # Operators who create topics themselves choose their own counts.
@@ -99,13 +101,20 @@ def make_group_consumer(settings: KafkaSettings, topics: Iterable[str]) -> AIOKa
     )
 
 
-def make_reader(settings: KafkaSettings) -> AIOKafkaConsumer:
-    """A consumer without a group (partitions assigned by hand, nothing committed)."""
+def make_reader(settings: KafkaSettings, min_wait_ms: int = 0) -> AIOKafkaConsumer:
+    """A consumer without a group (partitions assigned by hand, nothing committed).
+
+    ``min_wait_ms`` raises the fetch wait for readers that need no low latency
+    (results, state, heartbeats): fewer idle fetches for the broker and this
+    process, which share both with the alert consumer.
+    """
+    fetch = fetch_kwargs(settings)
+    fetch["fetch_max_wait_ms"] = max(settings.fetch_max_wait_ms, min_wait_ms)
     return AIOKafkaConsumer(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        **fetch_kwargs(settings),
+        **fetch,
         **connection_kwargs(settings),
     )
 
@@ -116,6 +125,9 @@ def make_producer(settings: KafkaSettings) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=settings.enable_idempotence,
         linger_ms=0,
+        # Results are ~0.5 KB; large batches let a storm's results go out in few
+        # requests (the default 16 KB batch holds about 30).
+        max_batch_size=_MAX_BATCH_BYTES,
         **connection_kwargs(settings),
     )
 

@@ -31,6 +31,7 @@ class Publisher:
         self._topics = topics
         self.daemon = daemon  # this instance's id, written into state records
         self._background: set[asyncio.Future[object]] = set()
+        self._enqueue = asyncio.Lock()
 
     @property
     def topics(self) -> TopicSettings:
@@ -40,12 +41,12 @@ class Publisher:
         self, result: SweepResult, origin: Origin | None = None, *, wait: bool = True
     ) -> None:
         """Publish one result (key = account)."""
-        value = encode_result(result, origin)
-        key = result.account.encode()
+        future = await self._send(
+            self._topics.results, encode_result(result, origin), result.account.encode()
+        )
         if wait:
-            await self._producer.send_and_wait(self._topics.results, value, key=key)
+            await future
             return
-        future = await self._producer.send(self._topics.results, value, key=key)
         self._background.add(future)
         future.add_done_callback(self._sent)
 
@@ -62,17 +63,31 @@ class Publisher:
 
     async def state(self, state: HaltState) -> None:
         """Publish a halt latch change to the compacted state topic (key = account)."""
-        await self._producer.send_and_wait(
-            self._topics.state, encode_state(state, self.daemon), key=state.account.encode()
+        await (
+            await self._send(
+                self._topics.state, encode_state(state, self.daemon), state.account.encode()
+            )
         )
 
     async def dead_letter(self, value: bytes, key: bytes | None) -> None:
         """Publish one encoded dead letter record."""
-        await self._producer.send_and_wait(self._topics.dlq, value, key=key)
+        await (await self._send(self._topics.dlq, value, key))
 
     async def alert(self, account: str, value: bytes) -> None:
         """Publish an alert the daemon generated itself (dead-man) to the alerts topic."""
-        await self._producer.send_and_wait(self._topics.alerts, value, key=account.encode())
+        await (await self._send(self._topics.alerts, value, account.encode()))
+
+    async def _send(self, topic: str, value: bytes, key: bytes | None) -> asyncio.Future[object]:
+        """Enqueue one record; the returned future resolves when the broker acknowledged it.
+
+        Enqueueing is serialised: when a partition's batch is full, aiokafka makes
+        every pending sender wait for that batch and wakes them all at once, which
+        under an alert storm (thousands of results at once) costs O(n^2) wake-ups.
+        One sender at a time keeps it linear; acknowledgements still overlap.
+        """
+        async with self._enqueue:
+            future: asyncio.Future[object] = await self._producer.send(topic, value, key=key)
+        return future
 
     async def flush(self) -> None:
         """Wait until every enqueued record is acknowledged (or failed)."""

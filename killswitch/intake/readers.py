@@ -24,6 +24,9 @@ from killswitch.intake.kafka import all_partitions, make_reader
 log = logging.getLogger(__name__)
 
 _POLL_MS = 100
+# Background readers: a halt, release or result from another daemon may take this
+# long to be seen (start-up catch-up reads to the end regardless).
+_READER_WAIT_MS = 100
 
 
 async def _positions_reached(
@@ -68,7 +71,7 @@ class HaltStateReader:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self, timeout_s: float = 60.0) -> dict[str, HaltState]:
-        consumer = make_reader(self._settings)
+        consumer = make_reader(self._settings, _READER_WAIT_MS)
         await consumer.start()
         self._consumer = consumer
         latest: dict[str, HaltState] = {}
@@ -158,7 +161,7 @@ class ResultsIndex:
 
     async def start(self) -> None:
         """Assign every partition at its recent tail."""
-        consumer = make_reader(self._settings)
+        consumer = make_reader(self._settings, _READER_WAIT_MS)
         await consumer.start()
         self._consumer = consumer
         try:

@@ -1,0 +1,468 @@
+"""Alert latency: from producing an alert to the first cancel request on the wire.
+
+The daemon runs as ``python -m killswitch run`` in its own process against the
+Kafka under test (the embedded broker, or ``KILLSWITCH_BENCH_BOOTSTRAP``) and an
+exchange simulator served from this process, whose request handler is wrapped to
+stamp each cancel's arrival with this process's ``perf_counter`` (the producer's
+clock: both ends of the measurement are here).
+
+Per alert: seed one open order, produce a kill for its account, time until the
+simulator receives the DELETE for that order, then wait for the final result
+before the next one (no coalescing). The path includes one open-orders listing
+(the daemon has to find the order).
+
+Baseline, same run, same fetch settings: a bare aiokafka consumer's
+produce-to-consume latency on the same broker. Figures: p50/p99 of both and of
+the difference (goal: overhead <= 2 ms p50, <= 5 ms p99). Note: the embedded
+broker answers fetches only at the end of ``fetch_max_wait_ms``, so both
+distributions carry up to that much jitter; percentiles are compared, not pairs.
+
+Storm: 10,000 alerts over 10 accounts (500 open orders in all), produced as fast
+as possible; time until the group's committed offsets reach the end of the
+alerts topic (consumer lag 0), and duplicate cancels (same order cancelled
+twice; goal 0).
+
+    .venv/bin/python -m bench.alert_latency [--alerts 200] [--storm 10000]
+
+One line per figure on stdout; JSON in ``bench/results/alert_latency.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from killswitch.alerts import format_time
+from killswitch.embedded import EmbeddedBroker
+from killswitch.exchange.simulator import Simulator, SimulatorServer
+from killswitch.exchange.simulator.core import Request
+from killswitch.exchange.simulator.testing import register_test_client
+
+RESULTS = Path(__file__).parent / "results" / "alert_latency.json"
+REPO = Path(__file__).resolve().parents[1]
+CANCEL_PATH = "/coin/internal/v1/order"
+SYMBOL = "BTC_USDT"
+WARMUP = 10
+FETCH_MAX_WAIT_MS = 10
+_RNG = random.Random(42)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(_percentile(values, 0.50) * 1000, 3),
+        "p99_ms": round(_percentile(values, 0.99) * 1000, 3),
+        "mean_ms": round(statistics.fmean(values) * 1000, 3) if values else float("nan"),
+        "n": len(values),
+    }
+
+
+class CancelProbe:
+    """Wraps the simulator's handler: arrival time of the first cancel per order."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.first: dict[int, float] = {}
+        self.waiters: dict[int, asyncio.Event] = {}
+        inner = sim.handle
+
+        def handle(request: Request) -> Any:
+            if request.method == "DELETE" and request.path == CANCEL_PATH:
+                stamp = time.perf_counter()
+                order_id = _order_id(request.query)
+                if order_id is not None and order_id not in self.first:
+                    self.first[order_id] = stamp
+                    event = self.waiters.get(order_id)
+                    if event is not None:
+                        event.set()
+            return inner(request)
+
+        sim.handle = handle  # type: ignore[method-assign]
+
+    def expect(self, order_id: int) -> asyncio.Event:
+        event = asyncio.Event()
+        self.waiters[order_id] = event
+        return event
+
+
+def _order_id(query: str) -> int | None:
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key == "order_id" and value.isdigit():
+            return int(value)
+    return None
+
+
+def _daemon_env(
+    bootstrap: str, topics: dict[str, str], group: str, base_url: str, keys: dict[str, Any]
+) -> dict[str, str]:
+    """The daemon's settings as KILLSWITCH_* variables (JSON per section)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILLSWITCH_")}
+    kafka = {
+        "bootstrap_servers": bootstrap,
+        "group_id": group,
+        "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+        "topics": topics,
+    }
+    accounts = [
+        {
+            "id": account,
+            "api_key": api_key,
+            "private_key": pem.decode(),
+            "base_url": base_url,
+            "rate_limit_per_second": 2000.0,
+            "burst": 100,
+            "max_concurrency": 8,
+        }
+        for account, (api_key, pem) in keys.items()
+    ]
+    env["KILLSWITCH_KAFKA"] = json.dumps(kafka)
+    env["KILLSWITCH_ACCOUNTS"] = json.dumps(accounts)
+    env["KILLSWITCH_METRICS"] = json.dumps({"enabled": False})
+    env["KILLSWITCH_ENGINE"] = json.dumps({"progress_interval_s": 5.0})
+    env["KILLSWITCH_LOGGING"] = json.dumps({"level": "WARNING"})
+    return env
+
+
+async def _create_topics(bootstrap: str, topics: dict[str, str], partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(name, partitions if role == "alerts" else 1, 1)
+                for role, name in topics.items()
+            ]
+        )
+    finally:
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def _consumer(bootstrap: str, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        fetch_min_bytes=1,
+    )
+    await consumer.start()
+    try:
+        parts = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [0])
+        ]
+        consumer.assign(parts)
+        await consumer.seek_to_end(*parts)
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def baseline(bootstrap: str, topic: str, n: int) -> list[float]:
+    """Bare aiokafka: produce one message, time until a consumer (same fetch settings) has it."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    out: list[float] = []
+    try:
+        async with _consumer(bootstrap, topic) as consumer:
+            for i in range(n + WARMUP):
+                await _random_phase()
+                start = time.perf_counter()
+                await producer.send_and_wait(topic, str(i).encode(), key=b"k")
+                record = await consumer.getone()
+                if i >= WARMUP:
+                    out.append(time.perf_counter() - start)
+                assert record.value == str(i).encode()
+    finally:
+        await producer.stop()
+    return out
+
+
+async def _random_phase() -> None:
+    """Produce at a random point of the consumer's fetch cycle (both phases alike):
+    otherwise the baseline produces right after a fetch returned, which the
+    broker answers at once, and looks faster than a consumer that has been idle."""
+    await asyncio.sleep(_RNG.uniform(0, 2 * FETCH_MAX_WAIT_MS / 1000))
+
+
+def _alert(alert_id: str, account: str) -> bytes:
+    body = {
+        "schema": "killswitch.alert/v1",
+        "alert_id": alert_id,
+        "action": "kill",
+        "source": "bench",
+        "reason": "bench",
+        "scope": {"accounts": [account], "symbols": [SYMBOL]},
+        "created_at": format_time(datetime.now(UTC)),
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+async def _wait_final(results: AIOKafkaConsumer, alert_ids: set[str], timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while alert_ids:
+            batch = await results.getmany(timeout_ms=100)
+            for records in batch.values():
+                for rec in records:
+                    body = json.loads(rec.value)
+                    if body.get("final"):
+                        alert_ids.discard(body["alert_id"])
+
+
+async def daemon_latency(
+    bootstrap: str,
+    topics: dict[str, str],
+    *,
+    sim: Simulator,
+    probe: CancelProbe,
+    api_key: str,
+    n: int,
+) -> list[float]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    out: list[float] = []
+    try:
+        async with _consumer(bootstrap, topics["results"]) as results:
+            for i in range(n + WARMUP):
+                (order_id,) = sim.seed_orders(api_key, SYMBOL, 1)
+                arrived = probe.expect(order_id)
+                alert_id = f"lat-{i}"
+                await _random_phase()
+                start = time.perf_counter()
+                await producer.send_and_wait(
+                    topics["alerts"], _alert(alert_id, "acct-0"), key=b"acct-0"
+                )
+                async with asyncio.timeout(30):
+                    await arrived.wait()
+                if i >= WARMUP:
+                    out.append(probe.first[order_id] - start)
+                await _wait_final(results, {alert_id}, 30)
+    finally:
+        await producer.stop()
+    return out
+
+
+async def _lag(bootstrap: str, group: str, topic: str, parts: list[TopicPartition]) -> int:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(parts)
+        lag = 0
+        for tp in parts:
+            committed = await consumer.committed(tp) or 0
+            lag += ends[tp] - committed
+        return lag
+    finally:
+        await consumer.stop()
+
+
+async def storm(
+    bootstrap: str,
+    topics: dict[str, str],
+    *,
+    group: str,
+    sim: Simulator,
+    keys: dict[str, Any],
+    n: int,
+    partitions: int,
+) -> dict[str, Any]:
+    accounts = list(keys)
+    for account in accounts:
+        sim.seed_orders(keys[account][0], SYMBOL, 500 // len(accounts))
+    log_start = max((e.seq for e in sim.request_log), default=0)
+    parts = [TopicPartition(topics["alerts"], p) for p in range(partitions)]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    start = time.perf_counter()
+    try:
+        futures = []
+        for i in range(n):
+            account = accounts[i % len(accounts)]
+            fut = await producer.send(
+                topics["alerts"], _alert(f"storm-{i}", account), key=account.encode()
+            )
+            futures.append(fut)
+        await asyncio.gather(*futures)
+        produced = time.perf_counter() - start
+    finally:
+        await producer.stop()
+    async with asyncio.timeout(600):
+        while await _lag(bootstrap, group, topics["alerts"], parts) > 0:  # noqa: ASYNC110 - the broker offers no event to wait on
+            await asyncio.sleep(0.05)
+    drained = time.perf_counter() - start
+    cancels = Counter(
+        e.order_id
+        for e in sim.log_since(log_start)
+        if e.endpoint == "cancel" and e.order_id is not None
+    )
+    open_left = sum(len(sim.open_order_ids(keys[a][0])) for a in accounts)
+    return {
+        "alerts": n,
+        "accounts": len(accounts),
+        "produce_s": round(produced, 3),
+        "lag_zero_s": round(drained, 3),
+        "cancel_requests": sum(cancels.values()),
+        "orders_cancelled": len(cancels),
+        "duplicate_cancels": sum(c - 1 for c in cancels.values() if c > 1),
+        "open_after": open_left,
+    }
+
+
+async def _measure(
+    args: argparse.Namespace,
+    bootstrap: str,
+    topics: dict[str, str],
+    *,
+    group: str,
+    sim: Simulator,
+    probe: CancelProbe,
+    keys: dict[str, Any],
+) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    base = await baseline(bootstrap, topics["baseline"], args.alerts)
+    result["baseline"] = _ms(base)
+    print(f"alert_latency baseline (bare aiokafka) {result['baseline']}", flush=True)
+    lat = await daemon_latency(
+        bootstrap, topics, sim=sim, probe=probe, api_key=keys["acct-0"][0], n=args.alerts
+    )
+    result["alert_to_first_cancel"] = _ms(lat)
+    print(f"alert_latency alert->first cancel {result['alert_to_first_cancel']}", flush=True)
+    result["overhead"] = {
+        "p50_ms": round(
+            result["alert_to_first_cancel"]["p50_ms"] - result["baseline"]["p50_ms"], 3
+        ),
+        "p99_ms": round(
+            result["alert_to_first_cancel"]["p99_ms"] - result["baseline"]["p99_ms"], 3
+        ),
+        "goal": "p50 <= 2 ms, p99 <= 5 ms",
+    }
+    print(f"alert_latency overhead {result['overhead']}", flush=True)
+    if args.storm:
+        result["storm"] = await storm(
+            bootstrap,
+            topics,
+            group=group,
+            sim=sim,
+            keys=keys,
+            n=args.storm,
+            partitions=args.partitions,
+        )
+        print(f"alert_latency storm {result['storm']}", flush=True)
+    return result
+
+
+async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:8]
+    topics = {
+        role: f"bench.{role}.{tag}"
+        for role in ("alerts", "manual", "heartbeats", "results", "state", "dlq")
+    }
+    group = f"bench.{tag}"
+    await _create_topics(bootstrap, topics, args.partitions)
+    baseline_topic = {"baseline": f"bench.baseline.{tag}"}
+    await _create_topics(bootstrap, baseline_topic, 1)
+
+    sim = Simulator(seed=1)
+    keys = {f"acct-{i}": register_test_client(sim, name=f"acct-{i}") for i in range(args.accounts)}
+    probe = CancelProbe(sim)
+    result: dict[str, Any] = {}
+    async with SimulatorServer(sim) as server:
+        with tempfile.TemporaryDirectory() as tmp:
+            log = (Path(tmp) / "daemon.log").open("wb")
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "killswitch",
+                "run",
+                cwd=REPO,
+                env=_daemon_env(bootstrap, topics, group, server.base_url, keys),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+            try:
+                result.update(
+                    await _measure(
+                        args,
+                        bootstrap,
+                        {**topics, **baseline_topic},
+                        group=group,
+                        sim=sim,
+                        probe=probe,
+                        keys=keys,
+                    )
+                )
+            finally:
+                proc.terminate()
+                try:
+                    async with asyncio.timeout(60):
+                        await proc.wait()
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+                log.close()
+                result["daemon_exit_code"] = proc.returncode
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print one line per figure, write the JSON result."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--alerts", type=int, default=200, help="measured alerts (after warm-up)")
+    parser.add_argument("--storm", type=int, default=10_000, help="storm size (0 to skip)")
+    parser.add_argument("--accounts", type=int, default=10)
+    parser.add_argument("--partitions", type=int, default=4, help="alerts topic partitions")
+    args = parser.parse_args([] if argv is None and __name__ != "__main__" else argv)
+    external = os.environ.get("KILLSWITCH_BENCH_BOOTSTRAP")
+    if external:
+        result = asyncio.run(_run(args, external))
+        broker = "external"
+    else:
+        with EmbeddedBroker() as embedded:
+            result = asyncio.run(_run(args, embedded.bootstrap))
+        broker = "embedded (Tansu)"
+    result.update(
+        {
+            "benchmark": "alert_latency",
+            "broker": broker,
+            "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "command": "python -m bench.alert_latency " + " ".join(sys.argv[1:]),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
