@@ -20,7 +20,7 @@ same run; alerts completed exactly once (goal: all). On a machine with few cores
 daemons, the broker and the simulator share them: the speed-up says how much of
 the work the group really spreads, not what more machines would give.
 
-    python -m bench scale_out [--alerts 2000] [--accounts 10] [--daemons 1,2,3]
+    python -m bench scale_out [--alerts 10000] [--accounts 10] [--daemons 1,2,3]
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def _print(run: dict[str, Any], first: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; one line per figure; JSON in bench/results/scale_out.json."""
     parser = argparse.ArgumentParser(prog="python -m bench scale_out")
-    parser.add_argument("--alerts", type=int, default=2000)
+    parser.add_argument("--alerts", type=int, default=10_000)
     parser.add_argument("--accounts", type=int, default=10)
     parser.add_argument("--orders", type=int, default=50, help="open orders per account")
     parser.add_argument("--daemons", default="1,2,3")
