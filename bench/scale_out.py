@@ -117,10 +117,12 @@ async def _measure(
                 )
                 for i, alert_id in enumerate(ids)
             ]
+            cpu0 = [harness.cpu_seconds(d.pid) for d in daemons]
             started = loop.time()
             produce_s = await _produce(bootstrap, topics["alerts"], messages)
             await _until_lag_zero(bootstrap, group, topics["alerts"], args.timeout)
             lag_zero_s = loop.time() - started
+            cpu = [harness.cpu_seconds(d.pid) - c for d, c in zip(daemons, cpu0, strict=True)]
             await results.wait_for(set(ids), 60)
             all_final_s = loop.time() - started
             finals = {i: results.final.get(i, []) for i in ids}
@@ -146,6 +148,7 @@ async def _measure(
         "orders_cancelled": len(cancels),
         "duplicate_cancels": sum(c - 1 for c in cancels.values() if c > 1),
         "daemon_exit_codes": exits,
+        "daemon_cpu_s": [round(c, 2) for c in cpu],
     }
 
 
@@ -191,7 +194,8 @@ def _print(run: dict[str, Any], first: dict[str, Any]) -> None:
     harness.summary(
         f"scale_out {n}_daemons speedup",
         f"{speedup:.2f}x one daemon ({run['alerts_per_s']:.0f} alerts/s; lag 0 after "
-        f"{run['lag_zero_s']:.1f} s for {run['alerts']} alerts over {PARTITIONS} partitions)",
+        f"{run['lag_zero_s']:.1f} s for {run['alerts']} alerts over {PARTITIONS} partitions; "
+        f"daemon CPU seconds {'+'.join(f'{c:.1f}' for c in run['daemon_cpu_s'])})",
     )
     once = run["completed_once"] == run["alerts"]
     harness.summary(
