@@ -95,6 +95,12 @@ class Rejection:
     kind: RejectKind
     reason: str
     alert_id: str | None = None
+    unreadable: Literal["undecodable", "too_large"] | None = None  # never parsed
+
+    @property
+    def dlq_reason(self) -> str:
+        """The ``reason`` label of ``killswitch_dlq_total``."""
+        return self.unreadable or self.kind.value
 
 
 # --------------------------------------------------------------------------- models
@@ -310,7 +316,10 @@ def parse_alert(
     """
     data = load_json_object(raw, max_message_bytes)
     if isinstance(data, str):
-        return Rejection(RejectKind.INVALID, data)
+        size = raw is not None and len(raw) > max_message_bytes
+        return Rejection(
+            RejectKind.INVALID, data, unreadable="too_large" if size else "undecodable"
+        )
     alert_id = _readable_alert_id(data)
     schema = data.get("schema")
     if schema != ALERT_SCHEMA:

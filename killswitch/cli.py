@@ -62,6 +62,10 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    if args.ed25519:
+        from killswitch.operator import keygen_operator  # noqa: PLC0415
+
+        return keygen_operator(args)
     from killswitch.exchange.signing import (  # noqa: PLC0415
         generate_private_key,
         private_key_pem,
@@ -174,10 +178,17 @@ def build_parser(with_lazy_args: bool = True) -> argparse.ArgumentParser:
     _add_config_arg(check)
     check.set_defaults(handler=_config_check)
 
-    keygen = sub.add_parser("keygen", help="generate an ECDSA key pair for an API key")
+    keygen = sub.add_parser(
+        "keygen", help="generate an ECDSA key pair for an API key (--ed25519: an operator key)"
+    )
     keygen.add_argument("--out", required=True, help="private key file to write (PEM)")
     keygen.add_argument("--curve", default="P-256", choices=["P-256", "P-384", "secp256k1"])
     keygen.add_argument("--force", action="store_true", help="overwrite an existing file")
+    keygen.add_argument(
+        "--ed25519",
+        action="store_true",
+        help="an operator's Ed25519 key for signing manual triggers (ignores --curve)",
+    )
     keygen.set_defaults(handler=_keygen)
 
     for name, help_text in _HELP.items():

@@ -39,13 +39,15 @@ from killswitch.core.ports import (
 )
 from killswitch.deadman import DeadmanWatcher
 from killswitch.engine import Engine
-from killswitch.exchange.client import ExchangeClients
+from killswitch.exchange.client import ExchangeClient, ExchangeClients
+from killswitch.exchange.errors import ExchangeError
+from killswitch.exchange.signing import KeyLoadError
 from killswitch.intake.consumer import Intake, IntakeConfig
 from killswitch.intake.kafka import ensure_topics, make_producer
 from killswitch.intake.lag import watch_loop_lag
 from killswitch.intake.outputs import Publisher
 from killswitch.intake.readers import HaltStateReader, ResultsIndex
-from killswitch.logs import configure_logging, register_secrets
+from killswitch.logs import configure_logging, register_settings_secrets
 from killswitch.triggers import TriggerKeyError, TriggerVerifier
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ EXIT_FAILED = 1
 # alert produces at least one final result per account, plus progress events.
 _RESULTS_TAIL_FACTOR = 4
 _STARTUP_READ_TIMEOUT_S = 60.0
+# The exchange is probed (clock sync) at least this often, to keep readiness current.
+_EXCHANGE_PROBE_MAX_S = 30.0
 
 
 def add_arguments_run(parser: argparse.ArgumentParser) -> None:
@@ -103,44 +107,34 @@ def validate(settings: Settings) -> TriggerVerifier:
     return verifier
 
 
-def _secrets(settings: Settings) -> list[str]:
-    out = []
-    for account in settings.accounts:
-        out.append(account.api_key.get_secret_value())
-        for secret in (account.private_key, account.private_key_passphrase):
-            if secret is not None:
-                out.append(secret.get_secret_value())
-    for secret in (settings.kafka.sasl.password, settings.kafka.ssl.password):
-        if secret is not None:
-            out.append(secret.get_secret_value())
-    return out
-
-
-# ---------------------------------------------------------------------- metrics hook
+# ---------------------------------------------------------------------- observability
 
 
 @dataclass
 class Observability:
-    """What the metrics and health helpers plug into the daemon.
+    """Metrics and health, as the daemon sees them (no-ops when metrics are off).
 
-    HOOK(metrics): ``killswitch.metrics`` / ``killswitch.health`` (another branch)
-    replace :func:`build_observability`: a Prometheus ``Metrics`` object serves as
-    both ``observer`` (engine and exchange clients) and ``alert_observer``
-    (``killswitch_alerts_total``, loop lag), ``start``/``stop`` run the HTTP
-    listener for /metrics, /healthz, /readyz, and ``set_ready`` drives
-    ``killswitch_ready``. Until then everything here is a no-op.
+    ``observer`` goes to the engine and the exchange clients (Prometheus, and the
+    exchange answers feed readiness); ``alert_observer`` to the intake, the dead-man
+    watcher and the loop lag probe; ``set_consuming``/``set_draining`` drive
+    ``/readyz`` and ``killswitch_ready``; ``start``/``stop`` run the listener for
+    /metrics, /healthz and /readyz.
     """
 
     observer: Observer = field(default_factory=NullObserver)
     alert_observer: AlertObserver = field(default_factory=NullAlertObserver)
     start: Callable[[], Awaitable[None]] | None = None
     stop: Callable[[], Awaitable[None]] | None = None
-    set_ready: Callable[[bool], None] = lambda ready: None
+    set_consuming: Callable[[bool], None] = lambda consuming: None
+    set_draining: Callable[[], None] = lambda: None
+    url: Callable[[], str] | None = None
 
 
 def build_observability(settings: Settings) -> Observability:
-    """HOOK(metrics): build the Prometheus observer and the health listener here."""
-    return Observability()
+    """The Prometheus observer and the health listener (``killswitch.observability``)."""
+    from killswitch.observability import prometheus_observability  # noqa: PLC0415 - cycle
+
+    return prometheus_observability(settings)
 
 
 # ---------------------------------------------------------------------- the daemon
@@ -159,6 +153,7 @@ class Daemon:
     deadman: DeadmanWatcher | None
     restored: list[HaltState]
     background: asyncio.Event  # stops the readers once the intake has drained
+    observability: Observability
 
 
 async def async_run(
@@ -171,7 +166,7 @@ async def async_run(
 ) -> None:
     """Run until ``stop_event`` is set (or SIGTERM/SIGINT with ``handle_signals``)."""
     verifier = validate(settings)
-    register_secrets(_secrets(settings))
+    register_settings_secrets(settings)
     stop = stop_event or asyncio.Event()
     if handle_signals:
         _install_signal_handlers(stop)
@@ -216,18 +211,22 @@ async def _start(
     if obs.stop is not None:
         stack.push_async_callback(obs.stop)
 
+    # Keys first: a bad key is a configuration error, found before touching Kafka.
+    try:
+        clients = ExchangeClients(
+            settings.accounts,
+            observer=obs.observer,
+            exchange_info_ttl_s=settings.engine.exchange_info_ttl_s,
+        )
+    except KeyLoadError as exc:
+        raise ConfigError(str(exc)) from None
+    stack.push_async_callback(clients.close)
+
     await ensure_topics(kafka)
     producer = make_producer(kafka)
     await producer.start()
     stack.push_async_callback(producer.stop)
     publisher = Publisher(producer, topics, daemon=instance)
-
-    clients = ExchangeClients(
-        settings.accounts,
-        observer=obs.observer,
-        exchange_info_ttl_s=settings.engine.exchange_info_ttl_s,
-    )
-    stack.push_async_callback(clients.close)
     engine = Engine(
         clients,
         settings.engine,
@@ -262,6 +261,7 @@ async def _start(
         verifier=verifier,
         observer=obs.alert_observer,
         results_index=index,
+        on_consuming=obs.set_consuming,
     )
     await intake.start()
     stack.push_async_callback(intake.close)
@@ -269,7 +269,11 @@ async def _start(
     watcher = None
     if settings.deadman:
         watcher = DeadmanWatcher(
-            kafka, settings.deadman, publisher, [a.id for a in settings.accounts]
+            kafka,
+            settings.deadman,
+            publisher,
+            [a.id for a in settings.accounts],
+            observer=obs.alert_observer,
         )
         stack.push_async_callback(watcher.close)
         await watcher.start()
@@ -285,7 +289,10 @@ async def _start(
     }
     if watcher is not None:
         tasks["deadman"] = asyncio.create_task(watcher.run(stop), name="deadman")
-    obs.set_ready(True)
+    interval = min(settings.metrics.exchange_stale_after_s / 3, _EXCHANGE_PROBE_MAX_S)
+    tasks["exchange"] = asyncio.create_task(
+        _keep_exchange_warm(clients, interval, background), name="exchange-probe"
+    )
     daemon = Daemon(
         settings,
         instance,
@@ -296,8 +303,33 @@ async def _start(
         watcher,
         list(halted.values()),
         background,
+        obs,
     )
     return daemon, tasks
+
+
+async def _keep_exchange_warm(
+    clients: ExchangeClients, interval_s: float, stop: asyncio.Event
+) -> None:
+    """Clock sync and exchange info for every account now, then a clock sync every
+    ``interval_s``: the first kill does not pay for them, and readiness knows whether
+    each account's exchange answers even when no alert has come for hours."""
+    first = True
+    while not stop.is_set():
+        await asyncio.gather(*(_probe(c, with_info=first) for c in clients.values()))
+        first = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval_s):
+                await stop.wait()
+
+
+async def _probe(client: ExchangeClient, *, with_info: bool) -> None:
+    try:
+        await client.sync_clock()
+        if with_info:
+            await client.exchange_info()
+    except ExchangeError as exc:
+        log.warning("exchange probe failed", extra={"account": client.account, "error": str(exc)})
 
 
 def _state_applier(engine: Engine) -> Callable[[HaltState], None]:
@@ -330,6 +362,7 @@ async def _shutdown(daemon: Daemon, tasks: dict[str, asyncio.Task[None]]) -> Non
     grace = daemon.settings.engine.shutdown_grace_s
     started = time.monotonic()
     log.info("shutting down", extra={"grace_s": grace})
+    daemon.observability.set_draining()
     daemon.intake.stop()
     if "deadman" in tasks:
         await _finish(tasks.pop("deadman"))

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from killswitch.alerts import ALERT_SCHEMA, Timestamp, format_time, load_json_object
 from killswitch.config import DeadmanSource, KafkaSettings
 from killswitch.core.deadman import DeadmanMonitor, Firing, HeartbeatVerdict
+from killswitch.core.ports import AlertObserver, NullAlertObserver
 from killswitch.intake.kafka import all_partitions, make_reader
 from killswitch.intake.outputs import Publisher
 
@@ -134,12 +135,14 @@ class DeadmanWatcher:
         publisher: Publisher,
         accounts: Sequence[str],
         *,
+        observer: AlertObserver | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._kafka = kafka
         self._sources = {s.source: s for s in sources}
         self._publisher = publisher
+        self._observer: AlertObserver = observer or NullAlertObserver()
         self._accounts = list(accounts)
         self._monotonic = monotonic
         self._wall = wall
@@ -190,6 +193,18 @@ class DeadmanWatcher:
             with contextlib.suppress(KafkaError):
                 await consumer.stop()
 
+    async def _publish(self, account: str, value: bytes) -> bool:
+        delay = 0.05
+        for _attempt in range(20):  # bounded: about a minute of broker trouble
+            try:
+                await self._publisher.alert(account, value)
+                return True
+            except KafkaError as exc:
+                log.warning("dead-man alert not published", extra={"error": type(exc).__name__})
+                await asyncio.sleep(delay)  # backoff between attempts
+                delay = min(delay * 2, 5.0)
+        return False
+
     def _heard(self, value: bytes | None) -> None:
         beat = parse_heartbeat(value)
         if isinstance(beat, str):
@@ -217,13 +232,10 @@ class DeadmanWatcher:
             config, firing, accounts=self._accounts, alert_id=alert_id, now=self._wall()
         ):
             value = json.dumps(alert, separators=(",", ":")).encode()
-            delay = 0.05
-            for _attempt in range(20):  # bounded: ~1 minute of broker trouble
-                try:
-                    await self._publisher.alert(account, value)
-                    break
-                except KafkaError as exc:
-                    log.warning("dead-man alert not published", extra={"error": type(exc).__name__})
-                    await asyncio.sleep(delay)  # backoff between attempts
-                    delay = min(delay * 2, 5.0)
+            if not await self._publish(account, value):
+                log.error(
+                    "dead-man alert could not be published",
+                    extra={"source": firing.source, "account": account, "alert_id": alert_id},
+                )
         self.fired.append(alert_id)
+        self._observer.deadman_fired(firing.source)

@@ -17,6 +17,10 @@ One :class:`RateLimiter` per account, shared by every call made with that API ke
   requests counts once: a cut is ignored within ``cut_cooldown_s`` of the previous one,
   or when the throttled request was sent before the previous cut. After the cool-down
   the rate grows back linearly, ``increase_per_s`` per second, never above the ceiling.
+  Near the rate that drew the last 429 (above ``probe_fraction`` of it) growth slows to
+  ``probe_increase_per_s``: the limiter remembers where the exchange's real limit was
+  and probes it gently instead of overshooting it again at full speed. This is what
+  lets a ceiling configured above the true limit still run close to that limit.
 
 Time is injected (``clock``, ``sleep``) so tests are deterministic and never sleep.
 The fast path (token and slot free, nobody waiting) is a few float operations and no
@@ -53,7 +57,9 @@ class RateLimiter:
     ``rate`` is the ceiling in requests per second (and the starting rate), ``burst``
     the bucket size, ``max_concurrency`` the in-flight cap. ``min_rate`` is the floor
     for cuts (default: ceiling / 100, at least 0.1/s), ``increase_per_s`` the additive
-    recovery per second (default: ceiling / 10, so half to full takes about 5 s).
+    recovery per second (default: ceiling / 10), ``probe_increase_per_s`` the slower
+    recovery above ``probe_fraction`` of the last throttled rate (default: a tenth of
+    ``increase_per_s``).
     """
 
     def __init__(
@@ -63,9 +69,11 @@ class RateLimiter:
         max_concurrency: int,
         *,
         min_rate: float | None = None,
-        decrease_factor: float = 0.5,
+        decrease_factor: float = 0.7,
         increase_per_s: float | None = None,
-        cut_cooldown_s: float = 1.0,
+        probe_fraction: float = 0.9,
+        probe_increase_per_s: float | None = None,
+        cut_cooldown_s: float = 0.05,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         on_rate_change: RateCallback | None = None,
@@ -78,6 +86,12 @@ class RateLimiter:
         self._min_rate = min(self._ceiling, min_rate or max(self._ceiling / 100, 0.1))
         self._decrease = decrease_factor
         self._increase = increase_per_s if increase_per_s is not None else self._ceiling / 10
+        self._probe_fraction = probe_fraction
+        self._probe_increase = (
+            probe_increase_per_s if probe_increase_per_s is not None else self._increase / 10
+        )
+        # Probing starts here; +inf until the first 429 (no known limit yet).
+        self._probe_from = math.inf
         self._cooldown = cut_cooldown_s
         self._burst = float(burst)
         self._max_inflight = max_concurrency
@@ -193,6 +207,7 @@ class RateLimiter:
             return False
         if sent_at is not None and sent_at < self._last_cut:
             return False
+        self._probe_from = self._rate * self._probe_fraction
         self._rate = max(self._min_rate, self._rate * self._decrease)
         self._last_cut = now
         self._tokens = min(self._tokens, 0.0)
@@ -220,7 +235,14 @@ class RateLimiter:
         start = max(previous, self._last_cut + self._cooldown)
         if now <= start:
             return
-        self._rate = min(self._ceiling, self._rate + self._increase * (now - start))
+        elapsed = now - start
+        rate = self._rate
+        if rate < self._probe_from and self._increase > 0:  # far below the known limit
+            fast = min(elapsed, (self._probe_from - rate) / self._increase)
+            rate += self._increase * fast
+            elapsed -= fast
+        rate += self._probe_increase * elapsed
+        self._rate = min(self._ceiling, rate)
         self._notify(force=self._rate >= self._ceiling)
 
     def _notify(self, *, force: bool) -> None:

@@ -98,6 +98,11 @@ class OffsetTracker(Generic[K]):
             if part is not None and (part.committed is None or pos > part.committed):
                 part.committed = pos
 
+    def position(self, key: K) -> int | None:
+        """The commit position of one partition (None before its first record)."""
+        part = self._parts.get(key)
+        return part.position() if part is not None else None
+
     def pending(self, key: K | None = None) -> int:
         """Unfinished records of one partition, or of all."""
         if key is not None:

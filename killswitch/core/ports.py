@@ -157,7 +157,7 @@ class EngineAPI(Protocol):
 
 
 class AlertObserver(Protocol):
-    """Receives what the intake sees, for metrics (``killswitch.metrics`` backs it).
+    """Receives what the intake sees, for metrics (``killswitch.metrics.Metrics`` backs it).
 
     ``alert_read(source, result)`` is ``killswitch_alerts_total{source,result}``:
     one count per input message. ``source`` is the input channel: ``alerts``
@@ -167,12 +167,23 @@ class AlertObserver(Protocol):
     account already handled), ``invalid``, ``unauthorized``, ``expired``,
     ``dry_run`` (a dry-run kill that was processed).
 
+    ``dlq(reason)``: one dead letter, ``reason`` one of ``undecodable``,
+    ``too_large``, ``invalid``, ``unauthorized``, ``expired``.
+    ``deadman_fired(source)``: a dead-man source fell silent (its kill was published).
+    ``consumer_lag(topic, partition, lag)``: records behind on one input partition
+    (high watermark minus the commit position).
     ``loop_lag(seconds)``: how late the event loop woke a timer, sampled
     continuously (a stalled loop delays Kafka heartbeats and every sweep).
     Every method must be cheap and never raise.
     """
 
     def alert_read(self, source: str, result: str) -> None: ...
+
+    def dlq(self, reason: str) -> None: ...
+
+    def deadman_fired(self, source: str) -> None: ...
+
+    def consumer_lag(self, topic: str, partition: int, lag: int) -> None: ...
 
     def loop_lag(self, seconds: float) -> None: ...
 
@@ -181,6 +192,15 @@ class NullAlertObserver:
     """An :class:`AlertObserver` that records nothing."""
 
     def alert_read(self, source: str, result: str) -> None:
+        pass
+
+    def dlq(self, reason: str) -> None:
+        pass
+
+    def deadman_fired(self, source: str) -> None:
+        pass
+
+    def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         pass
 
     def loop_lag(self, seconds: float) -> None:

@@ -289,6 +289,8 @@ class ExchangeClient:
         # jar, auth and redirect machinery, none of which the exchange uses) cost about
         # a fifth of the client's CPU per cancel (bench/cpu_per_cancel.py).
         self._transport = transport
+        if limiter is None:  # the gauge starts at the configured ceiling, not empty
+            self._observer.rate_changed(self._account, self._limiter.rate)
 
         self._offset_ms = 0
         self._synced = False  # a measurement has succeeded at least once
@@ -517,6 +519,7 @@ class ExchangeClient:
                 if (
                     call.signed
                     and not auth_retried
+                    and attempts < settings.max_attempts
                     and _is_auth_failure(last_status or 0, body)
                     and await self._clock_moved(offset)
                 ):

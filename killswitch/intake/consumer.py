@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ DEADMAN_SOURCE = "deadman"
 _THREAD_PARSE_BYTES = 64 * 1024
 _POLL_MS = 100
 _PUBLISH_BACKOFF_MAX_S = 5.0
+_LAG_REPORT_S = 1.0
 
 
 def utc_now() -> datetime:
@@ -114,6 +116,11 @@ class _Plan:
     action: str = "kill"
 
 
+def _internal_error(exc: Exception) -> Rejection:
+    # Dead-lettered with the reason (visible, counted) rather than left pending forever.
+    return Rejection(RejectKind.INVALID, f"internal error while reading: {type(exc).__name__}")
+
+
 class _Interrupted(Exception):
     """The engine stopped a request because the daemon is shutting down."""
 
@@ -143,6 +150,7 @@ class Intake:
         verifier: TriggerVerifier | None = None,
         observer: AlertObserver | None = None,
         results_index: ResultsIndex | None = None,
+        on_consuming: Callable[[bool], None] | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._config = config
@@ -153,7 +161,9 @@ class Intake:
         self._verifier = verifier
         self._observer: AlertObserver = observer or NullAlertObserver()
         self._results_index = results_index
+        self._on_consuming = on_consuming or (lambda consuming: None)
         self._clock = clock
+        self._lag_reported_at = 0.0
         self._consumer: AIOKafkaConsumer | None = None
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
@@ -214,10 +224,27 @@ class Intake:
                 for record in records:
                     self._accept(tp, record)
             self._update_backpressure()
+            try:
+                self._report_lag()
+            except Exception:  # metrics must never stop the consumer
+                log.exception("consumer lag not reported")
 
     def stop(self) -> None:
         """Stop taking new alerts (running work continues; see :meth:`shutdown`)."""
         self._stopping = True
+        self._on_consuming(False)
+
+    def _report_lag(self) -> None:
+        """Records behind per partition (high watermark - commit position), once a second."""
+        now = time.monotonic()
+        if now - self._lag_reported_at < _LAG_REPORT_S or self._consumer is None:
+            return
+        self._lag_reported_at = now
+        for tp in self._assigned:
+            highwater = self._consumer.highwater(tp)
+            position = self._tracker.position(tp)
+            if highwater is not None and position is not None:
+                self._observer.consumer_lag(tp.topic, tp.partition, highwater - position)
 
     async def shutdown(self, grace_s: float) -> None:
         """Let running work finish within ``grace_s``, commit what completed, leave the group."""
@@ -259,7 +286,11 @@ class Intake:
         if value is not None and _THREAD_PARSE_BYTES < len(value) <= self._max_bytes:
             work = self._handle_large(record, channel, origin, received)
         else:
-            plan = self._plan(self._parse(value, channel, received), channel, origin, received)
+            try:
+                plan = self._plan(self._parse(value, channel, received), channel, origin, received)
+            except Exception as exc:  # a bug here must not stop the consumer or stall commits
+                log.exception("cannot read a record", extra={"offset": record.offset})
+                plan = _Plan(label=channel, rejection=_internal_error(exc))
             work = self._execute(record, plan, origin, received)
         task = asyncio.create_task(work)
         self._tasks[task] = tp
@@ -282,8 +313,12 @@ class Intake:
     ) -> None:
         # Parsing is synchronous; a large message is parsed in a worker thread so a
         # burst of them cannot stall the loop (and with it Kafka heartbeats).
-        parsed = await asyncio.to_thread(self._parse, record.value, channel, received)
-        plan = self._plan(parsed, channel, origin, received)
+        try:
+            parsed = await asyncio.to_thread(self._parse, record.value, channel, received)
+            plan = self._plan(parsed, channel, origin, received)
+        except Exception as exc:
+            log.exception("cannot read a record", extra={"offset": record.offset})
+            plan = _Plan(label=channel, rejection=_internal_error(exc))
         await self._execute(record, plan, origin, received)
 
     def _parse(
@@ -350,12 +385,16 @@ class Intake:
         """Run a plan; the record is done once every output for it is acknowledged."""
         if plan.rejection is not None:
             await self._dead_letter(record, origin, plan.rejection, received)
+            self._observer.dlq(plan.rejection.dlq_reason)
             result = plan.rejection.kind.value
         else:
             try:
-                await asyncio.gather(
-                    *(self._run_step(step, plan.action, origin) for step in plan.steps)
-                )
+                if len(plan.steps) == 1:  # the common case: no extra task hop before the engine
+                    await self._run_step(plan.steps[0], plan.action, origin)
+                else:
+                    await asyncio.gather(
+                        *(self._run_step(step, plan.action, origin) for step in plan.steps)
+                    )
             except _Interrupted:
                 return  # shutdown: not done, replayed after the restart
             result = plan.result
@@ -535,6 +574,8 @@ class Intake:
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         gone = set(revoked)
+        if gone:
+            self._on_consuming(False)
         self._assigned -= gone
         waiting = [t for t, tp in self._tasks.items() if tp in gone]
         if waiting:
@@ -544,6 +585,8 @@ class Intake:
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         self._assigned = set(assigned)
+        # Ready even with no partitions: a member with nothing assigned is healthy.
+        self._on_consuming(not self._stopping)
         if self._results_index is not None:
             caught_up = await self._results_index.wait_caught_up(timeout_s=10.0)
             if not caught_up:

@@ -101,7 +101,7 @@ def daemon_settings(
         "shutdown_grace_s": 3.0,
         **overrides.pop("engine", {}),
     }
-    metrics = {"enabled": False}
+    metrics = overrides.pop("metrics", {"enabled": False})
     return Settings(kafka=kafka, accounts=accounts, engine=engine, metrics=metrics, **overrides)
 
 

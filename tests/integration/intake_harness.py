@@ -163,9 +163,21 @@ class FakeEngine:
 class RecordingObserver:
     alerts: list[tuple[str, str]] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)
+    dead_letters: list[str] = field(default_factory=list)
+    fired: list[str] = field(default_factory=list)
+    consumer_lags: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def alert_read(self, source: str, result: str) -> None:
         self.alerts.append((source, result))
+
+    def dlq(self, reason: str) -> None:
+        self.dead_letters.append(reason)
+
+    def deadman_fired(self, source: str) -> None:
+        self.fired.append(source)
+
+    def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
+        self.consumer_lags[(topic, partition)] = lag
 
     def loop_lag(self, seconds: float) -> None:
         self.lags.append(seconds)

@@ -9,6 +9,7 @@ before its backoff, so "fail once, then succeed" is deterministic.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import pytest
 from killswitch.core.orders import OrderStatus
 from killswitch.core.outcomes import Outcome, RejectReason
 from killswitch.exchange.client import ExchangeClient, ExchangeClients
-from killswitch.exchange.errors import AuthError, InvalidRequest, NotFound
+from killswitch.exchange.errors import AuthError, ExchangeUnavailable, InvalidRequest, NotFound
 from killswitch.exchange.signing import generate_private_key, private_key_pem
 from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
 from killswitch.exchange.simulator.testing import (
@@ -40,6 +41,7 @@ class Recorder:
     requests: list[tuple[str, str]] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
     inflight: int = 0
+    peak_inflight: int = 0
     on_status: dict[str, Callable[[], None]] = field(default_factory=dict)
 
     def request_done(self, account: str, endpoint: str, status: str, seconds: float) -> None:
@@ -54,6 +56,7 @@ class Recorder:
 
     def inflight_cancels(self, account: str, delta: int) -> None:
         self.inflight += delta
+        self.peak_inflight = max(self.peak_inflight, self.inflight)
 
     def cancel_outcome(self, account: str, outcome: Outcome) -> None: ...
     def first_cancel(self, seconds: float) -> None: ...
@@ -217,7 +220,7 @@ async def test_429_then_success_slows_the_limiter(env: Env) -> None:
         result = await client.cancel_order(order_id, SYMBOL)
         assert client.limiter.rate < client.limiter.ceiling
     assert (result.outcome, result.attempts) == (Outcome.SENT, 2)
-    assert env.recorder.rates[0] == pytest.approx(500.0)
+    assert env.recorder.rates[:2] == [1000.0, 700.0]  # the ceiling at start, then the cut
 
 
 async def test_timeout_then_success(env: Env) -> None:
@@ -431,3 +434,30 @@ async def test_several_accounts_each_with_own_limiter(env: Env) -> None:
     assert {r.outcome for r in results} == {Outcome.SENT}
     assert cross.reason is RejectReason.NOT_FOUND
     assert env.sim.open_order_ids(env.api_key) == env.sim.open_order_ids(other_key) == set()
+
+
+async def test_inflight_cap_holds_under_load(env: Env) -> None:
+    ids = env.sim.seed_orders(env.api_key, SYMBOL, 24)
+    env.sim.set_faults(EndpointFaults(latency_ms=30.0), endpoint="cancel")
+    async with env.client(max_concurrency=4) as client:
+        results = await asyncio.gather(*(client.cancel_order(i, SYMBOL) for i in ids))
+    assert {r.outcome for r in results} == {Outcome.SENT}
+    assert env.recorder.peak_inflight == 4  # reached, never exceeded
+    assert env.recorder.inflight == 0
+
+
+async def test_connection_refused_is_failed_and_listing_unavailable(env: Env) -> None:
+    with socket.socket() as probe:  # a loopback port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = account_settings(
+        f"http://127.0.0.1:{port}", env.api_key, env.pem, max_attempts=2, backoff_base_s=0.01
+    )
+    async with ExchangeClient(settings, observer=env.recorder, transport=env.transport) as client:  # type: ignore[arg-type]
+        result = await client.cancel_order(1, SYMBOL)
+        with pytest.raises(ExchangeUnavailable) as info:
+            await client.get_order(1, SYMBOL)
+    assert (result.outcome, result.status, result.attempts) == (Outcome.FAILED, None, 2)
+    assert result.error == "ConnectError"
+    assert info.value.last_error == "ConnectError"
+    assert env.api_key not in str(info.value)

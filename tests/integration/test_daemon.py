@@ -5,15 +5,18 @@ Flatness is checked on the simulator's own books, not on what the daemon reports
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from prometheus_client.parser import text_string_to_metric_families
 
 from killswitch.config import ConfigError
 from killswitch.daemon import async_run
@@ -180,7 +183,7 @@ async def test_restart_restores_the_halt_and_guards_again(
             ex.seed("mm-1", 5)  # placed while no daemon runs
             async with daemon_in_process(settings) as run:
                 assert [s.account for s in run.daemon.restored] == ["mm-1"]
-                await wait_for(lambda: ex.open_ids("mm-1") == set(), timeout=10)
+                await wait_for(lambda: ex.open_ids("mm-1") == set(), timeout=20)
                 # the old alert is not replayed (committed), only guarded
                 assert len(results.finals("halt-1")) == 1
 
@@ -197,6 +200,12 @@ async def test_bad_configuration_is_refused_before_anything_starts(
         )
         with pytest.raises(ConfigError, match="unknown"):
             await async_run(settings)
+        bad_key = daemon_settings(
+            kafka_bootstrap, unique_name, ex, account_mm_2={"private_key": "not a key"}
+        )
+        with pytest.raises(ConfigError, match="account mm-2: private key") as info:
+            await async_run(bad_key)
+        assert "not a key" not in str(info.value)
 
 
 # ------------------------------------------------------------------- subprocesses
@@ -320,3 +329,52 @@ async def test_two_daemons_share_the_partitions(kafka_bootstrap: str, unique_nam
                 timeout=20,
             )
             assert halted_records(states, "mm-1")[-1] is False
+
+
+async def _poll_status(http: httpx.AsyncClient, url: str, want: int, timeout: float = 10) -> int:
+    """GET ``url`` until it answers ``want`` or the deadline passes; the last status."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        status = (await http.get(url)).status_code
+        if status == want or loop.time() > deadline:
+            return status
+        await asyncio.sleep(0.05)  # polling a condition with a deadline
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The value of one series in a Prometheus text exposition (0 when absent)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def test_metrics_and_readiness(kafka_bootstrap: str, unique_name: Unique) -> None:
+    async with exchange() as ex:
+        settings = daemon_settings(
+            kafka_bootstrap, unique_name, ex, metrics={"enabled": True, "port": 0}
+        )
+        await prepare_topics(settings)
+        ex.seed("mm-1", 6)
+        async with (
+            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            daemon_in_process(settings) as run,
+            httpx.AsyncClient() as http,
+        ):
+            url_of = run.daemon.observability.url
+            assert url_of is not None
+            url = url_of()
+            # consuming, and both accounts' exchange answered the start-up probe
+            assert await _poll_status(http, f"{url}/readyz", 200) == 200
+            await produce(settings, [b"garbage", alert_message("m-1", ["mm-1"])])
+            await wait_for(lambda: len(results.finals("m-1")) == 1, timeout=20)
+            text = (await http.get(f"{url}/metrics")).text
+            assert (
+                _sample(text, "killswitch_alerts_total", source="alerts", result="processed") == 1
+            )
+            assert _sample(text, "killswitch_alerts_total", source="alerts", result="invalid") == 1
+            assert _sample(text, "killswitch_dlq_total", reason="undecodable") == 1
+            assert _sample(text, "killswitch_cancels_total", account="mm-1", outcome="sent") == 12
+            assert _sample(text, "killswitch_ready") == 1

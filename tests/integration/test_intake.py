@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Callable
@@ -336,3 +337,45 @@ async def test_engine_state_sink_publishes_to_the_state_topic(
     assert list(halted) == ["mm-1"]
     assert halted["mm-1"].alert_id == "x-1"
     _ = FakeEngine  # the harness engine is not needed here
+
+
+async def test_revocation_waits_for_running_work_and_commits_it(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topics = settings.kafka.topics
+    first = FakeEngine()
+    first.hold("mm-1")
+    second = FakeEngine()
+    async with (
+        TopicReader(kafka_bootstrap, topics.results) as results,
+        running_intake(settings, first) as one,
+    ):
+        await produce(settings, [alert_message("rb-1")])
+        await wait_for(lambda: len(first.calls) == 1)
+        # A second member joins: the first must give its partitions up, and waits
+        # for the running sweep before committing (instead of leaving it to replay).
+        joining = running_intake(settings, second)
+        entered = asyncio.create_task(joining.__aenter__())
+        try:
+            await wait_for(lambda: not one.intake.assignment, timeout=20)
+            assert one.intake.in_flight == 1
+            first.let_go("mm-1")
+            two = await entered
+            await wait_for(lambda: len(results.finals("rb-1")) == 1)
+            await wait_for(
+                lambda: bool(one.intake.assignment) and bool(two.intake.assignment),
+                timeout=20,
+            )
+            assert await committed(settings, topics.alerts) == 1
+            assert second.calls == []
+        finally:
+            if not entered.done():
+                entered.cancel()
+            try:
+                await entered
+            except asyncio.CancelledError:
+                pass
+            else:
+                await joining.__aexit__(None, None, None)

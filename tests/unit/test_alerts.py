@@ -424,3 +424,22 @@ def test_dead_letter_of_binary_and_oversized_input() -> None:
     assert body["value_truncated"] is True
     assert body["value_bytes"] == len(big)
     assert len(body["value"]) == DLQ_MAX_VALUE_BYTES
+
+
+def test_state_records_name_their_daemon_and_followers_skip_their_own() -> None:
+    from killswitch.alerts import decode_state_record
+    from killswitch.intake.readers import _fold_state
+
+    halt = HaltState("mm-1", True, "a-1", NOW, Scope())
+    mine = encode_state(halt, "daemon-a")
+    theirs = encode_state(HaltState("mm-1", False, "r-1", NOW, Scope()), "daemon-b")
+    record = decode_state_record(mine)
+    assert record is not None
+    assert record[1] == "daemon-a"
+    changes: dict[str, HaltState] = {}
+    _fold_state(changes, b"mm-1", theirs, "daemon-a", keep_cleared=True)
+    assert changes["mm-1"].halted is False
+    _fold_state(changes, b"mm-1", mine, "daemon-a", keep_cleared=True)
+    assert "mm-1" not in changes  # our own, later change supersedes: nothing to apply
+    _fold_state(changes, b"mm-2", None, "daemon-a", keep_cleared=True)
+    assert changes["mm-2"].halted is False  # a tombstone clears the halt

@@ -197,7 +197,9 @@ async def test_slot_context_manager_releases_on_error() -> None:
 def test_throttle_halves_rate_once_per_cooldown() -> None:
     fake = FakeTime()
     seen: list[float] = []
-    limiter = make(fake, rate=100.0, on_rate_change=seen.append, cut_cooldown_s=1.0)
+    limiter = make(
+        fake, rate=100.0, on_rate_change=seen.append, cut_cooldown_s=1.0, decrease_factor=0.5
+    )
     assert limiter.throttled()
     assert limiter.rate == 50.0
     fake.now += 0.5
@@ -211,7 +213,7 @@ def test_throttle_halves_rate_once_per_cooldown() -> None:
 
 def test_throttle_for_request_sent_before_last_cut_is_ignored() -> None:
     fake = FakeTime()
-    limiter = make(fake, rate=100.0, cut_cooldown_s=0.1, increase_per_s=0.0)
+    limiter = make(fake, rate=100.0, cut_cooldown_s=0.1, increase_per_s=0.0, decrease_factor=0.5)
     sent = fake.now
     fake.now += 0.01
     assert limiter.throttled(sent_at=sent)
@@ -225,7 +227,13 @@ def test_rate_recovers_additively_to_the_ceiling_and_not_beyond() -> None:
     fake = FakeTime()
     seen: list[float] = []
     limiter = make(
-        fake, rate=100.0, increase_per_s=10.0, cut_cooldown_s=1.0, on_rate_change=seen.append
+        fake,
+        rate=100.0,
+        increase_per_s=10.0,
+        probe_increase_per_s=10.0,
+        cut_cooldown_s=1.0,
+        decrease_factor=0.5,
+        on_rate_change=seen.append,
     )
     limiter.throttled()
     assert limiter.rate == 50.0
@@ -241,6 +249,31 @@ def test_rate_recovers_additively_to_the_ceiling_and_not_beyond() -> None:
     assert max(seen) == 100.0
 
 
+def test_recovery_slows_near_the_rate_that_was_throttled() -> None:
+    """Fast back to 90% of where the 429 came, then gentle probing toward the ceiling."""
+    fake = FakeTime()
+    limiter = make(
+        fake,
+        rate=1000.0,
+        increase_per_s=100.0,
+        probe_increase_per_s=10.0,
+        cut_cooldown_s=0.0,
+        decrease_factor=0.5,
+    )
+    fake.now += 1.0
+    limiter.throttled()  # 1000 -> 500; probing starts at 900
+    limiter.throttled()  # the true limit is lower: 500 -> 250; probing starts at 450
+    assert limiter.rate == pytest.approx(250.0)
+    fake.now += 2.0  # fast: +100/s
+    assert limiter.rate == pytest.approx(450.0)
+    fake.now += 2.0  # slow: +10/s
+    assert limiter.rate == pytest.approx(470.0)
+    fake.now += 1.0
+    assert limiter.rate == pytest.approx(480.0)
+    fake.now += 1000.0
+    assert limiter.rate == 1000.0  # never above the ceiling, but it gets there
+
+
 def test_rate_never_drops_below_floor() -> None:
     fake = FakeTime()
     limiter = make(fake, rate=10.0, min_rate=2.0, cut_cooldown_s=0.0, increase_per_s=0.0)
@@ -252,7 +285,7 @@ def test_rate_never_drops_below_floor() -> None:
 
 def test_throttle_empties_bucket_and_shrinks_burst() -> None:
     fake = FakeTime()
-    limiter = make(fake, rate=100.0, burst=10, increase_per_s=0.0)
+    limiter = make(fake, rate=100.0, burst=10, increase_per_s=0.0, decrease_factor=0.5)
     limiter.throttled()
     assert not limiter.try_acquire()  # bucket emptied
     fake.now += 10.0
@@ -265,7 +298,7 @@ def test_throttle_empties_bucket_and_shrinks_burst() -> None:
 
 async def test_queued_waiters_slow_down_after_cut() -> None:
     fake = FakeTime()
-    limiter = make(fake, rate=10.0, burst=1, increase_per_s=0.0)
+    limiter = make(fake, rate=10.0, burst=1, increase_per_s=0.0, decrease_factor=0.5)
     times = await grant_times(limiter, fake, 3)
     assert times[2] - times[1] == pytest.approx(0.1)
     limiter.throttled()

@@ -1,0 +1,870 @@
+"""Operator commands: ``trigger``, ``release``, ``status``, ``check`` (and operator keys).
+
+``trigger`` builds a ``killswitch.alert/v1`` kill from the command line, validates it
+exactly as the daemon will (:func:`killswitch.alerts.parse_alert` on the manual
+channel, with the configured signing allowlist), signs it with the operator's Ed25519
+key when one is given, publishes it to the manual topic and follows the results topic
+(and the dead letter topic, to report a refusal at once) until every account has a
+final result, showing a progress bar per account. ``release`` does the same for a
+release. ``status`` reads the compacted state topic; ``check`` tries Kafka, the topics,
+the exchange and every account's key with read-only calls.
+
+The decisions and the text live in pure functions (:func:`prepare_trigger` here,
+:mod:`killswitch.render` for everything printed); this module is the I/O around them.
+Exit codes: 0 success, 1 the job failed (not flat, refused, timed out, a check
+failed, Kafka unreachable), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import getpass
+import json
+import os
+import secrets
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+    load_ssh_private_key,
+)
+
+from killswitch.alerts import ALERT_SCHEMA, Rejection, format_time, load_json_object, parse_alert
+from killswitch.config import AccountSettings, Settings
+from killswitch.core.model import HaltState
+from killswitch.exchange.client import ExchangeClient
+from killswitch.exchange.errors import AuthError, ExchangeError
+from killswitch.exchange.signing import KeyLoadError
+from killswitch.intake.kafka import make_producer, make_reader
+from killswitch.intake.readers import read_halt_states
+from killswitch.observability import first_page
+from killswitch.render import (
+    Board,
+    Check,
+    check_lines,
+    plain_updates,
+    progress_lines,
+    redraw,
+    status_lines,
+    status_records,
+    summary_lines,
+    terminal_frame,
+)
+from killswitch.triggers import TriggerKeyError, TriggerVerifier, sign_trigger
+
+__all__ = [
+    "OPERATOR_ENV",
+    "OPERATOR_KEY_ENV",
+    "OPERATOR_KEY_PASSPHRASE_ENV",
+    "Prepared",
+    "TriggerRequest",
+    "UsageError",
+    "cli_check",
+    "cli_release",
+    "cli_status",
+    "cli_trigger",
+    "keygen_operator",
+    "load_operator_key",
+    "prepare_trigger",
+    "read_status",
+    "run_checks",
+    "run_trigger",
+    "write_operator_key",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+OPERATOR_ENV = "KILLSWITCH_OPERATOR"
+OPERATOR_KEY_ENV = "KILLSWITCH_OPERATOR_KEY"
+OPERATOR_KEY_PASSPHRASE_ENV = "KILLSWITCH_OPERATOR_KEY_PASSPHRASE"  # noqa: S105 - a variable name
+
+# Beyond the kill's own deadline, how long to wait for results: the alert may queue
+# behind other work, and the last verification listing needs its round trip.
+_FOLLOW_MARGIN_S = 30.0
+_KAFKA_TIMEOUT_S = 15.0
+_POLL_S = 0.2
+_PLAIN_INTERVAL_S = 2.0  # not a terminal: one line per account at most this often
+_TTY_MIN_REDRAW_S = 0.1
+_MAX_RESULT_BYTES = 16 * 1024 * 1024
+
+
+class UsageError(Exception):
+    """The command line cannot be turned into a valid trigger (exit code 2)."""
+
+
+class OperatorError(Exception):
+    """The command could not do its job (Kafka unreachable, topic missing): exit code 1."""
+
+
+# ------------------------------------------------------------------------ arguments
+
+
+def _split(values: Sequence[str] | None) -> list[str]:
+    """Repeatable options that also take comma-separated lists."""
+    out: list[str] = []
+    for value in values or ():
+        out.extend(part.strip() for part in value.split(",") if part.strip())
+    return list(dict.fromkeys(out))
+
+
+def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-a",
+        "--account",
+        action="append",
+        metavar="ID",
+        help="account id (repeatable, or comma-separated)",
+    )
+    parser.add_argument("--all", action="store_true", help="every configured account")
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--operator",
+        metavar="NAME",
+        help=f"who you are, as on the signing allowlist (default: ${OPERATOR_ENV}, else login)",
+    )
+    parser.add_argument(
+        "--signing-key",
+        metavar="FILE",
+        help=f"Ed25519 private key (PEM or OpenSSH) to sign with (default: ${OPERATOR_KEY_ENV})",
+    )
+    parser.add_argument("--alert-id", metavar="ID", help="alert id (default: generated)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop waiting for results after this long (default: the deadline plus 30 s)",
+    )
+    parser.add_argument(
+        "--no-follow", action="store_true", help="publish and exit without waiting for results"
+    )
+
+
+def add_arguments_trigger(parser: argparse.ArgumentParser) -> None:
+    """Options of ``killswitch trigger``."""
+    parser.description = (
+        "Publish a manual kill to the manual topic and follow it to its final result. "
+        "Exit 0 only when every account ends flat (dry_run for --dry-run)."
+    )
+    _add_target_arguments(parser)
+    parser.add_argument(
+        "-s", "--symbol", action="append", metavar="PAIR", help="only these pairs (default: all)"
+    )
+    parser.add_argument(
+        "--side",
+        action="append",
+        type=str.upper,
+        choices=["BUY", "SELL"],
+        help="only this side (default: both)",
+    )
+    parser.add_argument(
+        "--order-id", action="append", metavar="ID", help="only these order ids (repeatable)"
+    )
+    parser.add_argument("-r", "--reason", required=True, help="why (recorded in every result)")
+    parser.add_argument(
+        "--latch", action="store_true", help="keep the accounts halted until a release"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="resolve the orders, cancel nothing")
+    parser.add_argument(
+        "--deadline", type=float, metavar="SECONDS", help="kill deadline (default: configured)"
+    )
+    _add_common_arguments(parser)
+
+
+def add_arguments_release(parser: argparse.ArgumentParser) -> None:
+    """Options of ``killswitch release``."""
+    parser.description = (
+        "Publish a release that lifts the halt latch of accounts and wait for the "
+        "'released' result. Exit 0 only when every account is released."
+    )
+    _add_target_arguments(parser)
+    parser.add_argument("-r", "--reason", default="released by operator", help="why")
+    _add_common_arguments(parser)
+
+
+def add_arguments_status(parser: argparse.ArgumentParser) -> None:
+    """Options of ``killswitch status``."""
+    parser.description = "Show the halted accounts, read from the compacted state topic."
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--timeout", type=float, default=_KAFKA_TIMEOUT_S, metavar="SECONDS", help="read timeout"
+    )
+
+
+def add_arguments_check(parser: argparse.ArgumentParser) -> None:
+    """Options of ``killswitch check``."""
+    parser.description = (
+        "Check that Kafka answers, the topics exist, the exchange answers for every "
+        "account and accepts every account's key (a read-only signed call). Exit 0 only "
+        "when every check passes."
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=_KAFKA_TIMEOUT_S, metavar="SECONDS", help="per check"
+    )
+
+
+# -------------------------------------------------------------------- trigger model
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerRequest:
+    """What the operator asked for (one alert)."""
+
+    action: Literal["kill", "release"]
+    accounts: Sequence[str] | Literal["*"]
+    reason: str
+    operator: str
+    symbols: Sequence[str] = ()
+    sides: Sequence[str] = ()
+    order_ids: Sequence[int] = ()
+    latch: bool = False
+    dry_run: bool = False
+    deadline_s: float | None = None
+    alert_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A validated (and possibly signed) alert ready to publish."""
+
+    message: dict[str, Any]
+    value: bytes
+    key: bytes
+    alert_id: str
+    accounts: list[str]  # the accounts whose results to wait for
+
+    @property
+    def signed(self) -> bool:
+        return "signature" in self.message
+
+
+def new_alert_id(action: str, now: datetime, token: str | None = None) -> str:
+    """``op-20261124T010203-1a2b3c4d`` (kill) or ``rel-...`` (release)."""
+    prefix = "op" if action == "kill" else "rel"
+    return f"{prefix}-{now.astimezone(UTC):%Y%m%dT%H%M%S}-{token or secrets.token_hex(4)}"
+
+
+def _order_ids(values: Sequence[str]) -> list[int]:
+    out = []
+    for value in values:
+        if not value.isdigit() or int(value) <= 0:
+            raise UsageError(f"--order-id {value[:40]!r}: order ids are positive integers")
+        out.append(int(value))
+    return out
+
+
+def request_from_args(
+    args: argparse.Namespace, action: Literal["kill", "release"]
+) -> TriggerRequest:
+    """The command line as a :class:`TriggerRequest` (UsageError on contradictions)."""
+    accounts = _split(args.account)
+    if args.all and accounts:
+        raise UsageError("give either --account or --all, not both")
+    if not args.all and not accounts:
+        raise UsageError("name the accounts with --account ID (repeatable), or use --all")
+    deadline = getattr(args, "deadline", None)
+    if deadline is not None and deadline <= 0:
+        raise UsageError("--deadline must be positive")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    return TriggerRequest(
+        action=action,
+        accounts="*" if args.all else accounts,
+        reason=args.reason,
+        operator=operator_name(args.operator),
+        symbols=_split(getattr(args, "symbol", None)),
+        sides=list(dict.fromkeys(getattr(args, "side", None) or ())),
+        order_ids=_order_ids(_split(getattr(args, "order_id", None))),
+        latch=bool(getattr(args, "latch", False)),
+        dry_run=bool(getattr(args, "dry_run", False)),
+        deadline_s=deadline,
+        alert_id=args.alert_id,
+    )
+
+
+def operator_name(given: str | None, environ: dict[str, str] | None = None) -> str:
+    """``--operator``, else ``$KILLSWITCH_OPERATOR``, else the login name."""
+    env = os.environ if environ is None else environ
+    name = given or env.get(OPERATOR_ENV)
+    if not name:
+        with contextlib.suppress(OSError, KeyError):
+            name = getpass.getuser()
+    if not name:
+        raise UsageError(f"cannot tell who you are: pass --operator NAME or set {OPERATOR_ENV}")
+    return name
+
+
+def alert_message(request: TriggerRequest, *, alert_id: str, now: datetime) -> dict[str, Any]:
+    """The ``killswitch.alert/v1`` object for a request (unsigned, not yet validated)."""
+    scope: dict[str, Any] = {"accounts": "*" if request.accounts == "*" else list(request.accounts)}
+    if request.symbols:
+        scope["symbols"] = list(request.symbols)
+    if request.sides:
+        scope["sides"] = list(request.sides)
+    if request.order_ids:
+        scope["order_ids"] = list(request.order_ids)
+    message: dict[str, Any] = {
+        "schema": ALERT_SCHEMA,
+        "alert_id": alert_id,
+        "action": request.action,
+        "source": "operator-cli",
+        "reason": request.reason,
+        "scope": scope,
+        "latch": request.latch,
+        "dry_run": request.dry_run,
+        "created_at": format_time(now),
+        "expires_at": None,
+        "operator": {"name": request.operator},
+    }
+    if request.deadline_s is not None:
+        message["deadline_s"] = request.deadline_s
+    return message
+
+
+def message_key(accounts: Sequence[str] | Literal["*"]) -> bytes:
+    """The Kafka key: the account (the first one named when there are several; ``*``)."""
+    if accounts == "*":
+        return b"*"
+    return accounts[0].encode()
+
+
+def prepare_trigger(
+    request: TriggerRequest,
+    settings: Settings,
+    *,
+    now: datetime,
+    signing_key: Ed25519PrivateKey | None = None,
+) -> Prepared:
+    """Build, sign and validate one trigger exactly as the daemon will read it.
+
+    Raises :class:`UsageError` with the daemon's own reason when the daemon would
+    refuse it (unknown account, bad symbol, unsigned while signing is required,
+    operator not on the allowlist...).
+    """
+    alert_id = request.alert_id or new_alert_id(request.action, now)
+    message = alert_message(request, alert_id=alert_id, now=now)
+    if signing_key is not None:
+        message = sign_trigger(message, request.operator, signing_key)
+    try:
+        verifier = TriggerVerifier(settings.trigger_signing)
+    except TriggerKeyError as exc:
+        raise UsageError(str(exc)) from None
+    if verifier.required and signing_key is None:
+        raise UsageError(
+            "trigger signing is required by the configuration: pass --signing-key FILE "
+            f"(or set {OPERATOR_KEY_ENV})"
+        )
+    value = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    configured = [a.id for a in settings.accounts]
+    parsed = parse_alert(
+        value,
+        channel="manual",
+        accounts=configured,
+        max_message_bytes=settings.intake.max_message_bytes,
+        max_order_ids=settings.intake.max_order_ids,
+        now=now,
+        verifier=verifier if signing_key is not None else None,
+    )
+    if isinstance(parsed, Rejection):
+        raise UsageError(f"the daemon would refuse this trigger ({parsed.kind}): {parsed.reason}")
+    return Prepared(
+        message=message,
+        value=value,
+        key=message_key(request.accounts),
+        alert_id=alert_id,
+        accounts=parsed.target_accounts(configured),
+    )
+
+
+# ---------------------------------------------------------------------- operator keys
+
+
+def load_operator_key(path: Path, passphrase: str | None = None) -> Ed25519PrivateKey:
+    """An Ed25519 private key from a PEM (PKCS#8) or OpenSSH file.
+
+    Errors name the file and the problem, never any key material.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"signing key {path}: {exc.strerror or type(exc).__name__}") from None
+    secret = passphrase.encode() if passphrase else None
+    try:
+        if data.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY"):
+            key: object = load_ssh_private_key(data, secret)
+        else:
+            key = load_pem_private_key(data, secret)
+    except TypeError:
+        raise UsageError(
+            f"signing key {path}: encrypted; set {OPERATOR_KEY_PASSPHRASE_ENV}"
+            if secret is None
+            else f"signing key {path}: not encrypted, but a passphrase was given"
+        ) from None
+    except ValueError:
+        raise UsageError(
+            f"signing key {path}: not a readable private key (or wrong passphrase)"
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UsageError(f"signing key {path}: {type(key).__name__}, not an Ed25519 key")
+    return key
+
+
+def public_key_b64(key: Ed25519PrivateKey) -> str:
+    """The raw 32-byte public key in base64: what ``trigger_signing.operators`` lists."""
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def write_operator_key(out: Path, *, force: bool = False) -> str:
+    """Generate an Ed25519 key into ``out`` (mode 600, PKCS#8 PEM); return the public key."""
+    if out.exists() and not force:
+        raise UsageError(f"{out} exists (use --force to overwrite)")
+    key = Ed25519PrivateKey.generate()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return public_key_b64(key)
+
+
+def keygen_operator(args: argparse.Namespace) -> int:
+    """``killswitch keygen --ed25519 --out FILE``: an operator's trigger signing key."""
+    try:
+        public = write_operator_key(Path(args.out), force=args.force)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"private key: {args.out} (mode 600; pass it with --signing-key)\n"
+        "add to the daemon's configuration:\n"
+        "  [[trigger_signing.operators]]\n"
+        '  name = "YOUR-NAME"\n'
+        f'  public_key = "{public}"'
+    )
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------ Kafka helpers
+
+
+async def _topic_partitions(consumer: AIOKafkaConsumer) -> dict[str, list[int]]:
+    """Every topic the broker lists, with its partition ids."""
+    # aiokafka has no public call for metadata of topics a consumer is not
+    # subscribed to; the client's full metadata fetch is what topics() uses too.
+    cluster = await consumer._client.fetch_all_metadata()
+    return {t: sorted(cluster.partitions_for_topic(t) or ()) for t in cluster.topics()}
+
+
+async def _start_reader(settings: Settings) -> AIOKafkaConsumer:
+    consumer = make_reader(settings.kafka)
+    try:
+        async with asyncio.timeout(_KAFKA_TIMEOUT_S):
+            await consumer.start()
+    except (KafkaError, TimeoutError, OSError) as exc:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+        raise OperatorError(
+            f"Kafka at {settings.kafka.bootstrap_servers} is not reachable ({type(exc).__name__})"
+        ) from None
+    return consumer
+
+
+def _missing_topic(name: str, role: str) -> OperatorError:
+    return OperatorError(
+        f"the {role} topic {name!r} does not exist: is the daemon running against this "
+        "Kafka? (it creates its topics at start-up)"
+    )
+
+
+# ------------------------------------------------------------------------ live display
+
+
+class Display:
+    """Shows the board: redrawn in place in a terminal, a few plain lines in a log."""
+
+    def __init__(
+        self,
+        out: TextIO,
+        *,
+        tty: bool,
+        interval_s: float = _PLAIN_INTERVAL_S,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._out = out
+        self._tty = tty
+        self._interval = interval_s
+        self._clock = clock or asyncio.get_running_loop().time
+        self._drawn = 0
+        self._last = -float("inf")
+        self._printed: dict[str, str] = {}
+
+    def show(self, board: Board, *, changed: bool, final: bool = False) -> None:
+        now = self._clock()
+        if self._tty:
+            lines = terminal_frame(board, shutil.get_terminal_size().columns)
+            if final or (changed and now - self._last >= _TTY_MIN_REDRAW_S) or not self._drawn:
+                self._out.write(redraw(lines, self._drawn))
+                self._drawn = len(lines)
+                self._last = now
+        else:
+            lines = progress_lines(board)
+            periodic = final or now - self._last >= self._interval
+            rows = board.ordered()
+            current = [(r.account, line, r.final) for r, line in zip(rows, lines, strict=True)]
+            for account, line in plain_updates(self._printed, current, periodic=periodic):
+                self._out.write(line + "\n")
+                self._printed[account] = line
+            if periodic:
+                self._last = now
+        self._out.flush()
+
+
+# ---------------------------------------------------------------------- trigger / release
+
+
+@dataclass
+class TriggerRun:
+    """What happened (for callers such as the demo)."""
+
+    prepared: Prepared
+    board: Board
+    published: bool = False
+    exit_code: int = EXIT_FAILED
+    elapsed_s: float = 0.0
+    partitions: list[TopicPartition] = field(default_factory=list)
+
+
+async def run_trigger(
+    settings: Settings,
+    prepared: Prepared,
+    *,
+    out: TextIO,
+    tty: bool,
+    timeout_s: float,
+    follow: bool = True,
+    on_published: Callable[[], None] | None = None,
+) -> TriggerRun:
+    """Publish ``prepared`` to the manual topic and follow its results to the end."""
+    action = prepared.message["action"]
+    board = Board(
+        prepared.alert_id,
+        prepared.accounts,
+        action=action,
+        dry_run=bool(prepared.message.get("dry_run")),
+    )
+    run = TriggerRun(prepared, board)
+    topics = settings.kafka.topics
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    consumer = await _start_reader(settings)
+    try:
+        async with asyncio.timeout(_KAFKA_TIMEOUT_S):
+            parts = await _topic_partitions(consumer)
+        if topics.manual not in parts:
+            raise _missing_topic(topics.manual, "manual")
+        if follow:
+            if topics.results not in parts:
+                raise _missing_topic(topics.results, "results")
+            run.partitions = [
+                TopicPartition(t, p) for t in (topics.results, topics.dlq) for p in parts.get(t, ())
+            ]
+            consumer.assign(run.partitions)
+            # Positions fixed before publishing, so no result can slip past.
+            for tp, offset in (await consumer.end_offsets(run.partitions)).items():
+                consumer.seek(tp, offset)
+        await _publish(settings, topics.manual, prepared)
+        run.published = True
+        if on_published is not None:
+            on_published()
+        _announce(out, prepared, topics.manual)
+        if not follow:
+            run.exit_code = EXIT_OK
+            return run
+        await _follow(consumer, board, Display(out, tty=tty), topics.dlq, started + timeout_s)
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+    run.elapsed_s = loop.time() - started
+    for line in summary_lines(board, run.elapsed_s):
+        out.write(line + "\n")
+    out.flush()
+    run.exit_code = board.exit_code()
+    return run
+
+
+async def _publish(settings: Settings, topic: str, prepared: Prepared) -> None:
+    producer = make_producer(settings.kafka)
+    try:
+        async with asyncio.timeout(_KAFKA_TIMEOUT_S):
+            await producer.start()
+            await producer.send_and_wait(topic, prepared.value, key=prepared.key)
+    except (KafkaError, TimeoutError, OSError) as exc:
+        raise OperatorError(f"could not publish to {topic!r}: {type(exc).__name__}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            await producer.stop()
+
+
+def _announce(out: TextIO, prepared: Prepared, topic: str) -> None:
+    m = prepared.message
+    flags = [f"latch {'on' if m.get('latch') else 'off'}"]
+    if m.get("dry_run"):
+        flags.append("DRY RUN")
+    if "deadline_s" in m:
+        flags.append(f"deadline {m['deadline_s']:g}s")
+    flags.append("signed" if prepared.signed else "unsigned")
+    out.write(
+        f"{m['action']} {prepared.alert_id} published to {topic} by {m['operator']['name']} "
+        f"for {', '.join(prepared.accounts)} ({', '.join(flags)})\n"
+    )
+    out.flush()
+
+
+async def _follow(
+    consumer: AIOKafkaConsumer, board: Board, display: Display, dlq: str, deadline: float
+) -> None:
+    loop = asyncio.get_running_loop()
+    display.show(board, changed=True)
+    while not board.done:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            board.time_out()
+            break
+        batch = await consumer.getmany(timeout_ms=max(1, int(min(remaining, _POLL_S) * 1000)))
+        changed = False
+        for tp, records in batch.items():
+            for record in records:
+                data = load_json_object(record.value, _MAX_RESULT_BYTES)
+                if isinstance(data, str):
+                    continue  # not ours to judge; the daemon never writes such records
+                if tp.topic == dlq:
+                    changed |= board.apply_dead_letter(data)
+                else:
+                    changed |= board.apply_result(data)
+        display.show(board, changed=changed)
+    display.show(board, changed=True, final=True)
+
+
+def _load_settings(args: argparse.Namespace) -> Settings:
+    from killswitch.cli import settings_from_args  # noqa: PLC0415 - cli imports this module
+
+    return settings_from_args(args)
+
+
+def _signing_key(args: argparse.Namespace) -> Ed25519PrivateKey | None:
+    path = args.signing_key or os.environ.get(OPERATOR_KEY_ENV)
+    if not path:
+        return None
+    return load_operator_key(Path(path), os.environ.get(OPERATOR_KEY_PASSPHRASE_ENV))
+
+
+def _publish_command(args: argparse.Namespace, action: Literal["kill", "release"]) -> int:
+    settings = _load_settings(args)
+    try:
+        request = request_from_args(args, action)
+        prepared = prepare_trigger(
+            request, settings, now=datetime.now(UTC), signing_key=_signing_key(args)
+        )
+    except UsageError as exc:
+        print(f"killswitch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    deadline = request.deadline_s or settings.engine.default_deadline_s
+    timeout = args.timeout if args.timeout is not None else deadline + _FOLLOW_MARGIN_S
+    published = False
+
+    def mark() -> None:
+        nonlocal published
+        published = True
+
+    try:
+        run = asyncio.run(
+            run_trigger(
+                settings,
+                prepared,
+                out=sys.stdout,
+                tty=sys.stdout.isatty(),
+                timeout_s=timeout,
+                follow=not args.no_follow,
+                on_published=mark,
+            )
+        )
+    except OperatorError as exc:
+        print(f"killswitch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        if published:
+            print(
+                f"\nkillswitch: stopped following; {prepared.alert_id} was published and the "
+                "daemon carries on with it",
+                file=sys.stderr,
+            )
+        raise
+    return run.exit_code
+
+
+def cli_trigger(args: argparse.Namespace) -> int:
+    """``killswitch trigger``: publish a manual kill and follow it to its final result."""
+    return _publish_command(args, "kill")
+
+
+def cli_release(args: argparse.Namespace) -> int:
+    """``killswitch release``: publish a release and follow it to the ``released`` result."""
+    return _publish_command(args, "release")
+
+
+# ------------------------------------------------------------------------------- status
+
+
+async def read_status(settings: Settings, timeout_s: float = _KAFKA_TIMEOUT_S) -> list[HaltState]:
+    """The halted accounts on the state topic (read from the beginning to the end)."""
+    consumer = await _start_reader(settings)
+    try:
+        async with asyncio.timeout(timeout_s):
+            parts = await _topic_partitions(consumer)
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+    topic = settings.kafka.topics.state
+    if topic not in parts:
+        raise _missing_topic(topic, "state")
+    try:
+        halted = await read_halt_states(settings.kafka, topic, timeout_s)
+    except (TimeoutError, KafkaError, LookupError) as exc:
+        raise OperatorError(f"could not read {topic!r} to its end: {type(exc).__name__}") from None
+    return sorted(halted.values(), key=lambda s: s.account)
+
+
+def cli_status(args: argparse.Namespace) -> int:
+    """``killswitch status``: halted accounts, as a table or ``--json``."""
+    settings = _load_settings(args)
+    try:
+        states = asyncio.run(read_status(settings, args.timeout))
+    except OperatorError as exc:
+        print(f"killswitch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps({"halted": status_records(states)}, indent=2))
+    else:
+        print("\n".join(status_lines(states, datetime.now(UTC))))
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------------------- check
+
+
+async def _kafka_checks(settings: Settings, timeout_s: float) -> list[Check]:
+    kafka = settings.kafka
+    t = kafka.topics
+    roles = {
+        t.alerts: "alerts",
+        t.manual: "manual",
+        t.heartbeats: "heartbeats",
+        t.results: "results",
+        t.state: "state",
+        t.dlq: "dlq",
+    }
+    try:
+        consumer = await _start_reader(settings)
+    except OperatorError as exc:
+        failed = [Check("kafka reachable", kafka.bootstrap_servers, False, str(exc))]
+        return failed + [Check("topic present", n, False, "Kafka not reachable") for n in roles]
+    try:
+        async with asyncio.timeout(timeout_s):
+            parts = await _topic_partitions(consumer)
+    except (KafkaError, TimeoutError) as exc:
+        detail = f"no metadata ({type(exc).__name__})"
+        return [Check("kafka reachable", kafka.bootstrap_servers, False, detail)]
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+    checks = [Check("kafka reachable", kafka.bootstrap_servers, True, f"{len(parts)} topic(s)")]
+    for name, role in roles.items():
+        count = len(parts.get(name, ()))
+        detail = f"{role}, {count} partition(s)" if count else f"{role}: missing"
+        checks.append(Check("topic present", name, count > 0, detail))
+    return checks
+
+
+async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[Check]:
+    # Fail fast: a check is a question, not a kill (few retries, short deadline).
+    quick = account.model_copy(
+        update={
+            "max_attempts": min(account.max_attempts, 2),
+            "request_deadline_s": min(account.request_deadline_s, timeout_s),
+        }
+    )
+    target = f"{account.id} {account.base_url}"
+    try:
+        client = ExchangeClient(quick)
+    except KeyLoadError as exc:
+        return [
+            Check("exchange reachable", target, False, "not tried: the key does not load"),
+            Check("key accepted", account.id, False, str(exc)),
+        ]
+    async with client:
+        try:
+            async with asyncio.timeout(timeout_s):
+                offset = await client.sync_clock()
+                symbols = await client.exchange_info()
+        except (ExchangeError, TimeoutError) as exc:
+            return [
+                Check("exchange reachable", target, False, str(exc) or type(exc).__name__),
+                Check("key accepted", account.id, False, "not tried: exchange not reachable"),
+            ]
+        reach = Check(
+            "exchange reachable", target, True, f"{len(symbols)} pairs, clock offset {offset:+d} ms"
+        )
+        if not symbols:
+            return [reach, Check("key accepted", account.id, False, "the exchange lists no pairs")]
+        symbol = symbols[0].symbol
+        try:
+            async with asyncio.timeout(timeout_s):
+                shown = await first_page(client, symbol)
+        except AuthError as exc:
+            return [reach, Check("key accepted", account.id, False, f"refused: {exc}")]
+        except (ExchangeError, TimeoutError) as exc:
+            return [reach, Check("key accepted", account.id, False, str(exc) or "timeout")]
+        detail = f"open orders on {symbol} answered ({shown} on the first page)"
+        return [reach, Check("key accepted", account.id, True, detail)]
+
+
+async def run_checks(settings: Settings, timeout_s: float = _KAFKA_TIMEOUT_S) -> list[Check]:
+    """Every check, Kafka first, then each account (concurrently)."""
+    kafka, *accounts = await asyncio.gather(
+        _kafka_checks(settings, timeout_s),
+        *(_exchange_checks(a, timeout_s) for a in settings.accounts),
+    )
+    out = list(kafka)
+    for checks in accounts:
+        out.extend(checks)
+    return out
+
+
+def cli_check(args: argparse.Namespace) -> int:
+    """``killswitch check``: a table of checks; exit 0 only when all pass."""
+    settings = _load_settings(args)
+    if args.timeout <= 0:
+        print("killswitch: --timeout must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    checks = asyncio.run(run_checks(settings, args.timeout))
+    print("\n".join(check_lines(checks)))
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED

@@ -1,0 +1,565 @@
+"""What the operator commands show, as plain functions (no I/O): progress, tables, summaries.
+
+:class:`Board` folds the result records of one alert (``killswitch.result/v1``, read
+back from Kafka) into one :class:`AccountProgress` per account and decides when the
+wait is over and what the exit code is. The ``*_lines`` / ``table`` functions turn
+that (and halt states, and check outcomes) into text lines; :func:`redraw` is the
+terminal escape sequence that replaces the previous frame. The commands in
+``killswitch.operator`` only print what these return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Literal
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from killswitch.alerts import format_time, scope_to_json
+from killswitch.core.model import HaltState
+
+__all__ = [
+    "AccountProgress",
+    "Board",
+    "Check",
+    "bar",
+    "check_lines",
+    "duration_text",
+    "fraction_done",
+    "metric_samples",
+    "metrics_lines",
+    "plain_updates",
+    "progress_line",
+    "progress_lines",
+    "redraw",
+    "scope_text",
+    "status_lines",
+    "status_records",
+    "summary_lines",
+    "table",
+    "terminal_frame",
+]
+
+Action = Literal["kill", "release"]
+
+# Words a result's ``status`` can take, plus two of the operator's own: ``waiting``
+# (nothing read yet) and ``refused`` (the daemon sent the trigger to the DLQ).
+WAITING = "waiting"
+REFUSED = "refused"
+TIMED_OUT = "timed_out"
+_FINISHED_OK = frozenset({"flat", "released", "dry_run"})
+
+
+# ------------------------------------------------------------------- progress model
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountProgress:
+    """Where one account stands for one alert, as the latest result record says."""
+
+    account: str
+    status: str = WAITING
+    final: bool = False
+    sent: int = 0
+    already_closed: int = 0
+    rejected: int = 0
+    failed: int = 0
+    skipped: int = 0
+    residual_open: int = 0
+    pending: int | None = None  # outcomes not known yet (when the record carries it)
+    sweeps: int = 0
+    reason: str | None = None
+    seconds: float | None = None  # from the daemon reading the alert to the final result
+
+    @property
+    def resolved(self) -> int:
+        """Orders with a known outcome."""
+        return self.sent + self.already_closed + self.rejected + self.failed + self.skipped
+
+    @classmethod
+    def from_result(cls, record: Mapping[str, Any]) -> AccountProgress | None:
+        """Read a result record leniently (a newer daemon may add fields); None if unusable."""
+        account, status = record.get("account"), record.get("status")
+        if not isinstance(account, str) or not isinstance(status, str):
+            return None
+        counts = record.get("counts")
+        c: Mapping[str, Any] = counts if isinstance(counts, Mapping) else {}
+        pending = record.get("pending")
+        received, finished = _time(record.get("received_at")), _time(record.get("finished_at"))
+        reason = record.get("reason")
+        return cls(
+            account=account,
+            status=status,
+            final=record.get("final") is True,
+            sent=_int(c.get("sent")),
+            already_closed=_int(c.get("already_closed")),
+            rejected=_int(c.get("rejected")),
+            failed=_int(c.get("failed")),
+            skipped=_int(c.get("skipped")),
+            residual_open=_int(record.get("residual_open")),
+            pending=_int(pending) if isinstance(pending, int) else None,
+            sweeps=_int(record.get("sweeps")),
+            reason=reason if isinstance(reason, str) and reason else None,
+            seconds=(finished - received).total_seconds() if received and finished else None,
+        )
+
+
+@dataclass
+class Board:
+    """The results of one alert, per account, as they arrive (pure state machine).
+
+    ``accounts`` are the accounts the operator waits for. A final record is kept;
+    anything arriving for that account afterwards (a replayed duplicate, a late
+    progress event) does not overwrite it. Records for other alerts are ignored;
+    records for accounts not expected (the daemon's configuration differs) are
+    shown but not waited for.
+    """
+
+    alert_id: str
+    accounts: Sequence[str]
+    action: Action = "kill"
+    dry_run: bool = False
+    rows: dict[str, AccountProgress] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for account in self.accounts:
+            self.rows.setdefault(account, AccountProgress(account))
+
+    def apply_result(self, record: Mapping[str, Any]) -> bool:
+        """Fold one result record in; True when something shown changed."""
+        if record.get("alert_id") != self.alert_id:
+            return False
+        progress = AccountProgress.from_result(record)
+        if progress is None:
+            return False
+        current = self.rows.get(progress.account)
+        if current is not None and current.final:
+            return False
+        if current == progress:
+            return False
+        self.rows[progress.account] = progress
+        return True
+
+    def apply_dead_letter(self, record: Mapping[str, Any]) -> bool:
+        """A dead letter for this alert: the daemon refused it; every account is done."""
+        if record.get("alert_id") != self.alert_id:
+            return False
+        kind, reason = record.get("kind"), record.get("reason")
+        why = f"{kind}: {reason}" if isinstance(kind, str) and isinstance(reason, str) else "?"
+        changed = False
+        for account, row in self.rows.items():
+            if not row.final:
+                self.rows[account] = replace(row, status=REFUSED, final=True, reason=why)
+                changed = True
+        return changed
+
+    def time_out(self) -> None:
+        """Mark every account still without a final result as timed out."""
+        for account, row in self.rows.items():
+            if not row.final:
+                self.rows[account] = replace(row, status=TIMED_OUT, final=True)
+
+    @property
+    def done(self) -> bool:
+        """Every expected account has a final result."""
+        return all(self.rows[a].final for a in self.accounts)
+
+    def waiting_for(self) -> list[str]:
+        """Expected accounts without a final result yet."""
+        return [a for a in self.accounts if not self.rows[a].final]
+
+    def success_status(self) -> str:
+        """The one final status that counts as success for this alert."""
+        if self.action == "release":
+            return "released"
+        return "dry_run" if self.dry_run else "flat"
+
+    def succeeded(self) -> bool:
+        """Every expected account ended with the success status."""
+        want = self.success_status()
+        return all(self.rows[a].final and self.rows[a].status == want for a in self.accounts)
+
+    def exit_code(self) -> int:
+        """0 when every expected account ended well, else 1."""
+        return 0 if self.succeeded() else 1
+
+    def ordered(self) -> list[AccountProgress]:
+        """Expected accounts in the order given, then any others by name."""
+        extra = sorted(a for a in self.rows if a not in set(self.accounts))
+        return [self.rows[a] for a in [*self.accounts, *extra]]
+
+
+# ------------------------------------------------------------------- progress text
+
+
+def fraction_done(p: AccountProgress) -> float | None:
+    """How far one account is, in [0, 1]; None while nothing is known.
+
+    Done is the orders with an outcome; still to do is ``pending`` when the record
+    carries it, else the orders the last listing still showed open (an estimate
+    that errs towards "not done": a cancelled order counts as open until re-listed).
+    A successful final result is complete whatever the counts say.
+    """
+    if p.final and p.status in _FINISHED_OK:
+        return 1.0
+    remaining = p.pending if p.pending is not None else p.residual_open
+    total = p.resolved + remaining
+    if total == 0:
+        return 1.0 if p.final else None
+    return min(1.0, p.resolved / total)
+
+
+def bar(fraction: float | None, width: int = 24) -> str:
+    """``[#########---------------]``; ``[ ? ... ]`` dots when unknown."""
+    width = max(1, width)
+    if fraction is None:
+        return "[" + "." * width + "]"
+    filled = round(max(0.0, min(1.0, fraction)) * width)
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def duration_text(seconds: float | None) -> str:
+    """``0.42s``, ``12.3s``, ``4m05s``; empty when unknown."""
+    if seconds is None or seconds < 0:
+        return ""
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def _status_text(p: AccountProgress, success: str) -> str:
+    if not p.final:
+        return "waiting for the daemon" if p.status == WAITING else "running"
+    mark = "ok" if p.status == success else "NOT OK"
+    words = {
+        "flat": "flat",
+        "released": "released",
+        "dry_run": "dry run (nothing cancelled)",
+        "residual": f"residual: {p.residual_open} still open",
+        TIMED_OUT: "no final result before the timeout",
+        "duplicate": "duplicate alert id",
+    }
+    text = words.get(p.status, p.status)
+    if p.reason and p.status not in ("flat", "released"):
+        text = f"{text} ({p.reason})"
+    took = duration_text(p.seconds)
+    return f"{mark}: {text}" + (f" in {took}" if took else "")
+
+
+def progress_line(
+    p: AccountProgress,
+    *,
+    name_width: int = 8,
+    bar_width: int = 24,
+    success: str = "flat",
+    compact: bool = False,
+) -> str:
+    """One account: name, bar, percentage, outcome counts, what is still open, status.
+
+    ``compact`` (narrow terminals) leaves out the outcome counts that are zero.
+    """
+    frac = fraction_done(p)
+    pct = "  ? " if frac is None else f"{round(frac * 100):3d}%"
+    shown = [
+        ("sent", p.sent, True),
+        ("closed", p.already_closed, not compact),
+        ("rejected", p.rejected, not compact),
+        ("failed", p.failed, not compact),
+        ("skipped", p.skipped, False),
+    ]
+    counts = "  ".join(f"{word} {value}" for word, value, always in shown if value or always)
+    open_text = f"open {p.residual_open}"
+    return (
+        f"{p.account:<{name_width}}  {bar(frac, bar_width)} {pct}  {counts}  {open_text}  "
+        f"{_status_text(p, success)}"
+    )
+
+
+def progress_lines(board: Board, *, bar_width: int = 24, compact: bool = False) -> list[str]:
+    """One line per account (the frame redrawn in a terminal)."""
+    rows = board.ordered()
+    width = max((len(r.account) for r in rows), default=0)
+    success = board.success_status()
+    return [
+        progress_line(r, name_width=width, bar_width=bar_width, success=success, compact=compact)
+        for r in rows
+    ]
+
+
+def terminal_frame(board: Board, columns: int, *, bar_width: int = 24) -> list[str]:
+    """The progress lines for a terminal ``columns`` wide, none of them wrapping.
+
+    A wrapped line would break the in-place redraw (the cursor moves up by lines, not
+    by screen rows), so the bar narrows first (down to 6), then zero counts are left
+    out, and only then are lines cut.
+    """
+    limit = max(columns - 1, 1)
+    lines: list[str] = []
+    for compact in (False, True):
+        lines = progress_lines(board, bar_width=bar_width, compact=compact)
+        excess = max((len(line) for line in lines), default=0) - limit
+        if excess <= 0:
+            break
+        lines = progress_lines(board, bar_width=max(6, bar_width - excess), compact=compact)
+        if max(len(line) for line in lines) <= limit:
+            break
+    return [line[:limit] for line in lines]
+
+
+def summary_lines(board: Board, elapsed_s: float) -> list[str]:
+    """The verdict after the wait: one line, plus one per account that did not end well."""
+    rows = [board.rows[a] for a in board.accounts]
+    success = board.success_status()
+    good = [r for r in rows if r.final and r.status == success]
+    word = {"flat": "flat", "released": "released", "dry_run": "dry run done"}[success]
+    head = (
+        f"{board.action} {board.alert_id}: {word} on {len(good)}/{len(rows)} account(s) "
+        f"in {duration_text(elapsed_s) or '0s'}"
+    )
+    if len(good) == len(rows):
+        total = sum(r.resolved for r in rows)
+        sent = sum(r.sent for r in rows)
+        if board.action == "kill":
+            head += f" ({total} order(s) resolved, {sent} cancel(s) sent)"
+        return [head]
+    lines = [head.replace(f"{board.action} ", f"{board.action} FAILED ", 1)]
+    for r in rows:
+        if not (r.final and r.status == success):
+            lines.append(f"  {r.account}: {_status_text(r, success)}")
+    return lines
+
+
+def redraw(lines: Sequence[str], previous: int) -> str:
+    """Terminal text replacing the ``previous`` lines just printed with ``lines``.
+
+    Moves the cursor to the start of the first old line (CSI n F), then writes each
+    line after clearing it (CSI 2K); old lines beyond the new ones are cleared.
+    """
+    out = [f"\x1b[{previous}F"] if previous else []
+    out.extend(f"\x1b[2K{line}\n" for line in lines)
+    out.extend("\x1b[2K\n" for _ in range(previous - len(lines)))
+    if previous > len(lines):
+        out.append(f"\x1b[{previous - len(lines)}F")
+    return "".join(out)
+
+
+def plain_updates(
+    printed: Mapping[str, str],
+    current: Sequence[tuple[str, str, bool]],
+    *,
+    periodic: bool,
+) -> list[tuple[str, str]]:
+    """Lines to print in a log (not a terminal): ``(account, line)`` for changed accounts.
+
+    ``printed`` is the last line printed per account; ``current`` is
+    ``(account, line, final)`` per account now. A final line is printed as soon as
+    it differs; other changes only when ``periodic`` (the interval has passed), so
+    a log gets a line per account every few seconds, not one per record.
+    """
+    return [
+        (account, line)
+        for account, line, final in current
+        if printed.get(account) != line and (final or periodic)
+    ]
+
+
+# ------------------------------------------------------------------------- tables
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """Left-aligned columns, two spaces apart, a header row; trailing spaces trimmed."""
+    body = [list(map(str, r)) for r in rows]
+    widths = [len(h) for h in headers]
+    for r in body:
+        for i, cell in enumerate(r[: len(widths)]):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()
+
+    return [line(headers), *(line(r) for r in body)]
+
+
+def scope_text(scope: Mapping[str, Any]) -> str:
+    """``all symbols, both sides`` / ``BTC_USDT,ETH_USDT; BUY; 3 order ids``."""
+    symbols, sides, ids = scope.get("symbols"), scope.get("sides"), scope.get("order_ids")
+    parts = [
+        ",".join(map(str, symbols)) if symbols else "all symbols",
+        ",".join(map(str, sides)) if sides else "both sides",
+    ]
+    if ids:
+        parts.append(f"{len(ids)} order id(s)")
+    return "; ".join(parts)
+
+
+def status_records(states: Iterable[HaltState]) -> list[dict[str, Any]]:
+    """Halt states as JSON records (``killswitch status --json``), sorted by account."""
+    return [
+        {
+            "account": s.account,
+            "halted": s.halted,
+            "alert_id": s.alert_id,
+            "since": format_time(s.since),
+            "scope": scope_to_json(s.scope),
+        }
+        for s in sorted(states, key=lambda s: s.account)
+    ]
+
+
+def status_lines(states: Iterable[HaltState], now: datetime) -> list[str]:
+    """The halted accounts as a table (or one line saying there are none)."""
+    records = sorted(states, key=lambda s: s.account)
+    if not records:
+        return ["no account is halted"]
+    rows = [
+        [
+            s.account,
+            format_time(s.since) or "",
+            duration_text((now - s.since).total_seconds()),
+            s.alert_id,
+            scope_text(scope_to_json(s.scope)),
+        ]
+        for s in records
+    ]
+    head = f"{len(records)} halted account(s):"
+    return [head, *table(["ACCOUNT", "SINCE", "FOR", "ALERT", "SCOPE"], rows)]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of ``killswitch check``."""
+
+    name: str
+    target: str
+    ok: bool
+    detail: str = ""
+
+
+def check_lines(checks: Sequence[Check]) -> list[str]:
+    """The checks as a table and a verdict line."""
+    rows = [[c.name, c.target, "ok" if c.ok else "FAIL", c.detail] for c in checks]
+    failed = sum(1 for c in checks if not c.ok)
+    verdict = (
+        f"all {len(checks)} checks passed"
+        if failed == 0
+        else f"{failed} of {len(checks)} checks FAILED"
+    )
+    return [*table(["CHECK", "TARGET", "RESULT", "DETAIL"], rows), verdict]
+
+
+# ------------------------------------------------------------------------ metrics
+
+Sample = tuple[str, dict[str, str], float]
+
+
+def metric_samples(text: str) -> list[Sample]:
+    """Every sample of a Prometheus text exposition as ``(name, labels, value)``."""
+    return [
+        (s.name, dict(s.labels), float(s.value))
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def _sum(samples: Iterable[Sample], name: str, **match: str) -> float:
+    return sum(
+        v
+        for n, labels, v in samples
+        if n == name and all(labels.get(k) == x for k, x in match.items())
+    )
+
+
+def _by(samples: Sequence[Sample], name: str, label: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for n, labels, value in samples:
+        if n == name and label in labels:
+            out[labels[label]] = out.get(labels[label], 0.0) + value
+    return out
+
+
+def _status_class(status: str) -> str:
+    if status == "429":
+        return "429"
+    if status.isdigit() and len(status) == 3:
+        return f"{status[0]}xx"
+    return "no answer"
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if value == int(value) else f"{value:,.2f}"
+
+
+def _histogram_text(samples: Sequence[Sample], name: str, what: str) -> str:
+    count, total = _sum(samples, f"{name}_count"), _sum(samples, f"{name}_sum")
+    if not count:
+        return f"no {what} yet"
+    return f"{count:.0f} {what}, mean {duration_text(total / count)}"
+
+
+def metrics_lines(samples: Sequence[Sample], accounts: Sequence[str]) -> list[str]:
+    """A few headline numbers from the daemon's ``/metrics``, as a two-column table."""
+    outcomes = _by(samples, "killswitch_cancels_total", "outcome")
+    statuses: dict[str, float] = {}
+    for status, value in _by(samples, "killswitch_exchange_requests_total", "status").items():
+        key = _status_class(status)
+        statuses[key] = statuses.get(key, 0.0) + value
+    order = ["2xx", "4xx", "429", "5xx", "no answer"]
+    calls = sum(statuses.values())
+    per_status = "  ".join(f"{k} {_number(statuses[k])}" for k in order if statuses.get(k))
+    rates = _by(samples, "killswitch_rate_limit_per_second", "account")
+    halted = _by(samples, "killswitch_account_halted", "account")
+    alerts = _by(samples, "killswitch_alerts_total", "result")
+    rows = [
+        [
+            "killswitch_cancels_total",
+            "  ".join(
+                f"{o} {_number(outcomes.get(o, 0.0))}"
+                for o in ("sent", "already_closed", "rejected", "failed")
+            ),
+        ],
+        [
+            "killswitch_exchange_requests_total",
+            f"{_number(calls)} calls" + (f": {per_status}" if per_status else ""),
+        ],
+        [
+            "killswitch_alert_to_first_cancel_seconds",
+            _histogram_text(samples, "killswitch_alert_to_first_cancel_seconds", "kill(s)"),
+        ],
+        [
+            "killswitch_time_to_flat_seconds",
+            _histogram_text(samples, "killswitch_time_to_flat_seconds", "flat result(s)"),
+        ],
+        [
+            "killswitch_rate_limit_per_second",
+            "  ".join(f"{a} {rates[a]:,.0f}" for a in accounts if a in rates),
+        ],
+        [
+            "killswitch_account_halted",
+            "  ".join(f"{a} {_number(halted[a])}" for a in accounts if a in halted),
+        ],
+        [
+            "killswitch_alerts_total",
+            "  ".join(f"{r} {_number(v)}" for r, v in sorted(alerts.items()) if v) or "none",
+        ],
+        ["killswitch_ready", _number(_sum(samples, "killswitch_ready"))],
+    ]
+    return table(["METRIC", "NOW"], rows)

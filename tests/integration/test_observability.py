@@ -1,0 +1,111 @@
+"""The daemon's observability hook: metrics and health served from the settings."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from killswitch.config import Settings
+from killswitch.core.outcomes import Outcome
+from killswitch.embedded import free_port
+from killswitch.exchange.simulator import Simulator, SimulatorServer
+from killswitch.exchange.simulator.testing import register_test_client
+from killswitch.observability import prometheus_observability
+from killswitch.render import metric_samples
+
+pytestmark = pytest.mark.integration
+
+ACCOUNTS = ["mm-1", "mm-2"]
+
+
+def settings(**metrics: object) -> Settings:
+    accounts = [{"id": a, "api_key": f"key-{a}", "private_key": "unused"} for a in ACCOUNTS]
+    return Settings(accounts=accounts, metrics={"port": 0} | metrics)
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return sum(
+        v
+        for n, got, v in metric_samples(text)
+        if n == name and all(got.get(k) == x for k, x in labels.items())
+    )
+
+
+def test_disabled_metrics_serve_nothing() -> None:
+    obs = prometheus_observability(settings(enabled=False))
+    assert obs.start is None
+    assert obs.stop is None
+
+
+async def test_served_metrics_follow_the_daemon_and_readiness() -> None:
+    port = free_port()
+    obs = prometheus_observability(settings(port=port))
+    assert obs.start is not None
+    assert obs.stop is not None
+    await obs.start()
+    try:
+        obs.observer.request_done("mm-1", "open_orders", "200", 0.01)
+        obs.observer.cancel_outcome("mm-1", Outcome.SENT)
+        obs.set_consuming(True)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            text = (await http.get("/metrics")).text
+            ready = await http.get("/readyz")
+        assert value(text, "killswitch_cancels_total", account="mm-1", outcome="sent") == 1
+        assert value(text, "killswitch_exchange_requests_total", account="mm-1") == 1
+        # Consuming, mm-1 answered, mm-2 never did: not ready, and it says why.
+        assert ready.status_code == 503
+        assert ready.json()["reasons"] == ["exchange: mm-2 no answer yet"]
+        assert value(text, "killswitch_ready") == 0
+    finally:
+        await obs.stop()
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient(timeout=5) as http:
+            await http.get(f"http://127.0.0.1:{port}/healthz")
+
+
+async def test_the_probe_keeps_readiness_current_without_any_kill() -> None:
+    sim = Simulator(seed=3)
+    keys = {a: register_test_client(sim, name=a) for a in ACCOUNTS}
+    sim.revoke(keys["mm-2"][0])
+    port = free_port()
+    async with SimulatorServer(sim) as server:
+        accounts = [
+            {"id": a, "api_key": k, "private_key": pem.decode(), "base_url": server.base_url}
+            for a, (k, pem) in keys.items()
+        ]
+        conf = Settings(accounts=accounts, metrics={"port": port, "exchange_stale_after_s": 2})
+        obs = prometheus_observability(conf)
+        assert obs.start is not None
+        assert obs.stop is not None
+        await obs.start()
+        try:
+            obs.set_consuming(True)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+                reasons: list[str] = []
+
+                async def poll() -> None:
+                    reasons[:] = (await http.get("/readyz")).json()["reasons"]
+
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 10
+                while reasons != ["mm-2: auth rejected"] and loop.time() < deadline:
+                    await poll()
+                    await asyncio.sleep(0.05)  # polling a condition with a deadline
+                assert reasons == ["mm-2: auth rejected"]
+                # Reinstated: the next probe round (every 0.5 s here) makes it ready.
+                sim.reinstate(keys["mm-2"][0])
+                deadline = loop.time() + 10
+                while reasons and loop.time() < deadline:
+                    await poll()
+                    await asyncio.sleep(0.05)
+                assert reasons == []
+                text = (await http.get("/metrics")).text
+            assert value(text, "killswitch_ready") == 1
+            assert value(text, "killswitch_exchange_requests_total", endpoint="open_orders") >= 3
+        finally:
+            await obs.stop()
+    # Read-only: nothing cancelled.
+    for api_key, _ in keys.values():
+        assert sim.count(api_key, endpoint="cancel") == 0

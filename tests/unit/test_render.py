@@ -1,0 +1,495 @@
+"""What the operator commands show (pure): the results board, bars, lines, tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from killswitch.core.model import HaltState, Scope
+from killswitch.core.orders import Side
+from killswitch.render import (
+    AccountProgress,
+    Board,
+    Check,
+    bar,
+    check_lines,
+    duration_text,
+    fraction_done,
+    metric_samples,
+    metrics_lines,
+    plain_updates,
+    progress_line,
+    progress_lines,
+    redraw,
+    scope_text,
+    status_lines,
+    status_records,
+    summary_lines,
+    table,
+    terminal_frame,
+)
+
+NOW = datetime(2026, 11, 24, 1, 2, 3, tzinfo=UTC)
+
+
+def result(
+    account: str = "mm-1",
+    status: str = "running",
+    *,
+    final: bool = False,
+    alert_id: str = "op-1",
+    sent: int = 0,
+    closed: int = 0,
+    rejected: int = 0,
+    failed: int = 0,
+    residual: int = 0,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "schema": "killswitch.result/v1",
+        "alert_id": alert_id,
+        "account": account,
+        "status": status,
+        "final": final,
+        "dry_run": False,
+        "counts": {
+            "resolved": sent + closed + rejected + failed,
+            "sent": sent,
+            "already_closed": closed,
+            "rejected": rejected,
+            "failed": failed,
+            "skipped": 0,
+        },
+        "residual_open": residual,
+        "sweeps": 1,
+        "received_at": "2026-11-24T01:02:03.000Z",
+        "finished_at": "2026-11-24T01:02:05.500Z" if final else None,
+        "reason": None,
+        **extra,
+    }
+
+
+# ----------------------------------------------------------------------- bars
+
+
+@pytest.mark.parametrize(
+    ("fraction", "width", "expected"),
+    [
+        (0.0, 10, "[----------]"),
+        (0.5, 10, "[#####-----]"),
+        (1.0, 10, "[##########]"),
+        (0.04, 10, "[----------]"),
+        (0.96, 10, "[##########]"),
+        (1.7, 4, "[####]"),
+        (-1.0, 4, "[----]"),
+        (None, 5, "[.....]"),
+        (0.6, 0, "[#]"),  # width at least one
+    ],
+)
+def test_bar(fraction: float | None, width: int, expected: str) -> None:
+    assert bar(fraction, width) == expected
+
+
+@pytest.mark.parametrize(
+    ("progress", "expected"),
+    [
+        (AccountProgress("a"), None),  # nothing read yet
+        (AccountProgress("a", "running", sent=30, residual_open=90), 0.25),
+        (AccountProgress("a", "running", sent=30, pending=10, residual_open=90), 0.75),
+        (AccountProgress("a", "running", sent=5, already_closed=5, pending=0), 1.0),
+        (AccountProgress("a", "flat", final=True, sent=3, residual_open=7), 1.0),
+        (AccountProgress("a", "released", final=True), 1.0),
+        (AccountProgress("a", "dry_run", final=True, skipped=4), 1.0),
+        (AccountProgress("a", "residual", final=True, sent=6, residual_open=2), 0.75),
+        (AccountProgress("a", "failed", final=True), 1.0),  # final, nothing to do
+        (AccountProgress("a", "running"), None),
+    ],
+)
+def test_fraction_done(progress: AccountProgress, expected: float | None) -> None:
+    assert fraction_done(progress) == expected
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        (None, ""),
+        (-1.0, ""),
+        (0.0, "0.00s"),
+        (0.4242, "0.42s"),
+        (12.34, "12.3s"),
+        (59.9, "59.9s"),
+        (245.0, "4m05s"),
+    ],
+)
+def test_duration_text(seconds: float | None, expected: str) -> None:
+    assert duration_text(seconds) == expected
+
+
+# ---------------------------------------------------------------------- board
+
+
+def test_account_progress_reads_a_result_record() -> None:
+    p = AccountProgress.from_result(
+        result(status="flat", final=True, sent=117, closed=3, pending=0, reason="x")
+    )
+    assert p == AccountProgress(
+        "mm-1",
+        "flat",
+        final=True,
+        sent=117,
+        already_closed=3,
+        pending=0,
+        sweeps=1,
+        reason="x",
+        seconds=2.5,
+    )
+    assert p.resolved == 120
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"alert_id": "op-1", "status": "flat"},  # no account
+        {"alert_id": "op-1", "account": "mm-1"},  # no status
+        {"alert_id": "op-1", "account": 5, "status": "flat"},
+    ],
+)
+def test_unusable_result_records_are_ignored(record: dict[str, Any]) -> None:
+    board = Board("op-1", ["mm-1"])
+    assert AccountProgress.from_result(record) is None
+    assert board.apply_result(record) is False
+
+
+def test_lenient_about_odd_counts() -> None:
+    p = AccountProgress.from_result(
+        {"account": "a", "status": "running", "counts": {"sent": -3, "failed": True}, "x": 1}
+    )
+    assert p == AccountProgress("a", "running")
+
+
+def test_board_follows_one_alert_until_every_account_is_final() -> None:
+    board = Board("op-1", ["mm-1", "mm-2"])
+    assert not board.done
+    assert board.waiting_for() == ["mm-1", "mm-2"]
+    assert board.apply_result(result(alert_id="other", status="flat", final=True)) is False
+    assert board.apply_result(result(sent=10, residual=50)) is True
+    assert board.apply_result(result(sent=10, residual=50)) is False  # same again
+    assert board.apply_result(result("mm-1", "flat", final=True, sent=60)) is True
+    # A late or replayed record never overwrites a final one.
+    assert board.apply_result(result("mm-1", "duplicate", final=True)) is False
+    assert board.apply_result(result(sent=1)) is False
+    assert board.rows["mm-1"].status == "flat"
+    assert board.waiting_for() == ["mm-2"]
+    board.apply_result(result("mm-2", "flat", final=True))
+    assert board.done
+    assert board.exit_code() == 0
+
+
+@pytest.mark.parametrize(
+    ("action", "dry_run", "statuses", "code"),
+    [
+        ("kill", False, ["flat", "flat"], 0),
+        ("kill", False, ["flat", "residual"], 1),
+        ("kill", False, ["flat", "failed"], 1),
+        ("kill", False, ["flat", "duplicate"], 1),
+        ("kill", False, ["dry_run", "dry_run"], 1),
+        ("kill", True, ["dry_run", "dry_run"], 0),
+        ("kill", True, ["flat", "dry_run"], 1),
+        ("release", False, ["released", "released"], 0),
+        ("release", False, ["released", "flat"], 1),
+    ],
+)
+def test_exit_code(action: Any, dry_run: bool, statuses: list[str], code: int) -> None:
+    board = Board("op-1", ["a", "b"], action=action, dry_run=dry_run)
+    for account, status in zip(["a", "b"], statuses, strict=True):
+        board.apply_result(result(account, status, final=True))
+    assert board.done
+    assert board.exit_code() == code
+
+
+def test_unfinished_board_fails() -> None:
+    board = Board("op-1", ["a", "b"])
+    board.apply_result(result("a", "flat", final=True))
+    assert board.exit_code() == 1
+    board.time_out()
+    assert board.done
+    assert board.rows["b"].status == "timed_out"
+    assert board.rows["a"].status == "flat"
+    assert board.exit_code() == 1
+
+
+def test_unexpected_account_is_shown_but_not_waited_for() -> None:
+    board = Board("op-1", ["mm-1"])
+    board.apply_result(result("zz-9", "running"))
+    board.apply_result(result("mm-1", "flat", final=True))
+    assert board.done
+    assert board.exit_code() == 0
+    assert [p.account for p in board.ordered()] == ["mm-1", "zz-9"]
+
+
+def test_dead_letter_refuses_every_unfinished_account() -> None:
+    board = Board("op-1", ["a", "b"])
+    board.apply_result(result("a", "flat", final=True))
+    assert board.apply_dead_letter({"alert_id": "other", "kind": "invalid"}) is False
+    dead = {"alert_id": "op-1", "kind": "unauthorized", "reason": "signature missing"}
+    assert board.apply_dead_letter(dead) is True
+    assert board.done
+    assert board.rows["a"].status == "flat"
+    assert board.rows["b"].status == "refused"
+    assert board.rows["b"].reason == "unauthorized: signature missing"
+    assert board.exit_code() == 1
+
+
+# ---------------------------------------------------------------------- lines
+
+
+def test_progress_line_running() -> None:
+    p = AccountProgress("mm-1", "running", sent=30, already_closed=0, residual_open=90)
+    assert progress_line(p, name_width=5, bar_width=8) == (
+        "mm-1   [##------]  25%  sent 30  closed 0  rejected 0  failed 0  open 90  running"
+    )
+
+
+def test_progress_line_waiting_and_final() -> None:
+    waiting = progress_line(AccountProgress("a"), bar_width=4, name_width=1)
+    assert waiting == (
+        "a  [....]   ?   sent 0  closed 0  rejected 0  failed 0  open 0  waiting for the daemon"
+    )
+    flat = AccountProgress("a", "flat", final=True, sent=9, already_closed=1, seconds=2.5)
+    assert progress_line(flat, bar_width=4, name_width=1).endswith(
+        "[####] 100%  sent 9  closed 1  rejected 0  failed 0  open 0  ok: flat in 2.50s"
+    )
+    residual = AccountProgress(
+        "a", "residual", final=True, sent=6, residual_open=2, reason="deadline passed"
+    )
+    assert progress_line(residual, bar_width=4, name_width=1).endswith(
+        "[###-]  75%  sent 6  closed 0  rejected 0  failed 0  open 2  "
+        "NOT OK: residual: 2 still open (deadline passed)"
+    )
+    dry = AccountProgress("a", "dry_run", final=True, skipped=4)
+    assert progress_line(dry, bar_width=4, name_width=1, success="dry_run").endswith(
+        "skipped 4  open 0  ok: dry run (nothing cancelled)"
+    )
+
+
+def test_progress_lines_align_names_in_board_order() -> None:
+    board = Board("op-1", ["mm-1", "arb-long"])
+    lines = progress_lines(board, bar_width=3)
+    assert [line[:10] for line in lines] == ["mm-1      ", "arb-long  "]
+    assert all("[...]" in line for line in lines)
+
+
+def test_summary_success_and_failure() -> None:
+    board = Board("op-1", ["a", "b"])
+    board.apply_result(result("a", "flat", final=True, sent=5, closed=1))
+    board.apply_result(result("b", "flat", final=True, sent=4))
+    assert summary_lines(board, 3.21) == [
+        "kill op-1: flat on 2/2 account(s) in 3.21s (10 order(s) resolved, 9 cancel(s) sent)"
+    ]
+    board = Board("rel-1", ["a", "b"], action="release")
+    board.apply_result(result("a", "released", final=True, alert_id="rel-1"))
+    board.time_out()
+    assert summary_lines(board, 40) == [
+        "release FAILED rel-1: released on 1/2 account(s) in 40.0s",
+        "  b: NOT OK: no final result before the timeout",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("lines", "previous", "expected"),
+    [
+        (["a", "b"], 0, "\x1b[2Ka\n\x1b[2Kb\n"),
+        (["a", "b"], 2, "\x1b[2F\x1b[2Ka\n\x1b[2Kb\n"),
+        (["a"], 2, "\x1b[2F\x1b[2Ka\n\x1b[2K\n\x1b[1F"),
+        (["a", "b", "c"], 1, "\x1b[1F\x1b[2Ka\n\x1b[2Kb\n\x1b[2Kc\n"),
+    ],
+)
+def test_redraw(lines: list[str], previous: int, expected: str) -> None:
+    assert redraw(lines, previous) == expected
+
+
+@pytest.mark.parametrize(
+    ("printed", "current", "periodic", "expected"),
+    [
+        ({}, [("a", "x", False)], True, [("a", "x")]),
+        ({}, [("a", "x", False)], False, []),  # not yet: wait for the interval
+        ({}, [("a", "x", True)], False, [("a", "x")]),  # finals at once
+        ({"a": "x"}, [("a", "x", True)], True, []),  # already printed
+        (
+            {"a": "x", "b": "y"},
+            [("a", "x2", False), ("b", "y", False)],
+            True,
+            [("a", "x2")],
+        ),
+    ],
+)
+def test_plain_updates(
+    printed: dict[str, str],
+    current: list[tuple[str, str, bool]],
+    periodic: bool,
+    expected: list[tuple[str, str]],
+) -> None:
+    assert plain_updates(printed, current, periodic=periodic) == expected
+
+
+# ---------------------------------------------------------------------- tables
+
+
+def test_table() -> None:
+    assert table(["A", "LONGER"], [["xyz", "1"], ["", "22"]]) == [
+        "A    LONGER",
+        "xyz  1",
+        "     22",
+    ]
+    assert table(["ONLY"], []) == ["ONLY"]
+
+
+@pytest.mark.parametrize(
+    ("scope", "expected"),
+    [
+        ({}, "all symbols; both sides"),
+        ({"symbols": None, "sides": None, "order_ids": None}, "all symbols; both sides"),
+        ({"symbols": ["BTC_USDT", "ETH_USDT"], "sides": ["BUY"]}, "BTC_USDT,ETH_USDT; BUY"),
+        ({"order_ids": [1, 2, 3]}, "all symbols; both sides; 3 order id(s)"),
+    ],
+)
+def test_scope_text(scope: dict[str, Any], expected: str) -> None:
+    assert scope_text(scope) == expected
+
+
+def test_status_lines_and_records() -> None:
+    states = [
+        HaltState("mm-2", True, "op-9", NOW - timedelta(minutes=5), Scope()),
+        HaltState(
+            "mm-1",
+            True,
+            "risk-7f3a",
+            NOW - timedelta(seconds=30),
+            Scope(symbols=frozenset({"BTC_USDT"}), sides=frozenset({Side.SELL})),
+        ),
+    ]
+    assert status_lines(states, NOW) == [
+        "2 halted account(s):",
+        "ACCOUNT  SINCE                     FOR    ALERT      SCOPE",
+        "mm-1     2026-11-24T01:01:33.000Z  30.0s  risk-7f3a  BTC_USDT; SELL",
+        "mm-2     2026-11-24T00:57:03.000Z  5m00s  op-9       all symbols; both sides",
+    ]
+    assert status_lines([], NOW) == ["no account is halted"]
+    records = status_records(states)
+    assert [r["account"] for r in records] == ["mm-1", "mm-2"]
+    assert records[0] == {
+        "account": "mm-1",
+        "halted": True,
+        "alert_id": "risk-7f3a",
+        "since": "2026-11-24T01:01:33.000Z",
+        "scope": {"symbols": ["BTC_USDT"], "sides": ["SELL"], "order_ids": None},
+    }
+
+
+def test_check_lines() -> None:
+    checks = [
+        Check("kafka reachable", "127.0.0.1:9092", True, "6 topic(s)"),
+        Check("key accepted", "mm-1", False, "refused"),
+    ]
+    assert check_lines(checks) == [
+        "CHECK            TARGET          RESULT  DETAIL",
+        "kafka reachable  127.0.0.1:9092  ok      6 topic(s)",
+        "key accepted     mm-1            FAIL    refused",
+        "1 of 2 checks FAILED",
+    ]
+    assert check_lines(checks[:1])[-1] == "all 1 checks passed"
+
+
+# --------------------------------------------------------------------- metrics
+
+EXPOSITION = """\
+# HELP killswitch_cancels_total Orders that reached a final outcome.
+# TYPE killswitch_cancels_total counter
+killswitch_cancels_total{account="mm-1",outcome="sent"} 990.0
+killswitch_cancels_total{account="mm-2",outcome="sent"} 988.0
+killswitch_cancels_total{account="mm-1",outcome="already_closed"} 19.0
+killswitch_cancels_total{account="arb-1",outcome="failed"} 0.0
+# HELP killswitch_exchange_requests_total Every HTTP call.
+# TYPE killswitch_exchange_requests_total counter
+killswitch_exchange_requests_total{account="mm-1",endpoint="cancel",status="200"} 1000.0
+killswitch_exchange_requests_total{account="mm-1",endpoint="cancel",status="400"} 19.0
+killswitch_exchange_requests_total{account="mm-1",endpoint="cancel",status="429"} 7.0
+killswitch_exchange_requests_total{account="mm-2",endpoint="open_orders",status="503"} 3.0
+killswitch_exchange_requests_total{account="mm-2",endpoint="cancel",status="timeout"} 2.0
+# HELP killswitch_time_to_flat_seconds From alert to flat.
+# TYPE killswitch_time_to_flat_seconds histogram
+killswitch_time_to_flat_seconds_bucket{le="+Inf"} 2.0
+killswitch_time_to_flat_seconds_count 2.0
+killswitch_time_to_flat_seconds_sum 15.0
+# HELP killswitch_rate_limit_per_second Current rate.
+# TYPE killswitch_rate_limit_per_second gauge
+killswitch_rate_limit_per_second{account="mm-1"} 100.0
+killswitch_rate_limit_per_second{account="arb-1"} 200.0
+# HELP killswitch_account_halted Halted.
+# TYPE killswitch_account_halted gauge
+killswitch_account_halted{account="mm-1"} 1.0
+# HELP killswitch_alerts_total Alerts read.
+# TYPE killswitch_alerts_total counter
+killswitch_alerts_total{result="processed",source="manual"} 1.0
+killswitch_alerts_total{result="invalid",source="manual"} 0.0
+# HELP killswitch_ready Ready.
+# TYPE killswitch_ready gauge
+killswitch_ready 1.0
+"""
+
+
+def test_metric_samples() -> None:
+    samples = metric_samples(EXPOSITION)
+    assert ("killswitch_cancels_total", {"account": "mm-1", "outcome": "sent"}, 990.0) in samples
+    assert ("killswitch_time_to_flat_seconds_sum", {}, 15.0) in samples
+
+
+def test_metrics_lines() -> None:
+    lines = metrics_lines(metric_samples(EXPOSITION), ["mm-1", "mm-2", "arb-1"])
+    assert lines == [
+        "METRIC                                    NOW",
+        "killswitch_cancels_total                  "
+        "sent 1,978  already_closed 19  rejected 0  failed 0",
+        "killswitch_exchange_requests_total        "
+        "1,031 calls: 2xx 1,000  4xx 19  429 7  5xx 3  no answer 2",
+        "killswitch_alert_to_first_cancel_seconds  no kill(s) yet",
+        "killswitch_time_to_flat_seconds           2 flat result(s), mean 7.50s",
+        "killswitch_rate_limit_per_second          mm-1 100  arb-1 200",
+        "killswitch_account_halted                 mm-1 1",
+        "killswitch_alerts_total                   processed 1",
+        "killswitch_ready                          1",
+    ]
+
+
+def test_metrics_lines_before_anything_happened() -> None:
+    lines = metrics_lines([], ["mm-1"])
+    assert lines[2].endswith("0 calls")
+    assert lines[7].endswith("none")
+
+
+@pytest.mark.parametrize("columns", [200, 100, 80, 60, 20, 1])
+def test_terminal_frame_never_wraps(columns: int) -> None:
+    board = Board("op-1", ["mm-1", "mm-2"])
+    board.apply_result(result("mm-1", "flat", final=True, sent=990, closed=19))
+    board.apply_result(result("mm-2", sent=400, residual=600))
+    lines = terminal_frame(board, columns)
+    assert len(lines) == 2
+    assert all(len(line) <= max(columns - 1, 1) for line in lines)
+    if columns >= 200:
+        assert lines == progress_lines(board)  # room enough: the full lines
+    if columns in (80, 100):
+        assert lines[0].startswith("mm-1  [")
+        assert "100%" in lines[0]
+        assert "[" + "#" * 24 + "]" not in lines[0]  # the bar narrowed first
+        assert lines[0].endswith("ok: flat in 2.50s")  # the status survives
+    if columns == 80:
+        assert "rejected" not in lines[0]  # zero counts left out
+
+
+def test_compact_progress_line_leaves_out_zero_counts() -> None:
+    p = AccountProgress("a", "running", sent=5, failed=2, residual_open=3)
+    assert progress_line(p, name_width=1, bar_width=4, compact=True) == (
+        "a  [###-]  70%  sent 5  failed 2  open 3  running"
+    )
