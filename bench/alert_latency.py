@@ -147,7 +147,8 @@ def _daemon_env(
     ]
     env["KILLSWITCH_KAFKA"] = json.dumps(kafka)
     env["KILLSWITCH_ACCOUNTS"] = json.dumps(accounts)
-    env["KILLSWITCH_METRICS"] = json.dumps({"enabled": False})
+    # Metrics on, as in production, on any free port.
+    env["KILLSWITCH_METRICS"] = json.dumps({"enabled": True, "host": "127.0.0.1", "port": 0})
     env["KILLSWITCH_ENGINE"] = json.dumps({"progress_interval_s": 5.0})
     env["KILLSWITCH_LOGGING"] = json.dumps({"level": "WARNING"})
     return env

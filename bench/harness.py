@@ -357,7 +357,8 @@ def daemon_env(
             for account_id, (api_key, pem) in accounts.items()
         ]
     )
-    env["KILLSWITCH_METRICS"] = json.dumps({"enabled": False})
+    # Metrics on, as in production (their cost is part of the daemon's), on any free port.
+    env["KILLSWITCH_METRICS"] = json.dumps({"enabled": True, "host": "127.0.0.1", "port": 0})
     env["KILLSWITCH_ENGINE"] = json.dumps({"progress_interval_s": 5.0, **(engine or {})})
     env["KILLSWITCH_LOGGING"] = json.dumps({"level": "WARNING", "format": "json"})
     env["PYTHONUNBUFFERED"] = "1"
