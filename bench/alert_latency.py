@@ -56,7 +56,6 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench import harness
 from killswitch.alerts import format_time
-from killswitch.embedded import EmbeddedBroker
 from killswitch.exchange.simulator import Simulator, SimulatorServer
 from killswitch.exchange.simulator.core import Request
 from killswitch.exchange.simulator.testing import register_test_client
@@ -574,6 +573,7 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                preexec_fn=harness.die_with_parent,
             )
             try:
                 result.update(
@@ -610,14 +610,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--partitions", type=int, default=4, help="alerts topic partitions")
     parser.add_argument("--blocks", type=int, default=4, help="interleaved baseline/daemon blocks")
     args = parser.parse_args([] if argv is None and __name__ != "__main__" else argv)
-    external = os.environ.get("KILLSWITCH_BENCH_BOOTSTRAP")
-    if external:
-        result = asyncio.run(_run(args, external))
-        broker = "external"
-    else:
-        with EmbeddedBroker() as embedded:
-            result = asyncio.run(_run(args, embedded.bootstrap))
-        broker = "embedded (Tansu)"
+    with harness.kafka() as (bootstrap, broker):
+        result = asyncio.run(_run(args, bootstrap))
     result.update({"broker": broker, "fetch_max_wait_ms": FETCH_MAX_WAIT_MS})
     harness.write_result("alert_latency", result, sys.argv[1:] if argv is None else argv)
     return result

@@ -291,15 +291,46 @@ REPO = Path(__file__).resolve().parents[1]
 
 @contextlib.contextmanager
 def kafka() -> Iterator[tuple[str, str]]:
-    """(bootstrap, kind): ``KILLSWITCH_BENCH_BOOTSTRAP`` if set, else an embedded broker."""
+    """(bootstrap, kind): ``KILLSWITCH_BENCH_BOOTSTRAP`` if set, else an embedded broker.
+
+    The embedded broker is started here (not with ``EmbeddedBroker``) so that it too dies
+    with this process, even if this process is killed outright.
+    """
     external = os.environ.get("KILLSWITCH_BENCH_BOOTSTRAP")
     if external:
         yield external, "external"
         return
-    from killswitch.embedded import EmbeddedBroker
+    import socket
 
-    with EmbeddedBroker() as broker:
-        yield broker.bootstrap, "embedded (Tansu 0.6)"
+    from killswitch.embedded import broker_binary, free_port
+
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    args = [str(broker_binary()), "broker", "--listener-url", url]
+    args += ["--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "RUST_LOG": "error"},
+        preexec_fn=die_with_parent,  # noqa: PLW1509 - a prctl call only, no locks taken
+    )
+    try:
+        deadline = time.monotonic() + 15.0
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"embedded broker exited with code {proc.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("embedded broker did not listen within 15 s") from None
+                time.sleep(0.02)  # polling a condition with a deadline
+        yield f"127.0.0.1:{port}", "embedded (Tansu 0.6)"
+    finally:
+        stop_process(proc)
 
 
 def topic_names(tag: str) -> dict[str, str]:
