@@ -46,15 +46,16 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from killswitch.core.model import (
-    Counts,
     HaltState,
     KillRequest,
     OrderReport,
     Scope,
     SweepResult,
     SweepStatus,
+    no_sweep_result,
 )
 from killswitch.core.orders import Side
+from killswitch.core.outcomes import Outcome
 
 if TYPE_CHECKING:
     from killswitch.triggers import TriggerVerifier
@@ -418,9 +419,26 @@ def _order_json(order: OrderReport) -> dict[str, Any]:
     return out
 
 
-def result_to_json(result: SweepResult, origin: Origin | None = None) -> dict[str, Any]:
+# Most order entries one result record lists. A kill of 100,000 orders must still fit
+# in one Kafka record (1 MB by default): the counts stay complete, the list is cut and
+# ``orders_omitted`` says by how much. Orders that did not go as planned come first.
+RESULT_MAX_ORDERS = 2_000
+_LIST_FIRST = {Outcome.FAILED: 0, Outcome.REJECTED: 1}
+
+
+def _listed_orders(orders: list[OrderReport], limit: int) -> list[OrderReport]:
+    if len(orders) <= limit:
+        return orders
+    ranked = sorted(orders, key=lambda o: _LIST_FIRST.get(o.outcome, 2))
+    return ranked[:limit]
+
+
+def result_to_json(
+    result: SweepResult, origin: Origin | None = None, max_orders: int = RESULT_MAX_ORDERS
+) -> dict[str, Any]:
     """``killswitch.result/v1`` as a dict (field names are the contract)."""
     c = result.counts
+    listed = _listed_orders(result.orders, max_orders)
     out: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
         "alert_id": result.alert_id,
@@ -437,11 +455,13 @@ def result_to_json(result: SweepResult, origin: Origin | None = None) -> dict[st
             "skipped": c.skipped,
         },
         "residual_open": result.residual_open,
+        "pending": result.pending,
         "sweeps": result.sweeps,
         "received_at": format_time(result.received_at),
         "first_cancel_at": format_time(result.first_cancel_at),
         "finished_at": format_time(result.finished_at),
-        "orders": [_order_json(o) for o in result.orders],
+        "orders": [_order_json(o) for o in listed],
+        "orders_omitted": len(result.orders) - len(listed),
         "reason": result.reason,
         "operator": result.operator,
         "source": result.source,
@@ -461,42 +481,12 @@ def duplicate_result(
 ) -> SweepResult:
     """The final ``duplicate`` result for a repeat of an alert already handled."""
     seen = f" (already {previous_status})" if previous_status else ""
-    return SweepResult(
-        alert_id=request.alert_id,
-        account=request.account,
-        status=SweepStatus.DUPLICATE,
-        final=True,
-        dry_run=request.dry_run,
-        counts=Counts(),
-        residual_open=0,
-        sweeps=0,
-        received_at=request.received_at,
-        first_cancel_at=None,
-        finished_at=now,
-        reason=f"duplicate alert_id{seen}",
-        operator=request.operator,
-        source=request.source,
-    )
+    return no_sweep_result(request, SweepStatus.DUPLICATE, now, f"duplicate alert_id{seen}")
 
 
 def failed_result(request: KillRequest, reason: str, now: datetime) -> SweepResult:
     """A final ``failed`` result when the engine could not work at all."""
-    return SweepResult(
-        alert_id=request.alert_id,
-        account=request.account,
-        status=SweepStatus.FAILED,
-        final=True,
-        dry_run=request.dry_run,
-        counts=Counts(),
-        residual_open=0,
-        sweeps=0,
-        received_at=request.received_at,
-        first_cancel_at=None,
-        finished_at=now,
-        reason=reason,
-        operator=request.operator,
-        source=request.source,
-    )
+    return no_sweep_result(request, SweepStatus.FAILED, now, reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,18 +44,14 @@ def _config_show(args: argparse.Namespace) -> int:
 
 def _config_check(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    from killswitch.exchange.signing import KeyLoadError, load_private_key  # noqa: PLC0415
+    from killswitch.exchange.keys import load_account_key  # noqa: PLC0415
+    from killswitch.exchange.signing import KeyLoadError  # noqa: PLC0415
 
     for account in settings.accounts:
-        passphrase = account.private_key_passphrase
         try:
-            load_private_key(
-                account.private_key_bytes(),
-                passphrase.get_secret_value().encode() if passphrase else None,
-                account.curve,
-            )
-        except (KeyLoadError, OSError) as exc:
-            raise ConfigError(f"accounts[{account.id}].private_key: {exc}") from None
+            load_account_key(account)
+        except KeyLoadError as exc:
+            raise ConfigError(str(exc)) from None
     names = ", ".join(a.id for a in settings.accounts)
     print(f"configuration OK: {len(settings.accounts)} account(s) ({names})")
     return EXIT_OK

@@ -50,11 +50,11 @@ from killswitch.config import (
 )
 from killswitch.daemon import async_run
 from killswitch.embedded import BrokerUnavailable, EmbeddedBroker, free_port
+from killswitch.exchange.keys import load_account_key
 from killswitch.exchange.signing import (
     CurveName,
     KeyLoadError,
     generate_private_key,
-    load_private_key,
     private_key_pem,
     public_key_pem,
 )
@@ -180,15 +180,10 @@ def ensure_demo_keys(config: Path | None, out: TextIO) -> Path | None:
 
 
 def _register(sim: Simulator, account: AccountSettings, *, throttle: bool) -> None:
-    passphrase = account.private_key_passphrase
     try:
-        key = load_private_key(
-            account.private_key_bytes(),
-            passphrase.get_secret_value().encode() if passphrase else None,
-            account.curve,
-        )
-    except (KeyLoadError, OSError) as exc:
-        raise ConfigError(f"accounts[{account.id}].private_key: {exc}") from None
+        key = load_account_key(account)
+    except KeyLoadError as exc:
+        raise ConfigError(str(exc)) from None
     sim.add_client(
         account.api_key.get_secret_value(),
         key.public_key(),

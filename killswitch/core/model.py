@@ -123,6 +123,29 @@ class SweepResult:
     pending: int = 0
 
 
+def no_sweep_result(
+    request: KillRequest, status: SweepStatus, now: datetime, reason: str | None
+) -> SweepResult:
+    """The final result of an alert that needed no sweep: a duplicate, a refusal
+    (``failed``) or a release. Counts are zero; the request's identity is kept."""
+    return SweepResult(
+        alert_id=request.alert_id,
+        account=request.account,
+        status=status,
+        final=True,
+        dry_run=request.dry_run,
+        counts=Counts(),
+        residual_open=0,
+        sweeps=0,
+        received_at=request.received_at,
+        first_cancel_at=None,
+        finished_at=now,
+        reason=reason,
+        operator=request.operator,
+        source=request.source,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class HaltState:
     """The halt latch of one account (``killswitch.state``, key = account)."""

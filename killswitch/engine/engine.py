@@ -30,7 +30,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from killswitch.config import EngineSettings
-from killswitch.core.model import Counts, HaltState, KillRequest, Scope, SweepResult, SweepStatus
+from killswitch.core.model import (
+    HaltState,
+    KillRequest,
+    Scope,
+    SweepResult,
+    SweepStatus,
+    no_sweep_result,
+)
 from killswitch.core.planning import normalise_scope
 from killswitch.core.ports import ExchangeAPI, NullObserver, Observer, ResultSink, StateSink
 from killswitch.engine.sweep import Sweep, WallClock, utc_now
@@ -142,23 +149,8 @@ class Engine:
             self._observer.halted(request.account, False)
         scope = state.scope if state is not None else normalise_scope(request.scope)
         await self._emit(HaltState(request.account, False, request.alert_id, self._clock(), scope))
-        now = self._clock()
-        return SweepResult(
-            alert_id=request.alert_id,
-            account=request.account,
-            status=SweepStatus.RELEASED,
-            final=True,
-            dry_run=request.dry_run,
-            counts=Counts(),
-            residual_open=0,
-            sweeps=0,
-            received_at=request.received_at,
-            first_cancel_at=None,
-            finished_at=now,
-            reason=None if state is not None else "the account was not halted",
-            operator=request.operator,
-            source=request.source,
-        )
+        reason = None if state is not None else "the account was not halted"
+        return no_sweep_result(request, SweepStatus.RELEASED, self._clock(), reason)
 
     def restore_halt(self, state: HaltState) -> None:
         """Resume guarding an account found halted in the state topic at start-up."""
@@ -263,23 +255,7 @@ class Engine:
             log.error("engine task failed", exc_info=task.exception())
 
     def _refusal(self, request: KillRequest, reason: str) -> SweepResult:
-        now = self._clock()
-        return SweepResult(
-            alert_id=request.alert_id,
-            account=request.account,
-            status=SweepStatus.FAILED,
-            final=True,
-            dry_run=request.dry_run,
-            counts=Counts(),
-            residual_open=0,
-            sweeps=0,
-            received_at=request.received_at,
-            first_cancel_at=None,
-            finished_at=now,
-            reason=reason,
-            operator=request.operator,
-            source=request.source,
-        )
+        return no_sweep_result(request, SweepStatus.FAILED, self._clock(), reason)
 
     # ---------------------------------------------------------------- latch
 

@@ -62,12 +62,11 @@ from killswitch.exchange.errors import (
     RequestTimeout,
     TransportError,
 )
+from killswitch.exchange.keys import load_account_key
 from killswitch.exchange.signing import (
-    KeyLoadError,
     Signer,
     compact_json,
     encode_query,
-    load_private_key,
     signing_payload,
 )
 from killswitch.exchange.transport import TransportKind, build_transport
@@ -719,16 +718,7 @@ def _describe(status: int | None, error: str | None) -> str:
 
 def _load_signer(settings: AccountSettings) -> Signer:
     """The account's signer; KeyLoadError naming the account (never the key) on failure."""
-    passphrase = settings.private_key_passphrase
-    try:
-        key = load_private_key(
-            settings.private_key_bytes(),
-            passphrase.get_secret_value().encode() if passphrase else None,
-            settings.curve,
-        )
-    except (KeyLoadError, OSError) as exc:
-        raise KeyLoadError(f"account {settings.id}: private key: {exc}") from None
-    return Signer(key, settings.signature_encoding)
+    return Signer(load_account_key(settings), settings.signature_encoding)
 
 
 # -- several accounts ---------------------------------------------------------------------

@@ -322,6 +322,22 @@ def test_result_has_the_contract_fields() -> None:
     assert out["origin"] == {"topic": "killswitch.alerts", "partition": 2, "offset": 41}
 
 
+def test_result_lists_at_most_max_orders_problems_first_and_says_how_many_were_cut() -> None:
+    orders = [OrderReport(i, "BTC_USDT", Outcome.SENT, 1) for i in range(10)]
+    orders.insert(7, OrderReport(99, "BTC_USDT", Outcome.FAILED, 6))
+    out = result_to_json(sweep_result(orders=orders, pending=3), max_orders=4)
+    assert [o["order_id"] for o in out["orders"]] == [99, 0, 1, 2]
+    assert out["orders_omitted"] == 7
+    assert out["pending"] == 3
+    full = result_to_json(sweep_result(orders=orders))
+    assert (len(full["orders"]), full["orders_omitted"]) == (11, 0)
+
+
+def test_a_result_of_100k_orders_fits_one_kafka_record() -> None:
+    orders = [OrderReport(5_000_000_000 + i, "BTC_USDT", Outcome.SENT, 1) for i in range(100_000)]
+    assert len(encode_result(sweep_result(orders=orders))) < 1_000_000
+
+
 def test_result_round_trips_to_a_summary() -> None:
     raw = encode_result(sweep_result(first_cancel_at=None), Origin("t", 0, 7))
     assert json.loads(raw)["first_cancel_at"] is None

@@ -18,10 +18,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from killswitch.config import ConfigError, load_settings, resolve_config_path
+from killswitch.exchange.keys import load_account_key
 from killswitch.exchange.signing import (
     KeyLoadError,
     SignatureEncoding,
-    load_private_key,
     load_public_key,
 )
 from killswitch.exchange.simulator.admin import AdminError, apply_faults
@@ -164,15 +164,10 @@ def _add_config_accounts(sim: Simulator, config: str | None) -> int | None:
     settings = load_settings(path)
     port: int | None = None
     for account in settings.accounts:
-        passphrase = account.private_key_passphrase
         try:
-            key = load_private_key(
-                account.private_key_bytes(),
-                passphrase.get_secret_value().encode() if passphrase else None,
-                account.curve,
-            )
-        except (KeyLoadError, OSError) as exc:
-            raise ConfigError(f"accounts[{account.id}].private_key: {exc}") from None
+            key = load_account_key(account)
+        except KeyLoadError as exc:
+            raise ConfigError(str(exc)) from None
         sim.add_client(
             account.api_key.get_secret_value(),
             key.public_key(),
