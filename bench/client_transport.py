@@ -43,6 +43,7 @@ import aiohttp
 import httpx
 from pydantic import SecretStr
 
+from bench import harness
 from killswitch.config import AccountSettings
 from killswitch.core.outcomes import Outcome
 from killswitch.exchange.client import PATH_ORDER, ExchangeClient, prepare_request
@@ -320,10 +321,10 @@ async def measure_server(kind: str, requests: int, warmup: int, rounds: int) -> 
 
 
 def _line(f: Figure) -> str:
-    ratio = f"{f.ratio:.2f}" if f.ratio is not None else "-"
+    ratio = f"{f.ratio:.2f}x" if f.ratio is not None else "-"
     return (
-        f"client_transport server={f.server:<7} variant={f.variant:<17} inflight={f.inflight:<3}"
-        f" req/s={f.rps:>8,.0f}  vs bare-aiohttp={ratio}  ok={f.ok}/{f.requests}"
+        f"client_transport {f.server}/{f.inflight}/{f.variant}: {ratio} bare aiohttp "
+        f"({f.rps:,.0f} req/s at {f.inflight} in flight, ok {f.ok}/{f.requests})"
     )
 
 
@@ -337,6 +338,7 @@ def _environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": multiprocessing.cpu_count(),
+        "host": harness.machine(),
         **versions,
     }
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import harness
 from killswitch.exchange.signing import (
     Signer,
     generate_private_key,
@@ -289,6 +290,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_verifies_per_s": round(baseline, 1),
         "ratio_to_verify_only": round(len(requests) / elapsed / baseline, 3),
         "rate_limit": limit,
+        "machine": harness.machine(),
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "command": "python -m bench.simulator_throughput " + " ".join(sys.argv[1:]),
@@ -309,16 +311,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = asyncio.run(_run(args))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        f"simulator_throughput: {result['cancels_per_s']:.0f} signed cancels/s "
-        f"({result['cancels_per_server_cpu_s']} per server CPU-second; "
+    harness.summary(
+        "simulator_throughput signed_cancels",
+        f"{result['ratio_to_verify_only']:.3f} of the bare ECDSA verify rate on one core "
+        f"({result['cancels_per_s']:.0f} signed cancels/s vs "
+        f"{result['baseline_verifies_per_s']:.0f} verifies/s; "
+        f"{result['cancels_per_server_cpu_s']} per server CPU-second; "
         f"{result['cancel_sent']}/{result['cancels']} CANCEL_SENT; "
-        f"{args.connections} connections x pipeline {args.pipeline}; "
-        f"verify-only baseline {result['baseline_verifies_per_s']:.0f}/s, "
-        f"ratio {result['ratio_to_verify_only']}); rate limit "
-        f"{result['rate_limit']['configured_rate_per_s']:.0f}/s under "
-        f"{result['rate_limit']['offered_per_s']:.0f}/s offered accepted "
-        f"{result['rate_limit']['accepted_rate_per_s']:.1f}/s"
+        f"{args.connections} connections x pipeline {args.pipeline})",
+    )
+    limit = result["rate_limit"]
+    harness.summary(
+        "simulator_throughput rate_limit",
+        f"{limit['accepted_rate_per_s'] / limit['configured_rate_per_s']:.3f} of the configured "
+        f"{limit['configured_rate_per_s']:.0f}/s accepted under {limit['offered_per_s']:.0f}/s "
+        "offered",
     )
     return result
 

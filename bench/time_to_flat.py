@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from bench import harness
 from killswitch.config import EngineSettings
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.engine import Engine
@@ -78,16 +79,23 @@ class Run:
     resolved: int
     open_after: int
 
-    def line(self, goal: float) -> str:
-        ok = "ok" if self.ratio >= goal and self.throttled_share <= 0.01 else "MISSED"
-        return (
-            f"time_to_flat {self.name}: {self.seconds:.3f} s for {self.requests} requests "
-            f"({self.cancel_requests} cancel + {self.listing_requests} listing), "
-            f"ideal {self.ideal_s:.3f} s, ideal/actual {self.ratio:.3f} (goal >= {goal}; "
-            f"{self.ratio_burst:.3f} counting the server's burst as free); "
-            f"429s {self.throttled} ({self.throttled_share:.2%}, goal <= 1%); "
-            f"status {self.status}, {self.sweeps} passes, {self.resolved} resolved, "
-            f"{self.open_after} open after [{ok}]"
+    def print_figures(self, goal: float) -> None:
+        """One line per figure: ideal / actual, then the 429 share."""
+        harness.summary(
+            f"time_to_flat {self.name} ideal/actual",
+            f"{self.ratio:.3f} ({self.seconds:.3f} s for {self.requests} requests = "
+            f"{self.cancel_requests} cancel + {self.listing_requests} listing, ideal "
+            f"{self.ideal_s:.3f} s; {self.ratio_burst:.3f} counting the server's burst as "
+            f"free; status {self.status}, {self.sweeps} passes, {self.open_after} open after)",
+            f">= {goal}",
+            self.ratio >= goal,
+        )
+        harness.summary(
+            f"time_to_flat {self.name} 429_share",
+            f"{self.throttled_share:.2%} ({self.throttled} of "
+            f"{self.requests + self.throttled} answers)",
+            "<= 1%",
+            self.throttled_share <= 0.01,
         )
 
 
@@ -243,7 +251,7 @@ async def _run(args: argparse.Namespace) -> list[tuple[Run, float]]:
                     admin=admin,
                 )
                 runs.append((run, goal))
-                print(run.line(goal), flush=True)
+                run.print_figures(goal)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -271,6 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "client_concurrency": args.concurrency,
         "simulator": "separate process (killswitch simulate-exchange)",
         "runs": [dict(asdict(r), goal=g) for r, g in runs],
+        "machine": harness.machine(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "command": "python -m bench.time_to_flat " + " ".join(sys.argv[1:]),
