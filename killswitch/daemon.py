@@ -47,7 +47,7 @@ from killswitch.intake.kafka import ensure_topics, make_producer
 from killswitch.intake.lag import watch_loop_lag
 from killswitch.intake.outputs import Publisher
 from killswitch.intake.readers import HaltStateReader, ResultsIndex
-from killswitch.logs import configure_logging, register_settings_secrets
+from killswitch.logs import configure_logging, default_masker, register_settings_secrets
 from killswitch.triggers import TriggerKeyError, TriggerVerifier
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ def run(settings: Settings) -> int:
         raise
     except Exception as exc:
         log.critical("daemon failed", exc_info=exc)
-        print(f"killswitch: daemon failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        message = default_masker.mask(f"{type(exc).__name__}: {exc}")
+        print(f"killswitch: daemon failed: {message}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
