@@ -322,7 +322,9 @@ async def _start(
 
 async def _move_guards(intake: Intake, ownership: Ownership, engine: Engine) -> None:
     """After a rebalance: guard exactly the halted accounts whose alerts partition is ours."""
-    ownership.update(intake.assignment, intake.partition_count(ownership.topic))
+    assignment = intake.assignment
+    count = await intake.partition_count(ownership.topic) if assignment else None
+    ownership.update(assignment, count)
     await engine.refresh_guards()
     log.info(
         "latch guards follow the assignment",

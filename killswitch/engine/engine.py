@@ -441,4 +441,4 @@ class Engine:
             if wait:
                 await asyncio.gather(guard.task, return_exceptions=True)
         # Otherwise an alert joined the guard sweep: it finishes, then the loop ends
-        # because the account is no longer halted (or the engine is closing).
+        # because its stop event is set.

@@ -54,7 +54,7 @@ from killswitch.core.dedup import DedupWindow, Seen
 from killswitch.core.model import KillRequest, SweepResult, SweepStatus
 from killswitch.core.offsets import OffsetTracker
 from killswitch.core.ports import AlertObserver, EngineAPI, NullAlertObserver
-from killswitch.intake.kafka import make_group_consumer
+from killswitch.intake.kafka import all_partitions, make_group_consumer
 from killswitch.intake.outputs import Publisher
 from killswitch.intake.readers import ResultsIndex
 from killswitch.triggers import TriggerVerifier
@@ -203,20 +203,30 @@ class Intake:
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)
 
-    def partition_count(self, topic: str) -> int | None:
-        """Partitions of ``topic`` in the consumer's metadata (None when unknown)."""
-        if self._consumer is None:
+    async def partition_count(self, topic: str, timeout_s: float = 5.0) -> int | None:
+        """Partitions of ``topic`` (None when unknown after ``timeout_s``)."""
+        consumer = self._consumer
+        if consumer is None:
             return None
-        partitions = self._consumer.partitions_for_topic(topic)
-        return len(partitions) if partitions else None
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return len(partitions)
+        # A member that did not compute the assignment may have no metadata for the
+        # topic yet when its assignment arrives: fetch it.
+        try:
+            return len(await all_partitions(consumer, topic, timeout_s))
+        except LookupError:
+            return None
 
     async def start(self) -> None:
         """Join the group (subscribed to the alerts and manual topics)."""
         topics = self._config.topics
         consumer = make_group_consumer(self._kafka, [])
         consumer.subscribe([topics.alerts, topics.manual], listener=_Listener(self))
-        await consumer.start()
+        # Set before start(): the first assignment may arrive while start() runs, and
+        # the assignment hook reads the consumer's metadata.
         self._consumer = consumer
+        await consumer.start()
         self._committer = asyncio.create_task(self._commit_loop(), name="intake-committer")
 
     async def run(self) -> None:

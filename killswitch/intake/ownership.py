@@ -63,9 +63,14 @@ class Ownership:
     assigned: frozenset[int] = field(default_factory=frozenset)
 
     def update(self, assignment: Iterable[TopicPartition], partition_count: int | None) -> None:
-        """Take a new assignment (any topics; only this topic's partitions count)."""
+        """Take a new assignment (any topics; only this topic's partitions count).
+
+        An unknown ``partition_count`` keeps the last one known: partition counts
+        rarely change, and when they do the group rebalances and reports them again.
+        """
         self.assigned = frozenset(tp.partition for tp in assignment if tp.topic == self.topic)
-        self.partition_count = partition_count
+        if partition_count is not None:
+            self.partition_count = partition_count
 
     def owns(self, account: str) -> bool:
         """Whether this daemon guards ``account`` now."""

@@ -77,5 +77,9 @@ def test_ownership_counts_only_its_topic() -> None:
     assert ownership.assigned == {1}
     assert ownership.owns("mm-1")
     assert not ownership.owns("mm-2")  # partition 2 of manual is not partition 2 of alerts
-    ownership.update([], 4)
+    ownership.update([], None)
     assert not ownership.owns("mm-1")
+    ownership.update([TopicPartition("alerts", 1)], None)  # count unknown: the last one holds
+    assert ownership.partition_count == 4
+    assert ownership.owns("mm-1")
+    assert not ownership.owns("mm-2")
