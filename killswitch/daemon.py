@@ -7,6 +7,11 @@ restored from the state topic; the dedup window rebuilt from recent results;
 then the alert consumer, the dead-man watcher, the state follower and the loop
 lag probe run until SIGTERM/SIGINT (or ``stop_event`` in tests).
 
+Latch guards follow the alert consumer's assignment: every daemon knows every
+halt, but only the one assigned an account's alerts partition re-sweeps it
+(:mod:`killswitch.intake.ownership`); restored halts are guarded from the first
+assignment on.
+
 Shutdown: stop taking alerts and heartbeats; let running sweeps finish within
 ``engine.shutdown_grace_s`` and publish their results; commit what completed
 (the rest is replayed by whoever consumes the partition next); stop the
@@ -46,6 +51,7 @@ from killswitch.intake.consumer import Intake, IntakeConfig
 from killswitch.intake.kafka import ensure_topics, make_producer
 from killswitch.intake.lag import watch_loop_lag
 from killswitch.intake.outputs import Publisher
+from killswitch.intake.ownership import Ownership
 from killswitch.intake.readers import HaltStateReader, ResultsIndex
 from killswitch.logs import configure_logging, default_masker, register_settings_secrets
 from killswitch.triggers import TriggerKeyError, TriggerVerifier
@@ -155,6 +161,7 @@ class Daemon:
     restored: list[HaltState]
     background: asyncio.Event  # stops the readers once the intake has drained
     observability: Observability
+    ownership: Ownership  # which halted accounts this daemon guards
 
 
 async def async_run(
@@ -235,6 +242,9 @@ async def _start(
         publisher.state,
         concurrency={a.id: a.max_concurrency for a in settings.accounts},
     )
+    # Set before any halt is restored: nothing is guarded until the first assignment.
+    ownership = Ownership(topics.alerts)
+    engine.set_guard_filter(ownership.owns)
 
     states = HaltStateReader(kafka, topics.state, daemon=instance)
     stack.push_async_callback(states.close)
@@ -263,6 +273,7 @@ async def _start(
         observer=obs.alert_observer,
         results_index=index,
         on_consuming=obs.set_consuming,
+        on_assignment=lambda: _move_guards(intake, ownership, engine),
     )
     await intake.start()
     stack.push_async_callback(intake.close)
@@ -305,8 +316,25 @@ async def _start(
         list(halted.values()),
         background,
         obs,
+        ownership,
     )
     return daemon, tasks
+
+
+async def _move_guards(intake: Intake, ownership: Ownership, engine: Engine) -> None:
+    """After a rebalance: guard exactly the halted accounts whose alerts partition is ours."""
+    assignment = intake.assignment
+    count = await intake.partition_count(ownership.topic) if assignment else None
+    ownership.update(assignment, count)
+    await engine.refresh_guards()
+    log.info(
+        "latch guards follow the assignment",
+        extra={
+            "partitions": sorted(ownership.assigned),
+            "guarded": sorted(engine.guarded()),
+            "halted": len(engine.halted()),
+        },
+    )
 
 
 async def _keep_exchange_warm(

@@ -14,6 +14,11 @@
   halt's scope every ``latch_sweep_interval_s`` and cancels whatever appeared, until
   :meth:`Engine.release`. Guard sweeps list first (even with strategy ``symbol``), and
   a kill arriving during one joins it.
+- **Guard filter.** With several engines (daemons) sharing the accounts, each
+  halted account must be guarded by one of them only. :meth:`Engine.set_guard_filter`
+  takes ``owns(account)``: the engine still records, reports and publishes every
+  halt, but runs the guard loop only for accounts it owns; :meth:`Engine.refresh_guards`
+  starts and stops guards after the answer changed. Without a filter it owns all.
 - **Deadlines.** A request's deadline is ``deadline_s`` after its ``received_at``,
   measured on the event loop's monotonic clock from the moment it is submitted.
 - **Never raises for bad input.** An unknown account, a request during shutdown: a
@@ -25,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -45,6 +50,10 @@ from killswitch.engine.sweep import Sweep, WallClock, utc_now
 log = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY = 8
+
+
+def _owns_every_account(account: str) -> bool:
+    return True
 
 
 @dataclass(eq=False, slots=True)
@@ -106,6 +115,7 @@ class Engine:
         self._halts: dict[str, HaltState] = {}
         self._guards: dict[str, _Guard] = {}
         self._deferred_guards: set[str] = set()
+        self._owns: Callable[[str], bool] = _owns_every_account
         self._tasks: set[asyncio.Task[None]] = set()
         self._state_lock = asyncio.Lock()
         self._closing = False
@@ -175,6 +185,42 @@ class Engine:
     def halted(self) -> Mapping[str, HaltState]:
         """The accounts currently halted (a copy)."""
         return dict(self._halts)
+
+    def set_guard_filter(self, owns: Callable[[str], bool]) -> None:
+        """Guard (re-sweep) a halted account only while ``owns(account)`` holds.
+
+        Halts are still recorded, published and reported for every account; kills
+        submitted here still sweep. ``owns`` must be cheap and must not raise; call
+        :meth:`refresh_guards` whenever its answers may have changed.
+        """
+        self._owns = owns
+
+    async def refresh_guards(self) -> None:
+        """Stop the guards of accounts no longer owned; start those of owned halted ones.
+
+        Stops first (and waits for an idle guard sweep to be cancelled), so an account
+        moving to another engine is not swept here once this returns. A newly owned
+        account is swept at once: nobody guarded it while it moved.
+        """
+        for account in list(self._guards):
+            if not self._owns(account):
+                await self._stop_guard(account)
+                log.info("guard handed over", extra={"account": account})
+        if self._closing:
+            return
+        running = self.guarded()
+        for account in list(self._halts):
+            if account not in running and self._owns(account):
+                self._ensure_guard(account, immediate=True)
+                log.info("guard taken over", extra={"account": account})
+
+    def guarded(self) -> frozenset[str]:
+        """The halted accounts whose guard loop runs in this engine."""
+        return frozenset(
+            account
+            for account, guard in self._guards.items()
+            if not guard.task.done() and not guard.stop.is_set()
+        )
 
     async def close(self, grace_s: float) -> None:
         """Stop latch loops; let running sweeps finish within ``grace_s``, then cancel them."""
@@ -297,6 +343,8 @@ class Engine:
                 self._ensure_guard(account, immediate=True)
 
     def _ensure_guard(self, account: str, *, immediate: bool) -> None:
+        if self._closing or not self._owns(account):
+            return  # another engine guards it (refresh_guards starts it if that changes)
         guard = self._guards.get(account)
         if guard is not None and not guard.task.done() and not guard.stop.is_set():
             return
@@ -315,7 +363,7 @@ class Engine:
                         await stop.wait()
             first = False
             halt = self._halts.get(account_id)
-            if stop.is_set() or halt is None or self._closing:
+            if stop.is_set() or halt is None or self._closing or not self._owns(account_id):
                 return
             account = self._account(account_id)
             if account.busy():
@@ -369,4 +417,4 @@ class Engine:
             if wait:
                 await asyncio.gather(guard.task, return_exceptions=True)
         # Otherwise an alert joined the guard sweep: it finishes, then the loop ends
-        # because the account is no longer halted (or the engine is closing).
+        # because its stop event is set.

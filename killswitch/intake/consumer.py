@@ -15,7 +15,9 @@ Rebalance: on revocation the consumer waits (bounded) for the revoked
 partitions' work to finish, commits what completed and forgets the rest (the
 next owner replays it; the dedup window turns finished repeats into
 ``duplicate`` results). On assignment it first lets the results reader catch up,
-so results published by the previous owner are known.
+so results published by the previous owner are known. After every change of the
+assignment (and before leaving the group) ``on_assignment`` runs, once
+:attr:`Intake.assignment` reflects it: the daemon moves latch guards with it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -52,7 +54,7 @@ from killswitch.core.dedup import DedupWindow, Seen
 from killswitch.core.model import KillRequest, SweepResult, SweepStatus
 from killswitch.core.offsets import OffsetTracker
 from killswitch.core.ports import AlertObserver, EngineAPI, NullAlertObserver
-from killswitch.intake.kafka import make_group_consumer
+from killswitch.intake.kafka import all_partitions, make_group_consumer
 from killswitch.intake.outputs import Publisher
 from killswitch.intake.readers import ResultsIndex
 from killswitch.triggers import TriggerVerifier
@@ -151,6 +153,7 @@ class Intake:
         observer: AlertObserver | None = None,
         results_index: ResultsIndex | None = None,
         on_consuming: Callable[[bool], None] | None = None,
+        on_assignment: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._config = config
@@ -162,6 +165,7 @@ class Intake:
         self._observer: AlertObserver = observer or NullAlertObserver()
         self._results_index = results_index
         self._on_consuming = on_consuming or (lambda consuming: None)
+        self._on_assignment = on_assignment
         self._clock = clock
         self._lag_reported_at = 0.0
         self._consumer: AIOKafkaConsumer | None = None
@@ -199,13 +203,30 @@ class Intake:
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)
 
+    async def partition_count(self, topic: str, timeout_s: float = 5.0) -> int | None:
+        """Partitions of ``topic`` (None when unknown after ``timeout_s``)."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return len(partitions)
+        # A member that did not compute the assignment may have no metadata for the
+        # topic yet when its assignment arrives: fetch it.
+        try:
+            return len(await all_partitions(consumer, topic, timeout_s))
+        except LookupError:
+            return None
+
     async def start(self) -> None:
         """Join the group (subscribed to the alerts and manual topics)."""
         topics = self._config.topics
         consumer = make_group_consumer(self._kafka, [])
         consumer.subscribe([topics.alerts, topics.manual], listener=_Listener(self))
-        await consumer.start()
+        # Set before start(): the first assignment may arrive while start() runs, and
+        # the assignment hook reads the consumer's metadata.
         self._consumer = consumer
+        await consumer.start()
         self._committer = asyncio.create_task(self._commit_loop(), name="intake-committer")
 
     async def run(self) -> None:
@@ -263,6 +284,12 @@ class Intake:
 
     async def close(self) -> None:
         """Leave the group without draining (start-up failed or already shut down)."""
+        if self._assigned:
+            # aiokafka does not call the revocation listener when the consumer stops:
+            # give the partitions up here, before leaving the group (after which the
+            # next owner may start guarding them).
+            self._assigned.clear()
+            await self._assignment_changed()
         if self._committer is not None:
             self._committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -589,14 +616,24 @@ class Intake:
         if gone:
             self._on_consuming(False)
         self._assigned -= gone
+        await self._assignment_changed()
         waiting = [t for t, tp in self._tasks.items() if tp in gone]
         if waiting:
             await asyncio.wait(waiting, timeout=self._config.revoke_drain_s)
         await self._commit(list(gone))
         self._tracker.drop(gone)
 
+    async def _assignment_changed(self) -> None:
+        if self._on_assignment is None:
+            return
+        try:
+            await self._on_assignment()
+        except Exception:  # a failing hook must not break the rebalance
+            log.exception("assignment hook failed")
+
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         self._assigned = set(assigned)
+        await self._assignment_changed()
         # Ready even with no partitions: a member with nothing assigned is healthy.
         self._on_consuming(not self._stopping)
         if self._results_index is not None:

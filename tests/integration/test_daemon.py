@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -14,18 +15,21 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka import TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from prometheus_client.parser import text_string_to_metric_families
 
 from killswitch.config import ConfigError
-from killswitch.daemon import async_run
+from killswitch.daemon import Daemon, async_run
 from killswitch.deadman import encode_heartbeat
 from killswitch.exchange.simulator.faults import EndpointFaults
+from killswitch.intake.ownership import account_partition
 from killswitch.triggers import sign_trigger
 from tests.conftest import wait_for
 from tests.integration.daemon_harness import (
     DaemonProcess,
+    Exchange,
     daemon_in_process,
     daemon_settings,
     exchange,
@@ -312,7 +316,7 @@ async def test_two_daemons_share_the_partitions(kafka_bootstrap: str, unique_nam
             )
             assert ex.open_ids("mm-1") == set()
             assert ex.open_ids("mm-2") == set()
-            # A halt set through one daemon is guarded by both; a release lifts both.
+            # A halt set through one daemon is known to both; a release lifts both.
             await produce(settings, [alert_message("h-1", ["mm-1"], latch=True)], key="mm-1")
             await wait_for(
                 lambda: (
@@ -331,6 +335,121 @@ async def test_two_daemons_share_the_partitions(kafka_bootstrap: str, unique_nam
             # The released record is published before the latch lifts, but the reader
             # may not have fetched it yet: wait for it rather than read once.
             await wait_for(lambda: halted_records(states, "mm-1")[-1:] == [False], timeout=20)
+
+
+def _owned(daemon: Daemon, accounts: list[str], partitions: int) -> set[str]:
+    """The accounts whose alerts partition is assigned to ``daemon``."""
+    topic = daemon.settings.kafka.topics.alerts
+    assignment = daemon.intake.assignment
+    return {
+        a for a in accounts if TopicPartition(topic, account_partition(a, partitions)) in assignment
+    }
+
+
+async def _listings(http: httpx.AsyncClient, daemon: Daemon) -> Counter[str]:
+    """Open-order listings this daemon sent, per account (its own /metrics)."""
+    url_of = daemon.observability.url
+    assert url_of is not None
+    text = (await http.get(f"{url_of()}/metrics")).text
+    counts: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == "killswitch_exchange_requests_total"
+                and sample.labels.get("endpoint") == "open_orders"
+            ):
+                counts[sample.labels["account"]] += int(sample.value)
+    return counts
+
+
+def _sim_listings(ex: Exchange, account: str) -> int:
+    return sum(1 for e in ex.sim.request_log if e.endpoint == "open_orders" and e.client == account)
+
+
+async def test_a_halted_account_is_guarded_only_by_the_owner_of_its_partition(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    partitions = 4
+    accounts = ["mm-1", "mm-2"]  # murmur2 % 4: partitions 1 and 2
+    async with exchange() as ex:
+        settings = daemon_settings(
+            kafka_bootstrap, unique_name, ex, metrics={"enabled": True, "port": 0}
+        )
+        await prepare_topics(settings, partitions=partitions)
+        async with (
+            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            daemon_in_process(settings) as one,
+            httpx.AsyncClient() as http,
+            contextlib.AsyncExitStack() as later,
+        ):
+            # Alone, a daemon owns every partition and guards every halt.
+            for account in accounts:
+                message = alert_message(f"h-{account}", [account], latch=True)
+                await produce(settings, [message], key=account)
+            await wait_for(lambda: len(results.finals()) == 2, timeout=30)
+            for account in accounts:
+                # the producer's partitioner and ours agree
+                origin = results.finals(f"h-{account}")[0]["origin"]
+                assert origin["partition"] == account_partition(account, partitions)
+            await wait_for(lambda: one.daemon.engine.guarded() == set(accounts), timeout=10)
+
+            # A second daemon joins: the partitions split, and so do the guards.
+            two = await later.enter_async_context(daemon_in_process(settings))
+            daemons = [one.daemon, two.daemon]
+            await wait_for(lambda: all(d.intake.assignment for d in daemons), timeout=30)
+            assert not one.daemon.intake.assignment & two.daemon.intake.assignment
+            await wait_for(
+                lambda: all(
+                    set(d.engine.halted()) == set(accounts)
+                    and d.engine.guarded() == _owned(d, accounts, partitions)
+                    for d in daemons
+                ),
+                timeout=20,
+            )
+            guards = [d.engine.guarded() for d in daemons]
+            # Partitions 1 and 2 go to different members (range or round robin alike).
+            assert len(guards[0]) == len(guards[1]) == 1
+            assert guards[0] | guards[1] == set(accounts)
+            [released], [kept] = guards
+
+            # Over several guard intervals only the owner lists each account.
+            before = [await _listings(http, d) for d in daemons]
+            sim_before = {a: _sim_listings(ex, a) for a in accounts}
+            ex.seed("mm-1", 2)
+            ex.seed("mm-2", 2)
+            await wait_for(
+                lambda: all(
+                    not ex.open_ids(a) and _sim_listings(ex, a) >= sim_before[a] + 8
+                    for a in accounts
+                ),
+                timeout=20,
+            )
+            after = [await _listings(http, d) for d in daemons]
+            for account in accounts:
+                deltas = [after[i][account] - before[i][account] for i in range(2)]
+                owner = 0 if account in guards[0] else 1
+                assert deltas[owner] >= 8, (account, deltas)
+                assert deltas[1 - owner] == 0, (account, deltas)
+
+            # A release lifts the halt on both daemons.
+            release = alert_message("r-1", [released], action="release")
+            await produce(settings, [release], key=released)
+            await wait_for(
+                lambda: all(
+                    released not in d.engine.halted() and released not in d.engine.guarded()
+                    for d in daemons
+                ),
+                timeout=20,
+            )
+            assert all(set(d.engine.halted()) == {kept} for d in daemons)
+            assert one.daemon.engine.guarded() == frozenset()
+
+            # The second daemon leaves: the first takes its partitions and its guard.
+            await later.aclose()
+            await wait_for(lambda: len(one.daemon.intake.assignment) == 2 * partitions, timeout=30)
+            await wait_for(lambda: one.daemon.engine.guarded() == {kept}, timeout=10)
+            ex.seed(kept, 2)
+            await wait_for(lambda: not ex.open_ids(kept), timeout=10)
 
 
 async def _poll_status(http: httpx.AsyncClient, url: str, want: int, timeout: float = 10) -> int:

@@ -29,7 +29,10 @@ ACCOUNT = "mm-1"
 class FakeExchange:
     """An in-memory exchange with the ExchangeAPI surface and a request log."""
 
-    def __init__(self, symbols: Sequence[str] = ("BTC_USDT", "ETH_USDT")) -> None:
+    def __init__(
+        self, symbols: Sequence[str] = ("BTC_USDT", "ETH_USDT"), account: str = ACCOUNT
+    ) -> None:
+        self._account = account
         self.symbols = list(symbols)
         self.books: dict[str, dict[int, Order]] = {s: {} for s in self.symbols}
         self.log: list[tuple[str, str, tuple[int, ...]]] = []
@@ -46,7 +49,7 @@ class FakeExchange:
 
     @property
     def account(self) -> str:
-        return ACCOUNT
+        return self._account
 
     def place(
         self, symbol: str, side: Side = Side.BUY, price: str = "10", quantity: str = "1"
@@ -742,3 +745,134 @@ def test_restore_halt_before_the_loop_runs_starts_guarding_on_first_use() -> Non
         await engine.close(1.0)
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------ guard filter
+
+OTHER = "mm-2"
+
+
+def halt(account: str) -> HaltState:
+    return HaltState(account, True, f"halt-{account}", datetime.now(UTC), Scope())
+
+
+def two_accounts(observer: Recorder | None = None) -> tuple[FakeExchange, FakeExchange, Engine]:
+    mine, theirs = FakeExchange(["BTC_USDT"]), FakeExchange(["BTC_USDT"], account=OTHER)
+    return mine, theirs, Engine({ACCOUNT: mine, OTHER: theirs}, settings(), observer)
+
+
+async def test_guard_filter_keeps_the_halt_but_guards_only_owned_accounts() -> None:
+    observer = Recorder()
+    mine, theirs, engine = two_accounts(observer)
+    engine.set_guard_filter(lambda account: account == ACCOUNT)
+    engine.restore_halt(halt(ACCOUNT))
+    engine.restore_halt(halt(OTHER))
+    stray = theirs.place("BTC_USDT")
+    assert set(engine.halted()) == {ACCOUNT, OTHER}  # both known halted
+    assert observer.halts == [True, True]  # and reported (killswitch_account_halted)
+    assert engine.guarded() == {ACCOUNT}
+    # The owned account's guard sweeps several times; the other account is never listed.
+    await wait_for(lambda: len(mine.calls("list")) >= 5)
+    assert theirs.log == []
+    assert stray in theirs.books["BTC_USDT"]
+    await engine.close(1.0)
+
+
+async def test_refresh_guards_moves_the_guard_with_ownership() -> None:
+    mine, theirs, engine = two_accounts()
+    owned = {ACCOUNT}
+    engine.set_guard_filter(owned.__contains__)
+    engine.restore_halt(halt(ACCOUNT))
+    engine.restore_halt(halt(OTHER))
+    assert engine.guarded() == {ACCOUNT}
+    old_guard = engine._guards[ACCOUNT].task
+    owned.clear()
+    owned.add(OTHER)
+    await engine.refresh_guards()
+    assert old_guard.done()  # stopped before refresh_guards returned
+    assert engine.guarded() == {OTHER}
+    listed = len(mine.calls("list"))
+    late = mine.place("BTC_USDT")
+    stray = theirs.place("BTC_USDT")
+    await wait_for(lambda: stray not in theirs.books["BTC_USDT"])  # swept at once
+    await wait_for(lambda: len(theirs.calls("list")) >= 5)
+    assert len(mine.calls("list")) == listed  # no longer swept here
+    assert late in mine.books["BTC_USDT"]
+    assert set(engine.halted()) == {ACCOUNT, OTHER}
+    owned.clear()
+    await engine.refresh_guards()  # e.g. every partition revoked
+    assert engine.guarded() == frozenset()
+    await engine.close(1.0)
+
+
+async def test_losing_ownership_cancels_a_guard_sweep_in_progress() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    ex.gate = asyncio.Event()  # never set: the guard's cancel hangs
+    owned = [True]
+    engine = Engine({ACCOUNT: ex}, settings())
+    engine.set_guard_filter(lambda account: owned[0])
+    engine.restore_halt(halt(ACCOUNT))
+    await wait_for(lambda: len(ex.calls("cancel")) == 1)
+    guard = engine._guards[ACCOUNT].task
+    owned[0] = False
+    await engine.refresh_guards()
+    assert guard.done()
+    assert engine.guarded() == frozenset()
+    assert ACCOUNT in engine.halted()
+    await engine.close(1.0)
+
+
+async def test_a_guard_loop_ends_when_ownership_is_lost_without_refresh() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    owned = [True]
+    engine = Engine({ACCOUNT: ex}, settings())
+    engine.set_guard_filter(lambda account: owned[0])
+    engine.restore_halt(halt(ACCOUNT))
+    await wait_for(lambda: len(ex.calls("list")) >= 2)
+    owned[0] = False
+    await wait_for(lambda: engine.guarded() == frozenset())  # at its next tick
+    listed = len(ex.calls("list"))
+    owned[0] = True
+    await engine.refresh_guards()
+    await wait_for(lambda: len(ex.calls("list")) > listed)
+    assert engine.guarded() == {ACCOUNT}
+    await engine.close(1.0)
+
+
+async def test_a_kill_sweeps_and_halts_even_where_the_account_is_not_guarded() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    states: list[HaltState] = []
+
+    async def on_state(state: HaltState) -> None:
+        states.append(state)
+
+    owned = [False]
+    engine = Engine({ACCOUNT: ex}, settings(), on_state=on_state)
+    engine.set_guard_filter(lambda account: owned[0])
+    result = await engine.submit(request(latch=True), Progress())
+    assert result.status is SweepStatus.FLAT
+    assert [s.halted for s in states] == [True]  # published: the owner guards it
+    assert ACCOUNT in engine.halted()
+    assert engine.guarded() == frozenset()
+    owned[0] = True  # the partition comes here
+    await engine.refresh_guards()
+    late = ex.place("BTC_USDT")
+    await wait_for(lambda: late not in ex.books["BTC_USDT"])
+    released = await engine.release(request("rel"))
+    assert released.status is SweepStatus.RELEASED
+    assert engine.guarded() == frozenset()
+    assert [s.halted for s in states] == [True, False]
+    await engine.close(1.0)
+
+
+async def test_a_latching_kill_on_the_owner_starts_its_guard() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    engine = Engine({ACCOUNT: ex}, settings())
+    engine.set_guard_filter(lambda account: account == ACCOUNT)
+    await engine.submit(request(latch=True), Progress())
+    assert engine.guarded() == {ACCOUNT}
+    late = ex.place("BTC_USDT")
+    await wait_for(lambda: late not in ex.books["BTC_USDT"])
+    await engine.close(1.0)
