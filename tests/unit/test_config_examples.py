@@ -1,0 +1,65 @@
+"""The example configuration documents every setting, and it is valid."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from killswitch import config
+from killswitch.exchange.signing import generate_private_key, private_key_pem
+
+ROOT = Path(__file__).resolve().parents[2]
+TOML = (ROOT / "config" / "killswitch.example.toml").read_text()
+ENV = (ROOT / "config" / "example.env").read_text()
+SECTIONS: list[type[BaseModel]] = [
+    config.Settings,
+    config.KafkaSettings,
+    config.TopicSettings,
+    config.SslSettings,
+    config.SaslSettings,
+    config.AccountSettings,
+    config.MetricsSettings,
+    config.EngineSettings,
+    config.TriggerSigningSettings,
+    config.OperatorKey,
+    config.DeadmanSource,
+    config.AlertScope,
+    config.IntakeSettings,
+    config.LoggingSettings,
+]
+
+
+def _fields() -> Iterator[tuple[str, str]]:
+    for model in SECTIONS:
+        for name in model.model_fields:
+            yield model.__name__, name
+
+
+@pytest.mark.parametrize(("model", "name"), list(_fields()))
+def test_every_setting_is_in_the_example_toml(model: str, name: str) -> None:
+    as_key = re.search(rf"^#?\s*{re.escape(name)}\s*=", TOML, re.M)
+    as_table = re.search(rf"^#?\s*\[\[?([a-z_]+\.)*{re.escape(name)}\]\]?$", TOML, re.M)
+    inline = re.search(rf"\b{re.escape(name)}\s*=", TOML)
+    assert as_key or as_table or inline, f"{model}.{name} is not documented in the example TOML"
+
+
+@pytest.mark.parametrize(("model", "name"), list(_fields()))
+def test_every_setting_is_in_the_example_env(model: str, name: str) -> None:
+    assert re.search(rf"_{name.upper()}(__|=)", ENV) or re.search(rf"[\s\"]{name}\b", ENV), (
+        f"{model}.{name} is not documented in config/example.env"
+    )
+
+
+def test_example_toml_is_valid_with_its_keys_present(tmp_path: Path) -> None:
+    data = tomllib.loads(TOML)
+    key = tmp_path / "k.pem"
+    key.write_bytes(private_key_pem(generate_private_key()))
+    for account in data["accounts"]:
+        account["private_key_file"] = str(key)
+    settings = config.Settings(**data)
+    assert [a.id for a in settings.accounts] == ["mm-1", "mm-2", "arb-1"]
