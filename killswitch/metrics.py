@@ -18,7 +18,7 @@ import functools
 import logging
 import platform
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Final, ParamSpec
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -96,8 +96,12 @@ LOOP_LAG_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 
 _MAX_LABEL_LEN: Final = 64
 _DEFAULT_LABEL_BUDGET: Final = 50
+# Hot-path child caches hold at most this many raw inputs; past it, the (rare) extra
+# inputs take the slow lookup each time instead of growing memory with the input.
+_CHILD_CACHE_LIMIT: Final = 1024
 
 _P = ParamSpec("_P")
+_K = TypeVar("_K")
 
 
 def _never_raise(method: Callable[_P, None]) -> Callable[_P, None]:
@@ -138,6 +142,12 @@ class LabelBudget:
         return text
 
 
+def _remember(cache: dict[_K, Any], key: _K, child: Any) -> None:
+    """Keep a label child for ``key`` unless the cache is full (bounded memory)."""
+    if len(cache) < _CHILD_CACHE_LIMIT:
+        cache[key] = child
+
+
 def _clean(value: object) -> str:
     text = str(value).strip()
     if not text:
@@ -172,6 +182,13 @@ class Metrics:
         self._statuses = LabelBudget()
         self._reasons = LabelBudget(preset=DLQ_REASONS)
         self._topics = LabelBudget()
+        # Label children of the per-request metrics by raw input: `.labels()` costs
+        # several microseconds per call, a dict lookup a fraction of one. Keyed by what
+        # the caller passed, so the label-safety mapping (unknown account -> `other`,
+        # budgets) runs once per input; it never changes for an input once decided.
+        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._inflight_children: dict[str, Any] = {}
+        self._cancel_children: dict[tuple[str, Outcome], Any] = {}
         self._create(registry)
         self._build_info.labels(version=version, python=platform.python_version()).set(1)
         self._preinit(sources, rate_ceilings or {})
@@ -324,11 +341,19 @@ class Metrics:
     @_never_raise
     def request_done(self, account: str, endpoint: str, status: str, seconds: float) -> None:
         """One HTTP call finished; ``status`` is the code or ``timeout`` / ``error``."""
-        label = self._endpoints(endpoint)
-        self._requests.labels(
-            account=self._account(account), endpoint=label, status=self._statuses(status)
-        ).inc()
-        self._request_seconds.labels(endpoint=label).observe(max(seconds, 0.0))
+        key = (account, endpoint, status)
+        children = self._request_children.get(key)
+        if children is None:
+            label = self._endpoints(endpoint)
+            children = (
+                self._requests.labels(
+                    account=self._account(account), endpoint=label, status=self._statuses(status)
+                ),
+                self._request_seconds.labels(endpoint=label),
+            )
+            _remember(self._request_children, key, children)
+        children[0].inc()
+        children[1].observe(max(seconds, 0.0))
 
     @_never_raise
     def rate_changed(self, account: str, rate: float) -> None:
@@ -338,12 +363,23 @@ class Metrics:
     @_never_raise
     def inflight_cancels(self, account: str, delta: int) -> None:
         """A cancel request started (+1) or finished (-1)."""
-        self._inflight.labels(account=self._account(account)).inc(delta)
+        child = self._inflight_children.get(account)
+        if child is None:
+            child = self._inflight.labels(account=self._account(account))
+            _remember(self._inflight_children, account, child)
+        child.inc(delta)
 
     @_never_raise
     def cancel_outcome(self, account: str, outcome: Outcome) -> None:
         """One order reached its final outcome."""
-        self._cancels.labels(account=self._account(account), outcome=Outcome(outcome).value).inc()
+        key = (account, outcome)
+        child = self._cancel_children.get(key)
+        if child is None:
+            child = self._cancels.labels(
+                account=self._account(account), outcome=Outcome(outcome).value
+            )
+            _remember(self._cancel_children, key, child)
+        child.inc()
 
     @_never_raise
     def first_cancel(self, seconds: float) -> None:

@@ -1,6 +1,8 @@
 """The exchange client against the simulator over real HTTP on loopback.
 
-Every test runs on both transports (aiohttp-backed, httpx's own): they must behave alike.
+Every test runs on three transports, which must behave alike: our aiohttp-backed one
+(the client takes its fast path, no httpx models), the same transport seen only through
+httpx's interface (the generic ``httpx.Request`` path), and httpx's own.
 Faults that should hit only the first attempt are switched off from the observer's
 ``request_done`` hook, which the client calls right after the failed attempt and
 before its backoff, so "fail once, then succeed" is deterministic.
@@ -15,8 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 
+from killswitch.config import AccountSettings
 from killswitch.core.orders import OrderStatus
 from killswitch.core.outcomes import Outcome, RejectReason
 from killswitch.exchange.client import ExchangeClient, ExchangeClients
@@ -28,6 +32,7 @@ from killswitch.exchange.simulator.testing import (
     account_settings,
     register_test_client,
 )
+from killswitch.exchange.transport import AiohttpTransport
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +73,23 @@ class Recorder:
         return [s for e, s in self.requests if e == endpoint]
 
 
+class GenericOnly(httpx.AsyncBaseTransport):
+    """Our aiohttp transport behind httpx's interface only: the client cannot see the
+    fast path, so it builds ``httpx.Request`` objects as for any foreign transport."""
+
+    def __init__(self, max_connections: int) -> None:
+        self._inner = AiohttpTransport(max_connections=max_connections)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+TRANSPORTS = ["aiohttp", "aiohttp-generic", "httpx"]
+
+
 @dataclass
 class Env:
     sim: Simulator
@@ -88,15 +110,17 @@ class Env:
         }
         defaults.update(overrides)
         settings = account_settings(self.server.base_url, self.api_key, self.pem, **defaults)
-        return ExchangeClient(
-            settings,
-            observer=self.recorder,
-            transport=self.transport,  # type: ignore[arg-type]
-            **extra,
-        )
+        return self.client_for(settings, **extra)
+
+    def client_for(self, settings: AccountSettings, **extra: Any) -> ExchangeClient:
+        """A client for ``settings`` on this run's transport."""
+        transport: Any = self.transport
+        if transport == "aiohttp-generic":
+            transport = GenericOnly(settings.max_concurrency + 1)
+        return ExchangeClient(settings, observer=self.recorder, transport=transport, **extra)
 
 
-@pytest.fixture(params=["aiohttp", "httpx"])
+@pytest.fixture(params=TRANSPORTS)
 async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     sim = Simulator(seed=3)
     api_key, pem = register_test_client(sim)
@@ -422,7 +446,11 @@ async def test_several_accounts_each_with_own_limiter(env: Env) -> None:
         account_settings(env.server.base_url, env.api_key, env.pem, "acct-a"),
         account_settings(env.server.base_url, other_key, other_pem, "acct-b"),
     ]
-    async with ExchangeClients(accounts, transport=env.transport) as clients:  # type: ignore[arg-type]
+    if env.transport == "aiohttp-generic":
+        clients_cm = ExchangeClients(accounts, client_factory=env.client_for)
+    else:
+        clients_cm = ExchangeClients(accounts, transport=env.transport)  # type: ignore[arg-type]
+    async with clients_cm as clients:
         assert set(clients) == {"acct-a", "acct-b"}
         assert clients["acct-a"].limiter is not clients["acct-b"].limiter
         results = await asyncio.gather(
@@ -453,7 +481,7 @@ async def test_connection_refused_is_failed_and_listing_unavailable(env: Env) ->
     settings = account_settings(
         f"http://127.0.0.1:{port}", env.api_key, env.pem, max_attempts=2, backoff_base_s=0.01
     )
-    async with ExchangeClient(settings, observer=env.recorder, transport=env.transport) as client:  # type: ignore[arg-type]
+    async with env.client_for(settings) as client:
         result = await client.cancel_order(1, SYMBOL)
         with pytest.raises(ExchangeUnavailable) as info:
             await client.get_order(1, SYMBOL)

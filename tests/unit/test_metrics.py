@@ -347,3 +347,50 @@ async def test_watch_loop_lag_reports_and_stops() -> None:
     stop.set()
     await asyncio.wait_for(task, timeout=5)
     assert all(v >= 0 for v in seen)
+
+
+def test_cached_label_children_keep_label_safety(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    # The hot-path caches must map exactly as `.labels()` did, on the first and later calls.
+    api_key = "sk-live-0123456789abcdef"
+    for _ in range(3):
+        metrics.request_done("mm-1", "cancel", "200", 0.01)
+        metrics.request_done(api_key, "cancel", "200", 0.01)
+        metrics.inflight_cancels(api_key, 1)
+        metrics.cancel_outcome(api_key, Outcome.SENT)
+        metrics.cancel_outcome("mm-1", Outcome.FAILED)
+    requests = "killswitch_exchange_requests_total"
+    assert value(registry, requests, account="mm-1", endpoint="cancel", status="200") == 3
+    assert value(registry, requests, account=OTHER, endpoint="cancel", status="200") == 3
+    assert value(registry, "killswitch_inflight_cancels", account=OTHER) == 3
+    assert value(registry, "killswitch_cancels_total", account=OTHER, outcome="sent") == 3
+    assert value(registry, "killswitch_cancels_total", account="mm-1", outcome="failed") == 3
+    assert api_key not in generate_latest(registry).decode()
+
+
+def test_cached_children_stay_bounded_and_correct(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    # Far more distinct raw inputs than the cache holds: counts stay right, labels bounded.
+    for i in range(3000):
+        metrics.request_done(f"key-{i}", "cancel", str(i), 0.001)
+    for i in range(3000):
+        metrics.request_done(f"key-{i}", "cancel", str(i), 0.001)
+    statuses = {
+        s.labels["status"]
+        for f in registry.collect()
+        if f.name == "killswitch_exchange_requests"
+        for s in f.samples
+        if s.name.endswith("_total") and s.labels["account"] == OTHER
+    }
+    assert len(statuses) <= 51  # the budget plus "other"
+    total = sum(
+        s.value
+        for f in registry.collect()
+        if f.name == "killswitch_exchange_requests"
+        for s in f.samples
+        if s.name.endswith("_total")
+    )
+    assert total == 6000
+    assert len(metrics._request_children) <= 1024
