@@ -112,6 +112,7 @@ class _Pass:
     symbols: set[str] = field(default_factory=set)
     producers: int = 0  # listings / cancel-alls (and scope extensions) not finished
     busy: int = 0  # workers in the middle of a cancel that may hand work back
+    workers: int = 0  # worker tasks running (started on demand, see Sweep._want_workers)
     queued: int = 0
     complete: bool = True  # every pair in scope was listed to the end
     open: bool = True  # more producers may still be added (scope widening)
@@ -310,11 +311,10 @@ class Sweep:
             self._pass = p
             for symbol in symbols or ():
                 self._add_producer(p, symbol)
-            if self.dry_run:
-                p.open = p.producers > 0  # no workers: the last producer closes the pass
-            else:
-                for i in range(self.workers):
-                    tg.create_task(self._worker(p), name=f"{self.name}-w{i}")
+            # Workers start when there is work (see _want_workers): none before the
+            # listings are on the wire, so the first cancel of an alert is not delayed
+            # by starting tasks that would only wait for a page.
+            p.open = p.producers > 0  # no work yet: the last producer closes the pass
         self._pass = None
         p.open = False
         return p
@@ -388,8 +388,8 @@ class Sweep:
     def _producer_done(self, p: _Pass) -> None:
         p.producers -= 1
         p.wake.set()
-        if self.dry_run and p.producers == 0:
-            p.open = False
+        if p.producers == 0 and p.workers == 0:
+            p.open = False  # nothing queued and nobody left to queue it: the pass ends
 
     async def _list_symbol(self, p: _Pass, symbol: str) -> None:
         ledger = self.ledger
@@ -427,6 +427,7 @@ class Sweep:
                 continue
             p.queue.push(priority_key(self.settings.priority, order), order.order_id, order.symbol)
             p.queued += 1
+        self._want_workers(p)
         p.wake.set()
 
     async def _unlistable(self, p: _Pass, symbol: str, exc: ExchangeError) -> None:
@@ -463,6 +464,7 @@ class Sweep:
                     self.ledger.hand_back(order_id)
                     p.singles.append((symbol, order_id))
                     p.queued += 1
+            self._want_workers(p)
         finally:
             self._producer_done(p)
 
@@ -474,7 +476,28 @@ class Sweep:
 
     # ----------------------------------------------------------------- workers
 
+    def _want_workers(self, p: _Pass) -> None:
+        """Start workers for what is queued, up to the account's concurrency.
+
+        On demand rather than at the start of a pass: a listing goes out before any
+        worker exists, one order gets one worker, and a pass that finds nothing
+        starts none. Workers stop only when the pass is idle (they close it)."""
+        if self.dry_run or not p.open:
+            return
+        per_worker = self.settings.batch_size if p.strategy == "batch" else 1
+        work = len(p.singles) + -(-len(p.queue) // per_worker)
+        idle = p.workers - p.busy
+        for _ in range(min(self.workers - p.workers, work - idle)):
+            p.workers += 1
+            p.tg.create_task(self._worker(p), name=f"{self.name}-w{p.workers}")
+
     async def _worker(self, p: _Pass) -> None:
+        try:
+            await self._work(p)
+        finally:
+            p.workers -= 1
+
+    async def _work(self, p: _Pass) -> None:
         batch = self.settings.batch_size if p.strategy == "batch" else 1
         while True:
             if p.singles:
