@@ -145,6 +145,11 @@ class EngineAPI(Protocol):
 
     async def submit(self, request: KillRequest, progress: ResultSink) -> SweepResult: ...
 
+    def start(self, request: KillRequest, progress: ResultSink) -> Awaitable[SweepResult]:
+        """``submit`` begun at once (its sweep spawned before this returns); the
+        awaitable gives the final result and may be left unawaited harmlessly."""
+        ...
+
     async def release(self, request: KillRequest) -> SweepResult: ...
 
     def restore_halt(self, state: HaltState) -> None:

@@ -45,11 +45,17 @@ from killswitch.core.model import (
 )
 from killswitch.core.planning import normalise_scope
 from killswitch.core.ports import ExchangeAPI, NullObserver, Observer, ResultSink, StateSink
-from killswitch.engine.sweep import Sweep, WallClock, utc_now
+from killswitch.engine.sweep import Sweep, Ticket, WallClock, utc_now
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY = 8
+
+
+def _resolved(result: SweepResult) -> asyncio.Future[SweepResult]:
+    future: asyncio.Future[SweepResult] = asyncio.get_running_loop().create_future()
+    future.set_result(result)
+    return future
 
 
 def _owns_every_account(account: str) -> bool:
@@ -124,12 +130,23 @@ class Engine:
 
     async def submit(self, request: KillRequest, progress: ResultSink) -> SweepResult:
         """Sweep ``request.account`` for this alert; returns its final result."""
+        return await self.start(request, progress)
+
+    def start(self, request: KillRequest, progress: ResultSink) -> asyncio.Future[SweepResult]:
+        """:meth:`submit` begun now: the sweep is spawned (or joined) before this returns.
+
+        Await the returned future for the final result; not awaiting it is harmless
+        (the sweep runs on; cancelling the future does not cancel a sweep others
+        share). The intake calls this while it reads the record, so the sweep's
+        first request is not queued behind other work of the event loop.
+        """
         self._start_deferred_guards()
         client = self._clients.get(request.account)
         if client is None:
-            return self._refusal(request, f"account {request.account!r} is not configured")
+            reason = f"account {request.account!r} is not configured"
+            return _resolved(self._refusal(request, reason))
         if self._closing:
-            return self._refusal(request, "the engine is shutting down")
+            return _resolved(self._refusal(request, "the engine is shutting down"))
         account = self._account(request.account)
         sweep = account.joinable(request.dry_run)
         if sweep is None:
@@ -144,8 +161,12 @@ class Engine:
                 extra={"account": request.account, "alert_id": request.alert_id},
             )
         if request.latch and not request.dry_run:
-            await self._halt(request, ticket.scope)
+            return asyncio.ensure_future(self._latched(request, ticket))
         # Shielded: a caller that stops waiting must not cancel a sweep others share.
+        return asyncio.shield(ticket.future)
+
+    async def _latched(self, request: KillRequest, ticket: Ticket) -> SweepResult:
+        await self._halt(request, ticket.scope)
         return await asyncio.shield(ticket.future)
 
     async def release(self, request: KillRequest) -> SweepResult:

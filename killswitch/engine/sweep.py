@@ -29,9 +29,10 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from killswitch.config import EngineSettings
 from killswitch.core.ledger import Ledger, covers
@@ -309,12 +310,21 @@ class Sweep:
             p = _Pass(self.passes, gen, tg, strategy)
             p.complete = symbols is not None  # pairs unknown: this pass cannot verify
             self._pass = p
+            first: Coroutine[Any, Any, None] | None = None
             for symbol in symbols or ():
-                self._add_producer(p, symbol)
-            # Workers start when there is work (see _want_workers): none before the
-            # listings are on the wire, so the first cancel of an alert is not delayed
-            # by starting tasks that would only wait for a page.
+                job = self._producer(p, symbol)
+                if job is None:
+                    continue
+                if first is None:
+                    first = job
+                else:
+                    tg.create_task(job, name=f"{self.name}-{symbol}")
+            # Workers start when there is work (see _want_workers), and the first
+            # producer runs in this task: the first request goes out without waiting
+            # for a task switch, behind whatever else the event loop has queued.
             p.open = p.producers > 0  # no work yet: the last producer closes the pass
+            if first is not None:
+                await first
         self._pass = None
         p.open = False
         return p
@@ -357,15 +367,20 @@ class Sweep:
         )
 
     def _add_producer(self, p: _Pass, symbol: str) -> None:
+        job = self._producer(p, symbol)
+        if job is not None:
+            p.tg.create_task(job, name=f"{self.name}-{symbol}")
+
+    def _producer(self, p: _Pass, symbol: str) -> Coroutine[Any, Any, None] | None:
+        """The listing (or cancel-all) of ``symbol`` in pass ``p``; None if it has one."""
         if symbol in p.symbols:
-            return
+            return None
         p.symbols.add(symbol)
         self._pairs.add(symbol)
         p.producers += 1
         if p.strategy == "symbol":
-            p.tg.create_task(self._cancel_all(p, symbol), name=f"{self.name}-all-{symbol}")
-        else:
-            p.tg.create_task(self._list_symbol(p, symbol), name=f"{self.name}-list-{symbol}")
+            return self._cancel_all(p, symbol)
+        return self._list_symbol(p, symbol)
 
     def _extend_pass(self) -> None:
         """The scope widened: list the new pairs in the running pass already."""

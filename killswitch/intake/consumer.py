@@ -104,6 +104,7 @@ class _Step:
     request: KillRequest
     seen: Seen
     future: asyncio.Future[str | None] | None = None  # NEW: resolved with the final status
+    started: Awaitable[SweepResult] | None = None  # NEW kill: the engine's result, begun early
     previous: str | None = None  # DONE: the status of the original handling
 
 
@@ -318,6 +319,7 @@ class Intake:
             except Exception as exc:  # a bug here must not stop the consumer or stall commits
                 log.exception("cannot read a record", extra={"offset": record.offset})
                 plan = _Plan(label=channel, rejection=_internal_error(exc))
+            self._start_sweeps(plan, origin)
             work = self._execute(record, plan, origin, received)
         task = asyncio.create_task(work)
         self._tasks[task] = tp
@@ -346,7 +348,24 @@ class Intake:
         except Exception as exc:
             log.exception("cannot read a record", extra={"offset": record.offset})
             plan = _Plan(label=channel, rejection=_internal_error(exc))
+        self._start_sweeps(plan, origin)
         await self._execute(record, plan, origin, received)
+
+    def _start_sweeps(self, plan: _Plan, origin: Origin) -> None:
+        """Start the engine on a plan's new kills right away, before the record's task
+        runs: otherwise the first exchange request waits behind whatever the event loop
+        has queued meanwhile (the Kafka client's next fetch, among others)."""
+        if plan.rejection is not None or plan.action != "kill":
+            return
+        for step in plan.steps:
+            if step.seen is not Seen.NEW:
+                continue
+            try:
+                step.started = self._engine.start(
+                    step.request, self._publisher.progress_sink(origin)
+                )
+            except Exception:  # the record's task calls the engine again and reports it
+                log.exception("engine start failed", extra={"alert_id": step.request.alert_id})
 
     def _parse(
         self, value: bytes | None, channel: Channel, received: datetime
@@ -444,7 +463,7 @@ class Intake:
     async def _run_step(self, step: _Step, action: str, origin: Origin) -> None:
         if step.seen is Seen.NEW:
             assert step.future is not None
-            await self._run_request(step.request, action, origin, step.future)
+            await self._run_request(step.request, action, origin, step.future, step.started)
         elif step.seen is Seen.IN_FLIGHT:
             await self._repeat_after_in_flight(step.request, origin)
         else:
@@ -456,12 +475,13 @@ class Intake:
         action: str,
         origin: Origin,
         future: asyncio.Future[str | None],
+        started: Awaitable[SweepResult] | None = None,
     ) -> None:
         """Engine, then the final result; the dedup window learns it once published."""
         key = (request.alert_id, request.account)
         status: str | None = None
         try:
-            result = await self._call_engine(request, action, origin)
+            result = await self._call_engine(request, action, origin, started)
             if (
                 self._stopping
                 and result.status is SweepStatus.FAILED
@@ -487,10 +507,18 @@ class Intake:
                 del self._queued[request.account]
             self._update_backpressure()
 
-    async def _call_engine(self, request: KillRequest, action: str, origin: Origin) -> SweepResult:
+    async def _call_engine(
+        self,
+        request: KillRequest,
+        action: str,
+        origin: Origin,
+        started: Awaitable[SweepResult] | None = None,
+    ) -> SweepResult:
         try:
             if action == "release":
                 return await self._engine.release(request)
+            if started is not None:
+                return await started
             return await self._engine.submit(request, self._publisher.progress_sink(origin))
         except asyncio.CancelledError:
             raise

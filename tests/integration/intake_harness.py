@@ -98,6 +98,8 @@ class FakeEngine:
     restored: list[HaltState] = field(default_factory=list)
     holds: dict[str, asyncio.Event] = field(default_factory=dict)
     raise_for: set[str] = field(default_factory=set)
+    start_raises_for: set[str] = field(default_factory=set)  # start() fails (submit works)
+    started: list[str] = field(default_factory=list)  # alert ids begun through start()
     running: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     max_running: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     closed: bool = False
@@ -107,6 +109,12 @@ class FakeEngine:
 
     def let_go(self, account: str) -> None:
         self.holds.pop(account).set()
+
+    def start(self, request: KillRequest, progress: ResultSink) -> asyncio.Future[SweepResult]:
+        if request.alert_id in self.start_raises_for:
+            raise RuntimeError("engine start bug")
+        self.started.append(request.alert_id)
+        return asyncio.ensure_future(self.submit(request, progress))
 
     async def submit(self, request: KillRequest, progress: ResultSink) -> SweepResult:
         self.calls.append(request)

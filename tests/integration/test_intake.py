@@ -229,6 +229,26 @@ async def test_engine_errors_become_failed_results(
         assert by_id["after-1"]["status"] == "flat"
 
 
+async def test_kills_start_while_read_and_a_failing_start_falls_back(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    engine = FakeEngine(start_raises_for={"start-bug-1"})
+    async with (
+        TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+        running_intake(settings, engine),
+    ):
+        await produce(settings, [alert_message("start-bug-1"), alert_message("early-1")])
+        await wait_for(lambda: len(results.finals()) == 2)
+        by_id = {r["alert_id"]: r for r in results.finals()}
+        # start() failed: the record's own task asked the engine again (submit).
+        assert by_id["start-bug-1"]["status"] == "flat"
+        assert by_id["early-1"]["status"] == "flat"
+        assert engine.started == ["early-1"]  # begun while the record was read
+        assert sorted(c.alert_id for c in engine.calls) == ["early-1", "start-bug-1"]
+
+
 async def test_release_and_dry_run(kafka_bootstrap: str, unique_name: Unique) -> None:
     settings = make_settings(kafka_bootstrap, unique_name)
     await create_all_topics(settings)

@@ -876,3 +876,78 @@ async def test_a_latching_kill_on_the_owner_starts_its_guard() -> None:
     late = ex.place("BTC_USDT")
     await wait_for(lambda: late not in ex.books["BTC_USDT"])
     await engine.close(1.0)
+
+
+# -- starting fast: what the first request of an alert waits for -------------------------
+
+
+def _worker_tasks(engine_account: str = ACCOUNT) -> list[str]:
+    names = [t.get_name() for t in asyncio.all_tasks()]
+    return [n for n in names if n.startswith(f"sweep-{engine_account}-w")]
+
+
+async def test_start_spawns_the_sweep_before_its_result_is_awaited() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    oid = ex.place("BTC_USDT")
+    engine = Engine({ACCOUNT: ex}, settings())
+    future = engine.start(request("a"), Progress())
+    # Nobody awaits the future: the sweep runs anyway.
+    await wait_for(lambda: ex.open_count() == 0)
+    result = await future
+    await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT
+    assert [o.order_id for o in result.orders] == [oid]
+
+
+async def test_start_refusal_is_an_already_resolved_future() -> None:
+    engine = Engine({ACCOUNT: FakeExchange()}, settings())
+    future = engine.start(request("a", account="nobody"), Progress())
+    assert future.done()
+    assert future.result().status is SweepStatus.FAILED
+    await engine.close(1.0)
+
+
+async def test_first_listing_goes_out_before_any_worker_exists() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    for _ in range(3):
+        ex.place("BTC_USDT")
+    seen_at_listing: list[list[str]] = []
+    inner = ex.open_orders
+
+    def listing(symbol: str, *, limit: int = 100) -> AsyncIterator[list[Order]]:
+        seen_at_listing.append(_worker_tasks())
+        return inner(symbol, limit=limit)
+
+    ex.open_orders = listing  # type: ignore[method-assign]
+    engine = Engine({ACCOUNT: ex}, settings(), concurrency=8)
+    result = await run(engine, request())
+    assert result.status is SweepStatus.FLAT
+    assert seen_at_listing[0] == []  # the first pass: no worker before the listing
+    assert len(ex.calls("cancel")) == 3
+
+
+async def test_workers_start_on_demand_up_to_the_concurrency() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    for _ in range(20):
+        ex.place("BTC_USDT")
+    ex.gate = asyncio.Event()
+    engine = Engine({ACCOUNT: ex}, settings(), concurrency=4)
+    task = asyncio.create_task(run(engine, request()))
+    await wait_for(lambda: len(ex.inflight) == 4)
+    assert len(_worker_tasks()) == 4  # capped by the concurrency, all of them busy
+    ex.gate.set()
+    result = await task
+    assert result.counts.sent == 20
+    assert ex.double_cancels == 0
+
+
+async def test_one_order_starts_one_worker() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    ex.gate = asyncio.Event()
+    engine = Engine({ACCOUNT: ex}, settings(), concurrency=8)
+    task = asyncio.create_task(run(engine, request()))
+    await wait_for(lambda: len(ex.inflight) == 1)
+    assert len(_worker_tasks()) == 1
+    ex.gate.set()
+    assert (await task).counts.sent == 1
