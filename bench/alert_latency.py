@@ -26,7 +26,7 @@ alerts topic (consumer lag 0), against a bare aiokafka consumer reading as many
 messages from the first produce on (same run); and duplicate cancels (same order
 cancelled twice; goal 0).
 
-    python -m bench alert_latency [--alerts 200] [--storm 10000] [--blocks 4]
+    python -m bench alert_latency [--alerts 400] [--storm 10000] [--blocks 4]
 
 One line per figure on stdout; JSON in ``bench/results/alert_latency.json``.
 """
@@ -694,7 +694,7 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print one line per figure, write the JSON result."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--alerts", type=int, default=200, help="measured alerts (after warm-up)")
+    parser.add_argument("--alerts", type=int, default=400, help="measured alerts (after warm-up)")
     parser.add_argument("--storm", type=int, default=10_000, help="storm size (0 to skip)")
     parser.add_argument("--accounts", type=int, default=10)
     parser.add_argument("--partitions", type=int, default=4, help="alerts topic partitions")
