@@ -129,6 +129,8 @@ class ResponseParser:
                 head = bytes(buf[:end])
                 del buf[: end + 4]
                 state = self._state = self._parse_head(head)
+                if state == _DONE:  # no body (HEAD, 204, 304)
+                    return self._finish(consumed=0)
             elif state == _LENGTH:
                 remaining = self._remaining
                 if len(buf) < remaining:
@@ -181,9 +183,10 @@ class ResponseParser:
                 if len(buf) > self._max_body:
                     raise httpx.RemoteProtocolError("response body too large")
                 return False
-            else:  # _DONE: bytes after a complete answer; the connection is unusable
-                buf.clear()
-                self.keep_alive = False
+            else:  # _DONE, fed again: bytes after a complete answer make it unusable
+                if buf:
+                    buf.clear()
+                    self.keep_alive = False
                 return True
 
     def feed_eof(self) -> bool:
