@@ -483,16 +483,14 @@ class Http1Transport(httpx.AsyncBaseTransport):
         ``body`` bytes or None. Errors are httpx's exceptions (no request attached).
         A compressed answer (never asked for) is decoded as httpx would.
         """
-        slash = url.find("/", 8)  # after "https://x"
-        if slash < 0:
-            origin, target = self._origin(url, "/")
+        # Up to the first "/" after "https://x" is scheme://host[:port] when the URL has a
+        # path (a host cannot hold "/"); anything else ("?" first, not cached yet) is parsed.
+        slash = url.find("/", 8)
+        cached = self._origins.get(url[:slash]) if slash > 0 else None
+        if cached is None:
+            origin, target = self._locate(url)
         else:
-            target = url[slash:]
-            cached = self._origins.get(url[:slash])
-            if cached is None:
-                origin, target = self._origin(url[:slash], target)
-            else:
-                origin = cached
+            origin, target = cached, url[slash:]
         parser = await self._exchange(origin, method, target, headers.items(), body, phases=phases)
         if parser.encoded and parser.body:
             decoded = httpx.Response(parser.status, headers=parser.headers, content=parser.body)
@@ -502,7 +500,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send one httpx request and return the fully read response."""
         url = request.url
-        origin, _ = self._origin(f"{url.scheme}://{url.netloc.decode('ascii')}", "/")
+        origin = self._origin(f"{url.scheme}://{url.netloc.decode('ascii')}")
+        body = await request.aread()
         headers = [
             (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers.raw
         ]
@@ -512,7 +511,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 request.method,
                 url.raw_path.decode("ascii"),
                 headers,
-                request.content or None,
+                body or None,
                 phases=phases_of(request.extensions.get("timeout")),
             )
         except httpx.TransportError as exc:
@@ -540,14 +539,22 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
     # -- one exchange ----------------------------------------------------------------------
 
-    def _origin(self, prefix: str, target: str) -> tuple[_Origin, str]:
-        """(origin, request target) for a URL prefix not in the cache yet."""
-        if "?" in prefix:  # "http://host?query": no path
-            prefix, query = prefix.split("?", 1)
-            target = "/?" + query
+    def _locate(self, url: str) -> tuple[_Origin, str]:
+        """(origin, request target) of a URL, parsed (the fragment is not sent)."""
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise httpx.UnsupportedProtocol(f"invalid URL {url!r}: {exc}") from None
+        target = parts.path or "/"
+        if parts.query:
+            target = f"{target}?{parts.query}"
+        return self._origin(f"{parts.scheme}://{parts.netloc}"), target
+
+    def _origin(self, prefix: str) -> _Origin:
+        """The origin of ``scheme://netloc``, cached under that string."""
         cached = self._origins.get(prefix)
         if cached is not None:
-            return cached, target
+            return cached
         try:
             parts = urlsplit(prefix)
             port = parts.port
@@ -567,7 +574,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             tls=scheme == "https",
         )
         self._origins[prefix] = origin
-        return origin, target
+        return origin
 
     async def _exchange(
         self,
@@ -676,9 +683,11 @@ class Http1Transport(httpx.AsyncBaseTransport):
         if granted is not None:
             if granted.usable() and not fresh:
                 return granted
-            # Unusable (or a new one is wanted): keep its slot for a new connection.
-            self._forget(granted)
+            # Unusable (or a new one is wanted): keep its slot for a new connection ...
+            owned = self._forget(granted)
             granted.close()
+            if not owned:  # ... unless it was lost meanwhile and its slot freed: queue again
+                return await self._acquire(origin, phases, fresh=fresh)
         return await self._connect(origin, phases.connect)
 
     def _give_back(self, granted: _Connection | None) -> None:

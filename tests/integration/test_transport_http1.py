@@ -182,6 +182,18 @@ async def test_keep_alive_reuses_one_connection() -> None:
     assert first.headers == {"host": f"127.0.0.1:{server.port}", "accept": "*/*"}
 
 
+async def test_urls_without_a_path_or_with_slashes_in_the_query() -> None:
+    async with serving() as server, Http1Transport() as transport:
+        assert await get(transport, f"{server.url}?a=/b") == (200, b"GET /?a=/b c1 r1")
+        assert await get(transport, server.url) == (200, b"GET / c1 r2")
+        assert await get(transport, f"{server.url}/p?x=/y/") == (200, b"GET /p?x=/y/ c1 r3")
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await get(transport, f"ftp://127.0.0.1:{server.port}/")
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await get(transport, f"http://user:pw@127.0.0.1:{server.port}/")
+    assert server.accepted == 1
+
+
 async def test_request_framing_and_body() -> None:
     async def echo(req: Req, writer: asyncio.StreamWriter) -> bool:
         answer(writer, compact_json({"h": req.headers, "b": req.body.decode()}), status=201)
@@ -205,6 +217,11 @@ async def test_request_framing_and_body() -> None:
     assert server.accepted == 1  # the caller's "Connection: close" was not sent
 
 
+async def _chunks() -> AsyncIterator[bytes]:
+    yield b"bo"
+    yield b"dy"
+
+
 async def test_generic_path_matches_the_fast_path() -> None:
     async def echo(req: Req, writer: asyncio.StreamWriter) -> bool:
         answer(writer, f"{req.method} {req.target} {req.body.decode()}".encode(), status=202)
@@ -215,6 +232,9 @@ async def test_generic_path_matches_the_fast_path() -> None:
         raw = await transport.send_raw("PUT", url, {"X": "y"}, b"body", PHASES)
         async with httpx.AsyncClient(transport=transport) as client:
             response = await client.put(url, headers={"X": "y"}, content=b"body")
+            streamed = await client.put(url, content=_chunks())  # read, then Content-Length
+    assert streamed.content == b"PUT /echo?order_id=7&note=a%2Fb body"
+    assert server.requests[-1].headers["content-length"] == "4"
     assert (
         raw
         == (response.status_code, response.content)
