@@ -592,12 +592,15 @@ class Http1Transport(httpx.AsyncBaseTransport):
         conn = await self._acquire(origin, phases, fresh=False)
         try:
             return await self._roundtrip(conn, data, head_request, phases.read)
-        except _NoAnswer:
+        except _NoAnswer as exc:
             if not conn.reused:
-                raise
+                raise httpx.ReadError(str(exc)) from exc.__cause__
         # A kept-alive connection the server had closed: one retry, on a new connection.
         conn = await self._acquire(origin, phases, fresh=True)
-        return await self._roundtrip(conn, data, head_request, phases.read)
+        try:
+            return await self._roundtrip(conn, data, head_request, phases.read)
+        except _NoAnswer as exc:  # callers see httpx's own class (its name is reported)
+            raise httpx.ReadError(str(exc)) from exc.__cause__
 
     async def _roundtrip(
         self, conn: _Connection, data: bytes, head_request: bool, read: float | None

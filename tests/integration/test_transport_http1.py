@@ -464,8 +464,9 @@ async def test_a_fresh_connection_failing_is_not_retried() -> None:
         return False
 
     async with serving(drop) as server, Http1Transport() as transport:
-        with pytest.raises(httpx.ReadError):
+        with pytest.raises(httpx.ReadError) as caught:
             await get(transport, f"{server.url}/")
+    assert type(caught.value) is httpx.ReadError  # the client reports the class name
     assert server.accepted == 1
 
 
@@ -477,8 +478,9 @@ async def test_a_retry_that_fails_again_is_an_error() -> None:
 
     async with serving(only_first) as server, Http1Transport() as transport:
         await get(transport, f"{server.url}/")
-        with pytest.raises(httpx.ReadError):
+        with pytest.raises(httpx.ReadError) as caught:
             await get(transport, f"{server.url}/")
+    assert type(caught.value) is httpx.ReadError
     assert server.accepted == 2  # one retry, not more
 
 
