@@ -27,6 +27,7 @@ messages from the first produce on (same run); and duplicate cancels (same order
 cancelled twice; goal 0).
 
     python -m bench alert_latency [--alerts 400] [--storm 10000] [--blocks 4]
+                                  [--transport aiohttp|http1|httpx]
 
 One line per figure on stdout; JSON in ``bench/results/alert_latency.json``.
 """
@@ -123,7 +124,13 @@ def _order_id(query: str) -> int | None:
 
 
 def _daemon_env(
-    bootstrap: str, topics: dict[str, str], group: str, base_url: str, keys: dict[str, Any]
+    bootstrap: str,
+    topics: dict[str, str],
+    group: str,
+    base_url: str,
+    keys: dict[str, Any],
+    *,
+    transport: str = "aiohttp",
 ) -> dict[str, str]:
     """The daemon's settings as KILLSWITCH_* variables (JSON per section)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILLSWITCH_")}
@@ -149,7 +156,8 @@ def _daemon_env(
     env["KILLSWITCH_ACCOUNTS"] = json.dumps(accounts)
     # Metrics on, as in production, on any free port.
     env["KILLSWITCH_METRICS"] = json.dumps({"enabled": True, "host": "127.0.0.1", "port": 0})
-    env["KILLSWITCH_ENGINE"] = json.dumps({"progress_interval_s": 5.0})
+    engine = {"progress_interval_s": 5.0, "http_transport": transport}
+    env["KILLSWITCH_ENGINE"] = json.dumps(engine)
     env["KILLSWITCH_LOGGING"] = json.dumps({"level": "WARNING"})
     return env
 
@@ -659,7 +667,9 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
                 "killswitch",
                 "run",
                 cwd=REPO,
-                env=_daemon_env(bootstrap, topics, group, server.base_url, keys),
+                env=_daemon_env(
+                    bootstrap, topics, group, server.base_url, keys, transport=args.transport
+                ),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -699,6 +709,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--accounts", type=int, default=10)
     parser.add_argument("--partitions", type=int, default=4, help="alerts topic partitions")
     parser.add_argument("--blocks", type=int, default=4, help="interleaved baseline/daemon blocks")
+    parser.add_argument(
+        "--transport",
+        choices=["aiohttp", "http1", "httpx"],
+        default="aiohttp",
+        help="the daemon's exchange client transport (engine.http_transport)",
+    )
     args = parser.parse_args([] if argv is None and __name__ != "__main__" else argv)
     with harness.kafka() as (bootstrap, broker):
         result = asyncio.run(_run(args, bootstrap))

@@ -9,8 +9,11 @@ own ceiling). Variants, all in the same run:
 - ``httpx-default``    ``httpx.AsyncClient`` with its own transport
 - ``httpx-aiohttp``    ``httpx.AsyncClient`` over our ``AiohttpTransport``
 - ``httpx-aiohttp-pkg`` ``httpx.AsyncClient`` over the ``httpx-aiohttp`` package (if installed)
-- ``client-aiohttp`` / ``client-httpx``  the full ``ExchangeClient.cancel_order`` (signing,
-  limiter, retries, outcome) on each transport: what a kill actually gets
+- ``httpx-http1``      ``httpx.AsyncClient`` over our native ``Http1Transport``
+- ``raw-aiohttp`` / ``raw-http1``  a loop over each transport's ``send_raw`` fast path
+- ``client-aiohttp`` / ``client-http1`` / ``client-httpx``  the full
+  ``ExchangeClient.cancel_order`` (signing, limiter, retries, outcome) on each transport:
+  what a kill actually gets
 
 Every request is signed the same way (a fresh timestamp and signature each), so the
 signing cost is in every figure alike. Run::
@@ -47,6 +50,7 @@ from bench import harness
 from killswitch.config import AccountSettings
 from killswitch.core.outcomes import Outcome
 from killswitch.exchange.client import PATH_ORDER, ExchangeClient, prepare_request
+from killswitch.exchange.http1 import Http1Transport
 from killswitch.exchange.signing import (
     Signer,
     encode_query,
@@ -54,7 +58,7 @@ from killswitch.exchange.signing import (
     private_key_pem,
     public_key_pem,
 )
-from killswitch.exchange.transport import AiohttpTransport
+from killswitch.exchange.transport import AiohttpTransport, Phases, RawTransport
 
 RESULTS = Path(__file__).parent / "results"
 SYMBOL = "BTC_USDT"
@@ -235,6 +239,23 @@ async def httpx_over(signed: Signed, transport: httpx.AsyncBaseTransport) -> Asy
         yield send
 
 
+@contextlib.asynccontextmanager
+async def raw_over(
+    signed: Signed, transport: AiohttpTransport | Http1Transport
+) -> AsyncIterator[Send]:
+    """The transport's send_raw fast path, as the client calls it (no client around it)."""
+    raw: RawTransport = transport
+    phases = Phases(connect=5.0, read=5.0, pool=5.0)
+    async with transport:
+
+        async def send(order_id: int) -> bool:
+            url, headers = signed(order_id)
+            status, _ = await raw.send_raw("DELETE", url, headers, None, phases)
+            return status < 300
+
+        yield send
+
+
 def _httpx_default(inflight: int) -> httpx.AsyncBaseTransport:
     limits = httpx.Limits(max_connections=inflight, max_keepalive_connections=inflight)
     return httpx.AsyncHTTPTransport(limits=limits)
@@ -281,7 +302,11 @@ def variants(
     }
     if importlib.util.find_spec("httpx_aiohttp") is not None:
         found["httpx-aiohttp-pkg"] = lambda: httpx_over(signed, _httpx_aiohttp_pkg(inflight))
+    found["httpx-http1"] = lambda: httpx_over(signed, Http1Transport(max_connections=inflight))
+    found["raw-aiohttp"] = lambda: raw_over(signed, AiohttpTransport(max_connections=inflight))
+    found["raw-http1"] = lambda: raw_over(signed, Http1Transport(max_connections=inflight))
     found["client-aiohttp"] = lambda: full_client(base_url, key_pem, inflight, "aiohttp")
+    found["client-http1"] = lambda: full_client(base_url, key_pem, inflight, "http1")
     found["client-httpx"] = lambda: full_client(base_url, key_pem, inflight, "httpx")
     return found
 

@@ -121,6 +121,8 @@ SignatureEncoding = Literal["base64-der", "hex-der", "base64-raw"]
 Curve = Literal["P-256", "P-384", "secp256k1"]
 CancelStrategy = Literal["per_order", "batch", "symbol"]
 Priority = Literal["notional_desc", "newest_first", "oldest_first"]
+# The exchange client's HTTP transport (killswitch.exchange.transport.TransportKind).
+HttpTransport = Literal["aiohttp", "http1", "httpx"]
 
 
 class AccountSettings(_Section):
@@ -193,6 +195,7 @@ class EngineSettings(_Section):
     max_passes: int = Field(50, ge=1)
     shutdown_grace_s: float = Field(20.0, ge=0)
     exchange_info_ttl_s: float = Field(300.0, gt=0)
+    http_transport: HttpTransport = Field("aiohttp", description="exchange client transport")
 
 
 class OperatorKey(_Section):

@@ -225,6 +225,7 @@ async def _start(
             settings.accounts,
             observer=obs.observer,
             exchange_info_ttl_s=settings.engine.exchange_info_ttl_s,
+            transport=settings.engine.http_transport,
         )
     except KeyLoadError as exc:
         raise ConfigError(str(exc)) from None

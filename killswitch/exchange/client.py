@@ -44,7 +44,6 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any
 
-import aiohttp
 import httpx
 
 from killswitch import __version__
@@ -63,6 +62,7 @@ from killswitch.exchange.errors import (
     RequestTimeout,
     TransportError,
 )
+from killswitch.exchange.http1 import Http1Transport
 from killswitch.exchange.keys import load_account_key
 from killswitch.exchange.signing import (
     Signer,
@@ -72,9 +72,10 @@ from killswitch.exchange.signing import (
 )
 from killswitch.exchange.transport import (
     AiohttpTransport,
+    Phases,
+    RawTransport,
     TransportKind,
     build_transport,
-    client_timeout,
 )
 from killswitch.ratelimit import RateLimiter
 
@@ -245,8 +246,9 @@ class _Answer:
 class ExchangeClient:
     """One account's client. Use as ``async with ExchangeClient(settings) as client``.
 
-    ``transport`` is ``"aiohttp"`` (default, measured fastest), ``"httpx"`` (httpx's
-    own pool), or any ``httpx.AsyncBaseTransport`` (tests, benchmarks). ``limiter``
+    ``transport`` is ``"aiohttp"`` (default, measured fastest), ``"http1"`` (our native
+    HTTP/1.1 transport), ``"httpx"`` (httpx's own pool), or any
+    ``httpx.AsyncBaseTransport`` (tests, benchmarks). ``limiter``
     defaults to one built from the account's rate, burst and concurrency.
     ``wall_clock`` (seconds since the epoch), ``monotonic``, ``sleep`` and ``rng``
     are injectable for tests.
@@ -294,13 +296,15 @@ class ExchangeClient:
         # jar, auth and redirect machinery, none of which the exchange uses) cost about
         # a fifth of the client's CPU per cancel (bench/cpu_per_cancel.py).
         self._transport = transport
-        # Our own aiohttp transport has a fast path that skips httpx's models.
-        self._raw = transport if isinstance(transport, AiohttpTransport) else None
+        # Our own transports have a fast path that skips httpx's models.
+        self._raw: RawTransport | None = (
+            transport if isinstance(transport, AiohttpTransport | Http1Transport) else None
+        )
         # The fast path's timeouts are the configured ones unless the deadline caps them.
         self._uncapped_after = max(
             settings.connect_timeout_s, settings.read_timeout_s, settings.pool_timeout_s
         )
-        self._uncapped_timeout = client_timeout(
+        self._uncapped_timeout = Phases(
             settings.connect_timeout_s, settings.read_timeout_s, settings.pool_timeout_s
         )
         if limiter is None:  # the gauge starts at the configured ceiling, not empty
@@ -434,13 +438,13 @@ class ExchangeClient:
             "pool": min(s.pool_timeout_s, remaining),
         }
 
-    def _raw_timeout(self, remaining: float) -> aiohttp.ClientTimeout:
+    def _raw_timeout(self, remaining: float) -> Phases:
         """The fast path's timeouts: as :meth:`_timeouts`, reused while not capped."""
         s = self._settings
         if remaining >= self._uncapped_after:
             return self._uncapped_timeout
         remaining = max(remaining, 0.001)
-        return client_timeout(
+        return Phases(
             min(s.connect_timeout_s, remaining),
             min(s.read_timeout_s, remaining),
             min(s.pool_timeout_s, remaining),
@@ -464,7 +468,7 @@ class ExchangeClient:
             observer.inflight_cancels(self._account, 1)
         try:
             if self._raw is not None:
-                # Our own aiohttp transport: prepared bytes in, (status, bytes) out,
+                # Our own transports: prepared bytes in, (status, bytes) out,
                 # without httpx's Request/Response models (a third of the CPU).
                 status, content = await self._raw.send_raw(
                     prepared.method,

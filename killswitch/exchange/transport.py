@@ -1,4 +1,4 @@
-"""HTTP transports for the exchange client: httpx's own, or one backed by aiohttp.
+"""HTTP transports for the exchange client: httpx's own, one backed by aiohttp, or ours.
 
 The client always speaks the httpx interface (``httpx.AsyncClient`` with a
 ``transport=``); only the transport underneath changes. Measured on loopback
@@ -15,22 +15,54 @@ URL string, headers and body bytes in, ``(status, body bytes)`` out, the same ht
 exceptions, and no ``httpx.Request``/``httpx.Response`` built (their URL parsing and
 models were a third of the client's CPU per cancel). Any other transport goes through
 ``handle_async_request`` as usual.
+
+:class:`~killswitch.exchange.http1.Http1Transport` (``"http1"``) is a native HTTP/1.1
+client on ``asyncio.Protocol`` with the same fast path (the :class:`RawTransport`
+protocol); both take their per-phase timeouts as :class:`Phases`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import httpx
 from yarl import URL
 
-TransportKind = Literal["aiohttp", "httpx"]
-TRANSPORT_KINDS: tuple[TransportKind, ...] = ("aiohttp", "httpx")
+TransportKind = Literal["http1", "aiohttp", "httpx"]
+TRANSPORT_KINDS: tuple[TransportKind, ...] = ("http1", "aiohttp", "httpx")
 
 # httpx sets these from the body; aiohttp computes its own framing for a bytes body.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+
+@dataclass(frozen=True, slots=True)
+class Phases:
+    """Per-phase timeouts in seconds (httpx's ``connect``/``read``/``pool``; None: no limit).
+
+    ``write`` has no counterpart: the read timeout of the same attempt covers it.
+    """
+
+    connect: float | None = None
+    read: float | None = None
+    pool: float | None = None
+
+
+class RawTransport(Protocol):
+    """A transport with the exchange client's fast path (see :meth:`AiohttpTransport.send_raw`)."""
+
+    async def send_raw(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        phases: Phases,
+    ) -> tuple[int, bytes]:
+        """Send prepared bytes, return ``(status, body bytes)``; httpx's exceptions."""
+        ...
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -48,6 +80,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._keepalive = keepalive_expiry_s
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        # The last Phases seen by send_raw and its ClientTimeout: the client passes the
+        # same Phases object while the deadline does not cap it, so this costs nothing.
+        self._phases: Phases | None = None
+        self._client_timeout = aiohttp.ClientTimeout()
 
     def _open(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -88,7 +124,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         url: str,
         headers: Mapping[str, str],
         body: bytes | None,
-        phases: aiohttp.ClientTimeout,
+        phases: Phases,
     ) -> tuple[int, bytes]:
         """The fast path: send prepared bytes, return ``(status, body bytes)``.
 
@@ -96,13 +132,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         method, the URL string (already percent-encoded, sent as is), the headers
         and the body bytes, without building ``httpx.Request``/``httpx.Response``
         (their URL parsing and header models cost more CPU than the rest of a
-        loopback request). ``phases`` (the per-phase timeouts) comes from
-        :func:`client_timeout`. Errors are the same httpx exceptions
+        loopback request). ``phases`` are the per-phase timeouts, mapped onto
+        aiohttp's as :meth:`handle_async_request` maps httpx's timeout extension. Errors
+        are the same httpx exceptions
         :meth:`handle_async_request` raises (without a
         ``request`` attached). A compressed answer is decoded as httpx would.
         """
+        if phases is not self._phases:
+            if phases != self._phases:
+                self._client_timeout = aiohttp_timeout(phases)
+            self._phases = phases
         status, raw_headers, content = await self._send(
-            method, url, headers, body, phases=phases, request=None
+            method, url, headers, body, phases=self._client_timeout, request=None
         )
         if content and any(name.lower() == b"content-encoding" for name, _ in raw_headers):
             # Rare (the client never asks for compression): let httpx decode it.
@@ -153,21 +194,25 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             await session.close()
 
 
+def phases_of(spec: Any) -> Phases:
+    """httpx's per-phase timeout extension (a dict, or absent) as :class:`Phases`."""
+    if not isinstance(spec, dict):
+        return Phases()
+    return Phases(spec.get("connect"), spec.get("read"), spec.get("pool"))
+
+
 def _timeout(spec: Any) -> aiohttp.ClientTimeout:
     """httpx's per-phase timeout extension as an aiohttp ClientTimeout."""
-    if not isinstance(spec, dict):
-        return aiohttp.ClientTimeout()
-    return client_timeout(spec.get("connect"), spec.get("read"), spec.get("pool"))
+    return aiohttp_timeout(phases_of(spec))
 
 
-def client_timeout(
-    connect: float | None, read: float | None, pool: float | None
-) -> aiohttp.ClientTimeout:
-    """httpx's per-phase timeouts (``write`` has no counterpart) as an aiohttp ClientTimeout."""
+def aiohttp_timeout(phases: Phases) -> aiohttp.ClientTimeout:
+    """Per-phase timeouts (``write`` has no counterpart) as an aiohttp ClientTimeout."""
+    connect, pool = phases.connect, phases.pool
     # aiohttp's `connect` covers waiting for a pooled connection plus connecting.
     total_connect = None if connect is None or pool is None else connect + pool
     return aiohttp.ClientTimeout(
-        total=None, connect=total_connect, sock_connect=connect, sock_read=read
+        total=None, connect=total_connect, sock_connect=connect, sock_read=phases.read
     )
 
 
@@ -175,6 +220,12 @@ def build_transport(
     kind: TransportKind, *, max_connections: int, keepalive_expiry_s: float = 30.0
 ) -> httpx.AsyncBaseTransport:
     """A keep-alive transport of the given kind with a pool of ``max_connections``."""
+    if kind == "http1":
+        from killswitch.exchange.http1 import Http1Transport  # noqa: PLC0415 - it imports Phases from here
+
+        return Http1Transport(
+            max_connections=max_connections, keepalive_expiry_s=keepalive_expiry_s
+        )
     if kind == "aiohttp":
         return AiohttpTransport(
             max_connections=max_connections, keepalive_expiry_s=keepalive_expiry_s

@@ -87,7 +87,7 @@ class GenericOnly(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-TRANSPORTS = ["aiohttp", "aiohttp-generic", "httpx"]
+TRANSPORTS = ["http1", "aiohttp", "aiohttp-generic", "httpx"]
 
 
 @dataclass

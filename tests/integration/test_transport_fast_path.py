@@ -22,11 +22,11 @@ from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.signing import compact_json
 from killswitch.exchange.simulator import Simulator, SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
-from killswitch.exchange.transport import AiohttpTransport, client_timeout
+from killswitch.exchange.transport import AiohttpTransport, Phases
 
 pytestmark = pytest.mark.integration
 
-PHASES = client_timeout(1.0, 1.0, 1.0)
+PHASES = Phases(1.0, 1.0, 1.0)
 
 
 async def _echo(request: web.Request) -> web.Response:
@@ -111,7 +111,7 @@ async def test_send_raw_errors_are_httpx_errors(server: tuple[str, asyncio.Event
     with pytest.raises(httpx.ConnectError):
         await transport.send_raw("GET", refused, {}, None, PHASES)
     with pytest.raises(httpx.ReadTimeout):
-        await transport.send_raw("GET", f"{base}/stall", {}, None, client_timeout(1.0, 0.05, 1.0))
+        await transport.send_raw("GET", f"{base}/stall", {}, None, Phases(1.0, 0.05, 1.0))
     await transport.aclose()
     with pytest.raises(httpx.TransportError):
         await transport.send_raw("GET", f"{base}/echo", {}, None, PHASES)

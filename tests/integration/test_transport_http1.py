@@ -1,0 +1,626 @@
+"""``Http1Transport`` on loopback: against the exchange simulator (the full client, same
+answers as on aiohttp) and against small HTTP/1.1 servers written here, whose
+handlers misbehave on purpose (stall, close idle or mid-body, refuse, chunk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gzip
+import socket
+import ssl
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from killswitch.core.orders import Order
+from killswitch.core.outcomes import Outcome
+from killswitch.exchange.client import ExchangeClient
+from killswitch.exchange.http1 import Http1Transport
+from killswitch.exchange.signing import compact_json
+from killswitch.exchange.simulator import Simulator, SimulatorServer
+from killswitch.exchange.simulator.testing import account_settings, register_test_client
+from killswitch.exchange.transport import AiohttpTransport, Phases, build_transport
+from tests.conftest import wait_for
+from tests.support.tls import make_pki
+
+pytestmark = pytest.mark.integration
+
+PHASES = Phases(connect=2.0, read=2.0, pool=2.0)
+SYMBOL = "BTC_USDT"
+
+
+# -- a small HTTP/1.1 server of our own ------------------------------------------------------
+
+
+@dataclass
+class Req:
+    method: str
+    target: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    conn: int  # 1 for the first accepted connection
+    seq: int  # 1 for the first request on that connection
+
+
+Handler = Callable[[Req, asyncio.StreamWriter], Awaitable[bool]]
+
+
+def answer(
+    writer: asyncio.StreamWriter,
+    body: bytes = b"ok",
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Write a Content-Length framed answer."""
+    lines = [f"HTTP/1.1 {status} X\r\n", f"Content-Length: {len(body)}\r\n"]
+    lines += [f"{k}: {v}\r\n" for k, v in (headers or {}).items()]
+    writer.write("".join(lines).encode() + b"\r\n" + body)
+
+
+async def ok(req: Req, writer: asyncio.StreamWriter) -> bool:
+    """Echo method, target, connection and request number."""
+    answer(writer, f"{req.method} {req.target} c{req.conn} r{req.seq}".encode())
+    return True
+
+
+@dataclass
+class Server:
+    handler: Handler
+    tls: ssl.SSLContext | None = None
+    accepted: int = 0
+    open: int = 0
+    peak_open: int = 0
+    in_handler: int = 0
+    requests: list[Req] = field(default_factory=list)
+    client_closed: set[int] = field(default_factory=set)  # connections the client ended
+    port: int = 0
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.accepted += 1
+        conn = self.accepted
+        self.open += 1
+        self.peak_open = max(self.peak_open, self.open)
+        try:
+            seq = 0
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    self.client_closed.add(conn)
+                    return
+                seq += 1
+                req = _parse(head, conn, seq)
+                length = int(req.headers.get("content-length", "0"))
+                req.body = await reader.readexactly(length) if length else b""
+                self.requests.append(req)
+                self.in_handler += 1
+                try:
+                    keep = await self.handler(req, writer)
+                finally:
+                    self.in_handler -= 1
+                await writer.drain()
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            self._tasks.discard(task)
+
+
+def _parse(head: bytes, conn: int, seq: int) -> Req:
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, version = lines[0].split(" ")
+    assert version == "HTTP/1.1"
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            assert name.lower() not in headers, f"duplicate header {name}"
+            headers[name.lower()] = value.strip()
+    return Req(method, target, headers, b"", conn, seq)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    handler: Handler = ok, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[Server]:
+    server = Server(handler, tls)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def get(transport: Http1Transport, url: str, phases: Phases = PHASES) -> tuple[int, bytes]:
+    return await transport.send_raw("GET", url, {"Accept": "*/*"}, None, phases)
+
+
+# -- the wire format and keep-alive ------------------------------------------------------------
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    async with serving() as server, Http1Transport(max_connections=4) as transport:
+        answers = [await get(transport, f"{server.url}/n{i}?q=a%2Fb") for i in range(10)]
+    assert answers == [(200, f"GET /n{i}?q=a%2Fb c1 r{i + 1}".encode()) for i in range(10)]
+    assert server.accepted == 1
+    first = server.requests[0]
+    assert first.headers == {"host": f"127.0.0.1:{server.port}", "accept": "*/*"}
+
+
+async def test_urls_without_a_path_or_with_slashes_in_the_query() -> None:
+    async with serving() as server, Http1Transport() as transport:
+        assert await get(transport, f"{server.url}?a=/b") == (200, b"GET /?a=/b c1 r1")
+        assert await get(transport, server.url) == (200, b"GET / c1 r2")
+        assert await get(transport, f"{server.url}/p?x=/y/") == (200, b"GET /p?x=/y/ c1 r3")
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await get(transport, f"ftp://127.0.0.1:{server.port}/")
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await get(transport, f"http://user:pw@127.0.0.1:{server.port}/")
+    assert server.accepted == 1
+
+
+async def test_request_framing_and_body() -> None:
+    async def echo(req: Req, writer: asyncio.StreamWriter) -> bool:
+        answer(writer, compact_json({"h": req.headers, "b": req.body.decode()}), status=201)
+        return True
+
+    async with serving(echo) as server, Http1Transport() as transport:
+        headers = {"X-API-KEY": "k", "Content-Length": "99", "Connection": "close", "Host": "x"}
+        status, body = await transport.send_raw(
+            "DELETE", f"{server.url}/o", headers, b'{"a":1}', PHASES
+        )
+        _, empty_post = await transport.send_raw("POST", f"{server.url}/p", {}, None, PHASES)
+    assert status == 201
+    assert body == compact_json(
+        {
+            "h": {"host": f"127.0.0.1:{server.port}", "x-api-key": "k", "content-length": "7"},
+            "b": '{"a":1}',
+        }
+    )
+    assert server.requests[1].headers["content-length"] == "0"  # POST: RFC 9110 8.6
+    assert b'"content-length":"0"' in empty_post
+    assert server.accepted == 1  # the caller's "Connection: close" was not sent
+
+
+async def _chunks() -> AsyncIterator[bytes]:
+    yield b"bo"
+    yield b"dy"
+
+
+async def test_generic_path_matches_the_fast_path() -> None:
+    async def echo(req: Req, writer: asyncio.StreamWriter) -> bool:
+        answer(writer, f"{req.method} {req.target} {req.body.decode()}".encode(), status=202)
+        return True
+
+    async with serving(echo) as server, Http1Transport() as transport:
+        url = f"{server.url}/echo?order_id=7&note=a%2Fb"
+        raw = await transport.send_raw("PUT", url, {"X": "y"}, b"body", PHASES)
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await client.put(url, headers={"X": "y"}, content=b"body")
+            streamed = await client.put(url, content=_chunks())  # read, then Content-Length
+    assert streamed.content == b"PUT /echo?order_id=7&note=a%2Fb body"
+    assert server.requests[-1].headers["content-length"] == "4"
+    assert (
+        raw
+        == (response.status_code, response.content)
+        == (202, b"PUT /echo?order_id=7&note=a%2Fb body")
+    )
+    assert response.request.method == "PUT"
+    assert server.accepted == 1
+
+
+async def test_compressed_answer_is_decoded() -> None:
+    async def zipped(req: Req, writer: asyncio.StreamWriter) -> bool:
+        answer(writer, gzip.compress(b'{"ok":true}'), headers={"Content-Encoding": "gzip"})
+        return True
+
+    async with serving(zipped) as server, Http1Transport() as transport:
+        assert await get(transport, f"{server.url}/") == (200, b'{"ok":true}')
+    assert "accept-encoding" not in server.requests[0].headers
+
+
+async def test_chunked_answer_and_reuse_after_it() -> None:
+    async def chunked(req: Req, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        writer.write(b"4;ext=1\r\nabcd\r\n")
+        await writer.drain()
+        writer.write(b"2\r\nef\r\n0\r\nX-Trailer: t\r\n\r\n")
+        return True
+
+    async with serving(chunked) as server, Http1Transport() as transport:
+        assert await get(transport, f"{server.url}/") == (200, b"abcdef")
+        assert await get(transport, f"{server.url}/") == (200, b"abcdef")
+    assert server.accepted == 1
+
+
+async def test_read_until_close_answer() -> None:
+    async def unframed(req: Req, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nto the end")
+        return False  # the server closes: that ends the body
+
+    async with serving(unframed) as server, Http1Transport() as transport:
+        assert await get(transport, f"{server.url}/") == (200, b"to the end")
+        assert await get(transport, f"{server.url}/") == (200, b"to the end")
+    assert server.accepted == 2
+
+
+async def test_connection_close_is_honoured() -> None:
+    async def closing(req: Req, writer: asyncio.StreamWriter) -> bool:
+        answer(writer, b"bye", headers={"Connection": "close"})
+        return True  # the server keeps it open: the client must close it
+
+    async with serving(closing) as server, Http1Transport() as transport:
+        assert await get(transport, f"{server.url}/") == (200, b"bye")
+        assert await get(transport, f"{server.url}/") == (200, b"bye")
+        await wait_for(lambda: server.client_closed == {1, 2})
+    assert server.accepted == 2
+    assert [r.seq for r in server.requests] == [1, 1]
+
+
+async def test_keepalive_expiry_closes_old_idle_connections() -> None:
+    async with serving() as server, Http1Transport(keepalive_expiry_s=30.0) as transport:
+        await get(transport, f"{server.url}/")
+        for idle in transport._idle.values():
+            for conn in idle:
+                conn.idle_since -= 31.0  # as if idle for 31 s
+        assert await get(transport, f"{server.url}/") == (200, b"GET / c2 r1")
+        await wait_for(lambda: 1 in server.client_closed)
+
+
+# -- the pool -----------------------------------------------------------------------------
+
+
+async def test_pool_cap_and_fifo_waiters() -> None:
+    gate = asyncio.Event()
+
+    async def gated(req: Req, writer: asyncio.StreamWriter) -> bool:
+        await gate.wait()
+        return await ok(req, writer)
+
+    async with serving(gated) as server, Http1Transport(max_connections=2) as transport:
+        tasks = [asyncio.create_task(get(transport, f"{server.url}/{i}")) for i in range(5)]
+        await wait_for(lambda: server.in_handler == 2 and len(transport._waiters) == 3)
+        assert server.accepted == 2
+        gate.set()
+        answers = await asyncio.gather(*tasks)
+    assert [status for status, _ in answers] == [200] * 5
+    assert server.accepted == 2
+    assert server.peak_open == 2
+    # The three that waited were served in the order they asked.
+    waited = [r.target for r in server.requests[2:]]
+    assert waited == ["/2", "/3", "/4"]
+
+
+async def test_pool_timeout_and_the_slot_comes_back() -> None:
+    gate = asyncio.Event()
+
+    async def gated(req: Req, writer: asyncio.StreamWriter) -> bool:
+        await gate.wait()
+        return await ok(req, writer)
+
+    async with serving(gated) as server, Http1Transport(max_connections=1) as transport:
+        first = asyncio.create_task(get(transport, f"{server.url}/first"))
+        await wait_for(lambda: server.in_handler == 1)
+        with pytest.raises(httpx.PoolTimeout):
+            await get(transport, f"{server.url}/second", Phases(2.0, 2.0, 0.05))
+        assert transport._waiters == type(transport._waiters)()  # the timed-out waiter left
+        gate.set()
+        assert await first == (200, b"GET /first c1 r1")
+        assert await get(transport, f"{server.url}/third") == (200, b"GET /third c1 r2")
+    assert server.accepted == 1
+
+
+async def test_read_timeout_closes_that_connection() -> None:
+    gate = asyncio.Event()
+
+    async def stall_first(req: Req, writer: asyncio.StreamWriter) -> bool:
+        if req.conn == 1:
+            await gate.wait()
+        return await ok(req, writer)
+
+    async with serving(stall_first) as server, Http1Transport(max_connections=1) as transport:
+        with pytest.raises(httpx.ReadTimeout):
+            await get(transport, f"{server.url}/slow", Phases(2.0, 0.05, 2.0))
+        # The unread answer's connection is closed, not pooled; the slot is free again.
+        assert await get(transport, f"{server.url}/next") == (200, b"GET /next c2 r1")
+        gate.set()
+        await wait_for(lambda: server.open == 1)
+    assert transport._open == 0
+
+
+async def test_cancellation_does_not_poison_the_pool() -> None:
+    gate = asyncio.Event()
+
+    async def stall_first(req: Req, writer: asyncio.StreamWriter) -> bool:
+        if req.conn == 1:
+            await gate.wait()  # then answers into a connection the client closed
+        return await ok(req, writer)
+
+    async with serving(stall_first) as server, Http1Transport(max_connections=1) as transport:
+        task = asyncio.create_task(get(transport, f"{server.url}/cancelled"))
+        await wait_for(lambda: server.in_handler == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gate.set()
+        # max_connections=1: a leaked slot would make this a PoolTimeout.
+        assert await get(transport, f"{server.url}/after", Phases(2.0, 2.0, 0.5)) == (
+            200,
+            b"GET /after c2 r1",
+        )
+        await wait_for(lambda: 1 in server.client_closed)  # the client closed it
+    assert [r.target for r in server.requests] == ["/cancelled", "/after"]
+
+
+async def test_cancelled_while_waiting_for_the_pool() -> None:
+    gate = asyncio.Event()
+
+    async def gated(req: Req, writer: asyncio.StreamWriter) -> bool:
+        await gate.wait()
+        return await ok(req, writer)
+
+    async with serving(gated) as server, Http1Transport(max_connections=1) as transport:
+        first = asyncio.create_task(get(transport, f"{server.url}/1"))
+        await wait_for(lambda: server.in_handler == 1)
+        waiting = asyncio.create_task(get(transport, f"{server.url}/2"))
+        await wait_for(lambda: len(transport._waiters) == 1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        gate.set()
+        assert (await first)[0] == 200
+        assert await get(transport, f"{server.url}/3") == (200, b"GET /3 c1 r2")
+    assert server.accepted == 1
+
+
+# -- errors and the stale keep-alive retry ---------------------------------------------
+
+
+async def test_connect_refused_is_a_connect_error() -> None:
+    with socket.socket() as probe:  # a loopback port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{probe.getsockname()[1]}/"
+    async with Http1Transport(max_connections=1) as transport:
+        with pytest.raises(httpx.ConnectError):
+            await get(transport, refused)
+        with pytest.raises(httpx.ConnectError):  # and the slot was given back
+            await get(transport, refused, Phases(2.0, 2.0, 0.05))
+        assert transport._open == 0
+
+
+async def test_server_closing_an_idle_connection() -> None:
+    async def answer_then_close(req: Req, writer: asyncio.StreamWriter) -> bool:
+        await ok(req, writer)
+        return False  # closes the kept-alive connection right after answering
+
+    async with serving(answer_then_close) as server, Http1Transport() as transport:
+        assert await get(transport, f"{server.url}/a") == (200, b"GET /a c1 r1")
+        await wait_for(lambda: server.open == 0)
+        assert await get(transport, f"{server.url}/b") == (200, b"GET /b c2 r1")
+    assert server.accepted == 2
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_stale_keep_alive_connection_is_retried_once(how: str) -> None:
+    """The server takes the second request on a connection and drops it unanswered, as a
+    server does when its idle timer fires just as the request arrives."""
+
+    async def drop_second(req: Req, writer: asyncio.StreamWriter) -> bool:
+        if req.seq == 2:
+            if how == "reset":
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return False
+        return await ok(req, writer)
+
+    async with serving(drop_second) as server, Http1Transport() as transport:
+        assert await get(transport, f"{server.url}/a") == (200, b"GET /a c1 r1")
+        assert await get(transport, f"{server.url}/b") == (200, b"GET /b c2 r1")
+    assert [(r.target, r.conn, r.seq) for r in server.requests] == [
+        ("/a", 1, 1),
+        ("/b", 1, 2),  # reached the server, which dropped it
+        ("/b", 2, 1),  # the one retry, on a fresh connection
+    ]
+
+
+async def test_a_fresh_connection_failing_is_not_retried() -> None:
+    async def drop(req: Req, writer: asyncio.StreamWriter) -> bool:
+        return False
+
+    async with serving(drop) as server, Http1Transport() as transport:
+        with pytest.raises(httpx.ReadError) as caught:
+            await get(transport, f"{server.url}/")
+    assert type(caught.value) is httpx.ReadError  # the client reports the class name
+    assert server.accepted == 1
+
+
+async def test_a_retry_that_fails_again_is_an_error() -> None:
+    async def only_first(req: Req, writer: asyncio.StreamWriter) -> bool:
+        if req.conn == 1 and req.seq == 1:
+            return await ok(req, writer)
+        return False
+
+    async with serving(only_first) as server, Http1Transport() as transport:
+        await get(transport, f"{server.url}/")
+        with pytest.raises(httpx.ReadError) as caught:
+            await get(transport, f"{server.url}/")
+    assert type(caught.value) is httpx.ReadError
+    assert server.accepted == 2  # one retry, not more
+
+
+async def test_close_mid_body_is_a_protocol_error() -> None:
+    async def truncated(req: Req, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        return False
+
+    async with serving(truncated) as server, Http1Transport() as transport:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await get(transport, f"{server.url}/")
+    assert server.accepted == 1  # an answer had started: not retried
+
+
+async def test_malformed_answer_is_a_protocol_error_and_not_reused() -> None:
+    async def garbage(req: Req, writer: asyncio.StreamWriter) -> bool:
+        if req.conn == 1:
+            writer.write(b"HTTP/1.1 2xx Nope\r\n\r\n")
+            return True
+        return await ok(req, writer)
+
+    async with serving(garbage) as server, Http1Transport() as transport:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await get(transport, f"{server.url}/")
+        assert await get(transport, f"{server.url}/") == (200, b"GET / c2 r1")
+
+
+async def test_use_after_close() -> None:
+    async with serving() as server:
+        transport = Http1Transport()
+        await get(transport, f"{server.url}/")
+        await transport.aclose()
+        await wait_for(lambda: server.client_closed == {1})
+        with pytest.raises(httpx.TransportError):
+            await get(transport, f"{server.url}/")
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+def _server_tls(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    pki = make_pki(tmp_path / "pki")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    return context, pki.ca_cert
+
+
+async def test_https_with_the_test_ca(tmp_path: Path) -> None:
+    server_tls, ca = _server_tls(tmp_path)
+    client_tls = ssl.create_default_context(cafile=str(ca))
+    async with serving(tls=server_tls) as server, Http1Transport(ssl_context=client_tls) as t:
+        assert await get(t, f"{server.url}/x") == (200, b"GET /x c1 r1")
+        assert await get(t, f"https://localhost:{server.port}/y") == (200, b"GET /y c2 r1")
+        assert await get(t, f"{server.url}/z") == (200, b"GET /z c1 r2")  # pool by host
+    assert server.requests[1].headers["host"] == f"localhost:{server.port}"
+
+
+async def test_https_with_a_wrong_ca_is_refused(tmp_path: Path) -> None:
+    server_tls, _ = _server_tls(tmp_path)
+    other = make_pki(tmp_path / "other", ca_name="some other CA")
+    client_tls = ssl.create_default_context(cafile=str(other.ca_cert))
+    async with serving(tls=server_tls) as server, Http1Transport(ssl_context=client_tls) as t:
+        with pytest.raises(httpx.ConnectError):
+            await get(t, f"{server.url}/")
+        assert t._open == 0
+    assert server.requests == []
+
+
+# -- the exchange client on the simulator -------------------------------------------------
+
+
+class _Counting(Http1Transport):
+    """Counts which path the client takes."""
+
+    def __init__(self) -> None:
+        super().__init__(max_connections=4)
+        self.raw = 0
+        self.generic = 0
+
+    async def send_raw(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        self.raw += 1
+        return await super().send_raw(*args, **kwargs)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.generic += 1
+        return await super().handle_async_request(request)
+
+
+async def test_client_takes_the_fast_path() -> None:
+    sim = Simulator(seed=5)
+    api_key, pem = register_test_client(sim)
+    (order_id,) = sim.seed_orders(api_key, SYMBOL, 1)
+    transport = _Counting()
+    async with SimulatorServer(sim) as srv:
+        settings = account_settings(srv.base_url, api_key, pem)
+        async with ExchangeClient(settings, transport=transport) as client:
+            result = await client.cancel_order(order_id, SYMBOL)
+    assert result.outcome is Outcome.SENT
+    assert (transport.generic, transport.raw) == (0, 2)  # the clock sync, then the cancel
+
+
+def test_build_transport_http1() -> None:
+    assert isinstance(build_transport("http1", max_connections=3), Http1Transport)
+
+
+async def _scenario(transport: httpx.AsyncBaseTransport) -> list[Any]:
+    """List, cancel one, batch-cancel, cancel again, cancel all, list: every answer."""
+    sim = Simulator(seed=11)
+    api_key, pem = register_test_client(sim)
+    ids = sim.seed_orders(api_key, SYMBOL, 12)
+    seen: list[Any] = []
+    async with SimulatorServer(sim) as srv:
+        settings = account_settings(srv.base_url, api_key, pem)
+        async with ExchangeClient(settings, transport=transport) as client:
+            pages = [page async for page in client.open_orders(SYMBOL, limit=5)]
+            seen.append([[o.order_id for o in page] for page in pages])
+            seen.append(await client.cancel_order(ids[0], SYMBOL))
+            seen.append(await client.cancel_order(ids[0], SYMBOL))
+            seen.append(await client.cancel_batch(SYMBOL, [*ids[1:5], 999_999]))
+            seen.append(await client.get_order(ids[5], SYMBOL))
+            seen.append(await client.cancel_all(SYMBOL))
+            seen.append([page async for page in client.open_orders(SYMBOL)])
+    return seen
+
+
+def _comparable(value: Any) -> Any:
+    """Answers without the simulator's wall-clock stamps (they differ between runs)."""
+    if isinstance(value, list):
+        return [_comparable(item) for item in value]
+    if isinstance(value, Order):
+        return dataclasses.replace(value, created_at=0, updated_at=0)
+    return value
+
+
+async def test_same_answers_as_on_aiohttp() -> None:
+    ours = await _scenario(Http1Transport(max_connections=9))
+    theirs = await _scenario(AiohttpTransport(max_connections=9))
+    assert _comparable(ours) == _comparable(theirs)
+    assert sum(len(page) for page in ours[0]) == 12
+    assert ours[1].outcome is Outcome.SENT
+    assert ours[2].outcome is Outcome.ALREADY_CLOSED
+    assert len(ours[3].success) == 4
+    assert ours[-1] == []
