@@ -130,7 +130,7 @@ def _daemon_env(
     base_url: str,
     keys: dict[str, Any],
     *,
-    transport: str = "aiohttp",
+    transport: str | None = None,
 ) -> dict[str, str]:
     """The daemon's settings as KILLSWITCH_* variables (JSON per section)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILLSWITCH_")}
@@ -156,7 +156,9 @@ def _daemon_env(
     env["KILLSWITCH_ACCOUNTS"] = json.dumps(accounts)
     # Metrics on, as in production, on any free port.
     env["KILLSWITCH_METRICS"] = json.dumps({"enabled": True, "host": "127.0.0.1", "port": 0})
-    engine = {"progress_interval_s": 5.0, "http_transport": transport}
+    engine: dict[str, Any] = {"progress_interval_s": 5.0}
+    if transport is not None:
+        engine["http_transport"] = transport
     env["KILLSWITCH_ENGINE"] = json.dumps(engine)
     env["KILLSWITCH_LOGGING"] = json.dumps({"level": "WARNING"})
     return env
@@ -712,8 +714,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--transport",
         choices=["aiohttp", "http1", "httpx"],
-        default="aiohttp",
-        help="the daemon's exchange client transport (engine.http_transport)",
+        default=None,
+        help="the daemon's exchange client transport (engine.http_transport; default: "
+        "the daemon's own default)",
     )
     args = parser.parse_args([] if argv is None and __name__ != "__main__" else argv)
     with harness.kafka() as (bootstrap, broker):

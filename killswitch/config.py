@@ -195,7 +195,7 @@ class EngineSettings(_Section):
     max_passes: int = Field(50, ge=1)
     shutdown_grace_s: float = Field(20.0, ge=0)
     exchange_info_ttl_s: float = Field(300.0, gt=0)
-    http_transport: HttpTransport = Field("aiohttp", description="exchange client transport")
+    http_transport: HttpTransport = Field("http1", description="exchange client transport")
 
 
 class OperatorKey(_Section):

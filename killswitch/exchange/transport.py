@@ -3,8 +3,9 @@
 The client always speaks the httpx interface (``httpx.AsyncClient`` with a
 ``transport=``); only the transport underneath changes. Measured on loopback
 (``python -m bench client_transport``, figures in ``docs/CLIENT.md``), httpx's own
-connection pool loses throughput as concurrency rises, while the aiohttp-backed
-transport here keeps up, so ``aiohttp`` is the default.
+connection pool loses throughput as concurrency rises, the aiohttp-backed transport
+keeps up, and our own ``http1`` is faster still and the shortest path from an alert to
+its first cancel (``python -m bench alert_latency``), so ``http1`` is the default.
 
 :class:`AiohttpTransport` is a small ``httpx.AsyncBaseTransport``: it sends the
 request's method, URL (already percent-encoded, sent as is), headers and body bytes
