@@ -24,6 +24,7 @@ a write timeout of its own (the read timeout covers the attempt).
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import ssl
 from collections import deque
@@ -308,6 +309,10 @@ def _chunk_size(line: bytes) -> int:
 # -- connections ------------------------------------------------------------------------
 
 
+# Methods a stale keep-alive connection may send again (RFC 9110 9.2.2, idempotent).
+_RETRY_SAFE = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
+
+
 class _NoAnswer(httpx.ReadError):
     """The connection ended (or failed to write) before any byte of the answer."""
 
@@ -384,7 +389,7 @@ class _Connection(asyncio.Protocol):
             waiter, self.waiter = self.waiter, None
             if waiter is not None and not waiter.done():
                 error: httpx.TransportError
-                if parser.until_close or parser.complete:
+                if exc is None and (parser.until_close or parser.complete):
                     if parser.feed_eof():
                         parser.keep_alive = False
                         waiter.set_result(parser)
@@ -408,14 +413,24 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(exc)
 
     def close(self) -> None:
+        """Discard: abort, no TLS close_notify wait (the peer may never answer it)."""
         transport = self.transport
         if transport is not None and not self.closed:
             self.closed = True
-            transport.close()
+            transport.abort()
 
     def usable(self) -> bool:
         transport = self.transport
         return not self.closed and transport is not None and not transport.is_closing()
+
+    def quiet(self) -> bool:
+        """Idle and nothing unread in the socket (no early answer, EOF or TLS alert)."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return True
+        poller = select.poll()  # not select.select: it fails for fd >= 1024
+        poller.register(sock.fileno(), select.POLLIN)
+        return not poller.poll(0)
 
 
 def _expire(waiter: asyncio.Future[ResponseParser]) -> None:
@@ -559,18 +574,21 @@ class Http1Transport(httpx.AsyncBaseTransport):
             parts = urlsplit(prefix)
             port = parts.port
         except ValueError as exc:
-            raise httpx.UnsupportedProtocol(f"invalid URL {prefix!r}: {exc}") from None
+            raise httpx.UnsupportedProtocol(f"invalid URL: {exc}") from None
         scheme = parts.scheme.lower()
         host = parts.hostname
-        if scheme not in _DEFAULT_PORTS or not host or parts.username or parts.password:
+        if parts.username or parts.password:  # never echoed: they may be secrets
+            raise httpx.UnsupportedProtocol("credentials in the URL are not supported")
+        if scheme not in _DEFAULT_PORTS or not host:
             raise httpx.UnsupportedProtocol(f"unsupported URL {prefix!r} (http(s)://host[:port])")
         default = _DEFAULT_PORTS[scheme]
+        port = default if port is None else port
         shown = f"[{host}]" if ":" in host else host
         origin = _Origin(
-            key=(scheme, host, port or default),
+            key=(scheme, host, port),
             host=host,
-            port=port or default,
-            host_header=shown if port in (None, default) else f"{shown}:{port}",
+            port=port,
+            host_header=shown if port == default else f"{shown}:{port}",
             tls=scheme == "https",
         )
         self._origins[prefix] = origin
@@ -590,15 +608,24 @@ class Http1Transport(httpx.AsyncBaseTransport):
         data = _request_bytes(method, target, origin.host_header, headers, body)
         head_request = method == "HEAD"
         conn = await self._acquire(origin, phases, fresh=False)
+        read = phases.read
+        started = self._loop.time()
         try:
-            return await self._roundtrip(conn, data, head_request, phases.read)
+            return await self._roundtrip(conn, data, head_request, read)
         except _NoAnswer as exc:
-            if not conn.reused:
+            if not conn.reused or method not in _RETRY_SAFE:
                 raise httpx.ReadError(str(exc)) from exc.__cause__
-        # A kept-alive connection the server had closed: one retry, on a new connection.
+        # A kept-alive connection the server had closed: one retry, on a new connection,
+        # within what is left of the same read budget (the caller's deadline holds). The
+        # same bytes go again (same signature and timestamp, a few ms older): only for
+        # methods whose repetition is harmless.
+        if read is not None:
+            read -= self._loop.time() - started
+            if read <= 0:
+                raise httpx.ReadTimeout("read timeout (stale connection, no time to retry)")
         conn = await self._acquire(origin, phases, fresh=True)
         try:
-            return await self._roundtrip(conn, data, head_request, phases.read)
+            return await self._roundtrip(conn, data, head_request, read)
         except _NoAnswer as exc:  # callers see httpx's own class (its name is reported)
             raise httpx.ReadError(str(exc)) from exc.__cause__
 
@@ -651,7 +678,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 now = self._loop.time()
                 while idle:
                     conn = idle.pop()
-                    if conn.usable() and now - conn.idle_since <= self._keepalive:
+                    if conn.usable() and now - conn.idle_since <= self._keepalive and conn.quiet():
                         return conn
                     conn.close()
                     self._drop(conn)
@@ -684,7 +711,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             if timer is not None:
                 timer.cancel()
         if granted is not None:
-            if granted.usable() and not fresh:
+            if granted.usable() and not fresh and granted.quiet():
                 return granted
             # Unusable (or a new one is wanted): keep its slot for a new connection ...
             owned = self._forget(granted)
@@ -723,7 +750,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             self._drop(conn)
             if isinstance(exc, TimeoutError):
                 raise httpx.ConnectTimeout(f"connect to {origin.host_header} timed out") from exc
-            if isinstance(exc, OSError):
+            if isinstance(exc, (OSError, ValueError)):  # ValueError/UnicodeError: bad host name
                 raise httpx.ConnectError(f"connect to {origin.host_header}: {exc}") from exc
             raise
         if self._closed:  # closed while connecting

@@ -12,6 +12,7 @@ import gzip
 import socket
 import ssl
 import struct
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -624,3 +625,139 @@ async def test_same_answers_as_on_aiohttp() -> None:
     assert ours[2].outcome is Outcome.ALREADY_CLOSED
     assert len(ours[3].success) == 4
     assert ours[-1] == []
+
+
+# -- found in review: what a reused connection may hold, budgets, odd hosts ----------------
+
+
+class _ThreadServer:
+    """A blocking server in its own thread (as a remote exchange is: it sends while this
+    event loop is busy). Per connection: answer the first request with 200 ``ok``,
+    then, if ``stray`` is set, once the test says it has read that answer
+    (:attr:`answered`), send those bytes unasked and set :attr:`stray_sent`."""
+
+    def __init__(self, stray: bytes | None = None) -> None:
+        self.stray = stray
+        self.answered = threading.Event()
+        self.stray_sent = threading.Event()
+        self.seen: list[bytes] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)  # accept() wakes to see a stop request
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = [threading.Thread(target=self._accept)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            thread = threading.Thread(target=self._serve, args=(conn,))
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                buf += data
+            self.seen.append(buf.split(b"\r\n", 1)[0])
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            if self.stray is not None and not self.stray_sent.is_set():
+                self.answered.wait(5)  # not in the same segment as the answer
+                conn.sendall(self.stray)
+                self.stray_sent.set()
+            # Keep the connection until the client is done with it (bounded).
+            with contextlib.suppress(OSError):
+                while conn.recv(4096):
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(10)
+
+
+async def test_unasked_bytes_on_an_idle_connection_are_never_the_next_answer() -> None:
+    """A server's idle-timeout ``408`` lands in the socket while this loop is busy (so
+    the protocol has not read it): the next request must not take it as its answer.
+    Here that would have reported a cancel the server never read as refused."""
+    stray = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    server = _ThreadServer(stray)
+    try:
+        async with Http1Transport() as transport:
+            assert await get(transport, f"{server.url}/orders") == (200, b"ok")
+            server.answered.set()
+            # Deliberately block this loop (no await) until the bytes are on their way.
+            assert server.stray_sent.wait(5)
+            url = f"{server.url}/order?id=7"
+            answer = await transport.send_raw("DELETE", url, {}, None, PHASES)
+        assert answer == (200, b"ok")
+        assert server.seen == [b"GET /orders HTTP/1.1", b"DELETE /order?id=7 HTTP/1.1"]
+    finally:
+        server.close()
+
+
+async def test_stale_retry_gets_what_is_left_of_the_read_budget() -> None:
+    """The reused connection is held 0.45 s and dropped; the retry's server would answer
+    after 0.3 s, past the 0.5 s read budget of the attempt: a timeout, not an answer
+    that comes after the caller's deadline."""
+
+    async def slow_drop(req: Req, writer: asyncio.StreamWriter) -> bool:
+        if req.conn == 1 and req.seq == 1:
+            return await ok(req, writer)
+        await asyncio.sleep(0.45 if req.conn == 1 else 0.3)  # the server's own pace
+        if req.conn == 1:
+            return False
+        return await ok(req, writer)
+
+    phases = Phases(connect=2.0, read=0.5, pool=2.0)
+    async with serving(slow_drop) as server, Http1Transport() as transport:
+        await get(transport, f"{server.url}/a", phases)
+        with pytest.raises(httpx.ReadTimeout):
+            await get(transport, f"{server.url}/b", phases)
+
+
+async def test_a_stale_connection_does_not_resend_a_post() -> None:
+    async def drop_second(req: Req, writer: asyncio.StreamWriter) -> bool:
+        return req.seq == 1 and await ok(req, writer)
+
+    async with serving(drop_second) as server, Http1Transport() as transport:
+        await get(transport, f"{server.url}/a")
+        with pytest.raises(httpx.ReadError):
+            await transport.send_raw("POST", f"{server.url}/b", {}, b"{}", PHASES)
+    assert [(r.method, r.conn) for r in server.requests] == [("GET", 1), ("POST", 1)]
+
+
+async def test_reset_while_reading_until_close_is_an_error() -> None:
+    async def partial_then_reset(req: Req, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b'HTTP/1.1 200 OK\r\n\r\n{"orders": [1, 2')
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return False
+
+    async with serving(partial_then_reset) as server, Http1Transport() as transport:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await get(transport, f"{server.url}/")
+
+
+@pytest.mark.parametrize("url", ["http://a..b/x", "https://.example.com/x", "http://h\x00st/x"])
+async def test_unusable_host_names_are_connect_errors(url: str) -> None:
+    async with Http1Transport() as transport:
+        with pytest.raises(httpx.ConnectError):
+            await get(transport, url)
+
+
+async def test_credentials_in_a_url_are_refused_and_never_echoed() -> None:
+    async with Http1Transport() as transport:
+        with pytest.raises(httpx.UnsupportedProtocol) as caught:
+            await get(transport, "http://user:s3cret@127.0.0.1:9/x")
+    assert "s3cret" not in str(caught.value)
