@@ -24,6 +24,7 @@ a write timeout of its own (the read timeout covers the attempt).
 from __future__ import annotations
 
 import asyncio
+import functools
 import select
 import socket
 import ssl
@@ -443,12 +444,20 @@ def _pool_expire(waiter: asyncio.Future[_Connection | None]) -> None:
         waiter.set_exception(httpx.PoolTimeout("timed out waiting for a pooled connection"))
 
 
+@functools.cache
+def default_ssl_context() -> ssl.SSLContext:
+    """``ssl.create_default_context()``, built once per process: it loads the system CA
+    store (~20 ms here), which should not happen on each transport's first connection."""
+    return ssl.create_default_context()
+
+
 class Http1Transport(httpx.AsyncBaseTransport):
     """A native HTTP/1.1 keep-alive transport; httpx interface plus :meth:`send_raw`.
 
     ``max_connections`` caps the open connections (all origins together);
     ``keepalive_expiry_s`` closes connections idle for longer instead of reusing them;
-    ``ssl_context`` is used for ``https`` (default: ``ssl.create_default_context()``).
+    ``ssl_context`` is used for ``https`` (default: :func:`default_ssl_context`, one
+    ``ssl.create_default_context()`` shared by the process).
     Everything runs in the event loop of the first request; no background tasks.
     """
 
@@ -735,7 +744,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         if origin.tls:
             tls = self._ssl
             if tls is None:
-                tls = self._ssl = ssl.create_default_context()
+                tls = self._ssl = default_ssl_context()
         try:
             async with asyncio.timeout(limit_s):
                 await self._loop.create_connection(

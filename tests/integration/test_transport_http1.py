@@ -24,7 +24,7 @@ import pytest
 from killswitch.core.orders import Order
 from killswitch.core.outcomes import Outcome
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.http1 import Http1Transport
+from killswitch.exchange.http1 import Http1Transport, default_ssl_context
 from killswitch.exchange.signing import compact_json
 from killswitch.exchange.simulator import Simulator, SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
@@ -761,3 +761,14 @@ async def test_credentials_in_a_url_are_refused_and_never_echoed() -> None:
         with pytest.raises(httpx.UnsupportedProtocol) as caught:
             await get(transport, "http://user:s3cret@127.0.0.1:9/x")
     assert "s3cret" not in str(caught.value)
+
+
+async def test_https_by_default_verifies_against_the_system_store(tmp_path: Path) -> None:
+    """No ``ssl_context``: the shared default context, which does not know the test CA."""
+    server_tls, _ = _server_tls(tmp_path)
+    async with serving(tls=server_tls) as server, Http1Transport() as transport:
+        with pytest.raises(httpx.ConnectError):
+            await get(transport, f"{server.url}/")
+    assert server.requests == []
+    assert default_ssl_context().verify_mode == ssl.CERT_REQUIRED
+    assert default_ssl_context().check_hostname
