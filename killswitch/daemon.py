@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_FORCED = 130  # a second SIGTERM/SIGINT cut the graceful stop short
 
 # Results per partition read back at start-up to rebuild the dedup window: each
 # alert produces at least one final result per account, plus progress events.
@@ -85,10 +86,14 @@ def cli_run(args: argparse.Namespace) -> int:
 
 
 def run(settings: Settings) -> int:
-    """Run the daemon until SIGTERM/SIGINT; 0 after a graceful stop, 1 if it could not run."""
+    """Run the daemon until SIGTERM/SIGINT; 0 after a graceful stop, 1 if it could not run,
+    130 when a second signal cut the stop short (unfinished alerts are replayed)."""
     configure_logging(settings.logging.level, settings.logging.format)
     try:
         asyncio.run(async_run(settings, handle_signals=True))
+    except asyncio.CancelledError:
+        log.warning("stopped at once on a second signal")
+        return EXIT_FORCED
     except ConfigError:
         raise
     except Exception as exc:
@@ -199,9 +204,23 @@ async def async_run(
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
+    """The first SIGTERM/SIGINT stops gracefully; another one while stopping stops now.
+
+    Now: running sweeps are cancelled without results and their offsets stay
+    uncommitted, so whoever consumes the partitions next replays them (at least once)."""
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()
+            return
+        log.warning("second stop signal: stopping now; unfinished alerts will be replayed")
+        if main is not None:
+            main.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
 
 
 async def _start(

@@ -10,6 +10,7 @@ A or C again: no new result for them, not one exchange request for their account
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from killswitch.exchange.simulator import EndpointFaults
 from tests.conftest import wait_for
 from tests.reliability import figures
-from tests.support.daemon import Daemons, daemon_config, write_config
+from tests.support.daemon import Daemons, daemon_config, http_get, write_config
 from tests.support.exchange import exchange
 from tests.support.topics import Producer, TopicCollector, alert, create_topics
 
@@ -107,3 +108,58 @@ async def test_sigterm_finishes_or_hands_off_and_nothing_is_replayed(
     assert touched == {"mm-2"}
     figures.add("shutdown: SIGTERMs during sweeps, exit 0", 1)
     figures.add("shutdown: alerts replayed as new work", 0)
+
+
+async def test_a_second_sigterm_stops_at_once_and_the_alert_is_replayed(
+    kafka_bootstrap: str, daemons: Daemons, tmp_path: Path
+) -> None:
+    """A long grace period and a sweep far longer still: the first SIGTERM starts the
+    graceful stop (draining), a second one ends it now (exit 130). The unfinished alert
+    has no final result and its offset stays uncommitted: a restart finishes it."""
+    async with exchange(["mm-1"], ["BTC_USDT"], seed=5) as ex:
+        ex.seed("mm-1", ["BTC_USDT"], 1_200)  # 30 s at RATE, the grace is longer still
+        tag = f"term2{ex.server.port}"
+        slow = daemon_config(
+            kafka_bootstrap,
+            tag,
+            ex.account_configs(rate_limit_per_second=RATE, burst=2, max_concurrency=2),
+            engine={"shutdown_grace_s": 120.0, "default_deadline_s": 120.0},
+            kafka={"session_timeout_ms": 1_000, "heartbeat_interval_ms": 200},
+        )
+        topics = slow["kafka"]["topics"]
+        group = slow["kafka"]["group_id"]
+        readyz = f"http://127.0.0.1:{slow['metrics']['port']}/readyz"
+        await create_topics(kafka_bootstrap, topics)
+        async with (
+            TopicCollector(kafka_bootstrap, topics["results"]) as results,
+            Producer(kafka_bootstrap) as producer,
+        ):
+            first = daemons.start(write_config(tmp_path / "slow.toml", slow), "first")
+            await producer.send(topics["alerts"], alert("twice-A", ["mm-1"]))
+            await wait_for(lambda: len(ex.log("cancel")) >= 5, timeout=30)
+            first.terminate()
+
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while True:  # the first signal was taken: /readyz says it is shutting down
+                answer = await http_get(readyz)
+                if answer is not None and "shutting down" in answer.text:
+                    break
+                assert loop.time() < deadline, "the daemon never started its graceful stop"
+                await asyncio.sleep(0.05)  # polling /readyz with a deadline
+            assert first.running  # the graceful stop waits for the sweep
+            first.terminate()
+            assert await first.wait(timeout=20) == 130  # before the sweep or grace could end
+            left_open = len(ex.open_ids("mm-1"))
+            assert not results.finals("twice-A")
+            assert await committed(kafka_bootstrap, group, topics["alerts"]) in (None, 0)
+
+            fast = {**slow, "accounts": ex.account_configs(rate_limit_per_second=2000.0)}
+            second = daemons.start(write_config(tmp_path / "fast.toml", fast), "second")
+            await wait_for(lambda: bool(results.finals("twice-A")), timeout=60)
+            second.terminate()
+            assert await second.wait(timeout=30) == 0
+    assert left_open > 0
+    assert [r["status"] for r in results.finals("twice-A")] == ["flat"]
+    assert ex.open_ids("mm-1") == set()
+    figures.add("shutdown: second SIGTERM, exit 130, alert replayed", 1)
