@@ -54,6 +54,7 @@ from killswitch.intake.outputs import Publisher
 from killswitch.intake.ownership import Ownership
 from killswitch.intake.readers import HaltStateReader, ResultsIndex
 from killswitch.logs import configure_logging, default_masker, register_settings_secrets
+from killswitch.tasks import cancel_and_wait
 from killswitch.triggers import TriggerKeyError, TriggerVerifier
 
 log = logging.getLogger(__name__)
@@ -194,8 +195,16 @@ async def async_run(
                 "daemon running",
                 extra={"instance": daemon.instance, "accounts": len(settings.accounts)},
             )
-            await _wait(stop, tasks)
-            await _shutdown(daemon, tasks)
+            try:
+                await _wait(stop, tasks)
+                await _shutdown(daemon, tasks)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()  # handled here: clean up first (a third signal
+                    # cancels again and cuts the clean-up short too)
+                await _stop_now(daemon)
+                raise
         finally:
             # Only left running when cancelled or failing: do not leak tasks.
             for task in tasks.values():
@@ -428,14 +437,22 @@ async def _shutdown(daemon: Daemon, tasks: dict[str, asyncio.Task[None]]) -> Non
     log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})
 
 
+async def _stop_now(daemon: Daemon) -> None:
+    """The stop was cut short: cancel the records' work, then the sweeps, before the
+    producer and the clients close. No result of a sweep cut short is published (its
+    alert is replayed); work that completed before was published and stays so."""
+    daemon.observability.set_draining()
+    await daemon.intake.abandon()
+    await daemon.engine.close(0.0)
+    await daemon.intake.close()  # leave the group now; nothing more is committed
+
+
 async def _finish(task: asyncio.Task[None], timeout_s: float = 5.0) -> None:
     """Wait for a task that was told to stop; cancel it if it does not."""
     try:
         async with asyncio.timeout(timeout_s):
             await asyncio.shield(task)
     except TimeoutError:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
     except Exception:
         log.exception(f"{task.get_name()} ended with an error")

@@ -387,8 +387,13 @@ class Sweep:
         p = self._pass
         if p is None or not p.open:
             return
+        job = self._extend(p)
+        try:
+            p.tg.create_task(job, name=f"{self.name}-extend")
+        except RuntimeError:  # the pass is aborting (a task failed): it ends with the sweep
+            job.close()
+            return
         p.producers += 1  # held until the new pairs are known, so workers do not quit
-        p.tg.create_task(self._extend(p), name=f"{self.name}-extend")
 
     async def _extend(self, p: _Pass) -> None:
         try:
@@ -601,9 +606,15 @@ class Sweep:
                 if order_id in asked:  # an id we did not send is none of our business
                     ledger.conclude(order_id, Outcome.SENT, result.attempts)
             retry = unanswered(ids, result.success)
-        for order_id in retry:
-            ledger.hand_back(order_id, result.attempts)
+        self._hand_back(p, symbol, retry, result.attempts)
+
+    def _hand_back(self, p: _Pass, symbol: str, ids: list[int], attempts: int) -> None:
+        """Orders a batch did not cancel, to be cancelled one by one (all workers may help)."""
+        for order_id in ids:
+            self.ledger.hand_back(order_id, attempts)
             p.singles.append((symbol, order_id))
+        if ids:
+            self._want_workers(p)
         p.wake.set()
 
     def _note_cancel(self, symbol: str, order_id: int | None) -> None:

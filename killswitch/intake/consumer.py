@@ -57,6 +57,7 @@ from killswitch.core.ports import AlertObserver, EngineAPI, NullAlertObserver
 from killswitch.intake.kafka import all_partitions, make_group_consumer
 from killswitch.intake.outputs import Publisher
 from killswitch.intake.readers import ResultsIndex
+from killswitch.tasks import cancel_and_wait
 from killswitch.triggers import TriggerVerifier
 
 log = logging.getLogger(__name__)
@@ -268,6 +269,18 @@ class Intake:
             if highwater is not None and position is not None:
                 self._observer.consumer_lag(tp.topic, tp.partition, highwater - position)
 
+    async def abandon(self) -> None:
+        """Stop now (a second stop signal): cancel every record still being handled.
+
+        Nothing more is published for them and their offsets stay uncommitted, so the
+        next owner of the partitions replays them. Call before the engine is closed: a
+        sweep cut short must not reach a record task that would publish it as final."""
+        self.stop()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def shutdown(self, grace_s: float) -> None:
         """Let running work finish within ``grace_s``, commit what completed, leave the group."""
         self.stop()
@@ -292,9 +305,7 @@ class Intake:
             self._assigned.clear()
             await self._assignment_changed()
         if self._committer is not None:
-            self._committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._committer
+            await cancel_and_wait(self._committer)
             self._committer = None
         consumer, self._consumer = self._consumer, None
         if consumer is not None:

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from killswitch.config import ConfigError
 from killswitch.daemon import Daemon, async_run
 from killswitch.deadman import encode_heartbeat
+from killswitch.embedded import free_port
 from killswitch.exchange.simulator.faults import EndpointFaults
 from killswitch.intake.ownership import account_partition
 from killswitch.triggers import sign_trigger
@@ -499,3 +501,69 @@ async def test_metrics_and_readiness(kafka_bootstrap: str, unique_name: Unique) 
             assert _sample(text, "killswitch_dlq_total", reason="undecodable") == 1
             assert _sample(text, "killswitch_cancels_total", account="mm-1", outcome="sent") == 12
             assert _sample(text, "killswitch_ready") == 1
+
+
+async def test_a_stop_cut_short_publishes_nothing_for_the_unfinished_alert(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    """The graceful stop is waiting for a long sweep when the daemon's task is cancelled
+    (what a second SIGTERM does): the records' work and the sweeps are cancelled before
+    the producer closes, so no final result, not even ``failed``, is ever handed to the
+    publisher for the alert, and its offset stays uncommitted (replayed)."""
+    async with exchange() as ex:
+        port = free_port()
+        settings = daemon_settings(
+            kafka_bootstrap,
+            unique_name,
+            ex,
+            account_mm_1={"max_concurrency": 1, "rate_limit_per_second": 20.0, "burst": 1},
+            engine={"shutdown_grace_s": 60.0, "default_deadline_s": 60.0},
+            metrics={"enabled": True, "host": "127.0.0.1", "port": port},
+        )
+        await prepare_topics(settings)
+        topics = settings.kafka.topics
+        ex.seed("mm-1", 200)  # 20 s at 20/s: far beyond this test
+        stop = asyncio.Event()
+        started: list[Daemon] = []
+        task = asyncio.create_task(async_run(settings, stop_event=stop, on_started=started.append))
+        finals: list[str] = []
+        try:
+            await wait_for(lambda: bool(started), timeout=30)
+            publisher = started[0].publisher
+            publish = publisher.result
+
+            async def spy(result: Any, *args: Any, **kwargs: Any) -> None:
+                if result.final:
+                    finals.append(result.alert_id)
+                await publish(result, *args, **kwargs)
+
+            publisher.result = spy  # type: ignore[method-assign]
+            await produce(settings, [alert_message("cut-1", ["mm-1"])])
+            await wait_for(lambda: len(ex.cancels("mm-1")) >= 3, timeout=30)
+            stop.set()  # the graceful stop: it waits up to 60 s for the sweep
+            async with httpx.AsyncClient(timeout=2.0) as http:
+
+                async def draining() -> bool:
+                    answer = await http.get(f"http://127.0.0.1:{port}/readyz")
+                    return "shutting down" in answer.text
+
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 30
+                while not await draining():
+                    assert loop.time() < deadline, "the graceful stop never began"
+                    await asyncio.sleep(0.05)  # polling /readyz with a deadline
+            task.cancel()  # cut short
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=30)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        # Nothing of the daemon runs on: records' work and sweeps were cancelled with it.
+        me = asyncio.current_task()
+        left = [t.get_name() for t in asyncio.all_tasks() if t is not me and not t.done()]
+        assert left == []
+        assert finals == []
+        assert ex.open_ids("mm-1")  # the sweep was cut short, not finished
+        assert await committed(settings, topics.alerts) in (None, 0)

@@ -951,3 +951,67 @@ async def test_one_order_starts_one_worker() -> None:
     assert len(_worker_tasks()) == 1
     ex.gate.set()
     assert (await task).counts.sent == 1
+
+
+async def test_orders_a_batch_hands_back_use_the_full_concurrency() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ids = [ex.place("BTC_USDT") for _ in range(10)]
+    ex.batch_fail_ids = set(ids)  # the batch answers every id in "fail": one by one
+    release = asyncio.Event()
+    waiting = 0
+    inner = ex.cancel_order
+
+    async def held(order_id: int, symbol: str) -> CancelResult:
+        nonlocal waiting
+        waiting += 1
+        await release.wait()
+        return await inner(order_id, symbol)
+
+    ex.cancel_order = held  # type: ignore[method-assign]
+    engine = Engine({ACCOUNT: ex}, settings(strategy="batch", batch_size=50), concurrency=8)
+    task = asyncio.create_task(run(engine, request()))
+    await wait_for(lambda: waiting == 8)  # one worker would leave seven slots unused
+    release.set()
+    result = await task
+    assert result.status is SweepStatus.FLAT
+    assert result.counts.sent == 10
+
+
+async def test_widening_while_a_pass_aborts_neither_raises_nor_leaks() -> None:
+    """A second alert widens the sweep while its pass is aborting (the key was revoked
+    mid-sweep and a listing is still closing): ``start`` must not raise, and no
+    coroutine is left unawaited."""
+    ex = FakeExchange(["BTC_USDT", "ETH_USDT", "XRP_USDT"])
+    ex.place("BTC_USDT")
+    closing = asyncio.Event()
+    may_close = asyncio.Event()
+    inner = ex.open_orders
+
+    async def listing(symbol: str, *, limit: int = 100) -> AsyncIterator[list[Order]]:
+        if symbol == "ETH_USDT":
+            try:
+                await asyncio.Event().wait()  # a listing that never answers...
+            finally:
+                closing.set()
+                await may_close.wait()  # ...and takes its time to close
+        async for page in inner(symbol, limit=limit):
+            yield page
+
+    ex.open_orders = listing  # type: ignore[method-assign]
+    cancel = ex.cancel_order
+
+    async def revoked(order_id: int, symbol: str) -> CancelResult:
+        ex.auth_revoked = True  # the worker's cancel is refused: the sweep stops
+        return await cancel(order_id, symbol)
+
+    ex.cancel_order = revoked  # type: ignore[method-assign]
+    engine = Engine({ACCOUNT: ex}, settings(), concurrency=2)
+    first = engine.start(request("a", symbols={"BTC_USDT", "ETH_USDT"}), Progress())
+    await wait_for(closing.is_set)  # the pass is aborting, held open by the ETH listing
+    second = engine.start(request("b", symbols={"XRP_USDT"}), Progress())
+    may_close.set()
+    a, b = await asyncio.gather(first, second)
+    await engine.close(1.0)
+    assert a.status is SweepStatus.FAILED
+    assert "authentication" in (a.reason or "")
+    assert b.status is SweepStatus.FAILED  # it joined the stopped sweep, and says so
