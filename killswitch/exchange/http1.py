@@ -338,6 +338,7 @@ class _Connection(asyncio.Protocol):
         "origin",
         "owner",
         "parser",
+        "poller",
         "reused",
         "transport",
         "waiter",
@@ -347,6 +348,7 @@ class _Connection(asyncio.Protocol):
         self.owner = owner
         self.origin = origin
         self.transport: asyncio.Transport | None = None
+        self.poller: select.poll | None = None  # readable-check before reuse, see quiet()
         self.parser: ResponseParser | None = None
         self.waiter: asyncio.Future[ResponseParser] | None = None
         self.closed = False
@@ -359,9 +361,14 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        if sock is None:
+            return
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
             # asyncio sets it too; kept explicit because the small request must not wait.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Registered once per connection: each reuse is then one poll(0) call.
+        self.poller = select.poll()  # not select.select: it fails for fd >= 1024
+        self.poller.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
@@ -426,12 +433,7 @@ class _Connection(asyncio.Protocol):
 
     def quiet(self) -> bool:
         """Idle and nothing unread in the socket (no early answer, EOF or TLS alert)."""
-        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
-        if sock is None:
-            return True
-        poller = select.poll()  # not select.select: it fails for fd >= 1024
-        poller.register(sock.fileno(), select.POLLIN)
-        return not poller.poll(0)
+        return self.poller is None or not self.poller.poll(0)
 
 
 def _expire(waiter: asyncio.Future[ResponseParser]) -> None:
