@@ -38,6 +38,7 @@ from tests.integration.daemon_harness import (
     prepare_topics,
 )
 from tests.integration.intake_harness import TopicReader, alert_message, committed, produce
+from tests.support.daemon import wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -541,17 +542,10 @@ async def test_a_stop_cut_short_publishes_nothing_for_the_unfinished_alert(
             await produce(settings, [alert_message("cut-1", ["mm-1"])])
             await wait_for(lambda: len(ex.cancels("mm-1")) >= 3, timeout=30)
             stop.set()  # the graceful stop: it waits up to 60 s for the sweep
-            async with httpx.AsyncClient(timeout=2.0) as http:
-
-                async def draining() -> bool:
-                    answer = await http.get(f"http://127.0.0.1:{port}/readyz")
-                    return "shutting down" in answer.text
-
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 30
-                while not await draining():
-                    assert loop.time() < deadline, "the graceful stop never began"
-                    await asyncio.sleep(0.05)  # polling /readyz with a deadline
+            await wait_http(
+                f"http://127.0.0.1:{port}/readyz",
+                until=lambda answer: "shutting down" in answer.text,
+            )
             task.cancel()  # cut short
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=30)

@@ -10,7 +10,6 @@ A or C again: no new result for them, not one exchange request for their account
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from killswitch.exchange.simulator import EndpointFaults
 from tests.conftest import wait_for
 from tests.reliability import figures
-from tests.support.daemon import Daemons, daemon_config, http_get, write_config
+from tests.support.daemon import Daemons, daemon_config, wait_http, write_config
 from tests.support.exchange import exchange
 from tests.support.topics import Producer, TopicCollector, alert, create_topics
 
@@ -139,14 +138,8 @@ async def test_a_second_sigterm_stops_at_once_and_the_alert_is_replayed(
             await wait_for(lambda: len(ex.log("cancel")) >= 5, timeout=30)
             first.terminate()
 
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 30
-            while True:  # the first signal was taken: /readyz says it is shutting down
-                answer = await http_get(readyz)
-                if answer is not None and "shutting down" in answer.text:
-                    break
-                assert loop.time() < deadline, "the daemon never started its graceful stop"
-                await asyncio.sleep(0.05)  # polling /readyz with a deadline
+            # The first signal was taken: /readyz says it is shutting down.
+            await wait_http(readyz, until=lambda answer: "shutting down" in answer.text)
             assert first.running  # the graceful stop waits for the sweep
             first.terminate()
             assert await first.wait(timeout=20) == 130  # before the sweep or grace could end

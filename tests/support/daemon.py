@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,14 +284,19 @@ async def http_get(url: str, timeout: float = 2.0) -> httpx.Response | None:
             return None
 
 
-async def wait_http(url: str, timeout: float = 30.0) -> httpx.Response:
-    """The first answer from ``url`` (any status), polling with a deadline."""
+async def wait_http(
+    url: str,
+    timeout: float = 30.0,
+    until: Callable[[httpx.Response], bool] | None = None,
+) -> httpx.Response:
+    """The first answer from ``url`` (any status, or one ``until`` accepts), polling with
+    a deadline."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         response = await http_get(url)
-        if response is not None:
+        if response is not None and (until is None or until(response)):
             return response
         if loop.time() > deadline:
-            raise AssertionError(f"nothing answered at {url} within {timeout}s")
+            raise AssertionError(f"no such answer at {url} within {timeout}s")
         await asyncio.sleep(0.05)  # polling a listener with a deadline
