@@ -127,7 +127,13 @@ async def env() -> AsyncIterator[Env]:
 
 
 def engine_settings(**kw: Any) -> EngineSettings:
-    base: dict[str, Any] = {"progress_interval_s": 0.05, "latch_sweep_interval_s": 0.05}
+    # per_order unless a test names its strategy: most tests here follow single cancels
+    # (strategy auto, the default, has its own tests below).
+    base: dict[str, Any] = {
+        "progress_interval_s": 0.05,
+        "latch_sweep_interval_s": 0.05,
+        "strategy": "per_order",
+    }
     base.update(kw)
     return EngineSettings(**base)
 
@@ -185,7 +191,7 @@ FAULTS = EndpointFaults(error_rate=0.05, throttle_rate=0.05, error_statuses=(500
 # ---------------------------------------------------------------------- strategies
 
 
-@pytest.mark.parametrize("strategy", ["per_order", "batch", "symbol"])
+@pytest.mark.parametrize("strategy", ["auto", "per_order", "batch", "symbol"])
 async def test_strategy_reaches_flat_under_faults_and_races(env: Env, strategy: str) -> None:
     seeded = env.seed(60)
     env.sim.set_faults(FAULTS)
@@ -214,6 +220,11 @@ async def test_strategy_reaches_flat_under_faults_and_races(env: Env, strategy: 
     elif strategy == "batch":
         assert endpoints["cancel_batch"] >= len(seeded) // 25
         assert endpoints["cancel_all"] == 0
+    elif strategy == "auto":
+        # whole pairs: the first pass is one cancel-all per pair; later passes clean up
+        assert endpoints["cancel_all"] >= len(SYMBOLS)
+        assert endpoints["cancel_batch"] == 0
+        assert endpoints["cancel"] < len(seeded) // 2
     else:
         assert endpoints["cancel_all"] == len(SYMBOLS)
         assert endpoints["cancel_batch"] == 0
