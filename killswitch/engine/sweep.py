@@ -752,6 +752,9 @@ class Sweep:
         """Strategy ``auto``: one cancel-all for a pair queued by :meth:`_whole_pair`."""
         ledger = self.ledger
         entries = p.bulk.pop(symbol, [])
+        if "cancel_all" in self.refused:  # refused since this pair was queued
+            self._unbulk(p, symbol, entries)
+            return
         ids = [order_id for _, order_id in entries]
         for order_id in ids:
             ledger.begin(order_id)
@@ -775,17 +778,26 @@ class Sweep:
             for order_id in ids:
                 ledger.conclude(order_id, Outcome.FAILED, result.attempts)
             return
-        # Refused as a whole: this pair goes order by order (batches) in this pass.
         if endpoint_refused(result.status) and "cancel_all" not in self.refused:
             self.refused.add("cancel_all")  # this exchange has no cancel-all
             self.notes.append(f"cancel-all refused (HTTP {result.status}): batch cancels")
+        for order_id in ids:
+            ledger.hand_back(order_id, result.attempts)
+        self._unbulk(p, symbol, entries)
+
+    def _unbulk(self, p: _Pass, symbol: str, entries: list[tuple[PriorityKey, int]]) -> None:
+        """A pair's cancel-all is not possible: its orders go batch / per-order in this pass.
+
+        The first page's orders are queued again and the pair is listed from the start
+        (orders this pass has seen are not queued twice).
+        """
         p.no_bulk.add(symbol)
         for key, order_id in entries:
-            ledger.hand_back(order_id, result.attempts)
             p.queue.push(key, order_id, symbol)
         p.symbols.discard(symbol)
-        self._add_producer(p, symbol)  # list the rest of the pair (seen orders are skipped)
+        self._add_producer(p, symbol)
         self._want_workers(p)
+        p.wake.set()
 
     def _apply_bulk(
         self, p: _Pass, symbol: str, expected: list[int], result: BatchCancelResult
