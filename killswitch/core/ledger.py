@@ -111,6 +111,7 @@ class Ledger:
         self._on_outcome = on_outcome
         self._orders: dict[int, OrderRecord] = {}
         self._failed_before: set[int] = set()  # outcome failed when the pass started
+        self._by_symbol: dict[str, list[int]] | None = None  # for a final listing
         self._pending: set[int] = set()  # queued or in flight
         self._in_flight: set[int] = set()
         self._seen: set[int] = set()  # listed in the current pass
@@ -128,6 +129,7 @@ class Ledger:
         self._failed_before = {
             oid for oid, r in self._orders.items() if r.outcome is Outcome.FAILED
         }
+        self._by_symbol = None
 
     def recancels(self) -> int:
         """Orders this pass found open again although a cancel for them was ``sent``."""
@@ -156,8 +158,8 @@ class Ledger:
         if final:
             candidates = [
                 oid
-                for oid, r in self._orders.items()
-                if r.symbol == symbol and oid not in seen and oid not in self._in_flight
+                for oid in self._orders_of(symbol)
+                if oid not in seen and oid not in self._in_flight
             ]
         else:
             candidates = [
@@ -173,6 +175,15 @@ class Ledger:
             if settled is not None:
                 self.conclude(order_id, settled)
             self._failed_before.discard(order_id)
+
+    def _orders_of(self, symbol: str) -> list[int]:
+        """Resolved orders of one pair, indexed at the first call of a pass (an order
+        resolved later in the pass was seen by its listing: never settled as absent)."""
+        if self._by_symbol is None:
+            self._by_symbol = {}
+            for order_id, record in self._orders.items():
+                self._by_symbol.setdefault(record.symbol, []).append(order_id)
+        return self._by_symbol.get(symbol, [])
 
     def listed_pairs(self) -> frozenset[str]:
         """Pairs with at least one complete listing in this sweep."""
