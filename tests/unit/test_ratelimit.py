@@ -338,7 +338,7 @@ def test_retry_after_cuts_once_and_pauses_every_request_until_the_window_ends() 
     assert limiter.throttled(sent_at=sent, retry_after=3.0)
     assert limiter.rate == pytest.approx(105.0)
     # Every other 429 of the window, even for requests sent after the cut: no cut.
-    for i in range(50):
+    for _ in range(50):
         fake.now += 0.01
         assert not limiter.throttled(sent_at=fake.now - 0.001, retry_after=3.0)
     assert not limiter.try_acquire()  # nothing is sent into the closed window
