@@ -501,12 +501,17 @@ async def test_admin_sets_every_knob_and_state_shows_them(served: Served) -> Non
             {"unknown_symbol": "maybe"},
             {"throttle_window": {"duration_s": -1}},
             {"redirect": {"status": 200, "location": "/x"}},
+            {"redirect": {"location": "/x", "endpoint": "nowhere"}},
             {"replay_protection": False, "redirect": {"location": "/x", "nope": 1}},
             {"surprise": True},
         ):
             refused = await admin.put("/exchange", json=bad)
             assert refused.status_code == 400, bad
         assert (await admin.get("/state")).json()["exchange"] == state  # nothing applied
+        everywhere = await admin.put(
+            "/exchange", json={"redirect": {"location": "/all", "endpoint": "all"}}
+        )
+        assert everywhere.json()["redirects"]["all"] == {"status": 307, "location": "/all"}
         cleared = await admin.put(
             "/exchange", json={"throttle_window": None, "redirect": None, "public_auth": False}
         )

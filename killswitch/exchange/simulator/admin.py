@@ -269,7 +269,10 @@ def _apply_redirect(sim: Simulator, spec: Any) -> None:
         sim.clear_redirects()
         return
     spec = _fields(spec, "redirect", {"status", "location", "endpoint"})
-    sim.set_redirect(spec.get("location"), spec.get("status", 307), spec.get("endpoint"))
+    endpoint = spec.get("endpoint")
+    sim.set_redirect(
+        spec.get("location"), spec.get("status", 307), None if endpoint == "all" else endpoint
+    )
 
 
 def _fields(value: Any, name: str, known: set[str]) -> dict[str, Any]:

@@ -552,7 +552,7 @@ class Simulator:
         self.set_rate_limit_kind(self._rate_limit_kind, window_s)
 
     def set_rate_limit_kind(self, kind: RateLimitKind, sliding_window_s: float = 1.0) -> None:
-        """Both rate-limit settings at once; every limiter restarts empty-handed (full)."""
+        """Both rate-limit settings at once; every limiter restarts full (nothing counted)."""
         if kind not in RATE_LIMIT_KINDS:
             raise ValueError(f"rate_limit_kind must be one of {', '.join(RATE_LIMIT_KINDS)}")
         if (
