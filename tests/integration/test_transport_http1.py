@@ -854,6 +854,7 @@ async def test_a_request_on_a_stale_connection_is_signed_anew() -> None:
     """The client re-signs (fresh timestamp and signature) instead of replaying the
     same bytes: an exchange with replay protection would refuse them as replayed."""
     sim = Simulator(seed=5)
+    sim.replay_protection = True  # the same signature twice answers 401 invalid_client
     api_key, pem = register_test_client(sim)
     (order_id,) = sim.seed_orders(api_key, "BTC_USDT", 1)
     async with SimulatorServer(sim) as server, _StaleOnSecond(server.port) as proxy:
@@ -866,8 +867,10 @@ async def test_a_request_on_a_stale_connection_is_signed_anew() -> None:
     first, again = deletes
     assert _header_of(first, b"x-signature") != _header_of(again, b"x-signature")
     assert proxy.connections == 2
-    # The first DELETE took effect upstream; the second finds the order closed.
+    # The first DELETE took effect upstream; the second finds the order closed (it is
+    # not refused as a replay, which would have read as a refused key).
     assert (result.outcome, result.attempts) == (Outcome.ALREADY_CLOSED, 1)
+    assert sim.count(api_key, "cancel", 401) == 0
     assert sim.open_order_ids(api_key) == set()
 
 
