@@ -21,7 +21,7 @@ One :class:`RateLimiter` per account, shared by every call made with that API ke
   window ends (nothing is sent into a closed window).
 - **Back to the last good rate.** Each congestion event remembers the last rate that
   held without 429s: the rate in force before the window when the exchange announced
-  the window (``Retry-After``), otherwise the rate the exchange was seen to accept
+  a new window (``Retry-After``), otherwise the rate the exchange was seen to accept
   (requests accepted in the trailing second, :meth:`RateLimiter.accepted`), at least
   the rate after the cut. Further cuts while nothing gets through (a closed window)
   lower the rate but not that memory; a cut after the exchange accepted some requests
@@ -268,7 +268,10 @@ class RateLimiter:
             return False
         if sent_at is not None and sent_at < self._last_cut:
             return False
-        self._cut(now, new_event=now - previous_429 > _EVENT_GAP_S, announced=retry_after)
+        # A 429 soon after the last one, or soon after an announced pause ended, is the
+        # same congestion going on (e.g. the rate restored after a pause is too high).
+        quiet_since = max(previous_429, self._pause_until)
+        self._cut(now, new_event=now - quiet_since > _EVENT_GAP_S, announced=retry_after)
         return True
 
     def _cut(self, now: float, *, new_event: bool, announced: float | None) -> None:
@@ -282,8 +285,12 @@ class RateLimiter:
         elif new_event or self._accepted_since_cut:
             # Refused while some got through: the exchange's limit is about what it
             # accepted in the last second (never below the cut rate).
-            accepted = self._accepted_in(now)
-            self._good = max(self._rate, min(before, accepted))
+            held = min(before, self._accepted_in(now))
+            if announced is not None:
+                # Our own pace drew a pause: overshooting again costs a whole pause, so
+                # come back a little below what got through and probe up from there.
+                held *= self._probe_fraction
+            self._good = max(self._rate, held)
             self._probe_from = before * self._probe_fraction
         # else: nothing got through since the last cut (a closed window): keep the
         # memory of the good rate, only the current pace drops.

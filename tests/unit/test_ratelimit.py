@@ -446,9 +446,14 @@ def exchange_token_bucket(rate: float, burst: float) -> Callable[[float], bool]:
 
 
 async def drive(
-    limiter: RateLimiter, fake: FakeTime, exchange: Callable[[float], bool], seconds: float
+    limiter: RateLimiter,
+    fake: FakeTime,
+    exchange: Callable[[float], bool],
+    seconds: float,
+    retry_after: float | None = None,
 ) -> list[float]:
-    """Send back to back through the limiter for ``seconds``; the accepted send times."""
+    """Send back to back through the limiter for ``seconds``; the accepted send times.
+    ``retry_after``: every 429 carries it."""
     accepted: list[float] = []
     end = fake.now + seconds
     while fake.now < end:
@@ -459,7 +464,7 @@ async def drive(
             limiter.accepted(sent)
             accepted.append(sent)
         else:
-            limiter.throttled(sent_at=sent)
+            limiter.throttled(sent_at=sent, retry_after=retry_after)
         limiter.release()
     return accepted
 
@@ -481,3 +486,19 @@ async def test_a_token_bucket_limit_runs_near_its_rate(ceiling: float) -> None:
     accepted = await drive(limiter, fake, exchange_token_bucket(60.0, 10.0), 30.0)
     late = [t for t in accepted if t >= fake.now - 20.0]
     assert len(late) / 20.0 >= 0.8 * 60
+
+
+@pytest.mark.parametrize("kind", ["token_bucket", "sliding_window"])
+async def test_a_per_key_limit_announcing_retry_after_is_not_overshot_forever(kind: str) -> None:
+    """Every overshoot of a per-key limit costs a 1 s pause: a 429 soon after a pause is
+    the same congestion, so the rate comes back below what got through, not above."""
+    fake = FakeTime()
+    limiter = make(fake, rate=100.0, burst=10, concurrency=1)
+    exchange = (
+        exchange_token_bucket(60.0, 10.0)
+        if kind == "token_bucket"
+        else exchange_sliding_window(60, 1.0)
+    )
+    accepted = await drive(limiter, fake, exchange, 30.0, retry_after=1.0)
+    late = [t for t in accepted if t >= fake.now - 20.0]
+    assert len(late) / 20.0 >= 0.75 * 60
