@@ -354,7 +354,10 @@ async def _start_listener(obs: Observability, stack: contextlib.AsyncExitStack) 
         try:
             await obs.start()
         except HealthServerError as exc:
-            raise ConfigError(f"{exc} (set metrics.port; 0 picks a free port)") from None
+            raise ConfigError(
+                f"{exc} (another process uses it? set metrics.port or "
+                "KILLSWITCH_METRICS__PORT; 0 picks a free port)"
+            ) from None
     if obs.stop is not None:
         stack.push_async_callback(obs.stop)
 

@@ -256,8 +256,8 @@ class HealthServer:
         except OSError as exc:
             await runner.cleanup()
             where = f"{self._host}:{self._requested_port}"
-            # aiohttp re-raises with a long message and no strerror; errno says it all.
-            reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+            # aiohttp re-raises with a long message of its own; errno says it all.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise HealthServerError(f"metrics listener cannot bind {where}: {reason}") from None
         self._runner = runner
         self._port = int(runner.addresses[0][1])
