@@ -5,6 +5,10 @@ Sources, highest priority first: keyword arguments, environment variables
 optional TOML file (``--config`` or ``KILLSWITCH_CONFIG``), then defaults that
 run against the embedded broker and the exchange simulator on loopback.
 
+Relative paths in the TOML file resolve against the file's directory; relative
+paths from environment variables against the working directory. Errors name the
+environment variable or the file each bad setting came from.
+
 Secrets are :class:`pydantic.SecretStr`; they print as ``**********``.
 """
 
