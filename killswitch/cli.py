@@ -84,7 +84,11 @@ def _keygen_from_config(config: Path) -> int:
 
     if not config.is_file():
         raise ConfigError(f"configuration file not found: {config}")
-    made = {key.path for key in make_missing_keys(config)}
+    try:
+        made = {key.path for key in make_missing_keys(config)}
+    except OSError as exc:
+        print(f"error: cannot write a key file: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     for key in configured_keys(config):
         if key.path in made:
             print(
