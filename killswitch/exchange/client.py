@@ -13,11 +13,18 @@ Choices worth knowing (also in ``docs/CLIENT.md``):
   once; the same strings are signed and sent, with the URL built here so httpx does
   not re-encode it. Each attempt gets a fresh timestamp and signature.
 - **Retries.** 429, 5xx, timeouts and connection errors retry with capped exponential
-  backoff and full jitter, within ``max_attempts`` and ``request_deadline_s``. The
+  backoff and full jitter, within ``request_deadline_s``; ``max_attempts`` bounds all
+  but the 429s, which the limiter already accounts for (a cancel caught in a throttle
+  window keeps retrying until its deadline). ``Retry-After`` (seconds or an HTTP date)
+  on a 429 or 503 is the least wait, and on a 429 pauses the key's limiter. The
   deadline starts when the first attempt is let through by the limiter (queueing
-  behind other cancels is bounded by the sweep's own deadline, not this one). A 429
-  also tells the limiter. Cancels are safe to retry: a repeat answers
-  ``order_already_closed``.
+  behind other cancels is bounded by the sweep's own deadline, not this one).
+  Cancels are safe to retry: a repeat answers ``order_already_closed``.
+- **Redirects** are never followed nor retried: a cancel is ``rejected``/``redirect``,
+  a listing raises :class:`~killswitch.exchange.errors.Redirected` (with ``Location``).
+- **Stale connections.** A request whose kept-alive connection turned out closed
+  before any answer is signed anew and sent on a fresh connection (same attempt): the
+  same signed bytes never go twice (an exchange may refuse a replayed signature).
 - **Clock.** The offset to the server clock is measured with the public time endpoint
   (server time minus the midpoint of the round trip) before the first signed request,
   then refreshed in the background every ``clock_sync_interval_s``. On
@@ -26,9 +33,10 @@ Choices worth knowing (also in ``docs/CLIENT.md``):
   and the request is retried once *only if the offset moved* by more than
   ``auth_resync_tolerance_ms``; otherwise it is an auth failure at once (a revoked
   key does not cost a second request per order).
-- **Public endpoints.** Server time bypasses the limiter (it carries no API key and
-  must not queue behind a thousand cancels); exchange info goes through it and is
-  cached for ``exchange_info_ttl_s``.
+- **Public endpoints.** Server time bypasses the limiter (it must not queue behind
+  a thousand cancels); exchange info goes through it and is cached for
+  ``exchange_info_ttl_s``. Both go unsigned until the exchange refuses one (401/403):
+  then that call is sent again signed at once, and every later public call is signed.
 """
 
 from __future__ import annotations
