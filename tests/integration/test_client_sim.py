@@ -263,7 +263,10 @@ async def test_dropped_connection_then_success(env: Env) -> None:
     env.recorder.on_status["error"] = env.sim.clear_faults
     async with env.client() as client:
         result = await client.cancel_order(order_id, SYMBOL)
-    assert (result.outcome, result.attempts) == (Outcome.SENT, 2)
+    # On http1 the dropped request went out on a kept-alive connection (the clock sync's):
+    # a stale connection, so it is signed anew and sent on a fresh one in the same attempt.
+    attempts = 1 if env.transport == "http1" else 2
+    assert (result.outcome, result.attempts) == (Outcome.SENT, attempts)
     assert env.recorder.statuses("cancel") == ["error", "200"]
 
 
