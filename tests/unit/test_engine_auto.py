@@ -58,6 +58,20 @@ class LostAnswers(FakeExchange):
         raise AssertionError("unreachable")
 
 
+class Leftovers(FakeExchange):
+    """After the first cancel-all of a pair, ``spawn[pair]`` new orders appear there."""
+
+    def __init__(self, symbols: Sequence[str], spawn: dict[str, int]) -> None:
+        super().__init__(symbols)
+        self.spawn = dict(spawn)
+
+    async def cancel_all(self, symbol: str) -> BatchCancelResult:
+        result = await super().cancel_all(symbol)
+        for _ in range(self.spawn.pop(symbol, 0)):
+            self.place(symbol)
+        return result
+
+
 def seed(ex: FakeExchange, per_symbol: int, side: Side | None = None) -> set[int]:
     ids: set[int] = set()
     for symbol in ex.symbols:
@@ -80,6 +94,19 @@ async def test_whole_account_kill_is_one_page_one_cancel_all_and_one_check_per_p
     assert len(ex.calls("all")) == 3
     assert len(ex.calls("list")) == 6
     assert ex.calls("cancel") == ex.calls("batch") == []
+
+
+async def test_leftovers_get_a_cancel_all_when_several_else_a_single_delete() -> None:
+    ex = Leftovers(["A_USDT", "B_USDT"], {"A_USDT": 3, "B_USDT": 1})
+    seed(ex, 10)
+    engine = Engine({ACCOUNT: ex}, settings(strategy="auto"))
+    result = await run(engine, request())
+    assert result.status is SweepStatus.FLAT
+    assert ex.open_count() == 0
+    assert result.counts.sent == 24
+    assert sorted(symbol for _, symbol, _ in ex.calls("all")) == ["A_USDT", "A_USDT", "B_USDT"]
+    assert [symbol for _, symbol, _ in ex.calls("cancel")] == ["B_USDT"]
+    assert_accounted(result)
 
 
 async def test_the_pair_holding_the_largest_order_is_cancelled_first() -> None:
