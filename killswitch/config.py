@@ -130,7 +130,7 @@ class KafkaSettings(_Section):
 
 SignatureEncoding = Literal["base64-der", "hex-der", "base64-raw"]
 Curve = Literal["P-256", "P-384", "secp256k1"]
-CancelStrategy = Literal["per_order", "batch", "symbol"]
+CancelStrategy = Literal["auto", "per_order", "batch", "symbol"]
 Priority = Literal["notional_desc", "newest_first", "oldest_first"]
 # The exchange client's HTTP transport (killswitch.exchange.transport.TransportKind).
 HttpTransport = Literal["aiohttp", "http1", "httpx"]
@@ -202,7 +202,13 @@ class EngineSettings(_Section):
     """How sweeps run."""
 
     default_deadline_s: float = Field(30.0, gt=0, description="per alert, when it sets none")
-    strategy: CancelStrategy = "per_order"
+    strategy: CancelStrategy = Field(
+        "auto",
+        description=(
+            "auto: fewest requests (cancel-all for whole pairs, batches for partial"
+            " scopes, per-order fallback); per_order, batch or symbol"
+        ),
+    )
     batch_size: int = Field(50, ge=1, le=10_000)
     page_size: int = Field(100, ge=1, le=10_000)
     priority: Priority = "notional_desc"
@@ -210,6 +216,14 @@ class EngineSettings(_Section):
     progress_interval_s: float = Field(1.0, gt=0)
     max_passes: int = Field(50, ge=1)
     shutdown_grace_s: float = Field(20.0, ge=0)
+    settle_grace_s: float = Field(
+        2.0,
+        ge=0,
+        description=(
+            "past a sweep's deadline: how long cancels in flight may still answer, and"
+            " then how long one final listing of the pairs in scope may take; 0 = none"
+        ),
+    )
     exchange_info_ttl_s: float = Field(300.0, gt=0)
     http_transport: HttpTransport = Field("http1", description="exchange client transport")
 

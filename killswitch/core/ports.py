@@ -48,6 +48,7 @@ class BatchCancelResult:
     attempts: int = 1
     outcome: Outcome | None = None
     reason: RejectReason | None = None
+    status: int | None = None  # HTTP status of a refused call (404/405: no such endpoint)
 
 
 class ExchangeAPI(Protocol):

@@ -900,7 +900,11 @@ class ExchangeClient:
         verdict = classify_cancel(answer.status, answer.body)
         if verdict.outcome is not Outcome.SENT:
             return BatchCancelResult(
-                symbol, attempts=answer.attempts, outcome=verdict.outcome, reason=verdict.reason
+                symbol,
+                attempts=answer.attempts,
+                outcome=verdict.outcome,
+                reason=verdict.reason,
+                status=answer.status,
             )
         success, fail = _id_lists(answer.body)
         if success is None or fail is None:

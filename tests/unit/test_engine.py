@@ -163,7 +163,13 @@ class FakeExchange:
 
 
 def settings(**kw: Any) -> EngineSettings:
-    base: dict[str, Any] = {"progress_interval_s": 0.01, "latch_sweep_interval_s": 0.02}
+    # per_order unless a test says otherwise: most tests here check the per-order path
+    # (auto is tested by name and by test_engine_auto.py).
+    base: dict[str, Any] = {
+        "progress_interval_s": 0.01,
+        "latch_sweep_interval_s": 0.02,
+        "strategy": "per_order",
+    }
     base.update(kw)
     return EngineSettings(**base)
 
