@@ -45,7 +45,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from killswitch.core.carry import RESULT_MAX_ORDERS, carry_over
 from killswitch.core.model import (
+    CarriedOutcomes,
+    Counts,
     HaltState,
     KillRequest,
     OrderReport,
@@ -55,7 +58,7 @@ from killswitch.core.model import (
     no_sweep_result,
 )
 from killswitch.core.orders import Side
-from killswitch.core.outcomes import Outcome
+from killswitch.core.outcomes import Outcome, RejectReason
 
 if TYPE_CHECKING:
     from killswitch.triggers import TriggerVerifier
@@ -451,10 +454,8 @@ def _order_json(order: OrderReport) -> dict[str, Any]:
     return out
 
 
-# Most order entries one result record lists. A kill of 100,000 orders must still fit
-# in one Kafka record (1 MB by default): the counts stay complete, the list is cut and
-# ``orders_omitted`` says by how much. Orders that did not go as planned come first.
-RESULT_MAX_ORDERS = 2_000
+# A result lists at most RESULT_MAX_ORDERS orders (see killswitch.core.carry); when
+# the list is cut, orders that did not go as planned come first.
 _LIST_FIRST = {Outcome.FAILED: 0, Outcome.REJECTED: 1}
 
 
@@ -517,23 +518,30 @@ def duplicate_result(
 
 
 def failed_result(request: KillRequest, reason: str, now: datetime) -> SweepResult:
-    """A final ``failed`` result when the engine could not work at all."""
-    return no_sweep_result(request, SweepStatus.FAILED, now, reason)
+    """A final ``failed`` result when the engine could not work at all (a replay keeps
+    what an earlier process published for it)."""
+    result = no_sweep_result(request, SweepStatus.FAILED, now, reason)
+    return result if request.carried is None else carry_over(result, request.carried)
 
 
 @dataclass(frozen=True, slots=True)
 class ResultSummary:
-    """What the dedup rebuild needs from a result record."""
+    """What the dedup rebuild (and, from progress results, a replay) needs from a result."""
 
     alert_id: str
     account: str
     status: str
     final: bool
     origin: Origin | None
+    carried: CarriedOutcomes | None = None  # progress results only
 
 
 def decode_result_summary(raw: bytes | None) -> ResultSummary | None:
-    """Read back a result record; None for anything that is not one (never raises)."""
+    """Read back a result record; None for anything that is not one (never raises).
+
+    A progress result's outcomes come back as ``carried`` (None when its counts are
+    unreadable; per-order outcomes dropped, counts kept, when its order list is
+    unreadable or disagrees with the counts)."""
     data = load_json_object(raw, 16 * 1024 * 1024)
     if isinstance(data, str) or data.get("schema") != RESULT_SCHEMA:
         return None
@@ -546,7 +554,91 @@ def decode_result_summary(raw: bytes | None) -> ResultSummary | None:
         topic, part, off = o.get("topic"), o.get("partition"), o.get("offset")
         if isinstance(topic, str) and isinstance(part, int) and isinstance(off, int):
             origin = Origin(topic, part, off)
-    return ResultSummary(alert_id, account, status, data.get("final") is True, origin)
+    final = data.get("final") is True
+    carried = None if final else decode_carried(data)
+    return ResultSummary(alert_id, account, status, final, origin, carried)
+
+
+_COUNT_NAMES = ("sent", "already_closed", "rejected", "failed", "skipped")
+
+
+def _count(value: Any) -> int | None:
+    """A non-negative JSON integer (booleans are not counts)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def decode_carried(data: Mapping[str, Any]) -> CarriedOutcomes | None:
+    """The outcomes a (progress) result record reports; None without readable counts."""
+    raw_counts = data.get("counts")
+    if not isinstance(raw_counts, dict):
+        return None
+    values: dict[str, int] = {}
+    for name in _COUNT_NAMES:
+        value = _count(raw_counts.get(name, 0))
+        if value is None:
+            return None
+        values[name] = value
+    counts = Counts(**values)
+    return CarriedOutcomes(
+        counts=counts,
+        orders=_decode_reports(data.get("orders"), counts),
+        sweeps=_count(data.get("sweeps")) or 0,
+        received_at=_parse_time(data.get("received_at")),
+        first_cancel_at=_parse_time(data.get("first_cancel_at")),
+    )
+
+
+def _decode_reports(raw: Any, counts: Counts) -> tuple[OrderReport, ...]:
+    """Per-order outcomes that agree with ``counts``; () when any entry is unreadable."""
+    if not isinstance(raw, list) or len(raw) > counts.resolved:
+        return ()
+    reports: dict[int, OrderReport] = {}
+    for entry in raw:
+        report = _decode_report(entry)
+        if report is None or report.order_id in reports:
+            return ()
+        reports[report.order_id] = report
+    out = tuple(reports.values())
+    if len(out) == counts.resolved:  # a complete list must tally with the counts
+        tally = Counts()
+        for report in out:
+            tally.add(report.outcome)
+        if tally != counts:
+            return ()
+    return out
+
+
+def _decode_report(entry: Any) -> OrderReport | None:
+    if not isinstance(entry, dict):
+        return None
+    order_id, symbol = _count(entry.get("order_id")), entry.get("symbol")
+    attempts = _count(entry.get("attempts", 0))
+    outcome, reason = entry.get("outcome"), entry.get("reason")
+    if order_id is None or not isinstance(symbol, str) or attempts is None:
+        return None
+    if not (isinstance(outcome, str) and outcome in _OUTCOMES):
+        return None
+    if not (reason is None or (isinstance(reason, str) and reason in _REASONS)):
+        return None
+    return OrderReport(
+        order_id, symbol, Outcome(outcome), attempts, RejectReason(reason) if reason else None
+    )
+
+
+_OUTCOMES = frozenset(o.value for o in Outcome)
+_REASONS = frozenset(r.value for r in RejectReason)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def scope_to_json(scope: Scope) -> dict[str, Any]:

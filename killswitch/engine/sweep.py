@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from killswitch.config import EngineSettings
+from killswitch.core.carry import RESULT_MAX_ORDERS, carry_over
 from killswitch.core.ledger import Ledger, covers
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order
@@ -687,9 +688,11 @@ class Sweep:
             reason = self._reason(status)
             pending = 0
         else:
-            status, orders, reason = SweepStatus.RUNNING, [], None
+            status, reason = SweepStatus.RUNNING, None
+            # Per-order outcomes while they fit one record: a restart merges them (core.carry).
+            orders = ledger.reports(scope) if len(ledger) <= RESULT_MAX_ORDERS else []
             pending = ledger.pending()
-        return SweepResult(
+        result = SweepResult(
             alert_id=request.alert_id,
             account=self.account,
             status=status,
@@ -707,6 +710,7 @@ class Sweep:
             source=request.source,
             pending=pending,
         )
+        return result if request.carried is None else carry_over(result, request.carried)
 
     def _verified_for(self, ticket: Ticket) -> bool:
         verified = self._verified
