@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from killswitch.alerts import decode_result_summary, encode_result, failed_result
+from killswitch.config import KafkaSettings
 from killswitch.core.carry import (
     RESULT_MAX_ORDERS,
     CarryStore,
@@ -15,6 +17,7 @@ from killswitch.core.carry import (
     merge_outcomes,
     merge_report,
 )
+from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import (
     CarriedOutcomes,
     Counts,
@@ -25,6 +28,7 @@ from killswitch.core.model import (
     SweepStatus,
 )
 from killswitch.core.outcomes import Outcome, RejectReason
+from killswitch.intake.readers import ResultsIndex
 
 SENT, CLOSED, REJECTED, FAILED = (
     Outcome.SENT,
@@ -329,3 +333,23 @@ def test_the_progress_cap_is_the_records_cap() -> None:
     assert summary is not None
     assert summary.carried is not None
     assert not summary.carried.complete
+
+
+# ------------------------------------------------------- the results reader's part
+
+
+def test_the_results_reader_keeps_progress_until_the_final() -> None:
+    dedup = DedupWindow(10)
+    index = ResultsIndex(KafkaSettings(), "results", dedup, tail_records=10)
+    first = result(report(1, SENT), final=False)
+    later = result(report(1, SENT), report(2, SENT), final=False)
+    other = dataclasses.replace(first, account="mm-2")
+    index._learn([encode_result(first), encode_result(later), encode_result(other), b"junk"])
+    got = index.carried("a-1", "mm-1")
+    assert got is not None
+    assert [o.order_id for o in got.orders] == [1, 2]  # the latest progress result
+    assert dedup.status("a-1", "mm-1") is None  # progress is not a final result
+    index._learn([encode_result(result(report(1, SENT), report(2, SENT)))])
+    assert index.carried("a-1", "mm-1") is None  # finished: nothing to carry
+    assert index.carried("a-1", "mm-2") is not None
+    assert dedup.status("a-1", "mm-1") == "flat"
