@@ -451,7 +451,7 @@ class Intake:
     def _with_carried(self, request: KillRequest) -> KillRequest:
         """A replay: what an earlier process published for it goes into its results."""
         index = self._results_index
-        carried = index.carried(request.alert_id, request.account) if index else None
+        carried = index.carried(request.alert_id, request.account) if index is not None else None
         return request if carried is None else dataclasses.replace(request, carried=carried)
 
     async def _execute(

@@ -1,4 +1,4 @@
-"""Outcomes carried over a crash: the merge rule, the bounded store, the decoding."""
+"""Outcomes carried over a crash: the merge rule, the bounded store, the decoding, the reader."""
 
 from __future__ import annotations
 
