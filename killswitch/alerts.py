@@ -45,10 +45,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from killswitch.core.carry import RESULT_MAX_ORDERS, carry_over
+from killswitch.core.carry import RESULT_MAX_ORDERS, carried_from_json, carry_over
 from killswitch.core.model import (
     CarriedOutcomes,
-    Counts,
     HaltState,
     KillRequest,
     OrderReport,
@@ -58,7 +57,7 @@ from killswitch.core.model import (
     no_sweep_result,
 )
 from killswitch.core.orders import Side
-from killswitch.core.outcomes import Outcome, RejectReason
+from killswitch.core.outcomes import Outcome
 
 if TYPE_CHECKING:
     from killswitch.triggers import TriggerVerifier
@@ -555,90 +554,8 @@ def decode_result_summary(raw: bytes | None) -> ResultSummary | None:
         if isinstance(topic, str) and isinstance(part, int) and isinstance(off, int):
             origin = Origin(topic, part, off)
     final = data.get("final") is True
-    carried = None if final else decode_carried(data)
+    carried = None if final else carried_from_json(data)
     return ResultSummary(alert_id, account, status, final, origin, carried)
-
-
-_COUNT_NAMES = ("sent", "already_closed", "rejected", "failed", "skipped")
-
-
-def _count(value: Any) -> int | None:
-    """A non-negative JSON integer (booleans are not counts)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
-
-
-def decode_carried(data: Mapping[str, Any]) -> CarriedOutcomes | None:
-    """The outcomes a (progress) result record reports; None without readable counts."""
-    raw_counts = data.get("counts")
-    if not isinstance(raw_counts, dict):
-        return None
-    values: dict[str, int] = {}
-    for name in _COUNT_NAMES:
-        value = _count(raw_counts.get(name, 0))
-        if value is None:
-            return None
-        values[name] = value
-    counts = Counts(**values)
-    return CarriedOutcomes(
-        counts=counts,
-        orders=_decode_reports(data.get("orders"), counts),
-        sweeps=_count(data.get("sweeps")) or 0,
-        received_at=_parse_time(data.get("received_at")),
-        first_cancel_at=_parse_time(data.get("first_cancel_at")),
-    )
-
-
-def _decode_reports(raw: Any, counts: Counts) -> tuple[OrderReport, ...]:
-    """Per-order outcomes that agree with ``counts``; () when any entry is unreadable."""
-    if not isinstance(raw, list) or len(raw) > counts.resolved:
-        return ()
-    reports: dict[int, OrderReport] = {}
-    for entry in raw:
-        report = _decode_report(entry)
-        if report is None or report.order_id in reports:
-            return ()
-        reports[report.order_id] = report
-    out = tuple(reports.values())
-    if len(out) == counts.resolved:  # a complete list must tally with the counts
-        tally = Counts()
-        for report in out:
-            tally.add(report.outcome)
-        if tally != counts:
-            return ()
-    return out
-
-
-def _decode_report(entry: Any) -> OrderReport | None:
-    if not isinstance(entry, dict):
-        return None
-    order_id, symbol = _count(entry.get("order_id")), entry.get("symbol")
-    attempts = _count(entry.get("attempts", 0))
-    outcome, reason = entry.get("outcome"), entry.get("reason")
-    if order_id is None or not isinstance(symbol, str) or attempts is None:
-        return None
-    if not (isinstance(outcome, str) and outcome in _OUTCOMES):
-        return None
-    if not (reason is None or (isinstance(reason, str) and reason in _REASONS)):
-        return None
-    return OrderReport(
-        order_id, symbol, Outcome(outcome), attempts, RejectReason(reason) if reason else None
-    )
-
-
-_OUTCOMES = frozenset(o.value for o in Outcome)
-_REASONS = frozenset(r.value for r in RejectReason)
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def scope_to_json(scope: Scope) -> dict[str, Any]:

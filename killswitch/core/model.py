@@ -64,13 +64,13 @@ class KillRequest:
     scope: Scope
     received_at: datetime
     deadline_s: float  # seconds from received_at
+    # A replayed alert: what an earlier process published for it before it stopped.
+    carried: CarriedOutcomes | None = None
     latch: bool = False
     dry_run: bool = False
     source: str = ""
     reason: str = ""
     operator: str | None = None
-    # A replayed alert: what an earlier process published for it before it stopped.
-    carried: CarriedOutcomes | None = None
 
 
 @dataclass(slots=True)
