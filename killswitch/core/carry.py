@@ -17,6 +17,10 @@ Merge rule (:func:`carry_over`), per order id, earlier process first:
   list, plus its merged outcome. When both sides list every order they counted this
   is exactly the count of the merged per-order view; otherwise an order both
   concluded but one side did not list counts twice, and the result says so.
+- A final ``flat`` result proves, by the later process's complete listing, that no
+  order in scope is open: an earlier ``failed`` the later process never concluded
+  is ``sent``: a cancel was attempted and the order is gone, and an order absent from
+  a complete final listing is never ``failed``.
 
 Reading (:func:`carried_from_json`): a progress record is another process's output,
 trusted only as far as it is consistent. The store (:class:`CarryStore`) keeps the
@@ -32,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from killswitch.core.ledger import merge_outcome
-from killswitch.core.model import CarriedOutcomes, Counts, OrderReport, SweepResult
+from killswitch.core.model import CarriedOutcomes, Counts, OrderReport, SweepResult, SweepStatus
 from killswitch.core.outcomes import Outcome, RejectReason
 
 # Most order entries one result record lists. A kill of 100,000 orders must still fit
@@ -69,12 +73,23 @@ def _plus(a: Counts, b: Counts) -> Counts:
 
 
 def merge_outcomes(
-    carried: CarriedOutcomes, counts: Counts, orders: Iterable[OrderReport]
+    carried: CarriedOutcomes,
+    counts: Counts,
+    orders: Iterable[OrderReport],
+    *,
+    flat: bool = False,
 ) -> tuple[Counts, list[OrderReport]]:
-    """Counts and per-order reports of both processes (earlier orders first)."""
+    """Counts and per-order reports of both processes (earlier orders first).
+
+    ``flat``: the later process's complete listing found nothing in scope open, so
+    an order the earlier one reported ``failed`` and the later one never concluded
+    is gone after a cancel was attempted: ``sent`` (an order absent from a complete
+    final listing is never ``failed``)."""
     merged: dict[int, OrderReport] = {o.order_id: o for o in carried.orders}
     total = _plus(carried.counts, counts)
+    later_ids: set[int] = set()
     for later in orders:
+        later_ids.add(later.order_id)
         earlier = merged.get(later.order_id)
         if earlier is None:
             merged[later.order_id] = later
@@ -84,12 +99,34 @@ def merge_outcomes(
         _bump(total, earlier.outcome, -1)
         _bump(total, later.outcome, -1)
         _bump(total, report.outcome, +1)
+    if flat:
+        _failed_but_gone(carried, merged, later_ids, total)
     return total, list(merged.values())
+
+
+def _failed_but_gone(
+    carried: CarriedOutcomes, merged: dict[int, OrderReport], later_ids: set[int], total: Counts
+) -> None:
+    """Earlier ``failed`` outcomes the later process never touched become ``sent``,
+    those counted without per-order detail included."""
+    listed_failed = 0
+    for report in carried.orders:
+        if report.outcome is not Outcome.FAILED:
+            continue
+        listed_failed += 1
+        if report.order_id not in later_ids:
+            merged[report.order_id] = dataclasses.replace(report, outcome=Outcome.SENT)
+            _bump(total, Outcome.FAILED, -1)
+            _bump(total, Outcome.SENT, +1)
+    unlisted = carried.counts.failed - listed_failed
+    _bump(total, Outcome.FAILED, -unlisted)
+    _bump(total, Outcome.SENT, +unlisted)
 
 
 def carry_over(result: SweepResult, carried: CarriedOutcomes) -> SweepResult:
     """``result`` (this process's, final or progress) with an earlier process's outcomes."""
-    counts, orders = merge_outcomes(carried, result.counts, result.orders)
+    flat = result.final and result.status is SweepStatus.FLAT
+    counts, orders = merge_outcomes(carried, result.counts, result.orders, flat=flat)
     exact = carried.complete and len(result.orders) == result.counts.resolved
     n = carried.counts.resolved
     note = (

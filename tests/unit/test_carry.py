@@ -159,6 +159,40 @@ def test_carry_over_final_result() -> None:
     assert out.reason == "includes 3 outcome(s) an earlier process published before it stopped"
 
 
+@pytest.mark.parametrize(
+    ("status", "final", "expected"),
+    [
+        # flat: the replay's complete listing shows nothing open, so 5 is gone
+        (SweepStatus.FLAT, True, {1: SENT, 5: SENT, 6: REJECTED, 7: SENT}),
+        # not proven gone: the earlier failure stands
+        (SweepStatus.RESIDUAL, True, {1: SENT, 5: FAILED, 6: REJECTED, 7: SENT}),
+        (SweepStatus.FAILED, True, {1: SENT, 5: FAILED, 6: REJECTED, 7: SENT}),
+        (SweepStatus.RUNNING, False, {1: SENT, 5: FAILED, 6: REJECTED, 7: SENT}),
+    ],
+)
+def test_an_earlier_failure_is_sent_only_when_the_replay_proves_flat(
+    status: SweepStatus, final: bool, expected: dict[int, Outcome]
+) -> None:
+    base = result(report(7, SENT), final=final)
+    base.status = status
+    first = carried(report(1, SENT), report(5, FAILED), report(6, REJECTED))
+    out = carry_over(base, first)
+    assert {o.order_id: o.outcome for o in out.orders} == expected
+    assert out.counts == tally(out.orders)
+
+
+def test_a_failure_the_replay_concluded_keeps_the_replays_outcome() -> None:
+    out = carry_over(result(report(5, FAILED)), carried(report(5, FAILED)))
+    assert out.counts == Counts(failed=1)  # the replay's own answer, not a guess
+
+
+def test_flat_turns_failures_counted_without_detail_into_sent_too() -> None:
+    first = CarriedOutcomes(Counts(sent=4_000, failed=7), (report(1, FAILED),))
+    out = carry_over(result(report(9, SENT)), first)
+    assert out.counts == Counts(sent=4_008)
+    assert {o.order_id: o.outcome for o in out.orders} == {1: SENT, 9: SENT}
+
+
 def test_carry_over_says_when_an_order_may_count_twice() -> None:
     out = carry_over(result(report(9, SENT)), CarriedOutcomes(Counts(sent=5_000)))
     assert out.counts == Counts(sent=5_001)
