@@ -45,7 +45,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from killswitch.core.carry import RESULT_MAX_ORDERS, carried_from_json, carry_over
 from killswitch.core.model import (
+    CarriedOutcomes,
     HaltState,
     KillRequest,
     OrderReport,
@@ -451,10 +453,8 @@ def _order_json(order: OrderReport) -> dict[str, Any]:
     return out
 
 
-# Most order entries one result record lists. A kill of 100,000 orders must still fit
-# in one Kafka record (1 MB by default): the counts stay complete, the list is cut and
-# ``orders_omitted`` says by how much. Orders that did not go as planned come first.
-RESULT_MAX_ORDERS = 2_000
+# A result lists at most RESULT_MAX_ORDERS orders (see killswitch.core.carry); when
+# the list is cut, orders that did not go as planned come first.
 _LIST_FIRST = {Outcome.FAILED: 0, Outcome.REJECTED: 1}
 
 
@@ -517,23 +517,30 @@ def duplicate_result(
 
 
 def failed_result(request: KillRequest, reason: str, now: datetime) -> SweepResult:
-    """A final ``failed`` result when the engine could not work at all."""
-    return no_sweep_result(request, SweepStatus.FAILED, now, reason)
+    """A final ``failed`` result when the engine could not work at all (a replay keeps
+    what an earlier process published for it)."""
+    result = no_sweep_result(request, SweepStatus.FAILED, now, reason)
+    return result if request.carried is None else carry_over(result, request.carried)
 
 
 @dataclass(frozen=True, slots=True)
 class ResultSummary:
-    """What the dedup rebuild needs from a result record."""
+    """What the dedup rebuild (and, from progress results, a replay) needs from a result."""
 
     alert_id: str
     account: str
     status: str
     final: bool
     origin: Origin | None
+    carried: CarriedOutcomes | None = None  # progress results only
 
 
 def decode_result_summary(raw: bytes | None) -> ResultSummary | None:
-    """Read back a result record; None for anything that is not one (never raises)."""
+    """Read back a result record; None for anything that is not one (never raises).
+
+    A progress result's outcomes come back as ``carried`` (None when its counts are
+    unreadable; per-order outcomes dropped, counts kept, when its order list is
+    unreadable or disagrees with the counts)."""
     data = load_json_object(raw, 16 * 1024 * 1024)
     if isinstance(data, str) or data.get("schema") != RESULT_SCHEMA:
         return None
@@ -546,7 +553,9 @@ def decode_result_summary(raw: bytes | None) -> ResultSummary | None:
         topic, part, off = o.get("topic"), o.get("partition"), o.get("offset")
         if isinstance(topic, str) and isinstance(part, int) and isinstance(off, int):
             origin = Origin(topic, part, off)
-    return ResultSummary(alert_id, account, status, data.get("final") is True, origin)
+    final = data.get("final") is True
+    carried = None if final else carried_from_json(data)
+    return ResultSummary(alert_id, account, status, final, origin, carried)
 
 
 def scope_to_json(scope: Scope) -> dict[str, Any]:

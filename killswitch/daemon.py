@@ -288,7 +288,10 @@ async def _start(
     stack.push_async_callback(index.close)
     await index.start()
     await index.catch_up(_STARTUP_READ_TIMEOUT_S)
-    log.info("dedup window rebuilt", extra={"results": index.learned})
+    log.info(
+        "dedup window rebuilt",
+        extra={"results": index.learned, "unfinished_with_progress": len(index.carry)},
+    )
 
     intake = Intake(
         IntakeConfig.from_settings(settings),

@@ -64,6 +64,8 @@ class KillRequest:
     scope: Scope
     received_at: datetime
     deadline_s: float  # seconds from received_at
+    # A replayed alert: what an earlier process published for it before it stopped.
+    carried: CarriedOutcomes | None = None
     latch: bool = False
     dry_run: bool = False
     source: str = ""
@@ -98,6 +100,24 @@ class OrderReport:
     outcome: Outcome
     attempts: int
     reason: RejectReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CarriedOutcomes:
+    """The last progress result an earlier process published for one (alert, account)
+    before it stopped without a final one; folded into the replay's results
+    (:func:`killswitch.core.carry.carry_over`)."""
+
+    counts: Counts = field(hash=False)
+    orders: tuple[OrderReport, ...] = ()  # per-order outcomes, when they fitted the record
+    sweeps: int = 0
+    received_at: datetime | None = None
+    first_cancel_at: datetime | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every counted outcome is in ``orders`` (so overlaps can be found)."""
+        return len(self.orders) == self.counts.resolved
 
 
 @dataclass(slots=True)

@@ -52,6 +52,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from killswitch.config import EngineSettings
+from killswitch.core.carry import RESULT_MAX_ORDERS, carry_over
 from killswitch.core.ledger import Ledger, covers
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order
@@ -851,6 +852,18 @@ class Sweep:
 
     # ------------------------------------------------------------- reporting
 
+    def _reported(self, ticket: Ticket, *, final: bool) -> SweepResult:
+        """:meth:`result_for` as published: a progress result lists the outcomes so far
+        while they fit one record, and a replayed alert's results include what an
+        earlier process published for it (:mod:`killswitch.core.carry`)."""
+        result = self.result_for(ticket, final=final)
+        if not final and len(self.ledger) <= RESULT_MAX_ORDERS:
+            result.orders = self.ledger.reports(
+                None if ticket.scope == self.scope else ticket.scope
+            )
+        carried = ticket.request.carried
+        return result if carried is None else carry_over(result, carried)
+
     async def _progress_loop(self) -> None:
         interval = self.settings.progress_interval_s
         while True:
@@ -859,7 +872,7 @@ class Sweep:
                 if ticket.progress is None or ticket.future.done():
                     continue
                 try:
-                    await ticket.progress(self.result_for(ticket, final=False))
+                    await ticket.progress(self._reported(ticket, final=False))
                 except Exception:  # a sink problem must not stop the sweep
                     log.exception("progress sink failed", extra={"account": self.account})
 
@@ -921,7 +934,7 @@ class Sweep:
             self.observer.residual(self.account, self.ledger.residual(self.scope))
         mono = asyncio.get_running_loop().time()
         for ticket in self.tickets:
-            result = self.result_for(ticket, final=True)
+            result = self._reported(ticket, final=True)
             if result.status is SweepStatus.FLAT:
                 self.observer.flat(max(0.0, mono - ticket.received_mono))
             if not ticket.future.done():

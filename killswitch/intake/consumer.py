@@ -437,7 +437,7 @@ class Intake:
                 future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
                 self._in_flight[(alert.alert_id, request.account)] = future
                 self._queued[request.account] += 1
-                steps.append(_Step(request, Seen.NEW, future=future))
+                steps.append(_Step(self._with_carried(request), Seen.NEW, future=future))
             else:
                 steps.append(_Step(request, verdict.seen, previous=verdict.previous_status))
         if decision.all_repeats:
@@ -447,6 +447,12 @@ class Intake:
         else:
             result = "processed"
         return _Plan(label=label, result=result, steps=steps, action=alert.action)
+
+    def _with_carried(self, request: KillRequest) -> KillRequest:
+        """A replay: what an earlier process published for it goes into its results."""
+        index = self._results_index
+        carried = index.carried(request.alert_id, request.account) if index is not None else None
+        return request if carried is None else dataclasses.replace(request, carried=carried)
 
     async def _execute(
         self, record: ConsumerRecord[Any, Any], plan: _Plan, origin: Origin, received: datetime
@@ -493,10 +499,11 @@ class Intake:
         status: str | None = None
         try:
             result = await self._call_engine(request, action, origin, started)
+            carried = request.carried.counts.resolved if request.carried else 0
             if (
                 self._stopping
                 and result.status is SweepStatus.FAILED
-                and not result.counts.resolved
+                and result.counts.resolved <= carried
             ):
                 # Could not work while shutting down (e.g. the engine refused): replay it
                 # after the restart rather than record a failure for good.
