@@ -1,0 +1,311 @@
+"""Scope pairs checked before any request, the pair list's sources, ``not_found`` ids.
+
+Over real sockets: the exchange simulator on loopback, the embedded Kafka broker, the
+daemon in process. Flatness and "no request was made" are read from the simulator's
+own books and request log, not from what the daemon reports.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from killswitch.daemon import Daemon
+from killswitch.exchange.client import ExchangeClient
+from killswitch.exchange.errors import ExchangeUnavailable
+from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
+from killswitch.exchange.simulator.core import LogEntry
+from killswitch.exchange.simulator.testing import account_settings, register_test_client
+from killswitch.operator import TriggerRequest, prepare_trigger, run_trigger
+from killswitch.render import EXIT_NOT_FOUND, EXIT_REFUSED
+from tests.conftest import wait_for
+from tests.integration.daemon_harness import (
+    Exchange,
+    daemon_in_process,
+    daemon_settings,
+    exchange,
+    prepare_topics,
+)
+from tests.integration.intake_harness import TopicReader, alert_message, produce
+
+pytestmark = pytest.mark.integration
+
+Unique = Callable[[str], str]
+
+# Every exchange-info call fails (the client's retries included) while this is set.
+INFO_DOWN = EndpointFaults(error_rate=1.0, error_statuses=(503,))
+# The observability probe lists one short page per account; a sweep never asks for 2.
+_PROBE_QUERY = "limit=2"
+
+
+def _alert_requests(ex: Exchange, since: int) -> list[LogEntry]:
+    """Signed requests after ``since`` that a kill would make (not the readiness probe)."""
+    return [
+        e
+        for e in ex.sim.log_since(since)
+        if e.client is not None and not (e.endpoint == "open_orders" and _PROBE_QUERY in e.query)
+    ]
+
+
+def _last_seq(ex: Exchange) -> int:
+    entries = ex.sim.log_since(0)
+    return entries[-1].seq if entries else 0
+
+
+async def _metric(daemon: Daemon, name: str, **labels: str) -> float:
+    url_of = daemon.observability.url
+    assert url_of is not None
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{url_of()}/metrics")).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def _set_unknown_symbol(sim: Simulator, mode: str) -> None:
+    # The simulator's knob for exchanges that list an unknown pair as [] ("empty")
+    # instead of answering 400 ("invalid", the default).
+    if mode != "invalid":
+        sim.unknown_symbol = mode  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------ daemon end to end
+
+
+@pytest.mark.parametrize("unknown_symbol", ["invalid", "empty"])
+async def test_alerts_naming_unknown_pairs_are_dead_lettered_before_any_request(
+    kafka_bootstrap: str, unique_name: Unique, unknown_symbol: str
+) -> None:
+    async with exchange() as ex:
+        _set_unknown_symbol(ex.sim, unknown_symbol)
+        settings = daemon_settings(
+            kafka_bootstrap, unique_name, ex, metrics={"enabled": True, "port": 0}
+        )
+        await prepare_topics(settings)
+        topics = settings.kafka.topics
+        seeded = ex.seed("mm-1", 5)
+        bad = {"typo-case": "btc_usdt", "typo-sep": "BTCUSDT", "typo-none": "NOPE_USDT"}
+        async with (
+            TopicReader(kafka_bootstrap, topics.results) as results,
+            TopicReader(kafka_bootstrap, topics.dlq) as dlq,
+            daemon_in_process(settings) as run,
+        ):
+            since = _last_seq(ex)
+            await produce(
+                settings,
+                [
+                    alert_message(alert_id, scope={"symbols": [symbol]})
+                    for alert_id, symbol in bad.items()
+                ],
+            )
+            await wait_for(lambda: len(dlq.records) == 3, timeout=20)
+            by_id = {r["alert_id"]: r for r in dlq.records}
+            assert set(by_id) == set(bad)
+            assert {r["kind"] for r in dlq.records} == {"invalid"}
+            assert "btc_usdt (did you mean BTC_USDT?)" in by_id["typo-case"]["reason"]
+            assert "BTCUSDT (did you mean BTC_USDT?)" in by_id["typo-sep"]["reason"]
+            assert "NOPE_USDT (" in by_id["typo-none"]["reason"]
+            assert "BTC_USDT?" not in by_id["typo-none"]["reason"]
+            assert _alert_requests(ex, since) == []  # no listing, no cancel, for any of them
+            assert ex.open_ids("mm-1") == seeded
+            assert await _metric(run.daemon, "killswitch_alerts_total", result="invalid") == 3
+            assert await _metric(run.daemon, "killswitch_dlq_total", reason="invalid") == 3
+
+            # A known pair still goes through (the check does not refuse everything).
+            await produce(settings, [alert_message("good-1", scope={"symbols": ["BTC_USDT"]})])
+            await wait_for(lambda: len(results.finals("good-1")) == 1, timeout=20)
+            assert results.finals("good-1")[0]["status"] == "flat"
+            assert results.finals() == results.finals("good-1")  # none for the refused
+            btc = {e.order_id for e in ex.sim.request_log if e.endpoint == "cancel"}
+            assert btc
+            assert ex.open_ids("mm-1") == seeded - btc
+            assert len(ex.open_ids("mm-1")) == 5  # the ETH_USDT orders stay open
+
+
+async def test_no_pair_list_at_all_the_kill_runs_but_is_never_flat(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    async with exchange() as ex:
+        ex.sim.set_faults(INFO_DOWN, "exchange_info")
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        ex.seed("mm-1", 4)
+        async with (
+            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            daemon_in_process(settings),
+        ):
+            await produce(settings, [alert_message("blind-1", scope={"symbols": ["BTC_USDT"]})])
+            await wait_for(lambda: len(results.finals("blind-1")) == 1, timeout=30)
+            final = results.finals("blind-1")[0]
+            assert final["status"] == "residual"
+            assert final["reason"].startswith("pairs could not be checked (")
+            assert "no pair list: exchange-info failed" in final["reason"]
+            assert final["counts"]["sent"] == 4  # it cancelled what it could
+            assert len(ex.open_ids("mm-1")) == 4  # only the ETH_USDT orders are left
+
+
+async def test_configured_symbols_stand_in_when_exchange_info_never_answers(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    async with exchange() as ex:
+        ex.sim.set_faults(INFO_DOWN, "exchange_info")
+        pairs = {"symbols": ["BTC_USDT", "ETH_USDT"]}
+        settings = daemon_settings(
+            kafka_bootstrap, unique_name, ex, account_mm_1=pairs, account_mm_2=pairs
+        )
+        await prepare_topics(settings)
+        topics = settings.kafka.topics
+        ex.seed("mm-1", 3)
+        async with (
+            TopicReader(kafka_bootstrap, topics.results) as results,
+            TopicReader(kafka_bootstrap, topics.dlq) as dlq,
+            daemon_in_process(settings),
+        ):
+            await produce(settings, [alert_message("cfg-bad", scope={"symbols": ["btc_usdt"]})])
+            await wait_for(lambda: len(dlq.records) == 1, timeout=20)
+            assert "did you mean BTC_USDT?" in dlq.records[0]["reason"]
+            # A whole-account kill lists the configured pairs and can prove flat.
+            await produce(settings, [alert_message("cfg-all")])
+            await wait_for(lambda: len(results.finals("cfg-all")) == 1, timeout=20)
+            assert results.finals("cfg-all")[0]["status"] == "flat"
+            assert ex.open_ids("mm-1") == set()
+
+
+def _trigger(accounts: list[str], **kw: Any) -> TriggerRequest:
+    return TriggerRequest("kill", accounts, reason="test", operator="alice", **kw)
+
+
+async def test_cli_trigger_exit_codes_refused_and_not_found(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    async with exchange() as ex:
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        seeded = sorted(ex.seed("mm-2", 2, symbols=["BTC_USDT"]))
+        async with daemon_in_process(settings):
+            out = io.StringIO()
+            refused = prepare_trigger(
+                _trigger(["mm-2"], symbols=["btc_usdt"]), settings, now=datetime.now(UTC)
+            )
+            run = await run_trigger(settings, refused, out=out, tty=False, timeout_s=30)
+            assert run.exit_code == EXIT_REFUSED == 2
+            assert "refused (invalid: unknown pair(s): btc_usdt (did you mean BTC_USDT?)" in (
+                out.getvalue()
+            )
+            assert len(ex.open_ids("mm-2")) == 2
+
+            out = io.StringIO()
+            ghost = 9_000_000_001
+            asked = prepare_trigger(
+                _trigger(["mm-2"], symbols=["BTC_USDT"], order_ids=[seeded[0], ghost]),
+                settings,
+                now=datetime.now(UTC),
+            )
+            run = await run_trigger(settings, asked, out=out, tty=False, timeout_s=30)
+            assert run.exit_code == EXIT_NOT_FOUND == 3
+            row = run.board.rows["mm-2"]
+            assert (row.status, row.not_found) == ("flat", (ghost,))
+            assert ex.open_ids("mm-2") == {seeded[1]}
+            assert f"never found open, not cancelled by this kill: {ghost}" in out.getvalue()
+
+
+# ------------------------------------------------------------ the client's pair list
+
+
+class Clock:
+    """A monotonic clock the test moves (the cache's age), nothing else faked."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _client_env(**overrides: Any) -> tuple[Simulator, SimulatorServer, ExchangeClient, Clock]:
+    sim = Simulator(seed=3)
+    api_key, pem = register_test_client(sim, name="acct-1")
+    server = SimulatorServer(sim)
+    await server.start()
+    clock = Clock()
+    settings = account_settings(
+        server.base_url, api_key, pem, backoff_base_s=0.001, backoff_cap_s=0.002, **overrides
+    )
+    client = ExchangeClient(settings, exchange_info_ttl_s=60.0, monotonic=clock)
+    return sim, server, client, clock
+
+
+async def test_the_pair_list_is_kept_when_exchange_info_starts_failing() -> None:
+    sim, server, client, clock = await _client_env()
+    try:
+        fresh = await client.pair_list()
+        assert fresh.source == "exchange"
+        assert fresh.error is None
+        assert set(sim.symbols) == fresh.symbols
+        assert client.cached_pair_list() == fresh
+        clock.now += 61  # past the cache lifetime
+        sim.set_faults(INFO_DOWN, "exchange_info")
+        before = sim.count(endpoint="exchange_info")
+        kept = await client.pair_list()
+        assert kept.source == "stale"
+        assert kept.symbols == fresh.symbols
+        assert "503" in (kept.error or "")
+        assert sim.count(endpoint="exchange_info") > before  # it did ask
+        assert {s.symbol for s in await client.exchange_info()} == fresh.symbols
+        # The exchange answers again: a fresh list, from the exchange.
+        sim.clear_faults()
+        clock.now += 10  # past the pause after a failure
+        assert (await client.pair_list()).source == "exchange"
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_configured_symbols_when_exchange_info_never_answered() -> None:
+    sim, server, client, _ = await _client_env(symbols=["BTC_USDT", "ZZZ_IDR"])
+    try:
+        sim.set_faults(INFO_DOWN, "exchange_info")
+        assert client.cached_pair_list() is None  # nothing tried yet
+        pairs = await client.pair_list()
+        assert pairs.source == "configured"
+        assert pairs.symbols == {"BTC_USDT", "ZZZ_IDR"}
+        assert "503" in (pairs.error or "")
+        info = await client.exchange_info()
+        assert [(s.symbol, s.base_asset, s.quote_asset) for s in info] == [
+            ("BTC_USDT", "BTC", "USDT"),
+            ("ZZZ_IDR", "ZZZ", "IDR"),
+        ]
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_no_source_of_pairs_says_so() -> None:
+    sim, server, client, clock = await _client_env()
+    try:
+        sim.set_faults(INFO_DOWN, "exchange_info")
+        with pytest.raises(ExchangeUnavailable) as info:
+            await client.pair_list()
+        text = str(info.value)
+        assert "no pair list: exchange-info failed (gave up after" in text
+        assert text.endswith("and account has no `symbols` setting")
+        calls = sim.count(endpoint="exchange_info")
+        # Right after a failure the answer is the same, without asking again.
+        with pytest.raises(ExchangeUnavailable):
+            await client.exchange_info()
+        assert sim.count(endpoint="exchange_info") == calls
+        clock.now += 10
+        sim.clear_faults()
+        assert (await client.pair_list()).source == "exchange"
+    finally:
+        await client.close()
+        await server.close()
