@@ -32,7 +32,15 @@ from tests.integration.daemon_harness import (
     exchange,
     prepare_topics,
 )
-from tests.integration.intake_harness import TopicReader, alert_message, produce
+from tests.integration.intake_harness import (
+    FakeEngine,
+    TopicReader,
+    alert_message,
+    create_all_topics,
+    make_settings,
+    produce,
+    running_intake,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -216,6 +224,53 @@ async def test_cli_trigger_exit_codes_refused_and_not_found(
             assert (row.status, row.not_found) == ("flat", (ghost,))
             assert ex.open_ids("mm-2") == {seeded[1]}
             assert f"never found open, not cancelled by this kill: {ghost}" in out.getvalue()
+
+
+# ------------------------------------------------------------------ the intake's check
+
+
+async def test_a_warm_pair_list_costs_no_request_a_cold_one_is_fetched_once(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # The intake's pair lists are real clients against the simulator; the engine is
+    # the intake harness's recording one.
+    sim, server, client, _ = await _client_env()
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    engine = FakeEngine()
+    lists: dict[str, ExchangeClient] = {"mm-1": client}  # mm-2 joins later, cold
+    try:
+        await client.pair_list()  # warm, as the daemon does at start-up
+        calls = sim.count(endpoint="exchange_info")
+        async with (
+            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            running_intake(settings, engine, pairs=lists) as run,
+        ):
+            await produce(settings, [alert_message("warm-1", scope={"symbols": ["BTC_USDT"]})])
+            await wait_for(lambda: len(results.finals("warm-1")) == 1)
+            assert engine.started == ["warm-1"]  # begun while the record was read
+            assert sim.count(endpoint="exchange_info") == calls  # no request to check
+
+            # mm-2's list was never fetched: one fetch, then the same decision.
+            api_key, pem = register_test_client(sim, name="mm-2")
+            cold = ExchangeClient(account_settings(server.base_url, api_key, pem, "mm-2"))
+            lists["mm-2"] = cold
+            try:
+                await produce(
+                    settings,
+                    [alert_message("cold-1", ["mm-2"], scope={"symbols": ["ETH_USDT"]})],
+                    key="mm-2",
+                )
+                await wait_for(lambda: len(results.finals("cold-1")) == 1)
+                assert [c.alert_id for c in engine.calls][-1] == "cold-1"
+                assert sim.count(endpoint="exchange_info") == calls + 1
+                assert cold.cached_pair_list() is not None
+            finally:
+                await cold.close()
+            assert run.observer.alerts == [("alerts", "processed"), ("alerts", "processed")]
+    finally:
+        await client.close()
+        await server.close()
 
 
 # ------------------------------------------------------------ the client's pair list
