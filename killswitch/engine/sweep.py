@@ -39,6 +39,7 @@ from killswitch.core.ledger import Ledger, covers
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order
 from killswitch.core.outcomes import Outcome, RejectReason
+from killswitch.core.pairs import PairList
 from killswitch.core.planning import (
     CancelQueue,
     Next,
@@ -348,7 +349,17 @@ class Sweep:
             self._listing_unanswered(f"exchange unavailable reading exchange info: {exc}")
             return None
         self._exchange_answered()
+        self._note_pair_source()
         return symbols_to_list(self.scope, (s.symbol for s in info))
+
+    def _note_pair_source(self) -> None:
+        """Say in the result when the pairs listed were not the exchange's current list."""
+        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
+        pairs = cached() if callable(cached) else None
+        if isinstance(pairs, PairList) and pairs.source != "exchange":
+            note = f"pairs from the {pairs.source} pair list (exchange-info: {pairs.error})"
+            if note not in self.notes:
+                self.notes.append(note)
 
     def _exchange_answered(self) -> None:
         """A usable answer (a page, a cancel outcome): the exchange is reachable."""

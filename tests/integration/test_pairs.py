@@ -184,7 +184,9 @@ async def test_configured_symbols_stand_in_when_exchange_info_never_answers(
             # A whole-account kill lists the configured pairs and can prove flat.
             await produce(settings, [alert_message("cfg-all")])
             await wait_for(lambda: len(results.finals("cfg-all")) == 1, timeout=20)
-            assert results.finals("cfg-all")[0]["status"] == "flat"
+            final = results.finals("cfg-all")[0]
+            assert final["status"] == "flat"
+            assert final["reason"].startswith("pairs from the configured pair list (")
             assert ex.open_ids("mm-1") == set()
 
 
