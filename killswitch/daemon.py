@@ -47,6 +47,7 @@ from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient, ExchangeClients
 from killswitch.exchange.errors import ExchangeError
 from killswitch.exchange.signing import KeyLoadError
+from killswitch.health import HealthServerError
 from killswitch.intake.consumer import Intake, IntakeConfig
 from killswitch.intake.kafka import ensure_topics, make_producer
 from killswitch.intake.lag import watch_loop_lag
@@ -242,10 +243,7 @@ async def _start(
     topics = kafka.topics
     instance = f"{kafka.client_id}-{uuid.uuid4().hex[:8]}"
     obs = build_observability(settings)
-    if obs.start is not None:
-        await obs.start()
-    if obs.stop is not None:
-        stack.push_async_callback(obs.stop)
+    await _start_listener(obs, stack)
 
     # Keys first: a bad key is a configuration error, found before touching Kafka.
     try:
@@ -349,6 +347,20 @@ async def _start(
         ownership,
     )
     return daemon, tasks
+
+
+async def _start_listener(obs: Observability, stack: contextlib.AsyncExitStack) -> None:
+    """The /metrics listener; a busy port is a configuration error (one line, exit 2)."""
+    if obs.start is not None:
+        try:
+            await obs.start()
+        except HealthServerError as exc:
+            raise ConfigError(
+                f"{exc} (another process uses it? set metrics.port or "
+                "KILLSWITCH_METRICS__PORT; 0 picks a free port)"
+            ) from None
+    if obs.stop is not None:
+        stack.push_async_callback(obs.stop)
 
 
 async def _move_guards(intake: Intake, ownership: Ownership, engine: Engine) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -255,9 +256,9 @@ class HealthServer:
         except OSError as exc:
             await runner.cleanup()
             where = f"{self._host}:{self._requested_port}"
-            raise HealthServerError(
-                f"metrics listener cannot bind {where}: {exc.strerror or exc}"
-            ) from None
+            # aiohttp re-raises with a long message of its own; errno says it all.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise HealthServerError(f"metrics listener cannot bind {where}: {reason}") from None
         self._runner = runner
         self._port = int(runner.addresses[0][1])
         log.info("metrics and health listener on %s", self.url)
