@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -79,22 +79,17 @@ async def _metric(daemon: Daemon, name: str, **labels: str) -> float:
     )
 
 
-def _set_unknown_symbol(sim: Simulator, mode: str) -> None:
-    # The simulator's knob for exchanges that list an unknown pair as [] ("empty")
-    # instead of answering 400 ("invalid", the default).
-    if mode != "invalid":
-        sim.unknown_symbol = mode  # type: ignore[attr-defined]
-
-
 # ------------------------------------------------------------------ daemon end to end
 
 
 @pytest.mark.parametrize("unknown_symbol", ["invalid", "empty"])
 async def test_alerts_naming_unknown_pairs_are_dead_lettered_before_any_request(
-    kafka_bootstrap: str, unique_name: Unique, unknown_symbol: str
+    kafka_bootstrap: str, unique_name: Unique, unknown_symbol: Literal["invalid", "empty"]
 ) -> None:
     async with exchange() as ex:
-        _set_unknown_symbol(ex.sim, unknown_symbol)
+        # "empty": the exchange lists a pair it does not trade as [] (what used to end
+        # flat); "invalid": it answers 400 (the default).
+        ex.sim.unknown_symbol = unknown_symbol
         settings = daemon_settings(
             kafka_bootstrap, unique_name, ex, metrics={"enabled": True, "port": 0}
         )
@@ -159,6 +154,14 @@ async def test_no_pair_list_at_all_the_kill_runs_but_is_never_flat(
             assert "no pair list: exchange-info failed" in final["reason"]
             assert final["counts"]["sent"] == 4  # it cancelled what it could
             assert len(ex.open_ids("mm-1")) == 4  # only the ETH_USDT orders are left
+
+            # The worst case: a pair the exchange does not trade, listed as [] there.
+            ex.sim.unknown_symbol = "empty"
+            await produce(settings, [alert_message("blind-2", scope={"symbols": ["NOPE_USDT"]})])
+            await wait_for(lambda: len(results.finals("blind-2")) == 1, timeout=30)
+            final = results.finals("blind-2")[0]
+            assert final["status"] == "residual"
+            assert final["reason"].startswith("pairs could not be checked (")
 
 
 async def test_configured_symbols_stand_in_when_exchange_info_never_answers(
