@@ -69,6 +69,10 @@ _THREAD_PARSE_BYTES = 64 * 1024
 _POLL_MS = 100
 _PUBLISH_BACKOFF_MAX_S = 5.0
 _LAG_REPORT_S = 1.0
+# Longest an alert waits for a pair list that is not cached (normally one round trip):
+# past this its kill runs with its pairs unchecked rather than wait out the client's
+# retries against a failing exchange-info.
+PAIR_FETCH_WAIT_S = 2.0
 
 
 def utc_now() -> datetime:
@@ -171,6 +175,7 @@ class Intake:
         # Per account: scope pairs are checked against these before any request.
         self._pairs = pairs
         self._pair_errors: dict[str, str] = {}  # why an account has no pair list
+        self._pair_fetches: dict[str, asyncio.Task[None]] = {}  # running, per account
         self._on_consuming = on_consuming or (lambda consuming: None)
         self._on_assignment = on_assignment
         self._clock = clock
@@ -312,6 +317,8 @@ class Intake:
         if self._committer is not None:
             await cancel_and_wait(self._committer)
             self._committer = None
+        for fetch in list(self._pair_fetches.values()):
+            await cancel_and_wait(fetch)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             with contextlib.suppress(KafkaError):
@@ -431,19 +438,35 @@ class Intake:
         return fetch
 
     async def _fetch_pairs(self, accounts: Sequence[str]) -> None:
-        """One pair-list fetch per account (failures are remembered, not raised)."""
-        assert self._pairs is not None
-        pairs = self._pairs
+        """One pair-list fetch per account (failures are remembered, not raised),
+        awaited for at most :data:`PAIR_FETCH_WAIT_S`: a kill does not wait out the
+        client's whole retry budget for a list; it runs unchecked instead (never
+        ``flat``), and a fetch still running finishes for the next alert."""
+        tasks = {a: self._pair_fetches.get(a) or self._start_pair_fetch(a) for a in accounts}
+        _, late = await asyncio.wait(tasks.values(), timeout=PAIR_FETCH_WAIT_S)
+        for account, task in tasks.items():
+            if task in late:
+                self._pair_errors.setdefault(
+                    account, f"exchange-info gave no answer within {PAIR_FETCH_WAIT_S:g}s"
+                )
 
-        async def fetch(account: str) -> None:
+    def _start_pair_fetch(self, account: str) -> asyncio.Task[None]:
+        assert self._pairs is not None
+        lister = self._pairs[account]
+
+        async def fetch() -> None:
             try:
-                await pairs[account].pair_list()
+                await lister.pair_list()
             except Exception as exc:  # no source of pairs: the kill runs unchecked
                 self._pair_errors[account] = str(exc)
             else:
                 self._pair_errors.pop(account, None)
+            finally:
+                self._pair_fetches.pop(account, None)
 
-        await asyncio.gather(*(fetch(a) for a in accounts))
+        task = asyncio.create_task(fetch(), name=f"pairs-{account}")
+        self._pair_fetches[account] = task
+        return task
 
     def _check_pairs(self, alert: Alert, requests: list[KillRequest]) -> PairVerdict:
         """The scope's pairs against each target account's cached pair list."""

@@ -22,6 +22,7 @@ from killswitch.exchange.errors import ExchangeUnavailable
 from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
 from killswitch.exchange.simulator.core import LogEntry
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
+from killswitch.intake.consumer import PAIR_FETCH_WAIT_S
 from killswitch.operator import TriggerRequest, prepare_trigger, run_trigger
 from killswitch.render import EXIT_NOT_FOUND, EXIT_REFUSED
 from tests.conftest import wait_for
@@ -162,6 +163,35 @@ async def test_no_pair_list_at_all_the_kill_runs_but_is_never_flat(
             final = results.finals("blind-2")[0]
             assert final["status"] == "residual"
             assert final["reason"].startswith("pairs could not be checked (")
+
+
+async def test_a_slow_pair_list_does_not_hold_a_kill_back(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # exchange-info answers, but only after the intake stopped waiting for it: the
+    # kill runs unchecked (never flat); the next alert finds the list cached.
+    async with exchange() as ex:
+        slow = EndpointFaults(latency_ms=(PAIR_FETCH_WAIT_S + 1.5) * 1000)
+        ex.sim.set_faults(slow, "exchange_info")
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        ex.seed("mm-1", 2)
+        async with (
+            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            daemon_in_process(settings),
+        ):
+            await produce(settings, [alert_message("slow-1", scope={"symbols": ["BTC_USDT"]})])
+            await wait_for(lambda: len(results.finals("slow-1")) == 1, timeout=30)
+            final = results.finals("slow-1")[0]
+            assert final["status"] == "residual"
+            assert f"no answer within {PAIR_FETCH_WAIT_S:g}s" in final["reason"]
+            assert final["counts"]["sent"] == 2
+            # The fetch went on and its answer is kept: the next kill is checked.
+            await wait_for(lambda: ex.sim.count(endpoint="exchange_info", status=200) >= 2)
+            await produce(settings, [alert_message("slow-2", scope={"symbols": ["ETH_USDT"]})])
+            await wait_for(lambda: len(results.finals("slow-2")) == 1, timeout=30)
+            assert results.finals("slow-2")[0]["status"] == "flat"
+            assert ex.open_ids("mm-1") == set()
 
 
 async def test_configured_symbols_stand_in_when_exchange_info_never_answers(
