@@ -164,6 +164,14 @@ async def test_no_pair_list_at_all_the_kill_runs_but_is_never_flat(
             assert final["status"] == "residual"
             assert final["reason"].startswith("pairs could not be checked (")
 
+            # A whole-account kill needs the list to know what to list: it fails, saying so.
+            await produce(settings, [alert_message("blind-all")])
+            await wait_for(lambda: len(results.finals("blind-all")) == 1, timeout=30)
+            final = results.finals("blind-all")[0]
+            assert final["status"] == "failed"
+            assert "no pair list: exchange-info failed (" in final["reason"]
+            assert final["reason"].endswith("and account has no `symbols` setting")
+
 
 async def test_a_slow_pair_list_does_not_hold_a_kill_back(
     kafka_bootstrap: str, unique_name: Unique
