@@ -33,8 +33,8 @@ __all__ = [
 
 PairSource = Literal["exchange", "stale", "configured"]
 """``exchange``: the exchange answered within the cache lifetime; ``stale``: the last
-good answer, kept because a refresh failed; ``configured``: the account's ``symbols``
-setting, because the exchange never answered."""
+good answer, older than that (not refreshed yet, or kept because a refresh failed);
+``configured``: the account's ``symbols`` setting, because the exchange never answered."""
 
 # What a pair name may look like (alerts' scopes and the accounts' ``symbols`` setting).
 PAIR_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$"
@@ -48,8 +48,9 @@ _SEPARATORS = re.compile(r"[^0-9A-Z]")
 class PairList:
     """The pairs an account can trade, and where that list came from.
 
-    ``error`` is why the exchange's current answer is not in it (``stale`` and
-    ``configured`` lists), else None.
+    ``error`` says why the exchange's current answer is not in it (``stale`` and
+    ``configured`` lists: the refresh's error, or that the list is past its lifetime),
+    else None.
     """
 
     symbols: frozenset[str]
