@@ -62,6 +62,7 @@ from killswitch.exchange.errors import (
     ExchangeUnavailable,
     InvalidRequest,
     NotFound,
+    Redirected,
 )
 
 log = logging.getLogger(__name__)
@@ -438,7 +439,7 @@ class Sweep:
         except ExchangeUnavailable as exc:
             p.complete = False
             self._listing_unanswered(f"exchange unavailable listing {symbol}: {exc}")
-        except (InvalidRequest, NotFound) as exc:
+        except (InvalidRequest, NotFound, Redirected) as exc:  # a redirect stops the sweep there
             await self._unlistable(p, symbol, exc)
         finally:
             self._producer_done(p)

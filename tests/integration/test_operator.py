@@ -456,12 +456,17 @@ async def test_status_without_a_state_topic(
 # -------------------------------------------------------------------------- check
 
 
+@pytest.mark.parametrize("public_auth", [False, True])
 async def test_check_passes_and_fails_per_account(
     kafka_bootstrap: str,
     unique_name: Unique,
     capsys: pytest.CaptureFixture[str],
+    public_auth: bool,
 ) -> None:
     sim = Simulator(seed=1)
+    # True: an exchange that wants even its public endpoints signed; a working key is
+    # still a working key there.
+    sim.public_auth = public_auth
     keys = {a: register_test_client(sim, name=a) for a in ("mm-1", "mm-2", "arb-1")}
     sim.seed_orders(keys["mm-1"][0], sim.symbols[0], 3)
     sim.revoke(keys["mm-2"][0])

@@ -51,14 +51,18 @@ Unique = Callable[[str], str]
 INFO_DOWN = EndpointFaults(error_rate=1.0, error_statuses=(503,))
 # The observability probe lists one short page per account; a sweep never asks for 2.
 _PROBE_QUERY = "limit=2"
+_PUBLIC = frozenset({"time", "exchange_info"})
 
 
 def _alert_requests(ex: Exchange, since: int) -> list[LogEntry]:
-    """Signed requests after ``since`` that a kill would make (not the readiness probe)."""
+    """Requests on orders after ``since`` that a kill would make: not the public ones
+    (the daemon's probes read time and pairs; that the check itself costs no request is
+    test_a_warm_pair_list_costs_no_request...), nor the readiness probe's short page."""
     return [
         e
         for e in ex.sim.log_since(since)
-        if e.client is not None and not (e.endpoint == "open_orders" and _PROBE_QUERY in e.query)
+        if e.endpoint not in _PUBLIC
+        and not (e.endpoint == "open_orders" and _PROBE_QUERY in e.query)
     ]
 
 
@@ -83,11 +87,18 @@ async def _metric(daemon: Daemon, name: str, **labels: str) -> float:
 # ------------------------------------------------------------------ daemon end to end
 
 
-@pytest.mark.parametrize("unknown_symbol", ["invalid", "empty"])
+@pytest.mark.parametrize(
+    ("unknown_symbol", "public_auth"), [("invalid", False), ("empty", False), ("empty", True)]
+)
 async def test_alerts_naming_unknown_pairs_are_dead_lettered_before_any_request(
-    kafka_bootstrap: str, unique_name: Unique, unknown_symbol: Literal["invalid", "empty"]
+    kafka_bootstrap: str,
+    unique_name: Unique,
+    unknown_symbol: Literal["invalid", "empty"],
+    public_auth: bool,
 ) -> None:
     async with exchange() as ex:
+        # public_auth: the exchange wants exchange-info signed; the pair list still comes.
+        ex.sim.public_auth = public_auth
         # "empty": the exchange lists a pair it does not trade as [] (what used to end
         # flat); "invalid": it answers 400 (the default).
         ex.sim.unknown_symbol = unknown_symbol
