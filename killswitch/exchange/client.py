@@ -1041,12 +1041,15 @@ def _configured_info(symbol: str) -> SymbolInfo:
 
 
 def _no_pair_list(exc: ExchangeError) -> ExchangeError:
-    """``exc`` again (its base class: callers handle it as before), the message saying
-    that no source of pairs is left."""
+    """``exc`` again (the same class for the ones callers tell apart: redirect, auth,
+    unavailable; else its base class), the message saying that no source of pairs is
+    left."""
     text = str(exc)
     prefix = " ".join(part for part in (exc.account, exc.endpoint) if part) + ": "
     reason = no_pair_list_reason(text.removeprefix(prefix))  # the new error adds it once
     common = {"account": exc.account, "endpoint": exc.endpoint}
+    if isinstance(exc, Redirected):
+        return Redirected(reason, status=exc.status, location=exc.location, **common)
     if isinstance(exc, RequestRejected):
         kind = AuthError if isinstance(exc, AuthError) else RequestRejected
         return kind(reason, status=exc.status, code=exc.code, **common)

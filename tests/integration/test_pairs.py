@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from killswitch.daemon import Daemon
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.errors import ExchangeUnavailable
+from killswitch.exchange.errors import ExchangeUnavailable, Redirected
 from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
 from killswitch.exchange.simulator.core import LogEntry
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
@@ -415,6 +415,21 @@ async def test_no_source_of_pairs_says_so() -> None:
         clock.now += 10
         sim.clear_faults()
         assert (await client.pair_list()).source == "exchange"
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_a_redirected_pair_list_stays_a_redirect() -> None:
+    # Readiness and `check` tell a wrong base_url by the error class: keep it.
+    sim, server, client, _ = await _client_env()
+    try:
+        sim.set_redirect("https://elsewhere.example/", 301, endpoint="exchange_info")
+        with pytest.raises(Redirected) as info:
+            await client.pair_list()
+        assert info.value.location == "https://elsewhere.example/"
+        assert info.value.status == 301
+        assert "no pair list: exchange-info failed (" in str(info.value)
     finally:
         await client.close()
         await server.close()
