@@ -58,6 +58,7 @@ from killswitch.core.model import (
 )
 from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome
+from killswitch.core.pairs import PAIR_NAME_RE
 
 if TYPE_CHECKING:
     from killswitch.triggers import TriggerVerifier
@@ -69,7 +70,7 @@ DLQ_SCHEMA = "killswitch.dlq/v1"
 
 # Printable ASCII without spaces: safe in logs, keys and generated dead-man ids.
 ALERT_ID_RE = r"^[A-Za-z0-9][\x21-\x7e]{0,127}$"
-SYMBOL_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$"
+SYMBOL_RE = PAIR_NAME_RE
 _MAX_INT64 = 2**63 - 1
 _MAX_ERRORS_SHOWN = 5
 # Alerts nest three levels deep. A fixed bound (rather than the interpreter's
@@ -497,6 +498,7 @@ def result_to_json(
         "reason": result.reason,
         "operator": result.operator,
         "source": result.source,
+        "not_found": list(result.not_found),
     }
     if origin is not None:
         out["origin"] = origin.to_json()

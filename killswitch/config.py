@@ -42,6 +42,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from killswitch.core.pairs import PAIR_NAME_RE
+
 ENV_PREFIX = "KILLSWITCH_"
 CONFIG_ENV = "KILLSWITCH_CONFIG"
 
@@ -159,6 +161,23 @@ class AccountSettings(_Section):
     backoff_base_s: float = Field(0.05, gt=0)
     backoff_cap_s: float = Field(2.0, gt=0)
     clock_sync_interval_s: float = Field(60.0, gt=0)
+    # The pairs this account trades, used only when the exchange's pair list
+    # (public/exchange-info) cannot be had: scopes are checked against it and a
+    # whole-account kill lists these. None: no fallback.
+    symbols: list[str] | None = Field(None, description="fallback pair list")
+
+    @field_validator("symbols")
+    @classmethod
+    def _check_symbols(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("must name at least one pair (or be left out)")
+        bad = [name for name in value if not re.match(PAIR_NAME_RE, name)]
+        if bad:
+            shown = ", ".join(repr(name[:48]) for name in bad[:5])
+            raise ValueError(f"not a pair name: {shown}")
+        return list(dict.fromkeys(value))
 
     @field_validator("base_url")
     @classmethod

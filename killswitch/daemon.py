@@ -302,6 +302,7 @@ async def _start(
         verifier=verifier,
         observer=obs.alert_observer,
         results_index=index,
+        pairs=clients,
         on_consuming=obs.set_consuming,
         on_assignment=lambda: _move_guards(intake, ownership, engine),
     )
@@ -384,25 +385,34 @@ async def _move_guards(intake: Intake, ownership: Ownership, engine: Engine) -> 
 async def _keep_exchange_warm(
     clients: ExchangeClients, interval_s: float, stop: asyncio.Event
 ) -> None:
-    """Clock sync and exchange info for every account now, then a clock sync every
-    ``interval_s``: the first kill does not pay for them, and readiness knows whether
-    each account's exchange answers even when no alert has come for hours."""
-    first = True
+    """Clock sync and the pair list for every account now, then a clock sync every
+    ``interval_s`` (and the pair list again once it is no longer fresh): the first
+    kill does not pay for them, alerts' pairs are checked without a request, and
+    readiness knows whether each account's exchange answers even when no alert has
+    come for hours."""
     while not stop.is_set():
-        await asyncio.gather(*(_probe(c, with_info=first) for c in clients.values()))
-        first = False
+        await asyncio.gather(*(_probe(c, with_info=_pairs_due(c)) for c in clients.values()))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval_s):
                 await stop.wait()
 
 
+def _pairs_due(client: ExchangeClient) -> bool:
+    cached = client.cached_pair_list()
+    return cached is None or cached.source != "exchange"
+
+
 async def _probe(client: ExchangeClient, *, with_info: bool) -> None:
-    try:
-        await client.sync_clock()
-        if with_info:
-            await client.exchange_info()
-    except ExchangeError as exc:
-        log.warning("exchange probe failed", extra={"account": client.account, "error": str(exc)})
+    calls: list[Callable[[], Awaitable[object]]] = [client.sync_clock]
+    if with_info:  # the alert hot path checks scope pairs against this list
+        calls.append(client.pair_list)
+    for call in calls:  # each on its own: a failed clock sync must not skip the pairs
+        try:
+            await call()
+        except ExchangeError as exc:
+            log.warning(
+                "exchange probe failed", extra={"account": client.account, "error": str(exc)}
+            )
 
 
 def _state_applier(engine: Engine) -> Callable[[HaltState], None]:

@@ -11,8 +11,10 @@ the exchange and every account's key with read-only calls.
 
 The decisions and the text live in pure functions (:func:`prepare_trigger` here,
 :mod:`killswitch.render` for everything printed); this module is the I/O around them.
-Exit codes: 0 success, 1 the job failed (not flat, refused, timed out, a check
-failed, Kafka unreachable), 2 bad usage.
+Exit codes: 0 success, 1 the job failed (not flat, timed out, a check failed, Kafka
+unreachable), 2 bad usage or a trigger the daemon refused (dead letter, the reason
+printed), 3 flat but order ids named were never found open (see
+:meth:`killswitch.render.Board.exit_code`).
 """
 
 from __future__ import annotations

@@ -138,10 +138,13 @@ def carry_over(result: SweepResult, carried: CarriedOutcomes) -> SweepResult:
     received = result.received_at
     if carried.received_at is not None and carried.received_at < received:
         received = carried.received_at
+    # An id the earlier process concluded was seen open then: not "never found".
+    concluded = {report.order_id for report in orders}
     return dataclasses.replace(
         result,
         counts=counts,
         orders=orders,
+        not_found=[i for i in result.not_found if i not in concluded],
         sweeps=result.sweeps + carried.sweeps,
         received_at=received,
         first_cancel_at=carried.first_cancel_at or result.first_cancel_at,

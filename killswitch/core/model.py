@@ -71,6 +71,9 @@ class KillRequest:
     source: str = ""
     reason: str = ""
     operator: str | None = None
+    # Set when the scope's pairs could not be checked against any pair list (why):
+    # an empty listing of such a pair proves nothing, so the result is never ``flat``.
+    unchecked_pairs: str | None = None
 
 
 @dataclass(slots=True)
@@ -141,6 +144,8 @@ class SweepResult:
     source: str = ""
     # Progress events: orders resolved whose outcome is not known yet (queued or in flight).
     pending: int = 0
+    # Final results: order ids named in the scope that no listing ever showed open.
+    not_found: list[int] = field(default_factory=list)
 
 
 def no_sweep_result(

@@ -57,6 +57,7 @@ from killswitch.core.ledger import Ledger, covers
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order
 from killswitch.core.outcomes import Outcome, RejectReason
+from killswitch.core.pairs import PairList
 from killswitch.core.planning import (
     WHOLE_PAIR,
     CancelQueue,
@@ -429,7 +430,17 @@ class Sweep:
             self._listing_unanswered(f"exchange unavailable reading exchange info: {exc}")
             return None
         self._exchange_answered()
+        self._note_pair_source()
         return symbols_to_list(self.scope, (s.symbol for s in info))
+
+    def _note_pair_source(self) -> None:
+        """Say in the result when the pairs listed were not the exchange's current list."""
+        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
+        pairs = cached() if callable(cached) else None
+        if isinstance(pairs, PairList) and pairs.source != "exchange":
+            note = f"pairs from the {pairs.source} pair list (exchange-info: {pairs.error})"
+            if note not in self.notes:
+                self.notes.append(note)
 
     def _exchange_answered(self) -> None:
         """A usable answer (a page, a cancel outcome): the exchange is reachable."""
@@ -587,11 +598,12 @@ class Sweep:
             known = {symbol}  # cannot tell: assume it exists, so the refusal is a failure
         if symbol in known:
             raise SweepStopped(f"exchange refused to list {symbol}: {exc}") from None
-        # A pair the exchange does not trade has no open orders: nothing to cancel there.
-        note = f"{symbol} is not traded on the exchange"
+        # Not in the pair list (delisted since the scope was checked, or never checked):
+        # a refusal to list proves nothing, so the pair stays unlisted and no result
+        # covering it can be flat (see _unproven).
+        note = f"{symbol} is not traded on the exchange (it refused to list it)"
         if note not in self.notes:
             self.notes.append(note)
-        self.ledger.listing_finished(symbol)
 
     async def _cancel_all(self, p: _Pass, symbol: str) -> None:
         """Strategy ``symbol``: cancel a whole pair, then ``fail`` ids one by one."""
@@ -953,12 +965,17 @@ class Sweep:
                 verified=self._verified_for(ticket),
                 residual_in_scope=residual,
             )
+            unproven = self._unproven(ticket) if status is SweepStatus.FLAT else None
+            if unproven is not None:
+                status = SweepStatus.RESIDUAL
             orders = ledger.reports(scope)
-            reason = self._reason(status)
+            reason = "; ".join(filter(None, (unproven, self._reason(status)))) or None
             pending = 0
+            not_found = _not_found(ticket.scope, ledger)
         else:
             status, orders, reason = SweepStatus.RUNNING, [], None
             pending = ledger.pending()
+            not_found = []
         return SweepResult(
             alert_id=request.alert_id,
             account=self.account,
@@ -976,7 +993,20 @@ class Sweep:
             operator=request.operator,
             source=request.source,
             pending=pending,
+            not_found=not_found,
         )
+
+    def _unproven(self, ticket: Ticket) -> str | None:
+        """Why a verified-empty listing is no proof of flat for this ticket, if it is not:
+        its pairs were never checked, or a pair in its scope was never listed to the end."""
+        if ticket.request.unchecked_pairs is not None:
+            return ticket.request.unchecked_pairs
+        wanted = ticket.scope.symbols
+        unlisted = self._pairs - self.ledger.listed_pairs()
+        if wanted is not None:
+            unlisted &= wanted
+        # _reason names the pairs (residual results list where nobody looked).
+        return "not flat: a pair in scope was never listed to the end" if unlisted else None
 
     def _verified_for(self, ticket: Ticket) -> bool:
         verified = self._verified
@@ -1003,6 +1033,13 @@ class Sweep:
                 )
         parts.extend(self.notes)
         return "; ".join(parts) or None
+
+
+def _not_found(scope: Scope, ledger: Ledger) -> list[int]:
+    """Order ids the scope names that no listing (or cancel answer) ever showed."""
+    if not scope.order_ids:
+        return []
+    return sorted(oid for oid in scope.order_ids if oid not in ledger)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -37,6 +37,9 @@ Choices worth knowing (also in ``docs/CLIENT.md``):
   a thousand cancels); exchange info goes through it and is cached for
   ``exchange_info_ttl_s``. Both go unsigned until the exchange refuses one (401/403):
   then that call is sent again signed at once, and every later public call is signed.
+- **Pair list.** Kept on failure: a failed refresh serves the last good answer
+  (``stale``); an exchange that never answered is replaced by the account's
+  ``symbols`` setting (``configured``). :meth:`ExchangeClient.pair_list` says which.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from killswitch.core.outcomes import (
     error_code,
     retry_after_s,
 )
+from killswitch.core.pairs import PairList, no_pair_list_reason
 from killswitch.core.ports import BatchCancelResult, CancelResult, NullObserver, Observer, Priority
 from killswitch.exchange.errors import (
     AuthError,
@@ -129,6 +133,10 @@ PATH_BATCH = f"{PREFIX}/order/batch"
 _USER_AGENT = f"killswitch/{__version__}"
 # After a failed clock sync, try again this much later (not at every request).
 _SYNC_RETRY_S = 5.0
+# After a failed exchange-info refresh, serve the fallback this long before asking
+# again: a burst of alerts while the exchange is down must not queue one full retry
+# budget each behind the lock.
+_INFO_RETRY_S = 5.0
 
 
 # -- pure pieces: request preparation, backoff, clock offset, paging --------------------
@@ -374,9 +382,14 @@ class ExchangeClient:
         self._synced_at = -float("inf")  # monotonic time of the last measurement attempt
         self._next_sync = -float("inf")
         self._sync_task: asyncio.Task[None] | None = None
-        self._info: list[SymbolInfo] | None = None
+        self._info: list[SymbolInfo] | None = None  # the last good answer, kept on failure
+        self._info_list = PairList(frozenset(), "exchange")  # its names, built once
         self._info_expires = -float("inf")
+        self._info_error: str | None = None  # why the last refresh failed
+        self._info_failure: ExchangeError | None = None
+        self._info_failed_at = -float("inf")
         self._info_lock = asyncio.Lock()
+        self._configured = frozenset(settings.symbols) if settings.symbols else None
         # Public endpoints (time, exchange info) go unsigned until the exchange refuses
         # one (401/403); then every public call is signed, for the client's lifetime.
         self._sign_public = False
@@ -793,22 +806,87 @@ class ExchangeClient:
 
     # -- reading ----------------------------------------------------------------------------
 
-    async def exchange_info(self) -> list[SymbolInfo]:
-        """Trading pairs, cached for ``exchange_info_ttl_s``."""
-        if self._info is not None and self._mono() < self._info_expires:
-            return list(self._info)
+    def cached_pair_list(self) -> PairList | None:
+        """The pair list :meth:`pair_list` would give now, without a request.
+
+        ``exchange`` while the last answer is younger than ``exchange_info_ttl_s``;
+        ``stale`` after that or after a failed refresh (the last good answer is kept);
+        ``configured`` (the account's ``symbols``) when the exchange never answered and
+        a fetch failed; None when there is nothing yet (no answer, no failed fetch with
+        a fallback). Cheap: meant for the alert hot path.
+        """
+        if self._info is not None:
+            if self._mono() < self._info_expires:
+                return self._info_list
+            why = self._info_error or "older than exchange_info_ttl_s"
+            return PairList(self._info_list.symbols, "stale", why)
+        if self._info_error is not None and self._configured is not None:
+            return PairList(self._configured, "configured", self._info_error)
+        return None
+
+    async def pair_list(self) -> PairList:
+        """The pairs this account trades, and where the list came from.
+
+        The exchange's answer is cached for ``exchange_info_ttl_s``. When a refresh
+        fails the last good answer is kept (``stale``); when the exchange never
+        answered, the account's ``symbols`` setting is the list (``configured``). After
+        a failure, callers within ``_INFO_RETRY_S`` get the fallback without a new
+        request. Raises the exchange's error, saying no source is left, only when
+        there is no fallback at all.
+        """
+        cached = self.cached_pair_list()
+        if cached is not None and cached.source == "exchange":
+            return cached
         async with self._info_lock:
-            if self._info is None or self._mono() >= self._info_expires:
-                call = _Call("exchange_info", "GET", PATH_INFO, public=True)
-                body = self._final_body(call, await self._request(call))
-                if not isinstance(body, list):
-                    raise ProtocolError("exchange info is not an array", account=self._account)
-                try:
-                    self._info = [SymbolInfo.from_json(item) for item in body]
-                except (OrderParseError, AttributeError) as exc:
-                    raise ProtocolError(str(exc), account=self._account) from None
-                self._info_expires = self._mono() + self._info_ttl
-            return list(self._info)
+            cached = self.cached_pair_list()
+            if cached is not None and cached.source == "exchange":
+                return cached
+            if self._mono() < self._info_failed_at + _INFO_RETRY_S:
+                if cached is not None:
+                    return cached
+                assert self._info_failure is not None  # set with _info_failed_at
+                raise _no_pair_list(self._info_failure)
+            try:
+                await self._fetch_info()
+            except ExchangeError as exc:
+                self._info_error = str(exc)
+                self._info_failure = exc
+                self._info_failed_at = self._mono()
+                fallback = self.cached_pair_list()
+                if fallback is None:
+                    raise _no_pair_list(exc) from None
+                log.warning(
+                    "exchange info failed; using the %s pair list",
+                    fallback.source,
+                    extra={"account": self._account, "error": str(exc)},
+                )
+                return fallback
+            return self._info_list
+
+    async def exchange_info(self) -> list[SymbolInfo]:
+        """Trading pairs as :meth:`pair_list` finds them (the exchange's, a kept stale
+        answer, or the configured ``symbols``); the same errors."""
+        pairs = await self.pair_list()
+        if pairs.source == "configured":
+            return [_configured_info(name) for name in sorted(pairs.symbols)]
+        assert self._info is not None
+        return list(self._info)
+
+    async def _fetch_info(self) -> None:
+        call = _Call("exchange_info", "GET", PATH_INFO, public=True)
+        body = self._final_body(call, await self._request(call))
+        if not isinstance(body, list):
+            raise ProtocolError("exchange info is not an array", account=self._account)
+        try:
+            info = [SymbolInfo.from_json(item) for item in body]
+        except (OrderParseError, AttributeError) as exc:
+            raise ProtocolError(str(exc), account=self._account) from None
+        self._info = info
+        self._info_list = PairList(frozenset(s.symbol for s in info), "exchange")
+        self._info_error = None
+        self._info_failure = None
+        self._info_failed_at = -float("inf")
+        self._info_expires = self._mono() + self._info_ttl
 
     async def open_orders(self, symbol: str, *, limit: int = 100) -> AsyncIterator[list[Order]]:
         """Pages of open orders on ``symbol``, newest first, each order at most once."""
@@ -958,6 +1036,36 @@ def _describe(status: int | None, error: str | None) -> str:
     if status is None:
         return error or "no answer"
     return f"HTTP {status}" + (f" {error}" if error else "")
+
+
+def _configured_info(symbol: str) -> SymbolInfo:
+    """A pair from the ``symbols`` setting: the name is all we know (``BASE_QUOTE``)."""
+    base, _, quote = symbol.partition("_")
+    return SymbolInfo(symbol=symbol, base_asset=base, quote_asset=quote)
+
+
+def _no_pair_list(exc: ExchangeError) -> ExchangeError:
+    """``exc`` again (the same class for the ones callers tell apart: redirect, auth,
+    unavailable; else its base class), the message saying that no source of pairs is
+    left."""
+    text = str(exc)
+    prefix = " ".join(part for part in (exc.account, exc.endpoint) if part) + ": "
+    reason = no_pair_list_reason(text.removeprefix(prefix))  # the new error adds it once
+    common = {"account": exc.account, "endpoint": exc.endpoint}
+    if isinstance(exc, Redirected):
+        return Redirected(reason, status=exc.status, location=exc.location, **common)
+    if isinstance(exc, RequestRejected):
+        kind = AuthError if isinstance(exc, AuthError) else RequestRejected
+        return kind(reason, status=exc.status, code=exc.code, **common)
+    if isinstance(exc, ExchangeUnavailable):
+        return ExchangeUnavailable(
+            reason,
+            attempts=exc.attempts,
+            last_status=exc.last_status,
+            last_error=exc.last_error,
+            **common,
+        )
+    return ProtocolError(reason, **common)
 
 
 def _load_signer(settings: AccountSettings) -> Signer:

@@ -250,7 +250,7 @@ async def test_a_refused_trigger_is_reported_from_the_dead_letter_topic(
     out = io.StringIO()
     async with scripted(ScriptedDaemon(settings, verifier=verifier)):
         run = await run_trigger(settings, prepared, out=out, tty=False, timeout_s=20)
-    assert run.exit_code == 1
+    assert run.exit_code == 2  # refused: the dead letter says why
     assert {r.status for r in run.board.rows.values()} == {"refused"}
     assert "unauthorized: signature missing" in (run.board.rows["mm-1"].reason or "")
     assert run.elapsed_s < 20  # answered by the dead letter, not by the timeout

@@ -159,6 +159,13 @@ def test_carry_over_final_result() -> None:
     assert out.reason == "includes 3 outcome(s) an earlier process published before it stopped"
 
 
+def test_an_order_id_the_earlier_process_cancelled_is_not_reported_not_found() -> None:
+    # The replay never sees order 1 open (the earlier process cancelled it): it was found.
+    replay = dataclasses.replace(result(report(2, SENT)), not_found=[1, 9])
+    out = carry_over(replay, carried(report(1, SENT)))
+    assert out.not_found == [9]
+
+
 @pytest.mark.parametrize(
     ("status", "final", "expected"),
     [
