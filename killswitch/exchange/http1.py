@@ -176,8 +176,8 @@ class AnswerReader:
                 self.keep_alive = False
                 return True
             reason = exc.__context__
-            if isinstance(reason, httpx.RemoteProtocolError):
-                raise reason from None
+            if isinstance(reason, _Stop):  # ours, from a callback: callers see httpx's class
+                raise httpx.RemoteProtocolError(str(reason)) from None
             raise httpx.RemoteProtocolError(f"malformed answer: {exc}") from None
         if self.complete:
             self._parser = None  # no cycle left between the reader and its parser
