@@ -296,8 +296,9 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # controls), not "//" first (read as a network-path reference by some intermediaries).
 _TARGET = re.compile(r"/(?!/)[!-\"$-~]*")
 _DOT_SEGMENT = re.compile(r"/\.\.?(?:/|$)")
-# A header value: visible ASCII, space and tab; no controls, no DEL, no non-ASCII.
-_VALUE = re.compile(r"[\t -~]*")
+# Anything but visible ASCII, space, tab, CR and LF (header values; CR and LF counted).
+_FORBIDDEN = re.compile(r"[^\t\r\n -~]")
+_GOOD_NAMES: set[str] = set()
 # Headers whose value this transport sets itself (framing and connection management).
 _OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 # RFC 9110 8.6: send Content-Length: 0 for an empty body only where the method
@@ -327,8 +328,8 @@ def request_bytes(
         raise httpx.LocalProtocolError("request target is not a plain ASCII path and query")
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
     for name, value in headers:
-        if not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
-            raise httpx.LocalProtocolError(f"malformed request header {name[:40]!r}")
+        if name not in _GOOD_NAMES:
+            _check_name(name)
         if name.lower() not in _OWN_HEADERS:
             lines.append(f"{name}: {value}\r\n")
     if body:
@@ -337,8 +338,24 @@ def request_bytes(
         lines.append("Content-Length: 0\r\n\r\n")
     else:
         lines.append("\r\n")
-    data = "".join(lines).encode("ascii")
+    head = "".join(lines)
+    # Values in one pass: nothing but visible ASCII, space and tab, and CR LF only where
+    # the lines above put them (each piece ends in one; the first and a framing one in two).
+    breaks = len(lines) + (1 if lines[-1] == "\r\n" else 2)
+    if _FORBIDDEN.search(head) or head.count("\n") != breaks or head.count("\r") != breaks:
+        raise httpx.LocalProtocolError(
+            "a request header value holds a control or non-ASCII character"
+        )
+    data = head.encode("ascii")
     return data + body if body else data
+
+
+def _check_name(name: str) -> None:
+    """A header name must be a token; good ones are remembered (the client's few repeat)."""
+    if not _TOKEN.fullmatch(name):
+        raise httpx.LocalProtocolError(f"malformed request header name {name[:40]!r}")
+    if len(_GOOD_NAMES) < 256:
+        _GOOD_NAMES.add(name)
 
 
 # -- connections ------------------------------------------------------------------------
