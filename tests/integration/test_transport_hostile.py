@@ -12,10 +12,12 @@ server managed to write bounded by the transport's limits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import time
-from collections.abc import Awaitable, Callable
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,6 +148,18 @@ async def cancel_on(server: Hostile, pem: bytes, **overrides: Any) -> Any:
         return await client.cancel_order(7, SYMBOL)
 
 
+@contextlib.asynccontextmanager
+async def traced() -> AsyncIterator[Callable[[], int]]:
+    """Python's allocations during the block: yields a function giving the peak in bytes."""
+    tracemalloc.start()
+    peak = 0
+    try:
+        yield lambda: peak
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+
+
 async def forever(server: Hostile, writer: asyncio.StreamWriter, data: bytes) -> bool:
     """Write ``data`` again and again until the client hangs up."""
     while not writer.is_closing():
@@ -193,10 +207,11 @@ async def test_an_endless_body_without_length_is_refused_at_the_body_limit(pem: 
         server.write(writer, b"HTTP/1.1 200 OK\r\n\r\n")
         return await forever(server, writer, b"x" * 65536)
 
-    async with Hostile(endless) as server:
+    async with Hostile(endless) as server, traced() as peak:
         result = await cancel_on(server, pem, max_attempts=1, request_deadline_s=30.0)
     assert (result.outcome, result.error) == (Outcome.FAILED, "RemoteProtocolError")
     assert server.written < DEFAULT_LIMITS.body + SLACK
+    assert peak() < 2 * DEFAULT_LIMITS.body  # one body's worth held, never a second copy
 
 
 async def test_a_flood_of_one_byte_chunks_is_refused_at_the_chunk_limit(pem: bytes) -> None:
@@ -204,10 +219,12 @@ async def test_a_flood_of_one_byte_chunks_is_refused_at_the_chunk_limit(pem: byt
         server.write(writer, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
         return await forever(server, writer, b"1\r\nx\r\n" * 4096)
 
-    async with Hostile(chunks) as server:
+    async with Hostile(chunks) as server, traced() as peak:
         result = await cancel_on(server, pem, max_attempts=1, request_deadline_s=30.0)
     assert (result.outcome, result.error) == (Outcome.FAILED, "RemoteProtocolError")
     assert server.written < 6 * DEFAULT_LIMITS.chunks + SLACK
+    # The body so far is one byte a chunk, held in one buffer (not an object per chunk).
+    assert peak() < 8 * 1024 * 1024
 
 
 async def test_a_compression_bomb_is_refused_not_inflated(pem: bytes) -> None:
