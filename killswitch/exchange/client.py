@@ -54,6 +54,7 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ from killswitch.exchange.errors import (
 from killswitch.exchange.http1 import Http1Transport
 from killswitch.exchange.keys import load_account_key
 from killswitch.exchange.signing import (
+    KeyLoadError,
     Signer,
     compact_json,
     encode_query,
@@ -372,7 +374,7 @@ class ExchangeClient:
             transport = build_transport(
                 transport,
                 max_connections=settings.max_concurrency + 1,
-                ssl_context=tls_context(settings.tls),
+                ssl_context=_load_tls(settings),
             )
         # Requests go straight to the transport: httpx.AsyncClient's send path (cookie
         # jar, auth and redirect machinery, none of which the exchange uses) cost about
@@ -1093,6 +1095,14 @@ def _no_pair_list(exc: ExchangeError) -> ExchangeError:
             **common,
         )
     return ProtocolError(reason, **common)
+
+
+def _load_tls(settings: AccountSettings) -> ssl.SSLContext | None:
+    """The account's TLS context; KeyLoadError naming the setting (never a key) on failure."""
+    try:
+        return tls_context(settings.tls)
+    except OSError as exc:  # ssl.SSLError included: unreadable file, wrong password
+        raise KeyLoadError(f"accounts[{settings.id}].tls: {exc}") from None
 
 
 def _load_signer(settings: AccountSettings) -> Signer:

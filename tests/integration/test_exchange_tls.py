@@ -22,6 +22,7 @@ import pytest
 from killswitch.config import ExchangeTlsSettings
 from killswitch.core.outcomes import Outcome
 from killswitch.exchange.client import ExchangeClient
+from killswitch.exchange.signing import KeyLoadError
 from killswitch.exchange.simulator import Simulator, SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.exchange.transport import tls_context
@@ -126,3 +127,14 @@ def test_missing_files_are_refused_at_load(tmp_path: Path) -> None:
         ExchangeTlsSettings(cafile=tmp_path / "absent.pem")
     with pytest.raises(pydantic.ValidationError, match="keyfile needs certfile"):
         ExchangeTlsSettings(keyfile=tmp_path / "absent.key")
+
+
+def test_an_unusable_client_key_is_a_start_up_error_naming_the_account(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    other = make_pki(tmp_path / "other")
+    _, pem = register_test_client(Simulator(seed=1))
+    tls = {"certfile": pki.server_cert, "keyfile": other.server_key}  # not its key
+    settings = account_settings("https://127.0.0.1:9", "key", pem, tls=tls)
+    with pytest.raises(KeyLoadError, match=r"accounts\[acct-1\]\.tls") as caught:
+        ExchangeClient(settings)
+    assert "PRIVATE KEY" not in str(caught.value)
