@@ -548,18 +548,8 @@ class ExchangeClient:
 
     # -- one attempt and the retry loop --------------------------------------------------
 
-    def _timeouts(self, remaining: float) -> dict[str, float]:
-        s = self._settings
-        remaining = max(remaining, 0.001)
-        return {
-            "connect": min(s.connect_timeout_s, remaining),
-            "read": min(s.read_timeout_s, remaining),
-            "write": min(s.write_timeout_s, remaining),
-            "pool": min(s.pool_timeout_s, remaining),
-        }
-
-    def _raw_timeout(self, remaining: float) -> Phases:
-        """The fast path's timeouts: as :meth:`_timeouts`, reused while not capped."""
+    def _phases(self, remaining: float) -> Phases:
+        """The per-phase timeouts, each capped to ``remaining``; reused while not capped."""
         s = self._settings
         if remaining >= self._uncapped_after:
             return self._uncapped_timeout
@@ -657,11 +647,22 @@ class ExchangeClient:
                 url,
                 prepared.headers,
                 prepared.body or None,
-                self._raw_timeout(remaining),
+                self._phases(remaining),
                 resend_stale=False,
                 fresh=fresh,
             )
         return await self._send_httpx(prepared, url, remaining, fresh=fresh)
+
+    def _timeout_extension(self, remaining: float) -> dict[str, float | None]:
+        """httpx's per-phase ``timeout`` extension: :meth:`_phases` plus ``write``."""
+        phases = self._phases(remaining)
+        write = min(self._settings.write_timeout_s, max(remaining, 0.001))
+        return {
+            "connect": phases.connect,
+            "read": phases.read,
+            "write": write,
+            "pool": phases.pool,
+        }
 
     async def _send_httpx(
         self, prepared: PreparedRequest, url: str, remaining: float, *, fresh: bool
@@ -673,7 +674,7 @@ class ExchangeClient:
             headers=prepared.headers,
             content=prepared.body or None,
             extensions={
-                "timeout": self._timeouts(remaining),
+                "timeout": self._timeout_extension(remaining),
                 RESEND_STALE: False,
                 FRESH_CONNECTION: fresh,
             },
