@@ -54,6 +54,7 @@ from killswitch.intake.lag import watch_loop_lag
 from killswitch.intake.outputs import Publisher
 from killswitch.intake.ownership import Ownership
 from killswitch.intake.readers import HaltStateReader, ResultsIndex
+from killswitch.intake.watch import KafkaWatch
 from killswitch.logs import configure_logging, default_masker, register_settings_secrets
 from killswitch.tasks import cancel_and_wait
 from killswitch.triggers import TriggerKeyError, TriggerVerifier
@@ -131,8 +132,10 @@ class Observability:
     ``observer`` goes to the engine and the exchange clients (Prometheus, and the
     exchange answers feed readiness); ``alert_observer`` to the intake, the dead-man
     watcher and the loop lag probe; ``set_consuming``/``set_draining`` drive
-    ``/readyz`` and ``killswitch_ready``; ``start``/``stop`` run the listener for
-    /metrics, /healthz and /readyz.
+    ``/readyz`` and ``killswitch_ready``; ``set_kafka(up, reason)`` (from
+    :class:`~killswitch.intake.watch.KafkaWatch`) drives both and
+    ``killswitch_kafka_up``; ``start``/``stop`` run the listener for /metrics, /healthz
+    and /readyz.
     """
 
     observer: Observer = field(default_factory=NullObserver)
@@ -140,6 +143,7 @@ class Observability:
     start: Callable[[], Awaitable[None]] | None = None
     stop: Callable[[], Awaitable[None]] | None = None
     set_consuming: Callable[[bool], None] = lambda consuming: None
+    set_kafka: Callable[[bool, str], None] = lambda up, reason: None
     set_draining: Callable[[], None] = lambda: None
     url: Callable[[], str] | None = None
 
@@ -186,7 +190,11 @@ async def async_run(
     if handle_signals:
         _install_signal_handlers(stop)
     async with contextlib.AsyncExitStack() as stack:
-        daemon, tasks = await _start(settings, verifier, stop, stack)
+        started = await _start(settings, verifier, stop, stack)
+        if started is None:
+            log.info("stopped while waiting for Kafka")
+            return
+        daemon, tasks = started
         try:
             if on_started is not None:
                 on_started(daemon)
@@ -238,7 +246,8 @@ async def _start(
     verifier: TriggerVerifier,
     stop: asyncio.Event,
     stack: contextlib.AsyncExitStack,
-) -> tuple[Daemon, dict[str, asyncio.Task[None]]]:
+) -> tuple[Daemon, dict[str, asyncio.Task[None]]] | None:
+    """Start every part; None when ``stop`` was set while waiting for Kafka."""
     kafka = settings.kafka
     topics = kafka.topics
     instance = f"{kafka.client_id}-{uuid.uuid4().hex[:8]}"
@@ -257,7 +266,9 @@ async def _start(
         raise ConfigError(str(exc)) from None
     stack.push_async_callback(clients.close)
 
-    await ensure_topics(kafka)
+    watch = _kafka_watch(settings, obs, stack)
+    if not await watch.wait_until_up(lambda: ensure_topics(kafka), stop):
+        return None
     producer = make_producer(kafka)
     await producer.start()
     stack.push_async_callback(producer.stop)
@@ -328,6 +339,9 @@ async def _start(
     }
     if watcher is not None:
         tasks["deadman"] = asyncio.create_task(watcher.run(stop), name="deadman")
+    tasks["kafka"] = asyncio.create_task(
+        watch.run(intake.consumer.topics, background), name="kafka-watch"
+    )
     interval = min(settings.metrics.exchange_stale_after_s / 3, _EXCHANGE_PROBE_MAX_S)
     tasks["exchange"] = asyncio.create_task(
         _keep_exchange_warm(clients, interval, background), name="exchange-probe"
@@ -360,6 +374,18 @@ async def _start_listener(obs: Observability, stack: contextlib.AsyncExitStack) 
             ) from None
     if obs.stop is not None:
         stack.push_async_callback(obs.stop)
+
+
+def _kafka_watch(
+    settings: Settings, obs: Observability, stack: contextlib.AsyncExitStack
+) -> KafkaWatch:
+    """The broker watch, its log filter on from now on. After the broker comes back,
+    missing topics are created again: a broker that lost its storage returns empty."""
+    kafka = settings.kafka
+    watch = KafkaWatch(kafka.bootstrap_servers, obs.set_kafka, on_up=lambda: ensure_topics(kafka))
+    watch.attach_log_filter()
+    stack.callback(watch.detach_log_filter)
+    return watch
 
 
 async def _move_guards(intake: Intake, ownership: Ownership, engine: Engine) -> None:
