@@ -71,6 +71,10 @@ _RESULTS_TAIL_FACTOR = 4
 _STARTUP_READ_TIMEOUT_S = 60.0
 # The exchange is probed (clock sync) at least this often, to keep readiness current.
 _EXCHANGE_PROBE_MAX_S = 30.0
+# Beyond the grace period, how long a stop waits for Kafka (commits, deliveries): a
+# broker that answers needs milliseconds.
+_KAFKA_STOP_S = 5.0
+_KAFKA_GONE_STOP_S = 1.0  # the broker did not answer the last probe
 
 
 def add_arguments_run(parser: argparse.ArgumentParser) -> None:
@@ -173,6 +177,7 @@ class Daemon:
     background: asyncio.Event  # stops the readers once the intake has drained
     observability: Observability
     ownership: Ownership  # which halted accounts this daemon guards
+    kafka_watch: KafkaWatch | None = None  # whether the broker answers
 
 
 async def async_run(
@@ -271,7 +276,7 @@ async def _start(
         return None
     producer = make_producer(kafka)
     await producer.start()
-    stack.push_async_callback(producer.stop)
+    stack.push_async_callback(lambda: _within(_kafka_stop_s(watch), producer.stop()))
     publisher = Publisher(producer, topics, daemon=instance)
     engine = Engine(
         clients,
@@ -358,6 +363,7 @@ async def _start(
         background,
         obs,
         ownership,
+        watch,
     )
     return daemon, tasks
 
@@ -465,14 +471,35 @@ async def _shutdown(daemon: Daemon, tasks: dict[str, asyncio.Task[None]]) -> Non
     await _finish(tasks.pop("intake"))
     # Sweeps first, within the grace period: their results are published and their
     # offsets committed; only then are the engine's latch guards stopped.
-    await daemon.intake.shutdown(grace)
+    kafka_s = _kafka_stop_s(daemon.kafka_watch)
+    if not await _within(grace + kafka_s, daemon.intake.shutdown(grace)):
+        await daemon.intake.close()  # leave now: what was not committed is replayed
     await daemon.engine.close(max(0.0, grace - (time.monotonic() - started)))
     daemon.background.set()
     for task in tasks.values():
         await _finish(task)
     with contextlib.suppress(Exception):
-        await daemon.publisher.flush()
+        await _within(_kafka_stop_s(daemon.kafka_watch), daemon.publisher.flush())
     log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})
+
+
+def _kafka_stop_s(watch: KafkaWatch | None) -> float:
+    """How long a Kafka step of the stop may take: short when the broker is known gone."""
+    down = watch is not None and watch.link.up is False
+    return _KAFKA_GONE_STOP_S if down else _KAFKA_STOP_S
+
+
+async def _within(seconds: float, step: Awaitable[None]) -> bool:
+    """A Kafka step of the shutdown, given up after ``seconds`` (False): with the broker
+    gone, aiokafka retries commits and deliveries for as long as it is allowed to, and a
+    stop must end. Offsets not committed are replayed by the next owner (at least once)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await step
+    except TimeoutError:
+        log.warning("kafka did not answer while stopping; going on without it")
+        return False
+    return True
 
 
 async def _stop_now(daemon: Daemon) -> None:

@@ -4,12 +4,14 @@ Each test runs a broker of its own (it is killed and restarted on the same port;
 embedded broker keeps topics in memory, so a restarted one is empty and the daemon
 creates its topics again, as it does at start-up):
 
+- the broker frozen (SIGSTOP): not ready within 10 s (no error, only silence), ready
+  again after SIGCONT;
 - the broker SIGKILLed under a running daemon: ``/readyz`` 503 with a Kafka reason and
   ``killswitch_kafka_up 0`` within 10 s, the Kafka client's log records bounded; the
   broker back on the same port: ready again, and an alert is processed to a final result;
 - the daemon started with no broker: it stays up and not ready ("waiting for Kafka at
   HOST:PORT"); the broker started: ready, and an alert is processed;
-- the broker gone and one SIGTERM: exit 0.
+- the broker gone and one SIGTERM (idle, mid-sweep, or still waiting for it): exit 0.
 """
 
 from __future__ import annotations
@@ -144,6 +146,28 @@ async def test_broker_killed_then_back_on_the_same_port(
         assert await daemon.wait(timeout=30) == 0
 
 
+async def test_broker_frozen_then_resumed(
+    broker: EmbeddedBroker, daemons: Daemons, tmp_path: Path
+) -> None:
+    broker.start()
+    async with exchange(ACCOUNTS, SYMBOLS, seed=26) as ex:
+        settings = config(ex, broker, "frozen")
+        url = f"http://127.0.0.1:{settings['metrics']['port']}"
+        daemon = daemons.start(write_config(tmp_path / "killswitch.toml", settings))
+        await wait_ready(url, True, timeout=60)
+        os.kill(broker.pid, signal.SIGSTOP)  # requests hang: only the probe's deadline tells
+        try:
+            lost = await wait_ready(url, False, timeout=DETECT_S)
+            assert any("kafka" in reason.lower() for reason in lost.json()["reasons"])
+            assert await metric(url, "killswitch_kafka_up") == 0
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        await wait_ready(url, True, timeout=60)
+        assert await metric(url, "killswitch_kafka_up") == 1
+        daemon.terminate()
+        assert await daemon.wait(timeout=30) == 0
+
+
 async def test_started_without_a_broker_waits_for_it(
     broker: EmbeddedBroker, daemons: Daemons, tmp_path: Path
 ) -> None:
@@ -195,3 +219,27 @@ async def test_one_sigterm_while_waiting_for_the_broker_is_a_graceful_stop(
         assert (await readyz(url)).status_code == 503
         daemon.terminate()
         assert await daemon.wait(timeout=30) == 0
+
+
+async def test_sigterm_mid_sweep_with_the_broker_gone(
+    broker: EmbeddedBroker, daemons: Daemons, tmp_path: Path
+) -> None:
+    broker.start()
+    async with exchange(ACCOUNTS, SYMBOLS, seed=25) as ex:
+        ex.seed("mm-1", SYMBOLS, 400)
+        settings = daemon_config(
+            broker.bootstrap,
+            "midsweep",
+            ex.account_configs(rate_limit_per_second=20.0, burst=2, max_concurrency=2),
+            engine={"shutdown_grace_s": 3.0, "default_deadline_s": 60.0},
+        )
+        url = f"http://127.0.0.1:{settings['metrics']['port']}"
+        daemon = daemons.start(write_config(tmp_path / "killswitch.toml", settings))
+        await wait_ready(url, True, timeout=60)
+        async with Producer(broker.bootstrap) as producer:
+            await producer.send(settings["kafka"]["topics"]["alerts"], alert("mid", ACCOUNTS))
+        await wait_for(lambda: len(ex.log("cancel")) >= 5, timeout=30)
+        kill_broker(broker)
+        await wait_kafka_up(url, 0, timeout=DETECT_S)
+        daemon.terminate()
+        assert await daemon.wait(timeout=60) == 0
