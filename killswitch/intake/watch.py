@@ -70,10 +70,19 @@ class ClientLogFilter(logging.Filter):
         self._period = period_s
         self._clock = clock
         self._passed: dict[tuple[str, str], float] = {}
+        self._last: logging.LogRecord | None = None
+        self._verdict = True
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or not _is_client(record):
             return True
+        # On several handlers, one record is seen once per handler: count and decide once.
+        if record is self._last:
+            return self._verdict
+        self._last, self._verdict = record, self._decide(record)
+        return self._verdict
+
+    def _decide(self, record: logging.LogRecord) -> bool:
         self._watch.client_error(record.levelno >= logging.ERROR)
         if self._watch.link.up is False:
             return False
