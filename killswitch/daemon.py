@@ -345,7 +345,9 @@ async def _start(
     if watcher is not None:
         tasks["deadman"] = asyncio.create_task(watcher.run(stop), name="deadman")
     tasks["kafka"] = asyncio.create_task(
-        watch.run(intake.consumer.topics, background), name="kafka-watch"
+        # Ends when the stop begins: the consumer it probes is closed during the stop.
+        watch.run(intake.consumer.topics, stop),
+        name="kafka-watch",
     )
     interval = min(settings.metrics.exchange_stale_after_s / 3, _EXCHANGE_PROBE_MAX_S)
     tasks["exchange"] = asyncio.create_task(

@@ -198,7 +198,7 @@ class KafkaWatch:
         try:
             async with asyncio.timeout(timeout_s):
                 await probe()
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # any failure of the probe means no usable answer
             reason = f"kafka unreachable at {self.bootstrap} ({_describe(exc, timeout_s)})"
             change = self.link.probe_failed(reason, self._clock())
             if change is not None:
