@@ -45,6 +45,9 @@ SUMMARY_EVERY_S = 30.0
 # Start-up: first retry soon (a broker starting alongside), then back off to this.
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
+# A broker that is starting may accept connections before it answers: a few tries.
+REFUSALS_FATAL = 3
+_CONNECT_TIMEOUT_S = 1.0
 _CLIENT_LOGGERS = ("aiokafka", "kafka")
 
 Probe = Callable[[], Awaitable[object]]
@@ -149,14 +152,24 @@ class KafkaWatch:
 
         Retries with exponential backoff (:data:`BACKOFF_FIRST_S` doubling up to
         :data:`BACKOFF_MAX_S`); not ready meanwhile, with the reason
-        "waiting for Kafka at HOST:PORT"."""
+        "waiting for Kafka at HOST:PORT". Waiting is for a broker that is not there:
+        when something accepts TCP connections at the address but ``attempt`` still
+        fails :data:`REFUSALS_FATAL` times in a row (a wrong CA, SASL credentials or
+        protocol), that is a configuration problem and raises ``KafkaError``."""
         waiting = f"waiting for Kafka at {self.bootstrap}"
         self._on_change(False, waiting)
         delay = BACKOFF_FIRST_S
+        refusals = 0
         while not stop.is_set():
             try:
                 await attempt()
             except (KafkaError, OSError, TimeoutError) as exc:
+                refusals = refusals + 1 if await any_listening(self.bootstrap) else 0
+                if refusals >= REFUSALS_FATAL:
+                    raise KafkaError(
+                        f"Kafka at {self.bootstrap} accepts connections but refuses this "
+                        f"client (check security_protocol, ssl and sasl): {exc}"
+                    ) from exc
                 change = self.link.probe_failed(waiting, self._clock())
                 if change is not None:
                     self._announce(change, error=exc)
@@ -250,6 +263,25 @@ class KafkaWatch:
             await self._on_up()
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("kafka back, but recovery failed", extra={"error": repr(exc)})
+
+
+async def any_listening(bootstrap: str, timeout_s: float = _CONNECT_TIMEOUT_S) -> bool:
+    """Whether a TCP connection opens to any of the ``host:port`` addresses in
+    ``bootstrap`` (comma-separated; IPv6 hosts in brackets)."""
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        if not host or not port.isdigit():
+            continue
+        try:
+            async with asyncio.timeout(timeout_s):
+                _reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        except (OSError, TimeoutError):
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+    return False
 
 
 def _describe(exc: BaseException, timeout_s: float) -> str:

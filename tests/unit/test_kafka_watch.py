@@ -11,10 +11,11 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from killswitch.embedded import free_port
 from killswitch.intake import watch as watch_module
-from killswitch.intake.watch import KafkaWatch
+from killswitch.intake.watch import KafkaWatch, any_listening
 from tests.conftest import wait_for
 
 
@@ -208,12 +209,13 @@ async def test_wait_until_up_retries_with_backoff(monkeypatch: pytest.MonkeyPatc
             raise KafkaConnectionError("Unable to bootstrap")
 
     changes = Changes()
-    watch = KafkaWatch("k:9092", changes)
+    nobody = f"127.0.0.1:{free_port()}"  # nothing listens: a broker not there yet
+    watch = KafkaWatch(nobody, changes)
     assert await watch.wait_until_up(third_time_lucky, asyncio.Event())
     assert len(attempts) == 3
     assert changes.seen == [
-        (False, "waiting for Kafka at k:9092"),
-        (False, "waiting for Kafka at k:9092"),
+        (False, f"waiting for Kafka at {nobody}"),
+        (False, f"waiting for Kafka at {nobody}"),
         (True, "broker answers"),
     ]
 
@@ -225,5 +227,45 @@ async def test_wait_until_up_ends_on_stop() -> None:
         stop.set()
         raise KafkaConnectionError("Unable to bootstrap")
 
-    watch = KafkaWatch("k", Changes())
+    watch = KafkaWatch(f"127.0.0.1:{free_port()}", Changes())
     assert not await watch.wait_until_up(refuse_then_stop, stop)
+
+
+async def test_a_listener_that_refuses_the_client_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Something answers TCP at the address but the client cannot bootstrap (a wrong CA,
+    say): not a broker to wait for, a configuration to fix."""
+    monkeypatch.setattr(watch_module, "BACKOFF_FIRST_S", 0.001)
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    attempts: list[int] = []
+
+    async def refused_here() -> None:
+        attempts.append(1)
+        raise KafkaConnectionError("Unable to bootstrap")
+
+    watch = KafkaWatch(f"127.0.0.1:{port}", Changes())
+    try:
+        with pytest.raises(KafkaError, match="accepts connections but refuses"):
+            await watch.wait_until_up(refused_here, asyncio.Event())
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert len(attempts) == watch_module.REFUSALS_FATAL
+
+
+async def test_any_listening_reads_every_address() -> None:
+    assert not await any_listening(f"127.0.0.1:{free_port()}")
+    assert not await any_listening("no-port, :9092")
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert await any_listening(f"127.0.0.1:{free_port()},127.0.0.1:{port}")
+    finally:
+        server.close()
+        await server.wait_closed()
