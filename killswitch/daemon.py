@@ -1,11 +1,13 @@
 """``killswitch run``: the long-running daemon, wired from the settings.
 
 Start-up, in order: logging; operator keys and dead-man scopes checked; Kafka
-topics created if missing (state compacted); the producer (results, state,
-dead letters); one exchange client per account; the engine; halted accounts
-restored from the state topic; the dedup window rebuilt from recent results;
-then the alert consumer, the dead-man watcher, the state follower and the loop
-lag probe run until SIGTERM/SIGINT (or ``stop_event`` in tests).
+topics created if missing (state compacted), waiting with backoff while no broker
+answers (:class:`~killswitch.intake.watch.KafkaWatch`; not ready meanwhile); the
+producer (results, state, dead letters); one exchange client per account; the
+engine; halted accounts restored from the state topic; the dedup window rebuilt from recent results;
+then the alert consumer, the dead-man watcher, the state follower, the loop lag
+probe and the Kafka watch (readiness and ``killswitch_kafka_up`` follow the broker)
+run until SIGTERM/SIGINT (or ``stop_event`` in tests).
 
 Latch guards follow the alert consumer's assignment: every daemon knows every
 halt, but only the one assigned an account's alerts partition re-sweeps it
@@ -15,7 +17,8 @@ assignment on.
 Shutdown: stop taking alerts and heartbeats; let running sweeps finish within
 ``engine.shutdown_grace_s`` and publish their results; commit what completed
 (the rest is replayed by whoever consumes the partition next); stop the
-engine's latch guards; close every client. Exit code 0.
+engine's latch guards; close every client. Exit code 0, also with the broker gone:
+each Kafka step after the grace period is bounded (see ``_within``).
 
 ``run()`` is for production, ``async_run()`` (``handle_signals=False``) for tests.
 """

@@ -122,6 +122,9 @@ async def test_broker_killed_then_back_on_the_same_port(
         daemon = daemons.start(write_config(tmp_path / "killswitch.toml", settings))
         await wait_ready(url, True, timeout=60)
         assert await metric(url, "killswitch_kafka_up") == 1
+        ex.seed("mm-1", SYMBOLS, 5)
+        # Offsets read before the loss: the restarted (empty) broker numbers from 0 again.
+        await alert_processed(broker.bootstrap, settings["kafka"]["topics"], "before-loss")
 
         kill_broker(broker)
         lost = await wait_ready(url, False, timeout=DETECT_S)
