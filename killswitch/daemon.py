@@ -4,8 +4,8 @@ Start-up, in order: logging; operator keys and dead-man scopes checked; Kafka
 topics created if missing (state compacted), waiting with backoff while no broker
 answers (:class:`~killswitch.intake.watch.KafkaWatch`; not ready meanwhile); the
 producer (results, state, dead letters); one exchange client per account; the
-engine; halted accounts restored from the state topic; the dedup window rebuilt from recent results;
-then the alert consumer, the dead-man watcher, the state follower, the loop lag
+engine; halted accounts restored from the state topic; the dedup window rebuilt
+from recent results; then the alert consumer, the dead-man watcher, the state follower, the loop lag
 probe and the Kafka watch (readiness and ``killswitch_kafka_up`` follow the broker)
 run until SIGTERM/SIGINT (or ``stop_event`` in tests).
 
