@@ -23,7 +23,6 @@ assignment (and before leaving the group) ``on_assignment`` runs, once
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -55,7 +54,7 @@ from killswitch.core.model import KillRequest, SweepResult, SweepStatus
 from killswitch.core.offsets import OffsetTracker
 from killswitch.core.pairs import PairVerdict, check_pairs
 from killswitch.core.ports import AlertObserver, EngineAPI, NullAlertObserver, PairLister
-from killswitch.intake.kafka import all_partitions, make_group_consumer
+from killswitch.intake.kafka import all_partitions, make_group_consumer, stop_consumer
 from killswitch.intake.outputs import Publisher
 from killswitch.intake.readers import ResultsIndex
 from killswitch.tasks import cancel_and_wait
@@ -321,8 +320,7 @@ class Intake:
             await cancel_and_wait(fetch)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            with contextlib.suppress(KafkaError):
-                await consumer.stop()
+            await stop_consumer(consumer)
 
     # ------------------------------------------------------------------ records
 
