@@ -7,12 +7,14 @@ STAMP  := $(VENV)/.installed-stamp
 # is available and we are root; otherwise those tests skip with a clear reason.
 DEBIAN_PACKAGES ?= prometheus
 
-.PHONY: help venv system-deps test lint typecheck pytest demo bench clean
+.PHONY: help venv system-deps test lint typecheck pytest demo bench clean keys broker
 
 help:
 	@echo "make demo   - run the kill switch on embedded defaults (broker, simulator, daemon)"
 	@echo "make test   - ruff, mypy --strict, pytest (sets everything up first)"
 	@echo "make bench  - benchmarks (not part of make test)"
+	@echo "make keys   - the example configuration's demo keys (config/demo/, missing ones only)"
+	@echo "make broker - the embedded Kafka broker in the foreground on 127.0.0.1:$(BROKER_PORT)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +50,16 @@ test: lint typecheck pytest
 
 demo: $(STAMP)
 	$(PY) -m killswitch demo --config config/killswitch.example.toml
+
+# Running it yourself (README, "Run it yourself"): keys, then a broker in its own terminal.
+CONFIG      ?= config/killswitch.example.toml
+BROKER_PORT ?= 9092
+
+keys: $(STAMP)
+	$(VENV)/bin/killswitch keygen --config $(CONFIG)
+
+broker: $(STAMP)
+	$(VENV)/bin/killswitch broker --port $(BROKER_PORT)
 
 bench: $(STAMP)
 	$(PY) -m bench

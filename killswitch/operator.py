@@ -11,8 +11,10 @@ the exchange and every account's key with read-only calls.
 
 The decisions and the text live in pure functions (:func:`prepare_trigger` here,
 :mod:`killswitch.render` for everything printed); this module is the I/O around them.
-Exit codes: 0 success, 1 the job failed (not flat, refused, timed out, a check
-failed, Kafka unreachable), 2 bad usage.
+Exit codes: 0 success, 1 the job failed (not flat, timed out, a check failed, Kafka
+unreachable), 2 bad usage or a trigger the daemon refused (dead letter, the reason
+printed), 3 flat but order ids named were never found open (see
+:meth:`killswitch.render.Board.exit_code`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from killswitch.alerts import ALERT_SCHEMA, Rejection, format_time, load_json_ob
 from killswitch.config import AccountSettings, Settings
 from killswitch.core.model import HaltState
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.errors import AuthError, ExchangeError
+from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.intake.kafka import make_producer, make_reader
 from killswitch.intake.readers import read_halt_states
@@ -825,13 +827,30 @@ async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[C
             async with asyncio.timeout(timeout_s):
                 offset = await client.sync_clock()
                 symbols = await client.exchange_info()
+        except Redirected as exc:
+            problem = redirect_problem(exc.status, exc.location)
+            return [
+                Check("exchange reachable", target, False, problem),
+                Check("key accepted", account.id, False, "not tried: exchange redirects"),
+            ]
+        except AuthError as exc:
+            # The public endpoints want a signature here and the signed call was refused.
+            detail = "answered; public endpoints need a signature"
+            return [
+                Check("exchange reachable", target, True, detail),
+                Check("key accepted", account.id, False, f"refused: {exc}"),
+            ]
         except (ExchangeError, TimeoutError) as exc:
             return [
                 Check("exchange reachable", target, False, str(exc) or type(exc).__name__),
                 Check("key accepted", account.id, False, "not tried: exchange not reachable"),
             ]
+        signed = ", public endpoints signed" if client.signs_public else ""
         reach = Check(
-            "exchange reachable", target, True, f"{len(symbols)} pairs, clock offset {offset:+d} ms"
+            "exchange reachable",
+            target,
+            True,
+            f"{len(symbols)} pairs, clock offset {offset:+d} ms{signed}",
         )
         if not symbols:
             return [reach, Check("key accepted", account.id, False, "the exchange lists no pairs")]

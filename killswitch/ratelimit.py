@@ -12,15 +12,25 @@ One :class:`RateLimiter` per account, shared by every call made with that API ke
   A newcomer never overtakes a queued waiter (the fast path is only taken when nobody
   waits). Strict priority could starve listing only while cancels keep arriving; a
   sweep's cancels are finite and it lists after them, so that is what we want.
-- **AIMD.** :meth:`RateLimiter.throttled` (a 429) multiplies the rate by
-  ``decrease_factor`` and empties the bucket. A burst of 429s caused by one window of
-  requests counts once: a cut is ignored within ``cut_cooldown_s`` of the previous one,
-  or when the throttled request was sent before the previous cut. After the cool-down
-  the rate grows back linearly, ``increase_per_s`` per second, never above the ceiling.
-  Near the rate that drew the last 429 (above ``probe_fraction`` of it) growth slows to
-  ``probe_increase_per_s``: the limiter remembers where the exchange's real limit was
-  and probes it gently instead of overshooting it again at full speed. This is what
-  lets a ceiling configured above the true limit still run close to that limit.
+- **AIMD, one cut per throttle window.** :meth:`RateLimiter.throttled` (a 429)
+  multiplies the rate by ``decrease_factor`` and empties the bucket. The 429s of one
+  throttle window are one congestion event: a 429 does not cut again when the
+  throttled request was sent before the previous cut (it was sent at the old rate),
+  within ``cut_cooldown_s`` of the previous cut, or during a known ``Retry-After``
+  pause. With ``Retry-After`` the limiter **pauses every request** of the key until the
+  window ends (nothing is sent into a closed window).
+- **Back to the last good rate.** Each congestion event remembers the last rate that
+  held without 429s: the rate in force before the window when the exchange announced
+  a new window (``Retry-After``), otherwise the rate the exchange was seen to accept
+  (requests accepted in the trailing second, :meth:`RateLimiter.accepted`), at least
+  the rate after the cut. Further cuts while nothing gets through (a closed window)
+  lower the rate but not that memory; a cut after the exchange accepted some requests
+  at the lowered rate says the rate itself is too high, and lowers it. After a cut the
+  rate climbs back to the last good rate within ``restore_s`` (a second), then as
+  before: ``increase_per_s`` up to ``probe_fraction`` of the rate that drew the 429,
+  then ``probe_increase_per_s`` (gentle probing of the limit it has learnt), never
+  above the ceiling. This is what brings a sliding-window limit back to its rate
+  instead of leaving the limiter at the floor after the window's burst of 429s.
 
 Time is injected (``clock``, ``sleep``) so tests are deterministic and never sleep.
 The fast path (token and slot free, nobody waiting) is a few float operations and no
@@ -49,6 +59,10 @@ _NOTIFY_STEP = 0.01
 # Float slack when comparing tokens with 1: refilling after sleeping exactly the
 # computed wait can land a hair below 1.0.
 _ONE = 1.0 - 1e-9
+# 429s closer together than this belong to one congestion event.
+_EVENT_GAP_S = 1.0
+# The trailing span over which accepted requests measure what the exchange takes.
+_MEASURE_S = 1.0
 
 
 class RateLimiter:
@@ -56,8 +70,9 @@ class RateLimiter:
 
     ``rate`` is the ceiling in requests per second (and the starting rate), ``burst``
     the bucket size, ``max_concurrency`` the in-flight cap. ``min_rate`` is the floor
-    for cuts (default: ceiling / 100, at least 0.1/s), ``increase_per_s`` the additive
-    recovery per second (default: ceiling / 10), ``probe_increase_per_s`` the slower
+    for cuts (default: ceiling / 100, at least 0.1/s), ``restore_s`` how long the climb
+    back to the last good rate takes at most, ``increase_per_s`` the additive recovery
+    per second above it (default: ceiling / 10), ``probe_increase_per_s`` the slower
     recovery above ``probe_fraction`` of the last throttled rate (default: a tenth of
     ``increase_per_s``).
     """
@@ -74,6 +89,7 @@ class RateLimiter:
         probe_fraction: float = 0.9,
         probe_increase_per_s: float | None = None,
         cut_cooldown_s: float = 0.05,
+        restore_s: float = 1.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         on_rate_change: RateCallback | None = None,
@@ -82,6 +98,8 @@ class RateLimiter:
             raise ValueError("rate must be > 0, burst and max_concurrency >= 1")
         if not 0 < decrease_factor < 1:
             raise ValueError("decrease_factor must be between 0 and 1")
+        if restore_s <= 0:
+            raise ValueError("restore_s must be > 0")
         self._ceiling = float(rate)
         self._min_rate = min(self._ceiling, min_rate or max(self._ceiling / 100, 0.1))
         self._decrease = decrease_factor
@@ -93,6 +111,10 @@ class RateLimiter:
         # Probing starts here; +inf until the first 429 (no known limit yet).
         self._probe_from = math.inf
         self._cooldown = cut_cooldown_s
+        self._restore_s = restore_s
+        # The last rate that held without 429s, and how fast to climb back to it.
+        self._good = self._ceiling
+        self._restore_speed = 0.0
         self._burst = float(burst)
         self._max_inflight = max_concurrency
         self._clock = clock
@@ -104,6 +126,14 @@ class RateLimiter:
         self._tokens = self._burst
         self._stamp = clock()
         self._last_cut = -math.inf
+        self._last_429 = -math.inf
+        # End of the throttle window the exchange announced (Retry-After): no token
+        # is handed out before it.
+        self._pause_until = -math.inf
+        self._accepted_since_cut = False
+        # Send times of recently accepted requests (the trailing second): what the
+        # exchange was seen to accept when the next 429 comes.
+        self._accepts: deque[float] = deque()
         self._inflight = 0
         # One FIFO per priority, indexed by the Priority value (lower is served first).
         self._queues: tuple[deque[asyncio.Future[None]], ...] = tuple(deque() for _ in Priority)
@@ -118,6 +148,16 @@ class RateLimiter:
         """The current rate in requests per second (after cuts and recovery)."""
         self._refill(self._clock())
         return self._rate
+
+    @property
+    def good_rate(self) -> float:
+        """The last rate that held without 429s (where recovery returns to first)."""
+        return self._good
+
+    @property
+    def paused_until(self) -> float:
+        """Limiter-clock end of the announced throttle window (``-inf`` when none)."""
+        return self._pause_until
 
     @property
     def ceiling(self) -> float:
@@ -195,24 +235,79 @@ class RateLimiter:
 
     # -- AIMD -------------------------------------------------------------------------
 
-    def throttled(self, sent_at: float | None = None) -> bool:
-        """Record a 429. Returns True when it cut the rate (at most once per cool-down).
+    def accepted(self, sent_at: float) -> None:
+        """Record an answer that was not a 429 for a request sent at ``sent_at``
+        (limiter clock): what the exchange accepts is measured from these."""
+        self._accepted_since_cut = True
+        accepts = self._accepts
+        accepts.append(sent_at)
+        horizon = sent_at - _MEASURE_S
+        while accepts and accepts[0] < horizon:
+            accepts.popleft()
+
+    def throttled(self, sent_at: float | None = None, retry_after: float | None = None) -> bool:
+        """Record a 429. Returns True when it cut the rate (once per throttle window).
 
         ``sent_at`` is the limiter-clock time the throttled request was sent; a 429
-        for a request sent before the last cut was caused by the old rate and is ignored.
+        for a request sent before the last cut was caused by the old rate and is
+        ignored. ``retry_after`` (seconds, from the answer's ``Retry-After``) pauses
+        every request of this key until the window ends; 429s during that pause do not
+        cut again.
         """
         now = self._clock()
         self._refill(now)
-        if now - self._last_cut < self._cooldown:
+        paused = now < self._pause_until
+        if retry_after is not None and retry_after > 0:
+            end = now + retry_after
+            # Within a known pause a later answer bounds the same window's end more
+            # tightly (Retry-After in whole seconds is rounded up).
+            self._pause_until = min(self._pause_until, end) if paused else end
+            self._tokens = min(self._tokens, 0.0)
+        previous_429, self._last_429 = self._last_429, now
+        if paused or now - self._last_cut < self._cooldown:
             return False
         if sent_at is not None and sent_at < self._last_cut:
             return False
-        self._probe_from = self._rate * self._probe_fraction
-        self._rate = max(self._min_rate, self._rate * self._decrease)
+        # A 429 soon after the last one, or soon after an announced pause ended, is the
+        # same congestion going on (e.g. the rate restored after a pause is too high).
+        quiet_since = max(previous_429, self._pause_until)
+        self._cut(now, new_event=now - quiet_since > _EVENT_GAP_S, announced=retry_after)
+        return True
+
+    def _cut(self, now: float, *, new_event: bool, announced: float | None) -> None:
+        before = self._rate
+        self._rate = max(self._min_rate, before * self._decrease)
+        if new_event and announced is not None:
+            # An announced window: the rate before it held (the exchange closed, it
+            # did not refuse our pace).
+            self._good = before
+            self._probe_from = before * self._probe_fraction
+        elif new_event or self._accepted_since_cut:
+            # Refused while some got through: the exchange's limit is about what it
+            # accepted in the last second (never below the cut rate).
+            held = min(before, self._accepted_in(now))
+            if announced is not None:
+                # Our own pace drew a pause: overshooting again costs a whole pause, so
+                # come back a little below what got through and probe up from there.
+                held *= self._probe_fraction
+            self._good = max(self._rate, held)
+            self._probe_from = before * self._probe_fraction
+        # else: nothing got through since the last cut (a closed window): keep the
+        # memory of the good rate, only the current pace drops.
+        self._good = max(self._good, self._rate)
+        self._restore_speed = (self._good - self._rate) / self._restore_s
         self._last_cut = now
+        self._accepted_since_cut = False
         self._tokens = min(self._tokens, 0.0)
         self._notify(force=True)
-        return True
+
+    def _accepted_in(self, now: float) -> float:
+        """Requests accepted in the trailing second (by send time), per second."""
+        accepts = self._accepts
+        horizon = now - _MEASURE_S
+        while accepts and accepts[0] < horizon:
+            accepts.popleft()
+        return len(accepts) / _MEASURE_S
 
     # -- internals --------------------------------------------------------------------
 
@@ -229,6 +324,10 @@ class RateLimiter:
         self._stamp = now
         if self._rate < self._ceiling:
             self._recover(previous, now)
+        if now <= self._pause_until:
+            return  # a closed window: no tokens
+        if previous < self._pause_until:
+            elapsed = now - self._pause_until
         self._tokens = min(self._capacity(), self._tokens + elapsed * self._rate)
 
     def _recover(self, previous: float, now: float) -> None:
@@ -237,6 +336,14 @@ class RateLimiter:
             return
         elapsed = now - start
         rate = self._rate
+        if rate < self._good and self._restore_speed > 0:  # back to the last good rate
+            needed = (self._good - rate) / self._restore_speed
+            if elapsed >= needed:
+                rate = self._good
+                elapsed -= needed
+            else:
+                rate += self._restore_speed * elapsed
+                elapsed = 0.0
         if rate < self._probe_from and self._increase > 0:  # far below the known limit
             fast = min(elapsed, (self._probe_from - rate) / self._increase)
             rate += self._increase * fast
@@ -244,6 +351,13 @@ class RateLimiter:
         rate += self._probe_increase * elapsed
         self._rate = min(self._ceiling, rate)
         self._notify(force=self._rate >= self._ceiling)
+
+    def _wait_s(self, now: float) -> float:
+        """How long until a token can be handed out (the pause, then the refill)."""
+        wait = (1.0 - self._tokens) / self._rate
+        if now < self._pause_until:
+            wait += self._pause_until - now
+        return wait
 
     def _notify(self, *, force: bool) -> None:
         callback = self._on_rate_change
@@ -281,9 +395,10 @@ class RateLimiter:
                     await self._slot_freed
                     self._slot_freed = None
                     continue
-                self._refill(self._clock())
-                if self._tokens < _ONE:
-                    await self._sleep((1.0 - self._tokens) / self._rate)
+                now = self._clock()
+                self._refill(now)
+                if self._tokens < _ONE or now < self._pause_until:
+                    await self._sleep(self._wait_s(now))
                     continue
                 future = self._pop_waiter()
                 if future is None:

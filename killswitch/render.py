@@ -21,6 +21,9 @@ from killswitch.alerts import format_time, scope_to_json
 from killswitch.core.model import HaltState
 
 __all__ = [
+    "EXIT_NOT_DONE",
+    "EXIT_NOT_FOUND",
+    "EXIT_REFUSED",
     "AccountProgress",
     "Board",
     "Check",
@@ -50,6 +53,12 @@ WAITING = "waiting"
 REFUSED = "refused"
 TIMED_OUT = "timed_out"
 _FINISHED_OK = frozenset({"flat", "released", "dry_run"})
+
+# Exit codes of ``trigger`` / ``release`` (see README): 1 is also a command that could
+# not do its job (Kafka unreachable), 2 also a command line that is not a valid trigger.
+EXIT_NOT_DONE = 1
+EXIT_REFUSED = 2
+EXIT_NOT_FOUND = 3
 
 
 # ------------------------------------------------------------------- progress model
@@ -86,6 +95,12 @@ class AccountProgress:
     sweeps: int = 0
     reason: str | None = None
     seconds: float | None = None  # from the daemon reading the alert to the final result
+    not_found: tuple[int, ...] = ()  # order ids in scope never seen open
+
+    @property
+    def refused(self) -> bool:
+        """The daemon sent the alert to the dead-letter topic."""
+        return self.status == REFUSED
 
     @property
     def resolved(self) -> int:
@@ -117,7 +132,15 @@ class AccountProgress:
             sweeps=_int(record.get("sweeps")),
             reason=reason if isinstance(reason, str) and reason else None,
             seconds=(finished - received).total_seconds() if received and finished else None,
+            not_found=_ids(record.get("not_found")),
         )
+
+
+def _ids(value: Any) -> tuple[int, ...]:
+    """Order ids from a record's list, anything else left out."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, int) and not isinstance(v, bool))
 
 
 @dataclass
@@ -196,8 +219,18 @@ class Board:
         return all(self.rows[a].final and self.rows[a].status == want for a in self.accounts)
 
     def exit_code(self) -> int:
-        """0 when every expected account ended well, else 1."""
-        return 0 if self.succeeded() else 1
+        """:data:`EXIT_REFUSED` when the daemon refused the alert (dead letter);
+        :data:`EXIT_NOT_DONE` when a result is not the success status; then
+        :data:`EXIT_NOT_FOUND` when every account ended well but order ids in scope
+        were never found open (the kill did not do what was asked for them); else 0."""
+        rows = [self.rows[a] for a in self.accounts]
+        if any(r.refused for r in rows):
+            return EXIT_REFUSED
+        if not self.succeeded():
+            return EXIT_NOT_DONE
+        if any(r.not_found for r in rows):
+            return EXIT_NOT_FOUND
+        return 0
 
     def ordered(self) -> list[AccountProgress]:
         """Expected accounts in the order given, then any others by name."""
@@ -335,17 +368,25 @@ def summary_lines(board: Board, elapsed_s: float) -> list[str]:
         f"{board.action} {board.alert_id}: {word} on {len(good)}/{len(rows)} account(s) "
         f"in {duration_text(elapsed_s) or '0s'}"
     )
+    missing = [f"  {r.account}: {_not_found_text(r.not_found)}" for r in rows if r.not_found]
     if len(good) == len(rows):
         total = sum(r.resolved for r in rows)
         sent = sum(r.sent for r in rows)
         if board.action == "kill":
             head += f" ({total} order(s) resolved, {sent} cancel(s) sent)"
-        return [head]
+        if missing:
+            head = head.replace(f"{board.action} ", f"{board.action} INCOMPLETE ", 1)
+        return [head, *missing]
     lines = [head.replace(f"{board.action} ", f"{board.action} FAILED ", 1)]
     for r in rows:
         if not (r.final and r.status == success):
             lines.append(f"  {r.account}: {_status_text(r, success)}")
-    return lines
+    return lines + missing
+
+
+def _not_found_text(ids: Sequence[int], shown: int = 20) -> str:
+    text = ", ".join(str(i) for i in ids[:shown]) + (" ..." if len(ids) > shown else "")
+    return f"{len(ids)} order id(s) never found open, not cancelled by this kill: {text}"
 
 
 def redraw(lines: Sequence[str], previous: int) -> str:

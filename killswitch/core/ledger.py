@@ -1,6 +1,6 @@
 """The accounting of one sweep: every resolved order, its one outcome, what is in flight.
 
-Rules (the invariants of ``shared/design.md``, as plain code):
+Rules (the invariants of the design notes, as plain code):
 
 - An order is *resolved* the first time a listing returns it open and in scope (or a
   cancel-all names it). From then on it has exactly one record and, when the sweep
@@ -15,18 +15,31 @@ Rules (the invariants of ``shared/design.md``, as plain code):
   because of that first cancel. Attempts add up over the sweep. The order counts once.
 - An order ``rejected`` by the exchange (not found, invalid request) is not cancelled
   again in the same sweep: the same request would get the same answer.
-- Orders still queued or in flight when a sweep stops (deadline, auth failure) end as
-  ``failed`` unless an earlier pass already gave them an outcome.
-- Residual: the orders the latest listing of each pair returned in scope (plus those of
-  a listing cut short), minus those a cancel since then found ``already_closed``.
-  ``sent`` is not proof: such orders stay residual until a listing no longer returns them.
-  A pair never listed to the end is not counted (nothing is known about it); the sweep
-  names such pairs (:meth:`Ledger.listed_pairs`).
+- The exchange has the last word. A complete listing of a pair that no longer shows an
+  order whose cancel ended ``failed`` in an earlier pass (its answer was lost: timeout,
+  retries exhausted) makes it ``sent``. The final listing of a sweep (see
+  :meth:`Ledger.listing_finished` with ``final``) also settles orders without an outcome:
+  gone after a cancel was attempted (in flight when the sweep stopped) is ``sent``, gone
+  without one is ``already_closed``. Only what is still unsettled when the sweep ends
+  (:meth:`Ledger.finalise`) is ``failed``: an order absent from a complete final listing
+  never is.
+- Metrics (``on_outcome``): each order is counted once, when it first reaches ``sent``,
+  ``already_closed`` or ``rejected`` (answers from the exchange), or as ``failed`` at the
+  end of the sweep if it reached none of them. ``failed`` during a sweep is provisional
+  (the next pass lists and cancels again), so it is not counted until then. A later
+  change of a counted order's outcome (``sent`` then ``rejected`` by a re-cancel) is
+  not counted again: the result carries the final outcome, the counter the first.
+- Residual: the orders the latest *complete* listing of each pair returned in scope,
+  minus those a cancel answered ``sent`` or ``already_closed`` after that listing
+  (they are no longer known to be open; a lost cancel shows up again in the next
+  listing). A listing cut short proves nothing and counts nothing; a pair never listed
+  to the end is not counted (nothing is known about it) and the sweep names such pairs
+  (:meth:`Ledger.listed_pairs`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from killswitch.core.model import Counts, OrderReport, Scope
@@ -47,6 +60,11 @@ class OrderRecord:
     outcome: Outcome | None = None
     attempts: int = 0
     reason: RejectReason | None = None
+    counted: bool = False  # reported to ``on_outcome`` (once per order, see the rules)
+
+
+# Outcomes that are answers from the exchange: counted in the metrics as they arrive.
+COUNTED_AT_ONCE = frozenset({Outcome.SENT, Outcome.ALREADY_CLOSED, Outcome.REJECTED})
 
 
 def merge_outcome(prior: Outcome | None, new: Outcome) -> Outcome:
@@ -59,6 +77,20 @@ def merge_outcome(prior: Outcome | None, new: Outcome) -> Outcome:
 def should_cancel_again(prior: Outcome | None) -> bool:
     """Whether an order a listing shows open again gets another cancel."""
     return prior not in (Outcome.REJECTED, Outcome.SKIPPED)
+
+
+def settle_absent(outcome: Outcome | None, attempts: int) -> Outcome | None:
+    """The outcome of an order a complete final listing no longer shows (None: keep it).
+
+    Gone after a cancel was attempted (a ``failed`` answer, or a request in flight when
+    the sweep stopped) is ``sent``: the exchange applied it. Gone without any cancel is
+    ``already_closed``: it closed on its own. Exchange answers are kept as they are.
+    """
+    if outcome is Outcome.FAILED or (outcome is None and attempts > 0):
+        return Outcome.SENT
+    if outcome is None:
+        return Outcome.ALREADY_CLOSED
+    return None
 
 
 def covers(scope: Scope, order_id: int, record: OrderRecord) -> bool:
@@ -75,8 +107,11 @@ def covers(scope: Scope, order_id: int, record: OrderRecord) -> bool:
 class Ledger:
     """Accounting for one sweep of one account (see the module docstring for the rules)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_outcome: Callable[[Outcome], None] | None = None) -> None:
+        self._on_outcome = on_outcome
         self._orders: dict[int, OrderRecord] = {}
+        self._failed_before: set[int] = set()  # outcome failed when the pass started
+        self._by_symbol: dict[str, list[int]] | None = None  # for a final listing
         self._pending: set[int] = set()  # queued or in flight
         self._in_flight: set[int] = set()
         self._seen: set[int] = set()  # listed in the current pass
@@ -91,6 +126,10 @@ class Ledger:
         """A new pass starts: every order may be cancelled once more."""
         self._seen = set()
         self._recancels = 0
+        self._failed_before = {
+            oid for oid, r in self._orders.items() if r.outcome is Outcome.FAILED
+        }
+        self._by_symbol = None
 
     def recancels(self) -> int:
         """Orders this pass found open again although a cancel for them was ``sent``."""
@@ -107,9 +146,44 @@ class Ledger:
     def listing_started(self, symbol: str) -> None:
         self._listing[symbol] = set()
 
-    def listing_finished(self, symbol: str) -> None:
-        """A pair's listing completed: it becomes that pair's residual picture."""
+    def listing_finished(self, symbol: str, *, final: bool = False) -> None:
+        """A pair's listing completed: it becomes that pair's residual picture.
+
+        Orders of the pair this pass's listing did not return are settled: ``failed`` in
+        an earlier pass becomes ``sent``; with ``final`` (the sweep's last listing, no
+        cancel runs any more) orders without an outcome too (see :func:`settle_absent`).
+        """
         self._listed[symbol] = self._listing.pop(symbol, set())
+        seen = self._seen
+        if final:
+            candidates = [
+                oid
+                for oid in self._orders_of(symbol)
+                if oid not in seen and oid not in self._in_flight
+            ]
+        else:
+            candidates = [
+                oid
+                for oid in self._failed_before
+                if oid not in seen and self._orders[oid].symbol == symbol
+            ]
+        for order_id in candidates:
+            record = self._orders[order_id]
+            if record.outcome is Outcome.FAILED and order_id in self._pending:
+                continue  # cancelled again in this pass: its own answer decides
+            settled = settle_absent(record.outcome, record.attempts)
+            if settled is not None:
+                self.conclude(order_id, settled)
+            self._failed_before.discard(order_id)
+
+    def _orders_of(self, symbol: str) -> list[int]:
+        """Resolved orders of one pair, indexed at the first call of a pass (an order
+        resolved later in the pass was seen by its listing: never settled as absent)."""
+        if self._by_symbol is None:
+            self._by_symbol = {}
+            for order_id, record in self._orders.items():
+                self._by_symbol.setdefault(record.symbol, []).append(order_id)
+        return self._by_symbol.get(symbol, [])
 
     def listed_pairs(self) -> frozenset[str]:
         """Pairs with at least one complete listing in this sweep."""
@@ -187,25 +261,51 @@ class Ledger:
             record.reason = reason
         record.outcome = merged
         record.attempts += attempts
-        if outcome is Outcome.ALREADY_CLOSED:
+        if merged in COUNTED_AT_ONCE:
+            self._count(record)
+        if outcome is Outcome.ALREADY_CLOSED or outcome is Outcome.SENT:
+            # No longer known to be open (a lost cancel shows up in the next listing).
             self._listed.get(record.symbol, set()).discard(order_id)
             self._listing.get(record.symbol, set()).discard(order_id)
 
-    def abandon(self, order_id: int) -> None:
-        """A queued or in-flight cancel that will not be answered (the sweep stopped)."""
+    def _count(self, record: OrderRecord) -> None:
+        if record.counted or record.outcome is None or record.outcome is Outcome.SKIPPED:
+            return
+        record.counted = True
+        if self._on_outcome is not None:
+            self._on_outcome(record.outcome)
+
+    def abandon(self, order_id: int, *, sent: bool = False) -> None:
+        """A queued or in-flight cancel that will not be answered (the sweep stopped).
+
+        The order keeps its outcome (none yet, usually): a final listing may still
+        settle it, else :meth:`finalise` makes it ``failed``. ``sent``: the request had
+        gone out (in flight), which counts as an attempt.
+        """
         self._in_flight.discard(order_id)
         self._pending.discard(order_id)
         record = self._orders.get(order_id)
-        if record is not None and record.outcome is None:
-            self.conclude(order_id, Outcome.FAILED)
+        if record is not None and sent:
+            record.attempts += 1
+
+    def attempted(self, order_id: int) -> bool:
+        """Whether any cancel for this order was sent (or an answer recorded)."""
+        record = self._orders[order_id]
+        return record.attempts > 0 or record.outcome is not None
 
     def finalise(self) -> int:
-        """End of sweep: every order without an outcome is ``failed``. Returns how many."""
-        missing = [oid for oid, r in self._orders.items() if r.outcome is None]
-        for order_id in missing:
-            self.abandon(order_id)
+        """End of sweep: every order without an outcome is ``failed``. Returns how many.
+
+        Orders whose ``failed`` was never superseded are counted in the metrics now.
+        """
         self._pending.clear()
         self._in_flight.clear()
+        missing = [oid for oid, r in self._orders.items() if r.outcome is None]
+        for order_id in missing:
+            self.conclude(order_id, Outcome.FAILED)
+        for record in self._orders.values():
+            if record.outcome is Outcome.FAILED:
+                self._count(record)
         return len(missing)
 
     # ------------------------------------------------------------------ reporting
@@ -251,14 +351,11 @@ class Ledger:
         ]
 
     def residual(self, scope: Scope | None = None) -> int:
-        """Orders in scope the latest listing of their pair returned and not known closed."""
-        # A pair whose listing was cut short counts both its last complete listing and
-        # what the partial one returned: an estimate that errs towards "still open".
+        """Orders in scope the latest complete listing of their pair returned open and no
+        cancel answered since (see the module docstring)."""
         ids: set[int] = set()
         for listed in self._listed.values():
             ids |= listed
-        for listing in self._listing.values():
-            ids |= listing
         if scope is None:
             return len(ids)
         return sum(

@@ -64,11 +64,16 @@ class KillRequest:
     scope: Scope
     received_at: datetime
     deadline_s: float  # seconds from received_at
+    # A replayed alert: what an earlier process published for it before it stopped.
+    carried: CarriedOutcomes | None = None
     latch: bool = False
     dry_run: bool = False
     source: str = ""
     reason: str = ""
     operator: str | None = None
+    # Set when the scope's pairs could not be checked against any pair list (why):
+    # an empty listing of such a pair proves nothing, so the result is never ``flat``.
+    unchecked_pairs: str | None = None
 
 
 @dataclass(slots=True)
@@ -100,6 +105,24 @@ class OrderReport:
     reason: RejectReason | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CarriedOutcomes:
+    """The last progress result an earlier process published for one (alert, account)
+    before it stopped without a final one; folded into the replay's results
+    (:func:`killswitch.core.carry.carry_over`)."""
+
+    counts: Counts = field(hash=False)
+    orders: tuple[OrderReport, ...] = ()  # per-order outcomes, when they fitted the record
+    sweeps: int = 0
+    received_at: datetime | None = None
+    first_cancel_at: datetime | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every counted outcome is in ``orders`` (so overlaps can be found)."""
+        return len(self.orders) == self.counts.resolved
+
+
 @dataclass(slots=True)
 class SweepResult:
     """A result event for one alert and account (progress when ``final`` is False)."""
@@ -121,6 +144,8 @@ class SweepResult:
     source: str = ""
     # Progress events: orders resolved whose outcome is not known yet (queued or in flight).
     pending: int = 0
+    # Final results: order ids named in the scope that no listing ever showed open.
+    not_found: list[int] = field(default_factory=list)
 
 
 def no_sweep_result(

@@ -1,11 +1,17 @@
-"""What an exchange answer means: the outcome taxonomy of ``shared/ajaib-api.md``, as plain code."""
+"""What an exchange answer means: the outcome taxonomy of ``docs/CLIENT.md``, as plain code."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
+
+# A Retry-After beyond this is not a throttle window but a misreading (or an outage
+# no request deadline would outlast): capped, so nothing waits for it.
+MAX_RETRY_AFTER_S = 3600.0
 
 
 class Outcome(StrEnum):
@@ -23,6 +29,7 @@ class RejectReason(StrEnum):
     INVALID_REQUEST = "invalid_request"
     NOT_FOUND = "not_found"
     OTHER_4XX = "other_4xx"
+    REDIRECT = "redirect"  # a 3xx: never followed, the base URL is wrong
 
 
 class Verdict(StrEnum):
@@ -64,6 +71,8 @@ def classify_cancel(status: int, body: Any) -> Classification:
         return THROTTLED
     if status >= 500:
         return TRANSIENT
+    if 300 <= status < 400:
+        return Classification(Verdict.DONE, Outcome.REJECTED, RejectReason.REDIRECT, code)
     if status == 400 and code == "order_already_closed":
         return Classification(Verdict.DONE, Outcome.ALREADY_CLOSED, error_code=code)
     if status in (401, 403) or code == "invalid_client":
@@ -82,3 +91,24 @@ def classify_read(status: int) -> Verdict | None:
     if status >= 500:
         return Verdict.TRANSIENT
     return None
+
+
+def retry_after_s(value: str | None, now_wall_s: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (RFC 9110 10.2.3), or None.
+
+    The value is a number of seconds (``"3"``) or an HTTP date (``"Sun, 29 Nov 2026
+    18:00:03 GMT"``, compared with ``now_wall_s``, seconds since the epoch). A date in
+    the past is 0; anything unreadable is None (no advice); at most an hour.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(int(value)), MAX_RETRY_AFTER_S)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return min(max(0.0, when.timestamp() - now_wall_s), MAX_RETRY_AFTER_S)

@@ -16,7 +16,15 @@ from killswitch.core.model import Scope, SweepStatus
 from killswitch.core.orders import Order
 
 PriorityName = Literal["notional_desc", "newest_first", "oldest_first"]
-StrategyName = Literal["per_order", "batch", "symbol"]
+StrategyName = Literal["auto", "per_order", "batch", "symbol"]
+EndpointName = Literal["cancel_all", "cancel_batch"]
+
+# Queue entry standing for "cancel every open order of this pair" (one cancel-all);
+# order ids are positive, so it never collides with one.
+WHOLE_PAIR = -1
+# HTTP answers that mean the exchange does not serve an endpoint at all (the route or
+# the method does not exist), as opposed to refusing one request to it.
+ENDPOINT_REFUSED_STATUSES = frozenset({404, 405})
 
 
 # --------------------------------------------------------------------------- scope
@@ -69,11 +77,54 @@ def effective_strategy(strategy: StrategyName, scope: Scope, *, first_pass: bool
 
     ``symbol`` (cancel-all on each pair) applies only to the first pass of a sweep and
     only when the scope is whole pairs; every later pass is a verify listing whose
-    leftovers are cancelled one by one (``per_order``).
+    leftovers are cancelled one by one (``per_order``). ``auto`` decides per pair and
+    per request (see :func:`cancel_whole_pair` and :func:`bulk_plan`), in every pass.
     """
     if strategy == "symbol":
         return "symbol" if first_pass and whole_pairs(scope) else "per_order"
     return strategy
+
+
+def cancel_whole_pair(
+    scope: Scope,
+    *,
+    first_page: int,
+    in_scope_on_page: int,
+    page_size: int,
+    refused: Iterable[str] = (),
+) -> bool:
+    """Strategy ``auto``: whether a pair becomes one cancel-all after its first page.
+
+    Only a scope of whole pairs may use cancel-all (it cannot be narrowed), and only
+    while the account's exchange serves it (``refused`` names endpoints it does not).
+    A full first page means more pages follow: one cancel-all covers them all, so the
+    rest of the pair is not listed (the next pass's listing verifies). A short page is
+    the whole pair: two or more orders there are still cheaper as one cancel-all, one
+    order is one DELETE either way and a per-order answer says more (already closed).
+    """
+    if not whole_pairs(scope) or "cancel_all" in refused:
+        return False
+    return first_page >= page_size or in_scope_on_page >= 2
+
+
+def bulk_plan(
+    strategy: StrategyName, batch_size: int, refused: Iterable[str] = ()
+) -> tuple[int, bool]:
+    """How a worker of this pass takes queued orders: (ids per request, use batch cancel).
+
+    ``batch`` always sends batch cancels; ``auto`` does while the exchange serves them
+    (a batch of one is sent as a per-order DELETE); everything else one by one.
+    """
+    if strategy == "batch":
+        return batch_size, True
+    if strategy == "auto" and "cancel_batch" not in refused:
+        return batch_size, True
+    return 1, False
+
+
+def endpoint_refused(status: int | None) -> bool:
+    """True when a bulk cancel's answer says the exchange has no such endpoint."""
+    return status is not None and status in ENDPOINT_REFUSED_STATUSES
 
 
 # ------------------------------------------------------------------------ priority
@@ -126,18 +177,28 @@ class CancelQueue:
         self._size += 1
 
     def pop(self, max_n: int = 1) -> tuple[str, list[int]] | None:
-        """The best order and up to ``max_n - 1`` more of its pair, or None when empty."""
+        """The best order and up to ``max_n - 1`` more of its pair, or None when empty.
+
+        A :data:`WHOLE_PAIR` entry always comes out alone (it is one cancel-all).
+        """
         while self._global:
             k0, k1, seq, symbol = heapq.heappop(self._global)
             heap = self._by_symbol.get(symbol)
             if not heap or heap[0][:3] != (k0, k1, seq):
                 continue  # stale head: that entry went out in an earlier batch
-            ids = [heapq.heappop(heap)[3] for _ in range(min(max_n, len(heap)))]
+            ids = [heapq.heappop(heap)[3]]
+            if ids[0] != WHOLE_PAIR:
+                while heap and len(ids) < max_n and heap[0][3] != WHOLE_PAIR:
+                    ids.append(heapq.heappop(heap)[3])
             if not heap:
                 del self._by_symbol[symbol]
             self._size -= len(ids)
             return symbol, ids
         return None
+
+    def requests(self, max_n: int) -> int:
+        """How many requests the queued orders make, ``max_n`` ids per request at most."""
+        return sum(-(-len(heap) // max_n) for heap in self._by_symbol.values())
 
     def drain(self) -> Iterator[tuple[str, int]]:
         """Remove and yield every queued ``(symbol, order_id)`` (a stopped sweep)."""

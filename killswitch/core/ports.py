@@ -15,6 +15,7 @@ from typing import Protocol
 from killswitch.core.model import HaltState, KillRequest, SweepResult
 from killswitch.core.orders import Order, SymbolInfo
 from killswitch.core.outcomes import Outcome, RejectReason
+from killswitch.core.pairs import PairList
 
 
 class Priority(IntEnum):
@@ -48,6 +49,7 @@ class BatchCancelResult:
     attempts: int = 1
     outcome: Outcome | None = None
     reason: RejectReason | None = None
+    status: int | None = None  # HTTP status of a refused call (404/405: no such endpoint)
 
 
 class ExchangeAPI(Protocol):
@@ -74,6 +76,18 @@ class ExchangeAPI(Protocol):
     async def cancel_batch(self, symbol: str, order_ids: Sequence[int]) -> BatchCancelResult: ...
 
     async def cancel_all(self, symbol: str) -> BatchCancelResult: ...
+
+
+class PairLister(Protocol):
+    """One account's pair list (``killswitch.exchange.client.ExchangeClient``)."""
+
+    def cached_pair_list(self) -> PairList | None:
+        """What is known now, without a request (None: nothing yet)."""
+        ...
+
+    async def pair_list(self) -> PairList:
+        """Fetched when not fresh; kept or configured on failure; raises when no source."""
+        ...
 
 
 class Observer(Protocol):

@@ -21,6 +21,10 @@
   starts and stops guards after the answer changed. Without a filter it owns all.
 - **Deadlines.** A request's deadline is ``deadline_s`` after its ``received_at``,
   measured on the event loop's monotonic clock from the moment it is submitted.
+- **Refused endpoints.** An exchange that does not serve cancel-all or batch cancel
+  (404/405 to the call itself) is remembered per account for the engine's lifetime:
+  every later sweep of that account (strategy ``auto``) falls back at once instead of
+  asking again (:meth:`Engine.refused_endpoints`).
 - **Never raises for bad input.** An unknown account, a request during shutdown: a
   final ``failed`` result with the reason.
 """
@@ -118,6 +122,7 @@ class Engine:
         self._clock = clock
         self._concurrency = concurrency
         self._accounts: dict[str, _Account] = {}
+        self._refused: dict[str, set[str]] = {}  # per account: endpoints not served
         self._halts: dict[str, HaltState] = {}
         self._guards: dict[str, _Guard] = {}
         self._deferred_guards: set[str] = set()
@@ -207,6 +212,10 @@ class Engine:
         """The accounts currently halted (a copy)."""
         return dict(self._halts)
 
+    def refused_endpoints(self, account: str) -> frozenset[str]:
+        """Bulk endpoints (``cancel_all``, ``cancel_batch``) the account's exchange refused."""
+        return frozenset(self._refused.get(account, ()))
+
     def set_guard_filter(self, owns: Callable[[str], bool]) -> None:
         """Guard (re-sweep) a halted account only while ``owns(account)`` holds.
 
@@ -291,6 +300,7 @@ class Engine:
             observer=self._observer,
             clock=self._clock,
             name=name,
+            refused=self._refused.setdefault(client.account, set()),
         )
 
     async def _run(self, account: _Account, sweep: Sweep) -> None:

@@ -7,6 +7,23 @@ A cancel-all pass (strategy ``symbol``, first pass only) cancels whole pairs and
 finishes ``fail`` ids one by one. After a pass the sweep lists again; it is flat only
 when a complete listing, started after the last alert joined, finds nothing in scope.
 
+Strategy ``auto`` (the default) spends the fewest requests: in every pass, a pair wholly
+in scope whose first page is full or shows two or more orders becomes one cancel-all,
+queued under the priority key of the best order on that page, and the rest of the pair
+is not listed (the next pass's listing verifies); partial scopes go out as batch
+cancels. Ids a bulk cancel answers in ``fail`` (or in neither list) get per-order
+DELETEs. An endpoint the exchange does not serve (404/405 to the call as a whole) is
+remembered for the account (``refused``, shared by its later sweeps) and the account
+falls back: cancel-all to batches, batches to per-order.
+
+The deadline is soft for cancels already sent: at the deadline listings stop and
+workers take no new work, but a cancel in flight may still answer until
+``settle_grace_s`` past it (then it is cut off). After the deadline (or the last pass
+allowed) the sweep *settles*: one final listing of the pairs in scope, bounded by
+``settle_grace_s`` too, decides what is still open: an order it no longer shows is
+``sent`` if a cancel was attempted, never ``failed``, and ``residual_open`` counts what
+it shows (see :mod:`killswitch.core.ledger`).
+
 Alerts join a sweep as *tickets*. A ticket that joins a running sweep widens its
 scope (and may push its deadline out); new pairs are listed in the running pass
 already, and the sweep cannot end flat before a pass that started after the join.
@@ -35,16 +52,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from killswitch.config import EngineSettings
+from killswitch.core.carry import RESULT_MAX_ORDERS, carry_over
 from killswitch.core.ledger import Ledger, covers
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order
 from killswitch.core.outcomes import Outcome, RejectReason
+from killswitch.core.pairs import PairList
 from killswitch.core.planning import (
+    WHOLE_PAIR,
     CancelQueue,
     Next,
     PassSummary,
+    PriorityKey,
     StrategyName,
+    bulk_plan,
+    cancel_whole_pair,
     effective_strategy,
+    endpoint_refused,
     final_status,
     in_scope,
     next_step,
@@ -54,13 +78,20 @@ from killswitch.core.planning import (
     symbols_to_list,
     unanswered,
 )
-from killswitch.core.ports import ExchangeAPI, NullObserver, Observer, ResultSink
+from killswitch.core.ports import (
+    BatchCancelResult,
+    ExchangeAPI,
+    NullObserver,
+    Observer,
+    ResultSink,
+)
 from killswitch.exchange.errors import (
     AuthError,
     ExchangeError,
     ExchangeUnavailable,
     InvalidRequest,
     NotFound,
+    Redirected,
 )
 
 log = logging.getLogger(__name__)
@@ -115,6 +146,9 @@ class _Pass:
     busy: int = 0  # workers in the middle of a cancel that may hand work back
     workers: int = 0  # worker tasks running (started on demand, see Sweep._want_workers)
     queued: int = 0
+    # strategy auto: the first-page orders of each pair queued as one cancel-all
+    bulk: dict[str, list[tuple[PriorityKey, int]]] = field(default_factory=dict)
+    no_bulk: set[str] = field(default_factory=set)  # pairs whose cancel-all was refused
     complete: bool = True  # every pair in scope was listed to the end
     open: bool = True  # more producers may still be added (scope widening)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -142,6 +176,7 @@ class Sweep:
         observer: Observer | None = None,
         clock: WallClock = utc_now,
         name: str = "",
+        refused: set[str] | None = None,
     ) -> None:
         self.client = client
         self.account = client.account
@@ -155,7 +190,9 @@ class Sweep:
         self.scope: Scope | None = normalise_scope(scope) if scope is not None else None
         self.deadline = deadline if deadline is not None else -1.0
         self.tickets: list[Ticket] = []
-        self.ledger = Ledger()
+        # Endpoints the account's exchange does not serve (shared with its later sweeps).
+        self.refused: set[str] = refused if refused is not None else set()
+        self.ledger = Ledger(on_outcome=self._count_outcome)
         self.gen = 0
         self.passes = 0
         self.accepting = True
@@ -171,6 +208,8 @@ class Sweep:
         self._unanswered_listings = 0  # passes in a row (see MAX_UNANSWERED_LISTINGS)
         self._unanswered_pass = 0  # the last pass counted in _unanswered_listings
         self._pairs: set[str] = set()  # every pair in scope a pass set out to list or cancel
+        self._settle_wanted = False  # ended with orders possibly open: list once more
+        self._soft: set[asyncio.Timeout] = set()  # listings that stop at the deadline
 
     # ----------------------------------------------------------------- tickets
 
@@ -199,8 +238,11 @@ class Sweep:
         self.scope = scope if old is None else old.widen(scope)
         if ticket.deadline > self.deadline:
             self.deadline = ticket.deadline
-            if self._timeout is not None:
-                self._timeout.reschedule(self.deadline)
+            if self._timeout is not None and not self._timeout.expired():
+                self._timeout.reschedule(self.deadline + self.settings.settle_grace_s)
+            for soft in self._soft:
+                if not soft.expired():
+                    soft.reschedule(self.deadline)
         if self.started and self.scope != old:
             self._extend_pass()
         return ticket
@@ -215,20 +257,32 @@ class Sweep:
             raise RuntimeError("a sweep needs a scope (a ticket or an initial scope)")
         progress = asyncio.create_task(self._progress_loop(), name=f"{self.name}-progress")
         try:
-            async with asyncio.timeout_at(self.deadline) as timeout:
-                self._timeout = timeout
-                await self._passes()
-        except TimeoutError:
-            if self._timeout is None or not self._timeout.expired():
-                self.failure = "internal error: unexpected timeout"
-                log.exception("sweep failed", extra={"account": self.account})
-            else:
-                self.end_note = "deadline passed before a listing came back empty"
+            try:
+                # Hard bound: cancels still in flight this long after the deadline are
+                # cut off (the passes themselves stop taking work at the deadline).
+                hard = self.deadline + self.settings.settle_grace_s
+                async with asyncio.timeout_at(hard) as timeout:
+                    self._timeout = timeout
+                    await self._passes()
+            except TimeoutError:
+                if self._timeout is None or not self._timeout.expired():
+                    self.failure = "internal error: unexpected timeout"
+                    log.exception("sweep failed", extra={"account": self.account})
+                else:
+                    self._past_deadline()
+            except asyncio.CancelledError:
+                self.failure = "engine stopped before the sweep finished"
+                raise
+            except Exception as exc:
+                self.failure = self._describe_failure(exc)
+            self.accepting = False
+            self._timeout = None
+            self._pass = None
+            if self._settle_wanted and self.failure is None and not self.dry_run:
+                await self._settle_outcomes()
         except asyncio.CancelledError:
-            self.failure = "engine stopped before the sweep finished"
+            self.failure = self.failure or "engine stopped before the sweep finished"
             raise
-        except Exception as exc:
-            self.failure = self._describe_failure(exc)
         finally:
             self.accepting = False
             self._timeout = None
@@ -237,6 +291,25 @@ class Sweep:
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
             self._settle()
+
+    def _deadline_passed(self) -> bool:
+        return asyncio.get_running_loop().time() >= self.deadline
+
+    def _past_deadline(self) -> None:
+        """The deadline ended the sweep: settle outcomes with one final listing."""
+        self.accepting = False
+        self.end_note = "deadline passed before a listing came back empty"
+        self._settle_wanted = True
+
+    @contextlib.asynccontextmanager
+    async def _until_deadline(self) -> AsyncIterator[None]:
+        """Raise TimeoutError in the body at the deadline (moved out when tickets join)."""
+        async with asyncio.timeout_at(self.deadline) as soft:
+            self._soft.add(soft)
+            try:
+                yield
+            finally:
+                self._soft.discard(soft)
 
     def abandon(self, reason: str) -> None:
         """Settle a sweep that will never run: every ticket gets a ``failed`` result."""
@@ -261,6 +334,9 @@ class Sweep:
         max_passes = self.settings.max_passes
         lagging = 0
         while True:
+            if self._deadline_passed():
+                self._past_deadline()
+                return
             self.passes += 1
             gen = self.gen
             self.ledger.new_pass()
@@ -281,6 +357,9 @@ class Sweep:
             step = next_step(
                 summary, passes=self.passes, max_passes=max_passes, dry_run=self.dry_run
             )
+            if step is Next.CONTINUE and self._deadline_passed():
+                self._past_deadline()
+                return
             if step is Next.CONTINUE:
                 lagging = lagging + 1 if self.ledger.recancels() else 0
                 pause = max(
@@ -301,6 +380,9 @@ class Sweep:
                     if self.passes >= max_passes
                     else "orders still open that the exchange refused to cancel"
                 )
+                # The last pass cancelled after its listing: only a listing can say what
+                # is still open. (A pass that cancelled nothing is its own final listing.)
+                self._settle_wanted = p.queued > 0 or not summary.listed
             self.accepting = False
             return
 
@@ -348,7 +430,17 @@ class Sweep:
             self._listing_unanswered(f"exchange unavailable reading exchange info: {exc}")
             return None
         self._exchange_answered()
+        self._note_pair_source()
         return symbols_to_list(self.scope, (s.symbol for s in info))
+
+    def _note_pair_source(self) -> None:
+        """Say in the result when the pairs listed were not the exchange's current list."""
+        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
+        pairs = cached() if callable(cached) else None
+        if isinstance(pairs, PairList) and pairs.source != "exchange":
+            note = f"pairs from the {pairs.source} pair list (exchange-info: {pairs.error})"
+            if note not in self.notes:
+                self.notes.append(note)
 
     def _exchange_answered(self) -> None:
         """A usable answer (a page, a cancel outcome): the exchange is reachable."""
@@ -368,8 +460,13 @@ class Sweep:
 
     def _add_producer(self, p: _Pass, symbol: str) -> None:
         job = self._producer(p, symbol)
-        if job is not None:
+        if job is None:
+            return
+        try:
             p.tg.create_task(job, name=f"{self.name}-{symbol}")
+        except RuntimeError:  # the pass is ending (deadline, failure): the sweep settles it
+            job.close()
+            p.producers -= 1
 
     def _producer(self, p: _Pass, symbol: str) -> Coroutine[Any, Any, None] | None:
         """The listing (or cancel-all) of ``symbol`` in pass ``p``; None if it has one."""
@@ -415,19 +512,26 @@ class Sweep:
         ledger = self.ledger
         ledger.listing_started(symbol)
         try:
-            async with _closing(
-                self.client.open_orders(symbol, limit=self.settings.page_size)
-            ) as pages:
+            async with (
+                self._until_deadline(),
+                _closing(self.client.open_orders(symbol, limit=self.settings.page_size)) as pages,
+            ):
+                first = True
                 async for page in pages:
+                    if first and self._whole_pair(p, symbol, page):
+                        return  # one cancel-all covers the rest: the next pass verifies
+                    first = False
                     self._take_page(p, page)
             ledger.listing_finished(symbol)
             self._exchange_answered()
+        except TimeoutError:
+            p.complete = False  # the deadline: the sweep settles with a final listing
         except AuthError as exc:
             raise SweepStopped(f"authentication refused listing {symbol}: {exc}") from None
         except ExchangeUnavailable as exc:
             p.complete = False
             self._listing_unanswered(f"exchange unavailable listing {symbol}: {exc}")
-        except (InvalidRequest, NotFound) as exc:
+        except (InvalidRequest, NotFound, Redirected) as exc:  # a redirect stops the sweep there
             await self._unlistable(p, symbol, exc)
         finally:
             self._producer_done(p)
@@ -450,6 +554,42 @@ class Sweep:
         self._want_workers(p)
         p.wake.set()
 
+    def _whole_pair(self, p: _Pass, symbol: str, page: list[Order]) -> bool:
+        """Strategy ``auto``: queue the pair as one cancel-all after its first page.
+
+        True when done (the listing of the pair stops here). The cancel-all is queued
+        under the key of the best order on the page, so priority still holds across
+        pairs; the page's orders are resolved now and settled by its answer.
+        """
+        if p.strategy != "auto" or self.dry_run or not p.open or symbol in p.no_bulk:
+            return False
+        scope = self.scope
+        assert scope is not None
+        wanted = [o for o in page if in_scope(scope, o)]
+        if not cancel_whole_pair(
+            scope,
+            first_page=len(page),
+            in_scope_on_page=len(wanted),
+            page_size=self.settings.page_size,
+            refused=self.refused,
+        ):
+            return False
+        self._exchange_answered()
+        ledger = self.ledger
+        entries: list[tuple[PriorityKey, int]] = []
+        for order in wanted:
+            if ledger.observe(order.order_id, order.symbol, order.side):
+                entries.append((priority_key(self.settings.priority, order), order.order_id))
+        if not entries:
+            return False  # nothing here we would cancel again (rejected): list on
+        p.bulk[symbol] = entries
+        p.queue.push(min(key for key, _ in entries), WHOLE_PAIR, symbol)
+        p.queued += len(entries)
+        p.complete = False
+        self._want_workers(p)
+        p.wake.set()
+        return True
+
     async def _unlistable(self, p: _Pass, symbol: str, exc: ExchangeError) -> None:
         """The exchange refused to list a pair: unknown pair (no orders) or a failure."""
         try:
@@ -458,11 +598,12 @@ class Sweep:
             known = {symbol}  # cannot tell: assume it exists, so the refusal is a failure
         if symbol in known:
             raise SweepStopped(f"exchange refused to list {symbol}: {exc}") from None
-        # A pair the exchange does not trade has no open orders: nothing to cancel there.
-        note = f"{symbol} is not traded on the exchange"
+        # Not in the pair list (delisted since the scope was checked, or never checked):
+        # a refusal to list proves nothing, so the pair stays unlisted and no result
+        # covering it can be flat (see _unproven).
+        note = f"{symbol} is not traded on the exchange (it refused to list it)"
         if note not in self.notes:
             self.notes.append(note)
-        self.ledger.listing_finished(symbol)
 
     async def _cancel_all(self, p: _Pass, symbol: str) -> None:
         """Strategy ``symbol``: cancel a whole pair, then ``fail`` ids one by one."""
@@ -504,12 +645,17 @@ class Sweep:
         starts none. Workers stop only when the pass is idle (they close it)."""
         if self.dry_run or not p.open:
             return
-        per_worker = self.settings.batch_size if p.strategy == "batch" else 1
-        work = len(p.singles) + -(-len(p.queue) // per_worker)
+        per_request, _ = bulk_plan(p.strategy, self.settings.batch_size, self.refused)
+        work = len(p.singles) + p.queue.requests(per_request)
         idle = p.workers - p.busy
         for _ in range(min(self.workers - p.workers, work - idle)):
+            job = self._worker(p)
+            try:
+                p.tg.create_task(job, name=f"{self.name}-w{p.workers + 1}")
+            except RuntimeError:  # an answer arriving while the pass ends: nobody to work
+                job.close()
+                return
             p.workers += 1
-            p.tg.create_task(self._worker(p), name=f"{self.name}-w{p.workers}")
 
     async def _worker(self, p: _Pass) -> None:
         try:
@@ -518,13 +664,16 @@ class Sweep:
             p.workers -= 1
 
     async def _work(self, p: _Pass) -> None:
-        batch = self.settings.batch_size if p.strategy == "batch" else 1
         while True:
+            if self._deadline_passed():
+                return  # no new cancels; the ones in flight may still answer
             if p.singles:
                 symbol, order_id = p.singles.popleft()
                 await self._busy(p, self._cancel_one(symbol, order_id))
                 continue
-            item = p.queue.pop(batch)
+            # Read per request: a batch refusal switches the account to per-order.
+            per_request, use_batch = bulk_plan(p.strategy, self.settings.batch_size, self.refused)
+            item = p.queue.pop(per_request)
             if item is None:
                 if p.idle():
                     p.open = False
@@ -534,7 +683,9 @@ class Sweep:
                 await p.wake.wait()
                 continue
             symbol, ids = item
-            if p.strategy == "batch":
+            if ids[0] == WHOLE_PAIR:
+                await self._busy(p, self._cancel_pair(p, symbol))
+            elif use_batch and (len(ids) > 1 or p.strategy == "batch"):
                 await self._busy(p, self._cancel_batch(p, symbol, ids))
             else:
                 await self._busy(p, self._cancel_one(symbol, ids[0]))
@@ -554,7 +705,7 @@ class Sweep:
         try:
             result = await self.client.cancel_order(order_id, symbol)
         except asyncio.CancelledError:
-            ledger.abandon(order_id)
+            ledger.abandon(order_id, sent=True)
             raise
         except AuthError as exc:
             ledger.conclude(order_id, Outcome.REJECTED, 1, RejectReason.AUTH)
@@ -583,7 +734,7 @@ class Sweep:
             result = await self.client.cancel_batch(symbol, ids)
         except asyncio.CancelledError:
             for order_id in ids:
-                ledger.abandon(order_id)
+                ledger.abandon(order_id, sent=True)
             raise
         if result.outcome is not None:
             if result.reason is RejectReason.AUTH:
@@ -598,6 +749,9 @@ class Sweep:
                 for order_id in ids:
                     ledger.conclude(order_id, Outcome.FAILED, result.attempts)
                 return
+            if endpoint_refused(result.status) and "cancel_batch" not in self.refused:
+                self.refused.add("cancel_batch")  # this exchange has no batch cancel
+                self.notes.append(f"batch cancel refused (HTTP {result.status}): per-order")
             retry = list(ids)  # batch refused as a whole (size, format): one by one
         else:
             self._exchange_answered()
@@ -606,6 +760,74 @@ class Sweep:
                 if order_id in asked:  # an id we did not send is none of our business
                     ledger.conclude(order_id, Outcome.SENT, result.attempts)
             retry = unanswered(ids, result.success)
+        self._hand_back(p, symbol, retry, result.attempts)
+
+    async def _cancel_pair(self, p: _Pass, symbol: str) -> None:
+        """Strategy ``auto``: one cancel-all for a pair queued by :meth:`_whole_pair`."""
+        ledger = self.ledger
+        entries = p.bulk.pop(symbol, [])
+        if "cancel_all" in self.refused:  # refused since this pair was queued
+            self._unbulk(p, symbol, entries)
+            return
+        ids = [order_id for _, order_id in entries]
+        for order_id in ids:
+            ledger.begin(order_id)
+        self._note_cancel(symbol, None)
+        try:
+            result = await self.client.cancel_all(symbol)
+        except asyncio.CancelledError:
+            for order_id in ids:
+                ledger.abandon(order_id, sent=True)
+            raise
+        if result.outcome is None:
+            self._exchange_answered()
+            self._apply_bulk(p, symbol, ids, result)
+            return
+        if result.reason is RejectReason.AUTH:
+            for order_id in ids:
+                ledger.conclude(order_id, Outcome.REJECTED, result.attempts, result.reason)
+            raise SweepStopped(f"authentication refused (invalid_client) cancelling on {symbol}")
+        if result.outcome is Outcome.FAILED:
+            # The exchange is struggling: the next pass lists the pair and cancels again.
+            for order_id in ids:
+                ledger.conclude(order_id, Outcome.FAILED, result.attempts)
+            return
+        if endpoint_refused(result.status) and "cancel_all" not in self.refused:
+            self.refused.add("cancel_all")  # this exchange has no cancel-all
+            self.notes.append(f"cancel-all refused (HTTP {result.status}): batch cancels")
+        for order_id in ids:
+            ledger.hand_back(order_id, result.attempts)
+        self._unbulk(p, symbol, entries)
+
+    def _unbulk(self, p: _Pass, symbol: str, entries: list[tuple[PriorityKey, int]]) -> None:
+        """A pair's cancel-all is not possible: its orders go batch / per-order in this pass.
+
+        The first page's orders are queued again and the pair is listed from the start
+        (orders this pass has seen are not queued twice).
+        """
+        p.no_bulk.add(symbol)
+        for key, order_id in entries:
+            p.queue.push(key, order_id, symbol)
+        p.symbols.discard(symbol)
+        self._add_producer(p, symbol)
+        self._want_workers(p)
+        p.wake.set()
+
+    def _apply_bulk(
+        self, p: _Pass, symbol: str, expected: list[int], result: BatchCancelResult
+    ) -> None:
+        """A cancel-all's answer: ``success`` ids are sent; ids in ``fail``, and expected
+        ids in neither list, get a per-order cancel."""
+        ledger = self.ledger
+        for order_id in dict.fromkeys(result.success):
+            ledger.adopt(order_id, symbol)  # an order the first page did not show
+            ledger.conclude(order_id, Outcome.SENT, result.attempts)
+        asked = set(expected)
+        retry: list[int] = []
+        for order_id in unanswered([*expected, *result.fail], result.success):
+            ledger.adopt(order_id, symbol)
+            if order_id in asked or ledger.record(order_id).outcome is None:
+                retry.append(order_id)
         self._hand_back(p, symbol, retry, result.attempts)
 
     def _hand_back(self, p: _Pass, symbol: str, ids: list[int], attempts: int) -> None:
@@ -642,6 +864,18 @@ class Sweep:
 
     # ------------------------------------------------------------- reporting
 
+    def _reported(self, ticket: Ticket, *, final: bool) -> SweepResult:
+        """:meth:`result_for` as published: a progress result lists the outcomes so far
+        while they fit one record, and a replayed alert's results include what an
+        earlier process published for it (:mod:`killswitch.core.carry`)."""
+        result = self.result_for(ticket, final=final)
+        if not final and len(self.ledger) <= RESULT_MAX_ORDERS:
+            result.orders = self.ledger.reports(
+                None if ticket.scope == self.scope else ticket.scope
+            )
+        carried = ticket.request.carried
+        return result if carried is None else carry_over(result, carried)
+
     async def _progress_loop(self) -> None:
         interval = self.settings.progress_interval_s
         while True:
@@ -650,21 +884,69 @@ class Sweep:
                 if ticket.progress is None or ticket.future.done():
                     continue
                 try:
-                    await ticket.progress(self.result_for(ticket, final=False))
+                    await ticket.progress(self._reported(ticket, final=False))
                 except Exception:  # a sink problem must not stop the sweep
                     log.exception("progress sink failed", extra={"account": self.account})
+
+    def _count_outcome(self, outcome: Outcome) -> None:
+        """The ledger counts an order (once, see its rules): the metric moves now."""
+        self.observer.cancel_outcome(self.account, outcome)
+
+    async def _settle_outcomes(self) -> None:
+        """List every pair in scope once more, within ``settle_grace_s``.
+
+        Orders the final listing does not show are settled by the ledger (``sent``
+        after a cancel, never ``failed``); a complete listing that finds nothing in
+        scope verifies the sweep flat.
+        """
+        grace = self.settings.settle_grace_s
+        if grace <= 0:
+            return
+        assert self.scope is not None
+        symbols = (
+            symbols_to_list(self.scope, None) if self.scope.symbols is not None else self._pairs
+        )
+        self.ledger.new_pass()
+        gen = self.gen
+        complete: list[bool] = []
+        try:
+            async with asyncio.timeout(grace), asyncio.TaskGroup() as tg:
+                for symbol in sorted(symbols):
+                    tg.create_task(self._final_listing(symbol, complete))
+        except TimeoutError:
+            pass
+        if symbols and len(complete) == len(symbols) and all(complete):
+            self._verified = (gen, self.ledger.seen_this_pass())
+
+    async def _final_listing(self, symbol: str, complete: list[bool]) -> None:
+        """One pair's last listing: record what is open, cancel nothing."""
+        scope = self.scope
+        assert scope is not None
+        ledger = self.ledger
+        ledger.listing_started(symbol)
+        try:
+            async with _closing(
+                self.client.open_orders(symbol, limit=self.settings.page_size)
+            ) as pages:
+                async for page in pages:
+                    for order in page:
+                        if in_scope(scope, order):
+                            ledger.observe(order.order_id, order.symbol, order.side)
+        except ExchangeError as exc:
+            log.warning("final listing failed", extra={"account": self.account, "error": str(exc)})
+            complete.append(False)
+            return
+        ledger.listing_finished(symbol, final=True)
+        complete.append(True)
 
     def _settle(self) -> None:
         """End of sweep: final outcomes, metrics, and one final result per ticket."""
         self.ledger.finalise()  # queued or in flight when the sweep stopped: failed
         if not self.dry_run:
-            for _, record in self.ledger.items():
-                if record.outcome is not None and record.outcome is not Outcome.SKIPPED:
-                    self.observer.cancel_outcome(self.account, record.outcome)
             self.observer.residual(self.account, self.ledger.residual(self.scope))
         mono = asyncio.get_running_loop().time()
         for ticket in self.tickets:
-            result = self.result_for(ticket, final=True)
+            result = self._reported(ticket, final=True)
             if result.status is SweepStatus.FLAT:
                 self.observer.flat(max(0.0, mono - ticket.received_mono))
             if not ticket.future.done():
@@ -683,12 +965,17 @@ class Sweep:
                 verified=self._verified_for(ticket),
                 residual_in_scope=residual,
             )
+            unproven = self._unproven(ticket) if status is SweepStatus.FLAT else None
+            if unproven is not None:
+                status = SweepStatus.RESIDUAL
             orders = ledger.reports(scope)
-            reason = self._reason(status)
+            reason = "; ".join(filter(None, (unproven, self._reason(status)))) or None
             pending = 0
+            not_found = _not_found(ticket.scope, ledger)
         else:
             status, orders, reason = SweepStatus.RUNNING, [], None
             pending = ledger.pending()
+            not_found = []
         return SweepResult(
             alert_id=request.alert_id,
             account=self.account,
@@ -706,7 +993,20 @@ class Sweep:
             operator=request.operator,
             source=request.source,
             pending=pending,
+            not_found=not_found,
         )
+
+    def _unproven(self, ticket: Ticket) -> str | None:
+        """Why a verified-empty listing is no proof of flat for this ticket, if it is not:
+        its pairs were never checked, or a pair in its scope was never listed to the end."""
+        if ticket.request.unchecked_pairs is not None:
+            return ticket.request.unchecked_pairs
+        wanted = ticket.scope.symbols
+        unlisted = self._pairs - self.ledger.listed_pairs()
+        if wanted is not None:
+            unlisted &= wanted
+        # _reason names the pairs (residual results list where nobody looked).
+        return "not flat: a pair in scope was never listed to the end" if unlisted else None
 
     def _verified_for(self, ticket: Ticket) -> bool:
         verified = self._verified
@@ -733,6 +1033,13 @@ class Sweep:
                 )
         parts.extend(self.notes)
         return "; ".join(parts) or None
+
+
+def _not_found(scope: Scope, ledger: Ledger) -> list[int]:
+    """Order ids the scope names that no listing (or cancel answer) ever showed."""
+    if not scope.order_ids:
+        return []
+    return sorted(oid for oid in scope.order_ids if oid not in ledger)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -13,11 +13,18 @@ Choices worth knowing (also in ``docs/CLIENT.md``):
   once; the same strings are signed and sent, with the URL built here so httpx does
   not re-encode it. Each attempt gets a fresh timestamp and signature.
 - **Retries.** 429, 5xx, timeouts and connection errors retry with capped exponential
-  backoff and full jitter, within ``max_attempts`` and ``request_deadline_s``. The
+  backoff and full jitter, within ``request_deadline_s``; ``max_attempts`` bounds all
+  but the 429s, which the limiter already accounts for (a cancel caught in a throttle
+  window keeps retrying until its deadline). ``Retry-After`` (seconds or an HTTP date)
+  on a 429 or 503 is the least wait, and on a 429 pauses the key's limiter. The
   deadline starts when the first attempt is let through by the limiter (queueing
-  behind other cancels is bounded by the sweep's own deadline, not this one). A 429
-  also tells the limiter. Cancels are safe to retry: a repeat answers
-  ``order_already_closed``.
+  behind other cancels is bounded by the sweep's own deadline, not this one).
+  Cancels are safe to retry: a repeat answers ``order_already_closed``.
+- **Redirects** are never followed nor retried: a cancel is ``rejected``/``redirect``,
+  a listing raises :class:`~killswitch.exchange.errors.Redirected` (with ``Location``).
+- **Stale connections.** A request whose kept-alive connection turned out closed
+  before any answer is signed anew and sent on a fresh connection (same attempt): the
+  same signed bytes never go twice (an exchange may refuse a replayed signature).
 - **Clock.** The offset to the server clock is measured with the public time endpoint
   (server time minus the midpoint of the round trip) before the first signed request,
   then refreshed in the background every ``clock_sync_interval_s``. On
@@ -26,9 +33,13 @@ Choices worth knowing (also in ``docs/CLIENT.md``):
   and the request is retried once *only if the offset moved* by more than
   ``auth_resync_tolerance_ms``; otherwise it is an auth failure at once (a revoked
   key does not cost a second request per order).
-- **Public endpoints.** Server time bypasses the limiter (it carries no API key and
-  must not queue behind a thousand cancels); exchange info goes through it and is
-  cached for ``exchange_info_ttl_s``.
+- **Public endpoints.** Server time bypasses the limiter (it must not queue behind
+  a thousand cancels); exchange info goes through it and is cached for
+  ``exchange_info_ttl_s``. Both go unsigned until the exchange refuses one (401/403):
+  then that call is sent again signed at once, and every later public call is signed.
+- **Pair list.** Kept on failure: a failed refresh serves the last good answer
+  (``stale``); an exchange that never answered is replaced by the account's
+  ``symbols`` setting (``configured``). :meth:`ExchangeClient.pair_list` says which.
 """
 
 from __future__ import annotations
@@ -49,7 +60,16 @@ import httpx
 from killswitch import __version__
 from killswitch.config import AccountSettings
 from killswitch.core.orders import Order, OrderParseError, SymbolInfo
-from killswitch.core.outcomes import Outcome, Verdict, classify_cancel, classify_read, error_code
+from killswitch.core.outcomes import (
+    Outcome,
+    RejectReason,
+    Verdict,
+    classify_cancel,
+    classify_read,
+    error_code,
+    retry_after_s,
+)
+from killswitch.core.pairs import PairList, no_pair_list_reason
 from killswitch.core.ports import BatchCancelResult, CancelResult, NullObserver, Observer, Priority
 from killswitch.exchange.errors import (
     AuthError,
@@ -58,9 +78,11 @@ from killswitch.exchange.errors import (
     InvalidRequest,
     NotFound,
     ProtocolError,
+    Redirected,
     RequestRejected,
     RequestTimeout,
     TransportError,
+    redirect_problem,
 )
 from killswitch.exchange.http1 import Http1Transport
 from killswitch.exchange.keys import load_account_key
@@ -71,11 +93,16 @@ from killswitch.exchange.signing import (
     signing_payload,
 )
 from killswitch.exchange.transport import (
+    FRESH_CONNECTION,
+    RESEND_STALE,
     AiohttpTransport,
     Phases,
+    RawHeaders,
     RawTransport,
+    StaleConnection,
     TransportKind,
     build_transport,
+    header,
 )
 from killswitch.ratelimit import RateLimiter
 
@@ -106,6 +133,10 @@ PATH_BATCH = f"{PREFIX}/order/batch"
 _USER_AGENT = f"killswitch/{__version__}"
 # After a failed clock sync, try again this much later (not at every request).
 _SYNC_RETRY_S = 5.0
+# After a failed exchange-info refresh, serve the fallback this long before asking
+# again: a burst of alerts while the exchange is down must not queue one full retry
+# budget each behind the lock.
+_INFO_RETRY_S = 5.0
 
 
 # -- pure pieces: request preparation, backoff, clock offset, paging --------------------
@@ -231,9 +262,31 @@ class _Call:
     path: str
     query: str = ""
     body: bytes = b""
-    signed: bool = True
+    public: bool = False  # signed only once the exchange refused it unsigned
     priority: Priority = Priority.LIST
     cancel: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """One HTTP answer: status, parsed body and the headers the client acts on."""
+
+    status: int
+    body: Any
+    retry_after: str | None = None
+    location: str | None = None
+
+
+@dataclass(slots=True)
+class _Tries:
+    """The retry loop's state for one request."""
+
+    attempts: int = 0  # requests sent
+    budget: int = 0  # attempts that use up max_attempts (429s and re-signing do not)
+    auth_retried: bool = False
+    public_retried: bool = False
+    last_status: int | None = None
+    last_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +294,19 @@ class _Answer:
     status: int
     body: Any
     attempts: int
+    location: str | None = None
+
+
+# Answers whose headers the client reads (Retry-After on 429/503, Location on 3xx).
+def _wants_headers(status: int) -> bool:
+    return status in (429, 503) or 300 <= status < 400
+
+
+def _reply(status: int, content: bytes, headers: RawHeaders | None) -> _Reply:
+    body = _parse_json(content)
+    if headers is None or not _wants_headers(status):
+        return _Reply(status, body)
+    return _Reply(status, body, header(headers, b"retry-after"), header(headers, b"location"))
 
 
 class ExchangeClient:
@@ -316,9 +382,17 @@ class ExchangeClient:
         self._synced_at = -float("inf")  # monotonic time of the last measurement attempt
         self._next_sync = -float("inf")
         self._sync_task: asyncio.Task[None] | None = None
-        self._info: list[SymbolInfo] | None = None
+        self._info: list[SymbolInfo] | None = None  # the last good answer, kept on failure
+        self._info_list = PairList(frozenset(), "exchange")  # its names, built once
         self._info_expires = -float("inf")
+        self._info_error: str | None = None  # why the last refresh failed
+        self._info_failure: ExchangeError | None = None
+        self._info_failed_at = -float("inf")
         self._info_lock = asyncio.Lock()
+        self._configured = frozenset(settings.symbols) if settings.symbols else None
+        # Public endpoints (time, exchange info) go unsigned until the exchange refuses
+        # one (401/403); then every public call is signed, for the client's lifetime.
+        self._sign_public = False
         self._closed = False
 
     def __repr__(self) -> str:  # never the API key
@@ -372,14 +446,26 @@ class ExchangeClient:
     async def sync_clock(self) -> int:
         """Measure the server clock offset now and apply it; returns it in ms.
 
-        Raises an :class:`ExchangeError` when the time endpoint does not answer usefully.
+        Raises an :class:`ExchangeError` when the time endpoint does not answer usefully
+        (:class:`Redirected` for a 3xx, :class:`AuthError` when even the signed request
+        is refused).
         """
-        call = _Call("time", "GET", PATH_TIME, signed=False)
+        call = _Call("time", "GET", PATH_TIME, public=True)
         self._synced_at = self._mono()
+        deadline_s = self._settings.request_deadline_s
+        signed = self._sign_public
         sent = self._wall()
-        status, body = await self._attempt(call, 0, self._settings.request_deadline_s)
+        reply = await self._attempt(call, self._offset_ms, deadline_s, signed=signed)
         received = self._wall()
+        if not signed and _is_auth_failure(reply.status, reply.body):
+            self._learn_public_signing(call)
+            sent = self._wall()
+            reply = await self._attempt(call, self._offset_ms, deadline_s, signed=True)
+            received = self._wall()
+        status, body = reply.status, reply.body
         if status != 200:
+            if 300 <= status < 500 and status != 429:
+                self._final_body(call, _Answer(status, body, 1, reply.location))
             raise ExchangeUnavailable(
                 f"server time answered HTTP {status}",
                 attempts=1,
@@ -395,6 +481,22 @@ class ExchangeClient:
         self._synced = True
         self._next_sync = self._mono() + self._settings.clock_sync_interval_s
         return self._offset_ms
+
+    @property
+    def signs_public(self) -> bool:
+        """True once the exchange refused an unsigned public call (then they are signed)."""
+        return self._sign_public
+
+    def _signs(self, call: _Call) -> bool:
+        return not call.public or self._sign_public
+
+    def _learn_public_signing(self, call: _Call) -> None:
+        if not self._sign_public:
+            self._sign_public = True
+            log.info(
+                "the exchange wants public endpoints signed; signing them from now on",
+                extra={"account": self._account, "endpoint": call.endpoint},
+            )
 
     async def _refresh_clock(self) -> None:
         try:
@@ -451,35 +553,34 @@ class ExchangeClient:
             min(s.pool_timeout_s, remaining),
         )
 
-    async def _attempt(self, call: _Call, offset_ms: int, remaining: float) -> tuple[int, Any]:
-        """Send one request; (status, parsed body) or TransportError / RequestTimeout."""
-        prepared = prepare_request(
-            call.method,
-            call.path,
-            call.query,
-            call.body,
-            api_key=self._api_key if call.signed else None,
-            signer=self._signer if call.signed else None,
-            timestamp_ms=int(self._wall() * 1000) + offset_ms,
-        )
-        url = self._base_url + prepared.target
+    async def _attempt(
+        self, call: _Call, offset_ms: int, remaining: float, *, signed: bool
+    ) -> _Reply:
+        """Send one request; the answer, or TransportError / RequestTimeout.
+
+        Every call is reported to the observer as it ends: its status, ``timeout``,
+        ``error``, or ``cancelled`` when the caller was cancelled while it was in flight.
+        """
         observer = self._observer
         started = time.perf_counter()
         if call.cancel:
             observer.inflight_cancels(self._account, 1)
         try:
-            if self._raw is not None:
-                # Our own transports: prepared bytes in, (status, bytes) out,
-                # without httpx's Request/Response models (a third of the CPU).
-                status, content = await self._raw.send_raw(
-                    prepared.method,
-                    url,
-                    prepared.headers,
-                    prepared.body or None,
-                    self._raw_timeout(remaining),
+            try:
+                status, content, headers = await self._send(
+                    call, offset_ms, remaining, signed=signed, fresh=False
                 )
-            else:
-                status, content = await self._send_httpx(prepared, url, remaining)
+            except StaleConnection:
+                # An idle keep-alive connection the server had closed: nothing was
+                # answered. Signed anew (a fresh timestamp: an exchange with replay
+                # protection refuses a repeated signature) and sent once more on a new
+                # connection, as part of the same attempt.
+                observer.request_done(self._account, call.endpoint, "error", _since(started))
+                remaining -= _since(started)
+                started = time.perf_counter()
+                status, content, headers = await self._send(
+                    call, self._offset_ms, remaining, signed=signed, fresh=True
+                )
         except httpx.TimeoutException as exc:
             observer.request_done(self._account, call.endpoint, "timeout", _since(started))
             raise RequestTimeout(
@@ -496,29 +597,64 @@ class ExchangeClient:
                 account=self._account,
                 endpoint=call.endpoint,
             ) from exc
+        except asyncio.CancelledError:
+            observer.request_done(self._account, call.endpoint, "cancelled", _since(started))
+            raise
         finally:
             if call.cancel:
                 observer.inflight_cancels(self._account, -1)
         observer.request_done(self._account, call.endpoint, str(status), _since(started))
-        return status, _parse_json(content)
+        return _reply(status, content, headers)
+
+    async def _send(
+        self, call: _Call, offset_ms: int, remaining: float, *, signed: bool, fresh: bool
+    ) -> tuple[int, bytes, RawHeaders | None]:
+        """Prepare (sign) and send; httpx's exceptions, :class:`StaleConnection` included."""
+        prepared = prepare_request(
+            call.method,
+            call.path,
+            call.query,
+            call.body,
+            api_key=self._api_key if signed else None,
+            signer=self._signer if signed else None,
+            timestamp_ms=int(self._wall() * 1000) + offset_ms,
+        )
+        url = self._base_url + prepared.target
+        if self._raw is not None:
+            # Our own transports: prepared bytes in, (status, bytes, headers) out,
+            # without httpx's Request/Response models (a third of the CPU).
+            return await self._raw.send_raw(
+                prepared.method,
+                url,
+                prepared.headers,
+                prepared.body or None,
+                self._raw_timeout(remaining),
+                resend_stale=False,
+                fresh=fresh,
+            )
+        return await self._send_httpx(prepared, url, remaining, fresh=fresh)
 
     async def _send_httpx(
-        self, prepared: PreparedRequest, url: str, remaining: float
-    ) -> tuple[int, bytes]:
+        self, prepared: PreparedRequest, url: str, remaining: float, *, fresh: bool
+    ) -> tuple[int, bytes, RawHeaders]:
         """The generic path: any httpx transport, through httpx's models."""
         request = httpx.Request(
             prepared.method,
             url,
             headers=prepared.headers,
             content=prepared.body or None,
-            extensions={"timeout": self._timeouts(remaining)},
+            extensions={
+                "timeout": self._timeouts(remaining),
+                RESEND_STALE: False,
+                FRESH_CONNECTION: fresh,
+            },
         )
         response = await self._transport.handle_async_request(request)
         try:
             content = await response.aread()
         finally:
             await response.aclose()
-        return response.status_code, content
+        return response.status_code, content, list(response.headers.raw)
 
     async def _acquire(self, priority: Priority, deadline: float | None) -> bool:
         """A limiter slot; False when the request deadline passes while waiting."""
@@ -536,62 +672,107 @@ class ExchangeClient:
         return True
 
     async def _request(self, call: _Call) -> _Answer:
-        """Send with retries; the final answer (2xx or final 4xx) or ExchangeUnavailable."""
-        if call.signed and self._mono() >= self._next_sync:
+        """Send with retries; the final answer (2xx, 3xx or final 4xx) or ExchangeUnavailable.
+
+        ``max_attempts`` bounds the answers that say "try again" (5xx, timeouts,
+        connection errors, an auth retry after a clock jump); 429s do not use it up:
+        the limiter already slows every request of the key down for them, so throttled
+        retries are bounded by the request deadline only (a cancel caught in a throttle
+        window keeps its place until the exchange accepts again).
+        """
+        if self._signs(call) and self._mono() >= self._next_sync:
             await self._ensure_clock()
-        settings = self._settings
-        attempts = 0
+        tries = _Tries()
         deadline: float | None = None
-        auth_retried = False
-        last_status: int | None = None
-        last_error: str | None = None
-        while attempts < settings.max_attempts:
+        while tries.budget < self._settings.max_attempts:
             if not await self._acquire(call.priority, deadline):
-                last_error = last_error or "deadline"
+                tries.last_error = tries.last_error or "deadline"
                 break
             if deadline is None:
-                deadline = self._mono() + settings.request_deadline_s
-            attempts += 1
+                deadline = self._mono() + self._settings.request_deadline_s
+            tries.attempts += 1
+            signed = self._signs(call)
             offset = self._offset_ms
             sent_at = self._mono()
-            try:
-                status, body = await self._attempt(call, offset, deadline - sent_at)
-            except TransportError as exc:
-                last_status, last_error, verdict, body = None, exc.kind, Verdict.TRANSIENT, None
-            else:
-                last_status, last_error = status, error_code(body)
-                verdict = classify_read(status)  # type: ignore[assignment]
-            finally:
-                self._limiter.release()
+            reply, verdict = await self._try_once(call, tries, offset, deadline - sent_at, signed)
             if verdict is None:
-                if (
-                    call.signed
-                    and not auth_retried
-                    and attempts < settings.max_attempts
-                    and _is_auth_failure(last_status or 0, body)
-                    and await self._clock_moved(offset)
-                ):
-                    auth_retried = True  # the clock was off: one more try, no backoff
+                assert reply is not None
+                self._limiter.accepted(sent_at)
+                if await self._retry_refused(call, reply, tries, signed=signed, offset=offset):
                     continue
-                return _Answer(last_status or 0, body, attempts)
-            if verdict is Verdict.THROTTLED:
-                self._limiter.throttled(sent_at)
-            if attempts >= settings.max_attempts:
-                break
-            delay = backoff_delay(
-                attempts, settings.backoff_base_s, settings.backoff_cap_s, self._rng
-            )
-            if self._mono() + delay >= deadline:
+                return _Answer(reply.status, reply.body, tries.attempts, reply.location)
+            delay = self._retry_delay(verdict, reply, tries, sent_at)
+            if delay is None or self._mono() + delay >= deadline:
                 break
             await self._sleep(delay)
         raise ExchangeUnavailable(
-            f"gave up after {attempts} attempt(s); last {_describe(last_status, last_error)}",
-            attempts=attempts,
-            last_status=last_status,
-            last_error=last_error,
+            f"gave up after {tries.attempts} attempt(s); "
+            f"last {_describe(tries.last_status, tries.last_error)}",
+            attempts=tries.attempts,
+            last_status=tries.last_status,
+            last_error=tries.last_error,
             account=self._account,
             endpoint=call.endpoint,
         )
+
+    async def _try_once(
+        self, call: _Call, tries: _Tries, offset: int, remaining: float, signed: bool
+    ) -> tuple[_Reply | None, Verdict | None]:
+        """One attempt holding the limiter slot; (answer, retry verdict or None if final)."""
+        try:
+            reply = await self._attempt(call, offset, remaining, signed=signed)
+        except TransportError as exc:
+            tries.last_status, tries.last_error = None, exc.kind
+            return None, Verdict.TRANSIENT
+        finally:
+            self._limiter.release()
+        tries.last_status, tries.last_error = reply.status, error_code(reply.body)
+        return reply, classify_read(reply.status)
+
+    async def _retry_refused(
+        self, call: _Call, reply: _Reply, tries: _Tries, *, signed: bool, offset: int
+    ) -> bool:
+        """After a final answer: True to send again at once (auth refusals only)."""
+        if not _is_auth_failure(reply.status, reply.body):
+            return False
+        if call.public and not signed and not tries.public_retried:
+            # A deployment that wants its public endpoints signed: sign this one now
+            # (no attempt used up) and every later one.
+            tries.public_retried = True
+            self._learn_public_signing(call)
+            await self._ensure_clock()
+            return True
+        if (
+            signed
+            and not tries.auth_retried
+            and tries.budget + 1 < self._settings.max_attempts
+            and await self._clock_moved(offset)
+        ):
+            tries.auth_retried = True  # the clock was off: one more try, no backoff
+            tries.budget += 1
+            return True
+        return False
+
+    def _retry_delay(
+        self, verdict: Verdict, reply: _Reply | None, tries: _Tries, sent_at: float
+    ) -> float | None:
+        """How long to wait before the next attempt; None when the budget is used up.
+
+        A 429 tells the limiter (with its Retry-After) and uses up no attempt; any
+        Retry-After (429 or 503) is the least the wait can be.
+        """
+        settings = self._settings
+        wait = None if reply is None else retry_after_s(reply.retry_after, self._wall())
+        if verdict is Verdict.THROTTLED:
+            self._limiter.throttled(sent_at, wait)
+        else:
+            tries.budget += 1
+            if tries.budget >= settings.max_attempts:
+                return None
+        delay = backoff_delay(
+            tries.attempts, settings.backoff_base_s, settings.backoff_cap_s, self._rng
+        )
+        return delay if wait is None else max(delay, wait)
 
     def _final_body(self, call: _Call, answer: _Answer) -> Any:
         """The body of a 2xx answer; the matching RequestRejected for anything else."""
@@ -606,6 +787,15 @@ class ExchangeClient:
             "endpoint": call.endpoint,
         }
         what = f"HTTP {status}" + (f" {code}" if code else "")
+        if 300 <= status < 400:
+            location = _shown_location(answer.location)
+            raise Redirected(
+                redirect_problem(status, location),
+                status=status,
+                location=location,
+                account=self._account,
+                endpoint=call.endpoint,
+            )
         if _is_auth_failure(status, body):
             raise AuthError(f"authentication refused ({what})", **kw)
         if status == 404:
@@ -616,22 +806,87 @@ class ExchangeClient:
 
     # -- reading ----------------------------------------------------------------------------
 
-    async def exchange_info(self) -> list[SymbolInfo]:
-        """Trading pairs, cached for ``exchange_info_ttl_s``."""
-        if self._info is not None and self._mono() < self._info_expires:
-            return list(self._info)
+    def cached_pair_list(self) -> PairList | None:
+        """The pair list :meth:`pair_list` would give now, without a request.
+
+        ``exchange`` while the last answer is younger than ``exchange_info_ttl_s``;
+        ``stale`` after that or after a failed refresh (the last good answer is kept);
+        ``configured`` (the account's ``symbols``) when the exchange never answered and
+        a fetch failed; None when there is nothing yet (no answer, no failed fetch with
+        a fallback). Cheap: meant for the alert hot path.
+        """
+        if self._info is not None:
+            if self._mono() < self._info_expires:
+                return self._info_list
+            why = self._info_error or "older than exchange_info_ttl_s"
+            return PairList(self._info_list.symbols, "stale", why)
+        if self._info_error is not None and self._configured is not None:
+            return PairList(self._configured, "configured", self._info_error)
+        return None
+
+    async def pair_list(self) -> PairList:
+        """The pairs this account trades, and where the list came from.
+
+        The exchange's answer is cached for ``exchange_info_ttl_s``. When a refresh
+        fails the last good answer is kept (``stale``); when the exchange never
+        answered, the account's ``symbols`` setting is the list (``configured``). After
+        a failure, callers within ``_INFO_RETRY_S`` get the fallback without a new
+        request. Raises the exchange's error, saying no source is left, only when
+        there is no fallback at all.
+        """
+        cached = self.cached_pair_list()
+        if cached is not None and cached.source == "exchange":
+            return cached
         async with self._info_lock:
-            if self._info is None or self._mono() >= self._info_expires:
-                call = _Call("exchange_info", "GET", PATH_INFO, signed=False)
-                body = self._final_body(call, await self._request(call))
-                if not isinstance(body, list):
-                    raise ProtocolError("exchange info is not an array", account=self._account)
-                try:
-                    self._info = [SymbolInfo.from_json(item) for item in body]
-                except (OrderParseError, AttributeError) as exc:
-                    raise ProtocolError(str(exc), account=self._account) from None
-                self._info_expires = self._mono() + self._info_ttl
-            return list(self._info)
+            cached = self.cached_pair_list()
+            if cached is not None and cached.source == "exchange":
+                return cached
+            if self._mono() < self._info_failed_at + _INFO_RETRY_S:
+                if cached is not None:
+                    return cached
+                assert self._info_failure is not None  # set with _info_failed_at
+                raise _no_pair_list(self._info_failure)
+            try:
+                await self._fetch_info()
+            except ExchangeError as exc:
+                self._info_error = str(exc)
+                self._info_failure = exc
+                self._info_failed_at = self._mono()
+                fallback = self.cached_pair_list()
+                if fallback is None:
+                    raise _no_pair_list(exc) from None
+                log.warning(
+                    "exchange info failed; using the %s pair list",
+                    fallback.source,
+                    extra={"account": self._account, "error": str(exc)},
+                )
+                return fallback
+            return self._info_list
+
+    async def exchange_info(self) -> list[SymbolInfo]:
+        """Trading pairs as :meth:`pair_list` finds them (the exchange's, a kept stale
+        answer, or the configured ``symbols``); the same errors."""
+        pairs = await self.pair_list()
+        if pairs.source == "configured":
+            return [_configured_info(name) for name in sorted(pairs.symbols)]
+        assert self._info is not None
+        return list(self._info)
+
+    async def _fetch_info(self) -> None:
+        call = _Call("exchange_info", "GET", PATH_INFO, public=True)
+        body = self._final_body(call, await self._request(call))
+        if not isinstance(body, list):
+            raise ProtocolError("exchange info is not an array", account=self._account)
+        try:
+            info = [SymbolInfo.from_json(item) for item in body]
+        except (OrderParseError, AttributeError) as exc:
+            raise ProtocolError(str(exc), account=self._account) from None
+        self._info = info
+        self._info_list = PairList(frozenset(s.symbol for s in info), "exchange")
+        self._info_error = None
+        self._info_failure = None
+        self._info_failed_at = -float("inf")
+        self._info_expires = self._mono() + self._info_ttl
 
     async def open_orders(self, symbol: str, *, limit: int = 100) -> AsyncIterator[list[Order]]:
         """Pages of open orders on ``symbol``, newest first, each order at most once."""
@@ -682,6 +937,9 @@ class ExchangeClient:
             )
         verdict = classify_cancel(answer.status, answer.body)
         assert verdict.outcome is not None  # retry verdicts never reach here
+        error = verdict.error_code
+        if verdict.reason is RejectReason.REDIRECT:
+            error = redirect_problem(answer.status, _shown_location(answer.location))
         return CancelResult(
             order_id,
             symbol,
@@ -689,7 +947,7 @@ class ExchangeClient:
             answer.attempts,
             reason=verdict.reason,
             status=answer.status,
-            error=verdict.error_code,
+            error=error,
         )
 
     async def cancel_batch(self, symbol: str, order_ids: Sequence[int]) -> BatchCancelResult:
@@ -720,7 +978,11 @@ class ExchangeClient:
         verdict = classify_cancel(answer.status, answer.body)
         if verdict.outcome is not Outcome.SENT:
             return BatchCancelResult(
-                symbol, attempts=answer.attempts, outcome=verdict.outcome, reason=verdict.reason
+                symbol,
+                attempts=answer.attempts,
+                outcome=verdict.outcome,
+                reason=verdict.reason,
+                status=answer.status,
             )
         success, fail = _id_lists(answer.body)
         if success is None or fail is None:
@@ -755,6 +1017,17 @@ def _ints(value: Any) -> list[int] | None:
     return out
 
 
+# A Location is the exchange's text, shown to operators: bounded, one line.
+_MAX_LOCATION = 200
+
+
+def _shown_location(location: str | None) -> str:
+    if not location:
+        return ""
+    shown = location.replace("\r", " ").replace("\n", " ").strip()
+    return shown if len(shown) <= _MAX_LOCATION else shown[:_MAX_LOCATION] + "..."
+
+
 def _since(started: float) -> float:
     return time.perf_counter() - started
 
@@ -763,6 +1036,36 @@ def _describe(status: int | None, error: str | None) -> str:
     if status is None:
         return error or "no answer"
     return f"HTTP {status}" + (f" {error}" if error else "")
+
+
+def _configured_info(symbol: str) -> SymbolInfo:
+    """A pair from the ``symbols`` setting: the name is all we know (``BASE_QUOTE``)."""
+    base, _, quote = symbol.partition("_")
+    return SymbolInfo(symbol=symbol, base_asset=base, quote_asset=quote)
+
+
+def _no_pair_list(exc: ExchangeError) -> ExchangeError:
+    """``exc`` again (the same class for the ones callers tell apart: redirect, auth,
+    unavailable; else its base class), the message saying that no source of pairs is
+    left."""
+    text = str(exc)
+    prefix = " ".join(part for part in (exc.account, exc.endpoint) if part) + ": "
+    reason = no_pair_list_reason(text.removeprefix(prefix))  # the new error adds it once
+    common = {"account": exc.account, "endpoint": exc.endpoint}
+    if isinstance(exc, Redirected):
+        return Redirected(reason, status=exc.status, location=exc.location, **common)
+    if isinstance(exc, RequestRejected):
+        kind = AuthError if isinstance(exc, AuthError) else RequestRejected
+        return kind(reason, status=exc.status, code=exc.code, **common)
+    if isinstance(exc, ExchangeUnavailable):
+        return ExchangeUnavailable(
+            reason,
+            attempts=exc.attempts,
+            last_status=exc.last_status,
+            last_error=exc.last_error,
+            **common,
+        )
+    return ProtocolError(reason, **common)
 
 
 def _load_signer(settings: AccountSettings) -> Signer:

@@ -11,7 +11,8 @@ and the status or exchange error code, never an API key, a signature or key mate
     ├── RequestRejected          final 4xx answer (not retried)
     │   ├── AuthError            401/403 or ``invalid_client``
     │   ├── InvalidRequest       400 ``invalid_request``
-    │   └── NotFound             404
+    │   ├── NotFound             404
+    │   └── Redirected           3xx (never followed: a wrong ``base_url``)
     ├── ExchangeUnavailable      retry budget or request deadline exhausted
     ├── ProtocolError            a 2xx answer without the documented shape
     └── TransportError           one attempt failed on the wire (retried inside the client)
@@ -62,6 +63,30 @@ class InvalidRequest(RequestRejected):
 
 class NotFound(RequestRejected):
     """404: no such order (or path) for this client."""
+
+
+class Redirected(RequestRejected):
+    """A 3xx answer. Never followed (the signed headers must not go elsewhere) and never
+    retried: the account's ``base_url`` is wrong. ``location`` is the ``Location`` header
+    (empty when the answer had none)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        location: str,
+        account: str = "",
+        endpoint: str = "",
+    ) -> None:
+        super().__init__(message, status=status, account=account, endpoint=endpoint)
+        self.location = location
+
+
+def redirect_problem(status: int, location: str) -> str:
+    """How a redirect reads for an operator: a configuration problem of the account."""
+    where = f" to {location}" if location else " (no Location)"
+    return f"exchange answered {status} redirect{where}: check base_url"
 
 
 class ExchangeUnavailable(ExchangeError):

@@ -14,7 +14,9 @@ reused last-in first-out, waiters served first-come first-served), responses fra
 end of the connection, interim 1xx answers skipped, ``Connection: close`` and HTTP/1.0
 honoured. A request that fails on a *reused* connection before any byte of the answer
 arrived (the server closed it while it was idle) is sent once more on a fresh
-connection. Errors are httpx's exception types, like :class:`AiohttpTransport`'s.
+connection, unless the caller asked for :class:`~killswitch.exchange.transport.StaleConnection`
+instead (``resend_stale=False``: a signed request is signed anew, then sent with
+``fresh=True``). Errors are httpx's exception types, like :class:`AiohttpTransport`'s.
 
 What it does not do: proxies, HTTP/2, redirects, cookies, authentication, request
 bodies other than bytes, streaming responses, ``Expect: 100-continue`` on its own,
@@ -35,7 +37,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from killswitch.exchange.transport import Phases, phases_of
+from killswitch.exchange.transport import (
+    FRESH_CONNECTION,
+    RESEND_STALE,
+    Phases,
+    RawHeaders,
+    StaleConnection,
+    phases_of,
+)
 
 __all__ = ["MAX_BODY", "MAX_HEAD", "Http1Transport", "ResponseParser"]
 
@@ -501,13 +510,19 @@ class Http1Transport(httpx.AsyncBaseTransport):
         headers: Mapping[str, str],
         body: bytes | None,
         phases: Phases,
-    ) -> tuple[int, bytes]:
-        """The fast path: prepared request in, ``(status, body bytes)`` out.
+        *,
+        resend_stale: bool = True,
+        fresh: bool = False,
+    ) -> tuple[int, bytes, RawHeaders]:
+        """The fast path: prepared request in, ``(status, body bytes, raw headers)`` out.
 
         ``url`` is sent as given (already percent-encoded); ``headers`` except the
         framing ones (Host, Content-Length, Transfer-Encoding, Connection, set here);
         ``body`` bytes or None. Errors are httpx's exceptions (no request attached).
         A compressed answer (never asked for) is decoded as httpx would.
+        ``resend_stale=False``: a reused connection found closed before any byte of
+        the answer raises :class:`StaleConnection` instead of sending the same bytes
+        again; ``fresh=True`` opens a new connection instead of reusing an idle one.
         """
         # Up to the first "/" after "https://x" is scheme://host[:port] when the URL has a
         # path (a host cannot hold "/"); anything else ("?" first, not cached yet) is parsed.
@@ -517,11 +532,20 @@ class Http1Transport(httpx.AsyncBaseTransport):
             origin, target = self._locate(url)
         else:
             origin, target = cached, url[slash:]
-        parser = await self._exchange(origin, method, target, headers.items(), body, phases=phases)
+        parser = await self._exchange(
+            origin,
+            method,
+            target,
+            headers.items(),
+            body,
+            phases=phases,
+            resend_stale=resend_stale,
+            fresh=fresh,
+        )
         if parser.encoded and parser.body:
             decoded = httpx.Response(parser.status, headers=parser.headers, content=parser.body)
-            return parser.status, decoded.content
-        return parser.status, parser.body
+            return parser.status, decoded.content, parser.headers
+        return parser.status, parser.body, parser.headers
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send one httpx request and return the fully read response."""
@@ -539,6 +563,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 headers,
                 body or None,
                 phases=phases_of(request.extensions.get("timeout")),
+                resend_stale=request.extensions.get(RESEND_STALE, True) is not False,
+                fresh=request.extensions.get(FRESH_CONNECTION, False) is True,
             )
         except httpx.TransportError as exc:
             exc.request = request
@@ -614,11 +640,14 @@ class Http1Transport(httpx.AsyncBaseTransport):
         body: bytes | None,
         *,
         phases: Phases,
+        resend_stale: bool = True,
+        fresh: bool = False,
     ) -> ResponseParser:
-        """Send on a pooled connection; once more on a fresh one if a reused one was stale."""
+        """Send on a pooled connection; once more on a fresh one if a reused one was stale
+        (or :class:`StaleConnection` without ``resend_stale``)."""
         data = _request_bytes(method, target, origin.host_header, headers, body)
         head_request = method == "HEAD"
-        conn = await self._acquire(origin, phases, fresh=False)
+        conn = await self._acquire(origin, phases, fresh=fresh)
         read = phases.read
         started = self._loop.time()
         try:
@@ -626,10 +655,14 @@ class Http1Transport(httpx.AsyncBaseTransport):
         except _NoAnswer as exc:
             if not conn.reused or method not in _RETRY_SAFE:
                 raise httpx.ReadError(str(exc)) from exc.__cause__
+            if not resend_stale:
+                raise StaleConnection(f"stale keep-alive connection: {exc}") from exc.__cause__
         # A kept-alive connection the server had closed: one retry, on a new connection,
         # within what is left of the same read budget (the caller's deadline holds). The
         # same bytes go again (same signature and timestamp, a few ms older): only for
-        # methods whose repetition is harmless.
+        # methods whose repetition is harmless, and only when the caller allows it (the
+        # exchange client does not: an exchange with replay protection would refuse the
+        # repeated signature, so it signs the request anew).
         if read is not None:
             read -= self._loop.time() - started
             if read <= 0:

@@ -12,8 +12,8 @@ request's method, URL (already percent-encoded, sent as is), headers and body by
 through one ``aiohttp.ClientSession`` with a keep-alive connection pool, and turns
 aiohttp's exceptions into httpx's, so the client translates one family only. Its
 :meth:`AiohttpTransport.send_raw` is the exchange client's fast path: prepared method,
-URL string, headers and body bytes in, ``(status, body bytes)`` out, the same httpx
-exceptions, and no ``httpx.Request``/``httpx.Response`` built (their URL parsing and
+URL string, headers and body bytes in, ``(status, body bytes, raw headers)`` out, the
+same httpx exceptions, and no ``httpx.Request``/``httpx.Response`` built (their URL parsing and
 models were a third of the client's CPU per cancel). Any other transport goes through
 ``handle_async_request`` as usual.
 
@@ -31,6 +31,9 @@ from typing import Any, Literal, Protocol
 import aiohttp
 import httpx
 from yarl import URL
+
+# Response headers as raw (name, value) byte pairs, as received (names in any case).
+RawHeaders = list[tuple[bytes, bytes]]
 
 TransportKind = Literal["http1", "aiohttp", "httpx"]
 TRANSPORT_KINDS: tuple[TransportKind, ...] = ("http1", "aiohttp", "httpx")
@@ -51,6 +54,26 @@ class Phases:
     pool: float | None = None
 
 
+class StaleConnection(httpx.ReadError):
+    """A reused keep-alive connection ended before any byte of the answer (the server
+    had closed it while idle). Raised instead of sending the same bytes again when the
+    caller asked so (``resend_stale=False``): a signed request must be signed anew (a
+    fresh timestamp) before it goes out again, on a fresh connection (``fresh=True``)."""
+
+
+# The httpx request extensions the generic path honours on our own transports.
+RESEND_STALE = "killswitch.resend_stale"
+FRESH_CONNECTION = "killswitch.fresh_connection"
+
+
+def header(headers: RawHeaders, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower case bytes), decoded, or None."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
 class RawTransport(Protocol):
     """A transport with the exchange client's fast path (see :meth:`AiohttpTransport.send_raw`)."""
 
@@ -61,8 +84,16 @@ class RawTransport(Protocol):
         headers: Mapping[str, str],
         body: bytes | None,
         phases: Phases,
-    ) -> tuple[int, bytes]:
-        """Send prepared bytes, return ``(status, body bytes)``; httpx's exceptions."""
+        *,
+        resend_stale: bool = True,
+        fresh: bool = False,
+    ) -> tuple[int, bytes, RawHeaders]:
+        """Send prepared bytes, return ``(status, body bytes, raw headers)``; httpx's exceptions.
+
+        ``resend_stale=False``: a stale keep-alive connection raises
+        :class:`StaleConnection` instead of sending the same bytes again; ``fresh``:
+        use a new connection, not an idle one.
+        """
         ...
 
 
@@ -126,8 +157,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         headers: Mapping[str, str],
         body: bytes | None,
         phases: Phases,
-    ) -> tuple[int, bytes]:
-        """The fast path: send prepared bytes, return ``(status, body bytes)``.
+        *,
+        resend_stale: bool = True,
+        fresh: bool = False,
+    ) -> tuple[int, bytes, RawHeaders]:
+        """The fast path: send prepared bytes, return ``(status, body bytes, raw headers)``.
 
         For callers that already hold the exact request (the exchange client): the
         method, the URL string (already percent-encoded, sent as is), the headers
@@ -138,6 +172,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         are the same httpx exceptions
         :meth:`handle_async_request` raises (without a
         ``request`` attached). A compressed answer is decoded as httpx would.
+
+        ``resend_stale`` and ``fresh`` are accepted for the protocol's sake: aiohttp
+        manages its pool itself (it re-sends an idempotent request once when a reused
+        connection was closed by the server; the ``http1`` transport does not, for
+        signed requests).
         """
         if phases is not self._phases:
             if phases != self._phases:
@@ -148,8 +187,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
         if content and any(name.lower() == b"content-encoding" for name, _ in raw_headers):
             # Rare (the client never asks for compression): let httpx decode it.
-            return status, httpx.Response(status, headers=raw_headers, content=content).content
-        return status, content
+            decoded = httpx.Response(status, headers=raw_headers, content=content).content
+            return status, decoded, raw_headers
+        return status, content, raw_headers
 
     async def _send(
         self,
@@ -160,7 +200,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         *,
         phases: aiohttp.ClientTimeout,
         request: httpx.Request | None,
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    ) -> tuple[int, RawHeaders, bytes]:
         """One exchange over the pool; aiohttp's errors raised as httpx's."""
         session = self._session or self._open()
         try:

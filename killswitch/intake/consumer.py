@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -53,7 +53,8 @@ from killswitch.config import IntakeSettings, KafkaSettings, Settings, TopicSett
 from killswitch.core.dedup import DedupWindow, Seen
 from killswitch.core.model import KillRequest, SweepResult, SweepStatus
 from killswitch.core.offsets import OffsetTracker
-from killswitch.core.ports import AlertObserver, EngineAPI, NullAlertObserver
+from killswitch.core.pairs import PairVerdict, check_pairs
+from killswitch.core.ports import AlertObserver, EngineAPI, NullAlertObserver, PairLister
 from killswitch.intake.kafka import all_partitions, make_group_consumer
 from killswitch.intake.outputs import Publisher
 from killswitch.intake.readers import ResultsIndex
@@ -68,6 +69,10 @@ _THREAD_PARSE_BYTES = 64 * 1024
 _POLL_MS = 100
 _PUBLISH_BACKOFF_MAX_S = 5.0
 _LAG_REPORT_S = 1.0
+# Longest an alert waits for a pair list that is not cached (normally one round trip):
+# past this its kill runs with its pairs unchecked rather than wait out the client's
+# retries against a failing exchange-info.
+PAIR_FETCH_WAIT_S = 2.0
 
 
 def utc_now() -> datetime:
@@ -154,6 +159,7 @@ class Intake:
         verifier: TriggerVerifier | None = None,
         observer: AlertObserver | None = None,
         results_index: ResultsIndex | None = None,
+        pairs: Mapping[str, PairLister] | None = None,
         on_consuming: Callable[[bool], None] | None = None,
         on_assignment: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], datetime] = utc_now,
@@ -166,6 +172,10 @@ class Intake:
         self._verifier = verifier
         self._observer: AlertObserver = observer or NullAlertObserver()
         self._results_index = results_index
+        # Per account: scope pairs are checked against these before any request.
+        self._pairs = pairs
+        self._pair_errors: dict[str, str] = {}  # why an account has no pair list
+        self._pair_fetches: dict[str, asyncio.Task[None]] = {}  # running, per account
         self._on_consuming = on_consuming or (lambda consuming: None)
         self._on_assignment = on_assignment
         self._clock = clock
@@ -307,6 +317,8 @@ class Intake:
         if self._committer is not None:
             await cancel_and_wait(self._committer)
             self._committer = None
+        for fetch in list(self._pair_fetches.values()):
+            await cancel_and_wait(fetch)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             with contextlib.suppress(KafkaError):
@@ -315,7 +327,10 @@ class Intake:
     # ------------------------------------------------------------------ records
 
     def _accept(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
-        """Hand out one record: plan it now (so backpressure counts it), run it in a task."""
+        """Hand out one record: plan it now (so backpressure counts it), run it in a task.
+
+        Planned later, in the task, only when it is large (parsed in a thread) or when
+        its pairs need a pair list that is not cached yet (one fetch awaited first)."""
         if not self._tracker.read(tp, record.offset):
             return
         channel: Channel = "manual" if tp.topic == self._config.topics.manual else "alerts"
@@ -325,13 +340,19 @@ class Intake:
         if value is not None and _THREAD_PARSE_BYTES < len(value) <= self._max_bytes:
             work = self._handle_large(record, channel, origin, received)
         else:
+            fetch: list[str] = []
             try:
-                plan = self._plan(self._parse(value, channel, received), channel, origin, received)
+                parsed = self._parse(value, channel, received)
+                fetch = self._pairs_to_fetch(parsed)
             except Exception as exc:  # a bug here must not stop the consumer or stall commits
                 log.exception("cannot read a record", extra={"offset": record.offset})
-                plan = _Plan(label=channel, rejection=_internal_error(exc))
-            self._start_sweeps(plan, origin)
-            work = self._execute(record, plan, origin, received)
+                parsed = _internal_error(exc)
+            if fetch:
+                work = self._handle_parsed(record, parsed, channel, origin, received, fetch=fetch)
+            else:
+                plan = self._plan_safely(record, parsed, channel, origin, received)
+                self._start_sweeps(plan, origin)
+                work = self._execute(record, plan, origin, received)
         task = asyncio.create_task(work)
         self._tasks[task] = tp
         task.add_done_callback(self._task_done)
@@ -353,14 +374,111 @@ class Intake:
     ) -> None:
         # Parsing is synchronous; a large message is parsed in a worker thread so a
         # burst of them cannot stall the loop (and with it Kafka heartbeats).
+        fetch: list[str] = []
         try:
             parsed = await asyncio.to_thread(self._parse, record.value, channel, received)
-            plan = self._plan(parsed, channel, origin, received)
+            fetch = self._pairs_to_fetch(parsed)
         except Exception as exc:
             log.exception("cannot read a record", extra={"offset": record.offset})
-            plan = _Plan(label=channel, rejection=_internal_error(exc))
+            parsed = _internal_error(exc)
+        await self._handle_parsed(record, parsed, channel, origin, received, fetch=fetch)
+
+    async def _handle_parsed(
+        self,
+        record: ConsumerRecord[Any, Any],
+        parsed: Alert | Rejection,
+        channel: Channel,
+        origin: Origin,
+        received: datetime,
+        *,
+        fetch: Sequence[str],
+    ) -> None:
+        """Fetch the pair lists the alert needs (if any), then plan and run it."""
+        if fetch:
+            await self._fetch_pairs(fetch)
+        plan = self._plan_safely(record, parsed, channel, origin, received)
         self._start_sweeps(plan, origin)
         await self._execute(record, plan, origin, received)
+
+    def _plan_safely(
+        self,
+        record: ConsumerRecord[Any, Any],
+        parsed: Alert | Rejection,
+        channel: Channel,
+        origin: Origin,
+        received: datetime,
+    ) -> _Plan:
+        try:
+            return self._plan(parsed, channel, origin, received)
+        except Exception as exc:  # a bug here must not stop the consumer or stall commits
+            log.exception("cannot read a record", extra={"offset": record.offset})
+            return _Plan(label=channel, rejection=_internal_error(exc))
+
+    # ------------------------------------------------------------------ pairs
+
+    def _pairs_to_fetch(self, parsed: Alert | Rejection) -> list[str]:
+        """Accounts whose pair list must be fetched before this alert's pairs can be
+        checked: none cached yet, or a scope pair missing from a list that is not
+        fresh (it may be new on the exchange). Empty on the hot path (warm lists)."""
+        if self._pairs is None or isinstance(parsed, Rejection) or parsed.action != "kill":
+            return []
+        symbols = parsed.scope.symbols
+        if symbols is None:
+            return []
+        fetch: list[str] = []
+        for account in parsed.target_accounts(self._config.accounts):
+            lister = self._pairs.get(account)
+            if lister is None:
+                continue
+            cached = lister.cached_pair_list()
+            if cached is None or (
+                cached.source != "exchange" and not all(s in cached for s in symbols)
+            ):
+                fetch.append(account)
+        return fetch
+
+    async def _fetch_pairs(self, accounts: Sequence[str]) -> None:
+        """One pair-list fetch per account (failures are remembered, not raised),
+        awaited for at most :data:`PAIR_FETCH_WAIT_S`: a kill does not wait out the
+        client's whole retry budget for a list; it runs unchecked instead (never
+        ``flat``), and a fetch still running finishes for the next alert."""
+        tasks = {a: self._pair_fetches.get(a) or self._start_pair_fetch(a) for a in accounts}
+        _, late = await asyncio.wait(tasks.values(), timeout=PAIR_FETCH_WAIT_S)
+        for account, task in tasks.items():
+            if task in late:
+                self._pair_errors.setdefault(
+                    account, f"exchange-info gave no answer within {PAIR_FETCH_WAIT_S:g}s"
+                )
+
+    def _start_pair_fetch(self, account: str) -> asyncio.Task[None]:
+        assert self._pairs is not None
+        lister = self._pairs[account]
+
+        async def fetch() -> None:
+            try:
+                await lister.pair_list()
+            except Exception as exc:  # no source of pairs: the kill runs unchecked
+                self._pair_errors[account] = str(exc)
+            else:
+                self._pair_errors.pop(account, None)
+            finally:
+                self._pair_fetches.pop(account, None)
+
+        task = asyncio.create_task(fetch(), name=f"pairs-{account}")
+        self._pair_fetches[account] = task
+        return task
+
+    def _check_pairs(self, alert: Alert, requests: list[KillRequest]) -> PairVerdict:
+        """The scope's pairs against each target account's cached pair list."""
+        symbols = alert.scope.symbols
+        if self._pairs is None or alert.action != "kill" or symbols is None:
+            return PairVerdict()
+        lists = {
+            r.account: lister.cached_pair_list()
+            for r in requests
+            if (lister := self._pairs.get(r.account)) is not None
+        }
+        return check_pairs(symbols, lists, self._pair_errors)
 
     def _start_sweeps(self, plan: _Plan, origin: Origin) -> None:
         """Start the engine on a plan's new kills right away, before the record's task
@@ -408,6 +526,19 @@ class Intake:
             received_at=received,
             default_deadline_s=self._config.default_deadline_s,
         )
+        pairs = self._check_pairs(alert, requests)
+        if pairs.refusal is not None:
+            # Before any request and before the dedup window: nothing was done for it.
+            refusal = Rejection(RejectKind.INVALID, pairs.refusal, alert.alert_id)
+            return _Plan(label=label, rejection=refusal)
+        if pairs.unchecked:
+            unchecked = pairs.unchecked
+            requests = [
+                dataclasses.replace(r, unchecked_pairs=unchecked[r.account])
+                if r.account in unchecked
+                else r
+                for r in requests
+            ]
         position = (origin.topic, origin.partition, origin.offset)
         decision = self._dedup.decide(alert.alert_id, [r.account for r in requests], position)
         signing = self._verifier is not None and self._verifier.required
@@ -437,7 +568,7 @@ class Intake:
                 future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
                 self._in_flight[(alert.alert_id, request.account)] = future
                 self._queued[request.account] += 1
-                steps.append(_Step(request, Seen.NEW, future=future))
+                steps.append(_Step(self._with_carried(request), Seen.NEW, future=future))
             else:
                 steps.append(_Step(request, verdict.seen, previous=verdict.previous_status))
         if decision.all_repeats:
@@ -447,6 +578,12 @@ class Intake:
         else:
             result = "processed"
         return _Plan(label=label, result=result, steps=steps, action=alert.action)
+
+    def _with_carried(self, request: KillRequest) -> KillRequest:
+        """A replay: what an earlier process published for it goes into its results."""
+        index = self._results_index
+        carried = index.carried(request.alert_id, request.account) if index is not None else None
+        return request if carried is None else dataclasses.replace(request, carried=carried)
 
     async def _execute(
         self, record: ConsumerRecord[Any, Any], plan: _Plan, origin: Origin, received: datetime
@@ -493,10 +630,11 @@ class Intake:
         status: str | None = None
         try:
             result = await self._call_engine(request, action, origin, started)
+            carried = request.carried.counts.resolved if request.carried else 0
             if (
                 self._stopping
                 and result.status is SweepStatus.FAILED
-                and not result.counts.resolved
+                and result.counts.resolved <= carried
             ):
                 # Could not work while shutting down (e.g. the engine refused): replay it
                 # after the restart rather than record a failure for good.

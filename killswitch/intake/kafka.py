@@ -151,10 +151,10 @@ async def all_partitions(
         await asyncio.sleep(0.05)  # polling metadata with a deadline
 
 
-async def ensure_topics(settings: KafkaSettings) -> list[str]:
-    """Create missing topics (state compacted). Returns the names created."""
+def topic_roles(settings: KafkaSettings) -> dict[str, str]:
+    """Configured topic name -> role (a key of :data:`DEFAULT_PARTITIONS`)."""
     topics = settings.topics
-    wanted = {
+    return {
         topics.alerts: "alerts",
         topics.manual: "manual",
         topics.heartbeats: "heartbeats",
@@ -162,6 +162,16 @@ async def ensure_topics(settings: KafkaSettings) -> list[str]:
         topics.state: "state",
         topics.dlq: "dlq",
     }
+
+
+def topic_config(role: str) -> dict[str, str]:
+    """Topic settings the daemon asks for: the state topic keeps the last record per key."""
+    return {"cleanup.policy": "compact"} if role == "state" else {}
+
+
+async def ensure_topics(settings: KafkaSettings) -> list[str]:
+    """Create missing topics (state compacted). Returns the names created."""
+    wanted = topic_roles(settings)
     admin = AIOKafkaAdminClient(**connection_kwargs(settings))
     await admin.start()
     created: list[str] = []
@@ -172,7 +182,7 @@ async def ensure_topics(settings: KafkaSettings) -> list[str]:
         for name, role in wanted.items():
             if name in existing:
                 continue
-            config = {"cleanup.policy": "compact"} if role == "state" else {}
+            config = topic_config(role)
             if await _create(admin, name, DEFAULT_PARTITIONS[role], replication, config):
                 created.append(name)
     finally:

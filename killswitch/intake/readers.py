@@ -17,8 +17,9 @@ from aiokafka.errors import KafkaError
 
 from killswitch.alerts import decode_result_summary, decode_state_record
 from killswitch.config import KafkaSettings
+from killswitch.core.carry import CarryStore
 from killswitch.core.dedup import DedupWindow
-from killswitch.core.model import HaltState, Scope
+from killswitch.core.model import CarriedOutcomes, HaltState, Scope
 from killswitch.intake.kafka import all_partitions, make_reader
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,9 @@ def _fold_state(
 
 
 class ResultsIndex:
-    """Feeds the dedup window with final results from the results topic.
+    """Feeds the dedup window with final results from the results topic, and keeps
+    the latest progress outcomes of alerts with no final result yet (``carry``), so
+    a replayed alert's final result covers what an earlier process did.
 
     At start-up it reads the tail of every partition (at most ``tail_records``
     per partition: the recent window) up to the end; then it keeps following the
@@ -148,11 +151,17 @@ class ResultsIndex:
     """
 
     def __init__(
-        self, settings: KafkaSettings, topic: str, dedup: DedupWindow, tail_records: int
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        dedup: DedupWindow,
+        tail_records: int,
+        carry: CarryStore | None = None,
     ) -> None:
         self._settings = settings
         self._topic = topic
         self._dedup = dedup
+        self.carry = carry if carry is not None else CarryStore()
         self._tail = tail_records
         self._consumer: AIOKafkaConsumer | None = None
         self._parts: list[TopicPartition] = []
@@ -223,10 +232,21 @@ class ResultsIndex:
             self._learn(rec.value for rec in records)
         self._progress.set()
 
+    def carried(self, alert_id: str, account: str) -> CarriedOutcomes | None:
+        """What an earlier process published for a pair it did not finish, if anything."""
+        return self.carry.get(alert_id, account)
+
     def _learn(self, values: Iterable[bytes | None]) -> None:
         for value in values:
             summary = decode_result_summary(value)
-            if summary is None or not summary.final or summary.status == "running":
+            if summary is None:
+                continue
+            if not summary.final:
+                if summary.carried is not None and summary.status == "running":
+                    self.carry.progress(summary.alert_id, summary.account, summary.carried)
+                continue
+            self.carry.final(summary.alert_id, summary.account)
+            if summary.status == "running":
                 continue
             origin = (
                 (summary.origin.topic, summary.origin.partition, summary.origin.offset)

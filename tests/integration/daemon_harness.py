@@ -95,6 +95,9 @@ def daemon_settings(
         for account, (api_key, pem) in ex.keys.items()
     ]
     engine = {
+        # Most daemon tests watch single cancels in the simulator's log; the default
+        # strategy (auto) is tested end to end by passing engine={"strategy": "auto"}.
+        "strategy": "per_order",
         "default_deadline_s": 10.0,
         "latch_sweep_interval_s": 0.2,
         "progress_interval_s": 0.2,

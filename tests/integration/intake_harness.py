@@ -27,7 +27,7 @@ from killswitch.core.model import (
     SweepResult,
     SweepStatus,
 )
-from killswitch.core.ports import ResultSink
+from killswitch.core.ports import PairLister, ResultSink
 from killswitch.intake.consumer import Intake, IntakeConfig
 from killswitch.intake.kafka import make_producer
 from killswitch.intake.outputs import Publisher
@@ -285,6 +285,7 @@ async def running_intake(
     *,
     grace_s: float = 5.0,
     dedup: DedupWindow | None = None,
+    pairs: Mapping[str, PairLister] | None = None,
 ) -> AsyncIterator[Running]:
     """An Intake with its publisher and results index, consuming until the block exits."""
     engine = engine or FakeEngine()
@@ -307,6 +308,7 @@ async def running_intake(
         verifier=TriggerVerifier(settings.trigger_signing),
         observer=observer,
         results_index=index,
+        pairs=pairs,
     )
     await intake.start()
     task = asyncio.create_task(intake.run())

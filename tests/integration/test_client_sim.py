@@ -263,7 +263,10 @@ async def test_dropped_connection_then_success(env: Env) -> None:
     env.recorder.on_status["error"] = env.sim.clear_faults
     async with env.client() as client:
         result = await client.cancel_order(order_id, SYMBOL)
-    assert (result.outcome, result.attempts) == (Outcome.SENT, 2)
+    # On http1 the dropped request went out on a kept-alive connection (the clock sync's):
+    # a stale connection, so it is signed anew and sent on a fresh one in the same attempt.
+    attempts = 1 if env.transport == "http1" else 2
+    assert (result.outcome, result.attempts) == (Outcome.SENT, attempts)
     assert env.recorder.statuses("cancel") == ["error", "200"]
 
 
@@ -293,7 +296,9 @@ async def test_server_rate_limit_aimd_all_cancels_land(env: Env) -> None:
     """A real per-key budget below the configured ceiling: 429s, the limiter backs
     off, and every cancel still ends sent."""
     ids = env.sim.seed_orders(env.api_key, SYMBOL, 60)
-    env.sim.set_rate_limit(100.0, 5, api_key=env.api_key)
+    # Far below what even a slow, loaded machine sends: the first in-flight wave alone
+    # (16 requests against a bucket of 2) draws 429s, so the test cannot pass without them.
+    env.sim.set_rate_limit(50.0, 2, api_key=env.api_key)
     async with env.client(
         rate_limit_per_second=400.0, burst=20, max_concurrency=16, max_attempts=20
     ) as client:

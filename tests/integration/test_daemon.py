@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from prometheus_client.parser import text_string_to_metric_families
 
-from killswitch.config import ConfigError
+from killswitch.config import ConfigError, EngineSettings
 from killswitch.daemon import Daemon, async_run
 from killswitch.deadman import encode_heartbeat
 from killswitch.embedded import free_port
@@ -30,6 +30,7 @@ from killswitch.intake.ownership import account_partition
 from killswitch.triggers import sign_trigger
 from tests.conftest import wait_for
 from tests.integration.daemon_harness import (
+    SYMBOLS,
     DaemonProcess,
     Exchange,
     daemon_in_process,
@@ -80,6 +81,42 @@ async def test_kill_with_latch_then_release(kafka_bootstrap: str, unique_name: U
             assert "mm-1" not in run.daemon.engine.halted()
             await wait_for(lambda: run.daemon.intake.committed_total >= 2)
         assert await committed(settings, topics.alerts) == 2
+
+
+async def test_default_strategy_kills_a_whole_account_with_one_cancel_all_per_pair(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    default = EngineSettings().strategy
+    assert default == "auto"
+    async with exchange() as ex:
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex, engine={"strategy": default})
+        await prepare_topics(settings)
+        seeded = ex.seed("mm-1", 150)  # more than a page (100) per pair
+        untouched = ex.seed("mm-2", 5)
+        async with (
+            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            daemon_in_process(settings),
+        ):
+            await produce(settings, [alert_message("auto-1", ["mm-1"])])
+            await wait_for(lambda: len(results.finals("auto-1")) == 1, timeout=20)
+        final = results.finals("auto-1")[0]
+        assert final["status"] == "flat"
+        assert final["counts"]["resolved"] == final["counts"]["sent"] == len(seeded)
+        assert final["residual_open"] == 0
+        assert ex.open_ids("mm-1") == set()
+        assert ex.open_ids("mm-2") == untouched
+        log = [e for e in ex.sim.request_log if e.client == "mm-1"]
+        sweep = Counter(e.endpoint for e in log)
+        # (readiness probes list with a smaller limit)
+        listed = Counter(
+            e.query for e in log if e.endpoint == "open_orders" and "limit=100" in e.query
+        )
+        # every pair the exchange trades: its first page, then one verifying listing...
+        assert len(listed) > len(SYMBOLS)
+        assert set(listed.values()) == {2}
+        # ...and one cancel-all for each pair with orders; nothing else
+        assert sweep["cancel_all"] == len(SYMBOLS)
+        assert sweep["cancel"] == sweep["cancel_batch"] == 0
 
 
 async def test_duplicate_delivery_sweeps_once(kafka_bootstrap: str, unique_name: Unique) -> None:

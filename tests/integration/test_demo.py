@@ -106,7 +106,7 @@ async def test_demo_refuses_a_configuration_without_demo_keys(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = demo_dir(tmp_path, monkeypatch)
-    config.write_text(config.read_text().replace("config/demo/", "config/prod/"))
+    config.write_text(config.read_text().replace('"demo/', '"prod/'))
     broker = EmbeddedBroker()
     with pytest.raises(ConfigError, match="file not found"):
         await run_demo(DemoOptions(config=config), broker=broker, out=io.StringIO(), tty=False)

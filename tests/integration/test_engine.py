@@ -127,7 +127,13 @@ async def env() -> AsyncIterator[Env]:
 
 
 def engine_settings(**kw: Any) -> EngineSettings:
-    base: dict[str, Any] = {"progress_interval_s": 0.05, "latch_sweep_interval_s": 0.05}
+    # per_order unless a test names its strategy: most tests here follow single cancels
+    # (strategy auto, the default, has its own tests below).
+    base: dict[str, Any] = {
+        "progress_interval_s": 0.05,
+        "latch_sweep_interval_s": 0.05,
+        "strategy": "per_order",
+    }
     base.update(kw)
     return EngineSettings(**base)
 
@@ -185,7 +191,7 @@ FAULTS = EndpointFaults(error_rate=0.05, throttle_rate=0.05, error_statuses=(500
 # ---------------------------------------------------------------------- strategies
 
 
-@pytest.mark.parametrize("strategy", ["per_order", "batch", "symbol"])
+@pytest.mark.parametrize("strategy", ["auto", "per_order", "batch", "symbol"])
 async def test_strategy_reaches_flat_under_faults_and_races(env: Env, strategy: str) -> None:
     seeded = env.seed(60)
     env.sim.set_faults(FAULTS)
@@ -214,6 +220,11 @@ async def test_strategy_reaches_flat_under_faults_and_races(env: Env, strategy: 
     elif strategy == "batch":
         assert endpoints["cancel_batch"] >= len(seeded) // 25
         assert endpoints["cancel_all"] == 0
+    elif strategy == "auto":
+        # whole pairs: the first pass is one cancel-all per pair; later passes clean up
+        assert endpoints["cancel_all"] >= len(SYMBOLS)
+        assert endpoints["cancel_batch"] == 0
+        assert endpoints["cancel"] < len(seeded) // 2
     else:
         assert endpoints["cancel_all"] == len(SYMBOLS)
         assert endpoints["cancel_batch"] == 0
@@ -424,3 +435,146 @@ async def test_progress_results_during_a_long_sweep(env: Env) -> None:
     done = [e.counts.resolved for e in events]
     assert done == sorted(done)  # outcomes only accumulate
     assert done[-1] <= result.counts.resolved
+
+
+# ----------------------------------------------------------------- strategy auto
+
+
+def auto_settings(**kw: Any) -> EngineSettings:
+    """The product's default strategy (auto), test intervals."""
+    settings = EngineSettings(progress_interval_s=0.05, latch_sweep_interval_s=0.05, **kw)
+    assert settings.strategy == "auto"
+    return settings
+
+
+async def test_auto_whole_account_kill_is_one_cancel_all_per_pair(env: Env) -> None:
+    seeded = env.seed(150)  # more than one page (100) per pair
+    async with env.client() as (client, _):
+        engine = Engine({ACCOUNT: client}, auto_settings())
+        result = await engine.submit(kill(), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert env.open_ids() == set()
+    assert {o.order_id for o in result.orders} == seeded
+    assert result.counts.sent == len(seeded)
+    assert_accounted(result)
+    endpoints = Counter(e.endpoint for e in env.log())
+    # the fewest requests: per pair its first page, one cancel-all, one verifying listing
+    assert endpoints["cancel_all"] == len(SYMBOLS)
+    assert endpoints["open_orders"] == 2 * len(SYMBOLS)
+    assert endpoints["cancel"] == endpoints["cancel_batch"] == 0
+    assert sum(endpoints[e] for e in ("cancel", "cancel_batch", "cancel_all", "open_orders")) == 9
+
+
+async def test_auto_side_filtered_kill_uses_batches(env: Env) -> None:
+    env.seed(60)
+    buys = {i for i in env.open_ids() if (env.sim.order(i) or {})["side"] == "BUY"}
+    async with env.client() as (client, probe):
+        engine = Engine({ACCOUNT: client}, auto_settings(batch_size=25))
+        result = await engine.submit(kill(sides={Side.BUY}), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert not buys & env.open_ids()
+    assert env.open_ids(), "the sells stay open"
+    assert {o.order_id for o in result.orders} == buys
+    assert_accounted(result)
+    endpoints = Counter(e.endpoint for e in env.log())
+    assert endpoints["cancel_all"] == 0
+    assert endpoints["cancel_batch"] >= len(buys) // 25
+    # a batch per 25 buys of a pair (and a single DELETE for a batch of one)
+    assert endpoints["cancel_batch"] + endpoints["cancel"] <= 3 * len(SYMBOLS)
+    assert probe.overlaps == 0
+
+
+async def test_auto_fail_ids_fall_back_to_per_order(env: Env) -> None:
+    env.seed(40, ["BTC_USDT"])
+    env.sim.set_races(close_before_cancel=0.3)  # these land in the cancel-all's "fail"
+    async with env.client() as (client, probe):
+        engine = Engine({ACCOUNT: client}, auto_settings())
+        result = await engine.submit(kill(), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert env.open_ids() == set()
+    assert_accounted(result)
+    singles = set(cancelled_ids(env.log()))
+    by_id = {o.order_id: o for o in result.orders}
+    closed = {i for i, o in by_id.items() if o.outcome is Outcome.ALREADY_CLOSED}
+    assert singles, "ids in a cancel-all's fail list get a per-order cancel"
+    assert singles == closed  # ...which finds them closed (they closed on their own)
+    assert env.sim.count(env.api_key, "cancel_all") == 1
+    assert probe.overlaps == 0
+
+
+async def test_auto_refused_cancel_all_falls_back_and_is_remembered(env: Env) -> None:
+    env.seed(120)
+    # this exchange has no cancel-all route: 404 to every call
+    env.sim.set_faults(EndpointFaults(error_rate=1.0, error_statuses=(404,)), "cancel_all")
+    async with env.client() as (client, _):
+        engine = Engine({ACCOUNT: client}, auto_settings())
+        first = await engine.submit(kill("first"), no_progress)
+        refused = env.sim.count(env.api_key, "cancel_all")
+        env.seed(120)
+        second = await engine.submit(kill("second"), no_progress)
+        await engine.close(1.0)
+    assert (first.status, second.status) == (SweepStatus.FLAT, SweepStatus.FLAT)
+    assert env.open_ids() == set()
+    assert first.counts.sent == second.counts.sent == 120 * len(SYMBOLS)
+    assert_accounted(first)
+    assert 1 <= refused <= len(SYMBOLS)  # pairs already under way when the 404 came
+    assert env.sim.count(env.api_key, "cancel_all") == refused  # the second kill: none
+    assert engine.refused_endpoints(ACCOUNT) == {"cancel_all"}
+    assert env.sim.count(env.api_key, "cancel_batch") > 0  # the fallback: batches
+    assert env.sim.count(env.api_key, "cancel") == 0
+    assert first.reason is None or "cancel-all refused" in first.reason
+
+
+async def test_cancels_answered_too_late_end_sent_not_failed(env: Env) -> None:
+    seeded = env.seed(10, ["BTC_USDT"])
+    # The exchange cancels, the answer never comes back; at 1 attempt the client gives up.
+    lost = EndpointFaults(timeout_rate=1.0, timeout_hold_s=2.0, after_effect=True)
+    env.sim.set_faults(lost, "cancel")
+    async with env.client(max_attempts=1, request_deadline_s=0.3) as (client, _):
+        engine = Engine({ACCOUNT: client}, engine_settings())
+        result = await engine.submit(kill(), no_progress)
+        await engine.close(1.0)
+    assert env.open_ids() == set()
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert {o.order_id for o in result.orders} == seeded
+    assert result.counts.failed == 0
+    assert result.counts.sent == len(seeded)
+
+
+async def test_cancels_in_flight_at_the_deadline_end_sent(env: Env) -> None:
+    seeded = env.seed(5, ["BTC_USDT"])
+    # Applied by the exchange, answered never: in flight when the deadline comes.
+    lost = EndpointFaults(timeout_rate=1.0, timeout_hold_s=5.0, after_effect=True)
+    env.sim.set_faults(lost, "cancel")
+    async with env.client(max_attempts=1, request_deadline_s=30.0) as (client, _):
+        engine = Engine({ACCOUNT: client}, engine_settings(settle_grace_s=0.5), concurrency=8)
+        result = await engine.submit(kill(deadline_s=1.0), no_progress)
+        await engine.close(1.0)
+    assert env.open_ids() == set()
+    assert {o.order_id for o in result.orders} == seeded
+    assert result.counts.failed == 0
+    assert result.counts.sent == len(seeded)
+    assert result.residual_open == 0
+    # the final listing after the deadline proved the pair flat
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert cancelled_ids(env.log()).keys() == seeded
+
+
+async def test_residual_counts_only_orders_still_open(env: Env) -> None:
+    env.seed(40, ["BTC_USDT"])
+    env.sim.set_races(lose_cancel=0.5)  # CANCEL_SENT, but half the orders stay open
+    async with env.client() as (client, _):
+        engine = Engine({ACCOUNT: client}, engine_settings(max_passes=2))
+        result = await engine.submit(kill(), no_progress)
+        await engine.close(1.0)
+    still_open = env.open_ids()
+    assert result.status is SweepStatus.RESIDUAL
+    assert still_open
+    assert result.residual_open == len(still_open)
+    assert result.counts.failed == 0
+    assert_accounted(result)
+    second_listing = [o for o in result.orders if o.attempts >= 2]
+    assert len(second_listing) > len(still_open)  # what the last pass found, not what is left

@@ -250,7 +250,7 @@ async def test_a_refused_trigger_is_reported_from_the_dead_letter_topic(
     out = io.StringIO()
     async with scripted(ScriptedDaemon(settings, verifier=verifier)):
         run = await run_trigger(settings, prepared, out=out, tty=False, timeout_s=20)
-    assert run.exit_code == 1
+    assert run.exit_code == 2  # refused: the dead letter says why
     assert {r.status for r in run.board.rows.values()} == {"refused"}
     assert "unauthorized: signature missing" in (run.board.rows["mm-1"].reason or "")
     assert run.elapsed_s < 20  # answered by the dead letter, not by the timeout
@@ -456,12 +456,17 @@ async def test_status_without_a_state_topic(
 # -------------------------------------------------------------------------- check
 
 
+@pytest.mark.parametrize("public_auth", [False, True])
 async def test_check_passes_and_fails_per_account(
     kafka_bootstrap: str,
     unique_name: Unique,
     capsys: pytest.CaptureFixture[str],
+    public_auth: bool,
 ) -> None:
     sim = Simulator(seed=1)
+    # True: an exchange that wants even its public endpoints signed; a working key is
+    # still a working key there.
+    sim.public_auth = public_auth
     keys = {a: register_test_client(sim, name=a) for a in ("mm-1", "mm-2", "arb-1")}
     sim.seed_orders(keys["mm-1"][0], sim.symbols[0], 3)
     sim.revoke(keys["mm-2"][0])

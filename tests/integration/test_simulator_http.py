@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import signal
@@ -13,6 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import httpx
@@ -380,6 +382,143 @@ async def test_keep_alive_serves_many_requests_on_one_connection(served: Served)
     assert len(await raw_exchange(served.server.port, close + request, 2)) == 1
 
 
+# ------------------------------------------------------------------------ knobs
+
+
+async def test_throttle_window_sends_retry_after_in_seconds_then_recovers() -> None:
+    clock = FakeClock()
+    sim = Simulator(monotonic=clock)
+    api_key, pem = register_test_client(sim)
+    sim.set_throttle_window(after_requests=2, duration_s=2.5)
+    async with SimulatorServer(sim) as server, SignedClient(server.base_url, api_key, pem) as c:
+        assert [(await c.open_orders(SYMBOL)).status_code for _ in range(2)] == [200, 200]
+        throttled = await c.open_orders(SYMBOL)
+        assert (throttled.status_code, throttled.headers["retry-after"]) == (429, "3")
+        assert throttled.json() == {"error": "too_many_requests"}
+        clock.now += 2.5
+        recovered = await c.open_orders(SYMBOL)
+        assert recovered.status_code == 200
+        assert "retry-after" not in recovered.headers
+
+
+async def test_throttle_window_sends_retry_after_as_an_http_date(served: Served) -> None:
+    served.sim.set_throttle_window(0, 30.0, retry_after="date")
+    before = time.time()
+    throttled = await served.client.open_orders(SYMBOL)
+    after = time.time()
+    assert throttled.status_code == 429
+    end = parsedate_to_datetime(throttled.headers["retry-after"]).timestamp()
+    # The window's end on the server clock, rounded up to a whole second.
+    assert math.ceil(before) + 29 <= end <= math.ceil(after + 30)
+
+
+async def test_rate_limit_429_carries_retry_after_when_asked() -> None:
+    clock = FakeClock()
+    sim = Simulator(monotonic=clock, retry_after_on_429=True)
+    api_key, pem = register_test_client(sim, rate_limit_per_second=0.5, burst=1)
+    async with SimulatorServer(sim) as server, SignedClient(server.base_url, api_key, pem) as c:
+        assert (await c.open_orders(SYMBOL)).status_code == 200
+        throttled = await c.open_orders(SYMBOL)
+        assert (throttled.status_code, throttled.headers["retry-after"]) == (429, "2")
+
+
+async def test_redirect_answers_location_and_cancels_nothing(served: Served) -> None:
+    (order_id,) = served.sim.seed_orders(served.api_key, SYMBOL, 1)
+    served.sim.set_redirect("https://api.elsewhere.example/coin/internal/v1/order", status=308)
+    moved = await served.client.cancel(order_id, SYMBOL)
+    assert moved.status_code == 308
+    assert moved.headers["location"] == "https://api.elsewhere.example/coin/internal/v1/order"
+    assert moved.content == b""
+    assert served.sim.open_order_ids(served.api_key) == {order_id}
+    served.sim.clear_redirects()
+    assert (await served.client.cancel(order_id, SYMBOL)).json() == {"status": "CANCEL_SENT"}
+
+
+async def test_public_auth_refuses_unsigned_and_serves_signed(served: Served) -> None:
+    served.sim.public_auth = True
+    unsigned = await served.client.http.get("/coin/internal/v1/public/exchange-info")
+    assert (unsigned.status_code, unsigned.json()["error"]) == (401, "invalid_client")
+    signed = await served.client.request("GET", "public/exchange-info")
+    assert signed.status_code == 200
+    assert SYMBOL in [entry["symbol"] for entry in signed.json()]
+    assert (await served.client.request("GET", "public/time")).status_code == 200
+
+
+async def test_replay_protection_refuses_the_same_signed_bytes(served: Served) -> None:
+    served.sim.replay_protection = True
+    query = f"symbol={SYMBOL}"
+    headers = signed_headers(
+        served.api_key, served.pem, "GET", "/coin/internal/v1/order/open", query=query
+    )
+    url = f"/coin/internal/v1/order/open?{query}"
+    first = await served.client.http.get(url, headers=headers)
+    again = await served.client.http.get(url, headers=headers)
+    assert first.status_code == 200
+    assert (again.status_code, again.json()) == (
+        401,
+        {"error": "invalid_client", "message": "replayed"},
+    )
+    assert (await served.client.open_orders(SYMBOL)).status_code == 200  # freshly signed
+
+
+async def test_unknown_symbol_empty_lists_nothing(served: Served) -> None:
+    assert (await served.client.open_orders("NOPE_USDT")).status_code == 400
+    served.sim.unknown_symbol = "empty"
+    listed = await served.client.open_orders("NOPE_USDT")
+    assert (listed.status_code, listed.json()) == (200, [])
+    bulk = await served.client.request("DELETE", "order/open", query="symbol=btc_usdt")
+    assert bulk.json() == {"success": [], "fail": []}
+
+
+async def test_admin_sets_every_knob_and_state_shows_them(served: Served) -> None:
+    async with httpx.AsyncClient(base_url=served.server.base_url + "/_admin") as admin:
+        knobs = {
+            "public_auth": True,
+            "unknown_symbol": "empty",
+            "rate_limit_kind": "sliding_window",
+            "sliding_window_s": 2.0,
+            "retry_after_on_429": True,
+            "replay_protection": True,
+            "throttle_window": {"after_requests": 5, "duration_s": 3, "retry_after": "date"},
+            "redirect": {"status": 301, "location": "/moved", "endpoint": "get_order"},
+        }
+        answer = await admin.put("/exchange", json=knobs)
+        assert answer.status_code == 200
+        state = (await admin.get("/state")).json()["exchange"]
+        assert state == answer.json()
+        assert state["throttle_window"] == {
+            "after_requests": 5,
+            "duration_s": 3.0,
+            "retry_after": "date",
+            "requests_seen": 0,
+            "open": False,
+            "seconds_left": None,
+        }
+        assert state["redirects"] == {"get_order": {"status": 301, "location": "/moved"}}
+        assert {k: state[k] for k in list(knobs)[:6]} == {k: knobs[k] for k in list(knobs)[:6]}
+        for bad in (
+            {"public_auth": "yes"},
+            {"unknown_symbol": "maybe"},
+            {"throttle_window": {"duration_s": -1}},
+            {"redirect": {"status": 200, "location": "/x"}},
+            {"redirect": {"location": "/x", "endpoint": "nowhere"}},
+            {"replay_protection": False, "redirect": {"location": "/x", "nope": 1}},
+            {"surprise": True},
+        ):
+            refused = await admin.put("/exchange", json=bad)
+            assert refused.status_code == 400, bad
+        assert (await admin.get("/state")).json()["exchange"] == state  # nothing applied
+        everywhere = await admin.put(
+            "/exchange", json={"redirect": {"location": "/all", "endpoint": "all"}}
+        )
+        assert everywhere.json()["redirects"]["all"] == {"status": 307, "location": "/all"}
+        cleared = await admin.put(
+            "/exchange", json={"throttle_window": None, "redirect": None, "public_auth": False}
+        )
+        assert (cleared.json()["throttle_window"], cleared.json()["redirects"]) == (None, {})
+        assert (await served.client.http.get("/coin/internal/v1/public/time")).status_code == 200
+
+
 # ------------------------------------------------------------------------ admin
 
 
@@ -537,4 +676,73 @@ def test_command_refuses_bad_flags_with_a_short_message(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "error_rate" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_command_sets_the_knobs_from_flags(tmp_path: Path) -> None:
+    proc, base_url = _start(
+        [
+            "--public-auth",
+            "--unknown-symbol",
+            "empty",
+            "--rate-limit-kind",
+            "sliding_window",
+            "--sliding-window-s",
+            "2",
+            "--retry-after-on-429",
+            "--replay-protection",
+            "--throttle-window",
+            "50:3:date",
+            "--redirect",
+            "308:https://api.elsewhere.example/v1",
+        ],
+        tmp_path,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            state = (await http.get("/_admin/state")).json()["exchange"]
+            unsigned = await http.get("/coin/internal/v1/public/time")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    window = state.pop("throttle_window")
+    assert (window["after_requests"], window["duration_s"], window["retry_after"]) == (
+        50,
+        3.0,
+        "date",
+    )
+    assert state == {
+        "public_auth": True,
+        "unknown_symbol": "empty",
+        "rate_limit_kind": "sliding_window",
+        "sliding_window_s": 2.0,
+        "retry_after_on_429": True,
+        "replay_protection": True,
+        "redirects": {"all": {"status": 308, "location": "https://api.elsewhere.example/v1"}},
+    }
+    assert unsigned.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--throttle-window", "3"], "--throttle-window"),
+        (["--throttle-window", "3:x"], "--throttle-window"),
+        (["--throttle-window", "3:1:minutes"], "--throttle-window"),
+        (["--throttle-window", "3:0"], "duration_s"),
+        (["--redirect", "https://x"], "--redirect"),
+        (["--redirect", "200:/x"], "3xx"),
+        (["--sliding-window-s", "0"], "sliding_window_s"),
+    ],
+)
+def test_command_refuses_bad_knob_flags(flags: list[str], named: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "killswitch", "simulate-exchange", *flags],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert named in result.stderr
     assert "Traceback" not in result.stderr

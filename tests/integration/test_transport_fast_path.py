@@ -22,7 +22,7 @@ from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.signing import compact_json
 from killswitch.exchange.simulator import Simulator, SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
-from killswitch.exchange.transport import AiohttpTransport, Phases
+from killswitch.exchange.transport import AiohttpTransport, Phases, RawHeaders
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,8 @@ async def test_send_raw_matches_the_generic_path(server: tuple[str, asyncio.Even
         response = await transport.handle_async_request(
             httpx.Request("DELETE", url, headers=headers, content=b'{"x":1}')
         )
-    assert raw == (response.status_code, response.content)
+    assert raw[:2] == (response.status_code, response.content)
+    assert dict(raw[2]) == dict(response.headers.raw)  # the headers come back too
     assert raw[0] == 201
     assert raw[1] == compact_json(
         {
@@ -98,7 +99,7 @@ async def test_send_raw_matches_the_generic_path(server: tuple[str, asyncio.Even
 async def test_send_raw_decodes_a_compressed_answer(server: tuple[str, asyncio.Event]) -> None:
     base, _ = server
     async with AiohttpTransport() as transport:
-        status, body = await transport.send_raw("GET", f"{base}/gzip", {}, None, PHASES)
+        status, body, _ = await transport.send_raw("GET", f"{base}/gzip", {}, None, PHASES)
     assert (status, body) == (200, b'{"ok":true}')
 
 
@@ -125,7 +126,7 @@ class _Counting(AiohttpTransport):
         self.raw = 0
         self.generic = 0
 
-    async def send_raw(self, *args: object, **kwargs: object) -> tuple[int, bytes]:
+    async def send_raw(self, *args: object, **kwargs: object) -> tuple[int, bytes, RawHeaders]:
         self.raw += 1
         return await super().send_raw(*args, **kwargs)  # type: ignore[arg-type]
 

@@ -28,7 +28,13 @@ from killswitch.exchange.http1 import Http1Transport, default_ssl_context
 from killswitch.exchange.signing import compact_json
 from killswitch.exchange.simulator import Simulator, SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
-from killswitch.exchange.transport import AiohttpTransport, Phases, build_transport
+from killswitch.exchange.transport import (
+    AiohttpTransport,
+    Phases,
+    RawHeaders,
+    StaleConnection,
+    build_transport,
+)
 from tests.conftest import wait_for
 from tests.support.tls import make_pki
 
@@ -168,7 +174,8 @@ async def serving(
 
 
 async def get(transport: Http1Transport, url: str, phases: Phases = PHASES) -> tuple[int, bytes]:
-    return await transport.send_raw("GET", url, {"Accept": "*/*"}, None, phases)
+    status, body, _ = await transport.send_raw("GET", url, {"Accept": "*/*"}, None, phases)
+    return status, body
 
 
 # -- the wire format and keep-alive ------------------------------------------------------------
@@ -202,10 +209,10 @@ async def test_request_framing_and_body() -> None:
 
     async with serving(echo) as server, Http1Transport() as transport:
         headers = {"X-API-KEY": "k", "Content-Length": "99", "Connection": "close", "Host": "x"}
-        status, body = await transport.send_raw(
+        status, body, _ = await transport.send_raw(
             "DELETE", f"{server.url}/o", headers, b'{"a":1}', PHASES
         )
-        _, empty_post = await transport.send_raw("POST", f"{server.url}/p", {}, None, PHASES)
+        _, empty_post, _ = await transport.send_raw("POST", f"{server.url}/p", {}, None, PHASES)
     assert status == 201
     assert body == compact_json(
         {
@@ -230,7 +237,7 @@ async def test_generic_path_matches_the_fast_path() -> None:
 
     async with serving(echo) as server, Http1Transport() as transport:
         url = f"{server.url}/echo?order_id=7&note=a%2Fb"
-        raw = await transport.send_raw("PUT", url, {"X": "y"}, b"body", PHASES)
+        raw = (await transport.send_raw("PUT", url, {"X": "y"}, b"body", PHASES))[:2]
         async with httpx.AsyncClient(transport=transport) as client:
             response = await client.put(url, headers={"X": "y"}, content=b"body")
             streamed = await client.put(url, content=_chunks())  # read, then Content-Length
@@ -561,7 +568,7 @@ class _Counting(Http1Transport):
         self.raw = 0
         self.generic = 0
 
-    async def send_raw(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+    async def send_raw(self, *args: Any, **kwargs: Any) -> tuple[int, bytes, RawHeaders]:
         self.raw += 1
         return await super().send_raw(*args, **kwargs)
 
@@ -699,7 +706,7 @@ async def test_unasked_bytes_on_an_idle_connection_are_never_the_next_answer() -
             assert server.stray_sent.wait(5)
             url = f"{server.url}/order?id=7"
             answer = await transport.send_raw("DELETE", url, {}, None, PHASES)
-        assert answer == (200, b"ok")
+        assert answer[:2] == (200, b"ok")
         assert server.seen == [b"GET /orders HTTP/1.1", b"DELETE /order?id=7 HTTP/1.1"]
     finally:
         server.close()
@@ -772,3 +779,116 @@ async def test_https_by_default_verifies_against_the_system_store(tmp_path: Path
     assert server.requests == []
     assert default_ssl_context().verify_mode == ssl.CERT_REQUIRED
     assert default_ssl_context().check_hostname
+
+
+# -- a stale connection carrying a signed request ----------------------------------------------
+
+
+class _StaleOnSecond:
+    """A loopback proxy in front of the simulator. On the first connection it forwards
+    the second request (the simulator acts on it) and then closes the connection
+    without passing the answer on: to the client, a kept-alive connection that went
+    stale under a request. Every request head it saw is kept."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> _StaleOnSecond:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    @staticmethod
+    async def _message(reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        return head + (await reader.readexactly(length) if length else b"")
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        first = self.connections == 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        try:
+            for seq in range(1, 1000):
+                try:
+                    request = await self._message(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                self.heads.append(request.split(b"\r\n\r\n", 1)[0])
+                up_writer.write(request)
+                answer = await self._message(up_reader)
+                if first and seq == 2:
+                    return  # acted on upstream, the answer never reaches the client
+                writer.write(answer)
+                await writer.drain()
+        finally:
+            writer.transport.abort()
+            up_writer.close()
+
+
+def _header_of(head: bytes, name: bytes) -> bytes:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip()
+    raise AssertionError(f"no {name!r} header")
+
+
+async def test_a_request_on_a_stale_connection_is_signed_anew() -> None:
+    """The client re-signs (fresh timestamp and signature) instead of replaying the
+    same bytes: an exchange with replay protection would refuse them as replayed."""
+    sim = Simulator(seed=5)
+    sim.replay_protection = True  # the same signature twice answers 401 invalid_client
+    api_key, pem = register_test_client(sim)
+    (order_id,) = sim.seed_orders(api_key, "BTC_USDT", 1)
+    async with SimulatorServer(sim) as server, _StaleOnSecond(server.port) as proxy:
+        settings = account_settings(proxy.url, api_key, pem, read_timeout_s=2.0)
+        async with ExchangeClient(settings, transport="http1") as client:
+            # Request 1 on the first connection is the clock sync; the cancel reuses it.
+            result = await client.cancel_order(order_id, "BTC_USDT")
+    deletes = [h for h in proxy.heads if h.startswith(b"DELETE ")]
+    assert len(deletes) == 2  # the one that went stale, and the one sent again
+    first, again = deletes
+    assert _header_of(first, b"x-signature") != _header_of(again, b"x-signature")
+    assert proxy.connections == 2
+    # The first DELETE took effect upstream; the second finds the order closed (it is
+    # not refused as a replay, which would have read as a refused key).
+    assert (result.outcome, result.attempts) == (Outcome.ALREADY_CLOSED, 1)
+    assert sim.count(api_key, "cancel", 401) == 0
+    assert sim.open_order_ids(api_key) == set()
+
+
+async def test_without_resend_a_stale_connection_raises_and_fresh_opens_a_new_one() -> None:
+    async def drop_second(req: Req, writer: asyncio.StreamWriter) -> bool:
+        return req.seq == 1 and await ok(req, writer)
+
+    async with serving(drop_second) as server, Http1Transport() as transport:
+        await get(transport, f"{server.url}/a")
+        url = f"{server.url}/order?id=7"
+        with pytest.raises(StaleConnection):
+            await transport.send_raw("DELETE", url, {}, None, PHASES, resend_stale=False)
+        status, _, _ = await transport.send_raw(
+            "DELETE", url, {}, None, PHASES, resend_stale=False, fresh=True
+        )
+    assert status == 200
+    assert [(r.method, r.conn) for r in server.requests] == [
+        ("GET", 1),
+        ("DELETE", 1),
+        ("DELETE", 2),
+    ]

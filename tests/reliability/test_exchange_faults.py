@@ -187,7 +187,9 @@ async def test_a_short_deadline_ends_residual_with_an_honest_count(env: Env) -> 
         probe,
         metrics,
     ):
-        engine = Engine({ACCOUNT: client}, EngineSettings(progress_interval_s=0.2), metrics)
+        # per_order: one request per order is what makes the deadline too short
+        settings = EngineSettings(strategy="per_order", progress_interval_s=0.2)
+        engine = Engine({ACCOUNT: client}, settings, metrics)
         result = await engine.submit(kill(deadline_s=2.0), no_progress)
         await engine.close(1.0)
     record_faults(env, probe)

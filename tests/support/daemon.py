@@ -142,6 +142,9 @@ def daemon_config(
             "port": metrics_port if metrics_port is not None else free_port(),
         },
         "engine": {
+            # These daemons are watched cancel by cancel (per-order DELETEs in the
+            # simulator's log); the default strategy (auto) has tests of its own.
+            "strategy": "per_order",
             "default_deadline_s": 20.0,
             "progress_interval_s": 0.5,
             "latch_sweep_interval_s": 0.2,

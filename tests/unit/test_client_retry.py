@@ -7,6 +7,7 @@ behaviour over real HTTP against the simulator is in tests/integration/test_clie
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import random
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from killswitch.exchange.errors import (
     InvalidRequest,
     NotFound,
     ProtocolError,
+    Redirected,
+    RequestRejected,
 )
 from killswitch.ratelimit import RateLimiter
 from tests.unit.test_signing import PKCS8_PEM
@@ -84,9 +87,9 @@ class Recorder:
     def residual(self, account: str, count: int) -> None: ...
 
 
-def reply(status: int, body: Any = None) -> httpx.Response:
+def reply(status: int, body: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
     content = b"" if body is None else json.dumps(body).encode()
-    return httpx.Response(status, content=content)
+    return httpx.Response(status, content=content, headers=headers)
 
 
 class Script:
@@ -256,6 +259,8 @@ async def test_transport_error_then_success(tmp_path: Path, fake: FakeTime) -> N
         (404, None, Outcome.REJECTED, RejectReason.NOT_FOUND),
         (409, {"error": "conflict"}, Outcome.REJECTED, RejectReason.OTHER_4XX),
         (402, None, Outcome.REJECTED, RejectReason.OTHER_4XX),
+        (307, None, Outcome.REJECTED, RejectReason.REDIRECT),
+        (301, None, Outcome.REJECTED, RejectReason.REDIRECT),
     ],
 )
 async def test_cancel_outcome_table_without_retries(  # noqa: PLR0917 (parametrised table)
@@ -424,3 +429,180 @@ async def test_exchange_info_is_cached_for_ttl(tmp_path: Path, fake: FakeTime) -
         assert len(script.seen) == 2
     assert first[0].symbol == "BTC_IDR"
     assert "X-API-KEY" not in script.seen[0].headers  # public endpoint
+
+
+# -- Retry-After, throttling without using up attempts ------------------------------------
+
+
+async def test_retry_after_seconds_on_429_is_waited_and_pauses_the_key(
+    tmp_path: Path, fake: FakeTime
+) -> None:
+    script = Script(
+        fake, [reply(429, headers={"Retry-After": "3"}), reply(200, {"status": "CANCEL_SENT"})]
+    )
+    async with make_client(tmp_path, fake, script) as client:
+        sent_at = fake.mono
+        result = await client.cancel_order(7, "BTC_USDT")
+        assert client.limiter.paused_until == pytest.approx(sent_at + 3.0)
+    assert (result.outcome, result.attempts) == (Outcome.SENT, 2)
+    assert fake.sleeps
+    assert fake.sleeps[0] >= 3.0  # not the 50 ms backoff
+
+
+async def test_retry_after_http_date_on_503_is_waited(tmp_path: Path, fake: FakeTime) -> None:
+    fake.wall = 1_700_000_000.0  # a whole second: the date has no fraction
+    when = email.utils.formatdate(fake.wall + 2.0, usegmt=True)
+    script = Script(
+        fake, [reply(503, headers={"Retry-After": when}), reply(200, {"status": "CANCEL_SENT"})]
+    )
+    async with make_client(tmp_path, fake, script) as client:
+        result = await client.cancel_order(7, "BTC_USDT")
+    assert (result.outcome, result.attempts) == (Outcome.SENT, 2)
+    assert fake.sleeps[0] == pytest.approx(2.0)
+
+
+async def test_429s_use_up_the_deadline_not_max_attempts(tmp_path: Path, fake: FakeTime) -> None:
+    answers: list[httpx.Response | Exception] = [reply(429)] * 10
+    script = Script(fake, [*answers, reply(200, {"status": "CANCEL_SENT"})])
+    async with make_client(tmp_path, fake, script, max_attempts=3) as client:
+        result = await client.cancel_order(7, "BTC_USDT")
+    assert (result.outcome, result.attempts) == (Outcome.SENT, 11)
+
+
+async def test_endless_429s_end_at_the_request_deadline(tmp_path: Path, fake: FakeTime) -> None:
+    script = Script(fake, [reply(429)])
+    async with make_client(
+        tmp_path, fake, script, max_attempts=3, request_deadline_s=5.0
+    ) as client:
+        started = fake.mono
+        result = await client.cancel_order(7, "BTC_USDT")
+    assert (result.outcome, result.status) == (Outcome.FAILED, 429)
+    assert result.attempts > 3
+    assert fake.mono - started <= 5.0
+
+
+async def test_a_retry_after_past_the_deadline_gives_up_at_once(
+    tmp_path: Path, fake: FakeTime
+) -> None:
+    script = Script(fake, [reply(429, headers={"Retry-After": "30"})])
+    async with make_client(tmp_path, fake, script, request_deadline_s=10.0) as client:
+        result = await client.cancel_order(7, "BTC_USDT")
+    assert (result.outcome, result.attempts, result.status) == (Outcome.FAILED, 1, 429)
+    assert fake.sleeps == []
+
+
+# -- public endpoints signed when the exchange wants it ------------------------------------
+
+
+class SignedPublic(Script):
+    """An exchange that refuses unsigned public calls (401 invalid_client)."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/coin/internal/v1/public/"):
+            self.seen.append(request)
+            if "X-SIGNATURE" not in request.headers:
+                return reply(401, {"error": "invalid_client"})
+            if request.url.path == PATH_TIME:
+                self.time_calls += 1
+                return reply(200, {"timestamp": int(self.fake.wall * 1000)})
+        return super().__call__(request)
+
+
+async def test_public_endpoints_are_signed_after_a_refusal_and_remembered(
+    tmp_path: Path, fake: FakeTime
+) -> None:
+    info = [{"symbol": "BTC_IDR", "base_asset": "BTC", "quote_asset": "IDR", "quote_tick": "1"}]
+    script = SignedPublic(fake, [reply(200, info)])
+    recorder = Recorder()
+    async with make_client(tmp_path, fake, script, recorder, max_attempts=1) as client:
+        pairs = await client.exchange_info()
+        assert client.signs_public
+        fake.mono += 301.0  # the cache expired
+        await client.exchange_info()
+        offset = await client.sync_clock()
+    assert [p.symbol for p in pairs] == ["BTC_IDR"]
+    signed = ["X-SIGNATURE" in r.headers for r in script.seen]
+    # One unsigned refusal, then only signed calls (time for the clock sync included).
+    assert signed[0] is False
+    assert all(signed[1:])
+    assert len(signed) >= 4
+    assert offset == 0
+    assert ("exchange_info", "401") in recorder.requests
+
+
+async def test_a_key_refused_on_a_signed_public_call_is_an_auth_error(
+    tmp_path: Path, fake: FakeTime
+) -> None:
+    class Refusing(Script):
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            self.seen.append(request)
+            return reply(401, {"error": "invalid_client"})
+
+    script = Refusing(fake, [])
+    async with make_client(tmp_path, fake, script) as client:
+        with pytest.raises(AuthError):
+            await client.exchange_info()
+        with pytest.raises(AuthError):
+            await client.sync_clock()
+
+
+# -- redirects: never followed, never retried ------------------------------------------------
+
+
+async def test_a_redirect_on_a_listing_raises_redirected_naming_the_location(
+    tmp_path: Path, fake: FakeTime
+) -> None:
+    elsewhere = "https://elsewhere.example/coin/internal/v1/order/open"
+    script = Script(fake, [reply(307, headers={"Location": elsewhere})])
+    async with make_client(tmp_path, fake, script) as client:
+        with pytest.raises(Redirected) as info:
+            async for _ in client.open_orders("BTC_USDT"):
+                pass
+    assert len(script.seen) == 1  # not retried, not followed
+    assert info.value.location == elsewhere
+    assert info.value.status == 307
+    assert isinstance(info.value, RequestRejected)
+    assert f"307 redirect to {elsewhere}: check base_url" in str(info.value)
+
+
+async def test_a_redirect_on_a_cancel_is_rejected_with_the_location(
+    tmp_path: Path, fake: FakeTime
+) -> None:
+    script = Script(fake, [reply(308, headers={"Location": "http://other/x"})])
+    async with make_client(tmp_path, fake, script) as client:
+        result = await client.cancel_order(7, "BTC_USDT")
+        batch = await client.cancel_all("BTC_USDT")
+    assert (result.outcome, result.reason, result.status) == (
+        Outcome.REJECTED,
+        RejectReason.REDIRECT,
+        308,
+    )
+    assert result.error == "exchange answered 308 redirect to http://other/x: check base_url"
+    assert (batch.outcome, batch.reason) == (Outcome.REJECTED, RejectReason.REDIRECT)
+    assert len(script.seen) == 2
+
+
+# -- a request cancelled in flight is still counted --------------------------------------------
+
+
+async def test_a_request_cancelled_in_flight_is_reported(tmp_path: Path, fake: FakeTime) -> None:
+    never = asyncio.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        if request.url.path == PATH_TIME:
+            return reply(200, {"timestamp": int(fake.wall * 1000)})
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    recorder = Recorder()
+    async with make_client(tmp_path, fake, hang, recorder) as client:  # type: ignore[arg-type]
+        task = asyncio.create_task(client.cancel_order(7, "BTC_USDT"))
+        for _ in range(100):
+            if recorder.inflight:
+                break
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert ("cancel", "cancelled") in recorder.requests
+    assert recorder.inflight == 0

@@ -93,6 +93,32 @@ def test_bad_configuration_names_the_setting(tmp_path: Path, snippet: str, expec
     assert expected in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("", None),
+        ('symbols = ["BTC_USDT", "ETH_IDR", "BTC_USDT"]', ["BTC_USDT", "ETH_IDR"]),
+        ("symbols = []", "must name at least one pair"),
+        ('symbols = ["BTC USDT"]', "not a pair name: 'BTC USDT'"),
+        ('symbols = ["_BTC"]', "not a pair name: '_BTC'"),
+    ],
+)
+def test_account_symbols_fallback(
+    tmp_path: Path, key_file: Path, line: str, expected: str | list[str] | None
+) -> None:
+    path = tmp_path / "ks.toml"
+    path.write_text(
+        f'[[accounts]]\nid = "mm-1"\napi_key = "k"\nprivate_key_file = "{key_file}"\n{line}\n'
+    )
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError) as info:
+            load_settings(path)
+        assert "accounts.0.symbols" in str(info.value)
+        assert expected in str(info.value)
+    else:
+        assert load_settings(path).accounts[0].symbols == expected
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="configuration file not found"):
         load_settings(tmp_path / "absent.toml")

@@ -7,6 +7,7 @@ The end-to-end tests against the real client and simulator are in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -163,7 +164,13 @@ class FakeExchange:
 
 
 def settings(**kw: Any) -> EngineSettings:
-    base: dict[str, Any] = {"progress_interval_s": 0.01, "latch_sweep_interval_s": 0.02}
+    # per_order unless a test says otherwise: most tests here check the per-order path
+    # (auto is tested by name and by test_engine_auto.py).
+    base: dict[str, Any] = {
+        "progress_interval_s": 0.01,
+        "latch_sweep_interval_s": 0.02,
+        "strategy": "per_order",
+    }
     base.update(kw)
     return EngineSettings(**base)
 
@@ -461,15 +468,42 @@ async def test_a_pair_never_listed_is_named_in_a_residual_result() -> None:
     assert ex.open_count() == 1  # the ETH order: the result does not claim it
 
 
-async def test_unknown_symbol_is_noted_not_failed() -> None:
+async def test_a_pair_the_exchange_refuses_to_list_is_never_flat() -> None:
+    # The intake refuses unknown pairs up front; one that gets here anyway (delisted
+    # since, or never checked) is no proof of flat: the rest is cancelled, the
+    # result is residual and names the pair.
     ex = FakeExchange(["BTC_USDT"])
     ex.place("BTC_USDT")
     engine = Engine({ACCOUNT: ex}, settings())
     result = await run(engine, request(symbols={"BTC_USDT", "NOPE_USDT"}))
-    assert result.status is SweepStatus.FLAT
+    assert result.status is SweepStatus.RESIDUAL
     assert result.reason is not None
-    assert "NOPE_USDT" in result.reason
+    assert "never listed to the end: NOPE_USDT" in result.reason
     assert ex.open_count() == 0
+
+
+async def test_unchecked_pairs_are_never_flat() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    engine = Engine({ACCOUNT: ex}, settings())
+    req = dataclasses.replace(
+        request(symbols={"BTC_USDT"}), unchecked_pairs="pairs could not be checked (down)"
+    )
+    result = await run(engine, req)
+    assert result.status is SweepStatus.RESIDUAL
+    assert result.reason is not None
+    assert result.reason.startswith("pairs could not be checked (down)")
+    assert ex.open_count() == 0  # what could be cancelled was
+
+
+async def test_order_ids_never_seen_open_are_not_found() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    order_id = ex.place("BTC_USDT")
+    engine = Engine({ACCOUNT: ex}, settings())
+    ids = {order_id, 987654321, 987654322}
+    result = await run(engine, request(symbols={"BTC_USDT"}, ids=ids))
+    assert result.status is SweepStatus.FLAT
+    assert result.not_found == [987654321, 987654322]
 
 
 async def test_unknown_account_gets_a_failed_result() -> None:

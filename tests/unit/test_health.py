@@ -29,8 +29,11 @@ Step = Callable[[Readiness], None]
         ("403", Answer.AUTH),
         ("500", Answer.NONE),
         ("503", Answer.NONE),
+        ("307", Answer.REDIRECT),
+        ("301", Answer.REDIRECT),
         ("timeout", Answer.NONE),
         ("error", Answer.NONE),
+        ("cancelled", Answer.NONE),
         ("", Answer.NONE),
     ],
 )
@@ -194,3 +197,45 @@ def test_readiness_observer_feeds_readiness_and_forwards() -> None:
     assert get("killswitch_residual_open_orders", {"account": "mm-1"}) == 2
     observer.request_done("mm-1", "cancel", "403", 0.01)
     assert readiness.evaluate(6.0).reasons == ("mm-1: auth rejected",)
+
+
+# -- public endpoints and redirects ----------------------------------------------------------
+
+
+def ready_with(*feed: tuple[str, str, float, str]) -> ReadyReport:
+    r = Readiness.for_accounts(["mm-1"], STALE)
+    r.set_consuming(True)
+    for account, code, at, endpoint in feed:
+        r.record_exchange(account, code, at, endpoint)
+    return r.evaluate(20.0)
+
+
+def test_an_unsigned_public_call_refused_does_not_call_the_key_refused() -> None:
+    """The client signs public endpoints after such a refusal; the key is fine."""
+    report = ready_with(
+        ("mm-1", "401", 10, "exchange_info"),  # unsigned, refused
+        ("mm-1", "200", 10, "exchange_info"),  # signed, accepted
+        ("mm-1", "200", 11, "open_orders"),
+    )
+    assert report == ReadyReport(True)
+    assert ready_with(("mm-1", "403", 10, "time"), ("mm-1", "200", 10, "time")).ready
+
+
+def test_a_public_answer_does_not_clear_a_refused_key() -> None:
+    report = ready_with(("mm-1", "401", 10, "cancel"), ("mm-1", "200", 11, "time"))
+    assert report == ReadyReport(False, ("mm-1: auth rejected",))
+
+
+def test_a_redirect_is_a_configuration_problem_until_a_signed_call_answers() -> None:
+    report = ready_with(("mm-1", "200", 10, "time"), ("mm-1", "307", 11, "open_orders"))
+    assert report == ReadyReport(False, ("mm-1: exchange answered 307 redirect: check base_url",))
+    r = Readiness.for_accounts(["mm-1"], STALE)
+    r.set_consuming(True)
+    r.redirected("mm-1", "exchange answered 307 redirect to http://x/y: check base_url")
+    r.record_exchange("mm-1", "307", 12, "cancel")  # the probe's Location stays
+    r.record_exchange("mm-1", "200", 12, "time")  # public: proves nothing about the URL
+    assert r.evaluate(20.0).reasons == (
+        "mm-1: exchange answered 307 redirect to http://x/y: check base_url",
+    )
+    r.record_exchange("mm-1", "200", 13, "open_orders")
+    assert r.evaluate(20.0).ready

@@ -131,23 +131,35 @@ def test_rejected_order_is_not_cancelled_again_and_stays_residual() -> None:
     assert ledger.reports()[0].reason is RejectReason.NOT_FOUND
 
 
-def test_sent_is_residual_until_a_listing_misses_it() -> None:
+def test_residual_counts_only_what_the_last_complete_listing_shows_unanswered() -> None:
     ledger = Ledger()
     ledger.listing_started("A")
     ledger.observe(1, "A", Side.BUY)
     ledger.observe(2, "A", Side.SELL)
+    ledger.observe(3, "A", Side.SELL)
     ledger.listing_finished("A")
+    assert ledger.residual() == 3
     ledger.begin(1)
-    ledger.conclude(1, SENT, 1)
+    ledger.conclude(1, SENT, 1)  # cancelled after the listing: no longer known open
     ledger.begin(2)
     ledger.conclude(2, CLOSED, 1)
     assert ledger.residual() == 1
-    assert ledger.residual(Scope(sides=frozenset({Side.SELL}))) == 0
+    assert ledger.residual(Scope(sides=frozenset({Side.BUY}))) == 0
     ledger.new_pass()
     ledger.listing_started("A")
-    assert ledger.residual() == 1  # a listing in progress does not erase the last picture
+    ledger.observe(1, "A", Side.BUY)  # the cancel was lost: the order is open again
+    assert ledger.residual() == 1  # a listing in progress neither adds nor erases
     ledger.listing_finished("A")
+    assert ledger.residual() == 1  # order 1 only (3 is gone)
+    assert ledger.residual(Scope(sides=frozenset({Side.BUY}))) == 1
+
+
+def test_a_partial_listing_counts_nothing() -> None:
+    ledger = Ledger()
+    ledger.listing_started("A")
+    ledger.observe(1, "A", Side.BUY)  # a page, then the listing was cut short
     assert ledger.residual() == 0
+    assert ledger.listed_pairs() == frozenset()
 
 
 def test_finalise_fails_unanswered_orders_but_keeps_earlier_outcomes() -> None:

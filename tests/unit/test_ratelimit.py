@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from collections.abc import Callable
 
 import pytest
 
@@ -262,7 +264,8 @@ def test_recovery_slows_near_the_rate_that_was_throttled() -> None:
     )
     fake.now += 1.0
     limiter.throttled()  # 1000 -> 500; probing starts at 900
-    limiter.throttled()  # the true limit is lower: 500 -> 250; probing starts at 450
+    limiter.accepted(fake.now)  # some got through at 500 ...
+    limiter.throttled()  # ... and still 429s: the true limit is lower: 500 -> 250, probing at 450
     assert limiter.rate == pytest.approx(250.0)
     fake.now += 2.0  # fast: +100/s
     assert limiter.rate == pytest.approx(450.0)
@@ -322,3 +325,180 @@ def test_bad_parameters_are_refused() -> None:
         RateLimiter(0, 1, 1)
     with pytest.raises(ValueError):
         RateLimiter(1, 1, 1, decrease_factor=1.0)
+
+
+# -- throttle windows: one cut per window, Retry-After pauses, back to the last good rate
+
+
+def test_retry_after_cuts_once_and_pauses_every_request_until_the_window_ends() -> None:
+    fake = FakeTime()
+    limiter = make(fake, rate=150.0, burst=10, decrease_factor=0.7)
+    sent = fake.now
+    fake.now += 0.01
+    assert limiter.throttled(sent_at=sent, retry_after=3.0)
+    assert limiter.rate == pytest.approx(105.0)
+    # Every other 429 of the window, even for requests sent after the cut: no cut.
+    for _ in range(50):
+        fake.now += 0.01
+        assert not limiter.throttled(sent_at=fake.now - 0.001, retry_after=3.0)
+    assert not limiter.try_acquire()  # nothing is sent into the closed window
+    fake.now = sent + 2.9
+    assert not limiter.try_acquire()
+    fake.now = sent + 3.02
+    assert limiter.try_acquire()  # the window is over
+    limiter.release()
+    # The window was announced: the rate in force before it held and is back.
+    assert limiter.good_rate == pytest.approx(150.0)
+    assert limiter.rate == pytest.approx(150.0)
+
+
+def test_a_later_retry_after_in_the_same_window_tightens_its_end() -> None:
+    fake = FakeTime()
+    limiter = make(fake, rate=100.0)
+    assert limiter.throttled(sent_at=fake.now, retry_after=3.0)  # ends at +3.0
+    fake.now += 0.6
+    limiter.throttled(sent_at=fake.now, retry_after=3.0)  # rounded up: bounds the end at +3.6
+    assert limiter.paused_until == pytest.approx(1003.0)
+    fake.now += 0.6
+    limiter.throttled(sent_at=fake.now, retry_after=1.0)  # the tighter bound wins
+    assert limiter.paused_until == pytest.approx(1002.2)
+
+
+async def test_queued_waiters_wait_out_the_pause() -> None:
+    fake = FakeTime()
+    limiter = make(fake, rate=100.0, burst=1)
+    limiter.throttled(sent_at=fake.now, retry_after=2.0)
+    times = await grant_times(limiter, fake, 3)
+    assert times[0] >= 1002.0
+    assert times[2] - times[0] < 0.1  # at the restored rate, not at the cut one
+
+
+def test_closed_window_without_retry_after_keeps_the_good_rate() -> None:
+    """429 after 429 with nothing getting through: the pace drops, the memory does not."""
+    fake = FakeTime()
+    limiter = make(fake, rate=150.0, decrease_factor=0.7, increase_per_s=0.0)
+    for _ in range(150):  # a second at 150/s, all accepted
+        limiter.accepted(fake.now)
+        fake.now += 1 / 150
+    assert limiter.throttled(sent_at=fake.now - 0.001)
+    first_good = limiter.good_rate
+    assert first_good == pytest.approx(150.0, rel=0.02)
+    cuts = 0
+    for _ in range(30):  # the rest of a 3 s window, every answer a 429
+        fake.now += 0.1
+        cuts += limiter.throttled(sent_at=fake.now - 0.001)
+    assert cuts > 1  # requests sent after a cut and still refused cut again
+    assert limiter.good_rate == first_good
+    low = limiter.rate
+    # The window ends: the exchange accepts again, and within about a second the
+    # limiter is back at the rate that held before the window.
+    fake.now += 0.2
+    limiter.accepted(fake.now)
+    assert low < limiter.rate
+    fake.now += 1.0
+    assert limiter.rate == pytest.approx(first_good, rel=0.01)
+
+
+def test_a_429_after_some_got_through_lowers_the_good_rate() -> None:
+    """Refused while others are accepted: the exchange's limit is what it accepts."""
+    fake = FakeTime()
+    limiter = make(fake, rate=200.0, decrease_factor=0.7, increase_per_s=0.0)
+    for _ in range(100):
+        limiter.accepted(fake.now)
+        fake.now += 0.01
+    assert limiter.throttled(sent_at=fake.now)
+    assert limiter.good_rate == pytest.approx(140.0)  # never below the cut rate
+    for _ in range(60):
+        limiter.accepted(fake.now)
+        fake.now += 1 / 60
+    fake.now += 0.5
+    assert limiter.throttled(sent_at=fake.now)
+    assert limiter.good_rate < 140.0
+
+
+def exchange_sliding_window(limit: int, window_s: float) -> Callable[[float], bool]:
+    """A sliding-window rate limit: at most ``limit`` accepted in any trailing window."""
+    accepted: deque[float] = deque()
+
+    def answer(now: float) -> bool:
+        while accepted and accepted[0] <= now - window_s:
+            accepted.popleft()
+        if len(accepted) >= limit:
+            return False  # refused requests do not count
+        accepted.append(now)
+        return True
+
+    return answer
+
+
+def exchange_token_bucket(rate: float, burst: float) -> Callable[[float], bool]:
+    state = {"tokens": burst, "at": 0.0}
+
+    def answer(now: float) -> bool:
+        state["tokens"] = min(burst, state["tokens"] + (now - state["at"]) * rate)
+        state["at"] = now
+        if state["tokens"] < 1:
+            return False
+        state["tokens"] -= 1
+        return True
+
+    return answer
+
+
+async def drive(
+    limiter: RateLimiter,
+    fake: FakeTime,
+    exchange: Callable[[float], bool],
+    seconds: float,
+    retry_after: float | None = None,
+) -> list[float]:
+    """Send back to back through the limiter for ``seconds``; the accepted send times.
+    ``retry_after``: every 429 carries it."""
+    accepted: list[float] = []
+    end = fake.now + seconds
+    while fake.now < end:
+        await limiter.acquire(Priority.CANCEL)
+        sent = fake.now
+        fake.now += 0.002  # the round trip
+        if exchange(sent):
+            limiter.accepted(sent)
+            accepted.append(sent)
+        else:
+            limiter.throttled(sent_at=sent, retry_after=retry_after)
+        limiter.release()
+    return accepted
+
+
+@pytest.mark.parametrize("ceiling", [60.0, 100.0, 200.0])
+async def test_a_sliding_window_limit_runs_near_its_rate(ceiling: float) -> None:
+    fake = FakeTime()
+    limiter = make(fake, rate=ceiling, burst=10, concurrency=1)
+    accepted = await drive(limiter, fake, exchange_sliding_window(60, 1.0), 30.0)
+    late = [t for t in accepted if t >= fake.now - 20.0]
+    assert len(late) / 20.0 >= 0.8 * 60  # not stuck low after the first window's 429s
+    assert limiter.rate >= 0.6 * 60
+
+
+@pytest.mark.parametrize("ceiling", [100.0, 300.0])
+async def test_a_token_bucket_limit_runs_near_its_rate(ceiling: float) -> None:
+    fake = FakeTime()
+    limiter = make(fake, rate=ceiling, burst=10, concurrency=1)
+    accepted = await drive(limiter, fake, exchange_token_bucket(60.0, 10.0), 30.0)
+    late = [t for t in accepted if t >= fake.now - 20.0]
+    assert len(late) / 20.0 >= 0.8 * 60
+
+
+@pytest.mark.parametrize("kind", ["token_bucket", "sliding_window"])
+async def test_a_per_key_limit_announcing_retry_after_is_not_overshot_forever(kind: str) -> None:
+    """Every overshoot of a per-key limit costs a 1 s pause: a 429 soon after a pause is
+    the same congestion, so the rate comes back below what got through, not above."""
+    fake = FakeTime()
+    limiter = make(fake, rate=100.0, burst=10, concurrency=1)
+    exchange = (
+        exchange_token_bucket(60.0, 10.0)
+        if kind == "token_bucket"
+        else exchange_sliding_window(60, 1.0)
+    )
+    accepted = await drive(limiter, fake, exchange, 30.0, retry_after=1.0)
+    late = [t for t in accepted if t >= fake.now - 20.0]
+    assert len(late) / 20.0 >= 0.75 * 60

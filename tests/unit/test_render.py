@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from killswitch.core.model import HaltState, Scope
+from killswitch.alerts import encode_result
+from killswitch.core.model import Counts, HaltState, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Side
 from killswitch.render import (
+    EXIT_NOT_DONE,
+    EXIT_NOT_FOUND,
+    EXIT_REFUSED,
     AccountProgress,
     Board,
     Check,
@@ -239,7 +245,50 @@ def test_dead_letter_refuses_every_unfinished_account() -> None:
     assert board.rows["a"].status == "flat"
     assert board.rows["b"].status == "refused"
     assert board.rows["b"].reason == "unauthorized: signature missing"
-    assert board.exit_code() == 1
+    assert board.exit_code() == EXIT_REFUSED
+
+
+# (statuses per account, not_found per account, dead letter?) -> exit code
+@pytest.mark.parametrize(
+    ("statuses", "missing", "dead", "code"),
+    [
+        (["flat", "flat"], [[], []], False, 0),
+        (["flat", "flat"], [[], [7, 8]], False, EXIT_NOT_FOUND),
+        (["flat", "residual"], [[7], []], False, EXIT_NOT_DONE),  # not done outranks not found
+        (["flat", None], [[7], []], True, EXIT_REFUSED),  # refused outranks everything
+        (["residual", None], [[], []], True, EXIT_REFUSED),
+    ],
+)
+def test_exit_codes_refused_not_done_not_found(
+    statuses: list[str | None], missing: list[list[int]], dead: bool, code: int
+) -> None:
+    board = Board("op-1", ["a", "b"])
+    for account, status, ids in zip(["a", "b"], statuses, missing, strict=True):
+        if status is not None:
+            board.apply_result(result(account, status, final=True, not_found=ids))
+    if dead:
+        board.apply_dead_letter({"alert_id": "op-1", "kind": "invalid", "reason": "unknown pair"})
+    assert board.done
+    assert board.exit_code() == code
+    assert len({0, EXIT_NOT_DONE, EXIT_REFUSED, EXIT_NOT_FOUND}) == 4
+
+
+def test_not_found_ids_are_read_leniently_and_shown_in_the_summary() -> None:
+    board = Board("op-1", ["a"])
+    board.apply_result(result("a", "flat", final=True, not_found=[11, "x", True, 12]))
+    assert board.rows["a"].not_found == (11, 12)
+    lines = summary_lines(board, 1.0)
+    assert lines[0].startswith("kill INCOMPLETE op-1: flat on 1/1")
+    assert lines[1] == "  a: 2 order id(s) never found open, not cancelled by this kill: 11, 12"
+
+
+def test_a_refusal_says_why_in_the_summary() -> None:
+    board = Board("op-1", ["a"])
+    reason = "unknown pair(s): btc_usdt (did you mean BTC_USDT?)"
+    board.apply_dead_letter({"alert_id": "op-1", "kind": "invalid", "reason": reason})
+    lines = summary_lines(board, 1.0)
+    assert lines[0].startswith("kill FAILED op-1")
+    assert f"refused (invalid: {reason})" in lines[1]
 
 
 # ---------------------------------------------------------------------- lines
@@ -493,3 +542,28 @@ def test_compact_progress_line_leaves_out_zero_counts() -> None:
     assert progress_line(p, name_width=1, bar_width=4, compact=True) == (
         "a  [###-]  70%  sent 5  failed 2  open 3  running"
     )
+
+
+def test_not_found_survives_the_result_json_round_trip() -> None:
+    sweep = SweepResult(
+        alert_id="op-1",
+        account="mm-1",
+        status=SweepStatus.FLAT,
+        final=True,
+        dry_run=False,
+        counts=Counts(sent=1),
+        residual_open=0,
+        sweeps=2,
+        received_at=NOW,
+        first_cancel_at=NOW,
+        finished_at=NOW + timedelta(seconds=1),
+        not_found=[5, 9],
+    )
+    record = json.loads(encode_result(sweep))
+    assert record["not_found"] == [5, 9]
+    progress = AccountProgress.from_result(record)
+    assert progress is not None
+    assert progress.not_found == (5, 9)
+    assert progress.status == "flat"
+    empty = json.loads(encode_result(dataclasses.replace(sweep, not_found=[])))
+    assert empty["not_found"] == []

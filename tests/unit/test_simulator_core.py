@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
 
 import pytest
 
 from killswitch.exchange.signing import Signer, compact_json, generate_private_key, signing_payload
 from killswitch.exchange.simulator import EndpointFaults, Simulator
-from killswitch.exchange.simulator.core import Request, parse_id, parse_query
-from killswitch.exchange.simulator.faults import Races, TokenBucket, decide
+from killswitch.exchange.simulator.core import Reply, Request, parse_id, parse_query
+from killswitch.exchange.simulator.faults import Races, SlidingWindow, TokenBucket, decide
 from killswitch.exchange.simulator.model import Book, SimOrder
 
 ORDER = "/coin/internal/v1/order"
@@ -240,9 +241,25 @@ class Harness:
         stamp_ms: int | None = None,
         tamper: bytes | None = None,
     ) -> tuple[int, bytes]:
+        reply = self.send(
+            method, path, query, body, api_key=api_key, stamp_ms=stamp_ms, tamper=tamper
+        )
+        return reply.status, reply.body
+
+    def signed(
+        self,
+        method: str,
+        path: str,
+        query: str = "",
+        body: bytes = b"",
+        *,
+        api_key: str | None = None,
+        stamp_ms: int | None = None,
+        tamper: bytes | None = None,
+    ) -> Request:
         stamp = str(int(self.wall * 1000) if stamp_ms is None else stamp_ms)
         signed = signing_payload(stamp, method, path, query, body if tamper is None else tamper)
-        request = Request(
+        return Request(
             method,
             path,
             query,
@@ -251,8 +268,23 @@ class Harness:
             timestamp=stamp,
             signature=Signer(self.key).sign(signed),
         )
-        reply = self.sim.handle(request)
-        return reply.status, reply.body
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        query: str = "",
+        body: bytes = b"",
+        *,
+        api_key: str | None = None,
+        stamp_ms: int | None = None,
+        tamper: bytes | None = None,
+    ) -> Reply:
+        """One freshly signed request; the whole answer (status, body, headers)."""
+        request = self.signed(
+            method, path, query, body, api_key=api_key, stamp_ms=stamp_ms, tamper=tamper
+        )
+        return self.sim.handle(request)
 
     def cancel(self, order_id: int, symbol: str = "BTC_USDT") -> tuple[int, bytes]:
         return self.request("DELETE", ORDER, f"order_id={order_id}&symbol={symbol}")
@@ -479,3 +511,322 @@ def test_account_settings_helper_builds_a_usable_account() -> None:
     assert account.api_key.get_secret_value() == api_key
     load_private_key(account.private_key_bytes())
     assert api_key not in repr(account)
+
+
+# ------------------------------------------------------------------------ knobs
+
+TIME = "/coin/internal/v1/public/time"
+INFO = "/coin/internal/v1/public/exchange-info"
+
+
+def _headers(reply: Reply) -> dict[str, str]:
+    return dict(reply.headers)
+
+
+def test_knobs_are_off_by_default() -> None:
+    assert Simulator().knobs() == {
+        "public_auth": False,
+        "unknown_symbol": "invalid",
+        "rate_limit_kind": "token_bucket",
+        "sliding_window_s": 1.0,
+        "retry_after_on_429": False,
+        "replay_protection": False,
+        "throttle_window": None,
+        "redirects": {},
+    }
+
+
+def test_bucket_and_window_say_how_long_until_a_request_is_accepted() -> None:
+    bucket = TokenBucket(rate=4.0, burst=1, now=0.0)
+    assert bucket.wait_s(0.0) == 0.0
+    assert bucket.take(0.0)
+    assert bucket.wait_s(0.0) == pytest.approx(0.25)
+    assert bucket.wait_s(0.125) == pytest.approx(0.125)
+    window = SlidingWindow(rate=2.0, window_s=1.5)  # floor(3.0) = 3 per 1.5 s
+    assert [window.take(t) for t in (0.0, 0.5, 1.0, 1.2)] == [True, True, True, False]
+    assert window.wait_s(1.2) == pytest.approx(0.3)
+    window.refund()  # the request at 1.0 is forgotten
+    assert window.take(1.2) is True
+    assert window.take(1.5) is True  # the one at 0.0 left the window at exactly 1.5
+
+
+def test_sliding_window_refuses_bad_settings() -> None:
+    with pytest.raises(ValueError):
+        SlidingWindow(0.0, 1.0)
+    with pytest.raises(ValueError):
+        SlidingWindow(1.0, 0.0)
+    assert SlidingWindow(0.1, 1.0).limit == 1  # never a limit that refuses everything
+
+
+def test_public_auth_requires_a_signature_on_public_endpoints() -> None:
+    h = Harness()
+    assert h.sim.handle(Request("GET", TIME)).status == 200  # default: unsigned is fine
+    h.sim.public_auth = True
+    for path in (TIME, INFO):
+        unsigned = h.sim.handle(Request("GET", path))
+        assert (unsigned.status, unsigned.tag) == (401, "invalid_client")
+        assert h.request("GET", path)[0] == 200
+    assert h.request("GET", TIME, tamper=b"x")[0] == 401
+    h.sim.auth_failure_status = 403
+    assert h.sim.handle(Request("GET", INFO)).status == 403
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (
+            "invalid",
+            [(400, b"invalid_request")] * 4,
+        ),
+        (
+            "empty",
+            [
+                (200, b"[]"),
+                (200, b'{"success":[],"fail":[]}'),
+                (200, b'{"success":[],"fail":[]}'),
+                (404, b'{"error":"order_not_found"}'),
+            ],
+        ),
+    ],
+)
+def test_unknown_symbol_answers(answer: str, expected: list[tuple[int, bytes]]) -> None:
+    h = Harness(unknown_symbol=answer)
+    batch = compact_json({"order_ids": [5_000_000_001], "symbol": "NOPE_USDT"})
+    replies = [
+        h.request("GET", OPEN, "symbol=NOPE_USDT"),
+        h.request("DELETE", OPEN, "symbol=btc_usdt"),
+        h.request("DELETE", BATCH, body=batch),
+        h.cancel(5_000_000_001, symbol="BTCUSDT"),
+    ]
+    for (status, body), (want_status, want_body) in zip(replies, expected, strict=True):
+        assert status == want_status
+        assert want_body in body
+
+
+def test_unknown_symbol_empty_keeps_other_errors() -> None:
+    h = Harness(unknown_symbol="empty")
+    assert h.request("GET", OPEN)[0] == 400  # no symbol at all
+    assert h.request("GET", ORDER, "order_id=1&symbol=NOPE_USDT")[0] == 400  # get_order
+    assert h.request("DELETE", BATCH, body=b'{"order_ids":[1]}')[0] == 400
+    with pytest.raises(ValueError):
+        h.sim.unknown_symbol = "maybe"  # type: ignore[assignment]
+
+
+def test_throttle_window_opens_after_n_requests_for_everyone() -> None:
+    h = Harness()
+    other = generate_private_key()
+    h.sim.add_client("other-key", other.public_key(), name="other")
+    h.sim.set_throttle_window(after_requests=3, duration_s=2.5)
+    assert [h.request("GET", OPEN, "symbol=BTC_USDT")[0] for _ in range(3)] == [200] * 3
+    assert h.sim.handle(Request("GET", TIME)).status == 200  # public: not counted
+    first = h.send("GET", OPEN, "symbol=BTC_USDT")
+    assert (first.status, first.tag, _headers(first)) == (
+        429,
+        "too_many_requests",
+        {"Retry-After": "3"},
+    )
+    foreign = h.sim.handle(
+        Request("DELETE", ORDER, "order_id=1&symbol=BTC_USDT", api_key="other-key")
+    )
+    assert foreign.status == 429  # exchange-wide, before authentication
+    assert h.sim.handle(Request("GET", TIME)).status == 200  # public: never throttled
+    h.clock.now += 1.0
+    assert _headers(h.send("GET", OPEN, "symbol=BTC_USDT")) == {"Retry-After": "2"}
+    h.clock.now += 1.4  # 0.1 s left: rounded up
+    assert _headers(h.send("GET", OPEN, "symbol=BTC_USDT")) == {"Retry-After": "1"}
+    h.clock.now += 0.1
+    assert h.request("GET", OPEN, "symbol=BTC_USDT")[0] == 200  # closed, for good
+    assert h.sim.throttle_window is None
+    h.clock.now += 100.0
+    assert [h.request("GET", OPEN, "symbol=BTC_USDT")[0] for _ in range(5)] == [200] * 5
+    assert h.sim.count(status=429) == 4
+
+
+def test_throttle_window_retry_after_as_a_date_or_none() -> None:
+    h = Harness()
+    h.sim.set_throttle_window(0, 2.5, retry_after="date")
+    date = _headers(h.send("GET", OPEN, "symbol=BTC_USDT"))["Retry-After"]
+    # The end (wall 1_800_000_002.5) rounded up to a whole second.
+    assert date == formatdate(WALL_S + 3, usegmt=True)
+    assert parsedate_to_datetime(date).timestamp() == WALL_S + 3
+    h.sim.set_throttle_window(0, 1.0, retry_after=None)
+    reply = h.send("GET", OPEN, "symbol=BTC_USDT")
+    assert (reply.status, reply.headers) == (429, ())
+
+
+def test_throttle_window_state_and_clearing() -> None:
+    h = Harness()
+    h.sim.set_throttle_window(1, 2.0)
+    assert h.sim.throttle_window == {
+        "after_requests": 1,
+        "duration_s": 2.0,
+        "retry_after": "seconds",
+        "requests_seen": 0,
+        "open": False,
+        "seconds_left": None,
+    }
+    h.request("GET", OPEN, "symbol=BTC_USDT")
+    h.clock.now += 0.5
+    window = h.sim.throttle_window
+    assert window is not None
+    assert (window["open"], window["seconds_left"]) == (True, 1.5)
+    h.sim.clear_throttle_window()
+    assert h.request("GET", OPEN, "symbol=BTC_USDT")[0] == 200
+    h.sim.set_throttle_window(0, 9.0)
+    h.sim.reset()  # the window is cleared like the faults
+    assert h.request("GET", OPEN, "symbol=BTC_USDT")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("after", "duration", "retry_after"),
+    [
+        (-1, 1.0, "seconds"),
+        (True, 1.0, "seconds"),
+        (1, 0.0, "seconds"),
+        (1, float("nan"), None),
+        (1, 1.0, "minutes"),
+    ],
+)
+def test_throttle_window_refuses_bad_settings(
+    after: int, duration: float, retry_after: str | None
+) -> None:
+    with pytest.raises(ValueError):
+        Simulator().set_throttle_window(after, duration, retry_after)  # type: ignore[arg-type]
+
+
+def test_sliding_window_rate_limit_counts_accepted_requests_only() -> None:
+    h = Harness(rate_limit_kind="sliding_window", sliding_window_s=2.0)
+    h.sim.set_rate_limit(1.5, burst=50, api_key=h.api_key)  # floor(1.5 * 2) = 3; burst ignored
+    statuses = []
+    for step in (0.0, 0.5, 0.5, 0.5, 0.4, 0.2, 0.1):  # at 0, .5, 1, 1.5, 1.9, 2.1, 2.2
+        h.clock.now += step
+        statuses.append(h.request("GET", OPEN, "symbol=BTC_USDT")[0])
+    # Accepted at 0, .5, 1; refused at 1.5 and 1.9 (not counted); at 2.1 the one at 0
+    # has left the window, so one more; at 2.2 the window holds .5, 1, 2.1 again.
+    assert statuses == [200, 200, 200, 429, 429, 200, 429]
+
+
+def test_sliding_window_applies_to_every_limiter_and_back() -> None:
+    h = Harness(global_rate_limit_per_second=2.0)
+    h.sim.rate_limit_kind = "sliding_window"
+    assert [h.request("GET", OPEN, "symbol=BTC_USDT")[0] for _ in range(3)] == [200, 200, 429]
+    h.sim.rate_limit_kind = "token_bucket"  # limiters restart full
+    assert h.request("GET", OPEN, "symbol=BTC_USDT")[0] == 200
+    with pytest.raises(ValueError):
+        h.sim.rate_limit_kind = "leaky"  # type: ignore[assignment]
+    with pytest.raises(ValueError):
+        h.sim.sliding_window_s = 0.0
+
+
+def test_retry_after_on_429_for_rate_limits() -> None:
+    h = Harness()
+    h.sim.set_rate_limit(0.4, 1, api_key=h.api_key)
+    assert h.request("GET", OPEN, "symbol=BTC_USDT")[0] == 200
+    assert h.send("GET", OPEN, "symbol=BTC_USDT").headers == ()  # off by default
+    h.sim.retry_after_on_429 = True
+    assert _headers(h.send("GET", OPEN, "symbol=BTC_USDT")) == {"Retry-After": "3"}  # 2.5 s
+    h.clock.now += 2.45
+    assert _headers(h.send("GET", OPEN, "symbol=BTC_USDT")) == {"Retry-After": "1"}  # at least 1
+    h.clock.now += 0.05
+    assert h.request("GET", OPEN, "symbol=BTC_USDT")[0] == 200
+
+
+def test_retry_after_on_429_for_the_global_and_sliding_limits() -> None:
+    h = Harness(
+        rate_limit_kind="sliding_window",
+        sliding_window_s=10.0,
+        global_rate_limit_per_second=0.2,  # 2 per 10 s
+        retry_after_on_429=True,
+    )
+    h.request("GET", OPEN, "symbol=BTC_USDT")
+    h.clock.now += 4.0
+    h.request("GET", OPEN, "symbol=BTC_USDT")
+    h.clock.now += 1.0
+    reply = h.send("GET", OPEN, "symbol=BTC_USDT")
+    assert (reply.status, _headers(reply)) == (429, {"Retry-After": "5"})
+
+
+def test_redirects_answer_location_and_touch_no_order() -> None:
+    h = Harness()
+    (order_id,) = h.sim.seed_orders(h.api_key, "BTC_USDT", 1)
+    h.sim.set_redirect("https://api.elsewhere.example/coin/internal/v1/order")
+    reply = h.send("DELETE", ORDER, f"order_id={order_id}&symbol=BTC_USDT")
+    assert (reply.status, reply.body, reply.tag) == (307, b"", "redirect")
+    assert _headers(reply) == {"Location": "https://api.elsewhere.example/coin/internal/v1/order"}
+    assert h.sim.open_order_ids(h.api_key) == {order_id}
+    assert h.sim.handle(Request("GET", TIME)).status == 200  # public endpoints: not by default
+    h.sim.set_redirect("/moved", status=308, endpoint="time")
+    assert h.sim.handle(Request("GET", TIME)).status == 308
+    h.sim.set_redirect("/listing", status=301, endpoint="open_orders")  # wins over "all"
+    assert _headers(h.send("GET", OPEN, "symbol=BTC_USDT")) == {"Location": "/listing"}
+    assert h.sim.redirects() == {
+        "all": {"status": 307, "location": "https://api.elsewhere.example/coin/internal/v1/order"},
+        "time": {"status": 308, "location": "/moved"},
+        "open_orders": {"status": 301, "location": "/listing"},
+    }
+    assert h.sim.count(h.api_key, "cancel", 307) == 1
+    h.sim.reset()  # redirects are kept
+    assert h.send("GET", OPEN, "symbol=BTC_USDT").status == 301
+    h.sim.clear_redirects()
+    assert h.request("DELETE", ORDER, f"order_id={order_id}&symbol=BTC_USDT")[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("location", "status", "endpoint"),
+    [
+        ("/x", 200, None),
+        ("/x", 400, None),
+        ("", 307, None),
+        ("/x\r\nSet-Cookie: a", 307, None),
+        ("/x", 307, "nope"),
+    ],
+)
+def test_redirect_refuses_bad_settings(location: str, status: int, endpoint: str | None) -> None:
+    with pytest.raises(ValueError):
+        Simulator().set_redirect(location, status, endpoint)
+
+
+def test_replay_protection_refuses_a_signature_seen_within_the_window() -> None:
+    h = Harness(time_window_ms=5000)
+    request = h.signed("GET", OPEN, "symbol=BTC_USDT")
+    assert [h.sim.handle(request).status for _ in range(2)] == [200, 200]  # off by default
+    h.sim.replay_protection = True
+    request = h.signed("GET", OPEN, "symbol=BTC_USDT")
+    assert h.sim.handle(request).status == 200
+    replayed = h.sim.handle(request)
+    assert (replayed.status, replayed.body) == (
+        401,
+        b'{"error":"invalid_client","message":"replayed"}',
+    )
+    assert h.request("GET", OPEN, "symbol=BTC_USDT")[0] == 200  # a fresh signature is fine
+    h.clock.now += 4.999
+    assert h.sim.handle(request).status == 401
+    h.clock.now += 0.001  # the accepted one is 5 s old: forgotten (its timestamp is what
+    assert h.sim.handle(request).status == 200  # stops it now; the wall clock stands still)
+    h.sim.replay_protection = False
+    assert h.sim.handle(request).status == 200
+
+
+def test_replay_protection_only_remembers_accepted_signatures() -> None:
+    h = Harness(replay_protection=True)
+    h.sim.set_rate_limit(1.0, 1, api_key=h.api_key)
+    h.request("GET", OPEN, "symbol=BTC_USDT")
+    request = h.signed("GET", OPEN, "symbol=BTC_USDT")
+    assert h.sim.handle(request).status == 429  # refused before the signature was accepted
+    h.clock.now += 1.0
+    assert h.sim.handle(request).status == 200
+
+
+def test_reset_keeps_the_knobs() -> None:
+    h = Harness(
+        public_auth=True,
+        unknown_symbol="empty",
+        rate_limit_kind="sliding_window",
+        sliding_window_s=2.0,
+        retry_after_on_429=True,
+        replay_protection=True,
+    )
+    h.sim.set_redirect("/elsewhere", endpoint="get_order")
+    before = h.sim.knobs()
+    h.sim.reset()
+    assert h.sim.knobs() == before

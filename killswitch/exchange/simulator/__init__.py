@@ -17,7 +17,7 @@ from killswitch.exchange.simulator.core import (
     Reply,
     Simulator,
 )
-from killswitch.exchange.simulator.faults import EndpointFaults, Races, TokenBucket
+from killswitch.exchange.simulator.faults import EndpointFaults, Races, SlidingWindow, TokenBucket
 from killswitch.exchange.simulator.server import SimulatorServer
 
 __all__ = [
@@ -28,5 +28,6 @@ __all__ = [
     "Reply",
     "Simulator",
     "SimulatorServer",
+    "SlidingWindow",
     "TokenBucket",
 ]

@@ -79,6 +79,7 @@ def _state(sim: Simulator, body: dict[str, Any], query: dict[str, str]) -> Any:
         "clock_offset_ms": sim.clock_offset_ms,
         "time_window_ms": sim.time_window_ms,
         "server_time_ms": sim.now_ms(),
+        "exchange": sim.knobs(),
     }
 
 
@@ -206,6 +207,87 @@ def _set_clock(sim: Simulator, body: dict[str, Any], query: dict[str, str]) -> A
     return {"clock_offset_ms": sim.clock_offset_ms, "time_window_ms": sim.time_window_ms}
 
 
+_EXCHANGE_FIELDS = frozenset(
+    {
+        "public_auth",
+        "unknown_symbol",
+        "rate_limit_kind",
+        "sliding_window_s",
+        "retry_after_on_429",
+        "replay_protection",
+        "throttle_window",
+        "redirect",
+    }
+)
+_BOOL_KNOBS = ("public_auth", "retry_after_on_429", "replay_protection")
+
+
+def apply_exchange(sim: Simulator, body: dict[str, Any]) -> None:
+    """Set the knobs named in ``body`` (see docs/SIMULATOR.md); the others stay.
+
+    A ``throttle_window`` object sets a new window, null clears it; a ``redirect``
+    object adds a redirect, null clears them all. Raises ValueError (nothing
+    applied) for an unknown field or a bad value: the whole body is first tried on
+    a scratch simulator.
+    """
+    unknown = sorted(set(body) - _EXCHANGE_FIELDS)
+    if unknown:
+        raise AdminError(f"unknown exchange setting(s): {', '.join(unknown)}")
+    _apply_exchange(Simulator(symbols=()), body)
+    _apply_exchange(sim, body)
+
+
+def _apply_exchange(sim: Simulator, body: dict[str, Any]) -> None:
+    for name in _BOOL_KNOBS:
+        if name in body:
+            if not isinstance(body[name], bool):
+                raise AdminError(f"{name} must be true or false")
+            setattr(sim, name, body[name])
+    if "unknown_symbol" in body:
+        sim.unknown_symbol = body["unknown_symbol"]
+    if "rate_limit_kind" in body or "sliding_window_s" in body:
+        window = body.get("sliding_window_s", sim.sliding_window_s)
+        sim.set_rate_limit_kind(body.get("rate_limit_kind", sim.rate_limit_kind), window)
+    if "throttle_window" in body:
+        _apply_throttle_window(sim, body["throttle_window"])
+    if "redirect" in body:
+        _apply_redirect(sim, body["redirect"])
+
+
+def _apply_throttle_window(sim: Simulator, spec: Any) -> None:
+    if spec is None:
+        sim.clear_throttle_window()
+        return
+    spec = _fields(spec, "throttle_window", {"after_requests", "duration_s", "retry_after"})
+    sim.set_throttle_window(
+        spec.get("after_requests", 0), spec.get("duration_s"), spec.get("retry_after", "seconds")
+    )
+
+
+def _apply_redirect(sim: Simulator, spec: Any) -> None:
+    if spec is None:
+        sim.clear_redirects()
+        return
+    spec = _fields(spec, "redirect", {"status", "location", "endpoint"})
+    endpoint = spec.get("endpoint")
+    sim.set_redirect(
+        spec.get("location"), spec.get("status", 307), None if endpoint == "all" else endpoint
+    )
+
+
+def _fields(value: Any, name: str, known: set[str]) -> dict[str, Any]:
+    spec = _obj(value, name)
+    extra = sorted(set(spec) - known)
+    if extra:
+        raise AdminError(f"{name}: unknown field(s): {', '.join(extra)}")
+    return spec
+
+
+def _set_exchange(sim: Simulator, body: dict[str, Any], query: dict[str, str]) -> Any:
+    apply_exchange(sim, body)
+    return sim.knobs()
+
+
 def _counters(sim: Simulator, body: dict[str, Any], query: dict[str, str]) -> Any:
     return {"counters": sim.counters, "throttled": sim.throttled, "spawned": sim.spawned}
 
@@ -247,6 +329,7 @@ for _method in _WRITE:
             (_method, "races"): _set_races,
             (_method, "limits"): _set_limits,
             (_method, "clock"): _set_clock,
+            (_method, "exchange"): _set_exchange,
             (_method, "reset"): _reset,
         }
     )

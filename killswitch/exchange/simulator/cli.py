@@ -25,7 +25,13 @@ from killswitch.exchange.signing import (
     load_public_key,
 )
 from killswitch.exchange.simulator.admin import AdminError, apply_faults
-from killswitch.exchange.simulator.core import Simulator
+from killswitch.exchange.simulator.core import (
+    RATE_LIMIT_KINDS,
+    RETRY_AFTER_FORMS,
+    UNKNOWN_SYMBOL_ANSWERS,
+    RetryAfter,
+    Simulator,
+)
 from killswitch.exchange.simulator.faults import Races
 from killswitch.exchange.simulator.server import SimulatorServer
 
@@ -79,6 +85,50 @@ def add_arguments_simulate_exchange(parser: argparse.ArgumentParser) -> None:
     add("--log-max", type=int, default=200_000, help="request log entries kept")
     add("--auth-failure-status", type=int, choices=(401, 403), default=401)
     add("--no-admin", action="store_true", help="disable the unsigned /_admin/ calls")
+    _add_knob_arguments(parser)
+
+
+def _add_knob_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags modelling exchanges that read the documented API differently (all off)."""
+    add = parser.add_argument
+    add(
+        "--public-auth",
+        action="store_true",
+        help="require a signature on public/time and public/exchange-info too",
+    )
+    add(
+        "--unknown-symbol",
+        choices=UNKNOWN_SYMBOL_ANSWERS,
+        default="invalid",
+        help="answer to a pair not traded: 400 invalid_request (default) or empty results",
+    )
+    add(
+        "--rate-limit-kind",
+        choices=RATE_LIMIT_KINDS,
+        default="token_bucket",
+        help="token_bucket (rate, burst) or sliding_window (floor(rate * window) per window)",
+    )
+    add("--sliding-window-s", type=float, default=1.0, help="sliding window length (s)")
+    add(
+        "--retry-after-on-429",
+        action="store_true",
+        help="rate-limit 429s carry Retry-After (whole seconds, at least 1)",
+    )
+    add(
+        "--throttle-window",
+        metavar="AFTER:SECONDS[:seconds|date|none]",
+        help="after AFTER requests to the order endpoints, answer 429 to them for SECONDS",
+    )
+    add(
+        "--redirect",
+        metavar="STATUS:LOCATION",
+        help="every non-public endpoint answers STATUS (3xx) with this Location",
+    )
+    add(
+        "--replay-protection",
+        action="store_true",
+        help="a signature already accepted within the time window answers 401",
+    )
 
 
 def cli_simulate(args: argparse.Namespace) -> int:
@@ -103,7 +153,15 @@ def build_simulator(args: argparse.Namespace) -> tuple[Simulator, int]:
             max_page_limit=args.max_page_limit,
             log_max=args.log_max,
             auth_failure_status=args.auth_failure_status,
+            public_auth=args.public_auth,
+            unknown_symbol=args.unknown_symbol,
+            rate_limit_kind=args.rate_limit_kind,
+            sliding_window_s=args.sliding_window_s,
+            retry_after_on_429=args.retry_after_on_429,
+            replay_protection=args.replay_protection,
         )
+        _set_throttle_window(sim, args.throttle_window)
+        _set_redirect(sim, args.redirect)
         port = _add_config_accounts(sim, args.config)
         for spec in args.client:
             _add_cli_client(sim, spec)
@@ -123,6 +181,36 @@ def build_simulator(args: argparse.Namespace) -> tuple[Simulator, int]:
     if args.port is not None:
         port = args.port
     return sim, DEFAULT_PORT if port is None else port
+
+
+def _set_throttle_window(sim: Simulator, spec: str | None) -> None:
+    """``AFTER:SECONDS[:seconds|date|none]``."""
+    if spec is None:
+        return
+    parts = spec.split(":")
+    form = parts[2] if len(parts) == 3 else "seconds"
+    if len(parts) not in (2, 3) or form not in (*RETRY_AFTER_FORMS, "none"):
+        raise AdminError("--throttle-window expects AFTER:SECONDS[:seconds|date|none]")
+    try:
+        after, seconds = int(parts[0]), float(parts[1])
+    except ValueError:
+        raise AdminError("--throttle-window expects AFTER:SECONDS[:seconds|date|none]") from None
+    retry_after: RetryAfter | None = None
+    if form == "seconds":
+        retry_after = "seconds"
+    elif form == "date":
+        retry_after = "date"
+    sim.set_throttle_window(after, seconds, retry_after)
+
+
+def _set_redirect(sim: Simulator, spec: str | None) -> None:
+    """``STATUS:LOCATION`` (the location may contain colons)."""
+    if spec is None:
+        return
+    status, sep, location = spec.partition(":")
+    if not sep or not status.isdigit():
+        raise AdminError("--redirect expects STATUS:LOCATION, e.g. 307:https://host/path")
+    sim.set_redirect(location, int(status))
 
 
 def _split(text: str | None) -> list[str] | None:

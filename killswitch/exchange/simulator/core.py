@@ -18,7 +18,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from email.utils import formatdate
+from typing import Any, Literal, get_args
 from urllib.parse import unquote
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,7 +33,9 @@ from killswitch.exchange.signing import (
 from killswitch.exchange.simulator.faults import (
     EndpointFaults,
     FaultDecision,
+    Limiter,
     Races,
+    SlidingWindow,
     TokenBucket,
     decide,
     default_burst,
@@ -68,17 +71,26 @@ ANONYMOUS = "-"  # counter/log label for requests with no known client
 _MAX_INT64 = 2**63 - 1
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}_[A-Z0-9]{1,20}$")
 _TIMESTAMP_MAX_DIGITS = 16
+_HEADER_VALUE_RE = re.compile(r"^[\x21-\x7e][\x20-\x7e]*$")  # visible ASCII, no CR/LF
+
+UnknownSymbol = Literal["invalid", "empty"]
+RateLimitKind = Literal["token_bucket", "sliding_window"]
+RetryAfter = Literal["seconds", "date"]
+UNKNOWN_SYMBOL_ANSWERS: tuple[str, ...] = get_args(UnknownSymbol)
+RATE_LIMIT_KINDS: tuple[str, ...] = get_args(RateLimitKind)
+RETRY_AFTER_FORMS: tuple[str, ...] = get_args(RetryAfter)
 
 
 class Reply:
-    """One answer: status and JSON body, plus what the I/O shell must act out.
+    """One answer: status, JSON body and extra headers, plus what the I/O shell must act out.
 
     ``tag`` is the short code kept in the request log (``invalid_request``,
-    ``fault:drop``...); ``hold_s`` > 0 means "never answer, close after this long";
-    ``drop`` means "close the connection without an answer".
+    ``fault:drop``...); ``headers`` are extra response headers (``Retry-After``,
+    ``Location``) as (name, value) pairs; ``hold_s`` > 0 means "never answer, close
+    after this long"; ``drop`` means "close the connection without an answer".
     """
 
-    __slots__ = ("body", "delay_s", "drop", "hold_s", "status", "tag")
+    __slots__ = ("body", "delay_s", "drop", "headers", "hold_s", "status", "tag")
 
     def __init__(
         self,
@@ -86,6 +98,7 @@ class Reply:
         body: bytes,
         tag: str | None = None,
         *,
+        headers: tuple[tuple[str, str], ...] = (),
         delay_s: float = 0.0,
         hold_s: float = 0.0,
         drop: bool = False,
@@ -93,6 +106,7 @@ class Reply:
         self.status = status
         self.body = body
         self.tag = tag
+        self.headers = headers
         self.delay_s = delay_s
         self.hold_s = hold_s
         self.drop = drop
@@ -100,7 +114,25 @@ class Reply:
     def delayed(self, delay_s: float) -> Reply:
         """The same answer, sent ``delay_s`` seconds later."""
         return Reply(
-            self.status, self.body, self.tag, delay_s=delay_s, hold_s=self.hold_s, drop=self.drop
+            self.status,
+            self.body,
+            self.tag,
+            headers=self.headers,
+            delay_s=delay_s,
+            hold_s=self.hold_s,
+            drop=self.drop,
+        )
+
+    def with_headers(self, *headers: tuple[str, str]) -> Reply:
+        """The same answer with these headers added."""
+        return Reply(
+            self.status,
+            self.body,
+            self.tag,
+            headers=self.headers + headers,
+            delay_s=self.delay_s,
+            hold_s=self.hold_s,
+            drop=self.drop,
         )
 
     def __repr__(self) -> str:
@@ -146,6 +178,8 @@ THROTTLED = _error(429, "too_many_requests")
 ROUTE_NOT_FOUND = _error(404, "not_found")
 METHOD_NOT_ALLOWED = _error(405, "method_not_allowed")
 _INVALID: dict[str, Reply] = {}
+_EMPTY_LIST = Reply(200, b"[]")
+_EMPTY_BULK = Reply(200, b'{"success":[],"fail":[]}')
 
 
 def invalid(message: str) -> Reply:
@@ -154,6 +188,9 @@ def invalid(message: str) -> Reply:
     if reply is None:
         reply = _INVALID[message] = _error(400, "invalid_request", message)
     return reply
+
+
+_UNKNOWN_SYMBOL = invalid("unknown or missing symbol")
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +251,7 @@ class Client:
         self.public_key = public_key
         self.encoding: SignatureEncoding = encoding
         self.limit = limit  # own (rate, burst); None follows the simulator default
-        self.bucket: TokenBucket | None = None
+        self.bucket: Limiter | None = None
         self.revoked = False
         self.books: dict[str, Book] = {}
 
@@ -266,6 +303,36 @@ def _decimal(value: object) -> Decimal | None:
 Handler = Callable[["Client | None", str, bytes], tuple[Reply, int | None]]
 
 
+class ThrottleWindow:
+    """One exchange-wide 429 window (see :meth:`Simulator.set_throttle_window`).
+
+    ``seen`` counts the requests answered since it was set; ``ends_at`` (monotonic
+    seconds) is None until the window opens.
+    """
+
+    __slots__ = ("after_requests", "duration_s", "ends_at", "retry_after", "seen")
+
+    def __init__(
+        self, after_requests: int, duration_s: float, retry_after: RetryAfter | None
+    ) -> None:
+        self.after_requests = after_requests
+        self.duration_s = duration_s
+        self.retry_after: RetryAfter | None = retry_after
+        self.seen = 0
+        self.ends_at: float | None = None
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        left = None if self.ends_at is None else max(0.0, self.ends_at - now)
+        return {
+            "after_requests": self.after_requests,
+            "duration_s": self.duration_s,
+            "retry_after": self.retry_after,
+            "requests_seen": self.seen,
+            "open": left is not None and left > 0,
+            "seconds_left": left,
+        }
+
+
 class Simulator:
     """The Ajaib exchange in memory: clients, orders, limits, faults and races.
 
@@ -292,6 +359,12 @@ class Simulator:
         first_order_id: int = 5_000_000_001,
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        public_auth: bool = False,
+        unknown_symbol: UnknownSymbol = "invalid",
+        rate_limit_kind: RateLimitKind = "token_bucket",
+        sliding_window_s: float = 1.0,
+        retry_after_on_429: bool = False,
+        replay_protection: bool = False,
     ) -> None:
         self.seed = seed
         self.time_window_ms = time_window_ms
@@ -305,7 +378,7 @@ class Simulator:
         self._exchange_info = b"[]"
         self._clients: dict[str, Client] = {}
         self._default_limit: tuple[float, int] | None = None
-        self._global_bucket: TokenBucket | None = None
+        self._global_bucket: Limiter | None = None
         self._global_limit: tuple[float, int] | None = None
         self._log: deque[tuple[Any, ...]] = deque(maxlen=log_max)
         self._handlers: dict[str, Handler] = {
@@ -319,6 +392,20 @@ class Simulator:
             "create_order": self._h_create_order,
         }
         self.auth_failure_status = auth_failure_status
+        # Knobs for exchanges that read the same API differently (docs/SIMULATOR.md).
+        self.public_auth = public_auth
+        self.retry_after_on_429 = retry_after_on_429
+        self.unknown_symbol = unknown_symbol
+        self._rate_limit_kind: RateLimitKind = "token_bucket"
+        self._sliding_window_s = 1.0
+        self.set_rate_limit_kind(rate_limit_kind, sliding_window_s)
+        self._redirects: dict[str | None, Reply] = {}
+        self._throttle: ThrottleWindow | None = None
+        # Signatures accepted (api_key, signature) -> monotonic time, and their order
+        # for expiry; None while replay protection is off (the fast path checks that).
+        self._replays: dict[tuple[str, str], float] | None = None
+        self._replay_order: deque[tuple[float, tuple[str, str]]] = deque()
+        self.replay_protection = replay_protection
         self._clear_state()
         self.add_symbols(DEFAULT_SYMBOLS if symbols is None else symbols)
         self.set_rate_limit(rate_limit_per_second, burst)
@@ -340,6 +427,11 @@ class Simulator:
         self._counts: dict[tuple[str, str, str], int] = {}
         self._seq = 0
         self._log.clear()
+        self._throttle = None
+        self._update_gate()
+        if self._replays is not None:
+            self._replays = {}
+        self._replay_order.clear()
 
     @property
     def auth_failure_status(self) -> int:
@@ -359,6 +451,7 @@ class Simulator:
                 ("headers", "missing X-API-KEY, X-TIMESTAMP or X-SIGNATURE"),
                 ("clock", "timestamp outside the allowed window"),
                 ("signature", "signature does not match"),
+                ("replayed", "replayed"),
             )
         }
 
@@ -423,6 +516,163 @@ class Simulator:
         """Undo :meth:`revoke`."""
         self._client(api_key).revoked = False
 
+    # ----------------------------------------------------------------- knobs
+
+    @property
+    def unknown_symbol(self) -> UnknownSymbol:
+        """How a pair the exchange does not trade is answered by ``open_orders``,
+        ``cancel_all``, ``cancel`` and ``cancel_batch``: ``"invalid"`` (400
+        ``invalid_request``) or ``"empty"`` (``[]``, ``{"success":[],"fail":[]}``,
+        404 ``order_not_found`` for a single cancel)."""
+        return self._unknown_symbol
+
+    @unknown_symbol.setter
+    def unknown_symbol(self, answer: UnknownSymbol) -> None:
+        if answer not in UNKNOWN_SYMBOL_ANSWERS:
+            raise ValueError(f"unknown_symbol must be one of {', '.join(UNKNOWN_SYMBOL_ANSWERS)}")
+        self._unknown_symbol: UnknownSymbol = answer
+
+    @property
+    def rate_limit_kind(self) -> RateLimitKind:
+        """``"token_bucket"`` (rate, burst) or ``"sliding_window"``: at most
+        ``floor(rate * sliding_window_s)`` accepted requests in any trailing window."""
+        return self._rate_limit_kind
+
+    @rate_limit_kind.setter
+    def rate_limit_kind(self, kind: RateLimitKind) -> None:
+        self.set_rate_limit_kind(kind, self._sliding_window_s)
+
+    @property
+    def sliding_window_s(self) -> float:
+        """The trailing window of the ``sliding_window`` rate limit, in seconds."""
+        return self._sliding_window_s
+
+    @sliding_window_s.setter
+    def sliding_window_s(self, window_s: float) -> None:
+        self.set_rate_limit_kind(self._rate_limit_kind, window_s)
+
+    def set_rate_limit_kind(self, kind: RateLimitKind, sliding_window_s: float = 1.0) -> None:
+        """Both rate-limit settings at once; every limiter restarts full (nothing counted)."""
+        if kind not in RATE_LIMIT_KINDS:
+            raise ValueError(f"rate_limit_kind must be one of {', '.join(RATE_LIMIT_KINDS)}")
+        if (
+            isinstance(sliding_window_s, bool)
+            or not isinstance(sliding_window_s, int | float)
+            or not (math.isfinite(sliding_window_s) and sliding_window_s > 0)
+        ):
+            raise ValueError("sliding_window_s must be a positive number of seconds")
+        self._rate_limit_kind = kind
+        self._sliding_window_s = float(sliding_window_s)
+        self._reset_limiters()
+
+    @property
+    def replay_protection(self) -> bool:
+        """True: a signature already accepted for the same API key within
+        ``time_window_ms`` answers ``invalid_client`` (message ``replayed``)."""
+        return self._replays is not None
+
+    @replay_protection.setter
+    def replay_protection(self, on: bool) -> None:
+        if on and self._replays is None:
+            self._replays = {}
+        elif not on:
+            self._replays = None
+            self._replay_order.clear()
+
+    def set_throttle_window(
+        self,
+        after_requests: int,
+        duration_s: float,
+        retry_after: RetryAfter | None = "seconds",
+    ) -> None:
+        """One exchange-wide 429 window.
+
+        Requests to the non-public endpoints (every client) are counted from now;
+        when the ``after_requests``-th has been answered (at once for 0) the window
+        opens, and every such request answers 429 ``too_many_requests`` for
+        ``duration_s`` seconds, with ``Retry-After`` in whole seconds left (rounded
+        up), or the HTTP date of the window's end, or none (``retry_after=None``).
+        The window then closes for good: one window per call.
+        """
+        if (
+            isinstance(after_requests, bool)
+            or not isinstance(after_requests, int)
+            or (after_requests < 0)
+        ):
+            raise ValueError("after_requests must be an integer >= 0")
+        if (
+            isinstance(duration_s, bool)
+            or not isinstance(duration_s, int | float)
+            or not (math.isfinite(duration_s) and duration_s > 0)
+        ):
+            raise ValueError("duration_s must be a positive number of seconds")
+        if retry_after is not None and retry_after not in RETRY_AFTER_FORMS:
+            raise ValueError("retry_after must be 'seconds', 'date' or None")
+        window = ThrottleWindow(after_requests, float(duration_s), retry_after)
+        if after_requests == 0:
+            window.ends_at = self._monotonic() + window.duration_s
+        self._throttle = window
+        self._update_gate()
+
+    def clear_throttle_window(self) -> None:
+        """No throttle window (a pending or open one ends now)."""
+        self._throttle = None
+        self._update_gate()
+
+    @property
+    def throttle_window(self) -> dict[str, Any] | None:
+        """The throttle window in force (pending or open) as JSON-ready data, else None."""
+        window = self._throttle
+        return None if window is None else window.to_dict(self._monotonic())
+
+    def set_redirect(self, location: str, status: int = 307, endpoint: str | None = None) -> None:
+        """Answer ``status`` (3xx) with ``Location: location`` and an empty body, with
+        no effect on orders: on ``endpoint``, or (None) on every non-public endpoint.
+        A redirect set for an endpoint wins over the one for every endpoint."""
+        if isinstance(status, bool) or not isinstance(status, int) or not 300 <= status <= 399:
+            raise ValueError("redirect status must be a 3xx code")
+        if not isinstance(location, str) or not _HEADER_VALUE_RE.match(location):
+            raise ValueError("redirect location must be non-empty visible ASCII")
+        if endpoint is not None and endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r} (one of {', '.join(ENDPOINTS)})")
+        self._redirects[endpoint] = Reply(
+            status, b"", "redirect", headers=(("Location", location),)
+        )
+        self._update_gate()
+
+    def clear_redirects(self) -> None:
+        """No redirects anywhere."""
+        self._redirects.clear()
+        self._update_gate()
+
+    def redirects(self) -> dict[str, dict[str, Any]]:
+        """Redirects in force: endpoint name (``"all"`` for every non-public one) ->
+        ``{"status", "location"}``."""
+        return {
+            "all" if endpoint is None else endpoint: {
+                "status": reply.status,
+                "location": reply.headers[0][1],
+            }
+            for endpoint, reply in self._redirects.items()
+        }
+
+    def knobs(self) -> dict[str, Any]:
+        """Every knob as JSON-ready data (what ``GET /_admin/state`` shows)."""
+        return {
+            "public_auth": self.public_auth,
+            "unknown_symbol": self.unknown_symbol,
+            "rate_limit_kind": self.rate_limit_kind,
+            "sliding_window_s": self.sliding_window_s,
+            "retry_after_on_429": self.retry_after_on_429,
+            "replay_protection": self.replay_protection,
+            "throttle_window": self.throttle_window,
+            "redirects": self.redirects(),
+        }
+
+    def _update_gate(self) -> None:
+        # One flag for the request path: a redirect or a throttle window in force.
+        self._gate_on = bool(self._redirects) or self._throttle is not None
+
     def set_rate_limit(
         self,
         rate_limit_per_second: float | None,
@@ -446,16 +696,28 @@ class Simulator:
     def set_global_rate_limit(
         self, rate_limit_per_second: float | None, burst: int | None = None
     ) -> None:
-        """One more token bucket shared by all clients (``None`` = unlimited)."""
+        """One more limiter shared by all clients (``None`` = unlimited); of the
+        kind in ``rate_limit_kind``, like the per-key ones."""
         if rate_limit_per_second is None:
             self._global_limit = self._global_bucket = None
             return
         self._global_limit = _limit(rate_limit_per_second, burst)
-        self._global_bucket = TokenBucket(*self._global_limit, self._monotonic())
+        self._global_bucket = self._limiter(self._global_limit)
+
+    def _limiter(self, limit: tuple[float, int]) -> Limiter:
+        if self._rate_limit_kind == "sliding_window":
+            return SlidingWindow(limit[0], self._sliding_window_s)
+        return TokenBucket(*limit, self._monotonic())
 
     def _reset_bucket(self, client: Client) -> None:
         limit = client.limit or self._default_limit
-        client.bucket = None if limit is None else TokenBucket(*limit, self._monotonic())
+        client.bucket = None if limit is None else self._limiter(limit)
+
+    def _reset_limiters(self) -> None:
+        for client in self._clients.values():
+            self._reset_bucket(client)
+        if self._global_limit is not None:
+            self._global_bucket = self._limiter(self._global_limit)
 
     def rate_limits(self) -> dict[str, Any]:
         """Effective limits: default, global and per client label."""
@@ -520,8 +782,12 @@ class Simulator:
     def reset(self, *, clients: bool = False) -> None:
         """Forget orders, counters, the log, faults and races; reseed the RNG.
 
-        Clients stay registered (revocations lifted, buckets full) unless
-        ``clients=True``. Clock offset, window and limits are kept.
+        Clients stay registered (revocations lifted, limiters full) unless
+        ``clients=True``. Clock offset, window and limits are kept, and so are the
+        knobs (``public_auth``, ``unknown_symbol``, ``rate_limit_kind``,
+        ``sliding_window_s``, ``retry_after_on_429``, ``replay_protection``,
+        redirects) except the throttle window, which is cleared like the faults;
+        the signatures remembered for replay protection are forgotten.
         """
         self._clear_state()
         if clients:
@@ -529,9 +795,7 @@ class Simulator:
         for client in self._clients.values():
             client.books = {}
             client.revoked = False
-            self._reset_bucket(client)
-        if self._global_limit is not None:
-            self._global_bucket = TokenBucket(*self._global_limit, self._monotonic())
+        self._reset_limiters()
 
     # ---------------------------------------------------------------- orders
 
@@ -717,6 +981,14 @@ class Simulator:
             reply = METHOD_NOT_ALLOWED if known else ROUTE_NOT_FOUND
             self._record(request, None, "unknown", reply, None)
             return reply
+        if self._gate_on:  # a redirect or a throttle window in force
+            gated = self._gate(endpoint)
+            if gated is not None:
+                api_key = request.api_key
+                self._record(
+                    request, self._clients.get(api_key) if api_key else None, endpoint, gated, None
+                )
+                return gated
         fault: FaultDecision | None = None
         after_effect = False
         if self._faults_active:
@@ -732,7 +1004,7 @@ class Simulator:
             return reply
         note: int | None = None
         refused = None
-        if endpoint not in PUBLIC_ENDPOINTS:
+        if endpoint not in PUBLIC_ENDPOINTS or self.public_auth:
             refused = self._authenticate(client, request)
         if refused is None:
             reply, note = self._handlers[endpoint](client, request.query, request.body)
@@ -742,6 +1014,65 @@ class Simulator:
             reply = reply.delayed(fault.delay_s) if fault.kind == "latency" else _fault_reply(fault)
         self._record(request, client, endpoint, reply, note)
         return reply
+
+    def _gate(self, endpoint: str) -> Reply | None:
+        """A redirect, or the throttle window's 429, or None to go on.
+
+        Both act in front of the exchange, like a gateway: before faults and
+        authentication. Only non-public endpoints count toward or feel the window.
+        """
+        redirects = self._redirects
+        if redirects:
+            reply = redirects.get(endpoint)
+            if reply is None and endpoint not in PUBLIC_ENDPOINTS:
+                reply = redirects.get(None)
+            if reply is not None:
+                return reply
+        window = self._throttle
+        if window is None or endpoint in PUBLIC_ENDPOINTS:
+            return None
+        now = self._monotonic()
+        if window.ends_at is None:
+            window.seen += 1
+            if window.seen >= window.after_requests:
+                window.ends_at = now + window.duration_s
+            return None
+        left = window.ends_at - now
+        if left <= 0:
+            self.clear_throttle_window()
+            return None
+        if window.retry_after == "seconds":
+            return THROTTLED.with_headers(("Retry-After", str(math.ceil(left))))
+        if window.retry_after == "date":
+            # HTTP dates have whole seconds: round the end up so a client waiting
+            # until that date never arrives inside the window.
+            end_s = math.ceil(self.now_ms() / 1000 + left)
+            return THROTTLED.with_headers(("Retry-After", formatdate(end_s, usegmt=True)))
+        return THROTTLED
+
+    def _throttled(self, limiter: Limiter, now: float) -> Reply:
+        """The rate limit's 429, with ``Retry-After`` when ``retry_after_on_429``."""
+        if not self.retry_after_on_429:
+            return THROTTLED
+        seconds = max(1, math.ceil(limiter.wait_s(now)))
+        return THROTTLED.with_headers(("Retry-After", str(seconds)))
+
+    def _replayed(self, client: Client, signature: str) -> bool:
+        """True when this signature was accepted for this key within the time window;
+        else remember it."""
+        replays = self._replays
+        assert replays is not None
+        now = self._monotonic()
+        order = self._replay_order
+        edge = now - self.time_window_ms / 1000
+        while order and order[0][0] <= edge:
+            replays.pop(order.popleft()[1], None)
+        key = (client.api_key, signature)
+        if key in replays:
+            return True
+        replays[key] = now
+        order.append((now, key))
+        return False
 
     def _authenticate(self, client: Client | None, request: Request) -> Reply | None:
         """None when the request may proceed, else the 401/403 or 429 answer.
@@ -755,11 +1086,12 @@ class Simulator:
         now = self._monotonic()
         bucket = client.bucket
         if bucket is not None and not bucket.take(now):
-            return THROTTLED
-        if self._global_bucket is not None and not self._global_bucket.take(now):
+            return self._throttled(bucket, now)
+        shared = self._global_bucket
+        if shared is not None and not shared.take(now):
             if bucket is not None:
                 bucket.refund()
-            return THROTTLED
+            return self._throttled(shared, now)
         timestamp, signature = request.timestamp, request.signature
         if not timestamp or not signature:
             return self._auth_replies["headers"]
@@ -774,6 +1106,8 @@ class Simulator:
         )
         if not verify(client.public_key, payload, signature, client.encoding):
             return self._auth_replies["signature"]
+        if self._replays is not None and self._replayed(client, signature):
+            return self._auth_replies["replayed"]
         return None
 
     def _record(
@@ -821,13 +1155,20 @@ class Simulator:
     ) -> tuple[Reply, int | None]:
         return Reply(200, self._exchange_info), None
 
-    def _symbol_and_id(self, query: str) -> tuple[str, int] | Reply:
+    def _unknown_pair(self, symbol: str | None, empty: Reply) -> Reply:
+        """The answer for a missing symbol or a pair the exchange does not trade:
+        400, or ``empty`` for an unknown pair when ``unknown_symbol == "empty"``."""
+        if symbol is not None and self._unknown_symbol == "empty":
+            return empty
+        return _UNKNOWN_SYMBOL
+
+    def _symbol_and_id(self, query: str, empty: Reply | None = None) -> tuple[str, int] | Reply:
         params = parse_query(query)
         if params is None:
             return invalid("repeated query parameter")
         symbol = params.get("symbol")
         if symbol is None or symbol not in self._specs:
-            return invalid("unknown or missing symbol")
+            return _UNKNOWN_SYMBOL if empty is None else self._unknown_pair(symbol, empty)
         order_id = parse_id(params.get("order_id"))
         if order_id is None:
             return invalid("order_id must be a positive int64")
@@ -835,7 +1176,7 @@ class Simulator:
 
     def _h_cancel(self, client: Client | None, query: str, body: bytes) -> tuple[Reply, int | None]:
         assert client is not None
-        parsed = self._symbol_and_id(query)
+        parsed = self._symbol_and_id(query, ORDER_NOT_FOUND)
         if isinstance(parsed, Reply):
             return parsed, None
         symbol, order_id = parsed
@@ -863,7 +1204,7 @@ class Simulator:
             return invalid("repeated query parameter"), None
         symbol = params.get("symbol")
         if symbol is None or symbol not in self._specs:
-            return invalid("unknown or missing symbol"), None
+            return self._unknown_pair(symbol, _EMPTY_LIST), None
         from_id = None
         if "from_order_id" in params:
             from_id = parse_id(params["from_order_id"], minimum=0)
@@ -892,7 +1233,9 @@ class Simulator:
         symbol = data.get("symbol")
         ids = data.get("order_ids")
         if not isinstance(symbol, str) or symbol not in self._specs:
-            return invalid("unknown or missing symbol"), None
+            return self._unknown_pair(
+                symbol if isinstance(symbol, str) else None, _EMPTY_BULK
+            ), None
         if not isinstance(ids, list) or len(ids) > self.max_batch:
             return invalid(f"order_ids must be a list of at most {self.max_batch} ids"), None
         if any(type(i) is not int or not 0 < i <= _MAX_INT64 for i in ids):
@@ -908,7 +1251,7 @@ class Simulator:
             return invalid("repeated query parameter"), None
         symbol = params.get("symbol")
         if symbol is None or symbol not in self._specs:
-            return invalid("unknown or missing symbol"), None
+            return self._unknown_pair(symbol, _EMPTY_BULK), None
         book = client.books.get(symbol)
         # A snapshot: orders spawned while cancelling stay open (not atomic, as documented).
         ids = sorted(book.open, reverse=True) if book is not None else []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -50,6 +51,60 @@ class TokenBucket:
     def refund(self) -> None:
         """Give back one token (a later check refused the request after all)."""
         self.tokens = min(self.burst, self.tokens + 1.0)
+
+    def wait_s(self, now: float) -> float:
+        """Seconds from ``now`` until a request would be accepted (0: at once)."""
+        tokens = min(self.tokens + (now - self.stamp) * self.rate, self.burst)
+        return max(0.0, (1.0 - tokens) / self.rate)
+
+
+class SlidingWindow:
+    """At most ``floor(rate * window_s)`` (at least 1) accepted requests in any
+    trailing ``window_s`` seconds. Refused requests do not count.
+
+    A deque of the accepted requests' times, oldest first: each request drops the
+    times that left the window and compares the length, O(1) amortised.
+    """
+
+    __slots__ = ("limit", "times", "window_s")
+
+    def __init__(self, rate: float, window_s: float) -> None:
+        if rate <= 0 or not math.isfinite(rate):
+            raise ValueError("rate must be a positive number")
+        if window_s <= 0 or not math.isfinite(window_s):
+            raise ValueError("window must be a positive number of seconds")
+        # The epsilon keeps 0.1/s over 10 s at 1 request, not 0 after float rounding.
+        self.limit = max(1, math.floor(rate * window_s + 1e-9))
+        self.window_s = window_s
+        self.times: deque[float] = deque()
+
+    def _expire(self, now: float) -> None:
+        times, edge = self.times, now - self.window_s
+        while times and times[0] <= edge:
+            times.popleft()
+
+    def take(self, now: float) -> bool:
+        """Count a request at ``now`` (seconds, monotonic); False when the window is full."""
+        self._expire(now)
+        if len(self.times) < self.limit:
+            self.times.append(now)
+            return True
+        return False
+
+    def refund(self) -> None:
+        """Forget the latest accepted request (a later check refused it after all)."""
+        if self.times:
+            self.times.pop()
+
+    def wait_s(self, now: float) -> float:
+        """Seconds from ``now`` until a request would be accepted (0: at once)."""
+        self._expire(now)
+        if len(self.times) < self.limit:
+            return 0.0
+        return self.times[0] + self.window_s - now
+
+
+Limiter = TokenBucket | SlidingWindow
 
 
 def default_burst(rate: float) -> int:

@@ -24,6 +24,11 @@ MAX_BODY_BYTES = 1024 * 1024
 
 _REASONS = {
     200: "OK",
+    301: "Moved Permanently",
+    302: "Found",
+    303: "See Other",
+    307: "Temporary Redirect",
+    308: "Permanent Redirect",
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
@@ -55,6 +60,7 @@ class Answer(Protocol):
 
     status: int
     body: bytes
+    headers: tuple[tuple[str, str], ...]
     delay_s: float
     hold_s: float
     drop: bool
@@ -164,7 +170,7 @@ class HttpProtocol(asyncio.Protocol):
                     self._act_out(answer, keep_alive)
                 )
                 return
-            self._write(answer.status, answer.body, close=not keep_alive)
+            self._write(answer.status, answer.body, close=not keep_alive, headers=answer.headers)
 
     async def _act_out(self, answer: Answer, keep_alive: bool) -> None:
         """Delay, hold or drop, then carry on with buffered requests."""
@@ -179,7 +185,7 @@ class HttpProtocol(asyncio.Protocol):
             if answer.drop:
                 self.close()
                 return
-            self._write(answer.status, answer.body, close=not keep_alive)
+            self._write(answer.status, answer.body, close=not keep_alive, headers=answer.headers)
         except asyncio.CancelledError:
             return
         finally:
@@ -188,14 +194,23 @@ class HttpProtocol(asyncio.Protocol):
             self._process()
             self._update_reading()
 
-    def _write(self, status: int, body: bytes, close: bool) -> None:
+    def _write(
+        self,
+        status: int,
+        body: bytes,
+        close: bool,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         transport = self._transport
         if transport is None or self._closed:
             return
-        head = b"%sContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
+        head = b"%sContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n" % (
             _status_line(status),
             len(body),
             b"Connection: close\r\n" if close else b"",
+            b"".join([b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers])
+            if headers
+            else b"",
         )
         transport.write(head + body)
         if close:

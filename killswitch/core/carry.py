@@ -1,0 +1,301 @@
+"""Outcomes carried over a crash (pure): the merge rule and a bounded store.
+
+A daemon that dies mid-sweep publishes no final result, so its alert's offset is
+not committed and the alert is replayed by the next process. That process only
+sees what is still open: the orders the first one cancelled are gone from the
+books and would be missing from the final result. What the first process did is
+on the results topic, in its progress results (``final: false``): counts, and the
+per-order outcomes while they fit one record (:data:`RESULT_MAX_ORDERS`).
+
+Merge rule (:func:`carry_over`), per order id, earlier process first:
+
+- An order concluded by both processes counts once. The later outcome wins, except
+  ``already_closed`` after ``sent`` stays ``sent`` (the order most likely closed
+  because of that first cancel), the rule of :func:`killswitch.core.ledger.merge_outcome`.
+  Attempts add up; the reason goes with the winning outcome.
+- Counts are the earlier counts plus the later ones, minus each order both sides
+  list, plus its merged outcome. When both sides list every order they counted this
+  is exactly the count of the merged per-order view; otherwise an order both
+  concluded but one side did not list counts twice, and the result says so.
+- A final ``flat`` result proves, by the later process's complete listing, that no
+  order in scope is open: an earlier ``failed`` the later process never concluded
+  is ``sent``: a cancel was attempted and the order is gone, and an order absent from
+  a complete final listing is never ``failed``.
+
+Reading (:func:`carried_from_json`): a progress record is another process's output,
+trusted only as far as it is consistent. The store (:class:`CarryStore`) keeps the
+latest one per (alert, account) until a final result for the pair is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from killswitch.core.ledger import merge_outcome
+from killswitch.core.model import CarriedOutcomes, Counts, OrderReport, SweepResult, SweepStatus
+from killswitch.core.outcomes import Outcome, RejectReason
+
+# Most order entries one result record lists. A kill of 100,000 orders must still fit
+# in one Kafka record (1 MB by default): the counts stay complete, the list is cut and
+# ``orders_omitted`` says by how much. Progress results list per-order outcomes only
+# while all of them fit, so a restarted daemon can merge them order by order.
+RESULT_MAX_ORDERS = 2_000
+
+
+def merge_report(earlier: OrderReport, later: OrderReport) -> OrderReport:
+    """One order concluded by two processes: one report (see the module docstring)."""
+    outcome = merge_outcome(earlier.outcome, later.outcome)
+    return OrderReport(
+        order_id=later.order_id,
+        symbol=later.symbol,
+        outcome=outcome,
+        attempts=earlier.attempts + later.attempts,
+        reason=later.reason if outcome is later.outcome else earlier.reason,
+    )
+
+
+def _bump(counts: Counts, outcome: Outcome, delta: int) -> None:
+    setattr(counts, outcome.value, getattr(counts, outcome.value) + delta)
+
+
+def _plus(a: Counts, b: Counts) -> Counts:
+    return Counts(
+        sent=a.sent + b.sent,
+        already_closed=a.already_closed + b.already_closed,
+        rejected=a.rejected + b.rejected,
+        failed=a.failed + b.failed,
+        skipped=a.skipped + b.skipped,
+    )
+
+
+def merge_outcomes(
+    carried: CarriedOutcomes,
+    counts: Counts,
+    orders: Iterable[OrderReport],
+    *,
+    flat: bool = False,
+) -> tuple[Counts, list[OrderReport]]:
+    """Counts and per-order reports of both processes (earlier orders first).
+
+    ``flat``: the later process's complete listing found nothing in scope open, so
+    an order the earlier one reported ``failed`` and the later one never concluded
+    is gone after a cancel was attempted: ``sent`` (an order absent from a complete
+    final listing is never ``failed``)."""
+    merged: dict[int, OrderReport] = {o.order_id: o for o in carried.orders}
+    total = _plus(carried.counts, counts)
+    later_ids: set[int] = set()
+    for later in orders:
+        later_ids.add(later.order_id)
+        earlier = merged.get(later.order_id)
+        if earlier is None:
+            merged[later.order_id] = later
+            continue
+        report = merge_report(earlier, later)
+        merged[later.order_id] = report
+        _bump(total, earlier.outcome, -1)
+        _bump(total, later.outcome, -1)
+        _bump(total, report.outcome, +1)
+    if flat:
+        _failed_but_gone(carried, merged, later_ids, total)
+    return total, list(merged.values())
+
+
+def _failed_but_gone(
+    carried: CarriedOutcomes, merged: dict[int, OrderReport], later_ids: set[int], total: Counts
+) -> None:
+    """Earlier ``failed`` outcomes the later process never touched become ``sent``,
+    those counted without per-order detail included."""
+    listed_failed = 0
+    for report in carried.orders:
+        if report.outcome is not Outcome.FAILED:
+            continue
+        listed_failed += 1
+        if report.order_id not in later_ids:
+            merged[report.order_id] = dataclasses.replace(report, outcome=Outcome.SENT)
+            _bump(total, Outcome.FAILED, -1)
+            _bump(total, Outcome.SENT, +1)
+    unlisted = carried.counts.failed - listed_failed
+    _bump(total, Outcome.FAILED, -unlisted)
+    _bump(total, Outcome.SENT, +unlisted)
+
+
+def carry_over(result: SweepResult, carried: CarriedOutcomes) -> SweepResult:
+    """``result`` (this process's, final or progress) with an earlier process's outcomes."""
+    flat = result.final and result.status is SweepStatus.FLAT
+    counts, orders = merge_outcomes(carried, result.counts, result.orders, flat=flat)
+    exact = carried.complete and len(result.orders) == result.counts.resolved
+    n = carried.counts.resolved
+    note = (
+        f"includes {n} outcome(s) an earlier process published before it stopped"
+        if exact
+        else f"includes {n} outcome(s) an earlier process published before it stopped, "
+        "not all of them per order: an order both processes concluded may count twice"
+    )
+    received = result.received_at
+    if carried.received_at is not None and carried.received_at < received:
+        received = carried.received_at
+    # An id the earlier process concluded was seen open then: not "never found".
+    concluded = {report.order_id for report in orders}
+    return dataclasses.replace(
+        result,
+        counts=counts,
+        orders=orders,
+        not_found=[i for i in result.not_found if i not in concluded],
+        sweeps=result.sweeps + carried.sweeps,
+        received_at=received,
+        first_cancel_at=carried.first_cancel_at or result.first_cancel_at,
+        reason=f"{result.reason}; {note}" if result.reason else note,
+    )
+
+
+# ------------------------------------------------ reading a progress result back
+
+_COUNT_NAMES = ("sent", "already_closed", "rejected", "failed", "skipped")
+
+
+def _count(value: Any) -> int | None:
+    """A non-negative JSON integer (booleans are not counts)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def carried_from_json(data: Mapping[str, Any]) -> CarriedOutcomes | None:
+    """The outcomes a (progress) ``killswitch.result/v1`` record reports, decoded.
+
+    Written by another process (maybe another version): trusted only as far as it is
+    consistent. None without readable counts; counts only (no per-order outcomes) when
+    the order list is unreadable, has duplicates, or is complete but disagrees with the
+    counts. Never raises."""
+    raw_counts = data.get("counts")
+    if not isinstance(raw_counts, dict):
+        return None
+    values: dict[str, int] = {}
+    for name in _COUNT_NAMES:
+        value = _count(raw_counts.get(name, 0))
+        if value is None:
+            return None
+        values[name] = value
+    counts = Counts(**values)
+    return CarriedOutcomes(
+        counts=counts,
+        orders=_decode_reports(data.get("orders"), counts),
+        sweeps=_count(data.get("sweeps")) or 0,
+        received_at=_parse_time(data.get("received_at")),
+        first_cancel_at=_parse_time(data.get("first_cancel_at")),
+    )
+
+
+def _decode_reports(raw: Any, counts: Counts) -> tuple[OrderReport, ...]:
+    """Per-order outcomes that agree with ``counts``; () when any entry is unreadable."""
+    if not isinstance(raw, list) or len(raw) > counts.resolved:
+        return ()
+    reports: dict[int, OrderReport] = {}
+    for entry in raw:
+        report = _decode_report(entry)
+        if report is None or report.order_id in reports:
+            return ()
+        reports[report.order_id] = report
+    out = tuple(reports.values())
+    if len(out) == counts.resolved:  # a complete list must tally with the counts
+        tally = Counts()
+        for report in out:
+            tally.add(report.outcome)
+        if tally != counts:
+            return ()
+    return out
+
+
+def _decode_report(entry: Any) -> OrderReport | None:
+    if not isinstance(entry, dict):
+        return None
+    order_id, symbol = _count(entry.get("order_id")), entry.get("symbol")
+    attempts = _count(entry.get("attempts", 0))
+    outcome, reason = entry.get("outcome"), entry.get("reason")
+    if order_id is None or not isinstance(symbol, str) or attempts is None:
+        return None
+    if not (isinstance(outcome, str) and outcome in _OUTCOMES):
+        return None
+    if not (reason is None or (isinstance(reason, str) and reason in _REASONS)):
+        return None
+    return OrderReport(
+        order_id, symbol, Outcome(outcome), attempts, RejectReason(reason) if reason else None
+    )
+
+
+_OUTCOMES = frozenset(o.value for o in Outcome)
+_REASONS = frozenset(r.value for r in RejectReason)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+Key = tuple[str, str]
+"""(alert id, account)."""
+
+
+class CarryStore:
+    """The latest progress outcomes of (alert, account) pairs with no final result yet.
+
+    Bounded: at most ``max_entries`` pairs (the oldest forgotten first) and at most
+    ``max_orders`` per-order entries in all (the oldest pairs keep their counts and
+    lose their per-order detail first). A final result drops its pair.
+    """
+
+    def __init__(self, max_entries: int = 10_000, max_orders: int = 200_000) -> None:
+        if max_entries < 1 or max_orders < 0:
+            raise ValueError("max_entries must be at least 1 and max_orders at least 0")
+        self.max_entries = max_entries
+        self.max_orders = max_orders
+        self._entries: OrderedDict[Key, CarriedOutcomes] = OrderedDict()
+        self._orders = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def orders(self) -> int:
+        """Per-order entries held in all."""
+        return self._orders
+
+    def progress(self, alert_id: str, account: str, carried: CarriedOutcomes) -> None:
+        """A progress result was read: it replaces what was known of the pair."""
+        key = (alert_id, account)
+        self._drop(key)
+        self._entries[key] = carried
+        self._orders += len(carried.orders)
+        while len(self._entries) > self.max_entries:
+            self._drop(next(iter(self._entries)))
+        self._shed()
+
+    def final(self, alert_id: str, account: str) -> None:
+        """A final result was read: the pair is finished, nothing to carry."""
+        self._drop((alert_id, account))
+
+    def get(self, alert_id: str, account: str) -> CarriedOutcomes | None:
+        return self._entries.get((alert_id, account))
+
+    def _drop(self, key: Key) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._orders -= len(old.orders)
+
+    def _shed(self) -> None:
+        """Over the per-order budget: the oldest pairs keep only their counts."""
+        for key, entry in self._entries.items():
+            if self._orders <= self.max_orders:
+                return
+            if entry.orders:
+                self._orders -= len(entry.orders)
+                self._entries[key] = dataclasses.replace(entry, orders=())

@@ -1,0 +1,435 @@
+"""Scope pairs checked before any request, the pair list's sources, ``not_found`` ids.
+
+Over real sockets: the exchange simulator on loopback, the embedded Kafka broker, the
+daemon in process. Flatness and "no request was made" are read from the simulator's
+own books and request log, not from what the daemon reports.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from killswitch.daemon import Daemon
+from killswitch.exchange.client import ExchangeClient
+from killswitch.exchange.errors import ExchangeUnavailable, Redirected
+from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
+from killswitch.exchange.simulator.core import LogEntry
+from killswitch.exchange.simulator.testing import account_settings, register_test_client
+from killswitch.intake.consumer import PAIR_FETCH_WAIT_S
+from killswitch.operator import TriggerRequest, prepare_trigger, run_trigger
+from killswitch.render import EXIT_NOT_FOUND, EXIT_REFUSED
+from tests.conftest import wait_for
+from tests.integration.daemon_harness import (
+    Exchange,
+    daemon_in_process,
+    daemon_settings,
+    exchange,
+    prepare_topics,
+)
+from tests.integration.intake_harness import (
+    FakeEngine,
+    TopicReader,
+    alert_message,
+    create_all_topics,
+    make_settings,
+    produce,
+    running_intake,
+)
+
+pytestmark = pytest.mark.integration
+
+Unique = Callable[[str], str]
+
+# Every exchange-info call fails (the client's retries included) while this is set.
+INFO_DOWN = EndpointFaults(error_rate=1.0, error_statuses=(503,))
+# The observability probe lists one short page per account; a sweep never asks for 2.
+_PROBE_QUERY = "limit=2"
+_PUBLIC = frozenset({"time", "exchange_info"})
+
+
+def _alert_requests(ex: Exchange, since: int) -> list[LogEntry]:
+    """Requests on orders after ``since`` that a kill would make: not the public ones
+    (the daemon's probes read time and pairs; that the check itself costs no request is
+    test_a_warm_pair_list_costs_no_request...), nor the readiness probe's short page."""
+    return [
+        e
+        for e in ex.sim.log_since(since)
+        if e.endpoint not in _PUBLIC
+        and not (e.endpoint == "open_orders" and _PROBE_QUERY in e.query)
+    ]
+
+
+def _last_seq(ex: Exchange) -> int:
+    entries = ex.sim.log_since(0)
+    return entries[-1].seq if entries else 0
+
+
+async def _metric(daemon: Daemon, name: str, **labels: str) -> float:
+    url_of = daemon.observability.url
+    assert url_of is not None
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{url_of()}/metrics")).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+# ------------------------------------------------------------------ daemon end to end
+
+
+@pytest.mark.parametrize(
+    ("unknown_symbol", "public_auth"), [("invalid", False), ("empty", False), ("empty", True)]
+)
+async def test_alerts_naming_unknown_pairs_are_dead_lettered_before_any_request(
+    kafka_bootstrap: str,
+    unique_name: Unique,
+    unknown_symbol: Literal["invalid", "empty"],
+    public_auth: bool,
+) -> None:
+    async with exchange() as ex:
+        # public_auth: the exchange wants exchange-info signed; the pair list still comes.
+        ex.sim.public_auth = public_auth
+        # "empty": the exchange lists a pair it does not trade as [] (what used to end
+        # flat); "invalid": it answers 400 (the default).
+        ex.sim.unknown_symbol = unknown_symbol
+        settings = daemon_settings(
+            kafka_bootstrap, unique_name, ex, metrics={"enabled": True, "port": 0}
+        )
+        await prepare_topics(settings)
+        topics = settings.kafka.topics
+        seeded = ex.seed("mm-1", 5)
+        bad = {"typo-case": "btc_usdt", "typo-sep": "BTCUSDT", "typo-none": "NOPE_USDT"}
+        async with (
+            TopicReader(kafka_bootstrap, topics.results) as results,
+            TopicReader(kafka_bootstrap, topics.dlq) as dlq,
+            daemon_in_process(settings) as run,
+        ):
+            since = _last_seq(ex)
+            await produce(
+                settings,
+                [
+                    alert_message(alert_id, scope={"symbols": [symbol]})
+                    for alert_id, symbol in bad.items()
+                ],
+            )
+            await wait_for(lambda: len(dlq.records) == 3, timeout=20)
+            by_id = {r["alert_id"]: r for r in dlq.records}
+            assert set(by_id) == set(bad)
+            assert {r["kind"] for r in dlq.records} == {"invalid"}
+            assert "btc_usdt (did you mean BTC_USDT?)" in by_id["typo-case"]["reason"]
+            assert "BTCUSDT (did you mean BTC_USDT?)" in by_id["typo-sep"]["reason"]
+            assert "NOPE_USDT (" in by_id["typo-none"]["reason"]
+            assert "BTC_USDT?" not in by_id["typo-none"]["reason"]
+            assert _alert_requests(ex, since) == []  # no listing, no cancel, for any of them
+            assert ex.open_ids("mm-1") == seeded
+            assert await _metric(run.daemon, "killswitch_alerts_total", result="invalid") == 3
+            assert await _metric(run.daemon, "killswitch_dlq_total", reason="invalid") == 3
+
+            # A known pair still goes through (the check does not refuse everything).
+            await produce(settings, [alert_message("good-1", scope={"symbols": ["BTC_USDT"]})])
+            await wait_for(lambda: len(results.finals("good-1")) == 1, timeout=20)
+            assert results.finals("good-1")[0]["status"] == "flat"
+            assert results.finals() == results.finals("good-1")  # none for the refused
+            btc = {e.order_id for e in ex.sim.request_log if e.endpoint == "cancel"}
+            assert btc
+            assert ex.open_ids("mm-1") == seeded - btc
+            assert len(ex.open_ids("mm-1")) == 5  # the ETH_USDT orders stay open
+
+
+async def test_no_pair_list_at_all_the_kill_runs_but_is_never_flat(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    async with exchange() as ex:
+        ex.sim.set_faults(INFO_DOWN, "exchange_info")
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        ex.seed("mm-1", 4)
+        async with (
+            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            daemon_in_process(settings),
+        ):
+            await produce(settings, [alert_message("blind-1", scope={"symbols": ["BTC_USDT"]})])
+            await wait_for(lambda: len(results.finals("blind-1")) == 1, timeout=30)
+            final = results.finals("blind-1")[0]
+            assert final["status"] == "residual"
+            assert final["reason"].startswith("pairs could not be checked (")
+            assert "no pair list: exchange-info failed" in final["reason"]
+            assert final["counts"]["sent"] == 4  # it cancelled what it could
+            assert len(ex.open_ids("mm-1")) == 4  # only the ETH_USDT orders are left
+
+            # The worst case: a pair the exchange does not trade, listed as [] there.
+            ex.sim.unknown_symbol = "empty"
+            await produce(settings, [alert_message("blind-2", scope={"symbols": ["NOPE_USDT"]})])
+            await wait_for(lambda: len(results.finals("blind-2")) == 1, timeout=30)
+            final = results.finals("blind-2")[0]
+            assert final["status"] == "residual"
+            assert final["reason"].startswith("pairs could not be checked (")
+
+            # A whole-account kill needs the list to know what to list: it fails, saying so.
+            await produce(settings, [alert_message("blind-all")])
+            await wait_for(lambda: len(results.finals("blind-all")) == 1, timeout=30)
+            final = results.finals("blind-all")[0]
+            assert final["status"] == "failed"
+            assert "no pair list: exchange-info failed (" in final["reason"]
+            assert final["reason"].endswith("and account has no `symbols` setting")
+
+
+async def test_a_slow_pair_list_does_not_hold_a_kill_back(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # exchange-info answers, but only after the intake stopped waiting for it: the
+    # kill runs unchecked (never flat); the next alert finds the list cached.
+    async with exchange() as ex:
+        slow = EndpointFaults(latency_ms=(PAIR_FETCH_WAIT_S + 1.5) * 1000)
+        ex.sim.set_faults(slow, "exchange_info")
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        ex.seed("mm-1", 2)
+        async with (
+            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            daemon_in_process(settings),
+        ):
+            await produce(settings, [alert_message("slow-1", scope={"symbols": ["BTC_USDT"]})])
+            await wait_for(lambda: len(results.finals("slow-1")) == 1, timeout=30)
+            final = results.finals("slow-1")[0]
+            assert final["status"] == "residual"
+            assert f"no answer within {PAIR_FETCH_WAIT_S:g}s" in final["reason"]
+            assert final["counts"]["sent"] == 2
+            # The fetch went on and its answer is kept: the next kill is checked.
+            await wait_for(lambda: ex.sim.count(endpoint="exchange_info", status=200) >= 2)
+            await produce(settings, [alert_message("slow-2", scope={"symbols": ["ETH_USDT"]})])
+            await wait_for(lambda: len(results.finals("slow-2")) == 1, timeout=30)
+            assert results.finals("slow-2")[0]["status"] == "flat"
+            assert ex.open_ids("mm-1") == set()
+
+
+async def test_configured_symbols_stand_in_when_exchange_info_never_answers(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    async with exchange() as ex:
+        ex.sim.set_faults(INFO_DOWN, "exchange_info")
+        pairs = {"symbols": ["BTC_USDT", "ETH_USDT"]}
+        settings = daemon_settings(
+            kafka_bootstrap, unique_name, ex, account_mm_1=pairs, account_mm_2=pairs
+        )
+        await prepare_topics(settings)
+        topics = settings.kafka.topics
+        ex.seed("mm-1", 3)
+        async with (
+            TopicReader(kafka_bootstrap, topics.results) as results,
+            TopicReader(kafka_bootstrap, topics.dlq) as dlq,
+            daemon_in_process(settings),
+        ):
+            await produce(settings, [alert_message("cfg-bad", scope={"symbols": ["btc_usdt"]})])
+            await wait_for(lambda: len(dlq.records) == 1, timeout=20)
+            assert "did you mean BTC_USDT?" in dlq.records[0]["reason"]
+            # A whole-account kill lists the configured pairs and can prove flat.
+            await produce(settings, [alert_message("cfg-all")])
+            await wait_for(lambda: len(results.finals("cfg-all")) == 1, timeout=20)
+            final = results.finals("cfg-all")[0]
+            assert final["status"] == "flat"
+            assert final["reason"].startswith("pairs from the configured pair list (")
+            assert ex.open_ids("mm-1") == set()
+
+
+def _trigger(accounts: list[str], **kw: Any) -> TriggerRequest:
+    return TriggerRequest("kill", accounts, reason="test", operator="alice", **kw)
+
+
+async def test_cli_trigger_exit_codes_refused_and_not_found(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    async with exchange() as ex:
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        seeded = sorted(ex.seed("mm-2", 2, symbols=["BTC_USDT"]))
+        async with daemon_in_process(settings):
+            out = io.StringIO()
+            refused = prepare_trigger(
+                _trigger(["mm-2"], symbols=["btc_usdt"]), settings, now=datetime.now(UTC)
+            )
+            run = await run_trigger(settings, refused, out=out, tty=False, timeout_s=30)
+            assert run.exit_code == EXIT_REFUSED == 2
+            assert "refused (invalid: unknown pair(s): btc_usdt (did you mean BTC_USDT?)" in (
+                out.getvalue()
+            )
+            assert len(ex.open_ids("mm-2")) == 2
+
+            out = io.StringIO()
+            ghost = 9_000_000_001
+            asked = prepare_trigger(
+                _trigger(["mm-2"], symbols=["BTC_USDT"], order_ids=[seeded[0], ghost]),
+                settings,
+                now=datetime.now(UTC),
+            )
+            run = await run_trigger(settings, asked, out=out, tty=False, timeout_s=30)
+            assert run.exit_code == EXIT_NOT_FOUND == 3
+            row = run.board.rows["mm-2"]
+            assert (row.status, row.not_found) == ("flat", (ghost,))
+            assert ex.open_ids("mm-2") == {seeded[1]}
+            assert f"never found open, not cancelled by this kill: {ghost}" in out.getvalue()
+
+
+# ------------------------------------------------------------------ the intake's check
+
+
+async def test_a_warm_pair_list_costs_no_request_a_cold_one_is_fetched_once(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # The intake's pair lists are real clients against the simulator; the engine is
+    # the intake harness's recording one.
+    sim, server, client, _ = await _client_env()
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    engine = FakeEngine()
+    lists: dict[str, ExchangeClient] = {"mm-1": client}  # mm-2 joins later, cold
+    try:
+        await client.pair_list()  # warm, as the daemon does at start-up
+        calls = sim.count(endpoint="exchange_info")
+        async with (
+            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            running_intake(settings, engine, pairs=lists) as run,
+        ):
+            await produce(settings, [alert_message("warm-1", scope={"symbols": ["BTC_USDT"]})])
+            await wait_for(lambda: len(results.finals("warm-1")) == 1)
+            assert engine.started == ["warm-1"]  # begun while the record was read
+            assert sim.count(endpoint="exchange_info") == calls  # no request to check
+
+            # mm-2's list was never fetched: one fetch, then the same decision.
+            api_key, pem = register_test_client(sim, name="mm-2")
+            cold = ExchangeClient(account_settings(server.base_url, api_key, pem, "mm-2"))
+            lists["mm-2"] = cold
+            try:
+                await produce(
+                    settings,
+                    [alert_message("cold-1", ["mm-2"], scope={"symbols": ["ETH_USDT"]})],
+                    key="mm-2",
+                )
+                await wait_for(lambda: len(results.finals("cold-1")) == 1)
+                assert [c.alert_id for c in engine.calls][-1] == "cold-1"
+                assert sim.count(endpoint="exchange_info") == calls + 1
+                assert cold.cached_pair_list() is not None
+            finally:
+                await cold.close()
+            assert run.observer.alerts == [("alerts", "processed"), ("alerts", "processed")]
+    finally:
+        await client.close()
+        await server.close()
+
+
+# ------------------------------------------------------------ the client's pair list
+
+
+class Clock:
+    """A monotonic clock the test moves (the cache's age), nothing else faked."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _client_env(**overrides: Any) -> tuple[Simulator, SimulatorServer, ExchangeClient, Clock]:
+    sim = Simulator(seed=3)
+    api_key, pem = register_test_client(sim, name="acct-1")
+    server = SimulatorServer(sim)
+    await server.start()
+    clock = Clock()
+    settings = account_settings(
+        server.base_url, api_key, pem, backoff_base_s=0.001, backoff_cap_s=0.002, **overrides
+    )
+    client = ExchangeClient(settings, exchange_info_ttl_s=60.0, monotonic=clock)
+    return sim, server, client, clock
+
+
+async def test_the_pair_list_is_kept_when_exchange_info_starts_failing() -> None:
+    sim, server, client, clock = await _client_env()
+    try:
+        fresh = await client.pair_list()
+        assert fresh.source == "exchange"
+        assert fresh.error is None
+        assert set(sim.symbols) == fresh.symbols
+        assert client.cached_pair_list() == fresh
+        clock.now += 61  # past the cache lifetime
+        sim.set_faults(INFO_DOWN, "exchange_info")
+        before = sim.count(endpoint="exchange_info")
+        kept = await client.pair_list()
+        assert kept.source == "stale"
+        assert kept.symbols == fresh.symbols
+        assert "503" in (kept.error or "")
+        assert sim.count(endpoint="exchange_info") > before  # it did ask
+        assert {s.symbol for s in await client.exchange_info()} == fresh.symbols
+        # The exchange answers again: a fresh list, from the exchange.
+        sim.clear_faults()
+        clock.now += 10  # past the pause after a failure
+        assert (await client.pair_list()).source == "exchange"
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_configured_symbols_when_exchange_info_never_answered() -> None:
+    sim, server, client, _ = await _client_env(symbols=["BTC_USDT", "ZZZ_IDR"])
+    try:
+        sim.set_faults(INFO_DOWN, "exchange_info")
+        assert client.cached_pair_list() is None  # nothing tried yet
+        pairs = await client.pair_list()
+        assert pairs.source == "configured"
+        assert pairs.symbols == {"BTC_USDT", "ZZZ_IDR"}
+        assert "503" in (pairs.error or "")
+        info = await client.exchange_info()
+        assert [(s.symbol, s.base_asset, s.quote_asset) for s in info] == [
+            ("BTC_USDT", "BTC", "USDT"),
+            ("ZZZ_IDR", "ZZZ", "IDR"),
+        ]
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_no_source_of_pairs_says_so() -> None:
+    sim, server, client, clock = await _client_env()
+    try:
+        sim.set_faults(INFO_DOWN, "exchange_info")
+        with pytest.raises(ExchangeUnavailable) as info:
+            await client.pair_list()
+        text = str(info.value)
+        assert "no pair list: exchange-info failed (gave up after" in text
+        assert text.endswith("and account has no `symbols` setting")
+        calls = sim.count(endpoint="exchange_info")
+        # Right after a failure the answer is the same, without asking again.
+        with pytest.raises(ExchangeUnavailable):
+            await client.exchange_info()
+        assert sim.count(endpoint="exchange_info") == calls
+        clock.now += 10
+        sim.clear_faults()
+        assert (await client.pair_list()).source == "exchange"
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_a_redirected_pair_list_stays_a_redirect() -> None:
+    # Readiness and `check` tell a wrong base_url by the error class: keep it.
+    sim, server, client, _ = await _client_env()
+    try:
+        sim.set_redirect("https://elsewhere.example/", 301, endpoint="exchange_info")
+        with pytest.raises(Redirected) as info:
+            await client.pair_list()
+        assert info.value.location == "https://elsewhere.example/"
+        assert info.value.status == 301
+        assert "no pair list: exchange-info failed (" in str(info.value)
+    finally:
+        await client.close()
+        await server.close()
