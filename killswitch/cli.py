@@ -129,6 +129,7 @@ _LAZY: dict[str, str] = {
     "trigger": "killswitch.operator:cli_trigger",
     "release": "killswitch.operator:cli_release",
     "status": "killswitch.operator:cli_status",
+    "results": "killswitch.operator:cli_results",
     "check": "killswitch.operator:cli_check",
     "broker": "killswitch.broker:cli_broker",
 }
@@ -173,9 +174,11 @@ _HELP = {
     "run": "run the daemon (consume alerts, sweep accounts, publish results)",
     "simulate-exchange": "serve the Ajaib exchange simulator over HTTP",
     "demo": "embedded broker + simulator + daemon, then a kill with a progress bar",
-    "trigger": "publish a manual kill and follow it to its final result",
+    "trigger": "publish a manual kill and follow it to its final result "
+    "(--direct: run it from here, no Kafka or daemon needed)",
     "release": "publish a release that lifts an account's halt latch",
-    "status": "show halted accounts from the state topic",
+    "status": "show halted accounts from the state topic (who latched them, and why)",
+    "results": "print (or --follow) an alert's results from the results topic",
     "check": "check Kafka, topics, the exchange and every account's key (read-only)",
     "broker": "run the embedded Kafka-protocol broker in the foreground (local use, in memory)",
 }

@@ -215,6 +215,8 @@ class Board:
     action: Action = "kill"
     dry_run: bool = False
     rows: dict[str, AccountProgress] = field(default_factory=dict)
+    # The final result records as read, per account (what ``--out`` writes).
+    finals: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for account in self.accounts:
@@ -233,6 +235,8 @@ class Board:
         if current == progress:
             return False
         self.rows[progress.account] = progress
+        if progress.final:
+            self.finals[progress.account] = record
         return True
 
     def apply_dead_letter(self, record: Mapping[str, Any]) -> bool:

@@ -403,7 +403,10 @@ async def test_status_reads_the_state_topic_to_its_end(
     since = datetime(2026, 11, 24, 1, 2, 3, tzinfo=UTC)
     scope = Scope(symbols=frozenset({"BTC_USDT"}), sides=frozenset({Side.BUY}))
     records = [
-        (b"mm-1", encode_state(HaltState("mm-1", True, "risk-1", since, scope))),
+        (
+            b"mm-1",
+            encode_state(HaltState("mm-1", True, "risk-1", since, scope, "var-monitor", "VaR")),
+        ),
         (b"mm-2", encode_state(HaltState("mm-2", True, "risk-2", since, Scope()))),
         (b"mm-2", encode_state(HaltState("mm-2", False, "rel-2", since, Scope()))),
         (b"arb-1", encode_state(HaltState("arb-1", True, "risk-3", since, Scope()))),
@@ -429,14 +432,17 @@ async def test_status_reads_the_state_topic_to_its_end(
                 "alert_id": "risk-1",
                 "since": "2026-11-24T01:02:03.000Z",
                 "scope": {"symbols": ["BTC_USDT"], "sides": ["BUY"], "order_ids": None},
+                "by": "var-monitor",
+                "reason": "VaR",
             }
         ]
     }
     assert await asyncio.to_thread(main, ["status", "--config", config]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0] == "1 halted account(s):"
+    assert table[1].split() == ["ACCOUNT", "SINCE", "FOR", "ALERT", "BY", "SCOPE", "REASON"]
     assert table[2].split()[0] == "mm-1"
-    assert table[2].endswith("risk-1  BTC_USDT; BUY")
+    assert table[2].endswith("risk-1  var-monitor  BTC_USDT; BUY  VaR")
 
 
 async def test_status_without_a_state_topic(
