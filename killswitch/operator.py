@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
@@ -60,15 +61,17 @@ from killswitch.display import Display
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem
 from killswitch.exchange.signing import KeyLoadError
-from killswitch.intake.kafka import make_producer, make_reader
+from killswitch.intake.kafka import connection_kwargs, make_producer, make_reader
 from killswitch.intake.readers import read_halt_states
 from killswitch.observability import first_page
 from killswitch.render import (
     AccountProgress,
     Board,
     Check,
+    GroupView,
     check_lines,
     dry_run_lines,
+    group_checks,
     progress_lines,
     status_lines,
     status_records,
@@ -1067,7 +1070,63 @@ async def _kafka_checks(settings: Settings, timeout_s: float) -> list[Check]:
         count = len(parts.get(name, ()))
         detail = f"{role}, {count} partition(s)" if count else f"{role}: missing"
         checks.append(Check("topic present", name, count > 0, detail))
-    return checks
+    inputs = {t: parts[t] for t in (t.alerts, t.manual) if t in parts}
+    try:
+        async with asyncio.timeout(timeout_s):
+            view: GroupView | str = await read_group(settings, inputs)
+    except (KafkaError, TimeoutError, OSError, ValueError) as exc:
+        # ValueError: a broker answering a request version the client cannot decode.
+        view = f"not readable ({type(exc).__name__})"
+    return checks + group_checks(kafka.group_id, view)
+
+
+async def read_group(settings: Settings, inputs: dict[str, list[int]]) -> GroupView:
+    """The daemons' consumer group: its state, its members and how far behind it is on
+    the input topics (``inputs``: topic -> partitions). Never joins the group."""
+    kafka = settings.kafka
+    admin = AIOKafkaAdminClient(**connection_kwargs(kafka))
+    await admin.start()
+    try:
+        described = await admin.describe_consumer_groups([kafka.group_id])
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    state, members = _group_members(described)
+    # A consumer bound to the group but subscribed to nothing reads its committed
+    # offsets (OffsetFetch) without joining it.
+    reader = AIOKafkaConsumer(
+        group_id=kafka.group_id, enable_auto_commit=False, **connection_kwargs(kafka)
+    )
+    await reader.start()
+    try:
+        lag: dict[str, int] = {}
+        for topic, partitions in inputs.items():
+            tps = [TopicPartition(topic, p) for p in partitions]
+            ends = await reader.end_offsets(tps)
+            starts = await reader.beginning_offsets(tps)
+            behind = 0
+            for tp in tps:
+                committed = await reader.committed(tp)
+                behind += max(0, ends[tp] - (committed if committed is not None else starts[tp]))
+            lag[topic] = behind
+    finally:
+        with contextlib.suppress(Exception):
+            await reader.stop()
+    return GroupView(state, members, lag)
+
+
+def _group_members(described: Sequence[Any]) -> tuple[str, list[str]]:
+    """State and members (``client_id@host``, else the member id) of DescribeGroups."""
+    for response in described:
+        for group in getattr(response, "groups", ()):
+            error, _, state, _, _, members = group[:6]
+            if error:
+                return f"error {error}", []
+            names = [
+                f"{m[1]}@{m[2].lstrip('/')}" if m[1] and m[2] else (m[1] or m[0]) for m in members
+            ]
+            return str(state), names
+    return "unknown", []
 
 
 async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[Check]:

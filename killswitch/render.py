@@ -27,12 +27,14 @@ __all__ = [
     "AccountProgress",
     "Board",
     "Check",
+    "GroupView",
     "OrderRow",
     "bar",
     "check_lines",
     "dry_run_lines",
     "duration_text",
     "fraction_done",
+    "group_checks",
     "metric_samples",
     "metrics_lines",
     "plain_updates",
@@ -595,6 +597,34 @@ class Check:
     target: str
     ok: bool
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    """The daemons' consumer group as ``check`` reads it."""
+
+    state: str  # Stable, Empty, PreparingRebalance, ...
+    members: Sequence[str]  # client_id@host (or member id) per member
+    lag: Mapping[str, int]  # input topic -> records not committed yet, all partitions
+
+
+def group_checks(group_id: str, view: GroupView | str) -> list[Check]:
+    """``consumer group`` (fails with no member: no daemon consumes alerts) and
+    ``consumer lag`` (records the group has not committed yet, per input topic).
+    ``view`` is the reason when the group could not be read."""
+    if isinstance(view, str):
+        return [Check("consumer group", group_id, False, view)]
+    members = len(view.members)
+    if members:
+        shown = ", ".join(list(view.members)[:5]) + (" ..." if members > 5 else "")
+        detail = f"{members} member(s), {view.state}: {shown}"
+    else:
+        detail = f"no member: no daemon is consuming alerts ({view.state})"
+    checks = [Check("consumer group", group_id, members > 0, detail)]
+    if view.lag:
+        behind = ", ".join(f"{topic} {count}" for topic, count in view.lag.items())
+        checks.append(Check("consumer lag", group_id, True, f"records behind: {behind}"))
+    return checks
 
 
 def check_lines(checks: Sequence[Check]) -> list[str]:

@@ -532,3 +532,15 @@ def test_progress_and_release_fields_are_written_only_when_known() -> None:
     assert (progress["pairs_listed"], progress["pairs_in_scope"]) == (2, 5)
     released = result_to_json(sweep_result(status=SweepStatus.RELEASED, was_halted=False))
     assert released["was_halted"] is False
+
+
+def test_final_result_log_fields() -> None:
+    from killswitch.intake.consumer import final_result_fields
+
+    fields = final_result_fields(sweep_result(operator="alice", trigger_reason="limit"))
+    assert fields["alert_id"] == "risk-7f3a"
+    assert (fields["account"], fields["status"], fields["operator"]) == ("mm-1", "flat", "alice")
+    assert (fields["sent"], fields["already_closed"], fields["residual_open"]) == (117, 3, 0)
+    assert fields["source"] == "var-monitor"
+    assert fields["trigger_reason"] == "limit"
+    assert fields["seconds"] == 1.002

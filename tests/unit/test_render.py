@@ -19,11 +19,13 @@ from killswitch.render import (
     AccountProgress,
     Board,
     Check,
+    GroupView,
     bar,
     check_lines,
     dry_run_lines,
     duration_text,
     fraction_done,
+    group_checks,
     metric_samples,
     metrics_lines,
     plain_updates,
@@ -649,3 +651,20 @@ def test_dry_run_lists_the_orders_it_would_cancel() -> None:
     empty.apply_result(result(status="dry_run", final=True, alert_id="op-2", orders=[]))
     assert dry_run_lines(empty) == ["dry run: no open order in scope"]
     assert dry_run_lines(Board("op-3", ["mm-1"])) == []  # not a dry run
+
+
+def test_group_checks_fail_without_a_member_and_report_the_lag() -> None:
+    view = GroupView("Stable", ["killswitch@10.0.0.7", "killswitch@10.0.0.8"], {"alerts": 3})
+    group, lag = group_checks("killswitch", view)
+    assert group == Check(
+        "consumer group",
+        "killswitch",
+        True,
+        "2 member(s), Stable: killswitch@10.0.0.7, killswitch@10.0.0.8",
+    )
+    assert lag == Check("consumer lag", "killswitch", True, "records behind: alerts 3")
+    (empty,) = group_checks("killswitch", GroupView("Empty", [], {}))
+    assert not empty.ok
+    assert empty.detail == "no member: no daemon is consuming alerts (Empty)"
+    (unreadable,) = group_checks("killswitch", "not readable (ValueError)")
+    assert not unreadable.ok

@@ -1,0 +1,127 @@
+"""The operator's audit trail against a real daemon (in process), the embedded broker
+and the exchange simulator: who latched an account and why, the trigger's reason in
+results, one log line per final result, ``results`` read back and followed, ``check``
+on the consumer group, and a release of an account that was not halted."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from killswitch.operator import (
+    TriggerRequest,
+    prepare_trigger,
+    read_results,
+    read_status,
+    run_checks,
+    run_trigger,
+)
+from killswitch.render import EXIT_NOT_FOUND
+from tests.integration.daemon_harness import (
+    daemon_in_process,
+    daemon_settings,
+    exchange,
+    prepare_topics,
+)
+
+pytestmark = pytest.mark.integration
+
+Unique = Callable[[str], str]
+
+
+def request(action: str = "kill", accounts: tuple[str, ...] = ("mm-1",), **kw: Any) -> Any:
+    base: dict[str, Any] = {
+        "action": action,
+        "accounts": list(accounts),
+        "reason": "fat finger on the desk",
+        "operator": "alice",
+    }
+    return TriggerRequest(**(base | kw))
+
+
+async def test_the_audit_trail_of_a_latched_kill_and_its_release(
+    kafka_bootstrap: str, unique_name: Unique, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="killswitch.intake.consumer")
+    async with exchange() as ex:
+        seeded = ex.seed("mm-1", 5)
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        # No daemon in the group yet: check says nobody consumes alerts.
+        checks = {c.name: c for c in await run_checks(settings, timeout_s=10)}
+        assert not checks["consumer group"].ok
+        assert "no daemon is consuming" in checks["consumer group"].detail
+        async with daemon_in_process(settings):
+            kill = prepare_trigger(request(latch=True), settings, now=datetime.now(UTC))
+            run = await run_trigger(settings, kill, out=io.StringIO(), tty=False, timeout_s=30)
+            assert run.exit_code == 0
+            assert ex.open_ids("mm-1") == set()
+
+            # The state record says who latched the account, why, with which alert, since when.
+            (state,) = await read_status(settings)
+            assert (state.account, state.alert_id) == ("mm-1", kill.alert_id)
+            assert (state.by, state.reason) == ("alice", "fat finger on the desk")
+
+            # The results, read back: the trigger's reason next to the sweep's own.
+            board = await read_results(settings, kill.alert_id)
+            assert board.accounts == ["mm-1"]
+            final = board.finals["mm-1"]
+            assert final["status"] == "flat"
+            assert final["trigger_reason"] == "fat finger on the desk"
+            assert final["operator"] == "alice"
+
+            # One structured log line per final result.
+            lines = [r for r in caplog.records if r.getMessage() == "final result"]
+            (line,) = [r for r in lines if getattr(r, "alert_id", None) == kill.alert_id]
+            assert (line.account, line.status, line.operator) == ("mm-1", "flat", "alice")  # type: ignore[attr-defined]
+            assert line.sent == len(seeded)  # type: ignore[attr-defined]
+            assert line.seconds is not None  # type: ignore[attr-defined]
+
+            # check: one daemon in the group, nothing behind.
+            checks = {c.name: c for c in await run_checks(settings, timeout_s=10)}
+            group = checks["consumer group"]
+            assert group.ok
+            assert group.detail.startswith("1 member(s)")
+            assert checks["consumer lag"].ok
+
+            # A release of the halted account, then of one that was not halted.
+            now = datetime.now(UTC)
+            release = prepare_trigger(request("release", ("mm-1", "mm-2")), settings, now=now)
+            out = io.StringIO()
+            done = await run_trigger(settings, release, out=out, tty=False, timeout_s=30)
+            assert done.exit_code == EXIT_NOT_FOUND
+            assert done.board.finals["mm-1"]["was_halted"] is True
+            assert done.board.finals["mm-2"]["was_halted"] is False
+            assert "mm-2: was not halted (nothing released)" in out.getvalue()
+            assert await read_status(settings) == []
+
+
+async def test_results_follow_an_alert_published_without_following(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    async with exchange() as ex:
+        ex.seed("mm-1", 20)
+        ex.seed("mm-2", 20)
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        async with daemon_in_process(settings):
+            kill = prepare_trigger(
+                request(accounts=("mm-1", "mm-2")), settings, now=datetime.now(UTC)
+            )
+            published = await run_trigger(
+                settings, kill, out=io.StringIO(), tty=False, timeout_s=30, follow=False
+            )
+            assert published.published
+            board = await read_results(
+                settings, kill.alert_id, accounts=["mm-1", "mm-2"], follow=True, timeout_s=30
+            )
+            assert board.done
+            assert board.exit_code() == 0
+            assert {board.finals[a]["status"] for a in ("mm-1", "mm-2")} == {"flat"}
+            # Nothing for an alert id nobody used.
+            assert (await read_results(settings, "op-nobody")).rows == {}
