@@ -204,6 +204,8 @@ async def _sweep(
         on_state=on_state,
         concurrency={a.id: a.max_concurrency for a in settings.accounts},
     )
+    for account in board.accounts:  # no daemon to wait for: this process is sweeping
+        board.rows[account] = replace(board.rows[account], status="running")
     display.show(board, changed=True)
     try:
         results = await asyncio.gather(*(engine.start(r, progress) for r in requests))

@@ -96,6 +96,7 @@ __all__ = [
     "prepare_trigger",
     "read_results",
     "read_status",
+    "results_document",
     "run_checks",
     "run_trigger",
     "write_operator_key",

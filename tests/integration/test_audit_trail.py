@@ -5,29 +5,37 @@ on the consumer group, and a release of an account that was not halted."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from killswitch.cli import main
+from killswitch.embedded import free_port
 from killswitch.operator import (
     TriggerRequest,
     prepare_trigger,
     read_results,
     read_status,
+    results_document,
     run_checks,
     run_trigger,
 )
-from killswitch.render import EXIT_NOT_FOUND
+from killswitch.render import EXIT_NOT_FOUND, dry_run_lines
+from tests.conftest import wait_for
 from tests.integration.daemon_harness import (
     daemon_in_process,
     daemon_settings,
     exchange,
     prepare_topics,
 )
+from tests.support.daemon import account_config, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -125,3 +133,71 @@ async def test_results_follow_an_alert_published_without_following(
             assert {board.finals[a]["status"] for a in ("mm-1", "mm-2")} == {"flat"}
             # Nothing for an alert id nobody used.
             assert (await read_results(settings, "op-nobody")).rows == {}
+
+
+async def test_a_dry_run_through_the_daemon_lists_the_orders_it_would_cancel(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    async with exchange() as ex:
+        seeded = ex.seed("mm-1", 15)
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        async with daemon_in_process(settings):
+            dry = prepare_trigger(request(dry_run=True), settings, now=datetime.now(UTC))
+            run = await run_trigger(settings, dry, out=io.StringIO(), tty=False, timeout_s=30)
+        assert ex.open_ids("mm-1") == seeded  # nothing cancelled
+    assert run.exit_code == 0
+    lines = dry_run_lines(run.board, limit=1000)
+    assert lines[0] == f"dry run: {len(seeded)} order(s) would be cancelled:"
+    assert {int(line.split()[1]) for line in lines[2:]} == seeded
+    document = results_document(run.board, run.exit_code)
+    assert {o["order_id"] for o in document["results"][0]["orders"]} == seeded
+
+
+async def test_a_direct_kill_while_the_daemon_sweeps_the_same_account_keeps_counts_honest(
+    kafka_bootstrap: str, unique_name: Unique, tmp_path: Path
+) -> None:
+    async with exchange() as ex:
+        seeded = ex.seed("mm-1", 300)
+        # Slow enough for the direct kill to start while the daemon is still cancelling.
+        slow = {"rate_limit_per_second": 100.0, "burst": 5}
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex, account_mm_1=slow)
+        await prepare_topics(settings)
+        accounts = [
+            account_config(a, key, pem, ex.server.base_url, **slow)
+            for a, (key, pem) in ex.keys.items()
+        ]
+        config = write_config(
+            tmp_path / "direct.toml",
+            {
+                "kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}"},  # broker "down"
+                "accounts": accounts,
+                "direct": {"audit_file": str(tmp_path / "audit.jsonl")},
+            },
+        )
+        out = tmp_path / "direct.json"
+        async with daemon_in_process(settings):
+            kill = prepare_trigger(request(), settings, now=datetime.now(UTC))
+            daemon_run = asyncio.create_task(
+                run_trigger(settings, kill, out=io.StringIO(), tty=False, timeout_s=60)
+            )
+            await wait_for(lambda: len(ex.cancels("mm-1")) > 0, timeout=30)
+            argv = ["trigger", "--direct", "--config", str(config), "-a", "mm-1", "-r", "both"]
+            code = await asyncio.to_thread(main, [*argv, "--operator", "bob", "--out", str(out)])
+            daemon_result = await daemon_run
+        assert ex.open_ids("mm-1") == set()
+    assert code == 0
+    assert daemon_result.exit_code == 0
+    direct = json.loads(out.read_text())["results"][0]
+    via_daemon = daemon_result.board.finals["mm-1"]
+    assert (direct["status"], via_daemon["status"]) == ("flat", "flat")
+    # Each process counts only the answers it got: every order was cancelled once, by
+    # one of them; the other one, if it tried too, counts it already_closed.
+    sent = direct["counts"]["sent"] + via_daemon["counts"]["sent"]
+    assert sent == len(seeded)
+    assert direct["counts"]["failed"] == via_daemon["counts"]["failed"] == 0
+    by_direct = {o["order_id"] for o in direct["orders"] if o["outcome"] == "sent"}
+    by_daemon = {o["order_id"] for o in via_daemon["orders"] if o["outcome"] == "sent"}
+    assert by_daemon  # the daemon was sweeping when the direct kill began
+    assert not by_direct & by_daemon
+    assert by_direct | by_daemon == seeded
