@@ -191,7 +191,12 @@ def add_arguments_trigger(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--order-id", action="append", metavar="ID", help="only these order ids (repeatable)"
     )
-    parser.add_argument("-r", "--reason", required=True, help="why (recorded in every result)")
+    parser.add_argument(
+        "-r",
+        "--reason",
+        required=True,
+        help="why (in every result as trigger_reason, and in the halt state)",
+    )
     parser.add_argument(
         "--latch", action="store_true", help="keep the accounts halted until a release"
     )
