@@ -135,12 +135,7 @@ async def run_direct(
         run.audit_error = append_audit(audit_file, records)
         await _publish(run, link, states, instance, settings.kafka.topics)
     finally:
-        if not link.done():
-            link.cancel()
-        with contextlib.suppress(BaseException):
-            producer = await link
-            if isinstance(producer, AIOKafkaProducer):
-                await producer.stop()
+        await _close(link)
     run.exit_code = board.exit_code()
     if run.latch_published is False and run.exit_code == 0:
         run.exit_code = EXIT_NOT_DONE  # asked to stay halted, and nobody can hold the latch
@@ -262,6 +257,19 @@ async def _connect(kafka: KafkaSettings, timeout_s: float) -> AIOKafkaProducer |
             await producer.stop()
         return f"Kafka at {kafka.bootstrap_servers} not reachable ({type(exc).__name__})"
     return producer
+
+
+async def _close(link: asyncio.Task[AIOKafkaProducer | str]) -> None:
+    """Stop the connect attempt if it still runs, and the producer if it started."""
+    if not link.done():
+        link.cancel()
+    await asyncio.gather(link, return_exceptions=True)
+    if link.cancelled() or link.exception() is not None:
+        return
+    producer = link.result()
+    if isinstance(producer, AIOKafkaProducer):
+        with contextlib.suppress(Exception):
+            await producer.stop()
 
 
 async def _publish(

@@ -761,16 +761,24 @@ def _direct_command(args: argparse.Namespace) -> int:
     assert prepared.alert is not None
     audit = Path(args.audit_file) if args.audit_file else settings.direct.audit_path()
     _announce_direct(sys.stdout, prepared)
-    run = asyncio.run(
-        run_direct(
-            settings,
-            prepared.alert,
-            out=sys.stdout,
-            tty=sys.stdout.isatty(),
-            audit_file=audit,
-            instance=f"{settings.kafka.client_id}-direct-{secrets.token_hex(4)}",
+    try:
+        run = asyncio.run(
+            run_direct(
+                settings,
+                prepared.alert,
+                out=sys.stdout,
+                tty=sys.stdout.isatty(),
+                audit_file=audit,
+                instance=f"{settings.kafka.client_id}-direct-{secrets.token_hex(4)}",
+            )
         )
-    )
+    except KeyboardInterrupt:
+        print(
+            f"\nkillswitch: {prepared.alert_id} stopped before its end: orders may still be "
+            "open and nothing was recorded (check with --dry-run)",
+            file=sys.stderr,
+        )
+        raise
     print("\n".join(report_lines(run)))
     if run.audit_error is not None:
         print(f"killswitch: the audit file was NOT written: {run.audit_error}", file=sys.stderr)
