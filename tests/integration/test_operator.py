@@ -356,6 +356,41 @@ async def test_cli_trigger_exit_codes(
     assert "  mm-2: NOT OK: failed" in failed
 
 
+async def test_cli_trigger_out_file_and_results_read_back(
+    kafka_bootstrap: str,
+    unique_name: Unique,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = await fresh(kafka_bootstrap, unique_name)
+    config = str(write_config(tmp_path / "ks.toml", settings))
+    out = tmp_path / "out.json"
+    base = ["trigger", "--config", config, "--operator", "alice", "-r", "cli test"]
+    async with scripted(ScriptedDaemon(settings, statuses={"mm-2": "residual"})):
+        argv = [*base, "-a", "mm-1,mm-2", "--out", str(out)]
+        assert await asyncio.to_thread(main, argv) == 1
+        capsys.readouterr()
+    document = json.loads(out.read_text())
+    assert document["via"] == "kafka"
+    assert document["exit_code"] == 1
+    assert [(r["account"], r["status"]) for r in document["results"]] == [
+        ("mm-1", "flat"),
+        ("mm-2", "residual"),
+    ]
+    alert_id = document["alert_id"]
+    # Read back later, as after Ctrl-C: the same verdict and exit code.
+    assert await asyncio.to_thread(main, ["results", "--config", config, alert_id]) == 1
+    text = capsys.readouterr().out
+    assert f"kill FAILED {alert_id}: flat on 1/2" in text
+    assert "  mm-2: NOT OK: residual: 3 still open (deadline passed)" in text
+    assert await asyncio.to_thread(main, ["results", "--config", config, "op-none"]) == 1
+    assert "no result for op-none" in capsys.readouterr().err
+    # --audit-file belongs to --direct.
+    argv = [*base, "-a", "mm-1", "--audit-file", str(tmp_path / "a.jsonl")]
+    assert await asyncio.to_thread(main, argv) == 2
+    assert "--direct only" in capsys.readouterr().err
+
+
 async def test_cli_trigger_with_a_signing_key(
     kafka_bootstrap: str,
     unique_name: Unique,
