@@ -4,7 +4,7 @@ Every subcommand is a small function ``(args) -> exit code``. Exit codes:
 0 success, 1 the job itself failed (e.g. a kill ended not flat), 2 bad usage or
 bad configuration (one-screen message, no traceback) or a trigger the daemon refused
 (dead letter), 3 a kill that ended flat but did not find some of the order ids it
-named (``not_found``), 130 interrupted.
+named (``not_found``) or a release of an account that was not halted, 130 interrupted.
 """
 
 from __future__ import annotations

@@ -1,20 +1,23 @@
-"""Operator commands: ``trigger``, ``release``, ``status``, ``check`` (and operator keys).
+"""Operator commands: ``trigger``, ``release``, ``results``, ``status``, ``check`` (and
+operator keys).
 
 ``trigger`` builds a ``killswitch.alert/v1`` kill from the command line, validates it
 exactly as the daemon will (:func:`killswitch.alerts.parse_alert` on the manual
 channel, with the configured signing allowlist), signs it with the operator's Ed25519
 key when one is given, publishes it to the manual topic and follows the results topic
 (and the dead letter topic, to report a refusal at once) until every account has a
-final result, showing a progress bar per account. ``release`` does the same for a
-release. ``status`` reads the compacted state topic; ``check`` tries Kafka, the topics,
-the exchange and every account's key with read-only calls.
+final result, showing a progress bar per account; ``trigger --direct`` runs the kill in
+this process instead (:mod:`killswitch.direct`). ``release`` does the same for a
+release. ``results`` reads an alert's results back (or follows them); ``status`` reads
+the compacted state topic; ``check`` tries Kafka, the topics, the daemons' consumer
+group, the exchange and every account's key with read-only calls.
 
 The decisions and the text live in pure functions (:func:`prepare_trigger` here,
 :mod:`killswitch.render` for everything printed); this module is the I/O around them.
 Exit codes: 0 success, 1 the job failed (not flat, timed out, a check failed, Kafka
 unreachable), 2 bad usage or a trigger the daemon refused (dead letter, the reason
-printed), 3 flat but order ids named were never found open (see
-:meth:`killswitch.render.Board.exit_code`).
+printed), 3 nothing to act on: flat but order ids named were never found open, or a
+release of an account that was not halted (see :meth:`killswitch.render.Board.exit_code`).
 """
 
 from __future__ import annotations
@@ -174,8 +177,9 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments_trigger(parser: argparse.ArgumentParser) -> None:
     """Options of ``killswitch trigger``."""
     parser.description = (
-        "Publish a manual kill to the manual topic and follow it to its final result. "
-        "Exit 0 only when every account ends flat (dry_run for --dry-run)."
+        "Publish a manual kill to the manual topic and follow it to its final result "
+        "(--direct: run it in this process against the exchange, no Kafka or daemon "
+        "needed). Exit 0 only when every account ends flat (dry_run for --dry-run)."
     )
     _add_target_arguments(parser)
     parser.add_argument(
@@ -229,7 +233,8 @@ def add_arguments_release(parser: argparse.ArgumentParser) -> None:
     """Options of ``killswitch release``."""
     parser.description = (
         "Publish a release that lifts the halt latch of accounts and wait for the "
-        "'released' result. Exit 0 only when every account is released."
+        "'released' result. Exit 0 only when every account is released; 3 when an "
+        "account was not halted (the release did nothing there)."
     )
     _add_target_arguments(parser)
     parser.add_argument("-r", "--reason", default="released by operator", help="why")
