@@ -28,6 +28,7 @@ import base64
 import contextlib
 import getpass
 import json
+import logging
 import os
 import secrets
 import sys
@@ -765,6 +766,9 @@ def _direct_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     assert prepared.alert is not None
     audit = Path(args.audit_file) if args.audit_file else settings.direct.audit_path()
+    # Whether Kafka answered is reported once, in the summary: not the Kafka client's
+    # connection errors on stderr while the kill runs.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     _announce_direct(sys.stdout, prepared)
     try:
         run = asyncio.run(
