@@ -114,22 +114,9 @@ async def run_direct(
     states: list[HaltState] = []
     try:
         async with clients:
-            verdict = await _check_pairs(alert, clients)
-            if verdict.refusal is not None:
-                run.refusal = verdict.refusal
-                board.apply_dead_letter(
-                    {"alert_id": alert.alert_id, "kind": "invalid", "reason": verdict.refusal}
-                )
-            else:
-                requests = _mark_unchecked(requests, verdict)
-                run.results = await _sweep(
-                    settings,
-                    clients,
-                    requests,
-                    board=board,
-                    states=states,
-                    display=Display(out, tty=tty),
-                )
+            await _kill(
+                run, settings, clients, requests, states=states, display=Display(out, tty=tty)
+            )
         run.elapsed_s = loop.time() - started
         records = [direct_record(r) for r in run.results]
         run.audit_error = append_audit(audit_file, records)
@@ -143,6 +130,34 @@ async def run_direct(
 
 
 # ------------------------------------------------------------------------ the kill
+
+
+async def _kill(
+    run: DirectRun,
+    settings: Settings,
+    clients: ExchangeClients,
+    requests: list[KillRequest],
+    *,
+    states: list[HaltState],
+    display: Display,
+) -> None:
+    """The pair check, then the sweeps (a refusal is shown as the daemon's would be)."""
+    alert = run.alert
+    verdict = await _check_pairs(alert, clients)
+    if verdict.refusal is not None:
+        run.refusal = verdict.refusal
+        run.board.apply_dead_letter(
+            {"alert_id": alert.alert_id, "kind": "invalid", "reason": verdict.refusal}
+        )
+        return
+    run.results = await _sweep(
+        settings,
+        clients,
+        _mark_unchecked(requests, verdict),
+        board=run.board,
+        states=states,
+        display=display,
+    )
 
 
 async def _check_pairs(alert: Alert, clients: ExchangeClients) -> PairVerdict:
@@ -281,6 +296,9 @@ async def _publish(
 ) -> None:
     """The halt (if any) and the final results to Kafka, when it answered."""
     latched = run.alert.latch and not run.alert.dry_run and bool(states)
+    if not run.results and not states:
+        run.kafka_detail = "nothing to publish"
+        return
     producer = await link
     if isinstance(producer, str):
         run.kafka_detail = producer
