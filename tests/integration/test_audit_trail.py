@@ -201,3 +201,43 @@ async def test_a_direct_kill_while_the_daemon_sweeps_the_same_account_keeps_coun
     assert by_daemon  # the daemon was sweeping when the direct kill began
     assert not by_direct & by_daemon
     assert by_direct | by_daemon == seeded
+
+
+async def test_a_direct_latch_is_guarded_by_the_running_daemon(
+    kafka_bootstrap: str, unique_name: Unique, tmp_path: Path
+) -> None:
+    async with exchange() as ex:
+        ex.seed("mm-1", 5)
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        accounts = [
+            account_config(a, key, pem, ex.server.base_url) for a, (key, pem) in ex.keys.items()
+        ]
+        config = write_config(
+            tmp_path / "direct.toml",
+            {
+                "kafka": {
+                    "bootstrap_servers": kafka_bootstrap,
+                    "topics": settings.kafka.topics.model_dump(),
+                },
+                "accounts": accounts,
+                "direct": {"audit_file": str(tmp_path / "audit.jsonl")},
+            },
+        )
+        async with daemon_in_process(settings) as running:
+            argv = ["trigger", "--direct", "--config", str(config), "-a", "mm-1", "--latch"]
+            code = await asyncio.to_thread(main, [*argv, "-r", "runaway", "--operator", "bob"])
+            assert code == 0
+            assert ex.open_ids("mm-1") == set()
+            # The daemon read the halt from the state topic and guards the account.
+            await wait_for(lambda: "mm-1" in running.daemon.engine.guarded(), timeout=20)
+            api_key = ex.keys["mm-1"][0]
+            late = set(ex.sim.seed_orders(api_key, "BTC_USDT", 1))
+            assert late <= ex.open_ids("mm-1")
+            await wait_for(lambda: not late & ex.open_ids("mm-1"), timeout=20)
+            (state,) = await read_status(settings)
+            assert (state.by, state.reason) == ("bob", "runaway")
+            release = prepare_trigger(request("release"), settings, now=datetime.now(UTC))
+            done = await run_trigger(settings, release, out=io.StringIO(), tty=False, timeout_s=30)
+            assert done.exit_code == 0
+            assert done.board.finals["mm-1"]["was_halted"] is True
