@@ -882,7 +882,7 @@ async def read_results(
         if follow:
             await reader.follow(deadline, display)
             _infer_action(board, reader.seen)
-    except (KafkaError, OSError) as exc:
+    except (KafkaError, OSError, TimeoutError) as exc:
         raise OperatorError(f"could not read the results: {type(exc).__name__}") from None
     finally:
         with contextlib.suppress(Exception):
