@@ -78,6 +78,33 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def final_result_fields(result: SweepResult) -> dict[str, Any]:
+    """The structured fields of the one log line per final result."""
+    c = result.counts
+    seconds = (
+        round((result.finished_at - result.received_at).total_seconds(), 3)
+        if result.finished_at is not None
+        else None
+    )
+    return {
+        "alert_id": result.alert_id,
+        "account": result.account,
+        "status": result.status.value,
+        "dry_run": result.dry_run,
+        "sent": c.sent,
+        "already_closed": c.already_closed,
+        "rejected": c.rejected,
+        "failed": c.failed,
+        "skipped": c.skipped,
+        "residual_open": result.residual_open,
+        "operator": result.operator,
+        "source": result.source,
+        "trigger_reason": result.trigger_reason,
+        "reason": result.reason,
+        "seconds": seconds,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class IntakeConfig:
     """The narrow slice of the settings the intake needs."""
@@ -690,8 +717,11 @@ class Intake:
         await self._publish_final(duplicate_result(request, previous, self._clock()), origin)
 
     async def _publish_final(self, result: SweepResult, origin: Origin) -> None:
-        """Publish until acknowledged: the input offset waits for this (cancelled at shutdown)."""
+        """Publish until acknowledged: the input offset waits for this (cancelled at shutdown).
+
+        Then one log line for the audit trail (what an operator greps for after the fact)."""
         await self._retry(lambda: self._publisher.result(result, origin, wait=True), "result")
+        log.info("final result", extra=final_result_fields(result))
 
     async def _dead_letter(
         self,
