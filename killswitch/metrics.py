@@ -1,4 +1,4 @@
-"""Prometheus metrics on an injected registry (the names are a contract: shared/design.md).
+"""Prometheus metrics on an injected registry (the names are a contract: README, "Metrics").
 
 :class:`Metrics` implements :class:`killswitch.core.ports.Observer` for the engine and the
 exchange client, plus the intake's and the daemon's events. It never touches the global
