@@ -214,7 +214,10 @@ def run_engine(
     async def main() -> dict[str, Any]:
         async with ExchangeClient(_account(base_url, pem, inflight)) as client:
             await client.sync_clock()
-            engine = Engine({ACCOUNT: client}, EngineSettings(), concurrency=inflight)
+            # per_order: the figure is CPU per DELETE (the default, auto, would cancel
+            # the pair with one cancel-all and leave nothing per order to measure).
+            settings = EngineSettings(strategy="per_order")
+            engine = Engine({ACCOUNT: client}, settings, concurrency=inflight)
             await engine.submit(kill("warm", WARM_SYMBOL), no_progress)
             wall0, cpu0 = time.perf_counter(), time.process_time()
             result = await engine.submit(kill("measured", SYMBOL), no_progress)

@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench memory")
     parser.add_argument("--orders", type=int, default=100_000)
     parser.add_argument("--symbols", type=int, default=20)
-    parser.add_argument("--strategy", default="per_order", choices=("per_order", "batch", "symbol"))
+    parser.add_argument(
+        "--strategy", default="per_order", choices=("auto", "per_order", "batch", "symbol")
+    )
     parser.add_argument("--inflight", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=400.0, help="seconds for the kill")
     args = parser.parse_args(argv or [])

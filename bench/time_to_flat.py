@@ -1,21 +1,35 @@
-"""Time to flat: how close a kill gets to the exchange's rate limit, per strategy.
+"""Time to flat: how close a kill gets to what the exchange's rate limit allows.
 
-2,000 open orders on 20 pairs (100 each); the exchange simulator runs as
-``killswitch simulate-exchange`` in its own process and limits the key to 500
-requests/s (token bucket, burst 20). The daemon's real pieces run here: the
-``ExchangeClient`` (limiter with AIMD, retries) and the ``Engine`` (resolve, cancel,
-verify). A kill names no symbol, so the engine reads exchange info and lists all 20
-pairs. The client is warmed up first (clock sync, exchange info, connections), as a
-running daemon's would be.
+The exchange simulator runs as ``killswitch simulate-exchange`` in its own process
+(pinned to one core); the daemon's real pieces run here: the ``ExchangeClient``
+(limiter, retries) and the ``Engine`` (resolve, cancel, verify), warmed up first (clock
+sync, pair list, a pooled connection) as a running daemon's would be. Every kill names no
+symbol: the engine reads the pair list and sweeps every pair.
 
-Baseline, from the same run: ideal = (signed requests the exchange accepted:
-cancels + listings) / 500 s, i.e. the time the budget alone needs for the work the
-engine chose to do. Figures: ideal / actual (goal >= 0.95) and the 429s the
-exchange answered (goal <= 1% of requests), for each strategy; then ``per_order`` with
-the client's ceiling configured at twice the true limit (goal >= 0.8: the limiter must
-learn the limit from 429s).
+Baselines, from the same run (no timed constant anywhere):
 
-    .venv/bin/python -m bench.time_to_flat [--orders 2000] [--symbols 20] [--limit 500]
+- **fewest requests** = what the API allows at best for the strategy: listing pages
+  (``n // page_size + 1`` per pair, the last page short) + the cancels (one cancel-all per
+  pair for ``auto``, one DELETE per order for ``per_order``) + one verifying listing page
+  per pair. ``ideal = fewest / limit``. A strategy that needs fewer requests than that
+  (``auto`` need not list a whole pair before cancelling it) scores above 1.
+- **accepted requests** (older figures): the signed requests the exchange accepted for
+  the work the engine chose, over the limit.
+
+Scenarios and goals (orders / pairs, exchange limit, what the exchange does):
+
+- ``default``: default engine settings (``auto``), 2,000 / 20, 100/s token bucket;
+  goal ideal / actual >= 0.5. ``default:per_order`` beside it, same exchange.
+- ``default+window``: as ``default``, and 3 s in which the exchange answers 429 (with
+  ``Retry-After``) to everything, starting after 50 requests; goal time to flat
+  <= 3 s + 1.5 x ideal, 0 failed.
+- ``per_order+window``: ``per_order``, 800 / 8, 150/s, the same 3 s window; same goal.
+- ``sliding``: ``per_order``, 1,000 / 10, a 60/s sliding-window limit; goal >= 0.8.
+- ``per_order``, ``batch``, ``symbol``: 2,000 / 20 at 500/s; accepted-request ideal /
+  actual >= 0.95 and 429s <= 1%. ``per_order@2x``: the client's ceiling at twice the
+  exchange's limit (the limiter must learn it from 429s); >= 0.8.
+
+    .venv/bin/python -m bench.time_to_flat [--only NAME[,NAME]] [--concurrency 8]
 
 One line per figure on stdout; JSON in ``bench/results/time_to_flat.json``.
 """
@@ -27,11 +41,9 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +55,6 @@ from killswitch.config import EngineSettings
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.signing import generate_private_key, private_key_pem, public_key_pem
 from killswitch.exchange.simulator.model import DEFAULT_SYMBOLS
 from killswitch.exchange.simulator.testing import account_settings
 
@@ -54,6 +65,69 @@ SERVER_BURST = 20
 CLIENT_BURST = 10
 SIGNED = ("open_orders", "cancel", "cancel_batch", "cancel_all", "get_order")
 CANCELS = ("cancel", "cancel_batch", "cancel_all")
+WINDOW = {"after_requests": 50, "duration_s": 3.0, "retry_after": "seconds"}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One measured kill: the exchange's shape and the engine's strategy."""
+
+    name: str
+    strategy: str | None  # None: the engine's default settings
+    orders: int
+    pairs: int
+    limit: float
+    goal: str  # "ratio", "window", "accepted" or "beside" (no goal of its own)
+    target: float
+    ceiling: float | None = None  # the client's configured rate; None: the exchange limit
+    exchange: dict[str, Any] = field(default_factory=dict)  # PUT /_admin/exchange body
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("default", None, 2000, 20, 100.0, "ratio", 0.5),
+    Scenario("default:per_order", "per_order", 2000, 20, 100.0, "beside", 0.0),
+    Scenario(
+        "default+window", None, 2000, 20, 100.0, "window", 1.5, exchange={"throttle_window": WINDOW}
+    ),
+    Scenario(
+        "per_order+window",
+        "per_order",
+        800,
+        8,
+        150.0,
+        "window",
+        1.5,
+        exchange={"throttle_window": WINDOW},
+    ),
+    Scenario(
+        "sliding",
+        "per_order",
+        1000,
+        10,
+        60.0,
+        "ratio",
+        0.8,
+        exchange={"rate_limit_kind": "sliding_window", "sliding_window_s": 1.0},
+    ),
+    Scenario("per_order", "per_order", 2000, 20, 500.0, "accepted", 0.95),
+    Scenario("batch", "batch", 2000, 20, 500.0, "accepted", 0.95),
+    Scenario("symbol", "symbol", 2000, 20, 500.0, "accepted", 0.95),
+    Scenario("per_order@2x", "per_order", 2000, 20, 500.0, "accepted", 0.8, ceiling=1000.0),
+)
+# Every knob this benchmark may set, and its "off" value, sent before each scenario.
+EXCHANGE_OFF: dict[str, Any] = {
+    "throttle_window": None,
+    "rate_limit_kind": "token_bucket",
+    "sliding_window_s": 1.0,
+}
+
+
+def fewest_requests(strategy: str, orders: int, pairs: int, page_size: int) -> int:
+    """The fewest requests the API allows for a whole-account kill (module docstring)."""
+    per_pair = orders // pairs
+    listing = pairs * (per_pair // page_size + 1)
+    cancels = pairs if strategy == "auto" else orders
+    return listing + cancels + pairs
 
 
 @dataclass
@@ -62,6 +136,9 @@ class Run:
 
     name: str
     strategy: str
+    orders: int
+    pairs: int
+    limit: float
     ceiling: float
     status: str
     seconds: float
@@ -69,76 +146,50 @@ class Run:
     cancel_requests: int
     listing_requests: int
     throttled: int  # 429 answers
-    ideal_s: float
-    ratio: float
-    # Stricter: the simulator's bucket starts full, so SERVER_BURST requests cost no time.
-    ideal_burst_s: float
-    ratio_burst: float
+    fewest: int
+    ideal_s: float  # fewest / limit
+    ratio: float  # ideal / actual
+    accepted_ideal_s: float  # accepted requests / limit
+    accepted_ratio: float
     throttled_share: float
     sweeps: int
     resolved: int
+    failed: int
     open_after: int
+    goal: str
+    ok: bool
 
-    def print_figures(self, goal: float) -> None:
-        """One line per figure: ideal / actual, then the 429 share."""
-        harness.summary(
-            f"time_to_flat {self.name} ideal/actual",
-            f"{self.ratio:.3f} ({self.seconds:.3f} s for {self.requests} requests = "
-            f"{self.cancel_requests} cancel + {self.listing_requests} listing, ideal "
-            f"{self.ideal_s:.3f} s; {self.ratio_burst:.3f} counting the server's burst as "
-            f"free; status {self.status}, {self.sweeps} passes, {self.open_after} open after)",
-            f">= {goal}",
-            self.ratio >= goal,
+    def print_figures(self) -> None:
+        """One line per figure, with its goal."""
+        what = (
+            f"{self.seconds:.3f} s, {self.requests} requests accepted ({self.cancel_requests} "
+            f"cancel + {self.listing_requests} listing), {self.throttled} answered 429, "
+            f"fewest {self.fewest} -> ideal {self.ideal_s:.3f} s; status {self.status}, "
+            f"{self.failed} failed, {self.open_after} open after"
         )
-        harness.summary(
-            f"time_to_flat {self.name} 429_share",
-            f"{self.throttled_share:.2%} ({self.throttled} of "
-            f"{self.requests + self.throttled} answers)",
-            "<= 1%",
-            self.throttled_share <= 0.01,
-        )
+        if self.goal.startswith("<="):
+            value = f"{self.seconds:.3f} s ({what})"
+        elif self.name in ("per_order", "batch", "symbol", "per_order@2x"):
+            value = f"{self.accepted_ratio:.3f} ({what})"
+        else:
+            value = f"{self.ratio:.3f} ({what})"
+        harness.summary(f"time_to_flat {self.name}", value, self.goal, self.ok)
 
 
-def _start_simulator(tmp: Path, public_pem: bytes, symbols: list[str], limit: float) -> Any:
-    pub = tmp / "bench.pub.pem"
-    pub.write_bytes(public_pem)
-    args = [
-        sys.executable,
-        "-m",
-        "killswitch",
-        "simulate-exchange",
-        "--port",
-        "0",
-        "--client",
-        f"{API_KEY}={pub}",
-        "--symbols",
-        ",".join(symbols),
-        "--rate-limit",
-        str(limit),
-        "--burst",
-        str(SERVER_BURST),
-        "--log-max",
-        "1000",
-    ]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) > 1:  # the simulator on one core, this process on the others
-        os.sched_setaffinity(proc.pid, {cpus[0]})
-        os.sched_setaffinity(0, set(cpus[1:]))
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        proc.kill()
-        raise RuntimeError(f"simulator did not start: {line!r}")
-    return proc, line.rsplit(" ", 1)[1].strip()
+async def _admin_ok(response: Any) -> Any:
+    response.raise_for_status()
+    return response.json()
 
 
-async def _prepare(admin: httpx.AsyncClient, symbols: list[str], per_symbol: int) -> None:
-    """Fresh books and counters, a full bucket, ``per_symbol`` orders on every pair."""
-    (await admin.post("/_admin/reset", json={})).raise_for_status()
+async def _prepare(admin: httpx.AsyncClient, s: Scenario, symbols: list[str]) -> None:
+    """Fresh books and counters, the scenario's limit and knobs, orders on every pair."""
+    await _admin_ok(await admin.post("/_admin/reset", json={}))
+    await _admin_ok(await admin.put("/_admin/exchange", json=EXCHANGE_OFF))
+    limits = {"api_key": API_KEY, "rate_limit_per_second": s.limit, "burst": SERVER_BURST}
+    await _admin_ok(await admin.put("/_admin/limits", json=limits))
     for symbol in symbols:
-        body = {"api_key": API_KEY, "symbol": symbol, "count": per_symbol}
-        (await admin.post("/_admin/orders", json=body)).raise_for_status()
+        body = {"api_key": API_KEY, "symbol": symbol, "count": s.orders // s.pairs}
+        await _admin_ok(await admin.post("/_admin/orders", json=body))
 
 
 async def _counters(admin: httpx.AsyncClient) -> dict[str, dict[str, int]]:
@@ -153,50 +204,58 @@ async def _counters(admin: httpx.AsyncClient) -> dict[str, dict[str, int]]:
 
 
 async def _open_after(admin: httpx.AsyncClient) -> int:
-    return int((await admin.post("/_admin/orders/open", json={"api_key": API_KEY})).json()["count"])
+    answer = await admin.post("/_admin/orders/open", json={"api_key": API_KEY})
+    return int(answer.json()["count"])
+
+
+async def _kill(
+    client: ExchangeClient, settings: EngineSettings, name: str, workers: int
+) -> tuple[SweepResult, float]:
+    engine = Engine({ACCOUNT: client}, settings, concurrency=workers)
+    request = KillRequest(
+        alert_id=f"bench-{name}",
+        account=ACCOUNT,
+        scope=Scope(),
+        received_at=datetime.now(UTC),
+        deadline_s=120.0,
+    )
+
+    async def no_progress(result: SweepResult) -> None:
+        pass
+
+    start = time.perf_counter()
+    try:
+        result = await engine.submit(request, no_progress)
+    finally:
+        seconds = time.perf_counter() - start
+        await engine.close(5.0)
+    return result, seconds
 
 
 async def _one(
-    name: str,
-    *,
-    strategy: str,
-    ceiling: float,
-    args: argparse.Namespace,
-    base_url: str,
-    pem: bytes,
-    symbols: list[str],
-    admin: httpx.AsyncClient,
+    s: Scenario, *, base_url: str, pem: bytes, admin: httpx.AsyncClient, workers: int
 ) -> Run:
-    await _prepare(admin, symbols, args.orders // len(symbols))
-    settings = account_settings(
+    symbols = list(DEFAULT_SYMBOLS[: s.pairs])
+    await _prepare(admin, s, symbols)
+    ceiling = s.ceiling or s.limit
+    account = account_settings(
         base_url,
         API_KEY,
         pem,
         ACCOUNT,
         rate_limit_per_second=ceiling,
         burst=CLIENT_BURST,
-        max_concurrency=args.concurrency,
+        max_concurrency=workers,
     )
-    engine_settings = EngineSettings(strategy=strategy, default_deadline_s=120.0)  # type: ignore[arg-type]
-    async with ExchangeClient(settings) as client:
-        await client.sync_clock()  # warm: clock, exchange info, a pooled connection
+    settings = EngineSettings(default_deadline_s=120.0)
+    if s.strategy is not None:
+        settings = settings.model_copy(update={"strategy": s.strategy})
+    async with ExchangeClient(account) as client:
+        await client.sync_clock()  # warm: clock, pair list, a pooled connection
         await client.exchange_info()
-        engine = Engine({ACCOUNT: client}, engine_settings, concurrency=args.concurrency)
-        request = KillRequest(
-            alert_id=f"bench-{name}",
-            account=ACCOUNT,
-            scope=Scope(),
-            received_at=datetime.now(UTC),
-            deadline_s=120.0,
-        )
-
-        async def no_progress(result: SweepResult) -> None:
-            pass
-
-        start = time.perf_counter()
-        result = await engine.submit(request, no_progress)
-        seconds = time.perf_counter() - start
-        await engine.close(5.0)
+        if s.exchange:  # set last: a throttle window counts the kill's requests only
+            await _admin_ok(await admin.put("/_admin/exchange", json=s.exchange))
+        result, seconds = await _kill(client, settings, s.name, workers)
     counters = await _counters(admin)
     accepted = {
         ep: sum(n for st, n in counters.get(ep, {}).items() if st != "429") for ep in SIGNED
@@ -205,11 +264,28 @@ async def _one(
     cancel_requests = sum(accepted[ep] for ep in CANCELS)
     listing = accepted["open_orders"] + accepted["get_order"]
     requests = cancel_requests + listing
-    ideal = requests / args.limit
-    ideal_burst = max(0, requests - SERVER_BURST) / args.limit
+    fewest = fewest_requests(settings.strategy, s.orders, s.pairs, settings.page_size)
+    ideal = fewest / s.limit
+    accepted_ideal = requests / s.limit
+    failed = result.counts.failed
+    flat = result.status is SweepStatus.FLAT
+    if s.goal == "window":
+        bound = WINDOW["duration_s"] + s.target * ideal
+        goal, ok = f"<= {bound:.2f} s (3 s + {s.target} x ideal), 0 failed", seconds <= bound
+        ok = ok and failed == 0
+    elif s.goal == "beside":  # no goal of its own: what per_order costs next to auto
+        goal, ok = "none (beside default)", True
+    elif s.goal == "ratio":
+        goal, ok = f">= {s.target} ideal/actual", ideal / seconds >= s.target
+    else:
+        goal = f">= {s.target} accepted-ideal/actual, 429s <= 1%"
+        ok = accepted_ideal / seconds >= s.target and throttled <= 0.01 * (requests + throttled)
     return Run(
-        name=name,
-        strategy=strategy,
+        name=s.name,
+        strategy=settings.strategy,
+        orders=s.orders,
+        pairs=s.pairs,
+        limit=s.limit,
         ceiling=ceiling,
         status=result.status.value,
         seconds=round(seconds, 4),
@@ -217,68 +293,64 @@ async def _one(
         cancel_requests=cancel_requests,
         listing_requests=listing,
         throttled=throttled,
+        fewest=fewest,
         ideal_s=round(ideal, 4),
         ratio=round(ideal / seconds, 4),
-        ideal_burst_s=round(ideal_burst, 4),
-        ratio_burst=round(ideal_burst / seconds, 4),
+        accepted_ideal_s=round(accepted_ideal, 4),
+        accepted_ratio=round(accepted_ideal / seconds, 4),
         throttled_share=round(throttled / max(1, requests + throttled), 4),
         sweeps=result.sweeps,
         resolved=result.counts.resolved,
+        failed=failed,
         open_after=await _open_after(admin),
+        goal=goal,
+        ok=ok and flat,
     )
 
 
-async def _run(args: argparse.Namespace) -> list[tuple[Run, float]]:
-    symbols = list(DEFAULT_SYMBOLS[: args.symbols])
-    key = generate_private_key()
-    pem = private_key_pem(key)
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, base_url = _start_simulator(Path(tmp), public_key_pem(key), symbols, args.limit)
-    runs: list[tuple[Run, float]] = []
-    try:
-        async with httpx.AsyncClient(base_url=base_url, timeout=30.0) as admin:
-            plan = [(s, s, args.limit, 0.95) for s in ("per_order", "batch", "symbol")]
-            plan.append(("per_order@2x", "per_order", 2 * args.limit, 0.8))
-            for name, strategy, ceiling, goal in plan:
-                run = await _one(
-                    name,
-                    strategy=strategy,
-                    ceiling=ceiling,
-                    args=args,
-                    base_url=base_url,
-                    pem=pem,
-                    symbols=symbols,
-                    admin=admin,
-                )
-                runs.append((run, goal))
-                run.print_figures(goal)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+async def _run(args: argparse.Namespace) -> list[Run]:
+    chosen = [s for s in SCENARIOS if not args.only or s.name in args.only.split(",")]
+    pairs = max(s.pairs for s in chosen)
+    runs: list[Run] = []
+    with harness.temp_dir() as tmp:
+        private_pem, public_pem = harness.new_key()
+        pub = tmp / "bench.pub.pem"
+        pub.write_bytes(public_pem)
+        symbols = ",".join(DEFAULT_SYMBOLS[:pairs])
+        sim_args = ("--client", f"{API_KEY}={pub}", "--symbols", symbols, "--log-max", "1000")
+        with harness.Simulator(*sim_args) as sim:
+            cpus = harness.cpus()
+            harness.pin(os.getpid(), set(cpus[1:]) or set(cpus))  # the simulator has cpus[0]
+            async with httpx.AsyncClient(base_url=sim.base_url, timeout=30.0) as admin:
+                for scenario in chosen:
+                    run = await _one(
+                        scenario,
+                        base_url=sim.base_url,
+                        pem=private_pem,
+                        admin=admin,
+                        workers=args.concurrency,
+                    )
+                    runs.append(run)
+                    run.print_figures()
     return runs
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print one line per figure, write the JSON result."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--orders", type=int, default=2000)
-    parser.add_argument("--symbols", type=int, default=20)
-    parser.add_argument("--limit", type=float, default=500.0, help="simulator requests/s per key")
+    parser.add_argument("--only", default="", help="comma-separated scenario names")
     parser.add_argument("--concurrency", type=int, default=8, help="client in-flight cap")
     args = parser.parse_args([] if argv is None and __name__ != "__main__" else argv)
     runs = asyncio.run(_run(args))
-    if any(r.status != SweepStatus.FLAT.value for r, _ in runs):
+    if any(r.status != SweepStatus.FLAT.value for r in runs):
         print("time_to_flat: WARNING a kill did not end flat", flush=True)
     result = {
         "benchmark": "time_to_flat",
-        "orders": args.orders,
-        "symbols": args.symbols,
-        "limit_per_s": args.limit,
         "server_burst": SERVER_BURST,
         "client_burst": CLIENT_BURST,
         "client_concurrency": args.concurrency,
         "simulator": "separate process (killswitch simulate-exchange)",
-        "runs": [dict(asdict(r), goal=g) for r, g in runs],
+        "runs": [asdict(r) for r in runs],
         "machine": harness.machine(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),

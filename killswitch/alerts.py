@@ -499,7 +499,13 @@ def result_to_json(
         "operator": result.operator,
         "source": result.source,
         "not_found": list(result.not_found),
+        "trigger_reason": result.trigger_reason,
     }
+    if result.pairs_in_scope is not None:
+        out["pairs_listed"] = result.pairs_listed
+        out["pairs_in_scope"] = result.pairs_in_scope
+    if result.was_halted is not None:
+        out["was_halted"] = result.was_halted
     if origin is not None:
         out["origin"] = origin.to_json()
     return out
@@ -577,7 +583,9 @@ def encode_state(state: HaltState, daemon: str | None = None) -> bytes:
     """The halt state record for the compacted state topic (Kafka key: the account).
 
     ``daemon`` (additive) names the daemon instance that wrote it, so a daemon
-    following the topic can skip its own records.
+    following the topic can skip its own records. ``by`` and ``reason`` (additive)
+    say who latched or released the account and why; readers treat them as empty
+    when a record lacks them.
     """
     record: dict[str, Any] = {
         "schema": STATE_SCHEMA,
@@ -586,6 +594,8 @@ def encode_state(state: HaltState, daemon: str | None = None) -> bytes:
         "alert_id": state.alert_id,
         "since": format_time(state.since),
         "scope": scope_to_json(state.scope),
+        "by": state.by,
+        "reason": state.reason,
     }
     if daemon is not None:
         record["daemon"] = daemon
@@ -634,9 +644,16 @@ def _state_from_json(data: dict[str, Any]) -> HaltState | None:
                 sides=_frozen(scope.get("sides"), Side),
                 order_ids=_frozen(scope.get("order_ids"), int),
             ),
+            by=_text(data.get("by")),
+            reason=_text(data.get("reason")),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
+
+
+def _text(value: Any) -> str:
+    """An optional text field of a record: empty when absent (older records) or not text."""
+    return value if isinstance(value, str) else ""
 
 
 def encode_dlq(

@@ -4,7 +4,7 @@ Every subcommand is a small function ``(args) -> exit code``. Exit codes:
 0 success, 1 the job itself failed (e.g. a kill ended not flat), 2 bad usage or
 bad configuration (one-screen message, no traceback) or a trigger the daemon refused
 (dead letter), 3 a kill that ended flat but did not find some of the order ids it
-named (``not_found``), 130 interrupted.
+named (``not_found``) or a release of an account that was not halted, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -129,6 +129,7 @@ _LAZY: dict[str, str] = {
     "trigger": "killswitch.operator:cli_trigger",
     "release": "killswitch.operator:cli_release",
     "status": "killswitch.operator:cli_status",
+    "results": "killswitch.operator:cli_results",
     "check": "killswitch.operator:cli_check",
     "broker": "killswitch.broker:cli_broker",
 }
@@ -173,9 +174,11 @@ _HELP = {
     "run": "run the daemon (consume alerts, sweep accounts, publish results)",
     "simulate-exchange": "serve the Ajaib exchange simulator over HTTP",
     "demo": "embedded broker + simulator + daemon, then a kill with a progress bar",
-    "trigger": "publish a manual kill and follow it to its final result",
+    "trigger": "publish a manual kill and follow it to its final result "
+    "(--direct: run it from here, no Kafka or daemon needed)",
     "release": "publish a release that lifts an account's halt latch",
-    "status": "show halted accounts from the state topic",
+    "status": "show halted accounts from the state topic (who latched them, and why)",
+    "results": "print (or --follow) an alert's results from the results topic",
     "check": "check Kafka, topics, the exchange and every account's key (read-only)",
     "broker": "run the embedded Kafka-protocol broker in the foreground (local use, in memory)",
 }

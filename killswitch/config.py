@@ -343,6 +343,31 @@ class LoggingSettings(_Section):
     format: Literal["auto", "json", "text"] = "auto"
 
 
+def default_audit_file() -> Path:
+    """``$XDG_STATE_HOME/killswitch/audit.jsonl``, else under ``~/.local/state``."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path("~/.local/state").expanduser())
+    return Path(state) / "killswitch" / "audit.jsonl"
+
+
+class DirectSettings(_Section):
+    """The break-glass kill, ``killswitch trigger --direct`` (not ``operator``: the
+    variable ``KILLSWITCH_OPERATOR`` names the operator)."""
+
+    audit_file: Path | None = Field(
+        None,
+        description="JSON-lines file every direct kill's final results are appended to "
+        "(default: $XDG_STATE_HOME/killswitch/audit.jsonl, else "
+        "~/.local/state/killswitch/audit.jsonl)",
+    )
+    kafka_connect_timeout_s: float = Field(
+        3.0, gt=0, le=60, description="how long a direct kill tries to reach Kafka"
+    )
+
+    def audit_path(self) -> Path:
+        """The audit file to append to (``~`` expanded)."""
+        return (self.audit_file or default_audit_file()).expanduser()
+
+
 class Settings(BaseSettings):
     """The whole configuration."""
 
@@ -361,6 +386,7 @@ class Settings(BaseSettings):
     deadman: list[DeadmanSource] = []
     intake: IntakeSettings = IntakeSettings()
     logging: LoggingSettings = LoggingSettings()
+    direct: DirectSettings = DirectSettings()
 
     @field_validator("accounts")
     @classmethod

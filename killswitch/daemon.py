@@ -1,11 +1,13 @@
 """``killswitch run``: the long-running daemon, wired from the settings.
 
 Start-up, in order: logging; operator keys and dead-man scopes checked; Kafka
-topics created if missing (state compacted); the producer (results, state,
-dead letters); one exchange client per account; the engine; halted accounts
-restored from the state topic; the dedup window rebuilt from recent results;
-then the alert consumer, the dead-man watcher, the state follower and the loop
-lag probe run until SIGTERM/SIGINT (or ``stop_event`` in tests).
+topics created if missing (state compacted), waiting with backoff while no broker
+answers (:class:`~killswitch.intake.watch.KafkaWatch`; not ready meanwhile); the
+producer (results, state, dead letters); one exchange client per account; the
+engine; halted accounts restored from the state topic; the dedup window rebuilt
+from recent results; then the alert consumer, the dead-man watcher, the state follower, the loop lag
+probe and the Kafka watch (readiness and ``killswitch_kafka_up`` follow the broker)
+run until SIGTERM/SIGINT (or ``stop_event`` in tests).
 
 Latch guards follow the alert consumer's assignment: every daemon knows every
 halt, but only the one assigned an account's alerts partition re-sweeps it
@@ -15,7 +17,8 @@ assignment on.
 Shutdown: stop taking alerts and heartbeats; let running sweeps finish within
 ``engine.shutdown_grace_s`` and publish their results; commit what completed
 (the rest is replayed by whoever consumes the partition next); stop the
-engine's latch guards; close every client. Exit code 0.
+engine's latch guards; close every client. Exit code 0, also with the broker gone:
+each Kafka step after the grace period is bounded (see ``_within``).
 
 ``run()`` is for production, ``async_run()`` (``handle_signals=False``) for tests.
 """
@@ -54,6 +57,7 @@ from killswitch.intake.lag import watch_loop_lag
 from killswitch.intake.outputs import Publisher
 from killswitch.intake.ownership import Ownership
 from killswitch.intake.readers import HaltStateReader, ResultsIndex
+from killswitch.intake.watch import KafkaWatch
 from killswitch.logs import configure_logging, default_masker, register_settings_secrets
 from killswitch.tasks import cancel_and_wait
 from killswitch.triggers import TriggerKeyError, TriggerVerifier
@@ -70,6 +74,10 @@ _RESULTS_TAIL_FACTOR = 4
 _STARTUP_READ_TIMEOUT_S = 60.0
 # The exchange is probed (clock sync) at least this often, to keep readiness current.
 _EXCHANGE_PROBE_MAX_S = 30.0
+# Beyond the grace period, how long a stop waits for Kafka (commits, deliveries): a
+# broker that answers needs milliseconds.
+_KAFKA_STOP_S = 5.0
+_KAFKA_GONE_STOP_S = 1.0  # the broker did not answer the last probe
 
 
 def add_arguments_run(parser: argparse.ArgumentParser) -> None:
@@ -131,8 +139,10 @@ class Observability:
     ``observer`` goes to the engine and the exchange clients (Prometheus, and the
     exchange answers feed readiness); ``alert_observer`` to the intake, the dead-man
     watcher and the loop lag probe; ``set_consuming``/``set_draining`` drive
-    ``/readyz`` and ``killswitch_ready``; ``start``/``stop`` run the listener for
-    /metrics, /healthz and /readyz.
+    ``/readyz`` and ``killswitch_ready``; ``set_kafka(up, reason)`` (from
+    :class:`~killswitch.intake.watch.KafkaWatch`) drives both and
+    ``killswitch_kafka_up``; ``start``/``stop`` run the listener for /metrics, /healthz
+    and /readyz.
     """
 
     observer: Observer = field(default_factory=NullObserver)
@@ -140,6 +150,7 @@ class Observability:
     start: Callable[[], Awaitable[None]] | None = None
     stop: Callable[[], Awaitable[None]] | None = None
     set_consuming: Callable[[bool], None] = lambda consuming: None
+    set_kafka: Callable[[bool, str], None] = lambda up, reason: None
     set_draining: Callable[[], None] = lambda: None
     url: Callable[[], str] | None = None
 
@@ -169,6 +180,7 @@ class Daemon:
     background: asyncio.Event  # stops the readers once the intake has drained
     observability: Observability
     ownership: Ownership  # which halted accounts this daemon guards
+    kafka_watch: KafkaWatch | None = None  # whether the broker answers
 
 
 async def async_run(
@@ -186,7 +198,11 @@ async def async_run(
     if handle_signals:
         _install_signal_handlers(stop)
     async with contextlib.AsyncExitStack() as stack:
-        daemon, tasks = await _start(settings, verifier, stop, stack)
+        started = await _start(settings, verifier, stop, stack)
+        if started is None:
+            log.info("stopped while waiting for Kafka")
+            return
+        daemon, tasks = started
         try:
             if on_started is not None:
                 on_started(daemon)
@@ -238,7 +254,8 @@ async def _start(
     verifier: TriggerVerifier,
     stop: asyncio.Event,
     stack: contextlib.AsyncExitStack,
-) -> tuple[Daemon, dict[str, asyncio.Task[None]]]:
+) -> tuple[Daemon, dict[str, asyncio.Task[None]]] | None:
+    """Start every part; None when ``stop`` was set while waiting for Kafka."""
     kafka = settings.kafka
     topics = kafka.topics
     instance = f"{kafka.client_id}-{uuid.uuid4().hex[:8]}"
@@ -257,10 +274,12 @@ async def _start(
         raise ConfigError(str(exc)) from None
     stack.push_async_callback(clients.close)
 
-    await ensure_topics(kafka)
+    watch = _kafka_watch(settings, obs, stack)
+    if not await watch.wait_until_up(lambda: ensure_topics(kafka), stop):
+        return None
     producer = make_producer(kafka)
     await producer.start()
-    stack.push_async_callback(producer.stop)
+    stack.push_async_callback(lambda: _within(_kafka_stop_s(watch), producer.stop()))
     publisher = Publisher(producer, topics, daemon=instance)
     engine = Engine(
         clients,
@@ -332,6 +351,11 @@ async def _start(
     }
     if watcher is not None:
         tasks["deadman"] = asyncio.create_task(watcher.run(stop), name="deadman")
+    tasks["kafka"] = asyncio.create_task(
+        # Ends when the stop begins: the consumer it probes is closed during the stop.
+        watch.run(intake.consumer.topics, stop),
+        name="kafka-watch",
+    )
     interval = min(settings.metrics.exchange_stale_after_s / 3, _EXCHANGE_PROBE_MAX_S)
     tasks["exchange"] = asyncio.create_task(
         _keep_exchange_warm(clients, interval, background), name="exchange-probe"
@@ -348,6 +372,7 @@ async def _start(
         background,
         obs,
         ownership,
+        watch,
     )
     return daemon, tasks
 
@@ -364,6 +389,18 @@ async def _start_listener(obs: Observability, stack: contextlib.AsyncExitStack) 
             ) from None
     if obs.stop is not None:
         stack.push_async_callback(obs.stop)
+
+
+def _kafka_watch(
+    settings: Settings, obs: Observability, stack: contextlib.AsyncExitStack
+) -> KafkaWatch:
+    """The broker watch, its log filter on from now on. After the broker comes back,
+    missing topics are created again: a broker that lost its storage returns empty."""
+    kafka = settings.kafka
+    watch = KafkaWatch(kafka.bootstrap_servers, obs.set_kafka, on_up=lambda: ensure_topics(kafka))
+    watch.attach_log_filter()
+    stack.callback(watch.detach_log_filter)
+    return watch
 
 
 async def _move_guards(intake: Intake, ownership: Ownership, engine: Engine) -> None:
@@ -452,14 +489,35 @@ async def _shutdown(daemon: Daemon, tasks: dict[str, asyncio.Task[None]]) -> Non
     await _finish(tasks.pop("intake"))
     # Sweeps first, within the grace period: their results are published and their
     # offsets committed; only then are the engine's latch guards stopped.
-    await daemon.intake.shutdown(grace)
+    kafka_s = _kafka_stop_s(daemon.kafka_watch)
+    if not await _within(grace + kafka_s, daemon.intake.shutdown(grace)):
+        await daemon.intake.close()  # leave now: what was not committed is replayed
     await daemon.engine.close(max(0.0, grace - (time.monotonic() - started)))
     daemon.background.set()
     for task in tasks.values():
         await _finish(task)
     with contextlib.suppress(Exception):
-        await daemon.publisher.flush()
+        await _within(_kafka_stop_s(daemon.kafka_watch), daemon.publisher.flush())
     log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})
+
+
+def _kafka_stop_s(watch: KafkaWatch | None) -> float:
+    """How long a Kafka step of the stop may take: short when the broker is known gone."""
+    down = watch is not None and watch.link.up is False
+    return _KAFKA_GONE_STOP_S if down else _KAFKA_STOP_S
+
+
+async def _within(seconds: float, step: Awaitable[None]) -> bool:
+    """A Kafka step of the shutdown, given up after ``seconds`` (False): with the broker
+    gone, aiokafka retries commits and deliveries for as long as it is allowed to, and a
+    stop must end. Offsets not committed are replayed by the next owner (at least once)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await step
+    except TimeoutError:
+        log.warning("kafka did not answer while stopping; going on without it")
+        return False
+    return True
 
 
 async def _stop_now(daemon: Daemon) -> None:

@@ -21,7 +21,6 @@ same silence produce the same id and the owner sweeps once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -38,7 +37,7 @@ from killswitch.alerts import ALERT_SCHEMA, Timestamp, format_time, load_json_ob
 from killswitch.config import DeadmanSource, KafkaSettings
 from killswitch.core.deadman import DeadmanMonitor, Firing, HeartbeatVerdict
 from killswitch.core.ports import AlertObserver, NullAlertObserver
-from killswitch.intake.kafka import all_partitions, make_reader
+from killswitch.intake.kafka import all_partitions, make_reader, stop_consumer
 from killswitch.intake.outputs import Publisher
 
 log = logging.getLogger(__name__)
@@ -190,8 +189,7 @@ class DeadmanWatcher:
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            with contextlib.suppress(KafkaError):
-                await consumer.stop()
+            await stop_consumer(consumer)
 
     async def _publish(self, account: str, value: bytes) -> bool:
         delay = 0.05

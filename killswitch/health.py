@@ -96,15 +96,17 @@ class ReadyReport:
 class Readiness:
     """Whether the daemon can act on an alert now. Pure state; time is passed in.
 
-    Ready means: the consumer is consuming, the daemon is not shutting down, and every
-    configured account had a usable exchange answer within ``stale_after_s`` and no
-    authentication refusal or redirect since its last good answer to a signed call.
+    Ready means: the broker answers, the consumer is consuming, the daemon is not
+    shutting down, and every configured account had a usable exchange answer within
+    ``stale_after_s`` and no authentication refusal or redirect since its last good
+    answer to a signed call.
     """
 
     accounts: tuple[str, ...]
     stale_after_s: float
     consuming: bool = False
     draining: bool = False
+    kafka_problem: str | None = None  # why the broker is not usable, None while it answers
     _last_ok: dict[str, float] = field(default_factory=dict)
     _auth_failed: set[str] = field(default_factory=set)
     _redirected: dict[str, str] = field(default_factory=dict)
@@ -117,6 +119,10 @@ class Readiness:
     def set_consuming(self, consuming: bool) -> None:
         """The Kafka consumer has (True) or lost (False) its assignment and is polling."""
         self.consuming = consuming
+
+    def set_kafka(self, up: bool, reason: str) -> None:
+        """The broker answers (``up``) or not, and why not (shown as a readiness reason)."""
+        self.kafka_problem = None if up else reason
 
     def set_draining(self) -> None:
         """Shutdown began: stop receiving traffic from now on."""
@@ -154,6 +160,8 @@ class Readiness:
         reasons: list[str] = []
         if self.draining:
             reasons.append("shutting down")
+        if self.kafka_problem is not None:
+            reasons.append(self.kafka_problem)
         if not self.consuming:
             reasons.append("kafka: not consuming")
         for account in self.accounts:

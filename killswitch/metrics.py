@@ -1,4 +1,4 @@
-"""Prometheus metrics on an injected registry (the names are a contract: shared/design.md).
+"""Prometheus metrics on an injected registry (the names are a contract: README, "Metrics").
 
 :class:`Metrics` implements :class:`killswitch.core.ports.Observer` for the engine and the
 exchange client, plus the intake's and the daemon's events. It never touches the global
@@ -277,6 +277,11 @@ class Metrics:
             "1 when consuming and the exchange answers for every account, else 0.",
             registry=r,
         )
+        self._kafka_up = Gauge(
+            "killswitch_kafka_up",
+            "1 while the Kafka broker answers the daemon's metadata probe, else 0.",
+            registry=r,
+        )
         self._loop_lag = Histogram(
             "killswitch_event_loop_lag_seconds",
             "How late the event loop woke a sleeping task (seconds).",
@@ -332,6 +337,7 @@ class Metrics:
         for reason in DLQ_REASONS:
             self._dlq.labels(reason=reason)
         self._ready.set(0)
+        self._kafka_up.set(0)
 
     def _account(self, account: str) -> str:
         return account if account in self._accounts else OTHER
@@ -436,6 +442,11 @@ class Metrics:
     def set_ready(self, ready: bool) -> None:
         """Mirror the readiness verdict (``killswitch.health.Readiness``) into a gauge."""
         self._ready.set(1 if ready else 0)
+
+    @_never_raise
+    def set_kafka_up(self, up: bool) -> None:
+        """Whether the broker answers (``killswitch.intake.watch.KafkaWatch``)."""
+        self._kafka_up.set(1 if up else 0)
 
 
 if TYPE_CHECKING:

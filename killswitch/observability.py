@@ -153,6 +153,11 @@ def prometheus_observability(settings: Settings) -> Observability:
         readiness.set_consuming(consuming)
         server.report()
 
+    def set_kafka(up: bool, reason: str) -> None:
+        readiness.set_kafka(up, reason)
+        metrics.set_kafka_up(up)
+        server.report()
+
     def set_draining() -> None:
         readiness.set_draining()
         server.report()
@@ -168,6 +173,7 @@ def prometheus_observability(settings: Settings) -> Observability:
         start=start,
         stop=stop,
         set_consuming=set_consuming,
+        set_kafka=set_kafka,
         set_draining=set_draining,
         url=lambda: server.url,
     )

@@ -1,20 +1,23 @@
-"""Operator commands: ``trigger``, ``release``, ``status``, ``check`` (and operator keys).
+"""Operator commands: ``trigger``, ``release``, ``results``, ``status``, ``check`` (and
+operator keys).
 
 ``trigger`` builds a ``killswitch.alert/v1`` kill from the command line, validates it
 exactly as the daemon will (:func:`killswitch.alerts.parse_alert` on the manual
 channel, with the configured signing allowlist), signs it with the operator's Ed25519
 key when one is given, publishes it to the manual topic and follows the results topic
 (and the dead letter topic, to report a refusal at once) until every account has a
-final result, showing a progress bar per account. ``release`` does the same for a
-release. ``status`` reads the compacted state topic; ``check`` tries Kafka, the topics,
-the exchange and every account's key with read-only calls.
+final result, showing a progress bar per account; ``trigger --direct`` runs the kill in
+this process instead (:mod:`killswitch.direct`). ``release`` does the same for a
+release. ``results`` reads an alert's results back (or follows them); ``status`` reads
+the compacted state topic; ``check`` tries Kafka, the topics, the daemons' consumer
+group, the exchange and every account's key with read-only calls.
 
 The decisions and the text live in pure functions (:func:`prepare_trigger` here,
 :mod:`killswitch.render` for everything printed); this module is the I/O around them.
 Exit codes: 0 success, 1 the job failed (not flat, timed out, a check failed, Kafka
 unreachable), 2 bad usage or a trigger the daemon refused (dead letter, the reason
-printed), 3 flat but order ids named were never found open (see
-:meth:`killswitch.render.Board.exit_code`).
+printed), 3 nothing to act on: flat but order ids named were never found open, or a
+release of an account that was not halted (see :meth:`killswitch.render.Board.exit_code`).
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ import base64
 import contextlib
 import getpass
 import json
+import logging
 import os
 import secrets
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
@@ -47,26 +51,35 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_private_key,
 )
 
-from killswitch.alerts import ALERT_SCHEMA, Rejection, format_time, load_json_object, parse_alert
+from killswitch.alerts import (
+    ALERT_SCHEMA,
+    Alert,
+    Rejection,
+    format_time,
+    load_json_object,
+    parse_alert,
+)
 from killswitch.config import AccountSettings, Settings
 from killswitch.core.model import HaltState
+from killswitch.display import Display
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem
 from killswitch.exchange.signing import KeyLoadError
-from killswitch.intake.kafka import make_producer, make_reader
+from killswitch.intake.kafka import connection_kwargs, make_producer, make_reader
 from killswitch.intake.readers import read_halt_states
 from killswitch.observability import first_page
 from killswitch.render import (
+    AccountProgress,
     Board,
     Check,
+    GroupView,
     check_lines,
-    plain_updates,
+    dry_run_lines,
+    group_checks,
     progress_lines,
-    redraw,
     status_lines,
     status_records,
     summary_lines,
-    terminal_frame,
 )
 from killswitch.triggers import TriggerKeyError, TriggerVerifier, sign_trigger
 
@@ -79,12 +92,15 @@ __all__ = [
     "UsageError",
     "cli_check",
     "cli_release",
+    "cli_results",
     "cli_status",
     "cli_trigger",
     "keygen_operator",
     "load_operator_key",
     "prepare_trigger",
+    "read_results",
     "read_status",
+    "results_document",
     "run_checks",
     "run_trigger",
     "write_operator_key",
@@ -103,8 +119,6 @@ OPERATOR_KEY_PASSPHRASE_ENV = "KILLSWITCH_OPERATOR_KEY_PASSPHRASE"  # noqa: S105
 _FOLLOW_MARGIN_S = 30.0
 _KAFKA_TIMEOUT_S = 15.0
 _POLL_S = 0.2
-_PLAIN_INTERVAL_S = 2.0  # not a terminal: one line per account at most this often
-_TTY_MIN_REDRAW_S = 0.1
 _MAX_RESULT_BYTES = 16 * 1024 * 1024
 
 
@@ -164,8 +178,9 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments_trigger(parser: argparse.ArgumentParser) -> None:
     """Options of ``killswitch trigger``."""
     parser.description = (
-        "Publish a manual kill to the manual topic and follow it to its final result. "
-        "Exit 0 only when every account ends flat (dry_run for --dry-run)."
+        "Publish a manual kill to the manual topic and follow it to its final result "
+        "(--direct: run it in this process against the exchange, no Kafka or daemon "
+        "needed). Exit 0 only when every account ends flat (dry_run for --dry-run)."
     )
     _add_target_arguments(parser)
     parser.add_argument(
@@ -181,13 +196,36 @@ def add_arguments_trigger(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--order-id", action="append", metavar="ID", help="only these order ids (repeatable)"
     )
-    parser.add_argument("-r", "--reason", required=True, help="why (recorded in every result)")
+    parser.add_argument(
+        "-r",
+        "--reason",
+        required=True,
+        help="why (in every result as trigger_reason, and in the halt state)",
+    )
     parser.add_argument(
         "--latch", action="store_true", help="keep the accounts halted until a release"
     )
     parser.add_argument("--dry-run", action="store_true", help="resolve the orders, cancel nothing")
     parser.add_argument(
         "--deadline", type=float, metavar="SECONDS", help="kill deadline (default: configured)"
+    )
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="break glass: run the kill in this process straight against the exchange with "
+        "the configured account keys (no Kafka, no daemon needed); results go to the audit "
+        "file, and to Kafka when it answers",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the final results as JSON to FILE (a dry run: every order it would cancel)",
+    )
+    parser.add_argument(
+        "--audit-file",
+        metavar="FILE",
+        help="with --direct: the JSON-lines file to append the results to "
+        "(default: direct.audit_file)",
     )
     _add_common_arguments(parser)
 
@@ -196,7 +234,8 @@ def add_arguments_release(parser: argparse.ArgumentParser) -> None:
     """Options of ``killswitch release``."""
     parser.description = (
         "Publish a release that lifts the halt latch of accounts and wait for the "
-        "'released' result. Exit 0 only when every account is released."
+        "'released' result. Exit 0 only when every account is released; 3 when an "
+        "account was not halted (the release did nothing there)."
     )
     _add_target_arguments(parser)
     parser.add_argument("-r", "--reason", default="released by operator", help="why")
@@ -253,6 +292,7 @@ class Prepared:
     key: bytes
     alert_id: str
     accounts: list[str]  # the accounts whose results to wait for
+    alert: Alert | None = None  # as the daemon reads it
 
     @property
     def signed(self) -> bool:
@@ -355,12 +395,14 @@ def prepare_trigger(
     *,
     now: datetime,
     signing_key: Ed25519PrivateKey | None = None,
+    require_signature: bool = True,
 ) -> Prepared:
     """Build, sign and validate one trigger exactly as the daemon will read it.
 
     Raises :class:`UsageError` with the daemon's own reason when the daemon would
     refuse it (unknown account, bad symbol, unsigned while signing is required,
-    operator not on the allowlist...).
+    operator not on the allowlist...). ``require_signature`` False (a direct kill,
+    which no daemon reads: the account keys are the authority) skips the signing rule.
     """
     alert_id = request.alert_id or new_alert_id(request.action, now)
     message = alert_message(request, alert_id=alert_id, now=now)
@@ -370,7 +412,7 @@ def prepare_trigger(
         verifier = TriggerVerifier(settings.trigger_signing)
     except TriggerKeyError as exc:
         raise UsageError(str(exc)) from None
-    if verifier.required and signing_key is None:
+    if verifier.required and signing_key is None and require_signature:
         raise UsageError(
             "trigger signing is required by the configuration: pass --signing-key FILE "
             f"(or set {OPERATOR_KEY_ENV})"
@@ -394,6 +436,7 @@ def prepare_trigger(
         key=message_key(request.accounts),
         alert_id=alert_id,
         accounts=parsed.target_accounts(configured),
+        alert=parsed,
     )
 
 
@@ -495,49 +538,6 @@ def _missing_topic(name: str, role: str) -> OperatorError:
         f"the {role} topic {name!r} does not exist: is the daemon running against this "
         "Kafka? (it creates its topics at start-up)"
     )
-
-
-# ------------------------------------------------------------------------ live display
-
-
-class Display:
-    """Shows the board: redrawn in place in a terminal, a few plain lines in a log."""
-
-    def __init__(
-        self,
-        out: TextIO,
-        *,
-        tty: bool,
-        interval_s: float = _PLAIN_INTERVAL_S,
-        clock: Callable[[], float] | None = None,
-    ) -> None:
-        self._out = out
-        self._tty = tty
-        self._interval = interval_s
-        self._clock = clock or asyncio.get_running_loop().time
-        self._drawn = 0
-        self._last = -float("inf")
-        self._printed: dict[str, str] = {}
-
-    def show(self, board: Board, *, changed: bool, final: bool = False) -> None:
-        now = self._clock()
-        if self._tty:
-            lines = terminal_frame(board, shutil.get_terminal_size().columns)
-            if final or (changed and now - self._last >= _TTY_MIN_REDRAW_S) or not self._drawn:
-                self._out.write(redraw(lines, self._drawn))
-                self._drawn = len(lines)
-                self._last = now
-        else:
-            lines = progress_lines(board)
-            periodic = final or now - self._last >= self._interval
-            rows = board.ordered()
-            current = [(r.account, line, r.final) for r, line in zip(rows, lines, strict=True)]
-            for account, line in plain_updates(self._printed, current, periodic=periodic):
-                self._out.write(line + "\n")
-                self._printed[account] = line
-            if periodic:
-                self._last = now
-        self._out.flush()
 
 
 # ---------------------------------------------------------------------- trigger / release
@@ -716,21 +716,311 @@ def _publish_command(args: argparse.Namespace, action: Literal["kill", "release"
         if published:
             print(
                 f"\nkillswitch: stopped following; {prepared.alert_id} was published and the "
-                "daemon carries on with it",
+                "daemon carries on with it (see it with: killswitch results "
+                f"{prepared.alert_id} --follow)",
                 file=sys.stderr,
             )
         raise
+    table = dry_run_lines(run.board)
+    if table:
+        print("\n".join(table))
+    out_file = getattr(args, "out", None)
+    if out_file and run.published and not args.no_follow:
+        _write_out(Path(out_file), results_document(run.board, run.exit_code))
     return run.exit_code
 
 
 def cli_trigger(args: argparse.Namespace) -> int:
-    """``killswitch trigger``: publish a manual kill and follow it to its final result."""
+    """``killswitch trigger``: publish a manual kill and follow it to its final result
+    (``--direct``: run it in this process against the exchange)."""
+    if args.direct:
+        return _direct_command(args)
+    if args.audit_file:
+        print("killswitch: --audit-file applies to --direct only", file=sys.stderr)
+        return EXIT_USAGE
     return _publish_command(args, "kill")
+
+
+def _direct_command(args: argparse.Namespace) -> int:
+    from killswitch.direct import (  # noqa: PLC0415 - the engine, only when used
+        direct_document,
+        report_lines,
+        run_direct,
+    )
+
+    settings = _load_settings(args)
+    if args.no_follow or args.timeout is not None:
+        print(
+            "killswitch: --no-follow and --timeout do not apply to --direct "
+            "(--deadline bounds the kill)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        request = request_from_args(args, "kill")
+        prepared = prepare_trigger(
+            request, settings, now=datetime.now(UTC), require_signature=False
+        )
+    except UsageError as exc:
+        print(f"killswitch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    assert prepared.alert is not None
+    audit = Path(args.audit_file) if args.audit_file else settings.direct.audit_path()
+    # Whether Kafka answered is reported once, in the summary: not the Kafka client's
+    # connection errors on stderr while the kill runs.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    _announce_direct(sys.stdout, prepared)
+    try:
+        run = asyncio.run(
+            run_direct(
+                settings,
+                prepared.alert,
+                out=sys.stdout,
+                tty=sys.stdout.isatty(),
+                audit_file=audit,
+                instance=f"{settings.kafka.client_id}-direct-{secrets.token_hex(4)}",
+            )
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\nkillswitch: {prepared.alert_id} stopped before its end: orders may still be "
+            "open and nothing was recorded (check with --dry-run)",
+            file=sys.stderr,
+        )
+        raise
+    print("\n".join(report_lines(run)))
+    if run.audit_error is not None:
+        print(f"killswitch: the audit file was NOT written: {run.audit_error}", file=sys.stderr)
+    document = direct_document(run)
+    print(json.dumps(document, indent=2))
+    if args.out:
+        _write_out(Path(args.out), document)
+    return run.exit_code
+
+
+def _announce_direct(out: TextIO, prepared: Prepared) -> None:
+    m = prepared.message
+    flags = [f"latch {'on' if m.get('latch') else 'off'}"]
+    if m.get("dry_run"):
+        flags.append("DRY RUN")
+    if "deadline_s" in m:
+        flags.append(f"deadline {m['deadline_s']:g}s")
+    out.write(
+        f"kill {prepared.alert_id} DIRECT to the exchange by {m['operator']['name']} "
+        f"for {', '.join(prepared.accounts)} ({', '.join(flags)})\n"
+    )
+    out.flush()
+
+
+def _write_out(path: Path, document: dict[str, Any]) -> bool:
+    """``--out FILE``: the results as JSON; False (and a message) when it cannot be written."""
+    try:
+        path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        print(f"killswitch: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def results_document(board: Board, exit_code: int) -> dict[str, Any]:
+    """``--out`` of a kill through the daemon: the final result records as read."""
+    return {
+        "alert_id": board.alert_id,
+        "action": board.action,
+        "via": "kafka",
+        "exit_code": exit_code,
+        "results": [dict(board.finals[a]) for a in board.accounts if a in board.finals],
+    }
 
 
 def cli_release(args: argparse.Namespace) -> int:
     """``killswitch release``: publish a release and follow it to the ``released`` result."""
     return _publish_command(args, "release")
+
+
+# ------------------------------------------------------------------------------ results
+
+
+async def read_results(
+    settings: Settings,
+    alert_id: str,
+    *,
+    accounts: Sequence[str] = (),
+    follow: bool = False,
+    timeout_s: float = _KAFKA_TIMEOUT_S,
+    display: Display | None = None,
+) -> Board:
+    """An alert's results (and dead letter) read from the start of the results topic.
+
+    Without ``follow``: what is there now. With ``follow``: then on, until every
+    account (``accounts``, else those with a result so far) has a final result, or
+    ``timeout_s`` has passed (the rest marked timed out)."""
+    topics = settings.kafka.topics
+    consumer = await _start_reader(settings)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    board = Board(alert_id, list(accounts))
+    try:
+        async with asyncio.timeout(_KAFKA_TIMEOUT_S):
+            parts = await _topic_partitions(consumer)
+        if topics.results not in parts:
+            raise _missing_topic(topics.results, "results")
+        tps = [TopicPartition(t, p) for t in (topics.results, topics.dlq) for p in parts.get(t, ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        async with asyncio.timeout(_KAFKA_TIMEOUT_S):
+            ends = await consumer.end_offsets(tps)
+        reader = _ResultsReader(consumer, board, topics.dlq)
+        try:
+            async with asyncio.timeout_at(deadline if follow else loop.time() + timeout_s):
+                await reader.catch_up(ends)
+        except TimeoutError:
+            raise OperatorError(f"could not read {topics.results!r} to its end") from None
+        _infer_action(board, reader.seen)
+        if not accounts:
+            board.accounts = sorted(board.rows)
+        if follow:
+            await reader.follow(deadline, display)
+            _infer_action(board, reader.seen)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise OperatorError(f"could not read the results: {type(exc).__name__}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+    return board
+
+
+@dataclass
+class _ResultsReader:
+    consumer: AIOKafkaConsumer
+    board: Board
+    dlq: str
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+    async def catch_up(self, ends: dict[TopicPartition, int]) -> None:
+        while await self._behind(ends):
+            await self.poll()
+
+    async def _behind(self, ends: dict[TopicPartition, int]) -> bool:
+        for tp, end in ends.items():
+            if end and await self.consumer.position(tp) < end:
+                return True
+        return False
+
+    async def follow(self, deadline: float, display: Display | None) -> None:
+        loop = asyncio.get_running_loop()
+        board = self.board
+        if display is not None:
+            display.show(board, changed=True)
+        while not (board.rows and board.done):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                board.time_out()
+                break
+            changed = await self.poll(min(remaining, _POLL_S))
+            if not self.board.accounts and board.rows:
+                board.accounts = sorted(board.rows)
+            if display is not None:
+                display.show(board, changed=changed)
+        if display is not None:
+            display.show(board, changed=True, final=True)
+
+    async def poll(self, wait_s: float = _POLL_S) -> bool:
+        batch = await self.consumer.getmany(timeout_ms=max(1, int(wait_s * 1000)))
+        changed = False
+        for tp, records in batch.items():
+            for record in records:
+                data = load_json_object(record.value, _MAX_RESULT_BYTES)
+                if isinstance(data, str) or data.get("alert_id") != self.board.alert_id:
+                    continue
+                if tp.topic == self.dlq:
+                    if not self.board.rows:  # refused before any account was named
+                        self.board.accounts = ["*"]
+                        self.board.rows["*"] = AccountProgress("*")
+                    changed |= self.board.apply_dead_letter(data)
+                else:
+                    self.seen.append(data)
+                    changed |= self.board.apply_result(data)
+        return changed
+
+
+def _infer_action(board: Board, records: Sequence[dict[str, Any]]) -> None:
+    """A release or a dry run, as the alert's results say (the board's success status)."""
+    if any(r.get("status") == "released" for r in records):
+        board.action = "release"
+    board.dry_run = any(r.get("dry_run") is True for r in records)
+
+
+def add_arguments_results(parser: argparse.ArgumentParser) -> None:
+    """Options of ``killswitch results``."""
+    parser.description = (
+        "Print an alert's results from the results topic (its dead letter too), or "
+        "--follow them until every account has a final result. Exit codes as trigger."
+    )
+    parser.add_argument("alert_id", metavar="ALERT_ID")
+    parser.add_argument(
+        "-a",
+        "--account",
+        action="append",
+        metavar="ID",
+        help="with --follow: wait for these accounts (default: those with results so far)",
+    )
+    parser.add_argument(
+        "-f", "--follow", action="store_true", help="wait for the final results as they come"
+    )
+    parser.add_argument("--json", action="store_true", help="print the final results as JSON")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --follow: stop waiting after this long (default: the configured "
+        "deadline plus 30 s); else the read timeout",
+    )
+
+
+def cli_results(args: argparse.Namespace) -> int:
+    """``killswitch results ALERT_ID``: an alert's results, read back (or followed)."""
+    settings = _load_settings(args)
+    timeout = args.timeout
+    if timeout is None:
+        timeout = (
+            settings.engine.default_deadline_s + _FOLLOW_MARGIN_S
+            if args.follow
+            else _KAFKA_TIMEOUT_S
+        )
+    if timeout <= 0:
+        print("killswitch: --timeout must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    tty = sys.stdout.isatty() and not args.json
+    display = Display(sys.stdout, tty=tty) if args.follow and not args.json else None
+    try:
+        board = asyncio.run(
+            read_results(
+                settings,
+                args.alert_id,
+                accounts=_split(args.account),
+                follow=args.follow,
+                timeout_s=timeout,
+                display=display,
+            )
+        )
+    except OperatorError as exc:
+        print(f"killswitch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not board.rows:
+        print(f"killswitch: no result for {args.alert_id}", file=sys.stderr)
+        return EXIT_FAILED
+    code = board.exit_code()
+    if args.json:
+        print(json.dumps(results_document(board, code), indent=2))
+        return code
+    if display is None:
+        print("\n".join(progress_lines(board)))
+    finals = [board.rows[a] for a in board.accounts if board.rows[a].final]
+    seconds = max((r.seconds or 0.0 for r in finals), default=0.0)
+    lines = summary_lines(board, seconds) if board.done else []
+    print("\n".join([*lines, *dry_run_lines(board)]))
+    return code
 
 
 # ------------------------------------------------------------------------------- status
@@ -803,7 +1093,63 @@ async def _kafka_checks(settings: Settings, timeout_s: float) -> list[Check]:
         count = len(parts.get(name, ()))
         detail = f"{role}, {count} partition(s)" if count else f"{role}: missing"
         checks.append(Check("topic present", name, count > 0, detail))
-    return checks
+    inputs = {t: parts[t] for t in (t.alerts, t.manual) if t in parts}
+    try:
+        async with asyncio.timeout(timeout_s):
+            view: GroupView | str = await read_group(settings, inputs)
+    except (KafkaError, TimeoutError, OSError, ValueError) as exc:
+        # ValueError: a broker answering a request version the client cannot decode.
+        view = f"not readable ({type(exc).__name__})"
+    return checks + group_checks(kafka.group_id, view)
+
+
+async def read_group(settings: Settings, inputs: dict[str, list[int]]) -> GroupView:
+    """The daemons' consumer group: its state, its members and how far behind it is on
+    the input topics (``inputs``: topic -> partitions). Never joins the group."""
+    kafka = settings.kafka
+    admin = AIOKafkaAdminClient(**connection_kwargs(kafka))
+    await admin.start()
+    try:
+        described = await admin.describe_consumer_groups([kafka.group_id])
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    state, members = _group_members(described)
+    # A consumer bound to the group but subscribed to nothing reads its committed
+    # offsets (OffsetFetch) without joining it.
+    reader = AIOKafkaConsumer(
+        group_id=kafka.group_id, enable_auto_commit=False, **connection_kwargs(kafka)
+    )
+    await reader.start()
+    try:
+        lag: dict[str, int] = {}
+        for topic, partitions in inputs.items():
+            tps = [TopicPartition(topic, p) for p in partitions]
+            ends = await reader.end_offsets(tps)
+            starts = await reader.beginning_offsets(tps)
+            behind = 0
+            for tp in tps:
+                committed = await reader.committed(tp)
+                behind += max(0, ends[tp] - (committed if committed is not None else starts[tp]))
+            lag[topic] = behind
+    finally:
+        with contextlib.suppress(Exception):
+            await reader.stop()
+    return GroupView(state, members, lag)
+
+
+def _group_members(described: Sequence[Any]) -> tuple[str, list[str]]:
+    """State and members (``client_id@host``, else the member id) of DescribeGroups."""
+    for response in described:
+        for group in getattr(response, "groups", ()):
+            error, _, state, _, _, members = group[:6]
+            if error:
+                return f"error {error}", []
+            names = [
+                f"{m[1]}@{m[2].lstrip('/')}" if m[1] and m[2] else (m[1] or m[0]) for m in members
+            ]
+            return str(state), names
+    return "unknown", []
 
 
 async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[Check]:

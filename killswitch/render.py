@@ -27,10 +27,14 @@ __all__ = [
     "AccountProgress",
     "Board",
     "Check",
+    "GroupView",
+    "OrderRow",
     "bar",
     "check_lines",
+    "dry_run_lines",
     "duration_text",
     "fraction_done",
+    "group_checks",
     "metric_samples",
     "metrics_lines",
     "plain_updates",
@@ -96,11 +100,33 @@ class AccountProgress:
     reason: str | None = None
     seconds: float | None = None  # from the daemon reading the alert to the final result
     not_found: tuple[int, ...] = ()  # order ids in scope never seen open
+    # Progress of the listing (when the record carries it): pairs listed to the end,
+    # of the pairs in scope known so far.
+    pairs_listed: int | None = None
+    pairs_in_scope: int | None = None
+    was_halted: bool | None = None  # releases: whether the account was halted
+    orders: tuple[OrderRow, ...] = ()  # the orders a final result lists
+    orders_omitted: int = 0  # orders the record left out of its list
 
     @property
     def refused(self) -> bool:
         """The daemon sent the alert to the dead-letter topic."""
         return self.status == REFUSED
+
+    @property
+    def not_halted(self) -> bool:
+        """A release of an account that was not halted (it did nothing)."""
+        return self.status == "released" and self.was_halted is False
+
+    @property
+    def listing(self) -> bool:
+        """Pairs in scope are still unlisted: how many orders there are is not known."""
+        return (
+            not self.final
+            and self.pairs_in_scope is not None
+            and self.pairs_listed is not None
+            and self.pairs_listed < self.pairs_in_scope
+        )
 
     @property
     def resolved(self) -> int:
@@ -133,7 +159,39 @@ class AccountProgress:
             reason=reason if isinstance(reason, str) and reason else None,
             seconds=(finished - received).total_seconds() if received and finished else None,
             not_found=_ids(record.get("not_found")),
+            pairs_listed=_optional_int(record.get("pairs_listed")),
+            pairs_in_scope=_optional_int(record.get("pairs_in_scope")),
+            was_halted=halted if isinstance(halted := record.get("was_halted"), bool) else None,
+            orders=_order_rows(record.get("orders")),
+            orders_omitted=_int(record.get("orders_omitted")),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    """One order a result lists (what a dry run would cancel)."""
+
+    order_id: int
+    symbol: str
+    outcome: str
+
+
+def _optional_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _order_rows(value: Any) -> tuple[OrderRow, ...]:
+    """The readable entries of a result's ``orders`` list (anything else left out)."""
+    if not isinstance(value, list):
+        return ()
+    rows = []
+    for entry in value:
+        if not isinstance(entry, Mapping):
+            continue
+        oid, symbol, outcome = entry.get("order_id"), entry.get("symbol"), entry.get("outcome")
+        if isinstance(oid, int) and isinstance(symbol, str) and isinstance(outcome, str):
+            rows.append(OrderRow(oid, symbol, outcome))
+    return tuple(rows)
 
 
 def _ids(value: Any) -> tuple[int, ...]:
@@ -159,6 +217,8 @@ class Board:
     action: Action = "kill"
     dry_run: bool = False
     rows: dict[str, AccountProgress] = field(default_factory=dict)
+    # The final result records as read, per account (what ``--out`` writes).
+    finals: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for account in self.accounts:
@@ -177,6 +237,8 @@ class Board:
         if current == progress:
             return False
         self.rows[progress.account] = progress
+        if progress.final:
+            self.finals[progress.account] = record
         return True
 
     def apply_dead_letter(self, record: Mapping[str, Any]) -> bool:
@@ -222,13 +284,14 @@ class Board:
         """:data:`EXIT_REFUSED` when the daemon refused the alert (dead letter);
         :data:`EXIT_NOT_DONE` when a result is not the success status; then
         :data:`EXIT_NOT_FOUND` when every account ended well but order ids in scope
-        were never found open (the kill did not do what was asked for them); else 0."""
+        were never found open (the kill did not do what was asked for them), or a
+        release found an account that was not halted (it did nothing); else 0."""
         rows = [self.rows[a] for a in self.accounts]
         if any(r.refused for r in rows):
             return EXIT_REFUSED
         if not self.succeeded():
             return EXIT_NOT_DONE
-        if any(r.not_found for r in rows):
+        if any(r.not_found or r.not_halted for r in rows):
             return EXIT_NOT_FOUND
         return 0
 
@@ -247,7 +310,10 @@ def fraction_done(p: AccountProgress) -> float | None:
     Done is the orders with an outcome; still to do is ``pending`` when the record
     carries it, else the orders the last listing still showed open (an estimate
     that errs towards "not done": a cancelled order counts as open until re-listed).
-    A successful final result is complete whatever the counts say.
+    A successful final result is complete whatever the counts say. While pairs in
+    scope are still unlisted (:attr:`AccountProgress.listing`) this is the share of
+    the orders found so far, and the line shows the listing's progress instead of a
+    percentage.
     """
     if p.final and p.status in _FINISHED_OK:
         return 1.0
@@ -282,7 +348,9 @@ def duration_text(seconds: float | None) -> str:
 def _status_text(p: AccountProgress, success: str) -> str:
     if not p.final:
         return "waiting for the daemon" if p.status == WAITING else "running"
-    mark = "ok" if p.status == success else "NOT OK"
+    mark = "ok" if p.status == success and not p.not_halted else "NOT OK"
+    if p.not_halted:
+        return f"{mark}: not halted (nothing to release)"
     words = {
         "flat": "flat",
         "released": "released",
@@ -306,12 +374,16 @@ def progress_line(
     success: str = "flat",
     compact: bool = False,
 ) -> str:
-    """One account: name, bar, percentage, outcome counts, what is still open, status.
+    """One account: name, bar, percentage (``listed 3/5 pairs`` while pairs are still
+    unlisted), outcome counts, what is still open, status.
 
     ``compact`` (narrow terminals) leaves out the outcome counts that are zero.
     """
     frac = fraction_done(p)
     pct = "  ? " if frac is None else f"{round(frac * 100):3d}%"
+    if p.listing:
+        # Orders in unlisted pairs are not counted yet: a percentage would overstate.
+        pct = f"listed {p.pairs_listed}/{p.pairs_in_scope} pairs"
     shown = [
         ("sent", p.sent, True),
         ("closed", p.already_closed, not compact),
@@ -369,6 +441,7 @@ def summary_lines(board: Board, elapsed_s: float) -> list[str]:
         f"in {duration_text(elapsed_s) or '0s'}"
     )
     missing = [f"  {r.account}: {_not_found_text(r.not_found)}" for r in rows if r.not_found]
+    missing += [f"  {r.account}: was not halted (nothing released)" for r in rows if r.not_halted]
     if len(good) == len(rows):
         total = sum(r.resolved for r in rows)
         sent = sum(r.sent for r in rows)
@@ -387,6 +460,26 @@ def summary_lines(board: Board, elapsed_s: float) -> list[str]:
 def _not_found_text(ids: Sequence[int], shown: int = 20) -> str:
     text = ", ".join(str(i) for i in ids[:shown]) + (" ..." if len(ids) > shown else "")
     return f"{len(ids)} order id(s) never found open, not cancelled by this kill: {text}"
+
+
+def dry_run_lines(board: Board, limit: int = 50) -> list[str]:
+    """What a dry run would cancel: a table of the orders its final results list
+    (at most ``limit`` rows; the rest counted, all of them in ``--out``)."""
+    if not (board.dry_run and board.action == "kill"):
+        return []
+    rows = [(r.account, o) for r in board.ordered() for o in r.orders]
+    omitted = sum(r.orders_omitted for r in board.ordered())
+    if not rows and not omitted:
+        return ["dry run: no open order in scope"]
+    shown = [[account, str(o.order_id), o.symbol] for account, o in rows[:limit]]
+    lines = [
+        f"dry run: {len(rows) + omitted} order(s) would be cancelled:",
+        *table(["ACCOUNT", "ORDER ID", "PAIR"], shown),
+    ]
+    rest = len(rows) - len(shown) + omitted
+    if rest:
+        lines.append(f"... and {rest} more (write them all with --out FILE)")
+    return lines
 
 
 def redraw(lines: Sequence[str], previous: int) -> str:
@@ -461,6 +554,8 @@ def status_records(states: Iterable[HaltState]) -> list[dict[str, Any]]:
             "alert_id": s.alert_id,
             "since": format_time(s.since),
             "scope": scope_to_json(s.scope),
+            "by": s.by or None,
+            "reason": s.reason or None,
         }
         for s in sorted(states, key=lambda s: s.account)
     ]
@@ -477,12 +572,21 @@ def status_lines(states: Iterable[HaltState], now: datetime) -> list[str]:
             format_time(s.since) or "",
             duration_text((now - s.since).total_seconds()),
             s.alert_id,
+            s.by or "?",
             scope_text(scope_to_json(s.scope)),
+            _cut(s.reason, 60) or "?",
         ]
         for s in records
     ]
     head = f"{len(records)} halted account(s):"
-    return [head, *table(["ACCOUNT", "SINCE", "FOR", "ALERT", "SCOPE"], rows)]
+    headers = ["ACCOUNT", "SINCE", "FOR", "ALERT", "BY", "SCOPE", "REASON"]
+    return [head, *table(headers, rows)]
+
+
+def _cut(text: str, width: int) -> str:
+    """One line of at most ``width`` characters (an ellipsis when cut)."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 3] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,6 +597,34 @@ class Check:
     target: str
     ok: bool
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    """The daemons' consumer group as ``check`` reads it."""
+
+    state: str  # Stable, Empty, PreparingRebalance, ...
+    members: Sequence[str]  # client_id@host (or member id) per member
+    lag: Mapping[str, int]  # input topic -> records not committed yet, all partitions
+
+
+def group_checks(group_id: str, view: GroupView | str) -> list[Check]:
+    """``consumer group`` (fails with no member: no daemon consumes alerts) and
+    ``consumer lag`` (records the group has not committed yet, per input topic).
+    ``view`` is the reason when the group could not be read."""
+    if isinstance(view, str):
+        return [Check("consumer group", group_id, False, view)]
+    members = len(view.members)
+    if members:
+        shown = ", ".join(list(view.members)[:5]) + (" ..." if members > 5 else "")
+        detail = f"{members} member(s), {view.state}: {shown}"
+    else:
+        detail = f"no member: no daemon is consuming alerts ({view.state})"
+    checks = [Check("consumer group", group_id, members > 0, detail)]
+    if view.lag:
+        behind = ", ".join(f"{topic} {count}" for topic, count in view.lag.items())
+        checks.append(Check("consumer lag", group_id, True, f"records behind: {behind}"))
+    return checks
 
 
 def check_lines(checks: Sequence[Check]) -> list[str]:

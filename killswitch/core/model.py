@@ -146,6 +146,14 @@ class SweepResult:
     pending: int = 0
     # Final results: order ids named in the scope that no listing ever showed open.
     not_found: list[int] = field(default_factory=list)
+    # The trigger's own reason (``reason`` above is the sweep's explanation of its status).
+    trigger_reason: str = ""
+    # Progress events of a sweep: pairs listed to the end so far, of the pairs in scope
+    # known so far (None when the sweep has not set out to list anything yet).
+    pairs_listed: int | None = None
+    pairs_in_scope: int | None = None
+    # Releases only: whether the account was halted when the release came.
+    was_halted: bool | None = None
 
 
 def no_sweep_result(
@@ -168,15 +176,28 @@ def no_sweep_result(
         reason=reason,
         operator=request.operator,
         source=request.source,
+        trigger_reason=request.reason,
     )
 
 
 @dataclass(frozen=True, slots=True)
 class HaltState:
-    """The halt latch of one account (``killswitch.state``, key = account)."""
+    """The halt latch of one account (``killswitch.state``, key = account).
+
+    ``by`` is who latched (or released) it: the operator of a manual trigger, else the
+    alert's source; ``reason`` is that alert's reason. Both are empty in records
+    written before they existed.
+    """
 
     account: str
     halted: bool
     alert_id: str
     since: datetime
     scope: Scope
+    by: str = ""
+    reason: str = ""
+
+
+def requested_by(request: KillRequest) -> str:
+    """Who asked for a kill or release: the operator, else the alert's source."""
+    return request.operator or request.source

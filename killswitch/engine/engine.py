@@ -46,6 +46,7 @@ from killswitch.core.model import (
     SweepResult,
     SweepStatus,
     no_sweep_result,
+    requested_by,
 )
 from killswitch.core.planning import normalise_scope
 from killswitch.core.ports import ExchangeAPI, NullObserver, Observer, ResultSink, StateSink
@@ -184,9 +185,20 @@ class Engine:
         if state is not None:
             self._observer.halted(request.account, False)
         scope = state.scope if state is not None else normalise_scope(request.scope)
-        await self._emit(HaltState(request.account, False, request.alert_id, self._clock(), scope))
+        await self._emit(
+            HaltState(
+                request.account,
+                False,
+                request.alert_id,
+                self._clock(),
+                scope,
+                by=requested_by(request),
+                reason=request.reason,
+            )
+        )
         reason = None if state is not None else "the account was not halted"
-        return no_sweep_result(request, SweepStatus.RELEASED, self._clock(), reason)
+        result = no_sweep_result(request, SweepStatus.RELEASED, self._clock(), reason)
+        return replace(result, was_halted=state is not None)
 
     def restore_halt(self, state: HaltState) -> None:
         """Resume guarding an account found halted in the state topic at start-up."""
@@ -340,7 +352,15 @@ class Engine:
         account = request.account
         current = self._halts.get(account)
         if current is None:
-            state = HaltState(account, True, request.alert_id, self._clock(), scope)
+            state = HaltState(
+                account,
+                True,
+                request.alert_id,
+                self._clock(),
+                scope,
+                by=requested_by(request),
+                reason=request.reason,
+            )
             self._observer.halted(account, True)
         else:
             widened = current.scope.widen(scope)

@@ -976,6 +976,7 @@ class Sweep:
             status, orders, reason = SweepStatus.RUNNING, [], None
             pending = ledger.pending()
             not_found = []
+        listed, in_scope_pairs = (None, None) if final else self._pair_progress(ticket)
         return SweepResult(
             alert_id=request.alert_id,
             account=self.account,
@@ -994,7 +995,19 @@ class Sweep:
             source=request.source,
             pending=pending,
             not_found=not_found,
+            trigger_reason=request.reason,
+            pairs_listed=listed,
+            pairs_in_scope=in_scope_pairs,
         )
+
+    def _pair_progress(self, ticket: Ticket) -> tuple[int | None, int | None]:
+        """Pairs of the ticket's scope listed to the end, of those the sweep set out on."""
+        pairs = set(self._pairs)
+        if ticket.scope.symbols is not None:
+            pairs &= ticket.scope.symbols
+        if not pairs:
+            return None, None
+        return len(pairs & self.ledger.listed_pairs()), len(pairs)
 
     def _unproven(self, ticket: Ticket) -> str | None:
         """Why a verified-empty listing is no proof of flat for this ticket, if it is not:

@@ -23,7 +23,6 @@ assignment (and before leaving the group) ``on_assignment`` runs, once
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -55,7 +54,7 @@ from killswitch.core.model import KillRequest, SweepResult, SweepStatus
 from killswitch.core.offsets import OffsetTracker
 from killswitch.core.pairs import PairVerdict, check_pairs
 from killswitch.core.ports import AlertObserver, EngineAPI, NullAlertObserver, PairLister
-from killswitch.intake.kafka import all_partitions, make_group_consumer
+from killswitch.intake.kafka import all_partitions, make_group_consumer, stop_consumer
 from killswitch.intake.outputs import Publisher
 from killswitch.intake.readers import ResultsIndex
 from killswitch.tasks import cancel_and_wait
@@ -77,6 +76,33 @@ PAIR_FETCH_WAIT_S = 2.0
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def final_result_fields(result: SweepResult) -> dict[str, Any]:
+    """The structured fields of the one log line per final result."""
+    c = result.counts
+    seconds = (
+        round((result.finished_at - result.received_at).total_seconds(), 3)
+        if result.finished_at is not None
+        else None
+    )
+    return {
+        "alert_id": result.alert_id,
+        "account": result.account,
+        "status": result.status.value,
+        "dry_run": result.dry_run,
+        "sent": c.sent,
+        "already_closed": c.already_closed,
+        "rejected": c.rejected,
+        "failed": c.failed,
+        "skipped": c.skipped,
+        "residual_open": result.residual_open,
+        "operator": result.operator,
+        "source": result.source,
+        "trigger_reason": result.trigger_reason,
+        "reason": result.reason,
+        "seconds": seconds,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,8 +347,7 @@ class Intake:
             await cancel_and_wait(fetch)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            with contextlib.suppress(KafkaError):
-                await consumer.stop()
+            await stop_consumer(consumer)
 
     # ------------------------------------------------------------------ records
 
@@ -692,8 +717,11 @@ class Intake:
         await self._publish_final(duplicate_result(request, previous, self._clock()), origin)
 
     async def _publish_final(self, result: SweepResult, origin: Origin) -> None:
-        """Publish until acknowledged: the input offset waits for this (cancelled at shutdown)."""
+        """Publish until acknowledged: the input offset waits for this (cancelled at shutdown).
+
+        Then one log line for the audit trail (what an operator greps for after the fact)."""
         await self._retry(lambda: self._publisher.result(result, origin, wait=True), "result")
+        log.info("final result", extra=final_result_fields(result))
 
     async def _dead_letter(
         self,

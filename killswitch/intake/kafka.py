@@ -221,3 +221,40 @@ async def _create(
         )
         return await _create(admin, name, partitions, replication, {})
     raise KafkaError(f"cannot create topic {name!r}: error {code} {message or ''}".strip())
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """``consumer.stop()`` that survives a broker that is gone.
+
+    With fetches pending against a dead broker, aiokafka's ``Fetcher.close()`` cancels
+    them and awaits them without catching their ``CancelledError``: it would escape
+    into the caller as if the caller were cancelled (a graceful stop taken for a second
+    signal), and the client's connections would stay open. That error is swallowed
+    here and the rest of the close done by hand; a real cancellation of the calling
+    task still propagates. Kafka errors while leaving are ignored (nothing to save).
+    """
+    current = asyncio.current_task()
+    cancelling = current.cancelling() if current is not None else 0
+    try:
+        await consumer.stop()
+    except KafkaError:
+        return
+    except asyncio.CancelledError:
+        if current is not None and current.cancelling() > cancelling:
+            raise  # we were cancelled ourselves
+        log.debug("kafka consumer closed with pending fetches; closing the rest")
+        await _close_leftovers(consumer)
+
+
+async def _close_leftovers(consumer: AIOKafkaConsumer) -> None:
+    # aiokafka has no public way to finish a close its fetcher cut short: cancel the
+    # fetcher's pending tasks and close the client (both idempotent).
+    fetcher = getattr(consumer, "_fetcher", None)
+    pending = list(getattr(fetcher, "_pending_tasks", ()))
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    client = getattr(consumer, "_client", None)
+    if client is not None:
+        with contextlib.suppress(Exception):
+            await client.close()

@@ -7,7 +7,6 @@ is committed), so they work the same with one daemon or many.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from killswitch.config import KafkaSettings
 from killswitch.core.carry import CarryStore
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import CarriedOutcomes, HaltState, Scope
-from killswitch.intake.kafka import all_partitions, make_reader
+from killswitch.intake.kafka import all_partitions, make_reader, stop_consumer
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +109,7 @@ class HaltStateReader:
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            with contextlib.suppress(KafkaError):
-                await consumer.stop()
+            await stop_consumer(consumer)
 
 
 def _fold_state(
@@ -218,8 +216,7 @@ class ResultsIndex:
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            with contextlib.suppress(KafkaError):
-                await consumer.stop()
+            await stop_consumer(consumer)
 
     def _require(self) -> AIOKafkaConsumer:
         if self._consumer is None:

@@ -2,7 +2,7 @@
 
 The embedded broker has no usable TLS, so the test puts a small TLS-terminating
 proxy of its own in front of a plaintext broker that advertises the proxy's
-address (see shared/embedded-kafka.md). The certificate is made here, for
+address (the embedded broker cannot serve TLS itself). The certificate is made here, for
 127.0.0.1, signed by a throwaway CA that the client is told to trust.
 """
 

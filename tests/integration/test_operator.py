@@ -356,6 +356,41 @@ async def test_cli_trigger_exit_codes(
     assert "  mm-2: NOT OK: failed" in failed
 
 
+async def test_cli_trigger_out_file_and_results_read_back(
+    kafka_bootstrap: str,
+    unique_name: Unique,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = await fresh(kafka_bootstrap, unique_name)
+    config = str(write_config(tmp_path / "ks.toml", settings))
+    out = tmp_path / "out.json"
+    base = ["trigger", "--config", config, "--operator", "alice", "-r", "cli test"]
+    async with scripted(ScriptedDaemon(settings, statuses={"mm-2": "residual"})):
+        argv = [*base, "-a", "mm-1,mm-2", "--out", str(out)]
+        assert await asyncio.to_thread(main, argv) == 1
+        capsys.readouterr()
+    document = json.loads(out.read_text())
+    assert document["via"] == "kafka"
+    assert document["exit_code"] == 1
+    assert [(r["account"], r["status"]) for r in document["results"]] == [
+        ("mm-1", "flat"),
+        ("mm-2", "residual"),
+    ]
+    alert_id = document["alert_id"]
+    # Read back later, as after Ctrl-C: the same verdict and exit code.
+    assert await asyncio.to_thread(main, ["results", "--config", config, alert_id]) == 1
+    text = capsys.readouterr().out
+    assert f"kill FAILED {alert_id}: flat on 1/2" in text
+    assert "  mm-2: NOT OK: residual: 3 still open (deadline passed)" in text
+    assert await asyncio.to_thread(main, ["results", "--config", config, "op-none"]) == 1
+    assert "no result for op-none" in capsys.readouterr().err
+    # --audit-file belongs to --direct.
+    argv = [*base, "-a", "mm-1", "--audit-file", str(tmp_path / "a.jsonl")]
+    assert await asyncio.to_thread(main, argv) == 2
+    assert "--direct only" in capsys.readouterr().err
+
+
 async def test_cli_trigger_with_a_signing_key(
     kafka_bootstrap: str,
     unique_name: Unique,
@@ -403,7 +438,10 @@ async def test_status_reads_the_state_topic_to_its_end(
     since = datetime(2026, 11, 24, 1, 2, 3, tzinfo=UTC)
     scope = Scope(symbols=frozenset({"BTC_USDT"}), sides=frozenset({Side.BUY}))
     records = [
-        (b"mm-1", encode_state(HaltState("mm-1", True, "risk-1", since, scope))),
+        (
+            b"mm-1",
+            encode_state(HaltState("mm-1", True, "risk-1", since, scope, "var-monitor", "VaR")),
+        ),
         (b"mm-2", encode_state(HaltState("mm-2", True, "risk-2", since, Scope()))),
         (b"mm-2", encode_state(HaltState("mm-2", False, "rel-2", since, Scope()))),
         (b"arb-1", encode_state(HaltState("arb-1", True, "risk-3", since, Scope()))),
@@ -429,14 +467,17 @@ async def test_status_reads_the_state_topic_to_its_end(
                 "alert_id": "risk-1",
                 "since": "2026-11-24T01:02:03.000Z",
                 "scope": {"symbols": ["BTC_USDT"], "sides": ["BUY"], "order_ids": None},
+                "by": "var-monitor",
+                "reason": "VaR",
             }
         ]
     }
     assert await asyncio.to_thread(main, ["status", "--config", config]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0] == "1 halted account(s):"
+    assert table[1].split() == ["ACCOUNT", "SINCE", "FOR", "ALERT", "BY", "SCOPE", "REASON"]
     assert table[2].split()[0] == "mm-1"
-    assert table[2].endswith("risk-1  BTC_USDT; BUY")
+    assert table[2].endswith("risk-1  var-monitor  BTC_USDT; BUY  VaR")
 
 
 async def test_status_without_a_state_topic(

@@ -1,4 +1,4 @@
-"""Contract: every answer documented in /work/shared/ajaib-api.md, in the documented
+"""Contract: every answer documented in docs/EXCHANGE.md, in the documented
 shape, from the simulator over HTTP. Each test names the example it checks."""
 
 from __future__ import annotations

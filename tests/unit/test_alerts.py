@@ -490,3 +490,57 @@ def test_a_long_unknown_key_is_cut_short_in_the_reason() -> None:
     assert isinstance(result, Rejection)
     assert len(result.reason) < 200
     assert "(5000 chars)" in result.reason
+
+
+def test_state_records_say_who_latched_and_why_and_old_records_still_read() -> None:
+    state = HaltState("mm-1", True, "op-1", NOW, Scope(), by="alice", reason="fat finger")
+    raw = encode_state(state)
+    body = json.loads(raw)
+    assert (body["by"], body["reason"]) == ("alice", "fat finger")
+    assert decode_state(raw) == state
+    # A record written before these fields existed reads with them empty.
+    del body["by"], body["reason"]
+    old = decode_state(json.dumps(body).encode())
+    assert old is not None
+    assert (old.by, old.reason, old.alert_id) == ("", "", "op-1")
+    # Not text: treated as absent, the record is still used.
+    body["by"] = 7
+    odd = decode_state(json.dumps(body).encode())
+    assert odd is not None
+    assert odd.by == ""
+
+
+def test_kill_requests_results_carry_the_trigger_reason_and_operator() -> None:
+    parsed = parse(alert(reason="desk over its loss limit"))
+    assert isinstance(parsed, Alert)
+    (req,) = kill_requests(parsed, accounts=ACCOUNTS, received_at=NOW, default_deadline_s=1)
+    out = result_to_json(duplicate_result(req, "flat", NOW))
+    assert out["trigger_reason"] == "desk over its loss limit"
+    # "reason" keeps its meaning: the explanation of the status.
+    assert out["reason"] is not None
+    assert "duplicate" in out["reason"]
+    assert out["source"] == parsed.source
+
+
+def test_progress_and_release_fields_are_written_only_when_known() -> None:
+    plain = result_to_json(sweep_result())
+    assert "pairs_listed" not in plain
+    assert "was_halted" not in plain
+    progress = result_to_json(
+        sweep_result(final=False, status=SweepStatus.RUNNING, pairs_listed=2, pairs_in_scope=5)
+    )
+    assert (progress["pairs_listed"], progress["pairs_in_scope"]) == (2, 5)
+    released = result_to_json(sweep_result(status=SweepStatus.RELEASED, was_halted=False))
+    assert released["was_halted"] is False
+
+
+def test_final_result_log_fields() -> None:
+    from killswitch.intake.consumer import final_result_fields
+
+    fields = final_result_fields(sweep_result(operator="alice", trigger_reason="limit"))
+    assert fields["alert_id"] == "risk-7f3a"
+    assert (fields["account"], fields["status"], fields["operator"]) == ("mm-1", "flat", "alice")
+    assert (fields["sent"], fields["already_closed"], fields["residual_open"]) == (117, 3, 0)
+    assert fields["source"] == "var-monitor"
+    assert fields["trigger_reason"] == "limit"
+    assert fields["seconds"] == 1.002

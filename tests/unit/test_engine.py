@@ -1049,3 +1049,52 @@ async def test_widening_while_a_pass_aborts_neither_raises_nor_leaks() -> None:
     assert a.status is SweepStatus.FAILED
     assert "authentication" in (a.reason or "")
     assert b.status is SweepStatus.FAILED  # it joined the stopped sweep, and says so
+
+
+async def test_the_latch_records_who_and_why_and_a_release_says_whether_it_was_halted() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    states: list[HaltState] = []
+
+    async def on_state(state: HaltState) -> None:
+        states.append(state)
+
+    engine = Engine({ACCOUNT: ex}, settings(), None, on_state)
+    kill = dataclasses.replace(
+        request("k1", latch=True), operator="alice", source="operator-cli", reason="fat finger"
+    )
+    result = await engine.submit(kill, Progress())
+    assert result.trigger_reason == "fat finger"
+    assert (states[0].by, states[0].reason, states[0].alert_id) == ("alice", "fat finger", "k1")
+    # A risk engine's alert has no operator: its source latched the account.
+    widen = dataclasses.replace(
+        request("k2", latch=True, symbols={"BTC_USDT"}), source="var-monitor", reason="VaR"
+    )
+    await engine.submit(widen, Progress())
+    assert engine.halted()[ACCOUNT].by == "alice"  # the latch keeps who set it first
+    release = dataclasses.replace(request("r1"), operator="bob", reason="all clear")
+    released = await engine.release(release)
+    assert released.was_halted is True
+    assert (states[-1].halted, states[-1].by, states[-1].reason) == (False, "bob", "all clear")
+    again = await engine.release(dataclasses.replace(release, alert_id="r2"))
+    assert again.status is SweepStatus.RELEASED
+    assert again.was_halted is False
+    await engine.close(1.0)
+
+
+async def test_progress_events_count_the_pairs_listed_of_the_pairs_in_scope() -> None:
+    ex = FakeExchange(["BTC_USDT", "ETH_USDT"])
+    for _ in range(3):
+        ex.place("BTC_USDT")
+    ex.gate = asyncio.Event()
+    engine = Engine({ACCOUNT: ex}, settings(progress_interval_s=0.01))
+    progress = Progress()
+    task = asyncio.create_task(engine.submit(request(), progress))
+    await wait_for(lambda: len(progress.events) >= 1)
+    ex.gate.set()
+    result = await task
+    await engine.close(1.0)
+    first = progress.events[0]
+    assert first.pairs_in_scope == 2
+    assert first.pairs_listed is not None
+    assert first.pairs_listed <= 2
+    assert result.pairs_in_scope is None  # final results say it with their status

@@ -53,6 +53,10 @@ def status(account: str, code: str, at: float) -> Step:
     return lambda r: r.record_exchange(account, code, at)
 
 
+def kafka(up: bool, reason: str) -> Step:
+    return lambda r: r.set_kafka(up, reason)
+
+
 def auth(account: str) -> Step:
     return lambda r: r.auth_rejected(account)
 
@@ -129,6 +133,24 @@ def auth(account: str) -> Step:
             1.0,
             ReadyReport(False, ("kafka: not consuming",)),
             id="lost-assignment",
+        ),
+        pytest.param(
+            [consuming, ok("mm-1", 0), ok("mm-2", 0), kafka(False, "waiting for Kafka at k:9092")],
+            1.0,
+            ReadyReport(False, ("waiting for Kafka at k:9092",)),
+            id="kafka-down-while-consuming",
+        ),
+        pytest.param(
+            [kafka(False, "waiting for Kafka at k:9092"), ok("mm-1", 0), ok("mm-2", 0)],
+            1.0,
+            ReadyReport(False, ("waiting for Kafka at k:9092", "kafka: not consuming")),
+            id="kafka-down-and-not-consuming",
+        ),
+        pytest.param(
+            [consuming, ok("mm-1", 0), ok("mm-2", 0), kafka(False, "gone"), kafka(True, "")],
+            1.0,
+            ReadyReport(True),
+            id="kafka-back",
         ),
         pytest.param(
             [consuming, ok("mm-1", 0), ok("mm-2", 0), lambda r: r.set_draining()],

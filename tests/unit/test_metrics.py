@@ -24,7 +24,7 @@ from tests.conftest import wait_for
 
 ACCOUNTS = ["mm-1", "mm-2"]
 
-# The table of shared/design.md: family name -> (type, labels).
+# The metric table of the README (a contract): family name -> (type, labels).
 CONTRACT = {
     "killswitch_cancels": ("counter", {"account", "outcome"}),
     "killswitch_alerts": ("counter", {"source", "result"}),
@@ -229,6 +229,9 @@ def test_series_exist_before_anything_happens(
         ([("loop_lag", (0.03,))], "killswitch_event_loop_lag_seconds_bucket", {"le": "0.05"}, 1.0),
         ([("set_ready", (True,))], "killswitch_ready", {}, 1.0),
         ([("set_ready", (True,)), ("set_ready", (False,))], "killswitch_ready", {}, 0.0),
+        ([], "killswitch_kafka_up", {}, 0.0),
+        ([("set_kafka_up", (True,))], "killswitch_kafka_up", {}, 1.0),
+        ([("set_kafka_up", (True,)), ("set_kafka_up", (False,))], "killswitch_kafka_up", {}, 0.0),
     ],
 )
 def test_events_move_the_right_series(

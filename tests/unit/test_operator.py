@@ -330,3 +330,16 @@ def test_keygen_ed25519(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["keygen", "--ed25519", "--out", str(out)]) == 2
     assert main(["keygen", "--ed25519", "--out", str(out), "--force"]) == 0
     assert public_key_b64(load_operator_key(out)) != public.group(1)
+
+
+def test_group_members_are_read_from_describe_groups_answers() -> None:
+    from types import SimpleNamespace
+
+    from killswitch.operator import _group_members
+
+    members = [("m-1", "killswitch", "/10.0.0.7", b"", b""), ("m-2", "", "", b"", b"")]
+    answer = SimpleNamespace(groups=[(0, "g", "Stable", "consumer", "range", members)])
+    assert _group_members([answer]) == ("Stable", ["killswitch@10.0.0.7", "m-2"])
+    failed = SimpleNamespace(groups=[(16, "g", "", "", "", [])])
+    assert _group_members([failed]) == ("error 16", [])
+    assert _group_members([]) == ("unknown", [])

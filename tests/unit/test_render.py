@@ -19,10 +19,13 @@ from killswitch.render import (
     AccountProgress,
     Board,
     Check,
+    GroupView,
     bar,
     check_lines,
+    dry_run_lines,
     duration_text,
     fraction_done,
+    group_checks,
     metric_samples,
     metrics_lines,
     plain_updates,
@@ -417,13 +420,19 @@ def test_status_lines_and_records() -> None:
             "risk-7f3a",
             NOW - timedelta(seconds=30),
             Scope(symbols=frozenset({"BTC_USDT"}), sides=frozenset({Side.SELL})),
+            by="risk-engine",
+            reason="loss limit   breached\non BTC",
         ),
     ]
     assert status_lines(states, NOW) == [
         "2 halted account(s):",
-        "ACCOUNT  SINCE                     FOR    ALERT      SCOPE",
-        "mm-1     2026-11-24T01:01:33.000Z  30.0s  risk-7f3a  BTC_USDT; SELL",
-        "mm-2     2026-11-24T00:57:03.000Z  5m00s  op-9       all symbols; both sides",
+        "ACCOUNT  SINCE                     FOR    ALERT      BY           SCOPE"
+        "                    REASON",
+        "mm-1     2026-11-24T01:01:33.000Z  30.0s  risk-7f3a  risk-engine  BTC_USDT; SELL"
+        "           loss limit breached on BTC",
+        # A record written before "by" and "reason" existed: shown as unknown.
+        "mm-2     2026-11-24T00:57:03.000Z  5m00s  op-9       ?            all symbols; both sides"
+        "  ?",
     ]
     assert status_lines([], NOW) == ["no account is halted"]
     records = status_records(states)
@@ -434,7 +443,17 @@ def test_status_lines_and_records() -> None:
         "alert_id": "risk-7f3a",
         "since": "2026-11-24T01:01:33.000Z",
         "scope": {"symbols": ["BTC_USDT"], "sides": ["SELL"], "order_ids": None},
+        "by": "risk-engine",
+        "reason": "loss limit   breached\non BTC",
     }
+    assert records[1]["by"] is None
+    assert records[1]["reason"] is None
+
+
+def test_status_reason_is_cut_to_one_short_line() -> None:
+    state = HaltState("mm-1", True, "a", NOW, Scope(), by="bob", reason="x" * 100)
+    line = status_lines([state], NOW)[2]
+    assert line.endswith("x" * 57 + "...")
 
 
 def test_check_lines() -> None:
@@ -567,3 +586,85 @@ def test_not_found_survives_the_result_json_round_trip() -> None:
     assert progress.status == "flat"
     empty = json.loads(encode_result(dataclasses.replace(sweep, not_found=[])))
     assert empty["not_found"] == []
+
+
+# ----------------------------------------------------------- audit trail (issue 15)
+
+
+def test_while_pairs_are_unlisted_the_line_shows_listing_progress_not_a_percentage() -> None:
+    # 105 orders found and cancelled, 1 pending, 2 of 5 pairs still unlisted: the order
+    # fraction alone would say 99 %.
+    row = AccountProgress.from_result(
+        result(sent=105, residual=0, pending=1, pairs_listed=3, pairs_in_scope=5)
+    )
+    assert row is not None
+    assert row.listing
+    line = progress_line(row)
+    assert "listed 3/5 pairs" in line
+    assert "%" not in line
+    done = AccountProgress.from_result(
+        result(sent=105, pending=1, pairs_listed=5, pairs_in_scope=5)
+    )
+    assert done is not None
+    assert not done.listing
+    assert " 99%" in progress_line(done)
+    # Records without the fields (an older daemon): the percentage as before.
+    old = AccountProgress.from_result(result(sent=105, pending=1))
+    assert old is not None
+    assert not old.listing
+    assert " 99%" in progress_line(old)
+
+
+def test_a_release_of_an_account_that_was_not_halted_says_so_and_exits_non_zero() -> None:
+    board = Board("rel-1", ["mm-1", "mm-2"], action="release")
+    board.apply_result(result("mm-1", "released", final=True, was_halted=True, alert_id="rel-1"))
+    board.apply_result(result("mm-2", "released", final=True, was_halted=False, alert_id="rel-1"))
+    assert board.exit_code() == EXIT_NOT_FOUND
+    lines = progress_lines(board)
+    assert "ok: released" in lines[0]
+    assert "NOT OK: not halted (nothing to release)" in lines[1]
+    summary = summary_lines(board, 1.0)
+    assert summary[0].startswith("release INCOMPLETE rel-1")
+    assert summary[1] == "  mm-2: was not halted (nothing released)"
+    # Both halted: success.
+    ok = Board("rel-2", ["mm-1"], action="release")
+    ok.apply_result(result("mm-1", "released", final=True, was_halted=True, alert_id="rel-2"))
+    assert ok.exit_code() == 0
+
+
+def test_dry_run_lists_the_orders_it_would_cancel() -> None:
+    orders = [
+        {"order_id": 7, "symbol": "BTC_USDT", "outcome": "skipped", "attempts": 0},
+        {"order_id": 8, "symbol": "ETH_USDT", "outcome": "skipped", "attempts": 0},
+        {"order_id": "bad"},
+    ]
+    board = Board("op-1", ["mm-1"], dry_run=True)
+    board.apply_result(result(status="dry_run", final=True, orders=orders, orders_omitted=3))
+    lines = dry_run_lines(board, limit=1)
+    assert lines == [
+        "dry run: 5 order(s) would be cancelled:",
+        "ACCOUNT  ORDER ID  PAIR",
+        "mm-1     7         BTC_USDT",
+        "... and 4 more (write them all with --out FILE)",
+    ]
+    empty = Board("op-2", ["mm-1"], dry_run=True)
+    empty.apply_result(result(status="dry_run", final=True, alert_id="op-2", orders=[]))
+    assert dry_run_lines(empty) == ["dry run: no open order in scope"]
+    assert dry_run_lines(Board("op-3", ["mm-1"])) == []  # not a dry run
+
+
+def test_group_checks_fail_without_a_member_and_report_the_lag() -> None:
+    view = GroupView("Stable", ["killswitch@10.0.0.7", "killswitch@10.0.0.8"], {"alerts": 3})
+    group, lag = group_checks("killswitch", view)
+    assert group == Check(
+        "consumer group",
+        "killswitch",
+        True,
+        "2 member(s), Stable: killswitch@10.0.0.7, killswitch@10.0.0.8",
+    )
+    assert lag == Check("consumer lag", "killswitch", True, "records behind: alerts 3")
+    (empty,) = group_checks("killswitch", GroupView("Empty", [], {}))
+    assert not empty.ok
+    assert empty.detail == "no member: no daemon is consuming alerts (Empty)"
+    (unreadable,) = group_checks("killswitch", "not readable (ValueError)")
+    assert not unreadable.ok
