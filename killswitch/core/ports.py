@@ -112,6 +112,9 @@ class Observer(Protocol):
 
     def residual(self, account: str, count: int) -> None: ...
 
+    def latch_reaction(self, account: str, seconds: float | None) -> None:
+        """The halted account's guard reaction bound now; None: no longer guarded here."""
+
 
 class NullObserver:
     """An :class:`Observer` that records nothing."""
@@ -138,6 +141,9 @@ class NullObserver:
         pass
 
     def residual(self, account: str, count: int) -> None:
+        pass
+
+    def latch_reaction(self, account: str, seconds: float | None) -> None:
         pass
 
 

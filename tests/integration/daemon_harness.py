@@ -99,7 +99,6 @@ def daemon_settings(
         # strategy (auto) is tested end to end by passing engine={"strategy": "auto"}.
         "strategy": "per_order",
         "default_deadline_s": 10.0,
-        "latch_sweep_interval_s": 0.2,
         "progress_interval_s": 0.2,
         "shutdown_grace_s": 3.0,
         **overrides.pop("engine", {}),

@@ -131,7 +131,6 @@ def engine_settings(**kw: Any) -> EngineSettings:
     # (strategy auto, the default, has its own tests below).
     base: dict[str, Any] = {
         "progress_interval_s": 0.05,
-        "latch_sweep_interval_s": 0.05,
         "strategy": "per_order",
     }
     base.update(kw)
@@ -442,7 +441,7 @@ async def test_progress_results_during_a_long_sweep(env: Env) -> None:
 
 def auto_settings(**kw: Any) -> EngineSettings:
     """The product's default strategy (auto), test intervals."""
-    settings = EngineSettings(progress_interval_s=0.05, latch_sweep_interval_s=0.05, **kw)
+    settings = EngineSettings(progress_interval_s=0.05, **kw)
     assert settings.strategy == "auto"
     return settings
 
