@@ -91,7 +91,8 @@ def next_pair(
     order, so no pair waits longer than a round: the reaction bound holds. Within
     that, pairs with recent orders (``activity``: when orders were last found or
     cancelled there) go first: the most recent one whose listing now leaves every
-    other pair on time. At the guard's start every pair has a whole round of slack,
+    other pair on time (a pair listed since its orders were seen waits its turn). At
+    the guard's start every pair has a whole round of slack,
     so the recent pairs are listed first, most recent first.
     """
     if not pairs:
@@ -102,13 +103,24 @@ def next_pair(
         return last_listed.get(pair, started) + span
 
     def newest(pair: str) -> float:
-        return -activity.get(pair, -math.inf)
+        return -activity[pair] if is_recent(activity, pair, now) else math.inf
 
-    ordered = sorted(pairs, key=lambda p: (due(p), newest(p), p))
-    recent = sorted((p for p in ordered if is_recent(activity, p, now)), key=newest)
+    # Ties: a pair never listed before one just listed, then the most recent orders.
+    ordered = sorted(pairs, key=lambda p: (due(p), last_listed.get(p, -math.inf), newest(p), p))
+    recent = sorted((p for p in ordered if _worth_early(p, last_listed, activity, now)), key=newest)
     for pair in recent:
         index = ordered.index(pair)
         # Listing it first delays each pair ahead of it by one interval.
         if all(now + (k + 1) * interval <= due(ordered[k]) for k in range(index)):
             return pair
     return ordered[0]
+
+
+def _worth_early(
+    pair: str, last_listed: Mapping[str, float], activity: Mapping[str, float], now: float
+) -> bool:
+    """Recent orders there, and not listed since they were seen."""
+    if not is_recent(activity, pair, now):
+        return False
+    listed = last_listed.get(pair)
+    return listed is None or listed <= activity[pair]
