@@ -37,17 +37,18 @@ def listing_interval_s(budget: float, share: float) -> float:
     return 1.0 / guard_rate(budget, share)
 
 
-def next_listing_at(previous_start: float | None, listings: int, interval: float) -> float:
+def next_listing_at(previous_start: float | None, interval: float) -> float:
     """When the next guard step may start (loop clock; compare with now).
 
-    ``previous_start`` is when the previous step started (None: none yet, start now)
-    and ``listings`` how many listing requests it made: each is charged one
-    ``interval``, so a step that found orders and listed again to verify does not
-    overspend the share. Cancels are not charged: they are what the guard is for.
+    Paced from the previous step's *start*, so the step's own round trip is not added
+    to the interval: one listing per ``interval``, the whole share and no more. A
+    step that found orders also cancels them and lists the pair once more to verify;
+    those requests are not charged to the share (they are what the guard is for, and
+    charging them would stretch the round past the bound).
     """
     if previous_start is None:
         return -math.inf
-    return previous_start + max(1, listings) * interval
+    return previous_start + interval
 
 
 def reaction_bound_s(pairs: int, budget: float, share: float, round_trip_s: float) -> float:

@@ -120,7 +120,6 @@ class _Pace:
 
     started: float  # loop clock
     previous: float | None = None  # start of the last guard step
-    listings: int = 1  # listing requests the last step made
     last_listed: dict[str, float] = field(default_factory=dict)
     round_trip: float | None = None  # smoothed seconds of one empty listing
 
@@ -451,7 +450,7 @@ class Engine:
                 if stop.is_set() or halt is None or not self._owns(account_id):
                     return
                 interval = listing_interval_s(self._budget(account_id), self._share)
-                wait = next_listing_at(pace.previous, pace.listings, interval) - loop.time()
+                wait = next_listing_at(pace.previous, interval) - loop.time()
                 account = self._account(account_id)
                 if account.busy():
                     wait = interval  # a kill sweep is under way: it lists every pair itself
@@ -479,12 +478,11 @@ class Engine:
             interval=interval,
             started=pace.started,
         )
-        pace.previous, pace.listings = now, 1
+        pace.previous = now
         if pair is None:
             return  # no pairs known (exchange info unreadable): try again a step later
         scope = Scope(frozenset({pair}), halt.scope.sides, halt.scope.order_ids)
         sweep = await self._guard_sweep(account_id, account, scope)
-        pace.listings = sweep.passes
         pace.last_listed[pair] = now
         if sweep.passes == 1 and not len(sweep.ledger) and sweep.failure is None:
             pace.round_trip = round_trip_estimate(pace.round_trip, loop.time() - now)

@@ -35,17 +35,12 @@ def test_a_budget_or_share_out_of_range_is_refused(budget: float, share: float) 
 
 
 def test_the_first_listing_goes_at_once() -> None:
-    assert next_listing_at(None, 1, 0.2) == -math.inf
+    assert next_listing_at(None, 0.2) == -math.inf
 
 
 def test_listings_are_paced_from_the_previous_start_not_slept_after_it() -> None:
     # Started at 10.0 and took 0.15 s: the next may start at 10.2, not at 10.35.
-    assert next_listing_at(10.0, 1, 0.2) == pytest.approx(10.2)
-
-
-def test_a_step_that_listed_again_to_verify_is_charged_every_listing() -> None:
-    assert next_listing_at(10.0, 3, 0.2) == pytest.approx(10.6)
-    assert next_listing_at(10.0, 0, 0.2) == pytest.approx(10.2)  # at least one
+    assert next_listing_at(10.0, 0.2) == pytest.approx(10.2)
 
 
 # ------------------------------------------------------------------- the bound
