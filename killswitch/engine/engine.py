@@ -72,6 +72,8 @@ DEFAULT_CONCURRENCY = 8
 # The budget (requests per second) of a client without a limiter (test doubles): the
 # default ``rate_limit_per_second`` of an account.
 FALLBACK_BUDGET = 10.0
+# How long a guard waits before asking again for a pair list it could not get.
+PAIRS_RETRY_S = 1.0
 
 
 def _resolved(result: SweepResult) -> asyncio.Future[SweepResult]:
@@ -480,7 +482,11 @@ class Engine:
         )
         pace.previous = now
         if pair is None:
-            return  # no pairs known (exchange info unreadable): try again a step later
+            # No pair list (exchange info unreadable, nothing configured): ask again
+            # later, not at the listing pace, so a failing exchange is not asked 5 times a
+            # second nor the log filled with the same warning.
+            pace.previous = now + PAIRS_RETRY_S
+            return
         scope = Scope(frozenset({pair}), halt.scope.sides, halt.scope.order_ids)
         sweep = await self._guard_sweep(account_id, account, scope)
         pace.last_listed[pair] = now
