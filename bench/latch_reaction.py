@@ -104,8 +104,11 @@ async def request_log(admin: httpx.AsyncClient) -> list[dict[str, Any]]:
     return entries
 
 
-def reactions(entries: list[dict[str, Any]], placed: set[int]) -> dict[int, float]:
-    """Seconds from each order's ``create_order`` to the cancel that closed it."""
+def reactions(entries: list[dict[str, Any]], placed: dict[int, str]) -> dict[int, float]:
+    """Seconds from each order's ``create_order`` to the cancel that closed it.
+
+    ``placed`` maps order id to its pair (a create's pair is in its body, not logged).
+    """
     created: dict[int, tuple[int, str]] = {}
     out: dict[int, float] = {}
     for e in entries:
@@ -113,7 +116,7 @@ def reactions(entries: list[dict[str, Any]], placed: set[int]) -> dict[int, floa
             continue
         symbol = parse_qs(e["query"]).get("symbol", [""])[0]
         if e["endpoint"] == "create_order" and e["order_id"] in placed:
-            created[e["order_id"]] = (e["timestamp_ms"], symbol)
+            created[e["order_id"]] = (e["timestamp_ms"], placed[e["order_id"]])
         elif e["endpoint"] == "cancel" and e["order_id"] in created:
             out.setdefault(e["order_id"], (e["timestamp_ms"] - created[e["order_id"]][0]) / 1000)
         elif e["endpoint"] == "cancel_all":
@@ -142,10 +145,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                 engine.restore_halt(
                     HaltState(ACCOUNT, True, "bench", datetime.now(UTC), Scope(frozenset(PAIRS)))
                 )
-                placed: set[int] = set()
+                placed: dict[int, str] = {}
                 for _ in range(args.orders):
                     await asyncio.sleep(rng.uniform(*GAP_S))
-                    placed.add(await place(http, pem, rng.choice(PAIRS), "100"))
+                    pair = rng.choice(PAIRS)
+                    placed[await place(http, pem, pair, "100")] = pair
                 loop = asyncio.get_running_loop()
                 flat = await drained(http, loop.time() + DRAIN_S)
                 entries = await request_log(http)
@@ -156,7 +160,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 def summarise(
     args: argparse.Namespace,
-    placed: set[int],
+    placed: dict[int, str],
     entries: list[dict[str, Any]],
     bound: Bound,
     *,
@@ -168,7 +172,12 @@ def summarise(
     p50, p99 = harness.percentile(times, 0.5), harness.percentile(times, 0.99)
     formula = max(bound.values) if bound.values else float("nan")
     round_trip = formula - len(PAIRS) / (share * budget)
-    harness.summary(f"{NAME} orders", f"{len(times)} of {len(placed)} cancelled", "all", flat)
+    harness.summary(
+        f"{NAME} orders",
+        f"{len(times)} of {len(placed)} cancelled by the guard, account flat: {flat}",
+        "all",
+        flat and len(times) == len(placed),
+    )
     harness.summary(f"{NAME} p50", f"{p50:.3f}s")
     harness.summary(
         f"{NAME} p99",

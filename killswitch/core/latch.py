@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 # A pair where orders were found or cancelled within this many seconds is "recent":
 # a strategy that placed orders there is the one most likely to place them again.
 RECENT_S = 60.0
-# Weight of a new round-trip sample in the running estimate.
+# Weight of a faster round-trip sample in the running estimate.
 ROUND_TRIP_WEIGHT = 0.2
 
 
@@ -63,11 +63,15 @@ def reaction_bound_s(pairs: int, budget: float, share: float, round_trip_s: floa
 
 
 def round_trip_estimate(previous: float | None, sample: float) -> float:
-    """A smoothed round trip: the first sample, then a moving average."""
+    """The round trip the bound assumes: up at once to a slower sample, down slowly.
+
+    A bound is worth more when it errs long: one slow listing (a busy exchange, a late
+    event loop) counts in full, and fast ones bring the figure down a fraction at a time.
+    """
     sample = max(0.0, sample)
     if previous is None:
         return sample
-    return previous + ROUND_TRIP_WEIGHT * (sample - previous)
+    return max(sample, previous + ROUND_TRIP_WEIGHT * (sample - previous))
 
 
 def is_recent(activity: Mapping[str, float], pair: str, now: float) -> bool:

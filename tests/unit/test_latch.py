@@ -59,10 +59,12 @@ def test_reaction_bound_refuses_negative_input() -> None:
         reaction_bound_s(-1, 10.0, 0.5, 0.0)
 
 
-def test_round_trip_is_smoothed() -> None:
+def test_round_trip_rises_at_once_and_falls_slowly() -> None:
     first = round_trip_estimate(None, 0.01)
     assert first == pytest.approx(0.01)
-    assert round_trip_estimate(first, 0.11) == pytest.approx(0.03)
+    slow = round_trip_estimate(first, 0.11)
+    assert slow == pytest.approx(0.11)
+    assert round_trip_estimate(slow, 0.01) == pytest.approx(0.09)
     assert round_trip_estimate(None, -1.0) == 0.0
 
 
