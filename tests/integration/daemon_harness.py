@@ -100,6 +100,9 @@ def daemon_settings(
         "strategy": "per_order",
         "default_deadline_s": 10.0,
         "progress_interval_s": 0.2,
+        # A halted account's guard lists at this share of 5,000/s: 25 listings/s, not
+        # thousands (the tests' exchange budget is far above a real one).
+        "latch_budget_share": 0.005,
         "shutdown_grace_s": 3.0,
         **overrides.pop("engine", {}),
     }
