@@ -162,7 +162,9 @@ async def test_no_pair_list_at_all_the_kill_runs_but_is_never_flat(
             await wait_for(lambda: len(results.finals("blind-1")) == 1, timeout=30)
             final = results.finals("blind-1")[0]
             assert final["status"] == "residual"
-            assert final["reason"].startswith("pairs could not be checked (")
+            assert final["reason"].startswith(
+                "pairs could not be checked against the exchange's pair list ("
+            )
             assert "no pair list: exchange-info failed" in final["reason"]
             assert final["counts"]["sent"] == 4  # it cancelled what it could
             assert len(ex.open_ids("mm-1")) == 4  # only the ETH_USDT orders are left
@@ -173,7 +175,7 @@ async def test_no_pair_list_at_all_the_kill_runs_but_is_never_flat(
             await wait_for(lambda: len(results.finals("blind-2")) == 1, timeout=30)
             final = results.finals("blind-2")[0]
             assert final["status"] == "residual"
-            assert final["reason"].startswith("pairs could not be checked (")
+            assert final["reason"].startswith("pairs could not be checked against the exchange")
 
             # A whole-account kill needs the list to know what to list: it fails, saying so.
             await produce(settings, [alert_message("blind-all")])
@@ -213,32 +215,87 @@ async def test_a_slow_pair_list_does_not_hold_a_kill_back(
             assert ex.open_ids("mm-1") == set()
 
 
-async def test_configured_symbols_stand_in_when_exchange_info_never_answers(
+async def test_configured_symbols_are_no_proof_a_kill_over_them_is_never_flat(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
+    # exchange-info down from the start; mm-1 has `symbols` but trades XRP_USDT too,
+    # and the exchange lists pairs it does not trade as [] (the worst case).
     async with exchange() as ex:
         ex.sim.set_faults(INFO_DOWN, "exchange_info")
-        pairs = {"symbols": ["BTC_USDT", "ETH_USDT"]}
+        ex.sim.unknown_symbol = "empty"
         settings = daemon_settings(
-            kafka_bootstrap, unique_name, ex, account_mm_1=pairs, account_mm_2=pairs
+            kafka_bootstrap, unique_name, ex, account_mm_1={"symbols": ["BTC_USDT", "ETH_USDT"]}
         )
         await prepare_topics(settings)
         topics = settings.kafka.topics
-        ex.seed("mm-1", 3)
+        listed = ex.seed("mm-1", 3)
+        xrp = ex.seed("mm-1", 2, symbols=["XRP_USDT"])
+        blind = "pairs could not be checked against the exchange's pair list (exchange-info: "
         async with (
             TopicReader(kafka_bootstrap, topics.results) as results,
             TopicReader(kafka_bootstrap, topics.dlq) as dlq,
             daemon_in_process(settings),
         ):
-            await produce(settings, [alert_message("cfg-bad", scope={"symbols": ["btc_usdt"]})])
+            # A whole-account kill lists the configured pairs only: never flat, and the
+            # CLI prints why.
+            out = io.StringIO()
+            whole = prepare_trigger(_trigger(["mm-1"]), settings, now=datetime.now(UTC))
+            run = await run_trigger(settings, whole, out=out, tty=False, timeout_s=30)
+            row = run.board.rows["mm-1"]
+            assert row.status == "residual"
+            assert run.exit_code != 0
+            assert blind in out.getvalue()
+            assert ex.open_ids("mm-1") == xrp  # what it listed is cancelled, XRP unseen
+
+            # A pair missing from the configured list is not refused: it runs, unchecked.
+            await produce(settings, [alert_message("cfg-xrp", scope={"symbols": ["XRP_USDT"]})])
+            await wait_for(lambda: len(results.finals("cfg-xrp")) == 1, timeout=20)
+            final = results.finals("cfg-xrp")[0]
+            assert final["status"] == "residual"
+            assert final["reason"].startswith(blind)
+            assert ex.open_ids("mm-1") == set()
+
+            # A miscased pair is neither refused by the fallback nor reported flat.
+            ex.seed("mm-1", 2, symbols=["BTC_USDT"])
+            await produce(settings, [alert_message("cfg-typo", scope={"symbols": ["btc_usdt"]})])
+            await wait_for(lambda: len(results.finals("cfg-typo")) == 1, timeout=20)
+            assert results.finals("cfg-typo")[0]["status"] == "residual"
+            assert results.finals("cfg-typo")[0]["reason"].startswith(blind)
+            assert len(ex.open_ids("mm-1")) == 2
+            assert dlq.records == []
+            assert listed  # seeded on the configured pairs
+
+
+async def test_a_stale_exchange_list_still_refuses_and_proves_flat(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # The exchange answered once, then exchange-info fails: its last answer is kept.
+    async with exchange() as ex:
+        settings = daemon_settings(
+            kafka_bootstrap,
+            unique_name,
+            ex,
+            engine={"exchange_info_ttl_s": 0.001},
+            account_mm_1={"symbols": ["BTC_USDT"]},
+        )
+        await prepare_topics(settings)
+        topics = settings.kafka.topics
+        ex.seed("mm-1", 2)
+        async with (
+            TopicReader(kafka_bootstrap, topics.results) as results,
+            TopicReader(kafka_bootstrap, topics.dlq) as dlq,
+            daemon_in_process(settings),
+        ):
+            await wait_for(lambda: ex.sim.count(endpoint="exchange_info", status=200) >= 1)
+            ex.sim.set_faults(INFO_DOWN, "exchange_info")
+            await produce(settings, [alert_message("stale-bad", scope={"symbols": ["NOPE_USDT"]})])
             await wait_for(lambda: len(dlq.records) == 1, timeout=20)
-            assert "did you mean BTC_USDT?" in dlq.records[0]["reason"]
-            # A whole-account kill lists the configured pairs and can prove flat.
-            await produce(settings, [alert_message("cfg-all")])
-            await wait_for(lambda: len(results.finals("cfg-all")) == 1, timeout=20)
-            final = results.finals("cfg-all")[0]
+            assert "NOPE_USDT (" in dlq.records[0]["reason"]
+            await produce(settings, [alert_message("stale-all")])
+            await wait_for(lambda: len(results.finals("stale-all")) == 1, timeout=20)
+            final = results.finals("stale-all")[0]
             assert final["status"] == "flat"
-            assert final["reason"].startswith("pairs from the configured pair list (")
+            assert "pairs from the stale pair list (" in final["reason"]
             assert ex.open_ids("mm-1") == set()
 
 
