@@ -7,7 +7,9 @@ own books and request log, not from what the daemon reports.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -23,7 +25,7 @@ from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorSe
 from killswitch.exchange.simulator.core import LogEntry
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.intake.consumer import PAIR_FETCH_WAIT_S
-from killswitch.operator import TriggerRequest, prepare_trigger, run_trigger
+from killswitch.operator import TriggerRequest, prepare_trigger, run_checks, run_trigger
 from killswitch.render import EXIT_NOT_FOUND, EXIT_REFUSED
 from tests.conftest import wait_for
 from tests.integration.daemon_harness import (
@@ -32,6 +34,7 @@ from tests.integration.daemon_harness import (
     daemon_settings,
     exchange,
     prepare_topics,
+    settings_env,
 )
 from tests.integration.intake_harness import (
     FakeEngine,
@@ -490,3 +493,111 @@ async def test_a_redirected_pair_list_stays_a_redirect() -> None:
     finally:
         await client.close()
         await server.close()
+
+
+# ------------------------------------------------------------ readiness and `check`
+
+
+async def _ready_reasons(daemon: Daemon) -> list[str]:
+    url_of = daemon.observability.url
+    assert url_of is not None
+    async with httpx.AsyncClient() as http:
+        reasons: list[str] = (await http.get(f"{url_of()}/readyz")).json()["reasons"]
+    return reasons
+
+
+async def _wait_reasons(daemon: Daemon, want: Callable[[list[str]], bool]) -> list[str]:
+    """Poll /readyz until its reasons satisfy ``want`` (a condition with a deadline)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    reasons = await _ready_reasons(daemon)
+    while not want(reasons):
+        assert loop.time() < deadline, f"readiness reasons stayed {reasons}"
+        await asyncio.sleep(0.05)
+        reasons = await _ready_reasons(daemon)
+    return reasons
+
+
+async def test_readiness_and_check_agree_on_an_account_without_any_pair_list(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # exchange-info down from the start: mm-1 has `symbols`, mm-2 has nothing to go on.
+    async with exchange() as ex:
+        ex.sim.set_faults(INFO_DOWN, "exchange_info")
+        settings = daemon_settings(
+            kafka_bootstrap,
+            unique_name,
+            ex,
+            account_mm_1={"symbols": ["BTC_USDT", "ETH_USDT"]},
+            metrics={"enabled": True, "port": 0, "exchange_stale_after_s": 2},
+        )
+        await prepare_topics(settings)
+        no_list = "mm-2: no pair list: exchange-info failed ("
+        async with daemon_in_process(settings) as run:
+            reasons = await _wait_reasons(
+                run.daemon, lambda rs: any(r.startswith(no_list) for r in rs)
+            )
+            assert reasons == [r for r in reasons if r.startswith(no_list)]  # mm-1 is fine
+            assert reasons[0].endswith("and account has no `symbols` setting")
+
+            checks = await run_checks(settings, timeout_s=5)
+            by = {(c.name, c.target.split()[0]): c for c in checks}
+            assert not by[("exchange reachable", "mm-2")].ok
+            assert "no pair list" in by[("exchange reachable", "mm-2")].detail
+            mm1 = by[("exchange reachable", "mm-1")]
+            assert mm1.ok
+            assert mm1.detail.startswith("2 pairs (configured; exchange-info failed: ")
+            assert "503" in mm1.detail
+
+            # The CLI: every finding in the table, nothing bare on stderr.
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "killswitch",
+                "check",
+                "--timeout",
+                "5",
+                env=settings_env(settings),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            stdout, stderr = await proc.communicate()
+            assert proc.returncode != 0  # mm-2 fails
+            assert "2 pairs (configured; exchange-info failed: " in stdout.decode()
+            assert stderr.decode() == ""
+
+            # exchange-info answers again: the next probe rounds find a list, ready.
+            ex.sim.clear_faults()
+            await _wait_reasons(run.daemon, lambda rs: rs == [])
+
+
+async def test_no_order_id_is_called_not_found_when_nothing_was_listed(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    async with exchange() as ex:
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        seeded = sorted(ex.seed("mm-2", 2, symbols=["BTC_USDT"]))
+        ghost = 9_000_000_002
+        async with (
+            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            daemon_in_process(settings),
+        ):
+            # The key is refused: the sweep lists nothing, so it knows of no id that
+            # is not open.
+            ex.sim.revoke(ex.keys["mm-2"][0])
+            scope = {"symbols": ["BTC_USDT"], "order_ids": [seeded[0], ghost]}
+            await produce(settings, [alert_message("nf-auth", ["mm-2"], scope=scope)], key="mm-2")
+            await wait_for(lambda: len(results.finals("nf-auth")) == 1, timeout=30)
+            final = results.finals("nf-auth")[0]
+            assert final["status"] == "failed"
+            assert final["not_found"] == []
+            assert len(ex.open_ids("mm-2")) == 2
+
+            # Listed to the end, the same scope names the id that is not there.
+            ex.sim.reinstate(ex.keys["mm-2"][0])
+            await produce(settings, [alert_message("nf-ok", ["mm-2"], scope=scope)], key="mm-2")
+            await wait_for(lambda: len(results.finals("nf-ok")) == 1, timeout=30)
+            final = results.finals("nf-ok")[0]
+            assert (final["status"], final["not_found"]) == ("flat", [ghost])
+            assert ex.open_ids("mm-2") == {seeded[1]}
