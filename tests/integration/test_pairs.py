@@ -548,6 +548,7 @@ async def test_readiness_and_check_agree_on_an_account_without_any_pair_list(
             assert mm1.ok
             assert mm1.detail.startswith("2 pairs (configured; exchange-info failed: ")
             assert "503" in mm1.detail
+            assert "mm-1" not in mm1.detail  # the row names the account once
 
             # The CLI: every finding in the table, nothing bare on stderr.
             proc = await asyncio.create_subprocess_exec(
