@@ -57,7 +57,7 @@ from killswitch.core.ledger import Ledger, covers
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order
 from killswitch.core.outcomes import Outcome, RejectReason
-from killswitch.core.pairs import PairList
+from killswitch.core.pairs import PairList, list_unchecked_reason
 from killswitch.core.planning import (
     WHOLE_PAIR,
     CancelQueue,
@@ -200,6 +200,8 @@ class Sweep:
         self.failure: str | None = None
         self.end_note: str | None = None
         self.notes: list[str] = []
+        # Why the pairs a whole-account pass listed prove nothing (the configured list).
+        self._blind_list: str | None = None
         self.first_cancel_at: datetime | None = None
         self._verified: tuple[int, frozenset[int]] | None = None  # (gen, ids found)
         self._pass: _Pass | None = None
@@ -434,10 +436,16 @@ class Sweep:
         return symbols_to_list(self.scope, (s.symbol for s in info))
 
     def _note_pair_source(self) -> None:
-        """Say in the result when the pairs listed were not the exchange's current list."""
+        """Say in the result when the pairs listed were not the exchange's current list;
+        remember when they were only the configured list (never proof of flat)."""
         cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
         pairs = cached() if callable(cached) else None
-        if isinstance(pairs, PairList) and pairs.source != "exchange":
+        if not isinstance(pairs, PairList):
+            return
+        blind = list_unchecked_reason(pairs)
+        if blind is not None:
+            self._blind_list = blind
+        elif pairs.source != "exchange":
             note = f"pairs from the {pairs.source} pair list (exchange-info: {pairs.error})"
             if note not in self.notes:
                 self.notes.append(note)
@@ -965,13 +973,15 @@ class Sweep:
                 verified=self._verified_for(ticket),
                 residual_in_scope=residual,
             )
-            unproven = self._unproven(ticket) if status is SweepStatus.FLAT else None
+            unproven = (
+                self._unproven(ticket) if status is SweepStatus.FLAT else self._unchecked(ticket)
+            )
             if unproven is not None:
                 status = SweepStatus.RESIDUAL
             orders = ledger.reports(scope)
             reason = "; ".join(filter(None, (unproven, self._reason(status)))) or None
             pending = 0
-            not_found = _not_found(ticket.scope, ledger)
+            not_found = _not_found(ticket.scope, ledger) if self._listed_all(ticket) else []
         else:
             status, orders, reason = SweepStatus.RUNNING, [], None
             pending = ledger.pending()
@@ -1012,14 +1022,30 @@ class Sweep:
     def _unproven(self, ticket: Ticket) -> str | None:
         """Why a verified-empty listing is no proof of flat for this ticket, if it is not:
         its pairs were never checked, or a pair in its scope was never listed to the end."""
-        if ticket.request.unchecked_pairs is not None:
-            return ticket.request.unchecked_pairs
+        unchecked = self._unchecked(ticket)
+        if unchecked is not None:
+            return unchecked
         wanted = ticket.scope.symbols
         unlisted = self._pairs - self.ledger.listed_pairs()
         if wanted is not None:
             unlisted &= wanted
         # _reason names the pairs (residual results list where nobody looked).
         return "not flat: a pair in scope was never listed to the end" if unlisted else None
+
+    def _unchecked(self, ticket: Ticket) -> str | None:
+        """Why the ticket's pairs were never checked against the exchange's own list:
+        its scope pairs (decided at intake), or the configured list a whole-account
+        pass listed (pairs outside it were never looked at)."""
+        if ticket.request.unchecked_pairs is not None:
+            return ticket.request.unchecked_pairs
+        return self._blind_list if ticket.scope.symbols is None else None
+
+    def _listed_all(self, ticket: Ticket) -> bool:
+        """Every pair the ticket concerns was listed to the end (so an id never seen
+        is known not to be open there); False when nothing was listed at all."""
+        wanted = ticket.scope.symbols
+        concerned = set(wanted) if wanted is not None else self._pairs
+        return bool(concerned) and concerned <= self.ledger.listed_pairs()
 
     def _verified_for(self, ticket: Ticket) -> bool:
         verified = self._verified
