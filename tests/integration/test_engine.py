@@ -586,7 +586,10 @@ async def test_residual_counts_only_orders_still_open(env: Env) -> None:
 # ------------------------------------------- pairs never listed to the end (unknown residual)
 
 
-async def test_a_kill_that_never_finishes_listing_names_the_unlisted_pairs(env: Env) -> None:
+@pytest.mark.parametrize(("strategy", "symbols"), [("auto", None), ("per_order", {"BTC_USDT"})])
+async def test_a_kill_that_never_finishes_listing_names_the_unlisted_pairs(
+    env: Env, strategy: str, symbols: set[str] | None
+) -> None:
     env.seed(300)
     # Exchange-wide 429s from the 3rd signed request, for longer than the kill's deadline
     # (and its settle grace): some pairs are never listed to the end.
@@ -596,15 +599,15 @@ async def test_a_kill_that_never_finishes_listing_names_the_unlisted_pairs(env: 
     async with env.client() as (client, _):
         engine = Engine(
             {ACCOUNT: client},
-            engine_settings(strategy="auto", page_size=100, settle_grace_s=0.3),
+            engine_settings(strategy=strategy, page_size=100, settle_grace_s=0.3),
             metrics,
         )
-        result = await engine.submit(kill(deadline_s=1.5), no_progress)
+        result = await engine.submit(kill(symbols=symbols, deadline_s=1.5), no_progress)
         await engine.close(1.0)
     env.sim.clear_throttle_window()
     assert result.status is SweepStatus.RESIDUAL, result.reason
     assert result.unlisted_pairs  # where nobody looked to the end
-    assert set(result.unlisted_pairs) <= set(SYMBOLS)
+    assert set(result.unlisted_pairs) <= (symbols or set(SYMBOLS))
     assert result.unlisted_pairs == sorted(result.unlisted_pairs)
     still_open = sum(len(env.sim.open_order_ids(env.api_key, p)) for p in result.unlisted_pairs)
     assert still_open > 0  # orders are open where the listing never ended
