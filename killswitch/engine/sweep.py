@@ -1018,10 +1018,8 @@ class Sweep:
         its pairs were never checked, or a pair in its scope was never listed to the end."""
         if ticket.request.unchecked_pairs is not None:
             return ticket.request.unchecked_pairs
-        wanted = ticket.scope.symbols
-        unlisted = self._pairs - self.ledger.listed_pairs()
-        if wanted is not None:
-            unlisted &= wanted
+        # The same pairs the result names in unlisted_pairs, so a flat never names any.
+        unlisted = self._unlisted(ticket.scope.symbols)
         # _reason names the pairs (residual results list where nobody looked).
         return "not flat: a pair in scope was never listed to the end" if unlisted else None
 
