@@ -388,6 +388,8 @@ def _status_text(p: AccountProgress, success: str) -> str:
     return f"{mark}: {text}" + (f" in {took}" if took else "")
 
 
+# How the engine's reason names the pairs it never listed (killswitch.engine.sweep),
+# for readers without ``unlisted_pairs``; left out where the status text names them.
 _UNLISTED_NOTE = "never listed to the end:"
 
 
@@ -403,9 +405,9 @@ def _reason_text(p: AccountProgress) -> str | None:
 def _still_open_text(p: AccountProgress, shown: int = 10) -> str:
     """``3 still open``, or ``still open: unknown (2 pair(s) never listed to the end:
     …)`` when some pairs in scope were never listed to the end."""
-    pairs = p.unlisted_pairs
-    if not (p.final and pairs):
+    if not p.open_unknown:
         return f"{p.residual_open} still open"
+    pairs = p.unlisted_pairs
     names = ", ".join(pairs[:shown]) + (" ..." if len(pairs) > shown else "")
     known = f"; {p.residual_open} in the pairs listed" if p.residual_open else ""
     return f"still open: unknown ({len(pairs)} pair(s) never listed to the end: {names}{known})"
