@@ -235,8 +235,8 @@ class ReadinessObserver:
     def halted(self, account: str, halted: bool) -> None:
         self._inner.halted(account, halted)
 
-    def residual(self, account: str, count: int) -> None:
-        self._inner.residual(account, count)
+    def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
+        self._inner.residual(account, count, unlisted_pairs)
 
 
 class HealthServerError(Exception):

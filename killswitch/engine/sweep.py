@@ -951,7 +951,9 @@ class Sweep:
         """End of sweep: final outcomes, metrics, and one final result per ticket."""
         self.ledger.finalise()  # queued or in flight when the sweep stopped: failed
         if not self.dry_run:
-            self.observer.residual(self.account, self.ledger.residual(self.scope))
+            wanted = self.scope.symbols if self.scope is not None else None
+            residual = self.ledger.residual(self.scope)
+            self.observer.residual(self.account, residual, len(self._unlisted(wanted)))
         mono = asyncio.get_running_loop().time()
         for ticket in self.tickets:
             result = self._reported(ticket, final=True)
@@ -979,13 +981,14 @@ class Sweep:
             if unproven is not None:
                 status = SweepStatus.RESIDUAL
             orders = ledger.reports(scope)
-            reason = "; ".join(filter(None, (unproven, self._reason(status)))) or None
+            unlisted = self._unlisted(ticket.scope.symbols)
+            reason = "; ".join(filter(None, (unproven, self._reason(status, unlisted)))) or None
             pending = 0
             not_found = _not_found(ticket.scope, ledger) if self._listed_all(ticket) else []
         else:
             status, orders, reason = SweepStatus.RUNNING, [], None
             pending = ledger.pending()
-            not_found = []
+            not_found, unlisted = [], []
         listed, in_scope_pairs = (None, None) if final else self._pair_progress(ticket)
         return SweepResult(
             alert_id=request.alert_id,
@@ -1008,6 +1011,7 @@ class Sweep:
             trigger_reason=request.reason,
             pairs_listed=listed,
             pairs_in_scope=in_scope_pairs,
+            unlisted_pairs=unlisted,
         )
 
     def _pair_progress(self, ticket: Ticket) -> tuple[int | None, int | None]:
@@ -1025,10 +1029,8 @@ class Sweep:
         unchecked = self._unchecked(ticket)
         if unchecked is not None:
             return unchecked
-        wanted = ticket.scope.symbols
-        unlisted = self._pairs - self.ledger.listed_pairs()
-        if wanted is not None:
-            unlisted &= wanted
+        # The same pairs the result names in unlisted_pairs, so a flat never names any.
+        unlisted = self._unlisted(ticket.scope.symbols)
         # _reason names the pairs (residual results list where nobody looked).
         return "not flat: a pair in scope was never listed to the end" if unlisted else None
 
@@ -1056,20 +1058,24 @@ class Sweep:
             oid in ledger and covers(ticket.scope, oid, ledger.record(oid)) for oid in verified[1]
         )
 
-    def _reason(self, status: SweepStatus) -> str | None:
+    def _unlisted(self, wanted: frozenset[str] | None) -> list[str]:
+        """Pairs in scope never listed to the end, sorted: of ``wanted`` (a scope's own
+        pairs), else of every pair the sweep set out to list or cancel."""
+        pairs = self._pairs if wanted is None else wanted
+        return sorted(pairs - self.ledger.listed_pairs())
+
+    def _reason(self, status: SweepStatus, unlisted: list[str]) -> str | None:
         parts: list[str] = []
         if status is SweepStatus.FAILED and self.failure:
             parts.append(self.failure)
         elif status is SweepStatus.RESIDUAL and self.end_note:
             parts.append(self.end_note)
-        if status is SweepStatus.RESIDUAL:
-            unlisted = sorted(self._pairs - self.ledger.listed_pairs())
-            if unlisted:
-                # residual_open counts what listings returned: say where nobody looked.
-                shown = ", ".join(unlisted[:10]) + (" ..." if len(unlisted) > 10 else "")
-                parts.append(
-                    f"never listed to the end: {shown} (open orders there are not in residual_open)"
-                )
+        if status is SweepStatus.RESIDUAL and unlisted:
+            # residual_open counts what listings returned: say where nobody looked.
+            shown = ", ".join(unlisted[:10]) + (" ..." if len(unlisted) > 10 else "")
+            parts.append(
+                f"never listed to the end: {shown} (open orders there are not in residual_open)"
+            )
         parts.extend(self.notes)
         return "; ".join(parts) or None
 

@@ -200,7 +200,7 @@ def test_readiness_observer_feeds_readiness_and_forwards() -> None:
     observer.first_cancel(0.1)
     observer.flat(0.2)
     observer.halted("mm-1", True)
-    observer.residual("mm-1", 2)
+    observer.residual("mm-1", 2, 1)
     assert readiness.evaluate(6.0).ready
     get = registry.get_sample_value
     assert (
