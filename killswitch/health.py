@@ -98,8 +98,9 @@ class Readiness:
 
     Ready means: the broker answers, the consumer is consuming, the daemon is not
     shutting down, and every configured account had a usable exchange answer within
-    ``stale_after_s`` and no authentication refusal or redirect since its last good
-    answer to a signed call.
+    ``stale_after_s``, no authentication refusal or redirect since its last good
+    answer to a signed call, and a pair list from some source (without one a
+    whole-account kill cannot run).
     """
 
     accounts: tuple[str, ...]
@@ -110,6 +111,7 @@ class Readiness:
     _last_ok: dict[str, float] = field(default_factory=dict)
     _auth_failed: set[str] = field(default_factory=set)
     _redirected: dict[str, str] = field(default_factory=dict)
+    _no_pairs: dict[str, str] = field(default_factory=dict)  # account: why it has none
 
     @classmethod
     def for_accounts(cls, accounts: Iterable[str], stale_after_s: float) -> Readiness:
@@ -144,6 +146,14 @@ class Readiness:
         """The exchange answered ``account`` with a redirect; ``problem`` says where to."""
         self._redirected[account] = problem
 
+    def pair_list(self, account: str, problem: str | None) -> None:
+        """``account`` has a pair list (``problem`` None) or has none from any source
+        (``problem`` says why: exchange-info failing and no ``symbols`` setting)."""
+        if problem is None:
+            self._no_pairs.pop(account, None)
+        else:
+            self._no_pairs[account] = problem
+
     def record_exchange(self, account: str, status: str, now: float, endpoint: str = "") -> None:
         """Feed one HTTP status and endpoint (as given to ``Observer.request_done``)."""
         answer = classify_answer(status)
@@ -176,6 +186,9 @@ class Readiness:
             return f"{account}: {problem}"
         if account in self._auth_failed:
             return f"{account}: auth rejected"
+        no_pairs = self._no_pairs.get(account)
+        if no_pairs is not None:
+            return f"{account}: {no_pairs}"
         last = self._last_ok.get(account)
         if last is None:
             return f"exchange: {account} no answer yet"
@@ -222,8 +235,8 @@ class ReadinessObserver:
     def halted(self, account: str, halted: bool) -> None:
         self._inner.halted(account, halted)
 
-    def residual(self, account: str, count: int) -> None:
-        self._inner.residual(account, count)
+    def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
+        self._inner.residual(account, count, unlisted_pairs)
 
     def latch_reaction(self, account: str, seconds: float | None) -> None:
         self._inner.latch_reaction(account, seconds)

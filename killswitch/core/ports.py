@@ -110,7 +110,10 @@ class Observer(Protocol):
 
     def halted(self, account: str, halted: bool) -> None: ...
 
-    def residual(self, account: str, count: int) -> None: ...
+    def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
+        """What the account's last sweep left: ``count`` orders in scope still open in
+        the last complete listing, and ``unlisted_pairs`` pairs in scope it never listed
+        to the end (their open orders are not in ``count``: unknown, not zero)."""
 
     def latch_reaction(self, account: str, seconds: float | None) -> None:
         """The halted account's guard reaction bound now; None: no longer guarded here."""
@@ -140,7 +143,7 @@ class NullObserver:
     def halted(self, account: str, halted: bool) -> None:
         pass
 
-    def residual(self, account: str, count: int) -> None:
+    def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
         pass
 
     def latch_reaction(self, account: str, seconds: float | None) -> None:

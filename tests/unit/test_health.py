@@ -200,7 +200,7 @@ def test_readiness_observer_feeds_readiness_and_forwards() -> None:
     observer.first_cancel(0.1)
     observer.flat(0.2)
     observer.halted("mm-1", True)
-    observer.residual("mm-1", 2)
+    observer.residual("mm-1", 2, 1)
     assert readiness.evaluate(6.0).ready
     get = registry.get_sample_value
     assert (
@@ -260,4 +260,20 @@ def test_a_redirect_is_a_configuration_problem_until_a_signed_call_answers() -> 
         "mm-1: exchange answered 307 redirect to http://x/y: check base_url",
     )
     r.record_exchange("mm-1", "200", 13, "open_orders")
+    assert r.evaluate(20.0).ready
+
+
+def test_an_account_without_any_pair_list_is_not_ready_until_it_has_one() -> None:
+    r = Readiness.for_accounts(["mm-1", "mm-2"], STALE)
+    r.set_consuming(True)
+    for account in ("mm-1", "mm-2"):
+        r.record_exchange(account, "200", 10, "time")
+        r.record_exchange(account, "200", 10, "open_orders")
+    why = "no pair list: exchange-info failed (HTTP 503) and account has no `symbols` setting"
+    r.pair_list("mm-2", why)
+    r.pair_list("mm-1", None)  # a list from some source (configured ones count)
+    assert r.evaluate(20.0) == ReadyReport(False, (f"mm-2: {why}",))
+    r.record_exchange("mm-2", "200", 12, "open_orders")  # answers do not give it a list
+    assert not r.evaluate(20.0).ready
+    r.pair_list("mm-2", None)
     assert r.evaluate(20.0).ready
