@@ -280,7 +280,20 @@ class EngineSettings(_Section):
     batch_size: int = Field(50, ge=1, le=10_000)
     page_size: int = Field(100, ge=1, le=10_000)
     priority: Priority = "notional_desc"
-    latch_sweep_interval_s: float = Field(5.0, gt=0)
+    latch_budget_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description=(
+            "share of each account's rate_limit_per_second a halted account's guard"
+            " spends listing its pairs, one pair per request, continuously"
+        ),
+    )
+    latch_sweep_interval_s: float | None = Field(
+        None,
+        gt=0,
+        description="deprecated and ignored (the guard lists continuously): use latch_budget_share",
+    )
     progress_interval_s: float = Field(1.0, gt=0)
     max_passes: int = Field(50, ge=1)
     shutdown_grace_s: float = Field(20.0, ge=0)

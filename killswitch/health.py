@@ -238,6 +238,9 @@ class ReadinessObserver:
     def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
         self._inner.residual(account, count, unlisted_pairs)
 
+    def latch_reaction(self, account: str, seconds: float | None) -> None:
+        self._inner.latch_reaction(account, seconds)
+
 
 class HealthServerError(Exception):
     """The listener could not start (``str()`` is an operator message)."""

@@ -14,6 +14,7 @@ a short length and capped in number per label, extra values collapsing into ``ot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import platform
@@ -266,6 +267,13 @@ class Metrics:
             ["account"],
             registry=r,
         )
+        self._latch_reaction = Gauge(
+            "killswitch_latch_reaction_seconds",
+            "Halted account: longest time from a new order to its cancel by the guard,"
+            " pairs / (latch_budget_share * current rate) + one listing round trip.",
+            ["account"],
+            registry=r,
+        )
         self._residual = Gauge(
             "killswitch_residual_open_orders",
             "Orders in scope still open after the account's last sweep, in the pairs it"
@@ -411,6 +419,16 @@ class Metrics:
     def halted(self, account: str, halted: bool) -> None:
         """The account's halt latch was set (True) or released (False)."""
         self._halted.labels(account=self._account(account)).set(1 if halted else 0)
+
+    @_never_raise
+    def latch_reaction(self, account: str, seconds: float | None) -> None:
+        """The guard's reaction bound for a halted account; None removes the series."""
+        label = self._account(account)
+        if seconds is None:
+            with contextlib.suppress(KeyError):
+                self._latch_reaction.remove(label)
+            return
+        self._latch_reaction.labels(account=label).set(max(seconds, 0.0))
 
     @_never_raise
     def residual(self, account: str, count: int, unlisted_pairs: int) -> None:

@@ -141,6 +141,7 @@ def exercise(metrics: Metrics) -> None:
     metrics.flat(0.5)
     metrics.halted("mm-1", True)
     metrics.residual("mm-1", 1, 1)
+    metrics.latch_reaction("mm-1", 1.0)
     metrics.alert_read("var-monitor", "processed")
     metrics.deadman_fired("mm-bot")
     metrics.dlq("invalid")
@@ -230,6 +231,7 @@ def test_the_alerts_the_issue_asks_for_exist() -> None:
         "killswitch_consumer_lag",
         "killswitch_deadman_fired_total",
         "killswitch_event_loop_lag_seconds_bucket",
+        "killswitch_latch_reaction_seconds",  # a halted account's guard too slow
     ):
         assert metric in exprs, metric
     assert 'status=~"401|403"' in exprs

@@ -115,6 +115,9 @@ class Observer(Protocol):
         the last complete listing, and ``unlisted_pairs`` pairs in scope it never listed
         to the end (their open orders are not in ``count``: unknown, not zero)."""
 
+    def latch_reaction(self, account: str, seconds: float | None) -> None:
+        """The halted account's guard reaction bound now; None: no longer guarded here."""
+
 
 class NullObserver:
     """An :class:`Observer` that records nothing."""
@@ -141,6 +144,9 @@ class NullObserver:
         pass
 
     def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
+        pass
+
+    def latch_reaction(self, account: str, seconds: float | None) -> None:
         pass
 
 

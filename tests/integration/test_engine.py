@@ -134,8 +134,9 @@ def engine_settings(**kw: Any) -> EngineSettings:
     # (strategy auto, the default, has its own tests below).
     base: dict[str, Any] = {
         "progress_interval_s": 0.05,
-        "latch_sweep_interval_s": 0.05,
         "strategy": "per_order",
+        # A halted account's guard lists at this share of the 2,000/s budget: 20/s.
+        "latch_budget_share": 0.01,
     }
     base.update(kw)
     return EngineSettings(**base)
@@ -445,7 +446,7 @@ async def test_progress_results_during_a_long_sweep(env: Env) -> None:
 
 def auto_settings(**kw: Any) -> EngineSettings:
     """The product's default strategy (auto), test intervals."""
-    settings = EngineSettings(progress_interval_s=0.05, latch_sweep_interval_s=0.05, **kw)
+    settings = EngineSettings(progress_interval_s=0.05, latch_budget_share=0.01, **kw)
     assert settings.strategy == "auto"
     return settings
 

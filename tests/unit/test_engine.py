@@ -168,7 +168,6 @@ def settings(**kw: Any) -> EngineSettings:
     # (auto is tested by name and by test_engine_auto.py).
     base: dict[str, Any] = {
         "progress_interval_s": 0.01,
-        "latch_sweep_interval_s": 0.02,
         "strategy": "per_order",
     }
     base.update(kw)
