@@ -15,8 +15,9 @@ account (the first page of open orders on one pair) every ``exchange_stale_after
 proves the exchange answers and accepts the key, a 401/403 marks the account not ready.
 The exchange info it reads first is a public call, signed only if the exchange refuses
 it unsigned (the client remembers): a refusal of the *signed* call is a refused key,
-and a redirect names where the exchange points (a wrong ``base_url``); the probe hands
-both to readiness itself.
+which the probe hands to readiness itself, with the client's description (which says
+when the clock could not be measured). Redirects need nothing here: the client reports
+every 3xx of every endpoint with its ``Location`` (``ReadinessObserver.redirected``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from killswitch.config import AccountSettings, Settings
 from killswitch.core.ports import Observer
 from killswitch.daemon import Observability
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem
+from killswitch.exchange.errors import AuthError, ExchangeError
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.health import HealthServer, Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
@@ -53,6 +54,12 @@ async def first_page(client: ExchangeClient, symbol: str, limit: int = 10) -> in
         if isinstance(pages, AsyncGenerator):  # stop paging after the first page
             await pages.aclose()
     return len(first) if first is not None else 0
+
+
+def _refusal(exc: AuthError) -> str:
+    """The refusal without the ``account endpoint:`` prefix (readiness names the account)."""
+    text = str(exc)
+    return text.removeprefix(f"{exc.account} ") if exc.account else text
 
 
 class ExchangeProbe:
@@ -78,23 +85,14 @@ class ExchangeProbe:
             pairs = await client.exchange_info()
             if pairs:
                 await first_page(client, pairs[0].symbol, limit=2)
-        except (Redirected, AuthError) as exc:
-            self._account_problem(client.account, exc)
+        except AuthError as exc:
+            if self._readiness is not None:
+                self._readiness.auth_rejected(client.account, _refusal(exc))
             log.debug("exchange probe: %s", exc, extra={"account": client.account})
         except ExchangeError as exc:
             log.debug("exchange probe: %s", exc, extra={"account": client.account})
         except Exception:  # a probe must never stop probing (nor the daemon)
             log.warning("exchange probe failed", exc_info=True, extra={"account": client.account})
-
-    def _account_problem(self, account: str, exc: Redirected | AuthError) -> None:
-        """Readiness learns of a redirect or a refused key (a signed public call too)."""
-        readiness = self._readiness
-        if readiness is None:
-            return
-        if isinstance(exc, Redirected):
-            readiness.redirected(account, redirect_problem(exc.status, exc.location))
-        else:
-            readiness.auth_rejected(account)
 
     async def run(self) -> None:
         """Probe every account, then again every interval, until cancelled."""

@@ -1174,7 +1174,7 @@ async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[C
                 offset = await client.sync_clock()
                 symbols = await client.exchange_info()
         except Redirected as exc:
-            problem = redirect_problem(exc.status, exc.location)
+            problem = redirect_problem(exc.status, exc.location, exc.endpoint)
             return [
                 Check("exchange reachable", target, False, problem),
                 Check("key accepted", account.id, False, "not tried: exchange redirects"),
