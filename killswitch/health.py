@@ -150,7 +150,7 @@ class Readiness:
     def auth_rejected(self, account: str, detail: str | None = None) -> None:
         """The exchange refused ``account``'s key or signature (401/403 ``invalid_client``).
 
-        ``detail`` is the refusal as the client described it (a suspect clock included);
+        ``detail`` says what else may be wrong (the clock offset could not be measured);
         a later refusal without one keeps it."""
         if detail is not None or account not in self._auth_failed:
             self._auth_failed[account] = detail
@@ -195,7 +195,7 @@ class Readiness:
             return f"{account}: " + "; ".join(redirects[e] for e in sorted(redirects))
         if account in self._auth_failed:
             detail = self._auth_failed[account]
-            return f"{account}: auth rejected" + (f": {detail}" if detail else "")
+            return f"{account}: auth rejected" + (f"; {detail}" if detail else "")
         last = self._last_ok.get(account)
         if last is None:
             return f"exchange: {account} no answer yet"

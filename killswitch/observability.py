@@ -15,9 +15,10 @@ account (the first page of open orders on one pair) every ``exchange_stale_after
 proves the exchange answers and accepts the key, a 401/403 marks the account not ready.
 The exchange info it reads first is a public call, signed only if the exchange refuses
 it unsigned (the client remembers): a refusal of the *signed* call is a refused key,
-which the probe hands to readiness itself, with the client's description (which says
-when the clock could not be measured). Redirects need nothing here: the client reports
-every 3xx of every endpoint with its ``Location`` (``ReadinessObserver.redirected``).
+which the probe hands to readiness itself, saying when the clock may be the cause (the
+clock offset could not be measured, see ``ExchangeClient.auth_clock_hint``). Redirects
+need nothing here: the client reports every 3xx of every endpoint with its ``Location``
+(``ReadinessObserver.redirected``).
 """
 
 from __future__ import annotations
@@ -56,12 +57,6 @@ async def first_page(client: ExchangeClient, symbol: str, limit: int = 10) -> in
     return len(first) if first is not None else 0
 
 
-def _refusal(exc: AuthError) -> str:
-    """The refusal without the ``account endpoint:`` prefix (readiness names the account)."""
-    text = str(exc)
-    return text.removeprefix(f"{exc.account} ") if exc.account else text
-
-
 class ExchangeProbe:
     """Keeps readiness current while no kill runs: one signed read-only call per account."""
 
@@ -87,7 +82,8 @@ class ExchangeProbe:
                 await first_page(client, pairs[0].symbol, limit=2)
         except AuthError as exc:
             if self._readiness is not None:
-                self._readiness.auth_rejected(client.account, _refusal(exc))
+                hint = client.auth_clock_hint(exc.endpoint)
+                self._readiness.auth_rejected(client.account, hint or None)
             log.debug("exchange probe: %s", exc, extra={"account": client.account})
         except ExchangeError as exc:
             log.debug("exchange probe: %s", exc, extra={"account": client.account})

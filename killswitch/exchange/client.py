@@ -219,13 +219,11 @@ def clock_hint(endpoint: str, *, synced: bool, sync_error: str | None) -> str:
     failed: before any measurement the offset is unknown, after one it may be out of date.
     """
     if endpoint == "time":
-        return (
-            f"; the clock offset could not be measured: server time refused it too ({_SKEW_NOTE})"
-        )
+        return f"; the clock offset could not be measured: server time refused it too; {_SKEW_NOTE}"
     if sync_error is None:
         return ""
     if not synced:
-        return f"; the clock offset could not be measured: {sync_error} ({_SKEW_NOTE})"
+        return f"; the clock offset could not be measured: {sync_error}; {_SKEW_NOTE}"
     return (
         f"; the last clock sync failed ({sync_error}): the clock offset in use may be out of date"
     )
@@ -530,6 +528,12 @@ class ExchangeClient:
         self._synced = True
         self._next_sync = self._mono() + self._settings.clock_sync_interval_s
         return self._offset_ms
+
+    def auth_clock_hint(self, endpoint: str) -> str:
+        """Why the clock may be the cause of an authentication refusal of ``endpoint`` now
+        (as :func:`clock_hint` words it, without its leading separator), else empty."""
+        hint = clock_hint(endpoint, synced=self._synced, sync_error=self._sync_error)
+        return hint.removeprefix("; ")
 
     @property
     def signs_public(self) -> bool:

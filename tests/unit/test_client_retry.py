@@ -638,7 +638,7 @@ def test_clock_hint_says_nothing_while_the_clock_sync_works() -> None:
 def test_clock_hint_names_why_the_offset_is_unknown_or_old() -> None:
     unknown = clock_hint("open_orders", synced=False, sync_error="server time answered HTTP 503")
     assert unknown.startswith(
-        "; the clock offset could not be measured: server time answered HTTP 503 ("
+        "; the clock offset could not be measured: server time answered HTTP 503; "
     )
     old = clock_hint("cancel", synced=True, sync_error="server time: timeout")
     assert "the last clock sync failed (server time: timeout)" in old

@@ -289,9 +289,9 @@ def test_an_auth_refusal_keeps_the_clients_description() -> None:
     r = Readiness.for_accounts(["mm-1"], STALE)
     r.set_consuming(True)
     r.exchange_ok("mm-1", 10.0)
-    why = "authentication refused (HTTP 401); the clock offset could not be measured: x"
+    why = "the clock offset could not be measured: x"
     r.auth_rejected("mm-1", why)
     r.record_exchange("mm-1", "401", 11, "open_orders")  # no description: the old one stays
-    assert r.evaluate(12.0).reasons == (f"mm-1: auth rejected: {why}",)
+    assert r.evaluate(12.0).reasons == (f"mm-1: auth rejected; {why}",)
     r.record_exchange("mm-1", "200", 13, "open_orders")
     assert r.evaluate(14.0).ready
