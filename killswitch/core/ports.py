@@ -49,7 +49,7 @@ class BatchCancelResult:
     attempts: int = 1
     outcome: Outcome | None = None
     reason: RejectReason | None = None
-    status: int | None = None  # HTTP status of a refused call (404/405: no such endpoint)
+    status: int | None = None  # HTTP status of a refused call (404/405: no such endpoint, 3xx)
     error: str | None = None  # what a refused call's answer means (a redirect: where to)
 
 
