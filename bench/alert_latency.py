@@ -27,7 +27,7 @@ messages from the first produce on (same run); and duplicate cancels (same order
 cancelled twice; goal 0).
 
     python -m bench alert_latency [--alerts 400] [--storm 10000] [--blocks 4]
-                                  [--transport aiohttp|http1|httpx]
+                                  [--transport http1]
 
 One line per figure on stdout; JSON in ``bench/results/alert_latency.json``.
 """
@@ -713,7 +713,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--blocks", type=int, default=4, help="interleaved baseline/daemon blocks")
     parser.add_argument(
         "--transport",
-        choices=["aiohttp", "http1", "httpx"],
+        choices=["http1"],
         default=None,
         help="the daemon's exchange client transport (engine.http_transport; default: "
         "the daemon's own default)",

@@ -7,13 +7,12 @@ own ceiling). Variants, all in the same run:
 
 - ``bare-aiohttp``     an aiohttp loop with no httpx at all: the baseline (ratio 1.00)
 - ``httpx-default``    ``httpx.AsyncClient`` with its own transport
-- ``httpx-aiohttp``    ``httpx.AsyncClient`` over our ``AiohttpTransport``
 - ``httpx-aiohttp-pkg`` ``httpx.AsyncClient`` over the ``httpx-aiohttp`` package (if installed)
-- ``httpx-http1``      ``httpx.AsyncClient`` over our native ``Http1Transport``
-- ``raw-aiohttp`` / ``raw-http1``  a loop over each transport's ``send_raw`` fast path
-- ``client-aiohttp`` / ``client-http1`` / ``client-httpx``  the full
-  ``ExchangeClient.cancel_order`` (signing, limiter, retries, outcome) on each transport:
-  what a kill actually gets
+- ``httpx-http1``      ``httpx.AsyncClient`` over our ``Http1Transport`` (llhttp framing)
+- ``raw-http1``        a loop over ``Http1Transport.send_raw``, the client's fast path
+- ``client-http1`` / ``client-httpx``  the full ``ExchangeClient.cancel_order``
+  (signing, limiter, retries, outcome, the attempt deadline) on our transport and on
+  httpx's own (any httpx transport plugs in): what a kill actually gets
 
 Every request is signed the same way (a fresh timestamp and signature each), so the
 signing cost is in every figure alike. Run::
@@ -58,7 +57,7 @@ from killswitch.exchange.signing import (
     private_key_pem,
     public_key_pem,
 )
-from killswitch.exchange.transport import AiohttpTransport, Phases, RawTransport
+from killswitch.exchange.transport import Phases, RawTransport
 
 RESULTS = Path(__file__).parent / "results"
 SYMBOL = "BTC_USDT"
@@ -240,9 +239,7 @@ async def httpx_over(signed: Signed, transport: httpx.AsyncBaseTransport) -> Asy
 
 
 @contextlib.asynccontextmanager
-async def raw_over(
-    signed: Signed, transport: AiohttpTransport | Http1Transport
-) -> AsyncIterator[Send]:
+async def raw_over(signed: Signed, transport: Http1Transport) -> AsyncIterator[Send]:
     """The transport's send_raw fast path, as the client calls it (no client around it)."""
     raw: RawTransport = transport
     phases = Phases(connect=5.0, read=5.0, pool=5.0)
@@ -271,7 +268,7 @@ def _httpx_aiohttp_pkg(inflight: int) -> httpx.AsyncBaseTransport:
 
 @contextlib.asynccontextmanager
 async def full_client(
-    base_url: str, key_pem: bytes, inflight: int, transport: str
+    base_url: str, key_pem: bytes, inflight: int, transport: str | httpx.AsyncBaseTransport
 ) -> AsyncIterator[Send]:
     settings = AccountSettings(
         id="bench",
@@ -298,16 +295,15 @@ def variants(
     found: dict[str, Callable[[], contextlib.AbstractAsyncContextManager[Send]]] = {
         "bare-aiohttp": lambda: bare_aiohttp(signed, inflight),
         "httpx-default": lambda: httpx_over(signed, _httpx_default(inflight)),
-        "httpx-aiohttp": lambda: httpx_over(signed, AiohttpTransport(max_connections=inflight)),
     }
     if importlib.util.find_spec("httpx_aiohttp") is not None:
         found["httpx-aiohttp-pkg"] = lambda: httpx_over(signed, _httpx_aiohttp_pkg(inflight))
     found["httpx-http1"] = lambda: httpx_over(signed, Http1Transport(max_connections=inflight))
-    found["raw-aiohttp"] = lambda: raw_over(signed, AiohttpTransport(max_connections=inflight))
     found["raw-http1"] = lambda: raw_over(signed, Http1Transport(max_connections=inflight))
-    found["client-aiohttp"] = lambda: full_client(base_url, key_pem, inflight, "aiohttp")
     found["client-http1"] = lambda: full_client(base_url, key_pem, inflight, "http1")
-    found["client-httpx"] = lambda: full_client(base_url, key_pem, inflight, "httpx")
+    found["client-httpx"] = lambda: full_client(
+        base_url, key_pem, inflight, _httpx_default(inflight + 1)
+    )
     return found
 
 

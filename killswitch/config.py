@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -134,8 +135,42 @@ SignatureEncoding = Literal["base64-der", "hex-der", "base64-raw"]
 Curve = Literal["P-256", "P-384", "secp256k1"]
 CancelStrategy = Literal["auto", "per_order", "batch", "symbol"]
 Priority = Literal["notional_desc", "newest_first", "oldest_first"]
-# The exchange client's HTTP transport (killswitch.exchange.transport.TransportKind).
-HttpTransport = Literal["aiohttp", "http1", "httpx"]
+# The exchange client's HTTP transport (killswitch.exchange.transport.TransportKind):
+# one since the framing moved to llhttp (docs/CLIENT.md); the key stays for old files.
+HttpTransport = Literal["http1"]
+# A base_url: http(s)://host[:port][/path], visible ASCII only, no credentials, query or
+# fragment (the client appends the endpoint's path and query to it).
+_BASE_URL_RE = (
+    r"^https?://(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+    r"(?:/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*)?$"
+)
+
+
+class ExchangeTlsSettings(_Section):
+    """TLS towards the exchange (``https`` base URLs): verification is always on."""
+
+    cafile: Path | None = Field(None, description="CA bundle (PEM); default: the system store")
+    certfile: Path | None = Field(None, description="client certificate (PEM), mutual TLS")
+    keyfile: Path | None = Field(None, description="its private key (PEM); default: certfile")
+    key_password: SecretStr | None = None
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+
+    @model_validator(mode="after")
+    def _check_files(self) -> ExchangeTlsSettings:
+        if self.keyfile is not None and self.certfile is None:
+            raise ValueError("keyfile needs certfile")
+        for name in ("cafile", "certfile", "keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: file not found: {path}")
+        return self
+
+    def is_default(self) -> bool:
+        """Nothing set: the process-wide default context serves."""
+        return self == _DEFAULT_TLS
+
+
+_DEFAULT_TLS = ExchangeTlsSettings()
 
 
 class AccountSettings(_Section):
@@ -149,6 +184,7 @@ class AccountSettings(_Section):
     curve: Curve = "P-256"
     signature_encoding: SignatureEncoding = "base64-der"
     base_url: str = "http://127.0.0.1:8700"
+    tls: ExchangeTlsSettings = ExchangeTlsSettings()
     rate_limit_per_second: float = Field(10.0, gt=0, le=100_000)
     burst: int = Field(10, ge=1)
     max_concurrency: int = Field(8, ge=1, le=1_024)
@@ -182,8 +218,18 @@ class AccountSettings(_Section):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", value):
-            raise ValueError("must be an http:// or https:// URL")
+        # The message never echoes the value: a URL with credentials holds a secret.
+        netloc = value.partition("//")[2].partition("/")[0]
+        if "@" in netloc:
+            raise ValueError("must not hold credentials (user:password@)")
+        if not re.match(_BASE_URL_RE, value):
+            raise ValueError(
+                "must be http(s)://host[:port][/path]: visible ASCII only, no credentials,"
+                " query or fragment"
+            )
+        port = urlsplit(value).port  # range-checked here (ValueError), not at the first request
+        if port == 0:
+            raise ValueError("port must be 1-65535")
         return value.rstrip("/")
 
     @model_validator(mode="after")
@@ -244,7 +290,9 @@ class EngineSettings(_Section):
         ),
     )
     exchange_info_ttl_s: float = Field(300.0, gt=0)
-    http_transport: HttpTransport = Field("http1", description="exchange client transport")
+    http_transport: HttpTransport = Field(
+        "http1", description="exchange client transport (one: HTTP/1.1, framing by llhttp)"
+    )
 
 
 class OperatorKey(_Section):

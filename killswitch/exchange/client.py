@@ -3,15 +3,21 @@
 :class:`ExchangeClient` implements :class:`killswitch.core.ports.ExchangeAPI`. Every
 call goes through the account's :class:`~killswitch.ratelimit.RateLimiter` (cancels
 ahead of listing), is reported to the :class:`~killswitch.core.ports.Observer`, and
-speaks httpx (``httpx.AsyncClient`` over a selectable transport, see
-``killswitch.exchange.transport``). httpx exceptions stop here: callers see only the
-error tree of ``killswitch.exchange.errors``.
+goes through an httpx transport (``httpx.AsyncBaseTransport``: by default our
+HTTP/1.1 transport, :class:`~killswitch.exchange.http1.Http1Transport`, through its
+fast path; any other, such as ``httpx.MockTransport``, through
+``handle_async_request``). httpx exceptions stop here: callers see only the error tree
+of ``killswitch.exchange.errors``.
 
 Choices worth knowing (also in ``docs/CLIENT.md``):
 
 - **Signed bytes are sent bytes.** The query string and the JSON body are serialised
-  once; the same strings are signed and sent, with the URL built here so httpx does
-  not re-encode it. Each attempt gets a fresh timestamp and signature.
+  once; the same strings are signed and sent, with the URL built here so nothing
+  re-encodes it. Each attempt gets a fresh timestamp and signature.
+- **Every attempt has a hard deadline.** Connect, send and the whole answer together
+  are bounded by what is left of ``request_deadline_s`` (``asyncio.timeout`` around
+  the attempt), whatever the transport's own timeouts do: a server that trickles its
+  answer ends in a timeout, retried or failed like any other.
 - **Retries.** 429, 5xx, timeouts and connection errors retry with capped exponential
   backoff and full jitter, within ``request_deadline_s``; ``max_attempts`` bounds all
   but the 429s, which the limiter already accounts for (a cancel caught in a throttle
@@ -48,6 +54,7 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -94,6 +101,7 @@ from killswitch.exchange.errors import (
 from killswitch.exchange.http1 import Http1Transport
 from killswitch.exchange.keys import load_account_key
 from killswitch.exchange.signing import (
+    KeyLoadError,
     Signer,
     compact_json,
     encode_query,
@@ -102,7 +110,6 @@ from killswitch.exchange.signing import (
 from killswitch.exchange.transport import (
     FRESH_CONNECTION,
     RESEND_STALE,
-    AiohttpTransport,
     Phases,
     RawHeaders,
     RawTransport,
@@ -110,6 +117,7 @@ from killswitch.exchange.transport import (
     TransportKind,
     build_transport,
     header,
+    tls_context,
 )
 from killswitch.ratelimit import RateLimiter
 
@@ -182,7 +190,13 @@ def prepare_request(
     ``compact_json``): they are signed as given and must be sent as given.
     """
     method = method.upper()
-    headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
+    # identity: compression is never asked for (the transport refuses compressed answers,
+    # so a small answer never inflates into a large one).
+    headers = {
+        "Accept": "application/json",
+        "Accept-Encoding": "identity",
+        "User-Agent": _USER_AGENT,
+    }
     if body:
         headers["Content-Type"] = "application/json"
     if signer is not None and api_key is not None:
@@ -344,9 +358,8 @@ def _reply(status: int, content: bytes, headers: RawHeaders | None) -> _Reply:
 class ExchangeClient:
     """One account's client. Use as ``async with ExchangeClient(settings) as client``.
 
-    ``transport`` is ``"http1"`` (default: our native HTTP/1.1 transport, measured
-    fastest and the shortest path to the first cancel), ``"aiohttp"``, ``"httpx"``
-    (httpx's own pool), or any
+    ``transport`` is ``"http1"`` (default: our HTTP/1.1 transport with the account's
+    TLS settings, measured fastest and the shortest path to the first cancel) or any
     ``httpx.AsyncBaseTransport`` (tests, benchmarks). ``limiter``
     defaults to one built from the account's rate, burst and concurrency.
     ``wall_clock`` (seconds since the epoch), ``monotonic``, ``sleep`` and ``rng``
@@ -394,14 +407,18 @@ class ExchangeClient:
         if isinstance(transport, str):
             # One spare connection beyond the limiter's cap for the clock sync,
             # which bypasses the limiter.
-            transport = build_transport(transport, max_connections=settings.max_concurrency + 1)
+            transport = build_transport(
+                transport,
+                max_connections=settings.max_concurrency + 1,
+                ssl_context=_load_tls(settings),
+            )
         # Requests go straight to the transport: httpx.AsyncClient's send path (cookie
         # jar, auth and redirect machinery, none of which the exchange uses) cost about
         # a fifth of the client's CPU per cancel (bench/cpu_per_cancel.py).
         self._transport = transport
-        # Our own transports have a fast path that skips httpx's models.
+        # Our own transport has a fast path that skips httpx's models.
         self._raw: RawTransport | None = (
-            transport if isinstance(transport, AiohttpTransport | Http1Transport) else None
+            transport if isinstance(transport, Http1Transport) else None
         )
         # The fast path's timeouts are the configured ones unless the deadline caps them.
         self._uncapped_after = max(
@@ -584,18 +601,8 @@ class ExchangeClient:
 
     # -- one attempt and the retry loop --------------------------------------------------
 
-    def _timeouts(self, remaining: float) -> dict[str, float]:
-        s = self._settings
-        remaining = max(remaining, 0.001)
-        return {
-            "connect": min(s.connect_timeout_s, remaining),
-            "read": min(s.read_timeout_s, remaining),
-            "write": min(s.write_timeout_s, remaining),
-            "pool": min(s.pool_timeout_s, remaining),
-        }
-
-    def _raw_timeout(self, remaining: float) -> Phases:
-        """The fast path's timeouts: as :meth:`_timeouts`, reused while not capped."""
+    def _phases(self, remaining: float) -> Phases:
+        """The per-phase timeouts, each capped to ``remaining``; reused while not capped."""
         s = self._settings
         if remaining >= self._uncapped_after:
             return self._uncapped_timeout
@@ -613,27 +620,39 @@ class ExchangeClient:
 
         Every call is reported to the observer as it ends: its status, ``timeout``,
         ``error``, or ``cancelled`` when the caller was cancelled while it was in flight.
+        The whole attempt (connect, send, the complete answer, a stale connection's
+        second send) ends within ``remaining`` seconds: past it, ``RequestTimeout``
+        (kind ``AttemptDeadline``), whatever the transport's own timeouts are.
         """
         observer = self._observer
         started = time.perf_counter()
         if call.cancel:
             observer.inflight_cancels(self._account, 1)
         try:
-            try:
-                status, content, headers = await self._send(
-                    call, offset_ms, remaining, signed=signed, fresh=False
-                )
-            except StaleConnection:
-                # An idle keep-alive connection the server had closed: nothing was
-                # answered. Signed anew (a fresh timestamp: an exchange with replay
-                # protection refuses a repeated signature) and sent once more on a new
-                # connection, as part of the same attempt.
-                observer.request_done(self._account, call.endpoint, "error", _since(started))
-                remaining -= _since(started)
-                started = time.perf_counter()
-                status, content, headers = await self._send(
-                    call, self._offset_ms, remaining, signed=signed, fresh=True
-                )
+            async with asyncio.timeout(max(remaining, 0.001)):
+                try:
+                    status, content, headers = await self._send(
+                        call, offset_ms, remaining, signed=signed, fresh=False
+                    )
+                except StaleConnection:
+                    # An idle keep-alive connection the server had closed: nothing was
+                    # answered. Signed anew (a fresh timestamp: an exchange with replay
+                    # protection refuses a repeated signature) and sent once more on a
+                    # new connection, as part of the same attempt.
+                    observer.request_done(self._account, call.endpoint, "error", _since(started))
+                    remaining -= _since(started)
+                    started = time.perf_counter()
+                    status, content, headers = await self._send(
+                        call, self._offset_ms, remaining, signed=signed, fresh=True
+                    )
+        except TimeoutError as exc:  # the attempt's own deadline
+            observer.request_done(self._account, call.endpoint, "timeout", _since(started))
+            raise RequestTimeout(
+                f"attempt deadline after {_since(started):.3f}s",
+                kind="AttemptDeadline",
+                account=self._account,
+                endpoint=call.endpoint,
+            ) from exc
         except httpx.TimeoutException as exc:
             observer.request_done(self._account, call.endpoint, "timeout", _since(started))
             raise RequestTimeout(
@@ -677,18 +696,29 @@ class ExchangeClient:
         )
         url = self._base_url + prepared.target
         if self._raw is not None:
-            # Our own transports: prepared bytes in, (status, bytes, headers) out,
+            # Our own transport: prepared bytes in, (status, bytes, headers) out,
             # without httpx's Request/Response models (a third of the CPU).
             return await self._raw.send_raw(
                 prepared.method,
                 url,
                 prepared.headers,
                 prepared.body or None,
-                self._raw_timeout(remaining),
+                self._phases(remaining),
                 resend_stale=False,
                 fresh=fresh,
             )
         return await self._send_httpx(prepared, url, remaining, fresh=fresh)
+
+    def _timeout_extension(self, remaining: float) -> dict[str, float | None]:
+        """httpx's per-phase ``timeout`` extension: :meth:`_phases` plus ``write``."""
+        phases = self._phases(remaining)
+        write = min(self._settings.write_timeout_s, max(remaining, 0.001))
+        return {
+            "connect": phases.connect,
+            "read": phases.read,
+            "write": write,
+            "pool": phases.pool,
+        }
 
     async def _send_httpx(
         self, prepared: PreparedRequest, url: str, remaining: float, *, fresh: bool
@@ -700,7 +730,7 @@ class ExchangeClient:
             headers=prepared.headers,
             content=prepared.body or None,
             extensions={
-                "timeout": self._timeouts(remaining),
+                "timeout": self._timeout_extension(remaining),
                 RESEND_STALE: False,
                 FRESH_CONNECTION: fresh,
             },
@@ -1142,6 +1172,14 @@ def _no_pair_list(exc: ExchangeError) -> ExchangeError:
             **common,
         )
     return ProtocolError(reason, **common)
+
+
+def _load_tls(settings: AccountSettings) -> ssl.SSLContext | None:
+    """The account's TLS context; KeyLoadError naming the setting (never a key) on failure."""
+    try:
+        return tls_context(settings.tls)
+    except OSError as exc:  # ssl.SSLError included: unreadable file, wrong password
+        raise KeyLoadError(f"accounts[{settings.id}].tls: {exc}") from None
 
 
 def _load_signer(settings: AccountSettings) -> Signer:

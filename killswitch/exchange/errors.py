@@ -1,7 +1,7 @@
 """The exchange client's error tree.
 
 Everything the client raises for an exchange or network problem is an
-:class:`ExchangeError`; third-party exceptions (httpx, aiohttp) are translated at
+:class:`ExchangeError`; third-party exceptions (httpx) are translated at
 the client boundary and never escape it. Messages name the account, the endpoint
 and the status or exchange error code, never an API key, a signature or key material.
 

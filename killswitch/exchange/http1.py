@@ -1,32 +1,44 @@
-"""A lean native HTTP/1.1 client transport on ``asyncio.Protocol``.
+"""The exchange client's HTTP/1.1 transport: asyncio sockets, framing by llhttp.
 
-Why: on a busy two-core machine, code that has not run for a few milliseconds runs
-10-20x slower (cold caches), and aiohttp's request path costs 200-300 µs cold before
-the bytes are written. This transport keeps the steps between "send" and
-``transport.write`` (one ``bytes`` built by one join, one write), and between
-``data_received`` and the answer (the parser runs inside ``data_received`` and
-resolves the waiting future itself), as few as possible.
+Why its own transport: the cancel path must end every attempt in a known outcome
+within the client's deadline, whatever the server does. The transport keeps the
+steps between "send" and ``transport.write`` (one ``bytes`` built by one join, one
+write) and between ``data_received`` and the answer (the parser runs inside
+``data_received`` and resolves the waiting future itself) few, and it decides itself
+what a connection may be reused for. The byte-level framing (status line, headers,
+Content-Length and chunked bodies, interim 1xx answers) is not ours: it is llhttp,
+the parser of Node.js and aiohttp, through ``httptools``. :class:`AnswerReader`
+adds what llhttp leaves to its caller: limits (head size, header count, body size,
+chunk count, wire bytes), the HTTP versions and status codes accepted, refusing any
+transfer or content coding other than chunked and identity (the client never asks
+for compression, so an inflated answer is never held), and the keep-alive decision.
 
 What it does: HTTP/1.1 over TCP or TLS, a keep-alive pool per transport keyed by
 (scheme, host, port) with at most ``max_connections`` open connections (idle ones
 reused last-in first-out, waiters served first-come first-served), responses framed by
-``Content-Length``, ``Transfer-Encoding: chunked`` (extensions and trailers) or the
-end of the connection, interim 1xx answers skipped, ``Connection: close`` and HTTP/1.0
-honoured. A request that fails on a *reused* connection before any byte of the answer
-arrived (the server closed it while it was idle) is sent once more on a fresh
-connection, unless the caller asked for :class:`~killswitch.exchange.transport.StaleConnection`
-instead (``resend_stale=False``: a signed request is signed anew, then sent with
-``fresh=True``). Errors are httpx's exception types, like :class:`AiohttpTransport`'s.
+``Content-Length``, ``Transfer-Encoding: chunked`` or the end of the connection,
+interim 1xx answers skipped, ``Connection: close`` and HTTP/1.0 honoured. A connection
+is discarded, never reused, when anything is out of step: bytes arriving while it is
+idle (an answer before the request), bytes after a complete answer, an answer cut
+short, a timeout or a cancellation mid-answer. A request that fails on a *reused*
+connection before any byte of the answer arrived (the server closed it while it was
+idle) is sent once more on a fresh connection, unless the caller asked for
+:class:`~killswitch.exchange.transport.StaleConnection` instead (``resend_stale=False``:
+a signed request is signed anew, then sent with ``fresh=True``). Every request line
+and header is checked before anything is written (:func:`request_bytes`). Errors are
+httpx's exception types.
 
-What it does not do: proxies, HTTP/2, redirects, cookies, authentication, request
-bodies other than bytes, streaming responses, ``Expect: 100-continue`` on its own,
-a write timeout of its own (the read timeout covers the attempt).
+What it does not do: proxies, HTTP/2, redirects, cookies, authentication, HEAD
+requests, request bodies other than bytes, streaming responses, compressed answers,
+``Expect: 100-continue`` on its own, a write timeout of its own (the read timeout
+covers the attempt, and the exchange client bounds each whole attempt by its deadline).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import select
 import socket
 import ssl
@@ -35,6 +47,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import httptools
 import httpx
 
 from killswitch.exchange.transport import (
@@ -46,274 +59,303 @@ from killswitch.exchange.transport import (
     phases_of,
 )
 
-__all__ = ["MAX_BODY", "MAX_HEAD", "Http1Transport", "ResponseParser"]
-
-MAX_HEAD = 64 * 1024  # status line + headers (+ interim answers and trailers)
-MAX_BODY = 64 * 1024 * 1024
-_MAX_CHUNK_LINE = 4096
-
-# Headers whose value this transport sets itself (framing and connection management).
-_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
-# RFC 9110 8.6: send Content-Length: 0 for an empty body only where the method
-# anticipates content (POST, PUT, PATCH); GET, HEAD, DELETE, OPTIONS go without.
-_EXPECTS_BODY = frozenset({"POST", "PUT", "PATCH"})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-# Parser states.
-_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _TRAILERS, _UNTIL_CLOSE, _DONE = range(7)
+__all__ = [
+    "DEFAULT_LIMITS",
+    "AnswerReader",
+    "Http1Transport",
+    "Limits",
+    "default_ssl_context",
+    "request_bytes",
+]
 
 
-class ResponseParser:
-    """Incremental parser of one HTTP/1.x response, fed bytes as they arrive.
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one answer may hold; beyond any of them it is refused (``RemoteProtocolError``).
 
-    :meth:`feed` returns True once the response is complete (``status``, ``headers``
-    as raw ``(name, value)`` byte pairs, ``body``); :meth:`feed_eof` ends a response
-    read until the connection closes. ``keep_alive`` says whether the connection may
-    carry another request. Malformed input and exceeded limits raise
-    ``httpx.RemoteProtocolError``.
+    ``head``: bytes before the final answer's body (status line, headers and any interim
+    1xx answers); ``headers``: header lines of one answer, interim ones and trailers
+    included; ``body``: body bytes after de-chunking; ``chunks``: chunks in a chunked
+    body (each costs a parser callback, so a flood of one-byte chunks is bounded in CPU
+    as well as memory). The bytes on the wire for one answer are bounded too
+    (:attr:`wire`): chunk-size lines, extensions and trailers count there.
+    """
+
+    head: int = 64 * 1024
+    headers: int = 128
+    body: int = 16 * 1024 * 1024
+    chunks: int = 64 * 1024
+
+    @property
+    def wire(self) -> int:
+        """Bytes on the wire for one answer: body, head, and 64 bytes of framing a chunk."""
+        return self.body + 2 * self.head + 64 * self.chunks
+
+
+DEFAULT_LIMITS = Limits()
+_CHUNKED = b"chunked"
+_IDENTITY = b"identity"
+
+
+class _Stop(httpx.RemoteProtocolError):
+    """Raised inside a parser callback to stop llhttp; re-raised by :meth:`AnswerReader.feed`."""
+
+
+class AnswerReader:
+    """One HTTP/1.x answer, read by llhttp (``httptools``) as its bytes arrive.
+
+    :meth:`feed` returns True once the answer is complete (``status``, ``headers``
+    as raw ``(name, value)`` byte pairs as received, ``body``); :meth:`feed_eof` ends an
+    answer read until the connection closes. ``keep_alive`` says whether the
+    connection may carry another request: False after ``Connection: close``, an
+    HTTP/1.0 answer without keep-alive, a body read until close, or any byte after the
+    complete answer. Malformed input and exceeded :class:`Limits` raise
+    ``httpx.RemoteProtocolError``; after one, the reader is spent.
     """
 
     __slots__ = (
-        "_buf",
+        "_body",
+        "_chunks",
+        "_count",
+        "_final",
         "_head_bytes",
-        "_max_body",
-        "_max_head",
-        "_no_body",
-        "_parts",
-        "_remaining",
-        "_size",
-        "_state",
+        "_head_done",
+        "_headers",
+        "_limits",
+        "_parser",
+        "_wire",
         "body",
-        "encoded",
+        "complete",
         "headers",
         "keep_alive",
         "received",
         "status",
+        "until_close",
     )
 
-    def __init__(
-        self, *, head_request: bool = False, max_head: int = MAX_HEAD, max_body: int = MAX_BODY
-    ) -> None:
-        self._buf = bytearray()
-        self._state = _HEAD
-        self._no_body = head_request
-        self._max_head = max_head
-        self._max_body = max_body
-        self._head_bytes = 0  # head, interim heads and trailers so far
-        self._remaining = 0
-        self._size = 0  # body bytes so far (chunked)
-        self._parts: list[bytes] = []
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._limits = limits
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        self._headers: RawHeaders = []  # of the message being read (interim or final)
+        self._body = bytearray()
+        self._head_done = False  # the final answer's head has been read
+        self._final = False  # the message being read is the final answer
+        self._count = 0  # header lines so far (interim answers and trailers too)
+        self._head_bytes = 0  # status lines and header fields so far, as llhttp saw them
+        self._chunks = 0
+        self._wire = 0
         self.received = False  # any byte at all
+        self.complete = False
+        self.until_close = False  # the body runs to the end of the connection
         self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: RawHeaders = []
         self.body = b""
         self.keep_alive = True
-        self.encoded = False  # a Content-Encoding header was present
 
-    @property
-    def complete(self) -> bool:
-        """The whole response has been read."""
-        return self._state == _DONE
-
-    @property
-    def until_close(self) -> bool:
-        """The body runs to the end of the connection."""
-        return self._state == _UNTIL_CLOSE
-
-    def feed(self, data: bytes) -> bool:  # noqa: PLR0912, PLR0915 - one flat loop, few calls
-        """Take the next bytes; True once the response is complete."""
-        if data:
-            self.received = True
-        buf = self._buf
-        buf += data
-        state = self._state
-        while True:
-            if state == _HEAD:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    if self._head_bytes + len(buf) > self._max_head:
-                        raise httpx.RemoteProtocolError("response head too large")
-                    return False
-                self._head_bytes += end + 4
-                if self._head_bytes > self._max_head:
-                    raise httpx.RemoteProtocolError("response head too large")
-                head = bytes(buf[:end])
-                del buf[: end + 4]
-                state = self._state = self._parse_head(head)
-                if state == _DONE:  # no body (HEAD, 204, 304)
-                    return self._finish(consumed=0)
-            elif state == _LENGTH:
-                remaining = self._remaining
-                if len(buf) < remaining:
-                    return False
-                self.body = bytes(buf[:remaining])
-                return self._finish()
-            elif state == _CHUNK_SIZE:
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > _MAX_CHUNK_LINE:
-                        raise httpx.RemoteProtocolError("chunk size line too long")
-                    return False
-                size = _chunk_size(bytes(buf[:end]))
-                del buf[: end + 2]
-                if size == 0:
-                    state = self._state = _TRAILERS
-                else:
-                    self._size += size
-                    if self._size > self._max_body:
-                        raise httpx.RemoteProtocolError("response body too large")
-                    self._remaining = size
-                    state = self._state = _CHUNK_DATA
-            elif state == _CHUNK_DATA:
-                remaining = self._remaining
-                if len(buf) < remaining + 2:
-                    return False
-                if buf[remaining : remaining + 2] != b"\r\n":
-                    raise httpx.RemoteProtocolError("chunk data not followed by CRLF")
-                self._parts.append(bytes(buf[:remaining]))
-                del buf[: remaining + 2]
-                state = self._state = _CHUNK_SIZE
-            elif state == _TRAILERS:
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if self._head_bytes + len(buf) > self._max_head:
-                        raise httpx.RemoteProtocolError("trailers too large")
-                    return False
-                self._head_bytes += end + 2
-                if self._head_bytes > self._max_head:
-                    raise httpx.RemoteProtocolError("trailers too large")
-                if end == 0:
-                    del buf[:2]
-                    self.body = b"".join(self._parts)
-                    self._parts = []
-                    return self._finish(consumed=0)
-                line = bytes(buf[:end])
-                del buf[: end + 2]
-                _header(line)  # validated, then dropped: trailers are not merged
-            elif state == _UNTIL_CLOSE:
-                if len(buf) > self._max_body:
-                    raise httpx.RemoteProtocolError("response body too large")
-                return False
-            else:  # _DONE, fed again: bytes after a complete answer make it unusable
-                if buf:
-                    buf.clear()
-                    self.keep_alive = False
+    def feed(self, data: bytes) -> bool:
+        """Take the next bytes; True once the answer is complete."""
+        if not data:
+            return self.complete
+        self.received = True
+        parser = self._parser
+        if parser is None:  # complete already: these bytes belong to no request
+            self.keep_alive = False
+            return self.complete
+        self._wire += len(data)
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._parser = None
+            if self.complete:
+                self.keep_alive = False
                 return True
+            raise httpx.RemoteProtocolError("unexpected protocol upgrade") from None
+        except httptools.HttpParserError as exc:
+            self._parser = None
+            if self.complete:  # what follows the answer is what broke: the answer stands
+                self.keep_alive = False
+                return True
+            reason = exc.__context__
+            if isinstance(reason, _Stop):  # ours, from a callback: callers see httpx's class
+                raise httpx.RemoteProtocolError(str(reason)) from None
+            raise httpx.RemoteProtocolError(f"malformed answer: {exc}") from None
+        if self.complete:
+            self._parser = None  # no cycle left between the reader and its parser
+            return True
+        limits = self._limits
+        if not self._head_done and self._wire > limits.head:
+            self._parser = None
+            raise httpx.RemoteProtocolError("answer head too large")
+        if self._wire > limits.wire:
+            self._parser = None
+            raise httpx.RemoteProtocolError("answer too large on the wire")
+        return False
 
     def feed_eof(self) -> bool:
-        """The peer closed: True if that completes the response (read until close)."""
-        if self._state == _UNTIL_CLOSE:
-            self.body = bytes(self._buf)
-            self._buf.clear()
-            self._state = _DONE
-            return True
-        return self._state == _DONE
-
-    def _finish(self, consumed: int | None = None) -> bool:
-        """The response is complete; anything left over makes the connection unusable."""
-        buf = self._buf
-        if consumed is None:
-            consumed = self._remaining
-        if len(buf) > consumed:
+        """The peer closed: True if that completes the answer (a body read until close)."""
+        if self.until_close and not self.complete:
+            self.body = bytes(self._body)
+            self._body = bytearray()
+            self.complete = True
             self.keep_alive = False
-        buf.clear()
-        self._state = _DONE
-        return True
+            self._parser = None
+        return self.complete
 
-    def _parse_head(self, head: bytes) -> int:  # noqa: PLR0912, PLR0915 - one pass, inline
-        """Status line and headers; the next state."""
-        lines = head.split(b"\r\n")
-        newlines = len(lines) - 1
-        if head.count(b"\n") != newlines or head.count(b"\r") != newlines:
-            raise httpx.RemoteProtocolError("bare CR or LF in the response head")
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2:
-            raise httpx.RemoteProtocolError(f"malformed status line {lines[0][:100]!r}")
-        version, code = parts[0], parts[1]
-        if version == b"HTTP/1.1":
-            http10 = False
-        elif version == b"HTTP/1.0":
-            http10 = True
-        else:
-            raise httpx.RemoteProtocolError(f"unsupported HTTP version {version[:20]!r}")
-        if len(code) != 3 or not code.isdigit() or code[0] == 0x30:
-            raise httpx.RemoteProtocolError(f"malformed status code {code[:20]!r}")
-        status = int(code)
-        headers: list[tuple[bytes, bytes]] = []
-        length: bytes | None = None
-        codings: list[bytes] = []
-        tokens: list[bytes] = []
-        encoded = False
-        for line in lines[1:]:
-            name, value = _header(line)
-            headers.append((name, value))
-            lname = name.lower()
-            if lname == b"content-length":
-                if length is not None and value != length:
-                    length = b"," + length + b"," + value  # compared below
-                else:
-                    length = value
-            elif lname == b"transfer-encoding":
-                codings += (c.strip(b" \t").lower() for c in value.split(b","))
-            elif lname == b"connection":
-                tokens += (t.strip(b" \t").lower() for t in value.split(b","))
-            elif lname == b"content-encoding":
-                encoded = True
+    # -- llhttp's callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _Stop("bytes after the complete answer")
+        self._headers = []
+
+    def on_status(self, reason: bytes) -> None:
+        self._head_bytes += len(reason) + 16
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count += 1
+        if self._count > self._limits.headers:
+            raise _Stop("too many header lines in the answer")
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._limits.head:
+            raise _Stop("answer head too large")
+        if not self._head_done:  # trailers are read (and counted) but not kept
+            # llhttp drops leading whitespace of a value, not trailing (RFC 9110 5.5: both go).
+            self._headers.append((name, value.rstrip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        assert parser is not None
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise _Stop(f"unsupported HTTP version {version[:8]!r}")
+        status = parser.get_status_code()
+        if not 100 <= status <= 599:
+            raise _Stop(f"status code {status} out of range")
         if status < 200:
             if status == 101:
-                raise httpx.RemoteProtocolError("unexpected 101 Switching Protocols")
-            return _HEAD  # interim answer (100 Continue, 103 Early Hints): skipped
+                raise _Stop("unexpected 101 Switching Protocols")
+            return  # interim answer (100 Continue, 103 Early Hints): skipped
+        self._final = True
+        self._head_done = True
         self.status = status
-        self.headers = headers
-        self.encoded = encoded
+        self.headers = headers = self._headers
+        self._frame(version == "1.0", status, headers)
+
+    def _frame(self, http10: bool, status: int, headers: RawHeaders) -> None:
+        """Keep-alive and body framing from the final answer's headers; codings refused."""
+        chunked = False
+        length = False
+        tokens: list[bytes] = []
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"transfer-encoding":
+                if value.strip(b" \t").lower() != _CHUNKED:
+                    raise _Stop("transfer coding other than chunked refused")
+                chunked = True
+            elif lname == b"content-length":
+                length = True
+                if int(value) > self._limits.body:  # llhttp checked the digits
+                    raise _Stop("answer body too large")
+            elif lname == b"content-encoding":
+                if value.strip(b" \t").lower() != _IDENTITY:
+                    raise _Stop("compressed answer refused (compression is never asked for)")
+            elif lname == b"connection":
+                tokens += (t.strip(b" \t").lower() for t in value.split(b","))
         if http10:
             self.keep_alive = b"keep-alive" in tokens
         else:
             self.keep_alive = b"close" not in tokens
-        if self._no_body or status in (204, 304):
-            return _DONE
-        if codings:
-            if length is not None:
-                self.keep_alive = False  # both framings: trust chunked, do not reuse
-            if codings[-1] == b"chunked":
-                return _CHUNK_SIZE
+        if not chunked and not length and status not in (204, 304):
+            self.until_close = True
             self.keep_alive = False
-            return _UNTIL_CLOSE
-        if length is not None:
-            size = _content_length(length)
-            if size > self._max_body:
-                raise httpx.RemoteProtocolError("response body too large")
-            self._remaining = size
-            return _LENGTH
-        self.keep_alive = False
-        return _UNTIL_CLOSE
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+        if self._chunks > self._limits.chunks:
+            raise _Stop("too many chunks in the answer")
+
+    def on_body(self, data: bytes) -> None:
+        body = self._body
+        if len(body) + len(data) > self._limits.body:
+            raise _Stop("answer body too large")
+        body += data
+
+    def on_message_complete(self) -> None:
+        if not self._final:
+            return  # the end of an interim answer
+        self.body = bytes(self._body)
+        self._body = bytearray()
+        self.complete = True
 
 
-def _header(line: bytes) -> tuple[bytes, bytes]:
-    """One ``name: value`` line as (name, value without surrounding whitespace)."""
-    name, colon, value = line.partition(b":")
-    if not colon or not name or name[-1] in b" \t" or name[0] in b" \t":
-        raise httpx.RemoteProtocolError(f"malformed header line {line[:100]!r}")
-    return name, value.strip(b" \t")
+# -- what is sent ---------------------------------------------------------------------------
+
+# RFC 9110 5.6.2 token (methods and header names).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# origin-form target: "/" then visible ASCII except "#" (no fragment, no space, no
+# controls), not "//" first (read as a network-path reference by some intermediaries).
+_TARGET = re.compile(r"/(?!/)[!-\"$-~]*")
+_DOT_SEGMENT = re.compile(r"/\.\.?(?:/|$)")
+# Anything but visible ASCII, space, tab, CR and LF (header values; CR and LF counted).
+_FORBIDDEN = re.compile(r"[^\t\r\n -~]")
+_GOOD_NAMES: set[str] = set()
+# Headers whose value this transport sets itself (framing and connection management).
+_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+# RFC 9110 8.6: send Content-Length: 0 for an empty body only where the method
+# anticipates content (POST, PUT, PATCH); GET, DELETE, OPTIONS go without.
+_EXPECTS_BODY = frozenset({"POST", "PUT", "PATCH"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# A host as it may appear in the Host header: a DNS name, IPv4 or a bracketed IPv6.
+_HOST = re.compile(r"[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\]")
 
 
-def _content_length(value: bytes) -> int:
-    """Content-Length: digits; repeated identical values (``5, 5``) are accepted."""
-    sizes = {v.strip(b" \t") for v in value.split(b",") if v.strip(b" \t")}
-    if len(sizes) != 1:
-        raise httpx.RemoteProtocolError(f"conflicting Content-Length {value[:60]!r}")
-    (size,) = sizes
-    if not size.isdigit() or len(size) > 18:
-        raise httpx.RemoteProtocolError(f"malformed Content-Length {value[:60]!r}")
-    return int(size)
+def request_bytes(
+    method: str, target: str, host: str, headers: Iterable[tuple[str, str]], body: bytes | None
+) -> bytes:
+    """The request as one ``bytes``: request line, Host, headers, framing, body.
+
+    Checked the same way on every call, before anything is written: the method and
+    header names are tokens, the target is an origin-form path and query of visible
+    ASCII (no space, no fragment), header values are visible ASCII, space or tab.
+    Anything else raises ``httpx.LocalProtocolError`` (values are not echoed: a header
+    may hold a secret). ``HEAD`` is refused (its answer has no body to frame).
+    """
+    if method == "HEAD" or not _TOKEN.fullmatch(method):
+        raise httpx.LocalProtocolError(f"unsupported request method {method[:20]!r}")
+    if not _TARGET.fullmatch(target) or (
+        "/." in target and _DOT_SEGMENT.search(target.partition("?")[0])
+    ):
+        raise httpx.LocalProtocolError("request target is not a plain ASCII path and query")
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
+    for name, value in headers:
+        if name not in _GOOD_NAMES:
+            _check_name(name)
+        if name.lower() not in _OWN_HEADERS:
+            lines.append(f"{name}: {value}\r\n")
+    if body:
+        lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+    elif method in _EXPECTS_BODY:
+        lines.append("Content-Length: 0\r\n\r\n")
+    else:
+        lines.append("\r\n")
+    head = "".join(lines)
+    # Values in one pass: nothing but visible ASCII, space and tab, and CR LF only where
+    # the lines above put them (each piece ends in one; the first and a framing one in two).
+    breaks = len(lines) + (1 if lines[-1] == "\r\n" else 2)
+    if _FORBIDDEN.search(head) or head.count("\n") != breaks or head.count("\r") != breaks:
+        raise httpx.LocalProtocolError(
+            "a request header value holds a control or non-ASCII character"
+        )
+    data = head.encode("ascii")
+    return data + body if body else data
 
 
-def _chunk_size(line: bytes) -> int:
-    """The size on a chunk line (``1a;ext=v``); extensions are ignored."""
-    digits = line.split(b";", 1)[0].strip(b" \t")
-    if not digits or len(digits) > 16 or digits.strip(b"0123456789abcdefABCDEF"):
-        raise httpx.RemoteProtocolError(f"malformed chunk size line {line[:60]!r}")
-    return int(digits, 16)
+def _check_name(name: str) -> None:
+    """A header name must be a token; good ones are remembered (the client's few repeat)."""
+    if not _TOKEN.fullmatch(name):
+        raise httpx.LocalProtocolError(f"malformed request header name {name[:40]!r}")
+    if len(_GOOD_NAMES) < 256:
+        _GOOD_NAMES.add(name)
 
 
 # -- connections ------------------------------------------------------------------------
@@ -358,8 +400,8 @@ class _Connection(asyncio.Protocol):
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.poller: select.poll | None = None  # readable-check before reuse, see quiet()
-        self.parser: ResponseParser | None = None
-        self.waiter: asyncio.Future[ResponseParser] | None = None
+        self.parser: AnswerReader | None = None
+        self.waiter: asyncio.Future[AnswerReader] | None = None
         self.closed = False
         self.counted = True  # holds one of the owner's max_connections slots
         self.reused = False  # has completed at least one exchange
@@ -445,7 +487,7 @@ class _Connection(asyncio.Protocol):
         return self.poller is None or not self.poller.poll(0)
 
 
-def _expire(waiter: asyncio.Future[ResponseParser]) -> None:
+def _expire(waiter: asyncio.Future[AnswerReader]) -> None:
     if not waiter.done():
         waiter.set_exception(httpx.ReadTimeout("read timeout"))
 
@@ -468,7 +510,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
     ``max_connections`` caps the open connections (all origins together);
     ``keepalive_expiry_s`` closes connections idle for longer instead of reusing them;
     ``ssl_context`` is used for ``https`` (default: :func:`default_ssl_context`, one
-    ``ssl.create_default_context()`` shared by the process).
+    ``ssl.create_default_context()`` shared by the process); ``limits`` bound every
+    answer (:class:`Limits`).
     Everything runs in the event loop of the first request; no background tasks.
     """
 
@@ -478,10 +521,12 @@ class Http1Transport(httpx.AsyncBaseTransport):
         max_connections: int = 100,
         keepalive_expiry_s: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._max = max_connections
+        self._limits = limits
         self._keepalive = keepalive_expiry_s
         self._ssl = ssl_context
         self._loop_ref: asyncio.AbstractEventLoop | None = None
@@ -519,7 +564,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         ``url`` is sent as given (already percent-encoded); ``headers`` except the
         framing ones (Host, Content-Length, Transfer-Encoding, Connection, set here);
         ``body`` bytes or None. Errors are httpx's exceptions (no request attached).
-        A compressed answer (never asked for) is decoded as httpx would.
+        A compressed answer (never asked for) is refused (``RemoteProtocolError``).
         ``resend_stale=False``: a reused connection found closed before any byte of
         the answer raises :class:`StaleConnection` instead of sending the same bytes
         again; ``fresh=True`` opens a new connection instead of reusing an idle one.
@@ -542,9 +587,6 @@ class Http1Transport(httpx.AsyncBaseTransport):
             resend_stale=resend_stale,
             fresh=fresh,
         )
-        if parser.encoded and parser.body:
-            decoded = httpx.Response(parser.status, headers=parser.headers, content=parser.body)
-            return parser.status, decoded.content, parser.headers
         return parser.status, parser.body, parser.headers
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -592,7 +634,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
     # -- one exchange ----------------------------------------------------------------------
 
     def _locate(self, url: str) -> tuple[_Origin, str]:
-        """(origin, request target) of a URL, parsed (the fragment is not sent)."""
+        """(origin, request target) of a URL, parsed; a fragment is refused."""
+        if "#" in url:
+            raise httpx.UnsupportedProtocol("a URL with a fragment is not sent")
         try:
             parts = urlsplit(url)
         except ValueError as exc:
@@ -621,6 +665,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
         default = _DEFAULT_PORTS[scheme]
         port = default if port is None else port
         shown = f"[{host}]" if ":" in host else host
+        if not _HOST.fullmatch(shown):
+            raise httpx.UnsupportedProtocol("unusable host name in the URL")
         origin = _Origin(
             key=(scheme, host, port),
             host=host,
@@ -642,16 +688,15 @@ class Http1Transport(httpx.AsyncBaseTransport):
         phases: Phases,
         resend_stale: bool = True,
         fresh: bool = False,
-    ) -> ResponseParser:
+    ) -> AnswerReader:
         """Send on a pooled connection; once more on a fresh one if a reused one was stale
         (or :class:`StaleConnection` without ``resend_stale``)."""
-        data = _request_bytes(method, target, origin.host_header, headers, body)
-        head_request = method == "HEAD"
+        data = request_bytes(method, target, origin.host_header, headers, body)
         conn = await self._acquire(origin, phases, fresh=fresh)
         read = phases.read
         started = self._loop.time()
         try:
-            return await self._roundtrip(conn, data, head_request, read)
+            return await self._roundtrip(conn, data, read)
         except _NoAnswer as exc:
             if not conn.reused or method not in _RETRY_SAFE:
                 raise httpx.ReadError(str(exc)) from exc.__cause__
@@ -669,20 +714,18 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 raise httpx.ReadTimeout("read timeout (stale connection, no time to retry)")
         conn = await self._acquire(origin, phases, fresh=True)
         try:
-            return await self._roundtrip(conn, data, head_request, read)
+            return await self._roundtrip(conn, data, read)
         except _NoAnswer as exc:  # callers see httpx's own class (its name is reported)
             raise httpx.ReadError(str(exc)) from exc.__cause__
 
-    async def _roundtrip(
-        self, conn: _Connection, data: bytes, head_request: bool, read: float | None
-    ) -> ResponseParser:
+    async def _roundtrip(self, conn: _Connection, data: bytes, read: float | None) -> AnswerReader:
         transport = conn.transport
         if transport is None or not conn.usable():
             conn.close()
             self._drop(conn)
             raise _NoAnswer("connection closed before the request was written")
-        parser = ResponseParser(head_request=head_request)
-        waiter: asyncio.Future[ResponseParser] = self._loop.create_future()
+        parser = AnswerReader(self._limits)
+        waiter: asyncio.Future[AnswerReader] = self._loop.create_future()
         conn.parser = parser
         conn.waiter = waiter
         transport.write(data)
@@ -857,28 +900,3 @@ class Http1Transport(httpx.AsyncBaseTransport):
         if oldest is not None:
             oldest.close()
             self._drop(oldest)
-
-
-def _request_bytes(
-    method: str, target: str, host: str, headers: Iterable[tuple[str, str]], body: bytes | None
-) -> bytes:
-    """The request as one ``bytes``: request line, Host, headers, framing, body."""
-    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in headers if name.lower() not in _OWN_HEADERS]
-    if body:
-        lines.append(f"Content-Length: {len(body)}\r\n\r\n")
-    elif method in _EXPECTS_BODY:
-        lines.append("Content-Length: 0\r\n\r\n")
-    else:
-        lines.append("\r\n")
-    head = "".join(lines)
-    # Every piece ends in one CRLF; the first and (with a length) the last hold two.
-    # Any other CR or LF would be an injected line.
-    breaks = len(lines) + (2 if lines[-1] != "\r\n" else 1)
-    if head.count("\n") != breaks or head.count("\r") != breaks or " " in target:
-        raise httpx.LocalProtocolError("CR, LF or space inside the request line or a header")
-    try:
-        data = head.encode("latin-1")
-    except UnicodeEncodeError as exc:
-        raise httpx.LocalProtocolError(f"request head is not latin-1: {exc}") from None
-    return data + body if body else data

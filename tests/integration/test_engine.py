@@ -97,7 +97,7 @@ class Env:
         base.update(overrides)
         base_url = base.pop("base_url", None) or self.server.base_url
         settings = account_settings(base_url, self.api_key, self.pem, ACCOUNT, **base)
-        probe = InFlightProbe(build_transport("aiohttp", max_connections=settings.max_concurrency))
+        probe = InFlightProbe(build_transport("http1", max_connections=settings.max_concurrency))
         async with ExchangeClient(settings, transport=probe) as client:
             yield client, probe
 

@@ -1,6 +1,7 @@
-"""``Http1Transport`` on loopback: against the exchange simulator (the full client, same
-answers as on aiohttp) and against small HTTP/1.1 servers written here, whose
-handlers misbehave on purpose (stall, close idle or mid-body, refuse, chunk).
+"""``Http1Transport`` on loopback: against the exchange simulator (the full client) and
+against small HTTP/1.1 servers written here, whose handlers misbehave on purpose
+(stall, close idle or mid-body, refuse, chunk). The hostile-server table of the
+transport's limits and deadlines is in ``test_transport_hostile.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from killswitch.exchange.signing import compact_json
 from killswitch.exchange.simulator import Simulator, SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.exchange.transport import (
-    AiohttpTransport,
     Phases,
     RawHeaders,
     StaleConnection,
@@ -252,13 +252,17 @@ async def test_generic_path_matches_the_fast_path() -> None:
     assert server.accepted == 1
 
 
-async def test_compressed_answer_is_decoded() -> None:
+async def test_compressed_answer_is_refused_and_the_connection_dropped() -> None:
     async def zipped(req: Req, writer: asyncio.StreamWriter) -> bool:
         answer(writer, gzip.compress(b'{"ok":true}'), headers={"Content-Encoding": "gzip"})
         return True
 
     async with serving(zipped) as server, Http1Transport() as transport:
-        assert await get(transport, f"{server.url}/") == (200, b'{"ok":true}')
+        with pytest.raises(httpx.RemoteProtocolError, match="compressed"):
+            await get(transport, f"{server.url}/")
+        with pytest.raises(httpx.RemoteProtocolError, match="compressed"):
+            await get(transport, f"{server.url}/")
+    assert server.accepted == 2
     assert "accept-encoding" not in server.requests[0].headers
 
 
@@ -614,6 +618,19 @@ async def _scenario(transport: httpx.AsyncBaseTransport) -> list[Any]:
     return seen
 
 
+class _GenericOnly(httpx.AsyncBaseTransport):
+    """``Http1Transport`` behind the plain httpx interface: the client's generic path."""
+
+    def __init__(self, max_connections: int) -> None:
+        self._inner = Http1Transport(max_connections=max_connections)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 def _comparable(value: Any) -> Any:
     """Answers without the simulator's wall-clock stamps (they differ between runs)."""
     if isinstance(value, list):
@@ -623,9 +640,9 @@ def _comparable(value: Any) -> Any:
     return value
 
 
-async def test_same_answers_as_on_aiohttp() -> None:
+async def test_same_answers_on_the_fast_and_the_generic_path() -> None:
     ours = await _scenario(Http1Transport(max_connections=9))
-    theirs = await _scenario(AiohttpTransport(max_connections=9))
+    theirs = await _scenario(_GenericOnly(max_connections=9))
     assert _comparable(ours) == _comparable(theirs)
     assert sum(len(page) for page in ours[0]) == 12
     assert ours[1].outcome is Outcome.SENT
@@ -756,10 +773,26 @@ async def test_reset_while_reading_until_close_is_an_error() -> None:
             await get(transport, f"{server.url}/")
 
 
-@pytest.mark.parametrize("url", ["http://a..b/x", "https://.example.com/x", "http://h\x00st/x"])
+@pytest.mark.parametrize("url", ["http://a..b/x", "https://.example.com/x"])
 async def test_unusable_host_names_are_connect_errors(url: str) -> None:
     async with Http1Transport() as transport:
         with pytest.raises(httpx.ConnectError):
+            await get(transport, url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://h\x00st/x",
+        "http://h st/x",
+        "http://h%41/x",
+        "http://127.0.0.1:9/x#frag",
+        "ftp://h/x",
+    ],
+)
+async def test_urls_that_cannot_be_sent_as_given_are_refused(url: str) -> None:
+    async with Http1Transport() as transport:
+        with pytest.raises(httpx.UnsupportedProtocol):
             await get(transport, url)
 
 

@@ -4,7 +4,7 @@ On every endpoint: 30% 5xx, 10% timeouts (held past the client's read timeout), 
 dropped connections, and a 429 storm for the first 0.2 s of every second; on cancels
 the faulted request still takes effect half the time (the answer is lost, not the
 cancel). The simulator's books are the truth: an account is flat when the simulator
-says so. The probe around the client's transport proves no order had two cancels in
+says so. The probe (the shipped transport, watched) proves no order had two cancels in
 flight at once (as the client sees it: sent and not yet answered, timed out or
 dropped) and counts the faults the client lived through.
 """
@@ -29,7 +29,6 @@ from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
-from killswitch.exchange.transport import build_transport
 from killswitch.metrics import Metrics
 from tests.reliability import figures
 from tests.support.probe import CancelProbe
@@ -91,7 +90,7 @@ class Env:
             self.server.base_url, self.api_key, self.pem, ACCOUNT, **options
         )
         metrics = Metrics(registry, [ACCOUNT])
-        probe = CancelProbe(build_transport("aiohttp", max_connections=options["max_concurrency"]))
+        probe = CancelProbe(max_connections=options["max_concurrency"] + 1)
         async with ExchangeClient(settings, observer=metrics, transport=probe) as client:
             yield client, probe, metrics
 

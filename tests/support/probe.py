@@ -1,65 +1,83 @@
-"""A transport wrapper that watches what the exchange client sends and gets back.
+"""The shipped exchange transport with a watcher: what the client sends and gets back.
 
-Wraps the client's real transport (the client still talks HTTP over loopback to the
-simulator). It tracks, per order id, cancel requests the client has sent and not yet
-seen finish (an answer, a timeout or a dropped connection): a second cancel for an
-order while one is still in flight is an *overlap*. It also tallies what came back,
-so a test can say how many faults the client lived through.
+:class:`CancelProbe` *is* the client's transport (``Http1Transport``), so the client
+takes its fast path and the test exercises exactly the code that ships, over loopback
+to the simulator. It tracks, per order id, cancel requests the client has sent and not
+yet seen finish (an answer, a timeout, a dropped connection, or the client's own
+attempt deadline): a second cancel for an order while one is still in flight is an
+*overlap*. It also tallies what came back, so a test can say how many faults the
+client lived through.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
-from urllib.parse import parse_qs
+from collections.abc import Mapping
+from urllib.parse import parse_qs, urlsplit
 
-import httpx
+from killswitch.exchange.http1 import Http1Transport
+from killswitch.exchange.transport import Phases, RawHeaders
 
 
-def cancelled_ids(request: httpx.Request) -> list[int]:
+def cancelled_ids(method: str, url: str, body: bytes | None) -> list[int]:
     """Order ids a request cancels (single DELETE or batch); [] for anything else."""
-    if request.method != "DELETE":
+    if method != "DELETE":
         return []
-    path = request.url.path
-    if path.endswith("/order"):
-        query = parse_qs(request.url.query.decode())
+    parts = urlsplit(url)
+    if parts.path.endswith("/order"):
+        query = parse_qs(parts.query)
         return [int(v) for v in query.get("order_id", []) if v.isdigit()]
-    if path.endswith("/order/batch"):
-        body = json.loads(request.content or b"{}")
-        return [int(i) for i in body.get("order_ids", [])]
+    if parts.path.endswith("/order/batch"):
+        data = json.loads(body or b"{}")
+        return [int(i) for i in data.get("order_ids", [])]
     return []
 
 
-class CancelProbe(httpx.AsyncBaseTransport):
+class CancelProbe(Http1Transport):
     """Counts overlapping cancels per order and every answer by kind."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.inner = inner
+    def __init__(self, *, max_connections: int) -> None:
+        super().__init__(max_connections=max_connections)
         self.in_flight: Counter[int] = Counter()
         self.overlaps: list[int] = []  # order ids sent while a cancel for them was in flight
-        self.answers: Counter[str] = Counter()  # "200", "503", "429", "ReadTimeout", ...
+        # "200", "503", "429", "ReadTimeout", "Deadline" (the client's own), ...
+        self.answers: Counter[str] = Counter()
         self.cancels_sent: Counter[int] = Counter()
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        ids = cancelled_ids(request)
+    async def send_raw(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        phases: Phases,
+        *,
+        resend_stale: bool = True,
+        fresh: bool = False,
+    ) -> tuple[int, bytes, RawHeaders]:
+        ids = cancelled_ids(method, url, body)
         for order_id in ids:
             if self.in_flight[order_id]:
                 self.overlaps.append(order_id)
             self.in_flight[order_id] += 1
             self.cancels_sent[order_id] += 1
         try:
-            response = await self.inner.handle_async_request(request)
+            answer = await super().send_raw(
+                method, url, headers, body, phases, resend_stale=resend_stale, fresh=fresh
+            )
+        except asyncio.CancelledError:
+            self.answers["Deadline"] += 1
+            raise
         except Exception as exc:
             self.answers[type(exc).__name__] += 1
             raise
         finally:
             for order_id in ids:
                 self.in_flight[order_id] -= 1
-        self.answers[str(response.status_code)] += 1
-        return response
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+        self.answers[str(answer[0])] += 1
+        return answer
 
     def faults_seen(self) -> int:
         """Answers that were not a usable reply: 429, 5xx, timeouts, broken connections."""

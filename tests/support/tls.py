@@ -34,6 +34,13 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+def _alt_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
     path.write_bytes(
         key.private_bytes(
@@ -44,8 +51,13 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
     )
 
 
-def make_pki(directory: Path, ca_name: str = "killswitch test CA") -> Pki:
-    """Create a CA and a server certificate signed by it, valid for one day."""
+def make_pki(
+    directory: Path,
+    ca_name: str = "killswitch test CA",
+    names: tuple[str, ...] = ("localhost", "127.0.0.1"),
+) -> Pki:
+    """Create a CA and a server certificate signed by it for ``names`` (DNS names or IP
+    addresses), valid for one day."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
@@ -69,9 +81,7 @@ def make_pki(directory: Path, ca_name: str = "killswitch test CA") -> Pki:
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName([_alt_name(name) for name in names]),
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
@@ -89,11 +99,21 @@ def make_pki(directory: Path, ca_name: str = "killswitch test CA") -> Pki:
 
 
 class TLSProxy:
-    """Accepts TLS on a loopback port and pipes plaintext bytes to ``upstream``."""
+    """Accepts TLS on a loopback port and pipes plaintext bytes to ``upstream``.
 
-    def __init__(self, pki: Pki, upstream: tuple[str, int], port: int) -> None:
+    ``client_ca``: client certificates are required and verified against it (mutual
+    TLS). ``connections`` counts the connections whose handshake succeeded (the only
+    ones piped upstream).
+    """
+
+    def __init__(
+        self, pki: Pki, upstream: tuple[str, int], port: int, client_ca: Path | None = None
+    ) -> None:
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._context.load_cert_chain(pki.server_cert, pki.server_key)
+        if client_ca is not None:
+            self._context.verify_mode = ssl.CERT_REQUIRED
+            self._context.load_verify_locations(client_ca)
         self._upstream = upstream
         self.port = port
         self._server: asyncio.Server | None = None

@@ -706,3 +706,28 @@ async def test_a_request_cancelled_in_flight_is_reported(tmp_path: Path, fake: F
             await task
     assert ("cancel", "cancelled") in recorder.requests
     assert recorder.inflight == 0
+
+
+async def test_a_transport_that_never_answers_is_ended_by_the_attempt_deadline(
+    tmp_path: Path, fake: FakeTime
+) -> None:
+    """Any httpx transport, even one with no timeouts of its own: the client's deadline ends
+    every attempt (here a mock that never answers the cancel)."""
+    never = asyncio.Event()
+    script = Script(fake, [reply(200, {"status": "CANCEL_SENT"})])
+
+    async def silent(request: httpx.Request) -> httpx.Response:
+        if request.url.path == PATH_TIME:
+            return script(request)
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    recorder = Recorder()
+    account = settings(tmp_path, max_attempts=2, request_deadline_s=0.2)
+    async with ExchangeClient(
+        account, observer=recorder, transport=httpx.MockTransport(silent)
+    ) as client:
+        result = await client.cancel_order(7, "BTC_USDT")
+    assert (result.outcome, result.error) == (Outcome.FAILED, "AttemptDeadline")
+    assert ("cancel", "timeout") in recorder.requests
+    assert recorder.inflight == 0
