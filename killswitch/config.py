@@ -43,7 +43,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from killswitch.core.pairs import PAIR_NAME_RE
+from killswitch.core.pairs import EXCHANGE_PAIR_RE
 
 ENV_PREFIX = "KILLSWITCH_"
 CONFIG_ENV = "KILLSWITCH_CONFIG"
@@ -209,10 +209,13 @@ class AccountSettings(_Section):
             return None
         if not value:
             raise ValueError("must name at least one pair (or be left out)")
-        bad = [name for name in value if not re.match(PAIR_NAME_RE, name)]
+        bad = [name for name in value if not re.match(EXCHANGE_PAIR_RE, name)]
         if bad:
             shown = ", ".join(repr(name[:48]) for name in bad[:5])
-            raise ValueError(f"not a pair name: {shown}")
+            raise ValueError(
+                f"not a pair name as the exchange writes it: {shown} "
+                "(upper-case BASE_QUOTE, e.g. BTC_USDT; names are case-sensitive)"
+            )
         return list(dict.fromkeys(value))
 
     @field_validator("base_url")

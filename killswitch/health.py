@@ -100,9 +100,10 @@ class Readiness:
     Ready means: the broker answers, the consumer is consuming, the daemon is not
     shutting down, and every configured account had a usable exchange answer within
     ``stale_after_s``, no authentication refusal since its last good answer to a signed
-    call, and no redirect from any endpoint since that endpoint's last good answer (a
+    call, no redirect from any endpoint since that endpoint's last good answer (a
     redirect is a wrong ``base_url``: the endpoint that answered it, a cancel endpoint
-    or the server time, may not be called again until a kill needs it).
+    or the server time, may not be called again until a kill needs it), and a pair list
+    from some source (without one a whole-account kill cannot run).
     """
 
     accounts: tuple[str, ...]
@@ -114,6 +115,7 @@ class Readiness:
     _auth_failed: dict[str, str | None] = field(default_factory=dict)  # -> why, if known
     # account -> endpoint -> the problem ("" for a redirect reported without its endpoint)
     _redirected: dict[str, dict[str, str]] = field(default_factory=dict)
+    _no_pairs: dict[str, str] = field(default_factory=dict)  # account: why it has none
 
     @classmethod
     def for_accounts(cls, accounts: Iterable[str], stale_after_s: float) -> Readiness:
@@ -159,6 +161,14 @@ class Readiness:
         """``endpoint`` answered ``account`` with a redirect; ``problem`` says where to."""
         self._redirected.setdefault(account, {})[endpoint] = problem
 
+    def pair_list(self, account: str, problem: str | None) -> None:
+        """``account`` has a pair list (``problem`` None) or has none from any source
+        (``problem`` says why: exchange-info failing and no ``symbols`` setting)."""
+        if problem is None:
+            self._no_pairs.pop(account, None)
+        else:
+            self._no_pairs[account] = problem
+
     def record_exchange(self, account: str, status: str, now: float, endpoint: str = "") -> None:
         """Feed one HTTP status and endpoint (as given to ``Observer.request_done``)."""
         answer = classify_answer(status)
@@ -196,6 +206,9 @@ class Readiness:
         if account in self._auth_failed:
             detail = self._auth_failed[account]
             return f"{account}: auth rejected" + (f"; {detail}" if detail else "")
+        no_pairs = self._no_pairs.get(account)
+        if no_pairs is not None:
+            return f"{account}: {no_pairs}"
         last = self._last_ok.get(account)
         if last is None:
             return f"exchange: {account} no answer yet"
@@ -250,8 +263,8 @@ class ReadinessObserver:
     def halted(self, account: str, halted: bool) -> None:
         self._inner.halted(account, halted)
 
-    def residual(self, account: str, count: int) -> None:
-        self._inner.residual(account, count)
+    def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
+        self._inner.residual(account, count, unlisted_pairs)
 
 
 class HealthServerError(Exception):

@@ -268,7 +268,15 @@ class Metrics:
         )
         self._residual = Gauge(
             "killswitch_residual_open_orders",
-            "Orders in scope still open after the account's last sweep.",
+            "Orders in scope still open after the account's last sweep, in the pairs it"
+            " listed to the end (see killswitch_residual_unlisted_pairs).",
+            ["account"],
+            registry=r,
+        )
+        self._unlisted = Gauge(
+            "killswitch_residual_unlisted_pairs",
+            "Pairs in scope the account's last sweep never listed to the end (their open"
+            " orders are unknown, not in killswitch_residual_open_orders).",
             ["account"],
             registry=r,
         )
@@ -329,6 +337,7 @@ class Metrics:
             self._inflight.labels(account=account).set(0)
             self._halted.labels(account=account).set(0)
             self._residual.labels(account=account).set(0)
+            self._unlisted.labels(account=account).set(0)
         for source in sources:
             label = self._sources(source)
             for result in ALERT_RESULTS:
@@ -404,9 +413,12 @@ class Metrics:
         self._halted.labels(account=self._account(account)).set(1 if halted else 0)
 
     @_never_raise
-    def residual(self, account: str, count: int) -> None:
-        """Orders in scope still open after the account's last sweep."""
-        self._residual.labels(account=self._account(account)).set(max(count, 0))
+    def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
+        """Orders in scope still open after the account's last sweep (in the pairs it
+        listed to the end), and the pairs in scope it never listed to the end."""
+        label = self._account(account)
+        self._residual.labels(account=label).set(max(count, 0))
+        self._unlisted.labels(account=label).set(max(unlisted_pairs, 0))
 
     # --- intake and daemon ----------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from collections.abc import AsyncGenerator, Sequence
 from prometheus_client import CollectorRegistry
 
 from killswitch.config import AccountSettings, Settings
+from killswitch.core.orders import SymbolInfo
 from killswitch.core.ports import Observer
 from killswitch.daemon import Observability
 from killswitch.exchange.client import ExchangeClient
@@ -77,7 +78,7 @@ class ExchangeProbe:
     async def probe(self, client: ExchangeClient) -> None:
         """One round for one account; the observer records what the exchange answered."""
         try:
-            pairs = await client.exchange_info()
+            pairs = await self._pairs(client)
             if pairs:
                 await first_page(client, pairs[0].symbol, limit=2)
         except AuthError as exc:
@@ -89,6 +90,19 @@ class ExchangeProbe:
             log.debug("exchange probe: %s", exc, extra={"account": client.account})
         except Exception:  # a probe must never stop probing (nor the daemon)
             log.warning("exchange probe failed", exc_info=True, extra={"account": client.account})
+
+    async def _pairs(self, client: ExchangeClient) -> list[SymbolInfo]:
+        """The account's pairs; readiness learns whether it has any pair list at all
+        (exchange-info raises only when no source is left)."""
+        try:
+            pairs = await client.exchange_info()
+        except ExchangeError as exc:
+            if self._readiness is not None:
+                self._readiness.pair_list(client.account, _without_prefix(exc))
+            raise
+        if self._readiness is not None:
+            self._readiness.pair_list(client.account, None)
+        return pairs
 
     async def run(self) -> None:
         """Probe every account, then again every interval, until cancelled."""
@@ -118,6 +132,13 @@ class ExchangeProbe:
                 await task
         clients, self._clients = self._clients, []
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+
+def _without_prefix(exc: ExchangeError) -> str:
+    """The error's message without the ``account endpoint:`` prefix (readiness names
+    the account itself)."""
+    prefix = " ".join(part for part in (exc.account, exc.endpoint) if part) + ": "
+    return str(exc).removeprefix(prefix)
 
 
 def prometheus_observability(settings: Settings) -> Observability:

@@ -111,7 +111,10 @@ class Observer(Protocol):
 
     def halted(self, account: str, halted: bool) -> None: ...
 
-    def residual(self, account: str, count: int) -> None: ...
+    def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
+        """What the account's last sweep left: ``count`` orders in scope still open in
+        the last complete listing, and ``unlisted_pairs`` pairs in scope it never listed
+        to the end (their open orders are not in ``count``: unknown, not zero)."""
 
 
 class NullObserver:
@@ -138,7 +141,7 @@ class NullObserver:
     def halted(self, account: str, halted: bool) -> None:
         pass
 
-    def residual(self, account: str, count: int) -> None:
+    def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
         pass
 
 

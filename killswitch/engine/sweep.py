@@ -58,7 +58,7 @@ from killswitch.core.ledger import Ledger, covers
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order
 from killswitch.core.outcomes import Outcome, RejectReason
-from killswitch.core.pairs import PairList
+from killswitch.core.pairs import PairList, list_unchecked_reason
 from killswitch.core.planning import (
     WHOLE_PAIR,
     CancelQueue,
@@ -201,6 +201,8 @@ class Sweep:
         self.failure: str | None = None
         self.end_note: str | None = None
         self.notes: list[str] = []
+        # Why the pairs a whole-account pass listed prove nothing (the configured list).
+        self._blind_list: str | None = None
         self.first_cancel_at: datetime | None = None
         self._verified: tuple[int, frozenset[int]] | None = None  # (gen, ids found)
         self._pass: _Pass | None = None
@@ -435,10 +437,16 @@ class Sweep:
         return symbols_to_list(self.scope, (s.symbol for s in info))
 
     def _note_pair_source(self) -> None:
-        """Say in the result when the pairs listed were not the exchange's current list."""
+        """Say in the result when the pairs listed were not the exchange's current list;
+        remember when they were only the configured list (never proof of flat)."""
         cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
         pairs = cached() if callable(cached) else None
-        if isinstance(pairs, PairList) and pairs.source != "exchange":
+        if not isinstance(pairs, PairList):
+            return
+        blind = list_unchecked_reason(pairs)
+        if blind is not None:
+            self._blind_list = blind
+        elif pairs.source != "exchange":
             note = f"pairs from the {pairs.source} pair list (exchange-info: {pairs.error})"
             if note not in self.notes:
                 self.notes.append(note)
@@ -953,7 +961,9 @@ class Sweep:
         """End of sweep: final outcomes, metrics, and one final result per ticket."""
         self.ledger.finalise()  # queued or in flight when the sweep stopped: failed
         if not self.dry_run:
-            self.observer.residual(self.account, self.ledger.residual(self.scope))
+            wanted = self.scope.symbols if self.scope is not None else None
+            residual = self.ledger.residual(self.scope)
+            self.observer.residual(self.account, residual, len(self._unlisted(wanted)))
         mono = asyncio.get_running_loop().time()
         for ticket in self.tickets:
             result = self._reported(ticket, final=True)
@@ -975,17 +985,20 @@ class Sweep:
                 verified=self._verified_for(ticket),
                 residual_in_scope=residual,
             )
-            unproven = self._unproven(ticket) if status is SweepStatus.FLAT else None
+            unproven = (
+                self._unproven(ticket) if status is SweepStatus.FLAT else self._unchecked(ticket)
+            )
             if unproven is not None:
                 status = SweepStatus.RESIDUAL
             orders = ledger.reports(scope)
-            reason = "; ".join(filter(None, (unproven, self._reason(status)))) or None
+            unlisted = self._unlisted(ticket.scope.symbols)
+            reason = "; ".join(filter(None, (unproven, self._reason(status, unlisted)))) or None
             pending = 0
-            not_found = _not_found(ticket.scope, ledger)
+            not_found = _not_found(ticket.scope, ledger) if self._listed_all(ticket) else []
         else:
             status, orders, reason = SweepStatus.RUNNING, [], None
             pending = ledger.pending()
-            not_found = []
+            not_found, unlisted = [], []
         listed, in_scope_pairs = (None, None) if final else self._pair_progress(ticket)
         return SweepResult(
             alert_id=request.alert_id,
@@ -1008,6 +1021,7 @@ class Sweep:
             trigger_reason=request.reason,
             pairs_listed=listed,
             pairs_in_scope=in_scope_pairs,
+            unlisted_pairs=unlisted,
         )
 
     def _pair_progress(self, ticket: Ticket) -> tuple[int | None, int | None]:
@@ -1022,14 +1036,28 @@ class Sweep:
     def _unproven(self, ticket: Ticket) -> str | None:
         """Why a verified-empty listing is no proof of flat for this ticket, if it is not:
         its pairs were never checked, or a pair in its scope was never listed to the end."""
-        if ticket.request.unchecked_pairs is not None:
-            return ticket.request.unchecked_pairs
-        wanted = ticket.scope.symbols
-        unlisted = self._pairs - self.ledger.listed_pairs()
-        if wanted is not None:
-            unlisted &= wanted
+        unchecked = self._unchecked(ticket)
+        if unchecked is not None:
+            return unchecked
+        # The same pairs the result names in unlisted_pairs, so a flat never names any.
+        unlisted = self._unlisted(ticket.scope.symbols)
         # _reason names the pairs (residual results list where nobody looked).
         return "not flat: a pair in scope was never listed to the end" if unlisted else None
+
+    def _unchecked(self, ticket: Ticket) -> str | None:
+        """Why the ticket's pairs were never checked against the exchange's own list:
+        its scope pairs (decided at intake), or the configured list a whole-account
+        pass listed (pairs outside it were never looked at)."""
+        if ticket.request.unchecked_pairs is not None:
+            return ticket.request.unchecked_pairs
+        return self._blind_list if ticket.scope.symbols is None else None
+
+    def _listed_all(self, ticket: Ticket) -> bool:
+        """Every pair the ticket concerns was listed to the end (so an id never seen
+        is known not to be open there); False when nothing was listed at all."""
+        wanted = ticket.scope.symbols
+        concerned = set(wanted) if wanted is not None else self._pairs
+        return bool(concerned) and concerned <= self.ledger.listed_pairs()
 
     def _verified_for(self, ticket: Ticket) -> bool:
         verified = self._verified
@@ -1040,20 +1068,24 @@ class Sweep:
             oid in ledger and covers(ticket.scope, oid, ledger.record(oid)) for oid in verified[1]
         )
 
-    def _reason(self, status: SweepStatus) -> str | None:
+    def _unlisted(self, wanted: frozenset[str] | None) -> list[str]:
+        """Pairs in scope never listed to the end, sorted: of ``wanted`` (a scope's own
+        pairs), else of every pair the sweep set out to list or cancel."""
+        pairs = self._pairs if wanted is None else wanted
+        return sorted(pairs - self.ledger.listed_pairs())
+
+    def _reason(self, status: SweepStatus, unlisted: list[str]) -> str | None:
         parts: list[str] = []
         if status is SweepStatus.FAILED and self.failure:
             parts.append(self.failure)
         elif status is SweepStatus.RESIDUAL and self.end_note:
             parts.append(self.end_note)
-        if status is SweepStatus.RESIDUAL:
-            unlisted = sorted(self._pairs - self.ledger.listed_pairs())
-            if unlisted:
-                # residual_open counts what listings returned: say where nobody looked.
-                shown = ", ".join(unlisted[:10]) + (" ..." if len(unlisted) > 10 else "")
-                parts.append(
-                    f"never listed to the end: {shown} (open orders there are not in residual_open)"
-                )
+        if status is SweepStatus.RESIDUAL and unlisted:
+            # residual_open counts what listings returned: say where nobody looked.
+            shown = ", ".join(unlisted[:10]) + (" ..." if len(unlisted) > 10 else "")
+            parts.append(
+                f"never listed to the end: {shown} (open orders there are not in residual_open)"
+            )
         parts.extend(self.notes)
         return "; ".join(parts) or None
 

@@ -936,7 +936,7 @@ class ExchangeClient:
             try:
                 await self._fetch_info()
             except ExchangeError as exc:
-                self._info_error = str(exc)
+                self._info_error = _bare_message(exc)  # the account is named by callers
                 self._info_failure = exc
                 self._info_failed_at = self._mono()
                 fallback = self.cached_pair_list()
@@ -1150,13 +1150,17 @@ def _configured_info(symbol: str) -> SymbolInfo:
     return SymbolInfo(symbol=symbol, base_asset=base, quote_asset=quote)
 
 
+def _bare_message(exc: ExchangeError) -> str:
+    """The error's message without its ``account endpoint:`` prefix."""
+    prefix = " ".join(part for part in (exc.account, exc.endpoint) if part) + ": "
+    return str(exc).removeprefix(prefix)
+
+
 def _no_pair_list(exc: ExchangeError) -> ExchangeError:
     """``exc`` again (the same class for the ones callers tell apart: redirect, auth,
     unavailable; else its base class), the message saying that no source of pairs is
     left."""
-    text = str(exc)
-    prefix = " ".join(part for part in (exc.account, exc.endpoint) if part) + ": "
-    reason = no_pair_list_reason(text.removeprefix(prefix))  # the new error adds it once
+    reason = no_pair_list_reason(_bare_message(exc))  # the new error adds the prefix once
     common = {"account": exc.account, "endpoint": exc.endpoint}
     if isinstance(exc, Redirected):
         return Redirected(reason, status=exc.status, location=exc.location, **common)

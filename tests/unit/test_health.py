@@ -201,7 +201,7 @@ def test_readiness_observer_feeds_readiness_and_forwards() -> None:
     observer.first_cancel(0.1)
     observer.flat(0.2)
     observer.halted("mm-1", True)
-    observer.residual("mm-1", 2)
+    observer.residual("mm-1", 2, 1)
     assert readiness.evaluate(6.0).ready
     get = registry.get_sample_value
     assert (
@@ -295,3 +295,19 @@ def test_an_auth_refusal_keeps_the_clients_description() -> None:
     assert r.evaluate(12.0).reasons == (f"mm-1: auth rejected; {why}",)
     r.record_exchange("mm-1", "200", 13, "open_orders")
     assert r.evaluate(14.0).ready
+
+
+def test_an_account_without_any_pair_list_is_not_ready_until_it_has_one() -> None:
+    r = Readiness.for_accounts(["mm-1", "mm-2"], STALE)
+    r.set_consuming(True)
+    for account in ("mm-1", "mm-2"):
+        r.record_exchange(account, "200", 10, "time")
+        r.record_exchange(account, "200", 10, "open_orders")
+    why = "no pair list: exchange-info failed (HTTP 503) and account has no `symbols` setting"
+    r.pair_list("mm-2", why)
+    r.pair_list("mm-1", None)  # a list from some source (configured ones count)
+    assert r.evaluate(20.0) == ReadyReport(False, (f"mm-2: {why}",))
+    r.record_exchange("mm-2", "200", 12, "open_orders")  # answers do not give it a list
+    assert not r.evaluate(20.0).ready
+    r.pair_list("mm-2", None)
+    assert r.evaluate(20.0).ready
