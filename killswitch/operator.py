@@ -1176,7 +1176,7 @@ async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[C
                 pairs = await client.pair_list()
                 symbols = await client.exchange_info()  # no request: pair_list cached it
         except Redirected as exc:
-            problem = redirect_problem(exc.status, exc.location)
+            problem = redirect_problem(exc.status, exc.location, exc.endpoint)
             return [
                 Check("exchange reachable", target, False, problem),
                 Check("key accepted", account.id, False, "not tried: exchange redirects"),

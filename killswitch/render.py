@@ -489,6 +489,9 @@ def summary_lines(board: Board, elapsed_s: float) -> list[str]:
     )
     missing = [f"  {r.account}: {_not_found_text(r.not_found)}" for r in rows if r.not_found]
     missing += [f"  {r.account}: was not halted (nothing released)" for r in rows if r.not_halted]
+    # A good result's reason is a note worth reading (a redirected endpoint: a wrong
+    # base_url that the fallback hid); the status line shows the others' reasons.
+    notes = [f"  {r.account}: note: {r.reason}" for r in good if r.reason]
     if len(good) == len(rows):
         total = sum(r.resolved for r in rows)
         sent = sum(r.sent for r in rows)
@@ -496,12 +499,12 @@ def summary_lines(board: Board, elapsed_s: float) -> list[str]:
             head += f" ({total} order(s) resolved, {sent} cancel(s) sent)"
         if missing:
             head = head.replace(f"{board.action} ", f"{board.action} INCOMPLETE ", 1)
-        return [head, *missing]
+        return [head, *missing, *notes]
     lines = [head.replace(f"{board.action} ", f"{board.action} FAILED ", 1)]
     for r in rows:
         if not (r.final and r.status == success):
             lines.append(f"  {r.account}: {_status_text(r, success)}")
-    return lines + missing
+    return lines + missing + notes
 
 
 def _not_found_text(ids: Sequence[int], shown: int = 20) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from killswitch.core.model import HaltState, KillRequest, SweepResult
 from killswitch.core.orders import Order, SymbolInfo
@@ -49,7 +49,8 @@ class BatchCancelResult:
     attempts: int = 1
     outcome: Outcome | None = None
     reason: RejectReason | None = None
-    status: int | None = None  # HTTP status of a refused call (404/405: no such endpoint)
+    status: int | None = None  # HTTP status of a refused call (404/405: no such endpoint, 3xx)
+    error: str | None = None  # what a refused call's answer means (a redirect: where to)
 
 
 class ExchangeAPI(Protocol):
@@ -148,6 +149,15 @@ class NullObserver:
 
     def latch_reaction(self, account: str, seconds: float | None) -> None:
         pass
+
+
+@runtime_checkable
+class RedirectObserver(Protocol):
+    """An :class:`Observer` that also wants every 3xx answer with its ``Location``
+    (readiness shows a redirect as a configuration problem of the account)."""
+
+    def redirected(self, account: str, endpoint: str, status: int, location: str) -> None:
+        """``endpoint`` answered ``status`` pointing at ``location`` (empty: none given)."""
 
 
 ResultSink = Callable[[SweepResult], Awaitable[None]]

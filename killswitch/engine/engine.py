@@ -27,9 +27,9 @@
 - **Deadlines.** A request's deadline is ``deadline_s`` after its ``received_at``,
   measured on the event loop's monotonic clock from the moment it is submitted.
 - **Refused endpoints.** An exchange that does not serve cancel-all or batch cancel
-  (404/405 to the call itself) is remembered per account for the engine's lifetime:
-  every later sweep of that account (strategy ``auto``) falls back at once instead of
-  asking again (:meth:`Engine.refused_endpoints`).
+  (404/405 to the call itself) or redirects it (3xx, never followed) is remembered per
+  account for the engine's lifetime: every later sweep of that account (strategy
+  ``auto``) falls back at once instead of asking again (:meth:`Engine.refused_endpoints`).
 - **Never raises for bad input.** An unknown account, a request during shutdown: a
   final ``failed`` result with the reason.
 """

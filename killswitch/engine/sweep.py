@@ -12,9 +12,10 @@ in scope whose first page is full or shows two or more orders becomes one cancel
 queued under the priority key of the best order on that page, and the rest of the pair
 is not listed (the next pass's listing verifies); partial scopes go out as batch
 cancels. Ids a bulk cancel answers in ``fail`` (or in neither list) get per-order
-DELETEs. An endpoint the exchange does not serve (404/405 to the call as a whole) is
-remembered for the account (``refused``, shared by its later sweeps) and the account
-falls back: cancel-all to batches, batches to per-order.
+DELETEs. An endpoint the exchange does not serve (404/405 to the call as a whole) or
+redirects (3xx, never followed) is remembered for the account (``refused``, shared by
+its later sweeps) and the account falls back: cancel-all to batches, batches to
+per-order. A redirect is named in the result's reason, with its ``Location``.
 
 The deadline is soft for cancels already sent: at the deadline listings stop and
 workers take no new work, but a cancel in flight may still answer until
@@ -619,7 +620,7 @@ class Sweep:
             self._note_cancel(symbol, None)
             result = await self.client.cancel_all(symbol)
             if result.outcome is not None:
-                self._bulk_refused(symbol, result.outcome, result.reason)
+                self._bulk_refused(symbol, result)
                 p.complete = False
                 return
             self._exchange_answered()
@@ -637,11 +638,18 @@ class Sweep:
         finally:
             self._producer_done(p)
 
-    def _bulk_refused(self, symbol: str, outcome: Outcome, reason: RejectReason | None) -> None:
-        if reason is RejectReason.AUTH:
+    def _bulk_refused(self, symbol: str, result: BatchCancelResult) -> None:
+        if result.reason is RejectReason.AUTH:
             raise SweepStopped(f"authentication refused cancelling on {symbol} (invalid_client)")
         # Not fatal: the next pass lists the pair and cancels order by order.
-        self.notes.append(f"cancel-all on {symbol} {outcome.value}")
+        assert result.outcome is not None
+        self.notes.append(f"cancel-all on {symbol} {result.outcome.value}")
+        self._note_redirect(result.error if result.reason is RejectReason.REDIRECT else None)
+
+    def _note_redirect(self, problem: str | None) -> None:
+        """Name a redirect (and where it points) in the result's reason, once."""
+        if problem and problem not in self.notes:
+            self.notes.append(problem)
 
     # ----------------------------------------------------------------- workers
 
@@ -726,6 +734,8 @@ class Sweep:
             ledger.conclude(order_id, Outcome.FAILED, 1)
             return
         ledger.conclude(order_id, result.outcome, result.attempts, result.reason)
+        if result.reason is RejectReason.REDIRECT:
+            self._note_redirect(result.error)
         if result.outcome is not Outcome.FAILED:
             self._exchange_answered()
         if result.outcome is Outcome.REJECTED and result.reason is RejectReason.AUTH:
@@ -758,8 +768,8 @@ class Sweep:
                     ledger.conclude(order_id, Outcome.FAILED, result.attempts)
                 return
             if endpoint_refused(result.status) and "cancel_batch" not in self.refused:
-                self.refused.add("cancel_batch")  # this exchange has no batch cancel
-                self.notes.append(f"batch cancel refused (HTTP {result.status}): per-order")
+                self.refused.add("cancel_batch")  # no batch cancel here (or it redirects)
+                self.notes.append(f"batch cancel refused ({_refusal(result)}): per-order")
             retry = list(ids)  # batch refused as a whole (size, format): one by one
         else:
             self._exchange_answered()
@@ -801,8 +811,8 @@ class Sweep:
                 ledger.conclude(order_id, Outcome.FAILED, result.attempts)
             return
         if endpoint_refused(result.status) and "cancel_all" not in self.refused:
-            self.refused.add("cancel_all")  # this exchange has no cancel-all
-            self.notes.append(f"cancel-all refused (HTTP {result.status}): batch cancels")
+            self.refused.add("cancel_all")  # no cancel-all here (or it redirects)
+            self.notes.append(f"cancel-all refused ({_refusal(result)}): batch cancels")
         for order_id in ids:
             ledger.hand_back(order_id, result.attempts)
         self._unbulk(p, symbol, entries)
@@ -1078,6 +1088,11 @@ class Sweep:
             )
         parts.extend(self.notes)
         return "; ".join(parts) or None
+
+
+def _refusal(result: BatchCancelResult) -> str:
+    """A refused bulk cancel in a reason: its HTTP status, or what its redirect means."""
+    return result.error or f"HTTP {result.status}"
 
 
 def _not_found(scope: Scope, ledger: Ledger) -> list[int]:

@@ -285,6 +285,18 @@ def test_not_found_ids_are_read_leniently_and_shown_in_the_summary() -> None:
     assert lines[1] == "  a: 2 order id(s) never found open, not cancelled by this kill: 11, 12"
 
 
+def test_a_flat_result_with_a_reason_shows_it_as_a_note() -> None:
+    board = Board("op-1", ["a"])
+    note = (
+        "cancel-all refused (exchange answered 308 redirect to http://x/y on cancel_all: "
+        "check base_url): batch cancels"
+    )
+    board.apply_result(result("a", "flat", final=True, sent=3, reason=note))
+    lines = summary_lines(board, 1.0)
+    assert lines[0].startswith("kill op-1: flat on 1/1")
+    assert lines[1:] == [f"  a: note: {note}"]
+
+
 def test_a_refusal_says_why_in_the_summary() -> None:
     board = Board("op-1", ["a"])
     reason = "unknown pair(s): btc_usdt (did you mean BTC_USDT?)"
