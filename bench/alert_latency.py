@@ -11,12 +11,18 @@ simulator receives the DELETE for that order, then wait for the final result
 before the next one (no coalescing). The path includes one open-orders listing
 (the daemon has to find the order).
 
-Baseline, same run, same fetch settings: a bare aiokafka consumer's
-produce-to-consume latency on the same broker, measured in blocks interleaved with
-the daemon's (``--blocks``). Figures: p50/p99 of both and of the difference (goal:
-overhead <= 2 ms p50, <= 5 ms p99), and a breakdown from the daemon's own result
-timestamps (produce -> received, received -> first cancel sent, sent -> on the
-wire; millisecond resolution). Note: the embedded
+Baseline, same run, same fetch settings, in blocks interleaved with the daemon's
+(``--blocks``): a bare pipeline in its own spawned process, an aiokafka consumer
+that on each record lists the pair's open orders and cancels the first one with
+aiohttp (both signed with ``killswitch.exchange.signing``), with its own API key and
+topic; its DELETE is stamped by the same simulator probe. Goal: the daemon's p50
+alert -> first cancel <= the bare pipeline's p50 (p99 of both reported).
+
+Also reported, no goal: the overhead over a bare aiokafka consumer's
+produce-to-consume latency (that consumer in its own process, and in this one),
+one signed listing's round trip from a bare aiohttp client, and a breakdown from
+the daemon's own result timestamps (produce -> received, received -> first cancel
+sent, sent -> on the wire; millisecond resolution). Note: the embedded
 broker answers fetches only at the end of ``fetch_max_wait_ms``, so both
 distributions carry up to that much jitter; percentiles are compared, not pairs.
 
@@ -65,6 +71,7 @@ from killswitch.exchange.simulator.testing import register_test_client
 RESULTS = Path(__file__).parent / "results" / "alert_latency.json"
 REPO = Path(__file__).resolve().parents[1]
 CANCEL_PATH = "/coin/internal/v1/order"
+OPEN_PATH = "/coin/internal/v1/order/open"
 SYMBOL = "BTC_USDT"
 WARMUP = 10
 FETCH_MAX_WAIT_MS = 10
@@ -292,6 +299,121 @@ async def baseline_process(bootstrap: str, topic: str, n: int) -> list[float]:
     return out
 
 
+def _bare_pipeline_child(
+    bootstrap: str, topic: str, account: tuple[str, str, bytes], conn: Any
+) -> None:
+    """In a child process: the least a kill switch can do on a record. A bare aiokafka
+    consumer (same fetch settings) that, on each record, lists the pair's open orders
+    and cancels the first one with aiohttp, both signed with the project's helpers
+    (any client must sign), then sends back what it cancelled and the answer's status.
+    The DELETE's arrival is stamped by the simulator, as the daemon's is."""
+    harness.die_with_parent()
+    import aiohttp
+
+    from killswitch.exchange.signing import Signer, load_private_key, signing_payload
+
+    base_url, api_key, pem = account
+    signer = Signer(load_private_key(pem))
+
+    def headers(method: str, path: str, query: str) -> dict[str, str]:
+        stamp = str(int(time.time() * 1000))
+        signature = signer.sign(signing_payload(stamp, method, path, query, b""))
+        return {"X-API-KEY": api_key, "X-TIMESTAMP": stamp, "X-SIGNATURE": signature}
+
+    async def kill(session: aiohttp.ClientSession) -> tuple[int, int]:
+        query = f"symbol={SYMBOL}&limit=100"
+        url = f"{base_url}{OPEN_PATH}?{query}"
+        async with session.get(url, headers=headers("GET", OPEN_PATH, query)) as response:
+            orders = await response.json()
+        order_id = int(orders[0]["order_id"])
+        query = f"order_id={order_id}&symbol={SYMBOL}"
+        url = f"{base_url}{CANCEL_PATH}?{query}"
+        async with session.delete(url, headers=headers("DELETE", CANCEL_PATH, query)) as response:
+            await response.read()
+            return order_id, response.status
+
+    async def main() -> None:
+        async with aiohttp.ClientSession() as session, _consumer(bootstrap, topic) as consumer:
+            for tp in consumer.assignment():
+                await consumer.position(tp)  # resolve "end" before saying ready
+            conn.send("ready")
+            while True:
+                record = await consumer.getone()
+                if record.value == b"stop":
+                    return
+                conn.send((record.value, *await kill(session)))
+
+    try:
+        asyncio.run(main())
+    finally:
+        conn.close()
+
+
+class BarePipeline:
+    """The bare pipeline (:func:`_bare_pipeline_child`) in its own spawned process,
+    with its own API key on the simulator (no daemon acts for it) and its own topic.
+    Per alert, like :func:`daemon_latency`: seed one order, produce a record, time until
+    the simulator receives the DELETE for that order, wait for the pipeline's answer."""
+
+    def __init__(self, bootstrap: str, topic: str, base_url: str, api_key: str, pem: bytes) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.api_key = api_key
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=_bare_pipeline_child,
+            args=(bootstrap, topic, (base_url, api_key, pem), child),
+            daemon=True,
+        )
+        self.proc.start()
+        child.close()
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+
+    async def __aenter__(self) -> BarePipeline:
+        try:
+            await self.producer.start()
+            ready = await _recv(self.conn, 60)
+        except BaseException:
+            await self.__aexit__()
+            raise
+        if ready != "ready":
+            await self.__aexit__()
+            raise RuntimeError("bare pipeline did not start")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self.proc.is_alive():
+                with contextlib.suppress(Exception):
+                    await self.producer.send_and_wait(self.topic, b"stop", key=b"k")
+        finally:
+            await self.producer.stop()
+            self.proc.join(10)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join(5)
+            self.conn.close()
+
+    async def measure(self, sim: Simulator, probe: CancelProbe, n: int) -> list[float]:
+        out: list[float] = []
+        for i in range(n + WARMUP):
+            (order_id,) = sim.seed_orders(self.api_key, SYMBOL, 1)
+            arrived = probe.expect(order_id)
+            value = str(i).encode()
+            await _random_phase()
+            start = time.perf_counter()
+            await self.producer.send_and_wait(self.topic, value, key=b"k")
+            async with asyncio.timeout(30):
+                await arrived.wait()
+            answer = await _recv(self.conn, 30)
+            if answer != (value, order_id, 200):
+                raise RuntimeError(f"bare pipeline answered {answer!r} for order {order_id}")
+            if i >= WARMUP:
+                out.append(probe.first[order_id] - start)
+        return out
+
+
 async def _random_phase() -> None:
     """Produce at a random point of the consumer's fetch cycle (both phases alike):
     otherwise the baseline produces right after a fetch returned, which the
@@ -503,28 +625,32 @@ async def _measure(
     sim: Simulator,
     probe: CancelProbe,
     keys: dict[str, Any],
+    pipeline_key: tuple[str, bytes],
     sim_url: str,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    # Interleaved blocks: a noisy neighbour hits the baseline and the daemon alike.
+    # Interleaved blocks: a noisy neighbour hits the baselines and the daemon alike.
     base: list[float] = []
     base_in_process: list[float] = []
+    pipe: list[float] = []
     lat: list[float] = []
     breakdown = Breakdown()
     per_block = max(1, args.alerts // args.blocks)
-    for block in range(args.blocks):
-        base += await baseline_process(bootstrap, topics["baseline"], per_block)
-        base_in_process += await baseline(bootstrap, topics["baseline_in_process"], per_block)
-        lat += await daemon_latency(
-            bootstrap,
-            topics,
-            sim=sim,
-            probe=probe,
-            api_key=keys["acct-0"][0],
-            n=per_block,
-            breakdown=breakdown,
-            prefix=f"lat{block}",
-        )
+    async with BarePipeline(bootstrap, topics["bare_pipeline"], sim_url, *pipeline_key) as bare:
+        for block in range(args.blocks):
+            base += await baseline_process(bootstrap, topics["baseline"], per_block)
+            base_in_process += await baseline(bootstrap, topics["baseline_in_process"], per_block)
+            pipe += await bare.measure(sim, probe, per_block)
+            lat += await daemon_latency(
+                bootstrap,
+                topics,
+                sim=sim,
+                probe=probe,
+                api_key=keys["acct-0"][0],
+                n=per_block,
+                breakdown=breakdown,
+                prefix=f"lat{block}",
+            )
     api_key, pem = keys["acct-0"]
     loop = asyncio.get_running_loop()
     listing = (
@@ -536,14 +662,22 @@ async def _measure(
     result["baseline"] = {**_ms(base), "consumer": "own process"}
     result["baseline_in_process"] = {**_ms(base_in_process), "consumer": "producer's process"}
     result["listing_round_trip"] = _ms(listing)
+    result["bare_pipeline"] = {
+        **_ms(pipe),
+        "pipeline": "own process: aiokafka consumer, signed listing and DELETE on aiohttp",
+    }
     result["alert_to_first_cancel"] = _ms(lat)
+    result["vs_bare_pipeline"] = {
+        q: round(result["alert_to_first_cancel"][q] - result["bare_pipeline"][q], 3)
+        for q in ("p50_ms", "p99_ms")
+    }
+    result["vs_bare_pipeline"]["goal"] = "daemon p50 <= bare pipeline p50"
     result["breakdown"] = breakdown.figures()
     for key, against in (("overhead", "baseline"), ("overhead_in_process", "baseline_in_process")):
         result[key] = {
             q: round(result["alert_to_first_cancel"][q] - result[against][q], 3)
             for q in ("p50_ms", "p99_ms")
         }
-    result["overhead"]["goal"] = "p50 <= 2 ms, p99 <= 5 ms"
     _print_latency(result)
     if args.storm:
         bare = await storm_baseline(
@@ -592,15 +726,26 @@ def listing_round_trip(base_url: str, api_key: str, pem: bytes, n: int) -> dict[
 
 def _print_latency(result: dict[str, Any]) -> None:
     lat, base, over = result["alert_to_first_cancel"], result["baseline"], result["overhead"]
+    pipe = result["bare_pipeline"]
     parts = result["breakdown"]
-    for q, goal in (("p50", 2.0), ("p99", 5.0)):
+    harness.summary(
+        "alert_latency vs_bare_pipeline_p50",
+        f"daemon {lat['p50_ms']:.2f} ms, bare pipeline {pipe['p50_ms']:.2f} ms (alert to "
+        "first cancel on the wire; the pipeline an aiokafka consumer that lists and cancels "
+        f"with aiohttp in its own process, interleaved; n={lat['n']} / {pipe['n']})",
+        "daemon p50 <= bare pipeline p50",
+        lat["p50_ms"] <= pipe["p50_ms"],
+    )
+    harness.summary(
+        "alert_latency vs_bare_pipeline_p99",
+        f"daemon {lat['p99_ms']:.2f} ms, bare pipeline {pipe['p99_ms']:.2f} ms",
+    )
+    for q in ("p50", "p99"):
         harness.summary(
             f"alert_latency overhead_{q}",
             f"{over[q + '_ms']:.2f} ms (alert to first cancel {lat[q + '_ms']:.2f} ms minus "
             f"a bare aiokafka consumer's produce-to-consume {base[q + '_ms']:.2f} ms, the "
             f"consumer in its own process like the daemon, n={lat['n']})",
-            f"<= {goal:.0f} ms",
-            over[q + "_ms"] <= goal,
         )
     inproc, over_inproc = result["baseline_in_process"], result["overhead_in_process"]
     harness.summary(
@@ -651,6 +796,7 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     baseline_topic = {
         "baseline": f"bench.baseline.{tag}",
         "baseline_in_process": f"bench.baseline-in-process.{tag}",
+        "bare_pipeline": f"bench.bare-pipeline.{tag}",
     }
     await _create_topics(bootstrap, baseline_topic, 1)
     storm_topic = {"storm_baseline": f"bench.storm-baseline.{tag}"}
@@ -658,6 +804,8 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
 
     sim = Simulator(seed=1)
     keys = {f"acct-{i}": register_test_client(sim, name=f"acct-{i}") for i in range(args.accounts)}
+    # The bare pipeline's own key: no daemon acts for it (the storm uses every acct-N).
+    pipeline_key = register_test_client(sim, name="bare-pipeline")
     probe = CancelProbe(sim)
     result: dict[str, Any] = {}
     async with SimulatorServer(sim) as server:
@@ -687,6 +835,7 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
                         sim=sim,
                         probe=probe,
                         keys=keys,
+                        pipeline_key=pipeline_key,
                         sim_url=server.base_url,
                     )
                 )

@@ -4,6 +4,7 @@ the HTTP layer's robustness, the admin calls and the standalone command."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -364,6 +365,35 @@ async def test_garbage_gets_an_error_and_the_server_lives_on(
     assert got == status
     assert json.loads(body)["error"] == "invalid_request"
     assert (await served.client.open_orders(SYMBOL)).status_code == 200
+
+
+async def test_a_bad_request_is_answered_after_the_delayed_ones_before_it(
+    served: Served,
+) -> None:
+    served.sim.set_faults(EndpointFaults(latency_ms=30), "time")
+    data = (
+        b"GET /coin/internal/v1/public/time HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /coin/internal/v1/public/exchange-info HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET / HTTP/1.1\r\nbad header\r\n\r\n"
+        b"GET /coin/internal/v1/public/time HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    answers = await raw_exchange(served.server.port, data, 4)
+    # In order; the connection closes after the 400, so the last request goes unanswered.
+    assert [status for status, _ in answers] == [200, 200, 400]
+
+
+async def test_a_head_trickled_past_the_limit_gets_431(served: Served) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
+    writer.write(b"GET /coin/internal/v1/public/time HTTP/1.1\r\nX: ")
+    for _ in range(40):  # 40 KiB of one header value, 1 KiB per write
+        if writer.is_closing() or reader.at_eof():
+            break
+        writer.write(b"a" * 1024)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 431 ")
+    writer.close()
 
 
 async def test_random_bytes_never_take_the_server_down(served: Served) -> None:

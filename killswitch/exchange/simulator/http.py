@@ -1,10 +1,12 @@
 """A minimal HTTP/1.1 server on ``asyncio.Protocol``: just what the simulator needs.
 
-Keep-alive, ``Content-Length`` bodies, pipelined requests answered strictly in
-order, size limits, and a 400 (then close) for anything it cannot parse. It never
-raises out of a callback: bad input costs the connection, never the server.
-Python HTTP frameworks cost more per request than the ECDSA verify the simulator
-must do anyway; this keeps the rest of the path to a few microseconds.
+Requests are framed by llhttp (``httptools.HttpRequestParser``), the parser of
+Node.js and of the exchange client. Keep-alive, ``Content-Length`` bodies, pipelined
+requests answered strictly in order, size limits, and an error answer (then close)
+for anything it cannot parse or will not serve. It never raises out of a callback:
+bad input costs the connection, never the server. Python HTTP frameworks cost more
+per request than the ECDSA verify the simulator must do anyway; this keeps the rest
+of the path to a few microseconds.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
+
+import httptools
 
 from killswitch.exchange.simulator.core import Request
 
@@ -21,6 +26,9 @@ _log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 1024 * 1024
+# Data is fed to the parser in slices of at most this size, so that a head still
+# incomplete after a feed is known to within one slice (llhttp reports no offsets).
+_FEED_SLICE = 2048
 
 _REASONS = {
     200: "OK",
@@ -87,11 +95,22 @@ class HttpProtocol(asyncio.Protocol):
         self._app = app
         self._connections = connections
         self._transport: asyncio.Transport | None = None
-        self._buf = bytearray()
+        self._parser = httptools.HttpRequestParser(self)
+        # Parsed requests not answered yet, in order; a _BadRequest ends the queue.
+        self._queue: deque[tuple[Request, bool] | _BadRequest] = deque()
+        self._backlog = 0  # bytes received while an answer was pending
+        self._failed = False  # the parser gave up: ignore whatever follows
         self._waiting: asyncio.Task[None] | None = None  # answer being delayed
         self._closed = False
         self._reading_paused = False
         self._writing_paused = False
+        # The request being parsed.
+        self._in_head = False
+        self._head_bytes = 0  # URL and headers reported so far
+        self._head_fed = 0  # bytes fed since the head began (over by one slice at most)
+        self._url = b""
+        self._auth: dict[str, str] = {}
+        self._body = b""
 
     # ------------------------------------------------------- asyncio callbacks
 
@@ -116,10 +135,96 @@ class HttpProtocol(asyncio.Protocol):
         self._update_reading()
 
     def data_received(self, data: bytes) -> None:
-        self._buf += data
+        if self._failed or self._closed:
+            return
+        if self._waiting is not None:
+            self._backlog += len(data)
+        try:
+            if len(data) <= _FEED_SLICE and not self._in_head:
+                self._parser.feed_data(data)  # the usual case: whole requests
+                if self._in_head:
+                    self._head_fed = len(data)
+            else:
+                self._feed(data)
+        except _BadRequest as exc:
+            self._fail(exc)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, _BadRequest) else _BadRequest(400, "bad request"))
+        except httptools.HttpParserError as exc:
+            self._fail(_BadRequest(400, _parser_message(exc)))
         if self._waiting is None:
             self._process()
         self._update_reading()
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data``; requests completed go to the queue."""
+        for start in range(0, len(data), _FEED_SLICE):
+            piece = data[start : start + _FEED_SLICE] if len(data) > _FEED_SLICE else data
+            self._parser.feed_data(piece)
+            if self._in_head:
+                self._head_fed += len(piece)
+                if self._head_fed > MAX_HEAD_BYTES + _FEED_SLICE:
+                    raise _BadRequest(431, "request head too large")
+
+    # ------------------------------------------------------ parser callbacks
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_fed = 0
+        self._url = b""
+        self._auth = {}
+        self._body = b""
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _BadRequest(431, "request head too large")
+        name = name.lower()
+        attr = _AUTH_HEADERS.get(name)
+        if attr is not None:
+            self._auth[attr] = value.decode("latin-1")
+        elif name == b"content-length":
+            # llhttp has checked its syntax and refused a second one.
+            if len(value) > 9 or int(value) > MAX_BODY_BYTES:
+                raise _BadRequest(413, "body too large")
+        elif name == b"transfer-encoding":
+            raise _BadRequest(501, "transfer-encoding is not supported")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._parser.get_http_version() not in ("1.1", "1.0"):
+            raise _BadRequest(400, "unsupported HTTP version")
+        if not self._url.startswith(b"/"):
+            raise _BadRequest(400, "malformed request target")
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        try:
+            target = self._url.decode("ascii")
+        except UnicodeDecodeError:
+            raise _BadRequest(400, "non-ASCII request line") from None
+        path, _, query = target.partition("?")
+        method = self._parser.get_method().decode("ascii")
+        request = Request(method, path, query, self._body, **self._auth)
+        self._queue.append((request, self._parser.should_keep_alive()))
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _BadRequest(431, "request head too large")
+
+    def _fail(self, error: _BadRequest) -> None:
+        """Answer the requests parsed before the error, then the error, then close."""
+        self._failed = True
+        self._queue.append(error)
 
     # ---------------------------------------------------------------- internals
 
@@ -139,7 +244,7 @@ class HttpProtocol(asyncio.Protocol):
         if transport is None or self._closed:
             return
         want_pause = self._writing_paused or (
-            self._waiting is not None and len(self._buf) > MAX_HEAD_BYTES + MAX_BODY_BYTES
+            self._waiting is not None and self._backlog > MAX_HEAD_BYTES + MAX_BODY_BYTES
         )
         if want_pause and not self._reading_paused:
             self._reading_paused = True
@@ -149,14 +254,14 @@ class HttpProtocol(asyncio.Protocol):
             transport.resume_reading()
 
     def _process(self) -> None:
-        """Answer every complete request in the buffer, in order."""
+        """Answer every parsed request, in order."""
         while not self._closed and self._waiting is None:
-            try:
-                parsed = self._parse()
-            except _BadRequest as exc:
-                self._write(exc.status, error_body(str(exc)), close=True)
+            if not self._queue:
+                self._backlog = 0
                 return
-            if parsed is None:
+            parsed = self._queue.popleft()
+            if isinstance(parsed, _BadRequest):
+                self._write(parsed.status, error_body(str(parsed)), close=True)
                 return
             request, keep_alive = parsed
             try:
@@ -217,74 +322,14 @@ class HttpProtocol(asyncio.Protocol):
             self._closed = True
             transport.close()
 
-    def _parse(self) -> tuple[Request, bool] | None:
-        """The next complete request and whether to keep the connection, or None."""
-        buf = self._buf
-        while buf[:2] == b"\r\n":  # tolerated before a request line (RFC 9112)
-            del buf[:2]
-        end = buf.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
-        if end < 0:
-            if len(buf) > MAX_HEAD_BYTES:
-                raise _BadRequest(431, "request head too large")
-            return None
-        request, length, keep_alive = parse_head(bytes(buf[:end]))
-        start = end + 4
-        if len(buf) < start + length:
-            return None
-        request.body = bytes(buf[start : start + length])
-        del buf[: start + length]
-        return request, keep_alive
-
 
 _AUTH_HEADERS = {b"x-api-key": "api_key", b"x-timestamp": "timestamp", b"x-signature": "signature"}
 
 
-def parse_head(head: bytes) -> tuple[Request, int, bool]:
-    """Request line and headers: (request without body, body length, keep-alive)."""
-    lines = head.split(b"\r\n")
-    request, keep_alive = _request_line(lines[0])
-    length = -1
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name[-1:] in (b" ", b"\t"):
-            raise _BadRequest(400, "malformed header")
-        name = name.lower()
-        value = value.strip(b" \t")
-        attr = _AUTH_HEADERS.get(name)
-        if attr is not None:
-            setattr(request, attr, value.decode("latin-1"))
-        elif name == b"content-length":
-            if not value.isdigit() or len(value) > 9 or (length >= 0 and int(value) != length):
-                raise _BadRequest(400, "bad content-length")
-            length = int(value)
-            if length > MAX_BODY_BYTES:
-                raise _BadRequest(413, "body too large")
-        elif name == b"connection":
-            token = value.lower()
-            keep_alive = (
-                (token == b"keep-alive") if token in (b"close", b"keep-alive") else keep_alive
-            )
-        elif name == b"transfer-encoding":
-            raise _BadRequest(501, "transfer-encoding is not supported")
-    return request, max(length, 0), keep_alive
-
-
-def _request_line(line: bytes) -> tuple[Request, bool]:
-    parts = line.split(b" ")
-    if len(parts) != 3:
-        raise _BadRequest(400, "malformed request line")
-    method_b, target_b, version = parts
-    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-        raise _BadRequest(400, "unsupported HTTP version")
-    try:
-        method = method_b.decode("ascii")
-        target = target_b.decode("ascii")
-    except UnicodeDecodeError:
-        raise _BadRequest(400, "non-ASCII request line") from None
-    if not target.startswith("/") or not method.isalpha():
-        raise _BadRequest(400, "malformed request target")
-    path, _, query = target.partition("?")
-    return Request(method, path, query), version == b"HTTP/1.1"
+def _parser_message(exc: httptools.HttpParserError) -> str:
+    """llhttp's reason, safe to quote in a JSON string (it names the rule, never data)."""
+    text = str(exc) or "malformed request"
+    return "".join(c for c in text if c.isalnum() or c in " -_")[:80] or "malformed request"
 
 
 class HttpServer:
