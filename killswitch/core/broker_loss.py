@@ -17,7 +17,7 @@ halt states one per account (the state topic is compacted: only the latest count
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -125,11 +125,3 @@ class HeldOutputs:
     def superseded(self, account: str) -> None:
         """A newer state of ``account`` was published: the held one must not follow it."""
         self.states.pop(account, None)
-
-    def requeue_results(self, results: Iterable[SweepResult]) -> None:
-        """Put back results that could not be published, ahead of the ones held since."""
-        for result in reversed(list(results)):
-            self.results.appendleft(result)
-        while len(self.results) > self.max_results:
-            self.results.popleft()
-            self.dropped += 1

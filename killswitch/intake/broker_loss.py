@@ -86,6 +86,7 @@ class BrokerLossGuard:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # publishes in order: held ones never overtake newer
         self._kills: set[asyncio.Task[None]] = set()
+        self._flush_task: asyncio.Task[None] | None = None
         self._dropped_logged = 0
         if not up:
             self._schedule.link(False, clock())
@@ -129,12 +130,16 @@ class BrokerLossGuard:
                 self._wake.clear()
                 for account in self._schedule.due(self._clock()):
                     self._kill(account)
-                if self._up and self.held:
-                    await self.flush()
+                if self._up and self.held and not self._flushing():
+                    # Apart from this loop: a publish to a broker that vanished again
+                    # hangs until the client gives up, and must not delay a kill.
+                    self._flush_task = asyncio.create_task(self._flush_and_wake())
                 await self._sleep(stop, self._next_wake())
             if self._up and self.held:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(last_flush_s):
+                        if self._flush_task is not None:
+                            await asyncio.gather(self._flush_task, return_exceptions=True)
                         await self.flush()
             if self.held:
                 log.warning(
@@ -145,9 +150,17 @@ class BrokerLossGuard:
                     },
                 )
         finally:
-            for task in list(self._kills):
+            waits = [*self._kills, *([self._flush_task] if self._flush_task else [])]
+            for task in waits:
                 task.cancel()
-            await asyncio.gather(*self._kills, return_exceptions=True)
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    def _flushing(self) -> bool:
+        return self._flush_task is not None and not self._flush_task.done()
+
+    async def _flush_and_wake(self) -> None:
+        await self.flush()
+        self._wake.set()  # the loop decides whether to try again
 
     def _next_wake(self) -> float:
         due_in = self._schedule.next_due_in(self._clock())
@@ -207,10 +220,11 @@ class BrokerLossGuard:
                 if self.held.states.get(account) is state:
                     self.held.superseded(account)
             while self.held.results:
-                result = self.held.results.popleft()
+                result = self.held.results[0]  # left held until acknowledged
                 if not await self._try(self._publish_result(result), result.account):
-                    self.held.requeue_results([result])
                     return
+                if self.held.results and self.held.results[0] is result:
+                    self.held.results.popleft()
                 log.info(
                     "held result published",
                     extra={"alert_id": result.alert_id, "account": result.account},

@@ -120,18 +120,6 @@ def test_held_results_are_bounded_oldest_dropped_first() -> None:
     assert held
 
 
-def test_requeued_results_go_first_and_keep_the_bound() -> None:
-    held = HeldOutputs(max_results=2)
-    held.hold_result(result("b"))
-    held.hold_result(result("c"))
-    held.requeue_results([result("a")])
-    assert [r.alert_id for r in held.results] == ["b", "c"]
-    assert held.dropped == 1
-    held.results.popleft()
-    held.requeue_results([result("b")])
-    assert [r.alert_id for r in held.results] == ["b", "c"]
-
-
 def test_one_held_state_per_account_the_newest() -> None:
     held = HeldOutputs()
     held.hold_state(state("mm-1", True, "x"))
