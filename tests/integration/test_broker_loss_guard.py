@@ -34,13 +34,19 @@ SYMBOLS = ["BTC_USDT", "ETH_USDT"]
 
 @dataclass
 class FakeKafka:
-    """Records what reaches "Kafka"; refuses (as aiokafka does) while ``away``."""
+    """Records what reaches "Kafka"; refuses (as aiokafka does) while ``away``, and
+    the next ``refuse_results`` results even when not."""
 
     away: bool = True
+    refuse_results: int = 0
     refusals: int = 0
     published: list[SweepResult | HaltState] = field(default_factory=list)
 
     async def result(self, result: SweepResult) -> None:
+        if self.refuse_results:
+            self.refuse_results -= 1
+            self.refusals += 1
+            raise KafkaTimeoutError("request timed out")
         self._check()
         self.published.append(result)
 
@@ -124,13 +130,17 @@ async def test_kills_latches_holds_and_publishes_on_recovery(env: Env) -> None:
         assert set(engine.halted()) == {"mm-1"}
         assert env.open_ids("mm-2") == kept
 
-        # Back, but the first publish still fails: it stays held and is retried.
+        # Back, but publishing still fails: everything stays held and is retried.
         kafka.refusals = 0
         guard.link_changed(True, "broker answers")
-        await wait_for(lambda: kafka.refusals >= 1, timeout=10)
+        await wait_for(lambda: kafka.refusals >= 2, timeout=10)
         assert len(guard.held.results) == 1
+        assert set(guard.held.states) == {"mm-1"}
+        # Then the state goes through but the result is refused once: it stays held.
+        kafka.refuse_results = 1
         kafka.away = False
         await wait_for(lambda: not guard.held, timeout=10)
+        assert kafka.refuse_results == 0
     finally:
         stop.set()
         await runner
