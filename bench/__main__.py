@@ -33,6 +33,7 @@ SUITE: list[tuple[str, list[str], float]] = [
     ("memory", [], 420),
     ("alert_latency", [], 420),
     ("scale_out", [], 300),
+    ("latch_reaction", [], 120),
 ]
 BENCHMARKS: list[str] = [name for name, _, _ in SUITE]
 RESULTS = Path(__file__).parent / "results"

@@ -504,6 +504,9 @@ def result_to_json(
     if result.pairs_in_scope is not None:
         out["pairs_listed"] = result.pairs_listed
         out["pairs_in_scope"] = result.pairs_in_scope
+    if result.final:
+        # Pairs in scope never listed to the end: residual_open cannot count them.
+        out["unlisted_pairs"] = list(result.unlisted_pairs)
     if result.was_halted is not None:
         out["was_halted"] = result.was_halted
     if origin is not None:

@@ -43,7 +43,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from killswitch.core.pairs import PAIR_NAME_RE
+from killswitch.core.pairs import EXCHANGE_PAIR_RE
 
 ENV_PREFIX = "KILLSWITCH_"
 CONFIG_ENV = "KILLSWITCH_CONFIG"
@@ -215,10 +215,13 @@ class AccountSettings(_Section):
             return None
         if not value:
             raise ValueError("must name at least one pair (or be left out)")
-        bad = [name for name in value if not re.match(PAIR_NAME_RE, name)]
+        bad = [name for name in value if not re.match(EXCHANGE_PAIR_RE, name)]
         if bad:
             shown = ", ".join(repr(name[:48]) for name in bad[:5])
-            raise ValueError(f"not a pair name: {shown}")
+            raise ValueError(
+                f"not a pair name as the exchange writes it: {shown} "
+                "(upper-case BASE_QUOTE, e.g. BTC_USDT; names are case-sensitive)"
+            )
         return list(dict.fromkeys(value))
 
     @field_validator("base_url")
@@ -283,7 +286,20 @@ class EngineSettings(_Section):
     batch_size: int = Field(50, ge=1, le=10_000)
     page_size: int = Field(100, ge=1, le=10_000)
     priority: Priority = "notional_desc"
-    latch_sweep_interval_s: float = Field(5.0, gt=0)
+    latch_budget_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description=(
+            "share of each account's rate_limit_per_second a halted account's guard"
+            " spends listing its pairs, one pair per request, continuously"
+        ),
+    )
+    latch_sweep_interval_s: float | None = Field(
+        None,
+        gt=0,
+        description="deprecated and ignored (the guard lists continuously): use latch_budget_share",
+    )
     progress_interval_s: float = Field(1.0, gt=0)
     max_passes: int = Field(50, ge=1)
     shutdown_grace_s: float = Field(20.0, ge=0)

@@ -28,6 +28,7 @@ from prometheus_client.exposition import choose_encoder
 from killswitch.config import MetricsSettings
 from killswitch.core.outcomes import Outcome
 from killswitch.core.ports import Observer
+from killswitch.exchange.errors import redirect_problem
 
 __all__ = [
     "PUBLIC_ENDPOINTS",
@@ -98,8 +99,11 @@ class Readiness:
 
     Ready means: the broker answers, the consumer is consuming, the daemon is not
     shutting down, and every configured account had a usable exchange answer within
-    ``stale_after_s`` and no authentication refusal or redirect since its last good
-    answer to a signed call.
+    ``stale_after_s``, no authentication refusal since its last good answer to a signed
+    call, no redirect from any endpoint since that endpoint's last good answer (a
+    redirect is a wrong ``base_url``: the endpoint that answered it, a cancel endpoint
+    or the server time, may not be called again until a kill needs it), and a pair list
+    from some source (without one a whole-account kill cannot run).
     """
 
     accounts: tuple[str, ...]
@@ -108,8 +112,10 @@ class Readiness:
     draining: bool = False
     kafka_problem: str | None = None  # why the broker is not usable, None while it answers
     _last_ok: dict[str, float] = field(default_factory=dict)
-    _auth_failed: set[str] = field(default_factory=set)
-    _redirected: dict[str, str] = field(default_factory=dict)
+    _auth_failed: dict[str, str | None] = field(default_factory=dict)  # -> why, if known
+    # account -> endpoint -> the problem ("" for a redirect reported without its endpoint)
+    _redirected: dict[str, dict[str, str]] = field(default_factory=dict)
+    _no_pairs: dict[str, str] = field(default_factory=dict)  # account: why it has none
 
     @classmethod
     def for_accounts(cls, accounts: Iterable[str], stale_after_s: float) -> Readiness:
@@ -128,32 +134,55 @@ class Readiness:
         """Shutdown began: stop receiving traffic from now on."""
         self.draining = True
 
-    def exchange_ok(self, account: str, now: float, *, signed: bool = True) -> None:
-        """The exchange gave ``account`` a usable answer at ``now``. One to a signed call
-        also clears an auth failure and a redirect (the key works, the URL is right)."""
+    def exchange_ok(
+        self, account: str, now: float, *, signed: bool = True, endpoint: str = ""
+    ) -> None:
+        """The exchange gave ``account`` a usable answer at ``now`` (from ``endpoint``).
+        One to a signed call also clears an auth failure (the key works); a redirect
+        clears only with a good answer from the endpoint that answered it."""
         self._last_ok[account] = now
         if signed:
-            self._auth_failed.discard(account)
-            self._redirected.pop(account, None)
+            self._auth_failed.pop(account, None)
+        redirects = self._redirected.get(account)
+        if redirects:
+            redirects.pop(endpoint, None)
+            if signed:
+                redirects.pop("", None)
 
-    def auth_rejected(self, account: str) -> None:
-        """The exchange refused ``account``'s key or signature (401/403 ``invalid_client``)."""
-        self._auth_failed.add(account)
+    def auth_rejected(self, account: str, detail: str | None = None) -> None:
+        """The exchange refused ``account``'s key or signature (401/403 ``invalid_client``).
 
-    def redirected(self, account: str, problem: str) -> None:
-        """The exchange answered ``account`` with a redirect; ``problem`` says where to."""
-        self._redirected[account] = problem
+        ``detail`` says what else may be wrong (the clock offset could not be measured);
+        a later refusal without one keeps it."""
+        if detail is not None or account not in self._auth_failed:
+            self._auth_failed[account] = detail
+
+    def redirected(self, account: str, problem: str, endpoint: str = "") -> None:
+        """``endpoint`` answered ``account`` with a redirect; ``problem`` says where to."""
+        self._redirected.setdefault(account, {})[endpoint] = problem
+
+    def pair_list(self, account: str, problem: str | None) -> None:
+        """``account`` has a pair list (``problem`` None) or has none from any source
+        (``problem`` says why: exchange-info failing and no ``symbols`` setting)."""
+        if problem is None:
+            self._no_pairs.pop(account, None)
+        else:
+            self._no_pairs[account] = problem
 
     def record_exchange(self, account: str, status: str, now: float, endpoint: str = "") -> None:
         """Feed one HTTP status and endpoint (as given to ``Observer.request_done``)."""
         answer = classify_answer(status)
         public = endpoint in PUBLIC_ENDPOINTS
         if answer is Answer.OK:
-            self.exchange_ok(account, now, signed=not public)
+            self.exchange_ok(account, now, signed=not public, endpoint=endpoint)
         elif answer is Answer.AUTH and not public:
             self.auth_rejected(account)
-        elif answer is Answer.REDIRECT and account not in self._redirected:
-            self.redirected(account, f"exchange answered {status} redirect: check base_url")
+        elif answer is Answer.REDIRECT and endpoint not in self._redirected.get(account, {}):
+            # Where to comes with the client's report (ReadinessObserver.redirected).
+            on = f" on {endpoint}" if endpoint else ""
+            self.redirected(
+                account, f"exchange answered {status} redirect{on}: check base_url", endpoint
+            )
 
     def evaluate(self, now: float) -> ReadyReport:
         """Ready or not at ``now``, with one reason per thing that is not ready."""
@@ -171,11 +200,15 @@ class Readiness:
         return ReadyReport(ready=not reasons, reasons=tuple(reasons))
 
     def _account_reason(self, account: str, now: float) -> str | None:
-        problem = self._redirected.get(account)
-        if problem is not None:
-            return f"{account}: {problem}"
+        redirects = self._redirected.get(account)
+        if redirects:
+            return f"{account}: " + "; ".join(redirects[e] for e in sorted(redirects))
         if account in self._auth_failed:
-            return f"{account}: auth rejected"
+            detail = self._auth_failed[account]
+            return f"{account}: auth rejected" + (f"; {detail}" if detail else "")
+        no_pairs = self._no_pairs.get(account)
+        if no_pairs is not None:
+            return f"{account}: {no_pairs}"
         last = self._last_ok.get(account)
         if last is None:
             return f"exchange: {account} no answer yet"
@@ -204,6 +237,14 @@ class ReadinessObserver:
             log.warning("readiness: could not record an exchange answer", exc_info=True)
         self._inner.request_done(account, endpoint, status, seconds)
 
+    def redirected(self, account: str, endpoint: str, status: int, location: str) -> None:
+        """Readiness names the redirect, where it points and which endpoint answered it."""
+        try:
+            problem = redirect_problem(status, location, endpoint)
+            self._readiness.redirected(account, problem, endpoint)
+        except Exception:  # an Observer never raises into the engine
+            log.warning("readiness: could not record a redirect", exc_info=True)
+
     def rate_changed(self, account: str, rate: float) -> None:
         self._inner.rate_changed(account, rate)
 
@@ -222,8 +263,11 @@ class ReadinessObserver:
     def halted(self, account: str, halted: bool) -> None:
         self._inner.halted(account, halted)
 
-    def residual(self, account: str, count: int) -> None:
-        self._inner.residual(account, count)
+    def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
+        self._inner.residual(account, count, unlisted_pairs)
+
+    def latch_reaction(self, account: str, seconds: float | None) -> None:
+        self._inner.latch_reaction(account, seconds)
 
 
 class HealthServerError(Exception):

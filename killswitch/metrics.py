@@ -14,6 +14,7 @@ a short length and capped in number per label, extra values collapsing into ``ot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import platform
@@ -266,9 +267,24 @@ class Metrics:
             ["account"],
             registry=r,
         )
+        self._latch_reaction = Gauge(
+            "killswitch_latch_reaction_seconds",
+            "Halted account: longest time from a new order to its cancel by the guard,"
+            " pairs / (latch_budget_share * current rate) + one listing round trip.",
+            ["account"],
+            registry=r,
+        )
         self._residual = Gauge(
             "killswitch_residual_open_orders",
-            "Orders in scope still open after the account's last sweep.",
+            "Orders in scope still open after the account's last sweep, in the pairs it"
+            " listed to the end (see killswitch_residual_unlisted_pairs).",
+            ["account"],
+            registry=r,
+        )
+        self._unlisted = Gauge(
+            "killswitch_residual_unlisted_pairs",
+            "Pairs in scope the account's last sweep never listed to the end (their open"
+            " orders are unknown, not in killswitch_residual_open_orders).",
             ["account"],
             registry=r,
         )
@@ -329,6 +345,7 @@ class Metrics:
             self._inflight.labels(account=account).set(0)
             self._halted.labels(account=account).set(0)
             self._residual.labels(account=account).set(0)
+            self._unlisted.labels(account=account).set(0)
         for source in sources:
             label = self._sources(source)
             for result in ALERT_RESULTS:
@@ -404,9 +421,22 @@ class Metrics:
         self._halted.labels(account=self._account(account)).set(1 if halted else 0)
 
     @_never_raise
-    def residual(self, account: str, count: int) -> None:
-        """Orders in scope still open after the account's last sweep."""
-        self._residual.labels(account=self._account(account)).set(max(count, 0))
+    def latch_reaction(self, account: str, seconds: float | None) -> None:
+        """The guard's reaction bound for a halted account; None removes the series."""
+        label = self._account(account)
+        if seconds is None:
+            with contextlib.suppress(KeyError):
+                self._latch_reaction.remove(label)
+            return
+        self._latch_reaction.labels(account=label).set(max(seconds, 0.0))
+
+    @_never_raise
+    def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
+        """Orders in scope still open after the account's last sweep (in the pairs it
+        listed to the end), and the pairs in scope it never listed to the end."""
+        label = self._account(account)
+        self._residual.labels(account=label).set(max(count, 0))
+        self._unlisted.labels(account=label).set(max(unlisted_pairs, 0))
 
     # --- intake and daemon ----------------------------------------------------------------
 

@@ -15,8 +15,10 @@ account (the first page of open orders on one pair) every ``exchange_stale_after
 proves the exchange answers and accepts the key, a 401/403 marks the account not ready.
 The exchange info it reads first is a public call, signed only if the exchange refuses
 it unsigned (the client remembers): a refusal of the *signed* call is a refused key,
-and a redirect names where the exchange points (a wrong ``base_url``); the probe hands
-both to readiness itself.
+which the probe hands to readiness itself, saying when the clock may be the cause (the
+clock offset could not be measured, see ``ExchangeClient.auth_clock_hint``). Redirects
+need nothing here: the client reports every 3xx of every endpoint with its ``Location``
+(``ReadinessObserver.redirected``).
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from collections.abc import AsyncGenerator, Sequence
 from prometheus_client import CollectorRegistry
 
 from killswitch.config import AccountSettings, Settings
+from killswitch.core.orders import SymbolInfo
 from killswitch.core.ports import Observer
 from killswitch.daemon import Observability
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem
+from killswitch.exchange.errors import AuthError, ExchangeError
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.health import HealthServer, Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
@@ -75,26 +78,31 @@ class ExchangeProbe:
     async def probe(self, client: ExchangeClient) -> None:
         """One round for one account; the observer records what the exchange answered."""
         try:
-            pairs = await client.exchange_info()
+            pairs = await self._pairs(client)
             if pairs:
                 await first_page(client, pairs[0].symbol, limit=2)
-        except (Redirected, AuthError) as exc:
-            self._account_problem(client.account, exc)
+        except AuthError as exc:
+            if self._readiness is not None:
+                hint = client.auth_clock_hint(exc.endpoint)
+                self._readiness.auth_rejected(client.account, hint or None)
             log.debug("exchange probe: %s", exc, extra={"account": client.account})
         except ExchangeError as exc:
             log.debug("exchange probe: %s", exc, extra={"account": client.account})
         except Exception:  # a probe must never stop probing (nor the daemon)
             log.warning("exchange probe failed", exc_info=True, extra={"account": client.account})
 
-    def _account_problem(self, account: str, exc: Redirected | AuthError) -> None:
-        """Readiness learns of a redirect or a refused key (a signed public call too)."""
-        readiness = self._readiness
-        if readiness is None:
-            return
-        if isinstance(exc, Redirected):
-            readiness.redirected(account, redirect_problem(exc.status, exc.location))
-        else:
-            readiness.auth_rejected(account)
+    async def _pairs(self, client: ExchangeClient) -> list[SymbolInfo]:
+        """The account's pairs; readiness learns whether it has any pair list at all
+        (exchange-info raises only when no source is left)."""
+        try:
+            pairs = await client.exchange_info()
+        except ExchangeError as exc:
+            if self._readiness is not None:
+                self._readiness.pair_list(client.account, _without_prefix(exc))
+            raise
+        if self._readiness is not None:
+            self._readiness.pair_list(client.account, None)
+        return pairs
 
     async def run(self) -> None:
         """Probe every account, then again every interval, until cancelled."""
@@ -124,6 +132,13 @@ class ExchangeProbe:
                 await task
         clients, self._clients = self._clients, []
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+
+def _without_prefix(exc: ExchangeError) -> str:
+    """The error's message without the ``account endpoint:`` prefix (readiness names
+    the account itself)."""
+    prefix = " ".join(part for part in (exc.account, exc.endpoint) if part) + ": "
+    return str(exc).removeprefix(prefix)
 
 
 def prometheus_observability(settings: Settings) -> Observability:

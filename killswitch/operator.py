@@ -61,6 +61,7 @@ from killswitch.alerts import (
 )
 from killswitch.config import AccountSettings, Settings
 from killswitch.core.model import HaltState
+from killswitch.core.pairs import PairList
 from killswitch.display import Display
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem
@@ -1172,9 +1173,10 @@ async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[C
         try:
             async with asyncio.timeout(timeout_s):
                 offset = await client.sync_clock()
-                symbols = await client.exchange_info()
+                pairs = await client.pair_list()
+                symbols = await client.exchange_info()  # no request: pair_list cached it
         except Redirected as exc:
-            problem = redirect_problem(exc.status, exc.location)
+            problem = redirect_problem(exc.status, exc.location, exc.endpoint)
             return [
                 Check("exchange reachable", target, False, problem),
                 Check("key accepted", account.id, False, "not tried: exchange redirects"),
@@ -1196,7 +1198,7 @@ async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[C
             "exchange reachable",
             target,
             True,
-            f"{len(symbols)} pairs, clock offset {offset:+d} ms{signed}",
+            f"{len(symbols)} pairs{_pair_source(pairs)}, clock offset {offset:+d} ms{signed}",
         )
         if not symbols:
             return [reach, Check("key accepted", account.id, False, "the exchange lists no pairs")]
@@ -1210,6 +1212,13 @@ async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[C
             return [reach, Check("key accepted", account.id, False, str(exc) or "timeout")]
         detail = f"open orders on {symbol} answered ({shown} on the first page)"
         return [reach, Check("key accepted", account.id, True, detail)]
+
+
+def _pair_source(pairs: PairList) -> str:
+    """Where the pair list came from, when not the exchange's current answer."""
+    if pairs.source == "exchange":
+        return ""
+    return f" ({pairs.source}; exchange-info failed: {pairs.error})"
 
 
 async def run_checks(settings: Settings, timeout_s: float = _KAFKA_TIMEOUT_S) -> list[Check]:
@@ -1230,6 +1239,9 @@ def cli_check(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         print("killswitch: --timeout must be positive", file=sys.stderr)
         return EXIT_USAGE
+    # Every problem is a row of the table: no bare log line from a library (a pair list
+    # fallback, a retry) on stderr, as Python prints one when logging is not set up.
+    logging.getLogger("killswitch").addHandler(logging.NullHandler())
     checks = asyncio.run(run_checks(settings, args.timeout))
     print("\n".join(check_lines(checks)))
     return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED

@@ -107,6 +107,8 @@ class AccountProgress:
     was_halted: bool | None = None  # releases: whether the account was halted
     orders: tuple[OrderRow, ...] = ()  # the orders a final result lists
     orders_omitted: int = 0  # orders the record left out of its list
+    # Final results: pairs in scope never listed to the end (open orders there unknown).
+    unlisted_pairs: tuple[str, ...] = ()
 
     @property
     def refused(self) -> bool:
@@ -127,6 +129,12 @@ class AccountProgress:
             and self.pairs_listed is not None
             and self.pairs_listed < self.pairs_in_scope
         )
+
+    @property
+    def open_unknown(self) -> bool:
+        """A final result that never listed some pairs in scope to the end: how many
+        orders are still open is not known (``residual_open`` counts only the rest)."""
+        return self.final and bool(self.unlisted_pairs)
 
     @property
     def resolved(self) -> int:
@@ -164,6 +172,7 @@ class AccountProgress:
             was_halted=halted if isinstance(halted := record.get("was_halted"), bool) else None,
             orders=_order_rows(record.get("orders")),
             orders_omitted=_int(record.get("orders_omitted")),
+            unlisted_pairs=_names(record.get("unlisted_pairs")),
         )
 
 
@@ -192,6 +201,13 @@ def _order_rows(value: Any) -> tuple[OrderRow, ...]:
         if isinstance(oid, int) and isinstance(symbol, str) and isinstance(outcome, str):
             rows.append(OrderRow(oid, symbol, outcome))
     return tuple(rows)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """Strings from a record's list, anything else left out."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, str))
 
 
 def _ids(value: Any) -> tuple[int, ...]:
@@ -313,10 +329,13 @@ def fraction_done(p: AccountProgress) -> float | None:
     A successful final result is complete whatever the counts say. While pairs in
     scope are still unlisted (:attr:`AccountProgress.listing`) this is the share of
     the orders found so far, and the line shows the listing's progress instead of a
-    percentage.
+    percentage. A final result with pairs never listed to the end
+    (:attr:`AccountProgress.open_unknown`) is unknown (None): what is left is not known.
     """
     if p.final and p.status in _FINISHED_OK:
         return 1.0
+    if p.open_unknown:
+        return None
     remaining = p.pending if p.pending is not None else p.residual_open
     total = p.resolved + remaining
     if total == 0:
@@ -355,15 +374,43 @@ def _status_text(p: AccountProgress, success: str) -> str:
         "flat": "flat",
         "released": "released",
         "dry_run": "dry run (nothing cancelled)",
-        "residual": f"residual: {p.residual_open} still open",
+        "residual": f"residual: {_still_open_text(p)}",
         TIMED_OUT: "no final result before the timeout",
         "duplicate": "duplicate alert id",
     }
     text = words.get(p.status, p.status)
-    if p.reason and p.status not in ("flat", "released"):
-        text = f"{text} ({p.reason})"
+    if p.open_unknown and p.status != "residual":
+        text = f"{text}; {_still_open_text(p)}"
+    reason = _reason_text(p)
+    if reason and p.status not in ("flat", "released"):
+        text = f"{text} ({reason})"
     took = duration_text(p.seconds)
     return f"{mark}: {text}" + (f" in {took}" if took else "")
+
+
+# How the engine's reason names the pairs it never listed (killswitch.engine.sweep),
+# for readers without ``unlisted_pairs``; left out where the status text names them.
+_UNLISTED_NOTE = "never listed to the end:"
+
+
+def _reason_text(p: AccountProgress) -> str | None:
+    """The result's reason, less the part naming unlisted pairs when the status text
+    names them already (from ``unlisted_pairs``)."""
+    if not (p.reason and p.open_unknown):
+        return p.reason
+    parts = [part for part in p.reason.split("; ") if not part.startswith(_UNLISTED_NOTE)]
+    return "; ".join(parts) or None
+
+
+def _still_open_text(p: AccountProgress, shown: int = 10) -> str:
+    """``3 still open``, or ``still open: unknown (2 pair(s) never listed to the end:
+    …)`` when some pairs in scope were never listed to the end."""
+    if not p.open_unknown:
+        return f"{p.residual_open} still open"
+    pairs = p.unlisted_pairs
+    names = ", ".join(pairs[:shown]) + (" ..." if len(pairs) > shown else "")
+    known = f"; {p.residual_open} in the pairs listed" if p.residual_open else ""
+    return f"still open: unknown ({len(pairs)} pair(s) never listed to the end: {names}{known})"
 
 
 def progress_line(
@@ -392,7 +439,7 @@ def progress_line(
         ("skipped", p.skipped, False),
     ]
     counts = "  ".join(f"{word} {value}" for word, value, always in shown if value or always)
-    open_text = f"open {p.residual_open}"
+    open_text = "open ?" if p.open_unknown else f"open {p.residual_open}"
     return (
         f"{p.account:<{name_width}}  {bar(frac, bar_width)} {pct}  {counts}  {open_text}  "
         f"{_status_text(p, success)}"
@@ -442,6 +489,9 @@ def summary_lines(board: Board, elapsed_s: float) -> list[str]:
     )
     missing = [f"  {r.account}: {_not_found_text(r.not_found)}" for r in rows if r.not_found]
     missing += [f"  {r.account}: was not halted (nothing released)" for r in rows if r.not_halted]
+    # A good result's reason is a note worth reading (a redirected endpoint: a wrong
+    # base_url that the fallback hid); the status line shows the others' reasons.
+    notes = [f"  {r.account}: note: {r.reason}" for r in good if r.reason]
     if len(good) == len(rows):
         total = sum(r.resolved for r in rows)
         sent = sum(r.sent for r in rows)
@@ -449,12 +499,12 @@ def summary_lines(board: Board, elapsed_s: float) -> list[str]:
             head += f" ({total} order(s) resolved, {sent} cancel(s) sent)"
         if missing:
             head = head.replace(f"{board.action} ", f"{board.action} INCOMPLETE ", 1)
-        return [head, *missing]
+        return [head, *missing, *notes]
     lines = [head.replace(f"{board.action} ", f"{board.action} FAILED ", 1)]
     for r in rows:
         if not (r.final and r.status == success):
             lines.append(f"  {r.account}: {_status_text(r, success)}")
-    return lines + missing
+    return lines + missing + notes
 
 
 def _not_found_text(ids: Sequence[int], shown: int = 20) -> str:

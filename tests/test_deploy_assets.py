@@ -140,7 +140,8 @@ def exercise(metrics: Metrics) -> None:
     metrics.first_cancel(0.01)
     metrics.flat(0.5)
     metrics.halted("mm-1", True)
-    metrics.residual("mm-1", 1)
+    metrics.residual("mm-1", 1, 1)
+    metrics.latch_reaction("mm-1", 1.0)
     metrics.alert_read("var-monitor", "processed")
     metrics.deadman_fired("mm-bot")
     metrics.dlq("invalid")
@@ -225,10 +226,12 @@ def test_the_alerts_the_issue_asks_for_exist() -> None:
         "killswitch_exchange_requests_total",  # auth rejections (401/403)
         "killswitch_cancels_total",  # failed cancels
         "killswitch_residual_open_orders",  # residual orders after a kill
+        "killswitch_residual_unlisted_pairs",  # pairs a kill never listed to the end
         "killswitch_ready",  # not ready
         "killswitch_consumer_lag",
         "killswitch_deadman_fired_total",
         "killswitch_event_loop_lag_seconds_bucket",
+        "killswitch_latch_reaction_seconds",  # a halted account's guard too slow
     ):
         assert metric in exprs, metric
     assert 'status=~"401|403"' in exprs

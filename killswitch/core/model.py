@@ -154,6 +154,9 @@ class SweepResult:
     pairs_in_scope: int | None = None
     # Releases only: whether the account was halted when the release came.
     was_halted: bool | None = None
+    # Final results of a sweep: pairs in scope never listed to the end (sorted; empty
+    # when every pair was). ``residual_open`` cannot count the orders open there.
+    unlisted_pairs: list[str] = field(default_factory=list)
 
 
 def no_sweep_result(

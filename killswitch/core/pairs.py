@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "EXCHANGE_PAIR_RE",
     "PAIR_NAME_RE",
     "PairList",
     "PairSource",
     "PairVerdict",
     "check_pairs",
+    "list_unchecked_reason",
     "no_pair_list_reason",
     "refusal_reason",
     "suggest",
@@ -34,10 +36,17 @@ __all__ = [
 PairSource = Literal["exchange", "stale", "configured"]
 """``exchange``: the exchange answered within the cache lifetime; ``stale``: the last
 good answer, older than that (not refreshed yet, or kept because a refresh failed);
-``configured``: the account's ``symbols`` setting, because the exchange never answered."""
+``configured``: the account's ``symbols`` setting, because the exchange never answered.
 
-# What a pair name may look like (alerts' scopes and the accounts' ``symbols`` setting).
+Only the exchange's own lists (``exchange`` and ``stale``) may refuse a pair or prove a
+kill flat: the configured list is the operator's belief, not the exchange's answer."""
+
+# What a pair name in an alert's scope may look like (a typo here is refused with
+# suggestions by the pair check, not by the parser).
 PAIR_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$"
+# How the exchange writes a pair (docs/EXCHANGE.md): upper-case ``BASE_QUOTE``. The
+# ``symbols`` setting must match it: a miscased entry there would be listed in vain.
+EXCHANGE_PAIR_RE = r"^[A-Z0-9]{1,20}_[A-Z0-9]{1,20}$"
 MAX_SUGGESTIONS = 3
 # difflib's similarity ratio a known pair needs to be suggested.
 _CUTOFF = 0.6
@@ -104,8 +113,20 @@ def refusal_reason(unknown: Sequence[tuple[str, list[str]]]) -> str:
 
 
 def unchecked_reason(why: str) -> str:
-    """Why a kill ran without its pairs checked: it can then never end ``flat``."""
-    return f"pairs could not be checked ({why}): an empty listing does not prove flat"
+    """Why a kill ran without its pairs checked against the exchange's own list: it can
+    then never end ``flat``."""
+    return (
+        f"pairs could not be checked against the exchange's pair list ({why}); "
+        "an empty listing does not prove flat"
+    )
+
+
+def list_unchecked_reason(pairs: PairList) -> str | None:
+    """Why pairs taken from ``pairs`` prove nothing about the exchange (a kill listing
+    them can never end ``flat``), or None for the exchange's own list, fresh or stale."""
+    if pairs.source != "configured":
+        return None
+    return unchecked_reason(f"exchange-info: {pairs.error or 'no answer'}")
 
 
 def no_pair_list_reason(error: str) -> str:
@@ -118,8 +139,9 @@ class PairVerdict:
     """The decision on one alert's pairs across its target accounts.
 
     ``refusal`` is the dead-letter reason when a pair is unknown to any account that
-    has a pair list. ``unchecked`` maps each account without any pair list to the
-    reason its result can never be ``flat``.
+    has a pair list from the exchange (fresh or stale). ``unchecked`` maps each account
+    without one (no list at all, or only the configured ``symbols``) to the reason its
+    result can never be ``flat``.
     """
 
     refusal: str | None = None
@@ -134,7 +156,9 @@ def check_pairs(
     """Check a scope's pairs against each target account's list.
 
     ``scope_symbols`` None (every pair) needs no check. ``lists`` maps account to its
-    pair list, None when the account has none (``errors`` then says why).
+    pair list, None when the account has none (``errors`` then says why). A configured
+    list never refuses: a pair missing from it may well be traded, so such a kill runs,
+    unchecked.
     """
     if scope_symbols is None:
         return PairVerdict()
@@ -144,6 +168,10 @@ def check_pairs(
         if pairs is None:
             why = (errors or {}).get(account) or "no pair list"
             unchecked[account] = unchecked_reason(why)
+            continue
+        blind = list_unchecked_reason(pairs)
+        if blind is not None:
+            unchecked[account] = blind
             continue
         for name, close in unknown_pairs(scope_symbols, pairs.symbols):
             unknown.setdefault(name, close)

@@ -123,8 +123,10 @@ def bulk_plan(
 
 
 def endpoint_refused(status: int | None) -> bool:
-    """True when a bulk cancel's answer says the exchange has no such endpoint."""
-    return status is not None and status in ENDPOINT_REFUSED_STATUSES
+    """True when a bulk cancel's answer says not to call that endpoint again: the exchange
+    has no such endpoint, or it redirects (never followed: the same 3xx would come back
+    for every pair)."""
+    return status is not None and (status in ENDPOINT_REFUSED_STATUSES or 300 <= status < 400)
 
 
 # ------------------------------------------------------------------------ priority

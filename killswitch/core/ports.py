@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from killswitch.core.model import HaltState, KillRequest, SweepResult
 from killswitch.core.orders import Order, SymbolInfo
@@ -49,7 +49,8 @@ class BatchCancelResult:
     attempts: int = 1
     outcome: Outcome | None = None
     reason: RejectReason | None = None
-    status: int | None = None  # HTTP status of a refused call (404/405: no such endpoint)
+    status: int | None = None  # HTTP status of a refused call (404/405: no such endpoint, 3xx)
+    error: str | None = None  # what a refused call's answer means (a redirect: where to)
 
 
 class ExchangeAPI(Protocol):
@@ -110,7 +111,13 @@ class Observer(Protocol):
 
     def halted(self, account: str, halted: bool) -> None: ...
 
-    def residual(self, account: str, count: int) -> None: ...
+    def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
+        """What the account's last sweep left: ``count`` orders in scope still open in
+        the last complete listing, and ``unlisted_pairs`` pairs in scope it never listed
+        to the end (their open orders are not in ``count``: unknown, not zero)."""
+
+    def latch_reaction(self, account: str, seconds: float | None) -> None:
+        """The halted account's guard reaction bound now; None: no longer guarded here."""
 
 
 class NullObserver:
@@ -137,8 +144,20 @@ class NullObserver:
     def halted(self, account: str, halted: bool) -> None:
         pass
 
-    def residual(self, account: str, count: int) -> None:
+    def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
         pass
+
+    def latch_reaction(self, account: str, seconds: float | None) -> None:
+        pass
+
+
+@runtime_checkable
+class RedirectObserver(Protocol):
+    """An :class:`Observer` that also wants every 3xx answer with its ``Location``
+    (readiness shows a redirect as a configuration problem of the account)."""
+
+    def redirected(self, account: str, endpoint: str, status: int, location: str) -> None:
+        """``endpoint`` answered ``status`` pointing at ``location`` (empty: none given)."""
 
 
 ResultSink = Callable[[SweepResult], Awaitable[None]]

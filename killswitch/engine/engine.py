@@ -10,10 +10,15 @@
   with dry runs. Every alert gets its own final result from its own ``submit`` call.
 - **Latch.** A kill with ``latch`` halts the account as soon as it is submitted (the
   state goes to the ``on_state`` sink before ``submit`` returns, so the alert's offset
-  is committed only after its halt is published). While halted, a guard re-sweeps the
-  halt's scope every ``latch_sweep_interval_s`` and cancels whatever appeared, until
-  :meth:`Engine.release`. Guard sweeps list first (even with strategy ``symbol``), and
-  a kill arriving during one joins it.
+  is committed only after its halt is published). While halted, a guard lists the
+  halt's pairs one at a time, continuously, at ``latch_budget_share`` of the account's
+  current request rate, and cancels whatever a listing shows, until
+  :meth:`Engine.release`: an order placed meanwhile is cancelled within
+  ``pairs / (share * rate)`` plus one round trip (:mod:`killswitch.core.latch`; the bound
+  goes to ``Observer.latch_reaction``). Pairs with recent orders are listed first when
+  that delays no other pair past the bound. Each guard step is a one-pair sweep that
+  lists first (even with strategy ``symbol``); a kill arriving during one joins it (its
+  scope widens to the kill's), and while a kill sweep runs the guard waits.
 - **Guard filter.** With several engines (daemons) sharing the accounts, each
   halted account must be guarded by one of them only. :meth:`Engine.set_guard_filter`
   takes ``owns(account)``: the engine still records, reports and publishes every
@@ -22,9 +27,9 @@
 - **Deadlines.** A request's deadline is ``deadline_s`` after its ``received_at``,
   measured on the event loop's monotonic clock from the moment it is submitted.
 - **Refused endpoints.** An exchange that does not serve cancel-all or batch cancel
-  (404/405 to the call itself) is remembered per account for the engine's lifetime:
-  every later sweep of that account (strategy ``auto``) falls back at once instead of
-  asking again (:meth:`Engine.refused_endpoints`).
+  (404/405 to the call itself) or redirects it (3xx, never followed) is remembered per
+  account for the engine's lifetime: every later sweep of that account (strategy
+  ``auto``) falls back at once instead of asking again (:meth:`Engine.refused_endpoints`).
 - **Never raises for bad input.** An unknown account, a request during shutdown: a
   final ``failed`` result with the reason.
 """
@@ -39,6 +44,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from killswitch.config import EngineSettings
+from killswitch.core.latch import (
+    listing_interval_s,
+    next_listing_at,
+    next_pair,
+    reaction_bound_s,
+    round_trip_estimate,
+)
 from killswitch.core.model import (
     HaltState,
     KillRequest,
@@ -48,13 +60,20 @@ from killswitch.core.model import (
     no_sweep_result,
     requested_by,
 )
-from killswitch.core.planning import normalise_scope
+from killswitch.core.planning import normalise_scope, symbols_to_list
 from killswitch.core.ports import ExchangeAPI, NullObserver, Observer, ResultSink, StateSink
 from killswitch.engine.sweep import Sweep, Ticket, WallClock, utc_now
+from killswitch.exchange.errors import ExchangeError
+from killswitch.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY = 8
+# The budget (requests per second) of a client without a limiter (test doubles): the
+# default ``rate_limit_per_second`` of an account.
+FALLBACK_BUDGET = 10.0
+# How long a guard waits before asking again for a pair list it could not get.
+PAIRS_RETRY_S = 1.0
 
 
 def _resolved(result: SweepResult) -> asyncio.Future[SweepResult]:
@@ -97,6 +116,16 @@ class _Guard:
     sweep: Sweep | None = None  # the guard sweep in progress, if any
 
 
+@dataclass(eq=False, slots=True)
+class _Pace:
+    """Where one guard loop is: its pace and when it last listed each pair."""
+
+    started: float  # loop clock
+    previous: float | None = None  # start of the last guard step
+    last_listed: dict[str, float] = field(default_factory=dict)
+    round_trip: float | None = None  # smoothed seconds of one empty listing
+
+
 class Engine:
     """The kill engine for a set of accounts (see the module docstring).
 
@@ -127,6 +156,14 @@ class Engine:
         self._halts: dict[str, HaltState] = {}
         self._guards: dict[str, _Guard] = {}
         self._deferred_guards: set[str] = set()
+        self._share = settings.latch_budget_share
+        if settings.latch_sweep_interval_s is not None:
+            log.warning(
+                "engine.latch_sweep_interval_s is deprecated and ignored: the guard lists"
+                " continuously at engine.latch_budget_share of each account's rate"
+            )
+        # Per account: pair -> loop time orders were last found or cancelled there.
+        self._activity: dict[str, dict[str, float]] = {}
         self._owns: Callable[[str], bool] = _owns_every_account
         self._tasks: set[asyncio.Task[None]] = set()
         self._state_lock = asyncio.Lock()
@@ -253,7 +290,7 @@ class Engine:
         running = self.guarded()
         for account in list(self._halts):
             if account not in running and self._owns(account):
-                self._ensure_guard(account, immediate=True)
+                self._ensure_guard(account)
                 log.info("guard taken over", extra={"account": account})
 
     def guarded(self) -> frozenset[str]:
@@ -325,6 +362,7 @@ class Engine:
                     await sweep.run()
                 finally:
                     account.running = None
+                    self._note_activity(sweep.account, sweep)
         except asyncio.CancelledError:
             if not sweep.started:  # cancelled while waiting: its alerts still get results
                 if sweep in account.waiting:
@@ -368,7 +406,7 @@ class Engine:
                 return
             state = replace(current, scope=widened)
         self._halts[account] = state
-        self._ensure_guard(account, immediate=False)
+        self._ensure_guard(account)
         await self._emit(state)
 
     async def _emit(self, state: HaltState) -> None:
@@ -391,42 +429,108 @@ class Engine:
         for account in list(self._deferred_guards):
             self._deferred_guards.discard(account)
             if account in self._halts:
-                self._ensure_guard(account, immediate=True)
+                self._ensure_guard(account)
 
-    def _ensure_guard(self, account: str, *, immediate: bool) -> None:
+    def _ensure_guard(self, account: str) -> None:
         if self._closing or not self._owns(account):
             return  # another engine guards it (refresh_guards starts it if that changes)
         guard = self._guards.get(account)
         if guard is not None and not guard.task.done() and not guard.stop.is_set():
             return
         stop = asyncio.Event()
-        task = asyncio.create_task(self._guard(account, stop, immediate), name=f"guard-{account}")
+        task = asyncio.create_task(self._guard(account, stop), name=f"guard-{account}")
         self._guards[account] = _Guard(task, stop)
 
-    async def _guard(self, account_id: str, stop: asyncio.Event, immediate: bool) -> None:
-        """Re-sweep a halted account at an interval until released or closed."""
-        interval = self._settings.latch_sweep_interval_s
-        first = True
-        while not self._closing:
-            if not (first and immediate):
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(interval):
-                        await stop.wait()
-            first = False
-            halt = self._halts.get(account_id)
-            if stop.is_set() or halt is None or self._closing or not self._owns(account_id):
-                return
-            account = self._account(account_id)
-            if account.busy():
-                continue  # a kill sweep is under way; guard again at the next tick
-            await self._guard_sweep(account_id, account, halt)
+    async def _guard(self, account_id: str, stop: asyncio.Event) -> None:
+        """List a halted account's pairs one at a time, paced at its share of the budget,
+        until released or closed (see :mod:`killswitch.core.latch`)."""
+        loop = asyncio.get_running_loop()
+        pace = _Pace(started=loop.time())
+        try:
+            while not self._closing:
+                halt = self._halts.get(account_id)
+                if stop.is_set() or halt is None or not self._owns(account_id):
+                    return
+                interval = listing_interval_s(self._budget(account_id), self._share)
+                wait = next_listing_at(pace.previous, interval) - loop.time()
+                account = self._account(account_id)
+                if account.busy():
+                    wait = interval  # a kill sweep is under way: it lists every pair itself
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await stop.wait()
+                    continue
+                await self._guard_step(account_id, account, halt, pace, interval)
+        finally:
+            self._observer.latch_reaction(account_id, None)
 
-    async def _guard_sweep(self, account_id: str, account: _Account, halt: HaltState) -> None:
+    async def _guard_step(
+        self, account_id: str, account: _Account, halt: HaltState, pace: _Pace, interval: float
+    ) -> None:
+        """List the next pair (cancelling what it shows); update the pace and the gauge."""
+        loop = asyncio.get_running_loop()
+        pairs = await self._guard_pairs(account_id, halt.scope)
+        now = loop.time()
+        pair = next_pair(
+            pairs,
+            pace.last_listed,
+            self._activity.setdefault(account_id, {}),
+            now=now,
+            interval=interval,
+            started=pace.started,
+        )
+        pace.previous = now
+        if pair is None:
+            # No pair list (exchange info unreadable, nothing configured): ask again
+            # later, not at the listing pace, so a failing exchange is not asked 5 times a
+            # second nor the log filled with the same warning.
+            pace.previous = now + PAIRS_RETRY_S
+            return
+        scope = Scope(frozenset({pair}), halt.scope.sides, halt.scope.order_ids)
+        sweep = await self._guard_sweep(account_id, account, scope)
+        pace.last_listed[pair] = now
+        if sweep.passes == 1 and not len(sweep.ledger) and sweep.failure is None:
+            pace.round_trip = round_trip_estimate(pace.round_trip, loop.time() - now)
+        self._observer.latch_reaction(
+            account_id,
+            reaction_bound_s(
+                len(pairs), self._budget(account_id), self._share, pace.round_trip or 0.0
+            ),
+        )
+
+    async def _guard_pairs(self, account_id: str, scope: Scope) -> list[str]:
+        """The pairs the halt covers: its own, else every pair the exchange trades."""
+        if scope.symbols is not None:
+            return symbols_to_list(scope, None)
+        try:
+            info = await self._clients[account_id].exchange_info()
+        except ExchangeError as exc:
+            log.warning(
+                "guard could not read the pair list",
+                extra={"account": account_id, "error": str(exc)},
+            )
+            return []
+        return symbols_to_list(scope, (s.symbol for s in info))
+
+    def _budget(self, account_id: str) -> float:
+        """The account's request rate now (its limiter's, after any 429 cut)."""
+        limiter = getattr(self._clients[account_id], "limiter", None)  # not every client has one
+        return limiter.rate if isinstance(limiter, RateLimiter) else FALLBACK_BUDGET
+
+    def _note_activity(self, account_id: str, sweep: Sweep) -> None:
+        """Remember the pairs where ``sweep`` found orders (listed first by guards)."""
+        now = asyncio.get_running_loop().time()
+        activity = self._activity.setdefault(account_id, {})
+        for _, record in sweep.ledger.items():
+            activity[record.symbol] = now
+
+    async def _guard_sweep(self, account_id: str, account: _Account, scope: Scope) -> Sweep:
         loop = asyncio.get_running_loop()
         sweep = self._new_sweep(
             self._clients[account_id],
             dry_run=False,
-            scope=halt.scope,
+            scope=scope,
             deadline=loop.time() + self._settings.default_deadline_s,
             list_first=True,
             name=f"guard-{account_id}",
@@ -452,6 +556,7 @@ class Engine:
                     "failure": sweep.failure,
                 },
             )
+        return sweep
 
     async def _stop_guard(self, account: str, *, wait: bool = True) -> None:
         """Stop a guard loop. A guard sweep no alert has joined is cancelled at once."""

@@ -12,9 +12,10 @@ in scope whose first page is full or shows two or more orders becomes one cancel
 queued under the priority key of the best order on that page, and the rest of the pair
 is not listed (the next pass's listing verifies); partial scopes go out as batch
 cancels. Ids a bulk cancel answers in ``fail`` (or in neither list) get per-order
-DELETEs. An endpoint the exchange does not serve (404/405 to the call as a whole) is
-remembered for the account (``refused``, shared by its later sweeps) and the account
-falls back: cancel-all to batches, batches to per-order.
+DELETEs. An endpoint the exchange does not serve (404/405 to the call as a whole) or
+redirects (3xx, never followed) is remembered for the account (``refused``, shared by
+its later sweeps) and the account falls back: cancel-all to batches, batches to
+per-order. A redirect is named in the result's reason, with its ``Location``.
 
 The deadline is soft for cancels already sent: at the deadline listings stop and
 workers take no new work, but a cancel in flight may still answer until
@@ -57,7 +58,7 @@ from killswitch.core.ledger import Ledger, covers
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order
 from killswitch.core.outcomes import Outcome, RejectReason
-from killswitch.core.pairs import PairList
+from killswitch.core.pairs import PairList, list_unchecked_reason
 from killswitch.core.planning import (
     WHOLE_PAIR,
     CancelQueue,
@@ -200,6 +201,8 @@ class Sweep:
         self.failure: str | None = None
         self.end_note: str | None = None
         self.notes: list[str] = []
+        # Why the pairs a whole-account pass listed prove nothing (the configured list).
+        self._blind_list: str | None = None
         self.first_cancel_at: datetime | None = None
         self._verified: tuple[int, frozenset[int]] | None = None  # (gen, ids found)
         self._pass: _Pass | None = None
@@ -434,10 +437,16 @@ class Sweep:
         return symbols_to_list(self.scope, (s.symbol for s in info))
 
     def _note_pair_source(self) -> None:
-        """Say in the result when the pairs listed were not the exchange's current list."""
+        """Say in the result when the pairs listed were not the exchange's current list;
+        remember when they were only the configured list (never proof of flat)."""
         cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
         pairs = cached() if callable(cached) else None
-        if isinstance(pairs, PairList) and pairs.source != "exchange":
+        if not isinstance(pairs, PairList):
+            return
+        blind = list_unchecked_reason(pairs)
+        if blind is not None:
+            self._blind_list = blind
+        elif pairs.source != "exchange":
             note = f"pairs from the {pairs.source} pair list (exchange-info: {pairs.error})"
             if note not in self.notes:
                 self.notes.append(note)
@@ -611,7 +620,7 @@ class Sweep:
             self._note_cancel(symbol, None)
             result = await self.client.cancel_all(symbol)
             if result.outcome is not None:
-                self._bulk_refused(symbol, result.outcome, result.reason)
+                self._bulk_refused(symbol, result)
                 p.complete = False
                 return
             self._exchange_answered()
@@ -629,11 +638,18 @@ class Sweep:
         finally:
             self._producer_done(p)
 
-    def _bulk_refused(self, symbol: str, outcome: Outcome, reason: RejectReason | None) -> None:
-        if reason is RejectReason.AUTH:
+    def _bulk_refused(self, symbol: str, result: BatchCancelResult) -> None:
+        if result.reason is RejectReason.AUTH:
             raise SweepStopped(f"authentication refused cancelling on {symbol} (invalid_client)")
         # Not fatal: the next pass lists the pair and cancels order by order.
-        self.notes.append(f"cancel-all on {symbol} {outcome.value}")
+        assert result.outcome is not None
+        self.notes.append(f"cancel-all on {symbol} {result.outcome.value}")
+        self._note_redirect(result.error if result.reason is RejectReason.REDIRECT else None)
+
+    def _note_redirect(self, problem: str | None) -> None:
+        """Name a redirect (and where it points) in the result's reason, once."""
+        if problem and problem not in self.notes:
+            self.notes.append(problem)
 
     # ----------------------------------------------------------------- workers
 
@@ -718,6 +734,8 @@ class Sweep:
             ledger.conclude(order_id, Outcome.FAILED, 1)
             return
         ledger.conclude(order_id, result.outcome, result.attempts, result.reason)
+        if result.reason is RejectReason.REDIRECT:
+            self._note_redirect(result.error)
         if result.outcome is not Outcome.FAILED:
             self._exchange_answered()
         if result.outcome is Outcome.REJECTED and result.reason is RejectReason.AUTH:
@@ -750,8 +768,8 @@ class Sweep:
                     ledger.conclude(order_id, Outcome.FAILED, result.attempts)
                 return
             if endpoint_refused(result.status) and "cancel_batch" not in self.refused:
-                self.refused.add("cancel_batch")  # this exchange has no batch cancel
-                self.notes.append(f"batch cancel refused (HTTP {result.status}): per-order")
+                self.refused.add("cancel_batch")  # no batch cancel here (or it redirects)
+                self.notes.append(f"batch cancel refused ({_refusal(result)}): per-order")
             retry = list(ids)  # batch refused as a whole (size, format): one by one
         else:
             self._exchange_answered()
@@ -793,8 +811,8 @@ class Sweep:
                 ledger.conclude(order_id, Outcome.FAILED, result.attempts)
             return
         if endpoint_refused(result.status) and "cancel_all" not in self.refused:
-            self.refused.add("cancel_all")  # this exchange has no cancel-all
-            self.notes.append(f"cancel-all refused (HTTP {result.status}): batch cancels")
+            self.refused.add("cancel_all")  # no cancel-all here (or it redirects)
+            self.notes.append(f"cancel-all refused ({_refusal(result)}): batch cancels")
         for order_id in ids:
             ledger.hand_back(order_id, result.attempts)
         self._unbulk(p, symbol, entries)
@@ -943,7 +961,9 @@ class Sweep:
         """End of sweep: final outcomes, metrics, and one final result per ticket."""
         self.ledger.finalise()  # queued or in flight when the sweep stopped: failed
         if not self.dry_run:
-            self.observer.residual(self.account, self.ledger.residual(self.scope))
+            wanted = self.scope.symbols if self.scope is not None else None
+            residual = self.ledger.residual(self.scope)
+            self.observer.residual(self.account, residual, len(self._unlisted(wanted)))
         mono = asyncio.get_running_loop().time()
         for ticket in self.tickets:
             result = self._reported(ticket, final=True)
@@ -965,17 +985,20 @@ class Sweep:
                 verified=self._verified_for(ticket),
                 residual_in_scope=residual,
             )
-            unproven = self._unproven(ticket) if status is SweepStatus.FLAT else None
+            unproven = (
+                self._unproven(ticket) if status is SweepStatus.FLAT else self._unchecked(ticket)
+            )
             if unproven is not None:
                 status = SweepStatus.RESIDUAL
             orders = ledger.reports(scope)
-            reason = "; ".join(filter(None, (unproven, self._reason(status)))) or None
+            unlisted = self._unlisted(ticket.scope.symbols)
+            reason = "; ".join(filter(None, (unproven, self._reason(status, unlisted)))) or None
             pending = 0
-            not_found = _not_found(ticket.scope, ledger)
+            not_found = _not_found(ticket.scope, ledger) if self._listed_all(ticket) else []
         else:
             status, orders, reason = SweepStatus.RUNNING, [], None
             pending = ledger.pending()
-            not_found = []
+            not_found, unlisted = [], []
         listed, in_scope_pairs = (None, None) if final else self._pair_progress(ticket)
         return SweepResult(
             alert_id=request.alert_id,
@@ -998,6 +1021,7 @@ class Sweep:
             trigger_reason=request.reason,
             pairs_listed=listed,
             pairs_in_scope=in_scope_pairs,
+            unlisted_pairs=unlisted,
         )
 
     def _pair_progress(self, ticket: Ticket) -> tuple[int | None, int | None]:
@@ -1012,14 +1036,28 @@ class Sweep:
     def _unproven(self, ticket: Ticket) -> str | None:
         """Why a verified-empty listing is no proof of flat for this ticket, if it is not:
         its pairs were never checked, or a pair in its scope was never listed to the end."""
-        if ticket.request.unchecked_pairs is not None:
-            return ticket.request.unchecked_pairs
-        wanted = ticket.scope.symbols
-        unlisted = self._pairs - self.ledger.listed_pairs()
-        if wanted is not None:
-            unlisted &= wanted
+        unchecked = self._unchecked(ticket)
+        if unchecked is not None:
+            return unchecked
+        # The same pairs the result names in unlisted_pairs, so a flat never names any.
+        unlisted = self._unlisted(ticket.scope.symbols)
         # _reason names the pairs (residual results list where nobody looked).
         return "not flat: a pair in scope was never listed to the end" if unlisted else None
+
+    def _unchecked(self, ticket: Ticket) -> str | None:
+        """Why the ticket's pairs were never checked against the exchange's own list:
+        its scope pairs (decided at intake), or the configured list a whole-account
+        pass listed (pairs outside it were never looked at)."""
+        if ticket.request.unchecked_pairs is not None:
+            return ticket.request.unchecked_pairs
+        return self._blind_list if ticket.scope.symbols is None else None
+
+    def _listed_all(self, ticket: Ticket) -> bool:
+        """Every pair the ticket concerns was listed to the end (so an id never seen
+        is known not to be open there); False when nothing was listed at all."""
+        wanted = ticket.scope.symbols
+        concerned = set(wanted) if wanted is not None else self._pairs
+        return bool(concerned) and concerned <= self.ledger.listed_pairs()
 
     def _verified_for(self, ticket: Ticket) -> bool:
         verified = self._verified
@@ -1030,22 +1068,31 @@ class Sweep:
             oid in ledger and covers(ticket.scope, oid, ledger.record(oid)) for oid in verified[1]
         )
 
-    def _reason(self, status: SweepStatus) -> str | None:
+    def _unlisted(self, wanted: frozenset[str] | None) -> list[str]:
+        """Pairs in scope never listed to the end, sorted: of ``wanted`` (a scope's own
+        pairs), else of every pair the sweep set out to list or cancel."""
+        pairs = self._pairs if wanted is None else wanted
+        return sorted(pairs - self.ledger.listed_pairs())
+
+    def _reason(self, status: SweepStatus, unlisted: list[str]) -> str | None:
         parts: list[str] = []
         if status is SweepStatus.FAILED and self.failure:
             parts.append(self.failure)
         elif status is SweepStatus.RESIDUAL and self.end_note:
             parts.append(self.end_note)
-        if status is SweepStatus.RESIDUAL:
-            unlisted = sorted(self._pairs - self.ledger.listed_pairs())
-            if unlisted:
-                # residual_open counts what listings returned: say where nobody looked.
-                shown = ", ".join(unlisted[:10]) + (" ..." if len(unlisted) > 10 else "")
-                parts.append(
-                    f"never listed to the end: {shown} (open orders there are not in residual_open)"
-                )
+        if status is SweepStatus.RESIDUAL and unlisted:
+            # residual_open counts what listings returned: say where nobody looked.
+            shown = ", ".join(unlisted[:10]) + (" ..." if len(unlisted) > 10 else "")
+            parts.append(
+                f"never listed to the end: {shown} (open orders there are not in residual_open)"
+            )
         parts.extend(self.notes)
         return "; ".join(parts) or None
+
+
+def _refusal(result: BatchCancelResult) -> str:
+    """A refused bulk cancel in a reason: its HTTP status, or what its redirect means."""
+    return result.error or f"HTTP {result.status}"
 
 
 def _not_found(scope: Scope, ledger: Ledger) -> list[int]:

@@ -77,7 +77,14 @@ from killswitch.core.outcomes import (
     retry_after_s,
 )
 from killswitch.core.pairs import PairList, no_pair_list_reason
-from killswitch.core.ports import BatchCancelResult, CancelResult, NullObserver, Observer, Priority
+from killswitch.core.ports import (
+    BatchCancelResult,
+    CancelResult,
+    NullObserver,
+    Observer,
+    Priority,
+    RedirectObserver,
+)
 from killswitch.exchange.errors import (
     AuthError,
     ExchangeError,
@@ -125,6 +132,7 @@ __all__ = [
     "OpenOrdersPager",
     "PreparedRequest",
     "backoff_delay",
+    "clock_hint",
     "clock_offset_ms",
     "prepare_request",
 ]
@@ -209,6 +217,30 @@ def clock_offset_ms(sent_wall_s: float, received_wall_s: float, server_ms: int) 
     """Server clock minus local clock, assuming the server stamped mid round trip."""
     midpoint_ms = (sent_wall_s + received_wall_s) * 500.0
     return round(server_ms - midpoint_ms)
+
+
+# A signed request is refused when its timestamp is outside the exchange's time window,
+# exactly like a bad key: without a measured offset that is the first suspect.
+_SKEW_NOTE = "a local clock outside the exchange's time window is refused like a bad key"
+
+
+def clock_hint(endpoint: str, *, synced: bool, sync_error: str | None) -> str:
+    """What an authentication refusal of ``endpoint`` adds when the clock may be its cause.
+
+    Nothing while the last clock sync worked. The time endpoint's own refusal (only a
+    signed request to it is refused: an unsigned one is signed and sent again) means the
+    offset cannot be measured at all; elsewhere ``sync_error`` says why the last sync
+    failed: before any measurement the offset is unknown, after one it may be out of date.
+    """
+    if endpoint == "time":
+        return f"; the clock offset could not be measured: server time refused it too; {_SKEW_NOTE}"
+    if sync_error is None:
+        return ""
+    if not synced:
+        return f"; the clock offset could not be measured: {sync_error}; {_SKEW_NOTE}"
+    return (
+        f"; the last clock sync failed ({sync_error}): the clock offset in use may be out of date"
+    )
 
 
 class OpenOrdersPager:
@@ -352,6 +384,10 @@ class ExchangeClient:
         self._settings = settings
         self._account = settings.id
         self._observer: Observer = observer or NullObserver()
+        # Every 3xx goes to an observer that wants it (readiness), with its Location.
+        self._on_redirect = (
+            self._observer.redirected if isinstance(self._observer, RedirectObserver) else None
+        )
         self._signer = _load_signer(settings)
         self._api_key = settings.api_key.get_secret_value()
         self._base_url = settings.base_url
@@ -396,6 +432,7 @@ class ExchangeClient:
 
         self._offset_ms = 0
         self._synced = False  # a measurement has succeeded at least once
+        self._sync_error: str | None = None  # why the last measurement failed, if it did
         self._synced_at = -float("inf")  # monotonic time of the last measurement attempt
         self._next_sync = -float("inf")
         self._sync_task: asyncio.Task[None] | None = None
@@ -465,8 +502,18 @@ class ExchangeClient:
 
         Raises an :class:`ExchangeError` when the time endpoint does not answer usefully
         (:class:`Redirected` for a 3xx, :class:`AuthError` when even the signed request
-        is refused).
+        is refused); why is kept for the clock hint of later authentication refusals
+        (:func:`clock_hint`).
         """
+        try:
+            offset = await self._measure_clock()
+        except ExchangeError as exc:
+            self._sync_error = _sync_failure(exc)
+            raise
+        self._sync_error = None
+        return offset
+
+    async def _measure_clock(self) -> int:
         call = _Call("time", "GET", PATH_TIME, public=True)
         self._synced_at = self._mono()
         deadline_s = self._settings.request_deadline_s
@@ -498,6 +545,12 @@ class ExchangeClient:
         self._synced = True
         self._next_sync = self._mono() + self._settings.clock_sync_interval_s
         return self._offset_ms
+
+    def auth_clock_hint(self, endpoint: str) -> str:
+        """Why the clock may be the cause of an authentication refusal of ``endpoint`` now
+        (as :func:`clock_hint` words it, without its leading separator), else empty."""
+        hint = clock_hint(endpoint, synced=self._synced, sync_error=self._sync_error)
+        return hint.removeprefix("; ")
 
     @property
     def signs_public(self) -> bool:
@@ -623,7 +676,10 @@ class ExchangeClient:
             if call.cancel:
                 observer.inflight_cancels(self._account, -1)
         observer.request_done(self._account, call.endpoint, str(status), _since(started))
-        return _reply(status, content, headers)
+        reply = _reply(status, content, headers)
+        if 300 <= status < 400 and self._on_redirect is not None:
+            self._on_redirect(self._account, call.endpoint, status, _shown_location(reply.location))
+        return reply
 
     async def _send(
         self, call: _Call, offset_ms: int, remaining: float, *, signed: bool, fresh: bool
@@ -820,14 +876,15 @@ class ExchangeClient:
         if 300 <= status < 400:
             location = _shown_location(answer.location)
             raise Redirected(
-                redirect_problem(status, location),
+                redirect_problem(status, location, call.endpoint),
                 status=status,
                 location=location,
                 account=self._account,
                 endpoint=call.endpoint,
             )
         if _is_auth_failure(status, body):
-            raise AuthError(f"authentication refused ({what})", **kw)
+            hint = clock_hint(call.endpoint, synced=self._synced, sync_error=self._sync_error)
+            raise AuthError(f"authentication refused ({what}){hint}", **kw)
         if status == 404:
             raise NotFound(f"not found ({what})", **kw)
         if status == 400 and code == "invalid_request":
@@ -879,7 +936,7 @@ class ExchangeClient:
             try:
                 await self._fetch_info()
             except ExchangeError as exc:
-                self._info_error = str(exc)
+                self._info_error = _bare_message(exc)  # the account is named by callers
                 self._info_failure = exc
                 self._info_failed_at = self._mono()
                 fallback = self.cached_pair_list()
@@ -969,7 +1026,7 @@ class ExchangeClient:
         assert verdict.outcome is not None  # retry verdicts never reach here
         error = verdict.error_code
         if verdict.reason is RejectReason.REDIRECT:
-            error = redirect_problem(answer.status, _shown_location(answer.location))
+            error = redirect_problem(answer.status, _shown_location(answer.location), call.endpoint)
         return CancelResult(
             order_id,
             symbol,
@@ -1007,12 +1064,17 @@ class ExchangeClient:
             return BatchCancelResult(symbol, attempts=exc.attempts, outcome=Outcome.FAILED)
         verdict = classify_cancel(answer.status, answer.body)
         if verdict.outcome is not Outcome.SENT:
+            error = None
+            if verdict.reason is RejectReason.REDIRECT:
+                location = _shown_location(answer.location)
+                error = redirect_problem(answer.status, location, call.endpoint)
             return BatchCancelResult(
                 symbol,
                 attempts=answer.attempts,
                 outcome=verdict.outcome,
                 reason=verdict.reason,
                 status=answer.status,
+                error=error,
             )
         success, fail = _id_lists(answer.body)
         if success is None or fail is None:
@@ -1068,19 +1130,37 @@ def _describe(status: int | None, error: str | None) -> str:
     return f"HTTP {status}" + (f" {error}" if error else "")
 
 
+def _bare(exc: ExchangeError) -> str:
+    """The message without the ``account endpoint:`` prefix."""
+    prefix = " ".join(part for part in (exc.account, exc.endpoint) if part) + ": "
+    return str(exc).removeprefix(prefix)
+
+
+def _sync_failure(exc: ExchangeError) -> str:
+    """Why a clock sync failed, as the clock hint of a later refusal shows it."""
+    if isinstance(exc, AuthError):
+        return f"server time refused the signed request too (HTTP {exc.status})"
+    text = _bare(exc)
+    return text if text.startswith("server time") else f"server time: {text}"
+
+
 def _configured_info(symbol: str) -> SymbolInfo:
     """A pair from the ``symbols`` setting: the name is all we know (``BASE_QUOTE``)."""
     base, _, quote = symbol.partition("_")
     return SymbolInfo(symbol=symbol, base_asset=base, quote_asset=quote)
 
 
+def _bare_message(exc: ExchangeError) -> str:
+    """The error's message without its ``account endpoint:`` prefix."""
+    prefix = " ".join(part for part in (exc.account, exc.endpoint) if part) + ": "
+    return str(exc).removeprefix(prefix)
+
+
 def _no_pair_list(exc: ExchangeError) -> ExchangeError:
     """``exc`` again (the same class for the ones callers tell apart: redirect, auth,
     unavailable; else its base class), the message saying that no source of pairs is
     left."""
-    text = str(exc)
-    prefix = " ".join(part for part in (exc.account, exc.endpoint) if part) + ": "
-    reason = no_pair_list_reason(text.removeprefix(prefix))  # the new error adds it once
+    reason = no_pair_list_reason(_bare_message(exc))  # the new error adds the prefix once
     common = {"account": exc.account, "endpoint": exc.endpoint}
     if isinstance(exc, Redirected):
         return Redirected(reason, status=exc.status, location=exc.location, **common)

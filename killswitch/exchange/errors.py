@@ -83,10 +83,12 @@ class Redirected(RequestRejected):
         self.location = location
 
 
-def redirect_problem(status: int, location: str) -> str:
-    """How a redirect reads for an operator: a configuration problem of the account."""
+def redirect_problem(status: int, location: str, endpoint: str = "") -> str:
+    """How a redirect reads for an operator: a configuration problem of the account,
+    naming where the exchange points and which endpoint (client name) answered it."""
     where = f" to {location}" if location else " (no Location)"
-    return f"exchange answered {status} redirect{where}: check base_url"
+    on = f" on {endpoint}" if endpoint else ""
+    return f"exchange answered {status} redirect{where}{on}: check base_url"
 
 
 class ExchangeUnavailable(ExchangeError):

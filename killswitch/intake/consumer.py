@@ -97,6 +97,7 @@ def final_result_fields(result: SweepResult) -> dict[str, Any]:
         "failed": c.failed,
         "skipped": c.skipped,
         "residual_open": result.residual_open,
+        "unlisted_pairs": list(result.unlisted_pairs),
         "operator": result.operator,
         "source": result.source,
         "trigger_reason": result.trigger_reason,

@@ -99,8 +99,10 @@ def daemon_settings(
         # strategy (auto) is tested end to end by passing engine={"strategy": "auto"}.
         "strategy": "per_order",
         "default_deadline_s": 10.0,
-        "latch_sweep_interval_s": 0.2,
         "progress_interval_s": 0.2,
+        # A halted account's guard lists at this share of 5,000/s: 25 listings/s, not
+        # thousands (the tests' exchange budget is far above a real one).
+        "latch_budget_share": 0.005,
         "shutdown_grace_s": 3.0,
         **overrides.pop("engine", {}),
     }

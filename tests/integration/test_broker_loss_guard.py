@@ -106,7 +106,8 @@ def wire(env: Env, kafka: FakeKafka, after_s: float) -> tuple[BrokerLossGuard, E
         progress=kafka.progress,
         deadline_s=20.0,
     )
-    settings = EngineSettings(latch_sweep_interval_s=0.05, strategy="per_order")
+    # A small share of the large test budget for the latch guard's continuous listing.
+    settings = EngineSettings(latch_budget_share=0.01, strategy="per_order")
     engine = Engine(env.clients, settings, on_state=guard.state)
     return guard, engine
 

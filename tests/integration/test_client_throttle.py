@@ -171,7 +171,7 @@ async def test_readiness_shows_a_redirect_as_a_configuration_problem(env: Env) -
     async with ExchangeClient(settings, observer=observer) as client:
         await probe.probe(client)
     assert readiness.evaluate(0.0).reasons == (
-        f"{ACCOUNT}: exchange answered 307 redirect to {ELSEWHERE}: check base_url",
+        f"{ACCOUNT}: exchange answered 307 redirect to {ELSEWHERE} on open_orders: check base_url",
     )
 
 

@@ -19,7 +19,9 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
+from killswitch.alerts import result_to_json
 from killswitch.config import EngineSettings
 from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order, Side
@@ -31,6 +33,7 @@ from killswitch.exchange.simulator.faults import EndpointFaults
 from killswitch.exchange.simulator.server import SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.exchange.transport import build_transport
+from killswitch.metrics import Metrics
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -131,8 +134,9 @@ def engine_settings(**kw: Any) -> EngineSettings:
     # (strategy auto, the default, has its own tests below).
     base: dict[str, Any] = {
         "progress_interval_s": 0.05,
-        "latch_sweep_interval_s": 0.05,
         "strategy": "per_order",
+        # A halted account's guard lists at this share of the 2,000/s budget: 20/s.
+        "latch_budget_share": 0.01,
     }
     base.update(kw)
     return EngineSettings(**base)
@@ -442,7 +446,7 @@ async def test_progress_results_during_a_long_sweep(env: Env) -> None:
 
 def auto_settings(**kw: Any) -> EngineSettings:
     """The product's default strategy (auto), test intervals."""
-    settings = EngineSettings(progress_interval_s=0.05, latch_sweep_interval_s=0.05, **kw)
+    settings = EngineSettings(progress_interval_s=0.05, latch_budget_share=0.01, **kw)
     assert settings.strategy == "auto"
     return settings
 
@@ -578,3 +582,52 @@ async def test_residual_counts_only_orders_still_open(env: Env) -> None:
     assert_accounted(result)
     second_listing = [o for o in result.orders if o.attempts >= 2]
     assert len(second_listing) > len(still_open)  # what the last pass found, not what is left
+
+
+# ------------------------------------------- pairs never listed to the end (unknown residual)
+
+
+@pytest.mark.parametrize(("strategy", "symbols"), [("auto", None), ("per_order", {"BTC_USDT"})])
+async def test_a_kill_that_never_finishes_listing_names_the_unlisted_pairs(
+    env: Env, strategy: str, symbols: set[str] | None
+) -> None:
+    env.seed(300)
+    # Exchange-wide 429s from the 3rd signed request, for longer than the kill's deadline
+    # (and its settle grace): some pairs are never listed to the end.
+    env.sim.set_throttle_window(after_requests=2, duration_s=60.0, retry_after="seconds")
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, [ACCOUNT])
+    async with env.client() as (client, _):
+        engine = Engine(
+            {ACCOUNT: client},
+            engine_settings(strategy=strategy, page_size=100, settle_grace_s=0.3),
+            metrics,
+        )
+        result = await engine.submit(kill(symbols=symbols, deadline_s=1.5), no_progress)
+        await engine.close(1.0)
+    env.sim.clear_throttle_window()
+    assert result.status is SweepStatus.RESIDUAL, result.reason
+    assert result.unlisted_pairs  # where nobody looked to the end
+    assert set(result.unlisted_pairs) <= (symbols or set(SYMBOLS))
+    assert result.unlisted_pairs == sorted(result.unlisted_pairs)
+    still_open = sum(len(env.sim.open_order_ids(env.api_key, p)) for p in result.unlisted_pairs)
+    assert still_open > 0  # orders are open where the listing never ended
+    gauge = registry.get_sample_value("killswitch_residual_unlisted_pairs", {"account": ACCOUNT})
+    assert gauge == len(result.unlisted_pairs)
+    document = result_to_json(result)
+    assert document["unlisted_pairs"] == result.unlisted_pairs
+
+
+async def test_a_kill_that_listed_every_pair_names_none_unlisted(env: Env) -> None:
+    env.seed(20)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, [ACCOUNT])
+    async with env.client() as (client, _):
+        engine = Engine({ACCOUNT: client}, engine_settings(strategy="auto"), metrics)
+        result = await engine.submit(kill(), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert result.unlisted_pairs == []
+    assert result_to_json(result)["unlisted_pairs"] == []
+    gauge = registry.get_sample_value("killswitch_residual_unlisted_pairs", {"account": ACCOUNT})
+    assert gauge == 0

@@ -7,7 +7,9 @@ own books and request log, not from what the daemon reports.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -23,7 +25,7 @@ from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorSe
 from killswitch.exchange.simulator.core import LogEntry
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.intake.consumer import PAIR_FETCH_WAIT_S
-from killswitch.operator import TriggerRequest, prepare_trigger, run_trigger
+from killswitch.operator import TriggerRequest, prepare_trigger, run_checks, run_trigger
 from killswitch.render import EXIT_NOT_FOUND, EXIT_REFUSED
 from tests.conftest import wait_for
 from tests.integration.daemon_harness import (
@@ -32,6 +34,7 @@ from tests.integration.daemon_harness import (
     daemon_settings,
     exchange,
     prepare_topics,
+    settings_env,
 )
 from tests.integration.intake_harness import (
     FakeEngine,
@@ -162,7 +165,9 @@ async def test_no_pair_list_at_all_the_kill_runs_but_is_never_flat(
             await wait_for(lambda: len(results.finals("blind-1")) == 1, timeout=30)
             final = results.finals("blind-1")[0]
             assert final["status"] == "residual"
-            assert final["reason"].startswith("pairs could not be checked (")
+            assert final["reason"].startswith(
+                "pairs could not be checked against the exchange's pair list ("
+            )
             assert "no pair list: exchange-info failed" in final["reason"]
             assert final["counts"]["sent"] == 4  # it cancelled what it could
             assert len(ex.open_ids("mm-1")) == 4  # only the ETH_USDT orders are left
@@ -173,7 +178,7 @@ async def test_no_pair_list_at_all_the_kill_runs_but_is_never_flat(
             await wait_for(lambda: len(results.finals("blind-2")) == 1, timeout=30)
             final = results.finals("blind-2")[0]
             assert final["status"] == "residual"
-            assert final["reason"].startswith("pairs could not be checked (")
+            assert final["reason"].startswith("pairs could not be checked against the exchange")
 
             # A whole-account kill needs the list to know what to list: it fails, saying so.
             await produce(settings, [alert_message("blind-all")])
@@ -213,32 +218,87 @@ async def test_a_slow_pair_list_does_not_hold_a_kill_back(
             assert ex.open_ids("mm-1") == set()
 
 
-async def test_configured_symbols_stand_in_when_exchange_info_never_answers(
+async def test_configured_symbols_are_no_proof_a_kill_over_them_is_never_flat(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
+    # exchange-info down from the start; mm-1 has `symbols` but trades XRP_USDT too,
+    # and the exchange lists pairs it does not trade as [] (the worst case).
     async with exchange() as ex:
         ex.sim.set_faults(INFO_DOWN, "exchange_info")
-        pairs = {"symbols": ["BTC_USDT", "ETH_USDT"]}
+        ex.sim.unknown_symbol = "empty"
         settings = daemon_settings(
-            kafka_bootstrap, unique_name, ex, account_mm_1=pairs, account_mm_2=pairs
+            kafka_bootstrap, unique_name, ex, account_mm_1={"symbols": ["BTC_USDT", "ETH_USDT"]}
         )
         await prepare_topics(settings)
         topics = settings.kafka.topics
-        ex.seed("mm-1", 3)
+        listed = ex.seed("mm-1", 3)
+        xrp = ex.seed("mm-1", 2, symbols=["XRP_USDT"])
+        blind = "pairs could not be checked against the exchange's pair list (exchange-info: "
         async with (
             TopicReader(kafka_bootstrap, topics.results) as results,
             TopicReader(kafka_bootstrap, topics.dlq) as dlq,
             daemon_in_process(settings),
         ):
-            await produce(settings, [alert_message("cfg-bad", scope={"symbols": ["btc_usdt"]})])
+            # A whole-account kill lists the configured pairs only: never flat, and the
+            # CLI prints why.
+            out = io.StringIO()
+            whole = prepare_trigger(_trigger(["mm-1"]), settings, now=datetime.now(UTC))
+            run = await run_trigger(settings, whole, out=out, tty=False, timeout_s=30)
+            row = run.board.rows["mm-1"]
+            assert row.status == "residual"
+            assert run.exit_code != 0
+            assert blind in out.getvalue()
+            assert ex.open_ids("mm-1") == xrp  # what it listed is cancelled, XRP unseen
+
+            # A pair missing from the configured list is not refused: it runs, unchecked.
+            await produce(settings, [alert_message("cfg-xrp", scope={"symbols": ["XRP_USDT"]})])
+            await wait_for(lambda: len(results.finals("cfg-xrp")) == 1, timeout=20)
+            final = results.finals("cfg-xrp")[0]
+            assert final["status"] == "residual"
+            assert final["reason"].startswith(blind)
+            assert ex.open_ids("mm-1") == set()
+
+            # A miscased pair is neither refused by the fallback nor reported flat.
+            ex.seed("mm-1", 2, symbols=["BTC_USDT"])
+            await produce(settings, [alert_message("cfg-typo", scope={"symbols": ["btc_usdt"]})])
+            await wait_for(lambda: len(results.finals("cfg-typo")) == 1, timeout=20)
+            assert results.finals("cfg-typo")[0]["status"] == "residual"
+            assert results.finals("cfg-typo")[0]["reason"].startswith(blind)
+            assert len(ex.open_ids("mm-1")) == 2
+            assert dlq.records == []
+            assert listed  # seeded on the configured pairs
+
+
+async def test_a_stale_exchange_list_still_refuses_and_proves_flat(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # The exchange answered once, then exchange-info fails: its last answer is kept.
+    async with exchange() as ex:
+        settings = daemon_settings(
+            kafka_bootstrap,
+            unique_name,
+            ex,
+            engine={"exchange_info_ttl_s": 0.001},
+            account_mm_1={"symbols": ["BTC_USDT"]},
+        )
+        await prepare_topics(settings)
+        topics = settings.kafka.topics
+        ex.seed("mm-1", 2)
+        async with (
+            TopicReader(kafka_bootstrap, topics.results) as results,
+            TopicReader(kafka_bootstrap, topics.dlq) as dlq,
+            daemon_in_process(settings),
+        ):
+            await wait_for(lambda: ex.sim.count(endpoint="exchange_info", status=200) >= 1)
+            ex.sim.set_faults(INFO_DOWN, "exchange_info")
+            await produce(settings, [alert_message("stale-bad", scope={"symbols": ["NOPE_USDT"]})])
             await wait_for(lambda: len(dlq.records) == 1, timeout=20)
-            assert "did you mean BTC_USDT?" in dlq.records[0]["reason"]
-            # A whole-account kill lists the configured pairs and can prove flat.
-            await produce(settings, [alert_message("cfg-all")])
-            await wait_for(lambda: len(results.finals("cfg-all")) == 1, timeout=20)
-            final = results.finals("cfg-all")[0]
+            assert "NOPE_USDT (" in dlq.records[0]["reason"]
+            await produce(settings, [alert_message("stale-all")])
+            await wait_for(lambda: len(results.finals("stale-all")) == 1, timeout=20)
+            final = results.finals("stale-all")[0]
             assert final["status"] == "flat"
-            assert final["reason"].startswith("pairs from the configured pair list (")
+            assert "pairs from the stale pair list (" in final["reason"]
             assert ex.open_ids("mm-1") == set()
 
 
@@ -433,3 +493,112 @@ async def test_a_redirected_pair_list_stays_a_redirect() -> None:
     finally:
         await client.close()
         await server.close()
+
+
+# ------------------------------------------------------------ readiness and `check`
+
+
+async def _ready_reasons(daemon: Daemon) -> list[str]:
+    url_of = daemon.observability.url
+    assert url_of is not None
+    async with httpx.AsyncClient() as http:
+        reasons: list[str] = (await http.get(f"{url_of()}/readyz")).json()["reasons"]
+    return reasons
+
+
+async def _wait_reasons(daemon: Daemon, want: Callable[[list[str]], bool]) -> list[str]:
+    """Poll /readyz until its reasons satisfy ``want`` (a condition with a deadline)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    reasons = await _ready_reasons(daemon)
+    while not want(reasons):
+        assert loop.time() < deadline, f"readiness reasons stayed {reasons}"
+        await asyncio.sleep(0.05)
+        reasons = await _ready_reasons(daemon)
+    return reasons
+
+
+async def test_readiness_and_check_agree_on_an_account_without_any_pair_list(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # exchange-info down from the start: mm-1 has `symbols`, mm-2 has nothing to go on.
+    async with exchange() as ex:
+        ex.sim.set_faults(INFO_DOWN, "exchange_info")
+        settings = daemon_settings(
+            kafka_bootstrap,
+            unique_name,
+            ex,
+            account_mm_1={"symbols": ["BTC_USDT", "ETH_USDT"]},
+            metrics={"enabled": True, "port": 0, "exchange_stale_after_s": 2},
+        )
+        await prepare_topics(settings)
+        no_list = "mm-2: no pair list: exchange-info failed ("
+        async with daemon_in_process(settings) as run:
+            reasons = await _wait_reasons(
+                run.daemon, lambda rs: any(r.startswith(no_list) for r in rs)
+            )
+            assert reasons == [r for r in reasons if r.startswith(no_list)]  # mm-1 is fine
+            assert reasons[0].endswith("and account has no `symbols` setting")
+
+            checks = await run_checks(settings, timeout_s=5)
+            by = {(c.name, c.target.split()[0]): c for c in checks}
+            assert not by[("exchange reachable", "mm-2")].ok
+            assert "no pair list" in by[("exchange reachable", "mm-2")].detail
+            mm1 = by[("exchange reachable", "mm-1")]
+            assert mm1.ok
+            assert mm1.detail.startswith("2 pairs (configured; exchange-info failed: ")
+            assert "503" in mm1.detail
+            assert "mm-1" not in mm1.detail  # the row names the account once
+
+            # The CLI: every finding in the table, nothing bare on stderr.
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "killswitch",
+                "check",
+                "--timeout",
+                "5",
+                env=settings_env(settings),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            stdout, stderr = await proc.communicate()
+            assert proc.returncode != 0  # mm-2 fails
+            assert "2 pairs (configured; exchange-info failed: " in stdout.decode()
+            assert stderr.decode() == ""
+
+            # exchange-info answers again: the next probe rounds find a list, ready.
+            ex.sim.clear_faults()
+            await _wait_reasons(run.daemon, lambda rs: rs == [])
+
+
+async def test_no_order_id_is_called_not_found_when_nothing_was_listed(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    async with exchange() as ex:
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        seeded = sorted(ex.seed("mm-2", 2, symbols=["BTC_USDT"]))
+        ghost = 9_000_000_002
+        async with (
+            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            daemon_in_process(settings),
+        ):
+            # The key is refused: the sweep lists nothing, so it knows of no id that
+            # is not open.
+            ex.sim.revoke(ex.keys["mm-2"][0])
+            scope = {"symbols": ["BTC_USDT"], "order_ids": [seeded[0], ghost]}
+            await produce(settings, [alert_message("nf-auth", ["mm-2"], scope=scope)], key="mm-2")
+            await wait_for(lambda: len(results.finals("nf-auth")) == 1, timeout=30)
+            final = results.finals("nf-auth")[0]
+            assert final["status"] == "failed"
+            assert final["not_found"] == []
+            assert len(ex.open_ids("mm-2")) == 2
+
+            # Listed to the end, the same scope names the id that is not there.
+            ex.sim.reinstate(ex.keys["mm-2"][0])
+            await produce(settings, [alert_message("nf-ok", ["mm-2"], scope=scope)], key="mm-2")
+            await wait_for(lambda: len(results.finals("nf-ok")) == 1, timeout=30)
+            final = results.finals("nf-ok")[0]
+            assert (final["status"], final["not_found"]) == ("flat", [ghost])
+            assert ex.open_ids("mm-2") == {seeded[1]}

@@ -519,6 +519,16 @@ async def test_admin_sets_every_knob_and_state_shows_them(served: Served) -> Non
         assert (await served.client.http.get("/coin/internal/v1/public/time")).status_code == 200
 
 
+async def test_admin_throttle_window_takes_retry_after_none_as_documented(served: Served) -> None:
+    async with httpx.AsyncClient(base_url=served.server.base_url + "/_admin") as admin:
+        spec = {"after_requests": 0, "duration_s": 30, "retry_after": "none"}
+        answer = await admin.put("/exchange", json={"throttle_window": spec})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["throttle_window"]["retry_after"] is None
+        assert served.sim.throttle_window is not None
+        assert served.sim.throttle_window["retry_after"] is None
+
+
 # ------------------------------------------------------------------------ admin
 
 

@@ -197,10 +197,13 @@ async def test_a_short_deadline_ends_residual_with_an_honest_count(env: Env) -> 
     assert result.status is SweepStatus.RESIDUAL, result.reason
     assert still_open, "the deadline was meant to be too short"
     # Honest: residual_open is never fewer than the exchange still has open on the pairs
-    # the sweep listed to the end, and every pair it did not is named in the reason.
-    # No order is claimed cancelled (sent / already closed) that the exchange still has.
+    # the sweep listed to the end, and every pair it did not is named (unlisted_pairs,
+    # and the reason). No order is claimed cancelled (sent / already closed) that the
+    # exchange still has.
     reason = result.reason or ""
-    unlisted = {s for s in IN_SCOPE if s in reason}
+    unlisted = set(result.unlisted_pairs)
+    assert unlisted <= set(IN_SCOPE)
+    assert all(s in reason for s in result.unlisted_pairs[:10])
     counted = {i for s in set(IN_SCOPE) - unlisted for i in env.sim.open_order_ids(env.api_key, s)}
     assert result.residual_open >= len(counted), reason
     assert result.residual_open <= len(seeded)
@@ -216,4 +219,8 @@ async def test_a_short_deadline_ends_residual_with_an_honest_count(env: Env) -> 
         "killswitch_residual_open_orders", {"account": ACCOUNT}
     )
     assert residual_metric == result.residual_open
+    unlisted_metric = registry.get_sample_value(
+        "killswitch_residual_unlisted_pairs", {"account": ACCOUNT}
+    )
+    assert unlisted_metric == len(unlisted)
     assert probe.overlaps == []

@@ -147,7 +147,8 @@ def daemon_config(
             "strategy": "per_order",
             "default_deadline_s": 20.0,
             "progress_interval_s": 0.5,
-            "latch_sweep_interval_s": 0.2,
+            # A halted account's guard lists at this share of 500/s: 25 listings/s.
+            "latch_budget_share": 0.05,
             "shutdown_grace_s": 5.0,
             "page_size": SWEEP_PAGE_SIZE,
             **(engine or {}),

@@ -544,3 +544,19 @@ def test_final_result_log_fields() -> None:
     assert fields["source"] == "var-monitor"
     assert fields["trigger_reason"] == "limit"
     assert fields["seconds"] == 1.002
+
+
+def test_final_results_name_the_pairs_never_listed_to_the_end() -> None:
+    residual = sweep_result(
+        status=SweepStatus.RESIDUAL, residual_open=0, unlisted_pairs=["BTC_IDR", "ETH_USDT"]
+    )
+    out = result_to_json(residual)
+    assert out["unlisted_pairs"] == ["BTC_IDR", "ETH_USDT"]
+    assert out["residual_open"] == 0  # still an int: what the complete listings showed
+    assert result_to_json(sweep_result())["unlisted_pairs"] == []  # every pair listed
+    # Progress results leave it out: a pair not listed yet is not "never listed".
+    progress = result_to_json(sweep_result(final=False, status=SweepStatus.RUNNING))
+    assert "unlisted_pairs" not in progress
+    from killswitch.intake.consumer import final_result_fields
+
+    assert final_result_fields(residual)["unlisted_pairs"] == ["BTC_IDR", "ETH_USDT"]

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from killswitch.config import AccountSettings
 from killswitch.core.outcomes import Outcome, RejectReason
-from killswitch.exchange.client import PATH_TIME, ExchangeClient
+from killswitch.exchange.client import PATH_TIME, ExchangeClient, clock_hint
 from killswitch.exchange.errors import (
     AuthError,
     ExchangeError,
@@ -84,7 +84,9 @@ class Recorder:
     def first_cancel(self, seconds: float) -> None: ...
     def flat(self, seconds: float) -> None: ...
     def halted(self, account: str, halted: bool) -> None: ...
-    def residual(self, account: str, count: int) -> None: ...
+    def residual(self, account: str, count: int, unlisted_pairs: int) -> None: ...
+
+    def latch_reaction(self, account: str, seconds: float | None) -> None: ...
 
 
 def reply(status: int, body: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -562,24 +564,124 @@ async def test_a_redirect_on_a_listing_raises_redirected_naming_the_location(
     assert info.value.location == elsewhere
     assert info.value.status == 307
     assert isinstance(info.value, RequestRejected)
-    assert f"307 redirect to {elsewhere}: check base_url" in str(info.value)
+    assert f"307 redirect to {elsewhere} on open_orders: check base_url" in str(info.value)
 
 
 async def test_a_redirect_on_a_cancel_is_rejected_with_the_location(
     tmp_path: Path, fake: FakeTime
 ) -> None:
     script = Script(fake, [reply(308, headers={"Location": "http://other/x"})])
-    async with make_client(tmp_path, fake, script) as client:
+    recorder = RedirectRecorder()
+    async with make_client(tmp_path, fake, script, recorder) as client:
         result = await client.cancel_order(7, "BTC_USDT")
         batch = await client.cancel_all("BTC_USDT")
+        several = await client.cancel_batch("BTC_USDT", [7, 8])
     assert (result.outcome, result.reason, result.status) == (
         Outcome.REJECTED,
         RejectReason.REDIRECT,
         308,
     )
-    assert result.error == "exchange answered 308 redirect to http://other/x: check base_url"
-    assert (batch.outcome, batch.reason) == (Outcome.REJECTED, RejectReason.REDIRECT)
-    assert len(script.seen) == 2
+    assert (
+        result.error == "exchange answered 308 redirect to http://other/x on cancel: check base_url"
+    )
+    assert (batch.outcome, batch.reason, batch.status) == (
+        Outcome.REJECTED,
+        RejectReason.REDIRECT,
+        308,
+    )
+    assert batch.error == (
+        "exchange answered 308 redirect to http://other/x on cancel_all: check base_url"
+    )
+    assert several.error == (
+        "exchange answered 308 redirect to http://other/x on cancel_batch: check base_url"
+    )
+    assert len(script.seen) == 3
+    # every 3xx reaches an observer that wants it, with its endpoint and Location
+    assert recorder.redirects == [
+        ("cancel", 308, "http://other/x"),
+        ("cancel_all", 308, "http://other/x"),
+        ("cancel_batch", 308, "http://other/x"),
+    ]
+
+
+class RedirectRecorder(Recorder):
+    """A Recorder that also wants every redirect (as readiness does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.redirects: list[tuple[str, int, str]] = []
+
+    def redirected(self, account: str, endpoint: str, status: int, location: str) -> None:
+        self.redirects.append((endpoint, status, location))
+
+
+async def test_a_redirect_on_server_time_reaches_the_observer(
+    tmp_path: Path, fake: FakeTime
+) -> None:
+    def moved(request: httpx.Request) -> httpx.Response:
+        return reply(302, headers={"Location": "https://elsewhere.example/t"})
+
+    recorder = RedirectRecorder()
+    async with make_client(tmp_path, fake, moved, recorder) as client:  # type: ignore[arg-type]
+        with pytest.raises(Redirected) as info:
+            await client.sync_clock()
+    assert recorder.redirects == [("time", 302, "https://elsewhere.example/t")]
+    assert "on time: check base_url" in str(info.value)
+
+
+# -- an authentication refusal says when the clock may be its cause -----------------------------
+
+
+def test_clock_hint_says_nothing_while_the_clock_sync_works() -> None:
+    assert clock_hint("open_orders", synced=True, sync_error=None) == ""
+    assert clock_hint("open_orders", synced=False, sync_error=None) == ""
+
+
+def test_clock_hint_names_why_the_offset_is_unknown_or_old() -> None:
+    unknown = clock_hint("open_orders", synced=False, sync_error="server time answered HTTP 503")
+    assert unknown.startswith(
+        "; the clock offset could not be measured: server time answered HTTP 503; "
+    )
+    old = clock_hint("cancel", synced=True, sync_error="server time: timeout")
+    assert "the last clock sync failed (server time: timeout)" in old
+    own = clock_hint("time", synced=True, sync_error=None)
+    assert "the clock offset could not be measured: server time refused it too" in own
+
+
+async def test_an_auth_refusal_with_the_clock_unmeasured_says_so(
+    tmp_path: Path, fake: FakeTime
+) -> None:
+    """Public endpoints signed and a clock outside the exchange's window: everything
+    signed is refused, the time endpoint too, and the refusal says the clock is suspect."""
+
+    class SkewedSignedPublic(Script):
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            self.seen.append(request)
+            return reply(401, {"error": "invalid_client"})
+
+    script = SkewedSignedPublic(fake, [])
+    async with make_client(tmp_path, fake, script, max_attempts=1) as client:
+        with pytest.raises(AuthError) as listing:
+            async for _ in client.open_orders("BTC_USDT"):
+                pass
+        with pytest.raises(AuthError) as clock:
+            await client.sync_clock()
+    assert (
+        "authentication refused (HTTP 401 invalid_client); the clock offset could not be "
+        "measured: server time refused the signed request too (HTTP 401)" in str(listing.value)
+    )
+    assert "the clock offset could not be measured: server time refused it too" in str(clock.value)
+
+
+async def test_an_auth_refusal_with_a_measured_clock_has_no_hint(
+    tmp_path: Path, fake: FakeTime
+) -> None:
+    script = Script(fake, [reply(401, {"error": "invalid_client"})])
+    async with make_client(tmp_path, fake, script) as client:
+        with pytest.raises(AuthError) as info:
+            async for _ in client.open_orders("BTC_USDT"):
+                pass
+    assert str(info.value).endswith("authentication refused (HTTP 401 invalid_client)")
 
 
 # -- a request cancelled in flight is still counted --------------------------------------------

@@ -64,3 +64,25 @@ def test_example_toml_is_valid_with_its_keys_present(tmp_path: Path) -> None:
         account["private_key_file"] = str(key)
     settings = config.Settings(**data)
     assert [a.id for a in settings.accounts] == ["mm-1", "mm-2", "arb-1"]
+    assert settings.engine.latch_budget_share == 0.5
+    assert settings.engine.latch_sweep_interval_s is None  # deprecated: commented out
+
+
+def test_a_file_with_the_deprecated_latch_interval_still_loads(tmp_path: Path) -> None:
+    # Files written before latch_budget_share keep loading; the value is kept (the
+    # engine logs that it is ignored) and the new setting takes its default.
+    data = tomllib.loads(TOML)
+    key = tmp_path / "k.pem"
+    key.write_bytes(private_key_pem(generate_private_key()))
+    for account in data["accounts"]:
+        account["private_key_file"] = str(key)
+    data["engine"]["latch_sweep_interval_s"] = 5.0
+    settings = config.Settings(**data)
+    assert settings.engine.latch_sweep_interval_s == 5.0
+    assert settings.engine.latch_budget_share == 0.5
+
+
+@pytest.mark.parametrize("share", [0, -0.5, 1.5])
+def test_latch_budget_share_must_be_a_share(share: float) -> None:
+    with pytest.raises(ValueError, match="latch_budget_share"):
+        config.EngineSettings(latch_budget_share=share)

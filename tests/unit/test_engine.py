@@ -168,7 +168,6 @@ def settings(**kw: Any) -> EngineSettings:
     # (auto is tested by name and by test_engine_auto.py).
     base: dict[str, Any] = {
         "progress_interval_s": 0.01,
-        "latch_sweep_interval_s": 0.02,
         "strategy": "per_order",
     }
     base.update(kw)
@@ -216,6 +215,7 @@ class Recorder(NullObserver):
         self.first_cancels: list[float] = []
         self.flats: list[float] = []
         self.halts: list[bool] = []
+        self.residuals: list[tuple[int, int]] = []
 
     def cancel_outcome(self, account: str, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
@@ -228,6 +228,9 @@ class Recorder(NullObserver):
 
     def halted(self, account: str, halted: bool) -> None:
         self.halts.append(halted)
+
+    def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
+        self.residuals.append((count, unlisted_pairs))
 
 
 def assert_accounted(result: SweepResult) -> None:
@@ -460,12 +463,28 @@ async def test_a_pair_never_listed_is_named_in_a_residual_result() -> None:
     ex.place("BTC_USDT")
     ex.place("ETH_USDT")
     flaky_listing(ex, {"ETH_USDT": 100})
-    engine = Engine({ACCOUNT: ex}, settings(max_passes=2))
+    observer = Recorder()
+    engine = Engine({ACCOUNT: ex}, settings(max_passes=2), observer)
     result = await run(engine, request(symbols={"BTC_USDT", "ETH_USDT"}))
     assert result.status is SweepStatus.RESIDUAL
     assert result.reason is not None
     assert "never listed to the end: ETH_USDT" in result.reason
     assert ex.open_count() == 1  # the ETH order: the result does not claim it
+    # residual_open reads 0 (nothing open where it looked): the pair makes it unknown.
+    assert (result.residual_open, result.unlisted_pairs) == (0, ["ETH_USDT"])
+    assert observer.residuals == [(0, 1)]
+
+
+async def test_a_flat_sweep_reports_no_pair_unlisted() -> None:
+    ex = FakeExchange()
+    ex.place("BTC_USDT")
+    flaky_listing(ex, {"BTC_USDT": 1})  # given up once, listed by the next pass
+    observer = Recorder()
+    engine = Engine({ACCOUNT: ex}, settings(), observer)
+    result = await run(engine, request())
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert result.unlisted_pairs == []
+    assert observer.residuals == [(0, 0)]
 
 
 async def test_a_pair_the_exchange_refuses_to_list_is_never_flat() -> None:
@@ -479,6 +498,7 @@ async def test_a_pair_the_exchange_refuses_to_list_is_never_flat() -> None:
     assert result.status is SweepStatus.RESIDUAL
     assert result.reason is not None
     assert "never listed to the end: NOPE_USDT" in result.reason
+    assert result.unlisted_pairs == ["NOPE_USDT"]
     assert ex.open_count() == 0
 
 
@@ -755,7 +775,8 @@ async def test_memory_is_bounded_by_pages_not_by_orders() -> None:
     symbols = ["A_USDT", "B_USDT", "C_USDT", "D_USDT"]
     ex = LazyBook(10_000, symbols)
     engine = Engine({ACCOUNT: ex}, settings(page_size=100))
-    result = await run(engine, request())
+    # What is measured is memory, not speed: a deadline a loaded machine cannot miss.
+    result = await run(engine, request(deadline_s=90.0))
     assert result.status is SweepStatus.FLAT
     assert result.counts.sent == 40_000
     assert _Live.peak <= 2 * len(symbols) * 100

@@ -8,6 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from killswitch.core.outcomes import Outcome
+from killswitch.core.ports import NullObserver
 from killswitch.health import Answer, Readiness, ReadinessObserver, ReadyReport, classify_answer
 from killswitch.metrics import Metrics
 
@@ -200,7 +201,7 @@ def test_readiness_observer_feeds_readiness_and_forwards() -> None:
     observer.first_cancel(0.1)
     observer.flat(0.2)
     observer.halted("mm-1", True)
-    observer.residual("mm-1", 2)
+    observer.residual("mm-1", 2, 1)
     assert readiness.evaluate(6.0).ready
     get = registry.get_sample_value
     assert (
@@ -248,16 +249,65 @@ def test_a_public_answer_does_not_clear_a_refused_key() -> None:
     assert report == ReadyReport(False, ("mm-1: auth rejected",))
 
 
-def test_a_redirect_is_a_configuration_problem_until_a_signed_call_answers() -> None:
+def test_a_redirect_is_a_configuration_problem_until_that_endpoint_answers() -> None:
     report = ready_with(("mm-1", "200", 10, "time"), ("mm-1", "307", 11, "open_orders"))
-    assert report == ReadyReport(False, ("mm-1: exchange answered 307 redirect: check base_url",))
+    assert report == ReadyReport(
+        False, ("mm-1: exchange answered 307 redirect on open_orders: check base_url",)
+    )
     r = Readiness.for_accounts(["mm-1"], STALE)
     r.set_consuming(True)
-    r.redirected("mm-1", "exchange answered 307 redirect to http://x/y: check base_url")
-    r.record_exchange("mm-1", "307", 12, "cancel")  # the probe's Location stays
-    r.record_exchange("mm-1", "200", 12, "time")  # public: proves nothing about the URL
-    assert r.evaluate(20.0).reasons == (
-        "mm-1: exchange answered 307 redirect to http://x/y: check base_url",
-    )
+    problem = "exchange answered 308 redirect to http://x/y on cancel_all: check base_url"
+    r.redirected("mm-1", problem, "cancel_all")
+    r.record_exchange("mm-1", "308", 12, "cancel_all")  # the reported Location stays
+    r.record_exchange("mm-1", "200", 12, "time")
+    # a signed read answering (the probe) says nothing about the cancel-all endpoint
     r.record_exchange("mm-1", "200", 13, "open_orders")
+    assert r.evaluate(20.0).reasons == (f"mm-1: {problem}",)
+    r.redirected("mm-1", "exchange answered 302 redirect to /t on time: check base_url", "time")
+    assert r.evaluate(20.0).reasons == (
+        f"mm-1: {problem}; exchange answered 302 redirect to /t on time: check base_url",
+    )
+    r.record_exchange("mm-1", "200", 14, "cancel_all")
+    r.record_exchange("mm-1", "200", 14, "time")
+    assert r.evaluate(20.0).ready
+
+
+def test_readiness_observer_names_the_location_of_every_redirect() -> None:
+    r = Readiness.for_accounts(["mm-1"], STALE)
+    r.set_consuming(True)
+    observer = ReadinessObserver(NullObserver(), r, clock=lambda: 10.0)
+    observer.request_done("mm-1", "open_orders", "200", 0.01)
+    observer.request_done("mm-1", "cancel", "307", 0.01)
+    observer.redirected("mm-1", "cancel", 307, "https://elsewhere.invalid/v1")
+    assert r.evaluate(11.0).reasons == (
+        "mm-1: exchange answered 307 redirect to https://elsewhere.invalid/v1 on cancel: "
+        "check base_url",
+    )
+
+
+def test_an_auth_refusal_keeps_the_clients_description() -> None:
+    r = Readiness.for_accounts(["mm-1"], STALE)
+    r.set_consuming(True)
+    r.exchange_ok("mm-1", 10.0)
+    why = "the clock offset could not be measured: x"
+    r.auth_rejected("mm-1", why)
+    r.record_exchange("mm-1", "401", 11, "open_orders")  # no description: the old one stays
+    assert r.evaluate(12.0).reasons == (f"mm-1: auth rejected; {why}",)
+    r.record_exchange("mm-1", "200", 13, "open_orders")
+    assert r.evaluate(14.0).ready
+
+
+def test_an_account_without_any_pair_list_is_not_ready_until_it_has_one() -> None:
+    r = Readiness.for_accounts(["mm-1", "mm-2"], STALE)
+    r.set_consuming(True)
+    for account in ("mm-1", "mm-2"):
+        r.record_exchange(account, "200", 10, "time")
+        r.record_exchange(account, "200", 10, "open_orders")
+    why = "no pair list: exchange-info failed (HTTP 503) and account has no `symbols` setting"
+    r.pair_list("mm-2", why)
+    r.pair_list("mm-1", None)  # a list from some source (configured ones count)
+    assert r.evaluate(20.0) == ReadyReport(False, (f"mm-2: {why}",))
+    r.record_exchange("mm-2", "200", 12, "open_orders")  # answers do not give it a list
+    assert not r.evaluate(20.0).ready
+    r.pair_list("mm-2", None)
     assert r.evaluate(20.0).ready

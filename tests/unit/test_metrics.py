@@ -36,6 +36,7 @@ CONTRACT = {
     "killswitch_inflight_cancels": ("gauge", {"account"}),
     "killswitch_account_halted": ("gauge", {"account"}),
     "killswitch_residual_open_orders": ("gauge", {"account"}),
+    "killswitch_residual_unlisted_pairs": ("gauge", {"account"}),
     "killswitch_ready": ("gauge", set()),
 }
 
@@ -59,7 +60,7 @@ def exercise(m: Metrics) -> None:
     m.first_cancel(0.01)
     m.flat(0.5)
     m.halted("mm-1", True)
-    m.residual("mm-1", 3)
+    m.residual("mm-1", 3, 1)
     m.alert_read("var-monitor", "processed")
     m.deadman_fired("mm-bot")
     m.dlq("invalid")
@@ -129,6 +130,7 @@ def test_exposition_parses_and_counters_end_in_total(
         ("killswitch_inflight_cancels", {"account": "mm-2"}, 0.0),
         ("killswitch_account_halted", {"account": "mm-2"}, 0.0),
         ("killswitch_residual_open_orders", {"account": "mm-1"}, 0.0),
+        ("killswitch_residual_unlisted_pairs", {"account": "mm-2"}, 0.0),
         ("killswitch_rate_limit_per_second", {"account": "mm-1"}, 50.0),
         ("killswitch_rate_limit_ceiling_per_second", {"account": "mm-1"}, 50.0),
         ("killswitch_ready", {}, 0.0),
@@ -196,8 +198,30 @@ def test_series_exist_before_anything_happens(
             {"account": "mm-2"},
             0.0,
         ),
-        ([("residual", ("mm-1", 4))], "killswitch_residual_open_orders", {"account": "mm-1"}, 4.0),
-        ([("residual", ("mm-1", -4))], "killswitch_residual_open_orders", {"account": "mm-1"}, 0.0),
+        (
+            [("residual", ("mm-1", 4, 0))],
+            "killswitch_residual_open_orders",
+            {"account": "mm-1"},
+            4.0,
+        ),
+        (
+            [("residual", ("mm-1", -4, 0))],
+            "killswitch_residual_open_orders",
+            {"account": "mm-1"},
+            0.0,
+        ),
+        (
+            [("residual", ("mm-1", 0, 3))],
+            "killswitch_residual_unlisted_pairs",
+            {"account": "mm-1"},
+            3.0,
+        ),
+        (
+            [("residual", ("mm-1", 0, 3)), ("residual", ("mm-1", 2, 0))],
+            "killswitch_residual_unlisted_pairs",
+            {"account": "mm-1"},
+            0.0,
+        ),
         ([("first_cancel", (0.002,))], "killswitch_alert_to_first_cancel_seconds_count", {}, 1.0),
         ([("flat", (1.5,))], "killswitch_time_to_flat_seconds_sum", {}, 1.5),
         ([("flat", (-1.0,))], "killswitch_time_to_flat_seconds_sum", {}, 0.0),

@@ -7,6 +7,7 @@ import pytest
 from killswitch.core.pairs import (
     PairList,
     check_pairs,
+    list_unchecked_reason,
     no_pair_list_reason,
     refusal_reason,
     suggest,
@@ -70,11 +71,20 @@ def test_reasons_for_missing_lists() -> None:
     assert no_pair_list_reason("HTTP 503") == (
         "no pair list: exchange-info failed (HTTP 503) and account has no `symbols` setting"
     )
-    assert unchecked_reason("x").startswith("pairs could not be checked (x)")
+    assert unchecked_reason("x").startswith(
+        "pairs could not be checked against the exchange's pair list (x); "
+    )
+
+
+def test_only_the_configured_list_proves_nothing() -> None:
+    assert list_unchecked_reason(EXCHANGE) is None
+    assert list_unchecked_reason(STALE) is None  # the exchange's own answer, kept
+    assert list_unchecked_reason(CONFIGURED) == unchecked_reason("exchange-info: HTTP 503")
 
 
 EXCHANGE = PairList(KNOWN, "exchange")
 STALE = PairList(frozenset({"BTC_USDT"}), "stale", "HTTP 503")
+CONFIGURED = PairList(frozenset({"BTC_USDT", "ETH_USDT"}), "configured", "HTTP 503")
 
 
 @pytest.mark.parametrize(
@@ -88,6 +98,12 @@ STALE = PairList(frozenset({"BTC_USDT"}), "stale", "HTTP 503")
         (["BTC_USDT"], {"a": EXCHANGE, "b": None}, None, ["b"]),
         (["NOPE_USDT"], {"a": None, "b": EXCHANGE}, "NOPE_USDT", None),  # refusal wins
         (["BTC_USDT"], {}, None, None),  # no account has a lister
+        (["XRP_USDT"], {"a": STALE}, "XRP_USDT", None),  # a stale list still refuses
+        # The configured list never refuses, and never proves anything.
+        (["BTC_USDT"], {"b": CONFIGURED}, None, ["b"]),
+        (["XRP_USDT"], {"b": CONFIGURED}, None, ["b"]),
+        (["btc_usdt"], {"b": CONFIGURED}, None, ["b"]),
+        (["XRP_USDT"], {"a": EXCHANGE, "b": CONFIGURED}, "XRP_USDT", None),
     ],
 )
 def test_check_pairs(

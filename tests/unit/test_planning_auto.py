@@ -78,7 +78,18 @@ def test_bulk_plan(strategy: str, refused: tuple[str, ...], expected: tuple[int,
 
 @pytest.mark.parametrize(
     ("status", "expected"),
-    [(404, True), (405, True), (400, False), (401, False), (409, False), (None, False)],
+    [
+        (404, True),
+        (405, True),
+        (301, True),  # a redirect is never followed: the same answer would come every time
+        (307, True),
+        (308, True),
+        (400, False),
+        (401, False),
+        (409, False),
+        (200, False),
+        (None, False),
+    ],
 )
 def test_endpoint_refused(status: int | None, expected: bool) -> None:
     assert endpoint_refused(status) is expected

@@ -285,6 +285,18 @@ def test_not_found_ids_are_read_leniently_and_shown_in_the_summary() -> None:
     assert lines[1] == "  a: 2 order id(s) never found open, not cancelled by this kill: 11, 12"
 
 
+def test_a_flat_result_with_a_reason_shows_it_as_a_note() -> None:
+    board = Board("op-1", ["a"])
+    note = (
+        "cancel-all refused (exchange answered 308 redirect to http://x/y on cancel_all: "
+        "check base_url): batch cancels"
+    )
+    board.apply_result(result("a", "flat", final=True, sent=3, reason=note))
+    lines = summary_lines(board, 1.0)
+    assert lines[0].startswith("kill op-1: flat on 1/1")
+    assert lines[1:] == [f"  a: note: {note}"]
+
+
 def test_a_refusal_says_why_in_the_summary() -> None:
     board = Board("op-1", ["a"])
     reason = "unknown pair(s): btc_usdt (did you mean BTC_USDT?)"
@@ -668,3 +680,77 @@ def test_group_checks_fail_without_a_member_and_report_the_lag() -> None:
     assert empty.detail == "no member: no daemon is consuming alerts (Empty)"
     (unreadable,) = group_checks("killswitch", "not readable (ValueError)")
     assert not unreadable.ok
+
+
+# ----------------------------------------------------- pairs never listed to the end
+
+
+def test_a_result_with_unlisted_pairs_says_still_open_is_unknown() -> None:
+    board = Board("op-1", ["arb-1"])
+    record = result(
+        "arb-1",
+        "residual",
+        final=True,
+        sent=0,
+        residual=0,
+        reason=(
+            "deadline reached; never listed to the end: BTC_IDR, ETH_USDT "
+            "(open orders there are not in residual_open)"
+        ),
+        unlisted_pairs=["BTC_IDR", "ETH_USDT", 7],
+    )
+    assert board.apply_result(record)
+    row = board.rows["arb-1"]
+    assert row.unlisted_pairs == ("BTC_IDR", "ETH_USDT")  # anything else left out
+    assert fraction_done(row) is None  # not 100 %: what is left is not known
+    line = progress_line(row, bar_width=4, name_width=1)
+    assert line.startswith("arb-1  [....]   ?   sent 0")
+    assert "open ?" in line
+    assert "0 still open" not in line
+    assert line.endswith(
+        "NOT OK: residual: still open: unknown (2 pair(s) never listed to the end: "
+        "BTC_IDR, ETH_USDT) (deadline reached) in 2.50s"
+    )
+    summary = summary_lines(board, 3.0)
+    assert summary[0].startswith("kill FAILED op-1: flat on 0/1")
+    assert "still open: unknown (2 pair(s) never listed to the end" in summary[1]
+    assert board.exit_code() == EXIT_NOT_DONE
+
+
+def test_unlisted_pairs_with_orders_counted_elsewhere_show_both() -> None:
+    row = AccountProgress(
+        "a",
+        "residual",
+        final=True,
+        sent=4,
+        residual_open=3,
+        unlisted_pairs=tuple(f"P{i:02d}_USDT" for i in range(12)),
+    )
+    line = progress_line(row, bar_width=4, name_width=1)
+    assert "[....]" in line
+    assert (
+        "still open: unknown (12 pair(s) never listed to the end: P00_USDT, P01_USDT, "
+        "P02_USDT, P03_USDT, P04_USDT, P05_USDT, P06_USDT, P07_USDT, P08_USDT, P09_USDT "
+        "...; 3 in the pairs listed)"
+    ) in line
+
+
+def test_a_failed_sweep_that_listed_nothing_does_not_claim_a_count() -> None:
+    row = AccountProgress(
+        "a", "failed", final=True, reason="authentication refused", unlisted_pairs=("BTC_USDT",)
+    )
+    line = progress_line(row, bar_width=4, name_width=1)
+    assert "open ?" in line
+    assert line.endswith(
+        "NOT OK: failed; still open: unknown (1 pair(s) never listed to the end: BTC_USDT) "
+        "(authentication refused)"
+    )
+
+
+def test_older_records_without_unlisted_pairs_read_as_before() -> None:
+    board = Board("op-1", ["mm-1"])
+    board.apply_result(result(status="residual", final=True, sent=6, residual=2))
+    row = board.rows["mm-1"]
+    assert row.unlisted_pairs == ()
+    assert fraction_done(row) == 0.75
+    assert "residual: 2 still open" in progress_line(row)

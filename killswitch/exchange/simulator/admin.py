@@ -259,8 +259,12 @@ def _apply_throttle_window(sim: Simulator, spec: Any) -> None:
         sim.clear_throttle_window()
         return
     spec = _fields(spec, "throttle_window", {"after_requests", "duration_s", "retry_after"})
+    retry_after = spec.get("retry_after", "seconds")
+    # "none" (as on the command line) and JSON null both mean: no Retry-After header.
     sim.set_throttle_window(
-        spec.get("after_requests", 0), spec.get("duration_s"), spec.get("retry_after", "seconds")
+        spec.get("after_requests", 0),
+        spec.get("duration_s"),
+        None if retry_after == "none" else retry_after,
     )
 
 
