@@ -452,6 +452,7 @@ def _broker_loss_guard(
         publish_state=publisher.state,
         progress=publisher.progress_sink(None),
         deadline_s=settings.engine.default_deadline_s,
+        daemon=(publisher.daemon or "").rpartition("-")[2],
     )
 
 

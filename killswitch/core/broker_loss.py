@@ -35,9 +35,12 @@ SOURCE = "broker-loss"
 """The ``source`` of every kill made by this policy (results, halt state ``by``)."""
 
 
-def broker_loss_alert_id(account: str, at: datetime) -> str:
-    """``broker-loss-<account>-<UTC stamp to the second>``: one per account and outage."""
-    return f"{SOURCE}-{account}-{at.strftime('%Y%m%dT%H%M%SZ')}"
+def broker_loss_alert_id(account: str, at: datetime, daemon: str = "") -> str:
+    """``broker-loss-<account>-<UTC stamp to the second>[-<daemon>]``: one per account
+    and outage; ``daemon`` (a short id of the daemon instance) keeps two daemons that
+    lose the broker in the same second from writing results under one alert id."""
+    stamp = f"{SOURCE}-{account}-{at.strftime('%Y%m%dT%H%M%SZ')}"
+    return f"{stamp}-{daemon}" if daemon else stamp
 
 
 def broker_loss_reason(after_s: float, link_reason: str) -> str:

@@ -6,8 +6,8 @@ set is killed and latched by the daemon once it has been without its broker that
 reports the link's changes through :meth:`BrokerLossGuard.link_changed`).
 
 The kill goes to the engine like any alert's (alert id
-``broker-loss-<account>-<UTC stamp>``, source ``broker-loss``, ``latch`` on, every pair
-and side). Its final result is logged at once (the same ``final result`` line the intake
+``broker-loss-<account>-<UTC stamp>-<daemon>``, source ``broker-loss``, ``latch`` on,
+every pair and side). Its final result is logged at once (the same ``final result`` line the intake
 writes) and published when the broker answers again; meanwhile it is held in memory,
 bounded (:class:`~killswitch.core.broker_loss.HeldOutputs`). The guard is also the
 engine's halt-state sink: while the link is down (or a publish fails) the state is held
@@ -54,7 +54,8 @@ class BrokerLossGuard:
     ``after_s``: the opted-in accounts and their thresholds. ``start`` submits a kill
     to the engine. ``publish_result`` and ``publish_state`` write to Kafka (waiting for
     the acknowledgement); ``progress`` receives progress results while the link is up
-    (dropped while it is down). ``up`` is the link's state when the guard is made.
+    (dropped while it is down). ``daemon`` (a short id of this daemon instance) ends
+    the alert ids. ``up`` is the link's state when the guard is made.
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class BrokerLossGuard:
         publish_state: StateSink,
         progress: ResultSink,
         deadline_s: float,
+        daemon: str = "",
         up: bool = True,
         max_held: int = 1_000,
         clock: Callable[[], float] = time.monotonic,
@@ -79,6 +81,7 @@ class BrokerLossGuard:
         self._publish_state = publish_state
         self._progress = progress
         self._deadline_s = deadline_s
+        self._daemon = daemon
         self._clock = clock
         self._wall = wall
         self._up = up
@@ -184,7 +187,7 @@ class BrokerLossGuard:
         after = self.after_s[account]
         now = self._wall()
         request = KillRequest(
-            alert_id=broker_loss_alert_id(account, now),
+            alert_id=broker_loss_alert_id(account, now, self._daemon),
             account=account,
             scope=Scope(),
             received_at=now,

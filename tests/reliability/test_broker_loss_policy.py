@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ async def test_opted_in_account_is_killed_and_latched_when_the_broker_is_lost(
 
             await wait_for(lambda: bool(mm1_final()), timeout=60)
         final = mm1_final()[0]
+        assert re.fullmatch(r"broker-loss-mm-1-\d{8}T\d{6}Z-[0-9a-f]{8}", final["alert_id"])
         assert final["status"] == "flat"
         assert final["source"] == "broker-loss"
         assert "on_broker_loss_after_s" in final["trigger_reason"]

@@ -93,6 +93,9 @@ def test_accounts_not_opted_in_are_never_due() -> None:
 
 def test_alert_id_names_the_account_and_the_utc_second() -> None:
     assert broker_loss_alert_id("mm-1", T0) == "broker-loss-mm-1-20261129T190507Z"
+    assert broker_loss_alert_id("mm-1", T0, "1a2b3c4d") == (
+        "broker-loss-mm-1-20261129T190507Z-1a2b3c4d"
+    )
     assert SOURCE == "broker-loss"
     reason = broker_loss_reason(5.0, "kafka unreachable at 127.0.0.1:9092")
     assert reason == (
