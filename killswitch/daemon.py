@@ -7,7 +7,11 @@ producer (results, state, dead letters); one exchange client per account; the
 engine; halted accounts restored from the state topic; the dedup window rebuilt
 from recent results; then the alert consumer, the dead-man watcher, the state follower, the loop lag
 probe and the Kafka watch (readiness and ``killswitch_kafka_up`` follow the broker)
-run until SIGTERM/SIGINT (or ``stop_event`` in tests).
+run until SIGTERM/SIGINT (or ``stop_event`` in tests). When an account sets
+``on_broker_loss_after_s``, the broker-loss guard
+(:mod:`killswitch.intake.broker_loss`) hears the watch's changes of state, kills and
+latches those accounts after that long without the broker, and is the engine's
+halt-state sink (held while the broker is away, published when it answers).
 
 Latch guards follow the alert consumer's assignment: every daemon knows every
 halt, but only the one assigned an account's alerts partition re-sweeps it
