@@ -201,6 +201,12 @@ class AccountSettings(_Section):
     # (public/exchange-info) cannot be had: scopes are checked against it and a
     # whole-account kill lists these. None: no fallback.
     symbols: list[str] | None = Field(None, description="fallback pair list")
+    # Cancel on disconnect (opt-in): alerts cannot reach a daemon that lost its broker,
+    # so after this many seconds without it the daemon kills and latches the account on
+    # its own. A flapping broker or a partition flattens the account; see the README.
+    on_broker_loss_after_s: float | None = Field(
+        None, gt=0, le=86_400, description="kill and latch after this long without Kafka"
+    )
 
     @field_validator("symbols")
     @classmethod

@@ -7,7 +7,11 @@ producer (results, state, dead letters); one exchange client per account; the
 engine; halted accounts restored from the state topic; the dedup window rebuilt
 from recent results; then the alert consumer, the dead-man watcher, the state follower, the loop lag
 probe and the Kafka watch (readiness and ``killswitch_kafka_up`` follow the broker)
-run until SIGTERM/SIGINT (or ``stop_event`` in tests).
+run until SIGTERM/SIGINT (or ``stop_event`` in tests). When an account sets
+``on_broker_loss_after_s``, the broker-loss guard
+(:mod:`killswitch.intake.broker_loss`) hears the watch's changes of state, kills and
+latches those accounts after that long without the broker, and is the engine's
+halt-state sink (held while the broker is away, published when it answers).
 
 Latch guards follow the alert consumer's assignment: every daemon knows every
 halt, but only the one assigned an account's alerts partition re-sweeps it
@@ -51,13 +55,14 @@ from killswitch.exchange.client import ExchangeClient, ExchangeClients
 from killswitch.exchange.errors import ExchangeError
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.health import HealthServerError
+from killswitch.intake.broker_loss import BrokerLossGuard, KillStart
 from killswitch.intake.consumer import Intake, IntakeConfig
 from killswitch.intake.kafka import ensure_topics, make_producer
 from killswitch.intake.lag import watch_loop_lag
 from killswitch.intake.outputs import Publisher
 from killswitch.intake.ownership import Ownership
 from killswitch.intake.readers import HaltStateReader, ResultsIndex
-from killswitch.intake.watch import KafkaWatch
+from killswitch.intake.watch import KafkaWatch, OnChange
 from killswitch.logs import configure_logging, default_masker, register_settings_secrets
 from killswitch.tasks import cancel_and_wait
 from killswitch.triggers import TriggerKeyError, TriggerVerifier
@@ -181,6 +186,7 @@ class Daemon:
     observability: Observability
     ownership: Ownership  # which halted accounts this daemon guards
     kafka_watch: KafkaWatch | None = None  # whether the broker answers
+    broker_loss: BrokerLossGuard | None = None  # None: no account opted in
 
 
 async def async_run(
@@ -274,20 +280,15 @@ async def _start(
         raise ConfigError(str(exc)) from None
     stack.push_async_callback(clients.close)
 
-    watch = _kafka_watch(settings, obs, stack)
+    # Who hears of the link's changes: readiness now, the broker-loss guard once made.
+    watch = _kafka_watch(settings, link_listeners := [obs.set_kafka], stack)
     if not await watch.wait_until_up(lambda: ensure_topics(kafka), stop):
         return None
     producer = make_producer(kafka)
     await producer.start()
     stack.push_async_callback(lambda: _within(_kafka_stop_s(watch), producer.stop()))
     publisher = Publisher(producer, topics, daemon=instance)
-    engine = Engine(
-        clients,
-        settings.engine,
-        obs.observer,
-        publisher.state,
-        concurrency={a.id: a.max_concurrency for a in settings.accounts},
-    )
+    engine, loss = _engine(settings, clients, obs, publisher, link_listeners)
     # Set before any halt is restored: nothing is guarded until the first assignment.
     ownership = Ownership(topics.alerts)
     engine.set_guard_filter(ownership.owns)
@@ -351,6 +352,9 @@ async def _start(
     }
     if watcher is not None:
         tasks["deadman"] = asyncio.create_task(watcher.run(stop), name="deadman")
+    if loss is not None:
+        # Until the engine has stopped: kills finishing in the grace period are held too.
+        tasks["broker-loss"] = asyncio.create_task(loss.run(background), name="broker-loss")
     tasks["kafka"] = asyncio.create_task(
         # Ends when the stop begins: the consumer it probes is closed during the stop.
         watch.run(intake.consumer.topics, stop),
@@ -373,6 +377,7 @@ async def _start(
         obs,
         ownership,
         watch,
+        loss,
     )
     return daemon, tasks
 
@@ -392,15 +397,67 @@ async def _start_listener(obs: Observability, stack: contextlib.AsyncExitStack) 
 
 
 def _kafka_watch(
-    settings: Settings, obs: Observability, stack: contextlib.AsyncExitStack
+    settings: Settings, listeners: list[OnChange], stack: contextlib.AsyncExitStack
 ) -> KafkaWatch:
-    """The broker watch, its log filter on from now on. After the broker comes back,
-    missing topics are created again: a broker that lost its storage returns empty."""
+    """The broker watch, its log filter on from now on; every change of the link goes to
+    each of ``listeners`` (the list may grow). After the broker comes back, missing
+    topics are created again: a broker that lost its storage returns empty."""
     kafka = settings.kafka
-    watch = KafkaWatch(kafka.bootstrap_servers, obs.set_kafka, on_up=lambda: ensure_topics(kafka))
+
+    def changed(up: bool, reason: str) -> None:
+        for listener in listeners:
+            listener(up, reason)
+
+    watch = KafkaWatch(kafka.bootstrap_servers, changed, on_up=lambda: ensure_topics(kafka))
     watch.attach_log_filter()
     stack.callback(watch.detach_log_filter)
     return watch
+
+
+def _engine(
+    settings: Settings,
+    clients: ExchangeClients,
+    obs: Observability,
+    publisher: Publisher,
+    link_listeners: list[OnChange],
+) -> tuple[Engine, BrokerLossGuard | None]:
+    """The engine, and the broker-loss guard when an account opted in: the guard submits
+    its kills to the engine, and the engine's halt states go through the guard (held
+    while the broker is away)."""
+    loss = _broker_loss_guard(settings, publisher, lambda r, p: engine.start(r, p))  # noqa: PLW0108 - late-bound
+    if loss is not None:
+        link_listeners.append(loss.link_changed)
+    engine = Engine(
+        clients,
+        settings.engine,
+        obs.observer,
+        publisher.state if loss is None else loss.state,
+        concurrency={a.id: a.max_concurrency for a in settings.accounts},
+    )
+    return engine, loss
+
+
+def _broker_loss_guard(
+    settings: Settings, publisher: Publisher, start: KillStart
+) -> BrokerLossGuard | None:
+    """The broker-loss policy for the accounts that opted in (None: none did)."""
+    after_s = {
+        a.id: a.on_broker_loss_after_s
+        for a in settings.accounts
+        if a.on_broker_loss_after_s is not None
+    }
+    if not after_s:
+        return None
+    log.info("broker-loss policy on", extra={"after_s": after_s})
+    return BrokerLossGuard(
+        after_s,
+        start,
+        publish_result=lambda result: publisher.result(result, None, wait=True),
+        publish_state=publisher.state,
+        progress=publisher.progress_sink(None),
+        deadline_s=settings.engine.default_deadline_s,
+        daemon=(publisher.daemon or "").rpartition("-")[2],
+    )
 
 
 async def _move_guards(intake: Intake, ownership: Ownership, engine: Engine) -> None:
