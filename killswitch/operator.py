@@ -32,7 +32,8 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -767,21 +768,19 @@ def _direct_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     assert prepared.alert is not None
     audit = Path(args.audit_file) if args.audit_file else settings.direct.audit_path()
-    # Whether Kafka answered is reported once, in the summary: not the Kafka client's
-    # connection errors on stderr while the kill runs.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     _announce_direct(sys.stdout, prepared)
     try:
-        run = asyncio.run(
-            run_direct(
-                settings,
-                prepared.alert,
-                out=sys.stdout,
-                tty=sys.stdout.isatty(),
-                audit_file=audit,
-                instance=f"{settings.kafka.client_id}-direct-{secrets.token_hex(4)}",
+        with _kafka_client_quiet():
+            run = asyncio.run(
+                run_direct(
+                    settings,
+                    prepared.alert,
+                    out=sys.stdout,
+                    tty=sys.stdout.isatty(),
+                    audit_file=audit,
+                    instance=f"{settings.kafka.client_id}-direct-{secrets.token_hex(4)}",
+                )
             )
-        )
     except KeyboardInterrupt:
         print(
             f"\nkillswitch: {prepared.alert_id} stopped before its end: orders may still be "
@@ -797,6 +796,33 @@ def _direct_command(args: argparse.Namespace) -> int:
     if args.out:
         _write_out(Path(args.out), document)
     return run.exit_code
+
+
+_quiet_lock = threading.Lock()
+_quiet_users = 0
+_quiet_saved = logging.NOTSET
+
+
+@contextlib.contextmanager
+def _kafka_client_quiet() -> Iterator[None]:
+    """Silence the Kafka client's own log while a direct kill runs: whether Kafka answered
+    is reported once, in the summary, not as connection errors on stderr. Counted, so
+    overlapping kills in one process (tests run several) restore the level only once
+    the last one ends."""
+    global _quiet_users, _quiet_saved  # noqa: PLW0603 - the logger level is process-wide too
+    kafka_log = logging.getLogger("aiokafka")
+    with _quiet_lock:
+        if _quiet_users == 0:
+            _quiet_saved = kafka_log.level
+            kafka_log.setLevel(logging.CRITICAL)
+        _quiet_users += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_users -= 1
+            if _quiet_users == 0:
+                kafka_log.setLevel(_quiet_saved)
 
 
 def _announce_direct(out: TextIO, prepared: Prepared) -> None:
