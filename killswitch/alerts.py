@@ -499,6 +499,7 @@ def result_to_json(
         "operator": result.operator,
         "source": result.source,
         "not_found": list(result.not_found),
+        "in_flight": [{"order_id": o.order_id, "symbol": o.symbol} for o in result.in_flight],
     }
     if origin is not None:
         out["origin"] = origin.to_json()
