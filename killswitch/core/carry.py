@@ -170,12 +170,15 @@ def carry_over(result: SweepResult, carried: CarriedOutcomes) -> SweepResult:
     )
     exact = carried.complete and len(result.orders) == result.counts.resolved
     n = carried.counts.resolved
-    note = (
-        f"includes {n} outcome(s) an earlier process published before it stopped"
-        if exact
-        else f"includes {n} outcome(s) an earlier process published before it stopped, "
-        "not all of them per order: an order both processes concluded may count twice"
-    )
+    note = f"includes {n} outcome(s) an earlier process published before it stopped"
+    known = {report.order_id for report in result.orders} | {
+        report.order_id for report in carried.orders
+    }
+    settled = sum(1 for o in carried.in_flight if o.order_id not in known)
+    if result.final and settled:
+        note += f" and {settled} cancel(s) it had in flight"
+    if not exact:
+        note += ", not all of them per order: an order both processes concluded may count twice"
     received = result.received_at
     if carried.received_at is not None and carried.received_at < received:
         received = carried.received_at

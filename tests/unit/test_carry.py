@@ -261,6 +261,8 @@ def test_a_cancel_in_flight_at_the_crash_counts_in_the_final_result(
     assert out.counts == tally(out.orders)
     assert out.counts.resolved == 3
     assert out.in_flight == []
+    assert out.reason is not None
+    assert "and 1 cancel(s) it had in flight" in out.reason
 
 
 def test_a_cancel_in_flight_the_replay_concluded_counts_once() -> None:
