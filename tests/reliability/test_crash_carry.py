@@ -13,11 +13,11 @@ running: in the first test with orders still open, in the second with none left.
 
 The daemon still has cancels in flight then, and the hold does not stop all of them
 from acting: a cancel the daemon began before that progress result but wrote only
-just before the kill (it waited for the client's rate limiter), not yet read by the
-simulator, is read after the faults are cleared and cancels its order, which the
-second daemon then never sees open. The third test makes that certain (held cancels
-take effect): the final result still counts those orders, from the cancels in flight
-the progress result lists.
+just before the kill (a request waits for the client's rate limiter and a busy event
+loop), not yet read by the simulator, is read after the faults are cleared and
+cancels its order, which the second daemon then never sees open. The third test
+makes that certain (held cancels take effect): the final result still counts those
+orders, from the cancels in flight the progress result lists.
 """
 
 from __future__ import annotations
