@@ -500,6 +500,7 @@ def result_to_json(
         "source": result.source,
         "not_found": list(result.not_found),
         "trigger_reason": result.trigger_reason,
+        "in_flight": [{"order_id": o.order_id, "symbol": o.symbol} for o in result.in_flight],
     }
     if result.pairs_in_scope is not None:
         out["pairs_listed"] = result.pairs_listed

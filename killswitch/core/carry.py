@@ -21,6 +21,12 @@ Merge rule (:func:`carry_over`), per order id, earlier process first:
   order in scope is open: an earlier ``failed`` the later process never concluded
   is ``sent``: a cancel was attempted and the order is gone, and an order absent from
   a complete final listing is never ``failed``.
+- A cancel the earlier process had in flight (``in_flight``: sent, not answered) may
+  have been applied by the exchange after that process stopped, and then the later
+  process never sees the order open. Unless the later process concluded it itself, a
+  final result counts it: ``sent`` when ``flat`` (gone after a cancel was attempted),
+  else ``failed`` (a cancel was attempted, its effect is unknown). A progress result
+  keeps listing it in flight, so a second crash still carries it.
 
 Reading (:func:`carried_from_json`): a progress record is another process's output,
 trusted only as far as it is consistent. The store (:class:`CarryStore`) keeps the
@@ -36,7 +42,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from killswitch.core.ledger import merge_outcome
-from killswitch.core.model import CarriedOutcomes, Counts, OrderReport, SweepResult, SweepStatus
+from killswitch.core.model import (
+    CarriedOutcomes,
+    Counts,
+    InFlight,
+    OrderReport,
+    SweepResult,
+    SweepStatus,
+)
 from killswitch.core.outcomes import Outcome, RejectReason
 
 # Most order entries one result record lists. A kill of 100,000 orders must still fit
@@ -78,13 +91,16 @@ def merge_outcomes(
     orders: Iterable[OrderReport],
     *,
     flat: bool = False,
+    final: bool = False,
 ) -> tuple[Counts, list[OrderReport]]:
     """Counts and per-order reports of both processes (earlier orders first).
 
     ``flat``: the later process's complete listing found nothing in scope open, so
     an order the earlier one reported ``failed`` and the later one never concluded
     is gone after a cancel was attempted: ``sent`` (an order absent from a complete
-    final listing is never ``failed``)."""
+    final listing is never ``failed``). ``final`` (implied by ``flat``): the earlier
+    process's cancels in flight that the later one never concluded are counted,
+    ``sent`` when ``flat``, else ``failed``."""
     merged: dict[int, OrderReport] = {o.order_id: o for o in carried.orders}
     total = _plus(carried.counts, counts)
     later_ids: set[int] = set()
@@ -101,7 +117,30 @@ def merge_outcomes(
         _bump(total, report.outcome, +1)
     if flat:
         _failed_but_gone(carried, merged, later_ids, total)
+    if final or flat:
+        _in_flight_at_stop(carried, merged, total, Outcome.SENT if flat else Outcome.FAILED)
     return total, list(merged.values())
+
+
+def _in_flight_at_stop(
+    carried: CarriedOutcomes, merged: dict[int, OrderReport], total: Counts, outcome: Outcome
+) -> None:
+    """The earlier process's unanswered cancels no process concluded: ``outcome`` each."""
+    for order in carried.in_flight:
+        if order.order_id in merged:
+            continue
+        merged[order.order_id] = OrderReport(order.order_id, order.symbol, outcome, 1)
+        _bump(total, outcome, +1)
+
+
+def still_in_flight(
+    carried: CarriedOutcomes, in_flight: Iterable[InFlight], orders: Iterable[OrderReport]
+) -> list[InFlight]:
+    """A progress result's cancels in flight: its own, then the earlier process's that
+    no process concluded (so a second crash still carries them)."""
+    out = list(in_flight)
+    seen = {o.order_id for o in out} | {o.order_id for o in orders}
+    return out + [o for o in carried.in_flight if o.order_id not in seen]
 
 
 def _failed_but_gone(
@@ -126,15 +165,20 @@ def _failed_but_gone(
 def carry_over(result: SweepResult, carried: CarriedOutcomes) -> SweepResult:
     """``result`` (this process's, final or progress) with an earlier process's outcomes."""
     flat = result.final and result.status is SweepStatus.FLAT
-    counts, orders = merge_outcomes(carried, result.counts, result.orders, flat=flat)
+    counts, orders = merge_outcomes(
+        carried, result.counts, result.orders, flat=flat, final=result.final
+    )
     exact = carried.complete and len(result.orders) == result.counts.resolved
     n = carried.counts.resolved
-    note = (
-        f"includes {n} outcome(s) an earlier process published before it stopped"
-        if exact
-        else f"includes {n} outcome(s) an earlier process published before it stopped, "
-        "not all of them per order: an order both processes concluded may count twice"
-    )
+    note = f"includes {n} outcome(s) an earlier process published before it stopped"
+    known = {report.order_id for report in result.orders} | {
+        report.order_id for report in carried.orders
+    }
+    settled = sum(1 for o in carried.in_flight if o.order_id not in known)
+    if result.final and settled:
+        note += f" and {settled} cancel(s) it had in flight"
+    if not exact:
+        note += ", not all of them per order: an order both processes concluded may count twice"
     received = result.received_at
     if carried.received_at is not None and carried.received_at < received:
         received = carried.received_at
@@ -145,6 +189,7 @@ def carry_over(result: SweepResult, carried: CarriedOutcomes) -> SweepResult:
         counts=counts,
         orders=orders,
         not_found=[i for i in result.not_found if i not in concluded],
+        in_flight=[] if result.final else still_in_flight(carried, result.in_flight, orders),
         sweeps=result.sweeps + carried.sweeps,
         received_at=received,
         first_cancel_at=carried.first_cancel_at or result.first_cancel_at,
@@ -170,7 +215,8 @@ def carried_from_json(data: Mapping[str, Any]) -> CarriedOutcomes | None:
     Written by another process (maybe another version): trusted only as far as it is
     consistent. None without readable counts; counts only (no per-order outcomes) when
     the order list is unreadable, has duplicates, or is complete but disagrees with the
-    counts. Never raises."""
+    counts; no cancels in flight when their list is unreadable or has duplicates (an
+    entry that also has an outcome is left out). Never raises."""
     raw_counts = data.get("counts")
     if not isinstance(raw_counts, dict):
         return None
@@ -181,9 +227,11 @@ def carried_from_json(data: Mapping[str, Any]) -> CarriedOutcomes | None:
             return None
         values[name] = value
     counts = Counts(**values)
+    orders = _decode_reports(data.get("orders"), counts)
     return CarriedOutcomes(
         counts=counts,
-        orders=_decode_reports(data.get("orders"), counts),
+        orders=orders,
+        in_flight=_decode_in_flight(data.get("in_flight"), orders),
         sweeps=_count(data.get("sweeps")) or 0,
         received_at=_parse_time(data.get("received_at")),
         first_cancel_at=_parse_time(data.get("first_cancel_at")),
@@ -208,6 +256,23 @@ def _decode_reports(raw: Any, counts: Counts) -> tuple[OrderReport, ...]:
         if tally != counts:
             return ()
     return out
+
+
+def _decode_in_flight(raw: Any, orders: tuple[OrderReport, ...]) -> tuple[InFlight, ...]:
+    """Cancels in flight, each once and none with an outcome; () when any is unreadable."""
+    if not isinstance(raw, list) or len(raw) > RESULT_MAX_ORDERS:
+        return ()
+    concluded = {o.order_id for o in orders}
+    found: dict[int, InFlight] = {}
+    for entry in raw:
+        if not isinstance(entry, dict):
+            return ()
+        order_id, symbol = _count(entry.get("order_id")), entry.get("symbol")
+        if order_id is None or not isinstance(symbol, str) or order_id in found:
+            return ()
+        if order_id not in concluded:
+            found[order_id] = InFlight(order_id, symbol)
+    return tuple(found.values())
 
 
 def _decode_report(entry: Any) -> OrderReport | None:
@@ -266,7 +331,7 @@ class CarryStore:
 
     @property
     def orders(self) -> int:
-        """Per-order entries held in all."""
+        """Per-order entries (outcomes and cancels in flight) held in all."""
         return self._orders
 
     def progress(self, alert_id: str, account: str, carried: CarriedOutcomes) -> None:
@@ -274,7 +339,7 @@ class CarryStore:
         key = (alert_id, account)
         self._drop(key)
         self._entries[key] = carried
-        self._orders += len(carried.orders)
+        self._orders += _entries_of(carried)
         while len(self._entries) > self.max_entries:
             self._drop(next(iter(self._entries)))
         self._shed()
@@ -289,13 +354,17 @@ class CarryStore:
     def _drop(self, key: Key) -> None:
         old = self._entries.pop(key, None)
         if old is not None:
-            self._orders -= len(old.orders)
+            self._orders -= _entries_of(old)
 
     def _shed(self) -> None:
         """Over the per-order budget: the oldest pairs keep only their counts."""
         for key, entry in self._entries.items():
             if self._orders <= self.max_orders:
                 return
-            if entry.orders:
-                self._orders -= len(entry.orders)
-                self._entries[key] = dataclasses.replace(entry, orders=())
+            if entry.orders or entry.in_flight:
+                self._orders -= _entries_of(entry)
+                self._entries[key] = dataclasses.replace(entry, orders=(), in_flight=())
+
+
+def _entries_of(carried: CarriedOutcomes) -> int:
+    return len(carried.orders) + len(carried.in_flight)

@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from killswitch.core.model import Counts, OrderReport, Scope
+from killswitch.core.model import Counts, InFlight, OrderReport, Scope
 from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome, RejectReason
 
@@ -348,6 +348,15 @@ class Ledger:
             OrderReport(order_id, r.symbol, r.outcome, r.attempts, r.reason)
             for order_id, r in self.items(scope)
             if r.outcome is not None
+        ]
+
+    def in_flight_orders(self, scope: Scope | None = None) -> list[InFlight]:
+        """Orders with a cancel sent and no outcome yet, in ascending id order."""
+        orders = self._orders
+        return [
+            InFlight(oid, orders[oid].symbol)
+            for oid in sorted(self._in_flight)
+            if orders[oid].outcome is None and (scope is None or covers(scope, oid, orders[oid]))
         ]
 
     def residual(self, scope: Scope | None = None) -> int:

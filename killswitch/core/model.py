@@ -106,6 +106,14 @@ class OrderReport:
 
 
 @dataclass(frozen=True, slots=True)
+class InFlight:
+    """An order whose cancel was sent and not answered yet (progress results)."""
+
+    order_id: int
+    symbol: str
+
+
+@dataclass(frozen=True, slots=True)
 class CarriedOutcomes:
     """The last progress result an earlier process published for one (alert, account)
     before it stopped without a final one; folded into the replay's results
@@ -114,6 +122,9 @@ class CarriedOutcomes:
     counts: Counts = field(hash=False)
     orders: tuple[OrderReport, ...] = ()  # per-order outcomes, when they fitted the record
     sweeps: int = 0
+    # Cancels sent and not answered when the record was published: the exchange may
+    # have applied them after the process stopped (none of them is in ``orders``).
+    in_flight: tuple[InFlight, ...] = ()
     received_at: datetime | None = None
     first_cancel_at: datetime | None = None
 
@@ -157,6 +168,9 @@ class SweepResult:
     # Final results of a sweep: pairs in scope never listed to the end (sorted; empty
     # when every pair was). ``residual_open`` cannot count the orders open there.
     unlisted_pairs: list[str] = field(default_factory=list)
+    # Progress events: orders whose cancel is sent and not answered yet (listed while
+    # the orders fit one record), so a replay after a crash can account for them.
+    in_flight: list[InFlight] = field(default_factory=list)
 
 
 def no_sweep_result(

@@ -884,13 +884,15 @@ class Sweep:
 
     def _reported(self, ticket: Ticket, *, final: bool) -> SweepResult:
         """:meth:`result_for` as published: a progress result lists the outcomes so far
-        while they fit one record, and a replayed alert's results include what an
-        earlier process published for it (:mod:`killswitch.core.carry`)."""
+        and the cancels in flight while they fit one record, and a replayed alert's
+        results include what an earlier process published for it
+        (:mod:`killswitch.core.carry`)."""
         result = self.result_for(ticket, final=final)
         if not final and len(self.ledger) <= RESULT_MAX_ORDERS:
-            result.orders = self.ledger.reports(
-                None if ticket.scope == self.scope else ticket.scope
-            )
+            scope = None if ticket.scope == self.scope else ticket.scope
+            result.orders = self.ledger.reports(scope)
+            # A crash now leaves these cancels to the exchange: a replay must count them.
+            result.in_flight = self.ledger.in_flight_orders(scope)
         carried = ticket.request.carried
         return result if carried is None else carry_over(result, carried)
 

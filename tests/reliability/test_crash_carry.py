@@ -6,10 +6,18 @@ open; what the first one cancelled is known from the progress results it
 published. The final result must count both (``killswitch.core.carry``).
 
 To know exactly what the first daemon had reported when it died, the test stops
-the exchange from acting before the kill (cancels, or the verifying listing, are
+the exchange from answering before the kill (cancels, or the verifying listing, are
 held unanswered by the simulator) and waits until a progress result shows every
 order the simulator has cancelled so far. The kill lands with the sweep still
 running: in the first test with orders still open, in the second with none left.
+
+The daemon still has cancels in flight then, and the hold does not stop all of them
+from acting: a cancel the daemon began before that progress result but wrote only
+just before the kill (a request waits for the client's rate limiter and a busy event
+loop), not yet read by the simulator, is read after the faults are cleared and
+cancels its order, which the second daemon then never sees open. The third test
+makes that certain (held cancels take effect): the final result still counts those
+orders, from the cancels in flight the progress result lists.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ ACCOUNT = "mm-1"
 PAIR = "BTC_USDT"
 # Requests held this long without an answer: longer than the test waits before the kill.
 HOLD = EndpointFaults(timeout_rate=1.0, timeout_hold_s=30.0)
+# Held the same way, but the exchange cancels the order first: applied, never answered.
+APPLIED_UNANSWERED = EndpointFaults(timeout_rate=1.0, timeout_hold_s=30.0, after_effect=True)
 
 
 def _config(bootstrap: str, tag: str, ex: Exchange) -> dict[str, Any]:
@@ -169,3 +179,60 @@ async def test_nothing_left_after_restart_still_reports_what_was_cancelled(
     assert final["counts"]["resolved"] == final["counts"]["sent"] == orders
     assert {o["order_id"] for o in final["orders"]} == placed
     figures.add("carry: orders cancelled before a SIGKILL with nothing left", orders)
+
+
+async def test_cancels_in_flight_at_the_kill_count_when_the_exchange_applied_them(
+    kafka_bootstrap: str, daemons: Daemons, tmp_path: Path
+) -> None:
+    orders = 120
+    async with exchange([ACCOUNT], [PAIR]) as ex:
+        placed = ex.seed(ACCOUNT, [PAIR], orders)
+        path, topics = await _start(kafka_bootstrap, tmp_path, "carryflight", ex)
+
+        def cancelled() -> set[int]:
+            return placed - ex.open_ids(ACCOUNT, [PAIR])
+
+        async with (
+            TopicCollector(kafka_bootstrap, topics["results"]) as results,
+            Producer(kafka_bootstrap) as producer,
+        ):
+            await producer.send(
+                topics["alerts"],
+                alert("carry-flight", [ACCOUNT], scope={"symbols": [PAIR]}),
+                ACCOUNT,
+            )
+            first = daemons.start(path, "first")
+            await wait_for(lambda: len(cancelled()) >= 20, timeout=30)
+            # From now on cancels cancel their order and are never answered.
+            ex.sim.set_faults(APPLIED_UNANSWERED, "cancel")
+            answered = cancelled()
+            await wait_for(lambda: len(cancelled()) > len(answered), timeout=10)
+            await wait_for(lambda: _reported(results, "carry-flight", len(answered)), timeout=10)
+            assert first.running, first.stderr()[-2000:]
+            first.kill()
+            assert not results.finals("carry-flight")
+            # Cancelled by the first daemon, and in none of its outcomes.
+            unanswered = cancelled() - answered
+            assert unanswered
+
+            ex.sim.clear_faults()
+            since = ex.last_seq()
+            second = daemons.start(path, "second")
+            await wait_for(lambda: bool(results.finals("carry-flight")), timeout=60)
+            second.terminate()
+            assert await second.wait(timeout=30) == 0
+            by_second = {
+                e.order_id
+                for e in ex.log("cancel", since)
+                if e.status == 200 and e.order_id is not None
+            }
+
+    (final,) = results.finals("carry-flight")
+    assert ex.open_ids(ACCOUNT, [PAIR]) == set()
+    assert by_second
+    assert not by_second & (answered | unanswered)  # the second never saw those open
+    assert final["status"] == "flat"
+    assert final["counts"]["resolved"] == final["counts"]["sent"] == orders
+    assert {o["order_id"] for o in final["orders"]} == placed
+    assert all(o["outcome"] == "sent" for o in final["orders"])
+    figures.add("carry: cancels in flight at the SIGKILL, applied unanswered", len(unanswered))

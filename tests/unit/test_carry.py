@@ -21,6 +21,7 @@ from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import (
     CarriedOutcomes,
     Counts,
+    InFlight,
     KillRequest,
     OrderReport,
     Scope,
@@ -234,6 +235,61 @@ def test_carry_over_chains_over_two_crashes() -> None:
     assert [o.order_id for o in final.orders] == [1, 2, 3, 4]
 
 
+def in_flight(*ids: int) -> tuple[InFlight, ...]:
+    return tuple(InFlight(i, "BTC_USDT") for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("status", "final", "outcome"),
+    [
+        # the replay's complete listing found it gone: the earlier cancel did it
+        (SweepStatus.FLAT, True, SENT),
+        # a cancel went out, what it did is unknown: counted, as failed
+        (SweepStatus.RESIDUAL, True, FAILED),
+        (SweepStatus.FAILED, True, FAILED),
+    ],
+)
+def test_a_cancel_in_flight_at_the_crash_counts_in_the_final_result(
+    status: SweepStatus, final: bool, outcome: Outcome
+) -> None:
+    # The exchange applied process 1's last cancel after it died: process 2 never saw
+    # order 8 open, and neither published an outcome for it.
+    base = result(report(7, SENT), final=final)
+    base.status = status
+    out = carry_over(base, carried(report(1, SENT), in_flight=in_flight(8)))
+    assert {o.order_id: o.outcome for o in out.orders} == {1: SENT, 7: SENT, 8: outcome}
+    assert out.counts == tally(out.orders)
+    assert out.counts.resolved == 3
+    assert out.in_flight == []
+    assert out.reason is not None
+    assert "and 1 cancel(s) it had in flight" in out.reason
+
+
+def test_a_cancel_in_flight_the_replay_concluded_counts_once() -> None:
+    out = carry_over(result(report(8, CLOSED)), carried(report(1, SENT), in_flight=in_flight(8)))
+    assert {o.order_id: o.outcome for o in out.orders} == {1: SENT, 8: CLOSED}
+    assert out.counts == Counts(sent=1, already_closed=1)
+
+
+def test_a_replays_progress_keeps_the_earlier_cancels_in_flight() -> None:
+    progress = result(report(7, SENT), final=False)
+    progress.in_flight = [InFlight(9, "BTC_USDT")]
+    out = carry_over(progress, carried(report(1, SENT), in_flight=in_flight(7, 8, 9)))
+    assert out.counts == Counts(sent=2)  # in flight is no outcome yet
+    assert [o.order_id for o in out.in_flight] == [9, 8]  # 7 concluded, 9 listed once
+
+
+def test_a_cancel_in_flight_survives_two_crashes() -> None:
+    p1 = carried(report(1, SENT), in_flight=in_flight(2))
+    p2_progress = carry_over(result(report(3, SENT), final=False), p1)
+    summary = decode_result_summary(encode_result(p2_progress))
+    assert summary is not None
+    assert summary.carried is not None
+    final = carry_over(result(report(4, SENT)), summary.carried)
+    assert final.counts == Counts(sent=4)
+    assert sorted(o.order_id for o in final.orders) == [1, 2, 3, 4]
+
+
 def test_failed_result_of_a_replay_keeps_the_carried_outcomes() -> None:
     request = KillRequest(
         "a-1", "mm-1", Scope(), T0, 30.0, carried=carried(report(1, SENT), report(2, SENT))
@@ -283,6 +339,19 @@ def test_store_sheds_per_order_detail_of_the_oldest_pairs_first() -> None:
     assert store.orders == 4
 
 
+def test_store_counts_cancels_in_flight_in_its_budget() -> None:
+    store = CarryStore(max_orders=3)
+    store.progress("old", "mm-1", carried(report(1, SENT), in_flight=in_flight(2)))
+    assert store.orders == 2
+    store.progress("new", "mm-1", carried(report(5, SENT), in_flight=in_flight(6)))
+    old = store.get("old", "mm-1")
+    assert old is not None
+    assert (old.orders, old.in_flight, old.counts.resolved) == ((), (), 1)
+    assert store.orders == 2
+    store.final("new", "mm-1")
+    assert store.orders == 0
+
+
 def test_store_refuses_a_useless_capacity() -> None:
     with pytest.raises(ValueError, match="max_entries"):
         CarryStore(max_entries=0)
@@ -305,6 +374,50 @@ def test_a_progress_record_lists_orders_and_reads_back() -> None:
     assert got.sweeps == 1
     assert got.received_at == progress.received_at
     assert got.first_cancel_at == progress.first_cancel_at
+
+
+def test_a_progress_record_lists_cancels_in_flight_and_reads_back() -> None:
+    progress = result(report(1, SENT), final=False)
+    progress.in_flight = [InFlight(2, "BTC_USDT"), InFlight(3, "ETH_USDT")]
+    data = json.loads(encode_result(progress))
+    assert data["in_flight"] == [
+        {"order_id": 2, "symbol": "BTC_USDT"},
+        {"order_id": 3, "symbol": "ETH_USDT"},
+    ]
+    summary = decode_result_summary(encode_result(progress))
+    assert summary is not None
+    assert summary.carried is not None
+    assert summary.carried.in_flight == (InFlight(2, "BTC_USDT"), InFlight(3, "ETH_USDT"))
+    assert summary.carried.orders == (report(1, SENT),)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "2",
+        [2],
+        [{"order_id": -2, "symbol": "BTC_USDT"}],
+        [{"order_id": 2}],
+        [{"order_id": 2, "symbol": "BTC_USDT"}, {"order_id": 2, "symbol": "BTC_USDT"}],
+    ],
+)
+def test_unreadable_cancels_in_flight_are_dropped_the_outcomes_kept(raw: object) -> None:
+    data = json.loads(encode_result(result(report(1, SENT), final=False)))
+    data["in_flight"] = raw
+    summary = decode_result_summary(json.dumps(data).encode())
+    assert summary is not None
+    assert summary.carried is not None
+    assert summary.carried.in_flight == ()
+    assert summary.carried.orders == (report(1, SENT),)
+
+
+def test_a_cancel_in_flight_with_an_outcome_too_is_not_in_flight() -> None:
+    data = json.loads(encode_result(result(report(1, SENT), final=False)))
+    data["in_flight"] = [{"order_id": 1, "symbol": "BTC_USDT"}, {"order_id": 2, "symbol": "X"}]
+    summary = decode_result_summary(json.dumps(data).encode())
+    assert summary is not None
+    assert summary.carried is not None
+    assert summary.carried.in_flight == (InFlight(2, "X"),)
 
 
 def test_a_final_record_carries_nothing() -> None:

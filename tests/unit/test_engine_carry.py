@@ -50,6 +50,25 @@ async def test_progress_events_list_the_outcomes_so_far() -> None:
     assert result.status is SweepStatus.FLAT
 
 
+async def test_progress_events_list_the_cancels_in_flight() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ids = {ex.place("BTC_USDT") for _ in range(5)}
+    ex.gate = asyncio.Event()  # cancels go out and are not answered
+    engine = Engine({ACCOUNT: ex}, settings(), concurrency={ACCOUNT: 2})
+    progress = Progress()
+    task = asyncio.create_task(engine.submit(request(), progress))
+    await wait_for(lambda: any(len(e.in_flight) == 2 for e in progress.events))
+    event = next(e for e in progress.events if len(e.in_flight) == 2)
+    assert {o.order_id for o in event.in_flight} == ex.inflight
+    assert {o.order_id for o in event.in_flight} <= ids
+    assert event.counts.resolved == 0
+    ex.gate.set()
+    result = await task
+    await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT
+    assert result.in_flight == []
+
+
 async def test_a_replay_merges_the_earlier_outcomes_into_its_final_result() -> None:
     ex = FakeExchange(["BTC_USDT"])
     left = [ex.place("BTC_USDT") for _ in range(3)]
