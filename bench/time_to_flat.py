@@ -161,11 +161,15 @@ class Run:
 
     def print_figures(self) -> None:
         """One line per figure, with its goal."""
+        baseline = (
+            f"accepted-ideal {self.accepted_ideal_s:.3f} s"
+            if self.goal.startswith(">= ") and "accepted" in self.goal
+            else f"fewest {self.fewest} -> ideal {self.ideal_s:.3f} s"
+        )
         what = (
             f"{self.seconds:.3f} s, {self.requests} requests accepted ({self.cancel_requests} "
             f"cancel + {self.listing_requests} listing), {self.throttled} answered 429, "
-            f"fewest {self.fewest} -> ideal {self.ideal_s:.3f} s; status {self.status}, "
-            f"{self.failed} failed, {self.open_after} open after"
+            f"{baseline}; status {self.status}, {self.failed} failed, {self.open_after} open after"
         )
         if self.goal.startswith("<="):
             value = f"{self.seconds:.3f} s ({what})"
