@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from killswitch.embedded import EmbeddedBroker
 from tests.reliability.figures import FIGURES
+from tests.support.broker import own_broker
 from tests.support.daemon import Daemons
 
 FIGURES_ENV = "KILLSWITCH_RELIABILITY_FIGURES"
@@ -34,3 +36,9 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
         yield runner
     finally:
         runner.close()
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    """A broker of the test's own, which it may kill and restart on the same port."""
+    yield from own_broker()

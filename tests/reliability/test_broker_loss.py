@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import pytest
 
 from killswitch.embedded import EmbeddedBroker
 from tests.conftest import wait_for
+from tests.support.broker import kill_broker, metric, wait_kafka_up, wait_ready
 from tests.support.daemon import DaemonProcess, Daemons, daemon_config, wait_http, write_config
 from tests.support.exchange import Exchange, exchange
 from tests.support.topics import Producer, TopicCollector, alert
@@ -43,57 +43,12 @@ WINDOW_S = 8.0  # a window of the outage over which the client's log records are
 MAX_CLIENT_LINES = 30
 
 
-@pytest.fixture
-def broker() -> Iterator[EmbeddedBroker]:
-    """A broker of this test's own (killed and restarted; ``stop`` ends whichever runs)."""
-    own = EmbeddedBroker()
-    try:
-        yield own
-    finally:
-        own.stop()
-
-
-def kill_broker(broker: EmbeddedBroker) -> None:
-    """SIGKILL, and reap it (the port is free again for a restart)."""
-    os.kill(broker.pid, signal.SIGKILL)
-    broker.stop()  # reaps the killed process
-
-
 def config(ex: Exchange, broker: EmbeddedBroker, tag: str) -> dict[str, Any]:
     return daemon_config(broker.bootstrap, tag, ex.account_configs())
 
 
 async def readyz(daemon_url: str) -> httpx.Response:
     return await wait_http(f"{daemon_url}/readyz")
-
-
-def gauge(text: str, name: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
-
-
-async def metric(url: str, name: str) -> float | None:
-    response = await wait_http(f"{url}/metrics")
-    return gauge(response.text, name)
-
-
-async def wait_ready(url: str, ready: bool, timeout: float) -> httpx.Response:
-    return await wait_http(
-        f"{url}/readyz",
-        timeout=timeout,
-        until=lambda r: (r.status_code == 200) is ready,
-    )
-
-
-async def wait_kafka_up(url: str, up: float, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while await metric(url, "killswitch_kafka_up") != up:
-        if loop.time() > deadline:
-            raise AssertionError(f"killswitch_kafka_up never {up} within {timeout}s")
-        await asyncio.sleep(0.1)  # polling a metric with a deadline
 
 
 def client_records(daemon: DaemonProcess) -> int:

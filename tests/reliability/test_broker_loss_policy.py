@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from killswitch.embedded import EmbeddedBroker
 from killswitch.intake.kafka import stop_consumer
 from killswitch.operator import read_status
 from tests.conftest import wait_for
-from tests.reliability.test_broker_loss import kill_broker, wait_kafka_up, wait_ready
+from tests.support.broker import kill_broker, wait_kafka_up, wait_ready
 from tests.support.daemon import Daemons, daemon_config, write_config
 from tests.support.exchange import CANCEL_ENDPOINTS, Exchange, exchange
 from tests.support.topics import TopicCollector
@@ -47,15 +46,6 @@ DETECT_S = 10.0  # the daemon declares the broker lost within this (its readines
 # How long the default-configuration test keeps the broker away: past detection and
 # many times the opted-in threshold above (an outage, not a synchronisation).
 QUIET_WINDOW_S = 4.0
-
-
-@pytest.fixture
-def broker() -> Iterator[EmbeddedBroker]:
-    own = EmbeddedBroker()
-    try:
-        yield own
-    finally:
-        own.stop()
 
 
 def settings_for(ex: Exchange, broker: EmbeddedBroker, tag: str, opted: bool) -> dict[str, Any]:
