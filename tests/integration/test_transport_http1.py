@@ -35,8 +35,8 @@ from killswitch.exchange.transport import (
     StaleConnection,
     build_transport,
 )
-from tests.conftest import wait_for
 from tests.support.tls import make_pki
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@
 ``write_config`` writes the settings a test wants as a TOML file (the way an operator
 configures the daemon); :class:`DaemonProcess` runs ``python -m killswitch run --config
 FILE`` with stdout and stderr in files; :class:`Daemons` (the ``daemons`` fixture in
-``tests/reliability/conftest.py``) remembers every process it started and kills what is
+``tests/support/fixtures.py``) remembers every process it started and kills what is
 still running when the test ends, whatever happened. An ``atexit`` hook is the last line
 of defence, so no daemon outlives the test run.
 """

@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from killswitch.embedded import free_port
 from killswitch.intake import watch as watch_module
 from killswitch.intake.watch import KafkaWatch, any_listening
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 
 class Clock:

@@ -1,6 +1,6 @@
 """Figures the reliability suite measures (inputs tried, faults survived, things lost).
 
-Tests add to :data:`FIGURES`; ``tests/reliability/conftest.py`` prints them at the end of
+Tests add to :data:`FIGURES`; the ``tests/reliability`` conftest prints them at the end of
 the run, and writes them as JSON to ``$KILLSWITCH_RELIABILITY_FIGURES`` when that is set
 (the numbers in docs/RELIABILITY.md come from there).
 """
