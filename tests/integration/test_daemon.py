@@ -206,7 +206,7 @@ async def test_deadman_fires_once_when_heartbeats_stop(
             beat = encode_heartbeat("bot-2", datetime.now(UTC))
             await produce(settings, [beat], topic=topics.heartbeats, key="bot-2")
             await wait_for(lambda: len(results.finals()) == 1, timeout=20)
-            final = results.finals()[0]
+            (final,) = (await results.to_end()).finals()  # fired once
             assert final["source"] == "deadman"
             assert final["alert_id"].startswith("deadman-bot-2-")
             assert final["status"] == "flat"
@@ -216,7 +216,8 @@ async def test_deadman_fires_once_when_heartbeats_stop(
             beat = encode_heartbeat("bot-2", datetime.now(UTC))
             await produce(settings, [beat], topic=topics.heartbeats, key="bot-2")
             await wait_for(lambda: len(results.finals()) == 2, timeout=20)
-            ids = [r["alert_id"] for r in results.finals()]
+            ids = [r["alert_id"] for r in (await results.to_end()).finals()]
+            assert len(ids) == 2
             assert ids[0] != ids[1]
             assert len(run.daemon.deadman.fired) == 2
 

@@ -3,6 +3,7 @@ and the helper that every absence assertion reads topics with."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -71,9 +72,19 @@ async def test_a_late_duplicate_is_read_and_fails_an_exactly_one_assertion(
             assert statuses.count("flat") == 1 + n
             with pytest.raises(AssertionError):
                 assert statuses.count("flat") == 1  # the suite's "exactly one flat"
+        # Several at once (batched on the wire, where the embedded broker's own end
+        # offset falls short of the batch): all of them are read.
+        batched = 5
+        acks = [
+            await producer.send_later(topic, _final("late-1", "mm-1"), partition=0)
+            for _ in range(batched)
+        ]
+        await asyncio.gather(*acks)
+        late = await read_to_end(kafka_bootstrap, topic)
+        assert len(late.finals("late-1")) == 1 + 2 * partitions + batched
         # Records are in (partition, offset) order, each partition read to its end.
         assert [(r.partition, r.offset) for r in late.records] == sorted(
-            (p, o) for p, count in ((0, 3), (1, 2), (2, 2)) for o in range(count)
+            (p, o) for p, count in ((0, 3 + batched), (1, 2), (2, 2)) for o in range(count)
         )
 
 

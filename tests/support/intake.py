@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from killswitch.alerts import format_time
 from killswitch.config import Settings
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import (
@@ -30,7 +29,7 @@ from killswitch.intake.kafka import make_producer
 from killswitch.intake.outputs import Publisher
 from killswitch.intake.readers import ResultsIndex
 from killswitch.triggers import TriggerVerifier
-from tests.support.topics import create_topics
+from tests.support.topics import alert, create_topics
 
 ACCOUNTS = ["mm-1", "mm-2", "arb-1"]
 
@@ -69,21 +68,8 @@ async def create_all_topics(settings: Settings, partitions: int = 1) -> None:
 
 
 def alert_message(alert_id: str, accounts: Any = ("mm-1",), **kw: Any) -> dict[str, Any]:
-    return {
-        "schema": "killswitch.alert/v1",
-        "alert_id": alert_id,
-        "action": kw.pop("action", "kill"),
-        "source": kw.pop("source", "test"),
-        "reason": "test",
-        "scope": {
-            "accounts": accounts if accounts == "*" else list(accounts),
-            **kw.pop("scope", {}),
-        },
-        "latch": kw.pop("latch", False),
-        "dry_run": kw.pop("dry_run", False),
-        "created_at": format_time(datetime.now(UTC)),
-        **kw,
-    }
+    """:func:`tests.support.topics.alert` for mm-1 from source ``test`` unless told."""
+    return alert(alert_id, accounts, **{"source": "test", **kw})
 
 
 @dataclass

@@ -93,10 +93,14 @@ class Producer:
         await self._producer.send_and_wait(topic, _bytes(value), key=_key(key), partition=partition)
 
     async def send_later(
-        self, topic: str, value: bytes | Mapping[str, Any], key: str | bytes | None = None
+        self,
+        topic: str,
+        value: bytes | Mapping[str, Any],
+        key: str | bytes | None = None,
+        partition: int | None = None,
     ) -> asyncio.Future[Any]:
         """Hand to the producer; the returned future resolves when acknowledged."""
-        return await self._producer.send(topic, _bytes(value), key=_key(key))
+        return await self._producer.send(topic, _bytes(value), key=_key(key), partition=partition)
 
 
 def _bytes(value: bytes | Mapping[str, Any]) -> bytes:
@@ -192,10 +196,15 @@ async def read_to_end(
     """Every record of ``topic`` up to the end offsets it has now, on every partition.
 
     A consumer without a group takes the end offsets first, then reads from the
-    beginning until it has received the record before the end offset on every
-    partition; the test fails if that takes longer than ``timeout``. Anything
-    acknowledged before the call is in the answer. (The count is kept from the
-    records received: aiokafka's ``position()`` moves ahead with its prefetching.)
+    beginning until it has received every record before the end on every partition;
+    the test fails if that takes longer than ``timeout``. Anything acknowledged before
+    the call is in the answer.
+
+    The end of a partition is the later of the broker's end offset and the high
+    watermark of the first fetch answer for it: the embedded broker (Tansu) answers
+    the end-offset request with the last *batch's* base offset plus one, short of the
+    records batched after it. The count is kept from the records received (aiokafka's
+    ``position()`` moves ahead with its prefetching).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -211,19 +220,19 @@ async def read_to_end(
     try:
         partitions = await _partitions(consumer, topic, deadline)
         consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
+        listed = await consumer.end_offsets(partitions)
         following = await consumer.beginning_offsets(partitions)  # next offset to receive
         await consumer.seek_to_beginning(*partitions)
-        while any(following[tp] < ends[tp] for tp in partitions):
+        ends: dict[TopicPartition, int] = {}  # once the first fetch answer is in
+        while any(following[tp] < ends.get(tp, listed[tp]) for tp in partitions):
             if loop.time() > deadline:
                 raise AssertionError(f"{topic} not read to its end offsets within {timeout}s")
             batches = await consumer.getmany(timeout_ms=100)
             for tp, batch in batches.items():
-                records.extend(
-                    Record(r.key, r.value, r.partition, r.offset)
-                    for r in batch
-                    if r.offset < ends[tp]
-                )
+                if tp not in ends:
+                    ends[tp] = max(listed[tp], consumer.highwater(tp) or 0)
+                kept = [r for r in batch if r.offset < ends[tp]]
+                records.extend(Record(r.key, r.value, r.partition, r.offset) for r in kept)
                 if batch:
                     following[tp] = max(following[tp], batch[-1].offset + 1)
     finally:

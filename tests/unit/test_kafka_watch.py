@@ -194,9 +194,11 @@ async def test_a_client_error_probes_at_once() -> None:
     task = asyncio.create_task(watch.run(probe, stop, interval_s=60.0))
     await wait_for(lambda: len(calls) == 1)
     watch.client_error(is_error=True)
+    # The next probe comes from the client error, not the 60 s interval.
     await wait_for(lambda: len(calls) == 2)
     stop.set()
     await task
+    assert len(calls) == 2  # and stopping probes no more
 
 
 async def test_wait_until_up_retries_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
