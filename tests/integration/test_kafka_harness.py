@@ -31,6 +31,10 @@ async def test_produce_and_consume_round_trip(
         topic,
         bootstrap_servers=kafka_bootstrap,
         group_id=unique_name("g"),
+        # The embedded broker holds a fresh group's first join for about half the
+        # session timeout (waiting for more members): keep it short.
+        session_timeout_ms=1_000,
+        heartbeat_interval_ms=200,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         fetch_max_wait_ms=10,

@@ -23,6 +23,8 @@ from tests.support.daemon import REPO
 from tests.support.exchange import Exchange
 from tests.support.intake import create_all_topics
 
+# The accounts of the in-process tests' exchange (``exchange(ACCOUNTS, seed=7)``), and the
+# pairs they place orders on.
 ACCOUNTS = ["mm-1", "mm-2"]
 SYMBOLS = ["BTC_USDT", "ETH_USDT"]
 
