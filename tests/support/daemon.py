@@ -129,9 +129,10 @@ def daemon_config(
             "group_id": f"group.{tag}",
             "client_id": f"killswitch-{tag}",
             "fetch_max_wait_ms": 10,
-            "session_timeout_ms": 3_000,
+            # Short group timeouts: see make_settings in tests/support/intake.py.
+            "session_timeout_ms": 2_000,
             "heartbeat_interval_ms": 500,
-            "rebalance_timeout_ms": 3_000,
+            "rebalance_timeout_ms": 2_000,
             "topics": {role: f"{role}.{tag}" for role in TOPIC_ROLES},
             **(kafka or {}),
         },

@@ -37,10 +37,10 @@ def daemon_settings(
         "bootstrap_servers": bootstrap,
         "group_id": unique("group"),
         "fetch_max_wait_ms": 10,
-        # See tests/support/intake.py: Tansu generation 0 and aiokafka's LeaveGroup.
-        "session_timeout_ms": 3000,
+        # Short group timeouts: see make_settings in tests/support/intake.py.
+        "session_timeout_ms": 2_000,
         "heartbeat_interval_ms": 500,
-        "rebalance_timeout_ms": 3000,
+        "rebalance_timeout_ms": 2_000,
         "topics": {
             name: unique(name)
             for name in ("alerts", "manual", "heartbeats", "results", "state", "dlq")

@@ -40,12 +40,14 @@ def make_settings(bootstrap: str, unique: Callable[[str], str], **overrides: Any
         "bootstrap_servers": bootstrap,
         "group_id": unique("group"),
         "fetch_max_wait_ms": 10,
-        "session_timeout_ms": 3000,
+        # The embedded broker (Tansu) holds a fresh group's first join for about half the
+        # session timeout, waiting for more members; and it starts group generations at
+        # 0, for which aiokafka sends no LeaveGroup, so the first member of a fresh group
+        # leaves uncleanly and the next join waits out the rebalance timeout. Both short
+        # in tests, with four heartbeats per session so a busy loop is not evicted.
+        "session_timeout_ms": 2_000,
         "heartbeat_interval_ms": 500,
-        # Tansu starts group generations at 0 and aiokafka sends no LeaveGroup for
-        # generation 0, so the first member of a fresh group leaves uncleanly and the
-        # next join waits out the rebalance timeout: keep it short in tests.
-        "rebalance_timeout_ms": 3000,
+        "rebalance_timeout_ms": 2_000,
         "topics": {
             "alerts": unique("alerts"),
             "manual": unique("manual"),

@@ -1,7 +1,8 @@
 """Orchestration logic of the engine against an in-memory exchange (fast; no sockets).
 
 The end-to-end tests against the real client and simulator are in
-``tests/integration/test_engine*.py``; these pin down the engine's own decisions.
+``tests/integration/test_engine*.py``; these pin down the engine's own decisions. The
+in-memory exchange and the recorders are in ``tests/support/engine.py``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ from tests.support.engine import (
     settings,
 )
 from tests.support.waiting import wait_for
-
-# ---------------------------------------------------------------------------- tests
 
 
 @pytest.mark.parametrize("strategy", ["per_order", "batch", "symbol"])
