@@ -71,12 +71,10 @@ class Env:
         return ExchangeClient(self.settings(**overrides), observer=self.observer)
 
     async def probe(self) -> None:
-        """One round of the daemon's readiness probe (its own client, as in the daemon)."""
-        settings = self.settings()
-        probe = ExchangeProbe([settings], self.observer, 60.0, self.readiness)
-        quick = settings.model_copy(update={"max_attempts": 1})
-        async with ExchangeClient(quick, observer=self.observer) as client:
-            await probe.probe(client)
+        """One round of the daemon's exchange probe (on the account's client, as in the
+        daemon)."""
+        async with self.client() as client:
+            await ExchangeProbe({ACCOUNT: client}, 60.0, self.readiness).round()
 
     def reasons(self) -> tuple[str, ...]:
         return self.readiness.evaluate(0.0).reasons
