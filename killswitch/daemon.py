@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from killswitch.config import ConfigError, Settings
+from killswitch.config import ConfigError, Settings, settings_from_args
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import HaltState
 from killswitch.deadman import DeadmanWatcher
@@ -95,8 +95,6 @@ def add_arguments_run(parser: argparse.ArgumentParser) -> None:
 
 def cli_run(args: argparse.Namespace) -> int:
     """Entry point of ``killswitch run`` (settings errors exit 2 through the CLI)."""
-    from killswitch.cli import settings_from_args  # noqa: PLC0415 - avoid an import cycle
-
     return run(settings_from_args(args))
 
 
@@ -398,7 +396,7 @@ def _engine(
         link_listeners.append(loss.link_changed)
     engine = Engine(
         clients,
-        settings.engine,
+        settings.engine.engine_config(),
         obs.observer,
         publisher.state if loss is None else loss.state,
         concurrency={a.id: a.max_concurrency for a in settings.accounts},

@@ -98,7 +98,7 @@ from killswitch.exchange.errors import (
     TransportError,
     redirect_problem,
 )
-from killswitch.exchange.http1 import Http1Transport
+from killswitch.exchange.http1 import Http1Transport, build_transport
 from killswitch.exchange.keys import load_account_key
 from killswitch.exchange.signing import (
     KeyLoadError,
@@ -115,7 +115,6 @@ from killswitch.exchange.transport import (
     RawTransport,
     StaleConnection,
     TransportKind,
-    build_transport,
     header,
     tls_context,
 )

@@ -13,9 +13,9 @@ from typing import Any, Literal
 import pytest
 from prometheus_client import CollectorRegistry
 
-from killswitch.config import EngineSettings
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.outcomes import Outcome, RejectReason
+from killswitch.core.ports import EngineConfig
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import Redirected
@@ -195,7 +195,7 @@ async def no_progress(result: SweepResult) -> None:
 async def run_kill(env: Env, **client: Any) -> SweepResult:
     async with env.client(**client) as exchange:
         engine = Engine(
-            {ACCOUNT: exchange}, EngineSettings(strategy="per_order", progress_interval_s=0.2)
+            {ACCOUNT: exchange}, EngineConfig(strategy="per_order", progress_interval_s=0.2)
         )
         result = await engine.submit(kill(), no_progress)
         await engine.close(1.0)
