@@ -141,7 +141,8 @@ Curve = Literal["P-256", "P-384", "secp256k1"]
 CancelStrategy = Literal["auto", "per_order", "batch", "symbol"]
 Priority = Literal["notional_desc", "newest_first", "oldest_first"]
 # The exchange client's HTTP transport (killswitch.exchange.transport.TransportKind):
-# one since the framing moved to llhttp (docs/CLIENT.md); the key stays for old files.
+# one, HTTP/1.1 framed by llhttp (docs/CLIENT.md); the key is kept so that configuration
+# files that set it still load.
 HttpTransport = Literal["http1"]
 # A base_url: http(s)://host[:port][/path], visible ASCII only, no credentials, query or
 # fragment (the client appends the endpoint's path and query to it).

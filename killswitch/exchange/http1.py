@@ -503,7 +503,7 @@ def _pool_expire(waiter: asyncio.Future[_Connection | None]) -> None:
 @functools.cache
 def default_ssl_context() -> ssl.SSLContext:
     """``ssl.create_default_context()``, built once per process: it loads the system CA
-    store (~20 ms here), which should not happen on each transport's first connection."""
+    store from disk, which should not happen on each transport's first connection."""
     return ssl.create_default_context()
 
 
