@@ -11,11 +11,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from killswitch.config import EngineSettings
 from killswitch.core.model import KillRequest, Scope, SweepResult
 from killswitch.core.orders import Order, OrderStatus, Side, SymbolInfo
 from killswitch.core.outcomes import Outcome, RejectReason
-from killswitch.core.ports import BatchCancelResult, CancelResult, NullObserver
+from killswitch.core.ports import BatchCancelResult, CancelResult, EngineConfig, NullObserver
 from killswitch.engine import Engine
 from killswitch.exchange.errors import AuthError, InvalidRequest
 
@@ -158,7 +157,7 @@ class FakeExchange:
         return BatchCancelResult(symbol, success=success, fail=fail)
 
 
-def settings(**kw: Any) -> EngineSettings:
+def settings(**kw: Any) -> EngineConfig:
     # per_order unless a test says otherwise: most tests here check the per-order path
     # (auto is tested by name and by test_engine_auto.py).
     base: dict[str, Any] = {
@@ -166,7 +165,7 @@ def settings(**kw: Any) -> EngineSettings:
         "strategy": "per_order",
     }
     base.update(kw)
-    return EngineSettings(**base)
+    return EngineConfig(**base)
 
 
 def request(
