@@ -12,12 +12,18 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.figures import FIGURES
 
 pytest_plugins = ["tests.support.fixtures"]
 
 FIGURES_ENV = "KILLSWITCH_RELIABILITY_FIGURES"
+
+# Hypothesis's deadline and "too slow" health check time each example: on a shared
+# machine running several test workers that fails tests for the load, not the code.
+settings.register_profile("killswitch", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("killswitch")
 _WORKER_FIGURES = "reliability_figures"
 
 
