@@ -137,7 +137,18 @@ async def test_sigkill_at_random_points_loses_nothing(
 
             final = daemons.start(path, "final")
             await wait_for(lambda: results.final_pairs() >= expected, timeout=180)
-            await wait_for(lambda: all(not ex.open_ids(a, IN_SCOPE) for a in ACCOUNTS), timeout=30)
+            try:
+                await wait_for(
+                    lambda: all(not ex.open_ids(a, IN_SCOPE) for a in ACCOUNTS), timeout=30
+                )
+            except AssertionError:
+                left = {a: len(ex.open_ids(a, IN_SCOPE)) for a in ACCOUNTS}
+                unflat = [
+                    (r["alert_id"], r["account"], r["status"], r.get("reason"))
+                    for r in results.finals()
+                    if r["status"] not in ("flat", "duplicate")
+                ]
+                raise AssertionError(f"orders left open {left}; finals not flat {unflat}") from None
             final.terminate()
             assert await final.wait(timeout=30) == 0
             outcomes = await results.to_end()
