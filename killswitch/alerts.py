@@ -27,7 +27,7 @@ import binascii
 import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -59,6 +59,7 @@ from killswitch.core.model import (
 from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome
 from killswitch.core.pairs import PAIR_NAME_RE
+from killswitch.core.times import format_time, parse_time
 
 if TYPE_CHECKING:
     from killswitch.triggers import TriggerVerifier
@@ -416,16 +417,6 @@ def kill_requests(
 # ---------------------------------------------------------------------- outputs
 
 
-def format_time(value: datetime | None) -> str | None:
-    """ISO-8601 UTC with milliseconds and ``Z`` (``2026-11-24T01:02:03.456Z``)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    utc = value.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
-
 def _dumps(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -635,9 +626,9 @@ def decode_state_record(raw: bytes | None) -> tuple[HaltState, str | None] | Non
 def _state_from_json(data: dict[str, Any]) -> HaltState | None:
     try:
         scope = data.get("scope") or {}
-        since = datetime.fromisoformat(str(data["since"]).replace("Z", "+00:00"))
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
+        since = parse_time(data["since"])
+        if since is None:
+            return None
         return HaltState(
             account=str(data["account"]),
             halted=data["halted"] is True,

@@ -33,10 +33,11 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from killswitch.alerts import ALERT_SCHEMA, Timestamp, format_time, load_json_object
+from killswitch.alerts import ALERT_SCHEMA, Timestamp, load_json_object
 from killswitch.config import DeadmanSource, KafkaSettings
 from killswitch.core.deadman import DeadmanMonitor, Firing, HeartbeatVerdict
 from killswitch.core.ports import AlertObserver, NullAlertObserver
+from killswitch.core.times import format_time
 from killswitch.intake.kafka import all_partitions, make_reader, stop_consumer
 from killswitch.intake.outputs import Publisher
 

@@ -56,13 +56,13 @@ from killswitch.alerts import (
     ALERT_SCHEMA,
     Alert,
     Rejection,
-    format_time,
     load_json_object,
     parse_alert,
 )
 from killswitch.config import AccountSettings, Settings, settings_from_args
 from killswitch.core.model import HaltState
 from killswitch.core.pairs import PairList
+from killswitch.core.times import format_time
 from killswitch.display import Display
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem

@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from killswitch.alerts import format_time, scope_to_json
+from killswitch.alerts import scope_to_json
 from killswitch.core.model import HaltState
+from killswitch.core.times import format_time, parse_time
 
 __all__ = [
     "EXIT_NOT_DONE",
@@ -70,16 +71,6 @@ EXIT_NOT_FOUND = 3
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +141,8 @@ class AccountProgress:
         counts = record.get("counts")
         c: Mapping[str, Any] = counts if isinstance(counts, Mapping) else {}
         pending = record.get("pending")
-        received, finished = _time(record.get("received_at")), _time(record.get("finished_at"))
+        received = parse_time(record.get("received_at"))
+        finished = parse_time(record.get("finished_at"))
         reason = record.get("reason")
         return cls(
             account=account,

@@ -41,12 +41,22 @@ class Scope:
             order_ids=_union(self.order_ids, other.order_ids),
         )
 
-    def covers(self, symbol: str, side: Side, order_id: int) -> bool:
+    def covers(self, symbol: str, side: Side | None, order_id: int) -> bool:
+        """Whether an order is in this scope: the one scope test of the kill switch.
+
+        ``side`` None (an order known only by id and pair) is covered only by a scope
+        of both sides: a one-sided kill must not claim an order it cannot place.
+        """
         return (
             (self.symbols is None or symbol in self.symbols)
-            and (self.sides is None or side in self.sides)
+            and (self.sides is None or (side is not None and side in self.sides))
             and (self.order_ids is None or order_id in self.order_ids)
         )
+
+    def covers_pair(self, symbol: str) -> bool:
+        """Whether any order on ``symbol`` may be in this scope (a request for a whole
+        pair, before its orders are known)."""
+        return self.symbols is None or symbol in self.symbols
 
 
 def _union(a: frozenset[_T] | None, b: frozenset[_T] | None) -> frozenset[_T] | None:

@@ -61,7 +61,7 @@ from killswitch.core.errors import (
     NotFound,
     Redirected,
 )
-from killswitch.core.ledger import Ledger, covers
+from killswitch.core.ledger import Ledger
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order
 from killswitch.core.outcomes import Outcome, RejectReason
@@ -871,9 +871,9 @@ class Sweep:
                 continue
             scope = ticket.scope
             hit = (
-                covers(scope, order_id, record)
+                scope.covers(record.symbol, record.side, order_id)
                 if record is not None and order_id is not None
-                else scope.symbols is None or symbol in scope.symbols
+                else scope.covers_pair(symbol)
             )
             if hit:
                 ticket.first_cancel_at = now
@@ -1067,7 +1067,8 @@ class Sweep:
             return False
         ledger = self.ledger
         return not any(
-            oid in ledger and covers(ticket.scope, oid, ledger.record(oid)) for oid in verified[1]
+            oid in ledger and ticket.scope.covers((r := ledger.record(oid)).symbol, r.side, oid)
+            for oid in verified[1]
         )
 
     def _unlisted(self, wanted: frozenset[str] | None) -> list[str]:
