@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeGuard, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -48,9 +49,12 @@ from pydantic_core import PydanticCustomError
 from killswitch.core.carry import RESULT_MAX_ORDERS, carried_from_json, carry_over
 from killswitch.core.model import (
     CarriedOutcomes,
+    Counts,
     HaltState,
+    InFlight,
     KillRequest,
     OrderReport,
+    Position,
     Scope,
     SweepResult,
     SweepStatus,
@@ -85,6 +89,7 @@ _MAX_LOC_PART_CHARS = 64
 DLQ_MAX_VALUE_BYTES = 256 * 1024
 
 Channel = Literal["alerts", "manual"]
+_T = TypeVar("_T")
 
 
 class RejectKind(StrEnum):
@@ -421,16 +426,27 @@ def _dumps(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where an input record was read (partition position), carried in results."""
+# The position type of the core under the name results give it (``origin``).
+Origin = Position
 
-    topic: str
-    partition: int
-    offset: int
 
-    def to_json(self) -> dict[str, Any]:
-        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+def position_to_json(position: Position) -> dict[str, Any]:
+    """A result's ``origin``."""
+    return {"topic": position.topic, "partition": position.partition, "offset": position.offset}
+
+
+def position_from_json(value: Any) -> Position | None:
+    """A result's ``origin`` read back; None when absent or unreadable."""
+    if not isinstance(value, Mapping):
+        return None
+    topic, part, off = value.get("topic"), value.get("partition"), value.get("offset")
+    if isinstance(topic, str) and _is_int(part) and _is_int(off):
+        return Position(topic, part, off)
+    return None
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _order_json(order: OrderReport) -> dict[str, Any]:
@@ -502,7 +518,7 @@ def result_to_json(
     if result.was_halted is not None:
         out["was_halted"] = result.was_halted
     if origin is not None:
-        out["origin"] = origin.to_json()
+        out["origin"] = position_to_json(origin)
     return out
 
 
@@ -527,19 +543,139 @@ def failed_result(request: KillRequest, reason: str, now: datetime) -> SweepResu
 
 
 @dataclass(frozen=True, slots=True)
-class ResultSummary:
-    """What the dedup rebuild (and, from progress results, a replay) needs from a result."""
+class ResultOrder:
+    """One entry of a result's ``orders`` as read back (``outcome`` as written: a newer
+    daemon may use a word this one does not know)."""
 
-    alert_id: str
+    order_id: int
+    symbol: str
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """``killswitch.result/v1`` as read back: the one reader of results, for the dedup
+    rebuild and a replay (:func:`decode_result_summary`) and for the operator's board
+    (:meth:`killswitch.render.AccountProgress.from_record`).
+
+    Lenient, as the contract asks of readers: a field a newer daemon added is ignored,
+    one an older daemon lacked (or one not of its type) reads as its empty value, and
+    only ``account`` and ``status`` are required. ``carried`` (progress results read by
+    :func:`decode_result_summary`) is what a replay after a crash folds in, decoded by
+    :func:`killswitch.core.carry.carried_from_json`, which trusts another process's
+    record only as far as it is consistent.
+    """
+
     account: str
-    status: str
-    final: bool
-    origin: Origin | None
-    carried: CarriedOutcomes | None = None  # progress results only
+    status: str  # a SweepStatus value, or a word a newer daemon added
+    alert_id: str = ""  # empty when the record names none
+    final: bool = False
+    dry_run: bool = False
+    counts: Counts = field(default_factory=Counts)
+    residual_open: int = 0
+    pending: int | None = None  # absent in records of older daemons
+    sweeps: int = 0
+    received_at: datetime | None = None
+    first_cancel_at: datetime | None = None
+    finished_at: datetime | None = None
+    orders: tuple[ResultOrder, ...] = ()
+    orders_omitted: int = 0
+    reason: str | None = None
+    operator: str | None = None
+    source: str = ""
+    trigger_reason: str = ""
+    not_found: tuple[int, ...] = ()
+    unlisted_pairs: tuple[str, ...] = ()
+    in_flight: tuple[InFlight, ...] = ()
+    pairs_listed: int | None = None
+    pairs_in_scope: int | None = None
+    was_halted: bool | None = None
+    origin: Position | None = None
+    carried: CarriedOutcomes | None = None
 
 
-def decode_result_summary(raw: bytes | None) -> ResultSummary | None:
-    """Read back a result record; None for anything that is not one (never raises).
+def read_result(data: Mapping[str, Any]) -> ResultRecord | None:
+    """A result record (decoded JSON) as a :class:`ResultRecord`; None without an
+    ``account`` and a ``status`` (never raises)."""
+    account, status = data.get("account"), data.get("status")
+    if not isinstance(account, str) or not isinstance(status, str):
+        return None
+    raw_counts = data.get("counts")
+    c: Mapping[str, Any] = raw_counts if isinstance(raw_counts, Mapping) else {}
+    alert_id, reason, operator = data.get("alert_id"), data.get("reason"), data.get("operator")
+    was_halted = data.get("was_halted")
+    return ResultRecord(
+        account=account,
+        status=status,
+        alert_id=alert_id if isinstance(alert_id, str) else "",
+        final=data.get("final") is True,
+        dry_run=data.get("dry_run") is True,
+        counts=Counts(**{name: _count(c.get(name)) or 0 for name in _COUNT_NAMES}),
+        residual_open=_count(data.get("residual_open")) or 0,
+        pending=_count(data.get("pending")),
+        sweeps=_count(data.get("sweeps")) or 0,
+        received_at=parse_time(data.get("received_at")),
+        first_cancel_at=parse_time(data.get("first_cancel_at")),
+        finished_at=parse_time(data.get("finished_at")),
+        orders=_result_orders(data.get("orders")),
+        orders_omitted=_count(data.get("orders_omitted")) or 0,
+        reason=reason if isinstance(reason, str) and reason else None,
+        operator=operator if isinstance(operator, str) else None,
+        source=_text(data.get("source")),
+        trigger_reason=_text(data.get("trigger_reason")),
+        not_found=tuple(_entries(data.get("not_found"), _is_int)),
+        unlisted_pairs=tuple(_entries(data.get("unlisted_pairs"), _is_str)),
+        in_flight=_result_in_flight(data.get("in_flight")),
+        pairs_listed=_count(data.get("pairs_listed")),
+        pairs_in_scope=_count(data.get("pairs_in_scope")),
+        was_halted=was_halted if isinstance(was_halted, bool) else None,
+        origin=position_from_json(data.get("origin")),
+    )
+
+
+_COUNT_NAMES = ("sent", "already_closed", "rejected", "failed", "skipped")
+
+
+def _count(value: Any) -> int | None:
+    """A non-negative JSON integer (booleans are not counts), else None."""
+    return value if _is_int(value) and value >= 0 else None
+
+
+def _is_str(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str)
+
+
+def _entries(value: Any, keep: Callable[[Any], TypeGuard[_T]]) -> list[_T]:
+    """The entries of a record's list that ``keep`` accepts (anything else left out)."""
+    return [v for v in value if keep(v)] if isinstance(value, list) else []
+
+
+def _result_orders(value: Any) -> tuple[ResultOrder, ...]:
+    """The readable entries of a result's ``orders`` (anything else left out)."""
+    rows = []
+    for entry in _entries(value, _is_mapping):
+        oid, symbol, outcome = entry.get("order_id"), entry.get("symbol"), entry.get("outcome")
+        if _is_int(oid) and isinstance(symbol, str) and isinstance(outcome, str):
+            rows.append(ResultOrder(oid, symbol, outcome))
+    return tuple(rows)
+
+
+def _result_in_flight(value: Any) -> tuple[InFlight, ...]:
+    """The readable entries of a result's ``in_flight`` (anything else left out)."""
+    return tuple(
+        InFlight(e["order_id"], e["symbol"])
+        for e in _entries(value, _is_mapping)
+        if _is_int(e.get("order_id")) and isinstance(e.get("symbol"), str)
+    )
+
+
+def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    return isinstance(value, Mapping)
+
+
+def decode_result_summary(raw: bytes | None) -> ResultRecord | None:
+    """Read back a result record for the dedup rebuild and a replay; None for anything
+    that is not one, or names no ``alert_id`` (never raises).
 
     A progress result's outcomes come back as ``carried`` (None when its counts are
     unreadable; per-order outcomes dropped, counts kept, when its order list is
@@ -547,18 +683,12 @@ def decode_result_summary(raw: bytes | None) -> ResultSummary | None:
     data = load_json_object(raw, 16 * 1024 * 1024)
     if isinstance(data, str) or data.get("schema") != RESULT_SCHEMA:
         return None
-    alert_id, account, status = data.get("alert_id"), data.get("account"), data.get("status")
-    if not (isinstance(alert_id, str) and isinstance(account, str) and isinstance(status, str)):
+    record = read_result(data)
+    if record is None or not record.alert_id:
         return None
-    origin = None
-    o = data.get("origin")
-    if isinstance(o, dict):
-        topic, part, off = o.get("topic"), o.get("partition"), o.get("offset")
-        if isinstance(topic, str) and isinstance(part, int) and isinstance(off, int):
-            origin = Origin(topic, part, off)
-    final = data.get("final") is True
-    carried = None if final else carried_from_json(data)
-    return ResultSummary(alert_id, account, status, final, origin, carried)
+    if record.final:
+        return record
+    return dataclasses.replace(record, carried=carried_from_json(data))
 
 
 def scope_to_json(scope: Scope) -> dict[str, Any]:

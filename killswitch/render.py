@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from killswitch.alerts import scope_to_json
+from killswitch.alerts import ResultOrder, ResultRecord, read_result, scope_to_json
 from killswitch.core.model import HaltState
-from killswitch.core.times import format_time, parse_time
+from killswitch.core.times import format_time
 
 __all__ = [
     "EXIT_NOT_DONE",
@@ -29,7 +29,6 @@ __all__ = [
     "Board",
     "Check",
     "GroupView",
-    "OrderRow",
     "bar",
     "check_lines",
     "dry_run_lines",
@@ -69,10 +68,6 @@ EXIT_NOT_FOUND = 3
 # ------------------------------------------------------------------- progress model
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
 @dataclass(frozen=True, slots=True)
 class AccountProgress:
     """Where one account stands for one alert, as the latest result record says."""
@@ -96,7 +91,7 @@ class AccountProgress:
     pairs_listed: int | None = None
     pairs_in_scope: int | None = None
     was_halted: bool | None = None  # releases: whether the account was halted
-    orders: tuple[OrderRow, ...] = ()  # the orders a final result lists
+    orders: tuple[ResultOrder, ...] = ()  # the orders a final result lists
     orders_omitted: int = 0  # orders the record left out of its list
     # Final results: pairs in scope never listed to the end (open orders there unknown).
     unlisted_pairs: tuple[str, ...] = ()
@@ -135,78 +130,35 @@ class AccountProgress:
     @classmethod
     def from_result(cls, record: Mapping[str, Any]) -> AccountProgress | None:
         """Read a result record leniently (a newer daemon may add fields); None if unusable."""
-        account, status = record.get("account"), record.get("status")
-        if not isinstance(account, str) or not isinstance(status, str):
-            return None
-        counts = record.get("counts")
-        c: Mapping[str, Any] = counts if isinstance(counts, Mapping) else {}
-        pending = record.get("pending")
-        received = parse_time(record.get("received_at"))
-        finished = parse_time(record.get("finished_at"))
-        reason = record.get("reason")
+        read = read_result(record)
+        return cls.from_record(read) if read is not None else None
+
+    @classmethod
+    def from_record(cls, r: ResultRecord) -> AccountProgress:
+        """Where a result record says the account stands."""
+        received, finished = r.received_at, r.finished_at
         return cls(
-            account=account,
-            status=status,
-            final=record.get("final") is True,
-            sent=_int(c.get("sent")),
-            already_closed=_int(c.get("already_closed")),
-            rejected=_int(c.get("rejected")),
-            failed=_int(c.get("failed")),
-            skipped=_int(c.get("skipped")),
-            residual_open=_int(record.get("residual_open")),
-            pending=_int(pending) if isinstance(pending, int) else None,
-            sweeps=_int(record.get("sweeps")),
-            reason=reason if isinstance(reason, str) and reason else None,
+            account=r.account,
+            status=r.status,
+            final=r.final,
+            sent=r.counts.sent,
+            already_closed=r.counts.already_closed,
+            rejected=r.counts.rejected,
+            failed=r.counts.failed,
+            skipped=r.counts.skipped,
+            residual_open=r.residual_open,
+            pending=r.pending,
+            sweeps=r.sweeps,
+            reason=r.reason,
             seconds=(finished - received).total_seconds() if received and finished else None,
-            not_found=_ids(record.get("not_found")),
-            pairs_listed=_optional_int(record.get("pairs_listed")),
-            pairs_in_scope=_optional_int(record.get("pairs_in_scope")),
-            was_halted=halted if isinstance(halted := record.get("was_halted"), bool) else None,
-            orders=_order_rows(record.get("orders")),
-            orders_omitted=_int(record.get("orders_omitted")),
-            unlisted_pairs=_names(record.get("unlisted_pairs")),
+            not_found=r.not_found,
+            pairs_listed=r.pairs_listed,
+            pairs_in_scope=r.pairs_in_scope,
+            was_halted=r.was_halted,
+            orders=r.orders,
+            orders_omitted=r.orders_omitted,
+            unlisted_pairs=r.unlisted_pairs,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class OrderRow:
-    """One order a result lists (what a dry run would cancel)."""
-
-    order_id: int
-    symbol: str
-    outcome: str
-
-
-def _optional_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _order_rows(value: Any) -> tuple[OrderRow, ...]:
-    """The readable entries of a result's ``orders`` list (anything else left out)."""
-    if not isinstance(value, list):
-        return ()
-    rows = []
-    for entry in value:
-        if not isinstance(entry, Mapping):
-            continue
-        oid, symbol, outcome = entry.get("order_id"), entry.get("symbol"), entry.get("outcome")
-        if isinstance(oid, int) and isinstance(symbol, str) and isinstance(outcome, str):
-            rows.append(OrderRow(oid, symbol, outcome))
-    return tuple(rows)
-
-
-def _names(value: Any) -> tuple[str, ...]:
-    """Strings from a record's list, anything else left out."""
-    if not isinstance(value, list):
-        return ()
-    return tuple(v for v in value if isinstance(v, str))
-
-
-def _ids(value: Any) -> tuple[int, ...]:
-    """Order ids from a record's list, anything else left out."""
-    if not isinstance(value, list):
-        return ()
-    return tuple(v for v in value if isinstance(v, int) and not isinstance(v, bool))
 
 
 @dataclass

@@ -66,6 +66,16 @@ def _union(a: frozenset[_T] | None, b: frozenset[_T] | None) -> frozenset[_T] | 
 
 
 @dataclass(frozen=True, slots=True)
+class Position:
+    """Where an input record was read: the dedup window's key to a replay, and the
+    ``origin`` of its results."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
 class KillRequest:
     """One alert's demand on one account."""
 
