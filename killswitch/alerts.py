@@ -704,8 +704,8 @@ def scope_to_json(scope: Scope) -> dict[str, Any]:
     }
 
 
-def encode_state(state: HaltState, daemon: str | None = None) -> bytes:
-    """The halt state record for the compacted state topic (Kafka key: the account).
+def state_to_json(state: HaltState, daemon: str | None = None) -> dict[str, Any]:
+    """``killswitch.state/v1`` as a dict (field names are the contract).
 
     ``daemon`` (additive) names the daemon instance that wrote it, so a daemon
     following the topic can skip its own records. ``by`` and ``reason`` (additive)
@@ -724,7 +724,12 @@ def encode_state(state: HaltState, daemon: str | None = None) -> bytes:
     }
     if daemon is not None:
         record["daemon"] = daemon
-    return _dumps(record)
+    return record
+
+
+def encode_state(state: HaltState, daemon: str | None = None) -> bytes:
+    """The halt state record for the compacted state topic (Kafka key: the account)."""
+    return _dumps(state_to_json(state, daemon))
 
 
 def _frozen(values: Any, convert: type[Any]) -> frozenset[Any] | None:
@@ -744,16 +749,18 @@ def decode_state(raw: bytes | None) -> HaltState | None:
 def decode_state_record(raw: bytes | None) -> tuple[HaltState, str | None] | None:
     """A state record and the daemon that wrote it (None when not recorded)."""
     data = load_json_object(raw, 16 * 1024 * 1024)
-    if isinstance(data, str):
-        return None
-    state = _state_from_json(data)
-    if state is None:
-        return None
+    return None if isinstance(data, str) else state_from_json(data)
+
+
+def state_from_json(data: Mapping[str, Any]) -> tuple[HaltState, str | None] | None:
+    """A state record (decoded JSON) and the daemon that wrote it (None when not
+    recorded); None when it is not a readable state record (never raises)."""
     daemon = data.get("daemon")
-    return state, daemon if isinstance(daemon, str) else None
+    state = _halt_state(data)
+    return None if state is None else (state, daemon if isinstance(daemon, str) else None)
 
 
-def _state_from_json(data: dict[str, Any]) -> HaltState | None:
+def _halt_state(data: Mapping[str, Any]) -> HaltState | None:
     try:
         scope = data.get("scope") or {}
         since = parse_time(data["since"])

@@ -17,7 +17,13 @@ from typing import Any, Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from killswitch.alerts import ResultOrder, ResultRecord, read_result, scope_to_json
+from killswitch.alerts import (
+    ResultOrder,
+    ResultRecord,
+    read_result,
+    scope_to_json,
+    state_to_json,
+)
 from killswitch.core.model import HaltState
 from killswitch.core.times import format_time
 
@@ -540,19 +546,15 @@ def scope_text(scope: Mapping[str, Any]) -> str:
 
 
 def status_records(states: Iterable[HaltState]) -> list[dict[str, Any]]:
-    """Halt states as JSON records (``killswitch status --json``), sorted by account."""
-    return [
-        {
-            "account": s.account,
-            "halted": s.halted,
-            "alert_id": s.alert_id,
-            "since": format_time(s.since),
-            "scope": scope_to_json(s.scope),
-            "by": s.by or None,
-            "reason": s.reason or None,
-        }
-        for s in sorted(states, key=lambda s: s.account)
-    ]
+    """Halt states as JSON records (``killswitch status --json``), sorted by account:
+    the state record's fields but ``schema`` and ``daemon``, with ``by`` and ``reason``
+    null when unknown."""
+    records = []
+    for s in sorted(states, key=lambda s: s.account):
+        record = state_to_json(s)
+        del record["schema"]
+        records.append(record | {"by": s.by or None, "reason": s.reason or None})
+    return records
 
 
 def status_lines(states: Iterable[HaltState], now: datetime) -> list[str]:
