@@ -30,7 +30,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeGuard, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -68,7 +68,7 @@ from killswitch.core.times import format_time, parse_time
 if TYPE_CHECKING:
     from killswitch.triggers import TriggerVerifier
 
-ALERT_SCHEMA = "killswitch.alert/v1"
+ALERT_SCHEMA: Final = "killswitch.alert/v1"
 RESULT_SCHEMA = "killswitch.result/v1"
 STATE_SCHEMA = "killswitch.state/v1"
 DLQ_SCHEMA = "killswitch.dlq/v1"
@@ -179,6 +179,19 @@ class AlertScopeModel(BaseModel):
                 raise ValueError(f"unknown account id(s): {shown}")
         return list(dict.fromkeys(value))  # drop repeats, keep order
 
+    def to_json(self) -> dict[str, Any]:
+        """``scope`` as written: ``symbols`` and ``sides`` when given, ``order_ids``
+        when not empty."""
+        accounts = self.accounts if self.accounts == "*" else list(self.accounts)
+        out: dict[str, Any] = {"accounts": accounts}
+        if self.symbols is not None:
+            out["symbols"] = list(self.symbols)
+        if self.sides is not None:
+            out["sides"] = list(self.sides)
+        if self.order_ids:
+            out["order_ids"] = list(self.order_ids)
+        return out
+
     @field_validator("symbols", "sides")
     @classmethod
     def _not_empty(cls, value: list[str] | None) -> list[str] | None:
@@ -228,6 +241,30 @@ class Alert(BaseModel):
         if self.expires_at is not None and self.expires_at <= self.created_at:
             raise ValueError("expires_at must be after created_at")
         return self
+
+    def to_json(self) -> dict[str, Any]:
+        """The message as written: the additive fields (``operator``, ``deadline_s``,
+        ``signature``) only when set, the scope's optional lists only when given, times
+        as :func:`format_time` writes them. Every writer of alerts goes through here."""
+        out: dict[str, Any] = {
+            "schema": self.schema_,
+            "alert_id": self.alert_id,
+            "action": self.action,
+            "source": self.source,
+            "reason": self.reason,
+            "scope": self.scope.to_json(),
+            "latch": self.latch,
+            "dry_run": self.dry_run,
+            "created_at": format_time(self.created_at),
+            "expires_at": format_time(self.expires_at),
+        }
+        if self.operator is not None:
+            out["operator"] = {"name": self.operator.name}
+        if self.deadline_s is not None:
+            out["deadline_s"] = self.deadline_s
+        if self.signature is not None:
+            out["signature"] = self.signature
+        return out
 
     def target_accounts(self, configured: Sequence[str]) -> list[str]:
         """The accounts this alert addresses, ``"*"`` expanded to every configured one."""
@@ -788,6 +825,102 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """``killswitch.dlq/v1``: a refused input record, where it was read and why.
+
+    The original is kept as ``value`` (text) when it is UTF-8, else ``value_base64``;
+    beyond :data:`DLQ_MAX_VALUE_BYTES` it is truncated and ``value_truncated`` is set.
+    """
+
+    kind: str  # a RejectKind value
+    reason: str
+    alert_id: str | None = None
+    topic: str = ""
+    partition: int = 0
+    offset: int = 0
+    key: str | None = None
+    received_at: datetime | None = None
+    value_bytes: int = 0
+    value_truncated: bool = False
+    value: str | None = None
+    value_base64: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        raw: bytes | None,
+        *,
+        position: Position,
+        key: bytes | None,
+        rejection: Rejection,
+        received_at: datetime,
+    ) -> DeadLetter:
+        """The dead letter of a record read at ``position`` and refused."""
+        body = raw or b""
+        kept = body[:DLQ_MAX_VALUE_BYTES]
+        try:
+            text, b64 = kept.decode("utf-8"), None
+        except UnicodeDecodeError:
+            text, b64 = None, base64.b64encode(kept).decode("ascii")
+        return cls(
+            kind=rejection.kind.value,
+            reason=rejection.reason,
+            alert_id=rejection.alert_id,
+            topic=position.topic,
+            partition=position.partition,
+            offset=position.offset,
+            key=_text_or_none(key),
+            received_at=received_at,
+            value_bytes=len(body),
+            value_truncated=len(kept) < len(body),
+            value=text,
+            value_base64=b64,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written (field names are the contract)."""
+        record: dict[str, Any] = {
+            "schema": DLQ_SCHEMA,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "key": self.key,
+            "kind": self.kind,
+            "reason": self.reason,
+            "alert_id": self.alert_id,
+            "received_at": format_time(self.received_at),
+            "value_bytes": self.value_bytes,
+            "value_truncated": self.value_truncated,
+        }
+        if self.value is not None:
+            record["value"] = self.value
+        if self.value_base64 is not None:
+            record["value_base64"] = self.value_base64
+        return record
+
+
+def read_dead_letter(data: Mapping[str, Any]) -> DeadLetter:
+    """A dead letter (decoded JSON) read leniently: what is missing or not of its type
+    reads as empty (never raises)."""
+    alert_id, key = data.get("alert_id"), data.get("key")
+    value, b64 = data.get("value"), data.get("value_base64")
+    return DeadLetter(
+        kind=_text(data.get("kind")),
+        reason=_text(data.get("reason")),
+        alert_id=alert_id if isinstance(alert_id, str) else None,
+        topic=_text(data.get("topic")),
+        partition=_count(data.get("partition")) or 0,
+        offset=_count(data.get("offset")) or 0,
+        key=key if isinstance(key, str) else None,
+        received_at=parse_time(data.get("received_at")),
+        value_bytes=_count(data.get("value_bytes")) or 0,
+        value_truncated=data.get("value_truncated") is True,
+        value=value if isinstance(value, str) else None,
+        value_base64=b64 if isinstance(b64, str) else None,
+    )
+
+
 def encode_dlq(
     raw: bytes | None,
     *,
@@ -798,31 +931,15 @@ def encode_dlq(
     rejection: Rejection,
     received_at: datetime,
 ) -> bytes:
-    """The dead letter record: the original message, where it was, and why it was refused.
-
-    The original is kept as ``value`` (text) when it is UTF-8, else ``value_base64``;
-    beyond :data:`DLQ_MAX_VALUE_BYTES` it is truncated and ``value_truncated`` is set.
-    """
-    body = raw or b""
-    kept = body[:DLQ_MAX_VALUE_BYTES]
-    record: dict[str, Any] = {
-        "schema": DLQ_SCHEMA,
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "key": _text_or_none(key),
-        "kind": rejection.kind.value,
-        "reason": rejection.reason,
-        "alert_id": rejection.alert_id,
-        "received_at": format_time(received_at),
-        "value_bytes": len(body),
-        "value_truncated": len(kept) < len(body),
-    }
-    try:
-        record["value"] = kept.decode("utf-8")
-    except UnicodeDecodeError:
-        record["value_base64"] = base64.b64encode(kept).decode("ascii")
-    return _dumps(record)
+    """The bytes of the dead letter of a refused record (see :class:`DeadLetter`)."""
+    letter = DeadLetter.of(
+        raw,
+        position=Position(topic, partition, offset),
+        key=key,
+        rejection=rejection,
+        received_at=received_at,
+    )
+    return _dumps(letter.to_json())
 
 
 def _text_or_none(key: bytes | None) -> str | None:

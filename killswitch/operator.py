@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -55,6 +55,8 @@ from cryptography.hazmat.primitives.serialization import (
 from killswitch.alerts import (
     ALERT_SCHEMA,
     Alert,
+    AlertScopeModel,
+    OperatorModel,
     Rejection,
     load_json_object,
     parse_alert,
@@ -62,7 +64,6 @@ from killswitch.alerts import (
 from killswitch.config import AccountSettings, Settings, settings_from_args
 from killswitch.core.model import HaltState
 from killswitch.core.pairs import PairList
-from killswitch.core.times import format_time
 from killswitch.display import Display
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem
@@ -358,30 +359,30 @@ def operator_name(given: str | None, environ: dict[str, str] | None = None) -> s
 
 
 def alert_message(request: TriggerRequest, *, alert_id: str, now: datetime) -> dict[str, Any]:
-    """The ``killswitch.alert/v1`` object for a request (unsigned, not yet validated)."""
-    scope: dict[str, Any] = {"accounts": "*" if request.accounts == "*" else list(request.accounts)}
-    if request.symbols:
-        scope["symbols"] = list(request.symbols)
-    if request.sides:
-        scope["sides"] = list(request.sides)
-    if request.order_ids:
-        scope["order_ids"] = list(request.order_ids)
-    message: dict[str, Any] = {
-        "schema": ALERT_SCHEMA,
-        "alert_id": alert_id,
-        "action": request.action,
-        "source": "operator-cli",
-        "reason": request.reason,
-        "scope": scope,
-        "latch": request.latch,
-        "dry_run": request.dry_run,
-        "created_at": format_time(now),
-        "expires_at": None,
-        "operator": {"name": request.operator},
-    }
-    if request.deadline_s is not None:
-        message["deadline_s"] = request.deadline_s
-    return message
+    """The ``killswitch.alert/v1`` object for a request (unsigned, not yet validated:
+    :func:`prepare_trigger` validates it as the daemon will, to refuse it with the
+    daemon's own reason)."""
+    scope = AlertScopeModel.model_construct(
+        accounts="*" if request.accounts == "*" else list(request.accounts),
+        symbols=list(request.symbols) or None,
+        sides=cast("list[Literal['BUY', 'SELL']]", list(request.sides)) or None,
+        order_ids=list(request.order_ids),
+    )
+    alert = Alert.model_construct(
+        schema_=ALERT_SCHEMA,
+        alert_id=alert_id,
+        action=request.action,
+        source="operator-cli",
+        reason=request.reason,
+        scope=scope,
+        latch=request.latch,
+        dry_run=request.dry_run,
+        created_at=now,
+        expires_at=None,
+        deadline_s=request.deadline_s,
+        operator=OperatorModel.model_construct(name=request.operator),
+    )
+    return alert.to_json()
 
 
 def message_key(accounts: Sequence[str] | Literal["*"]) -> bytes:

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from killswitch.alerts import (
     ResultOrder,
     ResultRecord,
+    read_dead_letter,
     read_result,
     scope_to_json,
     state_to_json,
@@ -209,10 +210,10 @@ class Board:
 
     def apply_dead_letter(self, record: Mapping[str, Any]) -> bool:
         """A dead letter for this alert: the daemon refused it; every account is done."""
-        if record.get("alert_id") != self.alert_id:
+        letter = read_dead_letter(record)
+        if letter.alert_id != self.alert_id:
             return False
-        kind, reason = record.get("kind"), record.get("reason")
-        why = f"{kind}: {reason}" if isinstance(kind, str) and isinstance(reason, str) else "?"
+        why = f"{letter.kind}: {letter.reason}" if letter.kind and letter.reason else "?"
         changed = False
         for account, row in self.rows.items():
             if not row.final:
