@@ -9,10 +9,12 @@ Everything here is pure (no I/O): bytes in, models or bytes out.
   are refused, and pydantic errors are summarised without echoing the input.
 * :func:`kill_requests` turns an alert into one :class:`KillRequest` per account
   (``"*"`` expands to every configured account).
-* :func:`encode_result`, :func:`encode_state`, :func:`encode_dlq` write
-  ``killswitch.result/v1``, the halt state record and the dead letter record;
-  :func:`decode_result_summary` and :func:`decode_state` read the first two back
-  (dedup rebuild and halt restore at start-up).
+* :meth:`Alert.to_json` writes an alert (operator triggers, dead-man kills).
+* :func:`encode_result` writes ``killswitch.result/v1`` and :func:`read_result` is its
+  one reader (:class:`ResultRecord`: the operator's board; :func:`decode_result_summary`
+  adds what a replay carries, for the dedup rebuild). :func:`encode_state` and
+  :func:`decode_state_record` write and read the halt state record;
+  :class:`DeadLetter` is the dead letter record both ways.
 
 Compatibility: unknown *top-level* alert fields are ignored (a newer producer may
 add fields; a kill must not be refused for that), but unknown keys inside
@@ -278,7 +280,7 @@ class Alert(BaseModel):
         return Scope(
             symbols=frozenset(s.symbols) if s.symbols is not None else None,
             sides=frozenset(Side(x) for x in s.sides) if s.sides is not None else None,
-            order_ids=frozenset(s.order_ids) if s.order_ids else None,
+            order_ids=frozenset(s.order_ids),  # empty means all (Scope normalises it)
         )
 
 

@@ -33,6 +33,13 @@ class Scope:
     sides: frozenset[Side] | None = None
     order_ids: frozenset[int] | None = None  # non-empty narrows to these orders
 
+    def __post_init__(self) -> None:
+        # Empty ``order_ids`` means "no narrowing" (the alert contract), never "nothing":
+        # an empty set would match no order, and would absorb a wider scope when
+        # widened. Normalised here, where every scope is made, and nowhere else.
+        if self.order_ids is not None and not self.order_ids:
+            object.__setattr__(self, "order_ids", None)
+
     def widen(self, other: Scope) -> Scope:
         """The union of two scopes (coalescing a second kill into a running sweep)."""
         return Scope(

@@ -80,7 +80,6 @@ from killswitch.core.planning import (
     final_status,
     in_scope,
     next_step,
-    normalise_scope,
     pause_before_next_pass,
     priority_key,
     symbols_to_list,
@@ -188,7 +187,7 @@ class Sweep:
         self.observer: Observer = observer or NullObserver()
         self.clock = clock
         self.name = name or f"sweep-{self.account}"
-        self.scope: Scope | None = normalise_scope(scope) if scope is not None else None
+        self.scope: Scope | None = scope
         self.deadline = deadline if deadline is not None else -1.0
         self.tickets: list[Ticket] = []
         # Endpoints the account's exchange does not serve (shared with its later sweeps).
@@ -224,7 +223,7 @@ class Sweep:
         now = loop.time()
         age = max(0.0, (self.clock() - request.received_at).total_seconds())
         received = now - age
-        scope = normalise_scope(request.scope)
+        scope = request.scope
         self.gen += 1
         ticket = Ticket(
             request=request,
