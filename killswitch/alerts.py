@@ -12,9 +12,9 @@ Everything here is pure (no I/O): bytes in, models or bytes out.
 * :meth:`Alert.to_json` writes an alert (operator triggers, dead-man kills).
 * :func:`encode_result` writes ``killswitch.result/v1`` and :func:`read_result` is its
   one reader (:class:`ResultRecord`: the operator's board; :func:`decode_result_summary`
-  adds what a replay carries, for the dedup rebuild). :func:`encode_state` and
-  :func:`decode_state_record` write and read the halt state record;
-  :class:`DeadLetter` is the dead letter record both ways.
+  reads it without its lists, plus what a replay carries, for the dedup rebuild).
+* :func:`encode_state` and :func:`decode_state_record` write and read the halt state
+  record; :class:`DeadLetter` is the dead letter record both ways.
 
 Compatibility: unknown *top-level* alert fields are ignored (a newer producer may
 add fields; a kill must not be refused for that), but unknown keys inside
@@ -633,12 +633,29 @@ class ResultRecord:
     carried: CarriedOutcomes | None = None
 
 
-def read_result(data: Mapping[str, Any]) -> ResultRecord | None:
+def read_result(data: Mapping[str, Any], *, lists: bool = True) -> ResultRecord | None:
     """A result record (decoded JSON) as a :class:`ResultRecord`; None without an
-    ``account`` and a ``status`` (never raises)."""
+    ``account`` and a ``status`` (never raises).
+
+    ``lists`` False leaves ``orders``, ``not_found``, ``unlisted_pairs`` and
+    ``in_flight`` empty: every daemon reads every result, and the dedup window needs
+    none of them (a record lists up to 2,000 orders)."""
     account, status = data.get("account"), data.get("status")
     if not isinstance(account, str) or not isinstance(status, str):
         return None
+    if not lists:
+        return _result_head(data, account, status)
+    return dataclasses.replace(
+        _result_head(data, account, status),
+        orders=_result_orders(data.get("orders")),
+        not_found=tuple(_entries(data.get("not_found"), _is_int)),
+        unlisted_pairs=tuple(_entries(data.get("unlisted_pairs"), _is_str)),
+        in_flight=_result_in_flight(data.get("in_flight")),
+    )
+
+
+def _result_head(data: Mapping[str, Any], account: str, status: str) -> ResultRecord:
+    """Every field of a result record but its lists."""
     raw_counts = data.get("counts")
     c: Mapping[str, Any] = raw_counts if isinstance(raw_counts, Mapping) else {}
     alert_id, reason, operator = data.get("alert_id"), data.get("reason"), data.get("operator")
@@ -649,22 +666,24 @@ def read_result(data: Mapping[str, Any]) -> ResultRecord | None:
         alert_id=alert_id if isinstance(alert_id, str) else "",
         final=data.get("final") is True,
         dry_run=data.get("dry_run") is True,
-        counts=Counts(**{name: _count(c.get(name)) or 0 for name in _COUNT_NAMES}),
+        counts=Counts(
+            _count(c.get("sent")) or 0,
+            _count(c.get("already_closed")) or 0,
+            _count(c.get("rejected")) or 0,
+            _count(c.get("failed")) or 0,
+            _count(c.get("skipped")) or 0,
+        ),
         residual_open=_count(data.get("residual_open")) or 0,
         pending=_count(data.get("pending")),
         sweeps=_count(data.get("sweeps")) or 0,
         received_at=parse_time(data.get("received_at")),
         first_cancel_at=parse_time(data.get("first_cancel_at")),
         finished_at=parse_time(data.get("finished_at")),
-        orders=_result_orders(data.get("orders")),
         orders_omitted=_count(data.get("orders_omitted")) or 0,
         reason=reason if isinstance(reason, str) and reason else None,
         operator=operator if isinstance(operator, str) else None,
         source=_text(data.get("source")),
         trigger_reason=_text(data.get("trigger_reason")),
-        not_found=tuple(_entries(data.get("not_found"), _is_int)),
-        unlisted_pairs=tuple(_entries(data.get("unlisted_pairs"), _is_str)),
-        in_flight=_result_in_flight(data.get("in_flight")),
         pairs_listed=_count(data.get("pairs_listed")),
         pairs_in_scope=_count(data.get("pairs_in_scope")),
         was_halted=was_halted if isinstance(was_halted, bool) else None,
@@ -672,12 +691,9 @@ def read_result(data: Mapping[str, Any]) -> ResultRecord | None:
     )
 
 
-_COUNT_NAMES = ("sent", "already_closed", "rejected", "failed", "skipped")
-
-
 def _count(value: Any) -> int | None:
     """A non-negative JSON integer (booleans are not counts), else None."""
-    return value if _is_int(value) and value >= 0 else None
+    return value if type(value) is int and value >= 0 else None
 
 
 def _is_str(value: Any) -> TypeGuard[str]:
@@ -722,7 +738,7 @@ def decode_result_summary(raw: bytes | None) -> ResultRecord | None:
     data = load_json_object(raw, 16 * 1024 * 1024)
     if isinstance(data, str) or data.get("schema") != RESULT_SCHEMA:
         return None
-    record = read_result(data)
+    record = read_result(data, lists=False)
     if record is None or not record.alert_id:
         return None
     if record.final:
