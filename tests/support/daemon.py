@@ -180,7 +180,6 @@ def account_config(
 # ------------------------------------------------------------------- processes
 
 
-@dataclass
 async def wait_exit(proc: subprocess.Popen[bytes], timeout: float, name: str) -> int:
     """``proc``'s exit code, polling with a deadline (fails the test if it does not exit)."""
     loop = asyncio.get_running_loop()
@@ -192,6 +191,7 @@ async def wait_exit(proc: subprocess.Popen[bytes], timeout: float, name: str) ->
     return proc.returncode
 
 
+@dataclass
 class DaemonProcess:
     """``python -m killswitch run --config FILE``; stdout and stderr go to files."""
 
