@@ -53,6 +53,7 @@ import httpx
 from killswitch.exchange.transport import (
     FRESH_CONNECTION,
     RESEND_STALE,
+    AttemptDeadline,
     Phases,
     RawHeaders,
     StaleConnection,
@@ -492,6 +493,15 @@ def _expire(waiter: asyncio.Future[AnswerReader]) -> None:
         waiter.set_exception(httpx.ReadTimeout("read timeout"))
 
 
+def _at_most(limit: float | None, left: float) -> float:
+    return left if limit is None else min(limit, left)
+
+
+def _deadline_passed(waiter: asyncio.Future[AnswerReader]) -> None:
+    if not waiter.done():
+        waiter.set_exception(AttemptDeadline("attempt deadline passed during the answer"))
+
+
 def _pool_expire(waiter: asyncio.Future[_Connection | None]) -> None:
     if not waiter.done():
         waiter.set_exception(httpx.PoolTimeout("timed out waiting for a pooled connection"))
@@ -556,6 +566,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         body: bytes | None,
         phases: Phases,
         *,
+        deadline: float | None = None,
         resend_stale: bool = True,
         fresh: bool = False,
     ) -> tuple[int, bytes, RawHeaders]:
@@ -568,6 +579,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
         ``resend_stale=False``: a reused connection found closed before any byte of
         the answer raises :class:`StaleConnection` instead of sending the same bytes
         again; ``fresh=True`` opens a new connection instead of reusing an idle one.
+        ``deadline`` (``loop.time()`` clock) ends the whole exchange: the read timer runs
+        to it when it comes before the read timeout (then :class:`AttemptDeadline`), and
+        the pool wait and connect are capped to it.
         """
         # Up to the first "/" after "https://x" is scheme://host[:port] when the URL has a
         # path (a host cannot hold "/"); anything else ("?" first, not cached yet) is parsed.
@@ -584,6 +598,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             headers.items(),
             body,
             phases=phases,
+            deadline=deadline,
             resend_stale=resend_stale,
             fresh=fresh,
         )
@@ -686,17 +701,18 @@ class Http1Transport(httpx.AsyncBaseTransport):
         body: bytes | None,
         *,
         phases: Phases,
+        deadline: float | None = None,
         resend_stale: bool = True,
         fresh: bool = False,
     ) -> AnswerReader:
         """Send on a pooled connection; once more on a fresh one if a reused one was stale
         (or :class:`StaleConnection` without ``resend_stale``)."""
         data = request_bytes(method, target, origin.host_header, headers, body)
-        conn = await self._acquire(origin, phases, fresh=fresh)
+        conn = await self._acquire(origin, self._capped(phases, deadline), fresh=fresh)
         read = phases.read
         started = self._loop.time()
         try:
-            return await self._roundtrip(conn, data, read)
+            return await self._roundtrip(conn, data, read, deadline)
         except _NoAnswer as exc:
             if not conn.reused or method not in _RETRY_SAFE:
                 raise httpx.ReadError(str(exc)) from exc.__cause__
@@ -712,13 +728,36 @@ class Http1Transport(httpx.AsyncBaseTransport):
             read -= self._loop.time() - started
             if read <= 0:
                 raise httpx.ReadTimeout("read timeout (stale connection, no time to retry)")
-        conn = await self._acquire(origin, phases, fresh=True)
+        conn = await self._acquire(origin, self._capped(phases, deadline), fresh=True)
         try:
-            return await self._roundtrip(conn, data, read)
+            return await self._roundtrip(conn, data, read, deadline)
         except _NoAnswer as exc:  # callers see httpx's own class (its name is reported)
             raise httpx.ReadError(str(exc)) from exc.__cause__
 
-    async def _roundtrip(self, conn: _Connection, data: bytes, read: float | None) -> AnswerReader:
+    def _capped(self, phases: Phases, deadline: float | None) -> Phases:
+        """``phases`` with the pool wait and connect ending by ``deadline`` at the latest."""
+        if deadline is None:
+            return phases
+        left = deadline - self._loop.time()
+        if left <= 0:
+            raise AttemptDeadline("attempt deadline passed before the request was sent")
+        connect, pool = phases.connect, phases.pool
+        if connect is not None and connect <= left and pool is not None and pool <= left:
+            return phases
+        return Phases(_at_most(connect, left), phases.read, _at_most(pool, left))
+
+    def _read_timer(
+        self, waiter: asyncio.Future[AnswerReader], read: float | None, deadline: float | None
+    ) -> asyncio.TimerHandle | None:
+        """One timer for the answer: the read timeout, or the deadline when that is sooner."""
+        loop = self._loop
+        if deadline is not None and (read is None or loop.time() + read > deadline):
+            return loop.call_at(deadline, _deadline_passed, waiter)
+        return None if read is None else loop.call_later(read, _expire, waiter)
+
+    async def _roundtrip(
+        self, conn: _Connection, data: bytes, read: float | None, deadline: float | None = None
+    ) -> AnswerReader:
         transport = conn.transport
         if transport is None or not conn.usable():
             conn.close()
@@ -729,7 +768,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         conn.parser = parser
         conn.waiter = waiter
         transport.write(data)
-        timer = None if read is None else self._loop.call_later(read, _expire, waiter)
+        timer = self._read_timer(waiter, read, deadline)
         try:
             await waiter
         except BaseException:
