@@ -297,9 +297,11 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # controls), not "//" first (read as a network-path reference by some intermediaries).
 _TARGET = re.compile(r"/(?!/)[!-\"$-~]*")
 _DOT_SEGMENT = re.compile(r"/\.\.?(?:/|$)")
-# Anything but visible ASCII, space, tab, CR and LF (header values; CR and LF counted).
-_FORBIDDEN = re.compile(r"[^\t\r\n -~]")
-_GOOD_NAMES: set[str] = set()
+# What a request head may hold besides the CR LF that end its lines: visible ASCII,
+# space and tab.
+_PLAIN = bytes(range(0x20, 0x7F)) + b"\t"
+# Header names already checked (the client's few repeat): True for one of _OWN_HEADERS.
+_NAMES: dict[str, bool] = {}
 # Headers whose value this transport sets itself (framing and connection management).
 _OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 # RFC 9110 8.6: send Content-Length: 0 for an empty body only where the method
@@ -329,9 +331,10 @@ def request_bytes(
         raise httpx.LocalProtocolError("request target is not a plain ASCII path and query")
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
     for name, value in headers:
-        if name not in _GOOD_NAMES:
-            _check_name(name)
-        if name.lower() not in _OWN_HEADERS:
+        own = _NAMES.get(name)
+        if own is None:
+            own = _check_name(name)
+        if not own:
             lines.append(f"{name}: {value}\r\n")
     if body:
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
@@ -339,24 +342,30 @@ def request_bytes(
         lines.append("Content-Length: 0\r\n\r\n")
     else:
         lines.append("\r\n")
-    head = "".join(lines)
     # Values in one pass: nothing but visible ASCII, space and tab, and CR LF only where
-    # the lines above put them (each piece ends in one; the first and a framing one in two).
+    # the lines above put them (each piece ends in one; the first and a framing one in
+    # two). Deleting every allowed byte must leave exactly those CR LF pairs.
     breaks = len(lines) + (1 if lines[-1] == "\r\n" else 2)
-    if _FORBIDDEN.search(head) or head.count("\n") != breaks or head.count("\r") != breaks:
+    try:
+        data = "".join(lines).encode("ascii")
+    except UnicodeEncodeError:
+        data = b""
+    if not data or data.translate(None, _PLAIN) != b"\r\n" * breaks:
         raise httpx.LocalProtocolError(
             "a request header value holds a control or non-ASCII character"
         )
-    data = head.encode("ascii")
     return data + body if body else data
 
 
-def _check_name(name: str) -> None:
-    """A header name must be a token; good ones are remembered (the client's few repeat)."""
+def _check_name(name: str) -> bool:
+    """A header name must be a token; True when it is one of _OWN_HEADERS (not sent as
+    given). Good names are remembered in _NAMES."""
     if not _TOKEN.fullmatch(name):
         raise httpx.LocalProtocolError(f"malformed request header name {name[:40]!r}")
-    if len(_GOOD_NAMES) < 256:
-        _GOOD_NAMES.add(name)
+    own = name.lower() in _OWN_HEADERS
+    if len(_NAMES) < 256:
+        _NAMES[name] = own
+    return own
 
 
 # -- connections ------------------------------------------------------------------------
