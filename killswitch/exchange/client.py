@@ -15,9 +15,10 @@ Choices worth knowing (also in ``docs/CLIENT.md``):
   once; the same strings are signed and sent, with the URL built here so nothing
   re-encodes it. Each attempt gets a fresh timestamp and signature.
 - **Every attempt has a hard deadline.** Connect, send and the whole answer together
-  are bounded by what is left of ``request_deadline_s`` (``asyncio.timeout`` around
-  the attempt), whatever the transport's own timeouts do: a server that trickles its
-  answer ends in a timeout, retried or failed like any other.
+  are bounded by what is left of ``request_deadline_s``, whatever the transport's own
+  timeouts do: our transport is handed the deadline and ends the exchange at it itself
+  (one timer per request); any other runs under ``asyncio.timeout_at``. A server that
+  trickles its answer ends in a timeout, retried or failed like any other.
 - **Retries.** 429, 5xx, timeouts and connection errors retry with capped exponential
   backoff and full jitter, within ``request_deadline_s``; ``max_attempts`` bounds all
   but the 429s, which the limiter already accounts for (a cancel caught in a throttle
