@@ -16,15 +16,14 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from killswitch.config import EngineSettings
 from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult, SweepStatus
-from killswitch.core.ports import NullObserver
+from killswitch.core.ports import EngineConfig, NullObserver
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.simulator.core import LogEntry, Simulator
 from killswitch.exchange.simulator.server import SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 ACCOUNT = "mm-1"
 LABEL = "mm-1-key"
@@ -71,7 +70,7 @@ class Env:
         }
         options.update(engine)
         async with ExchangeClient(settings) as client:
-            eng = Engine({ACCOUNT: client}, EngineSettings(**options), observer)
+            eng = Engine({ACCOUNT: client}, EngineConfig(**options), observer)
             try:
                 yield eng, client
             finally:

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from killswitch.config import AccountSettings, EngineSettings, Settings
+from killswitch.config import AccountSettings, Settings
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.outcomes import RejectReason
+from killswitch.core.ports import EngineConfig
 from killswitch.embedded import free_port
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
@@ -28,15 +29,12 @@ from killswitch.health import Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
 from killswitch.observability import ExchangeProbe, first_page
 from killswitch.operator import run_checks
-from tests.conftest import wait_for
-from tests.integration.daemon_harness import (
-    daemon_in_process,
-    daemon_settings,
-    exchange,
-    prepare_topics,
-)
-from tests.integration.intake_harness import TopicReader, alert_message, produce
 from tests.support.daemon import wait_http
+from tests.support.exchange import exchange
+from tests.support.inprocess import ACCOUNTS, daemon_in_process, daemon_settings, prepare_topics
+from tests.support.intake import alert_message
+from tests.support.topics import TopicCollector, produce
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,12 +69,10 @@ class Env:
         return ExchangeClient(self.settings(**overrides), observer=self.observer)
 
     async def probe(self) -> None:
-        """One round of the daemon's readiness probe (its own client, as in the daemon)."""
-        settings = self.settings()
-        probe = ExchangeProbe([settings], self.observer, 60.0, self.readiness)
-        quick = settings.model_copy(update={"max_attempts": 1})
-        async with ExchangeClient(quick, observer=self.observer) as client:
-            await probe.probe(client)
+        """One round of the daemon's exchange probe (on the account's client, as in the
+        daemon)."""
+        async with self.client() as client:
+            await ExchangeProbe({ACCOUNT: client}, 60.0, self.readiness).round()
 
     def reasons(self) -> tuple[str, ...]:
         return self.readiness.evaluate(0.0).reasons
@@ -152,7 +148,7 @@ async def test_a_redirected_cancel_all_is_named_remembered_and_falls_back(env: E
     for symbol in SYMBOLS:
         env.sim.seed_orders(env.api_key, symbol, 120)
     env.sim.set_redirect(ELSEWHERE, 308, endpoint="cancel_all")
-    settings = EngineSettings(progress_interval_s=0.05, latch_sweep_interval_s=0.05)
+    settings = EngineConfig(progress_interval_s=0.05)
     assert settings.strategy == "auto"
     async with env.client() as client:
         # One worker: the answer to the first cancel-all comes before any other is due.
@@ -176,7 +172,7 @@ async def test_a_redirected_cancel_all_is_named_remembered_and_falls_back(env: E
 async def test_a_redirected_cancel_names_the_location_in_the_result(env: Env) -> None:
     ids = env.sim.seed_orders(env.api_key, SYMBOL, 2)
     env.sim.set_redirect(ELSEWHERE, 308, endpoint="cancel")
-    settings = EngineSettings(progress_interval_s=0.05, strategy="per_order", max_passes=2)
+    settings = EngineConfig(progress_interval_s=0.05, strategy="per_order", max_passes=2)
     async with env.client() as client:
         engine = Engine({ACCOUNT: client}, settings)
         result = await engine.submit(kill("by-id", order_ids=set(ids)), no_progress)
@@ -235,7 +231,7 @@ async def test_the_daemon_names_a_redirected_cancel_all_in_readyz_and_the_result
 ) -> None:
     """As an operator meets it: a kill ends flat through batches, and both its result
     and /readyz say where the exchange redirects cancel-all."""
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(
             kafka_bootstrap,
             unique_name,
@@ -244,17 +240,17 @@ async def test_the_daemon_names_a_redirected_cancel_all_in_readyz_and_the_result
             metrics={"enabled": True, "host": "127.0.0.1", "port": free_port()},
         )
         await prepare_topics(settings)
-        ex.seed("mm-1", 120)
+        ex.seed("mm-1", SYMBOLS[:2], 120)
         ex.sim.set_redirect(ELSEWHERE, 308, endpoint="cancel_all")
         ready = f"http://127.0.0.1:{settings.metrics.port}/readyz"
         async with (
-            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
             daemon_in_process(settings),
         ):
             await wait_http(ready, until=lambda answer: answer.status_code == 200)
             await produce(settings, [alert_message("redir-1", ["mm-1"])])
             await wait_for(lambda: len(results.finals("redir-1")) == 1, timeout=30)
-            (final,) = results.finals("redir-1")
+            (final,) = (await results.to_end()).finals("redir-1")
             answer = await wait_http(ready, until=lambda answer: answer.status_code == 503)
         assert final["status"] == "flat"
         assert problem("cancel_all") in final["reason"]

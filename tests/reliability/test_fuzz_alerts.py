@@ -38,7 +38,7 @@ from killswitch.alerts import (
 )
 from killswitch.config import OperatorKey, TriggerSigningSettings
 from killswitch.triggers import TriggerVerifier, sign_trigger
-from tests.reliability import figures
+from tests.support import figures
 
 ACCOUNTS = ("mm-1", "mm-2")
 MAX_BYTES = 64 * 1024  # small, so "huge" inputs cross it cheaply
