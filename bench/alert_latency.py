@@ -497,10 +497,15 @@ async def daemon_latency(
     wall_offset = time.time() - time.perf_counter()  # perf_counter -> epoch seconds
     try:
         async with _consumer(bootstrap, topics["results"]) as results:
+            parts = list(results.assignment())
             for i in range(n + WARMUP):
                 (order_id,) = sim.seed_orders(api_key, SYMBOL, 1)
                 arrived = probe.expect(order_id)
                 alert_id = f"{prefix}-{i}"
+                # The simulator serves the measured requests from this process: no fetch
+                # loop of ours runs beside it meanwhile (the pipeline's blocks have none;
+                # its answer comes through a pipe).
+                results.pause(*parts)
                 await _random_phase()
                 start = time.perf_counter()
                 await producer.send_and_wait(
@@ -508,6 +513,7 @@ async def daemon_latency(
                 )
                 async with asyncio.timeout(30):
                     await arrived.wait()
+                results.resume(*parts)
                 final = await _wait_final(results, {alert_id}, 30)
                 if i >= WARMUP:
                     out.append(probe.first[order_id] - start)
