@@ -261,6 +261,10 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder for every message (``json.loads`` with hooks builds a new one per call).
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+
+
 def load_json_object(raw: bytes | None, max_bytes: int) -> dict[str, Any] | str:
     """Decode one JSON object, or return the reason it cannot be read (never raises)."""
     if not raw:
@@ -272,7 +276,7 @@ def load_json_object(raw: bytes | None, max_bytes: int) -> dict[str, Any] | str:
     except UnicodeDecodeError as exc:
         return f"not UTF-8 (byte {exc.start})"
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        data = _DECODER.decode(text)
     except RecursionError:
         return "not JSON: nested too deeply"
     except json.JSONDecodeError as exc:
@@ -281,7 +285,10 @@ def load_json_object(raw: bytes | None, max_bytes: int) -> dict[str, Any] | str:
         return f"not JSON: {str(exc)[:200]}"
     if not isinstance(data, dict):
         return f"expected a JSON object, got {type(data).__name__}"
-    if _deeper_than(data, MAX_JSON_DEPTH):
+    # Nesting deeper than the limit needs more brackets than the limit: counting them
+    # (in C) spares the walk for every ordinary message.
+    brackets = raw.count(b"{") + raw.count(b"[")
+    if brackets > MAX_JSON_DEPTH and _deeper_than(data, MAX_JSON_DEPTH):
         return f"not JSON: nested more than {MAX_JSON_DEPTH} levels deep"
     return data
 
@@ -470,8 +477,14 @@ def result_to_json(
     result: SweepResult, origin: Origin | None = None, max_orders: int = RESULT_MAX_ORDERS
 ) -> dict[str, Any]:
     """``killswitch.result/v1`` as a dict (field names are the contract)."""
-    c = result.counts
     listed = _listed_orders(result.orders, max_orders)
+    return _result_json(result, origin, [_order_json(o) for o in listed], len(listed))
+
+
+def _result_json(
+    result: SweepResult, origin: Origin | None, orders: list[dict[str, Any]], listed: int
+) -> dict[str, Any]:
+    c = result.counts
     out: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
         "alert_id": result.alert_id,
@@ -493,8 +506,8 @@ def result_to_json(
         "received_at": format_time(result.received_at),
         "first_cancel_at": format_time(result.first_cancel_at),
         "finished_at": format_time(result.finished_at),
-        "orders": [_order_json(o) for o in listed],
-        "orders_omitted": len(result.orders) - len(listed),
+        "orders": orders,
+        "orders_omitted": len(result.orders) - listed,
         "reason": result.reason,
         "operator": result.operator,
         "source": result.source,
@@ -516,8 +529,33 @@ def result_to_json(
 
 
 def encode_result(result: SweepResult, origin: Origin | None = None) -> bytes:
-    """The bytes of a result record (Kafka key: the account)."""
-    return _dumps(result_to_json(result, origin))
+    """The bytes of a result record (Kafka key: the account).
+
+    The alerts one sweep coalesced share one list of order reports (see
+    ``Sweep.result_for``): its JSON is made once and spliced into each record."""
+    orders, listed = _orders_text(result.orders)
+    text = json.dumps(
+        _result_json(result, origin, [], listed), separators=(",", ":"), ensure_ascii=False
+    )
+    # The first '"orders":[]' is the key's: inside a JSON string every quote is escaped.
+    return text.replace('"orders":[]', f'"orders":{orders}', 1).encode("utf-8")
+
+
+# The last list of order reports encoded, kept (so its id cannot be reused) with its
+# length (a list changed since would not match) and its JSON.
+_orders_memo: tuple[list[OrderReport], int, str, int] | None = None
+
+
+def _orders_text(orders: list[OrderReport]) -> tuple[str, int]:
+    """The JSON array of the orders a result lists, and how many it lists."""
+    global _orders_memo  # noqa: PLW0603 - a one-entry memo of a pure function
+    memo = _orders_memo
+    if memo is not None and memo[0] is orders and memo[1] == len(orders):
+        return memo[2], memo[3]
+    listed = _listed_orders(orders, RESULT_MAX_ORDERS)
+    text = json.dumps([_order_json(o) for o in listed], separators=(",", ":"), ensure_ascii=False)
+    _orders_memo = (orders, len(orders), text, len(listed))
+    return text, len(listed)
 
 
 def duplicate_result(

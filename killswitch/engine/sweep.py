@@ -55,7 +55,7 @@ from typing import Any
 from killswitch.config import EngineSettings
 from killswitch.core.carry import RESULT_MAX_ORDERS, carry_over
 from killswitch.core.ledger import Ledger, covers
-from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
+from killswitch.core.model import Counts, KillRequest, OrderReport, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order
 from killswitch.core.outcomes import Outcome, RejectReason
 from killswitch.core.pairs import PairList, list_unchecked_reason
@@ -159,6 +159,15 @@ class _Pass:
 
 
 SymbolsSource = Callable[[], Awaitable[list[str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """What the final results of one scope have in common (see ``Sweep.result_for``)."""
+
+    residual: int
+    counts: Counts
+    orders: list[OrderReport]
 
 
 class Sweep:
@@ -882,12 +891,14 @@ class Sweep:
 
     # ------------------------------------------------------------- reporting
 
-    def _reported(self, ticket: Ticket, *, final: bool) -> SweepResult:
+    def _reported(
+        self, ticket: Ticket, *, final: bool, shared: dict[Scope | None, _Shared] | None = None
+    ) -> SweepResult:
         """:meth:`result_for` as published: a progress result lists the outcomes so far
         and the cancels in flight while they fit one record, and a replayed alert's
         results include what an earlier process published for it
         (:mod:`killswitch.core.carry`)."""
-        result = self.result_for(ticket, final=final)
+        result = self.result_for(ticket, final=final, shared=shared)
         if not final and len(self.ledger) <= RESULT_MAX_ORDERS:
             scope = None if ticket.scope == self.scope else ticket.scope
             result.orders = self.ledger.reports(scope)
@@ -967,18 +978,36 @@ class Sweep:
             residual = self.ledger.residual(self.scope)
             self.observer.residual(self.account, residual, len(self._unlisted(wanted)))
         mono = asyncio.get_running_loop().time()
+        # Coalesced alerts mostly share one scope: their per-order reports, counts and
+        # residual are computed once per scope, not once per alert.
+        shared: dict[Scope | None, _Shared] = {}
         for ticket in self.tickets:
-            result = self._reported(ticket, final=True)
+            result = self._reported(ticket, final=True, shared=shared)
             if result.status is SweepStatus.FLAT:
                 self.observer.flat(max(0.0, mono - ticket.received_mono))
             if not ticket.future.done():
                 ticket.future.set_result(result)
 
-    def result_for(self, ticket: Ticket, *, final: bool) -> SweepResult:
-        """The result (final or progress) of one ticket, filtered to its scope."""
+    def result_for(
+        self, ticket: Ticket, *, final: bool, shared: dict[Scope | None, _Shared] | None = None
+    ) -> SweepResult:
+        """The result (final or progress) of one ticket, filtered to its scope.
+
+        ``shared`` (final results only, while the ledger does not change) keeps what
+        depends on the scope alone, for the next ticket with the same scope; the
+        results then share one ``orders`` list, which nobody may modify."""
         scope = None if ticket.scope == self.scope else ticket.scope
         ledger = self.ledger
-        residual = ledger.residual(scope if scope is not None else self.scope)
+        facts = shared.get(scope) if shared is not None and final else None
+        if facts is None:
+            facts = _Shared(
+                residual=ledger.residual(scope if scope is not None else self.scope),
+                counts=ledger.counts(scope),
+                orders=ledger.reports(scope) if final else [],
+            )
+            if shared is not None and final:
+                shared[scope] = facts
+        residual = facts.residual
         request = ticket.request
         if final:
             status = final_status(
@@ -992,7 +1021,7 @@ class Sweep:
             )
             if unproven is not None:
                 status = SweepStatus.RESIDUAL
-            orders = ledger.reports(scope)
+            orders = facts.orders
             unlisted = self._unlisted(ticket.scope.symbols)
             reason = "; ".join(filter(None, (unproven, self._reason(status, unlisted)))) or None
             pending = 0
@@ -1008,7 +1037,7 @@ class Sweep:
             status=status,
             final=final,
             dry_run=request.dry_run,
-            counts=ledger.counts(scope),
+            counts=facts.counts,
             residual_open=residual,
             sweeps=self.passes,
             received_at=request.received_at,

@@ -1,0 +1,80 @@
+"""The order in which the intake takes up records it has read (pure): fair lanes.
+
+Records wait in *lanes* (the intake uses one per topic and record key, which is the
+account). Lanes take turns, one record each, so a lane with thousands of records
+waiting (an alert storm on one account) delays a record in another lane by at most
+one record per busy lane, not by the whole backlog. *Urgent* lanes (manual triggers)
+are served before any other. A lane can be *held* (its account has as much work in
+the engine as it may have): its records wait and the other lanes go on. Within a
+lane records keep their order.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+
+class FairLanes(Generic[K, T]):
+    """Records waiting per lane, taken round-robin (urgent lanes first)."""
+
+    def __init__(self) -> None:
+        # Lanes with records waiting, in turn order (the next turn is the first).
+        self._urgent: OrderedDict[K, deque[T]] = OrderedDict()
+        self._normal: OrderedDict[K, deque[T]] = OrderedDict()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def push(self, lane: K, item: T, *, urgent: bool = False) -> None:
+        """Add ``item`` at the end of ``lane`` (a new lane takes its turn last)."""
+        lanes = self._urgent if urgent else self._normal
+        queue = lanes.get(lane)
+        if queue is None:
+            queue = lanes[lane] = deque()
+        queue.append(item)
+        self._count += 1
+
+    def pop(self, held: Callable[[K], bool] = lambda lane: False) -> T | None:
+        """The next record: the first of the next lane whose turn it is and that is
+        not ``held``; that lane's turn then passes to the others. None when every
+        lane with records is held (or none has any)."""
+        for lanes in (self._urgent, self._normal):
+            for lane in lanes:
+                if not held(lane):
+                    break
+            else:
+                continue
+            queue = lanes[lane]
+            item = queue.popleft()
+            self._count -= 1
+            if queue:
+                lanes.move_to_end(lane)
+            else:
+                del lanes[lane]
+            return item
+        return None
+
+    def ready(self, held: Callable[[K], bool] = lambda lane: False) -> bool:
+        """Whether :meth:`pop` would return a record."""
+        return any(not held(lane) for lanes in (self._urgent, self._normal) for lane in lanes)
+
+    def drop(self, unwanted: Callable[[T], bool]) -> list[T]:
+        """Remove (and return) every waiting record for which ``unwanted`` holds."""
+        dropped: list[T] = []
+        for lanes in (self._urgent, self._normal):
+            for lane in list(lanes):
+                queue = lanes[lane]
+                kept = deque(item for item in queue if not unwanted(item))
+                dropped.extend(item for item in queue if unwanted(item))
+                if kept:
+                    lanes[lane] = kept
+                else:
+                    del lanes[lane]
+        self._count -= len(dropped)
+        return dropped
