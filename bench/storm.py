@@ -426,8 +426,10 @@ class Profiler:
             self.proc.wait(5)
 
 
-# Stages of the intake, by the innermost frame naming one (checked leaf first).
+# Stages, first match wins: a sample counts for the first stage one of whose marks
+# appears in any frame of its stack.
 STAGES: list[tuple[str, tuple[str, ...]]] = [
+    ("/metrics scrapes (this benchmark's, 4/s)", ("HealthServer._metrics",)),
     ("parse/validate", ("parse_alert", "load_json_object", "model_validate")),
     ("dedup", ("killswitch/core/dedup.py",)),
     ("commit", ("_commit (killswitch", "killswitch/core/offsets.py", "group_coordinator.py")),
@@ -460,6 +462,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("sweeps (exchange)", ("killswitch/engine/", "killswitch/exchange/", "killswitch/ratelimit")),
     ("record tasks", ("killswitch/intake/consumer.py",)),
     ("kafka fetch", ("aiokafka/consumer", "aiokafka/conn.py", "aiokafka/record")),
+    ("results reader (dedup)", ("killswitch/intake/readers.py",)),
     ("metrics, health", ("prometheus_client", "killswitch/health.py", "killswitch/metrics.py")),
 ]
 
@@ -474,12 +477,10 @@ def stage_breakdown(raw: Path, alerts: int, rate: int = Profiler.RATE) -> dict[s
         frames = stack.split(";")
         if "select (selectors.py" in frames[-1]:
             continue  # waiting for I/O: idle
-        stage = "event loop, other"
-        for frame in reversed(frames):
-            hit = next((s for s, marks in STAGES if any(m in frame for m in marks)), None)
-            if hit is not None:
-                stage = hit
-                break
+        stage = next(
+            (s for s, marks in STAGES if any(m in f for f in frames for m in marks)),
+            "event loop, other",
+        )
         samples[stage] += int(count)
     per_sample_us = 1e6 / rate
     out = {s: round(c * per_sample_us / alerts, 1) for s, c in samples.most_common()}

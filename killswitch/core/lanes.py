@@ -1,12 +1,13 @@
-"""The order in which the intake takes up records it has read (pure): fair lanes.
+"""The order in which the intake takes up records it has read (pure): lanes.
 
 Records wait in *lanes* (the intake uses one per topic and record key, which is the
-account). Lanes take turns, one record each, so a lane with thousands of records
-waiting (an alert storm on one account) delays a record in another lane by at most
-one record per busy lane, not by the whole backlog. *Urgent* lanes (manual triggers)
-are served before any other. A lane can be *held* (its account has as much work in
-the engine as it may have): its records wait and the other lanes go on. Within a
-lane records keep their order.
+account). The lane with the fewest records waiting goes first (the earliest of them
+on a tie), so a record in a quiet lane is taken up before the backlog of a storm on
+another account, and a storm's records are taken up one lane after another (so they
+join their account's sweep together rather than trickling in). *Urgent* lanes
+(manual triggers) are served before any other. A lane can be *held* (its account has
+as much work in the engine as it may have): its records wait and the other lanes go
+on. Within a lane records keep their order.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ T = TypeVar("T")
 
 
 class FairLanes(Generic[K, T]):
-    """Records waiting per lane, taken round-robin (urgent lanes first)."""
+    """Records waiting per lane; the shortest lane first (urgent lanes before all)."""
 
     def __init__(self) -> None:
         # Lanes with records waiting, in turn order (the next turn is the first).
@@ -41,21 +42,21 @@ class FairLanes(Generic[K, T]):
         self._count += 1
 
     def pop(self, held: Callable[[K], bool] = lambda lane: False) -> T | None:
-        """The next record: the first of the next lane whose turn it is and that is
-        not ``held``; that lane's turn then passes to the others. None when every
-        lane with records is held (or none has any)."""
+        """The first record of the shortest lane that is not ``held`` (urgent lanes
+        first); None when every lane with records is held (or none has any)."""
         for lanes in (self._urgent, self._normal):
-            for lane in lanes:
-                if not held(lane):
-                    break
-            else:
+            best: tuple[K, deque[T]] | None = None
+            for lane, queue in lanes.items():
+                if (best is None or len(queue) < len(best[1])) and not held(lane):
+                    best = (lane, queue)
+                    if len(queue) == 1:
+                        break  # none is shorter
+            if best is None:
                 continue
-            queue = lanes[lane]
+            lane, queue = best
             item = queue.popleft()
             self._count -= 1
-            if queue:
-                lanes.move_to_end(lane)
-            else:
+            if not queue:
                 del lanes[lane]
             return item
         return None

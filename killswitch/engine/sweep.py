@@ -47,7 +47,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -107,6 +107,9 @@ MAX_UNANSWERED_LISTINGS = 3
 # Pause before listing again after such a failure: doubles per failure in a row.
 UNANSWERED_PAUSE_BASE_S = 0.25
 UNANSWERED_PAUSE_CAP_S = 2.0
+# Tickets answered between two turns of the event loop when a sweep settles (each
+# answer wakes its alert's task, which encodes and publishes the result).
+SETTLE_TURN = 64
 
 
 def utc_now() -> datetime:
@@ -302,7 +305,7 @@ class Sweep:
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
-            self._settle()
+            await self._settle_in_turns()
 
     def _deadline_passed(self) -> bool:
         return asyncio.get_running_loop().time() >= self.deadline
@@ -327,7 +330,8 @@ class Sweep:
         """Settle a sweep that will never run: every ticket gets a ``failed`` result."""
         self.accepting = False
         self.failure = reason
-        self._settle()
+        for _ in self._settle():
+            pass
 
     def _describe_failure(self, exc: BaseException) -> str:
         """A one-line reason from what stopped the sweep (task groups wrap exceptions)."""
@@ -970,8 +974,26 @@ class Sweep:
         ledger.listing_finished(symbol, final=True)
         complete.append(True)
 
-    def _settle(self) -> None:
-        """End of sweep: final outcomes, metrics, and one final result per ticket."""
+    async def _settle_in_turns(self) -> None:
+        """:meth:`_settle`, letting the event loop run every :data:`SETTLE_TURN`
+        tickets: a sweep that coalesced a storm of alerts has thousands to answer, and
+        each answer wakes the alert's own task; other accounts' kills must not wait
+        for all of them. A cancellation meanwhile settles the rest at once, then
+        propagates."""
+        cancelled: asyncio.CancelledError | None = None
+        for _ in self._settle(turn=SETTLE_TURN):
+            if cancelled is not None:
+                continue
+            try:
+                await asyncio.sleep(0)  # a turn for the rest of the event loop
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        if cancelled is not None:
+            raise cancelled
+
+    def _settle(self, turn: int = 0) -> Iterator[None]:
+        """End of sweep: final outcomes, metrics, and one final result per ticket;
+        yields after every ``turn`` tickets (0: never). Run it to its end."""
         self.ledger.finalise()  # queued or in flight when the sweep stopped: failed
         if not self.dry_run:
             wanted = self.scope.symbols if self.scope is not None else None
@@ -981,12 +1003,14 @@ class Sweep:
         # Coalesced alerts mostly share one scope: their per-order reports, counts and
         # residual are computed once per scope, not once per alert.
         shared: dict[Scope | None, _Shared] = {}
-        for ticket in self.tickets:
+        for done, ticket in enumerate(self.tickets, start=1):
             result = self._reported(ticket, final=True, shared=shared)
             if result.status is SweepStatus.FLAT:
                 self.observer.flat(max(0.0, mono - ticket.received_mono))
             if not ticket.future.done():
                 ticket.future.set_result(result)
+            if turn and done % turn == 0 and done < len(self.tickets):
+                yield
 
     def result_for(
         self, ticket: Ticket, *, final: bool, shared: dict[Scope | None, _Shared] | None = None

@@ -12,15 +12,24 @@ def drain(lanes: FairLanes[str, str], held: frozenset[str] = frozenset()) -> lis
     return out
 
 
-def test_lanes_take_turns_and_keep_their_own_order() -> None:
+def test_the_shortest_lane_goes_first_and_lanes_keep_their_order() -> None:
     lanes: FairLanes[str, str] = FairLanes()
     for i in range(4):
         lanes.push("storm", f"s{i}")
     lanes.push("quiet", "q0")
     assert len(lanes) == 5
-    # The quiet lane's record comes after one storm record, not after all four.
-    assert drain(lanes) == ["s0", "q0", "s1", "s2", "s3"]
+    # The quiet lane's record comes before the storm's backlog.
+    assert drain(lanes) == ["q0", "s0", "s1", "s2", "s3"]
     assert len(lanes) == 0
+
+
+def test_storm_lanes_are_taken_up_one_after_another() -> None:
+    lanes: FairLanes[str, str] = FairLanes()
+    for i in range(3):
+        lanes.push("a", f"a{i}")
+        lanes.push("b", f"b{i}")
+    # A tie goes to the earlier lane, which is then the shortest until it is empty.
+    assert drain(lanes) == ["a0", "a1", "a2", "b0", "b1", "b2"]
 
 
 def test_urgent_lanes_come_first() -> None:
