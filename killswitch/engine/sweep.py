@@ -55,7 +55,15 @@ from typing import Any
 from killswitch.config import EngineSettings
 from killswitch.core.carry import RESULT_MAX_ORDERS, carry_over
 from killswitch.core.ledger import Ledger, covers
-from killswitch.core.model import Counts, KillRequest, OrderReport, Scope, SweepResult, SweepStatus
+from killswitch.core.model import (
+    Counts,
+    InFlight,
+    KillRequest,
+    OrderReport,
+    Scope,
+    SweepResult,
+    SweepStatus,
+)
 from killswitch.core.orders import Order
 from killswitch.core.outcomes import Outcome, RejectReason
 from killswitch.core.pairs import PairList, list_unchecked_reason
@@ -164,13 +172,15 @@ class _Pass:
 SymbolsSource = Callable[[], Awaitable[list[str]]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Shared:
-    """What the final results of one scope have in common (see ``Sweep.result_for``)."""
+    """What the results of one scope have in common at one moment (see
+    ``Sweep.result_for``); ``progress``: a progress result's orders and cancels in flight."""
 
     residual: int
     counts: Counts
     orders: list[OrderReport]
+    progress: tuple[list[OrderReport], list[InFlight]] | None = None
 
 
 class Sweep:
@@ -905,9 +915,14 @@ class Sweep:
         result = self.result_for(ticket, final=final, shared=shared)
         if not final and len(self.ledger) <= RESULT_MAX_ORDERS:
             scope = None if ticket.scope == self.scope else ticket.scope
-            result.orders = self.ledger.reports(scope)
-            # A crash now leaves these cancels to the exchange: a replay must count them.
-            result.in_flight = self.ledger.in_flight_orders(scope)
+            facts = shared.get(scope) if shared is not None else None
+            lists = facts.progress if facts is not None else None
+            if lists is None:
+                # A crash now leaves these cancels to the exchange: a replay must count them.
+                lists = (self.ledger.reports(scope), self.ledger.in_flight_orders(scope))
+                if facts is not None:
+                    facts.progress = lists
+            result.orders, result.in_flight = lists
         carried = ticket.request.carried
         return result if carried is None else carry_over(result, carried)
 
@@ -915,11 +930,17 @@ class Sweep:
         interval = self.settings.progress_interval_s
         while True:
             await asyncio.sleep(interval)
-            for ticket in list(self.tickets):
+            # Tickets of one scope share one snapshot of the ledger (taken afresh after
+            # each turn of the event loop, when the ledger may have moved on).
+            shared: dict[Scope | None, _Shared] = {}
+            for n, ticket in enumerate(list(self.tickets), start=1):
+                if n % SETTLE_TURN == 0:
+                    await asyncio.sleep(0)  # thousands of coalesced alerts: let others run
+                    shared = {}
                 if ticket.progress is None or ticket.future.done():
                     continue
                 try:
-                    await ticket.progress(self._reported(ticket, final=False))
+                    await ticket.progress(self._reported(ticket, final=False, shared=shared))
                 except Exception:  # a sink problem must not stop the sweep
                     log.exception("progress sink failed", extra={"account": self.account})
 
@@ -1017,19 +1038,19 @@ class Sweep:
     ) -> SweepResult:
         """The result (final or progress) of one ticket, filtered to its scope.
 
-        ``shared`` (final results only, while the ledger does not change) keeps what
-        depends on the scope alone, for the next ticket with the same scope; the
-        results then share one ``orders`` list, which nobody may modify."""
+        ``shared`` (valid while the ledger does not change) keeps what depends on the
+        scope alone, for the next ticket with the same scope; the results then share
+        one ``orders`` list, which nobody may modify."""
         scope = None if ticket.scope == self.scope else ticket.scope
         ledger = self.ledger
-        facts = shared.get(scope) if shared is not None and final else None
+        facts = shared.get(scope) if shared is not None else None
         if facts is None:
             facts = _Shared(
                 residual=ledger.residual(scope if scope is not None else self.scope),
                 counts=ledger.counts(scope),
                 orders=ledger.reports(scope) if final else [],
             )
-            if shared is not None and final:
+            if shared is not None:
                 shared[scope] = facts
         residual = facts.residual
         request = ticket.request
