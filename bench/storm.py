@@ -646,7 +646,13 @@ def _check(setup: Setup, results: Any, rounds: int, log_start: int) -> dict[str,
         for e in setup.sim.log_since(log_start)
         if e.endpoint == "cancel" and e.order_id is not None
     )
+    reasons = Counter(
+        str(results.last[a].get("reason"))
+        for a in storm_ids
+        if a in results.last and results.last[a].get("status") != "flat"
+    )
     return {
+        "reasons_not_flat": dict(reasons.most_common(5)),
         "alerts": len(storm_ids),
         "exactly_one_final": finals.get(1, 0),
         "final_results_per_alert": dict(sorted(finals.items())),
@@ -781,7 +787,8 @@ def _print_summary(result: dict[str, Any]) -> None:
     c = result["check"]
     harness.summary(
         "storm exactly_one_final_result",
-        f"{c['exactly_one_final']:,} of {c['alerts']:,} storm alerts (statuses {c['statuses']})",
+        f"{c['exactly_one_final']:,} of {c['alerts']:,} storm alerts (statuses {c['statuses']}"
+        + (f"; not flat: {c['reasons_not_flat']})" if c["reasons_not_flat"] else ")"),
         "all",
         c["exactly_one_final"] == c["alerts"],
     )

@@ -117,7 +117,7 @@ UNANSWERED_PAUSE_BASE_S = 0.25
 UNANSWERED_PAUSE_CAP_S = 2.0
 # Tickets answered between two turns of the event loop when a sweep settles (each
 # answer wakes its alert's task, which encodes and publishes the result).
-SETTLE_TURN = 64
+SETTLE_TURN = 16
 
 
 def utc_now() -> datetime:

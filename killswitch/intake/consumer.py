@@ -77,7 +77,7 @@ _POLL_MS = 100
 _HELD_POLL_MS = 10
 # Records are taken up for at most this long before the rest of the event loop (sweeps,
 # publishing, the Kafka client) gets a turn.
-_SLICE_S = 0.005
+_SLICE_S = 0.002
 _PUBLISH_BACKOFF_MAX_S = 5.0
 _LAG_REPORT_S = 1.0
 # Longest an alert waits for a pair list that is not cached (normally one round trip):

@@ -24,7 +24,7 @@ from killswitch.intake.kafka import all_partitions, make_reader, stop_consumer
 log = logging.getLogger(__name__)
 
 _POLL_MS = 100
-_MAX_RECORDS = 200
+_MAX_RECORDS = 50
 # Background readers: a halt, release or result from another daemon may take this
 # long to be seen (start-up catch-up reads to the end regardless).
 _READER_WAIT_MS = 100
