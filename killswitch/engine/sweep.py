@@ -364,6 +364,11 @@ class Sweep:
                 self._past_deadline()
                 return
             self.passes += 1
+            if self.passes * 2 > max_passes:
+                # Past half its passes a sweep takes no more alerts: an alert storm would
+                # otherwise keep it verifying for late joiners until it ran out of passes.
+                # Later alerts form the next sweep, with a pass budget of its own.
+                self.accepting = False
             gen = self.gen
             self.ledger.new_pass()
             strategy = effective_strategy(
