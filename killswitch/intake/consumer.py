@@ -1,9 +1,10 @@
 """The alert consumer: Kafka in, engine, results out, offsets committed at-least-once.
 
-One consumer group reads the alerts and manual topics. Records read wait in fair
-lanes (:class:`killswitch.core.lanes.FairLanes`, one per topic and key; manual
-triggers first) and are taken up a slice at a time between turns of the event
-loop, so a record for a quiet account is never queued behind a storm on another.
+One consumer group reads the alerts and manual topics. Records read wait in
+lanes (:class:`killswitch.core.lanes.FairLanes`, one per topic and key; the
+shortest first, manual triggers before all) and are taken up a slice at a time
+between turns of the event loop, so a record for a quiet account is never queued
+behind a storm on another (docs/INTAKE.md, "Ordering work").
 Each record taken up becomes a task: parse and validate
 (:func:`killswitch.alerts.parse_alert`), refuse to the DLQ, or hand one request
 per account to the engine (which serialises and coalesces per account) and
