@@ -429,7 +429,7 @@ class Profiler:
 # Stages, first match wins: a sample counts for the first stage one of whose marks
 # appears in any frame of its stack.
 STAGES: list[tuple[str, tuple[str, ...]]] = [
-    ("/metrics scrapes (this benchmark's, 4/s)", ("HealthServer._metrics",)),
+    ("/metrics scrapes (this benchmark's, 4/s)", ("HealthServer._metrics", "generate_latest")),
     ("parse/validate", ("parse_alert", "load_json_object", "model_validate")),
     ("dedup", ("killswitch/core/dedup.py",)),
     ("commit", ("_commit (killswitch", "killswitch/core/offsets.py", "group_coordinator.py")),
@@ -467,6 +467,10 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+# Leaf frames of a thread that waits: the event loop in select, an idle worker thread.
+_IDLE_LEAVES = ("select (selectors.py", "_worker (concurrent/futures/thread.py")
+
+
 def stage_breakdown(raw: Path, alerts: int, rate: int = Profiler.RATE) -> dict[str, float]:
     """µs of the daemon's CPU per alert, by stage, from py-spy's raw output."""
     samples: Counter[str] = Counter()
@@ -475,8 +479,8 @@ def stage_breakdown(raw: Path, alerts: int, rate: int = Profiler.RATE) -> dict[s
         if not count.isdigit():
             continue
         frames = stack.split(";")
-        if "select (selectors.py" in frames[-1]:
-            continue  # waiting for I/O: idle
+        if any(idle in frames[-1] for idle in _IDLE_LEAVES):
+            continue  # waiting: not CPU
         stage = next(
             (s for s, marks in STAGES if any(m in f for f in frames for m in marks)),
             "event loop, other",
@@ -775,12 +779,17 @@ def _print_round(r: dict[str, Any]) -> None:
         "storm rss_and_loop_lag",
         f"peak RSS {r['rss_peak_mb']:.1f} MB ({r['rss_peak_mb'] / r['rss_before_mb']:.2f}x the "
         f"{r['rss_before_mb']:.1f} MB before the storm); event-loop lag mean "
-        f"{lag['mean_s'] * 1000:.1f} ms, max <= {lag['max_bucket_s'] * 1000:.0f} ms "
+        f"{lag['mean_s'] * 1000:.1f} ms, max {_bucket(lag['max_bucket_s'])} "
         f"({lag['samples']:.0f} samples)",
     )
     if "profile_us_per_alert" in r:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in r["profile_us_per_alert"].items())
         harness.summary("storm cpu_per_alert_us", parts)
+
+
+def _bucket(bound: float) -> str:
+    """The upper bound of a histogram bucket, as text."""
+    return "above every bucket" if bound == float("inf") else f"<= {bound * 1000:.0f} ms"
 
 
 def _print_summary(result: dict[str, Any]) -> None:
