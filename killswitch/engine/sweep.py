@@ -118,6 +118,9 @@ UNANSWERED_PAUSE_CAP_S = 2.0
 # Tickets answered between two turns of the event loop when a sweep settles (each
 # answer wakes its alert's task, which encodes and publishes the result).
 SETTLE_TURN = 16
+# How long a sweep whose pass found nothing waits for more joining alerts before the
+# pass that verifies for the ones that joined meanwhile.
+JOINERS_GATHER_S = 0.02
 
 
 def utc_now() -> datetime:
@@ -395,6 +398,10 @@ class Sweep:
                 lagging = lagging + 1 if self.ledger.recancels() else 0
                 pause = max(
                     pause_before_next_pass(lagging),
+                    # Nothing found, only alerts joined: let more join before the listing
+                    # that verifies for them (in a storm, one listing per gathering, not
+                    # one per pass-worth of joiners).
+                    JOINERS_GATHER_S if summary.found == 0 and summary.scope_changed else 0.0,
                     # a listing gave up: let a 429 storm or an error burst pass first
                     pause_before_next_pass(
                         self._unanswered_listings,
