@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -119,7 +120,14 @@ class Record:
     offset: int
 
     def json(self) -> dict[str, Any]:
-        return json.loads(self.value) if self.value else {}
+        return self._decoded
+
+    @functools.cached_property
+    def _decoded(self) -> dict[str, Any]:
+        # Decoded once: tests poll views of thousands of records every few ms, in the
+        # event loop that also runs the simulator (and in-process daemons) they test.
+        decoded: dict[str, Any] = json.loads(self.value) if self.value else {}
+        return decoded
 
 
 class Records:
