@@ -1,10 +1,11 @@
 """The ``killswitch`` command: entry point and wiring.
 
-Every subcommand is a small function ``(args) -> exit code``. Exit codes:
-0 success, 1 the job itself failed (e.g. a kill ended not flat), 2 bad usage or
-bad configuration (one-screen message, no traceback) or a trigger the daemon refused
-(dead letter), 3 a kill that ended flat but did not find some of the order ids it
-named (``not_found``) or a release of an account that was not halted, 130 interrupted.
+Every subcommand is a small function ``(args) -> exit code``; the codes are defined
+in ``killswitch.exitcodes``: 0 success, 1 the job itself failed (e.g. a kill ended
+not flat), 2 bad usage or bad configuration (one-screen message, no traceback) or a
+trigger the daemon refused (dead letter), 3 a kill that ended flat but did not find
+some of the order ids it named (``not_found``) or a release of an account that was
+not halted, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,11 +18,7 @@ from pathlib import Path
 
 from killswitch import __version__
 from killswitch.config import ConfigError, redacted_dump, settings_from_args
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+from killswitch.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -51,6 +51,7 @@ from killswitch.embedded import BrokerUnavailable, EmbeddedBroker, free_port
 from killswitch.exchange.keys import load_account_key
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
+from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from killswitch.keyfiles import ConfiguredKey, configured_keys, make_missing_keys
 from killswitch.operator import (
     OperatorError,
@@ -69,9 +70,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DemoContext", "DemoOptions", "DemoReport", "cli_demo", "ensure_demo_keys", "run_demo"]
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 DEFAULT_ORDERS_PER_PAIR = 250
 DEMO_PAIRS = ("BTC_USDT", "ETH_USDT", "SOL_USDT", "BTC_IDR")

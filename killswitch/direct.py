@@ -39,9 +39,10 @@ from killswitch.display import Display
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClients
 from killswitch.exchange.signing import KeyLoadError
+from killswitch.exitcodes import EXIT_NOT_DONE
 from killswitch.intake.kafka import make_producer
 from killswitch.intake.outputs import Publisher
-from killswitch.render import EXIT_NOT_DONE, Board, dry_run_lines, summary_lines
+from killswitch.render import Board, dry_run_lines, summary_lines
 
 __all__ = [
     "AUDIT_SCHEMA",

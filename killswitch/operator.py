@@ -68,6 +68,7 @@ from killswitch.display import Display
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem
 from killswitch.exchange.signing import KeyLoadError
+from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from killswitch.intake.kafka import connection_kwargs, make_producer, make_reader
 from killswitch.intake.readers import read_halt_states
 from killswitch.observability import first_page
@@ -109,9 +110,6 @@ __all__ = [
     "write_operator_key",
 ]
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 OPERATOR_ENV = "KILLSWITCH_OPERATOR"
 OPERATOR_KEY_ENV = "KILLSWITCH_OPERATOR_KEY"

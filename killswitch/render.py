@@ -27,11 +27,9 @@ from killswitch.alerts import (
 )
 from killswitch.core.model import HaltState
 from killswitch.core.times import format_time
+from killswitch.exitcodes import EXIT_NOT_DONE, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED
 
 __all__ = [
-    "EXIT_NOT_DONE",
-    "EXIT_NOT_FOUND",
-    "EXIT_REFUSED",
     "AccountProgress",
     "Board",
     "Check",
@@ -64,12 +62,6 @@ WAITING = "waiting"
 REFUSED = "refused"
 TIMED_OUT = "timed_out"
 _FINISHED_OK = frozenset({"flat", "released", "dry_run"})
-
-# Exit codes of ``trigger`` / ``release`` (see README): 1 is also a command that could
-# not do its job (Kafka unreachable), 2 also a command line that is not a valid trigger.
-EXIT_NOT_DONE = 1
-EXIT_REFUSED = 2
-EXIT_NOT_FOUND = 3
 
 
 # ------------------------------------------------------------------- progress model
@@ -252,7 +244,8 @@ class Board:
         :data:`EXIT_NOT_DONE` when a result is not the success status; then
         :data:`EXIT_NOT_FOUND` when every account ended well but order ids in scope
         were never found open (the kill did not do what was asked for them), or a
-        release found an account that was not halted (it did nothing); else 0."""
+        release found an account that was not halted (it did nothing); else
+        :data:`EXIT_OK`."""
         rows = [self.rows[a] for a in self.accounts]
         if any(r.refused for r in rows):
             return EXIT_REFUSED
@@ -260,7 +253,7 @@ class Board:
             return EXIT_NOT_DONE
         if any(r.not_found or r.not_halted for r in rows):
             return EXIT_NOT_FOUND
-        return 0
+        return EXIT_OK
 
     def ordered(self) -> list[AccountProgress]:
         """Expected accounts in the order given, then any others by name."""

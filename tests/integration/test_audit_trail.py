@@ -18,6 +18,7 @@ import pytest
 
 from killswitch.cli import main
 from killswitch.embedded import free_port
+from killswitch.exitcodes import EXIT_NOT_FOUND
 from killswitch.operator import (
     TriggerRequest,
     prepare_trigger,
@@ -27,7 +28,7 @@ from killswitch.operator import (
     run_checks,
     run_trigger,
 )
-from killswitch.render import EXIT_NOT_FOUND, dry_run_lines
+from killswitch.render import dry_run_lines
 from tests.support.daemon import account_config, write_config
 from tests.support.exchange import exchange
 from tests.support.inprocess import (

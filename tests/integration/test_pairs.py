@@ -24,9 +24,9 @@ from killswitch.exchange.errors import ExchangeUnavailable, Redirected
 from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
 from killswitch.exchange.simulator.core import LogEntry
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
+from killswitch.exitcodes import EXIT_NOT_FOUND, EXIT_REFUSED
 from killswitch.intake.consumer import PAIR_FETCH_WAIT_S
 from killswitch.operator import TriggerRequest, prepare_trigger, run_checks, run_trigger
-from killswitch.render import EXIT_NOT_FOUND, EXIT_REFUSED
 from tests.support.exchange import Exchange, exchange
 from tests.support.inprocess import (
     ACCOUNTS,

@@ -12,10 +12,8 @@ import pytest
 from killswitch.alerts import encode_result
 from killswitch.core.model import Counts, HaltState, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Side
+from killswitch.exitcodes import EXIT_NOT_DONE, EXIT_NOT_FOUND, EXIT_REFUSED
 from killswitch.render import (
-    EXIT_NOT_DONE,
-    EXIT_NOT_FOUND,
-    EXIT_REFUSED,
     AccountProgress,
     Board,
     Check,
