@@ -64,7 +64,8 @@ from killswitch.operator import (
     run_trigger,
     write_operator_key,
 )
-from killswitch.render import metric_samples, metrics_lines, status_lines, table
+from killswitch.prometheus_text import metric_samples
+from killswitch.render import metrics_lines, status_lines, table
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,12 @@ the compacted state topic; ``check`` tries Kafka, the topics, the daemons' consu
 group, the exchange and every account's key with read-only calls.
 
 The decisions and the text live in pure functions (:func:`prepare_trigger` here,
-:mod:`killswitch.render` for everything printed); this module is the I/O around them.
+:mod:`killswitch.board` for folding results, :mod:`killswitch.render` for everything
+printed); this module is the I/O around them.
 Exit codes: 0 success, 1 the job failed (not flat, timed out, a check failed, Kafka
 unreachable), 2 bad usage or a trigger the daemon refused (dead letter, the reason
 printed), 3 nothing to act on: flat but order ids named were never found open, or a
-release of an account that was not halted (see :meth:`killswitch.render.Board.exit_code`).
+release of an account that was not halted (see :meth:`killswitch.board.Board.exit_code`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from killswitch.alerts import (
     load_json_object,
     parse_alert,
 )
+from killswitch.board import AccountProgress, Board
 from killswitch.config import AccountSettings, Settings, settings_from_args
 from killswitch.core.model import HaltState
 from killswitch.core.pairs import PairList
@@ -73,8 +75,6 @@ from killswitch.intake.kafka import connection_kwargs, make_producer, make_reade
 from killswitch.intake.readers import read_halt_states
 from killswitch.observability import first_page
 from killswitch.render import (
-    AccountProgress,
-    Board,
     Check,
     GroupView,
     check_lines,

@@ -16,7 +16,7 @@ import pytest
 from killswitch.embedded import free_port
 from killswitch.exitcodes import EXIT_NOT_DONE
 from killswitch.operator import TriggerRequest, prepare_trigger, run_trigger
-from killswitch.render import metric_samples
+from killswitch.prometheus_text import metric_samples
 from tests.support.exchange import exchange
 from tests.support.inprocess import (
     ACCOUNTS,

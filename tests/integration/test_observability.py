@@ -14,7 +14,7 @@ from killswitch.exchange.client import ExchangeClients
 from killswitch.exchange.simulator import Simulator, SimulatorServer
 from killswitch.exchange.simulator.testing import register_test_client
 from killswitch.observability import ExchangeProbe, probe_interval_s, prometheus_observability
-from killswitch.render import metric_samples
+from killswitch.prometheus_text import metric_samples
 
 pytestmark = pytest.mark.integration
 
