@@ -51,7 +51,7 @@ def _keygen(args: argparse.Namespace) -> int:
     if args.config is not None:
         return _keygen_from_config(Path(args.config))
     if args.ed25519:
-        from killswitch.operator import keygen_operator  # noqa: PLC0415
+        from killswitch.commands.operator_keys import keygen_operator  # noqa: PLC0415
 
         return keygen_operator(args)
     from killswitch.keyfiles import write_account_key  # noqa: PLC0415
@@ -112,11 +112,11 @@ _LAZY: dict[str, str] = {
     "run": "killswitch.daemon:cli_run",
     "simulate-exchange": "killswitch.exchange.simulator.cli:cli_simulate",
     "demo": "killswitch.demo:cli_demo",
-    "trigger": "killswitch.operator:cli_trigger",
-    "release": "killswitch.operator:cli_release",
-    "status": "killswitch.operator:cli_status",
-    "results": "killswitch.operator:cli_results",
-    "check": "killswitch.operator:cli_check",
+    "trigger": "killswitch.commands.trigger:cli_trigger",
+    "release": "killswitch.commands.release:cli_release",
+    "status": "killswitch.commands.status:cli_status",
+    "results": "killswitch.commands.results:cli_results",
+    "check": "killswitch.commands.check:cli_check",
     "broker": "killswitch.broker:cli_broker",
 }
 

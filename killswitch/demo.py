@@ -37,6 +37,11 @@ from typing import TextIO
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from killswitch.commands.common import OperatorError
+from killswitch.commands.operator_keys import load_operator_key, public_key_b64, write_operator_key
+from killswitch.commands.prepare import TriggerRequest, prepare_trigger
+from killswitch.commands.status import read_status
+from killswitch.commands.trigger import TriggerRun, run_trigger
 from killswitch.config import (
     AccountSettings,
     ConfigError,
@@ -53,17 +58,6 @@ from killswitch.exchange.signing import KeyLoadError
 from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from killswitch.keyfiles import ConfiguredKey, configured_keys, make_missing_keys
-from killswitch.operator import (
-    OperatorError,
-    TriggerRequest,
-    TriggerRun,
-    load_operator_key,
-    prepare_trigger,
-    public_key_b64,
-    read_status,
-    run_trigger,
-    write_operator_key,
-)
 from killswitch.prometheus_text import metric_samples
 from killswitch.render import metrics_lines, status_lines, table
 

@@ -3,7 +3,7 @@
 The ``*_lines`` / ``table`` functions turn a :class:`killswitch.board.Board` (the
 results of one alert, folded), halt states, check outcomes and ``/metrics`` samples
 into text lines; :func:`redraw` is the terminal escape sequence that replaces the
-previous frame. The commands in ``killswitch.operator`` only print what these return.
+previous frame. The commands in ``killswitch.commands`` only print what these return.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from killswitch.commands.check import run_checks
 from killswitch.config import AccountSettings, Settings
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.outcomes import RejectReason
@@ -28,7 +29,6 @@ from killswitch.exchange.simulator.testing import account_settings, register_tes
 from killswitch.health import Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
 from killswitch.observability import ExchangeProbe, first_page
-from killswitch.operator import run_checks
 from tests.support.daemon import wait_http
 from tests.support.exchange import exchange
 from tests.support.inprocess import ACCOUNTS, daemon_in_process, daemon_settings, prepare_topics
