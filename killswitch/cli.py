@@ -110,7 +110,7 @@ def _add_config_arg(parser: argparse.ArgumentParser) -> None:
 # Imported lazily so that `killswitch --version` stays fast and light.
 _LAZY: dict[str, str] = {
     "run": "killswitch.daemon:cli_run",
-    "simulate-exchange": "killswitch.exchange.simulator.cli:cli_simulate",
+    "simulate-exchange": "killswitch.simulator.cli:cli_simulate",
     "demo": "killswitch.demo:cli_demo",
     "trigger": "killswitch.commands.trigger:cli_trigger",
     "release": "killswitch.commands.release:cli_release",

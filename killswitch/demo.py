@@ -55,11 +55,11 @@ from killswitch.daemon import async_run
 from killswitch.embedded import BrokerUnavailable, EmbeddedBroker, free_port
 from killswitch.exchange.keys import load_account_key
 from killswitch.exchange.signing import KeyLoadError
-from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from killswitch.keyfiles import ConfiguredKey, configured_keys, make_missing_keys
 from killswitch.prometheus_text import metric_samples
 from killswitch.render import metrics_lines, status_lines, table
+from killswitch.simulator import EndpointFaults, Simulator, SimulatorServer
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from killswitch.config import OperatorKey, Settings, TriggerSigningSettings
 from killswitch.core.model import Counts, HaltState, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Side
 from killswitch.embedded import free_port
-from killswitch.exchange.simulator import Simulator, SimulatorServer
-from killswitch.exchange.simulator.testing import register_test_client
+from killswitch.simulator import Simulator, SimulatorServer
+from killswitch.simulator.testing import register_test_client
 from killswitch.triggers import TriggerVerifier
 from tests.support.intake import create_all_topics, make_settings
 from tests.support.topics import create_topics, read_to_end

@@ -24,11 +24,11 @@ from killswitch.embedded import free_port
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import ExchangeError
-from killswitch.exchange.simulator import Simulator, SimulatorServer
-from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.health import Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
 from killswitch.observability import ExchangeProbe, first_page
+from killswitch.simulator import Simulator, SimulatorServer
+from killswitch.simulator.testing import account_settings, register_test_client
 from tests.support.daemon import wait_http
 from tests.support.exchange import exchange
 from tests.support.inprocess import ACCOUNTS, daemon_in_process, daemon_settings, prepare_topics
