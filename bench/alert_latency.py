@@ -58,9 +58,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench import harness
 from killswitch.alerts import format_time
-from killswitch.exchange.simulator import Simulator, SimulatorServer
-from killswitch.exchange.simulator.core import Request
-from killswitch.exchange.simulator.testing import register_test_client
+from killswitch.simulator import Simulator, SimulatorServer
+from killswitch.simulator.core import Request
+from killswitch.simulator.testing import register_test_client
 
 RESULTS = Path(__file__).parent / "results" / "alert_latency.json"
 REPO = Path(__file__).resolve().parents[1]
@@ -593,7 +593,7 @@ def listing_round_trip(base_url: str, api_key: str, pem: bytes, n: int) -> dict[
     The round trip the daemon must make before its first cancel: it has to find the order."""
     import aiohttp
 
-    from killswitch.exchange.simulator.testing import signed_headers
+    from killswitch.simulator.testing import signed_headers
 
     path, query = "/coin/internal/v1/order/open", f"symbol={SYMBOL}&limit=100"
 

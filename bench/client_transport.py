@@ -104,7 +104,7 @@ async def _server(
         async with _trivial_server() as base_url:
             yield base_url, lambda n: list(range(1, n + 1))
         return
-    from killswitch.exchange.simulator import Simulator, SimulatorServer
+    from killswitch.simulator import Simulator, SimulatorServer
 
     sim = Simulator(seed=0)
     sim.add_client(API_KEY, public_pem)

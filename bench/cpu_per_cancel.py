@@ -154,7 +154,7 @@ def run_httpx(
 
 
 def _account(base_url: str, pem: bytes, inflight: int) -> Any:
-    from killswitch.exchange.simulator.testing import account_settings
+    from killswitch.simulator.testing import account_settings
 
     return account_settings(
         base_url,

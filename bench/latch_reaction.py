@@ -37,7 +37,7 @@ from killswitch.core.model import HaltState, Scope
 from killswitch.core.ports import NullObserver
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.simulator.testing import account_settings, signed_headers
+from killswitch.simulator.testing import account_settings, signed_headers
 
 NAME = "latch_reaction"
 API_KEY = "bench-latch-key"

@@ -60,7 +60,7 @@ def run_kill(
     from killswitch.core.model import KillRequest, Scope, SweepResult
     from killswitch.engine import Engine
     from killswitch.exchange.client import ExchangeClient
-    from killswitch.exchange.simulator.testing import account_settings
+    from killswitch.simulator.testing import account_settings
 
     async def no_progress(_: SweepResult) -> None:
         pass
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--inflight", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=400.0, help="seconds for the kill")
     args = parser.parse_args(argv or [])
-    from killswitch.exchange.simulator.model import DEFAULT_SYMBOLS
+    from killswitch.simulator.model import DEFAULT_SYMBOLS
 
     symbols = [s for s in DEFAULT_SYMBOLS if s != WARM_SYMBOL][: args.symbols]
     pem, public = harness.new_key()

@@ -54,9 +54,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
-from killswitch.exchange.simulator import Simulator, SimulatorServer
-from killswitch.exchange.simulator.core import Request
-from killswitch.exchange.simulator.testing import register_test_client
+from killswitch.simulator import Simulator, SimulatorServer
+from killswitch.simulator.core import Request
+from killswitch.simulator.testing import register_test_client
 
 SYMBOL = "BTC_USDT"
 FETCH_MAX_WAIT_MS = 10

@@ -55,8 +55,8 @@ from killswitch.config import EngineSettings
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.simulator.model import DEFAULT_SYMBOLS
-from killswitch.exchange.simulator.testing import account_settings
+from killswitch.simulator.model import DEFAULT_SYMBOLS
+from killswitch.simulator.testing import account_settings
 
 RESULTS = Path(__file__).parent / "results" / "time_to_flat.json"
 API_KEY = "bench-ttf-key"

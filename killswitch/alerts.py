@@ -640,7 +640,7 @@ class ResultOrder:
 class ResultRecord:
     """``killswitch.result/v1`` as read back: the one reader of results, for the dedup
     rebuild and a replay (:func:`decode_result_summary`) and for the operator's board
-    (:meth:`killswitch.render.AccountProgress.from_record`).
+    (:meth:`killswitch.board.AccountProgress.from_record`).
 
     Lenient, as the contract asks of readers: a field a newer daemon added is ignored,
     one an older daemon lacked (or one not of its type) reads as its empty value, and

@@ -19,14 +19,12 @@ import sys
 
 from killswitch.config import KafkaSettings, resolve_config_path
 from killswitch.embedded import BrokerUnavailable, EmbeddedBroker
+from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from killswitch.intake.kafka import DEFAULT_PARTITIONS, ensure_topics, topic_config, topic_roles
 
 __all__ = ["DEFAULT_PORT", "add_arguments_broker", "cli_broker"]
 
 DEFAULT_PORT = 9092  # the default kafka.bootstrap_servers is 127.0.0.1:9092
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 # How often the foreground loop checks that the broker process is still alive.
 _LIVENESS_POLL_S = 0.5
 

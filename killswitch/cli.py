@@ -1,10 +1,11 @@
 """The ``killswitch`` command: entry point and wiring.
 
-Every subcommand is a small function ``(args) -> exit code``. Exit codes:
-0 success, 1 the job itself failed (e.g. a kill ended not flat), 2 bad usage or
-bad configuration (one-screen message, no traceback) or a trigger the daemon refused
-(dead letter), 3 a kill that ended flat but did not find some of the order ids it
-named (``not_found``) or a release of an account that was not halted, 130 interrupted.
+Every subcommand is a small function ``(args) -> exit code``; the codes are defined
+in ``killswitch.exitcodes``: 0 success, 1 the job itself failed (e.g. a kill ended
+not flat), 2 bad usage or bad configuration (one-screen message, no traceback) or a
+trigger the daemon refused (dead letter), 3 a kill that ended flat but did not find
+some of the order ids it named (``not_found``) or a release of an account that was
+not halted, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,11 +18,7 @@ from pathlib import Path
 
 from killswitch import __version__
 from killswitch.config import ConfigError, redacted_dump, settings_from_args
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+from killswitch.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -54,7 +51,7 @@ def _keygen(args: argparse.Namespace) -> int:
     if args.config is not None:
         return _keygen_from_config(Path(args.config))
     if args.ed25519:
-        from killswitch.operator import keygen_operator  # noqa: PLC0415
+        from killswitch.commands.operator_keys import keygen_operator  # noqa: PLC0415
 
         return keygen_operator(args)
     from killswitch.keyfiles import write_account_key  # noqa: PLC0415
@@ -113,13 +110,13 @@ def _add_config_arg(parser: argparse.ArgumentParser) -> None:
 # Imported lazily so that `killswitch --version` stays fast and light.
 _LAZY: dict[str, str] = {
     "run": "killswitch.daemon:cli_run",
-    "simulate-exchange": "killswitch.exchange.simulator.cli:cli_simulate",
+    "simulate-exchange": "killswitch.simulator.cli:cli_simulate",
     "demo": "killswitch.demo:cli_demo",
-    "trigger": "killswitch.operator:cli_trigger",
-    "release": "killswitch.operator:cli_release",
-    "status": "killswitch.operator:cli_status",
-    "results": "killswitch.operator:cli_results",
-    "check": "killswitch.operator:cli_check",
+    "trigger": "killswitch.commands.trigger:cli_trigger",
+    "release": "killswitch.commands.release:cli_release",
+    "status": "killswitch.commands.status:cli_status",
+    "results": "killswitch.commands.results:cli_results",
+    "check": "killswitch.commands.check:cli_check",
     "broker": "killswitch.broker:cli_broker",
 }
 

@@ -46,6 +46,7 @@ from pydantic_settings import (
 )
 
 from killswitch.core.pairs import EXCHANGE_PAIR_RE
+from killswitch.core.planning import OrderPriority
 from killswitch.core.ports import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,6 @@ class KafkaSettings(_Section):
 SignatureEncoding = Literal["base64-der", "hex-der", "base64-raw"]
 Curve = Literal["P-256", "P-384", "secp256k1"]
 CancelStrategy = Literal["auto", "per_order", "batch", "symbol"]
-Priority = Literal["notional_desc", "newest_first", "oldest_first"]
 # The exchange client's HTTP transport (killswitch.exchange.transport.TransportKind):
 # one, HTTP/1.1 framed by llhttp (docs/CLIENT.md); the key is kept so that configuration
 # files that set it still load.
@@ -291,7 +291,7 @@ class EngineSettings(_Section):
     )
     batch_size: int = Field(50, ge=1, le=10_000)
     page_size: int = Field(100, ge=1, le=10_000)
-    priority: Priority = "notional_desc"
+    priority: OrderPriority = "notional_desc"
     latch_budget_share: float = Field(
         0.5,
         gt=0,

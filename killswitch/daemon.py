@@ -51,6 +51,7 @@ from killswitch.deadman import DeadmanWatcher
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClients
 from killswitch.exchange.signing import KeyLoadError
+from killswitch.exitcodes import EXIT_FAILED, EXIT_FORCED, EXIT_OK
 from killswitch.health import HealthServerError
 from killswitch.intake.broker_loss import BrokerLossGuard, KillStart
 from killswitch.intake.consumer import Intake, IntakeConfig
@@ -72,9 +73,6 @@ from killswitch.triggers import TriggerKeyError, TriggerVerifier
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_FORCED = 130  # a second SIGTERM/SIGINT cut the graceful stop short
 
 # Results per partition read back at start-up to rebuild the dedup window: each
 # alert produces at least one final result per account, plus progress events.

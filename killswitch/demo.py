@@ -37,6 +37,11 @@ from typing import TextIO
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from killswitch.commands.common import OperatorError
+from killswitch.commands.operator_keys import load_operator_key, public_key_b64, write_operator_key
+from killswitch.commands.prepare import TriggerRequest, prepare_trigger
+from killswitch.commands.status import read_status
+from killswitch.commands.trigger import TriggerRun, run_trigger
 from killswitch.config import (
     AccountSettings,
     ConfigError,
@@ -50,28 +55,16 @@ from killswitch.daemon import async_run
 from killswitch.embedded import BrokerUnavailable, EmbeddedBroker, free_port
 from killswitch.exchange.keys import load_account_key
 from killswitch.exchange.signing import KeyLoadError
-from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
+from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from killswitch.keyfiles import ConfiguredKey, configured_keys, make_missing_keys
-from killswitch.operator import (
-    OperatorError,
-    TriggerRequest,
-    TriggerRun,
-    load_operator_key,
-    prepare_trigger,
-    public_key_b64,
-    read_status,
-    run_trigger,
-    write_operator_key,
-)
-from killswitch.render import metric_samples, metrics_lines, status_lines, table
+from killswitch.prometheus_text import metric_samples
+from killswitch.render import metrics_lines, status_lines, table
+from killswitch.simulator import EndpointFaults, Simulator, SimulatorServer
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DemoContext", "DemoOptions", "DemoReport", "cli_demo", "ensure_demo_keys", "run_demo"]
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 DEFAULT_ORDERS_PER_PAIR = 250
 DEMO_PAIRS = ("BTC_USDT", "ETH_USDT", "SOL_USDT", "BTC_IDR")

@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from killswitch.alerts import Alert, DeadLetter, RejectKind, kill_requests, result_to_json
+from killswitch.board import Board
 from killswitch.config import ConfigError, KafkaSettings, Settings, TopicSettings
 from killswitch.core.model import HaltState, KillRequest, SweepResult
 from killswitch.core.pairs import PairList, PairVerdict, check_pairs
@@ -39,9 +40,10 @@ from killswitch.display import Display
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClients
 from killswitch.exchange.signing import KeyLoadError
+from killswitch.exitcodes import EXIT_NOT_DONE
 from killswitch.intake.kafka import make_producer
 from killswitch.intake.outputs import Publisher
-from killswitch.render import EXIT_NOT_DONE, Board, dry_run_lines, summary_lines
+from killswitch.render import dry_run_lines, summary_lines
 
 __all__ = [
     "AUDIT_SCHEMA",

@@ -8,7 +8,8 @@ import shutil
 from collections.abc import Callable
 from typing import TextIO
 
-from killswitch.render import Board, plain_updates, progress_lines, redraw, terminal_frame
+from killswitch.board import Board
+from killswitch.render import plain_updates, progress_lines, redraw, terminal_frame
 
 __all__ = ["Display"]
 

@@ -8,7 +8,7 @@ One :class:`RateLimiter` per account, shared by every call made with that API ke
 - **In-flight cap.** At most ``max_concurrency`` requests hold a slot at once; a slot is
   taken with the token and given back by :meth:`RateLimiter.release`.
 - **Fair, with priorities.** Waiters are served strictly in arrival order within a
-  priority, and every waiting cancel (``Priority.CANCEL``) before any waiting listing.
+  priority, and every waiting cancel (``RequestPriority.CANCEL``) before any waiting listing.
   A newcomer never overtakes a queued waiter of its own or a higher priority (the fast
   path is only taken when none waits). Strict priority could starve listing only while
   cancels keep arriving; a sweep's cancels are finite and it lists after them, so that
@@ -48,7 +48,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from killswitch.core.ports import Priority
+from killswitch.core.ports import RequestPriority
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -137,8 +137,10 @@ class RateLimiter:
         # exchange was seen to accept when the next 429 comes.
         self._accepts: deque[float] = deque()
         self._inflight = 0
-        # One FIFO per priority, indexed by the Priority value (lower is served first).
-        self._queues: tuple[deque[asyncio.Future[None]], ...] = tuple(deque() for _ in Priority)
+        # One FIFO per priority, indexed by the RequestPriority value (lower is served first).
+        self._queues: tuple[deque[asyncio.Future[None]], ...] = tuple(
+            deque() for _ in RequestPriority
+        )
         self._waiting = 0  # futures in the queues, including cancelled ones not yet popped
         self._pump_task: asyncio.Task[None] | None = None
         self._slot_freed: asyncio.Future[None] | None = None
@@ -178,7 +180,7 @@ class RateLimiter:
 
     # -- acquiring and releasing ------------------------------------------------------
 
-    def try_acquire(self, priority: Priority = Priority.LIST) -> bool:
+    def try_acquire(self, priority: RequestPriority = RequestPriority.LIST) -> bool:
         """Take a token and a slot now if both are free and nobody of the same or a higher
         priority waits; else False.
 
@@ -195,7 +197,7 @@ class RateLimiter:
         self._inflight += 1
         return True
 
-    async def acquire(self, priority: Priority = Priority.LIST) -> None:
+    async def acquire(self, priority: RequestPriority = RequestPriority.LIST) -> None:
         """Wait for a token and an in-flight slot; call :meth:`release` when done."""
         if self.try_acquire(priority):
             return
@@ -221,7 +223,7 @@ class RateLimiter:
             freed.set_result(None)
 
     @contextlib.asynccontextmanager
-    async def slot(self, priority: Priority = Priority.LIST) -> AsyncIterator[None]:
+    async def slot(self, priority: RequestPriority = RequestPriority.LIST) -> AsyncIterator[None]:
         """``async with limiter.slot(priority):`` acquire, then release on exit."""
         await self.acquire(priority)
         try:
@@ -375,7 +377,7 @@ class RateLimiter:
             self._notified_rate = self._rate
             callback(self._rate)
 
-    def _ahead(self, priority: Priority) -> bool:
+    def _ahead(self, priority: RequestPriority) -> bool:
         """Someone waits at ``priority`` or a higher one (cancelled ones may count)."""
         return any(self._queues[level] for level in range(priority + 1))
 

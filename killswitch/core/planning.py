@@ -15,7 +15,8 @@ from typing import Literal
 from killswitch.core.model import Scope, SweepStatus
 from killswitch.core.orders import Order
 
-PriorityName = Literal["notional_desc", "newest_first", "oldest_first"]
+# Which open orders a sweep cancels first (the ``engine.priority`` setting).
+OrderPriority = Literal["notional_desc", "newest_first", "oldest_first"]
 StrategyName = Literal["auto", "per_order", "batch", "symbol"]
 EndpointName = Literal["cancel_all", "cancel_batch"]
 
@@ -123,7 +124,7 @@ def endpoint_refused(status: int | None) -> bool:
 PriorityKey = tuple[float, int]
 
 
-def priority_key(priority: PriorityName, order: Order) -> PriorityKey:
+def priority_key(priority: OrderPriority, order: Order) -> PriorityKey:
     """Heap key: smaller is cancelled first.
 
     The notional is a float here on purpose: it only orders the queue (never an

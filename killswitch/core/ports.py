@@ -18,7 +18,7 @@ from killswitch.core.model import HaltState, KillRequest, SweepResult
 from killswitch.core.orders import Order, SymbolInfo
 from killswitch.core.outcomes import Outcome, RejectReason
 from killswitch.core.pairs import PairList
-from killswitch.core.planning import PriorityName, StrategyName
+from killswitch.core.planning import OrderPriority, StrategyName
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,7 @@ class EngineConfig:
     strategy: StrategyName = "auto"
     batch_size: int = 50
     page_size: int = 100
-    priority: PriorityName = "notional_desc"
+    priority: OrderPriority = "notional_desc"
     latch_budget_share: float = 0.5
     progress_interval_s: float = 1.0
     max_passes: int = 50
@@ -49,8 +49,8 @@ class CurrentRate(Protocol):
     def rate(self) -> float: ...
 
 
-class Priority(IntEnum):
-    """Limiter queue priority: lower value is served first."""
+class RequestPriority(IntEnum):
+    """Which limiter queue an exchange request waits in: lower value is served first."""
 
     CANCEL = 0
     LIST = 1

@@ -1,1 +1,2 @@
-"""The exchange boundary: signing, the REST client, its errors, and the simulator."""
+"""The exchange boundary: signing, the REST client, its transports and its errors
+(the simulator that stands in for the exchange is ``killswitch.simulator``)."""

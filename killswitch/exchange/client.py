@@ -84,8 +84,8 @@ from killswitch.core.ports import (
     CancelResult,
     NullObserver,
     Observer,
-    Priority,
     RedirectObserver,
+    RequestPriority,
 )
 from killswitch.exchange.errors import (
     AuthError,
@@ -320,7 +320,7 @@ class _Call:
     query: str = ""
     body: bytes = b""
     public: bool = False  # signed only once the exchange refused it unsigned
-    priority: Priority = Priority.LIST
+    priority: RequestPriority = RequestPriority.LIST
     cancel: bool = False
 
 
@@ -760,7 +760,7 @@ class ExchangeClient:
             await response.aclose()
         return response.status_code, content, list(response.headers.raw)
 
-    async def _acquire(self, priority: Priority, deadline: float | None) -> bool:
+    async def _acquire(self, priority: RequestPriority, deadline: float | None) -> bool:
         """A limiter slot; False when the request deadline passes while waiting."""
         if deadline is None:
             await self._limiter.acquire(priority)
@@ -1028,7 +1028,9 @@ class ExchangeClient:
     async def cancel_order(self, order_id: int, symbol: str) -> CancelResult:
         """Cancel one order. Never raises for an exchange answer: the outcome says it."""
         query = encode_query([("order_id", order_id), ("symbol", symbol)])
-        call = _Call("cancel", "DELETE", PATH_ORDER, query, priority=Priority.CANCEL, cancel=True)
+        call = _Call(
+            "cancel", "DELETE", PATH_ORDER, query, priority=RequestPriority.CANCEL, cancel=True
+        )
         try:
             answer = await self._request(call)
         except ExchangeUnavailable as exc:
@@ -1061,7 +1063,12 @@ class ExchangeClient:
             return BatchCancelResult(symbol, attempts=0)
         body = compact_json({"order_ids": [int(i) for i in order_ids], "symbol": symbol})
         call = _Call(
-            "cancel_batch", "DELETE", PATH_BATCH, body=body, priority=Priority.CANCEL, cancel=True
+            "cancel_batch",
+            "DELETE",
+            PATH_BATCH,
+            body=body,
+            priority=RequestPriority.CANCEL,
+            cancel=True,
         )
         return await self._bulk_cancel(call, symbol, order_ids)
 
@@ -1069,7 +1076,7 @@ class ExchangeClient:
         """Cancel every open order on ``symbol`` (not atomic: read ``success`` and ``fail``)."""
         query = encode_query([("symbol", symbol)])
         call = _Call(
-            "cancel_all", "DELETE", PATH_OPEN, query, priority=Priority.CANCEL, cancel=True
+            "cancel_all", "DELETE", PATH_OPEN, query, priority=RequestPriority.CANCEL, cancel=True
         )
         return await self._bulk_cancel(call, symbol, ())
 

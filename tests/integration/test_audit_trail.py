@@ -17,17 +17,14 @@ from typing import Any
 import pytest
 
 from killswitch.cli import main
+from killswitch.commands.check import run_checks
+from killswitch.commands.prepare import TriggerRequest, prepare_trigger
+from killswitch.commands.results import read_results, results_document
+from killswitch.commands.status import read_status
+from killswitch.commands.trigger import run_trigger
 from killswitch.embedded import free_port
-from killswitch.operator import (
-    TriggerRequest,
-    prepare_trigger,
-    read_results,
-    read_status,
-    results_document,
-    run_checks,
-    run_trigger,
-)
-from killswitch.render import EXIT_NOT_FOUND, dry_run_lines
+from killswitch.exitcodes import EXIT_NOT_FOUND
+from killswitch.render import dry_run_lines
 from tests.support.daemon import account_config, write_config
 from tests.support.exchange import exchange
 from tests.support.inprocess import (

@@ -27,8 +27,8 @@ from killswitch.exchange.client import ExchangeClient, ExchangeClients
 from killswitch.exchange.errors import AuthError, ExchangeUnavailable, InvalidRequest, NotFound
 from killswitch.exchange.http1 import Http1Transport
 from killswitch.exchange.signing import generate_private_key, private_key_pem
-from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
-from killswitch.exchange.simulator.testing import (
+from killswitch.simulator import EndpointFaults, Simulator, SimulatorServer
+from killswitch.simulator.testing import (
     SignedClient,
     account_settings,
     register_test_client,

@@ -19,11 +19,11 @@ from killswitch.core.ports import EngineConfig
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import Redirected
-from killswitch.exchange.simulator import Simulator, SimulatorServer
-from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.health import Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
 from killswitch.observability import ExchangeProbe
+from killswitch.simulator import Simulator, SimulatorServer
+from killswitch.simulator.testing import account_settings, register_test_client
 
 pytestmark = pytest.mark.integration
 

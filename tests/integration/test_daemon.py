@@ -25,8 +25,8 @@ from killswitch.config import ConfigError, EngineSettings
 from killswitch.daemon import Daemon, async_run
 from killswitch.deadman import encode_heartbeat
 from killswitch.embedded import free_port
-from killswitch.exchange.simulator.faults import EndpointFaults
 from killswitch.intake.ownership import account_partition
+from killswitch.simulator.faults import EndpointFaults
 from killswitch.triggers import sign_trigger
 from tests.support.daemon import wait_http
 from tests.support.exchange import Exchange, exchange

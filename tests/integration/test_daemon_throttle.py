@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from killswitch.commands.prepare import TriggerRequest, prepare_trigger
+from killswitch.commands.trigger import run_trigger
 from killswitch.embedded import free_port
-from killswitch.operator import TriggerRequest, prepare_trigger, run_trigger
-from killswitch.render import EXIT_NOT_DONE, metric_samples
+from killswitch.exitcodes import EXIT_NOT_DONE
+from killswitch.prometheus_text import metric_samples
 from tests.support.exchange import exchange
 from tests.support.inprocess import (
     ACCOUNTS,

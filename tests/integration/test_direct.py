@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from killswitch.cli import main
+from killswitch.commands.status import read_status
 from killswitch.config import load_settings
 from killswitch.embedded import free_port
-from killswitch.operator import read_status
 from tests.support.daemon import TOPIC_ROLES, daemon_config, write_config
 from tests.support.exchange import CANCEL_ENDPOINTS, Exchange, exchange
 from tests.support.topics import create_topics

@@ -29,11 +29,11 @@ from killswitch.core.ports import EngineConfig
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.http1 import build_transport
-from killswitch.exchange.simulator.core import LogEntry, Simulator
-from killswitch.exchange.simulator.faults import EndpointFaults
-from killswitch.exchange.simulator.server import SimulatorServer
-from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.metrics import Metrics
+from killswitch.simulator.core import LogEntry, Simulator
+from killswitch.simulator.faults import EndpointFaults
+from killswitch.simulator.server import SimulatorServer
+from killswitch.simulator.testing import account_settings, register_test_client
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration

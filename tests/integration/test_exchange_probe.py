@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from killswitch.exchange.simulator.faults import EndpointFaults
+from killswitch.simulator.faults import EndpointFaults
 from tests.support.exchange import exchange
 from tests.support.inprocess import ACCOUNTS, daemon_in_process, daemon_settings, prepare_topics
 from tests.support.waiting import wait_for

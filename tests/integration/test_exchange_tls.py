@@ -23,9 +23,9 @@ from killswitch.config import ExchangeTlsSettings
 from killswitch.core.outcomes import Outcome
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.signing import KeyLoadError
-from killswitch.exchange.simulator import Simulator, SimulatorServer
-from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.exchange.transport import tls_context
+from killswitch.simulator import Simulator, SimulatorServer
+from killswitch.simulator.testing import account_settings, register_test_client
 from tests.support.tls import Pki, TLSProxy, make_pki
 
 pytestmark = pytest.mark.integration

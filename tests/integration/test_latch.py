@@ -20,9 +20,9 @@ from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult, Sw
 from killswitch.core.ports import EngineConfig, NullObserver
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.simulator.core import LogEntry, Simulator
-from killswitch.exchange.simulator.server import SimulatorServer
-from killswitch.exchange.simulator.testing import account_settings, register_test_client
+from killswitch.simulator.core import LogEntry, Simulator
+from killswitch.simulator.server import SimulatorServer
+from killswitch.simulator.testing import account_settings, register_test_client
 from tests.support.waiting import wait_for
 
 ACCOUNT = "mm-1"

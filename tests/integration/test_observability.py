@@ -11,10 +11,10 @@ from killswitch.config import Settings
 from killswitch.core.outcomes import Outcome
 from killswitch.embedded import free_port
 from killswitch.exchange.client import ExchangeClients
-from killswitch.exchange.simulator import Simulator, SimulatorServer
-from killswitch.exchange.simulator.testing import register_test_client
 from killswitch.observability import ExchangeProbe, probe_interval_s, prometheus_observability
-from killswitch.render import metric_samples
+from killswitch.prometheus_text import metric_samples
+from killswitch.simulator import Simulator, SimulatorServer
+from killswitch.simulator.testing import register_test_client
 
 pytestmark = pytest.mark.integration
 

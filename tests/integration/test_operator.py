@@ -24,20 +24,17 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from killswitch.alerts import Alert, encode_dlq, encode_result, encode_state, parse_alert
 from killswitch.cli import main
+from killswitch.commands.check import run_checks
+from killswitch.commands.common import OperatorError
+from killswitch.commands.prepare import TriggerRequest, prepare_trigger
+from killswitch.commands.status import read_status
+from killswitch.commands.trigger import run_trigger
 from killswitch.config import OperatorKey, Settings, TriggerSigningSettings
 from killswitch.core.model import Counts, HaltState, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Side
 from killswitch.embedded import free_port
-from killswitch.exchange.simulator import Simulator, SimulatorServer
-from killswitch.exchange.simulator.testing import register_test_client
-from killswitch.operator import (
-    OperatorError,
-    TriggerRequest,
-    prepare_trigger,
-    read_status,
-    run_checks,
-    run_trigger,
-)
+from killswitch.simulator import Simulator, SimulatorServer
+from killswitch.simulator.testing import register_test_client
 from killswitch.triggers import TriggerVerifier
 from tests.support.intake import create_all_topics, make_settings
 from tests.support.topics import create_topics, read_to_end

@@ -18,15 +18,17 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from killswitch.commands.check import run_checks
+from killswitch.commands.prepare import TriggerRequest, prepare_trigger
+from killswitch.commands.trigger import run_trigger
 from killswitch.daemon import Daemon
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import ExchangeUnavailable, Redirected
-from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
-from killswitch.exchange.simulator.core import LogEntry
-from killswitch.exchange.simulator.testing import account_settings, register_test_client
+from killswitch.exitcodes import EXIT_NOT_FOUND, EXIT_REFUSED
 from killswitch.intake.consumer import PAIR_FETCH_WAIT_S
-from killswitch.operator import TriggerRequest, prepare_trigger, run_checks, run_trigger
-from killswitch.render import EXIT_NOT_FOUND, EXIT_REFUSED
+from killswitch.simulator import EndpointFaults, Simulator, SimulatorServer
+from killswitch.simulator.core import LogEntry
+from killswitch.simulator.testing import account_settings, register_test_client
 from tests.support.exchange import Exchange, exchange
 from tests.support.inprocess import (
     ACCOUNTS,

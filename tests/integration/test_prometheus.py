@@ -22,7 +22,7 @@ import pytest
 
 from killswitch.demo import DemoContext, DemoOptions, run_demo
 from killswitch.embedded import EmbeddedBroker, free_port
-from killswitch.render import metric_samples
+from killswitch.prometheus_text import metric_samples
 from tests.support.demo import demo_dir
 
 pytestmark = pytest.mark.integration

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from killswitch.commands.check import run_checks
 from killswitch.config import AccountSettings, Settings
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.outcomes import RejectReason
@@ -23,12 +24,11 @@ from killswitch.embedded import free_port
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import ExchangeError
-from killswitch.exchange.simulator import Simulator, SimulatorServer
-from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.health import Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
 from killswitch.observability import ExchangeProbe, first_page
-from killswitch.operator import run_checks
+from killswitch.simulator import Simulator, SimulatorServer
+from killswitch.simulator.testing import account_settings, register_test_client
 from tests.support.daemon import wait_http
 from tests.support.exchange import exchange
 from tests.support.inprocess import ACCOUNTS, daemon_in_process, daemon_settings, prepare_topics

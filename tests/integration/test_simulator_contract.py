@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from killswitch.core.orders import Order, OrderStatus, SymbolInfo
-from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
-from killswitch.exchange.simulator.testing import SignedClient, register_test_client
+from killswitch.simulator import EndpointFaults, Simulator, SimulatorServer
+from killswitch.simulator.testing import SignedClient, register_test_client
 
 pytestmark = pytest.mark.integration
 

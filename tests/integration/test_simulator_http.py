@@ -27,8 +27,8 @@ from killswitch.exchange.signing import (
     private_key_pem,
     public_key_pem,
 )
-from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
-from killswitch.exchange.simulator.testing import (
+from killswitch.simulator import EndpointFaults, Simulator, SimulatorServer
+from killswitch.simulator.testing import (
     SignedClient,
     register_test_client,
     signed_headers,

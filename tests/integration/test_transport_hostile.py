@@ -29,7 +29,7 @@ from killswitch.core.outcomes import Outcome, RejectReason
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.http1 import DEFAULT_LIMITS
 from killswitch.exchange.signing import generate_private_key, private_key_pem
-from killswitch.exchange.simulator.testing import account_settings
+from killswitch.simulator.testing import account_settings
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration

@@ -27,14 +27,14 @@ from killswitch.core.outcomes import Outcome
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.http1 import Http1Transport, build_transport, default_ssl_context
 from killswitch.exchange.signing import compact_json
-from killswitch.exchange.simulator import Simulator, SimulatorServer
-from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.exchange.transport import (
     AttemptDeadline,
     Phases,
     RawHeaders,
     StaleConnection,
 )
+from killswitch.simulator import Simulator, SimulatorServer
+from killswitch.simulator.testing import account_settings, register_test_client
 from tests.support.tls import make_pki
 from tests.support.waiting import wait_for
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
+from killswitch.commands.status import read_status
 from killswitch.config import load_settings
 from killswitch.core.model import HaltState
 from killswitch.embedded import EmbeddedBroker
-from killswitch.operator import read_status
 from tests.support.broker import kill_broker, wait_kafka_up, wait_ready
 from tests.support.daemon import Daemons, daemon_config, write_config
 from tests.support.exchange import CANCEL_ENDPOINTS, Exchange, exchange

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from killswitch.exchange.simulator import EndpointFaults
+from killswitch.simulator import EndpointFaults
 from tests.support import figures
 from tests.support.daemon import Daemons, daemon_config, write_config
 from tests.support.exchange import Exchange, exchange

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.exchange.simulator import EndpointFaults
+from killswitch.simulator import EndpointFaults
 from tests.support import figures
 from tests.support.daemon import DaemonProcess, Daemons, daemon_config, http_get, write_config
 from tests.support.exchange import Exchange, exchange

@@ -27,9 +27,9 @@ from killswitch.core.outcomes import Outcome
 from killswitch.core.ports import EngineConfig
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
-from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.metrics import Metrics
+from killswitch.simulator import EndpointFaults, Simulator, SimulatorServer
+from killswitch.simulator.testing import account_settings, register_test_client
 from tests.support import figures
 from tests.support.probe import CancelProbe
 

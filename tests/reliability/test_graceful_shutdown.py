@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.exchange.simulator import EndpointFaults
+from killswitch.simulator import EndpointFaults
 from tests.support import figures
 from tests.support.daemon import Daemons, daemon_config, wait_http, write_config
 from tests.support.exchange import exchange

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from killswitch.exchange.simulator import LogEntry, Simulator, SimulatorServer
-from killswitch.exchange.simulator.core import Reply, Request
-from killswitch.exchange.simulator.testing import register_test_client
+from killswitch.simulator import LogEntry, Simulator, SimulatorServer
+from killswitch.simulator.core import Reply, Request
+from killswitch.simulator.testing import register_test_client
 from tests.support.daemon import SWEEP_PAGE_SIZE, account_config
 
 CANCEL_ENDPOINTS = frozenset({"cancel", "cancel_batch", "cancel_all"})

@@ -31,6 +31,7 @@ from killswitch.alerts import (
     read_result,
     state_to_json,
 )
+from killswitch.board import AccountProgress
 from killswitch.core.carry import carried_from_json
 from killswitch.core.model import (
     Counts,
@@ -46,7 +47,7 @@ from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome, RejectReason
 from killswitch.core.times import format_time, parse_time
 from killswitch.deadman import Heartbeat, encode_heartbeat, parse_heartbeat
-from killswitch.render import AccountProgress, status_records
+from killswitch.render import status_records
 
 # Times in messages have milliseconds: the round trips use times that have no more.
 NOW = datetime(2026, 11, 24, 1, 2, 3, 456000, tzinfo=UTC)

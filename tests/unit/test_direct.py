@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from killswitch.alerts import Alert, result_to_json
+from killswitch.board import Board
 from killswitch.core.model import Counts, SweepResult, SweepStatus
 from killswitch.direct import DirectRun, append_audit, direct_document, report_lines
-from killswitch.render import Board
 
 NOW = datetime(2026, 11, 24, 1, 2, 3, tzinfo=UTC)
 

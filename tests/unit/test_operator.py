@@ -22,19 +22,18 @@ from cryptography.hazmat.primitives.serialization import (
 
 from killswitch.alerts import ALERT_ID_RE, parse_alert
 from killswitch.cli import build_parser, main
-from killswitch.config import Settings
-from killswitch.operator import (
+from killswitch.commands.common import UsageError
+from killswitch.commands.operator_keys import load_operator_key, public_key_b64
+from killswitch.commands.prepare import (
     TriggerRequest,
-    UsageError,
     alert_message,
-    load_operator_key,
     message_key,
     new_alert_id,
     operator_name,
     prepare_trigger,
-    public_key_b64,
     request_from_args,
 )
+from killswitch.config import Settings
 from killswitch.triggers import TriggerVerifier, load_public_key
 
 NOW = datetime(2026, 11, 24, 1, 2, 3, 456_000, tzinfo=UTC)
@@ -335,7 +334,7 @@ def test_keygen_ed25519(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_group_members_are_read_from_describe_groups_answers() -> None:
     from types import SimpleNamespace
 
-    from killswitch.operator import _group_members
+    from killswitch.commands.check import _group_members
 
     members = [("m-1", "killswitch", "/10.0.0.7", b"", b""), ("m-2", "", "", b"", b"")]
     answer = SimpleNamespace(groups=[(0, "g", "Stable", "consumer", "range", members)])

@@ -11,8 +11,8 @@ from killswitch.core.orders import Order, OrderStatus, Side
 from killswitch.core.planning import (
     CancelQueue,
     Next,
+    OrderPriority,
     PassSummary,
-    PriorityName,
     StrategyName,
     effective_strategy,
     final_status,
@@ -183,7 +183,7 @@ ORDERS = [
         ("oldest_first", [2, 3, 1, 4]),
     ],
 )
-def test_priority_order(priority: PriorityName, expected: list[int]) -> None:
+def test_priority_order(priority: OrderPriority, expected: list[int]) -> None:
     ranked = sorted(ORDERS, key=lambda o: priority_key(priority, o))
     assert [o.order_id for o in ranked] == expected
 

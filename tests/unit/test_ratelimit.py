@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from killswitch.core.ports import Priority
+from killswitch.core.ports import RequestPriority
 from killswitch.ratelimit import RateLimiter
 
 
@@ -130,16 +130,16 @@ async def test_cancels_are_served_before_listing() -> None:
     limiter = make(fake, rate=10.0, burst=1)
     order: list[str] = []
 
-    async def worker(name: str, priority: Priority) -> None:
+    async def worker(name: str, priority: RequestPriority) -> None:
         await limiter.acquire(priority)
         order.append(name)
         limiter.release()
 
     assert limiter.try_acquire()
     limiter.release()
-    tasks = [asyncio.create_task(worker(f"list{i}", Priority.LIST)) for i in range(3)]
+    tasks = [asyncio.create_task(worker(f"list{i}", RequestPriority.LIST)) for i in range(3)]
     await asyncio.sleep(0)
-    tasks += [asyncio.create_task(worker(f"cancel{i}", Priority.CANCEL)) for i in range(3)]
+    tasks += [asyncio.create_task(worker(f"cancel{i}", RequestPriority.CANCEL)) for i in range(3)]
     await asyncio.gather(*tasks)
     assert order == ["cancel0", "cancel1", "cancel2", "list0", "list1", "list2"]
 
@@ -149,12 +149,12 @@ async def test_a_cancel_takes_a_free_slot_past_a_waiting_listing() -> None:
     first anyway, so it takes a free slot and token at once (no queue, no task switch)."""
     fake = FakeTime()
     limiter = make(fake, rate=1000.0, burst=10, concurrency=1)
-    assert limiter.try_acquire(Priority.CANCEL)
-    listing = asyncio.create_task(limiter.acquire(Priority.LIST))
+    assert limiter.try_acquire(RequestPriority.CANCEL)
+    listing = asyncio.create_task(limiter.acquire(RequestPriority.LIST))
     await settle(lambda: limiter.waiting == 1)
     limiter.release()  # the slot is free; the pump has not run yet
-    assert not limiter.try_acquire(Priority.LIST)  # a listing queues behind the listing
-    assert limiter.try_acquire(Priority.CANCEL)
+    assert not limiter.try_acquire(RequestPriority.LIST)  # a listing queues behind the listing
+    assert limiter.try_acquire(RequestPriority.CANCEL)
     assert limiter.waiting == 1
     assert not listing.done()
     limiter.release()
@@ -206,7 +206,7 @@ async def test_slot_context_manager_releases_on_error() -> None:
     inside: list[int] = []
 
     async def use() -> None:
-        async with limiter.slot(Priority.CANCEL):
+        async with limiter.slot(RequestPriority.CANCEL):
             inside.append(limiter.inflight)
             raise ValueError("boom")
 
@@ -477,7 +477,7 @@ async def drive(
     accepted: list[float] = []
     end = fake.now + seconds
     while fake.now < end:
-        await limiter.acquire(Priority.CANCEL)
+        await limiter.acquire(RequestPriority.CANCEL)
         sent = fake.now
         fake.now += 0.002  # the round trip
         if exchange(sent):

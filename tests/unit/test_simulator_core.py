@@ -10,10 +10,10 @@ from email.utils import formatdate, parsedate_to_datetime
 import pytest
 
 from killswitch.exchange.signing import Signer, compact_json, generate_private_key, signing_payload
-from killswitch.exchange.simulator import EndpointFaults, Simulator
-from killswitch.exchange.simulator.core import Reply, Request, parse_id, parse_query
-from killswitch.exchange.simulator.faults import Races, SlidingWindow, TokenBucket, decide
-from killswitch.exchange.simulator.model import Book, SimOrder
+from killswitch.simulator import EndpointFaults, Simulator
+from killswitch.simulator.core import Reply, Request, parse_id, parse_query
+from killswitch.simulator.faults import Races, SlidingWindow, TokenBucket, decide
+from killswitch.simulator.model import Book, SimOrder
 
 ORDER = "/coin/internal/v1/order"
 OPEN = "/coin/internal/v1/order/open"
@@ -502,7 +502,7 @@ def test_unknown_routes_and_methods() -> None:
 
 def test_account_settings_helper_builds_a_usable_account() -> None:
     from killswitch.exchange.signing import load_private_key
-    from killswitch.exchange.simulator.testing import account_settings, register_test_client
+    from killswitch.simulator.testing import account_settings, register_test_client
 
     sim = Simulator()
     api_key, pem = register_test_client(sim, name="mm-1")

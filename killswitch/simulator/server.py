@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from killswitch.exchange.simulator.admin import ADMIN_PREFIX, handle_admin
-from killswitch.exchange.simulator.core import Reply, Request, Simulator
-from killswitch.exchange.simulator.http import HttpServer
+from killswitch.simulator.admin import ADMIN_PREFIX, handle_admin
+from killswitch.simulator.core import Reply, Request, Simulator
+from killswitch.simulator.http import HttpServer
 
 
 class SimulatorServer:

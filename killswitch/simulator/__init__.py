@@ -11,14 +11,14 @@ In-process::
 Standalone: ``killswitch simulate-exchange --help``. Admin calls: docs/SIMULATOR.md.
 """
 
-from killswitch.exchange.simulator.core import (
+from killswitch.simulator.core import (
     ENDPOINTS,
     LogEntry,
     Reply,
     Simulator,
 )
-from killswitch.exchange.simulator.faults import EndpointFaults, Races, SlidingWindow, TokenBucket
-from killswitch.exchange.simulator.server import SimulatorServer
+from killswitch.simulator.faults import EndpointFaults, Races, SlidingWindow, TokenBucket
+from killswitch.simulator.server import SimulatorServer
 
 __all__ = [
     "ENDPOINTS",

@@ -27,7 +27,7 @@ from killswitch.exchange.signing import (
     private_key_pem,
     signing_payload,
 )
-from killswitch.exchange.simulator.core import Simulator
+from killswitch.simulator.core import Simulator
 
 
 def register_test_client(

@@ -24,16 +24,16 @@ from killswitch.exchange.signing import (
     SignatureEncoding,
     load_public_key,
 )
-from killswitch.exchange.simulator.admin import AdminError, apply_faults
-from killswitch.exchange.simulator.core import (
+from killswitch.simulator.admin import AdminError, apply_faults
+from killswitch.simulator.core import (
     RATE_LIMIT_KINDS,
     RETRY_AFTER_FORMS,
     UNKNOWN_SYMBOL_ANSWERS,
     RetryAfter,
     Simulator,
 )
-from killswitch.exchange.simulator.faults import Races
-from killswitch.exchange.simulator.server import SimulatorServer
+from killswitch.simulator.faults import Races
+from killswitch.simulator.server import SimulatorServer
 
 DEFAULT_PORT = 8700  # the default base_url of an account points here
 _ENCODINGS: dict[str, SignatureEncoding] = {

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import httptools
 
-from killswitch.exchange.simulator.core import Request
+from killswitch.simulator.core import Request
 
 _log = logging.getLogger(__name__)
 

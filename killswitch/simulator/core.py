@@ -30,7 +30,7 @@ from killswitch.exchange.signing import (
     signing_payload,
     verify,
 )
-from killswitch.exchange.simulator.faults import (
+from killswitch.simulator.faults import (
     EndpointFaults,
     FaultDecision,
     Limiter,
@@ -40,7 +40,7 @@ from killswitch.exchange.simulator.faults import (
     decide,
     default_burst,
 )
-from killswitch.exchange.simulator.model import (
+from killswitch.simulator.model import (
     DEFAULT_SYMBOLS,
     ORDER_TYPES,
     SIDES,

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from killswitch.exchange.signing import KeyLoadError
-from killswitch.exchange.simulator.core import Reply, Simulator, parse_id, parse_query
-from killswitch.exchange.simulator.faults import EndpointFaults, Races
+from killswitch.simulator.core import Reply, Simulator, parse_id, parse_query
+from killswitch.simulator.faults import EndpointFaults, Races
 
 ADMIN_PREFIX = "/_admin/"
 

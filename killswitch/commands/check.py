@@ -1,0 +1,230 @@
+"""``killswitch check``: Kafka, the topics, the daemons' consumer group, the exchange and
+every account's key, each tried with read-only calls (exit code 0 only when every
+check passes)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from killswitch.commands.common import (
+    KAFKA_TIMEOUT_S,
+    OperatorError,
+    start_reader,
+    topic_partitions,
+)
+from killswitch.config import AccountSettings, Settings, settings_from_args
+from killswitch.core.pairs import PairList
+from killswitch.exchange.client import ExchangeClient
+from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem
+from killswitch.exchange.signing import KeyLoadError
+from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from killswitch.intake.kafka import connection_kwargs
+from killswitch.observability import first_page
+from killswitch.render import Check, GroupView, check_lines, group_checks
+
+__all__ = ["add_arguments_check", "cli_check", "read_group", "run_checks"]
+
+
+def add_arguments_check(parser: argparse.ArgumentParser) -> None:
+    """Options of ``killswitch check``."""
+    parser.description = (
+        "Check that Kafka answers, the topics exist, the exchange answers for every "
+        "account and accepts every account's key (a read-only signed call). Exit 0 only "
+        "when every check passes."
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=KAFKA_TIMEOUT_S, metavar="SECONDS", help="per check"
+    )
+
+
+async def _kafka_checks(settings: Settings, timeout_s: float) -> list[Check]:
+    kafka = settings.kafka
+    t = kafka.topics
+    roles = {
+        t.alerts: "alerts",
+        t.manual: "manual",
+        t.heartbeats: "heartbeats",
+        t.results: "results",
+        t.state: "state",
+        t.dlq: "dlq",
+    }
+    try:
+        consumer = await start_reader(settings)
+    except OperatorError as exc:
+        failed = [Check("kafka reachable", kafka.bootstrap_servers, False, str(exc))]
+        return failed + [Check("topic present", n, False, "Kafka not reachable") for n in roles]
+    try:
+        async with asyncio.timeout(timeout_s):
+            parts = await topic_partitions(consumer)
+    except (KafkaError, TimeoutError) as exc:
+        detail = f"no metadata ({type(exc).__name__})"
+        return [Check("kafka reachable", kafka.bootstrap_servers, False, detail)]
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+    checks = [Check("kafka reachable", kafka.bootstrap_servers, True, f"{len(parts)} topic(s)")]
+    for name, role in roles.items():
+        count = len(parts.get(name, ()))
+        detail = f"{role}, {count} partition(s)" if count else f"{role}: missing"
+        checks.append(Check("topic present", name, count > 0, detail))
+    inputs = {t: parts[t] for t in (t.alerts, t.manual) if t in parts}
+    try:
+        async with asyncio.timeout(timeout_s):
+            view: GroupView | str = await read_group(settings, inputs)
+    except (KafkaError, TimeoutError, OSError, ValueError) as exc:
+        # ValueError: a broker answering a request version the client cannot decode.
+        view = f"not readable ({type(exc).__name__})"
+    return checks + group_checks(kafka.group_id, view)
+
+
+async def read_group(settings: Settings, inputs: dict[str, list[int]]) -> GroupView:
+    """The daemons' consumer group: its state, its members and how far behind it is on
+    the input topics (``inputs``: topic -> partitions). Never joins the group."""
+    kafka = settings.kafka
+    admin = AIOKafkaAdminClient(**connection_kwargs(kafka))
+    await admin.start()
+    try:
+        described = await admin.describe_consumer_groups([kafka.group_id])
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    state, members = _group_members(described)
+    # A consumer bound to the group but subscribed to nothing reads its committed
+    # offsets (OffsetFetch) without joining it.
+    reader = AIOKafkaConsumer(
+        group_id=kafka.group_id, enable_auto_commit=False, **connection_kwargs(kafka)
+    )
+    await reader.start()
+    try:
+        lag: dict[str, int] = {}
+        for topic, partitions in inputs.items():
+            tps = [TopicPartition(topic, p) for p in partitions]
+            ends = await reader.end_offsets(tps)
+            starts = await reader.beginning_offsets(tps)
+            behind = 0
+            for tp in tps:
+                committed = await reader.committed(tp)
+                behind += max(0, ends[tp] - (committed if committed is not None else starts[tp]))
+            lag[topic] = behind
+    finally:
+        with contextlib.suppress(Exception):
+            await reader.stop()
+    return GroupView(state, members, lag)
+
+
+def _group_members(described: Sequence[Any]) -> tuple[str, list[str]]:
+    """State and members (``client_id@host``, else the member id) of DescribeGroups."""
+    for response in described:
+        for group in getattr(response, "groups", ()):
+            error, _, state, _, _, members = group[:6]
+            if error:
+                return f"error {error}", []
+            names = [
+                f"{m[1]}@{m[2].lstrip('/')}" if m[1] and m[2] else (m[1] or m[0]) for m in members
+            ]
+            return str(state), names
+    return "unknown", []
+
+
+async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[Check]:
+    # Fail fast: a check is a question, not a kill (few retries, short deadline).
+    quick = account.model_copy(
+        update={
+            "max_attempts": min(account.max_attempts, 2),
+            "request_deadline_s": min(account.request_deadline_s, timeout_s),
+        }
+    )
+    target = f"{account.id} {account.base_url}"
+    try:
+        client = ExchangeClient(quick)
+    except KeyLoadError as exc:
+        return [
+            Check("exchange reachable", target, False, "not tried: the key does not load"),
+            Check("key accepted", account.id, False, str(exc)),
+        ]
+    async with client:
+        try:
+            async with asyncio.timeout(timeout_s):
+                offset = await client.sync_clock()
+                pairs = await client.pair_list()
+                symbols = await client.exchange_info()  # no request: pair_list cached it
+        except Redirected as exc:
+            problem = redirect_problem(exc.status, exc.location, exc.endpoint)
+            return [
+                Check("exchange reachable", target, False, problem),
+                Check("key accepted", account.id, False, "not tried: exchange redirects"),
+            ]
+        except AuthError as exc:
+            # The public endpoints want a signature here and the signed call was refused.
+            detail = "answered; public endpoints need a signature"
+            return [
+                Check("exchange reachable", target, True, detail),
+                Check("key accepted", account.id, False, f"refused: {exc}"),
+            ]
+        except (ExchangeError, TimeoutError) as exc:
+            return [
+                Check("exchange reachable", target, False, str(exc) or type(exc).__name__),
+                Check("key accepted", account.id, False, "not tried: exchange not reachable"),
+            ]
+        signed = ", public endpoints signed" if client.signs_public else ""
+        reach = Check(
+            "exchange reachable",
+            target,
+            True,
+            f"{len(symbols)} pairs{_pair_source(pairs)}, clock offset {offset:+d} ms{signed}",
+        )
+        if not symbols:
+            return [reach, Check("key accepted", account.id, False, "the exchange lists no pairs")]
+        symbol = symbols[0].symbol
+        try:
+            async with asyncio.timeout(timeout_s):
+                shown = await first_page(client, symbol)
+        except AuthError as exc:
+            return [reach, Check("key accepted", account.id, False, f"refused: {exc}")]
+        except (ExchangeError, TimeoutError) as exc:
+            return [reach, Check("key accepted", account.id, False, str(exc) or "timeout")]
+        detail = f"open orders on {symbol} answered ({shown} on the first page)"
+        return [reach, Check("key accepted", account.id, True, detail)]
+
+
+def _pair_source(pairs: PairList) -> str:
+    """Where the pair list came from, when not the exchange's current answer."""
+    if pairs.source == "exchange":
+        return ""
+    return f" ({pairs.source}; exchange-info failed: {pairs.error})"
+
+
+async def run_checks(settings: Settings, timeout_s: float = KAFKA_TIMEOUT_S) -> list[Check]:
+    """Every check, Kafka first, then each account (concurrently)."""
+    kafka, *accounts = await asyncio.gather(
+        _kafka_checks(settings, timeout_s),
+        *(_exchange_checks(a, timeout_s) for a in settings.accounts),
+    )
+    out = list(kafka)
+    for checks in accounts:
+        out.extend(checks)
+    return out
+
+
+def cli_check(args: argparse.Namespace) -> int:
+    """``killswitch check``: a table of checks; exit 0 only when all pass."""
+    settings = settings_from_args(args)
+    if args.timeout <= 0:
+        print("killswitch: --timeout must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    # Every problem is a row of the table: no bare log line from a library (a pair list
+    # fallback, a retry) on stderr, as Python prints one when logging is not set up.
+    logging.getLogger("killswitch").addHandler(logging.NullHandler())
+    checks = asyncio.run(run_checks(settings, args.timeout))
+    print("\n".join(check_lines(checks)))
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED

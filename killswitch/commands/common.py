@@ -1,0 +1,88 @@
+"""What the operator commands share: environment variable names, timeouts, their two
+errors, and opening a Kafka reader (a command that cannot reach Kafka or finds a topic
+missing says so in one line, exit code 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from killswitch.config import Settings
+from killswitch.intake.kafka import make_reader
+
+__all__ = [
+    "FOLLOW_MARGIN_S",
+    "KAFKA_TIMEOUT_S",
+    "MAX_RESULT_BYTES",
+    "OPERATOR_ENV",
+    "OPERATOR_KEY_ENV",
+    "OPERATOR_KEY_PASSPHRASE_ENV",
+    "POLL_S",
+    "OperatorError",
+    "UsageError",
+    "missing_topic",
+    "split_values",
+    "start_reader",
+    "topic_partitions",
+]
+
+
+OPERATOR_ENV = "KILLSWITCH_OPERATOR"
+OPERATOR_KEY_ENV = "KILLSWITCH_OPERATOR_KEY"
+OPERATOR_KEY_PASSPHRASE_ENV = "KILLSWITCH_OPERATOR_KEY_PASSPHRASE"  # noqa: S105 - a variable name
+
+# Beyond the kill's own deadline, how long to wait for results: the alert may queue
+# behind other work, and the last verification listing needs its round trip.
+FOLLOW_MARGIN_S = 30.0
+KAFKA_TIMEOUT_S = 15.0
+POLL_S = 0.2
+MAX_RESULT_BYTES = 16 * 1024 * 1024
+
+
+class UsageError(Exception):
+    """The command line cannot be turned into a valid trigger (exit code 2)."""
+
+
+class OperatorError(Exception):
+    """The command could not do its job (Kafka unreachable, topic missing): exit code 1."""
+
+
+def split_values(values: Sequence[str] | None) -> list[str]:
+    """Repeatable options that also take comma-separated lists."""
+    out: list[str] = []
+    for value in values or ():
+        out.extend(part.strip() for part in value.split(",") if part.strip())
+    return list(dict.fromkeys(out))
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer) -> dict[str, list[int]]:
+    """Every topic the broker lists, with its partition ids."""
+    # aiokafka has no public call for metadata of topics a consumer is not
+    # subscribed to; the client's full metadata fetch is what topics() uses too.
+    cluster = await consumer._client.fetch_all_metadata()
+    return {t: sorted(cluster.partitions_for_topic(t) or ()) for t in cluster.topics()}
+
+
+async def start_reader(settings: Settings) -> AIOKafkaConsumer:
+    consumer = make_reader(settings.kafka)
+    try:
+        async with asyncio.timeout(KAFKA_TIMEOUT_S):
+            await consumer.start()
+    except (KafkaError, TimeoutError, OSError) as exc:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+        raise OperatorError(
+            f"Kafka at {settings.kafka.bootstrap_servers} is not reachable ({type(exc).__name__})"
+        ) from None
+    return consumer
+
+
+def missing_topic(name: str, role: str) -> OperatorError:
+    return OperatorError(
+        f"the {role} topic {name!r} does not exist: is the daemon running against this "
+        "Kafka? (it creates its topics at start-up)"
+    )
