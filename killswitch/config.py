@@ -356,6 +356,12 @@ class IntakeSettings(_Section):
     max_queued_per_account: int = Field(1_000, ge=1)
     max_message_bytes: int = Field(1_000_000, ge=1_024)
     max_order_ids: int = Field(10_000, ge=1)
+    # On a rebalance, how long records of revoked partitions may still run before
+    # they are cancelled and their sweeps handed to the next owner (who replays
+    # them). Every member of the group waits this long at most before rejoining,
+    # so it adds to failover when a survivor is busy; a sweep cut off restarts on
+    # the new owner with the counts carried over.
+    rebalance_drain_s: float = Field(1.0, ge=0.0, le=300.0)
 
 
 class LoggingSettings(_Section):

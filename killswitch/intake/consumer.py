@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -53,7 +53,13 @@ from killswitch.core.dedup import DedupWindow, Seen
 from killswitch.core.model import KillRequest, SweepResult, SweepStatus
 from killswitch.core.offsets import OffsetTracker
 from killswitch.core.pairs import PairVerdict, check_pairs
-from killswitch.core.ports import AlertObserver, EngineAPI, NullAlertObserver, PairLister
+from killswitch.core.ports import (
+    AlertObserver,
+    EngineAPI,
+    NullAlertObserver,
+    PairLister,
+    SweepHandedOver,
+)
 from killswitch.intake.kafka import all_partitions, make_group_consumer, stop_consumer
 from killswitch.intake.outputs import Publisher
 from killswitch.intake.readers import ResultsIndex
@@ -68,6 +74,8 @@ _THREAD_PARSE_BYTES = 64 * 1024
 _POLL_MS = 100
 _PUBLISH_BACKOFF_MAX_S = 5.0
 _LAG_REPORT_S = 1.0
+# How long a hand-over waits for its last progress results to be acknowledged.
+_HANDOVER_FLUSH_S = 2.0
 # Longest an alert waits for a pair list that is not cached (normally one round trip):
 # past this its kill runs with its pairs unchecked rather than wait out the client's
 # retries against a failing exchange-info.
@@ -120,7 +128,11 @@ class IntakeConfig:
     def from_settings(cls, settings: Settings) -> IntakeConfig:
         # A revocation may wait for running sweeps, but must end well inside the
         # rebalance timeout or the group evicts this member.
-        drain = min(settings.engine.shutdown_grace_s, settings.kafka.rebalance_timeout_ms / 2000)
+        drain = min(
+            settings.intake.rebalance_drain_s,
+            settings.engine.shutdown_grace_s,
+            settings.kafka.rebalance_timeout_ms / 2000,
+        )
         return cls(
             topics=settings.kafka.topics,
             accounts=tuple(a.id for a in settings.accounts),
@@ -212,6 +224,8 @@ class Intake:
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._queued: Counter[str] = Counter()
         self._in_flight: dict[tuple[str, str], asyncio.Future[str | None]] = {}
+        # (alert id, account) being swept -> the partition of the record that asked.
+        self._sweeping: dict[tuple[str, str], TopicPartition] = {}
         self._max_bytes = config.limits.max_message_bytes
         self._max_in_flight = config.limits.max_queued_per_account * max(1, len(config.accounts))
         self._paused = False
@@ -257,6 +271,24 @@ class Intake:
         except LookupError:
             return None
 
+    async def routing_problem(self) -> str | None:
+        """Why manual triggers may miss the account's owner; None when they cannot.
+
+        A trigger is keyed by account like an alert; it reaches the daemon that owns
+        the account (the one assigned the account's alerts partition) only when both
+        topics have the same partition count, so the range assignor gives the same
+        partition of each to one member."""
+        topics = self._config.topics
+        alerts = await self.partition_count(topics.alerts)
+        manual = await self.partition_count(topics.manual)
+        if alerts is None or manual is None or alerts == manual:
+            return None
+        return (
+            f"{topics.manual} has {manual} partition(s) and {topics.alerts} {alerts}: a manual "
+            "trigger may be swept by a daemon that does not own the account while its owner "
+            f"sweeps it too; give {topics.manual} {alerts} partition(s)"
+        )
+
     async def start(self) -> None:
         """Join the group (subscribed to the alerts and manual topics)."""
         topics = self._config.topics
@@ -267,6 +299,9 @@ class Intake:
         self._consumer = consumer
         await consumer.start()
         self._committer = asyncio.create_task(self._commit_loop(), name="intake-committer")
+        routing = await self.routing_problem()
+        if routing is not None:
+            log.warning("manual triggers not routed to the owner", extra={"problem": routing})
 
     async def run(self) -> None:
         """Consume until :meth:`stop` is called. A bad message never ends this loop."""
@@ -593,6 +628,9 @@ class Intake:
                 self._dedup.start(alert.alert_id, request.account, position)
                 future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
                 self._in_flight[(alert.alert_id, request.account)] = future
+                self._sweeping[(alert.alert_id, request.account)] = TopicPartition(
+                    origin.topic, origin.partition
+                )
                 self._queued[request.account] += 1
                 steps.append(_Step(self._with_carried(request), Seen.NEW, future=future))
             else:
@@ -677,6 +715,7 @@ class Intake:
             if not future.done():
                 future.set_result(status)
             self._in_flight.pop(key, None)
+            self._sweeping.pop(key, None)
             self._queued[request.account] -= 1
             if self._queued[request.account] <= 0:
                 del self._queued[request.account]
@@ -697,6 +736,12 @@ class Intake:
             return await self._engine.submit(request, self._publisher.progress_sink(origin))
         except asyncio.CancelledError:
             raise
+        except SweepHandedOver as exc:
+            if TopicPartition(origin.topic, origin.partition) in self._assigned:
+                # Not expected (only accounts no kept record sweeps are handed over);
+                # the record is still ours, so it gets swept and answered here.
+                return await self._engine.submit(request, self._publisher.progress_sink(origin))
+            raise _Interrupted from exc  # no result, not done: the new owner replays it
         except Exception as exc:
             if self._stopping:
                 # Shutting down: no final result, the offset stays uncommitted and
@@ -818,6 +863,12 @@ class Intake:
             self.committed_total += 1
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Before the group reassigns ``revoked``: finish, or hand over, their work.
+
+        Records of those partitions get ``revoke_drain_s`` to finish; the ones still
+        running after it are cancelled without a result (their offsets stay
+        uncommitted) and their accounts' sweeps stopped (:meth:`_hand_over`), so when
+        the next owner replays them nobody else is sweeping those accounts."""
         gone = set(revoked)
         if gone:
             self._on_consuming(False)
@@ -825,9 +876,35 @@ class Intake:
         await self._assignment_changed()
         waiting = [t for t, tp in self._tasks.items() if tp in gone]
         if waiting:
-            await asyncio.wait(waiting, timeout=self._config.revoke_drain_s)
+            _, late = await asyncio.wait(waiting, timeout=self._config.revoke_drain_s)
+            if late:
+                await self._hand_over(late, gone)
         await self._commit(list(gone))
         self._tracker.drop(gone)
+
+    async def _hand_over(
+        self, late: Collection[asyncio.Task[None]], gone: set[TopicPartition]
+    ) -> None:
+        """Cancel the records still running on revoked partitions and stop the sweeps
+        of their accounts, unless a record this daemon keeps sweeps the account too
+        (an alert naming several accounts): that sweep goes on here. The sweeps' last
+        progress results are acknowledged before this returns, so the next owner's
+        results reader has them when it replays (counts carried over)."""
+        moving = {account for (_, account), tp in self._sweeping.items() if tp in gone}
+        moving -= {account for (_, account), tp in self._sweeping.items() if tp not in gone}
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        stopped = await self._engine.hand_over(moving)
+        log.warning(
+            "rebalance: unfinished records handed over",
+            extra={"records": len(late), "accounts": sorted(moving), "sweeps": stopped},
+        )
+        try:
+            async with asyncio.timeout(self._config.revoke_drain_s + _HANDOVER_FLUSH_S):
+                await self._publisher.flush()
+        except (TimeoutError, KafkaError):
+            log.warning("last progress results not acknowledged before the hand-over")
 
     async def _assignment_changed(self) -> None:
         if self._on_assignment is None:
