@@ -1,0 +1,170 @@
+"""Exclusivity across daemons: one daemon sweeps an account at a time.
+
+Two daemons in this process share one consumer group; each reaches the simulator
+through a door of its own (:class:`DoorServer`), so the simulator's log says which
+daemon sent each request. Checked: a manual trigger is swept only by the daemon that
+owns the account (the one assigned the account's alerts partition), and when a
+rebalance moves an account while it is being swept, the old owner stops before the
+new owner starts, and the alert gets one final result whose counts include both
+daemons' work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Collection
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from killswitch.config import Settings
+from killswitch.daemon import Daemon
+from killswitch.exchange.simulator.testing import DoorServer
+from killswitch.intake.ownership import account_partition
+from tests.conftest import wait_for
+from tests.integration.daemon_harness import (
+    ACCOUNTS,
+    Exchange,
+    daemon_in_process,
+    daemon_settings,
+    exchange,
+    prepare_topics,
+)
+from tests.integration.intake_harness import TopicReader, alert_message, produce
+
+pytestmark = pytest.mark.integration
+
+Unique = Callable[[str], str]
+SWEEP_ENDPOINTS = frozenset({"open_orders", "cancel", "cancel_batch", "cancel_all"})
+
+
+def through(settings: Settings, door: DoorServer) -> Settings:
+    """The same settings with every account reached through ``door``."""
+    accounts = [a.model_copy(update={"base_url": door.base_url}) for a in settings.accounts]
+    return settings.model_copy(update={"accounts": accounts})
+
+
+def owner(daemons: list[Daemon], account: str) -> int:
+    """Index of the daemon assigned ``account``'s alerts partition."""
+    topic = daemons[0].settings.kafka.topics.alerts
+    partitions = len(
+        {tp.partition for d in daemons for tp in d.intake.assignment if tp.topic == topic}
+    )
+    tp = TopicPartition(topic, account_partition(account, partitions))
+    (index,) = [i for i, d in enumerate(daemons) if tp in d.intake.assignment]
+    return index
+
+
+def sweep_seqs(ex: Exchange, door: DoorServer, account: str) -> list[int]:
+    """Log entries of listings and cancels for ``account`` that came through ``door``."""
+    return [
+        e.seq
+        for e in ex.sim.request_log
+        if e.seq in door.seqs and e.client == account and e.endpoint in SWEEP_ENDPOINTS
+    ]
+
+
+async def read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every record of ``topic`` (one partition, as the harness creates it) up to its
+    end offset now (JSON)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=10)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        out: list[dict[str, Any]] = []
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=200)
+            out += [json.loads(r.value) for r in batch.get(tp, [])]
+        return out
+    finally:
+        await consumer.stop()
+
+
+def finals(records: Collection[dict[str, Any]], alert_id: str) -> list[str]:
+    return [r["status"] for r in records if r.get("final") and r.get("alert_id") == alert_id]
+
+
+async def test_a_manual_trigger_is_swept_only_by_the_owner_of_the_account(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # 3 partitions: murmur2 puts mm-2 and mm-1 on 0 and 1. The range assignor gives
+    # each member the same partitions of both topics; round-robin would give partition
+    # 0 (and 1) of alerts and of manual to different members.
+    async with exchange() as ex, contextlib.AsyncExitStack() as stack:
+        doors = [await stack.enter_async_context(DoorServer(ex.sim)) for _ in range(2)]
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings, partitions=3)
+        for account in ACCOUNTS:
+            ex.seed(account, 20)
+        runs = [
+            await stack.enter_async_context(daemon_in_process(through(settings, door)))
+            for door in doors
+        ]
+        daemons = [r.daemon for r in runs]
+        await wait_for(lambda: all(d.intake.assignment for d in daemons), timeout=30)
+        await wait_for(lambda: sum(len(d.intake.assignment) for d in daemons) == 6, timeout=30)
+        for account in ACCOUNTS:
+            trigger = alert_message(f"m-{account}", [account], operator={"name": "alice"})
+            await produce(settings, [trigger], topic=settings.kafka.topics.manual, key=account)
+        async with TopicReader(kafka_bootstrap, settings.kafka.topics.results) as reader:
+            await wait_for(lambda: len(reader.finals()) == len(ACCOUNTS), timeout=30)
+        await wait_for(lambda: all(d.intake.in_flight == 0 for d in daemons), timeout=30)
+        results = await read_all(kafka_bootstrap, settings.kafka.topics.results)
+        for account in ACCOUNTS:
+            assert finals(results, f"m-{account}") == ["flat"]
+            mine = owner(daemons, account)
+            assert sweep_seqs(ex, doors[mine], account), account
+            assert sweep_seqs(ex, doors[1 - mine], account) == [], account
+
+
+async def test_a_rebalance_hands_a_running_sweep_over_without_overlap(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # mm-2 and mm-1 hash to partitions 0 and 1 of 2: when a second daemon joins, one of
+    # them moves to it while the first daemon is sweeping both.
+    accounts = ["mm-1", "mm-2"]
+    slow = {"rate_limit_per_second": 60.0, "burst": 5, "max_concurrency": 2}
+    async with exchange() as ex, contextlib.AsyncExitStack() as stack:
+        doors = [await stack.enter_async_context(DoorServer(ex.sim)) for _ in range(2)]
+        settings = daemon_settings(
+            kafka_bootstrap,
+            unique_name,
+            ex,
+            engine={"default_deadline_s": 60.0},
+            intake={"rebalance_drain_s": 0.2},
+            **{f"account_{a.replace('-', '_')}": slow for a in accounts},
+        )
+        await prepare_topics(settings, partitions=2)
+        seeded = {a: ex.seed(a, 120) for a in accounts}
+        first = await stack.enter_async_context(daemon_in_process(through(settings, doors[0])))
+        for account in accounts:
+            await produce(settings, [alert_message(f"k-{account}", [account])], key=account)
+        await wait_for(
+            lambda: all(len(sweep_seqs(ex, doors[0], a)) >= 20 for a in accounts), timeout=30
+        )
+        second = await stack.enter_async_context(daemon_in_process(through(settings, doors[1])))
+        daemons = [first.daemon, second.daemon]
+        await wait_for(lambda: all(d.intake.assignment for d in daemons), timeout=30)
+        async with TopicReader(kafka_bootstrap, settings.kafka.topics.results) as reader:
+            await wait_for(lambda: len(reader.finals()) >= len(accounts), timeout=60)
+        await wait_for(lambda: all(d.intake.in_flight == 0 for d in daemons), timeout=30)
+        results = await read_all(kafka_bootstrap, settings.kafka.topics.results)
+        assert all(not ex.open_ids(a) for a in accounts)
+        moved = [a for a in accounts if owner(daemons, a) == 1]
+        assert len(moved) == 1
+        for account in accounts:
+            assert finals(results, f"k-{account}") == ["flat"], account
+        account = moved[0]
+        old, new = sweep_seqs(ex, doors[0], account), sweep_seqs(ex, doors[1], account)
+        assert old
+        assert new
+        assert max(old) < min(new)  # the old owner stopped before the new one started
+        (final,) = [r for r in results if r.get("final") and r["alert_id"] == f"k-{account}"]
+        # What the first daemon did is carried over: every order counted once.
+        assert final["counts"]["resolved"] == len(seeded[account])
+        assert {o["order_id"] for o in final["orders"]} == seeded[account]
