@@ -94,6 +94,9 @@ class SaslSettings(_Section):
     password: SecretStr | None = None
 
 
+Assignor = Literal["range", "roundrobin"]
+
+
 class KafkaSettings(_Section):
     """Broker connection, consumer tuning and producer behaviour."""
 
@@ -114,6 +117,11 @@ class KafkaSettings(_Section):
     # Above the worst-case drain time (engine.shutdown_grace_s) so a rebalance
     # waits for in-flight sweeps to finish and commit.
     rebalance_timeout_ms: int = Field(60_000, ge=1_000)
+    # How the group spreads partitions, in order of preference. "range" gives
+    # partition i of the alerts and the manual topic to one member, so a trigger
+    # reaches the daemon owning the account; add "roundrobin" only while older
+    # daemons that offer nothing else are still in the group (a rolling upgrade).
+    assignors: tuple[Assignor, ...] = Field(("range",), min_length=1, max_length=2)
     # Off by default: the embedded broker rejects idempotent producers.
     enable_idempotence: bool = False
     request_timeout_ms: int = Field(30_000, ge=1_000)

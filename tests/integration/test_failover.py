@@ -96,7 +96,9 @@ async def test_a_manual_trigger_is_swept_only_by_the_owner_of_the_account(
     # each member the same partitions of both topics; round-robin would give partition
     # 0 (and 1) of alerts and of manual to different members.
     async with exchange() as ex, contextlib.AsyncExitStack() as stack:
-        doors = [await stack.enter_async_context(DoorServer(ex.sim)) for _ in range(2)]
+        doors = [DoorServer(ex.sim), DoorServer(ex.sim)]
+        for door in doors:
+            await stack.enter_async_context(door)
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)
         await prepare_topics(settings, partitions=3)
         for account in ACCOUNTS:
@@ -130,7 +132,9 @@ async def test_a_rebalance_hands_a_running_sweep_over_without_overlap(
     accounts = ["mm-1", "mm-2"]
     slow = {"rate_limit_per_second": 60.0, "burst": 5, "max_concurrency": 2}
     async with exchange() as ex, contextlib.AsyncExitStack() as stack:
-        doors = [await stack.enter_async_context(DoorServer(ex.sim)) for _ in range(2)]
+        doors = [DoorServer(ex.sim), DoorServer(ex.sim)]
+        for door in doors:
+            await stack.enter_async_context(door)
         settings = daemon_settings(
             kafka_bootstrap,
             unique_name,
