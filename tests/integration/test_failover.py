@@ -38,6 +38,13 @@ pytestmark = pytest.mark.integration
 
 Unique = Callable[[str], str]
 SWEEP_ENDPOINTS = frozenset({"open_orders", "cancel", "cancel_batch", "cancel_all"})
+# Short group timeouts: the embedded broker completes a join sooner with a shorter
+# session, and a fresh group's second member waits out the rebalance timeout.
+FAST_GROUP = {
+    "session_timeout_ms": 1500,
+    "heartbeat_interval_ms": 200,
+    "rebalance_timeout_ms": 1500,
+}
 
 
 def through(settings: Settings, door: DoorServer) -> Settings:
@@ -99,7 +106,7 @@ async def test_a_manual_trigger_is_swept_only_by_the_owner_of_the_account(
         doors = [DoorServer(ex.sim), DoorServer(ex.sim)]
         for door in doors:
             await stack.enter_async_context(door)
-        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex, kafka=FAST_GROUP)
         await prepare_topics(settings, partitions=3)
         for account in ACCOUNTS:
             ex.seed(account, 20)
@@ -139,6 +146,7 @@ async def test_a_rebalance_hands_a_running_sweep_over_without_overlap(
             kafka_bootstrap,
             unique_name,
             ex,
+            kafka=FAST_GROUP,
             engine={"default_deadline_s": 60.0},
             intake={"rebalance_drain_s": 0.2},
             **{f"account_{a.replace('-', '_')}": slow for a in accounts},
