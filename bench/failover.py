@@ -26,6 +26,7 @@ plus alerts with more than one final result other than ``duplicate`` (the result
 read to its end offsets at the end).
 
     python -m bench failover [--rounds 5] [--orders 800] [--rate 100] [--cut-after 30]
+                             [--session-ms MS --heartbeat-ms MS]  (compare other timeouts)
 
 One line per figure on stdout; JSON in ``bench/results/failover.json``.
 """
@@ -72,10 +73,15 @@ GROUP_S = 90.0
 T = TypeVar("T")
 
 
-def example_settings() -> dict[str, Any]:
-    """The example configuration's Kafka timing and intake sections."""
+def example_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The example configuration's Kafka timing and intake sections (``--session-ms``
+    and ``--heartbeat-ms`` override its group timeouts, for comparisons)."""
     data = tomllib.loads(EXAMPLE.read_text())
     kafka = {k: data["kafka"][k] for k in KAFKA_KEYS if k in data["kafka"]}
+    if args.session_ms is not None:
+        kafka["session_timeout_ms"] = args.session_ms
+    if args.heartbeat_ms is not None:
+        kafka["heartbeat_interval_ms"] = args.heartbeat_ms
     return {"kafka": kafka, "intake": data.get("intake", {}), "engine": data.get("engine", {})}
 
 
@@ -255,7 +261,7 @@ async def one_round(
 
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
-    example = example_settings()
+    example = example_settings(args)
     sim = Simulator(seed=args.seed, symbols=[SYMBOL])
     api_key, pem = register_test_client(sim, name=ACCOUNT)
     tag = uuid.uuid4().hex[:8]
@@ -364,6 +370,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rate", type=float, default=100.0, help="the account's requests/s")
     parser.add_argument("--cut-after", type=int, default=30, help="cancels before the SIGKILL")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--session-ms", type=int, default=None, help="instead of the example's")
+    parser.add_argument("--heartbeat-ms", type=int, default=None, help="instead of the example's")
     parser.add_argument(
         "--log-dir", type=Path, default=None, help="keep the daemons' logs (INFO) here"
     )

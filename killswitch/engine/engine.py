@@ -30,6 +30,9 @@
   (404/405 to the call itself) or redirects it (3xx, never followed) is remembered per
   account for the engine's lifetime: every later sweep of that account (strategy
   ``auto``) falls back at once instead of asking again (:meth:`Engine.refused_endpoints`).
+- **Hand-over.** :meth:`Engine.hand_over` stops the kill sweeps of accounts another
+  daemon now owns (a rebalance): no final results, a last progress result each (with
+  the cancels cut off in flight) for the next owner to carry over.
 - **Never raises for bad input.** An unknown account, a request during shutdown: a
   final ``failed`` result with the reason.
 """

@@ -11,11 +11,14 @@ Backpressure: at most ``max_queued_per_account`` requests wait per account and
 at most that times the number of accounts records are in flight; beyond that the
 consumer pauses its partitions (records stay in Kafka) and resumes at half.
 
-Rebalance: on revocation the consumer waits (bounded) for the revoked
-partitions' work to finish, commits what completed and forgets the rest (the
-next owner replays it; the dedup window turns finished repeats into
-``duplicate`` results). On assignment it first lets the results reader catch up,
-so results published by the previous owner are known. After every change of the
+Rebalance: on revocation the consumer waits (``intake.rebalance_drain_s`` at
+most) for the revoked partitions' work to finish; what still runs is cancelled
+without a result and its accounts' sweeps are handed over (``EngineAPI.hand_over``:
+stopped, their last progress published), so the next owner replays it with nobody
+else sweeping those accounts. Then it commits what completed and forgets the rest
+(the dedup window turns finished repeats into ``duplicate`` results). On
+assignment it first lets the results reader catch up, so results published by the
+previous owner are known. After every change of the
 assignment (and before leaving the group) ``on_assignment`` runs, once
 :attr:`Intake.assignment` reflects it: the daemon moves latch guards with it.
 """
@@ -895,7 +898,11 @@ class Intake:
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
-        stopped = await self._engine.hand_over(moving)
+        try:
+            stopped = await self._engine.hand_over(moving)
+        except Exception:  # the rebalance must go on (commit, drop) whatever happened
+            log.exception("hand-over failed", extra={"accounts": sorted(moving)})
+            stopped = 0
         log.warning(
             "rebalance: unfinished records handed over",
             extra={"records": len(late), "accounts": sorted(moving), "sweeps": stopped},
