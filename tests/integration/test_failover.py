@@ -12,12 +12,11 @@ daemons' work.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Collection
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from killswitch.config import Settings
 from killswitch.daemon import Daemon
@@ -33,6 +32,7 @@ from tests.integration.daemon_harness import (
     prepare_topics,
 )
 from tests.integration.intake_harness import TopicReader, alert_message, produce
+from tests.support.topics import read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -73,25 +73,6 @@ def sweep_seqs(ex: Exchange, door: DoorServer, account: str) -> list[int]:
     ]
 
 
-async def read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    """Every record of ``topic`` (one partition, as the harness creates it) up to its
-    end offset now (JSON)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=10)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        out: list[dict[str, Any]] = []
-        while await consumer.position(tp) < end:
-            batch = await consumer.getmany(tp, timeout_ms=200)
-            out += [json.loads(r.value) for r in batch.get(tp, [])]
-        return out
-    finally:
-        await consumer.stop()
-
-
 def finals(records: Collection[dict[str, Any]], alert_id: str) -> list[str]:
     return [r["status"] for r in records if r.get("final") and r.get("alert_id") == alert_id]
 
@@ -123,7 +104,7 @@ async def test_a_manual_trigger_is_swept_only_by_the_owner_of_the_account(
         async with TopicReader(kafka_bootstrap, settings.kafka.topics.results) as reader:
             await wait_for(lambda: len(reader.finals()) == len(ACCOUNTS), timeout=30)
         await wait_for(lambda: all(d.intake.in_flight == 0 for d in daemons), timeout=30)
-        results = await read_all(kafka_bootstrap, settings.kafka.topics.results)
+        results = await read_to_end(kafka_bootstrap, settings.kafka.topics.results)
         for account in ACCOUNTS:
             assert finals(results, f"m-{account}") == ["flat"]
             mine = owner(daemons, account)
@@ -165,7 +146,7 @@ async def test_a_rebalance_hands_a_running_sweep_over_without_overlap(
         async with TopicReader(kafka_bootstrap, settings.kafka.topics.results) as reader:
             await wait_for(lambda: len(reader.finals()) >= len(accounts), timeout=60)
         await wait_for(lambda: all(d.intake.in_flight == 0 for d in daemons), timeout=30)
-        results = await read_all(kafka_bootstrap, settings.kafka.topics.results)
+        results = await read_to_end(kafka_bootstrap, settings.kafka.topics.results)
         assert all(not ex.open_ids(a) for a in accounts)
         moved = [a for a in accounts if owner(daemons, a) == 1]
         assert len(moved) == 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -147,3 +147,22 @@ class TopicCollector:
     def final_pairs(self) -> set[tuple[str, str]]:
         """(alert_id, account) of every final result."""
         return {(r["alert_id"], r["account"]) for r in self.finals()}
+
+
+async def read_to_end(bootstrap: str, topic: str, partitions: int = 1) -> list[dict[str, Any]]:
+    """Every record of ``topic`` (JSON) up to its end offsets at the call: what an
+    absence ("no second result") is asserted on."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=10)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        out: list[dict[str, Any]] = []
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(*parts, timeout_ms=200)
+            out += [json.loads(r.value) if r.value else {} for rs in batch.values() for r in rs]
+        return out
+    finally:
+        await consumer.stop()
