@@ -220,7 +220,7 @@ def run_engine(
             # per_order: the figure is CPU per DELETE (the default, auto, would cancel
             # the pair with one cancel-all and leave nothing per order to measure).
             settings = EngineSettings(strategy="per_order")
-            engine = Engine({ACCOUNT: client}, settings, concurrency=inflight)
+            engine = Engine({ACCOUNT: client}, settings.engine_config(), concurrency=inflight)
             await engine.submit(kill("warm", WARM_SYMBOL), no_progress)
             wall0, cpu0 = time.perf_counter(), time.process_time()
             result = await engine.submit(kill("measured", SYMBOL), no_progress)

@@ -139,7 +139,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             ExchangeClient(settings) as client,
             httpx.AsyncClient(base_url=sim.base_url, timeout=10.0) as http,
         ):
-            engine = Engine({ACCOUNT: client}, engine_settings, bound)
+            engine = Engine({ACCOUNT: client}, engine_settings.engine_config(), bound)
             try:
                 await client.sync_clock()  # warm: clock offset and a pooled connection
                 engine.restore_halt(

@@ -88,7 +88,9 @@ def run_kill(
         engine_settings = EngineSettings(strategy=strategy, default_deadline_s=600.0)  # type: ignore[arg-type]
         async with ExchangeClient(settings) as client:
             await client.sync_clock()
-            engine = Engine({ACCOUNT: client}, engine_settings, concurrency=inflight)
+            engine = Engine(
+                {ACCOUNT: client}, engine_settings.engine_config(), concurrency=inflight
+            )
             warm = await engine.submit(
                 kill("warm", Scope(symbols=frozenset({WARM_SYMBOL}))), no_progress
             )

@@ -215,7 +215,7 @@ async def _open_after(admin: httpx.AsyncClient) -> int:
 async def _kill(
     client: ExchangeClient, settings: EngineSettings, name: str, workers: int
 ) -> tuple[SweepResult, float]:
-    engine = Engine({ACCOUNT: client}, settings, concurrency=workers)
+    engine = Engine({ACCOUNT: client}, settings.engine_config(), concurrency=workers)
     request = KillRequest(
         alert_id=f"bench-{name}",
         account=ACCOUNT,

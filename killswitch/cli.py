@@ -16,13 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from killswitch import __version__
-from killswitch.config import (
-    ConfigError,
-    Settings,
-    load_settings,
-    redacted_dump,
-    resolve_config_path,
-)
+from killswitch.config import ConfigError, redacted_dump, settings_from_args
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -30,11 +24,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Load settings from ``--config`` / ``KILLSWITCH_CONFIG`` and the environment."""
-    return load_settings(resolve_config_path(getattr(args, "config", None)))
 
 
 def _config_show(args: argparse.Namespace) -> int:

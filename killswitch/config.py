@@ -14,7 +14,9 @@ Secrets are :class:`pydantic.SecretStr`; they print as ``**********``.
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import re
 import tomllib
@@ -44,6 +46,9 @@ from pydantic_settings import (
 )
 
 from killswitch.core.pairs import EXCHANGE_PAIR_RE
+from killswitch.core.ports import EngineConfig
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "KILLSWITCH_"
 CONFIG_ENV = "KILLSWITCH_CONFIG"
@@ -144,7 +149,8 @@ Curve = Literal["P-256", "P-384", "secp256k1"]
 CancelStrategy = Literal["auto", "per_order", "batch", "symbol"]
 Priority = Literal["notional_desc", "newest_first", "oldest_first"]
 # The exchange client's HTTP transport (killswitch.exchange.transport.TransportKind):
-# one since the framing moved to llhttp (docs/CLIENT.md); the key stays for old files.
+# one, HTTP/1.1 framed by llhttp (docs/CLIENT.md); the key is kept so that configuration
+# files that set it still load.
 HttpTransport = Literal["http1"]
 # A base_url: http(s)://host[:port][/path], visible ASCII only, no credentials, query or
 # fragment (the client appends the endpoint's path and query to it).
@@ -323,6 +329,25 @@ class EngineSettings(_Section):
     http_transport: HttpTransport = Field(
         "http1", description="exchange client transport (one: HTTP/1.1, framing by llhttp)"
     )
+
+    def engine_config(self) -> EngineConfig:
+        """What the engine reads of this section (the engine never sees the settings)."""
+        if self.latch_sweep_interval_s is not None:
+            log.warning(
+                "engine.latch_sweep_interval_s is deprecated and ignored: the guard lists"
+                " continuously at engine.latch_budget_share of each account's rate"
+            )
+        return EngineConfig(
+            default_deadline_s=self.default_deadline_s,
+            strategy=self.strategy,
+            batch_size=self.batch_size,
+            page_size=self.page_size,
+            priority=self.priority,
+            latch_budget_share=self.latch_budget_share,
+            progress_interval_s=self.progress_interval_s,
+            max_passes=self.max_passes,
+            settle_grace_s=self.settle_grace_s,
+        )
 
 
 class OperatorKey(_Section):
@@ -543,6 +568,11 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"cannot read configuration{where}: {_scrub(str(exc))}") from None
     finally:
         _toml_path.reset(token)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The settings of a command: ``--config`` / ``KILLSWITCH_CONFIG`` and the environment."""
+    return load_settings(resolve_config_path(getattr(args, "config", None)))
 
 
 _MAX_ERRORS_SHOWN = 12

@@ -1,22 +1,25 @@
 """``killswitch run``: the long-running daemon, wired from the settings.
 
-Start-up, in order: logging; operator keys and dead-man scopes checked; Kafka
-topics created if missing (state compacted), waiting with backoff while no broker
-answers (:class:`~killswitch.intake.watch.KafkaWatch`; not ready meanwhile); the
-producer (results, state, dead letters); one exchange client per account; the
-engine; halted accounts restored from the state topic; the dedup window rebuilt
-from recent results; then the alert consumer, the dead-man watcher, the state follower, the loop lag
-probe and the Kafka watch (readiness and ``killswitch_kafka_up`` follow the broker)
-run until SIGTERM/SIGINT (or ``stop_event`` in tests). When an account sets
-``on_broker_loss_after_s``, the broker-loss guard
+Start-up, in order: logging; operator keys and dead-man scopes checked; the metrics
+listener; one exchange client per account (a key that does not load is a
+configuration error, found before touching Kafka); Kafka topics created if missing
+(state compacted), waiting with backoff while no broker answers
+(:class:`~killswitch.intake.watch.KafkaWatch`; not ready meanwhile); the producer
+(results, state, dead letters); the engine; halted accounts restored from the state
+topic; the dedup window rebuilt from recent results; then the alert consumer, the
+dead-man watcher, the state follower, the loop lag probe, the Kafka watch (readiness
+and ``killswitch_kafka_up`` follow the broker) and the exchange probe
+(:class:`~killswitch.observability.ExchangeProbe`, on the engine's clients: clock sync,
+pair list, readiness) run until SIGTERM/SIGINT (or ``stop_event`` in tests). When an
+account sets ``on_broker_loss_after_s``, the broker-loss guard
 (:mod:`killswitch.intake.broker_loss`) hears the watch's changes of state, kills and
 latches those accounts after that long without the broker, and is the engine's
 halt-state sink (held while the broker is away, published when it answers).
 
 Latch guards follow the alert consumer's assignment: every daemon knows every
-halt, but only the one assigned an account's alerts partition re-sweeps it
-(:mod:`killswitch.intake.ownership`); restored halts are guarded from the first
-assignment on.
+halt, but only the one assigned an account's alerts partition guards it (lists its
+pairs and cancels what appears, :mod:`killswitch.intake.ownership`); restored halts
+are guarded from the first assignment on.
 
 Shutdown: stop taking alerts and heartbeats; let running sweeps finish within
 ``engine.shutdown_grace_s`` and publish their results; commit what completed
@@ -38,21 +41,14 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from killswitch.config import ConfigError, Settings
+from killswitch.config import ConfigError, Settings, settings_from_args
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import HaltState
-from killswitch.core.ports import (
-    AlertObserver,
-    NullAlertObserver,
-    NullObserver,
-    Observer,
-)
 from killswitch.deadman import DeadmanWatcher
 from killswitch.engine import Engine
-from killswitch.exchange.client import ExchangeClient, ExchangeClients
-from killswitch.exchange.errors import ExchangeError
+from killswitch.exchange.client import ExchangeClients
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.health import HealthServerError
 from killswitch.intake.broker_loss import BrokerLossGuard, KillStart
@@ -64,6 +60,12 @@ from killswitch.intake.ownership import Ownership
 from killswitch.intake.readers import HaltStateReader, ResultsIndex
 from killswitch.intake.watch import KafkaWatch, OnChange
 from killswitch.logs import configure_logging, default_masker, register_settings_secrets
+from killswitch.observability import (
+    ExchangeProbe,
+    Observability,
+    probe_interval_s,
+    prometheus_observability,
+)
 from killswitch.tasks import cancel_and_wait
 from killswitch.triggers import TriggerKeyError, TriggerVerifier
 
@@ -77,8 +79,6 @@ EXIT_FORCED = 130  # a second SIGTERM/SIGINT cut the graceful stop short
 # alert produces at least one final result per account, plus progress events.
 _RESULTS_TAIL_FACTOR = 4
 _STARTUP_READ_TIMEOUT_S = 60.0
-# The exchange is probed (clock sync) at least this often, to keep readiness current.
-_EXCHANGE_PROBE_MAX_S = 30.0
 # Beyond the grace period, how long a stop waits for Kafka (commits, deliveries): a
 # broker that answers needs milliseconds.
 _KAFKA_STOP_S = 5.0
@@ -95,8 +95,6 @@ def add_arguments_run(parser: argparse.ArgumentParser) -> None:
 
 def cli_run(args: argparse.Namespace) -> int:
     """Entry point of ``killswitch run`` (settings errors exit 2 through the CLI)."""
-    from killswitch.cli import settings_from_args  # noqa: PLC0415 - avoid an import cycle
-
     return run(settings_from_args(args))
 
 
@@ -134,39 +132,6 @@ def validate(settings: Settings) -> TriggerVerifier:
     return verifier
 
 
-# ---------------------------------------------------------------------- observability
-
-
-@dataclass
-class Observability:
-    """Metrics and health, as the daemon sees them (no-ops when metrics are off).
-
-    ``observer`` goes to the engine and the exchange clients (Prometheus, and the
-    exchange answers feed readiness); ``alert_observer`` to the intake, the dead-man
-    watcher and the loop lag probe; ``set_consuming``/``set_draining`` drive
-    ``/readyz`` and ``killswitch_ready``; ``set_kafka(up, reason)`` (from
-    :class:`~killswitch.intake.watch.KafkaWatch`) drives both and
-    ``killswitch_kafka_up``; ``start``/``stop`` run the listener for /metrics, /healthz
-    and /readyz.
-    """
-
-    observer: Observer = field(default_factory=NullObserver)
-    alert_observer: AlertObserver = field(default_factory=NullAlertObserver)
-    start: Callable[[], Awaitable[None]] | None = None
-    stop: Callable[[], Awaitable[None]] | None = None
-    set_consuming: Callable[[bool], None] = lambda consuming: None
-    set_kafka: Callable[[bool, str], None] = lambda up, reason: None
-    set_draining: Callable[[], None] = lambda: None
-    url: Callable[[], str] | None = None
-
-
-def build_observability(settings: Settings) -> Observability:
-    """The Prometheus observer and the health listener (``killswitch.observability``)."""
-    from killswitch.observability import prometheus_observability  # noqa: PLC0415 - cycle
-
-    return prometheus_observability(settings)
-
-
 # ---------------------------------------------------------------------- the daemon
 
 
@@ -187,6 +152,7 @@ class Daemon:
     ownership: Ownership  # which halted accounts this daemon guards
     kafka_watch: KafkaWatch | None = None  # whether the broker answers
     broker_loss: BrokerLossGuard | None = None  # None: no account opted in
+    clients: ExchangeClients | None = None  # the accounts' clients: engine and probe
 
 
 async def async_run(
@@ -265,7 +231,7 @@ async def _start(
     kafka = settings.kafka
     topics = kafka.topics
     instance = f"{kafka.client_id}-{uuid.uuid4().hex[:8]}"
-    obs = build_observability(settings)
+    obs = prometheus_observability(settings)
     await _start_listener(obs, stack)
 
     # Keys first: a bad key is a configuration error, found before touching Kafka.
@@ -360,10 +326,10 @@ async def _start(
         watch.run(intake.consumer.topics, stop),
         name="kafka-watch",
     )
-    interval = min(settings.metrics.exchange_stale_after_s / 3, _EXCHANGE_PROBE_MAX_S)
-    tasks["exchange"] = asyncio.create_task(
-        _keep_exchange_warm(clients, interval, background), name="exchange-probe"
+    probe = ExchangeProbe(
+        clients, probe_interval_s(settings.metrics.exchange_stale_after_s), obs.readiness
     )
+    tasks["exchange"] = asyncio.create_task(probe.run(background), name="exchange-probe")
     daemon = Daemon(
         settings,
         instance,
@@ -378,6 +344,7 @@ async def _start(
         ownership,
         watch,
         loss,
+        clients,
     )
     return daemon, tasks
 
@@ -429,7 +396,7 @@ def _engine(
         link_listeners.append(loss.link_changed)
     engine = Engine(
         clients,
-        settings.engine,
+        settings.engine.engine_config(),
         obs.observer,
         publisher.state if loss is None else loss.state,
         concurrency={a.id: a.max_concurrency for a in settings.accounts},
@@ -474,39 +441,6 @@ async def _move_guards(intake: Intake, ownership: Ownership, engine: Engine) -> 
             "halted": len(engine.halted()),
         },
     )
-
-
-async def _keep_exchange_warm(
-    clients: ExchangeClients, interval_s: float, stop: asyncio.Event
-) -> None:
-    """Clock sync and the pair list for every account now, then a clock sync every
-    ``interval_s`` (and the pair list again once it is no longer fresh): the first
-    kill does not pay for them, alerts' pairs are checked without a request, and
-    readiness knows whether each account's exchange answers even when no alert has
-    come for hours."""
-    while not stop.is_set():
-        await asyncio.gather(*(_probe(c, with_info=_pairs_due(c)) for c in clients.values()))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval_s):
-                await stop.wait()
-
-
-def _pairs_due(client: ExchangeClient) -> bool:
-    cached = client.cached_pair_list()
-    return cached is None or cached.source != "exchange"
-
-
-async def _probe(client: ExchangeClient, *, with_info: bool) -> None:
-    calls: list[Callable[[], Awaitable[object]]] = [client.sync_clock]
-    if with_info:  # the alert hot path checks scope pairs against this list
-        calls.append(client.pair_list)
-    for call in calls:  # each on its own: a failed clock sync must not skip the pairs
-        try:
-            await call()
-        except ExchangeError as exc:
-            log.warning(
-                "exchange probe failed", extra={"account": client.account, "error": str(exc)}
-            )
 
 
 def _state_applier(engine: Engine) -> Callable[[HaltState], None]:

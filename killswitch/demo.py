@@ -202,7 +202,7 @@ def demo_settings(
 ) -> Settings:
     """The configuration with the demo's services swapped in."""
     # The embedded broker holds a consumer group's first join for half the session
-    # timeout (measured: 5 s at the 10 s default); a shorter one starts the demo sooner.
+    # timeout; a shorter one starts the demo sooner.
     kafka = settings.kafka.model_copy(
         update={
             "bootstrap_servers": bootstrap,

@@ -210,7 +210,7 @@ async def _sweep(
 
     engine = Engine(
         clients,
-        settings.engine,
+        settings.engine.engine_config(),
         on_state=on_state,
         concurrency={a.id: a.max_concurrency for a in settings.accounts},
     )

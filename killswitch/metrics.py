@@ -1,4 +1,4 @@
-"""Prometheus metrics on an injected registry (the names are a contract: README, "Metrics").
+"""Prometheus metrics on an injected registry (the names are a contract: docs/CONTRACTS.md).
 
 :class:`Metrics` implements :class:`killswitch.core.ports.Observer` for the engine and the
 exchange client, plus the intake's and the daemon's events. It never touches the global

@@ -1,7 +1,7 @@
 """The daemon's Prometheus metrics, health listener and exchange probe, from the settings.
 
-Fills the daemon's observability hook (:func:`killswitch.daemon.build_observability`):
-one :class:`~killswitch.metrics.Metrics` on a registry of its own serves the engine and
+:func:`prometheus_observability` fills :class:`Observability`, the daemon's view of them: one
+:class:`~killswitch.metrics.Metrics` on a registry of its own serves the engine and
 the exchange clients (through :class:`~killswitch.health.ReadinessObserver`, so every
 exchange answer also feeds readiness) and the intake (alerts read, loop lag); one
 :class:`~killswitch.health.HealthServer` serves ``/metrics``, ``/healthz`` and
@@ -9,16 +9,19 @@ exchange answer also feeds readiness) and the intake (alerts read, loop lag); on
 is served and every event goes nowhere.
 
 Readiness needs a recent answer from the exchange for every account, and an idle
-daemon sends nothing; so :class:`ExchangeProbe` makes one signed read-only call per
-account (the first page of open orders on one pair) every ``exchange_stale_after_s / 4``
-(at most 30 s). Its answers reach readiness and the metrics like any other call: a 200
-proves the exchange answers and accepts the key, a 401/403 marks the account not ready.
-The exchange info it reads first is a public call, signed only if the exchange refuses
-it unsigned (the client remembers): a refusal of the *signed* call is a refused key,
-which the probe hands to readiness itself, saying when the clock may be the cause (the
-clock offset could not be measured, see ``ExchangeClient.auth_clock_hint``). Redirects
-need nothing here: the client reports every 3xx of every endpoint with its ``Location``
-(``ReadinessObserver.redirected``).
+daemon sends nothing; so the daemon runs one :class:`ExchangeProbe` on its own
+exchange clients (the engine's, with their limiters) every ``exchange_stale_after_s /
+4`` (at most 30 s, :func:`probe_interval_s`): a clock sync, the pair list when the
+cached one is no longer fresh, and one signed read-only call per account (the first
+page of open orders on one pair). Its answers reach readiness and the metrics like any
+other call: a 200 proves the exchange answers and accepts the key, a 401/403 marks the
+account not ready. The exchange info it reads is a public call, signed only if the
+exchange refuses it unsigned (the client remembers): a refusal of the *signed* call is
+a refused key, which the probe hands to readiness itself, saying when the clock may be
+the cause (the clock offset could not be measured, see
+``ExchangeClient.auth_clock_hint``). Redirects need nothing here: the client reports
+every 3xx of every endpoint with its ``Location`` (``ReadinessObserver.redirected``).
+``killswitch check`` reads the same first page (:func:`first_page`).
 """
 
 from __future__ import annotations
@@ -26,25 +29,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
-from killswitch.config import AccountSettings, Settings
+from killswitch.config import Settings
 from killswitch.core.orders import SymbolInfo
-from killswitch.core.ports import Observer
-from killswitch.daemon import Observability
+from killswitch.core.ports import AlertObserver, NullAlertObserver, NullObserver, Observer
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import AuthError, ExchangeError
-from killswitch.exchange.signing import KeyLoadError
 from killswitch.health import HealthServer, Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
 
-__all__ = ["ExchangeProbe", "first_page", "prometheus_observability"]
+__all__ = [
+    "ExchangeProbe",
+    "Observability",
+    "first_page",
+    "probe_interval_s",
+    "prometheus_observability",
+]
 
 log = logging.getLogger(__name__)
 
 _PROBE_MAX_INTERVAL_S = 30.0
+# The probe's listing page: any answer proves the key is accepted; a small page is cheap.
+_PROBE_PAGE = 2
+
+
+@dataclass
+class Observability:
+    """Metrics and health, as the daemon sees them (no-ops when metrics are off).
+
+    ``observer`` goes to the engine and the exchange clients (Prometheus, and the
+    exchange answers feed readiness); ``alert_observer`` to the intake, the dead-man
+    watcher and the loop lag probe; ``set_consuming``/``set_draining`` drive
+    ``/readyz`` and ``killswitch_ready``; ``set_kafka(up, reason)`` (from
+    :class:`~killswitch.intake.watch.KafkaWatch`) drives both and
+    ``killswitch_kafka_up``; ``start``/``stop`` run the listener for /metrics, /healthz
+    and /readyz.
+    """
+
+    observer: Observer = field(default_factory=NullObserver)
+    alert_observer: AlertObserver = field(default_factory=NullAlertObserver)
+    start: Callable[[], Awaitable[None]] | None = None
+    stop: Callable[[], Awaitable[None]] | None = None
+    set_consuming: Callable[[bool], None] = lambda consuming: None
+    set_kafka: Callable[[bool, str], None] = lambda up, reason: None
+    set_draining: Callable[[], None] = lambda: None
+    url: Callable[[], str] | None = None
+    readiness: Readiness | None = None  # what the exchange probe reports besides answers
 
 
 async def first_page(client: ExchangeClient, symbol: str, limit: int = 10) -> int:
@@ -59,37 +93,45 @@ async def first_page(client: ExchangeClient, symbol: str, limit: int = 10) -> in
 
 
 class ExchangeProbe:
-    """Keeps readiness current while no kill runs: one signed read-only call per account."""
+    """Keeps the exchange warm and readiness current while no kill runs.
+
+    One round per account: a clock sync, the pair list (a request only when the cached
+    one is no longer fresh) and the first page of open orders on the first pair (one
+    signed read-only request). It runs on the account's own clients, the engine's: its
+    requests go through the account's limiter, which is the only writer of that
+    account's ``killswitch_rate_limit_per_second``, and count against the one budget
+    the exchange keeps per key.
+    """
 
     def __init__(
         self,
-        accounts: Sequence[AccountSettings],
-        observer: Observer,
+        clients: Mapping[str, ExchangeClient],
         interval_s: float,
         readiness: Readiness | None = None,
     ) -> None:
-        self._accounts = accounts
-        self._observer = observer
-        self._readiness = readiness
+        self._clients = clients
         self._interval = interval_s
-        self._clients: list[ExchangeClient] = []
-        self._task: asyncio.Task[None] | None = None
+        self._readiness = readiness
 
     async def probe(self, client: ExchangeClient) -> None:
         """One round for one account; the observer records what the exchange answered."""
         try:
+            await client.sync_clock()
+        except ExchangeError as exc:  # the pairs and the listing still say what they can
+            log.warning("exchange probe: clock sync failed: %s", exc, extra=_extra(client))
+        try:
             pairs = await self._pairs(client)
             if pairs:
-                await first_page(client, pairs[0].symbol, limit=2)
+                await first_page(client, pairs[0].symbol, limit=_PROBE_PAGE)
         except AuthError as exc:
             if self._readiness is not None:
                 hint = client.auth_clock_hint(exc.endpoint)
                 self._readiness.auth_rejected(client.account, hint or None)
-            log.debug("exchange probe: %s", exc, extra={"account": client.account})
+            log.debug("exchange probe: %s", exc, extra=_extra(client))
         except ExchangeError as exc:
-            log.debug("exchange probe: %s", exc, extra={"account": client.account})
+            log.debug("exchange probe: %s", exc, extra=_extra(client))
         except Exception:  # a probe must never stop probing (nor the daemon)
-            log.warning("exchange probe failed", exc_info=True, extra={"account": client.account})
+            log.warning("exchange probe failed", exc_info=True, extra=_extra(client))
 
     async def _pairs(self, client: ExchangeClient) -> list[SymbolInfo]:
         """The account's pairs; readiness learns whether it has any pair list at all
@@ -104,34 +146,27 @@ class ExchangeProbe:
             self._readiness.pair_list(client.account, None)
         return pairs
 
-    async def run(self) -> None:
-        """Probe every account, then again every interval, until cancelled."""
-        while True:
-            await asyncio.gather(*(self.probe(c) for c in self._clients))
-            await asyncio.sleep(self._interval)
+    async def round(self) -> None:
+        """One round for every account, concurrently."""
+        await asyncio.gather(*(self.probe(c) for c in self._clients.values()))
 
-    def start(self) -> None:
-        """Build one client per account and start probing."""
-        for account in self._accounts:
-            # Its own clients (and limiters): one request per account per interval is
-            # far below any budget, and the daemon's clients stay untouched.
-            try:
-                client = ExchangeClient(
-                    account.model_copy(update={"max_attempts": 1}), observer=self._observer
-                )
-            except KeyLoadError:
-                continue  # the daemon refuses this key as a configuration error next
-            self._clients.append(client)
-        self._task = asyncio.create_task(self.run(), name="exchange-probe")
+    async def run(self, stop: asyncio.Event) -> None:
+        """A round now, then one every interval, until ``stop`` is set."""
+        while not stop.is_set():
+            await self.round()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await stop.wait()
 
-    async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        clients, self._clients = self._clients, []
-        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+def probe_interval_s(exchange_stale_after_s: float) -> float:
+    """How often the probe runs: four rounds per ``exchange_stale_after_s`` (an answer
+    lost now and then does not make the account stale), at most every 30 s."""
+    return min(_PROBE_MAX_INTERVAL_S, exchange_stale_after_s / 4)
+
+
+def _extra(client: ExchangeClient) -> dict[str, str]:
+    return {"account": client.account}
 
 
 def _without_prefix(exc: ExchangeError) -> str:
@@ -152,16 +187,6 @@ def prometheus_observability(settings: Settings) -> Observability:
     )
     server = HealthServer(settings.metrics, registry, readiness, on_ready=metrics.set_ready)
     observer = ReadinessObserver(metrics, readiness)
-    probe = ExchangeProbe(
-        settings.accounts,
-        observer,
-        min(_PROBE_MAX_INTERVAL_S, settings.metrics.exchange_stale_after_s / 4),
-        readiness,
-    )
-
-    async def start() -> None:
-        await server.start()
-        probe.start()
 
     def set_consuming(consuming: bool) -> None:
         # The daemon says when it consumes; /readyz adds the exchange's side per account.
@@ -179,16 +204,16 @@ def prometheus_observability(settings: Settings) -> Observability:
 
     async def stop() -> None:
         readiness.set_draining()
-        await probe.close()
         await server.close()
 
     return Observability(
         observer=observer,
         alert_observer=metrics,
-        start=start,
+        start=server.start,
         stop=stop,
         set_consuming=set_consuming,
         set_kafka=set_kafka,
         set_draining=set_draining,
         url=lambda: server.url,
+        readiness=readiness,
     )

@@ -60,7 +60,7 @@ from killswitch.alerts import (
     load_json_object,
     parse_alert,
 )
-from killswitch.config import AccountSettings, Settings
+from killswitch.config import AccountSettings, Settings, settings_from_args
 from killswitch.core.model import HaltState
 from killswitch.core.pairs import PairList
 from killswitch.display import Display
@@ -668,12 +668,6 @@ async def _follow(
     display.show(board, changed=True, final=True)
 
 
-def _load_settings(args: argparse.Namespace) -> Settings:
-    from killswitch.cli import settings_from_args  # noqa: PLC0415 - cli imports this module
-
-    return settings_from_args(args)
-
-
 def _signing_key(args: argparse.Namespace) -> Ed25519PrivateKey | None:
     path = args.signing_key or os.environ.get(OPERATOR_KEY_ENV)
     if not path:
@@ -682,7 +676,7 @@ def _signing_key(args: argparse.Namespace) -> Ed25519PrivateKey | None:
 
 
 def _publish_command(args: argparse.Namespace, action: Literal["kill", "release"]) -> int:
-    settings = _load_settings(args)
+    settings = settings_from_args(args)
     try:
         request = request_from_args(args, action)
         prepared = prepare_trigger(
@@ -750,7 +744,7 @@ def _direct_command(args: argparse.Namespace) -> int:
         run_direct,
     )
 
-    settings = _load_settings(args)
+    settings = settings_from_args(args)
     if args.no_follow or args.timeout is not None:
         print(
             "killswitch: --no-follow and --timeout do not apply to --direct "
@@ -1007,7 +1001,7 @@ def add_arguments_results(parser: argparse.ArgumentParser) -> None:
 
 def cli_results(args: argparse.Namespace) -> int:
     """``killswitch results ALERT_ID``: an alert's results, read back (or followed)."""
-    settings = _load_settings(args)
+    settings = settings_from_args(args)
     timeout = args.timeout
     if timeout is None:
         timeout = (
@@ -1074,7 +1068,7 @@ async def read_status(settings: Settings, timeout_s: float = _KAFKA_TIMEOUT_S) -
 
 def cli_status(args: argparse.Namespace) -> int:
     """``killswitch status``: halted accounts, as a table or ``--json``."""
-    settings = _load_settings(args)
+    settings = settings_from_args(args)
     try:
         states = asyncio.run(read_status(settings, args.timeout))
     except OperatorError as exc:
@@ -1261,7 +1255,7 @@ async def run_checks(settings: Settings, timeout_s: float = _KAFKA_TIMEOUT_S) ->
 
 def cli_check(args: argparse.Namespace) -> int:
     """``killswitch check``: a table of checks; exit 0 only when all pass."""
-    settings = _load_settings(args)
+    settings = settings_from_args(args)
     if args.timeout <= 0:
         print("killswitch: --timeout must be positive", file=sys.stderr)
         return EXIT_USAGE

@@ -9,15 +9,47 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from killswitch.embedded import BrokerUnavailable, EmbeddedBroker
+from tests.reliability.figures import FIGURES
 
 BOOTSTRAP_ENV = "KILLSWITCH_TEST_BOOTSTRAP"
+FIGURES_ENV = "KILLSWITCH_RELIABILITY_FIGURES"
+_WORKER_FIGURES = "reliability_figures"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On a pytest-xdist worker, hand the figures it counted to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput[_WORKER_FIGURES] = dict(FIGURES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """On the controller, add up the figures of each worker as it finishes."""
+    FIGURES.update(getattr(node, "workeroutput", {}).get(_WORKER_FIGURES, {}))
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """Print the reliability figures (and write them to $KILLSWITCH_RELIABILITY_FIGURES)."""
+    if hasattr(config, "workerinput") or not FIGURES:
+        return
+    terminalreporter.section("reliability figures")
+    for name in sorted(FIGURES):
+        terminalreporter.write_line(f"{name}: {FIGURES[name]}")
+    target = os.environ.get(FIGURES_ENV)
+    if target:
+        Path(target).write_text(json.dumps(dict(sorted(FIGURES.items())), indent=2) + "\n")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The accounting of one sweep: every resolved order, its one outcome, what is in flight.
 
-Rules (the invariants of the design notes, as plain code):
+Rules (the invariants of docs/CONTRACTS.md and docs/ENGINE.md, as plain code):
 
 - An order is *resolved* the first time a listing returns it open and in scope (or a
   cancel-all names it). From then on it has exactly one record and, when the sweep

@@ -1,8 +1,10 @@
 """Interfaces between the engine and the I/O shell (typing only; no I/O here).
 
 The engine talks to the exchange through :class:`ExchangeAPI` (implemented by
-``killswitch.exchange.client``) and reports what happens through :class:`Observer`
-(implemented by ``killswitch.metrics`` with Prometheus; :class:`NullObserver` by default).
+``killswitch.exchange.client``; failures are :mod:`killswitch.core.errors`), reports what
+happens through :class:`Observer` (implemented by ``killswitch.metrics`` with
+Prometheus; :class:`NullObserver` by default) and reads its settings as an
+:class:`EngineConfig`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,35 @@ from killswitch.core.model import HaltState, KillRequest, SweepResult
 from killswitch.core.orders import Order, SymbolInfo
 from killswitch.core.outcomes import Outcome, RejectReason
 from killswitch.core.pairs import PairList
+from killswitch.core.planning import PriorityName, StrategyName
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """What the engine reads of the ``[engine]`` settings, as plain values.
+
+    Built from the validated settings at the edge
+    (``killswitch.config.EngineSettings.engine_config``); the defaults are the settings'
+    defaults (a unit test holds them equal), for tests that build one directly.
+    """
+
+    default_deadline_s: float = 30.0
+    strategy: StrategyName = "auto"
+    batch_size: int = 50
+    page_size: int = 100
+    priority: PriorityName = "notional_desc"
+    latch_budget_share: float = 0.5
+    progress_interval_s: float = 1.0
+    max_passes: int = 50
+    settle_grace_s: float = 2.0
+
+
+@runtime_checkable
+class CurrentRate(Protocol):
+    """A rate limiter as the engine reads it: the account's request rate now."""
+
+    @property
+    def rate(self) -> float: ...
 
 
 class Priority(IntEnum):
@@ -56,7 +87,7 @@ class BatchCancelResult:
 class ExchangeAPI(Protocol):
     """One account's view of the exchange. Every call goes through the account's limiter.
 
-    Listing calls raise ``killswitch.exchange.errors.AuthError`` on ``invalid_client``
+    Listing calls raise ``killswitch.core.errors.AuthError`` on ``invalid_client``
     and ``ExchangeUnavailable`` when retries are exhausted; cancels never raise for
     exchange answers, they return a result with the outcome.
     """

@@ -46,7 +46,7 @@ from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from killswitch.config import EngineSettings
+from killswitch.core.errors import ExchangeError
 from killswitch.core.latch import (
     listing_interval_s,
     next_listing_at,
@@ -64,10 +64,16 @@ from killswitch.core.model import (
     requested_by,
 )
 from killswitch.core.planning import normalise_scope, symbols_to_list
-from killswitch.core.ports import ExchangeAPI, NullObserver, Observer, ResultSink, StateSink
+from killswitch.core.ports import (
+    CurrentRate,
+    EngineConfig,
+    ExchangeAPI,
+    NullObserver,
+    Observer,
+    ResultSink,
+    StateSink,
+)
 from killswitch.engine.sweep import Sweep, Ticket, WallClock, utc_now
-from killswitch.exchange.errors import ExchangeError
-from killswitch.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +149,7 @@ class Engine:
     def __init__(
         self,
         clients: Mapping[str, ExchangeAPI],
-        settings: EngineSettings,
+        settings: EngineConfig,
         observer: Observer | None = None,
         on_state: StateSink | None = None,
         *,
@@ -162,11 +168,6 @@ class Engine:
         self._guards: dict[str, _Guard] = {}
         self._deferred_guards: set[str] = set()
         self._share = settings.latch_budget_share
-        if settings.latch_sweep_interval_s is not None:
-            log.warning(
-                "engine.latch_sweep_interval_s is deprecated and ignored: the guard lists"
-                " continuously at engine.latch_budget_share of each account's rate"
-            )
         # Per account: pair -> loop time orders were last found or cancelled there.
         self._activity: dict[str, dict[str, float]] = {}
         self._owns: Callable[[str], bool] = _owns_every_account
@@ -564,7 +565,7 @@ class Engine:
     def _budget(self, account_id: str) -> float:
         """The account's request rate now (its limiter's, after any 429 cut)."""
         limiter = getattr(self._clients[account_id], "limiter", None)  # not every client has one
-        return limiter.rate if isinstance(limiter, RateLimiter) else FALLBACK_BUDGET
+        return limiter.rate if isinstance(limiter, CurrentRate) else FALLBACK_BUDGET
 
     def _note_activity(self, account_id: str, sweep: Sweep) -> None:
         """Remember the pairs where ``sweep`` found orders (listed first by guards)."""

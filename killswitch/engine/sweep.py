@@ -52,8 +52,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from killswitch.config import EngineSettings
 from killswitch.core.carry import RESULT_MAX_ORDERS, carry_over
+from killswitch.core.errors import (
+    AuthError,
+    ExchangeError,
+    ExchangeUnavailable,
+    InvalidRequest,
+    NotFound,
+    Redirected,
+)
 from killswitch.core.ledger import Ledger, covers
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order
@@ -81,19 +88,12 @@ from killswitch.core.planning import (
 )
 from killswitch.core.ports import (
     BatchCancelResult,
+    EngineConfig,
     ExchangeAPI,
     NullObserver,
     Observer,
     ResultSink,
     SweepHandedOver,
-)
-from killswitch.exchange.errors import (
-    AuthError,
-    ExchangeError,
-    ExchangeUnavailable,
-    InvalidRequest,
-    NotFound,
-    Redirected,
 )
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Sweep:
     def __init__(
         self,
         client: ExchangeAPI,
-        settings: EngineSettings,
+        settings: EngineConfig,
         *,
         workers: int,
         dry_run: bool = False,

@@ -98,7 +98,7 @@ from killswitch.exchange.errors import (
     TransportError,
     redirect_problem,
 )
-from killswitch.exchange.http1 import Http1Transport
+from killswitch.exchange.http1 import Http1Transport, build_transport
 from killswitch.exchange.keys import load_account_key
 from killswitch.exchange.signing import (
     KeyLoadError,
@@ -115,7 +115,6 @@ from killswitch.exchange.transport import (
     RawTransport,
     StaleConnection,
     TransportKind,
-    build_transport,
     header,
     tls_context,
 )
@@ -412,9 +411,9 @@ class ExchangeClient:
                 max_connections=settings.max_concurrency + 1,
                 ssl_context=_load_tls(settings),
             )
-        # Requests go straight to the transport: httpx.AsyncClient's send path (cookie
-        # jar, auth and redirect machinery, none of which the exchange uses) cost about
-        # a fifth of the client's CPU per cancel (bench/cpu_per_cancel.py).
+        # Requests go straight to the transport, not through httpx.AsyncClient: its send
+        # path runs a cookie jar, auth and redirect machinery the exchange never uses, on
+        # every cancel (bench/cpu_per_cancel.py measures the client's CPU per cancel).
         self._transport = transport
         # Our own transport has a fast path that skips httpx's models.
         self._raw: RawTransport | None = (
@@ -697,7 +696,8 @@ class ExchangeClient:
         url = self._base_url + prepared.target
         if self._raw is not None:
             # Our own transport: prepared bytes in, (status, bytes, headers) out,
-            # without httpx's Request/Response models (a third of the CPU).
+            # without building httpx's Request/Response models (URL parsing, header
+            # objects) for bytes that are already prepared.
             return await self._raw.send_raw(
                 prepared.method,
                 url,

@@ -53,9 +53,11 @@ import httpx
 from killswitch.exchange.transport import (
     FRESH_CONNECTION,
     RESEND_STALE,
+    TRANSPORT_KINDS,
     Phases,
     RawHeaders,
     StaleConnection,
+    TransportKind,
     phases_of,
 )
 
@@ -64,6 +66,7 @@ __all__ = [
     "AnswerReader",
     "Http1Transport",
     "Limits",
+    "build_transport",
     "default_ssl_context",
     "request_bytes",
 ]
@@ -500,7 +503,7 @@ def _pool_expire(waiter: asyncio.Future[_Connection | None]) -> None:
 @functools.cache
 def default_ssl_context() -> ssl.SSLContext:
     """``ssl.create_default_context()``, built once per process: it loads the system CA
-    store (~20 ms here), which should not happen on each transport's first connection."""
+    store from disk, which should not happen on each transport's first connection."""
     return ssl.create_default_context()
 
 
@@ -900,3 +903,22 @@ class Http1Transport(httpx.AsyncBaseTransport):
         if oldest is not None:
             oldest.close()
             self._drop(oldest)
+
+
+def build_transport(
+    kind: TransportKind = "http1",
+    *,
+    max_connections: int,
+    keepalive_expiry_s: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> httpx.AsyncBaseTransport:
+    """The exchange transport: a keep-alive pool of ``max_connections``."""
+    if kind != "http1":
+        raise ValueError(
+            f"unknown transport {kind!r}; expected one of {', '.join(TRANSPORT_KINDS)}"
+        )
+    return Http1Transport(
+        max_connections=max_connections,
+        keepalive_expiry_s=keepalive_expiry_s,
+        ssl_context=ssl_context,
+    )

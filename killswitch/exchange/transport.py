@@ -117,24 +117,3 @@ def tls_context(settings: ExchangeTlsSettings) -> ssl.SSLContext | None:
             password.get_secret_value() if password is not None else None,
         )
     return context
-
-
-def build_transport(
-    kind: TransportKind = "http1",
-    *,
-    max_connections: int,
-    keepalive_expiry_s: float = 30.0,
-    ssl_context: ssl.SSLContext | None = None,
-) -> httpx.AsyncBaseTransport:
-    """The exchange transport: a keep-alive pool of ``max_connections``."""
-    if kind != "http1":
-        raise ValueError(
-            f"unknown transport {kind!r}; expected one of {', '.join(TRANSPORT_KINDS)}"
-        )
-    from killswitch.exchange.http1 import Http1Transport  # noqa: PLC0415 - it imports this module
-
-    return Http1Transport(
-        max_connections=max_connections,
-        keepalive_expiry_s=keepalive_expiry_s,
-        ssl_context=ssl_context,
-    )

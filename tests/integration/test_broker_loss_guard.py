@@ -16,9 +16,8 @@ from datetime import UTC, datetime
 import pytest
 from aiokafka.errors import KafkaTimeoutError
 
-from killswitch.config import EngineSettings
 from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult, SweepStatus
-from killswitch.core.ports import ResultSink
+from killswitch.core.ports import EngineConfig, ResultSink
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.simulator.core import Simulator
@@ -107,7 +106,7 @@ def wire(env: Env, kafka: FakeKafka, after_s: float) -> tuple[BrokerLossGuard, E
         deadline_s=20.0,
     )
     # A small share of the large test budget for the latch guard's continuous listing.
-    settings = EngineSettings(latch_budget_share=0.01, strategy="per_order")
+    settings = EngineConfig(latch_budget_share=0.01, strategy="per_order")
     engine = Engine(env.clients, settings, on_state=guard.state)
     return guard, engine
 

@@ -13,9 +13,9 @@ from typing import Any, Literal
 import pytest
 from prometheus_client import CollectorRegistry
 
-from killswitch.config import EngineSettings
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.outcomes import Outcome, RejectReason
+from killswitch.core.ports import EngineConfig
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import Redirected
@@ -77,18 +77,18 @@ async def test_public_endpoints_work_when_the_exchange_wants_them_signed(env: En
 
 
 async def test_readiness_never_calls_a_working_key_refused(env: Env) -> None:
-    """The probe's unsigned exchange info is refused (401), its signed retry and the
-    listing are accepted: readiness says ready, not 'auth rejected'."""
+    """The probe's first unsigned public call (its clock sync) is refused (401), its
+    signed retry, the signed exchange info and the listing are accepted: readiness says
+    ready, not 'auth rejected'."""
     env.sim.public_auth = True
     readiness = Readiness.for_accounts([ACCOUNT], 60.0)
     readiness.set_consuming(True)
     observer = ReadinessObserver(Metrics(CollectorRegistry(), [ACCOUNT]), readiness)
     settings = account_settings(env.server.base_url, env.api_key, env.pem, ACCOUNT)
-    probe = ExchangeProbe([settings], observer, 60.0, readiness)
-    quick = settings.model_copy(update={"max_attempts": 1})
-    async with ExchangeClient(quick, observer=observer) as client:
-        await probe.probe(client)
-    assert env.sim.count(None, "exchange_info", 401) == 1  # refused unsigned, once
+    async with ExchangeClient(settings, observer=observer) as client:
+        await ExchangeProbe({ACCOUNT: client}, 60.0, readiness).round()
+    refused = [env.sim.count(None, endpoint, 401) for endpoint in ("time", "exchange_info")]
+    assert refused == [1, 0]  # refused unsigned, once: then every public call is signed
     assert readiness.evaluate(0.0).reasons == ()
 
 
@@ -167,9 +167,8 @@ async def test_readiness_shows_a_redirect_as_a_configuration_problem(env: Env) -
     readiness.set_consuming(True)
     observer = ReadinessObserver(Metrics(CollectorRegistry(), [ACCOUNT]), readiness)
     settings = account_settings(env.server.base_url, env.api_key, env.pem, ACCOUNT)
-    probe = ExchangeProbe([settings], observer, 60.0, readiness)
     async with ExchangeClient(settings, observer=observer) as client:
-        await probe.probe(client)
+        await ExchangeProbe({ACCOUNT: client}, 60.0, readiness).round()
     assert readiness.evaluate(0.0).reasons == (
         f"{ACCOUNT}: exchange answered 307 redirect to {ELSEWHERE} on open_orders: check base_url",
     )
@@ -196,7 +195,7 @@ async def no_progress(result: SweepResult) -> None:
 async def run_kill(env: Env, **client: Any) -> SweepResult:
     async with env.client(**client) as exchange:
         engine = Engine(
-            {ACCOUNT: exchange}, EngineSettings(strategy="per_order", progress_interval_s=0.2)
+            {ACCOUNT: exchange}, EngineConfig(strategy="per_order", progress_interval_s=0.2)
         )
         result = await engine.submit(kill(), no_progress)
         await engine.close(1.0)

@@ -22,17 +22,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from killswitch.alerts import result_to_json
-from killswitch.config import EngineSettings
 from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order, Side
 from killswitch.core.outcomes import Outcome
+from killswitch.core.ports import EngineConfig
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
+from killswitch.exchange.http1 import build_transport
 from killswitch.exchange.simulator.core import LogEntry, Simulator
 from killswitch.exchange.simulator.faults import EndpointFaults
 from killswitch.exchange.simulator.server import SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
-from killswitch.exchange.transport import build_transport
 from killswitch.metrics import Metrics
 from tests.conftest import wait_for
 
@@ -129,7 +129,7 @@ async def env() -> AsyncIterator[Env]:
         yield Env(sim, server, api_key, pem)
 
 
-def engine_settings(**kw: Any) -> EngineSettings:
+def engine_settings(**kw: Any) -> EngineConfig:
     # per_order unless a test names its strategy: most tests here follow single cancels
     # (strategy auto, the default, has its own tests below).
     base: dict[str, Any] = {
@@ -139,7 +139,7 @@ def engine_settings(**kw: Any) -> EngineSettings:
         "latch_budget_share": 0.01,
     }
     base.update(kw)
-    return EngineSettings(**base)
+    return EngineConfig(**base)
 
 
 def kill(
@@ -444,9 +444,9 @@ async def test_progress_results_during_a_long_sweep(env: Env) -> None:
 # ----------------------------------------------------------------- strategy auto
 
 
-def auto_settings(**kw: Any) -> EngineSettings:
+def auto_settings(**kw: Any) -> EngineConfig:
     """The product's default strategy (auto), test intervals."""
-    settings = EngineSettings(progress_interval_s=0.05, latch_budget_share=0.01, **kw)
+    settings = EngineConfig(progress_interval_s=0.05, latch_budget_share=0.01, **kw)
     assert settings.strategy == "auto"
     return settings
 

@@ -16,9 +16,8 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from killswitch.config import EngineSettings
 from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult, SweepStatus
-from killswitch.core.ports import NullObserver
+from killswitch.core.ports import EngineConfig, NullObserver
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.simulator.core import LogEntry, Simulator
@@ -71,7 +70,7 @@ class Env:
         }
         options.update(engine)
         async with ExchangeClient(settings) as client:
-            eng = Engine({ACCOUNT: client}, EngineSettings(**options), observer)
+            eng = Engine({ACCOUNT: client}, EngineConfig(**options), observer)
             try:
                 yield eng, client
             finally:

@@ -10,9 +10,10 @@ import pytest
 from killswitch.config import Settings
 from killswitch.core.outcomes import Outcome
 from killswitch.embedded import free_port
+from killswitch.exchange.client import ExchangeClients
 from killswitch.exchange.simulator import Simulator, SimulatorServer
 from killswitch.exchange.simulator.testing import register_test_client
-from killswitch.observability import prometheus_observability
+from killswitch.observability import ExchangeProbe, probe_interval_s, prometheus_observability
 from killswitch.render import metric_samples
 
 pytestmark = pytest.mark.integration
@@ -80,6 +81,13 @@ async def test_the_probe_keeps_readiness_current_without_any_kill() -> None:
         assert obs.start is not None
         assert obs.stop is not None
         await obs.start()
+        # As the daemon wires it: the probe runs on the accounts' own clients.
+        clients = ExchangeClients(conf.accounts, observer=obs.observer)
+        probe = ExchangeProbe(
+            clients, probe_interval_s(conf.metrics.exchange_stale_after_s), obs.readiness
+        )
+        stop = asyncio.Event()
+        probing = asyncio.create_task(probe.run(stop))
         try:
             obs.set_consuming(True)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
@@ -105,6 +113,9 @@ async def test_the_probe_keeps_readiness_current_without_any_kill() -> None:
             assert value(text, "killswitch_ready") == 1
             assert value(text, "killswitch_exchange_requests_total", endpoint="open_orders") >= 3
         finally:
+            stop.set()
+            await probing
+            await clients.close()
             await obs.stop()
     # Read-only: nothing cancelled.
     for api_key, _ in keys.values():

@@ -102,8 +102,8 @@ async def test_alerts_naming_unknown_pairs_are_dead_lettered_before_any_request(
     async with exchange() as ex:
         # public_auth: the exchange wants exchange-info signed; the pair list still comes.
         ex.sim.public_auth = public_auth
-        # "empty": the exchange lists a pair it does not trade as [] (what used to end
-        # flat); "invalid": it answers 400 (the default).
+        # "empty": the exchange lists a pair it does not trade as [] (which must not
+        # read as flat); "invalid": it answers 400 (the default).
         ex.sim.unknown_symbol = unknown_symbol
         settings = daemon_settings(
             kafka_bootstrap, unique_name, ex, metrics={"enabled": True, "port": 0}

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from killswitch.config import AccountSettings, EngineSettings, Settings
+from killswitch.config import AccountSettings, Settings
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.outcomes import RejectReason
+from killswitch.core.ports import EngineConfig
 from killswitch.embedded import free_port
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
@@ -71,12 +72,10 @@ class Env:
         return ExchangeClient(self.settings(**overrides), observer=self.observer)
 
     async def probe(self) -> None:
-        """One round of the daemon's readiness probe (its own client, as in the daemon)."""
-        settings = self.settings()
-        probe = ExchangeProbe([settings], self.observer, 60.0, self.readiness)
-        quick = settings.model_copy(update={"max_attempts": 1})
-        async with ExchangeClient(quick, observer=self.observer) as client:
-            await probe.probe(client)
+        """One round of the daemon's exchange probe (on the account's client, as in the
+        daemon)."""
+        async with self.client() as client:
+            await ExchangeProbe({ACCOUNT: client}, 60.0, self.readiness).round()
 
     def reasons(self) -> tuple[str, ...]:
         return self.readiness.evaluate(0.0).reasons
@@ -152,7 +151,7 @@ async def test_a_redirected_cancel_all_is_named_remembered_and_falls_back(env: E
     for symbol in SYMBOLS:
         env.sim.seed_orders(env.api_key, symbol, 120)
     env.sim.set_redirect(ELSEWHERE, 308, endpoint="cancel_all")
-    settings = EngineSettings(progress_interval_s=0.05, latch_sweep_interval_s=0.05)
+    settings = EngineConfig(progress_interval_s=0.05)
     assert settings.strategy == "auto"
     async with env.client() as client:
         # One worker: the answer to the first cancel-all comes before any other is due.
@@ -176,7 +175,7 @@ async def test_a_redirected_cancel_all_is_named_remembered_and_falls_back(env: E
 async def test_a_redirected_cancel_names_the_location_in_the_result(env: Env) -> None:
     ids = env.sim.seed_orders(env.api_key, SYMBOL, 2)
     env.sim.set_redirect(ELSEWHERE, 308, endpoint="cancel")
-    settings = EngineSettings(progress_interval_s=0.05, strategy="per_order", max_passes=2)
+    settings = EngineConfig(progress_interval_s=0.05, strategy="per_order", max_passes=2)
     async with env.client() as client:
         engine = Engine({ACCOUNT: client}, settings)
         result = await engine.submit(kill("by-id", order_ids=set(ids)), no_progress)

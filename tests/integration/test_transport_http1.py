@@ -25,7 +25,7 @@ import pytest
 from killswitch.core.orders import Order
 from killswitch.core.outcomes import Outcome
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.http1 import Http1Transport, default_ssl_context
+from killswitch.exchange.http1 import Http1Transport, build_transport, default_ssl_context
 from killswitch.exchange.signing import compact_json
 from killswitch.exchange.simulator import Simulator, SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
@@ -33,7 +33,6 @@ from killswitch.exchange.transport import (
     Phases,
     RawHeaders,
     StaleConnection,
-    build_transport,
 )
 from tests.conftest import wait_for
 from tests.support.tls import make_pki

@@ -1,31 +1,15 @@
-"""Reliability suite: the ``daemons`` fixture, and the figures printed at the end of the run."""
+"""Reliability suite: the ``daemons`` and ``broker`` fixtures (its figures: tests/conftest.py)."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from killswitch.embedded import EmbeddedBroker
-from tests.reliability.figures import FIGURES
 from tests.support.broker import own_broker
 from tests.support.daemon import Daemons
-
-FIGURES_ENV = "KILLSWITCH_RELIABILITY_FIGURES"
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not FIGURES:
-        return
-    terminalreporter.section("reliability figures")
-    for name in sorted(FIGURES):
-        terminalreporter.write_line(f"{name}: {FIGURES[name]}")
-    target = os.environ.get(FIGURES_ENV)
-    if target:
-        Path(target).write_text(json.dumps(dict(sorted(FIGURES.items())), indent=2) + "\n")
 
 
 @pytest.fixture

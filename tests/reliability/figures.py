@@ -1,8 +1,9 @@
 """Figures the reliability suite measures (inputs tried, faults survived, things lost).
 
-Tests add to :data:`FIGURES`; ``tests/reliability/conftest.py`` prints them at the end of
-the run, and writes them as JSON to ``$KILLSWITCH_RELIABILITY_FIGURES`` when that is set
-(the numbers in docs/RELIABILITY.md come from there).
+Tests add to :data:`FIGURES`; ``tests/conftest.py`` prints them at the end of the run
+(adding up the counts of pytest-xdist workers), and writes them as JSON to
+``$KILLSWITCH_RELIABILITY_FIGURES`` when that is set (the numbers in docs/RELIABILITY.md
+come from there).
 """
 
 from __future__ import annotations

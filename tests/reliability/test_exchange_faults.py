@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from killswitch.config import EngineSettings
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.outcomes import Outcome
+from killswitch.core.ports import EngineConfig
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
@@ -151,7 +151,7 @@ async def test_all_faults_together_still_reach_flat(env: Env, strategy: str) -> 
     async with env.client(registry) as (client, probe, metrics):
         engine = Engine(
             {ACCOUNT: client},
-            EngineSettings(strategy=strategy, batch_size=10, progress_interval_s=0.2),
+            EngineConfig(strategy=strategy, batch_size=10, progress_interval_s=0.2),
             metrics,
             concurrency=8,
         )
@@ -187,7 +187,7 @@ async def test_a_short_deadline_ends_residual_with_an_honest_count(env: Env) -> 
         metrics,
     ):
         # per_order: one request per order is what makes the deadline too short
-        settings = EngineSettings(strategy="per_order", progress_interval_s=0.2)
+        settings = EngineConfig(strategy="per_order", progress_interval_s=0.2)
         engine = Engine({ACCOUNT: client}, settings, metrics)
         result = await engine.submit(kill(deadline_s=2.0), no_progress)
         await engine.close(1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from killswitch.cli import main
-from killswitch.config import ConfigError, load_settings, redacted_dump
+from killswitch.config import ConfigError, EngineSettings, load_settings, redacted_dump
+from killswitch.core.ports import EngineConfig
 from killswitch.exchange.signing import generate_private_key, private_key_pem
 
 SECRET_API_KEY = "sk-test-9f8e7d6c5b4a"
@@ -186,3 +188,24 @@ def test_version_flag() -> None:
     )
     assert proc.returncode == 0
     assert proc.stdout.startswith("killswitch ")
+
+
+def test_the_engine_config_carries_the_engine_section() -> None:
+    """The engine's own settings type: the same defaults as ``[engine]``, and every value
+    of the section the engine reads."""
+    assert EngineSettings().engine_config() == EngineConfig()
+    names = [f.name for f in dataclasses.fields(EngineConfig)]
+    changed = EngineSettings(
+        default_deadline_s=7.0,
+        strategy="batch",
+        batch_size=9,
+        page_size=11,
+        priority="oldest_first",
+        latch_budget_share=0.25,
+        progress_interval_s=0.3,
+        max_passes=4,
+        settle_grace_s=0.5,
+    )
+    config = changed.engine_config()
+    assert {n: getattr(config, n) for n in names} == {n: getattr(changed, n) for n in names}
+    assert config != EngineConfig()

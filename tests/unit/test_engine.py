@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 
-from killswitch.config import EngineSettings
 from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order, OrderStatus, Side, SymbolInfo
 from killswitch.core.outcomes import Outcome, RejectReason
-from killswitch.core.ports import BatchCancelResult, CancelResult, NullObserver
+from killswitch.core.ports import BatchCancelResult, CancelResult, EngineConfig, NullObserver
 from killswitch.engine import Engine
 from killswitch.exchange.errors import AuthError, ExchangeUnavailable, InvalidRequest
 from tests.conftest import wait_for
@@ -163,7 +162,7 @@ class FakeExchange:
         return BatchCancelResult(symbol, success=success, fail=fail)
 
 
-def settings(**kw: Any) -> EngineSettings:
+def settings(**kw: Any) -> EngineConfig:
     # per_order unless a test says otherwise: most tests here check the per-order path
     # (auto is tested by name and by test_engine_auto.py).
     base: dict[str, Any] = {
@@ -171,7 +170,7 @@ def settings(**kw: Any) -> EngineSettings:
         "strategy": "per_order",
     }
     base.update(kw)
-    return EngineSettings(**base)
+    return EngineConfig(**base)
 
 
 def request(

@@ -24,7 +24,7 @@ from tests.conftest import wait_for
 
 ACCOUNTS = ["mm-1", "mm-2"]
 
-# The metric table of the README (a contract): family name -> (type, labels).
+# The metric table of docs/CONTRACTS.md (a contract): family name -> (type, labels).
 CONTRACT = {
     "killswitch_cancels": ("counter", {"account", "outcome"}),
     "killswitch_alerts": ("counter", {"source", "result"}),

@@ -1,0 +1,73 @@
+"""The daemon's one exchange probe runs on the accounts' own clients and limiters: what
+it meets (here 429s) moves the account's limiter, and ``killswitch_rate_limit_per_second``
+shows that limiter's rate, never a rate of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from killswitch.exchange.simulator.faults import EndpointFaults
+from tests.conftest import wait_for
+from tests.integration.daemon_harness import (
+    ACCOUNTS,
+    daemon_in_process,
+    daemon_settings,
+    exchange,
+    prepare_topics,
+)
+
+pytestmark = pytest.mark.integration
+
+CEILING = 5000.0  # the harness's rate_limit_per_second for every account
+
+
+def rate_gauges(text: str) -> dict[str, float]:
+    return {
+        sample.labels["account"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "killswitch_rate_limit_per_second"
+    }
+
+
+async def test_only_the_accounts_limiter_moves_its_rate_gauge(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    """Every listing answers 429 from the start, so the probe's first listings are
+    throttled while nothing else of the daemon lists; then the exchange answers again.
+    The gauge must be the rate of the limiter the engine's kills would use."""
+    async with exchange() as ex:
+        settings = daemon_settings(
+            kafka_bootstrap,
+            unique_name,
+            ex,
+            metrics={"enabled": True, "port": 0, "exchange_stale_after_s": 2.0},
+        )
+        await prepare_topics(settings)
+        ex.sim.set_faults(EndpointFaults(throttle_rate=1.0), "open_orders")
+        keys = {account: ex.keys[account][0] for account in ACCOUNTS}
+
+        def listings(status: int) -> dict[str, int]:
+            return {a: ex.sim.count(k, "open_orders", status) for a, k in keys.items()}
+
+        async with daemon_in_process(settings) as run, httpx.AsyncClient() as http:
+            await wait_for(lambda: min(listings(429).values()) >= 2, timeout=20)
+            ex.sim.set_faults(EndpointFaults(), "open_orders")
+            await wait_for(lambda: min(listings(200).values()) >= 1, timeout=20)
+            url = run.daemon.observability.url
+            assert url is not None
+            gauges = rate_gauges((await http.get(f"{url()}/metrics")).text)
+            clients = run.daemon.clients
+            assert clients is not None
+            limiters = {a: clients[a].limiter for a in ACCOUNTS}
+            rates = {a: limiter.rate for a, limiter in limiters.items()}
+    # The probe's 429s reached the accounts' limiters ...
+    assert all(rate < 0.9 * CEILING for rate in rates.values()), rates
+    # ... and the gauge is their rate, within the limiter's reporting step (1 %).
+    assert gauges.keys() == rates.keys()
+    for account, rate in rates.items():
+        assert gauges[account] == pytest.approx(rate, abs=0.02 * CEILING), account
