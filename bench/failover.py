@@ -63,7 +63,8 @@ KAFKA_KEYS = (
     "max_poll_records",
     "request_timeout_ms",
 )
-SWEEP_ENDPOINTS = frozenset({"open_orders", "cancel", "cancel_batch", "cancel_all"})
+CANCEL_ENDPOINTS = frozenset({"cancel", "cancel_batch", "cancel_all"})
+PAGE_SIZE = 100  # the engine's listing page in this benchmark (set in daemon_env)
 # Every wait has a deadline (seconds).
 SWEEP_START_S = 60.0
 FAILOVER_S = 60.0
@@ -97,7 +98,12 @@ def daemon_env(
 ) -> dict[str, str]:
     """One daemon's settings: the example's Kafka/intake/engine, this bench's topics,
     group and account (through ``door``), per-order cancels at ``--rate``."""
-    engine = {**example["engine"], "strategy": "per_order", "default_deadline_s": 120.0}
+    engine = {
+        **example["engine"],
+        "strategy": "per_order",
+        "default_deadline_s": 120.0,
+        "page_size": PAGE_SIZE,
+    }
     env = harness.daemon_env(
         bootstrap,
         topics,
@@ -134,13 +140,24 @@ async def until(check: Callable[[], T | None], timeout: float, what: str) -> T:
         await asyncio.sleep(0.005)  # polling the simulator's log with a deadline
 
 
+def _counts(entry: Any, cancels_only: bool) -> bool:
+    """A single-order cancel; unless ``cancels_only`` also any cancel or a sweep listing
+    (a page of the engine's size: the daemon's exchange probe lists smaller ones)."""
+    if entry.endpoint == "cancel":
+        return True
+    if cancels_only:
+        return False
+    if entry.endpoint == "open_orders":
+        return f"limit={PAGE_SIZE}" in entry.query
+    return entry.endpoint in CANCEL_ENDPOINTS
+
+
 def sweep_entries(sim: Simulator, since: int, door: DoorServer, cancels_only: bool) -> list[Any]:
-    """The account's sweep requests (or only cancels) through ``door`` after ``since``."""
-    wanted = {"cancel"} if cancels_only else SWEEP_ENDPOINTS
+    """The account's requests through ``door`` after ``since`` that :func:`_counts`."""
     return [
         e
         for e in sim.log_since(since)
-        if e.seq in door.seqs and e.client == ACCOUNT and e.endpoint in wanted
+        if e.seq in door.seqs and e.client == ACCOUNT and _counts(e, cancels_only)
     ]
 
 

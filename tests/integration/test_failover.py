@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from killswitch.config import Settings
+from killswitch.config import EngineSettings, Settings
 from killswitch.daemon import Daemon
 from killswitch.exchange.simulator.testing import DoorServer
 from killswitch.intake.ownership import account_partition
@@ -37,7 +37,7 @@ from tests.support.topics import read_to_end
 pytestmark = pytest.mark.integration
 
 Unique = Callable[[str], str]
-SWEEP_ENDPOINTS = frozenset({"open_orders", "cancel", "cancel_batch", "cancel_all"})
+CANCEL_ENDPOINTS = frozenset({"cancel", "cancel_batch", "cancel_all"})
 # Short group timeouts: the embedded broker completes a join sooner with a shorter
 # session, and a fresh group's second member waits out the rebalance timeout.
 FAST_GROUP = {
@@ -65,11 +65,15 @@ def owner(daemons: list[Daemon], account: str) -> int:
 
 
 def sweep_seqs(ex: Exchange, door: DoorServer, account: str) -> list[int]:
-    """Log entries of listings and cancels for ``account`` that came through ``door``."""
+    """Log entries of cancels and sweep listings (the engine's page size; the daemon's
+    exchange probe lists smaller pages) for ``account`` that came through ``door``."""
+    page = f"limit={EngineSettings().page_size}"
     return [
         e.seq
         for e in ex.sim.request_log
-        if e.seq in door.seqs and e.client == account and e.endpoint in SWEEP_ENDPOINTS
+        if e.seq in door.seqs
+        and e.client == account
+        and (e.endpoint in CANCEL_ENDPOINTS or (e.endpoint == "open_orders" and page in e.query))
     ]
 
 
