@@ -63,8 +63,10 @@ from killswitch.core.ports import (
     PairLister,
     SweepHandedOver,
 )
+from killswitch.intake.forward import MAX_FORWARD_BYTES, decode_forward, encode_forward, is_forward
 from killswitch.intake.kafka import all_partitions, make_group_consumer, stop_consumer
 from killswitch.intake.outputs import Publisher
+from killswitch.intake.ownership import owns
 from killswitch.intake.readers import ResultsIndex
 from killswitch.tasks import cancel_and_wait
 from killswitch.triggers import TriggerVerifier
@@ -165,6 +167,8 @@ class _Plan:
     result: str = "processed"
     steps: list[_Step] = field(default_factory=list)
     action: str = "kill"
+    # (account, forward record): accounts another daemon owns, handed on to it.
+    forwards: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def _internal_error(exc: Exception) -> Rejection:
@@ -473,7 +477,7 @@ class Intake:
         received: datetime,
     ) -> _Plan:
         try:
-            return self._plan(parsed, channel, origin, received)
+            return self._plan(parsed, channel, origin, received, record.value)
         except Exception as exc:  # a bug here must not stop the consumer or stall commits
             log.exception("cannot read a record", extra={"offset": record.offset})
             return _Plan(label=channel, rejection=_internal_error(exc))
@@ -563,6 +567,9 @@ class Intake:
     def _parse(
         self, value: bytes | None, channel: Channel, received: datetime
     ) -> Alert | Rejection:
+        if is_forward(value):
+            assert value is not None
+            return self._parse_forward(value, received)
         limits = self._config.limits
         return parse_alert(
             value,
@@ -574,10 +581,62 @@ class Intake:
             verifier=self._verifier,
         )
 
+    def _parse_forward(self, value: bytes, received: datetime) -> Alert | Rejection:
+        """A forward: the original alert, checked as it was written, for its one account."""
+        forward = decode_forward(value)
+        if isinstance(forward, str):
+            return Rejection(RejectKind.INVALID, forward)
+        if is_forward(forward.value):
+            return Rejection(RejectKind.INVALID, "forward: a forward inside a forward")
+        parsed = self._parse(forward.value, forward.channel, received)
+        if isinstance(parsed, Rejection):
+            return parsed
+        if forward.account not in parsed.target_accounts(self._config.accounts):
+            reason = "forward: the alert does not name that account"
+            return Rejection(RejectKind.INVALID, reason, parsed.alert_id)
+        scope = parsed.scope.model_copy(update={"accounts": [forward.account]})
+        return parsed.model_copy(update={"scope": scope})
+
+    def _owner_here(self, account: str) -> bool:
+        """Whether this daemon owns ``account`` (its alerts partition is assigned here).
+        Unknown (no assignment or no metadata yet): yes, it is swept here."""
+        topic = self._config.topics.alerts
+        assigned = [tp.partition for tp in self._assigned if tp.topic == topic]
+        partitions = self._consumer.partitions_for_topic(topic) if self._consumer else None
+        if not assigned or not partitions:
+            return True
+        return owns(account, len(partitions), assigned)
+
+    def _route(
+        self, requests: list[KillRequest], channel: Channel, value: bytes | None
+    ) -> tuple[list[KillRequest], list[tuple[str, bytes]]]:
+        """The requests swept here, and a forward for each account another daemon owns."""
+        if value is None or len(value) > MAX_FORWARD_BYTES:
+            return requests, []
+        here: list[KillRequest] = []
+        away: list[tuple[str, bytes]] = []
+        for request in requests:
+            if self._owner_here(request.account):
+                here.append(request)
+                continue
+            try:
+                away.append((request.account, encode_forward(request.account, channel, value)))
+            except UnicodeDecodeError:  # JSON in another encoding: swept here
+                here.append(request)
+        return here, away
+
     def _plan(
-        self, parsed: Alert | Rejection, channel: Channel, origin: Origin, received: datetime
+        self,
+        parsed: Alert | Rejection,
+        channel: Channel,
+        origin: Origin,
+        received: datetime,
+        value: bytes | None = None,
     ) -> _Plan:
-        """Decide per account (synchronously, so concurrent repeats see each other)."""
+        """Decide per account (synchronously, so concurrent repeats see each other).
+
+        Accounts another daemon owns are forwarded to it (``value``: the record's,
+        none for a forward, which is swept here whoever owns the account by now)."""
         if isinstance(parsed, Rejection):
             return _Plan(label=channel, rejection=parsed)
         alert = parsed
@@ -603,6 +662,9 @@ class Intake:
                 else r
                 for r in requests
             ]
+        forwards: list[tuple[str, bytes]] = []
+        if alert.action == "kill" and not is_forward(value):
+            requests, forwards = self._route(requests, channel, value)
         position = (origin.topic, origin.partition, origin.offset)
         decision = self._dedup.decide(alert.alert_id, [r.account for r in requests], position)
         signing = self._verifier is not None and self._verifier.required
@@ -638,13 +700,15 @@ class Intake:
                 steps.append(_Step(self._with_carried(request), Seen.NEW, future=future))
             else:
                 steps.append(_Step(request, verdict.seen, previous=verdict.previous_status))
-        if decision.all_repeats:
+        if decision.all_repeats and requests:
             result = "duplicate"
         elif alert.dry_run and alert.action == "kill":
             result = "dry_run"
         else:
             result = "processed"
-        return _Plan(label=label, result=result, steps=steps, action=alert.action)
+        return _Plan(
+            label=label, result=result, steps=steps, action=alert.action, forwards=forwards
+        )
 
     def _with_carried(self, request: KillRequest) -> KillRequest:
         """A replay: what an earlier process published for it goes into its results."""
@@ -661,6 +725,8 @@ class Intake:
             self._observer.dlq(plan.rejection.dlq_reason)
             result = plan.rejection.kind.value
         else:
+            for account, forward in plan.forwards:
+                await self._forward(account, forward, origin)
             try:
                 if len(plan.steps) == 1:  # the common case: no extra task hop before the engine
                     await self._run_step(plan.steps[0], plan.action, origin)
@@ -674,6 +740,14 @@ class Intake:
         self._observer.alert_read(plan.label, result)
         self._tracker.done(TopicPartition(origin.topic, origin.partition), origin.offset)
         self._commit_wanted.set()
+
+    async def _forward(self, account: str, forward: bytes, origin: Origin) -> None:
+        """Hand one account's kill on to its owner (acknowledged before the record is done)."""
+        await self._retry(lambda: self._publisher.alert(account, forward), "forward")
+        log.info(
+            "kill forwarded to the account's owner",
+            extra={"account": account, "partition": origin.partition, "offset": origin.offset},
+        )
 
     async def _run_step(self, step: _Step, action: str, origin: Origin) -> None:
         if step.seen is Seen.NEW:

@@ -116,6 +116,46 @@ async def test_a_manual_trigger_is_swept_only_by_the_owner_of_the_account(
             assert sweep_seqs(ex, doors[1 - mine], account) == [], account
 
 
+async def test_a_trigger_naming_two_accounts_is_swept_by_each_account_owner(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # 4 partitions: mm-1 and mm-2 hash to 1 and 2, which the range assignor gives to
+    # different members. The trigger is keyed by mm-1 (as `killswitch trigger -a mm-1
+    # -a mm-2` keys it): its reader sweeps mm-1 and forwards mm-2 to mm-2's owner.
+    async with exchange() as ex, contextlib.AsyncExitStack() as stack:
+        doors = [DoorServer(ex.sim), DoorServer(ex.sim)]
+        for door in doors:
+            await stack.enter_async_context(door)
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex, kafka=FAST_GROUP)
+        await prepare_topics(settings, partitions=4)
+        for account in ACCOUNTS:
+            ex.seed(account, 20)
+        runs = [
+            await stack.enter_async_context(daemon_in_process(through(settings, door)))
+            for door in doors
+        ]
+        daemons = [r.daemon for r in runs]
+        await wait_for(lambda: sum(len(d.intake.assignment) for d in daemons) == 8, timeout=30)
+        assert owner(daemons, "mm-1") != owner(daemons, "mm-2")
+        trigger = alert_message("m-both", ACCOUNTS, operator={"name": "alice"})
+        await produce(settings, [trigger], topic=settings.kafka.topics.manual, key="mm-1")
+        async with TopicReader(kafka_bootstrap, settings.kafka.topics.results) as reader:
+            await wait_for(lambda: len(reader.finals()) == len(ACCOUNTS), timeout=30)
+        await wait_for(lambda: all(d.intake.in_flight == 0 for d in daemons), timeout=30)
+        results = await read_to_end(kafka_bootstrap, settings.kafka.topics.results)
+        for account in ACCOUNTS:
+            statuses = [
+                r["status"]
+                for r in results
+                if r.get("final") and r["alert_id"] == "m-both" and r["account"] == account
+            ]
+            assert statuses == ["flat"], account
+            assert not ex.open_ids(account)
+            mine = owner(daemons, account)
+            assert sweep_seqs(ex, doors[mine], account), account
+            assert sweep_seqs(ex, doors[1 - mine], account) == [], account
+
+
 async def test_a_rebalance_hands_a_running_sweep_over_without_overlap(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
