@@ -9,10 +9,12 @@ Everything here is pure (no I/O): bytes in, models or bytes out.
   are refused, and pydantic errors are summarised without echoing the input.
 * :func:`kill_requests` turns an alert into one :class:`KillRequest` per account
   (``"*"`` expands to every configured account).
-* :func:`encode_result`, :func:`encode_state`, :func:`encode_dlq` write
-  ``killswitch.result/v1``, the halt state record and the dead letter record;
-  :func:`decode_result_summary` and :func:`decode_state` read the first two back
-  (dedup rebuild and halt restore at start-up).
+* :meth:`Alert.to_json` writes an alert (operator triggers, dead-man kills).
+* :func:`encode_result` writes ``killswitch.result/v1`` and :func:`read_result` is its
+  one reader (:class:`ResultRecord`: the operator's board; :func:`decode_result_summary`
+  reads it without its lists, plus what a replay carries, for the dedup rebuild).
+* :func:`encode_state` and :func:`decode_state_record` write and read the halt state
+  record; :class:`DeadLetter` is the dead letter record both ways.
 
 Compatibility: unknown *top-level* alert fields are ignored (a newer producer may
 add fields; a kill must not be refused for that), but unknown keys inside
@@ -24,12 +26,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeGuard, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -48,9 +51,12 @@ from pydantic_core import PydanticCustomError
 from killswitch.core.carry import RESULT_MAX_ORDERS, carried_from_json, carry_over
 from killswitch.core.model import (
     CarriedOutcomes,
+    Counts,
     HaltState,
+    InFlight,
     KillRequest,
     OrderReport,
+    Position,
     Scope,
     SweepResult,
     SweepStatus,
@@ -59,11 +65,12 @@ from killswitch.core.model import (
 from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome
 from killswitch.core.pairs import PAIR_NAME_RE
+from killswitch.core.times import format_time, parse_time
 
 if TYPE_CHECKING:
     from killswitch.triggers import TriggerVerifier
 
-ALERT_SCHEMA = "killswitch.alert/v1"
+ALERT_SCHEMA: Final = "killswitch.alert/v1"
 RESULT_SCHEMA = "killswitch.result/v1"
 STATE_SCHEMA = "killswitch.state/v1"
 DLQ_SCHEMA = "killswitch.dlq/v1"
@@ -84,6 +91,7 @@ _MAX_LOC_PART_CHARS = 64
 DLQ_MAX_VALUE_BYTES = 256 * 1024
 
 Channel = Literal["alerts", "manual"]
+_T = TypeVar("_T")
 
 
 class RejectKind(StrEnum):
@@ -173,6 +181,19 @@ class AlertScopeModel(BaseModel):
                 raise ValueError(f"unknown account id(s): {shown}")
         return list(dict.fromkeys(value))  # drop repeats, keep order
 
+    def to_json(self) -> dict[str, Any]:
+        """``scope`` as written: ``symbols`` and ``sides`` when given, ``order_ids``
+        when not empty."""
+        accounts = self.accounts if self.accounts == "*" else list(self.accounts)
+        out: dict[str, Any] = {"accounts": accounts}
+        if self.symbols is not None:
+            out["symbols"] = list(self.symbols)
+        if self.sides is not None:
+            out["sides"] = list(self.sides)
+        if self.order_ids:
+            out["order_ids"] = list(self.order_ids)
+        return out
+
     @field_validator("symbols", "sides")
     @classmethod
     def _not_empty(cls, value: list[str] | None) -> list[str] | None:
@@ -223,6 +244,30 @@ class Alert(BaseModel):
             raise ValueError("expires_at must be after created_at")
         return self
 
+    def to_json(self) -> dict[str, Any]:
+        """The message as written: the additive fields (``operator``, ``deadline_s``,
+        ``signature``) only when set, the scope's optional lists only when given, times
+        as :func:`format_time` writes them. Every writer of alerts goes through here."""
+        out: dict[str, Any] = {
+            "schema": self.schema_,
+            "alert_id": self.alert_id,
+            "action": self.action,
+            "source": self.source,
+            "reason": self.reason,
+            "scope": self.scope.to_json(),
+            "latch": self.latch,
+            "dry_run": self.dry_run,
+            "created_at": format_time(self.created_at),
+            "expires_at": format_time(self.expires_at),
+        }
+        if self.operator is not None:
+            out["operator"] = {"name": self.operator.name}
+        if self.deadline_s is not None:
+            out["deadline_s"] = self.deadline_s
+        if self.signature is not None:
+            out["signature"] = self.signature
+        return out
+
     def target_accounts(self, configured: Sequence[str]) -> list[str]:
         """The accounts this alert addresses, ``"*"`` expanded to every configured one."""
         if self.scope.accounts == "*":
@@ -235,7 +280,7 @@ class Alert(BaseModel):
         return Scope(
             symbols=frozenset(s.symbols) if s.symbols is not None else None,
             sides=frozenset(Side(x) for x in s.sides) if s.sides is not None else None,
-            order_ids=frozenset(s.order_ids) if s.order_ids else None,
+            order_ids=frozenset(s.order_ids),  # empty means all (Scope normalises it)
         )
 
 
@@ -416,30 +461,31 @@ def kill_requests(
 # ---------------------------------------------------------------------- outputs
 
 
-def format_time(value: datetime | None) -> str | None:
-    """ISO-8601 UTC with milliseconds and ``Z`` (``2026-11-24T01:02:03.456Z``)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    utc = value.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
-
 def _dumps(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where an input record was read (partition position), carried in results."""
+# The position type of the core under the name results give it (``origin``).
+Origin = Position
 
-    topic: str
-    partition: int
-    offset: int
 
-    def to_json(self) -> dict[str, Any]:
-        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+def position_to_json(position: Position) -> dict[str, Any]:
+    """A result's ``origin``."""
+    return {"topic": position.topic, "partition": position.partition, "offset": position.offset}
+
+
+def position_from_json(value: Any) -> Position | None:
+    """A result's ``origin`` read back; None when absent or unreadable."""
+    if not isinstance(value, Mapping):
+        return None
+    topic, part, off = value.get("topic"), value.get("partition"), value.get("offset")
+    if isinstance(topic, str) and _is_int(part) and _is_int(off):
+        return Position(topic, part, off)
+    return None
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _order_json(order: OrderReport) -> dict[str, Any]:
@@ -511,7 +557,7 @@ def result_to_json(
     if result.was_halted is not None:
         out["was_halted"] = result.was_halted
     if origin is not None:
-        out["origin"] = origin.to_json()
+        out["origin"] = position_to_json(origin)
     return out
 
 
@@ -536,19 +582,155 @@ def failed_result(request: KillRequest, reason: str, now: datetime) -> SweepResu
 
 
 @dataclass(frozen=True, slots=True)
-class ResultSummary:
-    """What the dedup rebuild (and, from progress results, a replay) needs from a result."""
+class ResultOrder:
+    """One entry of a result's ``orders`` as read back (``outcome`` as written: a newer
+    daemon may use a word this one does not know)."""
 
-    alert_id: str
+    order_id: int
+    symbol: str
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """``killswitch.result/v1`` as read back: the one reader of results, for the dedup
+    rebuild and a replay (:func:`decode_result_summary`) and for the operator's board
+    (:meth:`killswitch.render.AccountProgress.from_record`).
+
+    Lenient, as the contract asks of readers: a field a newer daemon added is ignored,
+    one an older daemon lacked (or one not of its type) reads as its empty value, and
+    only ``account`` and ``status`` are required. ``carried`` (progress results read by
+    :func:`decode_result_summary`) is what a replay after a crash folds in, decoded by
+    :func:`killswitch.core.carry.carried_from_json`, which trusts another process's
+    record only as far as it is consistent.
+    """
+
     account: str
-    status: str
-    final: bool
-    origin: Origin | None
-    carried: CarriedOutcomes | None = None  # progress results only
+    status: str  # a SweepStatus value, or a word a newer daemon added
+    alert_id: str = ""  # empty when the record names none
+    final: bool = False
+    dry_run: bool = False
+    counts: Counts = field(default_factory=Counts)
+    residual_open: int = 0
+    pending: int | None = None  # absent in records of older daemons
+    sweeps: int = 0
+    received_at: datetime | None = None
+    first_cancel_at: datetime | None = None
+    finished_at: datetime | None = None
+    orders: tuple[ResultOrder, ...] = ()
+    orders_omitted: int = 0
+    reason: str | None = None
+    operator: str | None = None
+    source: str = ""
+    trigger_reason: str = ""
+    not_found: tuple[int, ...] = ()
+    unlisted_pairs: tuple[str, ...] = ()
+    in_flight: tuple[InFlight, ...] = ()
+    pairs_listed: int | None = None
+    pairs_in_scope: int | None = None
+    was_halted: bool | None = None
+    origin: Position | None = None
+    carried: CarriedOutcomes | None = None
 
 
-def decode_result_summary(raw: bytes | None) -> ResultSummary | None:
-    """Read back a result record; None for anything that is not one (never raises).
+def read_result(data: Mapping[str, Any], *, lists: bool = True) -> ResultRecord | None:
+    """A result record (decoded JSON) as a :class:`ResultRecord`; None without an
+    ``account`` and a ``status`` (never raises).
+
+    ``lists`` False leaves ``orders``, ``not_found``, ``unlisted_pairs`` and
+    ``in_flight`` empty: every daemon reads every result, and the dedup window needs
+    none of them (a record lists up to 2,000 orders)."""
+    account, status = data.get("account"), data.get("status")
+    if not isinstance(account, str) or not isinstance(status, str):
+        return None
+    if not lists:
+        return _result_head(data, account, status)
+    return dataclasses.replace(
+        _result_head(data, account, status),
+        orders=_result_orders(data.get("orders")),
+        not_found=tuple(_entries(data.get("not_found"), _is_int)),
+        unlisted_pairs=tuple(_entries(data.get("unlisted_pairs"), _is_str)),
+        in_flight=_result_in_flight(data.get("in_flight")),
+    )
+
+
+def _result_head(data: Mapping[str, Any], account: str, status: str) -> ResultRecord:
+    """Every field of a result record but its lists."""
+    raw_counts = data.get("counts")
+    c: Mapping[str, Any] = raw_counts if isinstance(raw_counts, Mapping) else {}
+    alert_id, reason, operator = data.get("alert_id"), data.get("reason"), data.get("operator")
+    was_halted = data.get("was_halted")
+    return ResultRecord(
+        account=account,
+        status=status,
+        alert_id=alert_id if isinstance(alert_id, str) else "",
+        final=data.get("final") is True,
+        dry_run=data.get("dry_run") is True,
+        counts=Counts(
+            _count(c.get("sent")) or 0,
+            _count(c.get("already_closed")) or 0,
+            _count(c.get("rejected")) or 0,
+            _count(c.get("failed")) or 0,
+            _count(c.get("skipped")) or 0,
+        ),
+        residual_open=_count(data.get("residual_open")) or 0,
+        pending=_count(data.get("pending")),
+        sweeps=_count(data.get("sweeps")) or 0,
+        received_at=parse_time(data.get("received_at")),
+        first_cancel_at=parse_time(data.get("first_cancel_at")),
+        finished_at=parse_time(data.get("finished_at")),
+        orders_omitted=_count(data.get("orders_omitted")) or 0,
+        reason=reason if isinstance(reason, str) and reason else None,
+        operator=operator if isinstance(operator, str) else None,
+        source=_text(data.get("source")),
+        trigger_reason=_text(data.get("trigger_reason")),
+        pairs_listed=_count(data.get("pairs_listed")),
+        pairs_in_scope=_count(data.get("pairs_in_scope")),
+        was_halted=was_halted if isinstance(was_halted, bool) else None,
+        origin=position_from_json(data.get("origin")),
+    )
+
+
+def _count(value: Any) -> int | None:
+    """A non-negative JSON integer (booleans are not counts), else None."""
+    return value if type(value) is int and value >= 0 else None
+
+
+def _is_str(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str)
+
+
+def _entries(value: Any, keep: Callable[[Any], TypeGuard[_T]]) -> list[_T]:
+    """The entries of a record's list that ``keep`` accepts (anything else left out)."""
+    return [v for v in value if keep(v)] if isinstance(value, list) else []
+
+
+def _result_orders(value: Any) -> tuple[ResultOrder, ...]:
+    """The readable entries of a result's ``orders`` (anything else left out)."""
+    rows = []
+    for entry in _entries(value, _is_mapping):
+        oid, symbol, outcome = entry.get("order_id"), entry.get("symbol"), entry.get("outcome")
+        if _is_int(oid) and isinstance(symbol, str) and isinstance(outcome, str):
+            rows.append(ResultOrder(oid, symbol, outcome))
+    return tuple(rows)
+
+
+def _result_in_flight(value: Any) -> tuple[InFlight, ...]:
+    """The readable entries of a result's ``in_flight`` (anything else left out)."""
+    return tuple(
+        InFlight(e["order_id"], e["symbol"])
+        for e in _entries(value, _is_mapping)
+        if _is_int(e.get("order_id")) and isinstance(e.get("symbol"), str)
+    )
+
+
+def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    return isinstance(value, Mapping)
+
+
+def decode_result_summary(raw: bytes | None) -> ResultRecord | None:
+    """Read back a result record for the dedup rebuild and a replay; None for anything
+    that is not one, or names no ``alert_id`` (never raises).
 
     A progress result's outcomes come back as ``carried`` (None when its counts are
     unreadable; per-order outcomes dropped, counts kept, when its order list is
@@ -556,18 +738,12 @@ def decode_result_summary(raw: bytes | None) -> ResultSummary | None:
     data = load_json_object(raw, 16 * 1024 * 1024)
     if isinstance(data, str) or data.get("schema") != RESULT_SCHEMA:
         return None
-    alert_id, account, status = data.get("alert_id"), data.get("account"), data.get("status")
-    if not (isinstance(alert_id, str) and isinstance(account, str) and isinstance(status, str)):
+    record = read_result(data, lists=False)
+    if record is None or not record.alert_id:
         return None
-    origin = None
-    o = data.get("origin")
-    if isinstance(o, dict):
-        topic, part, off = o.get("topic"), o.get("partition"), o.get("offset")
-        if isinstance(topic, str) and isinstance(part, int) and isinstance(off, int):
-            origin = Origin(topic, part, off)
-    final = data.get("final") is True
-    carried = None if final else carried_from_json(data)
-    return ResultSummary(alert_id, account, status, final, origin, carried)
+    if record.final:
+        return record
+    return dataclasses.replace(record, carried=carried_from_json(data))
 
 
 def scope_to_json(scope: Scope) -> dict[str, Any]:
@@ -583,8 +759,8 @@ def scope_to_json(scope: Scope) -> dict[str, Any]:
     }
 
 
-def encode_state(state: HaltState, daemon: str | None = None) -> bytes:
-    """The halt state record for the compacted state topic (Kafka key: the account).
+def state_to_json(state: HaltState, daemon: str | None = None) -> dict[str, Any]:
+    """``killswitch.state/v1`` as a dict (field names are the contract).
 
     ``daemon`` (additive) names the daemon instance that wrote it, so a daemon
     following the topic can skip its own records. ``by`` and ``reason`` (additive)
@@ -603,7 +779,12 @@ def encode_state(state: HaltState, daemon: str | None = None) -> bytes:
     }
     if daemon is not None:
         record["daemon"] = daemon
-    return _dumps(record)
+    return record
+
+
+def encode_state(state: HaltState, daemon: str | None = None) -> bytes:
+    """The halt state record for the compacted state topic (Kafka key: the account)."""
+    return _dumps(state_to_json(state, daemon))
 
 
 def _frozen(values: Any, convert: type[Any]) -> frozenset[Any] | None:
@@ -623,21 +804,23 @@ def decode_state(raw: bytes | None) -> HaltState | None:
 def decode_state_record(raw: bytes | None) -> tuple[HaltState, str | None] | None:
     """A state record and the daemon that wrote it (None when not recorded)."""
     data = load_json_object(raw, 16 * 1024 * 1024)
-    if isinstance(data, str):
-        return None
-    state = _state_from_json(data)
-    if state is None:
-        return None
+    return None if isinstance(data, str) else state_from_json(data)
+
+
+def state_from_json(data: Mapping[str, Any]) -> tuple[HaltState, str | None] | None:
+    """A state record (decoded JSON) and the daemon that wrote it (None when not
+    recorded); None when it is not a readable state record (never raises)."""
     daemon = data.get("daemon")
-    return state, daemon if isinstance(daemon, str) else None
+    state = _halt_state(data)
+    return None if state is None else (state, daemon if isinstance(daemon, str) else None)
 
 
-def _state_from_json(data: dict[str, Any]) -> HaltState | None:
+def _halt_state(data: Mapping[str, Any]) -> HaltState | None:
     try:
         scope = data.get("scope") or {}
-        since = datetime.fromisoformat(str(data["since"]).replace("Z", "+00:00"))
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
+        since = parse_time(data["since"])
+        if since is None:
+            return None
         return HaltState(
             account=str(data["account"]),
             halted=data["halted"] is True,
@@ -660,6 +843,102 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """``killswitch.dlq/v1``: a refused input record, where it was read and why.
+
+    The original is kept as ``value`` (text) when it is UTF-8, else ``value_base64``;
+    beyond :data:`DLQ_MAX_VALUE_BYTES` it is truncated and ``value_truncated`` is set.
+    """
+
+    kind: str  # a RejectKind value
+    reason: str
+    alert_id: str | None = None
+    topic: str = ""
+    partition: int = 0
+    offset: int = 0
+    key: str | None = None
+    received_at: datetime | None = None
+    value_bytes: int = 0
+    value_truncated: bool = False
+    value: str | None = None
+    value_base64: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        raw: bytes | None,
+        *,
+        position: Position,
+        key: bytes | None,
+        rejection: Rejection,
+        received_at: datetime,
+    ) -> DeadLetter:
+        """The dead letter of a record read at ``position`` and refused."""
+        body = raw or b""
+        kept = body[:DLQ_MAX_VALUE_BYTES]
+        try:
+            text, b64 = kept.decode("utf-8"), None
+        except UnicodeDecodeError:
+            text, b64 = None, base64.b64encode(kept).decode("ascii")
+        return cls(
+            kind=rejection.kind.value,
+            reason=rejection.reason,
+            alert_id=rejection.alert_id,
+            topic=position.topic,
+            partition=position.partition,
+            offset=position.offset,
+            key=_text_or_none(key),
+            received_at=received_at,
+            value_bytes=len(body),
+            value_truncated=len(kept) < len(body),
+            value=text,
+            value_base64=b64,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written (field names are the contract)."""
+        record: dict[str, Any] = {
+            "schema": DLQ_SCHEMA,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "key": self.key,
+            "kind": self.kind,
+            "reason": self.reason,
+            "alert_id": self.alert_id,
+            "received_at": format_time(self.received_at),
+            "value_bytes": self.value_bytes,
+            "value_truncated": self.value_truncated,
+        }
+        if self.value is not None:
+            record["value"] = self.value
+        if self.value_base64 is not None:
+            record["value_base64"] = self.value_base64
+        return record
+
+
+def read_dead_letter(data: Mapping[str, Any]) -> DeadLetter:
+    """A dead letter (decoded JSON) read leniently: what is missing or not of its type
+    reads as empty (never raises)."""
+    alert_id, key = data.get("alert_id"), data.get("key")
+    value, b64 = data.get("value"), data.get("value_base64")
+    return DeadLetter(
+        kind=_text(data.get("kind")),
+        reason=_text(data.get("reason")),
+        alert_id=alert_id if isinstance(alert_id, str) else None,
+        topic=_text(data.get("topic")),
+        partition=_count(data.get("partition")) or 0,
+        offset=_count(data.get("offset")) or 0,
+        key=key if isinstance(key, str) else None,
+        received_at=parse_time(data.get("received_at")),
+        value_bytes=_count(data.get("value_bytes")) or 0,
+        value_truncated=data.get("value_truncated") is True,
+        value=value if isinstance(value, str) else None,
+        value_base64=b64 if isinstance(b64, str) else None,
+    )
+
+
 def encode_dlq(
     raw: bytes | None,
     *,
@@ -670,31 +949,15 @@ def encode_dlq(
     rejection: Rejection,
     received_at: datetime,
 ) -> bytes:
-    """The dead letter record: the original message, where it was, and why it was refused.
-
-    The original is kept as ``value`` (text) when it is UTF-8, else ``value_base64``;
-    beyond :data:`DLQ_MAX_VALUE_BYTES` it is truncated and ``value_truncated`` is set.
-    """
-    body = raw or b""
-    kept = body[:DLQ_MAX_VALUE_BYTES]
-    record: dict[str, Any] = {
-        "schema": DLQ_SCHEMA,
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "key": _text_or_none(key),
-        "kind": rejection.kind.value,
-        "reason": rejection.reason,
-        "alert_id": rejection.alert_id,
-        "received_at": format_time(received_at),
-        "value_bytes": len(body),
-        "value_truncated": len(kept) < len(body),
-    }
-    try:
-        record["value"] = kept.decode("utf-8")
-    except UnicodeDecodeError:
-        record["value_base64"] = base64.b64encode(kept).decode("ascii")
-    return _dumps(record)
+    """The bytes of the dead letter of a refused record (see :class:`DeadLetter`)."""
+    letter = DeadLetter.of(
+        raw,
+        position=Position(topic, partition, offset),
+        key=key,
+        rejection=rejection,
+        received_at=received_at,
+    )
+    return _dumps(letter.to_json())
 
 
 def _text_or_none(key: bytes | None) -> str | None:

@@ -27,22 +27,23 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from killswitch.alerts import ALERT_SCHEMA, Timestamp, format_time, load_json_object
+from killswitch.alerts import ALERT_SCHEMA, Alert, AlertScopeModel, Timestamp, load_json_object
 from killswitch.config import DeadmanSource, KafkaSettings
 from killswitch.core.deadman import DeadmanMonitor, Firing, HeartbeatVerdict
 from killswitch.core.ports import AlertObserver, NullAlertObserver
+from killswitch.core.times import format_time
 from killswitch.intake.kafka import all_partitions, make_reader, stop_consumer
 from killswitch.intake.outputs import Publisher
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SCHEMA = "killswitch.heartbeat/v1"
+HEARTBEAT_SCHEMA: Final = "killswitch.heartbeat/v1"
 DEADMAN_SOURCE = "deadman"
 _MAX_HEARTBEAT_BYTES = 64 * 1024
 _POLL_MS = 100
@@ -56,6 +57,10 @@ class Heartbeat(BaseModel):
     schema_: Literal["killswitch.heartbeat/v1"] = Field(alias="schema")
     source: str = Field(min_length=1, max_length=128)
     sent_at: Timestamp | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The message as written (``sent_at`` as :func:`format_time` writes it)."""
+        return {"schema": self.schema_, "source": self.source, "sent_at": format_time(self.sent_at)}
 
 
 def parse_heartbeat(raw: bytes | None) -> Heartbeat | str:
@@ -71,8 +76,8 @@ def parse_heartbeat(raw: bytes | None) -> Heartbeat | str:
 
 def encode_heartbeat(source: str, sent_at: datetime) -> bytes:
     """The heartbeat bytes a trading system sends (helper for tools and tests)."""
-    body = {"schema": HEARTBEAT_SCHEMA, "source": source, "sent_at": format_time(sent_at)}
-    return json.dumps(body, separators=(",", ":")).encode()
+    beat = Heartbeat.model_construct(schema_=HEARTBEAT_SCHEMA, source=source, sent_at=sent_at)
+    return json.dumps(beat.to_json(), separators=(",", ":")).encode()
 
 
 def deadman_alert_id(source: str, firing: Firing, started_ms: int) -> str:
@@ -90,38 +95,37 @@ def deadman_alerts(
     alert_id: str,
     now: datetime,
 ) -> list[tuple[str, dict[str, Any]]]:
-    """One ``killswitch.alert/v1`` per account of the source's scope, as (account, alert)."""
+    """One ``killswitch.alert/v1`` per account of the source's scope, as (account, the
+    message as written by :meth:`Alert.to_json`)."""
     scope = config.scope
     targets = list(accounts) if scope.accounts == "*" else list(scope.accounts)
     reason = (
         f"dead-man: no heartbeat from {config.source!r} for {firing.silent_s:.1f}s "
         f"(timeout {firing.timeout_s:g}s)"
     )
-    out = []
-    for account in targets:
-        alert_scope: dict[str, Any] = {"accounts": [account]}
-        if scope.symbols is not None:
-            alert_scope["symbols"] = list(scope.symbols)
-        if scope.sides is not None:
-            alert_scope["sides"] = list(scope.sides)
-        out.append(
-            (
-                account,
-                {
-                    "schema": ALERT_SCHEMA,
-                    "alert_id": alert_id,
-                    "action": "kill",
-                    "source": DEADMAN_SOURCE,
-                    "reason": reason,
-                    "scope": alert_scope,
-                    "latch": config.latch,
-                    "dry_run": False,
-                    "created_at": format_time(now),
-                    "expires_at": None,
-                },
-            )
+    return [
+        (
+            account,
+            Alert.model_construct(
+                schema_=ALERT_SCHEMA,
+                alert_id=alert_id,
+                action="kill",
+                source=DEADMAN_SOURCE,
+                reason=reason,
+                scope=AlertScopeModel.model_construct(
+                    accounts=[account],
+                    symbols=list(scope.symbols) if scope.symbols is not None else None,
+                    sides=list(scope.sides) if scope.sides is not None else None,
+                    order_ids=[],
+                ),
+                latch=config.latch,
+                dry_run=False,
+                created_at=now,
+                expires_at=None,
+            ).to_json(),
         )
-    return out
+        for account in targets
+    ]
 
 
 class DeadmanWatcher:

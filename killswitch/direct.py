@@ -31,7 +31,7 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from killswitch.alerts import Alert, kill_requests, result_to_json
+from killswitch.alerts import Alert, DeadLetter, RejectKind, kill_requests, result_to_json
 from killswitch.config import ConfigError, KafkaSettings, Settings, TopicSettings
 from killswitch.core.model import HaltState, KillRequest, SweepResult
 from killswitch.core.pairs import PairList, PairVerdict, check_pairs
@@ -146,9 +146,8 @@ async def _kill(
     verdict = await _check_pairs(alert, clients)
     if verdict.refusal is not None:
         run.refusal = verdict.refusal
-        run.board.apply_dead_letter(
-            {"alert_id": alert.alert_id, "kind": "invalid", "reason": verdict.refusal}
-        )
+        letter = DeadLetter(RejectKind.INVALID.value, verdict.refusal, alert.alert_id)
+        run.board.apply_dead_letter(letter.to_json())
         return
     run.results = await _sweep(
         settings,

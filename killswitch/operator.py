@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -55,8 +55,9 @@ from cryptography.hazmat.primitives.serialization import (
 from killswitch.alerts import (
     ALERT_SCHEMA,
     Alert,
+    AlertScopeModel,
+    OperatorModel,
     Rejection,
-    format_time,
     load_json_object,
     parse_alert,
 )
@@ -294,11 +295,11 @@ class Prepared:
     key: bytes
     alert_id: str
     accounts: list[str]  # the accounts whose results to wait for
-    alert: Alert | None = None  # as the daemon reads it
+    alert: Alert  # the message as the daemon reads it
 
     @property
     def signed(self) -> bool:
-        return "signature" in self.message
+        return self.alert.signature is not None
 
 
 def new_alert_id(action: str, now: datetime, token: str | None = None) -> str:
@@ -358,30 +359,30 @@ def operator_name(given: str | None, environ: dict[str, str] | None = None) -> s
 
 
 def alert_message(request: TriggerRequest, *, alert_id: str, now: datetime) -> dict[str, Any]:
-    """The ``killswitch.alert/v1`` object for a request (unsigned, not yet validated)."""
-    scope: dict[str, Any] = {"accounts": "*" if request.accounts == "*" else list(request.accounts)}
-    if request.symbols:
-        scope["symbols"] = list(request.symbols)
-    if request.sides:
-        scope["sides"] = list(request.sides)
-    if request.order_ids:
-        scope["order_ids"] = list(request.order_ids)
-    message: dict[str, Any] = {
-        "schema": ALERT_SCHEMA,
-        "alert_id": alert_id,
-        "action": request.action,
-        "source": "operator-cli",
-        "reason": request.reason,
-        "scope": scope,
-        "latch": request.latch,
-        "dry_run": request.dry_run,
-        "created_at": format_time(now),
-        "expires_at": None,
-        "operator": {"name": request.operator},
-    }
-    if request.deadline_s is not None:
-        message["deadline_s"] = request.deadline_s
-    return message
+    """The ``killswitch.alert/v1`` object for a request (unsigned, not yet validated:
+    :func:`prepare_trigger` validates it as the daemon will, to refuse it with the
+    daemon's own reason)."""
+    scope = AlertScopeModel.model_construct(
+        accounts="*" if request.accounts == "*" else list(request.accounts),
+        symbols=list(request.symbols) or None,
+        sides=cast("list[Literal['BUY', 'SELL']]", list(request.sides)) or None,
+        order_ids=list(request.order_ids),
+    )
+    alert = Alert.model_construct(
+        schema_=ALERT_SCHEMA,
+        alert_id=alert_id,
+        action=request.action,
+        source="operator-cli",
+        reason=request.reason,
+        scope=scope,
+        latch=request.latch,
+        dry_run=request.dry_run,
+        created_at=now,
+        expires_at=None,
+        deadline_s=request.deadline_s,
+        operator=OperatorModel.model_construct(name=request.operator),
+    )
+    return alert.to_json()
 
 
 def message_key(accounts: Sequence[str] | Literal["*"]) -> bytes:
@@ -568,12 +569,11 @@ async def run_trigger(
     on_published: Callable[[], None] | None = None,
 ) -> TriggerRun:
     """Publish ``prepared`` to the manual topic and follow its results to the end."""
-    action = prepared.message["action"]
     board = Board(
         prepared.alert_id,
         prepared.accounts,
-        action=action,
-        dry_run=bool(prepared.message.get("dry_run")),
+        action=prepared.alert.action,
+        dry_run=prepared.alert.dry_run,
     )
     run = TriggerRun(prepared, board)
     topics = settings.kafka.topics
@@ -629,18 +629,26 @@ async def _publish(settings: Settings, topic: str, prepared: Prepared) -> None:
 
 
 def _announce(out: TextIO, prepared: Prepared, topic: str) -> None:
-    m = prepared.message
-    flags = [f"latch {'on' if m.get('latch') else 'off'}"]
-    if m.get("dry_run"):
-        flags.append("DRY RUN")
-    if "deadline_s" in m:
-        flags.append(f"deadline {m['deadline_s']:g}s")
-    flags.append("signed" if prepared.signed else "unsigned")
+    flags = [*_flags(prepared.alert), "signed" if prepared.signed else "unsigned"]
     out.write(
-        f"{m['action']} {prepared.alert_id} published to {topic} by {m['operator']['name']} "
-        f"for {', '.join(prepared.accounts)} ({', '.join(flags)})\n"
+        f"{prepared.alert.action} {prepared.alert_id} published to {topic} by "
+        f"{_operator(prepared.alert)} for {', '.join(prepared.accounts)} ({', '.join(flags)})\n"
     )
     out.flush()
+
+
+def _flags(alert: Alert) -> list[str]:
+    """``latch on``, ``DRY RUN``, ``deadline 5s``: how the trigger is announced."""
+    flags = [f"latch {'on' if alert.latch else 'off'}"]
+    if alert.dry_run:
+        flags.append("DRY RUN")
+    if alert.deadline_s is not None:
+        flags.append(f"deadline {alert.deadline_s:g}s")
+    return flags
+
+
+def _operator(alert: Alert) -> str:
+    return alert.operator.name if alert.operator is not None else "?"
 
 
 async def _follow(
@@ -760,7 +768,6 @@ def _direct_command(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"killswitch: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    assert prepared.alert is not None
     audit = Path(args.audit_file) if args.audit_file else settings.direct.audit_path()
     _announce_direct(sys.stdout, prepared)
     try:
@@ -820,15 +827,9 @@ def _kafka_client_quiet() -> Iterator[None]:
 
 
 def _announce_direct(out: TextIO, prepared: Prepared) -> None:
-    m = prepared.message
-    flags = [f"latch {'on' if m.get('latch') else 'off'}"]
-    if m.get("dry_run"):
-        flags.append("DRY RUN")
-    if "deadline_s" in m:
-        flags.append(f"deadline {m['deadline_s']:g}s")
     out.write(
-        f"kill {prepared.alert_id} DIRECT to the exchange by {m['operator']['name']} "
-        f"for {', '.join(prepared.accounts)} ({', '.join(flags)})\n"
+        f"kill {prepared.alert_id} DIRECT to the exchange by {_operator(prepared.alert)} "
+        f"for {', '.join(prepared.accounts)} ({', '.join(_flags(prepared.alert))})\n"
     )
     out.flush()
 

@@ -17,8 +17,16 @@ from typing import Any, Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from killswitch.alerts import format_time, scope_to_json
+from killswitch.alerts import (
+    ResultOrder,
+    ResultRecord,
+    read_dead_letter,
+    read_result,
+    scope_to_json,
+    state_to_json,
+)
 from killswitch.core.model import HaltState
+from killswitch.core.times import format_time
 
 __all__ = [
     "EXIT_NOT_DONE",
@@ -28,7 +36,6 @@ __all__ = [
     "Board",
     "Check",
     "GroupView",
-    "OrderRow",
     "bar",
     "check_lines",
     "dry_run_lines",
@@ -68,20 +75,6 @@ EXIT_NOT_FOUND = 3
 # ------------------------------------------------------------------- progress model
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
-
-
 @dataclass(frozen=True, slots=True)
 class AccountProgress:
     """Where one account stands for one alert, as the latest result record says."""
@@ -105,7 +98,7 @@ class AccountProgress:
     pairs_listed: int | None = None
     pairs_in_scope: int | None = None
     was_halted: bool | None = None  # releases: whether the account was halted
-    orders: tuple[OrderRow, ...] = ()  # the orders a final result lists
+    orders: tuple[ResultOrder, ...] = ()  # the orders a final result lists
     orders_omitted: int = 0  # orders the record left out of its list
     # Final results: pairs in scope never listed to the end (open orders there unknown).
     unlisted_pairs: tuple[str, ...] = ()
@@ -144,77 +137,35 @@ class AccountProgress:
     @classmethod
     def from_result(cls, record: Mapping[str, Any]) -> AccountProgress | None:
         """Read a result record leniently (a newer daemon may add fields); None if unusable."""
-        account, status = record.get("account"), record.get("status")
-        if not isinstance(account, str) or not isinstance(status, str):
-            return None
-        counts = record.get("counts")
-        c: Mapping[str, Any] = counts if isinstance(counts, Mapping) else {}
-        pending = record.get("pending")
-        received, finished = _time(record.get("received_at")), _time(record.get("finished_at"))
-        reason = record.get("reason")
+        read = read_result(record)
+        return cls.from_record(read) if read is not None else None
+
+    @classmethod
+    def from_record(cls, r: ResultRecord) -> AccountProgress:
+        """Where a result record says the account stands."""
+        received, finished = r.received_at, r.finished_at
         return cls(
-            account=account,
-            status=status,
-            final=record.get("final") is True,
-            sent=_int(c.get("sent")),
-            already_closed=_int(c.get("already_closed")),
-            rejected=_int(c.get("rejected")),
-            failed=_int(c.get("failed")),
-            skipped=_int(c.get("skipped")),
-            residual_open=_int(record.get("residual_open")),
-            pending=_int(pending) if isinstance(pending, int) else None,
-            sweeps=_int(record.get("sweeps")),
-            reason=reason if isinstance(reason, str) and reason else None,
+            account=r.account,
+            status=r.status,
+            final=r.final,
+            sent=r.counts.sent,
+            already_closed=r.counts.already_closed,
+            rejected=r.counts.rejected,
+            failed=r.counts.failed,
+            skipped=r.counts.skipped,
+            residual_open=r.residual_open,
+            pending=r.pending,
+            sweeps=r.sweeps,
+            reason=r.reason,
             seconds=(finished - received).total_seconds() if received and finished else None,
-            not_found=_ids(record.get("not_found")),
-            pairs_listed=_optional_int(record.get("pairs_listed")),
-            pairs_in_scope=_optional_int(record.get("pairs_in_scope")),
-            was_halted=halted if isinstance(halted := record.get("was_halted"), bool) else None,
-            orders=_order_rows(record.get("orders")),
-            orders_omitted=_int(record.get("orders_omitted")),
-            unlisted_pairs=_names(record.get("unlisted_pairs")),
+            not_found=r.not_found,
+            pairs_listed=r.pairs_listed,
+            pairs_in_scope=r.pairs_in_scope,
+            was_halted=r.was_halted,
+            orders=r.orders,
+            orders_omitted=r.orders_omitted,
+            unlisted_pairs=r.unlisted_pairs,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class OrderRow:
-    """One order a result lists (what a dry run would cancel)."""
-
-    order_id: int
-    symbol: str
-    outcome: str
-
-
-def _optional_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _order_rows(value: Any) -> tuple[OrderRow, ...]:
-    """The readable entries of a result's ``orders`` list (anything else left out)."""
-    if not isinstance(value, list):
-        return ()
-    rows = []
-    for entry in value:
-        if not isinstance(entry, Mapping):
-            continue
-        oid, symbol, outcome = entry.get("order_id"), entry.get("symbol"), entry.get("outcome")
-        if isinstance(oid, int) and isinstance(symbol, str) and isinstance(outcome, str):
-            rows.append(OrderRow(oid, symbol, outcome))
-    return tuple(rows)
-
-
-def _names(value: Any) -> tuple[str, ...]:
-    """Strings from a record's list, anything else left out."""
-    if not isinstance(value, list):
-        return ()
-    return tuple(v for v in value if isinstance(v, str))
-
-
-def _ids(value: Any) -> tuple[int, ...]:
-    """Order ids from a record's list, anything else left out."""
-    if not isinstance(value, list):
-        return ()
-    return tuple(v for v in value if isinstance(v, int) and not isinstance(v, bool))
 
 
 @dataclass
@@ -259,10 +210,10 @@ class Board:
 
     def apply_dead_letter(self, record: Mapping[str, Any]) -> bool:
         """A dead letter for this alert: the daemon refused it; every account is done."""
-        if record.get("alert_id") != self.alert_id:
+        letter = read_dead_letter(record)
+        if letter.alert_id != self.alert_id:
             return False
-        kind, reason = record.get("kind"), record.get("reason")
-        why = f"{kind}: {reason}" if isinstance(kind, str) and isinstance(reason, str) else "?"
+        why = f"{letter.kind}: {letter.reason}" if letter.kind and letter.reason else "?"
         changed = False
         for account, row in self.rows.items():
             if not row.final:
@@ -596,19 +547,15 @@ def scope_text(scope: Mapping[str, Any]) -> str:
 
 
 def status_records(states: Iterable[HaltState]) -> list[dict[str, Any]]:
-    """Halt states as JSON records (``killswitch status --json``), sorted by account."""
-    return [
-        {
-            "account": s.account,
-            "halted": s.halted,
-            "alert_id": s.alert_id,
-            "since": format_time(s.since),
-            "scope": scope_to_json(s.scope),
-            "by": s.by or None,
-            "reason": s.reason or None,
-        }
-        for s in sorted(states, key=lambda s: s.account)
-    ]
+    """Halt states as JSON records (``killswitch status --json``), sorted by account:
+    the state record's fields but ``schema`` and ``daemon``, with ``by`` and ``reason``
+    null when unknown."""
+    records = []
+    for s in sorted(states, key=lambda s: s.account):
+        record = state_to_json(s)
+        del record["schema"]
+        records.append(record | {"by": s.by or None, "reason": s.reason or None})
+    return records
 
 
 def status_lines(states: Iterable[HaltState], now: datetime) -> list[str]:

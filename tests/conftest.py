@@ -1,27 +1,29 @@
-"""Shared fixtures: the Kafka the integration tests talk to.
+"""The suite's fixtures live in ``tests/support/fixtures.py`` (helpers in ``tests/support``);
+test modules import helpers from there, never from a conftest or another test module.
 
-By default a session-wide embedded broker (Tansu) on a free loopback port, stopped
-at the end of the session whatever happens. With KILLSWITCH_TEST_BOOTSTRAP set,
-the tests use that Kafka instead and start nothing.
+The hooks here print the reliability figures at the end of the run, adding up the
+counts of pytest-xdist workers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
-from killswitch.embedded import BrokerUnavailable, EmbeddedBroker
-from tests.reliability.figures import FIGURES
+from tests.support.figures import FIGURES
 
-BOOTSTRAP_ENV = "KILLSWITCH_TEST_BOOTSTRAP"
+pytest_plugins = ["tests.support.fixtures"]
+
 FIGURES_ENV = "KILLSWITCH_RELIABILITY_FIGURES"
+
+# Hypothesis's deadline and "too slow" health check time each example: on a shared
+# machine running several test workers that fails tests for the load, not the code.
+settings.register_profile("killswitch", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("killswitch")
 _WORKER_FIGURES = "reliability_figures"
 
 
@@ -50,58 +52,3 @@ def pytest_terminal_summary(
     target = os.environ.get(FIGURES_ENV)
     if target:
         Path(target).write_text(json.dumps(dict(sorted(FIGURES.items())), indent=2) + "\n")
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap address of the Kafka under test."""
-    external = os.environ.get(BOOTSTRAP_ENV)
-    if external:
-        yield external
-        return
-    try:
-        broker = EmbeddedBroker().start()
-    except BrokerUnavailable as exc:
-        pytest.fail(f"embedded broker unavailable: {exc}")
-    try:
-        yield broker.bootstrap
-    finally:
-        broker.stop()
-
-
-async def create_topics(
-    bootstrap: str, names: list[str], partitions: int = 1, **client_options: object
-) -> None:
-    """Create topics (idempotent) with aiokafka's admin client."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
-    await admin.start()
-    try:
-        for name in names:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [NewTopic(name=name, num_partitions=partitions, replication_factor=1)]
-                )
-    finally:
-        await admin.close()
-
-
-@pytest.fixture
-def unique_name() -> Callable[[str], str]:
-    """Per-test unique names, so tests sharing one broker never see each other's data."""
-    tag = uuid.uuid4().hex[:8]
-    return lambda base: f"{base}.{tag}"
-
-
-async def wait_for(
-    condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01
-) -> None:
-    """Wait until ``condition()`` holds, failing the test after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)

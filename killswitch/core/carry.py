@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from killswitch.core.ledger import merge_outcome
@@ -51,6 +50,7 @@ from killswitch.core.model import (
     SweepStatus,
 )
 from killswitch.core.outcomes import Outcome, RejectReason
+from killswitch.core.times import parse_time
 
 # Most order entries one result record lists. A kill of 100,000 orders must still fit
 # in one Kafka record (1 MB by default): the counts stay complete, the list is cut and
@@ -233,8 +233,8 @@ def carried_from_json(data: Mapping[str, Any]) -> CarriedOutcomes | None:
         orders=orders,
         in_flight=_decode_in_flight(data.get("in_flight"), orders),
         sweeps=_count(data.get("sweeps")) or 0,
-        received_at=_parse_time(data.get("received_at")),
-        first_cancel_at=_parse_time(data.get("first_cancel_at")),
+        received_at=parse_time(data.get("received_at")),
+        first_cancel_at=parse_time(data.get("first_cancel_at")),
     )
 
 
@@ -294,16 +294,6 @@ def _decode_report(entry: Any) -> OrderReport | None:
 
 _OUTCOMES = frozenset(o.value for o in Outcome)
 _REASONS = frozenset(r.value for r in RejectReason)
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 Key = tuple[str, str]

@@ -21,8 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-Position = tuple[str, int, int]
-"""(topic, partition, offset) of an input record."""
+from killswitch.core.model import Position
 
 
 class Seen(StrEnum):

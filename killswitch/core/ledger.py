@@ -93,17 +93,6 @@ def settle_absent(outcome: Outcome | None, attempts: int) -> Outcome | None:
     return None
 
 
-def covers(scope: Scope, order_id: int, record: OrderRecord) -> bool:
-    """Scope test for a record; an unknown side is covered only by a scope of both sides."""
-    if record.side is None:
-        return (
-            scope.sides is None
-            and (scope.symbols is None or record.symbol in scope.symbols)
-            and (scope.order_ids is None or order_id in scope.order_ids)
-        )
-    return scope.covers(record.symbol, record.side, order_id)
-
-
 class Ledger:
     """Accounting for one sweep of one account (see the module docstring for the rules)."""
 
@@ -322,7 +311,7 @@ class Ledger:
     def items(self, scope: Scope | None = None) -> Iterator[tuple[int, OrderRecord]]:
         """Records in resolution order, optionally only those ``scope`` covers."""
         for order_id, record in self._orders.items():
-            if scope is None or covers(scope, order_id, record):
+            if scope is None or scope.covers(record.symbol, record.side, order_id):
                 yield order_id, record
 
     def counts(self, scope: Scope | None = None) -> Counts:
@@ -352,12 +341,12 @@ class Ledger:
 
     def in_flight_orders(self, scope: Scope | None = None) -> list[InFlight]:
         """Orders with a cancel sent and no outcome yet, in ascending id order."""
-        orders = self._orders
-        return [
-            InFlight(oid, orders[oid].symbol)
-            for oid in sorted(self._in_flight)
-            if orders[oid].outcome is None and (scope is None or covers(scope, oid, orders[oid]))
-        ]
+        out = []
+        for oid in sorted(self._in_flight):
+            r = self._orders[oid]
+            if r.outcome is None and (scope is None or scope.covers(r.symbol, r.side, oid)):
+                out.append(InFlight(oid, r.symbol))
+        return out
 
     def residual(self, scope: Scope | None = None) -> int:
         """Orders in scope the latest complete listing of their pair returned open and no
@@ -367,6 +356,9 @@ class Ledger:
             ids |= listed
         if scope is None:
             return len(ids)
+        orders = self._orders
         return sum(
-            1 for oid in ids if oid in self._orders and covers(scope, oid, self._orders[oid])
+            1
+            for oid in ids
+            if (r := orders.get(oid)) is not None and scope.covers(r.symbol, r.side, oid)
         )

@@ -33,6 +33,13 @@ class Scope:
     sides: frozenset[Side] | None = None
     order_ids: frozenset[int] | None = None  # non-empty narrows to these orders
 
+    def __post_init__(self) -> None:
+        # Empty ``order_ids`` means "no narrowing" (the alert contract), never "nothing":
+        # an empty set would match no order, and would absorb a wider scope when
+        # widened. Normalised here, where every scope is made, and nowhere else.
+        if self.order_ids is not None and not self.order_ids:
+            object.__setattr__(self, "order_ids", None)
+
     def widen(self, other: Scope) -> Scope:
         """The union of two scopes (coalescing a second kill into a running sweep)."""
         return Scope(
@@ -41,18 +48,38 @@ class Scope:
             order_ids=_union(self.order_ids, other.order_ids),
         )
 
-    def covers(self, symbol: str, side: Side, order_id: int) -> bool:
+    def covers(self, symbol: str, side: Side | None, order_id: int) -> bool:
+        """Whether an order is in this scope: the one scope test of the kill switch.
+
+        ``side`` None (an order known only by id and pair) is covered only by a scope
+        of both sides: a one-sided kill must not claim an order it cannot place.
+        """
         return (
             (self.symbols is None or symbol in self.symbols)
-            and (self.sides is None or side in self.sides)
+            and (self.sides is None or (side is not None and side in self.sides))
             and (self.order_ids is None or order_id in self.order_ids)
         )
+
+    def covers_pair(self, symbol: str) -> bool:
+        """Whether any order on ``symbol`` may be in this scope (a request for a whole
+        pair, before its orders are known)."""
+        return self.symbols is None or symbol in self.symbols
 
 
 def _union(a: frozenset[_T] | None, b: frozenset[_T] | None) -> frozenset[_T] | None:
     if a is None or b is None:
         return None
     return a | b
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where an input record was read: the dedup window's key to a replay, and the
+    ``origin`` of its results."""
+
+    topic: str
+    partition: int
+    offset: int
 
 
 @dataclass(frozen=True, slots=True)

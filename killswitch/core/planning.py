@@ -30,17 +30,6 @@ ENDPOINT_REFUSED_STATUSES = frozenset({404, 405})
 # --------------------------------------------------------------------------- scope
 
 
-def normalise_scope(scope: Scope) -> Scope:
-    """Empty ``order_ids`` means "no narrowing" (the alert contract), never "nothing".
-
-    ``Scope.covers`` and ``Scope.widen`` treat ``None`` as "all"; an empty set would
-    match no order and would absorb a wider scope when widened, so it becomes ``None``.
-    """
-    if scope.order_ids is not None and not scope.order_ids:
-        return Scope(symbols=scope.symbols, sides=scope.sides, order_ids=None)
-    return scope
-
-
 def symbols_to_list(scope: Scope, exchange_symbols: Iterable[str] | None) -> list[str]:
     """The pairs a sweep lists: the scope's own, else every pair the exchange trades.
 

@@ -63,7 +63,7 @@ from killswitch.core.model import (
     no_sweep_result,
     requested_by,
 )
-from killswitch.core.planning import normalise_scope, symbols_to_list
+from killswitch.core.planning import symbols_to_list
 from killswitch.core.ports import (
     CurrentRate,
     EngineConfig,
@@ -228,7 +228,7 @@ class Engine:
         await self._stop_guard(request.account)
         if state is not None:
             self._observer.halted(request.account, False)
-        scope = state.scope if state is not None else normalise_scope(request.scope)
+        scope = state.scope if state is not None else request.scope
         await self._emit(
             HaltState(
                 request.account,
@@ -295,7 +295,7 @@ class Engine:
                 if guard is not None:
                     guard.stop.set()
             return
-        self._halts[account] = replace(state, scope=normalise_scope(state.scope))
+        self._halts[account] = state
         self._observer.halted(account, True)
         self._deferred_guards.add(account)
         self._start_deferred_guards()

@@ -61,7 +61,7 @@ from killswitch.core.errors import (
     NotFound,
     Redirected,
 )
-from killswitch.core.ledger import Ledger, covers
+from killswitch.core.ledger import Ledger
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order
 from killswitch.core.outcomes import Outcome, RejectReason
@@ -80,7 +80,6 @@ from killswitch.core.planning import (
     final_status,
     in_scope,
     next_step,
-    normalise_scope,
     pause_before_next_pass,
     priority_key,
     symbols_to_list,
@@ -192,7 +191,7 @@ class Sweep:
         self.observer: Observer = observer or NullObserver()
         self.clock = clock
         self.name = name or f"sweep-{self.account}"
-        self.scope: Scope | None = normalise_scope(scope) if scope is not None else None
+        self.scope: Scope | None = scope
         self.deadline = deadline if deadline is not None else -1.0
         self.tickets: list[Ticket] = []
         # Endpoints the account's exchange does not serve (shared with its later sweeps).
@@ -232,7 +231,7 @@ class Sweep:
         now = loop.time()
         age = max(0.0, (self.clock() - request.received_at).total_seconds())
         received = now - age
-        scope = normalise_scope(request.scope)
+        scope = request.scope
         self.gen += 1
         ticket = Ticket(
             request=request,
@@ -899,9 +898,9 @@ class Sweep:
                 continue
             scope = ticket.scope
             hit = (
-                covers(scope, order_id, record)
+                scope.covers(record.symbol, record.side, order_id)
                 if record is not None and order_id is not None
-                else scope.symbols is None or symbol in scope.symbols
+                else scope.covers_pair(symbol)
             )
             if hit:
                 ticket.first_cancel_at = now
@@ -1109,7 +1108,8 @@ class Sweep:
             return False
         ledger = self.ledger
         return not any(
-            oid in ledger and covers(ticket.scope, oid, ledger.record(oid)) for oid in verified[1]
+            oid in ledger and ticket.scope.covers((r := ledger.record(oid)).symbol, r.side, oid)
+            for oid in verified[1]
         )
 
     def _unlisted(self, wanted: frozenset[str] | None) -> list[str]:

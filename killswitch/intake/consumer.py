@@ -665,8 +665,7 @@ class Intake:
         forwards: list[tuple[str, bytes]] = []
         if alert.action == "kill" and not is_forward(value):
             requests, forwards = self._route(requests, channel, value)
-        position = (origin.topic, origin.partition, origin.offset)
-        decision = self._dedup.decide(alert.alert_id, [r.account for r in requests], position)
+        decision = self._dedup.decide(alert.alert_id, [r.account for r in requests], origin)
         signing = self._verifier is not None and self._verifier.required
         if decision.reused and channel == "manual" and signing:
             refusal = Rejection(
@@ -690,7 +689,7 @@ class Intake:
         steps: list[_Step] = []
         for request, verdict in zip(requests, decision.accounts, strict=True):
             if verdict.seen is Seen.NEW:
-                self._dedup.start(alert.alert_id, request.account, position)
+                self._dedup.start(alert.alert_id, request.account, origin)
                 future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
                 self._in_flight[(alert.alert_id, request.account)] = future
                 self._sweeping[(alert.alert_id, request.account)] = TopicPartition(
@@ -784,8 +783,7 @@ class Intake:
                 result = dataclasses.replace(result, final=True)
             await self._publish_final(result, origin)
             status = result.status.value
-            position = (origin.topic, origin.partition, origin.offset)
-            self._dedup.finish(request.alert_id, request.account, status, position)
+            self._dedup.finish(request.alert_id, request.account, status, origin)
         finally:
             if status is None:
                 self._dedup.forget_in_flight(request.alert_id, request.account)

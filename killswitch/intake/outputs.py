@@ -7,9 +7,9 @@ import logging
 
 from aiokafka import AIOKafkaProducer
 
-from killswitch.alerts import Origin, encode_result, encode_state
+from killswitch.alerts import encode_result, encode_state
 from killswitch.config import TopicSettings
-from killswitch.core.model import HaltState, SweepResult
+from killswitch.core.model import HaltState, Position, SweepResult
 from killswitch.core.ports import ResultSink
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Publisher:
         return self._topics
 
     async def result(
-        self, result: SweepResult, origin: Origin | None = None, *, wait: bool = True
+        self, result: SweepResult, origin: Position | None = None, *, wait: bool = True
     ) -> None:
         """Publish one result (key = account)."""
         future = await self._send(
@@ -50,7 +50,7 @@ class Publisher:
         self._background.add(future)
         future.add_done_callback(self._sent)
 
-    def progress_sink(self, origin: Origin | None) -> ResultSink:
+    def progress_sink(self, origin: Position | None) -> ResultSink:
         """The sink the engine calls with progress results of one alert."""
 
         async def sink(result: SweepResult) -> None:

@@ -245,10 +245,5 @@ class ResultsIndex:
             self.carry.final(summary.alert_id, summary.account)
             if summary.status == "running":
                 continue
-            origin = (
-                (summary.origin.topic, summary.origin.partition, summary.origin.offset)
-                if summary.origin is not None
-                else None
-            )
-            self._dedup.learn(summary.alert_id, summary.account, summary.status, origin)
+            self._dedup.learn(summary.alert_id, summary.account, summary.status, summary.origin)
             self.learned += 1

@@ -28,14 +28,16 @@ from killswitch.operator import (
     run_trigger,
 )
 from killswitch.render import EXIT_NOT_FOUND, dry_run_lines
-from tests.conftest import wait_for
-from tests.integration.daemon_harness import (
+from tests.support.daemon import account_config, write_config
+from tests.support.exchange import exchange
+from tests.support.inprocess import (
+    ACCOUNTS,
+    SYMBOLS,
     daemon_in_process,
     daemon_settings,
-    exchange,
     prepare_topics,
 )
-from tests.support.daemon import account_config, write_config
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -56,8 +58,8 @@ async def test_the_audit_trail_of_a_latched_kill_and_its_release(
     kafka_bootstrap: str, unique_name: Unique, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="killswitch.intake.consumer")
-    async with exchange() as ex:
-        seeded = ex.seed("mm-1", 5)
+    async with exchange(ACCOUNTS, seed=7) as ex:
+        seeded = ex.seed("mm-1", SYMBOLS, 5)
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)
         await prepare_topics(settings)
         # No daemon in the group yet: check says nobody consumes alerts.
@@ -112,9 +114,9 @@ async def test_the_audit_trail_of_a_latched_kill_and_its_release(
 async def test_results_follow_an_alert_published_without_following(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
-    async with exchange() as ex:
-        ex.seed("mm-1", 20)
-        ex.seed("mm-2", 20)
+    async with exchange(ACCOUNTS, seed=7) as ex:
+        ex.seed("mm-1", SYMBOLS, 20)
+        ex.seed("mm-2", SYMBOLS, 20)
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)
         await prepare_topics(settings)
         async with daemon_in_process(settings):
@@ -138,8 +140,8 @@ async def test_results_follow_an_alert_published_without_following(
 async def test_a_dry_run_through_the_daemon_lists_the_orders_it_would_cancel(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
-    async with exchange() as ex:
-        seeded = ex.seed("mm-1", 15)
+    async with exchange(ACCOUNTS, seed=7) as ex:
+        seeded = ex.seed("mm-1", SYMBOLS, 15)
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)
         await prepare_topics(settings)
         async with daemon_in_process(settings):
@@ -157,8 +159,8 @@ async def test_a_dry_run_through_the_daemon_lists_the_orders_it_would_cancel(
 async def test_a_direct_kill_while_the_daemon_sweeps_the_same_account_keeps_counts_honest(
     kafka_bootstrap: str, unique_name: Unique, tmp_path: Path
 ) -> None:
-    async with exchange() as ex:
-        seeded = ex.seed("mm-1", 300)
+    async with exchange(ACCOUNTS, seed=7) as ex:
+        seeded = ex.seed("mm-1", SYMBOLS, 300)
         # Slow enough for the direct kill to start while the daemon is still cancelling.
         slow = {"rate_limit_per_second": 100.0, "burst": 5}
         settings = daemon_settings(kafka_bootstrap, unique_name, ex, account_mm_1=slow)
@@ -206,8 +208,8 @@ async def test_a_direct_kill_while_the_daemon_sweeps_the_same_account_keeps_coun
 async def test_a_direct_latch_is_guarded_by_the_running_daemon(
     kafka_bootstrap: str, unique_name: Unique, tmp_path: Path
 ) -> None:
-    async with exchange() as ex:
-        ex.seed("mm-1", 5)
+    async with exchange(ACCOUNTS, seed=7) as ex:
+        ex.seed("mm-1", SYMBOLS, 5)
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)
         await prepare_topics(settings)
         accounts = [

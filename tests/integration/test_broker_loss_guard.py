@@ -24,7 +24,7 @@ from killswitch.exchange.simulator.core import Simulator
 from killswitch.exchange.simulator.server import SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.intake.broker_loss import BrokerLossGuard
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

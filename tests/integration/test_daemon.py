@@ -28,38 +28,39 @@ from killswitch.embedded import free_port
 from killswitch.exchange.simulator.faults import EndpointFaults
 from killswitch.intake.ownership import account_partition
 from killswitch.triggers import sign_trigger
-from tests.conftest import wait_for
-from tests.integration.daemon_harness import (
+from tests.support.daemon import wait_http
+from tests.support.exchange import Exchange, exchange
+from tests.support.inprocess import (
+    ACCOUNTS,
     SYMBOLS,
-    DaemonProcess,
-    Exchange,
+    EnvDaemonProcess,
     daemon_in_process,
     daemon_settings,
-    exchange,
     prepare_topics,
 )
-from tests.integration.intake_harness import TopicReader, alert_message, committed, produce
-from tests.support.daemon import wait_http
+from tests.support.intake import alert_message
+from tests.support.topics import TopicCollector, committed, produce
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 Unique = Callable[[str], str]
 
 
-def halted_records(states: TopicReader, account: str) -> list[bool]:
-    return [r["halted"] for r in states.records if r.get("account") == account]
+def halted_records(states: TopicCollector, account: str) -> list[bool]:
+    return [r["halted"] for r in states.json() if r.get("account") == account]
 
 
 async def test_kill_with_latch_then_release(kafka_bootstrap: str, unique_name: Unique) -> None:
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)
         await prepare_topics(settings)
         topics = settings.kafka.topics
-        ex.seed("mm-1", 40)
-        untouched = ex.seed("mm-2", 5)
+        ex.seed("mm-1", SYMBOLS, 40)
+        untouched = ex.seed("mm-2", SYMBOLS, 5)
         async with (
-            TopicReader(kafka_bootstrap, topics.results) as results,
-            TopicReader(kafka_bootstrap, topics.state) as states,
+            TopicCollector(kafka_bootstrap, topics.results) as results,
+            TopicCollector(kafka_bootstrap, topics.state) as states,
             daemon_in_process(settings) as run,
         ):
             await produce(settings, [alert_message("kill-1", ["mm-1"], latch=True)])
@@ -72,7 +73,7 @@ async def test_kill_with_latch_then_release(kafka_bootstrap: str, unique_name: U
             assert ex.open_ids("mm-2") == untouched
             assert halted_records(states, "mm-1")[:1] == [True]
             # Latched: orders that appear later are cancelled by the guard.
-            ex.seed("mm-1", 3)
+            ex.seed("mm-1", SYMBOLS, 3)
             await wait_for(lambda: ex.open_ids("mm-1") == set(), timeout=10)
             await produce(settings, [alert_message("rel-1", ["mm-1"], action="release")])
             await wait_for(lambda: len(results.finals("rel-1")) == 1)
@@ -80,7 +81,12 @@ async def test_kill_with_latch_then_release(kafka_bootstrap: str, unique_name: U
             await wait_for(lambda: halted_records(states, "mm-1")[-1:] == [False])
             assert "mm-1" not in run.daemon.engine.halted()
             await wait_for(lambda: run.daemon.intake.committed_total >= 2)
-        assert await committed(settings, topics.alerts) == 2
+        assert (
+            await committed(
+                settings.kafka.bootstrap_servers, settings.kafka.group_id, topics.alerts
+            )
+            == 2
+        )
 
 
 async def test_default_strategy_kills_a_whole_account_with_one_cancel_all_per_pair(
@@ -88,13 +94,13 @@ async def test_default_strategy_kills_a_whole_account_with_one_cancel_all_per_pa
 ) -> None:
     default = EngineSettings().strategy
     assert default == "auto"
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(kafka_bootstrap, unique_name, ex, engine={"strategy": default})
         await prepare_topics(settings)
-        seeded = ex.seed("mm-1", 150)  # more than a page (100) per pair
-        untouched = ex.seed("mm-2", 5)
+        seeded = ex.seed("mm-1", SYMBOLS, 150)  # more than a page (100) per pair
+        untouched = ex.seed("mm-2", SYMBOLS, 5)
         async with (
-            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
             daemon_in_process(settings),
         ):
             await produce(settings, [alert_message("auto-1", ["mm-1"])])
@@ -120,18 +126,19 @@ async def test_default_strategy_kills_a_whole_account_with_one_cancel_all_per_pa
 
 
 async def test_duplicate_delivery_sweeps_once(kafka_bootstrap: str, unique_name: Unique) -> None:
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)
         await prepare_topics(settings)
-        ex.seed("mm-2", 10)
+        ex.seed("mm-2", SYMBOLS, 10)
         message = alert_message("dup-1", ["mm-2"])
         async with (
-            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
             daemon_in_process(settings),
         ):
             await produce(settings, [message, message], key="mm-2")
             await wait_for(lambda: len(results.finals("dup-1")) == 2, timeout=20)
-            assert sorted(r["status"] for r in results.finals("dup-1")) == ["duplicate", "flat"]
+            finals = (await results.to_end()).finals("dup-1")
+            assert sorted(r["status"] for r in finals) == ["duplicate", "flat"]
             cancels = Counter(ex.cancels("mm-2"))
             assert len(cancels) == 20
             assert max(cancels.values()) == 1  # no order was cancelled twice
@@ -140,7 +147,7 @@ async def test_duplicate_delivery_sweeps_once(kafka_bootstrap: str, unique_name:
 async def test_bad_input_goes_to_the_dlq(kafka_bootstrap: str, unique_name: Unique) -> None:
     key = Ed25519PrivateKey.generate()
     public = base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(
             kafka_bootstrap,
             unique_name,
@@ -152,26 +159,29 @@ async def test_bad_input_goes_to_the_dlq(kafka_bootstrap: str, unique_name: Uniq
         )
         await prepare_topics(settings)
         topics = settings.kafka.topics
-        ex.seed("mm-1", 5)
+        ex.seed("mm-1", SYMBOLS, 5)
         forged = sign_trigger(alert_message("forged-1"), "alice", Ed25519PrivateKey.generate())
         good = sign_trigger(alert_message("ops-1"), "alice", key)
         async with (
-            TopicReader(kafka_bootstrap, topics.dlq) as dlq,
-            TopicReader(kafka_bootstrap, topics.results) as results,
+            TopicCollector(kafka_bootstrap, topics.dlq) as dlq,
+            TopicCollector(kafka_bootstrap, topics.results) as results,
             daemon_in_process(settings),
         ):
             await produce(settings, [b"{not json", alert_message("x", ["ghost"])])
             await produce(settings, [forged, good], topic=topics.manual)
-            await wait_for(lambda: len(dlq.records) == 3 and len(results.finals()) == 1, timeout=20)
-            assert sorted(r["kind"] for r in dlq.records) == ["invalid", "invalid", "unauthorized"]
-            assert results.finals("ops-1")[0]["operator"] == "alice"
+            await wait_for(lambda: len(dlq.json()) == 3 and len(results.finals()) == 1, timeout=20)
+            letters = (await dlq.to_end()).json()
+            assert sorted(r["kind"] for r in letters) == ["invalid", "invalid", "unauthorized"]
+            (good_result,) = (await results.to_end()).finals()
+            assert good_result["alert_id"] == "ops-1"
+            assert good_result["operator"] == "alice"
             assert ex.open_ids("mm-1") == set()
 
 
 async def test_deadman_fires_once_when_heartbeats_stop(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(
             kafka_bootstrap,
             unique_name,
@@ -186,17 +196,17 @@ async def test_deadman_fires_once_when_heartbeats_stop(
         )
         await prepare_topics(settings)
         topics = settings.kafka.topics
-        keep = ex.seed("mm-2", 4, ["BTC_USDT"])
-        ex.seed("mm-2", 6, ["ETH_USDT"])
+        keep = ex.seed("mm-2", ["BTC_USDT"], 4)
+        ex.seed("mm-2", ["ETH_USDT"], 6)
         async with (
-            TopicReader(kafka_bootstrap, topics.results) as results,
+            TopicCollector(kafka_bootstrap, topics.results) as results,
             daemon_in_process(settings) as run,
         ):
             assert run.daemon.deadman is not None
             beat = encode_heartbeat("bot-2", datetime.now(UTC))
             await produce(settings, [beat], topic=topics.heartbeats, key="bot-2")
             await wait_for(lambda: len(results.finals()) == 1, timeout=20)
-            final = results.finals()[0]
+            (final,) = (await results.to_end()).finals()  # fired once
             assert final["source"] == "deadman"
             assert final["alert_id"].startswith("deadman-bot-2-")
             assert final["status"] == "flat"
@@ -206,7 +216,8 @@ async def test_deadman_fires_once_when_heartbeats_stop(
             beat = encode_heartbeat("bot-2", datetime.now(UTC))
             await produce(settings, [beat], topic=topics.heartbeats, key="bot-2")
             await wait_for(lambda: len(results.finals()) == 2, timeout=20)
-            ids = [r["alert_id"] for r in results.finals()]
+            ids = [r["alert_id"] for r in (await results.to_end()).finals()]
+            assert len(ids) == 2
             assert ids[0] != ids[1]
             assert len(run.daemon.deadman.fired) == 2
 
@@ -214,28 +225,28 @@ async def test_deadman_fires_once_when_heartbeats_stop(
 async def test_restart_restores_the_halt_and_guards_again(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)
         await prepare_topics(settings)
-        ex.seed("mm-1", 5)
+        ex.seed("mm-1", SYMBOLS, 5)
         async with (
-            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
         ):
             async with daemon_in_process(settings):
                 await produce(settings, [alert_message("halt-1", ["mm-1"], latch=True)])
                 await wait_for(lambda: len(results.finals("halt-1")) == 1, timeout=20)
-            ex.seed("mm-1", 5)  # placed while no daemon runs
+            ex.seed("mm-1", SYMBOLS, 5)  # placed while no daemon runs
             async with daemon_in_process(settings) as run:
                 assert [s.account for s in run.daemon.restored] == ["mm-1"]
                 await wait_for(lambda: ex.open_ids("mm-1") == set(), timeout=20)
                 # the old alert is not replayed (committed), only guarded
-                assert len(results.finals("halt-1")) == 1
+                assert len((await results.to_end()).finals("halt-1")) == 1
 
 
 async def test_bad_configuration_is_refused_before_anything_starts(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(
             kafka_bootstrap,
             unique_name,
@@ -258,7 +269,7 @@ async def test_bad_configuration_is_refused_before_anything_starts(
 async def test_crash_mid_sweep_then_restart_completes_the_alert(
     kafka_bootstrap: str, unique_name: Unique, tmp_path: Path
 ) -> None:
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(
             kafka_bootstrap,
             unique_name,
@@ -267,21 +278,21 @@ async def test_crash_mid_sweep_then_restart_completes_the_alert(
         )
         await prepare_topics(settings)
         topics = settings.kafka.topics
-        ex.seed("mm-1", 60)
+        ex.seed("mm-1", SYMBOLS, 60)
         # slow cancels: the sweep takes seconds, long enough to be killed in the middle
         ex.sim.set_faults(EndpointFaults(latency_ms=20), "cancel")
-        async with TopicReader(kafka_bootstrap, topics.results) as results:
-            first = DaemonProcess(settings, tmp_path / "daemon1.log")
+        async with TopicCollector(kafka_bootstrap, topics.results) as results:
+            first = EnvDaemonProcess(settings, tmp_path / "daemon1.log")
             try:
                 await produce(settings, [alert_message("crash-1", ["mm-1"])])
                 await wait_for(lambda: len(ex.cancels("mm-1")) >= 10, timeout=30)
                 first.kill()
             finally:
                 first.close()
-            assert results.finals("crash-1") == []
+            assert (await results.to_end()).finals("crash-1") == []
             assert ex.open_ids("mm-1")  # the crash left orders open
             ex.sim.clear_faults()
-            second = DaemonProcess(settings, tmp_path / "daemon2.log")
+            second = EnvDaemonProcess(settings, tmp_path / "daemon2.log")
             try:
                 await wait_for(lambda: len(results.finals("crash-1")) == 1, timeout=40)
                 assert results.finals("crash-1")[0]["status"] == "flat"
@@ -290,13 +301,18 @@ async def test_crash_mid_sweep_then_restart_completes_the_alert(
                 assert await second.wait(timeout=20) == 0
             finally:
                 second.close()
-        assert await committed(settings, topics.alerts) == 1
+        assert (
+            await committed(
+                settings.kafka.bootstrap_servers, settings.kafka.group_id, topics.alerts
+            )
+            == 1
+        )
 
 
 async def test_sigterm_finishes_the_running_sweep_and_exits_zero(
     kafka_bootstrap: str, unique_name: Unique, tmp_path: Path
 ) -> None:
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(
             kafka_bootstrap,
             unique_name,
@@ -306,10 +322,10 @@ async def test_sigterm_finishes_the_running_sweep_and_exits_zero(
         )
         await prepare_topics(settings)
         topics = settings.kafka.topics
-        ex.seed("mm-1", 30)
+        ex.seed("mm-1", SYMBOLS, 30)
         ex.sim.set_faults(EndpointFaults(latency_ms=20), "cancel")
-        async with TopicReader(kafka_bootstrap, topics.results) as results:
-            proc = DaemonProcess(settings, tmp_path / "daemon.log")
+        async with TopicCollector(kafka_bootstrap, topics.results) as results:
+            proc = EnvDaemonProcess(settings, tmp_path / "daemon.log")
             try:
                 await produce(settings, [alert_message("term-1", ["mm-1"])])
                 await wait_for(lambda: len(ex.cancels("mm-1")) >= 5, timeout=30)
@@ -318,24 +334,29 @@ async def test_sigterm_finishes_the_running_sweep_and_exits_zero(
             finally:
                 proc.close()
             # the sweep ran to its end inside the grace period, and its result is out
-            assert [r["status"] for r in results.finals("term-1")] == ["flat"]
+            assert [r["status"] for r in (await results.to_end()).finals("term-1")] == ["flat"]
             assert ex.open_ids("mm-1") == set()
-        assert await committed(settings, topics.alerts) == 1
+        assert (
+            await committed(
+                settings.kafka.bootstrap_servers, settings.kafka.group_id, topics.alerts
+            )
+            == 1
+        )
 
 
 # --------------------------------------------------------------------- scale-out
 
 
 async def test_two_daemons_share_the_partitions(kafka_bootstrap: str, unique_name: Unique) -> None:
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)
         await prepare_topics(settings, partitions=4)
         topics = settings.kafka.topics
-        ex.seed("mm-1", 10)
-        ex.seed("mm-2", 10)
+        ex.seed("mm-1", SYMBOLS, 10)
+        ex.seed("mm-2", SYMBOLS, 10)
         async with (
-            TopicReader(kafka_bootstrap, topics.results) as results,
-            TopicReader(kafka_bootstrap, topics.state) as states,
+            TopicCollector(kafka_bootstrap, topics.results) as results,
+            TopicCollector(kafka_bootstrap, topics.state) as states,
             daemon_in_process(settings) as one,
             daemon_in_process(settings) as two,
         ):
@@ -351,7 +372,7 @@ async def test_two_daemons_share_the_partitions(kafka_bootstrap: str, unique_nam
                 account = message["scope"]["accounts"][0]
                 await produce(settings, [message], key=account)
             await wait_for(lambda: len(results.finals()) == 10, timeout=30)
-            assert sorted(r["alert_id"] for r in results.finals()) == sorted(
+            assert sorted(r["alert_id"] for r in (await results.to_end()).finals()) == sorted(
                 m["alert_id"] for m in alerts
             )
             assert ex.open_ids("mm-1") == set()
@@ -411,13 +432,13 @@ async def test_a_halted_account_is_guarded_only_by_the_owner_of_its_partition(
 ) -> None:
     partitions = 4
     accounts = ["mm-1", "mm-2"]  # murmur2 % 4: partitions 1 and 2
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(
             kafka_bootstrap, unique_name, ex, metrics={"enabled": True, "port": 0}
         )
         await prepare_topics(settings, partitions=partitions)
         async with (
-            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
             daemon_in_process(settings) as one,
             httpx.AsyncClient() as http,
             contextlib.AsyncExitStack() as later,
@@ -455,8 +476,8 @@ async def test_a_halted_account_is_guarded_only_by_the_owner_of_its_partition(
             # Over several guard intervals only the owner lists each account.
             before = [await _listings(http, d) for d in daemons]
             sim_before = {a: _sim_listings(ex, a) for a in accounts}
-            ex.seed("mm-1", 2)
-            ex.seed("mm-2", 2)
+            ex.seed("mm-1", SYMBOLS, 2)
+            ex.seed("mm-2", SYMBOLS, 2)
             await wait_for(
                 lambda: all(
                     not ex.open_ids(a) and _sim_listings(ex, a) >= sim_before[a] + 8
@@ -488,7 +509,7 @@ async def test_a_halted_account_is_guarded_only_by_the_owner_of_its_partition(
             await later.aclose()
             await wait_for(lambda: len(one.daemon.intake.assignment) == 2 * partitions, timeout=30)
             await wait_for(lambda: one.daemon.engine.guarded() == {kept}, timeout=10)
-            ex.seed(kept, 2)
+            ex.seed(kept, SYMBOLS, 2)
             await wait_for(lambda: not ex.open_ids(kept), timeout=10)
 
 
@@ -513,14 +534,14 @@ def _sample(text: str, name: str, **labels: str) -> float:
 
 
 async def test_metrics_and_readiness(kafka_bootstrap: str, unique_name: Unique) -> None:
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(
             kafka_bootstrap, unique_name, ex, metrics={"enabled": True, "port": 0}
         )
         await prepare_topics(settings)
-        ex.seed("mm-1", 6)
+        ex.seed("mm-1", SYMBOLS, 6)
         async with (
-            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
             daemon_in_process(settings) as run,
             httpx.AsyncClient() as http,
         ):
@@ -548,7 +569,7 @@ async def test_a_stop_cut_short_publishes_nothing_for_the_unfinished_alert(
     (what a second SIGTERM does): the records' work and the sweeps are cancelled before
     the producer closes, so no final result, not even ``failed``, is ever handed to the
     publisher for the alert, and its offset stays uncommitted (replayed)."""
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         port = free_port()
         settings = daemon_settings(
             kafka_bootstrap,
@@ -560,7 +581,7 @@ async def test_a_stop_cut_short_publishes_nothing_for_the_unfinished_alert(
         )
         await prepare_topics(settings)
         topics = settings.kafka.topics
-        ex.seed("mm-1", 200)  # 20 s at 20/s: far beyond this test
+        ex.seed("mm-1", SYMBOLS, 200)  # 20 s at 20/s: far beyond this test
         stop = asyncio.Event()
         started: list[Daemon] = []
         task = asyncio.create_task(async_run(settings, stop_event=stop, on_started=started.append))
@@ -597,4 +618,6 @@ async def test_a_stop_cut_short_publishes_nothing_for_the_unfinished_alert(
         assert left == []
         assert finals == []
         assert ex.open_ids("mm-1")  # the sweep was cut short, not finished
-        assert await committed(settings, topics.alerts) in (None, 0)
+        assert await committed(
+            settings.kafka.bootstrap_servers, settings.kafka.group_id, topics.alerts
+        ) in (None, 0)

@@ -16,14 +16,17 @@ import pytest
 from killswitch.embedded import free_port
 from killswitch.operator import TriggerRequest, prepare_trigger, run_trigger
 from killswitch.render import EXIT_NOT_DONE, metric_samples
-from tests.conftest import wait_for
-from tests.integration.daemon_harness import (
+from tests.support.exchange import exchange
+from tests.support.inprocess import (
+    ACCOUNTS,
+    SYMBOLS,
     daemon_in_process,
     daemon_settings,
-    exchange,
     prepare_topics,
 )
-from tests.integration.intake_harness import TopicReader, alert_message, produce
+from tests.support.intake import alert_message
+from tests.support.topics import TopicCollector, produce
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +36,7 @@ Unique = Callable[[str], str]
 async def test_a_kill_rides_out_a_throttle_window_end_to_end(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         ex.sim.public_auth = True
         settings = daemon_settings(
             kafka_bootstrap,
@@ -43,9 +46,9 @@ async def test_a_kill_rides_out_a_throttle_window_end_to_end(
             engine={"strategy": "per_order", "default_deadline_s": 30.0},
         )
         await prepare_topics(settings)
-        seeded = ex.seed("mm-1", 400)
+        seeded = ex.seed("mm-1", SYMBOLS, 400)
         async with (
-            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
             daemon_in_process(settings),
         ):
             ex.sim.set_throttle_window(after_requests=50, duration_s=3.0, retry_after="seconds")
@@ -64,7 +67,7 @@ async def test_a_kill_rides_out_a_throttle_window_end_to_end(
 async def test_a_kill_outlasted_by_a_throttle_window_reports_still_open_unknown(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         port = free_port()
         settings = daemon_settings(
             kafka_bootstrap,
@@ -74,7 +77,7 @@ async def test_a_kill_outlasted_by_a_throttle_window_reports_still_open_unknown(
             metrics={"enabled": True, "host": "127.0.0.1", "port": port},
         )
         await prepare_topics(settings)
-        seeded = ex.seed("mm-1", 300)
+        seeded = ex.seed("mm-1", SYMBOLS, 300)
         async with daemon_in_process(settings), httpx.AsyncClient() as http:
             # From the 3rd signed request on, 429s for far longer than the kill's deadline.
             ex.sim.set_throttle_window(after_requests=2, duration_s=120.0, retry_after="seconds")

@@ -12,7 +12,6 @@ import contextlib
 import io
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,19 +24,9 @@ import pytest
 from killswitch.config import ConfigError
 from killswitch.demo import DemoContext, DemoOptions, run_demo
 from killswitch.embedded import BrokerUnavailable, EmbeddedBroker
+from tests.support.demo import REPO, demo_dir
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "config" / "killswitch.example.toml"
-
-
-def demo_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A working directory holding ``config/killswitch.example.toml`` and nothing else."""
-    (tmp_path / "config").mkdir()
-    shutil.copy(EXAMPLE, tmp_path / "config" / EXAMPLE.name)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "config" / EXAMPLE.name
 
 
 def listening(url: str) -> bool:

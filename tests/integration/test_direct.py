@@ -18,9 +18,9 @@ from killswitch.cli import main
 from killswitch.config import load_settings
 from killswitch.embedded import free_port
 from killswitch.operator import read_status
-from tests.conftest import create_topics
 from tests.support.daemon import TOPIC_ROLES, daemon_config, write_config
 from tests.support.exchange import CANCEL_ENDPOINTS, Exchange, exchange
+from tests.support.topics import create_topics
 
 pytestmark = pytest.mark.integration
 

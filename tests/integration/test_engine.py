@@ -34,7 +34,7 @@ from killswitch.exchange.simulator.faults import EndpointFaults
 from killswitch.exchange.simulator.server import SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.metrics import Metrics
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -11,18 +11,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from killswitch.exchange.simulator.faults import EndpointFaults
-from tests.conftest import wait_for
-from tests.integration.daemon_harness import (
-    ACCOUNTS,
-    daemon_in_process,
-    daemon_settings,
-    exchange,
-    prepare_topics,
-)
+from tests.support.exchange import exchange
+from tests.support.inprocess import ACCOUNTS, daemon_in_process, daemon_settings, prepare_topics
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-CEILING = 5000.0  # the harness's rate_limit_per_second for every account
 
 
 def rate_gauges(text: str) -> dict[str, float]:
@@ -40,7 +33,7 @@ async def test_only_the_accounts_limiter_moves_its_rate_gauge(
     """Every listing answers 429 from the start, so the probe's first listings are
     throttled while nothing else of the daemon lists; then the exchange answers again.
     The gauge must be the rate of the limiter the engine's kills would use."""
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(
             kafka_bootstrap,
             unique_name,
@@ -48,6 +41,7 @@ async def test_only_the_accounts_limiter_moves_its_rate_gauge(
             metrics={"enabled": True, "port": 0, "exchange_stale_after_s": 2.0},
         )
         await prepare_topics(settings)
+        ceilings = {a.id: a.rate_limit_per_second for a in settings.accounts}
         ex.sim.set_faults(EndpointFaults(throttle_rate=1.0), "open_orders")
         keys = {account: ex.keys[account][0] for account in ACCOUNTS}
 
@@ -66,8 +60,8 @@ async def test_only_the_accounts_limiter_moves_its_rate_gauge(
             limiters = {a: clients[a].limiter for a in ACCOUNTS}
             rates = {a: limiter.rate for a, limiter in limiters.items()}
     # The probe's 429s reached the accounts' limiters ...
-    assert all(rate < 0.9 * CEILING for rate in rates.values()), rates
+    assert all(rate < 0.9 * ceilings[a] for a, rate in rates.items()), rates
     # ... and the gauge is their rate, within the limiter's reporting step (1 %).
     assert gauges.keys() == rates.keys()
     for account, rate in rates.items():
-        assert gauges[account] == pytest.approx(rate, abs=0.02 * CEILING), account
+        assert gauges[account] == pytest.approx(rate, abs=0.02 * ceilings[account]), account

@@ -22,17 +22,17 @@ from killswitch.config import EngineSettings, Settings
 from killswitch.daemon import Daemon
 from killswitch.exchange.simulator.testing import DoorServer
 from killswitch.intake.ownership import account_partition
-from tests.conftest import wait_for
-from tests.integration.daemon_harness import (
+from tests.support.exchange import Exchange, exchange
+from tests.support.inprocess import (
     ACCOUNTS,
-    Exchange,
+    SYMBOLS,
     daemon_in_process,
     daemon_settings,
-    exchange,
     prepare_topics,
 )
-from tests.integration.intake_harness import TopicReader, alert_message, produce
-from tests.support.topics import read_to_end
+from tests.support.intake import alert_message
+from tests.support.topics import TopicCollector, produce, read_to_end
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -87,14 +87,14 @@ async def test_a_manual_trigger_is_swept_only_by_the_owner_of_the_account(
     # 3 partitions: murmur2 puts mm-2 and mm-1 on 0 and 1. The range assignor gives
     # each member the same partitions of both topics; round-robin would give partition
     # 0 (and 1) of alerts and of manual to different members.
-    async with exchange() as ex, contextlib.AsyncExitStack() as stack:
+    async with exchange(ACCOUNTS, SYMBOLS, seed=7) as ex, contextlib.AsyncExitStack() as stack:
         doors = [DoorServer(ex.sim), DoorServer(ex.sim)]
         for door in doors:
             await stack.enter_async_context(door)
         settings = daemon_settings(kafka_bootstrap, unique_name, ex, kafka=FAST_GROUP)
         await prepare_topics(settings, partitions=3)
         for account in ACCOUNTS:
-            ex.seed(account, 20)
+            ex.seed(account, SYMBOLS, 20)
         runs = [
             await stack.enter_async_context(daemon_in_process(through(settings, door)))
             for door in doors
@@ -105,10 +105,10 @@ async def test_a_manual_trigger_is_swept_only_by_the_owner_of_the_account(
         for account in ACCOUNTS:
             trigger = alert_message(f"m-{account}", [account], operator={"name": "alice"})
             await produce(settings, [trigger], topic=settings.kafka.topics.manual, key=account)
-        async with TopicReader(kafka_bootstrap, settings.kafka.topics.results) as reader:
+        async with TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as reader:
             await wait_for(lambda: len(reader.finals()) == len(ACCOUNTS), timeout=30)
         await wait_for(lambda: all(d.intake.in_flight == 0 for d in daemons), timeout=30)
-        results = await read_to_end(kafka_bootstrap, settings.kafka.topics.results)
+        results = (await read_to_end(kafka_bootstrap, settings.kafka.topics.results)).json()
         for account in ACCOUNTS:
             assert finals(results, f"m-{account}") == ["flat"]
             mine = owner(daemons, account)
@@ -122,14 +122,14 @@ async def test_a_trigger_naming_two_accounts_is_swept_by_each_account_owner(
     # 4 partitions: mm-1 and mm-2 hash to 1 and 2, which the range assignor gives to
     # different members. The trigger is keyed by mm-1 (as `killswitch trigger -a mm-1
     # -a mm-2` keys it): its reader sweeps mm-1 and forwards mm-2 to mm-2's owner.
-    async with exchange() as ex, contextlib.AsyncExitStack() as stack:
+    async with exchange(ACCOUNTS, SYMBOLS, seed=7) as ex, contextlib.AsyncExitStack() as stack:
         doors = [DoorServer(ex.sim), DoorServer(ex.sim)]
         for door in doors:
             await stack.enter_async_context(door)
         settings = daemon_settings(kafka_bootstrap, unique_name, ex, kafka=FAST_GROUP)
         await prepare_topics(settings, partitions=4)
         for account in ACCOUNTS:
-            ex.seed(account, 20)
+            ex.seed(account, SYMBOLS, 20)
         runs = [
             await stack.enter_async_context(daemon_in_process(through(settings, door)))
             for door in doors
@@ -139,10 +139,10 @@ async def test_a_trigger_naming_two_accounts_is_swept_by_each_account_owner(
         assert owner(daemons, "mm-1") != owner(daemons, "mm-2")
         trigger = alert_message("m-both", ACCOUNTS, operator={"name": "alice"})
         await produce(settings, [trigger], topic=settings.kafka.topics.manual, key="mm-1")
-        async with TopicReader(kafka_bootstrap, settings.kafka.topics.results) as reader:
+        async with TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as reader:
             await wait_for(lambda: len(reader.finals()) == len(ACCOUNTS), timeout=30)
         await wait_for(lambda: all(d.intake.in_flight == 0 for d in daemons), timeout=30)
-        results = await read_to_end(kafka_bootstrap, settings.kafka.topics.results)
+        results = (await read_to_end(kafka_bootstrap, settings.kafka.topics.results)).json()
         for account in ACCOUNTS:
             statuses = [
                 r["status"]
@@ -163,7 +163,7 @@ async def test_a_rebalance_hands_a_running_sweep_over_without_overlap(
     # them moves to it while the first daemon is sweeping both.
     accounts = ["mm-1", "mm-2"]
     slow = {"rate_limit_per_second": 60.0, "burst": 5, "max_concurrency": 2}
-    async with exchange() as ex, contextlib.AsyncExitStack() as stack:
+    async with exchange(ACCOUNTS, SYMBOLS, seed=7) as ex, contextlib.AsyncExitStack() as stack:
         doors = [DoorServer(ex.sim), DoorServer(ex.sim)]
         for door in doors:
             await stack.enter_async_context(door)
@@ -177,7 +177,7 @@ async def test_a_rebalance_hands_a_running_sweep_over_without_overlap(
             **{f"account_{a.replace('-', '_')}": slow for a in accounts},
         )
         await prepare_topics(settings, partitions=2)
-        seeded = {a: ex.seed(a, 120) for a in accounts}
+        seeded = {a: ex.seed(a, SYMBOLS, 120) for a in accounts}
         first = await stack.enter_async_context(daemon_in_process(through(settings, doors[0])))
         for account in accounts:
             await produce(settings, [alert_message(f"k-{account}", [account])], key=account)
@@ -187,10 +187,10 @@ async def test_a_rebalance_hands_a_running_sweep_over_without_overlap(
         second = await stack.enter_async_context(daemon_in_process(through(settings, doors[1])))
         daemons = [first.daemon, second.daemon]
         await wait_for(lambda: all(d.intake.assignment for d in daemons), timeout=30)
-        async with TopicReader(kafka_bootstrap, settings.kafka.topics.results) as reader:
+        async with TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as reader:
             await wait_for(lambda: len(reader.finals()) >= len(accounts), timeout=60)
         await wait_for(lambda: all(d.intake.in_flight == 0 for d in daemons), timeout=30)
-        results = await read_to_end(kafka_bootstrap, settings.kafka.topics.results)
+        results = (await read_to_end(kafka_bootstrap, settings.kafka.topics.results)).json()
         assert all(not ex.open_ids(a) for a in accounts)
         moved = [a for a in accounts if owner(daemons, a) == 1]
         assert len(moved) == 1

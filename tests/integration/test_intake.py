@@ -17,17 +17,15 @@ from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import HaltState, Scope
 from killswitch.intake.readers import read_halt_states
 from killswitch.triggers import sign_trigger
-from tests.conftest import wait_for
-from tests.integration.intake_harness import (
+from tests.support.intake import (
     FakeEngine,
-    TopicReader,
     alert_message,
-    committed,
     create_all_topics,
     make_settings,
-    produce,
     running_intake,
 )
+from tests.support.topics import TopicCollector, committed, produce
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +39,7 @@ async def test_kill_is_swept_and_its_final_result_published_then_committed(
     await create_all_topics(settings)
     topics = settings.kafka.topics
     async with (
-        TopicReader(kafka_bootstrap, topics.results) as results,
+        TopicCollector(kafka_bootstrap, topics.results) as results,
         running_intake(settings) as run,
     ):
         await produce(settings, [alert_message("a-1", ["mm-1", "mm-2"], latch=True)])
@@ -54,11 +52,16 @@ async def test_kill_is_swept_and_its_final_result_published_then_committed(
         assert final["schema"] == "killswitch.result/v1"
         assert final["status"] == "flat"
         assert final["origin"] == {"topic": topics.alerts, "partition": 0, "offset": 0}
-        progress = [r for r in results.records if r.get("final") is False]
+        everything = await results.to_end()
+        progress = [r for r in everything.json() if r.get("final") is False]
         assert len(progress) == 2  # the fake engine reports progress once per account
-        assert set(results.keys) == {b"mm-1", b"mm-2"}
+        assert len(everything.finals()) == 2
+        assert set(everything.keys()) == {b"mm-1", b"mm-2"}
         assert run.observer.alerts == [("alerts", "processed")]
-    assert await committed(settings, topics.alerts) == 1
+    assert (
+        await committed(settings.kafka.bootstrap_servers, settings.kafka.group_id, topics.alerts)
+        == 1
+    )
 
 
 async def test_bad_messages_go_to_the_dlq_and_the_consumer_keeps_going(
@@ -80,14 +83,14 @@ async def test_bad_messages_go_to_the_dlq_and_the_consumer_keeps_going(
         alert_message("good-1"),
     ]
     async with (
-        TopicReader(kafka_bootstrap, topics.dlq) as dlq,
-        TopicReader(kafka_bootstrap, topics.results) as results,
+        TopicCollector(kafka_bootstrap, topics.dlq) as dlq,
+        TopicCollector(kafka_bootstrap, topics.results) as results,
         running_intake(settings) as run,
     ):
         await produce(settings, messages)
-        await wait_for(lambda: len(dlq.records) == 5 and len(results.finals()) == 1)
+        await wait_for(lambda: len(dlq.json()) == 5 and len(results.finals()) == 1)
         # handled concurrently (the big one in a thread): order by offset
-        dead = sorted(dlq.records, key=lambda r: r["offset"])
+        dead = sorted((await dlq.to_end()).json(), key=lambda r: r["offset"])
         assert [r["offset"] for r in dead] == [0, 1, 2, 3, 4]
         kinds = [(r["kind"], r["alert_id"]) for r in dead]
         assert kinds == [
@@ -105,7 +108,10 @@ async def test_bad_messages_go_to_the_dlq_and_the_consumer_keeps_going(
             [("alerts", "invalid")] * 4 + [("alerts", "expired"), ("alerts", "processed")]
         )
         await wait_for(lambda: run.intake.committed_total >= 1)
-    assert await committed(settings, topics.alerts) == 6
+    assert (
+        await committed(settings.kafka.bootstrap_servers, settings.kafka.group_id, topics.alerts)
+        == 6
+    )
 
 
 async def test_duplicate_delivery_sweeps_once(kafka_bootstrap: str, unique_name: Unique) -> None:
@@ -115,7 +121,7 @@ async def test_duplicate_delivery_sweeps_once(kafka_bootstrap: str, unique_name:
     engine.hold("mm-1")
     message = alert_message("dup-1")
     async with (
-        TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+        TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
         running_intake(settings, engine) as run,
     ):
         # The second copy arrives while the first is still being swept.
@@ -126,9 +132,9 @@ async def test_duplicate_delivery_sweeps_once(kafka_bootstrap: str, unique_name:
         # and a third copy after it finished
         await produce(settings, [message])
         await wait_for(lambda: len(results.finals("dup-1")) == 3)
-        statuses = [r["status"] for r in results.finals("dup-1")]
-        assert statuses == ["flat", "duplicate", "duplicate"]
-        assert "already flat" in results.finals("dup-1")[2]["reason"]
+        finals = (await results.to_end()).finals("dup-1")
+        assert [r["status"] for r in finals] == ["flat", "duplicate", "duplicate"]
+        assert "already flat" in finals[2]["reason"]
         assert len(engine.calls) == 1
         assert sorted(run.observer.alerts) == [
             ("alerts", "duplicate"),
@@ -145,15 +151,17 @@ async def test_unfinished_work_is_replayed_and_finished_work_is_not_swept_again(
     topics = settings.kafka.topics
     first = FakeEngine()
     first.hold("mm-1")
-    async with TopicReader(kafka_bootstrap, topics.results) as results:
+    async with TopicCollector(kafka_bootstrap, topics.results) as results:
         async with running_intake(settings, first, grace_s=0) as run:
             await produce(settings, [alert_message("slow-1"), alert_message("fast-1", ["mm-2"])])
             await wait_for(lambda: len(results.finals("fast-1")) == 1)
             await wait_for(lambda: run.intake.in_flight == 1)
             # offset 1 is done but offset 0 is not: nothing may be committed
-            assert await committed(settings, topics.alerts) in (None, 0)
+            assert await committed(
+                settings.kafka.bootstrap_servers, settings.kafka.group_id, topics.alerts
+            ) in (None, 0)
         # shut down with zero grace: slow-1 was interrupted, no final result for it
-        assert results.finals("slow-1") == []
+        assert (await results.to_end()).finals("slow-1") == []
         second = FakeEngine()
         async with running_intake(settings, second) as run:
             await wait_for(lambda: len(results.finals("slow-1")) == 1)
@@ -161,7 +169,10 @@ async def test_unfinished_work_is_replayed_and_finished_work_is_not_swept_again(
             assert [c.alert_id for c in second.calls] == ["slow-1"]
             assert results.finals("fast-1")[1]["status"] == "duplicate"
             await wait_for(lambda: run.intake.committed_total >= 1)
-    assert await committed(settings, topics.alerts) == 2
+    assert (
+        await committed(settings.kafka.bootstrap_servers, settings.kafka.group_id, topics.alerts)
+        == 2
+    )
 
 
 async def test_dedup_survives_a_restart_through_the_results_topic(
@@ -170,7 +181,7 @@ async def test_dedup_survives_a_restart_through_the_results_topic(
     settings = make_settings(kafka_bootstrap, unique_name)
     await create_all_topics(settings)
     message = alert_message("once-1", ["mm-1", "arb-1"])
-    async with TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results:
+    async with TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results:
         async with running_intake(settings):
             await produce(settings, [message])
             await wait_for(lambda: len(results.finals("once-1")) == 2)
@@ -196,7 +207,7 @@ async def test_backpressure_pauses_instead_of_buffering(
     engine = FakeEngine()
     engine.hold("mm-1")
     async with (
-        TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+        TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
         running_intake(settings, engine) as run,
     ):
         await produce(settings, [alert_message(f"bp-{i}") for i in range(12)])
@@ -218,7 +229,7 @@ async def test_engine_errors_become_failed_results(
     await create_all_topics(settings)
     engine = FakeEngine(raise_for={"boom-1"})
     async with (
-        TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+        TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
         running_intake(settings, engine),
     ):
         await produce(settings, [alert_message("boom-1"), alert_message("after-1")])
@@ -236,7 +247,7 @@ async def test_kills_start_while_read_and_a_failing_start_falls_back(
     await create_all_topics(settings)
     engine = FakeEngine(start_raises_for={"start-bug-1"})
     async with (
-        TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+        TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
         running_intake(settings, engine),
     ):
         await produce(settings, [alert_message("start-bug-1"), alert_message("early-1")])
@@ -253,7 +264,7 @@ async def test_release_and_dry_run(kafka_bootstrap: str, unique_name: Unique) ->
     settings = make_settings(kafka_bootstrap, unique_name)
     await create_all_topics(settings)
     async with (
-        TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+        TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
         running_intake(settings) as run,
     ):
         await produce(
@@ -292,24 +303,26 @@ async def test_signed_manual_triggers_and_replays(
     )
     unsigned = alert_message("ops-3", source="cli", operator={"name": "alice"})
     async with (
-        TopicReader(kafka_bootstrap, topics.dlq) as dlq,
-        TopicReader(kafka_bootstrap, topics.results) as results,
+        TopicCollector(kafka_bootstrap, topics.dlq) as dlq,
+        TopicCollector(kafka_bootstrap, topics.results) as results,
         running_intake(settings) as run,
     ):
         await produce(settings, [signed, forged, unsigned], topic=topics.manual)
-        await wait_for(lambda: len(dlq.records) == 2 and len(results.finals("ops-1")) == 1)
+        await wait_for(lambda: len(dlq.json()) == 2 and len(results.finals("ops-1")) == 1)
         # the same signed bytes published again: a replay, refused
         await produce(settings, [signed], topic=topics.manual)
-        await wait_for(lambda: len(dlq.records) == 3)
-        reasons = [(r["alert_id"], r["kind"]) for r in dlq.records]
+        await wait_for(lambda: len(dlq.json()) == 3)
+        letters = (await dlq.to_end()).json()
+        reasons = [(r["alert_id"], r["kind"]) for r in letters]
         assert reasons == [
             ("ops-2", "unauthorized"),
             ("ops-3", "unauthorized"),
             ("ops-1", "unauthorized"),
         ]
-        assert "replay" in dlq.records[2]["reason"]
+        assert "replay" in letters[2]["reason"]
         assert [c.operator for c in run.engine.calls] == ["alice"]
-        assert results.finals("ops-1")[0]["operator"] == "alice"
+        (result,) = (await results.to_end()).finals("ops-1")
+        assert result["operator"] == "alice"
         assert (
             sorted(run.observer.alerts)
             == [("manual", "processed")] + [("manual", "unauthorized")] * 3
@@ -368,7 +381,7 @@ async def test_work_still_running_after_the_drain_is_handed_over(
     first = FakeEngine()
     first.hold("mm-1")  # longer than the drain
     async with (
-        TopicReader(kafka_bootstrap, topics.results) as results,
+        TopicCollector(kafka_bootstrap, topics.results) as results,
         running_intake(settings, first) as one,
     ):
         await produce(settings, [alert_message("ho-1")])
@@ -383,21 +396,22 @@ async def test_work_still_running_after_the_drain_is_handed_over(
             await wait_for(lambda: len(results.finals("ho-1")) == 1, timeout=20)
             await wait_for(lambda: one.intake.in_flight == two.intake.in_flight == 0)
             assert [r["status"] for r in results.finals("ho-1")] == ["flat"]
-    assert await committed(settings, topics.alerts) == 1  # committed on the way out
+    bootstrap, group = settings.kafka.bootstrap_servers, settings.kafka.group_id
+    assert await committed(bootstrap, group, topics.alerts) == 1  # committed on the way out
 
 
 async def test_revocation_waits_for_running_work_and_commits_it(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
     # The longest drain these group timeouts allow (half the rebalance timeout).
-    settings = make_settings(kafka_bootstrap, unique_name, intake={"rebalance_drain_s": 1.5})
+    settings = make_settings(kafka_bootstrap, unique_name, intake={"rebalance_drain_s": 1.0})
     await create_all_topics(settings)
     topics = settings.kafka.topics
     first = FakeEngine()
     first.hold("mm-1")
     second = FakeEngine()
     async with (
-        TopicReader(kafka_bootstrap, topics.results) as results,
+        TopicCollector(kafka_bootstrap, topics.results) as results,
         running_intake(settings, first) as one,
     ):
         await produce(settings, [alert_message("rb-1")])
@@ -417,7 +431,12 @@ async def test_revocation_waits_for_running_work_and_commits_it(
                 lambda: len(one.intake.assignment | two.intake.assignment) == 2,
                 timeout=20,
             )
-            assert await committed(settings, topics.alerts) == 1
+            assert (
+                await committed(
+                    settings.kafka.bootstrap_servers, settings.kafka.group_id, topics.alerts
+                )
+                == 1
+            )
             assert second.calls == []
         finally:
             if not entered.done():

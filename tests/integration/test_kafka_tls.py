@@ -11,8 +11,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
 from killswitch.embedded import EmbeddedBroker, free_port
-from tests.conftest import create_topics
 from tests.support.tls import Pki, TLSProxy, make_pki
+from tests.support.topics import create_topics
 
 pytestmark = pytest.mark.integration
 

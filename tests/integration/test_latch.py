@@ -23,7 +23,7 @@ from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.simulator.core import LogEntry, Simulator
 from killswitch.exchange.simulator.server import SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 ACCOUNT = "mm-1"
 LABEL = "mm-1-key"

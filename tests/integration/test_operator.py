@@ -39,8 +39,8 @@ from killswitch.operator import (
     run_trigger,
 )
 from killswitch.triggers import TriggerVerifier
-from tests.conftest import create_topics
-from tests.integration.intake_harness import create_all_topics, make_settings
+from tests.support.intake import create_all_topics, make_settings
+from tests.support.topics import create_topics, read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -187,7 +187,9 @@ async def test_trigger_publishes_a_valid_alert_and_follows_it_to_flat(
     assert run.exit_code == 0
     assert run.published
     # One message, keyed by the first account, exactly the prepared bytes.
-    assert len(daemon.received) == 1
+    sent = await read_to_end(kafka_bootstrap, settings.kafka.topics.manual)
+    assert len(sent) == 1
+    assert daemon.received == list(zip(sent.keys(), sent.json(), strict=True))
     key, message = daemon.received[0]
     assert key == b"mm-2"
     assert message == prepared.message
@@ -413,15 +415,16 @@ async def test_cli_trigger_with_a_signing_key(
         )
     )
     base = ["trigger", "--config", config, "-a", "mm-1", "-r", "signed"]
-    async with scripted(ScriptedDaemon(settings, verifier=verifier)) as daemon:
+    async with scripted(ScriptedDaemon(settings, verifier=verifier)):
         # Unsigned while the configuration requires signing: refused before publishing.
         assert await asyncio.to_thread(main, [*base, "--operator", "alice"]) == 2
         assert "--signing-key" in capsys.readouterr().err
         argv = [*base, "--operator", "alice", "--signing-key", str(key)]
         assert await asyncio.to_thread(main, argv) == 0
         assert "signed" in capsys.readouterr().out
-        assert len(daemon.received) == 1
-        assert daemon.received[0][1]["signature"]
+        sent = (await read_to_end(kafka_bootstrap, settings.kafka.topics.manual)).json()
+        assert len(sent) == 1  # the unsigned one was never published
+        assert sent[0]["signature"]
 
 
 # ------------------------------------------------------------------------- status

@@ -27,24 +27,24 @@ from killswitch.exchange.simulator.testing import account_settings, register_tes
 from killswitch.intake.consumer import PAIR_FETCH_WAIT_S
 from killswitch.operator import TriggerRequest, prepare_trigger, run_checks, run_trigger
 from killswitch.render import EXIT_NOT_FOUND, EXIT_REFUSED
-from tests.conftest import wait_for
-from tests.integration.daemon_harness import (
-    Exchange,
+from tests.support.exchange import Exchange, exchange
+from tests.support.inprocess import (
+    ACCOUNTS,
+    SYMBOLS,
     daemon_in_process,
     daemon_settings,
-    exchange,
     prepare_topics,
     settings_env,
 )
-from tests.integration.intake_harness import (
+from tests.support.intake import (
     FakeEngine,
-    TopicReader,
     alert_message,
     create_all_topics,
     make_settings,
-    produce,
     running_intake,
 )
+from tests.support.topics import TopicCollector, produce
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,7 @@ async def test_alerts_naming_unknown_pairs_are_dead_lettered_before_any_request(
     unknown_symbol: Literal["invalid", "empty"],
     public_auth: bool,
 ) -> None:
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         # public_auth: the exchange wants exchange-info signed; the pair list still comes.
         ex.sim.public_auth = public_auth
         # "empty": the exchange lists a pair it does not trade as [] (which must not
@@ -110,11 +110,11 @@ async def test_alerts_naming_unknown_pairs_are_dead_lettered_before_any_request(
         )
         await prepare_topics(settings)
         topics = settings.kafka.topics
-        seeded = ex.seed("mm-1", 5)
+        seeded = ex.seed("mm-1", SYMBOLS, 5)
         bad = {"typo-case": "btc_usdt", "typo-sep": "BTCUSDT", "typo-none": "NOPE_USDT"}
         async with (
-            TopicReader(kafka_bootstrap, topics.results) as results,
-            TopicReader(kafka_bootstrap, topics.dlq) as dlq,
+            TopicCollector(kafka_bootstrap, topics.results) as results,
+            TopicCollector(kafka_bootstrap, topics.dlq) as dlq,
             daemon_in_process(settings) as run,
         ):
             since = _last_seq(ex)
@@ -125,10 +125,12 @@ async def test_alerts_naming_unknown_pairs_are_dead_lettered_before_any_request(
                     for alert_id, symbol in bad.items()
                 ],
             )
-            await wait_for(lambda: len(dlq.records) == 3, timeout=20)
-            by_id = {r["alert_id"]: r for r in dlq.records}
+            await wait_for(lambda: len(dlq.json()) == 3, timeout=20)
+            letters = (await dlq.to_end()).json()
+            by_id = {r["alert_id"]: r for r in letters}
+            assert len(letters) == len(by_id) == len(bad)
             assert set(by_id) == set(bad)
-            assert {r["kind"] for r in dlq.records} == {"invalid"}
+            assert {r["kind"] for r in letters} == {"invalid"}
             assert "btc_usdt (did you mean BTC_USDT?)" in by_id["typo-case"]["reason"]
             assert "BTCUSDT (did you mean BTC_USDT?)" in by_id["typo-sep"]["reason"]
             assert "NOPE_USDT (" in by_id["typo-none"]["reason"]
@@ -142,7 +144,8 @@ async def test_alerts_naming_unknown_pairs_are_dead_lettered_before_any_request(
             await produce(settings, [alert_message("good-1", scope={"symbols": ["BTC_USDT"]})])
             await wait_for(lambda: len(results.finals("good-1")) == 1, timeout=20)
             assert results.finals("good-1")[0]["status"] == "flat"
-            assert results.finals() == results.finals("good-1")  # none for the refused
+            everything = await results.to_end()
+            assert everything.finals() == everything.finals("good-1")  # none for the refused
             btc = {e.order_id for e in ex.sim.request_log if e.endpoint == "cancel"}
             assert btc
             assert ex.open_ids("mm-1") == seeded - btc
@@ -152,13 +155,13 @@ async def test_alerts_naming_unknown_pairs_are_dead_lettered_before_any_request(
 async def test_no_pair_list_at_all_the_kill_runs_but_is_never_flat(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         ex.sim.set_faults(INFO_DOWN, "exchange_info")
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)
         await prepare_topics(settings)
-        ex.seed("mm-1", 4)
+        ex.seed("mm-1", SYMBOLS, 4)
         async with (
-            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
             daemon_in_process(settings),
         ):
             await produce(settings, [alert_message("blind-1", scope={"symbols": ["BTC_USDT"]})])
@@ -194,14 +197,14 @@ async def test_a_slow_pair_list_does_not_hold_a_kill_back(
 ) -> None:
     # exchange-info answers, but only after the intake stopped waiting for it: the
     # kill runs unchecked (never flat); the next alert finds the list cached.
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         slow = EndpointFaults(latency_ms=(PAIR_FETCH_WAIT_S + 1.5) * 1000)
         ex.sim.set_faults(slow, "exchange_info")
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)
         await prepare_topics(settings)
-        ex.seed("mm-1", 2)
+        ex.seed("mm-1", SYMBOLS, 2)
         async with (
-            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
             daemon_in_process(settings),
         ):
             await produce(settings, [alert_message("slow-1", scope={"symbols": ["BTC_USDT"]})])
@@ -223,7 +226,7 @@ async def test_configured_symbols_are_no_proof_a_kill_over_them_is_never_flat(
 ) -> None:
     # exchange-info down from the start; mm-1 has `symbols` but trades XRP_USDT too,
     # and the exchange lists pairs it does not trade as [] (the worst case).
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         ex.sim.set_faults(INFO_DOWN, "exchange_info")
         ex.sim.unknown_symbol = "empty"
         settings = daemon_settings(
@@ -231,12 +234,12 @@ async def test_configured_symbols_are_no_proof_a_kill_over_them_is_never_flat(
         )
         await prepare_topics(settings)
         topics = settings.kafka.topics
-        listed = ex.seed("mm-1", 3)
-        xrp = ex.seed("mm-1", 2, symbols=["XRP_USDT"])
+        listed = ex.seed("mm-1", SYMBOLS, 3)
+        xrp = ex.seed("mm-1", ["XRP_USDT"], 2)
         blind = "pairs could not be checked against the exchange's pair list (exchange-info: "
         async with (
-            TopicReader(kafka_bootstrap, topics.results) as results,
-            TopicReader(kafka_bootstrap, topics.dlq) as dlq,
+            TopicCollector(kafka_bootstrap, topics.results) as results,
+            TopicCollector(kafka_bootstrap, topics.dlq) as dlq,
             daemon_in_process(settings),
         ):
             # A whole-account kill lists the configured pairs only: never flat, and the
@@ -259,13 +262,13 @@ async def test_configured_symbols_are_no_proof_a_kill_over_them_is_never_flat(
             assert ex.open_ids("mm-1") == set()
 
             # A miscased pair is neither refused by the fallback nor reported flat.
-            ex.seed("mm-1", 2, symbols=["BTC_USDT"])
+            ex.seed("mm-1", ["BTC_USDT"], 2)
             await produce(settings, [alert_message("cfg-typo", scope={"symbols": ["btc_usdt"]})])
             await wait_for(lambda: len(results.finals("cfg-typo")) == 1, timeout=20)
             assert results.finals("cfg-typo")[0]["status"] == "residual"
             assert results.finals("cfg-typo")[0]["reason"].startswith(blind)
             assert len(ex.open_ids("mm-1")) == 2
-            assert dlq.records == []
+            assert (await dlq.to_end()).json() == []
             assert listed  # seeded on the configured pairs
 
 
@@ -273,7 +276,7 @@ async def test_a_stale_exchange_list_still_refuses_and_proves_flat(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
     # The exchange answered once, then exchange-info fails: its last answer is kept.
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(
             kafka_bootstrap,
             unique_name,
@@ -283,17 +286,17 @@ async def test_a_stale_exchange_list_still_refuses_and_proves_flat(
         )
         await prepare_topics(settings)
         topics = settings.kafka.topics
-        ex.seed("mm-1", 2)
+        ex.seed("mm-1", SYMBOLS, 2)
         async with (
-            TopicReader(kafka_bootstrap, topics.results) as results,
-            TopicReader(kafka_bootstrap, topics.dlq) as dlq,
+            TopicCollector(kafka_bootstrap, topics.results) as results,
+            TopicCollector(kafka_bootstrap, topics.dlq) as dlq,
             daemon_in_process(settings),
         ):
             await wait_for(lambda: ex.sim.count(endpoint="exchange_info", status=200) >= 1)
             ex.sim.set_faults(INFO_DOWN, "exchange_info")
             await produce(settings, [alert_message("stale-bad", scope={"symbols": ["NOPE_USDT"]})])
-            await wait_for(lambda: len(dlq.records) == 1, timeout=20)
-            assert "NOPE_USDT (" in dlq.records[0]["reason"]
+            await wait_for(lambda: len(dlq.json()) == 1, timeout=20)
+            assert "NOPE_USDT (" in dlq.json()[0]["reason"]
             await produce(settings, [alert_message("stale-all")])
             await wait_for(lambda: len(results.finals("stale-all")) == 1, timeout=20)
             final = results.finals("stale-all")[0]
@@ -309,10 +312,10 @@ def _trigger(accounts: list[str], **kw: Any) -> TriggerRequest:
 async def test_cli_trigger_exit_codes_refused_and_not_found(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)
         await prepare_topics(settings)
-        seeded = sorted(ex.seed("mm-2", 2, symbols=["BTC_USDT"]))
+        seeded = sorted(ex.seed("mm-2", ["BTC_USDT"], 2))
         async with daemon_in_process(settings):
             out = io.StringIO()
             refused = prepare_trigger(
@@ -357,7 +360,7 @@ async def test_a_warm_pair_list_costs_no_request_a_cold_one_is_fetched_once(
         await client.pair_list()  # warm, as the daemon does at start-up
         calls = sim.count(endpoint="exchange_info")
         async with (
-            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
             running_intake(settings, engine, pairs=lists) as run,
         ):
             await produce(settings, [alert_message("warm-1", scope={"symbols": ["BTC_USDT"]})])
@@ -522,7 +525,7 @@ async def test_readiness_and_check_agree_on_an_account_without_any_pair_list(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
     # exchange-info down from the start: mm-1 has `symbols`, mm-2 has nothing to go on.
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         ex.sim.set_faults(INFO_DOWN, "exchange_info")
         settings = daemon_settings(
             kafka_bootstrap,
@@ -575,13 +578,13 @@ async def test_readiness_and_check_agree_on_an_account_without_any_pair_list(
 async def test_no_order_id_is_called_not_found_when_nothing_was_listed(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)
         await prepare_topics(settings)
-        seeded = sorted(ex.seed("mm-2", 2, symbols=["BTC_USDT"]))
+        seeded = sorted(ex.seed("mm-2", ["BTC_USDT"], 2))
         ghost = 9_000_000_002
         async with (
-            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
             daemon_in_process(settings),
         ):
             # The key is refused: the sweep lists nothing, so it knows of no id that

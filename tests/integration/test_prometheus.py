@@ -23,7 +23,7 @@ import pytest
 from killswitch.demo import DemoContext, DemoOptions, run_demo
 from killswitch.embedded import EmbeddedBroker, free_port
 from killswitch.render import metric_samples
-from tests.integration.test_demo import demo_dir
+from tests.support.demo import demo_dir
 
 pytestmark = pytest.mark.integration
 

@@ -29,15 +29,12 @@ from killswitch.health import Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
 from killswitch.observability import ExchangeProbe, first_page
 from killswitch.operator import run_checks
-from tests.conftest import wait_for
-from tests.integration.daemon_harness import (
-    daemon_in_process,
-    daemon_settings,
-    exchange,
-    prepare_topics,
-)
-from tests.integration.intake_harness import TopicReader, alert_message, produce
 from tests.support.daemon import wait_http
+from tests.support.exchange import exchange
+from tests.support.inprocess import ACCOUNTS, daemon_in_process, daemon_settings, prepare_topics
+from tests.support.intake import alert_message
+from tests.support.topics import TopicCollector, produce
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -234,7 +231,7 @@ async def test_the_daemon_names_a_redirected_cancel_all_in_readyz_and_the_result
 ) -> None:
     """As an operator meets it: a kill ends flat through batches, and both its result
     and /readyz say where the exchange redirects cancel-all."""
-    async with exchange() as ex:
+    async with exchange(ACCOUNTS, seed=7) as ex:
         settings = daemon_settings(
             kafka_bootstrap,
             unique_name,
@@ -243,17 +240,17 @@ async def test_the_daemon_names_a_redirected_cancel_all_in_readyz_and_the_result
             metrics={"enabled": True, "host": "127.0.0.1", "port": free_port()},
         )
         await prepare_topics(settings)
-        ex.seed("mm-1", 120)
+        ex.seed("mm-1", SYMBOLS[:2], 120)
         ex.sim.set_redirect(ELSEWHERE, 308, endpoint="cancel_all")
         ready = f"http://127.0.0.1:{settings.metrics.port}/readyz"
         async with (
-            TopicReader(kafka_bootstrap, settings.kafka.topics.results) as results,
+            TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
             daemon_in_process(settings),
         ):
             await wait_http(ready, until=lambda answer: answer.status_code == 200)
             await produce(settings, [alert_message("redir-1", ["mm-1"])])
             await wait_for(lambda: len(results.finals("redir-1")) == 1, timeout=30)
-            (final,) = results.finals("redir-1")
+            (final,) = (await results.to_end()).finals("redir-1")
             answer = await wait_http(ready, until=lambda answer: answer.status_code == 503)
         assert final["status"] == "flat"
         assert problem("cancel_all") in final["reason"]

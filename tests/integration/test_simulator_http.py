@@ -33,7 +33,7 @@ from killswitch.exchange.simulator.testing import (
     register_test_client,
     signed_headers,
 )
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from killswitch.exchange.http1 import Http1Transport
 from killswitch.exchange.transport import Phases
-from tests.unit.test_http1_differential import Verdict, answers, split, theirs
+from tests.support.http1_answers import Verdict, answers, split, theirs
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,7 @@ from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.http1 import DEFAULT_LIMITS
 from killswitch.exchange.signing import generate_private_key, private_key_pem
 from killswitch.exchange.simulator.testing import account_settings
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

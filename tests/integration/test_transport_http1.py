@@ -34,8 +34,8 @@ from killswitch.exchange.transport import (
     RawHeaders,
     StaleConnection,
 )
-from tests.conftest import wait_for
 from tests.support.tls import make_pki
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

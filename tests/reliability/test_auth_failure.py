@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from killswitch.exchange.simulator import EndpointFaults
-from tests.conftest import wait_for
-from tests.reliability import figures
+from tests.support import figures
 from tests.support.daemon import Daemons, daemon_config, http_get, write_config
 from tests.support.exchange import exchange
 from tests.support.topics import Producer, TopicCollector, alert, create_topics
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +67,7 @@ async def test_revoked_key_fails_that_account_only_and_readiness_says_so(
             recovered = await ready_state(url)
             daemon.terminate()
             assert await daemon.wait(timeout=30) == 0
+            recovery = (await results.to_end()).finals("auth-2")
 
     failed, flat = by_account["mm-1"], by_account["mm-2"]
     assert failed["status"] == "failed"
@@ -93,7 +94,7 @@ async def test_revoked_key_fails_that_account_only_and_readiness_says_so(
     assert metrics is not None
     assert "killswitch_ready 0.0" in metrics.text
     # After the key was reinstated.
-    assert [r["status"] for r in results.finals("auth-2")] == ["flat"]
+    assert [r["status"] for r in recovery] == ["flat"]
     assert ex.open_ids("mm-1") == set()
     assert recovered == (200, [])
     figures.add("auth: requests refused after revocation", len(refused_then))

@@ -26,11 +26,11 @@ import httpx
 import pytest
 
 from killswitch.embedded import EmbeddedBroker
-from tests.conftest import wait_for
 from tests.support.broker import kill_broker, metric, wait_kafka_up, wait_ready
 from tests.support.daemon import DaemonProcess, Daemons, daemon_config, wait_http, write_config
 from tests.support.exchange import Exchange, exchange
 from tests.support.topics import Producer, TopicCollector, alert
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -18,24 +18,21 @@ Absence is asserted after reading the topics to their end offsets.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from killswitch.config import load_settings
 from killswitch.core.model import HaltState
 from killswitch.embedded import EmbeddedBroker
-from killswitch.intake.kafka import stop_consumer
 from killswitch.operator import read_status
-from tests.conftest import wait_for
 from tests.support.broker import kill_broker, wait_kafka_up, wait_ready
 from tests.support.daemon import Daemons, daemon_config, write_config
 from tests.support.exchange import CANCEL_ENDPOINTS, Exchange, exchange
-from tests.support.topics import TopicCollector
+from tests.support.topics import TopicCollector, read_to_end
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -59,26 +56,6 @@ def settings_for(ex: Exchange, broker: EmbeddedBroker, tag: str, opted: bool) ->
 
 def cancels_of(ex: Exchange, account: str) -> list[Any]:
     return [e for e in ex.log() if e.endpoint in CANCEL_ENDPOINTS and e.client == account]
-
-
-async def read_to_end(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    """Every record of ``topic`` up to its end offsets taken now (JSON values)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    records: list[dict[str, Any]] = []
-    try:
-        await wait_for(lambda: bool(consumer.partitions_for_topic(topic)), timeout=30)
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        async with asyncio.timeout(30):
-            while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-                batches = await consumer.getmany(*parts, timeout_ms=200)
-                records += [json.loads(r.value or b"{}") for b in batches.values() for r in b]
-    finally:
-        await stop_consumer(consumer)
-    return records
 
 
 async def halted_accounts(config: Path) -> dict[str, HaltState]:
@@ -137,7 +114,7 @@ async def test_opted_in_account_is_killed_and_latched_when_the_broker_is_lost(
         assert halted["mm-1"].alert_id == final["alert_id"]
         assert "on_broker_loss_after_s" in halted["mm-1"].reason
 
-        everything = await read_to_end(broker.bootstrap, topics["results"])
+        everything = (await read_to_end(broker.bootstrap, topics["results"])).json()
         assert [r for r in everything if r.get("account") == "mm-2"] == []
         assert ex.open_ids("mm-2") == kept
         daemon.terminate()
@@ -166,7 +143,7 @@ async def test_default_configuration_does_nothing_on_broker_loss(
         for account in ACCOUNTS:
             assert ex.open_ids(account) == seeded[account]
             assert cancels_of(ex, account) == []
-        assert await read_to_end(broker.bootstrap, topics["results"]) == []
+        assert (await read_to_end(broker.bootstrap, topics["results"])).json() == []
         assert await halted_accounts(config) == {}
         daemon.terminate()
         assert await daemon.wait(timeout=30) == 0

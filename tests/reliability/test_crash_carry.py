@@ -28,11 +28,11 @@ from typing import Any
 import pytest
 
 from killswitch.exchange.simulator import EndpointFaults
-from tests.conftest import wait_for
-from tests.reliability import figures
+from tests.support import figures
 from tests.support.daemon import Daemons, daemon_config, write_config
 from tests.support.exchange import Exchange, exchange
 from tests.support.topics import Producer, TopicCollector, alert, create_topics
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -108,7 +108,8 @@ async def test_final_counts_cover_cancels_of_both_processes(
             await wait_for(lambda: _reported(results, "carry-mid", before), timeout=10)
             assert first.running, first.stderr()[-2000:]
             first.kill()
-            assert not results.finals("carry-mid")  # died mid-sweep, no final result
+            # Died mid-sweep: no final result.
+            assert not (await results.to_end()).finals("carry-mid")
             assert cancelled() == before
             open_at_kill = orders - before
 
@@ -118,13 +119,14 @@ async def test_final_counts_cover_cancels_of_both_processes(
             await wait_for(lambda: bool(results.finals("carry-mid")), timeout=60)
             second.terminate()
             assert await second.wait(timeout=30) == 0
+            finals = (await results.to_end()).finals("carry-mid")
             by_second = {
                 e.order_id
                 for e in ex.log("cancel", since)
                 if e.status == 200 and e.order_id is not None
             }
 
-    (final,) = results.finals("carry-mid")
+    (final,) = finals
     assert 0 < before < orders, "the kill did not land mid-sweep"
     assert by_second  # the second process cancelled the rest itself
     assert len(by_second) == open_at_kill
@@ -162,7 +164,7 @@ async def test_nothing_left_after_restart_still_reports_what_was_cancelled(
             await wait_for(lambda: _reported(results, "carry-done", orders), timeout=10)
             assert first.running, first.stderr()[-2000:]
             first.kill()
-            assert not results.finals("carry-done")
+            assert not (await results.to_end()).finals("carry-done")
 
             ex.sim.clear_faults()
             since = ex.last_seq()
@@ -170,9 +172,10 @@ async def test_nothing_left_after_restart_still_reports_what_was_cancelled(
             await wait_for(lambda: bool(results.finals("carry-done")), timeout=60)
             second.terminate()
             assert await second.wait(timeout=30) == 0
+            finals = (await results.to_end()).finals("carry-done")
             cancels_by_second = ex.log("cancel", since)
 
-    (final,) = results.finals("carry-done")
+    (final,) = finals
     assert cancels_by_second == []  # zero work left after the restart
     assert final["status"] == "flat"
     # Not all zero: the first process did the cancelling.
@@ -210,7 +213,7 @@ async def test_cancels_in_flight_at_the_kill_count_when_the_exchange_applied_the
             await wait_for(lambda: _reported(results, "carry-flight", len(answered)), timeout=10)
             assert first.running, first.stderr()[-2000:]
             first.kill()
-            assert not results.finals("carry-flight")
+            assert not (await results.to_end()).finals("carry-flight")
             # Cancelled by the first daemon, and in none of its outcomes.
             unanswered = cancelled() - answered
             assert unanswered
@@ -221,13 +224,14 @@ async def test_cancels_in_flight_at_the_kill_count_when_the_exchange_applied_the
             await wait_for(lambda: bool(results.finals("carry-flight")), timeout=60)
             second.terminate()
             assert await second.wait(timeout=30) == 0
+            finals = (await results.to_end()).finals("carry-flight")
             by_second = {
                 e.order_id
                 for e in ex.log("cancel", since)
                 if e.status == 200 and e.order_id is not None
             }
 
-    (final,) = results.finals("carry-flight")
+    (final,) = finals
     assert ex.open_ids(ACCOUNT, [PAIR]) == set()
     assert by_second
     assert not by_second & (answered | unanswered)  # the second never saw those open

@@ -21,11 +21,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from tests.conftest import wait_for
-from tests.reliability import figures
+from tests.support import figures
 from tests.support.daemon import Daemons, daemon_config, http_get, write_config
 from tests.support.exchange import exchange
 from tests.support.topics import Producer, TopicCollector, alert, create_topics
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -137,8 +137,9 @@ async def test_bad_input_through_kafka_goes_to_the_dlq_and_the_daemon_keeps_goin
             assert daemon.running
             daemon.terminate()
             assert await daemon.wait(timeout=30) == 0
+            letters = (await dlq.to_end()).json()
+            after = (await results.to_end()).finals("after-the-garbage")
 
-    letters = dlq.json()
     assert len(letters) == len(inputs)
     assert all(r["reason"] for r in letters)
     assert all(r["kind"] in ("invalid", "unauthorized") for r in letters)
@@ -156,6 +157,6 @@ async def test_bad_input_through_kafka_goes_to_the_dlq_and_the_daemon_keeps_goin
             dead_lettered += float(value)
     assert refused == len(inputs)
     assert dead_lettered == len(inputs)
-    assert [r["status"] for r in results.finals("after-the-garbage")] == ["flat"]
+    assert [r["status"] for r in after] == ["flat"]
     assert len(daemons.started) == 1
     figures.add("fuzz: inputs through Kafka into the daemon", len(inputs))

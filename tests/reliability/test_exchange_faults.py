@@ -30,7 +30,7 @@ from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.simulator import EndpointFaults, Simulator, SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.metrics import Metrics
-from tests.reliability import figures
+from tests.support import figures
 from tests.support.probe import CancelProbe
 
 pytestmark = pytest.mark.integration

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from killswitch.exchange.simulator.testing import DoorServer
-from tests.conftest import wait_for
 from tests.support.daemon import Daemons, account_config, daemon_config, wait_http, write_config
 from tests.support.exchange import CANCEL_ENDPOINTS, exchange
 from tests.support.topics import Producer, TopicCollector, alert, create_topics, read_to_end
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -100,7 +100,7 @@ async def test_sigkill_of_the_sweeping_daemon_the_survivor_finishes_alone(
             await wait_for(lambda: not ex.open_ids(ACCOUNT), timeout=30)
             runs[survivor].terminate()
             assert await runs[survivor].wait(timeout=30) == 0
-        records = await read_to_end(kafka_bootstrap, topics["results"])
+        records = (await read_to_end(kafka_bootstrap, topics["results"])).json()
 
     for alert_id, _ in IDS:
         finals = [r["status"] for r in records if r.get("final") and r["alert_id"] == alert_id]

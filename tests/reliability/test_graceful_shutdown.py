@@ -13,29 +13,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from killswitch.exchange.simulator import EndpointFaults
-from tests.conftest import wait_for
-from tests.reliability import figures
+from tests.support import figures
 from tests.support.daemon import Daemons, daemon_config, wait_http, write_config
 from tests.support.exchange import exchange
-from tests.support.topics import Producer, TopicCollector, alert, create_topics
+from tests.support.topics import Producer, TopicCollector, alert, committed, create_topics
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 GRACE_S = 3.0
-RATE = 40.0  # requests per second per account for the first daemon
-
-
-async def committed(bootstrap: str, group: str, topic: str) -> int | None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
-    await consumer.start()
-    try:
-        offset: int | None = await consumer.committed(TopicPartition(topic, 0))
-        return offset
-    finally:
-        await consumer.stop()
+RATE = 40.0  # requests per second per account for the first daemon (one cancel each)
+C_ORDERS = 5  # finished before the signal
+A_ORDERS = int(RATE * GRACE_S / 4)  # a quarter of the grace period at RATE
+B_ORDERS = int(RATE * GRACE_S * 5)  # five grace periods at RATE
+# The first daemon must exit within this: the grace period and a margin for start-up of
+# the stop, yet well before B could have finished.
+FIRST_EXIT_S = GRACE_S + 6
+assert FIRST_EXIT_S < B_ORDERS / RATE
 
 
 async def test_sigterm_finishes_or_hands_off_and_nothing_is_replayed(
@@ -43,9 +39,9 @@ async def test_sigterm_finishes_or_hands_off_and_nothing_is_replayed(
 ) -> None:
     async with exchange(["mm-1", "mm-2", "mm-3"], ["BTC_USDT"], seed=4) as ex:
         ex.sim.set_faults(EndpointFaults(latency_ms=2))
-        ex.seed("mm-3", ["BTC_USDT"], 5)  # C
-        ex.seed("mm-1", ["BTC_USDT"], 30)  # A: under a second at RATE
-        ex.seed("mm-2", ["BTC_USDT"], 600)  # B: 15 s at RATE, far beyond the grace period
+        ex.seed("mm-3", ["BTC_USDT"], C_ORDERS)
+        ex.seed("mm-1", ["BTC_USDT"], A_ORDERS)
+        ex.seed("mm-2", ["BTC_USDT"], B_ORDERS)
         tag = f"term{ex.server.port}"
         slow = daemon_config(
             kafka_bootstrap,
@@ -68,14 +64,18 @@ async def test_sigterm_finishes_or_hands_off_and_nothing_is_replayed(
             await producer.send(topics["alerts"], alert("term-A", ["mm-1"]))
             await producer.send(topics["alerts"], alert("term-B", ["mm-2"]))
             await wait_for(
-                lambda: len(ex.log("cancel")) >= 5 + 5 + 5 and len(ex.open_ids("mm-1")) < 30,
+                lambda: (
+                    len(ex.log("cancel")) >= C_ORDERS + 5 + 5
+                    and len(ex.open_ids("mm-1")) < A_ORDERS
+                ),
                 timeout=30,
             )
             assert ex.open_ids("mm-1"), "A was meant to be running at the signal"
             first.terminate()
-            # Bounded well below the ~15 s B would need: B was handed off, not finished.
-            assert await first.wait(timeout=GRACE_S + 6) == 0
-            after_first = {r["alert_id"]: r["status"] for r in results.finals()}
+            # Bounded well below the time B would need: B was handed off, not finished.
+            first_exit = await first.wait(timeout=FIRST_EXIT_S)
+            assert first_exit == 0
+            after_first = {r["alert_id"]: r["status"] for r in (await results.to_end()).finals()}
             b_left_open = len(ex.open_ids("mm-2"))
             offset_after_first = await committed(kafka_bootstrap, group, topics["alerts"])
 
@@ -88,7 +88,7 @@ async def test_sigterm_finishes_or_hands_off_and_nothing_is_replayed(
             second.terminate()
             assert await second.wait(timeout=30) == 0
             offset_after_second = await committed(kafka_bootstrap, group, topics["alerts"])
-            finals = results.finals()
+            finals = (await results.to_end()).finals()
 
     # The first daemon: C and A finished with results, B handed off unfinished.
     assert after_first == {"term-C": "flat", "term-A": "flat"}
@@ -105,8 +105,9 @@ async def test_sigterm_finishes_or_hands_off_and_nothing_is_replayed(
     # (The readiness probes still read the time, pairs and a page for every account.)
     touched = {e.client for e in ex.sweep_requests(since=mark)}
     assert touched == {"mm-2"}
-    figures.add("shutdown: SIGTERMs during sweeps, exit 0", 1)
-    figures.add("shutdown: alerts replayed as new work", 0)
+    replayed = [r for r in finals[len(after_first) :] if r["alert_id"] in after_first]
+    figures.add("shutdown: SIGTERMs during sweeps, exit 0", [first_exit].count(0))
+    figures.add("shutdown: alerts replayed as new work", len(replayed))
 
 
 async def test_a_second_sigterm_stops_at_once_and_the_alert_is_replayed(
@@ -116,7 +117,8 @@ async def test_a_second_sigterm_stops_at_once_and_the_alert_is_replayed(
     graceful stop (draining), a second one ends it now (exit 130). The unfinished alert
     has no final result and its offset stays uncommitted: a restart finishes it."""
     async with exchange(["mm-1"], ["BTC_USDT"], seed=5) as ex:
-        ex.seed("mm-1", ["BTC_USDT"], 1_200)  # 30 s at RATE, the grace is longer still
+        orders = int(RATE * 30)  # 30 s at RATE, and the grace period longer still
+        ex.seed("mm-1", ["BTC_USDT"], orders)
         tag = f"term2{ex.server.port}"
         slow = daemon_config(
             kafka_bootstrap,
@@ -142,9 +144,10 @@ async def test_a_second_sigterm_stops_at_once_and_the_alert_is_replayed(
             await wait_http(readyz, until=lambda answer: "shutting down" in answer.text)
             assert first.running  # the graceful stop waits for the sweep
             first.terminate()
-            assert await first.wait(timeout=20) == 130  # before the sweep or grace could end
+            second_exit = await first.wait(timeout=20)  # before the sweep or grace could end
+            assert second_exit == 130
             left_open = len(ex.open_ids("mm-1"))
-            assert not results.finals("twice-A")
+            assert not (await results.to_end()).finals("twice-A")
             assert await committed(kafka_bootstrap, group, topics["alerts"]) in (None, 0)
 
             fast = {**slow, "accounts": ex.account_configs(rate_limit_per_second=2000.0)}
@@ -152,7 +155,11 @@ async def test_a_second_sigterm_stops_at_once_and_the_alert_is_replayed(
             await wait_for(lambda: bool(results.finals("twice-A")), timeout=60)
             second.terminate()
             assert await second.wait(timeout=30) == 0
+            replayed = (await results.to_end()).finals("twice-A")
     assert left_open > 0
-    assert [r["status"] for r in results.finals("twice-A")] == ["flat"]
+    assert [r["status"] for r in replayed] == ["flat"]
     assert ex.open_ids("mm-1") == set()
-    figures.add("shutdown: second SIGTERM, exit 130, alert replayed", 1)
+    figures.add(
+        "shutdown: second SIGTERM, exit 130, alert replayed",
+        int(second_exit == 130 and len(replayed) == 1),
+    )

@@ -38,12 +38,12 @@ from killswitch.alerts import Alert, Rejection, RejectKind, format_time, parse_a
 from killswitch.config import OperatorKey, TriggerSigningSettings
 from killswitch.embedded import EmbeddedBroker, free_port
 from killswitch.triggers import TriggerVerifier, canonical_bytes, sign_trigger
-from tests.conftest import wait_for
-from tests.reliability import figures
+from tests.support import figures
 from tests.support.daemon import Daemons, daemon_config, http_get, write_config
 from tests.support.exchange import exchange
 from tests.support.tls import Pki, TLSProxy, make_pki
 from tests.support.topics import Producer, TopicCollector, alert, create_topics
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -232,9 +232,10 @@ async def test_forged_triggers_are_refused_and_no_secret_leaks(
             assert ready is not None
             daemon.terminate()
             assert await daemon.wait(timeout=30) == 0
+            letters = (await dlq.to_end()).json()
+            published = await results.to_end()
 
     # Every forgery refused, with a reason, counted as unauthorized.
-    letters = dlq.json()
     assert {r["kind"] for r in letters} == {"unauthorized"}
     assert all(r["reason"] for r in letters)
     refused_ids = sorted(r["alert_id"] for r in letters)
@@ -247,14 +248,14 @@ async def test_forged_triggers_are_refused_and_no_secret_leaks(
     assert unauthorized in metrics.text
     assert 'killswitch_alerts_total{result="processed",source="manual"} 1.0' in metrics.text
     # Only the valid trigger acted: BTC_USDT of mm-1 is flat, ETH_USDT untouched.
-    (result,) = results.finals("ops-valid")
+    (result,) = published.finals("ops-valid")
     assert result["status"] == "flat"
     assert result["operator"] == "alice"
     assert ex.open_ids("mm-1", ["BTC_USDT"]) == set()
     assert len(ex.open_ids("mm-1", ["ETH_USDT"])) == 10
     accepted = [r for r in daemon.log_records() if r.get("event") == "trigger accepted"]
     assert [(r["alert_id"], r["operator"]) for r in accepted] == [("ops-valid", "alice")]
-    (failed,) = results.finals("auto-1")
+    (failed,) = published.finals("auto-1")
     assert failed["status"] == "failed"
     assert "authentication" in failed["reason"]
     # No secret anywhere the daemon wrote.
@@ -264,7 +265,7 @@ async def test_forged_triggers_are_refused_and_no_secret_leaks(
             "daemon output": daemon.output(),
             "/metrics": metrics.text,
             "/readyz": ready.text,
-            "results": json.dumps(results.json()),
+            "results": json.dumps(published.json()),
             "dead letters": json.dumps(letters),
         },
         secrets,
@@ -336,7 +337,8 @@ async def test_the_daemon_speaks_tls_to_kafka_and_refuses_a_wrong_ca(
             bootstrap, topics["results"], **tls_options(pki.ca_cert)
         ) as results:
             await wait_for(lambda: bool(results.finals("tls-1")), timeout=40)
-        assert [r["status"] for r in results.finals("tls-1")] == ["flat"]
+            finals = (await results.to_end()).finals("tls-1")
+        assert [r["status"] for r in finals] == ["flat"]
         assert ex.open_ids("mm-1") == set()
         daemon.terminate()
         assert await daemon.wait(timeout=30) == 0

@@ -1,6 +1,6 @@
 """A broker of a test's own, and a daemon's view of it: for tests that kill the broker.
 
-``own_broker`` is the fixture body (tests/reliability/conftest.py exposes it as
+``own_broker`` is the fixture body (tests/support/fixtures.py exposes it as
 ``broker``); the waits read the daemon's /readyz and /metrics with a deadline.
 """
 

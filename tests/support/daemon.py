@@ -3,7 +3,7 @@
 ``write_config`` writes the settings a test wants as a TOML file (the way an operator
 configures the daemon); :class:`DaemonProcess` runs ``python -m killswitch run --config
 FILE`` with stdout and stderr in files; :class:`Daemons` (the ``daemons`` fixture in
-``tests/reliability/conftest.py``) remembers every process it started and kills what is
+``tests/support/fixtures.py``) remembers every process it started and kills what is
 still running when the test ends, whatever happened. An ``atexit`` hook is the last line
 of defence, so no daemon outlives the test run.
 """
@@ -129,9 +129,10 @@ def daemon_config(
             "group_id": f"group.{tag}",
             "client_id": f"killswitch-{tag}",
             "fetch_max_wait_ms": 10,
-            "session_timeout_ms": 3_000,
+            # Short group timeouts: see make_settings in tests/support/intake.py.
+            "session_timeout_ms": 2_000,
             "heartbeat_interval_ms": 500,
-            "rebalance_timeout_ms": 3_000,
+            "rebalance_timeout_ms": 2_000,
             "topics": {role: f"{role}.{tag}" for role in TOPIC_ROLES},
             **(kafka or {}),
         },

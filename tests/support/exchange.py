@@ -7,15 +7,49 @@ are the truth a test checks ("flat" is what the simulator says, not the daemon).
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from killswitch.exchange.simulator import LogEntry, Simulator, SimulatorServer
+from killswitch.exchange.simulator.core import Reply, Request
 from killswitch.exchange.simulator.testing import register_test_client
 from tests.support.daemon import SWEEP_PAGE_SIZE, account_config
 
 CANCEL_ENDPOINTS = frozenset({"cancel", "cancel_batch", "cancel_all"})
+
+
+@dataclass(frozen=True)
+class CancelAnswer:
+    """When a cancel request arrived and when its answer leaves (``inf``: never)."""
+
+    client: str
+    received: float  # time.monotonic()
+    leaves: float
+
+
+class AnswerTimingSimulator(Simulator):
+    """A :class:`Simulator` that notes when the answer to each cancel leaves.
+
+    The server writes an answer no earlier than its delay after the request was
+    handled (held and dropped answers never), so a cancel whose answer is due later
+    than now is one its client has sent and not had answered: in flight.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cancel_answers: list[CancelAnswer] = []
+
+    def handle(self, request: Request) -> Reply:
+        reply = super().handle(request)
+        if request.method == "DELETE" and request.api_key in self.api_keys():
+            now = time.monotonic()
+            never = bool(reply.hold_s or reply.drop)
+            leaves = math.inf if never else now + reply.delay_s
+            self.cancel_answers.append(CancelAnswer(self.label(request.api_key), now, leaves))
+        return reply
 
 
 @dataclass
@@ -54,6 +88,22 @@ class Exchange:
             or (e.endpoint == "open_orders" and f"limit={SWEEP_PAGE_SIZE}" in e.query)
         ]
 
+    def cancels(self, account: str) -> list[int]:
+        """Order ids of every single-order cancel the account sent, in order."""
+        return [
+            e.order_id
+            for e in self.sim.log_since(0)
+            if e.endpoint == "cancel" and e.client == account and e.order_id is not None
+        ]
+
+    def cancels_in_flight(self, since: float) -> int:
+        """Cancels received since ``since`` (``time.monotonic()``) whose answer has not
+        left yet: sent by a client and not answered (see :class:`AnswerTimingSimulator`).
+        """
+        assert isinstance(self.sim, AnswerTimingSimulator)
+        now = time.monotonic()
+        return sum(1 for a in self.sim.cancel_answers if a.received >= since and a.leaves > now)
+
     def last_seq(self) -> int:
         entries = self.sim.log_since(0)
         return entries[-1].seq if entries else 0
@@ -81,10 +131,11 @@ class Exchange:
 
 @contextlib.asynccontextmanager
 async def exchange(
-    accounts: Sequence[str], symbols: Sequence[str], seed: int = 1, **limits: Any
+    accounts: Sequence[str], symbols: Sequence[str] | None = None, seed: int = 1, **limits: Any
 ) -> AsyncIterator[Exchange]:
-    """A simulator trading ``symbols`` with a client per account (``limits``: per client)."""
-    sim = Simulator(seed=seed, symbols=list(symbols))
+    """A simulator trading ``symbols`` (its own default list when None) with a client per
+    account (``limits``: per client)."""
+    sim = AnswerTimingSimulator(seed=seed, symbols=None if symbols is None else list(symbols))
     keys = {a: register_test_client(sim, name=a, **limits) for a in accounts}
     async with SimulatorServer(sim) as server:
         yield Exchange(sim, server, keys)

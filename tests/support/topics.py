@@ -1,8 +1,16 @@
-"""Kafka helpers for tests: create a daemon's topics, produce alerts, collect outputs.
+"""Kafka helpers for tests: create topics, produce, and read topics back.
 
-:class:`TopicCollector` reads one topic from the beginning in the background (no
-consumer group, nothing committed) and keeps every record; ``results()`` and
-``finals()`` look at result records the way an operator would.
+Two ways to read a topic, for two kinds of assertion:
+
+- :class:`TopicCollector` reads one topic from the beginning in the background (no
+  consumer group, nothing committed) and keeps every record. It is for *presence*:
+  wait (with a deadline) until what the test expects has arrived.
+- :func:`read_to_end` reads a topic from the beginning up to the end offsets it has
+  when called, on every partition. It is for *absence* and *exactly one*: a record the
+  broker acknowledged before the call is in its answer, so a late duplicate cannot
+  slip past the assertion the way it can past a background reader that is behind.
+
+Both answer through :class:`Records` (``json()``, ``finals()``, ``final_pairs()``).
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,20 +28,24 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from killswitch.alerts import format_time
+from killswitch.config import Settings
 
 
 async def create_topics(
-    bootstrap: str, topics: Mapping[str, str], partitions: Mapping[str, int] | None = None
+    bootstrap: str,
+    names: Mapping[str, str] | Iterable[str],
+    partitions: int = 1,
+    **client_options: Any,
 ) -> None:
-    """Create a daemon's topics (``role -> name``), one partition unless told otherwise."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    """Create topics (idempotent): a list of names, or a daemon's ``role -> name``."""
+    topics = list(names.values()) if isinstance(names, Mapping) else list(names)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
     await admin.start()
     try:
-        for role, name in topics.items():
-            count = (partitions or {}).get(role, 1)
+        for name in topics:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
-                    [NewTopic(name=name, num_partitions=count, replication_factor=1)]
+                    [NewTopic(name=name, num_partitions=partitions, replication_factor=1)]
                 )
     finally:
         await admin.close()
@@ -71,16 +83,24 @@ class Producer:
         await self._producer.stop()
 
     async def send(
-        self, topic: str, value: bytes | Mapping[str, Any], key: str | bytes | None = None
+        self,
+        topic: str,
+        value: bytes | Mapping[str, Any],
+        key: str | bytes | None = None,
+        partition: int | None = None,
     ) -> None:
         """Send and wait for the acknowledgement."""
-        await self._producer.send_and_wait(topic, _bytes(value), key=_key(key))
+        await self._producer.send_and_wait(topic, _bytes(value), key=_key(key), partition=partition)
 
     async def send_later(
-        self, topic: str, value: bytes | Mapping[str, Any], key: str | bytes | None = None
+        self,
+        topic: str,
+        value: bytes | Mapping[str, Any],
+        key: str | bytes | None = None,
+        partition: int | None = None,
     ) -> asyncio.Future[Any]:
         """Hand to the producer; the returned future resolves when acknowledged."""
-        return await self._producer.send(topic, _bytes(value), key=_key(key))
+        return await self._producer.send(topic, _bytes(value), key=_key(key), partition=partition)
 
 
 def _bytes(value: bytes | Mapping[str, Any]) -> bytes:
@@ -102,11 +122,43 @@ class Record:
         return json.loads(self.value) if self.value else {}
 
 
-class TopicCollector:
-    """Collects every record of one topic in the background."""
+class Records:
+    """Records of one topic, with the views an operator would take of results."""
+
+    def __init__(self, records: list[Record] | None = None) -> None:
+        self.records: list[Record] = records if records is not None else []
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def keys(self) -> list[bytes | None]:
+        return [r.key for r in self.records]
+
+    def json(self) -> list[dict[str, Any]]:
+        return [r.json() for r in self.records]
+
+    def finals(self, alert_id: str | None = None) -> list[dict[str, Any]]:
+        """Final result records (of one alert, or all)."""
+        return [
+            r
+            for r in self.json()
+            if r.get("final") is True and (alert_id is None or r.get("alert_id") == alert_id)
+        ]
+
+    def final_pairs(self) -> set[tuple[str, str]]:
+        """(alert_id, account) of every final result."""
+        return {(r["alert_id"], r["account"]) for r in self.finals()}
+
+
+class TopicCollector(Records):
+    """Collects every record of one topic in the background (for presence; see
+    :meth:`to_end` for absence)."""
 
     def __init__(self, bootstrap: str, topic: str, **options: Any) -> None:
-        self.records: list[Record] = []
+        super().__init__()
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self._options = options
         self._consumer = AIOKafkaConsumer(
             topic,
             bootstrap_servers=bootstrap,
@@ -133,36 +185,97 @@ class TopicCollector:
                 await self._task
         await self._consumer.stop()
 
-    def json(self) -> list[dict[str, Any]]:
-        return [r.json() for r in self.records]
-
-    def finals(self, alert_id: str | None = None) -> list[dict[str, Any]]:
-        """Final result records (of one alert, or all)."""
-        return [
-            r
-            for r in self.json()
-            if r.get("final") is True and (alert_id is None or r.get("alert_id") == alert_id)
-        ]
-
-    def final_pairs(self) -> set[tuple[str, str]]:
-        """(alert_id, account) of every final result."""
-        return {(r["alert_id"], r["account"]) for r in self.finals()}
+    async def to_end(self, timeout: float = 10.0) -> Records:
+        """The same topic read to its end offsets now (:func:`read_to_end`)."""
+        return await read_to_end(self.bootstrap, self.topic, timeout=timeout, **self._options)
 
 
-async def read_to_end(bootstrap: str, topic: str, partitions: int = 1) -> list[dict[str, Any]]:
-    """Every record of ``topic`` (JSON) up to its end offsets at the call: what an
-    absence ("no second result") is asserted on."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=10)
+async def read_to_end(
+    bootstrap: str, topic: str, *, timeout: float = 10.0, **options: Any
+) -> Records:
+    """Every record of ``topic`` up to the end offsets it has now, on every partition.
+
+    A consumer without a group takes the end offsets first, then reads from the
+    beginning until it has received every record before the end on every partition;
+    the test fails if that takes longer than ``timeout``. Anything acknowledged before
+    the call is in the answer.
+
+    The end of a partition is the later of the broker's end offset and the high
+    watermark of the first fetch answer for it: the embedded broker (Tansu) answers
+    the end-offset request with the last *batch's* base offset plus one, short of the
+    records batched after it. The count is kept from the records received (aiokafka's
+    ``position()`` moves ahead with its prefetching).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,
+        **options,
+    )
+    await consumer.start()
+    records: list[Record] = []
+    try:
+        partitions = await _partitions(consumer, topic, deadline)
+        consumer.assign(partitions)
+        listed = await consumer.end_offsets(partitions)
+        following = await consumer.beginning_offsets(partitions)  # next offset to receive
+        await consumer.seek_to_beginning(*partitions)
+        ends: dict[TopicPartition, int] = {}  # once the first fetch answer is in
+        while any(following[tp] < ends.get(tp, listed[tp]) for tp in partitions):
+            if loop.time() > deadline:
+                raise AssertionError(f"{topic} not read to its end offsets within {timeout}s")
+            batches = await consumer.getmany(timeout_ms=100)
+            for tp, batch in batches.items():
+                if tp not in ends:
+                    ends[tp] = max(listed[tp], consumer.highwater(tp) or 0)
+                kept = [r for r in batch if r.offset < ends[tp]]
+                records.extend(Record(r.key, r.value, r.partition, r.offset) for r in kept)
+                if batch:
+                    following[tp] = max(following[tp], batch[-1].offset + 1)
+    finally:
+        await consumer.stop()
+    records.sort(key=lambda r: (r.partition, r.offset))
+    return Records(records)
+
+
+async def _partitions(
+    consumer: AIOKafkaConsumer, topic: str, deadline: float
+) -> list[TopicPartition]:
+    """The topic's partitions, once the consumer's metadata knows them."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await consumer.topics()  # refreshes the metadata
+        known = consumer.partitions_for_topic(topic)
+        if known:
+            return [TopicPartition(topic, p) for p in sorted(known)]
+        if loop.time() > deadline:
+            raise AssertionError(f"topic {topic} has no partitions")
+        await asyncio.sleep(0.05)  # metadata of a topic just created, with a deadline
+
+
+async def produce(
+    settings: Settings,
+    messages: Sequence[bytes | Mapping[str, Any]],
+    topic: str | None = None,
+    key: str | None = "mm-1",
+) -> None:
+    """Send ``messages`` (acks=all) to a daemon's alert topic, or to ``topic``."""
+    async with Producer(settings.kafka.bootstrap_servers) as producer:
+        for message in messages:
+            await producer.send(topic or settings.kafka.topics.alerts, message, key=key)
+
+
+async def committed(bootstrap: str, group: str, topic: str, partition: int = 0) -> int | None:
+    """The group's committed offset on one partition (read with a throwaway member)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        out: list[dict[str, Any]] = []
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(*parts, timeout_ms=200)
-            out += [json.loads(r.value) if r.value else {} for rs in batch.values() for r in rs]
-        return out
+        offset: int | None = await consumer.committed(TopicPartition(topic, partition))
+        return offset
     finally:
         await consumer.stop()

@@ -32,7 +32,7 @@ from killswitch.exchange.errors import (
     RequestRejected,
 )
 from killswitch.ratelimit import RateLimiter
-from tests.unit.test_signing import PKCS8_PEM
+from tests.support.keys import PKCS8_PEM
 
 API_KEY = "unit-api-key-0123456789"
 

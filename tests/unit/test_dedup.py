@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 
 from killswitch.core.dedup import DedupWindow, Seen
+from killswitch.core.model import Position
 
-P1 = ("killswitch.alerts", 0, 10)
-P2 = ("killswitch.alerts", 0, 11)
+P1 = Position("killswitch.alerts", 0, 10)
+P2 = Position("killswitch.alerts", 0, 11)
 
 
-def seen(window: DedupWindow, alert_id: str, accounts: list[str], origin=P1) -> list[Seen]:  # type: ignore[no-untyped-def]
+def seen(
+    window: DedupWindow, alert_id: str, accounts: list[str], origin: Position = P1
+) -> list[Seen]:
     return [v.seen for v in window.decide(alert_id, accounts, origin).accounts]
 
 
@@ -67,7 +70,7 @@ def test_a_duplicate_result_never_hides_the_original_status() -> None:
 def test_window_is_bounded_oldest_first() -> None:
     w = DedupWindow(3)
     for i in range(5):
-        w.finish(f"a{i}", "mm-1", "flat", ("t", 0, i))
+        w.finish(f"a{i}", "mm-1", "flat", Position("t", 0, i))
     assert len(w) == 3
     assert "a0" not in w
     assert "a1" not in w

@@ -10,8 +10,7 @@ from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome, RejectReason
 from killswitch.core.ports import BatchCancelResult, CancelResult
 from killswitch.engine import Engine
-from tests.conftest import wait_for
-from tests.unit.test_engine import (
+from tests.support.engine import (
     ACCOUNT,
     FakeExchange,
     Progress,
@@ -21,6 +20,7 @@ from tests.unit.test_engine import (
     run,
     settings,
 )
+from tests.support.waiting import wait_for
 
 
 class RefusingExchange(FakeExchange):

@@ -12,8 +12,7 @@ import dataclasses
 from killswitch.core.model import CarriedOutcomes, Counts, OrderReport, SweepStatus
 from killswitch.core.outcomes import Outcome
 from killswitch.engine import Engine
-from tests.conftest import wait_for
-from tests.unit.test_engine import (
+from tests.support.engine import (
     ACCOUNT,
     FakeExchange,
     Progress,
@@ -21,6 +20,7 @@ from tests.unit.test_engine import (
     request,
     settings,
 )
+from tests.support.waiting import wait_for
 
 
 def earlier(*orders: tuple[int, Outcome]) -> CarriedOutcomes:

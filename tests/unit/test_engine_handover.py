@@ -15,8 +15,8 @@ import pytest
 from killswitch.core.model import SweepStatus
 from killswitch.core.ports import SweepHandedOver
 from killswitch.engine import Engine
-from tests.conftest import wait_for
-from tests.unit.test_engine import FakeExchange, Progress, request, settings
+from tests.support.engine import FakeExchange, Progress, request, settings
+from tests.support.waiting import wait_for
 
 
 async def test_a_running_sweep_stops_without_a_result_and_hands_its_progress_over() -> None:

@@ -20,7 +20,7 @@ from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome
 from killswitch.core.ports import BatchCancelResult
 from killswitch.engine import Engine
-from tests.unit.test_engine import (
+from tests.support.engine import (
     ACCOUNT,
     FakeExchange,
     Progress,

@@ -161,3 +161,29 @@ def test_the_engine_imports_neither_the_settings_tree_nor_the_adapters() -> None
     for name in sorted(engine):
         outside = sorted(t for t in graph[name] if not t.startswith(allowed))
         assert not outside, f"{name} imports {outside}"
+
+
+TESTS = ROOT.parent / "tests"
+
+
+def _test_imports(path: Path) -> Iterator[str]:
+    """The modules a file under tests/ imports (relative imports as ``.name``)."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield "." * node.level + (node.module or "")
+
+
+def test_tests_share_helpers_through_tests_support_only() -> None:
+    """No test module imports from another test module or from a conftest: what tests
+    share is in tests/support (fixtures through its pytest plugin)."""
+    offending = [
+        f"{path.relative_to(TESTS.parent)}: {name}"
+        for path in sorted(TESTS.rglob("*.py"))
+        for name in _test_imports(path)
+        if name.startswith(".")
+        or name.split(".")[0] == "conftest"
+        or (name.split(".")[0] == "tests" and not name.startswith("tests.support"))
+    ]
+    assert not offending, offending

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from killswitch.intake.lag import watch_loop_lag
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 
 class Lags:

@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from killswitch.embedded import free_port
 from killswitch.intake import watch as watch_module
 from killswitch.intake.watch import KafkaWatch, any_listening
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 
 class Clock:
@@ -194,9 +194,11 @@ async def test_a_client_error_probes_at_once() -> None:
     task = asyncio.create_task(watch.run(probe, stop, interval_s=60.0))
     await wait_for(lambda: len(calls) == 1)
     watch.client_error(is_error=True)
+    # The next probe comes from the client error, not the 60 s interval.
     await wait_for(lambda: len(calls) == 2)
     stop.set()
     await task
+    assert len(calls) == 2  # and stopping probes no more
 
 
 async def test_wait_until_up_retries_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ from killswitch.metrics import (
     Metrics,
     watch_loop_lag,
 )
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 ACCOUNTS = ["mm-1", "mm-2"]
 
@@ -313,11 +313,27 @@ def test_label_budget(
     assert [budget(v) for v in inputs] == expected
 
 
-def test_methods_never_raise(metrics: Metrics) -> None:
-    # Bad input from a buggy caller is logged and dropped, never raised into a sweep.
+def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the registry by name and labels."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in registry.collect()
+        for s in family.samples
+    }
+
+
+def test_methods_never_raise(metrics: Metrics, registry: CollectorRegistry) -> None:
+    # Bad input from a buggy caller is dropped, never raised into a sweep: no call below
+    # raises, none changes a sample, and the methods still count good input afterwards.
+    before = samples(registry)
     metrics.cancel_outcome("mm-1", "not-an-outcome")  # type: ignore[arg-type]
     metrics.first_cancel("soon")  # type: ignore[arg-type]
     metrics.rate_changed("mm-1", "fast")  # type: ignore[arg-type]
+    assert samples(registry) == before
+    metrics.cancel_outcome("mm-1", Outcome.SENT)
+    metrics.rate_changed("mm-1", 25.0)
+    assert value(registry, "killswitch_cancels_total", account="mm-1", outcome="sent") == 1
+    assert value(registry, "killswitch_rate_limit_per_second", account="mm-1") == 25.0
 
 
 def test_registries_are_independent() -> None:

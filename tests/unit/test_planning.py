@@ -19,7 +19,6 @@ from killswitch.core.planning import (
     in_scope,
     needs_exchange_info,
     next_step,
-    normalise_scope,
     pause_before_next_pass,
     priority_key,
     symbols_to_list,
@@ -78,13 +77,13 @@ def scope(
         (scope(ids={1}), scope(ids={1})),
     ],
 )
-def test_normalise_scope(given: Scope, expected: Scope) -> None:
-    assert normalise_scope(given) == expected
+def test_a_scope_is_normalised_where_it_is_made(given: Scope, expected: Scope) -> None:
+    assert given == expected
 
 
 def test_normalised_empty_ids_widen_to_all() -> None:
     # The bug normalising prevents: {} | {1} would narrow "all orders" to order 1.
-    widened = normalise_scope(scope(ids=set())).widen(scope(ids={1}))
+    widened = scope(ids=set()).widen(scope(ids={1}))
     assert widened.order_ids is None
 
 

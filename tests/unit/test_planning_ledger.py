@@ -10,7 +10,6 @@ from killswitch.core.ledger import (
     DoubleCancel,
     Ledger,
     OrderRecord,
-    covers,
     merge_outcome,
     should_cancel_again,
 )
@@ -74,7 +73,7 @@ def test_should_cancel_again(prior: Outcome | None, expected: bool) -> None:
     ],
 )
 def test_covers_record(scope: Scope, record: OrderRecord, order_id: int, expected: bool) -> None:
-    assert covers(scope, order_id, record) is expected
+    assert scope.covers(record.symbol, record.side, order_id) is expected
 
 
 def test_listing_twice_in_one_pass_queues_once() -> None:

@@ -29,14 +29,10 @@ from killswitch.exchange.signing import (
     signing_payload,
     verify,
 )
+from tests.support.keys import PKCS8_PEM
 
-# One P-256 key in the three file formats the docs allow (the same private scalar).
-PKCS8_PEM = b"""-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgMFJkHN1p7mSA9SqU
-Me1DOlEhDhh2T1il3c8Dx4BkW+6hRANCAAT0N2fVSHgiwHdvChxVNEwgDq86ZlZb
-HahPbvZYXOA5PvfMlVruRZqA4S2OsHA/XK/ZQZoo4voqcDqPPXZJ5XvZ
------END PRIVATE KEY-----
-"""
+# One P-256 key in the three file formats the docs allow (the same private scalar):
+# PKCS#8 (tests/support/keys.py), SEC1 and OpenSSH.
 SEC1_PEM = b"""-----BEGIN EC PRIVATE KEY-----
 MHcCAQEEIDBSZBzdae5kgPUqlDHtQzpRIQ4Ydk9Ypd3PA8eAZFvuoAoGCCqGSM49
 AwEHoUQDQgAE9Ddn1Uh4IsB3bwocVTRMIA6vOmZWWx2oT272WFzgOT73zJVa7kWa

@@ -1,5 +1,7 @@
-"""End-to-end helpers: the exchange simulator on loopback, daemon settings, daemons in
-process (``async_run``) or as subprocesses (``python -m killswitch run``)."""
+"""End-to-end helpers: daemon settings for an :class:`~tests.support.exchange.Exchange`,
+daemons in process (``async_run``) or as subprocesses configured by environment
+variables (``python -m killswitch run``; :mod:`tests.support.daemon` runs them from a
+config file)."""
 
 from __future__ import annotations
 
@@ -17,48 +19,14 @@ from typing import Any
 
 from killswitch.config import Settings
 from killswitch.daemon import Daemon, async_run
-from killswitch.exchange.simulator import Simulator, SimulatorServer
-from killswitch.exchange.simulator.testing import register_test_client
-from tests.integration.intake_harness import create_all_topics
+from tests.support.daemon import REPO
+from tests.support.exchange import Exchange
+from tests.support.intake import create_all_topics
 
+# The accounts of the in-process tests' exchange (``exchange(ACCOUNTS, seed=7)``), and the
+# pairs they place orders on.
 ACCOUNTS = ["mm-1", "mm-2"]
 SYMBOLS = ["BTC_USDT", "ETH_USDT"]
-REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Exchange:
-    """A simulator with one registered key per account."""
-
-    sim: Simulator
-    server: SimulatorServer
-    keys: dict[str, tuple[str, bytes]]  # account -> (api key, private PEM)
-
-    def seed(self, account: str, per_symbol: int, symbols: list[str] = SYMBOLS) -> set[int]:
-        api_key = self.keys[account][0]
-        ids: set[int] = set()
-        for symbol in symbols:
-            ids |= set(self.sim.seed_orders(api_key, symbol, per_symbol))
-        return ids
-
-    def open_ids(self, account: str) -> set[int]:
-        return self.sim.open_order_ids(self.keys[account][0])
-
-    def cancels(self, account: str) -> list[int]:
-        """Order ids of every single-order cancel the account sent, in order."""
-        return [
-            e.order_id
-            for e in self.sim.request_log
-            if e.endpoint == "cancel" and e.client == account and e.order_id is not None
-        ]
-
-
-@contextlib.asynccontextmanager
-async def exchange() -> AsyncIterator[Exchange]:
-    sim = Simulator(seed=7)
-    keys = {a: register_test_client(sim, name=a) for a in ACCOUNTS}
-    async with SimulatorServer(sim) as server:
-        yield Exchange(sim, server, keys)
 
 
 def daemon_settings(
@@ -69,10 +37,10 @@ def daemon_settings(
         "bootstrap_servers": bootstrap,
         "group_id": unique("group"),
         "fetch_max_wait_ms": 10,
-        # See intake_harness: Tansu generation 0 and aiokafka's LeaveGroup.
-        "session_timeout_ms": 3000,
+        # Short group timeouts: see make_settings in tests/support/intake.py.
+        "session_timeout_ms": 2_000,
         "heartbeat_interval_ms": 500,
-        "rebalance_timeout_ms": 3000,
+        "rebalance_timeout_ms": 2_000,
         "topics": {
             name: unique(name)
             for name in ("alerts", "manual", "heartbeats", "results", "state", "dlq")
@@ -159,8 +127,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-class DaemonProcess:
-    """``python -m killswitch run`` as a child process (stderr to a file)."""
+class EnvDaemonProcess:
+    """``python -m killswitch run`` configured by environment variables, as a child
+    process (stdout and stderr to a file)."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self._log = log_path.open("ab")

@@ -1,4 +1,4 @@
-"""Helpers for intake tests against the real broker: settings, a scriptable engine, readers.
+"""Helpers for intake tests against the real broker: settings, a scriptable engine.
 
 The engine here is a test double of ``EngineAPI`` (the real one is exercised by
 the daemon end-to-end tests); Kafka, offsets and rebalances are real.
@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-from killswitch.alerts import format_time
 from killswitch.config import Settings
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import (
@@ -33,7 +29,7 @@ from killswitch.intake.kafka import make_producer
 from killswitch.intake.outputs import Publisher
 from killswitch.intake.readers import ResultsIndex
 from killswitch.triggers import TriggerVerifier
-from tests.conftest import create_topics
+from tests.support.topics import alert, create_topics
 
 ACCOUNTS = ["mm-1", "mm-2", "arb-1"]
 
@@ -44,12 +40,14 @@ def make_settings(bootstrap: str, unique: Callable[[str], str], **overrides: Any
         "bootstrap_servers": bootstrap,
         "group_id": unique("group"),
         "fetch_max_wait_ms": 10,
-        "session_timeout_ms": 3000,
+        # The embedded broker (Tansu) holds a fresh group's first join for about half the
+        # session timeout, waiting for more members; and it starts group generations at
+        # 0, for which aiokafka sends no LeaveGroup, so the first member of a fresh group
+        # leaves uncleanly and the next join waits out the rebalance timeout. Both short
+        # in tests, with four heartbeats per session so a busy loop is not evicted.
+        "session_timeout_ms": 2_000,
         "heartbeat_interval_ms": 500,
-        # Tansu starts group generations at 0 and aiokafka sends no LeaveGroup for
-        # generation 0, so the first member of a fresh group leaves uncleanly and the
-        # next join waits out the rebalance timeout: keep it short in tests.
-        "rebalance_timeout_ms": 3000,
+        "rebalance_timeout_ms": 2_000,
         "topics": {
             "alerts": unique("alerts"),
             "manual": unique("manual"),
@@ -72,21 +70,8 @@ async def create_all_topics(settings: Settings, partitions: int = 1) -> None:
 
 
 def alert_message(alert_id: str, accounts: Any = ("mm-1",), **kw: Any) -> dict[str, Any]:
-    return {
-        "schema": "killswitch.alert/v1",
-        "alert_id": alert_id,
-        "action": kw.pop("action", "kill"),
-        "source": kw.pop("source", "test"),
-        "reason": "test",
-        "scope": {
-            "accounts": accounts if accounts == "*" else list(accounts),
-            **kw.pop("scope", {}),
-        },
-        "latch": kw.pop("latch", False),
-        "dry_run": kw.pop("dry_run", False),
-        "created_at": format_time(datetime.now(UTC)),
-        **kw,
-    }
+    """:func:`tests.support.topics.alert` for mm-1 from source ``test`` unless told."""
+    return alert(alert_id, accounts, **{"source": "test", **kw})
 
 
 @dataclass
@@ -194,84 +179,6 @@ class RecordingObserver:
 
     def loop_lag(self, seconds: float) -> None:
         self.lags.append(seconds)
-
-
-class TopicReader:
-    """Collects every JSON record of one topic in the background."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.records: list[dict[str, Any]] = []
-        self.keys: list[bytes | None] = []
-        self._bootstrap = bootstrap
-        self._topic = topic
-        self._task: asyncio.Task[None] | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-
-    async def __aenter__(self) -> TopicReader:
-        self._consumer = AIOKafkaConsumer(
-            self._topic,
-            bootstrap_servers=self._bootstrap,
-            group_id=None,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=10,
-        )
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        async for record in self._consumer:
-            self.keys.append(record.key)
-            self.records.append(json.loads(record.value) if record.value else {})
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
-
-    def finals(self, alert_id: str | None = None) -> list[dict[str, Any]]:
-        return [
-            r
-            for r in self.records
-            if r.get("final") and (alert_id is None or r.get("alert_id") == alert_id)
-        ]
-
-
-async def produce(
-    settings: Settings,
-    messages: list[bytes | dict[str, Any]],
-    topic: str | None = None,
-    key: str | None = "mm-1",
-) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
-    await producer.start()
-    try:
-        for message in messages:
-            value = message if isinstance(message, bytes) else json.dumps(message).encode()
-            await producer.send_and_wait(
-                topic or settings.kafka.topics.alerts, value, key=key.encode() if key else None
-            )
-    finally:
-        await producer.stop()
-
-
-async def committed(settings: Settings, topic: str, partition: int = 0) -> int | None:
-    """The group's committed offset on one partition (read with a throwaway member)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        group_id=settings.kafka.group_id,
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        offset: int | None = await consumer.committed(TopicPartition(topic, partition))
-        return offset
-    finally:
-        await consumer.stop()
 
 
 @dataclass

@@ -1,0 +1,410 @@
+"""One model per message (pure): every message written through its model reads back equal,
+and the examples of docs/CONTRACTS.md read as the models say."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from killswitch.alerts import (
+    Alert,
+    DeadLetter,
+    Rejection,
+    RejectKind,
+    ResultOrder,
+    ResultRecord,
+    decode_result_summary,
+    decode_state_record,
+    encode_dlq,
+    encode_result,
+    encode_state,
+    parse_alert,
+    position_from_json,
+    position_to_json,
+    read_dead_letter,
+    read_result,
+    state_to_json,
+)
+from killswitch.core.carry import carried_from_json
+from killswitch.core.model import (
+    Counts,
+    HaltState,
+    InFlight,
+    OrderReport,
+    Position,
+    Scope,
+    SweepResult,
+    SweepStatus,
+)
+from killswitch.core.orders import Side
+from killswitch.core.outcomes import Outcome, RejectReason
+from killswitch.core.times import format_time, parse_time
+from killswitch.deadman import Heartbeat, encode_heartbeat, parse_heartbeat
+from killswitch.render import AccountProgress, status_records
+
+# Times in messages have milliseconds: the round trips use times that have no more.
+NOW = datetime(2026, 11, 24, 1, 2, 3, 456000, tzinfo=UTC)
+CONTRACTS = Path(__file__).resolve().parents[2] / "docs" / "CONTRACTS.md"
+
+
+def doc_examples() -> dict[str, dict[str, Any]]:
+    """The JSON examples of docs/CONTRACTS.md, by their ``schema``."""
+    blocks = re.findall(r"```json\n(.*?)```", CONTRACTS.read_text(), flags=re.DOTALL)
+    examples = [json.loads(block) for block in blocks]
+    return {example["schema"]: example for example in examples}
+
+
+def test_every_message_has_an_example_in_the_docs() -> None:
+    assert set(doc_examples()) == {
+        "killswitch.alert/v1",
+        "killswitch.result/v1",
+        "killswitch.state/v1",
+        "killswitch.dlq/v1",
+        "killswitch.heartbeat/v1",
+    }
+
+
+# ------------------------------------------------------------------------- alert
+
+
+def alert(**fields: Any) -> Alert:
+    body: dict[str, Any] = {
+        "schema": "killswitch.alert/v1",
+        "alert_id": "op-1",
+        "action": "kill",
+        "source": "operator-cli",
+        "reason": "VaR",
+        "scope": {"accounts": ["mm-1", "mm-2"]},
+        "created_at": format_time(NOW),
+    }
+    return Alert.model_validate(body | fields)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"scope": {"accounts": "*", "symbols": ["BTC_USDT"], "sides": ["SELL"]}},
+        {"scope": {"accounts": ["mm-1"], "order_ids": [5, 7]}, "latch": True, "dry_run": True},
+        {
+            "action": "release",
+            "operator": {"name": "alice"},
+            "deadline_s": 2.5,
+            "signature": "c2ln",
+            "expires_at": format_time(NOW + timedelta(minutes=1)),
+        },
+    ],
+)
+def test_an_alert_reads_back_equal(fields: dict[str, Any]) -> None:
+    written = alert(**fields)
+    assert Alert.model_validate(written.to_json()) == written
+
+
+def test_an_alert_leaves_out_what_is_not_set() -> None:
+    out = alert().to_json()
+    assert out["scope"] == {"accounts": ["mm-1", "mm-2"]}
+    assert out["expires_at"] is None
+    assert not {"operator", "deadline_s", "signature"} & set(out)
+
+
+def test_the_docs_alert_example_reads() -> None:
+    example = doc_examples()["killswitch.alert/v1"]
+    parsed = parse_alert(
+        json.dumps(example).encode(),
+        channel="alerts",
+        accounts=["mm-1"],
+        max_message_bytes=10_000,
+        max_order_ids=10,
+        now=NOW,
+    )
+    assert isinstance(parsed, Alert)
+    assert parsed.core_scope() == Scope(frozenset({"BTC_USDT"}), frozenset({Side.BUY}), None)
+    # Written back, an empty order_ids is left out (it means all, as its absence does).
+    assert Alert.model_validate(parsed.to_json()) == parsed
+
+
+# ------------------------------------------------------------------------ result
+
+
+def sweep(**fields: Any) -> SweepResult:
+    base: dict[str, Any] = {
+        "alert_id": "risk-7f3a",
+        "account": "mm-1",
+        "status": SweepStatus.RUNNING,
+        "final": False,
+        "dry_run": False,
+        "counts": Counts(sent=2, rejected=1),
+        "residual_open": 4,
+        "sweeps": 1,
+        "received_at": NOW,
+        "first_cancel_at": NOW + timedelta(milliseconds=40),
+        "finished_at": None,
+        "orders": [
+            OrderReport(11, "BTC_USDT", Outcome.SENT, 1),
+            OrderReport(12, "BTC_USDT", Outcome.SENT, 2),
+            OrderReport(13, "ETH_USDT", Outcome.REJECTED, 1, RejectReason.NOT_FOUND),
+        ],
+        "operator": "alice",
+        "source": "operator-cli",
+        "pending": 1,
+        "trigger_reason": "VaR",
+        "pairs_listed": 1,
+        "pairs_in_scope": 2,
+        "in_flight": [InFlight(14, "ETH_USDT")],
+    }
+    return SweepResult(**(base | fields))
+
+
+def expected_record(result: SweepResult, origin: Position | None) -> ResultRecord:
+    """What the one reader must give back for a result the one writer wrote."""
+    return ResultRecord(
+        account=result.account,
+        status=result.status.value,
+        alert_id=result.alert_id,
+        final=result.final,
+        dry_run=result.dry_run,
+        counts=result.counts,
+        residual_open=result.residual_open,
+        pending=result.pending,
+        sweeps=result.sweeps,
+        received_at=result.received_at,
+        first_cancel_at=result.first_cancel_at,
+        finished_at=result.finished_at,
+        orders=tuple(ResultOrder(o.order_id, o.symbol, o.outcome.value) for o in result.orders),
+        reason=result.reason,
+        operator=result.operator,
+        source=result.source,
+        trigger_reason=result.trigger_reason,
+        not_found=tuple(result.not_found),
+        unlisted_pairs=tuple(result.unlisted_pairs),
+        in_flight=tuple(result.in_flight),
+        pairs_listed=result.pairs_listed,
+        pairs_in_scope=result.pairs_in_scope,
+        was_halted=result.was_halted,
+        origin=origin,
+    )
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        sweep(),
+        sweep(
+            status=SweepStatus.FLAT,
+            final=True,
+            finished_at=NOW + timedelta(seconds=2),
+            in_flight=[],
+            pairs_listed=None,
+            pairs_in_scope=None,
+            not_found=[99],
+            unlisted_pairs=["ETH_USDT"],
+            reason="deadline passed",
+        ),
+        sweep(status=SweepStatus.RELEASED, final=True, orders=[], was_halted=False),
+    ],
+)
+@pytest.mark.parametrize("origin", [None, Position("killswitch.alerts", 2, 1841)])
+def test_a_result_reads_back_equal(result: SweepResult, origin: Position | None) -> None:
+    raw = encode_result(result, origin)
+    record = decode_result_summary(raw)
+    expected = expected_record(result, origin)
+    assert read_result(json.loads(raw)) == expected
+    # The dedup rebuild's reading: no lists, and what a replay carries.
+    carried = None if result.final else carried_from_json(json.loads(raw))
+    head = dataclasses.replace(
+        expected, orders=(), not_found=(), unlisted_pairs=(), in_flight=(), carried=carried
+    )
+    assert record == head
+
+
+def test_a_progress_result_carries_its_outcomes_for_a_replay() -> None:
+    record = decode_result_summary(encode_result(sweep()))
+    assert record is not None
+    assert record.carried is not None
+    assert record.carried.counts == Counts(sent=2, rejected=1)
+    assert [o.order_id for o in record.carried.orders] == [11, 12, 13]
+    assert record.carried.in_flight == (InFlight(14, "ETH_USDT"),)
+
+
+def test_the_docs_result_example_reads() -> None:
+    example = doc_examples()["killswitch.result/v1"]
+    assert decode_result_summary(json.dumps(example).encode()) is not None
+    record = read_result(example)
+    assert record is not None
+    assert (record.alert_id, record.account, record.status, record.final) == (
+        "risk-7f3a",
+        "mm-1",
+        "flat",
+        True,
+    )
+    assert record.counts == Counts(sent=117, already_closed=3)
+    assert record.orders == (ResultOrder(5000000123, "BTC_USDT", "sent"),)
+    assert record.origin == Position("killswitch.alerts", 2, 1841)
+    assert record.finished_at == datetime(2026, 11, 24, 1, 2, 4, 901000, tzinfo=UTC)
+    progress = AccountProgress.from_result(example)
+    assert progress is not None
+    assert progress.resolved == 120
+
+
+def test_a_result_without_an_alert_id_is_no_summary_but_still_shown() -> None:
+    data = {"schema": "killswitch.result/v1", "account": "mm-1", "status": "running"}
+    assert decode_result_summary(json.dumps(data).encode()) is None
+    assert read_result(data) == ResultRecord("mm-1", "running")
+
+
+# -------------------------------------------------------------------- halt state
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        HaltState("mm-1", True, "risk-7f3a", NOW, Scope(), by="alice", reason="VaR"),
+        HaltState(
+            "mm-2",
+            False,
+            "rel-1",
+            NOW,
+            Scope(frozenset({"BTC_USDT"}), frozenset({Side.SELL}), frozenset({5, 7})),
+        ),
+    ],
+)
+@pytest.mark.parametrize("daemon", [None, "killswitch-1f2e3d4c"])
+def test_a_halt_state_reads_back_equal(state: HaltState, daemon: str | None) -> None:
+    assert decode_state_record(encode_state(state, daemon)) == (state, daemon)
+
+
+def test_status_json_is_the_state_record_without_schema_and_daemon() -> None:
+    state = HaltState("mm-1", True, "a-1", NOW, Scope(frozenset({"BTC_USDT"})))
+    (record,) = status_records([state])
+    written = state_to_json(state, "killswitch-1")
+    assert record == {k: v for k, v in written.items() if k not in ("schema", "daemon")} | {
+        "by": None,
+        "reason": None,
+    }
+
+
+def test_the_docs_halt_state_example_reads() -> None:
+    example = doc_examples()["killswitch.state/v1"]
+    read = decode_state_record(json.dumps(example).encode())
+    assert read is not None
+    state, daemon = read
+    assert daemon == "killswitch-1f2e3d4c"
+    assert state == HaltState(
+        "mm-1",
+        True,
+        "risk-7f3a",
+        NOW,
+        Scope(frozenset({"BTC_USDT"}), frozenset({Side.BUY}), None),
+        by="var-monitor",
+        reason="VaR limit breached",
+    )
+    assert state_to_json(state, daemon) == example
+
+
+# ------------------------------------------------------------------- dead letter
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [(b'{"alert_id":"op-42"}', b"mm-1"), (b"\xff\xfe", None), (None, b"\xff")],
+)
+def test_a_dead_letter_reads_back_equal(raw: bytes | None, key: bytes | None) -> None:
+    letter = DeadLetter.of(
+        raw,
+        position=Position("killswitch.manual", 0, 17),
+        key=key,
+        rejection=Rejection(RejectKind.UNAUTHORIZED, "signature missing", "op-42"),
+        received_at=NOW,
+    )
+    assert read_dead_letter(letter.to_json()) == letter
+    encoded = encode_dlq(
+        raw,
+        topic="killswitch.manual",
+        partition=0,
+        offset=17,
+        key=key,
+        rejection=Rejection(RejectKind.UNAUTHORIZED, "signature missing", "op-42"),
+        received_at=NOW,
+    )
+    assert json.loads(encoded) == letter.to_json()
+
+
+def test_the_docs_dead_letter_example_reads() -> None:
+    example = doc_examples()["killswitch.dlq/v1"]
+    letter = read_dead_letter(example)
+    assert (letter.kind, letter.alert_id, letter.key) == ("unauthorized", "op-42", "mm-1")
+    assert letter.value is not None
+    assert letter.value_bytes == len(letter.value.encode())
+    assert letter.to_json() == example
+
+
+# --------------------------------------------------------------------- heartbeat
+
+
+def test_a_heartbeat_reads_back_equal() -> None:
+    beat = parse_heartbeat(encode_heartbeat("mm-bot-1", NOW))
+    assert beat == Heartbeat.model_validate(
+        {"schema": "killswitch.heartbeat/v1", "source": "mm-bot-1", "sent_at": format_time(NOW)}
+    )
+    assert isinstance(beat, Heartbeat)
+    assert parse_heartbeat(json.dumps(beat.to_json()).encode()) == beat
+
+
+def test_the_docs_heartbeat_example_reads() -> None:
+    example = doc_examples()["killswitch.heartbeat/v1"]
+    beat = parse_heartbeat(json.dumps(example).encode())
+    assert isinstance(beat, Heartbeat)
+    assert (beat.source, beat.sent_at) == ("mm-bot-1", NOW)
+    assert beat.to_json() == example
+
+
+# ----------------------------------------------------------- position and times
+
+
+def test_a_position_reads_back_equal() -> None:
+    position = Position("killswitch.alerts", 2, 1841)
+    assert position_from_json(position_to_json(position)) == position
+    assert position_from_json({"topic": "t", "partition": True, "offset": 1}) is None
+    assert position_from_json(None) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-24T01:02:03.456Z", NOW),
+        ("2026-11-24T08:02:03.456+07:00", NOW),
+        ("2026-11-24T01:02:03.456", NOW),  # no offset: UTC, as every writer means
+        ("yesterday", None),
+        (17, None),
+        (None, None),
+    ],
+)
+def test_one_time_parser(text: Any, expected: datetime | None) -> None:
+    assert parse_time(text) == expected
+
+
+def test_times_read_back_equal_to_the_millisecond() -> None:
+    jakarta = timezone(timedelta(hours=7))
+    written = format_time(NOW.astimezone(jakarta))
+    assert written == "2026-11-24T01:02:03.456Z"
+    assert parse_time(written) == NOW
+
+
+# --------------------------------------------------------------------- the scope
+
+
+def test_one_scope_test() -> None:
+    buy = Scope(sides=frozenset({Side.BUY}))
+    assert buy.covers("BTC_USDT", Side.BUY, 1)
+    assert not buy.covers("BTC_USDT", None, 1)  # unknown side: only a scope of both sides
+    assert Scope().covers("BTC_USDT", None, 1)
+    pair = Scope(symbols=frozenset({"BTC_USDT"}), order_ids=frozenset({5}))
+    assert pair.covers_pair("BTC_USDT")
+    assert not pair.covers_pair("ETH_USDT")
+    assert Scope(order_ids=frozenset()) == Scope()  # empty ids: all, decided where it is made
