@@ -32,6 +32,7 @@ SUITE: list[tuple[str, list[str], float]] = [
     ("cpu_per_cancel", [], 300),
     ("memory", [], 420),
     ("alert_latency", [], 420),
+    ("storm", [], 420),
     ("scale_out", [], 300),
     ("latch_reaction", [], 120),
     ("failover", [], 300),

@@ -26,14 +26,9 @@ sent, sent -> on the wire; millisecond resolution). Note: the embedded
 broker answers fetches only at the end of ``fetch_max_wait_ms``, so both
 distributions carry up to that much jitter; percentiles are compared, not pairs.
 
-Storm: 10,000 alerts over 10 accounts (500 open orders in all), produced as fast
-as possible; time until the group's committed offsets reach the end of the
-alerts topic (consumer lag 0), against a bare aiokafka consumer reading as many
-messages from the first produce on (same run); and duplicate cancels (same order
-cancelled twice; goal 0).
+    python -m bench alert_latency [--alerts 400] [--blocks 4] [--transport http1]
 
-    python -m bench alert_latency [--alerts 400] [--storm 10000] [--blocks 4]
-                                  [--transport http1]
+The alert storm (throughput, kills behind a storm) is ``python -m bench storm``.
 
 One line per figure on stdout; JSON in ``bench/results/alert_latency.json``.
 """
@@ -53,7 +48,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -497,10 +491,15 @@ async def daemon_latency(
     wall_offset = time.time() - time.perf_counter()  # perf_counter -> epoch seconds
     try:
         async with _consumer(bootstrap, topics["results"]) as results:
+            parts = list(results.assignment())
             for i in range(n + WARMUP):
                 (order_id,) = sim.seed_orders(api_key, SYMBOL, 1)
                 arrived = probe.expect(order_id)
                 alert_id = f"{prefix}-{i}"
+                # The simulator serves the measured requests from this process: no fetch
+                # loop of ours runs beside it meanwhile (the pipeline's blocks have none;
+                # its answer comes through a pipe).
+                results.pause(*parts)
                 await _random_phase()
                 start = time.perf_counter()
                 await producer.send_and_wait(
@@ -508,6 +507,7 @@ async def daemon_latency(
                 )
                 async with asyncio.timeout(30):
                     await arrived.wait()
+                results.resume(*parts)
                 final = await _wait_final(results, {alert_id}, 30)
                 if i >= WARMUP:
                     out.append(probe.first[order_id] - start)
@@ -522,106 +522,11 @@ async def daemon_latency(
     return out
 
 
-async def _lag(bootstrap: str, group: str, topic: str, parts: list[TopicPartition]) -> int:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(parts)
-        lag = 0
-        for tp in parts:
-            committed = await consumer.committed(tp) or 0
-            lag += ends[tp] - committed
-        return lag
-    finally:
-        await consumer.stop()
-
-
-async def storm_baseline(bootstrap: str, topic: str, n: int, partitions: int) -> float:
-    """Bare aiokafka: seconds from the first produce until a consumer (same fetch
-    settings) has read ``n`` storm-sized messages, on a fresh topic."""
-    accounts = [f"acct-{i}" for i in range(10)]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        async with _consumer(bootstrap, topic) as consumer:
-            start = time.perf_counter()
-            futures = []
-            for i in range(n):
-                account = accounts[i % len(accounts)]
-                value = _alert(f"base-{i}", account)
-                futures.append(await producer.send(topic, value, key=account.encode()))
-            seen = 0
-            async with asyncio.timeout(300):
-                while seen < n:
-                    batch = await consumer.getmany(timeout_ms=100)
-                    seen += sum(len(records) for records in batch.values())
-            elapsed = time.perf_counter() - start
-            await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return elapsed
-
-
-async def storm(
-    bootstrap: str,
-    topics: dict[str, str],
-    *,
-    group: str,
-    sim: Simulator,
-    keys: dict[str, Any],
-    n: int,
-    partitions: int,
-) -> dict[str, Any]:
-    accounts = list(keys)
-    for account in accounts:
-        sim.seed_orders(keys[account][0], SYMBOL, 500 // len(accounts))
-    log_start = max((e.seq for e in sim.request_log), default=0)
-    parts = [TopicPartition(topics["alerts"], p) for p in range(partitions)]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    start = time.perf_counter()
-    try:
-        futures = []
-        for i in range(n):
-            account = accounts[i % len(accounts)]
-            fut = await producer.send(
-                topics["alerts"], _alert(f"storm-{i}", account), key=account.encode()
-            )
-            futures.append(fut)
-        await asyncio.gather(*futures)
-        produced = time.perf_counter() - start
-    finally:
-        await producer.stop()
-    async with asyncio.timeout(600):
-        while await _lag(bootstrap, group, topics["alerts"], parts) > 0:  # noqa: ASYNC110 - the broker offers no event to wait on
-            await asyncio.sleep(0.05)
-    drained = time.perf_counter() - start
-    cancels = Counter(
-        e.order_id
-        for e in sim.log_since(log_start)
-        if e.endpoint == "cancel" and e.order_id is not None
-    )
-    open_left = sum(len(sim.open_order_ids(keys[a][0])) for a in accounts)
-    return {
-        "alerts": n,
-        "accounts": len(accounts),
-        "produce_s": round(produced, 3),
-        "lag_zero_s": round(drained, 3),
-        "cancel_requests": sum(cancels.values()),
-        "orders_cancelled": len(cancels),
-        "duplicate_cancels": sum(c - 1 for c in cancels.values() if c > 1),
-        "open_after": open_left,
-    }
-
-
 async def _measure(
     args: argparse.Namespace,
     bootstrap: str,
     topics: dict[str, str],
     *,
-    group: str,
     sim: Simulator,
     probe: CancelProbe,
     keys: dict[str, Any],
@@ -679,22 +584,6 @@ async def _measure(
             for q in ("p50_ms", "p99_ms")
         }
     _print_latency(result)
-    if args.storm:
-        bare = await storm_baseline(
-            bootstrap, topics["storm_baseline"], args.storm, args.partitions
-        )
-        result["storm"] = await storm(
-            bootstrap,
-            topics,
-            group=group,
-            sim=sim,
-            keys=keys,
-            n=args.storm,
-            partitions=args.partitions,
-        )
-        result["storm"]["bare_consume_s"] = round(bare, 3)
-        result["storm"]["ratio_vs_bare"] = round(result["storm"]["lag_zero_s"] / bare, 2)
-        _print_storm(result["storm"])
     return result
 
 
@@ -769,22 +658,6 @@ def _print_latency(result: dict[str, Any]) -> None:
     )
 
 
-def _print_storm(storm: dict[str, Any]) -> None:
-    harness.summary(
-        "alert_storm lag_zero",
-        f"{storm['lag_zero_s']:.2f} s for {storm['alerts']:,} alerts over {storm['accounts']} "
-        f"accounts = {storm['ratio_vs_bare']:.2f}x a bare aiokafka consumer reading as many "
-        f"({storm['bare_consume_s']:.2f} s)",
-    )
-    harness.summary(
-        "alert_storm duplicate_cancels",
-        f"{storm['duplicate_cancels']} ({storm['cancel_requests']} cancels for "
-        f"{storm['orders_cancelled']} orders, {storm['open_after']} open after)",
-        "0",
-        storm["duplicate_cancels"] == 0,
-    )
-
-
 async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     topics = {
@@ -799,12 +672,10 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         "bare_pipeline": f"bench.bare-pipeline.{tag}",
     }
     await _create_topics(bootstrap, baseline_topic, 1)
-    storm_topic = {"storm_baseline": f"bench.storm-baseline.{tag}"}
-    await _create_topics(bootstrap, storm_topic, args.partitions)
 
     sim = Simulator(seed=1)
     keys = {f"acct-{i}": register_test_client(sim, name=f"acct-{i}") for i in range(args.accounts)}
-    # The bare pipeline's own key: no daemon acts for it (the storm uses every acct-N).
+    # The bare pipeline's own key: no daemon acts for it.
     pipeline_key = register_test_client(sim, name="bare-pipeline")
     probe = CancelProbe(sim)
     result: dict[str, Any] = {}
@@ -830,8 +701,7 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
                     await _measure(
                         args,
                         bootstrap,
-                        {**topics, **baseline_topic, **storm_topic},
-                        group=group,
+                        {**topics, **baseline_topic},
                         sim=sim,
                         probe=probe,
                         keys=keys,
@@ -856,7 +726,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print one line per figure, write the JSON result."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--alerts", type=int, default=400, help="measured alerts (after warm-up)")
-    parser.add_argument("--storm", type=int, default=10_000, help="storm size (0 to skip)")
     parser.add_argument("--accounts", type=int, default=10)
     parser.add_argument("--partitions", type=int, default=4, help="alerts topic partitions")
     parser.add_argument("--blocks", type=int, default=4, help="interleaved baseline/daemon blocks")

@@ -473,6 +473,7 @@ class Results:
         self.partitions = partitions
         self.final: dict[str, list[str]] = {}  # alert_id -> statuses of its final results
         self.last: dict[str, dict[str, Any]] = {}  # alert_id -> its last final result
+        self.read = 0  # records read (final or not)
         self.changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._consumer: Any = None
@@ -495,6 +496,7 @@ class Results:
             batch = await self._consumer.getmany(timeout_ms=100)
             for records in batch.values():
                 for record in records:
+                    self.read += 1
                     body = json.loads(record.value)
                     if body.get("final"):
                         self.final.setdefault(body["alert_id"], []).append(body["status"])

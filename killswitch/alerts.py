@@ -306,8 +306,19 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def load_json_object(raw: bytes | None, max_bytes: int) -> dict[str, Any] | str:
-    """Decode one JSON object, or return the reason it cannot be read (never raises)."""
+# One decoder for every message (``json.loads`` with hooks builds a new one per call).
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+_LENIENT = json.JSONDecoder()
+
+
+def load_json_object(
+    raw: bytes | None, max_bytes: int, *, strict: bool = True
+) -> dict[str, Any] | str:
+    """Decode one JSON object, or return the reason it cannot be read (never raises).
+
+    ``strict`` refuses duplicate keys and NaN/Infinity (input that is signed or acted
+    on); records the daemons write themselves are read without those checks, which
+    cost a Python call per JSON object (a result lists up to hundreds of orders)."""
     if not raw:
         return "empty message"
     if len(raw) > max_bytes:
@@ -317,7 +328,7 @@ def load_json_object(raw: bytes | None, max_bytes: int) -> dict[str, Any] | str:
     except UnicodeDecodeError as exc:
         return f"not UTF-8 (byte {exc.start})"
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        data = (_DECODER if strict else _LENIENT).decode(text)
     except RecursionError:
         return "not JSON: nested too deeply"
     except json.JSONDecodeError as exc:
@@ -326,7 +337,10 @@ def load_json_object(raw: bytes | None, max_bytes: int) -> dict[str, Any] | str:
         return f"not JSON: {str(exc)[:200]}"
     if not isinstance(data, dict):
         return f"expected a JSON object, got {type(data).__name__}"
-    if _deeper_than(data, MAX_JSON_DEPTH):
+    # Nesting deeper than the limit needs more brackets than the limit: counting them
+    # (in C) spares the walk for every ordinary message.
+    brackets = raw.count(b"{") + raw.count(b"[")
+    if brackets > MAX_JSON_DEPTH and _deeper_than(data, MAX_JSON_DEPTH):
         return f"not JSON: nested more than {MAX_JSON_DEPTH} levels deep"
     return data
 
@@ -516,8 +530,14 @@ def result_to_json(
     result: SweepResult, origin: Origin | None = None, max_orders: int = RESULT_MAX_ORDERS
 ) -> dict[str, Any]:
     """``killswitch.result/v1`` as a dict (field names are the contract)."""
-    c = result.counts
     listed = _listed_orders(result.orders, max_orders)
+    return _result_json(result, origin, [_order_json(o) for o in listed], len(listed))
+
+
+def _result_json(
+    result: SweepResult, origin: Origin | None, orders: list[dict[str, Any]], listed: int
+) -> dict[str, Any]:
+    c = result.counts
     out: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
         "alert_id": result.alert_id,
@@ -539,8 +559,8 @@ def result_to_json(
         "received_at": format_time(result.received_at),
         "first_cancel_at": format_time(result.first_cancel_at),
         "finished_at": format_time(result.finished_at),
-        "orders": [_order_json(o) for o in listed],
-        "orders_omitted": len(result.orders) - len(listed),
+        "orders": orders,
+        "orders_omitted": len(result.orders) - listed,
         "reason": result.reason,
         "operator": result.operator,
         "source": result.source,
@@ -562,8 +582,33 @@ def result_to_json(
 
 
 def encode_result(result: SweepResult, origin: Origin | None = None) -> bytes:
-    """The bytes of a result record (Kafka key: the account)."""
-    return _dumps(result_to_json(result, origin))
+    """The bytes of a result record (Kafka key: the account).
+
+    The alerts one sweep coalesced share one list of order reports (see
+    ``Sweep.result_for``): its JSON is made once and spliced into each record."""
+    orders, listed = _orders_text(result.orders)
+    text = json.dumps(
+        _result_json(result, origin, [], listed), separators=(",", ":"), ensure_ascii=False
+    )
+    # The first '"orders":[]' is the key's: inside a JSON string every quote is escaped.
+    return text.replace('"orders":[]', f'"orders":{orders}', 1).encode("utf-8")
+
+
+# The last list of order reports encoded, kept (so its id cannot be reused) with its
+# length (a list changed since would not match) and its JSON.
+_orders_memo: tuple[list[OrderReport], int, str, int] | None = None
+
+
+def _orders_text(orders: list[OrderReport]) -> tuple[str, int]:
+    """The JSON array of the orders a result lists, and how many it lists."""
+    global _orders_memo  # noqa: PLW0603 - a one-entry memo of a pure function
+    memo = _orders_memo
+    if memo is not None and memo[0] is orders and memo[1] == len(orders):
+        return memo[2], memo[3]
+    listed = _listed_orders(orders, RESULT_MAX_ORDERS)
+    text = json.dumps([_order_json(o) for o in listed], separators=(",", ":"), ensure_ascii=False)
+    _orders_memo = (orders, len(orders), text, len(listed))
+    return text, len(listed)
 
 
 def duplicate_result(
@@ -735,7 +780,7 @@ def decode_result_summary(raw: bytes | None) -> ResultRecord | None:
     A progress result's outcomes come back as ``carried`` (None when its counts are
     unreadable; per-order outcomes dropped, counts kept, when its order list is
     unreadable or disagrees with the counts)."""
-    data = load_json_object(raw, 16 * 1024 * 1024)
+    data = load_json_object(raw, 16 * 1024 * 1024, strict=False)
     if isinstance(data, str) or data.get("schema") != RESULT_SCHEMA:
         return None
     record = read_result(data, lists=False)

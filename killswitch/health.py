@@ -12,6 +12,7 @@ daemon can do its job right now and, if not, why. :class:`HealthServer` serves
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -369,7 +370,11 @@ class HealthServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         self.report()  # keep killswitch_ready current at every scrape
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(self._registry), headers={"Content-Type": content_type})
+        # Rendering every series takes milliseconds of pure Python: in a worker thread
+        # the event loop (and a kill arriving meanwhile) keeps running between the
+        # interpreter's thread switches. prometheus_client's values are thread-safe.
+        body = await asyncio.to_thread(encoder, self._registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text=json.dumps({"alive": True}), content_type=_JSON)

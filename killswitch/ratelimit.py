@@ -9,9 +9,10 @@ One :class:`RateLimiter` per account, shared by every call made with that API ke
   taken with the token and given back by :meth:`RateLimiter.release`.
 - **Fair, with priorities.** Waiters are served strictly in arrival order within a
   priority, and every waiting cancel (``Priority.CANCEL``) before any waiting listing.
-  A newcomer never overtakes a queued waiter (the fast path is only taken when nobody
-  waits). Strict priority could starve listing only while cancels keep arriving; a
-  sweep's cancels are finite and it lists after them, so that is what we want.
+  A newcomer never overtakes a queued waiter of its own or a higher priority (the fast
+  path is only taken when none waits). Strict priority could starve listing only while
+  cancels keep arriving; a sweep's cancels are finite and it lists after them, so that
+  is what we want.
 - **AIMD, one cut per throttle window.** :meth:`RateLimiter.throttled` (a 429)
   multiplies the rate by ``decrease_factor`` and empties the bucket. The 429s of one
   throttle window are one congestion event: a 429 does not cut again when the
@@ -33,8 +34,9 @@ One :class:`RateLimiter` per account, shared by every call made with that API ke
   instead of leaving the limiter at the floor after the window's burst of 429s.
 
 Time is injected (``clock``, ``sleep``) so tests are deterministic and never sleep.
-The fast path (token and slot free, nobody waiting) is a few float operations and no
-allocation; waiting is done by one short-lived pump task per limiter, not by polling.
+The fast path (token and slot free, nobody of the same or a higher priority waiting) is
+a few float operations and no allocation; waiting is done by one short-lived pump task
+per limiter, not by polling.
 """
 
 from __future__ import annotations
@@ -176,9 +178,15 @@ class RateLimiter:
 
     # -- acquiring and releasing ------------------------------------------------------
 
-    def try_acquire(self) -> bool:
-        """Take a token and a slot now if both are free and nobody waits; else False."""
-        if self._waiting or self._inflight >= self._max_inflight:
+    def try_acquire(self, priority: Priority = Priority.LIST) -> bool:
+        """Take a token and a slot now if both are free and nobody of the same or a higher
+        priority waits; else False.
+
+        A waiter of a lower priority does not hold back a higher one: the pump would
+        serve the newcomer first anyway (a cancel before a waiting listing), and taking
+        the fast path spares it the queue and a task switch.
+        """
+        if self._inflight >= self._max_inflight or (self._waiting and self._ahead(priority)):
             return False
         self._refill(self._clock())
         if self._tokens < _ONE:
@@ -189,7 +197,7 @@ class RateLimiter:
 
     async def acquire(self, priority: Priority = Priority.LIST) -> None:
         """Wait for a token and an in-flight slot; call :meth:`release` when done."""
-        if self.try_acquire():
+        if self.try_acquire(priority):
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queues[priority].append(future)
@@ -366,6 +374,10 @@ class RateLimiter:
         if force or abs(self._rate - self._notified_rate) >= _NOTIFY_STEP * self._ceiling:
             self._notified_rate = self._rate
             callback(self._rate)
+
+    def _ahead(self, priority: Priority) -> bool:
+        """Someone waits at ``priority`` or a higher one (cancelled ones may count)."""
+        return any(self._queues[level] for level in range(priority + 1))
 
     def _pop_waiter(self) -> asyncio.Future[None] | None:
         for queue in self._queues:

@@ -55,7 +55,8 @@ _SENT = Classification(Verdict.DONE, Outcome.SENT)
 
 def error_code(body: Any) -> str | None:
     """The ``error`` field of a flat JSON error body, if there is one."""
-    if isinstance(body, Mapping):
+    # dict first: parsed JSON objects are dicts, and the Mapping ABC check costs more.
+    if isinstance(body, (dict, Mapping)):
         code = body.get("error")
         if isinstance(code, str):
             return code
@@ -64,9 +65,9 @@ def error_code(body: Any) -> str | None:
 
 def classify_cancel(status: int, body: Any) -> Classification:
     """Map one cancel answer (HTTP status and parsed JSON body, or None) to a verdict."""
-    code = error_code(body)
     if 200 <= status < 300:
         return _SENT
+    code = error_code(body)
     if status == 429:
         return THROTTLED
     if status >= 500:

@@ -47,7 +47,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -62,7 +62,15 @@ from killswitch.core.errors import (
     Redirected,
 )
 from killswitch.core.ledger import Ledger
-from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
+from killswitch.core.model import (
+    Counts,
+    InFlight,
+    KillRequest,
+    OrderReport,
+    Scope,
+    SweepResult,
+    SweepStatus,
+)
 from killswitch.core.orders import Order
 from killswitch.core.outcomes import Outcome, RejectReason
 from killswitch.core.pairs import PairList, list_unchecked_reason
@@ -107,6 +115,12 @@ MAX_UNANSWERED_LISTINGS = 3
 # Pause before listing again after such a failure: doubles per failure in a row.
 UNANSWERED_PAUSE_BASE_S = 0.25
 UNANSWERED_PAUSE_CAP_S = 2.0
+# Tickets answered between two turns of the event loop when a sweep settles (each
+# answer wakes its alert's task, which encodes and publishes the result).
+SETTLE_TURN = 16
+# How long a sweep whose pass found nothing waits for more joining alerts before the
+# pass that verifies for the ones that joined meanwhile.
+JOINERS_GATHER_S = 0.02
 
 
 def utc_now() -> datetime:
@@ -162,6 +176,17 @@ class _Pass:
 
 
 SymbolsSource = Callable[[], Awaitable[list[str]]]
+
+
+@dataclass(slots=True)
+class _Shared:
+    """What the results of one scope have in common at one moment (see
+    ``Sweep.result_for``); ``progress``: a progress result's orders and cancels in flight."""
+
+    residual: int
+    counts: Counts
+    orders: list[OrderReport]
+    progress: tuple[list[OrderReport], list[InFlight]] | None = None
 
 
 class Sweep:
@@ -300,7 +325,7 @@ class Sweep:
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
-            self._settle()
+            await self._settle_in_turns()
 
     def _deadline_passed(self) -> bool:
         return asyncio.get_running_loop().time() >= self.deadline
@@ -333,13 +358,15 @@ class Sweep:
         self.accepting = False
         self.handing_over = reason
         if not self.started:
-            self._settle()
+            for _ in self._settle():
+                pass
 
     def abandon(self, reason: str) -> None:
         """Settle a sweep that will never run: every ticket gets a ``failed`` result."""
         self.accepting = False
         self.failure = reason
-        self._settle()
+        for _ in self._settle():
+            pass
 
     def _describe_failure(self, exc: BaseException) -> str:
         """A one-line reason from what stopped the sweep (task groups wrap exceptions)."""
@@ -362,6 +389,11 @@ class Sweep:
                 self._past_deadline()
                 return
             self.passes += 1
+            if self.passes * 2 > max_passes:
+                # Past half its passes a sweep takes no more alerts: an alert storm would
+                # otherwise keep it verifying for late joiners until it ran out of passes.
+                # Later alerts form the next sweep, with a pass budget of its own.
+                self.accepting = False
             gen = self.gen
             self.ledger.new_pass()
             strategy = effective_strategy(
@@ -388,6 +420,10 @@ class Sweep:
                 lagging = lagging + 1 if self.ledger.recancels() else 0
                 pause = max(
                     pause_before_next_pass(lagging),
+                    # Nothing found, only alerts joined: let more join before the listing
+                    # that verifies for them (in a storm, one listing per gathering, not
+                    # one per pass-worth of joiners).
+                    JOINERS_GATHER_S if summary.found == 0 and summary.scope_changed else 0.0,
                     # a listing gave up: let a 429 storm or an error burst pass first
                     pause_before_next_pass(
                         self._unanswered_listings,
@@ -909,17 +945,24 @@ class Sweep:
 
     # ------------------------------------------------------------- reporting
 
-    def _reported(self, ticket: Ticket, *, final: bool) -> SweepResult:
+    def _reported(
+        self, ticket: Ticket, *, final: bool, shared: dict[Scope | None, _Shared] | None = None
+    ) -> SweepResult:
         """:meth:`result_for` as published: a progress result lists the outcomes so far
         and the cancels in flight while they fit one record, and a replayed alert's
         results include what an earlier process published for it
         (:mod:`killswitch.core.carry`)."""
-        result = self.result_for(ticket, final=final)
+        result = self.result_for(ticket, final=final, shared=shared)
         if not final and len(self.ledger) <= RESULT_MAX_ORDERS:
             scope = None if ticket.scope == self.scope else ticket.scope
-            result.orders = self.ledger.reports(scope)
-            # A crash now leaves these cancels to the exchange: a replay must count them.
-            result.in_flight = self.ledger.in_flight_orders(scope)
+            facts = shared.get(scope) if shared is not None else None
+            lists = facts.progress if facts is not None else None
+            if lists is None:
+                # A crash now leaves these cancels to the exchange: a replay must count them.
+                lists = (self.ledger.reports(scope), self.ledger.in_flight_orders(scope))
+                if facts is not None:
+                    facts.progress = lists
+            result.orders, result.in_flight = lists
         carried = ticket.request.carried
         return result if carried is None else carry_over(result, carried)
 
@@ -927,11 +970,17 @@ class Sweep:
         interval = self.settings.progress_interval_s
         while True:
             await asyncio.sleep(interval)
-            for ticket in list(self.tickets):
+            # Tickets of one scope share one snapshot of the ledger (taken afresh after
+            # each turn of the event loop, when the ledger may have moved on).
+            shared: dict[Scope | None, _Shared] = {}
+            for n, ticket in enumerate(list(self.tickets), start=1):
+                if n % SETTLE_TURN == 0:
+                    await asyncio.sleep(0)  # thousands of coalesced alerts: let others run
+                    shared = {}
                 if ticket.progress is None or ticket.future.done():
                     continue
                 try:
-                    await ticket.progress(self._reported(ticket, final=False))
+                    await ticket.progress(self._reported(ticket, final=False, shared=shared))
                 except Exception:  # a sink problem must not stop the sweep
                     log.exception("progress sink failed", extra={"account": self.account})
 
@@ -986,8 +1035,27 @@ class Sweep:
         ledger.listing_finished(symbol, final=True)
         complete.append(True)
 
-    def _settle(self) -> None:
-        """End of sweep: final outcomes, metrics, and one final result per ticket."""
+    async def _settle_in_turns(self) -> None:
+        """:meth:`_settle`, letting the event loop run every :data:`SETTLE_TURN`
+        tickets: a sweep that coalesced a storm of alerts has thousands to answer, and
+        each answer wakes the alert's own task; other accounts' kills must not wait
+        for all of them. A cancellation meanwhile settles the rest at once, then
+        propagates."""
+        cancelled: asyncio.CancelledError | None = None
+        for _ in self._settle(turn=SETTLE_TURN):
+            if cancelled is not None:
+                continue
+            try:
+                await asyncio.sleep(0)  # a turn for the rest of the event loop
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        if cancelled is not None:
+            raise cancelled
+
+    def _settle(self, turn: int = 0) -> Iterator[None]:
+        """End of sweep: final outcomes, metrics, and one final result per ticket;
+        yields after every ``turn`` tickets (0: never). Run it to its end. A sweep
+        handed over settles its open tickets without final results instead."""
         if self.handing_over is not None:
             self._settle_handed_over(self.handing_over)
             return
@@ -997,12 +1065,17 @@ class Sweep:
             residual = self.ledger.residual(self.scope)
             self.observer.residual(self.account, residual, len(self._unlisted(wanted)))
         mono = asyncio.get_running_loop().time()
-        for ticket in self.tickets:
-            result = self._reported(ticket, final=True)
+        # Coalesced alerts mostly share one scope: their per-order reports, counts and
+        # residual are computed once per scope, not once per alert.
+        shared: dict[Scope | None, _Shared] = {}
+        for done, ticket in enumerate(self.tickets, start=1):
+            result = self._reported(ticket, final=True, shared=shared)
             if result.status is SweepStatus.FLAT:
                 self.observer.flat(max(0.0, mono - ticket.received_mono))
             if not ticket.future.done():
                 ticket.future.set_result(result)
+            if turn and done % turn == 0 and done < len(self.tickets):
+                yield
 
     def _settle_handed_over(self, reason: str) -> None:
         """Each open ticket: its last progress result (before anything in flight is
@@ -1015,11 +1088,26 @@ class Sweep:
             ticket.future.set_exception(SweepHandedOver(reason))
             ticket.future.exception()  # retrieved: its waiter may be gone already
 
-    def result_for(self, ticket: Ticket, *, final: bool) -> SweepResult:
-        """The result (final or progress) of one ticket, filtered to its scope."""
+    def result_for(
+        self, ticket: Ticket, *, final: bool, shared: dict[Scope | None, _Shared] | None = None
+    ) -> SweepResult:
+        """The result (final or progress) of one ticket, filtered to its scope.
+
+        ``shared`` (valid while the ledger does not change) keeps what depends on the
+        scope alone, for the next ticket with the same scope; the results then share
+        one ``orders`` list, which nobody may modify."""
         scope = None if ticket.scope == self.scope else ticket.scope
         ledger = self.ledger
-        residual = ledger.residual(scope if scope is not None else self.scope)
+        facts = shared.get(scope) if shared is not None else None
+        if facts is None:
+            facts = _Shared(
+                residual=ledger.residual(scope if scope is not None else self.scope),
+                counts=ledger.counts(scope),
+                orders=ledger.reports(scope) if final else [],
+            )
+            if shared is not None:
+                shared[scope] = facts
+        residual = facts.residual
         request = ticket.request
         if final:
             status = final_status(
@@ -1033,7 +1121,7 @@ class Sweep:
             )
             if unproven is not None:
                 status = SweepStatus.RESIDUAL
-            orders = ledger.reports(scope)
+            orders = facts.orders
             unlisted = self._unlisted(ticket.scope.symbols)
             reason = "; ".join(filter(None, (unproven, self._reason(status, unlisted)))) or None
             pending = 0
@@ -1049,7 +1137,7 @@ class Sweep:
             status=status,
             final=final,
             dry_run=request.dry_run,
-            counts=ledger.counts(scope),
+            counts=facts.counts,
             residual_open=residual,
             sweeps=self.passes,
             received_at=request.received_at,

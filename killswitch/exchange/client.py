@@ -15,9 +15,10 @@ Choices worth knowing (also in ``docs/CLIENT.md``):
   once; the same strings are signed and sent, with the URL built here so nothing
   re-encodes it. Each attempt gets a fresh timestamp and signature.
 - **Every attempt has a hard deadline.** Connect, send and the whole answer together
-  are bounded by what is left of ``request_deadline_s`` (``asyncio.timeout`` around
-  the attempt), whatever the transport's own timeouts do: a server that trickles its
-  answer ends in a timeout, retried or failed like any other.
+  are bounded by what is left of ``request_deadline_s``, whatever the transport's own
+  timeouts do: our transport is handed the deadline and ends the exchange at it itself
+  (one timer per request); any other runs under ``asyncio.timeout_at``. A server that
+  trickles its answer ends in a timeout, retried or failed like any other.
 - **Retries.** 429, 5xx, timeouts and connection errors retry with capped exponential
   backoff and full jitter, within ``request_deadline_s``; ``max_attempts`` bounds all
   but the 429s, which the limiter already accounts for (a cancel caught in a throttle
@@ -51,6 +52,7 @@ Choices worth knowing (also in ``docs/CLIENT.md``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -110,6 +112,7 @@ from killswitch.exchange.signing import (
 from killswitch.exchange.transport import (
     FRESH_CONNECTION,
     RESEND_STALE,
+    AttemptDeadline,
     Phases,
     RawHeaders,
     RawTransport,
@@ -157,7 +160,7 @@ _INFO_RETRY_S = 5.0
 # -- pure pieces: request preparation, backoff, clock offset, paging --------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PreparedRequest:
     """A request ready to send: the exact target and body bytes that were signed."""
 
@@ -287,20 +290,29 @@ def _is_auth_failure(status: int, body: Any) -> bool:
     return status in (401, 403) or error_code(body) == "invalid_client"
 
 
+# One decoder for every answer: json.loads(..., parse_float=...) builds a new one per call.
+_JSON = json.JSONDecoder(parse_float=Decimal)
+
+
 def _parse_json(content: bytes) -> Any:
-    """The JSON body with decimals as Decimal, or None when empty or not JSON."""
+    """The JSON body (UTF-8, RFC 8259 8.1) with decimals as Decimal, or None when empty
+    or not JSON."""
     if not content:
         return None
     try:
-        return json.loads(content, parse_float=Decimal)
-    except ValueError:
+        return _JSON.decode(content.decode())
+    except ValueError:  # UnicodeDecodeError included
         return None
 
 
 # -- the client ---------------------------------------------------------------------------
 
+# The per-request records below are not frozen (nor is PreparedRequest): a frozen
+# dataclass sets each field through object.__setattr__, several times the cost of a
+# plain one, and these are built on every request. Nothing mutates them.
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class _Call:
     endpoint: str  # short name for metrics
     method: str
@@ -312,7 +324,7 @@ class _Call:
     cancel: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Reply:
     """One HTTP answer: status, parsed body and the headers the client acts on."""
 
@@ -334,7 +346,7 @@ class _Tries:
     last_error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Answer:
     status: int
     body: Any
@@ -627,11 +639,15 @@ class ExchangeClient:
         started = time.perf_counter()
         if call.cancel:
             observer.inflight_cancels(self._account, 1)
+        deadline = asyncio.get_running_loop().time() + max(remaining, 0.001)
+        # Our own transport ends the exchange at the deadline itself (its read timer is
+        # the attempt's timer: one timer per request, not two); any other is bounded here.
+        bound = _UNBOUNDED if self._raw is not None else asyncio.timeout_at(deadline)
         try:
-            async with asyncio.timeout(max(remaining, 0.001)):
+            async with bound:
                 try:
                     status, content, headers = await self._send(
-                        call, offset_ms, remaining, signed=signed, fresh=False
+                        call, offset_ms, deadline, signed=signed, fresh=False
                     )
                 except StaleConnection:
                     # An idle keep-alive connection the server had closed: nothing was
@@ -639,12 +655,11 @@ class ExchangeClient:
                     # protection refuses a repeated signature) and sent once more on a
                     # new connection, as part of the same attempt.
                     observer.request_done(self._account, call.endpoint, "error", _since(started))
-                    remaining -= _since(started)
                     started = time.perf_counter()
                     status, content, headers = await self._send(
-                        call, self._offset_ms, remaining, signed=signed, fresh=True
+                        call, self._offset_ms, deadline, signed=signed, fresh=True
                     )
-        except TimeoutError as exc:  # the attempt's own deadline
+        except (TimeoutError, AttemptDeadline) as exc:  # the attempt's own deadline
             observer.request_done(self._account, call.endpoint, "timeout", _since(started))
             raise RequestTimeout(
                 f"attempt deadline after {_since(started):.3f}s",
@@ -681,9 +696,10 @@ class ExchangeClient:
         return reply
 
     async def _send(
-        self, call: _Call, offset_ms: int, remaining: float, *, signed: bool, fresh: bool
+        self, call: _Call, offset_ms: int, deadline: float, *, signed: bool, fresh: bool
     ) -> tuple[int, bytes, RawHeaders | None]:
-        """Prepare (sign) and send; httpx's exceptions, :class:`StaleConnection` included."""
+        """Prepare (sign) and send, to be answered by ``deadline`` (event loop clock);
+        httpx's exceptions, :class:`StaleConnection` and :class:`AttemptDeadline` included."""
         prepared = prepare_request(
             call.method,
             call.path,
@@ -703,10 +719,12 @@ class ExchangeClient:
                 url,
                 prepared.headers,
                 prepared.body or None,
-                self._phases(remaining),
+                self._uncapped_timeout,  # the transport caps each phase to the deadline
+                deadline=deadline,
                 resend_stale=False,
                 fresh=fresh,
             )
+        remaining = deadline - asyncio.get_running_loop().time()
         return await self._send_httpx(prepared, url, remaining, fresh=fresh)
 
     def _timeout_extension(self, remaining: float) -> dict[str, float | None]:
@@ -1118,6 +1136,10 @@ def _shown_location(location: str | None) -> str:
         return ""
     shown = location.replace("\r", " ").replace("\n", " ").strip()
     return shown if len(shown) <= _MAX_LOCATION else shown[:_MAX_LOCATION] + "..."
+
+
+# The attempt bound of a transport that enforces the deadline itself.
+_UNBOUNDED = contextlib.nullcontext()
 
 
 def _since(started: float) -> float:

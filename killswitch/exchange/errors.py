@@ -1,6 +1,6 @@
 """The exchange client's errors: the port's error tree (:mod:`killswitch.core.errors`),
 under the adapter's name for the code around the client. The client raises them after
-translating httpx's exceptions at its boundary; the engine imports them from the core."""
+translating the transport's exceptions at its boundary; the engine imports them from the core."""
 
 from killswitch.core.errors import (
     AuthError,

@@ -54,6 +54,7 @@ from killswitch.exchange.transport import (
     FRESH_CONNECTION,
     RESEND_STALE,
     TRANSPORT_KINDS,
+    AttemptDeadline,
     Phases,
     RawHeaders,
     StaleConnection,
@@ -299,9 +300,11 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # controls), not "//" first (read as a network-path reference by some intermediaries).
 _TARGET = re.compile(r"/(?!/)[!-\"$-~]*")
 _DOT_SEGMENT = re.compile(r"/\.\.?(?:/|$)")
-# Anything but visible ASCII, space, tab, CR and LF (header values; CR and LF counted).
-_FORBIDDEN = re.compile(r"[^\t\r\n -~]")
-_GOOD_NAMES: set[str] = set()
+# What a request head may hold besides the CR LF that end its lines: visible ASCII,
+# space and tab.
+_PLAIN = bytes(range(0x20, 0x7F)) + b"\t"
+# Header names already checked (the client's few repeat): True for one of _OWN_HEADERS.
+_NAMES: dict[str, bool] = {}
 # Headers whose value this transport sets itself (framing and connection management).
 _OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 # RFC 9110 8.6: send Content-Length: 0 for an empty body only where the method
@@ -331,9 +334,10 @@ def request_bytes(
         raise httpx.LocalProtocolError("request target is not a plain ASCII path and query")
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
     for name, value in headers:
-        if name not in _GOOD_NAMES:
-            _check_name(name)
-        if name.lower() not in _OWN_HEADERS:
+        own = _NAMES.get(name)
+        if own is None:
+            own = _check_name(name)
+        if not own:
             lines.append(f"{name}: {value}\r\n")
     if body:
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
@@ -341,24 +345,30 @@ def request_bytes(
         lines.append("Content-Length: 0\r\n\r\n")
     else:
         lines.append("\r\n")
-    head = "".join(lines)
     # Values in one pass: nothing but visible ASCII, space and tab, and CR LF only where
-    # the lines above put them (each piece ends in one; the first and a framing one in two).
+    # the lines above put them (each piece ends in one; the first and a framing one in
+    # two). Deleting every allowed byte must leave exactly those CR LF pairs.
     breaks = len(lines) + (1 if lines[-1] == "\r\n" else 2)
-    if _FORBIDDEN.search(head) or head.count("\n") != breaks or head.count("\r") != breaks:
+    try:
+        data = "".join(lines).encode("ascii")
+    except UnicodeEncodeError:
+        data = b""
+    if not data or data.translate(None, _PLAIN) != b"\r\n" * breaks:
         raise httpx.LocalProtocolError(
             "a request header value holds a control or non-ASCII character"
         )
-    data = head.encode("ascii")
     return data + body if body else data
 
 
-def _check_name(name: str) -> None:
-    """A header name must be a token; good ones are remembered (the client's few repeat)."""
+def _check_name(name: str) -> bool:
+    """A header name must be a token; True when it is one of _OWN_HEADERS (not sent as
+    given). Good names are remembered in _NAMES."""
     if not _TOKEN.fullmatch(name):
         raise httpx.LocalProtocolError(f"malformed request header name {name[:40]!r}")
-    if len(_GOOD_NAMES) < 256:
-        _GOOD_NAMES.add(name)
+    own = name.lower() in _OWN_HEADERS
+    if len(_NAMES) < 256:
+        _NAMES[name] = own
+    return own
 
 
 # -- connections ------------------------------------------------------------------------
@@ -495,6 +505,15 @@ def _expire(waiter: asyncio.Future[AnswerReader]) -> None:
         waiter.set_exception(httpx.ReadTimeout("read timeout"))
 
 
+def _at_most(limit: float | None, left: float) -> float:
+    return left if limit is None else min(limit, left)
+
+
+def _deadline_passed(waiter: asyncio.Future[AnswerReader]) -> None:
+    if not waiter.done():
+        waiter.set_exception(AttemptDeadline("attempt deadline passed during the answer"))
+
+
 def _pool_expire(waiter: asyncio.Future[_Connection | None]) -> None:
     if not waiter.done():
         waiter.set_exception(httpx.PoolTimeout("timed out waiting for a pooled connection"))
@@ -559,6 +578,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         body: bytes | None,
         phases: Phases,
         *,
+        deadline: float | None = None,
         resend_stale: bool = True,
         fresh: bool = False,
     ) -> tuple[int, bytes, RawHeaders]:
@@ -571,6 +591,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
         ``resend_stale=False``: a reused connection found closed before any byte of
         the answer raises :class:`StaleConnection` instead of sending the same bytes
         again; ``fresh=True`` opens a new connection instead of reusing an idle one.
+        ``deadline`` (``loop.time()`` clock) ends the whole exchange: the read timer runs
+        to it when it comes before the read timeout (then :class:`AttemptDeadline`), and
+        the pool wait and connect are capped to it.
         """
         # Up to the first "/" after "https://x" is scheme://host[:port] when the URL has a
         # path (a host cannot hold "/"); anything else ("?" first, not cached yet) is parsed.
@@ -587,6 +610,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             headers.items(),
             body,
             phases=phases,
+            deadline=deadline,
             resend_stale=resend_stale,
             fresh=fresh,
         )
@@ -689,17 +713,18 @@ class Http1Transport(httpx.AsyncBaseTransport):
         body: bytes | None,
         *,
         phases: Phases,
+        deadline: float | None = None,
         resend_stale: bool = True,
         fresh: bool = False,
     ) -> AnswerReader:
         """Send on a pooled connection; once more on a fresh one if a reused one was stale
         (or :class:`StaleConnection` without ``resend_stale``)."""
         data = request_bytes(method, target, origin.host_header, headers, body)
-        conn = await self._acquire(origin, phases, fresh=fresh)
+        conn = await self._acquire(origin, self._capped(phases, deadline), fresh=fresh)
         read = phases.read
         started = self._loop.time()
         try:
-            return await self._roundtrip(conn, data, read)
+            return await self._roundtrip(conn, data, read, deadline)
         except _NoAnswer as exc:
             if not conn.reused or method not in _RETRY_SAFE:
                 raise httpx.ReadError(str(exc)) from exc.__cause__
@@ -715,13 +740,36 @@ class Http1Transport(httpx.AsyncBaseTransport):
             read -= self._loop.time() - started
             if read <= 0:
                 raise httpx.ReadTimeout("read timeout (stale connection, no time to retry)")
-        conn = await self._acquire(origin, phases, fresh=True)
+        conn = await self._acquire(origin, self._capped(phases, deadline), fresh=True)
         try:
-            return await self._roundtrip(conn, data, read)
+            return await self._roundtrip(conn, data, read, deadline)
         except _NoAnswer as exc:  # callers see httpx's own class (its name is reported)
             raise httpx.ReadError(str(exc)) from exc.__cause__
 
-    async def _roundtrip(self, conn: _Connection, data: bytes, read: float | None) -> AnswerReader:
+    def _capped(self, phases: Phases, deadline: float | None) -> Phases:
+        """``phases`` with the pool wait and connect ending by ``deadline`` at the latest."""
+        if deadline is None:
+            return phases
+        left = deadline - self._loop.time()
+        if left <= 0:
+            raise AttemptDeadline("attempt deadline passed before the request was sent")
+        connect, pool = phases.connect, phases.pool
+        if connect is not None and connect <= left and pool is not None and pool <= left:
+            return phases
+        return Phases(_at_most(connect, left), phases.read, _at_most(pool, left))
+
+    def _read_timer(
+        self, waiter: asyncio.Future[AnswerReader], read: float | None, deadline: float | None
+    ) -> asyncio.TimerHandle | None:
+        """One timer for the answer: the read timeout, or the deadline when that is sooner."""
+        loop = self._loop
+        if deadline is not None and (read is None or loop.time() + read > deadline):
+            return loop.call_at(deadline, _deadline_passed, waiter)
+        return None if read is None else loop.call_later(read, _expire, waiter)
+
+    async def _roundtrip(
+        self, conn: _Connection, data: bytes, read: float | None, deadline: float | None = None
+    ) -> AnswerReader:
         transport = conn.transport
         if transport is None or not conn.usable():
             conn.close()
@@ -732,7 +780,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         conn.parser = parser
         conn.waiter = waiter
         transport.write(data)
-        timer = None if read is None else self._loop.call_later(read, _expire, waiter)
+        timer = self._read_timer(waiter, read, deadline)
         try:
             await waiter
         except BaseException:

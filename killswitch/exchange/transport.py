@@ -42,6 +42,11 @@ class Phases:
     pool: float | None = None
 
 
+class AttemptDeadline(httpx.TimeoutException):
+    """The deadline given to :meth:`RawTransport.send_raw` passed before the answer was
+    complete (the connection is discarded, like after any timeout)."""
+
+
 class StaleConnection(httpx.ReadError):
     """A reused keep-alive connection ended before any byte of the answer (the server
     had closed it while idle). Raised instead of sending the same bytes again when the
@@ -73,14 +78,18 @@ class RawTransport(Protocol):
         body: bytes | None,
         phases: Phases,
         *,
+        deadline: float | None = None,
         resend_stale: bool = True,
         fresh: bool = False,
     ) -> tuple[int, bytes, RawHeaders]:
         """Send prepared bytes, return ``(status, body bytes, raw headers)``; httpx's exceptions.
 
-        ``resend_stale=False``: a stale keep-alive connection raises
-        :class:`StaleConnection` instead of sending the same bytes again; ``fresh``:
-        use a new connection, not an idle one.
+        ``deadline`` (event loop clock, ``loop.time()``): the whole exchange (pool wait,
+        connect, write, the complete answer) ends by then, with :class:`AttemptDeadline`
+        when the answer is what is late (the pool wait and connect, capped to it, raise
+        their own timeouts). ``resend_stale=False``: a stale keep-alive connection raises
+        :class:`StaleConnection` instead of sending the same bytes again; ``fresh``: use
+        a new connection, not an idle one.
         """
         ...
 

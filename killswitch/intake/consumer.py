@@ -1,15 +1,21 @@
 """The alert consumer: Kafka in, engine, results out, offsets committed at-least-once.
 
-One consumer group reads the alerts and manual topics. Each record becomes a
-task: parse and validate (:func:`killswitch.alerts.parse_alert`), refuse to the
-DLQ, or hand one request per account to the engine (which serialises and
-coalesces per account) and publish each account's final result. The record's
-offset is *done* only when every output for it is acknowledged; the committer
-commits the contiguous done prefix per partition (:class:`OffsetTracker`).
+One consumer group reads the alerts and manual topics. Records read wait in
+lanes (:class:`killswitch.core.lanes.FairLanes`, one per topic and key; the
+shortest first, manual triggers before all) and are taken up a slice at a time
+between turns of the event loop, so a record for a quiet account is never queued
+behind a storm on another (docs/INTAKE.md, "Ordering work").
+Each record taken up becomes a task: parse and validate
+(:func:`killswitch.alerts.parse_alert`), refuse to the DLQ, or hand one request
+per account to the engine (which serialises and coalesces per account) and
+publish each account's final result. The record's offset is *done* only when
+every output for it is acknowledged; the committer commits the contiguous done
+prefix per partition (:class:`OffsetTracker`).
 
-Backpressure: at most ``max_queued_per_account`` requests wait per account and
-at most that times the number of accounts records are in flight; beyond that the
-consumer pauses its partitions (records stay in Kafka) and resumes at half.
+Backpressure: an account with ``max_queued_per_account`` requests in the engine
+holds its lane (its records wait, the other lanes go on); with that times the
+number of accounts records waiting or in flight, the consumer pauses its
+partitions (records stay in Kafka) and resumes at half.
 
 Rebalance: on revocation the consumer waits (``intake.rebalance_drain_s`` at
 most) for the revoked partitions' work to finish; what still runs is cancelled
@@ -53,6 +59,7 @@ from killswitch.alerts import (
 )
 from killswitch.config import IntakeSettings, KafkaSettings, Settings, TopicSettings
 from killswitch.core.dedup import DedupWindow, Seen
+from killswitch.core.lanes import FairLanes
 from killswitch.core.model import KillRequest, SweepResult, SweepStatus
 from killswitch.core.offsets import OffsetTracker
 from killswitch.core.pairs import PairVerdict, check_pairs
@@ -77,6 +84,12 @@ DEADMAN_SOURCE = "deadman"
 # Messages larger than this are parsed in a worker thread.
 _THREAD_PARSE_BYTES = 64 * 1024
 _POLL_MS = 100
+# While every lane with records waiting is held: how long a poll waits for new records
+# before the lanes are looked at again.
+_HELD_POLL_MS = 10
+# Records are taken up for at most this long before the rest of the event loop (sweeps,
+# publishing, the Kafka client) gets a turn.
+_SLICE_S = 0.002
 _PUBLISH_BACKOFF_MAX_S = 5.0
 _LAG_REPORT_S = 1.0
 # How long a hand-over waits for its last progress results to be acknowledged.
@@ -171,6 +184,10 @@ class _Plan:
     forwards: list[tuple[str, bytes]] = field(default_factory=list)
 
 
+_Lane = tuple[str, str | None]
+"""A lane of waiting records: (topic, the record's key as text)."""
+
+
 def _internal_error(exc: Exception) -> Rejection:
     # Dead-lettered with the reason (visible, counted) rather than left pending forever.
     return Rejection(RejectKind.INVALID, f"internal error while reading: {type(exc).__name__}")
@@ -229,6 +246,9 @@ class Intake:
         self._consumer: AIOKafkaConsumer | None = None
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
+        # Records read and not taken up yet; lane = (topic, record key as text).
+        self._backlog: FairLanes[_Lane, tuple[TopicPartition, ConsumerRecord[Any, Any]]]
+        self._backlog = FairLanes()
         self._queued: Counter[str] = Counter()
         self._in_flight: dict[tuple[str, str], asyncio.Future[str | None]] = {}
         # (alert id, account) being swept -> the partition of the record that asked.
@@ -258,6 +278,11 @@ class Intake:
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+    @property
+    def waiting(self) -> int:
+        """Records read and not taken up yet (see :class:`FairLanes`)."""
+        return len(self._backlog)
 
     @property
     def assignment(self) -> set[TopicPartition]:
@@ -315,7 +340,7 @@ class Intake:
         consumer = self.consumer
         while not self._stopping:
             try:
-                batch = await consumer.getmany(timeout_ms=_POLL_MS)
+                batch = await consumer.getmany(timeout_ms=self._poll_ms())
             except KafkaError as exc:
                 log.warning("kafka poll failed", extra={"error": type(exc).__name__})
                 await asyncio.sleep(0.5)  # back off before polling again
@@ -324,7 +349,11 @@ class Intake:
                 break  # not handed out: not read, so replayed by whoever resumes
             for tp, records in batch.items():
                 for record in records:
-                    self._accept(tp, record)
+                    self._enqueue(tp, record)
+            if self._take_up():
+                # Records are still waiting: let the rest of the loop run before the
+                # next slice (a poll that finds records buffered does not yield).
+                await asyncio.sleep(0)
             self._update_backpressure()
             try:
                 self._report_lag()
@@ -394,13 +423,46 @@ class Intake:
 
     # ------------------------------------------------------------------ records
 
+    def _poll_ms(self) -> int:
+        if not len(self._backlog):
+            return _POLL_MS
+        return 0 if self._backlog.ready(self._held) else _HELD_POLL_MS
+
+    def _enqueue(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
+        """A record read: into its lane (its offset now counts as read, not done)."""
+        if not self._tracker.read(tp, record.offset):
+            return
+        key = record.key
+        account = key.decode("utf-8", "replace") if isinstance(key, bytes) else None
+        manual = tp.topic == self._config.topics.manual
+        self._backlog.push((tp.topic, account), (tp, record), urgent=manual)
+
+    def _held(self, lane: _Lane) -> bool:
+        """A lane waits while its account has as much work in the engine as it may."""
+        account = lane[1]
+        return account is not None and (
+            self._queued.get(account, 0) >= self._config.limits.max_queued_per_account
+        )
+
+    def _take_up(self) -> bool:
+        """Take up waiting records, lane by lane, for at most :data:`_SLICE_S`.
+
+        True when records not held are still waiting."""
+        deadline = time.monotonic() + _SLICE_S
+        while not self._stopping:
+            item = self._backlog.pop(self._held)
+            if item is None:
+                return False
+            self._accept(*item)
+            if time.monotonic() >= deadline:
+                return self._backlog.ready(self._held)
+        return False
+
     def _accept(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
         """Hand out one record: plan it now (so backpressure counts it), run it in a task.
 
         Planned later, in the task, only when it is large (parsed in a thread) or when
         its pairs need a pair list that is not cached yet (one fetch awaited first)."""
-        if not self._tracker.read(tp, record.offset):
-            return
         channel: Channel = "manual" if tp.topic == self._config.topics.manual else "alerts"
         received = self._clock()
         origin = Origin(tp.topic, tp.partition, record.offset)
@@ -842,7 +904,8 @@ class Intake:
 
         Then one log line for the audit trail (what an operator greps for after the fact)."""
         await self._retry(lambda: self._publisher.result(result, origin, wait=True), "result")
-        log.info("final result", extra=final_result_fields(result))
+        if log.isEnabledFor(logging.INFO):
+            log.info("final result", extra=final_result_fields(result))
 
     async def _dead_letter(
         self,
@@ -886,17 +949,13 @@ class Intake:
 
     # ------------------------------------------------------------- backpressure
 
+    # One account over its limit holds only its own lane (see _held): pausing the
+    # partitions would stop every other account's alerts behind it.
     def _over_limit(self) -> bool:
-        limit = self._config.limits.max_queued_per_account
-        return len(self._tasks) >= self._max_in_flight or any(
-            q >= limit for q in self._queued.values()
-        )
+        return len(self._tasks) + len(self._backlog) >= self._max_in_flight
 
     def _below_resume(self) -> bool:
-        limit = self._config.limits.max_queued_per_account
-        return len(self._tasks) <= self._max_in_flight // 2 and all(
-            q <= limit // 2 for q in self._queued.values()
-        )
+        return len(self._tasks) + len(self._backlog) <= self._max_in_flight // 2
 
     def _update_backpressure(self) -> None:
         consumer = self._consumer
@@ -945,6 +1004,7 @@ class Intake:
         uncommitted) and their accounts' sweeps stopped (:meth:`_hand_over`), so when
         the next owner replays them nobody else is sweeping those accounts."""
         gone = set(revoked)
+        self._backlog.drop(lambda item: item[0] in gone)  # not taken up: the next owner's
         if gone:
             self._on_consuming(False)
         self._assigned -= gone

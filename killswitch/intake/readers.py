@@ -24,6 +24,7 @@ from killswitch.intake.kafka import all_partitions, make_reader, stop_consumer
 log = logging.getLogger(__name__)
 
 _POLL_MS = 100
+_MAX_RECORDS = 50
 # Background readers: a halt, release or result from another daemon may take this
 # long to be seen (start-up catch-up reads to the end regardless).
 _READER_WAIT_MS = 100
@@ -224,7 +225,9 @@ class ResultsIndex:
         return self._consumer
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> None:
-        batch = await consumer.getmany(timeout_ms=_POLL_MS)
+        # Bounded: in an alert storm thousands of results wait, and reading them all in
+        # one go would hold the event loop (and every kill) that long.
+        batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_MAX_RECORDS)
         for records in batch.values():
             self._learn(rec.value for rec in records)
         self._progress.set()

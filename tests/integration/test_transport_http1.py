@@ -30,6 +30,7 @@ from killswitch.exchange.signing import compact_json
 from killswitch.exchange.simulator import Simulator, SimulatorServer
 from killswitch.exchange.simulator.testing import account_settings, register_test_client
 from killswitch.exchange.transport import (
+    AttemptDeadline,
     Phases,
     RawHeaders,
     StaleConnection,
@@ -373,6 +374,34 @@ async def test_read_timeout_closes_that_connection() -> None:
         gate.set()
         await wait_for(lambda: server.open == 1)
     assert transport._open == 0
+
+
+async def test_the_deadline_ends_the_answer_pool_wait_and_connect() -> None:
+    """``send_raw(deadline=...)``: the read timer runs to the deadline when it is sooner than
+    the read timeout (AttemptDeadline); the pool wait is capped to it; past it nothing is sent."""
+    gate = asyncio.Event()
+
+    async def stall(req: Req, writer: asyncio.StreamWriter) -> bool:
+        await gate.wait()
+        return await ok(req, writer)
+
+    long = Phases(connect=30.0, read=30.0, pool=30.0)
+    loop = asyncio.get_running_loop()
+    async with serving(stall) as server, Http1Transport(max_connections=1) as transport:
+        url = f"{server.url}/x"
+        first = transport.send_raw("GET", url, {}, None, long, deadline=loop.time() + 0.1)
+        with pytest.raises(AttemptDeadline):
+            await first
+        await wait_for(lambda: transport._open == 0)  # that connection was discarded
+        holder = asyncio.create_task(transport.send_raw("GET", url, {}, None, long))
+        await wait_for(lambda: server.in_handler == 2)  # the first one still stalls there
+        with pytest.raises(httpx.PoolTimeout):  # the one slot is taken: the wait is capped
+            await transport.send_raw("GET", url, {}, None, long, deadline=loop.time() + 0.1)
+        with pytest.raises(AttemptDeadline):
+            await transport.send_raw("GET", url, {}, None, long, deadline=loop.time() - 1)
+        gate.set()
+        assert (await holder)[0] == 200
+    assert [r.target for r in server.requests] == ["/x", "/x"]
 
 
 async def test_cancellation_does_not_poison_the_pool() -> None:

@@ -180,6 +180,17 @@ def account_config(
 # ------------------------------------------------------------------- processes
 
 
+async def wait_exit(proc: subprocess.Popen[bytes], timeout: float, name: str) -> int:
+    """``proc``'s exit code, polling with a deadline (fails the test if it does not exit)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while proc.poll() is None:
+        if loop.time() > deadline:
+            raise AssertionError(f"{name} did not exit within {timeout}s")
+        await asyncio.sleep(0.05)  # polling the child's exit with a deadline
+    return proc.returncode
+
+
 @dataclass
 class DaemonProcess:
     """``python -m killswitch run --config FILE``; stdout and stderr go to files."""
@@ -224,14 +235,9 @@ class DaemonProcess:
 
     async def wait(self, timeout: float) -> int:
         """The exit code, polling with a deadline (fails the test if it does not exit)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.proc.poll() is None:
-            if loop.time() > deadline:
-                raise AssertionError(f"daemon {self.pid} did not exit within {timeout}s")
-            await asyncio.sleep(0.05)  # polling the child's exit with a deadline
+        code = await wait_exit(self.proc, timeout, f"daemon {self.pid}")
         _RUNNING.discard(self.proc)
-        return self.proc.returncode
+        return code
 
     def close(self) -> None:
         """Kill it if it still runs (tests end here whatever happened)."""

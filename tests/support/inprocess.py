@@ -19,7 +19,7 @@ from typing import Any
 
 from killswitch.config import Settings
 from killswitch.daemon import Daemon, async_run
-from tests.support.daemon import REPO
+from tests.support.daemon import REPO, wait_exit
 from tests.support.exchange import Exchange
 from tests.support.intake import create_all_topics
 
@@ -150,13 +150,7 @@ class EnvDaemonProcess:
         self.proc.send_signal(signal.SIGTERM)
 
     async def wait(self, timeout: float) -> int:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.proc.poll() is None:
-            if loop.time() > deadline:
-                raise AssertionError(f"daemon did not exit within {timeout}s")
-            await asyncio.sleep(0.05)  # polling the child's exit with a deadline
-        return self.proc.returncode
+        return await wait_exit(self.proc, timeout, "daemon")
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -42,7 +42,8 @@ class CancelProbe(Http1Transport):
         super().__init__(max_connections=max_connections)
         self.in_flight: Counter[int] = Counter()
         self.overlaps: list[int] = []  # order ids sent while a cancel for them was in flight
-        # "200", "503", "429", "ReadTimeout", "Deadline" (the client's own), ...
+        # "200", "503", "429", "ReadTimeout", "AttemptDeadline" (the client's own),
+        # "Cancelled" (the caller gave up, e.g. the sweep's deadline), ...
         self.answers: Counter[str] = Counter()
         self.cancels_sent: Counter[int] = Counter()
 
@@ -54,6 +55,7 @@ class CancelProbe(Http1Transport):
         body: bytes | None,
         phases: Phases,
         *,
+        deadline: float | None = None,
         resend_stale: bool = True,
         fresh: bool = False,
     ) -> tuple[int, bytes, RawHeaders]:
@@ -65,10 +67,17 @@ class CancelProbe(Http1Transport):
             self.cancels_sent[order_id] += 1
         try:
             answer = await super().send_raw(
-                method, url, headers, body, phases, resend_stale=resend_stale, fresh=fresh
+                method,
+                url,
+                headers,
+                body,
+                phases,
+                deadline=deadline,
+                resend_stale=resend_stale,
+                fresh=fresh,
             )
         except asyncio.CancelledError:
-            self.answers["Deadline"] += 1
+            self.answers["Cancelled"] += 1
             raise
         except Exception as exc:
             self.answers[type(exc).__name__] += 1

@@ -389,6 +389,45 @@ async def test_overlapping_kills_coalesce_into_one_sweep() -> None:
     assert ex.open_count() == 0
 
 
+async def test_a_sweep_past_half_its_passes_takes_no_more_alerts() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    ex.sticky = True  # every pass cancels it again: the sweep uses all its passes
+    engine = Engine({ACCOUNT: ex}, settings(max_passes=4))
+    first = asyncio.create_task(engine.submit(request("a"), Progress()))
+    await wait_for(lambda: len(ex.calls("cancel")) >= 3)  # the third pass of four
+    second = asyncio.create_task(engine.submit(request("b"), Progress()))
+    a, b = await asyncio.gather(first, second)
+    await engine.close(1.0)
+    # b got a sweep, and a pass budget, of its own rather than the last pass of a's.
+    assert (a.sweeps, b.sweeps) == (4, 4)
+    assert len(ex.calls("cancel")) == 8
+
+
+async def test_a_sweep_answers_thousands_of_alerts_between_turns_of_the_loop() -> None:
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    ex.gate = asyncio.Event()
+    engine = Engine({ACCOUNT: ex}, settings())
+    futures = [engine.start(request(f"a{i}"), Progress()) for i in range(40)]
+    seen: list[int] = []  # alerts answered, each time the loop came round to this task
+
+    async def watch() -> None:
+        while not all(f.done() for f in futures):
+            seen.append(sum(f.done() for f in futures))
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    ex.gate.set()
+    results = await asyncio.gather(*futures)
+    await watcher
+    await engine.close(1.0)
+    assert {r.status for r in results} == {SweepStatus.FLAT}
+    assert {r.sweeps for r in results} == {results[0].sweeps}  # one sweep for all 40
+    # Other tasks ran while the 40 were being answered, not only before or after.
+    assert any(0 < n < 40 for n in seen)
+
+
 async def test_kill_waits_when_the_running_sweep_is_closing() -> None:
     ex = FakeExchange(["BTC_USDT"])
     engine = Engine({ACCOUNT: ex}, settings())

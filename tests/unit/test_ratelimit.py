@@ -144,6 +144,26 @@ async def test_cancels_are_served_before_listing() -> None:
     assert order == ["cancel0", "cancel1", "cancel2", "list0", "list1", "list2"]
 
 
+async def test_a_cancel_takes_a_free_slot_past_a_waiting_listing() -> None:
+    """A waiting listing holds back listings, not cancels: the pump would serve a cancel
+    first anyway, so it takes a free slot and token at once (no queue, no task switch)."""
+    fake = FakeTime()
+    limiter = make(fake, rate=1000.0, burst=10, concurrency=1)
+    assert limiter.try_acquire(Priority.CANCEL)
+    listing = asyncio.create_task(limiter.acquire(Priority.LIST))
+    await settle(lambda: limiter.waiting == 1)
+    limiter.release()  # the slot is free; the pump has not run yet
+    assert not limiter.try_acquire(Priority.LIST)  # a listing queues behind the listing
+    assert limiter.try_acquire(Priority.CANCEL)
+    assert limiter.waiting == 1
+    assert not listing.done()
+    limiter.release()
+    await settle(listing.done)
+    assert limiter.inflight == 1
+    assert limiter.waiting == 0
+    limiter.release()
+
+
 async def test_cancelled_waiter_is_skipped_and_leaks_nothing() -> None:
     fake = FakeTime()
     limiter = make(fake, rate=10.0, burst=1, concurrency=1)

@@ -1,0 +1,81 @@
+"""The order in which the intake takes up records it has read (pure): lanes.
+
+Records wait in *lanes* (the intake uses one per topic and record key, which is the
+account). The lane with the fewest records waiting goes first (the earliest of them
+on a tie), so a record in a quiet lane is taken up before the backlog of a storm on
+another account, and a storm's records are taken up one lane after another (so they
+join their account's sweep together rather than trickling in). *Urgent* lanes
+(manual triggers) are served before any other. A lane can be *held* (its account has
+as much work in the engine as it may have): its records wait and the other lanes go
+on. Within a lane records keep their order.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+
+class FairLanes(Generic[K, T]):
+    """Records waiting per lane; the shortest lane first (urgent lanes before all)."""
+
+    def __init__(self) -> None:
+        # Lanes with records waiting, in turn order (the next turn is the first).
+        self._urgent: OrderedDict[K, deque[T]] = OrderedDict()
+        self._normal: OrderedDict[K, deque[T]] = OrderedDict()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def push(self, lane: K, item: T, *, urgent: bool = False) -> None:
+        """Add ``item`` at the end of ``lane`` (a new lane takes its turn last)."""
+        lanes = self._urgent if urgent else self._normal
+        queue = lanes.get(lane)
+        if queue is None:
+            queue = lanes[lane] = deque()
+        queue.append(item)
+        self._count += 1
+
+    def pop(self, held: Callable[[K], bool] = lambda lane: False) -> T | None:
+        """The first record of the shortest lane that is not ``held`` (urgent lanes
+        first); None when every lane with records is held (or none has any)."""
+        for lanes in (self._urgent, self._normal):
+            best: tuple[K, deque[T]] | None = None
+            for lane, queue in lanes.items():
+                if (best is None or len(queue) < len(best[1])) and not held(lane):
+                    best = (lane, queue)
+                    if len(queue) == 1:
+                        break  # none is shorter
+            if best is None:
+                continue
+            lane, queue = best
+            item = queue.popleft()
+            self._count -= 1
+            if not queue:
+                del lanes[lane]
+            return item
+        return None
+
+    def ready(self, held: Callable[[K], bool] = lambda lane: False) -> bool:
+        """Whether :meth:`pop` would return a record."""
+        return any(not held(lane) for lanes in (self._urgent, self._normal) for lane in lanes)
+
+    def drop(self, unwanted: Callable[[T], bool]) -> list[T]:
+        """Remove (and return) every waiting record for which ``unwanted`` holds."""
+        dropped: list[T] = []
+        for lanes in (self._urgent, self._normal):
+            for lane in list(lanes):
+                queue = lanes[lane]
+                kept = deque(item for item in queue if not unwanted(item))
+                dropped.extend(item for item in queue if unwanted(item))
+                if kept:
+                    lanes[lane] = kept
+                else:
+                    del lanes[lane]
+        self._count -= len(dropped)
+        return dropped

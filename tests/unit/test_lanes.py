@@ -1,0 +1,64 @@
+"""FairLanes: the order in which the intake takes up the records it has read."""
+
+from __future__ import annotations
+
+from killswitch.core.lanes import FairLanes
+
+
+def drain(lanes: FairLanes[str, str], held: frozenset[str] = frozenset()) -> list[str]:
+    out: list[str] = []
+    while (item := lanes.pop(lambda lane: lane in held)) is not None:
+        out.append(item)
+    return out
+
+
+def test_the_shortest_lane_goes_first_and_lanes_keep_their_order() -> None:
+    lanes: FairLanes[str, str] = FairLanes()
+    for i in range(4):
+        lanes.push("storm", f"s{i}")
+    lanes.push("quiet", "q0")
+    assert len(lanes) == 5
+    # The quiet lane's record comes before the storm's backlog.
+    assert drain(lanes) == ["q0", "s0", "s1", "s2", "s3"]
+    assert len(lanes) == 0
+
+
+def test_storm_lanes_are_taken_up_one_after_another() -> None:
+    lanes: FairLanes[str, str] = FairLanes()
+    for i in range(3):
+        lanes.push("a", f"a{i}")
+        lanes.push("b", f"b{i}")
+    # A tie goes to the earlier lane, which is then the shortest until it is empty.
+    assert drain(lanes) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+
+
+def test_urgent_lanes_come_first() -> None:
+    lanes: FairLanes[str, str] = FairLanes()
+    lanes.push("storm", "s0")
+    lanes.push("storm", "s1")
+    lanes.push("manual", "m0", urgent=True)
+    assert drain(lanes) == ["m0", "s0", "s1"]
+
+
+def test_a_held_lane_waits_and_the_others_go_on() -> None:
+    lanes: FairLanes[str, str] = FairLanes()
+    lanes.push("storm", "s0")
+    lanes.push("storm", "s1")
+    lanes.push("quiet", "q0")
+    assert lanes.ready(lambda lane: lane == "storm")
+    assert drain(lanes, frozenset({"storm"})) == ["q0"]
+    assert not lanes.ready(lambda lane: lane == "storm")
+    assert len(lanes) == 2
+    assert drain(lanes) == ["s0", "s1"]
+
+
+def test_drop_removes_matching_records_only() -> None:
+    lanes: FairLanes[str, tuple[int, str]] = FairLanes()
+    lanes.push("a", (0, "a0"))
+    lanes.push("a", (1, "a1"))
+    lanes.push("b", (1, "b0"), urgent=True)
+    dropped = lanes.drop(lambda item: item[0] == 1)
+    assert sorted(dropped) == [(1, "a1"), (1, "b0")]
+    assert len(lanes) == 1
+    assert lanes.pop() == (0, "a0")
+    assert lanes.pop() is None
