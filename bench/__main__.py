@@ -35,6 +35,7 @@ SUITE: list[tuple[str, list[str], float]] = [
     ("storm", [], 420),
     ("scale_out", [], 300),
     ("latch_reaction", [], 120),
+    ("failover", [], 300),
 ]
 BENCHMARKS: list[str] = [name for name, _, _ in SUITE]
 RESULTS = Path(__file__).parent / "results"

@@ -100,6 +100,9 @@ class SaslSettings(_Section):
     password: SecretStr | None = None
 
 
+Assignor = Literal["range", "roundrobin"]
+
+
 class KafkaSettings(_Section):
     """Broker connection, consumer tuning and producer behaviour."""
 
@@ -120,6 +123,11 @@ class KafkaSettings(_Section):
     # Above the worst-case drain time (engine.shutdown_grace_s) so a rebalance
     # waits for in-flight sweeps to finish and commit.
     rebalance_timeout_ms: int = Field(60_000, ge=1_000)
+    # How the group spreads partitions, in order of preference. "range" gives
+    # partition i of the alerts and the manual topic to one member, so a trigger
+    # reaches the daemon owning the account; add "roundrobin" only while older
+    # daemons that offer nothing else are still in the group (a rolling upgrade).
+    assignors: tuple[Assignor, ...] = Field(("range",), min_length=1, max_length=2)
     # Off by default: the embedded broker rejects idempotent producers.
     enable_idempotence: bool = False
     request_timeout_ms: int = Field(30_000, ge=1_000)
@@ -381,6 +389,12 @@ class IntakeSettings(_Section):
     max_queued_per_account: int = Field(1_000, ge=1)
     max_message_bytes: int = Field(1_000_000, ge=1_024)
     max_order_ids: int = Field(10_000, ge=1)
+    # On a rebalance, how long records of revoked partitions may still run before
+    # they are cancelled and their sweeps handed to the next owner (who replays
+    # them). Every member of the group waits this long at most before rejoining,
+    # so it adds to failover when a survivor is busy; a sweep cut off restarts on
+    # the new owner with the counts carried over.
+    rebalance_drain_s: float = Field(1.0, ge=0.0, le=300.0)
 
 
 class LoggingSettings(_Section):

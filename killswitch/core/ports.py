@@ -9,7 +9,7 @@ Prometheus; :class:`NullObserver` by default) and reads its settings as an
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol, runtime_checkable
@@ -198,6 +198,11 @@ StateSink = Callable[[HaltState], Awaitable[None]]
 """Where the engine sends halt latch changes (to be published to ``killswitch.state``)."""
 
 
+class SweepHandedOver(Exception):
+    """The account moved to another daemon: its sweep here stopped without a final
+    result (the new owner replays the alert). See ``EngineAPI.hand_over``."""
+
+
 class EngineAPI(Protocol):
     """What the intake needs from the kill engine (``killswitch.engine``).
 
@@ -215,6 +220,13 @@ class EngineAPI(Protocol):
         ...
 
     async def release(self, request: KillRequest) -> SweepResult: ...
+
+    async def hand_over(self, accounts: Collection[str]) -> int:
+        """Stop sweeping ``accounts`` at once (another daemon owns them now); returns
+        the sweeps stopped. Their alerts' awaitables raise :class:`SweepHandedOver`;
+        each alert's last progress result has gone to its progress sink on return,
+        and no request for these accounts is sent from here after it."""
+        ...
 
     def restore_halt(self, state: HaltState) -> None:
         """Resume guarding an account found halted in the state topic at start-up."""

@@ -30,6 +30,9 @@
   (404/405 to the call itself) or redirects it (3xx, never followed) is remembered per
   account for the engine's lifetime: every later sweep of that account (strategy
   ``auto``) falls back at once instead of asking again (:meth:`Engine.refused_endpoints`).
+- **Hand-over.** :meth:`Engine.hand_over` stops the kill sweeps of accounts another
+  daemon now owns (a rebalance): no final results, a last progress result each (with
+  the cancels cut off in flight) for the next owner to carry over.
 - **Never raises for bad input.** An unknown account, a request during shutdown: a
   final ``failed`` result with the reason.
 """
@@ -39,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -80,6 +83,7 @@ DEFAULT_CONCURRENCY = 8
 FALLBACK_BUDGET = 10.0
 # How long a guard waits before asking again for a pair list it could not get.
 PAIRS_RETRY_S = 1.0
+HANDED_OVER = "the account moved to another daemon (rebalance)"
 
 
 def _resolved(result: SweepResult) -> asyncio.Future[SweepResult]:
@@ -99,6 +103,7 @@ class _Account:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiting: list[Sweep] = field(default_factory=list)  # created, waiting for the lock
     running: Sweep | None = None
+    tasks: dict[Sweep, asyncio.Task[None]] = field(default_factory=dict)  # kill sweeps
 
     def joinable(self, dry_run: bool) -> Sweep | None:
         """The sweep a new alert should join: the running one, else the next waiting one."""
@@ -197,7 +202,8 @@ class Engine:
             sweep = self._new_sweep(client, dry_run=request.dry_run)
             account.waiting.append(sweep)
             ticket = sweep.attach(request, progress)
-            self._spawn(self._run(account, sweep), f"sweep-{request.account}")
+            task = self._spawn(self._run(account, sweep), f"sweep-{request.account}")
+            account.tasks[sweep] = task
         else:
             ticket = sweep.attach(request, progress)
             log.info(
@@ -237,6 +243,42 @@ class Engine:
         reason = None if state is not None else "the account was not halted"
         result = no_sweep_result(request, SweepStatus.RELEASED, self._clock(), reason)
         return replace(result, was_halted=state is not None)
+
+    async def hand_over(self, accounts: Collection[str]) -> int:
+        """Stop the kill sweeps of ``accounts`` now: another daemon owns them from here on.
+
+        Every alert of those sweeps (running or waiting) gets
+        :class:`~killswitch.core.ports.SweepHandedOver` instead of a final result, and
+        those that had started get one last progress result through their sink before
+        this returns (its ``in_flight`` lists the cancels cut off unanswered), so the
+        next owner's replay carries over what was done here. Once this returns no
+        request for these accounts is sent by their sweeps. Latch guards are not
+        touched (:meth:`refresh_guards` moves them). Returns the sweeps stopped."""
+        stopped: list[tuple[Sweep, asyncio.Task[None]]] = []
+        for account_id in accounts:
+            account = self._accounts.get(account_id)
+            if account is None:
+                continue
+            for sweep, task in list(account.tasks.items()):
+                sweep.hand_over(HANDED_OVER)
+                if sweep in account.waiting and not sweep.started:
+                    account.waiting.remove(sweep)
+                task.cancel()
+                stopped.append((sweep, task))
+        if not stopped:
+            return 0
+        await asyncio.gather(*(task for _, task in stopped), return_exceptions=True)
+        for sweep, _ in stopped:
+            for sink, result in sweep.handed_over:
+                try:
+                    await sink(result)
+                except Exception:  # the next owner then carries less; it still sweeps
+                    log.exception("last progress result not handed over")
+        log.warning(
+            "sweeps handed over to the account's new owner",
+            extra={"accounts": sorted({s.account for s, _ in stopped}), "sweeps": len(stopped)},
+        )
+        return len(stopped)
 
     def restore_halt(self, state: HaltState) -> None:
         """Resume guarding an account found halted in the state topic at start-up."""
@@ -355,6 +397,12 @@ class Engine:
 
     async def _run(self, account: _Account, sweep: Sweep) -> None:
         """Run ``sweep`` when the account's previous sweep is done."""
+        try:
+            await self._run_locked(account, sweep)
+        finally:
+            account.tasks.pop(sweep, None)
+
+    async def _run_locked(self, account: _Account, sweep: Sweep) -> None:
         try:
             async with account.lock:
                 account.waiting.remove(sweep)

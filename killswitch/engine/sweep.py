@@ -100,6 +100,7 @@ from killswitch.core.ports import (
     NullObserver,
     Observer,
     ResultSink,
+    SweepHandedOver,
 )
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,9 @@ def utc_now() -> datetime:
 
 class SweepStopped(Exception):
     """The sweep cannot go on for this account (auth refused, exchange unreachable)."""
+
+
+HandOff = tuple[ResultSink, SweepResult]
 
 
 @dataclass(eq=False, slots=True)
@@ -237,6 +241,10 @@ class Sweep:
         self._pairs: set[str] = set()  # every pair in scope a pass set out to list or cancel
         self._settle_wanted = False  # ended with orders possibly open: list once more
         self._soft: set[asyncio.Timeout] = set()  # listings that stop at the deadline
+        # Set by hand_over: the account moved to another daemon; no final results here.
+        self.handing_over: str | None = None
+        # Each handed-over ticket's last progress result, with its sink (see hand_over).
+        self.handed_over: list[HandOff] = []
 
     # ----------------------------------------------------------------- tickets
 
@@ -337,6 +345,21 @@ class Sweep:
                 yield
             finally:
                 self._soft.discard(soft)
+
+    def hand_over(self, reason: str) -> None:
+        """The account moved to another daemon: stop without final results.
+
+        Call, then cancel the task running the sweep. Cancels cut off in flight stay
+        listed as in flight, so when the sweep settles each open ticket's last progress
+        result (counts, per-order outcomes, cancels in flight: what the next owner
+        carries over) goes to :attr:`handed_over` with its sink, and the ticket's
+        future fails with :class:`~killswitch.core.ports.SweepHandedOver` instead of
+        getting a final result. A sweep that never started is settled at once."""
+        self.accepting = False
+        self.handing_over = reason
+        if not self.started:
+            for _ in self._settle():
+                pass
 
     def abandon(self, reason: str) -> None:
         """Settle a sweep that will never run: every ticket gets a ``failed`` result."""
@@ -748,6 +771,14 @@ class Sweep:
             p.busy -= 1
             p.wake.set()
 
+    def _cut_off(self, ids: list[int]) -> None:
+        """Cancels stopped unanswered (the task was cancelled). Handing over, they stay
+        in flight for the last progress result: the exchange may still apply them."""
+        if self.handing_over is not None:
+            return
+        for order_id in ids:
+            self.ledger.abandon(order_id, sent=True)
+
     async def _cancel_one(self, symbol: str, order_id: int) -> None:
         ledger = self.ledger
         ledger.begin(order_id)
@@ -755,7 +786,7 @@ class Sweep:
         try:
             result = await self.client.cancel_order(order_id, symbol)
         except asyncio.CancelledError:
-            ledger.abandon(order_id, sent=True)
+            self._cut_off([order_id])
             raise
         except AuthError as exc:
             ledger.conclude(order_id, Outcome.REJECTED, 1, RejectReason.AUTH)
@@ -785,8 +816,7 @@ class Sweep:
         try:
             result = await self.client.cancel_batch(symbol, ids)
         except asyncio.CancelledError:
-            for order_id in ids:
-                ledger.abandon(order_id, sent=True)
+            self._cut_off(ids)
             raise
         if result.outcome is not None:
             if result.reason is RejectReason.AUTH:
@@ -828,8 +858,7 @@ class Sweep:
         try:
             result = await self.client.cancel_all(symbol)
         except asyncio.CancelledError:
-            for order_id in ids:
-                ledger.abandon(order_id, sent=True)
+            self._cut_off(ids)
             raise
         if result.outcome is None:
             self._exchange_answered()
@@ -1025,7 +1054,11 @@ class Sweep:
 
     def _settle(self, turn: int = 0) -> Iterator[None]:
         """End of sweep: final outcomes, metrics, and one final result per ticket;
-        yields after every ``turn`` tickets (0: never). Run it to its end."""
+        yields after every ``turn`` tickets (0: never). Run it to its end. A sweep
+        handed over settles its open tickets without final results instead."""
+        if self.handing_over is not None:
+            self._settle_handed_over(self.handing_over)
+            return
         self.ledger.finalise()  # queued or in flight when the sweep stopped: failed
         if not self.dry_run:
             wanted = self.scope.symbols if self.scope is not None else None
@@ -1043,6 +1076,17 @@ class Sweep:
                 ticket.future.set_result(result)
             if turn and done % turn == 0 and done < len(self.tickets):
                 yield
+
+    def _settle_handed_over(self, reason: str) -> None:
+        """Each open ticket: its last progress result (before anything in flight is
+        settled), then :class:`SweepHandedOver` instead of a final result."""
+        for ticket in self.tickets:
+            if ticket.future.done():
+                continue
+            if self.started and ticket.progress is not None:
+                self.handed_over.append((ticket.progress, self._reported(ticket, final=False)))
+            ticket.future.set_exception(SweepHandedOver(reason))
+            ticket.future.exception()  # retrieved: its waiter may be gone already
 
     def result_for(
         self, ticket: Ticket, *, final: bool, shared: dict[Scope | None, _Shared] | None = None

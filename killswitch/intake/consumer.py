@@ -17,11 +17,14 @@ holds its lane (its records wait, the other lanes go on); with that times the
 number of accounts records waiting or in flight, the consumer pauses its
 partitions (records stay in Kafka) and resumes at half.
 
-Rebalance: on revocation the consumer waits (bounded) for the revoked
-partitions' work to finish, commits what completed and forgets the rest (the
-next owner replays it; the dedup window turns finished repeats into
-``duplicate`` results). On assignment it first lets the results reader catch up,
-so results published by the previous owner are known. After every change of the
+Rebalance: on revocation the consumer waits (``intake.rebalance_drain_s`` at
+most) for the revoked partitions' work to finish; what still runs is cancelled
+without a result and its accounts' sweeps are handed over (``EngineAPI.hand_over``:
+stopped, their last progress published), so the next owner replays it with nobody
+else sweeping those accounts. Then it commits what completed and forgets the rest
+(the dedup window turns finished repeats into ``duplicate`` results). On
+assignment it first lets the results reader catch up, so results published by the
+previous owner are known. After every change of the
 assignment (and before leaving the group) ``on_assignment`` runs, once
 :attr:`Intake.assignment` reflects it: the daemon moves latch guards with it.
 """
@@ -33,7 +36,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -60,9 +63,17 @@ from killswitch.core.lanes import FairLanes
 from killswitch.core.model import KillRequest, SweepResult, SweepStatus
 from killswitch.core.offsets import OffsetTracker
 from killswitch.core.pairs import PairVerdict, check_pairs
-from killswitch.core.ports import AlertObserver, EngineAPI, NullAlertObserver, PairLister
+from killswitch.core.ports import (
+    AlertObserver,
+    EngineAPI,
+    NullAlertObserver,
+    PairLister,
+    SweepHandedOver,
+)
+from killswitch.intake.forward import MAX_FORWARD_BYTES, decode_forward, encode_forward, is_forward
 from killswitch.intake.kafka import all_partitions, make_group_consumer, stop_consumer
 from killswitch.intake.outputs import Publisher
+from killswitch.intake.ownership import owns
 from killswitch.intake.readers import ResultsIndex
 from killswitch.tasks import cancel_and_wait
 from killswitch.triggers import TriggerVerifier
@@ -81,6 +92,8 @@ _HELD_POLL_MS = 10
 _SLICE_S = 0.002
 _PUBLISH_BACKOFF_MAX_S = 5.0
 _LAG_REPORT_S = 1.0
+# How long a hand-over waits for its last progress results to be acknowledged.
+_HANDOVER_FLUSH_S = 2.0
 # Longest an alert waits for a pair list that is not cached (normally one round trip):
 # past this its kill runs with its pairs unchecked rather than wait out the client's
 # retries against a failing exchange-info.
@@ -133,7 +146,11 @@ class IntakeConfig:
     def from_settings(cls, settings: Settings) -> IntakeConfig:
         # A revocation may wait for running sweeps, but must end well inside the
         # rebalance timeout or the group evicts this member.
-        drain = min(settings.engine.shutdown_grace_s, settings.kafka.rebalance_timeout_ms / 2000)
+        drain = min(
+            settings.intake.rebalance_drain_s,
+            settings.engine.shutdown_grace_s,
+            settings.kafka.rebalance_timeout_ms / 2000,
+        )
         return cls(
             topics=settings.kafka.topics,
             accounts=tuple(a.id for a in settings.accounts),
@@ -163,6 +180,8 @@ class _Plan:
     result: str = "processed"
     steps: list[_Step] = field(default_factory=list)
     action: str = "kill"
+    # (account, forward record): accounts another daemon owns, handed on to it.
+    forwards: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 _Lane = tuple[str, str | None]
@@ -232,6 +251,8 @@ class Intake:
         self._backlog = FairLanes()
         self._queued: Counter[str] = Counter()
         self._in_flight: dict[tuple[str, str], asyncio.Future[str | None]] = {}
+        # (alert id, account) being swept -> the partition of the record that asked.
+        self._sweeping: dict[tuple[str, str], TopicPartition] = {}
         self._max_bytes = config.limits.max_message_bytes
         self._max_in_flight = config.limits.max_queued_per_account * max(1, len(config.accounts))
         self._paused = False
@@ -282,6 +303,24 @@ class Intake:
         except LookupError:
             return None
 
+    async def routing_problem(self) -> str | None:
+        """Why manual triggers may miss the account's owner; None when they cannot.
+
+        A trigger is keyed by account like an alert; it reaches the daemon that owns
+        the account (the one assigned the account's alerts partition) only when both
+        topics have the same partition count, so the range assignor gives the same
+        partition of each to one member."""
+        topics = self._config.topics
+        alerts = await self.partition_count(topics.alerts)
+        manual = await self.partition_count(topics.manual)
+        if alerts is None or manual is None or alerts == manual:
+            return None
+        return (
+            f"{topics.manual} has {manual} partition(s) and {topics.alerts} {alerts}: a manual "
+            "trigger may be swept by a daemon that does not own the account while its owner "
+            f"sweeps it too; give {topics.manual} {alerts} partition(s)"
+        )
+
     async def start(self) -> None:
         """Join the group (subscribed to the alerts and manual topics)."""
         topics = self._config.topics
@@ -292,6 +331,9 @@ class Intake:
         self._consumer = consumer
         await consumer.start()
         self._committer = asyncio.create_task(self._commit_loop(), name="intake-committer")
+        routing = await self.routing_problem()
+        if routing is not None:
+            log.warning("manual triggers not routed to the owner", extra={"problem": routing})
 
     async def run(self) -> None:
         """Consume until :meth:`stop` is called. A bad message never ends this loop."""
@@ -497,7 +539,7 @@ class Intake:
         received: datetime,
     ) -> _Plan:
         try:
-            return self._plan(parsed, channel, origin, received)
+            return self._plan(parsed, channel, origin, received, record.value)
         except Exception as exc:  # a bug here must not stop the consumer or stall commits
             log.exception("cannot read a record", extra={"offset": record.offset})
             return _Plan(label=channel, rejection=_internal_error(exc))
@@ -587,6 +629,9 @@ class Intake:
     def _parse(
         self, value: bytes | None, channel: Channel, received: datetime
     ) -> Alert | Rejection:
+        if is_forward(value):
+            assert value is not None
+            return self._parse_forward(value, received)
         limits = self._config.limits
         return parse_alert(
             value,
@@ -598,10 +643,62 @@ class Intake:
             verifier=self._verifier,
         )
 
+    def _parse_forward(self, value: bytes, received: datetime) -> Alert | Rejection:
+        """A forward: the original alert, checked as it was written, for its one account."""
+        forward = decode_forward(value)
+        if isinstance(forward, str):
+            return Rejection(RejectKind.INVALID, forward)
+        if is_forward(forward.value):
+            return Rejection(RejectKind.INVALID, "forward: a forward inside a forward")
+        parsed = self._parse(forward.value, forward.channel, received)
+        if isinstance(parsed, Rejection):
+            return parsed
+        if forward.account not in parsed.target_accounts(self._config.accounts):
+            reason = "forward: the alert does not name that account"
+            return Rejection(RejectKind.INVALID, reason, parsed.alert_id)
+        scope = parsed.scope.model_copy(update={"accounts": [forward.account]})
+        return parsed.model_copy(update={"scope": scope})
+
+    def _owner_here(self, account: str) -> bool:
+        """Whether this daemon owns ``account`` (its alerts partition is assigned here).
+        Unknown (no assignment or no metadata yet): yes, it is swept here."""
+        topic = self._config.topics.alerts
+        assigned = [tp.partition for tp in self._assigned if tp.topic == topic]
+        partitions = self._consumer.partitions_for_topic(topic) if self._consumer else None
+        if not assigned or not partitions:
+            return True
+        return owns(account, len(partitions), assigned)
+
+    def _route(
+        self, requests: list[KillRequest], channel: Channel, value: bytes | None
+    ) -> tuple[list[KillRequest], list[tuple[str, bytes]]]:
+        """The requests swept here, and a forward for each account another daemon owns."""
+        if value is None or len(value) > MAX_FORWARD_BYTES:
+            return requests, []
+        here: list[KillRequest] = []
+        away: list[tuple[str, bytes]] = []
+        for request in requests:
+            if self._owner_here(request.account):
+                here.append(request)
+                continue
+            try:
+                away.append((request.account, encode_forward(request.account, channel, value)))
+            except UnicodeDecodeError:  # JSON in another encoding: swept here
+                here.append(request)
+        return here, away
+
     def _plan(
-        self, parsed: Alert | Rejection, channel: Channel, origin: Origin, received: datetime
+        self,
+        parsed: Alert | Rejection,
+        channel: Channel,
+        origin: Origin,
+        received: datetime,
+        value: bytes | None = None,
     ) -> _Plan:
-        """Decide per account (synchronously, so concurrent repeats see each other)."""
+        """Decide per account (synchronously, so concurrent repeats see each other).
+
+        Accounts another daemon owns are forwarded to it (``value``: the record's,
+        none for a forward, which is swept here whoever owns the account by now)."""
         if isinstance(parsed, Rejection):
             return _Plan(label=channel, rejection=parsed)
         alert = parsed
@@ -627,6 +724,9 @@ class Intake:
                 else r
                 for r in requests
             ]
+        forwards: list[tuple[str, bytes]] = []
+        if alert.action == "kill" and not is_forward(value):
+            requests, forwards = self._route(requests, channel, value)
         decision = self._dedup.decide(alert.alert_id, [r.account for r in requests], origin)
         signing = self._verifier is not None and self._verifier.required
         if decision.reused and channel == "manual" and signing:
@@ -654,17 +754,22 @@ class Intake:
                 self._dedup.start(alert.alert_id, request.account, origin)
                 future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
                 self._in_flight[(alert.alert_id, request.account)] = future
+                self._sweeping[(alert.alert_id, request.account)] = TopicPartition(
+                    origin.topic, origin.partition
+                )
                 self._queued[request.account] += 1
                 steps.append(_Step(self._with_carried(request), Seen.NEW, future=future))
             else:
                 steps.append(_Step(request, verdict.seen, previous=verdict.previous_status))
-        if decision.all_repeats:
+        if decision.all_repeats and requests:
             result = "duplicate"
         elif alert.dry_run and alert.action == "kill":
             result = "dry_run"
         else:
             result = "processed"
-        return _Plan(label=label, result=result, steps=steps, action=alert.action)
+        return _Plan(
+            label=label, result=result, steps=steps, action=alert.action, forwards=forwards
+        )
 
     def _with_carried(self, request: KillRequest) -> KillRequest:
         """A replay: what an earlier process published for it goes into its results."""
@@ -681,6 +786,8 @@ class Intake:
             self._observer.dlq(plan.rejection.dlq_reason)
             result = plan.rejection.kind.value
         else:
+            for account, forward in plan.forwards:
+                await self._forward(account, forward, origin)
             try:
                 if len(plan.steps) == 1:  # the common case: no extra task hop before the engine
                     await self._run_step(plan.steps[0], plan.action, origin)
@@ -694,6 +801,14 @@ class Intake:
         self._observer.alert_read(plan.label, result)
         self._tracker.done(TopicPartition(origin.topic, origin.partition), origin.offset)
         self._commit_wanted.set()
+
+    async def _forward(self, account: str, forward: bytes, origin: Origin) -> None:
+        """Hand one account's kill on to its owner (acknowledged before the record is done)."""
+        await self._retry(lambda: self._publisher.alert(account, forward), "forward")
+        log.info(
+            "kill forwarded to the account's owner",
+            extra={"account": account, "partition": origin.partition, "offset": origin.offset},
+        )
 
     async def _run_step(self, step: _Step, action: str, origin: Origin) -> None:
         if step.seen is Seen.NEW:
@@ -737,6 +852,7 @@ class Intake:
             if not future.done():
                 future.set_result(status)
             self._in_flight.pop(key, None)
+            self._sweeping.pop(key, None)
             self._queued[request.account] -= 1
             if self._queued[request.account] <= 0:
                 del self._queued[request.account]
@@ -757,6 +873,12 @@ class Intake:
             return await self._engine.submit(request, self._publisher.progress_sink(origin))
         except asyncio.CancelledError:
             raise
+        except SweepHandedOver as exc:
+            if TopicPartition(origin.topic, origin.partition) in self._assigned:
+                # Not expected (only accounts no kept record sweeps are handed over);
+                # the record is still ours, so it gets swept and answered here.
+                return await self._engine.submit(request, self._publisher.progress_sink(origin))
+            raise _Interrupted from exc  # no result, not done: the new owner replays it
         except Exception as exc:
             if self._stopping:
                 # Shutting down: no final result, the offset stays uncommitted and
@@ -875,6 +997,12 @@ class Intake:
             self.committed_total += 1
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Before the group reassigns ``revoked``: finish, or hand over, their work.
+
+        Records of those partitions get ``revoke_drain_s`` to finish; the ones still
+        running after it are cancelled without a result (their offsets stay
+        uncommitted) and their accounts' sweeps stopped (:meth:`_hand_over`), so when
+        the next owner replays them nobody else is sweeping those accounts."""
         gone = set(revoked)
         self._backlog.drop(lambda item: item[0] in gone)  # not taken up: the next owner's
         if gone:
@@ -883,9 +1011,39 @@ class Intake:
         await self._assignment_changed()
         waiting = [t for t, tp in self._tasks.items() if tp in gone]
         if waiting:
-            await asyncio.wait(waiting, timeout=self._config.revoke_drain_s)
+            _, late = await asyncio.wait(waiting, timeout=self._config.revoke_drain_s)
+            if late:
+                await self._hand_over(late, gone)
         await self._commit(list(gone))
         self._tracker.drop(gone)
+
+    async def _hand_over(
+        self, late: Collection[asyncio.Task[None]], gone: set[TopicPartition]
+    ) -> None:
+        """Cancel the records still running on revoked partitions and stop the sweeps
+        of their accounts, unless a record this daemon keeps sweeps the account too
+        (an alert naming several accounts): that sweep goes on here. The sweeps' last
+        progress results are acknowledged before this returns, so the next owner's
+        results reader has them when it replays (counts carried over)."""
+        moving = {account for (_, account), tp in self._sweeping.items() if tp in gone}
+        moving -= {account for (_, account), tp in self._sweeping.items() if tp not in gone}
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        try:
+            stopped = await self._engine.hand_over(moving)
+        except Exception:  # the rebalance must go on (commit, drop) whatever happened
+            log.exception("hand-over failed", extra={"accounts": sorted(moving)})
+            stopped = 0
+        log.warning(
+            "rebalance: unfinished records handed over",
+            extra={"records": len(late), "accounts": sorted(moving), "sweeps": stopped},
+        )
+        try:
+            async with asyncio.timeout(self._config.revoke_drain_s + _HANDOVER_FLUSH_S):
+                await self._publisher.flush()
+        except (TimeoutError, KafkaError):
+            log.warning("last progress results not acknowledged before the hand-over")
 
     async def _assignment_changed(self) -> None:
         if self._on_assignment is None:

@@ -16,6 +16,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 
@@ -27,8 +30,20 @@ _MAX_BATCH_BYTES = 512 * 1024
 
 # Partitions for topics the daemon creates itself when they are missing. Alerts
 # and results are keyed by account: more partitions let more daemons share them.
-# Operators who create topics themselves choose their own counts.
-DEFAULT_PARTITIONS = {"alerts": 6, "manual": 3, "heartbeats": 3, "results": 6, "state": 3, "dlq": 1}
+# The manual topic has as many as the alerts topic: with the range assignor a
+# trigger keyed by account then lands on the daemon that owns the account
+# (intake/ownership.py). Operators who create topics themselves choose their own
+# counts (the daemon warns when alerts and manual differ).
+DEFAULT_PARTITIONS = {"alerts": 6, "manual": 6, "heartbeats": 3, "results": 6, "state": 3, "dlq": 1}
+# kafka.assignors: range gives partition i of the alerts and the manual topic to
+# the same member (equal partition counts, same subscription), so an account's
+# alerts and triggers reach one daemon; round-robin does not. Only what is
+# configured is offered: some brokers (the embedded one) take twice as long to
+# complete a join when members offer two protocols.
+ASSIGNORS: dict[str, type[AbstractPartitionAssignor]] = {
+    "range": RangePartitionAssignor,
+    "roundrobin": RoundRobinPartitionAssignor,
+}
 
 
 def ssl_context(settings: KafkaSettings) -> ssl.SSLContext | None:
@@ -96,6 +111,7 @@ def make_group_consumer(settings: KafkaSettings, topics: Iterable[str]) -> AIOKa
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         rebalance_timeout_ms=settings.rebalance_timeout_ms,
+        partition_assignment_strategy=tuple(ASSIGNORS[name] for name in settings.assignors),
         **fetch_kwargs(settings),
         **kwargs,
     )

@@ -1351,6 +1351,11 @@ class Simulator:
         return self.count(status=429)
 
     @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the newest log entry (0 before the first request)."""
+        return self._seq
+
+    @property
     def request_log(self) -> list[LogEntry]:
         """Every request kept (the newest ``log_max``), oldest first."""
         return [LogEntry(*row) for row in self._log]

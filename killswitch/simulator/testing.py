@@ -27,7 +27,8 @@ from killswitch.exchange.signing import (
     private_key_pem,
     signing_payload,
 )
-from killswitch.simulator.core import Simulator
+from killswitch.simulator.core import Reply, Request, Simulator
+from killswitch.simulator.server import SimulatorServer
 
 
 def register_test_client(
@@ -165,3 +166,20 @@ class SignedClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class DoorServer(SimulatorServer):
+    """One more listener on a shared simulator that remembers which requests came
+    through it (:attr:`seqs`, the log entries' ``seq``). Give each of several daemons
+    trading one account its own door to tell their requests apart in the log."""
+
+    def __init__(self, sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(sim, host, port)
+        self.seqs: set[int] = set()
+
+    def _answer(self, request: Request) -> Reply:
+        before = self.sim.last_seq
+        reply = super()._answer(request)
+        # The simulator logs a request synchronously while answering it.
+        self.seqs.update(range(before + 1, self.sim.last_seq + 1))
+        return reply

@@ -372,10 +372,39 @@ async def test_engine_state_sink_publishes_to_the_state_topic(
     _ = FakeEngine  # the harness engine is not needed here
 
 
+async def test_work_still_running_after_the_drain_is_handed_over(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name, intake={"rebalance_drain_s": 0.1})
+    await create_all_topics(settings)
+    topics = settings.kafka.topics
+    first = FakeEngine()
+    first.hold("mm-1")  # longer than the drain
+    async with (
+        TopicCollector(kafka_bootstrap, topics.results) as results,
+        running_intake(settings, first) as one,
+    ):
+        await produce(settings, [alert_message("ho-1")])
+        await wait_for(lambda: len(first.calls) == 1)
+        # A second member joins: the first gives its partitions up; the record still
+        # running after the drain is cancelled and its account's sweep handed over,
+        # before the group reassigns the partition.
+        async with running_intake(settings, FakeEngine()) as two:
+            await wait_for(lambda: first.handed_over == ["mm-1"], timeout=20)
+            first.let_go("mm-1")
+            # Whichever member has partition 0 now replays it: one final result.
+            await wait_for(lambda: len(results.finals("ho-1")) == 1, timeout=20)
+            await wait_for(lambda: one.intake.in_flight == two.intake.in_flight == 0)
+            assert [r["status"] for r in results.finals("ho-1")] == ["flat"]
+    bootstrap, group = settings.kafka.bootstrap_servers, settings.kafka.group_id
+    assert await committed(bootstrap, group, topics.alerts) == 1  # committed on the way out
+
+
 async def test_revocation_waits_for_running_work_and_commits_it(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
-    settings = make_settings(kafka_bootstrap, unique_name)
+    # The longest drain these group timeouts allow (half the rebalance timeout).
+    settings = make_settings(kafka_bootstrap, unique_name, intake={"rebalance_drain_s": 1.0})
     await create_all_topics(settings)
     topics = settings.kafka.topics
     first = FakeEngine()
@@ -397,8 +426,9 @@ async def test_revocation_waits_for_running_work_and_commits_it(
             first.let_go("mm-1")
             two = await entered
             await wait_for(lambda: len(results.finals("rb-1")) == 1)
+            # One partition per topic: the range assignor gives both to one member.
             await wait_for(
-                lambda: bool(one.intake.assignment) and bool(two.intake.assignment),
+                lambda: len(one.intake.assignment | two.intake.assignment) == 2,
                 timeout=20,
             )
             assert (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -88,6 +88,7 @@ class FakeEngine:
     running: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     max_running: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     closed: bool = False
+    handed_over: list[str] = field(default_factory=list)
 
     def hold(self, account: str) -> None:
         self.holds[account] = asyncio.Event()
@@ -122,6 +123,10 @@ class FakeEngine:
     async def release(self, request: KillRequest) -> SweepResult:
         self.releases.append(request)
         return self._result(request, SweepStatus.RELEASED, final=True)
+
+    async def hand_over(self, accounts: Collection[str]) -> int:
+        self.handed_over.extend(accounts)
+        return 0
 
     def restore_halt(self, state: HaltState) -> None:
         self.restored.append(state)
