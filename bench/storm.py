@@ -104,7 +104,7 @@ class CancelProbe:
 def _alert(alert_id: str, account: str, *, manual: bool = False, latch: bool = False) -> bytes:
     from datetime import UTC, datetime
 
-    from killswitch.alerts import format_time
+    from killswitch.contracts import format_time
 
     body: dict[str, Any] = {
         "schema": "killswitch.alert/v1",

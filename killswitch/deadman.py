@@ -33,8 +33,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from killswitch.alerts import ALERT_SCHEMA, Alert, AlertScopeModel, Timestamp, load_json_object
 from killswitch.config import DeadmanSource, KafkaSettings
+from killswitch.contracts import ALERT_SCHEMA, Alert, AlertScopeModel, Timestamp, load_json_object
 from killswitch.core.deadman import DeadmanMonitor, Firing, HeartbeatVerdict
 from killswitch.core.ports import AlertObserver, NullAlertObserver
 from killswitch.core.times import format_time

@@ -31,9 +31,9 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from killswitch.alerts import Alert, DeadLetter, RejectKind, kill_requests, result_to_json
 from killswitch.board import Board
 from killswitch.config import ConfigError, KafkaSettings, Settings, TopicSettings
+from killswitch.contracts import Alert, DeadLetter, RejectKind, kill_requests, result_to_json
 from killswitch.core.model import HaltState, KillRequest, SweepResult
 from killswitch.core.pairs import PairList, PairVerdict, check_pairs
 from killswitch.display import Display

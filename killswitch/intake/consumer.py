@@ -45,7 +45,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, KafkaError
 
-from killswitch.alerts import (
+from killswitch.config import IntakeSettings, KafkaSettings, Settings, TopicSettings
+from killswitch.contracts import (
     Alert,
     Channel,
     Origin,
@@ -57,7 +58,6 @@ from killswitch.alerts import (
     kill_requests,
     parse_alert,
 )
-from killswitch.config import IntakeSettings, KafkaSettings, Settings, TopicSettings
 from killswitch.core.dedup import DedupWindow, Seen
 from killswitch.core.lanes import FairLanes
 from killswitch.core.model import KillRequest, SweepResult, SweepStatus

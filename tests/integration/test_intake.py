@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from killswitch.alerts import encode_state
+from killswitch.contracts import encode_state
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import HaltState, Scope
 from killswitch.intake.readers import read_halt_states

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from killswitch.alerts import (
+from killswitch.contracts import (
     DLQ_MAX_VALUE_BYTES,
     MAX_JSON_DEPTH,
     Alert,
@@ -444,7 +444,7 @@ def test_dead_letter_of_binary_and_oversized_input() -> None:
 
 
 def test_state_records_name_their_daemon_and_followers_skip_their_own() -> None:
-    from killswitch.alerts import decode_state_record
+    from killswitch.contracts import decode_state_record
     from killswitch.intake.readers import _fold_state
 
     halt = HaltState("mm-1", True, "a-1", NOW, Scope())

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from killswitch.alerts import (
+from killswitch.board import AccountProgress
+from killswitch.contracts import (
     Alert,
     DeadLetter,
     Rejection,
@@ -31,7 +32,6 @@ from killswitch.alerts import (
     read_result,
     state_to_json,
 )
-from killswitch.board import AccountProgress
 from killswitch.core.carry import carried_from_json
 from killswitch.core.model import (
     Counts,

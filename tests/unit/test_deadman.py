@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from killswitch.alerts import Alert, parse_alert
 from killswitch.config import AlertScope, DeadmanSource
+from killswitch.contracts import Alert, parse_alert
 from killswitch.core.deadman import DeadmanMonitor, Firing, HeartbeatVerdict
 from killswitch.deadman import (
     deadman_alert_id,
