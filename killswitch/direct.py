@@ -41,8 +41,8 @@ from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClients
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.exitcodes import EXIT_NOT_DONE
-from killswitch.intake.kafka import make_producer
-from killswitch.intake.outputs import Publisher
+from killswitch.kafka.clients import make_producer
+from killswitch.kafka.outputs import Publisher
 from killswitch.render import dry_run_lines, summary_lines
 
 __all__ = [

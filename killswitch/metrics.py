@@ -475,7 +475,7 @@ class Metrics:
 
     @_never_raise
     def set_kafka_up(self, up: bool) -> None:
-        """Whether the broker answers (``killswitch.intake.watch.KafkaWatch``)."""
+        """Whether the broker answers (``killswitch.kafka.watch.KafkaWatch``)."""
         self._kafka_up.set(1 if up else 0)
 
 

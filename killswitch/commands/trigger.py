@@ -55,7 +55,7 @@ from killswitch.config import Settings, settings_from_args
 from killswitch.contracts import Alert, load_json_object
 from killswitch.display import Display
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from killswitch.intake.kafka import make_producer
+from killswitch.kafka.clients import make_producer
 from killswitch.render import dry_run_lines, summary_lines
 
 __all__ = ["TriggerRun", "add_arguments_trigger", "cli_trigger", "publish_command", "run_trigger"]

@@ -29,7 +29,7 @@ from killswitch.core.model import (
     SweepStatus,
 )
 from killswitch.core.outcomes import Outcome, RejectReason
-from killswitch.intake.readers import ResultsIndex
+from killswitch.kafka.readers import ResultsIndex
 
 SENT, CLOSED, REJECTED, FAILED = (
     Outcome.SENT,

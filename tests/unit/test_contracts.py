@@ -46,7 +46,7 @@ from killswitch.core.model import (
 from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome, RejectReason
 from killswitch.core.times import format_time, parse_time
-from killswitch.deadman import Heartbeat, encode_heartbeat, parse_heartbeat
+from killswitch.kafka.deadman import Heartbeat, encode_heartbeat, parse_heartbeat
 from killswitch.render import status_records
 
 # Times in messages have milliseconds: the round trips use times that have no more.

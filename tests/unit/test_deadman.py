@@ -10,7 +10,7 @@ import pytest
 from killswitch.config import AlertScope, DeadmanSource
 from killswitch.contracts import Alert, parse_alert
 from killswitch.core.deadman import DeadmanMonitor, Firing, HeartbeatVerdict
-from killswitch.deadman import (
+from killswitch.kafka.deadman import (
     deadman_alert_id,
     deadman_alerts,
     encode_heartbeat,

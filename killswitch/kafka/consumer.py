@@ -70,11 +70,11 @@ from killswitch.core.ports import (
     PairLister,
     SweepHandedOver,
 )
-from killswitch.intake.forward import MAX_FORWARD_BYTES, decode_forward, encode_forward, is_forward
-from killswitch.intake.kafka import all_partitions, make_group_consumer, stop_consumer
-from killswitch.intake.outputs import Publisher
-from killswitch.intake.ownership import owns
-from killswitch.intake.readers import ResultsIndex
+from killswitch.kafka.clients import all_partitions, make_group_consumer, stop_consumer
+from killswitch.kafka.forward import MAX_FORWARD_BYTES, decode_forward, encode_forward, is_forward
+from killswitch.kafka.outputs import Publisher
+from killswitch.kafka.ownership import owns
+from killswitch.kafka.readers import ResultsIndex
 from killswitch.tasks import cancel_and_wait
 from killswitch.triggers import TriggerVerifier
 

@@ -38,8 +38,8 @@ from killswitch.contracts import ALERT_SCHEMA, Alert, AlertScopeModel, Timestamp
 from killswitch.core.deadman import DeadmanMonitor, Firing, HeartbeatVerdict
 from killswitch.core.ports import AlertObserver, NullAlertObserver
 from killswitch.core.times import format_time
-from killswitch.intake.kafka import all_partitions, make_reader, stop_consumer
-from killswitch.intake.outputs import Publisher
+from killswitch.kafka.clients import all_partitions, make_reader, stop_consumer
+from killswitch.kafka.outputs import Publisher
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from killswitch.contracts import decode_result_summary, decode_state_record
 from killswitch.core.carry import CarryStore
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import CarriedOutcomes, HaltState, Scope
-from killswitch.intake.kafka import all_partitions, make_reader, stop_consumer
+from killswitch.kafka.clients import all_partitions, make_reader, stop_consumer
 
 log = logging.getLogger(__name__)
 
