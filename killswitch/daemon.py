@@ -56,12 +56,12 @@ from killswitch.kafka.broker_loss import BrokerLossGuard, KillStart
 from killswitch.kafka.clients import ensure_topics, make_producer
 from killswitch.kafka.consumer import Intake, IntakeConfig
 from killswitch.kafka.deadman import DeadmanWatcher
-from killswitch.kafka.lag import watch_loop_lag
 from killswitch.kafka.outputs import Publisher
 from killswitch.kafka.ownership import Ownership
 from killswitch.kafka.readers import HaltStateReader, ResultsIndex
 from killswitch.kafka.watch import KafkaWatch, OnChange
 from killswitch.logs import configure_logging, default_masker, register_settings_secrets
+from killswitch.looplag import watch_loop_lag
 from killswitch.observability import (
     ExchangeProbe,
     Observability,
