@@ -1098,5 +1098,8 @@ class Intake:
             caught_up = await self._results_index.wait_caught_up(timeout_s=10.0)
             if not caught_up:
                 log.warning("results reader behind at assignment; repeats may be re-swept")
-        if self._paused and self._consumer is not None and assigned:
-            self._consumer.pause(*assigned)
+        # A new assignment starts unpaused: over the limit, pause again only the
+        # partitions with records waiting, as _pause_waiting does between rebalances.
+        self._paused_partitions.clear()
+        if self._paused and self._consumer is not None:
+            self._pause_waiting(self._consumer)

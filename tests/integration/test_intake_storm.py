@@ -107,6 +107,9 @@ async def test_over_the_limit_only_partitions_with_records_waiting_are_paused(
         TopicCollector(kafka_bootstrap, topics.results) as results,
         running_intake(settings, engine) as run,
     ):
+        # Both topics assigned first: a rebalance after the storm would start the
+        # partitions unpaused again.
+        await wait_for(lambda: len(run.intake.assignment) == 2)
         await produce(settings, [alert_message(f"storm-{i}") for i in range(12)])
         await wait_for(lambda: run.intake.paused)
         alerts_partition = TopicPartition(topics.alerts, 0)
