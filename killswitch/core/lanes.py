@@ -8,11 +8,16 @@ join their account's sweep together rather than trickling in). *Urgent* lanes
 (manual triggers) are served before any other. A lane can be *held* (its account has
 as much work in the engine as it may have): its records wait and the other lanes go
 on. Within a lane records keep their order.
+
+The lanes can also count their records by *source* (the intake's source is the
+partition a record was read from): a source with nothing waiting adds nothing to
+the memory the lanes hold, so backpressure need only stop reading the sources
+that have records waiting.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -21,16 +26,33 @@ T = TypeVar("T")
 
 
 class FairLanes(Generic[K, T]):
-    """Records waiting per lane; the shortest lane first (urgent lanes before all)."""
+    """Records waiting per lane; the shortest lane first (urgent lanes before all).
 
-    def __init__(self) -> None:
+    ``source`` names where a record came from; :meth:`sources` lists those with
+    records waiting."""
+
+    def __init__(self, source: Callable[[T], Hashable] | None = None) -> None:
         # Lanes with records waiting, in turn order (the next turn is the first).
         self._urgent: OrderedDict[K, deque[T]] = OrderedDict()
         self._normal: OrderedDict[K, deque[T]] = OrderedDict()
         self._count = 0
+        self._source = source
+        self._per_source: Counter[Hashable] = Counter()
 
     def __len__(self) -> int:
         return self._count
+
+    def sources(self) -> set[Hashable]:
+        """The sources with at least one record waiting (empty without ``source``)."""
+        return set(self._per_source)
+
+    def _counted(self, item: T, change: int) -> None:
+        if self._source is None:
+            return
+        source = self._source(item)
+        self._per_source[source] += change
+        if self._per_source[source] <= 0:
+            del self._per_source[source]
 
     def push(self, lane: K, item: T, *, urgent: bool = False) -> None:
         """Add ``item`` at the end of ``lane`` (a new lane takes its turn last)."""
@@ -40,6 +62,7 @@ class FairLanes(Generic[K, T]):
             queue = lanes[lane] = deque()
         queue.append(item)
         self._count += 1
+        self._counted(item, 1)
 
     def pop(self, held: Callable[[K], bool] = lambda lane: False) -> T | None:
         """The first record of the shortest lane that is not ``held`` (urgent lanes
@@ -56,6 +79,7 @@ class FairLanes(Generic[K, T]):
             lane, queue = best
             item = queue.popleft()
             self._count -= 1
+            self._counted(item, -1)
             if not queue:
                 del lanes[lane]
             return item
@@ -78,4 +102,6 @@ class FairLanes(Generic[K, T]):
                 else:
                     del lanes[lane]
         self._count -= len(dropped)
+        for item in dropped:
+            self._counted(item, -1)
         return dropped

@@ -14,8 +14,11 @@ prefix per partition (:class:`OffsetTracker`).
 
 Backpressure: an account with ``max_queued_per_account`` requests in the engine
 holds its lane (its records wait, the other lanes go on); with that times the
-number of accounts records waiting or in flight, the consumer pauses its
-partitions (records stay in Kafka) and resumes at half.
+number of accounts records waiting or in flight, the consumer pauses the
+partitions that have records waiting (records stay in Kafka; the others are
+still read) and resumes them at half. Each poll takes everything the Kafka
+client has fetched (up to that limit), so the client fetches every partition
+again at once.
 
 Rebalance: on revocation the consumer waits (``intake.rebalance_drain_s`` at
 most) for the revoked partitions' work to finish; what still runs is cancelled
@@ -248,14 +251,15 @@ class Intake:
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         # Records read and not taken up yet; lane = (topic, record key as text).
         self._backlog: FairLanes[_Lane, tuple[TopicPartition, ConsumerRecord[Any, Any]]]
-        self._backlog = FairLanes()
+        self._backlog = FairLanes(source=lambda item: item[0])
         self._queued: Counter[str] = Counter()
         self._in_flight: dict[tuple[str, str], asyncio.Future[str | None]] = {}
         # (alert id, account) being swept -> the partition of the record that asked.
         self._sweeping: dict[tuple[str, str], TopicPartition] = {}
         self._max_bytes = config.limits.max_message_bytes
         self._max_in_flight = config.limits.max_queued_per_account * max(1, len(config.accounts))
-        self._paused = False
+        self._paused = False  # over the limit: the partitions with records waiting paused
+        self._paused_partitions: set[TopicPartition] = set()
         self._stopping = False
         self._commit_wanted = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -340,7 +344,9 @@ class Intake:
         consumer = self.consumer
         while not self._stopping:
             try:
-                batch = await consumer.getmany(timeout_ms=self._poll_ms())
+                batch = await consumer.getmany(
+                    timeout_ms=self._poll_ms(), max_records=self._poll_max_records()
+                )
             except KafkaError as exc:
                 log.warning("kafka poll failed", extra={"error": type(exc).__name__})
                 await asyncio.sleep(0.5)  # back off before polling again
@@ -427,6 +433,18 @@ class Intake:
         if not len(self._backlog):
             return _POLL_MS
         return 0 if self._backlog.ready(self._held) else _HELD_POLL_MS
+
+    def _poll_max_records(self) -> int:
+        """Records one poll may return: everything fetched, up to the room left under
+        the global limit (at least ``kafka.max_poll_records``, the overshoot bound).
+
+        Taking all the client has fetched matters for latency, not only throughput:
+        aiokafka sends no fetch to a broker while fetched records of any of its
+        partitions wait to be consumed (up to its prefetch backoff), so records
+        left in the client's buffer would hold back a manual trigger or a quiet
+        account's alert on every other partition of that broker."""
+        room = self._max_in_flight - len(self._tasks) - len(self._backlog)
+        return max(self._kafka.max_poll_records, room)
 
     def _enqueue(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
         """A record read: into its lane (its offset now counts as read, not done)."""
@@ -950,7 +968,8 @@ class Intake:
     # ------------------------------------------------------------- backpressure
 
     # One account over its limit holds only its own lane (see _held): pausing the
-    # partitions would stop every other account's alerts behind it.
+    # partitions would stop every other account's alerts behind it. Over the global
+    # limit only the partitions with records waiting are paused (see below).
     def _over_limit(self) -> bool:
         return len(self._tasks) + len(self._backlog) >= self._max_in_flight
 
@@ -961,14 +980,31 @@ class Intake:
         consumer = self._consumer
         if consumer is None:
             return
-        if not self._paused and self._over_limit():
-            self._paused = True
-            consumer.pause(*consumer.assignment())
-            log.info("backpressure: partitions paused", extra={"in_flight": len(self._tasks)})
+        if self._over_limit():
+            self._pause_waiting(consumer)
         elif self._paused and self._below_resume():
             self._paused = False
+            self._paused_partitions.clear()
             consumer.resume(*consumer.assignment())
             log.info("backpressure: partitions resumed", extra={"in_flight": len(self._tasks)})
+
+    def _pause_waiting(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause the partitions that have records waiting in lanes.
+
+        A partition with nothing waiting adds nothing to the memory held here, and it
+        may be the one a manual trigger or a quiet account's kill arrives on (the
+        manual topic's while a storm fills the alerts topic's): it goes on being
+        read. What it brings in is paused the next time round, so the records held
+        stay within the limit plus one poll per partition."""
+        waiting = {tp for tp in self._backlog.sources() if isinstance(tp, TopicPartition)}
+        new = (waiting - self._paused_partitions) & consumer.assignment()
+        if not new:
+            return
+        consumer.pause(*new)
+        self._paused_partitions |= new
+        if not self._paused:
+            self._paused = True
+            log.info("backpressure: partitions paused", extra={"in_flight": len(self._tasks)})
 
     # ------------------------------------------------------------------ commits
 
@@ -1062,5 +1098,8 @@ class Intake:
             caught_up = await self._results_index.wait_caught_up(timeout_s=10.0)
             if not caught_up:
                 log.warning("results reader behind at assignment; repeats may be re-swept")
-        if self._paused and self._consumer is not None and assigned:
-            self._consumer.pause(*assigned)
+        # A new assignment starts unpaused: over the limit, pause again only the
+        # partitions with records waiting, as _pause_waiting does between rebalances.
+        self._paused_partitions.clear()
+        if self._paused and self._consumer is not None:
+            self._pause_waiting(self._consumer)

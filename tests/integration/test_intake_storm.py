@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from killswitch.config import Settings
 from tests.support.exchange import exchange
@@ -87,6 +87,51 @@ async def test_an_account_at_its_limit_holds_only_its_own_lane(
     assert await committed(kafka_bootstrap, settings.kafka.group_id, topics.alerts) == (
         4 if channel == "manual" else 5
     )
+
+
+async def test_over_the_limit_only_partitions_with_records_waiting_are_paused(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # 3 accounts: at most 2 x 3 records waiting or in flight before the consumer pauses.
+    settings = make_settings(
+        kafka_bootstrap,
+        unique_name,
+        intake={"max_queued_per_account": 2},
+        kafka={"max_poll_records": 1},
+    )
+    await create_all_topics(settings)
+    topics = settings.kafka.topics
+    engine = FakeEngine()
+    engine.hold("mm-1")
+    async with (
+        TopicCollector(kafka_bootstrap, topics.results) as results,
+        running_intake(settings, engine) as run,
+    ):
+        # Both topics assigned first: a rebalance after the storm would start the
+        # partitions unpaused again.
+        await wait_for(lambda: len(run.intake.assignment) == 2)
+        await produce(settings, [alert_message(f"storm-{i}") for i in range(12)])
+        await wait_for(lambda: run.intake.paused)
+        alerts_partition = TopicPartition(topics.alerts, 0)
+        assert run.intake.consumer.paused() == {alerts_partition}
+        # The manual topic had nothing waiting: still read, its trigger handled while
+        # the storm's partition stays paused.
+        quiet = alert_message("quiet-1", ["mm-2"], operator={"name": "ops"})
+        await produce(settings, [quiet], topic=topics.manual, key="mm-2")
+        await wait_for(lambda: len(results.finals("quiet-1")) == 1)
+        assert results.finals("quiet-1")[0]["status"] == "flat"
+        assert run.intake.paused
+        assert alerts_partition in run.intake.consumer.paused()
+        engine.let_go("mm-1")
+        await wait_for(lambda: len(results.finals()) == 13)
+        assert not run.intake.paused
+        assert run.intake.consumer.paused() == set()
+        assert sorted(c.alert_id for c in engine.calls if c.account == "mm-1") == sorted(
+            f"storm-{i}" for i in range(12)
+        )
+        await wait_for(lambda: run.intake.waiting == 0 and run.intake.in_flight == 0)
+    assert await committed(kafka_bootstrap, settings.kafka.group_id, topics.alerts) == 12
+    assert await committed(kafka_bootstrap, settings.kafka.group_id, topics.manual) == 1
 
 
 async def test_storm_alerts_each_get_one_final_result_and_a_quiet_kill_goes_first(

@@ -62,3 +62,18 @@ def test_drop_removes_matching_records_only() -> None:
     assert len(lanes) == 1
     assert lanes.pop() == (0, "a0")
     assert lanes.pop() is None
+
+
+def test_records_are_counted_by_source_while_they_wait() -> None:
+    lanes: FairLanes[str, tuple[str, int]] = FairLanes(source=lambda item: item[0])
+    assert lanes.sources() == set()
+    lanes.push("a", ("p0", 1))
+    lanes.push("a", ("p1", 2))
+    lanes.push("b", ("p1", 3), urgent=True)
+    assert lanes.sources() == {"p0", "p1"}
+    assert lanes.pop() == ("p1", 3)  # urgent first; p1 still has one waiting
+    assert lanes.sources() == {"p0", "p1"}
+    assert lanes.drop(lambda item: item[0] == "p1") == [("p1", 2)]
+    assert lanes.sources() == {"p0"}
+    assert lanes.pop() == ("p0", 1)
+    assert lanes.sources() == set()
