@@ -57,7 +57,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench import harness
-from killswitch.alerts import format_time
+from killswitch.contracts import format_time
 from killswitch.simulator import Simulator, SimulatorServer
 from killswitch.simulator.core import Request
 from killswitch.simulator.testing import register_test_client

@@ -433,7 +433,7 @@ def alert_bytes(alert_id: str, account: str, **scope: Any) -> bytes:
     """A ``killswitch.alert/v1`` kill for one account, JSON bytes."""
     from datetime import UTC, datetime
 
-    from killswitch.alerts import format_time
+    from killswitch.contracts import format_time
 
     body = {
         "schema": "killswitch.alert/v1",

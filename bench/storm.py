@@ -104,7 +104,7 @@ class CancelProbe:
 def _alert(alert_id: str, account: str, *, manual: bool = False, latch: bool = False) -> bytes:
     from datetime import UTC, datetime
 
-    from killswitch.alerts import format_time
+    from killswitch.contracts import format_time
 
     body: dict[str, Any] = {
         "schema": "killswitch.alert/v1",
@@ -436,7 +436,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     (
         "publish",
         (
-            "killswitch/intake/outputs.py",
+            "killswitch/kafka/outputs.py",
             "encode_result",
             "result_to_json",
             "_publish",
@@ -460,9 +460,9 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("sweeps (exchange)", ("killswitch/engine/", "killswitch/exchange/", "killswitch/ratelimit")),
-    ("record tasks", ("killswitch/intake/consumer.py",)),
+    ("record tasks", ("killswitch/kafka/consumer.py",)),
     ("kafka fetch", ("aiokafka/consumer", "aiokafka/conn.py", "aiokafka/record")),
-    ("results reader (dedup)", ("killswitch/intake/readers.py",)),
+    ("results reader (dedup)", ("killswitch/kafka/readers.py",)),
     ("metrics, health", ("prometheus_client", "killswitch/health.py", "killswitch/metrics.py")),
 ]
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from killswitch.alerts import ResultOrder, ResultRecord, read_dead_letter, read_result
+from killswitch.contracts import ResultOrder, ResultRecord, read_dead_letter, read_result
 from killswitch.exitcodes import EXIT_NOT_DONE, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED
 
 __all__ = [

@@ -20,7 +20,7 @@ import sys
 from killswitch.config import KafkaSettings, resolve_config_path
 from killswitch.embedded import BrokerUnavailable, EmbeddedBroker
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from killswitch.intake.kafka import DEFAULT_PARTITIONS, ensure_topics, topic_config, topic_roles
+from killswitch.kafka.clients import DEFAULT_PARTITIONS, ensure_topics, topic_config, topic_roles
 
 __all__ = ["DEFAULT_PORT", "add_arguments_broker", "cli_broker"]
 

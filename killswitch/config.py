@@ -46,7 +46,7 @@ from pydantic_settings import (
 )
 
 from killswitch.core.pairs import EXCHANGE_PAIR_RE
-from killswitch.core.planning import OrderPriority
+from killswitch.core.planning import OrderPriority, StrategyName
 from killswitch.core.ports import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,6 @@ class KafkaSettings(_Section):
 
 SignatureEncoding = Literal["base64-der", "hex-der", "base64-raw"]
 Curve = Literal["P-256", "P-384", "secp256k1"]
-CancelStrategy = Literal["auto", "per_order", "batch", "symbol"]
 # The exchange client's HTTP transport (killswitch.exchange.transport.TransportKind):
 # one, HTTP/1.1 framed by llhttp (docs/CLIENT.md); the key is kept so that configuration
 # files that set it still load.
@@ -290,7 +289,7 @@ class EngineSettings(_Section):
     """How sweeps run."""
 
     default_deadline_s: float = Field(30.0, gt=0, description="per alert, when it sets none")
-    strategy: CancelStrategy = Field(
+    strategy: StrategyName = Field(
         "auto",
         description=(
             "auto: fewest requests (cancel-all for whole pairs, batches for partial"

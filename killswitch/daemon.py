@@ -4,7 +4,7 @@ Start-up, in order: logging; operator keys and dead-man scopes checked; the metr
 listener; one exchange client per account (a key that does not load is a
 configuration error, found before touching Kafka); Kafka topics created if missing
 (state compacted), waiting with backoff while no broker answers
-(:class:`~killswitch.intake.watch.KafkaWatch`; not ready meanwhile); the producer
+(:class:`~killswitch.kafka.watch.KafkaWatch`; not ready meanwhile); the producer
 (results, state, dead letters); the engine; halted accounts restored from the state
 topic; the dedup window rebuilt from recent results; then the alert consumer, the
 dead-man watcher, the state follower, the loop lag probe, the Kafka watch (readiness
@@ -12,13 +12,13 @@ and ``killswitch_kafka_up`` follow the broker) and the exchange probe
 (:class:`~killswitch.observability.ExchangeProbe`, on the engine's clients: clock sync,
 pair list, readiness) run until SIGTERM/SIGINT (or ``stop_event`` in tests). When an
 account sets ``on_broker_loss_after_s``, the broker-loss guard
-(:mod:`killswitch.intake.broker_loss`) hears the watch's changes of state, kills and
+(:mod:`killswitch.kafka.broker_loss`) hears the watch's changes of state, kills and
 latches those accounts after that long without the broker, and is the engine's
 halt-state sink (held while the broker is away, published when it answers).
 
 Latch guards follow the alert consumer's assignment: every daemon knows every
 halt, but only the one assigned an account's alerts partition guards it (lists its
-pairs and cancels what appears, :mod:`killswitch.intake.ownership`); restored halts
+pairs and cancels what appears, :mod:`killswitch.kafka.ownership`); restored halts
 are guarded from the first assignment on.
 
 Shutdown: stop taking alerts and heartbeats; let running sweeps finish within
@@ -47,21 +47,21 @@ from dataclasses import dataclass
 from killswitch.config import ConfigError, Settings, settings_from_args
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import HaltState
-from killswitch.deadman import DeadmanWatcher
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClients
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.exitcodes import EXIT_FAILED, EXIT_FORCED, EXIT_OK
 from killswitch.health import HealthServerError
-from killswitch.intake.broker_loss import BrokerLossGuard, KillStart
-from killswitch.intake.consumer import Intake, IntakeConfig
-from killswitch.intake.kafka import ensure_topics, make_producer
-from killswitch.intake.lag import watch_loop_lag
-from killswitch.intake.outputs import Publisher
-from killswitch.intake.ownership import Ownership
-from killswitch.intake.readers import HaltStateReader, ResultsIndex
-from killswitch.intake.watch import KafkaWatch, OnChange
+from killswitch.kafka.broker_loss import BrokerLossGuard, KillStart
+from killswitch.kafka.clients import ensure_topics, make_producer
+from killswitch.kafka.consumer import Intake, IntakeConfig
+from killswitch.kafka.deadman import DeadmanWatcher
+from killswitch.kafka.outputs import Publisher
+from killswitch.kafka.ownership import Ownership
+from killswitch.kafka.readers import HaltStateReader, ResultsIndex
+from killswitch.kafka.watch import KafkaWatch, OnChange
 from killswitch.logs import configure_logging, default_masker, register_settings_secrets
+from killswitch.looplag import watch_loop_lag
 from killswitch.observability import (
     ExchangeProbe,
     Observability,

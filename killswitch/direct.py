@@ -31,9 +31,9 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from killswitch.alerts import Alert, DeadLetter, RejectKind, kill_requests, result_to_json
 from killswitch.board import Board
 from killswitch.config import ConfigError, KafkaSettings, Settings, TopicSettings
+from killswitch.contracts import Alert, DeadLetter, RejectKind, kill_requests, result_to_json
 from killswitch.core.model import HaltState, KillRequest, SweepResult
 from killswitch.core.pairs import PairList, PairVerdict, check_pairs
 from killswitch.display import Display
@@ -41,8 +41,8 @@ from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClients
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.exitcodes import EXIT_NOT_DONE
-from killswitch.intake.kafka import make_producer
-from killswitch.intake.outputs import Publisher
+from killswitch.kafka.clients import make_producer
+from killswitch.kafka.outputs import Publisher
 from killswitch.render import dry_run_lines, summary_lines
 
 __all__ = [

@@ -13,7 +13,6 @@ a short length and capped in number per label, extra values collapsing into ``ot
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -39,7 +38,6 @@ __all__ = [
     "OTHER",
     "LabelBudget",
     "Metrics",
-    "watch_loop_lag",
 ]
 
 log = logging.getLogger(__name__)
@@ -475,7 +473,7 @@ class Metrics:
 
     @_never_raise
     def set_kafka_up(self, up: bool) -> None:
-        """Whether the broker answers (``killswitch.intake.watch.KafkaWatch``)."""
+        """Whether the broker answers (``killswitch.kafka.watch.KafkaWatch``)."""
         self._kafka_up.set(1 if up else 0)
 
 
@@ -483,19 +481,3 @@ if TYPE_CHECKING:
 
     def _is_an_observer(metrics: Metrics) -> Observer:
         return metrics  # mypy proves Metrics satisfies the Observer protocol
-
-
-async def watch_loop_lag(
-    observe: Callable[[float], None], stop: asyncio.Event, interval_s: float = 0.25
-) -> None:
-    """Measure event loop lag until ``stop`` is set: sleep ``interval_s``, report the excess.
-
-    A blocked loop delays every kill; this is the number that shows it.
-    """
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        started = loop.time()
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
-        except TimeoutError:
-            observe(max(loop.time() - started - interval_s, 0.0))

@@ -65,7 +65,7 @@ class Observability:
     exchange answers feed readiness); ``alert_observer`` to the intake, the dead-man
     watcher and the loop lag probe; ``set_consuming``/``set_draining`` drive
     ``/readyz`` and ``killswitch_ready``; ``set_kafka(up, reason)`` (from
-    :class:`~killswitch.intake.watch.KafkaWatch`) drives both and
+    :class:`~killswitch.kafka.watch.KafkaWatch`) drives both and
     ``killswitch_kafka_up``; ``start``/``stop`` run the listener for /metrics, /healthz
     and /readyz.
     """

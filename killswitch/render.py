@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from killswitch.alerts import scope_to_json, state_to_json
 from killswitch.board import FINISHED_OK, TIMED_OUT, WAITING, AccountProgress, Board
+from killswitch.contracts import scope_to_json, state_to_json
 from killswitch.core.model import HaltState
 from killswitch.core.times import format_time
 from killswitch.prometheus_text import Sample

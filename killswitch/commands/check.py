@@ -28,7 +28,7 @@ from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from killswitch.intake.kafka import connection_kwargs
+from killswitch.kafka.clients import connection_kwargs
 from killswitch.observability import first_page
 from killswitch.render import Check, GroupView, check_lines, group_checks
 

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from killswitch.config import Settings
-from killswitch.intake.kafka import make_reader
+from killswitch.kafka.clients import make_reader
 
 __all__ = [
     "FOLLOW_MARGIN_S",

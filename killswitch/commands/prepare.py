@@ -1,7 +1,7 @@
 """A ``trigger`` / ``release`` command line turned into an alert message (pure).
 
 :func:`prepare_trigger` builds the ``killswitch.alert/v1`` message, validates it exactly
-as the daemon will (:func:`killswitch.alerts.parse_alert` on the manual channel, with
+as the daemon will (:func:`killswitch.contracts.parse_alert` on the manual channel, with
 the configured signing allowlist) and signs it with the operator's Ed25519 key when one
 is given; :class:`Prepared` is what ``trigger`` and ``release`` publish. Also the
 options the two commands share."""
@@ -21,7 +21,9 @@ from typing import Any, Literal, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from killswitch.alerts import (
+from killswitch.commands.common import OPERATOR_ENV, OPERATOR_KEY_ENV, UsageError, split_values
+from killswitch.config import Settings
+from killswitch.contracts import (
     ALERT_SCHEMA,
     Alert,
     AlertScopeModel,
@@ -29,8 +31,6 @@ from killswitch.alerts import (
     Rejection,
     parse_alert,
 )
-from killswitch.commands.common import OPERATOR_ENV, OPERATOR_KEY_ENV, UsageError, split_values
-from killswitch.config import Settings
 from killswitch.triggers import TriggerKeyError, TriggerVerifier, sign_trigger
 
 __all__ = [

@@ -16,7 +16,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from killswitch.alerts import load_json_object
 from killswitch.board import AccountProgress, Board
 from killswitch.commands.common import (
     FOLLOW_MARGIN_S,
@@ -30,6 +29,7 @@ from killswitch.commands.common import (
     topic_partitions,
 )
 from killswitch.config import Settings, settings_from_args
+from killswitch.contracts import load_json_object
 from killswitch.display import Display
 from killswitch.exitcodes import EXIT_FAILED, EXIT_USAGE
 from killswitch.render import dry_run_lines, progress_lines, summary_lines

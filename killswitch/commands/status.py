@@ -21,7 +21,7 @@ from killswitch.commands.common import (
 from killswitch.config import Settings, settings_from_args
 from killswitch.core.model import HaltState
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK
-from killswitch.intake.readers import read_halt_states
+from killswitch.kafka.readers import read_halt_states
 from killswitch.render import status_lines, status_records
 
 __all__ = ["add_arguments_status", "cli_status", "read_status"]

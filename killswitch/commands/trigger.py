@@ -28,7 +28,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from killswitch.alerts import Alert, load_json_object
 from killswitch.board import Board
 from killswitch.commands.common import (
     FOLLOW_MARGIN_S,
@@ -53,9 +52,10 @@ from killswitch.commands.prepare import (
 )
 from killswitch.commands.results import results_document
 from killswitch.config import Settings, settings_from_args
+from killswitch.contracts import Alert, load_json_object
 from killswitch.display import Display
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from killswitch.intake.kafka import make_producer
+from killswitch.kafka.clients import make_producer
 from killswitch.render import dry_run_lines, summary_lines
 
 __all__ = ["TriggerRun", "add_arguments_trigger", "cli_trigger", "publish_command", "run_trigger"]

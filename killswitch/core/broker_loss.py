@@ -1,7 +1,7 @@
 """Broker-loss policy ("cancel on disconnect"): when to kill, and what to hold meanwhile.
 
 Pure: times are passed in (monotonic seconds), nothing here does I/O. The I/O shell is
-:mod:`killswitch.intake.broker_loss`.
+:mod:`killswitch.kafka.broker_loss`.
 
 An account opts in with ``on_broker_loss_after_s``. Once the daemon has declared its
 Kafka link down, every opted-in account whose threshold has passed in that outage is

@@ -1,6 +1,6 @@
 """Whether the daemon's link to Kafka works: plain state, time passed in.
 
-The I/O shell (:mod:`killswitch.intake.watch`) feeds it probe outcomes and counts the
+The I/O shell (:mod:`killswitch.kafka.watch`) feeds it probe outcomes and counts the
 Kafka client's error records; this module decides when the link changes state and when
 a "still down" summary is due, so the log gets one line per change of state plus one
 summary per period instead of one line per client error.

@@ -54,7 +54,7 @@ def request(action: str = "kill", accounts: tuple[str, ...] = ("mm-1",), **kw: A
 async def test_the_audit_trail_of_a_latched_kill_and_its_release(
     kafka_bootstrap: str, unique_name: Unique, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="killswitch.intake.consumer")
+    caplog.set_level(logging.INFO, logger="killswitch.kafka.consumer")
     async with exchange(ACCOUNTS, seed=7) as ex:
         seeded = ex.seed("mm-1", SYMBOLS, 5)
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)

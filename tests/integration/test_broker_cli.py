@@ -18,7 +18,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from killswitch.config import KafkaSettings
 from killswitch.embedded import free_port
-from killswitch.intake.kafka import topic_roles
+from killswitch.kafka.clients import topic_roles
 
 pytestmark = pytest.mark.integration
 

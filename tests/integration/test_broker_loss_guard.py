@@ -20,7 +20,7 @@ from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult, Sw
 from killswitch.core.ports import EngineConfig, ResultSink
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
-from killswitch.intake.broker_loss import BrokerLossGuard
+from killswitch.kafka.broker_loss import BrokerLossGuard
 from killswitch.simulator.core import Simulator
 from killswitch.simulator.server import SimulatorServer
 from killswitch.simulator.testing import account_settings, register_test_client

@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from prometheus_client.parser import text_string_to_metric_families
 
 from killswitch.config import ConfigError, EngineSettings
+from killswitch.contracts import encode_heartbeat
 from killswitch.daemon import Daemon, async_run
-from killswitch.deadman import encode_heartbeat
 from killswitch.embedded import free_port
-from killswitch.intake.ownership import account_partition
+from killswitch.kafka.ownership import account_partition
 from killswitch.simulator.faults import EndpointFaults
 from killswitch.triggers import sign_trigger
 from tests.support.daemon import wait_http

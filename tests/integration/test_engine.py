@@ -21,7 +21,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from killswitch.alerts import result_to_json
+from killswitch.contracts import result_to_json
 from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order, Side
 from killswitch.core.outcomes import Outcome

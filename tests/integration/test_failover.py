@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 
 from killswitch.config import EngineSettings, Settings
 from killswitch.daemon import Daemon
-from killswitch.intake.ownership import account_partition
+from killswitch.kafka.ownership import account_partition
 from killswitch.simulator.testing import DoorServer
 from tests.support.exchange import Exchange, exchange
 from tests.support.inprocess import (

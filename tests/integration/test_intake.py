@@ -12,10 +12,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from killswitch.alerts import encode_state
+from killswitch.contracts import encode_state
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import HaltState, Scope
-from killswitch.intake.readers import read_halt_states
+from killswitch.kafka.readers import read_halt_states
 from killswitch.triggers import sign_trigger
 from tests.support.intake import (
     FakeEngine,
@@ -353,8 +353,8 @@ async def test_halt_state_is_read_back_last_record_wins(
 async def test_engine_state_sink_publishes_to_the_state_topic(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
-    from killswitch.intake.kafka import make_producer
-    from killswitch.intake.outputs import Publisher
+    from killswitch.kafka.clients import make_producer
+    from killswitch.kafka.outputs import Publisher
 
     settings = make_settings(kafka_bootstrap, unique_name)
     await create_all_topics(settings)

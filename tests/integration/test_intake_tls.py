@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from killswitch.config import KafkaSettings
 from killswitch.embedded import broker_binary, free_port
-from killswitch.intake.kafka import all_partitions, ensure_topics, make_producer, make_reader
+from killswitch.kafka.clients import all_partitions, ensure_topics, make_producer, make_reader
 
 pytestmark = pytest.mark.integration
 
@@ -220,7 +220,7 @@ async def test_an_untrusted_broker_certificate_is_refused(tmp_path: Path) -> Non
 
 
 def test_sasl_settings_reach_the_clients() -> None:
-    from killswitch.intake.kafka import connection_kwargs
+    from killswitch.kafka.clients import connection_kwargs
 
     settings = KafkaSettings(
         security_protocol="SASL_PLAINTEXT",

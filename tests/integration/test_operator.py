@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from killswitch.alerts import Alert, encode_dlq, encode_result, encode_state, parse_alert
 from killswitch.cli import main
 from killswitch.commands.check import run_checks
 from killswitch.commands.common import OperatorError
@@ -30,6 +29,7 @@ from killswitch.commands.prepare import TriggerRequest, prepare_trigger
 from killswitch.commands.status import read_status
 from killswitch.commands.trigger import run_trigger
 from killswitch.config import OperatorKey, Settings, TriggerSigningSettings
+from killswitch.contracts import Alert, encode_dlq, encode_result, encode_state, parse_alert
 from killswitch.core.model import Counts, HaltState, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Side
 from killswitch.embedded import free_port

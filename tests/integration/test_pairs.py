@@ -25,7 +25,7 @@ from killswitch.daemon import Daemon
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import ExchangeUnavailable, Redirected
 from killswitch.exitcodes import EXIT_NOT_FOUND, EXIT_REFUSED
-from killswitch.intake.consumer import PAIR_FETCH_WAIT_S
+from killswitch.kafka.consumer import PAIR_FETCH_WAIT_S
 from killswitch.simulator import EndpointFaults, Simulator, SimulatorServer
 from killswitch.simulator.core import LogEntry
 from killswitch.simulator.testing import account_settings, register_test_client

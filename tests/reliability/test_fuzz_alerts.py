@@ -1,6 +1,6 @@
 """Hostile alert messages through the real parser (property-based, hypothesis).
 
-Every input goes through :func:`killswitch.alerts.parse_alert` on both channels (the
+Every input goes through :func:`killswitch.contracts.parse_alert` on both channels (the
 manual one with trigger signing required) and must come back as an ``Alert`` or a
 ``Rejection``: never an exception. Every refusal must carry a short reason that does
 not echo the input, and must make a dead-letter record that is valid JSON of bounded
@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from killswitch.alerts import (
+from killswitch.config import OperatorKey, TriggerSigningSettings
+from killswitch.contracts import (
     ALERT_SCHEMA,
     DLQ_MAX_VALUE_BYTES,
     Alert,
@@ -36,7 +37,6 @@ from killswitch.alerts import (
     encode_dlq,
     parse_alert,
 )
-from killswitch.config import OperatorKey, TriggerSigningSettings
 from killswitch.triggers import TriggerVerifier, sign_trigger
 from tests.support import figures
 
@@ -304,7 +304,7 @@ field_names = st.text(min_size=1, max_size=40) | st.text(min_size=1, max_size=10
 @settings(FUZZ, max_examples=200)
 @given(extra=st.dictionaries(field_names, finite_json_values, min_size=1, max_size=3))
 def test_unknown_top_level_fields_are_ignored(extra: dict[str, Any]) -> None:
-    # Compatibility rule (killswitch.alerts): a newer producer may add top-level fields.
+    # Compatibility rule (killswitch.contracts): a newer producer may add top-level fields.
     extra = {k: v for k, v in extra.items() if k not in valid_alert() and k not in KNOWN_FIELDS}
     result = parse(dumps({**valid_alert(), **extra}), "alerts")
     assert isinstance(result, Alert), result

@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.serialization import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from killswitch.alerts import Alert, Rejection, RejectKind, format_time, parse_alert
 from killswitch.config import OperatorKey, TriggerSigningSettings
+from killswitch.contracts import Alert, Rejection, RejectKind, format_time, parse_alert
 from killswitch.embedded import EmbeddedBroker, free_port
 from killswitch.triggers import TriggerVerifier, canonical_bytes, sign_trigger
 from tests.support import figures

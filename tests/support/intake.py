@@ -24,10 +24,10 @@ from killswitch.core.model import (
     SweepStatus,
 )
 from killswitch.core.ports import PairLister, ResultSink
-from killswitch.intake.consumer import Intake, IntakeConfig
-from killswitch.intake.kafka import make_producer
-from killswitch.intake.outputs import Publisher
-from killswitch.intake.readers import ResultsIndex
+from killswitch.kafka.clients import make_producer
+from killswitch.kafka.consumer import Intake, IntakeConfig
+from killswitch.kafka.outputs import Publisher
+from killswitch.kafka.readers import ResultsIndex
 from killswitch.triggers import TriggerVerifier
 from tests.support.topics import alert, create_topics
 

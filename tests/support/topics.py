@@ -28,8 +28,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from killswitch.alerts import format_time
 from killswitch.config import Settings
+from killswitch.contracts import format_time
 
 
 async def create_topics(

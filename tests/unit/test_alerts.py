@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from killswitch.alerts import (
+from killswitch.contracts import (
     DLQ_MAX_VALUE_BYTES,
     MAX_JSON_DEPTH,
     Alert,
@@ -444,8 +444,8 @@ def test_dead_letter_of_binary_and_oversized_input() -> None:
 
 
 def test_state_records_name_their_daemon_and_followers_skip_their_own() -> None:
-    from killswitch.alerts import decode_state_record
-    from killswitch.intake.readers import _fold_state
+    from killswitch.contracts import decode_state_record
+    from killswitch.kafka.readers import _fold_state
 
     halt = HaltState("mm-1", True, "a-1", NOW, Scope())
     mine = encode_state(halt, "daemon-a")
@@ -535,7 +535,7 @@ def test_progress_and_release_fields_are_written_only_when_known() -> None:
 
 
 def test_final_result_log_fields() -> None:
-    from killswitch.intake.consumer import final_result_fields
+    from killswitch.kafka.consumer import final_result_fields
 
     fields = final_result_fields(sweep_result(operator="alice", trigger_reason="limit"))
     assert fields["alert_id"] == "risk-7f3a"
@@ -557,6 +557,6 @@ def test_final_results_name_the_pairs_never_listed_to_the_end() -> None:
     # Progress results leave it out: a pair not listed yet is not "never listed".
     progress = result_to_json(sweep_result(final=False, status=SweepStatus.RUNNING))
     assert "unlisted_pairs" not in progress
-    from killswitch.intake.consumer import final_result_fields
+    from killswitch.kafka.consumer import final_result_fields
 
     assert final_result_fields(residual)["unlisted_pairs"] == ["BTC_IDR", "ETH_USDT"]

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from killswitch.alerts import decode_result_summary, encode_result, failed_result
 from killswitch.config import KafkaSettings
+from killswitch.contracts import decode_result_summary, encode_result, failed_result
 from killswitch.core.carry import (
     RESULT_MAX_ORDERS,
     CarryStore,
@@ -29,7 +29,7 @@ from killswitch.core.model import (
     SweepStatus,
 )
 from killswitch.core.outcomes import Outcome, RejectReason
-from killswitch.intake.readers import ResultsIndex
+from killswitch.kafka.readers import ResultsIndex
 
 SENT, CLOSED, REJECTED, FAILED = (
     Outcome.SENT,

@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
-from killswitch.alerts import (
+from killswitch.board import AccountProgress
+from killswitch.contracts import (
     Alert,
     DeadLetter,
+    Heartbeat,
     Rejection,
     RejectKind,
     ResultOrder,
@@ -22,16 +24,17 @@ from killswitch.alerts import (
     decode_result_summary,
     decode_state_record,
     encode_dlq,
+    encode_heartbeat,
     encode_result,
     encode_state,
     parse_alert,
+    parse_heartbeat,
     position_from_json,
     position_to_json,
     read_dead_letter,
     read_result,
     state_to_json,
 )
-from killswitch.board import AccountProgress
 from killswitch.core.carry import carried_from_json
 from killswitch.core.model import (
     Counts,
@@ -46,7 +49,6 @@ from killswitch.core.model import (
 from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome, RejectReason
 from killswitch.core.times import format_time, parse_time
-from killswitch.deadman import Heartbeat, encode_heartbeat, parse_heartbeat
 from killswitch.render import status_records
 
 # Times in messages have milliseconds: the round trips use times that have no more.

@@ -7,15 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from killswitch.alerts import Alert, parse_alert
 from killswitch.config import AlertScope, DeadmanSource
+from killswitch.contracts import Alert, encode_heartbeat, parse_alert, parse_heartbeat
 from killswitch.core.deadman import DeadmanMonitor, Firing, HeartbeatVerdict
-from killswitch.deadman import (
-    deadman_alert_id,
-    deadman_alerts,
-    encode_heartbeat,
-    parse_heartbeat,
-)
+from killswitch.kafka.deadman import deadman_alert_id, deadman_alerts
 
 # Events: ("hb", t) heartbeat at t, ("hb_age", t, age) heartbeat t with age, ("check", t)
 # expecting the listed sources to fire.

@@ -6,8 +6,8 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from killswitch.alerts import Alert, result_to_json
 from killswitch.board import Board
+from killswitch.contracts import Alert, result_to_json
 from killswitch.core.model import Counts, SweepResult, SweepStatus
 from killswitch.direct import DirectRun, append_audit, direct_document, report_lines
 

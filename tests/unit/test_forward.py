@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from killswitch.intake.forward import Forward, decode_forward, encode_forward, is_forward
+from killswitch.kafka.forward import Forward, decode_forward, encode_forward, is_forward
 
 
 def test_a_forward_carries_the_original_value_unchanged() -> None:

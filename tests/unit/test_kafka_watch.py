@@ -14,8 +14,8 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from killswitch.embedded import free_port
-from killswitch.intake import watch as watch_module
-from killswitch.intake.watch import KafkaWatch, any_listening
+from killswitch.kafka import watch as watch_module
+from killswitch.kafka.watch import KafkaWatch, any_listening
 from tests.support.waiting import wait_for
 
 
@@ -175,7 +175,7 @@ async def test_summary_while_down(handler: Collect) -> None:
         await task
     finally:
         watch.detach_log_filter()
-    mine = handler.names("killswitch.intake.watch")
+    mine = handler.names("killswitch.kafka.watch")
     summaries = [r for r in mine if "still down" in r.getMessage()]
     assert len(summaries) == 1
     assert "1000 client errors since" in summaries[0].getMessage()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,7 @@ from killswitch.metrics import (
     OTHER,
     LabelBudget,
     Metrics,
-    watch_loop_lag,
 )
-from tests.support.waiting import wait_for
 
 ACCOUNTS = ["mm-1", "mm-2"]
 
@@ -380,16 +377,6 @@ def test_from_settings(tmp_path: Path, registry: CollectorRegistry) -> None:
     assert value(registry, "killswitch_rate_limit_per_second", account="mm-1") == 40.0
     assert value(registry, "killswitch_cancels_total", account="arb-1", outcome="failed") == 0.0
     assert value(registry, "killswitch_deadman_fired_total", source="bot-7") == 0.0
-
-
-async def test_watch_loop_lag_reports_and_stops() -> None:
-    seen: list[float] = []
-    stop = asyncio.Event()
-    task = asyncio.create_task(watch_loop_lag(seen.append, stop, interval_s=0.001))
-    await wait_for(lambda: len(seen) >= 3, timeout=5)
-    stop.set()
-    await asyncio.wait_for(task, timeout=5)
-    assert all(v >= 0 for v in seen)
 
 
 def test_cached_label_children_keep_label_safety(

@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 
-from killswitch.alerts import ALERT_ID_RE, parse_alert
 from killswitch.cli import build_parser, main
 from killswitch.commands.common import UsageError
 from killswitch.commands.operator_keys import load_operator_key, public_key_b64
@@ -34,6 +33,7 @@ from killswitch.commands.prepare import (
     request_from_args,
 )
 from killswitch.config import Settings
+from killswitch.contracts import ALERT_ID_RE, parse_alert
 from killswitch.triggers import TriggerVerifier, load_public_key
 
 NOW = datetime(2026, 11, 24, 1, 2, 3, 456_000, tzinfo=UTC)

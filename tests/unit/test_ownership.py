@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aiokafka import TopicPartition
 
-from killswitch.intake.ownership import Ownership, account_partition, owns
+from killswitch.kafka.ownership import Ownership, account_partition, owns
 
 # Kafka's own murmur2 test vectors (org.apache.kafka.common.utils.UtilsTest), signed
 # 32-bit as Java returns them; the Java producer's partition is toPositive(h) % n.

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from killswitch.alerts import encode_result
 from killswitch.board import AccountProgress, Board
+from killswitch.contracts import encode_result
 from killswitch.core.model import Counts, HaltState, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Side
 from killswitch.exitcodes import EXIT_NOT_DONE, EXIT_NOT_FOUND

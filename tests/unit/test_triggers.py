@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_pri
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from killswitch.alerts import Alert, Rejection, RejectKind, parse_alert
 from killswitch.config import OperatorKey, TriggerSigningSettings
+from killswitch.contracts import Alert, Rejection, RejectKind, parse_alert
 from killswitch.triggers import (
     TriggerKeyError,
     TriggerVerifier,

@@ -48,7 +48,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, KafkaError
 
-from killswitch.alerts import (
+from killswitch.config import IntakeSettings, KafkaSettings, Settings, TopicSettings
+from killswitch.contracts import (
     Alert,
     Channel,
     Origin,
@@ -60,7 +61,6 @@ from killswitch.alerts import (
     kill_requests,
     parse_alert,
 )
-from killswitch.config import IntakeSettings, KafkaSettings, Settings, TopicSettings
 from killswitch.core.dedup import DedupWindow, Seen
 from killswitch.core.lanes import FairLanes
 from killswitch.core.model import KillRequest, SweepResult, SweepStatus
@@ -73,11 +73,11 @@ from killswitch.core.ports import (
     PairLister,
     SweepHandedOver,
 )
-from killswitch.intake.forward import MAX_FORWARD_BYTES, decode_forward, encode_forward, is_forward
-from killswitch.intake.kafka import all_partitions, make_group_consumer, stop_consumer
-from killswitch.intake.outputs import Publisher
-from killswitch.intake.ownership import owns
-from killswitch.intake.readers import ResultsIndex
+from killswitch.kafka.clients import all_partitions, make_group_consumer, stop_consumer
+from killswitch.kafka.forward import MAX_FORWARD_BYTES, decode_forward, encode_forward, is_forward
+from killswitch.kafka.outputs import Publisher
+from killswitch.kafka.ownership import owns
+from killswitch.kafka.readers import ResultsIndex
 from killswitch.tasks import cancel_and_wait
 from killswitch.triggers import TriggerVerifier
 

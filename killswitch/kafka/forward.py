@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from killswitch.alerts import Channel
+from killswitch.contracts import Channel
 
 FORWARD_SCHEMA = "killswitch.forward/v1"
 # How a forward begins (encode_forward writes the schema first): records that do not

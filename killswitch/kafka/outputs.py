@@ -7,8 +7,8 @@ import logging
 
 from aiokafka import AIOKafkaProducer
 
-from killswitch.alerts import encode_result, encode_state
 from killswitch.config import TopicSettings
+from killswitch.contracts import encode_result, encode_state
 from killswitch.core.model import HaltState, Position, SweepResult
 from killswitch.core.ports import ResultSink
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from killswitch.intake.lag import watch_loop_lag
+from killswitch.looplag import watch_loop_lag
 from tests.support.waiting import wait_for
 
 

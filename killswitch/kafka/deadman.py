@@ -27,57 +27,22 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from killswitch.alerts import ALERT_SCHEMA, Alert, AlertScopeModel, Timestamp, load_json_object
 from killswitch.config import DeadmanSource, KafkaSettings
+from killswitch.contracts import ALERT_SCHEMA, Alert, AlertScopeModel, parse_heartbeat
 from killswitch.core.deadman import DeadmanMonitor, Firing, HeartbeatVerdict
 from killswitch.core.ports import AlertObserver, NullAlertObserver
-from killswitch.core.times import format_time
-from killswitch.intake.kafka import all_partitions, make_reader, stop_consumer
-from killswitch.intake.outputs import Publisher
+from killswitch.kafka.clients import all_partitions, make_reader, stop_consumer
+from killswitch.kafka.outputs import Publisher
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SCHEMA: Final = "killswitch.heartbeat/v1"
 DEADMAN_SOURCE = "deadman"
-_MAX_HEARTBEAT_BYTES = 64 * 1024
 _POLL_MS = 100
-
-
-class Heartbeat(BaseModel):
-    """``killswitch.heartbeat/v1``."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
-
-    schema_: Literal["killswitch.heartbeat/v1"] = Field(alias="schema")
-    source: str = Field(min_length=1, max_length=128)
-    sent_at: Timestamp | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The message as written (``sent_at`` as :func:`format_time` writes it)."""
-        return {"schema": self.schema_, "source": self.source, "sent_at": format_time(self.sent_at)}
-
-
-def parse_heartbeat(raw: bytes | None) -> Heartbeat | str:
-    """A heartbeat, or the reason the bytes are not one (never raises)."""
-    data = load_json_object(raw, _MAX_HEARTBEAT_BYTES)
-    if isinstance(data, str):
-        return data
-    try:
-        return Heartbeat.model_validate(data)
-    except ValidationError as exc:
-        return f"not a heartbeat: {exc.error_count()} problem(s)"
-
-
-def encode_heartbeat(source: str, sent_at: datetime) -> bytes:
-    """The heartbeat bytes a trading system sends (helper for tools and tests)."""
-    beat = Heartbeat.model_construct(schema_=HEARTBEAT_SCHEMA, source=source, sent_at=sent_at)
-    return json.dumps(beat.to_json(), separators=(",", ":")).encode()
 
 
 def deadman_alert_id(source: str, firing: Firing, started_ms: int) -> str:

@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from killswitch.alerts import decode_result_summary, decode_state_record
 from killswitch.config import KafkaSettings
+from killswitch.contracts import decode_result_summary, decode_state_record
 from killswitch.core.carry import CarryStore
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import CarriedOutcomes, HaltState, Scope
-from killswitch.intake.kafka import all_partitions, make_reader, stop_consumer
+from killswitch.kafka.clients import all_partitions, make_reader, stop_consumer
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ _MAX_BATCH_BYTES = 512 * 1024
 # and results are keyed by account: more partitions let more daemons share them.
 # The manual topic has as many as the alerts topic: with the range assignor a
 # trigger keyed by account then lands on the daemon that owns the account
-# (intake/ownership.py). Operators who create topics themselves choose their own
+# (kafka/ownership.py). Operators who create topics themselves choose their own
 # counts (the daemon warns when alerts and manual differ).
 DEFAULT_PARTITIONS = {"alerts": 6, "manual": 6, "heartbeats": 3, "results": 6, "state": 3, "dlq": 1}
 # kafka.assignors: range gives partition i of the alerts and the manual topic to

@@ -1,4 +1,4 @@
-"""Message contracts on Kafka: alerts in; results, halt state and dead letters out.
+"""Message contracts on Kafka: alerts and heartbeats in; results, halt state and dead letters out.
 
 Everything here is pure (no I/O): bytes in, models or bytes out.
 
@@ -74,6 +74,8 @@ ALERT_SCHEMA: Final = "killswitch.alert/v1"
 RESULT_SCHEMA = "killswitch.result/v1"
 STATE_SCHEMA = "killswitch.state/v1"
 DLQ_SCHEMA = "killswitch.dlq/v1"
+HEARTBEAT_SCHEMA: Final = "killswitch.heartbeat/v1"
+_MAX_HEARTBEAT_BYTES = 64 * 1024
 
 # Printable ASCII without spaces: safe in logs, keys and generated dead-man ids.
 ALERT_ID_RE = r"^[A-Za-z0-9][\x21-\x7e]{0,127}$"
@@ -1020,3 +1022,37 @@ def decode_b64(value: str) -> bytes | None:
         return base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
         return None
+
+
+# Heartbeat (``killswitch.heartbeats``, key = source): trading systems' liveness for the dead-man.
+
+
+class Heartbeat(BaseModel):
+    """``killswitch.heartbeat/v1``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    schema_: Literal["killswitch.heartbeat/v1"] = Field(alias="schema")
+    source: str = Field(min_length=1, max_length=128)
+    sent_at: Timestamp | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The message as written (``sent_at`` as :func:`format_time` writes it)."""
+        return {"schema": self.schema_, "source": self.source, "sent_at": format_time(self.sent_at)}
+
+
+def parse_heartbeat(raw: bytes | None) -> Heartbeat | str:
+    """A heartbeat, or the reason the bytes are not one (never raises)."""
+    data = load_json_object(raw, _MAX_HEARTBEAT_BYTES)
+    if isinstance(data, str):
+        return data
+    try:
+        return Heartbeat.model_validate(data)
+    except ValidationError as exc:
+        return f"not a heartbeat: {exc.error_count()} problem(s)"
+
+
+def encode_heartbeat(source: str, sent_at: datetime) -> bytes:
+    """The heartbeat bytes a trading system sends (helper for tools and tests)."""
+    beat = Heartbeat.model_construct(schema_=HEARTBEAT_SCHEMA, source=source, sent_at=sent_at)
+    return json.dumps(beat.to_json(), separators=(",", ":")).encode()

@@ -33,7 +33,7 @@ from killswitch.core.broker_loss import (
 )
 from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult
 from killswitch.core.ports import ResultSink, StateSink
-from killswitch.intake.consumer import final_result_fields
+from killswitch.kafka.consumer import final_result_fields
 
 __all__ = ["RETRY_S", "BrokerLossGuard"]
 
