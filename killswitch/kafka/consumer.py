@@ -6,7 +6,7 @@ shortest first, manual triggers before all) and are taken up a slice at a time
 between turns of the event loop, so a record for a quiet account is never queued
 behind a storm on another (docs/INTAKE.md, "Ordering work").
 Each record taken up becomes a task: parse and validate
-(:func:`killswitch.alerts.parse_alert`), refuse to the DLQ, or hand one request
+(:func:`killswitch.contracts.parse_alert`), refuse to the DLQ, or hand one request
 per account to the engine (which serialises and coalesces per account) and
 publish each account's final result. The record's offset is *done* only when
 every output for it is acknowledged; the committer commits the contiguous done
