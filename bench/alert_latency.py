@@ -243,20 +243,6 @@ def _bare_consumer_child(bootstrap: str, topic: str, conn: Any) -> None:
         conn.close()
 
 
-async def _recv(conn: Any, timeout: float) -> Any:
-    """The next object from a multiprocessing connection, without blocking the loop."""
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-    fd = conn.fileno()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
-    try:
-        async with asyncio.timeout(timeout):
-            await ready
-    finally:
-        loop.remove_reader(fd)
-    return conn.recv()
-
-
 async def baseline_process(bootstrap: str, topic: str, n: int) -> list[float]:
     """Bare aiokafka in its own process, like the daemon: produce one message, time
     until that consumer has it. A consumer in the producer's process (:func:`baseline`)
@@ -271,13 +257,13 @@ async def baseline_process(bootstrap: str, topic: str, n: int) -> list[float]:
     await producer.start()
     out: list[float] = []
     try:
-        if await _recv(parent, 60) != "ready":
+        if await harness.recv(parent, 60) != "ready":
             raise RuntimeError("baseline consumer did not start")
         for i in range(n + WARMUP):
             await _random_phase()
             start = time.perf_counter()
             await producer.send_and_wait(topic, str(i).encode(), key=b"k")
-            value, stamp = await _recv(parent, 30)
+            value, stamp = await harness.recv(parent, 30)
             if value != str(i).encode():
                 raise RuntimeError(f"baseline consumer read {value!r}, expected {i}")
             if i >= WARMUP:
@@ -367,7 +353,7 @@ class BarePipeline:
     async def __aenter__(self) -> BarePipeline:
         try:
             await self.producer.start()
-            ready = await _recv(self.conn, 60)
+            ready = await harness.recv(self.conn, 60)
         except BaseException:
             await self.__aexit__()
             raise
@@ -400,7 +386,7 @@ class BarePipeline:
             await self.producer.send_and_wait(self.topic, value, key=b"k")
             async with asyncio.timeout(30):
                 await arrived.wait()
-            answer = await _recv(self.conn, 30)
+            answer = await harness.recv(self.conn, 30)
             if answer != (value, order_id, 200):
                 raise RuntimeError(f"bare pipeline answered {answer!r} for order {order_id}")
             if i >= WARMUP:

@@ -540,3 +540,17 @@ async def wait_group_stable(bootstrap: str, group: str, members: int, timeout: f
 def _groups(response: Any) -> list[tuple[Any, ...]]:
     """(error, group, state, protocol_type, protocol, members) of a DescribeGroups answer."""
     return [tuple(g) for g in response.groups]
+
+
+async def recv(conn: Any, timeout: float) -> Any:
+    """The next object from a multiprocessing connection, without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = conn.fileno()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        async with asyncio.timeout(timeout):
+            await ready
+    finally:
+        loop.remove_reader(fd)
+    return conn.recv()

@@ -184,20 +184,6 @@ def _bare_consumer(bootstrap: str, topic: str, n: int, conn: Any) -> None:
         conn.close()
 
 
-async def _recv(conn: Any, timeout: float) -> Any:
-    """The next object from a multiprocessing connection, without blocking the loop."""
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-    fd = conn.fileno()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
-    try:
-        async with asyncio.timeout(timeout):
-            await ready
-    finally:
-        loop.remove_reader(fd)
-    return conn.recv()
-
-
 async def _in_child(target: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, lambda: harness.in_child(target, *args))
@@ -211,10 +197,10 @@ async def bare_baseline(bootstrap: str, topic: str, n: int, accounts: int) -> fl
     proc.start()
     child.close()
     try:
-        if await _recv(parent, 60) != "ready":
+        if await harness.recv(parent, 60) != "ready":
             raise RuntimeError("bare consumer did not start")
         produced = await _in_child(_produce_storm, bootstrap, topic, "bare", n, accounts)
-        done = float(await _recv(parent, 300))
+        done = float(await harness.recv(parent, 300))
         return done - float(produced["start"])
     finally:
         proc.join(10)
