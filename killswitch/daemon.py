@@ -41,8 +41,9 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from killswitch.config import ConfigError, Settings, settings_from_args
 from killswitch.core.dedup import DedupWindow
@@ -68,10 +69,12 @@ from killswitch.observability import (
     probe_interval_s,
     prometheus_observability,
 )
-from killswitch.tasks import cancel_and_wait
+from killswitch.tasks import Interrupted, cancel_and_wait, unless_set
 from killswitch.triggers import TriggerKeyError, TriggerVerifier
 
 log = logging.getLogger(__name__)
+
+_Spawn = Callable[[asyncio.TaskGroup], dict[str, asyncio.Task[None]]]
 
 
 # Results per partition read back at start-up to rebuild the dedup window: each
@@ -173,36 +176,99 @@ async def async_run(
     stop = stop_event or asyncio.Event()
     if handle_signals:
         _install_signal_handlers(stop)
+    # The daemon lives in a task of its own: a cancellation of this one (a second
+    # signal, or a caller cutting the run short) becomes a request, ``now``, that the
+    # daemon carries out in a task not itself being cancelled, so that stopping at once
+    # (abandoning records' work, cancelling sweeps, closing clients) runs to its end.
+    now = asyncio.Event()
+    life = asyncio.create_task(
+        _live(settings, verifier, stop, now, ready_event=ready_event, on_started=on_started),
+        name="daemon",
+    )
+    try:
+        await asyncio.shield(life)
+    except asyncio.CancelledError:
+        now.set()
+        try:
+            await asyncio.shield(life)
+        except asyncio.CancelledError:
+            life.cancel()  # cancelled again (a third signal): the clean-up is cut short too
+        raise
+
+
+async def _live(
+    settings: Settings,
+    verifier: TriggerVerifier,
+    stop: asyncio.Event,
+    now: asyncio.Event,
+    *,
+    ready_event: asyncio.Event | None,
+    on_started: Callable[[Daemon], None] | None,
+) -> None:
+    """The daemon's lifetime: start, run until ``stop``, stop gracefully; ``now`` cuts the
+    start-up or the graceful stop short."""
     async with contextlib.AsyncExitStack() as stack:
-        started = await _start(settings, verifier, stop, stack)
+        try:
+            started = await unless_set(now, _start(settings, verifier, stop, stack))
+        except Interrupted:
+            log.warning("start-up cut short")
+            return
         if started is None:
             log.info("stopped while waiting for Kafka")
             return
-        daemon, tasks = started
-        try:
-            if on_started is not None:
-                on_started(daemon)
-            if ready_event is not None:
-                ready_event.set()
-            log.info(
-                "daemon running",
-                extra={"instance": daemon.instance, "accounts": len(settings.accounts)},
-            )
+        daemon, spawn = started
+        failure: Exception | None = None
+        # The long-lived parts (intake, readers, dead-man, probes) live in this group: none
+        # outlives the daemon. Each handles its own failure (``_part``), so the group never
+        # cancels the others on its own; the stop decides their order.
+        async with asyncio.TaskGroup() as tg:
+            parts = spawn(tg)
             try:
-                await _wait(stop, tasks)
-                await _shutdown(daemon, tasks)
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None:
-                    current.uncancel()  # handled here: clean up first (a third signal
-                    # cancels again and cuts the clean-up short too)
-                await _stop_now(daemon)
-                raise
-        finally:
-            # Only left running when cancelled or failing: do not leak tasks.
-            for task in tasks.values():
-                task.cancel()
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
+                _announce(daemon, ready_event, on_started)
+                try:
+                    await unless_set(now, _graceful(daemon, parts, stop))
+                except Interrupted:
+                    await _stop_now(daemon)
+            except Exception as exc:
+                failure = exc  # raised as itself once the group has ended
+            finally:
+                for task in parts.values():
+                    task.cancel()  # ended already after a graceful stop
+        if failure is not None:
+            raise failure
+
+
+def _announce(
+    daemon: Daemon, ready_event: asyncio.Event | None, on_started: Callable[[Daemon], None] | None
+) -> None:
+    if on_started is not None:
+        on_started(daemon)
+    if ready_event is not None:
+        ready_event.set()
+    log.info(
+        "daemon running",
+        extra={"instance": daemon.instance, "accounts": len(daemon.settings.accounts)},
+    )
+
+
+async def _part(name: str, work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    """One long-lived part of the daemon. Ending or failing before the stop stops the
+    daemon (gracefully, as a signal does); a failure is logged here, not raised, so that
+    the task group does not cancel the other parts before the graceful stop orders them."""
+    try:
+        await work
+    except Exception:
+        log.exception(f"{name} task failed; shutting down")
+    finally:
+        stop.set()
+
+
+async def _graceful(
+    daemon: Daemon, parts: dict[str, asyncio.Task[None]], stop: asyncio.Event
+) -> None:
+    """Until stop is requested (or a part ends), then the graceful stop."""
+    await stop.wait()
+    await _shutdown(daemon, parts)
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
@@ -230,8 +296,9 @@ async def _start(
     verifier: TriggerVerifier,
     stop: asyncio.Event,
     stack: contextlib.AsyncExitStack,
-) -> tuple[Daemon, dict[str, asyncio.Task[None]]] | None:
-    """Start every part; None when ``stop`` was set while waiting for Kafka."""
+) -> tuple[Daemon, _Spawn] | None:
+    """Start every part; the long-lived tasks are started by the returned function, in the
+    daemon's task group. None when ``stop`` was set while waiting for Kafka."""
     kafka = settings.kafka
     topics = kafka.topics
     instance = f"{kafka.client_id}-{uuid.uuid4().hex[:8]}"
@@ -299,41 +366,31 @@ async def _start(
     await intake.start()
     stack.push_async_callback(intake.close)
 
-    watcher = None
-    if settings.deadman:
-        watcher = DeadmanWatcher(
-            kafka,
-            settings.deadman,
-            publisher,
-            [a.id for a in settings.accounts],
-            observer=obs.alert_observer,
-        )
-        stack.push_async_callback(watcher.close)
-        await watcher.start()
+    watcher = await _deadman_watcher(settings, publisher, obs, stack)
 
     background = asyncio.Event()  # stops the readers after the intake has drained
-    tasks: dict[str, asyncio.Task[None]] = {
-        "intake": asyncio.create_task(intake.run(), name="intake"),
-        "results": asyncio.create_task(index.run(background), name="results-reader"),
-        "state": asyncio.create_task(
-            states.follow(background, _state_applier(engine)), name="state-follower"
-        ),
-        "lag": asyncio.create_task(watch_loop_lag(obs.alert_observer, background), name="lag"),
-    }
-    if watcher is not None:
-        tasks["deadman"] = asyncio.create_task(watcher.run(stop), name="deadman")
-    if loss is not None:
-        # Until the engine has stopped: kills finishing in the grace period are held too.
-        tasks["broker-loss"] = asyncio.create_task(loss.run(background), name="broker-loss")
-    tasks["kafka"] = asyncio.create_task(
-        # Ends when the stop begins: the consumer it probes is closed during the stop.
-        watch.run(intake.consumer.topics, stop),
-        name="kafka-watch",
-    )
     probe = ExchangeProbe(
         clients, probe_interval_s(settings.metrics.exchange_stale_after_s), obs.readiness
     )
-    tasks["exchange"] = asyncio.create_task(probe.run(background), name="exchange-probe")
+
+    def spawn(tg: asyncio.TaskGroup) -> dict[str, asyncio.Task[None]]:
+        """The long-lived parts, started in ``tg``; named for the ordered stop."""
+        works: dict[str, Coroutine[Any, Any, None]] = {
+            "intake": intake.run(),
+            "results-reader": index.run(background),
+            "state-follower": states.follow(background, _state_applier(engine)),
+            "lag": watch_loop_lag(obs.alert_observer, background),
+        }
+        if watcher is not None:
+            works["deadman"] = watcher.run(stop)
+        if loss is not None:
+            # Until the engine has stopped: kills finishing in the grace period are held too.
+            works["broker-loss"] = loss.run(background)
+        # Ends when the stop begins: the consumer it probes is closed during the stop.
+        works["kafka-watch"] = watch.run(intake.consumer.topics, stop)
+        works["exchange-probe"] = probe.run(background)
+        return {name: tg.create_task(_part(name, w, stop), name=name) for name, w in works.items()}
+
     daemon = Daemon(
         settings,
         instance,
@@ -350,7 +407,28 @@ async def _start(
         loss,
         clients,
     )
-    return daemon, tasks
+    return daemon, spawn
+
+
+async def _deadman_watcher(
+    settings: Settings,
+    publisher: Publisher,
+    obs: Observability,
+    stack: contextlib.AsyncExitStack,
+) -> DeadmanWatcher | None:
+    """The dead-man watcher, started; None when no dead-man source is configured."""
+    if not settings.deadman:
+        return None
+    watcher = DeadmanWatcher(
+        settings.kafka,
+        settings.deadman,
+        publisher,
+        [a.id for a in settings.accounts],
+        observer=obs.alert_observer,
+    )
+    stack.push_async_callback(watcher.close)
+    await watcher.start()
+    return watcher
 
 
 async def _start_listener(obs: Observability, stack: contextlib.AsyncExitStack) -> None:
@@ -458,30 +536,15 @@ def _state_applier(engine: Engine) -> Callable[[HaltState], None]:
     return apply
 
 
-async def _wait(stop: asyncio.Event, tasks: dict[str, asyncio.Task[None]]) -> None:
-    """Until stop is requested or a background task dies (then stop as well)."""
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        done, _ = await asyncio.wait(
-            [stopper, *tasks.values()], return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        stopper.cancel()
-    for name, task in tasks.items():
-        if task in done and not task.cancelled() and task.exception() is not None:
-            log.error(f"{name} task failed; shutting down", exc_info=task.exception())
-    stop.set()
-
-
-async def _shutdown(daemon: Daemon, tasks: dict[str, asyncio.Task[None]]) -> None:
+async def _shutdown(daemon: Daemon, parts: dict[str, asyncio.Task[None]]) -> None:
     grace = daemon.settings.engine.shutdown_grace_s
     started = time.monotonic()
     log.info("shutting down", extra={"grace_s": grace})
     daemon.observability.set_draining()
     daemon.intake.stop()
-    if "deadman" in tasks:
-        await _finish(tasks.pop("deadman"))
-    await _finish(tasks.pop("intake"))
+    first = [parts[name] for name in ("deadman", "intake") if name in parts]
+    for task in first:
+        await _finish(task)
     # Sweeps first, within the grace period: their results are published and their
     # offsets committed; only then are the engine's latch guards stopped.
     kafka_s = _kafka_stop_s(daemon.kafka_watch)
@@ -489,8 +552,9 @@ async def _shutdown(daemon: Daemon, tasks: dict[str, asyncio.Task[None]]) -> Non
         await daemon.intake.close()  # leave now: what was not committed is replayed
     await daemon.engine.close(max(0.0, grace - (time.monotonic() - started)))
     daemon.background.set()
-    for task in tasks.values():
-        await _finish(task)
+    for task in parts.values():
+        if task not in first:
+            await _finish(task)
     with contextlib.suppress(Exception):
         await _within(_kafka_stop_s(daemon.kafka_watch), daemon.publisher.flush())
     log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})

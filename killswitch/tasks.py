@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class Interrupted(Exception):
+    """The work given to :func:`unless_set` was cancelled because its event was set first."""
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
     """Cancel ``task`` and wait for it to end, without swallowing our own cancellation.
 
     ``with suppress(CancelledError): await task`` would also swallow a cancellation
-    aimed at the *calling* task if it arrives during that wait (a second stop signal
-    cancels the daemon's main task): re-raised here when the caller is being cancelled.
+    aimed at the *calling* task if it arrives during that wait: re-raised here when the
+    caller is being cancelled.
     """
     task.cancel()
     try:
@@ -20,3 +27,26 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise
+
+
+async def unless_set(event: asyncio.Event, work: Coroutine[Any, Any, T]) -> T:
+    """``work``'s result, unless ``event`` is set first: then the work is cancelled, waited
+    for, and :class:`Interrupted` is raised.
+
+    The work runs in a task of its own so that it is the work that is cancelled, not the
+    caller: what the caller does next (a stop cut short, closing clients) runs without a
+    cancellation pending on it.
+    """
+    job = asyncio.create_task(work)
+    halt = asyncio.create_task(event.wait())
+    try:
+        await asyncio.wait([job, halt], return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        job.cancel()  # the caller itself is cancelled: so is its work
+        raise
+    finally:
+        halt.cancel()
+    if job.done():
+        return job.result()
+    await cancel_and_wait(job)
+    raise Interrupted

@@ -171,7 +171,6 @@ class Engine:
         # Per account: pair -> loop time orders were last found or cancelled there.
         self._activity: dict[str, dict[str, float]] = {}
         self._owns: Callable[[str], bool] = _owns_every_account
-        self._tasks: set[asyncio.Task[None]] = set()
         self._state_lock = asyncio.Lock()
         self._closing = False
 
@@ -350,7 +349,8 @@ class Engine:
         guard_tasks = [g.task for g in self._guards.values()]
         for account in list(self._guards):
             await self._stop_guard(account, wait=False)
-        tasks = [t for t in [*self._tasks, *guard_tasks] if not t.done()]
+        sweeps = [t for a in self._accounts.values() for t in a.tasks.values()]
+        tasks = [t for t in [*sweeps, *guard_tasks] if not t.done()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_s)
             for task in pending:
@@ -420,13 +420,12 @@ class Engine:
             raise
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        # Held by the account's ``tasks`` until it ends (``_run``): no set of its own.
         task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("engine task failed", exc_info=task.exception())
 

@@ -621,3 +621,41 @@ async def test_a_stop_cut_short_publishes_nothing_for_the_unfinished_alert(
         assert await committed(
             settings.kafka.bootstrap_servers, settings.kafka.group_id, topics.alerts
         ) in (None, 0)
+
+
+async def test_a_failing_part_stops_the_daemon_gracefully(
+    kafka_bootstrap: str, unique_name: Unique, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-lived part that fails stops the daemon as a signal does: the other parts
+    are stopped in order (not cancelled by the task group) and the run ends without
+    an error."""
+    fail = asyncio.Event()
+
+    async def failing_lag(*_: Any) -> None:
+        await fail.wait()
+        raise RuntimeError("loop lag probe broke")
+
+    monkeypatch.setattr("killswitch.daemon.watch_loop_lag", failing_lag)
+    async with exchange(ACCOUNTS, seed=7) as ex:
+        settings = daemon_settings(kafka_bootstrap, unique_name, ex)
+        await prepare_topics(settings)
+        ex.seed("mm-2", SYMBOLS, 10)
+        async with (
+            TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
+            daemon_in_process(settings) as run,
+        ):
+            await produce(settings, [alert_message("part-1", ["mm-2"])], key="mm-2")
+            await wait_for(lambda: len(results.finals("part-1")) == 1, timeout=20)
+            fail.set()
+            await asyncio.wait_for(asyncio.shield(run.task), timeout=30)
+            assert run.task.result() is None  # a graceful stop, not an error
+            assert run.stop.is_set()
+        # The graceful stop committed the finished alert.
+        assert (
+            await committed(
+                settings.kafka.bootstrap_servers,
+                settings.kafka.group_id,
+                settings.kafka.topics.alerts,
+            )
+            == 1
+        )
