@@ -351,7 +351,9 @@ async def _start(
     )
 
     intake = Intake(
-        IntakeConfig.from_settings(settings),
+        IntakeConfig.from_sections(
+            settings.kafka, settings.intake, settings.engine, (a.id for a in settings.accounts)
+        ),
         kafka,
         engine,
         publisher,
