@@ -302,7 +302,7 @@ async def _start(
     kafka = settings.kafka
     topics = kafka.topics
     instance = f"{kafka.client_id}-{uuid.uuid4().hex[:8]}"
-    obs = prometheus_observability(settings)
+    obs = prometheus_observability(settings.metrics, settings.accounts, settings.deadman)
     await _start_listener(obs, stack)
 
     # Keys first: a bad key is a configuration error, found before touching Kafka.
