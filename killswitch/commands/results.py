@@ -63,7 +63,7 @@ async def read_results(
     account (``accounts``, else those with a result so far) has a final result, or
     ``timeout_s`` has passed (the rest marked timed out)."""
     topics = settings.kafka.topics
-    consumer = await start_reader(settings)
+    consumer = await start_reader(settings.kafka)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     board = Board(alert_id, list(accounts))

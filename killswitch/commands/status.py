@@ -38,7 +38,7 @@ def add_arguments_status(parser: argparse.ArgumentParser) -> None:
 
 async def read_status(settings: Settings, timeout_s: float = KAFKA_TIMEOUT_S) -> list[HaltState]:
     """The halted accounts on the state topic (read from the beginning to the end)."""
-    consumer = await start_reader(settings)
+    consumer = await start_reader(settings.kafka)
     try:
         async with asyncio.timeout(timeout_s):
             parts = await topic_partitions(consumer)

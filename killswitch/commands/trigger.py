@@ -51,7 +51,7 @@ from killswitch.commands.prepare import (
     request_from_args,
 )
 from killswitch.commands.results import results_document
-from killswitch.config import Settings, settings_from_args
+from killswitch.config import KafkaSettings, Settings, settings_from_args
 from killswitch.contracts import Alert, load_json_object
 from killswitch.display import Display
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
@@ -149,7 +149,7 @@ async def run_trigger(
     topics = settings.kafka.topics
     loop = asyncio.get_running_loop()
     started = loop.time()
-    consumer = await start_reader(settings)
+    consumer = await start_reader(settings.kafka)
     try:
         async with asyncio.timeout(KAFKA_TIMEOUT_S):
             parts = await topic_partitions(consumer)
@@ -165,7 +165,7 @@ async def run_trigger(
             # Positions fixed before publishing, so no result can slip past.
             for tp, offset in (await consumer.end_offsets(run.partitions)).items():
                 consumer.seek(tp, offset)
-        await _publish(settings, topics.manual, prepared)
+        await _publish(settings.kafka, topics.manual, prepared)
         run.published = True
         if on_published is not None:
             on_published()
@@ -185,8 +185,8 @@ async def run_trigger(
     return run
 
 
-async def _publish(settings: Settings, topic: str, prepared: Prepared) -> None:
-    producer = make_producer(settings.kafka)
+async def _publish(kafka: KafkaSettings, topic: str, prepared: Prepared) -> None:
+    producer = make_producer(kafka)
     try:
         async with asyncio.timeout(KAFKA_TIMEOUT_S):
             await producer.start()
