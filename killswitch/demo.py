@@ -289,7 +289,7 @@ async def _show_after(
     out.writelines(f"  {line}\n" for line in table(["ACCOUNT", "NOW", "BEFORE", ""], rows)[1:])
     out.write("\nhalted accounts (killswitch status):\n")
     try:
-        states = await read_status(settings, 10.0)
+        states = await read_status(settings.kafka, 10.0)
         out.writelines(f"  {line}\n" for line in status_lines(states, datetime.now(UTC)))
     except OperatorError as exc:
         out.write(f"  could not read the state topic: {exc}\n")

@@ -70,7 +70,7 @@ async def test_the_audit_trail_of_a_latched_kill_and_its_release(
             assert ex.open_ids("mm-1") == set()
 
             # The state record says who latched the account, why, with which alert, since when.
-            (state,) = await read_status(settings)
+            (state,) = await read_status(settings.kafka)
             assert (state.account, state.alert_id) == ("mm-1", kill.alert_id)
             assert (state.by, state.reason) == ("alice", "fat finger on the desk")
 
@@ -105,7 +105,7 @@ async def test_the_audit_trail_of_a_latched_kill_and_its_release(
             assert done.board.finals["mm-1"]["was_halted"] is True
             assert done.board.finals["mm-2"]["was_halted"] is False
             assert "mm-2: was not halted (nothing released)" in out.getvalue()
-            assert await read_status(settings) == []
+            assert await read_status(settings.kafka) == []
 
 
 async def test_results_follow_an_alert_published_without_following(
@@ -234,7 +234,7 @@ async def test_a_direct_latch_is_guarded_by_the_running_daemon(
             late = set(ex.sim.seed_orders(api_key, "BTC_USDT", 1))
             assert late <= ex.open_ids("mm-1")
             await wait_for(lambda: not late & ex.open_ids("mm-1"), timeout=20)
-            (state,) = await read_status(settings)
+            (state,) = await read_status(settings.kafka)
             assert (state.by, state.reason) == ("bob", "runaway")
             release = prepare_trigger(request("release"), settings, now=datetime.now(UTC))
             done = await run_trigger(settings, release, out=io.StringIO(), tty=False, timeout_s=30)

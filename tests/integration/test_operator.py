@@ -454,7 +454,7 @@ async def test_status_reads_the_state_topic_to_its_end(
             await producer.send_and_wait(topic, value, key=key)
     finally:
         await producer.stop()
-    states = await read_status(settings)
+    states = await read_status(settings.kafka)
     assert [(s.account, s.alert_id, s.scope) for s in states] == [("mm-1", "risk-1", scope)]
 
     config = str(write_config(tmp_path / "ks.toml", settings))
@@ -488,7 +488,7 @@ async def test_status_without_a_state_topic(
 ) -> None:
     settings = make_settings(kafka_bootstrap, unique_name)
     with pytest.raises(OperatorError, match="state topic"):
-        await read_status(settings)
+        await read_status(settings.kafka)
     config = str(write_config(tmp_path / "ks.toml", settings))
     assert await asyncio.to_thread(main, ["status", "--config", config]) == 1
     assert "does not exist" in capsys.readouterr().err
