@@ -407,7 +407,9 @@ async def _kill(
     )
     out.flush()
     timeout = settings.engine.default_deadline_s + 15.0
-    report.trigger = await run_trigger(settings, prepared, out=out, tty=tty, timeout_s=timeout)
+    report.trigger = await run_trigger(
+        settings.kafka, prepared, out=out, tty=tty, timeout_s=timeout
+    )
 
 
 # ------------------------------------------------------------------------------ CLI
