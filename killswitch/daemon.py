@@ -302,7 +302,7 @@ async def _start(
     kafka = settings.kafka
     topics = kafka.topics
     instance = f"{kafka.client_id}-{uuid.uuid4().hex[:8]}"
-    obs = prometheus_observability(settings)
+    obs = prometheus_observability(settings.metrics, settings.accounts, settings.deadman)
     await _start_listener(obs, stack)
 
     # Keys first: a bad key is a configuration error, found before touching Kafka.
@@ -351,7 +351,9 @@ async def _start(
     )
 
     intake = Intake(
-        IntakeConfig.from_settings(settings),
+        IntakeConfig.from_sections(
+            settings.kafka, settings.intake, settings.engine, (a.id for a in settings.accounts)
+        ),
         kafka,
         engine,
         publisher,

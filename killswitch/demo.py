@@ -289,7 +289,7 @@ async def _show_after(
     out.writelines(f"  {line}\n" for line in table(["ACCOUNT", "NOW", "BEFORE", ""], rows)[1:])
     out.write("\nhalted accounts (killswitch status):\n")
     try:
-        states = await read_status(settings, 10.0)
+        states = await read_status(settings.kafka, 10.0)
         out.writelines(f"  {line}\n" for line in status_lines(states, datetime.now(UTC)))
     except OperatorError as exc:
         out.write(f"  could not read the state topic: {exc}\n")
@@ -407,7 +407,9 @@ async def _kill(
     )
     out.flush()
     timeout = settings.engine.default_deadline_s + 15.0
-    report.trigger = await run_trigger(settings, prepared, out=out, tty=tty, timeout_s=timeout)
+    report.trigger = await run_trigger(
+        settings.kafka, prepared, out=out, tty=tty, timeout_s=timeout
+    )
 
 
 # ------------------------------------------------------------------------------ CLI

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 import platform
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -26,7 +26,7 @@ from killswitch import __version__
 from killswitch.core.outcomes import Outcome
 
 if TYPE_CHECKING:
-    from killswitch.config import Settings
+    from killswitch.config import AccountSettings, DeadmanSource
     from killswitch.core.ports import Observer
 
 __all__ = [
@@ -193,13 +193,19 @@ class Metrics:
         self._preinit(sources, rate_ceilings or {})
 
     @classmethod
-    def from_settings(cls, settings: Settings, registry: CollectorRegistry) -> Metrics:
-        """Metrics for a daemon: accounts, dead-man sources and rate ceilings from settings."""
+    def from_sections(
+        cls,
+        registry: CollectorRegistry,
+        accounts: Sequence[AccountSettings],
+        deadman: Sequence[DeadmanSource],
+    ) -> Metrics:
+        """Metrics for a daemon: account ids and rate ceilings from the ``accounts`` section,
+        dead-man sources from the ``deadman`` section."""
         return cls(
             registry,
-            [a.id for a in settings.accounts],
-            sources=[d.source for d in settings.deadman],
-            rate_ceilings={a.id: a.rate_limit_per_second for a in settings.accounts},
+            [a.id for a in accounts],
+            sources=[d.source for d in deadman],
+            rate_ceilings={a.id: a.rate_limit_per_second for a in accounts},
         )
 
     def _create(self, r: CollectorRegistry) -> None:

@@ -29,12 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
-from killswitch.config import Settings
+from killswitch.config import AccountSettings, DeadmanSource, MetricsSettings
 from killswitch.core.orders import SymbolInfo
 from killswitch.core.ports import AlertObserver, NullAlertObserver, NullObserver, Observer
 from killswitch.exchange.client import ExchangeClient
@@ -176,16 +176,19 @@ def _without_prefix(exc: ExchangeError) -> str:
     return str(exc).removeprefix(prefix)
 
 
-def prometheus_observability(settings: Settings) -> Observability:
-    """Metrics, readiness and the listener for one daemon (nothing when disabled)."""
-    if not settings.metrics.enabled:
+def prometheus_observability(
+    settings: MetricsSettings,
+    accounts: Sequence[AccountSettings],
+    deadman: Sequence[DeadmanSource],
+) -> Observability:
+    """Metrics, readiness and the listener for one daemon (nothing when ``settings``, the
+    ``metrics`` section, disables them); ``accounts`` and ``deadman`` name the label sets."""
+    if not settings.enabled:
         return Observability()
     registry = CollectorRegistry()
-    metrics = Metrics.from_settings(settings, registry)
-    readiness = Readiness.for_accounts(
-        [a.id for a in settings.accounts], settings.metrics.exchange_stale_after_s
-    )
-    server = HealthServer(settings.metrics, registry, readiness, on_ready=metrics.set_ready)
+    metrics = Metrics.from_sections(registry, accounts, deadman)
+    readiness = Readiness.for_accounts([a.id for a in accounts], settings.exchange_stale_after_s)
+    server = HealthServer(settings, registry, readiness, on_ready=metrics.set_ready)
     observer = ReadinessObserver(metrics, readiness)
 
     def set_consuming(consuming: bool) -> None:

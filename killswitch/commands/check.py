@@ -22,7 +22,7 @@ from killswitch.commands.common import (
     start_reader,
     topic_partitions,
 )
-from killswitch.config import AccountSettings, Settings, settings_from_args
+from killswitch.config import AccountSettings, KafkaSettings, Settings, settings_from_args
 from killswitch.core.pairs import PairList
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem
@@ -47,8 +47,7 @@ def add_arguments_check(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def _kafka_checks(settings: Settings, timeout_s: float) -> list[Check]:
-    kafka = settings.kafka
+async def _kafka_checks(kafka: KafkaSettings, timeout_s: float) -> list[Check]:
     t = kafka.topics
     roles = {
         t.alerts: "alerts",
@@ -59,7 +58,7 @@ async def _kafka_checks(settings: Settings, timeout_s: float) -> list[Check]:
         t.dlq: "dlq",
     }
     try:
-        consumer = await start_reader(settings)
+        consumer = await start_reader(kafka)
     except OperatorError as exc:
         failed = [Check("kafka reachable", kafka.bootstrap_servers, False, str(exc))]
         return failed + [Check("topic present", n, False, "Kafka not reachable") for n in roles]
@@ -80,17 +79,16 @@ async def _kafka_checks(settings: Settings, timeout_s: float) -> list[Check]:
     inputs = {t: parts[t] for t in (t.alerts, t.manual) if t in parts}
     try:
         async with asyncio.timeout(timeout_s):
-            view: GroupView | str = await read_group(settings, inputs)
+            view: GroupView | str = await read_group(kafka, inputs)
     except (KafkaError, TimeoutError, OSError, ValueError) as exc:
         # ValueError: a broker answering a request version the client cannot decode.
         view = f"not readable ({type(exc).__name__})"
     return checks + group_checks(kafka.group_id, view)
 
 
-async def read_group(settings: Settings, inputs: dict[str, list[int]]) -> GroupView:
+async def read_group(kafka: KafkaSettings, inputs: dict[str, list[int]]) -> GroupView:
     """The daemons' consumer group: its state, its members and how far behind it is on
     the input topics (``inputs``: topic -> partitions). Never joins the group."""
-    kafka = settings.kafka
     admin = AIOKafkaAdminClient(**connection_kwargs(kafka))
     await admin.start()
     try:
@@ -207,7 +205,7 @@ def _pair_source(pairs: PairList) -> str:
 async def run_checks(settings: Settings, timeout_s: float = KAFKA_TIMEOUT_S) -> list[Check]:
     """Every check, Kafka first, then each account (concurrently)."""
     kafka, *accounts = await asyncio.gather(
-        _kafka_checks(settings, timeout_s),
+        _kafka_checks(settings.kafka, timeout_s),
         *(_exchange_checks(a, timeout_s) for a in settings.accounts),
     )
     out = list(kafka)

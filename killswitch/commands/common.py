@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from killswitch.config import Settings
+from killswitch.config import KafkaSettings
 from killswitch.kafka.clients import make_reader
 
 __all__ = [
@@ -67,8 +67,8 @@ async def topic_partitions(consumer: AIOKafkaConsumer) -> dict[str, list[int]]:
     return {t: sorted(cluster.partitions_for_topic(t) or ()) for t in cluster.topics()}
 
 
-async def start_reader(settings: Settings) -> AIOKafkaConsumer:
-    consumer = make_reader(settings.kafka)
+async def start_reader(kafka: KafkaSettings) -> AIOKafkaConsumer:
+    consumer = make_reader(kafka)
     try:
         async with asyncio.timeout(KAFKA_TIMEOUT_S):
             await consumer.start()
@@ -76,7 +76,7 @@ async def start_reader(settings: Settings) -> AIOKafkaConsumer:
         with contextlib.suppress(Exception):
             await consumer.stop()
         raise OperatorError(
-            f"Kafka at {settings.kafka.bootstrap_servers} is not reachable ({type(exc).__name__})"
+            f"Kafka at {kafka.bootstrap_servers} is not reachable ({type(exc).__name__})"
         ) from None
     return consumer
 

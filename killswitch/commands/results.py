@@ -28,7 +28,7 @@ from killswitch.commands.common import (
     start_reader,
     topic_partitions,
 )
-from killswitch.config import Settings, settings_from_args
+from killswitch.config import KafkaSettings, settings_from_args
 from killswitch.contracts import load_json_object
 from killswitch.display import Display
 from killswitch.exitcodes import EXIT_FAILED, EXIT_USAGE
@@ -49,7 +49,7 @@ def results_document(board: Board, exit_code: int) -> dict[str, Any]:
 
 
 async def read_results(
-    settings: Settings,
+    kafka: KafkaSettings,
     alert_id: str,
     *,
     accounts: Sequence[str] = (),
@@ -57,13 +57,14 @@ async def read_results(
     timeout_s: float = KAFKA_TIMEOUT_S,
     display: Display | None = None,
 ) -> Board:
-    """An alert's results (and dead letter) read from the start of the results topic.
+    """An alert's results (and dead letter) read from the start of the results topic of
+    ``kafka``.
 
     Without ``follow``: what is there now. With ``follow``: then on, until every
     account (``accounts``, else those with a result so far) has a final result, or
     ``timeout_s`` has passed (the rest marked timed out)."""
-    topics = settings.kafka.topics
-    consumer = await start_reader(settings)
+    topics = kafka.topics
+    consumer = await start_reader(kafka)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     board = Board(alert_id, list(accounts))
@@ -201,7 +202,7 @@ def cli_results(args: argparse.Namespace) -> int:
     try:
         board = asyncio.run(
             read_results(
-                settings,
+                settings.kafka,
                 args.alert_id,
                 accounts=split_values(args.account),
                 follow=args.follow,

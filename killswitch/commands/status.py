@@ -18,7 +18,7 @@ from killswitch.commands.common import (
     start_reader,
     topic_partitions,
 )
-from killswitch.config import Settings, settings_from_args
+from killswitch.config import KafkaSettings, settings_from_args
 from killswitch.core.model import HaltState
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK
 from killswitch.kafka.readers import read_halt_states
@@ -36,20 +36,21 @@ def add_arguments_status(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def read_status(settings: Settings, timeout_s: float = KAFKA_TIMEOUT_S) -> list[HaltState]:
-    """The halted accounts on the state topic (read from the beginning to the end)."""
-    consumer = await start_reader(settings)
+async def read_status(kafka: KafkaSettings, timeout_s: float = KAFKA_TIMEOUT_S) -> list[HaltState]:
+    """The halted accounts on the state topic of ``kafka`` (read from the beginning to the
+    end)."""
+    consumer = await start_reader(kafka)
     try:
         async with asyncio.timeout(timeout_s):
             parts = await topic_partitions(consumer)
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()
-    topic = settings.kafka.topics.state
+    topic = kafka.topics.state
     if topic not in parts:
         raise missing_topic(topic, "state")
     try:
-        halted = await read_halt_states(settings.kafka, topic, timeout_s)
+        halted = await read_halt_states(kafka, topic, timeout_s)
     except (TimeoutError, KafkaError, LookupError) as exc:
         raise OperatorError(f"could not read {topic!r} to its end: {type(exc).__name__}") from None
     return sorted(halted.values(), key=lambda s: s.account)
@@ -59,7 +60,7 @@ def cli_status(args: argparse.Namespace) -> int:
     """``killswitch status``: halted accounts, as a table or ``--json``."""
     settings = settings_from_args(args)
     try:
-        states = asyncio.run(read_status(settings, args.timeout))
+        states = asyncio.run(read_status(settings.kafka, args.timeout))
     except OperatorError as exc:
         print(f"killswitch: {exc}", file=sys.stderr)
         return EXIT_FAILED

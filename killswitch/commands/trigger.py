@@ -51,7 +51,7 @@ from killswitch.commands.prepare import (
     request_from_args,
 )
 from killswitch.commands.results import results_document
-from killswitch.config import Settings, settings_from_args
+from killswitch.config import KafkaSettings, settings_from_args
 from killswitch.contracts import Alert, load_json_object
 from killswitch.display import Display
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
@@ -129,7 +129,7 @@ class TriggerRun:
 
 
 async def run_trigger(
-    settings: Settings,
+    kafka: KafkaSettings,
     prepared: Prepared,
     *,
     out: TextIO,
@@ -138,7 +138,8 @@ async def run_trigger(
     follow: bool = True,
     on_published: Callable[[], None] | None = None,
 ) -> TriggerRun:
-    """Publish ``prepared`` to the manual topic and follow its results to the end."""
+    """Publish ``prepared`` to the manual topic of ``kafka`` and follow its results to the
+    end."""
     board = Board(
         prepared.alert_id,
         prepared.accounts,
@@ -146,10 +147,10 @@ async def run_trigger(
         dry_run=prepared.alert.dry_run,
     )
     run = TriggerRun(prepared, board)
-    topics = settings.kafka.topics
+    topics = kafka.topics
     loop = asyncio.get_running_loop()
     started = loop.time()
-    consumer = await start_reader(settings)
+    consumer = await start_reader(kafka)
     try:
         async with asyncio.timeout(KAFKA_TIMEOUT_S):
             parts = await topic_partitions(consumer)
@@ -165,7 +166,7 @@ async def run_trigger(
             # Positions fixed before publishing, so no result can slip past.
             for tp, offset in (await consumer.end_offsets(run.partitions)).items():
                 consumer.seek(tp, offset)
-        await _publish(settings, topics.manual, prepared)
+        await _publish(kafka, topics.manual, prepared)
         run.published = True
         if on_published is not None:
             on_published()
@@ -185,8 +186,8 @@ async def run_trigger(
     return run
 
 
-async def _publish(settings: Settings, topic: str, prepared: Prepared) -> None:
-    producer = make_producer(settings.kafka)
+async def _publish(kafka: KafkaSettings, topic: str, prepared: Prepared) -> None:
+    producer = make_producer(kafka)
     try:
         async with asyncio.timeout(KAFKA_TIMEOUT_S):
             await producer.start()
@@ -274,7 +275,7 @@ def publish_command(args: argparse.Namespace, action: Literal["kill", "release"]
     try:
         run = asyncio.run(
             run_trigger(
-                settings,
+                settings.kafka,
                 prepared,
                 out=sys.stdout,
                 tty=sys.stdout.isatty(),

@@ -39,7 +39,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,7 +48,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, KafkaError
 
-from killswitch.config import IntakeSettings, KafkaSettings, Settings, TopicSettings
+from killswitch.config import EngineSettings, IntakeSettings, KafkaSettings, TopicSettings
 from killswitch.contracts import (
     Alert,
     Channel,
@@ -146,19 +146,27 @@ class IntakeConfig:
     revoke_drain_s: float
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> IntakeConfig:
+    def from_sections(
+        cls,
+        kafka: KafkaSettings,
+        intake: IntakeSettings,
+        engine: EngineSettings,
+        accounts: Iterable[str],
+    ) -> IntakeConfig:
+        """The intake's slice of the ``kafka``, ``intake`` and ``engine`` sections, for
+        these ``accounts``."""
         # A revocation may wait for running sweeps, but must end well inside the
         # rebalance timeout or the group evicts this member.
         drain = min(
-            settings.intake.rebalance_drain_s,
-            settings.engine.shutdown_grace_s,
-            settings.kafka.rebalance_timeout_ms / 2000,
+            intake.rebalance_drain_s,
+            engine.shutdown_grace_s,
+            kafka.rebalance_timeout_ms / 2000,
         )
         return cls(
-            topics=settings.kafka.topics,
-            accounts=tuple(a.id for a in settings.accounts),
-            limits=settings.intake,
-            default_deadline_s=settings.engine.default_deadline_s,
+            topics=kafka.topics,
+            accounts=tuple(accounts),
+            limits=intake,
+            default_deadline_s=engine.default_deadline_s,
             revoke_drain_s=drain,
         )
 

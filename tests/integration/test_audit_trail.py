@@ -65,17 +65,19 @@ async def test_the_audit_trail_of_a_latched_kill_and_its_release(
         assert "no daemon is consuming" in checks["consumer group"].detail
         async with daemon_in_process(settings):
             kill = prepare_trigger(request(latch=True), settings, now=datetime.now(UTC))
-            run = await run_trigger(settings, kill, out=io.StringIO(), tty=False, timeout_s=30)
+            run = await run_trigger(
+                settings.kafka, kill, out=io.StringIO(), tty=False, timeout_s=30
+            )
             assert run.exit_code == 0
             assert ex.open_ids("mm-1") == set()
 
             # The state record says who latched the account, why, with which alert, since when.
-            (state,) = await read_status(settings)
+            (state,) = await read_status(settings.kafka)
             assert (state.account, state.alert_id) == ("mm-1", kill.alert_id)
             assert (state.by, state.reason) == ("alice", "fat finger on the desk")
 
             # The results, read back: the trigger's reason next to the sweep's own.
-            board = await read_results(settings, kill.alert_id)
+            board = await read_results(settings.kafka, kill.alert_id)
             assert board.accounts == ["mm-1"]
             final = board.finals["mm-1"]
             assert final["status"] == "flat"
@@ -100,12 +102,12 @@ async def test_the_audit_trail_of_a_latched_kill_and_its_release(
             now = datetime.now(UTC)
             release = prepare_trigger(request("release", ("mm-1", "mm-2")), settings, now=now)
             out = io.StringIO()
-            done = await run_trigger(settings, release, out=out, tty=False, timeout_s=30)
+            done = await run_trigger(settings.kafka, release, out=out, tty=False, timeout_s=30)
             assert done.exit_code == EXIT_NOT_FOUND
             assert done.board.finals["mm-1"]["was_halted"] is True
             assert done.board.finals["mm-2"]["was_halted"] is False
             assert "mm-2: was not halted (nothing released)" in out.getvalue()
-            assert await read_status(settings) == []
+            assert await read_status(settings.kafka) == []
 
 
 async def test_results_follow_an_alert_published_without_following(
@@ -121,17 +123,17 @@ async def test_results_follow_an_alert_published_without_following(
                 request(accounts=("mm-1", "mm-2")), settings, now=datetime.now(UTC)
             )
             published = await run_trigger(
-                settings, kill, out=io.StringIO(), tty=False, timeout_s=30, follow=False
+                settings.kafka, kill, out=io.StringIO(), tty=False, timeout_s=30, follow=False
             )
             assert published.published
             board = await read_results(
-                settings, kill.alert_id, accounts=["mm-1", "mm-2"], follow=True, timeout_s=30
+                settings.kafka, kill.alert_id, accounts=["mm-1", "mm-2"], follow=True, timeout_s=30
             )
             assert board.done
             assert board.exit_code() == 0
             assert {board.finals[a]["status"] for a in ("mm-1", "mm-2")} == {"flat"}
             # Nothing for an alert id nobody used.
-            assert (await read_results(settings, "op-nobody")).rows == {}
+            assert (await read_results(settings.kafka, "op-nobody")).rows == {}
 
 
 async def test_a_dry_run_through_the_daemon_lists_the_orders_it_would_cancel(
@@ -143,7 +145,7 @@ async def test_a_dry_run_through_the_daemon_lists_the_orders_it_would_cancel(
         await prepare_topics(settings)
         async with daemon_in_process(settings):
             dry = prepare_trigger(request(dry_run=True), settings, now=datetime.now(UTC))
-            run = await run_trigger(settings, dry, out=io.StringIO(), tty=False, timeout_s=30)
+            run = await run_trigger(settings.kafka, dry, out=io.StringIO(), tty=False, timeout_s=30)
         assert ex.open_ids("mm-1") == seeded  # nothing cancelled
     assert run.exit_code == 0
     lines = dry_run_lines(run.board, limit=1000)
@@ -178,7 +180,7 @@ async def test_a_direct_kill_while_the_daemon_sweeps_the_same_account_keeps_coun
         async with daemon_in_process(settings):
             kill = prepare_trigger(request(), settings, now=datetime.now(UTC))
             daemon_run = asyncio.create_task(
-                run_trigger(settings, kill, out=io.StringIO(), tty=False, timeout_s=60)
+                run_trigger(settings.kafka, kill, out=io.StringIO(), tty=False, timeout_s=60)
             )
             await wait_for(lambda: len(ex.cancels("mm-1")) > 0, timeout=30)
             argv = ["trigger", "--direct", "--config", str(config), "-a", "mm-1", "-r", "both"]
@@ -234,9 +236,11 @@ async def test_a_direct_latch_is_guarded_by_the_running_daemon(
             late = set(ex.sim.seed_orders(api_key, "BTC_USDT", 1))
             assert late <= ex.open_ids("mm-1")
             await wait_for(lambda: not late & ex.open_ids("mm-1"), timeout=20)
-            (state,) = await read_status(settings)
+            (state,) = await read_status(settings.kafka)
             assert (state.by, state.reason) == ("bob", "runaway")
             release = prepare_trigger(request("release"), settings, now=datetime.now(UTC))
-            done = await run_trigger(settings, release, out=io.StringIO(), tty=False, timeout_s=30)
+            done = await run_trigger(
+                settings.kafka, release, out=io.StringIO(), tty=False, timeout_s=30
+            )
             assert done.exit_code == 0
             assert done.board.finals["mm-1"]["was_halted"] is True

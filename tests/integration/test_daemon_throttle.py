@@ -86,7 +86,7 @@ async def test_a_kill_outlasted_by_a_throttle_window_reports_still_open_unknown(
             kill = TriggerRequest("kill", ["mm-1"], "throttled", "alice", deadline_s=2.0)
             prepared = prepare_trigger(kill, settings, now=datetime.now(UTC))
             out = io.StringIO()
-            run = await run_trigger(settings, prepared, out=out, tty=False, timeout_s=40)
+            run = await run_trigger(settings.kafka, prepared, out=out, tty=False, timeout_s=40)
             scrape = await http.get(f"http://127.0.0.1:{port}/metrics")
             ex.sim.clear_throttle_window()
     final = run.board.finals["mm-1"]

@@ -196,7 +196,7 @@ async def test_direct_kill_publishes_its_results_and_latch_when_kafka_answers(
     assert "results published to Kafka with the latch" in printed
     document = json.loads(printed[printed.index("\n{") :])
     settings = load_settings(Path(config))
-    (state,) = await read_status(settings)
+    (state,) = await read_status(settings.kafka)
     assert (state.account, state.halted, state.alert_id) == ("mm-1", True, document["alert_id"])
     assert (state.by, state.reason) == ("alice", "limit breach")
     # `killswitch results` reads them back from the results topic.

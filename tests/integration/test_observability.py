@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from killswitch.config import Settings
+from killswitch.config import AccountSettings, DeadmanSource, MetricsSettings, Settings
 from killswitch.core.outcomes import Outcome
 from killswitch.embedded import free_port
 from killswitch.exchange.client import ExchangeClients
@@ -26,6 +26,13 @@ def settings(**metrics: object) -> Settings:
     return Settings(accounts=accounts, metrics={"port": 0} | metrics)
 
 
+def sections(
+    conf: Settings,
+) -> tuple[MetricsSettings, list[AccountSettings], list[DeadmanSource]]:
+    """The sections the daemon hands to ``prometheus_observability``."""
+    return conf.metrics, conf.accounts, conf.deadman
+
+
 def value(text: str, name: str, **labels: str) -> float:
     return sum(
         v
@@ -35,14 +42,14 @@ def value(text: str, name: str, **labels: str) -> float:
 
 
 def test_disabled_metrics_serve_nothing() -> None:
-    obs = prometheus_observability(settings(enabled=False))
+    obs = prometheus_observability(*sections(settings(enabled=False)))
     assert obs.start is None
     assert obs.stop is None
 
 
 async def test_served_metrics_follow_the_daemon_and_readiness() -> None:
     port = free_port()
-    obs = prometheus_observability(settings(port=port))
+    obs = prometheus_observability(*sections(settings(port=port)))
     assert obs.start is not None
     assert obs.stop is not None
     await obs.start()
@@ -77,7 +84,7 @@ async def test_the_probe_keeps_readiness_current_without_any_kill() -> None:
             for a, (k, pem) in keys.items()
         ]
         conf = Settings(accounts=accounts, metrics={"port": port, "exchange_stale_after_s": 2})
-        obs = prometheus_observability(conf)
+        obs = prometheus_observability(*sections(conf))
         assert obs.start is not None
         assert obs.stop is not None
         await obs.start()

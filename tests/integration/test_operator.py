@@ -180,7 +180,7 @@ async def test_trigger_publishes_a_valid_alert_and_follows_it_to_flat(
     )
     out = io.StringIO()
     async with scripted(ScriptedDaemon(settings)) as daemon:
-        run = await run_trigger(settings, prepared, out=out, tty=False, timeout_s=20)
+        run = await run_trigger(settings.kafka, prepared, out=out, tty=False, timeout_s=20)
     assert run.exit_code == 0
     assert run.published
     # One message, keyed by the first account, exactly the prepared bytes.
@@ -213,7 +213,7 @@ async def test_trigger_not_flat_exits_1_and_names_the_account(
     prepared = prepare_trigger(request(["mm-1", "arb-1"]), settings, now=datetime.now(UTC))
     out = io.StringIO()
     async with scripted(ScriptedDaemon(settings, statuses={"arb-1": "residual"})):
-        run = await run_trigger(settings, prepared, out=out, tty=False, timeout_s=20)
+        run = await run_trigger(settings.kafka, prepared, out=out, tty=False, timeout_s=20)
     assert run.exit_code == 1
     assert run.board.rows["mm-1"].status == "flat"
     assert run.board.rows["arb-1"].status == "residual"
@@ -227,7 +227,7 @@ async def test_trigger_all_accounts_and_dry_run(kafka_bootstrap: str, unique_nam
     prepared = prepare_trigger(request("*", dry_run=True), settings, now=datetime.now(UTC))
     out = io.StringIO()
     async with scripted(ScriptedDaemon(settings)) as daemon:
-        run = await run_trigger(settings, prepared, out=out, tty=False, timeout_s=20)
+        run = await run_trigger(settings.kafka, prepared, out=out, tty=False, timeout_s=20)
     assert run.exit_code == 0
     assert daemon.received[0][0] == b"*"
     assert sorted(run.board.rows) == ["arb-1", "mm-1", "mm-2"]
@@ -248,7 +248,7 @@ async def test_a_refused_trigger_is_reported_from_the_dead_letter_topic(
     prepared = prepare_trigger(request(["mm-1", "mm-2"]), settings, now=datetime.now(UTC))
     out = io.StringIO()
     async with scripted(ScriptedDaemon(settings, verifier=verifier)):
-        run = await run_trigger(settings, prepared, out=out, tty=False, timeout_s=20)
+        run = await run_trigger(settings.kafka, prepared, out=out, tty=False, timeout_s=20)
     assert run.exit_code == 2  # refused: the dead letter says why
     assert {r.status for r in run.board.rows.values()} == {"refused"}
     assert "unauthorized: signature missing" in (run.board.rows["mm-1"].reason or "")
@@ -261,7 +261,7 @@ async def test_no_final_result_times_out(kafka_bootstrap: str, unique_name: Uniq
     prepared = prepare_trigger(request(["mm-1", "mm-2"]), settings, now=datetime.now(UTC))
     out = io.StringIO()
     async with scripted(ScriptedDaemon(settings, silent={"mm-2"})):
-        run = await run_trigger(settings, prepared, out=out, tty=False, timeout_s=1.5)
+        run = await run_trigger(settings.kafka, prepared, out=out, tty=False, timeout_s=1.5)
     assert run.exit_code == 1
     assert run.board.rows["mm-1"].status == "flat"
     assert run.board.rows["mm-2"].status == "timed_out"
@@ -275,7 +275,7 @@ async def test_terminal_output_is_redrawn_in_place(
     prepared = prepare_trigger(request(["mm-1", "mm-2"]), settings, now=datetime.now(UTC))
     out = io.StringIO()
     async with scripted(ScriptedDaemon(settings, progress_steps=3)):
-        run = await run_trigger(settings, prepared, out=out, tty=True, timeout_s=20)
+        run = await run_trigger(settings.kafka, prepared, out=out, tty=True, timeout_s=20)
     assert run.exit_code == 0
     text = out.getvalue()
     frames = text.count("\x1b[2F")  # each redraw moves up over the two account lines
@@ -293,7 +293,7 @@ async def test_release_follows_to_released(kafka_bootstrap: str, unique_name: Un
     assert prepared.alert_id.startswith("rel-")
     out = io.StringIO()
     async with scripted(ScriptedDaemon(settings)) as daemon:
-        run = await run_trigger(settings, prepared, out=out, tty=False, timeout_s=20)
+        run = await run_trigger(settings.kafka, prepared, out=out, tty=False, timeout_s=20)
     assert run.exit_code == 0
     assert daemon.received[0][1]["action"] == "release"
     assert out.getvalue().splitlines()[-1].startswith(f"release {prepared.alert_id}: released")
@@ -305,10 +305,10 @@ async def test_missing_topics_and_unreachable_kafka_are_clear_errors(
     settings = make_settings(kafka_bootstrap, unique_name)  # topics never created
     prepared = prepare_trigger(request(), settings, now=datetime.now(UTC))
     with pytest.raises(OperatorError, match=r"manual topic .* does not exist"):
-        await run_trigger(settings, prepared, out=io.StringIO(), tty=False, timeout_s=5)
+        await run_trigger(settings.kafka, prepared, out=io.StringIO(), tty=False, timeout_s=5)
     nowhere = make_settings(f"127.0.0.1:{free_port()}", unique_name)
     with pytest.raises(OperatorError, match="not reachable"):
-        await run_trigger(nowhere, prepared, out=io.StringIO(), tty=False, timeout_s=5)
+        await run_trigger(nowhere.kafka, prepared, out=io.StringIO(), tty=False, timeout_s=5)
 
 
 # ----------------------------------------------------------------- through the CLI
@@ -454,7 +454,7 @@ async def test_status_reads_the_state_topic_to_its_end(
             await producer.send_and_wait(topic, value, key=key)
     finally:
         await producer.stop()
-    states = await read_status(settings)
+    states = await read_status(settings.kafka)
     assert [(s.account, s.alert_id, s.scope) for s in states] == [("mm-1", "risk-1", scope)]
 
     config = str(write_config(tmp_path / "ks.toml", settings))
@@ -488,7 +488,7 @@ async def test_status_without_a_state_topic(
 ) -> None:
     settings = make_settings(kafka_bootstrap, unique_name)
     with pytest.raises(OperatorError, match="state topic"):
-        await read_status(settings)
+        await read_status(settings.kafka)
     config = str(write_config(tmp_path / "ks.toml", settings))
     assert await asyncio.to_thread(main, ["status", "--config", config]) == 1
     assert "does not exist" in capsys.readouterr().err

@@ -248,7 +248,7 @@ async def test_configured_symbols_are_no_proof_a_kill_over_them_is_never_flat(
             # CLI prints why.
             out = io.StringIO()
             whole = prepare_trigger(_trigger(["mm-1"]), settings, now=datetime.now(UTC))
-            run = await run_trigger(settings, whole, out=out, tty=False, timeout_s=30)
+            run = await run_trigger(settings.kafka, whole, out=out, tty=False, timeout_s=30)
             row = run.board.rows["mm-1"]
             assert row.status == "residual"
             assert run.exit_code != 0
@@ -323,7 +323,7 @@ async def test_cli_trigger_exit_codes_refused_and_not_found(
             refused = prepare_trigger(
                 _trigger(["mm-2"], symbols=["btc_usdt"]), settings, now=datetime.now(UTC)
             )
-            run = await run_trigger(settings, refused, out=out, tty=False, timeout_s=30)
+            run = await run_trigger(settings.kafka, refused, out=out, tty=False, timeout_s=30)
             assert run.exit_code == EXIT_REFUSED == 2
             assert "refused (invalid: unknown pair(s): btc_usdt (did you mean BTC_USDT?)" in (
                 out.getvalue()
@@ -337,7 +337,7 @@ async def test_cli_trigger_exit_codes_refused_and_not_found(
                 settings,
                 now=datetime.now(UTC),
             )
-            run = await run_trigger(settings, asked, out=out, tty=False, timeout_s=30)
+            run = await run_trigger(settings.kafka, asked, out=out, tty=False, timeout_s=30)
             assert run.exit_code == EXIT_NOT_FOUND == 3
             row = run.board.rows["mm-2"]
             assert (row.status, row.not_found) == ("flat", (ghost,))

@@ -60,7 +60,7 @@ def cancels_of(ex: Exchange, account: str) -> list[Any]:
 
 async def halted_accounts(config: Path) -> dict[str, HaltState]:
     """What ``killswitch status`` shows (the state topic read to its end)."""
-    states = await read_status(load_settings(config), 30.0)
+    states = await read_status(load_settings(config).kafka, 30.0)
     return {s.account: s for s in states}
 
 

@@ -212,7 +212,9 @@ async def running_intake(
     stop = asyncio.Event()
     index_task = asyncio.create_task(index.run(stop))
     intake = Intake(
-        IntakeConfig.from_settings(settings),
+        IntakeConfig.from_sections(
+            settings.kafka, settings.intake, settings.engine, (a.id for a in settings.accounts)
+        ),
         settings.kafka,
         engine,
         publisher,

@@ -356,7 +356,7 @@ def test_alert_results_cover_the_contract() -> None:
     }
 
 
-def test_from_settings(tmp_path: Path, registry: CollectorRegistry) -> None:
+def test_from_sections(tmp_path: Path, registry: CollectorRegistry) -> None:
     key = tmp_path / "k.pem"
     key.write_bytes(private_key_pem(generate_private_key()))
     settings = load_settings(
@@ -371,7 +371,7 @@ def test_from_settings(tmp_path: Path, registry: CollectorRegistry) -> None:
         ],
         deadman=[{"source": "bot-7", "timeout_s": 5, "scope": {"accounts": ["mm-1"]}}],
     )
-    Metrics.from_settings(settings, registry)
+    Metrics.from_sections(registry, settings.accounts, settings.deadman)
     text = generate_latest(registry).decode()
     assert "key-aaaaaaaa" not in text
     assert value(registry, "killswitch_rate_limit_per_second", account="mm-1") == 40.0
