@@ -1162,13 +1162,22 @@ class Simulator:
             return empty
         return _UNKNOWN_SYMBOL
 
-    def _symbol_and_id(self, query: str, empty: Reply | None = None) -> tuple[str, int] | Reply:
+    def _pair_query(self, query: str, empty: Reply | None) -> tuple[str, dict[str, str]] | Reply:
+        """The query's traded pair and parameters, or the refusal: see
+        :meth:`_unknown_pair` (with ``empty`` None an unknown pair is always a 400)."""
         params = parse_query(query)
         if params is None:
             return invalid("repeated query parameter")
         symbol = params.get("symbol")
         if symbol is None or symbol not in self._specs:
             return _UNKNOWN_SYMBOL if empty is None else self._unknown_pair(symbol, empty)
+        return symbol, params
+
+    def _symbol_and_id(self, query: str, empty: Reply | None = None) -> tuple[str, int] | Reply:
+        parsed = self._pair_query(query, empty)
+        if isinstance(parsed, Reply):
+            return parsed
+        symbol, params = parsed
         order_id = parse_id(params.get("order_id"))
         if order_id is None:
             return invalid("order_id must be a positive int64")
@@ -1199,12 +1208,10 @@ class Simulator:
         self, client: Client | None, query: str, body: bytes
     ) -> tuple[Reply, int | None]:
         assert client is not None
-        params = parse_query(query)
-        if params is None:
-            return invalid("repeated query parameter"), None
-        symbol = params.get("symbol")
-        if symbol is None or symbol not in self._specs:
-            return self._unknown_pair(symbol, _EMPTY_LIST), None
+        parsed_query = self._pair_query(query, _EMPTY_LIST)
+        if isinstance(parsed_query, Reply):
+            return parsed_query, None
+        symbol, params = parsed_query
         from_id = None
         if "from_order_id" in params:
             from_id = parse_id(params["from_order_id"], minimum=0)
@@ -1246,12 +1253,10 @@ class Simulator:
         self, client: Client | None, query: str, body: bytes
     ) -> tuple[Reply, int | None]:
         assert client is not None
-        params = parse_query(query)
-        if params is None:
-            return invalid("repeated query parameter"), None
-        symbol = params.get("symbol")
-        if symbol is None or symbol not in self._specs:
-            return self._unknown_pair(symbol, _EMPTY_BULK), None
+        parsed = self._pair_query(query, _EMPTY_BULK)
+        if isinstance(parsed, Reply):
+            return parsed, None
+        symbol, _ = parsed
         book = client.books.get(symbol)
         # A snapshot: orders spawned while cancelling stay open (not atomic, as documented).
         ids = sorted(book.open, reverse=True) if book is not None else []
