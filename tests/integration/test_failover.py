@@ -81,6 +81,29 @@ def finals(records: Collection[dict[str, Any]], alert_id: str) -> list[str]:
     return [r["status"] for r in records if r.get("final") and r.get("alert_id") == alert_id]
 
 
+async def two_daemons(
+    ex: Exchange,
+    stack: contextlib.AsyncExitStack,
+    bootstrap: str,
+    unique_name: Unique,
+    partitions: int,
+) -> tuple[Settings, list[DoorServer], list[Daemon]]:
+    """Two in-process daemons in one group, each reaching the exchange through a door of
+    its own (so the requests say which daemon sent them), 20 orders seeded per account."""
+    doors = [DoorServer(ex.sim), DoorServer(ex.sim)]
+    for door in doors:
+        await stack.enter_async_context(door)
+    settings = daemon_settings(bootstrap, unique_name, ex, kafka=FAST_GROUP)
+    await prepare_topics(settings, partitions=partitions)
+    for account in ACCOUNTS:
+        ex.seed(account, SYMBOLS, 20)
+    runs = [
+        await stack.enter_async_context(daemon_in_process(through(settings, door)))
+        for door in doors
+    ]
+    return settings, doors, [r.daemon for r in runs]
+
+
 async def test_a_manual_trigger_is_swept_only_by_the_owner_of_the_account(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
@@ -88,18 +111,9 @@ async def test_a_manual_trigger_is_swept_only_by_the_owner_of_the_account(
     # each member the same partitions of both topics; round-robin would give partition
     # 0 (and 1) of alerts and of manual to different members.
     async with exchange(ACCOUNTS, SYMBOLS, seed=7) as ex, contextlib.AsyncExitStack() as stack:
-        doors = [DoorServer(ex.sim), DoorServer(ex.sim)]
-        for door in doors:
-            await stack.enter_async_context(door)
-        settings = daemon_settings(kafka_bootstrap, unique_name, ex, kafka=FAST_GROUP)
-        await prepare_topics(settings, partitions=3)
-        for account in ACCOUNTS:
-            ex.seed(account, SYMBOLS, 20)
-        runs = [
-            await stack.enter_async_context(daemon_in_process(through(settings, door)))
-            for door in doors
-        ]
-        daemons = [r.daemon for r in runs]
+        settings, doors, daemons = await two_daemons(
+            ex, stack, kafka_bootstrap, unique_name, partitions=3
+        )
         await wait_for(lambda: all(d.intake.assignment for d in daemons), timeout=30)
         await wait_for(lambda: sum(len(d.intake.assignment) for d in daemons) == 6, timeout=30)
         for account in ACCOUNTS:
@@ -123,18 +137,9 @@ async def test_a_trigger_naming_two_accounts_is_swept_by_each_account_owner(
     # different members. The trigger is keyed by mm-1 (as `killswitch trigger -a mm-1
     # -a mm-2` keys it): its reader sweeps mm-1 and forwards mm-2 to mm-2's owner.
     async with exchange(ACCOUNTS, SYMBOLS, seed=7) as ex, contextlib.AsyncExitStack() as stack:
-        doors = [DoorServer(ex.sim), DoorServer(ex.sim)]
-        for door in doors:
-            await stack.enter_async_context(door)
-        settings = daemon_settings(kafka_bootstrap, unique_name, ex, kafka=FAST_GROUP)
-        await prepare_topics(settings, partitions=4)
-        for account in ACCOUNTS:
-            ex.seed(account, SYMBOLS, 20)
-        runs = [
-            await stack.enter_async_context(daemon_in_process(through(settings, door)))
-            for door in doors
-        ]
-        daemons = [r.daemon for r in runs]
+        settings, doors, daemons = await two_daemons(
+            ex, stack, kafka_bootstrap, unique_name, partitions=4
+        )
         await wait_for(lambda: sum(len(d.intake.assignment) for d in daemons) == 8, timeout=30)
         assert owner(daemons, "mm-1") != owner(daemons, "mm-2")
         trigger = alert_message("m-both", ACCOUNTS, operator={"name": "alice"})
