@@ -3,7 +3,7 @@
 The daemon runs as ``python -m killswitch run`` against the Kafka under test (the
 embedded broker, or ``KILLSWITCH_BENCH_BOOTSTRAP``). Everything timed runs in a process
 of its own (``bench.rpc``), so no figure carries the lag of this process's event loop,
-which orchestrates, polls the group's lag and reads the results topic:
+which orchestrates and reads the results topic:
 
 - the **exchange**: the simulator in a child process, its handler wrapped to stamp, per
   API key, the first cancel request (DELETE of an order, of a pair, or of a batch) with
@@ -11,8 +11,8 @@ which orchestrates, polls the group's lag and reads the results topic:
   places the halted account's orders and times the guard's cancels;
 - the **kill producer**: a child process that stamps each calm kill just before
   producing it;
-- the **watcher**: a child process scraping ``/metrics`` and ``/readyz`` and sampling the
-  daemon's RSS;
+- the **watcher**: a child process scraping ``/metrics`` and ``/readyz``, sampling the
+  daemon's RSS, and stamping the moment the group's committed offsets reach the end;
 - the storm producer and the bare consumer (one child process each, per storm).
 
 Per round (``--rounds``, the kills alternating between the alerts and the manual topic):
@@ -224,11 +224,19 @@ async def kill_producer(bootstrap: str) -> AsyncIterator[rpc.Handlers]:
 
 
 @contextlib.asynccontextmanager
-async def watcher() -> AsyncIterator[rpc.Handlers]:
+async def watcher(bootstrap: str, group: str, topic: str) -> AsyncIterator[rpc.Handlers]:
     """In the watcher process: ``start(metrics_url, pid)`` scrapes ``/metrics`` and
     ``/readyz`` every 250 ms and samples the daemon's RSS until ``stop()``, which
-    answers the figures (see :class:`Watch`)."""
+    answers the figures (see :class:`Watch`); ``drained(timeout)`` polls the group's
+    committed offsets on ``topic`` and answers when they first reach the end (lag 0)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
     current: list[Watch] = []
+    parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    lag_reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await lag_reader.start()
 
     async def start(metrics_url: str, pid: int) -> None:
         current[:] = [Watch(metrics_url, pid)]
@@ -237,9 +245,18 @@ async def watcher() -> AsyncIterator[rpc.Handlers]:
     async def stop() -> dict[str, Any]:
         return await current[0].end()
 
-    yield {"start": start, "stop": stop}
-    if current:
-        await current[0].end()
+    async def drained(timeout: float) -> float:
+        async with asyncio.timeout(timeout):
+            while await _lag(lag_reader, parts) > 0:  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0.02)
+        return time.perf_counter()
+
+    try:
+        yield {"start": start, "stop": stop, "drained": drained}
+    finally:
+        if current:
+            await current[0].end()
+        await lag_reader.stop()
 
 
 def _alert(alert_id: str, account: str, *, manual: bool = False, latch: bool = False) -> bytes:
@@ -647,8 +664,6 @@ class Setup:
 async def _round(
     setup: Setup, number: int, daemon: harness.DaemonProcess, metrics_url: str, results: Any
 ) -> dict[str, Any]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
     args, ex = setup.args, setup.exchange
     on_manual = number % 2 == 1
     kill_topic = setup.topics["manual" if on_manual else "alerts"]
@@ -660,67 +675,54 @@ async def _round(
     for a in setup.accounts:
         if a.startswith("acct-"):
             await ex.call("seed", a, ORDERS_PER_STORM_ACCOUNT)
-    parts = [TopicPartition(setup.topics["alerts"], p) for p in range(PARTITIONS)]
-    lag_reader = AIOKafkaConsumer(
-        bootstrap_servers=setup.bootstrap, group_id=setup.group, enable_auto_commit=False
-    )
-    await lag_reader.start()
     drained = asyncio.Event()
     prefix = f"storm{number}"
-    try:
-        storm_kills = Kills(
-            ex, setup.producer, results, kill_topic, on_manual, calm, f"{prefix}-calm"
+    storm_kills = Kills(ex, setup.producer, results, kill_topic, on_manual, calm, f"{prefix}-calm")
+    _reset_peak(daemon.pid)
+    rss_before = _status_kb(daemon.pid, "VmRSS")
+    profiler = (
+        Profiler(daemon.pid, Path(args.profile_dir) / f"{prefix}.raw") if args.profile else None
+    )
+    await setup.watcher.call("start", metrics_url, daemon.pid)
+    await ex.call("guard_start")
+    produce = asyncio.create_task(
+        _in_child(
+            _produce_storm,
+            setup.bootstrap,
+            setup.topics["alerts"],
+            prefix,
+            args.alerts,
+            args.accounts,
         )
-        _reset_peak(daemon.pid)
-        rss_before = _status_kb(daemon.pid, "VmRSS")
-        profiler = (
-            Profiler(daemon.pid, Path(args.profile_dir) / f"{prefix}.raw") if args.profile else None
-        )
-        await setup.watcher.call("start", metrics_url, daemon.pid)
-        await ex.call("guard_start")
-        produce = asyncio.create_task(
-            _in_child(
-                _produce_storm,
-                setup.bootstrap,
-                setup.topics["alerts"],
-                prefix,
-                args.alerts,
-                args.accounts,
-            )
-        )
-        kills = asyncio.create_task(storm_kills.run(drained.is_set))
-        async with asyncio.timeout(600):
-            produced = await produce
-            while await _lag(lag_reader, parts) > 0:  # noqa: ASYNC110 - no event to wait on
-                await asyncio.sleep(0.02)
-        lag_zero = time.perf_counter() - float(produced["start"])
-        drained.set()
-        if profiler is not None:
-            profiler.stop()
-        await kills
-        await storm_kills.finish(120)
-        watched = await setup.watcher.call("stop")
-        guard = await ex.call("guard_stop")
-        peak_kb = _status_kb(daemon.pid, "VmHWM")
-        # Only kills produced before the lag was 0 were stuck in a storm, if anywhere.
-        window = (float(produced["start"]), float(produced["start"]) + lag_zero)
-        during = [
-            lat
-            for lat, at in zip(storm_kills.latencies, storm_kills.stamps, strict=False)
-            if at <= window[1]
-        ]
-        harness_lag = {
-            "benchmark": setup.lag.between(*window),
-            "exchange": await ex.call("loop_lag", *window),
-            "kill_producer": await setup.producer.call("loop_lag", *window),
-        }
-        idle_kills = Kills(
-            ex, setup.producer, results, kill_topic, on_manual, calm, f"idle{number}"
-        )
-        await idle_kills.run(lambda: False, count=max(len(during), args.kills))
-        await idle_kills.finish(120)
-    finally:
-        await lag_reader.stop()
+    )
+    kills = asyncio.create_task(storm_kills.run(drained.is_set))
+    async with asyncio.timeout(600):
+        produced = await produce
+    # Stamped in the watcher, when it first sees the group's lag at 0.
+    lag_zero = await setup.watcher.call("drained", 600.0, timeout=610) - float(produced["start"])
+    drained.set()
+    if profiler is not None:
+        profiler.stop()
+    await kills
+    await storm_kills.finish(120)
+    watched = await setup.watcher.call("stop")
+    guard = await ex.call("guard_stop")
+    peak_kb = _status_kb(daemon.pid, "VmHWM")
+    # Only kills produced before the lag was 0 were stuck in a storm, if anywhere.
+    window = (float(produced["start"]), float(produced["start"]) + lag_zero)
+    during = [
+        lat
+        for lat, at in zip(storm_kills.latencies, storm_kills.stamps, strict=False)
+        if at <= window[1]
+    ]
+    harness_lag = {
+        "benchmark": setup.lag.between(*window),
+        "exchange": await ex.call("loop_lag", *window),
+        "kill_producer": await setup.producer.call("loop_lag", *window),
+    }
+    idle_kills = Kills(ex, setup.producer, results, kill_topic, on_manual, calm, f"idle{number}")
+    await idle_kills.run(lambda: False, count=max(len(during), args.kills))
+    await idle_kills.finish(120)
     out: dict[str, Any] = {
         "kills_on": "manual" if on_manual else "alerts",
         "bare_consume_s": round(bare_s, 3),
@@ -803,7 +805,7 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     async with (
         rpc.Child(exchange, names) as ex,
         rpc.Child(kill_producer, bootstrap) as producer,
-        rpc.Child(watcher) as watch,
+        rpc.Child(watcher, bootstrap, group, topics["alerts"]) as watch,
         rpc.probing(rpc.LoopLag()) as lag,
     ):
         described = await ex.call("describe")
