@@ -51,6 +51,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import random
 import shutil
 import signal
@@ -685,6 +686,9 @@ async def _round(
     )
     await setup.watcher.call("start", metrics_url, daemon.pid)
     await ex.call("guard_start")
+    pids = _pids(setup, daemon)
+    cpu_before = {name: harness.cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_from = time.perf_counter()
     produce = asyncio.create_task(
         _in_child(
             _produce_storm,
@@ -701,6 +705,10 @@ async def _round(
     # Stamped in the watcher, when it first sees the group's lag at 0.
     lag_zero = await setup.watcher.call("drained", 600.0, timeout=610) - float(produced["start"])
     drained.set()
+    cpu_storm = {
+        name: round(harness.cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()
+    }
+    cpu_storm["wall"] = round(time.perf_counter() - cpu_from, 2)
     if profiler is not None:
         profiler.stop()
     await kills
@@ -737,12 +745,24 @@ async def _round(
         "rss_peak_mb": round(max([peak_kb, *watched["rss_kb"]]) / 1024, 1),
         "loop_lag": watched["loop_lag"],
         "harness_loop_lag_ms": harness_lag,
+        "cpu_s_during_storm": cpu_storm,
     }
     if args.profile:
         out["profile_us_per_alert"] = stage_breakdown(
             Path(args.profile_dir) / f"{prefix}.raw", args.alerts
         )
     return out
+
+
+def _pids(setup: Setup, daemon: harness.DaemonProcess) -> dict[str, int]:
+    """The long-lived processes of a run, by role (the daemon's first)."""
+    return {
+        "daemon": daemon.pid,
+        "benchmark": os.getpid(),
+        "exchange": setup.exchange.pid,
+        "kill_producer": setup.producer.pid,
+        "watcher": setup.watcher.pid,
+    }
 
 
 async def _warm_up(setup: Setup, results: Any) -> None:
@@ -930,6 +950,14 @@ def _print_round(r: dict[str, Any]) -> None:
             for name, v in own.items()
         )
         + " (the timed figures are stamped in the exchange and kill-producer processes)",
+    )
+    cpu = dict(r["cpu_s_during_storm"])
+    wall = cpu.pop("wall")
+    harness.summary(
+        "storm cpu_during_storm",
+        f"CPU seconds over the {wall:.2f} s from starting the storm's producer to lag 0: "
+        + ", ".join(f"{name.replace('_', ' ')} {v:.2f}" for name, v in cpu.items())
+        + " (the storm producer's and the broker's not counted)",
     )
     if "profile_us_per_alert" in r:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in r["profile_us_per_alert"].items())
