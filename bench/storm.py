@@ -184,11 +184,14 @@ class Guard:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> list[float]:
-        """Stop placing orders; the reaction times (s) since ``start``."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Stop placing orders; the reaction times (s) since ``start``. Raises what
+        ended the orders early (a guard that never cancelled within 30 s)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            if not task.cancelled() and task.exception() is not None:
+                raise RuntimeError("the guard did not cancel an order within 30 s")
         return self.reactions
 
     async def _run(self) -> None:
