@@ -168,11 +168,10 @@ class Child:
     def __init__(self, factory: Factory, *args: Any) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe(duplex=True)
+        self._child_end = child
         self._process = ctx.Process(
             target=child_main, args=(child, factory, args), daemon=True, name=factory.__name__
         )
-        self._process.start()
-        child.close()
         self._numbers = itertools.count()
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._closed = False
@@ -183,6 +182,8 @@ class Child:
         return self._process.pid
 
     async def __aenter__(self) -> Child:
+        self._process.start()
+        self._child_end.close()
         asyncio.get_running_loop().add_reader(self._conn.fileno(), self._readable)
         return self
 

@@ -726,11 +726,7 @@ async def _round(
         for lat, at in zip(storm_kills.latencies, storm_kills.stamps, strict=False)
         if at <= window[1]
     ]
-    harness_lag = {
-        "benchmark": setup.lag.between(*window),
-        "exchange": await ex.call("loop_lag", *window),
-        "kill_producer": await setup.producer.call("loop_lag", *window),
-    }
+    harness_lag = await _harness_lag(setup, window)
     idle_kills = Kills(ex, setup.producer, results, kill_topic, on_manual, calm, f"idle{number}")
     await idle_kills.run(lambda: False, count=max(len(during), args.kills))
     await idle_kills.finish(120)
@@ -755,6 +751,15 @@ async def _round(
             Path(args.profile_dir) / f"{prefix}.raw", args.alerts
         )
     return out
+
+
+async def _harness_lag(setup: Setup, window: tuple[float, float]) -> dict[str, Any]:
+    """The event-loop lag of this process and of the stamping processes in ``window``."""
+    return {
+        "benchmark": setup.lag.between(*window),
+        "exchange": await setup.exchange.call("loop_lag", *window),
+        "kill_producer": await setup.producer.call("loop_lag", *window),
+    }
 
 
 def _pids(setup: Setup, daemon: harness.DaemonProcess) -> dict[str, int]:
