@@ -172,7 +172,7 @@ async def async_run(
 ) -> None:
     """Run until ``stop_event`` is set (or SIGTERM/SIGINT with ``handle_signals``)."""
     verifier = validate(settings)
-    register_settings_secrets(settings)
+    register_settings_secrets(settings.kafka, settings.accounts)
     stop = stop_event or asyncio.Event()
     if handle_signals:
         _install_signal_handlers(stop)
