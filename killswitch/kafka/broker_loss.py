@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
+from killswitch.contracts import final_result_fields
 from killswitch.core.broker_loss import (
     SOURCE,
     BrokerLossClock,
@@ -33,7 +34,6 @@ from killswitch.core.broker_loss import (
 )
 from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult
 from killswitch.core.ports import ResultSink, StateSink
-from killswitch.kafka.consumer import final_result_fields
 
 __all__ = ["RETRY_S", "BrokerLossGuard"]
 
