@@ -241,12 +241,10 @@ async def _sweep(
     for account in board.accounts:  # no daemon to wait for: this process is sweeping
         board.rows[account] = replace(board.rows[account], status="running")
     display.show(board, changed=True)
-    try:
+    # Leaving the engine's lifetime stops the latch guard too: with --latch, the daemons
+    # guard the account once the halt is on the state topic.
+    async with engine:
         results = await asyncio.gather(*(engine.start(r, progress) for r in requests))
-    finally:
-        # Stops the latch guard too: with --latch, the daemons guard the account once
-        # the halt is on the state topic.
-        await engine.close(0.0)
     for result in results:
         board.apply_result(result_to_json(replace(result, final=True)))
     display.show(board, changed=True, final=True)
