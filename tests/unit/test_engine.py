@@ -633,6 +633,30 @@ def test_restore_halt_before_the_lifetime_starts_guarding_when_it_begins() -> No
     asyncio.run(main())
 
 
+async def test_leaving_the_lifetime_ends_every_task_of_the_engine() -> None:
+    """A latched kill stuck on a cancel that never answers, a guard, a second account's
+    sweep: leaving the lifetime (no close first) ends them all, and every alert has its
+    answer."""
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    ex.gate = asyncio.Event()  # never set: the cancel hangs
+    other = FakeExchange(["BTC_USDT"], account="mm-2")
+    other.place("BTC_USDT")
+    other.gate = asyncio.Event()
+    before = asyncio.all_tasks()
+    async with Engine({ACCOUNT: ex, "mm-2": other}, settings()) as engine:
+        latched = engine.start(request(latch=True), Progress())
+        plain = engine.start(request("a2", account="mm-2"), Progress())
+        await wait_for(lambda: ex.calls("cancel") and other.calls("cancel"))
+        assert engine.guarded() == {ACCOUNT}
+    assert asyncio.all_tasks() == before  # nothing of the engine outlives it
+    for future in (latched, plain):
+        result = await future
+        assert result.status is SweepStatus.FAILED
+        assert result.final
+    assert engine.guarded() == frozenset()
+
+
 async def test_start_outside_the_lifetime_is_refused() -> None:
     engine = Engine({ACCOUNT: FakeExchange()}, settings())
     with pytest.raises(RuntimeError, match="not running"):
