@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -37,6 +37,14 @@ async def task_scope() -> AsyncIterator[asyncio.TaskGroup]:
 
 def _end_body() -> None:
     raise _BodyEnded
+
+
+async def wait_any(events: Iterable[asyncio.Event], seconds: float) -> None:
+    """Return as soon as one of ``events`` is set, or after ``seconds``; the waits on the
+    others end with it."""
+    async with task_scope() as tasks:
+        waits = [tasks.create_task(event.wait()) for event in events]
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:

@@ -34,7 +34,7 @@ from killswitch.core.broker_loss import (
 )
 from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult
 from killswitch.core.ports import ResultSink, StateSink
-from killswitch.tasks import task_scope
+from killswitch.tasks import task_scope, wait_any
 
 __all__ = ["RETRY_S", "BrokerLossGuard"]
 
@@ -145,7 +145,7 @@ class BrokerLossGuard:
                 # Apart from this loop: a publish to a broker that vanished again
                 # hangs until the client gives up, and must not delay a kill.
                 self._flush_task = group.create_task(self._flush_and_wake())
-            await self._sleep(stop, self._next_wake())
+            await wait_any([self._wake, stop], self._next_wake())
 
     async def _last_flush(self, last_flush_s: float) -> None:
         if self._up and self.held:
@@ -176,15 +176,6 @@ class BrokerLossGuard:
         if self._up and self.held:
             wait = min(wait, RETRY_S)
         return wait
-
-    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
-        wake = asyncio.create_task(self._wake.wait())
-        halt = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait([wake, halt], timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            wake.cancel()
-            halt.cancel()
 
     # ------------------------------------------------------------------ kills
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from killswitch.tasks import Interrupted, task_scope, unless_set
+from killswitch.tasks import Interrupted, task_scope, unless_set, wait_any
 
 
 async def test_unless_set_returns_the_result_when_the_event_stays_clear() -> None:
@@ -89,3 +89,20 @@ async def test_task_scope_raises_a_failing_task_and_cancels_the_rest() -> None:
         await body()
     assert raised.group_contains(ValueError, match="boom")
     assert tasks[0].cancelled()
+
+
+async def test_wait_any_returns_when_one_event_is_set_and_leaves_no_task() -> None:
+    first, second = asyncio.Event(), asyncio.Event()
+    before = asyncio.all_tasks()
+    loop = asyncio.get_running_loop()
+    loop.call_soon(second.set)
+    await wait_any([first, second], seconds=60.0)
+    assert second.is_set()
+    assert not first.is_set()
+    assert asyncio.all_tasks() == before
+
+
+async def test_wait_any_returns_after_the_timeout() -> None:
+    before = asyncio.all_tasks()
+    await wait_any([asyncio.Event()], seconds=0.01)
+    assert asyncio.all_tasks() == before
