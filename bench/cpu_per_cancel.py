@@ -220,12 +220,14 @@ def run_engine(
             # per_order: the figure is CPU per DELETE (the default, auto, would cancel
             # the pair with one cancel-all and leave nothing per order to measure).
             settings = EngineSettings(strategy="per_order")
-            engine = Engine({ACCOUNT: client}, settings.engine_config(), concurrency=inflight)
-            await engine.submit(kill("warm", WARM_SYMBOL), no_progress)
-            wall0, cpu0 = time.perf_counter(), time.process_time()
-            result = await engine.submit(kill("measured", SYMBOL), no_progress)
-            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-            await engine.close(5.0)
+            async with Engine(
+                {ACCOUNT: client}, settings.engine_config(), concurrency=inflight
+            ) as engine:
+                await engine.submit(kill("warm", WARM_SYMBOL), no_progress)
+                wall0, cpu0 = time.perf_counter(), time.process_time()
+                result = await engine.submit(kill("measured", SYMBOL), no_progress)
+                cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+                await engine.close(5.0)
         measured = _measured(result.counts.sent, len(ids), cpu, wall)
         measured["status"] = result.status.value
         measured["sweeps"] = result.sweeps

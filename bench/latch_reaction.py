@@ -138,8 +138,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         async with (
             ExchangeClient(settings) as client,
             httpx.AsyncClient(base_url=sim.base_url, timeout=10.0) as http,
+            Engine({ACCOUNT: client}, engine_settings.engine_config(), bound) as engine,
         ):
-            engine = Engine({ACCOUNT: client}, engine_settings.engine_config(), bound)
             try:
                 await client.sync_clock()  # warm: clock offset and a pooled connection
                 engine.restore_halt(

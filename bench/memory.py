@@ -88,25 +88,25 @@ def run_kill(
         engine_settings = EngineSettings(strategy=strategy, default_deadline_s=600.0)  # type: ignore[arg-type]
         async with ExchangeClient(settings) as client:
             await client.sync_clock()
-            engine = Engine(
+            async with Engine(
                 {ACCOUNT: client}, engine_settings.engine_config(), concurrency=inflight
-            )
-            warm = await engine.submit(
-                kill("warm", Scope(symbols=frozenset({WARM_SYMBOL}))), no_progress
-            )
-            baseline_kb = _status_kb("VmRSS")
-            reset = _reset_peak()
-            sampled = [baseline_kb]
-            stop = asyncio.Event()
-            sampler = asyncio.create_task(sample(sampled, stop))
-            started = time.perf_counter()
-            result = await engine.submit(kill("measured", Scope()), no_progress)
-            seconds = time.perf_counter() - started
-            stop.set()
-            await sampler
-            hwm_kb = _status_kb("VmHWM")
-            after_kb = _status_kb("VmRSS")
-            await engine.close(5.0)
+            ) as engine:
+                warm = await engine.submit(
+                    kill("warm", Scope(symbols=frozenset({WARM_SYMBOL}))), no_progress
+                )
+                baseline_kb = _status_kb("VmRSS")
+                reset = _reset_peak()
+                sampled = [baseline_kb]
+                stop = asyncio.Event()
+                sampler = asyncio.create_task(sample(sampled, stop))
+                started = time.perf_counter()
+                result = await engine.submit(kill("measured", Scope()), no_progress)
+                seconds = time.perf_counter() - started
+                stop.set()
+                await sampler
+                hwm_kb = _status_kb("VmHWM")
+                after_kb = _status_kb("VmRSS")
+                await engine.close(5.0)
         return {
             "baseline_rss_kb": baseline_kb,
             "peak_hwm_kb": hwm_kb if reset else None,

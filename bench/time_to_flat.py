@@ -215,7 +215,6 @@ async def _open_after(admin: httpx.AsyncClient) -> int:
 async def _kill(
     client: ExchangeClient, settings: EngineSettings, name: str, workers: int
 ) -> tuple[SweepResult, float]:
-    engine = Engine({ACCOUNT: client}, settings.engine_config(), concurrency=workers)
     request = KillRequest(
         alert_id=f"bench-{name}",
         account=ACCOUNT,
@@ -227,12 +226,13 @@ async def _kill(
     async def no_progress(result: SweepResult) -> None:
         pass
 
-    start = time.perf_counter()
-    try:
-        result = await engine.submit(request, no_progress)
-    finally:
-        seconds = time.perf_counter() - start
-        await engine.close(5.0)
+    async with Engine({ACCOUNT: client}, settings.engine_config(), concurrency=workers) as engine:
+        start = time.perf_counter()
+        try:
+            result = await engine.submit(request, no_progress)
+        finally:
+            seconds = time.perf_counter() - start
+            await engine.close(5.0)
     return result, seconds
 
 

@@ -48,7 +48,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from killswitch.core.carry import RESULT_MAX_ORDERS, carried_from_json, carry_over
+from killswitch.core.carry import RESULT_MAX_ORDERS, carry_over
 from killswitch.core.model import (
     CarriedOutcomes,
     Counts,
@@ -63,7 +63,7 @@ from killswitch.core.model import (
     no_sweep_result,
 )
 from killswitch.core.orders import Side
-from killswitch.core.outcomes import Outcome
+from killswitch.core.outcomes import Outcome, RejectReason
 from killswitch.core.pairs import PAIR_NAME_RE
 from killswitch.core.times import format_time, parse_time
 
@@ -596,6 +596,35 @@ def encode_result(result: SweepResult, origin: Origin | None = None) -> bytes:
     return text.replace('"orders":[]', f'"orders":{orders}', 1).encode("utf-8")
 
 
+def final_result_fields(result: SweepResult) -> dict[str, Any]:
+    """The structured fields of the one log line per final result: the result's own
+    field names, its counts flattened, and the kill's duration in ``seconds``."""
+    c = result.counts
+    seconds = (
+        round((result.finished_at - result.received_at).total_seconds(), 3)
+        if result.finished_at is not None
+        else None
+    )
+    return {
+        "alert_id": result.alert_id,
+        "account": result.account,
+        "status": result.status.value,
+        "dry_run": result.dry_run,
+        "sent": c.sent,
+        "already_closed": c.already_closed,
+        "rejected": c.rejected,
+        "failed": c.failed,
+        "skipped": c.skipped,
+        "residual_open": result.residual_open,
+        "unlisted_pairs": list(result.unlisted_pairs),
+        "operator": result.operator,
+        "source": result.source,
+        "trigger_reason": result.trigger_reason,
+        "reason": result.reason,
+        "seconds": seconds,
+    }
+
+
 # The last list of order reports encoded, kept (so its id cannot be reused) with its
 # length (a list changed since would not match) and its JSON.
 _orders_memo: tuple[list[OrderReport], int, str, int] | None = None
@@ -648,8 +677,8 @@ class ResultRecord:
     one an older daemon lacked (or one not of its type) reads as its empty value, and
     only ``account`` and ``status`` are required. ``carried`` (progress results read by
     :func:`decode_result_summary`) is what a replay after a crash folds in, decoded by
-    :func:`killswitch.core.carry.carried_from_json`, which trusts another process's
-    record only as far as it is consistent.
+    :func:`carried_from_json`, which trusts another process's record only as far as it
+    is consistent.
     """
 
     account: str
@@ -791,6 +820,99 @@ def decode_result_summary(raw: bytes | None) -> ResultRecord | None:
     if record.final:
         return record
     return dataclasses.replace(record, carried=carried_from_json(data))
+
+
+# ------------------------------------------- a progress result's outcomes, for a replay
+
+_COUNT_NAMES = ("sent", "already_closed", "rejected", "failed", "skipped")
+
+
+def carried_from_json(data: Mapping[str, Any]) -> CarriedOutcomes | None:
+    """The outcomes a (progress) ``killswitch.result/v1`` record reports, decoded: the
+    part of the result reader a replay folds in (:func:`killswitch.core.carry.carry_over`).
+
+    Written by another process (maybe another version): trusted only as far as it is
+    consistent. None without readable counts; counts only (no per-order outcomes) when
+    the order list is unreadable, has duplicates, or is complete but disagrees with the
+    counts; no cancels in flight when their list is unreadable or has duplicates (an
+    entry that also has an outcome is left out). Never raises."""
+    raw_counts = data.get("counts")
+    if not isinstance(raw_counts, dict):
+        return None
+    values: dict[str, int] = {}
+    for name in _COUNT_NAMES:
+        value = _count(raw_counts.get(name, 0))
+        if value is None:
+            return None
+        values[name] = value
+    counts = Counts(**values)
+    orders = _decode_reports(data.get("orders"), counts)
+    return CarriedOutcomes(
+        counts=counts,
+        orders=orders,
+        in_flight=_decode_in_flight(data.get("in_flight"), orders),
+        sweeps=_count(data.get("sweeps")) or 0,
+        received_at=parse_time(data.get("received_at")),
+        first_cancel_at=parse_time(data.get("first_cancel_at")),
+    )
+
+
+def _decode_reports(raw: Any, counts: Counts) -> tuple[OrderReport, ...]:
+    """Per-order outcomes that agree with ``counts``; () when any entry is unreadable."""
+    if not isinstance(raw, list) or len(raw) > counts.resolved:
+        return ()
+    reports: dict[int, OrderReport] = {}
+    for entry in raw:
+        report = _decode_report(entry)
+        if report is None or report.order_id in reports:
+            return ()
+        reports[report.order_id] = report
+    out = tuple(reports.values())
+    if len(out) == counts.resolved:  # a complete list must tally with the counts
+        tally = Counts()
+        for report in out:
+            tally.add(report.outcome)
+        if tally != counts:
+            return ()
+    return out
+
+
+def _decode_in_flight(raw: Any, orders: tuple[OrderReport, ...]) -> tuple[InFlight, ...]:
+    """Cancels in flight, each once and none with an outcome; () when any is unreadable."""
+    if not isinstance(raw, list) or len(raw) > RESULT_MAX_ORDERS:
+        return ()
+    concluded = {o.order_id for o in orders}
+    found: dict[int, InFlight] = {}
+    for entry in raw:
+        if not isinstance(entry, dict):
+            return ()
+        order_id, symbol = _count(entry.get("order_id")), entry.get("symbol")
+        if order_id is None or not isinstance(symbol, str) or order_id in found:
+            return ()
+        if order_id not in concluded:
+            found[order_id] = InFlight(order_id, symbol)
+    return tuple(found.values())
+
+
+def _decode_report(entry: Any) -> OrderReport | None:
+    if not isinstance(entry, dict):
+        return None
+    order_id, symbol = _count(entry.get("order_id")), entry.get("symbol")
+    attempts = _count(entry.get("attempts", 0))
+    outcome, reason = entry.get("outcome"), entry.get("reason")
+    if order_id is None or not isinstance(symbol, str) or attempts is None:
+        return None
+    if not (isinstance(outcome, str) and outcome in _OUTCOMES):
+        return None
+    if not (reason is None or (isinstance(reason, str) and reason in _REASONS)):
+        return None
+    return OrderReport(
+        order_id, symbol, Outcome(outcome), attempts, RejectReason(reason) if reason else None
+    )
+
+
+_OUTCOMES = frozenset(o.value for o in Outcome)
+_REASONS = frozenset(r.value for r in RejectReason)
 
 
 def scope_to_json(scope: Scope) -> dict[str, Any]:

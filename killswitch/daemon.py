@@ -172,7 +172,7 @@ async def async_run(
 ) -> None:
     """Run until ``stop_event`` is set (or SIGTERM/SIGINT with ``handle_signals``)."""
     verifier = validate(settings)
-    register_settings_secrets(settings)
+    register_settings_secrets(settings.kafka, settings.accounts)
     stop = stop_event or asyncio.Event()
     if handle_signals:
         _install_signal_handlers(stop)
@@ -218,10 +218,11 @@ async def _live(
             return
         daemon, spawn = started
         failure: Exception | None = None
-        # The long-lived parts (intake, readers, dead-man, probes) live in this group: none
-        # outlives the daemon. Each handles its own failure (``_part``), so the group never
-        # cancels the others on its own; the stop decides their order.
-        async with asyncio.TaskGroup() as tg:
+        # The engine's lifetime (its sweeps and guards) encloses the parts that submit to
+        # it. The long-lived parts (intake, readers, dead-man, probes) live in this group:
+        # none outlives the daemon. Each handles its own failure (``_part``), so the group
+        # never cancels the others on its own; the stop decides their order.
+        async with daemon.engine, asyncio.TaskGroup() as tg:
             parts = spawn(tg)
             try:
                 _announce(daemon, ready_event, on_started)

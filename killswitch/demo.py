@@ -41,7 +41,7 @@ from killswitch.commands.common import OperatorError
 from killswitch.commands.operator_keys import load_operator_key, public_key_b64, write_operator_key
 from killswitch.commands.prepare import TriggerRequest, prepare_trigger
 from killswitch.commands.status import read_status
-from killswitch.commands.trigger import TriggerRun, run_trigger
+from killswitch.commands.trigger import TriggerRun, run_trigger, trigger_rules
 from killswitch.config import (
     AccountSettings,
     ConfigError,
@@ -399,7 +399,9 @@ async def _kill(
         operator=DEMO_OPERATOR,
         latch=True,
     )
-    prepared = prepare_trigger(request, settings, now=datetime.now(UTC), signing_key=operator_key)
+    prepared = prepare_trigger(
+        request, trigger_rules(settings), now=datetime.now(UTC), signing_key=operator_key
+    )
     accounts = " ".join(f"-a {a}" for a in report.killed)
     out.write(
         f'$ killswitch trigger {accounts} --latch -r "{request.reason}" '

@@ -32,7 +32,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from killswitch.board import Board
-from killswitch.config import ConfigError, KafkaSettings, Settings, TopicSettings
+from killswitch.config import (
+    AccountSettings,
+    ConfigError,
+    DirectSettings,
+    EngineSettings,
+    KafkaSettings,
+    TopicSettings,
+)
 from killswitch.contracts import Alert, DeadLetter, RejectKind, kill_requests, result_to_json
 from killswitch.core.model import HaltState, KillRequest, SweepResult
 from killswitch.core.pairs import PairList, PairVerdict, check_pairs
@@ -84,9 +91,12 @@ class DirectRun:
 
 
 async def run_direct(
-    settings: Settings,
     alert: Alert,
     *,
+    accounts: Sequence[AccountSettings],
+    engine: EngineSettings,
+    kafka: KafkaSettings,
+    direct: DirectSettings,
     out: TextIO,
     tty: bool,
     audit_file: Path,
@@ -95,34 +105,39 @@ async def run_direct(
     """Run ``alert`` (a kill) against the exchange from this process; see the module doc."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    configured = [a.id for a in settings.accounts]
+    configured = {a.id: a for a in accounts}
     requests = kill_requests(
         alert,
-        accounts=configured,
+        accounts=list(configured),
         received_at=datetime.now(UTC),
-        default_deadline_s=settings.engine.default_deadline_s,
+        default_deadline_s=engine.default_deadline_s,
     )
     board = Board(alert.alert_id, [r.account for r in requests], dry_run=alert.dry_run)
     run = DirectRun(alert, board, audit_file=audit_file)
     try:
         clients = ExchangeClients(
-            [settings.account(r.account) for r in requests],
-            exchange_info_ttl_s=settings.engine.exchange_info_ttl_s,
-            transport=settings.engine.http_transport,
+            [configured[r.account] for r in requests],
+            exchange_info_ttl_s=engine.exchange_info_ttl_s,
+            transport=engine.http_transport,
         )
     except KeyLoadError as exc:
         raise ConfigError(str(exc)) from None
-    link = asyncio.create_task(_connect(settings.kafka, settings.direct.kafka_connect_timeout_s))
+    link = asyncio.create_task(_connect(kafka, direct.kafka_connect_timeout_s))
     states: list[HaltState] = []
     try:
         async with clients:
             await _kill(
-                run, settings, clients, requests, states=states, display=Display(out, tty=tty)
+                run,
+                _Sweeper(engine, {a.id: a.max_concurrency for a in accounts}),
+                clients,
+                requests,
+                states=states,
+                display=Display(out, tty=tty),
             )
         run.elapsed_s = loop.time() - started
         records = [direct_record(r) for r in run.results]
         run.audit_error = append_audit(audit_file, records)
-        await _publish(run, link, states, instance, settings.kafka.topics)
+        await _publish(run, link, states, instance, kafka.topics)
     finally:
         await _close(link)
     run.exit_code = board.exit_code()
@@ -134,9 +149,17 @@ async def run_direct(
 # ------------------------------------------------------------------------ the kill
 
 
+@dataclass(frozen=True)
+class _Sweeper:
+    """What the engine of a direct kill is built from."""
+
+    engine: EngineSettings
+    concurrency: dict[str, int]
+
+
 async def _kill(
     run: DirectRun,
-    settings: Settings,
+    sweeper: _Sweeper,
     clients: ExchangeClients,
     requests: list[KillRequest],
     *,
@@ -152,7 +175,7 @@ async def _kill(
         run.board.apply_dead_letter(letter.to_json())
         return
     run.results = await _sweep(
-        settings,
+        sweeper,
         clients,
         _mark_unchecked(requests, verdict),
         board=run.board,
@@ -193,7 +216,7 @@ def _mark_unchecked(requests: list[KillRequest], verdict: PairVerdict) -> list[K
 
 
 async def _sweep(
-    settings: Settings,
+    sweeper: _Sweeper,
     clients: ExchangeClients,
     requests: Sequence[KillRequest],
     *,
@@ -211,19 +234,17 @@ async def _sweep(
 
     engine = Engine(
         clients,
-        settings.engine.engine_config(),
+        sweeper.engine.engine_config(),
         on_state=on_state,
-        concurrency={a.id: a.max_concurrency for a in settings.accounts},
+        concurrency=sweeper.concurrency,
     )
     for account in board.accounts:  # no daemon to wait for: this process is sweeping
         board.rows[account] = replace(board.rows[account], status="running")
     display.show(board, changed=True)
-    try:
+    # Leaving the engine's lifetime stops the latch guard too: with --latch, the daemons
+    # guard the account once the halt is on the state topic.
+    async with engine:
         results = await asyncio.gather(*(engine.start(r, progress) for r in requests))
-    finally:
-        # Stops the latch guard too: with --latch, the daemons guard the account once
-        # the halt is on the state topic.
-        await engine.close(0.0)
     for result in results:
         board.apply_result(result_to_json(replace(result, final=True)))
     display.show(board, changed=True, final=True)

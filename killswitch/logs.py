@@ -3,7 +3,8 @@
 Call sites pass context as ``extra={"alert_id": ..., "account": ..., "order_id": ...}``.
 Registered secrets are masked in every rendered line, exception and traceback included,
 as a last line of defence; the first is never to put a secret into a log call at all.
-:func:`register_settings_secrets` registers every secret of a :class:`Settings` at start-up.
+:func:`register_settings_secrets` registers every secret of the configuration (the Kafka
+section and the accounts) at start-up.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, SecretStr
 
 if TYPE_CHECKING:
-    from killswitch.config import Settings
+    from collections.abc import Sequence
+
+    from killswitch.config import AccountSettings, KafkaSettings
 
 __all__ = [
     "MASK",
@@ -105,12 +108,14 @@ def register_secrets(values: Iterable[str]) -> None:
     default_masker.register(values)
 
 
-def settings_secrets(settings: Settings) -> list[str]:
-    """Every secret value in ``settings``: each ``SecretStr`` anywhere in the tree (API keys,
-    inline private keys, passphrases, Kafka SASL and TLS passwords), plus the contents of
-    private key files that can be read."""
-    found = [secret.get_secret_value() for secret in _walk_secrets(settings)]
-    for account in settings.accounts:
+def settings_secrets(kafka: KafkaSettings, accounts: Sequence[AccountSettings]) -> list[str]:
+    """Every secret value of the sections that hold secrets: each ``SecretStr`` in the
+    Kafka section (SASL and TLS passwords) and the accounts (API keys, inline private keys,
+    passphrases, TLS key passwords), plus the contents of private key files that can be
+    read. No other section of the configuration holds a ``SecretStr`` (a unit test keeps
+    that so)."""
+    found = [secret.get_secret_value() for secret in _walk_secrets([kafka, *accounts])]
+    for account in accounts:
         if account.private_key_file is not None:
             # Unreadable now: the client reports that when it loads the key.
             with contextlib.suppress(OSError):
@@ -132,9 +137,13 @@ def _walk_secrets(value: object) -> Iterator[SecretStr]:
             yield from _walk_secrets(item)
 
 
-def register_settings_secrets(settings: Settings, masker: SecretMasker | None = None) -> int:
-    """Register every secret of ``settings`` for masking; returns how many values."""
-    values = settings_secrets(settings)
+def register_settings_secrets(
+    kafka: KafkaSettings,
+    accounts: Sequence[AccountSettings],
+    masker: SecretMasker | None = None,
+) -> int:
+    """Register every secret of these sections for masking; returns how many values."""
+    values = settings_secrets(kafka, accounts)
     (masker if masker is not None else default_masker).register(values)
     return len(values)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import contextlib
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -11,6 +12,39 @@ T = TypeVar("T")
 
 class Interrupted(Exception):
     """The work given to :func:`unless_set` was cancelled because its event was set first."""
+
+
+class _BodyEnded(Exception):
+    """Raised in a :func:`task_scope`'s group as its body ends: cancels the tasks left."""
+
+
+@contextlib.asynccontextmanager
+async def task_scope() -> AsyncIterator[asyncio.TaskGroup]:
+    """An :class:`asyncio.TaskGroup` whose tasks still running when the body ends are
+    cancelled and waited for (a plain task group waits for them to finish).
+
+    As in a task group, a task that fails cancels the body and the other tasks, and its
+    error (or the body's own) is raised in an :class:`ExceptionGroup`; a task cancelled
+    by itself or another is no error.
+    """
+    try:
+        async with asyncio.TaskGroup() as group:
+            yield group
+            _end_body()
+    except* _BodyEnded:
+        pass
+
+
+def _end_body() -> None:
+    raise _BodyEnded
+
+
+async def wait_any(events: Iterable[asyncio.Event], seconds: float) -> None:
+    """Return as soon as one of ``events`` is set, or after ``seconds``; the waits on the
+    others end with it."""
+    async with task_scope() as tasks:
+        waits = [tasks.create_task(event.wait()) for event in events]
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:

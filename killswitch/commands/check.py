@@ -22,7 +22,7 @@ from killswitch.commands.common import (
     start_reader,
     topic_partitions,
 )
-from killswitch.config import AccountSettings, KafkaSettings, Settings, settings_from_args
+from killswitch.config import AccountSettings, KafkaSettings, settings_from_args
 from killswitch.core.pairs import PairList
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem
@@ -202,14 +202,18 @@ def _pair_source(pairs: PairList) -> str:
     return f" ({pairs.source}; exchange-info failed: {pairs.error})"
 
 
-async def run_checks(settings: Settings, timeout_s: float = KAFKA_TIMEOUT_S) -> list[Check]:
+async def run_checks(
+    kafka: KafkaSettings,
+    accounts: Sequence[AccountSettings],
+    timeout_s: float = KAFKA_TIMEOUT_S,
+) -> list[Check]:
     """Every check, Kafka first, then each account (concurrently)."""
-    kafka, *accounts = await asyncio.gather(
-        _kafka_checks(settings.kafka, timeout_s),
-        *(_exchange_checks(a, timeout_s) for a in settings.accounts),
+    kafka_checks, *account_checks = await asyncio.gather(
+        _kafka_checks(kafka, timeout_s),
+        *(_exchange_checks(a, timeout_s) for a in accounts),
     )
-    out = list(kafka)
-    for checks in accounts:
+    out = list(kafka_checks)
+    for checks in account_checks:
         out.extend(checks)
     return out
 
@@ -223,6 +227,6 @@ def cli_check(args: argparse.Namespace) -> int:
     # Every problem is a row of the table: no bare log line from a library (a pair list
     # fallback, a retry) on stderr, as Python prints one when logging is not set up.
     logging.getLogger("killswitch").addHandler(logging.NullHandler())
-    checks = asyncio.run(run_checks(settings, args.timeout))
+    checks = asyncio.run(run_checks(settings.kafka, settings.accounts, args.timeout))
     print("\n".join(check_lines(checks)))
     return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED

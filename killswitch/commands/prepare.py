@@ -22,7 +22,7 @@ from typing import Any, Literal, cast
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from killswitch.commands.common import OPERATOR_ENV, OPERATOR_KEY_ENV, UsageError, split_values
-from killswitch.config import Settings
+from killswitch.config import IntakeSettings, TriggerSigningSettings
 from killswitch.contracts import (
     ALERT_SCHEMA,
     Alert,
@@ -36,6 +36,7 @@ from killswitch.triggers import TriggerKeyError, TriggerVerifier, sign_trigger
 __all__ = [
     "Prepared",
     "TriggerRequest",
+    "TriggerRules",
     "add_publish_arguments",
     "add_target_arguments",
     "alert_message",
@@ -204,9 +205,19 @@ def message_key(accounts: Sequence[str] | Literal["*"]) -> bytes:
     return accounts[0].encode()
 
 
+@dataclass(frozen=True)
+class TriggerRules:
+    """What the daemon checks a trigger against: the configured account ids, the
+    intake's size limits and the signing rules (allowlist, whether signing is required)."""
+
+    accounts: tuple[str, ...]
+    intake: IntakeSettings
+    signing: TriggerSigningSettings
+
+
 def prepare_trigger(
     request: TriggerRequest,
-    settings: Settings,
+    rules: TriggerRules,
     *,
     now: datetime,
     signing_key: Ed25519PrivateKey | None = None,
@@ -224,7 +235,7 @@ def prepare_trigger(
     if signing_key is not None:
         message = sign_trigger(message, request.operator, signing_key)
     try:
-        verifier = TriggerVerifier(settings.trigger_signing)
+        verifier = TriggerVerifier(rules.signing)
     except TriggerKeyError as exc:
         raise UsageError(str(exc)) from None
     if verifier.required and signing_key is None and require_signature:
@@ -233,13 +244,13 @@ def prepare_trigger(
             f"(or set {OPERATOR_KEY_ENV})"
         )
     value = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    configured = [a.id for a in settings.accounts]
+    configured = list(rules.accounts)
     parsed = parse_alert(
         value,
         channel="manual",
         accounts=configured,
-        max_message_bytes=settings.intake.max_message_bytes,
-        max_order_ids=settings.intake.max_order_ids,
+        max_message_bytes=rules.intake.max_message_bytes,
+        max_order_ids=rules.intake.max_order_ids,
         now=now,
         verifier=verifier if signing_key is not None else None,
     )

@@ -45,20 +45,28 @@ from killswitch.commands.common import (
 from killswitch.commands.operator_keys import load_operator_key
 from killswitch.commands.prepare import (
     Prepared,
+    TriggerRules,
     add_publish_arguments,
     add_target_arguments,
     prepare_trigger,
     request_from_args,
 )
 from killswitch.commands.results import results_document
-from killswitch.config import KafkaSettings, settings_from_args
+from killswitch.config import KafkaSettings, Settings, settings_from_args
 from killswitch.contracts import Alert, load_json_object
 from killswitch.display import Display
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from killswitch.kafka.clients import make_producer
 from killswitch.render import dry_run_lines, summary_lines
 
-__all__ = ["TriggerRun", "add_arguments_trigger", "cli_trigger", "publish_command", "run_trigger"]
+__all__ = [
+    "TriggerRun",
+    "add_arguments_trigger",
+    "cli_trigger",
+    "publish_command",
+    "run_trigger",
+    "trigger_rules",
+]
 
 
 def add_arguments_trigger(parser: argparse.ArgumentParser) -> None:
@@ -247,6 +255,15 @@ async def _follow(
     display.show(board, changed=True, final=True)
 
 
+def trigger_rules(settings: Settings) -> TriggerRules:
+    """The sections of ``settings`` a trigger is checked against."""
+    return TriggerRules(
+        accounts=tuple(a.id for a in settings.accounts),
+        intake=settings.intake,
+        signing=settings.trigger_signing,
+    )
+
+
 def _signing_key(args: argparse.Namespace) -> Ed25519PrivateKey | None:
     path = args.signing_key or os.environ.get(OPERATOR_KEY_ENV)
     if not path:
@@ -259,7 +276,7 @@ def publish_command(args: argparse.Namespace, action: Literal["kill", "release"]
     try:
         request = request_from_args(args, action)
         prepared = prepare_trigger(
-            request, settings, now=datetime.now(UTC), signing_key=_signing_key(args)
+            request, trigger_rules(settings), now=datetime.now(UTC), signing_key=_signing_key(args)
         )
     except UsageError as exc:
         print(f"killswitch: {exc}", file=sys.stderr)
@@ -334,7 +351,7 @@ def _direct_command(args: argparse.Namespace) -> int:
     try:
         request = request_from_args(args, "kill")
         prepared = prepare_trigger(
-            request, settings, now=datetime.now(UTC), require_signature=False
+            request, trigger_rules(settings), now=datetime.now(UTC), require_signature=False
         )
     except UsageError as exc:
         print(f"killswitch: {exc}", file=sys.stderr)
@@ -345,8 +362,11 @@ def _direct_command(args: argparse.Namespace) -> int:
         with _kafka_client_quiet():
             run = asyncio.run(
                 run_direct(
-                    settings,
                     prepared.alert,
+                    accounts=settings.accounts,
+                    engine=settings.engine,
+                    kafka=settings.kafka,
+                    direct=settings.direct,
                     out=sys.stdout,
                     tty=sys.stdout.isatty(),
                     audit_file=audit,

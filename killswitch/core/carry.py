@@ -28,8 +28,9 @@ Merge rule (:func:`carry_over`), per order id, earlier process first:
   else ``failed`` (a cancel was attempted, its effect is unknown). A progress result
   keeps listing it in flight, so a second crash still carries it.
 
-Reading (:func:`carried_from_json`): a progress record is another process's output,
-trusted only as far as it is consistent. The store (:class:`CarryStore`) keeps the
+Reading a progress record back is the result reader's job
+(:func:`killswitch.contracts.decode_result_summary`, which trusts another process's
+record only as far as it is consistent). The store (:class:`CarryStore`) keeps the
 latest one per (alert, account) until a final result for the pair is read.
 """
 
@@ -37,8 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 from killswitch.core.ledger import merge_outcome
 from killswitch.core.model import (
@@ -49,8 +49,7 @@ from killswitch.core.model import (
     SweepResult,
     SweepStatus,
 )
-from killswitch.core.outcomes import Outcome, RejectReason
-from killswitch.core.times import parse_time
+from killswitch.core.outcomes import Outcome
 
 # Most order entries one result record lists. A kill of 100,000 orders must still fit
 # in one Kafka record (1 MB by default): the counts stay complete, the list is cut and
@@ -195,105 +194,6 @@ def carry_over(result: SweepResult, carried: CarriedOutcomes) -> SweepResult:
         first_cancel_at=carried.first_cancel_at or result.first_cancel_at,
         reason=f"{result.reason}; {note}" if result.reason else note,
     )
-
-
-# ------------------------------------------------ reading a progress result back
-
-_COUNT_NAMES = ("sent", "already_closed", "rejected", "failed", "skipped")
-
-
-def _count(value: Any) -> int | None:
-    """A non-negative JSON integer (booleans are not counts)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
-
-
-def carried_from_json(data: Mapping[str, Any]) -> CarriedOutcomes | None:
-    """The outcomes a (progress) ``killswitch.result/v1`` record reports, decoded.
-
-    Written by another process (maybe another version): trusted only as far as it is
-    consistent. None without readable counts; counts only (no per-order outcomes) when
-    the order list is unreadable, has duplicates, or is complete but disagrees with the
-    counts; no cancels in flight when their list is unreadable or has duplicates (an
-    entry that also has an outcome is left out). Never raises."""
-    raw_counts = data.get("counts")
-    if not isinstance(raw_counts, dict):
-        return None
-    values: dict[str, int] = {}
-    for name in _COUNT_NAMES:
-        value = _count(raw_counts.get(name, 0))
-        if value is None:
-            return None
-        values[name] = value
-    counts = Counts(**values)
-    orders = _decode_reports(data.get("orders"), counts)
-    return CarriedOutcomes(
-        counts=counts,
-        orders=orders,
-        in_flight=_decode_in_flight(data.get("in_flight"), orders),
-        sweeps=_count(data.get("sweeps")) or 0,
-        received_at=parse_time(data.get("received_at")),
-        first_cancel_at=parse_time(data.get("first_cancel_at")),
-    )
-
-
-def _decode_reports(raw: Any, counts: Counts) -> tuple[OrderReport, ...]:
-    """Per-order outcomes that agree with ``counts``; () when any entry is unreadable."""
-    if not isinstance(raw, list) or len(raw) > counts.resolved:
-        return ()
-    reports: dict[int, OrderReport] = {}
-    for entry in raw:
-        report = _decode_report(entry)
-        if report is None or report.order_id in reports:
-            return ()
-        reports[report.order_id] = report
-    out = tuple(reports.values())
-    if len(out) == counts.resolved:  # a complete list must tally with the counts
-        tally = Counts()
-        for report in out:
-            tally.add(report.outcome)
-        if tally != counts:
-            return ()
-    return out
-
-
-def _decode_in_flight(raw: Any, orders: tuple[OrderReport, ...]) -> tuple[InFlight, ...]:
-    """Cancels in flight, each once and none with an outcome; () when any is unreadable."""
-    if not isinstance(raw, list) or len(raw) > RESULT_MAX_ORDERS:
-        return ()
-    concluded = {o.order_id for o in orders}
-    found: dict[int, InFlight] = {}
-    for entry in raw:
-        if not isinstance(entry, dict):
-            return ()
-        order_id, symbol = _count(entry.get("order_id")), entry.get("symbol")
-        if order_id is None or not isinstance(symbol, str) or order_id in found:
-            return ()
-        if order_id not in concluded:
-            found[order_id] = InFlight(order_id, symbol)
-    return tuple(found.values())
-
-
-def _decode_report(entry: Any) -> OrderReport | None:
-    if not isinstance(entry, dict):
-        return None
-    order_id, symbol = _count(entry.get("order_id")), entry.get("symbol")
-    attempts = _count(entry.get("attempts", 0))
-    outcome, reason = entry.get("outcome"), entry.get("reason")
-    if order_id is None or not isinstance(symbol, str) or attempts is None:
-        return None
-    if not (isinstance(outcome, str) and outcome in _OUTCOMES):
-        return None
-    if not (reason is None or (isinstance(reason, str) and reason in _REASONS)):
-        return None
-    return OrderReport(
-        order_id, symbol, Outcome(outcome), attempts, RejectReason(reason) if reason else None
-    )
-
-
-_OUTCOMES = frozenset(o.value for o in Outcome)
-_REASONS = frozenset(r.value for r in RejectReason)
 
 
 Key = tuple[str, str]

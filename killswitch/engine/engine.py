@@ -35,6 +35,14 @@
   the cancels cut off in flight) for the next owner to carry over.
 - **Never raises for bad input.** An unknown account, a request during shutdown: a
   final ``failed`` result with the reason.
+- **Lifetime.** ``async with Engine(...) as engine:`` is the engine's lifetime: every
+  sweep, guard and latched kill runs as a task of its task group, so none outlives it.
+  :meth:`Engine.start` stays synchronous (it creates its sweep's task in that group) and
+  may be called only inside the lifetime; halts restored before it begins are guarded
+  once it does. Leaving the lifetime closes the engine (no grace, unless
+  :meth:`Engine.close` was awaited first) and cancels whatever still runs. A task of the
+  engine that fails is logged, never raised into the group: one failing sweep must not
+  cancel the others.
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ import contextlib
 import logging
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from killswitch.core.errors import ExchangeError
 from killswitch.core.latch import (
@@ -74,6 +83,7 @@ from killswitch.core.ports import (
     StateSink,
 )
 from killswitch.engine.sweep import Sweep, Ticket, WallClock, utc_now
+from killswitch.tasks import task_scope
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +106,15 @@ def _owns_every_account(account: str) -> bool:
     return True
 
 
+async def _logged(work: Coroutine[Any, Any, None]) -> None:
+    """A task of the engine: a failure is logged here, so that the task group does not
+    cancel the engine's other sweeps and guards for it."""
+    try:
+        await work
+    except Exception:
+        log.exception("engine task failed")
+
+
 @dataclass(eq=False, slots=True)
 class _Account:
     """Serialisation state of one account."""
@@ -103,7 +122,8 @@ class _Account:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiting: list[Sweep] = field(default_factory=list)  # created, waiting for the lock
     running: Sweep | None = None
-    tasks: dict[Sweep, asyncio.Task[None]] = field(default_factory=dict)  # kill sweeps
+    # The kill sweeps' tasks (owned by the engine's task group), to stop them by account.
+    tasks: dict[Sweep, asyncio.Task[None]] = field(default_factory=dict)
 
     def joinable(self, dry_run: bool) -> Sweep | None:
         """The sweep a new alert should join: the running one, else the next waiting one."""
@@ -173,6 +193,37 @@ class Engine:
         self._owns: Callable[[str], bool] = _owns_every_account
         self._state_lock = asyncio.Lock()
         self._closing = False
+        self._group: asyncio.TaskGroup | None = None  # while the lifetime runs
+        self._life: contextlib.AsyncExitStack | None = None
+
+    # ----------------------------------------------------------------- lifetime
+
+    async def __aenter__(self) -> Self:
+        """Begin the engine's lifetime (see the module docstring)."""
+        if self._life is not None or self._closing:
+            raise RuntimeError("an engine's lifetime begins once")
+        life = contextlib.AsyncExitStack()
+        self._group = await life.enter_async_context(task_scope())
+        self._life = life
+        self._start_deferred_guards()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """End the lifetime: close (no grace, unless already closed), then cancel and
+        wait for every task still running."""
+        try:
+            if not self._closing:
+                await self.close(0.0)
+        finally:
+            life, self._life = self._life, None
+            if life is not None:
+                await life.aclose()
+            self._group = None
 
     # ----------------------------------------------------------------- EngineAPI
 
@@ -210,13 +261,35 @@ class Engine:
                 extra={"account": request.account, "alert_id": request.alert_id},
             )
         if request.latch and not request.dry_run:
-            return asyncio.ensure_future(self._latched(request, ticket))
+            return self._latched(request, ticket)
         # Shielded: a caller that stops waiting must not cancel a sweep others share.
         return asyncio.shield(ticket.future)
 
-    async def _latched(self, request: KillRequest, ticket: Ticket) -> SweepResult:
-        await self._halt(request, ticket.scope)
-        return await asyncio.shield(ticket.future)
+    def _latched(self, request: KillRequest, ticket: Ticket) -> asyncio.Future[SweepResult]:
+        """The final result of a latched kill, after its halt is published. The halt runs
+        as a task of the engine; a caller that stops waiting cancels the halt's wait, not
+        the shared sweep."""
+        out: asyncio.Future[SweepResult] = asyncio.get_running_loop().create_future()
+        task = self._spawn(self._halt_then(request, ticket, out), f"latch-{request.account}")
+        out.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
+        return out
+
+    async def _halt_then(
+        self, request: KillRequest, ticket: Ticket, out: asyncio.Future[SweepResult]
+    ) -> None:
+        try:
+            await self._halt(request, ticket.scope)
+            result = await asyncio.shield(ticket.future)
+        except asyncio.CancelledError:
+            out.cancel()
+            raise
+        except Exception as exc:  # the sweep's own (SweepHandedOver): the caller's to see
+            if not out.done():
+                out.set_exception(exc)
+                out.exception()  # retrieved: its waiter may be gone already
+            return
+        if not out.done():
+            out.set_result(result)
 
     async def release(self, request: KillRequest) -> SweepResult:
         """Lift the latch on ``request.account``: no more guard sweeps after this returns."""
@@ -420,14 +493,15 @@ class Engine:
             raise
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        # Held by the account's ``tasks`` until it ends (``_run``): no set of its own.
-        task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(self._task_done)
+        """``coro`` as a task of the engine's task group (its lifetime must have begun)."""
+        if self._group is None:
+            coro.close()
+            raise RuntimeError("the engine is not running: use `async with Engine(...)`")
+        task = self._group.create_task(_logged(coro), name=name)
+        # A task cancelled before its first step never starts ``coro``: closed here, as a
+        # task of ``coro`` itself would have closed it (a no-op once it has run).
+        task.add_done_callback(lambda _: coro.close())
         return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("engine task failed", exc_info=task.exception())
 
     def _refusal(self, request: KillRequest, reason: str) -> SweepResult:
         return no_sweep_result(request, SweepStatus.FAILED, self._clock(), reason)
@@ -468,12 +542,8 @@ class Engine:
                 log.exception("publishing halt state failed", extra={"account": state.account})
 
     def _start_deferred_guards(self) -> None:
-        if not self._deferred_guards or self._closing:
-            return
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return  # restore_halt before the loop runs: started by the first async call
+        if not self._deferred_guards or self._closing or self._group is None:
+            return  # restore_halt before the lifetime began: started when it begins
         for account in list(self._deferred_guards):
             self._deferred_guards.discard(account)
             if account in self._halts:
@@ -485,8 +555,11 @@ class Engine:
         guard = self._guards.get(account)
         if guard is not None and not guard.task.done() and not guard.stop.is_set():
             return
+        if self._group is None:
+            self._deferred_guards.add(account)  # started when the lifetime begins
+            return
         stop = asyncio.Event()
-        task = asyncio.create_task(self._guard(account, stop), name=f"guard-{account}")
+        task = self._spawn(self._guard(account, stop), f"guard-{account}")
         self._guards[account] = _Guard(task, stop)
 
     async def _guard(self, account_id: str, stop: asyncio.Event) -> None:

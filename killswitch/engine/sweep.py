@@ -102,6 +102,7 @@ from killswitch.core.ports import (
     ResultSink,
     SweepHandedOver,
 )
+from killswitch.tasks import task_scope
 
 log = logging.getLogger(__name__)
 
@@ -290,31 +291,11 @@ class Sweep:
         self.started = True
         if self.scope is None:
             raise RuntimeError("a sweep needs a scope (a ticket or an initial scope)")
-        progress = asyncio.create_task(self._progress_loop(), name=f"{self.name}-progress")
         try:
-            try:
-                # Hard bound: cancels still in flight this long after the deadline are
-                # cut off (the passes themselves stop taking work at the deadline).
-                hard = self.deadline + self.settings.settle_grace_s
-                async with asyncio.timeout_at(hard) as timeout:
-                    self._timeout = timeout
-                    await self._passes()
-            except TimeoutError:
-                if self._timeout is None or not self._timeout.expired():
-                    self.failure = "internal error: unexpected timeout"
-                    log.exception("sweep failed", extra={"account": self.account})
-                else:
-                    self._past_deadline()
-            except asyncio.CancelledError:
-                self.failure = "engine stopped before the sweep finished"
-                raise
-            except Exception as exc:
-                self.failure = self._describe_failure(exc)
-            self.accepting = False
-            self._timeout = None
-            self._pass = None
-            if self._settle_wanted and self.failure is None and not self.dry_run:
-                await self._settle_outcomes()
+            # The progress loop lives as long as the passes and the settling listing.
+            async with task_scope() as tasks:
+                tasks.create_task(self._progress_loop(), name=f"{self.name}-progress")
+                await self._passes_and_settling()
         except asyncio.CancelledError:
             self.failure = self.failure or "engine stopped before the sweep finished"
             raise
@@ -322,10 +303,32 @@ class Sweep:
             self.accepting = False
             self._timeout = None
             self._pass = None
-            progress.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await progress
             await self._settle_in_turns()
+
+    async def _passes_and_settling(self) -> None:
+        try:
+            # Hard bound: cancels still in flight this long after the deadline are
+            # cut off (the passes themselves stop taking work at the deadline).
+            hard = self.deadline + self.settings.settle_grace_s
+            async with asyncio.timeout_at(hard) as timeout:
+                self._timeout = timeout
+                await self._passes()
+        except TimeoutError:
+            if self._timeout is None or not self._timeout.expired():
+                self.failure = "internal error: unexpected timeout"
+                log.exception("sweep failed", extra={"account": self.account})
+            else:
+                self._past_deadline()
+        except asyncio.CancelledError:
+            self.failure = "engine stopped before the sweep finished"
+            raise
+        except Exception as exc:
+            self.failure = self._describe_failure(exc)
+        self.accepting = False
+        self._timeout = None
+        self._pass = None
+        if self._settle_wanted and self.failure is None and not self.dry_run:
+            await self._settle_outcomes()
 
     def _deadline_passed(self) -> bool:
         return asyncio.get_running_loop().time() >= self.deadline

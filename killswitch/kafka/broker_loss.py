@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
+from killswitch.contracts import final_result_fields
 from killswitch.core.broker_loss import (
     SOURCE,
     BrokerLossClock,
@@ -33,7 +34,7 @@ from killswitch.core.broker_loss import (
 )
 from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult
 from killswitch.core.ports import ResultSink, StateSink
-from killswitch.kafka.consumer import final_result_fields
+from killswitch.tasks import task_scope, wait_any
 
 __all__ = ["RETRY_S", "BrokerLossGuard"]
 
@@ -88,7 +89,6 @@ class BrokerLossGuard:
         self._reason = "broker answers"
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # publishes in order: held ones never overtake newer
-        self._kills: set[asyncio.Task[None]] = set()
         self._flush_task: asyncio.Task[None] | None = None
         self._dropped_logged = 0
         if not up:
@@ -127,36 +127,41 @@ class BrokerLossGuard:
 
     async def run(self, stop: asyncio.Event, last_flush_s: float = 2.0) -> None:
         """Kill what is due, publish what is held, until ``stop`` is set; then one last
-        try (within ``last_flush_s``) at publishing what is held, if the broker answers."""
-        try:
-            while not stop.is_set():
-                self._wake.clear()
-                for account in self._schedule.due(self._clock()):
-                    self._kill(account)
-                if self._up and self.held and not self._flushing():
-                    # Apart from this loop: a publish to a broker that vanished again
-                    # hangs until the client gives up, and must not delay a kill.
-                    self._flush_task = asyncio.create_task(self._flush_and_wake())
-                await self._sleep(stop, self._next_wake())
-            if self._up and self.held:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(last_flush_s):
-                        if self._flush_task is not None:
-                            await asyncio.gather(self._flush_task, return_exceptions=True)
-                        await self.flush()
-            if self.held:
-                log.warning(
-                    "stopping with unpublished broker-loss outputs (lost)",
-                    extra={
-                        "results": [r.alert_id for r in self.held.results],
-                        "states": sorted(self.held.states),
-                    },
-                )
-        finally:
-            waits = [*self._kills, *([self._flush_task] if self._flush_task else [])]
-            for task in waits:
-                task.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
+        try (within ``last_flush_s``) at publishing what is held, if the broker answers.
+
+        The kills and the background publish are tasks of the guard's own task scope:
+        the kills still waiting for their final result are cancelled when it ends (the
+        sweeps themselves are the engine's)."""
+        async with task_scope() as group:
+            await self._loop(stop, group)
+            await self._last_flush(last_flush_s)
+
+    async def _loop(self, stop: asyncio.Event, group: asyncio.TaskGroup) -> None:
+        while not stop.is_set():
+            self._wake.clear()
+            for account in self._schedule.due(self._clock()):
+                self._kill(account, group)
+            if self._up and self.held and not self._flushing():
+                # Apart from this loop: a publish to a broker that vanished again
+                # hangs until the client gives up, and must not delay a kill.
+                self._flush_task = group.create_task(self._flush_and_wake())
+            await wait_any([self._wake, stop], self._next_wake())
+
+    async def _last_flush(self, last_flush_s: float) -> None:
+        if self._up and self.held:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(last_flush_s):
+                    if self._flush_task is not None:
+                        await asyncio.gather(self._flush_task, return_exceptions=True)
+                    await self.flush()
+        if self.held:
+            log.warning(
+                "stopping with unpublished broker-loss outputs (lost)",
+                extra={
+                    "results": [r.alert_id for r in self.held.results],
+                    "states": sorted(self.held.states),
+                },
+            )
 
     def _flushing(self) -> bool:
         return self._flush_task is not None and not self._flush_task.done()
@@ -172,18 +177,9 @@ class BrokerLossGuard:
             wait = min(wait, RETRY_S)
         return wait
 
-    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
-        wake = asyncio.create_task(self._wake.wait())
-        halt = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait([wake, halt], timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            wake.cancel()
-            halt.cancel()
-
     # ------------------------------------------------------------------ kills
 
-    def _kill(self, account: str) -> None:
+    def _kill(self, account: str, group: asyncio.TaskGroup) -> None:
         after = self.after_s[account]
         now = self._wall()
         request = KillRequest(
@@ -201,12 +197,17 @@ class BrokerLossGuard:
             extra={"account": account, "alert_id": request.alert_id, "after_s": after},
         )
         final = self._start(request, self._progress_while_up)
-        task = asyncio.create_task(self._finished(final), name=f"broker-loss-{account}")
-        self._kills.add(task)
-        task.add_done_callback(self._kills.discard)
+        group.create_task(self._finished(final, request), name=f"broker-loss-{account}")
 
-    async def _finished(self, final: Awaitable[SweepResult]) -> None:
-        result = await final
+    async def _finished(self, final: Awaitable[SweepResult], request: KillRequest) -> None:
+        try:
+            result = await final
+        except Exception:  # the guard and the other accounts' kills carry on
+            log.exception(
+                "broker-loss kill ended without a result",
+                extra={"account": request.account, "alert_id": request.alert_id},
+            )
+            return
         log.info("final result", extra=final_result_fields(result))
         self.held.hold_result(result)
         self._wake.set()  # published at once if the broker is back already

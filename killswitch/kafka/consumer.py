@@ -58,6 +58,7 @@ from killswitch.contracts import (
     duplicate_result,
     encode_dlq,
     failed_result,
+    final_result_fields,
     kill_requests,
     parse_alert,
 )
@@ -105,34 +106,6 @@ PAIR_FETCH_WAIT_S = 2.0
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def final_result_fields(result: SweepResult) -> dict[str, Any]:
-    """The structured fields of the one log line per final result."""
-    c = result.counts
-    seconds = (
-        round((result.finished_at - result.received_at).total_seconds(), 3)
-        if result.finished_at is not None
-        else None
-    )
-    return {
-        "alert_id": result.alert_id,
-        "account": result.account,
-        "status": result.status.value,
-        "dry_run": result.dry_run,
-        "sent": c.sent,
-        "already_closed": c.already_closed,
-        "rejected": c.rejected,
-        "failed": c.failed,
-        "skipped": c.skipped,
-        "residual_open": result.residual_open,
-        "unlisted_pairs": list(result.unlisted_pairs),
-        "operator": result.operator,
-        "source": result.source,
-        "trigger_reason": result.trigger_reason,
-        "reason": result.reason,
-        "seconds": seconds,
-    }
 
 
 @dataclass(frozen=True, slots=True)

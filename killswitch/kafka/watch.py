@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from aiokafka.errors import KafkaError
 
 from killswitch.core.kafka_link import KafkaLink, LinkChange
+from killswitch.tasks import wait_any
 
 __all__ = [
     "PROBE_INTERVAL_S",
@@ -196,15 +197,7 @@ class KafkaWatch:
             self._poke.clear()
             await self.check(probe, timeout_s)
             self._maybe_summarise()
-            wake = asyncio.create_task(self._poke.wait())
-            halt = asyncio.create_task(stop.wait())
-            try:
-                await asyncio.wait(
-                    [wake, halt], timeout=interval_s, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                wake.cancel()
-                halt.cancel()
+            await wait_any([self._poke, stop], interval_s)
 
     async def check(self, probe: Probe, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
         """One probe; updates the state (and says whether the broker answered)."""

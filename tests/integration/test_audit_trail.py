@@ -21,7 +21,7 @@ from killswitch.commands.check import run_checks
 from killswitch.commands.prepare import TriggerRequest, prepare_trigger
 from killswitch.commands.results import read_results, results_document
 from killswitch.commands.status import read_status
-from killswitch.commands.trigger import run_trigger
+from killswitch.commands.trigger import run_trigger, trigger_rules
 from killswitch.embedded import free_port
 from killswitch.exitcodes import EXIT_NOT_FOUND
 from killswitch.render import dry_run_lines
@@ -60,11 +60,15 @@ async def test_the_audit_trail_of_a_latched_kill_and_its_release(
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)
         await prepare_topics(settings)
         # No daemon in the group yet: check says nobody consumes alerts.
-        checks = {c.name: c for c in await run_checks(settings, timeout_s=10)}
+        checks = {
+            c.name: c for c in await run_checks(settings.kafka, settings.accounts, timeout_s=10)
+        }
         assert not checks["consumer group"].ok
         assert "no daemon is consuming" in checks["consumer group"].detail
         async with daemon_in_process(settings):
-            kill = prepare_trigger(request(latch=True), settings, now=datetime.now(UTC))
+            kill = prepare_trigger(
+                request(latch=True), trigger_rules(settings), now=datetime.now(UTC)
+            )
             run = await run_trigger(
                 settings.kafka, kill, out=io.StringIO(), tty=False, timeout_s=30
             )
@@ -92,7 +96,9 @@ async def test_the_audit_trail_of_a_latched_kill_and_its_release(
             assert line.seconds is not None  # type: ignore[attr-defined]
 
             # check: one daemon in the group, nothing behind.
-            checks = {c.name: c for c in await run_checks(settings, timeout_s=10)}
+            checks = {
+                c.name: c for c in await run_checks(settings.kafka, settings.accounts, timeout_s=10)
+            }
             group = checks["consumer group"]
             assert group.ok
             assert group.detail.startswith("1 member(s)")
@@ -100,7 +106,9 @@ async def test_the_audit_trail_of_a_latched_kill_and_its_release(
 
             # A release of the halted account, then of one that was not halted.
             now = datetime.now(UTC)
-            release = prepare_trigger(request("release", ("mm-1", "mm-2")), settings, now=now)
+            release = prepare_trigger(
+                request("release", ("mm-1", "mm-2")), trigger_rules(settings), now=now
+            )
             out = io.StringIO()
             done = await run_trigger(settings.kafka, release, out=out, tty=False, timeout_s=30)
             assert done.exit_code == EXIT_NOT_FOUND
@@ -120,7 +128,7 @@ async def test_results_follow_an_alert_published_without_following(
         await prepare_topics(settings)
         async with daemon_in_process(settings):
             kill = prepare_trigger(
-                request(accounts=("mm-1", "mm-2")), settings, now=datetime.now(UTC)
+                request(accounts=("mm-1", "mm-2")), trigger_rules(settings), now=datetime.now(UTC)
             )
             published = await run_trigger(
                 settings.kafka, kill, out=io.StringIO(), tty=False, timeout_s=30, follow=False
@@ -144,7 +152,9 @@ async def test_a_dry_run_through_the_daemon_lists_the_orders_it_would_cancel(
         settings = daemon_settings(kafka_bootstrap, unique_name, ex)
         await prepare_topics(settings)
         async with daemon_in_process(settings):
-            dry = prepare_trigger(request(dry_run=True), settings, now=datetime.now(UTC))
+            dry = prepare_trigger(
+                request(dry_run=True), trigger_rules(settings), now=datetime.now(UTC)
+            )
             run = await run_trigger(settings.kafka, dry, out=io.StringIO(), tty=False, timeout_s=30)
         assert ex.open_ids("mm-1") == seeded  # nothing cancelled
     assert run.exit_code == 0
@@ -178,7 +188,7 @@ async def test_a_direct_kill_while_the_daemon_sweeps_the_same_account_keeps_coun
         )
         out = tmp_path / "direct.json"
         async with daemon_in_process(settings):
-            kill = prepare_trigger(request(), settings, now=datetime.now(UTC))
+            kill = prepare_trigger(request(), trigger_rules(settings), now=datetime.now(UTC))
             daemon_run = asyncio.create_task(
                 run_trigger(settings.kafka, kill, out=io.StringIO(), tty=False, timeout_s=60)
             )
@@ -238,7 +248,9 @@ async def test_a_direct_latch_is_guarded_by_the_running_daemon(
             await wait_for(lambda: not late & ex.open_ids("mm-1"), timeout=20)
             (state,) = await read_status(settings.kafka)
             assert (state.by, state.reason) == ("bob", "runaway")
-            release = prepare_trigger(request("release"), settings, now=datetime.now(UTC))
+            release = prepare_trigger(
+                request("release"), trigger_rules(settings), now=datetime.now(UTC)
+            )
             done = await run_trigger(
                 settings.kafka, release, out=io.StringIO(), tty=False, timeout_s=30
             )

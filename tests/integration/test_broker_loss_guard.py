@@ -24,6 +24,7 @@ from killswitch.kafka.broker_loss import BrokerLossGuard
 from killswitch.simulator.core import Simulator
 from killswitch.simulator.server import SimulatorServer
 from killswitch.simulator.testing import account_settings, register_test_client
+from tests.support.engine import Engines
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -91,7 +92,9 @@ async def env() -> AsyncIterator[Env]:
                 await client.close()
 
 
-def wire(env: Env, kafka: FakeKafka, after_s: float) -> tuple[BrokerLossGuard, Engine]:
+async def wire(
+    env: Env, kafka: FakeKafka, after_s: float, engines: Engines
+) -> tuple[BrokerLossGuard, Engine]:
     """The guard and the engine as the daemon wires them (mm-1 opted in, mm-2 not)."""
 
     def start(request: KillRequest, progress: ResultSink) -> Awaitable[SweepResult]:
@@ -107,17 +110,17 @@ def wire(env: Env, kafka: FakeKafka, after_s: float) -> tuple[BrokerLossGuard, E
     )
     # A small share of the large test budget for the latch guard's continuous listing.
     settings = EngineConfig(latch_budget_share=0.01, strategy="per_order")
-    engine = Engine(env.clients, settings, on_state=guard.state)
+    engine = await engines(Engine(env.clients, settings, on_state=guard.state))
     return guard, engine
 
 
-async def test_kills_latches_holds_and_publishes_on_recovery(env: Env) -> None:
+async def test_kills_latches_holds_and_publishes_on_recovery(env: Env, engines: Engines) -> None:
     kafka = FakeKafka(away=False)
     for account in env.keys:
         for symbol in SYMBOLS:
             env.sim.seed_orders(env.keys[account], symbol, 4)
     kept = env.open_ids("mm-2")
-    guard, engine = wire(env, kafka, after_s=0.2)
+    guard, engine = await wire(env, kafka, after_s=0.2, engines=engines)
     stop = asyncio.Event()
     runner = asyncio.create_task(guard.run(stop))
     try:
@@ -160,9 +163,11 @@ async def test_kills_latches_holds_and_publishes_on_recovery(env: Env) -> None:
     assert env.open_ids("mm-2") == kept
 
 
-async def test_a_release_while_the_broker_is_away_replaces_the_held_halt(env: Env) -> None:
+async def test_a_release_while_the_broker_is_away_replaces_the_held_halt(
+    env: Env, engines: Engines
+) -> None:
     kafka = FakeKafka(away=True)
-    guard, engine = wire(env, kafka, after_s=0.05)
+    guard, engine = await wire(env, kafka, after_s=0.05, engines=engines)
     stop = asyncio.Event()
     runner = asyncio.create_task(guard.run(stop))
     try:

@@ -193,10 +193,12 @@ async def no_progress(result: SweepResult) -> None:
 
 
 async def run_kill(env: Env, **client: Any) -> SweepResult:
-    async with env.client(**client) as exchange:
-        engine = Engine(
+    async with (
+        env.client(**client) as exchange,
+        Engine(
             {ACCOUNT: exchange}, EngineConfig(strategy="per_order", progress_interval_s=0.2)
-        )
+        ) as engine,
+    ):
         result = await engine.submit(kill(), no_progress)
         await engine.close(1.0)
     return result

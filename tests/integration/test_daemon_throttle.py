@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from killswitch.commands.prepare import TriggerRequest, prepare_trigger
-from killswitch.commands.trigger import run_trigger
+from killswitch.commands.trigger import run_trigger, trigger_rules
 from killswitch.embedded import free_port
 from killswitch.exitcodes import EXIT_NOT_DONE
 from killswitch.prometheus_text import metric_samples
@@ -84,7 +84,7 @@ async def test_a_kill_outlasted_by_a_throttle_window_reports_still_open_unknown(
             # From the 3rd signed request on, 429s for far longer than the kill's deadline.
             ex.sim.set_throttle_window(after_requests=2, duration_s=120.0, retry_after="seconds")
             kill = TriggerRequest("kill", ["mm-1"], "throttled", "alice", deadline_s=2.0)
-            prepared = prepare_trigger(kill, settings, now=datetime.now(UTC))
+            prepared = prepare_trigger(kill, trigger_rules(settings), now=datetime.now(UTC))
             out = io.StringIO()
             run = await run_trigger(settings.kafka, prepared, out=out, tty=False, timeout_s=40)
             scrape = await http.get(f"http://127.0.0.1:{port}/metrics")

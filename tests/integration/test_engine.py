@@ -34,6 +34,7 @@ from killswitch.simulator.core import LogEntry, Simulator
 from killswitch.simulator.faults import EndpointFaults
 from killswitch.simulator.server import SimulatorServer
 from killswitch.simulator.testing import account_settings, register_test_client
+from tests.support.engine import Engines
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -196,12 +197,16 @@ FAULTS = EndpointFaults(error_rate=0.05, throttle_rate=0.05, error_statuses=(500
 
 
 @pytest.mark.parametrize("strategy", ["auto", "per_order", "batch", "symbol"])
-async def test_strategy_reaches_flat_under_faults_and_races(env: Env, strategy: str) -> None:
+async def test_strategy_reaches_flat_under_faults_and_races(
+    env: Env, strategy: str, engines: Engines
+) -> None:
     seeded = env.seed(60)
     env.sim.set_faults(FAULTS)
     env.sim.set_races(close_before_cancel=0.05, spawn_on_cancel=0.1, lose_cancel=0.05)
     async with env.client() as (client, probe):
-        engine = Engine({ACCOUNT: client}, engine_settings(strategy=strategy, batch_size=25))
+        engine = await engines(
+            Engine({ACCOUNT: client}, engine_settings(strategy=strategy, batch_size=25))
+        )
         result = await engine.submit(kill(), no_progress)
         await engine.close(1.0)
 
@@ -235,12 +240,14 @@ async def test_strategy_reaches_flat_under_faults_and_races(env: Env, strategy: 
     assert result.sweeps >= 2
 
 
-async def test_batch_fail_ids_are_finished_one_by_one(env: Env) -> None:
+async def test_batch_fail_ids_are_finished_one_by_one(env: Env, engines: Engines) -> None:
     env.seed(40, ["BTC_USDT"])
     env.sim.set_races(close_before_cancel=0.3)
     async with env.client() as (client, probe):
-        engine = Engine(
-            {ACCOUNT: client}, engine_settings(strategy="batch", batch_size=20), concurrency=2
+        engine = await engines(
+            Engine(
+                {ACCOUNT: client}, engine_settings(strategy="batch", batch_size=20), concurrency=2
+            )
         )
         result = await engine.submit(kill(), no_progress)
         await engine.close(1.0)
@@ -256,21 +263,21 @@ async def test_batch_fail_ids_are_finished_one_by_one(env: Env) -> None:
     assert probe.overlaps == 0
 
 
-async def test_largest_notional_is_cancelled_first(env: Env) -> None:
+async def test_largest_notional_is_cancelled_first(env: Env, engines: Engines) -> None:
     ids: list[int] = []
     for price, qty in [("10", "1"), ("50000", "2"), ("7", "30"), ("900", "0.5"), ("3", "3")]:
         ids += env.sim.seed_orders(env.api_key, "BTC_USDT", 1, price=price, quantity=qty)
     # Seeded orders may be partly filled: rank by what the exchange says is left.
     notional = {i: Order.from_json(env.sim.order(i) or {}).notional for i in ids}
     async with env.client() as (client, _):
-        engine = Engine({ACCOUNT: client}, engine_settings(), concurrency=1)
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings(), concurrency=1))
         result = await engine.submit(kill(symbols={"BTC_USDT"}), no_progress)
         await engine.close(1.0)
     assert result.status is SweepStatus.FLAT
     assert list(cancelled_ids(env.log())) == sorted(ids, key=lambda i: notional[i], reverse=True)
 
 
-async def test_priority_ranks_across_pairs_once_listed(env: Env) -> None:
+async def test_priority_ranks_across_pairs_once_listed(env: Env, engines: Engines) -> None:
     # Streaming: the engine cancels while it lists, ranking what it has seen so far. An
     # order far larger than the rest, on the pair listed last, must be the next one picked
     # once its page has arrived: at most one cancel (already waiting for the single slot
@@ -279,7 +286,9 @@ async def test_priority_ranks_across_pairs_once_listed(env: Env) -> None:
     big = env.sim.seed_orders(env.api_key, "SOL_USDT", 1, price="100000", quantity="10")[0]
     env.seed(20, ["SOL_USDT"])
     async with env.client(max_concurrency=1) as (client, _):
-        engine = Engine({ACCOUNT: client}, engine_settings(page_size=200), concurrency=1)
+        engine = await engines(
+            Engine({ACCOUNT: client}, engine_settings(page_size=200), concurrency=1)
+        )
         result = await engine.submit(kill(), no_progress)
         await engine.close(1.0)
     assert result.status is SweepStatus.FLAT
@@ -294,10 +303,10 @@ async def test_priority_ranks_across_pairs_once_listed(env: Env) -> None:
 # ------------------------------------------------------------------- failures
 
 
-async def test_auth_revoked_mid_sweep_fails_fast(env: Env) -> None:
+async def test_auth_revoked_mid_sweep_fails_fast(env: Env, engines: Engines) -> None:
     env.seed(150)
     async with env.client(rate_limit_per_second=300.0, burst=5) as (client, _):
-        engine = Engine({ACCOUNT: client}, engine_settings())
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings()))
         task = asyncio.create_task(engine.submit(kill(), no_progress))
         await wait_for(lambda: env.sim.count(env.api_key, "cancel", 200) >= 20)
         env.sim.revoke(env.api_key)
@@ -316,14 +325,14 @@ async def test_auth_revoked_mid_sweep_fails_fast(env: Env) -> None:
     assert env.open_ids()  # it stopped: orders are left, the result says failed
 
 
-async def test_exchange_unreachable_fails_with_reason(env: Env) -> None:
+async def test_exchange_unreachable_fails_with_reason(env: Env, engines: Engines) -> None:
     base_url = env.server.base_url
     await env.server.close()  # nothing listens there any more
     async with env.client(base_url=base_url, max_attempts=2, request_deadline_s=1.0) as (
         client,
         _,
     ):
-        engine = Engine({ACCOUNT: client}, engine_settings())
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings()))
         result = await engine.submit(kill(symbols={"BTC_USDT"}), no_progress)
         await engine.close(1.0)
     assert result.status is SweepStatus.FAILED
@@ -331,11 +340,11 @@ async def test_exchange_unreachable_fails_with_reason(env: Env) -> None:
     assert "unavailable" in result.reason
 
 
-async def test_lost_cancels_end_residual_at_the_deadline(env: Env) -> None:
+async def test_lost_cancels_end_residual_at_the_deadline(env: Env, engines: Engines) -> None:
     seeded = env.seed(5, ["BTC_USDT"])
     env.sim.set_races(lose_cancel=1.0)  # CANCEL_SENT, but the order stays open
     async with env.client() as (client, _):
-        engine = Engine({ACCOUNT: client}, engine_settings())
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings()))
         result = await engine.submit(kill(deadline_s=1.0), no_progress)
         await engine.close(1.0)
     assert result.status is SweepStatus.RESIDUAL
@@ -349,10 +358,10 @@ async def test_lost_cancels_end_residual_at_the_deadline(env: Env) -> None:
 # ------------------------------------------------------------------ dry run
 
 
-async def test_dry_run_sends_no_delete(env: Env) -> None:
+async def test_dry_run_sends_no_delete(env: Env, engines: Engines) -> None:
     seeded = env.seed(30)
     async with env.client() as (client, _):
-        engine = Engine({ACCOUNT: client}, engine_settings(strategy="symbol"))
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings(strategy="symbol")))
         result = await engine.submit(kill(dry_run=True, sides={Side.BUY}), no_progress)
         await engine.close(1.0)
     assert result.status is SweepStatus.DRY_RUN
@@ -367,12 +376,12 @@ async def test_dry_run_sends_no_delete(env: Env) -> None:
 # -------------------------------------------------------- coalescing and latch
 
 
-async def test_overlapping_kills_coalesce_into_one_sweep(env: Env) -> None:
+async def test_overlapping_kills_coalesce_into_one_sweep(env: Env, engines: Engines) -> None:
     btc = env.seed(150, ["BTC_USDT"])
     eth = env.seed(10, ["ETH_USDT"])
     env.sim.set_faults(EndpointFaults(latency_ms=2.0))
     async with env.client(rate_limit_per_second=400.0, burst=5) as (client, probe):
-        engine = Engine({ACCOUNT: client}, engine_settings())
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings()))
         first = asyncio.create_task(engine.submit(kill("a", symbols={"BTC_USDT"}), no_progress))
         await wait_for(lambda: env.sim.count(env.api_key, "cancel") >= 5)
         running = engine._accounts[ACCOUNT].running
@@ -394,7 +403,7 @@ async def test_overlapping_kills_coalesce_into_one_sweep(env: Env) -> None:
     assert probe.overlaps == 0
 
 
-async def test_latch_resweeps_new_orders_then_release_stops(env: Env) -> None:
+async def test_latch_resweeps_new_orders_then_release_stops(env: Env, engines: Engines) -> None:
     env.seed(10, ["BTC_USDT"])
     states: list[HaltState] = []
 
@@ -402,7 +411,7 @@ async def test_latch_resweeps_new_orders_then_release_stops(env: Env) -> None:
         states.append(state)
 
     async with env.client() as (client, _):
-        engine = Engine({ACCOUNT: client}, engine_settings(), on_state=on_state)
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings(), on_state=on_state))
         result = await engine.submit(kill(latch=True, symbols={"BTC_USDT"}), no_progress)
         assert result.status is SweepStatus.FLAT
         assert states[-1].halted
@@ -422,7 +431,7 @@ async def test_latch_resweeps_new_orders_then_release_stops(env: Env) -> None:
     assert env.log("cancel", since=seq) == []
 
 
-async def test_progress_results_during_a_long_sweep(env: Env) -> None:
+async def test_progress_results_during_a_long_sweep(env: Env, engines: Engines) -> None:
     env.seed(60, ["BTC_USDT"])
     events: list[SweepResult] = []
 
@@ -430,7 +439,7 @@ async def test_progress_results_during_a_long_sweep(env: Env) -> None:
         events.append(result)
 
     async with env.client(rate_limit_per_second=200.0, burst=2) as (client, _):
-        engine = Engine({ACCOUNT: client}, engine_settings(progress_interval_s=0.05))
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings(progress_interval_s=0.05)))
         result = await engine.submit(kill(), progress)
         await engine.close(1.0)
     assert result.status is SweepStatus.FLAT
@@ -451,10 +460,12 @@ def auto_settings(**kw: Any) -> EngineConfig:
     return settings
 
 
-async def test_auto_whole_account_kill_is_one_cancel_all_per_pair(env: Env) -> None:
+async def test_auto_whole_account_kill_is_one_cancel_all_per_pair(
+    env: Env, engines: Engines
+) -> None:
     seeded = env.seed(150)  # more than one page (100) per pair
     async with env.client() as (client, _):
-        engine = Engine({ACCOUNT: client}, auto_settings())
+        engine = await engines(Engine({ACCOUNT: client}, auto_settings()))
         result = await engine.submit(kill(), no_progress)
         await engine.close(1.0)
     assert result.status is SweepStatus.FLAT, result.reason
@@ -470,11 +481,11 @@ async def test_auto_whole_account_kill_is_one_cancel_all_per_pair(env: Env) -> N
     assert sum(endpoints[e] for e in ("cancel", "cancel_batch", "cancel_all", "open_orders")) == 9
 
 
-async def test_auto_side_filtered_kill_uses_batches(env: Env) -> None:
+async def test_auto_side_filtered_kill_uses_batches(env: Env, engines: Engines) -> None:
     env.seed(60)
     buys = {i for i in env.open_ids() if (env.sim.order(i) or {})["side"] == "BUY"}
     async with env.client() as (client, probe):
-        engine = Engine({ACCOUNT: client}, auto_settings(batch_size=25))
+        engine = await engines(Engine({ACCOUNT: client}, auto_settings(batch_size=25)))
         result = await engine.submit(kill(sides={Side.BUY}), no_progress)
         await engine.close(1.0)
     assert result.status is SweepStatus.FLAT, result.reason
@@ -490,11 +501,11 @@ async def test_auto_side_filtered_kill_uses_batches(env: Env) -> None:
     assert probe.overlaps == 0
 
 
-async def test_auto_fail_ids_fall_back_to_per_order(env: Env) -> None:
+async def test_auto_fail_ids_fall_back_to_per_order(env: Env, engines: Engines) -> None:
     env.seed(40, ["BTC_USDT"])
     env.sim.set_races(close_before_cancel=0.3)  # these land in the cancel-all's "fail"
     async with env.client() as (client, probe):
-        engine = Engine({ACCOUNT: client}, auto_settings())
+        engine = await engines(Engine({ACCOUNT: client}, auto_settings()))
         result = await engine.submit(kill(), no_progress)
         await engine.close(1.0)
     assert result.status is SweepStatus.FLAT, result.reason
@@ -509,12 +520,14 @@ async def test_auto_fail_ids_fall_back_to_per_order(env: Env) -> None:
     assert probe.overlaps == 0
 
 
-async def test_auto_refused_cancel_all_falls_back_and_is_remembered(env: Env) -> None:
+async def test_auto_refused_cancel_all_falls_back_and_is_remembered(
+    env: Env, engines: Engines
+) -> None:
     env.seed(120)
     # this exchange has no cancel-all route: 404 to every call
     env.sim.set_faults(EndpointFaults(error_rate=1.0, error_statuses=(404,)), "cancel_all")
     async with env.client() as (client, _):
-        engine = Engine({ACCOUNT: client}, auto_settings())
+        engine = await engines(Engine({ACCOUNT: client}, auto_settings()))
         first = await engine.submit(kill("first"), no_progress)
         refused = env.sim.count(env.api_key, "cancel_all")
         env.seed(120)
@@ -532,13 +545,13 @@ async def test_auto_refused_cancel_all_falls_back_and_is_remembered(env: Env) ->
     assert first.reason is None or "cancel-all refused" in first.reason
 
 
-async def test_cancels_answered_too_late_end_sent_not_failed(env: Env) -> None:
+async def test_cancels_answered_too_late_end_sent_not_failed(env: Env, engines: Engines) -> None:
     seeded = env.seed(10, ["BTC_USDT"])
     # The exchange cancels, the answer never comes back; at 1 attempt the client gives up.
     lost = EndpointFaults(timeout_rate=1.0, timeout_hold_s=2.0, after_effect=True)
     env.sim.set_faults(lost, "cancel")
     async with env.client(max_attempts=1, request_deadline_s=0.3) as (client, _):
-        engine = Engine({ACCOUNT: client}, engine_settings())
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings()))
         result = await engine.submit(kill(), no_progress)
         await engine.close(1.0)
     assert env.open_ids() == set()
@@ -548,13 +561,15 @@ async def test_cancels_answered_too_late_end_sent_not_failed(env: Env) -> None:
     assert result.counts.sent == len(seeded)
 
 
-async def test_cancels_in_flight_at_the_deadline_end_sent(env: Env) -> None:
+async def test_cancels_in_flight_at_the_deadline_end_sent(env: Env, engines: Engines) -> None:
     seeded = env.seed(5, ["BTC_USDT"])
     # Applied by the exchange, answered never: in flight when the deadline comes.
     lost = EndpointFaults(timeout_rate=1.0, timeout_hold_s=5.0, after_effect=True)
     env.sim.set_faults(lost, "cancel")
     async with env.client(max_attempts=1, request_deadline_s=30.0) as (client, _):
-        engine = Engine({ACCOUNT: client}, engine_settings(settle_grace_s=0.5), concurrency=8)
+        engine = await engines(
+            Engine({ACCOUNT: client}, engine_settings(settle_grace_s=0.5), concurrency=8)
+        )
         result = await engine.submit(kill(deadline_s=1.0), no_progress)
         await engine.close(1.0)
     assert env.open_ids() == set()
@@ -567,11 +582,11 @@ async def test_cancels_in_flight_at_the_deadline_end_sent(env: Env) -> None:
     assert cancelled_ids(env.log()).keys() == seeded
 
 
-async def test_residual_counts_only_orders_still_open(env: Env) -> None:
+async def test_residual_counts_only_orders_still_open(env: Env, engines: Engines) -> None:
     env.seed(40, ["BTC_USDT"])
     env.sim.set_races(lose_cancel=0.5)  # CANCEL_SENT, but half the orders stay open
     async with env.client() as (client, _):
-        engine = Engine({ACCOUNT: client}, engine_settings(max_passes=2))
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings(max_passes=2)))
         result = await engine.submit(kill(), no_progress)
         await engine.close(1.0)
     still_open = env.open_ids()
@@ -589,7 +604,7 @@ async def test_residual_counts_only_orders_still_open(env: Env) -> None:
 
 @pytest.mark.parametrize(("strategy", "symbols"), [("auto", None), ("per_order", {"BTC_USDT"})])
 async def test_a_kill_that_never_finishes_listing_names_the_unlisted_pairs(
-    env: Env, strategy: str, symbols: set[str] | None
+    env: Env, strategy: str, symbols: set[str] | None, engines: Engines
 ) -> None:
     env.seed(300)
     # Exchange-wide 429s from the 3rd signed request, for longer than the kill's deadline
@@ -598,10 +613,12 @@ async def test_a_kill_that_never_finishes_listing_names_the_unlisted_pairs(
     registry = CollectorRegistry()
     metrics = Metrics(registry, [ACCOUNT])
     async with env.client() as (client, _):
-        engine = Engine(
-            {ACCOUNT: client},
-            engine_settings(strategy=strategy, page_size=100, settle_grace_s=0.3),
-            metrics,
+        engine = await engines(
+            Engine(
+                {ACCOUNT: client},
+                engine_settings(strategy=strategy, page_size=100, settle_grace_s=0.3),
+                metrics,
+            )
         )
         result = await engine.submit(kill(symbols=symbols, deadline_s=1.5), no_progress)
         await engine.close(1.0)
@@ -618,12 +635,14 @@ async def test_a_kill_that_never_finishes_listing_names_the_unlisted_pairs(
     assert document["unlisted_pairs"] == result.unlisted_pairs
 
 
-async def test_a_kill_that_listed_every_pair_names_none_unlisted(env: Env) -> None:
+async def test_a_kill_that_listed_every_pair_names_none_unlisted(
+    env: Env, engines: Engines
+) -> None:
     env.seed(20)
     registry = CollectorRegistry()
     metrics = Metrics(registry, [ACCOUNT])
     async with env.client() as (client, _):
-        engine = Engine({ACCOUNT: client}, engine_settings(strategy="auto"), metrics)
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings(strategy="auto"), metrics))
         result = await engine.submit(kill(), no_progress)
         await engine.close(1.0)
     assert result.status is SweepStatus.FLAT, result.reason

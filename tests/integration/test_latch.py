@@ -69,8 +69,10 @@ class Env:
             "latch_budget_share": SHARE,
         }
         options.update(engine)
-        async with ExchangeClient(settings) as client:
-            eng = Engine({ACCOUNT: client}, EngineConfig(**options), observer)
+        async with (
+            ExchangeClient(settings) as client,
+            Engine({ACCOUNT: client}, EngineConfig(**options), observer) as eng,
+        ):
             try:
                 yield eng, client
             finally:

@@ -27,7 +27,7 @@ from killswitch.commands.check import run_checks
 from killswitch.commands.common import OperatorError
 from killswitch.commands.prepare import TriggerRequest, prepare_trigger
 from killswitch.commands.status import read_status
-from killswitch.commands.trigger import run_trigger
+from killswitch.commands.trigger import run_trigger, trigger_rules
 from killswitch.config import OperatorKey, Settings, TriggerSigningSettings
 from killswitch.contracts import Alert, encode_dlq, encode_result, encode_state, parse_alert
 from killswitch.core.model import Counts, HaltState, Scope, SweepResult, SweepStatus
@@ -175,7 +175,7 @@ async def test_trigger_publishes_a_valid_alert_and_follows_it_to_flat(
     settings = await fresh(kafka_bootstrap, unique_name)
     prepared = prepare_trigger(
         request(["mm-2", "mm-1"], symbols=["BTC_USDT"], latch=True),
-        settings,
+        trigger_rules(settings),
         now=datetime.now(UTC),
     )
     out = io.StringIO()
@@ -210,7 +210,9 @@ async def test_trigger_not_flat_exits_1_and_names_the_account(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
     settings = await fresh(kafka_bootstrap, unique_name)
-    prepared = prepare_trigger(request(["mm-1", "arb-1"]), settings, now=datetime.now(UTC))
+    prepared = prepare_trigger(
+        request(["mm-1", "arb-1"]), trigger_rules(settings), now=datetime.now(UTC)
+    )
     out = io.StringIO()
     async with scripted(ScriptedDaemon(settings, statuses={"arb-1": "residual"})):
         run = await run_trigger(settings.kafka, prepared, out=out, tty=False, timeout_s=20)
@@ -224,7 +226,9 @@ async def test_trigger_not_flat_exits_1_and_names_the_account(
 
 async def test_trigger_all_accounts_and_dry_run(kafka_bootstrap: str, unique_name: Unique) -> None:
     settings = await fresh(kafka_bootstrap, unique_name)
-    prepared = prepare_trigger(request("*", dry_run=True), settings, now=datetime.now(UTC))
+    prepared = prepare_trigger(
+        request("*", dry_run=True), trigger_rules(settings), now=datetime.now(UTC)
+    )
     out = io.StringIO()
     async with scripted(ScriptedDaemon(settings)) as daemon:
         run = await run_trigger(settings.kafka, prepared, out=out, tty=False, timeout_s=20)
@@ -245,7 +249,9 @@ async def test_a_refused_trigger_is_reported_from_the_dead_letter_topic(
             required=True, operators=[OperatorKey(name="alice", public_key="A" * 43 + "=")]
         )
     )
-    prepared = prepare_trigger(request(["mm-1", "mm-2"]), settings, now=datetime.now(UTC))
+    prepared = prepare_trigger(
+        request(["mm-1", "mm-2"]), trigger_rules(settings), now=datetime.now(UTC)
+    )
     out = io.StringIO()
     async with scripted(ScriptedDaemon(settings, verifier=verifier)):
         run = await run_trigger(settings.kafka, prepared, out=out, tty=False, timeout_s=20)
@@ -258,7 +264,9 @@ async def test_a_refused_trigger_is_reported_from_the_dead_letter_topic(
 
 async def test_no_final_result_times_out(kafka_bootstrap: str, unique_name: Unique) -> None:
     settings = await fresh(kafka_bootstrap, unique_name)
-    prepared = prepare_trigger(request(["mm-1", "mm-2"]), settings, now=datetime.now(UTC))
+    prepared = prepare_trigger(
+        request(["mm-1", "mm-2"]), trigger_rules(settings), now=datetime.now(UTC)
+    )
     out = io.StringIO()
     async with scripted(ScriptedDaemon(settings, silent={"mm-2"})):
         run = await run_trigger(settings.kafka, prepared, out=out, tty=False, timeout_s=1.5)
@@ -272,7 +280,9 @@ async def test_terminal_output_is_redrawn_in_place(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
     settings = await fresh(kafka_bootstrap, unique_name)
-    prepared = prepare_trigger(request(["mm-1", "mm-2"]), settings, now=datetime.now(UTC))
+    prepared = prepare_trigger(
+        request(["mm-1", "mm-2"]), trigger_rules(settings), now=datetime.now(UTC)
+    )
     out = io.StringIO()
     async with scripted(ScriptedDaemon(settings, progress_steps=3)):
         run = await run_trigger(settings.kafka, prepared, out=out, tty=True, timeout_s=20)
@@ -288,7 +298,7 @@ async def test_terminal_output_is_redrawn_in_place(
 async def test_release_follows_to_released(kafka_bootstrap: str, unique_name: Unique) -> None:
     settings = await fresh(kafka_bootstrap, unique_name)
     prepared = prepare_trigger(
-        request(["arb-1"], action="release"), settings, now=datetime.now(UTC)
+        request(["arb-1"], action="release"), trigger_rules(settings), now=datetime.now(UTC)
     )
     assert prepared.alert_id.startswith("rel-")
     out = io.StringIO()
@@ -303,7 +313,7 @@ async def test_missing_topics_and_unreachable_kafka_are_clear_errors(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
     settings = make_settings(kafka_bootstrap, unique_name)  # topics never created
-    prepared = prepare_trigger(request(), settings, now=datetime.now(UTC))
+    prepared = prepare_trigger(request(), trigger_rules(settings), now=datetime.now(UTC))
     with pytest.raises(OperatorError, match=r"manual topic .* does not exist"):
         await run_trigger(settings.kafka, prepared, out=io.StringIO(), tty=False, timeout_s=5)
     nowhere = make_settings(f"127.0.0.1:{free_port()}", unique_name)
@@ -530,7 +540,7 @@ async def test_check_passes_and_fails_per_account(
         )
         t = settings.kafka.topics
         await create_topics(kafka_bootstrap, [t.alerts, t.manual, t.heartbeats, t.results, t.state])
-        checks = await run_checks(settings, timeout_s=5)
+        checks = await run_checks(settings.kafka, settings.accounts, timeout_s=5)
     by = {(c.name, c.target.split()[0]): c for c in checks}
     assert by[("kafka reachable", kafka_bootstrap)].ok
     assert all(by[("topic present", n)].ok for n in (t.alerts, t.manual, t.results, t.state))
@@ -571,7 +581,7 @@ async def test_check_with_kafka_down(unique_name: Unique) -> None:
             }
         ],
     )
-    checks = await run_checks(settings, timeout_s=3)
+    checks = await run_checks(settings.kafka, settings.accounts, timeout_s=3)
     assert not any(c.ok for c in checks)
     assert checks[0].name == "kafka reachable"
     assert "not reachable" in checks[0].detail

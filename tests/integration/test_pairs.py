@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from killswitch.commands.check import run_checks
 from killswitch.commands.prepare import TriggerRequest, prepare_trigger
-from killswitch.commands.trigger import run_trigger
+from killswitch.commands.trigger import run_trigger, trigger_rules
 from killswitch.daemon import Daemon
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import ExchangeUnavailable, Redirected
@@ -247,7 +247,9 @@ async def test_configured_symbols_are_no_proof_a_kill_over_them_is_never_flat(
             # A whole-account kill lists the configured pairs only: never flat, and the
             # CLI prints why.
             out = io.StringIO()
-            whole = prepare_trigger(_trigger(["mm-1"]), settings, now=datetime.now(UTC))
+            whole = prepare_trigger(
+                _trigger(["mm-1"]), trigger_rules(settings), now=datetime.now(UTC)
+            )
             run = await run_trigger(settings.kafka, whole, out=out, tty=False, timeout_s=30)
             row = run.board.rows["mm-1"]
             assert row.status == "residual"
@@ -321,7 +323,9 @@ async def test_cli_trigger_exit_codes_refused_and_not_found(
         async with daemon_in_process(settings):
             out = io.StringIO()
             refused = prepare_trigger(
-                _trigger(["mm-2"], symbols=["btc_usdt"]), settings, now=datetime.now(UTC)
+                _trigger(["mm-2"], symbols=["btc_usdt"]),
+                trigger_rules(settings),
+                now=datetime.now(UTC),
             )
             run = await run_trigger(settings.kafka, refused, out=out, tty=False, timeout_s=30)
             assert run.exit_code == EXIT_REFUSED == 2
@@ -334,7 +338,7 @@ async def test_cli_trigger_exit_codes_refused_and_not_found(
             ghost = 9_000_000_001
             asked = prepare_trigger(
                 _trigger(["mm-2"], symbols=["BTC_USDT"], order_ids=[seeded[0], ghost]),
-                settings,
+                trigger_rules(settings),
                 now=datetime.now(UTC),
             )
             run = await run_trigger(settings.kafka, asked, out=out, tty=False, timeout_s=30)
@@ -545,7 +549,7 @@ async def test_readiness_and_check_agree_on_an_account_without_any_pair_list(
             assert reasons == [r for r in reasons if r.startswith(no_list)]  # mm-1 is fine
             assert reasons[0].endswith("and account has no `symbols` setting")
 
-            checks = await run_checks(settings, timeout_s=5)
+            checks = await run_checks(settings.kafka, settings.accounts, timeout_s=5)
             by = {(c.name, c.target.split()[0]): c for c in checks}
             assert not by[("exchange reachable", "mm-2")].ok
             assert "no pair list" in by[("exchange reachable", "mm-2")].detail

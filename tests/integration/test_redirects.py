@@ -30,6 +30,7 @@ from killswitch.observability import ExchangeProbe, first_page
 from killswitch.simulator import Simulator, SimulatorServer
 from killswitch.simulator.testing import account_settings, register_test_client
 from tests.support.daemon import wait_http
+from tests.support.engine import Engines
 from tests.support.exchange import exchange
 from tests.support.inprocess import ACCOUNTS, daemon_in_process, daemon_settings, prepare_topics
 from tests.support.intake import alert_message
@@ -144,7 +145,9 @@ async def no_progress(result: SweepResult) -> None:
     pass
 
 
-async def test_a_redirected_cancel_all_is_named_remembered_and_falls_back(env: Env) -> None:
+async def test_a_redirected_cancel_all_is_named_remembered_and_falls_back(
+    env: Env, engines: Engines
+) -> None:
     for symbol in SYMBOLS:
         env.sim.seed_orders(env.api_key, symbol, 120)
     env.sim.set_redirect(ELSEWHERE, 308, endpoint="cancel_all")
@@ -152,7 +155,7 @@ async def test_a_redirected_cancel_all_is_named_remembered_and_falls_back(env: E
     assert settings.strategy == "auto"
     async with env.client() as client:
         # One worker: the answer to the first cancel-all comes before any other is due.
-        engine = Engine({ACCOUNT: client}, settings, concurrency=1)
+        engine = await engines(Engine({ACCOUNT: client}, settings, concurrency=1))
         first = await engine.submit(kill("first"), no_progress)
         for symbol in SYMBOLS:
             env.sim.seed_orders(env.api_key, symbol, 30)
@@ -169,12 +172,14 @@ async def test_a_redirected_cancel_all_is_named_remembered_and_falls_back(env: E
     assert env.reasons() == (f"{ACCOUNT}: {problem('cancel_all')}",)
 
 
-async def test_a_redirected_cancel_names_the_location_in_the_result(env: Env) -> None:
+async def test_a_redirected_cancel_names_the_location_in_the_result(
+    env: Env, engines: Engines
+) -> None:
     ids = env.sim.seed_orders(env.api_key, SYMBOL, 2)
     env.sim.set_redirect(ELSEWHERE, 308, endpoint="cancel")
     settings = EngineConfig(progress_interval_s=0.05, strategy="per_order", max_passes=2)
     async with env.client() as client:
-        engine = Engine({ACCOUNT: client}, settings)
+        engine = await engines(Engine({ACCOUNT: client}, settings))
         result = await engine.submit(kill("by-id", order_ids=set(ids)), no_progress)
         await engine.close(1.0)
     assert result.status is SweepStatus.RESIDUAL
@@ -202,7 +207,8 @@ async def test_check_and_readiness_agree_on_a_redirect_of_server_time(env: Env) 
     await env.probe()
     # Clock sync cannot run (signed requests may be refused later): neither is OK.
     assert env.reasons() == (f"{ACCOUNT}: {problem('time', 302)}",)
-    checks = await run_checks(check_settings(env), timeout_s=3)
+    settings = check_settings(env)
+    checks = await run_checks(settings.kafka, settings.accounts, timeout_s=3)
     reach = next(c for c in checks if c.name == "exchange reachable")
     assert not reach.ok
     assert reach.detail == problem("time", 302)
@@ -216,7 +222,8 @@ async def test_a_refused_key_with_the_clock_unmeasured_says_the_clock_may_be_why
     env.sim.public_auth = True
     env.sim.clock_offset_ms = 8000
     await env.probe()
-    checks = await run_checks(check_settings(env), timeout_s=3)
+    settings = check_settings(env)
+    checks = await run_checks(settings.kafka, settings.accounts, timeout_s=3)
     key = next(c for c in checks if c.name == "key accepted")
     assert not key.ok
     assert "the clock offset could not be measured" in key.detail

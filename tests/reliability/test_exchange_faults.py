@@ -31,6 +31,7 @@ from killswitch.metrics import Metrics
 from killswitch.simulator import EndpointFaults, Simulator, SimulatorServer
 from killswitch.simulator.testing import account_settings, register_test_client
 from tests.support import figures
+from tests.support.engine import Engines
 from tests.support.probe import CancelProbe
 
 pytestmark = pytest.mark.integration
@@ -143,17 +144,21 @@ def record_faults(env: Env, probe: CancelProbe) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["per_order", "batch"])
-async def test_all_faults_together_still_reach_flat(env: Env, strategy: str) -> None:
+async def test_all_faults_together_still_reach_flat(
+    env: Env, strategy: str, engines: Engines
+) -> None:
     seeded = env.seed(30)
     untouchable = set(env.sim.seed_orders(env.api_key, OUT_OF_SCOPE, 10))
     env.faults_on()
     registry = CollectorRegistry()
     async with env.client(registry) as (client, probe, metrics):
-        engine = Engine(
-            {ACCOUNT: client},
-            EngineConfig(strategy=strategy, batch_size=10, progress_interval_s=0.2),
-            metrics,
-            concurrency=8,
+        engine = await engines(
+            Engine(
+                {ACCOUNT: client},
+                EngineConfig(strategy=strategy, batch_size=10, progress_interval_s=0.2),
+                metrics,
+                concurrency=8,
+            )
         )
         result = await engine.submit(kill(deadline_s=60.0), no_progress)
         await engine.close(1.0)
@@ -176,7 +181,9 @@ async def test_all_faults_together_still_reach_flat(env: Env, strategy: str) -> 
 
 
 @pytest.mark.slow
-async def test_a_short_deadline_ends_residual_with_an_honest_count(env: Env) -> None:
+async def test_a_short_deadline_ends_residual_with_an_honest_count(
+    env: Env, engines: Engines
+) -> None:
     seeded = env.seed(100)
     env.faults_on()
     registry = CollectorRegistry()
@@ -188,7 +195,7 @@ async def test_a_short_deadline_ends_residual_with_an_honest_count(env: Env) -> 
     ):
         # per_order: one request per order is what makes the deadline too short
         settings = EngineConfig(strategy="per_order", progress_interval_s=0.2)
-        engine = Engine({ACCOUNT: client}, settings, metrics)
+        engine = await engines(Engine({ACCOUNT: client}, settings, metrics))
         result = await engine.submit(kill(deadline_s=2.0), no_progress)
         await engine.close(1.0)
     record_faults(env, probe)

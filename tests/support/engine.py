@@ -6,7 +6,7 @@ engine reports.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -19,6 +19,10 @@ from killswitch.engine import Engine
 from killswitch.exchange.errors import AuthError, InvalidRequest
 
 ACCOUNT = "mm-1"
+
+Engines = Callable[[Engine], Awaitable[Engine]]
+"""The ``engines`` fixture: ``await engines(Engine(...))`` begins the engine's lifetime
+for the rest of the test."""
 
 
 class FakeExchange:

@@ -5,14 +5,17 @@ loopback port, stopped at the end of the session whatever happens; with
 ``KILLSWITCH_TEST_BOOTSTRAP`` set, the tests use that Kafka instead and start nothing.
 ``unique_name``: per-test names, so tests sharing one broker never see each other's data.
 ``daemons``: daemon subprocesses of one test, killed at its end. ``broker``: a broker of
-the test's own, which it may kill and restart on the same port.
+the test's own, which it may kill and restart on the same port. ``engines``: begins the
+lifetime of each engine a test makes (``engine = await engines(Engine(...))``) and ends
+it when the test ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ import pytest
 from killswitch.embedded import BrokerUnavailable, EmbeddedBroker
 from tests.support.broker import own_broker
 from tests.support.daemon import Daemons
+from tests.support.engine import Engines
 
 BOOTSTRAP_ENV = "KILLSWITCH_TEST_BOOTSTRAP"
 
@@ -62,3 +66,12 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
 def broker() -> Iterator[EmbeddedBroker]:
     """A broker of the test's own, which it may kill and restart on the same port."""
     yield from own_broker()
+
+
+@pytest.fixture
+async def engines() -> AsyncIterator[Engines]:
+    """``engine = await engines(Engine(...))``: the engine's lifetime begun (its sweeps and
+    guards are tasks of its task group); at the test's end it is closed without grace
+    (unless the test closed it) and whatever still runs is cancelled."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield stack.enter_async_context

@@ -24,6 +24,7 @@ from killswitch.contracts import (
     encode_dlq,
     encode_result,
     encode_state,
+    final_result_fields,
     format_time,
     kill_requests,
     parse_alert,
@@ -535,8 +536,6 @@ def test_progress_and_release_fields_are_written_only_when_known() -> None:
 
 
 def test_final_result_log_fields() -> None:
-    from killswitch.kafka.consumer import final_result_fields
-
     fields = final_result_fields(sweep_result(operator="alice", trigger_reason="limit"))
     assert fields["alert_id"] == "risk-7f3a"
     assert (fields["account"], fields["status"], fields["operator"]) == ("mm-1", "flat", "alice")
@@ -557,6 +556,4 @@ def test_final_results_name_the_pairs_never_listed_to_the_end() -> None:
     # Progress results leave it out: a pair not listed yet is not "never listed".
     progress = result_to_json(sweep_result(final=False, status=SweepStatus.RUNNING))
     assert "unlisted_pairs" not in progress
-    from killswitch.kafka.consumer import final_result_fields
-
     assert final_result_fields(residual)["unlisted_pairs"] == ["BTC_IDR", "ETH_USDT"]

@@ -21,6 +21,7 @@ from killswitch.contracts import (
     RejectKind,
     ResultOrder,
     ResultRecord,
+    carried_from_json,
     decode_result_summary,
     decode_state_record,
     encode_dlq,
@@ -35,7 +36,6 @@ from killswitch.contracts import (
     read_result,
     state_to_json,
 )
-from killswitch.core.carry import carried_from_json
 from killswitch.core.model import (
     Counts,
     HaltState,

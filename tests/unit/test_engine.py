@@ -23,6 +23,7 @@ from killswitch.engine import Engine
 from killswitch.exchange.errors import AuthError, ExchangeUnavailable
 from tests.support.engine import (
     ACCOUNT,
+    Engines,
     FakeExchange,
     Progress,
     Recorder,
@@ -35,12 +36,14 @@ from tests.support.waiting import wait_for
 
 
 @pytest.mark.parametrize("strategy", ["per_order", "batch", "symbol"])
-async def test_each_strategy_reaches_verified_flat(strategy: str) -> None:
+async def test_each_strategy_reaches_verified_flat(strategy: str, engines: Engines) -> None:
     ex = FakeExchange()
     for i in range(30):
         ex.place("BTC_USDT" if i % 3 else "ETH_USDT", Side.BUY if i % 2 else Side.SELL)
     observer = Recorder()
-    engine = Engine({ACCOUNT: ex}, settings(strategy=strategy, batch_size=7), observer)
+    engine = await engines(
+        Engine({ACCOUNT: ex}, settings(strategy=strategy, batch_size=7), observer)
+    )
     result = await run(engine, request())
     assert result.status is SweepStatus.FLAT
     assert ex.open_count() == 0
@@ -58,11 +61,11 @@ async def test_each_strategy_reaches_verified_flat(strategy: str) -> None:
         assert max(len(c[2]) for c in ex.calls("batch")) == 7
 
 
-async def test_symbol_strategy_falls_back_to_per_order_for_a_side_filter() -> None:
+async def test_symbol_strategy_falls_back_to_per_order_for_a_side_filter(engines: Engines) -> None:
     ex = FakeExchange()
     buy = ex.place("BTC_USDT", Side.BUY)
     sell = ex.place("BTC_USDT", Side.SELL)
-    engine = Engine({ACCOUNT: ex}, settings(strategy="symbol"))
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="symbol")))
     result = await run(engine, request(sides={Side.BUY}))
     assert result.status is SweepStatus.FLAT
     assert not ex.calls("all")
@@ -70,12 +73,12 @@ async def test_symbol_strategy_falls_back_to_per_order_for_a_side_filter() -> No
     assert sell in ex.books["BTC_USDT"]
 
 
-async def test_priority_largest_notional_first() -> None:
+async def test_priority_largest_notional_first(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     small = ex.place("BTC_USDT", price="1")
     big = ex.place("BTC_USDT", price="1000")
     mid = ex.place("BTC_USDT", price="50")
-    engine = Engine({ACCOUNT: ex}, settings(), concurrency=1)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(), concurrency=1))
     await run(engine, request())
     assert [c[2][0] for c in ex.calls("cancel")] == [big, mid, small]
 
@@ -83,19 +86,19 @@ async def test_priority_largest_notional_first() -> None:
 @pytest.mark.parametrize(
     ("priority", "expected_order"), [("newest_first", [2, 1, 0]), ("oldest_first", [0, 1, 2])]
 )
-async def test_priority_by_age(priority: str, expected_order: list[int]) -> None:
+async def test_priority_by_age(priority: str, expected_order: list[int], engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ids = [ex.place("BTC_USDT", price=str(p)) for p in ("1000", "1", "50")]
-    engine = Engine({ACCOUNT: ex}, settings(priority=priority), concurrency=1)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(priority=priority), concurrency=1))
     await run(engine, request())
     assert [c[2][0] for c in ex.calls("cancel")] == [ids[i] for i in expected_order]
 
 
-async def test_batch_fail_ids_fall_back_to_single_cancels() -> None:
+async def test_batch_fail_ids_fall_back_to_single_cancels(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ids = [ex.place("BTC_USDT") for _ in range(5)]
     ex.batch_fail_ids = {ids[1], ids[3]}  # still open, the batch did not take them
-    engine = Engine({ACCOUNT: ex}, settings(strategy="batch", batch_size=10))
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="batch", batch_size=10)))
     result = await run(engine, request())
     assert result.status is SweepStatus.FLAT
     assert sorted(c[2][0] for c in ex.calls("cancel")) == sorted(ex.batch_fail_ids)
@@ -105,12 +108,12 @@ async def test_batch_fail_ids_fall_back_to_single_cancels() -> None:
     assert by_id[ids[1]].attempts == 2  # the batch and the single cancel
 
 
-async def test_scope_filters_symbol_side_and_ids() -> None:
+async def test_scope_filters_symbol_side_and_ids(engines: Engines) -> None:
     ex = FakeExchange()
     keep = [ex.place("ETH_USDT"), ex.place("BTC_USDT", Side.SELL)]
     target = ex.place("BTC_USDT", Side.BUY)
     other_buy = ex.place("BTC_USDT", Side.BUY)
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     result = await run(engine, request(symbols={"BTC_USDT"}, sides={Side.BUY}, ids={target}))
     assert result.status is SweepStatus.FLAT
     assert [o.order_id for o in result.orders] == [target]
@@ -120,12 +123,12 @@ async def test_scope_filters_symbol_side_and_ids() -> None:
     assert other_buy in ex.books["BTC_USDT"]
 
 
-async def test_dry_run_sends_nothing() -> None:
+async def test_dry_run_sends_nothing(engines: Engines) -> None:
     ex = FakeExchange()
     for _ in range(4):
         ex.place("BTC_USDT")
     observer = Recorder()
-    engine = Engine({ACCOUNT: ex}, settings(strategy="symbol"), observer)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="symbol"), observer))
     result = await run(engine, request(dry_run=True, latch=True))
     assert result.status is SweepStatus.DRY_RUN
     assert result.counts.skipped == 4
@@ -136,12 +139,12 @@ async def test_dry_run_sends_nothing() -> None:
     assert engine.halted() == {}  # a dry run never latches
 
 
-async def test_auth_rejected_on_cancel_stops_at_once() -> None:
+async def test_auth_rejected_on_cancel_stops_at_once(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     for _ in range(50):
         ex.place("BTC_USDT")
     ex.auth_revoked = False
-    engine = Engine({ACCOUNT: ex}, settings(), concurrency=2)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(), concurrency=2))
 
     original = ex.cancel_order
 
@@ -168,11 +171,13 @@ async def test_auth_rejected_on_cancel_stops_at_once() -> None:
         (ExchangeUnavailable("down", attempts=6, last_status=503, last_error=None), "unavailable"),
     ],
 )
-async def test_listing_errors_fail_the_sweep(error: Exception, words: str) -> None:
+async def test_listing_errors_fail_the_sweep(
+    error: Exception, words: str, engines: Engines
+) -> None:
     ex = FakeExchange()
     ex.place("BTC_USDT")
     ex.list_error = error
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     result = await run(engine, request(symbols={"BTC_USDT"}))
     assert result.status is SweepStatus.FAILED
     assert result.reason is not None
@@ -204,6 +209,7 @@ def flaky_listing(ex: FakeExchange, failures: dict[str, int]) -> None:
 )
 async def test_a_listing_that_gives_up_is_listed_again_by_the_next_pass(
     failures: dict[str, int],
+    engines: Engines,
 ) -> None:
     # A flaky exchange (other requests answered) must not end a kill as failed.
     ex = FakeExchange()
@@ -211,14 +217,14 @@ async def test_a_listing_that_gives_up_is_listed_again_by_the_next_pass(
         ex.place("BTC_USDT")
         ex.place("ETH_USDT")
     flaky_listing(ex, dict(failures))
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     result = await run(engine, request(symbols={"BTC_USDT", "ETH_USDT"}))
     assert result.status is SweepStatus.FLAT, result.reason
     assert ex.open_count() == 0
     assert_accounted(result)
 
 
-async def test_exchange_info_that_gives_up_once_is_read_again() -> None:
+async def test_exchange_info_that_gives_up_once_is_read_again(engines: Engines) -> None:
     ex = FakeExchange()
     ex.place("BTC_USDT")
     real = ex.exchange_info
@@ -232,19 +238,19 @@ async def test_exchange_info_that_gives_up_once_is_read_again() -> None:
         return await real()
 
     ex.exchange_info = info  # type: ignore[method-assign]
-    result = await run(Engine({ACCOUNT: ex}, settings()), request())
+    result = await run(await engines(Engine({ACCOUNT: ex}, settings())), request())
     assert result.status is SweepStatus.FLAT, result.reason
     assert ex.open_count() == 0
 
 
-async def test_a_pair_never_listed_is_named_in_a_residual_result() -> None:
+async def test_a_pair_never_listed_is_named_in_a_residual_result(engines: Engines) -> None:
     # residual_open counts what listings returned: a pair nobody could list is named.
     ex = FakeExchange()
     ex.place("BTC_USDT")
     ex.place("ETH_USDT")
     flaky_listing(ex, {"ETH_USDT": 100})
     observer = Recorder()
-    engine = Engine({ACCOUNT: ex}, settings(max_passes=2), observer)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(max_passes=2), observer))
     result = await run(engine, request(symbols={"BTC_USDT", "ETH_USDT"}))
     assert result.status is SweepStatus.RESIDUAL
     assert result.reason is not None
@@ -255,25 +261,25 @@ async def test_a_pair_never_listed_is_named_in_a_residual_result() -> None:
     assert observer.residuals == [(0, 1)]
 
 
-async def test_a_flat_sweep_reports_no_pair_unlisted() -> None:
+async def test_a_flat_sweep_reports_no_pair_unlisted(engines: Engines) -> None:
     ex = FakeExchange()
     ex.place("BTC_USDT")
     flaky_listing(ex, {"BTC_USDT": 1})  # given up once, listed by the next pass
     observer = Recorder()
-    engine = Engine({ACCOUNT: ex}, settings(), observer)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(), observer))
     result = await run(engine, request())
     assert result.status is SweepStatus.FLAT, result.reason
     assert result.unlisted_pairs == []
     assert observer.residuals == [(0, 0)]
 
 
-async def test_a_pair_the_exchange_refuses_to_list_is_never_flat() -> None:
+async def test_a_pair_the_exchange_refuses_to_list_is_never_flat(engines: Engines) -> None:
     # The intake refuses unknown pairs up front; one that gets here anyway (delisted
     # since, or never checked) is no proof of flat: the rest is cancelled, the
     # result is residual and names the pair.
     ex = FakeExchange(["BTC_USDT"])
     ex.place("BTC_USDT")
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     result = await run(engine, request(symbols={"BTC_USDT", "NOPE_USDT"}))
     assert result.status is SweepStatus.RESIDUAL
     assert result.reason is not None
@@ -282,10 +288,10 @@ async def test_a_pair_the_exchange_refuses_to_list_is_never_flat() -> None:
     assert ex.open_count() == 0
 
 
-async def test_unchecked_pairs_are_never_flat() -> None:
+async def test_unchecked_pairs_are_never_flat(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ex.place("BTC_USDT")
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     req = dataclasses.replace(
         request(symbols={"BTC_USDT"}), unchecked_pairs="pairs could not be checked (down)"
     )
@@ -296,18 +302,18 @@ async def test_unchecked_pairs_are_never_flat() -> None:
     assert ex.open_count() == 0  # what could be cancelled was
 
 
-async def test_order_ids_never_seen_open_are_not_found() -> None:
+async def test_order_ids_never_seen_open_are_not_found(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     order_id = ex.place("BTC_USDT")
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     ids = {order_id, 987654321, 987654322}
     result = await run(engine, request(symbols={"BTC_USDT"}, ids=ids))
     assert result.status is SweepStatus.FLAT
     assert result.not_found == [987654321, 987654322]
 
 
-async def test_unknown_account_gets_a_failed_result() -> None:
-    engine = Engine({ACCOUNT: FakeExchange()}, settings())
+async def test_unknown_account_gets_a_failed_result(engines: Engines) -> None:
+    engine = await engines(Engine({ACCOUNT: FakeExchange()}, settings()))
     result = await run(engine, request(account="ghost"))
     assert result.status is SweepStatus.FAILED
     assert result.final
@@ -315,11 +321,11 @@ async def test_unknown_account_gets_a_failed_result() -> None:
     assert "ghost" in result.reason
 
 
-async def test_orders_appearing_during_the_sweep_are_cancelled() -> None:
+async def test_orders_appearing_during_the_sweep_are_cancelled(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ex.place("BTC_USDT")
     ex.spawn_on_cancel = [("BTC_USDT", Side.SELL), ("BTC_USDT", Side.BUY)]
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     result = await run(engine, request())
     assert result.status is SweepStatus.FLAT
     assert result.counts.sent == 3
@@ -327,11 +333,11 @@ async def test_orders_appearing_during_the_sweep_are_cancelled() -> None:
     assert ex.open_count() == 0
 
 
-async def test_sticky_orders_end_residual_at_the_deadline() -> None:
+async def test_sticky_orders_end_residual_at_the_deadline(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ex.place("BTC_USDT")
     ex.sticky = True
-    engine = Engine({ACCOUNT: ex}, settings(max_passes=1000))
+    engine = await engines(Engine({ACCOUNT: ex}, settings(max_passes=1000)))
     result = await run(engine, request(deadline_s=0.2))
     assert result.status is SweepStatus.RESIDUAL
     assert result.residual_open == 1
@@ -341,23 +347,23 @@ async def test_sticky_orders_end_residual_at_the_deadline() -> None:
     assert "deadline" in result.reason
 
 
-async def test_sticky_orders_end_residual_after_max_passes() -> None:
+async def test_sticky_orders_end_residual_after_max_passes(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ex.place("BTC_USDT")
     ex.sticky = True
-    engine = Engine({ACCOUNT: ex}, settings(max_passes=3))
+    engine = await engines(Engine({ACCOUNT: ex}, settings(max_passes=3)))
     result = await run(engine, request())
     assert result.status is SweepStatus.RESIDUAL
     assert result.sweeps == 3
     assert len(ex.calls("cancel")) == 3
 
 
-async def test_rejected_orders_stop_the_sweep_without_hammering() -> None:
+async def test_rejected_orders_stop_the_sweep_without_hammering(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     bad = ex.place("BTC_USDT")
     ex.place("BTC_USDT")
     ex.reject_ids = {bad}
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     result = await run(engine, request())
     assert result.status is SweepStatus.RESIDUAL
     assert result.residual_open == 1
@@ -367,12 +373,12 @@ async def test_rejected_orders_stop_the_sweep_without_hammering() -> None:
     assert result.sweeps == 2
 
 
-async def test_overlapping_kills_coalesce_into_one_sweep() -> None:
+async def test_overlapping_kills_coalesce_into_one_sweep(engines: Engines) -> None:
     ex = FakeExchange()
     btc = [ex.place("BTC_USDT") for _ in range(3)]
     eth = [ex.place("ETH_USDT") for _ in range(2)]
     ex.gate = asyncio.Event()
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     first = asyncio.create_task(engine.submit(request("a", symbols={"BTC_USDT"}), Progress()))
     await wait_for(lambda: len(ex.calls("cancel")) > 0)
     second = asyncio.create_task(engine.submit(request("b", symbols={"ETH_USDT"}), Progress()))
@@ -389,11 +395,11 @@ async def test_overlapping_kills_coalesce_into_one_sweep() -> None:
     assert ex.open_count() == 0
 
 
-async def test_a_sweep_past_half_its_passes_takes_no_more_alerts() -> None:
+async def test_a_sweep_past_half_its_passes_takes_no_more_alerts(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ex.place("BTC_USDT")
     ex.sticky = True  # every pass cancels it again: the sweep uses all its passes
-    engine = Engine({ACCOUNT: ex}, settings(max_passes=4))
+    engine = await engines(Engine({ACCOUNT: ex}, settings(max_passes=4)))
     first = asyncio.create_task(engine.submit(request("a"), Progress()))
     await wait_for(lambda: len(ex.calls("cancel")) >= 3)  # the third pass of four
     second = asyncio.create_task(engine.submit(request("b"), Progress()))
@@ -404,11 +410,13 @@ async def test_a_sweep_past_half_its_passes_takes_no_more_alerts() -> None:
     assert len(ex.calls("cancel")) == 8
 
 
-async def test_a_sweep_answers_thousands_of_alerts_between_turns_of_the_loop() -> None:
+async def test_a_sweep_answers_thousands_of_alerts_between_turns_of_the_loop(
+    engines: Engines,
+) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ex.place("BTC_USDT")
     ex.gate = asyncio.Event()
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     futures = [engine.start(request(f"a{i}"), Progress()) for i in range(40)]
     seen: list[int] = []  # alerts answered, each time the loop came round to this task
 
@@ -428,9 +436,9 @@ async def test_a_sweep_answers_thousands_of_alerts_between_turns_of_the_loop() -
     assert any(0 < n < 40 for n in seen)
 
 
-async def test_kill_waits_when_the_running_sweep_is_closing() -> None:
+async def test_kill_waits_when_the_running_sweep_is_closing(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     a = await engine.submit(request("a"), Progress())
     ex.place("BTC_USDT")
     b = await engine.submit(request("b"), Progress())
@@ -440,11 +448,11 @@ async def test_kill_waits_when_the_running_sweep_is_closing() -> None:
     assert b.counts.sent == 1
 
 
-async def test_dry_run_does_not_join_a_real_sweep() -> None:
+async def test_dry_run_does_not_join_a_real_sweep(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ids = [ex.place("BTC_USDT") for _ in range(3)]
     ex.gate = asyncio.Event()
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     real = asyncio.create_task(engine.submit(request("real"), Progress()))
     await wait_for(lambda: len(ex.calls("cancel")) > 0)
     dry = asyncio.create_task(engine.submit(request("dry", dry_run=True), Progress()))
@@ -458,12 +466,12 @@ async def test_dry_run_does_not_join_a_real_sweep() -> None:
     assert d.counts.resolved == 0  # it ran after the real sweep: nothing left
 
 
-async def test_progress_events_while_a_sweep_runs() -> None:
+async def test_progress_events_while_a_sweep_runs(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     for _ in range(5):
         ex.place("BTC_USDT")
     ex.gate = asyncio.Event()
-    engine = Engine({ACCOUNT: ex}, settings(progress_interval_s=0.01))
+    engine = await engines(Engine({ACCOUNT: ex}, settings(progress_interval_s=0.01)))
     progress = Progress()
     task = asyncio.create_task(engine.submit(request(), progress))
     await wait_for(lambda: len(progress.events) >= 2)
@@ -477,7 +485,7 @@ async def test_progress_events_while_a_sweep_runs() -> None:
     assert result.final
 
 
-async def test_latch_resweeps_until_released() -> None:
+async def test_latch_resweeps_until_released(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ex.place("BTC_USDT")
     states: list[HaltState] = []
@@ -486,7 +494,7 @@ async def test_latch_resweeps_until_released() -> None:
         states.append(state)
 
     observer = Recorder()
-    engine = Engine({ACCOUNT: ex}, settings(), observer, on_state)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(), observer, on_state))
     result = await engine.submit(request(latch=True, symbols={"BTC_USDT"}), Progress())
     assert result.status is SweepStatus.FLAT
     assert [s.halted for s in states] == [True]
@@ -504,10 +512,10 @@ async def test_latch_resweeps_until_released() -> None:
     await engine.close(1.0)
 
 
-async def test_restore_halt_guards_at_start_up() -> None:
+async def test_restore_halt_guards_at_start_up(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     stray = ex.place("BTC_USDT")
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     engine.restore_halt(
         HaltState(ACCOUNT, True, "old", datetime.now(UTC), Scope(frozenset({"BTC_USDT"})))
     )
@@ -517,11 +525,11 @@ async def test_restore_halt_guards_at_start_up() -> None:
     assert engine.halted()[ACCOUNT].alert_id == "old"
 
 
-async def test_close_fails_sweeps_that_outlive_the_grace() -> None:
+async def test_close_fails_sweeps_that_outlive_the_grace(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ex.place("BTC_USDT")
     ex.gate = asyncio.Event()  # never set: the cancel hangs
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     task = asyncio.create_task(engine.submit(request(), Progress()))
     await wait_for(lambda: len(ex.calls("cancel")) == 1)
     await engine.close(0.01)
@@ -586,14 +594,14 @@ class LazyBook(FakeExchange):
         return CancelResult(order_id, symbol, Outcome.SENT, 1, status=200)
 
 
-async def test_memory_is_bounded_by_pages_not_by_orders() -> None:
+async def test_memory_is_bounded_by_pages_not_by_orders(engines: Engines) -> None:
     # 40,000 open orders: the sweep must never hold more than the pages being read, whatever
     # the size of the book: per pair listed at once, one page, two while the next one is
     # parsed (the loop still holds the previous page).
     _Live.now = _Live.peak = 0
     symbols = ["A_USDT", "B_USDT", "C_USDT", "D_USDT"]
     ex = LazyBook(10_000, symbols)
-    engine = Engine({ACCOUNT: ex}, settings(page_size=100))
+    engine = await engines(Engine({ACCOUNT: ex}, settings(page_size=100)))
     # What is measured is memory, not speed: a deadline a loaded machine cannot miss.
     result = await run(engine, request(deadline_s=90.0))
     assert result.status is SweepStatus.FLAT
@@ -602,7 +610,7 @@ async def test_memory_is_bounded_by_pages_not_by_orders() -> None:
     assert _Live.now == 0
 
 
-def test_restore_halt_before_the_loop_runs_starts_guarding_on_first_use() -> None:
+def test_restore_halt_before_the_lifetime_starts_guarding_when_it_begins() -> None:
     ex = FakeExchange(["BTC_USDT", "ETH_USDT"])
     stray = ex.place("BTC_USDT")
     engine = Engine({ACCOUNT: ex}, settings())
@@ -613,12 +621,52 @@ def test_restore_halt_before_the_loop_runs_starts_guarding_on_first_use() -> Non
     assert set(engine.halted()) == {ACCOUNT}
 
     async def main() -> None:
-        result = await engine.submit(request(symbols={"ETH_USDT"}), Progress())
-        assert result.status is SweepStatus.FLAT
-        await wait_for(lambda: stray not in ex.books["BTC_USDT"])
-        await engine.close(1.0)
+        assert engine.guarded() == frozenset()  # nothing runs before the lifetime
+        async with engine:
+            assert engine.guarded() == {ACCOUNT}
+            result = await engine.submit(request(symbols={"ETH_USDT"}), Progress())
+            assert result.status is SweepStatus.FLAT
+            await wait_for(lambda: stray not in ex.books["BTC_USDT"])
+            await engine.close(1.0)
+        assert engine.guarded() == frozenset()
 
     asyncio.run(main())
+
+
+async def test_leaving_the_lifetime_ends_every_task_of_the_engine() -> None:
+    """A latched kill stuck on a cancel that never answers, a guard, a second account's
+    sweep: leaving the lifetime (no close first) ends them all, and every alert has its
+    answer."""
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    ex.gate = asyncio.Event()  # never set: the cancel hangs
+    other = FakeExchange(["BTC_USDT"], account="mm-2")
+    other.place("BTC_USDT")
+    other.gate = asyncio.Event()
+    before = asyncio.all_tasks()
+    async with Engine({ACCOUNT: ex, "mm-2": other}, settings()) as engine:
+        latched = engine.start(request(latch=True), Progress())
+        plain = engine.start(request("a2", account="mm-2"), Progress())
+        await wait_for(lambda: ex.calls("cancel") and other.calls("cancel"))
+        assert engine.guarded() == {ACCOUNT}
+    assert asyncio.all_tasks() == before  # nothing of the engine outlives it
+    for future in (latched, plain):
+        result = await future
+        assert result.status is SweepStatus.FAILED
+        assert result.final
+    assert engine.guarded() == frozenset()
+
+
+async def test_start_outside_the_lifetime_is_refused() -> None:
+    engine = Engine({ACCOUNT: FakeExchange()}, settings())
+    with pytest.raises(RuntimeError, match="not running"):
+        engine.start(request(), Progress())
+    async with engine:
+        pass
+    # After its lifetime: every kill gets a failed result, nothing is spawned.
+    result = await engine.submit(request(), Progress())
+    assert result.status is SweepStatus.FAILED
+    assert result.reason == "the engine is shutting down"
 
 
 # ------------------------------------------------------------------ guard filter
@@ -630,14 +678,17 @@ def halt(account: str) -> HaltState:
     return HaltState(account, True, f"halt-{account}", datetime.now(UTC), Scope())
 
 
-def two_accounts(observer: Recorder | None = None) -> tuple[FakeExchange, FakeExchange, Engine]:
+async def two_accounts(
+    engines: Engines, observer: Recorder | None = None
+) -> tuple[FakeExchange, FakeExchange, Engine]:
     mine, theirs = FakeExchange(["BTC_USDT"]), FakeExchange(["BTC_USDT"], account=OTHER)
-    return mine, theirs, Engine({ACCOUNT: mine, OTHER: theirs}, settings(), observer)
+    engine = await engines(Engine({ACCOUNT: mine, OTHER: theirs}, settings(), observer))
+    return mine, theirs, engine
 
 
-async def test_guard_filter_keeps_the_halt_but_guards_only_owned_accounts() -> None:
+async def test_guard_filter_keeps_the_halt_but_guards_only_owned_accounts(engines: Engines) -> None:
     observer = Recorder()
-    mine, theirs, engine = two_accounts(observer)
+    mine, theirs, engine = await two_accounts(engines, observer)
     engine.set_guard_filter(lambda account: account == ACCOUNT)
     engine.restore_halt(halt(ACCOUNT))
     engine.restore_halt(halt(OTHER))
@@ -652,8 +703,8 @@ async def test_guard_filter_keeps_the_halt_but_guards_only_owned_accounts() -> N
     await engine.close(1.0)
 
 
-async def test_refresh_guards_moves_the_guard_with_ownership() -> None:
-    mine, theirs, engine = two_accounts()
+async def test_refresh_guards_moves_the_guard_with_ownership(engines: Engines) -> None:
+    mine, theirs, engine = await two_accounts(engines)
     owned = {ACCOUNT}
     engine.set_guard_filter(owned.__contains__)
     engine.restore_halt(halt(ACCOUNT))
@@ -679,12 +730,12 @@ async def test_refresh_guards_moves_the_guard_with_ownership() -> None:
     await engine.close(1.0)
 
 
-async def test_losing_ownership_cancels_a_guard_sweep_in_progress() -> None:
+async def test_losing_ownership_cancels_a_guard_sweep_in_progress(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ex.place("BTC_USDT")
     ex.gate = asyncio.Event()  # never set: the guard's cancel hangs
     owned = [True]
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     engine.set_guard_filter(lambda account: owned[0])
     engine.restore_halt(halt(ACCOUNT))
     await wait_for(lambda: len(ex.calls("cancel")) == 1)
@@ -697,10 +748,10 @@ async def test_losing_ownership_cancels_a_guard_sweep_in_progress() -> None:
     await engine.close(1.0)
 
 
-async def test_a_guard_loop_ends_when_ownership_is_lost_without_refresh() -> None:
+async def test_a_guard_loop_ends_when_ownership_is_lost_without_refresh(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     owned = [True]
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     engine.set_guard_filter(lambda account: owned[0])
     engine.restore_halt(halt(ACCOUNT))
     await wait_for(lambda: len(ex.calls("list")) >= 2)
@@ -714,7 +765,9 @@ async def test_a_guard_loop_ends_when_ownership_is_lost_without_refresh() -> Non
     await engine.close(1.0)
 
 
-async def test_a_kill_sweeps_and_halts_even_where_the_account_is_not_guarded() -> None:
+async def test_a_kill_sweeps_and_halts_even_where_the_account_is_not_guarded(
+    engines: Engines,
+) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ex.place("BTC_USDT")
     states: list[HaltState] = []
@@ -723,7 +776,7 @@ async def test_a_kill_sweeps_and_halts_even_where_the_account_is_not_guarded() -
         states.append(state)
 
     owned = [False]
-    engine = Engine({ACCOUNT: ex}, settings(), on_state=on_state)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(), on_state=on_state))
     engine.set_guard_filter(lambda account: owned[0])
     result = await engine.submit(request(latch=True), Progress())
     assert result.status is SweepStatus.FLAT
@@ -741,9 +794,9 @@ async def test_a_kill_sweeps_and_halts_even_where_the_account_is_not_guarded() -
     await engine.close(1.0)
 
 
-async def test_a_latching_kill_on_the_owner_starts_its_guard() -> None:
+async def test_a_latching_kill_on_the_owner_starts_its_guard(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     engine.set_guard_filter(lambda account: account == ACCOUNT)
     await engine.submit(request(latch=True), Progress())
     assert engine.guarded() == {ACCOUNT}
@@ -760,10 +813,10 @@ def _worker_tasks(engine_account: str = ACCOUNT) -> list[str]:
     return [n for n in names if n.startswith(f"sweep-{engine_account}-w")]
 
 
-async def test_start_spawns_the_sweep_before_its_result_is_awaited() -> None:
+async def test_start_spawns_the_sweep_before_its_result_is_awaited(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     oid = ex.place("BTC_USDT")
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     future = engine.start(request("a"), Progress())
     # Nobody awaits the future: the sweep runs anyway.
     await wait_for(lambda: ex.open_count() == 0)
@@ -773,15 +826,15 @@ async def test_start_spawns_the_sweep_before_its_result_is_awaited() -> None:
     assert [o.order_id for o in result.orders] == [oid]
 
 
-async def test_start_refusal_is_an_already_resolved_future() -> None:
-    engine = Engine({ACCOUNT: FakeExchange()}, settings())
+async def test_start_refusal_is_an_already_resolved_future(engines: Engines) -> None:
+    engine = await engines(Engine({ACCOUNT: FakeExchange()}, settings()))
     future = engine.start(request("a", account="nobody"), Progress())
     assert future.done()
     assert future.result().status is SweepStatus.FAILED
     await engine.close(1.0)
 
 
-async def test_first_listing_goes_out_before_any_worker_exists() -> None:
+async def test_first_listing_goes_out_before_any_worker_exists(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     for _ in range(3):
         ex.place("BTC_USDT")
@@ -793,19 +846,19 @@ async def test_first_listing_goes_out_before_any_worker_exists() -> None:
         return inner(symbol, limit=limit)
 
     ex.open_orders = listing  # type: ignore[method-assign]
-    engine = Engine({ACCOUNT: ex}, settings(), concurrency=8)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(), concurrency=8))
     result = await run(engine, request())
     assert result.status is SweepStatus.FLAT
     assert seen_at_listing[0] == []  # the first pass: no worker before the listing
     assert len(ex.calls("cancel")) == 3
 
 
-async def test_workers_start_on_demand_up_to_the_concurrency() -> None:
+async def test_workers_start_on_demand_up_to_the_concurrency(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     for _ in range(20):
         ex.place("BTC_USDT")
     ex.gate = asyncio.Event()
-    engine = Engine({ACCOUNT: ex}, settings(), concurrency=4)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(), concurrency=4))
     task = asyncio.create_task(run(engine, request()))
     await wait_for(lambda: len(ex.inflight) == 4)
     assert len(_worker_tasks()) == 4  # capped by the concurrency, all of them busy
@@ -815,11 +868,11 @@ async def test_workers_start_on_demand_up_to_the_concurrency() -> None:
     assert ex.double_cancels == 0
 
 
-async def test_one_order_starts_one_worker() -> None:
+async def test_one_order_starts_one_worker(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ex.place("BTC_USDT")
     ex.gate = asyncio.Event()
-    engine = Engine({ACCOUNT: ex}, settings(), concurrency=8)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(), concurrency=8))
     task = asyncio.create_task(run(engine, request()))
     await wait_for(lambda: len(ex.inflight) == 1)
     assert len(_worker_tasks()) == 1
@@ -827,7 +880,7 @@ async def test_one_order_starts_one_worker() -> None:
     assert (await task).counts.sent == 1
 
 
-async def test_orders_a_batch_hands_back_use_the_full_concurrency() -> None:
+async def test_orders_a_batch_hands_back_use_the_full_concurrency(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ids = [ex.place("BTC_USDT") for _ in range(10)]
     ex.batch_fail_ids = set(ids)  # the batch answers every id in "fail": one by one
@@ -842,7 +895,9 @@ async def test_orders_a_batch_hands_back_use_the_full_concurrency() -> None:
         return await inner(order_id, symbol)
 
     ex.cancel_order = held  # type: ignore[method-assign]
-    engine = Engine({ACCOUNT: ex}, settings(strategy="batch", batch_size=50), concurrency=8)
+    engine = await engines(
+        Engine({ACCOUNT: ex}, settings(strategy="batch", batch_size=50), concurrency=8)
+    )
     task = asyncio.create_task(run(engine, request()))
     await wait_for(lambda: waiting == 8)  # one worker would leave seven slots unused
     release.set()
@@ -851,7 +906,7 @@ async def test_orders_a_batch_hands_back_use_the_full_concurrency() -> None:
     assert result.counts.sent == 10
 
 
-async def test_widening_while_a_pass_aborts_neither_raises_nor_leaks() -> None:
+async def test_widening_while_a_pass_aborts_neither_raises_nor_leaks(engines: Engines) -> None:
     """A second alert widens the sweep while its pass is aborting (the key was revoked
     mid-sweep and a listing is still closing): ``start`` must not raise, and no
     coroutine is left unawaited."""
@@ -879,7 +934,7 @@ async def test_widening_while_a_pass_aborts_neither_raises_nor_leaks() -> None:
         return await cancel(order_id, symbol)
 
     ex.cancel_order = revoked  # type: ignore[method-assign]
-    engine = Engine({ACCOUNT: ex}, settings(), concurrency=2)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(), concurrency=2))
     first = engine.start(request("a", symbols={"BTC_USDT", "ETH_USDT"}), Progress())
     await wait_for(closing.is_set)  # the pass is aborting, held open by the ETH listing
     second = engine.start(request("b", symbols={"XRP_USDT"}), Progress())
@@ -891,14 +946,16 @@ async def test_widening_while_a_pass_aborts_neither_raises_nor_leaks() -> None:
     assert b.status is SweepStatus.FAILED  # it joined the stopped sweep, and says so
 
 
-async def test_the_latch_records_who_and_why_and_a_release_says_whether_it_was_halted() -> None:
+async def test_the_latch_records_who_and_why_and_a_release_says_whether_it_was_halted(
+    engines: Engines,
+) -> None:
     ex = FakeExchange(["BTC_USDT"])
     states: list[HaltState] = []
 
     async def on_state(state: HaltState) -> None:
         states.append(state)
 
-    engine = Engine({ACCOUNT: ex}, settings(), None, on_state)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(), None, on_state))
     kill = dataclasses.replace(
         request("k1", latch=True), operator="alice", source="operator-cli", reason="fat finger"
     )
@@ -921,12 +978,14 @@ async def test_the_latch_records_who_and_why_and_a_release_says_whether_it_was_h
     await engine.close(1.0)
 
 
-async def test_progress_events_count_the_pairs_listed_of_the_pairs_in_scope() -> None:
+async def test_progress_events_count_the_pairs_listed_of_the_pairs_in_scope(
+    engines: Engines,
+) -> None:
     ex = FakeExchange(["BTC_USDT", "ETH_USDT"])
     for _ in range(3):
         ex.place("BTC_USDT")
     ex.gate = asyncio.Event()
-    engine = Engine({ACCOUNT: ex}, settings(progress_interval_s=0.01))
+    engine = await engines(Engine({ACCOUNT: ex}, settings(progress_interval_s=0.01)))
     progress = Progress()
     task = asyncio.create_task(engine.submit(request(), progress))
     await wait_for(lambda: len(progress.events) >= 1)

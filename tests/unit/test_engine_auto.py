@@ -12,6 +12,7 @@ from killswitch.core.ports import BatchCancelResult, CancelResult
 from killswitch.engine import Engine
 from tests.support.engine import (
     ACCOUNT,
+    Engines,
     FakeExchange,
     Progress,
     Recorder,
@@ -80,10 +81,12 @@ def seed(ex: FakeExchange, per_symbol: int, side: Side | None = None) -> set[int
     return ids
 
 
-async def test_whole_account_kill_is_one_page_one_cancel_all_and_one_check_per_pair() -> None:
+async def test_whole_account_kill_is_one_page_one_cancel_all_and_one_check_per_pair(
+    engines: Engines,
+) -> None:
     ex = FakeExchange(["A_USDT", "B_USDT", "C_USDT"])
     seeded = seed(ex, 150)  # more than a page
-    engine = Engine({ACCOUNT: ex}, settings(strategy="auto", page_size=100))
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="auto", page_size=100)))
     result = await run(engine, request())
     assert result.status is SweepStatus.FLAT
     assert ex.open_count() == 0
@@ -96,10 +99,12 @@ async def test_whole_account_kill_is_one_page_one_cancel_all_and_one_check_per_p
     assert ex.calls("cancel") == ex.calls("batch") == []
 
 
-async def test_leftovers_get_a_cancel_all_when_several_else_a_single_delete() -> None:
+async def test_leftovers_get_a_cancel_all_when_several_else_a_single_delete(
+    engines: Engines,
+) -> None:
     ex = Leftovers(["A_USDT", "B_USDT"], {"A_USDT": 3, "B_USDT": 1})
     seed(ex, 10)
-    engine = Engine({ACCOUNT: ex}, settings(strategy="auto"))
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="auto")))
     result = await run(engine, request())
     assert result.status is SweepStatus.FLAT
     assert ex.open_count() == 0
@@ -109,12 +114,12 @@ async def test_leftovers_get_a_cancel_all_when_several_else_a_single_delete() ->
     assert_accounted(result)
 
 
-async def test_the_pair_holding_the_largest_order_is_cancelled_first() -> None:
+async def test_the_pair_holding_the_largest_order_is_cancelled_first(engines: Engines) -> None:
     ex = FakeExchange(["A_USDT", "B_USDT", "C_USDT"])
     seed(ex, 5)
     ex.place("C_USDT", price="100000", quantity="10")  # C is listed last
     ex.gate = asyncio.Event()
-    engine = Engine({ACCOUNT: ex}, settings(strategy="auto"), concurrency=1)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="auto"), concurrency=1))
     task = asyncio.create_task(run(engine, request()))
 
     def queued() -> int:
@@ -133,11 +138,11 @@ async def test_the_pair_holding_the_largest_order_is_cancelled_first() -> None:
     assert sorted(order) == ["A_USDT", "B_USDT", "C_USDT"]
 
 
-async def test_a_side_filter_uses_batch_cancels() -> None:
+async def test_a_side_filter_uses_batch_cancels(engines: Engines) -> None:
     ex = FakeExchange(["A_USDT", "B_USDT"])
     seed(ex, 60)
     buys = {i for b in ex.books.values() for i, o in b.items() if o.side is Side.BUY}
-    engine = Engine({ACCOUNT: ex}, settings(strategy="auto", batch_size=50))
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="auto", batch_size=50)))
     result = await run(engine, request(sides={Side.BUY}))
     assert result.status is SweepStatus.FLAT
     assert {o.order_id for o in result.orders} == buys
@@ -148,12 +153,12 @@ async def test_a_side_filter_uses_batch_cancels() -> None:
     assert len(ex.calls("batch")) <= 2 * len(ex.symbols)
 
 
-async def test_ids_a_cancel_all_answers_in_fail_get_a_per_order_cancel() -> None:
+async def test_ids_a_cancel_all_answers_in_fail_get_a_per_order_cancel(engines: Engines) -> None:
     ex = FakeExchange(["A_USDT"])
     seeded = seed(ex, 20)
     stubborn = set(sorted(seeded)[:3])
     ex.batch_fail_ids = stubborn  # cancel-all answers them in "fail" and leaves them open
-    engine = Engine({ACCOUNT: ex}, settings(strategy="auto"))
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="auto")))
     result = await run(engine, request())
     assert result.status is SweepStatus.FLAT
     assert {ids[0] for _, _, ids in ex.calls("cancel")} == stubborn
@@ -161,11 +166,13 @@ async def test_ids_a_cancel_all_answers_in_fail_get_a_per_order_cancel() -> None
     assert_accounted(result)
 
 
-async def test_a_refused_cancel_all_falls_back_to_batches_and_is_remembered() -> None:
+async def test_a_refused_cancel_all_falls_back_to_batches_and_is_remembered(
+    engines: Engines,
+) -> None:
     ex = RefusingExchange(["A_USDT", "B_USDT"])
     ex.refuse = {"cancel_all"}
     seed(ex, 150)
-    engine = Engine({ACCOUNT: ex}, settings(strategy="auto", batch_size=50))
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="auto", batch_size=50)))
     first = await engine.submit(request("first"), Progress())
     assert first.status is SweepStatus.FLAT
     assert ex.open_count() == 0
@@ -183,11 +190,11 @@ async def test_a_refused_cancel_all_falls_back_to_batches_and_is_remembered() ->
     assert second.counts.sent == 300
 
 
-async def test_a_refused_batch_cancel_falls_back_to_per_order() -> None:
+async def test_a_refused_batch_cancel_falls_back_to_per_order(engines: Engines) -> None:
     ex = RefusingExchange(["A_USDT"])
     ex.refuse = {"cancel_batch"}
     seed(ex, 10, Side.BUY)
-    engine = Engine({ACCOUNT: ex}, settings(strategy="auto"), concurrency=1)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="auto"), concurrency=1))
     result = await run(engine, request(sides={Side.BUY}))
     assert result.status is SweepStatus.FLAT
     assert len(ex.calls("batch")) == 1
@@ -195,7 +202,7 @@ async def test_a_refused_batch_cancel_falls_back_to_per_order() -> None:
     assert engine.refused_endpoints(ACCOUNT) == {"cancel_batch"}
 
 
-async def test_cancels_are_counted_as_they_are_answered() -> None:
+async def test_cancels_are_counted_as_they_are_answered(engines: Engines) -> None:
     ex = FakeExchange(["A_USDT"])
     seed(ex, 5)
     cancels_at_count: list[int] = []
@@ -206,22 +213,28 @@ async def test_cancels_are_counted_as_they_are_answered() -> None:
             cancels_at_count.append(len(ex.calls("cancel")))
 
     observer = Watch()
-    engine = Engine({ACCOUNT: ex}, settings(strategy="per_order"), observer, concurrency=1)
+    engine = await engines(
+        Engine({ACCOUNT: ex}, settings(strategy="per_order"), observer, concurrency=1)
+    )
     result = await run(engine, request())
     assert result.status is SweepStatus.FLAT
     assert cancels_at_count == [1, 2, 3, 4, 5]  # each when its answer came, not at the end
     assert observer.outcomes == [Outcome.SENT] * 5
 
 
-async def test_cancels_in_flight_at_the_deadline_that_the_exchange_applied_are_sent() -> None:
+async def test_cancels_in_flight_at_the_deadline_that_the_exchange_applied_are_sent(
+    engines: Engines,
+) -> None:
     ex = LostAnswers(["A_USDT"])
     seeded = seed(ex, 5)
     observer = Recorder()
-    engine = Engine(
-        {ACCOUNT: ex},
-        settings(strategy="per_order", settle_grace_s=0.2),
-        observer,
-        concurrency=8,
+    engine = await engines(
+        Engine(
+            {ACCOUNT: ex},
+            settings(strategy="per_order", settle_grace_s=0.2),
+            observer,
+            concurrency=8,
+        )
     )
     result = await run(engine, request(deadline_s=0.3))
     assert {o.order_id for o in result.orders} == seeded
@@ -232,10 +245,12 @@ async def test_cancels_in_flight_at_the_deadline_that_the_exchange_applied_are_s
     assert observer.outcomes == [Outcome.SENT] * 5
 
 
-async def test_without_settle_grace_unanswered_cancels_fail() -> None:
+async def test_without_settle_grace_unanswered_cancels_fail(engines: Engines) -> None:
     ex = LostAnswers(["A_USDT"])
     seed(ex, 3)
-    engine = Engine({ACCOUNT: ex}, settings(strategy="per_order", settle_grace_s=0.0))
+    engine = await engines(
+        Engine({ACCOUNT: ex}, settings(strategy="per_order", settle_grace_s=0.0))
+    )
     result = await run(engine, request(deadline_s=0.2))
     assert result.status is SweepStatus.RESIDUAL
     assert result.counts.failed == 3

@@ -14,6 +14,7 @@ from killswitch.core.outcomes import Outcome
 from killswitch.engine import Engine
 from tests.support.engine import (
     ACCOUNT,
+    Engines,
     FakeExchange,
     Progress,
     assert_accounted,
@@ -31,11 +32,11 @@ def earlier(*orders: tuple[int, Outcome]) -> CarriedOutcomes:
     return CarriedOutcomes(counts, reports, sweeps=1)
 
 
-async def test_progress_events_list_the_outcomes_so_far() -> None:
+async def test_progress_events_list_the_outcomes_so_far(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ids = {ex.place("BTC_USDT") for _ in range(5)}
     ex.sticky = True  # cancels answer sent, orders stay: the sweep keeps going
-    engine = Engine({ACCOUNT: ex}, settings(max_passes=1_000))
+    engine = await engines(Engine({ACCOUNT: ex}, settings(max_passes=1_000)))
     progress = Progress()
     task = asyncio.create_task(engine.submit(request(), progress))
     await wait_for(lambda: any(e.counts.resolved == 5 for e in progress.events))
@@ -50,11 +51,11 @@ async def test_progress_events_list_the_outcomes_so_far() -> None:
     assert result.status is SweepStatus.FLAT
 
 
-async def test_progress_events_list_the_cancels_in_flight() -> None:
+async def test_progress_events_list_the_cancels_in_flight(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     ids = {ex.place("BTC_USDT") for _ in range(5)}
     ex.gate = asyncio.Event()  # cancels go out and are not answered
-    engine = Engine({ACCOUNT: ex}, settings(), concurrency={ACCOUNT: 2})
+    engine = await engines(Engine({ACCOUNT: ex}, settings(), concurrency={ACCOUNT: 2}))
     progress = Progress()
     task = asyncio.create_task(engine.submit(request(), progress))
     await wait_for(lambda: any(len(e.in_flight) == 2 for e in progress.events))
@@ -69,12 +70,12 @@ async def test_progress_events_list_the_cancels_in_flight() -> None:
     assert result.in_flight == []
 
 
-async def test_a_replay_merges_the_earlier_outcomes_into_its_final_result() -> None:
+async def test_a_replay_merges_the_earlier_outcomes_into_its_final_result(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     left = [ex.place("BTC_USDT") for _ in range(3)]
     # The earlier process cancelled 900 and 901; its cancel of left[0] failed.
     carried = earlier((900, Outcome.SENT), (901, Outcome.SENT), (left[0], Outcome.FAILED))
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     progress = Progress()
     try:
         result = await engine.submit(dataclasses.replace(request(), carried=carried), progress)
@@ -91,10 +92,10 @@ async def test_a_replay_merges_the_earlier_outcomes_into_its_final_result() -> N
     assert "earlier process" in result.reason
 
 
-async def test_a_replay_with_nothing_left_to_do_reports_what_was_done() -> None:
+async def test_a_replay_with_nothing_left_to_do_reports_what_was_done(engines: Engines) -> None:
     ex = FakeExchange(["BTC_USDT"])
     carried = earlier((900, Outcome.SENT), (901, Outcome.SENT))
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     try:
         result = await engine.submit(dataclasses.replace(request(), carried=carried), Progress())
     finally:
@@ -104,13 +105,13 @@ async def test_a_replay_with_nothing_left_to_do_reports_what_was_done() -> None:
     assert_accounted(result)
 
 
-async def test_a_replays_progress_events_carry_the_earlier_outcomes_too() -> None:
+async def test_a_replays_progress_events_carry_the_earlier_outcomes_too(engines: Engines) -> None:
     # A second crash reads these: they must already cover the first process's work.
     ex = FakeExchange(["BTC_USDT"])
     ex.place("BTC_USDT")
     ex.gate = asyncio.Event()
     carried = earlier((900, Outcome.SENT))
-    engine = Engine({ACCOUNT: ex}, settings())
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     progress = Progress()
     task = asyncio.create_task(
         engine.submit(dataclasses.replace(request(), carried=carried), progress)

@@ -15,15 +15,17 @@ import pytest
 from killswitch.core.model import SweepStatus
 from killswitch.core.ports import SweepHandedOver
 from killswitch.engine import Engine
-from tests.support.engine import FakeExchange, Progress, request, settings
+from tests.support.engine import Engines, FakeExchange, Progress, request, settings
 from tests.support.waiting import wait_for
 
 
-async def test_a_running_sweep_stops_without_a_result_and_hands_its_progress_over() -> None:
+async def test_a_running_sweep_stops_without_a_result_and_hands_its_progress_over(
+    engines: Engines,
+) -> None:
     ex = FakeExchange()
     ids = {ex.place("BTC_USDT") for _ in range(6)}
     ex.gate = asyncio.Event()  # cancels hang: some are in flight when the account moves
-    engine = Engine({"mm-1": ex}, settings(progress_interval_s=60.0), concurrency=2)
+    engine = await engines(Engine({"mm-1": ex}, settings(progress_interval_s=60.0), concurrency=2))
     progress = Progress()
     running = asyncio.create_task(engine.submit(request("a"), progress))
     await wait_for(lambda: len(ex.inflight) == 2)
@@ -43,12 +45,12 @@ async def test_a_running_sweep_stops_without_a_result_and_hands_its_progress_ove
     assert ex.open_count() == len(ids)  # the gated cancels were cut off unanswered
 
 
-async def test_a_waiting_sweep_is_handed_over_and_other_accounts_go_on() -> None:
+async def test_a_waiting_sweep_is_handed_over_and_other_accounts_go_on(engines: Engines) -> None:
     ex, other = FakeExchange(), FakeExchange(account="mm-2")
     ex.place("BTC_USDT")
     other.place("BTC_USDT")
     ex.gate = asyncio.Event()
-    engine = Engine({"mm-1": ex, "mm-2": other}, settings())
+    engine = await engines(Engine({"mm-1": ex, "mm-2": other}, settings()))
     first = asyncio.create_task(engine.submit(request("a", symbols={"BTC_USDT"}), Progress()))
     await wait_for(lambda: len(ex.inflight) == 1)
     # A dry run cannot join a real sweep: it waits for the account's lock.
@@ -69,7 +71,7 @@ async def test_a_waiting_sweep_is_handed_over_and_other_accounts_go_on() -> None
     await engine.close(1.0)
 
 
-async def test_nothing_to_hand_over() -> None:
-    engine = Engine({"mm-1": FakeExchange()}, settings())
+async def test_nothing_to_hand_over(engines: Engines) -> None:
+    engine = await engines(Engine({"mm-1": FakeExchange()}, settings()))
     assert await engine.hand_over(["mm-1", "unknown"]) == 0
     await engine.close(1.0)

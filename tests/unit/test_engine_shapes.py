@@ -119,23 +119,25 @@ def test_random_pass_shapes(
         ex.sticky = sticky
         if reject:
             ex.reject_ids = {i for i in ids if rng.random() < 0.3}
-        engine = Engine(
+        async with Engine(
             {ACCOUNT: ex},
             settings(strategy=strategy, batch_size=batch_size, page_size=page_size, max_passes=4),
             concurrency=concurrency,
-        )
-        futures = [engine.start(request("a0", symbols=first_symbols, dry_run=dry_run), Progress())]
-        for n, (delay, syms, latch) in enumerate(joins):
-            for _ in range(delay):
-                await asyncio.sleep(0)
-            futures.append(
-                engine.start(
-                    request(f"a{n + 1}", symbols=syms, dry_run=dry_run, latch=latch), Progress()
+        ) as engine:
+            start = request("a0", symbols=first_symbols, dry_run=dry_run)
+            futures = [engine.start(start, Progress())]
+            for n, (delay, syms, latch) in enumerate(joins):
+                for _ in range(delay):
+                    await asyncio.sleep(0)
+                futures.append(
+                    engine.start(
+                        request(f"a{n + 1}", symbols=syms, dry_run=dry_run, latch=latch),
+                        Progress(),
+                    )
                 )
-            )
-        async with asyncio.timeout(10):
-            results = await asyncio.gather(*futures)
-        await engine.close(1.0)
+            async with asyncio.timeout(10):
+                results = await asyncio.gather(*futures)
+            await engine.close(1.0)
         for r in results:
             if dry_run:
                 assert r.status is SweepStatus.DRY_RUN, (r.status, r.reason)

@@ -153,11 +153,14 @@ def test_no_import_cycles() -> None:
 
 
 def test_the_engine_imports_neither_the_settings_tree_nor_the_adapters() -> None:
-    """The engine depends on the pure core (its ports and errors) and its own settings
-    type; the pydantic settings and the exchange client's errors stay at the edge."""
+    """The engine depends on the pure core (its ports and errors), its own settings type
+    and the asyncio helpers of ``killswitch.tasks`` (its task scope), which import nothing
+    of the package; the pydantic settings and the exchange client's errors stay at the
+    edge."""
     graph = import_graph()
+    assert graph[f"{PACKAGE}.tasks"] == set()
     engine = {name for name in graph if name.startswith(f"{PACKAGE}.engine")}
-    allowed = (f"{PACKAGE}.core.", f"{PACKAGE}.engine.", f"{PACKAGE}.engine")
+    allowed = (f"{PACKAGE}.core.", f"{PACKAGE}.engine.", f"{PACKAGE}.engine", f"{PACKAGE}.tasks")
     for name in sorted(engine):
         outside = sorted(t for t in graph[name] if not t.startswith(allowed))
         assert not outside, f"{name} imports {outside}"

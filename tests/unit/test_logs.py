@@ -7,10 +7,12 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import BaseModel, SecretStr
 
-from killswitch.config import load_settings
+from killswitch.config import Settings, load_settings
 from killswitch.exchange.signing import generate_private_key, private_key_pem
 from killswitch.logs import (
     MASK,
@@ -259,7 +261,7 @@ def test_settings_secrets_finds_every_secret(tmp_path: Path) -> None:
             "ssl": {"password": "ssl-password-555"},
         },
     )
-    found = settings_secrets(settings)
+    found = settings_secrets(settings.kafka, settings.accounts)
     for expected in (
         "api-key-one-111",
         "api-key-two-333",
@@ -271,7 +273,7 @@ def test_settings_secrets_finds_every_secret(tmp_path: Path) -> None:
     ):
         assert expected in found
     masker = SecretMasker()
-    assert register_settings_secrets(settings, masker) == len(found)
+    assert register_settings_secrets(settings.kafka, settings.accounts, masker) == len(found)
     logger, stream = capture(JsonFormatter(masker))
     for value in found:
         logger.error("leak %s", value, extra={"v": value})
@@ -280,6 +282,32 @@ def test_settings_secrets_finds_every_secret(tmp_path: Path) -> None:
         for line in value.splitlines():
             if len(line.strip()) >= 6 and not line.startswith("-----"):
                 assert line.strip() not in out
+
+
+def _secret_paths(model: type[BaseModel], prefix: str) -> Iterator[str]:
+    """The dotted path of every field of ``model`` (nested models included) whose type
+    mentions ``SecretStr``."""
+    for name, info in model.model_fields.items():
+        for kind in _types_in(info.annotation):
+            if kind is SecretStr:
+                yield f"{prefix}{name}"
+            elif isinstance(kind, type) and issubclass(kind, BaseModel):
+                yield from _secret_paths(kind, f"{prefix}{name}.")
+
+
+def _types_in(annotation: object) -> Iterator[object]:
+    yield annotation
+    for arg in get_args(annotation):
+        yield from _types_in(arg)
+
+
+def test_secrets_live_only_in_the_sections_the_masker_reads() -> None:
+    """settings_secrets reads the kafka section and the accounts: a secret added to any
+    other section would go unmasked, so this fails first."""
+    paths = set(_secret_paths(Settings, ""))
+    assert "kafka.sasl.password" in paths
+    assert "accounts.api_key" in paths
+    assert {p.split(".")[0] for p in paths} == {"kafka", "accounts"}
 
 
 def test_default_masker_via_register_secrets() -> None:

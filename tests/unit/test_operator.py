@@ -32,6 +32,7 @@ from killswitch.commands.prepare import (
     prepare_trigger,
     request_from_args,
 )
+from killswitch.commands.trigger import trigger_rules
 from killswitch.config import Settings
 from killswitch.contracts import ALERT_ID_RE, parse_alert
 from killswitch.triggers import TriggerVerifier, load_public_key
@@ -198,7 +199,9 @@ def test_message_key(accounts: Any, key: bytes) -> None:
 
 
 def test_prepared_trigger_is_what_the_daemon_accepts() -> None:
-    prepared = prepare_trigger(request(accounts=["mm-2", "mm-1"]), settings(), now=NOW)
+    prepared = prepare_trigger(
+        request(accounts=["mm-2", "mm-1"]), trigger_rules(settings()), now=NOW
+    )
     assert prepared.accounts == ["mm-2", "mm-1"]
     assert prepared.key == b"mm-2"
     assert not prepared.signed
@@ -216,7 +219,7 @@ def test_prepared_trigger_is_what_the_daemon_accepts() -> None:
 
 
 def test_all_accounts_waits_for_every_configured_account() -> None:
-    prepared = prepare_trigger(request(accounts="*"), settings(), now=NOW)
+    prepared = prepare_trigger(request(accounts="*"), trigger_rules(settings()), now=NOW)
     assert prepared.message["scope"]["accounts"] == "*"
     assert prepared.accounts == ACCOUNTS
     assert prepared.key == b"*"
@@ -236,12 +239,14 @@ def test_triggers_the_daemon_would_refuse_are_usage_errors(
     kw: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(UsageError, match=message):
-        prepare_trigger(request(**kw), settings(intake={"max_order_ids": 10}), now=NOW)
+        prepare_trigger(
+            request(**kw), trigger_rules(settings(intake={"max_order_ids": 10})), now=NOW
+        )
 
 
 def test_signed_trigger_verifies_against_the_allowlist() -> None:
     conf = signing_settings()
-    prepared = prepare_trigger(request(), conf, now=NOW, signing_key=ALICE)
+    prepared = prepare_trigger(request(), trigger_rules(conf), now=NOW, signing_key=ALICE)
     assert prepared.signed
     assert prepared.message["operator"] == {"name": "alice"}
     verifier = TriggerVerifier(conf.trigger_signing)
@@ -251,19 +256,24 @@ def test_signed_trigger_verifies_against_the_allowlist() -> None:
 
 def test_unsigned_trigger_when_signing_is_required() -> None:
     with pytest.raises(UsageError, match="--signing-key"):
-        prepare_trigger(request(), signing_settings(), now=NOW)
+        prepare_trigger(request(), trigger_rules(signing_settings()), now=NOW)
 
 
 def test_operator_not_on_the_allowlist_or_wrong_key() -> None:
     with pytest.raises(UsageError, match="not on the signing allowlist"):
-        prepare_trigger(request(operator="mallory"), signing_settings(), now=NOW, signing_key=ALICE)
+        prepare_trigger(
+            request(operator="mallory"),
+            trigger_rules(signing_settings()),
+            now=NOW,
+            signing_key=ALICE,
+        )
     other = Ed25519PrivateKey.generate()
     with pytest.raises(UsageError, match="does not verify"):
-        prepare_trigger(request(), signing_settings(), now=NOW, signing_key=other)
+        prepare_trigger(request(), trigger_rules(signing_settings()), now=NOW, signing_key=other)
 
 
 def test_signing_when_not_required_still_signs() -> None:
-    prepared = prepare_trigger(request(), settings(), now=NOW, signing_key=ALICE)
+    prepared = prepare_trigger(request(), trigger_rules(settings()), now=NOW, signing_key=ALICE)
     assert prepared.signed
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
-from killswitch.tasks import Interrupted, unless_set
+from killswitch.tasks import Interrupted, task_scope, unless_set, wait_any
 
 
 async def test_unless_set_returns_the_result_when_the_event_stays_clear() -> None:
@@ -48,3 +49,60 @@ async def test_unless_set_raises_the_work_error() -> None:
 
     with pytest.raises(ValueError, match="boom"):
         await unless_set(asyncio.Event(), work())
+
+
+async def test_task_scope_cancels_the_tasks_left_when_its_body_ends() -> None:
+    started = asyncio.Event()
+    ended: list[str] = []
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.append("cancelled")
+
+    async def quick() -> None:
+        ended.append("finished")
+
+    async with task_scope() as group:
+        waiting = group.create_task(forever())
+        group.create_task(quick())
+        await started.wait()
+    assert waiting.cancelled()
+    assert sorted(ended) == ["cancelled", "finished"]
+
+
+async def test_task_scope_raises_a_failing_task_and_cancels_the_rest() -> None:
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def body() -> None:
+        async with task_scope() as group:
+            tasks.append(group.create_task(asyncio.Event().wait()))
+            group.create_task(fails())
+            await asyncio.Event().wait()  # cancelled by the failure
+
+    with pytest.raises(ExceptionGroup) as raised:
+        await body()
+    assert raised.group_contains(ValueError, match="boom")
+    assert tasks[0].cancelled()
+
+
+async def test_wait_any_returns_when_one_event_is_set_and_leaves_no_task() -> None:
+    first, second = asyncio.Event(), asyncio.Event()
+    before = asyncio.all_tasks()
+    loop = asyncio.get_running_loop()
+    loop.call_soon(second.set)
+    await wait_any([first, second], seconds=60.0)
+    assert second.is_set()
+    assert not first.is_set()
+    assert asyncio.all_tasks() == before
+
+
+async def test_wait_any_returns_after_the_timeout() -> None:
+    before = asyncio.all_tasks()
+    await wait_any([asyncio.Event()], seconds=0.01)
+    assert asyncio.all_tasks() == before
