@@ -726,6 +726,8 @@ TRACE_STEPS = (
     ("cancel written", "write DELETE"),
 )
 _BEFORE_TAKE_UP = {"fetched", "polled"}
+# Stamps of work a warm daemon does not do between an alert and its first cancel.
+_COLD_PATH = ("connect", "clock_sync", "pairs_fetch")
 
 
 def _trace_alert(
@@ -779,11 +781,16 @@ def trace_figures(
             }
         )
     polled = [arrived - stamps[1] for _, arrived, stamps in alerts]  # TRACE_STEPS[1]: polled
+    cold = dict.fromkeys(_COLD_PATH, 0)
+    for name, t in events:
+        if name in cold and any(start <= t <= arrived for start, arrived in windows):
+            cold[name] += 1
     return {
         "alerts_traced": len(alerts),
         "alerts": len(windows),
         "steps": steps,
         "poll_to_wire": _ms(polled),
+        "cold_path_in_windows": cold,
     }
 
 
@@ -801,6 +808,12 @@ def _print_trace(trace: dict[str, Any]) -> None:
         "alert_latency trace poll_to_wire_p50",
         f"{trace['poll_to_wire']['p50_ms']:.2f} ms (the daemon's poll returned -> its DELETE "
         "at the simulator, traced; compare the pipeline's record -> DELETE at the simulator)",
+    )
+    cold = ", ".join(f"{name} {count}" for name, count in trace["cold_path_in_windows"].items())
+    harness.summary(
+        "alert_latency trace cold_path",
+        f"{cold} (new connections, clock syncs, pair-list fetches between a produce and its "
+        "DELETE, all alerts)",
     )
 
 
