@@ -13,9 +13,10 @@ before the next one (no coalescing). The path includes one open-orders listing
 
 Baseline, same run, same fetch settings, in blocks interleaved with the daemon's
 (``--blocks``): a bare pipeline in its own spawned process, an aiokafka consumer
-that on each record lists the pair's open orders and cancels the first one with
-aiohttp (both signed with ``killswitch.exchange.signing``), with its own API key and
-topic; its DELETE is stamped by the same simulator probe. Goal: the daemon's p50
+polled as the daemon polls (``getmany``; ``--pipeline-poll getone`` for one record
+per call) that on each record lists the pair's open orders and cancels the first one
+with aiohttp (both signed with ``killswitch.exchange.signing``), with its own API key
+and topic; its DELETE is stamped by the same simulator probe. Goal: the daemon's p50
 alert -> first cancel <= the bare pipeline's p50 (p99 of both reported).
 
 Also reported, no goal: the overhead over a bare aiokafka consumer's
@@ -26,7 +27,13 @@ sent, sent -> on the wire; millisecond resolution). Note: the embedded
 broker answers fetches only at the end of ``fetch_max_wait_ms``, so both
 distributions carry up to that much jitter; percentiles are compared, not pairs.
 
+``--trace`` runs the daemon under ``bench/daemon_trace.py`` and prints the p50 of each
+step of its path (poll, parse, plan, engine start, listing written and read, cancel
+written), its poll -> DELETE beside the pipeline's record -> DELETE, and how often a
+new connection, clock sync or pair-list fetch fell inside an alert's window.
+
     python -m bench alert_latency [--alerts 400] [--blocks 4] [--transport http1]
+        [--pipeline-poll getmany|getone] [--trace]
 
 The alert storm (throughput, kills behind a storm) is ``python -m bench storm``.
 
