@@ -7,6 +7,10 @@ the stamps (name, seconds) to PATH as JSON when the daemon exits. ``perf_counter
 is CLOCK_MONOTONIC on Linux, one clock for every process, so the benchmark lays the
 stamps out against its own (the produce, the DELETE's arrival at the simulator).
 
+Garbage collections are stamped too (``gc<generation>_start`` / ``_stop``). With
+``BENCH_TRACE_PROFILE=FILE`` set, no stamps: cProfile runs from each record taken up to
+its first DELETE written, and its stats go to FILE.
+
 The wrappers cost a little themselves (a call and a list append per stamp, a
 coroutine frame per wrapped coroutine): the steps they measure come out slightly
 longer than untraced. Not for production: a benchmark tool only.
