@@ -789,11 +789,10 @@ class ExchangeClient:
         tries = _Tries()
         deadline: float | None = None
         while tries.budget < self._settings.max_attempts:
-            # A free token and slot are taken without a coroutine call: the first attempt
-            # (a kill's listing, its first cancel) goes out with no await before it.
-            if deadline is None and self._limiter.try_acquire(call.priority):
-                pass
-            elif not await self._acquire(call.priority, deadline):
+            # A free token and slot are taken without a coroutine call (the first attempt
+            # of a kill's listing or cancel, normally); otherwise wait in the limiter.
+            took = deadline is None and self._limiter.try_acquire(call.priority)
+            if not took and not await self._acquire(call.priority, deadline):
                 tries.last_error = tries.last_error or "deadline"
                 break
             if deadline is None:
