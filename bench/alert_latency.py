@@ -13,9 +13,10 @@ before the next one (no coalescing). The path includes one open-orders listing
 
 Baseline, same run, same fetch settings, in blocks interleaved with the daemon's
 (``--blocks``): a bare pipeline in its own spawned process, an aiokafka consumer
-that on each record lists the pair's open orders and cancels the first one with
-aiohttp (both signed with ``killswitch.exchange.signing``), with its own API key and
-topic; its DELETE is stamped by the same simulator probe. Goal: the daemon's p50
+polled as the daemon polls (``getmany``; ``--pipeline-poll getone`` for one record
+per call) that on each record lists the pair's open orders and cancels the first one
+with aiohttp (both signed with ``killswitch.exchange.signing``), with its own API key
+and topic; its DELETE is stamped by the same simulator probe. Goal: the daemon's p50
 alert -> first cancel <= the bare pipeline's p50 (p99 of both reported).
 
 Also reported, no goal: the overhead over a bare aiokafka consumer's
@@ -26,7 +27,13 @@ sent, sent -> on the wire; millisecond resolution). Note: the embedded
 broker answers fetches only at the end of ``fetch_max_wait_ms``, so both
 distributions carry up to that much jitter; percentiles are compared, not pairs.
 
+``--trace`` runs the daemon under ``bench/daemon_trace.py`` and prints the p50 of each
+step of its path (poll, parse, plan, engine start, listing written and read, cancel
+written), its poll -> DELETE beside the pipeline's record -> DELETE, and how often a
+new connection, clock sync or pair-list fetch fell inside an alert's window.
+
     python -m bench alert_latency [--alerts 400] [--blocks 4] [--transport http1]
+        [--pipeline-poll getmany|getone] [--trace]
 
 The alert storm (throughput, kills behind a storm) is ``python -m bench storm``.
 
@@ -69,6 +76,9 @@ OPEN_PATH = "/coin/internal/v1/order/open"
 SYMBOL = "BTC_USDT"
 WARMUP = 10
 FETCH_MAX_WAIT_MS = 10
+# The daemon's poll when it has nothing waiting (killswitch/kafka/consumer.py): getmany
+# with this timeout, which returns as soon as a fetch brings records.
+DAEMON_POLL_MS = 100
 _RNG = random.Random(42)
 
 
@@ -280,13 +290,17 @@ async def baseline_process(bootstrap: str, topic: str, n: int) -> list[float]:
 
 
 def _bare_pipeline_child(
-    bootstrap: str, topic: str, account: tuple[str, str, bytes], conn: Any
+    bootstrap: str, topic: str, account: tuple[str, str, bytes], poll: str, conn: Any
 ) -> None:
     """In a child process: the least a kill switch can do on a record. A bare aiokafka
-    consumer (same fetch settings) that, on each record, lists the pair's open orders
-    and cancels the first one with aiohttp, both signed with the project's helpers
-    (any client must sign), then sends back what it cancelled and the answer's status.
-    The DELETE's arrival is stamped by the simulator, as the daemon's is."""
+    consumer (same fetch settings, and by default the daemon's poll: ``getmany`` with
+    its idle timeout, taking every record fetched) that, on each record, lists the
+    pair's open orders and cancels the first one with aiohttp, both signed with the
+    project's helpers (any client must sign), then sends back what it cancelled and the
+    answer's status. The DELETE's arrival is stamped by the simulator, as the daemon's
+    is. ``poll`` = ``getone`` reads one record per call instead: aiokafka then asks the
+    broker for more only at the next call, after the kill, where ``getmany`` (like the
+    daemon) has the next fetch on its way while it lists and cancels."""
     harness.die_with_parent()
     import aiohttp
 
@@ -300,7 +314,7 @@ def _bare_pipeline_child(
         signature = signer.sign(signing_payload(stamp, method, path, query, b""))
         return {"X-API-KEY": api_key, "X-TIMESTAMP": stamp, "X-SIGNATURE": signature}
 
-    async def kill(session: aiohttp.ClientSession) -> tuple[int, int]:
+    async def kill(session: aiohttp.ClientSession) -> tuple[int, int, float]:
         query = f"symbol={SYMBOL}&limit=100"
         url = f"{base_url}{OPEN_PATH}?{query}"
         async with session.get(url, headers=headers("GET", OPEN_PATH, query)) as response:
@@ -308,9 +322,10 @@ def _bare_pipeline_child(
         order_id = int(orders[0]["order_id"])
         query = f"order_id={order_id}&symbol={SYMBOL}"
         url = f"{base_url}{CANCEL_PATH}?{query}"
+        cancelling = time.perf_counter()
         async with session.delete(url, headers=headers("DELETE", CANCEL_PATH, query)) as response:
             await response.read()
-            return order_id, response.status
+            return order_id, response.status, cancelling
 
     async def main() -> None:
         async with aiohttp.ClientSession() as session, _consumer(bootstrap, topic) as consumer:
@@ -318,10 +333,16 @@ def _bare_pipeline_child(
                 await consumer.position(tp)  # resolve "end" before saying ready
             conn.send("ready")
             while True:
-                record = await consumer.getone()
-                if record.value == b"stop":
-                    return
-                conn.send((record.value, *await kill(session)))
+                if poll == "getone":
+                    records = [await consumer.getone()]
+                else:
+                    batch = await consumer.getmany(timeout_ms=DAEMON_POLL_MS)
+                    records = [record for part in batch.values() for record in part]
+                got = time.perf_counter()
+                for record in records:
+                    if record.value == b"stop":
+                        return
+                    conn.send((record.value, got, *await kill(session)))
 
     try:
         asyncio.run(main())
@@ -335,7 +356,16 @@ class BarePipeline:
     Per alert, like :func:`daemon_latency`: seed one order, produce a record, time until
     the simulator receives the DELETE for that order, wait for the pipeline's answer."""
 
-    def __init__(self, bootstrap: str, topic: str, base_url: str, api_key: str, pem: bytes) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        base_url: str,
+        api_key: str,
+        pem: bytes,
+        *,
+        poll: str = "getmany",
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.api_key = api_key
@@ -343,7 +373,7 @@ class BarePipeline:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
             target=_bare_pipeline_child,
-            args=(bootstrap, topic, (base_url, api_key, pem), child),
+            args=(bootstrap, topic, (base_url, api_key, pem), poll, child),
             daemon=True,
         )
         self.proc.start()
@@ -375,7 +405,16 @@ class BarePipeline:
                 self.proc.join(5)
             self.conn.close()
 
-    async def measure(self, sim: Simulator, probe: CancelProbe, n: int) -> list[float]:
+    async def measure(
+        self,
+        sim: Simulator,
+        probe: CancelProbe,
+        n: int,
+        legs: dict[str, list[float]] | None = None,
+    ) -> list[float]:
+        """Per alert, produce -> the DELETE at the simulator; ``legs`` (when given) gets
+        produce -> record in hand (``record``) and record -> DELETE call (``to_cancel``),
+        stamped in the pipeline's process."""
         out: list[float] = []
         for i in range(n + WARMUP):
             (order_id,) = sim.seed_orders(self.api_key, SYMBOL, 1)
@@ -387,10 +426,15 @@ class BarePipeline:
             async with asyncio.timeout(30):
                 await arrived.wait()
             answer = await harness.recv(self.conn, 30)
-            if answer != (value, order_id, 200):
+            if answer[:1] + answer[2:4] != (value, order_id, 200):
                 raise RuntimeError(f"bare pipeline answered {answer!r} for order {order_id}")
             if i >= WARMUP:
                 out.append(probe.first[order_id] - start)
+                if legs is not None:
+                    got, cancelling = answer[1], answer[4]
+                    legs.setdefault("record", []).append(got - start)
+                    legs.setdefault("to_cancel", []).append(cancelling - got)
+                    legs.setdefault("to_wire", []).append(probe.first[order_id] - got)
         return out
 
 
@@ -470,6 +514,7 @@ async def daemon_latency(
     n: int,
     breakdown: Breakdown | None = None,
     prefix: str = "lat",
+    windows: list[tuple[float, float]] | None = None,
 ) -> list[float]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await producer.start()
@@ -497,6 +542,8 @@ async def daemon_latency(
                 final = await _wait_final(results, {alert_id}, 30)
                 if i >= WARMUP:
                     out.append(probe.first[order_id] - start)
+                    if windows is not None:
+                        windows.append((start, probe.first[order_id]))
                     if breakdown is not None:
                         breakdown.add(
                             start + wall_offset,
@@ -518,20 +565,24 @@ async def _measure(
     keys: dict[str, Any],
     pipeline_key: tuple[str, bytes],
     sim_url: str,
+    windows: list[tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {}
     # Interleaved blocks: a noisy neighbour hits the baselines and the daemon alike.
     base: list[float] = []
     base_in_process: list[float] = []
     pipe: list[float] = []
+    pipe_legs: dict[str, list[float]] = {}
     lat: list[float] = []
     breakdown = Breakdown()
     per_block = max(1, args.alerts // args.blocks)
-    async with BarePipeline(bootstrap, topics["bare_pipeline"], sim_url, *pipeline_key) as bare:
+    async with BarePipeline(
+        bootstrap, topics["bare_pipeline"], sim_url, *pipeline_key, poll=args.pipeline_poll
+    ) as bare:
         for block in range(args.blocks):
             base += await baseline_process(bootstrap, topics["baseline"], per_block)
             base_in_process += await baseline(bootstrap, topics["baseline_in_process"], per_block)
-            pipe += await bare.measure(sim, probe, per_block)
+            pipe += await bare.measure(sim, probe, per_block, pipe_legs)
             lat += await daemon_latency(
                 bootstrap,
                 topics,
@@ -541,6 +592,7 @@ async def _measure(
                 n=per_block,
                 breakdown=breakdown,
                 prefix=f"lat{block}",
+                windows=windows,
             )
     api_key, pem = keys["acct-0"]
     loop = asyncio.get_running_loop()
@@ -556,6 +608,8 @@ async def _measure(
     result["bare_pipeline"] = {
         **_ms(pipe),
         "pipeline": "own process: aiokafka consumer, signed listing and DELETE on aiohttp",
+        "poll": args.pipeline_poll,
+        "legs": {leg: _ms(values) for leg, values in pipe_legs.items()},
     }
     result["alert_to_first_cancel"] = _ms(lat)
     result["vs_bare_pipeline"] = {
@@ -611,6 +665,13 @@ def _print_latency(result: dict[str, Any]) -> None:
         "daemon p50 <= bare pipeline p50",
         lat["p50_ms"] <= pipe["p50_ms"],
     )
+    legs = pipe["legs"]
+    harness.summary(
+        "alert_latency bare_pipeline_legs_p50",
+        f"produce->record in hand {legs['record']['p50_ms']:.2f} ms, record->DELETE called "
+        f"{legs['to_cancel']['p50_ms']:.2f} ms, record->DELETE at the simulator "
+        f"{legs['to_wire']['p50_ms']:.2f} ms (the pipeline's own perf_counter stamps)",
+    )
     harness.summary(
         "alert_latency vs_bare_pipeline_p99",
         f"daemon {lat['p99_ms']:.2f} ms, bare pipeline {pipe['p99_ms']:.2f} ms",
@@ -644,6 +705,125 @@ def _print_latency(result: dict[str, Any]) -> None:
     )
 
 
+# The daemon's path, stamped by bench/daemon_trace.py (``--trace``): (label, stamp name),
+# each the first such stamp after the step before. "fetched" and "polled" are the
+# last before the record is taken up (other readers fetch and poll too).
+TRACE_STEPS = (
+    ("aiokafka fetch answered", "fetched"),
+    ("poll returned", "polled"),
+    ("record taken up", "take_up"),
+    ("parsed and checked", "parsed"),
+    ("planned (dedup, scope, pairs)", "planned"),
+    ("engine start entered", "engine_start"),
+    ("engine start returned", "engine_started"),
+    ("sweep task running", "sweep_task"),
+    ("listing signing", "sign"),
+    ("listing signed", "signed"),
+    ("listing bytes built", "request_bytes"),
+    ("listing written", "write GET"),
+    ("listing answer bytes in", "data_received"),
+    ("listing answer read", "answered"),
+    ("page parsed", "page_parsed"),
+    ("order queued", "queued"),
+    ("worker running", "worker"),
+    ("cancel_order called", "cancel_call"),
+    ("cancel signing", "sign"),
+    ("cancel signed", "signed"),
+    ("cancel bytes built", "request_bytes"),
+    ("cancel written", "write DELETE"),
+)
+_BEFORE_TAKE_UP = {"fetched", "polled"}
+# Stamps of work a warm daemon does not do between an alert and its first cancel.
+_COLD_PATH = ("connect", "clock_sync", "pairs_fetch")
+
+
+def _trace_alert(
+    events: list[tuple[str, float]], start: float, arrived: float
+) -> list[float] | None:
+    """One alert's stamps in :data:`TRACE_STEPS` order (None when one is missing)."""
+    window = [(name, t) for name, t in events if start <= t <= arrived + 0.005]
+    take_up = next((t for name, t in window if name == "take_up"), None)
+    if take_up is None:
+        return None
+    stamps: list[float] = []
+    at = start
+    for _, want in TRACE_STEPS:
+        if want in _BEFORE_TAKE_UP:
+            found = [t for name, t in window if name == want and at <= t <= take_up]
+            t = found[-1] if found else None
+        else:
+            t = next((t for name, t in window if name == want and t >= at), None)
+        if t is None:
+            return None
+        stamps.append(t)
+        at = t
+    return stamps
+
+
+def trace_figures(
+    events: list[tuple[str, float]], windows: list[tuple[float, float]]
+) -> dict[str, Any]:
+    """Per step: p50 of its time since the step before (µs) and since the produce (ms)."""
+    alerts = [
+        (start, arrived, stamps)
+        for start, arrived in windows
+        if (stamps := _trace_alert(events, start, arrived)) is not None
+    ]
+    steps: list[dict[str, Any]] = []
+    labels = [("produce", None), *TRACE_STEPS, ("DELETE at the simulator", None)]
+    for i, (label, _) in enumerate(labels):
+        if i == 0:
+            continue
+        since_start = []
+        delta = []
+        for start, arrived, stamps in alerts:
+            points = [start, *stamps, arrived]
+            since_start.append(points[i] - start)
+            delta.append(points[i] - points[i - 1])
+        steps.append(
+            {
+                "step": label,
+                "p50_us_since_previous": round(_percentile(delta, 0.5) * 1e6, 1),
+                "p50_ms_since_produce": round(_percentile(since_start, 0.5) * 1e3, 3),
+            }
+        )
+    polled = [arrived - stamps[1] for _, arrived, stamps in alerts]  # TRACE_STEPS[1]: polled
+    cold = dict.fromkeys(_COLD_PATH, 0)
+    for name, t in events:
+        if name in cold and any(start <= t <= arrived for start, arrived in windows):
+            cold[name] += 1
+    return {
+        "alerts_traced": len(alerts),
+        "alerts": len(windows),
+        "steps": steps,
+        "poll_to_wire": _ms(polled),
+        "cold_path_in_windows": cold,
+    }
+
+
+def _print_trace(trace: dict[str, Any]) -> None:
+    print(
+        f"alert_latency trace: p50 per step of {trace['alerts_traced']} of "
+        f"{trace['alerts']} alerts (µs since the step before; ms since the produce)"
+    )
+    for step in trace["steps"]:
+        print(
+            f"  {step['step']:<32} {step['p50_us_since_previous']:>9.1f} µs"
+            f"  {step['p50_ms_since_produce']:>7.3f} ms"
+        )
+    harness.summary(
+        "alert_latency trace poll_to_wire_p50",
+        f"{trace['poll_to_wire']['p50_ms']:.2f} ms (the daemon's poll returned -> its DELETE "
+        "at the simulator, traced; compare the pipeline's record -> DELETE at the simulator)",
+    )
+    cold = ", ".join(f"{name} {count}" for name, count in trace["cold_path_in_windows"].items())
+    harness.summary(
+        "alert_latency trace cold_path",
+        f"{cold} (new connections, clock syncs, pair-list fetches between a produce and its "
+        "DELETE, all alerts)",
+    )
+
+
 async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     topics = {
@@ -665,13 +845,15 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     pipeline_key = register_test_client(sim, name="bare-pipeline")
     probe = CancelProbe(sim)
     result: dict[str, Any] = {}
+    windows: list[tuple[float, float]] | None = [] if args.trace else None
     async with SimulatorServer(sim) as server:
         with tempfile.TemporaryDirectory() as tmp:
             log = (Path(tmp) / "daemon.log").open("wb")
+            trace_path = Path(tmp) / "trace.json"
+            command = ["-m", "bench.daemon_trace", str(trace_path)] if args.trace else []
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
-                "-m",
-                "killswitch",
+                *(command or ["-m", "killswitch"]),
                 "run",
                 cwd=REPO,
                 env=_daemon_env(
@@ -693,6 +875,7 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
                         keys=keys,
                         pipeline_key=pipeline_key,
                         sim_url=server.base_url,
+                        windows=windows,
                     )
                 )
             finally:
@@ -705,6 +888,13 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
                     await proc.wait()
                 log.close()
                 result["daemon_exit_code"] = proc.returncode
+            if windows is not None:
+                events = json.loads(trace_path.read_text()) if trace_path.exists() else []
+                result["trace"] = trace_figures([(n, t) for n, t in events], windows)
+                raw = RESULTS.with_name("alert_latency_trace.json")
+                raw.parent.mkdir(parents=True, exist_ok=True)
+                raw.write_text(json.dumps({"events": events, "windows": windows}))
+                _print_trace(result["trace"])
     return result
 
 
@@ -721,6 +911,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="the daemon's exchange client transport (engine.http_transport; default: "
         "the daemon's own default)",
+    )
+    parser.add_argument(
+        "--pipeline-poll",
+        choices=["getmany", "getone"],
+        default="getmany",
+        help="the bare pipeline's poll: getmany as the daemon polls (default), or getone, "
+        "which sends the next fetch only after the kill",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="run the daemon under bench/daemon_trace.py and print where each alert's "
+        "time went, step by step (the stamps cost a little themselves)",
     )
     args = parser.parse_args([] if argv is None and __name__ != "__main__" else argv)
     with harness.kafka() as (bootstrap, broker):

@@ -164,7 +164,8 @@ class AlertScopeModel(BaseModel):
     accounts: list[AccountRef] | Literal["*"]
     symbols: list[SymbolName] | None = None
     sides: list[Literal["BUY", "SELL"]] | None = None
-    order_ids: list[OrderId] = []
+    # A factory, not ``= []``: pydantic deep-copies a mutable default on every validation.
+    order_ids: list[OrderId] = Field(default_factory=list)
 
     @field_validator("accounts")
     @classmethod

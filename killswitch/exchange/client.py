@@ -789,7 +789,10 @@ class ExchangeClient:
         tries = _Tries()
         deadline: float | None = None
         while tries.budget < self._settings.max_attempts:
-            if not await self._acquire(call.priority, deadline):
+            # A free token and slot are taken without a coroutine call (the first attempt
+            # of a kill's listing or cancel, normally); otherwise wait in the limiter.
+            took = deadline is None and self._limiter.try_acquire(call.priority)
+            if not took and not await self._acquire(call.priority, deadline):
                 tries.last_error = tries.last_error or "deadline"
                 break
             if deadline is None:
@@ -802,7 +805,10 @@ class ExchangeClient:
             if verdict is None:
                 assert reply is not None
                 self._limiter.accepted(sent_at)
-                if await self._retry_refused(call, reply, tries, signed=signed, offset=offset):
+                # Checked here first: most answers are no refusal, and need no coroutine.
+                if _is_auth_failure(reply.status, reply.body) and await self._retry_refused(
+                    call, tries, signed=signed, offset=offset
+                ):
                     continue
                 return _Answer(reply.status, reply.body, tries.attempts, reply.location)
             delay = self._retry_delay(verdict, reply, tries, sent_at)
@@ -834,11 +840,9 @@ class ExchangeClient:
         return reply, classify_read(reply.status)
 
     async def _retry_refused(
-        self, call: _Call, reply: _Reply, tries: _Tries, *, signed: bool, offset: int
+        self, call: _Call, tries: _Tries, *, signed: bool, offset: int
     ) -> bool:
-        """After a final answer: True to send again at once (auth refusals only)."""
-        if not _is_auth_failure(reply.status, reply.body):
-            return False
+        """After an authentication refusal: True to send again at once."""
         if call.public and not signed and not tries.public_retried:
             # A deployment that wants its public endpoints signed: sign this one now
             # (no attempt used up) and every later one.

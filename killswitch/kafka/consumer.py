@@ -337,9 +337,11 @@ class Intake:
             for tp, records in batch.items():
                 for record in records:
                     self._enqueue(tp, record)
-            if self._take_up():
+            if self._take_up() or batch:
                 # Records are still waiting: let the rest of the loop run before the
-                # next slice (a poll that finds records buffered does not yield).
+                # next slice (a poll that finds records buffered does not yield). Records
+                # were taken up: the sweeps they started send their first request before
+                # this loop's bookkeeping and next poll.
                 await asyncio.sleep(0)
             self._update_backpressure()
             try:
