@@ -98,6 +98,20 @@ class FairLanes(Generic[K, T]):
             return lane, items
         return None
 
+    def push_back(self, lane: K, items: list[T], *, urgent: bool = False) -> None:
+        """Return records taken by :meth:`pop_run` and not used to the front of their
+        lane, in their order."""
+        if not items:
+            return
+        lanes = self._urgent if urgent else self._normal
+        queue = lanes.get(lane)
+        if queue is None:
+            queue = lanes[lane] = deque()
+        queue.extendleft(reversed(items))
+        self._count += len(items)
+        for item in items:
+            self._counted(item, 1)
+
     def ready(self, held: Callable[[K], bool] = lambda lane: False) -> bool:
         """Whether :meth:`pop` would return a record."""
         return any(not held(lane) for lanes in (self._urgent, self._normal) for lane in lanes)

@@ -512,11 +512,12 @@ class Intake:
             taken = self._backlog.pop_run(self._held, self._run_room)
             if taken is None:
                 return False
-            _, items = taken
+            lane, items = taken
             if len(items) == 1:
                 self._accept(*items[0])
             else:
-                self._accept_run(items)
+                left = self._accept_run(items, deadline)
+                self._backlog.push_back(lane, left, urgent=lane[0] == self._config.topics.manual)
             if time.monotonic() >= deadline:
                 return self._backlog.ready(self._held)
         return False
@@ -530,16 +531,22 @@ class Intake:
         limit = self._config.limits.max_queued_per_account
         return max(1, min(_RUN_MAX, limit - self._queued.get(account, 0)))
 
-    def _accept_run(self, items: list[tuple[TopicPartition, ConsumerRecord[Any, Any]]]) -> None:
+    def _accept_run(
+        self, items: list[tuple[TopicPartition, ConsumerRecord[Any, Any]]], deadline: float
+    ) -> list[tuple[TopicPartition, ConsumerRecord[Any, Any]]]:
         """Take up a run of one lane's records together: each is parsed, checked and
         planned as in :meth:`_accept`, and the plain kills of one account (one
         partition, one dry-run flag, no latch), with the repeats among them, form a
         group: one join to the account's sweep (``EngineAPI.start_group``), one task,
         their final results published together. The others are handled one by one
         as in :meth:`_accept`; a group is started before such a record, so records
-        reach the engine in their order."""
+        reach the engine in their order. Stops at ``deadline`` (the slice's end, see
+        :meth:`_take_up`), after one record at least; returns the records not taken up."""
         groups: dict[tuple[TopicPartition, str, bool], list[_Member]] = {}
-        for tp, record in items:
+        for n, (tp, record) in enumerate(items):
+            if n and time.monotonic() >= deadline:
+                self._start_groups(groups)
+                return items[n:]
             member = self._member(tp, record)
             if member is None:
                 self._start_groups(groups)
@@ -552,6 +559,7 @@ class Intake:
                 request = member.step.request
                 groups.setdefault((tp, request.account, request.dry_run), []).append(member)
         self._start_groups(groups)
+        return []
 
     def _channel(self, tp: TopicPartition) -> Channel:
         return "manual" if tp.topic == self._config.topics.manual else "alerts"
