@@ -793,6 +793,58 @@ def decode_result_summary(raw: bytes | None) -> ResultRecord | None:
     return dataclasses.replace(record, carried=carried_from_json(data))
 
 
+@dataclass(frozen=True, slots=True)
+class FinalHead:
+    """What the dedup window learns from a final result: who, what, read from where."""
+
+    alert_id: str
+    account: str
+    status: str
+    origin: Position | None
+
+
+# How every record encode_result writes begins, up to its alert id.
+_RESULT_START = '{"schema":"' + RESULT_SCHEMA + '","alert_id":'
+_RESULT_START_BYTES = _RESULT_START.encode()
+_ORIGIN_KEY = ',"origin":'
+
+
+def read_final_head(raw: bytes | None) -> FinalHead | None:
+    """A final result laid out as :func:`encode_result` writes it (``schema``,
+    ``alert_id``, ``account``, ``status``, ``final`` first, ``origin`` last, no
+    spaces), read without decoding the rest (its order list is most of it: every
+    daemon reads every result). None for anything else (a progress result, another
+    layout, a record that does not read): :func:`decode_result_summary` reads those.
+
+    A ``,"origin":`` outside a string can only be a key (a quote inside a JSON string
+    is escaped), and the last one is the record's own when its value closes the record."""
+    if raw is None or not raw.startswith(_RESULT_START_BYTES) or not raw.endswith(b"}"):
+        return None
+    try:
+        text = raw.decode("utf-8")
+        alert_id, i = _LENIENT.raw_decode(text, len(_RESULT_START))
+        if not text.startswith(',"account":', i):
+            return None
+        account, i = _LENIENT.raw_decode(text, i + len(',"account":'))
+        if not text.startswith(',"status":', i):
+            return None
+        status, i = _LENIENT.raw_decode(text, i + len(',"status":'))
+        if not text.startswith(',"final":true,', i):
+            return None
+        origin: Position | None = None
+        at = text.rfind(_ORIGIN_KEY)
+        if at != -1:
+            value, end = _LENIENT.raw_decode(text, at + len(_ORIGIN_KEY))
+            origin = position_from_json(value)
+            if end != len(text) - 1 or origin is None:
+                return None
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not (_is_str(alert_id) and alert_id and _is_str(account) and _is_str(status)):
+        return None
+    return FinalHead(alert_id, account, status, origin)
+
+
 def scope_to_json(scope: Scope) -> dict[str, Any]:
     """A core scope as JSON (sorted lists; null means all)."""
 
