@@ -35,6 +35,7 @@ assignment (and before leaving the group) ``on_assignment`` runs, once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -1034,12 +1035,7 @@ class Intake:
         new = [m for m in members if m.step is not None and m.step.seen is Seen.NEW]
         try:
             if started is not None:
-                outcomes = await started
-                finals: list[tuple[_Member, SweepResult]] = []
-                for member, outcome in zip(new, outcomes, strict=True):
-                    result = await self._group_final(member, outcome)
-                    if result is not None:
-                        finals.append((member, result))
+                finals = await self._group_finals(new, await started)
                 await self._publish_finals(finals)
                 for member, result in finals:
                     member.status = status = result.status.value
@@ -1069,6 +1065,24 @@ class Intake:
                 self._observer.alert_read(member.plan.label, member.plan.result)
                 self._tracker.done(self._partition_of(member.origin), member.origin.offset)
         self._commit_wanted.set()
+
+    async def _group_finals(
+        self, members: list[_Member], outcomes: list[SweepResult | BaseException]
+    ) -> list[tuple[_Member, SweepResult]]:
+        """The final results of a group's new kills from their outcomes; the failures
+        among them (rare: an engine error, a hand-over) handled concurrently."""
+        finals: list[tuple[_Member, SweepResult]] = []
+        failed: list[tuple[_Member, BaseException]] = []
+        for member, outcome in zip(members, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed.append((member, outcome))
+                continue
+            with contextlib.suppress(_Interrupted):
+                finals.append((member, self._final(member.request, outcome)))
+        if failed:
+            results = await asyncio.gather(*(self._group_final(m, o) for m, o in failed))
+            finals.extend((m, r) for (m, _), r in zip(failed, results, strict=True) if r)
+        return finals
 
     async def _group_final(
         self, member: _Member, outcome: SweepResult | BaseException
