@@ -477,8 +477,12 @@ def kill_requests(
 # ---------------------------------------------------------------------- outputs
 
 
+# One encoder for every record written (``json.dumps`` with options builds one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _dumps(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(obj).encode("utf-8")
 
 
 # The position type of the core under the name results give it (``origin``).
@@ -589,11 +593,72 @@ def encode_result(result: SweepResult, origin: Origin | None = None) -> bytes:
     The alerts one sweep coalesced share one list of order reports (see
     ``Sweep.result_for``): its JSON is made once and spliced into each record."""
     orders, listed = _orders_text(result.orders)
-    text = json.dumps(
-        _result_json(result, origin, [], listed), separators=(",", ":"), ensure_ascii=False
-    )
+    text = _ENCODER.encode(_result_json(result, origin, [], listed))
     # The first '"orders":[]' is the key's: inside a JSON string every quote is escaped.
     return text.replace('"orders":[]', f'"orders":{orders}', 1).encode("utf-8")
+
+
+# What results written from one template must share: every field but these.
+_PER_ALERT = ("alert_id", "received_at", "first_cancel_at", "finished_at")
+_SHARED = tuple(f.name for f in dataclasses.fields(SweepResult) if f.name not in _PER_ALERT)
+# Stand-ins for the per-alert values while a template is written (a control character
+# JSON escapes, so the stand-in appears in the text only where it was put).
+_MARK = "\x00killswitch-template\x00"
+_MARK_JSON = _ENCODER.encode(_MARK)
+
+
+def encode_results(items: Sequence[tuple[SweepResult, Origin | None]]) -> list[bytes]:
+    """:func:`encode_result` of each, byte for byte. A sweep's coalesced alerts have
+    results that differ only in alert id, times and origin: those are written from
+    one template (encoded once), filling in just what differs."""
+    out: list[bytes] = []
+    key: tuple[Any, ...] | None = None
+    parts: list[str] | None = None
+    for result, origin in items:
+        shared = (origin is None, *(getattr(result, name) for name in _SHARED))
+        if shared != key:
+            key, parts = shared, _template(result, origin)
+        out.append(encode_result(result, origin) if parts is None else _fill(parts, result, origin))
+    return out
+
+
+def _template(result: SweepResult, origin: Origin | None) -> list[str] | None:
+    """The text of ``result`` cut where its per-alert values go; None when it cannot be
+    (a stand-in found elsewhere in it)."""
+    marked = dataclasses.replace(result, alert_id=_MARK)
+    orders, listed = _orders_text(result.orders)
+    data = _result_json(marked, origin, [], listed)
+    for name in _PER_ALERT[1:]:
+        data[name] = _MARK
+    if origin is not None:
+        data["origin"] = _MARK
+    text = _ENCODER.encode(data).replace('"orders":[]', f'"orders":{orders}', 1)
+    parts = text.split(_MARK_JSON)
+    return parts if len(parts) == len(_PER_ALERT) + (origin is not None) + 1 else None
+
+
+def _fill(parts: list[str], result: SweepResult, origin: Origin | None) -> bytes:
+    values = [
+        _ENCODER.encode(result.alert_id),
+        _time_json(result.received_at),
+        _time_json(result.first_cancel_at),
+        _time_json(result.finished_at),
+    ]
+    if origin is not None:
+        values.append(
+            f'{{"topic":{_ENCODER.encode(origin.topic)},"partition":{int(origin.partition)},'
+            f'"offset":{int(origin.offset)}}}'
+        )
+    text = [parts[0]]
+    for value, part in zip(values, parts[1:], strict=True):
+        text += (value, part)
+    return "".join(text).encode("utf-8")
+
+
+def _time_json(value: datetime | None) -> str:
+    # format_time's text needs no escaping.
+    text = format_time(value)
+    return "null" if text is None else f'"{text}"'
 
 
 # The last list of order reports encoded, kept (so its id cannot be reused) with its
@@ -608,7 +673,7 @@ def _orders_text(orders: list[OrderReport]) -> tuple[str, int]:
     if memo is not None and memo[0] is orders and memo[1] == len(orders):
         return memo[2], memo[3]
     listed = _listed_orders(orders, RESULT_MAX_ORDERS)
-    text = json.dumps([_order_json(o) for o in listed], separators=(",", ":"), ensure_ascii=False)
+    text = _ENCODER.encode([_order_json(o) for o in listed])
     _orders_memo = (orders, len(orders), text, len(listed))
     return text, len(listed)
 

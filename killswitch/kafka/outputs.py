@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from killswitch.config import TopicSettings
-from killswitch.contracts import encode_result, encode_state
+from killswitch.contracts import encode_result, encode_results, encode_state
 from killswitch.core.model import HaltState, Position, SweepResult
 from killswitch.core.ports import ResultSink
 
@@ -61,13 +61,12 @@ class Publisher:
         None for each acknowledged record and the error for each that was not."""
         outcomes: list[BaseException | None] = [None] * len(items)
         futures: dict[int, asyncio.Future[object]] = {}
+        values = encode_results(items)
         async with self._enqueue:
-            for i, (result, origin) in enumerate(items):
+            for i, ((result, _), value) in enumerate(zip(items, values, strict=True)):
                 try:
                     futures[i] = await self._producer.send(
-                        self._topics.results,
-                        encode_result(result, origin),
-                        key=result.account.encode(),
+                        self._topics.results, value, key=result.account.encode()
                     )
                 except KafkaError as exc:
                     outcomes[i] = exc

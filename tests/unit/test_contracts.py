@@ -27,6 +27,7 @@ from killswitch.contracts import (
     encode_dlq,
     encode_heartbeat,
     encode_result,
+    encode_results,
     encode_state,
     parse_alert,
     parse_heartbeat,
@@ -226,6 +227,23 @@ def test_a_result_reads_back_equal(result: SweepResult, origin: Position | None)
         expected, orders=(), not_found=(), unlisted_pairs=(), in_flight=(), carried=carried
     )
     assert record == head
+
+
+def test_results_written_together_are_byte_for_byte_those_written_one_by_one() -> None:
+    flat = sweep(final=True, status=SweepStatus.FLAT)
+    at = Position("killswitch.alerts", 2, 1841)
+    later = flat.received_at + timedelta(milliseconds=1500)
+    items: list[tuple[SweepResult, Position | None]] = [
+        (flat, at),
+        (dataclasses.replace(flat, alert_id="b", received_at=later), Position("t", 0, 7)),
+        (dataclasses.replace(flat, alert_id='c "q" \u00e9', first_cancel_at=None), at),
+        (dataclasses.replace(flat, alert_id="d"), None),
+        (dataclasses.replace(flat, alert_id="e", status=SweepStatus.RESIDUAL), at),
+        (dataclasses.replace(flat, alert_id="f", reason="x\x00killswitch-template\x00y"), at),
+        (dataclasses.replace(flat, alert_id="g"), at),
+        (sweep(), at),
+    ]
+    assert encode_results(items) == [encode_result(r, o) for r, o in items]
 
 
 @pytest.mark.parametrize("origin", [None, Position("killswitch.alerts", 2, 1841)])
