@@ -1,10 +1,19 @@
 """Alert storm: throughput, head-of-line blocking, and staying answerable.
 
 The daemon runs as ``python -m killswitch run`` against the Kafka under test (the
-embedded broker, or ``KILLSWITCH_BENCH_BOOTSTRAP``) and an exchange simulator served
-from this process, whose handler is wrapped to stamp, per API key, the first cancel
-request (DELETE of an order, of a pair, or of a batch) with ``perf_counter`` (the
-producer's clock; CLOCK_MONOTONIC on Linux, one clock for every process).
+embedded broker, or ``KILLSWITCH_BENCH_BOOTSTRAP``). Everything timed runs in a process
+of its own (``bench.rpc``), so no figure carries the lag of this process's event loop,
+which orchestrates and reads the results topic:
+
+- the **exchange**: the simulator in a child process, its handler wrapped to stamp, per
+  API key, the first cancel request (DELETE of an order, of a pair, or of a batch) with
+  ``perf_counter`` (CLOCK_MONOTONIC on Linux, one clock for every process); it also
+  places the halted account's orders and times the guard's cancels;
+- the **kill producer**: a child process that stamps each calm kill just before
+  producing it;
+- the **watcher**: a child process scraping ``/metrics`` and ``/readyz``, sampling the
+  daemon's RSS, and stamping the moment the group's committed offsets reach the end;
+- the storm producer and the bare consumer (one child process each, per storm).
 
 Per round (``--rounds``, the kills alternating between the alerts and the manual topic):
 
@@ -18,7 +27,9 @@ Per round (``--rounds``, the kills alternating between the alerts and the manual
    20-60 ms, on the round's topic, each timed from its produce to the first cancel
    request for that account; ``/metrics`` and ``/readyz`` scraped every 250 ms (each
    scrape timed); an order placed every 0.3-0.6 s on an account halted before the
-   storm, timed until the latch guard cancels it; the daemon's RSS sampled.
+   storm, timed until the latch guard cancels it; the daemon's RSS sampled; and, as a
+   diagnostic, the event-loop lag of this process and of the exchange and kill-producer
+   processes.
 3. **Idle**: as many kills again, the same way, on the idle daemon (side by side).
 
 At the end every storm alert must have exactly one final result, and no order may
@@ -40,6 +51,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import random
 import shutil
 import signal
@@ -48,12 +60,12 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import harness
+from bench import harness, rpc
 from killswitch.simulator import Simulator, SimulatorServer
 from killswitch.simulator.core import Request
 from killswitch.simulator.testing import register_test_client
@@ -69,36 +81,186 @@ GOAL_SCRAPE_S = 1.0
 GOAL_GUARD_S = 1.0
 SCRAPE_EVERY_S = 0.25
 GUARD_RATE = 10.0  # the halted account's request rate (the default of an account)
+GUARD_ACCOUNT = "guard-0"
 _RNG = random.Random(17)
 
 
-# -- the exchange probe ------------------------------------------------------------------
+# -- the exchange (a child process) ------------------------------------------------------
 
 
 class CancelProbe:
     """Wraps the simulator's handler: when a cancel request of an API key arrives."""
 
     def __init__(self, sim: Simulator) -> None:
-        self._waiting: dict[str, asyncio.Future[float]] = {}
+        self._armed: dict[str, asyncio.Future[float]] = {}
         inner = sim.handle
 
         def handle(request: Request) -> Any:
             if request.method == "DELETE" and request.api_key is not None:
-                waiter = self._waiting.pop(request.api_key, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(time.perf_counter())
+                armed = self._armed.get(request.api_key)
+                if armed is not None and not armed.done():
+                    armed.set_result(time.perf_counter())
             return inner(request)
 
         sim.handle = handle  # type: ignore[method-assign]
 
-    def expect(self, api_key: str) -> asyncio.Future[float]:
+    def arm(self, api_key: str) -> asyncio.Future[float]:
         """A future resolved with the arrival time of the key's next cancel request."""
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiting[api_key] = future
+        self._armed[api_key] = future
         return future
 
+    async def wait(self, api_key: str, timeout: float) -> float:
+        """The arrival time of the cancel request last armed for ``api_key``."""
+        async with asyncio.timeout(timeout):
+            return await self._armed[api_key]
 
-# -- child processes ---------------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def exchange(names: list[str]) -> AsyncIterator[rpc.Handlers]:
+    """In the exchange process: a simulator with a client per account name, served on
+    loopback. Calls: ``describe`` (base URL, keys), ``seed``, ``arm`` (a fresh order and
+    the next cancel stamped), ``first_cancel``, ``guard_start``/``guard_stop``,
+    ``last_seq``, ``duplicate_cancels``."""
+    sim = Simulator(seed=1)
+    keys = {a: register_test_client(sim, name=a) for a in names}
+    probe = CancelProbe(sim)
+    guard = Guard(sim, probe, keys[GUARD_ACCOUNT][0])
+
+    async with SimulatorServer(sim) as server:
+
+        async def describe() -> dict[str, Any]:
+            return {"base_url": server.base_url, "keys": keys}
+
+        async def seed(account: str, count: int) -> None:
+            sim.seed_orders(keys[account][0], SYMBOL, count)
+
+        async def arm(account: str) -> None:
+            sim.seed_orders(keys[account][0], SYMBOL, 1)
+            probe.arm(keys[account][0])
+
+        async def first_cancel(account: str, timeout: float) -> float:
+            return await probe.wait(keys[account][0], timeout)
+
+        async def last_seq() -> int:
+            return sim.last_seq
+
+        async def duplicate_cancels(since: int) -> int:
+            cancels = Counter(
+                e.order_id
+                for e in sim.log_since(since)
+                if e.endpoint == "cancel" and e.order_id is not None
+            )
+            return sum(c - 1 for c in cancels.values() if c > 1)
+
+        try:
+            yield {
+                "describe": describe,
+                "seed": seed,
+                "arm": arm,
+                "first_cancel": first_cancel,
+                "guard_start": guard.start,
+                "guard_stop": guard.stop,
+                "last_seq": last_seq,
+                "duplicate_cancels": duplicate_cancels,
+            }
+        finally:
+            await guard.stop()
+
+
+@dataclass
+class Guard:
+    """In the exchange process: an order on the halted account every 0.3-0.6 s (the pace
+    of a trader), each timed until the latch guard's cancel request arrives."""
+
+    sim: Simulator
+    probe: CancelProbe
+    api_key: str
+    reactions: list[float] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.reactions = []
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> list[float]:
+        """Stop placing orders; the reaction times (s) since ``start``. Raises what
+        ended the orders early (a guard that never cancelled within 30 s)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            if not task.cancelled() and task.exception() is not None:
+                raise RuntimeError("the guard did not cancel an order within 30 s")
+        return self.reactions
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(_RNG.uniform(0.3, 0.6))
+            self.sim.seed_orders(self.api_key, SYMBOL, 1)
+            cancelled = self.probe.arm(self.api_key)
+            start = time.perf_counter()
+            async with asyncio.timeout(30):
+                self.reactions.append(await cancelled - start)
+
+
+# -- the kill producer and the watcher (child processes) ---------------------------------
+
+
+@contextlib.asynccontextmanager
+async def kill_producer(bootstrap: str) -> AsyncIterator[rpc.Handlers]:
+    """In the kill-producer process: ``produce(topic, key, value)`` hands one record to
+    the producer and answers when it did so (``perf_counter``, taken just before)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+
+    async def produce(topic: str, key: bytes, value: bytes) -> float:
+        start = time.perf_counter()
+        await producer.send(topic, value, key=key)
+        return start
+
+    try:
+        yield {"produce": produce}
+    finally:
+        await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def watcher(bootstrap: str, group: str, topic: str) -> AsyncIterator[rpc.Handlers]:
+    """In the watcher process: ``start(metrics_url, pid)`` scrapes ``/metrics`` and
+    ``/readyz`` every 250 ms and samples the daemon's RSS until ``stop()``, which
+    answers the figures (see :class:`Watch`); ``drained(timeout)`` polls the group's
+    committed offsets on ``topic`` and answers when they first reach the end (lag 0)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    current: list[Watch] = []
+    parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    lag_reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await lag_reader.start()
+
+    async def start(metrics_url: str, pid: int) -> None:
+        current[:] = [Watch(metrics_url, pid)]
+        current[0].begin()
+
+    async def stop() -> dict[str, Any]:
+        return await current[0].end()
+
+    async def drained(timeout: float) -> float:
+        async with asyncio.timeout(timeout):
+            while await _lag(lag_reader, parts) > 0:  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0.02)
+        return time.perf_counter()
+
+    try:
+        yield {"start": start, "stop": stop, "drained": drained}
+    finally:
+        if current:
+            await current[0].end()
+        await lag_reader.stop()
 
 
 def _alert(alert_id: str, account: str, *, manual: bool = False, latch: bool = False) -> bytes:
@@ -215,15 +377,15 @@ async def bare_baseline(bootstrap: str, topic: str, n: int, accounts: int) -> fl
 
 @dataclass
 class Kills:
-    """Kills on calm accounts: produced one at a time, timed to their first cancel."""
+    """Kills on calm accounts: produced one at a time (by the kill producer), timed from
+    the producer's stamp to the exchange's stamp of the account's first cancel."""
 
-    sim: Simulator
-    probe: CancelProbe
-    producer: Any
+    exchange: rpc.Child
+    producer: rpc.Child
     results: harness.Results
     topic: str
     manual: bool
-    keys: dict[str, str]  # calm account -> API key
+    accounts: list[str]
     prefix: str
     latencies: list[float] = field(default_factory=list)
     stamps: list[float] = field(default_factory=list)  # produce times (perf_counter)
@@ -250,7 +412,7 @@ class Kills:
     async def _free_account(self) -> str:
         async with asyncio.timeout(60):
             while True:
-                for account in self.keys:
+                for account in self.accounts:
                     alert_id = self._pending.get(account)
                     if alert_id is None or alert_id in self.results.final:
                         return account
@@ -260,50 +422,58 @@ class Kills:
     async def _one(self, account: str, alert_id: str) -> None:
         self._pending[account] = alert_id
         self.ids.append(alert_id)
-        self.sim.seed_orders(self.keys[account], SYMBOL, 1)
-        arrived = self.probe.expect(self.keys[account])
+        await self.exchange.call("arm", account)  # a fresh order; its cancel to be stamped
         value = _alert(alert_id, account, manual=self.manual)
-        start = time.perf_counter()
-        await self.producer.send(self.topic, value, key=account.encode())
+        start = await self.producer.call("produce", self.topic, account.encode(), value)
         self.stamps.append(start)
-        async with asyncio.timeout(60):
-            self.latencies.append(await arrived - start)
+        cancelled = await self.exchange.call("first_cancel", account, 60.0, timeout=70)
+        self.latencies.append(cancelled - start)
 
 
-@dataclass
 class Watch:
-    """Scrapes /metrics and /readyz every 250 ms, samples the daemon's RSS, and places
-    an order on the halted account every 0.3-0.6 s (timed until the guard cancels it)."""
+    """In the watcher process: scrapes /metrics and /readyz every 250 ms (each scrape
+    timed) and samples the daemon's RSS, from ``begin()`` to ``end()``."""
 
-    metrics_url: str
-    pid: int
-    sim: Simulator
-    probe: CancelProbe
-    guard_key: str
-    scrapes: list[float] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    rss: list[int] = field(default_factory=list)
-    guard: list[float] = field(default_factory=list)
-    first_metrics: str = ""
-    last_metrics: str = ""
+    def __init__(self, metrics_url: str, pid: int) -> None:
+        self.metrics_url = metrics_url
+        self.pid = pid
+        self.scrapes: list[float] = []
+        self.failed: list[str] = []
+        self.rss: list[int] = []
+        self.first_metrics = ""
+        self.last_metrics = ""
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
-    async def run(self, stop: asyncio.Event) -> None:
+    def begin(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def end(self) -> dict[str, Any]:
+        """Stop after one last scrape; scrape times, failures, RSS samples (kB) and the
+        daemon's event-loop lag between the first and the last scrape."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        return {
+            "scrapes": self.scrapes,
+            "failed": self.failed,
+            "rss_kb": self.rss,
+            "loop_lag": loop_lag(self.first_metrics, self.last_metrics),
+        }
+
+    async def _run(self) -> None:
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            guard = asyncio.create_task(self._guard_loop(stop))
-            try:
-                while not stop.is_set():
-                    await self._scrape(session)
-                    self.rss.append(_status_kb(self.pid, "VmRSS"))
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(SCRAPE_EVERY_S):
-                            await stop.wait()
+            while not self._stop.is_set():
                 await self._scrape(session)
-            finally:
-                guard.cancel()
-                await asyncio.gather(guard, return_exceptions=True)
+                self.rss.append(_status_kb(self.pid, "VmRSS"))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SCRAPE_EVERY_S):
+                        await self._stop.wait()
+            await self._scrape(session)
 
     async def _scrape(self, session: Any) -> None:
         start = time.perf_counter()
@@ -320,15 +490,6 @@ class Watch:
                 self.first_metrics = self.first_metrics or text
                 self.last_metrics = text
         self.scrapes.append(time.perf_counter() - start)
-
-    async def _guard_loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await asyncio.sleep(_RNG.uniform(0.3, 0.6))  # the pace of the trader
-            self.sim.seed_orders(self.guard_key, SYMBOL, 1)
-            cancelled = self.probe.expect(self.guard_key)
-            start = time.perf_counter()
-            async with asyncio.timeout(30):
-                self.guard.append(await cancelled - start)
 
 
 def _status_kb(pid: int, field_name: str) -> int:
@@ -495,9 +656,11 @@ class Setup:
     bootstrap: str
     topics: dict[str, str]
     group: str
-    sim: Simulator
-    probe: CancelProbe
-    keys: dict[str, tuple[str, bytes]]
+    exchange: rpc.Child
+    producer: rpc.Child
+    watcher: rpc.Child
+    lag: rpc.LoopLag  # this process's own loop
+    accounts: list[str]
     args: argparse.Namespace
     tag: str
 
@@ -505,79 +668,68 @@ class Setup:
 async def _round(
     setup: Setup, number: int, daemon: harness.DaemonProcess, metrics_url: str, results: Any
 ) -> dict[str, Any]:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-    args, sim, keys = setup.args, setup.sim, setup.keys
+    args, ex = setup.args, setup.exchange
     on_manual = number % 2 == 1
     kill_topic = setup.topics["manual" if on_manual else "alerts"]
-    calm = {a: keys[a][0] for a in keys if a.startswith("calm-")}
+    calm = [a for a in setup.accounts if a.startswith("calm-")]
     bare_topic = f"bench.{setup.tag}.bare{number}"
     await harness.create_topics(setup.bootstrap, {bare_topic: PARTITIONS})
     bare_s = await bare_baseline(setup.bootstrap, bare_topic, args.alerts, args.accounts)
 
-    for a in keys:
+    for a in setup.accounts:
         if a.startswith("acct-"):
-            sim.seed_orders(keys[a][0], SYMBOL, ORDERS_PER_STORM_ACCOUNT)
-    parts = [TopicPartition(setup.topics["alerts"], p) for p in range(PARTITIONS)]
-    lag_reader = AIOKafkaConsumer(
-        bootstrap_servers=setup.bootstrap, group_id=setup.group, enable_auto_commit=False
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=setup.bootstrap, acks="all", linger_ms=0)
-    await lag_reader.start()
-    await producer.start()
-    watch = Watch(metrics_url, daemon.pid, sim, setup.probe, keys["guard-0"][0])
-    stop_watch = asyncio.Event()
+            await ex.call("seed", a, ORDERS_PER_STORM_ACCOUNT)
     drained = asyncio.Event()
     prefix = f"storm{number}"
-    try:
-        storm_kills = Kills(
-            sim, setup.probe, producer, results, kill_topic, on_manual, calm, f"{prefix}-calm"
+    storm_kills = Kills(ex, setup.producer, results, kill_topic, on_manual, calm, f"{prefix}-calm")
+    _reset_peak(daemon.pid)
+    rss_before = _status_kb(daemon.pid, "VmRSS")
+    profiler = (
+        Profiler(daemon.pid, Path(args.profile_dir) / f"{prefix}.raw") if args.profile else None
+    )
+    await setup.watcher.call("start", metrics_url, daemon.pid)
+    await ex.call("guard_start")
+    pids = _pids(setup, daemon)
+    cpu_before = {name: harness.cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_from = time.perf_counter()
+    produce = asyncio.create_task(
+        _in_child(
+            _produce_storm,
+            setup.bootstrap,
+            setup.topics["alerts"],
+            prefix,
+            args.alerts,
+            args.accounts,
         )
-        _reset_peak(daemon.pid)
-        rss_before = _status_kb(daemon.pid, "VmRSS")
-        profiler = (
-            Profiler(daemon.pid, Path(args.profile_dir) / f"{prefix}.raw") if args.profile else None
-        )
-        watcher = asyncio.create_task(watch.run(stop_watch))
-        produce = asyncio.create_task(
-            _in_child(
-                _produce_storm,
-                setup.bootstrap,
-                setup.topics["alerts"],
-                prefix,
-                args.alerts,
-                args.accounts,
-            )
-        )
-        kills = asyncio.create_task(storm_kills.run(drained.is_set))
-        async with asyncio.timeout(600):
-            produced = await produce
-            while await _lag(lag_reader, parts) > 0:  # noqa: ASYNC110 - no event to wait on
-                await asyncio.sleep(0.02)
-        lag_zero = time.perf_counter() - float(produced["start"])
-        drained.set()
-        if profiler is not None:
-            profiler.stop()
-        await kills
-        await storm_kills.finish(120)
-        stop_watch.set()
-        await watcher
-        peak_kb = _status_kb(daemon.pid, "VmHWM")
-        # Only kills produced before the lag was 0 were stuck in a storm, if anywhere.
-        end = float(produced["start"]) + lag_zero
-        during = [
-            lat
-            for lat, at in zip(storm_kills.latencies, storm_kills.stamps, strict=False)
-            if at <= end
-        ]
-        idle_kills = Kills(
-            sim, setup.probe, producer, results, kill_topic, on_manual, calm, f"idle{number}"
-        )
-        await idle_kills.run(lambda: False, count=max(len(during), args.kills))
-        await idle_kills.finish(120)
-    finally:
-        await producer.stop()
-        await lag_reader.stop()
+    )
+    kills = asyncio.create_task(storm_kills.run(drained.is_set))
+    async with asyncio.timeout(600):
+        produced = await produce
+    # Stamped in the watcher, when it first sees the group's lag at 0.
+    lag_zero = await setup.watcher.call("drained", 600.0, timeout=610) - float(produced["start"])
+    drained.set()
+    cpu_storm = {
+        name: round(harness.cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()
+    }
+    cpu_storm["wall"] = round(time.perf_counter() - cpu_from, 2)
+    if profiler is not None:
+        profiler.stop()
+    await kills
+    await storm_kills.finish(120)
+    watched = await setup.watcher.call("stop")
+    guard = await ex.call("guard_stop")
+    peak_kb = _status_kb(daemon.pid, "VmHWM")
+    # Only kills produced before the lag was 0 were stuck in a storm, if anywhere.
+    window = (float(produced["start"]), float(produced["start"]) + lag_zero)
+    during = [
+        lat
+        for lat, at in zip(storm_kills.latencies, storm_kills.stamps, strict=False)
+        if at <= window[1]
+    ]
+    harness_lag = await _harness_lag(setup, window)
+    idle_kills = Kills(ex, setup.producer, results, kill_topic, on_manual, calm, f"idle{number}")
+    await idle_kills.run(lambda: False, count=max(len(during), args.kills))
+    await idle_kills.finish(120)
     out: dict[str, Any] = {
         "kills_on": "manual" if on_manual else "alerts",
         "bare_consume_s": round(bare_s, 3),
@@ -586,17 +738,39 @@ async def _round(
         "ratio_vs_bare": round(lag_zero / bare_s, 2),
         "kills_storm": _ms(during),
         "kills_idle": _ms(idle_kills.latencies),
-        "scrape": {**_ms(watch.scrapes), "failed": watch.failed},
-        "guard": _ms(watch.guard),
+        "scrape": {**_ms(watched["scrapes"]), "failed": watched["failed"]},
+        "guard": _ms(guard),
         "rss_before_mb": round(rss_before / 1024, 1),
-        "rss_peak_mb": round(max([peak_kb, *watch.rss]) / 1024, 1),
-        "loop_lag": loop_lag(watch.first_metrics, watch.last_metrics),
+        "rss_peak_mb": round(max([peak_kb, *watched["rss_kb"]]) / 1024, 1),
+        "loop_lag": watched["loop_lag"],
+        "harness_loop_lag_ms": harness_lag,
+        "cpu_s_during_storm": cpu_storm,
     }
     if args.profile:
         out["profile_us_per_alert"] = stage_breakdown(
             Path(args.profile_dir) / f"{prefix}.raw", args.alerts
         )
     return out
+
+
+async def _harness_lag(setup: Setup, window: tuple[float, float]) -> dict[str, Any]:
+    """The event-loop lag of this process and of the stamping processes in ``window``."""
+    return {
+        "benchmark": setup.lag.between(*window),
+        "exchange": await setup.exchange.call("loop_lag", *window),
+        "kill_producer": await setup.producer.call("loop_lag", *window),
+    }
+
+
+def _pids(setup: Setup, daemon: harness.DaemonProcess) -> dict[str, int]:
+    """The long-lived processes of a run, by role (the daemon's first)."""
+    return {
+        "daemon": daemon.pid,
+        "benchmark": os.getpid(),
+        "exchange": setup.exchange.pid,
+        "kill_producer": setup.producer.pid,
+        "watcher": setup.watcher.pid,
+    }
 
 
 async def _warm_up(setup: Setup, results: Any) -> None:
@@ -607,8 +781,8 @@ async def _warm_up(setup: Setup, results: Any) -> None:
     await producer.start()
     try:
         ids = set()
-        for account in setup.keys:
-            if account == "guard-0":
+        for account in setup.accounts:
+            if account == GUARD_ACCOUNT:
                 continue
             alert_id = f"warm-{account}"
             ids.add(alert_id)
@@ -617,25 +791,20 @@ async def _warm_up(setup: Setup, results: Any) -> None:
             )
         await producer.send(
             setup.topics["alerts"],
-            _alert("latch-guard-0", "guard-0", latch=True),
-            key=b"guard-0",
+            _alert(f"latch-{GUARD_ACCOUNT}", GUARD_ACCOUNT, latch=True),
+            key=GUARD_ACCOUNT.encode(),
         )
-        ids.add("latch-guard-0")
+        ids.add(f"latch-{GUARD_ACCOUNT}")
         await producer.flush()
         await results.wait_for(ids, 120)
     finally:
         await producer.stop()
 
 
-def _check(setup: Setup, results: Any, rounds: int, log_start: int) -> dict[str, Any]:
+async def _check(setup: Setup, results: Any, rounds: int, log_start: int) -> dict[str, Any]:
     storm_ids = [f"storm{r}-{i}" for r in range(rounds) for i in range(setup.args.alerts)]
     finals = Counter(len(results.final.get(a, [])) for a in storm_ids)
     statuses = Counter(s for a in storm_ids for s in results.final.get(a, []))
-    cancels = Counter(
-        e.order_id
-        for e in setup.sim.log_since(log_start)
-        if e.endpoint == "cancel" and e.order_id is not None
-    )
     reasons = Counter(
         str(results.last[a].get("reason"))
         for a in storm_ids
@@ -647,13 +816,11 @@ def _check(setup: Setup, results: Any, rounds: int, log_start: int) -> dict[str,
         "exactly_one_final": finals.get(1, 0),
         "final_results_per_alert": dict(sorted(finals.items())),
         "statuses": dict(statuses),
-        "duplicate_cancels": sum(c - 1 for c in cancels.values() if c > 1),
+        "duplicate_cancels": await setup.exchange.call("duplicate_cancels", log_start),
     }
 
 
 async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
-    from killswitch.embedded import free_port
-
     tag = uuid.uuid4().hex[:8]
     topics = harness.topic_names(tag)
     group = f"bench.{tag}.group"
@@ -661,52 +828,65 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         bootstrap,
         {name: PARTITIONS if role in ("alerts", "results") else 1 for role, name in topics.items()},
     )
-    sim = Simulator(seed=1)
     names = [f"acct-{i}" for i in range(args.accounts)]
-    names += [f"calm-{i}" for i in range(CALM_ACCOUNTS)] + ["guard-0"]
-    keys = {a: register_test_client(sim, name=a) for a in names}
-    probe = CancelProbe(sim)
-    setup = Setup(bootstrap, topics, group, sim, probe, keys, args, tag)
-    port = free_port()
-    rounds: list[dict[str, Any]] = []
-    async with SimulatorServer(sim) as server:
-        env = harness.daemon_env(
-            bootstrap, topics, group, server.base_url, keys, fetch_max_wait_ms=FETCH_MAX_WAIT_MS
-        )
-        accounts = json.loads(env["KILLSWITCH_ACCOUNTS"])
-        for account in accounts:  # the halted account at an account's default pace
-            if account["id"] == "guard-0":
-                account["rate_limit_per_second"] = GUARD_RATE
-                account["burst"] = 5
-        env["KILLSWITCH_ACCOUNTS"] = json.dumps(accounts)
-        env["KILLSWITCH_METRICS"] = json.dumps({"enabled": True, "host": "127.0.0.1", "port": port})
-        with harness.temp_dir() as tmp:
-            daemon = harness.DaemonProcess(env, tmp / "daemon.log")
-            try:
-                async with harness.Results(bootstrap, topics["results"], PARTITIONS) as results:
-                    await harness.wait_group_stable(bootstrap, group, 1, 90)
-                    await _warm_up(setup, results)
-                    log_start = max((e.seq for e in sim.request_log), default=0)
-                    for number in range(args.rounds):
-                        rounds.append(
-                            await _round(setup, number, daemon, f"http://127.0.0.1:{port}", results)
-                        )
-                        _print_round(rounds[-1])
-                    storm_ids = {
-                        f"storm{r}-{i}" for r in range(args.rounds) for i in range(args.alerts)
-                    }
-                    await results.wait_for(storm_ids, 300)
-                    # Read to the end before counting (a second final result would come after).
-                    await _read_to_end(bootstrap, topics["results"], results)
-                    checked = _check(setup, results, args.rounds, log_start)
-            except BaseException:
-                print(daemon.tail(), file=sys.stderr)
-                raise
-            finally:
-                exit_code = daemon.stop()
-    result = {"rounds": rounds, "check": checked, "daemon_exit_code": exit_code}
+    names += [f"calm-{i}" for i in range(CALM_ACCOUNTS)] + [GUARD_ACCOUNT]
+    async with (
+        rpc.Child(exchange, names) as ex,
+        rpc.Child(kill_producer, bootstrap) as producer,
+        rpc.Child(watcher, bootstrap, group, topics["alerts"]) as watch,
+        rpc.probing(rpc.LoopLag()) as lag,
+    ):
+        described = await ex.call("describe")
+        setup = Setup(bootstrap, topics, group, ex, producer, watch, lag, names, args, tag)
+        result = await _measure(setup, described["base_url"], described["keys"])
     _print_summary(result)
     return result
+
+
+async def _measure(
+    setup: Setup, base_url: str, keys: dict[str, tuple[str, bytes]]
+) -> dict[str, Any]:
+    """The daemon started against the exchange process; warm-up, rounds and checks."""
+    from killswitch.embedded import free_port
+
+    args, bootstrap, topics = setup.args, setup.bootstrap, setup.topics
+    port = free_port()
+    rounds: list[dict[str, Any]] = []
+    env = harness.daemon_env(
+        bootstrap, topics, setup.group, base_url, keys, fetch_max_wait_ms=FETCH_MAX_WAIT_MS
+    )
+    accounts = json.loads(env["KILLSWITCH_ACCOUNTS"])
+    for account in accounts:  # the halted account at an account's default pace
+        if account["id"] == GUARD_ACCOUNT:
+            account["rate_limit_per_second"] = GUARD_RATE
+            account["burst"] = 5
+    env["KILLSWITCH_ACCOUNTS"] = json.dumps(accounts)
+    env["KILLSWITCH_METRICS"] = json.dumps({"enabled": True, "host": "127.0.0.1", "port": port})
+    with harness.temp_dir() as tmp:
+        daemon = harness.DaemonProcess(env, tmp / "daemon.log")
+        try:
+            async with harness.Results(bootstrap, topics["results"], PARTITIONS) as results:
+                await harness.wait_group_stable(bootstrap, setup.group, 1, 90)
+                await _warm_up(setup, results)
+                log_start = await setup.exchange.call("last_seq")
+                for number in range(args.rounds):
+                    rounds.append(
+                        await _round(setup, number, daemon, f"http://127.0.0.1:{port}", results)
+                    )
+                    _print_round(rounds[-1])
+                storm_ids = {
+                    f"storm{r}-{i}" for r in range(args.rounds) for i in range(args.alerts)
+                }
+                await results.wait_for(storm_ids, 300)
+                # Read to the end before counting (a second final result would come after).
+                await _read_to_end(bootstrap, topics["results"], results)
+                checked = await _check(setup, results, args.rounds, log_start)
+        except BaseException:
+            print(daemon.tail(), file=sys.stderr)
+            raise
+        finally:
+            exit_code = daemon.stop()
+    return {"rounds": rounds, "check": checked, "daemon_exit_code": exit_code}
 
 
 async def _read_to_end(bootstrap: str, topic: str, results: Any) -> None:
@@ -767,6 +947,25 @@ def _print_round(r: dict[str, Any]) -> None:
         f"{r['rss_before_mb']:.1f} MB before the storm); event-loop lag mean "
         f"{lag['mean_s'] * 1000:.1f} ms, max {_bucket(lag['max_bucket_s'])} "
         f"({lag['samples']:.0f} samples)",
+    )
+    own = r["harness_loop_lag_ms"]
+    harness.summary(
+        "storm harness_loop_lag",
+        "during the storm (a 20 ms timer's lateness, mean / p99 / max): "
+        + "; ".join(
+            f"{name.replace('_', ' ')} {v['mean_ms']:.1f} / {v['p99_ms']:.1f} / "
+            f"{v['max_ms']:.1f} ms"
+            for name, v in own.items()
+        )
+        + " (the timed figures are stamped in the exchange and kill-producer processes)",
+    )
+    cpu = dict(r["cpu_s_during_storm"])
+    wall = cpu.pop("wall")
+    harness.summary(
+        "storm cpu_during_storm",
+        f"CPU seconds over the {wall:.2f} s from starting the storm's producer to lag 0: "
+        + ", ".join(f"{name.replace('_', ' ')} {v:.2f}" for name, v in cpu.items())
+        + " (the storm producer's and the broker's not counted)",
     )
     if "profile_us_per_alert" in r:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in r["profile_us_per_alert"].items())
