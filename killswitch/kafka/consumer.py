@@ -5,11 +5,14 @@ lanes (:class:`killswitch.core.lanes.FairLanes`, one per topic and key; the
 shortest first, manual triggers before all) and are taken up a slice at a time
 between turns of the event loop, so a record for a quiet account is never queued
 behind a storm on another (docs/INTAKE.md, "Ordering work").
-Each record taken up becomes a task: parse and validate
-(:func:`killswitch.contracts.parse_alert`), refuse to the DLQ, or hand one request
-per account to the engine (which serialises and coalesces per account) and
-publish each account's final result. The record's offset is *done* only when
-every output for it is acknowledged; the committer commits the contiguous done
+Each record taken up is parsed and validated
+(:func:`killswitch.contracts.parse_alert`) and planned, then handled in a task:
+refused to the DLQ, or one request per account handed to the engine (which
+serialises and coalesces per account) and each account's final result published.
+A lane's records taken up as a run share that work: the plain kills of one account
+form a group, joined to its sweep at once, handled by one task, their results
+published together (:meth:`Intake._accept_run`). The record's offset is *done* only
+when every output for it is acknowledged; the committer commits the contiguous done
 prefix per partition (:class:`OffsetTracker`).
 
 Backpressure: an account with ``max_queued_per_account`` requests in the engine
