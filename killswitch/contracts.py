@@ -611,15 +611,21 @@ def encode_results(items: Sequence[tuple[SweepResult, Origin | None]]) -> list[b
     """:func:`encode_result` of each, byte for byte. A sweep's coalesced alerts have
     results that differ only in alert id, times and origin: those are written from
     one template (encoded once), filling in just what differs."""
+    global _template_memo  # noqa: PLW0603 - a one-entry memo of a pure function
     out: list[bytes] = []
-    key: tuple[Any, ...] | None = None
-    parts: list[str] | None = None
+    key, parts = _template_memo or (None, None)
     for result, origin in items:
-        shared = (origin is None, *(getattr(result, name) for name in _SHARED))
+        shared = (origin is None, *[getattr(result, name) for name in _SHARED])
         if shared != key:
             key, parts = shared, _template(result, origin)
+            _template_memo = (key, parts)
         out.append(encode_result(result, origin) if parts is None else _fill(parts, result, origin))
     return out
+
+
+# The last template written, with what its results shared (the next group of a sweep
+# shares it too).
+_template_memo: tuple[tuple[Any, ...], list[str] | None] | None = None
 
 
 def _template(result: SweepResult, origin: Origin | None) -> list[str] | None:

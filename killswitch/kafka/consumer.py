@@ -1050,6 +1050,7 @@ class Intake:
                 assert member.step.future is not None
                 self._request_ended(member.request, member.step.future, member.status)
             self._update_backpressure()
+        self._records_done(new)
         repeats: list[tuple[_Member, SweepResult]] = []
         for member in members:
             step = member.step
@@ -1063,11 +1064,16 @@ class Intake:
         await self._publish_finals(repeats)
         for member, result in repeats:
             member.status = result.status.value
+        self._records_done([member for member, _ in repeats])
+
+    def _records_done(self, members: list[_Member]) -> None:
+        """The members with a final result published: their records are done."""
         for member in members:
             if member.status is not None:
                 self._observer.alert_read(member.plan.label, member.plan.result)
                 self._tracker.done(self._partition_of(member.origin), member.origin.offset)
-        self._commit_wanted.set()
+        if members:
+            self._commit_wanted.set()
 
     async def _group_finals(
         self, members: list[_Member], outcomes: list[SweepResult | BaseException]
