@@ -101,3 +101,53 @@ async def test_a_group_cut_off_by_a_shutdown_commits_nothing_and_is_replayed(
         finals = (await results.to_end()).finals()
     assert Counter(f["alert_id"] for f in finals) == Counter(ids)
     assert await committed(kafka_bootstrap, settings.kafka.group_id, topics.alerts) == len(ids)
+
+
+async def test_an_engine_error_inside_a_group_fails_that_alert_only(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    await produce(settings, [alert_message(i) for i in ("ok-1", "boom-1", "ok-2")])
+    engine = FakeEngine(raise_for={"boom-1"})
+    async with (
+        TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
+        running_intake(settings, engine),
+    ):
+        await wait_for(lambda: len(results.finals()) == 3)
+        by_id = {r["alert_id"]: r for r in (await results.to_end()).finals()}
+    assert max(len(g) for g in engine.groups) > 1
+    assert by_id["boom-1"]["status"] == "failed"
+    assert by_id["boom-1"]["reason"] == "internal error: RuntimeError"
+    assert by_id["ok-1"]["status"] == by_id["ok-2"]["status"] == "flat"
+
+
+async def test_a_group_still_running_after_the_drain_is_handed_over_and_replayed(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name, intake={"rebalance_drain_s": 0.1})
+    await create_all_topics(settings)
+    topics = settings.kafka.topics
+    ids = [f"ho-{i}" for i in range(4)]
+    await produce(settings, [alert_message(i) for i in ids])
+    first = FakeEngine()
+    first.hold("mm-1")  # longer than the drain
+    async with (
+        TopicCollector(kafka_bootstrap, topics.results) as results,
+        running_intake(settings, first) as one,
+    ):
+        await wait_for(lambda: len(first.calls) == len(ids))
+        assert max(len(g) for g in first.groups) > 1
+        # A second member joins: the group still running after the drain is cancelled
+        # (none of its records done) and its account handed over.
+        async with running_intake(settings, FakeEngine()) as two:
+            await wait_for(lambda: first.handed_over == ["mm-1"], timeout=20)
+            first.let_go("mm-1")
+            # Whichever member has the partition now replays the group: one result each.
+            await wait_for(lambda: len(results.finals()) == len(ids), timeout=20)
+            await wait_for(lambda: one.intake.in_flight == two.intake.in_flight == 0)
+            finals = (await results.to_end()).finals()
+    assert Counter(f["alert_id"] for f in finals) == Counter(ids)
+    assert {f["status"] for f in finals} == {"flat"}
+    bootstrap, group = settings.kafka.bootstrap_servers, settings.kafka.group_id
+    assert await committed(bootstrap, group, topics.alerts) == len(ids)
