@@ -21,7 +21,8 @@ class Publisher:
     """One producer (acks=all) shared by every output. Keys are account ids.
 
     ``result(..., wait=True)`` returns only when the broker acknowledged the
-    record: the intake commits an input offset after that. Progress results are
+    record, and ``results`` when every one of a group was: the intake commits an
+    input offset after that. Progress results are
     enqueued without waiting (the sweep must not stall on Kafka); the producer
     keeps per-partition order, so a progress event never overtakes its final.
     """
