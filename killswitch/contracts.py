@@ -478,8 +478,12 @@ def kill_requests(
 # ---------------------------------------------------------------------- outputs
 
 
+# One encoder for every record written (``json.dumps`` with options builds one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _dumps(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(obj).encode("utf-8")
 
 
 # The position type of the core under the name results give it (``origin``).
@@ -590,9 +594,7 @@ def encode_result(result: SweepResult, origin: Origin | None = None) -> bytes:
     The alerts one sweep coalesced share one list of order reports (see
     ``Sweep.result_for``): its JSON is made once and spliced into each record."""
     orders, listed = _orders_text(result.orders)
-    text = json.dumps(
-        _result_json(result, origin, [], listed), separators=(",", ":"), ensure_ascii=False
-    )
+    text = _ENCODER.encode(_result_json(result, origin, [], listed))
     # The first '"orders":[]' is the key's: inside a JSON string every quote is escaped.
     return text.replace('"orders":[]', f'"orders":{orders}', 1).encode("utf-8")
 
@@ -626,6 +628,75 @@ def final_result_fields(result: SweepResult) -> dict[str, Any]:
     }
 
 
+# What results written from one template must share: every field but these.
+_PER_ALERT = ("alert_id", "received_at", "first_cancel_at", "finished_at")
+_SHARED = tuple(f.name for f in dataclasses.fields(SweepResult) if f.name not in _PER_ALERT)
+# Stand-ins for the per-alert values while a template is written (a control character
+# JSON escapes, so the stand-in appears in the text only where it was put).
+_MARK = "\x00killswitch-template\x00"
+_MARK_JSON = _ENCODER.encode(_MARK)
+
+
+def encode_results(items: Sequence[tuple[SweepResult, Origin | None]]) -> list[bytes]:
+    """:func:`encode_result` of each, byte for byte. A sweep's coalesced alerts have
+    results that differ only in alert id, times and origin: those are written from
+    one template (encoded once), filling in just what differs."""
+    global _template_memo  # noqa: PLW0603 - a one-entry memo of a pure function
+    out: list[bytes] = []
+    key, parts = _template_memo or (None, None)
+    for result, origin in items:
+        shared = (origin is None, *[getattr(result, name) for name in _SHARED])
+        if shared != key:
+            key, parts = shared, _template(result, origin)
+            _template_memo = (key, parts)
+        out.append(encode_result(result, origin) if parts is None else _fill(parts, result, origin))
+    return out
+
+
+# The last template written, with what its results shared (the next group of a sweep
+# shares it too).
+_template_memo: tuple[tuple[Any, ...], list[str] | None] | None = None
+
+
+def _template(result: SweepResult, origin: Origin | None) -> list[str] | None:
+    """The text of ``result`` cut where its per-alert values go; None when it cannot be
+    (a stand-in found elsewhere in it)."""
+    marked = dataclasses.replace(result, alert_id=_MARK)
+    orders, listed = _orders_text(result.orders)
+    data = _result_json(marked, origin, [], listed)
+    for name in _PER_ALERT[1:]:
+        data[name] = _MARK
+    if origin is not None:
+        data["origin"] = _MARK
+    text = _ENCODER.encode(data).replace('"orders":[]', f'"orders":{orders}', 1)
+    parts = text.split(_MARK_JSON)
+    return parts if len(parts) == len(_PER_ALERT) + (origin is not None) + 1 else None
+
+
+def _fill(parts: list[str], result: SweepResult, origin: Origin | None) -> bytes:
+    values = [
+        _ENCODER.encode(result.alert_id),
+        _time_json(result.received_at),
+        _time_json(result.first_cancel_at),
+        _time_json(result.finished_at),
+    ]
+    if origin is not None:
+        values.append(
+            f'{{"topic":{_ENCODER.encode(origin.topic)},"partition":{int(origin.partition)},'
+            f'"offset":{int(origin.offset)}}}'
+        )
+    text = [parts[0]]
+    for value, part in zip(values, parts[1:], strict=True):
+        text += (value, part)
+    return "".join(text).encode("utf-8")
+
+
+def _time_json(value: datetime | None) -> str:
+    # format_time's text needs no escaping.
+    text = format_time(value)
+    return "null" if text is None else f'"{text}"'
+
+
 # The last list of order reports encoded, kept (so its id cannot be reused) with its
 # length (a list changed since would not match) and its JSON.
 _orders_memo: tuple[list[OrderReport], int, str, int] | None = None
@@ -638,7 +709,7 @@ def _orders_text(orders: list[OrderReport]) -> tuple[str, int]:
     if memo is not None and memo[0] is orders and memo[1] == len(orders):
         return memo[2], memo[3]
     listed = _listed_orders(orders, RESULT_MAX_ORDERS)
-    text = json.dumps([_order_json(o) for o in listed], separators=(",", ":"), ensure_ascii=False)
+    text = _ENCODER.encode([_order_json(o) for o in listed])
     _orders_memo = (orders, len(orders), text, len(listed))
     return text, len(listed)
 
@@ -914,6 +985,58 @@ def _decode_report(entry: Any) -> OrderReport | None:
 
 _OUTCOMES = frozenset(o.value for o in Outcome)
 _REASONS = frozenset(r.value for r in RejectReason)
+
+
+@dataclass(frozen=True, slots=True)
+class FinalHead:
+    """What the dedup window learns from a final result: who, what, read from where."""
+
+    alert_id: str
+    account: str
+    status: str
+    origin: Position | None
+
+
+# How every record encode_result writes begins, up to its alert id.
+_RESULT_START = '{"schema":"' + RESULT_SCHEMA + '","alert_id":'
+_RESULT_START_BYTES = _RESULT_START.encode()
+_ORIGIN_KEY = ',"origin":'
+
+
+def read_final_head(raw: bytes | None) -> FinalHead | None:
+    """A final result laid out as :func:`encode_result` writes it (``schema``,
+    ``alert_id``, ``account``, ``status``, ``final`` first, ``origin`` last, no
+    spaces), read without decoding the rest (its order list is most of it: every
+    daemon reads every result). None for anything else (a progress result, another
+    layout, a record that does not read): :func:`decode_result_summary` reads those.
+
+    A ``,"origin":`` outside a string can only be a key (a quote inside a JSON string
+    is escaped), and the last one is the record's own when its value closes the record."""
+    if raw is None or not raw.startswith(_RESULT_START_BYTES) or not raw.endswith(b"}"):
+        return None
+    try:
+        text = raw.decode("utf-8")
+        alert_id, i = _LENIENT.raw_decode(text, len(_RESULT_START))
+        if not text.startswith(',"account":', i):
+            return None
+        account, i = _LENIENT.raw_decode(text, i + len(',"account":'))
+        if not text.startswith(',"status":', i):
+            return None
+        status, i = _LENIENT.raw_decode(text, i + len(',"status":'))
+        if not text.startswith(',"final":true,', i):
+            return None
+        origin: Position | None = None
+        at = text.rfind(_ORIGIN_KEY)
+        if at != -1:
+            value, end = _LENIENT.raw_decode(text, at + len(_ORIGIN_KEY))
+            origin = position_from_json(value)
+            if end != len(text) - 1 or origin is None:
+                return None
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not (_is_str(alert_id) and alert_id and _is_str(account) and _is_str(status)):
+        return None
+    return FinalHead(alert_id, account, status, origin)
 
 
 def scope_to_json(scope: Scope) -> dict[str, Any]:

@@ -67,6 +67,17 @@ class FairLanes(Generic[K, T]):
     def pop(self, held: Callable[[K], bool] = lambda lane: False) -> T | None:
         """The first record of the shortest lane that is not ``held`` (urgent lanes
         first); None when every lane with records is held (or none has any)."""
+        taken = self.pop_run(held, 1)
+        return taken[1][0] if taken is not None else None
+
+    def pop_run(
+        self, held: Callable[[K], bool] = lambda lane: False, limit: int | Callable[[K], int] = 1
+    ) -> tuple[K, list[T]] | None:
+        """Up to ``limit`` records (a number, or one per lane) from the front of the
+        lane :meth:`pop` would take from, with that lane; None when every lane with
+        records is held (or none has any). A storm's backlog is taken up a run at a
+        time, so its records can share the work done for them (one join to the
+        account's sweep, one task)."""
         for lanes in (self._urgent, self._normal):
             best: tuple[K, deque[T]] | None = None
             for lane, queue in lanes.items():
@@ -77,13 +88,29 @@ class FairLanes(Generic[K, T]):
             if best is None:
                 continue
             lane, queue = best
-            item = queue.popleft()
-            self._count -= 1
-            self._counted(item, -1)
+            most = limit if isinstance(limit, int) else limit(lane)
+            items = [queue.popleft() for _ in range(min(max(1, most), len(queue)))]
+            self._count -= len(items)
+            for item in items:
+                self._counted(item, -1)
             if not queue:
                 del lanes[lane]
-            return item
+            return lane, items
         return None
+
+    def push_back(self, lane: K, items: list[T], *, urgent: bool = False) -> None:
+        """Return records taken by :meth:`pop_run` and not used to the front of their
+        lane, in their order."""
+        if not items:
+            return
+        lanes = self._urgent if urgent else self._normal
+        queue = lanes.get(lane)
+        if queue is None:
+            queue = lanes[lane] = deque()
+        queue.extendleft(reversed(items))
+        self._count += len(items)
+        for item in items:
+            self._counted(item, 1)
 
     def ready(self, held: Callable[[K], bool] = lambda lane: False) -> bool:
         """Whether :meth:`pop` would return a record."""

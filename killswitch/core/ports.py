@@ -219,6 +219,14 @@ class EngineAPI(Protocol):
         awaitable gives the final result and may be left unawaited harmlessly."""
         ...
 
+    def start_group(
+        self, alerts: Sequence[tuple[KillRequest, ResultSink]]
+    ) -> Awaitable[list[SweepResult | BaseException]]:
+        """``start`` for several kills of one account (one dry-run flag, no latch)
+        joined to its sweep together; the awaitable gives each alert's final result
+        or the exception ``start``'s awaitable would raise, in order, once all have one."""
+        ...
+
     async def release(self, request: KillRequest) -> SweepResult: ...
 
     async def hand_over(self, accounts: Collection[str]) -> int:

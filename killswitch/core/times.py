@@ -18,8 +18,9 @@ def format_time(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    utc = value.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+    # isoformat (C) rather than strftime: every result carries three of these.
+    return utc.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_time(value: Any) -> datetime | None:

@@ -50,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Self
@@ -100,6 +100,34 @@ def _resolved(result: SweepResult) -> asyncio.Future[SweepResult]:
     future: asyncio.Future[SweepResult] = asyncio.get_running_loop().create_future()
     future.set_result(result)
     return future
+
+
+def _all_outcomes(
+    futures: list[asyncio.Future[SweepResult]],
+) -> asyncio.Future[list[SweepResult | BaseException]]:
+    """One future for the outcomes of ``futures`` (results or exceptions, in order),
+    set when the last is done; unlike ``gather``, cancelling it cancels none of them."""
+    outer: asyncio.Future[list[SweepResult | BaseException]]
+    outer = asyncio.get_running_loop().create_future()
+    left = len(futures)
+
+    def one_done(_: asyncio.Future[SweepResult]) -> None:
+        nonlocal left
+        left -= 1
+        if left or outer.done():
+            return
+        outer.set_result(
+            [
+                f.exception() or f.result()
+                if not f.cancelled()
+                else RuntimeError("the alert's sweep was cancelled")
+                for f in futures
+            ]
+        )
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    return outer
 
 
 def _owns_every_account(account: str) -> bool:
@@ -290,6 +318,57 @@ class Engine:
             return
         if not out.done():
             out.set_result(result)
+
+    def start_group(
+        self, alerts: Sequence[tuple[KillRequest, ResultSink]]
+    ) -> asyncio.Future[list[SweepResult | BaseException]]:
+        """:meth:`start` for several kills of one account at once: they join one sweep
+        together (one scope widening, one log line), and one future gives every
+        alert's outcome, in order (its final result, or the exception its own
+        :meth:`start` would raise, e.g. :class:`~killswitch.core.ports.SweepHandedOver`),
+        once the last of them has one: the caller wakes once for the group, not once
+        per alert. Cancelling the future cancels no sweep.
+
+        Every request must be for the same account and dry-run flag, without a latch
+        (a latch publishes a halt first: use :meth:`start`)."""
+        loop = asyncio.get_running_loop()
+        if not alerts:
+            done: asyncio.Future[list[SweepResult | BaseException]] = loop.create_future()
+            done.set_result([])
+            return done
+        first = alerts[0][0]
+        if any(
+            r.account != first.account or r.dry_run != first.dry_run or (r.latch and not r.dry_run)
+            for r, _ in alerts
+        ):
+            raise ValueError("a group is one account's kills, of one dry-run flag, no latch")
+        self._start_deferred_guards()
+        client = self._clients.get(first.account)
+        if client is None or self._closing:
+            reason = (
+                f"account {first.account!r} is not configured"
+                if client is None
+                else "the engine is shutting down"
+            )
+            refused: asyncio.Future[list[SweepResult | BaseException]] = loop.create_future()
+            refused.set_result([self._refusal(r, reason) for r, _ in alerts])
+            return refused
+        account = self._account(first.account)
+        sweep = account.joinable(first.dry_run)
+        joined = sweep is not None
+        if sweep is None:
+            sweep = self._new_sweep(client, dry_run=first.dry_run)
+            account.waiting.append(sweep)
+        tickets = sweep.attach_many(alerts)
+        if not joined:
+            task = self._spawn(self._run(account, sweep), f"sweep-{first.account}")
+            account.tasks[sweep] = task
+        else:
+            log.info(
+                "alerts joined the running sweep",
+                extra={"account": first.account, "alerts": len(tickets)},
+            )
+        return _all_outcomes([t.future for t in tickets])
 
     async def release(self, request: KillRequest) -> SweepResult:
         """Lift the latch on ``request.account``: no more guard sweeps after this returns."""

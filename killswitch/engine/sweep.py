@@ -47,7 +47,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -251,29 +251,43 @@ class Sweep:
 
     def attach(self, request: KillRequest, progress: ResultSink | None) -> Ticket:
         """Add an alert to this sweep (widening its scope); returns its ticket."""
+        return self.attach_many([(request, progress)])[0]
+
+    def attach_many(self, alerts: Sequence[tuple[KillRequest, ResultSink | None]]) -> list[Ticket]:
+        """Add several alerts at once (one join: the scope widens and the pass extends
+        once for all of them); returns their tickets, in order."""
         if not self.accepting:
             raise RuntimeError("sweep no longer accepts alerts")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        age = max(0.0, (self.clock() - request.received_at).total_seconds())
-        received = now - age
-        scope = request.scope
+        wall = self.clock()
         self.gen += 1
-        ticket = Ticket(
-            request=request,
-            scope=scope,
-            progress=progress,
-            join_gen=self.gen,
-            received_mono=received,
-            deadline=received + request.deadline_s,
-            future=loop.create_future(),
-        )
-        self.tickets.append(ticket)
-        self._awaiting_first_cancel += 1
         old = self.scope
-        self.scope = scope if old is None else old.widen(scope)
-        if ticket.deadline > self.deadline:
-            self.deadline = ticket.deadline
+        scope = old
+        deadline = self.deadline
+        tickets: list[Ticket] = []
+        for request, progress in alerts:
+            received = now - max(0.0, (wall - request.received_at).total_seconds())
+            ticket = Ticket(
+                request=request,
+                scope=request.scope,
+                progress=progress,
+                join_gen=self.gen,
+                received_mono=received,
+                deadline=received + request.deadline_s,
+                future=loop.create_future(),
+            )
+            tickets.append(ticket)
+            if scope is None:
+                scope = request.scope
+            elif request.scope != scope:
+                scope = scope.widen(request.scope)
+            deadline = max(deadline, ticket.deadline)
+        self.tickets.extend(tickets)
+        self._awaiting_first_cancel += len(tickets)
+        self.scope = scope
+        if deadline > self.deadline:
+            self.deadline = deadline
             if self._timeout is not None and not self._timeout.expired():
                 self._timeout.reschedule(self.deadline + self.settings.settle_grace_s)
             for soft in self._soft:
@@ -281,7 +295,7 @@ class Sweep:
                     soft.reschedule(self.deadline)
         if self.started and self.scope != old:
             self._extend_pass()
-        return ticket
+        return tickets
 
     # --------------------------------------------------------------------- run
 

@@ -5,11 +5,14 @@ lanes (:class:`killswitch.core.lanes.FairLanes`, one per topic and key; the
 shortest first, manual triggers before all) and are taken up a slice at a time
 between turns of the event loop, so a record for a quiet account is never queued
 behind a storm on another (docs/INTAKE.md, "Ordering work").
-Each record taken up becomes a task: parse and validate
-(:func:`killswitch.contracts.parse_alert`), refuse to the DLQ, or hand one request
-per account to the engine (which serialises and coalesces per account) and
-publish each account's final result. The record's offset is *done* only when
-every output for it is acknowledged; the committer commits the contiguous done
+Each record taken up is parsed and validated
+(:func:`killswitch.contracts.parse_alert`) and planned, then handled in a task:
+refused to the DLQ, or one request per account handed to the engine (which
+serialises and coalesces per account) and each account's final result published.
+A lane's records taken up as a run share that work: the plain kills of one account
+form a group, joined to its sweep at once, handled by one task, their results
+published together (:meth:`Intake._accept_run`). The record's offset is *done* only
+when every output for it is acknowledged; the committer commits the contiguous done
 prefix per partition (:class:`OffsetTracker`).
 
 Backpressure: an account with ``max_queued_per_account`` requests in the engine
@@ -35,11 +38,20 @@ assignment (and before leaving the group) ``on_assignment`` runs, once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -94,6 +106,10 @@ _HELD_POLL_MS = 10
 # Records are taken up for at most this long before the rest of the event loop (sweeps,
 # publishing, the Kafka client) gets a turn.
 _SLICE_S = 0.002
+# Most records of one lane taken up as one run (see Intake._accept_run): a storm's
+# alerts for an account then share one join to its sweep and one task. Bounded so a
+# run's parsing stays within about a slice.
+_RUN_MAX = 32
 _PUBLISH_BACKOFF_MAX_S = 5.0
 _LAG_REPORT_S = 1.0
 # How long a hand-over waits for its last progress results to be acknowledged.
@@ -168,6 +184,23 @@ class _Plan:
     forwards: list[tuple[str, bytes]] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Member:
+    """One record of a group (see ``Intake._accept_run``)."""
+
+    record: ConsumerRecord[Any, Any]
+    plan: _Plan
+    origin: Origin
+    received: datetime
+    step: _Step | None = None  # its one account's step; None: handled on its own
+    status: str | None = None  # the final result published for it
+
+    @property
+    def request(self) -> KillRequest:
+        assert self.step is not None
+        return self.step.request
+
+
 _Lane = tuple[str, str | None]
 """A lane of waiting records: (topic, the record's key as text)."""
 
@@ -229,7 +262,10 @@ class Intake:
         self._lag_reported_at = 0.0
         self._consumer: AIOKafkaConsumer | None = None
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
+        # The task handling each record (or group of records, see _accept_run): the
+        # partition they came from and how many records it holds.
+        self._tasks: dict[asyncio.Task[None], tuple[TopicPartition, int]] = {}
+        self._records_running = 0  # records held by those tasks
         # Records read and not taken up yet; lane = (topic, record key as text).
         self._backlog: FairLanes[_Lane, tuple[TopicPartition, ConsumerRecord[Any, Any]]]
         self._backlog = FairLanes(source=lambda item: item[0])
@@ -262,7 +298,8 @@ class Intake:
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        """Records being handled (taken up, not finished)."""
+        return self._records_running
 
     @property
     def waiting(self) -> int:
@@ -426,7 +463,7 @@ class Intake:
         partitions wait to be consumed (up to its prefetch backoff), so records
         left in the client's buffer would hold back a manual trigger or a quiet
         account's alert on every other partition of that broker."""
-        room = self._max_in_flight - len(self._tasks) - len(self._backlog)
+        room = self._max_in_flight - self._records_running - len(self._backlog)
         return max(self._kafka.max_poll_records, room)
 
     def _enqueue(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
@@ -451,13 +488,102 @@ class Intake:
         True when records not held are still waiting."""
         deadline = time.monotonic() + _SLICE_S
         while not self._stopping:
-            item = self._backlog.pop(self._held)
-            if item is None:
+            taken = self._backlog.pop_run(self._held, self._run_room)
+            if taken is None:
                 return False
-            self._accept(*item)
+            lane, items = taken
+            if len(items) == 1:
+                self._accept(*items[0])
+            else:
+                left = self._accept_run(items, deadline)
+                self._backlog.push_back(lane, left, urgent=lane[0] == self._config.topics.manual)
             if time.monotonic() >= deadline:
                 return self._backlog.ready(self._held)
         return False
+
+    def _run_room(self, lane: _Lane) -> int:
+        """Records a lane may hand over in one run: :data:`_RUN_MAX`, and no more than
+        its account may still have in the engine."""
+        account = lane[1]
+        if account is None:
+            return _RUN_MAX
+        limit = self._config.limits.max_queued_per_account
+        return max(1, min(_RUN_MAX, limit - self._queued.get(account, 0)))
+
+    def _accept_run(
+        self, items: list[tuple[TopicPartition, ConsumerRecord[Any, Any]]], deadline: float
+    ) -> list[tuple[TopicPartition, ConsumerRecord[Any, Any]]]:
+        """Take up a run of one lane's records together: each is parsed, checked and
+        planned as in :meth:`_accept`, and the plain kills of one account (one
+        partition, one dry-run flag, no latch), with the repeats among them, form a
+        group: one join to the account's sweep (``EngineAPI.start_group``), one task,
+        their final results published together. The others are handled one by one
+        as in :meth:`_accept`; a group is started before such a record, so records
+        reach the engine in their order. Stops at ``deadline`` (the slice's end, see
+        :meth:`_take_up`), after one record at least; returns the records not taken up."""
+        groups: dict[tuple[TopicPartition, str, bool], list[_Member]] = {}
+        for n, (tp, record) in enumerate(items):
+            if n and time.monotonic() >= deadline:
+                self._start_groups(groups)
+                return items[n:]
+            member = self._member(tp, record)
+            if member is None:
+                self._start_groups(groups)
+                self._accept(tp, record)
+            elif member.step is None:
+                self._start_groups(groups)
+                self._start_sweeps(member.plan, member.origin)
+                self._spawn(tp, self._execute(record, member.plan, member.origin, member.received))
+            else:
+                request = member.step.request
+                groups.setdefault((tp, request.account, request.dry_run), []).append(member)
+        self._start_groups(groups)
+        return []
+
+    def _channel(self, tp: TopicPartition) -> Channel:
+        return "manual" if tp.topic == self._config.topics.manual else "alerts"
+
+    def _member(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> _Member | None:
+        """A record of a run, planned (its ``step`` set when it can join a group);
+        None when it needs :meth:`_accept` (large, or a pair list to fetch)."""
+        value: bytes | None = record.value
+        if value is not None and len(value) > _THREAD_PARSE_BYTES:
+            return None
+        channel = self._channel(tp)
+        received = self._clock()
+        origin = Origin(tp.topic, tp.partition, record.offset)
+        try:
+            parsed = self._parse(value, channel, received)
+            if self._pairs_to_fetch(parsed):
+                return None
+        except Exception:  # _accept reads it again and reports it
+            return None
+        plan = self._plan_safely(record, parsed, channel, origin, received)
+        member = _Member(record, plan, origin, received)
+        plain = plan.rejection is None and not plan.forwards and plan.action == "kill"
+        if plain and len(plan.steps) == 1:
+            request = plan.steps[0].request
+            if not request.latch or request.dry_run:  # a latch publishes a halt first
+                member.step = plan.steps[0]
+        return member
+
+    def _start_groups(self, groups: dict[tuple[TopicPartition, str, bool], list[_Member]]) -> None:
+        """Join each group's new kills to their account's sweep and run the group."""
+        for (tp, _, _), members in groups.items():
+            new = [m for m in members if m.step is not None and m.step.seen is Seen.NEW]
+            started: Awaitable[list[SweepResult | BaseException]] | None = None
+            if new:
+                alerts = [(m.request, self._publisher.progress_sink(m.origin)) for m in new]
+                try:
+                    started = self._engine.start_group(alerts)
+                except Exception:  # each record then goes its own way, as in _accept
+                    log.exception("engine group start failed", extra={"records": len(members)})
+                    for m in members:
+                        self._start_sweeps(m.plan, m.origin)
+                        self._spawn(tp, self._execute(m.record, m.plan, m.origin, m.received))
+                    continue
+            self._spawn(tp, self._execute_group(members, started), len(members))
+        groups.clear()
 
     def _accept(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
         """Hand out one record: plan it now (so backpressure counts it), run it in a task.
@@ -484,12 +610,18 @@ class Intake:
                 plan = self._plan_safely(record, parsed, channel, origin, received)
                 self._start_sweeps(plan, origin)
                 work = self._execute(record, plan, origin, received)
+        self._spawn(tp, work)
+
+    def _spawn(self, tp: TopicPartition, work: Coroutine[Any, Any, None], records: int = 1) -> None:
+        """Run the handling of ``records`` records of ``tp`` in a task of its own."""
         task = asyncio.create_task(work)
-        self._tasks[task] = tp
+        self._tasks[task] = (tp, records)
+        self._records_running += records
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task, None)
+        _, records = self._tasks.pop(task, (None, 0))
+        self._records_running -= records
         if not task.cancelled():
             exc = task.exception()
             if exc is not None:  # a bug in this module: log it, the loop goes on
@@ -829,35 +961,160 @@ class Intake:
         started: Awaitable[SweepResult] | None = None,
     ) -> None:
         """Engine, then the final result; the dedup window learns it once published."""
-        key = (request.alert_id, request.account)
         status: str | None = None
         try:
-            result = await self._call_engine(request, action, origin, started)
-            carried = request.carried.counts.resolved if request.carried else 0
-            if (
-                self._stopping
-                and result.status is SweepStatus.FAILED
-                and result.counts.resolved <= carried
-            ):
-                # Could not work while shutting down (e.g. the engine refused): replay it
-                # after the restart rather than record a failure for good.
-                raise _Interrupted
-            if not result.final:
-                result = dataclasses.replace(result, final=True)
+            result = self._final(request, await self._call_engine(request, action, origin, started))
             await self._publish_final(result, origin)
             status = result.status.value
             self._dedup.finish(request.alert_id, request.account, status, origin)
         finally:
-            if status is None:
-                self._dedup.forget_in_flight(request.alert_id, request.account)
-            if not future.done():
-                future.set_result(status)
-            self._in_flight.pop(key, None)
-            self._sweeping.pop(key, None)
-            self._queued[request.account] -= 1
-            if self._queued[request.account] <= 0:
-                del self._queued[request.account]
+            self._request_ended(request, future, status)
             self._update_backpressure()
+
+    def _final(self, request: KillRequest, result: SweepResult) -> SweepResult:
+        """The engine's result as published (final); :class:`_Interrupted` when the
+        engine could not work because the daemon is shutting down."""
+        carried = request.carried.counts.resolved if request.carried else 0
+        if (
+            self._stopping
+            and result.status is SweepStatus.FAILED
+            and result.counts.resolved <= carried
+        ):
+            # Could not work while shutting down (e.g. the engine refused): replay it
+            # after the restart rather than record a failure for good.
+            raise _Interrupted
+        return result if result.final else dataclasses.replace(result, final=True)
+
+    def _request_ended(
+        self, request: KillRequest, future: asyncio.Future[str | None], status: str | None
+    ) -> None:
+        """A new request's handling ended, with a final result of ``status`` published
+        or without (None: forgotten, a replay redoes it); its repeats are told."""
+        key = (request.alert_id, request.account)
+        if status is None:
+            self._dedup.forget_in_flight(request.alert_id, request.account)
+        if not future.done():
+            future.set_result(status)
+        self._in_flight.pop(key, None)
+        self._sweeping.pop(key, None)
+        self._queued[request.account] -= 1
+        if self._queued[request.account] <= 0:
+            del self._queued[request.account]
+
+    async def _execute_group(
+        self,
+        members: list[_Member],
+        started: Awaitable[list[SweepResult | BaseException]] | None,
+    ) -> None:
+        """Run a group (see :meth:`_accept_run`): wait for its new kills' outcomes
+        (one wake-up), publish their final results together, then the repeats'
+        ``duplicate`` results; each record is done once its result is acknowledged.
+        A record whose handling is interrupted (shutdown, hand-over) is not done."""
+        new = [m for m in members if m.step is not None and m.step.seen is Seen.NEW]
+        try:
+            if started is not None:
+                finals = await self._group_finals(new, await started)
+                await self._publish_finals(finals)
+                for member, result in finals:
+                    member.status = status = result.status.value
+                    request = member.request
+                    self._dedup.finish(request.alert_id, request.account, status, member.origin)
+        finally:
+            for member in new:
+                assert member.step is not None
+                assert member.step.future is not None
+                self._request_ended(member.request, member.step.future, member.status)
+            self._update_backpressure()
+        self._records_done(new)
+        repeats: list[tuple[_Member, SweepResult]] = []
+        for member in members:
+            step = member.step
+            if step is None or step.seen is Seen.NEW:
+                continue
+            previous = step.previous
+            if step.seen is Seen.IN_FLIGHT:
+                future = self._in_flight.get((step.request.alert_id, step.request.account))
+                previous = await asyncio.shield(future) if future is not None else None
+            repeats.append((member, duplicate_result(step.request, previous, self._clock())))
+        await self._publish_finals(repeats)
+        for member, result in repeats:
+            member.status = result.status.value
+        self._records_done([member for member, _ in repeats])
+
+    def _records_done(self, members: list[_Member]) -> None:
+        """The members with a final result published: their records are done."""
+        for member in members:
+            if member.status is not None:
+                self._observer.alert_read(member.plan.label, member.plan.result)
+                self._tracker.done(self._partition_of(member.origin), member.origin.offset)
+        if members:
+            self._commit_wanted.set()
+
+    async def _group_finals(
+        self, members: list[_Member], outcomes: list[SweepResult | BaseException]
+    ) -> list[tuple[_Member, SweepResult]]:
+        """The final results of a group's new kills from their outcomes; the failures
+        among them (rare: an engine error, a hand-over) handled concurrently."""
+        finals: list[tuple[_Member, SweepResult]] = []
+        failed: list[tuple[_Member, BaseException]] = []
+        for member, outcome in zip(members, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed.append((member, outcome))
+                continue
+            with contextlib.suppress(_Interrupted):
+                finals.append((member, self._final(member.request, outcome)))
+        if failed:
+            results = await asyncio.gather(*(self._group_final(m, o) for m, o in failed))
+            finals.extend((m, r) for (m, _), r in zip(failed, results, strict=True) if r)
+        return finals
+
+    async def _group_final(
+        self, member: _Member, outcome: SweepResult | BaseException
+    ) -> SweepResult | None:
+        """One group member's final result from its outcome, as :meth:`_run_request`
+        makes it (a failure becomes a ``failed`` result); None when interrupted."""
+
+        async def settled() -> SweepResult:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        try:
+            return self._final(
+                member.request,
+                await self._call_engine(member.request, "kill", member.origin, settled()),
+            )
+        except _Interrupted:
+            return None
+
+    @staticmethod
+    def _partition_of(origin: Origin) -> TopicPartition:
+        return TopicPartition(origin.topic, origin.partition)
+
+    async def _publish_finals(self, items: Sequence[tuple[_Member, SweepResult]]) -> None:
+        """Publish a group's final results until every one is acknowledged (the input
+        offsets wait for this), then one log line each, as :meth:`_publish_final`."""
+        pending = [(result, member.origin) for member, result in items]
+        delay = 0.05
+        while pending:
+            errors = await self._publisher.results(pending)
+            failed = [item for item, error in zip(pending, errors, strict=True) if error]
+            for error in errors:
+                if error is not None and not isinstance(error, KafkaError):
+                    raise error
+            if not failed:
+                break
+            error = next(e for e in errors if e is not None)
+            log.warning(
+                "results not published, retrying",
+                extra={"records": len(failed), "error": type(error).__name__},
+            )
+            pending = failed
+            await asyncio.sleep(delay)  # backoff between publish attempts
+            delay = min(delay * 2, _PUBLISH_BACKOFF_MAX_S)
+        if log.isEnabledFor(logging.INFO):
+            for _, result in items:
+                log.info("final result", extra=final_result_fields(result))
 
     async def _call_engine(
         self,
@@ -954,10 +1211,10 @@ class Intake:
     # partitions would stop every other account's alerts behind it. Over the global
     # limit only the partitions with records waiting are paused (see below).
     def _over_limit(self) -> bool:
-        return len(self._tasks) + len(self._backlog) >= self._max_in_flight
+        return self._records_running + len(self._backlog) >= self._max_in_flight
 
     def _below_resume(self) -> bool:
-        return len(self._tasks) + len(self._backlog) <= self._max_in_flight // 2
+        return self._records_running + len(self._backlog) <= self._max_in_flight // 2
 
     def _update_backpressure(self) -> None:
         consumer = self._consumer
@@ -969,7 +1226,7 @@ class Intake:
             self._paused = False
             self._paused_partitions.clear()
             consumer.resume(*consumer.assignment())
-            log.info("backpressure: partitions resumed", extra={"in_flight": len(self._tasks)})
+            log.info("backpressure: partitions resumed", extra={"in_flight": self._records_running})
 
     def _pause_waiting(self, consumer: AIOKafkaConsumer) -> None:
         """Pause the partitions that have records waiting in lanes.
@@ -987,7 +1244,7 @@ class Intake:
         self._paused_partitions |= new
         if not self._paused:
             self._paused = True
-            log.info("backpressure: partitions paused", extra={"in_flight": len(self._tasks)})
+            log.info("backpressure: partitions paused", extra={"in_flight": self._records_running})
 
     # ------------------------------------------------------------------ commits
 
@@ -1028,7 +1285,7 @@ class Intake:
             self._on_consuming(False)
         self._assigned -= gone
         await self._assignment_changed()
-        waiting = [t for t, tp in self._tasks.items() if tp in gone]
+        waiting = [t for t, (tp, _) in self._tasks.items() if tp in gone]
         if waiting:
             _, late = await asyncio.wait(waiting, timeout=self._config.revoke_drain_s)
             if late:

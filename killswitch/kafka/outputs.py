@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from killswitch.config import TopicSettings
-from killswitch.contracts import encode_result, encode_state
+from killswitch.contracts import encode_result, encode_results, encode_state
 from killswitch.core.model import HaltState, Position, SweepResult
 from killswitch.core.ports import ResultSink
 
@@ -19,7 +21,8 @@ class Publisher:
     """One producer (acks=all) shared by every output. Keys are account ids.
 
     ``result(..., wait=True)`` returns only when the broker acknowledged the
-    record: the intake commits an input offset after that. Progress results are
+    record, and ``results`` when every one of a group was: the intake commits an
+    input offset after that. Progress results are
     enqueued without waiting (the sweep must not stall on Kafka); the producer
     keeps per-partition order, so a progress event never overtakes its final.
     """
@@ -49,6 +52,31 @@ class Publisher:
             return
         self._background.add(future)
         future.add_done_callback(self._sent)
+
+    async def results(
+        self, items: Sequence[tuple[SweepResult, Position | None]]
+    ) -> list[BaseException | None]:
+        """Publish several final results at once and wait for every acknowledgement:
+        one hold of the enqueueing lock and one wake-up for all of them (a storm's
+        alerts answered by one sweep are published together). Returns, in order,
+        None for each acknowledged record and the error for each that was not."""
+        outcomes: list[BaseException | None] = [None] * len(items)
+        futures: dict[int, asyncio.Future[object]] = {}
+        values = encode_results(items)
+        async with self._enqueue:
+            for i, ((result, _), value) in enumerate(zip(items, values, strict=True)):
+                try:
+                    futures[i] = await self._producer.send(
+                        self._topics.results, value, key=result.account.encode()
+                    )
+                except KafkaError as exc:
+                    outcomes[i] = exc
+        if futures:
+            # wait(), not gather(): a caller cancelled meanwhile leaves the records be.
+            await asyncio.wait(futures.values())
+        for i, future in futures.items():
+            outcomes[i] = KafkaError("send cancelled") if future.cancelled() else future.exception()
+        return outcomes
 
     def progress_sink(self, origin: Position | None) -> ResultSink:
         """The sink the engine calls with progress results of one alert."""

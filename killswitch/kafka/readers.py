@@ -15,10 +15,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from killswitch.config import KafkaSettings
-from killswitch.contracts import decode_result_summary, decode_state_record
+from killswitch.contracts import decode_result_summary, decode_state_record, read_final_head
 from killswitch.core.carry import CarryStore
 from killswitch.core.dedup import DedupWindow
-from killswitch.core.model import CarriedOutcomes, HaltState, Scope
+from killswitch.core.model import CarriedOutcomes, HaltState, Position, Scope
 from killswitch.kafka.clients import all_partitions, make_reader, stop_consumer
 
 log = logging.getLogger(__name__)
@@ -238,6 +238,10 @@ class ResultsIndex:
 
     def _learn(self, values: Iterable[bytes | None]) -> None:
         for value in values:
+            head = read_final_head(value)  # most records: a final result, read cheaply
+            if head is not None:
+                self._learn_final(head.alert_id, head.account, head.status, head.origin)
+                continue
             summary = decode_result_summary(value)
             if summary is None:
                 continue
@@ -245,8 +249,13 @@ class ResultsIndex:
                 if summary.carried is not None and summary.status == "running":
                     self.carry.progress(summary.alert_id, summary.account, summary.carried)
                 continue
-            self.carry.final(summary.alert_id, summary.account)
-            if summary.status == "running":
-                continue
-            self._dedup.learn(summary.alert_id, summary.account, summary.status, summary.origin)
-            self.learned += 1
+            self._learn_final(summary.alert_id, summary.account, summary.status, summary.origin)
+
+    def _learn_final(
+        self, alert_id: str, account: str, status: str, origin: Position | None
+    ) -> None:
+        self.carry.final(alert_id, account)
+        if status == "running":
+            return
+        self._dedup.learn(alert_id, account, status, origin)
+        self.learned += 1

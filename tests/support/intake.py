@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -89,6 +89,7 @@ class FakeEngine:
     max_running: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     closed: bool = False
     handed_over: list[str] = field(default_factory=list)
+    groups: list[list[str]] = field(default_factory=list)  # alert ids per start_group
 
     def hold(self, account: str) -> None:
         self.holds[account] = asyncio.Event()
@@ -101,6 +102,13 @@ class FakeEngine:
             raise RuntimeError("engine start bug")
         self.started.append(request.alert_id)
         return asyncio.ensure_future(self.submit(request, progress))
+
+    def start_group(
+        self, alerts: Sequence[tuple[KillRequest, ResultSink]]
+    ) -> asyncio.Future[list[SweepResult | BaseException]]:
+        self.groups.append([request.alert_id for request, _ in alerts])
+        started = [self.start(request, progress) for request, progress in alerts]
+        return asyncio.ensure_future(asyncio.gather(*started, return_exceptions=True))
 
     async def submit(self, request: KillRequest, progress: ResultSink) -> SweepResult:
         self.calls.append(request)

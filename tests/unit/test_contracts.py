@@ -16,6 +16,7 @@ from killswitch.board import AccountProgress
 from killswitch.contracts import (
     Alert,
     DeadLetter,
+    FinalHead,
     Heartbeat,
     Rejection,
     RejectKind,
@@ -27,12 +28,14 @@ from killswitch.contracts import (
     encode_dlq,
     encode_heartbeat,
     encode_result,
+    encode_results,
     encode_state,
     parse_alert,
     parse_heartbeat,
     position_from_json,
     position_to_json,
     read_dead_letter,
+    read_final_head,
     read_result,
     state_to_json,
 )
@@ -224,6 +227,48 @@ def test_a_result_reads_back_equal(result: SweepResult, origin: Position | None)
         expected, orders=(), not_found=(), unlisted_pairs=(), in_flight=(), carried=carried
     )
     assert record == head
+
+
+def test_results_written_together_are_byte_for_byte_those_written_one_by_one() -> None:
+    flat = sweep(final=True, status=SweepStatus.FLAT)
+    at = Position("killswitch.alerts", 2, 1841)
+    later = flat.received_at + timedelta(milliseconds=1500)
+    items: list[tuple[SweepResult, Position | None]] = [
+        (flat, at),
+        (dataclasses.replace(flat, alert_id="b", received_at=later), Position("t", 0, 7)),
+        (dataclasses.replace(flat, alert_id='c "q" \u00e9', first_cancel_at=None), at),
+        (dataclasses.replace(flat, alert_id="d"), None),
+        (dataclasses.replace(flat, alert_id="e", status=SweepStatus.RESIDUAL), at),
+        (dataclasses.replace(flat, alert_id="f", reason="x\x00killswitch-template\x00y"), at),
+        (dataclasses.replace(flat, alert_id="g"), at),
+        (sweep(), at),
+    ]
+    assert encode_results(items) == [encode_result(r, o) for r, o in items]
+
+
+@pytest.mark.parametrize("origin", [None, Position("killswitch.alerts", 2, 1841)])
+@pytest.mark.parametrize("alert_id", ["risk-1", 'odd "id",\\"origin":{}}'])
+def test_a_final_results_head_reads_as_the_full_reading_does(
+    origin: Position | None, alert_id: str
+) -> None:
+    result = dataclasses.replace(sweep(final=True, status=SweepStatus.FLAT), alert_id=alert_id)
+    raw = encode_result(result, origin)
+    record = decode_result_summary(raw)
+    assert record is not None
+    assert read_final_head(raw) == FinalHead(alert_id, record.account, record.status, origin)
+    assert record.origin == origin
+
+
+def test_anything_but_a_final_result_in_the_encoders_layout_has_no_head() -> None:
+    origin = Position("killswitch.alerts", 2, 1841)
+    final = encode_result(sweep(final=True, status=SweepStatus.FLAT), origin)
+    assert read_final_head(encode_result(sweep(), origin)) is None  # progress
+    assert read_final_head(json.dumps(json.loads(final)).encode()) is None  # spaced out
+    assert read_final_head(final[:-1]) is None
+    assert read_final_head(final[:-1] + b',"x":{"origin":{}}}') is None
+    assert read_final_head(final.replace(b'"partition":2', b'"partition":"2"')) is None
+    assert read_final_head(b"junk") is None
+    assert read_final_head(None) is None
 
 
 def test_a_progress_result_carries_its_outcomes_for_a_replay() -> None:

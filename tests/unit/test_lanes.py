@@ -77,3 +77,29 @@ def test_records_are_counted_by_source_while_they_wait() -> None:
     assert lanes.sources() == {"p0"}
     assert lanes.pop() == ("p0", 1)
     assert lanes.sources() == set()
+
+
+def test_a_run_comes_from_one_lane_in_order_and_the_shortest_lane_still_goes_first() -> None:
+    lanes: FairLanes[str, str] = FairLanes()
+    for i in range(5):
+        lanes.push("storm", f"s{i}")
+    lanes.push("quiet", "q0")
+    assert lanes.pop_run(limit=3) == ("quiet", ["q0"])
+    assert lanes.pop_run(limit=3) == ("storm", ["s0", "s1", "s2"])
+    assert len(lanes) == 2
+    assert lanes.pop_run(lambda lane: lane == "storm", limit=3) is None
+    assert lanes.pop_run(limit=3) == ("storm", ["s3", "s4"])
+    assert lanes.pop_run(limit=3) is None
+    assert len(lanes) == 0
+
+
+def test_records_pushed_back_go_first_in_their_lane_again() -> None:
+    lanes: FairLanes[str, str] = FairLanes(source=lambda item: item[0])
+    for i in range(4):
+        lanes.push("storm", f"s{i}")
+    lane, items = lanes.pop_run(limit=4) or ("", [])
+    lanes.push("storm", "s4")
+    lanes.push_back(lane, items[2:])
+    assert len(lanes) == 3
+    assert lanes.sources() == {"s"}
+    assert drain(lanes) == ["s2", "s3", "s4"]

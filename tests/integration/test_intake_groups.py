@@ -1,0 +1,206 @@
+"""Groups: a run of one account's alerts taken up together joins its sweep once, and
+each alert still gets exactly one final result (or ``duplicate``), committed only
+after its result."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from killswitch.contracts import parse_alert
+from tests.support.intake import (
+    FakeEngine,
+    alert_message,
+    create_all_topics,
+    make_settings,
+    running_intake,
+)
+from tests.support.topics import TopicCollector, committed, produce
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+Unique = Callable[[str], str]
+
+
+@pytest.fixture(autouse=True)
+def _warm_parse() -> None:
+    """Parse one alert first: the first parse in a process is slow enough to end a run at
+    its first record (a run stops at its 2 ms slice), which these tests do not test."""
+    parse_alert(
+        json.dumps(alert_message("warm-up")).encode(),
+        channel="alerts",
+        accounts=["mm-1"],
+        max_message_bytes=1 << 20,
+        max_order_ids=10,
+        now=datetime.now(UTC),
+    )
+
+
+async def test_a_run_of_one_accounts_alerts_is_one_group_with_a_result_each(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topics = settings.kafka.topics
+    ids = [f"storm-{i}" for i in range(8)]
+    # Waiting before the intake starts: its first poll brings them all, one lane.
+    await produce(settings, [alert_message(i) for i in ids])
+    engine = FakeEngine()
+    async with (
+        TopicCollector(kafka_bootstrap, topics.results) as results,
+        running_intake(settings, engine) as run,
+    ):
+        await wait_for(lambda: len(results.finals()) == len(ids))
+        await wait_for(lambda: run.intake.in_flight == 0)
+        finals = (await results.to_end()).finals()
+    assert Counter(f["alert_id"] for f in finals) == Counter(ids)
+    assert {f["status"] for f in finals} == {"flat"}
+    # Taken up together: joined in groups, not one start per alert.
+    assert max(len(g) for g in engine.groups) > 1
+    assert sorted(a for g in engine.groups for a in g) == sorted(ids)
+    assert sorted(c.alert_id for c in engine.calls) == sorted(ids)
+    assert await committed(kafka_bootstrap, settings.kafka.group_id, topics.alerts) == len(ids)
+
+
+async def test_a_repeat_inside_a_group_is_answered_duplicate(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topics = settings.kafka.topics
+    await produce(settings, [alert_message(i) for i in ("a-1", "a-2", "a-1", "a-3")])
+    engine = FakeEngine()
+    async with (
+        TopicCollector(kafka_bootstrap, topics.results) as results,
+        running_intake(settings, engine) as run,
+    ):
+        await wait_for(lambda: len(results.finals()) == 4)
+        await wait_for(lambda: run.intake.in_flight == 0)
+        finals = (await results.to_end()).finals()
+    statuses = sorted((f["alert_id"], f["status"]) for f in finals)
+    assert statuses == [("a-1", "duplicate"), ("a-1", "flat"), ("a-2", "flat"), ("a-3", "flat")]
+    assert sorted(a for g in engine.groups for a in g) == ["a-1", "a-2", "a-3"]
+    assert sorted(c.alert_id for c in engine.calls) == ["a-1", "a-2", "a-3"]
+    assert await committed(kafka_bootstrap, settings.kafka.group_id, topics.alerts) == 4
+
+
+async def test_a_group_cut_off_by_a_shutdown_commits_nothing_and_is_replayed(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topics = settings.kafka.topics
+    ids = [f"storm-{i}" for i in range(6)]
+    await produce(settings, [alert_message(i) for i in ids])
+    engine = FakeEngine()
+    engine.hold("mm-1")  # the group's sweep never ends: no result before the shutdown
+    async with (
+        TopicCollector(kafka_bootstrap, topics.results) as results,
+        running_intake(settings, engine, grace_s=0.2) as run,
+    ):
+        await wait_for(lambda: len(engine.calls) == len(ids))
+        assert max(len(g) for g in engine.groups) > 1
+        assert run.intake.in_flight == len(ids)
+    # Stopped mid-group: no final result, nothing committed.
+    assert (await results.to_end()).finals() == []
+    assert (await committed(kafka_bootstrap, settings.kafka.group_id, topics.alerts) or 0) == 0
+    # The next owner (here: the same group again) replays the whole group.
+    async with (
+        TopicCollector(kafka_bootstrap, topics.results) as results,
+        running_intake(settings, FakeEngine()),
+    ):
+        await wait_for(lambda: len(results.finals()) == len(ids))
+        finals = (await results.to_end()).finals()
+    assert Counter(f["alert_id"] for f in finals) == Counter(ids)
+    assert await committed(kafka_bootstrap, settings.kafka.group_id, topics.alerts) == len(ids)
+
+
+async def test_an_engine_error_inside_a_group_fails_that_alert_only(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    ids = ["ok-1", "ok-2", "boom-1", "ok-3", "ok-4"]
+    await produce(settings, [alert_message(i) for i in ids])
+    engine = FakeEngine(raise_for={"boom-1"})
+    async with (
+        TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
+        running_intake(settings, engine),
+    ):
+        await wait_for(lambda: len(results.finals()) == len(ids))
+        by_id = {r["alert_id"]: r for r in (await results.to_end()).finals()}
+    assert max(len(g) for g in engine.groups) > 1
+    boom = by_id.pop("boom-1")
+    assert (boom["status"], boom["reason"]) == ("failed", "internal error: RuntimeError")
+    assert {r["status"] for r in by_id.values()} == {"flat"}
+
+
+async def test_a_group_still_running_after_the_drain_is_handed_over_and_replayed(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name, intake={"rebalance_drain_s": 0.1})
+    await create_all_topics(settings)
+    topics = settings.kafka.topics
+    ids = [f"ho-{i}" for i in range(4)]
+    await produce(settings, [alert_message(i) for i in ids])
+    first = FakeEngine()
+    first.hold("mm-1")  # longer than the drain
+    async with (
+        TopicCollector(kafka_bootstrap, topics.results) as results,
+        running_intake(settings, first) as one,
+    ):
+        await wait_for(lambda: len(first.calls) == len(ids))
+        assert max(len(g) for g in first.groups) > 1
+        # A second member joins: the group still running after the drain is cancelled
+        # (none of its records done) and its account handed over.
+        async with running_intake(settings, FakeEngine()) as two:
+            await wait_for(lambda: first.handed_over == ["mm-1"], timeout=20)
+            first.let_go("mm-1")
+            # Whichever member has the partition now replays the group: one result each.
+            await wait_for(lambda: len(results.finals()) == len(ids), timeout=20)
+            await wait_for(lambda: one.intake.in_flight == two.intake.in_flight == 0)
+            finals = (await results.to_end()).finals()
+    assert Counter(f["alert_id"] for f in finals) == Counter(ids)
+    assert {f["status"] for f in finals} == {"flat"}
+    bootstrap, group = settings.kafka.bootstrap_servers, settings.kafka.group_id
+    assert await committed(bootstrap, group, topics.alerts) == len(ids)
+
+
+async def test_records_that_cannot_join_a_group_keep_their_place_in_the_run(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    messages = [
+        alert_message("k-1"),
+        alert_message("k-2"),
+        alert_message("latch-3", latch=True),  # publishes a halt first: on its own
+        alert_message("dry-4", dry_run=True),  # another dry-run flag: another group
+        alert_message("k-5"),
+    ]
+    await produce(settings, messages)
+    engine = FakeEngine()
+    async with (
+        TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
+        running_intake(settings, engine) as run,
+    ):
+        await wait_for(lambda: len(results.finals()) == len(messages))
+        await wait_for(lambda: run.intake.in_flight == 0)
+    grouped = [a for g in engine.groups for a in g]
+    assert grouped == ["k-1", "k-2", "dry-4", "k-5"]  # (a run may stop at its slice's end)
+    assert ["dry-4"] in engine.groups  # never with the others
+    # Handed to the engine in the order they were read.
+    assert engine.started == ["k-1", "k-2", "latch-3", "dry-4", "k-5"]
+    statuses = {r["alert_id"]: r["status"] for r in results.finals()}
+    assert statuses == {
+        "k-1": "flat",
+        "k-2": "flat",
+        "latch-3": "flat",
+        "dry-4": "dry_run",
+        "k-5": "flat",
+    }

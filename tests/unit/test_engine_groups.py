@@ -1,0 +1,96 @@
+"""``Engine.start_group``: a storm's kills of one account join its sweep together.
+
+Against the in-memory exchange of ``test_engine.py``: every alert of a group gets its
+own final result from one sweep, the group's future resolves once (when the last has
+one), a group joins a running sweep and is verified by a listing that began after it
+joined, and a hand-over fails each alert of the group as ``start`` would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from killswitch.core.model import SweepResult, SweepStatus
+from killswitch.core.ports import SweepHandedOver
+from killswitch.engine import Engine
+from tests.support.engine import Engines, FakeExchange, Progress, request, settings
+from tests.support.waiting import wait_for
+
+
+async def test_a_group_of_alerts_gets_one_final_result_each_from_one_sweep(
+    engines: Engines,
+) -> None:
+    ex = FakeExchange()
+    ids = {ex.place("BTC_USDT") for _ in range(3)}
+    engine = await engines(Engine({"mm-1": ex}, settings()))
+    alerts = [(request(f"a{i}", symbols={"BTC_USDT"}), Progress()) for i in range(5)]
+
+    outcomes = await engine.start_group(alerts)
+
+    assert [o.alert_id for o in outcomes if isinstance(o, SweepResult)] == [
+        f"a{i}" for i in range(5)
+    ]
+    assert {o.status for o in outcomes if isinstance(o, SweepResult)} == {SweepStatus.FLAT}
+    # One sweep: its first listing, the cancels, one verifying listing (not one per alert).
+    assert len(ex.calls("list")) == 2
+    assert sorted(oid for _, _, (oid,) in ex.calls("cancel")) == sorted(ids)
+    assert ex.double_cancels == 0
+    await engine.close(1.0)
+
+
+async def test_a_group_joining_a_running_sweep_is_verified_after_it_joined(
+    engines: Engines,
+) -> None:
+    ex = FakeExchange()
+    ex.place("BTC_USDT")
+    ex.gate = asyncio.Event()  # the first alert's cancel hangs: the sweep is running
+    engine = await engines(Engine({"mm-1": ex}, settings()))
+    first = engine.start(request("first", symbols={"BTC_USDT"}), Progress())
+    await wait_for(lambda: len(ex.inflight) == 1)
+    late = ex.place("BTC_USDT")  # appears after the first listing
+
+    group = engine.start_group([(request(f"g{i}"), Progress()) for i in range(3)])
+    ex.gate.set()
+    outcomes = await group
+
+    assert {o.status for o in outcomes if isinstance(o, SweepResult)} == {SweepStatus.FLAT}
+    assert len(outcomes) == 3
+    assert (await first).status is SweepStatus.FLAT
+    # The group widened the scope to every pair; the order placed after the first
+    # listing was found by a later one and cancelled, once.
+    assert ("cancel", "BTC_USDT", (late,)) in ex.log
+    assert ex.open_count() == 0
+    await engine.close(1.0)
+
+
+async def test_a_handed_over_group_gets_the_exception_for_every_alert(engines: Engines) -> None:
+    ex = FakeExchange()
+    ex.place("BTC_USDT")
+    ex.gate = asyncio.Event()
+    engine = await engines(Engine({"mm-1": ex}, settings(progress_interval_s=60.0)))
+    progress = [Progress() for _ in range(3)]
+    group = engine.start_group([(request(f"g{i}"), p) for i, p in enumerate(progress)])
+    await wait_for(lambda: len(ex.inflight) == 1)
+
+    assert await engine.hand_over(["mm-1"]) == 1
+
+    outcomes = await group
+    assert [type(o) for o in outcomes] == [SweepHandedOver] * 3
+    assert all(len(p.events) == 1 and not p.events[0].final for p in progress)
+    ex.gate.set()
+    await engine.close(1.0)
+
+
+async def test_a_group_mixing_accounts_or_a_latch_is_refused(engines: Engines) -> None:
+    engine = await engines(
+        Engine({"mm-1": FakeExchange(), "mm-2": FakeExchange(account="mm-2")}, settings())
+    )
+    with pytest.raises(ValueError, match="one account"):
+        engine.start_group([(request("a"), Progress()), (request("b", account="mm-2"), Progress())])
+    with pytest.raises(ValueError, match="no latch"):
+        engine.start_group([(request("a", latch=True), Progress())])
+    unknown = await engine.start_group([(request("x", account="nope"), Progress())])
+    assert [o.status for o in unknown if isinstance(o, SweepResult)] == [SweepStatus.FAILED]
+    await engine.close(1.0)
