@@ -133,7 +133,7 @@ def request_from_args(
     args: argparse.Namespace, action: Literal["kill", "release"]
 ) -> TriggerRequest:
     """The command line as a :class:`TriggerRequest` (UsageError on contradictions)."""
-    accounts = split_values(args.account)
+    accounts = split_values(args.account, "--account")
     if args.all and accounts:
         raise UsageError("give either --account or --all, not both")
     if not args.all and not accounts:
@@ -148,9 +148,9 @@ def request_from_args(
         accounts="*" if args.all else accounts,
         reason=args.reason,
         operator=operator_name(args.operator),
-        symbols=split_values(getattr(args, "symbol", None)),
+        symbols=split_values(getattr(args, "symbol", None), "--symbol"),
         sides=list(dict.fromkeys(getattr(args, "side", None) or ())),
-        order_ids=_order_ids(split_values(getattr(args, "order_id", None))),
+        order_ids=_order_ids(split_values(getattr(args, "order_id", None), "--order-id")),
         latch=bool(getattr(args, "latch", False)),
         dry_run=bool(getattr(args, "dry_run", False)),
         deadline_s=deadline,
