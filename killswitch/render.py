@@ -219,7 +219,8 @@ def summary_lines(board: Board, elapsed_s: float) -> list[str]:
     missing += [f"  {r.account}: was not halted (nothing released)" for r in rows if r.not_halted]
     # A good result's reason is a note worth reading (a redirected endpoint: a wrong
     # base_url that the fallback hid); the status line shows the others' reasons.
-    notes = [f"  {r.account}: note: {r.reason}" for r in good if r.reason]
+    # (A release of an account that was not halted already has its line above.)
+    notes = [f"  {r.account}: note: {r.reason}" for r in good if r.reason and not r.not_halted]
     if len(good) == len(rows):
         total = sum(r.resolved for r in rows)
         sent = sum(r.sent for r in rows)

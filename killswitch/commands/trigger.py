@@ -209,8 +209,9 @@ def _announce(out: TextIO, prepared: Prepared, topic: str) -> None:
 
 
 def _flags(alert: Alert) -> list[str]:
-    """``latch on``, ``DRY RUN``, ``deadline 5s``: how the trigger is announced."""
-    flags = [f"latch {'on' if alert.latch else 'off'}"]
+    """``latch on``, ``DRY RUN``, ``deadline 5s``: how the trigger is announced (a
+    release has no latch to speak of)."""
+    flags = [f"latch {'on' if alert.latch else 'off'}"] if alert.action == "kill" else []
     if alert.dry_run:
         flags.append("DRY RUN")
     if alert.deadline_s is not None:
