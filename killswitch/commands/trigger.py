@@ -287,6 +287,12 @@ def publish_command(args: argparse.Namespace, action: Literal["kill", "release"]
         )
     except OperatorError as exc:
         print(f"killswitch: {exc}", file=sys.stderr)
+        if not published and prepared.alert.action == "kill":
+            print(
+                "killswitch: nothing was published; with Kafka or the daemons down, "
+                "'killswitch trigger --direct' (same options) runs the kill from here",
+                file=sys.stderr,
+            )
         return EXIT_FAILED
     except KeyboardInterrupt:
         if published:
