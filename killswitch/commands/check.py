@@ -25,7 +25,14 @@ from killswitch.commands.common import (
 from killswitch.config import AccountSettings, KafkaSettings, Settings, settings_from_args
 from killswitch.core.pairs import PairList
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem
+from killswitch.exchange.errors import (
+    AuthError,
+    ExchangeError,
+    ExchangeUnavailable,
+    Redirected,
+    TransportError,
+    redirect_problem,
+)
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from killswitch.kafka.clients import connection_kwargs
@@ -134,6 +141,22 @@ def _group_members(described: Sequence[Any]) -> tuple[str, list[str]]:
     return "unknown", []
 
 
+# A clock sync is one request without retries (the daemon re-syncs on its own
+# schedule): asked a few times here, so that one 5xx, 429 or dropped connection of a
+# working exchange is not reported as "not reachable".
+CLOCK_ATTEMPTS = 3
+CLOCK_RETRY_S = 0.25
+
+
+async def _sync_clock(client: ExchangeClient) -> int:
+    for attempt in range(1, CLOCK_ATTEMPTS):
+        try:
+            return await client.sync_clock()
+        except (ExchangeUnavailable, TransportError):
+            await asyncio.sleep(CLOCK_RETRY_S * attempt)
+    return await client.sync_clock()
+
+
 async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[Check]:
     # Fail fast: a check is a question, not a kill (few retries, short deadline).
     quick = account.model_copy(
@@ -153,7 +176,7 @@ async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[C
     async with client:
         try:
             async with asyncio.timeout(timeout_s):
-                offset = await client.sync_clock()
+                offset = await _sync_clock(client)
                 pairs = await client.pair_list()
                 symbols = await client.exchange_info()  # no request: pair_list cached it
         except Redirected as exc:
