@@ -29,6 +29,7 @@ from killswitch.exchange.errors import (
     AuthError,
     ExchangeError,
     ExchangeUnavailable,
+    InvalidRequest,
     Redirected,
     TransportError,
     redirect_problem,
@@ -157,7 +158,11 @@ async def _sync_clock(client: ExchangeClient) -> int:
     return await client.sync_clock()
 
 
-async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[Check]:
+async def _exchange_checks(
+    account: AccountSettings, timeout_s: float, page_size: int = 10
+) -> list[Check]:
+    # The key is tried with a listing of the engine's page size, so an exchange that
+    # allows fewer orders per page fails here rather than on every kill.
     # Fail fast: a check is a question, not a kill (few retries, short deadline).
     quick = account.model_copy(
         update={
@@ -209,9 +214,12 @@ async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[C
         symbol = symbols[0].symbol
         try:
             async with asyncio.timeout(timeout_s):
-                shown = await first_page(client, symbol)
+                shown = await first_page(client, symbol, limit=page_size)
         except AuthError as exc:
             return [reach, Check("key accepted", account.id, False, f"refused: {exc}")]
+        except InvalidRequest as exc:
+            why = f"{exc}; listed {page_size} per page (engine.page_size): try fewer"
+            return [reach, Check("key accepted", account.id, False, why)]
         except (ExchangeError, TimeoutError) as exc:
             return [reach, Check("key accepted", account.id, False, str(exc) or "timeout")]
         detail = f"open orders on {symbol} answered ({shown} on the first page)"
@@ -229,7 +237,7 @@ async def run_checks(settings: Settings, timeout_s: float = KAFKA_TIMEOUT_S) -> 
     """Every check, Kafka first, then each account (concurrently)."""
     kafka, *accounts = await asyncio.gather(
         _kafka_checks(settings.kafka, timeout_s),
-        *(_exchange_checks(a, timeout_s) for a in settings.accounts),
+        *(_exchange_checks(a, timeout_s, settings.engine.page_size) for a in settings.accounts),
     )
     out = list(kafka)
     for checks in accounts:

@@ -33,3 +33,15 @@ async def test_one_throttled_clock_sync_is_asked_again() -> None:
         ("exchange reachable", True),
         ("key accepted", True),
     ]
+
+
+async def test_a_page_size_the_exchange_refuses_fails_the_key_check() -> None:
+    sim = Simulator(seed=0, max_page_limit=50)
+    api_key, pem = register_test_client(sim, name="mm-1")
+    async with SimulatorServer(sim, host="127.0.0.1", port=0) as server:
+        account = account_settings(server.base_url, api_key, pem, "mm-1")
+        too_big = await _exchange_checks(account, timeout_s=5, page_size=100)
+        fits = await _exchange_checks(account, timeout_s=5, page_size=50)
+    assert [c.ok for c in too_big] == [True, False]
+    assert "engine.page_size" in too_big[1].detail
+    assert [c.ok for c in fits] == [True, True]
