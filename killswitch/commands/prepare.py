@@ -138,6 +138,8 @@ def request_from_args(
         raise UsageError("give either --account or --all, not both")
     if not args.all and not accounts:
         raise UsageError("name the accounts with --account ID (repeatable), or use --all")
+    if not args.reason.strip():
+        raise UsageError("--reason is empty: say why (it goes into every result and halt)")
     deadline = getattr(args, "deadline", None)
     if deadline is not None and deadline <= 0:
         raise UsageError("--deadline must be positive")

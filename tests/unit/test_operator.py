@@ -133,6 +133,7 @@ def test_release_command_line() -> None:
         (["trigger", "-r", "x", "-a", "mm-1", "--order-id", "", "--operator", "a"], "--order-id"),
         (["trigger", "-r", "x", "-a", "", "--operator", "a"], "--account"),
         (["trigger", "-r", "x", "--all", "-a", "", "--operator", "a"], "--account"),
+        (["trigger", "-r", " ", "--all", "--operator", "a"], "--reason"),
     ],
 )
 def test_contradictory_command_lines_are_usage_errors(argv: list[str], message: str) -> None:
