@@ -55,14 +55,14 @@ def fraction_done(p: AccountProgress) -> float | None:
     the orders found so far, and the line shows the listing's progress instead of a
     percentage. A final result with pairs never listed to the end
     (:attr:`AccountProgress.open_unknown`) is unknown (None): what is left is not known.
-    A refused alert, or one without a final result before the timeout, with nothing
-    counted is unknown too (a full bar beside "NOT OK: refused" reads as done).
+    A refused or failed alert, or one without a final result before the timeout, with
+    nothing counted is unknown too (a full bar beside "NOT OK: refused" reads as done).
     """
     if p.final and p.status in FINISHED_OK:
         return 1.0
     if p.open_unknown:
         return None
-    if p.status in (REFUSED, TIMED_OUT) and p.resolved == 0:
+    if p.status in (REFUSED, TIMED_OUT, "failed") and p.resolved == 0:
         return None
     remaining = p.pending if p.pending is not None else p.residual_open
     total = p.resolved + remaining

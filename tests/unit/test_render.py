@@ -73,7 +73,8 @@ def test_bar(fraction: float | None, width: int, expected: str) -> None:
         (AccountProgress("a", "released", final=True), 1.0),
         (AccountProgress("a", "dry_run", final=True, skipped=4), 1.0),
         (AccountProgress("a", "residual", final=True, sent=6, residual_open=2), 0.75),
-        (AccountProgress("a", "failed", final=True), 1.0),  # final, nothing to do
+        (AccountProgress("a", "failed", final=True), None),  # nothing was done
+        (AccountProgress("a", "failed", final=True, sent=3, residual_open=1), 0.75),
         (AccountProgress("a", "refused", final=True), None),  # nothing was done
         (AccountProgress("a", "timed_out", final=True), None),  # nothing is known
         (AccountProgress("a", "running"), None),
