@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from killswitch.board import Board
+from killswitch.board import TIMED_OUT, Board
 from killswitch.commands.common import (
     FOLLOW_MARGIN_S,
     KAFKA_TIMEOUT_S,
@@ -306,6 +306,12 @@ def publish_command(args: argparse.Namespace, action: Literal["kill", "release"]
     table = dry_run_lines(run.board)
     if table:
         print("\n".join(table))
+    if run.published and any(r.status == TIMED_OUT for r in run.board.rows.values()):
+        print(
+            f"killswitch: stopped waiting; the daemon carries on with {prepared.alert_id} "
+            f"(follow it with: killswitch results {prepared.alert_id} --follow)",
+            file=sys.stderr,
+        )
     out_file = getattr(args, "out", None)
     if out_file and run.published and not args.no_follow:
         _write_out(Path(out_file), results_document(run.board, run.exit_code))
