@@ -22,7 +22,7 @@ from killswitch.embedded import BrokerUnavailable, EmbeddedBroker
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from killswitch.kafka.clients import DEFAULT_PARTITIONS, ensure_topics, topic_config, topic_roles
 
-__all__ = ["DEFAULT_PORT", "add_arguments_broker", "cli_broker"]
+__all__ = ["DEFAULT_PORT", "add_arguments_broker", "cli_broker", "default_port"]
 
 DEFAULT_PORT = 9092  # the default kafka.bootstrap_servers is 127.0.0.1:9092
 # How often the foreground loop checks that the broker process is still alive.
@@ -38,16 +38,22 @@ def add_arguments_broker(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any)"
+        "--port",
+        type=int,
+        default=None,
+        help=f"port (default: the first kafka.bootstrap_servers port when that is on "
+        f"loopback, else {DEFAULT_PORT}; 0 = any)",
     )
 
 
 def cli_broker(args: argparse.Namespace) -> int:
     """Entry point of ``killswitch broker``."""
-    if not 0 <= args.port <= 65535:
+    if args.port is not None and not 0 <= args.port <= 65535:
         print("killswitch: --port must be between 0 and 65535", file=sys.stderr)
         return EXIT_USAGE
     kafka = _kafka_settings(args)
+    if args.port is None:
+        args.port = default_port(kafka)
     if args.port and _port_in_use(args.host, args.port):
         print(
             f"killswitch: {args.host}:{args.port} is already in use "
@@ -73,6 +79,17 @@ def _kafka_settings(args: argparse.Namespace) -> KafkaSettings:
     from killswitch.config import load_settings  # noqa: PLC0415
 
     return load_settings(path).kafka
+
+
+def default_port(kafka: KafkaSettings) -> int:
+    """The port the other commands will dial: that of the first bootstrap server when it
+    is on loopback (as ``simulate-exchange`` takes its port from ``base_url``), else
+    :data:`DEFAULT_PORT`."""
+    first = kafka.bootstrap_servers.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    if host.strip("[]") in ("127.0.0.1", "localhost", "::1") and port.isdigit():
+        return int(port)
+    return DEFAULT_PORT
 
 
 def _port_in_use(host: str, port: int) -> bool:

@@ -274,7 +274,8 @@ class Metrics:
         self._latch_reaction = Gauge(
             "killswitch_latch_reaction_seconds",
             "Halted account: longest time from a new order to its cancel by the guard,"
-            " pairs / (latch_budget_share * current rate) + one listing round trip.",
+            " pairs * max(1 / (latch_budget_share * current rate), listing round trip)"
+            " + one listing round trip.",
             ["account"],
             registry=r,
         )

@@ -21,7 +21,9 @@ a refused key, which the probe hands to readiness itself, saying when the clock 
 the cause (the clock offset could not be measured, see
 ``ExchangeClient.auth_clock_hint``). Redirects need nothing here: the client reports
 every 3xx of every endpoint with its ``Location`` (``ReadinessObserver.redirected``).
-``killswitch check`` reads the same first page (:func:`first_page`).
+``killswitch check`` reads a first page too (:func:`first_page`), of the engine's
+``page_size`` orders (the probe's page is small, so it does not catch a page size
+the exchange refuses).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from killswitch.board import FINISHED_OK, TIMED_OUT, WAITING, AccountProgress, Board
+from killswitch.board import FINISHED_OK, REFUSED, TIMED_OUT, WAITING, AccountProgress, Board
 from killswitch.contracts import scope_to_json, state_to_json
 from killswitch.core.model import HaltState
 from killswitch.core.times import format_time
@@ -55,10 +55,14 @@ def fraction_done(p: AccountProgress) -> float | None:
     the orders found so far, and the line shows the listing's progress instead of a
     percentage. A final result with pairs never listed to the end
     (:attr:`AccountProgress.open_unknown`) is unknown (None): what is left is not known.
+    A refused or failed alert, or one without a final result before the timeout, with
+    nothing counted is unknown too (a full bar beside "NOT OK: refused" reads as done).
     """
     if p.final and p.status in FINISHED_OK:
         return 1.0
     if p.open_unknown:
+        return None
+    if p.status in (REFUSED, TIMED_OUT, "failed") and p.resolved == 0:
         return None
     remaining = p.pending if p.pending is not None else p.residual_open
     total = p.resolved + remaining
@@ -215,7 +219,8 @@ def summary_lines(board: Board, elapsed_s: float) -> list[str]:
     missing += [f"  {r.account}: was not halted (nothing released)" for r in rows if r.not_halted]
     # A good result's reason is a note worth reading (a redirected endpoint: a wrong
     # base_url that the fallback hid); the status line shows the others' reasons.
-    notes = [f"  {r.account}: note: {r.reason}" for r in good if r.reason]
+    # (A release of an account that was not halted already has its line above.)
+    notes = [f"  {r.account}: note: {r.reason}" for r in good if r.reason and not r.not_halted]
     if len(good) == len(rows):
         total = sum(r.resolved for r in rows)
         sent = sum(r.sent for r in rows)

@@ -25,7 +25,15 @@ from killswitch.commands.common import (
 from killswitch.config import AccountSettings, KafkaSettings, settings_from_args
 from killswitch.core.pairs import PairList
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, redirect_problem
+from killswitch.exchange.errors import (
+    AuthError,
+    ExchangeError,
+    ExchangeUnavailable,
+    InvalidRequest,
+    Redirected,
+    TransportError,
+    redirect_problem,
+)
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from killswitch.kafka.clients import connection_kwargs
@@ -134,7 +142,27 @@ def _group_members(described: Sequence[Any]) -> tuple[str, list[str]]:
     return "unknown", []
 
 
-async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[Check]:
+# A clock sync is one request without retries (the daemon re-syncs on its own
+# schedule): asked a few times here, so that one 5xx, 429 or dropped connection of a
+# working exchange is not reported as "not reachable".
+CLOCK_ATTEMPTS = 3
+CLOCK_RETRY_S = 0.25
+
+
+async def _sync_clock(client: ExchangeClient) -> int:
+    for attempt in range(1, CLOCK_ATTEMPTS):
+        try:
+            return await client.sync_clock()
+        except (ExchangeUnavailable, TransportError):
+            await asyncio.sleep(CLOCK_RETRY_S * attempt)
+    return await client.sync_clock()
+
+
+async def _exchange_checks(
+    account: AccountSettings, timeout_s: float, page_size: int = 10
+) -> list[Check]:
+    # The key is tried with a listing of the engine's page size, so an exchange that
+    # allows fewer orders per page fails here rather than on every kill.
     # Fail fast: a check is a question, not a kill (few retries, short deadline).
     quick = account.model_copy(
         update={
@@ -153,7 +181,7 @@ async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[C
     async with client:
         try:
             async with asyncio.timeout(timeout_s):
-                offset = await client.sync_clock()
+                offset = await _sync_clock(client)
                 pairs = await client.pair_list()
                 symbols = await client.exchange_info()  # no request: pair_list cached it
         except Redirected as exc:
@@ -186,9 +214,12 @@ async def _exchange_checks(account: AccountSettings, timeout_s: float) -> list[C
         symbol = symbols[0].symbol
         try:
             async with asyncio.timeout(timeout_s):
-                shown = await first_page(client, symbol)
+                shown = await first_page(client, symbol, limit=page_size)
         except AuthError as exc:
             return [reach, Check("key accepted", account.id, False, f"refused: {exc}")]
+        except InvalidRequest as exc:
+            why = f"{exc}; listed {page_size} per page (engine.page_size): try fewer"
+            return [reach, Check("key accepted", account.id, False, why)]
         except (ExchangeError, TimeoutError) as exc:
             return [reach, Check("key accepted", account.id, False, str(exc) or "timeout")]
         detail = f"open orders on {symbol} answered ({shown} on the first page)"
@@ -205,12 +236,14 @@ def _pair_source(pairs: PairList) -> str:
 async def run_checks(
     kafka: KafkaSettings,
     accounts: Sequence[AccountSettings],
+    page_size: int,
     timeout_s: float = KAFKA_TIMEOUT_S,
 ) -> list[Check]:
-    """Every check, Kafka first, then each account (concurrently)."""
+    """Every check, Kafka first, then each account (concurrently); ``page_size`` is the
+    engine's (each account is asked for a page that large)."""
     kafka_checks, *account_checks = await asyncio.gather(
         _kafka_checks(kafka, timeout_s),
-        *(_exchange_checks(a, timeout_s) for a in accounts),
+        *(_exchange_checks(a, timeout_s, page_size) for a in accounts),
     )
     out = list(kafka_checks)
     for checks in account_checks:
@@ -227,6 +260,8 @@ def cli_check(args: argparse.Namespace) -> int:
     # Every problem is a row of the table: no bare log line from a library (a pair list
     # fallback, a retry) on stderr, as Python prints one when logging is not set up.
     logging.getLogger("killswitch").addHandler(logging.NullHandler())
-    checks = asyncio.run(run_checks(settings.kafka, settings.accounts, args.timeout))
+    checks = asyncio.run(
+        run_checks(settings.kafka, settings.accounts, settings.engine.page_size, args.timeout)
+    )
     print("\n".join(check_lines(checks)))
     return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED

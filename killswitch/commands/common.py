@@ -51,11 +51,19 @@ class OperatorError(Exception):
     """The command could not do its job (Kafka unreachable, topic missing): exit code 1."""
 
 
-def split_values(values: Sequence[str] | None) -> list[str]:
-    """Repeatable options that also take comma-separated lists."""
+def split_values(values: Sequence[str] | None, option: str) -> list[str]:
+    """Repeatable options that also take comma-separated lists.
+
+    A value with nothing in it (``-s ""`` from an unset shell variable) is a
+    UsageError: dropped silently, it would leave the option unset and so widen a
+    scope to every pair or order instead of narrowing it.
+    """
     out: list[str] = []
     for value in values or ():
-        out.extend(part.strip() for part in value.split(",") if part.strip())
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        if not parts:
+            raise UsageError(f"{option} {value[:40]!r}: empty value (leave the option out instead)")
+        out.extend(parts)
     return list(dict.fromkeys(out))
 
 

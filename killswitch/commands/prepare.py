@@ -134,11 +134,13 @@ def request_from_args(
     args: argparse.Namespace, action: Literal["kill", "release"]
 ) -> TriggerRequest:
     """The command line as a :class:`TriggerRequest` (UsageError on contradictions)."""
-    accounts = split_values(args.account)
+    accounts = split_values(args.account, "--account")
     if args.all and accounts:
         raise UsageError("give either --account or --all, not both")
     if not args.all and not accounts:
         raise UsageError("name the accounts with --account ID (repeatable), or use --all")
+    if not args.reason.strip():
+        raise UsageError("--reason is empty: say why (it goes into every result and halt)")
     deadline = getattr(args, "deadline", None)
     if deadline is not None and deadline <= 0:
         raise UsageError("--deadline must be positive")
@@ -149,9 +151,9 @@ def request_from_args(
         accounts="*" if args.all else accounts,
         reason=args.reason,
         operator=operator_name(args.operator),
-        symbols=split_values(getattr(args, "symbol", None)),
+        symbols=split_values(getattr(args, "symbol", None), "--symbol"),
         sides=list(dict.fromkeys(getattr(args, "side", None) or ())),
-        order_ids=_order_ids(split_values(getattr(args, "order_id", None))),
+        order_ids=_order_ids(split_values(getattr(args, "order_id", None), "--order-id")),
         latch=bool(getattr(args, "latch", False)),
         dry_run=bool(getattr(args, "dry_run", False)),
         deadline_s=deadline,

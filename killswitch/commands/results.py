@@ -23,6 +23,7 @@ from killswitch.commands.common import (
     MAX_RESULT_BYTES,
     POLL_S,
     OperatorError,
+    UsageError,
     missing_topic,
     split_values,
     start_reader,
@@ -197,6 +198,11 @@ def cli_results(args: argparse.Namespace) -> int:
     if timeout <= 0:
         print("killswitch: --timeout must be positive", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        accounts = split_values(args.account, "--account")
+    except UsageError as exc:
+        print(f"killswitch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     tty = sys.stdout.isatty() and not args.json
     display = Display(sys.stdout, tty=tty) if args.follow and not args.json else None
     try:
@@ -204,7 +210,7 @@ def cli_results(args: argparse.Namespace) -> int:
             read_results(
                 settings.kafka,
                 args.alert_id,
-                accounts=split_values(args.account),
+                accounts=accounts,
                 follow=args.follow,
                 timeout_s=timeout,
                 display=display,

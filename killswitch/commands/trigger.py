@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from killswitch.board import Board
+from killswitch.board import TIMED_OUT, Board
 from killswitch.commands.common import (
     FOLLOW_MARGIN_S,
     KAFKA_TIMEOUT_S,
@@ -217,8 +217,9 @@ def _announce(out: TextIO, prepared: Prepared, topic: str) -> None:
 
 
 def _flags(alert: Alert) -> list[str]:
-    """``latch on``, ``DRY RUN``, ``deadline 5s``: how the trigger is announced."""
-    flags = [f"latch {'on' if alert.latch else 'off'}"]
+    """``latch on``, ``DRY RUN``, ``deadline 5s``: how the trigger is announced (a
+    release has no latch to speak of)."""
+    flags = [f"latch {'on' if alert.latch else 'off'}"] if alert.action == "kill" else []
     if alert.dry_run:
         flags.append("DRY RUN")
     if alert.deadline_s is not None:
@@ -303,6 +304,12 @@ def publish_command(args: argparse.Namespace, action: Literal["kill", "release"]
         )
     except OperatorError as exc:
         print(f"killswitch: {exc}", file=sys.stderr)
+        if not published and prepared.alert.action == "kill":
+            print(
+                "killswitch: nothing was published; with Kafka or the daemons down, "
+                "'killswitch trigger --direct' (same options) runs the kill from here",
+                file=sys.stderr,
+            )
         return EXIT_FAILED
     except KeyboardInterrupt:
         if published:
@@ -316,6 +323,12 @@ def publish_command(args: argparse.Namespace, action: Literal["kill", "release"]
     table = dry_run_lines(run.board)
     if table:
         print("\n".join(table))
+    if run.published and any(r.status == TIMED_OUT for r in run.board.rows.values()):
+        print(
+            f"killswitch: stopped waiting; the daemon carries on with {prepared.alert_id} "
+            f"(follow it with: killswitch results {prepared.alert_id} --follow)",
+            file=sys.stderr,
+        )
     out_file = getattr(args, "out", None)
     if out_file and run.published and not args.no_follow:
         _write_out(Path(out_file), results_document(run.board, run.exit_code))

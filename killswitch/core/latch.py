@@ -8,6 +8,10 @@ is seen at that pair's next listing and its cancel follows one round trip later:
 
     reaction bound = pairs / (share * budget) + round trip
 
+while a listing answers within ``1 / (share * budget)``; the guard lists one pair at a
+time, so with slower listings each step takes a round trip instead (see
+:func:`reaction_bound_s`).
+
 (e.g. 5 pairs, budget 10/s, share 0.5: 5 / 5 = 1 s per round, plus the round trip).
 
 Pure decisions only; the engine (:mod:`killswitch.engine.engine`) does the I/O.
@@ -55,11 +59,14 @@ def reaction_bound_s(pairs: int, budget: float, share: float, round_trip_s: floa
     """Longest time from an order placed on a halted account to its cancel being sent.
 
     One round of listings plus one round trip (the listing that finds the order
-    answers, then the cancel goes out).
+    answers, then the cancel goes out). The guard lists one pair at a time, so a
+    listing slower than the interval stretches each step of the round to its round
+    trip: a round is ``pairs * max(interval, round trip)``.
     """
     if pairs < 0 or round_trip_s < 0:
         raise ValueError("pairs and round_trip_s must be >= 0")
-    return pairs * listing_interval_s(budget, share) + round_trip_s
+    step = max(listing_interval_s(budget, share), round_trip_s)
+    return pairs * step + round_trip_s
 
 
 def round_trip_estimate(previous: float | None, sample: float) -> float:

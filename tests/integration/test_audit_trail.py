@@ -61,7 +61,10 @@ async def test_the_audit_trail_of_a_latched_kill_and_its_release(
         await prepare_topics(settings)
         # No daemon in the group yet: check says nobody consumes alerts.
         checks = {
-            c.name: c for c in await run_checks(settings.kafka, settings.accounts, timeout_s=10)
+            c.name: c
+            for c in await run_checks(
+                settings.kafka, settings.accounts, settings.engine.page_size, timeout_s=10
+            )
         }
         assert not checks["consumer group"].ok
         assert "no daemon is consuming" in checks["consumer group"].detail
@@ -97,7 +100,10 @@ async def test_the_audit_trail_of_a_latched_kill_and_its_release(
 
             # check: one daemon in the group, nothing behind.
             checks = {
-                c.name: c for c in await run_checks(settings.kafka, settings.accounts, timeout_s=10)
+                c.name: c
+                for c in await run_checks(
+                    settings.kafka, settings.accounts, settings.engine.page_size, timeout_s=10
+                )
             }
             group = checks["consumer group"]
             assert group.ok

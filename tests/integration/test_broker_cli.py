@@ -10,12 +10,14 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from killswitch.broker import DEFAULT_PORT, default_port
 from killswitch.config import KafkaSettings
 from killswitch.embedded import free_port
 from killswitch.kafka.clients import topic_roles
@@ -138,3 +140,38 @@ def test_a_busy_port_is_one_line_and_exit_2() -> None:
         f"killswitch: 127.0.0.1:{port} is already in use (another broker running?); "
         "choose another with --port"
     ]
+
+
+def test_without_port_it_listens_where_the_configuration_dials(tmp_path: Path) -> None:
+    config = tmp_path / "killswitch.toml"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config.write_text(
+            f'[kafka]\nbootstrap_servers = "127.0.0.1:{port}"\n'
+            '[[accounts]]\nid = "mm-1"\napi_key = "k"\nprivate_key = "unused"\n'
+        )
+        # The configured port is busy: refused before any broker starts, naming it.
+        proc = subprocess.run(
+            [sys.executable, "-m", "killswitch", "broker", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=_env(),
+            timeout=60,
+        )
+    assert proc.returncode == 2
+    assert f"127.0.0.1:{port} is already in use" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("bootstrap", "port"),
+    [
+        ("127.0.0.1:19092", 19092),
+        ("localhost:19093,127.0.0.1:9092", 19093),
+        ("kafka-1:9093,kafka-2:9093", DEFAULT_PORT),  # not loopback: not this broker
+    ],
+)
+def test_default_port(bootstrap: str, port: int) -> None:
+    assert default_port(KafkaSettings(bootstrap_servers=bootstrap)) == port

@@ -540,7 +540,9 @@ async def test_check_passes_and_fails_per_account(
         )
         t = settings.kafka.topics
         await create_topics(kafka_bootstrap, [t.alerts, t.manual, t.heartbeats, t.results, t.state])
-        checks = await run_checks(settings.kafka, settings.accounts, timeout_s=5)
+        checks = await run_checks(
+            settings.kafka, settings.accounts, settings.engine.page_size, timeout_s=5
+        )
     by = {(c.name, c.target.split()[0]): c for c in checks}
     assert by[("kafka reachable", kafka_bootstrap)].ok
     assert all(by[("topic present", n)].ok for n in (t.alerts, t.manual, t.results, t.state))
@@ -581,7 +583,9 @@ async def test_check_with_kafka_down(unique_name: Unique) -> None:
             }
         ],
     )
-    checks = await run_checks(settings.kafka, settings.accounts, timeout_s=3)
+    checks = await run_checks(
+        settings.kafka, settings.accounts, settings.engine.page_size, timeout_s=3
+    )
     assert not any(c.ok for c in checks)
     assert checks[0].name == "kafka reachable"
     assert "not reachable" in checks[0].detail

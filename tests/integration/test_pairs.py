@@ -549,7 +549,9 @@ async def test_readiness_and_check_agree_on_an_account_without_any_pair_list(
             assert reasons == [r for r in reasons if r.startswith(no_list)]  # mm-1 is fine
             assert reasons[0].endswith("and account has no `symbols` setting")
 
-            checks = await run_checks(settings.kafka, settings.accounts, timeout_s=5)
+            checks = await run_checks(
+                settings.kafka, settings.accounts, settings.engine.page_size, timeout_s=5
+            )
             by = {(c.name, c.target.split()[0]): c for c in checks}
             assert not by[("exchange reachable", "mm-2")].ok
             assert "no pair list" in by[("exchange reachable", "mm-2")].detail

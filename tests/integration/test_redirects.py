@@ -208,7 +208,9 @@ async def test_check_and_readiness_agree_on_a_redirect_of_server_time(env: Env) 
     # Clock sync cannot run (signed requests may be refused later): neither is OK.
     assert env.reasons() == (f"{ACCOUNT}: {problem('time', 302)}",)
     settings = check_settings(env)
-    checks = await run_checks(settings.kafka, settings.accounts, timeout_s=3)
+    checks = await run_checks(
+        settings.kafka, settings.accounts, settings.engine.page_size, timeout_s=3
+    )
     reach = next(c for c in checks if c.name == "exchange reachable")
     assert not reach.ok
     assert reach.detail == problem("time", 302)
@@ -223,7 +225,9 @@ async def test_a_refused_key_with_the_clock_unmeasured_says_the_clock_may_be_why
     env.sim.clock_offset_ms = 8000
     await env.probe()
     settings = check_settings(env)
-    checks = await run_checks(settings.kafka, settings.accounts, timeout_s=3)
+    checks = await run_checks(
+        settings.kafka, settings.accounts, settings.engine.page_size, timeout_s=3
+    )
     key = next(c for c in checks if c.name == "key accepted")
     assert not key.ok
     assert "the clock offset could not be measured" in key.detail

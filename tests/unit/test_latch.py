@@ -54,6 +54,12 @@ def test_reaction_bound_is_one_round_of_listings_plus_a_round_trip() -> None:
     assert reaction_bound_s(0, 10.0, 0.5, 0.01) == pytest.approx(0.01)
 
 
+def test_reaction_bound_with_listings_slower_than_the_interval() -> None:
+    # 22 pairs at 200/s with share 0.5 would be 0.22 s a round, but one listing at a
+    # time taking 60 ms makes the round 22 x 60 ms: 1.32 s, plus the cancel's 60 ms.
+    assert reaction_bound_s(22, 200.0, 0.5, 0.06) == pytest.approx(1.38)
+
+
 def test_reaction_bound_refuses_negative_input() -> None:
     with pytest.raises(ValueError, match="pairs"):
         reaction_bound_s(-1, 10.0, 0.5, 0.0)

@@ -128,6 +128,13 @@ def test_release_command_line() -> None:
         (["trigger", "-r", "x", "-a", "mm-1", "--order-id", "0", "--operator", "a"], "positive"),
         (["trigger", "-r", "x", "-a", "mm-1", "--deadline", "0", "--operator", "a"], "deadline"),
         (["trigger", "-r", "x", "-a", "mm-1", "--timeout", "-1", "--operator", "a"], "timeout"),
+        # An option given with nothing in it ("$PAIR" unset) must not widen the kill.
+        (["trigger", "-r", "x", "-a", "mm-1", "-s", "", "--operator", "a"], "--symbol"),
+        (["trigger", "-r", "x", "-a", "mm-1", "-s", " , ", "--operator", "a"], "--symbol"),
+        (["trigger", "-r", "x", "-a", "mm-1", "--order-id", "", "--operator", "a"], "--order-id"),
+        (["trigger", "-r", "x", "-a", "", "--operator", "a"], "--account"),
+        (["trigger", "-r", "x", "--all", "-a", "", "--operator", "a"], "--account"),
+        (["trigger", "-r", " ", "--all", "--operator", "a"], "--reason"),
     ],
 )
 def test_contradictory_command_lines_are_usage_errors(argv: list[str], message: str) -> None:

@@ -73,7 +73,10 @@ def test_bar(fraction: float | None, width: int, expected: str) -> None:
         (AccountProgress("a", "released", final=True), 1.0),
         (AccountProgress("a", "dry_run", final=True, skipped=4), 1.0),
         (AccountProgress("a", "residual", final=True, sent=6, residual_open=2), 0.75),
-        (AccountProgress("a", "failed", final=True), 1.0),  # final, nothing to do
+        (AccountProgress("a", "failed", final=True), None),  # nothing was done
+        (AccountProgress("a", "failed", final=True, sent=3, residual_open=1), 0.75),
+        (AccountProgress("a", "refused", final=True), None),  # nothing was done
+        (AccountProgress("a", "timed_out", final=True), None),  # nothing is known
         (AccountProgress("a", "running"), None),
     ],
 )
@@ -454,14 +457,23 @@ def test_while_pairs_are_unlisted_the_line_shows_listing_progress_not_a_percenta
 def test_a_release_of_an_account_that_was_not_halted_says_so_and_exits_non_zero() -> None:
     board = Board("rel-1", ["mm-1", "mm-2"], action="release")
     board.apply_result(result("mm-1", "released", final=True, was_halted=True, alert_id="rel-1"))
-    board.apply_result(result("mm-2", "released", final=True, was_halted=False, alert_id="rel-1"))
+    board.apply_result(
+        result(
+            "mm-2",
+            "released",
+            final=True,
+            was_halted=False,
+            alert_id="rel-1",
+            reason="the account was not halted",
+        )
+    )
     assert board.exit_code() == EXIT_NOT_FOUND
     lines = progress_lines(board)
     assert "ok: released" in lines[0]
     assert "NOT OK: not halted (nothing to release)" in lines[1]
     summary = summary_lines(board, 1.0)
     assert summary[0].startswith("release INCOMPLETE rel-1")
-    assert summary[1] == "  mm-2: was not halted (nothing released)"
+    assert summary[1:] == ["  mm-2: was not halted (nothing released)"]  # said once
     # Both halted: success.
     ok = Board("rel-2", ["mm-1"], action="release")
     ok.apply_result(result("mm-1", "released", final=True, was_halted=True, alert_id="rel-2"))
