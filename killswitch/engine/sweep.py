@@ -246,6 +246,10 @@ class Sweep:
         self._unanswered_listings = 0  # passes in a row (see MAX_UNANSWERED_LISTINGS)
         self._unanswered_pass = 0  # the last pass counted in _unanswered_listings
         self._pairs: set[str] = set()  # every pair in scope a pass set out to list or cancel
+        # An alert whose pairs were never checked against the exchange's pair list: a
+        # named pair may not exist, and a refused cancel-all of it (404) would read as
+        # "no cancel-all here" for the whole account. Such sweeps list first.
+        self._unchecked_pairs = False
         self._settle_wanted = False  # ended with orders possibly open: list once more
         self._soft: set[asyncio.Timeout] = set()  # listings that stop at the deadline
         # Set by hand_over: the account moved to another daemon; no final results here.
@@ -284,6 +288,8 @@ class Sweep:
                 future=loop.create_future(),
             )
             tickets.append(ticket)
+            if request.unchecked_pairs is not None:
+                self._unchecked_pairs = True
             if scope is None:
                 scope = request.scope
             elif request.scope != scope:
@@ -605,7 +611,7 @@ class Sweep:
         return symbol not in p.no_bulk and cancel_pair_first(
             p.strategy,
             self.scope,
-            first_pass=p.first,
+            first_pass=p.first and not self._unchecked_pairs,
             enabled=self.settings.cancel_named_pairs_first,
             refused=self.refused,
         )

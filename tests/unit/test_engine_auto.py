@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 
 from killswitch.core.model import SweepStatus
 from killswitch.core.orders import Side
@@ -364,3 +365,16 @@ async def test_a_dry_run_naming_a_pair_only_lists_it(engines: Engines) -> None:
     assert result.status is SweepStatus.DRY_RUN
     assert [kind for kind, _, _ in ex.log] == ["list"]
     assert ex.open_count() == 10
+
+
+async def test_pairs_never_checked_against_the_pair_list_are_listed_first(
+    engines: Engines,
+) -> None:
+    ex = FakeExchange(["A_USDT"])
+    seed(ex, 10)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="auto")))
+    unchecked = replace(request(symbols={"A_USDT"}), unchecked_pairs="pair list unavailable")
+    result = await run(engine, unchecked)
+    assert result.status is SweepStatus.RESIDUAL  # never flat: the pairs were not checked
+    assert ex.log[0] == ("list", "A_USDT", ())
+    assert ex.open_count() == 0
