@@ -164,6 +164,7 @@ class _Pass:
     tg: asyncio.TaskGroup
     strategy: StrategyName
     first: bool = False  # the sweep's first pass that cancels (see cancel_pair_first)
+    starting: bool = True  # its first producers are being made (see Sweep._run_pass)
     queue: CancelQueue = field(default_factory=CancelQueue)
     singles: deque[tuple[str, int]] = field(default_factory=deque)
     symbols: set[str] = field(default_factory=set)
@@ -489,9 +490,14 @@ class Sweep:
                     tg.create_task(job, name=f"{self.name}-{symbol}")
             # Workers start when there is work (see _want_workers), and the first
             # producer runs in this task: the first request goes out without waiting
-            # for a task switch, behind whatever else the event loop has queued.
-            # No work yet: the last producer closes the pass (or the last worker, when
-            # named pairs' cancel-alls went straight to the queue).
+            # for a task switch, behind whatever else the event loop has queued. Named
+            # pairs' cancel-alls (no producer): this task is their first worker.
+            p.starting = False
+            if first is None and len(p.queue):
+                p.workers += 1
+                first = self._worker(p)
+                self._want_workers(p)  # the others, up to the account's concurrency
+            # No work yet: the last producer (or worker) closes the pass.
             p.open = p.producers > 0 or p.workers > 0
             if first is not None:
                 await first
@@ -623,7 +629,8 @@ class Sweep:
         p.bulk[symbol] = []
         p.queue.push(NAMED_PAIR_KEY, WHOLE_PAIR, symbol)
         p.complete = False
-        self._want_workers(p)
+        if not p.starting:  # at the start of the pass, _run_pass starts the workers
+            self._want_workers(p)
         p.wake.set()
 
     async def _list_symbol(self, p: _Pass, symbol: str) -> None:
