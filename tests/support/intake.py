@@ -237,9 +237,8 @@ async def running_intake(
     try:
         yield Running(intake, engine, observer, dedup, task)
     finally:
-        intake.stop()
+        await intake.shutdown(grace_s)  # ends the run: its records' work is over
         await task
-        await intake.shutdown(grace_s)
         stop.set()
         await index_task
         await index.close()
