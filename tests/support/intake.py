@@ -238,7 +238,9 @@ async def running_intake(
         yield Running(intake, engine, observer, dedup, task)
     finally:
         await intake.shutdown(grace_s)  # ends the run: its records' work is over
-        await task
+        await asyncio.wait([task])  # ended (or cancelled by the test) by now
+        if not task.cancelled():
+            task.result()  # the run's own failure, if any
         stop.set()
         await index_task
         await index.close()
