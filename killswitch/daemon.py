@@ -192,7 +192,9 @@ async def async_run(
         try:
             await asyncio.shield(life)
         except asyncio.CancelledError:
-            life.cancel()  # cancelled again (a third signal): the clean-up is cut short too
+            # Cancelled again (a third signal): the clean-up is cut short too, and ends
+            # before this returns.
+            await cancel_and_wait(life)
         raise
 
 
