@@ -33,6 +33,10 @@ assignment it first lets the results reader catch up, so results published by th
 previous owner are known. After every change of the
 assignment (and before leaving the group) ``on_assignment`` runs, once
 :attr:`Intake.assignment` reflects it: the daemon moves latch guards with it.
+
+Lifetime: :meth:`Intake.run` owns every task of the intake (records' and groups'
+work, the committer, pair-list fetches) in one task group; a revocation reaches the
+revoked partitions' work through an index by partition, which keeps no task alive.
 """
 
 from __future__ import annotations
