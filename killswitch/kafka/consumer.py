@@ -388,19 +388,21 @@ class Intake:
             raise RuntimeError("the intake is running already")
         self._run_ended.clear()
         self._over.clear()
+        self._check_over()
         try:
             async with task_scope() as group:
                 self._group = group
                 group.create_task(self._commit_loop(), name="intake-committer")
-                await self._consume()
-                if self._work:
-                    await self._over.wait()
+                # Polling in a task of its own: ending the run cancels a poll under way
+                # rather than wait for it (the records it brings are not taken up).
+                group.create_task(self._consume(), name="intake-poll")
+                await self._over.wait()
         finally:
             self._group = None
             self._run_ended.set()
 
     async def _consume(self) -> None:
-        """Read records and take them up until :meth:`stop` is called."""
+        """Read records and take them up until :meth:`stop` is called (a task of the run)."""
         consumer = self.consumer
         while not self._stopping:
             try:
@@ -429,9 +431,16 @@ class Intake:
                 log.exception("consumer lag not reported")
 
     def stop(self) -> None:
-        """Stop taking new alerts (running work continues; see :meth:`shutdown`)."""
+        """Stop taking new alerts (running work continues; see :meth:`shutdown`): the run
+        ends once it is over."""
         self._stopping = True
         self._on_consuming(False)
+        self._check_over()
+
+    def _check_over(self) -> None:
+        """Stopped with no record being handled: the run may end."""
+        if self._stopping and not self._work:
+            self._over.set()
 
     def _report_lag(self) -> None:
         """Records behind per partition (high watermark - commit position), once a second."""
@@ -681,8 +690,7 @@ class Intake:
             if not tasks:
                 del self._work[tp]
         self._records_running -= records
-        if self._stopping and not self._work:
-            self._over.set()  # stopped and idle: the run may end
+        self._check_over()
         self._update_backpressure()
 
     async def _handle_large(
