@@ -34,8 +34,8 @@ previous owner are known. After every change of the
 assignment (and before leaving the group) ``on_assignment`` runs, once
 :attr:`Intake.assignment` reflects it: the daemon moves latch guards with it.
 
-Lifetime: :meth:`Intake.run` owns every task of the intake (records' and groups'
-work, the committer, pair-list fetches) in one task group; a revocation reaches the
+Lifetime: :meth:`Intake.run` owns every task of the intake (the poll, records' and
+groups' work, the committer, pair-list fetches) in one task group; a revocation reaches the
 revoked partitions' work through an index by partition, which keeps no task alive.
 """
 
@@ -380,8 +380,8 @@ class Intake:
         handled; :meth:`shutdown` (once its grace is over), :meth:`abandon` and
         :meth:`close` end the run sooner.
 
-        The run is the lifetime of the intake's tasks (each record's or group's handling,
-        the committer, pair-list fetches): they are tasks of its task group, and those
+        The run is the lifetime of the intake's tasks (the poll, each record's or group's
+        handling, the committer, pair-list fetches): they are tasks of its task group, and those
         still running when it ends are cancelled with it, so none outlives it. A bad
         message never ends the run."""
         if not self._run_ended.is_set():
