@@ -192,7 +192,9 @@ async def async_run(
         try:
             await asyncio.shield(life)
         except asyncio.CancelledError:
-            life.cancel()  # cancelled again (a third signal): the clean-up is cut short too
+            # Cancelled again (a third signal): the clean-up is cut short too, and ends
+            # before this returns.
+            await cancel_and_wait(life)
         raise
 
 
@@ -545,11 +547,12 @@ async def _shutdown(daemon: Daemon, parts: dict[str, asyncio.Task[None]]) -> Non
     log.info("shutting down", extra={"grace_s": grace})
     daemon.observability.set_draining()
     daemon.intake.stop()
-    first = [parts[name] for name in ("deadman", "intake") if name in parts]
+    first = [parts[name] for name in ("deadman",) if name in parts]
     for task in first:
         await _finish(task)
     # Sweeps first, within the grace period: their results are published and their
-    # offsets committed; only then are the engine's latch guards stopped.
+    # offsets committed; only then are the engine's latch guards stopped. The intake's
+    # run ends here: it lasts as long as the records' work it owns.
     kafka_s = _kafka_stop_s(daemon.kafka_watch)
     if not await _within(grace + kafka_s, daemon.intake.shutdown(grace)):
         await daemon.intake.close()  # leave now: what was not committed is replayed

@@ -593,6 +593,9 @@ class ExchangeClient:
     def _start_sync(self) -> asyncio.Task[None]:
         task = self._sync_task
         if task is None:
+            # The client's own helper, not a task group's: a client has no lifetime block
+            # (``async with`` is optional), the sync is shared by every request waiting
+            # for it, and close() stops it.
             task = asyncio.create_task(self._refresh_clock(), name=f"clock-sync-{self._account}")
             self._sync_task = task
         return task

@@ -100,7 +100,9 @@ class HttpProtocol(asyncio.Protocol):
         self._queue: deque[tuple[Request, bool] | _BadRequest] = deque()
         self._backlog = 0  # bytes received while an answer was pending
         self._failed = False  # the parser gave up: ignore whatever follows
-        self._waiting: asyncio.Task[None] | None = None  # answer being delayed
+        # The answer being delayed: the connection's own task (a protocol's callbacks have
+        # no block to hold a task group), cancelled when the connection closes.
+        self._waiting: asyncio.Task[None] | None = None
         self._closed = False
         self._reading_paused = False
         self._writing_paused = False

@@ -241,9 +241,10 @@ async def running_intake(
     try:
         yield Running(intake, engine, observer, dedup, task)
     finally:
-        intake.stop()
-        await task
-        await intake.shutdown(grace_s)
+        await intake.shutdown(grace_s)  # ends the run: its records' work is over
+        await asyncio.wait([task])  # ended (or cancelled by the test) by now
+        if not task.cancelled():
+            task.result()  # the run's own failure, if any
         stop.set()
         await index_task
         await index.close()
