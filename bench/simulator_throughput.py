@@ -61,8 +61,11 @@ def _verify_baseline(seconds: float = 1.0) -> float:
     return count / (time.perf_counter() - start)
 
 
-def _start_server(tmp: Path, keys: list[tuple[str, Any]]) -> tuple[subprocess.Popen[str], str]:
+def _start_server(
+    tmp: Path, keys: list[tuple[str, Any]], event_loop: str
+) -> tuple[subprocess.Popen[str], str]:
     args = [sys.executable, "-m", "killswitch", "simulate-exchange", "--port", "0"]
+    args += ["--event-loop", event_loop]
     for api_key, key in keys:
         pub = tmp / f"{api_key}.pub.pem"
         pub.write_bytes(public_key_pem(key))
@@ -230,7 +233,7 @@ async def _limit_accuracy(
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     keys = [(f"bench-key-{i}", generate_private_key()) for i in range(args.clients)]
     with tempfile.TemporaryDirectory() as tmp:
-        proc, base_url = _start_server(Path(tmp), keys)
+        proc, base_url = _start_server(Path(tmp), keys, args.event_loop)
     own_cpus = os.sched_getaffinity(0)
     if len(own_cpus) > 1:  # keep the generator off the server's core
         os.sched_setaffinity(0, own_cpus - {min(own_cpus)})
@@ -281,6 +284,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "connections": args.connections,
         "pipeline": args.pipeline,
         "clients": args.clients,
+        "event_loop": args.event_loop,
         "elapsed_s": round(elapsed, 3),
         "cancels_per_s": round(len(requests) / elapsed, 1),
         "server_cpu_s": round(cpu, 3),
@@ -305,6 +309,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--pipeline", type=int, default=1, help="requests in flight per connection")
     parser.add_argument("--clients", type=int, default=4, help="API keys (own key pairs)")
+    parser.add_argument(
+        "--event-loop", choices=("uvloop", "asyncio"), default="uvloop", help="the simulator's"
+    )
     parser.add_argument("--limit-rate", type=float, default=500.0, help="rate limit to check")
     parser.add_argument("--limit-seconds", type=float, default=3.0, help="overload duration")
     args = parser.parse_args([] if argv is None and __name__ != "__main__" else argv)
@@ -318,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{result['baseline_verifies_per_s']:.0f} verifies/s; "
         f"{result['cancels_per_server_cpu_s']} per server CPU-second; "
         f"{result['cancel_sent']}/{result['cancels']} CANCEL_SENT; "
-        f"{args.connections} connections x pipeline {args.pipeline})",
+        f"{args.connections} connections x pipeline {args.pipeline}; {args.event_loop})",
     )
     limit = result["rate_limit"]
     harness.summary(

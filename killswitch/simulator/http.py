@@ -154,7 +154,8 @@ class HttpProtocol(asyncio.Protocol):
             self._fail(_BadRequest(400, _parser_message(exc)))
         if self._waiting is None:
             self._process()
-        self._update_reading()
+        if self._reading_paused or self._writing_paused or self._waiting is not None:
+            self._update_reading()
 
     def _feed(self, data: bytes) -> None:
         """Parse ``data``; requests completed go to the queue."""
