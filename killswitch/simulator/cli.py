@@ -13,7 +13,6 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,7 +36,6 @@ from killswitch.simulator.faults import Races
 from killswitch.simulator.server import SimulatorServer
 
 DEFAULT_PORT = 8700  # the default base_url of an account points here
-EVENT_LOOPS = ("uvloop", "asyncio")
 _ENCODINGS: dict[str, SignatureEncoding] = {
     "base64-der": "base64-der",
     "hex-der": "hex-der",
@@ -87,12 +85,6 @@ def add_arguments_simulate_exchange(parser: argparse.ArgumentParser) -> None:
     add("--log-max", type=int, default=200_000, help="request log entries kept")
     add("--auth-failure-status", type=int, choices=(401, 403), default=401)
     add("--no-admin", action="store_true", help="disable the unsigned /_admin/ calls")
-    add(
-        "--event-loop",
-        choices=EVENT_LOOPS,
-        default="uvloop",
-        help="uvloop (default, where installed) or asyncio's own loop",
-    )
     _add_knob_arguments(parser)
 
 
@@ -142,23 +134,7 @@ def _add_knob_arguments(parser: argparse.ArgumentParser) -> None:
 def cli_simulate(args: argparse.Namespace) -> int:
     """Build the simulator from flags (and configuration) and serve until signalled."""
     sim, port = build_simulator(args)
-    with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
-        return runner.run(_serve(sim, args.host, port, admin=not args.no_admin))
-
-
-def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop for ``"uvloop"`` when it is installed, else None (asyncio's).
-
-    The simulator's own work per request is small next to what asyncio's pure-Python
-    loop and transports cost around it; uvloop's are in C (docs/SIMULATOR.md, Speed).
-    """
-    if name != "uvloop":
-        return None
-    try:
-        import uvloop  # noqa: PLC0415 - optional: not built for every platform
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
+    return asyncio.run(_serve(sim, args.host, port, admin=not args.no_admin))
 
 
 def build_simulator(args: argparse.Namespace) -> tuple[Simulator, int]:

@@ -58,19 +58,12 @@ class FakeClock:
         return self.now
 
 
-@contextlib.asynccontextmanager
-async def serving() -> AsyncIterator[Served]:
-    """A simulator with one client, ``alice``, served on loopback."""
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
     sim = Simulator(seed=3)
     api_key, pem = register_test_client(sim, name="alice")
     async with SimulatorServer(sim) as server, SignedClient(server.base_url, api_key, pem) as c:
         yield Served(sim, server, c, api_key, pem)
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[Served]:
-    async with serving() as it:
-        yield it
 
 
 async def raw_exchange(port: int, data: bytes, answers: int) -> list[tuple[int, bytes]]:
@@ -351,21 +344,20 @@ async def test_requests_split_across_packets_and_bodies_in_a_pipeline(served: Se
     writer.close()
 
 
-# Bad requests and the error status each gets.
-GARBAGE = [
-    (b"GARBAGE\r\n\r\n", 400),
-    (b"GET / HTTP/2.0\r\n\r\n", 400),
-    (b"GET nope HTTP/1.1\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
-    (b"GET /\xff HTTP/1.1\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413),
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
-    (b"GET / HTTP/1.1\r\nX: " + b"a" * 20_000, 431),
-]
-
-
-@pytest.mark.parametrize(("data", "status"), GARBAGE)
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\n\r\n", 400),
+        (b"GET nope HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
+        (b"GET /\xff HTTP/1.1\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * 20_000, 431),
+    ],
+)
 async def test_garbage_gets_an_error_and_the_server_lives_on(
     served: Served, data: bytes, status: int
 ) -> None:
