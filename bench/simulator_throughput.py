@@ -40,10 +40,11 @@ OPEN_PATH = "/coin/internal/v1/order/open"
 SYMBOL = "BTC_USDT"
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _verify_baseline(seconds: float = 1.0) -> float:
@@ -61,11 +62,8 @@ def _verify_baseline(seconds: float = 1.0) -> float:
     return count / (time.perf_counter() - start)
 
 
-def _start_server(
-    tmp: Path, keys: list[tuple[str, Any]], event_loop: str
-) -> tuple[subprocess.Popen[str], str]:
+def _start_server(tmp: Path, keys: list[tuple[str, Any]]) -> tuple[subprocess.Popen[str], str]:
     args = [sys.executable, "-m", "killswitch", "simulate-exchange", "--port", "0"]
-    args += ["--event-loop", event_loop]
     for api_key, key in keys:
         pub = tmp / f"{api_key}.pub.pem"
         pub.write_bytes(public_key_pem(key))
@@ -233,7 +231,7 @@ async def _limit_accuracy(
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     keys = [(f"bench-key-{i}", generate_private_key()) for i in range(args.clients)]
     with tempfile.TemporaryDirectory() as tmp:
-        proc, base_url = _start_server(Path(tmp), keys, args.event_loop)
+        proc, base_url = _start_server(Path(tmp), keys)
     own_cpus = os.sched_getaffinity(0)
     if len(own_cpus) > 1:  # keep the generator off the server's core
         os.sched_setaffinity(0, own_cpus - {min(own_cpus)})
@@ -261,7 +259,9 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             *(_connection(host, port, chunk, args.pipeline) for chunk in chunks)
         )
         elapsed = time.perf_counter() - start
-        cpu = _cpu_seconds(proc.pid) - cpu_before
+        cpu_after = _cpu_seconds(proc.pid)
+        user, system = (after - before for after, before in zip(cpu_after, cpu_before, strict=True))
+        cpu = user + system
         generator_cpu = time.process_time() - own_before
         counters = await _http(host, port, "GET", "/_admin/counters", {})
         limit = await _limit_accuracy(host, port, *keys[0], args)
@@ -284,10 +284,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "connections": args.connections,
         "pipeline": args.pipeline,
         "clients": args.clients,
-        "event_loop": args.event_loop,
         "elapsed_s": round(elapsed, 3),
         "cancels_per_s": round(len(requests) / elapsed, 1),
         "server_cpu_s": round(cpu, 3),
+        "server_user_cpu_s": round(user, 3),
+        "server_system_cpu_s": round(system, 3),
         "cancels_per_server_cpu_s": round(len(requests) / cpu, 1) if cpu else None,
         # Close to elapsed_s means the generator, not the server, set the pace.
         "generator_cpu_s": round(generator_cpu, 3),
@@ -309,9 +310,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--pipeline", type=int, default=1, help="requests in flight per connection")
     parser.add_argument("--clients", type=int, default=4, help="API keys (own key pairs)")
-    parser.add_argument(
-        "--event-loop", choices=("uvloop", "asyncio"), default="uvloop", help="the simulator's"
-    )
     parser.add_argument("--limit-rate", type=float, default=500.0, help="rate limit to check")
     parser.add_argument("--limit-seconds", type=float, default=3.0, help="overload duration")
     args = parser.parse_args([] if argv is None and __name__ != "__main__" else argv)
@@ -325,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{result['baseline_verifies_per_s']:.0f} verifies/s; "
         f"{result['cancels_per_server_cpu_s']} per server CPU-second; "
         f"{result['cancel_sent']}/{result['cancels']} CANCEL_SENT; "
-        f"{args.connections} connections x pipeline {args.pipeline}; {args.event_loop})",
+        f"{args.connections} connections x pipeline {args.pipeline})",
     )
     limit = result["rate_limit"]
     harness.summary(
