@@ -373,7 +373,10 @@ async def _start(
 
     background = asyncio.Event()  # stops the readers after the intake has drained
     probe = ExchangeProbe(
-        clients, probe_interval_s(settings.metrics.exchange_stale_after_s), obs.readiness
+        clients,
+        probe_interval_s(settings.metrics.exchange_stale_after_s),
+        obs.readiness,
+        page_size=settings.engine.page_size,
     )
 
     def spawn(tg: asyncio.TaskGroup) -> dict[str, asyncio.Task[None]]:
