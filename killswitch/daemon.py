@@ -14,7 +14,10 @@ pair list, readiness) run until SIGTERM/SIGINT (or ``stop_event`` in tests). Whe
 account sets ``on_broker_loss_after_s``, the broker-loss guard
 (:mod:`killswitch.kafka.broker_loss`) hears the watch's changes of state, kills and
 latches those accounts after that long without the broker, and is the engine's
-halt-state sink (held while the broker is away, published when it answers).
+halt-state sink (held while the broker is away, published when it answers). After
+every recovery of the broker the halt republisher
+(:mod:`killswitch.kafka.republish`) publishes again the halts the state topic lost
+(a broker that lost its storage comes back empty), for the accounts this daemon owns.
 
 Latch guards follow the alert consumer's assignment: every daemon knows every
 halt, but only the one assigned an account's alerts partition guards it (lists its
