@@ -39,7 +39,13 @@ from prometheus_client import CollectorRegistry
 
 from killswitch.config import AccountSettings, DeadmanSource, MetricsSettings
 from killswitch.core.orders import SymbolInfo
-from killswitch.core.ports import AlertObserver, NullAlertObserver, NullObserver, Observer
+from killswitch.core.ports import (
+    AlertObserver,
+    EngineConfig,
+    NullAlertObserver,
+    NullObserver,
+    Observer,
+)
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, RequestRejected
 from killswitch.health import HealthServer, Readiness, ReadinessObserver
@@ -57,7 +63,7 @@ log = logging.getLogger(__name__)
 
 _PROBE_MAX_INTERVAL_S = 30.0
 # The engine's default page size (``engine.page_size``), for a probe built without one.
-_DEFAULT_PAGE = 100
+_DEFAULT_PAGE = EngineConfig().page_size
 
 
 @dataclass
