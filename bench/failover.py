@@ -140,24 +140,27 @@ async def until(check: Callable[[], T | None], timeout: float, what: str) -> T:
         await asyncio.sleep(0.005)  # polling the simulator's log with a deadline
 
 
-def _counts(entry: Any, cancels_only: bool) -> bool:
+def _counts(entry: Any, cancels_only: bool, probe_pair: str) -> bool:
     """A single-order cancel; unless ``cancels_only`` also any cancel or a sweep listing
-    (a page of the engine's size: the daemon's exchange probe lists smaller ones)."""
+    (a page of the engine's size other than the daemon's exchange probe's, which lists
+    the first page of the first pair, ``probe_pair``, of the engine's size too)."""
     if entry.endpoint == "cancel":
         return True
     if cancels_only:
         return False
     if entry.endpoint == "open_orders":
-        return f"limit={PAGE_SIZE}" in entry.query
+        probe = entry.query.startswith(probe_pair) and "from_order_id=" not in entry.query
+        return f"limit={PAGE_SIZE}" in entry.query and not probe
     return entry.endpoint in CANCEL_ENDPOINTS
 
 
 def sweep_entries(sim: Simulator, since: int, door: DoorServer, cancels_only: bool) -> list[Any]:
     """The account's requests through ``door`` after ``since`` that :func:`_counts`."""
+    probe_pair = f"symbol={sim.symbols[0]}&" if sim.symbols else "\0"
     return [
         e
         for e in sim.log_since(since)
-        if e.seq in door.seqs and e.client == ACCOUNT and _counts(e, cancels_only)
+        if e.seq in door.seqs and e.client == ACCOUNT and _counts(e, cancels_only, probe_pair)
     ]
 
 

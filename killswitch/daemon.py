@@ -14,7 +14,10 @@ pair list, readiness) run until SIGTERM/SIGINT (or ``stop_event`` in tests). Whe
 account sets ``on_broker_loss_after_s``, the broker-loss guard
 (:mod:`killswitch.kafka.broker_loss`) hears the watch's changes of state, kills and
 latches those accounts after that long without the broker, and is the engine's
-halt-state sink (held while the broker is away, published when it answers).
+halt-state sink (held while the broker is away, published when it answers). After
+every recovery of the broker the halt republisher
+(:mod:`killswitch.kafka.republish`) publishes again the halts the state topic lost
+(a broker that lost its storage comes back empty), for the accounts this daemon owns.
 
 Latch guards follow the alert consumer's assignment: every daemon knows every
 halt, but only the one assigned an account's alerts partition guards it (lists its
@@ -59,7 +62,8 @@ from killswitch.kafka.consumer import Intake, IntakeConfig
 from killswitch.kafka.deadman import DeadmanWatcher
 from killswitch.kafka.outputs import Publisher
 from killswitch.kafka.ownership import Ownership
-from killswitch.kafka.readers import HaltStateReader, ResultsIndex
+from killswitch.kafka.readers import HaltStateReader, ResultsIndex, read_last_states
+from killswitch.kafka.republish import HaltRepublisher
 from killswitch.kafka.watch import KafkaWatch, OnChange
 from killswitch.logs import configure_logging, default_masker, register_settings_secrets
 from killswitch.looplag import watch_loop_lag
@@ -160,6 +164,7 @@ class Daemon:
     kafka_watch: KafkaWatch | None = None  # whether the broker answers
     broker_loss: BrokerLossGuard | None = None  # None: no account opted in
     clients: ExchangeClients | None = None  # the accounts' clients: engine and probe
+    republisher: HaltRepublisher | None = None  # halts the state topic lost, published again
 
 
 async def async_run(
@@ -192,7 +197,9 @@ async def async_run(
         try:
             await asyncio.shield(life)
         except asyncio.CancelledError:
-            life.cancel()  # cancelled again (a third signal): the clean-up is cut short too
+            # Cancelled again (a third signal): the clean-up is cut short too, and ends
+            # before this returns.
+            await cancel_and_wait(life)
         raise
 
 
@@ -330,6 +337,14 @@ async def _start(
     # Set before any halt is restored: nothing is guarded until the first assignment.
     ownership = Ownership(topics.alerts)
     engine.set_guard_filter(ownership.owns)
+    # After the broker comes back (empty, if it lost its storage), the halts held here
+    # that the state topic lacks are published again by their owner.
+    republisher = HaltRepublisher(
+        engine,
+        lambda: read_last_states(kafka, topics.state, _STARTUP_READ_TIMEOUT_S),
+        ownership.owns,
+    )
+    link_listeners.append(republisher.link_changed)
 
     states = HaltStateReader(kafka, topics.state, daemon=instance)
     stack.push_async_callback(states.close)
@@ -364,7 +379,7 @@ async def _start(
         results_index=index,
         pairs=clients,
         on_consuming=obs.set_consuming,
-        on_assignment=lambda: _move_guards(intake, ownership, engine),
+        on_assignment=lambda: _move_guards(intake, ownership, engine, republisher),
     )
     await intake.start()
     stack.push_async_callback(intake.close)
@@ -373,7 +388,10 @@ async def _start(
 
     background = asyncio.Event()  # stops the readers after the intake has drained
     probe = ExchangeProbe(
-        clients, probe_interval_s(settings.metrics.exchange_stale_after_s), obs.readiness
+        clients,
+        probe_interval_s(settings.metrics.exchange_stale_after_s),
+        obs.readiness,
+        page_size=settings.engine.page_size,
     )
 
     def spawn(tg: asyncio.TaskGroup) -> dict[str, asyncio.Task[None]]:
@@ -381,7 +399,8 @@ async def _start(
         works: dict[str, Coroutine[Any, Any, None]] = {
             "intake": intake.run(),
             "results-reader": index.run(background),
-            "state-follower": states.follow(background, _state_applier(engine)),
+            "state-follower": states.follow(background, _state_applier(engine, republisher)),
+            "halt-republish": republisher.run(background),
             "lag": watch_loop_lag(obs.alert_observer, background),
         }
         if watcher is not None:
@@ -409,6 +428,7 @@ async def _start(
         watch,
         loss,
         clients,
+        republisher,
     )
     return daemon, spawn
 
@@ -512,12 +532,16 @@ def _broker_loss_guard(
     )
 
 
-async def _move_guards(intake: Intake, ownership: Ownership, engine: Engine) -> None:
-    """After a rebalance: guard exactly the halted accounts whose alerts partition is ours."""
+async def _move_guards(
+    intake: Intake, ownership: Ownership, engine: Engine, republisher: HaltRepublisher
+) -> None:
+    """After a rebalance: guard exactly the halted accounts whose alerts partition is ours
+    (and publish the halts the state topic lost that are ours now)."""
     assignment = intake.assignment
     count = await intake.partition_count(ownership.topic) if assignment else None
     ownership.update(assignment, count)
     await engine.refresh_guards()
+    republisher.assignment_changed()
     log.info(
         "latch guards follow the assignment",
         extra={
@@ -528,13 +552,14 @@ async def _move_guards(intake: Intake, ownership: Ownership, engine: Engine) -> 
     )
 
 
-def _state_applier(engine: Engine) -> Callable[[HaltState], None]:
+def _state_applier(engine: Engine, republisher: HaltRepublisher) -> Callable[[HaltState], None]:
     def apply(state: HaltState) -> None:
         log.info(
             "halt state from another daemon",
             extra={"account": state.account, "halted": state.halted, "alert_id": state.alert_id},
         )
         engine.restore_halt(state)
+        republisher.state_seen(state)
 
     return apply
 
@@ -545,11 +570,12 @@ async def _shutdown(daemon: Daemon, parts: dict[str, asyncio.Task[None]]) -> Non
     log.info("shutting down", extra={"grace_s": grace})
     daemon.observability.set_draining()
     daemon.intake.stop()
-    first = [parts[name] for name in ("deadman", "intake") if name in parts]
+    first = [parts[name] for name in ("deadman",) if name in parts]
     for task in first:
         await _finish(task)
     # Sweeps first, within the grace period: their results are published and their
-    # offsets committed; only then are the engine's latch guards stopped.
+    # offsets committed; only then are the engine's latch guards stopped. The intake's
+    # run ends here: it lasts as long as the records' work it owns.
     kafka_s = _kafka_stop_s(daemon.kafka_watch)
     if not await _within(grace + kafka_s, daemon.intake.shutdown(grace)):
         await daemon.intake.close()  # leave now: what was not committed is replayed

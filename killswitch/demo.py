@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -60,6 +59,7 @@ from killswitch.keyfiles import ConfiguredKey, configured_keys, make_missing_key
 from killswitch.prometheus_text import metric_samples
 from killswitch.render import metrics_lines, status_lines, table
 from killswitch.simulator import EndpointFaults, Simulator, SimulatorServer
+from killswitch.tasks import cancel_and_wait, task_scope
 
 log = logging.getLogger(__name__)
 
@@ -243,13 +243,11 @@ def _header(out: TextIO, ctx: DemoContext, seeded: dict[str, int], options: Demo
 
 
 async def _wait_ready(task: asyncio.Task[None], ready: asyncio.Event) -> None:
-    waiter = asyncio.create_task(ready.wait())
-    try:
+    async with task_scope() as tasks:
+        waiter = tasks.create_task(ready.wait(), name="demo-ready")
         done, _ = await asyncio.wait(
             [task, waiter], timeout=_START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
         )
-    finally:
-        waiter.cancel()
     if task in done:
         task.result()  # raises what stopped the daemon
         raise RuntimeError("the daemon stopped during start-up")
@@ -262,9 +260,7 @@ async def _stop_daemon(task: asyncio.Task[None], stop: asyncio.Event) -> None:
     try:
         await asyncio.wait_for(asyncio.shield(task), _STOP_TIMEOUT_S)
     except TimeoutError:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
     except Exception:  # stopping must go on: the broker and simulator still need to stop
         log.exception("the daemon stopped with an error")
 
@@ -359,6 +355,8 @@ async def run_demo(
         report.metrics_url = ctx.metrics_url
         _header(out, ctx, report.seeded, options)
         ready, stop = asyncio.Event(), asyncio.Event()
+        # Owned by this block (stopped in its finally), not a task group's: a daemon that
+        # fails must reach _wait_ready as itself, not cancel the demo.
         daemon = asyncio.create_task(async_run(settings, ready_event=ready, stop_event=stop))
         try:
             await _wait_ready(daemon, ready)

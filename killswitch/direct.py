@@ -51,6 +51,7 @@ from killswitch.exitcodes import EXIT_NOT_DONE
 from killswitch.kafka.clients import make_producer
 from killswitch.kafka.outputs import Publisher
 from killswitch.render import dry_run_lines, summary_lines
+from killswitch.tasks import task_scope
 
 __all__ = [
     "AUDIT_SCHEMA",
@@ -122,24 +123,28 @@ async def run_direct(
         )
     except KeyLoadError as exc:
         raise ConfigError(str(exc)) from None
-    link = asyncio.create_task(_connect(kafka, direct.kafka_connect_timeout_s))
     states: list[HaltState] = []
-    try:
-        async with clients:
-            await _kill(
-                run,
-                _Sweeper(engine, {a.id: a.max_concurrency for a in accounts}),
-                clients,
-                requests,
-                states=states,
-                display=Display(out, tty=tty),
-            )
-        run.elapsed_s = loop.time() - started
-        records = [direct_record(r) for r in run.results]
-        run.audit_error = append_audit(audit_file, records)
-        await _publish(run, link, states, instance, kafka.topics)
-    finally:
-        await _close(link)
+    # Kafka is reached while the kill runs, in a task that does not outlive the kill.
+    async with task_scope() as tasks:
+        link = tasks.create_task(
+            _connect(kafka, direct.kafka_connect_timeout_s), name="direct-kafka-connect"
+        )
+        try:
+            async with clients:
+                await _kill(
+                    run,
+                    _Sweeper(engine, {a.id: a.max_concurrency for a in accounts}),
+                    clients,
+                    requests,
+                    states=states,
+                    display=Display(out, tty=tty),
+                )
+            run.elapsed_s = loop.time() - started
+            records = [direct_record(r) for r in run.results]
+            run.audit_error = append_audit(audit_file, records)
+            await _publish(run, link, states, instance, kafka.topics)
+        finally:
+            await _close(link)
     run.exit_code = board.exit_code()
     if run.latch_published is False and run.exit_code == 0:
         run.exit_code = EXIT_NOT_DONE  # asked to stay halted, and nobody can hold the latch
@@ -284,12 +289,18 @@ def append_audit(path: Path, records: Sequence[dict[str, Any]]) -> str | None:
 
 
 async def _connect(kafka: KafkaSettings, timeout_s: float) -> AIOKafkaProducer | str:
-    """A started producer, or why Kafka could not be reached within ``timeout_s``."""
-    producer = make_producer(kafka)
+    """A started producer, or why Kafka could not be reached within ``timeout_s``.
+
+    Never raises (but for a cancellation): it runs beside the kill in the kill's task
+    group, where a failure would cancel the kill; the kill goes on without Kafka."""
+    try:
+        producer = make_producer(kafka)
+    except Exception as exc:
+        return f"Kafka at {kafka.bootstrap_servers} not reachable ({type(exc).__name__})"
     try:
         async with asyncio.timeout(timeout_s):
             await producer.start()
-    except (KafkaError, TimeoutError, OSError) as exc:
+    except Exception as exc:
         with contextlib.suppress(Exception):
             await producer.stop()
         return f"Kafka at {kafka.bootstrap_servers} not reachable ({type(exc).__name__})"

@@ -103,8 +103,10 @@ class Readiness:
     ``stale_after_s``, no authentication refusal since its last good answer to a signed
     call, no redirect from any endpoint since that endpoint's last good answer (a
     redirect is a wrong ``base_url``: the endpoint that answered it, a cancel endpoint
-    or the server time, may not be called again until a kill needs it), and a pair list
-    from some source (without one a whole-account kill cannot run).
+    or the server time, may not be called again until a kill needs it), a pair list
+    from some source (without one a whole-account kill cannot run), and no refusal of
+    the exchange probe's listing since its last accepted one (the probe lists with the
+    engine's page size: a refused listing means every kill's listing is refused too).
     """
 
     accounts: tuple[str, ...]
@@ -117,6 +119,7 @@ class Readiness:
     # account -> endpoint -> the problem ("" for a redirect reported without its endpoint)
     _redirected: dict[str, dict[str, str]] = field(default_factory=dict)
     _no_pairs: dict[str, str] = field(default_factory=dict)  # account: why it has none
+    _listing_refused: dict[str, str] = field(default_factory=dict)  # account: why
 
     @classmethod
     def for_accounts(cls, accounts: Iterable[str], stale_after_s: float) -> Readiness:
@@ -170,6 +173,14 @@ class Readiness:
         else:
             self._no_pairs[account] = problem
 
+    def listing(self, account: str, problem: str | None) -> None:
+        """The exchange accepted (``problem`` None) or refused ``account``'s listing of
+        open orders as a kill would send it; ``problem`` says why."""
+        if problem is None:
+            self._listing_refused.pop(account, None)
+        else:
+            self._listing_refused[account] = problem
+
     def record_exchange(self, account: str, status: str, now: float, endpoint: str = "") -> None:
         """Feed one HTTP status and endpoint (as given to ``Observer.request_done``)."""
         answer = classify_answer(status)
@@ -210,6 +221,9 @@ class Readiness:
         no_pairs = self._no_pairs.get(account)
         if no_pairs is not None:
             return f"{account}: {no_pairs}"
+        refused = self._listing_refused.get(account)
+        if refused is not None:
+            return f"{account}: {refused}"
         last = self._last_ok.get(account)
         if last is None:
             return f"exchange: {account} no answer yet"

@@ -13,17 +13,18 @@ daemon sends nothing; so the daemon runs one :class:`ExchangeProbe` on its own
 exchange clients (the engine's, with their limiters) every ``exchange_stale_after_s /
 4`` (at most 30 s, :func:`probe_interval_s`): a clock sync, the pair list when the
 cached one is no longer fresh, and one signed read-only call per account (the first
-page of open orders on one pair). Its answers reach readiness and the metrics like any
-other call: a 200 proves the exchange answers and accepts the key, a 401/403 marks the
-account not ready. The exchange info it reads is a public call, signed only if the
-exchange refuses it unsigned (the client remembers): a refusal of the *signed* call is
-a refused key, which the probe hands to readiness itself, saying when the clock may be
-the cause (the clock offset could not be measured, see
-``ExchangeClient.auth_clock_hint``). Redirects need nothing here: the client reports
-every 3xx of every endpoint with its ``Location`` (``ReadinessObserver.redirected``).
-``killswitch check`` reads a first page too (:func:`first_page`), of the engine's
-``page_size`` orders (the probe's page is small, so it does not catch a page size
-the exchange refuses).
+page of open orders on one pair, of the engine's ``page_size`` orders, as a kill lists
+them). Its answers reach readiness and the metrics like any other call: a 200 proves
+the exchange answers and accepts the key, a 401/403 marks the account not ready, and
+so does any other refusal of the listing (a 400 for a page size the exchange does not
+take: every kill's listing would be refused the same way), with the exchange's reason.
+The exchange info it reads is a public call, signed only if the exchange refuses it
+unsigned (the client remembers): a refusal of the *signed* call is a refused key, which
+the probe hands to readiness itself, saying when the clock may be the cause (the clock
+offset could not be measured, see ``ExchangeClient.auth_clock_hint``). Redirects need
+nothing here: the client reports every 3xx of every endpoint with its ``Location``
+(``ReadinessObserver.redirected``).
+``killswitch check`` reads a first page too (:func:`first_page`), of the same size.
 """
 
 from __future__ import annotations
@@ -38,9 +39,15 @@ from prometheus_client import CollectorRegistry
 
 from killswitch.config import AccountSettings, DeadmanSource, MetricsSettings
 from killswitch.core.orders import SymbolInfo
-from killswitch.core.ports import AlertObserver, NullAlertObserver, NullObserver, Observer
+from killswitch.core.ports import (
+    AlertObserver,
+    EngineConfig,
+    NullAlertObserver,
+    NullObserver,
+    Observer,
+)
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.errors import AuthError, ExchangeError
+from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, RequestRejected
 from killswitch.health import HealthServer, Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
 
@@ -55,8 +62,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _PROBE_MAX_INTERVAL_S = 30.0
-# The probe's listing page: any answer proves the key is accepted; a small page is cheap.
-_PROBE_PAGE = 2
+# The engine's default page size (``engine.page_size``), for a probe built without one.
+_DEFAULT_PAGE = EngineConfig().page_size
 
 
 @dataclass
@@ -99,10 +106,12 @@ class ExchangeProbe:
 
     One round per account: a clock sync, the pair list (a request only when the cached
     one is no longer fresh) and the first page of open orders on the first pair (one
-    signed read-only request). It runs on the account's own clients, the engine's: its
-    requests go through the account's limiter, which is the only writer of that
-    account's ``killswitch_rate_limit_per_second``, and count against the one budget
-    the exchange keeps per key.
+    signed read-only request, of ``page_size`` orders: the engine's, so a page size the
+    exchange refuses makes the account not ready instead of failing the next kill). It
+    runs on the account's own clients, the engine's: its requests go through the
+    account's limiter, which is the only writer of that account's
+    ``killswitch_rate_limit_per_second``, and count against the one budget the exchange
+    keeps per key.
     """
 
     def __init__(
@@ -110,10 +119,13 @@ class ExchangeProbe:
         clients: Mapping[str, ExchangeClient],
         interval_s: float,
         readiness: Readiness | None = None,
+        page_size: int = _DEFAULT_PAGE,
     ) -> None:
         self._clients = clients
         self._interval = interval_s
         self._readiness = readiness
+        self._page_size = page_size
+        self._refused: dict[str, str] = {}  # account: why its last listing was refused
 
     async def probe(self, client: ExchangeClient) -> None:
         """One round for one account; the observer records what the exchange answered."""
@@ -124,7 +136,7 @@ class ExchangeProbe:
         try:
             pairs = await self._pairs(client)
             if pairs:
-                await first_page(client, pairs[0].symbol, limit=_PROBE_PAGE)
+                await self._list(client, pairs[0].symbol)
         except AuthError as exc:
             if self._readiness is not None:
                 hint = client.auth_clock_hint(exc.endpoint)
@@ -134,6 +146,33 @@ class ExchangeProbe:
             log.debug("exchange probe: %s", exc, extra=_extra(client))
         except Exception:  # a probe must never stop probing (nor the daemon)
             log.warning("exchange probe failed", exc_info=True, extra=_extra(client))
+
+    async def _list(self, client: ExchangeClient, symbol: str) -> None:
+        """The first page of open orders on ``symbol``, as a kill asks for it; readiness
+        and the log hear when the exchange refuses it (a 4xx other than an auth refusal
+        or a redirect, which readiness learns otherwise) and when it accepts it again."""
+        account = client.account
+        try:
+            await first_page(client, symbol, limit=self._page_size)
+        except RequestRejected as exc:
+            if not isinstance(exc, (AuthError, Redirected)):
+                self._listing_refused(account, exc)
+            raise
+        if self._refused.pop(account, None) is not None:
+            log.info("exchange probe: open orders listed again", extra=_extra(client))
+        if self._readiness is not None:
+            self._readiness.listing(account, None)
+
+    def _listing_refused(self, account: str, exc: RequestRejected) -> None:
+        problem = (
+            f"open orders refused at engine.page_size {self._page_size} "
+            f"({_without_prefix(exc)}): every kill's listing would be"
+        )
+        if self._refused.get(account) != problem:
+            log.warning(f"exchange probe: {problem}", extra={"account": account})
+        self._refused[account] = problem
+        if self._readiness is not None:
+            self._readiness.listing(account, problem)
 
     async def _pairs(self, client: ExchangeClient) -> list[SymbolInfo]:
         """The account's pairs; readiness learns whether it has any pair list at all

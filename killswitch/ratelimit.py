@@ -49,6 +49,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from killswitch.core.ports import RequestPriority
+from killswitch.tasks import cancel_and_wait
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -205,6 +206,8 @@ class RateLimiter:
         self._queues[priority].append(future)
         self._waiting += 1
         if self._pump_task is None:
+            # The limiter's own helper, not a task group's: it lives only while waiters
+            # queue (it ends when none is left), serves every caller, and close() stops it.
             self._pump_task = asyncio.create_task(self._pump(), name="ratelimit-pump")
         try:
             await future
@@ -235,9 +238,7 @@ class RateLimiter:
         """Stop the pump task (waiters still queued are cancelled)."""
         task = self._pump_task
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         for queue in self._queues:
             while queue:
                 queue.popleft().cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
@@ -60,6 +61,42 @@ def error_code(body: Any) -> str | None:
         code = body.get("error")
         if isinstance(code, str):
             return code
+    return None
+
+
+# Control and format characters (C0, C1, line/paragraph separators, zero-width and
+# bidirectional marks): an exchange's text must not break a log line or hide its content.
+_UNPRINTABLE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069]+"
+)
+# A long unbroken run of key-like characters: an API key, a signature or key material the
+# exchange might echo back. Words of an error message are far shorter.
+_TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]{24,}")
+REDACTED = "[redacted]"
+EXCHANGE_TEXT_MAX = 160
+
+
+def exchange_text(value: Any, limit: int = EXCHANGE_TEXT_MAX) -> str | None:
+    """The exchange's own error text (an ``error`` or ``message`` field), fit to be shown
+    in a reason or a log line; None when it is not a non-empty string.
+
+    It is the exchange's answer, not ours, but it may echo what we sent: control
+    characters become spaces, whitespace runs one space, every run of 24 or more
+    key-like characters (a key or a signature) is replaced by ``[redacted]``, and the
+    text is cut at ``limit`` characters."""
+    if not isinstance(value, str):
+        return None
+    text = " ".join(_UNPRINTABLE.sub(" ", value).split())
+    text = _TOKEN.sub(REDACTED, text)
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    return text or None
+
+
+def error_message(body: Any) -> str | None:
+    """The ``message`` field of a flat JSON error body, cleaned by :func:`exchange_text`."""
+    if isinstance(body, (dict, Mapping)):
+        return exchange_text(body.get("message"))
     return None
 
 

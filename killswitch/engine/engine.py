@@ -455,6 +455,22 @@ class Engine:
         """The accounts currently halted (a copy)."""
         return dict(self._halts)
 
+    async def republish_halt(self, account: str) -> HaltState | None:
+        """Publish ``account``'s halt again as it is now (the state topic lost it: a
+        broker that came back empty); None when the account is not halted any more.
+
+        In order with every other state change (the same lock as :meth:`_emit`): a
+        release that lifted the latch first leaves nothing to publish, one that comes
+        later is published after this halt, so a stale halt never overwrites a release
+        this engine made. Unlike a latch change, a failing sink raises: the caller tries
+        again."""
+        async with self._state_lock:
+            state = self._halts.get(account)
+            if state is None or self._on_state is None:
+                return None
+            await self._on_state(state)
+            return state
+
     def refused_endpoints(self, account: str) -> frozenset[str]:
         """Bulk endpoints (``cancel_all``, ``cancel_batch``) the account's exchange refused."""
         return frozenset(self._refused.get(account, ()))

@@ -70,12 +70,15 @@ from killswitch import __version__
 from killswitch.config import AccountSettings
 from killswitch.core.orders import Order, OrderParseError, SymbolInfo
 from killswitch.core.outcomes import (
+    REDACTED,
     Outcome,
     RejectReason,
     Verdict,
     classify_cancel,
     classify_read,
     error_code,
+    error_message,
+    exchange_text,
     retry_after_s,
 )
 from killswitch.core.pairs import PairList, no_pair_list_reason
@@ -155,6 +158,8 @@ _SYNC_RETRY_S = 5.0
 # again: a burst of alerts while the exchange is down must not queue one full retry
 # budget each behind the lock.
 _INFO_RETRY_S = 5.0
+# An error code is one word ("invalid_request"); anything longer is not shown whole.
+_CODE_SHOWN_MAX = 64
 
 
 # -- pure pieces: request preparation, backoff, clock offset, paging --------------------
@@ -593,6 +598,9 @@ class ExchangeClient:
     def _start_sync(self) -> asyncio.Task[None]:
         task = self._sync_task
         if task is None:
+            # The client's own helper, not a task group's: a client has no lifetime block
+            # (``async with`` is optional), the sync is shared by every request waiting
+            # for it, and close() stops it.
             task = asyncio.create_task(self._refresh_clock(), name=f"clock-sync-{self._account}")
             self._sync_task = task
         return task
@@ -894,7 +902,8 @@ class ExchangeClient:
             "account": self._account,
             "endpoint": call.endpoint,
         }
-        what = f"HTTP {status}" + (f" {code}" if code else "")
+        shown = exchange_text(code, _CODE_SHOWN_MAX)
+        what = f"HTTP {status}" + (f" {shown}" if shown else "")
         if 300 <= status < 400:
             location = _shown_location(answer.location)
             raise Redirected(
@@ -907,11 +916,24 @@ class ExchangeClient:
         if _is_auth_failure(status, body):
             hint = clock_hint(call.endpoint, synced=self._synced, sync_error=self._sync_error)
             raise AuthError(f"authentication refused ({what}){hint}", **kw)
+        what += self._exchange_says(body)
         if status == 404:
             raise NotFound(f"not found ({what})", **kw)
         if status == 400 and code == "invalid_request":
             raise InvalidRequest(f"invalid request ({what})", **kw)
         raise RequestRejected(f"request rejected ({what})", **kw)
+
+    def _exchange_says(self, body: Any) -> str:
+        """``": <the exchange's message>"`` for a rejection's reason, or nothing: the
+        exchange's words say what was wrong ("limit must be within [1, 50]"). Cleaned
+        (:func:`~killswitch.core.outcomes.exchange_text`) and without this account's API
+        key, in case the exchange echoes it."""
+        message = error_message(body)
+        if message is None:
+            return ""
+        if self._api_key:
+            message = message.replace(self._api_key, REDACTED)
+        return f": {message}"
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -33,6 +33,10 @@ assignment it first lets the results reader catch up, so results published by th
 previous owner are known. After every change of the
 assignment (and before leaving the group) ``on_assignment`` runs, once
 :attr:`Intake.assignment` reflects it: the daemon moves latch guards with it.
+
+Lifetime: :meth:`Intake.run` owns every task of the intake (the poll, records' and
+groups' work, the committer, pair-list fetches) in one task group; a revocation reaches the
+revoked partitions' work through an index by partition, which keeps no task alive.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections import Counter
@@ -91,7 +96,7 @@ from killswitch.kafka.forward import MAX_FORWARD_BYTES, decode_forward, encode_f
 from killswitch.kafka.outputs import Publisher
 from killswitch.kafka.ownership import owns
 from killswitch.kafka.readers import ResultsIndex
-from killswitch.tasks import cancel_and_wait
+from killswitch.tasks import task_scope
 from killswitch.triggers import TriggerVerifier
 
 log = logging.getLogger(__name__)
@@ -105,7 +110,7 @@ _POLL_MS = 100
 _HELD_POLL_MS = 10
 # Records are taken up for at most this long before the rest of the event loop (sweeps,
 # publishing, the Kafka client) gets a turn.
-_SLICE_S = 0.002
+SLICE_S = 0.002
 # Most records of one lane taken up as one run (see Intake._accept_run): a storm's
 # alerts for an account then share one join to its sweep and one task. Bounded so a
 # run's parsing stays within about a slice.
@@ -133,6 +138,9 @@ class IntakeConfig:
     limits: IntakeSettings
     default_deadline_s: float
     revoke_drain_s: float
+    # How long one turn of taking up records may last (tests lengthen it to make a run's
+    # grouping independent of the machine's speed).
+    slice_s: float = SLICE_S
 
     @classmethod
     def from_sections(
@@ -214,6 +222,15 @@ class _Interrupted(Exception):
     """The engine stopped a request because the daemon is shutting down."""
 
 
+async def _logged(work: Coroutine[Any, Any, None]) -> None:
+    """A record's (or group's) handling: a failure, a bug in this module, is logged here
+    so that the run's task group does not cancel the other records' work for it."""
+    try:
+        await work
+    except Exception:
+        log.exception("alert handling failed")
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     def __init__(self, intake: Intake) -> None:
         self._intake = intake
@@ -255,16 +272,22 @@ class Intake:
         # Per account: scope pairs are checked against these before any request.
         self._pairs = pairs
         self._pair_errors: dict[str, str] = {}  # why an account has no pair list
-        self._pair_fetches: dict[str, asyncio.Task[None]] = {}  # running, per account
+        self._pair_fetches: dict[str, asyncio.Task[None]] = {}  # running, per account (in run)
         self._on_consuming = on_consuming or (lambda consuming: None)
         self._on_assignment = on_assignment
         self._clock = clock
         self._lag_reported_at = 0.0
         self._consumer: AIOKafkaConsumer | None = None
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        # The task handling each record (or group of records, see _accept_run): the
-        # partition they came from and how many records it holds.
-        self._tasks: dict[asyncio.Task[None], tuple[TopicPartition, int]] = {}
+        # The run's task group (see run): every task of the intake is one of its tasks.
+        self._group: asyncio.TaskGroup | None = None
+        self._over = asyncio.Event()  # the run may end: stopped and idle, or cut short
+        self._run_ended = asyncio.Event()  # no run is going on
+        self._run_ended.set()
+        # The tasks handling records (one per record or group of records, see
+        # _accept_run) by the partition they came from: what a revocation waits for
+        # and cancels. Their lifetime is the run's.
+        self._work: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._records_running = 0  # records held by those tasks
         # Records read and not taken up yet; lane = (topic, record key as text).
         self._backlog: FairLanes[_Lane, tuple[TopicPartition, ConsumerRecord[Any, Any]]]
@@ -280,7 +303,6 @@ class Intake:
         self._stopping = False
         self._commit_wanted = asyncio.Event()
         self._commit_lock = asyncio.Lock()
-        self._committer: asyncio.Task[None] | None = None
         self._assigned: set[TopicPartition] = set()
         self.committed_total = 0  # commits done (tests and diagnostics)
 
@@ -352,13 +374,38 @@ class Intake:
         # the assignment hook reads the consumer's metadata.
         self._consumer = consumer
         await consumer.start()
-        self._committer = asyncio.create_task(self._commit_loop(), name="intake-committer")
         routing = await self.routing_problem()
         if routing is not None:
             log.warning("manual triggers not routed to the owner", extra={"problem": routing})
 
     async def run(self) -> None:
-        """Consume until :meth:`stop` is called. A bad message never ends this loop."""
+        """Consume until :meth:`stop` is called, then wait for the records taken up to be
+        handled; :meth:`shutdown` (once its grace is over), :meth:`abandon` and
+        :meth:`close` end the run sooner.
+
+        The run is the lifetime of the intake's tasks (the poll, each record's or group's
+        handling, the committer, pair-list fetches): they are tasks of its task group, and those
+        still running when it ends are cancelled with it, so none outlives it. A bad
+        message never ends the run."""
+        if not self._run_ended.is_set():
+            raise RuntimeError("the intake is running already")
+        self._run_ended.clear()
+        self._over.clear()
+        self._check_over()
+        try:
+            async with task_scope() as group:
+                self._group = group
+                group.create_task(self._commit_loop(), name="intake-committer")
+                # Polling in a task of its own: ending the run cancels a poll under way
+                # rather than wait for it (the records it brings are not taken up).
+                group.create_task(self._consume(), name="intake-poll")
+                await self._over.wait()
+        finally:
+            self._group = None
+            self._run_ended.set()
+
+    async def _consume(self) -> None:
+        """Read records and take them up until :meth:`stop` is called (a task of the run)."""
         consumer = self.consumer
         while not self._stopping:
             try:
@@ -387,9 +434,16 @@ class Intake:
                 log.exception("consumer lag not reported")
 
     def stop(self) -> None:
-        """Stop taking new alerts (running work continues; see :meth:`shutdown`)."""
+        """Stop taking new alerts (running work continues; see :meth:`shutdown`): the run
+        ends once it is over."""
         self._stopping = True
         self._on_consuming(False)
+        self._check_over()
+
+    def _check_over(self) -> None:
+        """Stopped with no record being handled: the run may end."""
+        if self._stopping and not self._work:
+            self._over.set()
 
     def _report_lag(self) -> None:
         """Records behind per partition (high watermark - commit position), once a second."""
@@ -404,45 +458,43 @@ class Intake:
                 self._observer.consumer_lag(tp.topic, tp.partition, highwater - position)
 
     async def abandon(self) -> None:
-        """Stop now (a second stop signal): cancel every record still being handled.
+        """Stop now (a second stop signal): end the run, cancelling every record still
+        being handled, and wait for it to end.
 
         Nothing more is published for them and their offsets stay uncommitted, so the
         next owner of the partitions replays them. Call before the engine is closed: a
         sweep cut short must not reach a record task that would publish it as final."""
-        self.stop()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._end_run()
 
     async def shutdown(self, grace_s: float) -> None:
-        """Let running work finish within ``grace_s``, commit what completed, leave the group."""
+        """Let running work finish within ``grace_s`` (the run ends), commit what
+        completed, leave the group."""
         self.stop()
-        pending = list(self._tasks)
-        if pending:
-            await asyncio.wait(pending, timeout=grace_s)
-        leftovers = list(self._tasks)
-        for task in leftovers:
-            task.cancel()
-        if leftovers:
-            log.warning("work interrupted by shutdown", extra={"records": len(leftovers)})
-            await asyncio.gather(*leftovers, return_exceptions=True)
+        try:
+            async with asyncio.timeout(grace_s):
+                await self._run_ended.wait()
+        except TimeoutError:
+            log.warning("work interrupted by shutdown", extra={"records": self._records_running})
+        await self._end_run()
         await self._commit()
         await self.close()
 
+    async def _end_run(self) -> None:
+        """Stop, end the run now (its tasks still running are cancelled) and wait for it."""
+        self.stop()
+        self._over.set()
+        await self._run_ended.wait()
+
     async def close(self) -> None:
-        """Leave the group without draining (start-up failed or already shut down)."""
+        """Leave the group without draining (start-up failed or already shut down); a run
+        still going on is ended first, as by :meth:`abandon`."""
         if self._assigned:
             # aiokafka does not call the revocation listener when the consumer stops:
             # give the partitions up here, before leaving the group (after which the
             # next owner may start guarding them).
             self._assigned.clear()
             await self._assignment_changed()
-        if self._committer is not None:
-            await cancel_and_wait(self._committer)
-            self._committer = None
-        for fetch in list(self._pair_fetches.values()):
-            await cancel_and_wait(fetch)
+        await self._end_run()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await stop_consumer(consumer)
@@ -483,10 +535,10 @@ class Intake:
         )
 
     def _take_up(self) -> bool:
-        """Take up waiting records, lane by lane, for at most :data:`_SLICE_S`.
+        """Take up waiting records, lane by lane, for at most ``slice_s`` (:data:`SLICE_S`).
 
         True when records not held are still waiting."""
-        deadline = time.monotonic() + _SLICE_S
+        deadline = time.monotonic() + self._config.slice_s
         while not self._stopping:
             taken = self._backlog.pop_run(self._held, self._run_room)
             if taken is None:
@@ -613,19 +665,35 @@ class Intake:
         self._spawn(tp, work)
 
     def _spawn(self, tp: TopicPartition, work: Coroutine[Any, Any, None], records: int = 1) -> None:
-        """Run the handling of ``records`` records of ``tp`` in a task of its own."""
-        task = asyncio.create_task(work)
-        self._tasks[task] = (tp, records)
+        """Run the handling of ``records`` records of ``tp`` in a task of the run's group,
+        indexed under ``tp`` for a revocation (see :meth:`_on_revoked`)."""
+        group = self._group
+        if group is None:
+            work.close()
+            raise RuntimeError("records are taken up only while the intake runs")
+        name = f"intake-{tp.topic}-{tp.partition}"
+        task = group.create_task(_logged(work), name=name)
+        self._work.setdefault(tp, set()).add(task)
         self._records_running += records
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(functools.partial(self._task_done, tp, records, work))
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        _, records = self._tasks.pop(task, (None, 0))
+    def _task_done(
+        self,
+        tp: TopicPartition,
+        records: int,
+        work: Coroutine[Any, Any, None],
+        task: asyncio.Task[None],
+    ) -> None:
+        # A task cancelled before its first step never started ``work``: closed here, as
+        # a task of ``work`` itself would have closed it (a no-op once it has run).
+        work.close()
+        tasks = self._work.get(tp)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self._work[tp]
         self._records_running -= records
-        if not task.cancelled():
-            exc = task.exception()
-            if exc is not None:  # a bug in this module: log it, the loop goes on
-                log.error("alert handling failed", exc_info=exc)
+        self._check_over()
         self._update_backpressure()
 
     async def _handle_large(
@@ -714,8 +782,13 @@ class Intake:
                 )
 
     def _start_pair_fetch(self, account: str) -> asyncio.Task[None]:
+        """A fetch of ``account``'s pair list in a task of the run's group: it may outlive
+        the record that asked (the next alert finds it running), not the run."""
         assert self._pairs is not None
         lister = self._pairs[account]
+        group = self._group
+        if group is None:
+            raise RuntimeError("pair lists are fetched only while the intake runs")
 
         async def fetch() -> None:
             try:
@@ -724,11 +797,14 @@ class Intake:
                 self._pair_errors[account] = str(exc)
             else:
                 self._pair_errors.pop(account, None)
-            finally:
-                self._pair_fetches.pop(account, None)
 
-        task = asyncio.create_task(fetch(), name=f"pairs-{account}")
+        def ended(task: asyncio.Task[None]) -> None:
+            if self._pair_fetches.get(account) is task:
+                del self._pair_fetches[account]
+
+        task = group.create_task(fetch(), name=f"intake-pairs-{account}")
         self._pair_fetches[account] = task
+        task.add_done_callback(ended)
         return task
 
     def _check_pairs(self, alert: Alert, requests: list[KillRequest]) -> PairVerdict:
@@ -1285,7 +1361,7 @@ class Intake:
             self._on_consuming(False)
         self._assigned -= gone
         await self._assignment_changed()
-        waiting = [t for t, (tp, _) in self._tasks.items() if tp in gone]
+        waiting = [task for tp in gone for task in self._work.get(tp, ())]
         if waiting:
             _, late = await asyncio.wait(waiting, timeout=self._config.revoke_drain_s)
             if late:

@@ -50,6 +50,38 @@ async def read_halt_states(
         await reader.close()
 
 
+async def read_last_states(
+    settings: KafkaSettings, topic: str, timeout_s: float = 60.0
+) -> dict[str, HaltState]:
+    """The last record of every account on the state topic, releases included (a
+    tombstone reads as a release at the time it is read)."""
+    consumer = make_reader(settings, _READER_WAIT_MS)
+    await consumer.start()
+    try:
+        return await _read_states(consumer, topic, timeout_s, keep_cleared=True)
+    finally:
+        await stop_consumer(consumer)
+
+
+async def _read_states(
+    consumer: AIOKafkaConsumer, topic: str, timeout_s: float, *, keep_cleared: bool
+) -> dict[str, HaltState]:
+    """Every partition of ``topic`` from the beginning to the end offsets found now, the
+    last record per account kept (``keep_cleared``: releases and tombstones too)."""
+    latest: dict[str, HaltState] = {}
+    parts = await all_partitions(consumer, topic)
+    consumer.assign(parts)
+    await consumer.seek_to_beginning(*parts)
+    targets = await consumer.end_offsets(parts)
+    async with asyncio.timeout(timeout_s):
+        while not await _positions_reached(consumer, targets):
+            batch = await consumer.getmany(timeout_ms=_POLL_MS)
+            for records in batch.values():
+                for rec in records:
+                    _fold_state(latest, rec.key, rec.value, None, keep_cleared=keep_cleared)
+    return latest
+
+
 StateApply = Callable[[HaltState], None]
 
 
@@ -75,17 +107,7 @@ class HaltStateReader:
         consumer = make_reader(self._settings, _READER_WAIT_MS)
         await consumer.start()
         self._consumer = consumer
-        latest: dict[str, HaltState] = {}
-        parts = await all_partitions(consumer, self._topic)
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        targets = await consumer.end_offsets(parts)
-        async with asyncio.timeout(timeout_s):
-            while not await _positions_reached(consumer, targets):
-                batch = await consumer.getmany(timeout_ms=_POLL_MS)
-                for records in batch.values():
-                    for rec in records:
-                        _fold_state(latest, rec.key, rec.value, None)
+        latest = await _read_states(consumer, self._topic, timeout_s, keep_cleared=False)
         return {account: s for account, s in latest.items() if s.halted}
 
     async def follow(self, stop: asyncio.Event, apply: StateApply) -> None:

@@ -100,7 +100,9 @@ class HttpProtocol(asyncio.Protocol):
         self._queue: deque[tuple[Request, bool] | _BadRequest] = deque()
         self._backlog = 0  # bytes received while an answer was pending
         self._failed = False  # the parser gave up: ignore whatever follows
-        self._waiting: asyncio.Task[None] | None = None  # answer being delayed
+        # The answer being delayed: the connection's own task (a protocol's callbacks have
+        # no block to hold a task group), cancelled when the connection closes.
+        self._waiting: asyncio.Task[None] | None = None
         self._closed = False
         self._reading_paused = False
         self._writing_paused = False
@@ -109,7 +111,7 @@ class HttpProtocol(asyncio.Protocol):
         self._head_bytes = 0  # URL and headers reported so far
         self._head_fed = 0  # bytes fed since the head began (over by one slice at most)
         self._url = b""
-        self._auth: dict[str, str] = {}
+        self._auth: list[str | None] = [None, None, None]  # api key, timestamp, signature
         self._body = b""
 
     # ------------------------------------------------------- asyncio callbacks
@@ -155,7 +157,8 @@ class HttpProtocol(asyncio.Protocol):
             self._fail(_BadRequest(400, _parser_message(exc)))
         if self._waiting is None:
             self._process()
-        self._update_reading()
+        if self._reading_paused or self._writing_paused or self._waiting is not None:
+            self._update_reading()
 
     def _feed(self, data: bytes) -> None:
         """Parse ``data``; requests completed go to the queue."""
@@ -174,21 +177,23 @@ class HttpProtocol(asyncio.Protocol):
         self._head_bytes = 0
         self._head_fed = 0
         self._url = b""
-        self._auth = {}
+        self._auth = [None, None, None]
         self._body = b""
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_head(len(url))
+        self._head_bytes += len(url)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _BadRequest(431, "request head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_HEAD_BYTES:
             raise _BadRequest(431, "request head too large")
         name = name.lower()
-        attr = _AUTH_HEADERS.get(name)
-        if attr is not None:
-            self._auth[attr] = value.decode("latin-1")
+        slot = _AUTH_HEADERS.get(name)
+        if slot is not None:
+            self._auth[slot] = value.decode("latin-1")
         elif name == b"content-length":
             # llhttp has checked its syntax and refused a second one.
             if len(value) > 9 or int(value) > MAX_BODY_BYTES:
@@ -212,14 +217,14 @@ class HttpProtocol(asyncio.Protocol):
         except UnicodeDecodeError:
             raise _BadRequest(400, "non-ASCII request line") from None
         path, _, query = target.partition("?")
-        method = self._parser.get_method().decode("ascii")
-        request = Request(method, path, query, self._body, **self._auth)
-        self._queue.append((request, self._parser.should_keep_alive()))
-
-    def _count_head(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > MAX_HEAD_BYTES:
-            raise _BadRequest(431, "request head too large")
+        parser = self._parser
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+        key, stamp, signature = self._auth
+        request = Request(
+            method, path, query, self._body, api_key=key, timestamp=stamp, signature=signature
+        )
+        self._queue.append((request, parser.should_keep_alive()))
 
     def _fail(self, error: _BadRequest) -> None:
         """Answer the requests parsed before the error, then the error, then close."""
@@ -309,21 +314,40 @@ class HttpProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or self._closed:
             return
-        head = b"%sContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n" % (
-            _status_line(status),
-            len(body),
-            b"Connection: close\r\n" if close else b"",
-            b"".join([b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers])
-            if headers
-            else b"",
-        )
-        transport.write(head + body)
+        if headers:
+            extra = b"".join([b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers])
+            head = _head(status, len(body), close) + extra
+            transport.write(b"%s\r\n%s" % (head, body))
+        else:
+            transport.write(_head(status, len(body), close) + b"\r\n" + body)
         if close:
             self._closed = True
             transport.close()
 
 
-_AUTH_HEADERS = {b"x-api-key": "api_key", b"x-timestamp": "timestamp", b"x-signature": "signature"}
+# Header name -> its slot in HttpProtocol._auth.
+_AUTH_HEADERS = {b"x-api-key": 0, b"x-timestamp": 1, b"x-signature": 2}
+# llhttp's method bytes -> str, without a decode per request.
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")}
+# (status, body length, close) -> the head up to its blank line. Bounded: listing
+# answers have many lengths; past the bound a head is built and not kept.
+_HEADS: dict[tuple[int, int, bool], bytes] = {}
+_HEADS_MAX = 4096
+
+
+def _head(status: int, length: int, close: bool) -> bytes:
+    """Status line, Content-Type, Content-Length and any Connection: close."""
+    key = (status, length, close)
+    head = _HEADS.get(key)
+    if head is None:
+        head = b"%sContent-Type: application/json\r\nContent-Length: %d\r\n%s" % (
+            _status_line(status),
+            length,
+            b"Connection: close\r\n" if close else b"",
+        )
+        if len(_HEADS) < _HEADS_MAX:
+            _HEADS[key] = head
+    return head
 
 
 def _parser_message(exc: httptools.HttpParserError) -> str:

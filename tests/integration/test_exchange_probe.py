@@ -4,6 +4,7 @@ shows that limiter's rate, never a rate of its own."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import httpx
@@ -65,3 +66,55 @@ async def test_only_the_accounts_limiter_moves_its_rate_gauge(
     assert gauges.keys() == rates.keys()
     for account, rate in rates.items():
         assert gauges[account] == pytest.approx(rate, abs=0.02 * ceilings[account]), account
+
+
+async def readyz_until(
+    http: httpx.AsyncClient, url: str, until: Callable[[httpx.Response], bool], timeout: float
+) -> httpx.Response:
+    """Poll ``/readyz`` until ``until(answer)`` holds; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not until(answer := await http.get(f"{url}/readyz")):
+        if loop.time() > deadline:
+            raise AssertionError(f"/readyz never as wanted: {answer.json()}")
+        await asyncio.sleep(0.05)  # polling a condition with a deadline
+    return answer
+
+
+async def test_a_page_size_the_exchange_refuses_makes_the_account_not_ready(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    """``engine.page_size`` 100 against an exchange that takes at most 50 per page: every
+    kill's listing would be refused, so the probe (listing as a kill does) makes every
+    account not ready, with the exchange's own words; once the exchange takes the page
+    size, ready again."""
+    async with exchange(ACCOUNTS, seed=8) as ex:
+        settings = daemon_settings(
+            kafka_bootstrap,
+            unique_name,
+            ex,
+            metrics={"enabled": True, "port": 0, "exchange_stale_after_s": 2.0},
+            engine={"page_size": 100},
+        )
+        await prepare_topics(settings)
+        ex.sim.max_page_limit = 50
+        async with daemon_in_process(settings) as run, httpx.AsyncClient() as http:
+            url = run.daemon.observability.url
+            assert url is not None
+
+            def refused(answer: httpx.Response) -> bool:
+                reasons = answer.json()["reasons"]
+                return len(reasons) == len(ACCOUNTS) and all("page_size" in r for r in reasons)
+
+            answer = await readyz_until(http, url(), refused, timeout=20)
+            assert answer.status_code == 503
+            for account, reason in zip(ACCOUNTS, sorted(answer.json()["reasons"]), strict=True):
+                assert reason.startswith(f"{account}: open orders refused at engine.page_size 100")
+                assert "limit must be within [1, 50]" in reason
+            for account in ACCOUNTS:
+                key = ex.keys[account][0]
+                assert ex.sim.count(key, "open_orders", 400) >= 1
+                assert ex.sim.count(key, "open_orders", 200) == 0
+
+            ex.sim.max_page_limit = 100
+            await readyz_until(http, url(), lambda a: a.status_code == 200, timeout=20)

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from killswitch.config import EngineSettings, Settings
+from killswitch.config import Settings
 from killswitch.daemon import Daemon
 from killswitch.kafka.ownership import account_partition
 from killswitch.simulator.testing import DoorServer
-from tests.support.exchange import Exchange, exchange
+from tests.support.exchange import Exchange, exchange, probe_shaped
 from tests.support.inprocess import (
     ACCOUNTS,
     SYMBOLS,
@@ -65,15 +65,19 @@ def owner(daemons: list[Daemon], account: str) -> int:
 
 
 def sweep_seqs(ex: Exchange, door: DoorServer, account: str) -> list[int]:
-    """Log entries of cancels and sweep listings (the engine's page size; the daemon's
-    exchange probe lists smaller pages) for ``account`` that came through ``door``."""
-    page = f"limit={EngineSettings().page_size}"
+    """Log entries of cancels and sweep listings for ``account`` that came through
+    ``door``: listings other than the exchange probe's (the first page of the first
+    pair, of the engine's page size too; a sweep's such page is not counted, its
+    cancels and other pages are)."""
     return [
         e.seq
         for e in ex.sim.request_log
         if e.seq in door.seqs
         and e.client == account
-        and (e.endpoint in CANCEL_ENDPOINTS or (e.endpoint == "open_orders" and page in e.query))
+        and (
+            e.endpoint in CANCEL_ENDPOINTS
+            or (e.endpoint == "open_orders" and not probe_shaped(ex.sim, e))
+        )
     ]
 
 

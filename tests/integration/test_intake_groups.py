@@ -4,14 +4,11 @@ after its result."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import pytest
 
-from killswitch.contracts import parse_alert
 from tests.support.intake import (
     FakeEngine,
     alert_message,
@@ -27,18 +24,10 @@ pytestmark = pytest.mark.integration
 Unique = Callable[[str], str]
 
 
-@pytest.fixture(autouse=True)
-def _warm_parse() -> None:
-    """Parse one alert first: the first parse in a process is slow enough to end a run at
-    its first record (a run stops at its 2 ms slice), which these tests do not test."""
-    parse_alert(
-        json.dumps(alert_message("warm-up")).encode(),
-        channel="alerts",
-        accounts=["mm-1"],
-        max_message_bytes=1 << 20,
-        max_order_ids=10,
-        now=datetime.now(UTC),
-    )
+# A turn of taking up records long enough that a run is never cut short by the
+# machine's speed (the default is 2 ms): which records form a group is then decided by
+# what the first poll brings, not by how fast this machine parses.
+SLICE = 1.0
 
 
 async def test_a_run_of_one_accounts_alerts_is_one_group_with_a_result_each(
@@ -53,7 +42,7 @@ async def test_a_run_of_one_accounts_alerts_is_one_group_with_a_result_each(
     engine = FakeEngine()
     async with (
         TopicCollector(kafka_bootstrap, topics.results) as results,
-        running_intake(settings, engine) as run,
+        running_intake(settings, engine, slice_s=SLICE) as run,
     ):
         await wait_for(lambda: len(results.finals()) == len(ids))
         await wait_for(lambda: run.intake.in_flight == 0)
@@ -77,7 +66,7 @@ async def test_a_repeat_inside_a_group_is_answered_duplicate(
     engine = FakeEngine()
     async with (
         TopicCollector(kafka_bootstrap, topics.results) as results,
-        running_intake(settings, engine) as run,
+        running_intake(settings, engine, slice_s=SLICE) as run,
     ):
         await wait_for(lambda: len(results.finals()) == 4)
         await wait_for(lambda: run.intake.in_flight == 0)
@@ -101,7 +90,7 @@ async def test_a_group_cut_off_by_a_shutdown_commits_nothing_and_is_replayed(
     engine.hold("mm-1")  # the group's sweep never ends: no result before the shutdown
     async with (
         TopicCollector(kafka_bootstrap, topics.results) as results,
-        running_intake(settings, engine, grace_s=0.2) as run,
+        running_intake(settings, engine, grace_s=0.2, slice_s=SLICE) as run,
     ):
         await wait_for(lambda: len(engine.calls) == len(ids))
         assert max(len(g) for g in engine.groups) > 1
@@ -112,7 +101,7 @@ async def test_a_group_cut_off_by_a_shutdown_commits_nothing_and_is_replayed(
     # The next owner (here: the same group again) replays the whole group.
     async with (
         TopicCollector(kafka_bootstrap, topics.results) as results,
-        running_intake(settings, FakeEngine()),
+        running_intake(settings, FakeEngine(), slice_s=SLICE),
     ):
         await wait_for(lambda: len(results.finals()) == len(ids))
         finals = (await results.to_end()).finals()
@@ -130,7 +119,7 @@ async def test_an_engine_error_inside_a_group_fails_that_alert_only(
     engine = FakeEngine(raise_for={"boom-1"})
     async with (
         TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
-        running_intake(settings, engine),
+        running_intake(settings, engine, slice_s=SLICE),
     ):
         await wait_for(lambda: len(results.finals()) == len(ids))
         by_id = {r["alert_id"]: r for r in (await results.to_end()).finals()}
@@ -152,13 +141,13 @@ async def test_a_group_still_running_after_the_drain_is_handed_over_and_replayed
     first.hold("mm-1")  # longer than the drain
     async with (
         TopicCollector(kafka_bootstrap, topics.results) as results,
-        running_intake(settings, first) as one,
+        running_intake(settings, first, slice_s=SLICE) as one,
     ):
         await wait_for(lambda: len(first.calls) == len(ids))
         assert max(len(g) for g in first.groups) > 1
         # A second member joins: the group still running after the drain is cancelled
         # (none of its records done) and its account handed over.
-        async with running_intake(settings, FakeEngine()) as two:
+        async with running_intake(settings, FakeEngine(), slice_s=SLICE) as two:
             await wait_for(lambda: first.handed_over == ["mm-1"], timeout=20)
             first.let_go("mm-1")
             # Whichever member has the partition now replays the group: one result each.
@@ -187,7 +176,7 @@ async def test_records_that_cannot_join_a_group_keep_their_place_in_the_run(
     engine = FakeEngine()
     async with (
         TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
-        running_intake(settings, engine) as run,
+        running_intake(settings, engine, slice_s=SLICE) as run,
     ):
         await wait_for(lambda: len(results.finals()) == len(messages))
         await wait_for(lambda: run.intake.in_flight == 0)

@@ -29,7 +29,7 @@ from killswitch.kafka.consumer import PAIR_FETCH_WAIT_S
 from killswitch.simulator import EndpointFaults, Simulator, SimulatorServer
 from killswitch.simulator.core import LogEntry
 from killswitch.simulator.testing import account_settings, register_test_client
-from tests.support.exchange import Exchange, exchange
+from tests.support.exchange import Exchange, exchange, probe_shaped
 from tests.support.inprocess import (
     ACCOUNTS,
     SYMBOLS,
@@ -54,20 +54,18 @@ Unique = Callable[[str], str]
 
 # Every exchange-info call fails (the client's retries included) while this is set.
 INFO_DOWN = EndpointFaults(error_rate=1.0, error_statuses=(503,))
-# The observability probe lists one short page per account; a sweep never asks for 2.
-_PROBE_QUERY = "limit=2"
 _PUBLIC = frozenset({"time", "exchange_info"})
 
 
 def _alert_requests(ex: Exchange, since: int) -> list[LogEntry]:
     """Requests on orders after ``since`` that a kill would make: not the public ones
     (the daemon's probes read time and pairs; that the check itself costs no request is
-    test_a_warm_pair_list_costs_no_request...), nor the readiness probe's short page."""
+    test_a_warm_pair_list_costs_no_request...), nor the readiness probe's page (the
+    first page of the first pair, which a kill's would look like)."""
     return [
         e
         for e in ex.sim.log_since(since)
-        if e.endpoint not in _PUBLIC
-        and not (e.endpoint == "open_orders" and _PROBE_QUERY in e.query)
+        if e.endpoint not in _PUBLIC and not probe_shaped(ex.sim, e)
     ]
 
 

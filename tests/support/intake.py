@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from killswitch.core.model import (
 )
 from killswitch.core.ports import PairLister, ResultSink
 from killswitch.kafka.clients import make_producer
-from killswitch.kafka.consumer import Intake, IntakeConfig
+from killswitch.kafka.consumer import SLICE_S, Intake, IntakeConfig
 from killswitch.kafka.outputs import Publisher
 from killswitch.kafka.readers import ResultsIndex
 from killswitch.triggers import TriggerVerifier
@@ -206,8 +207,10 @@ async def running_intake(
     grace_s: float = 5.0,
     dedup: DedupWindow | None = None,
     pairs: Mapping[str, PairLister] | None = None,
+    slice_s: float = SLICE_S,
 ) -> AsyncIterator[Running]:
-    """An Intake with its publisher and results index, consuming until the block exits."""
+    """An Intake with its publisher and results index, consuming until the block exits;
+    ``slice_s`` is its turn of taking up records (:attr:`IntakeConfig.slice_s`)."""
     engine = engine or FakeEngine()
     observer = RecordingObserver()
     dedup = dedup or DedupWindow(settings.intake.dedup_window)
@@ -219,10 +222,11 @@ async def running_intake(
     await index.catch_up(10)
     stop = asyncio.Event()
     index_task = asyncio.create_task(index.run(stop))
+    config = IntakeConfig.from_sections(
+        settings.kafka, settings.intake, settings.engine, (a.id for a in settings.accounts)
+    )
     intake = Intake(
-        IntakeConfig.from_sections(
-            settings.kafka, settings.intake, settings.engine, (a.id for a in settings.accounts)
-        ),
+        dataclasses.replace(config, slice_s=slice_s),
         settings.kafka,
         engine,
         publisher,
@@ -237,9 +241,10 @@ async def running_intake(
     try:
         yield Running(intake, engine, observer, dedup, task)
     finally:
-        intake.stop()
-        await task
-        await intake.shutdown(grace_s)
+        await intake.shutdown(grace_s)  # ends the run: its records' work is over
+        await asyncio.wait([task])  # ended (or cancelled by the test) by now
+        if not task.cancelled():
+            task.result()  # the run's own failure, if any
         stop.set()
         await index_task
         await index.close()

@@ -311,3 +311,17 @@ def test_an_account_without_any_pair_list_is_not_ready_until_it_has_one() -> Non
     assert not r.evaluate(20.0).ready
     r.pair_list("mm-2", None)
     assert r.evaluate(20.0).ready
+
+
+def test_a_refused_listing_is_not_ready_though_the_exchange_answers() -> None:
+    r = Readiness.for_accounts(["mm-1"], STALE)
+    r.set_consuming(True)
+    r.record_exchange("mm-1", "200", 10, "time")
+    r.record_exchange("mm-1", "400", 10, "open_orders")  # an answer: not stale
+    why = "open orders refused at engine.page_size 100 (...): every kill's listing would be"
+    r.listing("mm-1", why)
+    assert r.evaluate(11.0) == ReadyReport(False, (f"mm-1: {why}",))
+    r.record_exchange("mm-1", "200", 12, "open_orders")  # answers alone do not clear it
+    assert not r.evaluate(13.0).ready
+    r.listing("mm-1", None)
+    assert r.evaluate(13.0).ready

@@ -9,9 +9,17 @@ from email.utils import formatdate, parsedate_to_datetime
 
 import pytest
 
-from killswitch.exchange.signing import Signer, compact_json, generate_private_key, signing_payload
+from killswitch.exchange.signing import (
+    CurveName,
+    SignatureEncoding,
+    Signer,
+    compact_json,
+    generate_private_key,
+    signing_payload,
+    verify,
+)
 from killswitch.simulator import EndpointFaults, Simulator
-from killswitch.simulator.core import Reply, Request, parse_id, parse_query
+from killswitch.simulator.core import Reply, Request, parse_id, parse_query, signature_valid
 from killswitch.simulator.faults import Races, SlidingWindow, TokenBucket, decide
 from killswitch.simulator.model import Book, SimOrder
 
@@ -178,6 +186,33 @@ def test_bad_race_settings_are_refused() -> None:
         Races.from_dict({"spawn_on_cancel": 2})
     with pytest.raises(ValueError):
         Races.from_dict({"sometimes": 0.1})
+
+
+# ------------------------------------------------------------------ signatures
+
+
+@pytest.mark.parametrize("curve", ["P-256", "P-384", "secp256k1"])
+@pytest.mark.parametrize("encoding", ["base64-der", "hex-der", "base64-raw"])
+def test_signature_check_agrees_with_the_signing_module(
+    curve: CurveName, encoding: SignatureEncoding
+) -> None:
+    key = generate_private_key(curve)
+    public = key.public_key()
+    payload = b"1714440597515DELETE/coin/internal/v1/orderorder_id=5000000001&symbol=BTC_USDT"
+    good = Signer(key, encoding).sign(payload)
+    other = Signer(generate_private_key(curve), encoding).sign(payload)
+    cases = [
+        (payload, good),
+        (payload + b"x", good),  # one byte more than was signed
+        (payload[:-1], good),
+        (payload, other),  # another key's signature
+        (payload, good[:-4]),  # cut short
+        (payload, "not a signature"),
+        (payload, ""),
+    ]
+    verdicts = [signature_valid(public, p, sig, encoding) for p, sig in cases]
+    assert verdicts == [verify(public, p, sig, encoding) for p, sig in cases]
+    assert verdicts == [True, False, False, False, False, False, False]
 
 
 # ---------------------------------------------------------------------- parsing
