@@ -30,9 +30,10 @@ broker answers fetches only at the end of ``fetch_max_wait_ms``, so both
 distributions carry up to that much jitter; percentiles are compared, not pairs.
 
 ``--trace`` runs the daemon under ``bench/daemon_trace.py`` and prints the p50 of each
-step of its path (poll, parse, plan, engine start, listing written and read, cancel
-written), its poll -> DELETE beside the pipeline's record -> DELETE, and how often a
-new connection, clock sync or pair-list fetch fell inside an alert's window.
+step of the path most alerts took (poll, parse, plan, engine start, then the pair's
+cancel-all written; or, listing first, the listing written and read and the order's
+DELETE written), its poll -> DELETE beside the pipeline's record -> DELETE, and how often
+a new connection, clock sync or pair-list fetch fell inside an alert's window.
 
     python -m bench alert_latency [--alerts 400] [--blocks 4] [--transport http1]
         [--pipeline-poll getmany|getone] [--trace]
