@@ -6,10 +6,12 @@ exchange simulator served from this process, whose request handler is wrapped to
 stamp each cancel's arrival with this process's ``perf_counter`` (the producer's
 clock: both ends of the measurement are here).
 
-Per alert: seed one open order, produce a kill for its account, time until the
-simulator receives the DELETE for that order, then wait for the final result
-before the next one (no coalescing). The path includes one open-orders listing
-(the daemon has to find the order).
+Per alert: seed one open order, produce a kill for its account (scope: the order's
+pair), time until the simulator receives the first cancel that covers that order (a
+DELETE of the order, or of its pair: the cancel-all ``DELETE order/open?symbol=``),
+then wait for the final result before the next one (no coalescing). The daemon's
+default (``cancel_named_pairs_first``) sends the named pair's cancel-all before any
+listing; the pipeline lists the pair and cancels the order it finds.
 
 Baseline, same run, same fetch settings, in blocks interleaved with the daemon's
 (``--blocks``): a bare pipeline in its own spawned process, an aiokafka consumer
@@ -28,9 +30,10 @@ broker answers fetches only at the end of ``fetch_max_wait_ms``, so both
 distributions carry up to that much jitter; percentiles are compared, not pairs.
 
 ``--trace`` runs the daemon under ``bench/daemon_trace.py`` and prints the p50 of each
-step of its path (poll, parse, plan, engine start, listing written and read, cancel
-written), its poll -> DELETE beside the pipeline's record -> DELETE, and how often a
-new connection, clock sync or pair-list fetch fell inside an alert's window.
+step of the path most alerts took (poll, parse, plan, engine start, then the pair's
+cancel-all written; or, listing first, the listing written and read and the order's
+DELETE written), its poll -> DELETE beside the pipeline's record -> DELETE, and how often
+a new connection, clock sync or pair-list fetch fell inside an alert's window.
 
     python -m bench alert_latency [--alerts 400] [--blocks 4] [--transport http1]
         [--pipeline-poll getmany|getone] [--trace]
@@ -100,37 +103,50 @@ def _ms(values: list[float]) -> dict[str, float]:
 
 
 class CancelProbe:
-    """Wraps the simulator's handler: arrival time of the first cancel per order."""
+    """Wraps the simulator's handler: arrival time of the first cancel per order, which
+    is a DELETE of the order or a cancel-all of its pair by the order's owner."""
 
     def __init__(self, sim: Simulator) -> None:
         self.first: dict[int, float] = {}
         self.waiters: dict[int, asyncio.Event] = {}
+        self.pairs: dict[tuple[str, str], set[int]] = {}  # (API key, pair): expected ids
         inner = sim.handle
 
         def handle(request: Request) -> Any:
             if request.method == "DELETE" and request.path == CANCEL_PATH:
+                order_id = _param(request.query, "order_id")
+                if order_id is not None and order_id.isdigit():
+                    self._arrived(int(order_id), time.perf_counter())
+            elif request.method == "DELETE" and request.path == OPEN_PATH:
                 stamp = time.perf_counter()
-                order_id = _order_id(request.query)
-                if order_id is not None and order_id not in self.first:
-                    self.first[order_id] = stamp
-                    event = self.waiters.get(order_id)
-                    if event is not None:
-                        event.set()
+                symbol = _param(request.query, "symbol") or ""
+                for order_id in self.pairs.pop((request.api_key or "", symbol), set()):
+                    self._arrived(order_id, stamp)
             return inner(request)
 
         sim.handle = handle  # type: ignore[method-assign]
 
-    def expect(self, order_id: int) -> asyncio.Event:
+    def _arrived(self, order_id: int, stamp: float) -> None:
+        if order_id in self.first:
+            return
+        self.first[order_id] = stamp
+        event = self.waiters.get(order_id)
+        if event is not None:
+            event.set()
+
+    def expect(self, order_id: int, api_key: str, symbol: str) -> asyncio.Event:
+        """Wait for the first cancel of ``order_id`` (owned by ``api_key``, on ``symbol``)."""
         event = asyncio.Event()
         self.waiters[order_id] = event
+        self.pairs.setdefault((api_key, symbol), set()).add(order_id)
         return event
 
 
-def _order_id(query: str) -> int | None:
+def _param(query: str, name: str) -> str | None:
     for part in query.split("&"):
         key, _, value = part.partition("=")
-        if key == "order_id" and value.isdigit():
-            return int(value)
+        if key == name:
+            return value
     return None
 
 
@@ -418,7 +434,7 @@ class BarePipeline:
         out: list[float] = []
         for i in range(n + WARMUP):
             (order_id,) = sim.seed_orders(self.api_key, SYMBOL, 1)
-            arrived = probe.expect(order_id)
+            arrived = probe.expect(order_id, self.api_key, SYMBOL)
             value = str(i).encode()
             await _random_phase()
             start = time.perf_counter()
@@ -525,7 +541,7 @@ async def daemon_latency(
             parts = list(results.assignment())
             for i in range(n + WARMUP):
                 (order_id,) = sim.seed_orders(api_key, SYMBOL, 1)
-                arrived = probe.expect(order_id)
+                arrived = probe.expect(order_id, api_key, SYMBOL)
                 alert_id = f"{prefix}-{i}"
                 # The simulator serves the measured requests from this process: no fetch
                 # loop of ours runs beside it meanwhile (the pipeline's blocks have none;
@@ -708,7 +724,7 @@ def _print_latency(result: dict[str, Any]) -> None:
 # The daemon's path, stamped by bench/daemon_trace.py (``--trace``): (label, stamp name),
 # each the first such stamp after the step before. "fetched" and "polled" are the
 # last before the record is taken up (other readers fetch and poll too).
-TRACE_STEPS = (
+_TRACE_INTAKE = (
     ("aiokafka fetch answered", "fetched"),
     ("poll returned", "polled"),
     ("record taken up", "take_up"),
@@ -717,6 +733,20 @@ TRACE_STEPS = (
     ("engine start entered", "engine_start"),
     ("engine start returned", "engine_started"),
     ("sweep task running", "sweep_task"),
+)
+# The pair's cancel-all first (engine.cancel_named_pairs_first, the default).
+TRACE_STEPS_CANCEL_ALL = (
+    *_TRACE_INTAKE,
+    ("worker running", "worker"),
+    ("cancel_all called", "cancel_all_call"),
+    ("cancel-all signing", "sign"),
+    ("cancel-all signed", "signed"),
+    ("cancel-all bytes built", "request_bytes"),
+    ("cancel-all written", "write DELETE"),
+)
+# Listing first (the setting off, or a daemon before it): list, then cancel the order.
+TRACE_STEPS = (
+    *_TRACE_INTAKE,
     ("listing signing", "sign"),
     ("listing signed", "signed"),
     ("listing bytes built", "request_bytes"),
@@ -737,17 +767,29 @@ _BEFORE_TAKE_UP = {"fetched", "polled"}
 _COLD_PATH = ("connect", "clock_sync", "pairs_fetch")
 
 
-def _trace_alert(
+def _trace_path(
     events: list[tuple[str, float]], start: float, arrived: float
+) -> tuple[tuple[str, str], ...]:
+    """The steps of the path an alert took: cancel-all first when one was called before
+    the first cancel arrived, else listing first."""
+    pair_first = any(n == "cancel_all_call" and start <= t <= arrived for n, t in events)
+    return TRACE_STEPS_CANCEL_ALL if pair_first else TRACE_STEPS
+
+
+def _trace_alert(
+    events: list[tuple[str, float]],
+    start: float,
+    arrived: float,
+    steps: tuple[tuple[str, str], ...] = TRACE_STEPS,
 ) -> list[float] | None:
-    """One alert's stamps in :data:`TRACE_STEPS` order (None when one is missing)."""
+    """One alert's stamps in ``steps`` order (None when one is missing)."""
     window = [(name, t) for name, t in events if start <= t <= arrived + 0.005]
     take_up = next((t for name, t in window if name == "take_up"), None)
     if take_up is None:
         return None
     stamps: list[float] = []
     at = start
-    for _, want in TRACE_STEPS:
+    for _, want in steps:
         if want in _BEFORE_TAKE_UP:
             found = [t for name, t in window if name == want and at <= t <= take_up]
             t = found[-1] if found else None
@@ -763,14 +805,17 @@ def _trace_alert(
 def trace_figures(
     events: list[tuple[str, float]], windows: list[tuple[float, float]]
 ) -> dict[str, Any]:
-    """Per step: p50 of its time since the step before (µs) and since the produce (ms)."""
+    """Per step: p50 of its time since the step before (µs) and since the produce (ms),
+    over the alerts that took the most common path (cancel-all first or listing first)."""
+    paths = [_trace_path(events, start, arrived) for start, arrived in windows]
+    path = max((TRACE_STEPS_CANCEL_ALL, TRACE_STEPS), key=paths.count)
     alerts = [
         (start, arrived, stamps)
-        for start, arrived in windows
-        if (stamps := _trace_alert(events, start, arrived)) is not None
+        for (start, arrived), taken in zip(windows, paths, strict=True)
+        if taken == path and (stamps := _trace_alert(events, start, arrived, path)) is not None
     ]
     steps: list[dict[str, Any]] = []
-    labels = [("produce", None), *TRACE_STEPS, ("DELETE at the simulator", None)]
+    labels = [("produce", None), *path, ("DELETE at the simulator", None)]
     for i, (label, _) in enumerate(labels):
         if i == 0:
             continue
@@ -793,6 +838,8 @@ def trace_figures(
         if name in cold and any(start <= t <= arrived for start, arrived in windows):
             cold[name] += 1
     return {
+        "path": "cancel-all first" if path == TRACE_STEPS_CANCEL_ALL else "listing first",
+        "alerts_on_path": paths.count(path),
         "alerts_traced": len(alerts),
         "alerts": len(windows),
         "steps": steps,
@@ -803,8 +850,9 @@ def trace_figures(
 
 def _print_trace(trace: dict[str, Any]) -> None:
     print(
-        f"alert_latency trace: p50 per step of {trace['alerts_traced']} of "
-        f"{trace['alerts']} alerts (µs since the step before; ms since the produce)"
+        f"alert_latency trace ({trace['path']}, {trace['alerts_on_path']} of "
+        f"{trace['alerts']} alerts): p50 per step of {trace['alerts_traced']} traced "
+        "(µs since the step before; ms since the produce)"
     )
     for step in trace["steps"]:
         print(

@@ -114,6 +114,7 @@ def _install() -> None:
     _around(Sweep, "_take_page", None, "queued")
     _around_async(Sweep, "_worker", "worker", lambda r, a: None)
     _around_async(ExchangeClient, "cancel_order", "cancel_call", lambda r, a: None)
+    _around_async(ExchangeClient, "cancel_all", "cancel_all_call", lambda r, a: None)
     # What a cold path would add (expected never inside an alert's window): a new
     # connection, a clock sync, a pair-list fetch.
     _around_async(http1.Http1Transport, "_connect", "connect", lambda r, a: None)

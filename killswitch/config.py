@@ -324,6 +324,14 @@ class EngineSettings(_Section):
             " then how long one final listing of the pairs in scope may take; 0 = none"
         ),
     )
+    cancel_named_pairs_first: bool = Field(
+        True,
+        description=(
+            "auto: a kill naming whole pairs sends each pair's cancel-all before"
+            " listing it (one round trip sooner; a listing after it verifies); false:"
+            " list first, as for a whole-account kill"
+        ),
+    )
     exchange_info_ttl_s: float = Field(300.0, gt=0)
     http_transport: HttpTransport = Field(
         "http1", description="exchange client transport (one: HTTP/1.1, framing by llhttp)"
@@ -346,6 +354,7 @@ class EngineSettings(_Section):
             progress_interval_s=self.progress_interval_s,
             max_passes=self.max_passes,
             settle_grace_s=self.settle_grace_s,
+            cancel_named_pairs_first=self.cancel_named_pairs_first,
         )
 
 

@@ -7,6 +7,7 @@ calls them while it streams listings and fires cancels.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,6 +24,11 @@ EndpointName = Literal["cancel_all", "cancel_batch"]
 # Queue entry standing for "cancel every open order of this pair" (one cancel-all);
 # order ids are positive, so it never collides with one.
 WHOLE_PAIR = -1
+# Queue key of a named pair's cancel-all sent before any listing (see
+# :func:`cancel_pair_first`): nothing about its orders is known yet, and it is what the
+# alert asked for, so it goes before any order a listing queued (first in, first out
+# among named pairs).
+NAMED_PAIR_KEY: tuple[float, int] = (-math.inf, 0)
 # HTTP answers that mean the exchange does not serve an endpoint at all (the route or
 # the method does not exist), as opposed to refusing one request to it.
 ENDPOINT_REFUSED_STATUSES = frozenset({404, 405})
@@ -95,6 +101,35 @@ def cancel_whole_pair(
     if not whole_pairs(scope) or "cancel_all" in refused:
         return False
     return first_page >= page_size or in_scope_on_page >= 2
+
+
+def cancel_pair_first(
+    strategy: StrategyName,
+    scope: Scope,
+    *,
+    first_pass: bool,
+    enabled: bool = True,
+    refused: Iterable[str] = (),
+) -> bool:
+    """Strategy ``auto``: whether a pair the scope names gets its cancel-all before any
+    listing (the ``cancel_named_pairs_first`` setting, ``enabled``).
+
+    Only in a sweep's first pass (not a dry run, not a guard's listing: the caller's
+    ``first_pass``), only for whole pairs (a cancel-all cannot be narrowed), only for
+    pairs the scope names (a whole-account kill lists first: most of the exchange's pairs
+    are usually empty, and an empty first page costs one request where a cancel-all
+    and its verifying listing cost two), and only while the account's exchange serves
+    cancel-all. The pass does not list such a pair: the next pass's listing, begun
+    after the cancel-all's answer, verifies it.
+    """
+    return (
+        enabled
+        and first_pass
+        and strategy == "auto"
+        and scope.symbols is not None
+        and whole_pairs(scope)
+        and "cancel_all" not in refused
+    )
 
 
 def bulk_plan(

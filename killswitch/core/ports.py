@@ -39,6 +39,7 @@ class EngineConfig:
     progress_interval_s: float = 1.0
     max_passes: int = 50
     settle_grace_s: float = 2.0
+    cancel_named_pairs_first: bool = True
 
 
 @runtime_checkable

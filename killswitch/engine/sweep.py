@@ -11,10 +11,13 @@ Strategy ``auto`` (the default) spends the fewest requests: in every pass, a pai
 in scope whose first page is full or shows two or more orders becomes one cancel-all,
 queued under the priority key of the best order on that page, and the rest of the pair
 is not listed (the next pass's listing verifies); partial scopes go out as batch
-cancels. Ids a bulk cancel answers in ``fail`` (or in neither list) get per-order
-DELETEs. An endpoint the exchange does not serve (404/405 to the call as a whole) or
-redirects (3xx, never followed) is remembered for the account (``refused``, shared by
-its later sweeps) and the account falls back: cancel-all to batches, batches to
+cancels. In a sweep's first pass a pair the scope names (whole pairs) gets its
+cancel-all before any listing (``cancel_named_pairs_first``): the first cancel goes out
+one round trip sooner, and the next pass's listing verifies. Ids a bulk cancel answers
+in ``fail`` (or in neither list) get per-order DELETEs. An endpoint the exchange does
+not serve (404/405 to the call as a whole) or redirects (3xx, never followed) is
+remembered for the account (``refused``, shared by its later sweeps) and the account
+falls back: cancel-all to batches (a named pair is then listed first), batches to
 per-order. A redirect is named in the result's reason, with its ``Location``.
 
 The deadline is soft for cancels already sent: at the deadline listings stop and
@@ -75,6 +78,7 @@ from killswitch.core.orders import Order
 from killswitch.core.outcomes import Outcome, RejectReason
 from killswitch.core.pairs import PairList, list_unchecked_reason
 from killswitch.core.planning import (
+    NAMED_PAIR_KEY,
     WHOLE_PAIR,
     CancelQueue,
     Next,
@@ -82,6 +86,7 @@ from killswitch.core.planning import (
     PriorityKey,
     StrategyName,
     bulk_plan,
+    cancel_pair_first,
     cancel_whole_pair,
     effective_strategy,
     endpoint_refused,
@@ -158,6 +163,8 @@ class _Pass:
     gen: int
     tg: asyncio.TaskGroup
     strategy: StrategyName
+    first: bool = False  # the sweep's first pass that cancels (see cancel_pair_first)
+    starting: bool = True  # its first producers are being made (see Sweep._run_pass)
     queue: CancelQueue = field(default_factory=CancelQueue)
     singles: deque[tuple[str, int]] = field(default_factory=deque)
     symbols: set[str] = field(default_factory=set)
@@ -240,6 +247,10 @@ class Sweep:
         self._unanswered_listings = 0  # passes in a row (see MAX_UNANSWERED_LISTINGS)
         self._unanswered_pass = 0  # the last pass counted in _unanswered_listings
         self._pairs: set[str] = set()  # every pair in scope a pass set out to list or cancel
+        # An alert whose pairs were never checked against the exchange's pair list: a
+        # named pair may not exist, and a refused cancel-all of it (404) would read as
+        # "no cancel-all here" for the whole account. Such sweeps list first.
+        self._unchecked_pairs = False
         self._settle_wanted = False  # ended with orders possibly open: list once more
         self._soft: set[asyncio.Timeout] = set()  # listings that stop at the deadline
         # Set by hand_over: the account moved to another daemon; no final results here.
@@ -278,6 +289,8 @@ class Sweep:
                 future=loop.create_future(),
             )
             tickets.append(ticket)
+            if request.unchecked_pairs is not None:
+                self._unchecked_pairs = True
             if scope is None:
                 scope = request.scope
             elif request.scope != scope:
@@ -413,12 +426,9 @@ class Sweep:
                 self.accepting = False
             gen = self.gen
             self.ledger.new_pass()
-            strategy = effective_strategy(
-                self.settings.strategy,
-                self.scope,
-                first_pass=self.passes == 1 and not self.list_first and not self.dry_run,
-            )
-            p = await self._run_pass(strategy, gen)
+            first_pass = self.passes == 1 and not self.list_first and not self.dry_run
+            strategy = effective_strategy(self.settings.strategy, self.scope, first_pass=first_pass)
+            p = await self._run_pass(strategy, gen, first_pass)
             summary = PassSummary(
                 listed=strategy != "symbol" and p.complete,
                 found=self.ledger.seen_count(),
@@ -463,10 +473,10 @@ class Sweep:
             self.accepting = False
             return
 
-    async def _run_pass(self, strategy: StrategyName, gen: int) -> _Pass:
+    async def _run_pass(self, strategy: StrategyName, gen: int, first_pass: bool) -> _Pass:
         symbols = await self._symbols()
         async with asyncio.TaskGroup() as tg:
-            p = _Pass(self.passes, gen, tg, strategy)
+            p = _Pass(self.passes, gen, tg, strategy, first_pass)
             p.complete = symbols is not None  # pairs unknown: this pass cannot verify
             self._pass = p
             first: Coroutine[Any, Any, None] | None = None
@@ -480,8 +490,15 @@ class Sweep:
                     tg.create_task(job, name=f"{self.name}-{symbol}")
             # Workers start when there is work (see _want_workers), and the first
             # producer runs in this task: the first request goes out without waiting
-            # for a task switch, behind whatever else the event loop has queued.
-            p.open = p.producers > 0  # no work yet: the last producer closes the pass
+            # for a task switch, behind whatever else the event loop has queued. Named
+            # pairs' cancel-alls (no producer): this task is their first worker.
+            p.starting = False
+            if first is None and len(p.queue):
+                p.workers += 1
+                first = self._worker(p)
+                self._want_workers(p)  # the others, up to the account's concurrency
+            # No work yet: the last producer (or worker) closes the pass.
+            p.open = p.producers > 0 or p.workers > 0
             if first is not None:
                 await first
         self._pass = None
@@ -557,6 +574,9 @@ class Sweep:
             return None
         p.symbols.add(symbol)
         self._pairs.add(symbol)
+        if self._pair_first(p, symbol):
+            self._queue_pair(p, symbol)
+            return None
         p.producers += 1
         if p.strategy == "symbol":
             return self._cancel_all(p, symbol)
@@ -590,6 +610,28 @@ class Sweep:
         p.wake.set()
         if p.producers == 0 and p.workers == 0:
             p.open = False  # nothing queued and nobody left to queue it: the pass ends
+
+    def _pair_first(self, p: _Pass, symbol: str) -> bool:
+        """Strategy ``auto``: whether this named pair's cancel-all goes before its listing."""
+        assert self.scope is not None
+        return symbol not in p.no_bulk and cancel_pair_first(
+            p.strategy,
+            self.scope,
+            first_pass=p.first and not self._unchecked_pairs,
+            enabled=self.settings.cancel_named_pairs_first,
+            refused=self.refused,
+        )
+
+    def _queue_pair(self, p: _Pass, symbol: str) -> None:
+        """Queue a named pair's cancel-all before any listing (:meth:`_cancel_pair` sends
+        it and handles its answer; a refusal lists the pair in this pass). This pass does
+        not list the pair, so it cannot verify: the next pass's listing does."""
+        p.bulk[symbol] = []
+        p.queue.push(NAMED_PAIR_KEY, WHOLE_PAIR, symbol)
+        p.complete = False
+        if not p.starting:  # at the start of the pass, _run_pass starts the workers
+            self._want_workers(p)
+        p.wake.set()
 
     async def _list_symbol(self, p: _Pass, symbol: str) -> None:
         ledger = self.ledger
@@ -862,7 +904,8 @@ class Sweep:
         self._hand_back(p, symbol, retry, result.attempts)
 
     async def _cancel_pair(self, p: _Pass, symbol: str) -> None:
-        """Strategy ``auto``: one cancel-all for a pair queued by :meth:`_whole_pair`."""
+        """Strategy ``auto``: one cancel-all for a pair queued by :meth:`_whole_pair` (with
+        its first page's orders) or by :meth:`_queue_pair` (none known yet)."""
         ledger = self.ledger
         entries = p.bulk.pop(symbol, [])
         if "cancel_all" in self.refused:  # refused since this pair was queued

@@ -545,6 +545,63 @@ async def test_auto_refused_cancel_all_falls_back_and_is_remembered(
     assert first.reason is None or "cancel-all refused" in first.reason
 
 
+SWEEP_ENDPOINTS = frozenset({"open_orders", "cancel", "cancel_batch", "cancel_all"})
+
+
+def sweep_log(env: Env, since: int = 0) -> list[LogEntry]:
+    """The sweep's own requests (listings and cancels), in the order the simulator took them."""
+    return [e for e in env.log(since=since) if e.endpoint in SWEEP_ENDPOINTS]
+
+
+async def test_auto_named_pair_kill_cancels_first_and_is_flat_only_after_a_listing(
+    env: Env, engines: Engines
+) -> None:
+    btc = env.seed(40, ["BTC_USDT"])
+    others = env.seed(40, ["ETH_USDT"])
+    env.sim.set_races(lose_cancel=0.3)  # CANCEL_SENT, yet some orders stay open
+    async with env.client() as (client, probe):
+        engine = await engines(Engine({ACCOUNT: client}, auto_settings()))
+        result = await engine.submit(kill(symbols={"BTC_USDT"}), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert env.open_ids() == others  # only the named pair
+    requests = sweep_log(env)
+    first = requests[0]
+    assert (first.endpoint, first.query) == ("cancel_all", "symbol=BTC_USDT")
+    # flat was proven by a listing the simulator took after the last cancel it answered
+    last_cancel = max(e.seq for e in requests if e.endpoint != "open_orders")
+    assert requests[-1].endpoint == "open_orders"
+    assert requests[-1].seq > last_cancel
+    assert {o.order_id for o in result.orders} == btc
+    assert result.counts.sent == len(btc)
+    assert_accounted(result)
+    assert probe.overlaps == 0
+
+
+async def test_auto_named_pair_refused_cancel_all_lists_first_and_is_remembered(
+    env: Env, engines: Engines
+) -> None:
+    env.seed(60, ["BTC_USDT", "ETH_USDT"])
+    env.sim.set_faults(EndpointFaults(error_rate=1.0, error_statuses=(404,)), "cancel_all")
+    async with env.client() as (client, _):
+        engine = await engines(Engine({ACCOUNT: client}, auto_settings()))
+        first = await engine.submit(kill("first", symbols={"BTC_USDT"}), no_progress)
+        since = env.sim.last_seq
+        second = await engine.submit(kill("second", symbols={"ETH_USDT"}), no_progress)
+        await engine.close(1.0)
+    assert (first.status, second.status) == (SweepStatus.FLAT, SweepStatus.FLAT)
+    assert env.open_ids() == set()
+    assert [e.endpoint for e in sweep_log(env)[:2]] == ["cancel_all", "open_orders"]
+    assert first.reason is not None
+    assert "cancel-all refused" in first.reason
+    later = sweep_log(env, since)
+    assert later[0].endpoint == "open_orders"  # remembered: the second kill lists first
+    assert "cancel_all" not in {e.endpoint for e in later}
+    assert first.counts.sent == second.counts.sent == 60
+    assert_accounted(first)
+    assert_accounted(second)
+
+
 async def test_cancels_answered_too_late_end_sent_not_failed(env: Env, engines: Engines) -> None:
     seeded = env.seed(10, ["BTC_USDT"])
     # The exchange cancels, the answer never comes back; at 1 attempt the client gives up.

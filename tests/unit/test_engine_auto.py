@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 
 from killswitch.core.model import SweepStatus
 from killswitch.core.orders import Side
@@ -256,3 +257,124 @@ async def test_without_settle_grace_unanswered_cancels_fail(engines: Engines) ->
     assert result.counts.failed == 3
     # the only listing showed them and no answer said otherwise: still counted open
     assert result.residual_open == 3
+
+
+# ------------------------------------------------------- named pairs, cancel-all first
+
+
+async def test_a_kill_naming_pairs_cancels_them_before_any_listing(engines: Engines) -> None:
+    ex = FakeExchange(["A_USDT", "B_USDT", "C_USDT"])
+    seed(ex, 150)  # more than a page per pair
+    named = set(ex.books["A_USDT"]) | set(ex.books["B_USDT"])
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="auto"), concurrency=1))
+    result = await run(engine, request(symbols={"B_USDT", "A_USDT"}))
+    assert result.status is SweepStatus.FLAT
+    # one worker: the named pairs' cancel-alls in name order, then the verifying listings
+    assert ex.log == [
+        ("all", "A_USDT", ()),
+        ("all", "B_USDT", ()),
+        ("list", "A_USDT", ()),
+        ("list", "B_USDT", ()),
+    ]
+    assert ex.open_count() == 150  # C_USDT was not named
+    assert {o.order_id for o in result.orders} == named
+    assert result.counts.sent == 300
+    assert result.unlisted_pairs == []
+    assert_accounted(result)
+
+
+async def test_a_named_pair_is_flat_only_after_a_listing_that_followed_its_cancel_all(
+    engines: Engines,
+) -> None:
+    ex = Leftovers(["A_USDT"], {"A_USDT": 3})  # three orders appear after the cancel-all
+    seed(ex, 10)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="auto")))
+    result = await run(engine, request(symbols={"A_USDT"}))
+    assert result.status is SweepStatus.FLAT
+    assert ex.open_count() == 0
+    assert [kind for kind, _, _ in ex.log] == ["all", "list", "all", "list"]
+    assert result.counts.sent == 13
+    assert_accounted(result)
+
+
+async def test_an_empty_named_pair_costs_a_cancel_all_and_a_listing(engines: Engines) -> None:
+    ex = FakeExchange(["A_USDT"])
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="auto")))
+    result = await run(engine, request(symbols={"A_USDT"}))
+    assert result.status is SweepStatus.FLAT
+    assert [kind for kind, _, _ in ex.log] == ["all", "list"]
+    assert result.counts.resolved == 0
+
+
+async def test_ids_a_first_cancel_all_answers_in_fail_get_one_delete_each(
+    engines: Engines,
+) -> None:
+    ex = FakeExchange(["A_USDT"])
+    seeded = seed(ex, 20)
+    stubborn = set(sorted(seeded)[:3])
+    ex.batch_fail_ids = stubborn
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="auto")))
+    result = await run(engine, request(symbols={"A_USDT"}))
+    assert result.status is SweepStatus.FLAT
+    assert ex.log[0] == ("all", "A_USDT", ())
+    assert sorted(ids[0] for _, _, ids in ex.calls("cancel")) == sorted(stubborn)
+    assert {o.order_id for o in result.orders} == seeded  # every order, one outcome each
+    assert result.counts.sent == 20
+    assert_accounted(result)
+
+
+async def test_a_refused_first_cancel_all_lists_the_pair_at_once_and_is_remembered(
+    engines: Engines,
+) -> None:
+    ex = RefusingExchange(["A_USDT", "B_USDT"])
+    ex.refuse = {"cancel_all"}
+    seed(ex, 60)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="auto", batch_size=50)))
+    first = await engine.submit(request("first", symbols={"A_USDT"}), Progress())
+    assert first.status is SweepStatus.FLAT
+    assert ex.log[:2] == [("all", "A_USDT", ()), ("list", "A_USDT", ())]
+    assert ex.calls("batch")  # the fallback: batch cancels of the listed orders
+    assert first.counts.sent == 60
+    assert first.reason is not None
+    assert "cancel-all refused" in first.reason
+    assert_accounted(first)
+    calls = len(ex.log)
+    second = await engine.submit(request("second", symbols={"B_USDT"}), Progress())
+    await engine.close(1.0)
+    assert second.status is SweepStatus.FLAT
+    assert ex.log[calls] == ("list", "B_USDT", ())  # remembered: listed first
+    assert [c for c in ex.log[calls:] if c[0] == "all"] == []
+    assert second.counts.sent == 60
+
+
+async def test_with_the_setting_off_a_named_pair_is_listed_first(engines: Engines) -> None:
+    ex = FakeExchange(["A_USDT"])
+    seed(ex, 10)
+    config = settings(strategy="auto", cancel_named_pairs_first=False)
+    engine = await engines(Engine({ACCOUNT: ex}, config))
+    result = await run(engine, request(symbols={"A_USDT"}))
+    assert result.status is SweepStatus.FLAT
+    assert [kind for kind, _, _ in ex.log] == ["list", "all", "list"]
+
+
+async def test_a_dry_run_naming_a_pair_only_lists_it(engines: Engines) -> None:
+    ex = FakeExchange(["A_USDT"])
+    seed(ex, 10)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="auto")))
+    result = await run(engine, request(symbols={"A_USDT"}, dry_run=True))
+    assert result.status is SweepStatus.DRY_RUN
+    assert [kind for kind, _, _ in ex.log] == ["list"]
+    assert ex.open_count() == 10
+
+
+async def test_pairs_never_checked_against_the_pair_list_are_listed_first(
+    engines: Engines,
+) -> None:
+    ex = FakeExchange(["A_USDT"])
+    seed(ex, 10)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="auto")))
+    unchecked = replace(request(symbols={"A_USDT"}), unchecked_pairs="pair list unavailable")
+    result = await run(engine, unchecked)
+    assert result.status is SweepStatus.RESIDUAL  # never flat: the pairs were not checked
+    assert ex.log[0] == ("list", "A_USDT", ())
+    assert ex.open_count() == 0

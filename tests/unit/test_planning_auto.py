@@ -10,9 +10,11 @@ from killswitch.core.model import Scope
 from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome
 from killswitch.core.planning import (
+    NAMED_PAIR_KEY,
     WHOLE_PAIR,
     CancelQueue,
     bulk_plan,
+    cancel_pair_first,
     cancel_whole_pair,
     endpoint_refused,
 )
@@ -225,3 +227,61 @@ def test_skipped_is_never_counted() -> None:
     ledger.conclude(1, Outcome.SKIPPED)
     ledger.finalise()
     assert counted == []
+
+
+# ------------------------------------------------------- named pairs, cancel-all first
+
+
+BUYS_OF_A = Scope(symbols=frozenset({"A"}), sides=frozenset({Side.BUY}))
+ONE_OF_A = Scope(symbols=frozenset({"A"}), order_ids=frozenset({1}))
+
+
+@pytest.mark.parametrize(
+    ("strategy", "scope", "first_pass", "refused", "expected"),
+    [
+        ("auto", PAIR, True, (), True),  # "kill A on this account": cancel-all at once
+        ("auto", PAIR, False, (), False),  # later passes: list, then decide per page
+        ("auto", WHOLE, True, (), False),  # whole account: list the exchange's pairs
+        ("auto", BUYS_OF_A, True, (), False),  # a cancel-all would take the sells too
+        ("auto", ONE_OF_A, True, (), False),
+        ("auto", PAIR, True, ("cancel_all",), False),  # refused before: list first
+        ("auto", PAIR, True, ("cancel_batch",), True),
+        ("per_order", PAIR, True, (), False),
+        ("batch", PAIR, True, (), False),
+        ("symbol", PAIR, True, (), False),  # symbol has its own cancel-all pass
+    ],
+)
+def test_cancel_pair_first(
+    strategy: str, scope: Scope, first_pass: bool, refused: tuple[str, ...], expected: bool
+) -> None:
+    got = cancel_pair_first(
+        strategy,  # type: ignore[arg-type]
+        scope,
+        first_pass=first_pass,
+        refused=refused,
+    )
+    assert got is expected
+    off = cancel_pair_first(
+        strategy,  # type: ignore[arg-type]
+        scope,
+        first_pass=first_pass,
+        enabled=False,
+        refused=refused,
+    )
+    assert off is False  # the setting off: always list first
+
+
+def test_cancel_named_pairs_first_is_on_by_default_and_reaches_the_engine() -> None:
+    assert EngineSettings().cancel_named_pairs_first is True
+    off = EngineSettings(cancel_named_pairs_first=False).engine_config()
+    assert off.cancel_named_pairs_first is False
+
+
+def test_a_named_pairs_cancel_all_goes_before_orders_a_listing_queued() -> None:
+    queue = CancelQueue()
+    queue.push((-1e12, 0), 7, "B")  # the largest order a listing could show
+    queue.push(NAMED_PAIR_KEY, WHOLE_PAIR, "A")
+    queue.push(NAMED_PAIR_KEY, WHOLE_PAIR, "C")
+    assert queue.pop(50) == ("A", [WHOLE_PAIR])
+    assert queue.pop(50) == ("C", [WHOLE_PAIR])  # named pairs: first in, first out
+    assert queue.pop(50) == ("B", [7])
