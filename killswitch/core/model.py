@@ -41,11 +41,36 @@ class Scope:
             object.__setattr__(self, "order_ids", None)
 
     def widen(self, other: Scope) -> Scope:
-        """The union of two scopes (coalescing a second kill into a running sweep)."""
+        """Each field's union: a scope covering every order either covers, and possibly
+        more (BTC buys widened by all of ETH is both pairs' every side). For a halt, where
+        covering more errs on the side of the latch; a sweep joins by :meth:`union`."""
         return Scope(
             symbols=_union(self.symbols, other.symbols),
             sides=_union(self.sides, other.sides),
             order_ids=_union(self.order_ids, other.order_ids),
+        )
+
+    def union(self, other: Scope) -> Scope | None:
+        """The one scope covering exactly the orders either covers, or None when no
+        single scope can: a kill must not cancel what no alert asked for. Exact when one
+        contains the other or they differ in one field only."""
+        if self.contains(other):
+            return self
+        if other.contains(self):
+            return other
+        differing = (
+            (self.symbols != other.symbols)
+            + (self.sides != other.sides)
+            + (self.order_ids != other.order_ids)
+        )
+        return self.widen(other) if differing == 1 else None
+
+    def contains(self, other: Scope) -> bool:
+        """Whether every order ``other`` covers is covered by this scope."""
+        return (
+            _superset(self.symbols, other.symbols)
+            and _superset(self.sides, other.sides)
+            and _superset(self.order_ids, other.order_ids)
         )
 
     def covers(self, symbol: str, side: Side | None, order_id: int) -> bool:
@@ -64,6 +89,10 @@ class Scope:
         """Whether any order on ``symbol`` may be in this scope (a request for a whole
         pair, before its orders are known)."""
         return self.symbols is None or symbol in self.symbols
+
+
+def _superset(a: frozenset[_T] | None, b: frozenset[_T] | None) -> bool:
+    return a is None or (b is not None and a >= b)
 
 
 def _union(a: frozenset[_T] | None, b: frozenset[_T] | None) -> frozenset[_T] | None:

@@ -5,9 +5,11 @@
 - **One account, one sweep at a time.** Each account has a lock; a sweep runs in a
   task the engine owns (so a caller that gives up does not stop a sweep other alerts
   share). A kill for an account whose sweep is running *joins* it (the scope widens,
-  see :mod:`killswitch.engine.sweep`); if that sweep no longer accepts alerts, the kill
-  joins the next sweep waiting for the lock, or becomes it. Dry runs coalesce only
-  with dry runs. Every alert gets its own final result from its own ``submit`` call.
+  see :mod:`killswitch.engine.sweep`) when the two scopes unite into one that covers
+  nothing neither asked for (``Scope.union``: BTC's buys and all of ETH do not); else,
+  or if that sweep no longer accepts alerts, the kill joins the next sweep waiting for
+  the lock that can take it, or becomes one. Dry runs coalesce only with dry runs.
+  Every alert gets its own final result from its own ``submit`` call.
 - **Latch.** A kill with ``latch`` halts the account as soon as it is submitted (the
   state goes to the ``on_state`` sink before ``submit`` returns, so the alert's offset
   is committed only after its halt is published). While halted, a guard lists the
@@ -102,6 +104,23 @@ def _resolved(result: SweepResult) -> asyncio.Future[SweepResult]:
     return future
 
 
+def _uniting(
+    alerts: Sequence[tuple[KillRequest, ResultSink]],
+) -> list[tuple[list[tuple[KillRequest, ResultSink]], Scope]]:
+    """``alerts`` in runs, in order, whose scopes each unite exactly (:meth:`Scope.union`),
+    with each run's united scope: a storm's alerts of one scope are one run."""
+    parts: list[tuple[list[tuple[KillRequest, ResultSink]], Scope]] = []
+    for alert in alerts:
+        scope = alert[0].scope
+        united = parts[-1][1].union(scope) if parts else None
+        if united is None:
+            parts.append(([alert], scope))
+        else:
+            parts[-1][0].append(alert)
+            parts[-1] = (parts[-1][0], united)
+    return parts
+
+
 def _all_outcomes(
     futures: list[asyncio.Future[SweepResult]],
 ) -> asyncio.Future[list[SweepResult | BaseException]]:
@@ -153,12 +172,13 @@ class _Account:
     # The kill sweeps' tasks (owned by the engine's task group), to stop them by account.
     tasks: dict[Sweep, asyncio.Task[None]] = field(default_factory=dict)
 
-    def joinable(self, dry_run: bool) -> Sweep | None:
-        """The sweep a new alert should join: the running one, else the next waiting one."""
-        if self.running is not None and self.running.accepting and self.running.dry_run == dry_run:
-            return self.running
-        for sweep in reversed(self.waiting):
-            if sweep.accepting and sweep.dry_run == dry_run:
+    def joinable(self, dry_run: bool, scope: Scope) -> Sweep | None:
+        """The sweep a new alert should join: the running one, else the latest waiting
+        one, if it can take ``scope`` in without covering orders no alert asked for
+        (:meth:`Scope.union`); None: the alert needs a sweep of its own."""
+        candidates = [self.running] if self.running is not None else []
+        for sweep in [*candidates, *reversed(self.waiting)]:
+            if sweep.accepting and sweep.dry_run == dry_run and sweep.can_take(scope):
                 return sweep
         return None
 
@@ -275,7 +295,7 @@ class Engine:
         if self._closing:
             return _resolved(self._refusal(request, "the engine is shutting down"))
         account = self._account(request.account)
-        sweep = account.joinable(request.dry_run)
+        sweep = account.joinable(request.dry_run, request.scope)
         if sweep is None:
             sweep = self._new_sweep(client, dry_run=request.dry_run)
             account.waiting.append(sweep)
@@ -354,12 +374,27 @@ class Engine:
             refused.set_result([self._refusal(r, reason) for r, _ in alerts])
             return refused
         account = self._account(first.account)
-        sweep = account.joinable(first.dry_run)
+        tickets: list[Ticket] = []
+        for part, scope in _uniting(alerts):
+            tickets.extend(self._join_part(client, account, part, scope))
+        return _all_outcomes([t.future for t in tickets])
+
+    def _join_part(
+        self,
+        client: ExchangeAPI,
+        account: _Account,
+        part: Sequence[tuple[KillRequest, ResultSink]],
+        scope: Scope,
+    ) -> list[Ticket]:
+        """One join of alerts whose scopes unite into ``scope``: to the sweep that can
+        take it, else to a new sweep."""
+        first = part[0][0]
+        sweep = account.joinable(first.dry_run, scope)
         joined = sweep is not None
         if sweep is None:
             sweep = self._new_sweep(client, dry_run=first.dry_run)
             account.waiting.append(sweep)
-        tickets = sweep.attach_many(alerts)
+        tickets = sweep.attach_many(part)
         if not joined:
             task = self._spawn(self._run(account, sweep), f"sweep-{first.account}")
             account.tasks[sweep] = task
@@ -368,7 +403,7 @@ class Engine:
                 "alerts joined the running sweep",
                 extra={"account": first.account, "alerts": len(tickets)},
             )
-        return _all_outcomes([t.future for t in tickets])
+        return tickets
 
     async def release(self, request: KillRequest) -> SweepResult:
         """Lift the latch on ``request.account``: no more guard sweeps after this returns."""

@@ -134,6 +134,19 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _united(scope: Scope | None, scopes: Sequence[Scope]) -> Scope:
+    """``scope`` (None: a sweep no alert has joined yet) united with ``scopes`` in turn,
+    exactly (:meth:`Scope.union`); the alerts' own scopes first, as the engine grouped
+    them (:func:`killswitch.engine.engine._uniting`)."""
+    incoming: Scope | None = scopes[0]
+    for other in scopes[1:]:
+        incoming = incoming.union(other) if incoming is not None else None
+    joined = incoming if scope is None or incoming is None else scope.union(incoming)
+    if joined is None:
+        raise ValueError("alerts join a sweep only if their scopes unite exactly")
+    return joined
+
+
 class SweepStopped(Exception):
     """The sweep cannot go on for this account (auth refused, exchange unreachable)."""
 
@@ -260,6 +273,11 @@ class Sweep:
 
     # ----------------------------------------------------------------- tickets
 
+    def can_take(self, scope: Scope) -> bool:
+        """Whether an alert of ``scope`` may join: the sweep's scope and it unite into
+        one that covers no order neither asked for (:meth:`Scope.union`)."""
+        return self.scope is None or self.scope.union(scope) is not None
+
     def attach(self, request: KillRequest, progress: ResultSink | None) -> Ticket:
         """Add an alert to this sweep (widening its scope); returns its ticket."""
         return self.attach_many([(request, progress)])[0]
@@ -269,12 +287,12 @@ class Sweep:
         once for all of them); returns their tickets, in order."""
         if not self.accepting:
             raise RuntimeError("sweep no longer accepts alerts")
+        old = self.scope
+        scope = _united(old, [r.scope for r, _ in alerts])  # refused before any change
         loop = asyncio.get_running_loop()
         now = loop.time()
         wall = self.clock()
         self.gen += 1
-        old = self.scope
-        scope = old
         deadline = self.deadline
         tickets: list[Ticket] = []
         for request, progress in alerts:
@@ -291,10 +309,6 @@ class Sweep:
             tickets.append(ticket)
             if request.unchecked_pairs is not None:
                 self._unchecked_pairs = True
-            if scope is None:
-                scope = request.scope
-            elif request.scope != scope:
-                scope = scope.widen(request.scope)
             deadline = max(deadline, ticket.deadline)
         self.tickets.extend(tickets)
         self._awaiting_first_cancel += len(tickets)

@@ -13,6 +13,7 @@ import asyncio
 import pytest
 
 from killswitch.core.model import SweepResult, SweepStatus
+from killswitch.core.orders import Side
 from killswitch.core.ports import SweepHandedOver
 from killswitch.engine import Engine
 from tests.support.engine import Engines, FakeExchange, Progress, request, settings
@@ -93,4 +94,54 @@ async def test_a_group_mixing_accounts_or_a_latch_is_refused(engines: Engines) -
         engine.start_group([(request("a", latch=True), Progress())])
     unknown = await engine.start_group([(request("x", account="nope"), Progress())])
     assert [o.status for o in unknown if isinstance(o, SweepResult)] == [SweepStatus.FAILED]
+    await engine.close(1.0)
+
+
+async def test_a_kill_whose_scope_cannot_unite_with_the_running_one_gets_its_own_sweep(
+    engines: Engines,
+) -> None:
+    ex = FakeExchange()
+    btc_buy = ex.place("BTC_USDT", Side.BUY)
+    btc_sell = ex.place("BTC_USDT", Side.SELL)
+    eth = ex.place("ETH_USDT", Side.SELL)
+    ex.gate = asyncio.Event()  # the first kill's cancel hangs: its sweep is running
+    engine = await engines(Engine({"mm-1": ex}, settings()))
+    buys = engine.start(request("buys", symbols={"BTC_USDT"}, sides={Side.BUY}), Progress())
+    await wait_for(lambda: len(ex.inflight) == 1)
+
+    # All of ETH and BTC's buys are no one scope: joined, BTC's sell would go too.
+    group = engine.start_group(
+        [(request("eth", symbols={"ETH_USDT"}), Progress()), (request("eth-2"), Progress())]
+    )
+    ex.gate.set()
+
+    assert (await buys).status is SweepStatus.FLAT
+    outcomes = await group
+    assert [o.status for o in outcomes if isinstance(o, SweepResult)] == [SweepStatus.FLAT] * 2
+    cancelled = {i for kind, _, ids in ex.log if kind.startswith("cancel") for i in ids}
+    assert {btc_buy, eth} <= cancelled
+    # "eth-2" (every pair) came in its own run of the group, after "eth": it took BTC's sell.
+    assert btc_sell in cancelled
+    await engine.close(1.0)
+
+
+async def test_a_one_sided_kill_joined_by_another_pair_leaves_the_other_side_open(
+    engines: Engines,
+) -> None:
+    ex = FakeExchange()
+    btc_buy = ex.place("BTC_USDT", Side.BUY)
+    btc_sell = ex.place("BTC_USDT", Side.SELL)
+    eth = ex.place("ETH_USDT", Side.SELL)
+    ex.gate = asyncio.Event()
+    engine = await engines(Engine({"mm-1": ex}, settings()))
+    buys = engine.start(request("buys", symbols={"BTC_USDT"}, sides={Side.BUY}), Progress())
+    await wait_for(lambda: len(ex.inflight) == 1)
+    eth_kill = engine.start(request("eth", symbols={"ETH_USDT"}), Progress())
+    ex.gate.set()
+
+    assert (await buys).status is SweepStatus.FLAT
+    assert (await eth_kill).status is SweepStatus.FLAT
+    assert btc_sell in ex.books["BTC_USDT"]  # no alert asked for BTC's sells
+    assert btc_buy not in ex.books["BTC_USDT"]
+    assert eth not in ex.books["ETH_USDT"]
     await engine.close(1.0)
