@@ -4,8 +4,13 @@ message, without a library's log line before it or a traceback."""
 from __future__ import annotations
 
 import os
+import select
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,3 +63,55 @@ def test_verbose_shows_the_clients_log_too(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert f'Unable connect to "127.0.0.1:{port}"' in proc.stderr
     assert f"killswitch: Kafka at 127.0.0.1:{port} is not reachable" in proc.stderr
+
+
+def _read_until(proc: subprocess.Popen[str], done: Callable[[str], bool], timeout: float) -> None:
+    """Read ``proc``'s stderr line by line until a line satisfies ``done``."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([proc.stderr], [], [], left)
+        if not ready:
+            break
+        line = proc.stderr.readline()
+        assert line, "the command ended before the awaited line"
+        if done(line):
+            return
+    raise AssertionError("the awaited line did not come before the deadline")
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    # A listener that never answers: should the signal come after the start-up after all,
+    # the command is still waiting for Kafka and Ctrl-C ends it the same way.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        config = _config(tmp_path, silent.getsockname()[1])
+        # ``-X importtime`` reports each module as it is loaded: the signal is sent while
+        # the CLI's own modules are still loading (the command's start-up).
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-X",
+                "importtime",
+                "-m",
+                "killswitch",
+                "status",
+                "--config",
+                str(config),
+            ],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=_env(),
+        )
+        try:
+            _read_until(
+                proc, lambda line: line.rsplit("|", 1)[-1].strip() == "killswitch.config", 30
+            )
+            proc.send_signal(signal.SIGINT)
+            _, rest = proc.communicate(timeout=_TIMEOUT_S)
+        finally:
+            proc.kill()
+            proc.wait()
+    said = [line for line in rest.splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 130, said
+    assert said == ["killswitch: interrupted"]
