@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import multiprocessing
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,19 +26,12 @@ from typing import Any
 import httpx
 
 from killswitch.exchange.signing import generate_private_key, private_key_pem, public_key_pem
+from killswitch.procs import die_with_parent
 
 RESULTS = Path(__file__).parent / "results"
-_PR_SET_PDEATHSIG = 1
 
 
 # -- processes -------------------------------------------------------------------------
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when its parent dies (no orphans, ever)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def cpus() -> list[int]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from killswitch import __version__
 from killswitch.config import ConfigError, redacted_dump, settings_from_args
 from killswitch.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from killswitch.logs import quiet_libraries
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -176,6 +177,12 @@ def build_parser(with_lazy_args: bool = True) -> argparse.ArgumentParser:
         prog="killswitch", description="Risk kill switch for the Ajaib Coin Exchange."
     )
     parser.add_argument("--version", action="version", version=f"killswitch {__version__}")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show the libraries' own log lines (e.g. the Kafka client's connection "
+        "errors), which are hidden by default",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     config = sub.add_parser("config", help="show or check the effective configuration")
@@ -225,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if not args.verbose:
+        quiet_libraries()
     try:
         return handler(args)
     except ConfigError as exc:

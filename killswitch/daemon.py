@@ -89,6 +89,11 @@ _STARTUP_READ_TIMEOUT_S = 60.0
 # broker that answers needs milliseconds.
 _KAFKA_STOP_S = 5.0
 _KAFKA_GONE_STOP_S = 1.0  # the broker did not answer the last probe
+# A stop signal this soon after the first is the same request, not "stop now": a wrapper
+# that forwards signals to a process group (``timeout``, a shell, some supervisors)
+# delivers one SIGTERM twice within a millisecond, while an operator who means "now"
+# presses Ctrl-C again well after the first.
+SAME_STOP_SIGNAL_S = 0.5
 
 
 def add_arguments_run(parser: argparse.ArgumentParser) -> None:
@@ -280,16 +285,24 @@ async def _graceful(
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
-    """The first SIGTERM/SIGINT stops gracefully; another one while stopping stops now.
+    """The first SIGTERM/SIGINT stops gracefully; another one while stopping stops now,
+    unless it comes within :data:`SAME_STOP_SIGNAL_S` of the first (the same request).
 
     Now: running sweeps are cancelled without results and their offsets stay
     uncommitted, so whoever consumes the partitions next replays them (at least once)."""
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
+    first: float | None = None  # when the signal that started the stop came
 
     def on_signal() -> None:
+        nonlocal first
+        at = time.monotonic()
         if not stop.is_set():
             stop.set()
+            first = at
+            return
+        if first is not None and at - first < SAME_STOP_SIGNAL_S:
+            log.info("stop signal repeated at once: the same request, still stopping gracefully")
             return
         log.warning("second stop signal: stopping now; unfinished alerts will be replayed")
         if main is not None:

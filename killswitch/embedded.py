@@ -2,7 +2,9 @@
 
 Used by the test suite, ``make demo``, ``killswitch broker`` and the benchmarks. Memory storage: a
 restart loses every topic and offset. Always used as a context manager or with
-an explicit :meth:`EmbeddedBroker.stop`, so the process never outlives its user.
+an explicit :meth:`EmbeddedBroker.stop`, and the process dies with its user even when that
+is killed (:func:`killswitch.procs.die_with_parent`; start it from a thread that lives as
+long as the broker should).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+
+from killswitch.procs import die_with_parent
 
 __all__ = ["BrokerUnavailable", "EmbeddedBroker", "broker_binary", "free_port"]
 
@@ -101,6 +105,8 @@ class EmbeddedBroker:
             stderr=subprocess.DEVNULL,
             env=env,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, not the broker
+            # Killed with its user, even by SIGKILL (``killswitch broker``, a test run).
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - a prctl call only, no locks taken
         )
         try:
             _wait_listening(self.host, self.port, self._proc, timeout)

@@ -32,6 +32,7 @@ __all__ = [
     "TextFormatter",
     "configure_logging",
     "default_masker",
+    "quiet_libraries",
     "register_secrets",
     "register_settings_secrets",
     "settings_secrets",
@@ -271,6 +272,15 @@ def configure_logging(
     for noisy in _NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel("DEBUG" if level == "DEBUG" else "WARNING")
     return handler
+
+
+def quiet_libraries() -> None:
+    """Hide the libraries' own log lines (the Kafka client's "Unable connect to ...")
+    from an operator's command: each command reports a failure once, in its own words,
+    and a bare library line before it only confuses. ``killswitch --verbose`` skips
+    this; the daemon's :func:`configure_logging` sets these loggers' levels again."""
+    for noisy in _NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.CRITICAL + 1)
 
 
 def _isatty(stream: IO[str]) -> bool:

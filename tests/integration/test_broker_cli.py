@@ -21,6 +21,7 @@ from killswitch.broker import DEFAULT_PORT, default_port
 from killswitch.config import KafkaSettings
 from killswitch.embedded import free_port
 from killswitch.kafka.clients import topic_roles
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -120,6 +121,34 @@ async def test_sigint_stops_it_too(
     proc.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT_S) == 0
     assert not _listening(port)
+
+
+def _brokers_on(port: int) -> list[int]:
+    """Pids of the Tansu processes listening on ``port`` (by their command line)."""
+    needle = f"tcp://127.0.0.1:{port}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if entry.name.isdigit() and b"--listener-url" in argv and needle in argv:
+                pids.append(int(entry.name))
+    return pids
+
+
+async def test_a_sigkilled_broker_command_takes_the_broker_with_it(
+    broker: tuple[asyncio.subprocess.Process, int, list[str]],
+) -> None:
+    proc, port, _ = broker
+    children = _brokers_on(port)
+    assert children, "no Tansu process found for the running command"
+    try:
+        proc.kill()  # no clean-up of its own runs
+        await proc.wait()
+        await wait_for(lambda: not _brokers_on(port) and not _listening(port), timeout=10)
+    finally:
+        for pid in _brokers_on(port):  # left running without the fix: not by this test
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_busy_port_is_one_line_and_exit_2() -> None:

@@ -10,10 +10,14 @@ A or C again: no new result for them, not one exchange request for their account
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
+from killswitch.daemon import SAME_STOP_SIGNAL_S
 from killswitch.simulator import EndpointFaults
 from tests.support import figures
 from tests.support.daemon import Daemons, daemon_config, wait_http, write_config
@@ -142,6 +146,14 @@ async def test_a_second_sigterm_stops_at_once_and_the_alert_is_replayed(
 
             # The first signal was taken: /readyz says it is shutting down.
             await wait_http(readyz, until=lambda answer: "shutting down" in answer.text)
+            # A signal within SAME_STOP_SIGNAL_S of the first is the same request: the
+            # second one comes once that has passed since the daemon took the first
+            # (before it said so; the monotonic clock is the machine's, not a process's).
+            draining = time.monotonic()
+            await wait_for(
+                lambda: time.monotonic() > draining + SAME_STOP_SIGNAL_S,
+                timeout=SAME_STOP_SIGNAL_S + 5,
+            )
             assert first.running  # the graceful stop waits for the sweep
             first.terminate()
             second_exit = await first.wait(timeout=20)  # before the sweep or grace could end
@@ -163,3 +175,38 @@ async def test_a_second_sigterm_stops_at_once_and_the_alert_is_replayed(
         "shutdown: second SIGTERM, exit 130, alert replayed",
         int(second_exit == 130 and len(replayed) == 1),
     )
+
+
+async def test_a_sigterm_delivered_twice_at_once_is_one_graceful_stop(
+    kafka_bootstrap: str, daemons: Daemons, tmp_path: Path
+) -> None:
+    """A wrapper forwarding a signal to a process group (``timeout``, a shell) delivers
+    SIGTERM twice within a millisecond: that is one request, a graceful stop (exit 0),
+    not a second signal's stop at once (130)."""
+    async with exchange(["mm-1"], ["BTC_USDT"], seed=6) as ex:
+        config = daemon_config(
+            kafka_bootstrap,
+            f"twin{ex.server.port}",
+            ex.account_configs(),
+            kafka={"session_timeout_ms": 1_000, "heartbeat_interval_ms": 200},
+        )
+        readyz = f"http://127.0.0.1:{config['metrics']['port']}/readyz"
+        await create_topics(kafka_bootstrap, config["kafka"]["topics"])
+        daemon = daemons.start(write_config(tmp_path / "twin.toml", config), "twin")
+        await wait_http(readyz, until=lambda answer: answer.status_code == 200)
+        os.kill(daemon.pid, signal.SIGTERM)
+        # Two kills in a row may reach the process as one (a signal still pending is not
+        # queued twice): the second is sent once the first was delivered.
+        await wait_for(lambda: not _sigterm_pending(daemon.pid), timeout=10)
+        os.kill(daemon.pid, signal.SIGTERM)
+        assert await daemon.wait(timeout=30) == 0
+
+
+def _sigterm_pending(pid: int) -> bool:
+    """Whether a SIGTERM sent to ``pid`` is not delivered yet (Linux: /proc status)."""
+    bit = 1 << (signal.SIGTERM - 1)
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("SigPnd", "ShdPnd") and int(value, 16) & bit:
+            return True
+    return False
