@@ -1150,6 +1150,8 @@ class Intake:
                 self._request_ended(member.request, member.step.future, member.status)
             self._update_backpressure()
         self._records_done(new)
+        # A repeat of a kill of this group: its original is no longer in flight.
+        ours = {(m.request.alert_id, m.request.account): m.status for m in new}
         repeats: list[tuple[_Member, SweepResult]] = []
         for member in members:
             step = member.step
@@ -1157,8 +1159,12 @@ class Intake:
                 continue
             previous = step.previous
             if step.seen is Seen.IN_FLIGHT:
-                future = self._in_flight.get((step.request.alert_id, step.request.account))
-                previous = await asyncio.shield(future) if future is not None else None
+                key = (step.request.alert_id, step.request.account)
+                future = self._in_flight.get(key)
+                if key in ours:
+                    previous = ours[key]
+                else:
+                    previous = await asyncio.shield(future) if future is not None else None
             repeats.append((member, duplicate_result(step.request, previous, self._clock())))
         await self._publish_finals(repeats)
         for member, result in repeats:
