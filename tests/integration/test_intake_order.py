@@ -178,3 +178,35 @@ async def test_a_repeat_in_the_group_of_its_original_says_what_the_original_beca
     assert engine.groups == [["a-1", "a-2"]]  # one group: the repeat was in it
     (repeat,) = (f for f in finals if f["status"] == "duplicate")
     assert repeat["reason"] == "duplicate alert_id (already flat)"
+
+
+async def test_a_group_cut_off_by_a_shutdown_is_answered_once_by_the_next_daemon(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # A storm's kills for one account, cancels slow enough that the grace period ends
+    # while they run: no final result then, and the next daemon answers each once.
+    async with exchange(ACCOUNTS, seed=7) as ex:
+        settings = daemon_settings(
+            kafka_bootstrap, unique_name, ex, engine={"shutdown_grace_s": 0.2}
+        )
+        await prepare_topics(settings)
+        topics = settings.kafka.topics
+        ex.seed("mm-1", SYMBOLS, 6)
+        ex.sim.set_faults(EndpointFaults(latency_ms=400), "cancel")
+        ids = [f"cut-{i}" for i in range(6)]
+        await produce(settings, [alert_message(i) for i in ids])
+        async with daemon_in_process(settings):
+            await wait_for(lambda: ex.log("cancel"), timeout=20)
+        first = (await read_to_end(kafka_bootstrap, topics.results)).finals()
+        ex.sim.set_faults(EndpointFaults())
+        async with (
+            TopicCollector(kafka_bootstrap, topics.results) as results,
+            daemon_in_process(settings),
+        ):
+            await wait_for(lambda: {f["alert_id"] for f in results.finals()} >= set(ids), 30)
+            await _committed_to(kafka_bootstrap, settings.kafka.group_id, topics.alerts, 6)
+        finals = (await read_to_end(kafka_bootstrap, topics.results)).finals()
+    assert first == []  # cut off: nothing final from the first daemon
+    assert Counter(f["alert_id"] for f in finals) == Counter(ids)
+    assert {f["status"] for f in finals} == {"flat"}
+    assert ex.open_ids("mm-1") == set()
