@@ -1001,6 +1001,10 @@ class FinalHead:
 _RESULT_START = '{"schema":"' + RESULT_SCHEMA + '","alert_id":'
 _RESULT_START_BYTES = _RESULT_START.encode()
 _ORIGIN_KEY = ',"origin":'
+# Keys read from the head that must not appear again later in the record. Inside a JSON
+# string a quote is escaped, so a quoted key found in the text is a key (or a string
+# value equal to it: then the record is decoded in full, which is only slower).
+_HEAD_KEYS = ('"schema"', '"alert_id"', '"account"', '"status"', '"final"')
 
 
 def read_final_head(raw: bytes | None) -> FinalHead | None:
@@ -1011,7 +1015,10 @@ def read_final_head(raw: bytes | None) -> FinalHead | None:
     layout, a record that does not read): :func:`decode_result_summary` reads those.
 
     A ``,"origin":`` outside a string can only be a key (a quote inside a JSON string
-    is escaped), and the last one is the record's own when its value closes the record."""
+    is escaped), and the last one is the record's own when its value closes the record.
+    A head key written again later (JSON readers keep the last value) or an origin key
+    laid out otherwise also give None, so the head never reads what the full decoder
+    would read differently."""
     if raw is None or not raw.startswith(_RESULT_START_BYTES) or not raw.endswith(b"}"):
         return None
     try:
@@ -1025,8 +1032,13 @@ def read_final_head(raw: bytes | None) -> FinalHead | None:
         status, i = _LENIENT.raw_decode(text, i + len(',"status":'))
         if not text.startswith(',"final":true,', i):
             return None
+        rest = i + len(',"final":true')
+        if any(text.find(key, rest) != -1 for key in _HEAD_KEYS):
+            return None  # a key written again: a JSON reader keeps the last value
         origin: Position | None = None
         at = text.rfind(_ORIGIN_KEY)
+        if text.count('"origin"', rest) != (at != -1):
+            return None  # an origin key laid out otherwise (spaced, nested): not ours
         if at != -1:
             value, end = _LENIENT.raw_decode(text, at + len(_ORIGIN_KEY))
             origin = position_from_json(value)

@@ -411,10 +411,13 @@ class Engine:
         if request.account not in self._clients:
             return self._refusal(request, f"account {request.account!r} is not configured")
         state = self._halts.pop(request.account, None)
-        await self._stop_guard(request.account)
+        guard = self._stop_guard_now(request.account)
         if state is not None:
             self._observer.halted(request.account, False)
         scope = state.scope if state is not None else request.scope
+        # Published before any wait: a latched kill that came after this release (its
+        # halt runs in a task of its own meanwhile) must be published after it, or the
+        # state topic would end released while this engine guards the account.
         await self._emit(
             HaltState(
                 request.account,
@@ -426,6 +429,8 @@ class Engine:
                 reason=request.reason,
             )
         )
+        if guard is not None:
+            await asyncio.gather(guard, return_exceptions=True)
         reason = None if state is not None else "the account was not halted"
         result = no_sweep_result(request, SweepStatus.RELEASED, self._clock(), reason)
         return replace(result, was_halted=state is not None)
@@ -811,17 +816,24 @@ class Engine:
 
     async def _stop_guard(self, account: str, *, wait: bool = True) -> None:
         """Stop a guard loop. A guard sweep no alert has joined is cancelled at once."""
+        task = self._stop_guard_now(account)
+        if task is not None and wait:
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _stop_guard_now(self, account: str) -> asyncio.Task[None] | None:
+        """:meth:`_stop_guard` without waiting: the guard's task when it was cancelled
+        (to wait for), else None."""
         self._deferred_guards.discard(account)
         guard = self._guards.pop(account, None)
         if guard is None:
-            return
+            return None
         guard.stop.set()
         sweep = guard.sweep
         if sweep is None or not sweep.tickets:
             if sweep is not None:
                 sweep.accepting = False  # no alert may join a sweep about to be cancelled
             guard.task.cancel()
-            if wait:
-                await asyncio.gather(guard.task, return_exceptions=True)
+            return guard.task
         # Otherwise an alert joined the guard sweep: it finishes, then the loop ends
         # because its stop event is set.
+        return None

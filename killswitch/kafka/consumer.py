@@ -293,6 +293,9 @@ class Intake:
         self._backlog: FairLanes[_Lane, tuple[TopicPartition, ConsumerRecord[Any, Any]]]
         self._backlog = FairLanes(source=lambda item: item[0])
         self._queued: Counter[str] = Counter()
+        # Lanes held until a record of theirs taken up is planned in its task (see
+        # _hold_lane): how many such records each has.
+        self._unplanned: Counter[_Lane] = Counter()
         self._in_flight: dict[tuple[str, str], asyncio.Future[str | None]] = {}
         # (alert id, account) being swept -> the partition of the record that asked.
         self._sweeping: dict[tuple[str, str], TopicPartition] = {}
@@ -522,17 +525,44 @@ class Intake:
         """A record read: into its lane (its offset now counts as read, not done)."""
         if not self._tracker.read(tp, record.offset):
             return
-        key = record.key
-        account = key.decode("utf-8", "replace") if isinstance(key, bytes) else None
         manual = tp.topic == self._config.topics.manual
-        self._backlog.push((tp.topic, account), (tp, record), urgent=manual)
+        self._backlog.push(self._lane(tp, record), (tp, record), urgent=manual)
+
+    @staticmethod
+    def _lane(tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> _Lane:
+        key = record.key
+        return (tp.topic, key.decode("utf-8", "replace") if isinstance(key, bytes) else None)
 
     def _held(self, lane: _Lane) -> bool:
-        """A lane waits while its account has as much work in the engine as it may."""
+        """A lane waits while its account has as much work in the engine as it may, or
+        while a record of it taken up is not planned yet (see :meth:`_hold_lane`)."""
+        if lane in self._unplanned:
+            return True
         account = lane[1]
         return account is not None and (
             self._queued.get(account, 0) >= self._config.limits.max_queued_per_account
         )
+
+    def _hold_lane(
+        self, tp: TopicPartition, record: ConsumerRecord[Any, Any]
+    ) -> Callable[[], None]:
+        """Hold the record's lane until the returned function is called (once it is
+        planned and its sweep started, or its task ended). A record planned in its task
+        (parsed in a thread, or after a pair-list fetch) would otherwise be overtaken by
+        the lane's later records: a release reaching the engine before the latched kill
+        it follows would leave the account halted."""
+        lane = self._lane(tp, record)
+        self._unplanned[lane] += 1
+        pending = [lane]
+
+        def planned() -> None:
+            if pending:
+                pending.clear()
+                self._unplanned[lane] -= 1
+                if self._unplanned[lane] <= 0:
+                    del self._unplanned[lane]
+
+        return planned
 
     def _take_up(self) -> bool:
         """Take up waiting records, lane by lane, for at most ``slice_s`` (:data:`SLICE_S`).
@@ -582,6 +612,8 @@ class Intake:
             if member is None:
                 self._start_groups(groups)
                 self._accept(tp, record)
+                if self._lane(tp, record) in self._unplanned:
+                    return items[n + 1 :]  # the lane waits until that record is planned
             elif member.step is None:
                 self._start_groups(groups)
                 self._start_sweeps(member.plan, member.origin)
@@ -646,8 +678,10 @@ class Intake:
         received = self._clock()
         origin = Origin(tp.topic, tp.partition, record.offset)
         value: bytes | None = record.value
+        planned: Callable[[], None] | None = None
         if value is not None and _THREAD_PARSE_BYTES < len(value) <= self._max_bytes:
-            work = self._handle_large(record, channel, origin, received)
+            planned = self._hold_lane(tp, record)
+            work = self._handle_large(record, channel, origin, received, planned)
         else:
             fetch: list[str] = []
             try:
@@ -657,14 +691,21 @@ class Intake:
                 log.exception("cannot read a record", extra={"offset": record.offset})
                 parsed = _internal_error(exc)
             if fetch:
-                work = self._handle_parsed(record, parsed, channel, origin, received, fetch=fetch)
+                planned = self._hold_lane(tp, record)
+                work = self._handle_parsed(
+                    record, parsed, channel, origin, received, fetch=fetch, planned=planned
+                )
             else:
                 plan = self._plan_safely(record, parsed, channel, origin, received)
                 self._start_sweeps(plan, origin)
                 work = self._execute(record, plan, origin, received)
-        self._spawn(tp, work)
+        task = self._spawn(tp, work)
+        if planned is not None:
+            task.add_done_callback(lambda _: planned())  # cancelled or failed before planned
 
-    def _spawn(self, tp: TopicPartition, work: Coroutine[Any, Any, None], records: int = 1) -> None:
+    def _spawn(
+        self, tp: TopicPartition, work: Coroutine[Any, Any, None], records: int = 1
+    ) -> asyncio.Task[None]:
         """Run the handling of ``records`` records of ``tp`` in a task of the run's group,
         indexed under ``tp`` for a revocation (see :meth:`_on_revoked`)."""
         group = self._group
@@ -676,6 +717,7 @@ class Intake:
         self._work.setdefault(tp, set()).add(task)
         self._records_running += records
         task.add_done_callback(functools.partial(self._task_done, tp, records, work))
+        return task
 
     def _task_done(
         self,
@@ -702,6 +744,7 @@ class Intake:
         channel: Channel,
         origin: Origin,
         received: datetime,
+        planned: Callable[[], None],
     ) -> None:
         # Parsing is synchronous; a large message is parsed in a worker thread so a
         # burst of them cannot stall the loop (and with it Kafka heartbeats).
@@ -712,7 +755,9 @@ class Intake:
         except Exception as exc:
             log.exception("cannot read a record", extra={"offset": record.offset})
             parsed = _internal_error(exc)
-        await self._handle_parsed(record, parsed, channel, origin, received, fetch=fetch)
+        await self._handle_parsed(
+            record, parsed, channel, origin, received, fetch=fetch, planned=planned
+        )
 
     async def _handle_parsed(
         self,
@@ -723,12 +768,15 @@ class Intake:
         received: datetime,
         *,
         fetch: Sequence[str],
+        planned: Callable[[], None],
     ) -> None:
-        """Fetch the pair lists the alert needs (if any), then plan and run it."""
+        """Fetch the pair lists the alert needs (if any), then plan and run it; its lane
+        is let go (``planned``) once it has reached the engine."""
         if fetch:
             await self._fetch_pairs(fetch)
         plan = self._plan_safely(record, parsed, channel, origin, received)
         self._start_sweeps(plan, origin)
+        planned()
         await self._execute(record, plan, origin, received)
 
     def _plan_safely(
@@ -1102,6 +1150,8 @@ class Intake:
                 self._request_ended(member.request, member.step.future, member.status)
             self._update_backpressure()
         self._records_done(new)
+        # A repeat of a kill of this group: its original is no longer in flight.
+        ours = {(m.request.alert_id, m.request.account): m.status for m in new}
         repeats: list[tuple[_Member, SweepResult]] = []
         for member in members:
             step = member.step
@@ -1109,8 +1159,12 @@ class Intake:
                 continue
             previous = step.previous
             if step.seen is Seen.IN_FLIGHT:
-                future = self._in_flight.get((step.request.alert_id, step.request.account))
-                previous = await asyncio.shield(future) if future is not None else None
+                key = (step.request.alert_id, step.request.account)
+                future = self._in_flight.get(key)
+                if key in ours:
+                    previous = ours[key]
+                else:
+                    previous = await asyncio.shield(future) if future is not None else None
             repeats.append((member, duplicate_result(step.request, previous, self._clock())))
         await self._publish_finals(repeats)
         for member, result in repeats:

@@ -7,6 +7,7 @@ appears is cancelled. Everything is checked on the simulator's books and request
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -219,3 +220,34 @@ async def test_a_kill_on_a_halted_account_still_sweeps_every_pair(env: Env) -> N
     assert result.status is SweepStatus.FLAT
     assert result.counts.resolved == len(seeded)
     assert not env.sim.open_order_ids(env.api_key)
+
+
+async def test_a_release_between_two_latched_kills_is_published_between_them(env: Env) -> None:
+    """As the intake hands them over within one slice: a latched kill, a release (run in
+    the record's task), a latched kill. The state topic must end as the engine does
+    (halted): a release published after the second halt would lift it everywhere else
+    and at the next start-up while this engine still guards it."""
+    published: list[HaltState] = []
+
+    async def on_state(state: HaltState) -> None:
+        await asyncio.sleep(0.01)  # the broker's acknowledgement
+        published.append(state)
+
+    settings = account_settings(env.server.base_url, env.api_key, env.pem, ACCOUNT)
+    config = EngineConfig(strategy="per_order", progress_interval_s=0.05)
+    async with (
+        ExchangeClient(settings) as client,
+        Engine({ACCOUNT: client}, config, on_state=on_state) as engine,
+    ):
+        first = engine.start(kill("L1", latch=True), no_progress)
+        release = asyncio.ensure_future(engine.release(kill("R1")))
+        second = engine.start(kill("L2", latch=True), no_progress)
+        await asyncio.gather(first, release, second)
+        halted = ACCOUNT in engine.halted()
+        await engine.close(1.0)
+    assert [(s.alert_id, s.halted) for s in published] == [
+        ("L1", True),
+        ("R1", False),
+        ("L2", True),
+    ]
+    assert halted
