@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from killswitch.config import KafkaSettings
-from killswitch.contracts import decode_result_summary, decode_state_record, read_final_head
+from killswitch.contracts import decode_result_summary, decode_state_record
 from killswitch.core.carry import CarryStore
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import CarriedOutcomes, HaltState, Position, Scope
@@ -260,10 +260,6 @@ class ResultsIndex:
 
     def _learn(self, values: Iterable[bytes | None]) -> None:
         for value in values:
-            head = read_final_head(value)  # most records: a final result, read cheaply
-            if head is not None:
-                self._learn_final(head.alert_id, head.account, head.status, head.origin)
-                continue
             summary = decode_result_summary(value)
             if summary is None:
                 continue

@@ -16,7 +16,6 @@ from killswitch.board import AccountProgress
 from killswitch.contracts import (
     Alert,
     DeadLetter,
-    FinalHead,
     Heartbeat,
     Rejection,
     RejectKind,
@@ -35,7 +34,6 @@ from killswitch.contracts import (
     position_from_json,
     position_to_json,
     read_dead_letter,
-    read_final_head,
     read_result,
     state_to_json,
 )
@@ -244,31 +242,6 @@ def test_results_written_together_are_byte_for_byte_those_written_one_by_one() -
         (sweep(), at),
     ]
     assert encode_results(items) == [encode_result(r, o) for r, o in items]
-
-
-@pytest.mark.parametrize("origin", [None, Position("killswitch.alerts", 2, 1841)])
-@pytest.mark.parametrize("alert_id", ["risk-1", 'odd "id",\\"origin":{}}'])
-def test_a_final_results_head_reads_as_the_full_reading_does(
-    origin: Position | None, alert_id: str
-) -> None:
-    result = dataclasses.replace(sweep(final=True, status=SweepStatus.FLAT), alert_id=alert_id)
-    raw = encode_result(result, origin)
-    record = decode_result_summary(raw)
-    assert record is not None
-    assert read_final_head(raw) == FinalHead(alert_id, record.account, record.status, origin)
-    assert record.origin == origin
-
-
-def test_anything_but_a_final_result_in_the_encoders_layout_has_no_head() -> None:
-    origin = Position("killswitch.alerts", 2, 1841)
-    final = encode_result(sweep(final=True, status=SweepStatus.FLAT), origin)
-    assert read_final_head(encode_result(sweep(), origin)) is None  # progress
-    assert read_final_head(json.dumps(json.loads(final)).encode()) is None  # spaced out
-    assert read_final_head(final[:-1]) is None
-    assert read_final_head(final[:-1] + b',"x":{"origin":{}}}') is None
-    assert read_final_head(final.replace(b'"partition":2', b'"partition":"2"')) is None
-    assert read_final_head(b"junk") is None
-    assert read_final_head(None) is None
 
 
 def test_a_progress_result_carries_its_outcomes_for_a_replay() -> None:
