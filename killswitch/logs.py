@@ -43,7 +43,7 @@ _CONTEXT_FIELDS = ("alert_id", "account", "order_id", "symbol", "source", "opera
 _CORE_FIELDS = frozenset({"ts", "level", "logger", "event", "error", "traceback", "stack"})
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _MIN_SECRET_LEN = 6  # shorter strings would mask ordinary words
-_NOISY_LOGGERS = ("aiokafka", "kafka", "httpx", "httpcore", "asyncio", "aiohttp")
+NOISY_LOGGERS = ("aiokafka", "kafka", "httpx", "httpcore", "asyncio", "aiohttp")
 
 
 class SecretMasker:
@@ -269,7 +269,7 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level)
     # Third-party chatter stays at WARNING unless we are debugging.
-    for noisy in _NOISY_LOGGERS:
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel("DEBUG" if level == "DEBUG" else "WARNING")
     return handler
 
@@ -279,7 +279,7 @@ def quiet_libraries() -> None:
     from an operator's command: each command reports a failure once, in its own words,
     and a bare library line before it only confuses. ``killswitch --verbose`` skips
     this; the daemon's :func:`configure_logging` sets these loggers' levels again."""
-    for noisy in _NOISY_LOGGERS:
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.CRITICAL + 1)
 
 

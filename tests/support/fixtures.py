@@ -13,6 +13,7 @@ it when the test ends.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from killswitch.embedded import BrokerUnavailable, EmbeddedBroker
+from killswitch.logs import NOISY_LOGGERS
 from tests.support.broker import own_broker
 from tests.support.daemon import Daemons
 from tests.support.engine import Engines
@@ -75,3 +77,14 @@ async def engines() -> AsyncIterator[Engines]:
     (unless the test closed it) and whatever still runs is cancelled."""
     async with contextlib.AsyncExitStack() as stack:
         yield stack.enter_async_context
+
+
+@pytest.fixture(autouse=True)
+def _library_log_levels() -> Iterator[None]:
+    """The libraries' logger levels as each test found them: a test that runs a CLI
+    command in-process silences them (``logs.quiet_libraries``, process-wide as it
+    should be in a command), which would hide their records from the tests after it."""
+    levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
