@@ -119,9 +119,13 @@ UNANSWERED_PAUSE_CAP_S = 2.0
 # Tickets answered between two turns of the event loop when a sweep settles (each
 # answer wakes its alert's task, which encodes and publishes the result).
 SETTLE_TURN = 16
-# How long a sweep whose pass found nothing waits for more joining alerts before the
-# pass that verifies for the ones that joined meanwhile.
+# A sweep whose pass found nothing but gained joining alerts gathers more before the
+# pass that verifies for them: it lists once no alert has joined for JOINERS_GATHER_S,
+# or JOINERS_GATHER_MAX_S after the gathering began while they keep coming (in a storm,
+# one listing per gathering, not one per handful of joiners), or at once when a joiner
+# widens the scope (its new pairs are not to wait for the next listing).
 JOINERS_GATHER_S = 0.02
+JOINERS_GATHER_MAX_S = 0.2
 
 
 def utc_now() -> datetime:
@@ -242,6 +246,10 @@ class Sweep:
         self._pairs: set[str] = set()  # every pair in scope a pass set out to list or cancel
         self._settle_wanted = False  # ended with orders possibly open: list once more
         self._soft: set[asyncio.Timeout] = set()  # listings that stop at the deadline
+        # Set while the sweep gathers joiners between passes (see _gather_joiners): a
+        # joiner that widens the scope ends the gathering.
+        self._widened: asyncio.Event | None = None
+        self._joined_at = 0.0  # event-loop time of the last attach_many
         # Set by hand_over: the account moved to another daemon; no final results here.
         self.handing_over: str | None = None
         # Each handed-over ticket's last progress result, with its sink (see hand_over).
@@ -262,6 +270,7 @@ class Sweep:
         now = loop.time()
         wall = self.clock()
         self.gen += 1
+        self._joined_at = now
         old = self.scope
         scope = old
         deadline = self.deadline
@@ -295,6 +304,8 @@ class Sweep:
                     soft.reschedule(self.deadline)
         if self.started and self.scope != old:
             self._extend_pass()
+            if self._widened is not None:
+                self._widened.set()
         return tickets
 
     # --------------------------------------------------------------------- run
@@ -437,10 +448,6 @@ class Sweep:
                 lagging = lagging + 1 if self.ledger.recancels() else 0
                 pause = max(
                     pause_before_next_pass(lagging),
-                    # Nothing found, only alerts joined: let more join before the listing
-                    # that verifies for them (in a storm, one listing per gathering, not
-                    # one per pass-worth of joiners).
-                    JOINERS_GATHER_S if summary.found == 0 and summary.scope_changed else 0.0,
                     # a listing gave up: let a 429 storm or an error burst pass first
                     pause_before_next_pass(
                         self._unanswered_listings,
@@ -448,7 +455,11 @@ class Sweep:
                         cap_s=UNANSWERED_PAUSE_CAP_S,
                     ),
                 )
-                if pause:
+                if summary.found == 0 and summary.scope_changed:
+                    # Nothing found, only alerts joined: let more join before the
+                    # listing that verifies for them.
+                    await self._gather_joiners(pause)
+                elif pause:
                     await asyncio.sleep(pause)  # let the exchange apply the cancels it took
                 continue
             if step is Next.RESIDUAL:
@@ -462,6 +473,35 @@ class Sweep:
                 self._settle_wanted = p.queued > 0 or not summary.listed
             self.accepting = False
             return
+
+    async def _gather_joiners(self, at_least: float) -> None:
+        """Wait for more joining alerts before the next pass (at least ``at_least`` s):
+        until none has joined for :data:`JOINERS_GATHER_S`, :data:`JOINERS_GATHER_MAX_S`
+        have passed, a joiner widens the scope, or the deadline.
+
+        Only the wait is shortened; what a listing verifies is unchanged: the next pass
+        takes its generation when it begins, so an alert that joined during the
+        gathering is verified by that pass's listing or a later one, never an earlier.
+        """
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        end = min(start + max(at_least, JOINERS_GATHER_MAX_S), self.deadline)
+        widened = self._widened = asyncio.Event()
+        try:
+            while not widened.is_set():
+                # the last join (attach_many stamps it) moves the end of the quiet wait
+                quiet = max(self._joined_at, start) + JOINERS_GATHER_S
+                until = min(max(quiet, start + at_least), end)
+                if loop.time() >= until:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(until):
+                        await widened.wait()
+        finally:
+            self._widened = None
+        rest = min(start + at_least, end) - loop.time()  # widened: only the pause is left
+        if rest > 0:
+            await asyncio.sleep(rest)
 
     async def _run_pass(self, strategy: StrategyName, gen: int) -> _Pass:
         symbols = await self._symbols()
