@@ -250,6 +250,7 @@ class Sweep:
         # joiner that widens the scope ends the gathering.
         self._widened: asyncio.Event | None = None
         self._joined_at = 0.0  # event-loop time of the last attach_many
+        self._proven_upto = 0  # tickets before this index were considered by _answer_proven
         # Set by hand_over: the account moved to another daemon; no final results here.
         self.handing_over: str | None = None
         # Each handed-over ticket's last progress result, with its sink (see hand_over).
@@ -438,6 +439,10 @@ class Sweep:
             )
             if summary.listed:
                 self._verified = (gen, self.ledger.seen_this_pass())
+                if summary.found == 0 and summary.scope_changed:
+                    # Proven flat for the alerts that joined before this listing began;
+                    # the sweep goes on for the ones that joined during it.
+                    await self._answer_proven(gen)
             step = next_step(
                 summary, passes=self.passes, max_passes=max_passes, dry_run=self.dry_run
             )
@@ -473,6 +478,33 @@ class Sweep:
                 self._settle_wanted = p.queued > 0 or not summary.listed
             self.accepting = False
             return
+
+    async def _answer_proven(self, gen: int) -> None:
+        """Answer at once, in turns of :data:`SETTLE_TURN`, every ticket that joined by
+        generation ``gen`` and whose result is ``flat`` now: the listing of that
+        generation found nothing and nothing is in flight, so its result cannot
+        change. An alert storm on one account is then answered a gathering at a
+        time, not all at the sweep's end. Others wait for the end as before."""
+        if self.dry_run or self.ledger.pending():
+            return
+        tickets = self.tickets
+        mono = asyncio.get_running_loop().time()
+        shared: dict[Scope | None, _Shared] = {}
+        answered = 0
+        while self._proven_upto < len(tickets) and tickets[self._proven_upto].join_gen <= gen:
+            ticket = tickets[self._proven_upto]
+            self._proven_upto += 1
+            if ticket.future.done():
+                continue
+            result = self._reported(ticket, final=True, shared=shared)
+            if result.status is not SweepStatus.FLAT:
+                continue
+            self.observer.flat(max(0.0, mono - ticket.received_mono))
+            ticket.future.set_result(result)
+            answered += 1
+            if answered % SETTLE_TURN == 0:
+                await asyncio.sleep(0)  # each answer wakes a task: let others run
+                shared = {}
 
     async def _gather_joiners(self, at_least: float) -> None:
         """Wait for more joining alerts before the next pass (at least ``at_least`` s):
@@ -1126,6 +1158,8 @@ class Sweep:
         # residual are computed once per scope, not once per alert.
         shared: dict[Scope | None, _Shared] = {}
         for done, ticket in enumerate(self.tickets, start=1):
+            if ticket.future.done():  # answered early (_answer_proven)
+                continue
             result = self._reported(ticket, final=True, shared=shared)
             if result.status is SweepStatus.FLAT:
                 self.observer.flat(max(0.0, mono - ticket.received_mono))

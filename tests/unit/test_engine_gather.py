@@ -160,3 +160,32 @@ async def test_a_stream_of_joiners_keeps_the_sweep_gathering(
     # would have listed about once per window while they came).
     assert ex.listings == 2
     await engine.close(1.0)
+
+
+async def test_alerts_proven_flat_are_answered_while_the_sweep_goes_on(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sweep, "JOINERS_GATHER_S", 0.3)
+    ex = LoggingExchange()
+    engine = await engines(Engine({"mm-1": ex}, settings()))
+    futures: dict[str, asyncio.Future[SweepResult]] = {}
+
+    def joiner_per_listing(number: int) -> None:
+        if number <= 2:  # a1 joins during the first listing, a2 during the second
+            futures[f"a{number}"] = joined(ex, engine, f"a{number}", {"BTC_USDT"})
+
+    ex.on_list = joiner_per_listing
+    futures["a0"] = joined(ex, engine, "a0", {"BTC_USDT"})
+    await wait_for(lambda: "a2" in futures)
+    results = await answered(ex, futures)
+
+    assert {r.status for r in results.values()} == {SweepStatus.FLAT}
+    for alert_id in results:
+        assert verified_after_join(ex.log, alert_id), alert_id
+    # The second listing proved a0 and a1 flat: they were answered then, while the sweep
+    # went on to verify for a2 (which joined during it).
+    third = ex.log.index(("list-start", "BTC_USDT", (3,)))
+    assert ex.log.index(("result", "a1", ())) < third
+    assert ex.log.index(("result", "a0", ())) < third
+    assert ex.log.index(("result", "a2", ())) > third
+    await engine.close(1.0)
