@@ -192,6 +192,8 @@ class _Shared:
     counts: Counts
     orders: list[OrderReport]
     progress: tuple[list[OrderReport], list[InFlight]] | None = None
+    # a final result's: unlisted pairs, not-found ids and finish time
+    final: tuple[list[str], list[int], datetime] | None = None
 
 
 class Sweep:
@@ -755,7 +757,7 @@ class Sweep:
             raise SweepStopped(f"exchange refused to list {symbol}: {exc}") from None
         # Not in the pair list (delisted since the scope was checked, or never checked):
         # a refusal to list proves nothing, so the pair stays unlisted and no result
-        # covering it can be flat (see _unproven).
+        # covering it can be flat (see result_for).
         note = f"{symbol} is not traded on the exchange (it refused to list it)"
         if note not in self.notes:
             self.notes.append(note)
@@ -1207,20 +1209,27 @@ class Sweep:
                 verified=self._verified_for(ticket),
                 residual_in_scope=residual,
             )
-            unproven = (
-                self._unproven(ticket) if status is SweepStatus.FLAT else self._unchecked(ticket)
-            )
+            if facts.final is None:
+                facts.final = (
+                    self._unlisted(ticket.scope.symbols),
+                    _not_found(ticket.scope, ledger) if self._listed_all(ticket) else [],
+                    self.clock(),
+                )
+            unlisted, not_found, finished_at = facts.final
+            unproven = self._unchecked(ticket)
+            if unproven is None and status is SweepStatus.FLAT and unlisted:
+                # The same pairs the result names in unlisted_pairs, so a flat never
+                # names any (_reason names them).
+                unproven = "not flat: a pair in scope was never listed to the end"
             if unproven is not None:
                 status = SweepStatus.RESIDUAL
             orders = facts.orders
-            unlisted = self._unlisted(ticket.scope.symbols)
             reason = "; ".join(filter(None, (unproven, self._reason(status, unlisted)))) or None
             pending = 0
-            not_found = _not_found(ticket.scope, ledger) if self._listed_all(ticket) else []
         else:
             status, orders, reason = SweepStatus.RUNNING, [], None
             pending = ledger.pending()
-            not_found, unlisted = [], []
+            not_found, unlisted, finished_at = [], [], None
         listed, in_scope_pairs = (None, None) if final else self._pair_progress(ticket)
         return SweepResult(
             alert_id=request.alert_id,
@@ -1233,7 +1242,7 @@ class Sweep:
             sweeps=self.passes,
             received_at=request.received_at,
             first_cancel_at=ticket.first_cancel_at,
-            finished_at=self.clock() if final else None,
+            finished_at=finished_at,
             orders=orders,
             reason=reason,
             operator=request.operator,
@@ -1254,17 +1263,6 @@ class Sweep:
         if not pairs:
             return None, None
         return len(pairs & self.ledger.listed_pairs()), len(pairs)
-
-    def _unproven(self, ticket: Ticket) -> str | None:
-        """Why a verified-empty listing is no proof of flat for this ticket, if it is not:
-        its pairs were never checked, or a pair in its scope was never listed to the end."""
-        unchecked = self._unchecked(ticket)
-        if unchecked is not None:
-            return unchecked
-        # The same pairs the result names in unlisted_pairs, so a flat never names any.
-        unlisted = self._unlisted(ticket.scope.symbols)
-        # _reason names the pairs (residual results list where nobody looked).
-        return "not flat: a pair in scope was never listed to the end" if unlisted else None
 
     def _unchecked(self, ticket: Ticket) -> str | None:
         """Why the ticket's pairs were never checked against the exchange's own list:
