@@ -448,6 +448,8 @@ class Sweep:
             step = next_step(
                 summary, passes=self.passes, max_passes=max_passes, dry_run=self.dry_run
             )
+            if step is Next.FLAT and self.accepting and self.gen > 1 and await self._linger(gen):
+                continue  # more alerts joined: the next pass verifies for them
             if step is Next.CONTINUE and self._deadline_passed():
                 self._past_deadline()
                 return
@@ -480,6 +482,17 @@ class Sweep:
                 self._settle_wanted = p.queued > 0 or not summary.listed
             self.accepting = False
             return
+
+    async def _linger(self, gen: int) -> bool:
+        """A sweep that has had joiners (an alert storm on the account) and just proved
+        it flat: answer its alerts now, then gather joiners as between passes before
+        ending; True when some joined (the sweep goes on to verify for them). A storm
+        then costs one listing per gathering, not a new sweep, and its first listing,
+        per handful of alerts. A sweep of one kill ends at once."""
+        await self._answer_proven(gen)
+        joined = self.gen
+        await self._gather_joiners(0.0)
+        return self.gen != joined
 
     async def _answer_proven(self, gen: int) -> None:
         """Answer at once, in turns of :data:`SETTLE_TURN`, every ticket that joined by

@@ -189,3 +189,52 @@ async def test_alerts_proven_flat_are_answered_while_the_sweep_goes_on(
     assert ex.log.index(("result", "a0", ())) < third
     assert ex.log.index(("result", "a2", ())) > third
     await engine.close(1.0)
+
+
+async def test_a_sweep_that_had_joiners_lingers_for_more_after_proving_flat(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sweep, "JOINERS_GATHER_S", 0.5)
+    ex = LoggingExchange()
+    engine = await engines(Engine({"mm-1": ex}, settings()))
+    futures: dict[str, asyncio.Future[SweepResult]] = {}
+
+    def during_first_listing(number: int) -> None:
+        if number == 1:
+            futures["a1"] = joined(ex, engine, "a1", {"BTC_USDT"})
+
+    ex.on_list = during_first_listing
+    futures["a0"] = joined(ex, engine, "a0", {"BTC_USDT"})
+    await wait_for(lambda: "a1" in futures)
+    first = await answered(ex, futures)
+    # a1 answered flat by the second listing; the sweep lingers: a kill now joins it.
+    late = ex.place("BTC_USDT")
+    futures["a2"] = joined(ex, engine, "a2", {"BTC_USDT"})
+    results = await answered(ex, futures)
+
+    assert {r.status for r in results.values()} == {SweepStatus.FLAT}
+    assert first["a1"].sweeps == 2
+    assert results["a2"].sweeps > 2  # the same sweep's later passes, not a new sweep
+    assert ("cancel", "BTC_USDT", (late,)) in ex.log
+    for alert_id in results:
+        assert verified_after_join(ex.log, alert_id), alert_id
+    await engine.close(1.0)
+
+
+async def test_a_sweep_of_one_kill_ends_when_flat(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sweep, "JOINERS_GATHER_S", 60.0)
+    monkeypatch.setattr(sweep, "JOINERS_GATHER_MAX_S", 60.0)
+    ex = LoggingExchange()
+    engine = await engines(Engine({"mm-1": ex}, settings()))
+    futures = {"a0": joined(ex, engine, "a0", {"BTC_USDT"})}
+    await answered(ex, futures)
+    futures["a1"] = joined(ex, engine, "a1", {"BTC_USDT"})
+    # (a sweep lingering for a1 would hold it for the whole gathering, 60 s)
+    results = await asyncio.wait_for(answered(ex, futures), 10.0)
+
+    # a1 had a sweep of its own: its first pass listed at once.
+    assert [r.sweeps for r in results.values()] == [1, 1]
+    assert ex.listings == 2
+    await engine.close(1.0)
