@@ -252,6 +252,7 @@ class Sweep:
         # joiner that widens the scope ends the gathering.
         self._widened: asyncio.Event | None = None
         self._joined_at = 0.0  # event-loop time of the last attach_many
+        self._widen_gen = 0  # the generation that last widened the scope
         self._proven_upto = 0  # tickets before this index were considered by _answer_proven
         # Set by hand_over: the account moved to another daemon; no final results here.
         self.handing_over: str | None = None
@@ -305,6 +306,8 @@ class Sweep:
             for soft in self._soft:
                 if not soft.expired():
                     soft.reschedule(self.deadline)
+        if self.scope != old:
+            self._widen_gen = self.gen
         if self.started and self.scope != old:
             self._extend_pass()
             if self._widened is not None:
@@ -433,6 +436,7 @@ class Sweep:
                 first_pass=self.passes == 1 and not self.list_first and not self.dry_run,
             )
             p = await self._run_pass(strategy, gen)
+            ended = self.gen  # joiners after this wait for no listing of this pass
             summary = PassSummary(
                 listed=strategy != "symbol" and p.complete,
                 found=self.ledger.seen_count(),
@@ -448,7 +452,12 @@ class Sweep:
             step = next_step(
                 summary, passes=self.passes, max_passes=max_passes, dry_run=self.dry_run
             )
-            if step is Next.FLAT and self.accepting and self.gen > 1 and await self._linger(gen):
+            if (
+                step is Next.FLAT
+                and self.accepting
+                and self.gen > 1
+                and await self._linger(gen, ended)
+            ):
                 continue  # more alerts joined: the next pass verifies for them
             if step is Next.CONTINUE and self._deadline_passed():
                 self._past_deadline()
@@ -467,7 +476,7 @@ class Sweep:
                 if summary.found == 0 and summary.scope_changed:
                     # Nothing found, only alerts joined: let more join before the
                     # listing that verifies for them.
-                    await self._gather_joiners(pause)
+                    await self._gather_joiners(pause, ended)
                 elif pause:
                     await asyncio.sleep(pause)  # let the exchange apply the cancels it took
                 continue
@@ -483,16 +492,15 @@ class Sweep:
             self.accepting = False
             return
 
-    async def _linger(self, gen: int) -> bool:
+    async def _linger(self, gen: int, ended: int) -> bool:
         """A sweep that has had joiners (an alert storm on the account) and just proved
         it flat: answer its alerts now, then gather joiners as between passes before
         ending; True when some joined (the sweep goes on to verify for them). A storm
         then costs one listing per gathering, not a new sweep, and its first listing,
         per handful of alerts. A sweep of one kill ends at once."""
         await self._answer_proven(gen)
-        joined = self.gen
-        await self._gather_joiners(0.0)
-        return self.gen != joined
+        await self._gather_joiners(0.0, ended)
+        return self.gen != ended
 
     async def _answer_proven(self, gen: int) -> None:
         """Answer at once, in turns of :data:`SETTLE_TURN`, every ticket that joined by
@@ -521,10 +529,11 @@ class Sweep:
                 await asyncio.sleep(0)  # each answer wakes a task: let others run
                 shared = {}
 
-    async def _gather_joiners(self, at_least: float) -> None:
+    async def _gather_joiners(self, at_least: float, ended: int) -> None:
         """Wait for more joining alerts before the next pass (at least ``at_least`` s):
         until none has joined for :data:`JOINERS_GATHER_S`, :data:`JOINERS_GATHER_MAX_S`
-        have passed, a joiner widens the scope, or the deadline.
+        have passed, or the deadline; not at all once a joiner after generation
+        ``ended`` (the last pass's end) has widened the scope.
 
         Only the wait is shortened; what a listing verifies is unchanged: the next pass
         takes its generation when it begins, so an alert that joined during the
@@ -534,6 +543,8 @@ class Sweep:
         start = loop.time()
         end = min(start + max(at_least, JOINERS_GATHER_MAX_S), self.deadline)
         widened = self._widened = asyncio.Event()
+        if self._widen_gen > ended:  # widened since the pass ended (while answering)
+            widened.set()
         try:
             while not widened.is_set():
                 # the last join (attach_many stamps it) moves the end of the quiet wait
