@@ -82,6 +82,7 @@ GOAL_GUARD_S = 1.0
 SCRAPE_EVERY_S = 0.25
 GUARD_RATE = 10.0  # the halted account's request rate (the default of an account)
 GUARD_ACCOUNT = "guard-0"
+STORM_ACCOUNT_PREFIX = "acct-"
 _RNG = random.Random(17)
 
 
@@ -121,7 +122,7 @@ async def exchange(names: list[str]) -> AsyncIterator[rpc.Handlers]:
     """In the exchange process: a simulator with a client per account name, served on
     loopback. Calls: ``describe`` (base URL, keys), ``seed``, ``arm`` (a fresh order and
     the next cancel stamped), ``first_cancel``, ``guard_start``/``guard_stop``,
-    ``last_seq``, ``duplicate_cancels``."""
+    ``last_seq``, ``duplicate_cancels``, ``requests_by_endpoint``."""
     sim = Simulator(seed=1)
     keys = {a: register_test_client(sim, name=a) for a in names}
     probe = CancelProbe(sim)
@@ -153,6 +154,14 @@ async def exchange(names: list[str]) -> AsyncIterator[rpc.Handlers]:
             )
             return sum(c - 1 for c in cancels.values() if c > 1)
 
+        async def requests_by_endpoint(since: int, prefix: str) -> dict[str, int]:
+            counts = Counter(
+                e.endpoint
+                for e in sim.log_since(since)
+                if e.client is not None and e.client.startswith(prefix)
+            )
+            return dict(sorted(counts.items()))
+
         try:
             yield {
                 "describe": describe,
@@ -163,6 +172,7 @@ async def exchange(names: list[str]) -> AsyncIterator[rpc.Handlers]:
                 "guard_stop": guard.stop,
                 "last_seq": last_seq,
                 "duplicate_cancels": duplicate_cancels,
+                "requests_by_endpoint": requests_by_endpoint,
             }
         finally:
             await guard.stop()
@@ -291,7 +301,7 @@ def _produce_storm(
     fast as the producer goes; when the first was handed to the producer."""
     from aiokafka import AIOKafkaProducer
 
-    names = [f"acct-{i}" for i in range(accounts)]
+    names = [f"{STORM_ACCOUNT_PREFIX}{i}" for i in range(accounts)]
     messages = [
         (names[i % accounts], _alert(f"{prefix}-{i}", names[i % accounts])) for i in range(n)
     ]
@@ -677,7 +687,7 @@ async def _round(
     bare_s = await bare_baseline(setup.bootstrap, bare_topic, args.alerts, args.accounts)
 
     for a in setup.accounts:
-        if a.startswith("acct-"):
+        if a.startswith(STORM_ACCOUNT_PREFIX):
             await ex.call("seed", a, ORDERS_PER_STORM_ACCOUNT)
     drained = asyncio.Event()
     prefix = f"storm{number}"
@@ -817,6 +827,9 @@ async def _check(setup: Setup, results: Any, rounds: int, log_start: int) -> dic
         "final_results_per_alert": dict(sorted(finals.items())),
         "statuses": dict(statuses),
         "duplicate_cancels": await setup.exchange.call("duplicate_cancels", log_start),
+        "storm_requests": await setup.exchange.call(
+            "requests_by_endpoint", log_start, STORM_ACCOUNT_PREFIX
+        ),
     }
 
 
@@ -828,7 +841,7 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         bootstrap,
         {name: PARTITIONS if role in ("alerts", "results") else 1 for role, name in topics.items()},
     )
-    names = [f"acct-{i}" for i in range(args.accounts)]
+    names = [f"{STORM_ACCOUNT_PREFIX}{i}" for i in range(args.accounts)]
     names += [f"calm-{i}" for i in range(CALM_ACCOUNTS)] + [GUARD_ACCOUNT]
     async with (
         rpc.Child(exchange, names) as ex,
@@ -988,6 +1001,12 @@ def _print_summary(result: dict[str, Any]) -> None:
     )
     harness.summary(
         "storm duplicate_cancels", str(c["duplicate_cancels"]), "0", c["duplicate_cancels"] == 0
+    )
+    requests = c["storm_requests"]
+    harness.summary(
+        "storm exchange_requests",
+        f"{sum(requests.values()):,} by the storm accounts over every round, by endpoint "
+        f"{requests} (diagnostic)",
     )
 
 

@@ -124,9 +124,13 @@ UNANSWERED_PAUSE_CAP_S = 2.0
 # Tickets answered between two turns of the event loop when a sweep settles (each
 # answer wakes its alert's task, which encodes and publishes the result).
 SETTLE_TURN = 16
-# How long a sweep whose pass found nothing waits for more joining alerts before the
-# pass that verifies for the ones that joined meanwhile.
+# A sweep whose pass found nothing but gained joining alerts gathers more before the
+# pass that verifies for them: it lists once no alert has joined for JOINERS_GATHER_S,
+# or JOINERS_GATHER_MAX_S after the gathering began while they keep coming (in a storm,
+# one listing per gathering, not one per handful of joiners), or at once when a joiner
+# widens the scope (its new pairs are not to wait for the next listing).
 JOINERS_GATHER_S = 0.02
+JOINERS_GATHER_MAX_S = 0.2
 
 
 def utc_now() -> datetime:
@@ -208,6 +212,8 @@ class _Shared:
     counts: Counts
     orders: list[OrderReport]
     progress: tuple[list[OrderReport], list[InFlight]] | None = None
+    # a final result's: unlisted pairs, not-found ids and finish time
+    final: tuple[list[str], list[int], datetime] | None = None
 
 
 class Sweep:
@@ -266,6 +272,12 @@ class Sweep:
         self._unchecked_pairs = False
         self._settle_wanted = False  # ended with orders possibly open: list once more
         self._soft: set[asyncio.Timeout] = set()  # listings that stop at the deadline
+        # Set while the sweep gathers joiners between passes (see _gather_joiners): a
+        # joiner that widens the scope ends the gathering.
+        self._widened: asyncio.Event | None = None
+        self._joined_at = 0.0  # event-loop time of the last attach_many
+        self._widen_gen = 0  # the generation that last widened the scope
+        self._proven_upto = 0  # tickets before this index were considered by _answer_proven
         # Set by hand_over: the account moved to another daemon; no final results here.
         self.handing_over: str | None = None
         # Each handed-over ticket's last progress result, with its sink (see hand_over).
@@ -293,6 +305,7 @@ class Sweep:
         now = loop.time()
         wall = self.clock()
         self.gen += 1
+        self._joined_at = now
         deadline = self.deadline
         tickets: list[Ticket] = []
         for request, progress in alerts:
@@ -320,8 +333,12 @@ class Sweep:
             for soft in self._soft:
                 if not soft.expired():
                     soft.reschedule(self.deadline)
+        if self.scope != old:
+            self._widen_gen = self.gen
         if self.started and self.scope != old:
             self._extend_pass()
+            if self._widened is not None:
+                self._widened.set()
         return tickets
 
     # --------------------------------------------------------------------- run
@@ -443,6 +460,7 @@ class Sweep:
             first_pass = self.passes == 1 and not self.list_first and not self.dry_run
             strategy = effective_strategy(self.settings.strategy, self.scope, first_pass=first_pass)
             p = await self._run_pass(strategy, gen, first_pass)
+            ended = self.gen  # joiners after this wait for no listing of this pass
             summary = PassSummary(
                 listed=strategy != "symbol" and p.complete,
                 found=self.ledger.seen_count(),
@@ -451,9 +469,20 @@ class Sweep:
             )
             if summary.listed:
                 self._verified = (gen, self.ledger.seen_this_pass())
+                if summary.found == 0 and summary.scope_changed:
+                    # Proven flat for the alerts that joined before this listing began;
+                    # the sweep goes on for the ones that joined during it.
+                    await self._answer_proven(gen)
             step = next_step(
                 summary, passes=self.passes, max_passes=max_passes, dry_run=self.dry_run
             )
+            if (
+                step is Next.FLAT
+                and self.accepting
+                and self.gen > 1
+                and await self._linger(gen, ended)
+            ):
+                continue  # more alerts joined: the next pass verifies for them
             if step is Next.CONTINUE and self._deadline_passed():
                 self._past_deadline()
                 return
@@ -461,10 +490,6 @@ class Sweep:
                 lagging = lagging + 1 if self.ledger.recancels() else 0
                 pause = max(
                     pause_before_next_pass(lagging),
-                    # Nothing found, only alerts joined: let more join before the listing
-                    # that verifies for them (in a storm, one listing per gathering, not
-                    # one per pass-worth of joiners).
-                    JOINERS_GATHER_S if summary.found == 0 and summary.scope_changed else 0.0,
                     # a listing gave up: let a 429 storm or an error burst pass first
                     pause_before_next_pass(
                         self._unanswered_listings,
@@ -472,7 +497,11 @@ class Sweep:
                         cap_s=UNANSWERED_PAUSE_CAP_S,
                     ),
                 )
-                if pause:
+                if summary.found == 0 and summary.scope_changed:
+                    # Nothing found, only alerts joined: let more join before the
+                    # listing that verifies for them.
+                    await self._gather_joiners(pause, ended)
+                elif pause:
                     await asyncio.sleep(pause)  # let the exchange apply the cancels it took
                 continue
             if step is Next.RESIDUAL:
@@ -486,6 +515,75 @@ class Sweep:
                 self._settle_wanted = p.queued > 0 or not summary.listed
             self.accepting = False
             return
+
+    async def _linger(self, gen: int, ended: int) -> bool:
+        """A sweep that has had joiners (an alert storm on the account) and just proved
+        it flat: answer its alerts now, then gather joiners as between passes before
+        ending; True when some joined (the sweep goes on to verify for them). A storm
+        then costs one listing per gathering, not a new sweep, and its first listing,
+        per handful of alerts. A sweep of one kill ends at once."""
+        await self._answer_proven(gen)
+        await self._gather_joiners(0.0, ended)
+        return self.gen != ended
+
+    async def _answer_proven(self, gen: int) -> None:
+        """Answer at once, in turns of :data:`SETTLE_TURN`, every ticket that joined by
+        generation ``gen`` and whose result is ``flat`` now: the listing of that
+        generation found nothing and nothing is in flight, so its result cannot
+        change. An alert storm on one account is then answered a gathering at a
+        time, not all at the sweep's end. Others wait for the end as before."""
+        if self.dry_run or self.ledger.pending():
+            return
+        tickets = self.tickets
+        mono = asyncio.get_running_loop().time()
+        shared: dict[Scope | None, _Shared] = {}
+        answered = 0
+        while self._proven_upto < len(tickets) and tickets[self._proven_upto].join_gen <= gen:
+            ticket = tickets[self._proven_upto]
+            self._proven_upto += 1
+            if ticket.future.done():
+                continue
+            result = self._reported(ticket, final=True, shared=shared)
+            if result.status is not SweepStatus.FLAT:
+                continue
+            self.observer.flat(max(0.0, mono - ticket.received_mono))
+            ticket.future.set_result(result)
+            answered += 1
+            if answered % SETTLE_TURN == 0:
+                await asyncio.sleep(0)  # each answer wakes a task: let others run
+                shared = {}
+
+    async def _gather_joiners(self, at_least: float, ended: int) -> None:
+        """Wait for more joining alerts before the next pass (at least ``at_least`` s):
+        until none has joined for :data:`JOINERS_GATHER_S`, :data:`JOINERS_GATHER_MAX_S`
+        have passed, or the deadline; not at all once a joiner after generation
+        ``ended`` (the last pass's end) has widened the scope.
+
+        Only the wait is shortened; what a listing verifies is unchanged: the next pass
+        takes its generation when it begins, so an alert that joined during the
+        gathering is verified by that pass's listing or a later one, never an earlier.
+        """
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        end = min(start + max(at_least, JOINERS_GATHER_MAX_S), self.deadline)
+        widened = self._widened = asyncio.Event()
+        if self._widen_gen > ended:  # widened since the pass ended (while answering)
+            widened.set()
+        try:
+            while not widened.is_set():
+                # the last join (attach_many stamps it) moves the end of the quiet wait
+                quiet = max(self._joined_at, start) + JOINERS_GATHER_S
+                until = min(max(quiet, start + at_least), end)
+                if loop.time() >= until:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(until):
+                        await widened.wait()
+        finally:
+            self._widened = None
+        rest = min(start + at_least, end) - loop.time()  # widened: only the pause is left
+        if rest > 0:
+            await asyncio.sleep(rest)
 
     async def _run_pass(self, strategy: StrategyName, gen: int, first_pass: bool) -> _Pass:
         symbols = await self._symbols()
@@ -739,7 +837,7 @@ class Sweep:
             raise SweepStopped(f"exchange refused to list {symbol}: {exc}") from None
         # Not in the pair list (delisted since the scope was checked, or never checked):
         # a refusal to list proves nothing, so the pair stays unlisted and no result
-        # covering it can be flat (see _unproven).
+        # covering it can be flat (see result_for).
         note = f"{symbol} is not traded on the exchange (it refused to list it)"
         if note not in self.notes:
             self.notes.append(note)
@@ -1143,6 +1241,8 @@ class Sweep:
         # residual are computed once per scope, not once per alert.
         shared: dict[Scope | None, _Shared] = {}
         for done, ticket in enumerate(self.tickets, start=1):
+            if ticket.future.done():  # answered early (_answer_proven)
+                continue
             result = self._reported(ticket, final=True, shared=shared)
             if result.status is SweepStatus.FLAT:
                 self.observer.flat(max(0.0, mono - ticket.received_mono))
@@ -1190,20 +1290,27 @@ class Sweep:
                 verified=self._verified_for(ticket),
                 residual_in_scope=residual,
             )
-            unproven = (
-                self._unproven(ticket) if status is SweepStatus.FLAT else self._unchecked(ticket)
-            )
+            if facts.final is None:
+                facts.final = (
+                    self._unlisted(ticket.scope.symbols),
+                    _not_found(ticket.scope, ledger) if self._listed_all(ticket) else [],
+                    self.clock(),
+                )
+            unlisted, not_found, finished_at = facts.final
+            unproven = self._unchecked(ticket)
+            if unproven is None and status is SweepStatus.FLAT and unlisted:
+                # The same pairs the result names in unlisted_pairs, so a flat never
+                # names any (_reason names them).
+                unproven = "not flat: a pair in scope was never listed to the end"
             if unproven is not None:
                 status = SweepStatus.RESIDUAL
             orders = facts.orders
-            unlisted = self._unlisted(ticket.scope.symbols)
             reason = "; ".join(filter(None, (unproven, self._reason(status, unlisted)))) or None
             pending = 0
-            not_found = _not_found(ticket.scope, ledger) if self._listed_all(ticket) else []
         else:
             status, orders, reason = SweepStatus.RUNNING, [], None
             pending = ledger.pending()
-            not_found, unlisted = [], []
+            not_found, unlisted, finished_at = [], [], None
         listed, in_scope_pairs = (None, None) if final else self._pair_progress(ticket)
         return SweepResult(
             alert_id=request.alert_id,
@@ -1216,7 +1323,7 @@ class Sweep:
             sweeps=self.passes,
             received_at=request.received_at,
             first_cancel_at=ticket.first_cancel_at,
-            finished_at=self.clock() if final else None,
+            finished_at=finished_at,
             orders=orders,
             reason=reason,
             operator=request.operator,
@@ -1237,17 +1344,6 @@ class Sweep:
         if not pairs:
             return None, None
         return len(pairs & self.ledger.listed_pairs()), len(pairs)
-
-    def _unproven(self, ticket: Ticket) -> str | None:
-        """Why a verified-empty listing is no proof of flat for this ticket, if it is not:
-        its pairs were never checked, or a pair in its scope was never listed to the end."""
-        unchecked = self._unchecked(ticket)
-        if unchecked is not None:
-            return unchecked
-        # The same pairs the result names in unlisted_pairs, so a flat never names any.
-        unlisted = self._unlisted(ticket.scope.symbols)
-        # _reason names the pairs (residual results list where nobody looked).
-        return "not flat: a pair in scope was never listed to the end" if unlisted else None
 
     def _unchecked(self, ticket: Ticket) -> str | None:
         """Why the ticket's pairs were never checked against the exchange's own list:
