@@ -12,7 +12,7 @@ Figures, all from the simulator's request log (its clock, in ms): per order, fro
 first ``cancel_all`` of its pair after it). p50 and p99 against the bound computed in
 the same run, ``pairs / (share x budget) + round trip`` as the engine reports it
 (``killswitch_latch_reaction_seconds``, which uses its measured listing round trip).
-Goals: p99 <= the bound, and p99 <= 1 s (issue 15, default settings, 5 pairs).
+Goals: p99 <= the bound, and p99 <= 1 s (default settings, 5 pairs).
 
     .venv/bin/python -m bench.latch_reaction [--orders 60] [--seed 1]
 

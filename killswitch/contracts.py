@@ -640,7 +640,9 @@ _MARK_JSON = _ENCODER.encode(_MARK)
 def encode_results(items: Sequence[tuple[SweepResult, Origin | None]]) -> list[bytes]:
     """:func:`encode_result` of each, byte for byte. A sweep's coalesced alerts have
     results that differ only in alert id, times and origin: those are written from
-    one template (encoded once), filling in just what differs."""
+    one template (encoded once), filling in just what differs. The last template is
+    kept for the next call (a sweep's next group shares it); a result no template can
+    be cut from is encoded whole."""
     global _template_memo  # noqa: PLW0603 - a one-entry memo of a pure function
     out: list[bytes] = []
     key, parts = _template_memo or (None, None)

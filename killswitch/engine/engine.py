@@ -342,15 +342,18 @@ class Engine:
     def start_group(
         self, alerts: Sequence[tuple[KillRequest, ResultSink]]
     ) -> asyncio.Future[list[SweepResult | BaseException]]:
-        """:meth:`start` for several kills of one account at once: they join one sweep
-        together (one scope widening, one log line), and one future gives every
-        alert's outcome, in order (its final result, or the exception its own
-        :meth:`start` would raise, e.g. :class:`~killswitch.core.ports.SweepHandedOver`),
-        once the last of them has one: the caller wakes once for the group, not once
-        per alert. Cancelling the future cancels no sweep.
+        """:meth:`start` for several kills of one account at once. Consecutive alerts
+        whose scopes unite exactly (:meth:`Scope.union`; a storm's alerts of one scope)
+        join a sweep together, in one step (one scope widening, one log line); and one
+        future gives every alert's outcome, in order (its final result, or the
+        exception the future of its own :meth:`start` would carry, e.g.
+        :class:`~killswitch.core.ports.SweepHandedOver`), once the last of them has
+        one: the caller wakes once for the group, not once per alert. Cancelling the
+        future cancels no sweep. An unconfigured account or a closing engine gives
+        every alert its refusal.
 
         Every request must be for the same account and dry-run flag, without a latch
-        (a latch publishes a halt first: use :meth:`start`)."""
+        (a latch publishes a halt first: use :meth:`start`); else ``ValueError``."""
         loop = asyncio.get_running_loop()
         if not alerts:
             done: asyncio.Future[list[SweepResult | BaseException]] = loop.create_future()

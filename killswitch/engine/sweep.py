@@ -296,7 +296,9 @@ class Sweep:
 
     def attach_many(self, alerts: Sequence[tuple[KillRequest, ResultSink | None]]) -> list[Ticket]:
         """Add several alerts at once (one join: the scope widens and the pass extends
-        once for all of them); returns their tickets, in order."""
+        once for all of them); returns their tickets, in order. Raises
+        ``RuntimeError`` when the sweep no longer accepts alerts and ``ValueError``
+        when the scopes do not unite exactly (:meth:`can_take`), before any change."""
         if not self.accepting:
             raise RuntimeError("sweep no longer accepts alerts")
         old = self.scope
@@ -521,7 +523,9 @@ class Sweep:
         it flat: answer its alerts now, then gather joiners as between passes before
         ending; True when some joined (the sweep goes on to verify for them). A storm
         then costs one listing per gathering, not a new sweep, and its first listing,
-        per handful of alerts. A sweep of one kill ends at once."""
+        per handful of alerts. The caller lingers only a sweep that still accepts
+        alerts and was joined more than once: a sweep of one join (one kill, or one
+        group) ends at once."""
         await self._answer_proven(gen)
         await self._gather_joiners(0.0, ended)
         return self.gen != ended
@@ -531,7 +535,8 @@ class Sweep:
         generation ``gen`` and whose result is ``flat`` now: the listing of that
         generation found nothing and nothing is in flight, so its result cannot
         change. An alert storm on one account is then answered a gathering at a
-        time, not all at the sweep's end. Others wait for the end as before."""
+        time, not all at the sweep's end. Others wait for the sweep's end, and so
+        does every ticket of a dry run or while a cancel is in flight."""
         if self.dry_run or self.ledger.pending():
             return
         tickets = self.tickets
@@ -556,8 +561,9 @@ class Sweep:
     async def _gather_joiners(self, at_least: float, ended: int) -> None:
         """Wait for more joining alerts before the next pass (at least ``at_least`` s):
         until none has joined for :data:`JOINERS_GATHER_S`, :data:`JOINERS_GATHER_MAX_S`
-        have passed, or the deadline; not at all once a joiner after generation
-        ``ended`` (the last pass's end) has widened the scope.
+        have passed, or the deadline. A joiner after generation ``ended`` (the last
+        pass's end) that widens the scope ends the gathering at once: only what is
+        left of ``at_least`` (the pause between passes) is still waited.
 
         Only the wait is shortened; what a listing verifies is unchanged: the next pass
         takes its generation when it begins, so an alert that joined during the

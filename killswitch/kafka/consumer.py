@@ -470,8 +470,9 @@ class Intake:
         await self._end_run()
 
     async def shutdown(self, grace_s: float) -> None:
-        """Let running work finish within ``grace_s`` (the run ends), commit what
-        completed, leave the group."""
+        """Stop taking new alerts, let running work finish within ``grace_s`` (the run
+        ends), then cancel what still runs (as :meth:`abandon`: uncommitted, replayed by
+        the next owner), commit what completed and leave the group (:meth:`close`)."""
         self.stop()
         try:
             async with asyncio.timeout(grace_s):
