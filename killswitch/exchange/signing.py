@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +22,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
+    Prehashed,
     decode_dss_signature,
     encode_dss_signature,
 )
@@ -35,6 +37,9 @@ CURVES: dict[str, ec.EllipticCurve] = {
 }
 
 _ECDSA = ec.ECDSA(hashes.SHA256())
+# The same check over a digest taken by hashlib: a few microseconds cheaper per call than
+# OpenSSL hashing the payload itself (the simulator verifies every request).
+_ECDSA_PREHASHED = ec.ECDSA(Prehashed(hashes.SHA256()))
 
 
 class KeyLoadError(ValueError):
@@ -188,7 +193,7 @@ def verify(
     """True when ``signature`` is a valid signature of ``payload``."""
     try:
         der = decode_signature(signature, encoding, public_key.curve)
-        public_key.verify(der, payload, _ECDSA)
+        public_key.verify(der, hashlib.sha256(payload).digest(), _ECDSA_PREHASHED)
     except (ValueError, InvalidSignature):
         return False
     return True
