@@ -4,7 +4,6 @@ shows that limiter's rate, never a rate of its own."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import httpx
@@ -14,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from killswitch.simulator.faults import EndpointFaults
 from tests.support.exchange import exchange
 from tests.support.inprocess import ACCOUNTS, daemon_in_process, daemon_settings, prepare_topics
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -72,13 +71,9 @@ async def readyz_until(
     http: httpx.AsyncClient, url: str, until: Callable[[httpx.Response], bool], timeout: float
 ) -> httpx.Response:
     """Poll ``/readyz`` until ``until(answer)`` holds; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not until(answer := await http.get(f"{url}/readyz")):
-        if loop.time() > deadline:
-            raise AssertionError(f"/readyz never as wanted: {answer.json()}")
-        await asyncio.sleep(0.05)  # polling a condition with a deadline
-    return answer
+    return await wait_until(
+        lambda: http.get(f"{url}/readyz"), until, timeout, what=lambda a: f"/readyz {a.json()}"
+    )
 
 
 async def test_a_page_size_the_exchange_refuses_makes_the_account_not_ready(

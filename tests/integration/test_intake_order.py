@@ -3,7 +3,6 @@ up (daemon in process, embedded broker, exchange simulator over loopback)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
@@ -28,7 +27,7 @@ from tests.support.intake import (
     running_intake,
 )
 from tests.support.topics import TopicCollector, committed, produce, read_to_end
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -62,11 +61,12 @@ async def test_a_release_is_not_overtaken_by_the_large_latched_kill_before_it(
 
 async def _committed_to(bootstrap: str, group: str, topic: str, offset: int) -> None:
     """Wait (20 s at most) until the group has committed ``offset`` on partition 0."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    while await committed(bootstrap, group, topic) != offset:
-        assert loop.time() < deadline, f"{topic}: offset {offset} not committed"
-        await asyncio.sleep(0.05)  # poll interval of the wait
+    await wait_until(
+        lambda: committed(bootstrap, group, topic),
+        lambda at: at == offset,
+        20,
+        what=lambda at: f"{topic}: committed {at}, not {offset}",
+    )
 
 
 def _ms(stamp: str) -> int:

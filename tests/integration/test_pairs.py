@@ -46,7 +46,7 @@ from tests.support.intake import (
     running_intake,
 )
 from tests.support.topics import TopicCollector, produce
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -515,14 +515,12 @@ async def _ready_reasons(daemon: Daemon) -> list[str]:
 
 async def _wait_reasons(daemon: Daemon, want: Callable[[list[str]], bool]) -> list[str]:
     """Poll /readyz until its reasons satisfy ``want`` (a condition with a deadline)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    reasons = await _ready_reasons(daemon)
-    while not want(reasons):
-        assert loop.time() < deadline, f"readiness reasons stayed {reasons}"
-        await asyncio.sleep(0.05)
-        reasons = await _ready_reasons(daemon)
-    return reasons
+    return await wait_until(
+        lambda: _ready_reasons(daemon),
+        want,
+        30,
+        what=lambda reasons: f"readiness reasons stayed {reasons}",
+    )
 
 
 async def test_readiness_and_check_agree_on_an_account_without_any_pair_list(

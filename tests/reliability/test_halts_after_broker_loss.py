@@ -11,7 +11,6 @@ come back over it.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from tests.support.broker import kill_broker, wait_kafka_up, wait_ready
 from tests.support.daemon import Daemons, daemon_config, write_config
 from tests.support.exchange import exchange
 from tests.support.topics import Producer, TopicCollector, alert, read_to_end
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_for, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,13 +47,13 @@ async def halted_accounts(config: Path) -> dict[str, HaltState]:
 
 async def wait_halted(config: Path, expected: set[str], timeout: float) -> dict[str, HaltState]:
     """Poll ``status`` until it shows exactly ``expected`` halted, with a deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while set(shown := await halted_accounts(config)) != expected:
-        if loop.time() > deadline:
-            raise AssertionError(f"status shows {sorted(shown)}, not {sorted(expected)}")
-        await asyncio.sleep(0.2)  # polling a condition with a deadline
-    return shown
+    return await wait_until(
+        lambda: halted_accounts(config),
+        lambda shown: set(shown) == expected,
+        timeout,
+        interval=0.2,
+        what=lambda shown: f"status shows {sorted(shown)}, not {sorted(expected)}",
+    )
 
 
 async def send_and_wait_final(

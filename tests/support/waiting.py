@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 
 async def wait_for(
@@ -16,3 +19,21 @@ async def wait_for(
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def wait_until(
+    probe: Callable[[], Awaitable[_T]],
+    until: Callable[[_T], bool],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: Callable[[_T], str] = repr,
+) -> _T:
+    """Await ``probe()`` until ``until(value)`` holds and return that value; fail the test
+    after ``timeout`` seconds, naming the last value (``what``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not until(value := await probe()):
+        if loop.time() > deadline:
+            raise AssertionError(f"not as wanted within {timeout}s: {what(value)}")
+        await asyncio.sleep(interval)
+    return value
