@@ -130,11 +130,16 @@ async def test_a_redirect_on_any_endpoint_is_in_readiness_with_its_location(
     assert env.sim.order(order_id) is not None  # never followed elsewhere
 
 
-def kill(alert_id: str, *, order_ids: set[int] | None = None) -> KillRequest:
+def kill(
+    alert_id: str, *, order_ids: set[int] | None = None, symbols: set[str] | None = None
+) -> KillRequest:
     return KillRequest(
         alert_id=alert_id,
         account=ACCOUNT,
-        scope=Scope(order_ids=frozenset(order_ids) if order_ids else None),
+        scope=Scope(
+            symbols=frozenset(symbols) if symbols else None,
+            order_ids=frozenset(order_ids) if order_ids else None,
+        ),
         received_at=datetime.now(UTC),
         deadline_s=20.0,
         source="integration",
@@ -170,6 +175,30 @@ async def test_a_redirected_cancel_all_is_named_remembered_and_falls_back(
     assert first.reason is not None
     assert problem("cancel_all") in first.reason
     assert env.reasons() == (f"{ACCOUNT}: {problem('cancel_all')}",)
+
+
+async def test_a_named_pairs_redirected_cancel_all_falls_back_to_listing_first(
+    env: Env, engines: Engines
+) -> None:
+    """A kill naming a pair sends its cancel-all before listing: on an exchange that
+    redirects that route the redirect is remembered, the pair is listed and cancelled
+    anyway, and the next named-pair kill lists first."""
+    for symbol in SYMBOLS:
+        env.sim.seed_orders(env.api_key, symbol, 20)
+    env.sim.set_redirect(ELSEWHERE, 308, endpoint="cancel_all")
+    async with env.client() as client:
+        engine = await engines(Engine({ACCOUNT: client}, EngineConfig()))
+        first = await engine.submit(kill("first", symbols={"BTC_USDT"}), no_progress)
+        second = await engine.submit(kill("second", symbols={"ETH_USDT"}), no_progress)
+        await engine.close(1.0)
+    assert (first.status, second.status) == (SweepStatus.FLAT, SweepStatus.FLAT)
+    open_ids = env.sim.open_order_ids(env.api_key)
+    assert len(open_ids) == 20  # SOL_USDT's, named by neither kill
+    assert env.sim.count(env.api_key, "cancel_all") == 1  # the second kill listed first
+    assert engine.refused_endpoints(ACCOUNT) == {"cancel_all"}
+    assert first.reason is not None
+    assert problem("cancel_all") in first.reason
+    assert first.counts.sent == second.counts.sent == 20
 
 
 async def test_a_redirected_cancel_names_the_location_in_the_result(
