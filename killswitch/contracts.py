@@ -15,6 +15,9 @@ Everything here is pure (no I/O): bytes in, models or bytes out.
   reads it without its lists, plus what a replay carries, for the dedup rebuild).
 * :func:`encode_state` and :func:`decode_state_record` write and read the halt state
   record; :class:`DeadLetter` is the dead letter record both ways.
+* :func:`encode_result_head` and :func:`read_result_head` write and read the small
+  header every result record carries (``killswitch.result.head``), so the dedup
+  rebuild can learn a final result without decoding its body.
 
 Compatibility: unknown *top-level* alert fields are ignored (a newer producer may
 add fields; a kill must not be refused for that), but unknown keys inside
@@ -894,6 +897,71 @@ def decode_result_summary(raw: bytes | None) -> ResultRecord | None:
     if record.final:
         return record
     return dataclasses.replace(record, carried=carried_from_json(data))
+
+
+# ----------------------------------------- a result's head, as a Kafka record header
+
+# Every result record carries this header: what the dedup rebuild needs of a *final*
+# result, so that every daemon reading every result need not decode each body (a
+# storm's bodies list the sweep's orders). An optimisation only: the body stays the
+# contract, and a reader falls back to it whenever the head is missing or unreadable.
+RESULT_HEAD_HEADER: Final = "killswitch.result.head"
+# Five short fields (an alert id is at most 128 characters, a topic name 249): a longer
+# value is not a head a daemon wrote.
+_MAX_HEAD_BYTES = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class ResultHead:
+    """A result's ``killswitch.result.head`` header, read back."""
+
+    alert_id: str
+    account: str
+    status: str
+    final: bool
+    origin: Position | None
+
+
+def encode_result_head(
+    alert_id: str, account: str, status: str, final: bool, origin: Position | None
+) -> bytes:
+    """The header value written with a result, from the values its body is written
+    from: compact JSON ``{"alert_id","account","status","final","origin"}`` in UTF-8,
+    ``origin`` as in the body or null. Written as text (each string JSON-escaped): a
+    storm publishes thousands of results at once."""
+    where = (
+        "null"
+        if origin is None
+        else f'{{"topic":{_ENCODER.encode(origin.topic)},"partition":{int(origin.partition)},'
+        f'"offset":{int(origin.offset)}}}'
+    )
+    return (
+        f'{{"alert_id":{_ENCODER.encode(alert_id)},"account":{_ENCODER.encode(account)},'
+        f'"status":{_ENCODER.encode(status)},"final":{"true" if final else "false"},'
+        f'"origin":{where}}}'
+    ).encode()
+
+
+def read_result_head(raw: bytes | None) -> ResultHead | None:
+    """A ``killswitch.result.head`` value read back; None unless it is a JSON object
+    (no duplicate keys) with a non-empty ``alert_id``, ``account`` and ``status``, a
+    boolean ``final`` and an ``origin`` that is null or a readable position (never
+    raises). Keys it does not know are ignored."""
+    data = load_json_object(raw, _MAX_HEAD_BYTES)
+    if isinstance(data, str):
+        return None
+    alert_id, account, status = data.get("alert_id"), data.get("account"), data.get("status")
+    final, where = data.get("final"), data.get("origin", False)
+    origin = None if where is None else position_from_json(where)
+    if (
+        not (isinstance(alert_id, str) and alert_id)
+        or not (isinstance(account, str) and account)
+        or not (isinstance(status, str) and status)
+        or not isinstance(final, bool)
+        or (where is not None and origin is None)
+    ):
+        return None
+    return ResultHead(alert_id, account, status, final, origin)
 
 
 # ------------------------------------------- a progress result's outcomes, for a replay

@@ -10,11 +10,28 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from killswitch.config import TopicSettings
-from killswitch.contracts import encode_result, encode_results, encode_state
+from killswitch.contracts import (
+    RESULT_HEAD_HEADER,
+    encode_result,
+    encode_result_head,
+    encode_results,
+    encode_state,
+)
 from killswitch.core.model import HaltState, Position, SweepResult
 from killswitch.core.ports import ResultSink
 
 log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+def result_headers(result: SweepResult, origin: Position | None) -> Headers:
+    """The Kafka headers of a result record: its head (``killswitch.result.head``),
+    from the same values its body is written from."""
+    head = encode_result_head(
+        result.alert_id, result.account, result.status.value, result.final, origin
+    )
+    return [(RESULT_HEAD_HEADER, head)]
 
 
 class Publisher:
@@ -43,9 +60,12 @@ class Publisher:
     async def result(
         self, result: SweepResult, origin: Position | None = None, *, wait: bool = True
     ) -> None:
-        """Publish one result (key = account)."""
+        """Publish one result (key = account, with its head header)."""
         future = await self._send(
-            self._topics.results, encode_result(result, origin), result.account.encode()
+            self._topics.results,
+            encode_result(result, origin),
+            result.account.encode(),
+            result_headers(result, origin),
         )
         if wait:
             await future
@@ -64,10 +84,13 @@ class Publisher:
         futures: dict[int, asyncio.Future[object]] = {}
         values = encode_results(items)
         async with self._enqueue:
-            for i, ((result, _), value) in enumerate(zip(items, values, strict=True)):
+            for i, ((result, origin), value) in enumerate(zip(items, values, strict=True)):
                 try:
                     futures[i] = await self._producer.send(
-                        self._topics.results, value, key=result.account.encode()
+                        self._topics.results,
+                        value,
+                        key=result.account.encode(),
+                        headers=result_headers(result, origin),
                     )
                 except KafkaError as exc:
                     outcomes[i] = exc
@@ -105,7 +128,9 @@ class Publisher:
         """Publish an alert the daemon generated itself (dead-man) to the alerts topic."""
         await (await self._send(self._topics.alerts, value, account.encode()))
 
-    async def _send(self, topic: str, value: bytes, key: bytes | None) -> asyncio.Future[object]:
+    async def _send(
+        self, topic: str, value: bytes, key: bytes | None, headers: Headers | None = None
+    ) -> asyncio.Future[object]:
         """Enqueue one record; the returned future resolves when the broker acknowledged it.
 
         Enqueueing is serialised: when a partition's batch is full, aiokafka makes
@@ -114,7 +139,9 @@ class Publisher:
         One sender at a time keeps it linear; acknowledgements still overlap.
         """
         async with self._enqueue:
-            future: asyncio.Future[object] = await self._producer.send(topic, value, key=key)
+            future: asyncio.Future[object] = await self._producer.send(
+                topic, value, key=key, headers=headers
+            )
         return future
 
     async def flush(self) -> None:

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from killswitch.config import KafkaSettings
-from killswitch.contracts import decode_result_summary, decode_state_record
+from killswitch.contracts import (
+    RESULT_HEAD_HEADER,
+    ResultHead,
+    decode_result_summary,
+    decode_state_record,
+    read_result_head,
+)
 from killswitch.core.carry import CarryStore
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import CarriedOutcomes, HaltState, Position, Scope
@@ -160,6 +167,31 @@ def _fold_state(
         log.warning("unreadable record on the state topic ignored")
 
 
+class KafkaRecord(Protocol):
+    """What the results reader uses of a consumed record."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+def final_head(record: KafkaRecord) -> ResultHead | None:
+    """The head header of a final result, when it alone can be learned from: exactly
+    one ``killswitch.result.head``, readable, ``final`` and naming the record's key as
+    its account. None otherwise (no header: an older daemon's record; a progress
+    result, whose outcomes are in the body; anything doubtful): read the body then."""
+    found = [value for name, value in record.headers if name == RESULT_HEAD_HEADER]
+    if len(found) != 1:
+        return None
+    head = read_result_head(found[0])
+    if head is None or not head.final or record.key != head.account.encode("utf-8"):
+        return None
+    return head
+
+
 class ResultsIndex:
     """Feeds the dedup window with final results from the results topic, and keeps
     the latest progress outcomes of alerts with no final result yet (``carry``), so
@@ -188,6 +220,7 @@ class ResultsIndex:
         self._parts: list[TopicPartition] = []
         self._progress = asyncio.Event()
         self.learned = 0
+        self.read_heads = 0  # final results learned from their head header alone
 
     async def start(self) -> None:
         """Assign every partition at its recent tail."""
@@ -251,23 +284,37 @@ class ResultsIndex:
         # one go would hold the event loop (and every kill) that long.
         batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_MAX_RECORDS)
         for records in batch.values():
-            self._learn(rec.value for rec in records)
+            self._learn_records(records)
         self._progress.set()
 
     def carried(self, alert_id: str, account: str) -> CarriedOutcomes | None:
         """What an earlier process published for a pair it did not finish, if anything."""
         return self.carry.get(alert_id, account)
 
+    def _learn_records(self, records: Iterable[KafkaRecord]) -> None:
+        """Learn a final result from its head header when :func:`final_head` trusts
+        it, anything else from its body."""
+        for record in records:
+            head = final_head(record)
+            if head is None:
+                self._learn_body(record.value)
+            else:
+                self.read_heads += 1
+                self._learn_final(head.alert_id, head.account, head.status, head.origin)
+
     def _learn(self, values: Iterable[bytes | None]) -> None:
         for value in values:
-            summary = decode_result_summary(value)
-            if summary is None:
-                continue
-            if not summary.final:
-                if summary.carried is not None and summary.status == "running":
-                    self.carry.progress(summary.alert_id, summary.account, summary.carried)
-                continue
-            self._learn_final(summary.alert_id, summary.account, summary.status, summary.origin)
+            self._learn_body(value)
+
+    def _learn_body(self, value: bytes | None) -> None:
+        summary = decode_result_summary(value)
+        if summary is None:
+            return
+        if not summary.final:
+            if summary.carried is not None and summary.status == "running":
+                self.carry.progress(summary.alert_id, summary.account, summary.carried)
+            return
+        self._learn_final(summary.alert_id, summary.account, summary.status, summary.origin)
 
     def _learn_final(
         self, alert_id: str, account: str, status: str, origin: Position | None

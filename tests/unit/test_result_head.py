@@ -1,0 +1,235 @@
+"""A result's head header (pure): its codec, that it says what the body says, and that
+the results reader learns a final result from it and anything doubtful from the body."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from killswitch.config import KafkaSettings
+from killswitch.contracts import (
+    RESULT_HEAD_HEADER,
+    ResultHead,
+    decode_result_summary,
+    encode_result,
+    encode_result_head,
+    encode_results,
+    read_result_head,
+)
+from killswitch.core.dedup import DedupWindow
+from killswitch.core.model import Counts, OrderReport, Position, SweepResult, SweepStatus
+from killswitch.core.outcomes import Outcome
+from killswitch.kafka.outputs import result_headers
+from killswitch.kafka.readers import ResultsIndex, final_head
+
+T0 = datetime(2026, 11, 24, 1, 2, 3, tzinfo=UTC)
+ORIGIN = Position("killswitch.alerts", 2, 1841)
+CONTRACTS = Path(__file__).resolve().parents[2] / "docs" / "CONTRACTS.md"
+
+
+def result(*, final: bool = True, alert_id: str = "a-1", account: str = "mm-1") -> SweepResult:
+    orders = [OrderReport(n, "BTC_USDT", Outcome.SENT, 1) for n in (1, 2)]
+    return SweepResult(
+        alert_id=alert_id,
+        account=account,
+        status=SweepStatus.FLAT if final else SweepStatus.RUNNING,
+        final=final,
+        dry_run=False,
+        counts=Counts(sent=2),
+        residual_open=0,
+        sweeps=1,
+        received_at=T0,
+        first_cancel_at=T0 + timedelta(seconds=1),
+        finished_at=T0 + timedelta(seconds=2) if final else None,
+        orders=orders,
+    )
+
+
+# ------------------------------------------------------------------------- codec
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        ResultHead("a-1", "mm-1", "flat", True, ORIGIN),
+        ResultHead("a-1", "mm-1", "running", False, None),
+        # Strings JSON must escape, and text beyond ASCII (written as UTF-8).
+        ResultHead('q"uo\\te', 'acc"ount\n', "flat", True, Position('t"o\\p', 0, 0)),
+        ResultHead("a-1", "kōnto-✓", "dúplicate", True, Position("ü", 7, 2**62)),
+    ],
+)
+def test_a_head_reads_back_as_written(head: ResultHead) -> None:
+    raw = encode_result_head(head.alert_id, head.account, head.status, head.final, head.origin)
+    assert read_result_head(raw) == head
+    assert json.loads(raw)["origin"] == (
+        None if head.origin is None else dataclasses.asdict(head.origin)
+    )
+
+
+def test_the_head_is_compact_json_with_exactly_its_five_fields() -> None:
+    raw = encode_result_head("risk-7f3a", "mm-1", "flat", True, ORIGIN)
+    assert raw == (
+        b'{"alert_id":"risk-7f3a","account":"mm-1","status":"flat","final":true,'
+        b'"origin":{"topic":"killswitch.alerts","partition":2,"offset":1841}}'
+    )
+    # The example in docs/CONTRACTS.md is this very value.
+    assert raw.decode() in CONTRACTS.read_text()
+
+
+GOOD = {
+    "alert_id": "a-1",
+    "account": "mm-1",
+    "status": "flat",
+    "final": True,
+    "origin": {"topic": "t", "partition": 0, "offset": 5},
+}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        b"",
+        b"not json",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'{"alert_id": "a-1"',
+        b"x" * 4096,
+        # a field missing, empty or not of its type
+        *[json.dumps({k: v for k, v in GOOD.items() if k != name}).encode() for name in GOOD],
+        json.dumps(GOOD | {"alert_id": ""}).encode(),
+        json.dumps(GOOD | {"account": ""}).encode(),
+        json.dumps(GOOD | {"status": ""}).encode(),
+        json.dumps(GOOD | {"account": 7}).encode(),
+        json.dumps(GOOD | {"final": 1}).encode(),
+        json.dumps(GOOD | {"final": "true"}).encode(),
+        json.dumps(GOOD | {"origin": {"topic": "t", "partition": 0}}).encode(),
+        json.dumps(GOOD | {"origin": {"topic": "t", "partition": True, "offset": 1}}).encode(),
+        json.dumps(GOOD | {"origin": "t:0:5"}).encode(),
+        # a head that says two things: never learned from
+        b'{"alert_id":"a-1","account":"mm-1","status":"flat","final":false,"final":true,'
+        b'"origin":null}',
+        b'{"alert_id":"a-1","account":"mm-1","status":"flat","final":true,"origin":NaN}',
+    ],
+)
+def test_an_unreadable_head_reads_as_none(raw: bytes | None) -> None:
+    assert read_result_head(raw) is None
+
+
+def test_unknown_keys_of_a_head_are_ignored() -> None:
+    raw = json.dumps(GOOD | {"added_later": 1}).encode()
+    assert read_result_head(raw) == ResultHead("a-1", "mm-1", "flat", True, Position("t", 0, 5))
+
+
+# ------------------------------------------------- the head says what the body says
+
+
+def _head_of(headers: Sequence[tuple[str, bytes]]) -> ResultHead | None:
+    [(name, value)] = headers
+    assert name == RESULT_HEAD_HEADER
+    return read_result_head(value)
+
+
+@pytest.mark.parametrize("final", [True, False])
+@pytest.mark.parametrize("origin", [ORIGIN, None])
+def test_the_head_written_is_what_the_body_says(final: bool, origin: Position | None) -> None:
+    written = result(final=final, alert_id='a"1', account="mm-✓")
+    # One record (``Publisher.result``) and a sweep's group (``Publisher.results``).
+    group = [(written, origin), (dataclasses.replace(written, alert_id="a-2"), origin)]
+    bodies = [encode_result(written, origin), *encode_results(group)]
+    for (one, where), body in zip([(written, origin), *group], bodies, strict=True):
+        summary = decode_result_summary(body)
+        assert summary is not None
+        said = (summary.alert_id, summary.account, summary.status, summary.final, summary.origin)
+        head = _head_of(result_headers(one, where))
+        assert head is not None
+        assert (head.alert_id, head.account, head.status, head.final, head.origin) == said
+
+
+# --------------------------------------------------------------- the reader's part
+
+
+@dataclass(frozen=True)
+class Rec:
+    """A consumed record, as the reader sees one."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+def published(res: SweepResult, origin: Position | None = ORIGIN) -> Rec:
+    """A record as ``Publisher`` writes it: key, body and head."""
+    return Rec(res.account.encode(), encode_result(res, origin), result_headers(res, origin))
+
+
+def index() -> ResultsIndex:
+    return ResultsIndex(KafkaSettings(), "results", DedupWindow(10), tail_records=10)
+
+
+def test_a_final_result_is_learned_from_its_head_alone() -> None:
+    reader = index()
+    # A body that is no result at all: only the head can teach the reader this one.
+    record = dataclasses.replace(published(result()), value=b"not read")
+    reader._learn_records([record])
+    assert reader._dedup.status("a-1", "mm-1") == "flat"
+    assert not reader._dedup.decide("a-1", ["mm-1"], ORIGIN).reused  # origin learned too
+    assert reader._dedup.decide("a-1", ["mm-1"], Position("x", 0, 0)).reused
+    assert (reader.learned, reader.read_heads) == (1, 1)
+
+
+def test_a_record_without_a_head_is_learned_from_its_body() -> None:
+    reader = index()
+    reader._learn_records([dataclasses.replace(published(result()), headers=())])
+    assert reader._dedup.status("a-1", "mm-1") == "flat"
+    assert (reader.learned, reader.read_heads) == (1, 0)
+
+
+def test_a_progress_result_is_read_from_its_body_for_what_it_carries() -> None:
+    reader = index()
+    reader._learn_records([published(result(final=False))])
+    carried = reader.carried("a-1", "mm-1")
+    assert carried is not None
+    assert [o.order_id for o in carried.orders] == [1, 2]
+    assert reader._dedup.status("a-1", "mm-1") is None
+    assert reader.read_heads == 0
+
+
+def _head(**fields: object) -> tuple[str, bytes]:
+    return (RESULT_HEAD_HEADER, json.dumps(GOOD | {"account": "mm-1"} | fields).encode())
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(RESULT_HEAD_HEADER, b"{unreadable")],
+        [_head(account="mm-2")],  # another account than the record's key
+        [_head(), _head()],  # two heads
+        [_head(final=False)],
+        [("other.header", _head()[1])],
+    ],
+)
+def test_a_doubtful_head_leaves_the_record_to_its_body(
+    headers: list[tuple[str, bytes]],
+) -> None:
+    # The body is a progress result: whatever the head claims, nothing is final yet.
+    record = dataclasses.replace(published(result(final=False)), headers=headers)
+    assert final_head(record) is None
+    reader = index()
+    reader._learn_records([record])
+    assert reader._dedup.status("a-1", "mm-1") is None
+    assert reader.carried("a-1", "mm-1") is not None
+    assert reader.read_heads == 0
+
+
+def test_a_final_head_is_trusted_only_with_the_records_key() -> None:
+    record = published(result())
+    assert final_head(record) == ResultHead("a-1", "mm-1", "flat", True, ORIGIN)
+    assert final_head(dataclasses.replace(record, key=None)) is None
+    assert final_head(dataclasses.replace(record, key=b"mm-2")) is None
