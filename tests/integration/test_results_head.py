@@ -1,0 +1,93 @@
+"""The results reader against the real broker: final results published with their head
+header are learned from it; an older daemon's record (no header) and a progress result
+(whose outcomes only its body has) are read from their bodies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from killswitch.contracts import encode_result
+from killswitch.core.dedup import DedupWindow
+from killswitch.core.model import Counts, OrderReport, Position, SweepResult, SweepStatus
+from killswitch.core.outcomes import Outcome
+from killswitch.kafka.clients import make_producer
+from killswitch.kafka.outputs import Publisher
+from killswitch.kafka.readers import ResultsIndex
+from tests.support.intake import create_all_topics, make_settings
+from tests.support.topics import Producer
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+Unique = Callable[[str], str]
+T0 = datetime(2026, 11, 24, 1, 2, 3, tzinfo=UTC)
+
+
+def result(alert_id: str, account: str = "mm-1", *, final: bool = True) -> SweepResult:
+    orders = [OrderReport(n, "BTC_USDT", Outcome.SENT, 1) for n in range(1, 51)]
+    return SweepResult(
+        alert_id=alert_id,
+        account=account,
+        status=SweepStatus.FLAT if final else SweepStatus.RUNNING,
+        final=final,
+        dry_run=False,
+        counts=Counts(sent=len(orders)),
+        residual_open=0,
+        sweeps=1,
+        received_at=T0,
+        first_cancel_at=T0 + timedelta(seconds=1),
+        finished_at=T0 + timedelta(seconds=2) if final else None,
+        orders=orders,
+    )
+
+
+async def test_the_results_reader_learns_from_heads_and_from_bodies(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topic = settings.kafka.topics.results
+    alerts = settings.kafka.topics.alerts
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        publisher = Publisher(producer, settings.kafka.topics)
+        # (a) final results with their head: one alone, and a sweep's group at once
+        await publisher.result(result("h-1"), Position(alerts, 0, 1))
+        group = [(result("h-2"), Position(alerts, 0, 2)), (result("h-3", "mm-2"), None)]
+        assert await publisher.results(group) == [None, None]
+        # (c) a progress result (it has a head too, saying it is not final)
+        await publisher.result(result("p-1", final=False), Position(alerts, 0, 4))
+    finally:
+        await producer.stop()
+    # (b) an older daemon's final result: the body alone, no header
+    async with Producer(kafka_bootstrap) as older:
+        await older.send(topic, encode_result(result("o-1"), Position(alerts, 0, 5)), "mm-1")
+
+    dedup = DedupWindow(100)
+    index = ResultsIndex(settings.kafka, topic, dedup, tail_records=1000)
+    await index.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(index.run(stop))
+    try:
+        await wait_for(lambda: index.learned == 4 and index.carried("p-1", "mm-1") is not None)
+    finally:
+        stop.set()
+        await task
+        await index.close()
+    assert index.read_heads == 3  # h-1, h-2, h-3: learned without decoding their bodies
+    statuses = {a: dedup.status(a, acc) for a, acc in [("h-1", "mm-1"), ("h-3", "mm-2")]}
+    assert statuses == {"h-1": "flat", "h-3": "flat"}
+    assert dedup.status("h-2", "mm-1") == dedup.status("o-1", "mm-1") == "flat"
+    # Origins came with them: the same alert id read elsewhere is a re-use.
+    assert not dedup.decide("h-2", ["mm-1"], Position(alerts, 0, 2)).reused
+    assert dedup.decide("h-2", ["mm-1"], Position(alerts, 0, 9)).reused
+    assert dedup.decide("o-1", ["mm-1"], Position(alerts, 0, 9)).reused
+    carried = index.carried("p-1", "mm-1")
+    assert carried is not None
+    assert len(carried.orders) == 50
+    assert dedup.status("p-1", "mm-1") is None
