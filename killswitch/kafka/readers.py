@@ -281,7 +281,10 @@ class ResultsIndex:
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> None:
         # Bounded: in an alert storm thousands of results wait, and reading them all in
-        # one go would hold the event loop (and every kill) that long.
+        # one go would hold the event loop (and every kill) that long. Sized for records
+        # read from their body (an older daemon's, a progress result); a final result
+        # learned from its head costs a fraction of that, and a step's own overhead is
+        # small, so a larger bound for those would save little.
         batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_MAX_RECORDS)
         for records in batch.values():
             self._learn_records(records)
