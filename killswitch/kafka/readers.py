@@ -201,6 +201,9 @@ class ResultsIndex:
     per partition: the recent window) up to the end; then it keeps following the
     topic, so results published by other daemons in the group are known when
     their partitions move here (:meth:`wait_caught_up` on assignment).
+
+    A final result is learned from its head header alone when :func:`final_head`
+    trusts it (``read_heads`` counts those); every other record from its body.
     """
 
     def __init__(
