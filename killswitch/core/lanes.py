@@ -64,6 +64,19 @@ class FairLanes(Generic[K, T]):
         self._count += 1
         self._counted(item, 1)
 
+    def extend(self, lane: K, items: list[T], *, urgent: bool = False) -> None:
+        """:meth:`push` each of ``items``, in their order."""
+        if not items:
+            return
+        lanes = self._urgent if urgent else self._normal
+        queue = lanes.get(lane)
+        if queue is None:
+            queue = lanes[lane] = deque()
+        queue.extend(items)
+        self._count += len(items)
+        if self._source is not None:
+            self._per_source.update(map(self._source, items))
+
     def pop(self, held: Callable[[K], bool] = lambda lane: False) -> T | None:
         """The first record of the shortest lane that is not ``held`` (urgent lanes
         first); None when every lane with records is held (or none has any)."""

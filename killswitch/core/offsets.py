@@ -71,7 +71,14 @@ class OffsetTracker(Generic[K]):
     _parts: dict[K, PartitionOffsets] = field(default_factory=dict)
 
     def read(self, key: K, offset: int) -> bool:
-        return self._parts.setdefault(key, PartitionOffsets()).read(offset)
+        return self.partition(key).read(offset)
+
+    def partition(self, key: K) -> PartitionOffsets:
+        """The offsets of partition ``key`` (tracked from now on if they were not)."""
+        part = self._parts.get(key)
+        if part is None:
+            part = self._parts[key] = PartitionOffsets()
+        return part
 
     def done(self, key: K, offset: int) -> None:
         """Mark done; a partition dropped meanwhile (revoked) is ignored."""

@@ -422,8 +422,7 @@ class Intake:
             if self._stopping:
                 break  # not handed out: not read, so replayed by whoever resumes
             for tp, records in batch.items():
-                for record in records:
-                    self._enqueue(tp, record)
+                self._enqueue(tp, records)
             if self._take_up() or batch:
                 # Records are still waiting: let the rest of the loop run before the
                 # next slice (a poll that finds records buffered does not yield). Records
@@ -522,12 +521,24 @@ class Intake:
         room = self._max_in_flight - self._records_running - len(self._backlog)
         return max(self._kafka.max_poll_records, room)
 
-    def _enqueue(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
-        """A record read: into its lane (its offset now counts as read, not done)."""
-        if not self._tracker.read(tp, record.offset):
-            return
+    def _enqueue(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
+        """A partition's records read: each into its lane (its offset now counts as
+        read, not done). A storm's poll brings thousands in one step of the event
+        loop: each lane's records are added at once."""
+        runs: dict[_Lane, list[tuple[TopicPartition, ConsumerRecord[Any, Any]]]] = {}
+        lanes: dict[bytes | None, _Lane] = {}
+        read = self._tracker.partition(tp).read
+        for record in records:
+            if not read(record.offset):
+                continue
+            key = record.key
+            lane = lanes.get(key)
+            if lane is None:
+                lane = lanes[key] = self._lane(tp, record)
+            runs.setdefault(lane, []).append((tp, record))
         manual = tp.topic == self._config.topics.manual
-        self._backlog.push(self._lane(tp, record), (tp, record), urgent=manual)
+        for lane, items in runs.items():
+            self._backlog.extend(lane, items, urgent=manual)
 
     @staticmethod
     def _lane(tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> _Lane:

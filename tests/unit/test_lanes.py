@@ -103,3 +103,35 @@ def test_records_pushed_back_go_first_in_their_lane_again() -> None:
     assert len(lanes) == 3
     assert lanes.sources() == {"s"}
     assert drain(lanes) == ["s2", "s3", "s4"]
+
+
+def test_extend_is_push_of_each_record_in_order() -> None:
+    pushed: FairLanes[str, tuple[str, int]] = FairLanes(source=lambda item: item[0])
+    extended: FairLanes[str, tuple[str, int]] = FairLanes(source=lambda item: item[0])
+    batches = [
+        ("a", [("p0", 1), ("p0", 2), ("p0", 3)], False),
+        ("b", [("p1", 4)], False),
+        ("m", [("p2", 5), ("p2", 6)], True),
+        ("a", [("p1", 7)], False),
+        ("c", [], False),
+    ]
+    for lane, items, urgent in batches:
+        for item in items:
+            pushed.push(lane, item, urgent=urgent)
+        extended.extend(lane, items, urgent=urgent)
+    assert len(extended) == len(pushed) == 7
+    assert extended.sources() == pushed.sources() == {"p0", "p1", "p2"}
+    assert (
+        drain(extended)
+        == drain(pushed)
+        == [
+            ("p2", 5),
+            ("p2", 6),
+            ("p1", 4),
+            ("p0", 1),
+            ("p0", 2),
+            ("p0", 3),
+            ("p1", 7),
+        ]
+    )
+    assert extended.sources() == set()

@@ -111,3 +111,12 @@ def test_position_never_passes_an_unfinished_offset(order: list[int], finished: 
     # everything below the position is done; the position itself is unfinished (or the end)
     assert all(o >= position for o in unfinished)
     assert position == (min(unfinished) if unfinished else 30)
+
+
+def test_a_partitions_offsets_are_the_trackers_own() -> None:
+    tracker: OffsetTracker[str] = OffsetTracker()
+    part = tracker.partition("p0")
+    assert part.read(5)
+    assert not tracker.read("p0", 5)  # the tracker saw the read made through its partition
+    assert tracker.partition("p0") is part
+    assert tracker.to_commit() == {"p0": 5}
