@@ -58,7 +58,7 @@ from killswitch.exitcodes import EXIT_FAILED, EXIT_FORCED, EXIT_OK
 from killswitch.health import HealthServerError
 from killswitch.kafka.broker_loss import BrokerLossGuard, KillStart
 from killswitch.kafka.clients import ensure_topics, make_producer
-from killswitch.kafka.consumer import Intake, IntakeConfig
+from killswitch.kafka.consumer import DEFERRABLE_PER_TURN_S, Intake, IntakeConfig
 from killswitch.kafka.deadman import DeadmanWatcher
 from killswitch.kafka.outputs import Publisher
 from killswitch.kafka.ownership import Ownership
@@ -73,7 +73,7 @@ from killswitch.observability import (
     probe_interval_s,
     prometheus_observability,
 )
-from killswitch.tasks import Interrupted, cancel_and_wait, unless_set
+from killswitch.tasks import Interrupted, TurnBudget, cancel_and_wait, unless_set
 from killswitch.triggers import TriggerKeyError, TriggerVerifier
 
 log = logging.getLogger(__name__)
@@ -379,16 +379,8 @@ async def _start(
         log.warning("halted accounts restored", extra={"accounts": sorted(halted)})
 
     dedup = DedupWindow(settings.intake.dedup_window)
-    index = ResultsIndex(
-        kafka, topics.results, dedup, settings.intake.dedup_window * _RESULTS_TAIL_FACTOR
-    )
-    stack.push_async_callback(index.close)
-    await index.start()
-    await index.catch_up(_STARTUP_READ_TIMEOUT_S)
-    log.info(
-        "dedup window rebuilt",
-        extra={"results": index.learned, "unfinished_with_progress": len(index.carry)},
-    )
+    deferrable = TurnBudget(DEFERRABLE_PER_TURN_S)  # shared by the intake and the index
+    index = await _results_index(settings, dedup, deferrable, stack)
 
     intake = Intake(
         IntakeConfig.from_sections(
@@ -404,6 +396,7 @@ async def _start(
         pairs=clients,
         on_consuming=obs.set_consuming,
         on_assignment=lambda: _move_guards(intake, ownership, engine, republisher),
+        deferrable=deferrable,
     )
     await intake.start()
     stack.push_async_callback(intake.close)
@@ -455,6 +448,30 @@ async def _start(
         republisher,
     )
     return daemon, spawn
+
+
+async def _results_index(
+    settings: Settings,
+    dedup: DedupWindow,
+    deferrable: TurnBudget,
+    stack: contextlib.AsyncExitStack,
+) -> ResultsIndex:
+    """The results reader, caught up: ``dedup`` rebuilt from the results topic's tail."""
+    index = ResultsIndex(
+        settings.kafka,
+        settings.kafka.topics.results,
+        dedup,
+        settings.intake.dedup_window * _RESULTS_TAIL_FACTOR,
+        deferrable=deferrable,
+    )
+    stack.push_async_callback(index.close)
+    await index.start()
+    await index.catch_up(_STARTUP_READ_TIMEOUT_S)
+    log.info(
+        "dedup window rebuilt",
+        extra={"results": index.learned, "unfinished_with_progress": len(index.carry)},
+    )
+    return index
 
 
 async def _deadman_watcher(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -84,3 +85,53 @@ async def unless_set(event: asyncio.Event, work: Coroutine[Any, Any, T]) -> T:
         return job.result()
     await cancel_and_wait(job)
     raise Interrupted
+
+
+class TurnBudget:
+    """A share of each turn of the event loop for work that can wait.
+
+    Work that can be put off by a turn or two (publishing an alert storm's results,
+    reading them back) awaits :meth:`take` before each piece. The first piece in a
+    turn starts the turn's clock; once ``budget_s`` has passed, later pieces wait for a
+    later turn, so that what cannot wait (a fetch answered, a quiet account's kill)
+    runs in turns of bounded length rather than behind every storm group at once. A
+    piece waits at most ``max_turns`` turns: work is put off, never starved.
+
+    Hand-written: asyncio runs each turn's callbacks in order and offers no budget.
+    """
+
+    def __init__(
+        self,
+        budget_s: float,
+        *,
+        max_turns: int = 8,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._budget_s = budget_s
+        self._max_turns = max_turns
+        self._clock = clock
+        self._started: float | None = None  # when this turn's first piece was taken
+        self.put_off = 0  # pieces that waited for a later turn (a diagnostic)
+
+    async def take(self) -> None:
+        """Return when this turn has room for one more piece (at once, mostly)."""
+        if self._room():
+            return
+        self.put_off += 1
+        for _ in range(self._max_turns):
+            await asyncio.sleep(0)
+            if self._room():
+                return
+
+    def _room(self) -> bool:
+        now = self._clock()
+        if self._started is None:
+            self._started = now
+            # Runs in the next turn, before the pieces that wait for it (they are
+            # scheduled after it): each turn's budget starts afresh.
+            asyncio.get_running_loop().call_soon(self._new_turn)
+            return True
+        return now - self._started < self._budget_s
+
+    def _new_turn(self) -> None:
+        self._started = None

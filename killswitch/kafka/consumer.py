@@ -96,7 +96,7 @@ from killswitch.kafka.forward import MAX_FORWARD_BYTES, decode_forward, encode_f
 from killswitch.kafka.outputs import Publisher
 from killswitch.kafka.ownership import owns
 from killswitch.kafka.readers import ResultsIndex
-from killswitch.tasks import task_scope
+from killswitch.tasks import TurnBudget, task_scope
 from killswitch.triggers import TriggerVerifier
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,9 @@ DEADMAN_SOURCE = "deadman"
 # Messages larger than this are parsed in a worker thread.
 _THREAD_PARSE_BYTES = 64 * 1024
 _POLL_MS = 100
+# Of each turn of the event loop, how long work that can wait (a group's results
+# published, results read back) may take before the rest of it waits for later turns.
+DEFERRABLE_PER_TURN_S = 0.004
 # While every lane with records waiting is held: how long a poll waits for new records
 # before the lanes are looked at again.
 _HELD_POLL_MS = 10
@@ -260,9 +263,12 @@ class Intake:
         on_consuming: Callable[[bool], None] | None = None,
         on_assignment: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], datetime] = utc_now,
+        deferrable: TurnBudget | None = None,
     ) -> None:
         self._config = config
         self._kafka = kafka
+        # Publishing a group's results can wait a turn; the polls and kills cannot.
+        self._deferrable = deferrable or TurnBudget(DEFERRABLE_PER_TURN_S)
         self._engine = engine
         self._publisher = publisher
         self._dedup = dedup
@@ -1150,6 +1156,7 @@ class Intake:
         try:
             if started is not None:
                 finals = await self._group_finals(new, await started)
+                await self._deferrable.take()
                 await self._publish_finals(finals)
                 for member, result in finals:
                     member.status = status = result.status.value

@@ -27,6 +27,7 @@ from killswitch.core.carry import CarryStore
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import CarriedOutcomes, HaltState, Position, Scope
 from killswitch.kafka.clients import all_partitions, make_reader, stop_consumer
+from killswitch.tasks import TurnBudget
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +213,15 @@ class ResultsIndex:
         topic: str,
         dedup: DedupWindow,
         tail_records: int,
+        *,
         carry: CarryStore | None = None,
+        deferrable: TurnBudget | None = None,
     ) -> None:
         self._settings = settings
         self._topic = topic
         self._dedup = dedup
+        # Following the topic can wait a turn (see Intake): None at start-up reads.
+        self._deferrable = deferrable
         self.carry = carry if carry is not None else CarryStore()
         self._tail = tail_records
         self._consumer: AIOKafkaConsumer | None = None
@@ -253,6 +258,8 @@ class ResultsIndex:
         """Follow the topic until ``stop`` is set."""
         consumer = self._require()
         while not stop.is_set():
+            if self._deferrable is not None:
+                await self._deferrable.take()
             try:
                 await self._poll(consumer)
             except KafkaError as exc:

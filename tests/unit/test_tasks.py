@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from killswitch.tasks import Interrupted, task_scope, unless_set, wait_any
+from killswitch.tasks import Interrupted, TurnBudget, task_scope, unless_set, wait_any
 
 
 async def test_unless_set_returns_the_result_when_the_event_stays_clear() -> None:
@@ -106,3 +106,66 @@ async def test_wait_any_returns_after_the_timeout() -> None:
     before = asyncio.all_tasks()
     await wait_any([asyncio.Event()], seconds=0.01)
     assert asyncio.all_tasks() == before
+
+
+class _Clock:
+    """A clock the test moves by hand: the budget sees as much time pass as a piece's
+    ``cost`` says."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _turns_of(budget: TurnBudget, clock: _Clock, pieces: int, cost: float) -> list[int]:
+    """Run ``pieces`` pieces of work, each ``cost`` long, in tasks of their own; the
+    turn of the event loop each ran in (turns counted by a ticker task)."""
+    turn = 0
+    ran: list[int] = []
+
+    async def ticker() -> None:
+        nonlocal turn
+        while len(ran) < pieces:
+            turn += 1
+            await asyncio.sleep(0)
+
+    async def piece() -> None:
+        await budget.take()
+        ran.append(turn)
+        clock.now += cost
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(ticker())
+        for _ in range(pieces):
+            group.create_task(piece())
+    return ran
+
+
+async def test_a_turn_takes_pieces_until_its_budget_is_spent_the_rest_wait() -> None:
+    clock = _Clock()
+    budget = TurnBudget(0.010, clock=clock)
+    # 3 ms each: 4 pieces fit a 10 ms budget (the 4th starts at 9 ms), then 4 per turn.
+    ran = await _turns_of(budget, clock, pieces=10, cost=0.003)
+    per_turn = [ran.count(t) for t in sorted(set(ran))]
+    assert per_turn == [4, 4, 2]
+    assert budget.put_off == 6
+
+
+async def test_pieces_that_fit_run_in_one_turn() -> None:
+    clock = _Clock()
+    budget = TurnBudget(0.010, clock=clock)
+    ran = await _turns_of(budget, clock, pieces=5, cost=0.001)
+    assert len(set(ran)) == 1
+    assert budget.put_off == 0
+
+
+async def test_a_piece_is_put_off_at_most_max_turns() -> None:
+    clock = _Clock()
+    budget = TurnBudget(0.010, max_turns=2, clock=clock)
+    # Each piece alone overruns the budget: one a turn, but none waits more than 2 turns.
+    ran = await _turns_of(budget, clock, pieces=6, cost=1.0)
+    first = min(ran)
+    assert all(t - first <= 2 for t in ran)
+    assert budget.put_off == 5
