@@ -91,7 +91,8 @@ class TurnBudget:
     """A share of each turn of the event loop for work that can wait.
 
     Work that can be put off by a turn or two (publishing an alert storm's results,
-    reading them back) awaits :meth:`take` before each piece. The first piece in a
+    reading them back) awaits :meth:`take` before each piece; work that is sliced by
+    time (taking up records) asks :meth:`remaining`. The first piece in a
     turn starts the turn's clock; once ``budget_s`` has passed, later pieces wait for a
     later turn, so that what cannot wait (a fetch answered, a quiet account's kill)
     runs in turns of bounded length rather than behind every storm group at once. A
@@ -123,15 +124,19 @@ class TurnBudget:
             if self._room():
                 return
 
-    def _room(self) -> bool:
+    def remaining(self) -> float:
+        """Seconds left of this turn's budget (all of it for the turn's first piece)."""
         now = self._clock()
         if self._started is None:
             self._started = now
             # Runs in the next turn, before the pieces that wait for it (they are
             # scheduled after it): each turn's budget starts afresh.
             asyncio.get_running_loop().call_soon(self._new_turn)
-            return True
-        return now - self._started < self._budget_s
+        return self._budget_s - (now - self._started)
+
+    def _room(self) -> bool:
+        first = self._started is None
+        return self.remaining() > 0 or first
 
     def _new_turn(self) -> None:
         self._started = None

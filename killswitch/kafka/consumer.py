@@ -114,6 +114,9 @@ _HELD_POLL_MS = 10
 # Records are taken up for at most this long before the rest of the event loop (sweeps,
 # publishing, the Kafka client) gets a turn.
 SLICE_S = 0.002
+# The least a turn takes up, however much of its budget is spent: new records keep
+# coming in while a storm's results go out.
+_MIN_SLICE_S = 0.0005
 # Most records of one lane taken up as one run (see Intake._accept_run): a storm's
 # alerts for an account then share one join to its sweep and one task. Bounded so a
 # run's parsing stays within about a slice.
@@ -267,8 +270,9 @@ class Intake:
     ) -> None:
         self._config = config
         self._kafka = kafka
-        # Publishing a group's results can wait a turn; the polls and kills cannot.
-        self._deferrable = deferrable or TurnBudget(DEFERRABLE_PER_TURN_S)
+        # Taking up records and publishing a group's results share each turn's budget
+        # with the results reader; the polls and the kills' requests run outside it.
+        self._deferrable = deferrable or TurnBudget(max(DEFERRABLE_PER_TURN_S, config.slice_s))
         self._engine = engine
         self._publisher = publisher
         self._dedup = dedup
@@ -583,10 +587,13 @@ class Intake:
         return planned
 
     def _take_up(self) -> bool:
-        """Take up waiting records, lane by lane, for at most ``slice_s`` (:data:`SLICE_S`).
+        """Take up waiting records, lane by lane, for at most ``slice_s`` (:data:`SLICE_S`)
+        and no longer than the turn's budget has left, but at least :data:`_MIN_SLICE_S`
+        (the shortest lane, a quiet account's, goes first).
 
         True when records not held are still waiting."""
-        deadline = time.monotonic() + self._config.slice_s
+        room = max(_MIN_SLICE_S, min(self._config.slice_s, self._deferrable.remaining()))
+        deadline = time.monotonic() + room
         while not self._stopping:
             taken = self._backlog.pop_run(self._held, self._run_room)
             if taken is None:

@@ -169,3 +169,15 @@ async def test_a_piece_is_put_off_at_most_max_turns() -> None:
     first = min(ran)
     assert all(t - first <= 2 for t in ran)
     assert budget.put_off == 5
+
+
+async def test_remaining_is_what_this_turn_has_left_and_each_turn_starts_afresh() -> None:
+    clock = _Clock()
+    budget = TurnBudget(0.010, clock=clock)
+    assert budget.remaining() == pytest.approx(0.010)
+    clock.now += 0.004
+    assert budget.remaining() == pytest.approx(0.006)
+    clock.now += 0.020
+    assert budget.remaining() == pytest.approx(-0.014)
+    await asyncio.sleep(0)  # the next turn
+    assert budget.remaining() == pytest.approx(0.010)
