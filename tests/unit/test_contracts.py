@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from killswitch.board import AccountProgress
 from killswitch.contracts import (
@@ -238,6 +240,60 @@ def test_a_result_reads_back_equal(result: SweepResult, origin: Position | None)
         record, orders=(), not_found=(), unlisted_pairs=(), in_flight=(), carried=carried
     )
     assert decode_result_summary(raw) == head
+
+
+texts = st.text(max_size=12)
+order_reports = st.builds(
+    OrderReport,
+    st.integers(1, 2**63 - 1),
+    texts,
+    st.sampled_from(Outcome),
+    st.integers(0, 50),
+    st.none() | st.sampled_from(RejectReason),
+)
+times = st.none() | st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+).map(lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000))
+positions = st.none() | st.builds(Position, texts, st.integers(0, 99), st.integers(0, 2**40))
+
+
+@st.composite
+def sweep_results(draw: st.DrawFn) -> SweepResult:
+    return sweep(
+        alert_id=draw(texts),
+        status=draw(st.sampled_from(SweepStatus)),
+        final=draw(st.booleans()),
+        received_at=draw(times),
+        first_cancel_at=draw(times),
+        finished_at=draw(times),
+        orders=draw(st.lists(order_reports, max_size=6)),
+        reason=draw(st.none() | texts),
+        operator=draw(st.none() | texts),
+        trigger_reason=draw(texts),
+        not_found=draw(st.lists(st.integers(1, 99), max_size=3)),
+        unlisted_pairs=draw(st.lists(texts, max_size=2)),
+        pairs_listed=draw(st.none() | st.integers(0, 9)),
+        pairs_in_scope=draw(st.none() | st.integers(0, 9)),
+        was_halted=draw(st.none() | st.booleans()),
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(sweep_results(), positions), min_size=1, max_size=4))
+def test_any_result_reads_back_equal_and_writes_alike(
+    items: list[tuple[SweepResult, Position | None]],
+) -> None:
+    records = [ResultRecord.of(result, origin) for result, origin in items]
+    for record in records:
+        raw = encode_result(record)
+        assert read_result(json.loads(raw)) == record
+        assert (
+            raw
+            == json.dumps(
+                result_to_json(record), separators=(",", ":"), ensure_ascii=False
+            ).encode()
+        )
+    assert encode_results(records) == [encode_result(r) for r in records]
 
 
 def test_a_long_order_list_is_cut_failed_and_rejected_first() -> None:
