@@ -31,11 +31,11 @@ import binascii
 import dataclasses
 import functools
 import json
-import operator
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from operator import attrgetter
 from typing import (
     TYPE_CHECKING,
     Annotated,
@@ -665,7 +665,7 @@ def _listed_orders(orders: list[OrderReport], limit: int) -> list[OrderReport]:
 
 # An order report's fields in ResultOrder's order, and a ResultOrder of them: both C
 # calls, so converting a list costs no Python frame per order.
-_report_fields = operator.attrgetter(*ResultOrder._fields)
+_report_fields = attrgetter(*ResultOrder._fields)
 _result_order = functools.partial(tuple.__new__, ResultOrder)
 
 
@@ -787,7 +787,7 @@ def final_result_fields(record: ResultRecord) -> dict[str, Any]:
 # What records written from one template must share: every field but these (and
 # whether they have an origin).
 _PER_ALERT = ("alert_id", "received_at", "first_cancel_at", "finished_at")
-_shared_fields = operator.attrgetter(
+_shared_fields = attrgetter(
     *(f.name for f in dataclasses.fields(ResultRecord) if f.name not in (*_PER_ALERT, "origin"))
 )
 # Stand-ins for the per-alert values while a template is written (a control character
