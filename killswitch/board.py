@@ -119,7 +119,7 @@ class AccountProgress:
             residual_open=r.residual_open,
             pending=r.pending,
             sweeps=r.sweeps,
-            reason=r.reason,
+            reason=r.reason or None,  # an empty reason says nothing
             seconds=(finished - received).total_seconds() if received and finished else None,
             not_found=r.not_found,
             pairs_listed=r.pairs_listed,

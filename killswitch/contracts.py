@@ -10,9 +10,11 @@ Everything here is pure (no I/O): bytes in, models or bytes out.
 * :func:`kill_requests` turns an alert into one :class:`KillRequest` per account
   (``"*"`` expands to every configured account).
 * :meth:`Alert.to_json` writes an alert (operator triggers, dead-man kills).
-* :func:`encode_result` writes ``killswitch.result/v1`` and :func:`read_result` is its
-  one reader (:class:`ResultRecord`: the operator's board; :func:`decode_result_summary`
-  reads it without its lists, plus what a replay carries, for the dedup rebuild).
+* :class:`ResultRecord` is ``killswitch.result/v1`` both ways: made of the engine's
+  result by :meth:`ResultRecord.of`, written by :func:`encode_result` (and
+  :func:`encode_results`, :func:`result_to_json`), read back by :func:`read_result`
+  (the operator's board; :func:`decode_result_summary` reads it without its lists,
+  plus what a replay carries, for the dedup rebuild).
 * :func:`encode_state` and :func:`decode_state_record` write and read the halt state
   record; :class:`DeadLetter` is the dead letter record both ways.
 * :func:`encode_result_head` and :func:`read_result_head` write and read the small
@@ -30,12 +32,23 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeGuard, TypeVar
+from operator import attrgetter
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Final,
+    Literal,
+    NamedTuple,
+    TypeGuard,
+    TypeVar,
+)
 
 from pydantic import (
     AwareDatetime,
@@ -512,20 +525,137 @@ def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _order_json(order: OrderReport) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "order_id": order.order_id,
-        "symbol": order.symbol,
-        "outcome": order.outcome.value,
-        "attempts": order.attempts,
-    }
-    if order.reason is not None:
-        out["reason"] = order.reason.value
-    return out
+class ResultOrder(NamedTuple):
+    """One entry of a result's ``orders``: an :class:`OrderReport` as written.
+
+    ``outcome`` and ``reason`` are the written words, kept as text when read back (a
+    newer daemon may use a word this one does not know); made of an order report they
+    are its :class:`Outcome` and :class:`RejectReason` members, which are their words
+    (``StrEnum``). A named tuple: a record of 2,000 orders makes 2,000 of them, each in
+    one C call (:func:`_result_orders_of`)."""
+
+    order_id: int
+    symbol: str
+    outcome: str  # an Outcome value, or a word a newer daemon added
+    attempts: int = 0  # absent in records of older daemons
+    reason: str | None = None  # a RejectReason value, when the outcome has one
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as written (``reason`` only when there is one)."""
+        out: dict[str, Any] = {
+            "order_id": self.order_id,
+            "symbol": self.symbol,
+            "outcome": self.outcome,
+            "attempts": self.attempts,
+        }
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
 
 
-# A result lists at most RESULT_MAX_ORDERS orders (see killswitch.core.carry); when
-# the list is cut, orders that did not go as planned come first.
+# Not frozen, like SweepResult: an alert storm makes one record per alert, and a frozen
+# dataclass's __init__ sets each of these fields through object.__setattr__. A record
+# is a value all the same: nobody modifies one once it is made.
+@dataclass(slots=True)
+class ResultRecord:
+    """``killswitch.result/v1``: the one model of a result, written and read.
+
+    Written by :func:`encode_result` / :func:`encode_results` / :func:`result_to_json`
+    (and logged by :func:`final_result_fields`) from a record the shell makes of the
+    engine's :class:`SweepResult` (:meth:`of`); read back by :func:`read_result` (the
+    operator's board, :meth:`killswitch.board.AccountProgress.from_record`) and
+    :func:`decode_result_summary` (the dedup rebuild and a replay). What is written
+    reads back equal, with two exceptions: times are written to the millisecond, and
+    ``carried`` is never written (it is the reader's decoding of a progress record's
+    counts and orders, :func:`carried_from_json`, and None in a record to write).
+
+    Lenient, as the contract asks of readers: a field a newer daemon added is ignored,
+    one an older daemon lacked (or one not of its type) reads as its empty value, and
+    only ``account`` and ``status`` are required. ``carried`` is trusted only as far
+    as the other process's record is consistent.
+    """
+
+    account: str
+    # A SweepStatus (a StrEnum member is its word), or a word a newer daemon added.
+    status: str
+    alert_id: str = ""  # empty when the record names none
+    final: bool = False
+    dry_run: bool = False
+    counts: Counts = field(default_factory=Counts)
+    residual_open: int = 0
+    pending: int | None = None  # absent in records of older daemons
+    sweeps: int = 0
+    received_at: datetime | None = None
+    first_cancel_at: datetime | None = None
+    finished_at: datetime | None = None
+    # The orders listed (at most RESULT_MAX_ORDERS when published) and how many more
+    # the result had.
+    orders: tuple[ResultOrder, ...] = ()
+    orders_omitted: int = 0
+    reason: str | None = None
+    operator: str | None = None
+    source: str = ""
+    trigger_reason: str = ""
+    not_found: tuple[int, ...] = ()
+    unlisted_pairs: tuple[str, ...] = ()  # written in final results only
+    in_flight: tuple[InFlight, ...] = ()
+    # Written only when ``pairs_in_scope`` is set.
+    pairs_listed: int | None = None
+    pairs_in_scope: int | None = None
+    was_halted: bool | None = None
+    origin: Position | None = None
+    carried: CarriedOutcomes | None = None
+
+    @classmethod
+    def of(
+        cls,
+        result: SweepResult,
+        origin: Position | None = None,
+        *,
+        max_orders: int = RESULT_MAX_ORDERS,
+    ) -> ResultRecord:
+        """The record published for the engine's ``result`` of the alert read at
+        ``origin``: its orders listed up to ``max_orders`` (those that did not go as
+        planned first), and only what the record carries (``unlisted_pairs`` in final
+        results, ``pairs_listed`` with ``pairs_in_scope``).
+
+        The alerts one sweep coalesced share one list of order reports (see
+        ``Sweep.result_for``): it is converted once, and their records share the tuple
+        (which :func:`encode_results` writes once). ``counts`` is the result's own
+        (shared the same way; nobody modifies a result's counts once it is made)."""
+        orders, omitted = _record_orders(result.orders, max_orders)
+        final = result.final
+        in_scope = result.pairs_in_scope
+        return cls(
+            account=result.account,
+            status=result.status,  # a StrEnum member is its word
+            alert_id=result.alert_id,
+            final=final,
+            dry_run=result.dry_run,
+            counts=result.counts,
+            residual_open=result.residual_open,
+            pending=result.pending,
+            sweeps=result.sweeps,
+            received_at=result.received_at,
+            first_cancel_at=result.first_cancel_at,
+            finished_at=result.finished_at,
+            orders=orders,
+            orders_omitted=omitted,
+            reason=result.reason,
+            operator=result.operator,
+            source=result.source,
+            trigger_reason=result.trigger_reason,
+            not_found=tuple(result.not_found),
+            unlisted_pairs=tuple(result.unlisted_pairs) if final else (),
+            in_flight=tuple(result.in_flight),
+            pairs_listed=result.pairs_listed if in_scope is not None else None,
+            pairs_in_scope=in_scope,
+            was_halted=result.was_halted,
+            origin=origin,
+        )
+
+
+# When the list is cut, orders that did not go as planned come first.
 _LIST_FIRST = {Outcome.FAILED: 0, Outcome.REJECTED: 1}
 
 
@@ -536,25 +666,50 @@ def _listed_orders(orders: list[OrderReport], limit: int) -> list[OrderReport]:
     return ranked[:limit]
 
 
-def result_to_json(
-    result: SweepResult, origin: Origin | None = None, max_orders: int = RESULT_MAX_ORDERS
-) -> dict[str, Any]:
+# An order report's fields in ResultOrder's order, and a ResultOrder of them: both C
+# calls, so converting a list costs no Python frame per order.
+_report_fields = attrgetter(*ResultOrder._fields)
+_result_order = functools.partial(tuple.__new__, ResultOrder)
+
+
+def _result_orders_of(reports: list[OrderReport]) -> tuple[ResultOrder, ...]:
+    return tuple(map(_result_order, map(_report_fields, reports)))
+
+
+# The last list of order reports converted, kept (so its id cannot be reused) with its
+# length (a list changed since would not match), the limit and the conversion.
+_record_orders_memo: tuple[list[OrderReport], int, int, tuple[ResultOrder, ...], int] | None = None
+
+
+def _record_orders(orders: list[OrderReport], limit: int) -> tuple[tuple[ResultOrder, ...], int]:
+    """The entries a record lists of ``orders`` (at most ``limit``), and how many it
+    leaves out."""
+    global _record_orders_memo  # noqa: PLW0603 - a one-entry memo of a pure function
+    if not orders:  # progress results: no order list, and no reason to drop the memo
+        return (), 0
+    memo = _record_orders_memo
+    if memo is not None and memo[0] is orders and memo[1] == len(orders) and memo[2] == limit:
+        return memo[3], memo[4]
+    listed = _result_orders_of(_listed_orders(orders, limit))
+    omitted = len(orders) - len(listed)
+    _record_orders_memo = (orders, len(orders), limit, listed, omitted)
+    return listed, omitted
+
+
+def result_to_json(record: ResultRecord) -> dict[str, Any]:
     """``killswitch.result/v1`` as a dict (field names are the contract)."""
-    listed = _listed_orders(result.orders, max_orders)
-    return _result_json(result, origin, [_order_json(o) for o in listed], len(listed))
+    return _result_json(record, [o.to_json() for o in record.orders])
 
 
-def _result_json(
-    result: SweepResult, origin: Origin | None, orders: list[dict[str, Any]], listed: int
-) -> dict[str, Any]:
-    c = result.counts
+def _result_json(record: ResultRecord, orders: list[dict[str, Any]]) -> dict[str, Any]:
+    c = record.counts
     out: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
-        "alert_id": result.alert_id,
-        "account": result.account,
-        "status": result.status.value,
-        "final": result.final,
-        "dry_run": result.dry_run,
+        "alert_id": record.alert_id,
+        "account": record.account,
+        "status": record.status,
+        "final": record.final,
+        "dry_run": record.dry_run,
         "counts": {
             "resolved": c.resolved,
             "sent": c.sent,
@@ -563,131 +718,136 @@ def _result_json(
             "failed": c.failed,
             "skipped": c.skipped,
         },
-        "residual_open": result.residual_open,
-        "pending": result.pending,
-        "sweeps": result.sweeps,
-        "received_at": format_time(result.received_at),
-        "first_cancel_at": format_time(result.first_cancel_at),
-        "finished_at": format_time(result.finished_at),
+        "residual_open": record.residual_open,
+        "pending": record.pending,
+        "sweeps": record.sweeps,
+        "received_at": format_time(record.received_at),
+        "first_cancel_at": format_time(record.first_cancel_at),
+        "finished_at": format_time(record.finished_at),
         "orders": orders,
-        "orders_omitted": len(result.orders) - listed,
-        "reason": result.reason,
-        "operator": result.operator,
-        "source": result.source,
-        "not_found": list(result.not_found),
-        "trigger_reason": result.trigger_reason,
-        "in_flight": [{"order_id": o.order_id, "symbol": o.symbol} for o in result.in_flight],
+        "orders_omitted": record.orders_omitted,
+        "reason": record.reason,
+        "operator": record.operator,
+        "source": record.source,
+        "not_found": list(record.not_found),
+        "trigger_reason": record.trigger_reason,
+        "in_flight": [{"order_id": o.order_id, "symbol": o.symbol} for o in record.in_flight],
     }
-    if result.pairs_in_scope is not None:
-        out["pairs_listed"] = result.pairs_listed
-        out["pairs_in_scope"] = result.pairs_in_scope
-    if result.final:
+    if record.pairs_in_scope is not None:
+        out["pairs_listed"] = record.pairs_listed
+        out["pairs_in_scope"] = record.pairs_in_scope
+    if record.final:
         # Pairs in scope never listed to the end: residual_open cannot count them.
-        out["unlisted_pairs"] = list(result.unlisted_pairs)
-    if result.was_halted is not None:
-        out["was_halted"] = result.was_halted
-    if origin is not None:
-        out["origin"] = position_to_json(origin)
+        out["unlisted_pairs"] = list(record.unlisted_pairs)
+    if record.was_halted is not None:
+        out["was_halted"] = record.was_halted
+    if record.origin is not None:
+        out["origin"] = position_to_json(record.origin)
     return out
 
 
-def encode_result(result: SweepResult, origin: Origin | None = None) -> bytes:
+def encode_result(record: ResultRecord) -> bytes:
     """The bytes of a result record (Kafka key: the account).
 
-    The alerts one sweep coalesced share one list of order reports (see
-    ``Sweep.result_for``): its JSON is made once and spliced into each record."""
-    orders, listed = _orders_text(result.orders)
-    text = _ENCODER.encode(_result_json(result, origin, [], listed))
+    The records of the alerts one sweep coalesced share one tuple of orders (see
+    :meth:`ResultRecord.of`): its JSON is made once and spliced into each record."""
+    orders = _orders_text(record.orders)
+    text = _ENCODER.encode(_result_json(record, []))
     # The first '"orders":[]' is the key's: inside a JSON string every quote is escaped.
     return text.replace('"orders":[]', f'"orders":{orders}', 1).encode("utf-8")
 
 
-def final_result_fields(result: SweepResult) -> dict[str, Any]:
+def final_result_fields(record: ResultRecord) -> dict[str, Any]:
     """The structured fields of the one log line per final result: the result's own
     field names, its counts flattened, and the kill's duration in ``seconds``."""
-    c = result.counts
+    c = record.counts
+    received, finished = record.received_at, record.finished_at
     seconds = (
-        round((result.finished_at - result.received_at).total_seconds(), 3)
-        if result.finished_at is not None
+        round((finished - received).total_seconds(), 3)
+        if finished is not None and received is not None
         else None
     )
     return {
-        "alert_id": result.alert_id,
-        "account": result.account,
-        "status": result.status.value,
-        "dry_run": result.dry_run,
+        "alert_id": record.alert_id,
+        "account": record.account,
+        "status": record.status,
+        "dry_run": record.dry_run,
         "sent": c.sent,
         "already_closed": c.already_closed,
         "rejected": c.rejected,
         "failed": c.failed,
         "skipped": c.skipped,
-        "residual_open": result.residual_open,
-        "unlisted_pairs": list(result.unlisted_pairs),
-        "operator": result.operator,
-        "source": result.source,
-        "trigger_reason": result.trigger_reason,
-        "reason": result.reason,
+        "residual_open": record.residual_open,
+        "unlisted_pairs": list(record.unlisted_pairs),
+        "operator": record.operator,
+        "source": record.source,
+        "trigger_reason": record.trigger_reason,
+        "reason": record.reason,
         "seconds": seconds,
     }
 
 
-# What results written from one template must share: every field but these.
+# What records written from one template must share: every field but these (and
+# whether they have an origin).
 _PER_ALERT = ("alert_id", "received_at", "first_cancel_at", "finished_at")
-_SHARED = tuple(f.name for f in dataclasses.fields(SweepResult) if f.name not in _PER_ALERT)
+_shared_fields = attrgetter(
+    *(f.name for f in dataclasses.fields(ResultRecord) if f.name not in (*_PER_ALERT, "origin"))
+)
 # Stand-ins for the per-alert values while a template is written (a control character
 # JSON escapes, so the stand-in appears in the text only where it was put).
 _MARK = "\x00killswitch-template\x00"
 _MARK_JSON = _ENCODER.encode(_MARK)
 
 
-def encode_results(items: Sequence[tuple[SweepResult, Origin | None]]) -> list[bytes]:
+def encode_results(records: Sequence[ResultRecord]) -> list[bytes]:
     """:func:`encode_result` of each, byte for byte. A sweep's coalesced alerts have
-    results that differ only in alert id, times and origin: those are written from
+    records that differ only in alert id, times and origin: those are written from
     one template (encoded once), filling in just what differs. The last template is
-    kept for the next call (a sweep's next group shares it); a result no template can
+    kept for the next call (a sweep's next group shares it); a record no template can
     be cut from is encoded whole."""
     global _template_memo  # noqa: PLW0603 - a one-entry memo of a pure function
     out: list[bytes] = []
     key, parts = _template_memo or (None, None)
-    for result, origin in items:
-        shared = (origin is None, *[getattr(result, name) for name in _SHARED])
+    for record in records:
+        shared = (record.origin is None, _shared_fields(record))
         if shared != key:
-            key, parts = shared, _template(result, origin)
+            key, parts = shared, _template(record)
             _template_memo = (key, parts)
-        out.append(encode_result(result, origin) if parts is None else _fill(parts, result, origin))
+        out.append(encode_result(record) if parts is None else _fill(parts, record))
     return out
 
 
-# The last template written, with what its results shared (the next group of a sweep
+# The last template written, with what its records shared (the next group of a sweep
 # shares it too).
 _template_memo: tuple[tuple[Any, ...], list[str] | None] | None = None
 
 
-def _template(result: SweepResult, origin: Origin | None) -> list[str] | None:
-    """The text of ``result`` cut where its per-alert values go; None when it cannot be
+def _template(record: ResultRecord) -> list[str] | None:
+    """The text of ``record`` cut where its per-alert values go; None when it cannot be
     (a stand-in found elsewhere in it)."""
-    marked = dataclasses.replace(result, alert_id=_MARK)
-    orders, listed = _orders_text(result.orders)
-    data = _result_json(marked, origin, [], listed)
+    marked = dataclasses.replace(record, alert_id=_MARK)
+    orders = _orders_text(record.orders)
+    data = _result_json(marked, [])
     for name in _PER_ALERT[1:]:
         data[name] = _MARK
-    if origin is not None:
+    if record.origin is not None:
         data["origin"] = _MARK
     text = _ENCODER.encode(data).replace('"orders":[]', f'"orders":{orders}', 1)
     parts = text.split(_MARK_JSON)
-    return parts if len(parts) == len(_PER_ALERT) + (origin is not None) + 1 else None
+    return parts if len(parts) == len(_PER_ALERT) + (record.origin is not None) + 1 else None
 
 
-def _fill(parts: list[str], result: SweepResult, origin: Origin | None) -> bytes:
+def _fill(parts: list[str], record: ResultRecord) -> bytes:
     values = [
-        _ENCODER.encode(result.alert_id),
-        _time_json(result.received_at),
-        _time_json(result.first_cancel_at),
-        _time_json(result.finished_at),
+        _json_string(record.alert_id),
+        _time_json(record.received_at),
+        _time_json(record.first_cancel_at),
+        _time_json(record.finished_at),
     ]
+    origin = record.origin
     if origin is not None:
         values.append(
-            f'{{"topic":{_ENCODER.encode(origin.topic)},"partition":{int(origin.partition)},'
+            f'{{"topic":{_json_string(origin.topic)},"partition":{int(origin.partition)},'
             f'"offset":{int(origin.offset)}}}'
         )
     text = [parts[0]]
@@ -696,27 +856,46 @@ def _fill(parts: list[str], result: SweepResult, origin: Origin | None) -> bytes
     return "".join(text).encode("utf-8")
 
 
+# How _ENCODER writes a string (it does not escape non-ASCII), without its Python frame.
+_json_string: Callable[[str], str] = json.encoder.encode_basestring
+
+
+# The alerts of one sweep share the times the sweep set (its first cancel, its end):
+# each is formatted once.
+@functools.lru_cache(maxsize=256)
 def _time_json(value: datetime | None) -> str:
     # format_time's text needs no escaping.
     text = format_time(value)
     return "null" if text is None else f'"{text}"'
 
 
-# The last list of order reports encoded, kept (so its id cannot be reused) with its
-# length (a list changed since would not match) and its JSON.
-_orders_memo: tuple[list[OrderReport], int, str, int] | None = None
+# The last tuple of orders encoded, kept (so its id cannot be reused) with its JSON.
+_orders_memo: tuple[tuple[ResultOrder, ...], str] | None = None
 
 
-def _orders_text(orders: list[OrderReport]) -> tuple[str, int]:
-    """The JSON array of the orders a result lists, and how many it lists."""
+def _orders_text(orders: tuple[ResultOrder, ...]) -> str:
+    """The JSON array of the orders a record lists."""
     global _orders_memo  # noqa: PLW0603 - a one-entry memo of a pure function
+    if not orders:
+        return "[]"
     memo = _orders_memo
-    if memo is not None and memo[0] is orders and memo[1] == len(orders):
-        return memo[2], memo[3]
-    listed = _listed_orders(orders, RESULT_MAX_ORDERS)
-    text = _ENCODER.encode([_order_json(o) for o in listed])
-    _orders_memo = (orders, len(orders), text, len(listed))
-    return text, len(listed)
+    if memo is not None and memo[0] is orders:
+        return memo[1]
+    text = f"[{','.join(map(_order_text, orders))}]"
+    _orders_memo = (orders, text)
+    return text
+
+
+def _order_text(order: ResultOrder) -> str:
+    """``order.to_json()`` as :data:`_ENCODER` writes it, byte for byte: formatted
+    directly, as a record lists up to 2,000 entries and building and encoding a dict
+    for each costs more than the rest of the record."""
+    order_id, symbol, outcome, attempts, reason = order
+    text = (
+        f'{{"order_id":{order_id:d},"symbol":{_json_string(symbol)},'
+        f'"outcome":{_json_string(outcome)},"attempts":{attempts:d}'
+    )
+    return f"{text}}}" if reason is None else f'{text},"reason":{_json_string(reason)}}}'
 
 
 def duplicate_result(
@@ -732,58 +911,6 @@ def failed_result(request: KillRequest, reason: str, now: datetime) -> SweepResu
     what an earlier process published for it)."""
     result = no_sweep_result(request, SweepStatus.FAILED, now, reason)
     return result if request.carried is None else carry_over(result, request.carried)
-
-
-@dataclass(frozen=True, slots=True)
-class ResultOrder:
-    """One entry of a result's ``orders`` as read back (``outcome`` as written: a newer
-    daemon may use a word this one does not know)."""
-
-    order_id: int
-    symbol: str
-    outcome: str
-
-
-@dataclass(frozen=True, slots=True)
-class ResultRecord:
-    """``killswitch.result/v1`` as read back: the one reader of results, for the dedup
-    rebuild and a replay (:func:`decode_result_summary`) and for the operator's board
-    (:meth:`killswitch.board.AccountProgress.from_record`).
-
-    Lenient, as the contract asks of readers: a field a newer daemon added is ignored,
-    one an older daemon lacked (or one not of its type) reads as its empty value, and
-    only ``account`` and ``status`` are required. ``carried`` (progress results read by
-    :func:`decode_result_summary`) is what a replay after a crash folds in, decoded by
-    :func:`carried_from_json`, which trusts another process's record only as far as it
-    is consistent.
-    """
-
-    account: str
-    status: str  # a SweepStatus value, or a word a newer daemon added
-    alert_id: str = ""  # empty when the record names none
-    final: bool = False
-    dry_run: bool = False
-    counts: Counts = field(default_factory=Counts)
-    residual_open: int = 0
-    pending: int | None = None  # absent in records of older daemons
-    sweeps: int = 0
-    received_at: datetime | None = None
-    first_cancel_at: datetime | None = None
-    finished_at: datetime | None = None
-    orders: tuple[ResultOrder, ...] = ()
-    orders_omitted: int = 0
-    reason: str | None = None
-    operator: str | None = None
-    source: str = ""
-    trigger_reason: str = ""
-    not_found: tuple[int, ...] = ()
-    unlisted_pairs: tuple[str, ...] = ()
-    in_flight: tuple[InFlight, ...] = ()
-    pairs_listed: int | None = None
-    pairs_in_scope: int | None = None
-    was_halted: bool | None = None
-    origin: Position | None = None
-    carried: CarriedOutcomes | None = None
 
 
 def read_result(data: Mapping[str, Any], *, lists: bool = True) -> ResultRecord | None:
@@ -833,7 +960,7 @@ def _result_head(data: Mapping[str, Any], account: str, status: str) -> ResultRe
         first_cancel_at=parse_time(data.get("first_cancel_at")),
         finished_at=parse_time(data.get("finished_at")),
         orders_omitted=_count(data.get("orders_omitted")) or 0,
-        reason=reason if isinstance(reason, str) and reason else None,
+        reason=reason if isinstance(reason, str) else None,
         operator=operator if isinstance(operator, str) else None,
         source=_text(data.get("source")),
         trigger_reason=_text(data.get("trigger_reason")),
@@ -864,7 +991,11 @@ def _result_orders(value: Any) -> tuple[ResultOrder, ...]:
     for entry in _entries(value, _is_mapping):
         oid, symbol, outcome = entry.get("order_id"), entry.get("symbol"), entry.get("outcome")
         if _is_int(oid) and isinstance(symbol, str) and isinstance(outcome, str):
-            rows.append(ResultOrder(oid, symbol, outcome))
+            reason = entry.get("reason")
+            attempts = _count(entry.get("attempts")) or 0
+            rows.append(
+                ResultOrder(oid, symbol, outcome, attempts, reason if _is_str(reason) else None)
+            )
     return tuple(rows)
 
 

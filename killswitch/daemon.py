@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from killswitch.config import ConfigError, Settings, settings_from_args
+from killswitch.contracts import ResultRecord
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import HaltState
 from killswitch.engine import Engine
@@ -565,7 +566,7 @@ def _broker_loss_guard(
     return BrokerLossGuard(
         after_s,
         start,
-        publish_result=lambda result: publisher.result(result, None, wait=True),
+        publish_result=lambda result: publisher.result(ResultRecord.of(result), wait=True),
         publish_state=publisher.state,
         progress=publisher.progress_sink(None),
         deadline_s=settings.engine.default_deadline_s,

@@ -40,7 +40,14 @@ from killswitch.config import (
     KafkaSettings,
     TopicSettings,
 )
-from killswitch.contracts import Alert, DeadLetter, RejectKind, kill_requests, result_to_json
+from killswitch.contracts import (
+    Alert,
+    DeadLetter,
+    RejectKind,
+    ResultRecord,
+    kill_requests,
+    result_to_json,
+)
 from killswitch.core.model import HaltState, KillRequest, SweepResult
 from killswitch.core.pairs import PairList, PairVerdict, check_pairs
 from killswitch.display import Display
@@ -235,7 +242,7 @@ async def _sweep(
         states.append(state)  # published to the state topic after the kill
 
     async def progress(result: SweepResult) -> None:
-        display.show(board, changed=board.apply_result(result_to_json(result)))
+        display.show(board, changed=board.apply_result(result_to_json(ResultRecord.of(result))))
 
     engine = Engine(
         clients,
@@ -251,7 +258,7 @@ async def _sweep(
     async with engine:
         results = await asyncio.gather(*(engine.start(r, progress) for r in requests))
     for result in results:
-        board.apply_result(result_to_json(replace(result, final=True)))
+        board.apply_result(result_to_json(ResultRecord.of(replace(result, final=True))))
     display.show(board, changed=True, final=True)
     return [replace(r, final=True) for r in results]
 
@@ -262,7 +269,7 @@ async def _sweep(
 def direct_record(result: SweepResult) -> dict[str, Any]:
     """A final result as the audit file and ``--out`` keep it: ``killswitch.result/v1``
     with every order listed, plus ``via: "direct"``."""
-    return result_to_json(result, max_orders=_ALL_ORDERS) | {"via": "direct"}
+    return result_to_json(ResultRecord.of(result, max_orders=_ALL_ORDERS)) | {"via": "direct"}
 
 
 def append_audit(path: Path, records: Sequence[dict[str, Any]]) -> str | None:
@@ -343,7 +350,7 @@ async def _publish(
             for state in states:
                 await publisher.state(state)
             for result in run.results:
-                await publisher.result(result, wait=True)
+                await publisher.result(ResultRecord.of(result), wait=True)
     except (KafkaError, TimeoutError, OSError) as exc:
         run.kafka_detail = f"publishing failed ({type(exc).__name__})"
         run.latch_published = False if latched else None

@@ -30,7 +30,7 @@ from killswitch.commands.common import (
     topic_partitions,
 )
 from killswitch.config import KafkaSettings, settings_from_args
-from killswitch.contracts import load_json_object
+from killswitch.contracts import ResultRecord, load_json_object, read_result
 from killswitch.display import Display
 from killswitch.exitcodes import EXIT_FAILED, EXIT_USAGE
 from killswitch.render import dry_run_lines, progress_lines, summary_lines
@@ -104,7 +104,7 @@ class _ResultsReader:
     consumer: AIOKafkaConsumer
     board: Board
     dlq: str
-    seen: list[dict[str, Any]] = field(default_factory=list)
+    seen: list[ResultRecord] = field(default_factory=list)  # this alert's results, read
 
     async def catch_up(self, ends: dict[TopicPartition, int]) -> None:
         while await self._behind(ends):
@@ -148,16 +148,18 @@ class _ResultsReader:
                         self.board.rows["*"] = AccountProgress("*")
                     changed |= self.board.apply_dead_letter(data)
                 else:
-                    self.seen.append(data)
+                    result = read_result(data)
+                    if result is not None:
+                        self.seen.append(result)
                     changed |= self.board.apply_result(data)
         return changed
 
 
-def _infer_action(board: Board, records: Sequence[dict[str, Any]]) -> None:
+def _infer_action(board: Board, records: Sequence[ResultRecord]) -> None:
     """A release or a dry run, as the alert's results say (the board's success status)."""
-    if any(r.get("status") == "released" for r in records):
+    if any(r.status == "released" for r in records):
         board.action = "release"
-    board.dry_run = any(r.get("dry_run") is True for r in records)
+    board.dry_run = any(r.dry_run for r in records)
 
 
 def add_arguments_results(parser: argparse.ArgumentParser) -> None:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
-from killswitch.contracts import final_result_fields
+from killswitch.contracts import ResultRecord, final_result_fields
 from killswitch.core.broker_loss import (
     SOURCE,
     BrokerLossClock,
@@ -208,7 +208,7 @@ class BrokerLossGuard:
                 extra={"account": request.account, "alert_id": request.alert_id},
             )
             return
-        log.info("final result", extra=final_result_fields(result))
+        log.info("final result", extra=final_result_fields(ResultRecord.of(result)))
         self.held.hold_result(result)
         self._wake.set()  # published at once if the broker is back already
 

@@ -72,6 +72,7 @@ from killswitch.contracts import (
     Origin,
     Rejection,
     RejectKind,
+    ResultRecord,
     duplicate_result,
     encode_dlq,
     failed_result,
@@ -1250,7 +1251,8 @@ class Intake:
     async def _publish_finals(self, items: Sequence[tuple[_Member, SweepResult]]) -> None:
         """Publish a group's final results until every one is acknowledged (the input
         offsets wait for this), then one log line each, as :meth:`_publish_final`."""
-        pending = [(result, member.origin) for member, result in items]
+        records = [ResultRecord.of(result, member.origin) for member, result in items]
+        pending = records
         delay = 0.05
         while pending:
             errors = await self._publisher.results(pending)
@@ -1269,8 +1271,8 @@ class Intake:
             await asyncio.sleep(delay)  # backoff between publish attempts
             delay = min(delay * 2, _PUBLISH_BACKOFF_MAX_S)
         if log.isEnabledFor(logging.INFO):
-            for _, result in items:
-                log.info("final result", extra=final_result_fields(result))
+            for record in records:
+                log.info("final result", extra=final_result_fields(record))
 
     async def _call_engine(
         self,
@@ -1317,9 +1319,10 @@ class Intake:
         """Publish until acknowledged: the input offset waits for this (cancelled at shutdown).
 
         Then one log line for the audit trail (what an operator greps for after the fact)."""
-        await self._retry(lambda: self._publisher.result(result, origin, wait=True), "result")
+        record = ResultRecord.of(result, origin)
+        await self._retry(lambda: self._publisher.result(record, wait=True), "result")
         if log.isEnabledFor(logging.INFO):
-            log.info("final result", extra=final_result_fields(result))
+            log.info("final result", extra=final_result_fields(record))
 
     async def _dead_letter(
         self,

@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaError
 from killswitch.config import TopicSettings
 from killswitch.contracts import (
     RESULT_HEAD_HEADER,
+    ResultRecord,
     encode_result,
     encode_result_head,
     encode_results,
@@ -25,11 +26,11 @@ log = logging.getLogger(__name__)
 Headers = list[tuple[str, bytes]]
 
 
-def result_headers(result: SweepResult, origin: Position | None) -> Headers:
+def result_headers(record: ResultRecord) -> Headers:
     """The Kafka headers of a result record: its head (``killswitch.result.head``),
     from the same values its body is written from."""
     head = encode_result_head(
-        result.alert_id, result.account, result.status.value, result.final, origin
+        record.alert_id, record.account, record.status, record.final, record.origin
     )
     return [(RESULT_HEAD_HEADER, head)]
 
@@ -57,15 +58,13 @@ class Publisher:
     def topics(self) -> TopicSettings:
         return self._topics
 
-    async def result(
-        self, result: SweepResult, origin: Position | None = None, *, wait: bool = True
-    ) -> None:
+    async def result(self, record: ResultRecord, *, wait: bool = True) -> None:
         """Publish one result (key = account, with its head header)."""
         future = await self._send(
             self._topics.results,
-            encode_result(result, origin),
-            result.account.encode(),
-            result_headers(result, origin),
+            encode_result(record),
+            record.account.encode(),
+            result_headers(record),
         )
         if wait:
             await future
@@ -73,24 +72,22 @@ class Publisher:
         self._background.add(future)
         future.add_done_callback(self._sent)
 
-    async def results(
-        self, items: Sequence[tuple[SweepResult, Position | None]]
-    ) -> list[BaseException | None]:
+    async def results(self, records: Sequence[ResultRecord]) -> list[BaseException | None]:
         """Publish several final results at once and wait for every acknowledgement:
         one hold of the enqueueing lock and one wake-up for all of them (a storm's
         alerts answered by one sweep are published together). Returns, in order,
         None for each acknowledged record and the error for each that was not."""
-        outcomes: list[BaseException | None] = [None] * len(items)
+        outcomes: list[BaseException | None] = [None] * len(records)
         futures: dict[int, asyncio.Future[object]] = {}
-        values = encode_results(items)
+        values = encode_results(records)
         async with self._enqueue:
-            for i, ((result, origin), value) in enumerate(zip(items, values, strict=True)):
+            for i, (record, value) in enumerate(zip(records, values, strict=True)):
                 try:
                     futures[i] = await self._producer.send(
                         self._topics.results,
                         value,
-                        key=result.account.encode(),
-                        headers=result_headers(result, origin),
+                        key=record.account.encode(),
+                        headers=result_headers(record),
                     )
                 except KafkaError as exc:
                     outcomes[i] = exc
@@ -102,11 +99,12 @@ class Publisher:
         return outcomes
 
     def progress_sink(self, origin: Position | None) -> ResultSink:
-        """The sink the engine calls with progress results of one alert."""
+        """The sink the engine calls with progress results of one alert (read at
+        ``origin``)."""
 
         async def sink(result: SweepResult) -> None:
             try:
-                await self.result(result, origin, wait=False)
+                await self.result(ResultRecord.of(result, origin), wait=False)
             except Exception:  # progress is best effort; the final result is what counts
                 log.warning("progress result not published", exc_info=True)
 

@@ -122,6 +122,9 @@ async def test_the_audit_trail_of_a_latched_kill_and_its_release(
             assert done.board.finals["mm-2"]["was_halted"] is False
             assert "mm-2: was not halted (nothing released)" in out.getvalue()
             assert await read_status(settings.kafka) == []
+            # Read back later, its results say it was a release.
+            later = await read_results(settings.kafka, release.alert_id)
+            assert (later.action, later.exit_code()) == ("release", EXIT_NOT_FOUND)
 
 
 async def test_results_follow_an_alert_published_without_following(

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from killswitch.contracts import result_to_json
+from killswitch.contracts import ResultRecord, result_to_json
 from killswitch.core.model import HaltState, KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Order, Side
 from killswitch.core.outcomes import Outcome
@@ -688,7 +688,7 @@ async def test_a_kill_that_never_finishes_listing_names_the_unlisted_pairs(
     assert still_open > 0  # orders are open where the listing never ended
     gauge = registry.get_sample_value("killswitch_residual_unlisted_pairs", {"account": ACCOUNT})
     assert gauge == len(result.unlisted_pairs)
-    document = result_to_json(result)
+    document = result_to_json(ResultRecord.of(result))
     assert document["unlisted_pairs"] == result.unlisted_pairs
 
 
@@ -704,6 +704,6 @@ async def test_a_kill_that_listed_every_pair_names_none_unlisted(
         await engine.close(1.0)
     assert result.status is SweepStatus.FLAT, result.reason
     assert result.unlisted_pairs == []
-    assert result_to_json(result)["unlisted_pairs"] == []
+    assert result_to_json(ResultRecord.of(result))["unlisted_pairs"] == []
     gauge = registry.get_sample_value("killswitch_residual_unlisted_pairs", {"account": ACCOUNT})
     assert gauge == 0

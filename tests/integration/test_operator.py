@@ -29,7 +29,14 @@ from killswitch.commands.prepare import TriggerRequest, prepare_trigger
 from killswitch.commands.status import read_status
 from killswitch.commands.trigger import run_trigger, trigger_rules
 from killswitch.config import OperatorKey, Settings, TriggerSigningSettings
-from killswitch.contracts import Alert, encode_dlq, encode_result, encode_state, parse_alert
+from killswitch.contracts import (
+    Alert,
+    ResultRecord,
+    encode_dlq,
+    encode_result,
+    encode_state,
+    parse_alert,
+)
 from killswitch.core.model import Counts, HaltState, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Side
 from killswitch.embedded import free_port
@@ -130,21 +137,23 @@ class ScriptedDaemon:
         final = status is not SweepStatus.RUNNING
         residual = 3 if status is SweepStatus.RESIDUAL else (0 if final else 40 - 10 * step)
         return encode_result(
-            SweepResult(
-                alert_id=alert.alert_id,
-                account=account,
-                status=status,
-                final=final,
-                dry_run=alert.dry_run,
-                counts=Counts(sent=10 * step, already_closed=step),
-                residual_open=residual,
-                sweeps=step + 1,
-                received_at=now,
-                first_cancel_at=now,
-                finished_at=now if final else None,
-                reason="deadline passed" if status is SweepStatus.RESIDUAL else None,
-                operator=alert.operator.name if alert.operator else None,
-                source=alert.source,
+            ResultRecord.of(
+                SweepResult(
+                    alert_id=alert.alert_id,
+                    account=account,
+                    status=status,
+                    final=final,
+                    dry_run=alert.dry_run,
+                    counts=Counts(sent=10 * step, already_closed=step),
+                    residual_open=residual,
+                    sweeps=step + 1,
+                    received_at=now,
+                    first_cancel_at=now,
+                    finished_at=now if final else None,
+                    reason="deadline passed" if status is SweepStatus.RESIDUAL else None,
+                    operator=alert.operator.name if alert.operator else None,
+                    source=alert.source,
+                )
             )
         )
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from killswitch.contracts import encode_result
+from killswitch.contracts import ResultRecord, encode_result
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import Counts, OrderReport, Position, SweepResult, SweepStatus
 from killswitch.core.outcomes import Outcome
@@ -57,16 +57,20 @@ async def test_the_results_reader_learns_from_heads_and_from_bodies(
     try:
         publisher = Publisher(producer, settings.kafka.topics)
         # (a) final results with their head: one alone, and a sweep's group at once
-        await publisher.result(result("h-1"), Position(alerts, 0, 1))
-        group = [(result("h-2"), Position(alerts, 0, 2)), (result("h-3", "mm-2"), None)]
+        await publisher.result(ResultRecord.of(result("h-1"), Position(alerts, 0, 1)))
+        group = [
+            ResultRecord.of(result("h-2"), Position(alerts, 0, 2)),
+            ResultRecord.of(result("h-3", "mm-2")),
+        ]
         assert await publisher.results(group) == [None, None]
         # (c) a progress result (it has a head too, saying it is not final)
-        await publisher.result(result("p-1", final=False), Position(alerts, 0, 4))
+        await publisher.result(ResultRecord.of(result("p-1", final=False), Position(alerts, 0, 4)))
     finally:
         await producer.stop()
     # (b) an older daemon's final result: the body alone, no header
     async with Producer(kafka_bootstrap) as older:
-        await older.send(topic, encode_result(result("o-1"), Position(alerts, 0, 5)), "mm-1")
+        older_record = ResultRecord.of(result("o-1"), Position(alerts, 0, 5))
+        await older.send(topic, encode_result(older_record), "mm-1")
 
     dedup = DedupWindow(100)
     index = ResultsIndex(settings.kafka, topic, dedup, tail_records=1000)

@@ -18,6 +18,7 @@ from killswitch.contracts import (
     Origin,
     Rejection,
     RejectKind,
+    ResultRecord,
     decode_result_summary,
     decode_state,
     duplicate_result,
@@ -296,7 +297,7 @@ def sweep_result(**kw: Any) -> SweepResult:
 
 
 def test_result_has_the_contract_fields() -> None:
-    out = result_to_json(sweep_result(), Origin("killswitch.alerts", 2, 41))
+    out = result_to_json(ResultRecord.of(sweep_result(), Origin("killswitch.alerts", 2, 41)))
     assert out["schema"] == "killswitch.result/v1"
     assert out["counts"] == {
         "resolved": 120,
@@ -327,21 +328,21 @@ def test_result_has_the_contract_fields() -> None:
 def test_result_lists_at_most_max_orders_problems_first_and_says_how_many_were_cut() -> None:
     orders = [OrderReport(i, "BTC_USDT", Outcome.SENT, 1) for i in range(10)]
     orders.insert(7, OrderReport(99, "BTC_USDT", Outcome.FAILED, 6))
-    out = result_to_json(sweep_result(orders=orders, pending=3), max_orders=4)
+    out = result_to_json(ResultRecord.of(sweep_result(orders=orders, pending=3), max_orders=4))
     assert [o["order_id"] for o in out["orders"]] == [99, 0, 1, 2]
     assert out["orders_omitted"] == 7
     assert out["pending"] == 3
-    full = result_to_json(sweep_result(orders=orders))
+    full = result_to_json(ResultRecord.of(sweep_result(orders=orders)))
     assert (len(full["orders"]), full["orders_omitted"]) == (11, 0)
 
 
 def test_a_result_of_100k_orders_fits_one_kafka_record() -> None:
     orders = [OrderReport(5_000_000_000 + i, "BTC_USDT", Outcome.SENT, 1) for i in range(100_000)]
-    assert len(encode_result(sweep_result(orders=orders))) < 1_000_000
+    assert len(encode_result(ResultRecord.of(sweep_result(orders=orders)))) < 1_000_000
 
 
 def test_result_round_trips_to_a_summary() -> None:
-    raw = encode_result(sweep_result(first_cancel_at=None), Origin("t", 0, 7))
+    raw = encode_result(ResultRecord.of(sweep_result(first_cancel_at=None), Origin("t", 0, 7)))
     assert json.loads(raw)["first_cancel_at"] is None
     summary = decode_result_summary(raw)
     assert summary is not None
@@ -515,7 +516,7 @@ def test_kill_requests_results_carry_the_trigger_reason_and_operator() -> None:
     parsed = parse(alert(reason="desk over its loss limit"))
     assert isinstance(parsed, Alert)
     (req,) = kill_requests(parsed, accounts=ACCOUNTS, received_at=NOW, default_deadline_s=1)
-    out = result_to_json(duplicate_result(req, "flat", NOW))
+    out = result_to_json(ResultRecord.of(duplicate_result(req, "flat", NOW)))
     assert out["trigger_reason"] == "desk over its loss limit"
     # "reason" keeps its meaning: the explanation of the status.
     assert out["reason"] is not None
@@ -524,19 +525,25 @@ def test_kill_requests_results_carry_the_trigger_reason_and_operator() -> None:
 
 
 def test_progress_and_release_fields_are_written_only_when_known() -> None:
-    plain = result_to_json(sweep_result())
+    plain = result_to_json(ResultRecord.of(sweep_result()))
     assert "pairs_listed" not in plain
     assert "was_halted" not in plain
     progress = result_to_json(
-        sweep_result(final=False, status=SweepStatus.RUNNING, pairs_listed=2, pairs_in_scope=5)
+        ResultRecord.of(
+            sweep_result(final=False, status=SweepStatus.RUNNING, pairs_listed=2, pairs_in_scope=5)
+        )
     )
     assert (progress["pairs_listed"], progress["pairs_in_scope"]) == (2, 5)
-    released = result_to_json(sweep_result(status=SweepStatus.RELEASED, was_halted=False))
+    released = result_to_json(
+        ResultRecord.of(sweep_result(status=SweepStatus.RELEASED, was_halted=False))
+    )
     assert released["was_halted"] is False
 
 
 def test_final_result_log_fields() -> None:
-    fields = final_result_fields(sweep_result(operator="alice", trigger_reason="limit"))
+    fields = final_result_fields(
+        ResultRecord.of(sweep_result(operator="alice", trigger_reason="limit"))
+    )
     assert fields["alert_id"] == "risk-7f3a"
     assert (fields["account"], fields["status"], fields["operator"]) == ("mm-1", "flat", "alice")
     assert (fields["sent"], fields["already_closed"], fields["residual_open"]) == (117, 3, 0)
@@ -549,11 +556,18 @@ def test_final_results_name_the_pairs_never_listed_to_the_end() -> None:
     residual = sweep_result(
         status=SweepStatus.RESIDUAL, residual_open=0, unlisted_pairs=["BTC_IDR", "ETH_USDT"]
     )
-    out = result_to_json(residual)
+    out = result_to_json(ResultRecord.of(residual))
     assert out["unlisted_pairs"] == ["BTC_IDR", "ETH_USDT"]
     assert out["residual_open"] == 0  # still an int: what the complete listings showed
-    assert result_to_json(sweep_result())["unlisted_pairs"] == []  # every pair listed
+    assert (
+        result_to_json(ResultRecord.of(sweep_result()))["unlisted_pairs"] == []
+    )  # every pair listed
     # Progress results leave it out: a pair not listed yet is not "never listed".
-    progress = result_to_json(sweep_result(final=False, status=SweepStatus.RUNNING))
+    progress = result_to_json(
+        ResultRecord.of(sweep_result(final=False, status=SweepStatus.RUNNING))
+    )
     assert "unlisted_pairs" not in progress
-    assert final_result_fields(residual)["unlisted_pairs"] == ["BTC_IDR", "ETH_USDT"]
+    assert final_result_fields(ResultRecord.of(residual))["unlisted_pairs"] == [
+        "BTC_IDR",
+        "ETH_USDT",
+    ]

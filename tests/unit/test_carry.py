@@ -9,7 +9,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from killswitch.config import KafkaSettings
-from killswitch.contracts import decode_result_summary, encode_result, failed_result
+from killswitch.contracts import (
+    ResultRecord,
+    decode_result_summary,
+    encode_result,
+    failed_result,
+)
 from killswitch.core.carry import (
     RESULT_MAX_ORDERS,
     CarryStore,
@@ -282,7 +287,7 @@ def test_a_replays_progress_keeps_the_earlier_cancels_in_flight() -> None:
 def test_a_cancel_in_flight_survives_two_crashes() -> None:
     p1 = carried(report(1, SENT), in_flight=in_flight(2))
     p2_progress = carry_over(result(report(3, SENT), final=False), p1)
-    summary = decode_result_summary(encode_result(p2_progress))
+    summary = decode_result_summary(encode_result(ResultRecord.of(p2_progress)))
     assert summary is not None
     assert summary.carried is not None
     final = carry_over(result(report(4, SENT)), summary.carried)
@@ -363,7 +368,7 @@ def test_store_refuses_a_useless_capacity() -> None:
 def test_a_progress_record_lists_orders_and_reads_back() -> None:
     orders = [report(1, SENT), OrderReport(2, "ETH_USDT", REJECTED, 1, RejectReason.NOT_FOUND)]
     progress = result(*orders, final=False)
-    summary = decode_result_summary(encode_result(progress))
+    summary = decode_result_summary(encode_result(ResultRecord.of(progress)))
     assert summary is not None
     assert not summary.final
     assert summary.carried is not None
@@ -379,12 +384,12 @@ def test_a_progress_record_lists_orders_and_reads_back() -> None:
 def test_a_progress_record_lists_cancels_in_flight_and_reads_back() -> None:
     progress = result(report(1, SENT), final=False)
     progress.in_flight = [InFlight(2, "BTC_USDT"), InFlight(3, "ETH_USDT")]
-    data = json.loads(encode_result(progress))
+    data = json.loads(encode_result(ResultRecord.of(progress)))
     assert data["in_flight"] == [
         {"order_id": 2, "symbol": "BTC_USDT"},
         {"order_id": 3, "symbol": "ETH_USDT"},
     ]
-    summary = decode_result_summary(encode_result(progress))
+    summary = decode_result_summary(encode_result(ResultRecord.of(progress)))
     assert summary is not None
     assert summary.carried is not None
     assert summary.carried.in_flight == (InFlight(2, "BTC_USDT"), InFlight(3, "ETH_USDT"))
@@ -402,7 +407,7 @@ def test_a_progress_record_lists_cancels_in_flight_and_reads_back() -> None:
     ],
 )
 def test_unreadable_cancels_in_flight_are_dropped_the_outcomes_kept(raw: object) -> None:
-    data = json.loads(encode_result(result(report(1, SENT), final=False)))
+    data = json.loads(encode_result(ResultRecord.of(result(report(1, SENT), final=False))))
     data["in_flight"] = raw
     summary = decode_result_summary(json.dumps(data).encode())
     assert summary is not None
@@ -412,7 +417,7 @@ def test_unreadable_cancels_in_flight_are_dropped_the_outcomes_kept(raw: object)
 
 
 def test_a_cancel_in_flight_with_an_outcome_too_is_not_in_flight() -> None:
-    data = json.loads(encode_result(result(report(1, SENT), final=False)))
+    data = json.loads(encode_result(ResultRecord.of(result(report(1, SENT), final=False))))
     data["in_flight"] = [{"order_id": 1, "symbol": "BTC_USDT"}, {"order_id": 2, "symbol": "X"}]
     summary = decode_result_summary(json.dumps(data).encode())
     assert summary is not None
@@ -421,14 +426,16 @@ def test_a_cancel_in_flight_with_an_outcome_too_is_not_in_flight() -> None:
 
 
 def test_a_final_record_carries_nothing() -> None:
-    summary = decode_result_summary(encode_result(result(report(1, SENT))))
+    summary = decode_result_summary(encode_result(ResultRecord.of(result(report(1, SENT)))))
     assert summary is not None
     assert summary.final
     assert summary.carried is None
 
 
 def _progress_json(**changes: object) -> bytes:
-    data = json.loads(encode_result(result(report(1, SENT), report(2, FAILED), final=False)))
+    data = json.loads(
+        encode_result(ResultRecord.of(result(report(1, SENT), report(2, FAILED), final=False)))
+    )
     data.update(changes)
     return json.dumps(data).encode()
 
@@ -481,9 +488,9 @@ def test_a_partial_order_list_is_kept_for_dedup() -> None:
 def test_the_progress_cap_is_the_records_cap() -> None:
     # A progress result lists orders only while they all fit one record.
     many = [report(n, SENT) for n in range(RESULT_MAX_ORDERS + 1)]
-    data = json.loads(encode_result(result(*many, final=False)))
+    data = json.loads(encode_result(ResultRecord.of(result(*many, final=False))))
     assert len(data["orders"]) == RESULT_MAX_ORDERS
-    summary = decode_result_summary(encode_result(result(*many, final=False)))
+    summary = decode_result_summary(encode_result(ResultRecord.of(result(*many, final=False))))
     assert summary is not None
     assert summary.carried is not None
     assert not summary.carried.complete
@@ -498,12 +505,19 @@ def test_the_results_reader_keeps_progress_until_the_final() -> None:
     first = result(report(1, SENT), final=False)
     later = result(report(1, SENT), report(2, SENT), final=False)
     other = dataclasses.replace(first, account="mm-2")
-    index._learn([encode_result(first), encode_result(later), encode_result(other), b"junk"])
+    index._learn(
+        [
+            encode_result(ResultRecord.of(first)),
+            encode_result(ResultRecord.of(later)),
+            encode_result(ResultRecord.of(other)),
+            b"junk",
+        ]
+    )
     got = index.carried("a-1", "mm-1")
     assert got is not None
     assert [o.order_id for o in got.orders] == [1, 2]  # the latest progress result
     assert dedup.status("a-1", "mm-1") is None  # progress is not a final result
-    index._learn([encode_result(result(report(1, SENT), report(2, SENT)))])
+    index._learn([encode_result(ResultRecord.of(result(report(1, SENT), report(2, SENT))))])
     assert index.carried("a-1", "mm-1") is None  # finished: nothing to carry
     assert index.carried("a-1", "mm-2") is not None
     assert dedup.status("a-1", "mm-1") == "flat"

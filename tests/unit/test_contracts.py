@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from killswitch.board import AccountProgress
 from killswitch.contracts import (
@@ -35,8 +37,10 @@ from killswitch.contracts import (
     position_to_json,
     read_dead_letter,
     read_result,
+    result_to_json,
     state_to_json,
 )
+from killswitch.core.carry import RESULT_MAX_ORDERS
 from killswitch.core.model import (
     Counts,
     HaltState,
@@ -165,70 +169,210 @@ def sweep(**fields: Any) -> SweepResult:
     return SweepResult(**(base | fields))
 
 
-def expected_record(result: SweepResult, origin: Position | None) -> ResultRecord:
-    """What the one reader must give back for a result the one writer wrote."""
-    return ResultRecord(
-        account=result.account,
-        status=result.status.value,
-        alert_id=result.alert_id,
-        final=result.final,
-        dry_run=result.dry_run,
-        counts=result.counts,
-        residual_open=result.residual_open,
-        pending=result.pending,
-        sweeps=result.sweeps,
-        received_at=result.received_at,
-        first_cancel_at=result.first_cancel_at,
-        finished_at=result.finished_at,
-        orders=tuple(ResultOrder(o.order_id, o.symbol, o.outcome.value) for o in result.orders),
-        reason=result.reason,
-        operator=result.operator,
-        source=result.source,
-        trigger_reason=result.trigger_reason,
-        not_found=tuple(result.not_found),
-        unlisted_pairs=tuple(result.unlisted_pairs),
-        in_flight=tuple(result.in_flight),
-        pairs_listed=result.pairs_listed,
-        pairs_in_scope=result.pairs_in_scope,
-        was_halted=result.was_halted,
-        origin=origin,
+def final(status: SweepStatus, **fields: Any) -> SweepResult:
+    return sweep(
+        status=status,
+        final=True,
+        finished_at=NOW + timedelta(seconds=2),
+        pending=0,
+        in_flight=[],
+        pairs_listed=None,
+        pairs_in_scope=None,
+        **fields,
     )
 
 
-@pytest.mark.parametrize(
-    "result",
-    [
-        sweep(),
-        sweep(
-            status=SweepStatus.FLAT,
-            final=True,
-            finished_at=NOW + timedelta(seconds=2),
-            in_flight=[],
-            pairs_listed=None,
-            pairs_in_scope=None,
-            not_found=[99],
-            unlisted_pairs=["ETH_USDT"],
-            reason="deadline passed",
-        ),
-        sweep(status=SweepStatus.RELEASED, final=True, orders=[], was_halted=False),
-    ],
-)
+def many_orders(n: int) -> list[OrderReport]:
+    """``n`` orders, every tenth rejected and every hundredth failed."""
+    return [
+        OrderReport(
+            1000 + i,
+            "BTC_USDT",
+            Outcome.FAILED if i % 100 == 0 else Outcome.REJECTED if i % 10 == 0 else Outcome.SENT,
+            1 + i % 3,
+            RejectReason.NOT_FOUND if i % 100 and i % 10 == 0 else None,
+        )
+        for i in range(n)
+    ]
+
+
+# Results of every status, progress and final; order lists empty, short and cut at
+# RESULT_MAX_ORDERS; the additive fields absent and present.
+RESULTS = {
+    "progress": sweep(),
+    "progress, pairs not set out yet": sweep(pairs_listed=None, pairs_in_scope=None, orders=[]),
+    "progress, no pairs listed yet": sweep(pairs_listed=None, pairs_in_scope=3),
+    "flat": final(SweepStatus.FLAT, not_found=[99], unlisted_pairs=[], trigger_reason='é "q"\n'),
+    "residual": final(
+        SweepStatus.RESIDUAL,
+        reason="deadline passed",
+        unlisted_pairs=["ETH_USDT"],
+        residual_open=7,
+        counts=Counts(sent=2_000, rejected=4, failed=1),
+        orders=many_orders(2_005),
+    ),
+    "failed": final(SweepStatus.FAILED, reason="internal error: KeyError", orders=[]),
+    "released, was halted": final(SweepStatus.RELEASED, orders=[], was_halted=True),
+    "released, was not halted": final(SweepStatus.RELEASED, orders=[], was_halted=False),
+    "dry run": final(SweepStatus.DRY_RUN, dry_run=True, operator=None, reason=""),
+    "duplicate": final(SweepStatus.DUPLICATE, orders=[], reason="duplicate alert_id"),
+}
+
+
+@pytest.mark.parametrize("result", RESULTS.values(), ids=RESULTS.keys())
 @pytest.mark.parametrize("origin", [None, Position("killswitch.alerts", 2, 1841)])
 def test_a_result_reads_back_equal(result: SweepResult, origin: Position | None) -> None:
-    raw = encode_result(result, origin)
-    record = decode_result_summary(raw)
-    expected = expected_record(result, origin)
-    assert read_result(json.loads(raw)) == expected
-    # The dedup rebuild's reading: no lists, and what a replay carries.
-    carried = None if result.final else carried_from_json(json.loads(raw))
-    head = dataclasses.replace(
-        expected, orders=(), not_found=(), unlisted_pairs=(), in_flight=(), carried=carried
+    record = ResultRecord.of(result, origin)
+    raw = encode_result(record)
+    data = json.loads(raw)
+    # Every field but ``carried``, which is never written (the reader's decoding of a
+    # progress record's counts and orders for a replay): None in both.
+    assert record.carried is None
+    assert read_result(data) == record
+    # One writer: the dict and the bytes are the same record, byte for byte.
+    assert (
+        raw
+        == json.dumps(result_to_json(record), separators=(",", ":"), ensure_ascii=False).encode()
     )
-    assert record == head
+    # The dedup rebuild's reading: no lists, and what a replay carries.
+    carried = None if result.final else carried_from_json(data)
+    head = dataclasses.replace(
+        record, orders=(), not_found=(), unlisted_pairs=(), in_flight=(), carried=carried
+    )
+    assert decode_result_summary(raw) == head
+
+
+texts = st.text(max_size=12)
+order_reports = st.builds(
+    OrderReport,
+    st.integers(1, 2**63 - 1),
+    texts,
+    st.sampled_from(Outcome),
+    st.integers(0, 50),
+    st.none() | st.sampled_from(RejectReason),
+)
+times = st.none() | st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+).map(lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000))
+positions = st.none() | st.builds(Position, texts, st.integers(0, 99), st.integers(0, 2**40))
+
+
+@st.composite
+def sweep_results(draw: st.DrawFn) -> SweepResult:
+    return sweep(
+        alert_id=draw(texts),
+        status=draw(st.sampled_from(SweepStatus)),
+        final=draw(st.booleans()),
+        received_at=draw(times),
+        first_cancel_at=draw(times),
+        finished_at=draw(times),
+        orders=draw(st.lists(order_reports, max_size=6)),
+        reason=draw(st.none() | texts),
+        operator=draw(st.none() | texts),
+        trigger_reason=draw(texts),
+        not_found=draw(st.lists(st.integers(1, 99), max_size=3)),
+        unlisted_pairs=draw(st.lists(texts, max_size=2)),
+        pairs_listed=draw(st.none() | st.integers(0, 9)),
+        pairs_in_scope=draw(st.none() | st.integers(0, 9)),
+        was_halted=draw(st.none() | st.booleans()),
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(sweep_results(), positions), min_size=1, max_size=4))
+def test_any_result_reads_back_equal_and_writes_alike(
+    items: list[tuple[SweepResult, Position | None]],
+) -> None:
+    records = [ResultRecord.of(result, origin) for result, origin in items]
+    for record in records:
+        raw = encode_result(record)
+        assert read_result(json.loads(raw)) == record
+        assert (
+            raw
+            == json.dumps(
+                result_to_json(record), separators=(",", ":"), ensure_ascii=False
+            ).encode()
+        )
+    assert encode_results(records) == [encode_result(r) for r in records]
+
+
+def test_a_long_order_list_is_cut_failed_and_rejected_first() -> None:
+    record = ResultRecord.of(RESULTS["residual"])
+    assert len(record.orders) == RESULT_MAX_ORDERS
+    assert record.orders_omitted == 5
+    assert record.orders[0] == ResultOrder(1000, "BTC_USDT", "failed", 1)
+    assert record.orders[-1].outcome == "sent"
+    assert ResultOrder(1010, "BTC_USDT", "rejected", 2, "not_found") in record.orders
+    everything = ResultRecord.of(RESULTS["residual"], max_orders=10**9)
+    assert (len(everything.orders), everything.orders_omitted) == (2_005, 0)
+
+
+def test_a_record_has_only_what_is_written() -> None:
+    progress = ResultRecord.of(sweep(unlisted_pairs=["ETH_USDT"], pairs_in_scope=None))
+    assert progress.unlisted_pairs == ()  # written in final results only
+    assert progress.pairs_listed is None  # written with pairs_in_scope only
+
+
+# Written by the previous writer (from SweepResult): the bytes of the contract.
+GOLDEN_FINAL = (
+    b'{"schema":"killswitch.result/v1","alert_id":"risk-7f3a","account":"mm-1",'
+    b'"status":"residual","final":true,"dry_run":false,"counts":{"resolved":2,"sent":1,'
+    b'"already_closed":0,"rejected":1,"failed":0,"skipped":0},"residual_open":2,'
+    b'"pending":0,"sweeps":2,"received_at":"2026-11-24T01:02:03.456Z",'
+    b'"first_cancel_at":"2026-11-24T01:02:03.496Z","finished_at":"2026-11-24T01:02:05.456Z",'
+    b'"orders":[{"order_id":11,"symbol":"BTC_USDT","outcome":"sent","attempts":1},'
+    b'{"order_id":13,"symbol":"ETH_USDT","outcome":"rejected","attempts":2,'
+    b'"reason":"not_found"}],"orders_omitted":0,"reason":"deadline passed",'
+    b'"operator":"alice","source":"operator-cli","not_found":[99],'
+    b'"trigger_reason":"VaR \xc3\xa9 \\"q\\"","in_flight":[],"unlisted_pairs":["ETH_USDT"],'
+    b'"origin":{"topic":"killswitch.alerts","partition":2,"offset":1841}}'
+)
+GOLDEN_PROGRESS = (
+    b'{"schema":"killswitch.result/v1","alert_id":"risk-7f3a","account":"mm-1",'
+    b'"status":"running","final":false,"dry_run":true,"counts":{"resolved":1,"sent":1,'
+    b'"already_closed":0,"rejected":0,"failed":0,"skipped":0},"residual_open":3,'
+    b'"pending":2,"sweeps":1,"received_at":"2026-11-24T01:02:03.456Z",'
+    b'"first_cancel_at":null,"finished_at":null,"orders":[],"orders_omitted":0,'
+    b'"reason":null,"operator":null,"source":"var-monitor","not_found":[],'
+    b'"trigger_reason":"","in_flight":[{"order_id":14,"symbol":"ETH_USDT"}],'
+    b'"pairs_listed":1,"pairs_in_scope":2}'
+)
+
+
+def test_the_bytes_written_are_the_contract() -> None:
+    residual = final(
+        SweepStatus.RESIDUAL,
+        counts=Counts(sent=1, rejected=1),
+        residual_open=2,
+        sweeps=2,
+        orders=[
+            OrderReport(11, "BTC_USDT", Outcome.SENT, 1),
+            OrderReport(13, "ETH_USDT", Outcome.REJECTED, 2, RejectReason.NOT_FOUND),
+        ],
+        reason="deadline passed",
+        not_found=[99],
+        trigger_reason='VaR é "q"',
+        unlisted_pairs=["ETH_USDT"],
+    )
+    progress = sweep(
+        dry_run=True,
+        counts=Counts(sent=1),
+        residual_open=3,
+        first_cancel_at=None,
+        orders=[],
+        pending=2,
+        operator=None,
+        source="var-monitor",
+        trigger_reason="",
+    )
+    at = Position("killswitch.alerts", 2, 1841)
+    assert encode_result(ResultRecord.of(residual, at)) == GOLDEN_FINAL
+    assert encode_result(ResultRecord.of(progress)) == GOLDEN_PROGRESS
+    assert encode_results([ResultRecord.of(residual, at)]) == [GOLDEN_FINAL]
 
 
 def test_results_written_together_are_byte_for_byte_those_written_one_by_one() -> None:
-    flat = sweep(final=True, status=SweepStatus.FLAT)
+    flat = final(SweepStatus.FLAT)
     at = Position("killswitch.alerts", 2, 1841)
     later = flat.received_at + timedelta(milliseconds=1500)
     items: list[tuple[SweepResult, Position | None]] = [
@@ -241,11 +385,24 @@ def test_results_written_together_are_byte_for_byte_those_written_one_by_one() -
         (dataclasses.replace(flat, alert_id="g"), at),
         (sweep(), at),
     ]
-    assert encode_results(items) == [encode_result(r, o) for r, o in items]
+    records = [ResultRecord.of(r, o) for r, o in items]
+    assert encode_results(records) == [encode_result(r) for r in records]
+
+
+def test_coalesced_results_share_their_converted_orders() -> None:
+    shared = many_orders(50)
+    a = ResultRecord.of(final(SweepStatus.FLAT, orders=shared))
+    b = ResultRecord.of(final(SweepStatus.FLAT, alert_id="b", orders=shared))
+    assert a.orders is b.orders  # converted once, written once
+    shared.append(OrderReport(9, "BTC_USDT", Outcome.SENT, 1))  # a list changed since
+    assert len(ResultRecord.of(final(SweepStatus.FLAT, orders=shared)).orders) == 51
+    assert (
+        ResultRecord.of(final(SweepStatus.FLAT, orders=shared), max_orders=3).orders_omitted == 48
+    )
 
 
 def test_a_progress_result_carries_its_outcomes_for_a_replay() -> None:
-    record = decode_result_summary(encode_result(sweep()))
+    record = decode_result_summary(encode_result(ResultRecord.of(sweep())))
     assert record is not None
     assert record.carried is not None
     assert record.carried.counts == Counts(sent=2, rejected=1)
@@ -265,12 +422,32 @@ def test_the_docs_result_example_reads() -> None:
         True,
     )
     assert record.counts == Counts(sent=117, already_closed=3)
-    assert record.orders == (ResultOrder(5000000123, "BTC_USDT", "sent"),)
+    assert record.orders == (ResultOrder(5000000123, "BTC_USDT", "sent", 1),)
     assert record.origin == Position("killswitch.alerts", 2, 1841)
     assert record.finished_at == datetime(2026, 11, 24, 1, 2, 4, 901000, tzinfo=UTC)
+    assert result_to_json(record) == example
     progress = AccountProgress.from_result(example)
     assert progress is not None
     assert progress.resolved == 120
+
+
+def test_a_result_reader_keeps_words_it_does_not_know() -> None:
+    data = {
+        "account": "mm-1",
+        "status": "paused",
+        "orders": [
+            {"order_id": 1, "symbol": "BTC_USDT", "outcome": "parked", "reason": "later"},
+            {"order_id": 2, "symbol": "BTC_USDT", "outcome": "sent", "attempts": True},
+            {"order_id": "3", "symbol": "BTC_USDT", "outcome": "sent"},
+        ],
+    }
+    record = read_result(data)
+    assert record is not None
+    assert record.status == "paused"
+    assert record.orders == (
+        ResultOrder(1, "BTC_USDT", "parked", 0, "later"),
+        ResultOrder(2, "BTC_USDT", "sent", 0),  # attempts not a count: none known
+    )
 
 
 def test_a_result_without_an_alert_id_is_no_summary_but_still_shown() -> None:

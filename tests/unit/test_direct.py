@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from killswitch.board import Board
-from killswitch.contracts import Alert, result_to_json
+from killswitch.contracts import Alert, ResultRecord, result_to_json
 from killswitch.core.model import Counts, SweepResult, SweepStatus
 from killswitch.direct import DirectRun, append_audit, direct_document, report_lines
 
@@ -51,7 +51,7 @@ def test_audit_lines_are_appended_and_the_file_is_private(tmp_path: Path) -> Non
     path = tmp_path / "deep" / "audit.jsonl"
     assert append_audit(path, []) is None
     assert not path.exists()  # nothing done, nothing written
-    record = result_to_json(result())
+    record = result_to_json(ResultRecord.of(result()))
     assert append_audit(path, [record]) is None
     assert append_audit(path, [record, record]) is None
     lines = [json.loads(line) for line in path.read_text().splitlines()]
@@ -68,7 +68,7 @@ def test_audit_lines_are_appended_and_the_file_is_private(tmp_path: Path) -> Non
 
 def test_report_and_document_say_where_the_result_went() -> None:
     board = Board("op-1", ["mm-1"])
-    board.apply_result(result_to_json(result()))
+    board.apply_result(result_to_json(ResultRecord.of(result())))
     run = DirectRun(alert(latch=True), board, results=[result()], audit_file=Path("/a.jsonl"))
     run.kafka_detail = "Kafka at k:9092 not reachable (KafkaConnectionError)"
     run.latch_published = False

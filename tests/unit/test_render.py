@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from killswitch.board import AccountProgress, Board
-from killswitch.contracts import encode_result
+from killswitch.contracts import ResultRecord, encode_result
 from killswitch.core.model import Counts, HaltState, Scope, SweepResult, SweepStatus
 from killswitch.core.orders import Side
 from killswitch.exitcodes import EXIT_NOT_DONE, EXIT_NOT_FOUND
@@ -417,13 +417,13 @@ def test_not_found_survives_the_result_json_round_trip() -> None:
         finished_at=NOW + timedelta(seconds=1),
         not_found=[5, 9],
     )
-    record = json.loads(encode_result(sweep))
+    record = json.loads(encode_result(ResultRecord.of(sweep)))
     assert record["not_found"] == [5, 9]
     progress = AccountProgress.from_result(record)
     assert progress is not None
     assert progress.not_found == (5, 9)
     assert progress.status == "flat"
-    empty = json.loads(encode_result(dataclasses.replace(sweep, not_found=[])))
+    empty = json.loads(encode_result(ResultRecord.of(dataclasses.replace(sweep, not_found=[]))))
     assert empty["not_found"] == []
 
 

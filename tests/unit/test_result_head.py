@@ -16,6 +16,7 @@ from killswitch.config import KafkaSettings
 from killswitch.contracts import (
     RESULT_HEAD_HEADER,
     ResultHead,
+    ResultRecord,
     decode_result_summary,
     encode_result,
     encode_result_head,
@@ -139,15 +140,15 @@ def _head_of(headers: Sequence[tuple[str, bytes]]) -> ResultHead | None:
 @pytest.mark.parametrize("final", [True, False])
 @pytest.mark.parametrize("origin", [ORIGIN, None])
 def test_the_head_written_is_what_the_body_says(final: bool, origin: Position | None) -> None:
-    written = result(final=final, alert_id='a"1', account="mm-✓")
+    written = ResultRecord.of(result(final=final, alert_id='a"1', account="mm-✓"), origin)
     # One record (``Publisher.result``) and a sweep's group (``Publisher.results``).
-    group = [(written, origin), (dataclasses.replace(written, alert_id="a-2"), origin)]
-    bodies = [encode_result(written, origin), *encode_results(group)]
-    for (one, where), body in zip([(written, origin), *group], bodies, strict=True):
+    group = [written, dataclasses.replace(written, alert_id="a-2")]
+    bodies = [encode_result(written), *encode_results(group)]
+    for one, body in zip([written, *group], bodies, strict=True):
         summary = decode_result_summary(body)
         assert summary is not None
         said = (summary.alert_id, summary.account, summary.status, summary.final, summary.origin)
-        head = _head_of(result_headers(one, where))
+        head = _head_of(result_headers(one))
         assert head is not None
         assert (head.alert_id, head.account, head.status, head.final, head.origin) == said
 
@@ -166,7 +167,8 @@ class Rec:
 
 def published(res: SweepResult, origin: Position | None = ORIGIN) -> Rec:
     """A record as ``Publisher`` writes it: key, body and head."""
-    return Rec(res.account.encode(), encode_result(res, origin), result_headers(res, origin))
+    record = ResultRecord.of(res, origin)
+    return Rec(res.account.encode(), encode_result(record), result_headers(record))
 
 
 def index() -> ResultsIndex:
