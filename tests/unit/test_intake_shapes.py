@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from killswitch.contracts import Alert, kill_requests
-from killswitch.kafka.consumer import alike
+from killswitch.kafka.consumer import _request_maker, alike
 
 NOW = datetime(2026, 11, 30, 2, 0, 0, tzinfo=UTC)
 ACCOUNTS = ("mm-1", "mm-2", "arb-1")
@@ -48,13 +48,11 @@ def test_alerts_differing_in_their_own_fields_are_alike_and_request_the_same() -
     )
     assert alike(first, other)
     later = NOW + timedelta(milliseconds=3)
-    copied = [
-        dataclasses.replace(r, alert_id=other.alert_id, received_at=later)
-        for r in kill_requests(first, accounts=ACCOUNTS, received_at=NOW, default_deadline_s=30)
-    ]
-    assert copied == kill_requests(
-        other, accounts=ACCOUNTS, received_at=later, default_deadline_s=30
-    )
+    requests = kill_requests(first, accounts=ACCOUNTS, received_at=NOW, default_deadline_s=30)
+    requests = [dataclasses.replace(r, unchecked_pairs="why") for r in requests]
+    copied = [_request_maker(r)(alert_id=other.alert_id, received_at=later) for r in requests]
+    expected = kill_requests(other, accounts=ACCOUNTS, received_at=later, default_deadline_s=30)
+    assert copied == [dataclasses.replace(r, unchecked_pairs="why") for r in expected]
 
 
 # One change per field an alert shares with the alerts alike: each makes them unlike.
