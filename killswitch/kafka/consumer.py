@@ -1277,11 +1277,15 @@ class Intake:
         self._records_done([member for member, _ in repeats])
 
     def _records_done(self, members: list[_Member]) -> None:
-        """The members with a final result published: their records are done."""
+        """The members with a final result published: their records are done (counted
+        once per kind: a group's are alike)."""
+        read: Counter[tuple[str, str]] = Counter()
         for member in members:
             if member.status is not None:
-                self._observer.alert_read(member.plan.label, member.plan.result)
+                read[member.plan.label, member.plan.result] += 1
                 self._tracker.done(self._partition_of(member.origin), member.origin.offset)
+        for (label, result), count in read.items():
+            self._observer.alert_read(label, result, count)
         if members:
             self._commit_wanted.set()
 

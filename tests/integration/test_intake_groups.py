@@ -73,6 +73,8 @@ async def test_a_repeat_inside_a_group_is_answered_duplicate(
         finals = (await results.to_end()).finals()
     statuses = sorted((f["alert_id"], f["status"]) for f in finals)
     assert statuses == [("a-1", "duplicate"), ("a-1", "flat"), ("a-2", "flat"), ("a-3", "flat")]
+    # Counted once per record (a group's are counted together, by kind).
+    assert Counter(run.observer.alerts) == {("alerts", "processed"): 3, ("alerts", "duplicate"): 1}
     assert sorted(a for g in engine.groups for a in g) == ["a-1", "a-2", "a-3"]
     assert sorted(c.alert_id for c in engine.calls) == ["a-1", "a-2", "a-3"]
     assert await committed(kafka_bootstrap, settings.kafka.group_id, topics.alerts) == 4
