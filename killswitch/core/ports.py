@@ -250,10 +250,10 @@ class AlertObserver(Protocol):
     """Receives what the intake sees, for metrics (``killswitch.metrics.Metrics`` backs it).
 
     ``alert_read(source, result, count)`` is ``killswitch_alerts_total{source,result}``:
-    one count per input message (``count`` messages alike at once: a group's). ``source``
-    is the input channel: ``alerts``
-    (automatic), ``manual`` (operators) or ``deadman`` (kills fired by the
-    dead-man's switch), a bounded label set, not the free-text ``source`` field.
+    one count per input message (``count`` alike messages at once: a group's).
+    ``source`` is the input channel: ``alerts`` (automatic), ``manual`` (operators) or
+    ``deadman`` (kills fired by the dead-man's switch), a bounded label set, not the
+    free-text ``source`` field.
     ``result`` is one of ``processed`` (swept or released), ``duplicate`` (every
     account already handled), ``invalid``, ``unauthorized``, ``expired``,
     ``dry_run`` (a dry-run kill that was processed).

@@ -207,7 +207,8 @@ def alike(a: Alert, b: Alert) -> bool:
 
 def _request_maker(request: KillRequest) -> Callable[..., KillRequest]:
     """:class:`KillRequest` with every field of ``request`` bound but the alert id and
-    the time read (a copy for another alert, cheaper than ``dataclasses.replace``)."""
+    the time its record was read: ``request`` for another alert (cheaper per call than
+    ``dataclasses.replace``)."""
     shared = {
         f.name: getattr(request, f.name)
         for f in dataclasses.fields(request)
