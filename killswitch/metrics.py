@@ -446,10 +446,10 @@ class Metrics:
     # --- intake and daemon ----------------------------------------------------------------
 
     @_never_raise
-    def alert_read(self, source: str, result: str) -> None:
-        """An alert was read; ``result`` is one of :data:`ALERT_RESULTS`."""
+    def alert_read(self, source: str, result: str, count: int = 1) -> None:
+        """``count`` alerts were read; ``result`` is one of :data:`ALERT_RESULTS`."""
         label = result if result in ALERT_RESULTS else OTHER
-        self._alerts.labels(source=self._sources(source), result=label).inc()
+        self._alerts.labels(source=self._sources(source), result=label).inc(count)
 
     @_never_raise
     def deadman_fired(self, source: str) -> None:

@@ -16,6 +16,7 @@ the position), so dedup survives restarts as long as the results topic does.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -51,6 +52,13 @@ class Decision:
         return all(v.seen is not Seen.NEW for v in self.accounts)
 
 
+@functools.lru_cache(maxsize=1024)
+def _all_new(accounts: tuple[str, ...]) -> Decision:
+    """The decision on an alert id never seen (immutable, so one per set of accounts
+    serves every such alert: a storm's new alerts share it)."""
+    return Decision(tuple(AccountVerdict(a, Seen.NEW) for a in accounts), reused=False)
+
+
 @dataclass(slots=True)
 class _Entry:
     origin: Position | None
@@ -76,7 +84,7 @@ class DedupWindow:
         """Classify each account of an alert read at ``origin`` (no state change)."""
         entry = self._entries.get(alert_id)
         if entry is None:
-            return Decision(tuple(AccountVerdict(a, Seen.NEW) for a in accounts), reused=False)
+            return _all_new(tuple(accounts))
         verdicts = []
         for account in accounts:
             if account not in entry.accounts:

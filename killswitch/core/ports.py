@@ -249,10 +249,11 @@ class EngineAPI(Protocol):
 class AlertObserver(Protocol):
     """Receives what the intake sees, for metrics (``killswitch.metrics.Metrics`` backs it).
 
-    ``alert_read(source, result)`` is ``killswitch_alerts_total{source,result}``:
-    one count per input message. ``source`` is the input channel: ``alerts``
-    (automatic), ``manual`` (operators) or ``deadman`` (kills fired by the
-    dead-man's switch), a bounded label set, not the free-text ``source`` field.
+    ``alert_read(source, result, count)`` is ``killswitch_alerts_total{source,result}``:
+    one count per input message (``count`` alike messages at once: a group's).
+    ``source`` is the input channel: ``alerts`` (automatic), ``manual`` (operators) or
+    ``deadman`` (kills fired by the dead-man's switch), a bounded label set, not the
+    free-text ``source`` field.
     ``result`` is one of ``processed`` (swept or released), ``duplicate`` (every
     account already handled), ``invalid``, ``unauthorized``, ``expired``,
     ``dry_run`` (a dry-run kill that was processed).
@@ -267,7 +268,7 @@ class AlertObserver(Protocol):
     Every method must be cheap and never raise.
     """
 
-    def alert_read(self, source: str, result: str) -> None: ...
+    def alert_read(self, source: str, result: str, count: int = 1) -> None: ...
 
     def dlq(self, reason: str) -> None: ...
 
@@ -281,7 +282,7 @@ class AlertObserver(Protocol):
 class NullAlertObserver:
     """An :class:`AlertObserver` that records nothing."""
 
-    def alert_read(self, source: str, result: str) -> None:
+    def alert_read(self, source: str, result: str, count: int = 1) -> None:
         pass
 
     def dlq(self, reason: str) -> None:

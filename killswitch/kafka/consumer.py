@@ -59,6 +59,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -197,6 +198,68 @@ class _Plan:
     action: str = "kill"
     # (account, forward record): accounts another daemon owns, handed on to it.
     forwards: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+# An alert's own fields: those the alerts of a storm differ in. A kill's shape reads
+# none of them (its requests take the alert id, and the time the record was read, from
+# each alert); every other field, including any added later, makes alerts unlike.
+_OWN_FIELDS = frozenset({"alert_id", "created_at", "expires_at", "signature"})
+_shared_fields = attrgetter(*(name for name in Alert.model_fields if name not in _OWN_FIELDS))
+
+
+def alike(a: Alert, b: Alert) -> bool:
+    """Whether two alerts differ at most in their own fields (:data:`_OWN_FIELDS`)."""
+    return a is b or bool(_shared_fields(a) == _shared_fields(b))
+
+
+def _request_maker(request: KillRequest) -> Callable[..., KillRequest]:
+    """:class:`KillRequest` with every field of ``request`` bound but the alert id and
+    the time its record was read: ``request`` for another alert (cheaper per call than
+    ``dataclasses.replace``)."""
+    shared = {
+        f.name: getattr(request, f.name)
+        for f in dataclasses.fields(request)
+        if f.name not in ("alert_id", "received_at")
+    }
+    return functools.partial(KillRequest, **shared)
+
+
+@dataclass(slots=True)
+class _KillShape:
+    """What planning makes of an alert's shared fields (all but its own) and of the
+    intake's pair lists and assignment: its requests, their pairs checked (or the
+    refusal), and which of their accounts are swept here. Made once for the alerts alike
+    of a run (:class:`_RunShapes`); only the alert id and times are each record's."""
+
+    alert: Alert  # the alert it was made for
+    channel: Channel
+    label: str
+    refusal: str | None = None  # a scope pair missing from an account's pair list
+    requests: tuple[KillRequest, ...] = ()  # one per target account
+    owned: frozenset[str] = frozenset()  # the accounts swept here (the others forwarded)
+    # The requests for another alert: made when one first fits.
+    makers: tuple[Callable[..., KillRequest], ...] | None = None
+
+    def fits(self, alert: Alert, channel: Channel) -> bool:
+        return channel == self.channel and alike(alert, self.alert)
+
+    def requests_for(self, alert: Alert, received: datetime) -> list[KillRequest]:
+        """The requests of ``alert`` (one that fits), read at ``received``."""
+        if alert is self.alert:
+            return list(self.requests)
+        if self.makers is None:
+            self.makers = tuple(_request_maker(r) for r in self.requests)
+        return [make(alert_id=alert.alert_id, received_at=received) for make in self.makers]
+
+
+@dataclass(slots=True)
+class _RunShapes:
+    """The last shape made while a run is taken up: the run's next alert alike reuses
+    it. Good for that synchronous stretch only: the pair lists, their errors and the
+    assignment a shape was made from change only across an await (a list going stale
+    on the clock changes no verdict: stale lists refuse and check like fresh ones)."""
+
+    last: _KillShape | None = None
 
 
 @dataclass(slots=True)
@@ -628,13 +691,17 @@ class Intake:
         their final results published together. The others are handled one by one
         as in :meth:`_accept`; a group is started before such a record, so records
         reach the engine in their order. Stops at ``deadline`` (the slice's end, see
-        :meth:`_take_up`), after one record at least; returns the records not taken up."""
+        :meth:`_take_up`), after one record at least; returns the records not taken up.
+
+        Alerts alike (all fields but their id, times and signature) share one plan's
+        making (:class:`_KillShape`): requests, pair check, routing."""
         groups: dict[tuple[TopicPartition, str, bool], list[_Member]] = {}
+        shapes = _RunShapes()
         for n, (tp, record) in enumerate(items):
             if n and time.monotonic() >= deadline:
                 self._start_groups(groups)
                 return items[n:]
-            member = self._member(tp, record)
+            member = self._member(tp, record, shapes)
             if member is None:
                 self._start_groups(groups)
                 self._accept(tp, record)
@@ -653,7 +720,9 @@ class Intake:
     def _channel(self, tp: TopicPartition) -> Channel:
         return "manual" if tp.topic == self._config.topics.manual else "alerts"
 
-    def _member(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> _Member | None:
+    def _member(
+        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], shapes: _RunShapes
+    ) -> _Member | None:
         """A record of a run, planned (its ``step`` set when it can join a group);
         None when it needs :meth:`_accept` (large, or a pair list to fetch)."""
         value: bytes | None = record.value
@@ -668,7 +737,7 @@ class Intake:
                 return None
         except Exception:  # _accept reads it again and reports it
             return None
-        plan = self._plan_safely(record, parsed, channel, origin, received)
+        plan = self._plan_safely(record, parsed, channel, origin, received, shapes=shapes)
         member = _Member(record, plan, origin, received)
         plain = plan.rejection is None and not plan.forwards and plan.action == "kill"
         if plain and len(plan.steps) == 1:
@@ -812,9 +881,11 @@ class Intake:
         channel: Channel,
         origin: Origin,
         received: datetime,
+        *,
+        shapes: _RunShapes | None = None,
     ) -> _Plan:
         try:
-            return self._plan(parsed, channel, origin, received, record.value)
+            return self._plan(parsed, channel, origin, received, record.value, shapes=shapes)
         except Exception as exc:  # a bug here must not stop the consumer or stall commits
             log.exception("cannot read a record", extra={"offset": record.offset})
             return _Plan(label=channel, rejection=_internal_error(exc))
@@ -953,15 +1024,20 @@ class Intake:
         return owns(account, len(partitions), assigned)
 
     def _route(
-        self, requests: list[KillRequest], channel: Channel, value: bytes | None
+        self,
+        requests: list[KillRequest],
+        owned: Collection[str],
+        channel: Channel,
+        value: bytes | None,
     ) -> tuple[list[KillRequest], list[tuple[str, bytes]]]:
-        """The requests swept here, and a forward for each account another daemon owns."""
+        """The requests swept here, and a forward for each account another daemon owns
+        (those not in ``owned``)."""
         if value is None or len(value) > MAX_FORWARD_BYTES:
             return requests, []
         here: list[KillRequest] = []
         away: list[tuple[str, bytes]] = []
         for request in requests:
-            if self._owner_here(request.account):
+            if request.account in owned:
                 here.append(request)
                 continue
             try:
@@ -977,39 +1053,27 @@ class Intake:
         origin: Origin,
         received: datetime,
         value: bytes | None = None,
+        *,
+        shapes: _RunShapes | None = None,
     ) -> _Plan:
         """Decide per account (synchronously, so concurrent repeats see each other).
 
         Accounts another daemon owns are forwarded to it (``value``: the record's,
-        none for a forward, which is swept here whoever owns the account by now)."""
+        none for a forward, which is swept here whoever owns the account by now).
+        ``shapes``: the run's, when the record is one of a run (see :class:`_RunShapes`)."""
         if isinstance(parsed, Rejection):
             return _Plan(label=channel, rejection=parsed)
         alert = parsed
-        label = (
-            DEADMAN_SOURCE if channel == "alerts" and alert.source == DEADMAN_SOURCE else channel
-        )
-        requests = kill_requests(
-            alert,
-            accounts=self._config.accounts,
-            received_at=received,
-            default_deadline_s=self._config.default_deadline_s,
-        )
-        pairs = self._check_pairs(alert, requests)
-        if pairs.refusal is not None:
+        shape = self._shape_of(alert, channel, received, shapes)
+        label = shape.label
+        if shape.refusal is not None:
             # Before any request and before the dedup window: nothing was done for it.
-            refusal = Rejection(RejectKind.INVALID, pairs.refusal, alert.alert_id)
+            refusal = Rejection(RejectKind.INVALID, shape.refusal, alert.alert_id)
             return _Plan(label=label, rejection=refusal)
-        if pairs.unchecked:
-            unchecked = pairs.unchecked
-            requests = [
-                dataclasses.replace(r, unchecked_pairs=unchecked[r.account])
-                if r.account in unchecked
-                else r
-                for r in requests
-            ]
+        requests = shape.requests_for(alert, received)
         forwards: list[tuple[str, bytes]] = []
         if alert.action == "kill" and not is_forward(value):
-            requests, forwards = self._route(requests, channel, value)
+            requests, forwards = self._route(requests, shape.owned, channel, value)
         decision = self._dedup.decide(alert.alert_id, [r.account for r in requests], origin)
         signing = self._verifier is not None and self._verifier.required
         if decision.reused and channel == "manual" and signing:
@@ -1053,6 +1117,47 @@ class Intake:
         return _Plan(
             label=label, result=result, steps=steps, action=alert.action, forwards=forwards
         )
+
+    def _shape_of(
+        self, alert: Alert, channel: Channel, received: datetime, shapes: _RunShapes | None
+    ) -> _KillShape:
+        """The run's last shape when ``alert`` fits it, else a new one (kept as the last)."""
+        last = shapes.last if shapes is not None else None
+        if last is not None and last.fits(alert, channel):
+            return last
+        shape = self._shape(alert, channel, received)
+        if shapes is not None:
+            shapes.last = shape
+        return shape
+
+    def _shape(self, alert: Alert, channel: Channel, received: datetime) -> _KillShape:
+        """What :meth:`_plan` makes of ``alert`` that alerts alike share: its label,
+        its requests (read at ``received``) with their pairs checked, or the pair
+        refusal, and the accounts this daemon owns among a kill's."""
+        label = (
+            DEADMAN_SOURCE if channel == "alerts" and alert.source == DEADMAN_SOURCE else channel
+        )
+        requests = kill_requests(
+            alert,
+            accounts=self._config.accounts,
+            received_at=received,
+            default_deadline_s=self._config.default_deadline_s,
+        )
+        pairs = self._check_pairs(alert, requests)
+        if pairs.refusal is not None:
+            return _KillShape(alert, channel, label, refusal=pairs.refusal)
+        if pairs.unchecked:
+            unchecked = pairs.unchecked
+            requests = [
+                dataclasses.replace(r, unchecked_pairs=unchecked[r.account])
+                if r.account in unchecked
+                else r
+                for r in requests
+            ]
+        owned = frozenset(
+            r.account for r in requests if alert.action == "kill" and self._owner_here(r.account)
+        )
+        return _KillShape(alert, channel, label, requests=tuple(requests), owned=owned)
 
     def _with_carried(self, request: KillRequest) -> KillRequest:
         """A replay: what an earlier process published for it goes into its results."""
@@ -1199,11 +1304,15 @@ class Intake:
         self._records_done([member for member, _ in repeats])
 
     def _records_done(self, members: list[_Member]) -> None:
-        """The members with a final result published: their records are done."""
+        """The members with a final result published: their records are done (counted
+        once per kind: a group's are alike)."""
+        read: Counter[tuple[str, str]] = Counter()
         for member in members:
             if member.status is not None:
-                self._observer.alert_read(member.plan.label, member.plan.result)
+                read[member.plan.label, member.plan.result] += 1
                 self._tracker.done(self._partition_of(member.origin), member.origin.offset)
+        for (label, result), count in read.items():
+            self._observer.alert_read(label, result, count)
         if members:
             self._commit_wanted.set()
 

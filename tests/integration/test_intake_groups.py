@@ -73,6 +73,8 @@ async def test_a_repeat_inside_a_group_is_answered_duplicate(
         finals = (await results.to_end()).finals()
     statuses = sorted((f["alert_id"], f["status"]) for f in finals)
     assert statuses == [("a-1", "duplicate"), ("a-1", "flat"), ("a-2", "flat"), ("a-3", "flat")]
+    # Counted once per record (a group's are counted together, by kind).
+    assert Counter(run.observer.alerts) == {("alerts", "processed"): 3, ("alerts", "duplicate"): 1}
     assert sorted(a for g in engine.groups for a in g) == ["a-1", "a-2", "a-3"]
     assert sorted(c.alert_id for c in engine.calls) == ["a-1", "a-2", "a-3"]
     assert await committed(kafka_bootstrap, settings.kafka.group_id, topics.alerts) == 4
@@ -193,3 +195,48 @@ async def test_records_that_cannot_join_a_group_keep_their_place_in_the_run(
         "dry-4": "dry_run",
         "k-5": "flat",
     }
+
+
+async def test_each_alert_of_a_group_keeps_its_own_fields(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # Alerts alike are planned once per run (their requests copied with each id and
+    # time); alerts that differ in anything else must each get their own requests.
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    sent = {
+        "a-1": {"reason": "first", "deadline_s": 5},
+        "a-2": {"reason": "first", "deadline_s": 5},
+        "a-3": {"reason": "second", "deadline_s": 5},
+        "a-4": {"reason": "second", "deadline_s": 7},
+        "a-5": {"reason": "second", "deadline_s": 7, "scope": {"sides": ["BUY"]}},
+        "a-6": {"reason": "second", "deadline_s": 7, "operator": {"name": "ops"}},
+        "a-7": {"reason": "second", "deadline_s": 7, "operator": {"name": "ops"}},
+    }
+    await produce(settings, [alert_message(i, **fields) for i, fields in sent.items()])
+    engine = FakeEngine()
+    async with (
+        TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
+        running_intake(settings, engine, slice_s=SLICE) as run,
+    ):
+        await wait_for(lambda: len(results.finals()) == len(sent))
+        await wait_for(lambda: run.intake.in_flight == 0)
+        finals = {f["alert_id"]: f for f in (await results.to_end()).finals()}
+    assert max(len(g) for g in engine.groups) > 1
+    requests = {r.alert_id: r for r in engine.calls}
+    assert sorted(requests) == sorted(sent)
+    for alert_id, fields in sent.items():
+        request = requests[alert_id]
+        sides = {s.value for s in request.scope.sides} if request.scope.sides else None
+        operator = fields.get("operator")
+        assert (request.reason, request.deadline_s, sides, request.operator) == (
+            fields["reason"],
+            fields["deadline_s"],
+            set(fields.get("scope", {}).get("sides", [])) or None,
+            operator["name"] if operator else None,
+        )
+        assert finals[alert_id]["operator"] == request.operator
+    # Each request is stamped when its own record was taken up, in the order read.
+    stamps = [requests[i].received_at for i in sent]
+    assert stamps == sorted(stamps)
+    assert len(set(stamps)) == len(stamps)

@@ -174,8 +174,8 @@ class RecordingObserver:
     fired: list[str] = field(default_factory=list)
     consumer_lags: dict[tuple[str, int], int] = field(default_factory=dict)
 
-    def alert_read(self, source: str, result: str) -> None:
-        self.alerts.append((source, result))
+    def alert_read(self, source: str, result: str, count: int = 1) -> None:
+        self.alerts.extend([(source, result)] * count)
 
     def dlq(self, reason: str) -> None:
         self.dead_letters.append(reason)

@@ -13,7 +13,7 @@ class Lags:
     def __init__(self) -> None:
         self.values: list[float] = []
 
-    def alert_read(self, source: str, result: str) -> None:
+    def alert_read(self, source: str, result: str, count: int = 1) -> None:
         pass
 
     def dlq(self, reason: str) -> None:

@@ -229,6 +229,12 @@ def test_series_exist_before_anything_happens(
             1.0,
         ),
         (
+            [("alert_read", ("var-monitor", "processed", 3))],
+            "killswitch_alerts_total",
+            {"source": "var-monitor", "result": "processed"},
+            3.0,
+        ),
+        (
             [("alert_read", ("var-monitor", "weird"))],
             "killswitch_alerts_total",
             {"source": "var-monitor", "result": OTHER},

@@ -1,0 +1,104 @@
+"""Alerts alike (pure): the intake plans the alerts of a run that differ only in their
+own fields (id, times, signature) once, and copies the requests with each alert's id
+and read time. These tests pin what that relies on."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from killswitch.contracts import Alert, kill_requests
+from killswitch.kafka.consumer import _request_maker, alike
+
+NOW = datetime(2026, 11, 30, 2, 0, 0, tzinfo=UTC)
+ACCOUNTS = ("mm-1", "mm-2", "arb-1")
+OWN = {"alert_id", "created_at", "expires_at", "signature"}
+
+
+def alert(**changes: Any) -> Alert:
+    body: dict[str, Any] = {
+        "schema": "killswitch.alert/v1",
+        "alert_id": "storm-1",
+        "action": "kill",
+        "source": "risk-engine",
+        "reason": "VaR limit breached",
+        "scope": {"accounts": ["mm-1", "mm-2"], "symbols": ["BTC_USDT"], "sides": ["BUY"]},
+        "latch": False,
+        "dry_run": False,
+        "created_at": "2026-11-30T01:59:00.000Z",
+        "expires_at": "2026-11-30T02:05:00.000Z",
+        "deadline_s": 12.5,
+        "operator": {"name": "alice"},
+        "signature": "c2lnbmF0dXJl",
+        **changes,
+    }
+    return Alert.model_validate(body)
+
+
+def test_alerts_differing_in_their_own_fields_are_alike_and_request_the_same() -> None:
+    first = alert()
+    other = alert(
+        alert_id="storm-2",
+        created_at="2026-11-30T01:59:01.000Z",
+        expires_at="2026-11-30T02:06:00.000Z",
+        signature="b3RoZXI=",
+    )
+    assert alike(first, other)
+    later = NOW + timedelta(milliseconds=3)
+    requests = kill_requests(first, accounts=ACCOUNTS, received_at=NOW, default_deadline_s=30)
+    requests = [dataclasses.replace(r, unchecked_pairs="why") for r in requests]
+    copied = [_request_maker(r)(alert_id=other.alert_id, received_at=later) for r in requests]
+    expected = kill_requests(other, accounts=ACCOUNTS, received_at=later, default_deadline_s=30)
+    assert copied == [dataclasses.replace(r, unchecked_pairs="why") for r in expected]
+
+
+# One change per field an alert shares with the alerts alike: each makes them unlike.
+SHARED_CHANGES: dict[str, dict[str, Any]] = {
+    "schema_": {},  # a single value: nothing to change
+    "action": {"action": "release"},
+    "source": {"source": "other-engine"},
+    "reason": {"reason": "another reason"},
+    "scope": {"scope": {"accounts": ["mm-1", "mm-2"], "symbols": ["ETH_USDT"], "sides": ["BUY"]}},
+    "latch": {"latch": True},
+    "dry_run": {"dry_run": True},
+    "deadline_s": {"deadline_s": 13},
+    "operator": {"operator": {"name": "bob"}},
+}
+
+
+def test_every_field_but_the_own_ones_is_compared() -> None:
+    # A field added to alerts must be placed here (shared) or in OWN (each alert's own,
+    # and then never read by kill_requests or the pair check).
+    assert set(SHARED_CHANGES) == set(Alert.model_fields) - OWN
+
+
+@pytest.mark.parametrize(
+    "field", sorted(f for f, change in SHARED_CHANGES.items() if change), ids=str
+)
+def test_alerts_differing_in_a_shared_field_are_not_alike(field: str) -> None:
+    assert not alike(alert(), alert(alert_id="storm-2", **SHARED_CHANGES[field]))
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        {"accounts": ["mm-2", "mm-1"], "symbols": ["BTC_USDT"], "sides": ["BUY"]},
+        {"accounts": "*", "symbols": ["BTC_USDT"], "sides": ["BUY"]},
+        {"accounts": ["mm-1", "mm-2"], "sides": ["BUY"]},
+        {"accounts": ["mm-1", "mm-2"], "symbols": ["BTC_USDT"]},
+        {"accounts": ["mm-1", "mm-2"], "symbols": ["BTC_USDT"], "sides": ["BUY"], "order_ids": [7]},
+    ],
+    ids=["accounts-order", "all-accounts", "all-symbols", "all-sides", "order-ids"],
+)
+def test_alerts_differing_in_any_part_of_the_scope_are_not_alike(scope: dict[str, Any]) -> None:
+    assert not alike(alert(), alert(alert_id="storm-2", scope=scope))
+
+
+def test_optional_fields_absent_on_one_side_make_alerts_unlike() -> None:
+    bare = {"deadline_s": None, "operator": None}
+    assert alike(alert(**bare), alert(alert_id="storm-2", **bare))
+    assert not alike(alert(), alert(alert_id="storm-2", operator=None))
+    assert not alike(alert(), alert(alert_id="storm-2", deadline_s=None))
