@@ -502,10 +502,6 @@ def _dumps(obj: Mapping[str, Any]) -> bytes:
     return _ENCODER.encode(obj).encode("utf-8")
 
 
-# The position type of the core under the name results give it (``origin``).
-Origin = Position
-
-
 def position_to_json(position: Position) -> dict[str, Any]:
     """A result's ``origin``."""
     return {"topic": position.topic, "partition": position.partition, "offset": position.offset}

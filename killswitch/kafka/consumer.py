@@ -70,7 +70,6 @@ from killswitch.config import EngineSettings, IntakeSettings, KafkaSettings, Top
 from killswitch.contracts import (
     Alert,
     Channel,
-    Origin,
     Rejection,
     RejectKind,
     ResultRecord,
@@ -83,7 +82,7 @@ from killswitch.contracts import (
 )
 from killswitch.core.dedup import DedupWindow, Seen
 from killswitch.core.lanes import FairLanes
-from killswitch.core.model import KillRequest, SweepResult, SweepStatus
+from killswitch.core.model import KillRequest, Position, SweepResult, SweepStatus
 from killswitch.core.offsets import OffsetTracker
 from killswitch.core.pairs import PairVerdict, check_pairs
 from killswitch.core.ports import (
@@ -268,7 +267,7 @@ class _Member:
 
     record: ConsumerRecord[Any, Any]
     plan: _Plan
-    origin: Origin
+    origin: Position
     received: datetime
     step: _Step | None = None  # its one account's step; None: handled on its own
     status: str | None = None  # the final result published for it
@@ -730,7 +729,7 @@ class Intake:
             return None
         channel = self._channel(tp)
         received = self._clock()
-        origin = Origin(tp.topic, tp.partition, record.offset)
+        origin = Position(tp.topic, tp.partition, record.offset)
         try:
             parsed = self._parse(value, channel, received)
             if self._pairs_to_fetch(parsed):
@@ -771,7 +770,7 @@ class Intake:
         its pairs need a pair list that is not cached yet (one fetch awaited first)."""
         channel: Channel = "manual" if tp.topic == self._config.topics.manual else "alerts"
         received = self._clock()
-        origin = Origin(tp.topic, tp.partition, record.offset)
+        origin = Position(tp.topic, tp.partition, record.offset)
         value: bytes | None = record.value
         planned: Callable[[], None] | None = None
         if value is not None and _THREAD_PARSE_BYTES < len(value) <= self._max_bytes:
@@ -837,7 +836,7 @@ class Intake:
         self,
         record: ConsumerRecord[Any, Any],
         channel: Channel,
-        origin: Origin,
+        origin: Position,
         received: datetime,
         planned: Callable[[], None],
     ) -> None:
@@ -859,7 +858,7 @@ class Intake:
         record: ConsumerRecord[Any, Any],
         parsed: Alert | Rejection,
         channel: Channel,
-        origin: Origin,
+        origin: Position,
         received: datetime,
         *,
         fetch: Sequence[str],
@@ -879,7 +878,7 @@ class Intake:
         record: ConsumerRecord[Any, Any],
         parsed: Alert | Rejection,
         channel: Channel,
-        origin: Origin,
+        origin: Position,
         received: datetime,
         *,
         shapes: _RunShapes | None = None,
@@ -964,7 +963,7 @@ class Intake:
         }
         return check_pairs(symbols, lists, self._pair_errors)
 
-    def _start_sweeps(self, plan: _Plan, origin: Origin) -> None:
+    def _start_sweeps(self, plan: _Plan, origin: Position) -> None:
         """Start the engine on a plan's new kills right away, before the record's task
         runs: otherwise the first exchange request waits behind whatever the event loop
         has queued meanwhile (the Kafka client's next fetch, among others)."""
@@ -1050,7 +1049,7 @@ class Intake:
         self,
         parsed: Alert | Rejection,
         channel: Channel,
-        origin: Origin,
+        origin: Position,
         received: datetime,
         value: bytes | None = None,
         *,
@@ -1166,7 +1165,7 @@ class Intake:
         return request if carried is None else dataclasses.replace(request, carried=carried)
 
     async def _execute(
-        self, record: ConsumerRecord[Any, Any], plan: _Plan, origin: Origin, received: datetime
+        self, record: ConsumerRecord[Any, Any], plan: _Plan, origin: Position, received: datetime
     ) -> None:
         """Run a plan; the record is done once every output for it is acknowledged."""
         if plan.rejection is not None:
@@ -1190,7 +1189,7 @@ class Intake:
         self._tracker.done(TopicPartition(origin.topic, origin.partition), origin.offset)
         self._commit_wanted.set()
 
-    async def _forward(self, account: str, forward: bytes, origin: Origin) -> None:
+    async def _forward(self, account: str, forward: bytes, origin: Position) -> None:
         """Hand one account's kill on to its owner (acknowledged before the record is done)."""
         await self._retry(lambda: self._publisher.alert(account, forward), "forward")
         log.info(
@@ -1198,7 +1197,7 @@ class Intake:
             extra={"account": account, "partition": origin.partition, "offset": origin.offset},
         )
 
-    async def _run_step(self, step: _Step, action: str, origin: Origin) -> None:
+    async def _run_step(self, step: _Step, action: str, origin: Position) -> None:
         if step.seen is Seen.NEW:
             assert step.future is not None
             await self._run_request(step.request, action, origin, step.future, step.started)
@@ -1211,7 +1210,7 @@ class Intake:
         self,
         request: KillRequest,
         action: str,
-        origin: Origin,
+        origin: Position,
         future: asyncio.Future[str | None],
         started: Awaitable[SweepResult] | None = None,
     ) -> None:
@@ -1354,7 +1353,7 @@ class Intake:
             return None
 
     @staticmethod
-    def _partition_of(origin: Origin) -> TopicPartition:
+    def _partition_of(origin: Position) -> TopicPartition:
         return TopicPartition(origin.topic, origin.partition)
 
     async def _publish_finals(self, items: Sequence[tuple[_Member, SweepResult]]) -> None:
@@ -1387,7 +1386,7 @@ class Intake:
         self,
         request: KillRequest,
         action: str,
-        origin: Origin,
+        origin: Position,
         started: Awaitable[SweepResult] | None = None,
     ) -> SweepResult:
         try:
@@ -1414,17 +1413,17 @@ class Intake:
             )
             return failed_result(request, f"internal error: {type(exc).__name__}", self._clock())
 
-    async def _repeat_after_in_flight(self, request: KillRequest, origin: Origin) -> None:
+    async def _repeat_after_in_flight(self, request: KillRequest, origin: Position) -> None:
         future = self._in_flight.get((request.alert_id, request.account))
         status = await asyncio.shield(future) if future is not None else None
         await self._publish_duplicate(request, status, origin)
 
     async def _publish_duplicate(
-        self, request: KillRequest, previous: str | None, origin: Origin
+        self, request: KillRequest, previous: str | None, origin: Position
     ) -> None:
         await self._publish_final(duplicate_result(request, previous, self._clock()), origin)
 
-    async def _publish_final(self, result: SweepResult, origin: Origin) -> None:
+    async def _publish_final(self, result: SweepResult, origin: Position) -> None:
         """Publish until acknowledged: the input offset waits for this (cancelled at shutdown).
 
         Then one log line for the audit trail (what an operator greps for after the fact)."""
@@ -1436,7 +1435,7 @@ class Intake:
     async def _dead_letter(
         self,
         record: ConsumerRecord[Any, Any],
-        origin: Origin,
+        origin: Position,
         rejection: Rejection,
         received: datetime,
     ) -> None:

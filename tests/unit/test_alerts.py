@@ -15,7 +15,6 @@ from killswitch.contracts import (
     DLQ_MAX_VALUE_BYTES,
     MAX_JSON_DEPTH,
     Alert,
-    Origin,
     Rejection,
     RejectKind,
     ResultRecord,
@@ -35,6 +34,7 @@ from killswitch.core.model import (
     Counts,
     HaltState,
     OrderReport,
+    Position,
     Scope,
     SweepResult,
     SweepStatus,
@@ -297,7 +297,7 @@ def sweep_result(**kw: Any) -> SweepResult:
 
 
 def test_result_has_the_contract_fields() -> None:
-    out = result_to_json(ResultRecord.of(sweep_result(), Origin("killswitch.alerts", 2, 41)))
+    out = result_to_json(ResultRecord.of(sweep_result(), Position("killswitch.alerts", 2, 41)))
     assert out["schema"] == "killswitch.result/v1"
     assert out["counts"] == {
         "resolved": 120,
@@ -342,7 +342,7 @@ def test_a_result_of_100k_orders_fits_one_kafka_record() -> None:
 
 
 def test_result_round_trips_to_a_summary() -> None:
-    raw = encode_result(ResultRecord.of(sweep_result(first_cancel_at=None), Origin("t", 0, 7)))
+    raw = encode_result(ResultRecord.of(sweep_result(first_cancel_at=None), Position("t", 0, 7)))
     assert json.loads(raw)["first_cancel_at"] is None
     summary = decode_result_summary(raw)
     assert summary is not None
@@ -352,7 +352,7 @@ def test_result_round_trips_to_a_summary() -> None:
         "flat",
         True,
     )
-    assert summary.origin == Origin("t", 0, 7)
+    assert summary.origin == Position("t", 0, 7)
     assert decode_result_summary(b"junk") is None
     assert decode_result_summary(b'{"schema": "other"}') is None
 
