@@ -54,13 +54,17 @@ class FairLanes(Generic[K, T]):
         if self._per_source[source] <= 0:
             del self._per_source[source]
 
-    def push(self, lane: K, item: T, *, urgent: bool = False) -> None:
-        """Add ``item`` at the end of ``lane`` (a new lane takes its turn last)."""
+    def _queue(self, lane: K, urgent: bool) -> deque[T]:
+        """``lane``'s records (a new lane takes its turn last)."""
         lanes = self._urgent if urgent else self._normal
         queue = lanes.get(lane)
         if queue is None:
             queue = lanes[lane] = deque()
-        queue.append(item)
+        return queue
+
+    def push(self, lane: K, item: T, *, urgent: bool = False) -> None:
+        """Add ``item`` at the end of ``lane`` (a new lane takes its turn last)."""
+        self._queue(lane, urgent).append(item)
         self._count += 1
         self._counted(item, 1)
 
@@ -68,11 +72,7 @@ class FairLanes(Generic[K, T]):
         """:meth:`push` each of ``items``, in their order."""
         if not items:
             return
-        lanes = self._urgent if urgent else self._normal
-        queue = lanes.get(lane)
-        if queue is None:
-            queue = lanes[lane] = deque()
-        queue.extend(items)
+        self._queue(lane, urgent).extend(items)
         self._count += len(items)
         if self._source is not None:
             self._per_source.update(map(self._source, items))
@@ -116,11 +116,7 @@ class FairLanes(Generic[K, T]):
         lane, in their order."""
         if not items:
             return
-        lanes = self._urgent if urgent else self._normal
-        queue = lanes.get(lane)
-        if queue is None:
-            queue = lanes[lane] = deque()
-        queue.extendleft(reversed(items))
+        self._queue(lane, urgent).extendleft(reversed(items))
         self._count += len(items)
         for item in items:
             self._counted(item, 1)

@@ -6,43 +6,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from killswitch.contracts import ResultRecord, encode_result
 from killswitch.core.dedup import DedupWindow
-from killswitch.core.model import Counts, OrderReport, Position, SweepResult, SweepStatus
-from killswitch.core.outcomes import Outcome
+from killswitch.core.model import Position, SweepResult
 from killswitch.kafka.clients import make_producer
 from killswitch.kafka.outputs import Publisher
 from killswitch.kafka.readers import ResultsIndex
 from tests.support.intake import create_all_topics, make_settings
+from tests.support.results import sent_result
 from tests.support.topics import Producer
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 Unique = Callable[[str], str]
-T0 = datetime(2026, 11, 24, 1, 2, 3, tzinfo=UTC)
 
 
 def result(alert_id: str, account: str = "mm-1", *, final: bool = True) -> SweepResult:
-    orders = [OrderReport(n, "BTC_USDT", Outcome.SENT, 1) for n in range(1, 51)]
-    return SweepResult(
-        alert_id=alert_id,
-        account=account,
-        status=SweepStatus.FLAT if final else SweepStatus.RUNNING,
-        final=final,
-        dry_run=False,
-        counts=Counts(sent=len(orders)),
-        residual_open=0,
-        sweeps=1,
-        received_at=T0,
-        first_cancel_at=T0 + timedelta(seconds=1),
-        finished_at=T0 + timedelta(seconds=2) if final else None,
-        orders=orders,
-    )
+    return sent_result(alert_id, account, final=final, orders=50)
 
 
 async def test_the_results_reader_learns_from_heads_and_from_bodies(

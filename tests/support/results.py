@@ -2,7 +2,35 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from killswitch.core.model import Counts, OrderReport, SweepResult, SweepStatus
+from killswitch.core.outcomes import Outcome
+
+T0 = datetime(2026, 11, 24, 1, 2, 3, tzinfo=UTC)
+
+
+def sent_result(
+    alert_id: str = "a-1", account: str = "mm-1", *, final: bool = True, orders: int = 2
+) -> SweepResult:
+    """The engine's result of a kill whose ``orders`` cancels were all sent: ``flat``
+    when final, else ``running`` (a progress result)."""
+    reports = [OrderReport(n, "BTC_USDT", Outcome.SENT, 1) for n in range(1, orders + 1)]
+    return SweepResult(
+        alert_id=alert_id,
+        account=account,
+        status=SweepStatus.FLAT if final else SweepStatus.RUNNING,
+        final=final,
+        dry_run=False,
+        counts=Counts(sent=orders),
+        residual_open=0,
+        sweeps=1,
+        received_at=T0,
+        first_cancel_at=T0 + timedelta(seconds=1),
+        finished_at=T0 + timedelta(seconds=2) if final else None,
+        orders=reports,
+    )
 
 
 def result_record(

@@ -7,7 +7,6 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,32 +23,17 @@ from killswitch.contracts import (
     read_result_head,
 )
 from killswitch.core.dedup import DedupWindow
-from killswitch.core.model import Counts, OrderReport, Position, SweepResult, SweepStatus
-from killswitch.core.outcomes import Outcome
+from killswitch.core.model import Position, SweepResult
 from killswitch.kafka.outputs import result_headers
 from killswitch.kafka.readers import ResultsIndex, final_head
+from tests.support.results import sent_result
 
-T0 = datetime(2026, 11, 24, 1, 2, 3, tzinfo=UTC)
 ORIGIN = Position("killswitch.alerts", 2, 1841)
 CONTRACTS = Path(__file__).resolve().parents[2] / "docs" / "CONTRACTS.md"
 
 
 def result(*, final: bool = True, alert_id: str = "a-1", account: str = "mm-1") -> SweepResult:
-    orders = [OrderReport(n, "BTC_USDT", Outcome.SENT, 1) for n in (1, 2)]
-    return SweepResult(
-        alert_id=alert_id,
-        account=account,
-        status=SweepStatus.FLAT if final else SweepStatus.RUNNING,
-        final=final,
-        dry_run=False,
-        counts=Counts(sent=2),
-        residual_open=0,
-        sweeps=1,
-        received_at=T0,
-        first_cancel_at=T0 + timedelta(seconds=1),
-        finished_at=T0 + timedelta(seconds=2) if final else None,
-        orders=orders,
-    )
+    return sent_result(alert_id, account, final=final)
 
 
 # ------------------------------------------------------------------------- codec
