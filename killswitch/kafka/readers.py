@@ -188,9 +188,16 @@ def final_head(record: KafkaRecord) -> ResultHead | None:
     if len(found) != 1:
         return None
     head = read_result_head(found[0])
-    if head is None or not head.final or record.key != head.account.encode("utf-8"):
+    if head is None or not head.final or not _is_key_of(record.key, head.account):
         return None
     return head
+
+
+def _is_key_of(key: bytes | None, account: str) -> bool:
+    try:
+        return key == account.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (a JSON escape can name one): no key's
+        return False
 
 
 class ResultsIndex:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from killswitch.contracts import ResultRecord, encode_result
+from killswitch.contracts import RESULT_HEAD_HEADER, ResultRecord, encode_result
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import Position, SweepResult
 from killswitch.kafka.clients import make_producer
@@ -79,3 +79,35 @@ async def test_the_results_reader_learns_from_heads_and_from_bodies(
     assert carried is not None
     assert len(carried.orders) == 50
     assert dedup.status("p-1", "mm-1") is None
+
+
+async def test_a_head_no_key_can_match_does_not_stop_the_results_reader(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # A head's account written with a JSON escape of a lone surrogate has no UTF-8:
+    # the record is read from its body (a result for that account), and the reader
+    # reads on, at start-up and after.
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topic = settings.kafka.topics.results
+    head = b'{"alert_id":"x-1","account":"\\ud800","status":"flat","final":true,"origin":null}'
+    body = (
+        b'{"schema":"killswitch.result/v1","alert_id":"x-1","account":"\\ud800",'
+        b'"status":"flat","final":true}'
+    )
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, body, key=b"mm-1", headers=[(RESULT_HEAD_HEADER, head)])
+        await Publisher(producer, settings.kafka.topics).result(ResultRecord.of(result("g-1")))
+    finally:
+        await producer.stop()
+    dedup = DedupWindow(100)
+    index = ResultsIndex(settings.kafka, topic, dedup, tail_records=1000)
+    await index.start()
+    try:
+        await index.catch_up(10.0)
+    finally:
+        await index.close()
+    assert dedup.status("x-1", "\ud800") == dedup.status("g-1", "mm-1") == "flat"
+    assert index.read_heads == 1  # g-1's

@@ -219,3 +219,13 @@ def test_a_final_head_is_trusted_only_with_the_records_key() -> None:
     assert final_head(record) == ResultHead("a-1", "mm-1", "flat", True, ORIGIN)
     assert final_head(dataclasses.replace(record, key=None)) is None
     assert final_head(dataclasses.replace(record, key=b"mm-2")) is None
+
+
+def test_a_head_naming_an_account_no_key_can_be_is_left_to_the_body() -> None:
+    # A JSON escape can name a lone surrogate, which has no UTF-8: no key is that
+    # account's, and reading such a record must not end the results reader.
+    record = Rec(b"mm-1", b"not read", [_head(account="\ud800")])
+    assert final_head(record) is None
+    reader = index()
+    reader._learn_records([record])
+    assert reader.read_heads == 0
