@@ -236,6 +236,7 @@ class ResultsIndex:
         self._progress = asyncio.Event()
         self.learned = 0
         self.read_heads = 0  # final results learned from their head header alone
+        self.unreadable = 0  # records skipped because learning them failed
 
     async def start(self) -> None:
         """Assign every partition at its recent tail."""
@@ -313,14 +314,23 @@ class ResultsIndex:
 
     def _learn_records(self, records: Iterable[KafkaRecord]) -> None:
         """Learn a final result from its head header when :func:`final_head` trusts
-        it, anything else from its body."""
+        it, anything else from its body. A record that makes learning fail is skipped
+        with an error logged: anyone who can write the topic could otherwise stop every
+        daemon, and keep them from starting, with one record."""
         for record in records:
-            head = final_head(record)
-            if head is None:
-                self._learn_body(record.value)
-            else:
-                self.read_heads += 1
-                self._learn_final(head.alert_id, head.account, head.status, head.origin)
+            try:
+                self._learn_record(record)
+            except Exception:
+                self.unreadable += 1
+                log.exception("result record skipped: it could not be learned")
+
+    def _learn_record(self, record: KafkaRecord) -> None:
+        head = final_head(record)
+        if head is None:
+            self._learn_body(record.value)
+        else:
+            self.read_heads += 1
+            self._learn_final(head.alert_id, head.account, head.status, head.origin)
 
     def _learn(self, values: Iterable[bytes | None]) -> None:
         for value in values:

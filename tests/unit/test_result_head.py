@@ -229,3 +229,24 @@ def test_a_head_naming_an_account_no_key_can_be_is_left_to_the_body() -> None:
     reader = index()
     reader._learn_records([record])
     assert reader.read_heads == 0
+
+
+class _FailsOn(DedupWindow):
+    """A dedup window that fails to learn one alert id: stands for any record that
+    trips a reader (a gap no check foresaw)."""
+
+    def __init__(self, alert_id: str) -> None:
+        super().__init__(10)
+        self._fails = alert_id
+
+    def learn(self, alert_id: str, account: str, status: str, origin: Position | None) -> None:
+        if alert_id == self._fails:
+            raise ValueError("not learnable")
+        super().learn(alert_id, account, status, origin)
+
+
+def test_a_record_that_cannot_be_learned_is_skipped_and_the_next_is_learned() -> None:
+    reader = ResultsIndex(KafkaSettings(), "results", _FailsOn("a-1"), tail_records=10)
+    reader._learn_records([published(result()), published(result(alert_id="a-2"))])
+    assert reader.unreadable == 1
+    assert reader._dedup.status("a-2", "mm-1") == "flat"
