@@ -179,18 +179,25 @@ class KafkaRecord(Protocol):
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
-def final_head(record: KafkaRecord) -> ResultHead | None:
-    """The head header of a final result, when it alone can be learned from: exactly
-    one ``killswitch.result.head``, readable, ``final`` and naming the record's key as
-    its account. None otherwise (no header: an older daemon's record; a progress
-    result, whose outcomes are in the body; anything doubtful): read the body then."""
+def result_head(record: KafkaRecord) -> ResultHead | None:
+    """A result record's head header, when it has exactly one ``killswitch.result.head``
+    and it is readable and names the record's key as its account; None otherwise (no
+    header: an older daemon's record; anything doubtful): read the body then."""
     found = [value for name, value in record.headers if name == RESULT_HEAD_HEADER]
     if len(found) != 1:
         return None
     head = read_result_head(found[0])
-    if head is None or not head.final or not _is_key_of(record.key, head.account):
+    if head is None or not _is_key_of(record.key, head.account):
         return None
     return head
+
+
+def final_head(record: KafkaRecord) -> ResultHead | None:
+    """The head header of a final result, when it alone can be learned from
+    (:func:`result_head`); None for a progress result too, whose outcomes are in the
+    body."""
+    head = result_head(record)
+    return head if head is not None and head.final else None
 
 
 def _is_key_of(key: bytes | None, account: str) -> bool:

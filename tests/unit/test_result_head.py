@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from killswitch.board import Board
+from killswitch.commands.results import _ResultsReader
 from killswitch.config import KafkaSettings
 from killswitch.contracts import (
     RESULT_HEAD_HEADER,
@@ -250,3 +252,12 @@ def test_a_record_that_cannot_be_learned_is_skipped_and_the_next_is_learned() ->
     reader._learn_records([published(result()), published(result(alert_id="a-2"))])
     assert reader.unreadable == 1
     assert reader._dedup.status("a-2", "mm-1") == "flat"
+
+
+def test_the_results_command_decodes_only_the_bodies_its_alert_may_own() -> None:
+    reader = _ResultsReader(consumer=None, board=Board("a-1", ["mm-1"]), dlq="dlq")  # type: ignore[arg-type]
+    mine, other = published(result()), published(result(alert_id="a-2"))
+    assert reader._may_be_ours(mine)
+    assert not reader._may_be_ours(other)  # another alert's result: its body is skipped
+    assert reader._may_be_ours(dataclasses.replace(other, headers=()))  # no head: read it
+    assert reader._may_be_ours(dataclasses.replace(other, key=b"mm-2"))  # doubtful: read it
