@@ -33,7 +33,7 @@ from killswitch.config import KafkaSettings, settings_from_args
 from killswitch.contracts import ResultRecord, load_json_object, read_result
 from killswitch.display import Display
 from killswitch.exitcodes import EXIT_FAILED, EXIT_USAGE
-from killswitch.kafka.readers import KafkaRecord, result_head
+from killswitch.kafka.readers import of_another_alert
 from killswitch.render import dry_run_lines, progress_lines, summary_lines
 
 __all__ = ["add_arguments_results", "cli_results", "read_results", "results_document"]
@@ -140,7 +140,7 @@ class _ResultsReader:
         changed = False
         for tp, records in batch.items():
             for record in records:
-                if tp.topic != self.dlq and not self._may_be_ours(record):
+                if tp.topic != self.dlq and of_another_alert(record, self.board.alert_id):
                     continue
                 data = load_json_object(record.value, MAX_RESULT_BYTES)
                 if isinstance(data, str) or data.get("alert_id") != self.board.alert_id:
@@ -156,13 +156,6 @@ class _ResultsReader:
                         self.seen.append(result)
                     changed |= self.board.apply_result(data)
         return changed
-
-    def _may_be_ours(self, record: KafkaRecord) -> bool:
-        """False for a result whose head header names another alert: its body, which
-        may list thousands of orders, is not decoded (a busy results topic holds
-        tens of thousands of other alerts' results)."""
-        head = result_head(record)
-        return head is None or head.alert_id == self.board.alert_id
 
 
 def _infer_action(board: Board, records: Sequence[ResultRecord]) -> None:

@@ -57,6 +57,7 @@ from killswitch.contracts import Alert, load_json_object
 from killswitch.display import Display
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from killswitch.kafka.clients import make_producer
+from killswitch.kafka.readers import of_another_alert
 from killswitch.render import dry_run_lines, summary_lines
 
 __all__ = [
@@ -245,6 +246,8 @@ async def _follow(
         changed = False
         for tp, records in batch.items():
             for record in records:
+                if tp.topic != dlq and of_another_alert(record, board.alert_id):
+                    continue  # another alert's result (an alert storm's, say): not decoded
                 data = load_json_object(record.value, MAX_RESULT_BYTES)
                 if isinstance(data, str):
                     continue  # not ours to judge; the daemon never writes such records

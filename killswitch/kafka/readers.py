@@ -192,6 +192,14 @@ def result_head(record: KafkaRecord) -> ResultHead | None:
     return head
 
 
+def of_another_alert(record: KafkaRecord, alert_id: str) -> bool:
+    """Whether a result record's head names an alert other than ``alert_id``: a reader
+    following one alert skips its body (it may list thousands of orders, and a busy
+    results topic holds tens of thousands of other alerts' results)."""
+    head = result_head(record)
+    return head is not None and head.alert_id != alert_id
+
+
 def final_head(record: KafkaRecord) -> ResultHead | None:
     """The head header of a final result, when it alone can be learned from
     (:func:`result_head`); None for a progress result too, whose outcomes are in the

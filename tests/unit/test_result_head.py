@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.board import Board
-from killswitch.commands.results import _ResultsReader
 from killswitch.config import KafkaSettings
 from killswitch.contracts import (
     RESULT_HEAD_HEADER,
@@ -27,7 +25,7 @@ from killswitch.contracts import (
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import Position, SweepResult
 from killswitch.kafka.outputs import result_headers
-from killswitch.kafka.readers import ResultsIndex, final_head
+from killswitch.kafka.readers import ResultsIndex, final_head, of_another_alert
 from tests.support.results import sent_result
 
 ORIGIN = Position("killswitch.alerts", 2, 1841)
@@ -254,10 +252,9 @@ def test_a_record_that_cannot_be_learned_is_skipped_and_the_next_is_learned() ->
     assert reader._dedup.status("a-2", "mm-1") == "flat"
 
 
-def test_the_results_command_decodes_only_the_bodies_its_alert_may_own() -> None:
-    reader = _ResultsReader(consumer=None, board=Board("a-1", ["mm-1"]), dlq="dlq")  # type: ignore[arg-type]
+def test_a_reader_of_one_alert_skips_only_the_bodies_a_head_says_are_another_alerts() -> None:
     mine, other = published(result()), published(result(alert_id="a-2"))
-    assert reader._may_be_ours(mine)
-    assert not reader._may_be_ours(other)  # another alert's result: its body is skipped
-    assert reader._may_be_ours(dataclasses.replace(other, headers=()))  # no head: read it
-    assert reader._may_be_ours(dataclasses.replace(other, key=b"mm-2"))  # doubtful: read it
+    assert not of_another_alert(mine, "a-1")
+    assert of_another_alert(other, "a-1")  # another alert's result: its body is skipped
+    assert not of_another_alert(dataclasses.replace(other, headers=()), "a-1")  # no head
+    assert not of_another_alert(dataclasses.replace(other, key=b"mm-2"), "a-1")  # doubtful
