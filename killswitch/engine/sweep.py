@@ -214,6 +214,12 @@ class _Shared:
     progress: tuple[list[OrderReport], list[InFlight]] | None = None
     # a final result's: unlisted pairs, not-found ids and finish time
     final: tuple[list[str], list[int], datetime] | None = None
+    # whether the verifying listing (the sweep's, named) found an order in the scope
+    found: tuple[object, bool] | None = None
+    # final status and reason by (dry run, verified, why the pairs are unchecked)
+    decided: dict[tuple[bool, bool, str | None], tuple[SweepStatus, str | None]] = field(
+        default_factory=dict
+    )
 
 
 class Sweep:
@@ -541,6 +547,11 @@ class Sweep:
             return
         tickets = self.tickets
         mono = asyncio.get_running_loop().time()
+        # No pass runs meanwhile (this is the pass loop's own step), so the ledger and
+        # the verifying listing stay as they are across the turns: the tickets of one
+        # scope share one snapshot for the whole answer. Only joiners (during a turn)
+        # may widen the sweep's scope, which the snapshot of the sweep's scope names.
+        scope = self.scope
         shared: dict[Scope | None, _Shared] = {}
         answered = 0
         while self._proven_upto < len(tickets) and tickets[self._proven_upto].join_gen <= gen:
@@ -556,7 +567,8 @@ class Sweep:
             answered += 1
             if answered % SETTLE_TURN == 0:
                 await asyncio.sleep(0)  # each answer wakes a task: let others run
-                shared = {}
+                if self.scope != scope:
+                    scope, shared = self.scope, {}
 
     async def _gather_joiners(self, at_least: float, ended: int) -> None:
         """Wait for more joining alerts before the next pass (at least ``at_least`` s):
@@ -1290,12 +1302,6 @@ class Sweep:
         residual = facts.residual
         request = ticket.request
         if final:
-            status = final_status(
-                dry_run=request.dry_run,
-                failure=self.failure,
-                verified=self._verified_for(ticket),
-                residual_in_scope=residual,
-            )
             if facts.final is None:
                 facts.final = (
                     self._unlisted(ticket.scope.symbols),
@@ -1303,15 +1309,14 @@ class Sweep:
                     self.clock(),
                 )
             unlisted, not_found, finished_at = facts.final
-            unproven = self._unchecked(ticket)
-            if unproven is None and status is SweepStatus.FLAT and unlisted:
-                # The same pairs the result names in unlisted_pairs, so a flat never
-                # names any (_reason names them).
-                unproven = "not flat: a pair in scope was never listed to the end"
-            if unproven is not None:
-                status = SweepStatus.RESIDUAL
+            # The tickets of one scope differ here only in these three: the decision
+            # is made once for each combination.
+            key = (request.dry_run, self._verified_for(ticket, facts), self._unchecked(ticket))
+            decided = facts.decided.get(key)
+            if decided is None:
+                decided = facts.decided[key] = self._decide(*key, residual, unlisted)
+            status, reason = decided
             orders = facts.orders
-            reason = "; ".join(filter(None, (unproven, self._reason(status, unlisted)))) or None
             pending = 0
         else:
             status, orders, reason = SweepStatus.RUNNING, [], None
@@ -1342,6 +1347,26 @@ class Sweep:
             unlisted_pairs=unlisted,
         )
 
+    def _decide(
+        self,
+        dry_run: bool,
+        verified: bool,
+        unproven: str | None,
+        residual: int,
+        unlisted: list[str],
+    ) -> tuple[SweepStatus, str | None]:
+        """A final result's status and reason (see :meth:`result_for`)."""
+        status = final_status(
+            dry_run=dry_run, failure=self.failure, verified=verified, residual_in_scope=residual
+        )
+        if unproven is None and status is SweepStatus.FLAT and unlisted:
+            # The same pairs the result names in unlisted_pairs, so a flat never
+            # names any (_reason names them).
+            unproven = "not flat: a pair in scope was never listed to the end"
+        if unproven is not None:
+            status = SweepStatus.RESIDUAL
+        return status, "; ".join(filter(None, (unproven, self._reason(status, unlisted)))) or None
+
     def _pair_progress(self, ticket: Ticket) -> tuple[int | None, int | None]:
         """Pairs of the ticket's scope listed to the end, of those the sweep set out on."""
         pairs = set(self._pairs)
@@ -1366,15 +1391,20 @@ class Sweep:
         concerned = set(wanted) if wanted is not None else self._pairs
         return bool(concerned) and concerned <= self.ledger.listed_pairs()
 
-    def _verified_for(self, ticket: Ticket) -> bool:
+    def _verified_for(self, ticket: Ticket, facts: _Shared) -> bool:
+        """A complete listing that began after the ticket joined found nothing in its
+        scope (what it found is looked at once per scope: ``facts``)."""
         verified = self._verified
         if verified is None or verified[0] < ticket.join_gen:
             return False
-        ledger = self.ledger
-        return not any(
-            oid in ledger and ticket.scope.covers((r := ledger.record(oid)).symbol, r.side, oid)
-            for oid in verified[1]
-        )
+        if facts.found is None or facts.found[0] is not verified:
+            ledger = self.ledger
+            found = any(
+                oid in ledger and ticket.scope.covers((r := ledger.record(oid)).symbol, r.side, oid)
+                for oid in verified[1]
+            )
+            facts.found = (verified, found)
+        return not facts.found[1]
 
     def _unlisted(self, wanted: frozenset[str] | None) -> list[str]:
         """Pairs in scope never listed to the end, sorted: of ``wanted`` (a scope's own

@@ -9,10 +9,11 @@ joined, and a hand-over fails each alert of the group as ``start`` would.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
-from killswitch.core.model import SweepResult, SweepStatus
+from killswitch.core.model import KillRequest, SweepResult, SweepStatus
 from killswitch.core.orders import Side
 from killswitch.core.ports import SweepHandedOver
 from killswitch.engine import Engine
@@ -63,6 +64,48 @@ async def test_a_group_joining_a_running_sweep_is_verified_after_it_joined(
     # listing was found by a later one and cancelled, once.
     assert ("cancel", "BTC_USDT", (late,)) in ex.log
     assert ex.open_count() == 0
+    await engine.close(1.0)
+
+
+async def test_alerts_of_one_scope_still_get_their_own_status_and_reason(
+    engines: Engines,
+) -> None:
+    # Results of one scope share what the sweep knows of the scope; an alert whose pairs
+    # were never checked is still not flat, whichever of them is answered first.
+    ex = FakeExchange()
+    ex.place("BTC_USDT")
+    ex.gate = asyncio.Event()  # the first group's cancel hangs: the second group joins
+    engine = await engines(Engine({"mm-1": ex}, settings()))
+    unchecked = "pairs could not be checked (down)"
+
+    def group(name: str) -> list[tuple[KillRequest, Progress]]:
+        return [
+            (
+                dataclasses.replace(
+                    request(f"{name}{i}", symbols={"BTC_USDT"}),
+                    unchecked_pairs=unchecked if i % 7 == 3 else None,
+                ),
+                Progress(),
+            )
+            for i in range(20)
+        ]
+
+    first = engine.start_group(group("a"))
+    await wait_for(lambda: len(ex.inflight) == 1)
+    second = engine.start_group(group("b"))
+    ex.gate.set()
+    outcomes = [*await first, *await second]
+
+    results = [o for o in outcomes if isinstance(o, SweepResult)]
+    assert len(results) == 40
+    for result in results:
+        if int(result.alert_id[1:]) % 7 == 3:
+            assert result.status is SweepStatus.RESIDUAL
+            assert result.reason is not None
+            assert result.reason.startswith(unchecked)
+        else:
+            assert result.status is SweepStatus.FLAT, result.alert_id
+            assert result.reason is None
     await engine.close(1.0)
 
 
