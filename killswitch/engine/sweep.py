@@ -553,7 +553,7 @@ class Sweep:
         # may widen the sweep's scope, which the snapshot of the sweep's scope names.
         scope = self.scope
         shared: dict[Scope | None, _Shared] = {}
-        answered = 0
+        flat: list[float] = []  # the turn's answers, for the observer at once
         while self._proven_upto < len(tickets) and tickets[self._proven_upto].join_gen <= gen:
             ticket = tickets[self._proven_upto]
             self._proven_upto += 1
@@ -562,13 +562,16 @@ class Sweep:
             result = self._reported(ticket, final=True, shared=shared)
             if result.status is not SweepStatus.FLAT:
                 continue
-            self.observer.flat(max(0.0, mono - ticket.received_mono))
+            flat.append(max(0.0, mono - ticket.received_mono))
             ticket.future.set_result(result)
-            answered += 1
-            if answered % SETTLE_TURN == 0:
+            if len(flat) == SETTLE_TURN:
+                self.observer.flat(flat)
+                flat = []
                 await asyncio.sleep(0)  # each answer wakes a task: let others run
                 if self.scope != scope:
                     scope, shared = self.scope, {}
+        if flat:
+            self.observer.flat(flat)
 
     async def _gather_joiners(self, at_least: float, ended: int) -> None:
         """Wait for more joining alerts before the next pass (at least ``at_least`` s):
@@ -1258,16 +1261,22 @@ class Sweep:
         # Coalesced alerts mostly share one scope: their per-order reports, counts and
         # residual are computed once per scope, not once per alert.
         shared: dict[Scope | None, _Shared] = {}
+        flat: list[float] = []  # the turn's flat answers, for the observer at once
         for done, ticket in enumerate(self.tickets, start=1):
             if ticket.future.done():  # answered early (_answer_proven)
                 continue
             result = self._reported(ticket, final=True, shared=shared)
             if result.status is SweepStatus.FLAT:
-                self.observer.flat(max(0.0, mono - ticket.received_mono))
+                flat.append(max(0.0, mono - ticket.received_mono))
             if not ticket.future.done():
                 ticket.future.set_result(result)
             if turn and done % turn == 0 and done < len(self.tickets):
+                if flat:
+                    self.observer.flat(flat)
+                    flat = []
                 yield
+        if flat:
+            self.observer.flat(flat)
 
     def _settle_handed_over(self, reason: str) -> None:
         """Each open ticket: its last progress result (before anything in flight is
