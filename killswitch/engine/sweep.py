@@ -315,17 +315,20 @@ class Sweep:
         self.gen += 1
         self._joined_at = now
         deadline = self.deadline
+        gen = self.gen
+        future = loop.create_future
         tickets: list[Ticket] = []
         for request, progress in alerts:
-            received = now - max(0.0, (wall - request.received_at).total_seconds())
+            age = (wall - request.received_at).total_seconds()
+            received = now - age if age > 0.0 else now
             ticket = Ticket(
                 request=request,
                 scope=request.scope,
                 progress=progress,
-                join_gen=self.gen,
+                join_gen=gen,
                 received_mono=received,
                 deadline=received + request.deadline_s,
-                future=loop.create_future(),
+                future=future(),
             )
             tickets.append(ticket)
             if request.unchecked_pairs is not None:
