@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -216,10 +217,9 @@ class _Shared:
     final: tuple[list[str], list[int], datetime] | None = None
     # whether the verifying listing (the sweep's, named) found an order in the scope
     found: tuple[object, bool] | None = None
-    # final status and reason by (dry run, verified, why the pairs are unchecked)
-    decided: dict[tuple[bool, bool, str | None], tuple[SweepStatus, str | None]] = field(
-        default_factory=dict
-    )
+    # final results' templates (_result_template) by (dry run, verified, why the pairs
+    # are unchecked): what decides the status and reason
+    decided: dict[tuple[bool, bool, str | None], list[Any]] = field(default_factory=dict)
 
 
 class Sweep:
@@ -1321,42 +1321,53 @@ class Sweep:
                     self.clock(),
                 )
             unlisted, not_found, finished_at = facts.final
-            # The tickets of one scope differ here only in these three: the decision
-            # is made once for each combination.
+            # The tickets of one scope differ here only in these three and in their
+            # alert's own fields: one result template for each combination.
             key = (request.dry_run, self._verified_for(ticket, facts), self._unchecked(ticket))
-            decided = facts.decided.get(key)
-            if decided is None:
-                decided = facts.decided[key] = self._decide(*key, residual, unlisted)
-            status, reason = decided
-            orders = facts.orders
-            pending = 0
-        else:
-            status, orders, reason = SweepStatus.RUNNING, [], None
-            pending = ledger.pending()
-            not_found, unlisted, finished_at = [], [], None
-        listed, in_scope_pairs = (None, None) if final else self._pair_progress(ticket)
+            template = facts.decided.get(key)
+            if template is None:
+                status, reason = self._decide(*key, residual, unlisted)
+                template = facts.decided[key] = _result_template(
+                    account=self.account,
+                    status=status,
+                    final=True,
+                    dry_run=request.dry_run,
+                    counts=facts.counts,
+                    residual_open=residual,
+                    sweeps=self.passes,
+                    finished_at=finished_at,
+                    orders=facts.orders,
+                    reason=reason,
+                    pending=0,
+                    not_found=not_found,
+                    pairs_listed=None,
+                    pairs_in_scope=None,
+                    unlisted_pairs=unlisted,
+                )
+            return _from_template(template, ticket)
+        listed, in_scope_pairs = self._pair_progress(ticket)
         return SweepResult(
             alert_id=request.alert_id,
             account=self.account,
-            status=status,
-            final=final,
+            status=SweepStatus.RUNNING,
+            final=False,
             dry_run=request.dry_run,
             counts=facts.counts,
             residual_open=residual,
             sweeps=self.passes,
             received_at=request.received_at,
             first_cancel_at=ticket.first_cancel_at,
-            finished_at=finished_at,
-            orders=orders,
-            reason=reason,
+            finished_at=None,
+            orders=[],
+            reason=None,
             operator=request.operator,
             source=request.source,
-            pending=pending,
-            not_found=not_found,
+            pending=ledger.pending(),
+            not_found=[],
             trigger_reason=request.reason,
             pairs_listed=listed,
             pairs_in_scope=in_scope_pairs,
-            unlisted_pairs=unlisted,
+            unlisted_pairs=[],
         )
 
     def _decide(
@@ -1438,6 +1449,54 @@ class Sweep:
             )
         parts.extend(self.notes)
         return "; ".join(parts) or None
+
+
+# Final results are built positionally from a template made once per scope and decision:
+# binding SweepResult's twenty-odd keyword arguments once per alert of a storm costs as
+# much as the rest of its answer. Positions come from the fields' names.
+_RESULT_AT = {f.name: i for i, f in enumerate(dataclasses.fields(SweepResult))}
+_ALERT_ID = _RESULT_AT["alert_id"]
+_RECEIVED_AT = _RESULT_AT["received_at"]
+_FIRST_CANCEL_AT = _RESULT_AT["first_cancel_at"]
+_OPERATOR = _RESULT_AT["operator"]
+_SOURCE = _RESULT_AT["source"]
+_TRIGGER_REASON = _RESULT_AT["trigger_reason"]
+_PER_ALERT = frozenset(
+    {_ALERT_ID, _RECEIVED_AT, _FIRST_CANCEL_AT, _OPERATOR, _SOURCE, _TRIGGER_REASON}
+)
+
+
+def _result_template(**given: Any) -> list[Any]:
+    """SweepResult's positional arguments, by name from ``given``, up to the last field
+    given; the alert's own fields (:func:`_from_template`) are left to fill. A field not
+    given takes its default, but one with a default factory must be given: a template's
+    values are shared by every result made from it."""
+    args: list[Any] = []
+    named = {_RESULT_AT[name] for name in given} | _PER_ALERT
+    for i, f in enumerate(dataclasses.fields(SweepResult)[: max(named) + 1]):
+        if f.name in given:
+            args.append(given[f.name])
+        elif f.default is not dataclasses.MISSING:
+            args.append(f.default)
+        elif i in _PER_ALERT:
+            args.append(None)
+        else:
+            raise TypeError(f"a result template needs {f.name}")
+    return args
+
+
+def _from_template(template: list[Any], ticket: Ticket) -> SweepResult:
+    """A final result from ``template`` (:func:`_result_template`) and the ticket's own
+    alert."""
+    args = template.copy()
+    request = ticket.request
+    args[_ALERT_ID] = request.alert_id
+    args[_RECEIVED_AT] = request.received_at
+    args[_FIRST_CANCEL_AT] = ticket.first_cancel_at
+    args[_OPERATOR] = request.operator
+    args[_SOURCE] = request.source
+    args[_TRIGGER_REASON] = request.reason
+    return SweepResult(*args)
 
 
 def _refusal(result: BatchCancelResult) -> str:

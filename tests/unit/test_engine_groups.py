@@ -109,6 +109,33 @@ async def test_alerts_of_one_scope_still_get_their_own_status_and_reason(
     await engine.close(1.0)
 
 
+async def test_each_result_of_a_group_carries_its_own_alert(engines: Engines) -> None:
+    ex = FakeExchange()
+    ex.place("BTC_USDT")
+    engine = await engines(Engine({"mm-1": ex}, settings()))
+    alerts = [
+        dataclasses.replace(
+            request(f"a{i}", symbols={"BTC_USDT"}),
+            operator=f"op{i}",
+            source=f"src{i}",
+            reason=f"why{i}",
+        )
+        for i in range(20)
+    ]
+
+    outcomes = await engine.start_group([(a, Progress()) for a in alerts])
+
+    results = [o for o in outcomes if isinstance(o, SweepResult)]
+    assert [r.status for r in results] == [SweepStatus.FLAT] * 20
+    assert [(r.alert_id, r.operator, r.source, r.trigger_reason) for r in results] == [
+        (a.alert_id, a.operator, a.source, a.reason) for a in alerts
+    ]
+    assert [r.received_at for r in results] == [a.received_at for a in alerts]
+    assert all(r.in_flight == [] and r.final for r in results)
+    assert len({id(r.in_flight) for r in results}) == 20  # none shares a list to fill
+    await engine.close(1.0)
+
+
 async def test_a_handed_over_group_gets_the_exception_for_every_alert(engines: Engines) -> None:
     ex = FakeExchange()
     ex.place("BTC_USDT")
