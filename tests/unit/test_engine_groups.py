@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from datetime import UTC, datetime
 
 import pytest
 
-from killswitch.core.model import KillRequest, SweepResult, SweepStatus
+from killswitch.core.model import KillRequest, SweepResult, SweepStatus, no_sweep_result
 from killswitch.core.orders import Side
 from killswitch.core.ports import SweepHandedOver
 from killswitch.engine import Engine
+from killswitch.engine.engine import _all_outcomes
 from tests.support.engine import Engines, FakeExchange, Progress, request, settings
 from tests.support.waiting import wait_for
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 async def test_a_group_of_alerts_gets_one_final_result_each_from_one_sweep(
@@ -215,3 +219,27 @@ async def test_a_one_sided_kill_joined_by_another_pair_leaves_the_other_side_ope
     assert btc_buy not in ex.books["BTC_USDT"]
     assert eth not in ex.books["ETH_USDT"]
     await engine.close(1.0)
+
+
+async def test_a_groups_outcomes_wait_for_its_last_alert_in_any_order() -> None:
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[SweepResult]] = [loop.create_future() for _ in range(5)]
+    results = [no_sweep_result(request(f"a{i}"), SweepStatus.FLAT, NOW, None) for i in range(5)]
+    outcomes = _all_outcomes(futures)
+    order = [4, 1, 0, 3, 2]  # the last first, then out of order
+    for n, i in enumerate(order):
+        if i == 3:
+            futures[i].set_exception(SweepHandedOver("moved"))
+        elif i == 2:
+            futures[i].cancel()
+        else:
+            futures[i].set_result(results[i])
+        for _ in range(3):
+            await asyncio.sleep(0)  # the callbacks run
+        assert outcomes.done() == (n == len(order) - 1)
+    got = outcomes.result()
+    assert got[0] is results[0]
+    assert got[1] is results[1]
+    assert isinstance(got[2], RuntimeError)
+    assert isinstance(got[3], SweepHandedOver)
+    assert got[4] is results[4]
