@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -272,7 +272,7 @@ class ReadinessObserver:
     def first_cancel(self, seconds: float) -> None:
         self._inner.first_cancel(seconds)
 
-    def flat(self, seconds: float) -> None:
+    def flat(self, seconds: Sequence[float]) -> None:
         self._inner.flat(seconds)
 
     def halted(self, account: str, halted: bool) -> None:

@@ -416,9 +416,11 @@ class Metrics:
         self._first_cancel.observe(max(seconds, 0.0))
 
     @_never_raise
-    def flat(self, seconds: float) -> None:
-        """Seconds from reading an alert to a verified flat result."""
-        self._flat.observe(max(seconds, 0.0))
+    def flat(self, seconds: Sequence[float]) -> None:
+        """Seconds from reading each alert to its verified flat result."""
+        observe = self._flat.observe
+        for one in seconds:
+            observe(max(one, 0.0))
 
     @_never_raise
     def halted(self, account: str, halted: bool) -> None:

@@ -138,7 +138,7 @@ def exercise(metrics: Metrics) -> None:
     for outcome in Outcome:
         metrics.cancel_outcome("mm-1", outcome)
     metrics.first_cancel(0.01)
-    metrics.flat(0.5)
+    metrics.flat([0.5])
     metrics.halted("mm-1", True)
     metrics.residual("mm-1", 1, 1)
     metrics.latch_reaction("mm-1", 1.0)

@@ -138,8 +138,9 @@ class Observer(Protocol):
     def first_cancel(self, seconds: float) -> None:
         """Seconds from reading an alert to its first cancel request sent."""
 
-    def flat(self, seconds: float) -> None:
-        """Seconds from reading an alert to a verified flat result."""
+    def flat(self, seconds: Sequence[float]) -> None:
+        """Seconds from reading each alert to its verified flat result: one call for the
+        alerts a sweep answers together (a storm's, in turns of a few)."""
 
     def halted(self, account: str, halted: bool) -> None: ...
 
@@ -170,7 +171,7 @@ class NullObserver:
     def first_cancel(self, seconds: float) -> None:
         pass
 
-    def flat(self, seconds: float) -> None:
+    def flat(self, seconds: Sequence[float]) -> None:
         pass
 
     def halted(self, account: str, halted: bool) -> None:

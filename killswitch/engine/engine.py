@@ -128,24 +128,31 @@ def _all_outcomes(
     set when the last is done; unlike ``gather``, cancelling it cancels none of them."""
     outer: asyncio.Future[list[SweepResult | BaseException]]
     outer = asyncio.get_running_loop().create_future()
-    left = len(futures)
+    # One callback at a time, not one per future (a storm's group is thousands of
+    # alerts): on the last future first (a sweep answers its alerts in order), then on
+    # the first one not done yet, until none is left.
+    first_pending = 0
 
-    def one_done(_: asyncio.Future[SweepResult]) -> None:
-        nonlocal left
-        left -= 1
-        if left or outer.done():
-            return
-        outer.set_result(
-            [
-                f.exception() or f.result()
-                if not f.cancelled()
-                else RuntimeError("the alert's sweep was cancelled")
-                for f in futures
-            ]
-        )
+    def check(_: object = None) -> None:
+        nonlocal first_pending
+        while first_pending < len(futures) and futures[first_pending].done():
+            first_pending += 1
+        if first_pending < len(futures):
+            futures[first_pending].add_done_callback(check)
+        elif not outer.done():
+            outer.set_result(
+                [
+                    f.exception() or f.result()
+                    if not f.cancelled()
+                    else RuntimeError("the alert's sweep was cancelled")
+                    for f in futures
+                ]
+            )
 
-    for future in futures:
-        future.add_done_callback(one_done)
+    if futures and not futures[-1].done():
+        futures[-1].add_done_callback(check)
+    else:
+        check()
     return outer
 
 

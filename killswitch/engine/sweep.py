@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -214,6 +215,11 @@ class _Shared:
     progress: tuple[list[OrderReport], list[InFlight]] | None = None
     # a final result's: unlisted pairs, not-found ids and finish time
     final: tuple[list[str], list[int], datetime] | None = None
+    # whether the verifying listing (the sweep's, named) found an order in the scope
+    found: tuple[object, bool] | None = None
+    # final results' templates (_result_template) by (dry run, verified, why the pairs
+    # are unchecked): what decides the status and reason
+    decided: dict[tuple[bool, bool, str | None], list[Any]] = field(default_factory=dict)
 
 
 class Sweep:
@@ -309,17 +315,20 @@ class Sweep:
         self.gen += 1
         self._joined_at = now
         deadline = self.deadline
+        gen = self.gen
+        future = loop.create_future
         tickets: list[Ticket] = []
         for request, progress in alerts:
-            received = now - max(0.0, (wall - request.received_at).total_seconds())
+            age = (wall - request.received_at).total_seconds()
+            received = now - age if age > 0.0 else now
             ticket = Ticket(
                 request=request,
                 scope=request.scope,
                 progress=progress,
-                join_gen=self.gen,
+                join_gen=gen,
                 received_mono=received,
                 deadline=received + request.deadline_s,
-                future=loop.create_future(),
+                future=future(),
             )
             tickets.append(ticket)
             if request.unchecked_pairs is not None:
@@ -541,8 +550,13 @@ class Sweep:
             return
         tickets = self.tickets
         mono = asyncio.get_running_loop().time()
+        # No pass runs meanwhile (this is the pass loop's own step), so the ledger and
+        # the verifying listing stay as they are across the turns: the tickets of one
+        # scope share one snapshot for the whole answer. Only joiners (during a turn)
+        # may widen the sweep's scope, which the snapshot of the sweep's scope names.
+        scope = self.scope
         shared: dict[Scope | None, _Shared] = {}
-        answered = 0
+        flat: list[float] = []  # the turn's answers, for the observer at once
         while self._proven_upto < len(tickets) and tickets[self._proven_upto].join_gen <= gen:
             ticket = tickets[self._proven_upto]
             self._proven_upto += 1
@@ -551,12 +565,16 @@ class Sweep:
             result = self._reported(ticket, final=True, shared=shared)
             if result.status is not SweepStatus.FLAT:
                 continue
-            self.observer.flat(max(0.0, mono - ticket.received_mono))
+            flat.append(max(0.0, mono - ticket.received_mono))
             ticket.future.set_result(result)
-            answered += 1
-            if answered % SETTLE_TURN == 0:
+            if len(flat) == SETTLE_TURN:
+                self.observer.flat(flat)
+                flat = []
                 await asyncio.sleep(0)  # each answer wakes a task: let others run
-                shared = {}
+                if self.scope != scope:
+                    scope, shared = self.scope, {}
+        if flat:
+            self.observer.flat(flat)
 
     async def _gather_joiners(self, at_least: float, ended: int) -> None:
         """Wait for more joining alerts before the next pass (at least ``at_least`` s):
@@ -1246,16 +1264,22 @@ class Sweep:
         # Coalesced alerts mostly share one scope: their per-order reports, counts and
         # residual are computed once per scope, not once per alert.
         shared: dict[Scope | None, _Shared] = {}
+        flat: list[float] = []  # the turn's flat answers, for the observer at once
         for done, ticket in enumerate(self.tickets, start=1):
             if ticket.future.done():  # answered early (_answer_proven)
                 continue
             result = self._reported(ticket, final=True, shared=shared)
             if result.status is SweepStatus.FLAT:
-                self.observer.flat(max(0.0, mono - ticket.received_mono))
+                flat.append(max(0.0, mono - ticket.received_mono))
             if not ticket.future.done():
                 ticket.future.set_result(result)
             if turn and done % turn == 0 and done < len(self.tickets):
+                if flat:
+                    self.observer.flat(flat)
+                    flat = []
                 yield
+        if flat:
+            self.observer.flat(flat)
 
     def _settle_handed_over(self, reason: str) -> None:
         """Each open ticket: its last progress result (before anything in flight is
@@ -1290,12 +1314,6 @@ class Sweep:
         residual = facts.residual
         request = ticket.request
         if final:
-            status = final_status(
-                dry_run=request.dry_run,
-                failure=self.failure,
-                verified=self._verified_for(ticket),
-                residual_in_scope=residual,
-            )
             if facts.final is None:
                 facts.final = (
                     self._unlisted(ticket.scope.symbols),
@@ -1303,44 +1321,74 @@ class Sweep:
                     self.clock(),
                 )
             unlisted, not_found, finished_at = facts.final
-            unproven = self._unchecked(ticket)
-            if unproven is None and status is SweepStatus.FLAT and unlisted:
-                # The same pairs the result names in unlisted_pairs, so a flat never
-                # names any (_reason names them).
-                unproven = "not flat: a pair in scope was never listed to the end"
-            if unproven is not None:
-                status = SweepStatus.RESIDUAL
-            orders = facts.orders
-            reason = "; ".join(filter(None, (unproven, self._reason(status, unlisted)))) or None
-            pending = 0
-        else:
-            status, orders, reason = SweepStatus.RUNNING, [], None
-            pending = ledger.pending()
-            not_found, unlisted, finished_at = [], [], None
-        listed, in_scope_pairs = (None, None) if final else self._pair_progress(ticket)
+            # The tickets of one scope differ here only in these three and in their
+            # alert's own fields: one result template for each combination.
+            key = (request.dry_run, self._verified_for(ticket, facts), self._unchecked(ticket))
+            template = facts.decided.get(key)
+            if template is None:
+                status, reason = self._decide(*key, residual, unlisted)
+                template = facts.decided[key] = _result_template(
+                    account=self.account,
+                    status=status,
+                    final=True,
+                    dry_run=request.dry_run,
+                    counts=facts.counts,
+                    residual_open=residual,
+                    sweeps=self.passes,
+                    finished_at=finished_at,
+                    orders=facts.orders,
+                    reason=reason,
+                    pending=0,
+                    not_found=not_found,
+                    pairs_listed=None,
+                    pairs_in_scope=None,
+                    unlisted_pairs=unlisted,
+                )
+            return _from_template(template, ticket)
+        listed, in_scope_pairs = self._pair_progress(ticket)
         return SweepResult(
             alert_id=request.alert_id,
             account=self.account,
-            status=status,
-            final=final,
+            status=SweepStatus.RUNNING,
+            final=False,
             dry_run=request.dry_run,
             counts=facts.counts,
             residual_open=residual,
             sweeps=self.passes,
             received_at=request.received_at,
             first_cancel_at=ticket.first_cancel_at,
-            finished_at=finished_at,
-            orders=orders,
-            reason=reason,
+            finished_at=None,
+            orders=[],
+            reason=None,
             operator=request.operator,
             source=request.source,
-            pending=pending,
-            not_found=not_found,
+            pending=ledger.pending(),
+            not_found=[],
             trigger_reason=request.reason,
             pairs_listed=listed,
             pairs_in_scope=in_scope_pairs,
-            unlisted_pairs=unlisted,
+            unlisted_pairs=[],
         )
+
+    def _decide(
+        self,
+        dry_run: bool,
+        verified: bool,
+        unproven: str | None,
+        residual: int,
+        unlisted: list[str],
+    ) -> tuple[SweepStatus, str | None]:
+        """A final result's status and reason (see :meth:`result_for`)."""
+        status = final_status(
+            dry_run=dry_run, failure=self.failure, verified=verified, residual_in_scope=residual
+        )
+        if unproven is None and status is SweepStatus.FLAT and unlisted:
+            # The same pairs the result names in unlisted_pairs, so a flat never
+            # names any (_reason names them).
+            unproven = "not flat: a pair in scope was never listed to the end"
+        if unproven is not None:
+            status = SweepStatus.RESIDUAL
+        return status, "; ".join(filter(None, (unproven, self._reason(status, unlisted)))) or None
 
     def _pair_progress(self, ticket: Ticket) -> tuple[int | None, int | None]:
         """Pairs of the ticket's scope listed to the end, of those the sweep set out on."""
@@ -1366,15 +1414,20 @@ class Sweep:
         concerned = set(wanted) if wanted is not None else self._pairs
         return bool(concerned) and concerned <= self.ledger.listed_pairs()
 
-    def _verified_for(self, ticket: Ticket) -> bool:
+    def _verified_for(self, ticket: Ticket, facts: _Shared) -> bool:
+        """A complete listing that began after the ticket joined found nothing in its
+        scope (what it found is looked at once per scope: ``facts``)."""
         verified = self._verified
         if verified is None or verified[0] < ticket.join_gen:
             return False
-        ledger = self.ledger
-        return not any(
-            oid in ledger and ticket.scope.covers((r := ledger.record(oid)).symbol, r.side, oid)
-            for oid in verified[1]
-        )
+        if facts.found is None or facts.found[0] is not verified:
+            ledger = self.ledger
+            found = any(
+                oid in ledger and ticket.scope.covers((r := ledger.record(oid)).symbol, r.side, oid)
+                for oid in verified[1]
+            )
+            facts.found = (verified, found)
+        return not facts.found[1]
 
     def _unlisted(self, wanted: frozenset[str] | None) -> list[str]:
         """Pairs in scope never listed to the end, sorted: of ``wanted`` (a scope's own
@@ -1396,6 +1449,54 @@ class Sweep:
             )
         parts.extend(self.notes)
         return "; ".join(parts) or None
+
+
+# Final results are built positionally from a template made once per scope and decision:
+# binding SweepResult's twenty-odd keyword arguments once per alert of a storm costs as
+# much as the rest of its answer. Positions come from the fields' names.
+_RESULT_AT = {f.name: i for i, f in enumerate(dataclasses.fields(SweepResult))}
+_ALERT_ID = _RESULT_AT["alert_id"]
+_RECEIVED_AT = _RESULT_AT["received_at"]
+_FIRST_CANCEL_AT = _RESULT_AT["first_cancel_at"]
+_OPERATOR = _RESULT_AT["operator"]
+_SOURCE = _RESULT_AT["source"]
+_TRIGGER_REASON = _RESULT_AT["trigger_reason"]
+_PER_ALERT = frozenset(
+    {_ALERT_ID, _RECEIVED_AT, _FIRST_CANCEL_AT, _OPERATOR, _SOURCE, _TRIGGER_REASON}
+)
+
+
+def _result_template(**given: Any) -> list[Any]:
+    """SweepResult's positional arguments, by name from ``given``, up to the last field
+    given; the alert's own fields (:func:`_from_template`) are left to fill. A field not
+    given takes its default, but one with a default factory must be given: a template's
+    values are shared by every result made from it."""
+    args: list[Any] = []
+    named = {_RESULT_AT[name] for name in given} | _PER_ALERT
+    for i, f in enumerate(dataclasses.fields(SweepResult)[: max(named) + 1]):
+        if f.name in given:
+            args.append(given[f.name])
+        elif f.default is not dataclasses.MISSING:
+            args.append(f.default)
+        elif i in _PER_ALERT:
+            args.append(None)
+        else:
+            raise TypeError(f"a result template needs {f.name}")
+    return args
+
+
+def _from_template(template: list[Any], ticket: Ticket) -> SweepResult:
+    """A final result from ``template`` (:func:`_result_template`) and the ticket's own
+    alert."""
+    args = template.copy()
+    request = ticket.request
+    args[_ALERT_ID] = request.alert_id
+    args[_RECEIVED_AT] = request.received_at
+    args[_FIRST_CANCEL_AT] = ticket.first_cancel_at
+    args[_OPERATOR] = request.operator
+    args[_SOURCE] = request.source
+    args[_TRIGGER_REASON] = request.reason
+    return SweepResult(*args)
 
 
 def _refusal(result: BatchCancelResult) -> str:

@@ -42,7 +42,6 @@ revoked partitions' work through an index by partition, which keeps no task aliv
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -1326,8 +1325,10 @@ class Intake:
             if isinstance(outcome, BaseException):
                 failed.append((member, outcome))
                 continue
-            with contextlib.suppress(_Interrupted):
+            try:  # not contextlib.suppress: one context manager per alert of a storm
                 finals.append((member, self._final(member.request, outcome)))
+            except _Interrupted:
+                continue
         if failed:
             results = await asyncio.gather(*(self._group_final(m, o) for m, o in failed))
             finals.extend((m, r) for (m, _), r in zip(failed, results, strict=True) if r)

@@ -221,8 +221,8 @@ class Recorder(NullObserver):
     def first_cancel(self, seconds: float) -> None:
         self.first_cancels.append(seconds)
 
-    def flat(self, seconds: float) -> None:
-        self.flats.append(seconds)
+    def flat(self, seconds: Sequence[float]) -> None:
+        self.flats.extend(seconds)
 
     def halted(self, account: str, halted: bool) -> None:
         self.halts.append(halted)

@@ -10,7 +10,7 @@ import asyncio
 import email.utils
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ class Recorder:
         raise AssertionError("the engine, not the client, counts final outcomes")
 
     def first_cancel(self, seconds: float) -> None: ...
-    def flat(self, seconds: float) -> None: ...
+    def flat(self, seconds: Sequence[float]) -> None: ...
     def halted(self, account: str, halted: bool) -> None: ...
     def residual(self, account: str, count: int, unlisted_pairs: int) -> None: ...
 

@@ -9,15 +9,20 @@ joined, and a hand-over fails each alert of the group as ``start`` would.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from datetime import UTC, datetime
 
 import pytest
 
-from killswitch.core.model import SweepResult, SweepStatus
+from killswitch.core.model import KillRequest, SweepResult, SweepStatus, no_sweep_result
 from killswitch.core.orders import Side
 from killswitch.core.ports import SweepHandedOver
 from killswitch.engine import Engine
+from killswitch.engine.engine import _all_outcomes
 from tests.support.engine import Engines, FakeExchange, Progress, request, settings
 from tests.support.waiting import wait_for
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 async def test_a_group_of_alerts_gets_one_final_result_each_from_one_sweep(
@@ -63,6 +68,75 @@ async def test_a_group_joining_a_running_sweep_is_verified_after_it_joined(
     # listing was found by a later one and cancelled, once.
     assert ("cancel", "BTC_USDT", (late,)) in ex.log
     assert ex.open_count() == 0
+    await engine.close(1.0)
+
+
+async def test_alerts_of_one_scope_still_get_their_own_status_and_reason(
+    engines: Engines,
+) -> None:
+    # Results of one scope share what the sweep knows of the scope; an alert whose pairs
+    # were never checked is still not flat, whichever of them is answered first.
+    ex = FakeExchange()
+    ex.place("BTC_USDT")
+    ex.gate = asyncio.Event()  # the first group's cancel hangs: the second group joins
+    engine = await engines(Engine({"mm-1": ex}, settings()))
+    unchecked = "pairs could not be checked (down)"
+
+    def group(name: str) -> list[tuple[KillRequest, Progress]]:
+        return [
+            (
+                dataclasses.replace(
+                    request(f"{name}{i}", symbols={"BTC_USDT"}),
+                    unchecked_pairs=unchecked if i % 7 == 3 else None,
+                ),
+                Progress(),
+            )
+            for i in range(20)
+        ]
+
+    first = engine.start_group(group("a"))
+    await wait_for(lambda: len(ex.inflight) == 1)
+    second = engine.start_group(group("b"))
+    ex.gate.set()
+    outcomes = [*await first, *await second]
+
+    results = [o for o in outcomes if isinstance(o, SweepResult)]
+    assert len(results) == 40
+    for result in results:
+        if int(result.alert_id[1:]) % 7 == 3:
+            assert result.status is SweepStatus.RESIDUAL
+            assert result.reason is not None
+            assert result.reason.startswith(unchecked)
+        else:
+            assert result.status is SweepStatus.FLAT, result.alert_id
+            assert result.reason is None
+    await engine.close(1.0)
+
+
+async def test_each_result_of_a_group_carries_its_own_alert(engines: Engines) -> None:
+    ex = FakeExchange()
+    ex.place("BTC_USDT")
+    engine = await engines(Engine({"mm-1": ex}, settings()))
+    alerts = [
+        dataclasses.replace(
+            request(f"a{i}", symbols={"BTC_USDT"}),
+            operator=f"op{i}",
+            source=f"src{i}",
+            reason=f"why{i}",
+        )
+        for i in range(20)
+    ]
+
+    outcomes = await engine.start_group([(a, Progress()) for a in alerts])
+
+    results = [o for o in outcomes if isinstance(o, SweepResult)]
+    assert [r.status for r in results] == [SweepStatus.FLAT] * 20
+    assert [(r.alert_id, r.operator, r.source, r.trigger_reason) for r in results] == [
+        (a.alert_id, a.operator, a.source, a.reason) for a in alerts
+    ]
+    assert [r.received_at for r in results] == [a.received_at for a in alerts]
+    assert all(r.in_flight == [] and r.final for r in results)
+    assert len({id(r.in_flight) for r in results}) == 20  # none shares a list to fill
     await engine.close(1.0)
 
 
@@ -145,3 +219,27 @@ async def test_a_one_sided_kill_joined_by_another_pair_leaves_the_other_side_ope
     assert btc_buy not in ex.books["BTC_USDT"]
     assert eth not in ex.books["ETH_USDT"]
     await engine.close(1.0)
+
+
+async def test_a_groups_outcomes_wait_for_its_last_alert_in_any_order() -> None:
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[SweepResult]] = [loop.create_future() for _ in range(5)]
+    results = [no_sweep_result(request(f"a{i}"), SweepStatus.FLAT, NOW, None) for i in range(5)]
+    outcomes = _all_outcomes(futures)
+    order = [4, 1, 0, 3, 2]  # the last first, then out of order
+    for n, i in enumerate(order):
+        if i == 3:
+            futures[i].set_exception(SweepHandedOver("moved"))
+        elif i == 2:
+            futures[i].cancel()
+        else:
+            futures[i].set_result(results[i])
+        for _ in range(3):
+            await asyncio.sleep(0)  # the callbacks run
+        assert outcomes.done() == (n == len(order) - 1)
+    got = outcomes.result()
+    assert got[0] is results[0]
+    assert got[1] is results[1]
+    assert isinstance(got[2], RuntimeError)
+    assert isinstance(got[3], SweepHandedOver)
+    assert got[4] is results[4]

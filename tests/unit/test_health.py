@@ -199,7 +199,7 @@ def test_readiness_observer_feeds_readiness_and_forwards() -> None:
     observer.inflight_cancels("mm-1", 1)
     observer.cancel_outcome("mm-1", Outcome.SENT)
     observer.first_cancel(0.1)
-    observer.flat(0.2)
+    observer.flat([0.2])
     observer.halted("mm-1", True)
     observer.residual("mm-1", 2, 1)
     assert readiness.evaluate(6.0).ready

@@ -55,7 +55,7 @@ def exercise(m: Metrics) -> None:
     m.inflight_cancels("mm-1", 1)
     m.cancel_outcome("mm-1", Outcome.SENT)
     m.first_cancel(0.01)
-    m.flat(0.5)
+    m.flat([0.5])
     m.halted("mm-1", True)
     m.residual("mm-1", 3, 1)
     m.alert_read("var-monitor", "processed")
@@ -220,8 +220,9 @@ def test_series_exist_before_anything_happens(
             0.0,
         ),
         ([("first_cancel", (0.002,))], "killswitch_alert_to_first_cancel_seconds_count", {}, 1.0),
-        ([("flat", (1.5,))], "killswitch_time_to_flat_seconds_sum", {}, 1.5),
-        ([("flat", (-1.0,))], "killswitch_time_to_flat_seconds_sum", {}, 0.0),
+        ([("flat", ([1.5],))], "killswitch_time_to_flat_seconds_sum", {}, 1.5),
+        ([("flat", ([-1.0],))], "killswitch_time_to_flat_seconds_sum", {}, 0.0),
+        ([("flat", ([0.5, 1.0],))], "killswitch_time_to_flat_seconds_count", {}, 2.0),
         (
             [("alert_read", ("var-monitor", "duplicate"))],
             "killswitch_alerts_total",
