@@ -1068,16 +1068,17 @@ def encode_result_head(
     """The header value written with a result, from the values its body is written
     from: compact JSON ``{"alert_id","account","status","final","origin"}`` in UTF-8,
     ``origin`` as in the body or null. Written as text (each string JSON-escaped): a
-    storm publishes thousands of results at once."""
+    storm publishes thousands of results at once (``_json_string`` is what
+    ``_ENCODER.encode`` runs for a string)."""
     where = (
         "null"
         if origin is None
-        else f'{{"topic":{_ENCODER.encode(origin.topic)},"partition":{int(origin.partition)},'
+        else f'{{"topic":{_json_string(origin.topic)},"partition":{int(origin.partition)},'
         f'"offset":{int(origin.offset)}}}'
     )
     return (
-        f'{{"alert_id":{_ENCODER.encode(alert_id)},"account":{_ENCODER.encode(account)},'
-        f'"status":{_ENCODER.encode(status)},"final":{"true" if final else "false"},'
+        f'{{"alert_id":{_json_string(alert_id)},"account":{_json_string(account)},'
+        f'"status":{_json_string(status)},"final":{"true" if final else "false"},'
         f'"origin":{where}}}'
     ).encode()
 
