@@ -119,9 +119,9 @@ class Publisher:
     def result_partition(self, key: bytes) -> int | None:
         """The partition of the results topic that ``send(key=key)`` would pick now:
         aiokafka's default partitioner over the producer's metadata, as ``send`` runs
-        it (its murmur2 is pure Python: a group's records share the key). None while the
-        producer knows no partitions of the topic (``send`` then waits for them and
-        picks)."""
+        it. Kept per key until the metadata next changes (its murmur2 is pure Python,
+        and a group's records share their key). None while the producer knows no
+        partitions of the topic (``send`` then waits for them and picks)."""
         partition = self._result_partitions.get(key)
         if partition is not None:
             return partition
