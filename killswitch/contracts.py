@@ -36,7 +36,7 @@ import functools
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from operator import attrgetter
 from typing import (
@@ -834,22 +834,20 @@ def _template(record: ResultRecord) -> list[str] | None:
 
 
 def _fill(parts: list[str], record: ResultRecord) -> bytes:
-    values = [
-        _json_string(record.alert_id),
-        _time_json(record.received_at),
-        _time_json(record.first_cancel_at),
-        _time_json(record.finished_at),
-    ]
+    # The template's parts around alert_id, received_at, first_cancel_at, finished_at
+    # and (when it has one) origin, in that order; the last part ends the text.
+    text = (
+        f"{parts[0]}{_json_string(record.alert_id)}{parts[1]}{_received_json(record.received_at)}"
+        f"{parts[2]}{_time_json(record.first_cancel_at)}{parts[3]}"
+        f"{_time_json(record.finished_at)}{parts[4]}"
+    )
     origin = record.origin
     if origin is not None:
-        values.append(
+        text += (
             f'{{"topic":{_json_string(origin.topic)},"partition":{int(origin.partition)},'
-            f'"offset":{int(origin.offset)}}}'
+            f'"offset":{int(origin.offset)}}}{parts[5]}'
         )
-    text = [parts[0]]
-    for value, part in zip(values, parts[1:], strict=True):
-        text += (value, part)
-    return "".join(text).encode("utf-8")
+    return text.encode("utf-8")
 
 
 # How _ENCODER writes a string (it does not escape non-ASCII), without its Python frame.
@@ -863,6 +861,21 @@ def _time_json(value: datetime | None) -> str:
     # format_time's text needs no escaping.
     text = format_time(value)
     return "null" if text is None else f'"{text}"'
+
+
+def _received_json(value: datetime | None) -> str:
+    """:func:`_time_json` of a time few records share (each alert's receipt): a UTC
+    time is written from its minute's text (cached: a storm's alerts share it) and its
+    seconds and milliseconds, as ``format_time`` writes them (truncated, not rounded)."""
+    if value is None or value.tzinfo is not UTC:
+        return _time_json(value)
+    minute = _minute_json(value.year, value.month, value.day, value.hour, value.minute)
+    return f'{minute}{value.second:02d}.{value.microsecond // 1000:03d}Z"'
+
+
+@functools.lru_cache(maxsize=64)
+def _minute_json(year: int, month: int, day: int, hour: int, minute: int) -> str:
+    return f'"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:'
 
 
 # The last tuple of orders encoded, kept (so its id cannot be reused) with its JSON.
@@ -1055,16 +1068,17 @@ def encode_result_head(
     """The header value written with a result, from the values its body is written
     from: compact JSON ``{"alert_id","account","status","final","origin"}`` in UTF-8,
     ``origin`` as in the body or null. Written as text (each string JSON-escaped): a
-    storm publishes thousands of results at once."""
+    storm publishes thousands of results at once (``_json_string`` is what
+    ``_ENCODER.encode`` runs for a string)."""
     where = (
         "null"
         if origin is None
-        else f'{{"topic":{_ENCODER.encode(origin.topic)},"partition":{int(origin.partition)},'
+        else f'{{"topic":{_json_string(origin.topic)},"partition":{int(origin.partition)},'
         f'"offset":{int(origin.offset)}}}'
     )
     return (
-        f'{{"alert_id":{_ENCODER.encode(alert_id)},"account":{_ENCODER.encode(account)},'
-        f'"status":{_ENCODER.encode(status)},"final":{"true" if final else "false"},'
+        f'{{"alert_id":{_json_string(alert_id)},"account":{_json_string(account)},'
+        f'"status":{_json_string(status)},"final":{"true" if final else "false"},'
         f'"origin":{where}}}'
     ).encode()
 

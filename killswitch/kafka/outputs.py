@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from killswitch.config import TopicSettings
 from killswitch.contracts import (
@@ -24,6 +25,11 @@ from killswitch.core.ports import ResultSink
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+
+# What AIOKafkaProducer uses unless given another partitioner.
+_PARTITIONER = DefaultPartitioner()
+# Keys whose partition is kept (accounts: a handful; the bound keeps memory flat anyway).
+_MAX_CACHED_KEYS = 4096
 
 
 def result_headers(record: ResultRecord) -> Headers:
@@ -43,6 +49,11 @@ class Publisher:
     input offset after that. Progress results are
     enqueued without waiting (the sweep must not stall on Kafka); the producer
     keeps per-partition order, so a progress event never overtakes its final.
+
+    The producer must use aiokafka's default partitioner (:func:`make_producer`'s):
+    ``results`` names the partition it would pick for a key (worked out once per key
+    while the producer's metadata is unchanged), so a final lands where the progress
+    results sent with the key alone did.
     """
 
     def __init__(
@@ -53,6 +64,10 @@ class Publisher:
         self.daemon = daemon  # this instance's id, written into state records
         self._background: set[asyncio.Future[object]] = set()
         self._enqueue = asyncio.Lock()
+        # key -> the partition of the results topic the default partitioner picks for
+        # it, valid until the producer's metadata next changes.
+        self._result_partitions: dict[bytes, int] = {}
+        producer.client.cluster.add_listener(self._metadata_changed)
 
     @property
     def topics(self) -> TopicSettings:
@@ -80,13 +95,16 @@ class Publisher:
         outcomes: list[BaseException | None] = [None] * len(records)
         futures: dict[int, asyncio.Future[object]] = {}
         values = encode_results(records)
+        topic = self._topics.results
         async with self._enqueue:
             for i, (record, value) in enumerate(zip(records, values, strict=True)):
+                key = record.account.encode()
                 try:
                     futures[i] = await self._producer.send(
-                        self._topics.results,
+                        topic,
                         value,
-                        key=record.account.encode(),
+                        key=key,
+                        partition=self.result_partition(key),
                         headers=result_headers(record),
                     )
                 except KafkaError as exc:
@@ -97,6 +115,34 @@ class Publisher:
         for i, future in futures.items():
             outcomes[i] = KafkaError("send cancelled") if future.cancelled() else future.exception()
         return outcomes
+
+    def result_partition(self, key: bytes) -> int | None:
+        """The partition of the results topic that ``send(key=key)`` would pick now:
+        aiokafka's default partitioner over the producer's metadata, as ``send`` runs
+        it. Kept per key until the metadata next changes (its murmur2 is pure Python,
+        and a group's records share their key). None while the producer knows no
+        partitions of the topic (``send`` then waits for them and picks)."""
+        partition = self._result_partitions.get(key)
+        if partition is not None:
+            return partition
+        cluster = self._producer.client.cluster
+        topic = self._topics.results
+        known = cluster.partitions_for_topic(topic)
+        if not known:
+            return None  # not cached: the next call looks again
+        if len(self._result_partitions) >= _MAX_CACHED_KEYS:
+            self._result_partitions.clear()
+        # The lists as send() makes them (the partitioner indexes the first).
+        chosen: int = _PARTITIONER(
+            key, list(known), list(cluster.available_partitions_for_topic(topic))
+        )
+        self._result_partitions[key] = chosen
+        return chosen
+
+    def _metadata_changed(self, _cluster: object) -> None:
+        # Called by aiokafka after each metadata update, before anything awaiting
+        # it resumes: the topic may have gained partitions.
+        self._result_partitions.clear()
 
     def progress_sink(self, origin: Position | None) -> ResultSink:
         """The sink the engine calls with progress results of one alert (read at

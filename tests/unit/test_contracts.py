@@ -389,6 +389,30 @@ def test_results_written_together_are_byte_for_byte_those_written_one_by_one() -
     assert encode_results(records) == [encode_result(r) for r in records]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=7))]))
+    | st.datetimes()  # naive: read as UTC
+    | st.sampled_from(
+        [
+            datetime(1, 1, 1, tzinfo=UTC),
+            datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+            datetime(2026, 11, 24, 1, 2, 3, 999, tzinfo=UTC),
+            datetime(2026, 11, 24, 1, 2, 3, 1000, tzinfo=UTC),
+        ]
+    )
+)
+def test_each_alert_s_receipt_time_is_written_as_format_time_writes_it(when: datetime) -> None:
+    flat = final(SweepStatus.FLAT)
+    records = [
+        ResultRecord.of(dataclasses.replace(flat, alert_id=n, received_at=when), None)
+        for n in ("a", "b")
+    ]
+    written = encode_results(records)
+    assert written == [encode_result(r) for r in records]
+    assert json.loads(written[1])["received_at"] == format_time(when)
+
+
 def test_coalesced_results_share_their_converted_orders() -> None:
     shared = many_orders(50)
     a = ResultRecord.of(final(SweepStatus.FLAT, orders=shared))
