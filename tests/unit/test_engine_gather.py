@@ -67,6 +67,15 @@ def verified_after_join(log: list[tuple[str, str, tuple[int, ...]]], alert_id: s
     return any(c[0] == "list-end" and c[2] in started for c in log[join:result])
 
 
+def assert_flat_and_proven(
+    log: list[tuple[str, str, tuple[int, ...]]], results: dict[str, SweepResult]
+) -> None:
+    """Every alert answered ``flat``, each by a listing that began after it joined."""
+    assert {r.status for r in results.values()} == {SweepStatus.FLAT}
+    for alert_id in results:
+        assert verified_after_join(log, alert_id), alert_id
+
+
 async def test_alerts_joining_while_the_sweep_gathers_are_verified_by_a_later_listing(
     engines: Engines, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -92,11 +101,9 @@ async def test_alerts_joining_while_the_sweep_gathers_are_verified_by_a_later_li
 
     results = await answered(ex, futures)
 
-    assert {r.status for r in results.values()} == {SweepStatus.FLAT}
+    assert_flat_and_proven(ex.log, results)
     assert ("cancel", "BTC_USDT", (late,)) in ex.log
     assert ex.open_count() == 0
-    for alert_id in results:
-        assert verified_after_join(ex.log, alert_id), alert_id
     # a1, a2 and a3 shared the gathering: one listing found the late order, one more
     # verified its cancel (not a listing per joiner).
     assert ex.listings == 3
@@ -125,9 +132,7 @@ async def test_a_joiner_widening_the_scope_ends_the_gathering(
 
     await wait_for(lambda: ("cancel", "ETH_USDT", (eth,)) in ex.log)
     results = await answered(ex, futures)
-    assert {r.status for r in results.values()} == {SweepStatus.FLAT}
-    for alert_id in results:
-        assert verified_after_join(ex.log, alert_id), alert_id
+    assert_flat_and_proven(ex.log, results)
     await engine.close(1.0)
 
 
@@ -153,9 +158,7 @@ async def test_a_stream_of_joiners_keeps_the_sweep_gathering(
         futures[f"s{i}"] = joined(ex, engine, f"s{i}", {"BTC_USDT"})
 
     results = await answered(ex, futures)
-    assert {r.status for r in results.values()} == {SweepStatus.FLAT}
-    for alert_id in results:
-        assert verified_after_join(ex.log, alert_id), alert_id
+    assert_flat_and_proven(ex.log, results)
     # The first pass, then one listing for the whole stream (a fixed quiet window
     # would have listed about once per window while they came).
     assert ex.listings == 2
@@ -179,9 +182,7 @@ async def test_alerts_proven_flat_are_answered_while_the_sweep_goes_on(
     await wait_for(lambda: "a2" in futures)
     results = await answered(ex, futures)
 
-    assert {r.status for r in results.values()} == {SweepStatus.FLAT}
-    for alert_id in results:
-        assert verified_after_join(ex.log, alert_id), alert_id
+    assert_flat_and_proven(ex.log, results)
     # The second listing proved a0 and a1 flat: they were answered then, while the sweep
     # went on to verify for a2 (which joined during it).
     third = ex.log.index(("list-start", "BTC_USDT", (3,)))
@@ -212,12 +213,10 @@ async def test_a_sweep_that_had_joiners_lingers_for_more_after_proving_flat(
     futures["a2"] = joined(ex, engine, "a2", {"BTC_USDT"})
     results = await answered(ex, futures)
 
-    assert {r.status for r in results.values()} == {SweepStatus.FLAT}
+    assert_flat_and_proven(ex.log, results)
     assert first["a1"].sweeps == 2
     assert results["a2"].sweeps > 2  # the same sweep's later passes, not a new sweep
     assert ("cancel", "BTC_USDT", (late,)) in ex.log
-    for alert_id in results:
-        assert verified_after_join(ex.log, alert_id), alert_id
     await engine.close(1.0)
 
 
