@@ -50,10 +50,10 @@ class Publisher:
     enqueued without waiting (the sweep must not stall on Kafka); the producer
     keeps per-partition order, so a progress event never overtakes its final.
 
-    The producer must use aiokafka's default partitioner (:func:`make_producer`'s):
-    ``results`` names the partition it would pick for a key (worked out once per key
-    while the producer's metadata is unchanged), so a final lands where the progress
-    results sent with the key alone did.
+    Every result names its partition: the one aiokafka's default partitioner (the
+    producer's, :func:`make_producer`) picks for its key, worked out once per key while
+    the producer's metadata is unchanged, so an alert's progress results and its final
+    land on one partition by one choice.
     """
 
     def __init__(
@@ -75,11 +75,13 @@ class Publisher:
 
     async def result(self, record: ResultRecord, *, wait: bool = True) -> None:
         """Publish one result (key = account, with its head header)."""
+        key = record.account.encode()
         future = await self._send(
             self._topics.results,
             encode_result(record),
-            record.account.encode(),
+            key,
             result_headers(record),
+            partition=self.result_partition(key),
         )
         if wait:
             await future
@@ -173,7 +175,13 @@ class Publisher:
         await (await self._send(self._topics.alerts, value, account.encode()))
 
     async def _send(
-        self, topic: str, value: bytes, key: bytes | None, headers: Headers | None = None
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: Headers | None = None,
+        *,
+        partition: int | None = None,
     ) -> asyncio.Future[object]:
         """Enqueue one record; the returned future resolves when the broker acknowledged it.
 
@@ -184,7 +192,7 @@ class Publisher:
         """
         async with self._enqueue:
             future: asyncio.Future[object] = await self._producer.send(
-                topic, value, key=key, headers=headers
+                topic, value, key=key, partition=partition, headers=headers
             )
         return future
 
