@@ -140,6 +140,19 @@ async def test_alerts_naming_unknown_pairs_are_dead_lettered_before_any_request(
             assert await _metric(run.daemon, "killswitch_alerts_total", result="invalid") == 3
             assert await _metric(run.daemon, "killswitch_dlq_total", reason="invalid") == 3
 
+            # A run of alike alerts (one plan made for the first, shared by the rest) is
+            # refused alert by alert, each with its own dead letter.
+            alike = [f"alike-{n}" for n in range(4)]
+            await produce(
+                settings,
+                [alert_message(a, scope={"symbols": ["NOPE_USDT"]}) for a in alike],
+            )
+            await wait_for(lambda: len(dlq.json()) == 3 + len(alike), timeout=20)
+            letters = (await dlq.to_end()).json()
+            assert sorted(r["alert_id"] for r in letters[3:]) == alike
+            assert {r["kind"] for r in letters[3:]} == {"invalid"}
+            assert _alert_requests(ex, since) == []
+
             # A known pair still goes through (the check does not refuse everything).
             await produce(settings, [alert_message("good-1", scope={"symbols": ["BTC_USDT"]})])
             await wait_for(lambda: len(results.finals("good-1")) == 1, timeout=20)
