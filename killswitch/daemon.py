@@ -416,7 +416,8 @@ async def _start(
         """The long-lived parts, started in ``tg``; named for the ordered stop."""
         works: dict[str, Coroutine[Any, Any, None]] = {
             "intake": intake.run(),
-            "results-reader": index.run(background),
+            # Defers to the intake: a storm's alerts first, its results read after.
+            "results-reader": index.run(background, intake.idle),
             "state-follower": states.follow(background, _state_applier(engine, republisher)),
             "halt-republish": republisher.run(background),
             "lag": watch_loop_lag(obs.alert_observer, background),

@@ -380,6 +380,8 @@ class Intake:
         self._commit_lock = asyncio.Lock()
         self._assigned: set[TopicPartition] = set()
         self.committed_total = 0  # commits done (tests and diagnostics)
+        self._idle = asyncio.Event()  # see idle
+        self._idle.set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -406,6 +408,12 @@ class Intake:
     @property
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)
+
+    @property
+    def idle(self) -> asyncio.Event:
+        """Set while no record waits in a lane or is being handled: work that can wait
+        for the intake (following the results topic) waits for this."""
+        return self._idle
 
     async def partition_count(self, topic: str, timeout_s: float = 5.0) -> int | None:
         """Partitions of ``topic`` (None when unknown after ``timeout_s``)."""
@@ -1485,6 +1493,10 @@ class Intake:
         return self._records_running + len(self._backlog) <= self._max_in_flight // 2
 
     def _update_backpressure(self) -> None:
+        if self._records_running or len(self._backlog):
+            self._idle.clear()
+        else:
+            self._idle.set()
         consumer = self._consumer
         if consumer is None:
             return

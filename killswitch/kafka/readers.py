@@ -27,7 +27,7 @@ from killswitch.core.carry import CarryStore
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import CarriedOutcomes, HaltState, Position, Scope
 from killswitch.kafka.clients import all_partitions, make_reader, stop_consumer
-from killswitch.tasks import TurnBudget
+from killswitch.tasks import TurnBudget, wait_any
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ _MAX_RECORDS = 50
 # Background readers: a halt, release or result from another daemon may take this
 # long to be seen (start-up catch-up reads to the end regardless).
 _READER_WAIT_MS = 100
+# Longest the results reader waits for a busy intake before it reads a step anyway.
+MAX_DEFER_S = 1.0
 
 
 async def _positions_reached(
@@ -249,6 +251,9 @@ class ResultsIndex:
         self._consumer: AIOKafkaConsumer | None = None
         self._parts: list[TopicPartition] = []
         self._progress = asyncio.Event()
+        self._catch_ups = 0  # wait_caught_up calls waiting: the reader defers to none
+        self._catching_up = asyncio.Event()  # set while there are any
+        self.deferred = 0  # steps that waited for the intake (a diagnostic)
         self.learned = 0
         self.read_heads = 0  # final results learned from their head header alone
         self.unreadable = 0  # records skipped because learning them failed
@@ -277,10 +282,28 @@ class ResultsIndex:
             while not await _positions_reached(consumer, targets):
                 await self._poll(consumer)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Follow the topic until ``stop`` is set."""
+    async def run(
+        self,
+        stop: asyncio.Event,
+        defer_to: asyncio.Event | None = None,
+        *,
+        max_defer_s: float = MAX_DEFER_S,
+    ) -> None:
+        """Follow the topic until ``stop`` is set.
+
+        ``defer_to`` (the intake's :attr:`~killswitch.kafka.consumer.Intake.idle`): while
+        it is clear, each step first waits for it, for ``max_defer_s`` at most. During
+        an alert storm the intake then has the CPU for the alerts, and this reader
+        reads the storm's results once the storm has been handled: what it learns
+        matters when partitions move here, and :meth:`wait_caught_up` (on assignment)
+        waits for no one."""
         consumer = self._require()
         while not stop.is_set():
+            if defer_to is not None and not defer_to.is_set() and not self._catch_ups:
+                self.deferred += 1
+                await wait_any((defer_to, self._catching_up, stop), max_defer_s)
+                if stop.is_set():
+                    return
             if self._deferrable is not None:
                 await self._deferrable.take()
             try:
@@ -292,6 +315,8 @@ class ResultsIndex:
     async def wait_caught_up(self, timeout_s: float) -> bool:
         """Wait until the tail loop has read up to the current end offsets (False on timeout)."""
         consumer = self._require()
+        self._catch_ups += 1
+        self._catching_up.set()
         try:
             targets = await consumer.end_offsets(self._parts)
             async with asyncio.timeout(timeout_s):
@@ -300,6 +325,10 @@ class ResultsIndex:
                     await self._progress.wait()
         except (TimeoutError, KafkaError):
             return False
+        finally:
+            self._catch_ups -= 1
+            if not self._catch_ups:
+                self._catching_up.clear()
         return True
 
     async def close(self) -> None:

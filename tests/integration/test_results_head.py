@@ -111,3 +111,41 @@ async def test_a_head_no_key_can_match_does_not_stop_the_results_reader(
         await index.close()
     assert dedup.status("x-1", "\ud800") == dedup.status("g-1", "mm-1") == "flat"
     assert index.read_heads == 1  # g-1's
+
+
+async def test_the_results_reader_defers_to_a_busy_intake_but_never_a_catch_up(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    """While the intake is busy (its ``idle`` clear) each step of the reader waits for it
+    (up to ``max_defer_s``, here longer than the test), except while someone waits for
+    the reader to catch up (a new assignment does): then it reads at once."""
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topic = settings.kafka.topics.results
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    publisher = Publisher(producer, settings.kafka.topics)
+    dedup = DedupWindow(100)
+    index = ResultsIndex(settings.kafka, topic, dedup, tail_records=1000)
+    await index.start()
+    idle, stop = asyncio.Event(), asyncio.Event()  # the intake is busy
+    task = asyncio.create_task(index.run(stop, idle, max_defer_s=600))
+    try:
+        for n in range(3):
+            await publisher.result(ResultRecord.of(result(f"d-{n}")))
+        await wait_for(lambda: index.deferred >= 1)
+        assert await index.wait_caught_up(timeout_s=10)
+        assert index.learned == 3
+        # Caught up, it waits for the intake again (a step already under way ends first).
+        waits = index.deferred
+        await wait_for(lambda: index.deferred > waits)
+        for n in range(3, 5):
+            await publisher.result(ResultRecord.of(result(f"d-{n}")))
+        assert index.learned == 3  # waiting: no step runs while the intake is busy
+        idle.set()
+        await wait_for(lambda: index.learned == 5)
+    finally:
+        stop.set()
+        await task
+        await index.close()
+        await producer.stop()

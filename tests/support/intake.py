@@ -221,7 +221,6 @@ async def running_intake(
     await index.start()
     await index.catch_up(10)
     stop = asyncio.Event()
-    index_task = asyncio.create_task(index.run(stop))
     config = IntakeConfig.from_sections(
         settings.kafka, settings.intake, settings.engine, (a.id for a in settings.accounts)
     )
@@ -236,6 +235,8 @@ async def running_intake(
         results_index=index,
         pairs=pairs,
     )
+    # As the daemon wires it: the reader defers to a busy intake.
+    index_task = asyncio.create_task(index.run(stop, intake.idle))
     await intake.start()
     task = asyncio.create_task(intake.run())
     try:
