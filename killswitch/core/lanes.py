@@ -46,13 +46,18 @@ class FairLanes(Generic[K, T]):
         """The sources with at least one record waiting (empty without ``source``)."""
         return set(self._per_source)
 
-    def _counted(self, item: T, change: int) -> None:
+    def _counted(self, items: list[T], change: int) -> None:
+        """Count ``items`` in (``change`` 1) or out (-1) of their sources: a storm's run
+        of records shares one source, so the counter moves once per source."""
         if self._source is None:
             return
-        source = self._source(item)
-        self._per_source[source] += change
-        if self._per_source[source] <= 0:
-            del self._per_source[source]
+        per = self._per_source
+        for source, n in Counter(map(self._source, items)).items():
+            left = per[source] + change * n
+            if left > 0:
+                per[source] = left
+            else:
+                del per[source]
 
     def _queue(self, lane: K, urgent: bool) -> deque[T]:
         """``lane``'s records (a new lane takes its turn last)."""
@@ -66,7 +71,7 @@ class FairLanes(Generic[K, T]):
         """Add ``item`` at the end of ``lane`` (a new lane takes its turn last)."""
         self._queue(lane, urgent).append(item)
         self._count += 1
-        self._counted(item, 1)
+        self._counted([item], 1)
 
     def extend(self, lane: K, items: list[T], *, urgent: bool = False) -> None:
         """:meth:`push` each of ``items``, in their order."""
@@ -74,8 +79,7 @@ class FairLanes(Generic[K, T]):
             return
         self._queue(lane, urgent).extend(items)
         self._count += len(items)
-        if self._source is not None:
-            self._per_source.update(map(self._source, items))
+        self._counted(items, 1)
 
     def pop(self, held: Callable[[K], bool] = lambda lane: False) -> T | None:
         """The first record of the shortest lane that is not ``held`` (urgent lanes
@@ -104,8 +108,7 @@ class FairLanes(Generic[K, T]):
             most = limit if isinstance(limit, int) else limit(lane)
             items = [queue.popleft() for _ in range(min(max(1, most), len(queue)))]
             self._count -= len(items)
-            for item in items:
-                self._counted(item, -1)
+            self._counted(items, -1)
             if not queue:
                 del lanes[lane]
             return lane, items
@@ -118,8 +121,7 @@ class FairLanes(Generic[K, T]):
             return
         self._queue(lane, urgent).extendleft(reversed(items))
         self._count += len(items)
-        for item in items:
-            self._counted(item, 1)
+        self._counted(items, 1)
 
     def ready(self, held: Callable[[K], bool] = lambda lane: False) -> bool:
         """Whether :meth:`pop` would return a record."""
@@ -138,6 +140,5 @@ class FairLanes(Generic[K, T]):
                 else:
                     del lanes[lane]
         self._count -= len(dropped)
-        for item in dropped:
-            self._counted(item, -1)
+        self._counted(dropped, -1)
         return dropped

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -39,6 +39,20 @@ def result_headers(record: ResultRecord) -> Headers:
         record.alert_id, record.account, record.status, record.final, record.origin
     )
     return [(RESULT_HEAD_HEADER, head)]
+
+
+async def _all_done(
+    lasts: Iterable[asyncio.Future[object]], futures: Collection[asyncio.Future[object]]
+) -> None:
+    """Until every one of ``futures`` is done, waiting first for ``lasts`` (the last
+    record sent to each partition): aiokafka sends a partition's batches in order and
+    acknowledges a batch's records together, so by then the others mostly are done too,
+    and one wake-up per partition replaces one callback per record. wait(), not
+    gather(): a caller cancelled meanwhile leaves the records be."""
+    await asyncio.wait(lasts)
+    rest = [future for future in futures if not future.done()]
+    if rest:
+        await asyncio.wait(rest)
 
 
 class Publisher:
@@ -96,24 +110,21 @@ class Publisher:
         None for each acknowledged record and the error for each that was not."""
         outcomes: list[BaseException | None] = [None] * len(records)
         futures: dict[int, asyncio.Future[object]] = {}
+        last: dict[int | None, asyncio.Future[object]] = {}  # per partition
         values = encode_results(records)
         topic = self._topics.results
         async with self._enqueue:
             for i, (record, value) in enumerate(zip(records, values, strict=True)):
                 key = record.account.encode()
+                partition = self.result_partition(key)
                 try:
-                    futures[i] = await self._producer.send(
-                        topic,
-                        value,
-                        key=key,
-                        partition=self.result_partition(key),
-                        headers=result_headers(record),
+                    futures[i] = last[partition] = await self._producer.send(
+                        topic, value, key=key, partition=partition, headers=result_headers(record)
                     )
                 except KafkaError as exc:
                     outcomes[i] = exc
         if futures:
-            # wait(), not gather(): a caller cancelled meanwhile leaves the records be.
-            await asyncio.wait(futures.values())
+            await _all_done(last.values(), futures.values())
         for i, future in futures.items():
             outcomes[i] = KafkaError("send cancelled") if future.cancelled() else future.exception()
         return outcomes
