@@ -48,6 +48,7 @@ from pydantic_settings import (
 from killswitch.core.pairs import EXCHANGE_PAIR_RE
 from killswitch.core.planning import OrderPriority, StrategyName
 from killswitch.core.ports import EngineConfig
+from killswitch.loops import EventLoopChoice
 
 log = logging.getLogger(__name__)
 
@@ -405,6 +406,13 @@ class IntakeSettings(_Section):
     rebalance_drain_s: float = Field(1.0, ge=0.0, le=300.0)
 
 
+class RuntimeSettings(_Section):
+    """How the daemon process runs."""
+
+    # auto: uvloop when installed (a dependency on Linux and macOS), else asyncio's loop.
+    event_loop: EventLoopChoice = "auto"
+
+
 class LoggingSettings(_Section):
     """Structured logs on stderr."""
 
@@ -455,6 +463,7 @@ class Settings(BaseSettings):
     deadman: list[DeadmanSource] = []
     intake: IntakeSettings = IntakeSettings()
     logging: LoggingSettings = LoggingSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
     direct: DirectSettings = DirectSettings()
 
     @field_validator("accounts")

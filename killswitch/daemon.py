@@ -68,6 +68,7 @@ from killswitch.kafka.republish import HaltRepublisher
 from killswitch.kafka.watch import KafkaWatch, OnChange
 from killswitch.logs import configure_logging, default_masker, register_settings_secrets
 from killswitch.looplag import watch_loop_lag
+from killswitch.loops import EventLoopUnavailable, loop_factory
 from killswitch.observability import (
     ExchangeProbe,
     Observability,
@@ -118,6 +119,10 @@ GC_YOUNG_THRESHOLD = 10_000
 def run(settings: Settings) -> int:
     """Run the daemon until SIGTERM/SIGINT; 0 after a graceful stop, 1 if it could not run,
     130 when a second signal cut the stop short (unfinished alerts are replayed)."""
+    try:
+        factory = loop_factory(settings.runtime.event_loop)
+    except EventLoopUnavailable as exc:
+        raise ConfigError(str(exc)) from None
     configure_logging(settings.logging.level, settings.logging.format)
     # Everything imported and built so far lives as long as the process: out of the
     # cycle collector's reach, a full collection during an alert storm (thousands of
@@ -131,7 +136,8 @@ def run(settings: Settings) -> int:
     # GC_YOUNG_THRESHOLD allocations makes each pass larger but the full ones rare.
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     try:
-        asyncio.run(async_run(settings, handle_signals=True))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(async_run(settings, handle_signals=True))
     except asyncio.CancelledError:
         log.warning("stopped at once on a second signal")
         return EXIT_FORCED

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from killswitch import __version__
 from killswitch.core.outcomes import Outcome
+from killswitch.loops import loop_name
 
 if TYPE_CHECKING:
     from killswitch.config import AccountSettings, DeadmanSource
@@ -189,7 +190,9 @@ class Metrics:
         self._inflight_children: dict[str, Any] = {}
         self._cancel_children: dict[tuple[str, Outcome], Any] = {}
         self._create(registry)
-        self._build_info.labels(version=version, python=platform.python_version()).set(1)
+        self._build_info.labels(
+            version=version, python=platform.python_version(), event_loop=loop_name()
+        ).set(1)
         self._preinit(sources, rate_ceilings or {})
 
     @classmethod
@@ -330,7 +333,7 @@ class Metrics:
         self._build_info = Gauge(
             "killswitch_build_info",
             "Always 1; the labels say which build is running.",
-            ["version", "python"],
+            ["version", "python", "event_loop"],
             registry=r,
         )
 

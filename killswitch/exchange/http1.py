@@ -45,6 +45,7 @@ import ssl
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -422,7 +423,8 @@ class _Connection(asyncio.Protocol):
         self.lost: asyncio.Future[None] = owner._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # cast, not isinstance: uvloop's transports do not derive from asyncio's classes.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is None:

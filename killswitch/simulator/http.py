@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -117,7 +117,8 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # cast, not isinstance: uvloop's transports do not derive from asyncio's classes.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         self._connections.add(self)
 

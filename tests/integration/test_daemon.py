@@ -312,6 +312,48 @@ async def test_crash_mid_sweep_then_restart_completes_the_alert(
         )
 
 
+@pytest.mark.parametrize(("choice", "expected"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+async def test_the_daemon_runs_on_the_configured_event_loop(
+    kafka_bootstrap: str, unique_name: Unique, tmp_path: Path, choice: str, expected: str
+) -> None:
+    """``[runtime] event_loop``: by default (uvloop installed, as it is with the package on
+    Linux) the daemon process runs on uvloop, with ``asyncio`` on the standard library's
+    loop; ``/metrics`` says which, and a kill runs to ``flat`` on either."""
+    async with exchange(ACCOUNTS, seed=7) as ex:
+        port = free_port()
+        settings = daemon_settings(
+            kafka_bootstrap,
+            unique_name,
+            ex,
+            metrics={"enabled": True, "host": "127.0.0.1", "port": port},
+            runtime={"event_loop": choice},
+        )
+        await prepare_topics(settings)
+        ex.seed("mm-1", SYMBOLS, 5)
+        async with (
+            TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
+            httpx.AsyncClient() as http,
+        ):
+            proc = EnvDaemonProcess(settings, tmp_path / "daemon.log")
+            try:
+                await produce(settings, [alert_message("loop-1", ["mm-1"])])
+                await wait_for(lambda: len(results.finals("loop-1")) == 1, timeout=30)
+                text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+                proc.terminate()
+                assert await proc.wait(timeout=20) == 0
+            finally:
+                proc.close()
+        assert results.finals("loop-1")[0]["status"] == "flat"
+        assert ex.open_ids("mm-1") == set()
+        info = [
+            sample.labels["event_loop"]
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "killswitch_build_info"
+        ]
+        assert info == [expected]
+
+
 async def test_sigterm_finishes_the_running_sweep_and_exits_zero(
     kafka_bootstrap: str, unique_name: Unique, tmp_path: Path
 ) -> None:

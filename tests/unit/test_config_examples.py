@@ -31,6 +31,7 @@ SECTIONS: list[type[BaseModel]] = [
     config.AlertScope,
     config.IntakeSettings,
     config.LoggingSettings,
+    config.RuntimeSettings,
     config.DirectSettings,
 ]
 
