@@ -60,7 +60,7 @@ def test_uvloop_asked_for_and_missing_is_a_clear_config_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _without_uvloop(monkeypatch)
-    with pytest.raises(EventLoopUnavailable, match="runtime.event_loop"):
+    with pytest.raises(EventLoopUnavailable, match=r"runtime\.event_loop"):
         loop_factory("uvloop")
     settings = Settings(
         accounts=[{"id": "a", "api_key": "k", "private_key": "x"}],
