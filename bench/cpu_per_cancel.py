@@ -279,7 +279,8 @@ async def _daemon_round(
             await producer.send_and_wait(topics["alerts"], alert, key=ACCOUNT.encode())
             await results.wait_for({f"kill-{tag}"}, 120)
             cpu, wall = harness.cpu_seconds(daemon.pid) - cpu0, time.perf_counter() - wall0
-            final = results.last[f"kill-{tag}"]
+            final = results.last(f"kill-{tag}")
+            assert final is not None  # wait_for returned: its final result was read
     finally:
         await producer.stop()
         daemon.stop()

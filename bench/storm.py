@@ -815,11 +815,8 @@ async def _check(setup: Setup, results: Any, rounds: int, log_start: int) -> dic
     storm_ids = [f"storm{r}-{i}" for r in range(rounds) for i in range(setup.args.alerts)]
     finals = Counter(len(results.final.get(a, [])) for a in storm_ids)
     statuses = Counter(s for a in storm_ids for s in results.final.get(a, []))
-    reasons = Counter(
-        str(results.last[a].get("reason"))
-        for a in storm_ids
-        if a in results.last and results.last[a].get("status") != "flat"
-    )
+    last = [results.last(a) for a in storm_ids if results.final.get(a, ["flat"])[-1] != "flat"]
+    reasons = Counter(str(body.get("reason")) for body in last if body is not None)
     return {
         "reasons_not_flat": dict(reasons.most_common(5)),
         "alerts": len(storm_ids),
