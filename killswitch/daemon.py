@@ -66,7 +66,12 @@ from killswitch.kafka.ownership import Ownership
 from killswitch.kafka.readers import HaltStateReader, ResultsIndex, read_last_states
 from killswitch.kafka.republish import HaltRepublisher
 from killswitch.kafka.watch import KafkaWatch, OnChange
-from killswitch.logs import configure_logging, default_masker, register_settings_secrets
+from killswitch.logs import (
+    configure_logging,
+    default_masker,
+    register_settings_secrets,
+    skip_unwritten_record_fields,
+)
 from killswitch.looplag import watch_loop_lag
 from killswitch.loops import EventLoopUnavailable, loop_factory
 from killswitch.observability import (
@@ -124,6 +129,8 @@ def run(settings: Settings) -> int:
     except EventLoopUnavailable as exc:
         raise ConfigError(str(exc)) from None
     configure_logging(settings.logging.level, settings.logging.format)
+    # One log line per final result: an alert storm writes thousands a second.
+    skip_unwritten_record_fields()
     # Everything imported and built so far lives as long as the process: out of the
     # cycle collector's reach, a full collection during an alert storm (thousands of
     # records, tasks and results alive) scans only what the storm made.

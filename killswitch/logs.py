@@ -10,6 +10,7 @@ section and the accounts) at start-up.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import sys
@@ -36,6 +37,7 @@ __all__ = [
     "register_secrets",
     "register_settings_secrets",
     "settings_secrets",
+    "skip_unwritten_record_fields",
 ]
 
 MASK = "**********"
@@ -181,8 +183,7 @@ class JsonFormatter(_Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{_utc_second(int(record.created))}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": _message(record),
@@ -203,6 +204,12 @@ class JsonFormatter(_Formatter):
         # as well cost several times the rest of the line's making (a storm writes one
         # line per alert).
         return self._masker.mask(json.dumps(entry, default=str, ensure_ascii=False))
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(second: int) -> str:
+    # A storm writes thousands of lines a second: each second is written out once.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 class TextFormatter(_Formatter):
@@ -262,6 +269,17 @@ def configure_logging(
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel("DEBUG" if level == "DEBUG" else "WARNING")
     return handler
+
+
+def skip_unwritten_record_fields() -> None:
+    """Stop the logging module working out, for every record, what neither formatter
+    writes: the calling frame's file and line (a walk of the stack), the thread, process
+    and multiprocessing names (the module's documented optimisations). Process-wide: the
+    daemon calls it; a test process keeps them for its own log capture."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def quiet_libraries() -> None:

@@ -24,6 +24,7 @@ from killswitch.logs import (
     register_secrets,
     register_settings_secrets,
     settings_secrets,
+    skip_unwritten_record_fields,
 )
 
 API_KEY = "sk-live-7d1e4c9a2b"
@@ -314,3 +315,28 @@ def test_default_masker_via_register_secrets() -> None:
     secret = "global-secret-9a8b7c"
     register_secrets([secret])
     assert default_masker.mask(f"x {secret}") == f"x {MASK}"
+
+
+def test_skipping_unwritten_record_fields_changes_no_line(
+    masker: SecretMasker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon stops the logging module working out a record's source line, thread
+    and process: neither formatter writes them, so every line reads the same."""
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))
+    lines = []
+    for skip in (False, True):
+        if skip:
+            skip_unwritten_record_fields()
+        for formatter in (JsonFormatter(masker), TextFormatter(masker)):
+            logger, stream = capture(formatter)
+            logger.info("final result", extra={"alert_id": "a-1", "account": "mm-1"})
+            lines.append(stream.getvalue())
+    assert logging.logThreads is False
+    assert logging._srcfile is None
+    before, after = lines[:2], lines[2:]
+
+    def steady(json_line: str, text_line: str) -> tuple[dict[str, object], str]:
+        return json.loads(json_line) | {"ts": "", "logger": ""}, text_line[9:]  # no time
+
+    assert steady(*after) == steady(*before)
