@@ -149,3 +149,35 @@ async def test_the_results_reader_defers_to_a_busy_intake_but_never_a_catch_up(
         await task
         await index.close()
         await producer.stop()
+
+
+async def test_a_busy_intake_never_leaves_the_results_reader_far_behind(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    """However long the intake stays busy, the reader waits for it only while it is at
+    most ``max_defer_lag`` records behind the end of the topic: a catch-up on a new
+    assignment (``wait_caught_up``, within its timeout) then has at most that many to
+    read, not everything the group published while this daemon was busy."""
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topic = settings.kafka.topics.results
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    publisher = Publisher(producer, settings.kafka.topics)
+    # 120 results, published while the intake was busy (before this reader started).
+    outcomes = await publisher.results([ResultRecord.of(result(f"b-{n}")) for n in range(120)])
+    assert outcomes == [None] * 120
+    dedup = DedupWindow(1000)
+    index = ResultsIndex(settings.kafka, topic, dedup, tail_records=1000)
+    await index.start()
+    idle, stop = asyncio.Event(), asyncio.Event()  # the intake is busy throughout
+    task = asyncio.create_task(index.run(stop, idle, max_defer_s=600, max_defer_lag=30))
+    try:
+        # Read without waiting while more than 30 behind (steps of 50), then waits.
+        await wait_for(lambda: index.learned >= 90 and index.deferred >= 1)
+        assert not idle.is_set()
+    finally:
+        stop.set()
+        await task
+        await index.close()
+        await producer.stop()
