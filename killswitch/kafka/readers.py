@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
@@ -44,6 +45,10 @@ MAX_DEFER_S = 1.0
 # all before wait_caught_up's timeout, or repeats are swept again. Bounded, it has this
 # many steps of work at most.
 MAX_DEFER_LAG = 40 * _MAX_RECORDS
+# While it waits for a busy intake, the reader asks the broker for the topic's end this
+# often at most (for this long at most): records fetched and not yet read stop further
+# fetches, and with them the high watermarks that would show the end moving on.
+_ENDS_REFRESH_S = 1.0
 
 
 async def _positions_reached(
@@ -260,6 +265,7 @@ class ResultsIndex:
         # (the end offsets asked, the fetches' high watermarks): how far behind it is.
         self._read_to: dict[TopicPartition, int] = {}
         self._ends: dict[TopicPartition, int] = {}
+        self._ends_due = 0.0  # monotonic time when the ends are asked again (see _defers)
         self._progress = asyncio.Event()
         self._catch_ups = 0  # wait_caught_up calls waiting: the reader defers to none
         self._catching_up = asyncio.Event()  # set while there are any
@@ -314,12 +320,7 @@ class ResultsIndex:
         to read at most."""
         consumer = self._require()
         while not stop.is_set():
-            if (
-                defer_to is not None
-                and not defer_to.is_set()
-                and not self._catch_ups
-                and self._behind(consumer) <= max_defer_lag
-            ):
+            if defer_to is not None and await self._defers(consumer, defer_to, max_defer_lag):
                 self.deferred += 1
                 await wait_any((defer_to, self._catching_up, stop), max_defer_s)
                 if stop.is_set():
@@ -374,6 +375,21 @@ class ResultsIndex:
                 self._read_to[tp] = records[-1].offset + 1
             self._learn_records(records)
         self._progress.set()
+
+    async def _defers(self, consumer: AIOKafkaConsumer, idle: asyncio.Event, max_lag: int) -> bool:
+        """Whether the next step waits for the intake: it is busy (``idle`` clear), no
+        catch-up is awaited, and the reader is at most ``max_lag`` records behind."""
+        if idle.is_set() or self._catch_ups:
+            return False
+        now = time.monotonic()
+        if now >= self._ends_due:
+            self._ends_due = now + _ENDS_REFRESH_S
+            try:
+                async with asyncio.timeout(_ENDS_REFRESH_S):
+                    self._ends.update(await consumer.end_offsets(self._parts))
+            except (TimeoutError, KafkaError):
+                pass  # the ends known so far (and the fetches' high watermarks) serve
+        return not idle.is_set() and self._behind(consumer) <= max_lag
 
     def _behind(self, consumer: AIOKafkaConsumer) -> int:
         """Records between what was read and the last known ends (a lower bound: the
