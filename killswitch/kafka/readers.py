@@ -389,7 +389,7 @@ class ResultsIndex:
                     self._ends.update(await consumer.end_offsets(self._parts))
             except (TimeoutError, KafkaError):
                 pass  # the ends known so far (and the fetches' high watermarks) serve
-        return not idle.is_set() and self._behind(consumer) <= max_lag
+        return not (idle.is_set() or self._catch_ups) and self._behind(consumer) <= max_lag
 
     def _behind(self, consumer: AIOKafkaConsumer) -> int:
         """Records between what was read and the last known ends (a lower bound: the

@@ -8,16 +8,17 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from killswitch.contracts import RESULT_HEAD_HEADER, ResultRecord, encode_result
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import Position, SweepResult
-from killswitch.kafka.clients import make_producer
+from killswitch.kafka.clients import connection_kwargs, make_producer
 from killswitch.kafka.outputs import Publisher
 from killswitch.kafka.readers import ResultsIndex
 from tests.support.intake import create_all_topics, make_settings
 from tests.support.results import sent_result
-from tests.support.topics import Producer
+from tests.support.topics import Producer, read_to_end
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -181,3 +182,36 @@ async def test_a_busy_intake_never_leaves_the_results_reader_far_behind(
         await task
         await index.close()
         await producer.stop()
+
+
+async def test_a_group_s_results_say_which_records_failed(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    """``Publisher.results`` waits for every record, the last of each partition first:
+    a record refused (here too large), last of its partition or first, fails alone, and
+    the others are acknowledged and on the topic."""
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topic = settings.kafka.topics.results
+    producer = AIOKafkaProducer(
+        acks="all", max_request_size=8_000, **connection_kwargs(settings.kafka)
+    )
+    await producer.start()
+    try:
+        publisher = Publisher(producer, settings.kafka.topics)
+        big = ResultRecord.of(sent_result("big", "mm-1", final=True, orders=500))
+        assert len(encode_result(big)) > 8_000
+        small = [ResultRecord.of(result(f"s-{n}", f"mm-{n % 2 + 1}")) for n in range(4)]
+        outcomes = await publisher.results([*small[:2], big, *small[2:], big])
+    finally:
+        await producer.stop()
+    assert [type(o).__name__ for o in outcomes] == [
+        "NoneType",
+        "NoneType",
+        "MessageSizeTooLargeError",
+        "NoneType",
+        "NoneType",
+        "MessageSizeTooLargeError",
+    ]
+    written = await read_to_end(kafka_bootstrap, topic)
+    assert sorted(r["alert_id"] for r in written.finals()) == ["s-0", "s-1", "s-2", "s-3"]
