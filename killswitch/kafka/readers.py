@@ -42,8 +42,8 @@ MAX_DEFER_S = 1.0
 # Records the results reader may be behind and still wait for a busy intake. A step a
 # second (MAX_DEFER_S, _MAX_RECORDS) falls ever further behind an intake busy for long
 # while the group publishes faster than that; a catch-up on assignment must then read it
-# all before wait_caught_up's timeout, or repeats are swept again. Bounded, it has this
-# many steps of work at most.
+# all before wait_caught_up's timeout (or repeats are swept again), and the kills on the
+# partitions just assigned wait for it. Bounded, it has this many steps of work at most.
 MAX_DEFER_LAG = 40 * _MAX_RECORDS
 # While it waits for a busy intake, the reader asks the broker for the topic's end this
 # often at most (for this long at most): records fetched and not yet read stop further
