@@ -28,12 +28,16 @@ def uvloop_installed() -> bool:
 
 def loop_factory(choice: EventLoopChoice) -> LoopFactory | None:
     """How to make the daemon's loop: uvloop's for ``uvloop`` (and for ``auto`` when it
-    is installed); None for asyncio's default loop."""
+    is installed and loads); None for asyncio's default loop."""
     if choice == "asyncio" or (choice == "auto" and not uvloop_installed()):
         return None
     try:
         import uvloop  # noqa: PLC0415 - optional at run time (no wheel on Windows)
     except ImportError as exc:
+        if choice == "auto":
+            # Found but not loadable (built for another platform or Python): asyncio's
+            # loop, which build_info's event_loop label then names.
+            return None
         raise EventLoopUnavailable(
             "runtime.event_loop is 'uvloop' but uvloop is not installed: "
             "pip install uvloop, or set runtime.event_loop = 'asyncio'"

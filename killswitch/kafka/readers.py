@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
@@ -38,6 +39,16 @@ _MAX_RECORDS = 50
 _READER_WAIT_MS = 100
 # Longest the results reader waits for a busy intake before it reads a step anyway.
 MAX_DEFER_S = 1.0
+# Records the results reader may be behind and still wait for a busy intake. A step a
+# second (MAX_DEFER_S, _MAX_RECORDS) falls ever further behind an intake busy for long
+# while the group publishes faster than that; a catch-up on assignment must then read it
+# all before wait_caught_up's timeout (or repeats are swept again), and the kills on the
+# partitions just assigned wait for it. Bounded, it has this many steps of work at most.
+MAX_DEFER_LAG = 40 * _MAX_RECORDS
+# While it waits for a busy intake, the reader asks the broker for the topic's end this
+# often at most (for this long at most): records fetched and not yet read stop further
+# fetches, and with them the high watermarks that would show the end moving on.
+_ENDS_REFRESH_S = 1.0
 
 
 async def _positions_reached(
@@ -250,6 +261,11 @@ class ResultsIndex:
         self._tail = tail_records
         self._consumer: AIOKafkaConsumer | None = None
         self._parts: list[TopicPartition] = []
+        # Per partition: the offset after the last record read, and the end last known
+        # (the end offsets asked, the fetches' high watermarks): how far behind it is.
+        self._read_to: dict[TopicPartition, int] = {}
+        self._ends: dict[TopicPartition, int] = {}
+        self._ends_due = 0.0  # monotonic time when the ends are asked again (see _defers)
         self._progress = asyncio.Event()
         self._catch_ups = 0  # wait_caught_up calls waiting: the reader defers to none
         self._catching_up = asyncio.Event()  # set while there are any
@@ -269,7 +285,9 @@ class ResultsIndex:
             begins = await consumer.beginning_offsets(self._parts)
             ends = await consumer.end_offsets(self._parts)
             for tp in self._parts:
-                consumer.seek(tp, max(begins[tp], ends[tp] - self._tail))
+                self._read_to[tp] = max(begins[tp], ends[tp] - self._tail)
+                consumer.seek(tp, self._read_to[tp])
+            self._ends.update(ends)
         except BaseException:
             await self.close()
             raise
@@ -288,6 +306,7 @@ class ResultsIndex:
         defer_to: asyncio.Event | None = None,
         *,
         max_defer_s: float = MAX_DEFER_S,
+        max_defer_lag: int = MAX_DEFER_LAG,
     ) -> None:
         """Follow the topic until ``stop`` is set.
 
@@ -296,10 +315,12 @@ class ResultsIndex:
         an alert storm the intake then has the CPU for the alerts, and this reader
         reads the storm's results once the storm has been handled: what it learns
         matters when partitions move here, and :meth:`wait_caught_up` (on assignment)
-        waits for no one."""
+        waits for no one. Nor does a step while the reader is more than ``max_defer_lag``
+        records behind: however long the intake stays busy, a catch-up has that many
+        to read at most."""
         consumer = self._require()
         while not stop.is_set():
-            if defer_to is not None and not defer_to.is_set() and not self._catch_ups:
+            if defer_to is not None and await self._defers(consumer, defer_to, max_defer_lag):
                 self.deferred += 1
                 await wait_any((defer_to, self._catching_up, stop), max_defer_s)
                 if stop.is_set():
@@ -319,6 +340,7 @@ class ResultsIndex:
         self._catching_up.set()
         try:
             targets = await consumer.end_offsets(self._parts)
+            self._ends.update(targets)
             async with asyncio.timeout(timeout_s):
                 while not await _positions_reached(consumer, targets):
                     self._progress.clear()
@@ -348,9 +370,35 @@ class ResultsIndex:
         # learned from its head costs a fraction of that, and a step's own overhead is
         # small, so a larger bound for those would save little.
         batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_MAX_RECORDS)
-        for records in batch.values():
+        for tp, records in batch.items():
+            if records:
+                self._read_to[tp] = records[-1].offset + 1
             self._learn_records(records)
         self._progress.set()
+
+    async def _defers(self, consumer: AIOKafkaConsumer, idle: asyncio.Event, max_lag: int) -> bool:
+        """Whether the next step waits for the intake: it is busy (``idle`` clear), no
+        catch-up is awaited, and the reader is at most ``max_lag`` records behind."""
+        if idle.is_set() or self._catch_ups:
+            return False
+        now = time.monotonic()
+        if now >= self._ends_due:
+            self._ends_due = now + _ENDS_REFRESH_S
+            try:
+                async with asyncio.timeout(_ENDS_REFRESH_S):
+                    self._ends.update(await consumer.end_offsets(self._parts))
+            except (TimeoutError, KafkaError):
+                pass  # the ends known so far (and the fetches' high watermarks) serve
+        return not (idle.is_set() or self._catch_ups) and self._behind(consumer) <= max_lag
+
+    def _behind(self, consumer: AIOKafkaConsumer) -> int:
+        """Records between what was read and the last known ends (a lower bound: the
+        ends move on between fetches)."""
+        behind = 0
+        for tp in self._parts:
+            end = max(self._ends.get(tp, 0), consumer.highwater(tp) or 0)
+            behind += max(0, end - self._read_to.get(tp, end))
+        return behind
 
     def carried(self, alert_id: str, account: str) -> CarriedOutcomes | None:
         """What an earlier process published for a pair it did not finish, if anything."""

@@ -8,16 +8,17 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from killswitch.contracts import RESULT_HEAD_HEADER, ResultRecord, encode_result
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import Position, SweepResult
-from killswitch.kafka.clients import make_producer
+from killswitch.kafka.clients import connection_kwargs, make_producer
 from killswitch.kafka.outputs import Publisher
 from killswitch.kafka.readers import ResultsIndex
 from tests.support.intake import create_all_topics, make_settings
 from tests.support.results import sent_result
-from tests.support.topics import Producer
+from tests.support.topics import Producer, read_to_end
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -149,3 +150,68 @@ async def test_the_results_reader_defers_to_a_busy_intake_but_never_a_catch_up(
         await task
         await index.close()
         await producer.stop()
+
+
+async def test_a_busy_intake_never_leaves_the_results_reader_far_behind(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    """However long the intake stays busy, the reader waits for it only while it is at
+    most ``max_defer_lag`` records behind the end of the topic: a catch-up on a new
+    assignment (``wait_caught_up``, within its timeout) then has at most that many to
+    read, not everything the group published while this daemon was busy."""
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topic = settings.kafka.topics.results
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    publisher = Publisher(producer, settings.kafka.topics)
+    # 120 results, published while the intake was busy (before this reader started).
+    outcomes = await publisher.results([ResultRecord.of(result(f"b-{n}")) for n in range(120)])
+    assert outcomes == [None] * 120
+    dedup = DedupWindow(1000)
+    index = ResultsIndex(settings.kafka, topic, dedup, tail_records=1000)
+    await index.start()
+    idle, stop = asyncio.Event(), asyncio.Event()  # the intake is busy throughout
+    task = asyncio.create_task(index.run(stop, idle, max_defer_s=600, max_defer_lag=30))
+    try:
+        # Read without waiting while more than 30 behind (steps of 50), then waits.
+        await wait_for(lambda: index.learned >= 90 and index.deferred >= 1)
+        assert not idle.is_set()
+    finally:
+        stop.set()
+        await task
+        await index.close()
+        await producer.stop()
+
+
+async def test_a_group_s_results_say_which_records_failed(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    """``Publisher.results`` waits for every record, the last of each partition first:
+    a record refused (here too large), last of its partition or first, fails alone, and
+    the others are acknowledged and on the topic."""
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topic = settings.kafka.topics.results
+    producer = AIOKafkaProducer(
+        acks="all", max_request_size=8_000, **connection_kwargs(settings.kafka)
+    )
+    await producer.start()
+    try:
+        publisher = Publisher(producer, settings.kafka.topics)
+        big = ResultRecord.of(sent_result("big", "mm-1", final=True, orders=500))
+        assert len(encode_result(big)) > 8_000
+        small = [ResultRecord.of(result(f"s-{n}", f"mm-{n % 2 + 1}")) for n in range(4)]
+        outcomes = await publisher.results([*small[:2], big, *small[2:], big])
+    finally:
+        await producer.stop()
+    assert [type(o).__name__ for o in outcomes] == [
+        "NoneType",
+        "NoneType",
+        "MessageSizeTooLargeError",
+        "NoneType",
+        "NoneType",
+        "MessageSizeTooLargeError",
+    ]
+    written = await read_to_end(kafka_bootstrap, topic)
+    assert sorted(r["alert_id"] for r in written.finals()) == ["s-0", "s-1", "s-2", "s-3"]

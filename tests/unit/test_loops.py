@@ -68,3 +68,16 @@ def test_uvloop_asked_for_and_missing_is_a_clear_config_error(
     )
     with pytest.raises(ConfigError, match="uvloop is not installed"):
         run(settings)
+
+
+def test_auto_falls_back_to_asyncio_when_uvloop_is_found_but_cannot_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``auto`` means "uvloop if it can run": a package that is there but does not import
+    (a build for another platform or Python) leaves the daemon on asyncio's loop rather
+    than refusing to start; ``uvloop`` asked for by name is still an error."""
+    _without_uvloop(monkeypatch)
+    monkeypatch.setattr(loops, "uvloop_installed", lambda: True)
+    assert loop_factory("auto") is None
+    with pytest.raises(EventLoopUnavailable):
+        loop_factory("uvloop")
