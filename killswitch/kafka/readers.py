@@ -333,6 +333,11 @@ class ResultsIndex:
                 await self._deferrable.take()
             try:
                 await self._poll(consumer)
+                if not self._catch_ups:
+                    # Reading back in the background (after a storm: thousands of
+                    # results), one step per turn: a kill arriving then finds each turn
+                    # holding one step, not a whole budget's worth of reading.
+                    await asyncio.sleep(0)
             except KafkaError as exc:
                 log.warning("results reader error", extra={"error": type(exc).__name__})
                 await asyncio.sleep(0.5)  # back off before polling again
