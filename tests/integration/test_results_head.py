@@ -5,7 +5,9 @@ header are learned from it; an older daemon's record (no header) and a progress 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -114,24 +116,49 @@ async def test_a_head_no_key_can_match_does_not_stop_the_results_reader(
     assert index.read_heads == 1  # g-1's
 
 
+@contextlib.asynccontextmanager
+async def following(
+    kafka_bootstrap: str,
+    unique_name: Unique,
+    idle: asyncio.Event,
+    published: Sequence[ResultRecord] = (),
+    **run: Any,
+) -> AsyncIterator[tuple[Publisher, ResultsIndex]]:
+    """A publisher and a results reader following the results topic (``index.run`` with
+    ``idle`` as the intake's and ``run``'s options) until the block ends; ``published``
+    are on the topic before the reader starts."""
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    publisher = Publisher(producer, settings.kafka.topics)
+    index = ResultsIndex(settings.kafka, settings.kafka.topics.results, DedupWindow(1000), 1000)
+    stop = asyncio.Event()
+    try:
+        assert await publisher.results(published) == [None] * len(published)
+        await index.start()
+        task = asyncio.create_task(index.run(stop, idle, **run))
+        try:
+            yield publisher, index
+        finally:
+            stop.set()
+            await task
+    finally:
+        await index.close()
+        await producer.stop()
+
+
 async def test_the_results_reader_defers_to_a_busy_intake_but_never_a_catch_up(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
     """While the intake is busy (its ``idle`` clear) each step of the reader waits for it
     (up to ``max_defer_s``, here longer than the test), except while someone waits for
     the reader to catch up (a new assignment does): then it reads at once."""
-    settings = make_settings(kafka_bootstrap, unique_name)
-    await create_all_topics(settings)
-    topic = settings.kafka.topics.results
-    producer = make_producer(settings.kafka)
-    await producer.start()
-    publisher = Publisher(producer, settings.kafka.topics)
-    dedup = DedupWindow(100)
-    index = ResultsIndex(settings.kafka, topic, dedup, tail_records=1000)
-    await index.start()
-    idle, stop = asyncio.Event(), asyncio.Event()  # the intake is busy
-    task = asyncio.create_task(index.run(stop, idle, max_defer_s=600))
-    try:
+    idle = asyncio.Event()  # the intake is busy
+    async with following(kafka_bootstrap, unique_name, idle, max_defer_s=600) as (
+        publisher,
+        index,
+    ):
         for n in range(3):
             await publisher.result(ResultRecord.of(result(f"d-{n}")))
         await wait_for(lambda: index.deferred >= 1)
@@ -145,11 +172,6 @@ async def test_the_results_reader_defers_to_a_busy_intake_but_never_a_catch_up(
         assert index.learned == 3  # waiting: no step runs while the intake is busy
         idle.set()
         await wait_for(lambda: index.learned == 5)
-    finally:
-        stop.set()
-        await task
-        await index.close()
-        await producer.stop()
 
 
 async def test_a_busy_intake_never_leaves_the_results_reader_far_behind(
@@ -159,29 +181,15 @@ async def test_a_busy_intake_never_leaves_the_results_reader_far_behind(
     most ``max_defer_lag`` records behind the end of the topic: a catch-up on a new
     assignment (``wait_caught_up``, within its timeout) then has at most that many to
     read, not everything the group published while this daemon was busy."""
-    settings = make_settings(kafka_bootstrap, unique_name)
-    await create_all_topics(settings)
-    topic = settings.kafka.topics.results
-    producer = make_producer(settings.kafka)
-    await producer.start()
-    publisher = Publisher(producer, settings.kafka.topics)
+    idle = asyncio.Event()  # the intake is busy throughout
     # 120 results, published while the intake was busy (before this reader started).
-    outcomes = await publisher.results([ResultRecord.of(result(f"b-{n}")) for n in range(120)])
-    assert outcomes == [None] * 120
-    dedup = DedupWindow(1000)
-    index = ResultsIndex(settings.kafka, topic, dedup, tail_records=1000)
-    await index.start()
-    idle, stop = asyncio.Event(), asyncio.Event()  # the intake is busy throughout
-    task = asyncio.create_task(index.run(stop, idle, max_defer_s=600, max_defer_lag=30))
-    try:
+    published = [ResultRecord.of(result(f"b-{n}")) for n in range(120)]
+    async with following(
+        kafka_bootstrap, unique_name, idle, published, max_defer_s=600, max_defer_lag=30
+    ) as (_, index):
         # Read without waiting while more than 30 behind (steps of 50), then waits.
         await wait_for(lambda: index.learned >= 90 and index.deferred >= 1)
         assert not idle.is_set()
-    finally:
-        stop.set()
-        await task
-        await index.close()
-        await producer.stop()
 
 
 async def test_a_group_s_results_say_which_records_failed(
