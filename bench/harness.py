@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from killswitch.exchange.signing import generate_private_key, private_key_pem, public_key_pem
+from killswitch.kafka.readers import result_head
 from killswitch.procs import die_with_parent
 
 RESULTS = Path(__file__).parent / "results"
@@ -497,8 +498,6 @@ class Results:
         # it has one, the body kept as bytes: this process shares the machine with the
         # daemon it measures, and decoding every body of a storm's results took it
         # about a second of CPU per storm.
-        from killswitch.kafka.readers import result_head
-
         head = result_head(record)
         if head is not None:
             final, alert_id, status = head.final, head.alert_id, head.status

@@ -10,7 +10,6 @@ choice is ``[runtime] event_loop``; the CLI's one-shot commands keep asyncio's l
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import Callable
 from typing import Literal
 
@@ -22,21 +21,17 @@ class EventLoopUnavailable(RuntimeError):
     """``uvloop`` was asked for and is not installed."""
 
 
-def uvloop_installed() -> bool:
-    return importlib.util.find_spec("uvloop") is not None
-
-
 def loop_factory(choice: EventLoopChoice) -> LoopFactory | None:
     """How to make the daemon's loop: uvloop's for ``uvloop`` (and for ``auto`` when it
     is installed and loads); None for asyncio's default loop."""
-    if choice == "asyncio" or (choice == "auto" and not uvloop_installed()):
+    if choice == "asyncio":
         return None
     try:
         import uvloop  # noqa: PLC0415 - optional at run time (no wheel on Windows)
     except ImportError as exc:
         if choice == "auto":
-            # Found but not loadable (built for another platform or Python): asyncio's
-            # loop, which build_info's event_loop label then names.
+            # Missing, or there but not loadable (built for another platform or
+            # Python): asyncio's loop, which build_info's event_loop label then names.
             return None
         raise EventLoopUnavailable(
             "runtime.event_loop is 'uvloop' but uvloop is not installed: "

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from killswitch import loops
 from killswitch.config import ConfigError, Settings
 from killswitch.daemon import run
 from killswitch.loops import EventLoopUnavailable, loop_factory, loop_name
@@ -47,11 +46,13 @@ def _without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
             raise ImportError("No module named 'uvloop'")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(loops, "uvloop_installed", lambda: False)
     monkeypatch.setattr(builtins, "__import__", fake_import)
 
 
 def test_auto_falls_back_to_asyncio_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` means "uvloop if it can run": missing, or there but not importable (a build
+    for another platform or Python), the daemon runs on asyncio's loop rather than
+    refusing to start; ``uvloop`` asked for by name is an error (below)."""
     _without_uvloop(monkeypatch)
     assert loop_factory("auto") is None
 
@@ -68,16 +69,3 @@ def test_uvloop_asked_for_and_missing_is_a_clear_config_error(
     )
     with pytest.raises(ConfigError, match="uvloop is not installed"):
         run(settings)
-
-
-def test_auto_falls_back_to_asyncio_when_uvloop_is_found_but_cannot_load(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """``auto`` means "uvloop if it can run": a package that is there but does not import
-    (a build for another platform or Python) leaves the daemon on asyncio's loop rather
-    than refusing to start; ``uvloop`` asked for by name is still an error."""
-    _without_uvloop(monkeypatch)
-    monkeypatch.setattr(loops, "uvloop_installed", lambda: True)
-    assert loop_factory("auto") is None
-    with pytest.raises(EventLoopUnavailable):
-        loop_factory("uvloop")
