@@ -265,9 +265,8 @@ class ResultsIndex:
         self._tail = tail_records
         self._consumer: AIOKafkaConsumer | None = None
         self._parts: list[TopicPartition] = []
-        # Per partition: the offset after the last record read, and the end last known
-        # (the end offsets asked, the fetches' high watermarks): how far behind it is.
-        self._read_to: dict[TopicPartition, int] = {}
+        # Per partition, the end last known (the end offsets asked; the fetches' high
+        # watermarks): against the position read to, how far behind the reader is.
         self._ends: dict[TopicPartition, int] = {}
         self._ends_due = 0.0  # monotonic time when the ends are asked again (see _defers)
         self._progress = asyncio.Event()
@@ -289,8 +288,7 @@ class ResultsIndex:
             begins = await consumer.beginning_offsets(self._parts)
             ends = await consumer.end_offsets(self._parts)
             for tp in self._parts:
-                self._read_to[tp] = max(begins[tp], ends[tp] - self._tail)
-                consumer.seek(tp, self._read_to[tp])
+                consumer.seek(tp, max(begins[tp], ends[tp] - self._tail))
             self._ends.update(ends)
         except BaseException:
             await self.close()
@@ -379,9 +377,7 @@ class ResultsIndex:
         # learned from its head costs a fraction of that, and a step's own overhead is
         # small, so a larger bound for those would save little.
         batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_MAX_RECORDS)
-        for tp, records in batch.items():
-            if records:
-                self._read_to[tp] = records[-1].offset + 1
+        for records in batch.values():
             self._learn_records(records)
         self._progress.set()
 
@@ -398,15 +394,17 @@ class ResultsIndex:
                     self._ends.update(await consumer.end_offsets(self._parts))
             except (TimeoutError, KafkaError):
                 pass  # the ends known so far (and the fetches' high watermarks) serve
-        return not (idle.is_set() or self._catch_ups) and self._behind(consumer) <= max_lag
+        if idle.is_set() or self._catch_ups:
+            return False
+        return await self._behind(consumer) <= max_lag
 
-    def _behind(self, consumer: AIOKafkaConsumer) -> int:
-        """Records between what was read and the last known ends (a lower bound: the
-        ends move on between fetches)."""
+    async def _behind(self, consumer: AIOKafkaConsumer) -> int:
+        """Records between the positions read to and the last known ends (a lower bound:
+        the ends move on between fetches)."""
         behind = 0
         for tp in self._parts:
             end = max(self._ends.get(tp, 0), consumer.highwater(tp) or 0)
-            behind += max(0, end - self._read_to.get(tp, end))
+            behind += max(0, end - await consumer.position(tp))
         return behind
 
     def carried(self, alert_id: str, account: str) -> CarriedOutcomes | None:
