@@ -1493,6 +1493,8 @@ class Intake:
         return self._records_running + len(self._backlog) <= self._max_in_flight // 2
 
     def _update_backpressure(self) -> None:
+        """After records were read, taken up or finished: :attr:`idle` set or cleared, and
+        the partitions paused or resumed (see :meth:`_pause_waiting`)."""
         if self._records_running or len(self._backlog):
             self._idle.clear()
         else:
