@@ -841,13 +841,18 @@ def _fill(parts: list[str], record: ResultRecord) -> bytes:
         f"{parts[2]}{_time_json(record.first_cancel_at)}{parts[3]}"
         f"{_time_json(record.finished_at)}{parts[4]}"
     )
-    origin = record.origin
-    if origin is not None:
-        text += (
-            f'{{"topic":{_json_string(origin.topic)},"partition":{int(origin.partition)},'
-            f'"offset":{int(origin.offset)}}}{parts[5]}'
-        )
+    if record.origin is not None:
+        text += f"{_origin_text(record.origin)}{parts[5]}"
     return text.encode("utf-8")
+
+
+def _origin_text(origin: Position) -> str:
+    """:func:`position_to_json` as :data:`_ENCODER` writes it, byte for byte (a result's
+    body and its head header both carry it)."""
+    return (
+        f'{{"topic":{_json_string(origin.topic)},"partition":{int(origin.partition)},'
+        f'"offset":{int(origin.offset)}}}'
+    )
 
 
 # How _ENCODER writes a string (it does not escape non-ASCII), without its Python frame.
@@ -1070,12 +1075,7 @@ def encode_result_head(
     ``origin`` as in the body or null. Written as text (each string JSON-escaped): a
     storm publishes thousands of results at once (``_json_string`` is what
     ``_ENCODER.encode`` runs for a string)."""
-    where = (
-        "null"
-        if origin is None
-        else f'{{"topic":{_json_string(origin.topic)},"partition":{int(origin.partition)},'
-        f'"offset":{int(origin.offset)}}}'
-    )
+    where = "null" if origin is None else _origin_text(origin)
     return (
         f'{{"alert_id":{_json_string(alert_id)},"account":{_json_string(account)},'
         f'"status":{_json_string(status)},"final":{"true" if final else "false"},'

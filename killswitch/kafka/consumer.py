@@ -334,7 +334,7 @@ class Intake:
         self._kafka = kafka
         # Taking up records and publishing a group's results share each turn's budget
         # with the results reader; the polls and the kills' requests run outside it.
-        self._deferrable = deferrable or TurnBudget(max(DEFERRABLE_PER_TURN_S, config.slice_s))
+        self._deferrable = deferrable or TurnBudget(DEFERRABLE_PER_TURN_S)
         self._engine = engine
         self._publisher = publisher
         self._dedup = dedup

@@ -431,10 +431,6 @@ class ResultsIndex:
             self.read_heads += 1
             self._learn_final(head.alert_id, head.account, head.status, head.origin)
 
-    def _learn(self, values: Iterable[bytes | None]) -> None:
-        for value in values:
-            self._learn_body(value)
-
     def _learn_body(self, value: bytes | None) -> None:
         summary = decode_result_summary(value)
         if summary is None:

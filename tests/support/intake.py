@@ -26,9 +26,10 @@ from killswitch.core.model import (
 )
 from killswitch.core.ports import PairLister, ResultSink
 from killswitch.kafka.clients import make_producer
-from killswitch.kafka.consumer import SLICE_S, Intake, IntakeConfig
+from killswitch.kafka.consumer import DEFERRABLE_PER_TURN_S, SLICE_S, Intake, IntakeConfig
 from killswitch.kafka.outputs import Publisher
 from killswitch.kafka.readers import ResultsIndex
+from killswitch.tasks import TurnBudget
 from killswitch.triggers import TriggerVerifier
 from tests.support.topics import alert, create_topics
 
@@ -218,6 +219,9 @@ async def running_intake(
     await producer.start()
     publisher = Publisher(producer, settings.kafka.topics)
     index = ResultsIndex(settings.kafka, settings.kafka.topics.results, dedup, 1000)
+    # At least the slice: a longer slice (a test's, to take up a whole run at once) is
+    # not cut short by the turn's budget.
+    deferrable = TurnBudget(max(DEFERRABLE_PER_TURN_S, slice_s))
     await index.start()
     await index.catch_up(10)
     stop = asyncio.Event()
@@ -234,6 +238,7 @@ async def running_intake(
         observer=observer,
         results_index=index,
         pairs=pairs,
+        deferrable=deferrable,
     )
     # As the daemon wires it: the reader defers to a busy intake.
     index_task = asyncio.create_task(index.run(stop, intake.idle))

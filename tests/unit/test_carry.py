@@ -505,19 +505,18 @@ def test_the_results_reader_keeps_progress_until_the_final() -> None:
     first = result(report(1, SENT), final=False)
     later = result(report(1, SENT), report(2, SENT), final=False)
     other = dataclasses.replace(first, account="mm-2")
-    index._learn(
-        [
-            encode_result(ResultRecord.of(first)),
-            encode_result(ResultRecord.of(later)),
-            encode_result(ResultRecord.of(other)),
-            b"junk",
-        ]
-    )
+    for value in (
+        encode_result(ResultRecord.of(first)),
+        encode_result(ResultRecord.of(later)),
+        encode_result(ResultRecord.of(other)),
+        b"junk",
+    ):
+        index._learn_body(value)
     got = index.carried("a-1", "mm-1")
     assert got is not None
     assert [o.order_id for o in got.orders] == [1, 2]  # the latest progress result
     assert dedup.status("a-1", "mm-1") is None  # progress is not a final result
-    index._learn([encode_result(ResultRecord.of(result(report(1, SENT), report(2, SENT))))])
+    index._learn_body(encode_result(ResultRecord.of(result(report(1, SENT), report(2, SENT)))))
     assert index.carried("a-1", "mm-1") is None  # finished: nothing to carry
     assert index.carried("a-1", "mm-2") is not None
     assert dedup.status("a-1", "mm-1") == "flat"
