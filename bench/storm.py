@@ -60,7 +60,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,7 @@ GOAL_RATIO = 5.0
 GOAL_SCRAPE_S = 1.0
 GOAL_GUARD_S = 1.0
 SCRAPE_EVERY_S = 0.25
+LAG_POLL_S = 0.02  # the resolution of the lag-0 stamp
 GUARD_RATE = 10.0  # the halted account's request rate (the default of an account)
 GUARD_ACCOUNT = "guard-0"
 STORM_ACCOUNT_PREFIX = "acct-"
@@ -242,15 +243,29 @@ async def watcher(bootstrap: str, group: str, topic: str) -> AsyncIterator[rpc.H
     """In the watcher process: ``start(metrics_url, pid)`` scrapes ``/metrics`` and
     ``/readyz`` every 250 ms and samples the daemon's RSS until ``stop()``, which
     answers the figures (see :class:`Watch`); ``drained(timeout)`` polls the group's
-    committed offsets on ``topic`` and answers when they first reach the end (lag 0)."""
+    committed offsets on ``topic`` and answers when they first reach the end (lag 0,
+    see :func:`first_lag_zero`)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
 
     current: list[Watch] = []
     parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-    lag_reader = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await lag_reader.start()
+    # The watcher shares two CPUs with the daemon and the broker: one OffsetFetch request
+    # for every partition per poll (the admin client's), end offsets only to confirm.
+    ends_reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await ends_reader.start()
+    await admin.start()
+    coordinator: list[int] = []
+
+    async def committed() -> dict[Any, int]:
+        if not coordinator:
+            coordinator.append(await admin.find_coordinator(group))
+        offsets = await admin.list_consumer_group_offsets(group, coordinator[0], parts)
+        return {tp: max(meta.offset, 0) for tp, meta in offsets.items()}  # -1: none yet
+
+    async def ends() -> dict[Any, int]:
+        return dict(await ends_reader.end_offsets(parts))
 
     async def start(metrics_url: str, pid: int) -> None:
         current[:] = [Watch(metrics_url, pid)]
@@ -261,16 +276,45 @@ async def watcher(bootstrap: str, group: str, topic: str) -> AsyncIterator[rpc.H
 
     async def drained(timeout: float) -> float:
         async with asyncio.timeout(timeout):
-            while await _lag(lag_reader, parts) > 0:  # noqa: ASYNC110 - no event to wait on
-                await asyncio.sleep(0.02)
-        return time.perf_counter()
+            return await first_lag_zero(committed, ends)
 
     try:
         yield {"start": start, "stop": stop, "drained": drained}
     finally:
         if current:
             await current[0].end()
-        await lag_reader.stop()
+        await admin.close()
+        await ends_reader.stop()
+
+
+def at_end(committed: Mapping[Any, int], ends: Mapping[Any, int]) -> bool:
+    """Whether every partition's committed offset has reached its end offset."""
+    return all(committed.get(tp, 0) >= end for tp, end in ends.items())
+
+
+async def first_lag_zero(
+    committed: Callable[[], Awaitable[Mapping[Any, int]]],
+    ends: Callable[[], Awaitable[Mapping[Any, int]]],
+    every: float = LAG_POLL_S,
+) -> float:
+    """``perf_counter`` just after the first poll (one every ``every`` s) whose committed
+    offsets are at the end offsets on every partition (consumer lag 0).
+
+    End offsets only grow, so while the committed offsets are short of the last ends
+    seen the lag is surely above 0 and only ``committed()`` is asked. Once they reach
+    them, ``ends()`` is asked after that poll: ends at or below the committed offsets
+    then were the ends at the poll too, so the stamp is never early; ends that moved on
+    are kept and the polling goes on.
+    """
+    known: Mapping[Any, int] = {}
+    while True:
+        offsets = await committed()
+        stamp = time.perf_counter()
+        if at_end(offsets, known):
+            known = await ends()
+            if at_end(offsets, known):
+                return stamp
+        await asyncio.sleep(every)
 
 
 def _alert(alert_id: str, account: str, *, manual: bool = False, latch: bool = False) -> bytes:
@@ -548,14 +592,6 @@ def loop_lag(first: str, last: str) -> dict[str, float]:
             top = bound
         previous = gained
     return {"samples": count, "mean_s": round(mean, 4), "max_bucket_s": top}
-
-
-async def _lag(consumer: Any, parts: list[Any]) -> int:
-    ends = await consumer.end_offsets(parts)
-    lag = 0
-    for tp in parts:
-        lag += ends[tp] - (await consumer.committed(tp) or 0)
-    return lag
 
 
 class Profiler:
