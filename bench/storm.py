@@ -245,6 +245,9 @@ async def watcher(bootstrap: str, group: str, topic: str) -> AsyncIterator[rpc.H
     answers the figures (see :class:`Watch`); ``drained(timeout)`` polls the group's
     committed offsets on ``topic`` and answers when they first reach the end (lag 0,
     see :func:`first_lag_zero`)."""
+    # Imported now, not at the first storm's start: its import takes CPU that the daemon
+    # shares (Watch._run's own import then finds it loaded).
+    import aiohttp  # noqa: F401
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
