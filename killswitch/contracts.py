@@ -194,11 +194,15 @@ class AlertScopeModel(BaseModel):
             raise ValueError('empty list: name the accounts or use "*" for all')
         ctx = info.context
         if isinstance(ctx, ParseContext):
-            unknown = sorted({a for a in value if a not in ctx.accounts})
-            if unknown:
-                shown = ", ".join(repr(a[:64]) for a in unknown[:5])
-                raise ValueError(f"unknown account id(s): {shown}")
-        return list(dict.fromkeys(value))  # drop repeats, keep order
+            known = ctx.accounts
+            for account in value:  # every alert of a storm passes: no set, no sort
+                if account not in known:
+                    unknown = sorted({a for a in value if a not in known})
+                    shown = ", ".join(repr(a[:64]) for a in unknown[:5])
+                    raise ValueError(f"unknown account id(s): {shown}")
+        # Drop repeats, keep order. One account (the usual alert) has none, and its list
+        # is pydantic's own copy already.
+        return value if len(value) == 1 else list(dict.fromkeys(value))
 
     def to_json(self) -> dict[str, Any]:
         """``scope`` as written: ``symbols`` and ``sides`` when given, ``order_ids``
