@@ -414,6 +414,19 @@ def _readable_alert_id(data: Mapping[str, Any]) -> str | None:
     return None
 
 
+# The last validation context made, kept for the next alert of the same deployment (a
+# storm validates thousands in a row; a context holds the very ``accounts`` given).
+_context_memo: ParseContext | None = None
+
+
+def _parse_context(accounts: Collection[str], max_order_ids: int) -> ParseContext:
+    global _context_memo  # noqa: PLW0603 - a one-entry memo of a pure function
+    memo = _context_memo
+    if memo is None or memo.accounts is not accounts or memo.max_order_ids != max_order_ids:
+        memo = _context_memo = ParseContext(accounts=accounts, max_order_ids=max_order_ids)
+    return memo
+
+
 def parse_alert(
     raw: bytes | None,
     *,
@@ -446,9 +459,7 @@ def parse_alert(
             RejectKind.INVALID, f"schema: expected {ALERT_SCHEMA!r}, got {shown}", alert_id
         )
     try:
-        alert = Alert.model_validate(
-            data, context=ParseContext(accounts=accounts, max_order_ids=max_order_ids)
-        )
+        alert = Alert.model_validate(data, context=_parse_context(accounts, max_order_ids))
     except ValidationError as exc:
         return Rejection(RejectKind.INVALID, describe_validation_error(exc), alert_id)
     if channel == "manual":
