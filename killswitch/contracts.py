@@ -850,24 +850,34 @@ def _template(record: ResultRecord) -> list[str] | None:
 
 def _fill(parts: list[str], record: ResultRecord) -> bytes:
     # The template's parts around alert_id, received_at, first_cancel_at, finished_at
-    # and (when it has one) origin, in that order; the last part ends the text.
-    text = (
-        f"{parts[0]}{_json_string(record.alert_id)}{parts[1]}{_received_json(record.received_at)}"
-        f"{parts[2]}{_time_json(record.first_cancel_at)}{parts[3]}"
-        f"{_time_json(record.finished_at)}{parts[4]}"
-    )
-    if record.origin is not None:
-        text += f"{_origin_text(record.origin)}{parts[5]}"
-    return text.encode("utf-8")
+    # and (when it has one) origin, in that order; the last part ends the text. One
+    # f-string either way: the text lists the sweep's orders, and is copied once.
+    alert_id = _json_string(record.alert_id)
+    received = _received_json(record.received_at)
+    first_cancel = _time_json(record.first_cancel_at)
+    finished = _time_json(record.finished_at)
+    origin = record.origin
+    if origin is None:
+        return (
+            f"{parts[0]}{alert_id}{parts[1]}{received}{parts[2]}{first_cancel}{parts[3]}"
+            f"{finished}{parts[4]}"
+        ).encode()
+    return (
+        f"{parts[0]}{alert_id}{parts[1]}{received}{parts[2]}{first_cancel}{parts[3]}"
+        f"{finished}{parts[4]}{_origin_text(origin)}{parts[5]}"
+    ).encode()
 
 
 def _origin_text(origin: Position) -> str:
     """:func:`position_to_json` as :data:`_ENCODER` writes it, byte for byte (a result's
     body and its head header both carry it)."""
-    return (
-        f'{{"topic":{_json_string(origin.topic)},"partition":{int(origin.partition)},'
-        f'"offset":{int(origin.offset)}}}'
-    )
+    return f"{_origin_start(origin.topic, origin.partition)}{int(origin.offset)}}}"
+
+
+# A storm's alerts are read from a few partitions: the text up to the offset is cached.
+@functools.lru_cache(maxsize=256)
+def _origin_start(topic: str, partition: int) -> str:
+    return f'{{"topic":{_json_string(topic)},"partition":{int(partition)},"offset":'
 
 
 # How _ENCODER writes a string (it does not escape non-ASCII), without its Python frame.
@@ -890,7 +900,12 @@ def _received_json(value: datetime | None) -> str:
     if value is None or value.tzinfo is not UTC:
         return _time_json(value)
     minute = _minute_json(value.year, value.month, value.day, value.hour, value.minute)
-    return f'{minute}{value.second:02d}.{value.microsecond // 1000:03d}Z"'
+    return f"{minute}{_SECONDS_JSON[value.second]}{_MILLIS_JSON[value.microsecond // 1000]}"
+
+
+# The rest of a receipt time after its minute, looked up rather than formatted.
+_SECONDS_JSON: Final = tuple(f"{second:02d}." for second in range(60))
+_MILLIS_JSON: Final = tuple(f'{milli:03d}Z"' for milli in range(1000))
 
 
 @functools.lru_cache(maxsize=64)
