@@ -194,11 +194,15 @@ class AlertScopeModel(BaseModel):
             raise ValueError('empty list: name the accounts or use "*" for all')
         ctx = info.context
         if isinstance(ctx, ParseContext):
-            unknown = sorted({a for a in value if a not in ctx.accounts})
-            if unknown:
-                shown = ", ".join(repr(a[:64]) for a in unknown[:5])
-                raise ValueError(f"unknown account id(s): {shown}")
-        return list(dict.fromkeys(value))  # drop repeats, keep order
+            known = ctx.accounts
+            for account in value:  # every alert of a storm passes: no set, no sort
+                if account not in known:
+                    unknown = sorted({a for a in value if a not in known})
+                    shown = ", ".join(repr(a[:64]) for a in unknown[:5])
+                    raise ValueError(f"unknown account id(s): {shown}")
+        # Drop repeats, keep order. One account (the usual alert) has none, and its list
+        # is pydantic's own copy already.
+        return value if len(value) == 1 else list(dict.fromkeys(value))
 
     def to_json(self) -> dict[str, Any]:
         """``scope`` as written: ``symbols`` and ``sides`` when given, ``order_ids``
@@ -410,6 +414,19 @@ def _readable_alert_id(data: Mapping[str, Any]) -> str | None:
     return None
 
 
+# The last validation context made, kept for the next alert of the same deployment (a
+# storm validates thousands in a row; a context holds the very ``accounts`` given).
+_context_memo: ParseContext | None = None
+
+
+def _parse_context(accounts: Collection[str], max_order_ids: int) -> ParseContext:
+    global _context_memo  # noqa: PLW0603 - a one-entry memo of a pure function
+    memo = _context_memo
+    if memo is None or memo.accounts is not accounts or memo.max_order_ids != max_order_ids:
+        memo = _context_memo = ParseContext(accounts=accounts, max_order_ids=max_order_ids)
+    return memo
+
+
 def parse_alert(
     raw: bytes | None,
     *,
@@ -442,8 +459,10 @@ def parse_alert(
             RejectKind.INVALID, f"schema: expected {ALERT_SCHEMA!r}, got {shown}", alert_id
         )
     try:
-        alert = Alert.model_validate(
-            data, context=ParseContext(accounts=accounts, max_order_ids=max_order_ids)
+        # The model's validator called as model_validate calls it, without that
+        # wrapper's checks of arguments not given here: the same validation, per alert.
+        alert: Alert = Alert.__pydantic_validator__.validate_python(
+            data, context=_parse_context(accounts, max_order_ids)
         )
     except ValidationError as exc:
         return Rejection(RejectKind.INVALID, describe_validation_error(exc), alert_id)
@@ -622,32 +641,35 @@ class ResultRecord:
         orders, omitted = _record_orders(result.orders, max_orders)
         final = result.final
         in_scope = result.pairs_in_scope
+        # Positional, in the fields' order (a unit test holds each field to its name):
+        # binding some twenty-five keywords cost more than making the rest of the
+        # record, once per alert of a storm.
         return cls(
-            account=result.account,
-            status=result.status,  # a StrEnum member is its word
-            alert_id=result.alert_id,
-            final=final,
-            dry_run=result.dry_run,
-            counts=result.counts,
-            residual_open=result.residual_open,
-            pending=result.pending,
-            sweeps=result.sweeps,
-            received_at=result.received_at,
-            first_cancel_at=result.first_cancel_at,
-            finished_at=result.finished_at,
-            orders=orders,
-            orders_omitted=omitted,
-            reason=result.reason,
-            operator=result.operator,
-            source=result.source,
-            trigger_reason=result.trigger_reason,
-            not_found=tuple(result.not_found),
-            unlisted_pairs=tuple(result.unlisted_pairs) if final else (),
-            in_flight=tuple(result.in_flight),
-            pairs_listed=result.pairs_listed if in_scope is not None else None,
-            pairs_in_scope=in_scope,
-            was_halted=result.was_halted,
-            origin=origin,
+            result.account,  # account
+            result.status,  # status (a StrEnum member is its word)
+            result.alert_id,  # alert_id
+            final,  # final
+            result.dry_run,  # dry_run
+            result.counts,  # counts
+            result.residual_open,  # residual_open
+            result.pending,  # pending
+            result.sweeps,  # sweeps
+            result.received_at,  # received_at
+            result.first_cancel_at,  # first_cancel_at
+            result.finished_at,  # finished_at
+            orders,  # orders
+            omitted,  # orders_omitted
+            result.reason,  # reason
+            result.operator,  # operator
+            result.source,  # source
+            result.trigger_reason,  # trigger_reason
+            tuple(result.not_found),  # not_found
+            tuple(result.unlisted_pairs) if final else (),  # unlisted_pairs
+            tuple(result.in_flight),  # in_flight
+            result.pairs_listed if in_scope is not None else None,  # pairs_listed
+            in_scope,  # pairs_in_scope
+            result.was_halted,  # was_halted
+            origin,  # origin
         )
 
 
@@ -835,24 +857,34 @@ def _template(record: ResultRecord) -> list[str] | None:
 
 def _fill(parts: list[str], record: ResultRecord) -> bytes:
     # The template's parts around alert_id, received_at, first_cancel_at, finished_at
-    # and (when it has one) origin, in that order; the last part ends the text.
-    text = (
-        f"{parts[0]}{_json_string(record.alert_id)}{parts[1]}{_received_json(record.received_at)}"
-        f"{parts[2]}{_time_json(record.first_cancel_at)}{parts[3]}"
-        f"{_time_json(record.finished_at)}{parts[4]}"
-    )
-    if record.origin is not None:
-        text += f"{_origin_text(record.origin)}{parts[5]}"
-    return text.encode("utf-8")
+    # and (when it has one) origin, in that order; the last part ends the text. One
+    # f-string either way: the text lists the sweep's orders, and is copied once.
+    alert_id = _json_string(record.alert_id)
+    received = _received_json(record.received_at)
+    first_cancel = _time_json(record.first_cancel_at)
+    finished = _time_json(record.finished_at)
+    origin = record.origin
+    if origin is None:
+        return (
+            f"{parts[0]}{alert_id}{parts[1]}{received}{parts[2]}{first_cancel}{parts[3]}"
+            f"{finished}{parts[4]}"
+        ).encode()
+    return (
+        f"{parts[0]}{alert_id}{parts[1]}{received}{parts[2]}{first_cancel}{parts[3]}"
+        f"{finished}{parts[4]}{_origin_text(origin)}{parts[5]}"
+    ).encode()
 
 
 def _origin_text(origin: Position) -> str:
     """:func:`position_to_json` as :data:`_ENCODER` writes it, byte for byte (a result's
     body and its head header both carry it)."""
-    return (
-        f'{{"topic":{_json_string(origin.topic)},"partition":{int(origin.partition)},'
-        f'"offset":{int(origin.offset)}}}'
-    )
+    return f"{_origin_start(origin.topic, origin.partition)}{int(origin.offset)}}}"
+
+
+# A storm's alerts are read from a few partitions: the text up to the offset is cached.
+@functools.lru_cache(maxsize=256)
+def _origin_start(topic: str, partition: int) -> str:
+    return f'{{"topic":{_json_string(topic)},"partition":{int(partition)},"offset":'
 
 
 # How _ENCODER writes a string (it does not escape non-ASCII), without its Python frame.
@@ -875,7 +907,12 @@ def _received_json(value: datetime | None) -> str:
     if value is None or value.tzinfo is not UTC:
         return _time_json(value)
     minute = _minute_json(value.year, value.month, value.day, value.hour, value.minute)
-    return f'{minute}{value.second:02d}.{value.microsecond // 1000:03d}Z"'
+    return f"{minute}{_SECONDS_JSON[value.second]}{_MILLIS_JSON[value.microsecond // 1000]}"
+
+
+# The rest of a receipt time after its minute, looked up rather than formatted.
+_SECONDS_JSON: Final = tuple(f"{second:02d}." for second in range(60))
+_MILLIS_JSON: Final = tuple(f'{milli:03d}Z"' for milli in range(1000))
 
 
 @functools.lru_cache(maxsize=64)

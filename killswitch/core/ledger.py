@@ -108,6 +108,9 @@ class Ledger:
         self._tally: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
         self._listed: dict[str, set[int]] = {}  # latest complete listing per pair
         self._listing: dict[str, set[int]] = {}  # listing in progress per pair
+        # Bumped whenever a record is added or changed: what was read of the records
+        # (reports, counts) is still true while it stays the same.
+        self.version = 0
 
     # ----------------------------------------------------------- passes and listing
 
@@ -187,10 +190,12 @@ class Ledger:
         record = self._orders.get(order_id)
         if record is None:
             self._orders[order_id] = OrderRecord(symbol, side)
+            self.version += 1
             self._pending.add(order_id)
             return True
         if record.side is None:
             record.side = side  # first named by a cancel-all: a listing tells the side
+            self.version += 1
         if order_id in self._pending or not should_cancel_again(record.outcome):
             return False
         if record.outcome is Outcome.SENT:
@@ -203,6 +208,7 @@ class Ledger:
         if order_id in self._orders:
             return False
         self._orders[order_id] = OrderRecord(symbol, None)
+        self.version += 1
         return True
 
     def hand_back(self, order_id: int, attempts: int = 0) -> None:
@@ -212,6 +218,7 @@ class Ledger:
         """
         record = self._orders[order_id]
         record.attempts += attempts
+        self.version += 1
         self._in_flight.discard(order_id)
         self._pending.add(order_id)
 
@@ -240,6 +247,7 @@ class Ledger:
     ) -> None:
         """Record one answer for a resolved order (see ``merge_outcome``)."""
         record = self._orders[order_id]
+        self.version += 1
         self._in_flight.discard(order_id)
         self._pending.discard(order_id)
         merged = merge_outcome(record.outcome, outcome)
@@ -276,6 +284,7 @@ class Ledger:
         record = self._orders.get(order_id)
         if record is not None and sent:
             record.attempts += 1
+            self.version += 1
 
     def attempted(self, order_id: int) -> bool:
         """Whether any cancel for this order was sent (or an answer recorded)."""

@@ -284,6 +284,8 @@ class Sweep:
         self._joined_at = 0.0  # event-loop time of the last attach_many
         self._widen_gen = 0  # the generation that last widened the scope
         self._proven_upto = 0  # tickets before this index were considered by _answer_proven
+        # The last final results' order reports: (ledger version, scope, reports).
+        self._reports_memo: tuple[int, Scope | None, list[OrderReport]] | None = None
         # Set by hand_over: the account moved to another daemon; no final results here.
         self.handing_over: str | None = None
         # Each handed-over ticket's last progress result, with its sink (see hand_over).
@@ -321,19 +323,15 @@ class Sweep:
         for request, progress in alerts:
             age = (wall - request.received_at).total_seconds()
             received = now - age if age > 0.0 else now
-            ticket = Ticket(
-                request=request,
-                scope=request.scope,
-                progress=progress,
-                join_gen=gen,
-                received_mono=received,
-                deadline=received + request.deadline_s,
-                future=future(),
-            )
-            tickets.append(ticket)
+            ends = received + request.deadline_s
+            # By position (request, scope, progress, join_gen, received_mono, deadline,
+            # future): an alert storm joins thousands of tickets, and binding keywords
+            # cost more than the rest of making one.
+            tickets.append(Ticket(request, request.scope, progress, gen, received, ends, future()))
             if request.unchecked_pairs is not None:
                 self._unchecked_pairs = True
-            deadline = max(deadline, ticket.deadline)
+            if ends > deadline:  # noqa: PLR1730 - max() is a call per alert of a storm
+                deadline = ends
         self.tickets.extend(tickets)
         self._awaiting_first_cancel += len(tickets)
         self.scope = scope
@@ -565,7 +563,8 @@ class Sweep:
             result = self._reported(ticket, final=True, shared=shared)
             if result.status is not SweepStatus.FLAT:
                 continue
-            flat.append(max(0.0, mono - ticket.received_mono))
+            waited = mono - ticket.received_mono
+            flat.append(waited if waited > 0.0 else 0.0)  # max() is a call per alert
             ticket.future.set_result(result)
             if len(flat) == SETTLE_TURN:
                 self.observer.flat(flat)
@@ -1300,14 +1299,16 @@ class Sweep:
         ``shared`` (valid while the ledger does not change) keeps what depends on the
         scope alone, for the next ticket with the same scope; the results then share
         one ``orders`` list, which nobody may modify."""
-        scope = None if ticket.scope == self.scope else ticket.scope
+        own = ticket.scope
+        # A run of alike alerts shares one scope object, the sweep's first among them.
+        scope = None if own is self.scope or own == self.scope else own
         ledger = self.ledger
         facts = shared.get(scope) if shared is not None else None
         if facts is None:
             facts = _Shared(
                 residual=ledger.residual(scope if scope is not None else self.scope),
                 counts=ledger.counts(scope),
-                orders=ledger.reports(scope) if final else [],
+                orders=self._reports(scope) if final else [],
             )
             if shared is not None:
                 shared[scope] = facts
@@ -1369,6 +1370,19 @@ class Sweep:
             pairs_in_scope=in_scope_pairs,
             unlisted_pairs=[],
         )
+
+    def _reports(self, scope: Scope | None) -> list[OrderReport]:
+        """``ledger.reports(scope)`` for final results, kept while the ledger's records
+        stay unchanged (its ``version``): a lingering sweep answers a storm's alerts a
+        gathering at a time, and its answers list the same orders. One list for all of
+        them is converted and written once (``ResultRecord.of``, ``encode_results``)."""
+        memo = self._reports_memo
+        version = self.ledger.version
+        if memo is not None and memo[0] == version and memo[1] == scope:
+            return memo[2]
+        reports = self.ledger.reports(scope)
+        self._reports_memo = (version, scope, reports)
+        return reports
 
     def _decide(
         self,

@@ -296,6 +296,65 @@ def test_any_result_reads_back_equal_and_writes_alike(
     assert encode_results(records) == [encode_result(r) for r in records]
 
 
+def test_a_record_takes_each_field_of_its_result_by_name() -> None:
+    # ResultRecord.of passes the fields by position: every value here is distinct, so a
+    # field given another's place shows.
+    result = sweep(
+        status=SweepStatus.RESIDUAL,
+        final=True,
+        alert_id="the-alert",
+        dry_run=True,
+        counts=Counts(sent=3),
+        residual_open=5,
+        pending=6,
+        sweeps=7,
+        received_at=NOW + timedelta(seconds=1),
+        first_cancel_at=NOW + timedelta(seconds=2),
+        finished_at=NOW + timedelta(seconds=3),
+        reason="the reason",
+        operator="the operator",
+        source="the source",
+        trigger_reason="the trigger's reason",
+        not_found=[8],
+        unlisted_pairs=["ETH_USDT"],
+        in_flight=[InFlight(9, "BTC_USDT")],
+        pairs_listed=10,
+        pairs_in_scope=11,
+        was_halted=False,
+    )
+    origin = Position("killswitch.alerts", 12, 13)
+    assert ResultRecord.of(result, origin, max_orders=2) == ResultRecord(
+        account=result.account,
+        status=SweepStatus.RESIDUAL,
+        alert_id="the-alert",
+        final=True,
+        dry_run=True,
+        counts=result.counts,
+        residual_open=5,
+        pending=6,
+        sweeps=7,
+        received_at=NOW + timedelta(seconds=1),
+        first_cancel_at=NOW + timedelta(seconds=2),
+        finished_at=NOW + timedelta(seconds=3),
+        orders=(
+            ResultOrder(13, "ETH_USDT", "rejected", 1, "not_found"),
+            ResultOrder(11, "BTC_USDT", "sent", 1),
+        ),
+        orders_omitted=1,
+        reason="the reason",
+        operator="the operator",
+        source="the source",
+        trigger_reason="the trigger's reason",
+        not_found=(8,),
+        unlisted_pairs=("ETH_USDT",),
+        in_flight=(InFlight(9, "BTC_USDT"),),
+        pairs_listed=10,
+        pairs_in_scope=11,
+        was_halted=False,
+        origin=origin,
+    )
+
+
 def test_a_long_order_list_is_cut_failed_and_rejected_first() -> None:
     record = ResultRecord.of(RESULTS["residual"])
     assert len(record.orders) == RESULT_MAX_ORDERS

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -19,6 +19,7 @@ from killswitch.core.orders import Side
 from killswitch.core.ports import SweepHandedOver
 from killswitch.engine import Engine
 from killswitch.engine.engine import _all_outcomes
+from killswitch.engine.sweep import Sweep
 from tests.support.engine import Engines, FakeExchange, Progress, request, settings
 from tests.support.waiting import wait_for
 
@@ -243,3 +244,26 @@ async def test_a_groups_outcomes_wait_for_its_last_alert_in_any_order() -> None:
     assert isinstance(got[2], RuntimeError)
     assert isinstance(got[3], SweepHandedOver)
     assert got[4] is results[4]
+
+
+async def test_joining_tickets_count_from_their_receipt_and_widen_the_deadline() -> None:
+    # A ticket's receipt on the event loop's clock is the wall clock's age of its
+    # request (never in the future), and its deadline counts from there.
+    wall = datetime(2026, 1, 1, tzinfo=UTC)
+    sweep = Sweep(FakeExchange(), settings(), workers=1, clock=lambda: wall)
+    old = dataclasses.replace(
+        request("old", deadline_s=5.0), received_at=wall - timedelta(seconds=2)
+    )
+    ahead = dataclasses.replace(request("ahead", deadline_s=7.0), received_at=wall + timedelta(1))
+    loop = asyncio.get_running_loop()
+    before = loop.time()
+    first, second = sweep.attach_many([(old, None), (ahead, None)])
+    after = loop.time()
+
+    assert before - 2.0 <= first.received_mono <= after - 2.0
+    assert first.deadline == first.received_mono + 5.0
+    assert before <= second.received_mono <= after
+    assert second.deadline == second.received_mono + 7.0
+    assert (first.request, second.request) == (old, ahead)
+    assert first.join_gen == second.join_gen == sweep.gen == 1
+    assert sweep.deadline == second.deadline

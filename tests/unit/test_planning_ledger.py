@@ -240,6 +240,85 @@ def test_counts_always_add_up(events: list[tuple[str, int, Outcome]]) -> None:
     assert all(r.outcome is not None for _, r in ledger.items())
 
 
+# What a snapshot of the records depends on: every order's report under each scope
+# (side-scoped too: an adopted order learns its side from a listing).
+_SCOPES = (None, Scope(sides=frozenset({Side.SELL})), Scope(symbols=frozenset({"B"})))
+
+
+def _snapshot(ledger: Ledger) -> list[object]:
+    return [ledger.reports(scope) for scope in _SCOPES]
+
+
+def test_each_change_a_report_shows_moves_the_version() -> None:
+    ledger = Ledger()
+    ledger.adopt(1, "A")  # named by a cancel-all: no side yet
+    ledger.begin(1)
+    ledger.conclude(1, FAILED, 1)
+    ledger.new_pass()
+    changes = [
+        lambda: ledger.observe(1, "A", Side.SELL),  # a listing tells the side
+        lambda: (ledger.begin(1), ledger.hand_back(1, attempts=1)),  # attempts
+        lambda: (ledger.begin(1), ledger.abandon(1, sent=True)),  # attempts
+        lambda: (ledger.begin(1), ledger.conclude(1, SENT)),  # outcome
+    ]
+    for change in changes:
+        version, before = ledger.version, _snapshot(ledger)
+        change()
+        assert _snapshot(ledger) != before
+        assert ledger.version != version
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["observe", "adopt", "begin", "answer", "hand_back", "abandon", "list", "pass"]
+            ),
+            st.integers(1, 3),  # few orders: each goes through many changes
+            st.sampled_from([SENT, CLOSED, REJECTED, FAILED]),
+            st.booleans(),
+        ),
+        max_size=40,
+    )
+)
+def test_the_records_change_only_with_the_version(
+    events: list[tuple[str, int, Outcome, bool]],
+) -> None:
+    # The sweep keeps the reports it read while the version stays (Sweep._reports).
+    ledger = Ledger()
+    in_flight: set[int] = set()
+    for kind, oid, outcome, flag in events:
+        version, before = ledger.version, _snapshot(ledger)
+        symbol = "B" if oid % 2 else "A"
+        if kind == "observe":
+            ledger.observe(oid, symbol, Side.SELL if flag else Side.BUY)
+        elif kind == "adopt":
+            ledger.adopt(oid, symbol)
+        elif kind == "begin" and oid in ledger and oid not in in_flight:
+            ledger.begin(oid)
+            in_flight.add(oid)
+        elif kind == "answer" and oid in in_flight:
+            ledger.conclude(oid, outcome, 1, RejectReason.NOT_FOUND if flag else None)
+            in_flight.discard(oid)
+        elif kind == "hand_back" and oid in in_flight:
+            ledger.hand_back(oid, attempts=1)
+            in_flight.discard(oid)
+        elif kind == "abandon" and oid in in_flight:
+            ledger.abandon(oid, sent=flag)
+            in_flight.discard(oid)
+        elif kind == "list":
+            ledger.listing_started(symbol)
+            ledger.listing_finished(symbol, final=flag and not in_flight)
+        elif kind == "pass":
+            ledger.new_pass()
+        if ledger.version == version:
+            assert _snapshot(ledger) == before
+    version, before = ledger.version, _snapshot(ledger)
+    ledger.finalise()
+    assert ledger.version != version or _snapshot(ledger) == before
+
+
 def test_recancels_count_orders_found_again_after_sent() -> None:
     ledger = Ledger()
     ledger.observe(1, "A", Side.BUY)
