@@ -641,35 +641,32 @@ class ResultRecord:
         orders, omitted = _record_orders(result.orders, max_orders)
         final = result.final
         in_scope = result.pairs_in_scope
-        # Positional, in the fields' order (a unit test holds each field to its name):
-        # binding some twenty-five keywords cost more than making the rest of the
-        # record, once per alert of a storm.
         return cls(
-            result.account,  # account
-            result.status,  # status (a StrEnum member is its word)
-            result.alert_id,  # alert_id
-            final,  # final
-            result.dry_run,  # dry_run
-            result.counts,  # counts
-            result.residual_open,  # residual_open
-            result.pending,  # pending
-            result.sweeps,  # sweeps
-            result.received_at,  # received_at
-            result.first_cancel_at,  # first_cancel_at
-            result.finished_at,  # finished_at
-            orders,  # orders
-            omitted,  # orders_omitted
-            result.reason,  # reason
-            result.operator,  # operator
-            result.source,  # source
-            result.trigger_reason,  # trigger_reason
-            tuple(result.not_found),  # not_found
-            tuple(result.unlisted_pairs) if final else (),  # unlisted_pairs
-            tuple(result.in_flight),  # in_flight
-            result.pairs_listed if in_scope is not None else None,  # pairs_listed
-            in_scope,  # pairs_in_scope
-            result.was_halted,  # was_halted
-            origin,  # origin
+            account=result.account,
+            status=result.status,  # a StrEnum member is its word
+            alert_id=result.alert_id,
+            final=final,
+            dry_run=result.dry_run,
+            counts=result.counts,
+            residual_open=result.residual_open,
+            pending=result.pending,
+            sweeps=result.sweeps,
+            received_at=result.received_at,
+            first_cancel_at=result.first_cancel_at,
+            finished_at=result.finished_at,
+            orders=orders,
+            orders_omitted=omitted,
+            reason=result.reason,
+            operator=result.operator,
+            source=result.source,
+            trigger_reason=result.trigger_reason,
+            not_found=tuple(result.not_found),
+            unlisted_pairs=tuple(result.unlisted_pairs) if final else (),
+            in_flight=tuple(result.in_flight),
+            pairs_listed=result.pairs_listed if in_scope is not None else None,
+            pairs_in_scope=in_scope,
+            was_halted=result.was_halted,
+            origin=origin,
         )
 
 
