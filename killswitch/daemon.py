@@ -117,8 +117,31 @@ def cli_run(args: argparse.Namespace) -> int:
 
 
 # Net container allocations between collections of the youngest generation (the
-# interpreter's default is 700); see run().
+# interpreter's default is 700); see tune_interpreter().
 GC_YOUNG_THRESHOLD = 10_000
+# How long a thread holding the GIL keeps it when another asks for it (the interpreter's
+# default is 5 ms); see tune_interpreter().
+SWITCH_INTERVAL_S = 0.001
+
+
+def tune_interpreter() -> None:
+    """Settings of the interpreter for a daemon that serves kills from one event loop."""
+    # Everything imported and built so far lives as long as the process: out of the
+    # cycle collector's reach, a full collection during an alert storm (thousands of
+    # records, tasks and results alive) scans only what the storm made.
+    gc.collect()
+    gc.freeze()
+    # An alert storm allocates a few hundred containers per alert. At the default
+    # first threshold (700) the collector runs hundreds of times a storm and its full
+    # collections, each a pause of the event loop, come often enough to delay the
+    # kills of accounts outside the storm; collecting the youngest generation every
+    # GC_YOUNG_THRESHOLD allocations makes each pass larger but the full ones rare.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    # Worker threads (rendering /metrics, parsing a large message) hold the GIL for a
+    # switch interval each time the event loop's thread asks for it back: a kill that
+    # arrives meanwhile waits that long at each step. A shorter interval hands it back
+    # sooner; the threads' work is the same.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 def run(settings: Settings) -> int:
@@ -131,17 +154,7 @@ def run(settings: Settings) -> int:
     configure_logging(settings.logging.level, settings.logging.format)
     # One log line per final result: an alert storm writes thousands a second.
     skip_unwritten_record_fields()
-    # Everything imported and built so far lives as long as the process: out of the
-    # cycle collector's reach, a full collection during an alert storm (thousands of
-    # records, tasks and results alive) scans only what the storm made.
-    gc.collect()
-    gc.freeze()
-    # An alert storm allocates a few hundred containers per alert. At the default
-    # first threshold (700) the collector runs hundreds of times a storm and its full
-    # collections, each a pause of the event loop, come often enough to delay the
-    # kills of accounts outside the storm; collecting the youngest generation every
-    # GC_YOUNG_THRESHOLD allocations makes each pass larger but the full ones rare.
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    tune_interpreter()
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(async_run(settings, handle_signals=True))
