@@ -159,6 +159,24 @@ def test_unreadable_bytes_are_refused(case: str, raw: bytes | None, expected: st
     assert expected in result.reason
 
 
+def test_unknown_accounts_are_named_sorted_once_each_five_at_most() -> None:
+    result = parse(alert(scope={"accounts": ["x3", "mm-1", "bb", "aa", "bb", "x2", "x1", "zz"]}))
+    assert isinstance(result, Rejection)
+    assert result.reason == "scope.accounts: unknown account id(s): 'aa', 'bb', 'x1', 'x2', 'x3'"
+
+
+def test_each_parse_checks_against_the_accounts_and_limit_it_is_given() -> None:
+    # parse_alert keeps one validation context for the next alert: a parse for another
+    # deployment (other accounts, another limit) must not be answered from it.
+    message = alert(scope={"accounts": ["mm-1"], "order_ids": [1, 2, 3]})
+    accounts = ("mm-1",)
+    assert isinstance(parse(message, accounts=accounts, max_order_ids=3), Alert)
+    assert isinstance(parse(message, accounts=accounts, max_order_ids=2), Rejection)
+    assert isinstance(parse(message, accounts=accounts, max_order_ids=3), Alert)
+    assert isinstance(parse(message, accounts=("mm-2",), max_order_ids=3), Rejection)
+    assert isinstance(parse(message, accounts=accounts, max_order_ids=3), Alert)
+
+
 def test_size_is_checked_before_parsing() -> None:
     raw = b"{" + b" " * 5000 + b"}"
     result = parse(raw, max_message_bytes=1024)

@@ -297,8 +297,8 @@ def test_any_result_reads_back_equal_and_writes_alike(
 
 
 def test_a_record_takes_each_field_of_its_result_by_name() -> None:
-    # ResultRecord.of passes the fields by position: every value here is distinct, so a
-    # field given another's place shows.
+    # The values differ from field to field (but the three booleans, of two values), so
+    # a field given another's place shows.
     result = sweep(
         status=SweepStatus.RESIDUAL,
         final=True,

@@ -16,6 +16,7 @@ import pytest
 
 from killswitch.core.model import SweepResult, SweepStatus
 from killswitch.core.orders import Order
+from killswitch.core.outcomes import Outcome
 from killswitch.engine import Engine, sweep
 from tests.support.engine import Engines, FakeExchange, Progress, request, settings
 from tests.support.waiting import wait_for
@@ -217,6 +218,10 @@ async def test_a_sweep_that_had_joiners_lingers_for_more_after_proving_flat(
     assert first["a1"].sweeps == 2
     assert results["a2"].sweeps > 2  # the same sweep's later passes, not a new sweep
     assert ("cancel", "BTC_USDT", (late,)) in ex.log
+    # The later answer lists what the ledger gained since the first (the sweep keeps
+    # the order reports of an answer only while its ledger is unchanged).
+    assert [o.order_id for o in first["a1"].orders] == []
+    assert [(o.order_id, o.outcome) for o in results["a2"].orders] == [(late, Outcome.SENT)]
     await engine.close(1.0)
 
 
