@@ -232,6 +232,7 @@ class _KillShape:
     alert: Alert  # the alert it was made for
     channel: Channel
     label: str
+    shared: tuple[Any, ...]  # the alert's shared fields: read once, compared per alert
     refusal: str | None = None  # a scope pair missing from an account's pair list
     requests: tuple[KillRequest, ...] = ()  # one per target account
     owned: frozenset[str] = frozenset()  # the accounts swept here (the others forwarded)
@@ -239,7 +240,11 @@ class _KillShape:
     makers: tuple[Callable[..., KillRequest], ...] | None = None
 
     def fits(self, alert: Alert, channel: Channel) -> bool:
-        return channel == self.channel and alike(alert, self.alert)
+        """Whether ``alert``, read on ``channel``, is planned as this shape's alert (see
+        :func:`alike`)."""
+        return channel == self.channel and (
+            alert is self.alert or bool(_shared_fields(alert) == self.shared)
+        )
 
     def requests_for(self, alert: Alert, received: datetime) -> list[KillRequest]:
         """The requests of ``alert`` (one that fits), read at ``received``."""
@@ -1102,8 +1107,10 @@ class Intake:
                 },
             )
         steps: list[_Step] = []
+        repeats_only = True  # Decision.all_repeats, known from this loop for free
         for request, verdict in zip(requests, decision.accounts, strict=True):
             if verdict.seen is Seen.NEW:
+                repeats_only = False
                 self._dedup.start(alert.alert_id, request.account, origin)
                 future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
                 self._in_flight[(alert.alert_id, request.account)] = future
@@ -1114,7 +1121,7 @@ class Intake:
                 steps.append(_Step(self._with_carried(request), Seen.NEW, future=future))
             else:
                 steps.append(_Step(request, verdict.seen, previous=verdict.previous_status))
-        if decision.all_repeats and requests:
+        if repeats_only and requests:
             result = "duplicate"
         elif alert.dry_run and alert.action == "kill":
             result = "dry_run"
@@ -1143,6 +1150,7 @@ class Intake:
         label = (
             DEADMAN_SOURCE if channel == "alerts" and alert.source == DEADMAN_SOURCE else channel
         )
+        shared = _shared_fields(alert)
         requests = kill_requests(
             alert,
             accounts=self._config.accounts,
@@ -1151,7 +1159,7 @@ class Intake:
         )
         pairs = self._check_pairs(alert, requests)
         if pairs.refusal is not None:
-            return _KillShape(alert, channel, label, refusal=pairs.refusal)
+            return _KillShape(alert, channel, label, shared, refusal=pairs.refusal)
         if pairs.unchecked:
             unchecked = pairs.unchecked
             requests = [
@@ -1163,7 +1171,7 @@ class Intake:
         owned = frozenset(
             r.account for r in requests if alert.action == "kill" and self._owner_here(r.account)
         )
-        return _KillShape(alert, channel, label, requests=tuple(requests), owned=owned)
+        return _KillShape(alert, channel, label, shared, requests=tuple(requests), owned=owned)
 
     def _with_carried(self, request: KillRequest) -> KillRequest:
         """A replay: what an earlier process published for it goes into its results."""
