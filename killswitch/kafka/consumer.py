@@ -263,6 +263,21 @@ class _RunShapes:
     on the clock changes no verdict: stale lists refuse and check like fresh ones)."""
 
     last: _KillShape | None = None
+    fitted: Alert | None = None  # the alert last found to fit ``last``
+
+    def fitting(self, alert: Alert, channel: Channel) -> _KillShape | None:
+        """``last`` when ``alert``, read on ``channel``, fits it, else None (asked twice
+        per alert, compared once)."""
+        last = self.last
+        if last is None or not (alert is self.fitted or last.fits(alert, channel)):
+            return None
+        self.fitted = alert
+        return last
+
+    def keep(self, shape: _KillShape) -> None:
+        """``shape`` is the last made."""
+        self.last = shape
+        self.fitted = shape.alert
 
 
 @dataclass(slots=True)
@@ -744,7 +759,12 @@ class Intake:
         origin = Position(tp.topic, tp.partition, record.offset)
         try:
             parsed = self._parse(value, channel, received)
-            if self._pairs_to_fetch(parsed):
+            # An alert fitting the run's last shape (not a refusal) needs no pair list
+            # fetched: the shape's alert needed none, with the same accounts and symbols,
+            # and the lists change only across an await (a fresh list going stale on the
+            # clock still has every pair it had).
+            shape = shapes.fitting(parsed, channel) if isinstance(parsed, Alert) else None
+            if (shape is None or shape.refusal is not None) and self._pairs_to_fetch(parsed):
                 return None
         except Exception:  # _accept reads it again and reports it
             return None
@@ -1135,12 +1155,12 @@ class Intake:
         self, alert: Alert, channel: Channel, received: datetime, shapes: _RunShapes | None
     ) -> _KillShape:
         """The run's last shape when ``alert`` fits it, else a new one (kept as the last)."""
-        last = shapes.last if shapes is not None else None
-        if last is not None and last.fits(alert, channel):
-            return last
-        shape = self._shape(alert, channel, received)
-        if shapes is not None:
-            shapes.last = shape
+        if shapes is None:
+            return self._shape(alert, channel, received)
+        shape = shapes.fitting(alert, channel)
+        if shape is None:
+            shape = self._shape(alert, channel, received)
+            shapes.keep(shape)
         return shape
 
     def _shape(self, alert: Alert, channel: Channel, received: datetime) -> _KillShape:
