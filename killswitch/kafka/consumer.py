@@ -180,7 +180,6 @@ class _Step:
 
     request: KillRequest
     seen: Seen
-    future: asyncio.Future[str | None] | None = None  # NEW: resolved with the final status
     started: Awaitable[SweepResult] | None = None  # NEW kill: the engine's result, begun early
     previous: str | None = None  # DONE: the status of the original handling
 
@@ -388,9 +387,10 @@ class Intake:
         # Lanes held until a record of theirs taken up is planned in its task (see
         # _hold_lane): how many such records each has.
         self._unplanned: Counter[_Lane] = Counter()
+        # (alert id, account) being swept -> where the record that asked was read.
+        self._sweeping: dict[tuple[str, str], Position] = {}
+        # Of those, the ones a repeat waits for (see _waiter): resolved with the final status.
         self._in_flight: dict[tuple[str, str], asyncio.Future[str | None]] = {}
-        # (alert id, account) being swept -> the partition of the record that asked.
-        self._sweeping: dict[tuple[str, str], TopicPartition] = {}
         self._max_bytes = config.limits.max_message_bytes
         self._max_in_flight = config.limits.max_queued_per_account * max(1, len(config.accounts))
         self._paused = False  # over the limit: the partitions with records waiting paused
@@ -1132,13 +1132,9 @@ class Intake:
             if verdict.seen is Seen.NEW:
                 repeats_only = False
                 self._dedup.start(alert.alert_id, request.account, origin)
-                future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-                self._in_flight[(alert.alert_id, request.account)] = future
-                self._sweeping[(alert.alert_id, request.account)] = TopicPartition(
-                    origin.topic, origin.partition
-                )
+                self._sweeping[(alert.alert_id, request.account)] = origin
                 self._queued[request.account] += 1
-                steps.append(_Step(self._with_carried(request), Seen.NEW, future=future))
+                steps.append(_Step(self._with_carried(request), Seen.NEW))
             else:
                 steps.append(_Step(request, verdict.seen, previous=verdict.previous_status))
         if repeats_only and requests:
@@ -1234,8 +1230,7 @@ class Intake:
 
     async def _run_step(self, step: _Step, action: str, origin: Position) -> None:
         if step.seen is Seen.NEW:
-            assert step.future is not None
-            await self._run_request(step.request, action, origin, step.future, step.started)
+            await self._run_request(step.request, action, origin, step.started)
         elif step.seen is Seen.IN_FLIGHT:
             await self._repeat_after_in_flight(step.request, origin)
         else:
@@ -1246,7 +1241,6 @@ class Intake:
         request: KillRequest,
         action: str,
         origin: Position,
-        future: asyncio.Future[str | None],
         started: Awaitable[SweepResult] | None = None,
     ) -> None:
         """Engine, then the final result; the dedup window learns it once published."""
@@ -1257,7 +1251,7 @@ class Intake:
             status = result.status.value
             self._dedup.finish(request.alert_id, request.account, status, origin)
         finally:
-            self._request_ended(request, future, status)
+            self._request_ended(request, status)
             self._update_backpressure()
 
     def _final(self, request: KillRequest, result: SweepResult) -> SweepResult:
@@ -1274,17 +1268,15 @@ class Intake:
             raise _Interrupted
         return result if result.final else dataclasses.replace(result, final=True)
 
-    def _request_ended(
-        self, request: KillRequest, future: asyncio.Future[str | None], status: str | None
-    ) -> None:
+    def _request_ended(self, request: KillRequest, status: str | None) -> None:
         """A new request's handling ended, with a final result of ``status`` published
         or without (None: forgotten, a replay redoes it); its repeats are told."""
         key = (request.alert_id, request.account)
         if status is None:
             self._dedup.forget_in_flight(request.alert_id, request.account)
-        if not future.done():
+        future = self._in_flight.pop(key, None)
+        if future is not None and not future.done():
             future.set_result(status)
-        self._in_flight.pop(key, None)
         self._sweeping.pop(key, None)
         self._queued[request.account] -= 1
         if self._queued[request.account] <= 0:
@@ -1311,9 +1303,7 @@ class Intake:
                     self._dedup.finish(request.alert_id, request.account, status, member.origin)
         finally:
             for member in new:
-                assert member.step is not None
-                assert member.step.future is not None
-                self._request_ended(member.request, member.step.future, member.status)
+                self._request_ended(member.request, member.status)
             self._update_backpressure()
         self._records_done(new)
         # A repeat of a kill of this group: its original is no longer in flight.
@@ -1326,10 +1316,10 @@ class Intake:
             previous = step.previous
             if step.seen is Seen.IN_FLIGHT:
                 key = (step.request.alert_id, step.request.account)
-                future = self._in_flight.get(key)
                 if key in ours:
                     previous = ours[key]
                 else:
+                    future = self._waiter(key)
                     previous = await asyncio.shield(future) if future is not None else None
             repeats.append((member, duplicate_result(step.request, previous, self._clock())))
         await self._publish_finals(repeats)
@@ -1450,8 +1440,19 @@ class Intake:
             )
             return failed_result(request, f"internal error: {type(exc).__name__}", self._clock())
 
+    def _waiter(self, key: tuple[str, str]) -> asyncio.Future[str | None] | None:
+        """Resolved with the final status of the kill being swept for ``key`` (alert id,
+        account), None when none is: made when a repeat first asks, since a storm's
+        kills rarely have one."""
+        if key not in self._sweeping:
+            return None
+        future = self._in_flight.get(key)
+        if future is None:
+            future = self._in_flight[key] = asyncio.get_running_loop().create_future()
+        return future
+
     async def _repeat_after_in_flight(self, request: KillRequest, origin: Position) -> None:
-        future = self._in_flight.get((request.alert_id, request.account))
+        future = self._waiter((request.alert_id, request.account))
         status = await asyncio.shield(future) if future is not None else None
         await self._publish_duplicate(request, status, origin)
 
@@ -1611,8 +1612,11 @@ class Intake:
         (an alert naming several accounts): that sweep goes on here. The sweeps' last
         progress results are acknowledged before this returns, so the next owner's
         results reader has them when it replays (counts carried over)."""
-        moving = {account for (_, account), tp in self._sweeping.items() if tp in gone}
-        moving -= {account for (_, account), tp in self._sweeping.items() if tp not in gone}
+        moving: set[str] = set()
+        kept: set[str] = set()
+        for (_, account), at in self._sweeping.items():
+            (moving if TopicPartition(at.topic, at.partition) in gone else kept).add(account)
+        moving -= kept
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
