@@ -235,6 +235,9 @@ class _KillShape:
     refusal: str | None = None  # a scope pair missing from an account's pair list
     requests: tuple[KillRequest, ...] = ()  # one per target account
     owned: frozenset[str] = frozenset()  # the accounts swept here (the others forwarded)
+    # A kill naming an account another daemon owns: each record of it is routed.
+    foreign: bool = False
+    accounts: tuple[str, ...] = ()  # of the requests, in their order
     # The requests for another alert: made when one first fits.
     makers: tuple[Callable[..., KillRequest], ...] | None = None
 
@@ -1103,9 +1106,11 @@ class Intake:
             return _Plan(label=label, rejection=refusal)
         requests = shape.requests_for(alert, received)
         forwards: list[tuple[str, bytes]] = []
-        if alert.action == "kill" and not is_forward(value):
+        accounts: Sequence[str] = shape.accounts
+        if shape.foreign and not is_forward(value):
             requests, forwards = self._route(requests, shape.owned, channel, value)
-        decision = self._dedup.decide(alert.alert_id, [r.account for r in requests], origin)
+            accounts = [r.account for r in requests]
+        decision = self._dedup.decide(alert.alert_id, accounts, origin)
         signing = self._verifier is not None and self._verifier.required
         if decision.reused and channel == "manual" and signing:
             refusal = Rejection(
@@ -1184,10 +1189,22 @@ class Intake:
                 else r
                 for r in requests
             ]
-        owned = frozenset(
-            r.account for r in requests if alert.action == "kill" and self._owner_here(r.account)
+        accounts = tuple(r.account for r in requests)
+        if alert.action != "kill":
+            return _KillShape(
+                alert, channel, label, shared, requests=tuple(requests), accounts=accounts
+            )
+        owned = frozenset(a for a in accounts if self._owner_here(a))
+        return _KillShape(
+            alert,
+            channel,
+            label,
+            shared,
+            requests=tuple(requests),
+            owned=owned,
+            foreign=not owned.issuperset(accounts),
+            accounts=accounts,
         )
-        return _KillShape(alert, channel, label, shared, requests=tuple(requests), owned=owned)
 
     def _with_carried(self, request: KillRequest) -> KillRequest:
         """A replay: what an earlier process published for it goes into its results."""

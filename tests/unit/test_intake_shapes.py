@@ -132,27 +132,31 @@ class _Lister:
         return self.cached_pair_list()
 
 
-def _storm_intake(lister: _Lister) -> Intake:
+def _storm_intake(lister: _Lister, accounts: tuple[str, ...] = ("mm-1",)) -> Intake:
     config = IntakeConfig(
         topics=TopicSettings(),
-        accounts=("mm-1",),
+        accounts=accounts,
         limits=IntakeSettings(),
         default_deadline_s=30.0,
         revoke_drain_s=1.0,
     )
     unused: Any = None  # planning reads neither the engine nor the publisher
     dedup = DedupWindow(100)
-    return Intake(config, KafkaSettings(), unused, unused, dedup, pairs={"mm-1": lister})
+    return Intake(
+        config, KafkaSettings(), unused, unused, dedup, pairs=dict.fromkeys(accounts, lister)
+    )
 
 
-def _record(offset: int, symbol: str = "BTC_USDT") -> ConsumerRecord[bytes, bytes]:
+def _record(
+    offset: int, symbol: str = "BTC_USDT", accounts: tuple[str, ...] = ("mm-1",)
+) -> ConsumerRecord[bytes, bytes]:
     body = {
         "schema": "killswitch.alert/v1",
         "alert_id": f"storm-{offset}",
         "action": "kill",
         "source": "risk-engine",
         "reason": "storm",
-        "scope": {"accounts": ["mm-1"], "symbols": [symbol]},
+        "scope": {"accounts": list(accounts), "symbols": [symbol]},
         "created_at": "2026-11-30T01:59:00.000Z",
     }
     value = json.dumps(body).encode()
@@ -188,3 +192,20 @@ async def test_an_alike_alert_after_a_refusal_is_checked_again() -> None:
     assert first.plan.rejection is not None
     lister.fresh = False
     assert intake._member(TP, _record(1), shapes) is None
+
+
+@pytest.mark.parametrize("owned", [("mm-1", "mm-2"), ("mm-1",), ()], ids=["all", "one", "none"])
+async def test_every_alert_of_a_run_forwards_the_accounts_another_daemon_owns(
+    owned: tuple[str, ...],
+) -> None:
+    accounts = ("mm-1", "mm-2")
+    intake = _storm_intake(_Lister(frozenset({"BTC_USDT"})), accounts)
+    intake._owner_here = lambda account: account in owned  # type: ignore[method-assign]
+    shapes = _RunShapes()
+    for offset in range(3):  # the first makes the run's shape, the others fit it
+        member = intake._member(TP, _record(offset, accounts=accounts), shapes)
+        assert member is not None
+        assert [step.request.account for step in member.plan.steps] == list(owned)
+        assert [account for account, _ in member.plan.forwards] == [
+            a for a in accounts if a not in owned
+        ]
