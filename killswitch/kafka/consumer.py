@@ -180,7 +180,6 @@ class _Step:
 
     request: KillRequest
     seen: Seen
-    future: asyncio.Future[str | None] | None = None  # NEW: resolved with the final status
     started: Awaitable[SweepResult] | None = None  # NEW kill: the engine's result, begun early
     previous: str | None = None  # DONE: the status of the original handling
 
@@ -232,14 +231,22 @@ class _KillShape:
     alert: Alert  # the alert it was made for
     channel: Channel
     label: str
+    shared: tuple[Any, ...]  # the alert's shared fields: read once, compared per alert
     refusal: str | None = None  # a scope pair missing from an account's pair list
     requests: tuple[KillRequest, ...] = ()  # one per target account
     owned: frozenset[str] = frozenset()  # the accounts swept here (the others forwarded)
+    # A kill naming an account another daemon owns: each record of it is routed.
+    foreign: bool = False
+    accounts: tuple[str, ...] = ()  # of the requests, in their order
     # The requests for another alert: made when one first fits.
     makers: tuple[Callable[..., KillRequest], ...] | None = None
 
     def fits(self, alert: Alert, channel: Channel) -> bool:
-        return channel == self.channel and alike(alert, self.alert)
+        """Whether ``alert``, read on ``channel``, is planned as this shape's alert (see
+        :func:`alike`)."""
+        return channel == self.channel and (
+            alert is self.alert or bool(_shared_fields(alert) == self.shared)
+        )
 
     def requests_for(self, alert: Alert, received: datetime) -> list[KillRequest]:
         """The requests of ``alert`` (one that fits), read at ``received``."""
@@ -258,6 +265,21 @@ class _RunShapes:
     on the clock changes no verdict: stale lists refuse and check like fresh ones)."""
 
     last: _KillShape | None = None
+    fitted: Alert | None = None  # the alert last found to fit ``last``
+
+    def fitting(self, alert: Alert, channel: Channel) -> _KillShape | None:
+        """``last`` when ``alert``, read on ``channel``, fits it, else None (asked twice
+        per alert, compared once)."""
+        last = self.last
+        if last is None or not (alert is self.fitted or last.fits(alert, channel)):
+            return None
+        self.fitted = alert
+        return last
+
+    def keep(self, shape: _KillShape) -> None:
+        """``shape`` is the last made."""
+        self.last = shape
+        self.fitted = shape.alert
 
 
 @dataclass(slots=True)
@@ -368,9 +390,10 @@ class Intake:
         # Lanes held until a record of theirs taken up is planned in its task (see
         # _hold_lane): how many such records each has.
         self._unplanned: Counter[_Lane] = Counter()
+        # (alert id, account) being swept -> where the record that asked was read.
+        self._sweeping: dict[tuple[str, str], Position] = {}
+        # Of those, the ones a repeat waits for (see _waiter): resolved with the final status.
         self._in_flight: dict[tuple[str, str], asyncio.Future[str | None]] = {}
-        # (alert id, account) being swept -> the partition of the record that asked.
-        self._sweeping: dict[tuple[str, str], TopicPartition] = {}
         self._max_bytes = config.limits.max_message_bytes
         self._max_in_flight = config.limits.max_queued_per_account * max(1, len(config.accounts))
         self._paused = False  # over the limit: the partitions with records waiting paused
@@ -739,7 +762,12 @@ class Intake:
         origin = Position(tp.topic, tp.partition, record.offset)
         try:
             parsed = self._parse(value, channel, received)
-            if self._pairs_to_fetch(parsed):
+            # An alert fitting the run's last shape (not a refusal) needs no pair list
+            # fetched: the shape's alert needed none, with the same accounts and symbols,
+            # and the lists change only across an await (a fresh list going stale on the
+            # clock still has every pair it had).
+            shape = shapes.fitting(parsed, channel) if isinstance(parsed, Alert) else None
+            if (shape is None or shape.refusal is not None) and self._pairs_to_fetch(parsed):
                 return None
         except Exception:  # _accept reads it again and reports it
             return None
@@ -1078,9 +1106,11 @@ class Intake:
             return _Plan(label=label, rejection=refusal)
         requests = shape.requests_for(alert, received)
         forwards: list[tuple[str, bytes]] = []
-        if alert.action == "kill" and not is_forward(value):
+        accounts: Sequence[str] = shape.accounts
+        if shape.foreign and not is_forward(value):
             requests, forwards = self._route(requests, shape.owned, channel, value)
-        decision = self._dedup.decide(alert.alert_id, [r.account for r in requests], origin)
+            accounts = [r.account for r in requests]
+        decision = self._dedup.decide(alert.alert_id, accounts, origin)
         signing = self._verifier is not None and self._verifier.required
         if decision.reused and channel == "manual" and signing:
             refusal = Rejection(
@@ -1102,19 +1132,17 @@ class Intake:
                 },
             )
         steps: list[_Step] = []
+        repeats_only = True  # Decision.all_repeats, known from this loop for free
         for request, verdict in zip(requests, decision.accounts, strict=True):
             if verdict.seen is Seen.NEW:
+                repeats_only = False
                 self._dedup.start(alert.alert_id, request.account, origin)
-                future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-                self._in_flight[(alert.alert_id, request.account)] = future
-                self._sweeping[(alert.alert_id, request.account)] = TopicPartition(
-                    origin.topic, origin.partition
-                )
+                self._sweeping[(alert.alert_id, request.account)] = origin
                 self._queued[request.account] += 1
-                steps.append(_Step(self._with_carried(request), Seen.NEW, future=future))
+                steps.append(_Step(self._with_carried(request), Seen.NEW))
             else:
                 steps.append(_Step(request, verdict.seen, previous=verdict.previous_status))
-        if decision.all_repeats and requests:
+        if repeats_only and requests:
             result = "duplicate"
         elif alert.dry_run and alert.action == "kill":
             result = "dry_run"
@@ -1128,12 +1156,12 @@ class Intake:
         self, alert: Alert, channel: Channel, received: datetime, shapes: _RunShapes | None
     ) -> _KillShape:
         """The run's last shape when ``alert`` fits it, else a new one (kept as the last)."""
-        last = shapes.last if shapes is not None else None
-        if last is not None and last.fits(alert, channel):
-            return last
-        shape = self._shape(alert, channel, received)
-        if shapes is not None:
-            shapes.last = shape
+        if shapes is None:
+            return self._shape(alert, channel, received)
+        shape = shapes.fitting(alert, channel)
+        if shape is None:
+            shape = self._shape(alert, channel, received)
+            shapes.keep(shape)
         return shape
 
     def _shape(self, alert: Alert, channel: Channel, received: datetime) -> _KillShape:
@@ -1143,6 +1171,7 @@ class Intake:
         label = (
             DEADMAN_SOURCE if channel == "alerts" and alert.source == DEADMAN_SOURCE else channel
         )
+        shared = _shared_fields(alert)
         requests = kill_requests(
             alert,
             accounts=self._config.accounts,
@@ -1151,7 +1180,7 @@ class Intake:
         )
         pairs = self._check_pairs(alert, requests)
         if pairs.refusal is not None:
-            return _KillShape(alert, channel, label, refusal=pairs.refusal)
+            return _KillShape(alert, channel, label, shared, refusal=pairs.refusal)
         if pairs.unchecked:
             unchecked = pairs.unchecked
             requests = [
@@ -1160,10 +1189,22 @@ class Intake:
                 else r
                 for r in requests
             ]
-        owned = frozenset(
-            r.account for r in requests if alert.action == "kill" and self._owner_here(r.account)
+        accounts = tuple(r.account for r in requests)
+        if alert.action != "kill":
+            return _KillShape(
+                alert, channel, label, shared, requests=tuple(requests), accounts=accounts
+            )
+        owned = frozenset(a for a in accounts if self._owner_here(a))
+        return _KillShape(
+            alert,
+            channel,
+            label,
+            shared,
+            requests=tuple(requests),
+            owned=owned,
+            foreign=not owned.issuperset(accounts),
+            accounts=accounts,
         )
-        return _KillShape(alert, channel, label, requests=tuple(requests), owned=owned)
 
     def _with_carried(self, request: KillRequest) -> KillRequest:
         """A replay: what an earlier process published for it goes into its results."""
@@ -1206,8 +1247,7 @@ class Intake:
 
     async def _run_step(self, step: _Step, action: str, origin: Position) -> None:
         if step.seen is Seen.NEW:
-            assert step.future is not None
-            await self._run_request(step.request, action, origin, step.future, step.started)
+            await self._run_request(step.request, action, origin, step.started)
         elif step.seen is Seen.IN_FLIGHT:
             await self._repeat_after_in_flight(step.request, origin)
         else:
@@ -1218,7 +1258,6 @@ class Intake:
         request: KillRequest,
         action: str,
         origin: Position,
-        future: asyncio.Future[str | None],
         started: Awaitable[SweepResult] | None = None,
     ) -> None:
         """Engine, then the final result; the dedup window learns it once published."""
@@ -1229,7 +1268,7 @@ class Intake:
             status = result.status.value
             self._dedup.finish(request.alert_id, request.account, status, origin)
         finally:
-            self._request_ended(request, future, status)
+            self._request_ended(request, status)
             self._update_backpressure()
 
     def _final(self, request: KillRequest, result: SweepResult) -> SweepResult:
@@ -1246,17 +1285,15 @@ class Intake:
             raise _Interrupted
         return result if result.final else dataclasses.replace(result, final=True)
 
-    def _request_ended(
-        self, request: KillRequest, future: asyncio.Future[str | None], status: str | None
-    ) -> None:
+    def _request_ended(self, request: KillRequest, status: str | None) -> None:
         """A new request's handling ended, with a final result of ``status`` published
         or without (None: forgotten, a replay redoes it); its repeats are told."""
         key = (request.alert_id, request.account)
         if status is None:
             self._dedup.forget_in_flight(request.alert_id, request.account)
-        if not future.done():
+        future = self._in_flight.pop(key, None)
+        if future is not None and not future.done():
             future.set_result(status)
-        self._in_flight.pop(key, None)
         self._sweeping.pop(key, None)
         self._queued[request.account] -= 1
         if self._queued[request.account] <= 0:
@@ -1283,9 +1320,7 @@ class Intake:
                     self._dedup.finish(request.alert_id, request.account, status, member.origin)
         finally:
             for member in new:
-                assert member.step is not None
-                assert member.step.future is not None
-                self._request_ended(member.request, member.step.future, member.status)
+                self._request_ended(member.request, member.status)
             self._update_backpressure()
         self._records_done(new)
         # A repeat of a kill of this group: its original is no longer in flight.
@@ -1298,10 +1333,10 @@ class Intake:
             previous = step.previous
             if step.seen is Seen.IN_FLIGHT:
                 key = (step.request.alert_id, step.request.account)
-                future = self._in_flight.get(key)
                 if key in ours:
                     previous = ours[key]
                 else:
+                    future = self._waiter(key)
                     previous = await asyncio.shield(future) if future is not None else None
             repeats.append((member, duplicate_result(step.request, previous, self._clock())))
         await self._publish_finals(repeats)
@@ -1422,8 +1457,19 @@ class Intake:
             )
             return failed_result(request, f"internal error: {type(exc).__name__}", self._clock())
 
+    def _waiter(self, key: tuple[str, str]) -> asyncio.Future[str | None] | None:
+        """Resolved with the final status of the kill being swept for ``key`` (alert id,
+        account), None when none is: made when a repeat first asks, since a storm's
+        kills rarely have one."""
+        if key not in self._sweeping:
+            return None
+        future = self._in_flight.get(key)
+        if future is None:
+            future = self._in_flight[key] = asyncio.get_running_loop().create_future()
+        return future
+
     async def _repeat_after_in_flight(self, request: KillRequest, origin: Position) -> None:
-        future = self._in_flight.get((request.alert_id, request.account))
+        future = self._waiter((request.alert_id, request.account))
         status = await asyncio.shield(future) if future is not None else None
         await self._publish_duplicate(request, status, origin)
 
@@ -1583,8 +1629,11 @@ class Intake:
         (an alert naming several accounts): that sweep goes on here. The sweeps' last
         progress results are acknowledged before this returns, so the next owner's
         results reader has them when it replays (counts carried over)."""
-        moving = {account for (_, account), tp in self._sweeping.items() if tp in gone}
-        moving -= {account for (_, account), tp in self._sweeping.items() if tp not in gone}
+        moving: set[str] = set()
+        kept: set[str] = set()
+        for (_, account), at in self._sweeping.items():
+            (moving if TopicPartition(at.topic, at.partition) in gone else kept).add(account)
+        moving -= kept
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)

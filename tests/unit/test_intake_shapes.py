@@ -5,13 +5,19 @@ and read time. These tests pin what that relies on."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiokafka import ConsumerRecord, TopicPartition
 
+from killswitch.config import IntakeSettings, KafkaSettings, TopicSettings
 from killswitch.contracts import Alert, kill_requests
-from killswitch.kafka.consumer import _request_maker, alike
+from killswitch.core.dedup import DedupWindow
+from killswitch.core.pairs import PairList
+from killswitch.kafka.consumer import Intake, IntakeConfig, _request_maker, _RunShapes, alike
 
 NOW = datetime(2026, 11, 30, 2, 0, 0, tzinfo=UTC)
 ACCOUNTS = ("mm-1", "mm-2", "arb-1")
@@ -102,3 +108,104 @@ def test_optional_fields_absent_on_one_side_make_alerts_unlike() -> None:
     assert alike(alert(**bare), alert(alert_id="storm-2", **bare))
     assert not alike(alert(), alert(alert_id="storm-2", operator=None))
     assert not alike(alert(), alert(alert_id="storm-2", deadline_s=None))
+
+
+# A run's alerts alike skip the pair-list check (Intake._member): the run's shape was
+# made for an alert that needed no fetch. These pin that the skip answers as the check
+# would, including after a fresh list went stale on the clock within the run.
+
+
+@dataclass
+class _Lister:
+    """A pair list as the exchange client keeps it: ``fresh`` says whether it is still
+    within its lifetime (the client's clock)."""
+
+    symbols: frozenset[str]
+    fresh: bool = True
+
+    def cached_pair_list(self) -> PairList:
+        if self.fresh:
+            return PairList(self.symbols, "exchange")
+        return PairList(self.symbols, "stale", "older than exchange_info_ttl_s")
+
+    async def pair_list(self) -> PairList:
+        return self.cached_pair_list()
+
+
+def _storm_intake(lister: _Lister, accounts: tuple[str, ...] = ("mm-1",)) -> Intake:
+    config = IntakeConfig(
+        topics=TopicSettings(),
+        accounts=accounts,
+        limits=IntakeSettings(),
+        default_deadline_s=30.0,
+        revoke_drain_s=1.0,
+    )
+    unused: Any = None  # planning reads neither the engine nor the publisher
+    dedup = DedupWindow(100)
+    return Intake(
+        config, KafkaSettings(), unused, unused, dedup, pairs=dict.fromkeys(accounts, lister)
+    )
+
+
+def _record(
+    offset: int, symbol: str = "BTC_USDT", accounts: tuple[str, ...] = ("mm-1",)
+) -> ConsumerRecord[bytes, bytes]:
+    body = {
+        "schema": "killswitch.alert/v1",
+        "alert_id": f"storm-{offset}",
+        "action": "kill",
+        "source": "risk-engine",
+        "reason": "storm",
+        "scope": {"accounts": list(accounts), "symbols": [symbol]},
+        "created_at": "2026-11-30T01:59:00.000Z",
+    }
+    value = json.dumps(body).encode()
+    return ConsumerRecord("killswitch.alerts", 0, offset, 0, 0, b"mm-1", value, None, 0, 0, [])
+
+
+TP = TopicPartition("killswitch.alerts", 0)
+
+
+async def test_alike_alerts_of_a_run_are_planned_without_a_pair_fetch() -> None:
+    lister = _Lister(frozenset({"BTC_USDT"}))
+    intake = _storm_intake(lister)
+    shapes = _RunShapes()
+    first = intake._member(TP, _record(0), shapes)
+    lister.fresh = False  # stale, every pair still in it: no fetch either way
+    second = intake._member(TP, _record(1), shapes)
+    assert first is not None
+    assert second is not None
+    assert second.step is not None
+    assert second.step.request.alert_id == "storm-1"
+    assert second.plan.rejection is None
+
+
+async def test_an_alike_alert_after_a_refusal_is_checked_again() -> None:
+    # A pair missing from a fresh list refuses the first alert; once the list is stale
+    # the pair may be new on the exchange, so the next alike alert waits for a fetch
+    # (None: handled on its own) instead of taking the run's refusal.
+    lister = _Lister(frozenset({"ETH_USDT"}))
+    intake = _storm_intake(lister)
+    shapes = _RunShapes()
+    first = intake._member(TP, _record(0), shapes)
+    assert first is not None
+    assert first.plan.rejection is not None
+    lister.fresh = False
+    assert intake._member(TP, _record(1), shapes) is None
+
+
+@pytest.mark.parametrize("owned", [("mm-1", "mm-2"), ("mm-1",), ()], ids=["all", "one", "none"])
+async def test_every_alert_of_a_run_forwards_the_accounts_another_daemon_owns(
+    owned: tuple[str, ...],
+) -> None:
+    accounts = ("mm-1", "mm-2")
+    intake = _storm_intake(_Lister(frozenset({"BTC_USDT"})), accounts)
+    intake._owner_here = lambda account: account in owned  # type: ignore[method-assign]
+    shapes = _RunShapes()
+    for offset in range(3):  # the first makes the run's shape, the others fit it
+        member = intake._member(TP, _record(offset, accounts=accounts), shapes)
+        assert member is not None
+        assert [step.request.account for step in member.plan.steps] == list(owned)
+        assert [account for account, _ in member.plan.forwards] == [
+            a for a in accounts if a not in owned
+        ]
