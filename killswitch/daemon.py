@@ -119,9 +119,6 @@ def cli_run(args: argparse.Namespace) -> int:
 # Net container allocations between collections of the youngest generation (the
 # interpreter's default is 700); see tune_interpreter().
 GC_YOUNG_THRESHOLD = 10_000
-# How long a thread holding the GIL keeps it when another asks for it (the interpreter's
-# default is 5 ms); see tune_interpreter().
-SWITCH_INTERVAL_S = 0.001
 
 
 def tune_interpreter() -> None:
@@ -137,11 +134,6 @@ def tune_interpreter() -> None:
     # kills of accounts outside the storm; collecting the youngest generation every
     # GC_YOUNG_THRESHOLD allocations makes each pass larger but the full ones rare.
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-    # Worker threads (rendering /metrics, parsing a large message) hold the GIL for a
-    # switch interval each time the event loop's thread asks for it back: a kill that
-    # arrives meanwhile waits that long at each step. A shorter interval hands it back
-    # sooner; the threads' work is the same.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 def run(settings: Settings) -> int:

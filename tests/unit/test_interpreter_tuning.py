@@ -7,22 +7,20 @@ import json
 import subprocess
 import sys
 
-from killswitch.daemon import GC_YOUNG_THRESHOLD, SWITCH_INTERVAL_S
+from killswitch.daemon import GC_YOUNG_THRESHOLD
 
 _PROBE = """
-import gc, json, sys
+import gc, json
 from killswitch.daemon import tune_interpreter
 tune_interpreter()
-print(json.dumps({"switch": sys.getswitchinterval(), "young": gc.get_threshold()[0],
-                  "frozen": gc.get_freeze_count()}))
+print(json.dumps({"young": gc.get_threshold()[0], "frozen": gc.get_freeze_count()}))
 """
 
 
-def test_the_daemon_collects_rarely_freezes_its_start_and_hands_the_gil_back_soon() -> None:
+def test_the_daemon_collects_its_youngest_objects_rarely_and_freezes_its_start() -> None:
     out = subprocess.run(
         [sys.executable, "-c", _PROBE], check=True, capture_output=True, text=True, timeout=60
     ).stdout
     tuned = json.loads(out)
-    assert tuned["switch"] == SWITCH_INTERVAL_S < 0.005  # the interpreter's default: 5 ms
     assert tuned["young"] == GC_YOUNG_THRESHOLD
     assert tuned["frozen"] > 0
