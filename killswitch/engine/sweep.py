@@ -168,7 +168,6 @@ class Ticket:
     progress: ResultSink | None
     join_gen: int
     received_mono: float
-    deadline: float
     future: asyncio.Future[SweepResult]
     first_cancel_at: datetime | None = None
 
@@ -324,10 +323,10 @@ class Sweep:
             age = (wall - request.received_at).total_seconds()
             received = now - age if age > 0.0 else now
             ends = received + request.deadline_s
-            # By position (request, scope, progress, join_gen, received_mono, deadline,
-            # future): an alert storm joins thousands of tickets, and binding keywords
-            # cost more than the rest of making one.
-            tickets.append(Ticket(request, request.scope, progress, gen, received, ends, future()))
+            # By position (request, scope, progress, join_gen, received_mono, future): an
+            # alert storm joins thousands of tickets, and binding keywords cost more than
+            # the rest of making one.
+            tickets.append(Ticket(request, request.scope, progress, gen, received, future()))
             if request.unchecked_pairs is not None:
                 self._unchecked_pairs = True
             if ends > deadline:  # noqa: PLR1730 - max() is a call per alert of a storm

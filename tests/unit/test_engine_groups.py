@@ -248,7 +248,7 @@ async def test_a_groups_outcomes_wait_for_its_last_alert_in_any_order() -> None:
 
 async def test_joining_tickets_count_from_their_receipt_and_widen_the_deadline() -> None:
     # A ticket's receipt on the event loop's clock is the wall clock's age of its
-    # request (never in the future), and its deadline counts from there.
+    # request (never in the future), and the sweep's deadline counts from there.
     wall = datetime(2026, 1, 1, tzinfo=UTC)
     sweep = Sweep(FakeExchange(), settings(), workers=1, clock=lambda: wall)
     old = dataclasses.replace(
@@ -261,9 +261,7 @@ async def test_joining_tickets_count_from_their_receipt_and_widen_the_deadline()
     after = loop.time()
 
     assert before - 2.0 <= first.received_mono <= after - 2.0
-    assert first.deadline == first.received_mono + 5.0
     assert before <= second.received_mono <= after
-    assert second.deadline == second.received_mono + 7.0
     assert (first.request, second.request) == (old, ahead)
     assert first.join_gen == second.join_gen == sweep.gen == 1
-    assert sweep.deadline == second.deadline
+    assert sweep.deadline == second.received_mono + 7.0  # the later of the two
