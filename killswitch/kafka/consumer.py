@@ -1221,8 +1221,12 @@ class Intake:
             self._observer.dlq(plan.rejection.dlq_reason)
             result = plan.rejection.kind.value
         else:
-            for account, forward in plan.forwards:
-                await self._forward(account, forward, origin)
+            try:
+                for account, forward in plan.forwards:
+                    await self._forward(account, forward, origin)
+            except BaseException:
+                self._steps_dropped(plan.steps)
+                raise
             try:
                 if len(plan.steps) == 1:  # the common case: no extra task hop before the engine
                     await self._run_step(plan.steps[0], plan.action, origin)
@@ -1236,6 +1240,16 @@ class Intake:
         self._observer.alert_read(plan.label, result)
         self._tracker.done(TopicPartition(origin.topic, origin.partition), origin.offset)
         self._commit_wanted.set()
+
+    def _steps_dropped(self, steps: Sequence[_Step]) -> None:
+        """A record's steps will not run (cancelled or failed while forwarding): its new
+        kills end without a result (a replay redoes them), so no repeat waits for them
+        forever and a hand-over no longer counts them as swept here. A sweep begun early
+        runs on unobserved (see ``EngineAPI.start``)."""
+        for step in steps:
+            if step.seen is Seen.NEW:
+                self._request_ended(step.request, None)
+        self._update_backpressure()
 
     async def _forward(self, account: str, forward: bytes, origin: Position) -> None:
         """Hand one account's kill on to its owner (acknowledged before the record is done)."""

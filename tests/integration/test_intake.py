@@ -143,6 +143,32 @@ async def test_duplicate_delivery_sweeps_once(kafka_bootstrap: str, unique_name:
         ]
 
 
+async def test_a_repeat_on_the_manual_topic_says_what_the_swept_original_became(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    # Read after its original, on the other topic, while the original is still swept:
+    # it waits for the original's outcome and says it, as a repeat of its own run does.
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    engine = FakeEngine()
+    engine.hold("mm-1")
+    message = alert_message("twice-1", operator={"name": "ops"})
+    async with (
+        TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
+        running_intake(settings, engine) as run,
+    ):
+        await produce(settings, [message])
+        await wait_for(lambda: len(engine.calls) == 1)
+        await produce(settings, [message], topic=settings.kafka.topics.manual)
+        await wait_for(lambda: run.intake.in_flight == 2)
+        engine.let_go("mm-1")
+        await wait_for(lambda: len(results.finals("twice-1")) == 2)
+        finals = (await results.to_end()).finals("twice-1")
+    assert [f["status"] for f in finals] == ["flat", "duplicate"]
+    assert finals[1]["reason"] == "duplicate alert_id (already flat)"
+    assert len(engine.calls) == 1
+
+
 async def test_the_intake_is_idle_only_with_nothing_waiting_or_running(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
