@@ -180,7 +180,13 @@ async def finals_to_end(bootstrap: str, topic: str, partitions: int) -> dict[str
     """alert id -> statuses of its final results, the topic read to its end offsets."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=10)
+    # "earliest": the default's own first reset can land after the seek (see harness.Results).
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=10,
+    )
     await consumer.start()
     try:
         parts = [TopicPartition(topic, p) for p in range(partitions)]

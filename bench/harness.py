@@ -473,8 +473,13 @@ class Results:
     async def __aenter__(self) -> Results:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
+        # "earliest" (see tests/support/topics.py read_to_end): the default's own first
+        # reset can land after the seek and skip a partition's records.
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=None, fetch_max_wait_ms=10
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=10,
         )
         await self._consumer.start()
         parts = [TopicPartition(self.topic, p) for p in range(self.partitions)]

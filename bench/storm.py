@@ -378,6 +378,7 @@ def _bare_consumer(bootstrap: str, topic: str, n: int, conn: Any) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=None,
+            auto_offset_reset="earliest",  # see harness.Results
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             fetch_min_bytes=1,
         )

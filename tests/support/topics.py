@@ -216,10 +216,14 @@ async def read_to_end(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    # "earliest": with aiokafka's default ("latest") the consumer's own first offset
+    # reset can land after seek_to_beginning and leave a partition at its end, its
+    # records never returned (seen under load).
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
+        auto_offset_reset="earliest",
         fetch_max_wait_ms=10,
         **options,
     )
