@@ -201,12 +201,10 @@ class _Plan:
 # none of them (its requests take the alert id, and the time the record was read, from
 # each alert); every other field, including any added later, makes alerts unlike.
 _OWN_FIELDS = frozenset({"alert_id", "created_at", "expires_at", "signature"})
-_shared_fields = attrgetter(*(name for name in Alert.model_fields if name not in _OWN_FIELDS))
-
-
-def alike(a: Alert, b: Alert) -> bool:
-    """Whether two alerts differ at most in their own fields (:data:`_OWN_FIELDS`)."""
-    return a is b or bool(_shared_fields(a) == _shared_fields(b))
+# An alert's shared fields, all but its own: alerts with equal ones are *alike*.
+shared_fields: Callable[[Alert], tuple[Any, ...]] = attrgetter(
+    *(name for name in Alert.model_fields if name not in _OWN_FIELDS)
+)
 
 
 def _request_maker(request: KillRequest) -> Callable[..., KillRequest]:
@@ -231,7 +229,7 @@ class _KillShape:
     alert: Alert  # the alert it was made for
     channel: Channel
     label: str
-    shared: tuple[Any, ...]  # the alert's shared fields: read once, compared per alert
+    shared: tuple[Any, ...]  # the alert's shared_fields: read once, compared per alert
     refusal: str | None = None  # a scope pair missing from an account's pair list
     requests: tuple[KillRequest, ...] = ()  # one per target account
     owned: frozenset[str] = frozenset()  # the accounts swept here (the others forwarded)
@@ -242,10 +240,10 @@ class _KillShape:
     makers: tuple[Callable[..., KillRequest], ...] | None = None
 
     def fits(self, alert: Alert, channel: Channel) -> bool:
-        """Whether ``alert``, read on ``channel``, is planned as this shape's alert (see
-        :func:`alike`)."""
+        """Whether ``alert``, read on ``channel``, is planned as this shape's alert: it
+        is alike (:data:`shared_fields`)."""
         return channel == self.channel and (
-            alert is self.alert or bool(_shared_fields(alert) == self.shared)
+            alert is self.alert or bool(shared_fields(alert) == self.shared)
         )
 
     def requests_for(self, alert: Alert, received: datetime) -> list[KillRequest]:
@@ -1171,7 +1169,7 @@ class Intake:
         label = (
             DEADMAN_SOURCE if channel == "alerts" and alert.source == DEADMAN_SOURCE else channel
         )
-        shared = _shared_fields(alert)
+        shared = shared_fields(alert)
         requests = kill_requests(
             alert,
             accounts=self._config.accounts,

@@ -17,11 +17,22 @@ from killswitch.config import IntakeSettings, KafkaSettings, TopicSettings
 from killswitch.contracts import Alert, kill_requests
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.pairs import PairList
-from killswitch.kafka.consumer import Intake, IntakeConfig, _request_maker, _RunShapes, alike
+from killswitch.kafka.consumer import (
+    Intake,
+    IntakeConfig,
+    _request_maker,
+    _RunShapes,
+    shared_fields,
+)
 
 NOW = datetime(2026, 11, 30, 2, 0, 0, tzinfo=UTC)
 ACCOUNTS = ("mm-1", "mm-2", "arb-1")
 OWN = {"alert_id", "created_at", "expires_at", "signature"}
+
+
+def alike(a: Alert, b: Alert) -> bool:
+    """What a run's shape compares (``_KillShape.fits``): the alerts' shared fields."""
+    return bool(shared_fields(a) == shared_fields(b))
 
 
 def alert(**changes: Any) -> Alert:
