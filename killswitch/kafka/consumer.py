@@ -1130,17 +1130,15 @@ class Intake:
                 },
             )
         steps: list[_Step] = []
-        repeats_only = True  # Decision.all_repeats, known from this loop for free
         for request, verdict in zip(requests, decision.accounts, strict=True):
             if verdict.seen is Seen.NEW:
-                repeats_only = False
                 self._dedup.start(alert.alert_id, request.account, origin)
                 self._sweeping[(alert.alert_id, request.account)] = origin
                 self._queued[request.account] += 1
                 steps.append(_Step(self._with_carried(request), Seen.NEW))
             else:
                 steps.append(_Step(request, verdict.seen, previous=verdict.previous_status))
-        if repeats_only and requests:
+        if decision.all_repeats and requests:
             result = "duplicate"
         elif alert.dry_run and alert.action == "kill":
             result = "dry_run"
@@ -1641,11 +1639,11 @@ class Intake:
         (an alert naming several accounts): that sweep goes on here. The sweeps' last
         progress results are acknowledged before this returns, so the next owner's
         results reader has them when it replays (counts carried over)."""
-        moving: set[str] = set()
-        kept: set[str] = set()
-        for (_, account), at in self._sweeping.items():
-            (moving if TopicPartition(at.topic, at.partition) in gone else kept).add(account)
-        moving -= kept
+        sweeping = [
+            (account, self._partition_of(at)) for (_, account), at in self._sweeping.items()
+        ]
+        moving = {account for account, tp in sweeping if tp in gone}
+        moving -= {account for account, tp in sweeping if tp not in gone}
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
