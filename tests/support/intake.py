@@ -1,4 +1,5 @@
-"""Helpers for intake tests against the real broker: settings, a scriptable engine.
+"""Helpers for intake tests against the real broker (settings, a scriptable engine),
+and an intake never started for unit tests of its planning (:func:`offline_intake`).
 
 The engine here is a test double of ``EngineAPI`` (the real one is exercised by
 the daemon end-to-end tests); Kafka, offsets and rebalances are real.
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from killswitch.config import Settings
+from killswitch.config import IntakeSettings, KafkaSettings, Settings, TopicSettings
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import (
     Counts,
@@ -34,6 +35,25 @@ from killswitch.triggers import TriggerVerifier
 from tests.support.topics import alert, create_topics
 
 ACCOUNTS = ["mm-1", "mm-2", "arb-1"]
+
+
+def offline_intake(
+    accounts: Sequence[str],
+    *,
+    publisher: Any = None,
+    pairs: Mapping[str, PairLister] | None = None,
+) -> Intake:
+    """An intake never started (no consumer, no engine) for unit tests of its planning
+    and bookkeeping: records are handed to its methods directly."""
+    config = IntakeConfig(
+        topics=TopicSettings(),
+        accounts=tuple(accounts),
+        limits=IntakeSettings(),
+        default_deadline_s=30.0,
+        revoke_drain_s=1.0,
+    )
+    no_engine: Any = None  # planning and the bookkeeping tested never reach it
+    return Intake(config, KafkaSettings(), no_engine, publisher, DedupWindow(100), pairs=pairs)
 
 
 def make_settings(bootstrap: str, unique: Callable[[str], str], **overrides: Any) -> Settings:

@@ -13,17 +13,15 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from killswitch.config import IntakeSettings, KafkaSettings, TopicSettings
 from killswitch.contracts import Alert, kill_requests
-from killswitch.core.dedup import DedupWindow
 from killswitch.core.pairs import PairList
 from killswitch.kafka.consumer import (
     Intake,
-    IntakeConfig,
     _request_maker,
     _RunShapes,
     shared_fields,
 )
+from tests.support.intake import offline_intake
 
 NOW = datetime(2026, 11, 30, 2, 0, 0, tzinfo=UTC)
 ACCOUNTS = ("mm-1", "mm-2", "arb-1")
@@ -144,18 +142,7 @@ class _Lister:
 
 
 def _storm_intake(lister: _Lister, accounts: tuple[str, ...] = ("mm-1",)) -> Intake:
-    config = IntakeConfig(
-        topics=TopicSettings(),
-        accounts=accounts,
-        limits=IntakeSettings(),
-        default_deadline_s=30.0,
-        revoke_drain_s=1.0,
-    )
-    unused: Any = None  # planning reads neither the engine nor the publisher
-    dedup = DedupWindow(100)
-    return Intake(
-        config, KafkaSettings(), unused, unused, dedup, pairs=dict.fromkeys(accounts, lister)
-    )
+    return offline_intake(accounts, pairs=dict.fromkeys(accounts, lister))
 
 
 def _record(

@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
-from typing import Any
 
 from aiokafka import ConsumerRecord
 
-from killswitch.config import IntakeSettings, KafkaSettings, TopicSettings
-from killswitch.core.dedup import DedupWindow, Seen
+from killswitch.core.dedup import Seen
 from killswitch.core.model import Position
-from killswitch.kafka.consumer import Intake, IntakeConfig
+from killswitch.kafka.consumer import Intake
+from tests.support.intake import offline_intake
 
 NOW = datetime(2026, 11, 30, 2, 0, 0, tzinfo=UTC)
 ACCOUNTS = ("mm-1", "mm-2")
@@ -35,15 +34,8 @@ class _StuckPublisher:
 
 
 def _intake(publisher: _StuckPublisher) -> Intake:
-    config = IntakeConfig(
-        topics=TopicSettings(),
-        accounts=ACCOUNTS,
-        limits=IntakeSettings(),
-        default_deadline_s=30.0,
-        revoke_drain_s=1.0,
-    )
-    engine: Any = None  # the kill never reaches it: its task ends while forwarding
-    intake = Intake(config, KafkaSettings(), engine, publisher, DedupWindow(100))  # type: ignore[arg-type]
+    # No engine: the kill never reaches it, its task ends while forwarding.
+    intake = offline_intake(ACCOUNTS, publisher=publisher)
     intake._owner_here = lambda account: account == "mm-1"  # type: ignore[method-assign]
     return intake
 
