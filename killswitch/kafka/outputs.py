@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from killswitch.config import TopicSettings
 from killswitch.contracts import (
@@ -41,18 +43,31 @@ def result_headers(record: ResultRecord) -> Headers:
     return [(RESULT_HEAD_HEADER, head)]
 
 
-async def _all_done(
-    lasts: Iterable[asyncio.Future[object]], futures: Collection[asyncio.Future[object]]
-) -> None:
-    """Until every one of ``futures`` is done, waiting first for ``lasts`` (the last
-    record sent to each partition): aiokafka sends a partition's batches in order and
-    acknowledges a batch's records together, so by then the others mostly are done too,
-    and one wake-up per partition replaces one callback per record. wait(), not
-    gather(): a caller cancelled meanwhile leaves the records be."""
-    await asyncio.wait(lasts)
-    rest = [future for future in futures if not future.done()]
-    if rest:
-        await asyncio.wait(rest)
+class _Filling:
+    """A record batch of one partition of the results topic being filled: handed to
+    aiokafka once the batch before it has been (see :meth:`Publisher.results`)."""
+
+    __slots__ = ("builder", "outcome")
+
+    def __init__(self, builder: Any) -> None:
+        self.builder = builder  # aiokafka's BatchBuilder
+        # None once the broker acknowledged the batch, else the error.
+        self.outcome: asyncio.Future[BaseException | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def append(self, key: bytes, value: bytes, headers: Headers) -> bool:
+        """Add one record; False when the batch is full (or already handed over)."""
+        return (
+            self.builder.append(timestamp=None, key=key, value=value, headers=headers) is not None
+        )
+
+    def settle(self, sent: asyncio.Future[object]) -> None:
+        """Take the outcome of the batch aiokafka sent (a done callback)."""
+        if not self.outcome.done():
+            self.outcome.set_result(
+                KafkaError("send cancelled") if sent.cancelled() else sent.exception()
+            )
 
 
 class Publisher:
@@ -82,6 +97,11 @@ class Publisher:
         # it, valid until the producer's metadata next changes.
         self._result_partitions: dict[bytes, int] = {}
         producer.client.cluster.add_listener(self._metadata_changed)
+        # partition -> the results batch being filled (see results()).
+        self._filling: dict[int, _Filling] = {}
+        self._handing: set[asyncio.Task[None]] = set()
+        # aiokafka's own limit (max_request_size), which send() checks for a record.
+        self._max_record_bytes: int = producer._max_request_size
 
     @property
     def topics(self) -> TopicSettings:
@@ -104,30 +124,81 @@ class Publisher:
         future.add_done_callback(self._sent)
 
     async def results(self, records: Sequence[ResultRecord]) -> list[BaseException | None]:
-        """Publish several final results at once and wait for every acknowledgement:
-        one hold of the enqueueing lock and one wake-up for all of them (a storm's
-        alerts answered by one sweep are published together). Returns, in order,
-        None for each acknowledged record and the error for each that was not."""
+        """Publish several final results at once and wait for every acknowledgement.
+        Returns, in order, None for each acknowledged record and the error for each
+        that was not.
+
+        Records go into one record batch per partition that the publisher fills itself
+        (aiokafka's ``create_batch``/``send_batch``): one future per batch, not one
+        per record, which was most of a storm's publishing cost. A partition's batch is
+        handed to aiokafka once the one before it has been, so everything published
+        meanwhile (by every group) goes out together. A record too large for a
+        request, or whose partition is not known yet, is sent alone as ``send`` sends
+        it, so it fails (or waits for metadata) alone."""
         outcomes: list[BaseException | None] = [None] * len(records)
-        futures: dict[int, asyncio.Future[object]] = {}
-        last: dict[int | None, asyncio.Future[object]] = {}  # per partition
-        values = encode_results(records)
-        topic = self._topics.results
-        async with self._enqueue:
-            for i, (record, value) in enumerate(zip(records, values, strict=True)):
-                key = record.account.encode()
-                partition = self.result_partition(key)
-                try:
-                    futures[i] = last[partition] = await self._producer.send(
-                        topic, value, key=key, partition=partition, headers=result_headers(record)
-                    )
-                except KafkaError as exc:
-                    outcomes[i] = exc
+        waiting: list[tuple[int, asyncio.Future[BaseException | None]]] = []
+        alone: list[tuple[int, asyncio.Future[object]]] = []
+        for i, (record, value) in enumerate(zip(records, encode_results(records), strict=True)):
+            key = record.account.encode()
+            headers = result_headers(record)
+            filling = self._fill(key, value, headers)
+            if filling is not None:
+                waiting.append((i, filling.outcome))
+                continue
+            try:
+                alone.append((i, await self._send(self._topics.results, value, key, headers)))
+            except KafkaError as exc:
+                outcomes[i] = exc
+        futures: set[asyncio.Future[Any]] = {f for _, f in waiting} | {f for _, f in alone}
         if futures:
-            await _all_done(last.values(), futures.values())
-        for i, future in futures.items():
+            # wait(), not gather(): a caller cancelled meanwhile leaves the records be.
+            await asyncio.wait(futures)
+        for i, outcome in waiting:
+            outcomes[i] = outcome.result()
+        for i, future in alone:
             outcomes[i] = KafkaError("send cancelled") if future.cancelled() else future.exception()
         return outcomes
+
+    def _fill(self, key: bytes, value: bytes, headers: Headers) -> _Filling | None:
+        """The batch of the key's partition the record went into, a new one started
+        when there is none or it is full; None when the record is to go alone."""
+        partition = self.result_partition(key)
+        if partition is None or self._too_large(key, value, headers):
+            return None
+        filling = self._filling.get(partition)
+        if filling is not None and filling.append(key, value, headers):
+            return filling
+        filling = _Filling(self._producer.create_batch())
+        if not filling.append(key, value, headers):
+            return None  # larger than a batch may be
+        self._filling[partition] = filling
+        task = asyncio.create_task(self._hand_over(partition, filling))
+        self._handing.add(task)
+        task.add_done_callback(self._handing.discard)
+        return filling
+
+    def _too_large(self, key: bytes, value: bytes, headers: Headers) -> bool:
+        # send() refuses such a record alone; in a batch the broker would refuse the batch.
+        size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+        return size > self._max_record_bytes
+
+    async def _hand_over(self, partition: int, filling: _Filling) -> None:
+        """Hand one filled batch to aiokafka, after every record enqueued before it
+        (the enqueueing lock: a progress result never overtakes its final). aiokafka
+        takes a partition's batch once the one before it is on its way to the broker:
+        until then this batch keeps filling, and the next one waits here."""
+        async with self._enqueue:
+            if self._filling.get(partition) is filling:
+                del self._filling[partition]
+            filling.builder.close()
+            try:
+                sent = await self._producer.send_batch(
+                    filling.builder, self._topics.results, partition=partition
+                )
+            except KafkaError as exc:
+                filling.outcome.set_result(exc)
+                return
+        sent.add_done_callback(filling.settle)
 
     def result_partition(self, key: bytes) -> int | None:
         """The partition of the results topic that ``send(key=key)`` would pick now:
@@ -209,6 +280,8 @@ class Publisher:
 
     async def flush(self) -> None:
         """Wait until every enqueued record is acknowledged (or failed)."""
+        if self._handing:
+            await asyncio.wait(self._handing)
         await self._producer.flush()
 
     def _sent(self, future: asyncio.Future[object]) -> None:
