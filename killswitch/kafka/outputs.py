@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -92,7 +93,11 @@ class Publisher:
         self._topics = topics
         self.daemon = daemon  # this instance's id, written into state records
         self._background: set[asyncio.Future[object]] = set()
+        # Enqueueing is serialised (see _send): one lock per partition of the results
+        # topic, so a batch waiting for its turn holds back only its own partition, and
+        # one for every other record.
         self._enqueue = asyncio.Lock()
+        self._result_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         # key -> the partition of the results topic the default partitioner picks for
         # it, valid until the producer's metadata next changes.
         self._result_partitions: dict[bytes, int] = {}
@@ -146,7 +151,11 @@ class Publisher:
                 waiting.append((i, filling.outcome))
                 continue
             try:
-                alone.append((i, await self._send(self._topics.results, value, key, headers)))
+                partition = self.result_partition(key)
+                future = await self._send(
+                    self._topics.results, value, key, headers, partition=partition
+                )
+                alone.append((i, future))
             except KafkaError as exc:
                 outcomes[i] = exc
         futures: set[asyncio.Future[Any]] = {f for _, f in waiting} | {f for _, f in alone}
@@ -183,11 +192,12 @@ class Publisher:
         return size > self._max_record_bytes
 
     async def _hand_over(self, partition: int, filling: _Filling) -> None:
-        """Hand one filled batch to aiokafka, after every record enqueued before it
-        (the enqueueing lock: a progress result never overtakes its final). aiokafka
-        takes a partition's batch once the one before it is on its way to the broker:
-        until then this batch keeps filling, and the next one waits here."""
-        async with self._enqueue:
+        """Hand one filled batch to aiokafka, after every record enqueued to its
+        partition before it (the partition's enqueueing lock: a progress result never
+        overtakes its final). aiokafka takes a partition's batch once the one before it
+        is on its way to the broker: until then this batch keeps filling, and the next
+        one waits here."""
+        async with self._result_locks[partition]:
             if self._filling.get(partition) is filling:
                 del self._filling[partition]
             filling.builder.close()
@@ -270,9 +280,14 @@ class Publisher:
         Enqueueing is serialised: when a partition's batch is full, aiokafka makes
         every pending sender wait for that batch and wakes them all at once, which
         under an alert storm (thousands of results at once) costs O(n^2) wake-ups.
-        One sender at a time keeps it linear; acknowledgements still overlap.
+        One sender at a time keeps it linear; acknowledgements still overlap. A result
+        whose partition is named takes that partition's lock (in order with the
+        batches of :meth:`results`); anything else the publisher's other lock.
         """
-        async with self._enqueue:
+        lock = self._enqueue
+        if partition is not None and topic == self._topics.results:
+            lock = self._result_locks[partition]
+        async with lock:
             future: asyncio.Future[object] = await self._producer.send(
                 topic, value, key=key, partition=partition, headers=headers
             )
