@@ -186,6 +186,12 @@ class Publisher:
         task.add_done_callback(self._handing.discard)
         return filling
 
+    def _stop_filling(self, partition: int, filling: _Filling) -> None:
+        """No record joins ``filling`` any more (the next one starts a new batch)."""
+        if self._filling.get(partition) is filling:
+            del self._filling[partition]
+        filling.builder.close()
+
     def _too_large(self, key: bytes, value: bytes, headers: Headers) -> bool:
         # send() refuses such a record alone; in a batch the broker would refuse the batch.
         size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
@@ -197,17 +203,20 @@ class Publisher:
         overtakes its final). aiokafka takes a partition's batch once the one before it
         is on its way to the broker: until then this batch keeps filling, and the next
         one waits here."""
-        async with self._result_locks[partition]:
-            if self._filling.get(partition) is filling:
-                del self._filling[partition]
-            filling.builder.close()
-            try:
+        try:
+            async with self._result_locks[partition]:
+                self._stop_filling(partition, filling)
                 sent = await self._producer.send_batch(
                     filling.builder, self._topics.results, partition=partition
                 )
-            except KafkaError as exc:
-                filling.outcome.set_result(exc)
-                return
+        except KafkaError as exc:
+            self._stop_filling(partition, filling)
+            filling.outcome.set_result(exc)
+            return
+        except asyncio.CancelledError:  # not handed over: its records were not sent
+            self._stop_filling(partition, filling)
+            filling.outcome.set_result(KafkaError("send cancelled"))
+            raise
         sent.add_done_callback(filling.settle)
 
     def result_partition(self, key: bytes) -> int | None:
