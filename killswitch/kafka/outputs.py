@@ -291,11 +291,18 @@ class Publisher:
         under an alert storm (thousands of results at once) costs O(n^2) wake-ups.
         One sender at a time keeps it linear; acknowledgements still overlap. A result
         whose partition is named takes that partition's lock (in order with the
-        batches of :meth:`results`); anything else the publisher's other lock.
+        batches of :meth:`results`) and ends the batch filling for that partition, so
+        whatever is published after it goes after it; anything else takes the
+        publisher's other lock.
         """
         lock = self._enqueue
         if partition is not None and topic == self._topics.results:
             lock = self._result_locks[partition]
+            filling = self._filling.get(partition)
+            if filling is not None:
+                # Its hand-over may wait ahead of this record for the lock: a record
+                # published after this one (its alert's final) must not join it.
+                self._stop_filling(partition, filling)
         async with lock:
             future: asyncio.Future[object] = await self._producer.send(
                 topic, value, key=key, partition=partition, headers=headers
