@@ -209,7 +209,9 @@ class Publisher:
                 sent = await self._producer.send_batch(
                     filling.builder, self._topics.results, partition=partition
                 )
-        except KafkaError as exc:
+        except Exception as exc:  # its callers are told, whatever it is (they wait on it)
+            # Not only KafkaError: send_batch asserts that the partition is known, and
+            # a broker back empty may have made the topic again with fewer.
             self._stop_filling(partition, filling)
             filling.outcome.set_result(exc)
             return

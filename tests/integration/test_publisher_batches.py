@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from killswitch.config import Settings
 from killswitch.contracts import ResultRecord
 from killswitch.core.model import Position
 from killswitch.embedded import EmbeddedBroker
 from killswitch.kafka.clients import connection_kwargs
 from killswitch.kafka.outputs import Publisher
+from tests.support.broker import kill_broker
 from tests.support.intake import make_settings
 from tests.support.results import sent_result
 from tests.support.topics import create_topics, read_to_end
@@ -103,6 +105,30 @@ async def test_groups_of_results_fill_batches_and_land_once_in_order(
     _finals_after_their_progress([record.json() for record in written.records])
 
 
+async def _hold_partition(
+    publisher: Publisher, account: str
+) -> tuple[asyncio.Lock, asyncio.Task[list[BaseException | None]]]:
+    """On a frozen broker, with batches of 4 KiB: two progress results of a batch each
+    (the first sent, unanswered; the second waiting in aiokafka behind it), then a final
+    whose batch's hand-over waits behind them, holding the partition's enqueueing lock.
+    Returns that lock and the final's ``results`` task."""
+    for n in range(2):
+        await publisher.result(_record(f"w{n}", account, 2 + n, final=False, orders=40), wait=False)
+    first = asyncio.create_task(publisher.results([_record("w0", account, 2, final=True)]))
+    partition = publisher.result_partition(account.encode())
+    assert partition is not None
+    lock = publisher._result_locks[partition]
+    await wait_for(lock.locked)  # its hand-over holds the partition, waiting
+    return lock, first
+
+
+def _producer(settings: Settings) -> AIOKafkaProducer:
+    """Batches of 4 KiB: a progress result of 40 orders fills one alone."""
+    return AIOKafkaProducer(
+        acks="all", max_batch_size=4_096, linger_ms=0, **connection_kwargs(settings.kafka)
+    )
+
+
 async def test_a_progress_result_waiting_for_its_partition_stays_before_its_final(
     broker: EmbeddedBroker, unique_name: Unique
 ) -> None:
@@ -114,24 +140,13 @@ async def test_a_progress_result_waiting_for_its_partition_stays_before_its_fina
     settings = make_settings(broker.bootstrap, unique_name)
     topic = settings.kafka.topics.results
     await create_topics(broker.bootstrap, [topic])
-    # Batches of 4 KiB: a progress result of 40 orders fills one alone.
-    producer = AIOKafkaProducer(
-        acks="all", max_batch_size=4_096, linger_ms=0, **connection_kwargs(settings.kafka)
-    )
+    producer = _producer(settings)
     await producer.start()
     try:
         publisher = Publisher(producer, settings.kafka.topics)
         await publisher.result(_record("z", "mm-1", 4, final=False))  # connected, acknowledged
-        partition = publisher.result_partition(b"mm-1")
-        assert partition is not None
-        lock = publisher._result_locks[partition]
         async with _frozen(broker):
-            # The first goes out unanswered, the second waits in aiokafka behind it.
-            for n in range(2):
-                big = _record(f"w{n}", "mm-1", 2 + n, final=False, orders=40)
-                await publisher.result(big, wait=False)
-            first = asyncio.create_task(publisher.results([_record("w0", "mm-1", 2, final=True)]))
-            await wait_for(lock.locked)  # its hand-over holds the partition, waiting
+            lock, first = await _hold_partition(publisher, "mm-1")
             second = asyncio.create_task(publisher.results([_record("z", "mm-1", 4, final=True)]))
             await wait_for(lambda: len(lock._waiters or ()) == 1)  # the next batch's turn
             progress = asyncio.create_task(
@@ -147,3 +162,38 @@ async def test_a_progress_result_waiting_for_its_partition_stays_before_its_fina
     assert outcomes == [[None]] * 3
     written = await read_to_end(broker.bootstrap, topic)
     _finals_after_their_progress([record.json() for record in written.records])
+
+
+async def test_a_batch_whose_partition_is_gone_at_its_hand_over_is_answered(
+    broker: EmbeddedBroker, unique_name: Unique
+) -> None:
+    """A batch waits for its turn while the broker is lost and comes back empty, and the
+    results topic is created again with fewer partitions (the embedded broker creates a
+    topic a client asks for, with 4): its records are answered with the error, none is
+    left waiting."""
+    broker.start()
+    settings = make_settings(broker.bootstrap, unique_name, kafka={"request_timeout_ms": 2_000})
+    topic = settings.kafka.topics.results
+    await create_topics(broker.bootstrap, [topic], partitions=6)
+    producer = _producer(settings)
+    await producer.start()
+    try:
+        publisher = Publisher(producer, settings.kafka.topics)
+        await producer.partitions_for(topic)
+        account = next(
+            a
+            for a in (f"acct-{n}" for n in range(100))
+            if (publisher.result_partition(a.encode()) or 0) >= 4
+        )
+        await publisher.result(_record("z", account, 1, final=False))  # connected
+        os.kill(broker.pid, signal.SIGSTOP)
+        lock, first = await _hold_partition(publisher, account)
+        second = asyncio.create_task(publisher.results([_record("z", account, 1, final=True)]))
+        await wait_for(lambda: len(lock._waiters or ()) == 1)  # its batch waits its turn
+        kill_broker(broker)
+        broker.start()  # empty, on the same port
+        outcomes = await asyncio.wait_for(asyncio.gather(first, second), timeout=20)
+    finally:
+        await producer.stop()
+    assert [len(o) for o in outcomes] == [1, 1]
+    assert all(o[0] is not None for o in outcomes), outcomes
