@@ -172,7 +172,7 @@ async def test_a_batch_whose_partition_is_gone_at_its_hand_over_is_answered(
     topic a client asks for, with 4): its records are answered with the error, none is
     left waiting."""
     broker.start()
-    settings = make_settings(broker.bootstrap, unique_name, kafka={"request_timeout_ms": 2_000})
+    settings = make_settings(broker.bootstrap, unique_name, kafka={"request_timeout_ms": 1_000})
     topic = settings.kafka.topics.results
     await create_topics(broker.bootstrap, [topic], partitions=6)
     producer = _producer(settings)
@@ -192,8 +192,44 @@ async def test_a_batch_whose_partition_is_gone_at_its_hand_over_is_answered(
         await wait_for(lambda: len(lock._waiters or ()) == 1)  # its batch waits its turn
         kill_broker(broker)
         broker.start()  # empty, on the same port
-        outcomes = await asyncio.wait_for(asyncio.gather(first, second), timeout=20)
+        outcomes = await asyncio.wait_for(asyncio.gather(first, second), timeout=10)
     finally:
         await producer.stop()
     assert [len(o) for o in outcomes] == [1, 1]
     assert all(o[0] is not None for o in outcomes), outcomes
+
+
+async def test_results_published_while_the_broker_is_gone_fail_then_flow_again(
+    broker: EmbeddedBroker, unique_name: Unique
+) -> None:
+    """Results published while the broker is gone are answered with an error, none as
+    acknowledged; once it is back (empty, on the same port), published again as the
+    intake does, they are acknowledged and on the topic once each."""
+    broker.start()
+    settings = make_settings(broker.bootstrap, unique_name, kafka={"request_timeout_ms": 1_000})
+    topic = settings.kafka.topics.results
+    await create_topics(broker.bootstrap, [topic], partitions=3)
+    producer = _producer(settings)
+    await producer.start()
+    records = [_record(f"b-{n}", ACCOUNTS[n % len(ACCOUNTS)], n, final=True) for n in range(24)]
+    try:
+        publisher = Publisher(producer, settings.kafka.topics)
+        assert await publisher.results(records[:6]) == [None] * 6  # connected
+        kill_broker(broker)
+        lost = await asyncio.wait_for(publisher.results(records), timeout=20)
+        assert all(outcome is not None for outcome in lost), lost
+        broker.start()
+        await create_topics(broker.bootstrap, [topic], partitions=3)
+        pending = records
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while pending:  # as Intake._publish_finals retries
+            assert loop.time() < deadline, "results not acknowledged after the broker came back"
+            outcomes = await publisher.results(pending)
+            pending = [r for r, outcome in zip(pending, outcomes, strict=True) if outcome]
+    finally:
+        await producer.stop()
+    written = await read_to_end(broker.bootstrap, topic)
+    assert sorted(r.json()["alert_id"] for r in written.records) == sorted(
+        r.alert_id for r in records
+    )
