@@ -200,9 +200,9 @@ class Publisher:
     async def _hand_over(self, partition: int, filling: _Filling) -> None:
         """Hand one filled batch to aiokafka, after every record enqueued to its
         partition before it (the partition's enqueueing lock: a progress result never
-        overtakes its final). aiokafka takes a partition's batch once the one before it
-        is on its way to the broker: until then this batch keeps filling, and the next
-        one waits here."""
+        overtakes its final). The batch stops filling once its hand-over holds the lock;
+        aiokafka takes it once the batch before it is on its way to the broker, and
+        until then the next batch keeps filling, its hand-over waiting here."""
         try:
             async with self._result_locks[partition]:
                 self._stop_filling(partition, filling)
