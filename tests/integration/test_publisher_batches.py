@@ -23,7 +23,7 @@ from tests.support.broker import kill_broker
 from tests.support.intake import make_settings
 from tests.support.results import sent_result
 from tests.support.topics import create_topics, read_to_end
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -175,23 +175,35 @@ async def test_a_batch_whose_partition_is_gone_at_its_hand_over_is_answered(
     settings = make_settings(broker.bootstrap, unique_name, kafka={"request_timeout_ms": 1_000})
     topic = settings.kafka.topics.results
     await create_topics(broker.bootstrap, [topic], partitions=6)
-    producer = _producer(settings)
+    # A lone record lingers in aiokafka (not the batches the publisher fills: closed).
+    producer = AIOKafkaProducer(acks="all", linger_ms=10_000, **connection_kwargs(settings.kafka))
     await producer.start()
     try:
         publisher = Publisher(producer, settings.kafka.topics)
         await producer.partitions_for(topic)
-        account = next(
-            a
-            for a in (f"acct-{n}" for n in range(100))
-            if (publisher.result_partition(a.encode()) or 0) >= 4
-        )
-        await publisher.result(_record("z", account, 1, final=False))  # connected
-        os.kill(broker.pid, signal.SIGSTOP)
-        lock, first = await _hold_partition(publisher, account)
-        second = asyncio.create_task(publisher.results([_record("z", account, 1, final=True)]))
+        accounts = [f"acct-{n}" for n in range(100)]
+        account = next(a for a in accounts if (publisher.result_partition(a.encode()) or 0) >= 4)
+        other = next(a for a in accounts if (publisher.result_partition(a.encode()) or 4) < 4)
+        assert await publisher.results([_record("c", account, 0, final=True)]) == [None]
+        partition = publisher.result_partition(account.encode())
+        assert partition is not None
+        lock = publisher._result_locks[partition]
+        await publisher.result(_record("w", account, 1, final=False), wait=False)  # lingers
+        first = asyncio.create_task(publisher.results([_record("w", account, 1, final=True)]))
+        await wait_for(lock.locked)  # its hand-over holds the partition, behind the progress
+        second = asyncio.create_task(publisher.results([_record("z", account, 2, final=True)]))
         await wait_for(lambda: len(lock._waiters or ()) == 1)  # its batch waits its turn
         kill_broker(broker)
         broker.start()  # empty, on the same port
+
+        async def known() -> set[int]:
+            await producer.client.force_metadata_update()
+            return producer.client.cluster.partitions_for_topic(topic) or set()
+
+        await wait_until(known, lambda parts: bool(parts) and partition not in parts)
+        # A batch of another partition wakes aiokafka's sender, which then finds the
+        # lingering record's partition gone.
+        assert await publisher.results([_record("o", other, 3, final=True)]) == [None]
         outcomes = await asyncio.wait_for(asyncio.gather(first, second), timeout=10)
     finally:
         await producer.stop()
