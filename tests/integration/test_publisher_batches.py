@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import ProducerClosed
 
 from killswitch.config import Settings
 from killswitch.contracts import ResultRecord
@@ -209,6 +210,37 @@ async def test_a_batch_whose_partition_is_gone_at_its_hand_over_is_answered(
         await producer.stop()
     assert [len(o) for o in outcomes] == [1, 1]
     assert all(o[0] is not None for o in outcomes), outcomes
+
+
+async def test_a_producer_stopped_with_batches_waiting_answers_every_record(
+    broker: EmbeddedBroker, unique_name: Unique
+) -> None:
+    """The producer is stopped while one batch's hand-over waits inside aiokafka and the
+    next batch waits for its turn: the first is sent and acknowledged, the next is
+    answered with the error; nobody is left waiting."""
+    broker.start()
+    settings = make_settings(broker.bootstrap, unique_name)
+    topic = settings.kafka.topics.results
+    await create_topics(broker.bootstrap, [topic])
+    producer = _producer(settings)
+    await producer.start()
+    publisher = Publisher(producer, settings.kafka.topics)
+    await publisher.result(_record("z", "mm-1", 4, final=False))  # connected, acknowledged
+    try:
+        async with _frozen(broker):
+            lock, first = await _hold_partition(publisher, "mm-1")
+            second = asyncio.create_task(publisher.results([_record("z", "mm-1", 4, final=True)]))
+            await wait_for(lambda: len(lock._waiters or ()) == 1)  # its batch waits its turn
+            stop = asyncio.create_task(producer.stop())
+            await wait_for(lambda: producer._closed)
+        outcomes = await asyncio.wait_for(asyncio.gather(first, second), timeout=10)
+        await stop
+    finally:
+        await producer.stop()
+    assert outcomes[0] == [None]
+    assert isinstance(outcomes[1][0], ProducerClosed)
+    written = await read_to_end(broker.bootstrap, topic)
+    assert [r.json()["alert_id"] for r in written.records if r.json()["final"]] == ["w0"]
 
 
 async def test_results_published_while_the_broker_is_gone_fail_then_flow_again(
