@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -206,12 +206,11 @@ class Publisher:
         try:
             async with self._result_locks[partition]:
                 self._stop_filling(partition, filling)
+                await self._check_partition(partition)
                 sent = await self._producer.send_batch(
                     filling.builder, self._topics.results, partition=partition
                 )
         except Exception as exc:  # its callers are told, whatever it is (they wait on it)
-            # Not only KafkaError: send_batch asserts that the partition is known, and
-            # a broker back empty may have made the topic again with fewer.
             self._stop_filling(partition, filling)
             filling.outcome.set_result(exc)
             return
@@ -220,6 +219,16 @@ class Publisher:
             filling.outcome.set_result(KafkaError("send cancelled"))
             raise
         sent.add_done_callback(filling.settle)
+
+    async def _check_partition(self, partition: int) -> None:
+        """Raise UnknownTopicOrPartitionError (which the intake retries, on a partition
+        picked afresh) when the results topic, once the producer knows its partitions
+        (waited for as ``send`` waits), lacks ``partition``: a broker back empty may
+        have made the topic again with fewer since the record's was picked, and
+        aiokafka would fail an assertion. Without a wait when they are known."""
+        known = await self._producer.partitions_for(self._topics.results)
+        if partition not in known:
+            raise UnknownTopicOrPartitionError(f"results topic has no partition {partition}")
 
     def result_partition(self, key: bytes) -> int | None:
         """The partition of the results topic that ``send(key=key)`` would pick now:
@@ -298,14 +307,17 @@ class Publisher:
         publisher's other lock.
         """
         lock = self._enqueue
-        if partition is not None and topic == self._topics.results:
-            lock = self._result_locks[partition]
-            filling = self._filling.get(partition)
+        result_partition = partition if topic == self._topics.results else None
+        if result_partition is not None:
+            lock = self._result_locks[result_partition]
+            filling = self._filling.get(result_partition)
             if filling is not None:
                 # Its hand-over may wait ahead of this record for the lock: a record
                 # published after this one (its alert's final) must not join it.
-                self._stop_filling(partition, filling)
+                self._stop_filling(result_partition, filling)
         async with lock:
+            if result_partition is not None:
+                await self._check_partition(result_partition)
             future: asyncio.Future[object] = await self._producer.send(
                 topic, value, key=key, partition=partition, headers=headers
             )

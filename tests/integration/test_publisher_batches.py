@@ -9,10 +9,11 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import ProducerClosed
+from aiokafka.errors import KafkaError, ProducerClosed
 
 from killswitch.config import Settings
 from killswitch.contracts import ResultRecord
@@ -40,12 +41,21 @@ def _record(
     )
 
 
+def _stopped(pid: int) -> bool:
+    """Every thread of the process stopped (``kill`` returns before they are)."""
+    threads = Path(f"/proc/{pid}/task").iterdir()
+    # Each thread's stat: "tid (name) state ...".
+    states = (t.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] for t in threads)
+    return all(state in "Tt" for state in states)
+
+
 @asynccontextmanager
 async def _frozen(broker: EmbeddedBroker) -> AsyncIterator[None]:
     """The broker stopped (SIGSTOP) within: a request sent meanwhile gets no answer
     until it resumes, so aiokafka holds the batches behind it."""
     os.kill(broker.pid, signal.SIGSTOP)
     try:
+        await wait_for(lambda: _stopped(broker.pid))
         yield
     finally:
         os.kill(broker.pid, signal.SIGCONT)
@@ -168,10 +178,11 @@ async def test_a_progress_result_waiting_for_its_partition_stays_before_its_fina
 async def test_a_batch_whose_partition_is_gone_at_its_hand_over_is_answered(
     broker: EmbeddedBroker, unique_name: Unique
 ) -> None:
-    """A batch waits for its turn while the broker is lost and comes back empty, and the
-    results topic is created again with fewer partitions (the embedded broker creates a
-    topic a client asks for, with 4): its records are answered with the error, none is
-    left waiting."""
+    """A batch and a lone final wait for their turn while the broker is lost and comes
+    back empty, and the results topic is created again with fewer partitions (the
+    embedded broker creates a topic a client asks for, with 4): their callers are told
+    a Kafka error, none is left waiting, and published again (as the intake retries)
+    they are acknowledged."""
     broker.start()
     settings = make_settings(broker.bootstrap, unique_name, kafka={"request_timeout_ms": 1_000})
     topic = settings.kafka.topics.results
@@ -194,6 +205,8 @@ async def test_a_batch_whose_partition_is_gone_at_its_hand_over_is_answered(
         await wait_for(lock.locked)  # its hand-over holds the partition, behind the progress
         second = asyncio.create_task(publisher.results([_record("z", account, 2, final=True)]))
         await wait_for(lambda: len(lock._waiters or ()) == 1)  # its batch waits its turn
+        lone = asyncio.create_task(publisher.result(_record("y", account, 3, final=True)))
+        await wait_for(lambda: len(lock._waiters or ()) == 2)
         kill_broker(broker)
         broker.start()  # empty, on the same port
 
@@ -204,12 +217,16 @@ async def test_a_batch_whose_partition_is_gone_at_its_hand_over_is_answered(
         await wait_until(known, lambda parts: bool(parts) and partition not in parts)
         # A batch of another partition wakes aiokafka's sender, which then finds the
         # lingering record's partition gone.
-        assert await publisher.results([_record("o", other, 3, final=True)]) == [None]
-        outcomes = await asyncio.wait_for(asyncio.gather(first, second), timeout=10)
+        assert await publisher.results([_record("o", other, 4, final=True)]) == [None]
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(first, second, lone, return_exceptions=True), timeout=10
+        )
+        told = [outcomes[0][0], outcomes[1][0], outcomes[2]]  # type: ignore[index]
+        assert all(isinstance(error, KafkaError) for error in told), told
+        again = [_record(a, account, n, final=True) for n, a in enumerate("wzy", start=1)]
+        assert await publisher.results(again) == [None] * 3
     finally:
         await producer.stop()
-    assert [len(o) for o in outcomes] == [1, 1]
-    assert all(o[0] is not None for o in outcomes), outcomes
 
 
 async def test_a_producer_stopped_with_batches_waiting_answers_every_record(
