@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import KafkaError, ProducerClosed
 
 from killswitch.config import Settings
@@ -113,6 +114,38 @@ async def test_groups_of_results_fill_batches_and_land_once_in_order(
         assert [a for acc, a in finals if acc == account] == [
             a for acc, a in published if acc == account
         ]
+    _finals_after_their_progress([record.json() for record in written.records])
+
+
+async def test_a_progress_result_waiting_for_the_topics_partitions_stays_before_its_final(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    """A progress result published before the producer knows the results topic's
+    partitions waits for them, and its alert's final is published the moment they are
+    known, before the progress result is enqueued: the final lands after it."""
+    settings = make_settings(kafka_bootstrap, unique_name)
+    topic = settings.kafka.topics.results
+    producer = AIOKafkaProducer(acks="all", linger_ms=0, **connection_kwargs(settings.kafka))
+    await producer.start()
+    await create_topics(kafka_bootstrap, [topic])  # after: the producer does not know it
+    try:
+        publisher = Publisher(producer, settings.kafka.topics)
+        assert publisher.result_partition(b"mm-1") is None
+        finals: list[asyncio.Task[list[BaseException | None]]] = []
+
+        def known(cluster: ClusterMetadata) -> None:
+            if not finals and cluster.partitions_for_topic(topic):
+                final = publisher.results([_record("x", "mm-1", 1, final=True)])
+                finals.append(asyncio.create_task(final))
+
+        producer.client.cluster.add_listener(known)
+        await publisher.result(_record("x", "mm-1", 1, final=False), wait=False)
+        assert len(finals) == 1
+        assert await finals[0] == [None]
+        await publisher.flush()
+    finally:
+        await producer.stop()
+    written = await read_to_end(kafka_bootstrap, topic)
     _finals_after_their_progress([record.json() for record in written.records])
 
 
