@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -83,7 +83,9 @@ class Publisher:
     Every result names its partition: the one aiokafka's default partitioner (the
     producer's, :func:`make_producer`) picks for its key, worked out once per key while
     the producer's metadata is unchanged, so an alert's progress results and its final
-    land on one partition by one choice.
+    land on one partition by one choice. Until the producer knows the results topic's
+    partitions, and while a result sent before then waits for them, none is named: the
+    producer picks the same one, in the order the results were sent.
     """
 
     def __init__(
@@ -105,6 +107,9 @@ class Publisher:
         # partition -> the results batch being filled (see results()).
         self._filling: dict[int, _Filling] = {}
         self._handing: set[asyncio.Task[None]] = set()
+        # Results being enqueued with no partition named (the topic's not known when
+        # sent): while any is, every result goes the same way, behind it (see _placed).
+        self._unplaced = 0
         # aiokafka's own limit (max_request_size), which send() checks for a record.
         self._max_record_bytes: int = producer._max_request_size
 
@@ -120,7 +125,7 @@ class Publisher:
             encode_result(record),
             key,
             result_headers(record),
-            partition=self.result_partition(key),
+            partition=self._placed(key),
         )
         if wait:
             await future
@@ -151,9 +156,8 @@ class Publisher:
                 waiting.append((i, filling.outcome))
                 continue
             try:
-                partition = self.result_partition(key)
                 future = await self._send(
-                    self._topics.results, value, key, headers, partition=partition
+                    self._topics.results, value, key, headers, partition=self._placed(key)
                 )
                 alone.append((i, future))
             except KafkaError as exc:
@@ -171,7 +175,7 @@ class Publisher:
     def _fill(self, key: bytes, value: bytes, headers: Headers) -> _Filling | None:
         """The batch of the key's partition the record went into, a new one started
         when there is none or it is full; None when the record is to go alone."""
-        partition = self.result_partition(key)
+        partition = self._placed(key)
         if partition is None or self._too_large(key, value, headers):
             return None
         filling = self._filling.get(partition)
@@ -200,16 +204,17 @@ class Publisher:
     async def _hand_over(self, partition: int, filling: _Filling) -> None:
         """Hand one filled batch to aiokafka, after every record enqueued to its
         partition before it (the partition's enqueueing lock: a progress result never
-        overtakes its final). aiokafka takes a partition's batch once the one before it
-        is on its way to the broker: until then this batch keeps filling, and the next
-        one waits here."""
+        overtakes its final). The batch stops filling once its hand-over holds the lock;
+        aiokafka takes it once the batch before it is on its way to the broker, and
+        until then the next batch keeps filling, its hand-over waiting here."""
         try:
             async with self._result_locks[partition]:
                 self._stop_filling(partition, filling)
+                await self._check_partition(partition)
                 sent = await self._producer.send_batch(
                     filling.builder, self._topics.results, partition=partition
                 )
-        except KafkaError as exc:
+        except Exception as exc:  # its callers are told, whatever it is (they wait on it)
             self._stop_filling(partition, filling)
             filling.outcome.set_result(exc)
             return
@@ -218,6 +223,23 @@ class Publisher:
             filling.outcome.set_result(KafkaError("send cancelled"))
             raise
         sent.add_done_callback(filling.settle)
+
+    async def _check_partition(self, partition: int) -> None:
+        """Raise UnknownTopicOrPartitionError (which the intake retries, on a partition
+        picked afresh) when the results topic, once the producer knows its partitions
+        (waited for as ``send`` waits), lacks ``partition``: a broker back empty may
+        have made the topic again with fewer since the record's was picked, and
+        aiokafka would fail an assertion. Without a wait when they are known."""
+        known = await self._producer.partitions_for(self._topics.results)
+        if partition not in known:
+            raise UnknownTopicOrPartitionError(f"results topic has no partition {partition}")
+
+    def _placed(self, key: bytes) -> int | None:
+        """The partition a result of ``key`` is sent to (:meth:`result_partition`), or
+        None while a result sent with none named is being enqueued: then this one goes
+        the same way, behind it in the same queue (the other lock), so an alert's final
+        never overtakes its progress result waiting for the topic's partitions."""
+        return None if self._unplaced else self.result_partition(key)
 
     def result_partition(self, key: bytes) -> int | None:
         """The partition of the results topic that ``send(key=key)`` would pick now:
@@ -291,15 +313,30 @@ class Publisher:
         under an alert storm (thousands of results at once) costs O(n^2) wake-ups.
         One sender at a time keeps it linear; acknowledgements still overlap. A result
         whose partition is named takes that partition's lock (in order with the
-        batches of :meth:`results`); anything else the publisher's other lock.
+        batches of :meth:`results`) and ends the batch filling for that partition, so
+        whatever is published after it goes after it; anything else takes the
+        publisher's other lock.
         """
         lock = self._enqueue
-        if partition is not None and topic == self._topics.results:
-            lock = self._result_locks[partition]
-        async with lock:
-            future: asyncio.Future[object] = await self._producer.send(
-                topic, value, key=key, partition=partition, headers=headers
-            )
+        result_partition = partition if topic == self._topics.results else None
+        unplaced = topic == self._topics.results and partition is None
+        if result_partition is not None:
+            lock = self._result_locks[result_partition]
+            filling = self._filling.get(result_partition)
+            if filling is not None:
+                # Its hand-over may wait ahead of this record for the lock: a record
+                # published after this one (its alert's final) must not join it.
+                self._stop_filling(result_partition, filling)
+        self._unplaced += unplaced  # see _placed
+        try:
+            async with lock:
+                if result_partition is not None:
+                    await self._check_partition(result_partition)
+                future: asyncio.Future[object] = await self._producer.send(
+                    topic, value, key=key, partition=partition, headers=headers
+                )
+        finally:
+            self._unplaced -= unplaced
         return future
 
     async def flush(self) -> None:
