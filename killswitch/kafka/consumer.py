@@ -112,8 +112,11 @@ DEFERRABLE_PER_TURN_S = 0.004
 # before the lanes are looked at again.
 _HELD_POLL_MS = 10
 # Records are taken up for at most this long before the rest of the event loop (sweeps,
-# publishing, the Kafka client) gets a turn.
-SLICE_S = 0.002
+# publishing, the Kafka client) gets a turn. What a turn takes up sets how much storm work
+# its next turns carry, and a quiet account's kill waits a few turns: shorter slices
+# shorten its wait, at the cost of smaller groups and more turns per storm
+# (docs/BENCHMARKS.md, "storm").
+SLICE_S = 0.001
 # The least a turn takes up, however much of its budget is spent: new records keep
 # coming in while a storm's results go out.
 _MIN_SLICE_S = 0.0005
