@@ -10,6 +10,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -173,6 +174,19 @@ def _producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
+async def _publishing(
+    broker: EmbeddedBroker, unique_name: Unique, *, partitions: int = 1, **kafka: Any
+) -> tuple[Settings, AIOKafkaProducer]:
+    """``broker`` started, a results topic of ``partitions`` on it and a started
+    :func:`_producer` (``kafka`` overrides the settings' Kafka section)."""
+    broker.start()
+    settings = make_settings(broker.bootstrap, unique_name, kafka=kafka)
+    await create_topics(broker.bootstrap, [settings.kafka.topics.results], partitions=partitions)
+    producer = _producer(settings)
+    await producer.start()
+    return settings, producer
+
+
 async def test_a_progress_result_waiting_for_its_partition_stays_before_its_final(
     broker: EmbeddedBroker, unique_name: Unique
 ) -> None:
@@ -180,12 +194,8 @@ async def test_a_progress_result_waiting_for_its_partition_stays_before_its_fina
     slow to answer: frozen here), and its alert's final is published meanwhile, while
     the next batch of that partition is still filling: the final lands after the
     progress result, not in the batch handed over before it."""
-    broker.start()
-    settings = make_settings(broker.bootstrap, unique_name)
+    settings, producer = await _publishing(broker, unique_name)
     topic = settings.kafka.topics.results
-    await create_topics(broker.bootstrap, [topic])
-    producer = _producer(settings)
-    await producer.start()
     try:
         publisher = Publisher(producer, settings.kafka.topics)
         await publisher.result(_record("z", "mm-1", 4, final=False))  # connected, acknowledged
@@ -268,12 +278,8 @@ async def test_a_producer_stopped_with_batches_waiting_answers_every_record(
     """The producer is stopped while one batch's hand-over waits inside aiokafka and the
     next batch waits for its turn: the first is sent and acknowledged, the next is
     answered with the error; nobody is left waiting."""
-    broker.start()
-    settings = make_settings(broker.bootstrap, unique_name)
+    settings, producer = await _publishing(broker, unique_name)
     topic = settings.kafka.topics.results
-    await create_topics(broker.bootstrap, [topic])
-    producer = _producer(settings)
-    await producer.start()
     publisher = Publisher(producer, settings.kafka.topics)
     await publisher.result(_record("z", "mm-1", 4, final=False))  # connected, acknowledged
     try:
@@ -299,12 +305,10 @@ async def test_results_published_while_the_broker_is_gone_fail_then_flow_again(
     """Results published while the broker is gone are answered with an error, none as
     acknowledged; once it is back (empty, on the same port), published again as the
     intake does, they are acknowledged and on the topic once each."""
-    broker.start()
-    settings = make_settings(broker.bootstrap, unique_name, kafka={"request_timeout_ms": 1_000})
+    settings, producer = await _publishing(
+        broker, unique_name, partitions=3, request_timeout_ms=1_000
+    )
     topic = settings.kafka.topics.results
-    await create_topics(broker.bootstrap, [topic], partitions=3)
-    producer = _producer(settings)
-    await producer.start()
     records = [_record(f"b-{n}", ACCOUNTS[n % len(ACCOUNTS)], n, final=True) for n in range(24)]
     try:
         publisher = Publisher(producer, settings.kafka.topics)
