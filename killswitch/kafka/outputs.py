@@ -139,8 +139,9 @@ class Publisher:
         that was not.
 
         Records go into one record batch per partition that the publisher fills itself
-        (aiokafka's ``create_batch``/``send_batch``): one future per batch, not one
-        per record, which was most of a storm's publishing cost. A partition's batch is
+        (aiokafka's ``create_batch``/``send_batch``): one future per batch, where
+        ``send`` makes and resolves one per record, the larger part of publishing a
+        storm's results. A partition's batch is
         handed to aiokafka once the one before it has been, so everything published
         meanwhile (by every group) goes out together. A record too large for a
         request, or whose partition is not known yet, is sent alone as ``send`` sends
