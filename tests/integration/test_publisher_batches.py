@@ -213,7 +213,7 @@ async def test_a_progress_result_waiting_for_its_partition_stays_before_its_fina
         await publisher.flush()
     finally:
         await producer.stop()
-    assert outcomes == [[None]] * 3
+    assert list(outcomes) == [[None]] * 3
     written = await read_to_end(broker.bootstrap, topic)
     _finals_after_their_progress([record.json() for record in written.records])
 
