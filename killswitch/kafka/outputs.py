@@ -66,9 +66,12 @@ class _Filling:
     def settle(self, sent: asyncio.Future[object]) -> None:
         """Take the outcome of the batch aiokafka sent (a done callback)."""
         if not self.outcome.done():
-            self.outcome.set_result(
-                KafkaError("send cancelled") if sent.cancelled() else sent.exception()
-            )
+            self.outcome.set_result(_outcome(sent))
+
+
+def _outcome(sent: asyncio.Future[object]) -> BaseException | None:
+    """None for a record (or batch) the broker acknowledged, else why it was not."""
+    return KafkaError("send cancelled") if sent.cancelled() else sent.exception()
 
 
 class Publisher:
@@ -170,7 +173,7 @@ class Publisher:
         for i, outcome in waiting:
             outcomes[i] = outcome.result()
         for i, future in alone:
-            outcomes[i] = KafkaError("send cancelled") if future.cancelled() else future.exception()
+            outcomes[i] = _outcome(future)
         return outcomes
 
     def _fill(self, key: bytes, value: bytes, headers: Headers) -> _Filling | None:
