@@ -352,8 +352,10 @@ def daemon_env(
     fetch_max_wait_ms: int = 10,
     account: dict[str, Any] | None = None,
     engine: dict[str, Any] | None = None,
+    log_level: str = "WARNING",
 ) -> dict[str, str]:
-    """The daemon's settings as ``KILLSWITCH_*`` variables (JSON per section)."""
+    """The daemon's settings as ``KILLSWITCH_*`` variables (JSON per section); logs at
+    ``log_level`` (the daemon's default is INFO)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILLSWITCH_")}
     kafka_section = {
         "bootstrap_servers": bootstrap,
@@ -383,7 +385,7 @@ def daemon_env(
     # Metrics on, as in production (their cost is part of the daemon's), on any free port.
     env["KILLSWITCH_METRICS"] = json.dumps({"enabled": True, "host": "127.0.0.1", "port": 0})
     env["KILLSWITCH_ENGINE"] = json.dumps({"progress_interval_s": 5.0, **(engine or {})})
-    env["KILLSWITCH_LOGGING"] = json.dumps({"level": "WARNING", "format": "json"})
+    env["KILLSWITCH_LOGGING"] = json.dumps({"level": log_level, "format": "json"})
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

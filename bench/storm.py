@@ -903,7 +903,13 @@ async def _measure(
     port = free_port()
     rounds: list[dict[str, Any]] = []
     env = harness.daemon_env(
-        bootstrap, topics, setup.group, base_url, keys, fetch_max_wait_ms=FETCH_MAX_WAIT_MS
+        bootstrap,
+        topics,
+        setup.group,
+        base_url,
+        keys,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        log_level=args.log_level,
     )
     accounts = json.loads(env["KILLSWITCH_ACCOUNTS"])
     for account in accounts:  # the halted account at an account's default pace
@@ -1054,6 +1060,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--accounts", type=int, default=10, help="accounts in the storm")
     parser.add_argument("--rounds", type=int, default=2, help="storms (kills: alerts, manual, ...)")
     parser.add_argument("--kills", type=int, default=20, help="least idle kills per round")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="the daemon's log level (default: INFO, the daemon's own default)",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy on the daemon (stages)")
     parser.add_argument("--profile-dir", default=str(harness.RESULTS), help="py-spy raw output")
     args = parser.parse_args([] if argv is None and __name__ != "__main__" else argv)

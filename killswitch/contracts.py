@@ -802,6 +802,42 @@ def final_result_fields(record: ResultRecord) -> dict[str, Any]:
     }
 
 
+# The fields of a final result's log line that tell alike results apart: all but the
+# alert's own (its id, and the seconds its kill took).
+_LOG_OWN = frozenset({"alert_id", "seconds"})
+
+
+def final_results_lines(records: Sequence[ResultRecord]) -> list[tuple[str, dict[str, Any]]]:
+    """The log lines of final results published together (event, fields): one
+    ``final result`` line (:func:`final_result_fields`) per result alone of its kind,
+    one ``final results`` line per set of alike results (equal in every field but
+    ``alert_id`` and ``seconds``), in order of first appearance. The set's line has
+    ``alert_ids`` and ``seconds`` (lists, one entry per result, in the same order)
+    where a single line has ``alert_id`` and ``seconds``, and ``alerts``, their count.
+
+    An alert storm's results on one account are alike: one line per group of them,
+    not one per alert, keeps a storm from flooding the log and from spending the
+    daemon's CPU on it; every alert id is still in the log."""
+    kinds: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for record in records:
+        fields = final_result_fields(record)
+        key = tuple(
+            tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k not in _LOG_OWN
+        )
+        kinds.setdefault(key, []).append(fields)
+    lines: list[tuple[str, dict[str, Any]]] = []
+    for alike in kinds.values():
+        if len(alike) == 1:
+            lines.append(("final result", alike[0]))
+            continue
+        first = alike[0]
+        fields = {"alert_ids": [f["alert_id"] for f in alike], "alerts": len(alike)}
+        fields.update((k, v) for k, v in first.items() if k not in _LOG_OWN)
+        fields["seconds"] = [f["seconds"] for f in alike]
+        lines.append(("final results", fields))
+    return lines
+
+
 # What records written from one template must share: every field but these (and
 # whether they have an origin).
 _PER_ALERT = ("alert_id", "received_at", "first_cancel_at", "finished_at")

@@ -409,7 +409,9 @@ class Engine:
             task = self._spawn(self._run(account, sweep), f"sweep-{first.account}")
             account.tasks[sweep] = task
         else:
-            log.info(
+            # DEBUG: an alert storm joins its sweep a group at a time, hundreds a second,
+            # and each alert's final result is logged at INFO anyway.
+            log.debug(
                 "alerts joined the running sweep",
                 extra={"account": first.account, "alerts": len(tickets)},
             )

@@ -76,6 +76,7 @@ from killswitch.contracts import (
     encode_dlq,
     failed_result,
     final_result_fields,
+    final_results_lines,
     kill_requests,
     parse_alert,
 )
@@ -1415,7 +1416,8 @@ class Intake:
 
     async def _publish_finals(self, items: Sequence[tuple[_Member, SweepResult]]) -> None:
         """Publish a group's final results until every one is acknowledged (the input
-        offsets wait for this), then one log line each, as :meth:`_publish_final`."""
+        offsets wait for this), then their log lines: alike results share one
+        (:func:`final_results_lines`), another stands alone, as :meth:`_publish_final`."""
         records = [ResultRecord.of(result, member.origin) for member, result in items]
         pending = records
         delay = 0.05
@@ -1436,8 +1438,8 @@ class Intake:
             await asyncio.sleep(delay)  # backoff between publish attempts
             delay = min(delay * 2, _PUBLISH_BACKOFF_MAX_S)
         if log.isEnabledFor(logging.INFO):
-            for record in records:
-                log.info("final result", extra=final_result_fields(record))
+            for event, fields in final_results_lines(records):
+                log.info(event, extra=fields)
 
     async def _call_engine(
         self,

@@ -4,6 +4,7 @@ after its result."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 
@@ -25,14 +26,15 @@ Unique = Callable[[str], str]
 
 
 # A turn of taking up records long enough that a run is never cut short by the
-# machine's speed (the default is 2 ms): which records form a group is then decided by
+# machine's speed (the default is 1 ms): which records form a group is then decided by
 # what the first poll brings, not by how fast this machine parses.
 SLICE = 1.0
 
 
 async def test_a_run_of_one_accounts_alerts_is_one_group_with_a_result_each(
-    kafka_bootstrap: str, unique_name: Unique
+    kafka_bootstrap: str, unique_name: Unique, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="killswitch.kafka.consumer")
     settings = make_settings(kafka_bootstrap, unique_name)
     await create_all_topics(settings)
     topics = settings.kafka.topics
@@ -54,6 +56,18 @@ async def test_a_run_of_one_accounts_alerts_is_one_group_with_a_result_each(
     assert sorted(a for g in engine.groups for a in g) == sorted(ids)
     assert sorted(c.alert_id for c in engine.calls) == sorted(ids)
     assert await committed(kafka_bootstrap, settings.kafka.group_id, topics.alerts) == len(ids)
+    # The audit log names each alert once; a group's alike results share a line.
+    logged: Counter[str] = Counter()
+    shared = 0
+    for line in caplog.records:
+        if line.getMessage() == "final result":
+            logged[line.alert_id] += 1  # type: ignore[attr-defined]
+        elif line.getMessage() == "final results":
+            logged.update(line.alert_ids)  # type: ignore[attr-defined]
+            assert line.alerts == len(line.alert_ids) == len(line.seconds)  # type: ignore[attr-defined]
+            shared += 1
+    assert logged == Counter(ids)
+    assert shared > 0
 
 
 async def test_a_repeat_inside_a_group_is_answered_duplicate(

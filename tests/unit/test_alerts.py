@@ -25,6 +25,7 @@ from killswitch.contracts import (
     encode_result,
     encode_state,
     final_result_fields,
+    final_results_lines,
     format_time,
     kill_requests,
     parse_alert,
@@ -589,3 +590,31 @@ def test_final_results_name_the_pairs_never_listed_to_the_end() -> None:
         "BTC_IDR",
         "ETH_USDT",
     ]
+
+
+def test_alike_final_results_published_together_share_one_log_line() -> None:
+    def record(alert_id: str, **kw: Any) -> ResultRecord:
+        return ResultRecord.of(sweep_result(alert_id=alert_id, **kw))
+
+    records = [
+        record("a-1"),
+        record("a-2", operator="alice"),  # unlike the others: a line of its own
+        record("a-3", finished_at=NOW + timedelta(seconds=3)),  # alike: only its time differs
+        record("a-4"),
+    ]
+    lines = final_results_lines(records)
+    assert [event for event, _ in lines] == ["final results", "final result"]
+    shared, alone = lines[0][1], lines[1][1]
+    assert shared["alert_ids"] == ["a-1", "a-3", "a-4"]
+    assert shared["alerts"] == 3
+    assert shared["seconds"] == [1.002, 3.0, 1.002]
+    assert "alert_id" not in shared
+    # Every other field is the results' own, as in a line of one result.
+    single = final_result_fields(records[0])
+    assert {k: v for k, v in shared.items() if k not in ("alert_ids", "alerts", "seconds")} == {
+        k: v for k, v in single.items() if k not in ("alert_id", "seconds")
+    }
+    assert alone == final_result_fields(records[1])
+    # A result alone is logged as before.
+    assert final_results_lines(records[:1]) == [("final result", single)]
+    assert final_results_lines([]) == []
