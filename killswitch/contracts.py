@@ -34,7 +34,7 @@ import binascii
 import dataclasses
 import functools
 import json
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -773,8 +773,9 @@ def encode_result(record: ResultRecord) -> bytes:
 
 
 def final_result_fields(record: ResultRecord) -> dict[str, Any]:
-    """The structured fields of the one log line per final result: the result's own
-    field names, its counts flattened, and the kill's duration in ``seconds``."""
+    """The structured fields of a final result's log line: the result's own field
+    names, its counts flattened, and the kill's duration in ``seconds`` (alike results
+    published together share a line, see :func:`final_results_lines`)."""
     c = record.counts
     received, finished = record.received_at, record.finished_at
     seconds = (
@@ -802,40 +803,54 @@ def final_result_fields(record: ResultRecord) -> dict[str, Any]:
     }
 
 
-# The fields of a final result's log line that tell alike results apart: all but the
-# alert's own (its id, and the seconds its kill took).
+# A result's own fields in its log line: alike results differ only in these.
 _LOG_OWN = frozenset({"alert_id", "seconds"})
 
 
 def final_results_lines(records: Sequence[ResultRecord]) -> list[tuple[str, dict[str, Any]]]:
-    """The log lines of final results published together (event, fields): one
-    ``final result`` line (:func:`final_result_fields`) per result alone of its kind,
-    one ``final results`` line per set of alike results (equal in every field but
-    ``alert_id`` and ``seconds``), in order of first appearance. The set's line has
-    ``alert_ids`` and ``seconds`` (lists, one entry per result, in the same order)
-    where a single line has ``alert_id`` and ``seconds``, and ``alerts``, their count.
+    """The log lines of final results published together, as (event, fields), in order
+    of first appearance: a ``final result`` line (:func:`final_result_fields`) for a
+    result alone of its kind, one ``final results`` line (:func:`_shared_line`) for
+    each set of alike results (equal in every field but ``alert_id`` and ``seconds``).
 
-    An alert storm's results on one account are alike: one line per group of them,
-    not one per alert, keeps a storm from flooding the log and from spending the
-    daemon's CPU on it; every alert id is still in the log."""
-    kinds: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    An alert storm's results on one account are usually alike: a line per group of
+    them, not per alert, keeps a storm from flooding the log and from spending the
+    daemon's CPU on it, and still names every result."""
+    kinds: dict[Hashable, list[dict[str, Any]]] = {}
     for record in records:
         fields = final_result_fields(record)
-        key = tuple(
-            tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k not in _LOG_OWN
-        )
-        kinds.setdefault(key, []).append(fields)
-    lines: list[tuple[str, dict[str, Any]]] = []
-    for alike in kinds.values():
-        if len(alike) == 1:
-            lines.append(("final result", alike[0]))
-            continue
-        first = alike[0]
-        fields = {"alert_ids": [f["alert_id"] for f in alike], "alerts": len(alike)}
-        fields.update((k, v) for k, v in first.items() if k not in _LOG_OWN)
-        fields["seconds"] = [f["seconds"] for f in alike]
-        lines.append(("final results", fields))
-    return lines
+        kinds.setdefault(_alike_key(fields), []).append(fields)
+    return [
+        ("final result", alike[0]) if len(alike) == 1 else ("final results", _shared_line(alike))
+        for alike in kinds.values()
+    ]
+
+
+def _alike_key(fields: dict[str, Any]) -> Hashable:
+    """What alike results' lines share (lists as tuples); a value that cannot be
+    compared that way keeps its result on a line of its own."""
+    key = tuple(
+        tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k not in _LOG_OWN
+    )
+    try:
+        hash(key)
+    except TypeError:
+        return object()  # equal to nothing else
+    return key
+
+
+def _shared_line(alike: list[dict[str, Any]]) -> dict[str, Any]:
+    """One line for alike results: their shared fields; ``alert_ids`` and
+    ``seconds_each`` (one entry per result, in the same order) where a single line has
+    ``alert_id`` and ``seconds``; ``alerts``, their count; ``seconds``, the longest
+    (so a query for slow kills still finds the line)."""
+    line = {"alert_ids": [f["alert_id"] for f in alike], "alerts": len(alike)}
+    line.update((k, v) for k, v in alike[0].items() if k not in _LOG_OWN)
+    each = [f["seconds"] for f in alike]
+    known = [s for s in each if s is not None]
+    line["seconds"] = max(known) if known else None
+    line["seconds_each"] = each
+    return line
 
 
 # What records written from one template must share: every field but these (and

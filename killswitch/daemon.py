@@ -144,7 +144,7 @@ def run(settings: Settings) -> int:
     except EventLoopUnavailable as exc:
         raise ConfigError(str(exc)) from None
     configure_logging(settings.logging.level, settings.logging.format)
-    # One log line per final result: an alert storm writes thousands a second.
+    # A line per final result (or per group of alike ones): a storm writes many a second.
     skip_unwritten_record_fields()
     tune_interpreter()
     try:

@@ -201,14 +201,14 @@ class JsonFormatter(_Formatter):
         # over the line masks a secret wherever it was: JSON escapes each character on
         # its own, so a secret inside any key or value appears in the line as its escaped
         # form, which is registered with it (_escaped_forms). Masking every value first
-        # as well cost several times the rest of the line's making (a storm writes one
-        # line per alert).
+        # as well cost several times the rest of the line's making (a storm writes many
+        # lines a second).
         return self._masker.mask(json.dumps(entry, default=str, ensure_ascii=False))
 
 
 @functools.lru_cache(maxsize=4)
 def _utc_second(second: int) -> str:
-    # A storm writes thousands of lines a second: each second is written out once.
+    # A storm writes many lines a second: each second is written out once.
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 

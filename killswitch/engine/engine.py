@@ -311,7 +311,9 @@ class Engine:
             account.tasks[sweep] = task
         else:
             ticket = sweep.attach(request, progress)
-            log.info(
+            # DEBUG: the alert's final result is logged at INFO; a storm of alerts that
+            # cannot form groups (latched, several accounts) would repeat this per alert.
+            log.debug(
                 "alert joined the running sweep",
                 extra={"account": request.account, "alert_id": request.alert_id},
             )
@@ -409,8 +411,8 @@ class Engine:
             task = self._spawn(self._run(account, sweep), f"sweep-{first.account}")
             account.tasks[sweep] = task
         else:
-            # DEBUG: an alert storm joins its sweep a group at a time, hundreds a second,
-            # and each alert's final result is logged at INFO anyway.
+            # DEBUG, as a single alert's join: each alert's final result is logged at
+            # INFO, and a storm would repeat this line for every group.
             log.debug(
                 "alerts joined the running sweep",
                 extra={"account": first.account, "alerts": len(tickets)},

@@ -64,7 +64,7 @@ async def test_a_run_of_one_accounts_alerts_is_one_group_with_a_result_each(
             logged[line.alert_id] += 1  # type: ignore[attr-defined]
         elif line.getMessage() == "final results":
             logged.update(line.alert_ids)  # type: ignore[attr-defined]
-            assert line.alerts == len(line.alert_ids) == len(line.seconds)  # type: ignore[attr-defined]
+            assert line.alerts == len(line.alert_ids) == len(line.seconds_each)  # type: ignore[attr-defined]
             shared += 1
     assert logged == Counter(ids)
     assert shared > 0

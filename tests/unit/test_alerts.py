@@ -18,6 +18,7 @@ from killswitch.contracts import (
     Rejection,
     RejectKind,
     ResultRecord,
+    _alike_key,
     decode_result_summary,
     decode_state,
     duplicate_result,
@@ -607,14 +608,54 @@ def test_alike_final_results_published_together_share_one_log_line() -> None:
     shared, alone = lines[0][1], lines[1][1]
     assert shared["alert_ids"] == ["a-1", "a-3", "a-4"]
     assert shared["alerts"] == 3
-    assert shared["seconds"] == [1.002, 3.0, 1.002]
+    assert shared["seconds_each"] == [1.002, 3.0, 1.002]
+    assert shared["seconds"] == 3.0  # the longest: a query for slow kills finds the line
     assert "alert_id" not in shared
     # Every other field is the results' own, as in a line of one result.
     single = final_result_fields(records[0])
-    assert {k: v for k, v in shared.items() if k not in ("alert_ids", "alerts", "seconds")} == {
+    own = ("alert_ids", "alerts", "seconds", "seconds_each")
+    assert {k: v for k, v in shared.items() if k not in own} == {
         k: v for k, v in single.items() if k not in ("alert_id", "seconds")
     }
     assert alone == final_result_fields(records[1])
     # A result alone is logged as before.
     assert final_results_lines(records[:1]) == [("final result", single)]
     assert final_results_lines([]) == []
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"status": SweepStatus.RESIDUAL, "residual_open": 2},
+        {"counts": Counts(sent=116, already_closed=3)},
+        {"dry_run": True},
+        {"unlisted_pairs": ["ETH_USDT"]},
+        {"account": "mm-2"},
+        {"trigger_reason": "limit"},
+    ],
+)
+def test_final_results_that_differ_in_any_shared_field_get_lines_of_their_own(
+    other: dict[str, Any],
+) -> None:
+    pairs = {"unlisted_pairs": ["BTC_IDR"], "status": SweepStatus.RESIDUAL, "residual_open": 0}
+    alike = [ResultRecord.of(sweep_result(alert_id=f"a-{i}", **pairs)) for i in range(2)]
+    unlike = ResultRecord.of(sweep_result(alert_id="b", **{**pairs, **other}))
+    lines = final_results_lines([alike[0], unlike, alike[1]])
+    assert [(event, f.get("alert_ids", f.get("alert_id"))) for event, f in lines] == [
+        ("final results", ["a-0", "a-1"]),
+        ("final result", "b"),
+    ]
+
+
+def test_a_shared_line_without_times_has_no_seconds() -> None:
+    records = [ResultRecord.of(sweep_result(alert_id=f"a-{i}", received_at=None)) for i in range(2)]
+    ((event, line),) = final_results_lines(records)
+    assert event == "final results"
+    assert (line["seconds"], line["seconds_each"]) == (None, [None, None])
+
+
+def test_a_log_value_that_cannot_be_compared_keeps_its_result_alone() -> None:
+    fields = final_result_fields(ResultRecord.of(sweep_result()))
+    odd = {**fields, "extra": {"not": "hashable"}}
+    assert _alike_key(odd) != _alike_key(dict(odd))
+    assert _alike_key(fields) == _alike_key(dict(fields))
