@@ -27,7 +27,6 @@ from killswitch.contracts import (
     encode_state,
     final_result_fields,
     final_results_lines,
-    format_time,
     kill_requests,
     parse_alert,
     result_to_json,
@@ -43,6 +42,7 @@ from killswitch.core.model import (
 )
 from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome, RejectReason
+from killswitch.core.times import format_time
 
 NOW = datetime(2026, 11, 24, 1, 2, 3, 456000, tzinfo=UTC)
 ACCOUNTS = ("mm-1", "mm-2", "arb-1")

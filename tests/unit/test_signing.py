@@ -224,7 +224,7 @@ def account(tmp_path: Path, key: bytes, **kw: object) -> AccountSettings:
     path.write_bytes(key)
     return AccountSettings(
         id="acct-1", api_key=SecretStr("api-key-secret"), private_key_file=path, **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 async def test_client_loads_openssh_key_file(tmp_path: Path) -> None:
