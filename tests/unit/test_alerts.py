@@ -15,6 +15,7 @@ from killswitch.contracts import (
     DLQ_MAX_VALUE_BYTES,
     MAX_JSON_DEPTH,
     Alert,
+    Channel,
     Rejection,
     RejectKind,
     ResultRecord,
@@ -73,12 +74,12 @@ _DELETE = object()
 
 
 def parse(
-    message: dict[str, Any] | bytes | None, channel: str = "alerts", **kw: Any
+    message: dict[str, Any] | bytes | None, channel: Channel = "alerts", **kw: Any
 ) -> Alert | Rejection:
     raw = message if isinstance(message, bytes | None) else json.dumps(message).encode()
     return parse_alert(
         raw,
-        channel=channel,  # type: ignore[arg-type]
+        channel=channel,
         accounts=kw.pop("accounts", ACCOUNTS),
         max_message_bytes=kw.pop("max_message_bytes", 1_000_000),
         max_order_ids=kw.pop("max_order_ids", 10),
