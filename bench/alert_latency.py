@@ -67,7 +67,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench import harness
-from killswitch.contracts import format_time
+from killswitch.core.times import format_time
+from killswitch.procs import die_with_parent
 from killswitch.simulator import Simulator, SimulatorServer
 from killswitch.simulator.core import Request
 from killswitch.simulator.testing import register_test_client
@@ -120,8 +121,8 @@ class CancelProbe:
             elif request.method == "DELETE" and request.path == OPEN_PATH:
                 stamp = time.perf_counter()
                 symbol = _param(request.query, "symbol") or ""
-                for order_id in self.pairs.pop((request.api_key or "", symbol), set()):
-                    self._arrived(order_id, stamp)
+                for expected in self.pairs.pop((request.api_key or "", symbol), set()):
+                    self._arrived(expected, stamp)
             return inner(request)
 
         sim.handle = handle  # type: ignore[method-assign]
@@ -249,7 +250,7 @@ def _bare_consumer_child(bootstrap: str, topic: str, conn: Any) -> None:
     """In a child process: a bare aiokafka consumer (same fetch settings) that sends
     back, per record, the moment it had it. ``perf_counter`` is CLOCK_MONOTONIC on
     Linux, one clock for every process, so the parent can subtract its own stamps."""
-    harness.die_with_parent()
+    die_with_parent()
 
     async def main() -> None:
         async with _consumer(bootstrap, topic) as consumer:
@@ -317,7 +318,7 @@ def _bare_pipeline_child(
     is. ``poll`` = ``getone`` reads one record per call instead: aiokafka then asks the
     broker for more only at the next call, after the kill, where ``getmany`` (like the
     daemon) has the next fetch on its way while it lists and cancels."""
-    harness.die_with_parent()
+    die_with_parent()
     import aiohttp
 
     from killswitch.exchange.signing import Signer, load_private_key, signing_payload
@@ -910,7 +911,7 @@ async def _run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                preexec_fn=harness.die_with_parent,
+                preexec_fn=die_with_parent,
             )
             try:
                 result.update(

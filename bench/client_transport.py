@@ -57,7 +57,7 @@ from killswitch.exchange.signing import (
     private_key_pem,
     public_key_pem,
 )
-from killswitch.exchange.transport import Phases, RawTransport
+from killswitch.exchange.transport import Phases, RawTransport, TransportKind
 
 RESULTS = Path(__file__).parent / "results"
 SYMBOL = "BTC_USDT"
@@ -268,7 +268,10 @@ def _httpx_aiohttp_pkg(inflight: int) -> httpx.AsyncBaseTransport:
 
 @contextlib.asynccontextmanager
 async def full_client(
-    base_url: str, key_pem: bytes, inflight: int, transport: str | httpx.AsyncBaseTransport
+    base_url: str,
+    key_pem: bytes,
+    inflight: int,
+    transport: TransportKind | httpx.AsyncBaseTransport,
 ) -> AsyncIterator[Send]:
     settings = AccountSettings(
         id="bench",
@@ -279,7 +282,7 @@ async def full_client(
         burst=100_000,
         max_concurrency=inflight,
     )
-    async with ExchangeClient(settings, transport=transport) as client:  # type: ignore[arg-type]
+    async with ExchangeClient(settings, transport=transport) as client:
         await client.sync_clock()
 
         async def send(order_id: int) -> bool:

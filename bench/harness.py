@@ -427,7 +427,7 @@ def alert_bytes(alert_id: str, account: str, **scope: Any) -> bytes:
     """A ``killswitch.alert/v1`` kill for one account, JSON bytes."""
     from datetime import UTC, datetime
 
-    from killswitch.contracts import format_time
+    from killswitch.core.times import format_time
 
     body = {
         "schema": "killswitch.alert/v1",
@@ -563,7 +563,12 @@ async def recv(conn: Any, timeout: float) -> Any:
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
     fd = conn.fileno()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
     try:
         async with asyncio.timeout(timeout):
             await ready

@@ -85,7 +85,7 @@ def run_kill(
             burst=1_000,
             max_concurrency=inflight,
         )
-        engine_settings = EngineSettings(strategy=strategy, default_deadline_s=600.0)  # type: ignore[arg-type]
+        engine_settings = EngineSettings(strategy=strategy, default_deadline_s=600.0)
         async with ExchangeClient(settings) as client:
             await client.sync_clock()
             async with Engine(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import harness
+from killswitch.procs import die_with_parent
 
 Handlers = dict[str, Callable[..., Awaitable[Any]]]
 EXIT = "_exit"  # the call that ends a child (not a handler's name)
@@ -83,7 +84,7 @@ async def probing(lag: LoopLag) -> AsyncIterator[LoopLag]:
 
 def child_main(conn: Any, factory: Factory, args: tuple[Any, ...]) -> None:
     """Entry point of a spawned child: serve calls until ``EXIT`` or the pipe closes."""
-    harness.die_with_parent()
+    die_with_parent()
     try:
         asyncio.run(_serve(conn, factory, args))
     finally:

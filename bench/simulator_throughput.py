@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from bench import harness
 from killswitch.exchange.signing import (
     Signer,
@@ -69,7 +71,7 @@ def _distinct_verify_baseline(seconds: float = 1.0) -> float:
     signature (``_verify_baseline``) flatters the verify by a few percent on some
     cores (its branches and data stay warm).
     """
-    items = []
+    items: list[tuple[ec.EllipticCurvePrivateKey, bytes, str]] = []
     for n in range(400):
         key = generate_private_key() if n < 4 else items[n % 4][0]
         payload = b"1714440597515DELETE/coin/internal/v1/orderorder_id=%d&symbol=BTC_USDT" % n

@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness, rpc
+from killswitch.procs import die_with_parent
 from killswitch.simulator import Simulator, SimulatorServer
 from killswitch.simulator.core import Request
 from killswitch.simulator.testing import register_test_client
@@ -323,7 +324,7 @@ async def first_lag_zero(
 def _alert(alert_id: str, account: str, *, manual: bool = False, latch: bool = False) -> bytes:
     from datetime import UTC, datetime
 
-    from killswitch.contracts import format_time
+    from killswitch.core.times import format_time
 
     body: dict[str, Any] = {
         "schema": "killswitch.alert/v1",
@@ -371,7 +372,7 @@ def _bare_consumer(bootstrap: str, topic: str, n: int, conn: Any) -> None:
     """In a child process: a bare aiokafka consumer (no group, the daemon's fetch
     settings) reading ``topic`` from its start; sends "ready", then the moment it has
     read ``n`` records."""
-    harness.die_with_parent()
+    die_with_parent()
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     async def main() -> None:
@@ -611,7 +612,7 @@ class Profiler:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=harness.die_with_parent,  # noqa: PLW1509 - a prctl call only
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - a prctl call only
         )
 
     def stop(self) -> None:

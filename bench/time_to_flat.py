@@ -66,7 +66,8 @@ SERVER_BURST = 20
 CLIENT_BURST = 10
 SIGNED = ("open_orders", "cancel", "cancel_batch", "cancel_all", "get_order")
 CANCELS = ("cancel", "cancel_batch", "cancel_all")
-WINDOW = {"after_requests": 50, "duration_s": 3.0, "retry_after": "seconds"}
+WINDOW_S = 3.0  # how long the throttle window refuses requests
+WINDOW = {"after_requests": 50, "duration_s": WINDOW_S, "retry_after": "seconds"}
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,7 @@ async def _one(
     failed = result.counts.failed
     flat = result.status is SweepStatus.FLAT
     if s.goal == "window":
-        bound = WINDOW["duration_s"] + s.target * ideal
+        bound = WINDOW_S + s.target * ideal
         goal, ok = f"<= {bound:.2f} s (3 s + {s.target} x ideal), 0 failed", seconds <= bound
         ok = ok and failed == 0
     elif s.goal == "beside":  # no goal of its own: what per_order costs next to auto

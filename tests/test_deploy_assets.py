@@ -260,7 +260,8 @@ def k8s() -> dict[str, dict[str, Any]]:
 
 
 def container(k8s: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    (only,) = k8s["Deployment"]["spec"]["template"]["spec"]["containers"]
+    containers: list[dict[str, Any]] = k8s["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (only,) = containers
     return only
 
 

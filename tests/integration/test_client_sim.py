@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -27,6 +27,7 @@ from killswitch.exchange.client import ExchangeClient, ExchangeClients
 from killswitch.exchange.errors import AuthError, ExchangeUnavailable, InvalidRequest, NotFound
 from killswitch.exchange.http1 import Http1Transport
 from killswitch.exchange.signing import generate_private_key, private_key_pem
+from killswitch.exchange.transport import TransportKind
 from killswitch.simulator import EndpointFaults, Simulator, SimulatorServer
 from killswitch.simulator.testing import (
     SignedClient,
@@ -98,7 +99,7 @@ class Env:
     server: SimulatorServer
     api_key: str
     pem: bytes
-    transport: str
+    transport: TransportKind | Literal["generic"]
     recorder: Recorder = field(default_factory=Recorder)
 
     def client(self, **overrides: Any) -> ExchangeClient:
@@ -116,9 +117,11 @@ class Env:
 
     def client_for(self, settings: AccountSettings, **extra: Any) -> ExchangeClient:
         """A client for ``settings`` on this run's transport."""
-        transport: Any = self.transport
-        if transport == "generic":
+        transport: TransportKind | httpx.AsyncBaseTransport
+        if self.transport == "generic":
             transport = GenericOnly(settings.max_concurrency + 1)
+        else:
+            transport = self.transport
         return ExchangeClient(settings, observer=self.recorder, transport=transport, **extra)
 
 
@@ -456,7 +459,7 @@ async def test_several_accounts_each_with_own_limiter(env: Env) -> None:
     if env.transport == "generic":
         clients_cm = ExchangeClients(accounts, client_factory=env.client_for)
     else:
-        clients_cm = ExchangeClients(accounts, transport=env.transport)  # type: ignore[arg-type]
+        clients_cm = ExchangeClients(accounts, transport=env.transport)
     async with clients_cm as clients:
         assert set(clients) == {"acct-a", "acct-b"}
         assert clients["acct-a"].limiter is not clients["acct-b"].limiter

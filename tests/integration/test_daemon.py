@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from prometheus_client.parser import text_string_to_metric_families
 
 from killswitch.config import ConfigError, EngineSettings
-from killswitch.contracts import encode_heartbeat
+from killswitch.contracts import ResultRecord, encode_heartbeat
 from killswitch.daemon import Daemon, async_run
 from killswitch.embedded import free_port
 from killswitch.kafka.ownership import account_partition
@@ -636,10 +636,10 @@ async def test_a_stop_cut_short_publishes_nothing_for_the_unfinished_alert(
             publisher = started[0].publisher
             publish = publisher.result
 
-            async def spy(result: Any, *args: Any, **kwargs: Any) -> None:
-                if result.final:
-                    finals.append(result.alert_id)
-                await publish(result, *args, **kwargs)
+            async def spy(record: ResultRecord, *, wait: bool = True) -> None:
+                if record.final:
+                    finals.append(record.alert_id)
+                await publish(record, wait=wait)
 
             publisher.result = spy  # type: ignore[method-assign]
             await produce(settings, [alert_message("cut-1", ["mm-1"])])

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from killswitch.config import Settings
 from killswitch.contracts import encode_state
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import HaltState, Scope
@@ -326,7 +327,9 @@ async def test_release_and_dry_run(kafka_bootstrap: str, unique_name: Unique) ->
         assert sorted(run.observer.alerts) == [("alerts", "dry_run"), ("alerts", "processed")]
 
 
-def _operator_settings(kafka_bootstrap: str, unique_name: Unique, key: Ed25519PrivateKey):  # type: ignore[no-untyped-def]
+def _operator_settings(
+    kafka_bootstrap: str, unique_name: Unique, key: Ed25519PrivateKey
+) -> Settings:
     public = base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
     return make_settings(
         kafka_bootstrap,

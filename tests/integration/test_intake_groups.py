@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from typing import NotRequired, TypedDict
 
 import pytest
 
@@ -211,6 +212,15 @@ async def test_records_that_cannot_join_a_group_keep_their_place_in_the_run(
     }
 
 
+class _AlertFields(TypedDict):
+    """The fields an alert of the test below sets beyond its id."""
+
+    reason: str
+    deadline_s: int
+    scope: NotRequired[dict[str, list[str]]]
+    operator: NotRequired[dict[str, str]]
+
+
 async def test_each_alert_of_a_group_keeps_its_own_fields(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
@@ -218,7 +228,7 @@ async def test_each_alert_of_a_group_keeps_its_own_fields(
     # time); alerts that differ in anything else must each get their own requests.
     settings = make_settings(kafka_bootstrap, unique_name)
     await create_all_topics(settings)
-    sent = {
+    sent: dict[str, _AlertFields] = {
         "a-1": {"reason": "first", "deadline_s": 5},
         "a-2": {"reason": "first", "deadline_s": 5},
         "a-3": {"reason": "second", "deadline_s": 5},

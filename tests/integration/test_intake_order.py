@@ -53,7 +53,7 @@ async def test_a_release_is_not_overtaken_by_the_large_latched_kill_before_it(
         ):
             await produce(settings, [latch, release])
             await wait_for(
-                lambda: results.finals("latch-1") and results.finals("release-1"), timeout=30
+                lambda: bool(results.finals("latch-1") and results.finals("release-1")), timeout=30
             )
             assert results.finals("release-1")[0]["was_halted"] is True
             assert "mm-1" not in running.daemon.engine.halted()
@@ -196,7 +196,7 @@ async def test_a_group_cut_off_by_a_shutdown_is_answered_once_by_the_next_daemon
         ids = [f"cut-{i}" for i in range(6)]
         await produce(settings, [alert_message(i) for i in ids])
         async with daemon_in_process(settings):
-            await wait_for(lambda: ex.log("cancel"), timeout=20)
+            await wait_for(lambda: bool(ex.log("cancel")), timeout=20)
         first = (await read_to_end(kafka_bootstrap, topics.results)).finals()
         ex.sim.set_faults(EndpointFaults())
         async with (

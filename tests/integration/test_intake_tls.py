@@ -15,8 +15,9 @@ import ipaddress
 import os
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from cryptography import x509
@@ -27,6 +28,8 @@ from cryptography.x509.oid import NameOID
 from killswitch.config import KafkaSettings
 from killswitch.embedded import broker_binary, free_port
 from killswitch.kafka.clients import all_partitions, ensure_topics, make_producer, make_reader
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.integration
 
@@ -182,7 +185,7 @@ async def test_produce_and_consume_over_tls(tmp_path: Path) -> None:
             assert handshakes  # every connection went through the TLS proxy
 
 
-async def _retry_until_listening(start):  # type: ignore[no-untyped-def]
+async def _retry_until_listening(start: Callable[[], Awaitable[T]]) -> T:
     """The broker process needs a moment to listen; retry with a deadline."""
     from aiokafka.errors import KafkaConnectionError
 

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from killswitch.exchange.signing import (
+    SignatureEncoding,
     compact_json,
     generate_private_key,
     private_key_pem,
@@ -203,9 +204,9 @@ async def test_signature_covers_the_query_and_body_exactly_as_sent(served: Serve
 
 
 @pytest.mark.parametrize("encoding", ["hex-der", "base64-raw"])
-async def test_per_client_signature_encoding(served: Served, encoding: str) -> None:
-    api_key, pem = register_test_client(served.sim, signature_encoding=encoding)  # type: ignore[arg-type]
-    async with SignedClient(served.server.base_url, api_key, pem, signature_encoding=encoding) as c:  # type: ignore[arg-type]
+async def test_per_client_signature_encoding(served: Served, encoding: SignatureEncoding) -> None:
+    api_key, pem = register_test_client(served.sim, signature_encoding=encoding)
+    async with SignedClient(served.server.base_url, api_key, pem, signature_encoding=encoding) as c:
         assert (await c.open_orders(SYMBOL)).status_code == 200
     async with SignedClient(served.server.base_url, api_key, pem) as wrong:
         assert (await wrong.open_orders(SYMBOL)).status_code == 401

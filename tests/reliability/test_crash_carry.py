@@ -77,7 +77,9 @@ def _reported(results: TopicCollector, alert_id: str, sent: int) -> bool:
     )
 
 
-async def _start(kafka_bootstrap: str, tmp_path: Path, tag: str, ex: Exchange) -> tuple[Path, str]:
+async def _start(
+    kafka_bootstrap: str, tmp_path: Path, tag: str, ex: Exchange
+) -> tuple[Path, dict[str, str]]:
     config = _config(kafka_bootstrap, tag, ex)
     await create_topics(kafka_bootstrap, config["kafka"]["topics"])
     return write_config(tmp_path / "killswitch.toml", config), config["kafka"]["topics"]

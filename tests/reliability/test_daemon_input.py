@@ -148,13 +148,13 @@ async def test_bad_input_through_kafka_goes_to_the_dlq_and_the_daemon_keeps_goin
     assert metrics is not None
     refused = dead_lettered = 0.0
     for line in metrics.text.splitlines():
-        value = line.rsplit(" ", 1)[-1]
+        reading = line.rsplit(" ", 1)[-1]
         if line.startswith("killswitch_alerts_total{") and (
             'result="invalid"' in line or 'result="unauthorized"' in line
         ):
-            refused += float(value)
+            refused += float(reading)
         elif line.startswith("killswitch_dlq_total{"):
-            dead_lettered += float(value)
+            dead_lettered += float(reading)
     assert refused == len(inputs)
     assert dead_lettered == len(inputs)
     assert [r["status"] for r in after] == ["flat"]

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from killswitch.core.model import KillRequest, Scope, SweepResult, SweepStatus
 from killswitch.core.outcomes import Outcome
+from killswitch.core.planning import StrategyName
 from killswitch.core.ports import EngineConfig
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
@@ -145,7 +146,7 @@ def record_faults(env: Env, probe: CancelProbe) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["per_order", "batch"])
 async def test_all_faults_together_still_reach_flat(
-    env: Env, strategy: str, engines: Engines
+    env: Env, strategy: StrategyName, engines: Engines
 ) -> None:
     seeded = env.seed(30)
     untouchable = set(env.sim.seed_orders(env.api_key, OUT_OF_SCOPE, 10))

@@ -35,7 +35,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from killswitch.config import OperatorKey, TriggerSigningSettings
-from killswitch.contracts import Alert, Rejection, RejectKind, format_time, parse_alert
+from killswitch.contracts import Alert, Rejection, RejectKind, parse_alert
+from killswitch.core.times import format_time
 from killswitch.embedded import EmbeddedBroker, free_port
 from killswitch.triggers import TriggerVerifier, canonical_bytes, sign_trigger
 from tests.support import figures

@@ -129,8 +129,8 @@ def answers(draw: st.DrawFn) -> tuple[bytes, str]:
     data = interim + "".join(lines).encode("latin-1") + b"\r\n" + payload
     if broken == "truncate":
         # Cut inside the head, or inside a framed body: both must see an incomplete answer.
-        end = len(data) if framing != "close" else len(data) - len(payload)
-        data = data[: draw(st.integers(1, max(1, end - 1)))]
+        limit = len(data) if framing != "close" else len(data) - len(payload)
+        data = data[: draw(st.integers(1, max(1, limit - 1)))]
     return data, broken
 
 

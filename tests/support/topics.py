@@ -29,7 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from killswitch.config import Settings
-from killswitch.contracts import format_time
+from killswitch.core.times import format_time
 
 
 async def create_topics(
@@ -101,7 +101,10 @@ class Producer:
         partition: int | None = None,
     ) -> asyncio.Future[Any]:
         """Hand to the producer; the returned future resolves when acknowledged."""
-        return await self._producer.send(topic, _bytes(value), key=_key(key), partition=partition)
+        acked: asyncio.Future[Any] = await self._producer.send(
+            topic, _bytes(value), key=_key(key), partition=partition
+        )
+        return acked
 
 
 def _bytes(value: bytes | Mapping[str, Any]) -> bytes:

@@ -15,6 +15,7 @@ from killswitch.contracts import (
     DLQ_MAX_VALUE_BYTES,
     MAX_JSON_DEPTH,
     Alert,
+    Channel,
     Rejection,
     RejectKind,
     ResultRecord,
@@ -27,7 +28,6 @@ from killswitch.contracts import (
     encode_state,
     final_result_fields,
     final_results_lines,
-    format_time,
     kill_requests,
     parse_alert,
     result_to_json,
@@ -43,6 +43,7 @@ from killswitch.core.model import (
 )
 from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome, RejectReason
+from killswitch.core.times import format_time
 
 NOW = datetime(2026, 11, 24, 1, 2, 3, 456000, tzinfo=UTC)
 ACCOUNTS = ("mm-1", "mm-2", "arb-1")
@@ -73,12 +74,12 @@ _DELETE = object()
 
 
 def parse(
-    message: dict[str, Any] | bytes | None, channel: str = "alerts", **kw: Any
+    message: dict[str, Any] | bytes | None, channel: Channel = "alerts", **kw: Any
 ) -> Alert | Rejection:
     raw = message if isinstance(message, bytes | None) else json.dumps(message).encode()
     return parse_alert(
         raw,
-        channel=channel,  # type: ignore[arg-type]
+        channel=channel,
         accounts=kw.pop("accounts", ACCOUNTS),
         max_message_bytes=kw.pop("max_message_bytes", 1_000_000),
         max_order_ids=kw.pop("max_order_ids", 10),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -29,7 +30,9 @@ def serve(book: set[int], cursor: int | None, limit: int) -> list[Order]:
     return [order(i) for i in ids[:limit]]
 
 
-def drain(book: set[int], limit: int, between_pages: object = None) -> list[list[int]]:
+def drain(
+    book: set[int], limit: int, between_pages: Callable[[set[int], int], object] | None = None
+) -> list[list[int]]:
     pager = OpenOrdersPager(limit)
     pages: list[list[int]] = []
     for _ in range(1000):  # bounded
@@ -38,7 +41,7 @@ def drain(book: set[int], limit: int, between_pages: object = None) -> list[list
         fresh = pager.feed(serve(book, pager.cursor, limit))
         pages.append([o.order_id for o in fresh])
         if between_pages is not None:
-            between_pages(book, len(pages))  # type: ignore[operator]
+            between_pages(book, len(pages))
     raise AssertionError("pager did not stop")
 
 

@@ -10,7 +10,7 @@ import asyncio
 import email.utils
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,11 @@ from tests.support.keys import PKCS8_PEM
 
 API_KEY = "unit-api-key-0123456789"
 
-Handler = Callable[[httpx.Request], httpx.Response]
+# What httpx.MockTransport serves with: a Script, or a function for a one-off answer.
+Handler = (
+    Callable[[httpx.Request], httpx.Response]
+    | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
+)
 
 
 class FakeTime:
@@ -139,7 +143,7 @@ def fake() -> FakeTime:
 
 
 def make_client(
-    tmp_path: Path, fake: FakeTime, script: Script, recorder: Recorder | None = None, **kw: Any
+    tmp_path: Path, fake: FakeTime, script: Handler, recorder: Recorder | None = None, **kw: Any
 ) -> ExchangeClient:
     account = settings(tmp_path, **kw)
     limiter = RateLimiter(
@@ -622,7 +626,7 @@ async def test_a_redirect_on_server_time_reaches_the_observer(
         return reply(302, headers={"Location": "https://elsewhere.example/t"})
 
     recorder = RedirectRecorder()
-    async with make_client(tmp_path, fake, moved, recorder) as client:  # type: ignore[arg-type]
+    async with make_client(tmp_path, fake, moved, recorder) as client:
         with pytest.raises(Redirected) as info:
             await client.sync_clock()
     assert recorder.redirects == [("time", 302, "https://elsewhere.example/t")]
@@ -697,7 +701,7 @@ async def test_a_request_cancelled_in_flight_is_reported(tmp_path: Path, fake: F
         raise AssertionError("unreachable")
 
     recorder = Recorder()
-    async with make_client(tmp_path, fake, hang, recorder) as client:  # type: ignore[arg-type]
+    async with make_client(tmp_path, fake, hang, recorder) as client:
         task = asyncio.create_task(client.cancel_order(7, "BTC_USDT"))
         for _ in range(100):
             if recorder.inflight:

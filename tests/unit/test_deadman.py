@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Literal
 
 import pytest
 
@@ -14,7 +15,12 @@ from killswitch.kafka.deadman import deadman_alert_id, deadman_alerts
 
 # Events: ("hb", t) heartbeat at t, ("hb_age", t, age) heartbeat t with age, ("check", t)
 # expecting the listed sources to fire.
-TABLE = [
+Event = (
+    tuple[Literal["hb"], float]
+    | tuple[Literal["hb_age"], float, float]
+    | tuple[Literal["check"], float, list[str]]
+)
+TABLE: list[tuple[str, list[Event]]] = [
     (
         "silent past the timeout fires once",
         [("check", 10.0, []), ("check", 10.1, ["bot"]), ("check", 50, [])],
@@ -31,7 +37,7 @@ TABLE = [
 
 
 @pytest.mark.parametrize(("case", "events"), TABLE, ids=[t[0] for t in TABLE])
-def test_deadman_table(case: str, events: list[tuple]) -> None:  # type: ignore[type-arg]
+def test_deadman_table(case: str, events: list[Event]) -> None:
     monitor = DeadmanMonitor({"bot": 10.0}, now=0.0)
     for event in events:
         if event[0] == "hb":

@@ -42,7 +42,9 @@ def test_crash_between_accounts_resweeps_only_the_unfinished_one() -> None:
     ("first", "again", "reused"),
     [(P1, P1, False), (P1, P2, True), (None, P2, False), (P1, None, False)],
 )
-def test_reuse_means_another_position(first, again, reused) -> None:  # type: ignore[no-untyped-def]
+def test_reuse_means_another_position(
+    first: Position | None, again: Position | None, reused: bool
+) -> None:
     w = DedupWindow(10)
     w.finish("a", "mm-1", "flat", first)
     assert w.decide("a", ["mm-1"], again).reused is reused

@@ -647,7 +647,7 @@ async def test_leaving_the_lifetime_ends_every_task_of_the_engine() -> None:
     async with Engine({ACCOUNT: ex, "mm-2": other}, settings()) as engine:
         latched = engine.start(request(latch=True), Progress())
         plain = engine.start(request("a2", account="mm-2"), Progress())
-        await wait_for(lambda: ex.calls("cancel") and other.calls("cancel"))
+        await wait_for(lambda: bool(ex.calls("cancel") and other.calls("cancel")))
         assert engine.guarded() == {ACCOUNT}
     assert asyncio.all_tasks() == before  # nothing of the engine outlives it
     for future in (latched, plain):

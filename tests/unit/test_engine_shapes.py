@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -18,7 +19,8 @@ from hypothesis import strategies as st
 from killswitch.core.model import SweepStatus
 from killswitch.core.orders import Side
 from killswitch.core.outcomes import Outcome
-from killswitch.core.ports import BatchCancelResult
+from killswitch.core.planning import StrategyName
+from killswitch.core.ports import BatchCancelResult, CancelResult
 from killswitch.engine import Engine
 from tests.support.engine import (
     ACCOUNT,
@@ -45,7 +47,7 @@ class Probe:
             for _ in range(rng.randint(0, 3)):
                 await asyncio.sleep(0)
 
-        async def one(order_id, symbol):
+        async def one(order_id: int, symbol: str) -> CancelResult:
             self.enter()
             try:
                 await jitter()
@@ -53,13 +55,13 @@ class Probe:
             finally:
                 self.now -= 1
 
-        async def batch(symbol, ids):
+        async def batch(symbol: str, order_ids: Sequence[int]) -> BatchCancelResult:
             self.enter()
             try:
                 await jitter()
                 if refuse_batches and rng.random() < 0.5:
                     return BatchCancelResult(symbol, outcome=Outcome.REJECTED)
-                return await orig_batch(symbol, ids)
+                return await orig_batch(symbol, order_ids)
             finally:
                 self.now -= 1
 
@@ -96,19 +98,19 @@ class Probe:
 )
 def test_random_pass_shapes(
     *,
-    seed,
-    strategy,
-    orders,
-    fail_frac,
-    concurrency,
-    batch_size,
-    page_size,
-    joins,
-    first_symbols,
-    dry_run,
-    refuse_batches,
-    sticky,
-    reject,
+    seed: int,
+    strategy: StrategyName,
+    orders: list[tuple[str, Side]],
+    fail_frac: float,
+    concurrency: int,
+    batch_size: int,
+    page_size: int,
+    joins: list[tuple[int, set[str], bool]],
+    first_symbols: set[str] | None,
+    dry_run: bool,
+    refuse_batches: bool,
+    sticky: bool,
+    reject: bool,
 ) -> None:
     async def scenario() -> None:
         rng = random.Random(seed)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from killswitch.core.lanes import FairLanes
 
+T = TypeVar("T")
 
-def drain(lanes: FairLanes[str, str], held: frozenset[str] = frozenset()) -> list[str]:
-    out: list[str] = []
+
+def drain(lanes: FairLanes[str, T], held: frozenset[str] = frozenset()) -> list[T]:
+    out: list[T] = []
     while (item := lanes.pop(lambda lane: lane in held)) is not None:
         out.append(item)
     return out

@@ -15,7 +15,7 @@ from killswitch.loops import EventLoopUnavailable, loop_factory, loop_name
 
 def test_auto_and_uvloop_make_uvloop_loops() -> None:
     for choice in ("auto", "uvloop"):
-        factory = loop_factory(choice)  # type: ignore[arg-type]
+        factory = loop_factory(choice)
         assert factory is not None
         loop = factory()
         try:

@@ -13,6 +13,7 @@ from killswitch.core.planning import (
     NAMED_PAIR_KEY,
     WHOLE_PAIR,
     CancelQueue,
+    StrategyName,
     bulk_plan,
     cancel_pair_first,
     cancel_whole_pair,
@@ -74,8 +75,10 @@ def test_cancel_whole_pair(
         ("symbol", (), (1, False)),
     ],
 )
-def test_bulk_plan(strategy: str, refused: tuple[str, ...], expected: tuple[int, bool]) -> None:
-    assert bulk_plan(strategy, 50, refused) == expected  # type: ignore[arg-type]
+def test_bulk_plan(
+    strategy: StrategyName, refused: tuple[str, ...], expected: tuple[int, bool]
+) -> None:
+    assert bulk_plan(strategy, 50, refused) == expected
 
 
 @pytest.mark.parametrize(
@@ -252,17 +255,21 @@ ONE_OF_A = Scope(symbols=frozenset({"A"}), order_ids=frozenset({1}))
     ],
 )
 def test_cancel_pair_first(
-    strategy: str, scope: Scope, first_pass: bool, refused: tuple[str, ...], expected: bool
+    strategy: StrategyName,
+    scope: Scope,
+    first_pass: bool,
+    refused: tuple[str, ...],
+    expected: bool,
 ) -> None:
     got = cancel_pair_first(
-        strategy,  # type: ignore[arg-type]
+        strategy,
         scope,
         first_pass=first_pass,
         refused=refused,
     )
     assert got is expected
     off = cancel_pair_first(
-        strategy,  # type: ignore[arg-type]
+        strategy,
         scope,
         first_pass=first_pass,
         enabled=False,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -255,11 +257,24 @@ def test_each_change_a_report_shows_moves_the_version() -> None:
     ledger.begin(1)
     ledger.conclude(1, FAILED, 1)
     ledger.new_pass()
-    changes = [
+
+    def handed_back() -> None:  # attempts
+        ledger.begin(1)
+        ledger.hand_back(1, attempts=1)
+
+    def abandoned() -> None:  # attempts
+        ledger.begin(1)
+        ledger.abandon(1, sent=True)
+
+    def concluded() -> None:  # outcome
+        ledger.begin(1)
+        ledger.conclude(1, SENT)
+
+    changes: list[Callable[[], object]] = [
         lambda: ledger.observe(1, "A", Side.SELL),  # a listing tells the side
-        lambda: (ledger.begin(1), ledger.hand_back(1, attempts=1)),  # attempts
-        lambda: (ledger.begin(1), ledger.abandon(1, sent=True)),  # attempts
-        lambda: (ledger.begin(1), ledger.conclude(1, SENT)),  # outcome
+        handed_back,
+        abandoned,
+        concluded,
     ]
     for change in changes:
         version, before = ledger.version, _snapshot(ledger)

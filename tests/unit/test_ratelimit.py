@@ -34,10 +34,10 @@ def make(
     return RateLimiter(rate, burst, concurrency, clock=fake, sleep=fake.sleep, **kw)  # type: ignore[arg-type]
 
 
-async def settle(condition: object = None, rounds: int = 1000) -> None:
+async def settle(condition: Callable[[], object] | None = None, rounds: int = 1000) -> None:
     """Let the event loop run until ``condition()`` holds (bounded; no wall-clock wait)."""
     for _ in range(rounds):
-        if condition is not None and condition():  # type: ignore[operator]
+        if condition is not None and condition():
             return
         await asyncio.sleep(0)
     if condition is not None:

@@ -22,6 +22,7 @@ from killswitch.config import AccountSettings
 from killswitch.exchange.client import ExchangeClient, prepare_request
 from killswitch.exchange.signing import (
     KeyLoadError,
+    SignatureEncoding,
     Signer,
     compact_json,
     encode_query,
@@ -137,20 +138,20 @@ def test_all_key_formats_load_the_same_key(key_bytes: bytes) -> None:
 @pytest.mark.parametrize(
     "key_bytes", [PKCS8_PEM, SEC1_PEM, OPENSSH_KEY], ids=["pkcs8", "sec1", "openssh"]
 )
-def test_signatures_verify_independently(key_bytes: bytes, encoding: str) -> None:
-    signer = Signer(load_private_key(key_bytes), encoding)  # type: ignore[arg-type]
+def test_signatures_verify_independently(key_bytes: bytes, encoding: SignatureEncoding) -> None:
+    signer = Signer(load_private_key(key_bytes), encoding)
     signature = signer.sign(CANCEL_PAYLOAD)
     assert independently_valid(CANCEL_PAYLOAD, signature, encoding)
     assert not independently_valid(CANCEL_PAYLOAD + b"x", signature, encoding)
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_known_signature_vectors(encoding: str) -> None:
+def test_known_signature_vectors(encoding: SignatureEncoding) -> None:
     signature = KNOWN_SIGNATURES[encoding]
     assert independently_valid(CANCEL_PAYLOAD, signature, encoding)
-    assert verify(public_key(), CANCEL_PAYLOAD, signature, encoding)  # type: ignore[arg-type]
+    assert verify(public_key(), CANCEL_PAYLOAD, signature, encoding)
     tampered = CANCEL_PAYLOAD.replace(b"123", b"124")
-    assert not verify(public_key(), tampered, signature, encoding)  # type: ignore[arg-type]
+    assert not verify(public_key(), tampered, signature, encoding)
 
 
 def test_signature_shapes() -> None:
@@ -224,7 +225,7 @@ def account(tmp_path: Path, key: bytes, **kw: object) -> AccountSettings:
     path.write_bytes(key)
     return AccountSettings(
         id="acct-1", api_key=SecretStr("api-key-secret"), private_key_file=path, **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 async def test_client_loads_openssh_key_file(tmp_path: Path) -> None:

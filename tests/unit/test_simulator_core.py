@@ -523,8 +523,9 @@ def test_seeded_orders_are_open_and_well_formed() -> None:
     }
     assert h.sim.open_order_ids(h.api_key, "BTC_IDR") == set(ids)
     fixed = h.sim.seed_orders(h.api_key, "BTC_IDR", 1, side="SELL", price="1.5", quantity="2")
-    assert h.sim.order(fixed[0]) is not None
-    assert h.sim.order(fixed[0])["price"] == "1.5"  # type: ignore[index]
+    seeded = h.sim.order(fixed[0])
+    assert seeded is not None
+    assert seeded["price"] == "1.5"
 
 
 def test_unknown_routes_and_methods() -> None:
