@@ -614,6 +614,11 @@ def format_validation_error(
             hints.append(_key_file_hint(config_path, from_file=where == f"in {config_path}"))
     if len(errors) > _MAX_ERRORS_SHOWN:
         lines.append(f"  ... and {len(errors) - _MAX_ERRORS_SHOWN} more")
+    if config_path is None:
+        hints.append(
+            f"No configuration file was given: pass --config FILE or set {CONFIG_ENV} "
+            "(config/killswitch.example.toml is one to start from)."
+        )
     lines.extend(dict.fromkeys(hints))  # each hint once
     lines.append(
         "KILLSWITCH_* environment variables (nested with __, lists as JSON) override the "
@@ -635,7 +640,11 @@ def error_source(
     parts = [f"from {', '.join(names)}"] if names else []
     if not exact and config_path is not None and _has_path(toml_data, loc):
         parts.append(f"in {config_path}")
-    return " and ".join(parts) or "not set in the file or the environment"
+    if parts:
+        return " and ".join(parts)
+    if config_path is None:
+        return "not set: no configuration file was given, and no environment variable sets it"
+    return "not set in the file or the environment"
 
 
 def _env_names(

@@ -31,6 +31,7 @@ from killswitch.contracts import (
     Rejection,
     parse_alert,
 )
+from killswitch.core.pairs import suggest
 from killswitch.triggers import TriggerKeyError, TriggerVerifier, sign_trigger
 
 __all__ = [
@@ -162,7 +163,11 @@ def request_from_args(
 
 
 def operator_name(given: str | None, environ: dict[str, str] | None = None) -> str:
-    """``--operator``, else ``$KILLSWITCH_OPERATOR``, else the login name."""
+    """``--operator``, else ``$KILLSWITCH_OPERATOR``, else the login name. An empty
+    ``--operator`` (an unset shell variable) is refused, as any option given empty:
+    falling back would put someone else's name on the trigger."""
+    if given is not None and not given.strip():
+        raise UsageError("--operator '': empty value (leave the option out instead)")
     env = os.environ if environ is None else environ
     name = given or env.get(OPERATOR_ENV)
     if not name:
@@ -200,6 +205,25 @@ def alert_message(request: TriggerRequest, *, alert_id: str, now: datetime) -> d
     return alert.to_json()
 
 
+def _check_accounts(named: Sequence[str] | Literal["*"], configured: Sequence[str]) -> None:
+    """Refuse an account id the configuration does not have, saying what was likely
+    meant and which ids there are (the daemon's own refusal names only the unknown)."""
+    if named == "*":
+        return
+    unknown = [a for a in dict.fromkeys(named) if a not in configured]
+    if not unknown:
+        return
+    parts = []
+    for name in unknown[:5]:
+        close = suggest(name, configured)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        parts.append(f"{name[:64]!r}{hint}")
+    ids = ", ".join(configured[:10]) + (", ..." if len(configured) > 10 else "")
+    raise UsageError(
+        f"unknown account id(s): {', '.join(parts)}; the configuration has: {ids or 'none'}"
+    )
+
+
 def message_key(accounts: Sequence[str] | Literal["*"]) -> bytes:
     """The Kafka key: the account (the first one named when there are several; ``*``)."""
     if accounts == "*":
@@ -232,6 +256,7 @@ def prepare_trigger(
     operator not on the allowlist...). ``require_signature`` False (a direct kill,
     which no daemon reads: the account keys are the authority) skips the signing rule.
     """
+    _check_accounts(request.accounts, rules.accounts)
     alert_id = request.alert_id or new_alert_id(request.action, now)
     message = alert_message(request, alert_id=alert_id, now=now)
     if signing_key is not None:
@@ -257,7 +282,7 @@ def prepare_trigger(
         verifier=verifier if signing_key is not None else None,
     )
     if isinstance(parsed, Rejection):
-        raise UsageError(f"the daemon would refuse this trigger ({parsed.kind}): {parsed.reason}")
+        raise UsageError(f"refused before sending ({parsed.kind}): {parsed.reason}")
     return Prepared(
         message=message,
         value=value,

@@ -147,6 +147,17 @@ def test_missing_key_file_from_the_environment_says_how_to_make_it(
     assert "keygen --config" not in message
 
 
+def test_without_a_configuration_file_the_error_says_how_to_give_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("KILLSWITCH_ACCOUNTS", raising=False)
+    message = _error(None)
+    assert _line(message, "accounts").endswith(
+        "(not set: no configuration file was given, and no environment variable sets it)"
+    )
+    assert "pass --config FILE or set KILLSWITCH_CONFIG" in message
+
+
 def test_a_setting_nobody_gave_is_said_to_be_unset(tmp_path: Path) -> None:
     empty = tmp_path / "empty.toml"
     empty.write_text("")

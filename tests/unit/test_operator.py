@@ -162,6 +162,12 @@ def test_operator_name(given: str | None, environ: dict[str, str], expected: str
     assert name == expected if expected is not None else name
 
 
+@pytest.mark.parametrize("given", ["", "  "])
+def test_an_operator_given_empty_is_refused_not_replaced_by_the_login_name(given: str) -> None:
+    with pytest.raises(UsageError, match="--operator '': empty value"):
+        operator_name(given, {"KILLSWITCH_OPERATOR": "bob"})
+
+
 # ------------------------------------------------------------------ the message
 
 
@@ -249,6 +255,22 @@ def test_triggers_the_daemon_would_refuse_are_usage_errors(
         prepare_trigger(
             request(**kw), trigger_rules(settings(intake={"max_order_ids": 10})), now=NOW
         )
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"), [("MM-1", "'mm-1'"), ("mm1", "'mm-1'"), ("arb_1", "'arb-1'")]
+)
+def test_a_mistyped_account_is_refused_with_what_was_meant(typed: str, meant: str) -> None:
+    with pytest.raises(UsageError) as refused:
+        prepare_trigger(request(accounts=["mm-2", typed]), trigger_rules(settings()), now=NOW)
+    text = str(refused.value)
+    assert f"unknown account id(s): {typed!r} (did you mean {meant}?)" in text
+    assert text.endswith("the configuration has: mm-1, mm-2, arb-1")
+
+
+def test_an_account_like_none_configured_is_refused_with_the_ids_there_are() -> None:
+    with pytest.raises(UsageError, match=r"'zzz-9'; the configuration has: mm-1, mm-2, arb-1$"):
+        prepare_trigger(request(accounts=["zzz-9"]), trigger_rules(settings()), now=NOW)
 
 
 def test_signed_trigger_verifies_against_the_allowlist() -> None:
