@@ -211,8 +211,10 @@ def summary_lines(board: Board, elapsed_s: float) -> list[str]:
     success = board.success_status()
     good = [r for r in rows if r.final and r.status == success]
     word = {"flat": "flat", "released": "released", "dry_run": "dry run done"}[success]
+    # A release of an account that was not halted ended well but released nothing.
+    done = sum(1 for r in good if not r.not_halted)
     head = (
-        f"{board.action} {board.alert_id}: {word} on {len(good)}/{len(rows)} account(s) "
+        f"{board.action} {board.alert_id}: {word} on {done}/{len(rows)} account(s) "
         f"in {duration_text(elapsed_s) or '0s'}"
     )
     missing = [f"  {r.account}: {_not_found_text(r.not_found)}" for r in rows if r.not_found]

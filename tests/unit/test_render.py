@@ -472,7 +472,7 @@ def test_a_release_of_an_account_that_was_not_halted_says_so_and_exits_non_zero(
     assert "ok: released" in lines[0]
     assert "NOT OK: not halted (nothing to release)" in lines[1]
     summary = summary_lines(board, 1.0)
-    assert summary[0].startswith("release INCOMPLETE rel-1")
+    assert summary[0].startswith("release INCOMPLETE rel-1: released on 1/2 account(s)")
     assert summary[1:] == ["  mm-2: was not halted (nothing released)"]  # said once
     # Both halted: success.
     ok = Board("rel-2", ["mm-1"], action="release")
