@@ -369,7 +369,9 @@ async def _start(
     stack.push_async_callback(clients.close)
 
     # Who hears of the link's changes: readiness now, the broker-loss guard once made.
-    watch = _kafka_watch(settings, link_listeners := [obs.set_kafka], stack)
+    # What runs after the broker comes back, with the topics that had to be made again.
+    up_hooks: list[Callable[[list[str]], Awaitable[None]]] = []
+    watch = _kafka_watch(settings, link_listeners := [obs.set_kafka], up_hooks, stack)
     if not await watch.wait_until_up(lambda: ensure_topics(kafka), stop):
         return None
     producer = make_producer(kafka)
@@ -419,6 +421,7 @@ async def _start(
     )
     await intake.start()
     stack.push_async_callback(intake.close)
+    up_hooks.append(intake.broker_back)
 
     watcher = await _deadman_watcher(settings, publisher, obs, stack)
 
@@ -530,18 +533,30 @@ async def _start_listener(obs: Observability, stack: contextlib.AsyncExitStack) 
 
 
 def _kafka_watch(
-    settings: Settings, listeners: list[OnChange], stack: contextlib.AsyncExitStack
+    settings: Settings,
+    listeners: list[OnChange],
+    up_hooks: list[Callable[[list[str]], Awaitable[None]]],
+    stack: contextlib.AsyncExitStack,
 ) -> KafkaWatch:
     """The broker watch, its log filter on from now on; every change of the link goes to
     each of ``listeners`` (the list may grow). After the broker comes back, missing
-    topics are created again: a broker that lost its storage returns empty."""
+    topics are created again (a broker that lost its storage returns empty), then each
+    of ``up_hooks`` (the list may grow) runs with the topics made again."""
     kafka = settings.kafka
 
     def changed(up: bool, reason: str) -> None:
         for listener in listeners:
             listener(up, reason)
 
-    watch = KafkaWatch(kafka.bootstrap_servers, changed, on_up=lambda: ensure_topics(kafka))
+    async def recovered() -> None:
+        created = await ensure_topics(kafka)
+        for hook in up_hooks:
+            try:
+                await hook(created)
+            except Exception:  # one step failing must stop neither the watch nor the others
+                log.exception("recovery step failed after kafka came back")
+
+    watch = KafkaWatch(kafka.bootstrap_servers, changed, on_up=recovered)
     watch.attach_log_filter()
     stack.callback(watch.detach_log_filter)
     return watch

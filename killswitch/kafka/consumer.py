@@ -1591,6 +1591,32 @@ class Intake:
 
     # ------------------------------------------------------------------ commits
 
+    async def broker_back(self, created: Collection[str]) -> None:
+        """After the broker came back: the assigned partitions whose log no longer holds
+        what was read from them (their topic in ``created``, made again; or ending at or
+        below what was read) are read again from their start, their read offsets
+        forgotten. A broker that lost its storage numbers from 0 again: the Kafka client
+        would go on at its old positions and this intake would take the new records for
+        ones it had read, and skip them."""
+        consumer = self._consumer
+        assigned = consumer.assignment() if consumer is not None else set()
+        tracked = [tp for tp in self._tracker.partitions() if tp in assigned]
+        if consumer is None or not tracked:
+            return
+        ends = await consumer.end_offsets(tracked)
+        lost = self._tracker.lost(ends, lambda tp: tp.topic in created)
+        if not lost:
+            return
+        self._tracker.drop(lost)
+        try:
+            await consumer.seek_to_beginning(*lost)
+        except IllegalStateError:  # a rebalance took them meanwhile: the next owner reads
+            return
+        log.warning(
+            "kafka came back without the records read before: reading again from the start",
+            extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in lost)},
+        )
+
     async def _commit_loop(self) -> None:
         while True:
             await self._commit_wanted.wait()
