@@ -498,3 +498,35 @@ async def test_revocation_waits_for_running_work_and_commits_it(
                 pass
             else:
                 await joining.__aexit__(None, None, None)
+
+
+async def test_a_partition_whose_log_came_back_shorter_is_read_again_from_its_start(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    """What the daemon does after a broker that lost its storage comes back (its topics
+    made again): the intake seeks the partitions it had read to their start and forgets
+    their read offsets. Told so here of a topic whose log is intact, it reads its one
+    record again, which the dedup window answers ``duplicate``: both halves are needed
+    (without the seek the record is not fetched again; without forgetting, it is taken
+    for one already read and skipped)."""
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topics = settings.kafka.topics
+    async with (
+        TopicCollector(kafka_bootstrap, topics.results) as results,
+        running_intake(settings) as run,
+    ):
+        await produce(settings, [alert_message("back-1")])
+        await wait_for(lambda: len(results.finals("back-1")) == 1)
+        await wait_for(lambda: run.intake.in_flight == 0)
+        await run.intake.broker_back([topics.alerts])
+        await wait_for(lambda: len(results.finals("back-1")) == 2)
+        finals = (await results.to_end()).finals("back-1")
+        assert [r["status"] for r in finals] == ["flat", "duplicate"]
+        assert [r["origin"]["offset"] for r in finals] == [0, 0]
+        assert len(run.engine.calls) == 1  # swept once
+        # A partition whose log is intact and whose topic was not made again is left alone.
+        await run.intake.broker_back([])
+        await produce(settings, [alert_message("back-2")])
+        await wait_for(lambda: len(results.finals("back-2")) == 1)
+        assert len((await results.to_end()).finals("back-1")) == 2
