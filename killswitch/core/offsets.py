@@ -11,7 +11,7 @@ contiguous (compaction, transaction markers): only records handed out count.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -116,19 +116,6 @@ class OffsetTracker(Generic[K]):
             part = self._parts.get(key)
             return part.pending if part else 0
         return sum(p.pending for p in self._parts.values())
-
-    def lost(self, ends: Mapping[K, int], recreated: Callable[[K], bool]) -> list[K]:
-        """The partitions whose log no longer holds what was read from them: ``recreated``
-        (their topic made again) or ending (``ends``: the next offset to be written) at
-        or below the highest offset read. A broker that lost its storage numbers from 0
-        again, so its first records would be taken for ones already read."""
-        out: list[K] = []
-        for key, part in self._parts.items():
-            end = ends.get(key)
-            behind = end is not None and part.highest_read is not None and end <= part.highest_read
-            if behind or recreated(key):
-                out.append(key)
-        return out
 
     def drop(self, keys: Iterable[K]) -> None:
         """Forget partitions (revoked): their unfinished records belong to the next owner."""

@@ -1592,30 +1592,30 @@ class Intake:
     # ------------------------------------------------------------------ commits
 
     async def broker_back(self, created: Collection[str]) -> None:
-        """After the broker came back: the assigned partitions whose log no longer holds
-        what was read from them (their topic in ``created``, made again; or ending at or
-        below what was read) are read again from their start, their read offsets
-        forgotten. A broker that lost its storage numbers from 0 again: the Kafka client
-        would go on at its old positions and this intake would take the new records for
-        ones it had read, and skip them."""
+        """After the broker came back: the assigned partitions of the topics in
+        ``created`` (made again: the broker had lost them) are read from offset 0, their
+        read offsets forgotten. The Kafka client would go on at its old positions in the
+        new, empty log, and this intake would take its first records for ones it had
+        read, and skip them. Seek and forget happen in one step (no await between), so
+        no record of the new log is taken up against the old offsets."""
         consumer = self._consumer
-        assigned = consumer.assignment() if consumer is not None else set()
-        tracked = [tp for tp in self._tracker.partitions() if tp in assigned]
-        if consumer is None or not tracked:
+        if consumer is None or not created:
             return
-        ends = await consumer.end_offsets(tracked)
-        lost = self._tracker.lost(ends, lambda tp: tp.topic in created)
-        if not lost:
-            return
-        self._tracker.drop(lost)
-        try:
-            await consumer.seek_to_beginning(*lost)
-        except IllegalStateError:  # a rebalance took them meanwhile: the next owner reads
-            return
-        log.warning(
-            "kafka came back without the records read before: reading again from the start",
-            extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in lost)},
-        )
+        moved: list[TopicPartition] = []
+        for tp in sorted(consumer.assignment()):
+            if tp.topic not in created or tp not in self._assigned:
+                continue
+            try:
+                consumer.seek(tp, 0)  # a topic made again begins at 0
+            except IllegalStateError:  # no longer assigned: its next owner reads it
+                continue
+            self._tracker.drop([tp])
+            moved.append(tp)
+        if moved:
+            log.warning(
+                "kafka came back without the topics read before: reading them from the start",
+                extra={"partitions": [f"{tp.topic}:{tp.partition}" for tp in moved]},
+            )
 
     async def _commit_loop(self) -> None:
         while True:

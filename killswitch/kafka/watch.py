@@ -103,8 +103,9 @@ class KafkaWatch:
     """The daemon's view of its broker: readiness, the ``killswitch_kafka_up`` gauge, logs.
 
     ``on_change(up, reason)`` is called on every change of state (and once before the
-    first attempt at start-up, as not up); ``on_up`` runs after each recovery (the
-    daemon re-creates missing topics: a broker that lost its storage comes back empty).
+    first attempt at start-up, as not up); ``on_up`` runs after each recovery, before
+    ready is reported (the daemon re-creates missing topics, a broker that lost its
+    storage coming back empty, and has the intake read those topics from the start).
     """
 
     def __init__(

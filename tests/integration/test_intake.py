@@ -500,11 +500,11 @@ async def test_revocation_waits_for_running_work_and_commits_it(
                 await joining.__aexit__(None, None, None)
 
 
-async def test_a_partition_whose_log_came_back_shorter_is_read_again_from_its_start(
+async def test_the_partitions_of_a_topic_made_again_are_read_again_from_offset_0(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
     """What the daemon does after a broker that lost its storage comes back (its topics
-    made again): the intake seeks the partitions it had read to their start and forgets
+    made again): the intake reads those topics' partitions from offset 0 and forgets
     their read offsets. Told so here of a topic whose log is intact, it reads its one
     record again, which the dedup window answers ``duplicate``: both halves are needed
     (without the seek the record is not fetched again; without forgetting, it is taken
@@ -525,7 +525,7 @@ async def test_a_partition_whose_log_came_back_shorter_is_read_again_from_its_st
         assert [r["status"] for r in finals] == ["flat", "duplicate"]
         assert [r["origin"]["offset"] for r in finals] == [0, 0]
         assert len(run.engine.calls) == 1  # swept once
-        # A partition whose log is intact and whose topic was not made again is left alone.
+        # Topics not made again are left alone.
         await run.intake.broker_back([])
         await produce(settings, [alert_message("back-2")])
         await wait_for(lambda: len(results.finals("back-2")) == 1)

@@ -120,15 +120,3 @@ def test_a_partitions_offsets_are_the_trackers_own() -> None:
     assert not tracker.read("p0", 5)  # the tracker saw the read made through its partition
     assert tracker.partition("p0") is part
     assert tracker.to_commit() == {"p0": 5}
-
-
-def test_partitions_whose_log_no_longer_holds_what_was_read_are_lost() -> None:
-    tracker: OffsetTracker[str] = OffsetTracker()
-    for key, offset in [("a", 4), ("b", 4), ("c", 4), ("d", 0)]:
-        tracker.read(key, offset)
-    tracker.partition("e")  # tracked, nothing read yet
-    ends = {"a": 9, "b": 4, "c": 2, "d": 5, "e": 0}
-    # b ends at the offset read, c below it: a broker that came back empty and was written
-    # again; d's topic was made again (its end alone does not tell); e has nothing read.
-    assert tracker.lost(ends, lambda key: key == "d") == ["b", "c", "d"]
-    assert tracker.lost({}, lambda key: False) == []  # ends not known: nothing said lost
