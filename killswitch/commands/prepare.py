@@ -13,6 +13,7 @@ import contextlib
 import getpass
 import json
 import os
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from killswitch.contracts import (
     Rejection,
     parse_alert,
 )
-from killswitch.core.pairs import suggest
+from killswitch.core.pairs import PAIR_NAME_RE, suggest
 from killswitch.triggers import TriggerKeyError, TriggerVerifier, sign_trigger
 
 __all__ = [
@@ -131,6 +132,18 @@ def _order_ids(values: Sequence[str]) -> list[int]:
     return out
 
 
+def _pair_names(names: list[str]) -> list[str]:
+    """``--symbol`` values, each a well-formed pair name (the daemon's own check,
+    said in terms of the option rather than of the message's field)."""
+    for name in names:
+        if not re.match(PAIR_NAME_RE, name):
+            raise UsageError(
+                f"--symbol {name[:40]!r}: not a pair name (letters and digits, joined by "
+                "_ . or -, as the exchange writes them: BTC_USDT)"
+            )
+    return names
+
+
 def request_from_args(
     args: argparse.Namespace, action: Literal["kill", "release"]
 ) -> TriggerRequest:
@@ -152,7 +165,7 @@ def request_from_args(
         accounts="*" if args.all else accounts,
         reason=args.reason,
         operator=operator_name(args.operator),
-        symbols=split_values(getattr(args, "symbol", None), "--symbol"),
+        symbols=_pair_names(split_values(getattr(args, "symbol", None), "--symbol")),
         sides=list(dict.fromkeys(getattr(args, "side", None) or ())),
         order_ids=_order_ids(split_values(getattr(args, "order_id", None), "--order-id")),
         latch=bool(getattr(args, "latch", False)),

@@ -132,6 +132,11 @@ def test_release_command_line() -> None:
         (["trigger", "-r", "x", "-a", "mm-1", "-s", "", "--operator", "a"], "--symbol"),
         (["trigger", "-r", "x", "-a", "mm-1", "-s", " , ", "--operator", "a"], "--symbol"),
         (["trigger", "-r", "x", "-a", "mm-1", "--order-id", "", "--operator", "a"], "--order-id"),
+        # A malformed pair is named by its option, not by the message's field.
+        (
+            ["trigger", "-r", "x", "-a", "mm-1", "-s", "BTC USDT", "--operator", "a"],
+            r"--symbol 'BTC USDT': not a pair name",
+        ),
         (["trigger", "-r", "x", "-a", "", "--operator", "a"], "--account"),
         (["trigger", "-r", "x", "--all", "-a", "", "--operator", "a"], "--account"),
         (["trigger", "-r", " ", "--all", "--operator", "a"], "--reason"),
