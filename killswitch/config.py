@@ -605,10 +605,15 @@ def format_validation_error(
     errors = exc.errors(include_url=False, include_input=False)
     lines = [f"invalid configuration: {len(errors)} problem(s)"]
     hints: list[str] = []
+    from_file_only = True
     for err in errors[:_MAX_ERRORS_SHOWN]:
         loc = tuple(err["loc"])
         where = error_source(loc, config_path, toml_data, env)
+        from_file_only = from_file_only and where == f"in {config_path}"
         text = ".".join(str(part) for part in loc) or "(top level)"
+        account = _account_named(loc, toml_data, env)
+        if account is not None:
+            text = f"{text} (account {account!r})"
         lines.append(f"  - {text}: {_describe(err)} ({where})")
         if err.get("type") == KEY_FILE_MISSING:
             hints.append(_key_file_hint(config_path, from_file=where == f"in {config_path}"))
@@ -620,11 +625,34 @@ def format_validation_error(
             "(config/killswitch.example.toml is one to start from)."
         )
     lines.extend(dict.fromkeys(hints))  # each hint once
-    lines.append(
-        "KILLSWITCH_* environment variables (nested with __, lists as JSON) override the "
-        "TOML file; see config/killswitch.example.toml."
-    )
+    if not from_file_only:  # the file alone is to blame: the variables are beside the point
+        lines.append(
+            "KILLSWITCH_* environment variables (nested with __, lists as JSON) override the "
+            "TOML file; see config/killswitch.example.toml."
+        )
     return "\n".join(lines)
+
+
+def _account_named(
+    loc: tuple[int | str, ...], toml_data: Mapping[str, Any] | None, environ: Mapping[str, str]
+) -> str | None:
+    """The id of the account at ``loc`` (``accounts.N...``), from where the accounts came
+    (the environment's list overrides the file's), so a problem names the account, not
+    only its place in the list; None when it has no readable id."""
+    if len(loc) < 2 or loc[0] != "accounts" or not isinstance(loc[1], int):
+        return None
+    accounts: Any = toml_data.get("accounts") if toml_data is not None else None
+    raw = environ.get(ENV_PREFIX + "ACCOUNTS")
+    if raw is not None:
+        try:
+            accounts = json.loads(raw)
+        except ValueError:
+            return None
+    if not isinstance(accounts, list) or not 0 <= loc[1] < len(accounts):
+        return None
+    entry = accounts[loc[1]]
+    name = entry.get("id") if isinstance(entry, dict) else None
+    return name[:64] if isinstance(name, str) and name else None
 
 
 def error_source(

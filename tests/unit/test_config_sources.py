@@ -76,7 +76,11 @@ def _error(config: Path | None) -> str:
 
 
 def _line(message: str, setting: str) -> str:
-    (line,) = [x for x in message.splitlines() if x.startswith(f"  - {setting}:")]
+    (line,) = [
+        x
+        for x in message.splitlines()
+        if x.startswith((f"  - {setting}:", f"  - {setting} (account "))
+    ]
     return line
 
 
@@ -115,6 +119,7 @@ def test_accounts_from_the_environment_are_blamed_on_the_variable(
 ) -> None:
     monkeypatch.setenv("KILLSWITCH_ACCOUNTS", json.dumps([{"id": "a1", "api_key": "k"}]))
     line = _line(_error(layout), "accounts.0")
+    assert line.startswith("  - accounts.0 (account 'a1'): ")  # named, not only placed
     assert line.endswith("(from KILLSWITCH_ACCOUNTS)")
 
 
@@ -134,6 +139,8 @@ def test_missing_key_file_from_the_file_says_how_to_make_it(layout: Path) -> Non
     message = _error(layout)
     assert _line(message, "accounts.0").endswith(f"(in {layout})")
     assert f"killswitch keygen --config {layout}" in message
+    # Every problem came from the file: no note about the environment's variables.
+    assert "KILLSWITCH_* environment variables" not in message
 
 
 def test_missing_key_file_from_the_environment_says_how_to_make_it(
