@@ -225,6 +225,10 @@ class Readiness:
         if refused is not None:
             return f"{account}: {refused}"
         last = self._last_ok.get(account)
+        if last is None and self.kafka_problem is not None:
+            # The daemon starts asking the exchange once the broker answers: "no answer"
+            # would send an operator looking at a healthy exchange.
+            return f"exchange: {account} not asked yet (once kafka answers)"
         if last is None:
             return f"exchange: {account} no answer yet"
         age = now - last

@@ -79,6 +79,20 @@ def auth(account: str) -> Step:
             id="fresh",
         ),
         pytest.param(
+            [kafka(False, "kafka unreachable at b:9092")],
+            0.0,
+            ReadyReport(
+                False,
+                (
+                    "kafka unreachable at b:9092",
+                    "kafka: not consuming",
+                    "exchange: mm-1 not asked yet (once kafka answers)",
+                    "exchange: mm-2 not asked yet (once kafka answers)",
+                ),
+            ),
+            id="waiting-for-kafka-the-exchange-is-not-asked-yet",
+        ),
+        pytest.param(
             [consuming, ok("mm-1", 10), ok("mm-2", 10)], 20.0, ReadyReport(True), id="ready"
         ),
         pytest.param(
