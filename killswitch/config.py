@@ -609,14 +609,15 @@ def format_validation_error(
     for err in errors[:_MAX_ERRORS_SHOWN]:
         loc = tuple(err["loc"])
         where = error_source(loc, config_path, toml_data, env)
-        from_file_only = from_file_only and where == f"in {config_path}"
+        from_file = where == f"in {config_path}"
+        from_file_only = from_file_only and from_file
         text = ".".join(str(part) for part in loc) or "(top level)"
         account = _account_named(loc, toml_data, env)
         if account is not None:
             text = f"{text} (account {account!r})"
         lines.append(f"  - {text}: {_describe(err)} ({where})")
         if err.get("type") == KEY_FILE_MISSING:
-            hints.append(_key_file_hint(config_path, from_file=where == f"in {config_path}"))
+            hints.append(_key_file_hint(config_path, from_file=from_file))
     if len(errors) > _MAX_ERRORS_SHOWN:
         lines.append(f"  ... and {len(errors) - _MAX_ERRORS_SHOWN} more")
     if config_path is None:
