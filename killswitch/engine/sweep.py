@@ -33,11 +33,13 @@ scope (and may push its deadline out); new pairs are listed in the running pass
 already, and the sweep cannot end flat before a pass that started after the join.
 Each ticket gets its own final result, filtered to its own scope.
 
-A flaky exchange does not end a sweep: a listing that exhausts the client's retries
-leaves its pass incomplete and the next pass (after a pause) lists again; only
-``MAX_UNANSWERED_LISTINGS`` such passes in a row without any usable answer stop the
-sweep as ``failed`` (unreachable). A ``residual`` result names the pairs never listed
-to the end, whose open orders ``residual_open`` cannot count.
+A flaky or absent exchange does not end a sweep before its deadline: a listing that
+exhausts the client's retries leaves its pass incomplete and the next pass (after a
+pause) lists again, so an outage shorter than the deadline costs time, not the kill.
+A sweep whose last ``MAX_UNANSWERED_LISTINGS`` passes or more got no usable answer
+when its deadline comes ends ``failed`` (unreachable) without a settling listing. A
+``residual`` result names the pairs never listed to the end, whose open orders
+``residual_open`` cannot count.
 
 Memory: a listing holds one page of orders at a time; beyond that the sweep keeps one
 small record per resolved order (:class:`killswitch.core.ledger.Ledger`) and two
@@ -115,9 +117,10 @@ log = logging.getLogger(__name__)
 WallClock = Callable[[], datetime]
 
 # A listing (or the exchange info) that exhausted the client's retries does not end
-# the sweep while the exchange still answers other requests: that pass is incomplete
-# and the next one lists again. Only this many passes in a row with such a failure,
-# and no usable answer since, mean the exchange is unreachable: the sweep stops (failed).
+# the sweep: that pass is incomplete and the next one lists again, until the deadline
+# (the operator's budget for the kill; an exchange back within it is still swept).
+# This many passes in a row with such a failure, and no usable answer since, mean the
+# exchange is unreachable: a sweep in that state at its deadline ends failed.
 MAX_UNANSWERED_LISTINGS = 3
 # Pause before listing again after such a failure: doubles per failure in a row.
 UNANSWERED_PAUSE_BASE_S = 0.25
@@ -270,6 +273,7 @@ class Sweep:
         self._awaiting_first_cancel = 0
         self._unanswered_listings = 0  # passes in a row (see MAX_UNANSWERED_LISTINGS)
         self._unanswered_pass = 0  # the last pass counted in _unanswered_listings
+        self._unanswered_reason = ""  # the last listing's that gave up
         self._pairs: set[str] = set()  # every pair in scope a pass set out to list or cancel
         # An alert whose pairs were never checked against the exchange's pair list: a
         # named pair may not exist, and a refused cancel-all of it (404) would read as
@@ -400,10 +404,19 @@ class Sweep:
         return asyncio.get_running_loop().time() >= self.deadline
 
     def _past_deadline(self) -> None:
-        """The deadline ended the sweep: settle outcomes with one final listing."""
+        """The deadline ended the sweep: settle outcomes with one final listing, or
+        fail it when the exchange is unreachable (the listing would only wait again)."""
         self.accepting = False
+        if self._unreachable():
+            self.failure = self._unanswered_reason
+            return
         self.end_note = "deadline passed before a listing came back empty"
         self._settle_wanted = True
+
+    def _unreachable(self) -> bool:
+        """The last passes got no usable answer from the exchange (see
+        :data:`MAX_UNANSWERED_LISTINGS`)."""
+        return self._unanswered_listings >= MAX_UNANSWERED_LISTINGS
 
     @contextlib.asynccontextmanager
     async def _until_deadline(self) -> AsyncIterator[None]:
@@ -505,6 +518,8 @@ class Sweep:
                         cap_s=UNANSWERED_PAUSE_CAP_S,
                     ),
                 )
+                # No pause past the deadline: the sweep ends there, it must not wait on.
+                pause = min(pause, self.deadline - asyncio.get_running_loop().time())
                 if summary.found == 0 and summary.scope_changed:
                     # Nothing found, only alerts joined: let more join before the
                     # listing that verifies for them.
@@ -512,7 +527,9 @@ class Sweep:
                 elif pause:
                     await asyncio.sleep(pause)  # let the exchange apply the cancels it took
                 continue
-            if step is Next.RESIDUAL:
+            if step is Next.RESIDUAL and self._unreachable():
+                self.failure = self._unanswered_reason  # out of passes, none answered
+            elif step is Next.RESIDUAL:
                 self.end_note = (
                     f"stopped after {self.passes} pass(es) with orders still open"
                     if self.passes >= max_passes
@@ -681,12 +698,11 @@ class Sweep:
         self._unanswered_listings = 0
 
     def _listing_unanswered(self, what: str) -> None:
-        """A listing gave up; stop the sweep only when the exchange looks unreachable."""
+        """A listing gave up: its pass is incomplete, the next one lists again."""
         if self._unanswered_pass != self.passes:  # concurrent listings of a pass count once
             self._unanswered_pass = self.passes
             self._unanswered_listings += 1
-        if self._unanswered_listings >= MAX_UNANSWERED_LISTINGS:
-            raise SweepStopped(what)
+        self._unanswered_reason = what
         log.warning(
             "listing failed, the next pass lists again",
             extra={"account": self.account, "error": what},

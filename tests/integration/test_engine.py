@@ -333,11 +333,39 @@ async def test_exchange_unreachable_fails_with_reason(env: Env, engines: Engines
         _,
     ):
         engine = await engines(Engine({ACCOUNT: client}, engine_settings()))
-        result = await engine.submit(kill(symbols={"BTC_USDT"}), no_progress)
+        result = await engine.submit(kill(symbols={"BTC_USDT"}, deadline_s=2.0), no_progress)
         await engine.close(1.0)
     assert result.status is SweepStatus.FAILED
     assert result.reason is not None
     assert "unavailable" in result.reason
+
+
+@pytest.mark.parametrize("symbols", [{"BTC_USDT"}, None], ids=["pair", "whole-account"])
+async def test_an_outage_shorter_than_the_deadline_does_not_fail_the_kill(
+    env: Env, engines: Engines, symbols: set[str] | None
+) -> None:
+    # Every request answered 503 until the sweep has listed in vain more passes in a
+    # row than make the exchange look unreachable; then the exchange is back.
+    seeded = env.seed(20, ["BTC_USDT"])
+    env.sim.set_faults(EndpointFaults(error_rate=1.0, error_statuses=(503,)))
+    passes: list[int] = []
+
+    async def progress(result: SweepResult) -> None:
+        passes.append(result.sweeps)
+
+    async with env.client(max_attempts=2, request_deadline_s=1.0) as (client, _):
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings()))
+        task = asyncio.create_task(engine.submit(kill(symbols=symbols, deadline_s=20.0), progress))
+        await wait_for(lambda: bool(passes) and passes[-1] > 3, timeout=15)
+        assert not task.done()
+        assert env.sim.count(env.api_key, status=200) == 0  # nothing answered so far
+        env.sim.set_faults(EndpointFaults())
+        result = await task
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert not env.open_ids() & seeded
+    assert result.counts.sent == len(seeded)
+    assert_accounted(result)
 
 
 async def test_lost_cancels_end_residual_at_the_deadline(env: Env, engines: Engines) -> None:

@@ -196,8 +196,9 @@ async def test_no_pair_list_at_all_the_kill_runs_but_is_never_flat(
             assert final["status"] == "residual"
             assert final["reason"].startswith("pairs could not be checked against the exchange")
 
-            # A whole-account kill needs the list to know what to list: it fails, saying so.
-            await produce(settings, [alert_message("blind-all")])
+            # A whole-account kill needs the list to know what to list: at its deadline
+            # (the exchange may answer before then) it fails, saying so.
+            await produce(settings, [alert_message("blind-all", deadline_s=1.0)])
             await wait_for(lambda: len(results.finals("blind-all")) == 1, timeout=30)
             final = results.finals("blind-all")[0]
             assert final["status"] == "failed"

@@ -178,10 +178,27 @@ async def test_listing_errors_fail_the_sweep(
     ex.place("BTC_USDT")
     ex.list_error = error
     engine = await engines(Engine({ACCOUNT: ex}, settings()))
-    result = await run(engine, request(symbols={"BTC_USDT"}))
+    # An unavailable exchange is listed again until the deadline; a refused key not.
+    result = await run(engine, request(symbols={"BTC_USDT"}, deadline_s=2.0))
     assert result.status is SweepStatus.FAILED
     assert result.reason is not None
     assert words in result.reason
+    assert ex.open_count() == 1
+
+
+async def test_an_unreachable_exchange_at_the_last_pass_fails_the_sweep(
+    engines: Engines,
+) -> None:
+    # Out of passes before the deadline, none of them answered: unreachable, not residual.
+    ex = FakeExchange()
+    ex.place("BTC_USDT")
+    ex.list_error = ExchangeUnavailable("down", attempts=6, last_status=503, last_error=None)
+    engine = await engines(Engine({ACCOUNT: ex}, settings(max_passes=4)))
+    result = await run(engine, request(symbols={"BTC_USDT"}, deadline_s=60.0))
+    assert result.status is SweepStatus.FAILED
+    assert result.reason is not None
+    assert "down" in result.reason
+    assert len(ex.calls("list")) == 4  # every pass listed, no settling listing after
 
 
 def flaky_listing(ex: FakeExchange, failures: dict[str, int]) -> None:
