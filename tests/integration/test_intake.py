@@ -541,10 +541,10 @@ async def test_a_record_of_the_old_log_finishing_after_its_topic_is_made_again_m
 
     As in the test above the log is intact, so the new log's records are the old ones
     read again. Both records are keyed ``mm-1``: ``old-0`` (offset 0) sweeps mm-2,
-    ``old-1`` (offset 1) mm-1, both held. With one request per account in the engine the
-    lane ``mm-1`` waits while ``old-1`` runs, so the records read again wait in it. When
-    ``old-0`` finishes, its offset 0 belongs to the old log: a shutdown then commits 0,
-    not past the offset 0 read again, whose result is not published."""
+    ``old-1`` (offset 1) mm-1, both held. With at most one request per account in the
+    engine the lane ``mm-1`` waits while ``old-1`` runs, so the records read again wait
+    in it. When ``old-0`` finishes, its offset 0 belongs to the old log: a shutdown then
+    commits 0, not past the offset 0 read again, whose result is not published."""
     settings = make_settings(kafka_bootstrap, unique_name, intake={"max_queued_per_account": 1})
     await create_all_topics(settings)
     topics = settings.kafka.topics
