@@ -6,6 +6,13 @@ partition is the first offset not yet done: every earlier record is finished,
 so a crash replays only unfinished work (and perhaps finished work after it,
 which the dedup window answers with ``duplicate``). Offsets need not be
 contiguous (compaction, transaction markers): only records handed out count.
+
+A partition's offsets are forgotten when it is revoked, or when its log was made
+again (numbered from 0 anew); records read before may still be running then. Each
+forgetting starts a new *epoch* of the partition: a record is marked done with the
+epoch it was read in, and a done from an earlier epoch is ignored. Otherwise a record
+of the old log finishing late would mark done the record of the new log at the same
+offset, and the commit could pass that record before its result is published.
 """
 
 from __future__ import annotations
@@ -66,12 +73,20 @@ class PartitionOffsets:
 
 @dataclass(slots=True)
 class OffsetTracker(Generic[K]):
-    """:class:`PartitionOffsets` for every assigned partition (key: e.g. a TopicPartition)."""
+    """:class:`PartitionOffsets` for every assigned partition (key: e.g. a TopicPartition),
+    and each partition's epoch (see the module's docstring)."""
 
     _parts: dict[K, PartitionOffsets] = field(default_factory=dict)
+    # Per partition: how many times its offsets were forgotten (kept across forgetting).
+    _epochs: dict[K, int] = field(default_factory=dict)
 
     def read(self, key: K, offset: int) -> bool:
+        """Record a read in the current epoch (see :meth:`PartitionOffsets.read`)."""
         return self.partition(key).read(offset)
+
+    def epoch(self, key: K) -> int:
+        """The partition's current epoch: what a record read now is marked done with."""
+        return self._epochs.get(key, 0)
 
     def partition(self, key: K) -> PartitionOffsets:
         """The offsets of partition ``key`` (tracked from now on if they were not)."""
@@ -80,11 +95,15 @@ class OffsetTracker(Generic[K]):
             part = self._parts[key] = PartitionOffsets()
         return part
 
-    def done(self, key: K, offset: int) -> None:
-        """Mark done; a partition dropped meanwhile (revoked) is ignored."""
+    def done(self, key: K, offset: int, epoch: int) -> bool:
+        """Mark the record at ``offset``, read in ``epoch``, done. False, and ignored,
+        when the partition's offsets were forgotten since it was read (an earlier epoch)
+        or it was not read or is done already."""
         part = self._parts.get(key)
-        if part is not None and offset in part._pending:
-            part.done(offset)
+        if epoch != self.epoch(key) or part is None or offset not in part._pending:
+            return False
+        part.done(offset)
+        return True
 
     def to_commit(self, keys: Iterable[K] | None = None) -> dict[K, int]:
         """Positions that moved since their last commit (all partitions, or ``keys``)."""
@@ -118,9 +137,12 @@ class OffsetTracker(Generic[K]):
         return sum(p.pending for p in self._parts.values())
 
     def drop(self, keys: Iterable[K]) -> None:
-        """Forget partitions (revoked): their unfinished records belong to the next owner."""
+        """Forget partitions (revoked, or their log made again): their unfinished records
+        belong to the next owner, or to a log that is gone. Each starts a new epoch, so
+        records read before do not count for the offsets read from now on."""
         for key in keys:
             self._parts.pop(key, None)
+            self._epochs[key] = self.epoch(key) + 1
 
     def partitions(self) -> list[K]:
         return list(self._parts)

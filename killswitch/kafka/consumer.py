@@ -292,6 +292,7 @@ class _Member:
     plan: _Plan
     origin: Position
     received: datetime
+    epoch: int  # of its partition's offsets when it was read (see OffsetTracker)
     step: _Step | None = None  # its one account's step; None: handled on its own
     status: str | None = None  # the final result published for it
 
@@ -303,6 +304,9 @@ class _Member:
 
 _Lane = tuple[str, str | None]
 """A lane of waiting records: (topic, the record's key as text)."""
+_Read = tuple[TopicPartition, ConsumerRecord[Any, Any], int]
+"""A record read: (its partition, the record, the epoch of the partition's offsets it was
+read in; see :class:`OffsetTracker`)."""
 
 
 def _internal_error(exc: Exception) -> Rejection:
@@ -386,7 +390,7 @@ class Intake:
         self._work: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._records_running = 0  # records held by those tasks
         # Records read and not taken up yet; lane = (topic, record key as text).
-        self._backlog: FairLanes[_Lane, tuple[TopicPartition, ConsumerRecord[Any, Any]]]
+        self._backlog: FairLanes[_Lane, _Read]
         self._backlog = FairLanes(source=lambda item: item[0])
         self._queued: Counter[str] = Counter()
         # Lanes held until a record of theirs taken up is planned in its task (see
@@ -630,9 +634,10 @@ class Intake:
         """A partition's records read: each into its lane (its offset now counts as
         read, not done). A storm's poll brings thousands in one step of the event
         loop: each lane's records are added at once."""
-        runs: dict[_Lane, list[tuple[TopicPartition, ConsumerRecord[Any, Any]]]] = {}
+        runs: dict[_Lane, list[_Read]] = {}
         lanes: dict[bytes | None, _Lane] = {}
         read = self._tracker.partition(tp).read
+        epoch = self._tracker.epoch(tp)
         for record in records:
             if not read(record.offset):
                 continue
@@ -640,7 +645,7 @@ class Intake:
             lane = lanes.get(key)
             if lane is None:
                 lane = lanes[key] = self._lane(tp, record)
-            runs.setdefault(lane, []).append((tp, record))
+            runs.setdefault(lane, []).append((tp, record, epoch))
         manual = tp.topic == self._config.topics.manual
         for lane, items in runs.items():
             self._backlog.extend(lane, items, urgent=manual)
@@ -712,9 +717,7 @@ class Intake:
         limit = self._config.limits.max_queued_per_account
         return max(1, min(_RUN_MAX, limit - self._queued.get(account, 0)))
 
-    def _accept_run(
-        self, items: list[tuple[TopicPartition, ConsumerRecord[Any, Any]]], deadline: float
-    ) -> list[tuple[TopicPartition, ConsumerRecord[Any, Any]]]:
+    def _accept_run(self, items: list[_Read], deadline: float) -> list[_Read]:
         """Take up a run of one lane's records together: each is parsed, checked and
         planned as in :meth:`_accept`, and the plain kills of one account (one
         partition, one dry-run flag, no latch), with the repeats among them, form a
@@ -728,20 +731,21 @@ class Intake:
         making (:class:`_KillShape`): requests, pair check, routing."""
         groups: dict[tuple[TopicPartition, str, bool], list[_Member]] = {}
         shapes = _RunShapes()
-        for n, (tp, record) in enumerate(items):
+        for n, (tp, record, epoch) in enumerate(items):
             if n and time.monotonic() >= deadline:
                 self._start_groups(groups)
                 return items[n:]
-            member = self._member(tp, record, shapes)
+            member = self._member(tp, record, epoch, shapes)
             if member is None:
                 self._start_groups(groups)
-                self._accept(tp, record)
+                self._accept(tp, record, epoch)
                 if self._lane(tp, record) in self._unplanned:
                     return items[n + 1 :]  # the lane waits until that record is planned
             elif member.step is None:
                 self._start_groups(groups)
                 self._start_sweeps(member.plan, member.origin)
-                self._spawn(tp, self._execute(record, member.plan, member.origin, member.received))
+                work = self._execute(record, member.plan, member.origin, member.received, epoch)
+                self._spawn(tp, work)
             else:
                 request = member.step.request
                 groups.setdefault((tp, request.account, request.dry_run), []).append(member)
@@ -752,7 +756,7 @@ class Intake:
         return "manual" if tp.topic == self._config.topics.manual else "alerts"
 
     def _member(
-        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], shapes: _RunShapes
+        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], epoch: int, shapes: _RunShapes
     ) -> _Member | None:
         """A record of a run, planned (its ``step`` set when it can join a group);
         None when it needs :meth:`_accept` (large, or a pair list to fetch)."""
@@ -774,7 +778,7 @@ class Intake:
         except Exception:  # _accept reads it again and reports it
             return None
         plan = self._plan_safely(record, parsed, channel, origin, received, shapes=shapes)
-        member = _Member(record, plan, origin, received)
+        member = _Member(record, plan, origin, received, epoch)
         plain = plan.rejection is None and not plan.forwards and plan.action == "kill"
         if plain and len(plan.steps) == 1:
             request = plan.steps[0].request
@@ -795,13 +799,15 @@ class Intake:
                     log.exception("engine group start failed", extra={"records": len(members)})
                     for m in members:
                         self._start_sweeps(m.plan, m.origin)
-                        self._spawn(tp, self._execute(m.record, m.plan, m.origin, m.received))
+                        work = self._execute(m.record, m.plan, m.origin, m.received, m.epoch)
+                        self._spawn(tp, work)
                     continue
             self._spawn(tp, self._execute_group(members, started), len(members))
         groups.clear()
 
-    def _accept(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
-        """Hand out one record: plan it now (so backpressure counts it), run it in a task.
+    def _accept(self, tp: TopicPartition, record: ConsumerRecord[Any, Any], epoch: int) -> None:
+        """Hand out one record (read in ``epoch`` of its partition's offsets): plan it now
+        (so backpressure counts it), run it in a task.
 
         Planned later, in the task, only when it is large (parsed in a thread) or when
         its pairs need a pair list that is not cached yet (one fetch awaited first)."""
@@ -812,7 +818,7 @@ class Intake:
         planned: Callable[[], None] | None = None
         if value is not None and _THREAD_PARSE_BYTES < len(value) <= self._max_bytes:
             planned = self._hold_lane(tp, record)
-            work = self._handle_large(record, channel, origin, received, planned)
+            work = self._handle_large(record, channel, origin, received, planned, epoch=epoch)
         else:
             fetch: list[str] = []
             try:
@@ -824,12 +830,19 @@ class Intake:
             if fetch:
                 planned = self._hold_lane(tp, record)
                 work = self._handle_parsed(
-                    record, parsed, channel, origin, received, fetch=fetch, planned=planned
+                    record,
+                    parsed,
+                    channel,
+                    origin,
+                    received,
+                    epoch=epoch,
+                    fetch=fetch,
+                    planned=planned,
                 )
             else:
                 plan = self._plan_safely(record, parsed, channel, origin, received)
                 self._start_sweeps(plan, origin)
-                work = self._execute(record, plan, origin, received)
+                work = self._execute(record, plan, origin, received, epoch)
         task = self._spawn(tp, work)
         if planned is not None:
             task.add_done_callback(lambda _: planned())  # cancelled or failed before planned
@@ -876,6 +889,8 @@ class Intake:
         origin: Position,
         received: datetime,
         planned: Callable[[], None],
+        *,
+        epoch: int,
     ) -> None:
         # Parsing is synchronous; a large message is parsed in a worker thread so a
         # burst of them cannot stall the loop (and with it Kafka heartbeats).
@@ -887,7 +902,7 @@ class Intake:
             log.exception("cannot read a record", extra={"offset": record.offset})
             parsed = _internal_error(exc)
         await self._handle_parsed(
-            record, parsed, channel, origin, received, fetch=fetch, planned=planned
+            record, parsed, channel, origin, received, epoch=epoch, fetch=fetch, planned=planned
         )
 
     async def _handle_parsed(
@@ -898,6 +913,7 @@ class Intake:
         origin: Position,
         received: datetime,
         *,
+        epoch: int,
         fetch: Sequence[str],
         planned: Callable[[], None],
     ) -> None:
@@ -908,7 +924,7 @@ class Intake:
         plan = self._plan_safely(record, parsed, channel, origin, received)
         self._start_sweeps(plan, origin)
         planned()
-        await self._execute(record, plan, origin, received)
+        await self._execute(record, plan, origin, received, epoch)
 
     def _plan_safely(
         self,
@@ -1213,7 +1229,12 @@ class Intake:
         return request if carried is None else dataclasses.replace(request, carried=carried)
 
     async def _execute(
-        self, record: ConsumerRecord[Any, Any], plan: _Plan, origin: Position, received: datetime
+        self,
+        record: ConsumerRecord[Any, Any],
+        plan: _Plan,
+        origin: Position,
+        received: datetime,
+        epoch: int,
     ) -> None:
         """Run a plan; the record is done once every output for it is acknowledged."""
         if plan.rejection is not None:
@@ -1238,7 +1259,7 @@ class Intake:
                 return  # shutdown: not done, replayed after the restart
             result = plan.result
         self._observer.alert_read(plan.label, result)
-        self._tracker.done(TopicPartition(origin.topic, origin.partition), origin.offset)
+        self._done(origin, epoch)
         self._commit_wanted.set()
 
     def _steps_dropped(self, steps: Sequence[_Step]) -> None:
@@ -1365,7 +1386,7 @@ class Intake:
         for member in members:
             if member.status is not None:
                 read[member.plan.label, member.plan.result] += 1
-                self._tracker.done(self._partition_of(member.origin), member.origin.offset)
+                self._done(member.origin, member.epoch)
         for (label, result), count in read.items():
             self._observer.alert_read(label, result, count)
         if members:
@@ -1413,6 +1434,17 @@ class Intake:
     @staticmethod
     def _partition_of(origin: Position) -> TopicPartition:
         return TopicPartition(origin.topic, origin.partition)
+
+    def _done(self, origin: Position, epoch: int) -> None:
+        """The record at ``origin``, read in ``epoch`` of its partition's offsets, is done.
+        Not counted when those offsets were forgotten since (the partition revoked, or
+        its topic made again): the offset may now be another record's (see
+        :meth:`broker_back`)."""
+        if not self._tracker.done(self._partition_of(origin), origin.offset, epoch):
+            log.debug(
+                "a record finished after its partition's offsets were forgotten: not counted",
+                extra={"partition": origin.partition, "offset": origin.offset},
+            )
 
     async def _publish_finals(self, items: Sequence[tuple[_Member, SweepResult]]) -> None:
         """Publish a group's final results until every one is acknowledged (the input
@@ -1597,7 +1629,13 @@ class Intake:
         read offsets forgotten. The Kafka client would go on at its old positions in the
         new, empty log, and this intake would take its first records for ones it had
         read, and skip them. Seek and forget happen in one step (no await between), so
-        no record of the new log is taken up against the old offsets."""
+        no record of the new log is taken up against the old offsets.
+
+        Records of the old log still running, or read and waiting in a lane, are handled
+        as usual, but their offsets no longer count: they were read in the partition's
+        previous epoch (:class:`OffsetTracker`), so one finishing does not mark done the
+        record of the new log at its offset (the commit waits for that record's own
+        result). The old log is gone, so no replay could bring them back either way."""
         consumer = self._consumer
         if consumer is None or not created:
             return
@@ -1647,7 +1685,9 @@ class Intake:
         Records of those partitions get ``revoke_drain_s`` to finish; the ones still
         running after it are cancelled without a result (their offsets stay
         uncommitted) and their accounts' sweeps stopped (:meth:`_hand_over`), so when
-        the next owner replays them nobody else is sweeping those accounts."""
+        the next owner replays them nobody else is sweeping those accounts. Their
+        offsets are then forgotten: a new epoch, so should the partition come back to
+        this daemon, nothing read before counts for its replay."""
         gone = set(revoked)
         self._backlog.drop(lambda item: item[0] in gone)  # not taken up: the next owner's
         if gone:

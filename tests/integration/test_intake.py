@@ -530,3 +530,37 @@ async def test_the_partitions_of_a_topic_made_again_are_read_again_from_offset_0
         await produce(settings, [alert_message("back-2")])
         await wait_for(lambda: len(results.finals("back-2")) == 1)
         assert len((await results.to_end()).finals("back-1")) == 2
+
+
+async def test_a_record_of_the_old_log_finishing_after_its_topic_is_made_again_moves_no_commit(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    """A record of the old log still running when its topic is found made again finishes
+    later: that does not count for the record of the new log at the same offset, so the
+    commit does not pass a record that has no result yet.
+
+    As in the test above the log is intact, so the new log's records are the old ones
+    read again. Both records are keyed ``mm-1``: ``old-0`` (offset 0) sweeps mm-2,
+    ``old-1`` (offset 1) mm-1, both held. With at most one request per account in the
+    engine the lane ``mm-1`` waits while ``old-1`` runs, so the records read again wait
+    in it. When ``old-0`` finishes, its offset 0 belongs to the old log: a shutdown then
+    commits 0, not past the offset 0 read again, whose result is not published."""
+    settings = make_settings(kafka_bootstrap, unique_name, intake={"max_queued_per_account": 1})
+    await create_all_topics(settings)
+    topics = settings.kafka.topics
+    engine = FakeEngine()
+    engine.hold("mm-1")
+    engine.hold("mm-2")
+    async with TopicCollector(kafka_bootstrap, topics.results) as results:
+        async with running_intake(settings, engine, grace_s=0.0) as run:
+            await produce(settings, [alert_message("old-0", ["mm-2"]), alert_message("old-1")])
+            await wait_for(lambda: len(engine.calls) == 2)
+            await run.intake.broker_back([topics.alerts])
+            await wait_for(lambda: run.intake.waiting == 2)  # both read again, lane held
+            engine.let_go("mm-2")
+            await wait_for(lambda: run.intake.in_flight == 1)  # old-0 done: its task ended
+        # The shutdown committed what was done (old-1 was cut off, not done).
+        engine.let_go("mm-1")
+        assert await committed(kafka_bootstrap, settings.kafka.group_id, topics.alerts) == 0
+        finals = (await results.to_end()).finals()
+        assert [(r["alert_id"], r["origin"]["offset"]) for r in finals] == [("old-0", 0)]

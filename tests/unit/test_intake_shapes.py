@@ -168,9 +168,9 @@ async def test_alike_alerts_of_a_run_are_planned_without_a_pair_fetch() -> None:
     lister = _Lister(frozenset({"BTC_USDT"}))
     intake = _storm_intake(lister)
     shapes = _RunShapes()
-    first = intake._member(TP, _record(0), shapes)
+    first = intake._member(TP, _record(0), 0, shapes)
     lister.fresh = False  # stale, every pair still in it: no fetch either way
-    second = intake._member(TP, _record(1), shapes)
+    second = intake._member(TP, _record(1), 0, shapes)
     assert first is not None
     assert second is not None
     assert second.step is not None
@@ -185,11 +185,11 @@ async def test_an_alike_alert_after_a_refusal_is_checked_again() -> None:
     lister = _Lister(frozenset({"ETH_USDT"}))
     intake = _storm_intake(lister)
     shapes = _RunShapes()
-    first = intake._member(TP, _record(0), shapes)
+    first = intake._member(TP, _record(0), 0, shapes)
     assert first is not None
     assert first.plan.rejection is not None
     lister.fresh = False
-    assert intake._member(TP, _record(1), shapes) is None
+    assert intake._member(TP, _record(1), 0, shapes) is None
 
 
 @pytest.mark.parametrize("owned", [("mm-1", "mm-2"), ("mm-1",), ()], ids=["all", "one", "none"])
@@ -201,7 +201,7 @@ async def test_every_alert_of_a_run_forwards_the_accounts_another_daemon_owns(
     intake._owner_here = lambda account: account in owned  # type: ignore[method-assign]
     shapes = _RunShapes()
     for offset in range(3):  # the first makes the run's shape, the others fit it
-        member = intake._member(TP, _record(offset, accounts=accounts), shapes)
+        member = intake._member(TP, _record(offset, accounts=accounts), 0, shapes)
         assert member is not None
         assert [step.request.account for step in member.plan.steps] == list(owned)
         assert [account for account, _ in member.plan.forwards] == [

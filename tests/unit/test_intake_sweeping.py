@@ -65,7 +65,7 @@ async def test_a_kill_cancelled_while_forwarding_is_no_longer_swept_and_its_repe
     plan = intake._plan(parsed, "alerts", origin, NOW, record.value)
     assert [a for a, _ in plan.forwards] == ["mm-2"]
     assert [s.request.account for s in plan.steps] == ["mm-1"]
-    task = asyncio.create_task(intake._execute(record, plan, origin, NOW))
+    task = asyncio.create_task(intake._execute(record, plan, origin, NOW, 0))
     async with asyncio.timeout(5):
         await publisher.forwarding.wait()
     key = ("a-1", "mm-1")

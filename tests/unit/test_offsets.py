@@ -65,9 +65,9 @@ def test_to_commit_only_when_the_position_moved() -> None:
     assert tracker.to_commit() == {"p0": 0, "p1": 0}
     tracker.committed({"p0": 0, "p1": 0})
     assert tracker.to_commit() == {}
-    tracker.done("p0", 1)
+    assert tracker.done("p0", 1, 0)
     assert tracker.to_commit() == {}  # offset 0 still running: nothing new
-    tracker.done("p0", 0)
+    assert tracker.done("p0", 0, 0)
     assert tracker.to_commit() == {"p0": 2}
     assert tracker.to_commit(["p1"]) == {}
     tracker.committed({"p0": 2})
@@ -79,18 +79,67 @@ def test_to_commit_only_when_the_position_moved() -> None:
 def test_dropped_partitions_are_forgotten_and_late_done_ignored() -> None:
     tracker: OffsetTracker[str] = OffsetTracker()
     tracker.read("p0", 10)
+    epoch = tracker.epoch("p0")
     tracker.drop(["p0"])
-    tracker.done("p0", 10)  # the task finished after revocation: ignored
+    assert not tracker.done("p0", 10, epoch)  # the task finished after revocation: ignored
     assert tracker.to_commit() == {}
     assert tracker.partitions() == []
     # reassigned later: the replay starts a fresh partition state
     assert tracker.read("p0", 10) is True
 
 
+def test_a_record_read_before_its_log_was_made_again_does_not_count_for_the_new_one() -> None:
+    """Offsets forgotten while a record of the old log still runs (its topic made again):
+    the new log's record at the same offset stays unfinished when the old one finishes."""
+    tracker: OffsetTracker[str] = OffsetTracker()
+    tracker.read("p0", 0)
+    tracker.read("p0", 1)
+    old = tracker.epoch("p0")
+    assert tracker.done("p0", 0, old)
+    tracker.drop(["p0"])  # made again: the new log is read from offset 0
+    new = tracker.epoch("p0")
+    assert new != old
+    tracker.read("p0", 0)
+    tracker.read("p0", 1)
+    assert not tracker.done("p0", 1, old)  # the old log's offset 1 finishing
+    assert not tracker.done("p0", 0, old)
+    assert tracker.position("p0") == 0
+    assert tracker.pending("p0") == 2
+    assert tracker.done("p0", 0, new)
+    assert tracker.to_commit() == {"p0": 1}  # not past the new log's offset 1
+
+
+def test_a_revoked_partitions_record_does_not_count_for_its_replay_after_reassignment() -> None:
+    tracker: OffsetTracker[str] = OffsetTracker()
+    tracker.read("p0", 10)
+    tracker.read("p1", 3)
+    before = tracker.epoch("p0")
+    tracker.drop(["p0"])  # revoked, and given back: the replay reads 10 again
+    assert tracker.read("p0", 10)
+    assert not tracker.done("p0", 10, before)
+    assert tracker.to_commit(["p0"]) == {"p0": 10}
+    # Each partition has its own epoch: p1 was not forgotten.
+    assert tracker.epoch("p1") == 0
+    assert tracker.done("p1", 3, 0)
+    assert tracker.to_commit(["p1"]) == {"p1": 4}
+
+
+def test_every_forgetting_starts_a_new_epoch() -> None:
+    tracker: OffsetTracker[str] = OffsetTracker()
+    epochs = [tracker.epoch("p0")]
+    for _ in range(3):
+        tracker.drop(["p0"])  # tracked or not, the offsets read before no longer count
+        epochs.append(tracker.epoch("p0"))
+    assert len(set(epochs)) == 4
+    tracker.read("p0", 0)
+    assert not any(tracker.done("p0", 0, e) for e in epochs[:-1])
+    assert tracker.done("p0", 0, epochs[-1])
+
+
 def test_committed_never_moves_backwards() -> None:
     tracker: OffsetTracker[str] = OffsetTracker()
     tracker.read("p", 0)
-    tracker.done("p", 0)
+    tracker.done("p", 0, 0)
     tracker.committed({"p": 1})
     tracker.committed({"p": 0})
     tracker.read("p", 1)
@@ -120,3 +169,32 @@ def test_a_partitions_offsets_are_the_trackers_own() -> None:
     assert not tracker.read("p0", 5)  # the tracker saw the read made through its partition
     assert tracker.partition("p0") is part
     assert tracker.to_commit() == {"p0": 5}
+
+
+@given(
+    st.sets(st.integers(min_value=0, max_value=19)),
+    st.permutations(list(range(20))),
+    st.integers(min_value=0, max_value=20),
+)
+def test_a_forgotten_epochs_done_never_moves_the_position(
+    old_done: set[int], order: list[int], finished: int
+) -> None:
+    """Whatever the old log's records finish, in any order among the new log's, the
+    position is the new log's first unfinished offset."""
+    tracker: OffsetTracker[str] = OffsetTracker()
+    for offset in range(20):
+        tracker.read("p", offset)
+    old = tracker.epoch("p")
+    tracker.drop(["p"])
+    new = tracker.epoch("p")
+    for offset in range(20):
+        tracker.read("p", offset)
+    done = order[:finished]
+    for offset in done:
+        if offset in old_done:
+            tracker.done("p", offset, old)
+        tracker.done("p", offset, new)
+    for offset in old_done:
+        tracker.done("p", offset, old)
+    unfinished = set(range(20)) - set(done)
+    assert tracker.position("p") == (min(unfinished) if unfinished else 20)
