@@ -112,6 +112,8 @@ class FakeEngine:
     closed: bool = False
     handed_over: list[str] = field(default_factory=list)
     groups: list[list[str]] = field(default_factory=list)  # alert ids per start_group
+    # alert id -> the reason its final result carries (e.g. text Kafka refuses to take)
+    final_reasons: dict[str, str] = field(default_factory=dict)
 
     def hold(self, account: str) -> None:
         self.holds[account] = asyncio.Event()
@@ -146,7 +148,9 @@ class FakeEngine:
             if request.alert_id in self.raise_for:
                 raise RuntimeError("engine bug")
             status = SweepStatus.DRY_RUN if request.dry_run else SweepStatus.FLAT
-            return self._result(request, status, final=True)
+            result = self._result(request, status, final=True)
+            reason = self.final_reasons.get(request.alert_id)
+            return result if reason is None else dataclasses.replace(result, reason=reason)
         finally:
             self.running[request.account] -= 1
 
@@ -192,6 +196,7 @@ class RecordingObserver:
     alerts: list[tuple[str, str]] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)
     dead_letters: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # outputs Kafka refused as made
     fired: list[str] = field(default_factory=list)
     consumer_lags: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -200,6 +205,9 @@ class RecordingObserver:
 
     def dlq(self, reason: str) -> None:
         self.dead_letters.append(reason)
+
+    def output_refused(self, output: str) -> None:
+        self.refused.append(output)
 
     def deadman_fired(self, source: str) -> None:
         self.fired.append(source)
