@@ -1526,18 +1526,27 @@ def encode_dlq(
     key: bytes | None,
     rejection: Rejection,
     received_at: datetime,
-    max_value_bytes: int = DLQ_MAX_VALUE_BYTES,
+    reduced: bool = False,
 ) -> bytes:
-    """The bytes of the dead letter of a refused record (see :class:`DeadLetter`);
-    ``max_value_bytes`` 0 for the reduced form, which Kafka refused as made: without
-    the original's value (``value_bytes`` and ``value_truncated`` still say what it was)."""
+    """The bytes of the dead letter of a refused record (see :class:`DeadLetter`).
+
+    ``reduced``: the form published when Kafka refused the full one as made: without
+    the original's value (``value_bytes`` and ``value_truncated`` still say what it
+    was), its texts made writable and cut (:func:`writable`)."""
+    if reduced:
+        alert_id = rejection.alert_id
+        rejection = dataclasses.replace(
+            rejection,
+            reason=writable(rejection.reason, REDUCED_TEXT_MAX),
+            alert_id=None if alert_id is None else writable(alert_id, REDUCED_TEXT_MAX),
+        )
     letter = DeadLetter.of(
         raw,
         position=Position(topic, partition, offset),
         key=key,
         rejection=rejection,
         received_at=received_at,
-        max_value_bytes=max_value_bytes,
+        max_value_bytes=0 if reduced else DLQ_MAX_VALUE_BYTES,
     )
     return _dumps(letter.to_json())
 

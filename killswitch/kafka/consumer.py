@@ -67,7 +67,6 @@ from aiokafka.errors import IllegalStateError, KafkaError
 
 from killswitch.config import EngineSettings, IntakeSettings, KafkaSettings, TopicSettings
 from killswitch.contracts import (
-    DLQ_MAX_VALUE_BYTES,
     Alert,
     Channel,
     Rejection,
@@ -1082,7 +1081,9 @@ class Intake:
         value: bytes | None,
     ) -> tuple[list[KillRequest], list[tuple[str, bytes]]]:
         """The requests swept here, and a forward for each account another daemon owns
-        (those not in ``owned``)."""
+        (those not in ``owned``). Swept here too: a record whose forward would be over
+        :data:`MAX_FORWARD_BYTES` (the original is escaped in it, up to twice its size),
+        which the broker might refuse for good."""
         if value is None or len(value) > MAX_FORWARD_BYTES:
             return requests, []
         here: list[KillRequest] = []
@@ -1092,9 +1093,14 @@ class Intake:
                 here.append(request)
                 continue
             try:
-                away.append((request.account, encode_forward(request.account, channel, value)))
+                forward = encode_forward(request.account, channel, value)
             except UnicodeDecodeError:  # JSON in another encoding: swept here
                 here.append(request)
+                continue
+            if len(forward) > MAX_FORWARD_BYTES:
+                here.append(request)
+            else:
+                away.append((request.account, forward))
         return here, away
 
     def _plan(
@@ -1605,7 +1611,7 @@ class Intake:
             },
         )
 
-        def letter(max_value_bytes: int = DLQ_MAX_VALUE_BYTES) -> Awaitable[None]:
+        def letter(reduced: bool = False) -> Awaitable[None]:
             value = encode_dlq(
                 record.value,
                 topic=origin.topic,
@@ -1614,11 +1620,11 @@ class Intake:
                 key=record.key,
                 rejection=rejection,
                 received_at=received,
-                max_value_bytes=max_value_bytes,
+                reduced=reduced,
             )
             return self._publisher.dead_letter(value, record.key)
 
-        await self._retry(letter, "dead letter", origin, reduced=lambda: letter(0))
+        await self._retry(letter, "dead_letter", origin, reduced=lambda: letter(reduced=True))
 
     async def _retry(
         self,
@@ -1628,13 +1634,13 @@ class Intake:
         *,
         reduced: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """``send`` until acknowledged. A failure of Kafka is retried as it is, with a
-        backoff; an output Kafka refuses as made (:func:`refused_as_made`) is said and
-        counted once, then sent ``reduced`` when it has such a form. What is refused
-        without one, or even reduced, is retried like the rest: the record waits
-        (never done without its outputs)."""
+        """``send`` ``output`` (``dead_letter``, ``forward``) until acknowledged. A
+        failure of Kafka is retried as it is, with a backoff. An output Kafka refuses as
+        made (:func:`refused_as_made`) is said and counted once, then sent ``reduced``
+        when it has such a form; refused without one, or even reduced, it is retried
+        like the rest (said once more): the record waits, never done without its outputs."""
         delay = 0.05
-        refused = False
+        counted = stuck = False
         while True:
             try:
                 await send()
@@ -1642,18 +1648,20 @@ class Intake:
             except Exception as exc:
                 if not refused_as_made(exc):
                     log.warning(
-                        f"{output} not published, retrying", extra={"error": type(exc).__name__}
+                        "output not published, retrying",
+                        extra={"output": output, "error": type(exc).__name__},
                     )
-                elif not refused:
-                    refused = True
-                    self._observer.output_refused(output.replace(" ", "_"))
+                elif not counted:
+                    counted = True
                     if reduced is not None:
                         self._output_refused(output, exc, origin)
-                        send = reduced
+                        send, reduced = reduced, None
                         continue
+                    self._observer.output_refused(output)
+                    stuck = True
                     self._refused_again(output, exc, origin)
-                elif reduced is not None and send is reduced:
-                    reduced = None  # said once
+                elif not stuck:
+                    stuck = True
                     self._refused_again(output, exc, origin)
             await asyncio.sleep(delay)  # backoff between publish attempts
             delay = min(delay * 2, _PUBLISH_BACKOFF_MAX_S)

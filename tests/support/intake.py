@@ -25,7 +25,7 @@ from killswitch.core.model import (
     SweepResult,
     SweepStatus,
 )
-from killswitch.core.ports import PairLister, ResultSink
+from killswitch.core.ports import AlertObserver, PairLister, ResultSink
 from killswitch.kafka.clients import make_producer
 from killswitch.kafka.consumer import DEFERRABLE_PER_TURN_S, SLICE_S, Intake, IntakeConfig
 from killswitch.kafka.outputs import Publisher
@@ -42,6 +42,7 @@ def offline_intake(
     *,
     publisher: Any = None,
     pairs: Mapping[str, PairLister] | None = None,
+    observer: AlertObserver | None = None,
 ) -> Intake:
     """An intake never started (no consumer, no engine) for unit tests of its planning
     and bookkeeping: records are handed to its methods directly."""
@@ -53,7 +54,15 @@ def offline_intake(
         revoke_drain_s=1.0,
     )
     no_engine: Any = None  # planning and the bookkeeping tested never reach it
-    return Intake(config, KafkaSettings(), no_engine, publisher, DedupWindow(100), pairs=pairs)
+    return Intake(
+        config,
+        KafkaSettings(),
+        no_engine,
+        publisher,
+        DedupWindow(100),
+        pairs=pairs,
+        observer=observer,
+    )
 
 
 def make_settings(bootstrap: str, unique: Callable[[str], str], **overrides: Any) -> Settings:
