@@ -330,7 +330,8 @@ class Metrics:
         )
         self._refused = Counter(
             "killswitch_outputs_refused",
-            "Outputs Kafka refused as made (too large, text it cannot encode), by output.",
+            "Outputs that could not be published as made (too large, text that cannot be "
+            "encoded), by output.",
             ["output"],
             registry=r,
         )

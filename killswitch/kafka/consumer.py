@@ -1514,7 +1514,7 @@ class Intake:
         was refused) and counted; its reduced form goes out instead, if it has one."""
         self._observer.output_refused(output)
         log.error(
-            "output refused by kafka as made; publishing it reduced",
+            "output cannot be published as made; publishing it reduced",
             extra=_refusal_fields(output, error, origin, record),
         )
 
@@ -1526,7 +1526,7 @@ class Intake:
         record: ResultRecord | None = None,
     ) -> None:
         log.error(
-            "output refused by kafka; retried until published, its offset uncommitted",
+            "output cannot be published; retried until it is, its offset uncommitted",
             extra=_refusal_fields(output, error, origin, record),
         )
 
