@@ -34,6 +34,7 @@ import binascii
 import dataclasses
 import functools
 import json
+import re
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -772,6 +773,44 @@ def encode_result(record: ResultRecord) -> bytes:
     return text.replace('"orders":[]', f'"orders":{orders}', 1).encode("utf-8")
 
 
+# Longest text a reduced result keeps of each of its texts (a reason is a sentence or two).
+REDUCED_TEXT_MAX = 500
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def writable(text: str, limit: int | None = None) -> str:
+    """``text`` that UTF-8 can encode (a lone surrogate, which a JSON escape can name,
+    becomes U+FFFD), cut at ``limit`` characters (the cut marked with an ellipsis)."""
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def reduced_result(record: ResultRecord, error: str) -> ResultRecord:
+    """The final result published when Kafka refused ``record`` as made (``error``: the
+    error's name; too large for a request, text UTF-8 cannot encode): its status,
+    counts, residual, times, origin and pair lists unchanged, its order lists left out
+    (``orders_omitted`` counts every order), every text made writable and cut at
+    :data:`REDUCED_TEXT_MAX` characters, and the reason saying so."""
+    note = (
+        f"the full result could not be published ({error}): "
+        "its order list is left out and its texts are cut"
+    )
+    reason = writable(record.reason, REDUCED_TEXT_MAX) if record.reason else ""
+    operator = record.operator
+    return dataclasses.replace(
+        record,
+        orders=(),
+        orders_omitted=record.orders_omitted + len(record.orders),
+        in_flight=(),
+        reason=f"{reason}; {note}" if reason else note,
+        operator=None if operator is None else writable(operator, REDUCED_TEXT_MAX),
+        source=writable(record.source, REDUCED_TEXT_MAX),
+        trigger_reason=writable(record.trigger_reason, REDUCED_TEXT_MAX),
+        unlisted_pairs=tuple(writable(p, REDUCED_TEXT_MAX) for p in record.unlisted_pairs),
+    )
+
+
 def final_result_fields(record: ResultRecord) -> dict[str, Any]:
     """The structured fields of a final result's log line: the result's own field
     names, its counts flattened, and the kill's duration in ``seconds`` (alike results
@@ -1410,10 +1449,12 @@ class DeadLetter:
         key: bytes | None,
         rejection: Rejection,
         received_at: datetime,
+        max_value_bytes: int = DLQ_MAX_VALUE_BYTES,
     ) -> DeadLetter:
-        """The dead letter of a record read at ``position`` and refused."""
+        """The dead letter of a record read at ``position`` and refused, keeping at most
+        ``max_value_bytes`` of its value."""
         body = raw or b""
-        kept = body[:DLQ_MAX_VALUE_BYTES]
+        kept = body[:max_value_bytes]
         try:
             text, b64 = kept.decode("utf-8"), None
         except UnicodeDecodeError:
@@ -1485,14 +1526,27 @@ def encode_dlq(
     key: bytes | None,
     rejection: Rejection,
     received_at: datetime,
+    reduced: bool = False,
 ) -> bytes:
-    """The bytes of the dead letter of a refused record (see :class:`DeadLetter`)."""
+    """The bytes of the dead letter of a refused record (see :class:`DeadLetter`).
+
+    ``reduced``: the form published when Kafka refused the full one as made: without
+    the original's value (``value_bytes`` and ``value_truncated`` still say what it
+    was), its texts made writable and cut (:func:`writable`)."""
+    if reduced:
+        alert_id = rejection.alert_id
+        rejection = dataclasses.replace(
+            rejection,
+            reason=writable(rejection.reason, REDUCED_TEXT_MAX),
+            alert_id=None if alert_id is None else writable(alert_id, REDUCED_TEXT_MAX),
+        )
     letter = DeadLetter.of(
         raw,
         position=Position(topic, partition, offset),
         key=key,
         rejection=rejection,
         received_at=received_at,
+        max_value_bytes=0 if reduced else DLQ_MAX_VALUE_BYTES,
     )
     return _dumps(letter.to_json())
 

@@ -37,6 +37,7 @@ __all__ = [
     "LATENCY_BUCKETS",
     "LOOP_LAG_BUCKETS",
     "OTHER",
+    "REFUSED_OUTPUTS",
     "LabelBudget",
     "Metrics",
 ]
@@ -51,6 +52,9 @@ ALERT_RESULTS: Final = ("processed", "duplicate", "invalid", "unauthorized", "ex
 
 DLQ_REASONS: Final = ("undecodable", "too_large", "invalid", "unauthorized", "expired")
 """``reason`` values of ``killswitch_dlq_total`` pre-initialised at 0 (others still count)."""
+
+REFUSED_OUTPUTS: Final = ("result", "dead_letter", "forward")
+"""``output`` values of ``killswitch_outputs_refused_total`` (pre-initialised at 0)."""
 
 CANCEL_OUTCOMES: Final = tuple(Outcome)
 """``outcome`` label values of ``killswitch_cancels_total``: the contract's four plus
@@ -324,6 +328,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self._refused = Counter(
+            "killswitch_outputs_refused",
+            "Outputs that could not be published as made (too large, text that cannot be "
+            "encoded), by output.",
+            ["output"],
+            registry=r,
+        )
         self._consumer_lag = Gauge(
             "killswitch_consumer_lag",
             "Messages between the consumer's position and the end of the partition.",
@@ -361,6 +372,8 @@ class Metrics:
             self._deadman.labels(source=label)
         for reason in DLQ_REASONS:
             self._dlq.labels(reason=reason)
+        for output in REFUSED_OUTPUTS:
+            self._refused.labels(output=output)
         self._ready.set(0)
         self._kafka_up.set(0)
 
@@ -465,6 +478,11 @@ class Metrics:
     def dlq(self, reason: str) -> None:
         """A message went to the dead-letter topic."""
         self._dlq.labels(reason=self._reasons(reason)).inc()
+
+    @_never_raise
+    def output_refused(self, output: str) -> None:
+        """Kafka refused an output as made; ``output`` one of :data:`REFUSED_OUTPUTS`."""
+        self._refused.labels(output=output if output in REFUSED_OUTPUTS else OTHER).inc()
 
     @_never_raise
     def consumer_lag(self, topic: str, partition: int, lag: int) -> None:

@@ -261,6 +261,9 @@ class AlertObserver(Protocol):
 
     ``dlq(reason)``: one dead letter, ``reason`` one of ``undecodable``,
     ``too_large``, ``invalid``, ``unauthorized``, ``expired``.
+    ``output_refused(output)``: Kafka refused an output as made (too large, text it
+    cannot encode: ``killswitch.kafka.outputs.refused_as_made``); ``output`` one of
+    ``result``, ``dead_letter``, ``forward``.
     ``deadman_fired(source)``: a dead-man source fell silent (its kill was published).
     ``consumer_lag(topic, partition, lag)``: records behind on one input partition
     (high watermark minus the commit position).
@@ -272,6 +275,8 @@ class AlertObserver(Protocol):
     def alert_read(self, source: str, result: str, count: int = 1) -> None: ...
 
     def dlq(self, reason: str) -> None: ...
+
+    def output_refused(self, output: str) -> None: ...
 
     def deadman_fired(self, source: str) -> None: ...
 
@@ -287,6 +292,9 @@ class NullAlertObserver:
         pass
 
     def dlq(self, reason: str) -> None:
+        pass
+
+    def output_refused(self, output: str) -> None:
         pass
 
     def deadman_fired(self, source: str) -> None:

@@ -79,6 +79,7 @@ from killswitch.contracts import (
     final_results_lines,
     kill_requests,
     parse_alert,
+    reduced_result,
 )
 from killswitch.core.dedup import DedupWindow, Seen
 from killswitch.core.lanes import FairLanes
@@ -94,7 +95,7 @@ from killswitch.core.ports import (
 )
 from killswitch.kafka.clients import all_partitions, make_group_consumer, stop_consumer
 from killswitch.kafka.forward import MAX_FORWARD_BYTES, decode_forward, encode_forward, is_forward
-from killswitch.kafka.outputs import Publisher
+from killswitch.kafka.outputs import Publisher, refused_as_made
 from killswitch.kafka.ownership import owns
 from killswitch.kafka.readers import ResultsIndex
 from killswitch.tasks import TurnBudget, task_scope
@@ -312,6 +313,19 @@ read in; see :class:`OffsetTracker`)."""
 def _internal_error(exc: Exception) -> Rejection:
     # Dead-lettered with the reason (visible, counted) rather than left pending forever.
     return Rejection(RejectKind.INVALID, f"internal error while reading: {type(exc).__name__}")
+
+
+def _refusal_fields(
+    output: str, error: BaseException, origin: Position | None, record: ResultRecord | None
+) -> dict[str, Any]:
+    """A refused output's log fields: what and where, the error's name (its message may
+    quote the text that was refused)."""
+    fields: dict[str, Any] = {"output": output, "error": type(error).__name__}
+    if origin is not None:
+        fields.update(topic=origin.topic, partition=origin.partition, offset=origin.offset)
+    if record is not None:
+        fields.update(alert_id=record.alert_id, account=record.account, status=record.status)
+    return fields
 
 
 class _Interrupted(Exception):
@@ -1083,7 +1097,9 @@ class Intake:
         value: bytes | None,
     ) -> tuple[list[KillRequest], list[tuple[str, bytes]]]:
         """The requests swept here, and a forward for each account another daemon owns
-        (those not in ``owned``)."""
+        (those not in ``owned``). Swept here too: a record whose forward would be over
+        :data:`MAX_FORWARD_BYTES` (the original is escaped in it, up to twice its size),
+        which the broker might refuse for good."""
         if value is None or len(value) > MAX_FORWARD_BYTES:
             return requests, []
         here: list[KillRequest] = []
@@ -1093,9 +1109,14 @@ class Intake:
                 here.append(request)
                 continue
             try:
-                away.append((request.account, encode_forward(request.account, channel, value)))
+                forward = encode_forward(request.account, channel, value)
             except UnicodeDecodeError:  # JSON in another encoding: swept here
                 here.append(request)
+                continue
+            if len(forward) > MAX_FORWARD_BYTES:
+                here.append(request)
+            else:
+                away.append((request.account, forward))
         return here, away
 
     def _plan(
@@ -1274,7 +1295,7 @@ class Intake:
 
     async def _forward(self, account: str, forward: bytes, origin: Position) -> None:
         """Hand one account's kill on to its owner (acknowledged before the record is done)."""
-        await self._retry(lambda: self._publisher.alert(account, forward), "forward")
+        await self._retry(lambda: self._publisher.alert(account, forward), "forward", origin)
         log.info(
             "kill forwarded to the account's owner",
             extra={"account": account, "partition": origin.partition, "offset": origin.offset},
@@ -1448,30 +1469,98 @@ class Intake:
 
     async def _publish_finals(self, items: Sequence[tuple[_Member, SweepResult]]) -> None:
         """Publish a group's final results until every one is acknowledged (the input
-        offsets wait for this), then their log lines: alike results share one
-        (:func:`final_results_lines`), another stands alone, as :meth:`_publish_final`."""
+        offsets wait for this; see :meth:`_publish_results`), then their log lines: alike
+        results share one (:func:`final_results_lines`), another stands alone, as
+        :meth:`_publish_final`."""
         records = [ResultRecord.of(result, member.origin) for member, result in items]
-        pending = records
+        published = await self._publish_results(records, alone=False)
+        if log.isEnabledFor(logging.INFO):
+            for event, fields in final_results_lines(published):
+                log.info(event, extra=fields)
+
+    async def _publish_results(
+        self, records: Sequence[ResultRecord], *, alone: bool
+    ) -> list[ResultRecord]:
+        """Publish final results until every one is acknowledged; returns them as
+        published. A failure of Kafka (down, busy, rebalancing) is retried as it is,
+        with a backoff. A record Kafka refuses as made (:func:`refused_as_made`: too
+        large, text it cannot encode) would be refused again: it is published reduced
+        instead (:func:`reduced_result`: same status and counts, no order list), logged
+        and counted once. Refused even reduced, it is retried like the others, so its
+        record is never done without a final result (its offset stays uncommitted and
+        the alert is replayed after a restart). ``alone``: one record, sent as
+        :meth:`Publisher.result` sends it."""
+        out = list(records)
+        pending = list(range(len(out)))
+        stuck: set[int] = set()  # refused even reduced: said once
         delay = 0.05
         while pending:
-            errors = await self._publisher.results(pending)
-            failed = [item for item, error in zip(pending, errors, strict=True) if error]
-            for error in errors:
-                if error is not None and not isinstance(error, KafkaError):
-                    raise error
+            errors = await self._send_results([out[i] for i in pending], alone=alone)
+            failed: list[int] = []
+            retried: BaseException | None = None
+            for i, error in zip(pending, errors, strict=True):
+                if error is None:
+                    continue
+                failed.append(i)
+                if not refused_as_made(error):
+                    retried = error
+                elif out[i] is records[i]:
+                    out[i] = reduced_result(records[i], type(error).__name__)
+                    self._output_refused("result", error, records[i].origin, records[i])
+                elif i not in stuck:
+                    stuck.add(i)
+                    self._refused_again("result", error, records[i].origin, records[i])
             if not failed:
                 break
-            error = next(e for e in errors if e is not None)
-            log.warning(
-                "results not published, retrying",
-                extra={"records": len(failed), "error": type(error).__name__},
-            )
+            if retried is not None:
+                log.warning(
+                    "results not published, retrying",
+                    extra={"records": len(failed), "error": type(retried).__name__},
+                )
             pending = failed
             await asyncio.sleep(delay)  # backoff between publish attempts
             delay = min(delay * 2, _PUBLISH_BACKOFF_MAX_S)
-        if log.isEnabledFor(logging.INFO):
-            for event, fields in final_results_lines(records):
-                log.info(event, extra=fields)
+        return out
+
+    async def _send_results(
+        self, records: list[ResultRecord], *, alone: bool
+    ) -> list[BaseException | None]:
+        """One attempt: None per record acknowledged, else its error (never raises but
+        a cancellation)."""
+        try:
+            if alone:
+                await self._publisher.result(records[0], wait=True)
+                return [None]
+            return await self._publisher.results(records)
+        except Exception as exc:
+            return [exc] * len(records)
+
+    def _output_refused(
+        self,
+        output: str,
+        error: BaseException,
+        origin: Position | None,
+        record: ResultRecord | None = None,
+    ) -> None:
+        """Kafka refused an output as made: said (without its text, which may be what
+        was refused) and counted; its reduced form goes out instead, if it has one."""
+        self._observer.output_refused(output)
+        log.error(
+            "output cannot be published as made; publishing it reduced",
+            extra=_refusal_fields(output, error, origin, record),
+        )
+
+    def _refused_again(
+        self,
+        output: str,
+        error: BaseException,
+        origin: Position | None,
+        record: ResultRecord | None = None,
+    ) -> None:
+        log.error(
+            "output cannot be published; retried until it is, its offset uncommitted",
+            extra=_refusal_fields(output, error, origin, record),
+        )
 
     async def _call_engine(
         self,
@@ -1526,13 +1615,14 @@ class Intake:
         await self._publish_final(duplicate_result(request, previous, self._clock()), origin)
 
     async def _publish_final(self, result: SweepResult, origin: Position) -> None:
-        """Publish until acknowledged: the input offset waits for this (cancelled at shutdown).
+        """Publish until acknowledged (see :meth:`_publish_results`): the input offset
+        waits for this (cancelled at shutdown).
 
         Then one log line for the audit trail (what an operator greps for after the fact)."""
-        record = ResultRecord.of(result, origin)
-        await self._retry(lambda: self._publisher.result(record, wait=True), "result")
+        records = [ResultRecord.of(result, origin)]
+        (published,) = await self._publish_results(records, alone=True)
         if log.isEnabledFor(logging.INFO):
-            log.info("final result", extra=final_result_fields(record))
+            log.info("final result", extra=final_result_fields(published))
 
     async def _dead_letter(
         self,
@@ -1552,25 +1642,59 @@ class Intake:
                 "offset": origin.offset,
             },
         )
-        value = encode_dlq(
-            record.value,
-            topic=origin.topic,
-            partition=origin.partition,
-            offset=origin.offset,
-            key=record.key,
-            rejection=rejection,
-            received_at=received,
-        )
-        await self._retry(lambda: self._publisher.dead_letter(value, record.key), "dead letter")
 
-    async def _retry(self, send: Callable[[], Any], what: str) -> None:
+        def letter(reduced: bool = False) -> Awaitable[None]:
+            value = encode_dlq(
+                record.value,
+                topic=origin.topic,
+                partition=origin.partition,
+                offset=origin.offset,
+                key=record.key,
+                rejection=rejection,
+                received_at=received,
+                reduced=reduced,
+            )
+            return self._publisher.dead_letter(value, record.key)
+
+        await self._retry(letter, "dead_letter", origin, reduced=lambda: letter(reduced=True))
+
+    async def _retry(
+        self,
+        send: Callable[[], Awaitable[None]],
+        output: str,
+        origin: Position,
+        *,
+        reduced: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """``send`` ``output`` (``dead_letter``, ``forward``) until acknowledged. A
+        failure of Kafka is retried as it is, with a backoff. An output Kafka refuses as
+        made (:func:`refused_as_made`) is said and counted once, then sent ``reduced``
+        when it has such a form; refused without one, or even reduced, it is retried
+        like the rest (said once more): the record waits, never done without its outputs."""
         delay = 0.05
+        counted = stuck = False
         while True:
             try:
                 await send()
                 return
-            except KafkaError as exc:
-                log.warning(f"{what} not published, retrying", extra={"error": type(exc).__name__})
+            except Exception as exc:
+                if not refused_as_made(exc):
+                    log.warning(
+                        "output not published, retrying",
+                        extra={"output": output, "error": type(exc).__name__},
+                    )
+                elif not counted:
+                    counted = True
+                    if reduced is not None:
+                        self._output_refused(output, exc, origin)
+                        send, reduced = reduced, None
+                        continue
+                    self._observer.output_refused(output)
+                    stuck = True
+                    self._refused_again(output, exc, origin)
+                elif not stuck:
+                    stuck = True
+                    self._refused_again(output, exc, origin)
             await asyncio.sleep(delay)  # backoff between publish attempts
             delay = min(delay * 2, _PUBLISH_BACKOFF_MAX_S)
 

@@ -9,7 +9,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    UnknownTopicOrPartitionError,
+)
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -35,6 +41,18 @@ _PARTITIONER = DefaultPartitioner()
 _MAX_CACHED_KEYS = 4096
 
 
+# Kafka errors about the record itself: sent again as it is, it is refused again.
+_RECORD_REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+
+
+def refused_as_made(error: BaseException) -> bool:
+    """Whether a publish failed because of the record itself (too large for a request
+    or for the broker, text that cannot be encoded, or a bug in writing it: anything
+    but a Kafka error), not because Kafka is unavailable or busy: sent again unchanged
+    it fails again, whereas the other errors pass once the broker answers."""
+    return isinstance(error, _RECORD_REFUSED) or not isinstance(error, KafkaError)
+
+
 def result_headers(record: ResultRecord) -> Headers:
     """The Kafka headers of a result record: its head (``killswitch.result.head``),
     from the same values its body is written from."""
@@ -42,6 +60,22 @@ def result_headers(record: ResultRecord) -> Headers:
         record.alert_id, record.account, record.status, record.final, record.origin
     )
     return [(RESULT_HEAD_HEADER, head)]
+
+
+def _encoded(records: Sequence[ResultRecord]) -> list[bytes | Exception]:
+    """:func:`encode_results` of ``records``; when that fails, each encoded on its own,
+    the error standing in for a record that cannot be (the others go out)."""
+    try:
+        return list(encode_results(records))
+    except Exception:
+        return [_encoded_alone(record) for record in records]
+
+
+def _encoded_alone(record: ResultRecord) -> bytes | Exception:
+    try:
+        return encode_result(record)
+    except Exception as exc:
+        return exc
 
 
 class _Filling:
@@ -148,13 +182,21 @@ class Publisher:
         handed to aiokafka once the one before it has been, so everything published
         meanwhile (by every group) goes out together. A record too large for a
         request, or whose partition is not known yet, is sent alone as ``send`` sends
-        it, so it fails (or waits for metadata) alone."""
+        it, so it fails (or waits for metadata) alone; one that cannot be written at
+        all (:func:`refused_as_made`) fails alone with the error that says why."""
         outcomes: list[BaseException | None] = [None] * len(records)
         waiting: list[tuple[int, asyncio.Future[BaseException | None]]] = []
         alone: list[tuple[int, asyncio.Future[object]]] = []
-        for i, (record, value) in enumerate(zip(records, encode_results(records), strict=True)):
-            key = record.account.encode()
-            headers = result_headers(record)
+        for i, (record, value) in enumerate(zip(records, _encoded(records), strict=True)):
+            if isinstance(value, Exception):  # this record cannot be written: it fails alone
+                outcomes[i] = value
+                continue
+            try:
+                key = record.account.encode()
+                headers = result_headers(record)
+            except Exception as exc:
+                outcomes[i] = exc
+                continue
             filling = self._fill(key, value, headers)
             if filling is not None:
                 waiting.append((i, filling.outcome))
@@ -164,7 +206,7 @@ class Publisher:
                     self._topics.results, value, key, headers, partition=self._placed(key)
                 )
                 alone.append((i, future))
-            except KafkaError as exc:
+            except Exception as exc:  # the caller is told, whatever it is
                 outcomes[i] = exc
         futures: set[asyncio.Future[Any]] = {f for _, f in waiting} | {f for _, f in alone}
         if futures:

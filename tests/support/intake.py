@@ -25,7 +25,7 @@ from killswitch.core.model import (
     SweepResult,
     SweepStatus,
 )
-from killswitch.core.ports import PairLister, ResultSink
+from killswitch.core.ports import AlertObserver, PairLister, ResultSink
 from killswitch.kafka.clients import make_producer
 from killswitch.kafka.consumer import DEFERRABLE_PER_TURN_S, SLICE_S, Intake, IntakeConfig
 from killswitch.kafka.outputs import Publisher
@@ -42,6 +42,7 @@ def offline_intake(
     *,
     publisher: Any = None,
     pairs: Mapping[str, PairLister] | None = None,
+    observer: AlertObserver | None = None,
 ) -> Intake:
     """An intake never started (no consumer, no engine) for unit tests of its planning
     and bookkeeping: records are handed to its methods directly."""
@@ -53,7 +54,15 @@ def offline_intake(
         revoke_drain_s=1.0,
     )
     no_engine: Any = None  # planning and the bookkeeping tested never reach it
-    return Intake(config, KafkaSettings(), no_engine, publisher, DedupWindow(100), pairs=pairs)
+    return Intake(
+        config,
+        KafkaSettings(),
+        no_engine,
+        publisher,
+        DedupWindow(100),
+        pairs=pairs,
+        observer=observer,
+    )
 
 
 def make_settings(bootstrap: str, unique: Callable[[str], str], **overrides: Any) -> Settings:
@@ -112,6 +121,8 @@ class FakeEngine:
     closed: bool = False
     handed_over: list[str] = field(default_factory=list)
     groups: list[list[str]] = field(default_factory=list)  # alert ids per start_group
+    # alert id -> the reason its final result carries (e.g. text Kafka refuses to take)
+    final_reasons: dict[str, str] = field(default_factory=dict)
 
     def hold(self, account: str) -> None:
         self.holds[account] = asyncio.Event()
@@ -146,7 +157,9 @@ class FakeEngine:
             if request.alert_id in self.raise_for:
                 raise RuntimeError("engine bug")
             status = SweepStatus.DRY_RUN if request.dry_run else SweepStatus.FLAT
-            return self._result(request, status, final=True)
+            result = self._result(request, status, final=True)
+            reason = self.final_reasons.get(request.alert_id)
+            return result if reason is None else dataclasses.replace(result, reason=reason)
         finally:
             self.running[request.account] -= 1
 
@@ -192,6 +205,7 @@ class RecordingObserver:
     alerts: list[tuple[str, str]] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)
     dead_letters: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # outputs Kafka refused as made
     fired: list[str] = field(default_factory=list)
     consumer_lags: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -200,6 +214,9 @@ class RecordingObserver:
 
     def dlq(self, reason: str) -> None:
         self.dead_letters.append(reason)
+
+    def output_refused(self, output: str) -> None:
+        self.refused.append(output)
 
     def deadman_fired(self, source: str) -> None:
         self.fired.append(source)

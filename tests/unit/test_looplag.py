@@ -19,6 +19,9 @@ class Lags:
     def dlq(self, reason: str) -> None:
         pass
 
+    def output_refused(self, output: str) -> None:
+        pass
+
     def deadman_fired(self, source: str) -> None:
         pass
 

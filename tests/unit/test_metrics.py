@@ -35,6 +35,7 @@ CONTRACT = {
     "killswitch_residual_open_orders": ("gauge", {"account"}),
     "killswitch_residual_unlisted_pairs": ("gauge", {"account"}),
     "killswitch_ready": ("gauge", set()),
+    "killswitch_outputs_refused": ("counter", {"output"}),
 }
 
 
@@ -61,6 +62,7 @@ def exercise(m: Metrics) -> None:
     m.alert_read("var-monitor", "processed")
     m.deadman_fired("mm-bot")
     m.dlq("invalid")
+    m.output_refused("result")
     m.consumer_lag("killswitch.alerts", 0, 7)
     m.loop_lag(0.002)
     m.set_ready(True)
@@ -104,6 +106,7 @@ def test_exposition_parses_and_counters_end_in_total(
         "killswitch_exchange_requests_total",
         "killswitch_deadman_fired_total",
         "killswitch_dlq_total",
+        "killswitch_outputs_refused_total",
         "killswitch_time_to_flat_seconds_bucket",
         "killswitch_event_loop_lag_seconds_bucket",
         "killswitch_consumer_lag",
@@ -124,6 +127,9 @@ def test_exposition_parses_and_counters_end_in_total(
         ("killswitch_alerts_total", {"source": "mm-bot", "result": "unauthorized"}, 0.0),
         ("killswitch_deadman_fired_total", {"source": "mm-bot"}, 0.0),
         ("killswitch_dlq_total", {"reason": "invalid"}, 0.0),
+        ("killswitch_outputs_refused_total", {"output": "result"}, 0.0),
+        ("killswitch_outputs_refused_total", {"output": "dead_letter"}, 0.0),
+        ("killswitch_outputs_refused_total", {"output": "forward"}, 0.0),
         ("killswitch_inflight_cancels", {"account": "mm-2"}, 0.0),
         ("killswitch_account_halted", {"account": "mm-2"}, 0.0),
         ("killswitch_residual_open_orders", {"account": "mm-1"}, 0.0),
@@ -248,6 +254,18 @@ def test_series_exist_before_anything_happens(
             1.0,
         ),
         ([("dlq", ("too_large",))], "killswitch_dlq_total", {"reason": "too_large"}, 1.0),
+        (
+            [("output_refused", ("forward",))],
+            "killswitch_outputs_refused_total",
+            {"output": "forward"},
+            1.0,
+        ),
+        (
+            [("output_refused", ("state",))],
+            "killswitch_outputs_refused_total",
+            {"output": OTHER},
+            1.0,
+        ),
         (
             [("consumer_lag", ("killswitch.alerts", 2, 40))],
             "killswitch_consumer_lag",
