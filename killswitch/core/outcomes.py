@@ -66,8 +66,9 @@ def error_code(body: Any) -> str | None:
 
 # Control and format characters (C0, C1, line/paragraph separators, zero-width and
 # bidirectional marks): an exchange's text must not break a log line or hide its content.
+# Lone surrogates too (a JSON escape can name half of a pair): no UTF-8 writer takes them.
 _UNPRINTABLE = re.compile(
-    r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069]+"
+    r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069\ud800-\udfff]+"
 )
 # A long unbroken run of key-like characters: an API key, a signature or key material the
 # exchange might echo back. Words of an error message are far shorter.

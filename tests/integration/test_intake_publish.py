@@ -23,8 +23,8 @@ pytestmark = pytest.mark.integration
 
 Unique = Callable[[str], str]
 
-# Half of a surrogate pair, as an exchange's message cut in the middle of an emoji reads
-# after JSON decoding: text UTF-8 cannot encode.
+# Half of a surrogate pair: text UTF-8 cannot encode. An exchange's own text is cleaned
+# of it (core.outcomes.exchange_text); this stands for any route left to a result.
 UNWRITABLE = "exchange refused to list BTC_USDT: request rejected (HTTP 400: bad \ud83d)"
 # Larger than the producer's largest request (1 MiB by default).
 TOO_LARGE = "x" * 1_200_000

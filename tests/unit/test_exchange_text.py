@@ -40,3 +40,10 @@ def test_long_text_is_cut() -> None:
     assert text is not None
     assert len(text) == 40
     assert text.endswith("\u2026")
+
+
+def test_half_of_a_surrogate_pair_is_not_kept() -> None:
+    # What an exchange's JSON message cut inside an emoji decodes to: UTF-8 cannot write it.
+    text = exchange_text("bad \ud83d value")
+    assert text == "bad value"
+    assert text.encode("utf-8")
