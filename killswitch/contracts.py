@@ -816,12 +816,6 @@ def final_result_fields(record: ResultRecord) -> dict[str, Any]:
     names, its counts flattened, and the kill's duration in ``seconds`` (alike results
     published together share a line, see :func:`final_results_lines`)."""
     c = record.counts
-    received, finished = record.received_at, record.finished_at
-    seconds = (
-        round((finished - received).total_seconds(), 3)
-        if finished is not None and received is not None
-        else None
-    )
     return {
         "alert_id": record.alert_id,
         "account": record.account,
@@ -838,12 +832,34 @@ def final_result_fields(record: ResultRecord) -> dict[str, Any]:
         "source": record.source,
         "trigger_reason": record.trigger_reason,
         "reason": record.reason,
-        "seconds": seconds,
+        "seconds": _seconds(record),
     }
+
+
+def _seconds(record: ResultRecord) -> float | None:
+    """The kill's duration in a log line: received to finished, in seconds to the ms."""
+    received, finished = record.received_at, record.finished_at
+    if finished is None or received is None:
+        return None
+    return round((finished - received).total_seconds(), 3)
 
 
 # A result's own fields in its log line: alike results differ only in these.
 _LOG_OWN = frozenset({"alert_id", "seconds"})
+# What the other fields of a result's log line are made from (read in one C call per
+# result: a storm logs thousands of results, compared here and written once per kind).
+_log_shared = attrgetter(
+    "account",
+    "status",
+    "dry_run",
+    *(f"counts.{name}" for name in ("sent", "already_closed", "rejected", "failed", "skipped")),
+    "residual_open",
+    "unlisted_pairs",
+    "operator",
+    "source",
+    "trigger_reason",
+    "reason",
+)
 
 
 def final_results_lines(records: Sequence[ResultRecord]) -> list[tuple[str, dict[str, Any]]]:
@@ -855,37 +871,36 @@ def final_results_lines(records: Sequence[ResultRecord]) -> list[tuple[str, dict
     An alert storm's results on one account are usually alike: a line per group of
     them, not per alert, keeps a storm from flooding the log and from spending the
     daemon's CPU on it, and still names every result."""
-    kinds: dict[Hashable, list[dict[str, Any]]] = {}
+    kinds: dict[Hashable, list[ResultRecord]] = {}
     for record in records:
-        fields = final_result_fields(record)
-        kinds.setdefault(_alike_key(fields), []).append(fields)
+        kinds.setdefault(_alike_key(_log_shared(record)), []).append(record)
     return [
-        ("final result", alike[0]) if len(alike) == 1 else ("final results", _shared_line(alike))
+        ("final result", final_result_fields(alike[0]))
+        if len(alike) == 1
+        else ("final results", _shared_line(alike))
         for alike in kinds.values()
     ]
 
 
-def _alike_key(fields: dict[str, Any]) -> Hashable:
-    """What alike results' lines share (lists as tuples); a value that cannot be
-    compared that way keeps its result on a line of its own."""
-    key = tuple(
-        tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k not in _LOG_OWN
-    )
+def _alike_key(shared: tuple[Any, ...]) -> Hashable:
+    """``shared`` as the key of alike results; a value that cannot be compared that
+    way keeps its result on a line of its own."""
     try:
-        hash(key)
+        hash(shared)
     except TypeError:
         return object()  # equal to nothing else
-    return key
+    return shared
 
 
-def _shared_line(alike: list[dict[str, Any]]) -> dict[str, Any]:
+def _shared_line(alike: list[ResultRecord]) -> dict[str, Any]:
     """One line for alike results: their shared fields; ``alert_ids`` and
     ``seconds_each`` (one entry per result, in the same order) where a single line has
     ``alert_id`` and ``seconds``; ``alerts``, their count; ``seconds``, the longest
     (so a query for slow kills still finds the line)."""
-    line = {"alert_ids": [f["alert_id"] for f in alike], "alerts": len(alike)}
-    line.update((k, v) for k, v in alike[0].items() if k not in _LOG_OWN)
-    each = [f["seconds"] for f in alike]
+    line: dict[str, Any] = {"alert_ids": [r.alert_id for r in alike], "alerts": len(alike)}
+    first = final_result_fields(alike[0])
+    line.update((k, v) for k, v in first.items() if k not in _LOG_OWN)
+    each = [_seconds(r) for r in alike]
     known = [s for s in each if s is not None]
     line["seconds"] = max(known) if known else None
     line["seconds_each"] = each
