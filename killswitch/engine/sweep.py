@@ -274,6 +274,7 @@ class Sweep:
         self._unanswered_listings = 0  # passes in a row (see MAX_UNANSWERED_LISTINGS)
         self._unanswered_pass = 0  # the last pass counted in _unanswered_listings
         self._unanswered_reason = ""  # the last listing's that gave up
+        self._pairs_read = False  # a whole-account pass had a pair list to list
         self._pairs: set[str] = set()  # every pair in scope a pass set out to list or cancel
         # An alert whose pairs were never checked against the exchange's pair list: a
         # named pair may not exist, and a refused cancel-all of it (404) would read as
@@ -410,8 +411,19 @@ class Sweep:
         if self._unreachable():
             self.failure = self._unanswered_reason
             return
+        if self._without_pairs():
+            # Nothing was listed, so nothing can be counted as still open: "0 open"
+            # would read as done. The kill could not work.
+            self.failure = self._unanswered_reason or (
+                "no pair list: the exchange's info did not answer before the deadline"
+            )
+            return
         self.end_note = "deadline passed before a listing came back empty"
         self._settle_wanted = True
+
+    def _without_pairs(self) -> bool:
+        """A whole-account sweep that never had a pair list: it knows of no pair."""
+        return self.scope is not None and self.scope.symbols is None and not self._pairs_read
 
     def _unreachable(self) -> bool:
         """The last passes got no usable answer from the exchange (see
@@ -675,6 +687,7 @@ class Sweep:
             self._listing_unanswered(f"exchange unavailable reading exchange info: {exc}")
             return None
         self._exchange_answered()
+        self._pairs_read = True
         self._note_pair_source()
         return symbols_to_list(self.scope, (s.symbol for s in info))
 
@@ -1415,8 +1428,8 @@ class Sweep:
             # The same pairs the result names in unlisted_pairs, so a flat never
             # names any (_reason names them).
             unproven = "not flat: a pair in scope was never listed to the end"
-        if unproven is not None:
-            status = SweepStatus.RESIDUAL
+        if unproven is not None and status is not SweepStatus.FAILED:
+            status = SweepStatus.RESIDUAL  # failed says more: the kill could not work
         return status, "; ".join(filter(None, (unproven, self._reason(status, unlisted)))) or None
 
     def _pair_progress(self, ticket: Ticket) -> tuple[int | None, int | None]:

@@ -368,6 +368,23 @@ async def test_an_outage_shorter_than_the_deadline_does_not_fail_the_kill(
     assert_accounted(result)
 
 
+async def test_a_whole_account_kill_without_any_pair_list_fails_at_the_deadline(
+    env: Env, engines: Engines
+) -> None:
+    # The exchange's info hangs past the deadline: no pair was ever known, so nothing
+    # was listed. "residual, 0 still open" would read as done while every order is open.
+    seeded = env.seed(10)
+    env.sim.set_faults(EndpointFaults(timeout_rate=1.0, timeout_hold_s=10.0), "exchange_info")
+    async with env.client() as (client, _):
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings(settle_grace_s=0.3)))
+        result = await engine.submit(kill(deadline_s=1.0), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FAILED
+    assert result.reason is not None
+    assert "no pair list" in result.reason
+    assert env.open_ids() == seeded
+
+
 async def test_lost_cancels_end_residual_at_the_deadline(env: Env, engines: Engines) -> None:
     seeded = env.seed(5, ["BTC_USDT"])
     env.sim.set_races(lose_cancel=1.0)  # CANCEL_SENT, but the order stays open

@@ -186,6 +186,25 @@ async def test_listing_errors_fail_the_sweep(
     assert ex.open_count() == 1
 
 
+async def test_an_unreachable_exchange_fails_a_kill_whose_pairs_were_never_checked(
+    engines: Engines,
+) -> None:
+    # Unchecked pairs keep a kill from ending flat; they must not turn "the exchange
+    # could not be reached" into a residual that hides why.
+    ex = FakeExchange()
+    ex.place("BTC_USDT")
+    ex.list_error = ExchangeUnavailable("down", attempts=6, last_status=503, last_error=None)
+    engine = await engines(Engine({ACCOUNT: ex}, settings()))
+    unchecked = dataclasses.replace(
+        request(symbols={"BTC_USDT"}, deadline_s=2.0), unchecked_pairs="pair list unavailable"
+    )
+    result = await run(engine, unchecked)
+    assert result.status is SweepStatus.FAILED
+    assert result.reason is not None
+    assert "down" in result.reason
+    assert "pair list unavailable" in result.reason
+
+
 async def test_an_unreachable_exchange_at_the_last_pass_fails_the_sweep(
     engines: Engines,
 ) -> None:
