@@ -156,8 +156,10 @@ _USER_AGENT = f"killswitch/{__version__}"
 _SYNC_RETRY_S = 5.0
 # After a failed exchange-info refresh, serve the fallback this long before asking
 # again: a burst of alerts while the exchange is down must not queue one full retry
-# budget each behind the lock.
-_INFO_RETRY_S = 5.0
+# budget each behind the lock. No longer than a sweep's longest pause between passes
+# (UNANSWERED_PAUSE_CAP_S), so a whole-account kill waiting out an outage asks again
+# at its own pace.
+_INFO_RETRY_S = 2.0
 # An error code is one word ("invalid_request"); anything longer is not shown whole.
 _CODE_SHOWN_MAX = 64
 
