@@ -398,6 +398,8 @@ class Sweep:
         self.accepting = False
         self._timeout = None
         self._pass = None
+        if self._unchecked_pairs and self.failure is None and not self.dry_run:
+            await self._recheck_pairs()
         if self._settle_wanted and self.failure is None and not self.dry_run:
             await self._settle_outcomes()
 
@@ -690,6 +692,30 @@ class Sweep:
         self._pairs_read = True
         self._note_pair_source()
         return symbols_to_list(self.scope, (s.symbol for s in info))
+
+    async def _recheck_pairs(self) -> None:
+        """Read the exchange's pair list again (until the deadline at most) for alerts
+        whose pairs could not be checked when they arrived (the list was unreadable):
+        once it names their pairs, an empty listing proves them flat
+        (:meth:`_pairs_confirmed`). A failure leaves them unchecked."""
+        read = getattr(self.client, "pair_list", None)  # not every client has one
+        if not callable(read) or self._deadline_passed():
+            return
+        with contextlib.suppress(ExchangeError, TimeoutError):
+            async with asyncio.timeout_at(self.deadline):
+                await read()
+
+    def _pairs_confirmed(self, symbols: frozenset[str] | None) -> bool:
+        """The exchange's current pair list (as the client holds it) names every pair
+        of ``symbols``."""
+        cached = getattr(self.client, "cached_pair_list", None)
+        pairs = cached() if callable(cached) else None
+        return (
+            symbols is not None
+            and isinstance(pairs, PairList)
+            and pairs.source == "exchange"
+            and symbols <= pairs.symbols
+        )
 
     def _note_pair_source(self) -> None:
         """Say in the result when the pairs listed were not the exchange's current list;
@@ -1443,10 +1469,12 @@ class Sweep:
 
     def _unchecked(self, ticket: Ticket) -> str | None:
         """Why the ticket's pairs were never checked against the exchange's own list:
-        its scope pairs (decided at intake), or the configured list a whole-account
-        pass listed (pairs outside it were never looked at)."""
-        if ticket.request.unchecked_pairs is not None:
-            return ticket.request.unchecked_pairs
+        its scope pairs (decided at intake; None once the exchange's list names them),
+        or the configured list a whole-account pass listed (pairs outside it were never
+        looked at)."""
+        unchecked = ticket.request.unchecked_pairs
+        if unchecked is not None and not self._pairs_confirmed(ticket.scope.symbols):
+            return unchecked
         return self._blind_list if ticket.scope.symbols is None else None
 
     def _listed_all(self, ticket: Ticket) -> bool:

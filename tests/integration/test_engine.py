@@ -8,6 +8,7 @@ result, and the simulator's request log.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from killswitch.core.outcomes import Outcome
 from killswitch.core.ports import EngineConfig
 from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClient
+from killswitch.exchange.errors import ExchangeUnavailable
 from killswitch.exchange.http1 import build_transport
 from killswitch.metrics import Metrics
 from killswitch.simulator.core import LogEntry, Simulator
@@ -366,6 +368,35 @@ async def test_an_outage_shorter_than_the_deadline_does_not_fail_the_kill(
     assert not env.open_ids() & seeded
     assert result.counts.sent == len(seeded)
     assert_accounted(result)
+
+
+async def test_pairs_unchecked_on_arrival_are_checked_once_the_exchange_is_back(
+    env: Env, engines: Engines
+) -> None:
+    # The exchange is down when the kill arrives, so its pairs cannot be checked (as
+    # the intake or `trigger --direct` meet it); back before the deadline, its pair
+    # list names them, and the empty listing proves the kill flat.
+    seeded = env.seed(10, ["BTC_USDT"])
+    env.sim.set_faults(EndpointFaults(error_rate=1.0, error_statuses=(503,)))
+    passes: list[int] = []
+
+    async def progress(result: SweepResult) -> None:
+        passes.append(result.sweeps)
+
+    async with env.client(max_attempts=2, request_deadline_s=1.0) as (client, _):
+        with pytest.raises(ExchangeUnavailable):
+            await client.pair_list()
+        request = dataclasses.replace(
+            kill(symbols={"BTC_USDT"}, deadline_s=20.0), unchecked_pairs="pair list unavailable"
+        )
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings()))
+        task = asyncio.create_task(engine.submit(request, progress))
+        await wait_for(lambda: bool(passes) and passes[-1] > 3, timeout=15)
+        env.sim.set_faults(EndpointFaults())
+        result = await task
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert not env.open_ids() & seeded
 
 
 async def test_a_whole_account_kill_without_any_pair_list_fails_at_the_deadline(
