@@ -264,8 +264,12 @@ class Sweep:
         self.failure: str | None = None
         self.end_note: str | None = None
         self.notes: list[str] = []
-        # Why the pairs a whole-account pass listed prove nothing (the configured list).
+        # Why the pairs of the whole-account listing that verified prove nothing (the
+        # configured list); the same for the pass running now, and whether any pass
+        # listed the exchange's own pairs (the settling listing lists them all).
         self._blind_list: str | None = None
+        self._pass_blind: str | None = None
+        self._listed_exchange_pairs = False
         self.first_cancel_at: datetime | None = None
         self._verified: tuple[int, frozenset[int]] | None = None  # (gen, ids found)
         self._pass: _Pass | None = None
@@ -504,6 +508,7 @@ class Sweep:
             )
             if summary.listed:
                 self._verified = (gen, self.ledger.seen_this_pass())
+                self._blind_list = self._pass_blind
                 if summary.found == 0 and summary.scope_changed:
                     # Proven flat for the alerts that joined before this listing began;
                     # the sweep goes on for the ones that joined during it.
@@ -719,15 +724,16 @@ class Sweep:
 
     def _note_pair_source(self) -> None:
         """Say in the result when the pairs listed were not the exchange's current list;
-        remember when they were only the configured list (never proof of flat)."""
+        remember when this pass's were only the configured list (never proof of flat:
+        a listing of them that verifies leaves the result unproven)."""
         cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
         pairs = cached() if callable(cached) else None
         if not isinstance(pairs, PairList):
             return
-        blind = list_unchecked_reason(pairs)
-        if blind is not None:
-            self._blind_list = blind
-        elif pairs.source != "exchange":
+        blind = self._pass_blind = list_unchecked_reason(pairs)
+        if blind is None:
+            self._listed_exchange_pairs = True
+        if blind is None and pairs.source != "exchange":
             note = f"pairs from the {pairs.source} pair list (exchange-info: {pairs.error})"
             if note not in self.notes:
                 self.notes.append(note)
@@ -1262,6 +1268,7 @@ class Sweep:
             pass
         if symbols and len(complete) == len(symbols) and all(complete):
             self._verified = (gen, self.ledger.seen_this_pass())
+            self._blind_list = None if self._listed_exchange_pairs else self._pass_blind
 
     async def _final_listing(self, symbol: str, complete: list[bool]) -> None:
         """One pair's last listing: record what is open, cancel nothing."""
