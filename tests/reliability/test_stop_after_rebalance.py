@@ -3,8 +3,8 @@
 A broker that came back (empty) makes the consumer rejoin its group: the revocation
 commits what completed, in aiokafka's coordination task. Lost again at that moment, the
 broker leaves that commit retrying for as long as the coordinator is unknown, and for
-ever once the consumer is closing; ``consumer.stop()`` waits for that task, so the
-daemon's stop hung until a second signal. The revocation's commit is now given up after
+ever once the consumer is closing; ``consumer.stop()`` waits for that task, so a
+daemon's stop would wait for a second signal. The revocation's commit is given up after
 ``REVOKE_COMMIT_S`` (the record is replayed by the next owner: at least once).
 
 In-process (the intake on the real broker, the engine a test double): the moment of the
