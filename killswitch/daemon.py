@@ -653,8 +653,9 @@ async def _shutdown(daemon: Daemon, parts: dict[str, asyncio.Task[None]]) -> Non
     # offsets committed; only then are the engine's latch guards stopped. The intake's
     # run ends here: it lasts as long as the records' work it owns.
     kafka_s = _kafka_stop_s(daemon.kafka_watch)
-    if not await _within(grace + kafka_s, daemon.intake.shutdown(grace)):
-        await daemon.intake.close()  # leave now: what was not committed is replayed
+    if not await _within(grace + 2 * kafka_s, daemon.intake.shutdown(grace, kafka_s)):
+        # Leave now: what was not committed is replayed.
+        await _within(kafka_s, daemon.intake.close())
     await daemon.engine.close(max(0.0, grace - (time.monotonic() - started)))
     daemon.background.set()
     for task in parts.values():

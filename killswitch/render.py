@@ -383,11 +383,15 @@ class GroupView:
     state: str  # Stable, Empty, PreparingRebalance, ...
     members: Sequence[str]  # client_id@host (or member id) per member
     lag: Mapping[str, int]  # input topic -> records not committed yet, all partitions
+    # Input topics on which the group has no committed offset on any partition: their
+    # lag is counted from the earliest offset, where a new member would start.
+    uncommitted: frozenset[str] = frozenset()
 
 
 def group_checks(group_id: str, view: GroupView | str) -> list[Check]:
     """``consumer group`` (fails with no member: no daemon consumes alerts) and
-    ``consumer lag`` (records the group has not committed yet, per input topic).
+    ``consumer lag`` (records the group has not committed yet, per input topic; fails
+    with no member too: nobody is reading them, however few they are).
     ``view`` is the reason when the group could not be read."""
     if isinstance(view, str):
         return [Check("consumer group", group_id, False, view)]
@@ -399,9 +403,21 @@ def group_checks(group_id: str, view: GroupView | str) -> list[Check]:
         detail = f"no member: no daemon is consuming alerts ({view.state})"
     checks = [Check("consumer group", group_id, members > 0, detail)]
     if view.lag:
-        behind = ", ".join(f"{topic} {count}" for topic, count in view.lag.items())
-        checks.append(Check("consumer lag", group_id, True, f"records behind: {behind}"))
+        checks.append(Check("consumer lag", group_id, members > 0, _lag_detail(view)))
     return checks
+
+
+def _lag_detail(view: GroupView) -> str:
+    behind = ", ".join(
+        f"{topic} {count}" + (" (nothing committed)" if topic in view.uncommitted else "")
+        for topic, count in view.lag.items()
+    )
+    notes = []
+    if view.uncommitted & view.lag.keys():
+        notes.append("counted from the earliest offset where nothing is committed")
+    if not view.members:
+        notes.append("no member is reading them")
+    return f"records behind: {behind}" + "".join(f"; {note}" for note in notes)
 
 
 def check_lines(checks: Sequence[Check]) -> list[str]:

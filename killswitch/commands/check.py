@@ -113,19 +113,24 @@ async def read_group(kafka: KafkaSettings, inputs: dict[str, list[int]]) -> Grou
     await reader.start()
     try:
         lag: dict[str, int] = {}
+        uncommitted: set[str] = set()
         for topic, partitions in inputs.items():
             tps = [TopicPartition(topic, p) for p in partitions]
             ends = await reader.end_offsets(tps)
             starts = await reader.beginning_offsets(tps)
             behind = 0
+            committed_any = False
             for tp in tps:
                 committed = await reader.committed(tp)
+                committed_any |= committed is not None
                 behind += max(0, ends[tp] - (committed if committed is not None else starts[tp]))
             lag[topic] = behind
+            if not committed_any:
+                uncommitted.add(topic)
     finally:
         with contextlib.suppress(Exception):
             await reader.stop()
-    return GroupView(state, members, lag)
+    return GroupView(state, members, lag, frozenset(uncommitted))
 
 
 def _group_members(described: Sequence[Any]) -> tuple[str, list[str]]:

@@ -130,6 +130,12 @@ _PUBLISH_BACKOFF_MAX_S = 5.0
 _LAG_REPORT_S = 1.0
 # How long a hand-over waits for its last progress results to be acknowledged.
 _HANDOVER_FLUSH_S = 2.0
+# How long the commit of a revocation may take. aiokafka retries a commit for as long as
+# the group's coordinator is unknown (the broker away), and forever once the consumer is
+# closing (it no longer looks the coordinator up). That commit runs in aiokafka's
+# coordination task, which ``consumer.stop()`` waits for: unbounded, a broker lost
+# during a rebalance would keep the daemon from ever stopping.
+REVOKE_COMMIT_S = 5.0
 # Longest an alert waits for a pair list that is not cached (normally one round trip):
 # past this its kill runs with its pairs unchecked rather than wait out the client's
 # retries against a failing exchange-info.
@@ -591,10 +597,11 @@ class Intake:
         sweep cut short must not reach a record task that would publish it as final."""
         await self._end_run()
 
-    async def shutdown(self, grace_s: float) -> None:
+    async def shutdown(self, grace_s: float, commit_s: float | None = None) -> None:
         """Stop taking new alerts, let running work finish within ``grace_s`` (the run
         ends), then cancel what still runs (as :meth:`abandon`: uncommitted, replayed by
-        the next owner), commit what completed and leave the group (:meth:`close`)."""
+        the next owner), commit what completed (given up after ``commit_s``: replayed by
+        the next owner) and leave the group (:meth:`close`)."""
         self.stop()
         try:
             async with asyncio.timeout(grace_s):
@@ -602,7 +609,7 @@ class Intake:
         except TimeoutError:
             log.warning("work interrupted by shutdown", extra={"records": self._records_running})
         await self._end_run()
-        await self._commit()
+        await self._commit(timeout_s=commit_s)
         await self.close()
 
     async def _end_run(self) -> None:
@@ -1785,7 +1792,11 @@ class Intake:
             self._commit_wanted.clear()
             await self._commit()
 
-    async def _commit(self, partitions: Sequence[TopicPartition] | None = None) -> None:
+    async def _commit(
+        self, partitions: Sequence[TopicPartition] | None = None, timeout_s: float | None = None
+    ) -> None:
+        """Commit the done positions (of ``partitions``, or all), given up after
+        ``timeout_s`` (None: aiokafka retries while the coordinator is unknown)."""
         consumer = self._consumer
         if consumer is None:
             return
@@ -1794,8 +1805,9 @@ class Intake:
             if not positions:
                 return
             try:
-                await consumer.commit(positions)
-            except (KafkaError, IllegalStateError) as exc:
+                async with asyncio.timeout(timeout_s):
+                    await consumer.commit(positions)
+            except (KafkaError, IllegalStateError, TimeoutError) as exc:
                 # Rebalancing or broker trouble: the positions stay pending and the
                 # next commit (or the next owner's replay) covers them.
                 log.warning("offset commit failed", extra={"error": type(exc).__name__})
@@ -1823,7 +1835,7 @@ class Intake:
             _, late = await asyncio.wait(waiting, timeout=self._config.revoke_drain_s)
             if late:
                 await self._hand_over(late, gone)
-        await self._commit(list(gone))
+        await self._commit(list(gone), timeout_s=REVOKE_COMMIT_S)
         self._tracker.drop(gone)
 
     async def _hand_over(

@@ -556,6 +556,16 @@ async def test_check_passes_and_fails_per_account(
     assert by[("kafka reachable", kafka_bootstrap)].ok
     assert all(by[("topic present", n)].ok for n in (t.alerts, t.manual, t.results, t.state))
     assert not by[("topic present", t.dlq)].ok  # not created
+    # No daemon ever joined: the group has no member and no committed offset, and the
+    # lag row says so rather than "ok" for the empty topics.
+    group = settings.kafka.group_id
+    assert not by[("consumer group", group)].ok
+    lag = by[("consumer lag", group)]
+    assert not lag.ok
+    assert lag.detail == (
+        f"records behind: {t.alerts} 0 (nothing committed), {t.manual} 0 (nothing committed); "
+        "counted from the earliest offset where nothing is committed; no member is reading them"
+    )
     assert by[("exchange reachable", "mm-1")].ok
     assert by[("key accepted", "mm-1")].ok
     first = sim.symbols[0]

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -246,9 +246,11 @@ async def running_intake(
     dedup: DedupWindow | None = None,
     pairs: Mapping[str, PairLister] | None = None,
     slice_s: float = SLICE_S,
+    on_assignment: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Running]:
     """An Intake with its publisher and results index, consuming until the block exits;
-    ``slice_s`` is its turn of taking up records (:attr:`IntakeConfig.slice_s`)."""
+    ``slice_s`` is its turn of taking up records (:attr:`IntakeConfig.slice_s`),
+    ``on_assignment`` its hook after each change of the assignment (as the daemon's)."""
     engine = engine or FakeEngine()
     observer = RecordingObserver()
     dedup = dedup or DedupWindow(settings.intake.dedup_window)
@@ -275,6 +277,7 @@ async def running_intake(
         observer=observer,
         results_index=index,
         pairs=pairs,
+        on_assignment=on_assignment,
         deferrable=deferrable,
     )
     # As the daemon wires it: the reader defers to a busy intake.

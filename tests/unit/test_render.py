@@ -518,6 +518,27 @@ def test_group_checks_fail_without_a_member_and_report_the_lag() -> None:
     assert not unreadable.ok
 
 
+def test_consumer_lag_says_what_it_knows_without_a_member_or_a_commit() -> None:
+    # No member: nobody reads the records behind, however few (0 is no comfort).
+    gone = GroupView("Empty", [], {"alerts": 0, "manual": 2}, frozenset({"alerts"}))
+    _, lag = group_checks("killswitch", gone)
+    assert lag == Check(
+        "consumer lag",
+        "killswitch",
+        False,
+        "records behind: alerts 0 (nothing committed), manual 2; counted from the earliest "
+        "offset where nothing is committed; no member is reading them",
+    )
+    # A member that has committed nothing yet (no alert read so far): fine, and said.
+    fresh = GroupView("Stable", ["killswitch@10.0.0.7"], {"alerts": 0}, frozenset({"alerts"}))
+    _, lag = group_checks("killswitch", fresh)
+    assert lag.ok
+    assert lag.detail == (
+        "records behind: alerts 0 (nothing committed); counted from the earliest offset "
+        "where nothing is committed"
+    )
+
+
 # ----------------------------------------------------- pairs never listed to the end
 
 
