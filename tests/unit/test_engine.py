@@ -18,6 +18,7 @@ import pytest
 from killswitch.core.model import HaltState, Scope, SweepStatus
 from killswitch.core.orders import Order, OrderStatus, Side, SymbolInfo
 from killswitch.core.outcomes import Outcome
+from killswitch.core.pairs import PairList
 from killswitch.core.ports import CancelResult
 from killswitch.engine import Engine
 from killswitch.exchange.errors import AuthError, ExchangeUnavailable
@@ -1033,3 +1034,52 @@ async def test_progress_events_count_the_pairs_listed_of_the_pairs_in_scope(
     assert first.pairs_listed is not None
     assert first.pairs_listed <= 2
     assert result.pairs_in_scope is None  # final results say it with their status
+
+
+class _PairsBackLater(FakeExchange):
+    """An exchange whose info failed (the client serves the configured list) until
+    ``back`` is set: then its own list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.back = False
+
+    def cached_pair_list(self) -> PairList:
+        if self.back:
+            return PairList(frozenset(self.symbols), "exchange")
+        return PairList(frozenset(self.symbols), "configured", "HTTP 503")
+
+
+async def test_a_configured_pair_list_proves_nothing_until_the_exchange_list_verifies(
+    engines: Engines,
+) -> None:
+    # The first pass lists the configured pairs (and cancels); by the next, the
+    # exchange's own list is back: its empty listing proves the account flat. The
+    # configured pass alone would leave the kill residual.
+    ex = _PairsBackLater()
+    for _ in range(3):
+        ex.place("BTC_USDT")
+    real_cancel = ex.cancel_order
+
+    async def cancel(order_id: int, symbol: str) -> CancelResult:
+        ex.back = True
+        return await real_cancel(order_id, symbol)
+
+    ex.cancel_order = cancel  # type: ignore[method-assign]
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="per_order")))
+    result = await run(engine, request())
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert ex.open_count() == 0
+
+
+async def test_a_kill_verified_only_over_the_configured_list_is_residual(
+    engines: Engines,
+) -> None:
+    ex = _PairsBackLater()
+    ex.place("BTC_USDT")
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="per_order")))
+    result = await run(engine, request())
+    assert result.status is SweepStatus.RESIDUAL
+    assert result.reason is not None
+    assert "pairs could not be checked" in result.reason
+    assert ex.open_count() == 0
