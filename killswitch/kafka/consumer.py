@@ -657,7 +657,11 @@ class Intake:
         loop: each lane's records are added at once."""
         runs: dict[_Lane, list[_Read]] = {}
         lanes: dict[bytes | None, _Lane] = {}
-        read = self._tracker.partition(tp).read
+        part = self._tracker.partition(tp)
+        if records and part.highest_read is not None and records[0].offset <= part.highest_read:
+            self._position_went_back(tp, records[0].offset, part.highest_read)
+            part = self._tracker.partition(tp)
+        read = part.read
         epoch = self._tracker.epoch(tp)
         for record in records:
             if not read(record.offset):
@@ -670,6 +674,19 @@ class Intake:
         manual = tp.topic == self._config.topics.manual
         for lane, items in runs.items():
             self._backlog.extend(lane, items, urgent=manual)
+
+    def _position_went_back(self, tp: TopicPartition, offset: int, highest: int) -> None:
+        """The Kafka client handed out an offset at or below one already read, which it
+        does only when its position was reset: the partition's log was made again (a
+        broker that lost its storage, the topic made again by someone else than this
+        daemon; see :meth:`broker_back`). Its read offsets are forgotten (a new epoch):
+        its records are read as new, not skipped as read. Were they the same log's
+        records after all, the dedup window answers them ``duplicate``."""
+        self._tracker.drop([tp])
+        log.warning(
+            "kafka handed out offsets already read: the partition's log was made again",
+            extra={"partition": f"{tp.topic}:{tp.partition}", "offset": offset, "read": highest},
+        )
 
     @staticmethod
     def _lane(tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> _Lane:

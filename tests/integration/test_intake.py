@@ -506,9 +506,8 @@ async def test_the_partitions_of_a_topic_made_again_are_read_again_from_offset_0
     """What the daemon does after a broker that lost its storage comes back (its topics
     made again): the intake reads those topics' partitions from offset 0 and forgets
     their read offsets. Told so here of a topic whose log is intact, it reads its one
-    record again, which the dedup window answers ``duplicate``: both halves are needed
-    (without the seek the record is not fetched again; without forgetting, it is taken
-    for one already read and skipped)."""
+    record again, which the dedup window answers ``duplicate`` (without the seek the
+    record is not fetched again)."""
     settings = make_settings(kafka_bootstrap, unique_name)
     await create_all_topics(settings)
     topics = settings.kafka.topics
@@ -530,6 +529,37 @@ async def test_the_partitions_of_a_topic_made_again_are_read_again_from_offset_0
         await produce(settings, [alert_message("back-2")])
         await wait_for(lambda: len(results.finals("back-2")) == 1)
         assert len((await results.to_end()).finals("back-1")) == 2
+
+
+async def test_a_position_the_client_moved_back_is_read_as_a_new_log(
+    kafka_bootstrap: str, unique_name: Unique
+) -> None:
+    """The Kafka client resets its position when its log was made again by someone
+    else than this daemon (a broker that creates its topics itself, another daemon):
+    it then hands out offsets already read. The intake reads them as new, not as read.
+    The client's reset is stood in for by a seek; the log is intact here, so the dedup
+    window answers the record read again ``duplicate``."""
+    settings = make_settings(kafka_bootstrap, unique_name)
+    await create_all_topics(settings)
+    topics = settings.kafka.topics
+    async with (
+        TopicCollector(kafka_bootstrap, topics.results) as results,
+        running_intake(settings) as run,
+    ):
+        await produce(settings, [alert_message("reset-1")])
+        await wait_for(lambda: len(results.finals("reset-1")) == 1)
+        await wait_for(lambda: run.intake.in_flight == 0)
+        consumer = run.intake._consumer
+        assert consumer is not None
+        (tp,) = [tp for tp in consumer.assignment() if tp.topic == topics.alerts]
+        consumer.seek(tp, 0)
+        await wait_for(lambda: len(results.finals("reset-1")) == 2)
+        finals = (await results.to_end()).finals("reset-1")
+        assert [r["status"] for r in finals] == ["flat", "duplicate"]
+        assert len(run.engine.calls) == 1  # swept once
+        await wait_for(lambda: run.intake.in_flight == 0)
+    # The record read again was done in the new epoch: its offset is committed.
+    assert await committed(kafka_bootstrap, settings.kafka.group_id, topics.alerts) == 1
 
 
 async def test_a_record_of_the_old_log_finishing_after_its_topic_is_made_again_moves_no_commit(
