@@ -122,6 +122,12 @@ WallClock = Callable[[], datetime]
 # This many passes in a row with such a failure, and no usable answer since, mean the
 # exchange is unreachable: a sweep in that state at its deadline ends failed.
 MAX_UNANSWERED_LISTINGS = 3
+# A bulk cancel endpoint (cancel-all, batch cancel) that failed as a whole this many
+# times in a row in one sweep, while the exchange answered listings, is broken on its own:
+# the sweep's next passes cancel one level down (batches, then one by one). Not at the
+# first failure: one lost answer during an outage must not cost a whole sweep the
+# fewest-requests strategy.
+BULK_FAILURES_TO_GIVE_UP = 2
 # Pause before listing again after such a failure: doubles per failure in a row.
 UNANSWERED_PAUSE_BASE_S = 0.25
 UNANSWERED_PAUSE_CAP_S = 2.0
@@ -256,6 +262,10 @@ class Sweep:
         self.tickets: list[Ticket] = []
         # Endpoints the account's exchange does not serve (shared with its later sweeps).
         self.refused: set[str] = refused if refused is not None else set()
+        # Bulk endpoints that failed as a whole (retries exhausted) in this sweep, in a row,
+        # and those given up for the rest of it (see BULK_FAILURES_TO_GIVE_UP).
+        self._bulk_failures: dict[str, int] = {}
+        self._bulk_given_up: set[str] = set()
         self.ledger = Ledger(on_outcome=self._count_outcome)
         self.gen = 0
         self.passes = 0
@@ -814,7 +824,7 @@ class Sweep:
             self.scope,
             first_pass=p.first and not self._unchecked_pairs,
             enabled=self.settings.cancel_named_pairs_first,
-            refused=self.refused,
+            refused=self._unusable(),
         )
 
     def _queue_pair(self, p: _Pass, symbol: str) -> None:
@@ -891,7 +901,7 @@ class Sweep:
             first_page=len(page),
             in_scope_on_page=len(wanted),
             page_size=self.settings.page_size,
-            refused=self.refused,
+            refused=self._unusable(),
         ):
             return False
         self._exchange_answered()
@@ -972,7 +982,7 @@ class Sweep:
         starts none. Workers stop only when the pass is idle (they close it)."""
         if self.dry_run or not p.open:
             return
-        per_request, _ = bulk_plan(p.strategy, self.settings.batch_size, self.refused)
+        per_request, _ = bulk_plan(p.strategy, self.settings.batch_size, self._unusable())
         work = len(p.singles) + p.queue.requests(per_request)
         idle = p.workers - p.busy
         for _ in range(min(self.workers - p.workers, work - idle)):
@@ -999,7 +1009,9 @@ class Sweep:
                 await self._busy(p, self._cancel_one(symbol, order_id))
                 continue
             # Read per request: a batch refusal switches the account to per-order.
-            per_request, use_batch = bulk_plan(p.strategy, self.settings.batch_size, self.refused)
+            per_request, use_batch = bulk_plan(
+                p.strategy, self.settings.batch_size, self._unusable()
+            )
             item = p.queue.pop(per_request)
             if item is None:
                 if p.idle():
@@ -1084,6 +1096,7 @@ class Sweep:
                 # These orders are retried by the next pass if they are still listed.
                 for order_id in ids:
                     ledger.conclude(order_id, Outcome.FAILED, result.attempts)
+                self._bulk_failed("cancel_batch", result)
                 return
             if endpoint_refused(result.status) and "cancel_batch" not in self.refused:
                 self.refused.add("cancel_batch")  # no batch cancel here (or it redirects)
@@ -1091,6 +1104,7 @@ class Sweep:
             retry = list(ids)  # batch refused as a whole (size, format): one by one
         else:
             self._exchange_answered()
+            self._bulk_failures.pop("cancel_batch", None)
             asked = set(ids)
             for order_id in dict.fromkeys(result.success):
                 if order_id in asked:  # an id we did not send is none of our business
@@ -1103,7 +1117,7 @@ class Sweep:
         its first page's orders) or by :meth:`_queue_pair` (none known yet)."""
         ledger = self.ledger
         entries = p.bulk.pop(symbol, [])
-        if "cancel_all" in self.refused:  # refused since this pair was queued
+        if "cancel_all" in self._unusable():  # refused (or given up) since it was queued
             self._unbulk(p, symbol, entries)
             return
         ids = [order_id for _, order_id in entries]
@@ -1117,6 +1131,7 @@ class Sweep:
             raise
         if result.outcome is None:
             self._exchange_answered()
+            self._bulk_failures.pop("cancel_all", None)
             self._apply_bulk(p, symbol, ids, result)
             return
         if result.reason is RejectReason.AUTH:
@@ -1127,6 +1142,7 @@ class Sweep:
             # The exchange is struggling: the next pass lists the pair and cancels again.
             for order_id in ids:
                 ledger.conclude(order_id, Outcome.FAILED, result.attempts)
+            self._bulk_failed("cancel_all", result)
             return
         if endpoint_refused(result.status) and "cancel_all" not in self.refused:
             self.refused.add("cancel_all")  # no cancel-all here (or it redirects)
@@ -1134,6 +1150,27 @@ class Sweep:
         for order_id in ids:
             ledger.hand_back(order_id, result.attempts)
         self._unbulk(p, symbol, entries)
+
+    def _unusable(self) -> set[str]:
+        """Bulk endpoints not to use: refused by the exchange (remembered per account),
+        or given up in this sweep after failing as a whole (:meth:`_bulk_failed`)."""
+        return self.refused | self._bulk_given_up if self._bulk_given_up else self.refused
+
+    def _bulk_failed(self, endpoint: str, result: BatchCancelResult) -> None:
+        """A bulk cancel failed as a whole (retries exhausted). Counted only while the
+        exchange answers listings (an outage fails everything alike); at
+        :data:`BULK_FAILURES_TO_GIVE_UP` in a row the endpoint is given up for the sweep."""
+        if self._unanswered_listings or endpoint in self._bulk_given_up:
+            return
+        failures = self._bulk_failures[endpoint] = self._bulk_failures.get(endpoint, 0) + 1
+        if failures >= BULK_FAILURES_TO_GIVE_UP:
+            self._bulk_given_up.add(endpoint)
+            lower = "batch cancels" if endpoint == "cancel_all" else "per-order cancels"
+            last = f"last HTTP {result.status}" if result.status else "no answer"
+            self.notes.append(
+                f"{endpoint.replace('_', '-')} failed {failures} times in a row "
+                f"({result.attempts} attempt(s) each, {last}): {lower} for the rest of this kill"
+            )
 
     def _unbulk(self, p: _Pass, symbol: str, entries: list[tuple[PriorityKey, int]]) -> None:
         """A pair's cancel-all is not possible: its orders go batch / per-order in this pass.

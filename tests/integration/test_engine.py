@@ -399,6 +399,29 @@ async def test_pairs_unchecked_on_arrival_are_checked_once_the_exchange_is_back(
     assert not env.open_ids() & seeded
 
 
+@pytest.mark.parametrize(
+    "broken", [("cancel_all",), ("cancel_all", "cancel_batch")], ids=["all", "all-and-batch"]
+)
+@pytest.mark.parametrize("symbols", [{"BTC_USDT"}, None], ids=["pair", "whole-account"])
+async def test_a_bulk_cancel_that_always_fails_gives_way_to_smaller_cancels(
+    env: Env, engines: Engines, broken: tuple[str, ...], symbols: set[str] | None
+) -> None:
+    # The exchange answers listings and single cancels, but its bulk endpoints answer
+    # 503 every time: after two failures in a row the sweep cancels one level down.
+    seeded = env.seed(30) if symbols is None else env.seed(30, sorted(symbols))
+    for endpoint in broken:
+        env.sim.set_faults(EndpointFaults(error_rate=1.0, error_statuses=(503,)), endpoint)
+    async with env.client(max_attempts=2) as (client, _):
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings(strategy="auto")))
+        result = await engine.submit(kill(symbols=symbols, deadline_s=20.0), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert not env.open_ids() & seeded
+    assert result.reason is not None
+    assert "cancel-all failed 2 times in a row" in result.reason
+    assert_accounted(result)
+
+
 async def test_a_whole_account_kill_without_any_pair_list_fails_at_the_deadline(
     env: Env, engines: Engines
 ) -> None:
