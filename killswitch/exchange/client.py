@@ -154,6 +154,10 @@ PATH_BATCH = f"{PREFIX}/order/batch"
 _USER_AGENT = f"killswitch/{__version__}"
 # After a failed clock sync, try again this much later (not at every request).
 _SYNC_RETRY_S = 5.0
+# How long signed requests wait for the first clock measurement: a time endpoint that
+# hangs must not hold a kill's first requests for a whole read timeout. Past it they
+# go with the local clock, and the measurement goes on in the background.
+_FIRST_SYNC_WAIT_S = 1.0
 # After a failed exchange-info refresh, serve the fallback this long before asking
 # again: a burst of alerts while the exchange is down must not queue one full retry
 # budget each behind the lock. No longer than a sweep's longest pause between passes
@@ -454,6 +458,7 @@ class ExchangeClient:
         self._synced_at = -float("inf")  # monotonic time of the last measurement attempt
         self._next_sync = -float("inf")
         self._sync_task: asyncio.Task[None] | None = None
+        self._first_sync_waited = False  # signed requests waited for the first sync once
         self._info: list[SymbolInfo] | None = None  # the last good answer, kept on failure
         self._info_list = PairList(frozenset(), "exchange")  # its names, built once
         self._info_expires = -float("inf")
@@ -608,10 +613,23 @@ class ExchangeClient:
         return task
 
     async def _ensure_clock(self) -> None:
-        """Before a signed request: first sync awaited, later ones in the background."""
+        """Before a signed request: the first sync awaited, for at most
+        :data:`_FIRST_SYNC_WAIT_S` and only once (then the local clock until it answers);
+        later ones in the background."""
         task = self._start_sync()
-        if not self._synced:
-            await asyncio.shield(task)
+        if self._synced or self._first_sync_waited:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), _FIRST_SYNC_WAIT_S)
+        except TimeoutError:
+            self._first_sync_waited = True
+            log.warning(
+                "server time did not answer within %gs: signing with the local clock until it does",
+                _FIRST_SYNC_WAIT_S,
+                extra={"account": self._account},
+            )
+        else:
+            self._first_sync_waited = True
 
     async def _clock_moved(self, signed_offset: int) -> bool:
         """After invalid_client: re-measure (rate-limited, shared) and compare offsets."""

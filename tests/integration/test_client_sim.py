@@ -330,6 +330,18 @@ async def test_clock_skew_is_measured_and_applied(env: Env) -> None:
     assert result.outcome is Outcome.SENT
 
 
+async def test_a_hanging_time_endpoint_does_not_hold_the_first_cancel(env: Env) -> None:
+    # The first clock measurement hangs (an answer only after the read timeout): the
+    # first signed request waits for it briefly, then goes with the local clock.
+    (order_id,) = env.sim.seed_orders(env.api_key, SYMBOL, 1)
+    env.sim.set_faults(EndpointFaults(timeout_rate=1.0, timeout_hold_s=30.0), endpoint="time")
+    async with env.client(read_timeout_s=20.0, request_deadline_s=20.0) as client:
+        result = await client.cancel_order(order_id, SYMBOL)
+        assert env.recorder.statuses("time") == []  # still unanswered: nobody waited it out
+    assert result.outcome is Outcome.SENT
+    assert env.sim.open_order_ids(env.api_key) == set()
+
+
 async def test_clock_jump_resyncs_once_after_invalid_client(env: Env) -> None:
     ids = env.sim.seed_orders(env.api_key, SYMBOL, 2)
     async with env.client(auth_resync_min_interval_s=0.0) as client:
