@@ -288,6 +288,9 @@ class ReadinessObserver:
     def latch_reaction(self, account: str, seconds: float | None) -> None:
         self._inner.latch_reaction(account, seconds)
 
+    def sweep_failed(self, account: str) -> None:
+        self._inner.sweep_failed(account)
+
 
 class HealthServerError(Exception):
     """The listener could not start (``str()`` is an operator message)."""

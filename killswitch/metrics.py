@@ -300,6 +300,13 @@ class Metrics:
             ["account"],
             registry=r,
         )
+        self._sweeps_failed = Counter(
+            "killswitch_sweeps_failed",
+            "Sweeps that ended failed (key refused, exchange unreachable, no pair list):"
+            " every alert they answered is failed, and the account is not known to be flat.",
+            ["account"],
+            registry=r,
+        )
         self._ready = Gauge(
             "killswitch_ready",
             "1 when consuming and the exchange answers for every account, else 0.",
@@ -364,6 +371,7 @@ class Metrics:
             self._inflight.labels(account=account).set(0)
             self._halted.labels(account=account).set(0)
             self._residual.labels(account=account).set(0)
+            self._sweeps_failed.labels(account=account)
             self._unlisted.labels(account=account).set(0)
         for source in sources:
             label = self._sources(source)
@@ -460,6 +468,11 @@ class Metrics:
         label = self._account(account)
         self._residual.labels(account=label).set(max(count, 0))
         self._unlisted.labels(account=label).set(max(unlisted_pairs, 0))
+
+    @_never_raise
+    def sweep_failed(self, account: str) -> None:
+        """A sweep of ``account`` ended failed."""
+        self._sweeps_failed.labels(account=self._account(account)).inc()
 
     # --- intake and daemon ----------------------------------------------------------------
 

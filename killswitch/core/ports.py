@@ -152,6 +152,10 @@ class Observer(Protocol):
     def latch_reaction(self, account: str, seconds: float | None) -> None:
         """The halted account's guard reaction bound now; None: no longer guarded here."""
 
+    def sweep_failed(self, account: str) -> None:
+        """A sweep of ``account`` ended ``failed`` (key refused, exchange unreachable, no
+        pair list): every alert it answered is ``failed``."""
+
 
 class NullObserver:
     """An :class:`Observer` that records nothing."""
@@ -181,6 +185,9 @@ class NullObserver:
         pass
 
     def latch_reaction(self, account: str, seconds: float | None) -> None:
+        pass
+
+    def sweep_failed(self, account: str) -> None:
         pass
 
 

@@ -266,6 +266,7 @@ class Sweep:
         # and those given up for the rest of it (see BULK_FAILURES_TO_GIVE_UP).
         self._bulk_failures: dict[str, int] = {}
         self._bulk_given_up: set[str] = set()
+        self._stopped = False  # cancelled: the engine stopped (shutdown), not a failure
         self.ledger = Ledger(on_outcome=self._count_outcome)
         self.gen = 0
         self.passes = 0
@@ -383,6 +384,7 @@ class Sweep:
                 await self._passes_and_settling()
         except asyncio.CancelledError:
             self.failure = self.failure or "engine stopped before the sweep finished"
+            self._stopped = True
             raise
         finally:
             self.accepting = False
@@ -1353,6 +1355,8 @@ class Sweep:
             self._settle_handed_over(self.handing_over)
             return
         self.ledger.finalise()  # queued or in flight when the sweep stopped: failed
+        if self.failure is not None and not self._stopped:  # a stop is no failed kill
+            self.observer.sweep_failed(self.account)
         if not self.dry_run:
             wanted = self.scope.symbols if self.scope is not None else None
             residual = self.ledger.residual(self.scope)

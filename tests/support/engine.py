@@ -214,6 +214,7 @@ class Recorder(NullObserver):
         self.flats: list[float] = []
         self.halts: list[bool] = []
         self.residuals: list[tuple[int, int]] = []
+        self.failed_sweeps = 0
 
     def cancel_outcome(self, account: str, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
@@ -229,6 +230,9 @@ class Recorder(NullObserver):
 
     def residual(self, account: str, count: int, unlisted_pairs: int) -> None:
         self.residuals.append((count, unlisted_pairs))
+
+    def sweep_failed(self, account: str) -> None:
+        self.failed_sweeps += 1
 
 
 def assert_accounted(result: SweepResult) -> None:

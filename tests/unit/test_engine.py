@@ -178,13 +178,15 @@ async def test_listing_errors_fail_the_sweep(
     ex = FakeExchange()
     ex.place("BTC_USDT")
     ex.list_error = error
-    engine = await engines(Engine({ACCOUNT: ex}, settings()))
     # An unavailable exchange is listed again until the deadline; a refused key not.
+    observer = Recorder()
+    engine = await engines(Engine({ACCOUNT: ex}, settings(), observer))
     result = await run(engine, request(symbols={"BTC_USDT"}, deadline_s=2.0))
     assert result.status is SweepStatus.FAILED
     assert result.reason is not None
     assert words in result.reason
     assert ex.open_count() == 1
+    assert observer.failed_sweeps == 1
 
 
 async def test_an_unreachable_exchange_fails_a_kill_whose_pairs_were_never_checked(
@@ -308,6 +310,7 @@ async def test_a_flat_sweep_reports_no_pair_unlisted(engines: Engines) -> None:
     assert result.status is SweepStatus.FLAT, result.reason
     assert result.unlisted_pairs == []
     assert observer.residuals == [(0, 0)]
+    assert observer.failed_sweeps == 0
 
 
 async def test_a_pair_the_exchange_refuses_to_list_is_never_flat(engines: Engines) -> None:

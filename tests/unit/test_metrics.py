@@ -36,6 +36,7 @@ CONTRACT = {
     "killswitch_residual_unlisted_pairs": ("gauge", {"account"}),
     "killswitch_ready": ("gauge", set()),
     "killswitch_outputs_refused": ("counter", {"output"}),
+    "killswitch_sweeps_failed": ("counter", {"account"}),
 }
 
 
@@ -59,6 +60,7 @@ def exercise(m: Metrics) -> None:
     m.flat([0.5])
     m.halted("mm-1", True)
     m.residual("mm-1", 3, 1)
+    m.sweep_failed("mm-1")
     m.alert_read("var-monitor", "processed")
     m.deadman_fired("mm-bot")
     m.dlq("invalid")
@@ -134,6 +136,7 @@ def test_exposition_parses_and_counters_end_in_total(
         ("killswitch_account_halted", {"account": "mm-2"}, 0.0),
         ("killswitch_residual_open_orders", {"account": "mm-1"}, 0.0),
         ("killswitch_residual_unlisted_pairs", {"account": "mm-2"}, 0.0),
+        ("killswitch_sweeps_failed_total", {"account": "mm-2"}, 0.0),
         ("killswitch_rate_limit_per_second", {"account": "mm-1"}, 50.0),
         ("killswitch_rate_limit_ceiling_per_second", {"account": "mm-1"}, 50.0),
         ("killswitch_ready", {}, 0.0),
@@ -212,6 +215,12 @@ def test_series_exist_before_anything_happens(
             "killswitch_residual_open_orders",
             {"account": "mm-1"},
             0.0,
+        ),
+        (
+            [("sweep_failed", ("mm-1",)), ("sweep_failed", ("mm-1",))],
+            "killswitch_sweeps_failed_total",
+            {"account": "mm-1"},
+            2.0,
         ),
         (
             [("residual", ("mm-1", 0, 3))],
