@@ -474,9 +474,11 @@ class Sweep:
                 pass
 
     def abandon(self, reason: str) -> None:
-        """Settle a sweep that will never run: every ticket gets a ``failed`` result."""
+        """Settle a sweep that will never run (the engine stopped): every ticket gets a
+        ``failed`` result."""
         self.accepting = False
         self.failure = reason
+        self._stopped = True
         for _ in self._settle():
             pass
 
