@@ -342,28 +342,37 @@ async def test_exchange_unreachable_fails_with_reason(env: Env, engines: Engines
     assert "unavailable" in result.reason
 
 
-@pytest.mark.parametrize("symbols", [{"BTC_USDT"}, None], ids=["pair", "whole-account"])
-async def test_an_outage_shorter_than_the_deadline_does_not_fail_the_kill(
-    env: Env, engines: Engines, symbols: set[str] | None
-) -> None:
-    # Every request answered 503 until the sweep has listed in vain more passes in a
-    # row than make the exchange look unreachable; then the exchange is back.
-    seeded = env.seed(20, ["BTC_USDT"])
+async def _through_an_outage(
+    env: Env, client: ExchangeClient, request: KillRequest
+) -> tuple[SweepResult, int]:
+    """Submit ``request`` while every request is answered 503; once its sweep has listed
+    in vain more passes in a row than make the exchange look unreachable, the exchange
+    is back. Its result, and the requests the exchange answered during the outage."""
     env.sim.set_faults(EndpointFaults(error_rate=1.0, error_statuses=(503,)))
     passes: list[int] = []
 
     async def progress(result: SweepResult) -> None:
         passes.append(result.sweeps)
 
-    async with env.client(max_attempts=2, request_deadline_s=1.0) as (client, _):
-        engine = await engines(Engine({ACCOUNT: client}, engine_settings()))
-        task = asyncio.create_task(engine.submit(kill(symbols=symbols, deadline_s=20.0), progress))
+    async with Engine({ACCOUNT: client}, engine_settings()) as engine:
+        task = asyncio.create_task(engine.submit(request, progress))
         await wait_for(lambda: bool(passes) and passes[-1] > 3, timeout=15)
         assert not task.done()
-        assert env.sim.count(env.api_key, status=200) == 0  # nothing answered so far
+        answered = env.sim.count(env.api_key, status=200)
         env.sim.set_faults(EndpointFaults())
-        result = await task
-        await engine.close(1.0)
+        return await task, answered
+
+
+@pytest.mark.parametrize("symbols", [{"BTC_USDT"}, None], ids=["pair", "whole-account"])
+async def test_an_outage_shorter_than_the_deadline_does_not_fail_the_kill(
+    env: Env, symbols: set[str] | None
+) -> None:
+    seeded = env.seed(20, ["BTC_USDT"])
+    async with env.client(max_attempts=2, request_deadline_s=1.0) as (client, _):
+        result, answered = await _through_an_outage(
+            env, client, kill(symbols=symbols, deadline_s=20.0)
+        )
+    assert answered == 0
     assert result.status is SweepStatus.FLAT, result.reason
     assert not env.open_ids() & seeded
     assert result.counts.sent == len(seeded)
@@ -371,30 +380,20 @@ async def test_an_outage_shorter_than_the_deadline_does_not_fail_the_kill(
 
 
 async def test_pairs_unchecked_on_arrival_are_checked_once_the_exchange_is_back(
-    env: Env, engines: Engines
+    env: Env,
 ) -> None:
     # The exchange is down when the kill arrives, so its pairs cannot be checked (as
     # the intake or `trigger --direct` meet it); back before the deadline, its pair
     # list names them, and the empty listing proves the kill flat.
     seeded = env.seed(10, ["BTC_USDT"])
     env.sim.set_faults(EndpointFaults(error_rate=1.0, error_statuses=(503,)))
-    passes: list[int] = []
-
-    async def progress(result: SweepResult) -> None:
-        passes.append(result.sweeps)
-
     async with env.client(max_attempts=2, request_deadline_s=1.0) as (client, _):
         with pytest.raises(ExchangeUnavailable):
             await client.pair_list()
         request = dataclasses.replace(
             kill(symbols={"BTC_USDT"}, deadline_s=20.0), unchecked_pairs="pair list unavailable"
         )
-        engine = await engines(Engine({ACCOUNT: client}, engine_settings()))
-        task = asyncio.create_task(engine.submit(request, progress))
-        await wait_for(lambda: bool(passes) and passes[-1] > 3, timeout=15)
-        env.sim.set_faults(EndpointFaults())
-        result = await task
-        await engine.close(1.0)
+        result, _ = await _through_an_outage(env, client, request)
     assert result.status is SweepStatus.FLAT, result.reason
     assert not env.open_ids() & seeded
 
