@@ -81,7 +81,9 @@ class BatchCancelResult:
     attempts: int = 1
     outcome: Outcome | None = None
     reason: RejectReason | None = None
-    status: int | None = None  # HTTP status of a refused call (404/405: no such endpoint, 3xx)
+    # HTTP status of a refused call (404/405: no such endpoint, 3xx), or the last answer's
+    # of one that failed (None: the last attempt got no answer).
+    status: int | None = None
     error: str | None = None  # what a refused call's answer means (a redirect: where to)
 
 

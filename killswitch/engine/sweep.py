@@ -125,8 +125,9 @@ MAX_UNANSWERED_LISTINGS = 3
 # A bulk cancel endpoint (cancel-all, batch cancel) that failed as a whole this many
 # times in a row in one sweep, while the exchange answered listings, is broken on its own:
 # the sweep's next passes cancel one level down (batches, then one by one). Not at the
-# first failure: one lost answer during an outage must not cost a whole sweep the
-# fewest-requests strategy.
+# first failure answered 5xx: one lost answer during an outage must not cost a whole
+# sweep the fewest-requests strategy. One that got no answer at all is given up at once:
+# each such failure holds the call for its whole request deadline.
 BULK_FAILURES_TO_GIVE_UP = 2
 # Pause before listing again after such a failure: doubles per failure in a row.
 UNANSWERED_PAUSE_BASE_S = 0.25
@@ -717,7 +718,7 @@ class Sweep:
         whose pairs could not be checked when they arrived (the list was unreadable):
         once it names their pairs, an empty listing proves them flat
         (:meth:`_pairs_confirmed`). A failure leaves them unchecked."""
-        read = getattr(self.client, "pair_list", None)  # not every client has one
+        read = getattr(self.client, "refresh_pair_list", None)  # not every client has one
         if not callable(read) or self._deadline_passed():
             return
         with contextlib.suppress(ExchangeError, TimeoutError):
@@ -1163,17 +1164,20 @@ class Sweep:
     def _bulk_failed(self, endpoint: str, result: BatchCancelResult) -> None:
         """A bulk cancel failed as a whole (retries exhausted). Counted only while the
         exchange answers listings (an outage fails everything alike); at
-        :data:`BULK_FAILURES_TO_GIVE_UP` in a row the endpoint is given up for the sweep."""
+        :data:`BULK_FAILURES_TO_GIVE_UP` in a row the endpoint is given up for the sweep,
+        at once when its last attempt got no answer at all (each such failure costs the
+        call's whole request deadline)."""
         if self._unanswered_listings or endpoint in self._bulk_given_up:
             return
         failures = self._bulk_failures[endpoint] = self._bulk_failures.get(endpoint, 0) + 1
-        if failures >= BULK_FAILURES_TO_GIVE_UP:
+        if failures >= BULK_FAILURES_TO_GIVE_UP or result.status is None:
             self._bulk_given_up.add(endpoint)
             lower = "batch cancels" if endpoint == "cancel_all" else "per-order cancels"
-            last = f"last HTTP {result.status}" if result.status else "no answer"
+            last = f"last HTTP {result.status}" if result.status else "the last unanswered"
             self.notes.append(
-                f"{endpoint.replace('_', '-')} failed {failures} times in a row "
-                f"({result.attempts} attempt(s) each, {last}): {lower} for the rest of this kill"
+                f"{endpoint.replace('_', '-')} failed {failures} time(s) in a row "
+                f"({result.attempts} attempt(s) each, {last}): given up for the rest of "
+                f"this kill, {lower} instead"
             )
 
     def _unbulk(self, p: _Pass, symbol: str, entries: list[tuple[PriorityKey, int]]) -> None:

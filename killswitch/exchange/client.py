@@ -975,6 +975,13 @@ class ExchangeClient:
             return PairList(self._configured, "configured", self._info_error)
         return None
 
+    async def refresh_pair_list(self) -> PairList:
+        """:meth:`pair_list`, asking the exchange again now even within
+        ``_INFO_RETRY_S`` of a failed refresh (a sweep's one second look before its
+        result, not a burst of alerts)."""
+        self._info_failed_at = -float("inf")
+        return await self.pair_list()
+
     async def pair_list(self) -> PairList:
         """The pairs this account trades, and where the list came from.
 
@@ -1132,7 +1139,9 @@ class ExchangeClient:
         try:
             answer = await self._request(call)
         except ExchangeUnavailable as exc:
-            return BatchCancelResult(symbol, attempts=exc.attempts, outcome=Outcome.FAILED)
+            return BatchCancelResult(
+                symbol, attempts=exc.attempts, outcome=Outcome.FAILED, status=exc.last_status
+            )
         verdict = classify_cancel(answer.status, answer.body)
         if verdict.outcome is not Outcome.SENT:
             error = None

@@ -417,8 +417,52 @@ async def test_a_bulk_cancel_that_always_fails_gives_way_to_smaller_cancels(
     assert result.status is SweepStatus.FLAT, result.reason
     assert not env.open_ids() & seeded
     assert result.reason is not None
-    assert "cancel-all failed 2 times in a row" in result.reason
+    assert "cancel-all failed 2 time(s) in a row (2 attempt(s) each, last HTTP 503)" in (
+        result.reason
+    )
     assert_accounted(result)
+
+
+async def test_a_cancel_all_that_hangs_is_given_up_at_its_first_failure(
+    env: Env, engines: Engines
+) -> None:
+    # No answer at all: each failure held the call for its whole request deadline.
+    seeded = env.seed(30, ["BTC_USDT"])
+    env.sim.set_faults(EndpointFaults(timeout_rate=1.0, timeout_hold_s=30.0), "cancel_all")
+    async with env.client(max_attempts=2, read_timeout_s=0.3, request_deadline_s=1.0) as (
+        client,
+        _,
+    ):
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings(strategy="auto")))
+        result = await engine.submit(kill(symbols={"BTC_USDT"}, deadline_s=20.0), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert not env.open_ids() & seeded
+    assert env.sim.count(env.api_key, "cancel_all") == 2  # one call's two attempts
+    assert result.reason is not None
+    assert "cancel-all failed 1 time(s) in a row" in result.reason
+
+
+async def test_pairs_unchecked_a_moment_ago_are_asked_for_again_before_the_result(
+    env: Env, engines: Engines
+) -> None:
+    # The pair list failed just before the kill (as the intake met it), the exchange is
+    # back at once: the sweep asks again before its result, within the client's pause
+    # between refreshes, and the exchange's list proves the kill flat.
+    seeded = env.seed(10, ["BTC_USDT"])
+    env.sim.set_faults(EndpointFaults(error_rate=1.0, error_statuses=(503,)), "exchange_info")
+    async with env.client(max_attempts=2, request_deadline_s=1.0) as (client, _):
+        with pytest.raises(ExchangeUnavailable):
+            await client.pair_list()
+        env.sim.set_faults(EndpointFaults())
+        request = dataclasses.replace(
+            kill(symbols={"BTC_USDT"}, deadline_s=20.0), unchecked_pairs="pair list unavailable"
+        )
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings()))
+        result = await engine.submit(request, no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert not env.open_ids() & seeded
 
 
 async def test_a_whole_account_kill_without_any_pair_list_fails_at_the_deadline(
