@@ -964,9 +964,19 @@ class Sweep:
         finally:
             self._producer_done(p)
 
+    def _clock_hint(self, endpoint: str) -> str:
+        """What a cancel's authentication refusal adds when the clock may be its cause
+        (a listing's error says it already): the client's hint, or nothing."""
+        hint = getattr(self.client, "auth_clock_hint", None)  # not every client has one
+        text = hint(endpoint) if callable(hint) else ""
+        return f"; {text}" if text else ""
+
     def _bulk_refused(self, symbol: str, result: BatchCancelResult) -> None:
         if result.reason is RejectReason.AUTH:
-            raise SweepStopped(f"authentication refused cancelling on {symbol} (invalid_client)")
+            raise SweepStopped(
+                f"authentication refused cancelling on {symbol} (invalid_client)"
+                + self._clock_hint("cancel_all")
+            )
         # Not fatal: the next pass lists the pair and cancels order by order.
         assert result.outcome is not None
         self.notes.append(f"cancel-all on {symbol} {result.outcome.value}")
@@ -1077,6 +1087,7 @@ class Sweep:
         if result.outcome is Outcome.REJECTED and result.reason is RejectReason.AUTH:
             raise SweepStopped(
                 f"authentication refused (invalid_client) cancelling order {order_id} on {symbol}"
+                + self._clock_hint("cancel")
             )
 
     async def _cancel_batch(self, p: _Pass, symbol: str, ids: list[int]) -> None:
@@ -1095,6 +1106,7 @@ class Sweep:
                     ledger.conclude(order_id, Outcome.REJECTED, result.attempts, result.reason)
                 raise SweepStopped(
                     f"authentication refused (invalid_client) batch-cancelling on {symbol}"
+                    + self._clock_hint("cancel_batch")
                 )
             if result.outcome is Outcome.FAILED:
                 # The exchange is struggling: per-order retries would multiply the load.
@@ -1142,7 +1154,10 @@ class Sweep:
         if result.reason is RejectReason.AUTH:
             for order_id in ids:
                 ledger.conclude(order_id, Outcome.REJECTED, result.attempts, result.reason)
-            raise SweepStopped(f"authentication refused (invalid_client) cancelling on {symbol}")
+            raise SweepStopped(
+                f"authentication refused (invalid_client) cancelling on {symbol}"
+                + self._clock_hint("cancel_all")
+            )
         if result.outcome is Outcome.FAILED:
             # The exchange is struggling: the next pass lists the pair and cancels again.
             for order_id in ids:

@@ -327,6 +327,25 @@ async def test_auth_revoked_mid_sweep_fails_fast(env: Env, engines: Engines) -> 
     assert env.open_ids()  # it stopped: orders are left, the result says failed
 
 
+async def test_a_cancel_refused_while_the_clock_is_unmeasured_says_the_clock_may_be_why(
+    env: Env, engines: Engines
+) -> None:
+    # The exchange's clock is 10 minutes ahead and its time endpoint fails: the first
+    # cancel (a named pair's cancel-all) is refused like a bad key. The reason must not
+    # read as a revoked key only.
+    env.seed(5, ["BTC_USDT"])
+    env.sim.clock_offset_ms = 600_000
+    env.sim.set_faults(EndpointFaults(error_rate=1.0, error_statuses=(503,)), "time")
+    async with env.client(max_attempts=2) as (client, _):
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings(strategy="auto")))
+        result = await engine.submit(kill(symbols={"BTC_USDT"}, deadline_s=5.0), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FAILED
+    assert result.reason is not None
+    assert "authentication refused" in result.reason
+    assert "the clock offset could not be measured" in result.reason
+
+
 async def test_exchange_unreachable_fails_with_reason(env: Env, engines: Engines) -> None:
     base_url = env.server.base_url
     await env.server.close()  # nothing listens there any more
