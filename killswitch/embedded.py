@@ -3,7 +3,7 @@
 Used by the test suite, ``make demo``, ``killswitch broker`` and the benchmarks. Memory storage: a
 restart loses every topic and offset. Always used as a context manager or with
 an explicit :meth:`EmbeddedBroker.stop`, and the process dies with its user even when that
-is killed (:func:`killswitch.procs.die_with_parent`; start it from a thread that lives as
+is killed (:func:`killswitch.procs.killed_with_parent`; start it from a thread that lives as
 long as the broker should).
 """
 
@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 
-from killswitch.procs import die_with_parent
+from killswitch.procs import killed_with_parent
 
 __all__ = ["BrokerUnavailable", "EmbeddedBroker", "broker_binary", "free_port"]
 
@@ -105,8 +104,10 @@ class EmbeddedBroker:
             stderr=subprocess.DEVNULL,
             env=env,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, not the broker
-            # Killed with its user, even by SIGKILL (``killswitch broker``, a test run).
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - a prctl call only, no locks taken
+            # Killed with its user, even by SIGKILL (``killswitch broker``, a test run), at
+            # once: memory storage has nothing to save, and a broker that takes seconds
+            # to stop holds its port from the next one.
+            preexec_fn=killed_with_parent,  # noqa: PLW1509 - a prctl call only, no locks taken
         )
         try:
             _wait_listening(self.host, self.port, self._proc, timeout)
@@ -119,14 +120,11 @@ class EmbeddedBroker:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGCONT)  # a test may have left it stopped
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+        # SIGKILL: memory storage has nothing to save, and Tansu takes seconds to stop on
+        # SIGTERM, holding its port from a broker started again on it. (A stopped
+        # process is killed too.)
+        proc.kill()
+        proc.wait(timeout)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

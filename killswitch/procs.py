@@ -17,7 +17,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-__all__ = ["die_with_parent"]
+__all__ = ["die_with_parent", "killed_with_parent"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -41,3 +41,9 @@ def die_with_parent() -> None:
     """In the child, between fork and exec: SIGTERM this process when its parent dies."""
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def killed_with_parent() -> None:
+    """As :func:`die_with_parent`, with SIGKILL: for a child with nothing to save."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)

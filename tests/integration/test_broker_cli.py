@@ -45,7 +45,12 @@ def _listening(port: int) -> bool:
 @pytest.fixture
 async def broker() -> AsyncIterator[tuple[asyncio.subprocess.Process, int, list[str]]]:
     """``killswitch broker --port P`` started, its output read up to the ``ready`` line."""
-    port = free_port()
+    async with _started(free_port()) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def _started(port: int) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, list[str]]]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -112,6 +117,23 @@ async def test_broker_serves_kafka_on_loopback_and_stops_on_sigterm(
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT_S) == 0
     assert not _listening(port)  # the broker process went with it
+
+
+async def test_killed_it_leaves_the_port_free_for_the_next_one(
+    broker: tuple[asyncio.subprocess.Process, int, list[str]],
+) -> None:
+    # SIGKILL of `killswitch broker` takes the broker process with it at once (memory
+    # storage: nothing to save), even with a client connected (which a broker asked to
+    # stop waits for), so it can be started again on the same port.
+    proc, port, _ = broker
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        proc.kill()
+        await proc.wait()
+        # Started again at once: a broker still stopping would hold the port.
+        async with _started(port) as (again, _, lines):
+            assert lines[-1].startswith("ready")
+            again.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(again.wait(), _STOP_TIMEOUT_S) == 0
 
 
 async def test_sigint_stops_it_too(
