@@ -96,6 +96,10 @@ FALLBACK_BUDGET = 10.0
 # How long a guard waits before asking again for a pair list it could not get.
 PAIRS_RETRY_S = 1.0
 HANDED_OVER = "the account moved to another daemon (rebalance)"
+# A halt state the sink failed to take is published again after this, doubling up to
+# the cap: the broker may be briefly unable to take it (a leader moving).
+STATE_RETRY_BASE_S = 0.5
+STATE_RETRY_CAP_S = 10.0
 
 
 def _resolved(result: SweepResult) -> asyncio.Future[SweepResult]:
@@ -247,6 +251,11 @@ class Engine:
         self._activity: dict[str, dict[str, float]] = {}
         self._owns: Callable[[str], bool] = _owns_every_account
         self._state_lock = asyncio.Lock()
+        # The last halt state (halt or release) emitted per account, and the accounts
+        # whose last one the sink failed to take: published again until it does.
+        self._states: dict[str, HaltState] = {}
+        self._unpublished: set[str] = set()
+        self._state_retry: asyncio.Task[None] | None = None
         self._closing = False
         self._group: asyncio.TaskGroup | None = None  # while the lifetime runs
         self._life: contextlib.AsyncExitStack | None = None
@@ -681,14 +690,55 @@ class Engine:
         await self._emit(state)
 
     async def _emit(self, state: HaltState) -> None:
-        """Publish a halt change; in order, and a failing sink never fails the caller."""
+        """Publish a halt change; in order, and a failing sink never fails the caller:
+        the account's latest state is published again until the sink takes it
+        (:meth:`_retry_states`), since a restart, or the account's next owner, knows
+        the latch only from the state topic."""
         if self._on_state is None:
             return
         async with self._state_lock:
+            self._states[state.account] = state
             try:
                 await self._on_state(state)
             except Exception:
                 log.exception("publishing halt state failed", extra={"account": state.account})
+                self._unpublished.add(state.account)
+                self._start_state_retry()
+            else:
+                self._unpublished.discard(state.account)
+
+    def _start_state_retry(self) -> None:
+        running = self._state_retry is not None and not self._state_retry.done()
+        if running or self._closing or self._group is None:
+            return
+        self._state_retry = self._spawn(self._retry_states(), "halt-state-retry")
+
+    async def _retry_states(self) -> None:
+        """Until every account's latest halt state is published: each in order with the
+        other state changes (the state lock), the latest only (the topic keeps one
+        record per account), after a backoff."""
+        delay = STATE_RETRY_BASE_S
+        while self._unpublished and not self._closing:
+            await asyncio.sleep(delay)  # backoff between attempts
+            delay = min(delay * 2, STATE_RETRY_CAP_S)
+            for account in sorted(self._unpublished):
+                async with self._state_lock:
+                    if account not in self._unpublished or self._on_state is None:
+                        continue
+                    state = self._states[account]
+                    try:
+                        await self._on_state(state)
+                    except Exception as exc:  # the broker still refuses: later
+                        log.warning(
+                            "halt state still not published; trying again",
+                            extra={"account": account, "error": type(exc).__name__},
+                        )
+                        continue
+                    self._unpublished.discard(account)
+                    log.info(
+                        "halt state published after a failure",
+                        extra={"account": account, "halted": state.halted},
+                    )
 
     def _start_deferred_guards(self) -> None:
         if not self._deferred_guards or self._closing or self._group is None:

@@ -21,6 +21,7 @@ from killswitch.core.outcomes import Outcome
 from killswitch.core.pairs import PairList
 from killswitch.core.ports import CancelResult
 from killswitch.engine import Engine
+from killswitch.engine import engine as engine_module
 from killswitch.exchange.errors import AuthError, ExchangeUnavailable
 from tests.support.engine import (
     ACCOUNT,
@@ -1086,3 +1087,33 @@ async def test_a_kill_verified_only_over_the_configured_list_is_residual(
     assert result.reason is not None
     assert "pairs could not be checked" in result.reason
     assert ex.open_count() == 0
+
+
+async def test_a_halt_state_the_sink_failed_to_take_is_published_again(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The broker briefly refuses the state record: the latch must still reach the state
+    # topic (a restart, or the account's next owner, knows it only from there), and so
+    # must a release after it, in order.
+    monkeypatch.setattr(engine_module, "STATE_RETRY_BASE_S", 0.01)
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    published: list[HaltState] = []
+    refusals = [2]
+
+    async def on_state(state: HaltState) -> None:
+        if refusals[0] > 0:
+            refusals[0] -= 1
+            raise RuntimeError("the broker did not take it")
+        published.append(state)
+
+    engine = await engines(Engine({ACCOUNT: ex}, settings(), on_state=on_state))
+    result = await engine.submit(request(latch=True), Progress())
+    assert result.status is SweepStatus.FLAT
+    await wait_for(lambda: [s.halted for s in published] == [True])
+    refusals[0] = 1
+    released = await engine.release(request("rel"))
+    assert released.status is SweepStatus.RELEASED
+    await wait_for(lambda: [s.halted for s in published] == [True, False])
+    assert published[-1].alert_id == "rel"
+    await engine.close(1.0)
