@@ -1,7 +1,8 @@
 """Child processes that never outlive their parent.
 
-:func:`die_with_parent` is a ``preexec_fn`` for :class:`subprocess.Popen`: it asks Linux
-(``prctl(PR_SET_PDEATHSIG)``) to SIGTERM the child when its parent dies, even by SIGKILL,
+:func:`die_with_parent` (and :func:`killed_with_parent`, with SIGKILL) is a ``preexec_fn``
+for :class:`subprocess.Popen`: it asks Linux
+(``prctl(PR_SET_PDEATHSIG)``) to signal the child when its parent dies, even by SIGKILL,
 when no clean-up code of the parent's runs. Elsewhere it does nothing. The standard
 library has no such option and no maintained package offers just this: hence ctypes.
 

@@ -84,7 +84,9 @@ class BatchCancelResult:
     # HTTP status of a refused call (404/405: no such endpoint, 3xx), or the last answer's
     # of one that failed (None: the last attempt got no answer).
     status: int | None = None
-    error: str | None = None  # what a refused call's answer means (a redirect: where to)
+    # What a refused call's answer means (a redirect: where to), or how a failed one's
+    # last attempt ended (an error code, or a transport error such as "ReadTimeout").
+    error: str | None = None
 
 
 class ExchangeAPI(Protocol):

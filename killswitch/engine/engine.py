@@ -495,13 +495,18 @@ class Engine:
         return len(stopped)
 
     def restore_halt(self, state: HaltState) -> None:
-        """Resume guarding an account found halted in the state topic at start-up."""
+        """Resume guarding an account found halted in the state topic at start-up (or
+        follow a state record another daemon published)."""
         account = state.account
         if account not in self._clients:
             log.warning(
                 "halt state for an unconfigured account ignored", extra={"account": account}
             )
             return
+        pending = self._states.get(account)
+        if account in self._unpublished and pending is not None and state.since >= pending.since:
+            # The topic has a record at least as new: ours, still unpublished, is stale.
+            self._unpublished.discard(account)
         if not state.halted:
             if self._halts.pop(account, None) is not None:
                 self._observer.halted(account, False)
@@ -517,6 +522,10 @@ class Engine:
     def halted(self) -> Mapping[str, HaltState]:
         """The accounts currently halted (a copy)."""
         return dict(self._halts)
+
+    def state_retries_pending(self) -> int:
+        """Accounts whose latest halt state the sink has not taken yet (retried)."""
+        return len(self._unpublished)
 
     async def republish_halt(self, account: str) -> HaltState | None:
         """Publish ``account``'s halt again as it is now (the state topic lost it: a
@@ -577,6 +586,11 @@ class Engine:
     async def close(self, grace_s: float) -> None:
         """Stop latch loops; let running sweeps finish within ``grace_s``, then cancel them."""
         self._closing = True
+        if self._unpublished:
+            log.error(
+                "halt states not published before the stop: the state topic does not have them",
+                extra={"accounts": sorted(self._unpublished)},
+            )
         guard_tasks = [g.task for g in self._guards.values()]
         for account in list(self._guards):
             await self._stop_guard(account, wait=False)
@@ -716,12 +730,18 @@ class Engine:
     async def _retry_states(self) -> None:
         """Until every account's latest halt state is published: each in order with the
         other state changes (the state lock), the latest only (the topic keeps one
-        record per account), after a backoff."""
+        record per account), after a backoff. Not once the account has a newer record
+        from another daemon (:meth:`restore_halt`) or another daemon owns it."""
         delay = STATE_RETRY_BASE_S
         while self._unpublished and not self._closing:
             await asyncio.sleep(delay)  # backoff between attempts
             delay = min(delay * 2, STATE_RETRY_CAP_S)
             for account in sorted(self._unpublished):
+                if not self._owns(account):
+                    # Another daemon owns it now: its records are the account's; ours,
+                    # published late, could overwrite a newer one.
+                    self._unpublished.discard(account)
+                    continue
                 async with self._state_lock:
                     if account not in self._unpublished or self._on_state is None:
                         continue

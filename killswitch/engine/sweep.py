@@ -126,9 +126,12 @@ MAX_UNANSWERED_LISTINGS = 3
 # times in a row in one sweep, while the exchange answered listings, is broken on its own:
 # the sweep's next passes cancel one level down (batches, then one by one). Not at the
 # first failure answered 5xx: one lost answer during an outage must not cost a whole
-# sweep the fewest-requests strategy. One that got no answer at all is given up at once:
-# each such failure holds the call for its whole request deadline.
+# sweep the fewest-requests strategy. One whose last attempt hung (no answer until it
+# timed out: not a refused or reset connection) is given up at once: each such failure
+# holds the call for its whole request deadline.
 BULK_FAILURES_TO_GIVE_UP = 2
+# How an attempt that got no answer until it was given up ends (the transport's kinds).
+_HUNG = frozenset({"AttemptDeadline", "ReadTimeout"})
 # Pause before listing again after such a failure: doubles per failure in a row.
 UNANSWERED_PAUSE_BASE_S = 0.25
 UNANSWERED_PAUSE_CAP_S = 2.0
@@ -1180,15 +1183,15 @@ class Sweep:
         """A bulk cancel failed as a whole (retries exhausted). Counted only while the
         exchange answers listings (an outage fails everything alike); at
         :data:`BULK_FAILURES_TO_GIVE_UP` in a row the endpoint is given up for the sweep,
-        at once when its last attempt got no answer at all (each such failure costs the
-        call's whole request deadline)."""
+        at once when its last attempt hung (each such failure costs the call's whole
+        request deadline)."""
         if self._unanswered_listings or endpoint in self._bulk_given_up:
             return
         failures = self._bulk_failures[endpoint] = self._bulk_failures.get(endpoint, 0) + 1
-        if failures >= BULK_FAILURES_TO_GIVE_UP or result.status is None:
+        if failures >= BULK_FAILURES_TO_GIVE_UP or result.error in _HUNG:
             self._bulk_given_up.add(endpoint)
             lower = "batch cancels" if endpoint == "cancel_all" else "per-order cancels"
-            last = f"last HTTP {result.status}" if result.status else "the last unanswered"
+            last = f"last HTTP {result.status}" if result.status else f"last {result.error}"
             self.notes.append(
                 f"{endpoint.replace('_', '-')} failed {failures} time(s) in a row "
                 f"({result.attempts} attempt(s) each, {last}): given up for the rest of "

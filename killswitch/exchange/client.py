@@ -1140,7 +1140,11 @@ class ExchangeClient:
             answer = await self._request(call)
         except ExchangeUnavailable as exc:
             return BatchCancelResult(
-                symbol, attempts=exc.attempts, outcome=Outcome.FAILED, status=exc.last_status
+                symbol,
+                attempts=exc.attempts,
+                outcome=Outcome.FAILED,
+                status=exc.last_status,
+                error=exc.last_error,
             )
         verdict = classify_cancel(answer.status, answer.body)
         if verdict.outcome is not Outcome.SENT:

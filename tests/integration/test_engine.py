@@ -459,7 +459,24 @@ async def test_a_cancel_all_that_hangs_is_given_up_at_its_first_failure(
     assert not env.open_ids() & seeded
     assert env.sim.count(env.api_key, "cancel_all") == 2  # one call's two attempts
     assert result.reason is not None
-    assert "cancel-all failed 1 time(s) in a row" in result.reason
+    assert "cancel-all failed 1 time(s) in a row (2 attempt(s) each, last " in result.reason
+
+
+async def test_a_cancel_all_whose_connection_drops_is_given_up_only_at_its_second_failure(
+    env: Env, engines: Engines
+) -> None:
+    # A dropped connection is quick, and what an outage of everything looks like too:
+    # one such failure does not cost the sweep its cancel-alls.
+    seeded = env.seed(30, ["BTC_USDT"])
+    env.sim.set_faults(EndpointFaults(drop_rate=1.0), "cancel_all")
+    async with env.client(max_attempts=2) as (client, _):
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings(strategy="auto")))
+        result = await engine.submit(kill(symbols={"BTC_USDT"}, deadline_s=20.0), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert not env.open_ids() & seeded
+    assert result.reason is not None
+    assert "cancel-all failed 2 time(s) in a row" in result.reason
 
 
 async def test_pairs_unchecked_a_moment_ago_are_asked_for_again_before_the_result(

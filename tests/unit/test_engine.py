@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -1117,3 +1117,33 @@ async def test_a_halt_state_the_sink_failed_to_take_is_published_again(
     await wait_for(lambda: [s.halted for s in published] == [True, False])
     assert published[-1].alert_id == "rel"
     await engine.close(1.0)
+
+
+async def test_an_unpublished_halt_state_is_not_published_over_a_newer_record(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This engine's latch failed to publish; meanwhile another daemon's release of the
+    # account, newer, is on the state topic. Published late, the latch would overwrite it.
+    monkeypatch.setattr(engine_module, "STATE_RETRY_BASE_S", 0.01)
+    ex = FakeExchange(["BTC_USDT"])
+    ex.place("BTC_USDT")
+    published: list[HaltState] = []
+    broker_back = asyncio.Event()
+
+    async def on_state(state: HaltState) -> None:
+        if not broker_back.is_set():
+            raise RuntimeError("the broker did not take it")
+        published.append(state)
+
+    engine = await engines(Engine({ACCOUNT: ex}, settings(), on_state=on_state))
+    result = await engine.submit(request(latch=True), Progress())
+    assert result.status is SweepStatus.FLAT
+    ours = engine.halted()[ACCOUNT]
+    newer = dataclasses.replace(
+        ours, halted=False, alert_id="rel-elsewhere", since=ours.since + timedelta(seconds=1)
+    )
+    engine.restore_halt(newer)  # read from the state topic: another daemon's release
+    broker_back.set()
+    await wait_for(lambda: engine.state_retries_pending() == 0)
+    assert published == []
+    assert ACCOUNT not in engine.halted()
