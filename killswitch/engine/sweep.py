@@ -489,9 +489,12 @@ class Sweep:
     def _describe_failure(self, exc: BaseException) -> str:
         """A one-line reason from what stopped the sweep (task groups wrap exceptions)."""
         leaves = list(_leaves(exc))
-        stops = [str(e) for e in leaves if isinstance(e, SweepStopped)]
+        stops = list(dict.fromkeys(str(e) for e in leaves if isinstance(e, SweepStopped)))
+        if len(stops) > 1:
+            # Concurrent listings of every pair stop alike (a refused key): one says it.
+            return f"{stops[0]} (and {len(stops) - 1} more pair(s) stopped alike)"
         if stops:
-            return "; ".join(dict.fromkeys(stops))
+            return stops[0]
         exchange = [str(e) for e in leaves if isinstance(e, ExchangeError)]
         if exchange:
             return "exchange error: " + "; ".join(dict.fromkeys(exchange))

@@ -1147,3 +1147,33 @@ async def test_an_unpublished_halt_state_is_not_published_over_a_newer_record(
     await wait_for(lambda: engine.state_retries_pending() == 0)
     assert published == []
     assert ACCOUNT not in engine.halted()
+
+
+class _RefusedTogether(FakeExchange):
+    """Every pair's listing is refused (a revoked key), all in one turn of the event loop,
+    as concurrent listings' answers arrive from a real exchange."""
+
+    def __init__(self, symbols: Sequence[str]) -> None:
+        super().__init__(symbols)
+        self._started = 0
+        self._all_started = asyncio.Event()
+
+    async def open_orders(self, symbol: str, *, limit: int = 100) -> AsyncIterator[list[Order]]:
+        self._started += 1
+        if self._started == len(self.symbols):
+            self._all_started.set()
+        await self._all_started.wait()
+        raise AuthError("refused", status=401)
+        yield []  # an async generator, as the real one
+
+
+async def test_a_refused_key_on_every_pair_is_said_once(engines: Engines) -> None:
+    # Each pair's listing stops the sweep alike: the reason names the first, and counts
+    # the others, rather than repeat the refusal once per pair.
+    ex = _RefusedTogether(["BTC_USDT", "ETH_USDT", "SOL_USDT"])
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="per_order")))
+    result = await run(engine, request(symbols=set(ex.symbols)))
+    assert result.status is SweepStatus.FAILED
+    assert result.reason is not None
+    assert result.reason.count("authentication refused") == 1
+    assert "more pair(s) stopped alike)" in result.reason
