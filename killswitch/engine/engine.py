@@ -743,22 +743,26 @@ class Engine:
                     self._unpublished.discard(account)
                     continue
                 async with self._state_lock:
-                    if account not in self._unpublished or self._on_state is None:
-                        continue
-                    state = self._states[account]
-                    try:
-                        await self._on_state(state)
-                    except Exception as exc:  # the broker still refuses: later
-                        log.warning(
-                            "halt state still not published; trying again",
-                            extra={"account": account, "error": type(exc).__name__},
-                        )
-                        continue
-                    self._unpublished.discard(account)
-                    log.info(
-                        "halt state published after a failure",
-                        extra={"account": account, "halted": state.halted},
-                    )
+                    if account in self._unpublished:  # not superseded meanwhile
+                        await self._publish_again(account)
+
+    async def _publish_again(self, account: str) -> None:
+        """One more try of ``account``'s latest halt state (the state lock held)."""
+        assert self._on_state is not None  # only what _emit failed to publish is here
+        state = self._states[account]
+        try:
+            await self._on_state(state)
+        except Exception as exc:  # the broker still refuses: later
+            log.warning(
+                "halt state still not published; trying again",
+                extra={"account": account, "error": type(exc).__name__},
+            )
+            return
+        self._unpublished.discard(account)
+        log.info(
+            "halt state published after a failure",
+            extra={"account": account, "halted": state.halted},
+        )
 
     def _start_deferred_guards(self) -> None:
         if not self._deferred_guards or self._closing or self._group is None:

@@ -979,18 +979,17 @@ class ExchangeClient:
         """:meth:`pair_list`, asking the exchange again now even within
         ``_INFO_RETRY_S`` of a failed refresh (a sweep's one second look before its
         result, not a burst of alerts)."""
-        self._info_failed_at = -float("inf")
-        return await self.pair_list()
+        return await self.pair_list(now=True)
 
-    async def pair_list(self) -> PairList:
+    async def pair_list(self, *, now: bool = False) -> PairList:
         """The pairs this account trades, and where the list came from.
 
         The exchange's answer is cached for ``exchange_info_ttl_s``. When a refresh
         fails the last good answer is kept (``stale``); when the exchange never
         answered, the account's ``symbols`` setting is the list (``configured``). After
         a failure, callers within ``_INFO_RETRY_S`` get the fallback without a new
-        request. Raises the exchange's error, saying no source is left, only when
-        there is no fallback at all.
+        request (unless ``now``: see :meth:`refresh_pair_list`). Raises the exchange's
+        error, saying no source is left, only when there is no fallback at all.
         """
         cached = self.cached_pair_list()
         if cached is not None and cached.source == "exchange":
@@ -999,7 +998,7 @@ class ExchangeClient:
             cached = self.cached_pair_list()
             if cached is not None and cached.source == "exchange":
                 return cached
-            if self._mono() < self._info_failed_at + _INFO_RETRY_S:
+            if not now and self._mono() < self._info_failed_at + _INFO_RETRY_S:
                 if cached is not None:
                     return cached
                 assert self._info_failure is not None  # set with _info_failed_at

@@ -1707,16 +1707,14 @@ class Intake:
                         "output not published, retrying",
                         extra={"output": output, "error": type(exc).__name__},
                     )
-                elif not counted:
-                    counted = True
-                    if reduced is not None:
-                        self._output_refused(output, exc, origin)
-                        send, reduced = reduced, None
-                        continue
-                    self._observer.output_refused(output)
-                    stuck = True
-                    self._refused_again(output, exc, origin)
-                elif not stuck:
+                elif reduced is not None:  # the first refusal: its reduced form next
+                    self._output_refused(output, exc, origin)
+                    send, reduced, counted = reduced, None, True
+                    continue
+                elif not stuck:  # no reduced form, or refused even so: said once
+                    if not counted:
+                        self._observer.output_refused(output)
+                        counted = True
                     stuck = True
                     self._refused_again(output, exc, origin)
             await asyncio.sleep(delay)  # backoff between publish attempts
