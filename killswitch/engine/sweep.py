@@ -1183,8 +1183,8 @@ class Sweep:
         return self.refused | self._bulk_given_up if self._bulk_given_up else self.refused
 
     def _bulk_failed(self, endpoint: str, result: BatchCancelResult) -> None:
-        """A bulk cancel failed as a whole (retries exhausted). Counted only while the
-        exchange answers listings (an outage fails everything alike); at
+        """A bulk cancel failed as a whole (retries exhausted). Not counted while the last
+        listing went unanswered (an outage fails everything alike); at
         :data:`BULK_FAILURES_TO_GIVE_UP` in a row the endpoint is given up for the sweep,
         at once when its last attempt hung (each such failure costs the call's whole
         request deadline)."""
