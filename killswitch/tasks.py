@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -15,8 +16,35 @@ class Interrupted(Exception):
     """The work given to :func:`unless_set` was cancelled because its event was set first."""
 
 
-class _BodyEnded(Exception):
-    """Raised in a :func:`task_scope`'s group as its body ends: cancels the tasks left."""
+class _ScopeGroup(asyncio.TaskGroup):
+    """A task group that knows its tasks still running, to cancel them when the body
+    of its :func:`task_scope` ends (and any task made after that, at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running: set[asyncio.Task[Any]] = set()
+        self.ended = False
+
+    def create_task(
+        self,
+        coro: Generator[Any, None, T] | Coroutine[Any, Any, T],
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Task[T]:
+        task = super().create_task(coro, name=name, context=context)
+        if self.ended:
+            task.cancel()
+        elif not task.done():
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+        return task
+
+    def end_body(self) -> None:
+        """Cancel the tasks still running, and any made from now on."""
+        self.ended = True
+        for task in list(self.running):
+            task.cancel()
 
 
 @contextlib.asynccontextmanager
@@ -28,16 +56,12 @@ async def task_scope() -> AsyncIterator[asyncio.TaskGroup]:
     error (or the body's own) is raised in an :class:`ExceptionGroup`; a task cancelled
     by itself or another is no error.
     """
-    try:
-        async with asyncio.TaskGroup() as group:
-            yield group
-            _end_body()
-    except* _BodyEnded:
-        pass
-
-
-def _end_body() -> None:
-    raise _BodyEnded
+    # Cancelled without raising into the group: an exception ending a group leaves a
+    # cycle through its traceback's frames, which holds whatever the caller's frame holds
+    # (a sweep and its thousands of alerts) until a full collection.
+    async with _ScopeGroup() as group:
+        yield group
+        group.end_body()
 
 
 async def wait_any(events: Iterable[asyncio.Event], seconds: float) -> None:

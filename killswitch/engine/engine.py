@@ -132,19 +132,40 @@ def _all_outcomes(
     set when the last is done; unlike ``gather``, cancelling it cancels none of them."""
     outer: asyncio.Future[list[SweepResult | BaseException]]
     outer = asyncio.get_running_loop().create_future()
-    # One callback at a time, not one per future (a storm's group is thousands of
-    # alerts): on the last future first (a sweep answers its alerts in order), then on
-    # the first one not done yet, until none is left.
-    first_pending = 0
+    outcomes = _Outcomes(futures, outer)
+    if futures and not futures[-1].done():
+        futures[-1].add_done_callback(outcomes.check)
+    else:
+        outcomes.check()
+    return outer
 
-    def check(_: object = None) -> None:
-        nonlocal first_pending
-        while first_pending < len(futures) and futures[first_pending].done():
-            first_pending += 1
-        if first_pending < len(futures):
-            futures[first_pending].add_done_callback(check)
-        elif not outer.done():
-            outer.set_result(
+
+class _Outcomes:
+    """Sets ``outer`` once every future is done. One callback at a time, not one per
+    future (a storm's group is thousands of alerts): on the last future first (a sweep
+    answers its alerts in order), then on the first one not done yet, until none is
+    left. An object, not a closure naming itself: that is a reference cycle, which
+    keeps the group's results until the cycle collector's next full pass."""
+
+    __slots__ = ("first_pending", "futures", "outer")
+
+    def __init__(
+        self,
+        futures: list[asyncio.Future[SweepResult]],
+        outer: asyncio.Future[list[SweepResult | BaseException]],
+    ) -> None:
+        self.futures = futures
+        self.outer = outer
+        self.first_pending = 0
+
+    def check(self, _: object = None) -> None:
+        futures = self.futures
+        while self.first_pending < len(futures) and futures[self.first_pending].done():
+            self.first_pending += 1
+        if self.first_pending < len(futures):
+            futures[self.first_pending].add_done_callback(self.check)
+        elif not self.outer.done():
+            self.outer.set_result(
                 [
                     f.exception() or f.result()
                     if not f.cancelled()
@@ -152,12 +173,6 @@ def _all_outcomes(
                     for f in futures
                 ]
             )
-
-    if futures and not futures[-1].done():
-        futures[-1].add_done_callback(check)
-    else:
-        check()
-    return outer
 
 
 def _owns_every_account(account: str) -> bool:

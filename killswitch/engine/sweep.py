@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -271,7 +272,11 @@ class Sweep:
         self._bulk_failures: dict[str, int] = {}
         self._bulk_given_up: set[str] = set()
         self._stopped = False  # cancelled: the engine stopped (shutdown), not a failure
-        self.ledger = Ledger(on_outcome=self._count_outcome)
+        # Not a method of the sweep: the ledger would make a cycle with it, and a sweep
+        # ended holds its alerts (thousands in a storm) until a full collection.
+        self.ledger = Ledger(
+            on_outcome=functools.partial(self.observer.cancel_outcome, self.account)
+        )
         self.gen = 0
         self.passes = 0
         self.accepting = True
@@ -1304,10 +1309,6 @@ class Sweep:
                     await ticket.progress(self._reported(ticket, final=False, shared=shared))
                 except Exception:  # a sink problem must not stop the sweep
                     log.exception("progress sink failed", extra={"account": self.account})
-
-    def _count_outcome(self, outcome: Outcome) -> None:
-        """The ledger counts an order (once, see its rules): the metric moves now."""
-        self.observer.cancel_outcome(self.account, outcome)
 
     async def _settle_outcomes(self) -> None:
         """List every pair in scope once more, within ``settle_grace_s``.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
+import weakref
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,6 +22,7 @@ from killswitch.core.ports import SweepHandedOver
 from killswitch.engine import Engine
 from killswitch.engine.engine import _all_outcomes
 from killswitch.engine.sweep import Sweep
+from tests.support.collector import cycle_collector_off
 from tests.support.engine import Engines, FakeExchange, Progress, request, settings
 from tests.support.waiting import wait_for
 
@@ -220,6 +223,27 @@ async def test_a_one_sided_kill_joined_by_another_pair_leaves_the_other_side_ope
     assert btc_buy not in ex.books["BTC_USDT"]
     assert eth not in ex.books["ETH_USDT"]
     await engine.close(1.0)
+
+
+async def test_a_finished_group_and_its_sweep_leave_nothing_to_the_cycle_collector(
+    engines: Engines,
+) -> None:
+    # A storm's sweep holds thousands of alerts: when it and its group are done, they must
+    # be freed at once, not kept until the cycle collector's next pass (a pause of the
+    # event loop as long as what it frees).
+    ex = FakeExchange()
+    ex.place("BTC_USDT")
+    engine = await engines(Engine({"mm-1": ex}, settings()))
+    with cycle_collector_off():
+        sinks = [Progress() for _ in range(3)]
+        refs = [weakref.ref(sink) for sink in sinks]
+        alerts = [(request(f"a{i}", symbols={"BTC_USDT"}), s) for i, s in enumerate(sinks)]
+        outcomes = await engine.start_group(alerts)
+        assert {o.status for o in outcomes if isinstance(o, SweepResult)} == {SweepStatus.FLAT}
+        await engine.close(1.0)
+        del sinks, alerts, outcomes
+        assert [ref() for ref in refs] == [None, None, None]
+        assert gc.collect() == 0  # no cycle left behind either
 
 
 async def test_a_groups_outcomes_wait_for_its_last_alert_in_any_order() -> None:

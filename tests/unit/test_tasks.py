@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import pytest
 
 from killswitch.tasks import Interrupted, TurnBudget, task_scope, unless_set, wait_any
+from tests.support.collector import cycle_collector_off
 
 
 async def test_unless_set_returns_the_result_when_the_event_stays_clear() -> None:
@@ -71,6 +74,25 @@ async def test_task_scope_cancels_the_tasks_left_when_its_body_ends() -> None:
         await started.wait()
     assert waiting.cancelled()
     assert sorted(ended) == ["cancelled", "finished"]
+
+
+async def test_a_task_scope_ended_leaves_no_cycle_for_the_collector() -> None:
+    # A sweep's passes run in task scopes; what the caller's frame held (the sweep, its
+    # alerts) must go when the caller is done, not wait for a pass of the cycle collector.
+    class Held:
+        pass
+
+    async def caller(refs: list[weakref.ref[Held]]) -> None:
+        held = Held()
+        refs.append(weakref.ref(held))
+        async with task_scope() as tasks:
+            tasks.create_task(asyncio.sleep(10))  # still running when the body ends
+
+    with cycle_collector_off():
+        refs: list[weakref.ref[Held]] = []
+        await caller(refs)
+        assert refs[0]() is None
+        assert gc.collect() == 0  # no cycle left behind either
 
 
 async def test_task_scope_raises_a_failing_task_and_cancels_the_rest() -> None:
