@@ -164,10 +164,11 @@ class Publisher:
     partitions, and while a result sent before then waits for them, none is named: the
     producer picks the same one, in the order the results were sent.
 
-    A producer that can deliver nothing any more (:class:`ProducerUnusable`: its sender
-    task ended, or it was closed by anything but :meth:`close`) is found at once: from
-    then on every publish fails with :class:`ProducerUnusable`, :attr:`unusable` says
-    why, and ``on_unusable`` is called once with that reason.
+    Given ``on_unusable`` (the daemon's), the publisher watches its producer, which it
+    then owns (closed by :meth:`close`): one that can deliver nothing any more (its
+    sender task ended, or it was closed by anything but :meth:`close`) is found at
+    once; from then on every publish fails with :class:`ProducerUnusable`,
+    :attr:`unusable` says why, and ``on_unusable`` is called once with that reason.
     """
 
     def __init__(
@@ -202,7 +203,7 @@ class Publisher:
         self._on_unusable = on_unusable
         self._closing = False  # close() began: the producer ending is ours
         self._unusable: str | None = None
-        sender = sender_task(producer)
+        sender = sender_task(producer) if on_unusable is not None else None
         if sender is not None:
             sender.add_done_callback(self._sender_ended)
 
@@ -222,13 +223,12 @@ class Publisher:
         self._found_unusable(_CLOSED if closed else _why_ended(task), task)
 
     def _found_unusable(self, why: str, task: asyncio.Task[None] | None = None) -> None:
-        if self._closing or self._unusable is not None:
+        if self._on_unusable is None or self._closing or self._unusable is not None:
             return
         self._unusable = f"kafka producer unusable: {why}"
         error = task.exception() if task is not None and not task.cancelled() else None
         log.error(self._unusable, exc_info=error)
-        if self._on_unusable is not None:
-            self._on_unusable(self._unusable)
+        self._on_unusable(self._unusable)
 
     def _check_usable(self) -> None:
         # A record enqueued behind a sender task that was cancelled would wait for ever.
