@@ -25,9 +25,9 @@ pairs and cancels what appears, :mod:`killswitch.kafka.ownership`); restored hal
 are guarded from the first assignment on.
 
 A producer that can deliver nothing any more (aiokafka's sender task ended: an error
-escaped it, or it was cancelled or closed underneath the daemon) makes the daemon not
-ready at once (``/readyz`` names it, ``killswitch_kafka_producer_failed`` 1) and stops
-it gracefully; ``async_run`` then raises
+escaped it, or it was stopped, or the producer was closed underneath the daemon) makes
+the daemon not ready at once (``/readyz`` names it, ``killswitch_kafka_producer_failed``
+1) and stops it gracefully; ``async_run`` then raises
 :class:`~killswitch.kafka.outputs.ProducerUnusable` and ``run()`` returns 1, for the
 supervisor to start the daemon again.
 

@@ -77,8 +77,8 @@ class Observability:
     :class:`~killswitch.kafka.watch.KafkaWatch`) drives both and
     ``killswitch_kafka_up``; ``producer_failed(reason)`` (from the
     :class:`~killswitch.kafka.outputs.Publisher`) drives both and
-    ``killswitch_kafka_producer_failed``; ``start``/``stop`` run the listener for /metrics, /healthz
-    and /readyz.
+    ``killswitch_kafka_producer_failed``; ``start``/``stop`` run the listener for
+    /metrics, /healthz and /readyz.
     """
 
     observer: Observer = field(default_factory=NullObserver)
