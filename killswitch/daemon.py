@@ -24,6 +24,13 @@ halt, but only the one assigned an account's alerts partition guards it (lists i
 pairs and cancels what appears, :mod:`killswitch.kafka.ownership`); restored halts
 are guarded from the first assignment on.
 
+A producer that can deliver nothing any more (aiokafka's sender task ended: an error
+escaped it, or it was stopped, or the producer was closed underneath the daemon) makes
+the daemon not ready at once (``/readyz`` names it, ``killswitch_kafka_producer_failed``
+1) and stops it gracefully; ``async_run`` then raises
+:class:`~killswitch.kafka.outputs.ProducerUnusable` and ``run()`` returns 1, for the
+supervisor to start the daemon again.
+
 Shutdown: stop taking alerts and heartbeats; let running sweeps finish within
 ``engine.shutdown_grace_s`` and publish their results; commit what completed
 (the rest is replayed by whoever consumes the partition next); stop the
@@ -61,7 +68,7 @@ from killswitch.kafka.broker_loss import BrokerLossGuard, KillStart
 from killswitch.kafka.clients import ensure_topics, make_producer
 from killswitch.kafka.consumer import DEFERRABLE_PER_TURN_S, Intake, IntakeConfig
 from killswitch.kafka.deadman import DeadmanWatcher
-from killswitch.kafka.outputs import Publisher
+from killswitch.kafka.outputs import ProducerUnusable, Publisher
 from killswitch.kafka.ownership import Ownership
 from killswitch.kafka.readers import HaltStateReader, ResultsIndex, read_last_states
 from killswitch.kafka.republish import HaltRepublisher
@@ -137,8 +144,9 @@ def tune_interpreter() -> None:
 
 
 def run(settings: Settings) -> int:
-    """Run the daemon until SIGTERM/SIGINT; 0 after a graceful stop, 1 if it could not run,
-    130 when a second signal cut the stop short (unfinished alerts are replayed)."""
+    """Run the daemon until SIGTERM/SIGINT; 0 after a graceful stop, 1 if it could not run
+    (or its Kafka producer stopped working), 130 when a second signal cut the stop short
+    (unfinished alerts are replayed)."""
     try:
         factory = loop_factory(settings.runtime.event_loop)
     except EventLoopUnavailable as exc:
@@ -279,6 +287,25 @@ async def _live(
                     task.cancel()  # ended already after a graceful stop
         if failure is not None:
             raise failure
+        if daemon.publisher.unusable is not None:
+            # Exit 1 (run()): the supervisor starts the daemon again, with a new producer.
+            raise ProducerUnusable(daemon.publisher.unusable)
+
+
+def _stop_on_producer_failure(obs: Observability, stop: asyncio.Event) -> Callable[[str], None]:
+    """What the publisher calls once its producer can deliver nothing any more: not
+    ready (with the reason) from then on, and the graceful stop, after which the daemon
+    exits 1 for its supervisor to start it again. aiokafka does not recover such a
+    producer; a new process rebuilds everything from Kafka (halts, the dedup window,
+    counts of unfinished alerts) with a new one, and no record is committed without its
+    results meanwhile (they wait, and are replayed by the partition's next owner)."""
+
+    def failed(reason: str) -> None:
+        obs.producer_failed(reason)
+        log.error("stopping: no output can be published; exit 1 follows the graceful stop")
+        stop.set()
+
+    return failed
 
 
 def _announce(
@@ -376,8 +403,10 @@ async def _start(
         return None
     producer = make_producer(kafka)
     await producer.start()
-    stack.push_async_callback(lambda: _within(_kafka_stop_s(watch), producer.stop()))
-    publisher = Publisher(producer, topics, daemon=instance)
+    publisher = Publisher(
+        producer, topics, daemon=instance, on_unusable=_stop_on_producer_failure(obs, stop)
+    )
+    stack.push_async_callback(lambda: _within(_kafka_stop_s(watch), publisher.close()))
     engine, loss = _engine(settings, clients, obs, publisher, link_listeners)
     # Set before any halt is restored: nothing is guarded until the first assignment.
     ownership = Ownership(topics.alerts)

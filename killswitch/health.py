@@ -98,15 +98,16 @@ class ReadyReport:
 class Readiness:
     """Whether the daemon can act on an alert now. Pure state; time is passed in.
 
-    Ready means: the broker answers, the consumer is consuming, the daemon is not
-    shutting down, and every configured account had a usable exchange answer within
-    ``stale_after_s``, no authentication refusal since its last good answer to a signed
-    call, no redirect from any endpoint since that endpoint's last good answer (a
-    redirect is a wrong ``base_url``: the endpoint that answered it, a cancel endpoint
-    or the server time, may not be called again until a kill needs it), a pair list
-    from some source (without one a whole-account kill cannot run), and no refusal of
-    the exchange probe's listing since its last accepted one (the probe lists with the
-    engine's page size: a refused listing means every kill's listing is refused too).
+    Ready means: the broker answers, the producer can deliver, the consumer is
+    consuming, the daemon is not shutting down, and every configured account had a
+    usable exchange answer within ``stale_after_s``, no authentication refusal since its
+    last good answer to a signed call, no redirect from any endpoint since that
+    endpoint's last good answer (a redirect is a wrong ``base_url``: the endpoint that
+    answered it, a cancel endpoint or the server time, may not be called again until a
+    kill needs it), a pair list from some source (without one a whole-account kill
+    cannot run), and no refusal of the exchange probe's listing since its last accepted
+    one (the probe lists with the engine's page size: a refused listing means every
+    kill's listing is refused too).
     """
 
     accounts: tuple[str, ...]
@@ -114,6 +115,7 @@ class Readiness:
     consuming: bool = False
     draining: bool = False
     kafka_problem: str | None = None  # why the broker is not usable, None while it answers
+    producer_problem: str | None = None  # why the producer delivers nothing, None while it can
     _last_ok: dict[str, float] = field(default_factory=dict)
     _auth_failed: dict[str, str | None] = field(default_factory=dict)  # -> why, if known
     # account -> endpoint -> the problem ("" for a redirect reported without its endpoint)
@@ -133,6 +135,11 @@ class Readiness:
     def set_kafka(self, up: bool, reason: str) -> None:
         """The broker answers (``up``) or not, and why not (shown as a readiness reason)."""
         self.kafka_problem = None if up else reason
+
+    def set_producer(self, problem: str | None) -> None:
+        """The Kafka producer can deliver (``problem`` None) or not, and why not (shown
+        as a readiness reason): no result could reach the results topic."""
+        self.producer_problem = problem
 
     def set_draining(self) -> None:
         """Shutdown began: stop receiving traffic from now on."""
@@ -203,6 +210,8 @@ class Readiness:
             reasons.append("shutting down")
         if self.kafka_problem is not None:
             reasons.append(self.kafka_problem)
+        if self.producer_problem is not None:
+            reasons.append(self.producer_problem)
         if not self.consuming:
             reasons.append("kafka: not consuming")
         for account in self.accounts:

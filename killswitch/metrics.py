@@ -317,6 +317,12 @@ class Metrics:
             "1 while the Kafka broker answers the daemon's metadata probe, else 0.",
             registry=r,
         )
+        self._producer_failed = Gauge(
+            "killswitch_kafka_producer_failed",
+            "1 once the daemon's Kafka producer can deliver nothing any more (the daemon"
+            " then stops, exit 1, for its supervisor to start it again), else 0.",
+            registry=r,
+        )
         self._loop_lag = Histogram(
             "killswitch_event_loop_lag_seconds",
             "How late the event loop woke a sleeping task (seconds).",
@@ -384,6 +390,7 @@ class Metrics:
             self._refused.labels(output=output)
         self._ready.set(0)
         self._kafka_up.set(0)
+        self._producer_failed.set(0)
 
     def _account(self, account: str) -> str:
         return account if account in self._accounts else OTHER
@@ -518,6 +525,11 @@ class Metrics:
     def set_kafka_up(self, up: bool) -> None:
         """Whether the broker answers (``killswitch.kafka.watch.KafkaWatch``)."""
         self._kafka_up.set(1 if up else 0)
+
+    @_never_raise
+    def producer_failed(self) -> None:
+        """The Kafka producer can deliver nothing any more (``Publisher.unusable``)."""
+        self._producer_failed.set(1)
 
 
 if TYPE_CHECKING:

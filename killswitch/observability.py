@@ -75,8 +75,10 @@ class Observability:
     watcher and the loop lag probe; ``set_consuming``/``set_draining`` drive
     ``/readyz`` and ``killswitch_ready``; ``set_kafka(up, reason)`` (from
     :class:`~killswitch.kafka.watch.KafkaWatch`) drives both and
-    ``killswitch_kafka_up``; ``start``/``stop`` run the listener for /metrics, /healthz
-    and /readyz.
+    ``killswitch_kafka_up``; ``producer_failed(reason)`` (from the
+    :class:`~killswitch.kafka.outputs.Publisher`) drives both and
+    ``killswitch_kafka_producer_failed``; ``start``/``stop`` run the listener for
+    /metrics, /healthz and /readyz.
     """
 
     observer: Observer = field(default_factory=NullObserver)
@@ -85,6 +87,7 @@ class Observability:
     stop: Callable[[], Awaitable[None]] | None = None
     set_consuming: Callable[[bool], None] = lambda consuming: None
     set_kafka: Callable[[bool, str], None] = lambda up, reason: None
+    producer_failed: Callable[[str], None] = lambda reason: None
     set_draining: Callable[[], None] = lambda: None
     url: Callable[[], str] | None = None
     readiness: Readiness | None = None  # what the exchange probe reports besides answers
@@ -242,6 +245,11 @@ def prometheus_observability(
         metrics.set_kafka_up(up)
         server.report()
 
+    def producer_failed(reason: str) -> None:
+        readiness.set_producer(reason)
+        metrics.producer_failed()
+        server.report()
+
     def set_draining() -> None:
         readiness.set_draining()
         server.report()
@@ -257,6 +265,7 @@ def prometheus_observability(
         stop=stop,
         set_consuming=set_consuming,
         set_kafka=set_kafka,
+        producer_failed=producer_failed,
         set_draining=set_draining,
         url=lambda: server.url,
         readiness=readiness,

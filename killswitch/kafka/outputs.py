@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     KafkaError,
     MessageSizeTooLargeError,
+    ProducerClosed,
     RecordListTooLargeError,
     RecordTooLargeError,
     UnknownTopicOrPartitionError,
@@ -43,6 +44,45 @@ _MAX_CACHED_KEYS = 4096
 
 # Kafka errors about the record itself: sent again as it is, it is refused again.
 _RECORD_REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+
+
+class ProducerUnusable(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
+    """The producer can deliver nothing any more: its sender task ended (an error
+    escaped it, or it was cancelled) or it was closed while the daemon still publishes.
+    aiokafka does not recover from either; a Kafka error, so whoever publishes retries
+    (and holds its record) rather than take it for an error of the record."""
+
+    def __str__(self) -> str:
+        # The reason alone (it names the producer): KafkaError prefixes its class name.
+        return str(self.args[0]) if self.args else "kafka producer unusable"
+
+
+def sender_task(producer: AIOKafkaProducer) -> asyncio.Task[None] | None:
+    """aiokafka's task that delivers every record the producer enqueues (None before
+    ``start``). aiokafka has no public way to say that its producer stopped delivering:
+    ``send`` keeps enqueueing after that task ended cancelled, and fails every record
+    with the same error after it ended with one."""
+    task: asyncio.Task[None] | None = getattr(
+        getattr(producer, "_sender", None), "sender_task", None
+    )
+    return task
+
+
+_CLOSED = "closed while still in use"
+
+
+def _why_ended(task: asyncio.Task[None]) -> str:
+    """Why the sender task ended, by the types of its error (never their text, which
+    could quote anything)."""
+    # Cancelled, aiokafka's sender routine returns rather than raise.
+    error = None if task.cancelled() else task.exception()
+    if error is None:
+        return "its sender task was stopped"
+    names = type(error).__name__
+    cause = error.__cause__ or error.__context__
+    if cause is not None:
+        names += f" from {type(cause).__name__}"
+    return f"its sender task failed ({names})"
 
 
 def refused_as_made(error: BaseException) -> bool:
@@ -123,10 +163,21 @@ class Publisher:
     land on one partition by one choice. Until the producer knows the results topic's
     partitions, and while a result sent before then waits for them, none is named: the
     producer picks the same one, in the order the results were sent.
+
+    Given ``on_unusable`` (the daemon's), the publisher watches its producer, which it
+    then owns (closed by :meth:`close`): one that can deliver nothing any more (its
+    sender task ended, or it was closed by anything but :meth:`close`) is found at
+    once; from then on every publish fails with :class:`ProducerUnusable`,
+    :attr:`unusable` says why, and ``on_unusable`` is called once with that reason.
     """
 
     def __init__(
-        self, producer: AIOKafkaProducer, topics: TopicSettings, *, daemon: str | None = None
+        self,
+        producer: AIOKafkaProducer,
+        topics: TopicSettings,
+        *,
+        daemon: str | None = None,
+        on_unusable: Callable[[str], None] | None = None,
     ) -> None:
         self._producer = producer
         self._topics = topics
@@ -149,10 +200,40 @@ class Publisher:
         self._unplaced = 0
         # aiokafka's own limit (max_request_size), which send() checks for a record.
         self._max_record_bytes: int = producer._max_request_size
+        self._on_unusable = on_unusable
+        self._closing = False  # close() began: the producer ending is ours
+        self._unusable: str | None = None
+        sender = sender_task(producer) if on_unusable is not None else None
+        if sender is not None:
+            sender.add_done_callback(self._sender_ended)
 
     @property
     def topics(self) -> TopicSettings:
         return self._topics
+
+    @property
+    def unusable(self) -> str | None:
+        """Why the producer can deliver nothing any more (for ``/readyz``: no secret,
+        only the types of errors), None while it can."""
+        return self._unusable
+
+    def _sender_ended(self, task: asyncio.Task[None]) -> None:
+        # stop() cancels the sender: the producer closed by anything but close().
+        closed = getattr(self._producer, "_closed", False) is True
+        self._found_unusable(_CLOSED if closed else _why_ended(task), task)
+
+    def _found_unusable(self, why: str, task: asyncio.Task[None] | None = None) -> None:
+        if self._on_unusable is None or self._closing or self._unusable is not None:
+            return
+        self._unusable = f"kafka producer unusable: {why}"
+        error = task.exception() if task is not None and not task.cancelled() else None
+        log.error(self._unusable, exc_info=error)
+        self._on_unusable(self._unusable)
+
+    def _check_usable(self) -> None:
+        # A record enqueued behind a sender task that was cancelled would wait for ever.
+        if self._unusable is not None:
+            raise ProducerUnusable(self._unusable)
 
     async def result(self, record: ResultRecord, *, wait: bool = True) -> None:
         """Publish one result (key = account, with its head header)."""
@@ -256,10 +337,15 @@ class Publisher:
         try:
             async with self._result_locks[partition]:
                 self._stop_filling(partition, filling)
+                self._check_usable()
                 await self._check_partition(partition)
-                sent = await self._producer.send_batch(
-                    filling.builder, self._topics.results, partition=partition
-                )
+                try:
+                    sent = await self._producer.send_batch(
+                        filling.builder, self._topics.results, partition=partition
+                    )
+                except ProducerClosed:
+                    self._found_unusable(_CLOSED)
+                    raise
         except Exception as exc:  # its callers are told, whatever it is (they wait on it)
             self._stop_filling(partition, filling)
             filling.outcome.set_result(exc)
@@ -376,20 +462,31 @@ class Publisher:
         self._unplaced += unplaced  # see _placed
         try:
             async with lock:
+                self._check_usable()
                 if result_partition is not None:
                     await self._check_partition(result_partition)
                 future: asyncio.Future[object] = await self._producer.send(
                     topic, value, key=key, partition=partition, headers=headers
                 )
+        except ProducerClosed:
+            self._found_unusable(_CLOSED)
+            raise
         finally:
             self._unplaced -= unplaced
         return future
 
     async def flush(self) -> None:
-        """Wait until every enqueued record is acknowledged (or failed)."""
+        """Wait until every enqueued record is acknowledged (or failed); at once when
+        the producer can deliver nothing any more."""
         if self._handing:
             await asyncio.wait(self._handing)
-        await self._producer.flush()
+        if self._unusable is None:
+            await self._producer.flush()
+
+    async def close(self) -> None:
+        """Stop the producer (its ending is then not taken for a failure)."""
+        self._closing = True
+        await self._producer.stop()
 
     def _sent(self, future: asyncio.Future[object]) -> None:
         self._background.discard(future)

@@ -58,6 +58,10 @@ def kafka(up: bool, reason: str) -> Step:
     return lambda r: r.set_kafka(up, reason)
 
 
+def producer(problem: str) -> Step:
+    return lambda r: r.set_producer(problem)
+
+
 def auth(account: str) -> Step:
     return lambda r: r.auth_rejected(account)
 
@@ -106,6 +110,12 @@ def auth(account: str) -> Step:
             20.0,
             ReadyReport(False, ("kafka: not consuming",)),
             id="not-consuming",
+        ),
+        pytest.param(
+            [consuming, ok("mm-1", 10), ok("mm-2", 10), producer("kafka producer unusable: x")],
+            20.0,
+            ReadyReport(False, ("kafka producer unusable: x",)),
+            id="producer-unusable",
         ),
         pytest.param(
             [consuming, ok("mm-1", 0), ok("mm-2", 100)],

@@ -287,6 +287,8 @@ def test_series_exist_before_anything_happens(
         ([], "killswitch_kafka_up", {}, 0.0),
         ([("set_kafka_up", (True,))], "killswitch_kafka_up", {}, 1.0),
         ([("set_kafka_up", (True,)), ("set_kafka_up", (False,))], "killswitch_kafka_up", {}, 0.0),
+        ([], "killswitch_kafka_producer_failed", {}, 0.0),
+        ([("producer_failed", ())], "killswitch_kafka_producer_failed", {}, 1.0),
     ],
 )
 def test_events_move_the_right_series(

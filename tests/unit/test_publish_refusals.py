@@ -38,7 +38,7 @@ from killswitch.contracts import (
 from killswitch.core.model import Position
 from killswitch.kafka.consumer import Intake
 from killswitch.kafka.forward import MAX_FORWARD_BYTES
-from killswitch.kafka.outputs import refused_as_made
+from killswitch.kafka.outputs import ProducerUnusable, refused_as_made
 from tests.support.engine import request
 from tests.support.intake import RecordingObserver, offline_intake
 from tests.support.results import sent_result
@@ -78,6 +78,8 @@ def test_the_record_itself_refused(error: BaseException) -> None:
         NotLeaderForPartitionError(),
         UnknownTopicOrPartitionError(),
         ProducerClosed(),
+        # The daemon's producer stopped working: the record waits (the daemon stops).
+        ProducerUnusable("kafka producer unusable: its sender task was stopped"),
     ],
 )
 def test_kafka_away_or_busy_is_not_the_records_fault(error: BaseException) -> None:
