@@ -299,6 +299,9 @@ class Sweep:
         # named pair may not exist, and a refused cancel-all of it (404) would read as
         # "no cancel-all here" for the whole account. Such sweeps list first.
         self._unchecked_pairs = False
+        # Pairs the exchange refused to list while its own pair list could not be had
+        # (see _unlistable): pair -> the refusal.
+        self._refused_unchecked: dict[str, str] = {}
         self._settle_wanted = False  # ended with orders possibly open: list once more
         self._soft: set[asyncio.Timeout] = set()  # listings that stop at the deadline
         # Set while the sweep gathers joiners between passes (see _gather_joiners): a
@@ -418,7 +421,11 @@ class Sweep:
         self.accepting = False
         self._timeout = None
         self._pass = None
-        if self._unchecked_pairs and self.failure is None and not self.dry_run:
+        if (
+            (self._unchecked_pairs or self._refused_unchecked)
+            and self.failure is None
+            and not self.dry_run
+        ):
             await self._recheck_pairs()
         if self._settle_wanted and self.failure is None and not self.dry_run:
             await self._settle_outcomes()
@@ -932,19 +939,70 @@ class Sweep:
         return True
 
     async def _unlistable(self, p: _Pass, symbol: str, exc: ExchangeError) -> None:
-        """The exchange refused to list a pair: unknown pair (no orders) or a failure."""
-        try:
-            known = {s.symbol for s in await self.client.exchange_info()}
-        except ExchangeError:
-            known = {symbol}  # cannot tell: assume it exists, so the refusal is a failure
+        """The exchange refused to list a pair: unknown pair (no orders) or a failure.
+
+        Only the exchange's own pair list tells them apart. Without it (exchange-info
+        failing: the configured ``symbols`` are no proof a pair exists) the pair stays
+        unlisted, so no result covering it is flat, and the sweep goes on with the
+        other pairs; the result names the pair (:meth:`_refusal_notes`), by what the
+        exchange's list, read again before the result, says of it."""
+        known = await self._exchange_pairs()
+        if known is None:
+            self._refused_unchecked.setdefault(symbol, str(exc))
+            return
+        self._refused_unchecked.pop(symbol, None)
         if symbol in known:
             raise SweepStopped(f"exchange refused to list {symbol}: {exc}") from None
         # Not in the pair list (delisted since the scope was checked, or never checked):
         # a refusal to list proves nothing, so the pair stays unlisted and no result
         # covering it can be flat (see result_for).
-        note = f"{symbol} is not traded on the exchange (it refused to list it)"
+        note = _not_traded(symbol)
         if note not in self.notes:
             self.notes.append(note)
+
+    async def _exchange_pairs(self) -> frozenset[str] | None:
+        """The exchange's own pair list (fresh or stale); None when it cannot be had
+        now (no list at all, or only the account's configured ``symbols``)."""
+        try:
+            info = await self.client.exchange_info()
+        except ExchangeError:
+            return None
+        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
+        pairs = cached() if callable(cached) else None
+        if isinstance(pairs, PairList) and list_unchecked_reason(pairs) is not None:
+            return None
+        return frozenset(s.symbol for s in info)
+
+    def _refusal_notes(self) -> list[str]:
+        """What the result says of pairs the exchange refused to list while its pair
+        list could not tell whether it trades them (:meth:`_unlistable`), by what the
+        list the client holds now says: not traded, or a refusal of a traded pair, or
+        still unchecked. Pairs listed to the end since are left out."""
+        refused = self._refused_unchecked
+        if not refused:
+            return []
+        listed = self.ledger.listed_pairs()
+        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
+        pairs = cached() if callable(cached) else None
+        own = (
+            pairs.symbols
+            if isinstance(pairs, PairList) and list_unchecked_reason(pairs) is None
+            else None
+        )
+        notes: list[str] = []
+        for symbol, why in sorted(refused.items()):
+            if symbol in listed:
+                continue
+            if own is None:
+                notes.append(
+                    f"{symbol} unchecked: the exchange refused to list it ({why}) and its "
+                    "pair list could not be read to tell whether it trades the pair"
+                )
+            elif symbol in own:
+                notes.append(f"exchange refused to list {symbol}: {why}")
+            else:
+                notes.append(_not_traded(symbol))
+        return notes
 
     async def _cancel_all(self, p: _Pass, symbol: str) -> None:
         """Strategy ``symbol``: cancel a whole pair, then ``fail`` ids one by one."""
@@ -1593,6 +1651,7 @@ class Sweep:
                 f"never listed to the end: {shown} (open orders there are not in residual_open)"
             )
         parts.extend(self.notes)
+        parts.extend(self._refusal_notes())
         return "; ".join(parts) or None
 
 
@@ -1642,6 +1701,11 @@ def _from_template(template: list[Any], ticket: Ticket) -> SweepResult:
     args[_SOURCE] = request.source
     args[_TRIGGER_REASON] = request.reason
     return SweepResult(*args)
+
+
+def _not_traded(symbol: str) -> str:
+    """A result's note on a pair the exchange's own list does not name."""
+    return f"{symbol} is not traded on the exchange (it refused to list it)"
 
 
 def _refusal(result: BatchCancelResult) -> str:

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -885,3 +885,66 @@ async def test_a_kill_that_listed_every_pair_names_none_unlisted(
     assert result_to_json(ResultRecord.of(result))["unlisted_pairs"] == []
     gauge = registry.get_sample_value("killswitch_residual_unlisted_pairs", {"account": ACCOUNT})
     assert gauge == 0
+
+
+# ------------------------------------- configured pairs the exchange refuses to list
+
+
+INFO_DOWN = EndpointFaults(error_rate=1.0, error_statuses=(503,))
+
+
+class AfterRefusal(InFlightProbe):
+    """The probe, calling ``then`` once the exchange has refused a listing of ``symbol``."""
+
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, symbol: str, then: Callable[[], None]
+    ) -> None:
+        super().__init__(inner)
+        self.symbol = symbol
+        self.then = then
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        query = parse_qs(request.url.query.decode())
+        if response.status_code == 400 and query.get("symbol") == [self.symbol]:
+            self.then()
+        return response
+
+
+@pytest.mark.parametrize("info", ["down", "back"])
+async def test_a_configured_pair_the_exchange_refuses_does_not_stop_a_whole_account_kill(
+    env: Env, engines: Engines, info: str
+) -> None:
+    # exchange-info is down, so the whole-account kill lists the account's configured
+    # `symbols`; one of them is a pair the exchange does not trade (it answers 400).
+    # Nothing proves the pair unknown (the configured list is no proof it exists), so
+    # the kill goes on with the other pairs and ends residual naming it, never flat.
+    # "back": exchange-info answers again once the pair was refused; the list read
+    # before the result shows the pair is not traded, and the result says so.
+    seeded = env.seed(5, ["BTC_USDT", "ETH_USDT"])
+    env.sim.set_faults(INFO_DOWN, "exchange_info")
+
+    def info_back() -> None:
+        if info == "back":
+            env.sim.set_faults(EndpointFaults(), "exchange_info")
+
+    configured = ["BTC_USDT", "ETH_USDT", "NOPE_USDT"]
+    settings = account_settings(
+        env.server.base_url, env.api_key, env.pem, ACCOUNT, max_attempts=2, symbols=configured
+    )
+    probe = AfterRefusal(build_transport("http1", max_connections=8), "NOPE_USDT", info_back)
+    async with ExchangeClient(settings, transport=probe) as client:
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings(strategy="auto")))
+        result = await engine.submit(kill(deadline_s=5.0), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.RESIDUAL, result.reason
+    assert not env.open_ids() & seeded  # the other pairs were cancelled and verified
+    assert result.counts.sent == len(seeded)
+    assert result.unlisted_pairs == ["NOPE_USDT"]
+    assert result.reason is not None
+    if info == "down":
+        assert "NOPE_USDT unchecked: the exchange refused to list it (" in result.reason
+    else:
+        assert "NOPE_USDT is not traded on the exchange" in result.reason
+    assert "exchange refused to list NOPE_USDT" not in result.reason  # no failure
+    assert_accounted(result)
