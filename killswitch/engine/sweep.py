@@ -750,6 +750,19 @@ class Sweep:
             and symbols <= pairs.symbols
         )
 
+    def _pairs_missing(self, symbols: frozenset[str] | None) -> str | None:
+        """Why ``symbols`` are not the exchange's, when its own pair list (as the client
+        holds it, read again before the result) lacks some: the intake would have
+        refused them. None when there is no such list or it names them all."""
+        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
+        pairs = cached() if callable(cached) else None
+        if symbols is None or not isinstance(pairs, PairList):
+            return None
+        if list_unchecked_reason(pairs) is not None:
+            return None  # the configured list: no proof either way
+        missing = sorted(symbols - pairs.symbols)
+        return _not_listed_reason(missing, pairs) if missing else None
+
     def _note_pair_source(self) -> None:
         """Say in the result when the pairs listed were not the exchange's current list;
         remember when this pass's were only the configured list (never proof of flat:
@@ -1607,7 +1620,7 @@ class Sweep:
         looked at)."""
         unchecked = ticket.request.unchecked_pairs
         if unchecked is not None and not self._pairs_confirmed(ticket.scope.symbols):
-            return unchecked
+            return self._pairs_missing(ticket.scope.symbols) or unchecked
         return self._blind_list if ticket.scope.symbols is None else None
 
     def _listed_all(self, ticket: Ticket) -> bool:
@@ -1701,6 +1714,16 @@ def _from_template(template: list[Any], ticket: Ticket) -> SweepResult:
     args[_SOURCE] = request.source
     args[_TRIGGER_REASON] = request.reason
     return SweepResult(*args)
+
+
+def _not_listed_reason(missing: list[str], pairs: PairList) -> str:
+    """Why a kill naming pairs its exchange's pair list lacks (``missing``) is not flat."""
+    source = "" if pairs.source == "exchange" else f"{pairs.source} "
+    return (
+        f"the exchange does not list {', '.join(missing)} (its {source}pair list, read"
+        " before this result; pair names are case-sensitive): an empty listing there does"
+        " not prove flat"
+    )
 
 
 def _not_traded(symbol: str) -> str:

@@ -948,3 +948,33 @@ async def test_a_configured_pair_the_exchange_refuses_does_not_stop_a_whole_acco
         assert "NOPE_USDT is not traded on the exchange" in result.reason
     assert "exchange refused to list NOPE_USDT" not in result.reason  # no failure
     assert_accounted(result)
+
+
+@pytest.mark.parametrize("unknown", ["empty", "invalid"])
+async def test_unchecked_pairs_the_exchange_list_lacks_are_named_as_not_listed(
+    env: Env, engines: Engines, unknown: Any
+) -> None:
+    # The pair list failed as the kill arrived (its pairs unchecked); read again before
+    # the result, it answers, and lacks NOPE_USDT: the reason says so, not that the
+    # list could not be read. The exchange lists the unknown pair as [] ("empty") or
+    # refuses it ("invalid").
+    seeded = env.seed(10, ["BTC_USDT"])
+    env.sim.unknown_symbol = unknown
+    env.sim.set_faults(INFO_DOWN, "exchange_info")
+    async with env.client(max_attempts=2, request_deadline_s=1.0) as (client, _):
+        with pytest.raises(ExchangeUnavailable):
+            await client.pair_list()
+        env.sim.set_faults(EndpointFaults())
+        request = dataclasses.replace(
+            kill(symbols={"BTC_USDT", "NOPE_USDT"}, deadline_s=20.0),
+            unchecked_pairs="pairs could not be checked (exchange-info: HTTP 503)",
+        )
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings()))
+        result = await engine.submit(request, no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.RESIDUAL, result.reason
+    assert not env.open_ids() & seeded
+    assert result.reason is not None
+    assert result.reason.startswith("the exchange does not list NOPE_USDT ("), result.reason
+    assert "could not be checked" not in result.reason
+    assert "exchange-info" not in result.reason
