@@ -109,6 +109,7 @@ from killswitch.core.ports import (
     Observer,
     ResultSink,
     SweepHandedOver,
+    Throttled,
 )
 from killswitch.tasks import task_scope
 
@@ -448,6 +449,10 @@ class Sweep:
             )
             return
         self.end_note = "deadline passed before a listing came back empty"
+        limiter = getattr(self.client, "limiter", None)  # not every client has one
+        if isinstance(limiter, Throttled) and limiter.throttling:
+            # Say why the listings never came back: a 429 window longer than the kill.
+            self.end_note = "throttled (429) until the deadline: no listing came back empty"
         self._settle_wanted = True
 
     def _without_pairs(self) -> bool:

@@ -978,3 +978,24 @@ async def test_unchecked_pairs_the_exchange_list_lacks_are_named_as_not_listed(
     assert result.reason.startswith("the exchange does not list NOPE_USDT ("), result.reason
     assert "could not be checked" not in result.reason
     assert "exchange-info" not in result.reason
+
+
+@pytest.mark.parametrize("retry_after", ["seconds", None], ids=["retry-after", "none"])
+async def test_a_kill_outlasted_by_a_throttle_window_says_it_was_throttled(
+    env: Env, engines: Engines, retry_after: Any
+) -> None:
+    # Exchange-wide 429s from the 3rd signed request until well past the deadline: the
+    # kill ends residual, and its reason says why the listings never came back.
+    env.seed(300)
+    env.sim.set_throttle_window(after_requests=2, duration_s=60.0, retry_after=retry_after)
+    async with env.client() as (client, _):
+        engine = await engines(
+            Engine({ACCOUNT: client}, engine_settings(page_size=100, settle_grace_s=0.3))
+        )
+        result = await engine.submit(kill(deadline_s=1.0), no_progress)
+        await engine.close(1.0)
+    env.sim.clear_throttle_window()
+    assert result.status is SweepStatus.RESIDUAL, result.reason
+    assert result.unlisted_pairs
+    assert result.reason is not None
+    assert "throttled (429) until the deadline" in result.reason, result.reason
