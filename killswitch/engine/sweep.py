@@ -303,6 +303,7 @@ class Sweep:
         # Pairs the exchange refused to list while its own pair list could not be had
         # (see _unlistable): pair -> the refusal.
         self._refused_unchecked: dict[str, str] = {}
+        self._reread_pass = 0  # the pass after which the pair list was last asked again
         self._settle_wanted = False  # ended with orders possibly open: list once more
         self._soft: set[asyncio.Timeout] = set()  # listings that stop at the deadline
         # Set while the sweep gathers joiners between passes (see _gather_joiners): a
@@ -426,6 +427,7 @@ class Sweep:
             (self._unchecked_pairs or self._refused_unchecked)
             and self.failure is None
             and not self.dry_run
+            and self._reread_pass != self.passes  # asked after the last pass already
         ):
             await self._recheck_pairs()
         if self._settle_wanted and self.failure is None and not self.dry_run:
@@ -549,13 +551,8 @@ class Sweep:
             step = next_step(
                 summary, passes=self.passes, max_passes=max_passes, dry_run=self.dry_run
             )
-            if (
-                step is Next.FLAT
-                and self.accepting
-                and self.gen > 1
-                and await self._linger(gen, ended)
-            ):
-                continue  # more alerts joined: the next pass verifies for them
+            if step is Next.FLAT and await self._flat_goes_on(gen, ended):
+                continue
             if step is Next.CONTINUE and self._deadline_passed():
                 self._past_deadline()
                 return
@@ -592,6 +589,15 @@ class Sweep:
                 self._settle_wanted = p.queued > 0 or not summary.listed
             self.accepting = False
             return
+
+    async def _flat_goes_on(self, gen: int, ended: int) -> bool:
+        """A pass found nothing in scope; True when the sweep still goes on: its listing
+        was of the configured pairs and the exchange's own list is back (the next pass
+        lists it, and verifies), or more alerts joined (:meth:`_linger`: the next pass
+        verifies for them)."""
+        if self._blind_list is not None and await self._own_pairs_back():
+            return True
+        return self.accepting and self.gen > 1 and await self._linger(gen, ended)
 
     async def _linger(self, gen: int, ended: int) -> bool:
         """A sweep that has had joiners (an alert storm on the account) and just proved
@@ -742,6 +748,16 @@ class Sweep:
         with contextlib.suppress(ExchangeError, TimeoutError):
             async with asyncio.timeout_at(self.deadline):
                 await read()
+
+    async def _own_pairs_back(self) -> bool:
+        """A whole-account listing of the configured pairs came back empty, which proves
+        nothing: ask the exchange for its own pair list once more, as for unchecked
+        pairs (:meth:`_recheck_pairs`); True when it answered (fresh or stale)."""
+        await self._recheck_pairs()
+        self._reread_pass = self.passes  # no second ask before the result (see below)
+        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
+        pairs = cached() if callable(cached) else None
+        return isinstance(pairs, PairList) and list_unchecked_reason(pairs) is None
 
     def _pairs_confirmed(self, symbols: frozenset[str] | None) -> bool:
         """The exchange's current pair list (as the client holds it) names every pair

@@ -999,3 +999,25 @@ async def test_a_kill_outlasted_by_a_throttle_window_says_it_was_throttled(
     assert result.unlisted_pairs
     assert result.reason is not None
     assert "throttled (429) until the deadline" in result.reason, result.reason
+
+
+async def test_an_empty_listing_of_the_configured_pairs_waits_for_the_exchange_list(
+    env: Env, engines: Engines
+) -> None:
+    # The pair list failed a moment before the kill (the client serves the configured
+    # `symbols` for a while without asking again); the exchange is back at once. The
+    # configured pairs' listing comes back empty, which proves nothing: the sweep asks
+    # for the exchange's own list, lists the pair the configuration missed, cancels
+    # there and is proven flat.
+    sol = env.seed(4, ["SOL_USDT"])
+    env.sim.set_faults(INFO_DOWN, "exchange_info")
+    async with env.client(max_attempts=2, symbols=["BTC_USDT", "ETH_USDT"]) as (client, _):
+        assert (await client.pair_list()).source == "configured"
+        env.sim.set_faults(EndpointFaults())
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings(strategy="auto")))
+        result = await engine.submit(kill(deadline_s=20.0), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert not env.open_ids() & sol
+    assert result.counts.sent == len(sol)
+    assert result.unlisted_pairs == []
