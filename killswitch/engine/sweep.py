@@ -752,7 +752,11 @@ class Sweep:
     async def _own_pairs_back(self) -> bool:
         """A whole-account listing of the configured pairs came back empty, which proves
         nothing: ask the exchange for its own pair list once more, as for unchecked
-        pairs (:meth:`_recheck_pairs`); True when it answered (fresh or stale)."""
+        pairs (:meth:`_recheck_pairs`); True when it answered (fresh or stale). Once
+        per sweep: a storm of joiners lingering over the configured pairs must not ask
+        per gathering (the client's pause between failed refreshes is there for that)."""
+        if self._reread_pass:
+            return False
         await self._recheck_pairs()
         self._reread_pass = self.passes  # no second ask before the result (see below)
         cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
