@@ -983,13 +983,14 @@ class Sweep:
         failing: the configured ``symbols`` are no proof a pair exists) the pair stays
         unlisted, so no result covering it is flat, and the sweep goes on with the
         other pairs; the result names the pair (:meth:`_refusal_notes`), by what the
-        exchange's list, read again before the result, says of it."""
+        exchange's list, read again before the result, says of it. A redirect says
+        nothing of the pair (``base_url`` is wrong): it stops the sweep then."""
         known = await self._exchange_pairs()
-        if known is None:
+        if known is None and not isinstance(exc, Redirected):
             self._refused_unchecked.setdefault(symbol, str(exc))
             return
         self._refused_unchecked.pop(symbol, None)
-        if symbol in known:
+        if known is None or symbol in known:
             raise SweepStopped(f"exchange refused to list {symbol}: {exc}") from None
         # Not in the pair list (delisted since the scope was checked, or never checked):
         # a refusal to list proves nothing, so the pair stays unlisted and no result

@@ -22,7 +22,7 @@ from killswitch.core.pairs import PairList
 from killswitch.core.ports import CancelResult
 from killswitch.engine import Engine
 from killswitch.engine import engine as engine_module
-from killswitch.exchange.errors import AuthError, ExchangeUnavailable
+from killswitch.exchange.errors import AuthError, ExchangeUnavailable, Redirected
 from tests.support.engine import (
     ACCOUNT,
     Engines,
@@ -1211,3 +1211,18 @@ async def test_a_refused_configured_pair_leaves_the_kill_residual_not_failed(
     assert result.reason is not None
     assert "NOPE_USDT unchecked: the exchange refused to list it (" in result.reason
     assert ex.refreshes == 1  # asked once after the empty listing, not again before the result
+
+
+async def test_a_redirected_listing_fails_the_kill_even_without_the_exchange_pair_list(
+    engines: Engines,
+) -> None:
+    # A redirect says nothing of the pair (the base_url is wrong): no pair list needed
+    # to tell it is a failure.
+    ex = _PairsNeverBack()
+    ex.place("BTC_USDT")
+    ex.list_error = Redirected("redirected (308)", status=308, location="https://elsewhere/")
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="per_order")))
+    result = await run(engine, request())
+    assert result.status is SweepStatus.FAILED, result.reason
+    assert result.reason is not None
+    assert "exchange refused to list" in result.reason
