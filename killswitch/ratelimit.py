@@ -130,6 +130,10 @@ class RateLimiter:
         self._stamp = clock()
         self._last_cut = -math.inf
         self._last_429 = -math.inf
+        # Send times of the latest request accepted and the latest refused 429: which
+        # came later says whether the key is throttled now (see throttling).
+        self._last_accepted_sent = -math.inf
+        self._last_429_sent = -math.inf
         # End of the throttle window the exchange announced (Retry-After): no token
         # is handed out before it.
         self._pause_until = -math.inf
@@ -163,6 +167,12 @@ class RateLimiter:
     def paused_until(self) -> float:
         """Limiter-clock end of the announced throttle window (``-inf`` when none)."""
         return self._pause_until
+
+    @property
+    def throttling(self) -> bool:
+        """Whether the exchange throttles this key now: within a pause it announced
+        (``Retry-After``), or the latest request sent that was answered got a 429."""
+        return self._clock() < self._pause_until or self._last_429_sent > self._last_accepted_sent
 
     @property
     def ceiling(self) -> float:
@@ -250,6 +260,7 @@ class RateLimiter:
         """Record an answer that was not a 429 for a request sent at ``sent_at``
         (limiter clock): what the exchange accepts is measured from these."""
         self._accepted_since_cut = True
+        self._last_accepted_sent = max(self._last_accepted_sent, sent_at)
         accepts = self._accepts
         accepts.append(sent_at)
         horizon = sent_at - _MEASURE_S
@@ -275,6 +286,8 @@ class RateLimiter:
             self._pause_until = min(self._pause_until, end) if paused else end
             self._tokens = min(self._tokens, 0.0)
         previous_429, self._last_429 = self._last_429, now
+        sent = now if sent_at is None else sent_at
+        self._last_429_sent = max(self._last_429_sent, sent)
         if paused or now - self._last_cut < self._cooldown:
             return False
         if sent_at is not None and sent_at < self._last_cut:

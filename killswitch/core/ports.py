@@ -50,6 +50,15 @@ class CurrentRate(Protocol):
     def rate(self) -> float: ...
 
 
+@runtime_checkable
+class Throttled(Protocol):
+    """A rate limiter as a sweep reads it when its deadline ends it: whether the
+    exchange throttles the key (429) now."""
+
+    @property
+    def throttling(self) -> bool: ...
+
+
 class RequestPriority(IntEnum):
     """Which limiter queue an exchange request waits in: lower value is served first."""
 

@@ -110,6 +110,7 @@ from killswitch.core.ports import (
     Observer,
     ResultSink,
     SweepHandedOver,
+    Throttled,
 )
 from killswitch.tasks import task_scope
 
@@ -304,6 +305,10 @@ class Sweep:
         # named pair may not exist, and a refused cancel-all of it (404) would read as
         # "no cancel-all here" for the whole account. Such sweeps list first.
         self._unchecked_pairs = False
+        # Pairs the exchange refused to list while its own pair list could not be had
+        # (see _unlistable): pair -> the refusal.
+        self._refused_unchecked: dict[str, str] = {}
+        self._reread_pass = 0  # the pass after which the pair list was last asked again
         self._settle_wanted = False  # ended with orders possibly open: list once more
         self._soft: set[asyncio.Timeout] = set()  # listings that stop at the deadline
         # Set while the sweep gathers joiners between passes (see _gather_joiners): a
@@ -423,7 +428,12 @@ class Sweep:
         self.accepting = False
         self._timeout = None
         self._pass = None
-        if self._unchecked_pairs and self.failure is None and not self.dry_run:
+        if (
+            (self._unchecked_pairs or self._refused_unchecked)
+            and self.failure is None
+            and not self.dry_run
+            and self._reread_pass != self.passes  # asked after the last pass already
+        ):
             await self._recheck_pairs()
         if self._settle_wanted and self.failure is None and not self.dry_run:
             await self._settle_outcomes()
@@ -446,6 +456,10 @@ class Sweep:
             )
             return
         self.end_note = "deadline passed before a listing came back empty"
+        limiter = getattr(self.client, "limiter", None)  # not every client has one
+        if isinstance(limiter, Throttled) and limiter.throttling:
+            # Say why the listings never came back: a 429 window longer than the kill.
+            self.end_note = "throttled (429) until the deadline: no listing came back empty"
         self._settle_wanted = True
 
     def _without_pairs(self) -> bool:
@@ -542,13 +556,8 @@ class Sweep:
             step = next_step(
                 summary, passes=self.passes, max_passes=max_passes, dry_run=self.dry_run
             )
-            if (
-                step is Next.FLAT
-                and self.accepting
-                and self.gen > 1
-                and await self._linger(gen, ended)
-            ):
-                continue  # more alerts joined: the next pass verifies for them
+            if step is Next.FLAT and await self._flat_goes_on(gen, ended):
+                continue
             if step is Next.CONTINUE and self._deadline_passed():
                 self._past_deadline()
                 return
@@ -585,6 +594,15 @@ class Sweep:
                 self._settle_wanted = p.queued > 0 or not summary.listed
             self.accepting = False
             return
+
+    async def _flat_goes_on(self, gen: int, ended: int) -> bool:
+        """A pass found nothing in scope; True when the sweep still goes on: its listing
+        was of the configured pairs and the exchange's own list is back (the next pass
+        lists it, and verifies), or more alerts joined (:meth:`_linger`: the next pass
+        verifies for them)."""
+        if self._blind_list is not None and await self._own_pairs_back():
+            return True
+        return self.accepting and self.gen > 1 and await self._linger(gen, ended)
 
     async def _linger(self, gen: int, ended: int) -> bool:
         """A sweep that has had joiners (an alert storm on the account) and just proved
@@ -736,6 +754,20 @@ class Sweep:
             async with asyncio.timeout_at(self.deadline):
                 await read()
 
+    async def _own_pairs_back(self) -> bool:
+        """A whole-account listing of the configured pairs came back empty, which proves
+        nothing: ask the exchange for its own pair list once more, as for unchecked
+        pairs (:meth:`_recheck_pairs`); True when it answered (fresh or stale). Once
+        per sweep: a storm of joiners lingering over the configured pairs must not ask
+        per gathering (the client's pause between failed refreshes is there for that)."""
+        if self._reread_pass:
+            return False
+        await self._recheck_pairs()
+        self._reread_pass = self.passes  # no second ask before the result (see below)
+        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
+        pairs = cached() if callable(cached) else None
+        return isinstance(pairs, PairList) and list_unchecked_reason(pairs) is None
+
     def _pairs_confirmed(self, symbols: frozenset[str] | None) -> bool:
         """The exchange's current pair list (as the client holds it) names every pair
         of ``symbols``."""
@@ -747,6 +779,19 @@ class Sweep:
             and pairs.source == "exchange"
             and symbols <= pairs.symbols
         )
+
+    def _pairs_missing(self, symbols: frozenset[str] | None) -> str | None:
+        """Why ``symbols`` are not the exchange's, when its own pair list (as the client
+        holds it, read again before the result) lacks some: the intake would have
+        refused them. None when there is no such list or it names them all."""
+        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
+        pairs = cached() if callable(cached) else None
+        if symbols is None or not isinstance(pairs, PairList):
+            return None
+        if list_unchecked_reason(pairs) is not None:
+            return None  # the configured list: no proof either way
+        missing = sorted(symbols - pairs.symbols)
+        return _not_listed_reason(missing, pairs) if missing else None
 
     def _note_pair_source(self) -> None:
         """Say in the result when the pairs listed were not the exchange's current list;
@@ -937,19 +982,71 @@ class Sweep:
         return True
 
     async def _unlistable(self, p: _Pass, symbol: str, exc: ExchangeError) -> None:
-        """The exchange refused to list a pair: unknown pair (no orders) or a failure."""
-        try:
-            known = {s.symbol for s in await self.client.exchange_info()}
-        except ExchangeError:
-            known = {symbol}  # cannot tell: assume it exists, so the refusal is a failure
-        if symbol in known:
+        """The exchange refused to list a pair: unknown pair (no orders) or a failure.
+
+        Only the exchange's own pair list tells them apart. Without it (exchange-info
+        failing: the configured ``symbols`` are no proof a pair exists) the pair stays
+        unlisted, so no result covering it is flat, and the sweep goes on with the
+        other pairs; the result names the pair (:meth:`_refusal_notes`), by what the
+        exchange's list, read again before the result, says of it. A redirect says
+        nothing of the pair (``base_url`` is wrong): it stops the sweep then."""
+        known = await self._exchange_pairs()
+        if known is None and not isinstance(exc, Redirected):
+            self._refused_unchecked.setdefault(symbol, str(exc))
+            return
+        self._refused_unchecked.pop(symbol, None)
+        if known is None or symbol in known:
             raise SweepStopped(f"exchange refused to list {symbol}: {exc}") from None
         # Not in the pair list (delisted since the scope was checked, or never checked):
         # a refusal to list proves nothing, so the pair stays unlisted and no result
         # covering it can be flat (see result_for).
-        note = f"{symbol} is not traded on the exchange (it refused to list it)"
+        note = _not_traded(symbol)
         if note not in self.notes:
             self.notes.append(note)
+
+    async def _exchange_pairs(self) -> frozenset[str] | None:
+        """The exchange's own pair list (fresh or stale); None when it cannot be had
+        now (no list at all, or only the account's configured ``symbols``)."""
+        try:
+            info = await self.client.exchange_info()
+        except ExchangeError:
+            return None
+        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
+        pairs = cached() if callable(cached) else None
+        if isinstance(pairs, PairList) and list_unchecked_reason(pairs) is not None:
+            return None
+        return frozenset(s.symbol for s in info)
+
+    def _refusal_notes(self) -> list[str]:
+        """What the result says of pairs the exchange refused to list while its pair
+        list could not tell whether it trades them (:meth:`_unlistable`), by what the
+        list the client holds now says: not traded, or a refusal of a traded pair, or
+        still unchecked. Pairs listed to the end since are left out."""
+        refused = self._refused_unchecked
+        if not refused:
+            return []
+        listed = self.ledger.listed_pairs()
+        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
+        pairs = cached() if callable(cached) else None
+        own = (
+            pairs.symbols
+            if isinstance(pairs, PairList) and list_unchecked_reason(pairs) is None
+            else None
+        )
+        notes: list[str] = []
+        for symbol, why in sorted(refused.items()):
+            if symbol in listed:
+                continue
+            if own is None:
+                notes.append(
+                    f"{symbol} unchecked: the exchange refused to list it ({why}) and its "
+                    "pair list could not be read to tell whether it trades the pair"
+                )
+            elif symbol in own:
+                notes.append(f"exchange refused to list {symbol}: {why}")
+            else:
+                notes.append(_not_traded(symbol))
+        return notes
 
     async def _cancel_all(self, p: _Pass, symbol: str) -> None:
         """Strategy ``symbol``: cancel a whole pair, then ``fail`` ids one by one."""
@@ -1550,7 +1647,7 @@ class Sweep:
         looked at)."""
         unchecked = ticket.request.unchecked_pairs
         if unchecked is not None and not self._pairs_confirmed(ticket.scope.symbols):
-            return unchecked
+            return self._pairs_missing(ticket.scope.symbols) or unchecked
         return self._blind_list if ticket.scope.symbols is None else None
 
     def _listed_all(self, ticket: Ticket) -> bool:
@@ -1594,6 +1691,7 @@ class Sweep:
                 f"never listed to the end: {shown} (open orders there are not in residual_open)"
             )
         parts.extend(self.notes)
+        parts.extend(self._refusal_notes())
         return "; ".join(parts) or None
 
 
@@ -1643,6 +1741,21 @@ def _from_template(template: list[Any], ticket: Ticket) -> SweepResult:
     args[_SOURCE] = request.source
     args[_TRIGGER_REASON] = request.reason
     return SweepResult(*args)
+
+
+def _not_listed_reason(missing: list[str], pairs: PairList) -> str:
+    """Why a kill naming pairs its exchange's pair list lacks (``missing``) is not flat."""
+    source = "" if pairs.source == "exchange" else f"{pairs.source} "
+    return (
+        f"the exchange does not list {', '.join(missing)} (its {source}pair list, read"
+        " before this result; pair names are case-sensitive): an empty listing there does"
+        " not prove flat"
+    )
+
+
+def _not_traded(symbol: str) -> str:
+    """A result's note on a pair the exchange's own list does not name."""
+    return f"{symbol} is not traded on the exchange (it refused to list it)"
 
 
 def _refusal(result: BatchCancelResult) -> str:

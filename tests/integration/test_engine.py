@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -885,3 +885,139 @@ async def test_a_kill_that_listed_every_pair_names_none_unlisted(
     assert result_to_json(ResultRecord.of(result))["unlisted_pairs"] == []
     gauge = registry.get_sample_value("killswitch_residual_unlisted_pairs", {"account": ACCOUNT})
     assert gauge == 0
+
+
+# ------------------------------------- configured pairs the exchange refuses to list
+
+
+INFO_DOWN = EndpointFaults(error_rate=1.0, error_statuses=(503,))
+
+
+class AfterRefusal(InFlightProbe):
+    """The probe, calling ``then`` once the exchange has refused a listing of ``symbol``."""
+
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, symbol: str, then: Callable[[], None]
+    ) -> None:
+        super().__init__(inner)
+        self.symbol = symbol
+        self.then = then
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        query = parse_qs(request.url.query.decode())
+        if response.status_code == 400 and query.get("symbol") == [self.symbol]:
+            self.then()
+        return response
+
+
+@pytest.mark.parametrize("info", ["down", "back"])
+async def test_a_configured_pair_the_exchange_refuses_does_not_stop_a_whole_account_kill(
+    env: Env, engines: Engines, info: str
+) -> None:
+    # exchange-info is down, so the whole-account kill lists the account's configured
+    # `symbols`; one of them is a pair the exchange does not trade (it answers 400).
+    # Nothing proves the pair unknown (the configured list is no proof it exists), so
+    # the kill goes on with the other pairs and ends residual naming it, never flat.
+    # "back": exchange-info answers again once the pair was refused; the list read
+    # before the result shows the pair is not traded, and the result says so.
+    seeded = env.seed(5, ["BTC_USDT", "ETH_USDT"])
+    env.sim.set_faults(INFO_DOWN, "exchange_info")
+
+    def info_back() -> None:
+        if info == "back":
+            env.sim.set_faults(EndpointFaults(), "exchange_info")
+
+    configured = ["BTC_USDT", "ETH_USDT", "NOPE_USDT"]
+    settings = account_settings(
+        env.server.base_url, env.api_key, env.pem, ACCOUNT, max_attempts=2, symbols=configured
+    )
+    probe = AfterRefusal(build_transport("http1", max_connections=8), "NOPE_USDT", info_back)
+    async with ExchangeClient(settings, transport=probe) as client:
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings(strategy="auto")))
+        result = await engine.submit(kill(deadline_s=5.0), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.RESIDUAL, result.reason
+    assert not env.open_ids() & seeded  # the other pairs were cancelled and verified
+    assert result.counts.sent == len(seeded)
+    assert result.unlisted_pairs == ["NOPE_USDT"]
+    assert result.reason is not None
+    if info == "down":
+        assert "NOPE_USDT unchecked: the exchange refused to list it (" in result.reason
+    else:
+        assert "NOPE_USDT is not traded on the exchange" in result.reason
+    assert "exchange refused to list NOPE_USDT" not in result.reason  # no failure
+    assert_accounted(result)
+
+
+@pytest.mark.parametrize("unknown", ["empty", "invalid"])
+async def test_unchecked_pairs_the_exchange_list_lacks_are_named_as_not_listed(
+    env: Env, engines: Engines, unknown: Any
+) -> None:
+    # The pair list failed as the kill arrived (its pairs unchecked); read again before
+    # the result, it answers, and lacks NOPE_USDT: the reason says so, not that the
+    # list could not be read. The exchange lists the unknown pair as [] ("empty") or
+    # refuses it ("invalid").
+    seeded = env.seed(10, ["BTC_USDT"])
+    env.sim.unknown_symbol = unknown
+    env.sim.set_faults(INFO_DOWN, "exchange_info")
+    async with env.client(max_attempts=2, request_deadline_s=1.0) as (client, _):
+        with pytest.raises(ExchangeUnavailable):
+            await client.pair_list()
+        env.sim.set_faults(EndpointFaults())
+        request = dataclasses.replace(
+            kill(symbols={"BTC_USDT", "NOPE_USDT"}, deadline_s=20.0),
+            unchecked_pairs="pairs could not be checked (exchange-info: HTTP 503)",
+        )
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings()))
+        result = await engine.submit(request, no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.RESIDUAL, result.reason
+    assert not env.open_ids() & seeded
+    assert result.reason is not None
+    assert result.reason.startswith("the exchange does not list NOPE_USDT ("), result.reason
+    assert "could not be checked" not in result.reason
+    assert "exchange-info" not in result.reason
+
+
+@pytest.mark.parametrize("retry_after", ["seconds", None], ids=["retry-after", "none"])
+async def test_a_kill_outlasted_by_a_throttle_window_says_it_was_throttled(
+    env: Env, engines: Engines, retry_after: Any
+) -> None:
+    # Exchange-wide 429s from the 3rd signed request until well past the deadline: the
+    # kill ends residual, and its reason says why the listings never came back.
+    env.seed(300)
+    env.sim.set_throttle_window(after_requests=2, duration_s=60.0, retry_after=retry_after)
+    async with env.client() as (client, _):
+        engine = await engines(
+            Engine({ACCOUNT: client}, engine_settings(page_size=100, settle_grace_s=0.3))
+        )
+        result = await engine.submit(kill(deadline_s=1.0), no_progress)
+        await engine.close(1.0)
+    env.sim.clear_throttle_window()
+    assert result.status is SweepStatus.RESIDUAL, result.reason
+    assert result.unlisted_pairs
+    assert result.reason is not None
+    assert "throttled (429) until the deadline" in result.reason, result.reason
+
+
+async def test_an_empty_listing_of_the_configured_pairs_waits_for_the_exchange_list(
+    env: Env, engines: Engines
+) -> None:
+    # The pair list failed a moment before the kill (the client serves the configured
+    # `symbols` for a while without asking again); the exchange is back at once. The
+    # configured pairs' listing comes back empty, which proves nothing: the sweep asks
+    # for the exchange's own list, lists the pair the configuration missed, cancels
+    # there and is proven flat.
+    sol = env.seed(4, ["SOL_USDT"])
+    env.sim.set_faults(INFO_DOWN, "exchange_info")
+    async with env.client(max_attempts=2, symbols=["BTC_USDT", "ETH_USDT"]) as (client, _):
+        assert (await client.pair_list()).source == "configured"
+        env.sim.set_faults(EndpointFaults())
+        engine = await engines(Engine({ACCOUNT: client}, engine_settings(strategy="auto")))
+        result = await engine.submit(kill(deadline_s=20.0), no_progress)
+        await engine.close(1.0)
+    assert result.status is SweepStatus.FLAT, result.reason
+    assert not env.open_ids() & sol
+    assert result.counts.sent == len(sol)
+    assert result.unlisted_pairs == []

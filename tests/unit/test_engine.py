@@ -22,7 +22,7 @@ from killswitch.core.pairs import PairList
 from killswitch.core.ports import CancelResult
 from killswitch.engine import Engine
 from killswitch.engine import engine as engine_module
-from killswitch.exchange.errors import AuthError, ExchangeUnavailable
+from killswitch.exchange.errors import AuthError, ExchangeUnavailable, Redirected
 from tests.support.engine import (
     ACCOUNT,
     Engines,
@@ -1177,3 +1177,52 @@ async def test_a_refused_key_on_every_pair_is_said_once(engines: Engines) -> Non
     assert result.reason is not None
     assert result.reason.count("authentication refused") == 1
     assert "more pair(s) stopped alike)" in result.reason
+
+
+class _PairsNeverBack(FakeExchange):
+    """An exchange whose info keeps failing: the client serves the configured list
+    (here naming NOPE_USDT, which the exchange refuses to list), and every forced
+    refresh fails too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.symbols.append("NOPE_USDT")  # configured, but no book: listing it is refused
+        self.refreshes = 0
+
+    def cached_pair_list(self) -> PairList:
+        return PairList(frozenset(self.symbols), "configured", "HTTP 503")
+
+    async def refresh_pair_list(self) -> PairList:
+        self.refreshes += 1
+        return self.cached_pair_list()
+
+
+async def test_a_refused_configured_pair_leaves_the_kill_residual_not_failed(
+    engines: Engines,
+) -> None:
+    ex = _PairsNeverBack()
+    for _ in range(3):
+        ex.place("BTC_USDT")
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="per_order")))
+    result = await run(engine, request())
+    assert result.status is SweepStatus.RESIDUAL, result.reason
+    assert ex.open_count() == 0  # the other pairs were cancelled and verified
+    assert result.unlisted_pairs == ["NOPE_USDT"]
+    assert result.reason is not None
+    assert "NOPE_USDT unchecked: the exchange refused to list it (" in result.reason
+    assert ex.refreshes == 1  # asked once after the empty listing, not again before the result
+
+
+async def test_a_redirected_listing_fails_the_kill_even_without_the_exchange_pair_list(
+    engines: Engines,
+) -> None:
+    # A redirect says nothing of the pair (the base_url is wrong): no pair list needed
+    # to tell it is a failure.
+    ex = _PairsNeverBack()
+    ex.place("BTC_USDT")
+    ex.list_error = Redirected("redirected (308)", status=308, location="https://elsewhere/")
+    engine = await engines(Engine({ACCOUNT: ex}, settings(strategy="per_order")))
+    result = await run(engine, request())
+    assert result.status is SweepStatus.FAILED, result.reason
+    assert result.reason is not None
+    assert "exchange refused to list" in result.reason

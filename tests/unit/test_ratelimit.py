@@ -245,6 +245,28 @@ def test_throttle_for_request_sent_before_last_cut_is_ignored() -> None:
     assert limiter.rate == 25.0
 
 
+def test_throttling_is_the_latest_answer_or_an_announced_pause() -> None:
+    fake = FakeTime()
+    limiter = make(fake, rate=100.0)
+    assert not limiter.throttling
+    first = fake.now
+    limiter.accepted(first)
+    assert not limiter.throttling
+    fake.now += 0.1
+    limiter.throttled(sent_at=fake.now - 0.01)
+    assert limiter.throttling  # the latest request answered got a 429
+    limiter.accepted(first)  # a late answer to an earlier request says nothing new
+    assert limiter.throttling
+    limiter.accepted(fake.now)
+    assert not limiter.throttling  # a later request got through
+    fake.now += 0.1
+    limiter.throttled(sent_at=fake.now - 0.01, retry_after=2.0)
+    limiter.accepted(fake.now)
+    assert limiter.throttling  # the exchange's pause lasts
+    fake.now += 2.0
+    assert not limiter.throttling
+
+
 def test_rate_recovers_additively_to_the_ceiling_and_not_beyond() -> None:
     fake = FakeTime()
     seen: list[float] = []
