@@ -754,6 +754,18 @@ class Sweep:
             async with asyncio.timeout_at(self.deadline):
                 await read()
 
+    def _held_pair_list(self) -> PairList | None:
+        """The pair list the client holds now (None from a client that keeps none)."""
+        cached = getattr(self.client, "cached_pair_list", None)
+        pairs = cached() if callable(cached) else None
+        return pairs if isinstance(pairs, PairList) else None
+
+    def _own_pair_list(self) -> PairList | None:
+        """The exchange's own pair list as the client holds it (fresh or stale); None
+        when there is none, or only the account's configured ``symbols`` (no proof)."""
+        pairs = self._held_pair_list()
+        return pairs if pairs is not None and list_unchecked_reason(pairs) is None else None
+
     async def _own_pairs_back(self) -> bool:
         """A whole-account listing of the configured pairs came back empty, which proves
         nothing: ask the exchange for its own pair list once more, as for unchecked
@@ -764,18 +776,15 @@ class Sweep:
             return False
         await self._recheck_pairs()
         self._reread_pass = self.passes  # no second ask before the result (see below)
-        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
-        pairs = cached() if callable(cached) else None
-        return isinstance(pairs, PairList) and list_unchecked_reason(pairs) is None
+        return self._own_pair_list() is not None
 
     def _pairs_confirmed(self, symbols: frozenset[str] | None) -> bool:
         """The exchange's current pair list (as the client holds it) names every pair
         of ``symbols``."""
-        cached = getattr(self.client, "cached_pair_list", None)
-        pairs = cached() if callable(cached) else None
+        pairs = self._held_pair_list()
         return (
             symbols is not None
-            and isinstance(pairs, PairList)
+            and pairs is not None
             and pairs.source == "exchange"
             and symbols <= pairs.symbols
         )
@@ -784,12 +793,9 @@ class Sweep:
         """Why ``symbols`` are not the exchange's, when its own pair list (as the client
         holds it, read again before the result) lacks some: the intake would have
         refused them. None when there is no such list or it names them all."""
-        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
-        pairs = cached() if callable(cached) else None
-        if symbols is None or not isinstance(pairs, PairList):
+        pairs = self._own_pair_list()  # the configured list: no proof either way
+        if symbols is None or pairs is None:
             return None
-        if list_unchecked_reason(pairs) is not None:
-            return None  # the configured list: no proof either way
         missing = sorted(symbols - pairs.symbols)
         return _not_listed_reason(missing, pairs) if missing else None
 
@@ -797,9 +803,8 @@ class Sweep:
         """Say in the result when the pairs listed were not the exchange's current list;
         remember when this pass's were only the configured list (never proof of flat:
         a listing of them that verifies leaves the result unproven)."""
-        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
-        pairs = cached() if callable(cached) else None
-        if not isinstance(pairs, PairList):
+        pairs = self._held_pair_list()
+        if pairs is None:
             return
         blind = self._pass_blind = list_unchecked_reason(pairs)
         if blind is None:
@@ -1011,9 +1016,8 @@ class Sweep:
             info = await self.client.exchange_info()
         except ExchangeError:
             return None
-        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
-        pairs = cached() if callable(cached) else None
-        if isinstance(pairs, PairList) and list_unchecked_reason(pairs) is not None:
+        pairs = self._held_pair_list()
+        if pairs is not None and list_unchecked_reason(pairs) is not None:
             return None
         return frozenset(s.symbol for s in info)
 
@@ -1026,13 +1030,8 @@ class Sweep:
         if not refused:
             return []
         listed = self.ledger.listed_pairs()
-        cached = getattr(self.client, "cached_pair_list", None)  # not every client has one
-        pairs = cached() if callable(cached) else None
-        own = (
-            pairs.symbols
-            if isinstance(pairs, PairList) and list_unchecked_reason(pairs) is None
-            else None
-        )
+        pairs = self._own_pair_list()
+        own = pairs.symbols if pairs is not None else None
         notes: list[str] = []
         for symbol, why in sorted(refused.items()):
             if symbol in listed:
