@@ -74,6 +74,7 @@ from killswitch.kafka.readers import HaltStateReader, ResultsIndex, read_last_st
 from killswitch.kafka.republish import HaltRepublisher
 from killswitch.kafka.watch import KafkaWatch, OnChange
 from killswitch.logs import (
+    ThreadedLineHandler,
     configure_logging,
     default_masker,
     register_settings_secrets,
@@ -151,7 +152,8 @@ def run(settings: Settings) -> int:
         factory = loop_factory(settings.runtime.event_loop)
     except EventLoopUnavailable as exc:
         raise ConfigError(str(exc)) from None
-    configure_logging(settings.logging.level, settings.logging.format)
+    # Lines written by a thread of their own: a slow log output never holds up a kill.
+    logs = configure_logging(settings.logging.level, settings.logging.format, threaded=True)
     # A line per final result (or per group of alike ones): a storm writes many a second.
     skip_unwritten_record_fields()
     tune_interpreter()
@@ -165,6 +167,8 @@ def run(settings: Settings) -> int:
         raise
     except Exception as exc:
         log.critical("daemon failed", exc_info=exc)
+        if isinstance(logs, ThreadedLineHandler):
+            logs.drain()  # the log's lines before this one's
         message = default_masker.mask(f"{type(exc).__name__}: {exc}")
         print(f"killswitch: daemon failed: {message}", file=sys.stderr)
         return EXIT_FAILED

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+import queue
 import sys
 import threading
 import time
@@ -31,6 +32,7 @@ __all__ = [
     "JsonFormatter",
     "SecretMasker",
     "TextFormatter",
+    "ThreadedLineHandler",
     "configure_logging",
     "default_masker",
     "quiet_libraries",
@@ -245,24 +247,127 @@ class _KillswitchHandler(logging.StreamHandler[IO[str]]):
     """Marks the handler :func:`configure_logging` installed, so a second call replaces it."""
 
 
+# Lines waiting for the writer thread at most (a few MB); beyond, lines are dropped and
+# counted, and a line saying how many comes before the next one written.
+MAX_QUEUED_LINES = 10_000
+# How long closing the handler waits for the lines still queued to be written.
+CLOSE_WAIT_S = 2.0
+
+
+class ThreadedLineHandler(_KillswitchHandler):
+    """Formats each record where it is logged (the event loop: secrets are masked there)
+    and leaves the write to a thread of its own, so a log output that is slow or full (a
+    pipe its reader does not drain) never holds up the event loop, and a kill with it.
+
+    The standard library's ``QueueListener`` has neither a bound on its queue that drops
+    and says so nor a bounded wait at close; hence this small writer. Lines keep their
+    order; lines still queued when the process is killed are lost."""
+
+    def __init__(self, stream: IO[str], max_lines: int = MAX_QUEUED_LINES) -> None:
+        super().__init__(stream)
+        self._lines: queue.Queue[str | threading.Event | None] = queue.Queue(max_lines)
+        self._dropped = 0
+        self._writer = threading.Thread(target=self._write, name="log-writer", daemon=True)
+        self._writer.start()
+
+    @property
+    def queued(self) -> int:
+        """Lines waiting for the writer (the line it is writing not counted)."""
+        return self._lines.qsize()
+
+    @property
+    def writing(self) -> bool:
+        """Whether the writer thread runs (until :meth:`close`)."""
+        return self._writer.is_alive()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        if self._dropped and self._offer(self._dropped_line(record)):
+            self._dropped = 0
+        if not self._dropped and self._offer(line):
+            return
+        self._dropped += 1
+
+    def _offer(self, line: str) -> bool:
+        try:
+            self._lines.put_nowait(line)
+        except queue.Full:
+            return False
+        return True
+
+    def _dropped_line(self, record: logging.LogRecord) -> str:
+        notice = logging.makeLogRecord(
+            {
+                "name": __name__,
+                "levelno": logging.WARNING,
+                "levelname": "WARNING",
+                "msg": "log lines dropped: the log output did not keep up",
+                "created": record.created,
+                "msecs": record.msecs,
+                "dropped": self._dropped,
+            }
+        )
+        return self.format(notice)
+
+    def _write(self) -> None:
+        while True:
+            item = self._lines.get()
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()  # every line before it is written
+                continue
+            # A failed write has nowhere left to be told; the next line tries again.
+            with contextlib.suppress(Exception):
+                self.stream.write(item + self.terminator)
+                if self._lines.empty():
+                    self.stream.flush()
+
+    def drain(self, timeout: float = CLOSE_WAIT_S) -> bool:
+        """Wait until the lines queued so far are written; False after ``timeout``."""
+        if not self._writer.is_alive():
+            return True
+        written = threading.Event()
+        try:
+            self._lines.put(written, timeout=timeout)
+        except queue.Full:
+            return False
+        return written.wait(timeout)
+
+    def close(self) -> None:
+        """Write what is queued (waiting :data:`CLOSE_WAIT_S` at most), then stop."""
+        if self._writer.is_alive() and self.drain():
+            self._lines.put(None)
+            self._writer.join(CLOSE_WAIT_S)
+        super().close()
+
+
 def configure_logging(
     level: str = "INFO",
     fmt: Literal["auto", "json", "text"] = "auto",
     stream: IO[str] | None = None,
     masker: SecretMasker | None = None,
+    *,
+    threaded: bool = False,
 ) -> logging.Handler:
     """Install one handler on the root logger (idempotent) and return it.
 
-    ``auto`` writes JSON unless ``stream`` (default stderr) is a terminal.
+    ``auto`` writes JSON unless ``stream`` (default stderr) is a terminal. ``threaded``
+    (the daemon): lines are written by a thread of their own (:class:`ThreadedLineHandler`).
     """
     out = stream if stream is not None else sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not _isatty(out))
-    handler = _KillswitchHandler(out)
+    handler = ThreadedLineHandler(out) if threaded else _KillswitchHandler(out)
     handler.setFormatter(JsonFormatter(masker) if use_json else TextFormatter(masker))
     root = logging.getLogger()
     for old in list(root.handlers):
         if isinstance(old, _KillswitchHandler):
             root.removeHandler(old)
+            old.close()
     root.addHandler(handler)
     root.setLevel(level)
     # Third-party chatter stays at WARNING unless we are debugging.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -37,3 +38,12 @@ async def wait_until(
             raise AssertionError(f"not as wanted within {timeout}s: {what(value)}")
         await asyncio.sleep(interval)
     return value
+
+
+def wait_for_sync(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """:func:`wait_for` for a test without an event loop (a thread to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.005)
