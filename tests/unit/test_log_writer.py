@@ -115,7 +115,7 @@ def test_closing_gives_up_on_an_output_that_stays_blocked() -> None:
     handler.drain(0.01)  # the writer holds the line, waiting on the output
 
     assert not handler.drain(0.05)
-    handler.close()  # returns (after CLOSE_WAIT_S) although the output never opened
+    handler.close()  # returns (at once: the drain gave up) although the output never opened
     stream.opened.set()
 
 
@@ -145,3 +145,19 @@ def test_a_failure_is_printed_after_the_log_lines_before_it() -> None:
     assert [json.loads(line)["n"] for line in lines] == list(range(50))
     assert last == "killswitch: daemon failed: RuntimeError: broken"
     handler.close()
+
+
+def test_closing_after_a_drain_gave_up_does_not_wait_again() -> None:
+    # The exit's wait for the log output is spent once: the failure's report waited
+    # for it already, and the lines before that are still not written.
+    stream = BlockedStream()
+    handler = _handler(stream)
+    _logger(handler).info("line")
+    wait_for_sync(lambda: handler.queued == 0, 5)  # the writer holds the line
+    assert not handler.drain(0.01)
+    waiting = handler.queued  # the drain's marker, behind the line
+
+    handler.close()
+
+    assert handler.queued == waiting  # no second marker: close did not wait
+    stream.opened.set()
