@@ -50,9 +50,9 @@ class _ScopeGroup(asyncio.TaskGroup):
         it requested on the caller, whose next wait would then be cancelled.)
         """
         self.ended = True
-        while self.running:
-            for task in self.running:
-                task.cancel()
+        for task in self.running:
+            task.cancel()
+        while self.running:  # once more for the tasks made meanwhile (cancelled as made)
             await asyncio.wait(list(self.running))
 
 
