@@ -53,7 +53,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from killswitch.config import ConfigError, Settings, settings_from_args
 from killswitch.contracts import ResultRecord
@@ -74,6 +74,7 @@ from killswitch.kafka.readers import HaltStateReader, ResultsIndex, read_last_st
 from killswitch.kafka.republish import HaltRepublisher
 from killswitch.kafka.watch import KafkaWatch, OnChange
 from killswitch.logs import (
+    CLOSE_WAIT_S,
     ThreadedLineHandler,
     configure_logging,
     default_masker,
@@ -166,13 +167,23 @@ def run(settings: Settings) -> int:
     except ConfigError:
         raise
     except Exception as exc:
-        log.critical("daemon failed", exc_info=exc)
-        if isinstance(logs, ThreadedLineHandler):
-            logs.drain()  # the log's lines before this one's
-        message = default_masker.mask(f"{type(exc).__name__}: {exc}")
-        print(f"killswitch: daemon failed: {message}", file=sys.stderr)
+        report_failure(exc, logs, sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def report_failure(
+    exc: Exception, logs: logging.Handler, out: IO[str], drain_s: float = CLOSE_WAIT_S
+) -> bool:
+    """Log the daemon's failure, then print it (masked) to ``out`` after the log's lines;
+    False when not printed: the log's writer has written nothing more for ``drain_s``
+    (an output nobody reads), and a print to it would hold up the exit for ever."""
+    log.critical("daemon failed", exc_info=exc)
+    if isinstance(logs, ThreadedLineHandler) and not logs.drain(drain_s):
+        return False
+    message = default_masker.mask(f"{type(exc).__name__}: {exc}")
+    print(f"killswitch: daemon failed: {message}", file=out)
+    return True
 
 
 def validate(settings: Settings) -> TriggerVerifier:

@@ -21,12 +21,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
-from typing import cast
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from killswitch.config import MetricsSettings
 from killswitch.core.outcomes import Outcome
@@ -303,7 +303,7 @@ class ReadinessObserver:
         self._inner.sweep_failed(account)
 
 
-Encoder = Callable[[CollectorRegistry], bytes]
+Encoder = Callable[[Collector], bytes]  # what choose_encoder gives: reads collect() only
 
 
 class _Families:
@@ -325,10 +325,10 @@ async def render_in_turns(encoder: Encoder, registry: CollectorRegistry) -> byte
     family at a time, the loop runs between families. The text of each family is
     prometheus_client's; what the format adds once at the end (OpenMetrics' ``# EOF``)
     is what it renders for no family, taken off each and put back once."""
-    end = encoder(cast(CollectorRegistry, _Families([])))
+    end = encoder(_Families([]))
     parts: list[bytes] = []
     for family in registry.collect():
-        text = encoder(cast(CollectorRegistry, _Families([family])))
+        text = encoder(_Families([family]))
         parts.append(text.removesuffix(end) if end else text)
         await asyncio.sleep(0)
     parts.append(end)

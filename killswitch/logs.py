@@ -267,6 +267,8 @@ class ThreadedLineHandler(_KillswitchHandler):
         super().__init__(stream)
         self._lines: queue.Queue[str | threading.Event | None] = queue.Queue(max_lines)
         self._dropped = 0
+        # The marker of the latest drain that gave up waiting for it (see drain).
+        self._behind: threading.Event | None = None
         self._writer = threading.Thread(target=self._write, name="log-writer", daemon=True)
         self._writer.start()
 
@@ -331,17 +333,24 @@ class ThreadedLineHandler(_KillswitchHandler):
         """Wait until the lines queued so far are written; False after ``timeout``."""
         if not self._writer.is_alive():
             return True
+        if self._behind is not None and not self._behind.is_set():
+            return False  # a drain gave up, and the lines before it are still not written
         written = threading.Event()
         try:
             self._lines.put(written, timeout=timeout)
         except queue.Full:
             return False
-        return written.wait(timeout)
+        if written.wait(timeout):
+            return True
+        self._behind = written
+        return False
 
     def close(self) -> None:
-        """Write what is queued (waiting :data:`CLOSE_WAIT_S` at most), then stop."""
+        """Write what is queued (waiting :data:`CLOSE_WAIT_S` at most, once: not again
+        after a drain that gave up, whose lines are still not written), then stop."""
         if self._writer.is_alive() and self.drain():
-            self._lines.put(None)
+            with contextlib.suppress(queue.Full):
+                self._lines.put(None, timeout=CLOSE_WAIT_S)
             self._writer.join(CLOSE_WAIT_S)
         super().close()
 

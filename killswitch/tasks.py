@@ -33,18 +33,27 @@ class _ScopeGroup(asyncio.TaskGroup):
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[T]:
         task = super().create_task(coro, name=name, context=context)
+        # Kept even when done already: its done callbacks (the group's among them)
+        # have yet to run, and end_body waits for them.
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
         if self.ended:
             task.cancel()
-        elif not task.done():
-            self.running.add(task)
-            task.add_done_callback(self.running.discard)
         return task
 
-    def end_body(self) -> None:
-        """Cancel the tasks still running, and any made from now on."""
+    async def end_body(self) -> None:
+        """Cancel the tasks still running, and any made from now on; wait for them.
+
+        The wait is the body's, not the group's exit: a task failing meanwhile cancels
+        the body, as a failure while the body runs does, and the group's exit withdraws
+        that cancellation. (Python 3.11's group, failing in its own exit wait, would leave
+        it requested on the caller, whose next wait would then be cancelled.)
+        """
         self.ended = True
-        for task in list(self.running):
+        for task in self.running:
             task.cancel()
+        while self.running:  # once more for the tasks made meanwhile (cancelled as made)
+            await asyncio.wait(list(self.running))
 
 
 @contextlib.asynccontextmanager
@@ -61,7 +70,7 @@ async def task_scope() -> AsyncIterator[asyncio.TaskGroup]:
     # (a sweep and its thousands of alerts) until a full collection.
     async with _ScopeGroup() as group:
         yield group
-        group.end_body()
+        await group.end_body()
 
 
 async def wait_any(events: Iterable[asyncio.Event], seconds: float) -> None:

@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 
+from killswitch.daemon import report_failure
 from killswitch.logs import MASK, JsonFormatter, SecretMasker, ThreadedLineHandler
 from tests.support.waiting import wait_for_sync
 
@@ -114,5 +115,49 @@ def test_closing_gives_up_on_an_output_that_stays_blocked() -> None:
     handler.drain(0.01)  # the writer holds the line, waiting on the output
 
     assert not handler.drain(0.05)
-    handler.close()  # returns (after CLOSE_WAIT_S) although the output never opened
+    handler.close()  # returns (at once: the drain gave up) although the output never opened
+    stream.opened.set()
+
+
+def test_a_failure_is_not_printed_to_an_output_that_takes_nothing() -> None:
+    # The daemon's last words go to the log's output after its lines: when that output
+    # has taken nothing for the whole wait, a print to it would block the exit for ever.
+    stream = BlockedStream()
+    handler = _handler(stream)
+    _logger(handler).info("line")  # the writer waits on the output with it
+
+    printed = report_failure(RuntimeError("broken"), handler, stream, drain_s=0.01)
+
+    assert not printed
+    stream.opened.set()
+    handler.close()
+    assert "daemon failed" not in stream.getvalue()
+
+
+def test_a_failure_is_printed_after_the_log_lines_before_it() -> None:
+    stream = io.StringIO()
+    handler = _handler(stream)
+    for n in range(50):
+        _logger(handler).info("line", extra={"n": n})
+
+    assert report_failure(RuntimeError("broken"), handler, stream)
+    *lines, last = stream.getvalue().splitlines()
+    assert [json.loads(line)["n"] for line in lines] == list(range(50))
+    assert last == "killswitch: daemon failed: RuntimeError: broken"
+    handler.close()
+
+
+def test_closing_after_a_drain_gave_up_does_not_wait_again() -> None:
+    # The exit's wait for the log output is spent once: the failure's report waited
+    # for it already, and the lines before that are still not written.
+    stream = BlockedStream()
+    handler = _handler(stream)
+    _logger(handler).info("line")
+    wait_for_sync(lambda: handler.queued == 0, 5)  # the writer holds the line
+    assert not handler.drain(0.01)
+    waiting = handler.queued  # the drain's marker, behind the line
+
+    handler.close()
+
+    assert handler.queued == waiting  # no second marker: close did not wait
     stream.opened.set()

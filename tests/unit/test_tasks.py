@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -111,6 +112,57 @@ async def test_task_scope_raises_a_failing_task_and_cancels_the_rest() -> None:
         await body()
     assert raised.group_contains(ValueError, match="boom")
     assert tasks[0].cancelled()
+
+
+async def _scope_failing_after_its_body(task: Callable[[], Coroutine[Any, Any, None]]) -> int:
+    """Run a scope whose one task fails after the body has ended; return how many
+    cancellations of the calling task are still requested once the error is caught."""
+
+    async def scope() -> None:
+        async with task_scope() as group:
+            group.create_task(task())
+            await asyncio.sleep(0)
+
+    with pytest.raises(ExceptionGroup) as raised:
+        await scope()
+    assert raised.group_contains(ValueError)
+    current = asyncio.current_task()
+    assert current is not None
+    return current.cancelling()
+
+
+async def test_a_task_failing_as_it_is_cancelled_leaves_the_caller_uncancelled() -> None:
+    # Nobody cancelled the caller: a cancellation left requested on it would make its
+    # next cancel_and_wait (or TaskGroup) raise CancelledError from nowhere.
+    async def fails_on_cancel() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ValueError("cleanup failed") from None
+
+    assert await asyncio.create_task(_scope_failing_after_its_body(fails_on_cancel)) == 0
+
+
+async def test_a_task_failing_as_the_body_ends_leaves_the_caller_uncancelled() -> None:
+    async def fails() -> None:
+        raise ValueError("boom")  # in the turn the body ends: before its cancellation
+
+    assert await asyncio.create_task(_scope_failing_after_its_body(fails)) == 0
+
+
+async def test_a_task_made_by_a_task_being_cancelled_is_cancelled_and_waited_for() -> None:
+    made: list[asyncio.Task[bool]] = []
+
+    async def makes_one_on_cancel(group: asyncio.TaskGroup) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            made.append(group.create_task(asyncio.Event().wait()))
+
+    async with task_scope() as group:
+        group.create_task(makes_one_on_cancel(group))
+        await asyncio.sleep(0)
+    assert made[0].cancelled()
 
 
 async def test_wait_any_returns_when_one_event_is_set_and_leaves_no_task() -> None:
