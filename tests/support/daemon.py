@@ -304,10 +304,14 @@ async def wait_http(
     a deadline."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    last = "no answer"
     while True:
         response = await http_get(url)
         if response is not None and (until is None or until(response)):
             return response
+        if response is not None:
+            last = f"{response.status_code} {response.text[:500]}"
         if loop.time() > deadline:
-            raise AssertionError(f"no such answer at {url} within {timeout}s")
+            # The last answer says why (a readiness page names its reasons).
+            raise AssertionError(f"no such answer at {url} within {timeout}s; last: {last}")
         await asyncio.sleep(0.05)  # polling a listener with a deadline
