@@ -3,8 +3,8 @@ a few plain lines at an interval when the output is a log or a pipe."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
+import time
 from collections.abc import Callable
 from typing import TextIO
 
@@ -31,7 +31,9 @@ class Display:
         self._out = out
         self._tty = tty
         self._interval = interval_s
-        self._clock = clock or asyncio.get_running_loop().time
+        # A monotonic clock of its own: `killswitch results --follow` makes its display
+        # before the event loop runs, so the loop's clock is not there to be had yet.
+        self._clock = clock or time.monotonic
         self._drawn = 0
         self._last = -float("inf")
         self._printed: dict[str, str] = {}

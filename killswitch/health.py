@@ -124,6 +124,7 @@ class Readiness:
     _redirected: dict[str, dict[str, str]] = field(default_factory=dict)
     _no_pairs: dict[str, str] = field(default_factory=dict)  # account: why it has none
     _listing_refused: dict[str, str] = field(default_factory=dict)  # account: why
+    _pairs_unread: set[str] = field(default_factory=set)  # no pair_list() report yet
 
     @classmethod
     def for_accounts(cls, accounts: Iterable[str], stale_after_s: float) -> Readiness:
@@ -174,9 +175,16 @@ class Readiness:
         """``endpoint`` answered ``account`` with a redirect; ``problem`` says where to."""
         self._redirected.setdefault(account, {})[endpoint] = problem
 
+    def expect_pair_lists(self) -> None:
+        """Every account is not ready until :meth:`pair_list` reports on it: the first
+        clock sync answers before the pair list is read (with exchange-info failing,
+        its retries take seconds), and an answer alone must not make it ready."""
+        self._pairs_unread = set(self.accounts)
+
     def pair_list(self, account: str, problem: str | None) -> None:
         """``account`` has a pair list (``problem`` None) or has none from any source
         (``problem`` says why: exchange-info failing and no ``symbols`` setting)."""
+        self._pairs_unread.discard(account)
         if problem is None:
             self._no_pairs.pop(account, None)
         else:
@@ -242,6 +250,8 @@ class Readiness:
             return f"exchange: {account} not asked yet (once kafka answers)"
         if last is None:
             return f"exchange: {account} no answer yet"
+        if account in self._pairs_unread:
+            return f"exchange: {account} pair list not read yet"
         age = now - last
         if age > self.stale_after_s:
             return f"exchange: {account} no answer for {age:.0f}s"

@@ -232,6 +232,7 @@ def prometheus_observability(
     registry = CollectorRegistry()
     metrics = Metrics.from_sections(registry, accounts, deadman)
     readiness = Readiness.for_accounts([a.id for a in accounts], settings.exchange_stale_after_s)
+    readiness.expect_pair_lists()  # the exchange probe reports every account's
     server = HealthServer(settings, registry, readiness, on_ready=metrics.set_ready)
     observer = ReadinessObserver(metrics, readiness)
 

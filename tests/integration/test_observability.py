@@ -62,9 +62,13 @@ async def test_served_metrics_follow_the_daemon_and_readiness() -> None:
             ready = await http.get("/readyz")
         assert value(text, "killswitch_cancels_total", account="mm-1", outcome="sent") == 1
         assert value(text, "killswitch_exchange_requests_total", account="mm-1") == 1
-        # Consuming, mm-1 answered, mm-2 never did: not ready, and it says why.
+        # Consuming, mm-1 answered (no probe read its pair list), mm-2 never did: not
+        # ready, and it says why.
         assert ready.status_code == 503
-        assert ready.json()["reasons"] == ["exchange: mm-2 no answer yet"]
+        assert ready.json()["reasons"] == [
+            "exchange: mm-1 pair list not read yet",
+            "exchange: mm-2 no answer yet",
+        ]
         assert value(text, "killswitch_ready") == 0
     finally:
         await obs.stop()

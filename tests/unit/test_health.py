@@ -349,3 +349,23 @@ def test_a_refused_listing_is_not_ready_though_the_exchange_answers() -> None:
     assert not r.evaluate(13.0).ready
     r.listing("mm-1", None)
     assert r.evaluate(13.0).ready
+
+
+def test_an_account_whose_pair_list_is_not_read_yet_is_not_ready_though_it_answered() -> None:
+    # The daemon's first probe: the clock sync answers before exchange-info, which may
+    # be retrying for seconds and end with no pair list at all.
+    r = Readiness.for_accounts(["mm-1", "mm-2"], STALE)
+    r.expect_pair_lists()
+    r.set_consuming(True)
+    for account in ("mm-1", "mm-2"):
+        r.record_exchange(account, "200", 10, "time")
+    assert r.evaluate(11.0) == ReadyReport(
+        False,
+        ("exchange: mm-1 pair list not read yet", "exchange: mm-2 pair list not read yet"),
+    )
+    r.pair_list("mm-1", None)
+    why = "no pair list: exchange-info failed (HTTP 503) and account has no `symbols` setting"
+    r.pair_list("mm-2", why)
+    assert r.evaluate(11.0) == ReadyReport(False, (f"mm-2: {why}",))
+    r.pair_list("mm-2", None)
+    assert r.evaluate(11.0).ready
