@@ -58,6 +58,7 @@ from killswitch.display import Display
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from killswitch.kafka.clients import make_producer
 from killswitch.kafka.readers import of_another_alert
+from killswitch.logs import TextFormatter
 from killswitch.render import dry_run_lines, summary_lines
 
 __all__ = [
@@ -416,15 +417,18 @@ _quiet_saved = logging.NOTSET
 @contextlib.contextmanager
 def _kafka_client_quiet() -> Iterator[None]:
     """Silence the Kafka client's own log while a direct kill runs: whether Kafka answered
-    is reported once, in the summary, not as connection errors on stderr. Counted, so
-    overlapping kills in one process (tests run several) restore the level only once
-    the last one ends."""
-    global _quiet_users, _quiet_saved  # noqa: PLW0603 - the logger level is process-wide too
+    is reported once, in the summary, not as connection errors on stderr; and show the
+    kill's own warnings (:func:`_warnings_handler`). Counted, so overlapping kills in one
+    process (tests run several) restore the level only once the last one ends."""
+    global _quiet_users, _quiet_saved, _warnings  # noqa: PLW0603 - process-wide too
     kafka_log = logging.getLogger("aiokafka")
+    root = logging.getLogger()
     with _quiet_lock:
         if _quiet_users == 0:
             _quiet_saved = kafka_log.level
             kafka_log.setLevel(logging.CRITICAL)
+            _warnings = _warnings_handler()
+            root.addHandler(_warnings)
         _quiet_users += 1
     try:
         yield
@@ -433,6 +437,21 @@ def _kafka_client_quiet() -> Iterator[None]:
             _quiet_users -= 1
             if _quiet_users == 0:
                 kafka_log.setLevel(_quiet_saved)
+                if _warnings is not None:
+                    root.removeHandler(_warnings)
+
+
+def _warnings_handler() -> logging.Handler:
+    """The kill's own warnings (a listing that failed, a pair list read from the
+    configuration) on stderr (as it is now) as readable lines with their context, secrets
+    masked: with no handler, Python's last resort writes the bare message."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(TextFormatter())
+    return handler
+
+
+_warnings: logging.Handler | None = None
 
 
 def _announce_direct(out: TextIO, prepared: Prepared) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from killswitch.cli import main
 from killswitch.commands.status import read_status
 from killswitch.config import load_settings
 from killswitch.embedded import free_port
+from killswitch.simulator import EndpointFaults
 from tests.support.daemon import TOPIC_ROLES, daemon_config, write_config
 from tests.support.exchange import CANCEL_ENDPOINTS, Exchange, exchange
 from tests.support.topics import create_topics
@@ -117,6 +119,25 @@ async def test_direct_kill_refuses_an_unknown_pair_before_any_request(
     assert "refused before any request: unknown pair(s): BTC_USDX" in printed
     assert "BTC_USDT" in printed  # the suggestion
     assert not audit.exists()  # nothing was done: nothing to record
+
+
+async def test_direct_kill_warnings_are_readable_lines_with_their_context(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An operator watching a kill that struggles sees why, account and error included
+    # (Python's last-resort handler wrote the bare message, once per failed listing).
+    async with exchange(ACCOUNTS, SYMBOLS) as ex:
+        ex.seed("mm-1", SYMBOLS, 3)
+        ex.sim.set_faults(EndpointFaults(error_rate=1.0, error_statuses=(503,)), "exchange_info")
+        config, _ = config_file(tmp_path, ex, nowhere(), "warn")
+        argv = ["trigger", "--direct", "--config", config, "-a", "mm-1", "-r", "x"]
+        code = await cli(*argv, "--operator", "alice", "--deadline", "1")
+    warned = [line for line in capsys.readouterr().err.splitlines() if " warning " in line]
+    assert code == 1  # failed: no pair list
+    assert warned
+    assert all("account=mm-1" in line and "error=" in line for line in warned)
+    # Removed when the kill ends: nothing is added to the process's logging for good.
+    assert not any(type(h).__name__ == "StreamHandler" for h in logging.getLogger().handlers)
 
 
 async def test_direct_kill_with_latch_and_the_broker_down_says_the_latch_is_not_in_force(
