@@ -266,6 +266,7 @@ class ThreadedLineHandler(_KillswitchHandler):
     def __init__(self, stream: IO[str], max_lines: int = MAX_QUEUED_LINES) -> None:
         super().__init__(stream)
         self._lines: queue.Queue[str | threading.Event | None] = queue.Queue(max_lines)
+        self._debug_room = max(1, max_lines // 2)  # DEBUG lines queued at most
         self._dropped = 0
         # The marker of the latest drain that gave up waiting for it (see drain).
         self._behind: threading.Event | None = None
@@ -283,6 +284,11 @@ class ThreadedLineHandler(_KillswitchHandler):
         return self._writer.is_alive()
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.INFO and self._lines.qsize() >= self._debug_room:
+            # DEBUG gives way first: the INFO lines (final results among them) keep the
+            # other half of the queue.
+            self._dropped += 1
+            return
         try:
             line = self.format(record)
         except Exception:

@@ -161,3 +161,23 @@ def test_closing_after_a_drain_gave_up_does_not_wait_again() -> None:
 
     assert handler.queued == waiting  # no second marker: close did not wait
     stream.opened.set()
+
+
+def test_debug_lines_give_way_first_when_the_queue_is_half_full() -> None:
+    stream = BlockedStream()
+    handler = _handler(stream, max_lines=4)
+    logger = _logger(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.info("line", extra={"n": 0})  # the writer holds it, waiting on the output
+    wait_for_sync(lambda: handler.queued == 0, 5)
+    logger.debug("line", extra={"n": 1})
+    logger.debug("line", extra={"n": 2})
+    logger.debug("line", extra={"n": 3})  # half the queue (2 of 4) waits: dropped
+    logger.info("line", extra={"n": 4})  # INFO still has room, after the notice
+    stream.opened.set()
+    assert handler.drain(5)
+
+    lines = _lines(stream)
+    assert [line.get("n") for line in lines] == [0, 1, 2, None, 4]
+    assert lines[3]["dropped"] == 1
+    handler.close()
