@@ -50,6 +50,7 @@ from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, RequestRejected
 from killswitch.health import HealthServer, Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
+from killswitch.tasks import Interrupted, unless_set
 
 __all__ = [
     "ExchangeProbe",
@@ -195,9 +196,14 @@ class ExchangeProbe:
         await asyncio.gather(*(self.probe(c) for c in self._clients.values()))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """A round now, then one every interval, until ``stop`` is set."""
+        """A round now, then one every interval, until ``stop`` is set; a round under
+        way then is cut short (a request to a hanging exchange would otherwise hold the
+        daemon's stop for its read timeout)."""
         while not stop.is_set():
-            await self.round()
+            try:
+                await unless_set(stop, self.round())
+            except Interrupted:
+                return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):
                     await stop.wait()

@@ -11,10 +11,12 @@ from killswitch.config import AccountSettings, DeadmanSource, MetricsSettings, S
 from killswitch.core.outcomes import Outcome
 from killswitch.embedded import free_port
 from killswitch.exchange.client import ExchangeClients
+from killswitch.health import Readiness
 from killswitch.observability import ExchangeProbe, probe_interval_s, prometheus_observability
 from killswitch.prometheus_text import metric_samples
-from killswitch.simulator import Simulator, SimulatorServer
+from killswitch.simulator import EndpointFaults, Simulator, SimulatorServer
 from killswitch.simulator.testing import register_test_client
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +77,29 @@ async def test_served_metrics_follow_the_daemon_and_readiness() -> None:
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient(timeout=5) as http:
             await http.get(f"http://127.0.0.1:{port}/healthz")
+
+
+async def test_the_probe_stops_at_once_while_the_exchange_hangs() -> None:
+    # A daemon's stop waits for its probe: a round hanging on the exchange must be cut
+    # short, not wait out the read timeout (30 s here, beyond the wait below).
+    sim = Simulator(seed=3)
+    key, pem = register_test_client(sim, name="mm-1")
+    async with SimulatorServer(sim) as server:
+        account = {"id": "mm-1", "api_key": key, "private_key": pem.decode()}
+        conf = Settings(accounts=[{**account, "base_url": server.base_url, "read_timeout_s": 30}])
+        clients = ExchangeClients(conf.accounts)
+        readiness = Readiness.for_accounts(["mm-1"], 10.0)
+        sim.set_faults(EndpointFaults(timeout_rate=1.0, timeout_hold_s=60.0))
+        stop = asyncio.Event()
+        probing = asyncio.create_task(ExchangeProbe(clients, 60.0, readiness).run(stop))
+        await wait_for(lambda: sim.count() >= 1)  # a request of the round is hanging
+        stop.set()
+        try:
+            async with asyncio.timeout(10):
+                await probing
+        finally:
+            probing.cancel()
+            await clients.close()
 
 
 async def test_the_probe_keeps_readiness_current_without_any_kill() -> None:
