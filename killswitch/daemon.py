@@ -165,6 +165,8 @@ def run(settings: Settings) -> int:
         log.warning("stopped at once on a second signal")
         return EXIT_FORCED
     except ConfigError:
+        if isinstance(logs, ThreadedLineHandler):
+            logs.drain()  # the CLI prints it next: after the log's lines, not among them
         raise
     except Exception as exc:
         report_failure(exc, logs, sys.stderr)
