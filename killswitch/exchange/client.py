@@ -632,10 +632,21 @@ class ExchangeClient:
             self._first_sync_waited = True
 
     async def _clock_moved(self, signed_offset: int) -> bool:
-        """After invalid_client: re-measure (rate-limited, shared) and compare offsets."""
+        """After invalid_client: re-measure (rate-limited, shared) and compare offsets.
+
+        The measurement is waited for :data:`_FIRST_SYNC_WAIT_S` at most, as the first
+        one: a time endpoint that hangs must not hold the refusal (and the kill) for its
+        read timeout. Unanswered by then, the clock counts as not moved (the refusal
+        stands, its reason says the clock sync did not answer) and the measurement goes
+        on for the requests after."""
         since = self._mono() - self._synced_at
         if since >= self._resync_min_interval or self._sync_task is not None:
-            await asyncio.shield(self._start_sync())
+            try:
+                await asyncio.wait_for(asyncio.shield(self._start_sync()), _FIRST_SYNC_WAIT_S)
+            except TimeoutError:
+                # Said in the refusal's reason (clock_hint); the answer, when it comes,
+                # clears it.
+                self._sync_error = f"server time did not answer within {_FIRST_SYNC_WAIT_S:g}s"
         return abs(self._offset_ms - signed_offset) > self._resync_tolerance
 
     # -- one attempt and the retry loop --------------------------------------------------
