@@ -376,7 +376,7 @@ def _direct_command(args: argparse.Namespace) -> int:
     audit = Path(args.audit_file) if args.audit_file else settings.direct.audit_path()
     _announce_direct(sys.stdout, prepared)
     try:
-        with _kafka_client_quiet():
+        with _direct_kill_logging():
             run = asyncio.run(
                 run_direct(
                     prepared.alert,
@@ -415,7 +415,7 @@ _quiet_saved = logging.NOTSET
 
 
 @contextlib.contextmanager
-def _kafka_client_quiet() -> Iterator[None]:
+def _direct_kill_logging() -> Iterator[None]:
     """Silence the Kafka client's own log while a direct kill runs: whether Kafka answered
     is reported once, in the summary, not as connection errors on stderr; and show the
     kill's own warnings (:func:`_warnings_handler`). Counted, so overlapping kills in one
