@@ -354,11 +354,16 @@ async def test_clock_jump_resyncs_once_after_invalid_client(env: Env) -> None:
     assert env.recorder.statuses("cancel") == ["200", "401", "200"]
 
 
-async def test_a_hanging_time_endpoint_does_not_hold_an_invalid_client_refusal(env: Env) -> None:
+@pytest.mark.parametrize("public_auth", [False, True])
+async def test_a_hanging_time_endpoint_does_not_hold_an_invalid_client_refusal(
+    env: Env, public_auth: bool
+) -> None:
     # After invalid_client the clock is measured again; a time endpoint that hangs is
     # waited for briefly, then the refusal stands (its answer would come after the read
-    # timeout, here 20 s: the refusal must not wait for it).
+    # timeout, here 20 s: the refusal must not wait for it). Also on an exchange that
+    # wants its public endpoints signed (its first unsigned time request refused).
     ids = env.sim.seed_orders(env.api_key, SYMBOL, 2)
+    env.sim.public_auth = public_auth
     async with env.client(
         auth_resync_min_interval_s=0.0, read_timeout_s=20.0, request_deadline_s=20.0
     ) as client:
@@ -366,7 +371,8 @@ async def test_a_hanging_time_endpoint_does_not_hold_an_invalid_client_refusal(e
         env.sim.set_faults(EndpointFaults(timeout_rate=1.0, timeout_hold_s=30.0), endpoint="time")
         env.sim.clock_offset_ms = -30_000  # the exchange's clock jumps back
         result = await client.cancel_order(ids[1], SYMBOL)
-        assert env.recorder.statuses("time") == ["200"]  # the second still unanswered
+        # The second measurement still unanswered.
+        assert env.recorder.statuses("time") == (["401", "200"] if public_auth else ["200"])
     assert (result.outcome, result.reason) == (Outcome.REJECTED, RejectReason.AUTH)
     assert "server time did not answer" in client.auth_clock_hint("cancel")
     assert ids[1] in env.sim.open_order_ids(env.api_key)
