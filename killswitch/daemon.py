@@ -55,6 +55,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import IO, Any
 
+from killswitch.collector import CollectorPacing
 from killswitch.config import ConfigError, Settings, settings_from_args
 from killswitch.contracts import ResultRecord
 from killswitch.core.dedup import DedupWindow
@@ -386,6 +387,13 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, on_signal)
 
 
+def _paced_collector(stack: contextlib.AsyncExitStack) -> Callable[[bool], None]:
+    """The intake's busy spells hold off the collector's older generations (collector.py)."""
+    collector = CollectorPacing()
+    stack.callback(collector.restore)
+    return collector.busy
+
+
 async def _start(
     settings: Settings,
     verifier: TriggerVerifier,
@@ -462,6 +470,7 @@ async def _start(
         results_index=index,
         pairs=clients,
         on_consuming=obs.set_consuming,
+        on_busy=_paced_collector(stack),
         on_assignment=lambda: _move_guards(intake, ownership, engine, republisher),
         deferrable=deferrable,
     )
