@@ -55,7 +55,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import IO, Any
 
-from killswitch.collector import CollectorPacing
 from killswitch.config import ConfigError, Settings, settings_from_args
 from killswitch.contracts import ResultRecord
 from killswitch.core.dedup import DedupWindow
@@ -64,6 +63,7 @@ from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClients
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.exitcodes import EXIT_FAILED, EXIT_FORCED, EXIT_OK
+from killswitch.gc_pacing import CollectorPacing
 from killswitch.health import HealthServerError
 from killswitch.kafka.broker_loss import BrokerLossGuard, KillStart
 from killswitch.kafka.clients import ensure_topics, make_producer
@@ -388,10 +388,10 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
 
 
 def _paced_collector(stack: contextlib.AsyncExitStack) -> Callable[[bool], None]:
-    """The intake's busy spells hold off the collector's older generations (collector.py)."""
-    collector = CollectorPacing()
-    stack.callback(collector.restore)
-    return collector.busy
+    """The intake's busy spells hold off the collector's older generations (gc_pacing.py)."""
+    pacing = CollectorPacing()
+    stack.callback(pacing.close)
+    return pacing.set_busy
 
 
 async def _start(

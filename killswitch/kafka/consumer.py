@@ -1737,13 +1737,7 @@ class Intake:
     def _update_backpressure(self) -> None:
         """After records were read, taken up or finished: :attr:`idle` set or cleared, and
         the partitions paused or resumed (see :meth:`_pause_waiting`)."""
-        busy = bool(self._records_running or len(self._backlog))
-        if busy == self._idle.is_set():
-            if busy:
-                self._idle.clear()
-            else:
-                self._idle.set()
-            self._on_busy(busy)
+        self._report_idle()
         consumer = self._consumer
         if consumer is None:
             return
@@ -1754,6 +1748,16 @@ class Intake:
             self._paused_partitions.clear()
             consumer.resume(*consumer.assignment())
             log.info("backpressure: partitions resumed", extra={"in_flight": self._records_running})
+
+    def _report_idle(self) -> None:
+        """:attr:`idle` set or cleared, and ``on_busy`` told, when that changed."""
+        busy = bool(self._records_running or len(self._backlog))
+        if busy == self._idle.is_set():
+            if busy:
+                self._idle.clear()
+            else:
+                self._idle.set()
+            self._on_busy(busy)
 
     def _pause_waiting(self, consumer: AIOKafkaConsumer) -> None:
         """Pause the partitions that have records waiting in lanes.
@@ -1847,6 +1851,7 @@ class Intake:
         this daemon, nothing read before counts for its replay."""
         gone = set(revoked)
         self._backlog.drop(lambda item: item[0] in gone)  # not taken up: the next owner's
+        self._report_idle()
         if gone:
             self._on_consuming(False)
         self._assigned -= gone
