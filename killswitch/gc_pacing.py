@@ -9,13 +9,14 @@ freed by reference counting as each group ends (they form no reference cycles: s
 idle. The young generation is collected as usual throughout.
 
 While the intake is busy the middle and oldest generations' thresholds are out of
-reach. When it is idle again they are restored and a pass that came due meanwhile runs
-at once (a full one if the oldest generation's count is over its threshold, else the
-middle one), rather than at the next young pass, which would be the next storm's first
-poll. A busy spell longer than ``max_defer_s`` has a pass every ``max_defer_s`` (a
-full one when due, else a middle one): garbage in cycles among the young and middle
-generations waits that long at most, and a full pass comes as often as the collector's
-counts ask for one.
+reach. When it is idle again they are restored, and a middle pass that came due
+meanwhile runs at once rather than at the next young pass, which would be the next
+storm's first poll. Full passes are left to the collector's own rule at its young
+passes (it skips them until what reached the oldest generation since the last one is
+a quarter of what that one left there): forcing them at idle would add long pauses an
+idle daemon does not have now. A busy spell longer than ``max_defer_s`` has a middle
+pass every ``max_defer_s``: garbage in cycles among the young and middle generations
+waits that long at most.
 
 The thresholds are the process's: the state is kept once per process, and deferred
 while any daemon in it (tests run several) is busy.
@@ -61,25 +62,19 @@ class _Deferral:
         middle, oldest = self.saved
         self.saved = None
         gc.set_threshold(gc.get_threshold()[0], middle, oldest)
-        _collect_due(middle, oldest)
+        _collect_middle(over=middle)
 
     def _arm(self, max_defer_s: float) -> None:
         self.timer = asyncio.get_running_loop().call_later(max_defer_s, self._overdue, max_defer_s)
 
     def _overdue(self, max_defer_s: float) -> None:
-        if self.saved is not None:
-            _collect_due(0, self.saved[1])
+        _collect_middle(over=0)
         self._arm(max_defer_s)
 
 
-def _collect_due(middle: int, oldest: int) -> None:
-    """The pass the collector would run next, if its counts say one is due: a full one
-    when the oldest generation's count is over ``oldest``, else a middle one when the
-    middle generation's is over ``middle``."""
-    _, middle_count, oldest_count = gc.get_count()
-    if oldest_count > oldest:
-        gc.collect(2)
-    elif middle_count > middle:
+def _collect_middle(over: int) -> None:
+    """A middle-generation pass if the young passes since the last one are over ``over``."""
+    if gc.get_count()[1] > over:
         gc.collect(1)
 
 

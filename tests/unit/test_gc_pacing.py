@@ -70,7 +70,7 @@ async def test_idle_with_no_pass_due_collects_nothing(passes: list[int]) -> None
     assert gc.get_threshold() == DEFAULTS
 
 
-async def test_a_full_pass_due_waits_for_idle_too(passes: list[int]) -> None:
+async def test_a_full_pass_due_waits_until_the_intake_is_idle(passes: list[int]) -> None:
     # The collector runs a full pass at a young pass once the oldest generation's count
     # is over its threshold and what reached it since the last full pass is over a
     # quarter of what that pass left there: both made true here.
@@ -83,6 +83,7 @@ async def test_a_full_pass_due_waits_for_idle_too(passes: list[int]) -> None:
     kept = _allocate(3)
     assert _older(passes) == []
     pacing.set_busy(False)
+    kept += _allocate(1)  # the next young pass: the collector's own rule says full
     assert _older(passes) == [2]
     assert kept
     assert grown
