@@ -63,6 +63,7 @@ from killswitch.engine import Engine
 from killswitch.exchange.client import ExchangeClients
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.exitcodes import EXIT_FAILED, EXIT_FORCED, EXIT_OK
+from killswitch.gc_pacing import CollectorPacing
 from killswitch.health import HealthServerError
 from killswitch.kafka.broker_loss import BrokerLossGuard, KillStart
 from killswitch.kafka.clients import ensure_topics, make_producer
@@ -386,6 +387,13 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, on_signal)
 
 
+def _paced_collector(stack: contextlib.AsyncExitStack) -> Callable[[bool], None]:
+    """The intake's busy spells hold off the collector's older generations (gc_pacing.py)."""
+    pacing = CollectorPacing()
+    stack.callback(pacing.close)
+    return pacing.set_busy
+
+
 async def _start(
     settings: Settings,
     verifier: TriggerVerifier,
@@ -462,6 +470,7 @@ async def _start(
         results_index=index,
         pairs=clients,
         on_consuming=obs.set_consuming,
+        on_busy=_paced_collector(stack),
         on_assignment=lambda: _move_guards(intake, ownership, engine, republisher),
         deferrable=deferrable,
     )

@@ -374,6 +374,7 @@ class Intake:
         results_index: ResultsIndex | None = None,
         pairs: Mapping[str, PairLister] | None = None,
         on_consuming: Callable[[bool], None] | None = None,
+        on_busy: Callable[[bool], None] | None = None,
         on_assignment: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], datetime] = utc_now,
         deferrable: TurnBudget | None = None,
@@ -394,6 +395,7 @@ class Intake:
         self._pair_errors: dict[str, str] = {}  # why an account has no pair list
         self._pair_fetches: dict[str, asyncio.Task[None]] = {}  # running, per account (in run)
         self._on_consuming = on_consuming or (lambda consuming: None)
+        self._on_busy = on_busy or (lambda busy: None)
         self._on_assignment = on_assignment
         self._clock = clock
         self._lag_reported_at = 0.0
@@ -461,7 +463,8 @@ class Intake:
     @property
     def idle(self) -> asyncio.Event:
         """Set while no record waits in a lane or is being handled: work that can wait
-        for the intake (following the results topic) waits for this."""
+        for the intake (following the results topic) waits for this. Each change is
+        also told to ``on_busy`` (the daemon's pacing of the cycle collector)."""
         return self._idle
 
     async def partition_count(self, topic: str, timeout_s: float = 5.0) -> int | None:
@@ -1734,10 +1737,7 @@ class Intake:
     def _update_backpressure(self) -> None:
         """After records were read, taken up or finished: :attr:`idle` set or cleared, and
         the partitions paused or resumed (see :meth:`_pause_waiting`)."""
-        if self._records_running or len(self._backlog):
-            self._idle.clear()
-        else:
-            self._idle.set()
+        self._report_idle()
         consumer = self._consumer
         if consumer is None:
             return
@@ -1748,6 +1748,16 @@ class Intake:
             self._paused_partitions.clear()
             consumer.resume(*consumer.assignment())
             log.info("backpressure: partitions resumed", extra={"in_flight": self._records_running})
+
+    def _report_idle(self) -> None:
+        """:attr:`idle` set or cleared, and ``on_busy`` told, when that changed."""
+        busy = bool(self._records_running or len(self._backlog))
+        if busy == self._idle.is_set():
+            if busy:
+                self._idle.clear()
+            else:
+                self._idle.set()
+            self._on_busy(busy)
 
     def _pause_waiting(self, consumer: AIOKafkaConsumer) -> None:
         """Pause the partitions that have records waiting in lanes.
@@ -1841,6 +1851,7 @@ class Intake:
         this daemon, nothing read before counts for its replay."""
         gone = set(revoked)
         self._backlog.drop(lambda item: item[0] in gone)  # not taken up: the next owner's
+        self._report_idle()
         if gone:
             self._on_consuming(False)
         self._assigned -= gone

@@ -174,22 +174,26 @@ async def test_the_intake_is_idle_only_with_nothing_waiting_or_running(
     kafka_bootstrap: str, unique_name: Unique
 ) -> None:
     """``Intake.idle`` (what the results reader defers to): clear from the moment a record
-    is read until its final result is out, set again after."""
+    is read until its final result is out, set again after; the ``on_busy`` hook (what
+    paces the cycle collector) is told of each change, once."""
     settings = make_settings(kafka_bootstrap, unique_name)
     await create_all_topics(settings)
     engine = FakeEngine()
     engine.hold("mm-1")
+    told: list[bool] = []
     async with (
         TopicCollector(kafka_bootstrap, settings.kafka.topics.results) as results,
-        running_intake(settings, engine) as run,
+        running_intake(settings, engine, on_busy=told.append) as run,
     ):
         assert run.intake.idle.is_set()
         await produce(settings, [alert_message("idle-1")])
         await wait_for(lambda: len(engine.calls) == 1)
         assert not run.intake.idle.is_set()  # handled, held in the engine
+        assert told == [True]
         engine.let_go("mm-1")
         await wait_for(lambda: len(results.finals("idle-1")) == 1)
         await wait_for(run.intake.idle.is_set)
+        assert told == [True, False]
 
 
 async def test_unfinished_work_is_replayed_and_finished_work_is_not_swept_again(

@@ -247,10 +247,12 @@ async def running_intake(
     pairs: Mapping[str, PairLister] | None = None,
     slice_s: float = SLICE_S,
     on_assignment: Callable[[], Awaitable[None]] | None = None,
+    on_busy: Callable[[bool], None] | None = None,
 ) -> AsyncIterator[Running]:
     """An Intake with its publisher and results index, consuming until the block exits;
     ``slice_s`` is its turn of taking up records (:attr:`IntakeConfig.slice_s`),
-    ``on_assignment`` its hook after each change of the assignment (as the daemon's)."""
+    ``on_assignment`` its hook after each change of the assignment and ``on_busy`` its
+    hook when it becomes busy or idle (as the daemon's)."""
     engine = engine or FakeEngine()
     observer = RecordingObserver()
     dedup = dedup or DedupWindow(settings.intake.dedup_window)
@@ -278,6 +280,7 @@ async def running_intake(
         results_index=index,
         pairs=pairs,
         on_assignment=on_assignment,
+        on_busy=on_busy,
         deferrable=deferrable,
     )
     # As the daemon wires it: the reader defers to a busy intake.
