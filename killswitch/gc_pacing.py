@@ -14,7 +14,9 @@ meanwhile runs at once rather than at the next young pass, which would be the ne
 storm's first poll. Full passes are left to the collector's own rule at its young
 passes (it skips them until what reached the oldest generation since the last one is
 a quarter of what that one left there): forcing them at idle would add long pauses an
-idle daemon does not have now. A busy spell longer than ``max_defer_s`` has a middle
+idle daemon does not have now. So a full pass can still come at the first poll of a
+storm (that poll's records are made before the intake reports itself busy), as rarely
+as the collector's rule allows. A busy spell longer than ``max_defer_s`` has a middle
 pass every ``max_defer_s``: garbage in cycles among the young and middle generations
 waits that long at most.
 
@@ -44,13 +46,14 @@ class _Deferral:
         self.timer: asyncio.TimerHandle | None = None
 
     def hold(self, max_defer_s: float) -> None:
+        loop = asyncio.get_running_loop()  # first: nothing changed if there is none
         self.busy += 1
         if self.busy > 1:
             return
         young, middle, oldest = gc.get_threshold()
         self.saved = (middle, oldest)
         gc.set_threshold(young, _NEVER, _NEVER)
-        self._arm(max_defer_s)
+        self._arm(loop, max_defer_s)
 
     def release(self) -> None:
         self.busy -= 1
@@ -64,12 +67,12 @@ class _Deferral:
         gc.set_threshold(gc.get_threshold()[0], middle, oldest)
         _collect_middle(over=middle)
 
-    def _arm(self, max_defer_s: float) -> None:
-        self.timer = asyncio.get_running_loop().call_later(max_defer_s, self._overdue, max_defer_s)
+    def _arm(self, loop: asyncio.AbstractEventLoop, max_defer_s: float) -> None:
+        self.timer = loop.call_later(max_defer_s, self._overdue, loop, max_defer_s)
 
-    def _overdue(self, max_defer_s: float) -> None:
+    def _overdue(self, loop: asyncio.AbstractEventLoop, max_defer_s: float) -> None:
         _collect_middle(over=0)
-        self._arm(max_defer_s)
+        self._arm(loop, max_defer_s)
 
 
 def _collect_middle(over: int) -> None:
@@ -87,10 +90,6 @@ class CollectorPacing:
     def __init__(self, max_defer_s: float = MAX_DEFER_S) -> None:
         self._max_defer_s = max_defer_s
         self._busy = False
-
-    @property
-    def busy(self) -> bool:
-        return self._busy
 
     def set_busy(self, busy: bool) -> None:
         """The intake became busy (records waiting or being handled) or idle."""

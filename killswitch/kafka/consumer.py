@@ -1735,19 +1735,21 @@ class Intake:
         return self._records_running + len(self._backlog) <= self._max_in_flight // 2
 
     def _update_backpressure(self) -> None:
-        """After records were read, taken up or finished: :attr:`idle` set or cleared, and
-        the partitions paused or resumed (see :meth:`_pause_waiting`)."""
-        self._report_idle()
+        """After records were read, taken up or finished: the partitions paused or resumed
+        (see :meth:`_pause_waiting`), then :attr:`idle` set or cleared (last: going idle
+        may run a collector pass, which a resume need not wait for)."""
         consumer = self._consumer
-        if consumer is None:
-            return
-        if self._over_limit():
-            self._pause_waiting(consumer)
-        elif self._paused and self._below_resume():
-            self._paused = False
-            self._paused_partitions.clear()
-            consumer.resume(*consumer.assignment())
-            log.info("backpressure: partitions resumed", extra={"in_flight": self._records_running})
+        if consumer is not None:
+            if self._over_limit():
+                self._pause_waiting(consumer)
+            elif self._paused and self._below_resume():
+                self._paused = False
+                self._paused_partitions.clear()
+                consumer.resume(*consumer.assignment())
+                log.info(
+                    "backpressure: partitions resumed", extra={"in_flight": self._records_running}
+                )
+        self._report_idle()
 
     def _report_idle(self) -> None:
         """:attr:`idle` set or cleared, and ``on_busy`` told, when that changed."""
