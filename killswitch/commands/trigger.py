@@ -401,9 +401,12 @@ def _direct_command(args: argparse.Namespace) -> int:
     if run.audit_error is not None:
         print(f"killswitch: the audit file was NOT written: {run.audit_error}", file=sys.stderr)
     document = direct_document(run)
-    print(json.dumps(document, indent=2))
-    if args.out:
-        _write_out(Path(args.out), document)
+    # With --out the document goes to the file, as a kill through the daemon does, and
+    # the summary above stays readable; a file that cannot be written loses nothing.
+    if args.out and _write_out(Path(args.out), document):
+        print(f"the results are in {args.out}")
+    else:
+        print(json.dumps(document, indent=2))
     return run.exit_code
 
 

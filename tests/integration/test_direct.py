@@ -88,7 +88,7 @@ async def test_direct_kill_with_the_broker_down_ends_flat_and_keeps_an_audit_rec
     assert {o["order_id"] for o in result["orders"]} == seeded
     assert result["operator"] == "alice"
     assert result["trigger_reason"] == "risk desk unreachable"
-    # The same result, once, in the audit file; and as JSON on stdout.
+    # The same result, once, in the audit file; on stdout the summary, not the document.
     (line,) = audit_lines(audit)
     assert line["audit"] == "killswitch.audit/v1"
     assert line["alert_id"] == document["alert_id"]
@@ -97,10 +97,30 @@ async def test_direct_kill_with_the_broker_down_ends_flat_and_keeps_an_audit_rec
     assert audit.stat().st_mode & 0o077 == 0
     assert "results NOT published to Kafka" in printed
     assert printed.splitlines()[0].startswith(f"kill {document['alert_id']} DIRECT")
-    assert json.loads(printed[printed.index("\n{") :]) == document
+    assert printed.splitlines()[-1] == f"the results are in {out}"
+    assert "\n{" not in printed
     for secret in ex.secrets():
         assert secret not in printed
         assert secret not in audit.read_text()
+
+
+async def test_direct_kill_prints_its_document_when_the_out_file_cannot_be_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with exchange(ACCOUNTS, SYMBOLS) as ex:
+        seeded = ex.seed("mm-1", SYMBOLS, 4)
+        config, _ = config_file(tmp_path, ex, nowhere(), "unwritable")
+        out = tmp_path / "no-such-dir" / "result.json"
+        argv = ["trigger", "--direct", "--config", config, "-a", "mm-1", "--operator", "alice"]
+        code = await cli(*argv, "-r", "desk runaway", "--out", str(out))
+        captured = capsys.readouterr()
+        assert code == 0, captured.out
+        assert ex.open_ids("mm-1") == set()
+    assert not out.exists()
+    assert f"cannot write {out}" in captured.err
+    document = json.loads(captured.out[captured.out.index("\n{") :])
+    (result,) = document["results"]
+    assert {o["order_id"] for o in result["orders"]} == seeded
 
 
 async def test_direct_kill_refuses_an_unknown_pair_before_any_request(
