@@ -141,8 +141,9 @@ def make_producer(settings: KafkaSettings) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=settings.enable_idempotence,
         linger_ms=0,
-        # Results are ~0.5 KB; large batches let a storm's results go out in few
-        # requests (the default 16 KB batch holds about 30).
+        # A result is about 0.5 KB plus about 75 B per order it lists; large batches
+        # let a storm's results go out in few requests (the default 16 KB batch holds
+        # only a few results of a sweep with tens of orders).
         max_batch_size=_MAX_BATCH_BYTES,
         **connection_kwargs(settings),
     )
