@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from killswitch.contracts import ResultOrder, ResultRecord, read_dead_letter, read_result
+from killswitch.core.model import SweepStatus
 from killswitch.exitcodes import EXIT_NOT_DONE, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED
 
 __all__ = [
@@ -162,7 +163,7 @@ class Board:
         if progress is None:
             return False
         current = self.rows.get(progress.account)
-        if current is not None and current.final:
+        if current is not None and current.final and not _supersedes(progress):
             return False
         if current == progress:
             return False
@@ -230,3 +231,11 @@ class Board:
         """Expected accounts in the order given, then any others by name."""
         extra = sorted(a for a in self.rows if a not in set(self.accounts))
         return [self.rows[a] for a in [*self.accounts, *extra]]
+
+
+def _supersedes(later: AccountProgress) -> bool:
+    """Whether ``later`` replaces an account's final result: a later final of
+    another kill under the same alert id (``trigger --direct --alert-id`` after the
+    daemon answered, say) does; a progress record or a ``duplicate`` answer, which only
+    repeats that the id was handled, never does."""
+    return later.final and later.status != SweepStatus.DUPLICATE

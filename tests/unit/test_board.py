@@ -68,6 +68,21 @@ def test_board_follows_one_alert_until_every_account_is_final() -> None:
     assert board.exit_code() == 0
 
 
+def test_a_later_kill_under_the_same_alert_id_replaces_the_final_a_duplicate_does_not() -> None:
+    # ``results`` reads every record of the alert id: a break-glass kill that reused the
+    # id after the daemon answered (and the daemon's ``duplicate`` answers to re-sends
+    # in between) must show the kill that did the work, not the first answer.
+    board = Board("op-1", ["mm-1"])
+    board.apply_result(result("mm-1", "flat", final=True, sent=0))
+    assert board.apply_result(result("mm-1", "duplicate", final=True)) is False
+    assert board.apply_result(result("mm-1", "flat", final=True, sent=40)) is True
+    assert board.apply_result(result("mm-1", "duplicate", final=True)) is False
+    assert board.apply_result(result(sent=1)) is False
+    assert board.rows["mm-1"].status == "flat"
+    assert board.rows["mm-1"].sent == 40
+    assert board.finals["mm-1"]["counts"]["sent"] == 40
+
+
 @pytest.mark.parametrize(
     ("action", "dry_run", "statuses", "code"),
     [
