@@ -10,15 +10,14 @@ import contextlib
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from killswitch.commands.common import (
     KAFKA_TIMEOUT_S,
     OperatorError,
+    describe_group,
     start_reader,
     topic_partitions,
 )
@@ -97,14 +96,7 @@ async def _kafka_checks(kafka: KafkaSettings, timeout_s: float) -> list[Check]:
 async def read_group(kafka: KafkaSettings, inputs: dict[str, list[int]]) -> GroupView:
     """The daemons' consumer group: its state, its members and how far behind it is on
     the input topics (``inputs``: topic -> partitions). Never joins the group."""
-    admin = AIOKafkaAdminClient(**connection_kwargs(kafka))
-    await admin.start()
-    try:
-        described = await admin.describe_consumer_groups([kafka.group_id])
-    finally:
-        with contextlib.suppress(Exception):
-            await admin.close()
-    state, members = _group_members(described)
+    state, members = await describe_group(kafka)
     # A consumer bound to the group but subscribed to nothing reads its committed
     # offsets (OffsetFetch) without joining it.
     reader = AIOKafkaConsumer(
@@ -131,20 +123,6 @@ async def read_group(kafka: KafkaSettings, inputs: dict[str, list[int]]) -> Grou
         with contextlib.suppress(Exception):
             await reader.stop()
     return GroupView(state, members, lag, frozenset(uncommitted))
-
-
-def _group_members(described: Sequence[Any]) -> tuple[str, list[str]]:
-    """State and members (``client_id@host``, else the member id) of DescribeGroups."""
-    for response in described:
-        for group in getattr(response, "groups", ()):
-            error, _, state, _, _, members = group[:6]
-            if error:
-                return f"error {error}", []
-            names = [
-                f"{m[1]}@{m[2].lstrip('/')}" if m[1] and m[2] else (m[1] or m[0]) for m in members
-            ]
-            return str(state), names
-    return "unknown", []
 
 
 # A clock sync is one request without retries (the daemon re-syncs on its own

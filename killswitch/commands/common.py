@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from killswitch.config import KafkaSettings
-from killswitch.kafka.clients import make_reader
+from killswitch.kafka.clients import connection_kwargs, make_reader
 
 __all__ = [
     "FOLLOW_MARGIN_S",
@@ -94,3 +96,30 @@ def missing_topic(name: str, role: str) -> OperatorError:
         f"the {role} topic {name!r} does not exist: is the daemon running against this "
         "Kafka? (it creates its topics at start-up)"
     )
+
+
+async def describe_group(kafka: KafkaSettings) -> tuple[str, list[str]]:
+    """The daemons' consumer group: its state and its members (``client_id@host``, else
+    the member id), as the group coordinator describes it. Never joins the group."""
+    admin = AIOKafkaAdminClient(**connection_kwargs(kafka))
+    await admin.start()
+    try:
+        described = await admin.describe_consumer_groups([kafka.group_id])
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    return _group_members(described)
+
+
+def _group_members(described: Sequence[Any]) -> tuple[str, list[str]]:
+    """State and members of a DescribeGroups answer."""
+    for response in described:
+        for group in getattr(response, "groups", ()):
+            error, _, state, _, _, members = group[:6]
+            if error:
+                return f"error {error}", []
+            names = [
+                f"{m[1]}@{m[2].lstrip('/')}" if m[1] and m[2] else (m[1] or m[0]) for m in members
+            ]
+            return str(state), names
+    return "unknown", []

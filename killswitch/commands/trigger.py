@@ -38,6 +38,7 @@ from killswitch.commands.common import (
     POLL_S,
     OperatorError,
     UsageError,
+    describe_group,
     missing_topic,
     start_reader,
     topic_partitions,
@@ -136,6 +137,7 @@ class TriggerRun:
     exit_code: int = EXIT_FAILED
     elapsed_s: float = 0.0
     partitions: list[TopicPartition] = field(default_factory=list)
+    no_daemon: bool = False  # the daemons' consumer group had no member once published
 
 
 async def run_trigger(
@@ -147,9 +149,11 @@ async def run_trigger(
     timeout_s: float,
     follow: bool = True,
     on_published: Callable[[], None] | None = None,
+    warn: TextIO | None = None,
 ) -> TriggerRun:
     """Publish ``prepared`` to the manual topic of ``kafka`` and follow its results to the
-    end."""
+    end. With ``warn``: say there, before following, when no daemon is in the daemons'
+    consumer group (nothing will run the kill until one joins)."""
     board = Board(
         prepared.alert_id,
         prepared.accounts,
@@ -184,6 +188,10 @@ async def run_trigger(
         if not follow:
             run.exit_code = EXIT_OK
             return run
+        if warn is not None and await _no_daemon(kafka):
+            run.no_daemon = True
+            warn.write(_no_daemon_text(kafka) + "\n")
+            warn.flush()
         await _follow(consumer, board, Display(out, tty=tty), topics.dlq, started + timeout_s)
     finally:
         with contextlib.suppress(Exception):
@@ -194,6 +202,25 @@ async def run_trigger(
     out.flush()
     run.exit_code = board.exit_code()
     return run
+
+
+async def _no_daemon(kafka: KafkaSettings) -> bool:
+    """Whether the daemons' consumer group has no member now: none running, or one still
+    joining. False when the group cannot be read (nothing is claimed then)."""
+    try:
+        async with asyncio.timeout(KAFKA_TIMEOUT_S):
+            state, members = await describe_group(kafka)
+    except (KafkaError, TimeoutError, OSError, ValueError):
+        return False
+    return not members and not state.startswith("error")
+
+
+def _no_daemon_text(kafka: KafkaSettings) -> str:
+    return (
+        f"killswitch: no daemon is in consumer group {kafka.group_id!r} now (none running, "
+        f"or one still starting): the kill waits in {kafka.topics.manual!r} until a daemon "
+        "reads it. To kill from here now: 'killswitch trigger --direct' (same options)"
+    )
 
 
 async def _publish(kafka: KafkaSettings, topic: str, prepared: Prepared) -> None:
@@ -304,6 +331,7 @@ def publish_command(args: argparse.Namespace, action: Literal["kill", "release"]
                 timeout_s=timeout,
                 follow=not args.no_follow,
                 on_published=mark,
+                warn=sys.stderr,
             )
         )
     except OperatorError as exc:
@@ -328,8 +356,9 @@ def publish_command(args: argparse.Namespace, action: Literal["kill", "release"]
     if table:
         print("\n".join(table))
     if run.published and any(r.status == TIMED_OUT for r in run.board.rows.values()):
+        who = "a daemon that starts runs it" if run.no_daemon else "the daemon carries on with it"
         print(
-            f"killswitch: stopped waiting; the daemon carries on with {prepared.alert_id} "
+            f"killswitch: stopped waiting; {prepared.alert_id} was published and {who} "
             f"(follow it with: killswitch results {prepared.alert_id} --follow)",
             file=sys.stderr,
         )

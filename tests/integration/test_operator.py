@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from killswitch.cli import main
 from killswitch.commands.check import run_checks
-from killswitch.commands.common import OperatorError
+from killswitch.commands.common import OperatorError, describe_group
 from killswitch.commands.prepare import TriggerRequest, prepare_trigger
 from killswitch.commands.status import read_status
 from killswitch.commands.trigger import run_trigger, trigger_rules
@@ -70,6 +70,7 @@ class ScriptedDaemon:
     verifier: TriggerVerifier | None = None
     progress_steps: int = 2
     silent: set[str] = field(default_factory=set)  # accounts that never answer
+    in_group: bool = False  # a member of the daemons' consumer group, as a daemon is
     received: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
 
     async def run(self) -> None:
@@ -77,9 +78,11 @@ class ScriptedDaemon:
         consumer = AIOKafkaConsumer(
             kafka.topics.manual,
             bootstrap_servers=kafka.bootstrap_servers,
-            group_id=None,
+            group_id=kafka.group_id if self.in_group else None,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=10,
+            session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
         )
         producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
         await consumer.start()
@@ -342,6 +345,7 @@ def write_config(path: Path, settings: Settings, **extra: str) -> Path:
     signing = extra.get("signing", "")
     path.write_text(
         f'[kafka]\nbootstrap_servers = "{settings.kafka.bootstrap_servers}"\n'
+        f'group_id = "{settings.kafka.group_id}"\n'
         f"[kafka.topics]\n"
         f'alerts = "{t.alerts}"\nmanual = "{t.manual}"\nheartbeats = "{t.heartbeats}"\n'
         f'results = "{t.results}"\nstate = "{t.state}"\ndlq = "{t.dlq}"\n'
@@ -372,6 +376,41 @@ async def test_cli_trigger_exit_codes(
     assert "mm-1: flat" not in ok
     assert re.search(r"kill op-\S+: flat on 1/1", ok)
     assert "  mm-2: NOT OK: failed" in failed
+
+
+async def test_cli_trigger_says_when_no_daemon_is_in_the_group(
+    kafka_bootstrap: str,
+    unique_name: Unique,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = await fresh(kafka_bootstrap, unique_name)
+    config = str(write_config(tmp_path / "ks.toml", settings))
+    argv = ["trigger", "--config", config, "--operator", "alice", "-r", "t", "-a", "mm-1"]
+    # Nothing consumes the manual topic: said at once, with the way to kill from here.
+    assert await asyncio.to_thread(main, [*argv, "--timeout", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"no daemon is in consumer group {settings.kafka.group_id!r} now" in err
+    assert "'killswitch trigger --direct' (same options)" in err
+    assert "was published and a daemon that starts runs it" in err
+    # A daemon in the group (once it has joined): no such warning.
+    async with scripted(ScriptedDaemon(settings, in_group=True)):
+        await wait_for_members(settings)
+        assert await asyncio.to_thread(main, argv) == 0
+    err = capsys.readouterr().err
+    assert "no daemon" not in err
+
+
+async def wait_for_members(settings: Settings, timeout_s: float = 30.0) -> None:
+    """Until the daemons' consumer group has a member (a join takes seconds)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        _, members = await describe_group(settings.kafka)
+        if members:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("no member joined the consumer group")
+        await asyncio.sleep(0.1)
 
 
 async def test_cli_trigger_out_file_and_results_read_back(
