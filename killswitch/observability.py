@@ -130,6 +130,7 @@ class ExchangeProbe:
         self._readiness = readiness
         self._page_size = page_size
         self._refused: dict[str, str] = {}  # account: why its last listing was refused
+        self._auth: dict[str, str] = {}  # account: why the exchange refused its key
 
     async def probe(self, client: ExchangeClient) -> None:
         """One round for one account; the observer records what the exchange answered."""
@@ -142,10 +143,10 @@ class ExchangeProbe:
             if pairs:
                 await self._list(client, pairs[0].symbol)
         except AuthError as exc:
+            hint = client.auth_clock_hint(exc.endpoint)
             if self._readiness is not None:
-                hint = client.auth_clock_hint(exc.endpoint)
                 self._readiness.auth_rejected(client.account, hint or None)
-            log.debug("exchange probe: %s", exc, extra=_extra(client))
+            self._auth_refused(client, exc, hint)
         except ExchangeError as exc:
             log.debug("exchange probe: %s", exc, extra=_extra(client))
         except Exception:  # a probe must never stop probing (nor the daemon)
@@ -164,8 +165,22 @@ class ExchangeProbe:
             raise
         if self._refused.pop(account, None) is not None:
             log.info("exchange probe: open orders listed again", extra=_extra(client))
+        if self._auth.pop(account, None) is not None:
+            log.info("exchange probe: the exchange accepts the key again", extra=_extra(client))
         if self._readiness is not None:
             self._readiness.listing(account, None)
+
+    def _auth_refused(self, client: ExchangeClient, exc: AuthError, hint: str) -> None:
+        """Logged once when the exchange starts refusing the account's key (and again
+        if the refusal changes): every kill of the account would fail the same way."""
+        problem = (
+            f"the exchange refuses the key ({_without_prefix(exc)}): check the account's "
+            "api_key and that the exchange knows the public half of its private key"
+            + (f"; {hint}" if hint else "")
+        )
+        if self._auth.get(client.account) != problem:
+            log.warning(f"exchange probe: {problem}", extra=_extra(client))
+        self._auth[client.account] = problem
 
     def _listing_refused(self, account: str, exc: RequestRejected) -> None:
         problem = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httpx
 import pytest
@@ -33,6 +34,15 @@ def sections(
 ) -> tuple[MetricsSettings, list[AccountSettings], list[DeadmanSource]]:
     """The sections the daemon hands to ``prometheus_observability``."""
     return conf.metrics, conf.accounts, conf.deadman
+
+
+def key_log(caplog: pytest.LogCaptureFixture, account: str, words: str) -> list[logging.LogRecord]:
+    """The probe's log records about ``account`` whose message has ``words``."""
+    return [
+        r
+        for r in caplog.records
+        if getattr(r, "account", None) == account and words in r.getMessage()
+    ]
 
 
 def value(text: str, name: str, **labels: str) -> float:
@@ -102,7 +112,10 @@ async def test_the_probe_stops_at_once_while_the_exchange_hangs() -> None:
             await clients.close()
 
 
-async def test_the_probe_keeps_readiness_current_without_any_kill() -> None:
+async def test_the_probe_keeps_readiness_current_without_any_kill(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="killswitch.observability")
     sim = Simulator(seed=3)
     keys = {a: register_test_client(sim, name=a) for a in ACCOUNTS}
     sim.revoke(keys["mm-2"][0])
@@ -138,6 +151,11 @@ async def test_the_probe_keeps_readiness_current_without_any_kill() -> None:
                     await poll()
                     await asyncio.sleep(0.05)  # polling a condition with a deadline
                 assert reasons == ["mm-2: auth rejected"]
+                # Several rounds refused: the operator is told once, in the log.
+                await wait_for(lambda: sim.count(keys["mm-2"][0], "open_orders", 401) >= 3)
+                refused = key_log(caplog, "mm-2", "refuses the key")
+                assert [r.levelno for r in refused] == [logging.WARNING]
+                assert "check the account's api_key" in refused[0].getMessage()
                 # Reinstated: the next probe round (every 0.5 s here) makes it ready.
                 sim.reinstate(keys["mm-2"][0])
                 deadline = loop.time() + 10
@@ -146,6 +164,8 @@ async def test_the_probe_keeps_readiness_current_without_any_kill() -> None:
                     await asyncio.sleep(0.05)
                 assert reasons == []
                 text = (await http.get("/metrics")).text
+            assert [r.levelno for r in key_log(caplog, "mm-2", "accepts the key")] == [logging.INFO]
+            assert key_log(caplog, "mm-1", "key") == []
             assert value(text, "killswitch_ready") == 1
             assert value(text, "killswitch_exchange_requests_total", endpoint="open_orders") >= 3
         finally:
