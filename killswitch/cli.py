@@ -183,6 +183,12 @@ def build_parser(with_lazy_args: bool = True) -> argparse.ArgumentParser:
         help="also show the libraries' own log lines (e.g. the Kafka client's connection "
         "errors), which are hidden by default",
     )
+    parser.add_argument(
+        "--config",
+        dest="global_config",
+        metavar="FILE",
+        help="the TOML configuration, for any command (also taken after the command)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     config = sub.add_parser("config", help="show or check the effective configuration")
@@ -232,6 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.global_config is not None:
+        if getattr(args, "config", None) not in (None, args.global_config):
+            print("killswitch: --config given twice, with different files", file=sys.stderr)
+            return EXIT_USAGE
+        args.config = args.global_config
     if not args.verbose:
         quiet_libraries()
     try:

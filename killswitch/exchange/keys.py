@@ -18,4 +18,6 @@ def load_account_key(account: AccountSettings) -> ec.EllipticCurvePrivateKey:
             account.curve,
         )
     except (KeyLoadError, OSError) as exc:
-        raise KeyLoadError(f"accounts[{account.id}].private_key: {exc}") from None
+        path = account.private_key_file
+        where = "private_key" if path is None else f"private_key_file {str(path)!r}"
+        raise KeyLoadError(f"accounts[{account.id}].{where}: {exc}") from None

@@ -160,7 +160,23 @@ def test_cli_config_check_rejects_garbage_key(
 ) -> None:
     key_file.write_text("not a key")
     assert main(["config", "check", "--config", str(config_file)]) == 2
-    assert "private_key" in capsys.readouterr().err
+    # The setting and the file that holds the bad key are named (never the key).
+    assert f"accounts[mm-1].private_key_file {str(key_file)!r}: not a readable" in (
+        capsys.readouterr().err
+    )
+
+
+def test_config_is_taken_before_the_command_too(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(config_file), "config", "check"]) == 0
+    assert "1 account(s)" in capsys.readouterr().out
+    same = ["--config", str(config_file), "config", "check", "--config", str(config_file)]
+    assert main(same) == 0
+    capsys.readouterr()
+    other = ["--config", str(config_file), "config", "check", "--config", "other.toml"]
+    assert main(other) == 2
+    assert "--config given twice" in capsys.readouterr().err
 
 
 def test_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
