@@ -98,13 +98,14 @@ def _status_text(p: AccountProgress, success: str) -> str:
     mark = "ok" if p.status == success and not p.not_halted else "NOT OK"
     if p.not_halted:
         return f"{mark}: not halted (nothing to release)"
+    if p.status == "duplicate":
+        return f"{mark}: {_duplicate_text(p)}"
     words = {
         "flat": "flat",
         "released": "released",
         "dry_run": "dry run (nothing cancelled)",
         "residual": f"residual: {_still_open_text(p)}",
         TIMED_OUT: "no final result before the timeout",
-        "duplicate": "duplicate alert id",
     }
     text = words.get(p.status, p.status)
     if p.open_unknown and p.status != "residual":
@@ -114,6 +115,16 @@ def _status_text(p: AccountProgress, success: str) -> str:
         text = f"{text} ({reason})"
     took = duration_text(p.seconds)
     return f"{mark}: {text}" + (f" in {took}" if took else "")
+
+
+def _duplicate_text(p: AccountProgress) -> str:
+    """A ``duplicate`` answer: the alert id was handled before, so nothing was done now
+    (its counts are zero, whatever is open), and how to kill again."""
+    seen = (p.reason or "").removeprefix("duplicate alert_id").strip(" ()")
+    return (
+        f"duplicate alert id{f' ({seen})' if seen else ''}: handled before, nothing done "
+        "now (to kill again, leave out --alert-id)"
+    )
 
 
 # How the engine's reason names the pairs it never listed (killswitch.engine.sweep),
@@ -167,7 +178,10 @@ def progress_line(
         ("skipped", p.skipped, False),
     ]
     counts = "  ".join(f"{word} {value}" for word, value, always in shown if value or always)
-    open_text = "open ?" if p.open_unknown else f"open {p.residual_open}"
+    if p.status == "duplicate":  # nothing was listed for it: what is open is not known
+        pct = "  ? "
+    unknown = p.open_unknown or p.status == "duplicate"
+    open_text = "open ?" if unknown else f"open {p.residual_open}"
     return (
         f"{p.account:<{name_width}}  {bar(frac, bar_width)} {pct}  {counts}  {open_text}  "
         f"{_status_text(p, success)}"

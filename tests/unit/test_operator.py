@@ -378,7 +378,7 @@ def test_keygen_ed25519(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_group_members_are_read_from_describe_groups_answers() -> None:
     from types import SimpleNamespace
 
-    from killswitch.commands.check import _group_members
+    from killswitch.commands.common import _group_members
 
     members = [("m-1", "killswitch", "/10.0.0.7", b"", b""), ("m-2", "", "", b"", b"")]
     answer = SimpleNamespace(groups=[(0, "g", "Stable", "consumer", "range", members)])

@@ -112,6 +112,21 @@ def test_not_found_ids_are_read_leniently_and_shown_in_the_summary() -> None:
     assert lines[1] == "  a: 2 order id(s) never found open, not cancelled by this kill: 11, 12"
 
 
+def test_a_duplicate_says_nothing_was_done_and_how_to_kill_again() -> None:
+    board = Board("op-1", ["a"])
+    board.apply_result(
+        result("a", "duplicate", final=True, reason="duplicate alert_id (already flat)")
+    )
+    line = progress_lines(board)[0]
+    # Nothing was listed for a duplicate: no percentage, and what is open is not known.
+    assert "   ?   sent 0" in line
+    assert "open ?" in line
+    assert line.endswith(
+        "NOT OK: duplicate alert id (already flat): handled before, nothing done now "
+        "(to kill again, leave out --alert-id)"
+    )
+
+
 def test_a_flat_result_with_a_reason_shows_it_as_a_note() -> None:
     board = Board("op-1", ["a"])
     note = (
