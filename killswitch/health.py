@@ -109,7 +109,9 @@ class Readiness:
     kill needs it), a pair list from some source (without one a whole-account kill
     cannot run), and no refusal of the exchange probe's listing since its last accepted
     one (the probe lists with the engine's page size: a refused listing means every
-    kill's listing is refused too).
+    kill's listing is refused too), and no signed request that went unanswered through
+    its retries since the last answered one (the probe's listing: the exchange cannot be
+    reached, though its staleness would take ``stale_after_s`` to tell).
     """
 
     accounts: tuple[str, ...]
@@ -125,6 +127,7 @@ class Readiness:
     _no_pairs: dict[str, str] = field(default_factory=dict)  # account: why it has none
     _listing_refused: dict[str, str] = field(default_factory=dict)  # account: why
     _pairs_unread: set[str] = field(default_factory=set)  # no pair_list() report yet
+    _unreachable: dict[str, str] = field(default_factory=dict)  # account: why, until signed OK
 
     @classmethod
     def for_accounts(cls, accounts: Iterable[str], stale_after_s: float) -> Readiness:
@@ -157,6 +160,7 @@ class Readiness:
         self._last_ok[account] = now
         if signed:
             self._auth_failed.pop(account, None)
+            self._unreachable.pop(account, None)
         redirects = self._redirected.get(account)
         if redirects:
             redirects.pop(endpoint, None)
@@ -170,6 +174,12 @@ class Readiness:
         a later refusal without one keeps it."""
         if detail is not None or account not in self._auth_failed:
             self._auth_failed[account] = detail
+
+    def unreachable(self, account: str, problem: str) -> None:
+        """A signed request of ``account`` (the probe's listing) got no answer through
+        all its retries: not ready until a signed call is answered again, however
+        recently a public endpoint answered."""
+        self._unreachable[account] = problem
 
     def redirected(self, account: str, problem: str, endpoint: str = "") -> None:
         """``endpoint`` answered ``account`` with a redirect; ``problem`` says where to."""
@@ -243,6 +253,9 @@ class Readiness:
         refused = self._listing_refused.get(account)
         if refused is not None:
             return f"{account}: {refused}"
+        unreachable = self._unreachable.get(account)
+        if unreachable is not None:
+            return f"exchange: {account} unreachable ({unreachable})"
         last = self._last_ok.get(account)
         if last is None and self.kafka_problem is not None:
             # The daemon starts asking the exchange once the broker answers: "no answer"

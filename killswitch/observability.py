@@ -47,7 +47,13 @@ from killswitch.core.ports import (
     Observer,
 )
 from killswitch.exchange.client import ExchangeClient
-from killswitch.exchange.errors import AuthError, ExchangeError, Redirected, RequestRejected
+from killswitch.exchange.errors import (
+    AuthError,
+    ExchangeError,
+    ExchangeUnavailable,
+    Redirected,
+    RequestRejected,
+)
 from killswitch.health import HealthServer, Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
 from killswitch.tasks import Interrupted, unless_set
@@ -147,6 +153,10 @@ class ExchangeProbe:
             if self._readiness is not None:
                 self._readiness.auth_rejected(client.account, hint or None)
             self._auth_refused(client, exc, hint)
+        except ExchangeUnavailable as exc:
+            if self._readiness is not None:
+                self._readiness.unreachable(client.account, _without_prefix(exc))
+            log.debug("exchange probe: %s", exc, extra=_extra(client))
         except ExchangeError as exc:
             log.debug("exchange probe: %s", exc, extra=_extra(client))
         except Exception:  # a probe must never stop probing (nor the daemon)

@@ -10,9 +10,10 @@ import pytest
 
 from killswitch.config import AccountSettings, DeadmanSource, MetricsSettings, Settings
 from killswitch.core.outcomes import Outcome
+from killswitch.core.ports import NullObserver
 from killswitch.embedded import free_port
 from killswitch.exchange.client import ExchangeClients
-from killswitch.health import Readiness
+from killswitch.health import Readiness, ReadinessObserver
 from killswitch.observability import ExchangeProbe, probe_interval_s, prometheus_observability
 from killswitch.prometheus_text import metric_samples
 from killswitch.simulator import EndpointFaults, Simulator, SimulatorServer
@@ -176,3 +177,43 @@ async def test_the_probe_keeps_readiness_current_without_any_kill(
     # Read-only: nothing cancelled.
     for api_key, _ in keys.values():
         assert sim.count(api_key, endpoint="cancel") == 0
+
+
+async def test_an_exchange_the_probe_cannot_reach_makes_the_account_not_ready_at_once() -> None:
+    """The probe's listing goes unanswered through its retries (connections dropped)
+    while the public endpoints still answer: not ready at once, not only after
+    ``exchange_stale_after_s`` without an answer; ready again once a listing is answered."""
+    sim = Simulator(seed=4)
+    keys = {a: register_test_client(sim, name=a) for a in ACCOUNTS}
+    sim.set_faults(EndpointFaults(drop_rate=1.0), "open_orders")
+    async with SimulatorServer(sim) as server:
+        accounts = [
+            {
+                "id": a,
+                "api_key": k,
+                "private_key": pem.decode(),
+                "base_url": server.base_url,
+                "request_deadline_s": 1.0,
+            }
+            for a, (k, pem) in keys.items()
+        ]
+        # Stale after 60 s: staleness alone would keep every account ready here.
+        conf = Settings(accounts=accounts, metrics={"port": 0, "exchange_stale_after_s": 60})
+        readiness = Readiness.for_accounts(ACCOUNTS, conf.metrics.exchange_stale_after_s)
+        readiness.set_consuming(True)
+        # As the daemon wires it: the clients' answers reach readiness.
+        observer = ReadinessObserver(NullObserver(), readiness)
+        clients = ExchangeClients(conf.accounts, observer=observer)
+        probe = ExchangeProbe(clients, 0.5, readiness)
+        loop = asyncio.get_running_loop()
+        try:
+            await probe.round()
+            reasons = readiness.evaluate(loop.time()).reasons
+            assert len(reasons) == len(ACCOUNTS)
+            for account, reason in zip(ACCOUNTS, sorted(reasons), strict=True):
+                assert reason.startswith(f"exchange: {account} unreachable ("), reason
+            sim.set_faults(EndpointFaults(), "open_orders")
+            await probe.round()
+            assert readiness.evaluate(loop.time()).ready
+        finally:
+            await clients.close()
