@@ -176,9 +176,9 @@ class Readiness:
             self._auth_failed[account] = detail
 
     def unreachable(self, account: str, problem: str) -> None:
-        """A signed request of ``account`` (the probe's listing) got no answer through
-        all its retries: not ready until a signed call is answered again, however
-        recently a public endpoint answered."""
+        """A signed request of ``account`` (the probe's listing) got no usable answer
+        through all its retries (``problem``: unreachable, or throttled): not ready until
+        a signed call is answered again, however recently a public endpoint answered."""
         self._unreachable[account] = problem
 
     def redirected(self, account: str, problem: str, endpoint: str = "") -> None:
@@ -255,7 +255,7 @@ class Readiness:
             return f"{account}: {refused}"
         unreachable = self._unreachable.get(account)
         if unreachable is not None:
-            return f"exchange: {account} unreachable ({unreachable})"
+            return f"exchange: {account} {unreachable}"
         last = self._last_ok.get(account)
         if last is None and self.kafka_problem is not None:
             # The daemon starts asking the exchange once the broker answers: "no answer"

@@ -64,6 +64,7 @@ __all__ = [
     "first_page",
     "probe_interval_s",
     "prometheus_observability",
+    "unanswered_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class ExchangeProbe:
             self._auth_refused(client, exc, hint)
         except ExchangeUnavailable as exc:
             if self._readiness is not None:
-                self._readiness.unreachable(client.account, _without_prefix(exc))
+                self._readiness.unreachable(client.account, unanswered_text(exc))
             log.debug("exchange probe: %s", exc, extra=_extra(client))
         except ExchangeError as exc:
             log.debug("exchange probe: %s", exc, extra=_extra(client))
@@ -242,6 +243,14 @@ def probe_interval_s(exchange_stale_after_s: float) -> float:
 
 def _extra(client: ExchangeClient) -> dict[str, str]:
     return {"account": client.account}
+
+
+def unanswered_text(exc: ExchangeUnavailable) -> str:
+    """What a request that went unanswered through its retries says of the exchange:
+    throttled when its last answer was a 429 (the key was not refused), else
+    unreachable."""
+    how = "throttled (HTTP 429) through every retry" if exc.last_status == 429 else "unreachable"
+    return f"{how} ({_without_prefix(exc)})"
 
 
 def _without_prefix(exc: ExchangeError) -> str:

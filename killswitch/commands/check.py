@@ -36,7 +36,7 @@ from killswitch.exchange.errors import (
 from killswitch.exchange.signing import KeyLoadError
 from killswitch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from killswitch.kafka.clients import connection_kwargs
-from killswitch.observability import first_page
+from killswitch.observability import first_page, unanswered_text
 from killswitch.render import Check, GroupView, check_lines, group_checks
 
 __all__ = ["add_arguments_check", "cli_check", "read_group", "run_checks"]
@@ -202,6 +202,10 @@ async def _exchange_checks(
             return [reach, Check("key accepted", account.id, False, f"refused: {exc}")]
         except InvalidRequest as exc:
             why = f"{exc}; listed {page_size} per page (engine.page_size): try fewer"
+            return [reach, Check("key accepted", account.id, False, why)]
+        except ExchangeUnavailable as exc:
+            listing = unanswered_text(exc)
+            why = f"not known, not refused: listing open orders, the exchange was {listing}"
             return [reach, Check("key accepted", account.id, False, why)]
         except (ExchangeError, TimeoutError) as exc:
             return [reach, Check("key accepted", account.id, False, str(exc) or "timeout")]

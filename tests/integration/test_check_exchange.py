@@ -45,3 +45,21 @@ async def test_a_page_size_the_exchange_refuses_fails_the_key_check() -> None:
     assert [c.ok for c in too_big] == [True, False]
     assert "engine.page_size" in too_big[1].detail
     assert [c.ok for c in fits] == [True, True]
+
+
+async def test_a_listing_throttled_to_the_end_is_not_called_a_refused_key() -> None:
+    sim = Simulator(seed=0)
+    api_key, pem = register_test_client(sim, name="mm-1")
+    sim.set_faults(EndpointFaults(throttle_rate=1.0), endpoint="open_orders")
+    async with SimulatorServer(sim, host="127.0.0.1", port=0) as server:
+        account = account_settings(server.base_url, api_key, pem, "mm-1")
+        checks = await _exchange_checks(account, timeout_s=5)
+    assert sim.count(endpoint="open_orders", status=429) >= 1
+    assert [(c.name, c.ok) for c in checks] == [
+        ("exchange reachable", True),
+        ("key accepted", False),
+    ]
+    assert checks[1].detail.startswith(
+        "not known, not refused: listing open orders, the exchange was throttled (HTTP 429) "
+        "through every retry (gave up after "
+    ), checks[1].detail

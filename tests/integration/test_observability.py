@@ -215,5 +215,13 @@ async def test_an_exchange_the_probe_cannot_reach_makes_the_account_not_ready_at
             sim.set_faults(EndpointFaults(), "open_orders")
             await probe.round()
             assert readiness.evaluate(loop.time()).ready
+            # Throttled through every retry: said so, not called unreachable.
+            sim.set_faults(EndpointFaults(throttle_rate=1.0), "open_orders")
+            await probe.round()
+            reasons = readiness.evaluate(loop.time()).reasons
+            for account, reason in zip(ACCOUNTS, sorted(reasons), strict=True):
+                assert reason.startswith(
+                    f"exchange: {account} throttled (HTTP 429) through every retry ("
+                ), reason
         finally:
             await clients.close()
