@@ -145,7 +145,9 @@ def _still_open_text(p: AccountProgress, shown: int = 10) -> str:
     """``3 still open``, or ``still open: unknown (2 pair(s) never listed to the end:
     …)`` when some pairs in scope were never listed to the end."""
     if not p.open_unknown:
-        return f"{p.residual_open} still open"
+        # None open in its last complete listing, yet not flat: no listing came back
+        # empty before the deadline (the reason says why); "0 still open" would puzzle.
+        return "not proven flat" if p.residual_open == 0 else f"{p.residual_open} still open"
     pairs = p.unlisted_pairs
     names = ", ".join(pairs[:shown]) + (" ..." if len(pairs) > shown else "")
     known = f"; {p.residual_open} in the pairs listed" if p.residual_open else ""

@@ -127,6 +127,13 @@ def test_a_duplicate_says_nothing_was_done_and_how_to_kill_again() -> None:
     )
 
 
+def test_a_residual_with_nothing_open_says_it_is_not_proven_flat() -> None:
+    board = Board("op-1", ["a"])
+    why = "deadline passed before a listing came back empty"
+    board.apply_result(result("a", "residual", final=True, sent=3, residual=0, reason=why))
+    assert f"NOT OK: residual: not proven flat ({why}) in " in progress_lines(board)[0]
+
+
 def test_a_flat_result_with_a_reason_shows_it_as_a_note() -> None:
     board = Board("op-1", ["a"])
     note = (
