@@ -221,18 +221,17 @@ def terminal_frame(board: Board, columns: int, *, bar_width: int = 24) -> list[s
     return [line[:limit] for line in lines]
 
 
-def summary_lines(board: Board, elapsed_s: float) -> list[str]:
-    """The verdict after the wait: one line, plus one per account that did not end well."""
+def summary_lines(board: Board, elapsed_s: float | None) -> list[str]:
+    """The verdict after the wait: one line, plus one per account that did not end well
+    (``elapsed_s`` None: no time is known, none is shown)."""
     rows = [board.rows[a] for a in board.accounts]
     success = board.success_status()
     good = [r for r in rows if r.final and r.status == success]
     word = {"flat": "flat", "released": "released", "dry_run": "dry run done"}[success]
     # A release of an account that was not halted ended well but released nothing.
     done = sum(1 for r in good if not r.not_halted)
-    head = (
-        f"{board.action} {board.alert_id}: {word} on {done}/{len(rows)} account(s) "
-        f"in {duration_text(elapsed_s) or '0s'}"
-    )
+    took = "" if elapsed_s is None else f" in {duration_text(elapsed_s) or '0s'}"
+    head = f"{board.action} {board.alert_id}: {word} on {done}/{len(rows)} account(s){took}"
     missing = [f"  {r.account}: {_not_found_text(r.not_found)}" for r in rows if r.not_found]
     missing += [f"  {r.account}: was not halted (nothing released)" for r in rows if r.not_halted]
     # A good result's reason is a note worth reading (a redirected endpoint: a wrong

@@ -234,7 +234,8 @@ def cli_results(args: argparse.Namespace) -> int:
     if display is None:
         print("\n".join(progress_lines(board)))
     finals = [board.rows[a] for a in board.accounts if board.rows[a].final]
-    seconds = max((r.seconds or 0.0 for r in finals), default=0.0)
+    # The longest time an account's kill took, as its results say (none: no time shown).
+    seconds = max((r.seconds for r in finals if r.seconds is not None), default=None)
     lines = summary_lines(board, seconds) if board.done else []
     print("\n".join([*lines, *dry_run_lines(board)]))
     return code

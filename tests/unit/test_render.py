@@ -134,6 +134,12 @@ def test_a_residual_with_nothing_open_says_it_is_not_proven_flat() -> None:
     assert f"NOT OK: residual: not proven flat ({why}) in " in progress_lines(board)[0]
 
 
+def test_a_summary_without_a_known_time_shows_none() -> None:
+    board = Board("op-1", ["a"])
+    board.time_out()
+    assert summary_lines(board, None)[0] == "kill FAILED op-1: flat on 0/1 account(s)"
+
+
 def test_a_flat_result_with_a_reason_shows_it_as_a_note() -> None:
     board = Board("op-1", ["a"])
     note = (
