@@ -476,9 +476,11 @@ async def _start(
     )
     await intake.start()
     stack.push_async_callback(intake.close)
-    up_hooks.append(intake.broker_back)
+    # After a broker that lost its logs: the readers first (the dedup window learns the
+    # new results log), then the intake.
+    up_hooks.extend([index.broker_back, states.broker_back, intake.broker_back])
 
-    watcher = await _deadman_watcher(settings, publisher, obs, stack)
+    watcher = await _deadman_watcher(settings, publisher, obs, stack, up_hooks)
 
     background = asyncio.Event()  # stops the readers after the intake has drained
     probe = ExchangeProbe(
@@ -557,8 +559,10 @@ async def _deadman_watcher(
     publisher: Publisher,
     obs: Observability,
     stack: contextlib.AsyncExitStack,
+    up_hooks: list[Callable[[list[str]], Awaitable[None]]],
 ) -> DeadmanWatcher | None:
-    """The dead-man watcher, started; None when no dead-man source is configured."""
+    """The dead-man watcher, started (and told when the broker comes back); None when
+    no dead-man source is configured."""
     if not settings.deadman:
         return None
     watcher = DeadmanWatcher(
@@ -570,6 +574,7 @@ async def _deadman_watcher(
     )
     stack.push_async_callback(watcher.close)
     await watcher.start()
+    up_hooks.append(watcher.broker_back)
     return watcher
 
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -147,6 +147,35 @@ def make_producer(settings: KafkaSettings) -> AIOKafkaProducer:
         max_batch_size=_MAX_BATCH_BYTES,
         **connection_kwargs(settings),
     )
+
+
+async def rewind_remade(
+    consumer: AIOKafkaConsumer, created: Collection[str], what: str
+) -> dict[TopicPartition, int]:
+    """After the broker came back: read from its start every assigned partition whose
+    log was made again. Those of the topics in ``created`` (this daemon made them
+    again), and those whose position is past the log's end (someone else did: Kafka
+    answers a fetch there OFFSET_OUT_OF_RANGE and the client resets it, but a broker
+    that answers with no records instead, as the embedded one does, would leave the
+    reader waiting until the new log grows past its old position, skipping what comes
+    before). ``what`` names the reader in the warning. Returns the partitions' end
+    offsets now (empty when nothing is assigned)."""
+    assigned = sorted(consumer.assignment())
+    if not assigned:
+        return {}
+    ends: dict[TopicPartition, int] = await consumer.end_offsets(assigned)
+    remade = [
+        tp
+        for tp in assigned
+        if tp.topic in created or await consumer.position(tp) > ends.get(tp, 0)
+    ]
+    if remade:
+        await consumer.seek_to_beginning(*remade)
+        log.warning(
+            f"kafka came back with its log made again: {what} reads it from the start",
+            extra={"partitions": [f"{tp.topic}:{tp.partition}" for tp in remade]},
+        )
+    return ends
 
 
 async def all_partitions(

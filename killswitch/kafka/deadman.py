@@ -25,7 +25,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,7 +36,7 @@ from killswitch.config import DeadmanSource, KafkaSettings
 from killswitch.contracts import ALERT_SCHEMA, Alert, AlertScopeModel, parse_heartbeat
 from killswitch.core.deadman import DeadmanMonitor, Firing, HeartbeatVerdict
 from killswitch.core.ports import AlertObserver, NullAlertObserver
-from killswitch.kafka.clients import all_partitions, make_reader, stop_consumer
+from killswitch.kafka.clients import all_partitions, make_reader, rewind_remade, stop_consumer
 from killswitch.kafka.outputs import Publisher
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,13 @@ class DeadmanWatcher:
                     self._heard(record.value)
             for firing in self._monitor.check(self._monotonic()):
                 await self._fire(firing)
+
+    async def broker_back(self, created: Collection[str]) -> None:
+        """After the broker came back: a heartbeat log made again is read from its start
+        (:func:`rewind_remade`), so heartbeats sent since count."""
+        consumer = self._consumer
+        if consumer is not None:
+            await rewind_remade(consumer, created, "the dead-man watcher")
 
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None

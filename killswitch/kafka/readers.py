@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -27,7 +27,7 @@ from killswitch.contracts import (
 from killswitch.core.carry import CarryStore
 from killswitch.core.dedup import DedupWindow
 from killswitch.core.model import CarriedOutcomes, HaltState, Position, Scope
-from killswitch.kafka.clients import all_partitions, make_reader, stop_consumer
+from killswitch.kafka.clients import all_partitions, make_reader, rewind_remade, stop_consumer
 from killswitch.tasks import TurnBudget, wait_any
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,13 @@ class HaltStateReader:
                     _fold_state(changes, rec.key, rec.value, self._daemon, keep_cleared=True)
             for state in changes.values():
                 apply(state)
+
+    async def broker_back(self, created: Collection[str]) -> None:
+        """After the broker came back: a state log made again is read from its start
+        (:func:`rewind_remade`): the halts the daemons publish again after such a loss."""
+        consumer = self._consumer
+        if consumer is not None:
+            await rewind_remade(consumer, created, "the state follower")
 
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -359,6 +366,13 @@ class ResultsIndex:
             if not self._catch_ups:
                 self._catching_up.clear()
         return True
+
+    async def broker_back(self, created: Collection[str]) -> None:
+        """After the broker came back: a results log made again is read from its start
+        (:func:`rewind_remade`), and the ends known so far are the new log's."""
+        consumer = self._consumer
+        if consumer is not None:
+            self._ends = await rewind_remade(consumer, created, "the results reader")
 
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None

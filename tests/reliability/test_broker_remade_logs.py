@@ -1,0 +1,108 @@
+"""Readers after a broker that lost its logs and had them made again by someone else.
+
+The embedded broker keeps its logs in memory: killed and restarted on the same port,
+it is empty. A reader positioned in the old log (offset 2, say) would then wait at
+that offset in the new one: Kafka answers such a fetch OFFSET_OUT_OF_RANGE and the
+client resets it, but the embedded broker answers with no records, so the reader saw
+nothing until the new log grew past its old position. After the broker came back,
+``broker_back`` reads such a log from its start (``rewind_remade``), whoever made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka import TopicPartition
+
+from killswitch.config import KafkaSettings
+from killswitch.contracts import encode_state
+from killswitch.core.model import HaltState, Scope
+from killswitch.embedded import EmbeddedBroker
+from killswitch.kafka.clients import ensure_topics, make_reader, rewind_remade
+from killswitch.kafka.readers import HaltStateReader
+from tests.support.broker import kill_broker
+from tests.support.topics import Producer
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def halt(account: str, halted: bool) -> bytes:
+    state = HaltState(account, halted, f"a-{account}", datetime.now(UTC), Scope())
+    return encode_state(state, daemon="another-daemon")
+
+
+async def until_done(step: Callable[[], Awaitable[object]], timeout: float = 30.0) -> None:
+    """Await ``step()`` until it stops raising (the client reconnecting to the broker)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await step()
+            return
+        except Exception:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.2)  # polling a reconnect with a deadline
+
+
+async def test_the_state_follower_reads_a_log_made_again_from_its_start(
+    broker: EmbeddedBroker,
+) -> None:
+    broker.start()
+    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
+    state = kafka.topics.state
+    await ensure_topics(kafka)
+    async with Producer(broker.bootstrap) as producer:
+        # The same key as the record of the new log below: the same partition.
+        await producer.send(state, halt("mm-1", True), key="mm-1")
+        await producer.send(state, halt("mm-1", False), key="mm-1")
+    reader = HaltStateReader(kafka, state, daemon="this-daemon")
+    await reader.start(timeout_s=30)  # read to the end: offset 2 of the old log
+    applied: list[HaltState] = []
+    stop = asyncio.Event()
+    following = asyncio.create_task(reader.follow(stop, applied.append))
+    try:
+        kill_broker(broker)
+        broker.start()  # same port, empty
+        # Made again by someone else (as ``killswitch broker`` does), not by this reader.
+        await until_done(lambda: ensure_topics(kafka))
+        async with Producer(broker.bootstrap) as producer:
+            await producer.send(state, halt("mm-1", True), key="mm-1")
+        await until_done(lambda: reader.broker_back([]))
+        await wait_for(lambda: any(s.account == "mm-1" for s in applied), timeout=30)
+        assert [(s.account, s.halted) for s in applied] == [("mm-1", True)]
+    finally:
+        stop.set()
+        await following
+        await reader.close()
+
+
+async def test_only_logs_made_again_are_read_from_their_start(broker: EmbeddedBroker) -> None:
+    """A partition past the new log's end, or of a topic this daemon made again, is
+    rewound; one within its log and not made again keeps its position."""
+    broker.start()
+    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
+    topics = kafka.topics
+    await ensure_topics(kafka)
+    consumer = make_reader(kafka)
+    await consumer.start()
+    try:
+        names = (topics.state, topics.dlq, topics.results)
+        past, made, kept = (TopicPartition(t, 0) for t in names)
+        async with Producer(broker.bootstrap) as producer:
+            for topic in names:
+                for n in range(3):
+                    await producer.send(topic, b"x%d" % n, key="mm-1", partition=0)
+        consumer.assign([past, made, kept])
+        consumer.seek(past, 10)  # past the end: a log that was longer
+        consumer.seek(made, 2)
+        consumer.seek(kept, 2)
+        ends = await rewind_remade(consumer, [topics.dlq], "a test reader")
+        assert ends == {past: 3, made: 3, kept: 3}
+        assert [await consumer.position(tp) for tp in (past, made, kept)] == [0, 0, 2]
+    finally:
+        await consumer.stop()
