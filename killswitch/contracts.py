@@ -200,7 +200,8 @@ class AlertScopeModel(BaseModel):
                 if account not in known:
                     unknown = sorted({a for a in value if a not in known})
                     shown = ", ".join(repr(a[:64]) for a in unknown[:5])
-                    raise ValueError(f"unknown account id(s): {shown}")
+                    every = ' (every account is the string "*", not a list)' if "*" in value else ""
+                    raise ValueError(f"unknown account id(s): {shown}{every}")
         # Drop repeats, keep order. One account (the usual alert) has none, and its list
         # is pydantic's own copy already.
         return value if len(value) == 1 else list(dict.fromkeys(value))

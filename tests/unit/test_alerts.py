@@ -114,6 +114,11 @@ INVALID: list[tuple[str, Any, str]] = [
     ("empty accounts", alert(scope={"accounts": []}), "empty list"),
     ("all as a word", alert(scope={"accounts": "all"}), "scope.accounts"),
     ("unknown account", alert(scope={"accounts": ["mm-9"]}), "unknown account id(s): 'mm-9'"),
+    (
+        "all in a list",
+        alert(scope={"accounts": ["*"]}),
+        """unknown account id(s): '*' (every account is the string "*", not a list)""",
+    ),
     ("empty symbols", alert(scope=scope(symbols=[])), "omit the field"),
     ("empty sides", alert(scope=scope(sides=[])), "omit the field"),
     ("bad side", alert(scope=scope(sides=["LONG"])), "scope.sides.0"),
