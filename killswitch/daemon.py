@@ -102,6 +102,9 @@ _Spawn = Callable[[asyncio.TaskGroup], dict[str, asyncio.Task[None]]]
 # alert produces at least one final result per account, plus progress events.
 _RESULTS_TAIL_FACTOR = 4
 _STARTUP_READ_TIMEOUT_S = 60.0
+# Each step after the broker came back (a few requests to it): past this it is logged
+# as failed and the next runs.
+RECOVERY_STEP_S = 15.0
 # Beyond the grace period, how long a stop waits for Kafka (commits, deliveries): a
 # broker that answers needs milliseconds.
 _KAFKA_STOP_S = 5.0
@@ -476,9 +479,9 @@ async def _start(
     )
     await intake.start()
     stack.push_async_callback(intake.close)
-    # After a broker that lost its logs: the readers first (the dedup window learns the
-    # new results log), then the intake.
-    up_hooks.extend([index.broker_back, states.broker_back, intake.broker_back])
+    # After a broker that lost its logs: the intake first (its seek has no await, so no
+    # record of a new alerts log is taken up at an old offset), then the readers.
+    up_hooks.extend([intake.broker_back, index.broker_back, states.broker_back])
 
     watcher = await _deadman_watcher(settings, publisher, obs, stack, up_hooks)
 
@@ -612,7 +615,9 @@ def _kafka_watch(
         created = await ensure_topics(kafka)
         for hook in up_hooks:
             try:
-                await hook(created)
+                # Bounded: the watch runs these before it can notice the next outage.
+                async with asyncio.timeout(RECOVERY_STEP_S):
+                    await hook(created)
             except Exception:  # one step failing must stop neither the watch nor the others
                 log.exception("recovery step failed after kafka came back")
 

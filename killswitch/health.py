@@ -152,15 +152,24 @@ class Readiness:
         self.draining = True
 
     def exchange_ok(
-        self, account: str, now: float, *, signed: bool = True, endpoint: str = ""
+        self,
+        account: str,
+        now: float,
+        *,
+        signed: bool = True,
+        endpoint: str = "",
+        throttled: bool = False,
     ) -> None:
         """The exchange gave ``account`` a usable answer at ``now`` (from ``endpoint``).
-        One to a signed call also clears an auth failure (the key works); a redirect
-        clears only with a good answer from the endpoint that answered it."""
+        One to a signed call also clears an auth failure (the key works) and, unless it
+        is a 429 (``throttled``: a request throttled through its retries is what marked
+        it), an unreachable exchange; a redirect clears only with a good answer from the
+        endpoint that answered it."""
         self._last_ok[account] = now
         if signed:
             self._auth_failed.pop(account, None)
-            self._unreachable.pop(account, None)
+            if not throttled:
+                self._unreachable.pop(account, None)
         redirects = self._redirected.get(account)
         if redirects:
             redirects.pop(endpoint, None)
@@ -213,7 +222,9 @@ class Readiness:
         answer = classify_answer(status)
         public = endpoint in PUBLIC_ENDPOINTS
         if answer is Answer.OK:
-            self.exchange_ok(account, now, signed=not public, endpoint=endpoint)
+            self.exchange_ok(
+                account, now, signed=not public, endpoint=endpoint, throttled=status == "429"
+            )
         elif answer is Answer.AUTH and not public:
             self.auth_rejected(account)
         elif answer is Answer.REDIRECT and endpoint not in self._redirected.get(account, {}):

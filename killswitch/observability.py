@@ -153,7 +153,7 @@ class ExchangeProbe:
             hint = client.auth_clock_hint(exc.endpoint)
             if self._readiness is not None:
                 self._readiness.auth_rejected(client.account, hint or None)
-            self._auth_refused(client, exc, hint)
+            self._auth_refused(client, exc)
         except ExchangeUnavailable as exc:
             if self._readiness is not None:
                 self._readiness.unreachable(client.account, unanswered_text(exc))
@@ -181,17 +181,19 @@ class ExchangeProbe:
         if self._readiness is not None:
             self._readiness.listing(account, None)
 
-    def _auth_refused(self, client: ExchangeClient, exc: AuthError, hint: str) -> None:
-        """Logged once when the exchange starts refusing the account's key (and again
-        if the refusal changes): every kill of the account would fail the same way."""
-        problem = (
-            f"the exchange refuses the key ({_without_prefix(exc)}): check the account's "
-            "api_key and that the exchange knows the public half of its private key"
-            + (f"; {hint}" if hint else "")
-        )
-        if self._auth.get(client.account) != problem:
-            log.warning(f"exchange probe: {problem}", extra=_extra(client))
-        self._auth[client.account] = problem
+    def _auth_refused(self, client: ExchangeClient, exc: AuthError) -> None:
+        """Logged once when the exchange starts refusing the account's key (again only if
+        the refusal's status or code changes): every kill of the account would fail the
+        same way. The error's text already carries the clock hint when there is one."""
+        refusal = f"{exc.status} {exc.code}"
+        if self._auth.get(client.account) != refusal:
+            log.warning(
+                f"exchange probe: the exchange refuses the key ({_without_prefix(exc)}): "
+                "check the account's api_key and that the exchange knows the public half "
+                "of its private key",
+                extra=_extra(client),
+            )
+        self._auth[client.account] = refusal
 
     def _listing_refused(self, account: str, exc: RequestRejected) -> None:
         problem = (

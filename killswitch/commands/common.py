@@ -102,8 +102,8 @@ async def describe_group(kafka: KafkaSettings) -> tuple[str, list[str]]:
     """The daemons' consumer group: its state and its members (``client_id@host``, else
     the member id), as the group coordinator describes it. Never joins the group."""
     admin = AIOKafkaAdminClient(**connection_kwargs(kafka))
-    await admin.start()
     try:
+        await admin.start()
         described = await admin.describe_consumer_groups([kafka.group_id])
     finally:
         with contextlib.suppress(Exception):

@@ -204,15 +204,21 @@ async def run_trigger(
     return run
 
 
+# The group check before following a trigger: bounded well inside any --timeout, as the
+# kill's results wait behind it (a broker answers it in milliseconds).
+GROUP_CHECK_S = 2.0
+
+
 async def _no_daemon(kafka: KafkaSettings) -> bool:
     """Whether the daemons' consumer group has no member now: none running, or one still
     joining. False when the group cannot be read (nothing is claimed then)."""
     try:
-        async with asyncio.timeout(KAFKA_TIMEOUT_S):
+        async with asyncio.timeout(GROUP_CHECK_S):
             state, members = await describe_group(kafka)
     except (KafkaError, TimeoutError, OSError, ValueError):
         return False
-    return not members and not state.startswith("error")
+    # Empty: the group exists, nobody in it; Dead: no such group (Kafka's words).
+    return not members and state in ("Empty", "Dead")
 
 
 def _no_daemon_text(kafka: KafkaSettings) -> str:

@@ -369,3 +369,19 @@ def test_an_account_whose_pair_list_is_not_read_yet_is_not_ready_though_it_answe
     assert r.evaluate(11.0) == ReadyReport(False, (f"mm-2: {why}",))
     r.pair_list("mm-2", None)
     assert r.evaluate(11.0).ready
+
+
+def test_an_unreachable_exchange_is_not_ready_until_a_signed_call_is_answered() -> None:
+    r = Readiness.for_accounts(["mm-1"], STALE)
+    r.set_consuming(True)
+    r.record_exchange("mm-1", "200", 10, "open_orders")
+    why = "throttled (HTTP 429) through every retry (gave up after 6 attempt(s))"
+    r.unreachable("mm-1", why)
+    assert r.evaluate(11.0) == ReadyReport(False, (f"exchange: mm-1 {why}",))
+    # A public answer, or another 429 (what marked it), does not clear it: no flapping
+    # while the retries of a throttled probe go on.
+    r.record_exchange("mm-1", "200", 12, "time")
+    r.record_exchange("mm-1", "429", 12, "open_orders")
+    assert not r.evaluate(13.0).ready
+    r.record_exchange("mm-1", "200", 14, "open_orders")
+    assert r.evaluate(15.0).ready
