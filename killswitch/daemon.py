@@ -481,7 +481,9 @@ async def _start(
     stack.push_async_callback(intake.close)
     # After a broker that lost its logs: the intake first (its seek has no await, so no
     # record of a new alerts log is taken up at an old offset), then the readers.
-    up_hooks.extend([intake.broker_back, index.broker_back, states.broker_back])
+    up_hooks.extend(
+        [intake.broker_back, publisher.broker_back, index.broker_back, states.broker_back]
+    )
 
     watcher = await _deadman_watcher(settings, publisher, obs, stack, up_hooks)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -365,6 +365,14 @@ class Publisher:
         known = await self._producer.partitions_for(self._topics.results)
         if partition not in known:
             raise UnknownTopicOrPartitionError(f"results topic has no partition {partition}")
+
+    async def broker_back(self, created: Collection[str]) -> None:
+        """After the broker came back: the producer's metadata is asked again at once (so
+        the results' partitions are worked out again). A topic made again may have other
+        partitions; Kafka answers a write to a partition it lacks with an error that makes
+        the client ask, but a broker that accepts it, as the embedded one does, would
+        take results into a partition nobody reads, for up to the metadata's max age."""
+        await self._producer.client.force_metadata_update()
 
     def _placed(self, key: bytes) -> int | None:
         """The partition a result of ``key`` is sent to (:meth:`result_partition`), or

@@ -16,12 +16,14 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from killswitch.config import KafkaSettings
 from killswitch.contracts import encode_state
 from killswitch.core.model import HaltState, Scope
 from killswitch.embedded import EmbeddedBroker
-from killswitch.kafka.clients import ensure_topics, make_reader, rewind_remade
+from killswitch.kafka.clients import ensure_topics, make_producer, make_reader, rewind_remade
+from killswitch.kafka.outputs import Publisher
 from killswitch.kafka.readers import HaltStateReader
 from tests.support.broker import kill_broker
 from tests.support.topics import Producer
@@ -106,3 +108,37 @@ async def test_only_logs_made_again_are_read_from_their_start(broker: EmbeddedBr
         assert [await consumer.position(tp) for tp in (past, made, kept)] == [0, 0, 2]
     finally:
         await consumer.stop()
+
+
+async def test_results_go_to_a_partition_the_new_results_topic_has(
+    broker: EmbeddedBroker,
+) -> None:
+    """The results topic made again with one partition (where it had several): after
+    ``broker_back`` the publisher names partition 0, not one the old metadata had."""
+    broker.start()
+    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
+    await ensure_topics(kafka)
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        publisher = Publisher(producer, kafka.topics)
+        keys = [f"mm-{n}".encode() for n in range(20)]
+        await wait_for(lambda: publisher.result_partition(keys[0]) is not None, timeout=30)
+        before = {publisher.result_partition(k) for k in keys}
+        assert before - {0}, before  # keys spread over the old partitions
+        kill_broker(broker)
+        broker.start()  # same port, empty
+        await until_done(lambda: create_results(kafka, partitions=1))
+        await until_done(lambda: publisher.broker_back([]))
+        assert {publisher.result_partition(k) for k in keys} == {0}
+    finally:
+        await producer.stop()
+
+
+async def create_results(kafka: KafkaSettings, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(kafka.topics.results, partitions, 1)])
+    finally:
+        await admin.close()
