@@ -142,6 +142,21 @@ REVOKE_COMMIT_S = 5.0
 PAIR_FETCH_WAIT_S = 2.0
 
 
+# How long an assignment waits at most for the results reader to catch up (see
+# assignment_wait_s).
+ASSIGN_CATCH_UP_S = 10.0
+
+
+def assignment_wait_s(session_timeout_ms: int) -> float:
+    """How long an assignment waits for the results reader: at most
+    :data:`ASSIGN_CATCH_UP_S`, and a third of the session timeout. aiokafka sends no
+    heartbeat while the assignment callback runs, so a wait near the session timeout
+    gets the member dropped from the group, which rebalances, and with a reader that
+    stays behind does so again at every assignment. A reader still behind after the
+    wait only means a repeat may be swept again (logged)."""
+    return min(ASSIGN_CATCH_UP_S, session_timeout_ms / 1000 / 3)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -1911,7 +1926,8 @@ class Intake:
         # Ready even with no partitions: a member with nothing assigned is healthy.
         self._on_consuming(not self._stopping)
         if self._results_index is not None:
-            caught_up = await self._results_index.wait_caught_up(timeout_s=10.0)
+            wait_s = assignment_wait_s(self._kafka.session_timeout_ms)
+            caught_up = await self._results_index.wait_caught_up(timeout_s=wait_s)
             if not caught_up:
                 log.warning("results reader behind at assignment; repeats may be re-swept")
         # A new assignment starts unpaused: over the limit, pause again only the

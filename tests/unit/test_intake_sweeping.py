@@ -11,11 +11,12 @@ import asyncio
 import json
 from datetime import UTC, datetime
 
+import pytest
 from aiokafka import ConsumerRecord
 
 from killswitch.core.dedup import Seen
 from killswitch.core.model import Position
-from killswitch.kafka.consumer import Intake
+from killswitch.kafka.consumer import ASSIGN_CATCH_UP_S, Intake, assignment_wait_s
 from tests.support.intake import offline_intake
 
 NOW = datetime(2026, 11, 30, 2, 0, 0, tzinfo=UTC)
@@ -78,3 +79,14 @@ async def test_a_kill_cancelled_while_forwarding_is_no_longer_swept_and_its_repe
     assert waiter.result() is None  # no final result: the alert is replayed
     assert "mm-1" not in intake._queued
     assert intake._dedup.decide("a-1", ["mm-1"], origin).accounts[0].seen is Seen.NEW
+
+
+@pytest.mark.parametrize("session_ms", [1_000, 2_000, 10_000, 45_000, 300_000])
+def test_an_assignment_waits_for_the_results_reader_well_inside_the_session(
+    session_ms: int,
+) -> None:
+    # aiokafka sends no heartbeat while the assignment callback runs: a wait reaching
+    # the session timeout gets the member dropped, and the group rebalances again.
+    wait = assignment_wait_s(session_ms)
+    assert 0 < wait <= session_ms / 1000 / 3
+    assert wait <= ASSIGN_CATCH_UP_S
