@@ -84,6 +84,11 @@ def classify_answer(status: str) -> Answer:
     return Answer.NONE
 
 
+# How the exchange probe words a request throttled through every retry (the other
+# unanswered kind is "unreachable"): see Readiness.unreachable.
+THROTTLED = "throttled"
+
+
 @dataclass(frozen=True, slots=True)
 class ReadyReport:
     """The verdict of :meth:`Readiness.evaluate`."""
@@ -161,14 +166,15 @@ class Readiness:
         throttled: bool = False,
     ) -> None:
         """The exchange gave ``account`` a usable answer at ``now`` (from ``endpoint``).
-        One to a signed call also clears an auth failure (the key works) and, unless it
-        is a 429 (``throttled``: a request throttled through its retries is what marked
-        it), an unreachable exchange; a redirect clears only with a good answer from the
-        endpoint that answered it."""
+        One to a signed call also clears an auth failure (the key works) and an
+        unreachable exchange, but a 429 (``throttled``) does not clear one found
+        throttled (a request throttled through its retries is what marked it, and its
+        429s come between); a redirect clears only with a good answer from the endpoint
+        that answered it."""
         self._last_ok[account] = now
         if signed:
             self._auth_failed.pop(account, None)
-            if not throttled:
+            if not (throttled and self._unreachable.get(account, "").startswith(THROTTLED)):
                 self._unreachable.pop(account, None)
         redirects = self._redirected.get(account)
         if redirects:
@@ -227,6 +233,7 @@ class Readiness:
             )
         elif answer is Answer.AUTH and not public:
             self.auth_rejected(account)
+            self._unreachable.pop(account, None)  # it answered: the key is the problem
         elif answer is Answer.REDIRECT and endpoint not in self._redirected.get(account, {}):
             # Where to comes with the client's report (ReadinessObserver.redirected).
             on = f" on {endpoint}" if endpoint else ""

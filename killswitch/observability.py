@@ -54,7 +54,7 @@ from killswitch.exchange.errors import (
     Redirected,
     RequestRejected,
 )
-from killswitch.health import HealthServer, Readiness, ReadinessObserver
+from killswitch.health import THROTTLED, HealthServer, Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
 from killswitch.tasks import Interrupted, unless_set
 
@@ -251,7 +251,7 @@ def unanswered_text(exc: ExchangeUnavailable) -> str:
     """What a request that went unanswered through its retries says of the exchange:
     throttled when its last answer was a 429 (the key was not refused), else
     unreachable."""
-    how = "throttled (HTTP 429) through every retry" if exc.last_status == 429 else "unreachable"
+    how = f"{THROTTLED} (HTTP 429) through every retry" if exc.last_status == 429 else "unreachable"
     return f"{how} ({_without_prefix(exc)})"
 
 

@@ -385,3 +385,16 @@ def test_an_unreachable_exchange_is_not_ready_until_a_signed_call_is_answered() 
     assert not r.evaluate(13.0).ready
     r.record_exchange("mm-1", "200", 14, "open_orders")
     assert r.evaluate(15.0).ready
+
+
+def test_an_exchange_found_unreachable_is_cleared_by_any_answer_to_a_signed_call() -> None:
+    """Not only by a 200: a 429 or a key refusal says the exchange answers again (the
+    refusal is then the reason), so a stale "unreachable" is not shown after it."""
+    for status, after in (("429", ()), ("401", ("mm-1: auth rejected",))):
+        r = Readiness.for_accounts(["mm-1"], STALE)
+        r.set_consuming(True)
+        r.record_exchange("mm-1", "200", 10, "open_orders")
+        r.unreachable("mm-1", "unreachable (gave up after 6 attempt(s); last ConnectError)")
+        assert not r.evaluate(11.0).ready
+        r.record_exchange("mm-1", status, 12, "open_orders")
+        assert r.evaluate(13.0) == ReadyReport(not after, after), status
