@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
@@ -25,7 +26,10 @@ from killswitch.embedded import EmbeddedBroker
 from killswitch.kafka.clients import ensure_topics, make_producer, make_reader, rewind_remade
 from killswitch.kafka.outputs import Publisher
 from killswitch.kafka.readers import HaltStateReader
-from tests.support.broker import kill_broker
+from killswitch.prometheus_text import metric_samples
+from tests.support.broker import kill_broker, wait_ready
+from tests.support.daemon import Daemons, daemon_config, wait_http, write_config
+from tests.support.exchange import exchange
 from tests.support.topics import Producer
 from tests.support.waiting import wait_for
 
@@ -142,3 +146,48 @@ async def create_results(kafka: KafkaSettings, partitions: int) -> None:
         await admin.create_topics([NewTopic(kafka.topics.results, partitions, 1)])
     finally:
         await admin.close()
+
+
+async def test_a_daemon_follows_the_state_log_made_again_after_the_broker_came_back(
+    broker: EmbeddedBroker, daemons: Daemons, tmp_path: Path
+) -> None:
+    """The daemon's wiring: after the broker came back empty, a halt another daemon
+    publishes to the new state log (at an offset below the one read in the old log)
+    reaches this daemon's state follower."""
+    broker.start()
+    async with exchange(["mm-1"], ["BTC_USDT"], seed=31) as ex:
+        settings = daemon_config(broker.bootstrap, "remade", ex.account_configs())
+        url = f"http://127.0.0.1:{settings['metrics']['port']}"
+        state = settings["kafka"]["topics"]["state"]
+        daemon = daemons.start(write_config(tmp_path / "killswitch.toml", settings))
+        await wait_ready(url, True, timeout=60)
+
+        async def halted() -> float:
+            text = (await wait_http(f"{url}/metrics")).text
+            return sum(
+                v
+                for name, labels, v in metric_samples(text)
+                if name == "killswitch_account_halted" and labels.get("account") == "mm-1"
+            )
+
+        async def until_halted(value: float) -> None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while await halted() != value:
+                assert loop.time() < deadline, f"killswitch_account_halted never {value}"
+                await asyncio.sleep(0.1)  # polling a metric with a deadline
+
+        # Two records of the old state log read: the follower's position there is 2.
+        async with Producer(broker.bootstrap) as producer:
+            await producer.send(state, halt("mm-1", True), key="mm-1")
+            await until_halted(1)
+            await producer.send(state, halt("mm-1", False), key="mm-1")
+            await until_halted(0)
+        kill_broker(broker)
+        broker.start()  # same port, empty: the daemon makes its topics again
+        await wait_ready(url, True, timeout=60)
+        async with Producer(broker.bootstrap) as producer:
+            await producer.send(state, halt("mm-1", True), key="mm-1")  # offset 0
+        await until_halted(1)
+        daemon.terminate()
+        assert await daemon.wait(timeout=30) == 0
