@@ -1052,12 +1052,17 @@ def _order_text(order: ResultOrder) -> str:
     return f"{text}}}" if reason is None else f'{text},"reason":{_json_string(reason)}}}'
 
 
+# A duplicate result's reason begins with this, then `` (already STATUS)`` when the
+# original handling's status is known (the operator's tools show that part).
+DUPLICATE_REASON = "duplicate alert_id"
+
+
 def duplicate_result(
     request: KillRequest, previous_status: str | None, now: datetime
 ) -> SweepResult:
     """The final ``duplicate`` result for a repeat of an alert already handled."""
     seen = f" (already {previous_status})" if previous_status else ""
-    return no_sweep_result(request, SweepStatus.DUPLICATE, now, f"duplicate alert_id{seen}")
+    return no_sweep_result(request, SweepStatus.DUPLICATE, now, f"{DUPLICATE_REASON}{seen}")
 
 
 def failed_result(request: KillRequest, reason: str, now: datetime) -> SweepResult:

@@ -84,11 +84,6 @@ def classify_answer(status: str) -> Answer:
     return Answer.NONE
 
 
-# How the exchange probe words a request throttled through every retry (the other
-# unanswered kind is "unreachable"): see Readiness.unreachable.
-THROTTLED = "throttled"
-
-
 @dataclass(frozen=True, slots=True)
 class ReadyReport:
     """The verdict of :meth:`Readiness.evaluate`."""
@@ -133,6 +128,7 @@ class Readiness:
     _listing_refused: dict[str, str] = field(default_factory=dict)  # account: why
     _pairs_unread: set[str] = field(default_factory=set)  # no pair_list() report yet
     _unreachable: dict[str, str] = field(default_factory=dict)  # account: why, until signed OK
+    _throttled: set[str] = field(default_factory=set)  # of those, the ones 429s marked
 
     @classmethod
     def for_accounts(cls, accounts: Iterable[str], stale_after_s: float) -> Readiness:
@@ -174,8 +170,8 @@ class Readiness:
         self._last_ok[account] = now
         if signed:
             self._auth_failed.pop(account, None)
-            if not (throttled and self._unreachable.get(account, "").startswith(THROTTLED)):
-                self._unreachable.pop(account, None)
+            if not (throttled and account in self._throttled):
+                self._answered(account)
         redirects = self._redirected.get(account)
         if redirects:
             redirects.pop(endpoint, None)
@@ -190,11 +186,21 @@ class Readiness:
         if detail is not None or account not in self._auth_failed:
             self._auth_failed[account] = detail
 
-    def unreachable(self, account: str, problem: str) -> None:
+    def unreachable(self, account: str, problem: str, *, throttled: bool = False) -> None:
         """A signed request of ``account`` (the probe's listing) got no usable answer
-        through all its retries (``problem``: unreachable, or throttled): not ready until
-        a signed call is answered again, however recently a public endpoint answered."""
+        through all its retries (``throttled``: 429s to the end; ``problem`` says which):
+        not ready until a signed call is answered again, however recently a public
+        endpoint answered."""
         self._unreachable[account] = problem
+        if throttled:
+            self._throttled.add(account)
+        else:
+            self._throttled.discard(account)
+
+    def _answered(self, account: str) -> None:
+        """A signed call of ``account`` was answered: the exchange is reachable."""
+        self._unreachable.pop(account, None)
+        self._throttled.discard(account)
 
     def redirected(self, account: str, problem: str, endpoint: str = "") -> None:
         """``endpoint`` answered ``account`` with a redirect; ``problem`` says where to."""
@@ -233,7 +239,7 @@ class Readiness:
             )
         elif answer is Answer.AUTH and not public:
             self.auth_rejected(account)
-            self._unreachable.pop(account, None)  # it answered: the key is the problem
+            self._answered(account)  # it answered: the key is the problem
         elif answer is Answer.REDIRECT and endpoint not in self._redirected.get(account, {}):
             # Where to comes with the client's report (ReadinessObserver.redirected).
             on = f" on {endpoint}" if endpoint else ""

@@ -54,7 +54,7 @@ from killswitch.exchange.errors import (
     Redirected,
     RequestRejected,
 )
-from killswitch.health import THROTTLED, HealthServer, Readiness, ReadinessObserver
+from killswitch.health import HealthServer, Readiness, ReadinessObserver
 from killswitch.metrics import Metrics
 from killswitch.tasks import Interrupted, unless_set
 
@@ -156,7 +156,10 @@ class ExchangeProbe:
             self._auth_refused(client, exc)
         except ExchangeUnavailable as exc:
             if self._readiness is not None:
-                self._readiness.unreachable(client.account, unanswered_text(exc))
+                throttled = exc.last_status == 429
+                self._readiness.unreachable(
+                    client.account, unanswered_text(exc), throttled=throttled
+                )
             log.debug("exchange probe: %s", exc, extra=_extra(client))
         except ExchangeError as exc:
             log.debug("exchange probe: %s", exc, extra=_extra(client))
@@ -251,7 +254,7 @@ def unanswered_text(exc: ExchangeUnavailable) -> str:
     """What a request that went unanswered through its retries says of the exchange:
     throttled when its last answer was a 429 (the key was not refused), else
     unreachable."""
-    how = f"{THROTTLED} (HTTP 429) through every retry" if exc.last_status == 429 else "unreachable"
+    how = "throttled (HTTP 429) through every retry" if exc.last_status == 429 else "unreachable"
     return f"{how} ({_without_prefix(exc)})"
 
 

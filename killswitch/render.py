@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from killswitch.board import FINISHED_OK, REFUSED, TIMED_OUT, WAITING, AccountProgress, Board
-from killswitch.contracts import scope_to_json, state_to_json
+from killswitch.contracts import DUPLICATE_REASON, scope_to_json, state_to_json
 from killswitch.core.model import HaltState
 from killswitch.core.times import format_time
 from killswitch.prometheus_text import Sample
@@ -120,7 +120,7 @@ def _status_text(p: AccountProgress, success: str) -> str:
 def _duplicate_text(p: AccountProgress) -> str:
     """A ``duplicate`` answer: the alert id was handled before, so nothing was done now
     (its counts are zero, whatever is open), and how to kill again."""
-    seen = (p.reason or "").removeprefix("duplicate alert_id").strip(" ()")
+    seen = (p.reason or "").removeprefix(DUPLICATE_REASON).strip(" ()")
     return (
         f"duplicate alert id{f' ({seen})' if seen else ''}: handled before, nothing done "
         "now (to kill again, leave out --alert-id)"

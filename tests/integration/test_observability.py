@@ -17,7 +17,7 @@ from killswitch.health import Readiness, ReadinessObserver
 from killswitch.observability import ExchangeProbe, probe_interval_s, prometheus_observability
 from killswitch.prometheus_text import metric_samples
 from killswitch.simulator import EndpointFaults, Simulator, SimulatorServer
-from killswitch.simulator.testing import register_test_client
+from killswitch.simulator.testing import account_settings, register_test_client
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -188,13 +188,7 @@ async def test_an_exchange_the_probe_cannot_reach_makes_the_account_not_ready_at
     sim.set_faults(EndpointFaults(drop_rate=1.0), "open_orders")
     async with SimulatorServer(sim) as server:
         accounts = [
-            {
-                "id": a,
-                "api_key": k,
-                "private_key": pem.decode(),
-                "base_url": server.base_url,
-                "request_deadline_s": 1.0,
-            }
+            account_settings(server.base_url, k, pem, a, request_deadline_s=1.0)
             for a, (k, pem) in keys.items()
         ]
         # Stale after 60 s: staleness alone would keep every account ready here.

@@ -45,6 +45,7 @@ from killswitch.simulator.testing import register_test_client
 from killswitch.triggers import TriggerVerifier
 from tests.support.intake import create_all_topics, make_settings
 from tests.support.topics import create_topics, read_to_end
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -403,14 +404,7 @@ async def test_cli_trigger_says_when_no_daemon_is_in_the_group(
 
 async def wait_for_members(settings: Settings, timeout_s: float = 30.0) -> None:
     """Until the daemons' consumer group has a member (a join takes seconds)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        _, members = await describe_group(settings.kafka)
-        if members:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("no member joined the consumer group")
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: describe_group(settings.kafka), lambda g: bool(g[1]), timeout_s)
 
 
 async def test_cli_trigger_out_file_and_results_read_back(

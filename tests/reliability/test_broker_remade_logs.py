@@ -31,7 +31,7 @@ from tests.support.broker import kill_broker, wait_ready
 from tests.support.daemon import Daemons, daemon_config, wait_http, write_config
 from tests.support.exchange import exchange
 from tests.support.topics import Producer
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_for, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -171,11 +171,7 @@ async def test_a_daemon_follows_the_state_log_made_again_after_the_broker_came_b
             )
 
         async def until_halted(value: float) -> None:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 30
-            while await halted() != value:
-                assert loop.time() < deadline, f"killswitch_account_halted never {value}"
-                await asyncio.sleep(0.1)  # polling a metric with a deadline
+            await wait_until(halted, lambda now: now == value, timeout=30)
 
         # Two records of the old state log read: the follower's position there is 2.
         async with Producer(broker.bootstrap) as producer:

@@ -376,7 +376,7 @@ def test_an_unreachable_exchange_is_not_ready_until_a_signed_call_is_answered() 
     r.set_consuming(True)
     r.record_exchange("mm-1", "200", 10, "open_orders")
     why = "throttled (HTTP 429) through every retry (gave up after 6 attempt(s))"
-    r.unreachable("mm-1", why)
+    r.unreachable("mm-1", why, throttled=True)
     assert r.evaluate(11.0) == ReadyReport(False, (f"exchange: mm-1 {why}",))
     # A public answer, or another 429 (what marked it), does not clear it: no flapping
     # while the retries of a throttled probe go on.
